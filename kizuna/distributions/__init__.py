@@ -1,0 +1,34 @@
+"""Distributions over named variables (see `kizuna.distributions.base`)."""
+
+from kizuna.distributions.base import Distribution
+from kizuna.distributions.families import (
+    Bernoulli,
+    Beta,
+    Categorical,
+    Dirichlet,
+    FactorizedBernoulli,
+    Gamma,
+    Laplace,
+    LogNormal,
+    Multinomial,
+    MultivariateNormal,
+    Normal,
+    Poisson,
+    RelaxedBernoulli,
+    RelaxedCategorical,
+    StudentT,
+    VonMises,
+)
+from kizuna.distributions.joint import JointDistribution
+from kizuna.distributions.marginal import MarginalizeVarDistribution
+from kizuna.distributions.replace import ReplaceVarDistribution
+from kizuna.distributions.special import CustomProb, Deterministic, EmpiricalDistribution
+from kizuna.distributions.torch_dist import TorchDistribution, set_validation
+
+__all__ = [
+    "Bernoulli", "Beta", "Categorical", "CustomProb", "Deterministic", "Dirichlet", "Distribution",
+    "EmpiricalDistribution", "FactorizedBernoulli", "Gamma", "JointDistribution", "Laplace", "LogNormal",
+    "MarginalizeVarDistribution", "Multinomial", "MultivariateNormal", "Normal", "Poisson",
+    "RelaxedBernoulli", "RelaxedCategorical", "ReplaceVarDistribution", "StudentT", "TorchDistribution",
+    "VonMises", "set_validation",
+]

@@ -1,0 +1,297 @@
+"""The `Distribution` base: named random variables over a torch module.
+
+Conventions (the whole formula layer relies on them):
+
+* Every tensor that flows through a distribution has exactly **one leading batch
+  dimension**; the remaining dimensions are *features*. ``get_log_prob`` sums over the
+  features and returns one value per batch row.
+* Several samples per row (``sample_shape``) are handled by the caller by repeating the
+  inputs along the batch dimension, so networks always see ``(batch, *features)``.
+* A distribution never caches a ``torch.distributions`` object on ``self``: one is built
+  per call from the inputs (STYLE.md habit 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from kizuna._text import LATEX, TEXT, prob_text
+
+if TYPE_CHECKING:
+    from kizuna.losses.base import Loss
+
+Tensor = torch.Tensor
+XDict = dict[str, Any]
+
+
+def _as_list(names: str | Iterable[str] | None, what: str) -> list[str]:
+    if names is None:
+        return []
+    if isinstance(names, str):
+        return [names]
+    names = list(names)
+    for n in names:
+        if not isinstance(n, str):
+            raise TypeError(f"{what} must be variable names (str), got {n!r}")
+    return names
+
+
+def repeat_batch(value: Any, n: int) -> Any:
+    """Repeat a batch-first tensor ``n`` times along the batch: ``(B, ...) -> (n*B, ...)``.
+
+    Sample-major order: rows ``i*B:(i+1)*B`` hold copy ``i``. Non-tensors pass unchanged.
+    """
+    if n == 1 or not isinstance(value, Tensor) or value.dim() == 0:
+        return value
+    return value.unsqueeze(0).expand(n, *value.shape).reshape(n * value.shape[0], *value.shape[1:])
+
+
+def batch_size_of(x_dict: Mapping[str, Any], names: Iterable[str] | None = None) -> int | None:
+    """The leading dimension of the first batch-first tensor among ``names`` (or all keys)."""
+    keys = x_dict.keys() if names is None else names
+    for k in keys:
+        v = x_dict.get(k)
+        if isinstance(v, Tensor) and v.dim() > 0:
+            return v.shape[0]
+    return None
+
+
+class Distribution(nn.Module):
+    """A probability distribution over named variables, conditioned on named variables.
+
+    Args:
+        var: names of the random variables it defines, e.g. ``["z"]``.
+        cond_var: names of the variables it is conditioned on, e.g. ``["x"]``.
+        name: the symbol used in formulas (``"p_prior"`` prints as ``p_{prior}``).
+        features_shape: the shape of one draw of ``var`` without the batch dimension,
+            when it is known in advance (constant parameters).
+
+    Subclasses implement ``_sample`` and ``_log_prob``; the public methods check inputs,
+    handle ``sample_shape`` and build the formula text.
+    """
+
+    def __init__(
+        self,
+        var: str | Sequence[str],
+        cond_var: str | Sequence[str] | None = None,
+        name: str = "p",
+        features_shape: Sequence[int] | torch.Size = (),
+    ) -> None:
+        super().__init__()
+        self._var = _as_list(var, "var")
+        self._cond_var = _as_list(cond_var, "cond_var")
+        if not self._var:
+            raise ValueError(f"{type(self).__name__} needs at least one variable in var")
+        both = sorted(set(self._var) & set(self._cond_var))
+        if both:
+            raise ValueError(f"{name}: {both} cannot be both random and conditioning variables")
+        if len(set(self._var)) != len(self._var):
+            raise ValueError(f"{name}: a variable is listed twice in var={self._var}")
+        self._name = name
+        self._features_shape = torch.Size(features_shape)
+
+    # ----------------------------------------------------------------- names
+    @property
+    def var(self) -> list[str]:
+        """The random variables this distribution defines."""
+        return list(self._var)
+
+    @property
+    def cond_var(self) -> list[str]:
+        """The variables this distribution is conditioned on."""
+        return list(self._cond_var)
+
+    @property
+    def input_var(self) -> list[str]:
+        """The variables that must be in ``x_dict`` to sample (``cond_var`` by default)."""
+        return list(self._cond_var)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def features_shape(self) -> torch.Size:
+        return self._features_shape
+
+    @property
+    def distribution_name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def has_reparam(self) -> bool:
+        """Whether every variable can be drawn by a reparameterised (differentiable) sampler."""
+        return False
+
+    def factors(self) -> list[Distribution]:
+        """The factors this distribution is a product of (itself, for a single factor)."""
+        return [self]
+
+    # ------------------------------------------------------------------ text
+    @property
+    def prob_text(self) -> str:
+        """``p(x,z|y)``: the distribution's symbol."""
+        return prob_text(self._name, self._var, self._cond_var)
+
+    def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        """Factorised formula with variables renamed by ``rename`` (see ReplaceVar)."""
+        var = [rename.get(v, v) for v in self._var]
+        cond = [rename.get(v, v) for v in self._cond_var]
+        return prob_text(self._name, var, cond)
+
+    @property
+    def prob_factorized_text(self) -> str:
+        """The product of factors, e.g. ``p(x|z)p_{prior}(z)``."""
+        return self._factorized_text(TEXT, {})
+
+    def _joint_text(self, fmt: dict[str, str]) -> str:
+        factorized = self._factorized_text(fmt, {})
+        if factorized == self.prob_text:
+            return factorized
+        return f"{self.prob_text} = {factorized}"
+
+    @property
+    def prob_joint_factorized_and_text(self) -> str:
+        """``p(x,z) = p(x|z)p_{prior}(z)``, or just ``p(x|z)`` for a single factor."""
+        return self._joint_text(TEXT)
+
+    def to_latex(self) -> str:
+        """The formula in LaTeX (``\\int`` for marginals)."""
+        return self._joint_text(LATEX)
+
+    def __str__(self) -> str:
+        return self.prob_joint_factorized_and_text
+
+    # ----------------------------------------------------------- input checks
+    def _require(self, x_dict: Mapping[str, Any], names: Iterable[str]) -> None:
+        missing = [n for n in names if n not in x_dict]
+        if missing:
+            given = ", ".join(sorted(x_dict)) or "nothing"
+            raise ValueError(f"{self.prob_text} needs {', '.join(missing)}, but was given {given}")
+
+    # ------------------------------------------------------- to be overridden
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        """Draw every variable of ``var`` given ``x_dict`` (one batch dim). Returns new values only.
+
+        ``reparam=True`` asks for differentiable draws where the family allows them; factors
+        that have none draw without gradient (callers add a score-function term).
+        """
+        raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) cannot be sampled")
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        raise NotImplementedError(
+            f"{self.prob_text} ({self.distribution_name}) has no tractable log-density"
+        )
+
+    # ----------------------------------------------------------- public API
+    def sample(
+        self,
+        x_dict: Mapping[str, Any] | None = None,
+        batch_n: int | None = None,
+        sample_shape: Sequence[int] | torch.Size = (),
+        return_all: bool = True,
+        reparam: bool = False,
+    ) -> XDict:
+        """Draw the variables of ``var``.
+
+        Args:
+            x_dict: values of the conditioning variables, batch first.
+            batch_n: batch size when nothing in ``x_dict`` fixes it (default 1).
+            sample_shape: extra leading dims: each sampled variable gets shape
+                ``(*sample_shape, batch, *features)``; inputs are returned unchanged.
+            return_all: also return the entries of ``x_dict``.
+            reparam: draw with the reparameterisation trick (gradients flow to the
+                parameters); an error if some factor has no such sampler.
+        """
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self.input_var)
+        if reparam and not self.has_reparam:
+            bad = [f.prob_text for f in self.factors() if not f.has_reparam]
+            raise ValueError(
+                f"{self.prob_text}: reparam=True but {', '.join(bad)} has no reparameterised sampler"
+                " (use reparam=False, or a relaxed distribution)"
+            )
+        shape = torch.Size(sample_shape)
+        n = math.prod(shape)
+        keep = set(self.input_var)  # an empirical factor reads its own variable
+        inputs = {k: v for k, v in x_dict.items() if k in keep or k not in self._var}
+        if len(shape) == 0:
+            new = self._sample(inputs, batch_n, reparam)
+        else:
+            inner = {k: repeat_batch(v, n) for k, v in inputs.items()}
+            b = batch_n or batch_size_of(inputs) or 1
+            new = self._sample(inner, b * n, reparam)
+            new = {k: v.reshape(*shape, v.shape[0] // n, *v.shape[1:]) for k, v in new.items()}
+        return {**x_dict, **new} if return_all else new
+
+    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True) -> Tensor:
+        """``log p(var|cond_var)`` per batch row (features summed unless ``sum_features=False``)."""
+        self._require(x_dict, self._var + self.input_var)
+        return self._log_prob(dict(x_dict), sum_features)
+
+    def get_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True) -> Tensor:
+        """``p(var|cond_var)`` per batch row: ``exp`` of ``get_log_prob``."""
+        return self.get_log_prob(x_dict, sum_features).exp()
+
+    def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True) -> Tensor:
+        """Closed-form entropy where the family has one."""
+        raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) has no closed-form entropy")
+
+    def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        """The mean of ``var`` given ``x_dict``."""
+        raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) has no closed-form mean")
+
+    def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        """The variance of ``var`` given ``x_dict``."""
+        raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) has no closed-form variance")
+
+    def get_params(self, x_dict: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+        """The family's parameters given ``x_dict``."""
+        raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) is not parametric")
+
+    @property
+    def torch_family(self) -> type[torch.distributions.Distribution] | None:
+        """The ``torch.distributions`` class behind this distribution, if it is one family."""
+        return None
+
+    def get_dist(self, x_dict: Mapping[str, Any] | None = None, independent: bool = True
+                 ) -> torch.distributions.Distribution:
+        """A ``torch.distributions`` object for these inputs (features as event dims)."""
+        raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) is not one torch family")
+
+    # ------------------------------------------------------- formula layer
+    def log_prob(self, sum_features: bool = True) -> Loss:
+        """``log p(var|cond_var)`` as a Loss."""
+        from kizuna.losses.log_prob import LogProb  # deferred: losses build on distributions
+
+        return LogProb(self, sum_features=sum_features)
+
+    def prob(self, sum_features: bool = True) -> Loss:
+        """``p(var|cond_var)`` as a Loss."""
+        from kizuna.losses.log_prob import Prob
+
+        return Prob(self, sum_features=sum_features)
+
+    def __mul__(self, other: Distribution) -> Distribution:
+        from kizuna.distributions.joint import JointDistribution
+
+        if not isinstance(other, Distribution):
+            return NotImplemented
+        return JointDistribution([self, other])
+
+    def marginalize_var(self, names: str | Sequence[str]) -> Distribution:
+        """``∫ p(x,z) dz``: sampling drops ``names``; the density is not tractable."""
+        from kizuna.distributions.marginal import MarginalizeVarDistribution
+
+        return MarginalizeVarDistribution(self, _as_list(names, "marginalize_var"))
+
+    def replace_var(self, **replace: str) -> Distribution:
+        """Rename variables: ``p.replace_var(z="y")`` turns ``p(x|z)`` into ``p(x|y)``."""
+        from kizuna.distributions.replace import ReplaceVarDistribution
+
+        return ReplaceVarDistribution(self, replace)

@@ -1,0 +1,152 @@
+"""The parametric families: each wraps one ``torch.distributions`` class.
+
+Densities, samplers, entropies and moments are torch's; these classes only name the
+parameters and say which torch family they use (STYLE.md habit 1). Every family takes its
+parameters as constructor keywords (constants, or the name of a conditioning variable) or
+from ``forward(**cond)``; see `kizuna.distributions.torch_dist`.
+"""
+
+from __future__ import annotations
+
+from torch import distributions as D
+
+from kizuna.distributions.base import Tensor, XDict
+from kizuna.distributions.torch_dist import TorchDistribution
+
+
+class Normal(TorchDistribution):
+    r"""Normal: :math:`\mathcal{N}(x; \mu, \sigma^2)`, parameters ``loc`` (μ), ``scale`` (σ > 0)."""
+
+    torch_class = D.Normal
+    param_names = ("loc", "scale")
+
+
+class Laplace(TorchDistribution):
+    r"""Laplace: :math:`\frac{1}{2b}\exp(-|x-\mu|/b)`, parameters ``loc``, ``scale`` (b > 0)."""
+
+    torch_class = D.Laplace
+    param_names = ("loc", "scale")
+
+
+class LogNormal(TorchDistribution):
+    r"""Log-normal: :math:`\log x \sim \mathcal{N}(\mu, \sigma^2)`, parameters ``loc``, ``scale``."""
+
+    torch_class = D.LogNormal
+    param_names = ("loc", "scale")
+
+
+class StudentT(TorchDistribution):
+    r"""Student's t with ``df`` degrees of freedom, ``loc`` and ``scale``."""
+
+    torch_class = D.StudentT
+    param_names = ("df", "loc", "scale")
+
+
+class Gamma(TorchDistribution):
+    r"""Gamma: :math:`\frac{\beta^\alpha}{\Gamma(\alpha)} x^{\alpha-1} e^{-\beta x}`, ``concentration`` α, ``rate`` β."""
+
+    torch_class = D.Gamma
+    param_names = ("concentration", "rate")
+
+
+class Beta(TorchDistribution):
+    r"""Beta: :math:`\frac{x^{a-1}(1-x)^{b-1}}{B(a,b)}`, ``concentration1`` (a), ``concentration0`` (b)."""
+
+    torch_class = D.Beta
+    param_names = ("concentration1", "concentration0")
+
+
+class Dirichlet(TorchDistribution):
+    r"""Dirichlet over the simplex of the last feature dimension, parameter ``concentration``."""
+
+    torch_class = D.Dirichlet
+    param_names = ("concentration",)
+
+
+class VonMises(TorchDistribution):
+    r"""Von Mises on the circle: :math:`\frac{e^{\kappa\cos(x-\mu)}}{2\pi I_0(\kappa)}`, ``loc``, ``concentration``."""
+
+    torch_class = D.VonMises
+    param_names = ("loc", "concentration")
+
+
+class MultivariateNormal(TorchDistribution):
+    r"""Full-covariance Normal over the last feature dimension.
+
+    Parameters ``loc`` and one of ``covariance_matrix``, ``precision_matrix``, ``scale_tril``.
+    """
+
+    torch_class = D.MultivariateNormal
+    param_names = ("loc", "covariance_matrix", "precision_matrix", "scale_tril")
+
+
+class Poisson(TorchDistribution):
+    r"""Poisson: :math:`\lambda^x e^{-\lambda} / x!`, parameter ``rate`` (λ)."""
+
+    torch_class = D.Poisson
+    param_names = ("rate",)
+
+
+class Bernoulli(TorchDistribution):
+    r"""Bernoulli: :math:`p^x (1-p)^{1-x}`, parameter ``probs`` (or ``logits``).
+
+    Scored values may lie anywhere in [0, 1] (grey-level pixels), as in Pixyz: the
+    log-density is then the negative binary cross-entropy.
+    """
+
+    torch_class = D.Bernoulli
+    param_names = ("probs", "logits")
+    validate_value = False
+
+
+class FactorizedBernoulli(Bernoulli):
+    r"""Bernoulli whose log-density counts only the entries equal to one.
+
+    .. math:: \log p(x) = \sum_{d: x_d \neq 0} \log p_d
+
+    Zeros mean "attribute not observed" (Vedantam et al. 2017, arXiv:1705.10762).
+    """
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        per_feature = super()._log_prob(x_dict, sum_features=False)
+        observed = x_dict[self._var[0]] != 0
+        per_feature = per_feature * observed.to(per_feature.dtype)
+        return per_feature.flatten(1).sum(1) if sum_features else per_feature
+
+
+class Categorical(TorchDistribution):
+    r"""Categorical over one-hot vectors (the last feature dimension), ``probs`` or ``logits``.
+
+    Samples are one-hot, as in Pixyz; use ``.argmax(-1)`` for class indices.
+    """
+
+    torch_class = D.OneHotCategorical
+    param_names = ("probs", "logits")
+
+
+class Multinomial(TorchDistribution):
+    r"""Multinomial counts over the last feature dimension: ``total_count`` (int), ``probs`` or ``logits``."""
+
+    torch_class = D.Multinomial
+    param_names = ("total_count", "probs", "logits")
+    static_params = ("total_count",)
+
+
+class RelaxedBernoulli(TorchDistribution):
+    r"""Concrete / Gumbel-sigmoid relaxation of a Bernoulli: ``temperature``, ``probs`` or ``logits``.
+
+    Reparameterisable (Maddison et al. 2016, arXiv:1611.00712).
+    """
+
+    torch_class = D.RelaxedBernoulli
+    param_names = ("temperature", "probs", "logits")
+
+
+class RelaxedCategorical(TorchDistribution):
+    r"""Concrete / Gumbel-softmax relaxation of a one-hot Categorical: ``temperature``, ``probs`` or ``logits``.
+
+    Reparameterisable (Jang et al. 2016, arXiv:1611.01144).
+    """
+
+    torch_class = D.RelaxedOneHotCategorical
+    param_names = ("temperature", "probs", "logits")

@@ -1,0 +1,100 @@
+"""`JointDistribution`: the product of factors, ``p * q``.
+
+.. math:: p(x, z \mid y) = \prod_i p_i(\mathrm{var}_i \mid \mathrm{cond}_i)
+
+Sampling is ancestral: factors run in dependency order (a factor after every factor that
+defines one of its conditioning variables). The log-density is the sum of the factors'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import nn
+
+from kizuna.distributions.base import Distribution, Tensor, XDict
+
+
+def _order(factors: Sequence[Distribution]) -> list[Distribution]:
+    """Topological order of the factors; raises on a variable defined twice or a cycle."""
+    owner: dict[str, Distribution] = {}
+    for f in factors:
+        for v in f.var:
+            if v in owner:
+                raise ValueError(f"variable {v} is defined twice: by {owner[v].prob_text} and by {f.prob_text}")
+            owner[v] = f
+    deps = {id(f): {id(owner[c]) for c in f.input_var if c in owner and owner[c] is not f} for f in factors}
+    ordered: list[Distribution] = []
+    done: set[int] = set()
+    pending = list(factors)
+    while pending:
+        ready = [f for f in pending if deps[id(f)] <= done]
+        if not ready:
+            cycle = "".join(f.prob_text for f in pending)
+            raise ValueError(f"the factors {cycle} condition on each other in a cycle; no ancestral order exists")
+        for f in ready:
+            ordered.append(f)
+            done.add(id(f))
+        pending = [f for f in pending if id(f) not in done]
+    return ordered
+
+
+class JointDistribution(Distribution):
+    """The product of several distributions (built by ``p * q``; nested products are flattened).
+
+    Args:
+        factors: the distributions to multiply, in the order the formula lists them.
+    """
+
+    def __init__(self, factors: Sequence[Distribution]) -> None:
+        flat: list[Distribution] = []
+        for f in factors:
+            flat.extend(f.factors() if isinstance(f, JointDistribution) else [f])
+        order = _order(flat)
+        var = [v for f in flat for v in f.var]
+        cond: list[str] = []
+        for f in flat:
+            cond.extend(c for c in f.cond_var if c not in var and c not in cond)
+        names = {f.name for f in flat}
+        super().__init__(var, cond, names.pop() if len(names) == 1 else "p")
+        self._factors = nn.ModuleList(flat)
+        self._order = order
+        inputs: list[str] = []
+        for f in flat:
+            others = {v for g in flat if g is not f for v in g.var}
+            inputs.extend(v for v in f.input_var if v not in others and v not in inputs)
+        self._input_var = inputs
+
+    @property
+    def input_var(self) -> list[str]:
+        return list(self._input_var)
+
+    @property
+    def has_reparam(self) -> bool:
+        return all(f.has_reparam for f in self._factors)
+
+    def factors(self) -> list[Distribution]:
+        return list(self._factors)
+
+    def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        return "".join(f._factorized_text(fmt, rename) for f in self._factors)
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        values = dict(x_dict)
+        new: XDict = {}
+        for f in self._order:
+            f._require(values, f.input_var)
+            out = f._sample(values, batch_n, reparam)
+            values.update(out)
+            new.update(out)
+        return new
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        if not sum_features and len(self._factors) > 1:
+            raise ValueError(f"{self.prob_text}: sum_features=False needs a single factor; this is a product")
+        total: Tensor | None = None
+        for f in self._factors:
+            term = f.get_log_prob(x_dict, sum_features)
+            total = term if total is None else total + term
+        assert total is not None
+        return total

@@ -1,0 +1,47 @@
+"""`MarginalizeVarDistribution`: :math:`p(x) = \\int p(x, z)\\, dz`.
+
+Sampling draws the whole joint and drops the marginalised variables; the density is
+intractable in general (estimate it with `kizuna.losses.IWAE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from kizuna.distributions.base import Distribution, Tensor, XDict
+
+
+class MarginalizeVarDistribution(Distribution):
+    """``p.marginalize_var(["z"])``: ``p`` with ``z`` integrated out."""
+
+    def __init__(self, p: Distribution, names: Sequence[str]) -> None:
+        unknown = [n for n in names if n not in p.var]
+        if unknown:
+            raise ValueError(f"{p.prob_text}: cannot marginalise {', '.join(unknown)}; its variables are {p.var}")
+        kept = [v for v in p.var if v not in names]
+        if not kept:
+            raise ValueError(f"{p.prob_text}: marginalising every variable leaves no distribution")
+        super().__init__(kept, p.cond_var, p.name)
+        self.p = p
+        self._marginalized = list(names)
+
+    @property
+    def input_var(self) -> list[str]:
+        return self.p.input_var
+
+    @property
+    def has_reparam(self) -> bool:
+        return self.p.has_reparam
+
+    def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        dz = "".join(rename.get(v, v) for v in self._marginalized)
+        return fmt["integral"].format(self.p._factorized_text(fmt, rename), dz)
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        out = self.p._sample(x_dict, batch_n, reparam)
+        return {k: v for k, v in out.items() if k not in self._marginalized}
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        raise NotImplementedError(
+            f"{self} has no closed-form log-density; estimate it with kizuna.losses.IWAE"
+        )

@@ -1,0 +1,77 @@
+"""`ReplaceVarDistribution`: the same distribution over renamed variables.
+
+``p.replace_var(z="y")`` turns :math:`p(x|z)` into :math:`p(x|y)`: inputs are read under
+the new names and samples are returned under them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kizuna.distributions.base import Distribution, Tensor, XDict
+
+
+class ReplaceVarDistribution(Distribution):
+    """``p`` with variables renamed by ``replace`` (old name -> new name)."""
+
+    def __init__(self, p: Distribution, replace: Mapping[str, str]) -> None:
+        names = p.var + p.cond_var + p.input_var
+        unknown = [k for k in replace if k not in names]
+        if unknown:
+            raise ValueError(f"{p.prob_text}: cannot replace {', '.join(unknown)}; its variables are {names}")
+        rename = dict(replace)
+        var = [rename.get(v, v) for v in p.var]
+        cond = [rename.get(v, v) for v in p.cond_var]
+        if len(set(var + cond)) != len(var + cond):
+            raise ValueError(f"{p.prob_text}: replace_var({rename}) would give two variables the same name")
+        super().__init__(var, cond, p.name)
+        self.p = p
+        self._rename = rename
+        self._inverse = {new: old for old, new in rename.items()}
+
+    @property
+    def input_var(self) -> list[str]:
+        return [self._rename.get(v, v) for v in self.p.input_var]
+
+    @property
+    def has_reparam(self) -> bool:
+        return self.p.has_reparam
+
+    def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        composed = {old: rename.get(new, new) for old, new in self._rename.items()}
+        for k, v in rename.items():
+            if k not in self._inverse and k not in composed:
+                composed[k] = v
+        return self.p._factorized_text(fmt, composed)
+
+    def _inner(self, x_dict: XDict) -> XDict:
+        shadowed = set(self._rename) - set(self._inverse)
+        inner = {k: v for k, v in x_dict.items() if k not in shadowed}
+        inner.update({self._inverse[k]: v for k, v in x_dict.items() if k in self._inverse})
+        return inner
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        out = self.p._sample(self._inner(x_dict), batch_n, reparam)
+        return {self._rename.get(k, k): v for k, v in out.items()}
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        return self.p.get_log_prob(self._inner(x_dict), sum_features)
+
+    def get_entropy(self, x_dict: Mapping | None = None, sum_features: bool = True) -> Tensor:
+        return self.p.get_entropy(self._inner(dict(x_dict or {})), sum_features)
+
+    def sample_mean(self, x_dict: Mapping | None = None) -> Tensor:
+        return self.p.sample_mean(self._inner(dict(x_dict or {})))
+
+    def sample_variance(self, x_dict: Mapping | None = None) -> Tensor:
+        return self.p.sample_variance(self._inner(dict(x_dict or {})))
+
+    @property
+    def torch_family(self):  # noqa: ANN201 - see Distribution.torch_family
+        return self.p.torch_family
+
+    def get_dist(self, x_dict: Mapping | None = None, independent: bool = True):  # noqa: ANN201
+        return self.p.get_dist(self._inner(dict(x_dict or {})), independent)
+
+    def get_params(self, x_dict: Mapping | None = None) -> dict[str, Tensor]:
+        return self.p.get_params(self._inner(dict(x_dict or {})))

@@ -1,0 +1,103 @@
+"""Distributions that are not parametric families.
+
+* `Deterministic`: a point mass at ``forward(**cond)`` (a generator network, a decoder mean).
+* `EmpiricalDistribution`: the data itself, :math:`p_{data}(x)`; "sampling" returns the
+  given values (GAN losses take expectations under it).
+* `CustomProb`: an unnormalised log-density given as a function (energy-based models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from kizuna.distributions.base import Distribution, Tensor, XDict
+
+
+class Deterministic(Distribution):
+    """A point mass: ``forward(**cond)`` returns ``{var_name: value}`` (batch first).
+
+    Its draws are differentiable (``has_reparam``); it has no density.
+    """
+
+    def __init__(self, var: str | Sequence[str], cond_var: str | Sequence[str] | None = None,
+                 name: str = "p", features_shape: Sequence[int] = ()) -> None:
+        super().__init__(var, cond_var, name, features_shape)
+
+    @property
+    def has_reparam(self) -> bool:
+        return True
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{self.prob_text}: a Deterministic subclass must define forward()")
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        out = self(**{k: x_dict[k] for k in self._cond_var})
+        if not isinstance(out, Mapping) or set(out) != set(self._var):
+            got = sorted(out) if isinstance(out, Mapping) else type(out).__name__
+            raise ValueError(f"{self.prob_text}: forward() must return a dict with keys {self._var}, got {got}")
+        return dict(out)
+
+    def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self._cond_var)
+        return self._sample(x_dict, None, True)[self._var[0]]
+
+
+class EmpiricalDistribution(Distribution):
+    """:math:`p_{data}(x)`: sampling returns the values of ``var`` found in ``x_dict``."""
+
+    def __init__(self, var: str | Sequence[str], name: str = "p_{data}") -> None:
+        super().__init__(var, None, name)
+
+    @property
+    def input_var(self) -> list[str]:
+        return list(self._var)
+
+    @property
+    def has_reparam(self) -> bool:
+        return True
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        return {v: x_dict[v] for v in self._var}
+
+
+class CustomProb(Distribution):
+    """A distribution given by its (possibly unnormalised) log-density function.
+
+    Args:
+        log_prob_function: maps the value of ``var`` (batch first) to log-densities of shape
+            ``(batch,)`` or ``(batch, *features)`` (features are then summed). With several
+            variables it is called with them as keyword arguments.
+        var: the variables it scores.
+        distribution_name: how ``distribution_name`` reports it.
+        learnable: register the function's parameters (if it is an ``nn.Module``) for training.
+    """
+
+    def __init__(self, log_prob_function: Callable[..., Tensor], var: str | Sequence[str],
+                 distribution_name: str = "Custom PDF", learnable: bool = True, name: str = "p") -> None:
+        super().__init__(var, None, name)
+        if learnable and isinstance(log_prob_function, nn.Module):
+            self.log_prob_function = log_prob_function
+        else:
+            self._function = log_prob_function
+        self._learnable = learnable
+        self._dist_name = distribution_name
+
+    @property
+    def distribution_name(self) -> str:
+        return self._dist_name
+
+    def _fn(self) -> Callable[..., Tensor]:
+        return self.log_prob_function if "log_prob_function" in self._modules else self._function
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        fn = self._fn()
+        out = fn(x_dict[self._var[0]]) if len(self._var) == 1 else fn(**{v: x_dict[v] for v in self._var})
+        out = torch.as_tensor(out)
+        if sum_features and out.dim() > 1:
+            out = out.flatten(1).sum(1)
+        return out

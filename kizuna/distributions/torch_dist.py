@@ -1,0 +1,249 @@
+"""`TorchDistribution`: a named-variable layer over one ``torch.distributions`` family.
+
+Parameters come from three places, merged per call:
+
+* constants given at construction (numbers / tensors become buffers, ``nn.Parameter``
+  stays learnable) — these carry **no** batch dimension, their shape (or
+  ``features_shape``) is the feature shape;
+* ``forward(**cond)`` returning a dict (override it in a subclass; argument names are
+  ``cond_var``) — batch first;
+* a string naming a conditioning variable, used as the parameter as is
+  (``Normal(var=["z"], cond_var=["m"], loc="m", scale=1.0)``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import distributions as D
+from torch import nn
+
+from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
+
+_VALIDATE = [True]
+_PARAM_ERROR = re.compile(r"Expected parameter (\w+) .*?to satisfy the constraint ([^,]+?(?:\)|\w))(?:,| but)")
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn parameter and value validation on (default) or off, for speed."""
+    _VALIDATE[0] = bool(enabled)
+
+
+def validation_enabled() -> bool:
+    return _VALIDATE[0]
+
+
+class TorchDistribution(Distribution):
+    """A distribution of one torch family over a single variable (see module docstring).
+
+    Subclasses set ``torch_class`` and ``param_names``; constructor keyword arguments named
+    in ``param_names`` give constant parameters (or the name of a conditioning variable).
+    """
+
+    torch_class: ClassVar[type[D.Distribution]]
+    param_names: ClassVar[tuple[str, ...]] = ()
+    static_params: ClassVar[tuple[str, ...]] = ()  # plain Python values (e.g. total_count)
+    validate_value: ClassVar[bool] = True  # check the support of scored values
+
+    def __init__(
+        self,
+        var: str | Sequence[str] = ("x",),
+        cond_var: str | Sequence[str] | None = None,
+        name: str = "p",
+        features_shape: Sequence[int] | torch.Size = (),
+        **params: Any,
+    ) -> None:
+        super().__init__(var, cond_var, name, features_shape)
+        if len(self._var) != 1:
+            raise ValueError(f"{self.prob_text}: a {type(self).__name__} defines exactly one variable")
+        unknown = sorted(set(params) - set(self.param_names))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no parameter {', '.join(unknown)}; "
+                f"its parameters are {', '.join(self.param_names)}"
+            )
+        self._const_names: list[str] = []
+        self._static: dict[str, Any] = {}
+        self._from_var: dict[str, str] = {}
+        for key, value in params.items():
+            self._set_param(key, value)
+        self._uses_forward = type(self).forward is not TorchDistribution.forward
+        if not self._uses_forward and not self._from_var:
+            self.get_dist({})  # constant parameters: validate them now, not at first use
+
+    def _set_param(self, key: str, value: Any) -> None:
+        if value is None:
+            return
+        if key in self.static_params:
+            self._static[key] = value
+        elif isinstance(value, str):
+            if value not in self._cond_var:
+                raise ValueError(
+                    f"{self.prob_text}: parameter {key}={value!r} names a variable that is not in "
+                    f"cond_var {self._cond_var}"
+                )
+            self._from_var[key] = value
+        elif isinstance(value, nn.Parameter):
+            self.register_parameter(f"{key}_", value)
+            self._const_names.append(key)
+        else:
+            tensor = torch.as_tensor(value)
+            if not tensor.is_floating_point():
+                tensor = tensor.to(torch.get_default_dtype())
+            self.register_buffer(f"{key}_", tensor)
+            self._const_names.append(key)
+
+    @property
+    def has_reparam(self) -> bool:
+        return bool(self.torch_class.has_rsample)
+
+    @property
+    def torch_family(self) -> type[D.Distribution]:
+        return self.torch_class
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        """Map conditioning values to parameters; override in subclasses. See module docstring."""
+        return {}
+
+    # ------------------------------------------------------------ parameters
+    def _params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Merged parameters and whether they carry a batch dimension."""
+        params: dict[str, Any] = dict(self._static)
+        for key in self._const_names:
+            params[key] = getattr(self, f"{key}_")
+        batched = False
+        if self._uses_forward:
+            out = self(**{k: x_dict[k] for k in self._cond_var})
+            if not isinstance(out, Mapping):
+                raise TypeError(f"{self.prob_text}: forward() must return a dict of parameters, got {type(out).__name__}")
+            bad = sorted(set(out) - set(self.param_names))
+            if bad:
+                raise ValueError(
+                    f"{self.prob_text}: forward() returned {', '.join(bad)}, which "
+                    f"{type(self).__name__} does not take (its parameters: {', '.join(self.param_names)})"
+                )
+            params.update(out)
+            batched = True
+        for key, cond in self._from_var.items():
+            params[key] = x_dict[cond]
+            batched = True
+        return params, batched
+
+    def get_params(self, x_dict: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+        """See `Distribution.get_params`."""
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self._cond_var)
+        return self._params(x_dict)[0]
+
+    def _build(self, params: dict[str, Any]) -> D.Distribution:
+        try:
+            return self.torch_class(**params, validate_args=_VALIDATE[0])
+        except ValueError as err:
+            match = _PARAM_ERROR.search(str(err))
+            if match:
+                raise ValueError(
+                    f"{self.prob_text}: parameter '{match.group(1)}' of {type(self).__name__} must satisfy "
+                    f"{match.group(2)}; got invalid values. ({err})"
+                ) from err
+            raise ValueError(f"{self.prob_text}: invalid parameters for {type(self).__name__}: {err}") from err
+        except TypeError as err:
+            raise TypeError(
+                f"{self.prob_text}: cannot build {type(self).__name__} from parameters "
+                f"{sorted(params)} (give them as constants or return them from forward): {err}"
+            ) from err
+
+    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True) -> tuple[D.Distribution, bool]:
+        params, batched = self._params(x_dict)
+        base = self._build(params)
+        if not batched and self._features_shape:
+            n_event = len(base.event_shape)
+            target = self._features_shape[: len(self._features_shape) - n_event]
+            if base.batch_shape != target:
+                try:
+                    base = base.expand(target)
+                except (RuntimeError, ValueError) as err:
+                    raise ValueError(
+                        f"{self.prob_text}: features_shape {tuple(self._features_shape)} does not fit "
+                        f"parameters of shape {tuple(base.batch_shape + base.event_shape)}"
+                    ) from err
+        n_features = len(base.batch_shape) - int(batched)
+        if n_features < 0:
+            raise ValueError(f"{self.prob_text}: parameters from forward() need a leading batch dimension")
+        if independent and n_features > 0:
+            return D.Independent(base, n_features, validate_args=False), batched
+        return base, batched
+
+    def get_dist(self, x_dict: Mapping[str, Any] | None = None, independent: bool = True) -> D.Distribution:
+        """A fresh ``torch.distributions`` object for these inputs; features are event dims."""
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self._cond_var)
+        return self._torch_dist(x_dict, independent)[0]
+
+    # ------------------------------------------------------ sample / density
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        dist, batched = self._torch_dist(x_dict)
+        if batched:
+            shape: tuple[int, ...] = ()
+            if batch_n is not None and dist.batch_shape[0] == 1 and batch_n != 1:
+                dist = dist.expand(torch.Size([batch_n]) + dist.batch_shape[1:])
+        else:
+            shape = (batch_n or batch_size_of(x_dict) or 1,)
+        draw = dist.rsample(shape) if reparam and dist.has_rsample else dist.sample(shape)
+        return {self._var[0]: draw}
+
+    def _check_value(self, value: Any, dist: D.Distribution, batched: bool) -> None:
+        var = self._var[0]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{self.prob_text}: {var} must be a torch.Tensor, got {type(value).__name__}")
+        features = dist.batch_shape[int(batched):] + dist.event_shape
+        if value.dim() != len(features) + 1 or value.shape[1:] != features:
+            raise ValueError(
+                f"{self.prob_text}: {var} has shape {tuple(value.shape)}, expected "
+                f"(batch, {', '.join(map(str, features))}) — features {tuple(features)}, "
+                f"given {tuple(value.shape[1:])}"
+            )
+        if batched and dist.batch_shape[0] not in (1, value.shape[0]) and value.shape[0] != 1:
+            raise ValueError(
+                f"{self.prob_text}: {var} has batch size {value.shape[0]} but the parameters "
+                f"have batch size {dist.batch_shape[0]}"
+            )
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        dist, batched = self._torch_dist(x_dict, independent=sum_features)
+        value = x_dict[self._var[0]]
+        self._check_value(value, dist, batched)
+        checked = self.validate_value and _VALIDATE[0]
+        dist._validate_args = checked
+        if isinstance(dist, D.Independent):
+            dist.base_dist._validate_args = checked
+        try:
+            return dist.log_prob(value)
+        except ValueError as err:
+            raise ValueError(f"{self.prob_text}: value of {self._var[0]} is invalid: {err}") from err
+
+    def _with_batch(self, value: Tensor, batched: bool) -> Tensor:
+        return value if batched else value.unsqueeze(0)
+
+    def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True) -> Tensor:
+        """See `Distribution.get_entropy`."""
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self._cond_var)
+        dist, batched = self._torch_dist(x_dict, independent=sum_features)
+        return self._with_batch(dist.entropy(), batched)
+
+    def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        """See `Distribution.sample_mean`."""
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self._cond_var)
+        dist, batched = self._torch_dist(x_dict)
+        return self._with_batch(dist.mean, batched)
+
+    def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        """See `Distribution.sample_variance`."""
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self._cond_var)
+        dist, batched = self._torch_dist(x_dict)
+        return self._with_batch(dist.variance, batched)

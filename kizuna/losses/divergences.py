@@ -1,0 +1,67 @@
+r"""`KullbackLeibler`: :math:`D_{KL}[p\|q] = \mathbb{E}_p[\log p - \log q]`.
+
+Analytic through ``torch.distributions.kl_divergence`` when torch registers a formula for
+the two families; Monte Carlo otherwise. ``.method`` says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import distributions as D
+
+from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.losses.expectation import Expectation
+from kizuna.losses.log_prob import LogProb
+
+
+def analytic_kl_available(p: Any, q: Any) -> bool:
+    """Whether torch's KL registry has a closed form for the families of ``p`` and ``q``."""
+    fp, fq = p.torch_family, q.torch_family
+    if fp is None or fq is None:
+        return False
+    return D.kl._dispatch_kl(fp, fq) is not NotImplemented
+
+
+class KullbackLeibler(Loss):
+    """:math:`D_{KL}[p\\|q]` per batch row (see the module docstring).
+
+    Args:
+        p, q: distributions over the same variables.
+        analytic: ``None`` picks analytic when available; ``True`` demands it; ``False``
+            forces Monte Carlo.
+        sample_shape: draws per row for the Monte-Carlo estimate.
+    """
+
+    def __init__(self, p: Any, q: Any, analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
+        if sorted(p.var) != sorted(q.var):
+            raise ValueError(f"KL[{p.prob_text}||{q.prob_text}] needs both over the same variables: {p.var} vs {q.var}")
+        available = analytic_kl_available(p, q)
+        if analytic and not available:
+            raise ValueError(
+                f"no analytic KL between {p.distribution_name} {p.prob_text} and "
+                f"{q.distribution_name} {q.prob_text} in torch's registry; use analytic=None or False"
+            )
+        self.method = "analytic" if (available and analytic is not False) else "monte_carlo"
+        self.p, self.q = p, q
+        self._mc = Expectation(p, LogProb(p) - LogProb(q), sample_shape=sample_shape)
+        inputs = p.input_var + q.input_var if self.method == "analytic" else self._mc.input_var
+        super().__init__(inputs)
+
+    def children(self) -> list[Loss]:
+        return [] if self.method == "analytic" else [self._mc]
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.p, self.q]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        if self.method == "monte_carlo":
+            return ctx.value(self._mc)
+        return D.kl_divergence(self.p.get_dist(ctx.values), self.q.get_dist(ctx.values))
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt["kl"].format(self.p.prob_text, self.q.prob_text)
+
+    def __repr__(self) -> str:
+        return f"KullbackLeibler({self.loss_text}, method={self.method!r})"

@@ -1,0 +1,63 @@
+r"""Evidence lower bounds: `ELBO` and the importance-weighted `IWAE`.
+
+.. math::
+    \mathrm{ELBO} = \mathbb{E}_{q(z|x)}[\log p(x,z) - \log q(z|x)] \le \log p(x)
+
+    \mathrm{IWAE}_k = \mathbb{E}_{z_{1:k} \sim q}\Big[\log \frac1k \sum_{i=1}^k
+        \frac{p(x, z_i)}{q(z_i|x)}\Big],\qquad \mathrm{ELBO} = \mathrm{IWAE}_1 \le
+        \mathrm{IWAE}_k \le \mathrm{IWAE}_{k+1} \le \log p(x)
+
+(Burda et al. 2015, arXiv:1509.00519).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.losses.expectation import Expectation, draw
+from kizuna.losses.log_prob import LogProb
+
+
+class ELBO(Expectation):
+    """:math:`\\mathbb{E}_{q}[\\log p - \\log q]` per batch row; ``p`` is the joint :math:`p(x,z)`."""
+
+    def __init__(self, p: Any, q: Any, sample_shape: Sequence[int] = ()) -> None:
+        super().__init__(q, LogProb(p) - LogProb(q), sample_shape=sample_shape)
+        self.joint = p
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.joint, self.p]
+
+
+class IWAE(Loss):
+    """The importance-weighted bound with ``k`` samples per row (module docstring).
+
+    ``q`` must be reparameterisable (gradients flow through the draws).
+    """
+
+    def __init__(self, p: Any, q: Any, k: int = 5) -> None:
+        if k < 1:
+            raise ValueError(f"IWAE needs k >= 1, got {k}")
+        if not q.has_reparam:
+            raise ValueError(
+                f"IWAE needs a reparameterisable proposal; {q.prob_text} ({q.distribution_name}) is not"
+            )
+        super().__init__(q.input_var + [v for v in p.var + p.input_var if v not in q.var])
+        self.p, self.q, self.k = p, q, k
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.p, self.q]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        values, _ = draw(self.q, ctx, self.k, reparam=True)
+        log_w = self.p.get_log_prob(values) - self.q.get_log_prob(values)
+        log_w = log_w.reshape(self.k, -1)
+        return torch.logsumexp(log_w, 0) - math.log(self.k)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt["iwae"].format(self.p.prob_text, self.q.prob_text, self.k)

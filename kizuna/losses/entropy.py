@@ -1,0 +1,80 @@
+r"""`Entropy` :math:`H[p] = -\mathbb{E}_p[\log p]` and `CrossEntropy` :math:`H[p\|q] = -\mathbb{E}_p[\log q]`.
+
+Both are analytic when torch has the closed forms (the entropy of the family; for the
+cross-entropy also the KL, since :math:`H[p\|q] = H[p] + D_{KL}[p\|q]`), Monte Carlo
+otherwise; ``.method`` says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import distributions as D
+
+from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.losses.divergences import analytic_kl_available
+from kizuna.losses.expectation import Expectation
+from kizuna.losses.log_prob import LogProb
+
+
+def analytic_entropy_available(p: Any) -> bool:
+    family = p.torch_family
+    return family is not None and family.entropy is not D.Distribution.entropy
+
+
+def _method(available: bool, analytic: bool | None, what: str) -> str:
+    if analytic and not available:
+        raise ValueError(f"no analytic {what} in torch for these distributions; use analytic=None or False")
+    return "analytic" if (available and analytic is not False) else "monte_carlo"
+
+
+class Entropy(Loss):
+    """:math:`H[p]` per batch row."""
+
+    def __init__(self, p: Any, analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
+        self.method = _method(analytic_entropy_available(p), analytic, f"entropy of {p.prob_text}")
+        self.p = p
+        self._mc = Expectation(p, -LogProb(p), sample_shape=sample_shape)
+        super().__init__(p.input_var if self.method == "analytic" else self._mc.input_var)
+
+    def children(self) -> list[Loss]:
+        return [] if self.method == "analytic" else [self._mc]
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.p]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        if self.method == "monte_carlo":
+            return ctx.value(self._mc)
+        return self.p.get_entropy(ctx.values)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt["entropy"].format(self.p.prob_text)
+
+
+class CrossEntropy(Loss):
+    """:math:`H[p\\|q] = -\\mathbb{E}_p[\\log q]` per batch row."""
+
+    def __init__(self, p: Any, q: Any, analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
+        available = analytic_entropy_available(p) and analytic_kl_available(p, q)
+        self.method = _method(available, analytic, f"cross-entropy H[{p.prob_text}||{q.prob_text}]")
+        self.p, self.q = p, q
+        self._mc = Expectation(p, -LogProb(q), sample_shape=sample_shape)
+        inputs = p.input_var + q.input_var if self.method == "analytic" else self._mc.input_var
+        super().__init__(inputs)
+
+    def children(self) -> list[Loss]:
+        return [] if self.method == "analytic" else [self._mc]
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.p, self.q]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        if self.method == "monte_carlo":
+            return ctx.value(self._mc)
+        dp = self.p.get_dist(ctx.values)
+        return dp.entropy() + D.kl_divergence(dp, self.q.get_dist(ctx.values))
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt["cross_entropy"].format(self.p.prob_text, self.q.prob_text)

@@ -1,0 +1,119 @@
+r"""Expectations under a distribution: `Expectation` and `REINFORCE`.
+
+.. math:: \mathbb{E}_{p(z|x)}[f(x, z)] \approx \frac{1}{S}\sum_{s=1}^S f(x, z_s),\quad z_s \sim p(z|x)
+
+Gradients: factors of ``p`` with a reparameterised sampler are differentiated through the
+draw (pathwise); the others get the score-function term
+:math:`\mathbb{E}[f\,\nabla \log p]` through the surrogate
+:math:`f + \bar f\,(\log p - \overline{\log p})` (bars: detached), whose value equals
+:math:`f` and whose gradient is the unbiased estimator (Williams 1992).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kizuna.distributions.base import batch_size_of, repeat_batch
+from kizuna.losses.base import EvalContext, Loss, Tensor, as_loss
+
+
+def draw(p: Any, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sample ``p`` given the context's values repeated ``n`` times along the batch.
+
+    Returns (all values, new draws); the draws are also recorded in ``ctx.samples``.
+    """
+    own, inputs = set(p.var), set(p.input_var)
+    base = {k: repeat_batch(v, n) for k, v in ctx.values.items() if k in inputs or k not in own}
+    p._require(base, p.input_var)
+    new = p._sample(base, batch_size_of(base) or n, reparam)
+    for k, v in new.items():
+        ctx.samples[k] = v if n == 1 else v.reshape(n, v.shape[0] // n, *v.shape[1:])
+    return {**base, **new}, new
+
+
+def average(value: Tensor, n: int) -> Tensor:
+    """Mean over the ``n`` sample copies of a per-row value of batch ``n*B``."""
+    if n == 1 or value.dim() == 0:
+        return value
+    return value.reshape(n, value.shape[0] // n, *value.shape[1:]).mean(0)
+
+
+def score_log_prob(p: Any, values: dict[str, Any], pathwise: bool) -> Tensor | None:
+    """Log-density of the factors of ``p`` that need the score function (None if none)."""
+    factors = [f for f in p.factors() if not (pathwise and f.has_reparam)]
+    total = None
+    for f in factors:
+        lp = f.get_log_prob(values)
+        total = lp if total is None else total + lp
+    return total
+
+
+class Expectation(Loss):
+    """:math:`\\mathbb{E}_{p}[f]`, see the module docstring.
+
+    Args:
+        p: the distribution to sample from.
+        f: the loss to average (numbers are allowed).
+        sample_shape: draws per row, e.g. ``(10,)``; their mean is returned.
+    """
+
+    def __init__(self, p: Any, f: Any, sample_shape: Sequence[int] = ()) -> None:
+        f = as_loss(f)
+        super().__init__(p.input_var + [v for v in f.input_var if v not in p.var])
+        self.p, self.f = p, f
+        self.sample_shape = torch.Size(sample_shape)
+
+    def children(self) -> list[Loss]:
+        return [self.f]
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.p]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        n = math.prod(self.sample_shape)
+        values, _ = draw(self.p, ctx, n, reparam=True)
+        f = ctx.child(values).value(self.f)
+        logp = score_log_prob(self.p, values, pathwise=True)
+        if logp is not None:
+            f = f + f.detach() * (logp - logp.detach())
+        return average(f, n)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt["expect"].format(self.p.prob_text, self.f._render(fmt))
+
+
+class REINFORCE(Expectation):
+    """:math:`\\mathbb{E}_{p}[f]` with the score-function gradient for *every* factor of ``p``.
+
+    .. math:: \\nabla \\mathbb{E}_p[f] = \\mathbb{E}_p[(f - b)\\nabla\\log p] + \\mathbb{E}_p[\\nabla f]
+
+    Args:
+        baseline: ``b``: a number, or ``"loo"`` for the leave-one-out mean of the other
+            draws of the same row (needs ``sample_shape`` with more than one draw).
+    """
+
+    def __init__(self, p: Any, f: Any, sample_shape: Sequence[int] = (), baseline: float | str | None = None) -> None:
+        super().__init__(p, f, sample_shape)
+        if baseline == "loo" and math.prod(self.sample_shape) < 2:
+            raise ValueError("REINFORCE(baseline='loo') needs sample_shape with at least two draws")
+        self.baseline = baseline
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        n = math.prod(self.sample_shape)
+        values, _ = draw(self.p, ctx, n, reparam=False)
+        f = ctx.child(values).value(self.f)
+        logp = score_log_prob(self.p, values, pathwise=False)
+        fd = f.detach()
+        if self.baseline == "loo":
+            rows = fd.reshape(n, -1)
+            b = ((rows.sum(0, keepdim=True) - rows) / (n - 1)).reshape(fd.shape)
+        else:
+            b = float(self.baseline or 0.0)
+        return average(f + (fd - b) * (logp - logp.detach()), n)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt["reinforce"].format(self.p.prob_text, self.f._render(fmt))

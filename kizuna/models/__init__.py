@@ -1,0 +1,5 @@
+"""Trainers over losses."""
+
+from kizuna.models.model import Model
+
+__all__ = ["Model"]

@@ -1,0 +1,5 @@
+"""Reusable networks."""
+
+from kizuna.nets.mlp import MLP
+
+__all__ = ["MLP"]
