@@ -32,6 +32,11 @@ TEXT: dict[str, str] = {
     "wasserstein": "W^{{upper}}[{0}, {1}]",
     "integral": "∫ {0}d{1}",
     "reinforce": "E_{{{0}}}[{1}] (REINFORCE)",
+    "mixture": "sum_{{{0}}} {1}",
+    "proportional": "{0} ∝ {1}",
+    "std_normal": "N({0};0,I)",
+    "prod": "prod_{{{0}}} {1}",
+    "weighted": "w_{0} {1}",
 }
 
 LATEX: dict[str, str] = {
@@ -57,6 +62,11 @@ LATEX: dict[str, str] = {
     "wasserstein": r"W^{{upper}}\left[{0}, {1}\right]",
     "integral": r"\int {0}d{1}",
     "reinforce": r"\mathbb{{E}}_{{{0}}}\left[{1}\right]_{{\mathrm{{REINFORCE}}}}",
+    "mixture": r"\sum_{{{0}}} {1}",
+    "proportional": r"{0} \propto {1}",
+    "std_normal": r"\mathcal{{N}}\left({0};0,I\right)",
+    "prod": r"\prod_{{{0}}} {1}",
+    "weighted": "w_{{{0}}} {1}",
 }
 
 _SUBSCRIPT = re.compile(r"^([^_{}]+)_([^{}]+)$")

@@ -1,4 +1,4 @@
-"""`JointDistribution`: the product of factors, ``p * q``.
+r"""`JointDistribution`: the product of factors, ``p * q``.
 
 .. math:: p(x, z \mid y) = \prod_i p_i(\mathrm{var}_i \mid \mathrm{cond}_i)
 

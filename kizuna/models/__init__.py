@@ -1,5 +1,6 @@
 """Trainers over losses."""
 
 from kizuna.models.model import Model
+from kizuna.models.vae import VAE
 
-__all__ = ["Model"]
+__all__ = ["Model", "VAE"]
