@@ -21,14 +21,19 @@ from kizuna.distributions.families import (
 )
 from kizuna.distributions.joint import JointDistribution
 from kizuna.distributions.marginal import MarginalizeVarDistribution
+from kizuna.distributions.mixture import MixtureModel, MixturePosterior
+from kizuna.distributions.moe import MixtureOfNormal
+from kizuna.distributions.poe import ElementWiseProductOfNormal, ProductOfNormal
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.special import CustomProb, Deterministic, EmpiricalDistribution
 from kizuna.distributions.torch_dist import TorchDistribution, set_validation
 
 __all__ = [
     "Bernoulli", "Beta", "Categorical", "CustomProb", "Deterministic", "Dirichlet", "Distribution",
-    "EmpiricalDistribution", "FactorizedBernoulli", "Gamma", "JointDistribution", "Laplace", "LogNormal",
-    "MarginalizeVarDistribution", "Multinomial", "MultivariateNormal", "Normal", "Poisson",
+    "ElementWiseProductOfNormal", "EmpiricalDistribution", "FactorizedBernoulli", "Gamma", "JointDistribution",
+    "Laplace", "LogNormal",
+    "MarginalizeVarDistribution", "MixtureModel", "MixtureOfNormal", "MixturePosterior", "Multinomial",
+    "MultivariateNormal", "Normal", "Poisson", "ProductOfNormal",
     "RelaxedBernoulli", "RelaxedCategorical", "ReplaceVarDistribution", "StudentT", "TorchDistribution",
     "VonMises", "set_validation",
 ]

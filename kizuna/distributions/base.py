@@ -144,6 +144,10 @@ class Distribution(nn.Module):
         cond = [rename.get(v, v) for v in self._cond_var]
         return prob_text(self._name, var, cond)
 
+    def _factor_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        """The text of this distribution as one factor of a product (see `JointDistribution`)."""
+        return self._factorized_text(fmt, rename)
+
     @property
     def prob_factorized_text(self) -> str:
         """The product of factors, e.g. ``p(x|z)p_{prior}(z)``."""
@@ -200,7 +204,9 @@ class Distribution(nn.Module):
         """Draw the variables of ``var``.
 
         Args:
-            x_dict: values of the conditioning variables, batch first.
+            x_dict: values of the conditioning variables, batch first. For a product, values
+                of some factors' variables hold those factors fixed (the others are drawn
+                given them); a single distribution given its own variable is an error.
             batch_n: batch size when nothing in ``x_dict`` fixes it (default 1).
             sample_shape: extra leading dims: each sampled variable gets shape
                 ``(*sample_shape, batch, *features)``; inputs are returned unchanged.
@@ -219,7 +225,10 @@ class Distribution(nn.Module):
         shape = torch.Size(sample_shape)
         n = math.prod(shape)
         keep = set(self.input_var)  # an empirical factor reads its own variable
-        inputs = {k: v for k, v in x_dict.items() if k in keep or k not in self._var}
+        fixed = [v for v in self._var if v in x_dict and v not in keep]
+        if fixed:
+            self._check_fixed(fixed)
+        inputs = {k: v for k, v in x_dict.items() if k in keep or k not in self._var or k in fixed}
         if len(shape) == 0:
             new = self._sample(inputs, batch_n, reparam)
         else:
@@ -228,6 +237,13 @@ class Distribution(nn.Module):
             new = self._sample(inner, b * n, reparam)
             new = {k: v.reshape(*shape, v.shape[0] // n, *v.shape[1:]) for k, v in new.items()}
         return {**x_dict, **new} if return_all else new
+
+    def _check_fixed(self, fixed: list[str]) -> None:
+        """Variables of ``var`` given to ``sample``: an error here; a product conditions on them."""
+        raise ValueError(
+            f"{self.prob_text}: {', '.join(fixed)} is given in x_dict but is a variable this distribution "
+            "draws; remove it from x_dict (or sample a product, which holds given factors fixed)"
+        )
 
     def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True) -> Tensor:
         """``log p(var|cond_var)`` per batch row (features summed unless ``sum_features=False``)."""

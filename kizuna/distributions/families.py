@@ -8,10 +8,14 @@ from ``forward(**cond)``; see `kizuna.distributions.torch_dist`.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import distributions as D
+from torch.distributions import constraints
 
 from kizuna.distributions.base import Tensor, XDict
-from kizuna.distributions.torch_dist import TorchDistribution
+from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
 
 
 class Normal(TorchDistribution):
@@ -43,7 +47,10 @@ class StudentT(TorchDistribution):
 
 
 class Gamma(TorchDistribution):
-    r"""Gamma: :math:`\frac{\beta^\alpha}{\Gamma(\alpha)} x^{\alpha-1} e^{-\beta x}`, ``concentration`` α, ``rate`` β."""
+    r"""Gamma: :math:`\frac{\beta^\alpha}{\Gamma(\alpha)} x^{\alpha-1} e^{-\beta x}`.
+
+    Parameters ``concentration`` (α) and ``rate`` (β).
+    """
 
     torch_class = D.Gamma
     param_names = ("concentration", "rate")
@@ -54,6 +61,8 @@ class Beta(TorchDistribution):
 
     torch_class = D.Beta
     param_names = ("concentration1", "concentration0")
+    # torch checks them only inside its Dirichlet, whose error names "concentration"
+    param_constraints = {"concentration1": constraints.positive, "concentration0": constraints.positive}
 
 
 class Dirichlet(TorchDistribution):
@@ -96,7 +105,13 @@ class Bernoulli(TorchDistribution):
 
     torch_class = D.Bernoulli
     param_names = ("probs", "logits")
-    validate_value = False
+    validate_value = False  # torch would demand 0 or 1; [0, 1] is checked here instead
+
+    def _check_value(self, value: Any, dist: D.Distribution, batched: bool) -> None:
+        """See `TorchDistribution._check_value`; values must lie in [0, 1]."""
+        super()._check_value(value, dist, batched)
+        if validation_enabled() and not bool(((value >= 0) & (value <= 1)).all()):
+            raise ValueError(f"{self.prob_text}: value of {self._var[0]} must lie in [0, 1], found values outside")
 
 
 class FactorizedBernoulli(Bernoulli):
@@ -124,12 +139,32 @@ class Categorical(TorchDistribution):
     param_names = ("probs", "logits")
 
 
-class Multinomial(TorchDistribution):
-    r"""Multinomial counts over the last feature dimension: ``total_count`` (int), ``probs`` or ``logits``."""
+class _TorchMultinomial(D.Multinomial):
+    """torch's Multinomial whose ``expand`` keeps the Binomial that ``entropy`` reads (torch 2.13 drops it)."""
 
-    torch_class = D.Multinomial
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance: Any = None) -> D.Multinomial:
+        new = super().expand(batch_shape, _instance)
+        new._binomial = self._binomial.expand(torch.Size(batch_shape) + self.event_shape)
+        return new
+
+
+class Multinomial(TorchDistribution):
+    r"""Multinomial counts over the last feature dimension: ``total_count`` (int), ``probs`` or ``logits``.
+
+    Scored counts must add up to ``total_count`` (torch alone accepts any smaller total).
+    """
+
+    torch_class = _TorchMultinomial
     param_names = ("total_count", "probs", "logits")
     static_params = ("total_count",)
+    param_constraints = {"total_count": constraints.nonnegative_integer}
+
+    def _check_value(self, value: Any, dist: D.Distribution, batched: bool) -> None:
+        """See `TorchDistribution._check_value`; counts must add up to ``total_count``."""
+        super()._check_value(value, dist, batched)
+        total = (dist.base_dist if isinstance(dist, D.Independent) else dist).total_count
+        if validation_enabled() and not bool((value.sum(-1) == total).all()):
+            raise ValueError(f"{self.prob_text}: value of {self._var[0]} must add up to total_count={total}")
 
 
 class RelaxedBernoulli(TorchDistribution):
@@ -140,6 +175,7 @@ class RelaxedBernoulli(TorchDistribution):
 
     torch_class = D.RelaxedBernoulli
     param_names = ("temperature", "probs", "logits")
+    param_constraints = {"temperature": constraints.positive}  # torch does not check it
 
 
 class RelaxedCategorical(TorchDistribution):
@@ -150,3 +186,4 @@ class RelaxedCategorical(TorchDistribution):
 
     torch_class = D.RelaxedOneHotCategorical
     param_names = ("temperature", "probs", "logits")
+    param_constraints = {"temperature": constraints.positive}  # torch does not check it

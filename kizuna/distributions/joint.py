@@ -23,7 +23,11 @@ def _order(factors: Sequence[Distribution]) -> list[Distribution]:
             if v in owner:
                 raise ValueError(f"variable {v} is defined twice: by {owner[v].prob_text} and by {f.prob_text}")
             owner[v] = f
-    deps = {id(f): {id(owner[c]) for c in f.input_var if c in owner and owner[c] is not f} for f in factors}
+    # cond_var as well as input_var: experts of a product of experts take optional inputs
+    deps = {
+        id(f): {id(owner[c]) for c in f.cond_var + f.input_var if c in owner and owner[c] is not f}
+        for f in factors
+    }
     ordered: list[Distribution] = []
     done: set[int] = set()
     pending = list(factors)
@@ -77,17 +81,29 @@ class JointDistribution(Distribution):
         return list(self._factors)
 
     def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
-        return "".join(f._factorized_text(fmt, rename) for f in self._factors)
+        return "".join(f._factor_text(fmt, rename) for f in self._factors)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         values = dict(x_dict)
         new: XDict = {}
         for f in self._order:
+            if all(v in values for v in f.var) and not set(f.var) & set(f.input_var):
+                continue  # held fixed: sample() was given this factor's variables
             f._require(values, f.input_var)
             out = f._sample(values, batch_n, reparam)
             values.update(out)
             new.update(out)
         return new
+
+    def _check_fixed(self, fixed: list[str]) -> None:
+        for f in self._factors:
+            given = [v for v in f.var if v in fixed]
+            if given and len(given) != len(f.var):
+                missing = [v for v in f.var if v not in fixed]
+                raise ValueError(
+                    f"{self.prob_text}: x_dict gives {', '.join(given)} but not {', '.join(missing)} of the "
+                    f"factor {f.prob_text}; give all of its variables or none"
+                )
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         if not sum_features and len(self._factors) > 1:

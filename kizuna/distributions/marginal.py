@@ -34,8 +34,25 @@ class MarginalizeVarDistribution(Distribution):
         return self.p.has_reparam
 
     def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
-        dz = "".join(rename.get(v, v) for v in self._marginalized)
-        return fmt["integral"].format(self.p._factorized_text(fmt, rename), dz)
+        # The integrated variables are bound: an outer renaming does not reach them, and one
+        # that would capture them (``replace_var(x="z")`` over ``∫ p(x|z)p(z)dz``) primes them.
+        free = [v for v in [*self._var, *self._cond_var, *self.input_var] if v not in self._marginalized]
+        taken = {rename.get(v, v) for v in free}
+        inner = dict(rename)
+        for z in self._marginalized:
+            bound = z
+            while bound in taken:
+                bound += "'"
+            taken.add(bound)
+            inner[z] = bound
+        text = self.p._factorized_text(fmt, inner)
+        for z in self._marginalized:  # ∫ ∫ p(x,z,w) dz dw, one integral sign per variable
+            text = fmt["integral"].format(text, inner[z])
+        return text
+
+    def _factor_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        """Bracketed, so that the integral's scope stays clear inside a product."""
+        return fmt["paren"].format(self._factorized_text(fmt, rename))
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         out = self.p._sample(x_dict, batch_n, reparam)

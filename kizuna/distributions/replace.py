@@ -15,7 +15,7 @@ class ReplaceVarDistribution(Distribution):
     """``p`` with variables renamed by ``replace`` (old name -> new name)."""
 
     def __init__(self, p: Distribution, replace: Mapping[str, str]) -> None:
-        names = p.var + p.cond_var + p.input_var
+        names = list(dict.fromkeys(p.var + p.cond_var + p.input_var))
         unknown = [k for k in replace if k not in names]
         if unknown:
             raise ValueError(f"{p.prob_text}: cannot replace {', '.join(unknown)}; its variables are {names}")
@@ -24,7 +24,7 @@ class ReplaceVarDistribution(Distribution):
         cond = [rename.get(v, v) for v in p.cond_var]
         if len(set(var + cond)) != len(var + cond):
             raise ValueError(f"{p.prob_text}: replace_var({rename}) would give two variables the same name")
-        super().__init__(var, cond, p.name)
+        super().__init__(var, cond, p.name, p.features_shape)
         self.p = p
         self._rename = rename
         self._inverse = {new: old for old, new in rename.items()}
@@ -37,18 +37,31 @@ class ReplaceVarDistribution(Distribution):
     def has_reparam(self) -> bool:
         return self.p.has_reparam
 
-    def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+    def _compose(self, rename: Mapping[str, str]) -> dict[str, str]:
+        """An outer renaming (over the new names) expressed over ``p``'s names."""
         composed = {old: rename.get(new, new) for old, new in self._rename.items()}
         for k, v in rename.items():
             if k not in self._inverse and k not in composed:
                 composed[k] = v
-        return self.p._factorized_text(fmt, composed)
+        return composed
+
+    def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        return self.p._factorized_text(fmt, self._compose(rename))
+
+    def _factor_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        return self.p._factor_text(fmt, self._compose(rename))
 
     def _inner(self, x_dict: XDict) -> XDict:
         shadowed = set(self._rename) - set(self._inverse)
         inner = {k: v for k, v in x_dict.items() if k not in shadowed}
         inner.update({self._inverse[k]: v for k, v in x_dict.items() if k in self._inverse})
         return inner
+
+    def _given(self, x_dict: Mapping | None) -> XDict:
+        """``_inner`` for the public helpers, checked first so that errors use the new names."""
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self._cond_var)
+        return self._inner(x_dict)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         out = self.p._sample(self._inner(x_dict), batch_n, reparam)
@@ -58,20 +71,20 @@ class ReplaceVarDistribution(Distribution):
         return self.p.get_log_prob(self._inner(x_dict), sum_features)
 
     def get_entropy(self, x_dict: Mapping | None = None, sum_features: bool = True) -> Tensor:
-        return self.p.get_entropy(self._inner(dict(x_dict or {})), sum_features)
+        return self.p.get_entropy(self._given(x_dict), sum_features)
 
     def sample_mean(self, x_dict: Mapping | None = None) -> Tensor:
-        return self.p.sample_mean(self._inner(dict(x_dict or {})))
+        return self.p.sample_mean(self._given(x_dict))
 
     def sample_variance(self, x_dict: Mapping | None = None) -> Tensor:
-        return self.p.sample_variance(self._inner(dict(x_dict or {})))
+        return self.p.sample_variance(self._given(x_dict))
 
     @property
     def torch_family(self):  # noqa: ANN201 - see Distribution.torch_family
         return self.p.torch_family
 
     def get_dist(self, x_dict: Mapping | None = None, independent: bool = True):  # noqa: ANN201
-        return self.p.get_dist(self._inner(dict(x_dict or {})), independent)
+        return self.p.get_dist(self._given(x_dict), independent)
 
     def get_params(self, x_dict: Mapping | None = None) -> dict[str, Tensor]:
-        return self.p.get_params(self._inner(dict(x_dict or {})))
+        return self.p.get_params(self._given(x_dict))

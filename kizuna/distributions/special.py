@@ -74,7 +74,8 @@ class CustomProb(Distribution):
             variables it is called with them as keyword arguments.
         var: the variables it scores.
         distribution_name: how ``distribution_name`` reports it.
-        learnable: register the function's parameters (if it is an ``nn.Module``) for training.
+        learnable: register the function's parameters (if it is an ``nn.Module``) for training;
+            with ``False`` they are neither in ``parameters()`` nor in ``state_dict()``.
     """
 
     def __init__(self, log_prob_function: Callable[..., Tensor], var: str | Sequence[str],
@@ -83,7 +84,8 @@ class CustomProb(Distribution):
         if learnable and isinstance(log_prob_function, nn.Module):
             self.log_prob_function = log_prob_function
         else:
-            self._function = log_prob_function
+            # a plain attribute: nn.Module.__setattr__ would register a module (and train it)
+            object.__setattr__(self, "_function", log_prob_function)
         self._learnable = learnable
         self._dist_name = distribution_name
 

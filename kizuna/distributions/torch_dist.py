@@ -20,11 +20,14 @@ from typing import Any, ClassVar
 import torch
 from torch import distributions as D
 from torch import nn
+from torch.distributions import constraints
 
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 
 _VALIDATE = [True]
-_PARAM_ERROR = re.compile(r"Expected parameter (\w+) .*?to satisfy the constraint ([^,]+?(?:\)|\w))(?:,| but)")
+# torch's message: "Expected parameter NAME (...) of distribution ... to satisfy the constraint
+# CONSTRAINT, but found invalid values"; the constraint itself may contain ", " (Interval(a, b)).
+_PARAM_ERROR = re.compile(r"Expected parameter (\w+) .*?to satisfy the constraint (.+?), but found")
 
 
 def set_validation(enabled: bool) -> None:
@@ -47,6 +50,8 @@ class TorchDistribution(Distribution):
     param_names: ClassVar[tuple[str, ...]] = ()
     static_params: ClassVar[tuple[str, ...]] = ()  # plain Python values (e.g. total_count)
     validate_value: ClassVar[bool] = True  # check the support of scored values
+    # checks torch leaves out or reports under an inner distribution's parameter names
+    param_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
 
     def __init__(
         self,
@@ -118,7 +123,9 @@ class TorchDistribution(Distribution):
         if self._uses_forward:
             out = self(**{k: x_dict[k] for k in self._cond_var})
             if not isinstance(out, Mapping):
-                raise TypeError(f"{self.prob_text}: forward() must return a dict of parameters, got {type(out).__name__}")
+                raise TypeError(
+                    f"{self.prob_text}: forward() must return a dict of parameters, got {type(out).__name__}"
+                )
             bad = sorted(set(out) - set(self.param_names))
             if bad:
                 raise ValueError(
@@ -138,7 +145,18 @@ class TorchDistribution(Distribution):
         self._require(x_dict, self._cond_var)
         return self._params(x_dict)[0]
 
+    def _check_params(self, params: dict[str, Any]) -> None:
+        for key, constraint in self.param_constraints.items():
+            value = params.get(key)
+            if value is not None and not bool(constraint.check(torch.as_tensor(value)).all()):
+                raise ValueError(
+                    f"{self.prob_text}: parameter '{key}' of {type(self).__name__} must satisfy {constraint}; "
+                    "got invalid values."
+                )
+
     def _build(self, params: dict[str, Any]) -> D.Distribution:
+        if _VALIDATE[0]:
+            self._check_params(params)
         try:
             return self.torch_class(**params, validate_args=_VALIDATE[0])
         except ValueError as err:

@@ -16,6 +16,11 @@ from kizuna.losses.expectation import Expectation
 from kizuna.losses.log_prob import LogProb
 
 
+def with_row(value: Tensor) -> Tensor:
+    """Give a per-row value the batch dimension unbatched (constant) parameters leave out."""
+    return value if value.dim() > 0 else value.unsqueeze(0)
+
+
 def analytic_kl_available(p: Any, q: Any) -> bool:
     """Whether torch's KL registry has a closed form for the families of ``p`` and ``q``."""
     fp, fq = p.torch_family, q.torch_family
@@ -58,7 +63,8 @@ class KullbackLeibler(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         if self.method == "monte_carlo":
             return ctx.value(self._mc)
-        return D.kl_divergence(self.p.get_dist(ctx.values), self.q.get_dist(ctx.values))
+        kl = D.kl_divergence(self.p.get_dist(ctx.values), self.q.get_dist(ctx.values))
+        return with_row(kl)
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["kl"].format(self.p.prob_text, self.q.prob_text)

@@ -11,16 +11,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from torch import distributions as D
+from torch.distributions.exp_family import ExponentialFamily
 
 from kizuna.losses.base import EvalContext, Loss, Tensor
-from kizuna.losses.divergences import analytic_kl_available
+from kizuna.losses.divergences import analytic_kl_available, with_row
 from kizuna.losses.expectation import Expectation
 from kizuna.losses.log_prob import LogProb
 
 
 def analytic_entropy_available(p: Any) -> bool:
+    """Whether torch has a closed-form entropy for the family of ``p``."""
     family = p.torch_family
-    return family is not None and family.entropy is not D.Distribution.entropy
+    if family is None or family.entropy is D.Distribution.entropy:
+        return False
+    # the exponential-family entropy needs the family's carrier measure; e.g. Poisson has none
+    return not (family.entropy is ExponentialFamily.entropy
+                and family._mean_carrier_measure is ExponentialFamily._mean_carrier_measure)
 
 
 def _method(available: bool, analytic: bool | None, what: str) -> str:
@@ -74,7 +80,7 @@ class CrossEntropy(Loss):
         if self.method == "monte_carlo":
             return ctx.value(self._mc)
         dp = self.p.get_dist(ctx.values)
-        return dp.entropy() + D.kl_divergence(dp, self.q.get_dist(ctx.values))
+        return with_row(dp.entropy() + D.kl_divergence(dp, self.q.get_dist(ctx.values)))
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["cross_entropy"].format(self.p.prob_text, self.q.prob_text)

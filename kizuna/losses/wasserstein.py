@@ -26,7 +26,9 @@ class WassersteinDistance(Loss):
             raise ValueError(f"WassersteinDistance needs both over the same variables: {p.var} vs {q.var}")
         super().__init__(p.input_var + q.input_var)
         self.p, self.q = p, q
-        self.metric = metric if metric is not None else nn.PairwiseDistance(p=2)
+        # eps=0: PairwiseDistance's default eps=1e-6 is added to x - y, which makes the distance
+        # inexact and asymmetric; the norm's gradient at 0 is already finite (0)
+        self.metric = metric if metric is not None else nn.PairwiseDistance(p=2, eps=0.0)
 
     def _own_distributions(self) -> list[Any]:
         return [self.p, self.q]

@@ -1,0 +1,228 @@
+r"""`MixtureModel`: a finite mixture with a one-hot hidden component variable.
+
+.. math::
+
+    p(x) = \sum_{k=1}^K p(z = e_k)\, p_k(x), \qquad
+    \log p(x) = \operatorname{logsumexp}_k \big(\log p(z = e_k) + \log p_k(x)\big)
+
+The components :math:`p_k` may be of different families and may be conditional; the prior
+:math:`p(z)` is a distribution over one-hot vectors of length :math:`K` (a `Categorical`,
+possibly conditional). `MixtureModel.posterior` gives :math:`p(z|x)` by Bayes' rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from kizuna._text import prob_text
+from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, repeat_batch
+from kizuna.distributions.families import Categorical
+
+
+def common_var(dists: Sequence[Distribution], owner: str) -> list[str]:
+    """The variables shared by every distribution of ``dists``; a ValueError if they differ."""
+    if len(dists) == 0:
+        raise ValueError(f"{owner} needs at least one distribution")
+    for d in dists:
+        if not isinstance(d, Distribution):
+            raise TypeError(f"{owner} takes kizuna distributions, got {type(d).__name__}")
+    var = dists[0].var
+    for d in dists[1:]:
+        if sorted(d.var) != sorted(var):
+            raise ValueError(
+                f"{owner}: every distribution must be over the same variables, but "
+                f"{dists[0].prob_text} is over {var} and {d.prob_text} is over {d.var}"
+            )
+    return var
+
+
+def union_cond(dists: Sequence[Distribution], exclude: Sequence[str] = ()) -> list[str]:
+    """The conditioning variables of ``dists``, in order of appearance, without ``exclude``."""
+    cond: list[str] = []
+    for d in dists:
+        cond.extend(c for c in d.cond_var if c not in exclude and c not in cond)
+    return cond
+
+
+class MixtureModel(Distribution):
+    r"""A mixture :math:`p(x) = \sum_z p(z)\,p(x|z)` with one-hot :math:`z` (see module docstring).
+
+    Args:
+        distributions: the :math:`K` components :math:`p_k(x)`, all over the same variables.
+        prior: a distribution over one hidden variable holding one-hot vectors of length
+            :math:`K`, e.g. ``Categorical(var=["z"], probs=torch.ones(K) / K)``.
+        name: the symbol of the mixture.
+        features_shape: see `Distribution`.
+
+    Sampling draws :math:`z` from the prior, then :math:`x` from the chosen component (all
+    components are drawn and one is selected per row: cheap for small :math:`K`). The
+    choice is discrete, so there is no reparameterised sampler; draws carry no gradient.
+
+    Example:
+        >>> from kizuna.distributions import Categorical, Normal
+        >>> p = MixtureModel([Normal(var=["x"], loc=-2.0, scale=1.0), Normal(var=["x"], loc=2.0, scale=1.0)],
+        ...                  Categorical(var=["z"], probs=torch.tensor([0.3, 0.7])))
+        >>> print(p)
+        p(x) = sum_{z} p(z)p(x|z)
+        >>> p.get_log_prob({"x": torch.zeros(4)}).shape
+        torch.Size([4])
+    """
+
+    def __init__(self, distributions: Sequence[Distribution], prior: Distribution, name: str = "p",
+                 features_shape: Sequence[int] | torch.Size = ()) -> None:
+        distributions = list(distributions)
+        var = common_var(distributions, "MixtureModel")
+        if not isinstance(prior, Distribution) or len(prior.var) != 1:
+            raise ValueError("MixtureModel: prior must be a distribution over one hidden (one-hot) variable")
+        hidden = prior.var[0]
+        if hidden in var:
+            raise ValueError(f"MixtureModel: the hidden variable {hidden} is also a variable of the components")
+        bad = [d.prob_text for d in distributions if hidden in d.cond_var] + (
+            [prior.prob_text] if set(prior.cond_var) & set(var) else [])
+        if bad:
+            raise ValueError(
+                f"MixtureModel: {', '.join(bad)} must not condition on {hidden} or {var}; "
+                "the mixture selects the components itself"
+            )
+        cond = union_cond([*distributions, prior], exclude=var)
+        super().__init__(var, cond, name, features_shape)
+        self.distributions = nn.ModuleList(distributions)
+        self.prior = prior
+        self._hidden = hidden
+        self._check_prior_size()
+
+    def _check_prior_size(self) -> None:
+        if self.prior.cond_var:
+            return
+        try:
+            event = self.prior.get_dist({}).event_shape
+        except NotImplementedError:
+            return
+        if event[-1:] != torch.Size([len(self.distributions)]):
+            raise ValueError(
+                f"MixtureModel: the prior {self.prior.prob_text} is over one-hot vectors of shape "
+                f"{tuple(event)}, but there are {len(self.distributions)} components"
+            )
+
+    @property
+    def hidden_var(self) -> list[str]:
+        """The hidden (component) variable, the prior's variable."""
+        return [self._hidden]
+
+    @property
+    def input_var(self) -> list[str]:
+        inputs: list[str] = []
+        for d in [*self.distributions, self.prior]:
+            inputs.extend(v for v in d.input_var if v not in self._var and v not in inputs)
+        return inputs
+
+    @property
+    def distribution_name(self) -> str:
+        return "Mixture Model"
+
+    # ------------------------------------------------------------------ text
+    def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        names = {d.name for d in self.distributions}
+        var = [rename.get(v, v) for v in self._var]
+        cond = [self._hidden, *(rename.get(v, v) for v in self._cond_var)]
+        component = prob_text(names.pop() if len(names) == 1 else "p", var, cond)
+        summand = self.prior._factorized_text(fmt, rename) + component
+        return fmt["mixture"].format(self._hidden, summand)
+
+    def _factor_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        """Bracketed, so that the sum's scope stays clear inside a product."""
+        return fmt["paren"].format(self._factorized_text(fmt, rename))
+
+    # --------------------------------------------------------------- density
+    def log_prior(self, x_dict: Mapping[str, Any], dtype: torch.dtype | None = None) -> Tensor:
+        """:math:`\\log p(z = e_k)` for every :math:`k`: shape ``(batch or 1, K)``."""
+        k = len(self.distributions)
+        b = batch_size_of(x_dict, self.prior.input_var) or 1
+        device = next((v.device for v in x_dict.values() if isinstance(v, Tensor)), None)
+        eye = torch.eye(k, dtype=dtype or torch.get_default_dtype(), device=device).repeat_interleave(b, 0)
+        inputs = {c: repeat_batch(x_dict[c], k) for c in self.prior.input_var}
+        return self.prior.get_log_prob({**inputs, self._hidden: eye}).reshape(k, b).T
+
+    def joint_log_prob(self, x_dict: Mapping[str, Any]) -> Tensor:
+        """:math:`\\log p(z = e_k) + \\log p_k(x)` for every component: shape ``(batch, K)``."""
+        self._require(x_dict, self._var + self.input_var)
+        comps = torch.stack([d.get_log_prob(x_dict) for d in self.distributions], dim=-1)
+        return comps + self.log_prior(x_dict, comps.dtype)
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        if not sum_features:
+            raise ValueError(f"{self.prob_text}: a mixture does not factorise over features; use sum_features=True")
+        return torch.logsumexp(self.joint_log_prob(x_dict), dim=-1)
+
+    # -------------------------------------------------------------- sampling
+    def sample_with_hidden(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None) -> XDict:
+        """Draw ``{hidden: z, var: x}``: the component choice along with the draw."""
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self.input_var)
+        z = self.prior._sample(x_dict, batch_n, False)[self._hidden]
+        b = z.shape[0]
+        index = z.argmax(-1)
+        draws = [d._sample(x_dict, b, False) for d in self.distributions]  # no gradient: see class doc
+        out: XDict = {self._hidden: z}
+        for v in self._var:
+            shapes = {tuple(dr[v].shape) for dr in draws}
+            if len(shapes) != 1:
+                raise ValueError(f"{self.prob_text}: the components draw {v} with different shapes {sorted(shapes)}")
+            stacked = torch.stack([dr[v] for dr in draws], dim=1)  # (batch, K, *features)
+            out[v] = stacked[torch.arange(b, device=stacked.device), index]
+        return out
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        out = self.sample_with_hidden(x_dict, batch_n)
+        return {v: out[v] for v in self._var}
+
+    # --------------------------------------------------------------- moments
+    def _weights_and_moments(self, x_dict: Mapping[str, Any], moment: str) -> tuple[Tensor, Tensor]:
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self.input_var)
+        values = torch.stack(torch.broadcast_tensors(*[getattr(d, moment)(x_dict) for d in self.distributions]), 1)
+        probs = self.log_prior(x_dict, values.dtype).exp()
+        return probs.reshape(*probs.shape, *[1] * (values.dim() - 2)), values
+
+    def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        r""":math:`\sum_k \pi_k \mu_k` (single-variable components)."""
+        w, mean = self._weights_and_moments(x_dict or {}, "sample_mean")
+        return (w * mean).sum(1)
+
+    def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        r""":math:`\sum_k \pi_k (\sigma_k^2 + \mu_k^2) - \big(\sum_k \pi_k \mu_k\big)^2`."""
+        w, mean = self._weights_and_moments(x_dict or {}, "sample_mean")
+        _, var = self._weights_and_moments(x_dict or {}, "sample_variance")
+        return (w * (var + mean**2)).sum(1) - (w * mean).sum(1) ** 2
+
+    def posterior(self, name: str | None = None) -> MixturePosterior:
+        """:math:`p(z|x)`, the posterior over the component (see `MixturePosterior`)."""
+        return MixturePosterior(self, name or self._name)
+
+
+class MixturePosterior(Categorical):
+    r"""The component posterior of a `MixtureModel`, by Bayes' rule:
+
+    .. math:: p(z = e_k \mid x) = \frac{\pi_k\, p_k(x)}{\sum_j \pi_j\, p_j(x)}
+
+    A one-hot `Categorical` over the hidden variable, conditioned on the mixture's variables
+    (and its conditioning variables); ``get_params`` and ``sample_mean`` give the
+    probabilities, shape ``(batch, K)``. It shares the mixture's parameters.
+    """
+
+    def __init__(self, mixture: MixtureModel, name: str = "p") -> None:
+        super().__init__(var=mixture.hidden_var, cond_var=mixture.var + mixture.cond_var, name=name)
+        self.mixture = mixture
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        """Posterior logits ``log p(z = e_k | x)``, shape ``(batch, K)``."""
+        joint = self.mixture.joint_log_prob(cond)
+        return {"logits": joint - torch.logsumexp(joint, dim=-1, keepdim=True)}
+
+    def get_params(self, x_dict: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+        """``{"probs": p(z = e_k | x)}``, shape ``(batch, K)``."""
+        return {"probs": super().get_params(x_dict)["logits"].exp()}

@@ -1,0 +1,159 @@
+r"""`MixtureOfNormal`: a mixture of Gaussian experts (MMVAE, Shi et al. 2019, arXiv:1911.03393).
+
+.. math::
+
+    p(z \mid x_1..x_n) = \sum_{i \in \mathcal{P}} \tilde w_i\, p_i(z|x_i), \qquad
+    \tilde w_i = \frac{w_i}{\sum_{j \in \mathcal{P}} w_j}
+
+where :math:`\mathcal{P}` holds the experts whose inputs are present in ``x_dict`` (missing
+modalities are left out and the weights renormalised); the weights default to uniform.
+The log-density is :math:`\operatorname{logsumexp}_i (\log \tilde w_i + \log p_i(z|x_i))`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
+from kizuna.distributions.mixture import union_cond
+from kizuna.distributions.poe import normal_experts
+
+
+class MixtureOfNormal(Distribution):
+    r"""A weighted mixture of Normal experts over one variable (see module docstring).
+
+    Args:
+        p: the Normal experts :math:`p_i(z|x_i)`, all over the same variable.
+        weights: positive mixture weights, one per expert (normalised here); uniform when
+            ``None``. An ``nn.Parameter`` is learnable (give it unnormalised positive values).
+        name: the symbol of the mixture.
+        features_shape: see `Distribution`.
+
+    Sampling picks an expert per row with the renormalised weights, then draws from it.
+    ``has_reparam`` is True in this sense: *given the chosen expert* the draw is the expert's
+    reparameterised one, so gradients reach the experts' parameters; the discrete choice is
+    not differentiated (no gradient reaches the weights). MMVAE instead averages over the
+    experts with stratified sampling, one draw from each: `sample_each`.
+
+    Like `ProductOfNormal`, the conditioning variables are optional (``input_var`` is empty),
+    but at least one expert must have its inputs.
+
+    Example:
+        >>> from kizuna.distributions import Normal
+        >>> qx = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+        >>> qy = Normal(var=["z"], cond_var=["y"], loc="y", scale=1.0, name="q")
+        >>> q = MixtureOfNormal([qx, qy], name="q")
+        >>> print(q)
+        q(z|x,y) = w_0 q(z|x) + w_1 q(z|y)
+        >>> sorted(q.sample_each({"x": torch.zeros(3, 2)}))
+        [0]
+    """
+
+    def __init__(self, p: Sequence[Distribution], weights: Tensor | Sequence[float] | None = None,
+                 name: str = "p", features_shape: Sequence[int] | torch.Size = ()) -> None:
+        experts = normal_experts(p, "MixtureOfNormal")
+        super().__init__(experts[0].var, union_cond(experts), name, features_shape)
+        self.p = nn.ModuleList(experts)
+        if isinstance(weights, nn.Parameter):
+            self.weights = weights
+        else:
+            dtype = torch.get_default_dtype()
+            w = torch.ones(len(experts)) if weights is None else torch.as_tensor(weights, dtype=dtype)
+            self.register_buffer("weights", w)
+        if self.weights.shape != (len(experts),) or bool((self.weights <= 0).any()):
+            raise ValueError(
+                f"MixtureOfNormal: weights must be {len(experts)} positive numbers (one per expert), "
+                f"got {self.weights.detach().tolist()}"
+            )
+
+    @property
+    def input_var(self) -> list[str]:
+        return []
+
+    @property
+    def has_reparam(self) -> bool:
+        return True
+
+    @property
+    def distribution_name(self) -> str:
+        return "Mixture of Normal"
+
+    def _require(self, x_dict: Mapping[str, Any], names: Iterable[str]) -> None:
+        # conditioning variables are optional: a missing one masks its expert out
+        super()._require(x_dict, [n for n in names if n not in self._cond_var])
+
+    def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        terms = [fmt["weighted"].format(i, e._factorized_text(fmt, rename)) for i, e in enumerate(self.p)]
+        return " + ".join(terms)
+
+    def _factor_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        """Bracketed, so that the sum's scope stays clear inside a product."""
+        return fmt["paren"].format(self._factorized_text(fmt, rename))
+
+    # ------------------------------------------------------------- experts
+    def present(self, x_dict: Mapping[str, Any]) -> list[int]:
+        """Indices of the experts whose conditioning variables are all in ``x_dict``."""
+        found = [i for i, e in enumerate(self.p) if all(c in x_dict for c in e.cond_var)]
+        if not found:
+            raise ValueError(
+                f"{self.prob_text}: no expert has its inputs; give at least one of {', '.join(self._cond_var)}"
+            )
+        return found
+
+    def log_weights(self, x_dict: Mapping[str, Any], dtype: torch.dtype | None = None) -> tuple[list[int], Tensor]:
+        r"""The present experts and :math:`\log \tilde w_i`, renormalised over them (in ``dtype``)."""
+        idx = self.present(x_dict)
+        logw = self.weights[idx].to(dtype or self.weights.dtype).log()
+        return idx, logw - torch.logsumexp(logw, 0)
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        if not sum_features:
+            raise ValueError(f"{self.prob_text}: a mixture does not factorise over features; use sum_features=True")
+        idx = self.present(x_dict)
+        lp = torch.stack(torch.broadcast_tensors(*[self.p[i].get_log_prob(x_dict) for i in idx]), -1)
+        return torch.logsumexp(lp + self.log_weights(x_dict, lp.dtype)[1], dim=-1)
+
+    # ------------------------------------------------------------ sampling
+    def sample_each(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None,
+                    reparam: bool = True) -> dict[int, Tensor]:
+        """One draw per present expert, ``{expert index: (batch, *features)}`` (reparameterised).
+
+        The stratified estimator of MMVAE averages a per-draw objective over these.
+        """
+        x_dict = dict(x_dict or {})
+        idx = self.present(x_dict)
+        b = batch_n or batch_size_of(x_dict, self._cond_var) or 1
+        return {i: self.p[i]._sample(x_dict, b, reparam)[self._var[0]] for i in idx}
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        idx, logw = self.log_weights(x_dict)
+        draws = self.sample_each(x_dict, batch_n, reparam)
+        stacked = torch.stack(torch.broadcast_tensors(*[draws[i] for i in idx]), 1)  # (batch, E, *features)
+        b = stacked.shape[0]
+        choice = torch.multinomial(logw.exp().expand(b, len(idx)), 1).squeeze(1)
+        return {self._var[0]: stacked[torch.arange(b, device=stacked.device), choice.to(stacked.device)]}
+
+    # ------------------------------------------------------------- moments
+    def _moments(self, x_dict: Mapping[str, Any] | None) -> tuple[Tensor, Tensor, Tensor]:
+        x_dict = dict(x_dict or {})
+        idx = self.present(x_dict)
+        params = [self.p[i].get_dist(x_dict, independent=False) for i in idx]
+        means = [d.mean if self.p[i].cond_var else d.mean.unsqueeze(0) for i, d in zip(idx, params)]
+        varis = [d.variance if self.p[i].cond_var else d.variance.unsqueeze(0) for i, d in zip(idx, params)]
+        mean, var = torch.stack(torch.broadcast_tensors(*means)), torch.stack(torch.broadcast_tensors(*varis))
+        w = self.log_weights(x_dict, mean.dtype)[1].exp().reshape(-1, *[1] * (mean.dim() - 1))
+        return w, mean, var
+
+    def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        r""":math:`\sum_i \tilde w_i \mu_i`."""
+        w, mean, _ = self._moments(x_dict)
+        return (w * mean).sum(0)
+
+    def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        r""":math:`\sum_i \tilde w_i (\sigma_i^2 + \mu_i^2) - \big(\sum_i \tilde w_i \mu_i\big)^2`."""
+        w, mean, var = self._moments(x_dict)
+        return (w * (var + mean**2)).sum(0) - (w * mean).sum(0) ** 2

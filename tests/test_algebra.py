@@ -1,0 +1,449 @@
+"""The distribution algebra: products ``p * q``, ``marginalize_var`` and ``replace_var``.
+
+Densities are checked against ``scipy.stats`` in float64; samplers against Monte-Carlo
+moments whose tolerance is a stated number of standard errors (fixed seeds).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from kizuna.distributions import (
+    Bernoulli,
+    Distribution,
+    JointDistribution,
+    MarginalizeVarDistribution,
+    Normal,
+    ReplaceVarDistribution,
+)
+
+F64 = torch.float64
+# Five standard errors: a two-sided false-alarm rate of 5.7e-7 per moment checked.
+N_SE = 5.0
+
+
+def t64(value: float | list[float]) -> torch.Tensor:
+    return torch.tensor(value, dtype=F64)
+
+
+def root(var: str, loc: float, scale: float, name: str = "p", features: tuple[int, ...] = ()) -> Normal:
+    """``N(var; loc, scale^2)`` with constant float64 parameters."""
+    return Normal(var=[var], loc=t64(loc), scale=t64(scale), features_shape=features, name=name)
+
+
+def link(var: str, parent: str, scale: float, name: str = "p") -> Normal:
+    """``N(var; parent, scale^2)``: the parent variable is the mean (a string parameter)."""
+    return Normal(var=[var], cond_var=[parent], loc=parent, scale=t64(scale), name=name)
+
+
+class ScaledLink(Normal):
+    """``N(x; a z, s^2)`` through ``forward``: a Normal subclass, as users write them."""
+
+    def __init__(self, a: float, s: float) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.a, self.s = a, s
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.a * z, "scale": torch.full_like(z, self.s)}
+
+
+class SumLink(Normal):
+    """``N(x; z + y, 1)``: a factor with two conditioning variables."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z", "y"], name="p")
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": z + y, "scale": torch.ones_like(z)}
+
+
+# The chain p(x|z) p(z|w) p(w) used throughout.
+SX, SZ, SW, MW = 0.5, 0.7, 1.2, 1.0
+
+
+def chain() -> tuple[Normal, Normal, Normal]:
+    return link("x", "z", SX), link("z", "w", SZ), root("w", MW, SW)
+
+
+def chain_logpdf(s: dict[str, torch.Tensor]) -> np.ndarray:
+    x, z, w = (s[k].numpy() for k in "xzw")
+    return stats.norm.logpdf(x, z, SX) + stats.norm.logpdf(z, w, SZ) + stats.norm.logpdf(w, MW, SW)
+
+
+def assert_mean(sample: torch.Tensor, mean: float, var: float) -> None:
+    se = (var / sample.numel()) ** 0.5
+    assert abs(sample.mean().item() - mean) < N_SE * se, (sample.mean().item(), mean, se)
+
+
+def assert_var(sample: torch.Tensor, var: float) -> None:
+    se = var * (2.0 / (sample.numel() - 1)) ** 0.5  # standard error of a Gaussian sample variance
+    assert abs(sample.var().item() - var) < N_SE * se, (sample.var().item(), var, se)
+
+
+# ---------------------------------------------------------------------------- product
+class TestProduct:
+    def test_two_factors_keys_order_and_text(self) -> None:
+        p, prior = link("x", "z", 1.0), root("z", 0.0, 1.0, name="p_prior")
+        joint = p * prior
+        assert isinstance(joint, JointDistribution)
+        assert joint.var == ["x", "z"] and joint.cond_var == [] and joint.input_var == []
+        assert joint.factors() == [p, prior]
+        s = joint.sample(batch_n=4)
+        assert list(s) == ["z", "x"]  # z is drawn first: p(x|z) needs it
+        assert all(v.shape == (4,) for v in s.values())
+
+    @pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
+    def test_ancestral_order_whatever_the_multiplication_order(self, perm: tuple[int, ...]) -> None:
+        factors = chain()
+        picked = [factors[i] for i in perm]
+        joint = picked[0] * picked[1] * picked[2]
+        assert joint.var == [v for f in picked for v in f.var]  # the formula keeps the user's order
+        assert joint.prob_factorized_text == "".join(f.prob_text for f in picked)
+        torch.manual_seed(0)
+        s = joint.sample(batch_n=3, return_all=False)
+        assert list(s) == ["w", "z", "x"]
+
+    def test_sampling_uses_the_values_it_just_drew(self) -> None:
+        # With a tiny child scale, each child equals its parent: x comes from the z returned.
+        joint = link("x", "z", 1e-9) * link("z", "w", 1e-9) * root("w", 0.0, 1.0)
+        s = joint.sample(batch_n=50)
+        torch.testing.assert_close(s["x"], s["w"], atol=1e-7, rtol=0)
+        assert s["w"].std() > 0.3
+
+    def test_log_prob_is_sum_of_factors_and_matches_scipy(self) -> None:
+        px, pz, pw = chain()
+        joint = px * pz * pw
+        torch.manual_seed(1)
+        s = joint.sample(batch_n=7)
+        lp = joint.get_log_prob(s)
+        assert lp.shape == (7,) and lp.dtype == F64
+        parts = px.get_log_prob(s) + pz.get_log_prob(s) + pw.get_log_prob(s)
+        torch.testing.assert_close(lp, parts, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(lp.numpy(), chain_logpdf(s), rtol=1e-10)
+
+    def test_log_prob_with_features_sums_feature_dims(self) -> None:
+        p, prior = link("x", "z", 0.3), root("z", 0.5, 2.0, features=(3,), name="p_prior")
+        joint = p * prior
+        s = joint.sample(batch_n=5)
+        assert s["z"].shape == (5, 3) and s["x"].shape == (5, 3)
+        expected = (stats.norm.logpdf(s["x"].numpy(), s["z"].numpy(), 0.3)
+                    + stats.norm.logpdf(s["z"].numpy(), 0.5, 2.0)).sum(1)
+        np.testing.assert_allclose(joint.get_log_prob(s).numpy(), expected, rtol=1e-10)
+
+    def test_gaussian_chain_moments(self) -> None:
+        """x = w + e_z + e_x: Var(x) = sx^2 + sz^2 + sw^2, Cov(x, w) = sw^2, E[x] = mw."""
+        joint = link("x", "z", SX) * link("z", "w", SZ) * root("w", MW, SW)
+        torch.manual_seed(2)
+        s = joint.sample(batch_n=20000)
+        var_x = SX**2 + SZ**2 + SW**2
+        assert_mean(s["x"], MW, var_x)
+        assert_var(s["x"], var_x)
+        assert_var(s["z"], SZ**2 + SW**2)
+        assert_var(s["x"] - s["z"], SX**2)  # the child's noise is independent of its parent
+        # Cov(x, w) = Var(w) means x - w = e_z + e_x is uncorrelated with w; the product of
+        # the two centred, independent terms has variance (sx^2 + sz^2) sw^2.
+        cov = ((s["x"] - s["w"]) * (s["w"] - MW)).mean().item()
+        se = ((SX**2 + SZ**2) * SW**2 / s["x"].numel()) ** 0.5
+        assert abs(cov) < N_SE * se
+
+    def test_chain_with_normal_subclass(self) -> None:
+        """p(x|z) = N(2z, 0.5^2) written as a subclass; Var(x) = 0.25 + 4 (sz^2 + sw^2)."""
+        px = ScaledLink(2.0, 0.5)
+        joint = px * link("z", "w", SZ) * root("w", MW, SW)
+        assert str(joint) == "p(x,z,w) = p(x|z)p(z|w)p(w)"
+        torch.manual_seed(3)
+        s = joint.sample(batch_n=20000)
+        var_x = 0.25 + 4 * (SZ**2 + SW**2)
+        assert_mean(s["x"], 2 * MW, var_x)
+        assert_var(s["x"], var_x)
+        small = {k: v[:6] for k, v in s.items()}
+        expected = (stats.norm.logpdf(small["x"].numpy(), 2 * small["z"].numpy(), 0.5)
+                    + stats.norm.logpdf(small["z"].numpy(), small["w"].numpy(), SZ)
+                    + stats.norm.logpdf(small["w"].numpy(), MW, SW))
+        np.testing.assert_allclose(joint.get_log_prob(small).numpy(), expected, rtol=1e-10)
+
+    def test_nested_products_are_associative(self) -> None:
+        a, b, c = chain()
+        left, right = (a * b) * c, a * (b * c)
+        assert left.factors() == right.factors() == [a, b, c]
+        assert left.var == right.var and left.cond_var == right.cond_var
+        assert str(left) == str(right) == "p(x,z,w) = p(x|z)p(z|w)p(w)"
+        assert left.to_latex() == right.to_latex()
+        # a conditional joint completed later
+        partial = a * b
+        assert partial.cond_var == ["w"]
+        assert (partial * c).cond_var == [] and (c * partial).cond_var == []
+        s = left.sample(batch_n=4)
+        torch.testing.assert_close(left.get_log_prob(s), (c * (b * a)).get_log_prob(s), rtol=1e-12, atol=0)
+
+    def test_conditional_joint(self) -> None:
+        p, q = link("x", "z", 1.0), link("z", "y", 1.0, name="q")
+        joint = p * q
+        assert joint.var == ["x", "z"] and joint.cond_var == ["y"] and joint.input_var == ["y"]
+        assert str(joint) == "p(x,z|y) = p(x|z)q(z|y)"
+        with pytest.raises(ValueError, match=r"p\(x,z\|y\) needs y"):
+            joint.sample(batch_n=2)
+        y = t64([0.0, 1.0, 2.0])
+        s = joint.sample({"y": y})
+        assert s["y"] is y and s["x"].shape == (3,)
+        expected = stats.norm.logpdf(s["x"].numpy(), s["z"].numpy(), 1) + stats.norm.logpdf(s["z"].numpy(), y, 1)
+        np.testing.assert_allclose(joint.get_log_prob(s).numpy(), expected, rtol=1e-10)
+
+    def test_cond_var_lists_each_needed_variable_once(self) -> None:
+        joint = SumLink() * link("z", "y", 1.0) * link("y", "u", 1.0)
+        assert joint.var == ["x", "z", "y"] and joint.cond_var == ["u"]
+        joint2 = SumLink() * link("z", "y", 1.0)
+        assert joint2.cond_var == ["y"]  # y conditions both factors, listed once
+
+    def test_variable_defined_twice(self) -> None:
+        p, q = link("x", "z", 1.0), root("x", 0.0, 1.0, name="q")
+        with pytest.raises(ValueError, match=r"variable x is defined twice: by p\(x\|z\) and by q\(x\)"):
+            p * q
+
+    @pytest.mark.parametrize("factors", [
+        [link("x", "z", 1.0), link("z", "x", 1.0, name="q")],
+        [link("x", "y", 1.0), link("y", "z", 1.0), link("z", "x", 1.0), root("w", 0.0, 1.0)],
+    ], ids=["two", "three+root"])
+    def test_cycle(self, factors: list[Distribution]) -> None:
+        with pytest.raises(ValueError, match="cycle") as err:
+            JointDistribution(factors)
+        for f in factors[:2]:
+            assert f.prob_text in str(err.value)
+
+    def test_modules_and_parameters_are_registered(self) -> None:
+        prior = Normal(var=["z"], loc=nn.Parameter(torch.zeros(())), scale=1.0)
+        joint = link("x", "z", 1.0) * prior
+        assert [id(q) for q in joint.parameters()] == [id(prior.loc_)]
+
+
+# ------------------------------------------------------------------ sample() semantics
+class TestSampleSemantics:
+    def test_batch_n_defaults_to_one(self) -> None:
+        joint = link("x", "z", 1.0) * root("z", 0.0, 1.0)
+        assert joint.sample()["x"].shape == (1,)
+        assert joint.sample(batch_n=6)["x"].shape == (6,)
+
+    def test_batch_comes_from_x_dict(self) -> None:
+        joint = link("x", "z", 1.0) * link("z", "y", 1.0) * root("w", 0.0, 1.0)
+        s = joint.sample({"y": torch.zeros(5, dtype=F64)})
+        assert {k: tuple(v.shape) for k, v in s.items()} == {"y": (5,), "z": (5,), "x": (5,), "w": (5,)}
+
+    def test_x_dict_is_not_mutated_and_extra_keys_pass_through(self) -> None:
+        joint = link("x", "z", 1.0) * link("z", "y", 1.0)
+        given = {"y": torch.zeros(2, dtype=F64), "label": "kept"}
+        s = joint.sample(given)
+        assert list(given) == ["y", "label"]
+        assert s["label"] == "kept" and s["y"] is given["y"]
+        assert set(joint.sample(given, return_all=False)) == {"x", "z"}
+
+    def test_sample_shape(self) -> None:
+        # tiny scales: every draw equals its row's y, so rows must stay aligned with y
+        joint = link("x", "z", 1e-9) * link("z", "y", 1e-9)
+        y = torch.arange(4, dtype=F64) * 10
+        s = joint.sample({"y": y}, sample_shape=(2, 3))
+        assert s["y"] is y
+        for k in "xz":
+            assert s[k].shape == (2, 3, 4)
+            torch.testing.assert_close(s[k], y.expand(2, 3, 4), atol=1e-6, rtol=0)
+
+    def test_sample_shape_with_features_and_batch_n(self) -> None:
+        joint = link("x", "z", 1.0) * root("z", 0.0, 1.0, features=(3,))
+        s = joint.sample(batch_n=5, sample_shape=(2,))
+        assert s["x"].shape == (2, 5, 3) and s["z"].shape == (2, 5, 3)
+        assert joint.get_log_prob({k: v[0] for k, v in s.items()}).shape == (5,)
+
+    def test_reparam_carries_gradient(self) -> None:
+        loc = nn.Parameter(torch.zeros((), dtype=F64))
+        joint = link("x", "z", 1.0) * Normal(var=["z"], loc=loc, scale=t64(1.0))
+        s = joint.sample(batch_n=5, reparam=True)
+        s["x"].sum().backward()
+        # x = loc + e_z + e_x, so d(sum x)/d loc = batch size
+        torch.testing.assert_close(loc.grad, t64(5.0))
+        s = joint.sample(batch_n=5)
+        assert not s["x"].requires_grad and not s["z"].requires_grad
+
+    def test_reparam_refused_for_discrete_factor(self) -> None:
+        joint = link("x", "z", 1.0) * Bernoulli(var=["z"], probs=0.5, name="q")
+        joint.sample(batch_n=2)  # fine without reparam
+        with pytest.raises(ValueError, match=r"reparam=True.*q\(z\)"):
+            joint.sample(batch_n=2, reparam=True)
+
+
+# ------------------------------------------------------------------------ marginalize
+class TestMarginalize:
+    def test_var_cond_var_and_type(self) -> None:
+        px, pz, pw = chain()
+        joint = px * pz * pw
+        m = joint.marginalize_var(["z", "w"])
+        assert isinstance(m, MarginalizeVarDistribution)
+        assert m.var == ["x"] and m.cond_var == []
+        assert joint.marginalize_var("z").var == ["x", "w"]
+        cond = (px * pz).marginalize_var("z")
+        assert cond.var == ["x"] and cond.cond_var == ["w"] and cond.input_var == ["w"]
+        assert [id(q) for q in m.parameters()] == [id(q) for q in joint.parameters()]
+
+    def test_sampling_drops_the_variable(self) -> None:
+        px, pz, pw = chain()
+        m = (px * pz * pw).marginalize_var("z")
+        assert set(m.sample(batch_n=3)) == {"x", "w"}
+        cond = (px * pz).marginalize_var(["z"])
+        w = torch.zeros(3, dtype=F64)
+        assert set(cond.sample({"w": w})) == {"w", "x"}
+        assert set(cond.sample({"w": w}, return_all=False)) == {"x"}
+        assert cond.sample({"w": w}, sample_shape=(2,))["x"].shape == (2, 3)
+
+    def test_marginal_samples_follow_the_marginal(self) -> None:
+        """∫∫ p(x|z)p(z|w)p(w) dz dw = N(mw, sx^2+sz^2+sw^2): Kolmogorov-Smirnov, alpha = 1e-4."""
+        m = (link("x", "z", SX) * link("z", "w", SZ) * root("w", MW, SW)).marginalize_var(["z", "w"])
+        torch.manual_seed(4)
+        x = m.sample(batch_n=4000)["x"].numpy()
+        result = stats.kstest(x, stats.norm(MW, (SX**2 + SZ**2 + SW**2) ** 0.5).cdf)
+        assert result.pvalue > 1e-4
+
+    def test_log_prob_points_to_iwae(self) -> None:
+        m = (link("x", "z", 1.0) * root("z", 0.0, 1.0)).marginalize_var("z")
+        with pytest.raises(NotImplementedError, match="IWAE"):
+            m.get_log_prob({"x": torch.zeros(2, dtype=F64)})
+
+    def test_unknown_or_conditioning_variable(self) -> None:
+        joint = link("x", "z", 1.0) * link("z", "y", 1.0)
+        with pytest.raises(ValueError, match=r"cannot marginalise u\b.*\['x', 'z'\]"):
+            joint.marginalize_var("u")
+        with pytest.raises(ValueError, match=r"cannot marginalise y\b"):
+            joint.marginalize_var("y")
+
+    def test_every_variable(self) -> None:
+        joint = link("x", "z", 1.0) * root("z", 0.0, 1.0)
+        with pytest.raises(ValueError, match=r"p\(x,z\): marginalising every variable"):
+            joint.marginalize_var(["x", "z"])
+
+    def test_marginalise_twice(self) -> None:
+        m = (link("x", "z", 1.0) * link("z", "w", 1.0) * root("w", 0.0, 1.0)).marginalize_var("z")
+        mm = m.marginalize_var("w")
+        assert mm.var == ["x"] and set(mm.sample(batch_n=2)) == {"x"}
+
+
+# ----------------------------------------------------------------------------- replace
+class TestReplace:
+    def test_conditioning_variable(self) -> None:
+        p = link("x", "z", 0.5)
+        r = p.replace_var(z="y")
+        assert isinstance(r, ReplaceVarDistribution)
+        assert r.var == ["x"] and r.cond_var == ["y"] and r.input_var == ["y"]
+        y = t64([-1.0, 0.0, 3.0])
+        s = r.sample({"y": y})
+        assert set(s) == {"x", "y"} and s["y"] is y
+        with pytest.raises(ValueError, match=r"p\(x\|y\) needs y"):
+            r.sample({"z": y})
+        x = t64([0.1, 0.2, 0.3])
+        torch.testing.assert_close(r.get_log_prob({"x": x, "y": y}), p.get_log_prob({"x": x, "z": y}))
+        np.testing.assert_allclose(r.get_log_prob({"x": x, "y": y}).numpy(), stats.norm.logpdf(x, y, 0.5))
+        torch.testing.assert_close(r.sample_mean({"y": y}), p.sample_mean({"z": y}))
+
+    def test_random_variable_is_returned_under_its_new_name(self) -> None:
+        p = link("x", "z", 1.0)
+        r = p.replace_var(x="u")
+        s = r.sample({"z": torch.zeros(2, dtype=F64)}, return_all=False)
+        assert list(s) == ["u"]
+
+    def test_swap(self) -> None:
+        p = link("x", "z", 0.5)
+        r = p.replace_var(x="z", z="x")
+        assert r.prob_text == "p(z|x)"
+        a, b = t64([0.0, 1.0]), t64([2.0, -1.0])
+        torch.testing.assert_close(r.get_log_prob({"z": a, "x": b}), p.get_log_prob({"x": a, "z": b}))
+        s = r.sample({"x": t64([100.0])})
+        assert abs(s["z"].item() - 100.0) < 10 and s["x"].item() == 100.0
+
+    def test_replace_on_joint(self) -> None:
+        px, pz, pw = chain()
+        joint = px * pz * pw
+        r = joint.replace_var(z="v", w="u")
+        assert r.var == ["x", "v", "u"] and r.cond_var == []
+        torch.manual_seed(5)
+        s = r.sample(batch_n=4)
+        assert list(s) == ["u", "v", "x"]
+        back = {"x": s["x"], "z": s["v"], "w": s["u"]}
+        torch.testing.assert_close(r.get_log_prob(s), joint.get_log_prob(back), rtol=1e-12, atol=0)
+        np.testing.assert_allclose(r.get_log_prob(s).numpy(), chain_logpdf(back), rtol=1e-10)
+
+    def test_replaced_factor_in_a_product(self) -> None:
+        joint = link("x", "z", 1.0).replace_var(z="y") * root("y", 0.0, 1.0, name="q")
+        assert joint.var == ["x", "y"] and joint.cond_var == []
+        s = joint.sample(batch_n=3)
+        assert list(s) == ["y", "x"]
+
+    def test_replace_and_marginalise_compose(self) -> None:
+        joint = link("x", "z", 1.0) * root("z", 0.0, 1.0)
+        a = joint.replace_var(z="w").marginalize_var("w")
+        b = joint.marginalize_var("z").replace_var(x="u")
+        assert a.var == ["x"] and set(a.sample(batch_n=2)) == {"x"}
+        assert b.var == ["u"] and set(b.sample(batch_n=2)) == {"u"}
+
+    def test_replace_back_is_identity(self) -> None:
+        joint = link("x", "z", 1.0) * root("z", 0.0, 1.0)
+        back = joint.replace_var(z="w").replace_var(w="z")
+        assert back.var == joint.var and str(back) == str(joint)
+        s = joint.sample(batch_n=3)
+        torch.testing.assert_close(back.get_log_prob(s), joint.get_log_prob(s), rtol=0, atol=0)
+
+    def test_unknown_name(self) -> None:
+        p = link("x", "z", 1.0)
+        with pytest.raises(ValueError, match=r"p\(x\|z\): cannot replace w; its variables are \['x', 'z'\]"):
+            p.replace_var(w="y")
+
+    def test_collision(self) -> None:
+        with pytest.raises(ValueError, match="same name"):
+            link("x", "z", 1.0).replace_var(x="z")
+
+    def test_helpers_read_the_new_names(self) -> None:
+        p = Normal(var=["x"], cond_var=["z"], loc="z", scale=t64([1.0, 2.0]))
+        r = p.replace_var(z="y", x="u")
+        y = torch.randn(4, 2, dtype=F64)
+        torch.testing.assert_close(r.sample_mean({"y": y}), y)
+        torch.testing.assert_close(r.sample_variance({"y": y}), p.sample_variance({"z": y}))
+        torch.testing.assert_close(r.get_entropy({"y": y}), p.get_entropy({"z": y}))
+        assert r.get_params({"y": y})["loc"] is y
+        assert r.get_dist({"y": y}).event_shape == (2,)
+        assert Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[3]).replace_var(z="y").features_shape == (3,)
+
+    def test_parameters_are_shared(self) -> None:
+        loc = nn.Parameter(torch.zeros(()))
+        p = Normal(var=["z"], loc=loc, scale=1.0)
+        assert [id(q) for q in p.replace_var(z="y").parameters()] == [id(loc)]
+
+
+# ----------------------------------------------------------- given variables in sample()
+def test_product_sample_holds_given_factors_fixed():
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    lik = Normal(var=["x"], cond_var=["z"], loc="z", scale=1e-6)
+    z0 = torch.tensor([[5.0, -5.0], [1.0, 2.0], [0.0, 3.0]])
+    out = (lik * prior).sample({"z": z0})
+    assert out["z"] is z0  # kept, not redrawn
+    torch.testing.assert_close(out["x"], z0, atol=1e-4, rtol=0)  # x drawn given the given z
+
+
+def test_giving_part_of_a_factor_or_an_atomic_variable_is_an_error():
+    joint = MultivariateNormalPair() * Normal(var=["c"], cond_var=["a"], loc="a", scale=1.0)
+    with pytest.raises(ValueError, match="gives a but not b"):
+        joint.sample({"a": torch.zeros(2, 1)})
+    single = Normal(var=["z"], loc=0.0, scale=1.0)
+    with pytest.raises(ValueError, match="z is given in x_dict"):
+        single.sample({"z": torch.zeros(3)})
+
+
+class MultivariateNormalPair(Distribution):
+    """A two-variable factor (a, b) ~ N(0, 1) each, for the partial-fixing check."""
+
+    def __init__(self):
+        super().__init__(var=["a", "b"], name="r")
+
+    def _sample(self, x_dict, batch_n, reparam):
+        n = batch_n or 1
+        return {"a": torch.randn(n, 1), "b": torch.randn(n, 1)}

@@ -1,0 +1,159 @@
+"""Every error names its offender: the distribution, the variable or parameter, what was expected.
+
+One table, ``BAD_EXAMPLES``: an id, a call that must fail, the exception type, and the
+fragments (regular expressions) its message must contain.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from kizuna.distributions import (
+    Bernoulli,
+    Deterministic,
+    EmpiricalDistribution,
+    Gamma,
+    JointDistribution,
+    Normal,
+)
+
+
+def p_x_z() -> Normal:
+    return Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+
+
+def prior3() -> Normal:
+    return Normal(var=["z"], loc=torch.zeros(3), scale=1.0, name="p_prior")
+
+
+def q_z_y() -> Normal:
+    return Normal(var=["z"], cond_var=["y"], loc="y", scale=1.0, name="q")
+
+
+class NormalWith(Normal):
+    """``p(x|z)`` whose ``forward`` returns a fixed dict built from ``z``."""
+
+    def __init__(self, make: Callable[[torch.Tensor], Any]) -> None:
+        super().__init__(var=["x"], cond_var=["z"])
+        self.make = make
+
+    def forward(self, z: torch.Tensor) -> Any:
+        return self.make(z)
+
+
+class BadDeterministic(Deterministic):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="f")
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"y": z}
+
+
+Z4 = torch.zeros(4)
+
+BAD_EXAMPLES: list[tuple[str, Callable[[], object], type[Exception], list[str]]] = [
+    # missing variables
+    ("sample-missing-cond", lambda: p_x_z().sample(), ValueError, [r"p\(x\|z\) needs z", "given nothing"]),
+    ("sample-missing-cond-other-given", lambda: p_x_z().sample({"y": Z4}), ValueError,
+     [r"p\(x\|z\) needs z, but was given y"]),
+    ("log-prob-missing-var", lambda: p_x_z().get_log_prob({"z": Z4}), ValueError, [r"p\(x\|z\) needs x"]),
+    ("joint-missing-input", lambda: (p_x_z() * q_z_y()).sample(batch_n=2), ValueError,
+     [r"p\(x,z\|y\) needs y"]),
+    ("joint-log-prob-missing-latent", lambda: (p_x_z() * q_z_y()).get_log_prob({"x": Z4, "y": Z4}), ValueError,
+     [r"needs z"]),
+    ("replaced-missing-new-name", lambda: p_x_z().replace_var(z="y").sample({"z": Z4}), ValueError,
+     [r"p\(x\|y\) needs y"]),
+    ("replaced-helper-missing-new-name", lambda: p_x_z().replace_var(z="y").sample_mean({"z": Z4}), ValueError,
+     [r"p\(x\|y\) needs y"]),
+    ("marginal-missing-input", lambda: (p_x_z() * q_z_y()).marginalize_var("z").sample(), ValueError,
+     [r"p\(x\|y\) needs y"]),
+    ("empirical-missing-data", lambda: EmpiricalDistribution(var=["x"]).sample(batch_n=3), ValueError,
+     [r"p_\{data\}\(x\) needs x"]),
+    # shapes
+    ("feature-shape", lambda: prior3().get_log_prob({"z": torch.zeros(4, 2)}), ValueError,
+     [r"p_\{prior\}\(z\)", r"z has shape \(4, 2\)", r"features \(3,\)", r"given \(2,\)"]),
+    ("feature-dims-missing", lambda: prior3().get_log_prob({"z": Z4}), ValueError,
+     [r"z has shape \(4,\)", r"features \(3,\)", r"given \(\)"]),
+    ("batch-size", lambda: p_x_z().get_log_prob({"x": torch.zeros(3), "z": Z4}), ValueError,
+     [r"p\(x\|z\)", "x has batch size 3", "parameters have batch size 4"]),
+    ("features-shape-vs-params", lambda: Normal(var=["z"], loc=torch.zeros(3), scale=1.0, features_shape=[2]),
+     ValueError, [r"features_shape \(2,\)", r"parameters of shape \(3,\)"]),
+    ("value-not-a-tensor", lambda: p_x_z().get_log_prob({"x": [0.0] * 4, "z": Z4}), TypeError,
+     [r"p\(x\|z\): x must be a torch.Tensor", "list"]),
+    ("value-outside-support", lambda: Gamma(var=["x"], concentration=1.0, rate=1.0).get_log_prob(
+        {"x": torch.tensor([-1.0])}), ValueError, [r"p\(x\): value of x is invalid"]),
+    # invalid parameters
+    ("negative-scale", lambda: Normal(var=["z"], loc=0.0, scale=-1.0), ValueError,
+     [r"p\(z\)", "parameter 'scale' of Normal"]),
+    ("negative-scale-from-forward",
+     lambda: NormalWith(lambda z: {"loc": z, "scale": -torch.ones_like(z)}).sample({"z": Z4}), ValueError,
+     [r"p\(x\|z\)", "parameter 'scale'"]),
+    ("probs-above-one", lambda: Bernoulli(var=["x"], probs=1.5), ValueError, ["parameter 'probs' of Bernoulli"]),
+    ("probs-below-zero", lambda: Bernoulli(var=["x"], probs=torch.tensor([0.5, -0.1])), ValueError,
+     ["parameter 'probs'"]),
+    ("forward-unknown-key", lambda: NormalWith(lambda z: {"loc": z, "std": z.exp()}).sample({"z": Z4}), ValueError,
+     [r"p\(x\|z\)", r"forward\(\) returned std", "loc, scale"]),
+    ("forward-not-a-dict", lambda: NormalWith(lambda z: z).sample({"z": Z4}), TypeError,
+     [r"p\(x\|z\)", r"forward\(\) must return a dict", "Tensor"]),
+    ("string-param-not-cond", lambda: Normal(var=["z"], cond_var=["y"], loc="w", scale=1.0), ValueError,
+     [r"p\(z\|y\)", "loc='w'", r"cond_var \['y'\]"]),
+    ("string-param-no-cond", lambda: Normal(var=["z"], loc="x", scale=1.0), ValueError, ["loc='x'"]),
+    ("unknown-constructor-param", lambda: Normal(var=["z"], loc=0.0, sigma=1.0), TypeError,
+     ["Normal has no parameter sigma", "loc, scale"]),
+    ("reparam-discrete", lambda: Bernoulli(var=["x"], probs=0.5, name="q").sample(batch_n=2, reparam=True),
+     ValueError, [r"q\(x\)", "reparam=True", "no reparameterised sampler"]),
+    ("reparam-discrete-factor",
+     lambda: (p_x_z() * Bernoulli(var=["z"], probs=0.5, name="q")).sample(batch_n=2, reparam=True),
+     ValueError, [r"p\(x,z\)", r"q\(z\) has no reparameterised sampler"]),
+    ("deterministic-wrong-key", lambda: BadDeterministic().sample({"z": Z4}), ValueError,
+     [r"f\(x\|z\)", r"keys \['x'\]", r"got \['y'\]"]),
+    # declaring variables
+    ("two-vars-one-family", lambda: Normal(var=["z", "y"], loc=0.0, scale=1.0), ValueError,
+     [r"p\(z,y\)", "Normal defines exactly one variable"]),
+    ("var-and-cond", lambda: Normal(var=["z"], cond_var=["z"], loc=0.0, scale=1.0), ValueError,
+     [r"\['z'\] cannot be both"]),
+    ("var-twice", lambda: Deterministic(var=["z", "z"]), ValueError, [r"listed twice in var=\['z', 'z'\]"]),
+    ("no-var", lambda: Normal(var=[], loc=0.0, scale=1.0), ValueError, ["Normal needs at least one variable"]),
+    ("var-not-str", lambda: Normal(var=[1], loc=0.0, scale=1.0), TypeError, ["var must be variable names", "1"]),
+    # algebra
+    ("defined-twice", lambda: p_x_z() * Normal(var=["x"], loc=0.0, scale=1.0, name="q"), ValueError,
+     [r"variable x is defined twice: by p\(x\|z\) and by q\(x\)"]),
+    ("cycle", lambda: JointDistribution([p_x_z(), Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")]),
+     ValueError, ["cycle", r"p\(x\|z\)", r"q\(z\|x\)"]),
+    ("multiply-by-number", lambda: p_x_z() * 2, TypeError, ["unsupported operand", "Normal", "int"]),
+    ("marginalise-unknown", lambda: p_x_z().marginalize_var("u"), ValueError, ["cannot marginalise u"]),
+    ("marginalise-cond", lambda: p_x_z().marginalize_var("z"), ValueError,
+     ["cannot marginalise z", r"variables are \['x'\]"]),
+    ("marginalise-all", lambda: (p_x_z() * prior3()).marginalize_var(["x", "z"]), ValueError,
+     [r"p\(x,z\): marginalising every variable"]),
+    ("marginal-log-prob", lambda: (p_x_z() * prior3()).marginalize_var("z").get_log_prob({"x": torch.zeros(2, 3)}),
+     NotImplementedError, [r"p\(x\) = ∫ p\(x\|z\)p_\{prior\}\(z\)dz", "IWAE"]),
+    ("replace-unknown", lambda: p_x_z().replace_var(w="y"), ValueError,
+     [r"p\(x\|z\): cannot replace w", r"\['x', 'z'\]"]),
+    ("replace-collision", lambda: p_x_z().replace_var(x="z"), ValueError,
+     [r"replace_var\(\{'x': 'z'\}\)", "same name"]),
+    ("joint-sum-features", lambda: (p_x_z() * prior3()).get_log_prob({"x": torch.zeros(2, 3), "z": torch.zeros(2, 3)},
+                                                                      sum_features=False),
+     ValueError, [r"p\(x,z\)", "sum_features=False"]),
+]
+
+
+@pytest.mark.parametrize(("call", "exc", "fragments"), [pytest.param(*row[1:], id=row[0]) for row in BAD_EXAMPLES])
+def test_error_names_the_offender(call: Callable[[], object], exc: type[Exception], fragments: list[str]) -> None:
+    with pytest.raises(exc) as err:
+        call()
+    message = str(err.value)
+    for fragment in fragments:
+        assert re.search(fragment, message), f"{fragment!r} not in {message!r}"
+
+
+@pytest.mark.xfail(strict=True, reason="torch_dist._build lets torch's broadcasting RuntimeError through")
+def test_constant_parameters_of_different_shapes() -> None:
+    with pytest.raises(ValueError, match=r"p\(z\).*loc.*scale"):
+        Normal(var=["z"], loc=torch.zeros(3), scale=torch.ones(2))
+

@@ -1,0 +1,169 @@
+"""`KullbackLeibler`: analytic (torch's registry) against Monte Carlo, closed forms and quadrature.
+
+Tolerance of the Monte-Carlo checks: ``N_SE`` (5) standard errors of the mean of
+``log p - log q``, measured on the very draws of the estimate (see ``mc_reference``).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from mc_reference import assert_mc_close, default_dtype, standard_error
+from scipy import integrate, stats
+
+from kizuna.distributions import Bernoulli, Beta, Categorical, Dirichlet, Laplace, Normal, StudentT
+from kizuna.losses import KullbackLeibler
+
+N_MC = 100_000
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    with default_dtype(torch.float64):
+        yield
+
+
+def _pair(family, p_params, q_params):
+    """p and q of one family, every parameter read from a conditioning variable (batch 3)."""
+    def make(name, params):
+        cond = {k: f"{name}_{k}" for k in params}
+        return family(var=["z"], cond_var=list(cond.values()), name=name, **cond)
+
+    x = {f"p_{k}": v for k, v in p_params.items()} | {f"q_{k}": v for k, v in q_params.items()}
+    return make("p", p_params), make("q", q_params), x
+
+
+def _positive(*shape):
+    return torch.rand(*shape) * 3 + 0.5
+
+
+CASES = {
+    "Normal": lambda: (Normal, {"loc": torch.randn(3, 4), "scale": _positive(3, 4)},
+                       {"loc": torch.randn(3, 4), "scale": _positive(3, 4)}),
+    "Bernoulli": lambda: (Bernoulli, {"probs": torch.rand(3, 4) * 0.8 + 0.1},
+                          {"probs": torch.rand(3, 4) * 0.8 + 0.1}),
+    "Categorical": lambda: (Categorical, {"probs": torch.randn(3, 2, 5).softmax(-1)},
+                            {"probs": torch.randn(3, 2, 5).softmax(-1)}),
+    "Beta": lambda: (Beta, {"concentration1": _positive(3, 4), "concentration0": _positive(3, 4)},
+                     {"concentration1": _positive(3, 4), "concentration0": _positive(3, 4)}),
+    "Dirichlet": lambda: (Dirichlet, {"concentration": _positive(3, 2, 4)}, {"concentration": _positive(3, 2, 4)}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_analytic_kl_matches_monte_carlo(case):
+    torch.manual_seed(0)
+    p, q, x = _pair(*CASES[case]())
+    analytic = KullbackLeibler(p, q)
+    mc = KullbackLeibler(p, q, analytic=False, sample_shape=(N_MC,))
+    assert (analytic.method, mc.method) == ("analytic", "monte_carlo")
+
+    exact = analytic.eval(x)
+    estimate, draws = mc.eval(x, return_dict=True)
+    z = draws["z"]  # (N_MC, 3, *features): the draws behind the estimate
+    log_ratio = p.get_dist(x).log_prob(z) - q.get_dist(x).log_prob(z)
+    assert exact.shape == estimate.shape == (3,)
+    torch.testing.assert_close(estimate, log_ratio.mean(0))  # the estimate is the mean over these draws
+    assert_mc_close(estimate, exact, standard_error(log_ratio), what=f"KL {case}")
+
+
+def test_analytic_normal_kl_matches_closed_form():
+    torch.manual_seed(1)
+    p, q, x = _pair(*CASES["Normal"]())
+    m1, s1, m2, s2 = (x[k].numpy() for k in ("p_loc", "p_scale", "q_loc", "q_scale"))
+    # KL[N(m1,s1^2)||N(m2,s2^2)] = log(s2/s1) + (s1^2 + (m1-m2)^2) / (2 s2^2) - 1/2, summed over features
+    expected = (np.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5).sum(1)
+    np.testing.assert_allclose(KullbackLeibler(p, q).eval(x).numpy(), expected, rtol=1e-12)
+
+
+def _quad_kl(p, q):
+    """KL[p||q] of frozen scipy distributions by quadrature, split at both locations (Laplace kinks)."""
+    def integrand(t):
+        lp = p.logpdf(t)
+        # far in the tails p underflows to 0 (and scipy's Laplace logpdf to -inf): no contribution
+        return 0.0 if math.exp(lp) == 0.0 else math.exp(lp) * (lp - q.logpdf(t))
+
+    edges = [-np.inf, *sorted({p.mean(), q.mean()}), np.inf]
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        value, abserr = integrate.quad(integrand, lo, hi, epsabs=1e-13, epsrel=1e-11, limit=400)
+        assert abserr < 1e-9
+        total += value
+    return total
+
+
+def _quad_kl_rows(p_scipy, q_scipy):
+    """Sum over features of the per-feature KL by quadrature; arguments give frozen scipy dists per (row, feature)."""
+    rows, features = len(p_scipy), len(p_scipy[0])
+    return np.array([sum(_quad_kl(p_scipy[r][f], q_scipy[r][f]) for f in range(features))
+                     for r in range(rows)])
+
+
+def _student_normal():
+    df = torch.tensor([5.0, 6.5, 9.0])  # df > 4: log p - log q ~ t^2 has a finite variance, so the SE exists
+    x = {"pm": [[0.0, 1.0, -0.5], [0.3, -1.0, 2.0]], "ps": [[1.0, 0.5, 2.0], [0.7, 1.5, 1.2]],
+         "qm": [[0.5, 0.0, 0.0], [0.0, -2.0, 1.0]], "qs": [[1.5, 1.0, 1.0], [0.9, 2.0, 3.0]]}
+    x = {k: torch.tensor(v) for k, v in x.items()}
+    p = StudentT(var=["z"], cond_var=["pm", "ps"], df=df, loc="pm", scale="ps", name="p")
+    q = Normal(var=["z"], cond_var=["qm", "qs"], loc="qm", scale="qs", name="q")
+    ref_p = [[stats.t(df[f].item(), x["pm"][r, f].item(), x["ps"][r, f].item()) for f in range(3)] for r in range(2)]
+    ref_q = [[stats.norm(x["qm"][r, f].item(), x["qs"][r, f].item()) for f in range(3)] for r in range(2)]
+    return p, q, x, ref_p, ref_q
+
+
+def test_pair_without_registry_entry_uses_monte_carlo_and_matches_quadrature():
+    torch.manual_seed(2)
+    p, q, x, ref_p, ref_q = _student_normal()
+    kl = KullbackLeibler(p, q, sample_shape=(N_MC,))
+    assert kl.method == "monte_carlo"
+    estimate, draws = kl.eval(x, return_dict=True)
+    log_ratio = p.get_dist(x).log_prob(draws["z"]) - q.get_dist(x).log_prob(draws["z"])
+    assert_mc_close(estimate, _quad_kl_rows(ref_p, ref_q), standard_error(log_ratio), what="KL[StudentT||Normal]")
+
+
+def test_analytic_true_without_registry_entry_raises():
+    p, q, *_ = _student_normal()
+    with pytest.raises(ValueError, match="no analytic KL"):
+        KullbackLeibler(p, q, analytic=True)
+
+
+@pytest.mark.parametrize("families", [(Laplace, Normal), (Normal, Laplace)], ids=["Laplace-Normal", "Normal-Laplace"])
+def test_registry_entry_matches_quadrature(families):
+    # torch registers these cross-family formulas; check kizuna uses them and they are right
+    fp, fq = families
+    x = {"pm": torch.tensor([[0.0, 1.0], [-0.5, 2.0]]), "ps": torch.tensor([[1.0, 0.5], [2.0, 0.8]]),
+         "qm": torch.tensor([[0.5, 0.0], [0.0, 1.0]]), "qs": torch.tensor([[1.5, 1.0], [0.9, 2.0]])}
+    p = fp(var=["z"], cond_var=["pm", "ps"], loc="pm", scale="ps", name="p")
+    q = fq(var=["z"], cond_var=["qm", "qs"], loc="qm", scale="qs", name="q")
+    kl = KullbackLeibler(p, q)
+    assert kl.method == "analytic"
+    scipy_of = {Normal: stats.norm, Laplace: stats.laplace}
+
+    def ref(family, m, s):
+        return [[scipy_of[family](m[r, f].item(), s[r, f].item()) for f in range(2)] for r in range(2)]
+
+    expected = _quad_kl_rows(ref(fp, x["pm"], x["ps"]), ref(fq, x["qm"], x["qs"]))
+    np.testing.assert_allclose(kl.eval(x).numpy(), expected, rtol=1e-8)
+
+
+def test_analytic_false_forces_monte_carlo_and_analytic_true_keeps_closed_form():
+    p, q, _ = _pair(*CASES["Normal"]())
+    assert KullbackLeibler(p, q, analytic=False).method == "monte_carlo"
+    assert KullbackLeibler(p, q, analytic=True).method == "analytic"
+
+
+def test_kl_between_different_variables_raises():
+    p = Normal(var=["z"], loc=0.0, scale=1.0)
+    q = Normal(var=["y"], loc=0.0, scale=1.0)
+    with pytest.raises(ValueError, match="same variables"):
+        KullbackLeibler(p, q)
+
+
+def test_constant_parameters_give_one_row_on_both_paths():
+    # unbatched parameters: both paths return one value per (single) row, as Entropy does
+    p = Normal(var=["z"], loc=torch.tensor([0.0, 1.0]), scale=torch.tensor([1.0, 2.0]), name="p")
+    q = Normal(var=["z"], loc=0.5, scale=1.5, features_shape=[2], name="q")
+    analytic = KullbackLeibler(p, q).eval({})
+    mc = KullbackLeibler(p, q, analytic=False, sample_shape=(10,)).eval({})
+    assert analytic.shape == mc.shape == (1,)

@@ -1,0 +1,145 @@
+"""MixtureModel and its posterior against scipy densities, Bayes' rule and sampling statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.special import logsumexp
+from torch import nn
+
+from kizuna.distributions import Categorical, Laplace, MixtureModel, MixturePosterior, Normal
+
+F64 = torch.float64
+LOC_N, SCALE_N = np.array([-1.0, 0.5, 2.0]), np.array([0.7, 1.3, 2.0])
+LOC_L, SCALE_L = np.array([1.5, -0.5, 0.0]), np.array([0.4, 1.1, 0.9])
+PI = np.array([0.3, 0.7])
+
+
+def t(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=F64)
+
+
+def make_mixture(logits: torch.Tensor | None = None) -> MixtureModel:
+    normal = Normal(var=["x"], loc=t(LOC_N), scale=t(SCALE_N))
+    laplace = Laplace(var=["x"], loc=t(LOC_L), scale=t(SCALE_L))
+    prior = Categorical(var=["z"], logits=logits) if logits is not None else Categorical(var=["z"], probs=t(PI))
+    return MixtureModel([normal, laplace], prior)
+
+
+def reference_joint(x: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """log pi_k + log p_k(x), shape (batch, 2), from scipy."""
+    ln = stats.norm.logpdf(x, LOC_N, SCALE_N).sum(-1)
+    ll = stats.laplace.logpdf(x, LOC_L, SCALE_L).sum(-1)
+    return np.log(pi) + np.stack([ln, ll], -1)
+
+
+def test_log_prob_matches_scipy_logsumexp() -> None:
+    x = np.random.default_rng(0).normal(size=(6, 3)) * 2
+    lp = make_mixture().get_log_prob({"x": t(x)})
+    assert lp.shape == (6,)
+    np.testing.assert_allclose(lp.numpy(), logsumexp(reference_joint(x, PI), -1), rtol=1e-12)
+
+
+class CondPrior(Categorical):
+    """p(z|y): logits linear in y (batch, 1)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["y"])
+        self.w = nn.Parameter(torch.tensor([1.0, -2.0], dtype=F64))
+
+    def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": y * self.w}
+
+
+def test_conditional_components_and_prior() -> None:
+    comp0 = Normal(var=["x"], cond_var=["y"], loc="y", scale=t(np.ones(3)))
+    comp1 = Laplace(var=["x"], loc=t(LOC_L), scale=t(SCALE_L))
+    p = MixtureModel([comp0, comp1], CondPrior())
+    assert p.cond_var == ["y"] and p.input_var == ["y"]
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 1))
+    logits = y * np.array([1.0, -2.0])
+    log_pi = logits - logsumexp(logits, -1, keepdims=True)
+    ref = log_pi + np.stack([stats.norm.logpdf(x, y, 1.0).sum(-1),
+                             stats.laplace.logpdf(x, LOC_L, SCALE_L).sum(-1)], -1)
+    lp = p.get_log_prob({"x": t(x), "y": t(y)})
+    np.testing.assert_allclose(lp.detach().numpy(), logsumexp(ref, -1), rtol=1e-12)
+    assert p.sample({"y": t(y)})["x"].shape == (5, 3)
+
+
+def test_posterior_is_bayes_rule() -> None:
+    x = np.random.default_rng(2).normal(size=(7, 3))
+    joint = reference_joint(x, PI)
+    post = np.exp(joint - logsumexp(joint, -1, keepdims=True))
+    q = make_mixture().posterior()
+    assert isinstance(q, MixturePosterior) and q.var == ["z"] and q.cond_var == ["x"]
+    np.testing.assert_allclose(q.get_params({"x": t(x)})["probs"].numpy(), post, rtol=1e-10)
+    np.testing.assert_allclose(q.sample_mean({"x": t(x)}).numpy(), post, rtol=1e-10)
+    z = np.eye(2)[[0, 1, 1, 0, 1, 0, 0]]
+    lp = q.get_log_prob({"x": t(x), "z": t(z)})
+    np.testing.assert_allclose(lp.numpy(), np.log((post * z).sum(-1)), rtol=1e-10)
+    assert q.sample({"x": t(x)})["z"].sum(-1).eq(1).all()
+
+
+def test_component_frequencies_chi_square() -> None:
+    torch.manual_seed(0)
+    n = 20000
+    far = MixtureModel([Normal(var=["x"], loc=t([-50.0]), scale=t([1.0])),
+                        Normal(var=["x"], loc=t([50.0]), scale=t([1.0]))], Categorical(var=["z"], probs=t(PI)))
+    out = far.sample_with_hidden(batch_n=n)
+    counts = out["z"].sum(0).numpy()
+    assert stats.chisquare(counts, n * PI).pvalue > 1e-3  # false alarm 1e-3
+    # the draw comes from the chosen component: the sign gives the component away
+    assert torch.equal((out["x"][:, 0] > 0).long(), out["z"].argmax(-1))
+
+
+def test_sample_mean_and_variance_closed_form() -> None:
+    torch.manual_seed(1)
+    p = make_mixture()
+    mean = PI[0] * LOC_N + PI[1] * LOC_L
+    second = PI[0] * (SCALE_N**2 + LOC_N**2) + PI[1] * (2 * SCALE_L**2 + LOC_L**2)
+    var = second - mean**2
+    np.testing.assert_allclose(p.sample_mean().numpy()[0], mean, rtol=1e-12)
+    np.testing.assert_allclose(p.sample_variance().numpy()[0], var, rtol=1e-12)
+    n = 40000
+    x = p.sample(batch_n=n)["x"].numpy()
+    se = np.sqrt(var / n)
+    assert np.all(np.abs(x.mean(0) - mean) < 5 * se)  # 5 standard errors per feature
+
+
+def test_shapes_text_and_no_reparam() -> None:
+    p = make_mixture()
+    assert p.sample(batch_n=4, sample_shape=(2,))["x"].shape == (2, 4, 3)
+    assert not p.has_reparam and p.hidden_var == ["z"]
+    assert str(p) == "p(x) = sum_{z} p(z)p(x|z)"
+    assert p.to_latex() == r"p(x) = \sum_{z} p(z)p(x|z)"
+    assert p.replace_var(x="w").prob_factorized_text == "sum_{z} p(z)p(w|z)"
+    joint = p * Normal(var=["y"], cond_var=["x"], loc="x", scale=1.0)
+    assert joint.prob_factorized_text == "(sum_{z} p(z)p(x|z))p(y|x)"  # the sum's scope is bracketed
+    with pytest.raises(ValueError, match="reparam"):
+        p.sample(batch_n=2, reparam=True)
+    with pytest.raises(ValueError, match="sum_features"):
+        p.get_log_prob({"x": torch.zeros(2, 3, dtype=F64)}, sum_features=False)
+
+
+def test_gradients_reach_components_and_prior() -> None:
+    loc = nn.Parameter(t(LOC_N))
+    logits = nn.Parameter(torch.zeros(2, dtype=F64))
+    p = MixtureModel([Normal(var=["x"], loc=loc, scale=t(SCALE_N)),
+                      Laplace(var=["x"], loc=nn.Parameter(t(LOC_L)), scale=t(SCALE_L))],
+                     Categorical(var=["z"], logits=logits))
+    p.get_log_prob({"x": torch.randn(5, 3, dtype=F64)}).sum().backward()
+    for name, param in p.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_errors() -> None:
+    prior = Categorical(var=["z"], probs=t(PI))
+    with pytest.raises(ValueError, match=r"p\(x\).*\['x'\].*p\(y\).*\['y'\]"):
+        MixtureModel([Normal(var=["x"], loc=0.0, scale=1.0), Normal(var=["y"], loc=0.0, scale=1.0)], prior)
+    with pytest.raises(ValueError, match="3 components"):
+        MixtureModel([Normal(var=["x"], loc=0.0, scale=1.0)] * 3, prior)
+    with pytest.raises(ValueError, match="must not condition"):
+        MixtureModel([Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)] * 2, prior)

@@ -1,0 +1,78 @@
+"""`Model` and the `VAE` preset: one optimisation step per call, against closed forms."""
+
+import pytest
+import torch
+from torch import nn
+
+from kizuna.distributions import Normal
+from kizuna.losses import LogProb, ValueLoss
+from kizuna.models import Model
+
+
+def _learnable_normal():
+    return Normal(var=["x"], loc=nn.Parameter(torch.zeros(3, dtype=torch.float64)),
+                  scale=nn.Parameter(torch.ones(3, dtype=torch.float64)))
+
+
+def test_maximum_likelihood_reaches_the_closed_form_mle():
+    torch.manual_seed(0)
+    data = torch.randn(500, 3, dtype=torch.float64) * torch.tensor([0.5, 2.0, 1.0]) + torch.tensor([1.0, -2.0, 3.0])
+    p = _learnable_normal()
+    model = Model(-LogProb(p).mean(), distributions=[p], optimizer=torch.optim.Adam,
+                  optimizer_params={"lr": 0.05})
+    for _ in range(1500):
+        model.train({"x": data})
+    # the Gaussian MLE is the sample mean and the (biased) sample standard deviation
+    torch.testing.assert_close(p.loc_.detach(), data.mean(0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(p.scale_.detach(), data.std(0, unbiased=False), atol=1e-3, rtol=0)
+
+
+def test_train_returns_the_loss_before_the_step_and_test_changes_nothing():
+    p = _learnable_normal()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    loss = -LogProb(p).mean()
+    model = Model(loss, optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1})
+    expected = loss.eval({"x": x}).item()
+    before = [t.detach().clone() for t in p.parameters()]
+    assert model.test({"x": x}) == pytest.approx(expected)
+    assert all(torch.equal(a, b) for a, b in zip(before, p.parameters()))
+    assert model.train({"x": x}) == pytest.approx(expected)
+    assert not torch.equal(before[0], p.loc_.detach())
+
+
+def test_gradient_clipping_bounds_the_step():
+    p = _learnable_normal()
+    x = torch.full((4, 3), 100.0, dtype=torch.float64)  # a huge gradient on loc
+    model = Model(-LogProb(p).mean(), optimizer=torch.optim.SGD, optimizer_params={"lr": 1.0}, clip_grad_norm=0.5)
+    model.train({"x": x})
+    # SGD with lr 1 moves the parameters by exactly the clipped gradient: norm <= 0.5
+    step = torch.cat([p.loc_.detach(), p.scale_.detach() - 1])
+    assert step.norm().item() == pytest.approx(0.5, rel=1e-6)
+    p2 = _learnable_normal()
+    Model(-LogProb(p2).mean(), optimizer=torch.optim.SGD, optimizer_params={"lr": 1.0},
+          clip_grad_value=0.01).train({"x": x})
+    assert p2.loc_.detach().abs().max().item() == pytest.approx(0.01)
+
+
+def test_bad_losses_are_clear_errors():
+    p = _learnable_normal()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="reduce it"):
+        Model(-LogProb(p)).train({"x": x})
+    with pytest.raises(FloatingPointError, match="nan"):
+        Model(-LogProb(p).mean() * ValueLoss(float("nan"))).train({"x": x})
+    with pytest.raises(ValueError, match="needs x"):
+        Model(-LogProb(p).mean()).train({"y": x})
+    with pytest.raises(TypeError, match="kizuna Loss"):
+        Model(torch.tensor(1.0))
+    fixed = Normal(var=["x"], loc=0.0, scale=1.0)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        Model(-LogProb(fixed).mean())
+
+
+def test_distributions_default_to_those_of_the_loss_and_move_with_dtype():
+    p = _learnable_normal()
+    model = Model(-LogProb(p).mean())
+    assert list(model.distributions) == [p]
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2]).double()
+    assert prior.sample(batch_n=3)["z"].dtype == torch.float64
