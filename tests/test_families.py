@@ -694,8 +694,6 @@ def test_named_conditioning_variable_from_docstring() -> None:
     np.testing.assert_allclose(lp.numpy(), st.norm.logpdf(z[0].numpy(), m.numpy()).sum(-1), rtol=RTOL)
 
 
-@pytest.mark.xfail(strict=True, reason="a Python-number constant is stored in the default dtype (float32), "
-                   "so float64 inputs get float32 precision; torch.distributions would follow the inputs")
 def test_python_number_constant_keeps_float64_precision() -> None:
     m, z = torch.randn(B, 3, dtype=F64), torch.randn(B, 3, dtype=F64)
     lp = Normal(var=["z"], cond_var=["m"], loc="m", scale=0.1).get_log_prob({"z": z, "m": m})

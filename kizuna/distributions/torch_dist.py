@@ -71,6 +71,7 @@ class TorchDistribution(Distribution):
                 f"its parameters are {', '.join(self.param_names)}"
             )
         self._const_names: list[str] = []
+        self._numbers: dict[str, float] = {}  # Python numbers: follow the inputs' dtype and device
         self._static: dict[str, Any] = {}
         self._from_var: dict[str, str] = {}
         for key, value in params.items():
@@ -100,6 +101,8 @@ class TorchDistribution(Distribution):
                 tensor = tensor.to(torch.get_default_dtype())
             self.register_buffer(f"{key}_", tensor)
             self._const_names.append(key)
+            if isinstance(value, (int, float)):
+                self._numbers[key] = float(value)
 
     @property
     def has_reparam(self) -> bool:
@@ -137,6 +140,12 @@ class TorchDistribution(Distribution):
         for key, cond in self._from_var.items():
             params[key] = x_dict[cond]
             batched = True
+        if batched and self._numbers:
+            like = next((v for k, v in params.items() if k not in self._const_names
+                         and isinstance(v, Tensor) and v.is_floating_point()), None)
+            if like is not None:
+                for key, number in self._numbers.items():
+                    params[key] = torch.tensor(number, dtype=like.dtype, device=like.device)
         return params, batched
 
     def get_params(self, x_dict: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
@@ -167,6 +176,9 @@ class TorchDistribution(Distribution):
                     f"{match.group(2)}; got invalid values. ({err})"
                 ) from err
             raise ValueError(f"{self.prob_text}: invalid parameters for {type(self).__name__}: {err}") from err
+        except RuntimeError as err:  # parameters whose shapes do not broadcast
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in params.items() if isinstance(v, Tensor))
+            raise ValueError(f"{self.prob_text}: parameter shapes do not broadcast: {shapes} ({err})") from err
         except TypeError as err:
             raise TypeError(
                 f"{self.prob_text}: cannot build {type(self).__name__} from parameters "
