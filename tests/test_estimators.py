@@ -117,11 +117,6 @@ def test_score_path_for_a_family_without_rsample():
     _check_score_gradient_of_square(ScoreOnlyNormal)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TorchDistribution._sample draws with rsample whenever the torch family has one, ignoring an "
-    "overridden has_reparam=False; Expectation then adds the score term on top of the pathwise "
-    "gradient (d/dsigma comes out ~0.92 instead of 2.6). Fix in kizuna/distributions/torch_dist.py: "
-    "`dist.rsample(shape) if reparam and self.has_reparam else dist.sample(shape)`."))
 def test_score_path_for_a_distribution_declaring_no_reparam():
     _check_score_gradient_of_square(NoReparamNormal)
 

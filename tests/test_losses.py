@@ -190,10 +190,6 @@ def test_terms_come_from_the_same_evaluation():
     torch.testing.assert_close(terms["KL[q(z|x)||p_{prior}(z)]"], kl.eval({"x": x}).mean())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the encoder's forward runs twice per evaluation of KL[q||prior] - E_q[log p]: once in the "
-    "analytic KL (get_dist) and once to sample z; sharing one forward needs a per-evaluation "
-    "parameter cache that distributions would have to accept (kizuna/distributions)"))
 def test_each_network_runs_once_per_evaluation():
     q, p, *_, loss = _vae_loss()
     loss.eval({"x": torch.randn(5, 3)}, return_terms=True)

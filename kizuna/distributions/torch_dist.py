@@ -23,6 +23,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
+from kizuna.distributions.memo import memoized
 
 _VALIDATE = [True]
 # torch's message: "Expected parameter NAME (...) of distribution ... to satisfy the constraint
@@ -118,7 +119,11 @@ class TorchDistribution(Distribution):
 
     # ------------------------------------------------------------ parameters
     def _params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Merged parameters and whether they carry a batch dimension."""
+        """Merged parameters and whether they carry a batch dimension (shared within an evaluation)."""
+        inputs = [x_dict[k] for k in self._cond_var]
+        return memoized(self, inputs, lambda: self._compute_params(x_dict))
+
+    def _compute_params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         params: dict[str, Any] = dict(self._static)
         for key in self._const_names:
             params[key] = getattr(self, f"{key}_")
@@ -221,7 +226,7 @@ class TorchDistribution(Distribution):
                 dist = dist.expand(torch.Size([batch_n]) + dist.batch_shape[1:])
         else:
             shape = (batch_n or batch_size_of(x_dict) or 1,)
-        draw = dist.rsample(shape) if reparam and dist.has_rsample else dist.sample(shape)
+        draw = dist.rsample(shape) if reparam and self.has_reparam else dist.sample(shape)
         return {self._var[0]: draw}
 
     def _check_value(self, value: Any, dist: D.Distribution, batched: bool) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from kizuna._text import LATEX, TEXT
+from kizuna.distributions.memo import shared_parameters
 
 Tensor = torch.Tensor
 
@@ -133,7 +134,8 @@ class Loss:
             given = ", ".join(sorted(x_dict)) or "nothing"
             raise ValueError(f"the loss {self} needs {', '.join(missing)}, but was given {given}")
         ctx = EvalContext(x_dict)
-        loss = ctx.value(self)
+        with shared_parameters():
+            loss = ctx.value(self)
         out: list[Any] = [loss]
         if return_dict:
             out.append({**x_dict, **ctx.samples} if return_all else dict(ctx.samples))
