@@ -167,3 +167,21 @@ def test_constant_parameters_give_one_row_on_both_paths():
     analytic = KullbackLeibler(p, q).eval({})
     mc = KullbackLeibler(p, q, analytic=False, sample_shape=(10,)).eval({})
     assert analytic.shape == mc.shape == (1,)
+
+
+def test_dim_sums_the_per_feature_kl_over_the_given_dims_as_in_pixyz():
+    """``dim=`` keeps Pixyz's meaning: sum the elementwise (analytic) KL over those dims."""
+    g = torch.Generator().manual_seed(3)
+    loc, scale = torch.randn(4, 2, 3, generator=g, dtype=torch.float64), torch.rand(4, 2, 3, generator=g,
+                                                                                    dtype=torch.float64) + 0.5
+    q = Normal(var=["z"], cond_var=["m", "s"], loc="m", scale="s", name="q")
+    prior = Normal(var=["z"], loc=torch.zeros(2, 3, dtype=torch.float64), scale=torch.ones(2, 3, dtype=torch.float64))
+    values = {"m": loc, "s": scale}
+    # closed form KL[N(m, s^2) || N(0, 1)] per element
+    elementwise = (0.5 * (scale**2 + loc**2 - 1) - torch.log(scale)).numpy()
+    np.testing.assert_allclose(KullbackLeibler(q, prior, dim=2).eval(values).numpy(), elementwise.sum(2), rtol=1e-12)
+    np.testing.assert_allclose(KullbackLeibler(q, prior, dim=(1, 2)).eval(values).numpy(),
+                               elementwise.sum((1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(KullbackLeibler(q, prior).eval(values).numpy(), elementwise.sum((1, 2)), rtol=1e-12)
+    with pytest.raises(ValueError, match="dim= needs the analytic KL"):
+        KullbackLeibler(q, prior, analytic=False, dim=1)

@@ -238,3 +238,12 @@ def test_elbo_value_is_per_row():
     loss = KullbackLeibler(q, prior) - E(q, LogProb(p))
     assert loss.eval({"x": x}).shape == (6,)
     assert math.isfinite(loss.mean().eval({"x": x}).item())
+
+
+def test_negated_operands_are_parenthesised():
+    a, b = Parameter("a"), Parameter("b")
+    assert str(a - (-b)) == "a - (-b)"
+    assert str(a + -b) == "a + (-b)"
+    assert str(a * -b) == "a * (-b)"
+    assert str(-(a * b)) == "-(a * b)"
+    assert (a - (-b)).eval({"a": 1.0, "b": 2.0}).item() == 3.0

@@ -293,7 +293,7 @@ class _Unary(Loss):
 
 
 class NegLoss(_Unary):
-    key, precedence = "neg", 30
+    key, precedence = "neg", 15  # binds looser than * and /: a * (-b)
 
     def _op(self, a: Tensor) -> Tensor:
         return -a
@@ -345,6 +345,8 @@ class _Binary(Loss):
     def _render(self, fmt: dict[str, str]) -> str:
         left = self._wrap(self.loss1, fmt, self.precedence)
         right = self._wrap(self.loss2, fmt, self.right_min or self.precedence)
+        if isinstance(self.loss2, NegLoss) and self.precedence <= NegLoss.precedence:
+            right = fmt["paren"].format(right)  # a - (-b), not a - -b
         return fmt[self.key].format(left, right)
 
 

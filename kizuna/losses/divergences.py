@@ -37,9 +37,12 @@ class KullbackLeibler(Loss):
         analytic: ``None`` picks analytic when available; ``True`` demands it; ``False``
             forces Monte Carlo.
         sample_shape: draws per row for the Monte-Carlo estimate.
+        dim: as in Pixyz, the dimensions of the per-feature (analytic) KL to sum over;
+            ``None`` sums every feature dimension, giving one value per row.
     """
 
-    def __init__(self, p: Any, q: Any, analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
+    def __init__(self, p: Any, q: Any, analytic: bool | None = None, sample_shape: Sequence[int] = (),
+                 dim: int | Sequence[int] | None = None) -> None:
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"KL[{p.prob_text}||{q.prob_text}] needs both over the same variables: {p.var} vs {q.var}")
         available = analytic_kl_available(p, q)
@@ -49,6 +52,9 @@ class KullbackLeibler(Loss):
                 f"{q.distribution_name} {q.prob_text} in torch's registry; use analytic=None or False"
             )
         self.method = "analytic" if (available and analytic is not False) else "monte_carlo"
+        if dim is not None and self.method != "analytic":
+            raise ValueError(f"KL[{p.prob_text}||{q.prob_text}]: dim= needs the analytic KL, which is not available")
+        self.dim = dim
         self.p, self.q = p, q
         self._mc = Expectation(p, LogProb(p) - LogProb(q), sample_shape=sample_shape)
         inputs = p.input_var + q.input_var if self.method == "analytic" else self._mc.input_var
@@ -63,6 +69,10 @@ class KullbackLeibler(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         if self.method == "monte_carlo":
             return ctx.value(self._mc)
+        if self.dim is not None:
+            per_feature = D.kl_divergence(self.p.get_dist(ctx.values, independent=False),
+                                          self.q.get_dist(ctx.values, independent=False))
+            return per_feature.sum(dim=self.dim)
         kl = D.kl_divergence(self.p.get_dist(ctx.values), self.q.get_dist(ctx.values))
         return with_row(kl)
 
