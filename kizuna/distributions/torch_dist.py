@@ -224,6 +224,11 @@ class TorchDistribution(Distribution):
             shape: tuple[int, ...] = ()
             if batch_n is not None and dist.batch_shape[0] == 1 and batch_n != 1:
                 dist = dist.expand(torch.Size([batch_n]) + dist.batch_shape[1:])
+            elif batch_n is not None and dist.batch_shape[0] != batch_n:
+                raise ValueError(
+                    f"{self.prob_text}: batch_n={batch_n} but the conditioning values have batch size "
+                    f"{dist.batch_shape[0]}"
+                )
         else:
             shape = (batch_n or batch_size_of(x_dict) or 1,)
         draw = dist.rsample(shape) if reparam and self.has_reparam else dist.sample(shape)

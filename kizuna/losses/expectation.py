@@ -29,7 +29,7 @@ def draw(p: Any, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict[str, Any
     own, inputs = set(p.var), set(p.input_var)
     base = {k: repeat_batch(v, n) for k, v in ctx.values.items() if k in inputs or k not in own}
     p._require(base, p.input_var)
-    new = p._sample(base, batch_size_of(base) or n, reparam)
+    new = p._sample(base, batch_size_of(base, p.input_var) or batch_size_of(base) or n, reparam)
     for k, v in new.items():
         ctx.samples[k] = v if n == 1 else v.reshape(n, v.shape[0] // n, *v.shape[1:])
     return {**base, **new}, new
