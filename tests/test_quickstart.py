@@ -3,7 +3,7 @@
 import torch
 from torch.nn import functional as F
 
-from kizuna.distributions import Bernoulli, Normal
+from kizuna.distributions import Bernoulli, Categorical, Normal  # noqa: F401 - the DESIGN.md imports
 from kizuna.losses import ELBO, IWAE, KullbackLeibler, LogProb
 from kizuna.losses import Expectation as E
 from kizuna.models import VAE, Model
