@@ -64,11 +64,17 @@ class ReplaceVarDistribution(Distribution):
         return self._inner(x_dict)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
-        out = self.p._sample(self._inner(x_dict), batch_n, reparam)
+        try:
+            out = self.p._sample(self._inner(x_dict), batch_n, reparam)
+        except NotImplementedError as err:  # name the renamed distribution, not the inner one
+            raise NotImplementedError(f"{self.prob_text}: {err}") from err
         return {self._rename.get(k, k): v for k, v in out.items()}
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        return self.p.get_log_prob(self._inner(x_dict), sum_features)
+        try:
+            return self.p.get_log_prob(self._inner(x_dict), sum_features)
+        except NotImplementedError as err:
+            raise NotImplementedError(f"{self.prob_text}: {err}") from err
 
     def get_entropy(self, x_dict: Mapping | None = None, sum_features: bool = True) -> Tensor:
         return self.p.get_entropy(self._given(x_dict), sum_features)
