@@ -832,3 +832,31 @@ BAD_VALUES: list[tuple[str, Callable[[], TorchDistribution], list[list[float]]]]
 def test_value_outside_support_is_rejected(build: Callable[[], TorchDistribution], value: list[list[float]]) -> None:
     with pytest.raises(ValueError, match=r"p\(x\): value of x"):
         build().get_log_prob({"x": _t(value)})
+
+
+# ------------------------------------------------------------------ gradcheck
+@pytest.mark.parametrize("ex", EXAMPLES, ids=IDS)
+def test_gradcheck_of_log_prob_in_the_parameters(ex: Example) -> None:
+    """Analytic gradients of log p(x|params) against finite differences (float64, 1 row).
+
+    Validation is off inside: a finite-difference step may leave a simplex by ~1e-6.
+    """
+    from kizuna.distributions import set_validation
+
+    dist, inputs, _ = _make(ex, "cond_var", np.random.default_rng(8))
+    _, x = _values(ex, np.random.default_rng(9))
+    names = [k for k, v in inputs.items() if v.is_floating_point()]
+    leaves = [inputs[k][:1].clone().requires_grad_(True) for k in names]
+
+    def log_prob(*params: torch.Tensor) -> torch.Tensor:
+        given = dict(zip(names, params))
+        for k, v in given.items():  # a covariance is symmetric: differentiate along symmetric steps
+            if k.startswith(("covariance_matrix", "precision_matrix")):
+                given[k] = (v + v.transpose(-1, -2)) / 2
+        return dist.get_log_prob({**inputs, **given, "x": x[:1]})
+
+    set_validation(False)
+    try:
+        assert torch.autograd.gradcheck(log_prob, tuple(leaves), eps=1e-6, atol=1e-5, rtol=1e-4)
+    finally:
+        set_validation(True)
