@@ -11,7 +11,6 @@ Per-row terms have shape ``(batch,)``; ``.mean()`` / ``.sum()`` reduce over the 
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -159,48 +158,48 @@ class Loss:
 
     # -------------------------------------------------------------- algebra
     def __add__(self, other: Any) -> Loss:
-        return AddLoss(self, other)
+        return _ops.AddLoss(self, other)
 
     def __radd__(self, other: Any) -> Loss:
-        return AddLoss(other, self)
+        return _ops.AddLoss(other, self)
 
     def __sub__(self, other: Any) -> Loss:
-        return SubLoss(self, other)
+        return _ops.SubLoss(self, other)
 
     def __rsub__(self, other: Any) -> Loss:
-        return SubLoss(other, self)
+        return _ops.SubLoss(other, self)
 
     def __mul__(self, other: Any) -> Loss:
-        return MulLoss(self, other)
+        return _ops.MulLoss(self, other)
 
     def __rmul__(self, other: Any) -> Loss:
-        return MulLoss(other, self)
+        return _ops.MulLoss(other, self)
 
     def __truediv__(self, other: Any) -> Loss:
-        return DivLoss(self, other)
+        return _ops.DivLoss(self, other)
 
     def __rtruediv__(self, other: Any) -> Loss:
-        return DivLoss(other, self)
+        return _ops.DivLoss(other, self)
 
     def __pow__(self, other: Any) -> Loss:
-        return PowLoss(self, other)
+        return _ops.PowLoss(self, other)
 
     def __rpow__(self, other: Any) -> Loss:
-        return PowLoss(other, self)
+        return _ops.PowLoss(other, self)
 
     def __neg__(self) -> Loss:
-        return NegLoss(self)
+        return _ops.NegLoss(self)
 
     def abs(self) -> Loss:
-        return AbsLoss(self)
+        return _ops.AbsLoss(self)
 
     def mean(self) -> Loss:
         """Average over the batch: :math:`\\frac{1}{N}\\sum_n \\mathcal{L}(x_n)`."""
-        return BatchMean(self)
+        return _ops.BatchMean(self)
 
     def sum(self) -> Loss:
         """Sum over the batch."""
-        return BatchSum(self)
+        return _ops.BatchSum(self)
 
     def expectation(self, p: Any, sample_shape: Sequence[int] = ()) -> Loss:
         """:math:`\\mathbb{E}_{p}[\\text{self}]`, see `kizuna.losses.Expectation`."""
@@ -209,209 +208,5 @@ class Loss:
         return Expectation(p, self, sample_shape=sample_shape)
 
 
-def as_loss(value: Any) -> Loss:
-    """A Loss as is; a number or tensor as a `ValueLoss`; anything else is an error."""
-    if isinstance(value, Loss):
-        return value
-    if isinstance(value, (numbers.Number, Tensor)):
-        return ValueLoss(value)
-    raise TypeError(f"cannot combine a loss with {type(value).__name__} ({value!r})")
-
-
-class ValueLoss(Loss):
-    """A constant (number or tensor)."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__()
-        self.value = value
-
-    def _value(self, ctx: EvalContext) -> Tensor:
-        return self.value if isinstance(self.value, Tensor) else torch.as_tensor(self.value)
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        if isinstance(self.value, Tensor) and self.value.numel() == 1:
-            return f"{self.value.item():g}"
-        return f"{self.value:g}" if isinstance(self.value, numbers.Real) else str(self.value)
-
-
-class Parameter(Loss):
-    """A variable read from the evaluation dict, e.g. a coefficient ``Parameter("beta")``."""
-
-    def __init__(self, input_var: str) -> None:
-        if not isinstance(input_var, str):
-            raise TypeError(f"Parameter takes one variable name (str), got {input_var!r}")
-        super().__init__([input_var])
-
-    def _value(self, ctx: EvalContext) -> Tensor:
-        return torch.as_tensor(ctx.values[self._input_var[0]])
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        return self._input_var[0]
-
-
-class ConstantVar(Loss):
-    """``base_loss`` evaluated with some variables fixed to constants.
-
-    Example: ``ConstantVar(loss, {"beta": 4.0})`` no longer needs ``beta`` in the dict.
-    """
-
-    def __init__(self, base_loss: Loss, constant_var: Mapping[str, Any]) -> None:
-        super().__init__([v for v in base_loss.input_var if v not in constant_var])
-        self.base_loss = base_loss
-        self.constant_var = dict(constant_var)
-
-    def children(self) -> list[Loss]:
-        return [self.base_loss]
-
-    def _value(self, ctx: EvalContext) -> Tensor:
-        return ctx.child({**ctx.values, **self.constant_var}).value(self.base_loss)
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        return self.base_loss._render(fmt)
-
-
-class _Unary(Loss):
-    is_operator = True
-    key = ""
-
-    def __init__(self, loss: Any) -> None:
-        loss = as_loss(loss)
-        super().__init__(loss.input_var)
-        self.loss1 = loss
-
-    def children(self) -> list[Loss]:
-        return [self.loss1]
-
-    def _value(self, ctx: EvalContext) -> Tensor:
-        return self._op(ctx.value(self.loss1))
-
-    def _op(self, a: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        return fmt[self.key].format(self.loss1._render(fmt))
-
-
-class NegLoss(_Unary):
-    key, precedence = "neg", 15  # binds looser than * and /: a * (-b)
-
-    def _op(self, a: Tensor) -> Tensor:
-        return -a
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["neg"].format(self._wrap(self.loss1, fmt, 31))
-
-
-class AbsLoss(_Unary):
-    key = "abs"
-
-    def _op(self, a: Tensor) -> Tensor:
-        return a.abs()
-
-
-class BatchMean(_Unary):
-    key = "mean"
-
-    def _op(self, a: Tensor) -> Tensor:
-        return a.mean()
-
-
-class BatchSum(_Unary):
-    key = "sum"
-
-    def _op(self, a: Tensor) -> Tensor:
-        return a.sum()
-
-
-class _Binary(Loss):
-    is_operator = True
-    key = ""
-    right_min = 0  # precedence the right operand needs to go without parentheses
-
-    def __init__(self, loss1: Any, loss2: Any) -> None:
-        loss1, loss2 = as_loss(loss1), as_loss(loss2)
-        super().__init__(loss1.input_var + loss2.input_var)
-        self.loss1, self.loss2 = loss1, loss2
-
-    def children(self) -> list[Loss]:
-        return [self.loss1, self.loss2]
-
-    def _value(self, ctx: EvalContext) -> Tensor:
-        return self._op(ctx.value(self.loss1), ctx.value(self.loss2))
-
-    def _op(self, a: Tensor, b: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        left = self._wrap(self.loss1, fmt, self.precedence)
-        right = self._wrap(self.loss2, fmt, self.right_min or self.precedence)
-        if isinstance(self.loss2, NegLoss) and self.precedence <= NegLoss.precedence:
-            right = fmt["paren"].format(right)  # a - (-b), not a - -b
-        return fmt[self.key].format(left, right)
-
-
-class AddLoss(_Binary):
-    key, precedence = "add", 10
-
-    def _op(self, a: Tensor, b: Tensor) -> Tensor:
-        return a + b
-
-
-class SubLoss(_Binary):
-    key, precedence, right_min = "sub", 10, 11
-
-    def _op(self, a: Tensor, b: Tensor) -> Tensor:
-        return a - b
-
-
-class MulLoss(_Binary):
-    key, precedence = "mul", 20
-
-    def _op(self, a: Tensor, b: Tensor) -> Tensor:
-        return a * b
-
-
-class DivLoss(_Binary):
-    key, precedence, right_min = "div", 20, 21
-
-    def _op(self, a: Tensor, b: Tensor) -> Tensor:
-        return a / b
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        if fmt is LATEX:  # \frac groups its operands itself
-            return fmt["div"].format(self.loss1._render(fmt), self.loss2._render(fmt))
-        return super()._render(fmt)
-
-
-class PowLoss(_Binary):
-    key, precedence, right_min = "pow", 40, 100
-
-    def _op(self, a: Tensor, b: Tensor) -> Tensor:
-        return a**b
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["pow"].format(self._wrap(self.loss1, fmt, 41), self._wrap(self.loss2, fmt, 100))
-
-
-class MinLoss(_Binary):
-    """Elementwise minimum of two losses."""
-
-    key, precedence = "min", 100
-
-    def _op(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["min"].format(self.loss1._render(fmt), self.loss2._render(fmt))
-
-
-class MaxLoss(_Binary):
-    """Elementwise maximum of two losses."""
-
-    key, precedence = "max", 100
-
-    def _op(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["max"].format(self.loss1._render(fmt), self.loss2._render(fmt))
+# The operators subclass Loss, so they are imported once Loss exists.
+from kizuna.losses import operators as _ops  # noqa: E402

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from kizuna.distributions.base import batch_size_of, repeat_batch
-from kizuna.losses.base import EvalContext, Loss, Tensor, as_loss
+from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.losses.values import as_loss
 
 
 def draw(p: Any, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict[str, Any], dict[str, Any]]:
