@@ -19,7 +19,18 @@ from kizuna.distributions.torch_dist import TorchDistribution, validation_enable
 
 
 class Normal(TorchDistribution):
-    r"""Normal: :math:`\mathcal{N}(x; \mu, \sigma^2)`, parameters ``loc`` (μ), ``scale`` (σ > 0)."""
+    r"""Normal: :math:`\mathcal{N}(x; \mu, \sigma^2)`, parameters ``loc`` (μ), ``scale`` (σ > 0).
+
+    >>> import torch
+    >>> prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    >>> prior.sample(batch_n=3)["z"].shape
+    torch.Size([3, 2])
+    >>> prior.get_log_prob({"z": torch.zeros(1, 2)})  # -log(2 pi)
+    tensor([-1.8379])
+    >>> lik = Normal(var=["x"], cond_var=["z"], loc="z", scale=0.5)  # p(x|z) = N(z, 0.5^2)
+    >>> print(lik)
+    p(x|z)
+    """
 
     torch_class = D.Normal
     param_names = ("loc", "scale")

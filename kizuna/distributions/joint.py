@@ -48,6 +48,17 @@ class JointDistribution(Distribution):
 
     Args:
         factors: the distributions to multiply, in the order the formula lists them.
+
+    >>> from kizuna.distributions import Normal
+    >>> prior = Normal(var=["z"], loc=0.0, scale=1.0, name="p_prior")
+    >>> lik = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    >>> joint = lik * prior
+    >>> print(joint)
+    p(x,z) = p(x|z)p_{prior}(z)
+    >>> sorted(joint.sample(batch_n=4))  # z first, then x given z
+    ['x', 'z']
+    >>> print(joint.marginalize_var("z"))
+    p(x) = ∫ p(x|z)p_{prior}(z)dz
     """
 
     def __init__(self, factors: Sequence[Distribution]) -> None:

@@ -32,6 +32,18 @@ def analytic_kl_available(p: Any, q: Any) -> bool:
 class KullbackLeibler(Loss):
     """:math:`D_{KL}[p\\|q]` per batch row (see the module docstring).
 
+    >>> import torch
+    >>> from kizuna.distributions import Normal, StudentT
+    >>> q = Normal(var=["z"], cond_var=["m"], loc="m", scale=1.0, name="q")
+    >>> prior = Normal(var=["z"], loc=0.0, scale=1.0, name="p_prior")
+    >>> kl = KullbackLeibler(q, prior)
+    >>> print(kl, kl.method)
+    KL[q(z|m)||p_{prior}(z)] analytic
+    >>> kl.eval({"m": torch.tensor([0.0, 2.0])})  # m^2 / 2
+    tensor([0., 2.])
+    >>> KullbackLeibler(q, StudentT(var=["z"], df=3.0, loc=0.0, scale=1.0)).method
+    'monte_carlo'
+
     Args:
         p, q: distributions over the same variables.
         analytic: ``None`` picks analytic when available; ``True`` demands it; ``False``

@@ -37,6 +37,17 @@ class ELBO(Expectation):
 class IWAE(Loss):
     """The importance-weighted bound with ``k`` samples per row (module docstring).
 
+    >>> import torch
+    >>> from kizuna.distributions import Normal
+    >>> prior = Normal(var=["z"], loc=0.0, scale=1.0, name="p_prior")
+    >>> lik = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    >>> q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    >>> bound = IWAE(lik * prior, q, k=100)
+    >>> print(bound)
+    log 1/100 sum_k p(x,z)/q(z|x)
+    >>> bound.eval({"x": torch.zeros(5)}).shape
+    torch.Size([5])
+
     ``q`` must be reparameterisable (gradients flow through the draws).
     """
 

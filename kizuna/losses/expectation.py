@@ -60,6 +60,17 @@ class Expectation(Loss):
         p: the distribution to sample from.
         f: the loss to average (numbers are allowed).
         sample_shape: draws per row, e.g. ``(10,)``; their mean is returned.
+
+    >>> import torch
+    >>> from kizuna.distributions import Normal
+    >>> from kizuna.losses import LogProb
+    >>> q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    >>> p = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    >>> recon = Expectation(q, LogProb(p))
+    >>> print(recon)
+    E_{q(z|x)}[log p(x|z)]
+    >>> recon.eval({"x": torch.zeros(3)}, return_dict=True)[1]["z"].shape
+    torch.Size([3])
     """
 
     def __init__(self, p: Any, f: Any, sample_shape: Sequence[int] = ()) -> None:
