@@ -39,3 +39,12 @@ def test_demo_smoke_learns_better_than_the_independent_baseline(capsys):
 def test_cli_rejects_unknown_command():
     with pytest.raises(SystemExit):
         main(["nonsense"])
+
+
+@pytest.mark.slow
+def test_full_demo_reaches_the_readme_figures(capsys):
+    # README: baseline -24.76, ELBO -18.26, IWAE(k=1000) -17.72 nats per held-out digit (seed 0)
+    result = run_demo(epochs=60, seed=0, k=1000)
+    assert result["baseline_ll"] == pytest.approx(-24.76, abs=0.01)  # deterministic: no training
+    assert result["elbo"] > -18.8
+    assert result["iwae_ll"] > -18.2
