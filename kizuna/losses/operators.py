@@ -138,25 +138,26 @@ class PowLoss(_Binary):
         return fmt["pow"].format(self._wrap(self.loss1, fmt, 41), self._wrap(self.loss2, fmt, 100))
 
 
-class MinLoss(_Binary):
+class _Elementwise(_Binary):
+    """A function of two losses written ``f(a, b)``; subclasses set ``key`` and ``fn``."""
+
+    precedence = 100
+    fn: Any = None
+
+    def _op(self, a: Tensor, b: Tensor) -> Tensor:
+        return type(self).fn(torch.as_tensor(a), torch.as_tensor(b))
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt[self.key].format(self.loss1._render(fmt), self.loss2._render(fmt))
+
+
+class MinLoss(_Elementwise):
     """Elementwise minimum of two losses."""
 
-    key, precedence = "min", 100
-
-    def _op(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["min"].format(self.loss1._render(fmt), self.loss2._render(fmt))
+    key, fn = "min", torch.minimum
 
 
-class MaxLoss(_Binary):
+class MaxLoss(_Elementwise):
     """Elementwise maximum of two losses."""
 
-    key, precedence = "max", 100
-
-    def _op(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
-
-    def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["max"].format(self.loss1._render(fmt), self.loss2._render(fmt))
+    key, fn = "max", torch.maximum
