@@ -76,3 +76,15 @@ def test_distributions_default_to_those_of_the_loss_and_move_with_dtype():
     assert list(model.distributions) == [p]
     prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2]).double()
     assert prior.sample(batch_n=3)["z"].dtype == torch.float64
+
+
+def test_train_and_test_switch_the_modules_mode():
+    p = _learnable_normal()
+    model = Model(-LogProb(p).mean())
+    x = torch.randn(4, 3, dtype=torch.float64)
+    model.test({"x": x})
+    assert not p.training
+    model.train({"x": x})
+    assert p.training
+    model.test({"x": x})
+    assert not p.training

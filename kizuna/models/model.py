@@ -55,34 +55,44 @@ class Model:
         self.optimizer = optimizer(params, **dict(optimizer_params or {}))
         self.clip_grad_norm = clip_grad_norm
         self.clip_grad_value = clip_grad_value
+        self._training: bool | None = None
+        self._params = params
 
     def __str__(self) -> str:
         names = ", ".join(str(d.prob_text) for d in self.distributions)
         return f"Distributions (for training): {names}\nLoss function: {self.loss_cls}\nOptimizer: {self.optimizer}"
 
-    def _scalar(self, loss: torch.Tensor, which: Loss) -> torch.Tensor:
+    def _scalar(self, loss: torch.Tensor, which: Loss) -> float:
+        """The loss as a float; an error if it is not a finite scalar."""
         if loss.dim() != 0:
             raise ValueError(f"the loss {which} evaluates to shape {tuple(loss.shape)}; reduce it, e.g. with .mean()")
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"the loss {which} is {loss.item()}")
-        return loss
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the loss {which} is {value}")
+        return value
+
+    def _set_mode(self, training: bool) -> None:
+        # switching walks every submodule: do it when train() and test() alternate, not per step
+        if self._training is not training:
+            self.distributions.train(training)
+            self._training = training
 
     def train(self, x_dict: Mapping[str, Any]) -> float:
         """One optimisation step on ``x_dict``; returns the loss before the step."""
-        self.distributions.train()
+        self._set_mode(True)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._scalar(self.loss_cls.eval(x_dict), self.loss_cls)
+        loss = self.loss_cls.eval(x_dict)
+        value = self._scalar(loss, self.loss_cls)
         loss.backward()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+            nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
         if self.clip_grad_value is not None:
-            nn.utils.clip_grad_value_(params, self.clip_grad_value)
+            nn.utils.clip_grad_value_(self._params, self.clip_grad_value)
         self.optimizer.step()
-        return loss.item()
+        return value
 
     def test(self, x_dict: Mapping[str, Any]) -> float:
         """The test loss on ``x_dict`` without gradients."""
-        self.distributions.eval()
+        self._set_mode(False)
         with torch.no_grad():
-            return self._scalar(self.test_loss_cls.eval(x_dict), self.test_loss_cls).item()
+            return self._scalar(self.test_loss_cls.eval(x_dict), self.test_loss_cls)
