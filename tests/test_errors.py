@@ -156,3 +156,21 @@ def test_constant_parameters_of_different_shapes() -> None:
     with pytest.raises(ValueError, match=r"p\(z\).*loc.*scale"):
         Normal(var=["z"], loc=torch.zeros(3), scale=torch.ones(2))
 
+
+
+def test_loaded_constants_are_validated_at_their_next_use() -> None:
+    """Buffer constants are checked once, not every call; loading new values re-arms the check."""
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2])
+    prior.get_log_prob({"z": torch.zeros(1, 2)})  # checked, valid
+    prior.load_state_dict({"loc_": torch.tensor(0.0), "scale_": torch.tensor(-1.0)})
+    with pytest.raises(ValueError, match="scale"):
+        prior.get_log_prob({"z": torch.zeros(1, 2)})
+
+
+def test_learnable_constants_are_validated_every_call() -> None:
+    scale = torch.nn.Parameter(torch.ones(2))
+    p = Normal(var=["z"], loc=0.0, scale=scale)
+    with torch.no_grad():
+        scale.fill_(-1.0)  # an optimiser step could do this
+    with pytest.raises(ValueError, match="scale"):
+        p.get_log_prob({"z": torch.zeros(1, 2)})

@@ -9,12 +9,12 @@ and ends with it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-_MEMO: ContextVar[dict[tuple[int, ...], tuple[Any, Sequence[Any]]] | None] = ContextVar("kizuna_memo", default=None)
+_MEMO: ContextVar[dict[tuple[Any, ...], tuple[Any, Sequence[Any]]] | None] = ContextVar("kizuna_memo", default=None)
 
 
 @contextmanager
@@ -30,12 +30,12 @@ def shared_parameters() -> Iterator[None]:
         _MEMO.reset(token)
 
 
-def memoized(owner: object, inputs: Sequence[Any], compute: Callable[[], Any]) -> Any:
-    """``compute()``, or its earlier result for the same owner and the same input objects."""
+def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Callable[[], Any]) -> Any:
+    """``compute()``, or its earlier result for the same owner, tag and input objects."""
     memo = _MEMO.get()
     if memo is None:
         return compute()
-    key = (id(owner), *map(id, inputs))
+    key = (id(owner), tag, *map(id, inputs))
     hit = memo.get(key)
     if hit is None:
         # keep the inputs alive with the result so their ids cannot be reused in this evaluation

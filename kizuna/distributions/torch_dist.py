@@ -40,6 +40,10 @@ def validation_enabled() -> bool:
     return _VALIDATE[0]
 
 
+def _recheck_constants(module: TorchDistribution, _keys: Any) -> None:
+    module._constants_checked = False  # loaded values are validated at their next use
+
+
 class TorchDistribution(Distribution):
     """A distribution of one torch family over a single variable (see module docstring).
 
@@ -78,6 +82,8 @@ class TorchDistribution(Distribution):
         for key, value in params.items():
             self._set_param(key, value)
         self._uses_forward = type(self).forward is not TorchDistribution.forward
+        self._constants_checked = False
+        self.register_load_state_dict_post_hook(_recheck_constants)
         if not self._uses_forward and not self._from_var:
             self.get_dist({})  # constant parameters: validate them now, not at first use
 
@@ -120,8 +126,8 @@ class TorchDistribution(Distribution):
     # ------------------------------------------------------------ parameters
     def _params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """Merged parameters and whether they carry a batch dimension (shared within an evaluation)."""
-        inputs = [x_dict[k] for k in self._cond_var]
-        return memoized(self, inputs, lambda: self._compute_params(x_dict))
+        inputs = [x_dict.get(k) for k in self._cond_var]  # None: an optional input is absent
+        return memoized(self, "params", inputs, lambda: self._compute_params(x_dict))
 
     def _compute_params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         params: dict[str, Any] = dict(self._static)
@@ -168,11 +174,11 @@ class TorchDistribution(Distribution):
                     "got invalid values."
                 )
 
-    def _build(self, params: dict[str, Any]) -> D.Distribution:
-        if _VALIDATE[0]:
+    def _build(self, params: dict[str, Any], validate: bool) -> D.Distribution:
+        if validate:
             self._check_params(params)
         try:
-            return self.torch_class(**params, validate_args=_VALIDATE[0])
+            return self.torch_class(**params, validate_args=validate)
         except ValueError as err:
             match = _PARAM_ERROR.search(str(err))
             if match:
@@ -191,8 +197,23 @@ class TorchDistribution(Distribution):
             ) from err
 
     def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True) -> tuple[D.Distribution, bool]:
+        """The torch distribution for these inputs (built once per evaluation, see `memo`)."""
+        inputs = [x_dict.get(k) for k in self._cond_var]  # None: an optional input is absent
+        return memoized(self, ("dist", independent), inputs, lambda: self._new_torch_dist(x_dict, independent))
+
+    def _needs_validation(self, batched: bool) -> bool:
+        """Buffer constants are checked once (at construction and after loading), not every call."""
+        if not _VALIDATE[0]:
+            return False
+        return batched or not self._constants_checked or any(
+            isinstance(getattr(self, f"{k}_"), nn.Parameter) for k in self._const_names)
+
+    def _new_torch_dist(self, x_dict: Mapping[str, Any], independent: bool) -> tuple[D.Distribution, bool]:
         params, batched = self._params(x_dict)
-        base = self._build(params)
+        validate = self._needs_validation(batched)
+        base = self._build(params, validate)
+        if not batched and not self._constants_checked:
+            self._constants_checked = True
         if not batched and self._features_shape:
             n_event = len(base.event_shape)
             target = self._features_shape[: len(self._features_shape) - n_event]
