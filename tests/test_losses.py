@@ -247,3 +247,14 @@ def test_negated_operands_are_parenthesised():
     assert str(a * -b) == "a * (-b)"
     assert str(-(a * b)) == "-(a * b)"
     assert (a - (-b)).eval({"a": 1.0, "b": 2.0}).item() == 3.0
+
+
+def test_constants_are_coefficients_not_terms():
+    p = Normal(var=["x"], loc=0.0, scale=1.0, features_shape=[3])
+    x = torch.randn(4, 3)
+    lp = LogProb(p)
+    loss = (lp * 2).mean() / 4
+    value, terms = loss.eval({"x": x}, return_terms=True)
+    assert list(terms) == [str(lp)]
+    torch.testing.assert_close(terms[str(lp)], p.get_log_prob({"x": x}).mean())
+    torch.testing.assert_close(value, p.get_log_prob({"x": x}).mean() / 2)

@@ -88,3 +88,18 @@ def test_train_and_test_switch_the_modules_mode():
     assert p.training
     model.test({"x": x})
     assert not p.training
+
+
+def test_train_and_test_need_no_data_when_nothing_is_observed():
+    # KL[q || N(2, 0.5^2)] in closed form (torch.distributions) needs no x_dict
+    from kizuna.losses import KullbackLeibler
+
+    q = _learnable_normal()
+    target = Normal(var=["x"], loc=torch.full((3,), 2.0, dtype=torch.float64),
+                    scale=torch.full((3,), 0.5, dtype=torch.float64))
+    model = Model(KullbackLeibler(q, target).mean(), optimizer_params={"lr": 0.05})
+    exact = torch.distributions.kl_divergence(q.get_dist({}), target.get_dist({})).item()
+    assert model.test() == pytest.approx(exact)
+    for _ in range(300):
+        model.train()
+    assert model.test() < 1e-3 * exact

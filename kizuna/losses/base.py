@@ -43,6 +43,12 @@ class EvalContext:
         return self.results[key]
 
 
+def _term_mean(value: Tensor) -> Tensor:
+    """A term's batch mean, detached (an integer-valued term is averaged as a float)."""
+    value = value.detach()
+    return (value if value.is_floating_point() else value.float()).mean()
+
+
 def _unique(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
@@ -139,7 +145,7 @@ class Loss:
         if return_dict:
             out.append({**x_dict, **ctx.samples} if return_all else dict(ctx.samples))
         if return_terms:
-            out.append({t.label: ctx.results[id(t)].detach().mean() for t in self.terms()})
+            out.append({t.label: _term_mean(ctx.results[id(t)]) for t in self.terms()})
         return out[0] if len(out) == 1 else tuple(out)
 
     def distributions(self) -> list[Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -26,6 +26,11 @@ class ValueLoss(Loss):
     def __init__(self, value: Any) -> None:
         super().__init__()
         self.value = value
+
+    def terms(self) -> Iterator[Loss]:
+        """A constant is a coefficient, not a term of the formula (unless it was named)."""
+        if self._label is not None:
+            yield self
 
     def _value(self, ctx: EvalContext) -> Tensor:
         return self.value if isinstance(self.value, Tensor) else torch.as_tensor(self.value)

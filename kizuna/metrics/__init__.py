@@ -1,5 +1,5 @@
 """Evaluation metrics."""
 
-from kizuna.metrics.likelihood import log_likelihood
+from kizuna.metrics.likelihood import bits_per_dim, log_likelihood
 
-__all__ = ["log_likelihood"]
+__all__ = ["bits_per_dim", "log_likelihood"]

@@ -1,6 +1,8 @@
 """Trainers over losses."""
 
+from kizuna.models.checkpoint import History
 from kizuna.models.model import Model
+from kizuna.models.presets import ML, VI
 from kizuna.models.vae import VAE
 
-__all__ = ["Model", "VAE"]
+__all__ = ["History", "ML", "Model", "VAE", "VI"]

@@ -1,0 +1,183 @@
+r"""`IterativeLoss`: a step loss summed over the time steps of sequence variables.
+
+.. math:: \mathcal{L} = \sum_{t=1}^{T} \mathcal{L}_{step}(x_t, h_{t-1})
+
+At step :math:`t` the ``series_var`` are replaced by their slice :math:`x_t` (time along
+``series_dim``), the step loss is evaluated, and ``update_value`` carries values to the next
+step: ``{"z": "z_prev"}`` makes the :math:`z_t` drawn at step :math:`t` the ``z_prev`` of step
+:math:`t+1` (``z_prev`` must be given for the first step). This is how recurrent latent-variable
+models are written, e.g. the Deep Markov Model (Krishnan et al. 2017, arXiv:1609.09869) with
+:math:`\mathcal{L}_{step} = D_{KL}[q(z_t|x_t, z_{t-1})\|p(z_t|z_{t-1})] - \mathbb{E}_{q}[\log p(x_t|z_t)]`.
+The semantics follow Pixyz's ``IterativeLoss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from kizuna._text import LATEX
+from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.losses.expectation import Expectation
+
+
+class _StepTermSum(Loss):
+    """A per-term record: the sum over steps of one term of the step loss (filled by the owner)."""
+
+    def __init__(self, owner: IterativeLoss, term: Loss) -> None:
+        super().__init__()
+        self.owner, self.term = owner, term
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self.owner._sum_text(fmt, self.term.label if fmt is not LATEX else self.term.to_latex())
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        raise RuntimeError("a step-term record is computed by its IterativeLoss")
+
+
+class IterativeLoss(Loss):
+    """:math:`\\sum_t \\mathcal{L}_{step}` over time steps (module docstring).
+
+    Args:
+        step_loss: the loss of one step (usually reduced with ``.mean()``).
+        max_iter: the number of steps :math:`T`; default: the length of the first series variable.
+        series_var: variables holding sequences, time along ``series_dim`` (time-major
+            ``T×N×...`` by default); each step sees the slice :math:`x_t`.
+        update_value: ``{source: target}``: after each step, ``target`` takes the value of
+            ``source`` (drawn or given in that step); ``source`` is then dropped.
+        slice_step: a distribution that produces the step's inputs itself (given ``t`` and the
+            full sequences): the step loss becomes :math:`\\mathbb{E}_{slice\\_step}[\\mathcal{L}_{step}]`
+            and the series are not sliced.
+        timestep_var: a variable name (or a one-name list) through which each step sees its
+            index ``t = 0, ..., T-1``.
+        series_dim: the time dimension of the series: 0 (time-major, Pixyz's default) or 1
+            (batch-first ``N×T×...``, which `Model.fit` can cut into mini-batches).
+
+    Each step is evaluated once; the per-step values of the step loss's terms are summed and
+    reported as terms of this loss (``eval(..., return_terms=True)``, `Model.fit`'s history).
+
+    >>> import torch
+    >>> from kizuna.distributions import Normal
+    >>> from kizuna.losses import LogProb
+    >>> p = Normal(var=["x"], cond_var=["x_prev"], loc="x_prev", scale=1.0)
+    >>> loss = IterativeLoss(-LogProb(p).mean(), series_var=["x"], update_value={"x": "x_prev"})
+    >>> print(loss)
+    sum_{t=1}^{T} -mean(log p(x|x_prev))
+    >>> x = torch.zeros(5, 2, 3)  # T=5 steps, N=2 sequences, 3 features
+    >>> value = loss.eval({"x": x, "x_prev": torch.zeros(2, 3)})
+    >>> torch.allclose(value, torch.tensor(5 * 3 * 0.9189385))  # 5 steps of 3 N(0;0,1) log-densities
+    True
+    """
+
+    def __init__(
+        self,
+        step_loss: Loss,
+        max_iter: int | None = None,
+        series_var: Sequence[str] = (),
+        update_value: Mapping[str, str] | None = None,
+        slice_step: Any = None,
+        timestep_var: str | Sequence[str] | None = None,
+        series_dim: int = 0,
+    ) -> None:
+        if not isinstance(step_loss, Loss):
+            raise TypeError(f"IterativeLoss needs a kizuna Loss as step_loss, got {type(step_loss).__name__}")
+        self.series_var = [series_var] if isinstance(series_var, str) else list(series_var)
+        self.update_value = dict(update_value or {})
+        if isinstance(timestep_var, str) or timestep_var is None:
+            self.timestep_var = timestep_var
+        else:
+            names = list(timestep_var)
+            if len(names) > 1:
+                raise ValueError(f"IterativeLoss: timestep_var names one variable, got {names}")
+            self.timestep_var = names[0] if names else None
+        if max_iter is None and not self.series_var:
+            raise ValueError("IterativeLoss needs max_iter or series_var (to know how many steps to take)")
+        if max_iter is not None and max_iter < 1:
+            raise ValueError(f"IterativeLoss needs max_iter >= 1, got {max_iter}")
+        if series_dim not in (0, 1):
+            raise ValueError(f"IterativeLoss: series_dim must be 0 (time-major) or 1 (batch-first), got {series_dim}")
+        bad = {k: v for k, v in self.update_value.items() if not (isinstance(k, str) and isinstance(v, str))}
+        if bad:
+            raise TypeError(f"IterativeLoss: update_value maps variable names to names, got {bad}")
+        self.step_loss = Expectation(slice_step, step_loss) if slice_step is not None else step_loss
+        self.slice_step = slice_step
+        self.max_iter = max_iter
+        self.series_dim = series_dim
+        needed = self.step_loss.input_var + self.series_var + list(self.update_value.values())
+        super().__init__([v for v in needed if v != self.timestep_var])
+        self._records = [_StepTermSum(self, term) for term in self.step_loss.terms()]
+
+    def children(self) -> list[Loss]:
+        return [self.step_loss]
+
+    def terms(self) -> Any:
+        """The summed terms of the step loss (or this loss itself, once named)."""
+        if self._label is not None:
+            yield self
+        else:
+            yield from self._records
+
+    # -------------------------------------------------------------------- text
+    def _sum_text(self, fmt: dict[str, str], body: str) -> str:
+        # t runs 1..T in the formula; a step sees its 0-based index through timestep_var
+        t = self.timestep_var or "t"
+        upper = str(self.max_iter) if self.max_iter is not None else "T"
+        if fmt is LATEX:
+            return f"\\sum_{{{t}=1}}^{{{upper}}} {body}"
+        return f"sum_{{{t}=1}}^{{{upper}}} {body}"
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self._sum_text(fmt, self.step_loss._render(fmt))
+
+    # -------------------------------------------------------------- evaluation
+    def _steps(self, values: Mapping[str, Any]) -> int:
+        lengths = {}
+        for v in self.series_var:
+            value = values[v]
+            if not isinstance(value, Tensor) or value.dim() <= self.series_dim:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"IterativeLoss: series variable {v} needs a time dimension {self.series_dim}, "
+                                 f"got {shape}")
+            lengths[v] = value.shape[self.series_dim]
+        if len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+            raise ValueError(f"IterativeLoss: the series variables have different lengths along dim "
+                             f"{self.series_dim}: {listed}")
+        steps = self.max_iter if self.max_iter is not None else next(iter(lengths.values()))
+        short = {k: n for k, n in lengths.items() if n < steps}
+        if short:
+            raise ValueError(f"IterativeLoss: max_iter={steps} but {', '.join(short)} has only "
+                             f"{min(short.values())} steps")
+        return steps
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        values = dict(ctx.values)
+        series = {v: values[v] for v in self.series_var}
+        steps = self._steps(values)
+        total: Any = 0.0
+        sums: list[Any] = [0.0] * len(self._records)
+        drawn: dict[str, list[Tensor]] = {}
+        for t in range(steps):
+            if self.timestep_var is not None:
+                values[self.timestep_var] = t
+            if self.slice_step is None:
+                values.update({v: x.select(self.series_dim, t) for v, x in series.items()})
+            step = EvalContext(values)  # fresh results: every node is evaluated anew at each step
+            total = total + step.value(self.step_loss)
+            for i, record in enumerate(self._records):
+                sums[i] = sums[i] + step.results[id(record.term)]
+            for k, v in step.samples.items():
+                drawn.setdefault(k, []).append(v)
+            values.update(step.samples)
+            carried = {dst: values[src] for src, dst in self.update_value.items() if src in values}
+            for src in self.update_value:
+                values.pop(src, None)
+            values.update(carried)
+        for record, value in zip(self._records, sums):
+            ctx.results[id(record)] = torch.as_tensor(value)
+        for k, vs in drawn.items():  # the draws of every step, stacked along the time dimension
+            if len(vs) == steps and all(v.shape == vs[0].shape for v in vs):
+                ctx.samples[k] = torch.stack(vs, self.series_dim)
+        return torch.as_tensor(total)

@@ -1,0 +1,197 @@
+"""What a training run records and saves: `History`, checkpoint files and RNG states.
+
+A checkpoint is a dict written with ``torch.save`` and read back with
+``torch.load(weights_only=True)``: it holds only tensors, numbers, strings, lists, tuples and
+dicts (the numpy RNG key is stored as a tensor), so loading one never runs pickled code.
+It carries everything that decides the next training step: the distributions'
+``state_dict``, the optimizer state, the epoch count, the history, the best validation
+epoch, fit's shuffling generator and the global RNG states (python ``random``, numpy's
+legacy global generator, torch CPU and CUDA). Restoring all of it makes an interrupted run
+continue with exactly the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "kizuna.checkpoint"
+VERSION = 1
+
+
+@dataclass
+class History:
+    """Per-epoch records of `Model.fit`; every list is indexed like ``epoch``.
+
+    Attributes:
+        epoch: epoch numbers (1-based, counted over ``fit`` calls and resumed runs).
+        train: batch-size-weighted mean training loss of each epoch.
+        valid: mean validation (test) loss; ``nan`` for epochs run without validation data.
+        terms: ``{term label: [per-epoch mean]}`` from the training steps' own evaluations.
+        valid_terms: the same for the validation passes.
+        best_epoch: the epoch with the lowest validation loss so far (``None`` without one).
+        stopped_epoch: the epoch at which early stopping ended a run (``None`` otherwise).
+
+    ``history["train"]``, ``history["valid"]``, ``history["epoch"]`` and
+    ``history[label]`` (a term) index the lists.
+
+    >>> h = History()
+    >>> h.append(1, 2.0, 1.5, {"KL": 0.5}, {})
+    >>> h["train"], h["KL"], len(h)
+    ([2.0], [0.5], 1)
+    """
+
+    epoch: list[int] = field(default_factory=list)
+    train: list[float] = field(default_factory=list)
+    valid: list[float] = field(default_factory=list)
+    terms: dict[str, list[float]] = field(default_factory=dict)
+    valid_terms: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int | None = None
+    stopped_epoch: int | None = None
+
+    def append(self, epoch: int, train: float, valid: float, terms: Mapping[str, float],
+               valid_terms: Mapping[str, float]) -> None:
+        """Record one epoch (terms missing in this or earlier epochs are ``nan``)."""
+        done = len(self.epoch)
+        self.epoch.append(epoch)
+        self.train.append(train)
+        self.valid.append(valid)
+        for record, new in ((self.terms, terms), (self.valid_terms, valid_terms)):
+            for key in list(record) + [k for k in new if k not in record]:
+                record.setdefault(key, [math.nan] * done).append(float(new.get(key, math.nan)))
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def __getitem__(self, key: str) -> list[float] | list[int]:
+        if key in ("epoch", "train", "valid"):
+            return getattr(self, key)
+        if key in self.terms:
+            return self.terms[key]
+        known = ["epoch", "train", "valid", *self.terms]
+        raise KeyError(f"History has no record {key!r}; it has {', '.join(map(repr, known))}")
+
+    def __eq__(self, other: object) -> bool:
+        """Equal records; ``nan`` (an epoch without validation) equals ``nan``."""
+        if not isinstance(other, History):
+            return NotImplemented
+        return _same(self.to_dict(), other.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> History:
+        return cls(**{k: state[k] for k in cls.__dataclass_fields__})
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+# ----------------------------------------------------------------- files
+def save(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as a kizuna checkpoint, atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU without unpickling code; a clear error for other files."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint file {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for foreign or corrupt files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a kizuna checkpoint (torch.load cannot read it: {first})") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        held = sorted(map(str, state))[:5] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{path} is not a kizuna checkpoint (it holds {held}); Model.save writes one. For bare weights "
+            "use model.distributions.load_state_dict(torch.load(path))")
+    if state.get("version", 0) > VERSION:
+        raise ValueError(f"{path} is a version {state['version']} kizuna checkpoint; this kizuna reads up to {VERSION}")
+    return state
+
+
+def class_name(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+# ------------------------------------------------------------ parameters
+def _where(modules: nn.ModuleList, key: str) -> str:
+    index, _, rest = key.partition(".")
+    if index.isdigit() and int(index) < len(modules):
+        text = getattr(modules[int(index)], "prob_text", type(modules[int(index)]).__name__)
+        return f"{text}.{rest}"
+    return key
+
+
+def named_parameters(modules: nn.ModuleList) -> list[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` with names like ``q(z|x).net.0.weight``."""
+    return [(_where(modules, k), p) for k, p in modules.named_parameters()]
+
+
+def check_parameters(modules: nn.ModuleList, state: Mapping[str, torch.Tensor], path: Any) -> None:
+    """An error listing every missing, unexpected and mis-shaped entry of ``state``."""
+    own = modules.state_dict()
+    problems = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing:
+        problems.append("missing from the checkpoint: "
+                        + ", ".join(f"{_where(modules, k)} {tuple(own[k].shape)}" for k in missing))
+    if unexpected:
+        problems.append("in the checkpoint but not in the model: "
+                        + ", ".join(f"{k} {tuple(state[k].shape)}" for k in unexpected))
+    if mismatched:
+        problems.append("shape mismatch: " + ", ".join(
+            f"{_where(modules, k)} is {tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+            for k in mismatched))
+    if problems:
+        raise ValueError(f"{path} was saved from another architecture; " + "; ".join(problems))
+
+
+# -------------------------------------------------------------------- RNG
+def rng_state() -> dict[str, Any]:
+    """The global RNG states: python ``random``, numpy (legacy global), torch CPU and CUDA."""
+    _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore `rng_state`; CUDA states are restored for the devices present."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    key = np_state["key"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, np_state["pos"], np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)

@@ -1,0 +1,161 @@
+"""Checkpoints: an interrupted run resumes bitwise; foreign files and other architectures are clear errors.
+
+Reference: the uninterrupted run itself (same seed), compared bitwise.
+"""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from kizuna.distributions import Normal
+from kizuna.losses import Expectation, KullbackLeibler, LogProb
+from kizuna.models import History, Model
+from kizuna.nets import MLP
+
+
+class Encoder(Normal):
+    def __init__(self, hidden=16):
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.net = MLP(6, hidden, 4)
+
+    def forward(self, x):
+        loc, s = self.net(x).chunk(2, -1)
+        return {"loc": loc, "scale": F.softplus(s) + 1e-3}
+
+
+class Decoder(Normal):
+    def __init__(self):
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.net = MLP(2, 16, 6)
+
+    def forward(self, z):
+        return {"loc": self.net(z), "scale": torch.ones(1)}
+
+
+def build(hidden=16, optimizer=torch.optim.Adam):
+    """A small VAE: its loss samples z, so resuming needs the RNG states, not just the weights."""
+    torch.manual_seed(123)
+    q, p = Encoder(hidden), Decoder()
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
+    return Model(loss, distributions=[p, q], optimizer=optimizer, optimizer_params={"lr": 1e-2})
+
+
+class Rows(Dataset):
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i]}
+
+
+X = torch.randn(100, 6, generator=torch.Generator().manual_seed(0))
+V = torch.randn(30, 6, generator=torch.Generator().manual_seed(1))
+
+
+def _data(kind):
+    if kind == "dict":
+        return {"x": X}, {"x": V}
+    return DataLoader(Rows(X), batch_size=16, shuffle=True), DataLoader(Rows(V), batch_size=16)
+
+
+@pytest.mark.parametrize("kind", ["dict", "shuffled DataLoader"])
+def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, kind):
+    data, valid = _data(kind)
+    straight = build()
+    h_straight = straight.fit(data, epochs=4, batch_size=16, valid=valid, seed=5, quiet=True)
+    path = tmp_path / "run.pt"
+    first = build()
+    first.fit(data, epochs=2, batch_size=16, valid=valid, seed=5, quiet=True, checkpoint=path)
+    torch.manual_seed(999), np.random.seed(999), random.seed(999)  # the interruption scrambles every RNG
+    resumed = build()
+    resumed.load(path)
+    assert resumed.epoch == 2 and len(resumed.history) == 2
+    # the same script, re-run: seed is ignored once the model has trained, so the streams continue
+    h_resumed = resumed.fit(data, epochs=2, batch_size=16, valid=valid, seed=5, quiet=True)
+    assert h_resumed == h_straight and h_resumed["epoch"] == [1, 2, 3, 4]
+    for (name, a), b in zip(straight.distributions.state_dict().items(), resumed.distributions.state_dict().values()):
+        assert torch.equal(a, b), name
+    states = [m.optimizer.state_dict()["state"].values() for m in (straight, resumed)]
+    for a, b in zip(*states):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_load_without_unpickling_code_and_restore_every_rng(tmp_path):
+    model = build()
+    model.fit({"x": X}, epochs=1, quiet=True, seed=0)
+    path = tmp_path / "c.pt"
+    model.save(path)
+    raw = torch.load(path, weights_only=True)  # tensors, numbers, strings and containers only
+    assert raw["format"] == "kizuna.checkpoint" and raw["epoch"] == 1
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    build().load(path)
+    after = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], after[0]) and np.array_equal(expected[1], after[1]) and expected[2] == after[2]
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically
+
+
+def test_fit_checkpoints_every_epoch_and_early_stopping_saves_the_best(tmp_path):
+    path = tmp_path / "run.pt"
+    model = build()
+    model.fit({"x": X}, epochs=3, quiet=True, seed=0, checkpoint=path)
+    loaded = build()
+    loaded.load(path)
+    assert loaded.epoch == 3 and loaded.history == model.history
+    p = Normal(var=["x"], loc=nn.Parameter(torch.zeros(1)), scale=1.0)
+    stopper = Model(-LogProb(p).mean(), optimizer_params={"lr": 0.3})
+    stopper.fit({"x": torch.full((8, 1), 3.0)}, epochs=10, valid={"x": torch.full((4, 1), -1.0)}, patience=2,
+                checkpoint=path, quiet=True, seed=0)
+    q = Normal(var=["x"], loc=nn.Parameter(torch.zeros(1)), scale=1.0)
+    again = Model(-LogProb(q).mean(), optimizer_params={"lr": 0.3})
+    again.load(path)
+    assert again.history.stopped_epoch == 3 and again.history.best_epoch == 1
+    assert torch.equal(q.loc_, p.loc_)  # the checkpoint holds the restored best parameters
+
+
+def test_another_architecture_lists_the_offending_parameters(tmp_path):
+    path = tmp_path / "c.pt"
+    build().save(path)
+    with pytest.raises(ValueError, match=r"another architecture; shape mismatch: q\(z\|x\)\.net\.0\.weight "
+                                         r"is \(16, 6\) in the checkpoint, \(8, 6\) in the model"):
+        build(hidden=8).load(path)
+    p = Normal(var=["x"], loc=nn.Parameter(torch.zeros(2)), scale=1.0)
+    with pytest.raises(ValueError, match=r"missing from the checkpoint: p\(x\)\.loc_ \(2,\).*"
+                                         r"in the checkpoint but not in the model: 0\.net\.0\.weight \(16, 2\)"):
+        Model(-LogProb(p).mean()).load(path)
+    with pytest.raises(ValueError, match=r"trained with torch\.optim\.adam\.Adam, "
+                                         r"this model uses torch\.optim\.sgd\.SGD"):
+        build(optimizer=torch.optim.SGD).load(path)
+
+
+def test_foreign_files_are_not_checkpoints(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="junk.pt is not a kizuna checkpoint \\(torch.load cannot read it"):
+        build().load(junk)
+    weights = tmp_path / "weights.pt"
+    torch.save(build().distributions.state_dict(), weights)
+    with pytest.raises(ValueError, match="weights.pt is not a kizuna checkpoint \\(it holds .*load_state_dict"):
+        build().load(weights)
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        build().load(tmp_path / "absent.pt")
+
+
+def test_history_records_and_pads_missing_terms():
+    h = History()
+    h.append(1, 2.0, float("nan"), {"a": 1.0}, {})
+    h.append(2, 1.5, 0.5, {"a": 0.5, "b": 3.0}, {"a": 0.25})
+    assert h["train"] == [2.0, 1.5] and h["a"] == [1.0, 0.5] and h["epoch"] == [1, 2]
+    assert np.isnan(h["b"][0]) and h["b"][1] == 3.0 and np.isnan(h.valid_terms["a"][0])
+    assert History.from_dict(h.to_dict()).to_dict().keys() == h.to_dict().keys()
+    with pytest.raises(KeyError, match="no record 'c'; it has 'epoch', 'train', 'valid', 'a', 'b'"):
+        h["c"]
