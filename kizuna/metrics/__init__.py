@@ -1,5 +1,8 @@
 """Evaluation metrics."""
 
+from kizuna.metrics.clustering import adjusted_rand_score, clustering_accuracy, normalized_mutual_info_score
 from kizuna.metrics.likelihood import bits_per_dim, log_likelihood
 
-__all__ = ["bits_per_dim", "log_likelihood"]
+__all__ = [
+    "adjusted_rand_score", "bits_per_dim", "clustering_accuracy", "log_likelihood", "normalized_mutual_info_score",
+]

@@ -1,0 +1,175 @@
+r"""Log-space forward-backward, Viterbi and forward-filtering backward-sampling for discrete chains.
+
+Shared by `kizuna.modules.HMM` and `kizuna.modules.MM`. Every function takes the chain in log
+space: ``log_start`` :math:`\log\pi_k` (K), ``log_trans`` :math:`\log A_{ij} = \log p(z_t=j|z_{t-1}=i)`
+(K×K) and ``log_emit`` :math:`\log p(x_t|z_t=k)` (N×K, the rows of all sequences one after the
+other; ``lengths`` splits them, as in hmmlearn). Sequences are padded to one (B, T, K) block, so
+each recursion step is one vectorised operation over all sequences and states; only time is a loop.
+
+.. math::
+    \alpha_t(j) = \log p(x_t|j) + \operatorname{logsumexp}_i\big(\alpha_{t-1}(i) + \log A_{ij}\big),\qquad
+    \beta_t(i) = \operatorname{logsumexp}_j\big(\log A_{ij} + \log p(x_{t+1}|j) + \beta_{t+1}(j)\big)
+
+(Rabiner 1989, "A tutorial on hidden Markov models"; FFBS: Frühwirth-Schnatter 1994, Carter & Kohn 1994.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def check_lengths(n: int, lengths: Sequence[int] | Tensor | None, device: torch.device) -> Tensor:
+    """``lengths`` as a long tensor (``[n]`` when None); raises when they do not sum to ``n``."""
+    if lengths is None:
+        return torch.tensor([n], device=device)
+    out = torch.as_tensor(lengths, device=device).long().reshape(-1)
+    if out.numel() == 0 or bool((out <= 0).any()) or int(out.sum()) != n:
+        raise ValueError(f"lengths must be positive and sum to the number of rows {n}, got {out.tolist()}")
+    return out
+
+
+def pad(x: Tensor, lengths: Tensor) -> Tensor:
+    """Rows (N, ...) split by ``lengths`` into a zero-padded (B, T, ...) block."""
+    return torch.nn.utils.rnn.pad_sequence(list(torch.split(x, lengths.tolist())), batch_first=True)
+
+
+def unpad(x: Tensor, lengths: Tensor) -> Tensor:
+    """Inverse of `pad`: the valid rows of a (B, T, ...) block, concatenated to (N, ...)."""
+    mask = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
+    return x[mask]
+
+
+@dataclass(frozen=True)
+class Smoothed:
+    """Result of `forward_backward`.
+
+    Attributes:
+        log_gamma: (N, K) :math:`\\log p(z_t=k|x)`.
+        log_cavity: (N, K) :math:`\\log p(z_t=k|x_{\\setminus t})`, the chain's message to step t
+            (the prior for step t given every other observation), normalised.
+        trans_counts: (K, K) expected transitions :math:`\\sum_t p(z_t=i, z_{t+1}=j|x)`.
+        start_counts: (K,) :math:`\\sum_b p(z_{b,0}=k|x)` over sequences.
+        log_likelihood: (B,) :math:`\\log p(x_b)` per sequence.
+    """
+
+    log_gamma: Tensor
+    log_cavity: Tensor
+    trans_counts: Tensor
+    start_counts: Tensor
+    log_likelihood: Tensor
+
+
+def _forward(log_start: Tensor, log_trans: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+    """Padded forward pass: (log alpha, log predicted prior) each (B, T, K)."""
+    preds, alphas = [log_start.expand_as(e[:, 0])], [log_start + e[:, 0]]
+    for t in range(1, e.shape[1]):
+        preds.append(torch.logsumexp(alphas[-1][:, :, None] + log_trans, dim=1))
+        alphas.append(preds[-1] + e[:, t])
+    return torch.stack(alphas, 1), torch.stack(preds, 1)
+
+
+def _backward(log_trans: Tensor, e: Tensor, lengths: Tensor) -> Tensor:
+    """Padded backward pass: log beta (B, T, K), zero at and after each sequence's last step."""
+    betas = [torch.zeros_like(e[:, -1])]
+    for t in range(e.shape[1] - 2, -1, -1):
+        val = torch.logsumexp(log_trans + (e[:, t + 1] + betas[-1])[:, None, :], dim=2)
+        betas.append(torch.where((t + 1 < lengths)[:, None], val, torch.zeros_like(val)))
+    return torch.stack(betas[::-1], 1)
+
+
+def _last(x: Tensor, lengths: Tensor) -> Tensor:
+    """x[b, lengths[b] - 1] for a (B, T, K) block."""
+    return x[torch.arange(x.shape[0], device=x.device), lengths - 1]
+
+
+def forward_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
+                           lengths: Sequence[int] | Tensor | None = None) -> Tensor:
+    """:math:`\\log p(x_b)` per sequence, shape (B,), by the forward recursion alone."""
+    lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
+    alpha, _ = _forward(log_start, log_trans, pad(log_emit, lengths))
+    return torch.logsumexp(_last(alpha, lengths), -1)
+
+
+def forward_backward(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
+                     lengths: Sequence[int] | Tensor | None = None) -> Smoothed:
+    """Posterior marginals, cavity messages and expected counts of a chain (see `Smoothed`).
+
+    The expected transition counts are summed without a (T, K, K) tensor: with
+    :math:`a_t = \\alpha_t - s_t` and :math:`b_t = \\log p(x_{t+1}|\\cdot) + \\beta_{t+1} - r_t`,
+    :math:`\\sum_t \\xi_t = A \\odot \\big( (e^{a} w)^\\top e^{b} \\big)`, :math:`w_t = e^{s_t + r_t - \\log p(x)}`.
+    """
+    lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
+    e = pad(log_emit, lengths)
+    alpha, pred = _forward(log_start, log_trans, e)
+    beta = _backward(log_trans, e, lengths)
+    loglik = torch.logsumexp(_last(alpha, lengths), -1)
+    if not bool(torch.isfinite(loglik).all()):
+        raise ValueError("forward_backward: a sequence has zero probability under the chain (log p(x) = -inf)")
+    gamma = alpha + beta - loglik[:, None, None]
+    cavity = pred + beta
+    cavity = cavity - torch.logsumexp(cavity, -1, keepdim=True)
+    valid = (torch.arange(1, e.shape[1], device=e.device) < lengths[:, None])[..., None]  # pairs (t, t+1)
+    a, b = alpha[:, :-1], e[:, 1:] + beta[:, 1:]
+    s, r = a.amax(-1, keepdim=True), b.amax(-1, keepdim=True)
+    w = torch.where(valid, torch.exp(s + r - loglik[:, None, None]), torch.zeros_like(s))
+    pa = torch.nan_to_num(torch.exp(a - s)) * w
+    qb = torch.nan_to_num(torch.exp(b - r))
+    trans_counts = torch.exp(log_trans) * torch.einsum("btk,btl->kl", pa, qb)
+    return Smoothed(unpad(gamma, lengths), unpad(cavity, lengths), trans_counts,
+                    torch.exp(gamma[:, 0]).sum(0), loglik)
+
+
+def viterbi(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
+            lengths: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Most probable state paths: (:math:`\\max_z \\log p(x_b, z)` per sequence (B,), states (N,))."""
+    lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
+    e = pad(log_emit, lengths)
+    delta, pointers = log_start + e[:, 0], []
+    for t in range(1, e.shape[1]):
+        best, arg = (delta[:, :, None] + log_trans).max(dim=1)
+        pointers.append(arg)
+        delta = torch.where((t < lengths)[:, None], best + e[:, t], delta)
+    score, state = delta.max(-1)
+    path = [state] * e.shape[1]
+    for t in range(e.shape[1] - 1, 0, -1):
+        path[t] = state
+        prev = pointers[t - 1].gather(1, state[:, None]).squeeze(1)
+        state = torch.where(t < lengths, prev, state)
+    path[0] = state
+    return score, unpad(torch.stack(path, 1), lengths)
+
+
+def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One draw per row of Categorical(softmax(logits)) by the Gumbel-max trick."""
+    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
+    u = u.clamp(torch.finfo(logits.dtype).tiny, 1.0)
+    return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
+
+
+def sample_paths(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
+                 lengths: Sequence[int] | Tensor | None = None, n_samples: int = 1,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """Exact draws from :math:`p(z|x)` by forward filtering, backward sampling: (n_samples, N) states.
+
+    .. math::
+        z_{T-1} \\sim \\alpha_{T-1},\\qquad
+        z_t \\sim p(z_t|z_{t+1}, x_{0:t}) \\propto \\alpha_t(z_t)\\,A_{z_t z_{t+1}}
+    """
+    lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
+    e = pad(log_emit, lengths)
+    alpha, _ = _forward(log_start, log_trans, e)
+    last = _last(alpha, lengths).expand(n_samples, -1, -1)  # (S, B, K)
+    state = _gumbel_argmax(last, generator)
+    path = [state] * e.shape[1]
+    for t in range(e.shape[1] - 1, 0, -1):
+        path[t] = state
+        logits = alpha[:, t - 1][None] + log_trans.T[state]  # (S, B, K): alpha_{t-1}(i) + log A[i, z_t]
+        state = torch.where(t < lengths, _gumbel_argmax(logits, generator), state)
+    path[0] = state
+    block = torch.stack(path, 2)  # (S, B, T)
+    return torch.stack([unpad(p, lengths) for p in block])

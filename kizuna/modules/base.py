@@ -1,0 +1,295 @@
+r"""The module protocol: typed messages between modules, and the `Module` / `Observation` bases.
+
+A module (SERKET, Nakamura et al. 2018, arXiv:1712.00929; Neuro-SERKET, Taniguchi et al.
+2020, arXiv:1910.08918) is a small generative model whose observations are the *forward
+messages* of its children and whose latent variable is shared with its parent through a
+*backward message*. One mutual-inference step, :meth:`Module.update`:
+
+1. read ``child.forward_message`` for every child and ``self.backward_in`` (what the
+   parent(s) sent down, or ``None`` before the first top-down pass);
+2. learn (``_update``, implemented by each module);
+3. set ``self.forward_message`` (up) and deliver backward messages to the children that
+   receive them (down).
+
+Message kinds (``value`` is always a 2-D tensor with one row per sample, ``N`` rows):
+
+=============== ===== ======================================== =========================
+kind            shape meaning                                  e.g. sent by
+=============== ===== ======================================== =========================
+``data``        N×D   observations                             `Observation`
+``latent``      N×D   a continuous latent (posterior means)    VAE, NN (up)
+``posterior``   N×K   class probabilities, rows sum to 1       GMM, LDA, MLDA (up)
+``prior``       N×K   class prior, rows sum to 1               MLDA, MM, NN (down)
+``prior_mean``  N×D   per-sample prior mean of a latent        GMM (down, to a VAE)
+=============== ===== ======================================== =========================
+
+Class-level declarations make wiring checkable at :meth:`Module.connect`: ``accepts`` (the
+forward kinds a module takes from children), ``sends`` (its forward kind) and ``receives``
+(the backward kinds it takes from a parent). Messages are detached: gradients never cross
+module boundaries (modules learn from each other's *messages*, as in SERKET).
+
+Subclasses implement one method::
+
+    def _update(self, forward: list[Message], backward: Message | None
+                ) -> tuple[Message, dict[Module, Message]]:
+        ...  # learn; return (forward message, {child: backward message})
+
+and build messages with :meth:`Module.message`. ``self.method`` (``"mp"`` or ``"sir"``, set
+by `Graph.fit`) says how a class prior is combined with the module's own likelihood (see
+`kizuna.modules.inference.combine`); ``self.generator`` (a ``torch.Generator`` or ``None``
+for torch's global generator) is the source of randomness.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from kizuna.modules.messages import (
+    DEFAULT_VARIABLE,
+    KINDS,
+    GraphError,
+    Message,
+    MessageKindError,
+    MessageShapeError,
+    check_same_shape,
+    check_width,
+)
+from kizuna.modules.results import ClassResults
+
+__all__ = [
+    "KINDS", "ClassModule", "GraphError", "Message", "MessageKindError", "MessageShapeError", "Module", "Observation",
+    "check_same_shape", "check_width",
+]
+
+
+class Module:
+    """A node of an integrated model (see the module docstring for the protocol).
+
+    Args:
+        name: a unique name in its graph (default: the lower-cased class name; `Graph`
+            numbers unnamed duplicates).
+        learnable: when ``False`` the module keeps its parameters fixed in ``update`` and
+            only passes messages.
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = ()
+    sends: ClassVar[str] = "latent"
+    receives: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str | None = None, learnable: bool = True) -> None:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"{type(self).__name__}: name must be a non-empty string, got {name!r}")
+        self.name: str = name if name is not None else type(self).__name__.lower()
+        self.named = name is not None
+        self.learnable = bool(learnable)
+        self.children: list[Module] = []
+        self.parents: list[Module] = []
+        self.forward_message: Message | None = None
+        self.backward_messages: dict[str, Message] = {}
+        self.method = "mp"
+        self.generator: torch.Generator | None = None
+        self.n_updates = 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    # ------------------------------------------------------------------ wiring
+    def connect(self, *children: Module) -> Module:
+        """Make ``children`` the observations of this module; returns ``self``.
+
+        Raises:
+            MessageKindError: a child sends a kind this module does not accept.
+        """
+        if not children:
+            raise ValueError(f"{self.name}.connect() needs at least one child module")
+        for child in children:
+            if not isinstance(child, Module):
+                raise TypeError(f"{self.name}.connect: expected a Module, got {type(child).__name__}; "
+                                "wrap arrays in kizuna.modules.Observation(data)")
+            if child is self:
+                raise GraphError(f"{self.name} cannot be connected to itself")
+            if child in self.children:
+                raise GraphError(f"{child.name} is already a child of {self.name}")
+            if child.sends not in self.accepts:
+                raise MessageKindError(
+                    f"{self.name} ({type(self).__name__}) accepts forward messages of kind {self.accepts}, "
+                    f"but {child.name} ({type(child).__name__}) sends {child.sends!r}")
+        for child in children:
+            self.children.append(child)
+            child.parents.append(self)
+        return self
+
+    @property
+    def parent(self) -> Module | None:
+        """The parent module (``None`` at the top); see ``parents`` when there are several."""
+        if len(self.parents) > 1:
+            raise GraphError(f"{self.name} has {len(self.parents)} parents; use .parents")
+        return self.parents[0] if self.parents else None
+
+    # ---------------------------------------------------------------- messages
+    def message(self, kind: str, value: torch.Tensor, receiver: Module | None = None,
+                variable: str | None = None) -> Message:
+        """A message from this module (``variable`` defaults by kind, e.g. ``"c"`` for classes)."""
+        return Message(self.name, None if receiver is None else receiver.name,
+                       variable or DEFAULT_VARIABLE[kind], kind, value)
+
+    def receive_backward(self, message: Message) -> None:
+        """Store a backward message from a parent (read at the next ``update``)."""
+        if message.kind not in self.receives:
+            raise MessageKindError(f"{self.name} ({type(self).__name__}) receives backward messages of kind "
+                                   f"{self.receives}, but {message.sender} sent {message.kind!r}")
+        self.backward_messages[message.sender] = message
+
+    @property
+    def backward_in(self) -> Message | None:
+        """The backward message from the parent(s); class priors of several parents multiply.
+
+        .. math:: \\pi_{nk} \\propto \\prod_{\\text{parents } j} \\pi^{(j)}_{nk}
+        """
+        msgs = list(self.backward_messages.values())
+        if len(msgs) <= 1:
+            return msgs[0] if msgs else None
+        if any(m.kind != "prior" for m in msgs):
+            raise MessageShapeError(f"{self.name} got several backward messages ({[m.kind for m in msgs]}); "
+                                    "only class priors ('prior') from several parents can be combined")
+        for m in msgs[1:]:
+            check_same_shape(self, msgs[0], m)
+        log = sum(torch.log(m.value) for m in msgs)
+        return Message("+".join(m.sender for m in msgs), self.name, msgs[0].variable, "prior", torch.softmax(log, 1))
+
+    # ------------------------------------------------------------------ update
+    def update(self) -> None:
+        """One mutual-inference step: read messages, learn, send messages up and down."""
+        if not self.children:
+            raise GraphError(f"{self.name} has no children: connect it to an Observation or another module")
+        forward = []
+        for child in self.children:
+            if child.forward_message is None:
+                raise RuntimeError(f"{self.name}: child {child.name} has not sent a forward message yet; "
+                                   f"update {child.name} before {self.name} (Graph.fit orders children first)")
+            forward.append(child.forward_message)
+        backward = self.backward_in
+        for msg in forward[1:]:
+            if msg.n != forward[0].n:
+                raise MessageShapeError(f"{self.name}: its children send different numbers of samples: "
+                                        f"{forward[0].sender} sends {tuple(forward[0].value.shape)}, "
+                                        f"{msg.sender} sends {tuple(msg.value.shape)}")
+        if backward is not None and backward.n != forward[0].n:
+            raise MessageShapeError(f"{self.name}: the backward message from {backward.sender} has shape "
+                                    f"{tuple(backward.value.shape)} but {forward[0].sender} sends "
+                                    f"{forward[0].n} samples")
+        up, down = self._update(forward, backward)
+        if up.kind != self.sends or up.sender != self.name:
+            raise RuntimeError(f"{type(self).__name__}._update must return a {self.sends!r} message from "
+                               f"{self.name}, got {up.kind!r} from {up.sender}")
+        self.forward_message = up
+        for child, msg in down.items():
+            if child not in self.children:
+                raise GraphError(f"{self.name} sent a backward message to {child.name}, which is not its child")
+            child.receive_backward(msg)
+        self.n_updates += 1
+
+    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
+        raise NotImplementedError(f"{type(self).__name__} must implement _update(forward, backward)")
+
+    # ------------------------------------------------------------- persistence
+    def config(self) -> dict[str, Any]:
+        """JSON-able hyper-parameters that define the architecture (checked when loading)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values restoring the module's learnt state and messages."""
+        fwd = self.forward_message
+        return {
+            "n_updates": self.n_updates,
+            "forward": None if fwd is None else {"variable": fwd.variable, "value": fwd.value},
+            "backward": {s: {"variable": m.variable, "kind": m.kind, "value": m.value, "receiver": m.receiver}
+                         for s, m in self.backward_messages.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.n_updates = int(state["n_updates"])
+        fwd = state["forward"]
+        self.forward_message = None if fwd is None else self.message(self.sends, fwd["value"], variable=fwd["variable"])
+        self.backward_messages = {s: Message(s, m["receiver"], m["variable"], m["kind"], m["value"])
+                                  for s, m in state["backward"].items()}
+
+
+class Observation(Module):
+    """A leaf holding data ``N×D`` (tensor or array); its forward message is the data.
+
+    >>> obs = Observation(np.zeros((3, 2)), name="obs")
+    >>> obs.forward_message.kind, tuple(obs.data.shape)
+    ('data', (3, 2))
+    >>> Observation(np.array([[0.0, np.nan]]))
+    Traceback (most recent call last):
+    ...
+    ValueError: Observation observation: data contains NaN or inf
+    """
+
+    sends: ClassVar[str] = "data"
+
+    def __init__(self, data: Any, name: str | None = None) -> None:
+        super().__init__(name, learnable=False)
+        where = f"Observation {self.name}"
+        t = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+        if not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        if t.dim() == 1:
+            t = t.unsqueeze(1)
+        if t.dim() != 2:
+            raise ValueError(f"{where}: data must be N x D (flatten each sample), got shape {tuple(t.shape)}")
+        if t.shape[0] == 0:
+            raise ValueError(f"{where}: data has no samples")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{where}: data contains NaN or inf")
+        self.data = t.detach()
+        self.forward_message = self.message("data", self.data)
+
+    def connect(self, *children: Module) -> Module:
+        raise GraphError(f"Observation {self.name} is a leaf and cannot have children")
+
+    def update(self) -> None:
+        """Nothing to learn: the forward message is the data."""
+
+    def config(self) -> dict[str, Any]:
+        return {"shape": list(self.data.shape)}
+
+
+class ClassModule(ClassResults, Module):
+    """Base of modules with a categorical latent of ``n_classes`` values (GMM, LDA, MLDA, HMM...).
+
+    Holds ``posterior`` (``N×K``) and reports ``classes``, ``accuracy``, ``ari`` and ``nmi``
+    against ``category`` (labels only used for reporting).
+    """
+
+    sends: ClassVar[str] = "posterior"
+
+    def __init__(self, n_classes: int, category: Any = None, name: str | None = None,
+                 learnable: bool = True) -> None:
+        Module.__init__(self, name, learnable)
+        ClassResults.__init__(self, n_classes, category)
+
+    def class_prior(self, backward: Message | None, n: int) -> torch.Tensor | None:
+        """The ``N×K`` class prior from the parent, checked against ``n_classes`` (``None`` if none)."""
+        if backward is None:
+            return None
+        if backward.kind != "prior":
+            raise MessageKindError(f"{self.name} expects a 'prior' backward message, got {backward.kind!r} "
+                                   f"from {backward.sender}")
+        check_width(self, backward, self.n_classes, "classes")
+        if backward.n != n:
+            raise MessageShapeError(f"{self.name}: the prior message from {backward.sender} has {backward.n} rows "
+                                    f"for {n} samples")
+        return backward.value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "posterior": self.posterior}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.posterior = state["posterior"]

@@ -1,0 +1,103 @@
+"""Typed messages between modules, the shape checks on them, and the errors of the module layer.
+
+See `kizuna.modules.base` for the table of kinds and the protocol that sends them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+KINDS: tuple[str, ...] = ("data", "latent", "posterior", "prior", "prior_mean")
+DEFAULT_VARIABLE = {"data": "x", "latent": "z", "posterior": "c", "prior": "c", "prior_mean": "z"}
+_PROB_KINDS = ("posterior", "prior")
+_ROW_SUM_ATOL = 1e-4
+
+
+class MessageKindError(TypeError):
+    """A module was connected to a child whose forward message it does not accept."""
+
+
+class MessageShapeError(ValueError):
+    """Two modules disagree about a message's shape (samples ``N``, classes ``K`` or dims ``D``)."""
+
+
+class GraphError(ValueError):
+    """A graph of modules is malformed (cycle, unconnected module, module without children)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """A typed message between modules (the kinds are tabulated in `kizuna.modules.base`).
+
+    Args:
+        sender: name of the sending module.
+        receiver: name of the receiving module, or ``None`` for a forward message (any parent).
+        variable: the shared variable the message is about (``"x"``, ``"z"``, ``"c"``, ...).
+        kind: one of ``KINDS``.
+        value: an ``N×D`` (or ``N×K``) floating tensor; stored detached.
+
+    >>> m = Message("gmm", None, "c", "posterior", torch.tensor([[0.25, 0.75]]))
+    >>> m.n, m.width
+    (1, 2)
+    >>> Message("gmm", None, "c", "posterior", torch.tensor([[0.5, 0.6]]))
+    Traceback (most recent call last):
+    ...
+    ValueError: posterior message from gmm: rows must sum to 1 (largest deviation 0.1)
+    """
+
+    sender: str
+    receiver: str | None
+    variable: str
+    kind: str
+    value: torch.Tensor
+
+    def __post_init__(self) -> None:
+        where = f"{self.kind} message from {self.sender}"
+        if self.kind not in KINDS:
+            raise ValueError(f"message from {self.sender}: kind must be one of {KINDS}, got {self.kind!r}")
+        value = self.value
+        if isinstance(value, np.ndarray):
+            value = torch.as_tensor(value)
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{where}: value must be a tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{where}: value must be a floating tensor, got {value.dtype}")
+        if value.dim() != 2:
+            raise MessageShapeError(f"{where}: value must be 2-D (N samples x width), got shape {tuple(value.shape)}")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{where}: value contains NaN or inf")
+        if self.kind in _PROB_KINDS:
+            if (value < 0).any():
+                raise ValueError(f"{where}: class probabilities must be non-negative")
+            dev = (value.sum(1) - 1).abs().max().item() if value.numel() else 0.0
+            if dev > _ROW_SUM_ATOL:
+                raise ValueError(f"{where}: rows must sum to 1 (largest deviation {dev:.3g})")
+        object.__setattr__(self, "value", value.detach())
+
+    @property
+    def n(self) -> int:
+        """Number of samples (rows)."""
+        return self.value.shape[0]
+
+    @property
+    def width(self) -> int:
+        """Width of a row (``D`` or ``K``)."""
+        return self.value.shape[1]
+
+
+def check_same_shape(module: Any, a: Message, b: Message) -> None:
+    """Raise `MessageShapeError` naming both senders when two messages differ in shape."""
+    if a.value.shape != b.value.shape:
+        raise MessageShapeError(f"{module.name}: {a.kind} messages from {a.sender} {tuple(a.value.shape)} and "
+                                f"{b.sender} {tuple(b.value.shape)} differ in shape")
+
+
+def check_width(module: Any, msg: Message, width: int, what: str) -> None:
+    """Raise `MessageShapeError` unless ``msg`` has ``width`` columns (``what`` names them)."""
+    if msg.width != width:
+        raise MessageShapeError(f"{module.name} has {width} {what}, but the {msg.kind} message from {msg.sender} "
+                                f"has shape {tuple(msg.value.shape)}")

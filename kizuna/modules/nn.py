@@ -1,0 +1,145 @@
+r"""`NN`: a neural map between modules, trained by gradient (SERKET's NN module, simplified).
+
+``nn.connect(source, target)``: the network :math:`f` learns to predict the target child's
+forward message from the source child's (or from a fixed ``target=`` tensor with one child)
+by minibatch Adam on the mean squared error
+
+.. math:: \mathcal L(f) = \frac1N\sum_n \lVert y_n - f(x_n)\rVert^2 .
+
+It sends its predictions :math:`f(x_n)` up (``latent``, N×out). When the source is a class
+module (its message is a ``posterior`` N×K and it receives ``prior``), the NN also sends it a
+class prior down: the Gaussian likelihood of each target under the prediction of each class,
+
+.. math:: \pi_{nk} \propto \exp\!\Big(-\frac{\lVert y_n - f(e_k)\rVert^2}{2\sigma^2}\Big),\qquad
+    \sigma^2 = \frac{1}{ND}\sum_n \lVert y_n - f(x_n)\rVert^2,
+
+(:math:`e_k` the one-hot class) — so paired data (e.g. a second modality) steers the
+clustering, which is what SERKET's NN backward message is for (Nakamura et al. 2018,
+arXiv:1712.00929), computed in closed form here instead of by a second optimisation.
+
+>>> import torch
+>>> from kizuna.modules import Observation
+>>> x = torch.randn(200, 3)
+>>> nn_ = NN(torch.nn.Linear(3, 1), target=x @ torch.tensor([[1.0], [-2.0], [0.5]]), epochs=300, lr=0.05)
+>>> nn_.connect(Observation(x)).update()
+>>> bool(nn_.mse < 1e-3)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from kizuna.modules.base import Message, MessageShapeError, Module
+from kizuna.nets import MLP
+
+
+class NN(Module):
+    """Neural map module (see the module docstring).
+
+    Args:
+        net: a ``torch.nn.Module`` from ``in_dim`` to ``out_dim`` features (default: an MLP
+            built at the first update, sizes from the messages).
+        in_dim, out_dim: checked against the messages when given.
+        target: a fixed ``N×out`` target (then connect one child); else the second child's message.
+        hidden: hidden sizes of the default MLP.
+        epochs, batch_size, lr: training per ``update``.
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = ("data", "latent", "posterior")
+    sends: ClassVar[str] = "latent"
+
+    def __init__(self, net: nn.Module | None = None, in_dim: int | None = None, out_dim: int | None = None,
+                 target: Any = None, hidden: Sequence[int] = (64,), epochs: int = 50, batch_size: int = 128,
+                 lr: float = 1e-3, name: str | None = None, learnable: bool = True) -> None:
+        super().__init__(name, learnable)
+        if epochs < 0 or batch_size < 1 or lr <= 0:
+            raise ValueError(f"NN {self.name}: need epochs >= 0, batch_size >= 1 and lr > 0")
+        self.net, self.in_dim, self.out_dim, self.hidden = net, in_dim, out_dim, tuple(hidden)
+        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+        self.target = None if target is None else torch.as_tensor(np.asarray(target) if not isinstance(
+            target, torch.Tensor) else target)
+        if self.target is not None and self.target.dim() != 2:
+            raise ValueError(f"NN {self.name}: target must be N x out, got shape {tuple(self.target.shape)}")
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.prediction: torch.Tensor | None = None
+        self.mse: float | None = None
+
+    def _inputs(self, forward: list[Message]) -> tuple[torch.Tensor, torch.Tensor]:
+        want = 1 if self.target is not None else 2
+        if len(forward) != want:
+            raise ValueError(f"NN {self.name} needs {want} child(ren) ({'source' if want == 1 else 'source, target'}), "
+                             f"got {len(forward)}")
+        x = forward[0].value
+        y = self.target.to(dtype=x.dtype, device=x.device) if self.target is not None else forward[1].value
+        if y.shape[0] != x.shape[0]:
+            raise MessageShapeError(f"NN {self.name}: the target has {y.shape[0]} rows but {forward[0].sender} "
+                                    f"sends {x.shape[0]}")
+        for dim, got, what in ((self.in_dim, x.shape[1], "in_dim"), (self.out_dim, y.shape[1], "out_dim")):
+            if dim is not None and dim != got:
+                raise MessageShapeError(f"NN {self.name}: {what}={dim} but the messages have {got} columns")
+        return x, y
+
+    def _ensure(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.net is None:
+            self.net = MLP(x.shape[1], *self.hidden, y.shape[1]).to(device=x.device, dtype=x.dtype)
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+
+    def _train(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.net.train()
+        n = x.shape[0]
+        for _ in range(self.epochs):
+            device = x.device if self.generator is None else self.generator.device
+            order = torch.randperm(n, generator=self.generator, device=device).to(x.device)
+            for idx in order.split(self.batch_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = ((self.net(x[idx]) - y[idx]) ** 2).sum(1).mean()
+                loss.backward()
+                self.optimizer.step()
+
+    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
+        x, y = self._inputs(forward)
+        self._ensure(x, y)
+        if self.learnable and self.epochs > 0:
+            self._train(x, y)
+        self.net.eval()
+        with torch.no_grad():
+            self.prediction = self.net(x)
+            residual = ((y - self.prediction) ** 2).mean()
+        self.mse = float(residual)
+        down: dict[Module, Message] = {}
+        source = self.children[0]
+        if forward[0].kind == "posterior" and "prior" in source.receives:
+            down[source] = self.message("prior", self.class_prior(y, residual), receiver=source, variable="c")
+        return self.message("latent", self.prediction, variable="y"), down
+
+    @torch.no_grad()
+    def class_prior(self, y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+        """:math:`\\pi_{nk} \\propto \\exp(-\\lVert y_n - f(e_k)\\rVert^2 / 2\\sigma^2)` (see the module docstring)."""
+        k = self.children[0].forward_message.width
+        per_class = self.net(torch.eye(k, dtype=y.dtype, device=y.device))  # K x out
+        dist2 = torch.cdist(y, per_class) ** 2
+        return torch.softmax(-dist2 / (2 * variance.clamp(min=1e-12)), 1)
+
+    # ------------------------------------------------------------- persistence
+    def config(self) -> dict[str, Any]:
+        return {"in_dim": self.in_dim, "out_dim": self.out_dim, "hidden": list(self.hidden)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "net": None if self.net is None else self.net.state_dict(),
+                "prediction": self.prediction, "mse": self.mse}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state["net"] is not None:
+            if self.net is None:
+                x, y = self._inputs([c.forward_message for c in self.children])
+                self._ensure(x, y)
+            self.net.load_state_dict(state["net"])
+        self.prediction, self.mse = state["prediction"], state["mse"]

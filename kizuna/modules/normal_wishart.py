@@ -1,0 +1,154 @@
+r"""Normal-Wishart conjugate algebra for Gaussian mixtures, vectorised over components.
+
+Full covariance (Murphy 2007, "Conjugate Bayesian analysis of the Gaussian distribution";
+Bishop 2006, §10.2), with :math:`S` the *inverse* scale of the Wishart (scikit-learn's
+``covariance_prior``):
+
+.. math::
+    \Lambda \sim \mathcal W(\nu, S^{-1}),\quad \mu\mid\Lambda \sim \mathcal N(m, (\kappa\Lambda)^{-1}).
+
+Given :math:`N` points with sums :math:`\sum x`, :math:`\sum x x^\top` the posterior is
+:math:`\kappa_N = \kappa+N,\ \nu_N = \nu+N,\ m_N = (\kappa m + \sum x)/\kappa_N,\
+S_N = S + \sum x x^\top + \kappa m m^\top - \kappa_N m_N m_N^\top`, and the posterior
+predictive is a multivariate Student-t
+
+.. math:: p(x\mid X) = t_{\nu_N-D+1}\Big(x \,\Big|\, m_N,\ \frac{\kappa_N+1}{\kappa_N(\nu_N-D+1)} S_N\Big).
+
+Diagonal covariance uses independent Normal-Gamma factors per dimension,
+:math:`\lambda_d \sim \mathrm{Gamma}(\nu/2, \text{rate}=s_d/2)`, whose predictive is a product of
+univariate Student-t with :math:`\nu_N` degrees of freedom and scale
+:math:`s_{N,d}(\kappa_N+1)/(\kappa_N\nu_N)`. Counts may be fractional (responsibilities).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from kizuna.modules.inference import sample_gamma
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class NormalWishart:
+    """Parameters with a batch of components: ``m`` (K×D), ``kappa`` and ``nu`` (K), ``scale``
+    the inverse scale ``S`` (K×D×D, full) or ``s`` (K×D, diagonal)."""
+
+    m: Tensor
+    kappa: Tensor
+    nu: Tensor
+    scale: Tensor
+
+    @property
+    def diagonal(self) -> bool:
+        return self.scale.dim() == self.m.dim()
+
+    @property
+    def dim(self) -> int:
+        return self.m.shape[-1]
+
+    def posterior(self, counts: Tensor, sum_x: Tensor, sum_xx: Tensor) -> NormalWishart:
+        """Update by data statistics (counts K, sums K×D, outer sums K×D×D or squares K×D)."""
+        kappa_n, nu_n = self.kappa + counts, self.nu + counts
+        m_n = (self.kappa.unsqueeze(-1) * self.m + sum_x) / kappa_n.unsqueeze(-1)
+        if self.diagonal:
+            s_n = self.scale + sum_xx + self.kappa.unsqueeze(-1) * self.m**2 - kappa_n.unsqueeze(-1) * m_n**2
+        else:
+            outer = self.m.unsqueeze(-1) * self.m.unsqueeze(-2)
+            outer_n = m_n.unsqueeze(-1) * m_n.unsqueeze(-2)
+            s_n = self.scale + sum_xx + self.kappa[..., None, None] * outer - kappa_n[..., None, None] * outer_n
+            s_n = 0.5 * (s_n + s_n.transpose(-1, -2))
+        return NormalWishart(m_n, kappa_n, nu_n, s_n)
+
+    def log_predictive(self, x: Tensor, pairwise: bool = True) -> Tensor:
+        """:math:`\\log p(x\\mid\\text{component})`: every row of ``x`` (N×D) under every component
+        (N×K) when ``pairwise``, else row ``b`` under component ``b`` (``x`` B×D, result B)."""
+        d = self.dim
+        diff = x.unsqueeze(-2) - self.m if pairwise else x - self.m
+        if self.diagonal:
+            df = self.nu.unsqueeze(-1)
+            scale2 = self.scale * (self.kappa.unsqueeze(-1) + 1) / (self.kappa.unsqueeze(-1) * df)
+            per_dim = (torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi * scale2)
+                       - (df + 1) / 2 * torch.log1p(diff**2 / (scale2 * df)))
+            return per_dim.sum(-1)
+        df = self.nu - d + 1
+        chol = torch.linalg.cholesky(self.scale)  # S_N = L L^T; the t's shape matrix is c S_N
+        c = (self.kappa + 1) / (self.kappa * df)
+        y = torch.linalg.solve_triangular(chol, diff.unsqueeze(-1), upper=False).squeeze(-1)
+        maha = (y**2).sum(-1) / c
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1) + d * torch.log(c)
+        return (torch.lgamma((df + d) / 2) - torch.lgamma(df / 2) - 0.5 * d * torch.log(df * math.pi)
+                - 0.5 * logdet - (df + d) / 2 * torch.log1p(maha / df))
+
+    def log_marginal(self, prior: NormalWishart, counts: Tensor) -> Tensor:
+        """:math:`\\log p(X)` of the data that turned ``prior`` into this posterior (per component)."""
+        d = self.dim
+        if self.diagonal:
+            nu0, nu_n = prior.nu.unsqueeze(-1), self.nu.unsqueeze(-1)
+            per_dim = (-0.5 * counts.unsqueeze(-1) * math.log(math.pi) + torch.lgamma(nu_n / 2) - torch.lgamma(nu0 / 2)
+                       + 0.5 * nu0 * torch.log(prior.scale) - 0.5 * nu_n * torch.log(self.scale)
+                       + 0.5 * (torch.log(prior.kappa) - torch.log(self.kappa)).unsqueeze(-1))
+            return per_dim.sum(-1)
+        return (-0.5 * counts * d * math.log(math.pi) + torch.special.multigammaln(self.nu / 2, d)
+                - torch.special.multigammaln(prior.nu / 2, d) + 0.5 * prior.nu * torch.logdet(prior.scale)
+                - 0.5 * self.nu * torch.logdet(self.scale) + 0.5 * d * (torch.log(prior.kappa) - torch.log(self.kappa)))
+
+    def mean_precision(self) -> Tensor:
+        """:math:`\\mathbb E[\\Lambda] = \\nu S^{-1}` (K×D×D) or :math:`\\nu/s` (K×D)."""
+        if self.diagonal:
+            return self.nu.unsqueeze(-1) / self.scale
+        return self.nu[..., None, None] * torch.cholesky_inverse(torch.linalg.cholesky(self.scale))
+
+    def expected_log_det(self) -> Tensor:
+        """:math:`\\mathbb E[\\log|\\Lambda|]` (Bishop eq. 10.65)."""
+        d = self.dim
+        if self.diagonal:
+            return (torch.digamma(self.nu / 2).unsqueeze(-1) - torch.log(self.scale / 2)).sum(-1)
+        i = torch.arange(d, dtype=self.nu.dtype, device=self.nu.device)
+        return torch.digamma((self.nu.unsqueeze(-1) - i) / 2).sum(-1) + d * math.log(2) - torch.logdet(self.scale)
+
+    def expected_mahalanobis(self, x: Tensor) -> Tensor:
+        """:math:`\\mathbb E[(x-\\mu)^\\top\\Lambda(x-\\mu)] = D/\\kappa + \\nu (x-m)^\\top S^{-1}(x-m)`, N×K."""
+        diff = x.unsqueeze(-2) - self.m
+        if self.diagonal:
+            quad = (diff**2 * (self.nu.unsqueeze(-1) / self.scale)).sum(-1)
+        else:
+            y = torch.linalg.solve_triangular(torch.linalg.cholesky(self.scale), diff.unsqueeze(-1), upper=False)
+            quad = self.nu * (y.squeeze(-1) ** 2).sum(-1)
+        return self.dim / self.kappa + quad
+
+    def sample(self, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw :math:`(\\mu_k, R_k)` per component, :math:`R_k` the lower Cholesky factor of
+        :math:`\\Lambda_k` (full) or :math:`\\lambda_k` itself (diagonal). Bartlett decomposition."""
+        def randn(shape: torch.Size) -> Tensor:
+            return torch.randn(shape, generator=generator, dtype=self.m.dtype, device=self.m.device)
+
+        if self.diagonal:
+            lam = sample_gamma(self.nu.unsqueeze(-1).expand_as(self.scale) / 2, generator) * 2 / self.scale
+            mu = self.m + randn(self.m.shape) / torch.sqrt(self.kappa.unsqueeze(-1) * lam)
+            return mu, lam
+        d = self.dim
+        i = torch.arange(d, dtype=self.nu.dtype, device=self.nu.device)
+        diag = torch.sqrt(2 * sample_gamma((self.nu.unsqueeze(-1) - i) / 2, generator))  # chi^2_{nu - i}
+        a = torch.tril(randn(self.scale.shape), -1) + torch.diag_embed(diag)
+        chol_w = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(self.scale)))
+        r = chol_w @ a  # Lambda = R R^T, R lower triangular with a positive diagonal
+        root = torch.sqrt(self.kappa)[..., None, None] * r
+        eps = randn(self.m.shape).unsqueeze(-1)
+        mu = self.m + torch.linalg.solve_triangular(root.transpose(-1, -2), eps, upper=True).squeeze(-1)
+        return mu, r
+
+
+def gaussian_log_prob(x: Tensor, mu: Tensor, precision: Tensor) -> Tensor:
+    """:math:`\\log\\mathcal N(x_n\\mid\\mu_k,\\Lambda_k^{-1})` (N×K) from the lower Cholesky factor of
+    :math:`\\Lambda_k` (K×D×D) or a diagonal precision (K×D)."""
+    diff = x.unsqueeze(-2) - mu
+    d = x.shape[-1]
+    if precision.dim() == mu.dim():
+        return 0.5 * (torch.log(precision).sum(-1) - (diff**2 * precision).sum(-1) - d * math.log(2 * math.pi))
+    y = (precision.transpose(-1, -2) @ diff.unsqueeze(-1)).squeeze(-1)
+    logdet = torch.log(torch.diagonal(precision, dim1=-2, dim2=-1)).sum(-1)
+    return logdet - 0.5 * (y**2).sum(-1) - 0.5 * d * math.log(2 * math.pi)

@@ -1,0 +1,63 @@
+"""Clustering scores against scikit-learn (ARI, NMI) and brute-force matching (accuracy)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from kizuna.metrics import adjusted_rand_score, clustering_accuracy, normalized_mutual_info_score
+
+
+def labelings(seed, n=60):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 4, n)
+    noisy = np.where(rng.random(n) < 0.3, rng.integers(0, 5, n), (truth + 1) % 4)
+    return truth, noisy
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ari_and_nmi_match_sklearn(seed):
+    a, b = labelings(seed)
+    assert adjusted_rand_score(a, b) == pytest.approx(skm.adjusted_rand_score(a, b), abs=1e-12)
+    assert normalized_mutual_info_score(a, b) == pytest.approx(skm.normalized_mutual_info_score(a, b), abs=1e-12)
+
+
+@pytest.mark.parametrize("a, b", [
+    ([0, 0, 1, 1], [5, 5, 7, 7]),  # identical partitions, renamed
+    ([0, 0, 0, 0], [1, 1, 1, 1]),  # one cluster each
+    ([0, 1, 2, 3], [0, 1, 2, 3]),  # all singletons
+    ([0, 0, 0, 0], [0, 1, 2, 3]),  # one cluster vs singletons
+    ([0, 0, 1, 1, 2], [0, 1, 0, 1, 0]),
+])
+def test_edge_cases_match_sklearn(a, b):
+    assert adjusted_rand_score(a, b) == pytest.approx(skm.adjusted_rand_score(a, b), abs=1e-12)
+    assert normalized_mutual_info_score(a, b) == pytest.approx(skm.normalized_mutual_info_score(a, b), abs=1e-12)
+
+
+def brute_force_accuracy(truth, pred):
+    """Best accuracy over every injective relabelling of the predicted clusters."""
+    clusters, classes = np.unique(pred), np.unique(truth)
+    targets = list(classes) + [None] * max(0, len(clusters) - len(classes))
+    best = 0.0
+    for perm in itertools.permutations(targets, len(clusters)):
+        mapping = dict(zip(clusters, perm))
+        best = max(best, float(np.mean([mapping[p] == t for p, t in zip(pred, truth)])))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_accuracy_is_the_best_relabelling(seed):
+    a, b = labelings(seed, n=30)
+    assert clustering_accuracy(a, b) == pytest.approx(brute_force_accuracy(a, b), abs=1e-12)
+
+
+def test_accepts_tensors_and_rejects_bad_input():
+    assert clustering_accuracy(torch.tensor([0, 1, 1]), torch.tensor([1, 0, 0])) == 1.0
+    with pytest.raises(ValueError, match="labels_true has 3 entries but labels_pred has 2"):
+        clustering_accuracy([0, 1, 1], [0, 1])
+    with pytest.raises(ValueError, match="1-D array of labels"):
+        adjusted_rand_score(np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="empty"):
+        normalized_mutual_info_score([], [])

@@ -1,0 +1,253 @@
+"""GMM module: scikit-learn references, closed forms (Student-t predictive, marginal likelihood),
+exact enumeration of the Gibbs sampler's target, EM monotonicity, sampler moments, messages.
+
+Statistical checks use fixed seeds and state their false-alarm rates.
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import scipy.stats as st
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
+from torch.nn import functional as F
+
+from kizuna.modules import GMM, VAE, ClassModule, Observation
+from kizuna.modules import gmm_inference as algo
+from kizuna.modules.normal_wishart import NormalWishart
+
+torch.set_num_threads(1)
+X, Y = make_blobs(600, n_features=3, centers=4, cluster_std=1.5, random_state=1)
+
+
+def nw_prior(k, d, diagonal=False, nu=None, dtype=torch.float64):
+    scale = torch.ones(k, d, dtype=dtype) if diagonal else torch.eye(d, dtype=dtype).expand(k, d, d).clone()
+    return NormalWishart(torch.zeros(k, d, dtype=dtype), torch.ones(k, dtype=dtype),
+                         torch.full((k,), float(nu or d + 1), dtype=dtype), scale)
+
+
+def stats(x, z, k, diagonal=False):
+    return algo.statistics(x, F.one_hot(z, k).double(), diagonal)
+
+
+# ----------------------------------------------------------------------------- scikit-learn
+@pytest.mark.parametrize("algorithm", ["gibbs", "vb", "em"])
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_matches_sklearn_on_blobs(algorithm, covariance_type):
+    ours = GMM(4, algorithm=algorithm, covariance_type=covariance_type, random_state=0).fit(X)
+    if algorithm == "em":
+        ref = GaussianMixture(4, covariance_type=covariance_type, random_state=0).fit(X)
+    else:
+        ref = BayesianGaussianMixture(n_components=4, covariance_type=covariance_type, max_iter=500,
+                                      random_state=0).fit(X)
+    ari, ref_ari = adjusted_rand_score(Y, ours.predict(X)), adjusted_rand_score(Y, ref.predict(X))
+    print(f"{algorithm}/{covariance_type}: ARI {ari:.3f} (sklearn {ref_ari:.3f}), "
+          f"mean log-likelihood {ours.score(X):.3f} (sklearn {ref.score(X):.3f})")
+    assert ari >= ref_ari - 0.02
+    # mean log-likelihood per sample: EM reaches the same optimum as scikit-learn (0.01 nats);
+    # the Bayesian modes score with the posterior predictive, not sklearn's point estimate (0.1 nats)
+    tol = 0.01 if algorithm == "em" else 0.1
+    assert abs(ours.score(X) - ref.score(X)) < tol
+    proba = ours.predict_proba(X)
+    assert isinstance(proba, np.ndarray) and np.allclose(proba.sum(1), 1)
+    assert np.isclose(ours.weights_.sum(), 1) and ours.means_.shape == (4, 3)
+    assert np.allclose(ours.score_samples(X).mean(), ours.score(X))
+    assert torch.is_tensor(ours.predict(torch.as_tensor(X)))
+
+
+def test_em_objective_never_decreases_with_and_without_a_class_prior():
+    x = torch.as_tensor(X)
+    resp = F.one_hot(algo.kmeans_labels(x, 5, torch.Generator().manual_seed(0)), 5).double()
+    prior = torch.distributions.Dirichlet(torch.ones(5)).sample((600,)).double()
+    for pi_msg in (None, prior):
+        for diagonal in (False, True):
+            fit = algo.em(x, resp, 200, 0.0, 1e-6, diagonal, pi_msg, "mp", 0, None)
+            steps = np.diff(fit.history)
+            assert len(steps) > 5 and steps.min() >= -1e-9, steps.min()
+    em = GMM(4, algorithm="em", random_state=0, tol=1e-12, max_iter=300).fit(X)
+    assert em.fitted_.history[-1] == pytest.approx(em.score(X), abs=1e-8)
+
+
+# ----------------------------------------------------------------------------- closed forms
+def test_predictive_is_the_student_t_and_the_marginal_likelihood_ratio():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(25, 3, generator=g, dtype=torch.float64)
+    z = torch.randint(0, 2, (25,), generator=g)
+    prior = nw_prior(2, 3)
+    counts, sx, sxx = stats(x, z, 2)
+    post = prior.posterior(counts, sx, sxx)
+    new = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    lp = post.log_predictive(new)
+    for k in range(2):
+        df = (post.nu[k] - 3 + 1).item()
+        shape = (post.scale[k] * (post.kappa[k] + 1) / (post.kappa[k] * df)).numpy()
+        ref = st.multivariate_t(loc=post.m[k].numpy(), shape=shape, df=df).logpdf(new.numpy())
+        np.testing.assert_allclose(lp[:, k].numpy(), ref, rtol=1e-10)
+        # log p(x | X_k) = log p(X_k + x) - log p(X_k), by the marginal likelihood
+        xk = torch.cat([x[z == k], new[:1]])
+        bigger = prior.posterior(*algo.statistics(xk, torch.ones(len(xk), 1, dtype=torch.float64).expand(-1, 2), False))
+        ratio = bigger.log_marginal(prior, torch.full((2,), float(len(xk)), dtype=torch.float64))[k] \
+            - post.log_marginal(prior, counts)[k]
+        assert ratio.item() == pytest.approx(lp[0, k].item(), abs=1e-10)
+
+
+def test_diagonal_predictive_is_a_product_of_student_t():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(20, 2, generator=g, dtype=torch.float64)
+    z = torch.randint(0, 2, (20,), generator=g)
+    post = nw_prior(2, 2, diagonal=True, nu=2).posterior(*stats(x, z, 2, diagonal=True))
+    new = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    lp = post.log_predictive(new)
+    for k in range(2):
+        df = post.nu[k].item()
+        scale = torch.sqrt(post.scale[k] * (post.kappa[k] + 1) / (post.kappa[k] * df)).numpy()
+        ref = st.t(df, loc=post.m[k].numpy(), scale=scale).logpdf(new.numpy()).sum(1)
+        np.testing.assert_allclose(lp[:, k].numpy(), ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_collapsed_conditional_against_leaving_each_point_out(diagonal):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(12, 2, generator=g, dtype=torch.float64)
+    z = torch.randint(0, 3, (12,), generator=g)
+    prior = nw_prior(3, 2, diagonal=diagonal)
+    fast = algo.collapsed_conditional(x, z, prior, 0.5)
+    for n in range(12):  # brute force: recompute every component's statistics without x_n
+        keep = torch.arange(12) != n
+        counts, sx, sxx = stats(x[keep], z[keep], 3, diagonal)
+        slow = torch.log(counts + 0.5) + prior.posterior(counts, sx, sxx).log_predictive(x[n:n + 1])[0]
+        torch.testing.assert_close(fast[n], slow, rtol=1e-10, atol=1e-10)
+
+
+def test_normal_wishart_sampler_moments():
+    prior = nw_prior(2, 3)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    post = prior.posterior(*stats(x, torch.randint(0, 2, (30,), generator=g), 2))
+    draws = [post.sample(g) for _ in range(3000)]
+    mus = torch.stack([d[0] for d in draws])
+    lams = torch.stack([d[1] @ d[1].transpose(-1, -2) for d in draws])
+    # Monte-Carlo means within 4.5 standard errors (false-alarm rate ~7e-6 per entry)
+    for sample, expected in ((mus, post.m), (lams, post.mean_precision())):
+        se = sample.std(0) / math.sqrt(len(sample))
+        assert ((sample.mean(0) - expected).abs() <= 4.5 * se + 1e-12).all()
+
+
+def test_blocked_gibbs_targets_the_exact_posterior_over_assignments():
+    """Three points, two classes and a class-prior message: the chain's assignment frequencies
+    against the posterior enumerated over all 2^3 labelings (collapsed marginal likelihoods)."""
+    x = torch.tensor([[-1.0], [-0.6], [1.2]], dtype=torch.float64)
+    msg = torch.tensor([[0.7, 0.3], [0.5, 0.5], [0.2, 0.8]], dtype=torch.float64)
+    prior, alpha0 = nw_prior(2, 1, nu=2), 1.0
+    labelings = list(itertools.product([0, 1], repeat=3))
+    log_post = []
+    for lab in labelings:
+        z = torch.tensor(lab)
+        counts, sx, sxx = stats(x, z, 2)
+        log_dm = (torch.lgamma(counts + alpha0) - math.lgamma(alpha0)).sum() + math.lgamma(2 * alpha0) \
+            - math.lgamma(3 + 2 * alpha0)
+        log_lik = prior.posterior(counts, sx, sxx).log_marginal(prior, counts).sum()
+        log_post.append(log_dm + log_lik + torch.log(msg[torch.arange(3), z]).sum())
+    exact = torch.softmax(torch.stack(log_post), 0)
+    g = torch.Generator().manual_seed(5)
+    z, trace = torch.zeros(3, dtype=torch.long), []
+    for it in range(1600):
+        z = algo.gibbs_sweep(x, prior, alpha0, z, msg, "mp", 0, g)
+        if it >= 100:
+            trace.append(int(z[0] * 4 + z[1] * 2 + z[2]))
+    visits = F.one_hot(torch.tensor(trace), 8).double().reshape(15, 100, 8).mean(1)  # 15 batch means
+    se = visits.std(0) / math.sqrt(15)
+    # batch-means z-test, 4.5 standard errors + 0.01 for the residual autocorrelation of batches
+    assert ((visits.mean(0) - exact).abs() <= 4.5 * se + 0.01).all(), (visits.mean(0), exact)
+
+
+def test_sample_moments_match_the_mixture():
+    gmm = GMM(3, algorithm="em", random_state=0).fit(X)
+    w, mu, cov = (torch.as_tensor(a) for a in (gmm.weights_, gmm.means_, gmm.covariances_))
+    xs, ys = gmm.sample(20000)
+    mean = (w[:, None] * mu).sum(0)
+    second = (w[:, None, None] * (cov + mu[:, :, None] * mu[:, None, :])).sum(0)
+    total_cov = second - mean[:, None] * mean[None, :]
+    se = torch.sqrt(torch.diagonal(total_cov) / 20000)
+    assert ((xs.mean(0) - mean).abs() <= 4.5 * se).all()  # false-alarm rate ~7e-6 per coordinate
+    centred = (xs - xs.mean(0)).unsqueeze(2) * (xs - xs.mean(0)).unsqueeze(1)
+    se_cov = centred.std(0) / math.sqrt(20000)
+    assert ((centred.mean(0) - total_cov).abs() <= 4.5 * se_cov + 1e-3).all()
+    counts = torch.bincount(ys, minlength=3).double()
+    assert st.chisquare(counts.numpy(), (20000 * w).numpy()).pvalue > 1e-3
+
+
+# ----------------------------------------------------------------------------- messages
+class PriorSource(ClassModule):
+    accepts = ("posterior",)
+
+    def __init__(self, prior):
+        super().__init__(prior.shape[1], name="top")
+        self.prior = prior
+
+    def _update(self, forward, backward):
+        self.posterior = self.prior
+        return self.message("posterior", self.prior), {c: self.message("prior", self.prior, receiver=c)
+                                                       for c in self.children}
+
+
+@pytest.mark.parametrize("algorithm", ["gibbs", "vb", "em"])
+def test_the_parent_prior_steers_assignments_and_is_not_sent_back_up(algorithm):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 2, generator=g)  # one blob: only the prior can split it
+    target = torch.arange(80) % 2
+    prior = torch.where(F.one_hot(target, 2).bool(), 0.99, 0.01)
+    gmm = GMM(2, algorithm=algorithm, max_iter=20, random_state=0, category=target).connect(Observation(x))
+    top = PriorSource(prior).connect(gmm)
+    gmm.update()
+    top.update()
+    gmm.update()
+    assert gmm.accuracy == 1.0
+    up = gmm.forward_message.value
+    assert (up - gmm.posterior).abs().max() > 0.3  # the forward message is the GMM's own evidence
+
+
+def test_prior_mean_goes_down_to_a_vae_child():
+    x = torch.rand(40, 6)
+    vae = VAE(2, hidden=(8,), epochs=1, batch_size=20)
+    gmm = GMM(2, max_iter=5, random_state=0).connect(vae.connect(Observation(x)))
+    vae.update()
+    gmm.update()
+    msg = vae.backward_in
+    assert msg.kind == "prior_mean" and msg.sender == gmm.name and msg.value.shape == (40, 2)
+    torch.testing.assert_close(msg.value, torch.as_tensor(gmm.means_, dtype=msg.value.dtype)[gmm.classes])
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        GMM(2, algorithm="gibbs-sampling")
+    with pytest.raises(ValueError, match="covariance_type must be one of"):
+        GMM(2, covariance_type="tied")
+    with pytest.raises(ValueError, match="positive int"):
+        GMM(0)
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        GMM(2).predict(X)
+    with pytest.raises(ValueError, match="3 samples for 4 components"):
+        GMM(4).fit(X[:3])
+    with pytest.raises(ValueError, match="finite non-empty N x D"):
+        GMM(2).fit(np.full((5, 2), np.nan))
+    with pytest.raises(ValueError, match="fitted on 3-dimensional data, got 2"):
+        GMM(2, algorithm="em").fit(X).predict(X[:, :2])
+    with pytest.raises(ValueError, match=r"mean_prior must have shape \(3,\)"):
+        GMM(2, mean_prior=[0.0, 0.0]).fit(X)
+    with pytest.raises(ValueError, match="degrees_of_freedom_prior must exceed D - 1 = 2"):
+        GMM(2, degrees_of_freedom_prior=1.5).fit(X)
+    gmm = GMM(2, category=[0, 1]).connect(Observation(X))
+    with pytest.raises(ValueError, match="category has 2 labels but the data has 600 samples"):
+        gmm.update()
+
+
+def test_random_state_makes_fits_identical():
+    a = GMM(3, random_state=7, max_iter=10).fit(X).predict_proba(X)
+    gmm = GMM(3, random_state=7, max_iter=10)
+    gmm.fit(X[:300])
+    np.testing.assert_array_equal(gmm.fit(X).predict_proba(X), a)

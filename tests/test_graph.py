@@ -1,0 +1,159 @@
+"""`Graph`: validation errors, SERKET's bottom-up order, seeding, MP / SIR on a small graph
+against exact enumeration, and saving / loading whole graphs."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from kizuna.modules import GMM, NN, VAE, ClassModule, Graph, GraphError, Observation
+
+torch.set_num_threads(1)
+
+
+class PriorSource(ClassModule):
+    """A test parent sending a fixed class prior down."""
+
+    accepts = ("posterior",)
+
+    def __init__(self, prior, name=None):
+        super().__init__(prior.shape[1], name=name)
+        self.prior = prior
+
+    def _update(self, forward, backward):
+        self.posterior = self.prior
+        return self.message("posterior", self.prior), {c: self.message("prior", self.prior, receiver=c)
+                                                       for c in self.children if "prior" in c.receives}
+
+
+def blobs(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(n // 2, 2, generator=g) - 3, torch.randn(n - n // 2, 2, generator=g) + 3])
+    return x, [0] * (n // 2) + [1] * (n - n // 2)
+
+
+def test_order_is_children_first_and_observations_are_found():
+    x, _ = blobs()
+    obs1, obs2 = Observation(x), Observation(x)
+    vae = VAE(2, epochs=1, likelihood="normal").connect(obs1)
+    gmm = GMM(2).connect(vae)
+    top = NN(hidden=(4,), epochs=1).connect(gmm, obs2)
+    graph = Graph([top, gmm, vae])
+    names = [m.name for m in graph]
+    assert names == ["observation0", "vae", "gmm", "observation1", "nn"]  # unnamed duplicates numbered
+    assert graph["gmm"] is gmm
+    with pytest.raises(KeyError, match="no module named 'lda'"):
+        graph["lda"]
+
+
+def test_cycle_is_named():
+    x, _ = blobs()
+    a = GMM(2, name="a").connect(Observation(x))
+    b = NN(name="b").connect(a)
+    a.children.append(b)  # connect() would refuse the kinds; build the cycle by hand
+    b.parents.append(a)
+    with pytest.raises(GraphError, match="cycle in the module graph: b -> a -> b"):
+        Graph([b])
+
+
+def test_unconnected_modules_and_missing_children_are_named():
+    x, _ = blobs()
+    g1 = GMM(2, name="g1").connect(Observation(x, name="o1"))
+    g2 = GMM(2, name="g2").connect(Observation(x, name="o2"))
+    with pytest.raises(GraphError, match=r"modules \['o2', 'g2'\] are not connected to o1"):
+        Graph([g1, g2])
+    with pytest.raises(GraphError, match="lonely has no children"):
+        Graph([GMM(2, name="lonely")])
+    top = PriorSource(torch.full((40, 2), 0.5), name="top").connect(g1)
+    with pytest.raises(GraphError, match=r"g1's parent\(s\) \['top'\] are not in the graph"):
+        Graph([g1])
+    Graph([top])  # the parent brings its children along
+    with pytest.raises(GraphError, match=r"repeated: \['g'\]"):
+        Graph([NN(name="g").connect(GMM(2, name="g").connect(Observation(x)))])
+
+
+def test_fit_is_seeded_sets_the_method_and_leaves_global_rng_alone():
+    x, labels = blobs()
+
+    def run(seed, method="mp"):
+        gmm = GMM(2, category=labels, max_iter=5).connect(Observation(x))
+        top = PriorSource(torch.full((40, 2), 0.5)).connect(gmm)
+        Graph([top]).fit(n_iter=2, method=method, seed=seed)
+        return gmm
+
+    state = torch.get_rng_state()
+    a, b = run(0), run(0)
+    assert torch.equal(state, torch.get_rng_state())
+    torch.testing.assert_close(a.posterior, b.posterior)
+    assert a.method == "mp" and run(1, "sir").method == "sir"
+    assert a.accuracy == 1.0 and a.n_updates == 2
+    with pytest.raises(ValueError, match="method must be one of"):
+        Graph([GMM(2).connect(Observation(x))]).fit(1, method="bp")
+
+
+def exact_posterior(gmm, x, prior):
+    """p(c_n = k | x_n) by enumeration: prior_nk N(x_n | mu_k, Sigma_k) / sum_j (...) — under a parent the
+    parent's class prior takes the place of the GMM's mixing weights."""
+    mu, cov = (torch.as_tensor(a, dtype=torch.float64) for a in (gmm.means_, gmm.covariances_))
+    lik = torch.distributions.MultivariateNormal(mu, cov).log_prob(x.double().unsqueeze(1)).exp()
+    joint = prior.double() * lik
+    return joint / joint.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("method", ["mp", "sir"])
+def test_schedules_on_a_two_node_graph_match_enumeration(method):
+    """A frozen EM GMM under a parent's class prior: the combined posterior is exact for MP and
+    agrees within a stated tolerance for SIR."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(300, 2, generator=g, dtype=torch.float64) * 2
+    gmm = GMM(3, algorithm="em", random_state=0).fit(x)
+    gmm.learnable = False
+    prior = torch.distributions.Dirichlet(torch.ones(3)).sample((300,)).double()
+    gmm.connect(Observation(x))
+    top = PriorSource(prior).connect(gmm)
+    gmm.n_particles = 4000
+    Graph([top]).fit(n_iter=2, method=method, seed=0)  # sweep 1 sends the prior down, sweep 2 uses it
+    exact = exact_posterior(gmm, x, prior)
+    if method == "mp":
+        torch.testing.assert_close(gmm.posterior, exact, rtol=1e-9, atol=1e-9)
+    else:
+        # per entry the SIR estimate has sd <= sqrt(p(1-p)(1+cv^2)/P); 5 sd of p=1/2 with cv^2 <= 9
+        # (weights of 3 classes under a Dirichlet proposal) gives false alarms < 1e-6 per entry
+        tol = 5 * (0.25 * 10 / 4000) ** 0.5
+        assert (gmm.posterior - exact).abs().max() < tol
+        # and over all 900 entries the errors average out
+        assert (gmm.posterior - exact).mean().abs() < 0.005
+
+
+def test_save_load_round_trip_and_architecture_check(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(60, 8)
+
+    def build(k=2):
+        vae = VAE(2, hidden=(8,), epochs=1, batch_size=20).connect(Observation(x))
+        gmm = GMM(k, max_iter=3).connect(vae)
+        return Graph([gmm]), vae, gmm
+
+    graph, vae, gmm = build()
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        graph.fit(n_iter=2, seed=0)
+        assert os.listdir(tmp_path) == []  # nothing is written unless asked
+    finally:
+        os.chdir(cwd)
+    graph.save(tmp_path / "saved")
+    manifest = json.loads((tmp_path / "saved" / "manifest.json").read_text())
+    assert [m["name"] for m in manifest["modules"]] == ["observation", "vae", "gmm"]
+    twin, vae2, gmm2 = build()
+    twin.load(tmp_path / "saved")
+    torch.testing.assert_close(gmm2.posterior, gmm.posterior)
+    torch.testing.assert_close(vae2.encode(x), vae.encode(x))
+    torch.testing.assert_close(vae2.backward_in.value, vae.backward_in.value)
+    twin.fit(n_iter=1, seed=1)  # a loaded graph keeps learning
+    other, _, _ = build(k=3)
+    with pytest.raises(GraphError, match=r"gmm: saved config .*'n_components': 2.* graph has .*'n_components': 3"):
+        other.load(tmp_path / "saved")
+    with pytest.raises(FileNotFoundError, match="no saved kizuna graph"):
+        other.load(tmp_path / "nowhere")

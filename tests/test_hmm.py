@@ -1,0 +1,243 @@
+"""HMM and the shared forward-backward against brute-force enumeration, hmmlearn and the SERKET HMM data."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hmmlearn import hmm as hl
+from scipy import stats
+
+from kizuna.metrics.clustering import clustering_accuracy
+from kizuna.modules import _forward_backward as fb
+from kizuna.modules.hmm import HMM
+
+F64 = torch.float64
+SERKET_HMM = Path(__file__).resolve().parents[2] / "shared" / "data" / "serket" / "HMM"
+START = np.array([0.6, 0.3, 0.1])
+TRANS = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])
+MEANS = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+COVARS = {
+    "diag": np.array([[1.0, 0.5], [0.3, 1.0], [1.0, 1.0]]),
+    "full": np.array([np.eye(2), [[1.0, 0.5], [0.5, 1.0]], [[2.0, -0.3], [-0.3, 0.5]]]),
+    "spherical": np.array([1.0, 0.5, 2.0]),
+    "tied": np.array([[1.0, 0.2], [0.2, 0.7]]),
+}
+LENGTHS = [100, 150, 50]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def reference(covariance_type: str) -> hl.GaussianHMM:
+    ref = hl.GaussianHMM(3, covariance_type=covariance_type, init_params="", random_state=0)
+    ref.startprob_, ref.transmat_, ref.means_, ref.covars_ = START, TRANS, MEANS, COVARS[covariance_type]
+    return ref
+
+
+def ours(covariance_type: str) -> HMM:
+    model = HMM(3, covariance_type=covariance_type, init_params="")
+    model.startprob_, model.transmat_ = torch.tensor(START), torch.tensor(TRANS)
+    model.means_, model.covars_ = torch.tensor(MEANS), torch.tensor(COVARS[covariance_type])
+    return model
+
+
+def random_chain(k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.log_softmax(torch.randn(k, generator=g, dtype=F64), 0),
+            torch.log_softmax(torch.randn(k, k, generator=g, dtype=F64), 1),
+            torch.randn(n, k, generator=g, dtype=F64) * 2)
+
+
+def enumerate_chain(log_start, log_trans, log_emit):
+    """Every path of one sequence: (paths (S, T), log p(x, path) (S,))."""
+    t, k = log_emit.shape
+    paths = torch.tensor(list(itertools.product(range(k), repeat=t)))
+    lp = log_start[paths[:, 0]] + log_emit[torch.arange(t), paths].sum(1)
+    lp = lp + log_trans[paths[:, :-1], paths[:, 1:]].sum(1)
+    return paths, lp
+
+
+def test_forward_backward_and_viterbi_match_enumeration():
+    k, lengths = 3, [4, 1, 3, 2]
+    log_start, log_trans, log_emit = random_chain(k, sum(lengths), seed=0)
+    sm = fb.forward_backward(log_start, log_trans, log_emit, lengths)
+    score, path = fb.viterbi(log_start, log_trans, log_emit, lengths)
+    gammas, cavities, trans, starts, lls, best_paths = [], [], torch.zeros(k, k, dtype=F64), 0, [], []
+    for b, e in enumerate(torch.split(log_emit, lengths)):
+        paths, lp = enumerate_chain(log_start, log_trans, e)
+        ll = torch.logsumexp(lp, 0)
+        w = torch.exp(lp - ll)
+        onehot = torch.nn.functional.one_hot(paths, k).to(F64)  # (S, T, K)
+        gamma = torch.einsum("s,stk->tk", w, onehot)
+        gammas.append(gamma)
+        cavities.append(gamma / torch.exp(e) / (gamma / torch.exp(e)).sum(1, keepdim=True))
+        trans += torch.einsum("s,stk,stl->kl", w, onehot[:, :-1], onehot[:, 1:])
+        starts = starts + gamma[0]
+        lls.append(ll)
+        assert torch.isclose(score[b], lp.max(), atol=1e-10)
+        best_paths.append(paths[lp.argmax()])
+    torch.testing.assert_close(sm.log_likelihood, torch.stack(lls), atol=1e-10, rtol=0)
+    torch.testing.assert_close(fb.forward_log_likelihood(log_start, log_trans, log_emit, lengths), torch.stack(lls))
+    torch.testing.assert_close(torch.exp(sm.log_gamma), torch.cat(gammas), atol=1e-10, rtol=0)
+    torch.testing.assert_close(torch.exp(sm.log_cavity), torch.cat(cavities), atol=1e-10, rtol=0)
+    torch.testing.assert_close(sm.trans_counts, trans, atol=1e-10, rtol=0)
+    torch.testing.assert_close(sm.start_counts, starts, atol=1e-10, rtol=0)
+    assert torch.equal(path, torch.cat(best_paths))
+
+
+def test_ffbs_paths_match_enumerated_posterior_by_chi_square():
+    """20,000 exact posterior paths of a 2-state, 5-step chain binned over its 32 paths:
+    Pearson chi-square (31 dof) at a stated false-alarm rate of 1e-3 (fixed seed)."""
+    log_start, log_trans, log_emit = random_chain(2, 5, seed=1)
+    paths, lp = enumerate_chain(log_start, log_trans, log_emit)
+    probs = torch.softmax(lp, 0).numpy()
+    draws = fb.sample_paths(log_start, log_trans, log_emit, n_samples=20_000,
+                            generator=torch.Generator().manual_seed(0))
+    index = (draws * (2 ** torch.arange(4, -1, -1))).sum(1)  # path -> row of itertools.product order
+    observed = np.bincount(index.numpy(), minlength=32)
+    assert stats.chisquare(observed, probs * observed.sum()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full", "spherical", "tied"])
+def test_score_posteriors_and_viterbi_match_hmmlearn(covariance_type):
+    ref, model = reference(covariance_type), ours(covariance_type)
+    x, _ = ref.sample(300, random_state=1)
+    assert model.score(x, LENGTHS) == pytest.approx(ref.score(x, LENGTHS), abs=1e-8)
+    np.testing.assert_allclose(model.predict_proba(x, LENGTHS), ref.predict_proba(x, LENGTHS), atol=1e-9)
+    logprob, states = model.decode(x, LENGTHS)
+    ref_logprob, ref_states = ref.decode(x, LENGTHS)
+    assert logprob == pytest.approx(ref_logprob, abs=1e-8)
+    np.testing.assert_array_equal(states, ref_states)
+    np.testing.assert_array_equal(model.predict(x, LENGTHS), ref.predict(x, LENGTHS))
+    map_logprob, map_states = model.decode(x, LENGTHS, algorithm="map")
+    _, ref_map_states = ref.decode(x, LENGTHS, algorithm="map")
+    np.testing.assert_array_equal(map_states, ref_map_states)
+    # hmmlearn 0.3 returns the *sum* of the max posteriors as "log_prob" here; ours is the sum of their logs
+    assert map_logprob == pytest.approx(np.log(ref.predict_proba(x, LENGTHS).max(1)).sum(), abs=1e-8)
+
+
+def categorical_pair() -> tuple[hl.CategoricalHMM, HMM]:
+    ref = hl.CategoricalHMM(2, init_params="", random_state=0)
+    ref.startprob_, ref.transmat_ = np.array([0.5, 0.5]), np.array([[0.9, 0.1], [0.2, 0.8]])
+    ref.emissionprob_ = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    model = HMM(2, emission="categorical", init_params="")  # numpy parameters, set as in hmmlearn
+    model.startprob_, model.transmat_, model.emissionprob_ = ref.startprob_, ref.transmat_, ref.emissionprob_
+    return ref, model
+
+
+def test_categorical_matches_hmmlearn():
+    ref, model = categorical_pair()
+    x, _ = ref.sample(200, random_state=0)
+    assert model.score(x, [120, 80]) == pytest.approx(ref.score(x, [120, 80]), abs=1e-9)
+    np.testing.assert_array_equal(model.predict(x), ref.predict(x))
+    np.testing.assert_allclose(model.predict_proba(x), ref.predict_proba(x), atol=1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full", "spherical", "tied", "categorical"])
+def test_em_log_likelihood_never_decreases(covariance_type):
+    if covariance_type == "categorical":
+        x, _ = categorical_pair()[0].sample(300, random_state=2)
+        model = HMM(2, emission="categorical", n_iter=60, tol=-np.inf, random_state=0).fit(x)
+    else:
+        x, _ = reference(covariance_type).sample(300, random_state=2)
+        model = HMM(3, covariance_type=covariance_type, n_iter=60, tol=-np.inf, random_state=0).fit(x, LENGTHS)
+    history = np.array(model.history_)
+    assert len(history) == 60
+    assert (np.diff(history) >= -1e-8 * np.abs(history[1:])).all()
+    assert history[-1] > history[0] + 1.0  # and it learns
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full", "spherical", "tied"])
+def test_em_matches_hmmlearn_from_the_same_start(covariance_type):
+    """10 Baum-Welch iterations from our k-means start, in hmmlearn with its covariance prior switched
+    off (covars_prior=0, so both are maximum likelihood): the same final likelihood and means."""
+    x, _ = reference(covariance_type).sample(300, random_state=3)
+    init = HMM(3, covariance_type=covariance_type, n_iter=0, random_state=0).fit(x, LENGTHS)
+    params = (init.startprob_, init.transmat_, init.means_, init.covars_)
+    ref = hl.GaussianHMM(3, covariance_type=covariance_type, n_iter=10, tol=-np.inf, init_params="",
+                         covars_prior=0.0)
+    ref.startprob_, ref.transmat_, ref.means_, ref.covars_ = (p.numpy() for p in params)
+    ref.fit(x, LENGTHS)
+    model = HMM(3, covariance_type=covariance_type, n_iter=10, tol=-np.inf, init_params="")
+    model.startprob_, model.transmat_, model.means_, model.covars_ = params
+    model.fit(x, LENGTHS)
+    assert model.score(x, LENGTHS) == pytest.approx(ref.score(x, LENGTHS), rel=1e-9)
+    np.testing.assert_allclose(model.means_.numpy(), ref.means_, atol=1e-6)
+    np.testing.assert_allclose(model.transmat_.numpy(), ref.transmat_, atol=1e-6)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_fit_reaches_hmmlearn_and_the_true_likelihood(covariance_type):
+    """Data from the known HMM, each library from its own start: our fit (one seed) is within 0.5 nats
+    of hmmlearn's (or above), and above the likelihood of the true parameters (as ML must be)."""
+    ref = reference(covariance_type)
+    x, _ = ref.sample(300, random_state=3)
+    fitted = HMM(3, covariance_type=covariance_type, n_iter=30, tol=1e-4, random_state=0).fit(x, LENGTHS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # both converge in < 20 iterations here
+        other = hl.GaussianHMM(3, covariance_type=covariance_type, n_iter=30, tol=1e-4, random_state=1)
+        other.fit(x, LENGTHS)
+    assert fitted.score(x, LENGTHS) >= other.score(x, LENGTHS) - 0.5
+    assert fitted.score(x, LENGTHS) >= ref.score(x, LENGTHS)
+
+
+def test_serket_hmm_example_accuracy():
+    """SERKET's HMM example: 100 2-D points cycling through 4 Gaussian states; Viterbi states
+    must match the truth after Hungarian matching for at least 99 of 100 points, from 3 seeds."""
+    x = np.loadtxt(SERKET_HMM / "data.txt")
+    truth = np.loadtxt(SERKET_HMM / "correct.txt").astype(int)
+    for seed in range(3):
+        model = HMM(4, n_iter=100, random_state=seed).fit(x)
+        assert clustering_accuracy(truth, model.predict(x)) >= 0.99
+
+
+def test_sample_follows_the_chain():
+    """A 20,000-step categorical sample: each row of the empirical transition counts and the emission
+    counts per state pass a chi-square test against the model (false-alarm 1e-3 per test, fixed seed)."""
+    _, model = categorical_pair()
+    x, z = model.sample(20_000, random_state=0)
+    assert x.shape == (20_000, 1) and z.shape == (20_000,)
+    pairs = np.zeros((2, 2))
+    np.add.at(pairs, (z[:-1].numpy(), z[1:].numpy()), 1)
+    for i in range(2):
+        assert stats.chisquare(pairs[i], model.transmat_[i].numpy() * pairs[i].sum()).pvalue > 1e-3
+        counts = np.bincount(x[z == i, 0].numpy(), minlength=3)
+        assert stats.chisquare(counts, model.emissionprob_[i].numpy() * counts.sum()).pvalue > 1e-3
+    g = ours("full")
+    xg, zg = g.sample(6000, random_state=1)
+    for k in range(3):
+        rows = xg[zg == k].numpy()
+        assert np.abs(rows.mean(0) - MEANS[k]).max() < 5 * np.sqrt(COVARS["full"][k].diagonal().max() / len(rows))
+        np.testing.assert_allclose(np.cov(rows.T), COVARS["full"][k], atol=0.15)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="emission"):
+        HMM(2, emission="poisson")
+    with pytest.raises(ValueError, match="covariance_type"):
+        HMM(2, covariance_type="banded")
+    model = ours("diag")
+    with pytest.raises(ValueError, match="lengths"):
+        model.score(np.zeros((10, 2)), [4, 4])
+    with pytest.raises(ValueError, match="features"):
+        model.score(np.zeros((10, 3)))
+    with pytest.raises(ValueError, match="n_samples, n_features"):
+        model.score(np.zeros(10))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        HMM(2).score(np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="integer symbols"):
+        categorical_pair()[1].score(np.array([[0.5], [1.0]]))
+    bad = ours("diag")
+    bad.transmat_ = torch.tensor(TRANS) * 2
+    with pytest.raises(ValueError, match="transmat_"):
+        bad.score(np.zeros((4, 2)))

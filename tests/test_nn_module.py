@@ -1,0 +1,66 @@
+"""NN module: learns a known linear map, fits a nonlinear one, sends a class prior that recovers
+the classes behind paired data, and reports bad wiring."""
+
+import pytest
+import torch
+
+from kizuna.modules import GMM, NN, Graph, MessageShapeError, Observation
+
+torch.set_num_threads(1)
+
+
+def test_learns_a_known_linear_map():
+    g = torch.Generator().manual_seed(0)
+    a = torch.tensor([[1.0, -2.0], [0.5, 0.0], [-1.5, 3.0]])
+    b = torch.tensor([0.3, -0.7])
+    x = torch.randn(256, 3, generator=g)
+    y = x @ a + b
+    torch.manual_seed(0)
+    nn_ = NN(torch.nn.Linear(3, 2), target=y, epochs=200, batch_size=64, lr=0.05).connect(Observation(x))
+    Graph([nn_]).fit(n_iter=1, seed=0)
+    torch.testing.assert_close(nn_.net.weight.detach().T, a, atol=2e-3, rtol=0)
+    torch.testing.assert_close(nn_.net.bias.detach(), b, atol=2e-3, rtol=0)
+    assert nn_.forward_message.kind == "latent" and nn_.forward_message.value.shape == (256, 2)
+    assert nn_.mse < 1e-5
+
+
+def test_default_mlp_fits_a_nonlinear_map_from_a_second_child():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(300, 1, generator=g) * 6 - 3
+    y = torch.sin(x)
+    torch.manual_seed(0)
+    nn_ = NN(hidden=(32,), epochs=1, lr=1e-2, batch_size=32).connect(Observation(x), Observation(y))
+    nn_.update()
+    first = nn_.mse
+    for _ in range(20):
+        nn_.update()
+    assert nn_.mse < 0.1 * first and nn_.mse < 0.02, (first, nn_.mse)
+
+
+def test_class_prior_down_to_a_gmm_recovers_the_pairing():
+    """Images-and-words style: a GMM over ambiguous data x, an NN from its posterior to paired
+    data y that separates the classes; the NN's prior message makes the GMM find them."""
+    g = torch.Generator().manual_seed(2)
+    labels = torch.arange(200) % 2
+    x = torch.randn(200, 2, generator=g) + labels.unsqueeze(1) * 1.0  # overlapping
+    y = torch.where(labels.unsqueeze(1) == 1, 2.0, -2.0) + 0.3 * torch.randn(200, 1, generator=g)
+    torch.manual_seed(0)
+    gmm = GMM(2, category=labels, max_iter=20, random_state=0).connect(Observation(x))
+    alone = GMM(2, category=labels, max_iter=20, random_state=0).fit(x).accuracy
+    nn_ = NN(hidden=(16,), epochs=30, lr=1e-2, batch_size=50).connect(gmm, Observation(y))
+    Graph([nn_]).fit(n_iter=6, seed=0)
+    prior = gmm.backward_in
+    assert prior.kind == "prior" and prior.sender == nn_.name and prior.value.shape == (200, 2)
+    assert alone < 0.8 and gmm.accuracy > max(0.9, alone + 0.15), (gmm.accuracy, alone)
+
+
+def test_wiring_errors():
+    x = torch.randn(10, 2)
+    with pytest.raises(ValueError, match=r"nn1 needs 2 child\(ren\) \(source, target\), got 1"):
+        NN(name="nn1").connect(Observation(x)).update()
+    with pytest.raises(MessageShapeError, match="in_dim=3 but the messages have 2 columns"):
+        NN(in_dim=3, target=torch.zeros(10, 1), name="nn1").connect(Observation(x)).update()
+    with pytest.raises(MessageShapeError, match="the target has 9 rows but observation sends 10"):
+        NN(target=torch.zeros(9, 1)).connect(Observation(x)).update()
+    with pytest.raises(ValueError, match="target must be N x out"):
+        NN(target=torch.zeros(9))
