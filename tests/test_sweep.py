@@ -80,6 +80,7 @@ from kizuna.distributions import (
     VonMises,
 )
 from kizuna.distributions.base import batch_size_of
+from kizuna.flows import IAF, MAF, AffineCoupling, FlowList, PlanarFlow, Reverse
 
 B = 4  # batch rows of every example
 D_IN = 2  # features of the conditioning inputs
@@ -294,6 +295,38 @@ def _built(cls: type[Distribution], build: Callable[[torch.Generator], Built], l
     return Example(cls, lambda seed: build(_gen(seed)), label=label, **kw)
 
 
+# ---- diffusion and energy models (kizuna.distributions.diffusion / energy)
+class _EpsNet(nn.Module):
+    """``eps(x_t, t) = Linear([x_t, t])``: a noise predictor for the diffusion entries."""
+
+    def __init__(self, g: torch.Generator) -> None:
+        super().__init__()
+        self.lin = _linear(g, K + 1, K)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.lin(torch.cat([x, t.to(x.dtype)[:, None]], 1))
+
+
+def _learned_schedule(g: torch.Generator) -> Any:
+    """A learnable 4-step schedule (betas in [0.05, 0.3))."""
+    return kd.DiffusionSchedule(nn.Parameter(0.05 + 0.25 * torch.rand(4, generator=g)))
+
+
+def _reverse(g: torch.Generator) -> Any:
+    return kd.DiffusionReverse(_EpsNet(g), kd.DiffusionSchedule.linear(4, 0.05, 0.3))
+
+
+_STEPS = torch.tensor([1, 2, 4, 3])  # every beta up to T = 4 is reached by some row
+
+
+# ---- flows and autoregressive models (kizuna.distributions.transformed / autoregressive)
+def _redrawn(module: Any, g: torch.Generator, sd: float = 0.3) -> Any:
+    """``module`` with every parameter redrawn N(0, sd^2) from ``g`` (new flow layers are the identity)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(sd * torch.randn(p.shape, generator=g))
+    return module
+
 
 EXAMPLES: list[Example] = [
     # ---- torch families: conditioned through forward(), constants, a named variable
@@ -358,6 +391,35 @@ EXAMPLES: list[Example] = [
     _built(ReplaceVarDistribution, lambda g: (CustomProb(_Energy(g), var=["x"]).replace_var(x="w"),
                                               {"w": _randn(g, B, K)}),
            label="Replace-custom", reparam=False, samples=False),
+    # ---- diffusion and energy models
+    _built(kd.DiffusionForward, lambda g: (kd.DiffusionForward(_learned_schedule(g)),
+                                           {"x_0": _randn(g, B, K), "t": _STEPS})),
+    _built(kd.DiffusionPosterior, lambda g: (kd.DiffusionPosterior(_learned_schedule(g)),
+                                             {"x_t": _randn(g, B, K), "x_0": _randn(g, B, K),
+                                              "t": _STEPS.clamp(min=2)})),
+    _built(kd.DiffusionReverse, lambda g: (_reverse(g), {"x_t": _randn(g, B, K), "t": _STEPS})),
+    _built(kd.DiffusionDecoder, lambda g: (kd.DiffusionDecoder(_reverse(g), bins=9), {"x_1": _randn(g, B, K)}),
+           reparam=False),
+    _built(kd.DDPM, lambda g: (kd.DDPM(_reverse(g), features_shape=[K]), {}), density=False),
+    _built(kd.EnergyDistribution, lambda g: (kd.EnergyDistribution(_Energy(g)), {"x": _randn(g, B, K)}),
+           reparam=False, samples=False),
+    # ---- flows and autoregressive models
+    _built(kd.TransformedDistribution, lambda g: (kd.TransformedDistribution(
+        _prior_z(g), _redrawn(FlowList([PlanarFlow(K), PlanarFlow(K)]), g), var=["x"]), {}),
+           label="Transformed-planar"),
+    _built(kd.TransformedDistribution, lambda g: (kd.TransformedDistribution(
+        _normal_net(g, "z", "y", name="q"), _redrawn(IAF(K, [8], context_features=D_IN), g), var=["w"],
+        cond_var=["y"], name="q"), {"y": _y(g)}), label="Transformed-IAF-conditional"),
+    _built(kd.InverseTransformedDistribution, lambda g: (kd.InverseTransformedDistribution(
+        _prior_z(g), _redrawn(FlowList([MAF(K, [8]), Reverse(K), MAF(K, [8])]), g), var=["x"]), {}),
+           label="InverseTransformed-MAF"),
+    _built(kd.InverseTransformedDistribution, lambda g: (kd.InverseTransformedDistribution(
+        _prior_z(g), _redrawn(AffineCoupling(K, hidden_features=8, context_features=D_IN), g), var=["x"],
+        cond_var=["y"]), {"y": _y(g)}), label="InverseTransformed-coupling-conditional"),
+    _built(kd.MADEBernoulli, lambda g: (_redrawn(kd.MADEBernoulli(K, [8], cond_var=["y"], context_features=D_IN), g),
+                                        {"y": _y(g)}), reparam=False),
+    _built(kd.PixelCNNBernoulli, lambda g: (_redrawn(kd.PixelCNNBernoulli(2, 3, hidden_channels=4, n_layers=1,
+                                                                          kernel_size=3), g), {}), reparam=False),
 ]
 
 IDS = [ex.id for ex in EXAMPLES]

@@ -1,6 +1,16 @@
 """Distributions over named variables (see `kizuna.distributions.base`)."""
 
+from kizuna.distributions.autoregressive import MADEBernoulli, PixelCNNBernoulli
 from kizuna.distributions.base import Distribution
+from kizuna.distributions.diffusion import (
+    DDPM,
+    DiffusionDecoder,
+    DiffusionForward,
+    DiffusionPosterior,
+    DiffusionReverse,
+    DiffusionSchedule,
+)
+from kizuna.distributions.energy import EnergyDistribution
 from kizuna.distributions.families import (
     Bernoulli,
     Beta,
@@ -27,6 +37,7 @@ from kizuna.distributions.poe import ElementWiseProductOfNormal, ProductOfNormal
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.special import CustomProb, Deterministic, EmpiricalDistribution
 from kizuna.distributions.torch_dist import TorchDistribution, set_validation
+from kizuna.distributions.transformed import InverseTransformedDistribution, TransformedDistribution
 
 __all__ = [
     "Bernoulli", "Beta", "Categorical", "CustomProb", "Deterministic", "Dirichlet", "Distribution",
@@ -36,4 +47,7 @@ __all__ = [
     "MultivariateNormal", "Normal", "Poisson", "ProductOfNormal",
     "RelaxedBernoulli", "RelaxedCategorical", "ReplaceVarDistribution", "StudentT", "TorchDistribution",
     "VonMises", "set_validation",
+    "DDPM", "DiffusionDecoder", "DiffusionForward", "DiffusionPosterior", "DiffusionReverse", "DiffusionSchedule",
+    "EnergyDistribution",
+    "InverseTransformedDistribution", "MADEBernoulli", "PixelCNNBernoulli", "TransformedDistribution",
 ]

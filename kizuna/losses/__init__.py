@@ -1,6 +1,13 @@
 """The loss algebra: lazy formulas over named variables (see `kizuna.losses.base`)."""
 
+from kizuna.losses.adversarial import (
+    AdversarialJensenShannon,
+    AdversarialKullbackLeibler,
+    AdversarialWassersteinDistance,
+)
 from kizuna.losses.base import Loss
+from kizuna.losses.contrastive import ContrastiveDivergence
+from kizuna.losses.diffusion import NoisePredictionError, SumOverSteps, diffusion_bound, simple_diffusion_loss
 from kizuna.losses.divergences import KullbackLeibler
 from kizuna.losses.elbo import ELBO, IWAE
 from kizuna.losses.entropy import CrossEntropy, Entropy
@@ -21,6 +28,13 @@ from kizuna.losses.operators import (
     PowLoss,
     SubLoss,
 )
+from kizuna.losses.score import (
+    DenoisingScoreError,
+    ScoreMatchingError,
+    SlicedScoreError,
+    denoising_score_matching,
+    sliced_score_matching,
+)
 from kizuna.losses.values import ConstantVar, Parameter, ValueLoss
 from kizuna.losses.wasserstein import WassersteinDistance
 
@@ -30,4 +44,8 @@ __all__ = [
     "MinLoss",
     "MulLoss", "NegLoss", "Parameter", "PowLoss", "Prob", "REINFORCE", "SubLoss", "ValueLoss",
     "WassersteinDistance",
+    "AdversarialJensenShannon", "AdversarialKullbackLeibler", "AdversarialWassersteinDistance",
+    "ContrastiveDivergence", "DenoisingScoreError", "NoisePredictionError", "ScoreMatchingError",
+    "SlicedScoreError", "SumOverSteps", "denoising_score_matching", "diffusion_bound", "simple_diffusion_loss",
+    "sliced_score_matching",
 ]

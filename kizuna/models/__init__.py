@@ -1,8 +1,9 @@
 """Trainers over losses."""
 
 from kizuna.models.checkpoint import History
+from kizuna.models.gan import GAN
 from kizuna.models.model import Model
 from kizuna.models.presets import ML, VI
 from kizuna.models.vae import VAE
 
-__all__ = ["History", "ML", "Model", "VAE", "VI"]
+__all__ = ["GAN", "History", "ML", "Model", "VAE", "VI"]

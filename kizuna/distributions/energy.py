@@ -1,0 +1,87 @@
+r"""`EnergyDistribution`: an energy network as an unnormalised distribution.
+
+.. math:: p_\theta(x) = \frac{\exp(-E_\theta(x))}{Z_\theta},\qquad Z_\theta = \int \exp(-E_\theta(x))\,dx
+
+``log_prob`` returns :math:`-E_\theta(x)`, which is :math:`\log p_\theta(x)` **up to the constant**
+:math:`\log Z_\theta`: differences between points (rankings, density ratios, the score
+:math:`\nabla_x \log p_\theta(x) = -\nabla_x E_\theta(x)`) are exact, absolute values are not, and
+:math:`Z_\theta` changes with :math:`\theta` (so never maximise ``log_prob`` of data alone: train with
+`kizuna.losses.ContrastiveDivergence` or score matching). It cannot be sampled directly; draw with
+Langevin dynamics (`kizuna.samplers`). Du & Mordatch 2019, arXiv:1903.08689.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from kizuna._text import LATEX, format_name
+from kizuna.distributions.base import Distribution, Tensor, XDict
+
+
+class EnergyDistribution(Distribution):
+    """:math:`p_\\theta(x|y) \\propto \\exp(-E_\\theta(x, y))` (module docstring).
+
+    Args:
+        energy: ``energy(x, **cond) -> (batch,)`` (or ``(batch, 1)``) energies; an ``nn.Module``'s
+            parameters are trained with the distribution.
+        var: the variable it scores (one).
+        cond_var: conditioning variables, passed to ``energy`` as keywords.
+
+    >>> from torch import nn
+    >>> p = EnergyDistribution(lambda x: 0.5 * x.pow(2).sum(-1), var=["x"])  # N(0, I) up to log Z
+    >>> print(p)
+    p(x) ∝ exp(-E_p(x))
+    >>> p.get_log_prob({"x": torch.tensor([[0.0], [2.0]])})
+    tensor([-0., -2.])
+    >>> p.score({"x": torch.tensor([[1.0, -2.0]])}).detach()
+    tensor([[-1.,  2.]])
+    """
+
+    def __init__(self, energy: Callable[..., Tensor], var: str | Sequence[str] = ("x",),
+                 cond_var: str | Sequence[str] | None = None, name: str = "p",
+                 features_shape: Sequence[int] = ()) -> None:
+        super().__init__(var, cond_var, name, features_shape)
+        if len(self._var) != 1:
+            raise ValueError(f"{self.prob_text}: an EnergyDistribution scores exactly one variable")
+        self.energy = energy
+
+    def _energy_text(self, fmt: dict[str, str]) -> str:
+        args = ",".join(self._var + self._cond_var)
+        label = f"E_{self._name}" if len(self._name) == 1 else f"E_{{{format_name(self._name)}}}"
+        return (r"\exp\left(-{}({})\right)" if fmt is LATEX else "exp(-{}({}))").format(label, args)
+
+    def _joint_text(self, fmt: dict[str, str]) -> str:
+        return fmt["proportional"].format(self.prob_text, self._energy_text(fmt))
+
+    def get_energy(self, x_dict: Mapping[str, Any]) -> Tensor:
+        """:math:`E_\\theta(x)` per row."""
+        self._require(x_dict, self._var + self._cond_var)
+        x = x_dict[self._var[0]]
+        out = torch.as_tensor(self.energy(x, **{k: x_dict[k] for k in self._cond_var}))
+        if out.dim() == 0 or out.shape[0] != x.shape[0] or out[0].numel() != 1:
+            raise ValueError(f"{self.prob_text}: the energy must give one value per row of {self._var[0]} "
+                             f"(batch {x.shape[0]}), got shape {tuple(out.shape)}")
+        return out.reshape(x.shape[0])
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        return -self.get_energy(x_dict)
+
+    def score(self, x_dict: Mapping[str, Any]) -> Tensor:
+        """:math:`\\nabla_x \\log p_\\theta(x) = -\\nabla_x E_\\theta(x)`, exact (Z does not depend on x).
+
+        Differentiable in the parameters (``create_graph``) when gradients are enabled.
+        """
+        x = x_dict[self._var[0]].detach().requires_grad_(True)
+        create = torch.is_grad_enabled()
+        with torch.enable_grad():
+            e = self.get_energy({**x_dict, self._var[0]: x})
+            (g,) = torch.autograd.grad(e.sum(), x, create_graph=create)
+        return -g
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        raise NotImplementedError(
+            f"{self.prob_text} (EnergyDistribution) cannot be sampled directly: its normaliser is unknown; "
+            "draw with Langevin dynamics (kizuna.samplers.SGLD or langevin_dynamics)")

@@ -1,0 +1,157 @@
+r"""`Flow` and `FlowList`: invertible maps with a tractable log-determinant.
+
+A flow :math:`f` maps ``x`` to ``z = f(x)`` and reports, per batch row,
+
+.. math:: \log \left| \det \frac{\partial f(x)}{\partial x} \right|
+
+so that a density pushed through it follows the change of variables
+:math:`\log p_X(x) = \log p_Z(f(x)) + \log|\det J_f(x)|` (Rezende & Mohamed 2015,
+arXiv:1505.05770; Papamakarios et al. 2019, arXiv:1912.02762).
+
+Pixyz's surface is kept: ``flow(x, y=None, compute_jacobian=True)`` returns ``z`` and stores the
+log-determinant in ``flow.logdet_jacobian``; ``flow.inverse(z, y=None)`` returns ``x``. The
+distributions never read that stored value: they call the pure methods ``forward_and_logdet``
+and ``inverse_and_logdet``, which return the log-determinant with the result. ``y`` is an
+optional context (conditional flows); layers that take none ignore it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+class Flow(nn.Module):
+    """Base of every invertible layer.
+
+    Args:
+        in_features: the size of the feature (or channel) dimension ``x.shape[1]`` the layer
+            expects, or ``None`` for layers that work on any size.
+
+    Subclasses implement ``_forward(x, y) -> (z, logdet)`` and ``_inverse(z, y) -> (x, logdet)``,
+    where ``logdet`` has shape ``(batch,)`` and the inverse's is
+    :math:`\\log|\\det \\partial f^{-1}(z)/\\partial z| = -\\log|\\det J_f(x)|`.
+    """
+
+    def __init__(self, in_features: int | None = None) -> None:
+        super().__init__()
+        self._in_features = in_features
+        self._logdet_jacobian: Tensor | None = None
+
+    @property
+    def in_features(self) -> int | None:
+        return self._in_features
+
+    @property
+    def logdet_jacobian(self) -> Tensor | None:
+        """The log-determinant stored by the last ``forward(..., compute_jacobian=True)`` (Pixyz)."""
+        return self._logdet_jacobian
+
+    @property
+    def has_differentiable_inverse(self) -> bool:
+        """Whether ``inverse`` is differentiable in its input and parameters (reparameterised sampling)."""
+        return True
+
+    # ------------------------------------------------------------ to override
+    def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not define _forward")
+
+    def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not define _inverse")
+
+    # ------------------------------------------------------------- public API
+    def _check(self, x: Tensor, what: str) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__}: {what} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"{type(self).__name__}: {what} needs a batch dimension, got shape {tuple(x.shape)}")
+        if self._in_features is not None and x.shape[1] != self._in_features:
+            raise ValueError(
+                f"{type(self).__name__}: {what} has {x.shape[1]} features (dim 1 of shape {tuple(x.shape)}), "
+                f"expected in_features={self._in_features}"
+            )
+
+    def forward_and_logdet(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``z = f(x)`` and :math:`\\log|\\det J_f(x)|` per row."""
+        self._check(x, "x")
+        return self._forward(x, y)
+
+    def inverse_and_logdet(self, z: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x = f^{-1}(z)`` and :math:`\\log|\\det J_{f^{-1}}(z)| = -\\log|\\det J_f(x)|` per row."""
+        self._check(z, "z")
+        return self._inverse(z, y)
+
+    def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
+        """``z = f(x)``; with ``compute_jacobian`` the log-determinant is kept in ``logdet_jacobian``."""
+        z, logdet = self.forward_and_logdet(x, y)
+        self._logdet_jacobian = logdet if compute_jacobian else None
+        return z
+
+    def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """``x = f^{-1}(z)``."""
+        return self.inverse_and_logdet(z, y)[0]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self._in_features}" if self._in_features is not None else ""
+
+
+def row_sum(t: Tensor) -> Tensor:
+    """Sum over every dimension but the batch: ``(B, ...) -> (B,)``."""
+    return t.reshape(t.shape[0], -1).sum(1)
+
+
+class FlowList(Flow):
+    r"""The composition :math:`f_K \circ \dots \circ f_1`; log-determinants add up.
+
+    >>> import torch
+    >>> from kizuna.flows import ActNorm, FlowList, Reverse
+    >>> f = FlowList([ActNorm(3), Reverse(3)])
+    >>> x = torch.randn(5, 3)
+    >>> z = f(x)
+    >>> torch.allclose(f.inverse(z), x, atol=1e-5), f.logdet_jacobian.shape
+    (True, torch.Size([5]))
+    """
+
+    def __init__(self, flow_list: Sequence[Flow]) -> None:
+        flows = list(flow_list)
+        if not flows:
+            raise ValueError("FlowList needs at least one flow")
+        bad = [type(f).__name__ for f in flows if not isinstance(f, Flow)]
+        if bad:
+            raise TypeError(f"FlowList takes Flow layers, got {', '.join(bad)}")
+        super().__init__(flows[0].in_features)
+        self.flow_list = nn.ModuleList(flows)
+
+    def __len__(self) -> int:
+        return len(self.flow_list)
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(self.flow_list)
+
+    def __getitem__(self, i: int) -> Flow:
+        return self.flow_list[i]
+
+    @property
+    def has_differentiable_inverse(self) -> bool:
+        return all(f.has_differentiable_inverse for f in self.flow_list)
+
+    def _check(self, x: Tensor, what: str) -> None:
+        """Each layer checks its own input."""
+
+    def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for flow in self.flow_list:
+            x, logdet = flow.forward_and_logdet(x, y)
+            total = total + logdet
+        return x, total
+
+    def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        total = z.new_zeros(z.shape[0])
+        for flow in reversed(self.flow_list):
+            z, logdet = flow.inverse_and_logdet(z, y)
+            total = total + logdet
+        return z, total

@@ -1,0 +1,78 @@
+r"""`ChannelConv`: the invertible 1×1 convolution of Glow (Kingma & Dhariwal 2018, arXiv:1807.03039).
+
+Every pixel's channel vector is multiplied by one :math:`C \times C` matrix :math:`W`:
+
+.. math:: z_{:,h,w} = W x_{:,h,w}, \qquad \log|\det J| = H W \log|\det W|.
+
+With ``decomposed=True`` the matrix is kept in the LU form of the paper (sec. 3.2),
+:math:`W = P L (U + \mathrm{diag}(\mathrm{sign}\cdot e^{\ell}))` with a fixed permutation :math:`P`, unit
+lower-triangular :math:`L` and strictly upper-triangular :math:`U`, so
+:math:`\log|\det W| = \sum \ell` costs :math:`O(C)`. On vectors ``(B, C)`` it is an invertible
+linear layer (:math:`H = W = 1`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kizuna.flows.base import Flow, Tensor
+
+
+class ChannelConv(Flow):
+    """Invertible 1×1 convolution, initialised with a random rotation (module docstring).
+
+    >>> import torch
+    >>> f = ChannelConv(3, decomposed=True).double()
+    >>> x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    >>> torch.allclose(f.inverse(f(x)), x)
+    True
+    """
+
+    def __init__(self, in_channels: int, decomposed: bool = False) -> None:
+        super().__init__(in_channels)
+        self.decomposed = decomposed
+        rotation = torch.linalg.qr(torch.randn(in_channels, in_channels))[0]
+        if not decomposed:
+            self.weight = nn.Parameter(rotation)
+            return
+        p, lower, upper = torch.linalg.lu(rotation)
+        diag = upper.diagonal()
+        self.register_buffer("permutation", p)
+        self.register_buffer("sign", torch.sign(diag))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(in_channels, in_channels), -1))
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_diag = nn.Parameter(torch.log(diag.abs()))
+
+    def matrix(self) -> Tensor:
+        """:math:`W`."""
+        if not self.decomposed:
+            return self.weight
+        eye = torch.eye(self.in_features, dtype=self.lower.dtype, device=self.lower.device)
+        lower = self.lower * self.lower_mask + eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign * self.log_diag.exp())
+        return self.permutation @ lower @ upper
+
+    def _logdet_w(self) -> Tensor:
+        return self.log_diag.sum() if self.decomposed else torch.linalg.slogdet(self.weight)[1]
+
+    def _check(self, x: Tensor, what: str) -> None:
+        super()._check(x, what)
+        if x.dim() not in (2, 4):
+            raise ValueError(f"ChannelConv: {what} must be (B, C) or (B, C, H, W), got {tuple(x.shape)}")
+
+    @staticmethod
+    def _mix(matrix: Tensor, x: Tensor) -> Tensor:
+        return torch.einsum("ij,bj...->bi...", matrix, x)
+
+    def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        pixels = x[0, 0].numel()
+        return self._mix(self.matrix(), x), (self._logdet_w() * pixels).expand(x.shape[0])
+
+    def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        pixels = z[0, 0].numel()
+        return self._mix(torch.linalg.inv(self.matrix()), z), (-self._logdet_w() * pixels).expand(z.shape[0])
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_features}, decomposed={self.decomposed}"

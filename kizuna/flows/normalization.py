@@ -1,0 +1,134 @@
+r"""Normalisation layers as flows: `ActNorm`, `BatchNorm1d`, `BatchNorm2d`.
+
+All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-style, so on inputs
+``(B, C)`` or ``(B, C, H, W)``
+
+.. math:: \log|\det J| = H W \textstyle\sum_c \log|\text{scale}_c|.
+
+* `ActNorm` (Glow, Kingma & Dhariwal 2018, arXiv:1807.03039): :math:`z = (x + b)\, e^{\ell}` with
+  learnable :math:`b, \ell`, initialised from the first training batch so that it comes out with
+  zero mean and unit variance per channel.
+* `BatchNorm1d` / `BatchNorm2d` (RealNVP, Dinh et al. 2016, arXiv:1605.08803, sec. 3.7):
+  :math:`z = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\, e^{\gamma} + \beta`, with the batch's
+  :math:`\mu, \sigma^2` in training mode and their running averages in evaluation mode. In training
+  mode the log-determinant treats the batch statistics as constants (as the paper does) and
+  ``inverse`` uses the running averages, so it inverts ``forward`` exactly in evaluation mode only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kizuna.flows.base import Flow, Tensor
+
+
+def _channel_view(t: Tensor, x: Tensor) -> Tensor:
+    """A per-channel vector ``(C,)`` shaped to broadcast against ``x`` (``(1, C)`` or ``(1, C, 1, 1)``)."""
+    return t.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _pixels(x: Tensor) -> int:
+    return x[0, 0].numel()
+
+
+def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and (biased) variance over the batch and spatial positions."""
+    dims = [0, *range(2, x.dim())]
+    return x.mean(dims), x.var(dims, unbiased=False)
+
+
+class ActNorm(Flow):
+    """Per-channel affine layer with data-dependent initialisation (module docstring).
+
+    >>> import torch
+    >>> f = ActNorm(2)
+    >>> z = f(3.0 + 2.0 * torch.randn(500, 2))   # the first batch initialises it
+    >>> z.mean(0).abs().max() < 1e-5, (z.std(0, unbiased=False) - 1).abs().max() < 1e-4
+    (tensor(True), tensor(True))
+    """
+
+    def __init__(self, in_features: int, eps: float = 1e-6) -> None:
+        super().__init__(in_features)
+        self.bias = nn.Parameter(torch.zeros(in_features))
+        self.log_scale = nn.Parameter(torch.zeros(in_features))
+        self.eps = eps
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _initialize(self, x: Tensor) -> None:
+        with torch.no_grad():
+            mean, var = _channel_stats(x)
+            self.bias.copy_(-mean)
+            self.log_scale.copy_(-0.5 * torch.log(var + self.eps))
+            self.initialized.fill_(True)
+
+    def _check(self, x: Tensor, what: str) -> None:
+        super()._check(x, what)
+        if x.dim() not in (2, 4):
+            raise ValueError(f"ActNorm: {what} must be (B, C) or (B, C, H, W), got {tuple(x.shape)}")
+
+    def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.training and not bool(self.initialized) and x.shape[0] > 1:
+            self._initialize(x)
+        z = (x + _channel_view(self.bias, x)) * _channel_view(self.log_scale.exp(), x)
+        return z, (self.log_scale.sum() * _pixels(x)).expand(x.shape[0])
+
+    def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        x = z * _channel_view((-self.log_scale).exp(), z) - _channel_view(self.bias, z)
+        return x, (-self.log_scale.sum() * _pixels(z)).expand(z.shape[0])
+
+
+class _BatchNorm(Flow):
+    """Batch normalisation as a flow; ``n_dims`` is the input rank it accepts."""
+
+    n_dims = 2
+
+    def __init__(self, in_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__(in_features)
+        self.log_gamma = nn.Parameter(torch.zeros(in_features))
+        self.beta = nn.Parameter(torch.zeros(in_features))
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(in_features))
+        self.register_buffer("running_var", torch.ones(in_features))
+
+    def _check(self, x: Tensor, what: str) -> None:
+        super()._check(x, what)
+        if x.dim() != self.n_dims:
+            shape = "(B, C)" if self.n_dims == 2 else "(B, C, H, W)"
+            raise ValueError(f"{type(self).__name__}: {what} must be {shape}, got {tuple(x.shape)}")
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.training:
+            return self.running_mean, self.running_var
+        mean, var = _channel_stats(x)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach(), self.momentum)
+        return mean, var
+
+    def _log_scale(self, var: Tensor) -> Tensor:
+        return self.log_gamma - 0.5 * torch.log(var + self.eps)
+
+    def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        mean, var = self._stats(x)
+        log_scale = self._log_scale(var)
+        z = (x - _channel_view(mean, x)) * _channel_view(log_scale.exp(), x) + _channel_view(self.beta, x)
+        return z, (log_scale.sum() * _pixels(x)).expand(x.shape[0])
+
+    def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        log_scale = self._log_scale(self.running_var)
+        x = (z - _channel_view(self.beta, z)) * _channel_view((-log_scale).exp(), z) \
+            + _channel_view(self.running_mean, z)
+        return x, (-log_scale.sum() * _pixels(z)).expand(z.shape[0])
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation flow on vectors ``(B, C)`` (module docstring)."""
+
+    n_dims = 2
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation flow on images ``(B, C, H, W)``, statistics per channel (module docstring)."""
+
+    n_dims = 4

@@ -1,0 +1,56 @@
+r"""Fixed permutations of the features (channels): `Permutation`, `Shuffle`, `Reverse`.
+
+:math:`z_i = x_{\pi(i)}` along dimension 1 of ``(B, C)`` or ``(B, C, H, W)``; a permutation matrix
+has :math:`|\det| = 1`, so :math:`\log|\det J| = 0`. Stacked between coupling or autoregressive
+layers they let every feature be transformed (RealNVP, arXiv:1605.08803; MAF, arXiv:1705.07057).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kizuna.flows.base import Flow, Tensor
+
+
+class Permutation(Flow):
+    """:math:`z_i = x_{\\pi(i)}` for ``permute_indices`` :math:`\\pi` (module docstring).
+
+    The indices are buffers, so they travel with ``state_dict``.
+
+    >>> import torch
+    >>> f = Permutation([2, 0, 1])
+    >>> f(torch.tensor([[10.0, 20.0, 30.0]]))
+    tensor([[30., 10., 20.]])
+    """
+
+    def __init__(self, permute_indices: Sequence[int] | Tensor) -> None:
+        indices = torch.as_tensor(permute_indices, dtype=torch.long).flatten()
+        n = indices.numel()
+        if n == 0 or not torch.equal(indices.sort().values, torch.arange(n)):
+            raise ValueError(f"Permutation: permute_indices must be a permutation of 0..n-1, got {indices.tolist()}")
+        super().__init__(n)
+        self.register_buffer("permute_indices", indices)
+        self.register_buffer("inv_permute_indices", torch.argsort(indices))
+
+    def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        return x.index_select(1, self.permute_indices), x.new_zeros(x.shape[0])
+
+    def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        return z.index_select(1, self.inv_permute_indices), z.new_zeros(z.shape[0])
+
+
+class Shuffle(Permutation):
+    """A random permutation of ``in_features`` (from ``seed`` if given, else torch's global generator)."""
+
+    def __init__(self, in_features: int, seed: int | None = None) -> None:
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        super().__init__(torch.randperm(in_features, generator=generator))
+
+
+class Reverse(Permutation):
+    """Reverses the order of the ``in_features`` features."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__(torch.arange(in_features - 1, -1, -1))

@@ -1,0 +1,68 @@
+r"""`Squeeze` and `Unsqueeze`: trade spatial resolution for channels (RealNVP, arXiv:1605.08803, sec. 3.6).
+
+`Squeeze` turns each :math:`2 \times 2` block of every channel into four channels,
+:math:`(C, H, W) \to (4C, H/2, W/2)`; `Unsqueeze` is its inverse. Both only move entries, so
+:math:`\log|\det J| = 0`.
+"""
+
+from __future__ import annotations
+
+from kizuna.flows.base import Flow, Tensor
+
+
+def squeeze2x2(x: Tensor) -> Tensor:
+    """``(B, C, H, W) -> (B, 4C, H/2, W/2)``; channel ``4c + 2i + j`` holds pixel ``(i, j)`` of each block."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, 4 * c, h // 2, w // 2)
+
+
+def unsqueeze2x2(z: Tensor) -> Tensor:
+    """The inverse of `squeeze2x2`: ``(B, 4C, H, W) -> (B, C, 2H, 2W)``."""
+    b, c, h, w = z.shape
+    z = z.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return z.reshape(b, c // 4, 2 * h, 2 * w)
+
+
+class Squeeze(Flow):
+    """:math:`(C, H, W) \\to (4C, H/2, W/2)` (module docstring).
+
+    >>> import torch
+    >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    >>> Squeeze()(x)[0, :, 0, 0]   # the top-left 2x2 block became four channels
+    tensor([0., 1., 4., 5.])
+    """
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    def _check(self, x: Tensor, what: str) -> None:
+        super()._check(x, what)
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__}: {what} must be (B, C, H, W), got {tuple(x.shape)}")
+
+    def _squeeze(self, x: Tensor, what: str) -> Tensor:
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            raise ValueError(f"{type(self).__name__}: {what} needs even height and width, got {tuple(x.shape)}")
+        return squeeze2x2(x)
+
+    def _unsqueeze(self, z: Tensor, what: str) -> Tensor:
+        if z.shape[1] % 4:
+            raise ValueError(f"{type(self).__name__}: {what} needs a multiple of 4 channels, got {tuple(z.shape)}")
+        return unsqueeze2x2(z)
+
+    def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._squeeze(x, "x"), x.new_zeros(x.shape[0])
+
+    def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._unsqueeze(z, "z"), z.new_zeros(z.shape[0])
+
+
+class Unsqueeze(Squeeze):
+    """:math:`(C, H, W) \\to (C/4, 2H, 2W)`, the inverse of `Squeeze`."""
+
+    def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._unsqueeze(x, "x"), x.new_zeros(x.shape[0])
+
+    def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._squeeze(z, "z"), z.new_zeros(z.shape[0])

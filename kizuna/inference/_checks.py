@@ -1,0 +1,77 @@
+"""Input checks shared by the inference helpers: variables present, one batch size, masks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def require(x_dict: Mapping[str, Any], names: Iterable[str], who: str) -> None:
+    """An error naming the variables of ``names`` missing from ``x_dict``."""
+    missing = [n for n in names if n not in x_dict]
+    if missing:
+        given = ", ".join(sorted(x_dict)) or "nothing"
+        raise ValueError(f"{who} needs {', '.join(missing)} in x_dict, but was given {given}")
+
+
+def batch_rows(x_dict: Mapping[str, Any], names: Iterable[str], who: str) -> int:
+    """The common number of rows of the tensors ``x_dict[name]``; an error naming any two that differ."""
+    rows: dict[str, int] = {}
+    for name in names:
+        value = x_dict[name]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{who}: {name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() == 0:
+            raise ValueError(f"{who}: {name} must have a leading batch dimension, got a scalar")
+        rows[name] = value.shape[0]
+    if not rows:
+        raise ValueError(f"{who}: no input variables to take the batch size from")
+    if len(set(rows.values())) > 1:
+        sizes = ", ".join(f"{k} has {v}" for k, v in rows.items())
+        raise ValueError(f"{who}: the inputs disagree on the batch size ({sizes} rows)")
+    return next(iter(rows.values()))
+
+
+def check_mask(mask: Any, x: Tensor, var: str, who: str) -> Tensor:
+    """``mask`` as a boolean tensor on ``x``'s device, checked to have ``x``'s shape (True = observed)."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{who}: the mask of {var} must be a boolean torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"{who}: the mask of {var} must have dtype torch.bool (True = observed), got {mask.dtype}; "
+            "use mask.bool() or a comparison such as mask > 0"
+        )
+    if mask.shape != x.shape:
+        raise ValueError(
+            f"{who}: the mask of {var} has shape {tuple(mask.shape)} but {var} has shape {tuple(x.shape)}"
+        )
+    mask = mask.to(x.device)
+    if not bool(torch.isfinite(x[mask]).all()):
+        raise ValueError(f"{who}: {var} has NaN or infinite values at observed entries (mask True)")
+    return mask
+
+
+def fill_missing(x: Tensor, mask: Tensor, init: Tensor | None, var: str, who: str) -> Tensor:
+    """``x`` with its missing entries replaced by ``init``.
+
+    The default ``init`` is the mean of each feature over the rows where it is observed
+    (0 where no row observes it), i.e. mean imputation within the batch.
+    """
+    if init is None:
+        m = mask.to(x.dtype)
+        counts = m.sum(0)
+        total = torch.where(mask, x, torch.zeros_like(x)).sum(0)
+        init = torch.where(counts > 0, total / counts.clamp_min(1), torch.zeros_like(total))
+    elif not isinstance(init, Tensor):
+        raise TypeError(f"{who}: init must be a torch.Tensor, got {type(init).__name__}")
+    try:
+        init = torch.broadcast_to(init.to(device=x.device, dtype=x.dtype), x.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{who}: init of shape {tuple(init.shape)} does not broadcast to {var}'s shape {tuple(x.shape)}"
+        ) from err
+    return torch.where(mask, x, init)

@@ -1,0 +1,179 @@
+r"""Uses of a multimodal VAE: the shared latent from any subset of modalities, cross generation, coherence.
+
+A multimodal VAE has one latent :math:`z` shared by modalities :math:`x_1..x_M`,
+:math:`p(x_1..x_M, z) = p(z)\prod_m p(x_m|z)`, and encoders for subsets of the modalities:
+
+* separate networks per subset, e.g. JMVAE's :math:`q(z|x,y)`, :math:`q(z|x)`, :math:`q(z|y)`
+  (Suzuki et al. 2016, arXiv:1611.01891);
+* one product of experts (MVAE, Wu & Goodman 2018, arXiv:1802.05335) or mixture of experts
+  (MMVAE, Shi et al. 2019, arXiv:1911.03393) whose absent experts are left out, so one
+  distribution serves every subset (`ProductOfNormal`, `MixtureOfNormal`).
+
+`infer_latent` picks the encoder for the modalities present in ``x_dict`` (missing-modality
+inference); `cross_generate` decodes another modality from that latent,
+
+.. math:: \hat x_t = \mathbb E_{p(x_t|z)}[x_t], \qquad z = \mathbb E_{q(z|x_S)}[z],
+
+(or draws both); `coherence` is the accuracy of a classifier on generated samples, judged
+against the labels of the rows they were generated from (Shi et al. 2019, section 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from kizuna.distributions.base import Distribution
+from kizuna.inference._checks import batch_rows, require
+
+Tensor = torch.Tensor
+Encoders = Distribution | Sequence[Distribution]
+
+
+def _as_list(encoders: Encoders) -> list[Distribution]:
+    found = [encoders] if isinstance(encoders, Distribution) else list(encoders)
+    if not found or not all(isinstance(e, Distribution) for e in found):
+        raise TypeError("the encoders must be a kizuna Distribution or a non-empty list of them")
+    latents = {tuple(sorted(e.var)) for e in found}
+    if len(latents) > 1:
+        raise ValueError(f"the encoders infer different variables: {' vs '.join(e.prob_text for e in found)}")
+    return found
+
+
+def modalities(encoders: Encoders) -> list[str]:
+    """Every variable some encoder conditions on, in order of first appearance."""
+    return list(dict.fromkeys(c for e in _as_list(encoders) for c in e.cond_var))
+
+
+def select_encoder(encoders: Encoders, given: Iterable[str]) -> Distribution:
+    """The encoder for exactly the modalities ``given``.
+
+    An encoder whose ``cond_var`` equals ``given`` comes first; otherwise one whose inputs are
+    optional (a product or mixture of experts) and cover ``given``. Anything else is an error
+    listing what the encoders take.
+
+    >>> from kizuna.distributions import Normal, ProductOfNormal
+    >>> qx = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    >>> qy = Normal(var=["z"], cond_var=["y"], loc="y", scale=1.0, name="q")
+    >>> select_encoder([qx, qy], ["y"]).prob_text
+    'q(z|y)'
+    >>> select_encoder(ProductOfNormal([qx, qy], name="q"), ["x", "y"]).prob_text
+    'q(z|x,y)'
+    """
+    found, given = _as_list(encoders), set(given)
+    for e in found:
+        if set(e.cond_var) == given:
+            return e
+    for e in found:
+        if not e.input_var and given <= set(e.cond_var) and given:
+            return e
+    latent = ", ".join(found[0].var)
+    raise ValueError(
+        f"no encoder infers {latent} from exactly {', '.join(sorted(given)) or 'nothing'}; the encoders are "
+        f"{', '.join(e.prob_text for e in found)} (add one for this subset, or use a ProductOfNormal / "
+        "MixtureOfNormal of experts, which takes any subset)"
+    )
+
+
+def _given(encoders: Encoders, x_dict: Mapping[str, Any], who: str) -> tuple[Distribution, dict[str, Tensor]]:
+    names = modalities(encoders)
+    present = [m for m in names if m in x_dict]
+    if not present:
+        raise ValueError(f"{who} needs at least one of the modalities {', '.join(names)}; "
+                         f"given {', '.join(sorted(x_dict)) or 'nothing'}")
+    batch_rows(x_dict, present, who)
+    return select_encoder(encoders, present), {m: x_dict[m] for m in present}
+
+
+def infer_latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool = False) -> dict[str, Tensor]:
+    r"""The shared latent inferred from the modalities present in ``x_dict``, without gradients.
+
+    Args:
+        encoders: one encoder for every subset it serves (see `select_encoder`).
+        x_dict: values of some of the modalities (other keys are ignored), same number of rows.
+        sample: draw :math:`z \sim q(z|x_S)` instead of returning its mean.
+
+    Returns:
+        ``{latent name: (N, *features)}``.
+
+    >>> from kizuna.distributions import Normal, ProductOfNormal
+    >>> qx = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    >>> qy = Normal(var=["z"], cond_var=["y"], loc="y", scale=1.0, name="q")
+    >>> q = ProductOfNormal([qx, qy], name="q")
+    >>> infer_latent(q, {"x": torch.full((1, 2), 3.0)})["z"]  # x alone: N(0,1) N(3,1) -> mean 1.5
+    tensor([[1.5000, 1.5000]])
+    """
+    encoder, given = _given(encoders, x_dict, "infer_latent")
+    with torch.no_grad():
+        if sample:
+            return encoder.sample(given, return_all=False)
+        if len(encoder.var) != 1:
+            raise ValueError(f"infer_latent: {encoder.prob_text} draws several variables; use sample=True")
+        return {encoder.var[0]: encoder.sample_mean(given)}
+
+
+def cross_generate(encoders: Encoders, decoder: Distribution, x_dict: Mapping[str, Any],
+                   sample: bool = False) -> Tensor:
+    r"""Generate ``decoder``'s modality from the modalities present in ``x_dict``, without gradients.
+
+    Args:
+        encoders: see `infer_latent`.
+        decoder: :math:`p(x_t|z)`, the target modality's decoder.
+        x_dict: the source modalities.
+        sample: draw :math:`z` and :math:`x_t` instead of taking means.
+
+    Returns:
+        the generated :math:`x_t`, ``(N, *features)``.
+    """
+    z = infer_latent(encoders, x_dict, sample=sample)
+    cond = {**{k: v for k, v in x_dict.items() if k not in decoder.var}, **z}
+    require(cond, decoder.cond_var, f"cross_generate ({decoder.prob_text})")
+    with torch.no_grad():
+        if sample:
+            return decoder.sample(cond, return_all=False)[decoder.var[0]]
+        return decoder.sample_mean(cond)
+
+
+def _labels(values: Any, what: str) -> np.ndarray:
+    """Class indices from indices (1-d) or scores / one-hot rows (2-d, argmax)."""
+    arr = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    if arr.ndim == 2:
+        return arr.argmax(-1)
+    if arr.ndim != 1:
+        raise ValueError(f"coherence: {what} must be class indices (N,) or scores (N, C), got shape {arr.shape}")
+    return arr
+
+
+def coherence(generated: Any, target_labels: Any, classifier: Any = None) -> float:
+    """Accuracy of ``classifier`` on generated samples against the labels of their sources.
+
+    Args:
+        generated: ``(N, ...)`` generated samples (a tensor or array).
+        target_labels: the label of each source row: indices ``(N,)`` or one-hot ``(N, C)``.
+        classifier: a scikit-learn style object with ``predict`` (given the samples flattened
+            to ``(N, D)`` as numpy), or a callable returning indices or scores; ``None`` when
+            the samples are class scores themselves (a generated label: argmax).
+
+    >>> coherence(torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), torch.tensor([0, 1, 1]))
+    0.6666666666666666
+    """
+    if isinstance(generated, Tensor):
+        flat = generated.detach().cpu().reshape(generated.shape[0], -1).numpy()
+    else:
+        generated = np.asarray(generated)
+        flat = generated.reshape(generated.shape[0], -1)
+    target = _labels(target_labels, "target_labels")
+    if flat.shape[0] != target.shape[0]:
+        raise ValueError(f"coherence: {flat.shape[0]} generated samples but {target.shape[0]} target labels")
+    if classifier is None:
+        predicted = _labels(flat, "generated")
+    elif hasattr(classifier, "predict"):  # the scikit-learn protocol
+        predicted = _labels(classifier.predict(flat), "the classifier's predictions")
+    elif callable(classifier):
+        predicted = _labels(classifier(generated), "the classifier's output")
+    else:
+        raise TypeError(f"coherence: classifier must have predict() or be callable, got {type(classifier).__name__}")
+    return float((predicted == target).mean())

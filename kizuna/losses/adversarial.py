@@ -1,0 +1,241 @@
+r"""Adversarial divergences: a discriminator (critic) estimates a divergence between ``p`` and ``q``.
+
+With :math:`x_p \sim p`, :math:`x_q \sim q` and a discriminator :math:`d(x) \in (0, 1)` trained by
+``d_loss()`` to tell them apart (:math:`d^* = \frac{p}{p+q}`, Goodfellow et al. 2014, arXiv:1406.2661):
+
+* `AdversarialJensenShannon`:
+  :math:`\mathbb{E}_p[\log d] + \mathbb{E}_q[\log(1-d)] = 2\,D_{JS}[p\|q] - \log 4` at :math:`d^*`;
+* `AdversarialKullbackLeibler`: :math:`\mathbb{E}_p[\log\frac{d}{1-d}] = D_{KL}[p\|q]` at :math:`d^*`
+  (the density-ratio trick, e.g. FactorVAE, Kim & Mnih 2018, arXiv:1802.05983);
+* `AdversarialWassersteinDistance`: a critic :math:`f` gives
+  :math:`\mathbb{E}_p[f] - \mathbb{E}_q[f] \le W_1[p, q]` for 1-Lipschitz :math:`f`, with equality
+  at the best one; the critic is trained with the gradient penalty
+  :math:`\lambda\,\mathbb{E}_{\hat x}[(\|\nabla f(\hat x)\|_2 - 1)^2]`,
+  :math:`\hat x = \epsilon x_p + (1-\epsilon) x_q` (Gulrajani et al. 2017, arXiv:1704.00028).
+
+Each loss evaluates to the **generator's** objective (a scalar: the expectations average the
+batch of draws); ``.d_loss()`` is the discriminator's, a separate `Loss` to train the
+discriminator's parameters with (see `kizuna.models.GAN`). A discriminator is a kizuna
+`Bernoulli` :math:`d(t|x)` (its logits are used, numerically stable) or, as in Pixyz, a
+`Deterministic` whose output is a probability (a real value for the Wasserstein critic).
+Draws of ``q`` (or ``p``) without inputs take the batch size of the other's draws, or ``batch_n``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kizuna._text import LATEX, format_name
+from kizuna.distributions.base import batch_size_of
+from kizuna.distributions.families import Bernoulli
+from kizuna.losses.base import EvalContext, Loss, Tensor
+
+_LOG_MIN = -100.0  # log(0) is clamped here, as torch's binary cross-entropy does
+
+
+class AdversarialLoss(Loss):
+    """Base of the adversarial losses (see the module docstring).
+
+    Args:
+        p, q: distributions over the same variables (e.g. :math:`p_{data}(x)` and the generator).
+        discriminator: :math:`d(t|x)` conditioned on those variables.
+        batch_n: the batch size when neither ``p`` nor ``q`` takes inputs that fix it.
+    """
+
+    symbol = ("D^Adv[{}||{}]", r"D^{{\mathrm{{Adv}}}}\left[{}\,\|\,{}\right]")  # (text, LaTeX) templates
+
+    def __init__(self, p: Any, q: Any, discriminator: Any, batch_n: int | None = None) -> None:
+        if sorted(p.var) != sorted(q.var):
+            raise ValueError(f"{type(self).__name__} needs p and q over the same variables: {p.var} vs {q.var}")
+        if not set(p.var) & set(discriminator.cond_var):
+            raise ValueError(
+                f"{type(self).__name__}: the discriminator {discriminator.prob_text} must be conditioned on "
+                f"{p.var}, the variables of {p.prob_text} and {q.prob_text}")
+        super().__init__(p.input_var + q.input_var + [v for v in discriminator.cond_var if v not in p.var])
+        self.p, self.q, self.d, self.batch_n = p, q, discriminator, batch_n
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.p, self.q, self.d]
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self.symbol[fmt is LATEX].format(self.p.prob_text, self.q.prob_text)
+
+    # ------------------------------------------------------------------ draws
+    def _draw(self, dist: Any, ctx: EvalContext, batch_n: int | None) -> dict[str, Tensor]:
+        inputs = {k: v for k, v in ctx.values.items() if k in dist.input_var or k not in dist.var}
+        dist._require(inputs, dist.input_var)
+        return dist._sample(inputs, batch_n, dist.has_reparam)
+
+    def _draws(self, ctx: EvalContext) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """One batch of draws from ``p`` and from ``q`` (the one with inputs first, to fix the size)."""
+        first, second = (self.p, self.q) if self.p.input_var or not self.q.input_var else (self.q, self.p)
+        n = self.batch_n or batch_size_of(ctx.values)
+        a = self._draw(first, ctx, n)
+        b = self._draw(second, ctx, batch_size_of(a) or n)
+        return (a, b) if first is self.p else (b, a)
+
+    def _detached_draws(self, ctx: EvalContext) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        with torch.no_grad():
+            xp, xq = self._draws(ctx)
+        return {k: v.detach() for k, v in xp.items()}, {k: v.detach() for k, v in xq.items()}
+
+    # ---------------------------------------------------------- discriminator
+    def _d_input(self, ctx: EvalContext, x: dict[str, Tensor]) -> dict[str, Any]:
+        return {**ctx.values, **x}
+
+    def _d_output(self, values: dict[str, Any]) -> Tensor:
+        """The discriminator's output (a logit for a Bernoulli), one value per row."""
+        d = self.d
+        if isinstance(d, Bernoulli):
+            out = d.get_dist(values, independent=False).logits
+        else:
+            out = d.sample(values, return_all=False)[d.var[0]]
+        if out.dim() > 1:
+            if out[0].numel() != 1:
+                raise ValueError(f"{d.prob_text} must output one value per row, got shape {tuple(out.shape)}")
+            out = out.reshape(out.shape[0])
+        return out
+
+    def _log_d(self, values: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """:math:`\\log d(x)` and :math:`\\log(1 - d(x))` per row."""
+        out = self._d_output(values)
+        if isinstance(self.d, Bernoulli):
+            return F.logsigmoid(out), F.logsigmoid(-out)
+        if not bool(((out >= 0) & (out <= 1)).all()):
+            raise ValueError(f"{self.d.prob_text} must output probabilities in [0, 1] (use a sigmoid, or a Bernoulli)")
+        return out.log().clamp(min=_LOG_MIN), torch.log1p(-out).clamp(min=_LOG_MIN)
+
+    # ------------------------------------------------------------------ API
+    def d_loss(self) -> Loss:
+        """The discriminator's loss (to minimise over its parameters), see the module docstring."""
+        return DiscriminatorLoss(self)
+
+    def _discriminator_value(self, ctx: EvalContext) -> Tensor:
+        """Default (JS, KL): the binary cross-entropy :math:`-\\mathbb{E}_p[\\log d] - \\mathbb{E}_q[\\log(1-d)]`."""
+        xp, xq = self._detached_draws(ctx)
+        return -(self._log_d(self._d_input(ctx, xp))[0].mean() + self._log_d(self._d_input(ctx, xq))[1].mean())
+
+    def _d_call(self) -> str:
+        """``d(x)``: the discriminator as a function of its conditioning variables."""
+        return f"{format_name(self.d.name)}({','.join(self.d.cond_var)})"
+
+    def _d_text(self, fmt: dict[str, str]) -> str:
+        d = self._d_call()
+        left = fmt["expect"].format(self.p.prob_text, fmt["log"].format(d))
+        right = fmt["expect"].format(self.q.prob_text, fmt["log"].format(f"(1 - {d})"))
+        return f"-{left} - {right}"
+
+
+class DiscriminatorLoss(Loss):
+    """The loss that trains the discriminator of an `AdversarialLoss` (its ``d_loss()``)."""
+
+    def __init__(self, adversarial: AdversarialLoss) -> None:
+        super().__init__(adversarial.input_var)
+        self.adversarial = adversarial
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.adversarial.d]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        return self.adversarial._discriminator_value(ctx)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self.adversarial._d_text(fmt)
+
+
+class AdversarialJensenShannon(AdversarialLoss):
+    """:math:`2\\,D_{JS}[p\\|q] - \\log 4` through a discriminator (module docstring).
+
+    Args:
+        inverse_g_loss: as in Pixyz, evaluate the non-saturating generator loss
+            :math:`-\\mathbb{E}_p[\\log(1-d)] - \\mathbb{E}_q[\\log d]` (same fixed point, stronger
+            gradients early on); ``False`` gives the minimax value
+            :math:`\\mathbb{E}_p[\\log d] + \\mathbb{E}_q[\\log(1-d)]`.
+    """
+
+    symbol = ("D_JS^Adv[{}||{}]", r"D_{{\mathrm{{JS}}}}^{{\mathrm{{Adv}}}}\left[{}\,\|\,{}\right]")
+
+    def __init__(self, p: Any, q: Any, discriminator: Any, batch_n: int | None = None,
+                 inverse_g_loss: bool = True) -> None:
+        super().__init__(p, q, discriminator, batch_n)
+        self.inverse_g_loss = inverse_g_loss
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        xp, xq = self._draws(ctx)
+        log_dp, log_1m_dp = self._log_d(self._d_input(ctx, xp))
+        log_dq, log_1m_dq = self._log_d(self._d_input(ctx, xq))
+        if self.inverse_g_loss:
+            return -(log_1m_dp.mean() + log_dq.mean())
+        return log_dp.mean() + log_1m_dq.mean()
+
+
+
+class AdversarialKullbackLeibler(AdversarialLoss):
+    """:math:`D_{KL}[p\\|q] \\approx \\mathbb{E}_p[\\log\\frac{d(x)}{1-d(x)}]` (module docstring)."""
+
+    symbol = ("D_KL^Adv[{}||{}]", r"D_{{\mathrm{{KL}}}}^{{\mathrm{{Adv}}}}\left[{}\,\|\,{}\right]")
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        xp = self._draw(self.p, ctx, self.batch_n or batch_size_of(ctx.values))
+        log_d, log_1m_d = self._log_d(self._d_input(ctx, xp))
+        return (log_d - log_1m_d).mean()
+
+
+
+class AdversarialWassersteinDistance(AdversarialLoss):
+    """:math:`\\mathbb{E}_p[f] - \\mathbb{E}_q[f]`, the critic trained with a gradient penalty (module docstring).
+
+    Args:
+        gradient_penalty: :math:`\\lambda` (10 in Gulrajani et al.; 0 turns the penalty off).
+    """
+
+    symbol = ("W^Adv[{}, {}]", r"W^{{\mathrm{{Adv}}}}\left[{}, {}\right]")
+
+    def __init__(self, p: Any, q: Any, discriminator: Any, batch_n: int | None = None,
+                 gradient_penalty: float = 10.0) -> None:
+        super().__init__(p, q, discriminator, batch_n)
+        if gradient_penalty < 0:
+            raise ValueError(f"gradient_penalty must be >= 0, got {gradient_penalty}")
+        self.gradient_penalty = float(gradient_penalty)
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        xp, xq = self._draws(ctx)
+        return self._d_output(self._d_input(ctx, xp)).mean() - self._d_output(self._d_input(ctx, xq)).mean()
+
+    def penalty(self, ctx: EvalContext, xp: dict[str, Tensor], xq: dict[str, Tensor]) -> Tensor:
+        """:math:`\\mathbb{E}_{\\hat x}[(\\|\\nabla_{\\hat x} f(\\hat x)\\|_2 - 1)^2]` over one batch of pairs."""
+        names = self.p.var
+        sizes = {xp[v].shape[0] for v in names} | {xq[v].shape[0] for v in names}
+        if len(sizes) != 1:
+            raise ValueError(f"the gradient penalty pairs draws of {self.p.prob_text} and {self.q.prob_text}; "
+                             f"their batch sizes differ: {sorted(sizes)}")
+        ref = xp[names[0]]
+        eps = torch.rand(ref.shape[0], dtype=ref.dtype, device=ref.device)
+        mixed = {}
+        for v in names:
+            e = eps.reshape(-1, *([1] * (xp[v].dim() - 1)))
+            mixed[v] = (e * xp[v] + (1 - e) * xq[v]).requires_grad_(True)
+        with torch.enable_grad():
+            f = self._d_output(self._d_input(ctx, mixed))
+            grads = torch.autograd.grad(f.sum(), [mixed[v] for v in names], create_graph=True)
+        norm = torch.cat([g.flatten(1) for g in grads], 1).norm(dim=1)
+        return (norm - 1).pow(2).mean()
+
+    def _discriminator_value(self, ctx: EvalContext) -> Tensor:
+        xp, xq = self._detached_draws(ctx)
+        gap = self._d_output(self._d_input(ctx, xp)).mean() - self._d_output(self._d_input(ctx, xq)).mean()
+        if self.gradient_penalty == 0:
+            return -gap
+        return -gap + self.gradient_penalty * self.penalty(ctx, xp, xq)
+
+    def _d_text(self, fmt: dict[str, str]) -> str:
+        f = self._d_call()
+        gap = "{} - {}".format(fmt["expect"].format(self.q.prob_text, f), fmt["expect"].format(self.p.prob_text, f))
+        if self.gradient_penalty == 0:
+            return gap
+        name = format_name(self.d.name)
+        norm = r"\left(\|\nabla {}(\hat x)\|_2 - 1\right)^2" if fmt is LATEX else "(||∇{}(x̂)||_2 - 1)^2"
+        return "{} + {:g} * {}".format(gap, self.gradient_penalty, fmt["expect"].format("x̂", norm.format(name)))

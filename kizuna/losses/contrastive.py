@@ -1,0 +1,66 @@
+r"""`ContrastiveDivergence`: maximum likelihood for an unnormalised :math:`p_\theta(x) \propto e^{-E_\theta(x)}`.
+
+.. math::
+    \nabla_\theta\, \mathbb{E}_{p_{data}}[-\log p_\theta(x)]
+      = \mathbb{E}_{p_{data}}[\nabla_\theta E_\theta(x)] - \mathbb{E}_{p_\theta}[\nabla_\theta E_\theta(x)]
+
+so the loss :math:`\mathbb{E}_{p_{data}}[E_\theta(x^+)] - \mathbb{E}_{q}[E_\theta(x^-)]
++ \alpha\,(\mathbb{E}[E_\theta(x^+)^2] + \mathbb{E}[E_\theta(x^-)^2])` has that gradient when the
+negatives :math:`x^- \sim q` come from a sampler of :math:`p_\theta` (`kizuna.samplers.SGLD`) and are
+held fixed: no gradient flows through the sampler's chain (Hinton 2002; Du & Mordatch 2019,
+arXiv:1903.08689, whose regulariser :math:`\alpha` keeps the energies near zero). Written with
+:math:`\log p_\theta = -E_\theta` (up to :math:`\log Z_\theta`, which cancels in the difference).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kizuna._text import LATEX
+from kizuna.losses.base import EvalContext, Loss, Tensor
+
+
+class ContrastiveDivergence(Loss):
+    """The contrastive-divergence loss of an energy model (module docstring), a scalar.
+
+    Args:
+        p: the model :math:`p_\\theta(x)` with an unnormalised log-density (an `EnergyDistribution`).
+        sampler: draws negatives, ``sampler.sample(batch_n) -> Tensor`` (e.g. `kizuna.samplers.SGLD`).
+        alpha: the weight of the energy regulariser.
+        data_name: the symbol of the data distribution in the formula.
+    """
+
+    def __init__(self, p: Any, sampler: Any, alpha: float = 1.0, data_name: str = "p_{data}") -> None:
+        if p.cond_var:
+            raise ValueError(f"ContrastiveDivergence needs an unconditioned model; {p.prob_text} is conditioned")
+        if alpha < 0:
+            raise ValueError(f"ContrastiveDivergence: alpha must be >= 0, got {alpha}")
+        super().__init__(p.var)
+        self.p, self.sampler, self.alpha, self.data_name = p, sampler, float(alpha), data_name
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.p]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        var = self.p.var[0]
+        positive = ctx.values[var]
+        negative = self.sampler.sample(positive.shape[0]).to(positive.dtype)
+        ctx.samples[f"{var}^-"] = negative
+        e_pos = -self.p.get_log_prob({var: positive})
+        e_neg = -self.p.get_log_prob({var: negative})
+        loss = e_pos.mean() - e_neg.mean()
+        if self.alpha:
+            loss = loss + self.alpha * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
+        return loss
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        var = self.p.var[0]
+        log_p = fmt["log"].format(self.p.prob_text)
+        data, model = f"{self.data_name}({var})", "q_{SGLD}" + f"({var})"
+        text = "-{} + {}".format(fmt["expect"].format(data, log_p), fmt["expect"].format(model, log_p))
+        if self.alpha:
+            sq = fmt["pow"].format(fmt["paren"].format(log_p), 2)
+            reg = fmt["add"].format(fmt["expect"].format(data, sq), fmt["expect"].format(model, sq))
+            mul = r"{:g} \cdot {}" if fmt is LATEX else "{:g} * {}"
+            text += " + " + mul.format(self.alpha, fmt["paren"].format(reg))
+        return text

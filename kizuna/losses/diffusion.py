@@ -1,0 +1,148 @@
+r"""Diffusion losses written with the loss algebra (Ho et al. 2020, arXiv:2006.11239).
+
+The variational bound on :math:`-\log p_\theta(x_0)`:
+
+.. math::
+    L = \underbrace{D_{KL}[q(x_T|x_0)\|p(x_T)]}_{L_T}
+      + \sum_{t=2}^{T} \underbrace{\mathbb{E}_{q(x_t|x_0)} D_{KL}[q(x_{t-1}|x_t,x_0)\|p_\theta(x_{t-1}|x_t)]}_{L_{t-1}}
+      \underbrace{- \mathbb{E}_{q(x_1|x_0)}[\log p_\theta(x_0|x_1)]}_{L_0}
+
+with the sum estimated without bias as :math:`(T-1)\,\mathbb{E}_{u(t)}[L_{t-1}]`, :math:`u` uniform
+on ``2..T``; every KL is the closed form between Gaussians. The simplified loss
+:math:`\mathbb{E}_{u(t)}\mathbb{E}_{q(x_t|x_0)}\|\epsilon - \epsilon_\theta(x_t, t)\|^2`, ``t`` uniform
+on ``1..T``, drops the weights :math:`\frac{\beta_t^2}{2\sigma_t^2\alpha_t(1-\bar\alpha_t)}` of the
+same terms. Divide the bound by :math:`D \ln 2` for bits per dimension (with `DiffusionDecoder`,
+a bound on the discrete data's code length).
+"""
+
+from __future__ import annotations
+
+import contextvars
+
+import torch
+
+from kizuna._text import LATEX
+from kizuna.distributions.base import batch_size_of
+from kizuna.distributions.diffusion import DDPM, DiffusionForward, DiffusionPosterior, DiffusionReverse, DiscreteUniform
+from kizuna.distributions.memo import shared_parameters
+from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.losses.divergences import KullbackLeibler
+from kizuna.losses.expectation import Expectation
+from kizuna.losses.log_prob import LogProb
+
+_TEXT = {"text": "||ε - ε_θ({0},{1})||^2", "latex": r"\left\|\epsilon - \epsilon_\theta({0},{1})\right\|^2"}
+
+
+class NoisePredictionError(Loss):
+    """:math:`\\|\\epsilon - \\epsilon_\\theta(x_t, t)\\|^2` per row.
+
+    The noise is recovered from the draw:
+    :math:`\\epsilon = (x_t - \\sqrt{\\bar\\alpha_t}x_0)/\\sqrt{1-\\bar\\alpha_t}`.
+
+    Args:
+        reverse: the reverse process whose :math:`\\epsilon_\\theta` is scored.
+        data_var: the name of :math:`x_0`.
+    """
+
+    def __init__(self, reverse: DiffusionReverse, data_var: str = "x_0") -> None:
+        if reverse.step is not None:
+            raise ValueError(f"NoisePredictionError: {reverse.prob_text} has a fixed step; give the process over all t")
+        super().__init__([data_var, reverse.noisy_var, reverse.t_var])
+        self.reverse, self.data_var = reverse, data_var
+
+    def _own_distributions(self) -> list[DiffusionReverse]:
+        return [self.reverse]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        rev = self.reverse
+        x0, xt = ctx.values[self.data_var], ctx.values[rev.noisy_var]
+        t = rev.schedule.index(ctx.values[rev.t_var], xt)
+        ab = rev.schedule.coefficients(t, xt)["alpha_bar"]
+        eps = (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return (eps - rev.epsilon(xt, t)).pow(2).flatten(1).sum(1)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        template = _TEXT["latex"] if fmt is LATEX else _TEXT["text"]
+        return template.format(self.reverse.noisy_var, self.reverse.t_var)
+
+
+class SumOverSteps(Loss):
+    """:math:`\\sum_{t=\\mathrm{low}}^{\\mathrm{high}} f(t)`: ``f`` evaluated at every step, per row.
+
+    The exact counterpart of :math:`(\\mathrm{high}-\\mathrm{low}+1)\\,\\mathbb{E}_{u(t)}[f(t)]`: the same
+    expectation without the variance of drawing ``t`` (``high - low + 1`` evaluations of ``f``).
+    """
+
+    def __init__(self, f: Loss, low: int, high: int, t_var: str = "t") -> None:
+        if high < low:
+            raise ValueError(f"SumOverSteps: high={high} < low={low}")
+        super().__init__([v for v in f.input_var if v != t_var])
+        self.f, self.low, self.high, self.t_var = f, low, high, t_var
+
+    def children(self) -> list[Loss]:
+        return [self.f]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        rows = batch_size_of(ctx.values) or 1
+        device = next((v.device for v in ctx.values.values() if isinstance(v, Tensor)), None)
+        total: Tensor | None = None
+        for t in range(self.low, self.high + 1):
+            step = torch.full((rows,), t, dtype=torch.long, device=device)
+            # each step in a fresh context: its memo of network outputs is freed when the step ends
+            value = contextvars.Context().run(self._step, ctx, step)
+            total = value if total is None else total + value
+        assert total is not None
+        return total
+
+    def _step(self, ctx: EvalContext, step: Tensor) -> Tensor:
+        with shared_parameters():
+            return ctx.child({**ctx.values, self.t_var: step}).value(self.f)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        template = r"\sum_{{{0}={1}}}^{{{2}}} {3}" if fmt is LATEX else "sum_{{{0}={1}}}^{{{2}}} {3}"
+        return template.format(self.t_var, self.low, self.high, self.f._render(fmt))
+
+
+def diffusion_bound(p: DDPM, exact_steps: bool = False) -> Loss:
+    """The variational bound :math:`L_T + \\sum_t L_{t-1} + L_0` per row (module docstring), in nats.
+
+    With ``exact_steps`` the sum over ``t`` is evaluated term by term (`SumOverSteps`, ``T - 1``
+    network evaluations per row) instead of estimated from one uniform draw of ``t``.
+
+    >>> import torch
+    >>> from kizuna.distributions.diffusion import DiffusionReverse, DiffusionSchedule
+    >>> p = DDPM(DiffusionReverse(lambda x, t: torch.zeros_like(x), DiffusionSchedule.linear(50)), [2])
+    >>> print(diffusion_bound(p))
+    KL[q(x_T|x_0)||p(x_T)] + 49 * E_{u(t)}[E_{q(x_t|x_0,t)}[KL[q(x_{t-1}|x_t,x_0,t)||p(x_{t-1}|x_t,t)]]] \
+- E_{q(x_1|x_0)}[log p(x_0|x_1)]
+    >>> diffusion_bound(p).eval({"x_0": torch.zeros(3, 2)}).shape
+    torch.Size([3])
+    """
+    schedule, rev, x0 = p.schedule, p.reverse, p.var[0]
+    T = schedule.T
+    q_T = DiffusionForward(schedule, step=T, var=p.prior.var[0], data_var=x0)
+    bound: Loss = KullbackLeibler(q_T, p.prior).named("L_T")
+    if T >= 2:
+        q_t = DiffusionForward(schedule, var=rev.noisy_var, data_var=x0, t_var=rev.t_var)
+        post = DiffusionPosterior(schedule, var=rev.var[0], noisy_var=rev.noisy_var, data_var=x0, t_var=rev.t_var)
+        step = Expectation(q_t, KullbackLeibler(post, rev))
+        if exact_steps:
+            bound = bound + SumOverSteps(step, 2, T, rev.t_var).named("L_{1:T-1}")
+        else:
+            bound = bound + ((T - 1) * Expectation(DiscreteUniform(2, T, var=rev.t_var), step)).named("L_{1:T-1}")
+    q_1 = DiffusionForward(schedule, step=1, var=p.decoder.cond_var[0], data_var=x0)
+    return bound - Expectation(q_1, LogProb(p.decoder)).named("-L_0")
+
+
+def simple_diffusion_loss(reverse: DiffusionReverse, data_var: str = "x_0") -> Loss:
+    """Ho et al.'s :math:`L_\\mathrm{simple}` per row (module docstring).
+
+    >>> import torch
+    >>> from kizuna.distributions.diffusion import DiffusionSchedule
+    >>> rev = DiffusionReverse(lambda x, t: torch.zeros_like(x), DiffusionSchedule.linear(100))
+    >>> print(simple_diffusion_loss(rev))
+    E_{u(t)}[E_{q(x_t|x_0,t)}[||ε - ε_θ(x_t,t)||^2]]
+    """
+    q_t = DiffusionForward(reverse.schedule, var=reverse.noisy_var, data_var=data_var, t_var=reverse.t_var)
+    u = DiscreteUniform(1, reverse.schedule.T, var=reverse.t_var)
+    return Expectation(u, Expectation(q_t, NoisePredictionError(reverse, data_var)))

@@ -1,0 +1,203 @@
+r"""Score matching: fit :math:`s_\theta(x) \approx \nabla_x \log p_{data}(x)` without a normaliser.
+
+* Exact (Hyvärinen 2005): :math:`J = \mathbb{E}_{p_{data}}[\operatorname{tr}(\nabla_x s_\theta(x))
+  + \frac12\|s_\theta(x)\|^2]` (one backward pass per dimension) — `ScoreMatchingError`.
+* Sliced (Song et al. 2019, arXiv:1905.07088): with random projections :math:`v \sim p_v`,
+  :math:`\mathbb{E}[v v^\top] = I`,
+  :math:`J = \mathbb{E}_{p_{data}}\mathbb{E}_{p_v}[v^\top \nabla_x (v^\top s_\theta(x))
+  + \frac12 (v^\top s_\theta(x))^2]` — `SlicedScoreError` (``variance_reduction`` replaces the
+  last term by its expectation :math:`\frac12\|s_\theta\|^2`, valid for Gaussian :math:`v`).
+* Denoising (Vincent 2011): :math:`\mathbb{E}_{p_{data}(x)}\mathbb{E}_{q(\tilde x|x)}
+  [\frac12\|s_\theta(\tilde x) - \nabla_{\tilde x}\log q(\tilde x|x)\|^2]`, whose minimiser is the score of
+  the noised data :math:`q(\tilde x) = \int q(\tilde x|x)p_{data}(x)dx` — `DenoisingScoreError`;
+  ``noise_weighting`` multiplies it by the noise variance :math:`\sigma^2` (Song & Ermon 2019,
+  arXiv:1907.05600, for noise-conditional scores).
+
+A score model is either a network :math:`s_\theta(\cdot)` written as a `Deterministic`
+conditioned on the scored variable, whose one output is the score, or any distribution that
+defines the scored variable with a (possibly unnormalised) log-density, whose score
+:math:`\nabla_x \log p_\theta(x)` is taken by autograd (e.g. an `EnergyDistribution`).
+The scored variable is treated as data (no gradient flows into its draw).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kizuna._text import LATEX, format_name
+from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.losses.expectation import Expectation
+
+
+def _is_network(score: Any, var: str) -> bool:
+    """A score network is conditioned on the scored variable; a density defines it."""
+    return var not in score.var and var in score.cond_var
+
+
+def _check_model(score: Any, var: str) -> None:
+    if var in score.var:
+        return
+    if var not in score.cond_var:
+        raise ValueError(f"the score model {score.prob_text} must be conditioned on {var}, the scored variable "
+                         "(a score network), or define it (a density)")
+    if len(score.var) != 1:
+        raise ValueError(f"the score network {score.prob_text} must output one variable (the score)")
+
+
+def score_value(score: Any, values: dict[str, Any], var: str, create_graph: bool = True) -> tuple[Tensor, Tensor]:
+    """``(x, s(x))``: the scored variable as a leaf that requires grad, and the model's score at it."""
+    x = values[var].detach().requires_grad_(True)
+    given = {**values, var: x}
+    with torch.enable_grad():
+        if _is_network(score, var):
+            s = score.sample(given, return_all=False)[score.var[0]]
+        else:
+            (s,) = torch.autograd.grad(score.get_log_prob(given).sum(), x, create_graph=create_graph)
+    if s.shape != x.shape:
+        raise ValueError(f"the score of {var} has shape {tuple(s.shape)}, but {var} has {tuple(x.shape)}")
+    return x, s
+
+
+def score_text(score: Any, var: str, fmt: dict[str, str]) -> str:
+    """``s_θ(x,σ)`` for a network, ``∇_x log p(x)`` for a density."""
+    if _is_network(score, var):
+        return f"{format_name(score.name)}({','.join(score.cond_var)})"
+    grad = r"\nabla_{{{}}}" if fmt is LATEX else "∇_{}"
+    return grad.format(var) + " " + fmt["log"].format(score.prob_text)
+
+
+def _rows(v: Tensor) -> Tensor:
+    return v.flatten(1).sum(1)
+
+
+class ScoreMatchingError(Loss):
+    """:math:`\\operatorname{tr}(\\nabla_x s(x)) + \\frac12\\|s(x)\\|^2` per row (Hyvärinen 2005; module docstring)."""
+
+    def __init__(self, score: Any, var: str = "x") -> None:
+        _check_model(score, var)
+        super().__init__([var] + [v for v in getattr(score, "input_var", []) if v != var])
+        self.score, self.var = score, var
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.score]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        x, s = score_value(self.score, ctx.values, self.var)
+        flat = s.flatten(1)
+        trace = x.new_zeros(x.shape[0])
+        with torch.enable_grad():
+            for i in range(flat.shape[1]):
+                (g,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True)
+                trace = trace + g.flatten(1)[:, i]
+        return trace + 0.5 * _rows(s.pow(2))
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        s = score_text(self.score, self.var, fmt)
+        return (r"\operatorname{{tr}}(\nabla_{1} {0}) + \frac{{1}}{{2}}\|{0}\|^2" if fmt is LATEX
+                else "tr(∇_{1} {0}) + 1/2||{0}||^2").format(s, self.var)
+
+
+class SlicedScoreError(Loss):
+    """:math:`v^\\top\\nabla_x(v^\\top s(x)) + \\frac12(v^\\top s(x))^2` per row (module docstring).
+
+    Args:
+        score: the score model.
+        var: the scored variable.
+        projection: the variable holding :math:`v` (drawn by an enclosing expectation).
+        variance_reduction: use :math:`\\frac12\\|s(x)\\|^2` for the last term (SSM-VR).
+    """
+
+    def __init__(self, score: Any, var: str = "x", projection: str = "v", variance_reduction: bool = False) -> None:
+        _check_model(score, var)
+        super().__init__([var, projection] + [v for v in getattr(score, "input_var", []) if v != var])
+        self.score, self.var, self.projection, self.variance_reduction = score, var, projection, variance_reduction
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.score]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        x, s = score_value(self.score, ctx.values, self.var)
+        v = ctx.values[self.projection]
+        if v.shape != x.shape:
+            raise ValueError(
+                f"the projection {self.projection} has shape {tuple(v.shape)}, {self.var} has {tuple(x.shape)}")
+        vs = _rows(v * s)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(vs.sum(), x, create_graph=True)
+        last = _rows(s.pow(2)) if self.variance_reduction else vs.pow(2)
+        return _rows(g * v) + 0.5 * last
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        s, v, x = score_text(self.score, self.var, fmt), self.projection, self.var
+        if fmt is LATEX:
+            last = r"\|{0}\|^2" if self.variance_reduction else r"({1}^\top {0})^2"
+            return (r"{1}^\top \nabla_{2}({1}^\top {0}) + \frac{{1}}{{2}}" + last).format(s, v, x)
+        last = "||{0}||^2" if self.variance_reduction else "({1}^T {0})^2"
+        return ("{1}^T ∇_{2}({1}^T {0}) + 1/2 " + last).format(s, v, x)
+
+
+class DenoisingScoreError(Loss):
+    """:math:`\\frac12\\|s(\\tilde x) - \\nabla_{\\tilde x}\\log q(\\tilde x|x)\\|^2` per row (module docstring).
+
+    Args:
+        score: the score model, evaluated at the draw of ``noise``.
+        noise: the noise kernel :math:`q(\\tilde x|x)` (e.g. a `Normal` with ``loc="x"``).
+        noise_weighting: multiply by the noise variance (mean over features) of each row.
+    """
+
+    def __init__(self, score: Any, noise: Any, noise_weighting: bool = False) -> None:
+        var = noise.var[0]
+        _check_model(score, var)
+        others = [v for v in getattr(score, "input_var", []) if v != var]
+        super().__init__([var] + noise.input_var + others)
+        self.score, self.noise, self.var, self.noise_weighting = score, noise, var, noise_weighting
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.score, self.noise]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        _, s = score_value(self.score, ctx.values, self.var)
+        target = score_value(self.noise, ctx.values, self.var, create_graph=False)[1].detach()
+        out = 0.5 * _rows((s - target).pow(2))
+        if self.noise_weighting:
+            out = out * self.noise.sample_variance(ctx.values).flatten(1).mean(1)
+        return out
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        s, target = score_text(self.score, self.var, fmt), score_text(self.noise, self.var, fmt)
+        text = (r"\frac{{1}}{{2}}\|{} - {}\|^2" if fmt is LATEX else "1/2||{} - {}||^2").format(s, target)
+        return ("\\sigma^2 " if fmt is LATEX else "σ^2 ") + text if self.noise_weighting else text
+
+
+def denoising_score_matching(score: Any, noise: Any, noise_weighting: bool = False) -> Loss:
+    """:math:`\\mathbb{E}_{q(\\tilde x|x)}[\\frac12\\|s(\\tilde x) - \\nabla\\log q(\\tilde x|x)\\|^2]` per row.
+
+    >>> from kizuna.distributions import Normal
+    >>> q = Normal(var=["x_tilde"], cond_var=["x"], loc="x", scale=0.1, name="q")
+    >>> p = Normal(var=["x_tilde"], loc=0.0, scale=1.0, features_shape=[2])
+    >>> print(denoising_score_matching(p, q))
+    E_{q(x_tilde|x)}[1/2||∇_x_tilde log p(x_tilde) - ∇_x_tilde log q(x_tilde|x)||^2]
+    """
+    return Expectation(noise, DenoisingScoreError(score, noise, noise_weighting))
+
+
+def sliced_score_matching(score: Any, projection: Any, var: str = "x", n_projections: int = 1,
+                          variance_reduction: bool = False) -> Loss:
+    """:math:`\\mathbb{E}_{p_v(v)}[v^\\top\\nabla_x(v^\\top s(x)) + \\frac12(v^\\top s(x))^2]` per row.
+
+    Args:
+        projection: :math:`p_v(v)`, e.g. ``Normal(var=["v"], loc=0.0, scale=1.0, features_shape=[D])``.
+        n_projections: projections per data point (their mean is taken).
+
+    >>> from kizuna.distributions import Normal
+    >>> p_v = Normal(var=["v"], loc=0.0, scale=1.0, features_shape=[2], name="p_v")
+    >>> p = Normal(var=["x"], loc=0.0, scale=1.0, features_shape=[2])
+    >>> print(sliced_score_matching(p, p_v))
+    E_{p_{v}(v)}[v^T ∇_x(v^T ∇_x log p(x)) + 1/2 (v^T ∇_x log p(x))^2]
+    """
+    shape: Sequence[int] = (n_projections,) if n_projections > 1 else ()
+    error = SlicedScoreError(score, var, projection.var[0], variance_reduction)
+    return Expectation(projection, error, sample_shape=shape)

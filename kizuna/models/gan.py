@@ -1,0 +1,127 @@
+"""`GAN`: the Pixyz preset for generative adversarial networks, with alternating updates.
+
+.. math::
+    \\min_p \\max_d\\ \\mathbb{E}_{p_{data}(x)}[\\log d(x)] + \\mathbb{E}_{p(x)}[\\log(1 - d(x))]
+
+Each ``train`` call takes ``d_steps`` discriminator steps on ``loss.d_loss()`` (fresh generator
+draws each time, no gradient into the generator), then one generator step on ``loss``
+(Goodfellow et al. 2014, arXiv:1406.2661; with `AdversarialWassersteinDistance` and
+``d_steps=5`` it is WGAN-GP, Gulrajani et al. 2017, arXiv:1704.00028).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from os import PathLike
+from typing import Any
+
+import torch
+
+from kizuna.distributions.base import Distribution
+from kizuna.distributions.special import EmpiricalDistribution
+from kizuna.losses.adversarial import AdversarialJensenShannon, AdversarialLoss
+from kizuna.models.model import Model
+
+
+class GAN(Model):
+    """A generator :math:`p(x)` and a discriminator :math:`d(t|x)` trained in turns.
+
+    Args:
+        p: the generator, e.g. ``(G * prior).marginalize_var("z")``.
+        discriminator: :math:`d(t|x)` (see `kizuna.losses.adversarial`).
+        optimizer, optimizer_params: the generator's optimiser; ``d_optimizer``,
+            ``d_optimizer_params`` the discriminator's (the positional order of Pixyz's ``GAN``).
+        clip_grad_norm, clip_grad_value: gradient clipping for both.
+        p_data: the data distribution (default ``EmpiricalDistribution(p.var)``).
+        adversarial: the loss class, `AdversarialJensenShannon` by default.
+        adversarial_params: its extra keyword arguments (e.g. ``{"gradient_penalty": 10.0}``).
+        d_steps: discriminator steps per generator step.
+
+    The generator and the discriminator are two `Model`s (``self`` and ``self.d_model``); `save`
+    writes the generator's checkpoint to ``path`` and the discriminator's next to it
+    (``path + ".discriminator"``), and `load` reads both.
+
+    >>> from torch import nn
+    >>> from kizuna.distributions import Bernoulli, Deterministic, Normal
+    >>> class G(Deterministic):
+    ...     def __init__(self):
+    ...         super().__init__(var=["x"], cond_var=["z"])
+    ...         self.net = nn.Linear(2, 3)
+    ...     def forward(self, z):
+    ...         return {"x": self.net(z)}
+    >>> class D(Bernoulli):
+    ...     def __init__(self):
+    ...         super().__init__(var=["t"], cond_var=["x"], name="d")
+    ...         self.net = nn.Linear(3, 1)
+    ...     def forward(self, x):
+    ...         return {"logits": self.net(x)}
+    >>> prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    >>> model = GAN((G() * prior).marginalize_var("z"), D(), optimizer_params={"lr": 1e-3})
+    >>> print(model.loss_cls)
+    D_JS^Adv[p_{data}(x)||p(x)]
+    >>> g_loss, d_loss = model.train({"x": torch.randn(8, 3)})
+    """
+
+    def __init__(
+        self,
+        p: Distribution,
+        discriminator: Distribution,
+        optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_params: Mapping[str, Any] | None = None,
+        d_optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+        d_optimizer_params: Mapping[str, Any] | None = None,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+        *,
+        p_data: Distribution | None = None,
+        adversarial: type[AdversarialLoss] = AdversarialJensenShannon,
+        adversarial_params: Mapping[str, Any] | None = None,
+        d_steps: int = 1,
+    ) -> None:
+        if d_steps < 1:
+            raise ValueError(f"GAN: d_steps must be at least 1, got {d_steps}")
+        p_data = p_data if p_data is not None else EmpiricalDistribution(p.var)
+        loss = adversarial(p_data, p, discriminator, **dict(adversarial_params or {}))
+        super().__init__(loss, distributions=[p], optimizer=optimizer, optimizer_params=optimizer_params,
+                         clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+        self.p, self.discriminator, self.d_steps = p, discriminator, d_steps
+        self.d_model = Model(loss.d_loss(), distributions=[discriminator], optimizer=d_optimizer,
+                             optimizer_params=d_optimizer_params, clip_grad_norm=clip_grad_norm,
+                             clip_grad_value=clip_grad_value)
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nDiscriminator loss: {self.d_model.loss_cls}"
+
+    def train_discriminator(self, x_dict: Mapping[str, Any] | None = None) -> float:
+        """``d_steps`` discriminator steps on ``x_dict``; returns their mean loss."""
+        return sum(self.d_model.train(x_dict) for _ in range(self.d_steps)) / self.d_steps
+
+    def train(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True) -> Any:  # type: ignore[override]
+        """``d_steps`` discriminator steps, then a generator step; returns ``(g_loss, d_loss)``.
+
+        With ``adversarial_loss=False`` only the generator steps and its loss is returned (as Pixyz).
+        """
+        d_loss = self.train_discriminator(x_dict) if adversarial_loss else 0.0
+        g_loss = super().train(x_dict)
+        return (g_loss, d_loss) if adversarial_loss else g_loss
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """`Model.save` for the generator at ``path``, and for the discriminator at ``path + ".discriminator"``."""
+        super().save(path)
+        self.d_model.save(f"{path}.discriminator")
+
+    def load(self, path: str | PathLike[str]) -> None:
+        """Restore both checkpoints written by `save`."""
+        super().load(path)
+        self.d_model.load(f"{path}.discriminator")
+
+    def _fit_step(self, batch: Mapping[str, Any], *args: Any) -> tuple[float, dict[str, float]]:
+        """`Model.fit`'s step: the discriminator's steps first, its loss logged as ``d_loss``."""
+        d_loss = self.train_discriminator(batch)
+        value, terms = super()._fit_step(batch, *args)
+        return value, {**terms, "d_loss": d_loss}
+
+    def test(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True) -> Any:  # type: ignore[override]
+        """The generator's loss and, with ``adversarial_loss``, the discriminator's, without gradients."""
+        g_loss = super().test(x_dict)
+        return (g_loss, self.d_model.test(x_dict)) if adversarial_loss else g_loss

@@ -1,0 +1,110 @@
+r"""MADE: a masked autoencoder whose outputs are autoregressive (Germain et al. 2015, arXiv:1502.03509).
+
+Each input :math:`i` gets a degree :math:`m(i) \in \{1..D\}`, its position in the ``order``; each
+hidden unit a degree :math:`m(k)`. A weight from unit :math:`a` to hidden unit :math:`k` is kept when
+:math:`m(k) \ge m(a)`, and a weight from hidden unit :math:`k` to output :math:`i` when
+:math:`m(i) > m(k)`. Every path from input :math:`j` to output :math:`i` then has
+:math:`m(j) \le \dots < m(i)`, so
+
+.. math:: \frac{\partial\, \mathrm{out}_i}{\partial x_j} = 0 \quad \text{unless } m(j) < m(i).
+
+Hidden degrees are spread cyclically over :math:`1..D-1` (deterministic: no random connectivity to
+seed). A context vector (conditional MADE) feeds the first hidden layer without a mask; its units
+may then take degree 0, so even the first output in the order depends on the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Tensor = torch.Tensor
+
+
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask`` of shape ``(out, in)``."""
+
+    def __init__(self, in_features: int, out_features: int, mask: Tensor) -> None:
+        super().__init__(in_features, out_features)
+        if mask.shape != (out_features, in_features):
+            expected = (out_features, in_features)
+            raise ValueError(f"MaskedLinear: mask has shape {tuple(mask.shape)}, expected {expected}")
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def _order(order: Sequence[int] | Tensor | None, n: int) -> Tensor:
+    if order is None:
+        return torch.arange(n)
+    order = torch.as_tensor(order, dtype=torch.long).flatten()
+    if order.numel() != n or not torch.equal(order.sort().values, torch.arange(n)):
+        raise ValueError(f"MADE: order must be a permutation of 0..{n - 1}, got {order.tolist()}")
+    return order
+
+
+class MADE(nn.Module):
+    """Masked autoregressive network ``x (B, D) -> (B, n_params, D)`` (module docstring).
+
+    Args:
+        in_features: :math:`D`.
+        hidden_features: sizes of the hidden layers (at least one).
+        n_params: outputs per input (e.g. 2 for a Gaussian's mean and log-scale).
+        context_features: size of an optional context vector (0: none).
+        order: the autoregressive order: ``order[k]`` is the input that comes ``k``-th (default
+            ``0..D-1``).
+        activation: the hidden non-linearity.
+
+    >>> import torch
+    >>> net = MADE(3, [16], n_params=2)
+    >>> net(torch.randn(5, 3)).shape
+    torch.Size([5, 2, 3])
+    """
+
+    def __init__(self, in_features: int, hidden_features: Sequence[int] = (64,), n_params: int = 1,
+                 context_features: int = 0, order: Sequence[int] | Tensor | None = None,
+                 activation: type[nn.Module] = nn.ReLU) -> None:
+        super().__init__()
+        hidden = list(hidden_features)
+        if not hidden:
+            raise ValueError("MADE: give at least one hidden layer")
+        if in_features < 1 or n_params < 1:
+            raise ValueError(f"MADE: in_features and n_params must be positive, got {in_features}, {n_params}")
+        self.in_features, self.n_params, self.context_features = in_features, n_params, context_features
+        self.register_buffer("order", _order(order, in_features))
+        degrees_in = torch.empty(in_features, dtype=torch.long)
+        degrees_in[self.order] = torch.arange(1, in_features + 1)
+        self.register_buffer("degrees", degrees_in)
+        # hidden degrees cycle over 1..D-1 (0..D-1 with a context: degree-0 units see only the context)
+        low = 0 if context_features else 1
+        span = max(in_features - low, 1)
+        layers: list[nn.Module] = []
+        previous = degrees_in
+        for size in hidden:
+            deg = torch.arange(size) % span + low
+            layers.append(MaskedLinear(previous.numel(), size, (deg[:, None] >= previous[None, :]).float()))
+            previous = deg
+        out_deg = degrees_in.repeat(n_params)
+        self.hidden = nn.ModuleList(layers)
+        out_mask = (out_deg[:, None] > previous[None, :]).float()
+        self.output = MaskedLinear(previous.numel(), n_params * in_features, out_mask)
+        self.context = nn.Linear(context_features, hidden[0]) if context_features else None
+        self.activation = activation()
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"MADE: x must be (batch, {self.in_features}), got {tuple(x.shape)}")
+        if (context is None) != (self.context is None):
+            raise ValueError(f"MADE: built with context_features={self.context_features} but "
+                             f"{'no' if context is None else 'a'} context was given")
+        h = x
+        for i, layer in enumerate(self.hidden):
+            h = layer(h)
+            if i == 0 and self.context is not None:
+                h = h + self.context(context.reshape(context.shape[0], -1))
+            h = self.activation(h)
+        return self.output(h).reshape(x.shape[0], self.n_params, self.in_features)

@@ -1,0 +1,90 @@
+r"""A small PixelCNN: masked convolutions over one-channel images (van den Oord et al. 2016, arXiv:1601.06759).
+
+Pixels are ordered row by row (raster order). A convolution's kernel is masked so that the output
+at pixel :math:`(r, c)` sees only pixels before it: rows above, and the pixels to the left in the
+same row. Mask ``"A"`` (first layer) also hides the centre pixel itself; mask ``"B"`` (later layers)
+keeps the centre, which there holds features of earlier pixels only. So
+
+.. math::
+    \frac{\partial\, \mathrm{logit}_{r,c}}{\partial x_{r',c'}} = 0
+    \quad\text{unless } (r', c') \text{ precedes } (r, c).
+
+Stacked masked convolutions have a known blind spot (a triangle of earlier pixels up and to the
+right is never seen; van den Oord et al. 2016b, arXiv:1606.05328); the model is still a valid,
+exactly normalised autoregressive model. With one input channel no colour masks are needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Tensor = torch.Tensor
+
+
+class MaskedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (odd square kernel, "same" padding) whose kernel sees only earlier pixels.
+
+    Args:
+        mask_type: ``"A"`` hides the centre pixel (first layer), ``"B"`` keeps it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: str) -> None:
+        if mask_type not in ("A", "B"):
+            raise ValueError(f"MaskedConv2d: mask_type must be 'A' or 'B', got {mask_type!r}")
+        if kernel_size % 2 != 1:
+            raise ValueError(f"MaskedConv2d: kernel_size must be odd, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        c = kernel_size // 2
+        mask = torch.ones(kernel_size, kernel_size)
+        mask[c, c + (1 if mask_type == "B" else 0):] = 0
+        mask[c + 1:] = 0
+        self.mask_type = mask_type
+        self.register_buffer("mask", mask.expand(out_channels, in_channels, -1, -1).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+
+class PixelCNN(nn.Module):
+    """``x (B, C, H, W) -> logits (B, out_channels, H, W)`` with raster-order dependencies.
+
+    A mask-A convolution, ``n_layers`` residual mask-B convolutions, and a 1×1 head.
+
+    Args:
+        in_channels, out_channels: image channels in, parameters per pixel out.
+        hidden_channels: feature maps in between.
+        n_layers: residual masked layers.
+        kernel_size: the first layer's kernel; ``hidden_kernel_size`` the others'.
+        context_features: size of an optional context vector, added as a per-channel bias after the
+            first layer (a conditional PixelCNN).
+
+    >>> import torch
+    >>> PixelCNN(hidden_channels=8, n_layers=1)(torch.zeros(2, 1, 5, 5)).shape
+    torch.Size([2, 1, 5, 5])
+    """
+
+    def __init__(self, in_channels: int = 1, hidden_channels: int = 32, n_layers: int = 4, kernel_size: int = 5,
+                 hidden_kernel_size: int = 3, out_channels: int = 1, context_features: int = 0) -> None:
+        super().__init__()
+        self.context_features = context_features
+        self.conv_in = MaskedConv2d(in_channels, hidden_channels, kernel_size, "A")
+        self.layers = nn.ModuleList(
+            MaskedConv2d(hidden_channels, hidden_channels, hidden_kernel_size, "B") for _ in range(n_layers))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(hidden_channels, hidden_channels, 1), nn.ReLU(),
+                                  nn.Conv2d(hidden_channels, out_channels, 1))
+        self.context = nn.Linear(context_features, hidden_channels) if context_features else None
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"PixelCNN: x must be (batch, channels, height, width), got {tuple(x.shape)}")
+        if (context is None) != (self.context is None):
+            raise ValueError(f"PixelCNN: built with context_features={self.context_features} but "
+                             f"{'no' if context is None else 'a'} context was given")
+        h = self.conv_in(x)
+        if self.context is not None:
+            h = h + self.context(context.reshape(context.shape[0], -1))[:, :, None, None]
+        for layer in self.layers:
+            h = h + layer(F.relu(h))
+        return self.head(h)

@@ -1,0 +1,123 @@
+r"""A latent space seen in two dimensions: principal-component projection and coloured scatter plots.
+
+`pca_2d` projects latent vectors on their first two principal axes,
+
+.. math:: Z - \bar Z = U S V^\top,\qquad Y = (Z - \bar Z)\,V_{:,1:2},\qquad
+    \text{explained}_j = S_j^2 / \textstyle\sum_i S_i^2,
+
+and `plot_latent_space` draws one scatter panel per ``(latent, labels, title)``: the same latents
+coloured by true class and by learned cluster side by side show at a glance whether the clusters a
+model found are the classes (SERKET's VAE+GMM tutorial shows its latent space this way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kizuna.viz._backend import colormap, new_figure
+
+Panel = tuple[Any, Any, str]
+
+
+def _as_matrix(z: Any, what: str) -> torch.Tensor:
+    t = z.detach() if isinstance(z, torch.Tensor) else torch.as_tensor(np.asarray(z))
+    t = t.to(torch.float64)
+    if t.dim() != 2 or t.shape[0] < 2 or t.shape[1] < 1:
+        raise ValueError(f"{what}: latents must be N x D with N >= 2, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{what}: latents contain NaN or inf")
+    return t
+
+
+def pca_2d(z: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first two principal components of ``z`` (N×D) and the fraction of variance each explains.
+
+    Each axis's sign is fixed so that its largest loading is positive (the result does not depend on
+    the SVD routine). With ``D = 1`` the second coordinate is zero.
+
+    >>> y, explained = pca_2d(torch.tensor([[0.0, 0.0], [2.0, 1.0], [4.0, 0.0]]))
+    >>> y.round(decimals=4).tolist()
+    [[-2.0, -0.3333], [0.0, 0.6667], [2.0, -0.3333]]
+    >>> [round(float(e), 4) for e in explained]
+    [0.9231, 0.0769]
+    """
+    t = _as_matrix(z, "pca_2d")
+    centred = t - t.mean(0)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    axes = vh[:2]  # k x D, k = min(2, D)
+    flip = torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True)))
+    axes = axes * torch.where(flip == 0, torch.ones_like(flip), flip)
+    coords = centred @ axes.T
+    var = s**2
+    explained = var[:2] / var.sum().clamp_min(torch.finfo(var.dtype).tiny)
+    if coords.shape[1] == 1:
+        coords = torch.cat([coords, torch.zeros_like(coords)], 1)
+        explained = torch.cat([explained, torch.zeros_like(explained)])
+    return coords, explained
+
+
+def _colours(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(classes, class index of each point, colormap): tab10 / tab20 for up to 10 / 20 classes."""
+    classes, index = np.unique(labels, return_inverse=True)
+    name = "tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "viridis"
+    return classes, index, colormap(name).resampled(max(len(classes), 1))
+
+
+def plot_latent_space(panels: Sequence[Panel], path: str | Path, title: str | None = None,
+                      dpi: int = 110) -> Path:
+    """Scatter plots of latents projected by `pca_2d`, one panel per ``(latent, labels, title)``.
+
+    Args:
+        panels: ``(latent N×D, labels N, title)`` triples; several panels may share one latent
+            (e.g. coloured by true class and by learned cluster).
+        path: the PNG file to write (its folder is created).
+        title: a title above all panels.
+        dpi: resolution of the file.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImportError: matplotlib is missing (with the command that installs it).
+        ValueError: a panel whose latents are not N×D or whose labels do not have N entries.
+    """
+    if not panels:
+        raise ValueError("plot_latent_space: give at least one (latent, labels, title) panel")
+    checked = []
+    for i, panel in enumerate(panels):
+        if len(panel) != 3:
+            raise ValueError(f"plot_latent_space: panel {i} must be (latent, labels, title), got {len(panel)} items")
+        z, labels, name = panel
+        where = f"plot_latent_space panel {i} ({name!r})"
+        lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        t = _as_matrix(z, where)
+        if lab.ndim != 1 or lab.shape[0] != t.shape[0]:
+            raise ValueError(f"{where}: labels must be 1-D with {t.shape[0]} entries, got shape {lab.shape}")
+        checked.append((t, lab, str(name)))
+    fig = new_figure(figsize=(4.2 * len(checked), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(checked), squeeze=False)[0]
+    for ax, (t, lab, name) in zip(axes, checked):
+        coords, explained = pca_2d(t)
+        classes, index, cmap = _colours(lab)
+        xy = coords.numpy()
+        ax.scatter(xy[:, 0], xy[:, 1], c=index, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, s=6, alpha=0.8,
+                   linewidths=0)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(f"PC1 ({100 * float(explained[0]):.0f}% of variance)", fontsize=8)
+        ax.set_ylabel(f"PC2 ({100 * float(explained[1]):.0f}%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(classes) <= 20:
+            for j, c in enumerate(classes):
+                ax.scatter([], [], color=cmap(j), s=12, label=str(c))
+            ax.legend(fontsize=6, markerscale=1.2, ncol=2, loc="best", frameon=False, handletextpad=0.1)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    return out

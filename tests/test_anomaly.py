@@ -1,0 +1,93 @@
+"""`anomaly_score` on the linear-Gaussian model of test_bounds, where log p(x) is exact (scipy).
+
+With q = p(z|x) every importance weight equals p(x), so both scores are -log p(x) to rounding.
+With a wrong Gaussian q the ELBO score estimates -log p(x) + KL[q || p(z|x)] (closed form
+from torch.distributions) and the IWAE score approaches -log p(x) as k grows.
+"""
+
+import numpy as np
+import pytest
+import torch
+from mc_reference import assert_mc_close, default_dtype
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+from test_bounds import A, ExactPosterior, WrongPosterior, log_px, model, posterior_params
+from torch import distributions as D
+
+from kizuna.distributions import Normal
+from kizuna.inference import anomaly_score
+
+
+@pytest.fixture(autouse=True)
+def _float64_one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with default_dtype(torch.float64):
+        yield
+    torch.set_num_threads(threads)
+
+
+def _data(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, generator=g) * 2
+
+
+@pytest.mark.parametrize("method", ["iwae", "elbo"])
+@pytest.mark.parametrize("k, batch_size, k_chunk", [(1, 100, 100), (9, 7, 4), (50, 16, 50)])
+def test_exact_posterior_scores_are_the_exact_negative_log_likelihood(method, k, batch_size, k_chunk):
+    x = _data()
+    score = anomaly_score(model(), ExactPosterior(), {"x": x}, method=method, k=k, batch_size=batch_size,
+                          k_chunk=k_chunk)
+    assert score.shape == (40,) and not score.requires_grad
+    torch.testing.assert_close(score, -log_px(x), rtol=0, atol=1e-9)
+
+
+def test_elbo_score_is_the_nll_plus_the_posterior_gap():
+    x = _data(8)
+    torch.manual_seed(0)
+    score = anomaly_score(model(), WrongPosterior(), {"x": x}, method="elbo", k=3000, k_chunk=700)
+    # KL[q(z|x) || p(z|x)]: both Gaussian, the gap does not depend on x here
+    q = WrongPosterior().get_dist({"x": x})
+    mean, cov = posterior_params(x)
+    gap = D.kl_divergence(D.MultivariateNormal(q.mean, torch.diag_embed(q.variance)),
+                          D.MultivariateNormal(mean, cov.expand(8, 2, 2)))
+    # the standard error of a mean of 3000 single-draw scores, from 400 single draws per row
+    single = anomaly_score(model(), WrongPosterior(), {"x": x.repeat(400, 1)}, method="elbo", k=1)
+    se = single.reshape(400, 8).std(0) / 3000**0.5
+    assert_mc_close(score, -log_px(x) + gap, se, what="ELBO score")
+
+
+def test_iwae_score_closes_the_gap_and_ranks_like_the_exact_likelihood():
+    torch.manual_seed(3)
+    x = model().sample(batch_n=200)["x"]  # draws of p(x); the last 50 pushed off the model's plane
+    normal = torch.linalg.cross(torch.tensor(A)[:, 0], torch.tensor(A)[:, 1])
+    x[150:] += 2.0 * normal / normal.norm()  # 2.0 / SIGMA = 3.3 noise standard deviations
+    exact = -log_px(x)
+    torch.manual_seed(1)
+    iwae = anomaly_score(model(), WrongPosterior(), {"x": x}, k=1000, k_chunk=250)
+    elbo = anomaly_score(model(), WrongPosterior(), {"x": x}, method="elbo", k=20)
+    # IWAE_k <= log p(x) in expectation, so the score is above -log p(x), and close with k = 1000
+    gap = (iwae - exact).mean().item()
+    assert -0.01 < gap < 0.02
+    assert (elbo - exact).mean().item() > 0.3  # the ELBO score keeps the posterior gap
+    assert stats.spearmanr(iwae.numpy(), exact.numpy()).statistic > 0.999
+    labels = np.r_[np.zeros(150), np.ones(50)]
+    auc, auc_exact = roc_auc_score(labels, iwae.numpy()), roc_auc_score(labels, exact.numpy())
+    assert auc > 0.9 and abs(auc - auc_exact) < 0.005
+
+
+def test_bad_arguments_are_named():
+    x = {"x": _data(4)}
+    with pytest.raises(ValueError, match="method must be one of iwae, elbo"):
+        anomaly_score(model(), ExactPosterior(), x, method="recon")
+    for name in ("k", "batch_size", "k_chunk"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+            anomaly_score(model(), ExactPosterior(), x, **{name: 0})
+    with pytest.raises(ValueError, match="needs x in x_dict, but was given y"):
+        anomaly_score(model(), ExactPosterior(), {"y": _data(4)})
+
+
+def test_modalities_with_different_batch_sizes_are_named():
+    joint = model() * Normal(var=["y"], cond_var=["z"], loc="z", scale=1.0)
+    with pytest.raises(ValueError, match="disagree on the batch size .x has 4, y has 3 rows"):
+        anomaly_score(joint, ExactPosterior(), {"x": _data(4), "y": torch.zeros(3, 2)})

@@ -1,0 +1,323 @@
+"""DDPM (Ho et al. 2020) as kizuna distributions and losses, against independent references.
+
+References: the forward marginal against iterating the single-step kernel; the posterior
+q(x_{t-1}|x_t,x_0) against Bayes' rule for two Gaussians (precisions add); every KL term
+against the closed-form Gaussian KL written out in numpy; the discretised decoder against
+``scipy.stats.norm.cdf`` and summing to one over all levels; the bound and ancestral sampling
+with the exact noise predictor of Gaussian data (the bound's mean must lie above the data's
+entropy and close to it; samples must have the data's variance); a trained model's samples
+on 2-D data by MMD against independent data samples. Monte-Carlo checks at five standard errors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from kizuna.distributions import (
+    DDPM,
+    DiffusionDecoder,
+    DiffusionForward,
+    DiffusionPosterior,
+    DiffusionReverse,
+    DiffusionSchedule,
+)
+from kizuna.distributions.diffusion import DiscreteUniform
+from kizuna.losses import (
+    Expectation,
+    KullbackLeibler,
+    LogProb,
+    NoisePredictionError,
+    diffusion_bound,
+    simple_diffusion_loss,
+)
+from kizuna.models import Model
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_seeded():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+    torch.set_num_threads(threads)
+
+
+def schedule(T: int = 10) -> DiffusionSchedule:
+    return DiffusionSchedule(torch.linspace(0.01, 0.3, T, dtype=F64))
+
+
+class LinearEps(nn.Module):
+    """``eps(x_t, t) = W x_t + c t``: an arbitrary (untrained) noise predictor."""
+
+    def __init__(self, d: int = 3) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d, d, dtype=F64)
+        self.c = nn.Parameter(torch.randn(d, dtype=F64))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) + self.c * t.to(x.dtype)[:, None] / 10
+
+
+def gaussian_kl(m1: np.ndarray, v1: np.ndarray, m2: np.ndarray, v2: np.ndarray) -> np.ndarray:
+    """KL[N(m1, v1) || N(m2, v2)] of diagonal Gaussians, summed over the last axis."""
+    return 0.5 * (np.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1).sum(-1)
+
+
+# ------------------------------------------------------------------ the distributions
+def test_forward_marginal_equals_iterated_single_steps() -> None:
+    s = schedule()
+    beta = s.betas.numpy()
+    x0 = torch.randn(4, 3, dtype=F64)
+    q = DiffusionForward(s)
+    for t in (1, 4, 10):
+        m, v = x0.numpy(), np.zeros(1)
+        for b in beta[:t]:  # x_s = sqrt(1 - b) x_{s-1} + sqrt(b) eps
+            m, v = np.sqrt(1 - b) * m, (1 - b) * v + b
+        params = q.get_params({"x_0": x0, "t": torch.full((4,), t)})
+        np.testing.assert_allclose(params["loc"].numpy(), m, rtol=1e-12)
+        np.testing.assert_allclose(params["scale"].numpy() ** 2, np.broadcast_to(v, m.shape), rtol=1e-12)
+
+
+def test_posterior_is_bayes_rule() -> None:
+    """q(x_{t-1}|x_t,x_0) ∝ q(x_t|x_{t-1}) q(x_{t-1}|x_0): precisions add, means weight by precision."""
+    s = schedule()
+    beta, ab = s.betas.numpy(), s.alpha_bar().numpy()
+    xt, x0 = torch.randn(4, 3, dtype=F64), torch.randn(4, 3, dtype=F64)
+    t = torch.tensor([2, 5, 9, 10])
+    params = DiffusionPosterior(s).get_params({"x_t": xt, "x_0": x0, "t": t})
+    for row, step in enumerate(t.tolist()):
+        b, prior_var = beta[step - 1], 1 - ab[step - 1]
+        precision = 1 / prior_var + (1 - b) / b
+        mean = (np.sqrt(ab[step - 1]) * x0[row].numpy() / prior_var + np.sqrt(1 - b) * xt[row].numpy() / b) / precision
+        np.testing.assert_allclose(params["loc"][row].numpy(), mean, rtol=1e-10)
+        np.testing.assert_allclose(params["scale"][row].numpy() ** 2, 1 / precision, rtol=1e-10)
+
+
+def test_reverse_mean_and_variances() -> None:
+    s, net = schedule(), LinearEps()
+    xt, t = torch.randn(4, 3, dtype=F64), torch.tensor([2, 3, 7, 10])
+    beta, ab = s.betas.numpy()[t - 1][:, None], s.alpha_bar().numpy()[t][:, None]
+    eps = net(xt, t).detach().numpy()
+    mean = (xt.numpy() - beta / np.sqrt(1 - ab) * eps) / np.sqrt(1 - beta)
+    for variance, var in (("beta", beta), ("posterior", (1 - s.alpha_bar().numpy()[t - 1][:, None]) / (1 - ab) * beta)):
+        params = DiffusionReverse(net, s, variance=variance).get_params({"x_t": xt, "t": t})
+        np.testing.assert_allclose(params["loc"].detach().numpy(), mean, rtol=1e-10)
+        np.testing.assert_allclose(params["scale"].detach().numpy() ** 2, np.broadcast_to(var, mean.shape), rtol=1e-10)
+
+
+def test_kl_terms_match_the_closed_form_gaussian_kl() -> None:
+    s, net = schedule(), LinearEps()
+    rev, post = DiffusionReverse(net, s), DiffusionPosterior(s)
+    values = {"x_t": torch.randn(4, 3, dtype=F64), "x_0": torch.randn(4, 3, dtype=F64),
+              "t": torch.tensor([2, 4, 6, 10])}
+    kl = KullbackLeibler(post, rev)
+    assert kl.method == "analytic"
+    a, b = post.get_params(values), rev.get_params(values)
+    expected = gaussian_kl(a["loc"].numpy(), a["scale"].numpy() ** 2, b["loc"].detach().numpy(),
+                           b["scale"].detach().numpy() ** 2)
+    np.testing.assert_allclose(kl.eval(values).detach().numpy(), expected, rtol=1e-10)
+    # L_T: KL[q(x_T|x_0) || N(0, I)]
+    prior = DDPM(rev, [3]).prior
+    x0 = values["x_0"]
+    ab_T = s.alpha_bar()[-1].item()
+    expected_T = gaussian_kl(np.sqrt(ab_T) * x0.numpy(), np.full((4, 3), 1 - ab_T), np.zeros((4, 3)), np.ones((4, 3)))
+    l_T = KullbackLeibler(DiffusionForward(s, step=10, var="x_T"), prior).eval({"x_0": x0})
+    np.testing.assert_allclose(l_T.numpy(), expected_T, rtol=1e-10)
+
+
+def test_kl_with_posterior_variance_is_the_weighted_noise_error() -> None:
+    """Ho et al. eq. (12): with sigma_t^2 = beta~_t,
+    L_{t-1} = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)) ||eps - eps_theta||^2."""
+    s, net = schedule(), LinearEps()
+    rev = DiffusionReverse(net, s, variance="posterior")
+    x0, eps = torch.randn(4, 3, dtype=F64), torch.randn(4, 3, dtype=F64)
+    t = torch.tensor([2, 4, 6, 10])
+    c = s.coefficients(t, x0)
+    xt = c["alpha_bar"].sqrt() * x0 + (1 - c["alpha_bar"]).sqrt() * eps
+    values = {"x_0": x0, "x_t": xt, "t": t}
+    error = NoisePredictionError(rev).eval(values)
+    torch.testing.assert_close(error, (eps - net(xt, t)).pow(2).sum(1))
+    sigma2 = (1 - c["alpha_bar_prev"]) / (1 - c["alpha_bar"]) * c["beta"]
+    weight = (c["beta"] ** 2 / (2 * sigma2 * c["alpha"] * (1 - c["alpha_bar"]))).flatten()
+    torch.testing.assert_close(KullbackLeibler(DiffusionPosterior(s), rev).eval(values), weight * error)
+
+
+def test_discretised_decoder_against_scipy_and_normalised() -> None:
+    s, bins = schedule(), 5
+    rev = DiffusionReverse(LinearEps(1), s)
+    dec = DiffusionDecoder(rev, bins=bins)
+    x1 = torch.full((bins, 1), 0.3, dtype=F64)
+    levels = torch.linspace(-1, 1, bins, dtype=F64)[:, None]
+    logp = dec.get_log_prob({"x_1": x1, "x_0": levels})
+    mean, var = rev.mean_and_variance(x1, torch.ones(bins, dtype=torch.long))
+    m, sd, half = mean[0, 0].item(), math.sqrt(var[0, 0].item()), 1 / (bins - 1)
+    edges = np.concatenate([[-np.inf], levels[:-1, 0].numpy() + half, [np.inf]])
+    expected = np.diff(stats.norm.cdf(edges, m, sd))
+    np.testing.assert_allclose(logp.detach().exp().numpy(), expected, rtol=1e-9)
+    assert abs(logp.exp().sum().item() - 1) < 1e-12
+    # far in a tail the log-probability stays finite and matches scipy's log survival function
+    far = dec.get_log_prob({"x_1": torch.full((1, 1), -50.0, dtype=F64), "x_0": torch.ones(1, 1, dtype=F64)})
+    m_far, v_far = rev.mean_and_variance(torch.full((1, 1), -50.0, dtype=F64), torch.ones(1, dtype=torch.long))
+    ref = stats.norm.logsf(1 - half, m_far.item(), math.sqrt(v_far.item()))
+    assert math.isfinite(far.item()) and abs(far.item() - ref) < 1e-6 * abs(ref)
+    draws = dec.sample({"x_1": torch.zeros(100, 1, dtype=F64)})["x_0"]  # snapped to the levels
+    assert set(np.round(draws.numpy().ravel() * 2, 9)) <= set(np.round(np.linspace(-2, 2, bins), 9))
+
+
+def test_schedules() -> None:
+    lin = DiffusionSchedule.linear(1000)
+    assert lin.T == 1000 and abs(lin.betas[0].item() - 1e-4) < 1e-9 and abs(lin.betas[-1].item() - 0.02) < 1e-9
+    cos = DiffusionSchedule(DiffusionSchedule.cosine(100).betas.double())
+    f = np.cos((np.arange(101) / 100 + 0.008) / 1.008 * np.pi / 2) ** 2
+    np.testing.assert_allclose(cos.alpha_bar().numpy()[:90], (f / f[0])[:90], rtol=1e-6)  # before the 0.999 cap
+
+
+# ------------------------------------------------------------------ the bound and sampling
+VAR0 = 0.25  # the data N(0, VAR0 I) in two dimensions
+
+
+def exact_eps(s: DiffusionSchedule):
+    """E[eps | x_t] for x_0 ~ N(0, VAR0 I): the optimal noise predictor."""
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = s.alpha_bar()[t].to(x.dtype)[:, None]
+        return (1 - ab).sqrt() * x / (ab * VAR0 + 1 - ab)
+    return eps
+
+
+def test_bound_of_the_exact_model_is_just_above_the_entropy() -> None:
+    """Gaussian data, T = 100, exact eps: E[bound] >= H[p_data] (it bounds the cross-entropy) and the
+    gap is under 0.15 nats (measured: 0.04). The one-t-per-row estimator is unbiased for the sum over t."""
+    s = DiffusionSchedule(DiffusionSchedule.linear(100, 1e-3, 0.2).betas.double())
+    rev = DiffusionReverse(exact_eps(s), s)
+    p = DDPM(rev, [2])
+    x0 = math.sqrt(VAR0) * torch.randn(4000, 2, dtype=F64)
+    step = Expectation(DiffusionForward(s), KullbackLeibler(DiffusionPosterior(s), rev))
+    with torch.no_grad():
+        middle = sum(step.eval({"x_0": x0, "t": torch.full((4000,), t)}) for t in range(2, 101))
+        l_T = KullbackLeibler(DiffusionForward(s, step=100, var="x_T"), p.prior).eval({"x_0": x0})
+        l_0 = -Expectation(DiffusionForward(s, step=1), LogProb(p.decoder)).eval({"x_0": x0})
+        exact = middle + l_T + l_0
+        sampled, terms = diffusion_bound(p).eval({"x_0": x0.repeat(5, 1)}, return_terms=True)
+        summed = diffusion_bound(p, exact_steps=True).eval({"x_0": x0})  # SumOverSteps: the same sum, own draws
+    entropy = math.log(2 * math.pi * math.e * VAR0)
+    se = exact.std().item() / math.sqrt(4000)
+    assert exact.mean().item() > entropy - 5 * se
+    assert exact.mean().item() < entropy + 0.15
+    se_both = math.hypot(se, sampled.std().item() / math.sqrt(20000))
+    assert abs(sampled.mean().item() - exact.mean().item()) < 5 * se_both
+    assert abs(summed.mean().item() - exact.mean().item()) < 5 * math.sqrt(2) * se
+    assert set(terms) == {"L_T", "L_{1:T-1}", "-L_0"}
+
+
+def test_ancestral_sampling_of_the_exact_model_has_the_data_variance() -> None:
+    """T = 1000, exact eps: sample variance within 0.01 of 0.25 (5 SE of 20,000 draws is 0.006;
+    the fixed-variance reverse process adds a bias below 0.004 here)."""
+    s = DiffusionSchedule(DiffusionSchedule.linear(1000).betas.double())
+    p = DDPM(DiffusionReverse(exact_eps(s), s), [2], noiseless_last=False)
+    x = p.sample(batch_n=10_000)["x_0"]
+    assert x.dtype == F64 and x.shape == (10_000, 2)
+    assert (x.var(0) - VAR0).abs().max() < 0.01
+    assert x.mean(0).abs().max() < 5 * math.sqrt(VAR0 / 10_000)
+
+
+def test_formulas_and_discrete_uniform() -> None:
+    s = schedule()
+    p = DDPM(DiffusionReverse(LinearEps(), s), [3])
+    assert str(p) == "p(x_0) = ∫ p(x_T)prod_{t} p(x_{t-1}|x_t,t)p(x_0|x_1)dx_{1:T}"
+    assert str(diffusion_bound(p)) == ("KL[q(x_T|x_0)||p(x_T)] + 9 * E_{u(t)}[E_{q(x_t|x_0,t)}[KL[q(x_{t-1}|x_t,x_0,t)"
+                                       "||p(x_{t-1}|x_t,t)]]] - E_{q(x_1|x_0)}[log p(x_0|x_1)]")
+    assert str(simple_diffusion_loss(p.reverse).mean()) == "mean(E_{u(t)}[E_{q(x_t|x_0,t)}[||ε - ε_θ(x_t,t)||^2]])"
+    exact = diffusion_bound(p, exact_steps=True)
+    assert str(exact).startswith("KL[q(x_T|x_0)||p(x_T)] + sum_{t=2}^{10} E_{q(x_t|x_0,t)}")
+    assert r"\sum_{t=2}^{10}" in exact.to_latex()
+    u = DiscreteUniform(2, 10)
+    t = u.sample(batch_n=50_000)["t"]
+    counts = torch.bincount(t, minlength=11)[2:].numpy()
+    assert t.min() >= 2 and t.max() <= 10
+    assert stats.chisquare(counts).pvalue > 1e-4  # uniform on 2..10 (false alarms 1e-4)
+    torch.testing.assert_close(u.get_log_prob({"t": torch.tensor([2, 11])}), torch.tensor([-math.log(9), -math.inf]))
+
+
+def test_errors_name_the_problem() -> None:
+    s = schedule()
+    with pytest.raises(ValueError, match=r"must lie in \[1, 10\]"):
+        DiffusionForward(s).sample({"x_0": torch.zeros(2, 3, dtype=F64), "t": torch.tensor([0, 3])})
+    with pytest.raises(ValueError, match=r"must lie in \[2, 10\]"):
+        DiffusionPosterior(s).sample({"x_0": torch.zeros(1, 3), "x_t": torch.zeros(1, 3), "t": torch.tensor([1])})
+    with pytest.raises(ValueError, match="whole numbers"):
+        DiffusionForward(s).sample({"x_0": torch.zeros(1, 3, dtype=F64), "t": torch.tensor([1.5])})
+    with pytest.raises(ValueError, match=r"betas? .*\(0, 1\)"):
+        DiffusionSchedule([0.1, 1.0])
+    with pytest.raises(ValueError, match=r"eps_net returned shape \(2, 2\)"):
+        DiffusionReverse(lambda x, t: x[:, :2], s).sample({"x_t": torch.zeros(2, 3, dtype=F64),
+                                                            "t": torch.tensor([2, 3])})
+    dec = DiffusionDecoder(DiffusionReverse(LinearEps(), s), bins=256)
+    with pytest.raises(ValueError, match=r"x_0 must lie in \[-1, 1\]"):
+        dec.get_log_prob({"x_1": torch.zeros(1, 3, dtype=F64), "x_0": torch.full((1, 3), 2.0, dtype=F64)})
+    with pytest.raises(NotImplementedError, match="diffusion_bound"):
+        DDPM(DiffusionReverse(LinearEps(), s), [3]).get_log_prob({"x_0": torch.zeros(1, 3, dtype=F64)})
+
+
+# ------------------------------------------------------------------ training on 2-D data
+MODES, RADIUS, SD = 4, 2.0, 0.3
+
+
+def ring(n: int, g: torch.Generator) -> torch.Tensor:
+    k = torch.randint(0, MODES, (n,), generator=g)
+    angle = 2 * math.pi * k / MODES
+    return torch.stack([RADIUS * angle.cos(), RADIUS * angle.sin()], 1) + SD * torch.randn(n, 2, generator=g)
+
+
+class TimeMLP(nn.Module):
+    """eps(x, t): an MLP of x and Fourier features of t / T."""
+
+    def __init__(self, T: int, hidden: int = 128, n_freq: int = 6) -> None:
+        super().__init__()
+        self.T = T
+        self.register_buffer("freq", math.pi * 2.0 ** torch.arange(n_freq))
+        self.net = nn.Sequential(nn.Linear(2 + 2 * n_freq, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 2))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        angle = (t.to(x.dtype)[:, None] / self.T) * self.freq
+        return self.net(torch.cat([x, angle.sin(), angle.cos()], 1))
+
+
+def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float = 0.5) -> float:
+    """Biased MMD^2 with a Gaussian kernel exp(-|a-b|^2 / bandwidth)."""
+    k = lambda a, b: torch.exp(-torch.cdist(a, b).pow(2) / bandwidth)  # noqa: E731
+    return (k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()).item()
+
+
+def test_trained_ddpm_samples_match_2d_data() -> None:
+    """Four Gaussians (sd 0.3) on a circle: after training on the simplified loss, the MMD^2 between
+    1000 samples and 1000 data points is below 3x the mean MMD^2 between two independent data
+    samples of that size, and below a tenth of the untrained model's (seeds 0-2: ratios 1.2-1.9)."""
+    T, steps = 100, 1200
+    s = DiffusionSchedule.linear(T, 1e-3, 0.2)
+    rev = DiffusionReverse(TimeMLP(T), s, variance="posterior")
+    p = DDPM(rev, [2])
+    model = Model(simple_diffusion_loss(rev).mean(), distributions=[rev], optimizer_params={"lr": 3e-3})
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(model.optimizer, steps)
+    g = torch.Generator().manual_seed(1)
+    data = ring(1000, g)
+    with torch.no_grad():
+        untrained = mmd2(p.sample(batch_n=1000)["x_0"], data)
+    for _ in range(steps):
+        model.train({"x_0": ring(256, g)})
+        decay.step()
+    with torch.no_grad():
+        trained = mmd2(p.sample(batch_n=1000)["x_0"], data)
+        bound = diffusion_bound(p).eval({"x_0": data}).mean().item()
+    reference = np.mean([mmd2(ring(1000, g), ring(1000, g)) for _ in range(5)])
+    assert trained < 3 * reference and trained < 0.1 * untrained, (trained, reference, untrained)
+    assert math.isfinite(bound)

@@ -1,0 +1,459 @@
+"""One `FLOWS` table of every flow layer, swept by generic tests against autograd (STYLE.md habits 5, 9).
+
+Every class exported by `kizuna.flows` has at least one entry (a meta-test fails otherwise). An
+entry builds ``(flow, x, y)`` in float64 from a seed: parameters are redrawn at random (new coupling
+and autoregressive layers start as the identity, which would make the checks trivial), ``x`` is a
+batch of valid inputs and ``y`` the context of a conditional layer (or ``None``).
+
+The sweeps, each over the whole table:
+
+* **log-determinant** - ``forward_and_logdet``'s value per row equals ``log|det|`` of the Jacobian
+  of that row's map computed by ``torch.autograd.functional.jacobian`` (float64, 1e-8);
+* **inverse** - ``inverse_and_logdet(forward(x))`` gives back ``x`` and minus the log-determinant;
+  for bijections also ``forward(inverse(z)) = z`` at fresh points and the inverse's log-determinant
+  against its own autograd Jacobian;
+* **Pixyz surface** - ``flow(x)`` stores ``logdet_jacobian``, ``compute_jacobian=False`` clears it,
+  ``flow.inverse`` is the inverse;
+* **gradients** - every parameter gets a finite gradient from ``z`` and the log-determinant;
+* **save/load** - a ``state_dict`` through ``torch.save`` into an instance built from another seed
+  reproduces ``z`` and the log-determinant;
+* **float32** - the layer runs in single precision and stays invertible.
+
+`BatchNorm1d`/`BatchNorm2d` are swept in evaluation mode (running statistics; in training mode the
+map of one row depends on the batch) and `ActNorm` after its data-dependent initialisation.
+`Preprocess` draws dequantisation noise: the sweeps seed torch's generator before each call, so the
+Jacobian is that of the map with the noise held fixed (its module docstring).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+import kizuna.flows as kf
+from kizuna.flows import (
+    IAF,
+    MAF,
+    ActNorm,
+    AffineCoupling,
+    BatchNorm1d,
+    BatchNorm2d,
+    ChannelConv,
+    Flow,
+    FlowList,
+    Permutation,
+    PlanarFlow,
+    Preprocess,
+    RationalQuadraticCoupling,
+    Reverse,
+    Shuffle,
+    Squeeze,
+    Unsqueeze,
+)
+
+F64 = torch.float64
+B = 3
+Tensor = torch.Tensor
+Built = tuple[Flow, Tensor, "Tensor | None"]
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _randomize(flow: nn.Module, g: torch.Generator, sd: float = 0.3) -> None:
+    """Redraw every parameter N(0, sd^2) (masks and permutations are buffers and stay)."""
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.copy_(sd * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def _x(g: torch.Generator, *shape: int, sd: float = 1.0) -> Tensor:
+    return sd * torch.randn(B, *shape, generator=g, dtype=F64)
+
+
+class _ConvScaleShift(nn.Module):
+    """A 3x3 convolution returning ``(tanh(s), t)`` for image coupling layers."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = self.conv(x).chunk(2, 1)
+        return torch.tanh(s), t
+
+
+class _ContextLinear(nn.Module):
+    """``Linear(cat(x, y))``: a Pixyz-style network taking the context as a second argument."""
+
+    def __init__(self, n: int, n_ctx: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(n + n_ctx, n)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.lin(torch.cat([x, y], -1))
+
+
+@dataclass(frozen=True)
+class Example:
+    """A flow layer and what it is expected to do.
+
+    Attributes:
+        cls: the exported class this entry covers.
+        build: ``seed -> (flow, x, y)`` in float64.
+        label: the test id.
+        bijective: ``forward(inverse(z)) = z`` for any ``z`` (not `Preprocess`, which rounds).
+        noisy: the forward map draws noise: seed before every call.
+    """
+
+    cls: type[Flow]
+    build: Callable[[int], Built]
+    label: str = ""
+    bijective: bool = True
+    noisy: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.label or self.cls.__name__
+
+
+def _entry(cls: type[Flow], make: Callable[[torch.Generator], Built], label: str = "", **kw) -> Example:
+    def build(seed: int) -> Built:
+        g = _gen(seed)
+        flow, x, y = make(g)
+        return flow.double(), x, y
+    return Example(cls, build, label=label, **kw)
+
+
+def _random(flow: Flow, g: torch.Generator, sd: float = 0.3) -> Flow:
+    _randomize(flow, g, sd)
+    return flow
+
+
+def _normed(flow: Flow, x: Tensor, g: torch.Generator) -> Flow:
+    """A normalisation layer after a training pass on ``4 x`` (moves its statistics), then eval."""
+    flow = flow.double()
+    flow(4.0 * x + 1.0)
+    if not isinstance(flow, ActNorm):
+        _randomize(flow, g)
+    return flow.eval()
+
+
+def _batchnorm(cls: type[Flow], *shape: int) -> Callable[[torch.Generator], Built]:
+    def make(g: torch.Generator) -> Built:
+        x = _x(g, *shape)
+        flow = cls(shape[0], momentum=0.5)
+        return _normed(flow, x, g), x, None
+    return make
+
+
+def _actnorm(*shape: int) -> Callable[[torch.Generator], Built]:
+    def make(g: torch.Generator) -> Built:
+        x = _x(g, *shape)
+        return _normed(ActNorm(shape[0]), x, g), x, None
+    return make
+
+
+def _composite(g: torch.Generator) -> Built:
+    x = _x(g, 4)
+    act = ActNorm(4).double()
+    act(x)
+    flow = FlowList([AffineCoupling(4, hidden_features=8), Reverse(4), MAF(4, [8]), act, PlanarFlow(4)])
+    return _random(flow, g), x, None
+
+
+def _grid(g: torch.Generator, levels: int, n: int) -> Tensor:
+    return torch.randint(0, levels, (B, n), generator=g).to(F64) / (levels - 1)
+
+
+FLOWS: list[Example] = [
+    _entry(PlanarFlow, lambda g: (_random(PlanarFlow(3), g, 0.8), _x(g, 3), None)),
+    _entry(PlanarFlow, lambda g: (_random(PlanarFlow(3, constraint_u=False), g, 0.3), _x(g, 3), None),
+           label="PlanarFlow-unconstrained"),
+    _entry(AffineCoupling, lambda g: (_random(AffineCoupling(4, hidden_features=8), g), _x(g, 4), None)),
+    _entry(AffineCoupling, lambda g: (_random(AffineCoupling(5, "checkerboard", inverse_mask=True, hidden_features=8,
+                                                             context_features=2), g), _x(g, 5), _x(g, 2)),
+           label="AffineCoupling-checkerboard-context"),
+    _entry(AffineCoupling, lambda g: (_random(AffineCoupling(2, "checkerboard", scale_translate_net=_ConvScaleShift(2)),
+                                              g), _x(g, 2, 2, 4), None), label="AffineCoupling-image"),
+    _entry(AffineCoupling, lambda g: (_random(AffineCoupling(3, scale_net=_ContextLinear(3, 2),
+                                                             translate_net=_ContextLinear(3, 2)), g),
+                                      _x(g, 3), _x(g, 2)), label="AffineCoupling-pixyz-nets"),
+    _entry(RationalQuadraticCoupling, lambda g: (_random(RationalQuadraticCoupling(4, num_bins=5, tail_bound=2.0,
+                                                                                   hidden_features=8), g, 0.5),
+                                                 _x(g, 4, sd=1.5), None)),
+    _entry(RationalQuadraticCoupling, lambda g: (_random(RationalQuadraticCoupling(
+        5, num_bins=4, mask_type="checkerboard", inverse_mask=True, hidden_features=8, context_features=2), g, 0.5),
+        _x(g, 5), _x(g, 2)), label="RationalQuadraticCoupling-context"),
+    _entry(ActNorm, _actnorm(3)),
+    _entry(ActNorm, _actnorm(2, 3, 3), label="ActNorm-image"),
+    _entry(BatchNorm1d, _batchnorm(BatchNorm1d, 3)),
+    _entry(BatchNorm2d, _batchnorm(BatchNorm2d, 2, 3, 3)),
+    _entry(ChannelConv, lambda g: (_random(ChannelConv(3), g, 0.5), _x(g, 3, 2, 2), None)),
+    _entry(ChannelConv, lambda g: (_random(ChannelConv(3, decomposed=True), g, 0.5), _x(g, 3, 2, 2), None),
+           label="ChannelConv-LU"),
+    _entry(ChannelConv, lambda g: (_random(ChannelConv(4), g, 0.5), _x(g, 4), None), label="ChannelConv-vector"),
+    _entry(Squeeze, lambda g: (Squeeze(), _x(g, 2, 4, 2), None)),
+    _entry(Unsqueeze, lambda g: (Unsqueeze(), _x(g, 8, 2, 1), None)),
+    _entry(Permutation, lambda g: (Permutation([2, 0, 3, 1]), _x(g, 4), None)),
+    _entry(Permutation, lambda g: (Permutation([1, 2, 0]), _x(g, 3, 2, 2), None), label="Permutation-image"),
+    _entry(Shuffle, lambda g: (Shuffle(5, seed=int(torch.randint(0, 1000, (), generator=g))), _x(g, 5), None)),
+    _entry(Reverse, lambda g: (Reverse(4), _x(g, 4), None)),
+    _entry(Preprocess, lambda g: (Preprocess(levels=17), _grid(g, 17, 4), None), bijective=False, noisy=True),
+    _entry(Preprocess, lambda g: (Preprocess(levels=256, alpha=0.1, dequantize=False), _grid(g, 256, 4), None),
+           label="Preprocess-centre", bijective=False),
+    _entry(MAF, lambda g: (_random(MAF(4, [16]), g), _x(g, 4), None)),
+    _entry(MAF, lambda g: (_random(MAF(4, [16, 16], context_features=2, order=[3, 1, 0, 2]), g), _x(g, 4), _x(g, 2)),
+           label="MAF-context-order"),
+    _entry(IAF, lambda g: (_random(IAF(4, [16]), g), _x(g, 4), None)),
+    _entry(IAF, lambda g: (_random(IAF(3, [8], context_features=2), g), _x(g, 3), _x(g, 2)), label="IAF-context"),
+    _entry(FlowList, _composite),
+]
+
+IDS = [ex.id for ex in FLOWS]
+
+
+def sweep(test: Callable[..., None]) -> Callable[..., None]:
+    return pytest.mark.parametrize("ex", FLOWS, ids=IDS)(test)
+
+
+def sweep_bijective(test: Callable[..., None]) -> Callable[..., None]:
+    """Over the entries that are bijections (all but `Preprocess`, which rounds back to grey levels)."""
+    chosen = [ex for ex in FLOWS if ex.bijective]
+    return pytest.mark.parametrize("ex", chosen, ids=[ex.id for ex in chosen])(test)
+
+
+def _call(ex: Example, fn: Callable[[], object]) -> object:
+    """``fn()``, with torch's generator reseeded first when the layer draws noise."""
+    if ex.noisy:
+        torch.manual_seed(123)
+    return fn()
+
+
+def _row_logdets(ex: Example, fn: Callable[[Tensor, Tensor | None], Tensor], v: Tensor, y: Tensor | None) -> Tensor:
+    """``log|det|`` of each row's block of the autograd Jacobian of ``fn`` over the whole batch.
+
+    The batch is differentiated at once (rows must not interact: the off-diagonal blocks are
+    checked to be zero), so a noisy layer sees the same noise as in the call being checked.
+    """
+    n = v[0].numel()
+    jac = torch.autograd.functional.jacobian(lambda flat: _call(ex, lambda: fn(flat.reshape(v.shape), y)).flatten(),
+                                             v.flatten(), vectorize=True)
+    blocks = jac.reshape(v.shape[0], n, v.shape[0], n)
+    eye = torch.eye(v.shape[0], dtype=torch.bool)
+    assert not blocks.permute(0, 2, 1, 3)[~eye].any(), "rows of the batch influence each other"
+    return torch.stack([torch.linalg.slogdet(blocks[b, :, b])[1] for b in range(v.shape[0])])
+
+
+# ------------------------------------------------------------------ meta-tests
+def test_every_exported_flow_has_an_example() -> None:
+    exported = {getattr(kf, n) for n in kf.__all__}
+    classes = {c for c in exported if isinstance(c, type) and issubclass(c, Flow) and c is not Flow}
+    missing = classes - {ex.cls for ex in FLOWS}
+    assert not missing, f"no FLOWS entry for {sorted(c.__name__ for c in missing)}"
+
+
+def test_ids_are_unique() -> None:
+    assert len(set(IDS)) == len(IDS)
+
+
+@sweep
+def test_builds_its_class(ex: Example) -> None:
+    flow, x, y = ex.build(0)
+    assert type(flow) is ex.cls and x.dtype == F64
+
+
+# ------------------------------------------------------------------ log-determinants
+@sweep
+def test_logdet_matches_autograd_jacobian(ex: Example) -> None:
+    flow, x, y = ex.build(0)
+    z, logdet = _call(ex, lambda: flow.forward_and_logdet(x, y))
+    assert logdet.shape == (B,) and z.shape[0] == B
+    expected = _row_logdets(ex, lambda v, c: flow.forward_and_logdet(v, c)[0], x, y)
+    torch.testing.assert_close(logdet, expected, rtol=1e-8, atol=1e-8)
+
+
+@sweep
+def test_inverse_inverts_forward(ex: Example) -> None:
+    flow, x, y = ex.build(0)
+    z, logdet = _call(ex, lambda: flow.forward_and_logdet(x, y))
+    back, inv_logdet = flow.inverse_and_logdet(z, y)
+    torch.testing.assert_close(back, x, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(inv_logdet, -logdet, rtol=1e-8, atol=1e-8)
+
+
+@sweep_bijective
+def test_forward_inverts_inverse_and_its_logdet(ex: Example) -> None:
+    flow, x, y = ex.build(0)
+    z = flow(x, y)
+    z = z + 0.1 * torch.randn(z.shape, generator=_gen(5), dtype=F64)
+    x2, inv_logdet = flow.inverse_and_logdet(z, y)
+    torch.testing.assert_close(flow(x2, y), z, rtol=1e-8, atol=1e-8)
+    expected = _row_logdets(ex, lambda v, c: flow.inverse_and_logdet(v, c)[0], z, y)
+    torch.testing.assert_close(inv_logdet, expected, rtol=1e-7, atol=1e-7)
+
+
+# ------------------------------------------------------------------ Pixyz surface
+@sweep
+def test_pixyz_forward_stores_logdet(ex: Example) -> None:
+    flow, x, y = ex.build(0)
+    z, logdet = _call(ex, lambda: flow.forward_and_logdet(x, y))
+    assert torch.equal(_call(ex, lambda: flow(x, y)), z)
+    assert torch.equal(flow.logdet_jacobian, logdet)
+    _call(ex, lambda: flow(x, y, compute_jacobian=False))
+    assert flow.logdet_jacobian is None
+    assert torch.equal(flow.inverse(z, y), flow.inverse_and_logdet(z, y)[0])
+
+
+# ------------------------------------------------------------------ gradients
+@sweep
+def test_gradient_reaches_every_parameter(ex: Example) -> None:
+    flow, x, y = ex.build(0)
+    params = dict(flow.named_parameters())
+    if not params:
+        assert ex.cls in (Squeeze, Unsqueeze, Permutation, Shuffle, Reverse, Preprocess)
+        return
+    z, logdet = _call(ex, lambda: flow.forward_and_logdet(x, y))
+    weights = torch.randn(z.shape, generator=_gen(3), dtype=F64)
+    grads = torch.autograd.grad((z * weights).sum() + logdet.sum(), list(params.values()), allow_unused=True)
+    for name, grad in zip(params, grads):
+        assert grad is not None, f"no gradient reaches {name}"
+        assert torch.isfinite(grad).all(), name
+
+
+# ------------------------------------------------------------------ save / load, precision
+@sweep
+def test_state_dict_round_trip(ex: Example) -> None:
+    flow, x, y = ex.build(0)
+    fresh, _, _ = ex.build(1)
+    fresh.train(flow.training)
+    expected = _call(ex, lambda: flow.forward_and_logdet(x, y))
+    if any(True for _ in flow.parameters()):  # the other seed really builds another layer
+        assert not torch.equal(_call(ex, lambda: fresh.forward_and_logdet(x, y))[0], expected[0])
+    buffer = io.BytesIO()
+    torch.save(flow.state_dict(), buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    got = _call(ex, lambda: fresh.forward_and_logdet(x, y))
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+@sweep
+def test_float32(ex: Example) -> None:
+    flow, x, y = ex.build(0)
+    flow = flow.float()
+    x32, y32 = x.float(), None if y is None else y.float()
+    z, logdet = _call(ex, lambda: flow.forward_and_logdet(x32, y32))
+    assert z.dtype == torch.float32 and logdet.dtype == torch.float32
+    # 1e-3: the random splines are steep in places (slopes near 1e-3 amplify float32 rounding)
+    torch.testing.assert_close(flow.inverse(z, y32), x32, rtol=1e-3, atol=1e-3)
+
+
+# ------------------------------------------------------------------ layer-specific checks
+class _Inverse(nn.Module):
+    """``flow.inverse`` as a module's forward, for ``torch.func.functional_call``."""
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.flow.inverse(z)
+
+
+def test_planar_inverse_has_the_implicit_gradient() -> None:
+    """The root found by bisection gets its gradient from one Newton step: gradcheck in float64."""
+    inv = _Inverse(_random(PlanarFlow(3), _gen(2), 0.8).double())
+    names = ["flow.w", "flow.u", "flow.b"]
+
+    def inverse(w: Tensor, u: Tensor, b: Tensor, z: Tensor) -> Tensor:
+        return torch.func.functional_call(inv, dict(zip(names, (w, u, b))), (z,))
+
+    params = dict(inv.named_parameters())
+    args = [params[n].detach().clone().requires_grad_() for n in names] + [_x(_gen(3), 3).requires_grad_()]
+    assert torch.autograd.gradcheck(inverse, args)
+
+
+def test_squeeze_layout_matches_pixyz() -> None:
+    """Pixyz's documented example: a 4x4 image 1..16 squeezes to these four 2x2 channels."""
+    a = torch.arange(1.0, 17.0).reshape(1, 1, 4, 4)
+    expected = torch.tensor([[[1, 3], [9, 11]], [[2, 4], [10, 12]], [[5, 7], [13, 15]], [[6, 8], [14, 16]]])
+    assert torch.equal(Squeeze()(a)[0], expected.float())
+    assert torch.equal(Unsqueeze()(Squeeze()(a)), a)
+
+
+def test_actnorm_initialises_from_the_first_training_batch() -> None:
+    x = 3.0 + 2.0 * torch.randn(400, 2, 3, 3, generator=_gen(0))
+    f = ActNorm(2)
+    z = f(x)
+    dims = [0, 2, 3]
+    torch.testing.assert_close(z.mean(dims), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.var(dims, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
+    before = f.bias.detach().clone()
+    f(x + 5.0)  # later batches do not re-initialise
+    assert torch.equal(f.bias.detach(), before) and bool(f.initialized)
+
+
+def test_batchnorm_training_uses_batch_statistics() -> None:
+    x = 2.0 + 3.0 * torch.randn(256, 3, generator=_gen(1), dtype=F64)
+    f = BatchNorm1d(3, momentum=1.0).double()
+    z, logdet = f.forward_and_logdet(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(3, dtype=F64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(z.var(0, unbiased=False), torch.ones(3, dtype=F64), atol=1e-4, rtol=0)
+    # with momentum 1 the running statistics are this batch's: evaluation mode gives the same map
+    torch.testing.assert_close(f.eval().forward_and_logdet(x)[1], logdet)
+    torch.testing.assert_close(logdet[0], -0.5 * torch.log(x.var(0, unbiased=False) + f.eps).sum())
+
+
+def test_spline_is_identity_at_zero_parameters_and_outside_its_interval() -> None:
+    from kizuna.flows.spline import rational_quadratic_spline
+
+    x = torch.linspace(-5, 5, 101, dtype=F64)
+    zeros = torch.zeros(101, 6, dtype=F64)
+    out, log_grad = rational_quadratic_spline(x, zeros, zeros, zeros[:, :5], bound=3.0)
+    torch.testing.assert_close(out, x)
+    torch.testing.assert_close(log_grad, torch.zeros_like(x))
+    g = _gen(4)  # one random spline, applied to every x
+    w, h, d = (torch.randn(k, generator=g, dtype=F64).expand(101, k) for k in (6, 6, 5))
+    out, _ = rational_quadratic_spline(x, w, h, d, bound=3.0)
+    outside = x.abs() > 3.0
+    assert torch.equal(out[outside], x[outside])
+    assert (out.diff() > 0).all(), "the spline must be increasing"
+
+
+BAD = [
+    (lambda: AffineCoupling(4)(torch.zeros(2, 3)), "AffineCoupling: x has 3 features"),
+    (lambda: AffineCoupling(4, mask_type="stripes"), "mask_type must be one of"),
+    (lambda: AffineCoupling(4, scale_net=nn.Identity()), "give both scale_net and translate_net"),
+    (lambda: Squeeze()(torch.zeros(1, 1, 3, 4)), "even height and width"),
+    (lambda: Squeeze()(torch.zeros(2, 4)), r"Squeeze: x must be \(B, C, H, W\)"),
+    (lambda: Unsqueeze()(torch.zeros(1, 3, 2, 2)), "multiple of 4 channels"),
+    (lambda: Permutation([0, 0, 1]), "permutation of 0..n-1"),
+    (lambda: Preprocess(17)(torch.full((1, 3), 1.5)), "must lie in \\[0, 1\\]"),
+    (lambda: FlowList([]), "at least one flow"),
+    (lambda: FlowList([nn.Linear(2, 2)]), "FlowList takes Flow layers"),
+    (lambda: MAF(3)(torch.zeros(2, 3, 1)), "MAF: x must be \\(batch, 3\\)"),
+    (lambda: MAF(3, context_features=2)(torch.zeros(2, 3)), "context_features=2 but no context"),
+    (lambda: PlanarFlow(2)(torch.zeros(2)), "needs a batch dimension"),
+    (lambda: BatchNorm2d(2)(torch.zeros(2, 2)), r"BatchNorm2d: x must be \(B, C, H, W\)"),
+    (lambda: RationalQuadraticCoupling(3, num_bins=1), "num_bins must be at least 2"),
+]
+
+
+@pytest.mark.parametrize("make, match", BAD, ids=[m.split(":")[0][:30] for _, m in BAD])
+def test_bad_inputs_name_the_problem(make: Callable[[], object], match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()

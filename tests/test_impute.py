@@ -1,0 +1,222 @@
+"""Imputation on a factor-analysis model, where p(x_mis | x_obs) is Gaussian in closed form.
+
+p(z) = N(0, I_2), p(x|z) = N(Az + b, diag(psi^2)) over 5 entries, so x ~ N(b, S) with
+S = A A^T + diag(psi^2) and, for observed entries O and missing M,
+E[x_M | x_O] = b_M + S_MO S_OO^-1 (x_O - b_O), Cov = S_MM - S_MO S_OO^-1 S_OM (numpy below).
+Monte-Carlo checks allow 5 standard errors measured from the draws (mc_reference.py).
+"""
+
+import numpy as np
+import pytest
+import torch
+from mc_reference import assert_mc_close, default_dtype
+from scipy import stats
+
+from kizuna.distributions import Bernoulli, MultivariateNormal, Normal
+from kizuna.inference import impute_gibbs, impute_importance
+from kizuna.inference.masked import masked_log_joint
+
+G = np.random.default_rng(3)
+A = G.normal(size=(5, 2))
+B = G.normal(size=5)
+PSI = np.array([0.3, 0.5, 0.4, 0.8, 0.6])
+COV = A @ A.T + np.diag(PSI**2)
+POST_COV = np.linalg.inv(np.eye(2) + A.T @ np.diag(PSI**-2) @ A)
+
+
+@pytest.fixture(autouse=True)
+def _float64_one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only contend
+    with default_dtype(torch.float64):
+        yield
+    torch.set_num_threads(threads)
+
+
+class Likelihood(Normal):
+    def __init__(self):
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+
+    def forward(self, z):
+        loc = z @ torch.as_tensor(A).T + torch.as_tensor(B)
+        return {"loc": loc, "scale": torch.as_tensor(PSI).expand_as(loc)}
+
+
+def posterior_mean(x):
+    """E[z|x] for a complete row: POST_COV A^T diag(psi^-2) (x - b)."""
+    return (x - torch.as_tensor(B)) @ torch.as_tensor(np.diag(PSI**-2) @ A @ POST_COV)
+
+
+class Exact(MultivariateNormal):
+    """q(z|x) = p(z|x) for complete rows: pseudo-Gibbs is then an exact Gibbs sampler."""
+
+    def __init__(self):
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+
+    def forward(self, x):
+        tril = torch.linalg.cholesky(torch.as_tensor(POST_COV))
+        return {"loc": posterior_mean(x), "scale_tril": tril.expand(x.shape[0], 2, 2)}
+
+
+class Proposal(Normal):
+    """A factorised, inflated q(z|x): what an encoder gives, good enough as a proposal."""
+
+    def __init__(self):
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+
+    def forward(self, x):
+        loc = posterior_mean(x)
+        return {"loc": loc, "scale": (1.5 * torch.as_tensor(POST_COV).diagonal().sqrt()).expand_as(loc)}
+
+
+def model():
+    return Likelihood() * Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), name="p_prior")
+
+
+def conditional(x, observed):
+    """The exact mean (all entries) and variance (0 on observed entries) of x_M given x_O."""
+    o, m = np.flatnonzero(observed), np.flatnonzero(~observed)
+    mean, var = x.copy(), np.zeros_like(x)
+    gain = COV[np.ix_(m, o)] @ np.linalg.inv(COV[np.ix_(o, o)]) if len(o) else np.zeros((len(m), 0))
+    mean[m] = B[m] + gain @ (x[o] - B[o])
+    var[m] = np.diag(COV[np.ix_(m, m)] - gain @ COV[np.ix_(o, m)])
+    return mean, var
+
+
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.multivariate_normal(B, COV, size=6)
+    mask = rng.random((6, 5)) < 0.5
+    mask[0], mask[1] = False, True  # an all-missing row (prior predictive) and a complete row
+    mask[2] = [True, True, True, True, False]
+    return x, mask
+
+
+@pytest.mark.parametrize("defensive, rows", [
+    (0.2, slice(None)),  # the default mixture
+    (1.0, slice(None)),  # the prior alone as the proposal
+    (0.0, [1, 2, 5]),  # the encoder alone: fine where most entries are observed (ESS ~10 elsewhere)
+])
+def test_importance_posterior_mean_converges_to_the_gaussian_conditional(defensive, rows):
+    x, mask = (a[rows] for a in data())
+    exact = np.stack([conditional(x[i], mask[i])[0] for i in range(len(x))])
+    xt, mt = torch.as_tensor(x), torch.as_tensor(mask)
+    xt[~mt] = float("nan")  # missing entries may hold anything
+    torch.manual_seed(0)
+    runs = torch.stack([impute_importance(model(), Proposal(), {"x": xt}, mt, k=2000, k_chunk=700,
+                                          defensive=defensive).mean for _ in range(30)])
+    assert torch.equal(runs[:, mt], torch.as_tensor(x)[mt].expand(30, -1))  # observed entries kept
+    # 30 independent replicates: their mean within 5 standard errors (includes the O(1/k) self-normalisation bias)
+    missing = ~mt
+    assert_mc_close(runs.mean(0)[missing], exact[~mask], runs.std(0)[missing] / 30**0.5, what="E[x_mis|x_obs]")
+
+
+def test_importance_samples_follow_the_conditional_and_all_missing_rows_the_prior():
+    x, mask = data()
+    torch.manual_seed(1)
+    out = impute_importance(model(), Proposal(), {"x": torch.as_tensor(x[:3])}, torch.as_tensor(mask[:3]),
+                            k=20000, n_samples=20000, k_chunk=5000)
+    assert out.samples.shape == (20000, 3, 5) and out.ess.shape == (3,)
+    for i in (0, 2):  # 0: nothing observed -> N(b, S); 2: the last entry missing
+        mean, var = conditional(x[i], mask[i])
+        m = ~mask[i]
+        draws = out.samples[:, i][:, m]
+        n = min(out.ess[i].item(), 20000)  # resampled draws repeat particles: count the effective ones
+        assert_mc_close(draws.mean(0), mean[m], (torch.as_tensor(var[m]) / n).sqrt(), what=f"row {i} mean")
+        assert_mc_close(draws.var(0), var[m], torch.as_tensor(var[m]) * (2 / n) ** 0.5, what=f"row {i} variance")
+    assert torch.equal(out.samples[:, 1], torch.as_tensor(x[1]).expand(20000, 5))  # a complete row stays
+
+
+def test_gibbs_with_the_exact_posterior_samples_the_conditional():
+    x, mask = data()
+    # rows with most entries observed: with nothing observed the z-chain is AR(1) with coefficient
+    # I - POST_COV (eigenvalues up to 0.993 here) and would need thousands of sweeps
+    rows = [2, 4, 5]
+    torch.manual_seed(2)
+    n = 4000
+    out = impute_gibbs(model(), Exact(), {"x": torch.as_tensor(x[rows])}, torch.as_tensor(mask[rows]),
+                       n_iter=25, n_samples=n)
+    for j, i in enumerate(rows):
+        mean, var = conditional(x[i], mask[i])
+        m = ~mask[i]
+        draws = out.samples[:, j][:, m]  # independent chains: n independent draws
+        assert_mc_close(draws.mean(0), mean[m], draws.std(0) / n**0.5, what=f"row {i} Gibbs mean")
+        assert_mc_close(draws.var(0), var[m], torch.as_tensor(var[m]) * (2 / n) ** 0.5, what=f"row {i} Gibbs var")
+        # the Rao-Blackwellised mean has the smaller error: E[x|z] varies less than x
+        assert_mc_close(out.mean[j][m], mean[m], draws.std(0) / n**0.5, what=f"row {i} Gibbs RB mean")
+
+
+def test_gibbs_deterministic_variant_keeps_observed_entries():
+    x, mask = data()
+    xt, mt = torch.as_tensor(x), torch.as_tensor(mask)
+    out = impute_gibbs(model(), Proposal(), {"x": xt}, mt, n_iter=3, n_samples=2, draw=False)
+    assert out.samples.shape == (2, 6, 5) and out.ess is None
+    assert torch.equal(out.samples[:, mt], xt[mt].expand(2, -1))
+    assert torch.isfinite(out.samples).all()
+
+
+def test_masked_log_joint_against_scipy():
+    probs = torch.tensor([[0.2, 0.7, 0.9], [0.5, 0.1, 0.4]])
+    dec = Bernoulli(var=["x"], cond_var=["z"], probs="z")
+    prior = Bernoulli(var=["z"], probs=torch.full((3,), 0.5), name="p_prior")
+    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    got = masked_log_joint(dec * prior, {"x": x, "z": probs}, "x", mask, "test")
+    lp = stats.bernoulli(probs.numpy()).logpmf(x.numpy())
+    ref = (lp * mask.numpy()).sum(1) + 3 * np.log(0.5)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12)
+    # a whole modality absent from the values integrates to one
+    other = Normal(var=["y"], cond_var=["z"], loc="z", scale=1.0)
+    got2 = masked_log_joint(dec * other * prior, {"x": x, "z": probs}, "x", mask, "test")
+    torch.testing.assert_close(got2, got)
+
+
+@pytest.mark.parametrize("mask, init, error, match", [
+    (torch.ones(6, 5), None, TypeError, "dtype torch.bool"),
+    (np.ones((6, 5), bool), None, TypeError, "boolean torch.Tensor"),
+    (torch.ones(6, 4, dtype=torch.bool), None, ValueError, r"shape \(6, 4\) but x has shape \(6, 5\)"),
+    (torch.ones(6, 5, dtype=torch.bool), torch.zeros(3), ValueError, "init of shape"),
+])
+def test_bad_masks_and_inits_are_named(mask, init, error, match):
+    x = torch.as_tensor(data()[0])
+    for impute in (impute_importance, impute_gibbs):
+        with pytest.raises(error, match=match):
+            impute(model(), Proposal(), {"x": x}, mask, init=init)
+
+
+def test_bad_inputs_are_named():
+    x, mask = (torch.as_tensor(a) for a in data())
+    x_nan = x.clone()
+    x_nan[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite values at observed entries"):
+        impute_importance(model(), Proposal(), {"x": x_nan}, torch.ones(6, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="needs x in x_dict"):
+        impute_importance(model(), Proposal(), {"w": x}, mask, var="x")
+    with pytest.raises(ValueError, match="say which variable"):
+        impute_importance(model(), Proposal(), {"w": x}, mask)
+    with pytest.raises(ValueError, match="disagree on the batch size .x has 6, c has 4"):
+        impute_importance(model(), Proposal(), {"x": x, "c": torch.zeros(4)}, mask)
+    with pytest.raises(ValueError, match="n_iter must be at least 1"):
+        impute_gibbs(model(), Proposal(), {"x": x}, mask, n_iter=0)
+
+
+def test_invalid_values_keep_their_own_error():
+    dec = Bernoulli(var=["x"], cond_var=["z"], probs="z")
+    values = {"x": torch.full((2, 3), 2.0), "z": torch.full((2, 3), 0.5)}
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        masked_log_joint(dec, values, "x", torch.ones(2, 3, dtype=torch.bool), "test")
+
+
+def test_decoder_that_cannot_be_masked_is_named():
+    class FullCov(MultivariateNormal):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+
+        def forward(self, z):
+            loc = z @ torch.as_tensor(A).T
+            return {"loc": loc, "covariance_matrix": torch.as_tensor(COV).expand(z.shape[0], 5, 5)}
+
+    joint = FullCov() * Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), name="p_prior")
+    x, mask = (torch.as_tensor(a) for a in data())
+    with pytest.raises(ValueError, match=r"p\(x\|z\) \(FullCov\) does not factorise over the entries"):
+        impute_importance(joint, Proposal(), {"x": x}, mask, k=4)

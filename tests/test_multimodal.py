@@ -1,0 +1,203 @@
+"""Multimodal inference helpers: closed forms on linear-Gaussian experts, then learning on real pairs.
+
+The closed forms: a product of Gaussian experts with the N(0, 1) prior expert has precision
+1 + sum 1/s_i^2 and a precision-weighted mean; a mixture's mean is the weighted mean of its
+experts'; a linear decoder maps the latent mean linearly. The learning tests train on SERKET's
+image + spoken-digit pairs (``shared/data/serket/mnist3000.npz``: 784 pixels, 2,400 counts)
+and judge cross-generated samples with scikit-learn logistic regressions fitted on real data.
+"""
+
+import numpy as np
+import pytest
+import torch
+from example_loader import SHARED_DATA, load_example
+from mc_reference import assert_mc_close, default_dtype
+from scipy import stats
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from kizuna.distributions import MixtureOfNormal, Normal, ProductOfNormal
+from kizuna.inference import coherence, cross_generate, infer_latent, select_encoder
+from kizuna.losses import Parameter
+
+SX, SY = 0.5, 2.0  # the experts' scales
+
+
+@pytest.fixture
+def _float64():
+    with default_dtype(torch.float64):
+        yield
+
+
+def experts():
+    qx = Normal(var=["z"], cond_var=["x"], loc="x", scale=SX, name="q")
+    qy = Normal(var=["z"], cond_var=["y"], loc="y", scale=SY, name="q")
+    return qx, qy
+
+
+def rows(n=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(n, 3, generator=g), "y": torch.randn(n, 3, generator=g)}
+
+
+def test_product_of_experts_latent_from_every_subset_is_the_precision_weighted_mean(_float64):
+    qx, qy = experts()
+    q = ProductOfNormal([qx, qy], name="q", features_shape=[3])
+    d = rows()
+    both = infer_latent(q, d)["z"]
+    ref = (d["x"] / SX**2 + d["y"] / SY**2) / (1 + 1 / SX**2 + 1 / SY**2)
+    torch.testing.assert_close(both, ref)
+    torch.testing.assert_close(infer_latent(q, {"x": d["x"]})["z"], d["x"] / SX**2 / (1 + 1 / SX**2))
+    torch.testing.assert_close(infer_latent(q, {"y": d["y"], "w": 1})["z"], d["y"] / SY**2 / (1 + 1 / SY**2))
+    # a draw from the product: moments of N(ref, 1 / precision) within 5 standard errors
+    torch.manual_seed(0)
+    one = {k: v[:1].expand(20000, 3) for k, v in d.items()}
+    draws = infer_latent(q, one, sample=True)["z"]
+    sd = (1 + 1 / SX**2 + 1 / SY**2) ** -0.5
+    assert_mc_close(draws.mean(0), ref[0], torch.full((3,), sd / 20000**0.5), what="PoE draw mean")
+    assert_mc_close(draws.std(0), torch.full((3,), sd), torch.full((3,), sd / (2 * 20000) ** 0.5), what="PoE draw sd")
+
+
+def test_separate_encoders_are_picked_by_subset_and_mixtures_average(_float64):
+    qx, qy = experts()
+    joint = Normal(var=["z"], cond_var=["x", "y"], loc="x", scale=1.0, name="q")
+    d = rows()
+    assert select_encoder([joint, qx, qy], ["y", "x"]) is joint
+    torch.testing.assert_close(infer_latent([joint, qx, qy], {"y": d["y"]})["z"], d["y"])
+    moe = MixtureOfNormal([qx, qy], weights=[1.0, 3.0], name="q")
+    torch.testing.assert_close(infer_latent(moe, d)["z"], 0.25 * d["x"] + 0.75 * d["y"])
+    torch.testing.assert_close(infer_latent(moe, {"x": d["x"]})["z"], d["x"])
+
+
+def test_cross_generation_decodes_the_latent_mean(_float64):
+    qx, qy = experts()
+    q = ProductOfNormal([qx, qy], name="q", features_shape=[3])
+    w, c = torch.randn(3, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([1.0, -1.0])
+
+    class Linear(Normal):  # p(v|z) = N(z W + c, 1)
+        def __init__(self):
+            super().__init__(var=["v"], cond_var=["z"], name="p")
+
+        def forward(self, z):
+            return {"loc": z @ w + c, "scale": torch.ones(z.shape[0], 2)}
+
+    d = rows()
+    generated = cross_generate(q, Linear(), {"x": d["x"]})
+    torch.testing.assert_close(generated, (d["x"] / SX**2 / (1 + 1 / SX**2)) @ w + c)
+    assert cross_generate(q, Linear(), {"x": d["x"]}, sample=True).shape == (5, 2)
+
+
+def test_coherence_agrees_with_scikit_learn_scores():
+    g = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    feats = g.normal(size=(120, 4)) + labels[:, None] * 1.5
+    clf = LogisticRegression().fit(feats[::2], labels[::2])
+    test, target = torch.as_tensor(feats[1::2]), torch.as_tensor(labels[1::2])
+    assert coherence(test, target, clf) == pytest.approx(clf.score(feats[1::2], labels[1::2]))
+    one_hot = torch.nn.functional.one_hot(target, 3)
+    assert coherence(test, one_hot, lambda s: clf.predict_proba(s.numpy())) == pytest.approx(
+        clf.score(feats[1::2], labels[1::2]))
+    assert coherence(one_hot.float(), target) == 1.0  # generated labels are judged by their argmax
+    with pytest.raises(ValueError, match="60 generated samples but 59 target labels"):
+        coherence(test, target[:59], clf)
+    with pytest.raises(TypeError, match="predict"):
+        coherence(test, target, classifier=3)
+
+
+def test_bad_inputs_are_named():
+    qx, qy = experts()
+    q = ProductOfNormal([qx, qy], name="q", features_shape=[3])
+    with pytest.raises(ValueError, match="needs at least one of the modalities x, y; given w"):
+        infer_latent(q, {"w": torch.zeros(2, 3)})
+    with pytest.raises(ValueError, match="disagree on the batch size .x has 4, y has 3 rows"):
+        infer_latent(q, {"x": torch.zeros(4, 3), "y": torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match=r"no encoder infers z from exactly x, y; the encoders are q\(z\|x\), q\(z"):
+        infer_latent([qx, qy], {"x": torch.zeros(2, 3), "y": torch.zeros(2, 3)})
+    with pytest.raises(ValueError, match="infer different variables"):
+        infer_latent([qx, Normal(var=["u"], cond_var=["y"], loc="y", scale=1.0)], {"x": torch.zeros(2, 3)})
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        infer_latent(q, {"x": [[0.0, 0.0, 0.0]]})
+    with pytest.raises(ValueError, match="cross_generate .p\\(v\\|z,c\\). needs c"):
+        cross_generate(q, Normal(var=["v"], cond_var=["z", "c"], loc="z", scale=1.0), {"x": torch.zeros(2, 3)})
+
+
+def test_mvae_random_subsets_are_drawn_uniformly():
+    mvae = load_example("mvae")
+    pick = mvae.RandomSubsets([Parameter("a"), Parameter("b"), Parameter("c")], n=2)
+    torch.manual_seed(0)
+    values = [pick.eval({"a": 1.0, "b": 10.0, "c": 100.0}).item() for _ in range(3000)]
+    counts = [values.count(v) for v in (11.0, 101.0, 110.0)]
+    assert sum(counts) == 3000  # always two different terms
+    assert stats.chisquare(counts).pvalue > 1e-3  # uniform over the three pairs (false alarm 0.1 %)
+    with pytest.raises(ValueError, match="n must be between 1 and 3"):
+        mvae.RandomSubsets([Parameter("a"), Parameter("b"), Parameter("c")], n=4)
+
+
+def test_mvae_with_three_modalities_adds_random_subset_elbos():
+    spec = {"x": (4, "bernoulli"), "s": (3, "poisson"), "y": (2, "categorical")}
+    mm = load_example("mvae").build(spec, 2, 8, random_subsets=1)
+    text = str(mm.model.loss_cls)
+    assert "random 1 of {" in text and text.count("KL[") == 4 + 3  # joint + 3 singles + 3 pairs to pick from
+    g = torch.Generator().manual_seed(0)
+    data = {"x": torch.rand(6, 4, generator=g).round(), "s": torch.poisson(torch.ones(6, 3), generator=g),
+            "y": torch.eye(2)[torch.tensor([0, 1, 0, 1, 0, 1])]}
+    assert np.isfinite(mm.model.train(data))
+
+
+# ------------------------------------------------------------------ learning on image + speech pairs
+SPEC = {"x": (784, "bernoulli"), "s": (2400, "poisson")}
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """SERKET's 3,000 pairs: the first 2,000 to train, the last 1,000 to test; judges fitted on real data."""
+    d = np.load(SHARED_DATA / "serket" / "mnist3000.npz")
+    x, s, y = (torch.as_tensor(d[k]) for k in ("image", "modality2", "label"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def judge(features):
+        return make_pipeline(PCA(30, random_state=0), LogisticRegression(max_iter=500)).fit(features, y[:2000].numpy())
+
+    judges = {"x": judge(x[:2000].numpy()), "s": judge(s[:2000].log1p().numpy())}
+    yield {"x": x[:2000], "s": s[:2000]}, {"x": x[2000:], "s": s[2000:]}, y[2000:], judges
+    torch.set_num_threads(threads)
+
+
+def learned(name, pairs, epochs, hidden, **kwargs):
+    """Train the example's model on the pairs; return coherence both ways and latent agreement."""
+    train, test, labels, judges = pairs
+    example = load_example(name)
+    shared = load_example("_multimodal")
+    torch.manual_seed(0)
+    mm = example.build(SPEC, 8, hidden, lr=3e-3, **kwargs)
+    shared.fit(mm.model, train, epochs, 100, seed=0)
+    speech = cross_generate(mm.encoders, mm.decoders["s"], {"x": test["x"]})  # Poisson rates
+    image = cross_generate(mm.encoders, mm.decoders["x"], {"s": test["s"]})  # pixel probabilities
+    return {
+        "image_to_speech": coherence(speech, labels, lambda r: judges["s"].predict(r.log1p().numpy())),
+        "speech_to_image": coherence(image, labels, judges["x"]),
+        "ratio_x": shared.latent_agreement(mm.encoders, test, "x"),
+        "ratio_s": shared.latent_agreement(mm.encoders, test, "s"),
+    }
+
+
+def test_mmvae_on_image_speech_pairs_infers_and_generates_across_modalities(pairs):
+    m = learned("mmvae", pairs, epochs=12, hidden=64)  # seed 0: 0.49, 0.56, 0.33, 0.29
+    # the latent from one modality lies closer to its own row's joint latent than to another's
+    assert m["ratio_x"] < 0.6 and m["ratio_s"] < 0.6  # chance 1
+    # cross-generated samples carry the digit: chance 0.1 for ten balanced classes
+    assert m["image_to_speech"] > 0.3 and m["speech_to_image"] > 0.3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kwargs, floor", [
+    ("jmvae", {}, 0.5),  # seed 0: 0.69 image->speech, 0.88 speech->image
+    ("mvae", {"weights": {"x": 10.0}}, 0.4),  # 0.58, 0.60; unweighted the speech expert dominates (0.25 image->speech)
+    ("mmvae", {}, 0.5),  # seed 0: 0.79, 0.86
+])
+def test_each_multimodal_vae_on_image_speech_pairs(pairs, name, kwargs, floor):
+    m = learned(name, pairs, epochs=15, hidden=128, **kwargs)
+    assert m["ratio_x"] < 0.9 and m["ratio_s"] < 0.9
+    assert m["image_to_speech"] > floor and m["speech_to_image"] > floor

@@ -1,0 +1,62 @@
+"""`classifier_two_sample_test` (Lopez-Paz & Oquab 2017) against its null and alternative.
+
+References: under the null (two samples of one distribution) the held-out accuracy is
+Binomial(n, 1/2) / n, so it lies within five standard errors of 0.5 and the p-values are
+(conservatively) uniform; the p-value equals ``scipy.stats.binomtest`` (one-sided); clearly
+different samples give accuracy near one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn.neighbors import KNeighborsClassifier
+
+from kizuna.metrics import TwoSampleResult, classifier_two_sample_test
+
+
+def test_same_distribution_gives_chance_accuracy() -> None:
+    rng = np.random.default_rng(0)
+    result = classifier_two_sample_test(rng.normal(size=(2000, 5)), torch.randn(2000, 5))
+    assert isinstance(result, TwoSampleResult) and result.n_test == 2000
+    assert abs(result.accuracy - 0.5) < 5 * math.sqrt(0.25 / result.n_test)
+    assert result.p_value > 1e-4
+    correct = round(result.accuracy * result.n_test)
+    assert result.p_value == pytest.approx(stats.binomtest(correct, result.n_test, 0.5, "greater").pvalue, rel=1e-9)
+
+
+def test_false_alarm_rate_under_the_null() -> None:
+    """40 null tests at level 0.05: at most 8 rejections (P[Bin(40, 0.05) > 8] = 1.3e-4)."""
+    rng = np.random.default_rng(1)
+    p = [classifier_two_sample_test(rng.normal(size=(200, 3)), rng.normal(size=(200, 3)), seed=i).p_value
+         for i in range(40)]
+    assert sum(v < 0.05 for v in p) <= 8
+
+
+def test_different_distributions_are_told_apart() -> None:
+    rng = np.random.default_rng(2)
+    # means 2.5 apart in each of 4 coordinates: the Bayes accuracy is Phi(|delta| / 2) = Phi(2.5) = 0.994
+    shifted = classifier_two_sample_test(rng.normal(size=(1000, 4)), rng.normal(2.5, size=(1000, 4)))
+    assert shifted.accuracy > 0.97 and shifted.p_value < 1e-100
+    # equal means, different spread: invisible to a linear classifier, visible to an MLP or k-NN
+    a, b = rng.normal(size=(600, 2)), rng.normal(scale=2.5, size=(600, 2))
+    assert classifier_two_sample_test(a, b).accuracy < 0.6
+    assert classifier_two_sample_test(a, b, classifier="mlp").accuracy > 0.75
+    assert classifier_two_sample_test(a, b, classifier=KNeighborsClassifier(15)).accuracy > 0.75
+
+
+def test_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="real has 3 features per row, fake 2"):
+        classifier_two_sample_test(np.zeros((10, 3)), np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="fake needs at least two rows"):
+        classifier_two_sample_test(np.zeros((10, 3)), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="test_size"):
+        classifier_two_sample_test(np.zeros((10, 3)), np.zeros((10, 3)), test_size=1.0)
+    with pytest.raises(ValueError, match="classifier must be"):
+        classifier_two_sample_test(np.zeros((10, 3)), np.ones((10, 3)), classifier="forest")
+    with pytest.raises(ValueError, match="non-finite"):
+        classifier_two_sample_test(np.full((10, 3), np.nan), np.ones((10, 3)))

@@ -1,0 +1,79 @@
+"""kizuna.viz: the PCA projection against scikit-learn, the plot file, and the errors."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from kizuna.viz import pca_2d, plot_latent_space
+
+
+def test_pca_matches_scikit_learn():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 5)) @ rng.normal(size=(5, 5)) + 3.0
+    coords, explained = pca_2d(z)
+    ref = PCA(n_components=2).fit(z)
+    ref_coords = ref.transform(z)
+    # principal axes are defined up to sign: compare column by column after aligning the sign
+    for j in range(2):
+        sign = np.sign(ref_coords[:, j] @ coords[:, j].numpy())
+        np.testing.assert_allclose(coords[:, j].numpy(), sign * ref_coords[:, j], atol=1e-10)
+    np.testing.assert_allclose(explained.numpy(), ref.explained_variance_ratio_, rtol=1e-10)
+
+
+def test_pca_signs_are_fixed_and_one_dimensional_latents_are_padded():
+    z = torch.randn(50, 3, dtype=torch.float64)
+    a, _ = pca_2d(z)
+    b, _ = pca_2d(-z)  # flipping the data flips the axes, not the coordinates' convention
+    torch.testing.assert_close(a, -b * torch.sign((a * -b).sum(0)))
+    coords, explained = pca_2d(torch.arange(6.0).unsqueeze(1))
+    assert coords.shape == (6, 2) and bool((coords[:, 1] == 0).all())
+    assert explained.tolist() == [1.0, 0.0]
+
+
+def test_plot_writes_one_panel_per_colouring(tmp_path):
+    from matplotlib.image import imread
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(120, 4))
+    labels = np.repeat(np.arange(6), 20)
+    path = plot_latent_space([(z, labels, "true class"), (torch.as_tensor(z), torch.as_tensor(labels[::-1].copy()),
+                                                          "cluster")], tmp_path / "sub" / "latent.png",
+                             title="demo", dpi=50)
+    assert path == tmp_path / "sub" / "latent.png" and path.is_file()
+    image = imread(path)
+    # two panels of 4.2 x 4.4 inches at 50 dpi
+    assert image.shape[:2] == (220, 420)
+    many = plot_latent_space([(z, np.arange(120) % 30, "30 classes, no legend")], tmp_path / "many.png", dpi=30)
+    assert imread(many).shape[:2] == (132, 126)
+
+
+def test_bad_panels_are_named(tmp_path):
+    z = np.zeros((10, 2))
+    with pytest.raises(ValueError, match=r"panel 1 \('b'\): labels must be 1-D with 10 entries"):
+        plot_latent_space([(z, np.zeros(10), "a"), (z, np.zeros(9), "b")], tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"panel 0 \('a'\): latents must be N x D"):
+        plot_latent_space([(np.zeros(10), np.zeros(10), "a")], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="NaN"):
+        pca_2d(np.array([[0.0, np.nan], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="at least one"):
+        plot_latent_space([], tmp_path / "x.png")
+
+
+def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes `import matplotlib.figure` fail
+    with pytest.raises(ImportError, match=r"pip install 'kizuna\[demo\]'"):
+        plot_latent_space([(np.zeros((4, 2)), np.zeros(4), "a")], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_core_does_not_import_matplotlib():
+    import subprocess
+
+    code = ("import sys, kizuna, kizuna.modules, kizuna.models, kizuna.viz; "
+            "print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # even importing kizuna.viz defers matplotlib to the first plot
