@@ -37,7 +37,7 @@ from kizuna.metrics import classifier_two_sample_test
 from kizuna.models import Model
 
 SMOKE = {"dataset": "digits", "hidden": 256, "steps": 800, "batch": 128, "lr": 2e-3, "n_exact": 64, "n_eval": 150}
-FULL = {"dataset": "fashion", "hidden": 1024, "steps": 10000, "batch": 128, "lr": 5e-4, "n_exact": 300, "n_eval": 1000}
+FULL = {"dataset": "fashion", "hidden": 1024, "steps": 20000, "batch": 128, "lr": 5e-4, "n_exact": 300, "n_eval": 1000}
 LEVELS = {"digits": 17, "fashion": 256}
 
 
@@ -75,13 +75,19 @@ def pixel_baseline_bpd(x_train: torch.Tensor, x_test: torch.Tensor, levels: int)
     return -log_probs.gather(1, index(x_test).T).mean().item() / math.log(2)
 
 
-def bound_bpd(p: DDPM, x0: torch.Tensor, exact_steps: bool, batch: int = 100) -> tuple[float, float]:
-    """The bound in bits per dimension: mean over the images and its standard error."""
+def bound_bpd(p: DDPM, x0: torch.Tensor, exact_steps: bool, batch: int = 100) -> tuple[float, float, dict[str, float]]:
+    """The bound in bits per dimension: mean over the images, its standard error, and each term's mean."""
     bound = diffusion_bound(p, exact_steps=exact_steps)
+    values, terms = [], {}
     with torch.no_grad():
-        values = torch.cat([bound.eval({"x_0": x0[i:i + batch]}) for i in range(0, len(x0), batch)])
-    bits = values / (x0.shape[1] * math.log(2))
-    return bits.mean().item(), bits.std().item() / math.sqrt(len(bits))
+        for i in range(0, len(x0), batch):
+            value, parts = bound.eval({"x_0": x0[i:i + batch]}, return_terms=True)
+            values.append(value)
+            for key, v in parts.items():
+                terms[key] = terms.get(key, 0.0) + v.item() * len(value)
+    bits = torch.cat(values) / (x0.shape[1] * math.log(2))
+    per_dim = {k: v / (len(x0) * x0.shape[1] * math.log(2)) for k, v in terms.items()}
+    return bits.mean().item(), bits.std().item() / math.sqrt(len(bits)), per_dim
 
 
 def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[str, float]:
@@ -99,7 +105,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[
     model = Model(loss, distributions=[reverse], optimizer_params={"lr": cfg["lr"]})
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(model.optimizer, cfg["steps"])
     test = x_test * 2 - 1
-    untrained, _ = bound_bpd(p, test[:cfg["n_exact"]], exact_steps=False)
+    untrained = bound_bpd(p, test[:cfg["n_exact"]], exact_steps=False)[0]
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for step in range(1, cfg["steps"] + 1):
@@ -109,8 +115,8 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[
         if not smoke and step % 1000 == 0:
             print(f"step {step}: simple loss {value:.4f}", flush=True)
     seconds = time.perf_counter() - start
-    bpd, se = bound_bpd(p, test[:cfg["n_exact"]], exact_steps=True)
-    bpd_all, se_all = bound_bpd(p, test, exact_steps=False)
+    bpd, se, terms = bound_bpd(p, test[:cfg["n_exact"]], exact_steps=True)
+    bpd_all, se_all, _ = bound_bpd(p, test, exact_steps=False)
     n_eval = min(cfg["n_eval"], len(x_test))
     with torch.no_grad():
         samples = (p.sample(batch_n=n_eval)["x_0"].clamp(-1, 1) + 1) / 2
@@ -118,6 +124,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[
     c2st = classifier_two_sample_test(x_test[:n_eval], samples, seed=seed).accuracy
     return {
         "test_bpd": bpd, "test_bpd_se": se, "test_bpd_sampled_t": bpd_all, "test_bpd_sampled_t_se": se_all,
+        "bpd_L_T": terms["L_T"], "bpd_L_1:T-1": terms["L_{1:T-1}"], "bpd_L_0": -terms["-L_0"],
         "untrained_bpd": untrained,
         "pixel_baseline_bpd": pixel_baseline_bpd(x_train, x_test, levels), "uniform_bpd": math.log2(levels),
         "c2st_logistic": c2st, "final_simple_loss": value, "train_seconds": seconds,

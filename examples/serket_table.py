@@ -9,13 +9,14 @@ the wall time of each example.
 Data: SERKET's example files, read from ``--data`` (default ``../shared/data/serket``); they are for
 tests and benchmarks and are not shipped with kizuna.
 
-Run: ``python examples/serket_table.py --seeds 5 [--smoke] [--only serket_hmm ...] [--data DIR]``.
+Run: ``python examples/serket_table.py --seeds 5 [--smoke] [--only serket_hmm ...] [--data DIR] [--json FILE]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,14 +38,19 @@ EXAMPLES = {
 HEADER = "| example | model | accuracy | ARI | NMI |\n|---|---|---|---|---|"
 
 
-def table(names: list[str], seeds: int, smoke: bool, data: str | None) -> str:
-    """Run ``names`` over ``seeds`` seeds, printing each example's rows as it finishes; returns them all."""
-    rows, times = [], []
+def table(names: list[str], seeds: int, smoke: bool, data: str | None, raw: Path | None = None) -> str:
+    """Run ``names`` over ``seeds`` seeds, printing each example's rows as it finishes; returns them all.
+
+    With ``raw``, every seed's metrics are also written there as JSON (``{example: [metrics per seed]}``).
+    """
+    rows, times, runs_of = [], [], {}
     print(HEADER, flush=True)
     for name in names:
         module = importlib.import_module(name)
         start = time.time()
-        runs = [module.run(smoke=smoke, seed=seed, data=data) for seed in range(seeds)]
+        runs = runs_of[name] = [module.run(smoke=smoke, seed=seed, data=data) for seed in range(seeds)]
+        if raw is not None:
+            raw.write_text(json.dumps(runs_of, indent=1))
         times.append(f"{name}: {time.time() - start:.0f} s")
         rows.append(S.seed_table(EXAMPLES[name], module.ROWS, runs))
         print(rows[-1], flush=True)
@@ -59,12 +65,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="the examples' smoke settings")
     parser.add_argument("--only", nargs="+", choices=list(EXAMPLES), default=list(EXAMPLES))
     parser.add_argument("--data", default=None, help=f"SERKET's example data (default {S.DEFAULT_DATA})")
+    parser.add_argument("--json", type=Path, default=None, help="also write every seed's metrics to this file")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     torch.set_num_threads(1)
     start = time.time()
-    table(args.only, args.seeds, args.smoke, args.data)
+    table(args.only, args.seeds, args.smoke, args.data, args.json)
     print(f"total {time.time() - start:.0f} s")
 
 

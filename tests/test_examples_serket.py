@@ -47,10 +47,11 @@ def test_vae_gmm_mm_clusters_digits():
 
 def test_vae_gmm_mlda_fuses_speech_and_images():
     m = run_smoke("serket_vae_gmm_mlda")
-    # measured (seed 0): integrated MLDA 0.78, speech alone 0.71, GMM on VAE latents 0.52
-    assert m["vae_gmm_mlda_accuracy"] > m["speech_mlda_accuracy"] + 0.03
+    # measured (seeds 0, 1, 2): integrated MLDA 0.78 / 0.77 / 0.77, GMM on VAE latents 0.52 / 0.53 / 0.54,
+    # speech alone 0.71 / 0.68 / 0.85 (so "beats speech alone" is left to the slow test)
     assert m["vae_gmm_mlda_accuracy"] > m["gmm_on_vae_accuracy"] + 0.15
-    # SERKET's weights [200, 200]: the MLDA copies the image clusters and loses the speech (0.50)
+    assert m["vae_gmm_mlda_accuracy"] > 0.6 and m["speech_mlda_accuracy"] > 0.5
+    # SERKET's weights [200, 200]: the MLDA copies the image clusters and loses the speech (0.50 / 0.54 / 0.47)
     assert m["serket_weights_accuracy"] < m["vae_gmm_mlda_accuracy"] - 0.15
 
 
@@ -76,7 +77,8 @@ def test_mmlda_prior_once_per_sample_does_not_hurt():
 
 def test_vae_under_mlda_on_objects():
     m = run_smoke("serket_mlda_vae")
-    # the GMM in the integrated model gains from the MLDA's prior (measured 0.66 vs 0.50 alone)
+    # the GMM in the integrated model gains from the MLDA's prior (seeds 0-2: 0.66 / 0.56 / 0.64 against
+    # 0.50 / 0.44 / 0.52 alone)
     assert m["integrated_gmm_accuracy"] > m["gmm_on_vae_accuracy"] + 0.05
     assert m["integrated_accuracy"] > 0.6 and m["histogram_mlda_accuracy"] > 0.6
 
@@ -111,7 +113,7 @@ def test_seed_table_is_mean_and_sample_sd():
 
 @pytest.mark.slow
 def test_full_vae_gmm_mlda_claims():
-    """Full size, seed 0 (about 15 minutes on one busy core): fusion beats either modality alone."""
+    """Full size, seed 0 (about 2.5 CPU minutes): fusion beats either modality alone."""
     m = load_example("serket_vae_gmm_mlda").run(seed=0)
     assert m["vae_gmm_mlda_accuracy"] > m["speech_mlda_accuracy"] + 0.05
     assert m["vae_gmm_mlda_accuracy"] > m["gmm_on_vae_accuracy"] + 0.1

@@ -38,7 +38,7 @@ def test_cvae_generates_the_requested_digit():
 def test_m2_learns_from_unlabelled_digits():
     m = run_smoke("m2")
     assert m["n_labels"] == 50
-    # the same network trained on the 50 labels alone: 80.5%; M2 with the unlabelled rest: 85.5%
+    # the same network trained on the 50 labels alone: 80.5% / 71.9% (seeds 0 / 1); M2: 84.7% / 76.6%
     assert m["m2_accuracy"] > m["supervised_net_accuracy"] + 0.02
     assert m["m2_accuracy"] > 0.6
 
