@@ -10,6 +10,9 @@ Data: SERKET's example files, read from ``--data`` (default ``../shared/data/ser
 tests and benchmarks and are not shipped with kizuna.
 
 Run: ``python examples/serket_table.py --seeds 5 [--smoke] [--only serket_hmm ...] [--data DIR] [--json FILE]``.
+To use both cores, run disjoint seed sets in two processes, each writing its JSON, then print the
+merged table: ``--seed-list 0 1 2 --json a.json`` and ``--seed-list 3 4 --json b.json``, then
+``--merge a.json b.json``.
 """
 
 from __future__ import annotations
@@ -38,25 +41,40 @@ EXAMPLES = {
 HEADER = "| example | model | accuracy | ARI | NMI |\n|---|---|---|---|---|"
 
 
-def table(names: list[str], seeds: int, smoke: bool, data: str | None, raw: Path | None = None) -> str:
-    """Run ``names`` over ``seeds`` seeds, printing each example's rows as it finishes; returns them all.
+def table(names: list[str], seeds: int | list[int], smoke: bool, data: str | None, raw: Path | None = None) -> str:
+    """Run ``names`` over seeds ``0 .. seeds-1`` (or the listed seeds), printing each example's rows as it
+    finishes; returns them all.
 
     With ``raw``, every seed's metrics are also written there as JSON (``{example: [metrics per seed]}``).
     """
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     rows, times, runs_of = [], [], {}
     print(HEADER, flush=True)
     for name in names:
         module = importlib.import_module(name)
         start = time.time()
-        runs = runs_of[name] = [module.run(smoke=smoke, seed=seed, data=data) for seed in range(seeds)]
+        runs = runs_of[name] = [module.run(smoke=smoke, seed=seed, data=data) for seed in seed_list]
         if raw is not None:
             raw.write_text(json.dumps(runs_of, indent=1))
         times.append(f"{name}: {time.time() - start:.0f} s")
         rows.append(S.seed_table(EXAMPLES[name], module.ROWS, runs))
         print(rows[-1], flush=True)
-    print("\nwall time per example (" + ("smoke, " if smoke else "") + f"{seeds} seeds, parts shared across "
+    print("\nwall time per example (" + ("smoke, " if smoke else "") + f"seeds {seed_list}, parts shared across "
           "examples are counted where first trained): " + "; ".join(times))
     return HEADER + "\n" + "\n".join(rows)
+
+
+def merge(files: list[Path]) -> str:
+    """The table of the runs saved by several ``--json`` files (their seed sets are concatenated)."""
+    runs_of: dict[str, list[dict[str, float]]] = {}
+    for f in files:
+        for name, runs in json.loads(f.read_text()).items():
+            if name not in EXAMPLES:
+                raise ValueError(f"{f}: unknown example {name!r}; expected one of {list(EXAMPLES)}")
+            runs_of.setdefault(name, []).extend(runs)
+    rows = [S.seed_table(EXAMPLES[n], importlib.import_module(n).ROWS, runs_of[n]) for n in EXAMPLES if n in runs_of]
+    counts = ", ".join(f"{n}: {len(runs_of[n])}" for n in EXAMPLES if n in runs_of)
+    return HEADER + "\n" + "\n".join(rows) + f"\n\nseeds per example: {counts}"
 
 
 def main() -> None:
@@ -65,13 +83,19 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="the examples' smoke settings")
     parser.add_argument("--only", nargs="+", choices=list(EXAMPLES), default=list(EXAMPLES))
     parser.add_argument("--data", default=None, help=f"SERKET's example data (default {S.DEFAULT_DATA})")
+    parser.add_argument("--seed-list", type=int, nargs="+", default=None, help="run these seeds instead of 0..n-1")
     parser.add_argument("--json", type=Path, default=None, help="also write every seed's metrics to this file")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="print the table of these --json files and exit (nothing is run)")
     args = parser.parse_args()
+    if args.merge:
+        print(merge(args.merge))
+        return
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     torch.set_num_threads(1)
     start = time.time()
-    table(args.only, args.seeds, args.smoke, args.data, args.json)
+    table(args.only, args.seed_list if args.seed_list else args.seeds, args.smoke, args.data, args.json)
     print(f"total {time.time() - start:.0f} s")
 
 

@@ -132,3 +132,18 @@ def test_full_hmm_claims_over_five_seeds():
     runs = [load_example("serket_hmm").run(seed=s) for s in range(5)]
     assert np.mean([r["gmm_mm_accuracy"] for r in runs]) >= np.mean([r["gmm_accuracy"] for r in runs])
     assert np.mean([r["baum_welch_accuracy"] for r in runs]) > 0.95
+
+
+def test_table_merges_seed_sets_run_in_separate_processes(tmp_path):
+    table = load_example("serket_table")
+    run = {f"{p}_{m}": v for p in table.importlib.import_module("serket_hmm").ROWS for m, v in
+           (("accuracy", 1.0), ("ari", 0.5), ("nmi", 0.0))}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(table.json.dumps({"serket_hmm": [run, run]}))
+    b.write_text(table.json.dumps({"serket_hmm": [{**run, "gmm_mm_accuracy": 0.7}]}))
+    merged = table.merge([a, b])
+    assert "| GMM+MM (HMM) | GMM+MM = HMM (integrated): GMM | 0.900 ± 0.173 |" in merged
+    assert merged.endswith("seeds per example: serket_hmm: 3")
+    b.write_text(table.json.dumps({"nope": []}))
+    with pytest.raises(ValueError, match="unknown example 'nope'"):
+        table.merge([a, b])
