@@ -61,7 +61,7 @@ def build(d: S.Digits, s: S.Settings, seed: int, weights: Sequence[float] = WEIG
 def _integrated(seed: int, smoke: bool, data: str | None) -> dict[str, float]:
     s = S.settings(smoke)
     graph, gmm, mlda = build(S.digits(data, s.n), s, seed)
-    graph.fit(n_iter=s.n_iter, seed=seed)
+    S.fit_graph(graph, s, seed)
     return {**S.module_scores(mlda, "vae_gmm_mlda"), **S.module_scores(gmm, "vae_gmm_mlda_gmm")}
 
 
@@ -73,7 +73,7 @@ def integrated(seed: int, smoke: bool, data: str | Path | None) -> dict[str, flo
 def _serket_weights(seed: int, smoke: bool, data: str | None) -> dict[str, float]:
     s = S.settings(smoke)
     graph, _, mlda = build(S.digits(data, s.n), s, seed, SERKET_WEIGHTS)
-    graph.fit(n_iter=s.n_iter, seed=seed)
+    S.fit_graph(graph, s, seed)
     return S.module_scores(mlda, "serket_weights")
 
 

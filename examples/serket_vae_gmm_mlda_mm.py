@@ -57,7 +57,7 @@ def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None) -> d
     out = {}
     for key, cls in (("vae_gmm_mlda_mm", km.MLDA), ("once_per_sample", S.OncePerSample)):
         graph, mlda = build(d, s, seed, cls)
-        graph.fit(n_iter=s.n_iter, seed=seed)
+        S.fit_graph(graph, s, seed)
         out.update(S.module_scores(mlda, key))
     without = serket_vae_gmm_mlda.integrated(seed, smoke, data)
     return {**out,

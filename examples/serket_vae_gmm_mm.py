@@ -51,7 +51,7 @@ def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None) -> d
     """The integrated model and its parts; keys ``<row>_<metric>`` for `ROWS`."""
     s = S.settings(smoke)
     graph, gmm = build(S.digits(data, s.n), s, seed)
-    graph.fit(n_iter=s.n_iter, seed=seed)
+    S.fit_graph(graph, s, seed)
     return {**S.module_scores(gmm, "vae_gmm_mm"), **serket_vae_gmm.integrated(seed, smoke, data),
             **S.gmm_on_vae(seed, smoke, data)}
 
