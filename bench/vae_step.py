@@ -1,102 +1,124 @@
-"""VAE training step: kizuna's formula layer vs the same model written by hand in PyTorch.
+"""VAE training step: kizuna vs hand-written PyTorch vs Pixyz vs Pyro, eager and compiled.
 
-Prints the median time per step and the ratio to the hand-written baseline measured in the
-same process (small model 64-256-16, batch 128, Bernoulli likelihood, analytic KL), with
-validation on and off. Run: ``python bench/vae_step.py [--repeats 5] [--steps 200]``.
+Two sizes, batch 128, Bernoulli likelihood, analytic KL to N(0, I), Adam (lr 1e-3), the same
+initial weights and data for every implementation:
+
+* ``mnist``: 784-512-512-64 (encoder 784-512-512-2x64, decoder 64-512-512-784);
+* ``small``: 64-256-16.
+
+Implementations: hand-written eager PyTorch (the baseline), kizuna ``Model.train``, kizuna
+``Model.fit`` (per step, one epoch of dict data with shuffling and per-term logging) next to a
+hand-written epoch loop doing the same batching, kizuna with validation off, kizuna with
+``Model(..., compile=True)``, the hand-written step with ``torch.compile``, Pixyz (its own VAE,
+analytic KL) and Pyro (SVI with ``Trace_ELBO``, and ``TraceMeanField_ELBO`` for the analytic
+KL); peers that are not installed are skipped with the reason. Cases alternate in interleaved
+repeats; the table gives the median time per step and the median ratio to the hand-written
+eager step of the same repeat.
+
+Run: ``python bench/vae_step.py [--sizes small,mnist] [--repeats 7] [--steps 50] [--threads 1]``;
+``--quick`` is the smoke-test mode (no compilation, a few steps; < 30 s).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import os
+import sys
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch.nn import functional as F
 
-from kizuna.distributions import Bernoulli, Normal, set_validation
-from kizuna.losses import Expectation, KullbackLeibler, LogProb
-from kizuna.models import Model
-from kizuna.nets import MLP
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _timing  # noqa: E402
+import _vae_impls as impls  # noqa: E402
 
-D, H, Z, B = 64, 256, 16, 128
-
-
-class Encoder(Normal):
-    def __init__(self) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.net = MLP(D, H, 2 * Z)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        loc, s = self.net(x).chunk(2, -1)
-        return {"loc": loc, "scale": F.softplus(s)}
+SIZES = {"mnist": (784, (512, 512), 64), "small": (64, (256,), 16)}
+BATCH = 128
 
 
-class Decoder(Bernoulli):
-    def __init__(self) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.net = MLP(Z, H, D)
-
-    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.net(z)}
-
-
-def kizuna_step(x: torch.Tensor) -> Callable[[], float]:
-    q, p = Encoder(), Decoder()
-    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[Z], name="p_prior")
-    model = Model((KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean(), distributions=[p, q])
-    return lambda: model.train({"x": x})
+def agreement(size: tuple[int, tuple[int, ...], int], x: torch.Tensor) -> float:
+    """|loss(kizuna) - loss(hand-written)| on the first step, same weights and same noise."""
+    enc, dec = impls.nets(*size, seed=0)
+    hand = impls.hand_step(enc, dec, x)
+    kiz = impls.kizuna_train(enc, dec, x, size[2])
+    torch.manual_seed(123)
+    a = hand()
+    torch.manual_seed(123)
+    b = kiz()
+    return abs(a - b)
 
 
-def hand_step(x: torch.Tensor) -> Callable[[], float]:
-    enc, dec = MLP(D, H, 2 * Z), MLP(Z, H, D)
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()])
+def cases(size: tuple[int, tuple[int, ...], int], x: torch.Tensor, data: torch.Tensor, quick: bool
+          ) -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
+    enc, dec = impls.nets(*size, seed=0)
+    z = size[2]
+    found: dict[str, Callable[[], Any]] = {
+        "hand-written": impls.hand_step(enc, dec, x),
+        "kizuna Model.train": impls.kizuna_train(enc, dec, x, z),
+        "kizuna, validation off": impls.without_validation(impls.kizuna_train(enc, dec, x, z)),
+        "hand-written epoch loop": impls.hand_epoch(enc, dec, data, BATCH),
+        "kizuna Model.fit": impls.kizuna_fit(enc, dec, data, z, BATCH),
+    }
+    skipped: dict[str, str] = {}
+    if quick:
+        skipped["compiled cases"] = "skipped in --quick (compilation takes longer than a smoke test)"
+    else:
+        for name, make in (("hand-written + torch.compile", impls.hand_compiled),
+                           ("kizuna compile=True", impls.kizuna_compiled)):
+            try:
+                found[name] = make(enc, dec, x, z)
+            except Exception as err:  # noqa: BLE001 - reported, the rest of the table still runs
+                skipped[name] = f"{type(err).__name__}: {err}"
+    for name, make in (("Pixyz", impls.pixyz_step), ("Pyro Trace_ELBO", impls.pyro_trace),
+                       ("Pyro TraceMeanField_ELBO", impls.pyro_meanfield)):
+        try:
+            found[name] = make(enc, dec, x, z)
+        except ImportError as err:
+            skipped[name] = f"not installed ({err.name or err}); see bench/requirements.txt"
+    return found, skipped
 
-    def step() -> float:
-        opt.zero_grad()
-        loc, s = enc(x).chunk(2, -1)
-        scale = F.softplus(s)
-        z = loc + scale * torch.randn_like(scale)
-        recon = -F.binary_cross_entropy_with_logits(dec(z), x, reduction="none").sum(1)
-        kl = (0.5 * (scale**2 + loc**2 - 1) - scale.log()).sum(1)
-        loss = (kl - recon).mean()
-        loss.backward()
-        opt.step()
-        return loss.item()
 
-    return step
+def run_size(name: str, args: argparse.Namespace) -> None:
+    size = SIZES[name]
+    d, hidden, z = size
+    gen = torch.Generator().manual_seed(0)
+    data = (torch.rand(BATCH * args.batches, d, generator=gen) > 0.5).float()
+    x = data[:BATCH]
+    print(f"\n== {name}: {'-'.join(map(str, (d, *hidden, z)))}, batch {BATCH}, Bernoulli decoder, analytic KL, Adam ==")
+    diff = agreement(size, x)
+    print(f"AGREE {name} kizuna vs hand-written, first-step loss on identical weights and noise: "
+          f"|diff| = {diff:.3g} {'ok' if diff < 1e-3 else 'MISMATCH'}")
+    found, skipped = cases(size, x, data, args.quick)
+    for case, why in skipped.items():
+        print(f"  skipped {case}: {why}")
+    per_call = {"hand-written epoch loop": args.batches, "kizuna Model.fit": args.batches}
+    steps = max(1, args.steps)
+    timed = {k: v for k, v in found.items()}
+    calls = {k: max(1, steps // per_call.get(k, 1)) for k in timed}
+    times = _timing.interleaved(timed, args.repeats, calls, warmup=3 if args.quick else 10,
+                                 block_warmup=1 if args.quick else 3)
+    for k, n in per_call.items():  # an epoch call takes several steps: report per step
+        if k in times:
+            times[k] = [t / n for t in times[k]]
+    print(_timing.table(times, "hand-written"))
+    r = _timing.ratios(times, "hand-written epoch loop")
+    print(f"  kizuna Model.fit vs hand-written epoch loop (same batching): {r['kizuna Model.fit']:.3f}")
 
 
-def seconds_per_step(step: Callable[[], float], steps: int) -> float:
-    for _ in range(20):  # warm-up
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=200)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    x = (torch.rand(B, D) > 0.5).float()
-    times: dict[str, list[float]] = {"hand-written": [], "kizuna": [], "kizuna, no validation": []}
-    for _ in range(args.repeats):  # interleaved, so drift affects every case alike
-        times["hand-written"].append(seconds_per_step(hand_step(x), args.steps))
-        set_validation(True)
-        times["kizuna"].append(seconds_per_step(kizuna_step(x), args.steps))
-        set_validation(False)
-        times["kizuna, no validation"].append(seconds_per_step(kizuna_step(x), args.steps))
-        set_validation(True)
-    base = statistics.median(times["hand-written"])
-    print(f"VAE step {D}-{H}-{Z}, batch {B}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:24s} {med * 1e3:7.3f} ms/step   ratio {med / base:5.2f}")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _timing.add_common_args(parser, repeats=7, steps=50)
+    parser.add_argument("--sizes", default="small,mnist", help="comma-separated: small, mnist")
+    parser.add_argument("--batches", type=int, default=10, help="mini-batches per epoch for the fit cases")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.steps, args.batches = min(args.repeats, 3), min(args.steps, 10), min(args.batches, 5)
+    _timing.start(args, "VAE training step (median time per step; ratio to hand-written eager PyTorch)")
+    warnings.filterwarnings("ignore", category=UserWarning, module="pyro")
+    for name in args.sizes.split(","):
+        run_size(name.strip(), args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from torch import distributions as D
 from torch.distributions import constraints
 
 from kizuna.distributions.base import Tensor, XDict
+from kizuna.distributions.kernels import flags, satisfies
 from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
 
 
@@ -121,8 +122,16 @@ class Bernoulli(TorchDistribution):
     def _check_value(self, value: Any, dist: D.Distribution, batched: bool) -> None:
         """See `TorchDistribution._check_value`; values must lie in [0, 1]."""
         super()._check_value(value, dist, batched)
-        if validation_enabled() and not bool(((value >= 0) & (value <= 1)).all()):
+        self._check_support(value)
+
+    def _check_support(self, value: Tensor) -> None:
+        """See `TorchDistribution._check_support`."""
+        if validation_enabled() and not satisfies(constraints.unit_interval, value):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must lie in [0, 1], found values outside")
+
+    def _support_flags(self, value: Tensor) -> list[Tensor]:
+        """See `TorchDistribution._support_flags`."""
+        return [flags(constraints.unit_interval, value)]
 
 
 class FactorizedBernoulli(Bernoulli):
@@ -176,6 +185,10 @@ class Multinomial(TorchDistribution):
         total = (dist.base_dist if isinstance(dist, D.Independent) else dist).total_count
         if validation_enabled() and not bool((value.sum(-1) == total).all()):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must add up to total_count={total}")
+
+    def _support_flags(self, value: Tensor) -> list[Tensor]:
+        """See `TorchDistribution._support_flags` (torch's default ``total_count`` is 1)."""
+        return [(value.sum(-1) == self._static.get("total_count", 1)).all()]
 
 
 class RelaxedBernoulli(TorchDistribution):

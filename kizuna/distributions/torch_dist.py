@@ -22,13 +22,20 @@ from torch import distributions as D
 from torch import nn
 from torch.distributions import constraints
 
+from kizuna.distributions import kernels
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
+from kizuna.distributions.kernels import satisfies
 from kizuna.distributions.memo import memoized
 
 _VALIDATE = [True]
 # torch's message: "Expected parameter NAME (...) of distribution ... to satisfy the constraint
 # CONSTRAINT, but found invalid values"; the constraint itself may contain ", " (Interval(a, b)).
 _PARAM_ERROR = re.compile(r"Expected parameter (\w+) .*?to satisfy the constraint (.+?), but found")
+
+
+# families whose validation is exactly their arg_constraints (no other checks in __init__ / log_prob)
+SCREENED: frozenset[type[D.Distribution]] = frozenset(
+    {D.Normal, D.Bernoulli, D.Laplace, D.Poisson, D.Gamma, D.StudentT, D.Dirichlet})
 
 
 def set_validation(enabled: bool) -> None:
@@ -135,18 +142,7 @@ class TorchDistribution(Distribution):
             params[key] = getattr(self, f"{key}_")
         batched = False
         if self._uses_forward:
-            out = self(**{k: x_dict[k] for k in self._cond_var})
-            if not isinstance(out, Mapping):
-                raise TypeError(
-                    f"{self.prob_text}: forward() must return a dict of parameters, got {type(out).__name__}"
-                )
-            bad = sorted(set(out) - set(self.param_names))
-            if bad:
-                raise ValueError(
-                    f"{self.prob_text}: forward() returned {', '.join(bad)}, which "
-                    f"{type(self).__name__} does not take (its parameters: {', '.join(self.param_names)})"
-                )
-            params.update(out)
+            params.update(self._check_forward(self(**{k: x_dict[k] for k in self._cond_var})))
             batched = True
         for key, cond in self._from_var.items():
             params[key] = x_dict[cond]
@@ -158,6 +154,20 @@ class TorchDistribution(Distribution):
                 for key, number in self._numbers.items():
                     params[key] = torch.tensor(number, dtype=like.dtype, device=like.device)
         return params, batched
+
+    def _check_forward(self, out: Any) -> Mapping[str, Any]:
+        """``forward``'s result, checked: a dict naming only this family's parameters."""
+        if not isinstance(out, Mapping):
+            raise TypeError(
+                f"{self.prob_text}: forward() must return a dict of parameters, got {type(out).__name__}"
+            )
+        bad = sorted(set(out) - set(self.param_names))
+        if bad:
+            raise ValueError(
+                f"{self.prob_text}: forward() returned {', '.join(bad)}, which "
+                f"{type(self).__name__} does not take (its parameters: {', '.join(self.param_names)})"
+            )
+        return out
 
     def get_params(self, x_dict: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
         """See `Distribution.get_params`."""
@@ -177,8 +187,11 @@ class TorchDistribution(Distribution):
     def _build(self, params: dict[str, Any], validate: bool) -> D.Distribution:
         if validate:
             self._check_params(params)
+        # torch's own checks build a boolean tensor per parameter; a cheaper screen that passes makes
+        # them redundant (a failing screen lets torch check, for its message)
+        screened = validate and self._screened(params)
         try:
-            return self.torch_class(**params, validate_args=validate)
+            dist = self.torch_class(**params, validate_args=validate and not screened)
         except ValueError as err:
             match = _PARAM_ERROR.search(str(err))
             if match:
@@ -195,6 +208,22 @@ class TorchDistribution(Distribution):
                 f"{self.prob_text}: cannot build {type(self).__name__} from parameters "
                 f"{sorted(params)} (give them as constants or return them from forward): {err}"
             ) from err
+        if screened:
+            dist._validate_args = True  # as built with validate_args=True: values scored later are checked
+        return dist
+
+    def _screened(self, params: dict[str, Any]) -> bool:
+        """Whether every parameter passes its torch constraint, for families whose validation is
+        exactly their ``arg_constraints`` (see `kizuna.distributions.kernels.satisfies`)."""
+        if self.torch_class not in SCREENED:
+            return False
+        table = self.torch_class.arg_constraints
+        for key, value in params.items():
+            constraint = table.get(key)
+            if constraint is not None and not constraints.is_dependent(constraint) and \
+                    not satisfies(constraint, value):
+                return False
+        return True
 
     def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True) -> tuple[D.Distribution, bool]:
         """The torch distribution for these inputs (built once per evaluation, see `memo`)."""
@@ -210,7 +239,12 @@ class TorchDistribution(Distribution):
 
     def _new_torch_dist(self, x_dict: Mapping[str, Any], independent: bool) -> tuple[D.Distribution, bool]:
         params, batched = self._params(x_dict)
-        validate = self._needs_validation(batched)
+        return self._dist_from(params, batched, independent), batched
+
+    def _dist_from(self, params: dict[str, Any], batched: bool, independent: bool,
+                   validate: bool | None = None) -> D.Distribution:
+        """The torch distribution for merged ``params`` (validated unless ``validate`` is False)."""
+        validate = self._needs_validation(batched) if validate is None else validate
         base = self._build(params, validate)
         if not batched and not self._constants_checked:
             self._constants_checked = True
@@ -229,8 +263,8 @@ class TorchDistribution(Distribution):
         if n_features < 0:
             raise ValueError(f"{self.prob_text}: parameters from forward() need a leading batch dimension")
         if independent and n_features > 0:
-            return D.Independent(base, n_features, validate_args=False), batched
-        return base, batched
+            return D.Independent(base, n_features, validate_args=False)
+        return base
 
     def get_dist(self, x_dict: Mapping[str, Any] | None = None, independent: bool = True) -> D.Distribution:
         """A fresh ``torch.distributions`` object for these inputs; features are event dims."""
@@ -241,6 +275,11 @@ class TorchDistribution(Distribution):
     # ------------------------------------------------------ sample / density
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         dist, batched = self._torch_dist(x_dict)
+        return {self._var[0]: self._draw_from(dist, batched, x_dict, batch_n, reparam)}
+
+    def _draw_from(self, dist: D.Distribution, batched: bool, x_dict: Mapping[str, Any], batch_n: int | None,
+                   reparam: bool) -> Tensor:
+        """A draw of ``batch_n`` rows from ``dist`` (see `_sample`)."""
         if batched:
             shape: tuple[int, ...] = ()
             if batch_n is not None and dist.batch_shape[0] == 1 and batch_n != 1:
@@ -252,8 +291,7 @@ class TorchDistribution(Distribution):
                 )
         else:
             shape = (batch_n or batch_size_of(x_dict) or 1,)
-        draw = dist.rsample(shape) if reparam and self.has_reparam else dist.sample(shape)
-        return {self._var[0]: draw}
+        return dist.rsample(shape) if reparam and self.has_reparam else dist.sample(shape)
 
     def _check_value(self, value: Any, dist: D.Distribution, batched: bool) -> None:
         var = self._var[0]
@@ -272,14 +310,35 @@ class TorchDistribution(Distribution):
                 f"have batch size {dist.batch_shape[0]}"
             )
 
+    def _check_support(self, value: Tensor) -> None:
+        """Checks of scored values that torch leaves out (e.g. Bernoulli's [0, 1]); none by default."""
+
+    def _support_flags(self, value: Tensor) -> list[Tensor]:
+        """`_check_support` as unread boolean tensors, for checks deferred to one read (see `kizuna.losses.plan`)."""
+        return []
+
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         dist, batched = self._torch_dist(x_dict, independent=sum_features)
-        value = x_dict[self._var[0]]
+        return self._log_prob_from(dist, batched, x_dict[self._var[0]])
+
+    def _log_prob_from(self, dist: D.Distribution, batched: bool, value: Any) -> Tensor:
+        """``dist.log_prob(value)`` after the shape and support checks (see `_log_prob`)."""
         self._check_value(value, dist, batched)
         checked = self.validate_value and _VALIDATE[0]
+        base = dist.base_dist if isinstance(dist, D.Independent) else dist
+        if checked and type(base) in SCREENED and isinstance(value, Tensor) and \
+                value.shape == dist.batch_shape + dist.event_shape and satisfies(base.support, value):
+            checked = False  # every value is in the support: torch's elementwise check would pass
         dist._validate_args = checked
         if isinstance(dist, D.Independent):
             dist.base_dist._validate_args = checked
+        if type(base) is D.Bernoulli and "logits" in base.__dict__ and isinstance(value, Tensor) \
+                and base.logits.shape == value.shape and value.dim() > 0:
+            # torch's formula with the minus sign after the sum over features (fewer operations)
+            if base is dist:
+                return kernels.bernoulli_log_prob(value, base.logits)
+            if dist.reinterpreted_batch_ndims == value.dim() - 1:
+                return kernels.bernoulli_log_prob_sum(value, base.logits)
         try:
             return dist.log_prob(value)
         except ValueError as err:

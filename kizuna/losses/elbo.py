@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from kizuna.distributions.base import repeat_batch
+from kizuna.distributions.torch_dist import TorchDistribution
 from kizuna.losses.base import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation, draw
 from kizuna.losses.log_prob import LogProb
@@ -65,10 +67,38 @@ class IWAE(Loss):
         return [self.p, self.q]
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        values, _ = draw(self.q, ctx, self.k, reparam=True)
-        log_w = self.p.get_log_prob(values) - self.q.get_log_prob(values)
-        log_w = log_w.reshape(self.k, -1)
+        shared = self._draw_once(ctx)
+        if shared is not None:
+            values, log_q = shared
+        else:
+            values, _ = draw(self.q, ctx, self.k, reparam=True)
+            log_q = self.q.get_log_prob(values).reshape(self.k, -1)
+        log_w = self.p.get_log_prob(values).reshape(self.k, -1) - log_q
         return torch.logsumexp(log_w, 0) - math.log(self.k)
+
+    def _draw_once(self, ctx: EvalContext) -> tuple[dict[str, Any], Tensor] | None:
+        """With a proposal of one torch family conditioned on the data: its parameters once per row
+        (not once per draw), ``k`` draws from it and their log-density; None otherwise.
+
+        The draws are the ones `draw` makes (the same random stream), and :math:`q(z|x)` is one
+        distribution for the ``k`` draws of a row even when its network is stochastic (dropout).
+        """
+        q, k = self.q, self.k
+        if not isinstance(q, TorchDistribution) or k == 1 or not q.input_var:
+            return None
+        q._require(ctx.values, q.input_var)
+        dist, batched = q._torch_dist(ctx.values)
+        rows = dist.batch_shape[0] if batched and dist.batch_shape else None
+        if rows is None or any(isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] != rows
+                               for v in ctx.values.values()):
+            return None  # unbatched, or rows that broadcast: draw() handles them
+        z = dist.rsample((k,))  # (k, B, *features): rows i*B:(i+1)*B of the flattened draws are copy i
+        log_q = dist.log_prob(z)
+        own = set(q.var)
+        values = {name: repeat_batch(v, k) for name, v in ctx.values.items() if name not in own}
+        values[q.var[0]] = z.reshape(-1, *z.shape[2:])
+        ctx.samples[q.var[0]] = z
+        return values, log_q
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["iwae"].format(self.p.prob_text, self.q.prob_text, self.k)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,9 +107,13 @@ def _same(a: Any, b: Any) -> bool:
 
 # ----------------------------------------------------------------- files
 def save(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` as a kizuna checkpoint, atomically (temporary file, then rename)."""
+    """Write ``payload`` as a kizuna checkpoint, atomically (temporary file, then rename).
+
+    The temporary file is named after the host and process, so processes that save to the same
+    path at once (every rank of a data-parallel run) never write into one file: the last rename wins.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
     os.replace(tmp, path)
 

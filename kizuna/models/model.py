@@ -27,7 +27,9 @@ from tqdm import tqdm
 from kizuna.distributions.base import batch_size_of
 from kizuna.losses.base import Loss
 from kizuna.models import checkpoint as ckpt
+from kizuna.models import distributed as ddp
 from kizuna.models.checkpoint import History
+from kizuna.models.speed import Evaluator, ParameterList, all_finite, check_compile, term_values
 
 
 class Batches:
@@ -72,8 +74,15 @@ class Batches:
                 "dict of tensors {'x': x, 'y': y} to fit directly")
         self._check_names(item)
 
-    def iterate(self, generator: torch.Generator | None, device: torch.device) -> Iterable[tuple[int, dict[str, Any]]]:
-        """Yield ``(rows, batch)``; dict data is permuted with ``generator`` when one is given."""
+    def iterate(self, generator: torch.Generator | None, device: torch.device,
+                shard: tuple[int, int] = (0, 1)) -> Iterable[tuple[int, dict[str, Any]]]:
+        """Yield ``(rows, batch)``; dict data is permuted with ``generator`` when one is given.
+
+        With ``shard=(rank, world)`` dict data is cut into global batches of ``batch_size * world``
+        rows and this rank gets rows ``rank, rank + world, ...`` of each (``DistributedSampler``'s
+        interleaving, without its padding; a rank may get 0 rows of the last batch). A loader is
+        expected to shard itself (a ``DistributedSampler``).
+        """
         if self.tensors is None:
             assert self.loader is not None
             for i, item in enumerate(self.loader, 1):
@@ -83,10 +92,15 @@ class Batches:
             return
         n = next(v.shape[0] for v in self.tensors.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
         order = torch.randperm(n, generator=generator) if generator is not None else None
-        for start in range(0, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            batch = {k: _to(_rows(v, start, stop, order), device) for k, v in self.tensors.items()}
-            yield stop - start, batch
+        rank, world = shard
+        for start in range(0, n, self.batch_size * world):
+            stop = min(start + self.batch_size * world, n)
+            lo, hi, rows = start, stop, order
+            if world > 1:  # this rank's rows of the global batch, as positions in the epoch's order
+                index = torch.arange(start + rank, stop, world)
+                lo, hi, rows = 0, len(index), (order[index] if order is not None else index)
+            batch = {k: _to(_rows(v, lo, hi, rows), device) for k, v in self.tensors.items()}
+            yield hi - lo, batch
 
 
 def _check_tensors(data: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -143,6 +157,13 @@ class Model:
         optimizer: a ``torch.optim.Optimizer`` class.
         optimizer_params: its keyword arguments.
         clip_grad_norm, clip_grad_value: optional gradient clipping.
+        compile: run each step's loss evaluation (forward and backward) under ``torch.compile``:
+            ``True``, or a dict of its keyword arguments (e.g. ``{"mode": "max-autotune"}``).
+            Where compilation is unavailable (no C compiler, unsupported platform) a warning
+            says why and training continues uncompiled.
+
+    Every step evaluates the loss through a plan built once per loss and set of input names
+    (`kizuna.losses.plan`), so the formula costs no Python work per step beyond the arithmetic.
 
     >>> import torch
     >>> from torch import nn
@@ -164,6 +185,7 @@ class Model:
         optimizer_params: Mapping[str, Any] | None = None,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         if not isinstance(loss, Loss):
             raise TypeError(f"Model needs a kizuna Loss, got {type(loss).__name__}")
@@ -183,6 +205,8 @@ class Model:
         self.history = History()
         self._shuffle: torch.Generator | None = None  # fit's shuffling stream (saved in checkpoints)
         self._best: dict[str, Any] | None = None  # best validation epoch, value and parameters
+        self._evaluator = Evaluator(check_compile(compile))  # plans (and compiled steps) per loss
+        self._all_params = ParameterList()  # what the fused gradient check reads
 
     def __str__(self) -> str:
         names = ", ".join(str(d.prob_text) for d in self.distributions)
@@ -214,7 +238,7 @@ class Model:
         """One optimisation step on ``x_dict``; returns the loss before the step."""
         self._set_mode(True)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_cls.eval(x_dict)
+        loss = self._evaluator(self.loss_cls, x_dict, terms=False)[0]
         value = self._scalar(loss, self.loss_cls)
         loss.backward()
         self._update()
@@ -224,7 +248,7 @@ class Model:
         """The test loss on ``x_dict`` without gradients."""
         self._set_mode(False)
         with torch.no_grad():
-            return self._scalar(self.test_loss_cls.eval(x_dict), self.test_loss_cls)
+            return self._scalar(self._evaluator(self.test_loss_cls, x_dict, terms=False)[0], self.test_loss_cls)
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -238,6 +262,7 @@ class Model:
         patience: int | None = None,
         checkpoint: str | PathLike[str] | None = None,
         seed: int | None = None,
+        distributed: bool | None = None,
     ) -> History:
         """Train for ``epochs`` more epochs; returns the (cumulative) `History`.
 
@@ -261,9 +286,21 @@ class Model:
                 generator when the run starts (``model.epoch == 0``). A model that has trained or
                 was loaded from a checkpoint continues its saved streams instead, so re-running
                 the same script after an interruption reproduces the uninterrupted run.
+            distributed: train data-parallel over ``torch.distributed`` ranks (see
+                `kizuna.models.distributed` and docs/distributed.md). ``None``: when launched by
+                ``torchrun`` with more than one process, or a process group is initialised.
+                Every rank passes the same full dict data; each step, rank ``r`` takes rows
+                ``r, r + world, ...`` of a global batch of ``batch_size * world`` rows
+                (``batch_size`` stays per process), gradients are averaged over the global batch,
+                the recorded losses are means over all ranks' rows (the same `History` on every
+                rank), and only rank 0 shows progress and writes ``checkpoint`` (the others wait
+                for it). A ``DataLoader`` must shard itself with a ``DistributedSampler``;
+                ``set_epoch(epoch)`` is called on it every epoch.
 
         Raises:
-            FloatingPointError: the loss or a gradient went non-finite. The message names the
+            RuntimeError: ``distributed=True`` without a process group or a torchrun launch.
+            FloatingPointError: the loss or a gradient went non-finite (data-parallel: on any
+                rank, and then every rank raises). The message names the
                 terms that did and the epoch / step; the bad step is not taken, so the parameters
                 and optimizer are those after the last finite step, and the checkpoint on disk
                 (the last finished epoch) is left untouched.
@@ -274,22 +311,32 @@ class Model:
             raise ValueError("fit: patience (early stopping) needs valid data and patience >= 1")
         train_data = Batches(data, "data", self.loss_cls.input_var, batch_size)
         valid_data = Batches(valid, "valid", self.test_loss_cls.input_var, batch_size) if valid is not None else None
+        sync = ddp.DataParallel.setup(self, distributed, [train_data, valid_data])
         self._start_streams(seed)
+        if sync is not None:
+            sync.broadcast_state(self)
+        shard = sync.shard if sync is not None else (0, 1)
         device = self._params[0].device
         quiet = quiet if quiet is not None else not _stderr_is_terminal()
+        quiet = quiet or (sync is not None and not sync.main)
         with tqdm(range(epochs), desc="fit", unit="epoch", disable=quiet, dynamic_ncols=True) as bar:
             for _ in bar:
                 epoch = self.epoch + 1
                 gen = self._shuffle if shuffle else None
-                train_loss, terms = self._run(train_data.iterate(gen, device), epoch, True, checkpoint)
+                ddp.set_epoch(train_data.loader, epoch)
+                train_loss, terms = self._run(train_data.iterate(gen, device, shard), epoch, True, checkpoint, sync)
                 valid_loss, valid_terms = math.nan, {}
                 if valid_data is not None:
-                    valid_loss, valid_terms = self._run(valid_data.iterate(None, device), epoch, False, checkpoint)
+                    valid_loss, valid_terms = self._run(valid_data.iterate(None, device, shard), epoch, False,
+                                                        checkpoint, sync)
                 self.epoch = epoch
                 self.history.append(epoch, train_loss, valid_loss, terms, valid_terms)
                 stop = valid_data is not None and self._early_stop(epoch, valid_loss, patience)
                 if checkpoint is not None:
-                    self.save(checkpoint)
+                    if sync is None or sync.main:
+                        self.save(checkpoint)
+                    if sync is not None:
+                        ddp.barrier()  # no rank goes on (and may read the file) before it is complete
                 shown = {"train": f"{train_loss:.4g}"}
                 if valid_data is not None:
                     shown["valid"] = f"{valid_loss:.4g}"
@@ -308,8 +355,10 @@ class Model:
             self._shuffle = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
 
     def _run(self, batches: Iterable[tuple[int, dict[str, Any]]], epoch: int, training: bool,
-             checkpoint: Any) -> tuple[float, dict[str, float]]:
+             checkpoint: Any, sync: ddp.DataParallel | None = None) -> tuple[float, dict[str, float]]:
         """One pass: the weighted mean loss and term means (a step per batch when ``training``)."""
+        if sync is not None:  # synchronised steps and means over every rank's rows
+            return sync.run(self, batches, epoch, training, checkpoint, _nonfinite_message)
         total, count, term_sums = 0.0, 0, {}
         for step, (n, batch) in enumerate(batches, 1):
             if training:
@@ -324,13 +373,12 @@ class Model:
         return total / count, {k: v / count for k, v in term_sums.items()}
 
     def _evaluate(self, loss_cls: Loss, batch: Mapping[str, Any]) -> tuple[torch.Tensor, float, dict[str, float]]:
-        loss, terms = loss_cls.eval(batch, return_terms=True)
+        loss, means, labels = self._evaluator(loss_cls, batch, terms=True)
         if loss.dim() != 0:
             raise ValueError(f"the loss {loss_cls} evaluates to shape {tuple(loss.shape)}; "
                              "reduce it, e.g. with .mean()")
-        # one device-to-host copy for the loss and every term
-        values = torch.stack([t.detach().to(loss.device, loss.dtype) for t in (loss, *terms.values())]).tolist()
-        return loss, values[0], dict(zip(terms, values[1:]))
+        values = term_values(loss, means)  # one device-to-host copy for the loss and every term
+        return loss, values[0], dict(zip(labels, values[1:]))
 
     def _fit_step(self, batch: Mapping[str, Any], epoch: int, step: int, checkpoint: Any
                   ) -> tuple[float, dict[str, float]]:
@@ -341,8 +389,9 @@ class Model:
         if not math.isfinite(value):
             raise FloatingPointError(_nonfinite_message(f"the loss is {value} {where}", terms, self, checkpoint))
         loss.backward()
-        bad = [name for name, p in ckpt.named_parameters(self.distributions)
-               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        bad = [] if all_finite([p.grad for p in self._all_params(self.distributions) if p.grad is not None]) else [
+            name for name, p in ckpt.named_parameters(self.distributions)
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all())]  # named only when the fused check fails
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(_nonfinite_message(
@@ -377,7 +426,9 @@ class Model:
         """Write `state_dict` as a checkpoint file (see `kizuna.models.checkpoint`).
 
         The file is written next to ``path`` and renamed over it, so an interruption never
-        leaves a half-written checkpoint.
+        leaves a half-written checkpoint. In a data-parallel run every rank holds the same state:
+        save from rank 0 only (``if kizuna.models.distributed.is_main(): model.save(path)``), as
+        ``fit`` does with its ``checkpoint``.
         """
         ckpt.save(path, self.state_dict())
 

@@ -4,7 +4,12 @@ Shared by `kizuna.modules.HMM` and `kizuna.modules.MM`. Every function takes the
 space: ``log_start`` :math:`\log\pi_k` (K), ``log_trans`` :math:`\log A_{ij} = \log p(z_t=j|z_{t-1}=i)`
 (K×K) and ``log_emit`` :math:`\log p(x_t|z_t=k)` (N×K, the rows of all sequences one after the
 other; ``lengths`` splits them, as in hmmlearn). Sequences are padded to one (B, T, K) block, so
-each recursion step is one vectorised operation over all sequences and states; only time is a loop.
+each recursion step is one vectorised operation over all sequences and states.
+
+`forward_backward` and `forward_log_likelihood` run the recursions scaled and chunked
+(`kizuna.modules._chain_scan`: O(sqrt T) Python steps, linear work in T); when a normaliser there is
+too small for linear-space arithmetic they use the log-space loops over time below, which are exact
+and are also the reference the fast path is tested against.
 
 .. math::
     \alpha_t(j) = \log p(x_t|j) + \operatorname{logsumexp}_i\big(\alpha_{t-1}(i) + \log A_{ij}\big),\qquad
@@ -19,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from kizuna.modules._chain_scan import TINY, max_product, reverse_index, scaled_forward
 
 Tensor = torch.Tensor
 
@@ -35,11 +42,15 @@ def check_lengths(n: int, lengths: Sequence[int] | Tensor | None, device: torch.
 
 def pad(x: Tensor, lengths: Tensor) -> Tensor:
     """Rows (N, ...) split by ``lengths`` into a zero-padded (B, T, ...) block."""
+    if lengths.shape[0] == 1:
+        return x.unsqueeze(0)
     return torch.nn.utils.rnn.pad_sequence(list(torch.split(x, lengths.tolist())), batch_first=True)
 
 
 def unpad(x: Tensor, lengths: Tensor) -> Tensor:
     """Inverse of `pad`: the valid rows of a (B, T, ...) block, concatenated to (N, ...)."""
+    if x.shape[0] == 1:
+        return x[0, :int(lengths[0])] if x.shape[1] != lengths[0] else x[0]
     mask = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
     return x[mask]
 
@@ -91,7 +102,12 @@ def forward_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tenso
                            lengths: Sequence[int] | Tensor | None = None) -> Tensor:
     """:math:`\\log p(x_b)` per sequence, shape (B,), by the forward recursion alone."""
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
-    alpha, _ = _forward(log_start, log_trans, pad(log_emit, lengths))
+    e = pad(log_emit, lengths)
+    trans = torch.exp(log_trans)
+    fwd = scaled_forward(torch.exp(log_start), trans, e)
+    if fwd is not None:
+        return fwd.log_likelihood(trans, lengths)
+    alpha, _ = _forward(log_start, log_trans, e)
     return torch.logsumexp(_last(alpha, lengths), -1)
 
 
@@ -105,6 +121,9 @@ def forward_backward(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
     """
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
     e = pad(log_emit, lengths)
+    fast = _scaled_forward_backward(log_start, log_trans, e, lengths)
+    if fast is not None:
+        return fast
     alpha, pred = _forward(log_start, log_trans, e)
     beta = _backward(log_trans, e, lengths)
     loglik = torch.logsumexp(_last(alpha, lengths), -1)
@@ -124,9 +143,61 @@ def forward_backward(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
                     torch.exp(gamma[:, 0]).sum(0), loglik)
 
 
+def _scaled_forward_backward(log_start: Tensor, log_trans: Tensor, e: Tensor, lengths: Tensor) -> Smoothed | None:
+    """`forward_backward` in linear space from two `scaled_forward` recursions (None: use log space).
+
+    The backward recursion :math:`\\beta_t = A (E_{t+1} \\odot \\beta_{t+1})` is the forward recursion with
+    :math:`A^\\top` and start 1 over each sequence reversed: its predicted vectors are the :math:`\\beta_t`.
+    Every row below is known up to its own factor, so gamma, the cavity and each
+    :math:`\\xi_t(i,j) \\propto \\alpha_t(i) A_{ij} E_{t+1}(j) \\beta_{t+1}(j)` are normalised per step.
+    """
+    trans = torch.exp(log_trans)
+    fwd = scaled_forward(torch.exp(log_start), trans, e)
+    if fwd is None:
+        return None
+    b, t, k = e.shape
+    if b == 1:
+        def flip(x: Tensor) -> Tensor:
+            return x.flip(1)
+    else:
+        rev = reverse_index(lengths, t).unsqueeze(-1).expand(-1, -1, k)
+
+        def flip(x: Tensor) -> Tensor:
+            return x.gather(1, rev)
+    bwd = scaled_forward(torch.ones_like(log_start), trans.T.contiguous(), flip(e))
+    if bwd is None:
+        return None
+    beta = flip(bwd.predicted)  # beta_t, up to a factor per step
+    gamma, cavity = fwd.filtered * beta, fwd.predicted * beta
+    w = fwd.emissions[:, 1:] * beta[:, 1:]
+    propagated = fwd.filtered[:, :-1] @ trans
+    sums = [gamma.sum(-1, keepdim=True), cavity.sum(-1, keepdim=True), (propagated * w).sum(-1, keepdim=True)]
+    if b > 1:  # padded steps: harmless divisors, no transition counts
+        valid = (torch.arange(t, device=e.device) < lengths[:, None]).unsqueeze(-1)
+        sums = [torch.where(v, x, 1.0) for x, v in zip(sums, (valid, valid, valid[:, 1:]))]
+        w = torch.where(valid[:, 1:], w, 0.0)
+    low = torch.cat([x.reshape(-1) for x in sums]).amin()
+    if not bool(low >= TINY):
+        return None
+    left = fwd.filtered[:, :-1] / sums[2]
+    trans_counts = trans * (left.reshape(-1, k).T @ w.reshape(-1, k))
+    gamma, cavity = gamma / sums[0], cavity / sums[1]
+    return Smoothed(unpad(torch.log(gamma), lengths), unpad(torch.log(cavity), lengths), trans_counts,
+                    gamma[:, 0].sum(0), fwd.log_likelihood(trans, lengths, propagated))
+
+
 def viterbi(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
             lengths: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Most probable state paths: (:math:`\\max_z \\log p(x_b, z)` per sequence (B,), states (N,))."""
+    """Most probable state paths: (:math:`\\max_z \\log p(x_b, z)` per sequence (B,), states (N,)),
+    by the chunked (max, +) recursion of `kizuna.modules._chain_scan.max_product`."""
+    lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
+    score, states = max_product(log_start, log_trans, pad(log_emit, lengths), lengths)
+    return score, unpad(states, lengths)
+
+
+def viterbi_loop(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
+                 lengths: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`viterbi` by a loop over time (the reference the chunked recursion is tested against)."""
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
     e = pad(log_emit, lengths)
     delta, pointers = log_start + e[:, 0], []
@@ -159,10 +230,13 @@ def sample_paths(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
     .. math::
         z_{T-1} \\sim \\alpha_{T-1},\\qquad
         z_t \\sim p(z_t|z_{t+1}, x_{0:t}) \\propto \\alpha_t(z_t)\\,A_{z_t z_{t+1}}
+
+    The filtering runs chunked (`kizuna.modules._chain_scan`); the backward draws loop over time.
     """
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
     e = pad(log_emit, lengths)
-    alpha, _ = _forward(log_start, log_trans, e)
+    fwd = scaled_forward(torch.exp(log_start), torch.exp(log_trans), e)  # filtering, up to a factor per step
+    alpha = torch.log(fwd.filtered) if fwd is not None else _forward(log_start, log_trans, e)[0]
     last = _last(alpha, lengths).expand(n_samples, -1, -1)  # (S, B, K)
     state = _gumbel_argmax(last, generator)
     path = [state] * e.shape[1]

@@ -32,7 +32,7 @@ import torch
 from torch.nn import functional as F
 
 from kizuna.modules.inference import combine, sample_classes, sample_dirichlet
-from kizuna.modules.normal_wishart import NormalWishart, gaussian_log_prob
+from kizuna.modules.normal_wishart import NormalWishart, gaussian_log_prob, row_blocks, student_t_log_prob
 
 Tensor = torch.Tensor
 
@@ -56,8 +56,33 @@ def statistics(x: Tensor, resp: Tensor, diagonal: bool) -> tuple[Tensor, Tensor,
     """Soft counts (K), sums (K×D) and outer sums (K×D×D) or sums of squares (K×D)."""
     counts = resp.sum(0)
     sum_x = resp.T @ x
-    sum_xx = resp.T @ x**2 if diagonal else (resp.T.unsqueeze(1) * x.T.unsqueeze(0)) @ x
+    sum_xx = resp.T @ x**2 if diagonal else weighted_scatter(x, resp)
     return counts, sum_x, sum_xx
+
+
+def hard_statistics(x: Tensor, z: Tensor, k: int, diagonal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """`statistics` of hard assignments ``z``: the points sorted by component, one GEMM per component
+    (O(N D^2) instead of the O(N K D^2) of weighting every point by a one-hot row)."""
+    counts = torch.bincount(z, minlength=k).to(x.dtype)
+    sum_x = x.new_zeros(k, x.shape[1]).index_add_(0, z, x)
+    if diagonal:
+        return counts, sum_x, x.new_zeros(k, x.shape[1]).index_add_(0, z, x**2)
+    groups = x.index_select(0, torch.argsort(z)).split(counts.long().tolist())
+    return counts, sum_x, torch.stack([g.T @ g for g in groups])
+
+
+def weighted_scatter(x: Tensor, resp: Tensor, centres: Tensor | None = None) -> Tensor:
+    """:math:`\\sum_n r_{nk} (x_n - c_k)(x_n - c_k)^\\top` (K×D×D; :math:`c_k = 0` without ``centres``):
+    a batched GEMM over the components per block of rows (`row_blocks`), memory linear in N."""
+    n, d = x.shape
+    k = resp.shape[1]
+    out = x.new_zeros(k, d, d)
+    blocks = row_blocks(n, k * d)
+    for s in blocks:
+        xs = x[s:s + blocks.step].unsqueeze(0)
+        xs = xs.expand(k, -1, -1) if centres is None else xs - centres.unsqueeze(1)  # K×B×D
+        out += (xs * resp[s:s + blocks.step].T.unsqueeze(-1)).transpose(1, 2) @ xs
+    return out
 
 
 def _combine(own: Tensor, pi_msg: Tensor | None, method: str, n_particles: int,
@@ -97,23 +122,72 @@ def collapsed_conditional(x: Tensor, z: Tensor, prior: NormalWishart, alpha0: fl
     """:math:`\\log[(N_k^{-n}+\\alpha_0)\\,t_k^{-n}(x_n)]` (N×K): every point left out of its own component.
 
     Without ``mixing`` (a parent's class prior takes the place of the weights) only :math:`\\log t_k^{-n}(x_n)`.
+    The leave-one-out predictive of a point's own component is a rank-one downdate of that component's
+    posterior (`leave_one_out`), so the cost is that of the N×K predictive, O(N K D^2).
     """
     k = prior.m.shape[0]
     oh = F.one_hot(z, k).to(x.dtype)
-    counts, sum_x, sum_xx = statistics(x, oh, prior.diagonal)
-    own = prior.posterior(counts, sum_x, sum_xx).log_predictive(x)
-    xx = x**2 if prior.diagonal else x.unsqueeze(-1) * x.unsqueeze(-2)
-    loo_prior = NormalWishart(prior.m[z], prior.kappa[z], prior.nu[z], prior.scale[z])
-    loo = loo_prior.posterior(counts[z] - 1, sum_x[z] - x, sum_xx[z] - xx)
-    own = own.scatter(1, z.unsqueeze(1), loo.log_predictive(x, pairwise=False).unsqueeze(1))
+    counts, sum_x, sum_xx = hard_statistics(x, z, k, prior.diagonal)
+    post = prior.posterior(counts, sum_x, sum_xx)
+    if prior.diagonal:
+        own, quadratic = post.log_predictive(x), None
+    else:
+        quadratic = post.quadratic(x)
+        df = post.nu - prior.dim + 1
+        c = (post.kappa + 1) / (post.kappa * df)
+        own = student_t_log_prob(quadratic[0] / c, quadratic[1] + prior.dim * torch.log(c), df, prior.dim)
+    loo = leave_one_out(x, z, post, quadratic)
+    bad = ~torch.isfinite(loo)
+    if bool(bad.any()):  # the downdate lost its precision: those points from their sufficient statistics
+        i, zi = bad.nonzero().squeeze(1), z[bad]
+        xx = x[i] ** 2 if prior.diagonal else x[i].unsqueeze(-1) * x[i].unsqueeze(-2)
+        exact = NormalWishart(prior.m[zi], prior.kappa[zi], prior.nu[zi], prior.scale[zi]).posterior(
+            counts[zi] - 1, sum_x[zi] - x[i], sum_xx[zi] - xx)
+        loo = loo.index_put((i,), exact.log_predictive(x[i], pairwise=False))
+    own = own.scatter(1, z.unsqueeze(1), loo.unsqueeze(1))
     return own + torch.log(counts - oh + alpha0) if mixing else own
+
+
+def leave_one_out(x: Tensor, z: Tensor, post: NormalWishart,
+                  quadratic: tuple[Tensor, Tensor] | None = None, min_ratio: float = 1e-6) -> Tensor:
+    """:math:`\\log t^{-n}_{z_n}(x_n)` (N): the predictive of each point under its own component's posterior
+    without it, by the rank-one downdate (:math:`u = x_n - m_k`, :math:`c = \\kappa_k/(\\kappa_k - 1)`)
+
+    .. math::
+        \\kappa' = \\kappa_k - 1,\\ \\nu' = \\nu_k - 1,\\ x_n - m' = c\\,u,\\ S' = S_k - c\\,u u^\\top,\\quad
+        |S'| = |S_k|(1 - c q),\\ u^\\top S'^{-1} u = \\frac{q}{1 - c q},\\ q = u^\\top S_k^{-1} u
+
+    (matrix determinant lemma and Sherman-Morrison; per dimension for a diagonal ``post``). ``quadratic``:
+    `NormalWishart.quadratic` of ``x`` when already computed (full covariances). Points whose downdate keeps
+    less than ``min_ratio`` of :math:`|S_k|` (or of a diagonal scale) get ``nan``: the caller recomputes them
+    from their component's counts without them.
+    """
+    d = post.dim
+    kappa, nu = post.kappa[z], post.nu[z]
+    c = kappa / (kappa - 1)
+    if post.diagonal:
+        u = x - post.m[z]
+        s = post.scale[z] - c.unsqueeze(-1) * u**2
+        ok = (s > min_ratio * post.scale[z]).all(-1)
+        df = (nu - 1).unsqueeze(-1)
+        scale2 = s.clamp_min(torch.finfo(s.dtype).tiny) * c.unsqueeze(-1) / df  # s (kappa' + 1) / (kappa' nu')
+        per_dim = student_t_log_prob((c.unsqueeze(-1) * u) ** 2 / scale2, torch.log(scale2), df, 1)
+        return torch.where(ok, per_dim.sum(-1), torch.nan)
+    quad, logdet = post.quadratic(x) if quadratic is None else quadratic
+    q = quad.gather(1, z.unsqueeze(1)).squeeze(1)
+    ratio = 1 - c * q
+    ok = ratio > min_ratio
+    ratio = torch.where(ok, ratio, torch.ones_like(ratio))
+    df = nu - d  # (nu - 1) - d + 1
+    ct = c / df  # (kappa' + 1) / (kappa' df) with kappa' = kappa - 1
+    lp = student_t_log_prob(c**2 * q / ratio / ct, logdet[z] + torch.log(ratio) + d * torch.log(ct), df, d)
+    return torch.where(ok, lp, torch.nan)
 
 
 def gibbs_sweep(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, pi_msg: Tensor | None, method: str,
                 n_particles: int, generator: torch.Generator | None, mixing: bool = True) -> Tensor:
     """One blocked Gibbs sweep: draw :math:`\\pi, \\mu, \\Lambda` given ``z``, then every new ``z_n``."""
-    k = prior.m.shape[0]
-    counts, sum_x, sum_xx = statistics(x, F.one_hot(z, k).to(x.dtype), prior.diagonal)
+    counts, sum_x, sum_xx = hard_statistics(x, z, prior.m.shape[0], prior.diagonal)
     log_pi = torch.log(sample_dirichlet(counts + alpha0, generator).clamp(min=1e-300))
     mu, root = prior.posterior(counts, sum_x, sum_xx).sample(generator)
     log_lik = gaussian_log_prob(x, mu, root)
@@ -126,7 +200,7 @@ def gibbs(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, n_sweeps: i
     """Blocked Gibbs sweeps from assignments ``z`` (see the module docstring)."""
     for _ in range(n_sweeps):
         z = gibbs_sweep(x, prior, alpha0, z, pi_msg, method, n_particles, generator, mixing)
-    counts, sum_x, sum_xx = statistics(x, F.one_hot(z, prior.m.shape[0]).to(x.dtype), prior.diagonal)
+    counts, sum_x, sum_xx = hard_statistics(x, z, prior.m.shape[0], prior.diagonal)
     nw, alpha = prior.posterior(counts, sum_x, sum_xx), counts + alpha0
     own = collapsed_conditional(x, z, prior, alpha0, mixing)
     return Fitted(own, _combine(own, pi_msg, method, n_particles, generator), *_point_estimates(nw, alpha),
@@ -156,11 +230,11 @@ def vb(x: Tensor, prior: NormalWishart, alpha0: float, resp: Tensor, max_iter: i
 def _em_m_step(x: Tensor, resp: Tensor, diagonal: bool, reg_covar: float) -> tuple[Tensor, Tensor, Tensor]:
     counts = resp.sum(0) + 10 * torch.finfo(x.dtype).eps
     means = resp.T @ x / counts.unsqueeze(1)
-    diff = x.unsqueeze(1) - means  # N x K x D
     if diagonal:
+        diff = x.unsqueeze(1) - means  # N x K x D
         cov = (resp.unsqueeze(-1) * diff**2).sum(0) / counts.unsqueeze(1) + reg_covar
     else:
-        cov = torch.einsum("nk,nkd,nke->kde", resp, diff, diff) / counts[:, None, None]
+        cov = weighted_scatter(x, resp, means) / counts[:, None, None]
         cov = cov + reg_covar * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     return counts / x.shape[0], means, cov
 

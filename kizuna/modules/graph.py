@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from kizuna.models.distributed import common_seed
 from kizuna.modules.base import GraphError, Module, Observation
 from kizuna.modules.inference import METHODS
 from kizuna.modules.persistence import load_graph, save_graph
@@ -147,7 +148,8 @@ class Graph:
             n_iter: number of bottom-up sweeps.
             method: ``"mp"`` or ``"sir"``, set on every module as ``module.method``.
             seed: seeds the ``torch.Generator`` every module draws from (``None``: a fresh
-                random seed); torch's global generator is left untouched.
+                random seed, the same on every rank of a ``torch.distributed`` run, so that
+                replicated modules stay identical); torch's global generator is left untouched.
         """
         if method not in METHODS:
             raise ValueError(f"Graph.fit: method must be one of {METHODS}, got {method!r}")
@@ -155,10 +157,7 @@ class Graph:
             raise ValueError(f"Graph.fit: n_iter must be a non-negative int, got {n_iter!r}")
         device = next(m.data.device for m in self.modules if isinstance(m, Observation))
         generator = torch.Generator(device=device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
+        generator.manual_seed(common_seed() if seed is None else seed)
         for m in self.modules:
             m.method = method
             m.generator = generator

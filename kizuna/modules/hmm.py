@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from kizuna.modules import _forward_backward as fb
+from kizuna.modules.gmm_inference import weighted_scatter
 
 Tensor = torch.Tensor
 COVARIANCE_TYPES = ("diag", "full", "spherical", "tied")
@@ -279,7 +280,7 @@ class _Gaussian:
         if "m" in h.params:
             h.means_ = torch.where(alive[:, None], gamma.T @ x / nk.clamp_min(1e-300)[:, None], h.means_)
         if "c" in h.params:
-            second = torch.einsum("nk,nd,ne->kde", gamma, x, x) / nk.clamp_min(1e-300)[:, None, None]
+            second = weighted_scatter(x, gamma) / nk.clamp_min(1e-300)[:, None, None]
             scatter = second - h.means_[:, :, None] * h.means_[:, None, :]
             new = self._from_full(scatter, nk)
             h.covars_ = new if h.covariance_type == "tied" else torch.where(

@@ -16,6 +16,9 @@ Blei et al. 2003). Integrating out :math:`\theta, \phi` gives the collapsed cond
 modalities in a fresh random order split into ``n_blocks`` blocks. All tokens of a block are
 resampled at once, each from the conditional above with the counts of the state *before the
 block* minus its own assignment; the count tables are then updated and the next block sees them.
+(Inside a block the draws are simultaneous, so when the document-topic table outgrows the cache the
+block's tokens are taken in storage order, document by document, each with the uniform it would have
+had: the same draws, with the table read in order.)
 With one token per block this is exact random-scan collapsed Gibbs; with fewer, larger blocks it is
 the approximate-distributed-LDA scheme (Newman et al. 2009, JMLR 10:1801, "AD-LDA"), whose staleness
 is one block. Estimates :math:`\hat\theta, \hat\phi` are averaged over the second half of the sweeps.
@@ -41,6 +44,7 @@ from kizuna.modules.inference import sample_dirichlet
 
 Tensor = torch.Tensor
 POSTERIOR_WEIGHT = 100.0  # tokens per sample for a child's class posterior when no weight is given
+SORT_ABOVE = 1 << 20  # document-topic tables larger than this (elements) outgrow the cache: read them in order
 
 
 def as_counts(x: Any, weight: float | None, what: str) -> Tensor:
@@ -56,11 +60,14 @@ def as_counts(x: Any, weight: float | None, what: str) -> Tensor:
     return torch.round(t).long()
 
 
-def _draw(p: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One category per row of the unnormalised probabilities ``p`` (inverse CDF)."""
+def _draw(p: Tensor, generator: torch.Generator | None, u: Tensor | None = None) -> Tensor:
+    """One category per row of the unnormalised probabilities ``p`` (inverse CDF): the number of
+    cumulative sums at or below :math:`u \\sum_k p_k`, found by binary search (no N×K comparison).
+    ``u``: the uniforms (N×1), when drawn by the caller."""
     cdf = p.cumsum(1)
-    u = torch.rand(p.shape[0], 1, generator=generator, dtype=p.dtype, device=p.device) * cdf[:, -1:]
-    return (cdf <= u).sum(1).clamp_max(p.shape[1] - 1)
+    if u is None:
+        u = torch.rand(p.shape[0], 1, generator=generator, dtype=p.dtype, device=p.device)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp_max(p.shape[1] - 1)
 
 
 class GibbsChain:
@@ -116,22 +123,28 @@ class GibbsChain:
         n_wk = torch.zeros(self.offsets[-1], self.k, dtype=self.dtype, device=self.device)
         n_wk.index_put_((word, z), ones, True)
         n_mk = torch.zeros(len(self.sizes), self.k, dtype=self.dtype, device=self.device).index_add_(0, vocab_mod, n_wk)
-        bias = prior.to(self.dtype).contiguous() if prior is not None else torch.ones_like(n_dk)
+        bias = prior.to(self.dtype).contiguous() if prior is not None else None
         theta_sum, phi_sum, kept = torch.zeros_like(n_dk), torch.zeros_like(n_wk), 0
+        in_order = n_dk.numel() > SORT_ABOVE
         for sweep in range(n_sweeps):
             order = torch.randperm(doc.shape[0], generator=generator, device=self.device)
             for idx in order.tensor_split(max(1, min(n_blocks, doc.shape[0]))):
+                u = torch.rand(idx.shape[0], 1, generator=generator, dtype=self.dtype, device=self.device)
+                if in_order:  # storage (document) order reads the tables in order; each token keeps its uniform
+                    idx, where = idx.sort()
+                    u = u.index_select(0, where)
                 d, w, m, old = (t.index_select(0, idx) for t in (doc, word, mod, z))
                 # the conditional with every count, then each token's own topic corrected for its removal
-                doc_tab = (n_dk + self.alpha) * bias
+                doc_tab = n_dk + self.alpha if bias is None else (n_dk + self.alpha) * bias
                 word_tab = phi if phi is not None else (n_wk + self.beta) / (n_mk + vbeta).index_select(0, vocab_mod)
-                p = doc_tab.index_select(0, d) * word_tab.index_select(0, w)
-                own = (n_dk.take(d * self.k + old) - 1 + self.alpha) * bias.take(d * self.k + old)
+                p = doc_tab.index_select(0, d).mul_(word_tab.index_select(0, w))
+                own = n_dk.take(d * self.k + old) - 1 + self.alpha
+                own = own if bias is None else own * bias.take(d * self.k + old)
                 own = own * (word_tab.take(w * self.k + old) if phi is not None else
                              (n_wk.take(w * self.k + old) - 1 + self.beta)
                              / (n_mk.take(m * self.k + old) - 1 + vbeta.take(m)))
                 p.scatter_(1, old[:, None], own[:, None])
-                new = _draw(p, generator)
+                new = _draw(p, generator, u)
                 z.index_copy_(0, idx, new)
                 sign = torch.cat([-ones[: d.shape[0]], ones[: d.shape[0]]])
                 kk = torch.cat([old, new])

@@ -30,6 +30,7 @@ import torch
 from kizuna.modules.inference import sample_gamma
 
 Tensor = torch.Tensor
+BLOCK_ELEMENTS = 1 << 17  # temporaries per block of rows (`row_blocks`): 1 MiB in float64
 
 
 @dataclass(frozen=True)
@@ -67,21 +68,32 @@ class NormalWishart:
         """:math:`\\log p(x\\mid\\text{component})`: every row of ``x`` (N×D) under every component
         (N×K) when ``pairwise``, else row ``b`` under component ``b`` (``x`` B×D, result B)."""
         d = self.dim
-        diff = x.unsqueeze(-2) - self.m if pairwise else x - self.m
         if self.diagonal:
+            diff = x.unsqueeze(-2) - self.m if pairwise else x - self.m
             df = self.nu.unsqueeze(-1)
             scale2 = self.scale * (self.kappa.unsqueeze(-1) + 1) / (self.kappa.unsqueeze(-1) * df)
             per_dim = (torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi * scale2)
                        - (df + 1) / 2 * torch.log1p(diff**2 / (scale2 * df)))
             return per_dim.sum(-1)
         df = self.nu - d + 1
-        chol = torch.linalg.cholesky(self.scale)  # S_N = L L^T; the t's shape matrix is c S_N
         c = (self.kappa + 1) / (self.kappa * df)
-        y = torch.linalg.solve_triangular(chol, diff.unsqueeze(-1), upper=False).squeeze(-1)
-        maha = (y**2).sum(-1) / c
-        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1) + d * torch.log(c)
-        return (torch.lgamma((df + d) / 2) - torch.lgamma(df / 2) - 0.5 * d * torch.log(df * math.pi)
-                - 0.5 * logdet - (df + d) / 2 * torch.log1p(maha / df))
+        if pairwise:
+            quad, logdet_s = self.quadratic(x)
+        else:  # one component per row: a batch of Cholesky factors
+            chol = torch.linalg.cholesky(self.scale)
+            y = torch.linalg.solve_triangular(chol, (x - self.m).unsqueeze(-1), upper=False)
+            quad = y.squeeze(-1).square().sum(-1)
+            logdet_s = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        return student_t_log_prob(quad / c, logdet_s + d * torch.log(c), df, d)
+
+    def quadratic(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(:math:`(x_n-m_k)^\\top S_k^{-1}(x_n-m_k)` N×K, :math:`\\log|S_k|` K) for full covariances:
+        one Cholesky factor per component, then batched GEMMs (`squared_mahalanobis`)."""
+        chol = torch.linalg.cholesky(self.scale)  # S = L L^T, so u^T S^{-1} u = |u^T L^{-T}|^2
+        eye = torch.eye(self.dim, dtype=chol.dtype, device=chol.device).expand_as(chol)
+        inv = torch.linalg.solve_triangular(chol, eye, upper=False)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        return squared_mahalanobis(x, self.m, inv.transpose(-1, -2)), logdet
 
     def log_marginal(self, prior: NormalWishart, counts: Tensor) -> Tensor:
         """:math:`\\log p(X)` of the data that turned ``prior`` into this posterior (per component)."""
@@ -112,12 +124,10 @@ class NormalWishart:
 
     def expected_mahalanobis(self, x: Tensor) -> Tensor:
         """:math:`\\mathbb E[(x-\\mu)^\\top\\Lambda(x-\\mu)] = D/\\kappa + \\nu (x-m)^\\top S^{-1}(x-m)`, N×K."""
-        diff = x.unsqueeze(-2) - self.m
         if self.diagonal:
-            quad = (diff**2 * (self.nu.unsqueeze(-1) / self.scale)).sum(-1)
+            quad = (((x.unsqueeze(-2) - self.m) ** 2) * (self.nu.unsqueeze(-1) / self.scale)).sum(-1)
         else:
-            y = torch.linalg.solve_triangular(torch.linalg.cholesky(self.scale), diff.unsqueeze(-1), upper=False)
-            quad = self.nu * (y.squeeze(-1) ** 2).sum(-1)
+            quad = self.nu * self.quadratic(x)[0]
         return self.dim / self.kappa + quad
 
     def sample(self, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -145,10 +155,37 @@ class NormalWishart:
 def gaussian_log_prob(x: Tensor, mu: Tensor, precision: Tensor) -> Tensor:
     """:math:`\\log\\mathcal N(x_n\\mid\\mu_k,\\Lambda_k^{-1})` (N×K) from the lower Cholesky factor of
     :math:`\\Lambda_k` (K×D×D) or a diagonal precision (K×D)."""
-    diff = x.unsqueeze(-2) - mu
     d = x.shape[-1]
     if precision.dim() == mu.dim():
+        diff = x.unsqueeze(-2) - mu
         return 0.5 * (torch.log(precision).sum(-1) - (diff**2 * precision).sum(-1) - d * math.log(2 * math.pi))
-    y = (precision.transpose(-1, -2) @ diff.unsqueeze(-1)).squeeze(-1)
     logdet = torch.log(torch.diagonal(precision, dim1=-2, dim2=-1)).sum(-1)
-    return logdet - 0.5 * (y**2).sum(-1) - 0.5 * d * math.log(2 * math.pi)
+    return logdet - 0.5 * squared_mahalanobis(x, mu, precision) - 0.5 * d * math.log(2 * math.pi)
+
+
+def row_blocks(n: int, per_row: int) -> range:
+    """Starts of blocks of rows whose temporaries (``per_row`` elements a row) fit in cache (``BLOCK_ELEMENTS``):
+    streaming N×K×D temporaries through memory, not their size, is what costs at large N."""
+    return range(0, n, max(256, BLOCK_ELEMENTS // max(1, per_row)))
+
+
+def squared_mahalanobis(x: Tensor, m: Tensor, root: Tensor) -> Tensor:
+    """:math:`\\|(x_n - m_k)^\\top R_k\\|^2` (N×K) for ``x`` N×D, ``m`` K×D, ``root`` K×D×D.
+
+    One batched GEMM over the components per block of rows (`row_blocks`): O(N K D^2) time, memory linear in N.
+    """
+    n, d = x.shape
+    out = x.new_empty(n, m.shape[0])
+    blocks = row_blocks(n, m.shape[0] * d)
+    for s in blocks:
+        diff = x[s:s + blocks.step].unsqueeze(0) - m.unsqueeze(1)  # K×B×D
+        y = torch.matmul(diff, root)
+        out[s:s + blocks.step] = (y * y).sum(-1).T
+    return out
+
+
+def student_t_log_prob(maha: Tensor, logdet: Tensor, df: Tensor, d: int) -> Tensor:
+    """:math:`\\log t_{\\nu}(x\\mid m, \\Sigma)` from :math:`(x-m)^\\top\\Sigma^{-1}(x-m)`, :math:`\\log|\\Sigma|`
+    and :math:`\\nu` (broadcast together)."""
+    return (torch.lgamma((df + d) / 2) - torch.lgamma(df / 2) - 0.5 * d * torch.log(df * math.pi)
+            - 0.5 * logdet - (df + d) / 2 * torch.log1p(maha / df))

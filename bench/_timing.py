@@ -1,0 +1,112 @@
+"""Timing helpers shared by the benchmark scripts: machine line, interleaved repeats, median ratios.
+
+Every case is timed in blocks: each repeat runs one block of every case, in an order that
+rotates from repeat to repeat, so that load on a shared machine and slow drift (thermal,
+other processes) hit every case alike. A case's figure is the median over repeats of its
+seconds per call; its ratio is the median over repeats of (case / baseline) within the same
+repeat, which cancels most of the drift between repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (or ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line() -> str:
+    """One line naming the machine: CPU, torch version, threads (and GPU when one is used)."""
+    line = f"{cpu_model()}; torch {torch.__version__}; {torch.get_num_threads()} thread(s)"
+    if torch.cuda.is_available():
+        line += f"; CUDA device {torch.cuda.get_device_name()}"
+    return line
+
+
+def add_common_args(parser: argparse.ArgumentParser, repeats: int = 7, steps: int = 100) -> None:
+    """``--repeats``, ``--steps``, ``--threads``, ``--quick`` (the smoke-test mode)."""
+    parser.add_argument("--repeats", type=int, default=repeats, help="interleaved repeats (median over them)")
+    parser.add_argument("--steps", type=int, default=steps, help="timed calls per block")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--quick", action="store_true", help="a short run (< 30 s) for smoke tests")
+
+
+def start(args: argparse.Namespace, title: str) -> None:
+    """Set the thread count and print the title and the machine line."""
+    torch.set_num_threads(args.threads)
+    print(title)
+    print(f"machine: {machine_line()}")
+
+
+def sync(device: torch.device | str | None = None) -> None:
+    """Wait for queued GPU work so that a timer reads finished work (no-op on CPU)."""
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize()
+
+
+def seconds_per_call(fn: Callable[[], Any], calls: int, warmup: int = 3) -> float:
+    """Mean wall time of ``fn()`` over ``calls`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    begin = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return (time.perf_counter() - begin) / calls
+
+
+def interleaved(cases: Mapping[str, Callable[[], Any]], repeats: int, calls: int | Mapping[str, int],
+                warmup: int = 20, block_warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of every case, one block per case per repeat, in a rotating order.
+
+    ``calls``: timed calls per block (one number, or one per case). Every case first gets
+    ``warmup`` untimed calls (allocator, lazy initialisation, compilation).
+    """
+    names = list(cases)
+    per = {n: calls if isinstance(calls, int) else calls[n] for n in names}
+    for name in names:
+        for _ in range(warmup):
+            cases[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(seconds_per_call(cases[name], per[name], block_warmup))
+    return times
+
+
+def ratios(times: Mapping[str, list[float]], baseline: str) -> dict[str, float]:
+    """Median over repeats of ``case / baseline`` measured in the same repeat."""
+    base = times[baseline]
+    return {name: statistics.median(t / b if b else math.nan for t, b in zip(ts, base)) for name, ts in times.items()}
+
+
+def table(times: Mapping[str, list[float]], baseline: str, unit: str = "ms", scale: float = 1e3,
+          notes: Mapping[str, str] | None = None) -> str:
+    """A text table: median time per call and median ratio to ``baseline`` for every case."""
+    r = ratios(times, baseline)
+    width = max(len(n) for n in times) + 2
+    lines = [f"  {'implementation':{width}s} {unit + '/step':>10s}  {'ratio':>6s}  (vs {baseline}; median of "
+             f"{len(times[baseline])} interleaved repeats)"]
+    for name, ts in times.items():
+        note = f"  {notes[name]}" if notes and name in notes else ""
+        lines.append(f"  {name:{width}s} {statistics.median(ts) * scale:10.3f}  {r[name]:6.3f}{note}")
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""``Model(..., compile=True)``: the same losses as eager, checks inside the graph, and a clear fallback.
+
+Reference: the eager ``Model`` on identical weights and random draws (inductor's
+``fallback_random`` makes compiled code draw torch's eager random stream).
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kizuna.distributions import Bernoulli, Normal
+from kizuna.losses import Expectation, KullbackLeibler, LogProb
+from kizuna.models import Model
+
+needs_compiler = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
+                                    reason="inductor needs a C compiler on CPU")
+
+
+class Encoder(Normal):
+    def __init__(self, d: int = 6, z: int = 2) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.net = nn.Linear(d, 2 * z)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        loc, s = self.net(x).chunk(2, -1)
+        return {"loc": loc, "scale": F.softplus(s)}
+
+
+class Decoder(Bernoulli):
+    def __init__(self, d: int = 6, z: int = 2) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.net = nn.Linear(z, d)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(z)}
+
+
+def vae(seed: int = 0, **options: object) -> Model:
+    torch.manual_seed(seed)
+    q, p = Encoder(), Decoder()
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
+    return Model(loss, distributions=[p, q], optimizer_params={"lr": 1e-2}, **options)
+
+
+@pytest.fixture
+def eager_random_stream() -> Iterator[None]:
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    with inductor_config.patch(fallback_random=True):
+        yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def data() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return {"x": (torch.rand(32, 6, generator=gen) > 0.5).float()}
+
+
+@needs_compiler
+def test_compiled_steps_match_eager(eager_random_stream: None, data: dict[str, torch.Tensor]) -> None:
+    eager, compiled = vae(), vae(compile=True)
+    for step in range(3):
+        torch.manual_seed(10 + step)
+        a = eager.train(data)
+        torch.manual_seed(10 + step)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no fallback here: inductor works on this machine
+            b = compiled.train(data)
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-5)
+    for (name, pa), (_, pb) in zip(eager.distributions.named_parameters(), compiled.distributions.named_parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-4, atol=1e-5, msg=name)
+    assert compiled._evaluator.compile_error is None
+    torch.manual_seed(99)
+    a = eager.test(data)
+    torch.manual_seed(99)
+    assert compiled.test(data) == pytest.approx(a, rel=1e-5, abs=1e-5)
+    history_a = eager.fit(data, epochs=1, batch_size=16, seed=3, quiet=True)
+    history_b = compiled.fit(data, epochs=1, batch_size=16, seed=3, quiet=True)
+    assert history_b["train"][-1] == pytest.approx(history_a["train"][-1], rel=1e-4)
+    for label in history_a.terms:
+        assert history_b[label][-1] == pytest.approx(history_a[label][-1], rel=1e-4, abs=1e-5)
+
+
+@needs_compiler
+def test_checks_inside_the_compiled_step_name_the_parameter(data: dict[str, torch.Tensor]) -> None:
+    torch._dynamo.reset()
+    model = vae(compile=True)
+    q = model.loss_cls.loss1.loss1.p
+    model.train(data)
+    with torch.no_grad():
+        q.net.bias[2:] = float("nan")  # NaN scale (softplus of NaN) and finite loc
+    with pytest.raises(ValueError, match=r"q\(z\|x\): parameter 'scale' of Encoder must satisfy"):
+        model.train(data)
+
+
+def test_compile_argument_is_checked() -> None:
+    with pytest.raises(TypeError, match="compile must be True, False or a dict"):
+        vae(compile="yes")
+    assert vae(compile={"mode": "reduce-overhead"})._evaluator.compile_args == {"mode": "reduce-overhead"}
+    assert vae(compile=False)._evaluator.compile_args is None
+
+
+def test_falls_back_with_a_warning_when_torch_compile_is_unavailable(
+        monkeypatch: pytest.MonkeyPatch, data: dict[str, torch.Tensor]) -> None:
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Python 3.99 is not supported by torch.compile")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    eager, compiled = vae(), vae(compile=True)
+    torch.manual_seed(0)
+    a = eager.train(data)
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match=r"torch.compile is unavailable here \(RuntimeError: Python 3.99"):
+        b = compiled.train(data)
+    assert b == a
+    assert "Python 3.99" in compiled._evaluator.compile_error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled.train(data)  # warned once, then eager
+
+
+def test_falls_back_when_the_compiled_function_fails(monkeypatch: pytest.MonkeyPatch,
+                                                     data: dict[str, torch.Tensor]) -> None:
+    def broken_backend(fn: object, **kwargs: object) -> object:
+        def call(*args: object) -> None:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_backend)
+    eager, compiled = vae(), vae(compile=True)
+    torch.manual_seed(0)
+    a = eager.train(data)
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="No working C\\+\\+ compiler"):
+        assert compiled.train(data) == a  # the failed step is taken eagerly, with the same draws
+    torch.manual_seed(5)
+    a = eager.train(data)
+    torch.manual_seed(5)
+    assert compiled.train(data) == pytest.approx(a, rel=1e-6)
+
+
+def test_a_model_error_is_raised_not_taken_for_a_compile_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_backend(fn: object, **kwargs: object) -> object:
+        def call(*args: object) -> None:
+            raise RuntimeError("shape mismatch inside the graph")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_backend)
+    model = vae(compile=True)
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):  # eager mode's error
+        model.train({"x": torch.zeros(4, 5)})
+    assert model._evaluator.compile_error is None  # the model was wrong, not the compiler
+
+
+def test_a_loss_without_a_plan_warns_and_runs_uncompiled(data: dict[str, torch.Tensor]) -> None:
+    from kizuna.losses import REINFORCE
+
+    torch.manual_seed(0)
+    q, p = Encoder(), Decoder()
+    loss = -REINFORCE(q, LogProb(p)).mean()  # REINFORCE has no plan step
+    model = Model(loss, distributions=[p, q], compile=True)
+    torch.manual_seed(4)
+    expected = loss.eval(data).item()
+    torch.manual_seed(4)
+    with pytest.warns(RuntimeWarning, match="without a plan.*REINFORCE has no plan step"):
+        assert model.train(data) == expected
