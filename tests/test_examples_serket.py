@@ -8,6 +8,8 @@ claims, i.e. the table of ``docs/serket_examples.md``, are ``slow`` tests. The d
 example files under ``../shared/data/serket``; without them these tests are skipped.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,46 @@ def test_table_merges_seed_sets_run_in_separate_processes(tmp_path):
     b.write_text(table.json.dumps({"nope": []}))
     with pytest.raises(ValueError, match="unknown example 'nope'"):
         table.merge([a, b])
+
+
+def test_document_shows_the_recorded_five_seed_table():
+    """docs/serket_examples.md's table is the one the recorded per-seed runs give (no hand-edited figures)."""
+    table = load_example("serket_table")
+    root = Path(__file__).resolve().parents[1]
+    merged = table.merge([root / "docs" / "results" / "serket_table.json"])
+    rows, counts = merged.split("\n\nseeds per example: ")
+    assert all(c.endswith(": 5") for c in counts.split(", ")) and len(counts.split(", ")) == len(table.EXAMPLES)
+    assert rows in (root / "docs" / "serket_examples.md").read_text()
+
+
+def test_feedback_study_oracle_sends_the_true_class_means():
+    study = load_example("serket_feedback_study")
+    g = torch.Generator().manual_seed(0)
+    labels = np.arange(60) % 3
+    torch.manual_seed(0)
+    vae = km.VAE(2, hidden=(8,), epochs=2, batch_size=20).connect(km.Observation(torch.rand(60, 6, generator=g)))
+    gmm = km.GMM(3, category=labels, max_iter=3).connect(vae)
+    graph = km.Graph([gmm])
+    graph.fit(n_iter=1, seed=0)
+    own = vae.backward_messages[gmm.name].value
+    torch.testing.assert_close(own, gmm._fitted().means[gmm.classes].to(own.dtype))  # SERKET: its own classes
+    gmm.__class__ = study.OracleMeansGMM
+    graph.fit(n_iter=1, seed=1)
+    sent = vae.backward_messages[gmm.name].value
+    z = vae.latent
+    expected = torch.stack([z[torch.as_tensor(labels == c)].mean(0) for c in range(3)])[torch.as_tensor(labels)]
+    torch.testing.assert_close(sent, expected)
+
+
+def test_feedback_study_smoke_runs_every_variant():
+    study = load_example("serket_feedback_study")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = study.study(0, smoke=True, data=None)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(out) == {"first update", *study.VARIANTS}
+    for variant in study.VARIANTS:
+        assert 0.2 < out[variant]["accuracy"] <= 1 and 0 <= out[variant]["moved"] <= 1
+        assert 0.2 < out[variant]["fresh"] <= 1
