@@ -47,7 +47,13 @@ def bernoulli_log_prob(value: Tensor, logits: Tensor) -> Tensor:
 
 
 def normal_rsample(loc: Tensor, scale: Tensor) -> Tensor:
-    """One reparameterised draw per entry: :math:`\\mu + \\sigma\\epsilon` (torch's random stream)."""
+    """One reparameterised draw per entry: :math:`\\mu + \\sigma\\epsilon` (torch's random stream).
+
+    torch fills a new contiguous tensor of ``loc``'s shape; ``randn_like`` of a contiguous ``scale``
+    of that shape fills the same layout in the same order (the same numbers) with less overhead.
+    """
+    if scale.is_contiguous() and scale.shape == loc.shape and scale.dtype == loc.dtype:
+        return loc + torch.randn_like(scale) * scale
     return loc + torch.randn(loc.shape, dtype=loc.dtype, device=loc.device) * scale
 
 
