@@ -30,12 +30,7 @@ COVARS = {
 LENGTHS = [100, 150, 50]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def reference(covariance_type: str) -> hl.GaussianHMM:

@@ -18,12 +18,7 @@ from kizuna.modules.lda import LDA
 logging.getLogger("lda").setLevel(logging.ERROR)  # "all zero column" notices on Reuters subsets
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def plugin_perplexity(theta: np.ndarray, phi: np.ndarray, x: np.ndarray) -> float:

@@ -21,12 +21,7 @@ C1 = torch.tensor([[1, 0], [0, 1], [1, 1]])  # modality 1: 3 samples x 2 feature
 PRIOR = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.5, 0.5]], dtype=F64)  # a parent's class prior
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_tokens() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
