@@ -129,6 +129,26 @@ def test_kernels_match_torch_distributions() -> None:
     assert torch.equal(kernels.normal_rsample(loc, scale), expected)  # the same random stream
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "loc a chunk view", "scale transposed", "mixed dtypes"])
+def test_normal_draw_is_torchs_random_stream_in_every_layout(layout: str) -> None:
+    """The kernel's draw equals ``torch.distributions.Normal.rsample`` bitwise, whether it takes the
+    ``randn_like`` path (contiguous scale of loc's shape and dtype) or the general one."""
+    gen = torch.Generator().manual_seed(1)
+    both = torch.randn(8, 6, generator=gen, dtype=torch.float64)
+    loc, raw = both.chunk(2, -1)  # loc: a (8, 3) view with stride (6, 1), as an encoder's output
+    scale = F.softplus(raw).contiguous()
+    if layout == "contiguous":
+        loc = loc.contiguous()
+    elif layout == "scale transposed":
+        scale = F.softplus(torch.randn(3, 8, generator=gen, dtype=torch.float64)).T  # non-contiguous
+    elif layout == "mixed dtypes":
+        scale = scale.float()
+    torch.manual_seed(5)
+    expected = D.Normal(loc, scale).rsample()
+    torch.manual_seed(5)
+    assert torch.equal(kernels.normal_rsample(loc, scale), expected)
+
+
 def test_eager_bernoulli_scores_and_checks_as_torch_does() -> None:
     gen = torch.Generator().manual_seed(0)
     logits, grey = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.rand(6, 4, generator=gen).double()
