@@ -58,6 +58,7 @@ from kizuna.modules.messages import (
     check_width,
 )
 from kizuna.modules.results import ClassResults
+from kizuna.modules.symbols import encode_strings, is_strings
 
 __all__ = [
     "KINDS", "ClassModule", "GraphError", "Message", "MessageKindError", "MessageShapeError", "Module", "Observation",
@@ -220,7 +221,8 @@ class Module:
 
 
 class Observation(Module):
-    """A leaf holding data ``N×D`` (tensor or array); its forward message is the data.
+    """A leaf holding data ``N×D`` (tensor or array; a list of strings is encoded by
+    `kizuna.modules.symbols.encode_strings`); its forward message is the data.
 
     >>> obs = Observation(np.zeros((3, 2)), name="obs")
     >>> obs.forward_message.kind, tuple(obs.data.shape)
@@ -236,6 +238,8 @@ class Observation(Module):
     def __init__(self, data: Any, name: str | None = None) -> None:
         super().__init__(name, learnable=False)
         where = f"Observation {self.name}"
+        if is_strings(data):  # symbol strings (phonemes) travel as zero-padded code points
+            data = encode_strings(data)
         t = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
         if not t.is_floating_point():
             t = t.to(torch.get_default_dtype())

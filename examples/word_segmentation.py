@@ -1,0 +1,65 @@
+"""Unsupervised word segmentation of the Brent corpus with NPYLM (`kizuna.modules.WordSegmenter`).
+
+The Brent corpus (Bernstein-Ratner child-directed speech, phonemic, 9,789 utterances; Brent 1999)
+is read from ``../shared/data/brent/br-phono.txt`` (tests and benchmarks only): its spaces are the
+true word boundaries, removed before segmenting. Prints boundary and word-token F of the current
+Gibbs sample after every sweep and of the Viterbi segmentation at the end, next to the
+transitional-probability baseline (64.4 / 46.8) and DPDP AE-RNN (80.9 / 68.5).
+
+    python examples/word_segmentation.py --iters 100 --seed 0
+    python examples/word_segmentation.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kizuna.metrics.segmentation import segmentation_scores
+from kizuna.modules.npylm import gibbs_sweep
+from kizuna.modules.word_segmenter import WordSegmenter
+
+BRENT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "brent" / "br-phono.txt"
+
+
+def load_brent(path: Path = BRENT) -> list[list[str]]:
+    """The corpus as lists of words (one phoneme a character)."""
+    if not path.exists():
+        raise FileNotFoundError(f"the Brent corpus is not at {path} (see DESIGN.md, Data)")
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iters", type=int, default=100, help="Gibbs sweeps (default 100)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-word-length", type=int, default=10)
+    parser.add_argument("--char-order", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="500 utterances, 3 sweeps")
+    args = parser.parse_args(argv)
+    gold = load_brent()
+    iters = args.iters
+    if args.smoke:
+        gold, iters = gold[:500], 3
+    utterances = ["".join(words) for words in gold]
+    seg = WordSegmenter(args.max_word_length, args.char_order, n_iter=0, random_state=args.seed).fit(utterances)
+    rng = np.random.default_rng(args.seed + 1)
+    start = time.perf_counter()
+    for it in range(iters):
+        gibbs_sweep(seg.model_, seg.utterances_, seg.segmentation_, rng)
+        s = segmentation_scores(gold, seg.segmentation_)
+        print(f"sweep {it + 1:3d}  {time.perf_counter() - start:7.1f}s  boundary F {100 * s.boundary_f:5.1f}  "
+              f"token F {100 * s.token_f:5.1f}  lexicon F {100 * s.lexicon_f:5.1f}", flush=True)
+    final = segmentation_scores(gold, seg.segment(utterances))
+    print(f"Viterbi: boundary P/R/F {100 * final.boundary_precision:.1f}/{100 * final.boundary_recall:.1f}/"
+          f"{100 * final.boundary_f:.1f}  token P/R/F {100 * final.token_precision:.1f}/"
+          f"{100 * final.token_recall:.1f}/{100 * final.token_f:.1f}  lexicon F {100 * final.lexicon_f:.1f}")
+    print("baselines: transitional probabilities 64.4 / 46.8, DPDP AE-RNN 80.9 / 68.5 (boundary F / token F)")
+    return {"boundary_f": final.boundary_f, "token_f": final.token_f}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+r"""Word-segmentation scores with the standard definitions (Goldwater et al. 2009; Brent 1999).
+
+Both segmentations must spell the same utterances. With :math:`P` the predicted and :math:`G` the
+true items, precision :math:`|P \cap G|/|P|`, recall :math:`|P \cap G|/|G|` and
+:math:`F = 2PR/(P+R)`, pooled over the corpus, where the items are
+
+* **boundaries**: positions between two symbols where a word ends, *excluding* the utterance
+  edges (which are given);
+* **word tokens**: the (start, end) spans of words, a token counting as correct only when both of
+  its boundaries are correct and no boundary is inside it;
+* **lexicon** (word types): the distinct word strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SegmentationScores:
+    """Precision, recall and F of boundaries, tokens and lexicon (fractions in [0, 1])."""
+
+    boundary_precision: float
+    boundary_recall: float
+    boundary_f: float
+    token_precision: float
+    token_recall: float
+    token_f: float
+    lexicon_precision: float
+    lexicon_recall: float
+    lexicon_f: float
+
+
+def spans(words: Sequence[str]) -> list[tuple[int, int]]:
+    """The (start, end) character spans of consecutive ``words``.
+
+    >>> spans(["yu", "want", "tu"])
+    [(0, 2), (2, 6), (6, 8)]
+    """
+    out, a = [], 0
+    for w in words:
+        out.append((a, a + len(w)))
+        a += len(w)
+    return out
+
+
+def _prf(hits: int, predicted: int, true: int) -> tuple[float, float, float]:
+    p = hits / predicted if predicted else 0.0
+    r = hits / true if true else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def segmentation_scores(true: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> SegmentationScores:
+    """Scores of ``predicted`` against ``true`` (lists of utterances, each a list of words).
+
+    >>> s = segmentation_scores([["yu", "want", "tu"]], [["yuwant", "tu"]])
+    >>> s.boundary_precision, s.boundary_recall, round(s.token_f, 3)
+    (1.0, 0.5, 0.4)
+    """
+    if len(true) != len(predicted):
+        raise ValueError(f"segmentation_scores: {len(true)} true utterances but {len(predicted)} predicted")
+    b = [0, 0, 0]  # hits, predicted, true
+    t = [0, 0, 0]
+    for i, (g, p) in enumerate(zip(true, predicted)):
+        if "".join(g) != "".join(p):
+            raise ValueError(f"segmentation_scores: utterance {i} differs: {''.join(g)!r} vs {''.join(p)!r}")
+        gs, ps = set(spans(g)), set(spans(p))
+        gb, pb = {e for _, e in gs} - {len("".join(g))}, {e for _, e in ps} - {len("".join(g))}
+        b = [b[0] + len(gb & pb), b[1] + len(pb), b[2] + len(gb)]
+        t = [t[0] + len(gs & ps), t[1] + len(ps), t[2] + len(gs)]
+    lex_g = {w for u in true for w in u}
+    lex_p = {w for u in predicted for w in u}
+    return SegmentationScores(*_prf(*b), *_prf(*t), *_prf(len(lex_g & lex_p), len(lex_p), len(lex_g)))

@@ -1,0 +1,123 @@
+r"""NPYLM's character model: a character n-gram HPYLM whose counts are mirrored in dense arrays.
+
+The seating (tables, customers, hyper-parameters) is `kizuna.modules.pitman_yor.HPYLM`; through its
+``observer`` this class keeps, for every depth :math:`m < n`, the counts :math:`c_{hc}, t_{hc}, c_h, t_h`
+in arrays indexed by an integer code of the context (its :math:`m` last symbols in base
+:math:`S+1`). Then the probability of every character of every substring of an utterance is one
+vectorised evaluation of the same `count_part` / `backoff` formulas,
+
+.. math:: p_0(s_{a:a+k}) = \Big[\prod_{j<k} p(s_{a+j}\mid \text{ctx}_{a,j})\Big]\, p(\text{EOW}\mid \text{ctx}_{a,k}),
+
+where :math:`\text{ctx}_{a,j}` are the :math:`n-1` symbols before position :math:`j` of the word,
+padded with a begin-of-word symbol. The base is uniform over the :math:`S` characters and EOW.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kizuna.modules.pitman_yor import HPYLM, backoff, count_part
+
+
+class CharModel:
+    """A character n-gram HPYLM over ``alphabet`` with vectorised substring probabilities.
+
+    Args:
+        alphabet: the characters (one symbol each); code ``S`` is EOW as a symbol and BOW in contexts.
+        order: :math:`n`.
+    """
+
+    def __init__(self, alphabet: str, order: int = 3) -> None:
+        if len(set(alphabet)) != len(alphabet) or not alphabet:
+            raise ValueError(f"CharModel: the alphabet must be non-empty distinct characters, got {alphabet!r}")
+        self.alphabet = alphabet
+        self.codes = {ch: i for i, ch in enumerate(alphabet)}
+        self.size = len(alphabet) + 1  # characters + EOW (as a symbol) / BOW (in a context)
+        self.order = order
+        self.hpylm = HPYLM(order, lambda c: 1.0 / self.size, observer=self._observe)
+        s = self.size
+        self.cw = [np.zeros((s**m, s)) for m in range(order)]
+        self.tw = [np.zeros((s**m, s)) for m in range(order)]
+        self.c = [np.zeros(s**m) for m in range(order)]
+        self.t = [np.zeros(s**m) for m in range(order)]
+        self._memo: dict[str, float] = {}  # p0 of words since the last seating change
+
+    def encode(self, text: str) -> np.ndarray:
+        """Character codes of ``text`` (a clear error for characters outside the alphabet)."""
+        try:
+            return np.array([self.codes[ch] for ch in text], dtype=np.int64)
+        except KeyError as err:
+            raise ValueError(f"CharModel: symbol {err.args[0]!r} of {text!r} is not in the alphabet "
+                             f"{self.alphabet!r}") from None
+
+    def _observe(self, key: tuple, c: int, customers: int, tables: int) -> None:
+        self._memo.clear()
+        m = len(key)
+        code = sum(k * self.size**q for q, k in enumerate(reversed(key)))
+        self.cw[m][code, c] += customers
+        self.tw[m][code, c] += tables
+        self.c[m][code] += customers
+        self.t[m][code] += tables
+
+    def set_hyperparameters(self, d: list[float], theta: list[float]) -> None:
+        """Set every depth's :math:`(d_m, \\theta_m)` (forgets the memoised probabilities)."""
+        self.hpylm.d, self.hpylm.theta = list(d), list(theta)
+        self._memo.clear()
+
+    def _spell(self, word: str) -> list[tuple[int, tuple]]:
+        bow, eow = self.size - 1, self.size - 1
+        padded = [bow] * (self.order - 1) + self.encode(word).tolist()
+        out = [(padded[i], tuple(padded[i - self.order + 1:i])) for i in range(self.order - 1, len(padded))]
+        return out + [(eow, tuple(padded[len(padded) - self.order + 1:]))]
+
+    def add(self, word: str, rng: np.random.Generator) -> None:
+        """Add the characters of ``word`` and its EOW as customers."""
+        for c, h in self._spell(word):
+            self.hpylm.add(c, h, rng)
+
+    def remove(self, word: str, rng: np.random.Generator) -> None:
+        """Remove what :meth:`add` added."""
+        for c, h in self._spell(word):
+            self.hpylm.remove(c, h, rng)
+
+    def probs(self, contexts: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+        """:math:`p(\\text{symbol} \\mid \\text{context})` elementwise; ``contexts`` (..., n-1) oldest first."""
+        p = np.full(symbols.shape, 1.0 / self.size)
+        code = np.zeros(symbols.shape, dtype=np.int64)
+        for m in range(self.order):
+            if m:
+                code = code + contexts[..., -m] * self.size ** (m - 1)
+            d, theta = self.hpylm.d[m], self.hpylm.theta[m]
+            c = self.c[m][code]
+            p = (count_part(self.cw[m][code, symbols], self.tw[m][code, symbols], c, d, theta)
+                 + backoff(self.t[m][code], c, d, theta) * p)
+        return p
+
+    def substring_p0(self, text: str, max_length: int) -> np.ndarray:
+        """:math:`p_0(s_{a:a+k})` for every start ``a`` and length ``1 \\le k \\le L`` (T×(L+1), 0 where impossible)."""
+        x = self.encode(text)
+        t_len, big_l, bow = len(x), max_length, self.size - 1
+        a = np.arange(t_len)[:, None]
+        j = np.arange(big_l + 1)[None, :]
+        pos = a + j  # absolute position of the j-th symbol of a word starting at a
+        inside = pos < t_len
+        q = np.arange(self.order - 1, 0, -1)  # how far back each context symbol is (oldest first)
+        back = pos[..., None] - q
+        ctx = np.where(j[..., None] - q >= 0, x[np.clip(back, 0, t_len - 1)], bow)
+        chars = self.probs(ctx, x[np.clip(pos, 0, t_len - 1)])
+        chars = np.where(inside, chars, 0.0)
+        eow = self.probs(ctx, np.full(pos.shape, bow))
+        prefix = np.cumprod(np.concatenate([np.ones((t_len, 1)), chars[:, :-1]], 1), 1)  # prod of first k chars
+        out = prefix * eow
+        out[:, 0] = 0.0
+        return np.where(pos <= t_len, out, 0.0)
+
+    def p0(self, word: str) -> float:
+        """:math:`p_0(w)` of one word (memoised until the seating changes)."""
+        p = self._memo.get(word)
+        if p is None:
+            p = 1.0
+            for c, h in self._spell(word):
+                p *= self.hpylm.prob(c, h)
+            self._memo[word] = p
+        return p

@@ -1,0 +1,187 @@
+r"""Hierarchical Pitman-Yor language models (Teh 2006) with explicit table sizes, the layer under NPYLM.
+
+A context :math:`h = (v_1, \dots, v_m)` (oldest first) has a restaurant whose customers are the
+words seen after it, seated at tables; its parent is :math:`h' = (v_2, \dots, v_m)`. With
+:math:`c_{hw}` customers and :math:`t_{hw}` tables of word :math:`w`, :math:`c_h, t_h` their
+totals and :math:`(d_m, \theta_m)` the discount and strength of depth :math:`m`,
+
+.. math:: p(w\mid h) = \frac{c_{hw} - d_m t_{hw}}{\theta_m + c_h}
+          + \frac{\theta_m + d_m t_h}{\theta_m + c_h}\, p(w\mid h'),
+
+and below the empty context is the base distribution :math:`p_0(w)`. Adding a customer seats it
+at table :math:`k` of :math:`w` with probability :math:`\propto c_{hwk} - d_m` or at a new table
+:math:`\propto (\theta_m + d_m t_h)\, p(w\mid h')`, which sends a customer to the parent; removing
+one picks a table :math:`\propto c_{hwk}` and, when the table empties, removes one from the parent.
+A new (or emptied) table of the empty context calls ``on_base`` with ``+1`` (or ``-1``): NPYLM's
+word model feeds its character model through it. ``sample_hyperparameters`` draws every
+:math:`(d_m, \theta_m)` from its posterior with Teh's auxiliary variables (Teh 2006, NUS TRA2/06,
+appendix C), priors :math:`d \sim \mathrm{Beta}(a, b)`, :math:`\theta \sim \mathrm{Gamma}(\alpha, \beta)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+
+
+def count_part(cw: Any, tw: Any, c: Any, d: float, theta: float) -> Any:
+    """:math:`(c_{hw} - d\,t_{hw}) / (\theta + c_h)`: the part of :math:`p(w\mid h)` from the counts
+    (numbers or numpy arrays; 0 for an empty restaurant)."""
+    return (cw - d * tw) / (theta + c)
+
+
+def backoff(t: Any, c: Any, d: float, theta: float) -> Any:
+    """:math:`(\theta + d\,t_h) / (\theta + c_h)`: the weight of the parent's probability (1 when empty)."""
+    return (theta + d * t) / (theta + c)
+
+
+class Restaurant:
+    """The customers of one context: ``tables[w]`` lists the sizes of ``w``'s tables."""
+
+    __slots__ = ("c", "t", "cw", "tables")
+
+    def __init__(self) -> None:
+        self.c = 0
+        self.t = 0
+        self.cw: dict[Any, int] = {}
+        self.tables: dict[Any, list[int]] = {}
+
+    def count_part(self, w: Any, d: float, theta: float) -> float:
+        """:math:`(c_{hw} - d\,t_{hw}) / (\theta + c_h)`, the part of :math:`p(w\mid h)` from the counts."""
+        cw = self.cw.get(w)
+        return count_part(cw, len(self.tables[w]), self.c, d, theta) if cw else 0.0
+
+    def backoff(self, d: float, theta: float) -> float:
+        """:math:`(\theta + d\,t_h) / (\theta + c_h)`, the weight of the parent's probability."""
+        return backoff(self.t, self.c, d, theta)
+
+
+class HPYLM:
+    """An n-gram hierarchical Pitman-Yor model over hashable symbols (see the module docstring).
+
+    Args:
+        order: :math:`n`; contexts have up to :math:`n - 1` symbols.
+        base: :math:`p_0(w)`, a function of the word.
+        on_base: called as ``on_base(w, +1 | -1, rng)`` when a table of the empty context opens or closes.
+        observer: called as ``observer(context, w, customers, tables)`` with the changes (+1, -1 or 0)
+            of every seating change (`kizuna.modules.npylm_chars` keeps dense counts with it).
+        discount, strength: initial :math:`d_m, \\theta_m` of every depth.
+    """
+
+    def __init__(self, order: int, base: Callable[[Any], float],
+                 on_base: Callable[[Any, int, np.random.Generator], None] | None = None, discount: float = 0.5,
+                 strength: float = 1.0,
+                 observer: Callable[[tuple, Any, int, int], None] | None = None) -> None:
+        if order < 1:
+            raise ValueError(f"HPYLM: order must be >= 1, got {order}")
+        self.order = order
+        self.base = base
+        self.on_base = on_base
+        self.observer = observer
+        self.d = [discount] * order
+        self.theta = [strength] * order
+        self.restaurants: dict[tuple, Restaurant] = {}
+
+    def prob(self, w: Hashable, context: tuple = ()) -> float:
+        """:math:`p(w \\mid h)` for the last ``order - 1`` symbols of ``context``."""
+        return self._probs(w, self._context(context))[-1]
+
+    def _context(self, context: tuple) -> tuple:
+        return context[len(context) - self.order + 1:] if self.order > 1 else ()
+
+    def _probs(self, w: Hashable, h: tuple) -> list[float]:
+        """:math:`[p_0(w), p(w\\mid()), p(w\\mid h_{-1:}), \\dots, p(w\\mid h)]`."""
+        out = [self.base(w)]
+        p = out[0]
+        for m in range(len(h) + 1):
+            r = self.restaurants.get(h[len(h) - m:])
+            if r is not None:
+                p = r.count_part(w, self.d[m], self.theta[m]) + r.backoff(self.d[m], self.theta[m]) * p
+            out.append(p)
+        return out
+
+    def add(self, w: Hashable, context: tuple, rng: np.random.Generator) -> None:
+        """Seat one customer ``w`` in context ``context`` (and in its parents when it opens a table)."""
+        h = self._context(context)
+        probs = self._probs(w, h)
+        for m in range(len(h), -1, -1):
+            key = h[len(h) - m:]
+            r = self.restaurants.get(key)
+            if r is None:
+                r = self.restaurants[key] = Restaurant()
+            d, theta = self.d[m], self.theta[m]
+            sizes = r.tables.get(w)
+            r.c += 1
+            if sizes is not None:
+                r.cw[w] += 1
+                new = (theta + d * r.t) * probs[m]
+                u = rng.random() * (r.cw[w] - 1 - d * len(sizes) + new)
+                for k, size in enumerate(sizes):
+                    u -= size - d
+                    if u < 0:
+                        sizes[k] += 1
+                        self._observe(key, w, 1, 0)
+                        return
+                sizes.append(1)
+            else:
+                r.cw[w] = 1
+                r.tables[w] = [1]
+            r.t += 1
+            self._observe(key, w, 1, 1)
+        if self.on_base is not None:
+            self.on_base(w, 1, rng)
+
+    def remove(self, w: Hashable, context: tuple, rng: np.random.Generator) -> None:
+        """Remove one customer ``w`` from context ``context`` (a table chosen by its size)."""
+        h = self._context(context)
+        for m in range(len(h), -1, -1):
+            key = h[len(h) - m:]
+            r = self.restaurants.get(key)
+            sizes = None if r is None else r.tables.get(w)
+            if sizes is None:
+                raise KeyError(f"HPYLM.remove: no customer {w!r} in context {key!r}")
+            u = rng.random() * r.cw[w]
+            k = 0
+            while u >= sizes[k] and k < len(sizes) - 1:
+                u -= sizes[k]
+                k += 1
+            sizes[k] -= 1
+            r.c -= 1
+            r.cw[w] -= 1
+            self._observe(key, w, -1, -(sizes[k] == 0))
+            if sizes[k] > 0:
+                return
+            sizes.pop(k)
+            r.t -= 1
+            if not sizes:
+                del r.tables[w], r.cw[w]
+            if r.c == 0:
+                del self.restaurants[key]
+        if self.on_base is not None:
+            self.on_base(w, -1, rng)
+
+    def _observe(self, key: tuple, w: Hashable, customers: int, tables: int) -> None:
+        if self.observer is not None:
+            self.observer(key, w, customers, tables)
+
+    def sample_hyperparameters(self, rng: np.random.Generator, a: float = 1.0, b: float = 1.0,
+                               alpha: float = 1.0, beta: float = 1.0) -> None:
+        """Draw every depth's :math:`(d_m, \\theta_m)` given the seating (auxiliary-variable Gibbs)."""
+        stats = np.zeros((self.order, 4))  # sum y, sum (1 - y), sum log x, sum (1 - z)
+        for key, r in self.restaurants.items():
+            m, d, theta = len(key), self.d[len(key)], self.theta[len(key)]
+            if r.t >= 2:
+                i = np.arange(1, r.t)
+                y = rng.random(r.t - 1) < theta / (theta + d * i)
+                stats[m, 0] += y.sum()
+                stats[m, 1] += (~y).sum()
+                stats[m, 2] += np.log(max(rng.beta(theta + 1, r.c - 1), 1e-300))
+            sizes = np.array([s for tables in r.tables.values() for s in tables if s >= 2])
+            for s in sizes.tolist():
+                j = np.arange(1, s)
+                stats[m, 3] += (rng.random(s - 1) >= (j - 1) / (j - d)).sum()
+        for m in range(self.order):
+            self.d[m] = float(rng.beta(a + stats[m, 1], b + stats[m, 3]))
+            self.theta[m] = float(rng.gamma(alpha + stats[m, 0], 1.0 / (beta - stats[m, 2])))

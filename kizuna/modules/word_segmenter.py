@@ -1,0 +1,135 @@
+r"""`WordSegmenter`: unsupervised word discovery (NPYLM) as an estimator and as a module.
+
+As an estimator, ``fit(utterances)`` runs blocked Gibbs sweeps of `kizuna.modules.npylm.NPYLM`
+over strings of symbols (one phoneme a character) and ``segment(utterances)`` returns the most
+probable segmentation of each (Viterbi).
+
+As a module its child is an `Observation` of the strings; it sends up the **word counts** of its
+current segmentation, ``N×V`` over ``vocabulary_`` (the discovered words seen at least
+``min_count`` times), exactly like an `Observation` of bag-of-words counts, so a concept module
+takes either. A parent sends down :math:`q_n(w) = p(w \mid \text{event } n)` (a ``prior`` message
+over the same vocabulary); the next update re-segments each utterance by SERKET's resampling of
+hypotheses: ``n_candidates`` segmentations from the language model, one kept with weight
+:math:`\prod_w (q_n(w) / \bar q(w))^{\lambda}` with :math:`\bar q` the mean of :math:`q_n` over events
+(words outside the vocabulary weigh 1) and :math:`\lambda` = ``prior_weight``.
+
+>>> seg = WordSegmenter(n_iter=30, random_state=0).fit(["abcxy", "xyabc", "abc", "xy"] * 10)
+>>> seg.segment(["abcxy"])
+[['abc', 'xy']]
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from kizuna.modules.base import Message, Module
+from kizuna.modules.npylm import NPYLM, gibbs_sweep, random_segmentation
+from kizuna.modules.symbols import decode_strings
+
+
+class WordSegmenter(Module):
+    """NPYLM word segmentation (see the module docstring).
+
+    Args:
+        max_word_length: :math:`L`.
+        char_order: order of the character n-gram model.
+        n_iter: Gibbs sweeps of ``fit`` and of a module's first update.
+        sweeps_per_update: sweeps of every later update (with the parent's prior).
+        n_candidates: segmentations drawn per utterance when a prior is resampled in.
+        prior_weight: :math:`\\lambda`.
+        min_count: a word enters ``vocabulary_`` when it occurs at least this often.
+        random_state: seed (the graph's generator seeds it in a graph).
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = ("data",)
+    sends: ClassVar[str] = "data"
+    receives: ClassVar[tuple[str, ...]] = ("prior",)
+
+    def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
+                 n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2,
+                 random_state: int | None = None, name: str | None = None) -> None:
+        super().__init__(name)
+        if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
+            raise ValueError(f"WordSegmenter {self.name}: need n_iter, sweeps_per_update >= 0 and n_candidates, "
+                             f"min_count >= 1")
+        self.max_word_length, self.char_order = max_word_length, char_order
+        self.n_iter, self.sweeps_per_update, self.n_candidates = n_iter, sweeps_per_update, n_candidates
+        self.prior_weight, self.min_count, self.random_state = prior_weight, min_count, random_state
+        self.model_: NPYLM | None = None
+        self.utterances_: list[str] = []
+        self.segmentation_: list[list[str]] = []
+        self.vocabulary_: list[str] = []
+        self._rng: np.random.Generator | None = None
+
+    def _random(self) -> np.random.Generator:
+        if self._rng is None:
+            seed = self.random_state
+            if seed is None and self.generator is not None:
+                seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+            self._rng = np.random.default_rng(seed)
+        return self._rng
+
+    @staticmethod
+    def _check(utterances: Sequence[str]) -> list[str]:
+        if isinstance(utterances, str) or not all(isinstance(s, str) and s for s in utterances) or not utterances:
+            raise ValueError("WordSegmenter: utterances must be a non-empty list of non-empty strings")
+        return list(utterances)
+
+    def _start(self, utterances: list[str]) -> None:
+        rng = self._random()
+        self.model_ = NPYLM("".join(set("".join(utterances))), self.max_word_length, self.char_order)
+        self.utterances_ = utterances
+        self.segmentation_ = [random_segmentation(s, self.max_word_length, rng) for s in utterances]
+        for words in self.segmentation_:
+            self.model_.add_sentence(words, rng)
+
+    def fit(self, utterances: Sequence[str], y: None = None) -> WordSegmenter:
+        """``n_iter`` blocked Gibbs sweeps from a random segmentation of ``utterances``."""
+        self._start(self._check(utterances))
+        for _ in range(self.n_iter):
+            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, self._random())
+        return self
+
+    def segment(self, utterances: Sequence[str]) -> list[list[str]]:
+        """The most probable segmentation of each utterance under the fitted model."""
+        if self.model_ is None:
+            raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
+        return [self.model_.viterbi(s) for s in self._check(utterances)]
+
+    def word_counts(self) -> np.ndarray:
+        """``N×V`` counts of ``vocabulary_`` in the current segmentation (recomputes ``vocabulary_``)."""
+        freq = Counter(w for words in self.segmentation_ for w in words)
+        self.vocabulary_ = sorted(w for w, c in freq.items() if c >= self.min_count)
+        index = {w: i for i, w in enumerate(self.vocabulary_)}
+        counts = np.zeros((len(self.segmentation_), max(1, len(self.vocabulary_))))
+        for n, words in enumerate(self.segmentation_):
+            for w in words:
+                if w in index:
+                    counts[n, index[w]] += 1
+        return counts
+
+    def _boosts(self, prior: torch.Tensor) -> list:
+        q = prior.detach().cpu().double().numpy()
+        lift = (q / q.mean(0, keepdims=True).clip(1e-300)) ** self.prior_weight
+        index = {w: i for i, w in enumerate(self.vocabulary_)}
+        return [lambda w, row=row: row[index[w]] if w in index else 1.0 for row in lift]
+
+    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
+        if len(forward) != 1:
+            raise ValueError(f"WordSegmenter {self.name} segments one child's strings, got {len(forward)} children")
+        if self.model_ is None:
+            self._start(self._check(decode_strings(forward[0].value)))
+            sweeps, boosts = self.n_iter, None
+        else:
+            sweeps = self.sweeps_per_update
+            usable = backward is not None and backward.width == len(self.vocabulary_)
+            boosts = self._boosts(backward.value) if usable else None
+        for _ in range(sweeps):
+            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, self._random(), boosts, self.n_candidates)
+        counts = torch.as_tensor(self.word_counts(), dtype=forward[0].value.dtype)
+        return self.message("data", counts, variable="w"), {}
