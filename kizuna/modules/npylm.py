@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from kizuna.modules.npylm_chars import CharModel
-from kizuna.modules.pitman_yor import HPYLM
+from kizuna.modules.pitman_yor import HPYLM, count_part
 
 BOS, EOS = "\x02", "\x03"
 
@@ -81,18 +81,20 @@ class NPYLM:
             self.words.remove(w, (prev,), rng)
             prev = w
 
-    def _unigram(self, s: str) -> np.ndarray:
-        """:math:`p(s_{a:a+k} \\mid ())` (T×(L+1))."""
+    def _unigram(self, s: str, subs: list[list[str]]) -> np.ndarray:
+        """:math:`p(s_{a:a+k} \\mid ())` (T×(L+1)); ``subs[a][k - 1]`` is the substring :math:`s_{a:a+k}`."""
         p0 = self.chars.substring_p0(s, self.max_word_length)
         root = self.words.restaurants.get(())
         if root is None:
             return p0
         d, theta = self.words.d[0], self.words.theta[0]
-        out = p0 * root.backoff(d, theta)
-        for a in range(len(s)):
-            for k in range(1, min(self.max_word_length, len(s) - a) + 1):
-                out[a, k] += root.count_part(s[a:a + k], d, theta)
-        return out
+        cw, tables = np.zeros_like(p0), np.zeros_like(p0)
+        for a, row in enumerate(subs):
+            for k, w in enumerate(row, 1):
+                c = root.cw.get(w)
+                if c:
+                    cw[a, k], tables[a, k] = c, len(root.tables[w])
+        return count_part(cw, tables, root.c, d, theta) + root.backoff(d, theta) * p0
 
     def forward(self, s: str, viterbi: bool = False, boost: Callable[[str], float] | None = None) -> np.ndarray:
         """The forward table :math:`\\alpha` ((T+1)×(L+1), rows rescaled to sum to one).
@@ -101,7 +103,8 @@ class NPYLM:
         word ``w`` (a concept module's prior; ``None``: 1).
         """
         big_l, t_len = self.max_word_length, len(s)
-        uni = self._unigram(s)
+        subs = [[s[a:a + k] for k in range(1, min(big_l, t_len - a) + 1)] for a in range(t_len)]
+        uni = self._unigram(s, subs)
         d, theta = self.words.d[1], self.words.theta[1]
         alpha = np.zeros((t_len + 1, big_l + 1))
         alpha[0, 0] = 1.0
@@ -115,12 +118,12 @@ class NPYLM:
             cells = np.outer(uni[a, 1:n_k + 1], alpha[a, js] * back)  # word length x previous word
             for i, r in enumerate(rests):
                 if r is not None:
-                    for k in range(1, n_k + 1):
-                        if s[a:a + k] in r.cw:
-                            cells[k - 1, i] += alpha[a, js[i]] * r.count_part(s[a:a + k], d, theta)
+                    for k, w in enumerate(subs[a]):
+                        if w in r.cw:
+                            cells[k, i] += alpha[a, js[i]] * r.count_part(w, d, theta)
             cells = cells.max(1) if viterbi else cells.sum(1)
             if boost is not None:
-                cells *= np.array([boost(s[a:a + k]) for k in range(1, n_k + 1)])
+                cells *= np.array([boost(w) for w in subs[a]])
             ends = np.arange(a + 1, a + n_k + 1)
             # a later row's entries are kept relative to the scale of its first contributing row
             alpha[ends, np.arange(1, n_k + 1)] = cells * np.exp(log_scale[a] - log_scale[np.maximum(ends - big_l, 0)])
@@ -135,7 +138,8 @@ class NPYLM:
         t, nxt, words = len(s), EOS, []
         while t > 0:
             ks = np.arange(1, min(self.max_word_length, t) + 1)
-            weights = np.array([alpha[t, k] * self.words.prob(nxt, (s[t - k:t],)) for k in ks])
+            unigram = self.words.prob(nxt)
+            weights = np.array([alpha[t, k] * self.words.prob(nxt, (s[t - k:t],), unigram) for k in ks])
             if not weights.sum() > 0:
                 raise FloatingPointError(f"NPYLM: no segmentation of {s!r} has positive probability")
             k = int(ks[weights.argmax()]) if rng is None else int(rng.choice(ks, p=weights / weights.sum()))

@@ -84,9 +84,17 @@ class HPYLM:
         self.theta = [strength] * order
         self.restaurants: dict[tuple, Restaurant] = {}
 
-    def prob(self, w: Hashable, context: tuple = ()) -> float:
-        """:math:`p(w \\mid h)` for the last ``order - 1`` symbols of ``context``."""
-        return self._probs(w, self._context(context))[-1]
+    def prob(self, w: Hashable, context: tuple = (), parent: float | None = None) -> float:
+        """:math:`p(w \\mid h)` for the last ``order - 1`` symbols of ``context``; ``parent``: the already
+        known :math:`p(w \\mid h')` (only the deepest level is then evaluated)."""
+        h = self._context(context)
+        if parent is None:
+            return self._probs(w, h)[-1]
+        r = self.restaurants.get(h)
+        if r is None:
+            return parent
+        d, theta = self.d[len(h)], self.theta[len(h)]
+        return r.count_part(w, d, theta) + r.backoff(d, theta) * parent
 
     def _context(self, context: tuple) -> tuple:
         return context[len(context) - self.order + 1:] if self.order > 1 else ()

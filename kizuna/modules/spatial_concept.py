@@ -1,0 +1,159 @@
+r"""`SpatialConcept`: the spatial-concept module of SpCoA (Taniguchi et al. 2016, 2017) in a module graph.
+
+Its children are a position module (a `GMM` over the positions: its class posterior is the
+likelihood of each position component, :math:`p(x_n\mid i_n{=}k)` up to a per-event constant) and one
+or more count modalities (``data`` messages: an `Observation` of word counts, a `WordSegmenter`, an
+`Observation` of view features); the first count child is the words. Each update runs ``sweeps``
+collapsed Gibbs sweeps of `kizuna.modules.spatial_concept_gibbs.ConceptSampler` over
+:math:`(c_n, i_n)` jointly and sends
+
+* **up** the concept posterior :math:`p(c_n{=}l \mid \cdot)` (``N×L``, from the last sweep's conditionals);
+* **down** to the GMM the component prior :math:`p(i_n{=}k \mid c_n, \cdot) = \frac{N_{c_n k} + \gamma}{N_{c_n} + K\gamma}`,
+  which replaces its mixing weights (so the GMM resamples its components as the concepts see them);
+* **down** to a count child that receives priors (a `WordSegmenter`) the predictive
+  :math:`p(v\mid\text{event } n) = \sum_l p(c_n{=}l\mid\cdot)\,\mathbb E[\theta_{lv}]`.
+
+``predict_words(positions)`` gives :math:`p(w \mid x) = \sum_l p(l\mid x)\,\mathbb E[\theta_{lw}]` with
+:math:`p(l\mid x) \propto \hat\pi_l\sum_k\hat\phi_{lk}\,p(x\mid k)` (the GMM's predictive), and
+``predict_position(word_counts)`` the mean of the component :math:`k` maximising
+:math:`p(l\mid w)\,\hat\phi_{lk}\,|\Sigma_k|^{-1/2}` (the highest peak of the position density).
+``n_concepts_`` counts the concepts that hold at least one event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from scipy.special import logsumexp
+
+from kizuna.modules.base import ClassModule, Message, Module
+from kizuna.modules.gmm import GMM
+from kizuna.modules.spatial_concept_gibbs import ConceptSampler, FixedPositions
+
+
+class SpatialConcept(ClassModule):
+    """Spatial concepts over a position GMM and count modalities (see the module docstring).
+
+    Args:
+        n_concepts: :math:`L`, the truncation of the stick-breaking prior.
+        category: true labels, only for reporting.
+        alpha: :math:`\\alpha` of the concepts' stick-breaking prior.
+        gamma: :math:`\\gamma` of each concept's Dirichlet over position components.
+        beta: :math:`\\beta` of every count modality (a float, or one per modality).
+        sweeps: Gibbs sweeps per update.
+        random_state: seed used when no graph generator is set.
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = ("posterior", "data")
+    sends: ClassVar[str] = "posterior"
+
+    def __init__(self, n_concepts: int = 10, category: Any = None, alpha: float = 1.0, gamma: float = 0.5,
+                 beta: float | Sequence[float] = 0.1, sweeps: int = 20, random_state: int | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(n_concepts, category, name)
+        if alpha <= 0 or gamma <= 0 or sweeps < 1 or np.any(np.asarray(beta) <= 0):
+            raise ValueError(f"SpatialConcept {self.name}: need alpha, gamma, beta > 0 and sweeps >= 1")
+        self.alpha, self.gamma, self.beta, self.sweeps = alpha, gamma, beta, sweeps
+        self.random_state = random_state
+        self.sampler_: ConceptSampler | None = None
+        self._rng: np.random.Generator | None = None
+
+    def _random(self) -> np.random.Generator:
+        if self._rng is None:
+            seed = self.random_state
+            if seed is None and self.generator is not None:
+                seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+            self._rng = np.random.default_rng(seed)
+        return self._rng
+
+    def _split(self, forward: list[Message]) -> tuple[Message, list[Message]]:
+        positions = [m for m in forward if m.kind == "posterior"]
+        counts = [m for m in forward if m.kind == "data"]
+        if len(positions) != 1 or not counts:
+            raise ValueError(f"SpatialConcept {self.name} needs one position module (a GMM, sending 'posterior') and "
+                             f"at least one count child; got {[m.sender for m in forward]}")
+        for m in counts:
+            if (m.value < 0).any():
+                raise ValueError(f"SpatialConcept {self.name}: the counts from {m.sender} must be non-negative")
+        return positions[0], counts
+
+    def _betas(self, n: int) -> list[float]:
+        betas = np.broadcast_to(np.asarray(self.beta, dtype=np.float64), (n,)) if np.ndim(self.beta) == 0 \
+            else np.asarray(self.beta, dtype=np.float64)
+        if betas.shape != (n,):
+            raise ValueError(f"SpatialConcept {self.name}: beta has {betas.size} values for {n} count modalities")
+        return betas.tolist()
+
+    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
+        pos, counts = self._split(forward)
+        n = pos.n
+        self.check_category(n)
+        log_lik = np.log(pos.value.detach().cpu().double().numpy().clip(1e-300))
+        rng = self._random()
+        old = self.sampler_
+        if old is None or old.state.c.shape[0] != n or old.n_components != pos.width:
+            c, i = rng.integers(self.n_classes, size=n), log_lik.argmax(1)
+        else:
+            c, i = old.state.c, old.state.i
+        self.sampler_ = ConceptSampler(FixedPositions(log_lik), [m.value.cpu().double().numpy() for m in counts],
+                                       self.n_classes, self.alpha, self.gamma, self._betas(len(counts)), c, i)
+        for _ in range(self.sweeps):
+            self.sampler_.sweep(rng)
+        dtype = pos.value.dtype
+        self.posterior = torch.as_tensor(self.sampler_.posterior, dtype=dtype)
+        down: dict[Module, Message] = {}
+        data_index = {id(m): j for j, m in enumerate(counts)}
+        for child, msg in zip(self.children, forward):  # forward messages come in the children's order
+            if "prior" not in child.receives:
+                continue
+            if msg.kind == "posterior":
+                value = torch.as_tensor(self.sampler_.component_prior(), dtype=dtype)
+            else:
+                theta = self.sampler_.feature_distributions(data_index[id(msg)])
+                value = torch.as_tensor(self.sampler_.posterior @ theta, dtype=dtype)
+            down[child] = self.message("prior", value, receiver=child, variable=msg.variable)
+        return self.message("posterior", self.posterior), down
+
+    # -------------------------------------------------------------- predictions
+    def _fitted(self) -> tuple[ConceptSampler, GMM]:
+        gmms = [c for c in self.children if isinstance(c, GMM)]
+        if self.sampler_ is None or len(gmms) != 1:
+            raise RuntimeError(f"SpatialConcept {self.name} predicts after update(), with one GMM child")
+        return self.sampler_, gmms[0]
+
+    @property
+    def n_concepts_(self) -> int:
+        """Number of concepts holding at least one event."""
+        return int(np.unique(self.classes.cpu().numpy()).size)
+
+    def predict_concepts(self, positions: Any) -> np.ndarray:
+        """:math:`p(l \\mid x)` (M×L) at new positions."""
+        sampler, gmm = self._fitted()
+        x = np.asarray(positions, dtype=np.float64)
+        log_p_x = (np.log(np.asarray(gmm.predict_proba(x)).clip(1e-300)) + np.asarray(gmm.score_samples(x))[:, None]
+                   - np.log(gmm.weights_))  # log p(x | k)
+        pi, phi = sampler.weights()
+        log_joint = np.log(pi)[None, :] + logsumexp(np.log(phi)[None, :, :] + log_p_x[:, None, :], axis=2)
+        return np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+
+    def predict_words(self, positions: Any) -> np.ndarray:
+        """:math:`p(w \\mid x)` (M×V) over the first count child's vocabulary."""
+        return self.predict_concepts(positions) @ self.sampler_.feature_distributions(0)
+
+    def predict_position(self, word_counts: Any) -> np.ndarray:
+        """The most probable position (M×2) of each row of word counts."""
+        sampler, gmm = self._fitted()
+        y = np.atleast_2d(np.asarray(word_counts, dtype=np.float64))
+        theta = sampler.feature_distributions(0)
+        if y.shape[1] != theta.shape[1]:
+            raise ValueError(f"SpatialConcept {self.name}: word counts have {y.shape[1]} columns, the words "
+                             f"{theta.shape[1]}")
+        pi, phi = sampler.weights()
+        log_l = np.log(pi)[None, :] + y @ np.log(theta).T  # log p(l) p(w | l), up to a constant
+        post = np.exp(log_l - logsumexp(log_l, axis=1, keepdims=True))
+        peak = np.linalg.det(np.asarray(gmm.covariances_)) ** -0.5
+        score = (post @ phi) * peak[None, :]
+        return np.asarray(gmm.means_)[score.argmax(1)]

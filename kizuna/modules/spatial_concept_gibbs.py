@@ -1,0 +1,209 @@
+r"""Collapsed Gibbs sampling of SpCoA, the spatial-concept model (Taniguchi et al. 2016, 2017), as pure numpy.
+
+Event :math:`n` has a concept :math:`c_n \in \{0..L-1\}` and a position component
+:math:`i_n \in \{0..K-1\}`; its observations are a position :math:`x_n` and bags of counts
+:math:`y^{(m)}_n` (words, view features, ...):
+
+.. math::
+    \pi \sim \mathrm{GEM}_L(\alpha),\ c_n \sim \pi,\quad \phi_l \sim \mathrm{Dir}(\gamma),\ i_n \sim \phi_{c_n},
+    \quad x_n \sim \mathcal N(\mu_{i_n}, \Lambda_{i_n}^{-1}),\ (\mu_k, \Lambda_k) \sim \mathcal{NW},
+    \quad y^{(m)}_n \sim \mathrm{Mult}(\theta^{(m)}_{c_n}),\ \theta^{(m)}_l \sim \mathrm{Dir}(\beta_m),
+
+:math:`\mathrm{GEM}_L` being the stick-breaking prior truncated at :math:`L` sticks. With every parameter
+integrated out, one step draws :math:`(c_n, i_n)` jointly from (counts exclude event :math:`n`)
+
+.. math::
+    p(c_n{=}l, i_n{=}k \mid \cdot) \propto \hat\pi_l\;
+    \frac{N_{lk} + \gamma}{N_l + K\gamma}\; p(x_n \mid i_n{=}k, \cdot)
+    \prod_m \frac{\Gamma(S^{(m)}_l + V_m\beta_m)}{\Gamma(S^{(m)}_l + |y^{(m)}_n| + V_m\beta_m)}
+    \prod_v \frac{\Gamma(S^{(m)}_{lv} + y^{(m)}_{nv} + \beta_m)}{\Gamma(S^{(m)}_{lv} + \beta_m)},
+
+with :math:`\hat\pi_l = \mathbb E[V_l]\prod_{j<l}(1 - \mathbb E[V_j])`,
+:math:`\mathbb E[V_l] = \frac{1 + N_l}{1 + \alpha + N_l + N_{>l}}` (:math:`V_{L-1} = 1`) the posterior mean of
+the truncated stick-breaking weights, and :math:`S^{(m)}_{lv}` the counts of feature :math:`v` in concept
+:math:`l`. The position factor is either a Student-t predictive of the Normal-Wishart components
+(`GaussianPositions`, kept up to date event by event: the exact collapsed sampler) or a fixed
+``N×K`` log-likelihood (`FixedPositions`: a GMM module's message, SERKET's way of composing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.special import gammaln
+
+from kizuna.modules.normal_wishart import NormalWishart
+
+
+class FixedPositions:
+    """A position factor given as an ``N×K`` log-likelihood (``remove``/``add`` do nothing)."""
+
+    def __init__(self, log_lik: np.ndarray) -> None:
+        self.log_lik_table = np.asarray(log_lik, dtype=np.float64)
+        self.n_components = self.log_lik_table.shape[1]
+
+    def log_lik(self, n: int) -> np.ndarray:
+        return self.log_lik_table[n]
+
+    def remove(self, n: int, k: int) -> None:
+        """See `GaussianPositions.remove`."""
+
+    def add(self, n: int, k: int) -> None:
+        """See `GaussianPositions.add`."""
+
+
+class GaussianPositions:
+    """Normal-Wishart Gaussian components with running sufficient statistics (float64).
+
+    Args:
+        x: ``N×D`` positions.
+        prior: the `NormalWishart` prior of every component (``m`` is K×D).
+        z: initial components ``(N,)``.
+    """
+
+    def __init__(self, x: np.ndarray, prior: NormalWishart, z: np.ndarray) -> None:
+        self.x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        self.prior = prior
+        k, d = prior.m.shape
+        self.n_components = k
+        zt = torch.as_tensor(z)
+        self.count = torch.bincount(zt, minlength=k).double()
+        self.sum = torch.zeros(k, d, dtype=torch.float64).index_add_(0, zt, self.x)
+        outer = self.x.unsqueeze(-1) * self.x.unsqueeze(-2)
+        self.outer = torch.zeros(k, d, d, dtype=torch.float64).index_add_(0, zt, outer)
+
+    def log_lik(self, n: int) -> np.ndarray:
+        """:math:`\\log p(x_n \\mid i_n = k, \\text{other events})` for every ``k`` (Student-t predictive)."""
+        post = self.prior.posterior(self.count, self.sum, self.outer)
+        return post.log_predictive(self.x[n:n + 1])[0].numpy()
+
+    def _move(self, n: int, k: int, sign: float) -> None:
+        xn = self.x[n]
+        self.count[k] += sign
+        self.sum[k] += sign * xn
+        self.outer[k] += sign * torch.outer(xn, xn)
+
+    def remove(self, n: int, k: int) -> None:
+        """Take event ``n`` out of component ``k``."""
+        self._move(n, k, -1.0)
+
+    def add(self, n: int, k: int) -> None:
+        """Put event ``n`` into component ``k``."""
+        self._move(n, k, 1.0)
+
+
+@dataclass
+class ConceptState:
+    """Assignments and the counts the sampler keeps in step with them."""
+
+    c: np.ndarray  # (N,) concepts
+    i: np.ndarray  # (N,) position components
+    n_l: np.ndarray  # (L,) events per concept
+    n_lk: np.ndarray  # (L, K) events per concept and component
+    sums: list[np.ndarray]  # per modality (L, V_m) feature counts per concept
+
+
+def log_stick_weights(n_l: np.ndarray, alpha: float) -> np.ndarray:
+    """:math:`\\log\\hat\\pi_l` of the truncated stick-breaking prior given the counts ``n_l`` (see the module docstring).
+
+    >>> np.exp(log_stick_weights(np.zeros(3), 1.0)).round(3).tolist()
+    [0.5, 0.25, 0.25]
+    """
+    greater = n_l.sum() - np.cumsum(n_l)
+    ev = (1.0 + n_l) / (1.0 + alpha + n_l + greater)
+    ev[-1] = 1.0
+    log_rest = np.concatenate([[0.0], np.cumsum(np.log1p(-ev[:-1]))])
+    return np.log(ev) + log_rest
+
+
+class ConceptSampler:
+    """The collapsed Gibbs sampler (see the module docstring).
+
+    Args:
+        positions: `GaussianPositions` or `FixedPositions` (``K`` components).
+        counts: the count modalities, each ``N×V_m``.
+        n_concepts: :math:`L`.
+        alpha, gamma: :math:`\\alpha` and :math:`\\gamma`.
+        betas: :math:`\\beta_m` per modality.
+        c, i: initial assignments.
+    """
+
+    def __init__(self, positions: GaussianPositions | FixedPositions, counts: Sequence[np.ndarray], n_concepts: int,
+                 alpha: float, gamma: float, betas: Sequence[float], c: np.ndarray, i: np.ndarray) -> None:
+        if len(betas) != len(counts):
+            raise ValueError(f"ConceptSampler: {len(counts)} count modalities but {len(betas)} concentrations")
+        self.positions, self.alpha, self.gamma = positions, alpha, gamma
+        self.counts = [np.asarray(y, dtype=np.float64) for y in counts]
+        self.betas = [float(b) for b in betas]
+        self.n_concepts, self.n_components = n_concepts, positions.n_components
+        self.nonzero = [[(np.flatnonzero(row), row[row > 0]) for row in y] for y in self.counts]
+        c, i = np.asarray(c, dtype=np.int64).copy(), np.asarray(i, dtype=np.int64).copy()
+        n_lk = np.zeros((n_concepts, self.n_components))
+        np.add.at(n_lk, (c, i), 1)
+        sums = []
+        for y in self.counts:
+            s = np.zeros((n_concepts, y.shape[1]))
+            np.add.at(s, c, y)
+            sums.append(s)
+        self.state = ConceptState(c, i, n_lk.sum(1), n_lk, sums)
+        self.posterior = np.full((len(c), n_concepts), 1.0 / n_concepts)
+
+    def _move(self, n: int, sign: float) -> None:
+        st = self.state
+        l, k = st.c[n], st.i[n]
+        st.n_l[l] += sign
+        st.n_lk[l, k] += sign
+        for s, y in zip(st.sums, self.counts):
+            s[l] += sign * y[n]
+        (self.positions.add if sign > 0 else self.positions.remove)(n, k)
+
+    def log_conditional(self, n: int) -> np.ndarray:
+        """:math:`\\log p(c_n{=}l, i_n{=}k \\mid \\cdot)` up to a constant (L×K), event ``n`` removed from the counts."""
+        st = self.state
+        table = log_stick_weights(st.n_l, self.alpha)[:, None]
+        table = table + np.log((st.n_lk + self.gamma) / (st.n_l[:, None] + self.n_components * self.gamma))
+        table = table + self.positions.log_lik(n)[None, :]
+        for s, beta, nz in zip(st.sums, self.betas, self.nonzero):
+            idx, vals = nz[n]
+            sub = s[:, idx]
+            total, v = s.sum(1), s.shape[1]
+            ll = (gammaln(sub + vals + beta) - gammaln(sub + beta)).sum(1)
+            table = table + (ll + gammaln(total + v * beta) - gammaln(total + vals.sum() + v * beta))[:, None]
+        return table
+
+    def sweep(self, rng: np.random.Generator) -> None:
+        """Resample every :math:`(c_n, i_n)` once, in a random order; records ``posterior`` (N×L)."""
+        st = self.state
+        for n in rng.permutation(len(st.c)).tolist():
+            self._move(n, -1.0)
+            table = self.log_conditional(n)
+            p = np.exp(table - table.max())
+            by_concept = p.sum(1)
+            self.posterior[n] = by_concept / by_concept.sum()
+            flat = p.ravel().cumsum()
+            idx = min(int(np.searchsorted(flat, rng.random() * flat[-1], side="right")), flat.size - 1)
+            st.c[n], st.i[n] = divmod(idx, self.n_components)
+            self._move(n, 1.0)
+
+    def component_prior(self) -> np.ndarray:
+        """:math:`p(i_n{=}k \\mid c_n, \\text{other events})` (N×K): what a position module is told."""
+        st = self.state
+        own = np.zeros_like(st.n_lk[st.c])
+        own[np.arange(len(st.c)), st.i] = 1.0
+        counts = st.n_lk[st.c] - own + self.gamma
+        return counts / counts.sum(1, keepdims=True)
+
+    def feature_distributions(self, m: int) -> np.ndarray:
+        """:math:`\\mathbb E[\\theta^{(m)}_l]` (L×V_m), the posterior mean of modality ``m``'s distributions."""
+        s, beta = self.state.sums[m], self.betas[m]
+        return (s + beta) / (s.sum(1, keepdims=True) + s.shape[1] * beta)
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """:math:`(\\hat\\pi, \\hat\\phi)`: posterior means of the concept weights (L) and of each concept's
+        component weights (L×K)."""
+        st = self.state
+        phi = (st.n_lk + self.gamma) / (st.n_l[:, None] + self.n_components * self.gamma)
+        return np.exp(log_stick_weights(st.n_l, self.alpha)), phi
