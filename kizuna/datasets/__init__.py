@@ -4,6 +4,7 @@ Every loader returns ``(x, y)``: ``x`` a float32 tensor ``N×D`` with values in 
 flattened row-major) and ``y`` an int64 tensor of labels. The core library never imports this package.
 """
 
+from kizuna.datasets.house import simulated_house
 from kizuna.datasets.images import load_digits, load_fashion_mnist, load_mnist, split
 
-__all__ = ["load_digits", "load_fashion_mnist", "load_mnist", "split"]
+__all__ = ["load_digits", "load_fashion_mnist", "load_mnist", "simulated_house", "split"]

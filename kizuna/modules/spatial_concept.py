@@ -50,8 +50,8 @@ class SpatialConcept(ClassModule):
     accepts: ClassVar[tuple[str, ...]] = ("posterior", "data")
     sends: ClassVar[str] = "posterior"
 
-    def __init__(self, n_concepts: int = 10, category: Any = None, alpha: float = 1.0, gamma: float = 0.5,
-                 beta: float | Sequence[float] = 0.1, sweeps: int = 20, random_state: int | None = None,
+    def __init__(self, n_concepts: int = 10, category: Any = None, alpha: float = 0.1, gamma: float = 0.1,
+                 beta: float | Sequence[float] = 0.5, sweeps: int = 20, random_state: int | None = None,
                  name: str | None = None) -> None:
         super().__init__(n_concepts, category, name)
         if alpha <= 0 or gamma <= 0 or sweeps < 1 or np.any(np.asarray(beta) <= 0):
@@ -95,11 +95,13 @@ class SpatialConcept(ClassModule):
         rng = self._random()
         old = self.sampler_
         if old is None or old.state.c.shape[0] != n or old.n_components != pos.width:
-            c, i = rng.integers(self.n_classes, size=n), log_lik.argmax(1)
+            c, i = np.zeros(n, dtype=np.int64), log_lik.argmax(1)
         else:
             c, i = old.state.c, old.state.i
         self.sampler_ = ConceptSampler(FixedPositions(log_lik), [m.value.cpu().double().numpy() for m in counts],
                                        self.n_classes, self.alpha, self.gamma, self._betas(len(counts)), c, i)
+        if old is None:  # a fresh chain starts from the sequential initialisation
+            self.sampler_.initialize(rng)
         for _ in range(self.sweeps):
             self.sampler_.sweep(rng)
         dtype = pos.value.dtype

@@ -174,19 +174,31 @@ class ConceptSampler:
             table = table + (ll + gammaln(total + v * beta) - gammaln(total + vals.sum() + v * beta))[:, None]
         return table
 
+    def _draw(self, n: int, rng: np.random.Generator) -> None:
+        """Draw :math:`(c_n, i_n)` from :math:`p(c_n, i_n \\mid \\cdot)` (event ``n`` out of the counts) and add it."""
+        st = self.state
+        table = self.log_conditional(n)
+        p = np.exp(table - table.max())
+        by_concept = p.sum(1)
+        self.posterior[n] = by_concept / by_concept.sum()
+        flat = p.ravel().cumsum()
+        idx = min(int(np.searchsorted(flat, rng.random() * flat[-1], side="right")), flat.size - 1)
+        st.c[n], st.i[n] = divmod(idx, self.n_components)
+        self._move(n, 1.0)
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        """Sequential initialisation: empty every concept, then add the events one at a time in a random
+        order, each drawn from its conditional given the events added before it (as an online learner would)."""
+        for n in range(len(self.state.c)):
+            self._move(n, -1.0)
+        for n in rng.permutation(len(self.state.c)).tolist():
+            self._draw(n, rng)
+
     def sweep(self, rng: np.random.Generator) -> None:
         """Resample every :math:`(c_n, i_n)` once, in a random order; records ``posterior`` (N×L)."""
-        st = self.state
-        for n in rng.permutation(len(st.c)).tolist():
+        for n in rng.permutation(len(self.state.c)).tolist():
             self._move(n, -1.0)
-            table = self.log_conditional(n)
-            p = np.exp(table - table.max())
-            by_concept = p.sum(1)
-            self.posterior[n] = by_concept / by_concept.sum()
-            flat = p.ravel().cumsum()
-            idx = min(int(np.searchsorted(flat, rng.random() * flat[-1], side="right")), flat.size - 1)
-            st.c[n], st.i[n] = divmod(idx, self.n_components)
-            self._move(n, 1.0)
+            self._draw(n, rng)
 
     def component_prior(self) -> np.ndarray:
         """:math:`p(i_n{=}k \\mid c_n, \\text{other events})` (N×K): what a position module is told."""
