@@ -18,7 +18,8 @@ def test_shapes_and_consistency(house):
     assert house["position"].shape == (n, 2) and house["word_counts"].shape == (n, v)
     assert house["view"].shape == (n, 16) and (house["view"].sum(1) == 10).all()
     vocab = house["vocabulary"]
-    for words, counts, utt, pw in zip(house["words"][:200], house["word_counts"], house["utterance"], house["phoneme_words"]):
+    rows = zip(house["words"][:200], house["word_counts"], house["utterance"], house["phoneme_words"])
+    for words, counts, utt, pw in rows:
         assert sorted(words) == sorted(w for w, c in zip(vocab, counts) for _ in range(int(c)))
         assert "".join(pw) == utt and len(pw) == len(words)
     assert (house["place"] == house["area_place"][house["area"]]).all()

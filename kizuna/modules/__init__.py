@@ -24,10 +24,13 @@ from kizuna.modules.mm import MM
 from kizuna.modules.nn import NN
 from kizuna.modules.persistence import load_graph, load_module, save_graph, save_module
 from kizuna.modules.vae import VAE
+from kizuna.modules.spatial_concept import SpatialConcept
+from kizuna.modules.word_segmenter import WordSegmenter
 
 __all__ = [
     "GMM", "KINDS", "ClassModule", "Graph", "GraphError", "Message", "MessageKindError", "MessageShapeError", "Module",
     "NN", "Observation", "combine", "load_graph", "load_module", "rng_from", "sample_classes", "sample_dirichlet",
     "sample_gamma", "save_graph", "save_module", "VAE",
     "HMM", "LDA", "MLDA", "MM",
+    "SpatialConcept", "WordSegmenter",
 ]

@@ -5,12 +5,12 @@ words seen after it, seated at tables; its parent is :math:`h' = (v_2, \dots, v_
 :math:`c_{hw}` customers and :math:`t_{hw}` tables of word :math:`w`, :math:`c_h, t_h` their
 totals and :math:`(d_m, \theta_m)` the discount and strength of depth :math:`m`,
 
-.. math:: p(w\mid h) = \frac{c_{hw} - d_m t_{hw}}{\theta_m + c_h}
-          + \frac{\theta_m + d_m t_h}{\theta_m + c_h}\, p(w\mid h'),
+.. math:: p(w\\mid h) = \frac{c_{hw} - d_m t_{hw}}{\theta_m + c_h}
+          + \frac{\theta_m + d_m t_h}{\theta_m + c_h}\, p(w\\mid h'),
 
 and below the empty context is the base distribution :math:`p_0(w)`. Adding a customer seats it
 at table :math:`k` of :math:`w` with probability :math:`\propto c_{hwk} - d_m` or at a new table
-:math:`\propto (\theta_m + d_m t_h)\, p(w\mid h')`, which sends a customer to the parent; removing
+:math:`\propto (\theta_m + d_m t_h)\, p(w\\mid h')`, which sends a customer to the parent; removing
 one picks a table :math:`\propto c_{hwk}` and, when the table empties, removes one from the parent.
 A new (or emptied) table of the empty context calls ``on_base`` with ``+1`` (or ``-1``): NPYLM's
 word model feeds its character model through it. ``sample_hyperparameters`` draws every
@@ -27,13 +27,13 @@ import numpy as np
 
 
 def count_part(cw: Any, tw: Any, c: Any, d: float, theta: float) -> Any:
-    """:math:`(c_{hw} - d\,t_{hw}) / (\theta + c_h)`: the part of :math:`p(w\mid h)` from the counts
+    """:math:`(c_{hw} - d\\,t_{hw}) / (\theta + c_h)`: the part of :math:`p(w\\mid h)` from the counts
     (numbers or numpy arrays; 0 for an empty restaurant)."""
     return (cw - d * tw) / (theta + c)
 
 
 def backoff(t: Any, c: Any, d: float, theta: float) -> Any:
-    """:math:`(\theta + d\,t_h) / (\theta + c_h)`: the weight of the parent's probability (1 when empty)."""
+    """:math:`(\theta + d\\,t_h) / (\theta + c_h)`: the weight of the parent's probability (1 when empty)."""
     return (theta + d * t) / (theta + c)
 
 
@@ -49,12 +49,12 @@ class Restaurant:
         self.tables: dict[Any, list[int]] = {}
 
     def count_part(self, w: Any, d: float, theta: float) -> float:
-        """:math:`(c_{hw} - d\,t_{hw}) / (\theta + c_h)`, the part of :math:`p(w\mid h)` from the counts."""
+        """:math:`(c_{hw} - d\\,t_{hw}) / (\theta + c_h)`, the part of :math:`p(w\\mid h)` from the counts."""
         cw = self.cw.get(w)
         return count_part(cw, len(self.tables[w]), self.c, d, theta) if cw else 0.0
 
     def backoff(self, d: float, theta: float) -> float:
-        """:math:`(\theta + d\,t_h) / (\theta + c_h)`, the weight of the parent's probability."""
+        """:math:`(\theta + d\\,t_h) / (\theta + c_h)`, the weight of the parent's probability."""
         return backoff(self.t, self.c, d, theta)
 
 

@@ -107,7 +107,7 @@ class ConceptState:
 
 
 def log_stick_weights(n_l: np.ndarray, alpha: float) -> np.ndarray:
-    """:math:`\\log\\hat\\pi_l` of the truncated stick-breaking prior given the counts ``n_l`` (see the module docstring).
+    """:math:`\\log\\hat\\pi_l` of the truncated stick-breaking prior given the counts ``n_l`` (module docstring).
 
     >>> np.exp(log_stick_weights(np.zeros(3), 1.0)).round(3).tolist()
     [0.5, 0.25, 0.25]
@@ -161,7 +161,7 @@ class ConceptSampler:
         (self.positions.add if sign > 0 else self.positions.remove)(n, k)
 
     def log_conditional(self, n: int) -> np.ndarray:
-        """:math:`\\log p(c_n{=}l, i_n{=}k \\mid \\cdot)` up to a constant (L×K), event ``n`` removed from the counts."""
+        """:math:`\\log p(c_n{=}l, i_n{=}k \\mid \\cdot)` + const (L×K), event ``n`` removed from the counts."""
         st = self.state
         table = log_stick_weights(st.n_l, self.alpha)[:, None]
         table = table + np.log((st.n_lk + self.gamma) / (st.n_l[:, None] + self.n_components * self.gamma))
