@@ -23,8 +23,8 @@ from kizuna.modules.mlda import MLDA
 from kizuna.modules.mm import MM
 from kizuna.modules.nn import NN
 from kizuna.modules.persistence import load_graph, load_module, save_graph, save_module
-from kizuna.modules.vae import VAE
 from kizuna.modules.spatial_concept import SpatialConcept
+from kizuna.modules.vae import VAE
 from kizuna.modules.word_segmenter import WordSegmenter
 
 __all__ = [
