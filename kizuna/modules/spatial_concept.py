@@ -9,7 +9,8 @@ collapsed Gibbs sweeps of `kizuna.modules.spatial_concept_gibbs.ConceptSampler` 
 
 * **up** the concept posterior :math:`p(c_n{=}l \mid \cdot)` (``N×L``, from the last sweep's conditionals);
 * **down** to the GMM the component prior
-  :math:`p(i_n{=}k \mid c_n, \cdot) = \frac{N_{c_n k} + \gamma}{N_{c_n} + K\gamma}`, which replaces its mixing weights (so the GMM resamples its components as the concepts see them);
+  :math:`p(i_n{=}k \mid c_n, \cdot) = \frac{N_{c_n k} + \gamma}{N_{c_n} + K\gamma}`, which replaces its mixing
+  weights (so the GMM resamples its components as the concepts see them);
 * **down** to a count child that receives priors (a `WordSegmenter`) the predictive
   :math:`p(v\mid\text{event } n) = \sum_l p(c_n{=}l\mid\cdot)\,\mathbb E[\theta_{lv}]`.
 
