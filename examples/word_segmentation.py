@@ -6,7 +6,7 @@ true word boundaries, removed before segmenting. Prints boundary and word-token 
 Gibbs sample after every sweep and of the Viterbi segmentation at the end, next to the
 transitional-probability baseline (64.4 / 46.8) and DPDP AE-RNN (80.9 / 68.5).
 
-    python examples/word_segmentation.py --iters 100 --seed 0
+    python examples/word_segmentation.py --iters 30 --seed 0
     python examples/word_segmentation.py --smoke
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kizuna.metrics.segmentation import segmentation_scores
-from kizuna.modules.npylm import gibbs_sweep
+from kizuna.modules.npylm import gibbs_sweep, temperatures
 from kizuna.modules.word_segmenter import WordSegmenter
 
 BRENT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "brent" / "br-phono.txt"
@@ -34,10 +34,11 @@ def load_brent(path: Path = BRENT) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=100, help="Gibbs sweeps (default 100)")
+    parser.add_argument("--iters", type=int, default=30, help="Gibbs sweeps (default 30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-word-length", type=int, default=10)
     parser.add_argument("--char-order", type=int, default=3)
+    parser.add_argument("--anneal", type=float, default=3.0, help="starting temperature (1: no annealing)")
     parser.add_argument("--smoke", action="store_true", help="500 utterances, 3 sweeps")
     args = parser.parse_args(argv)
     gold = load_brent()
@@ -48,10 +49,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     seg = WordSegmenter(args.max_word_length, args.char_order, n_iter=0, random_state=args.seed).fit(utterances)
     rng = np.random.default_rng(args.seed + 1)
     start = time.perf_counter()
-    for it in range(iters):
-        gibbs_sweep(seg.model_, seg.utterances_, seg.segmentation_, rng)
+    for it, temperature in enumerate(temperatures(iters, args.anneal)):
+        gibbs_sweep(seg.model_, seg.utterances_, seg.segmentation_, rng, temperature=temperature)
         s = segmentation_scores(gold, seg.segmentation_)
-        print(f"sweep {it + 1:3d}  {time.perf_counter() - start:7.1f}s  boundary F {100 * s.boundary_f:5.1f}  "
+        print(f"sweep {it + 1:3d}  T {temperature:4.2f}  {time.perf_counter() - start:7.1f}s  boundary F {100 * s.boundary_f:5.1f}  "
               f"token F {100 * s.token_f:5.1f}  lexicon F {100 * s.lexicon_f:5.1f}", flush=True)
     final = segmentation_scores(gold, seg.segment(utterances))
     print(f"Viterbi: boundary P/R/F {100 * final.boundary_precision:.1f}/{100 * final.boundary_recall:.1f}/"

@@ -24,6 +24,7 @@ from kizuna.modules.mm import MM
 from kizuna.modules.nn import NN
 from kizuna.modules.persistence import load_graph, load_module, save_graph, save_module
 from kizuna.modules.spatial_concept import SpatialConcept
+from kizuna.modules.tail_to_tail import TailToTail
 from kizuna.modules.vae import VAE
 from kizuna.modules.word_segmenter import WordSegmenter
 
@@ -32,5 +33,5 @@ __all__ = [
     "NN", "Observation", "combine", "load_graph", "load_module", "rng_from", "sample_classes", "sample_dirichlet",
     "sample_gamma", "save_graph", "save_module", "VAE",
     "HMM", "LDA", "MLDA", "MM",
-    "SpatialConcept", "WordSegmenter",
+    "SpatialConcept", "TailToTail", "WordSegmenter",
 ]

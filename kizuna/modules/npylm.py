@@ -96,11 +96,13 @@ class NPYLM:
                     cw[a, k], tables[a, k] = c, len(root.tables[w])
         return count_part(cw, tables, root.c, d, theta) + root.backoff(d, theta) * p0
 
-    def forward(self, s: str, viterbi: bool = False, boost: Callable[[str], float] | None = None) -> np.ndarray:
+    def forward(self, s: str, viterbi: bool = False, boost: Callable[[str], float] | None = None,
+                power: float = 1.0) -> np.ndarray:
         """The forward table :math:`\\alpha` ((T+1)×(L+1), rows rescaled to sum to one).
 
         With ``viterbi`` the sums become maxima. ``boost(w)`` multiplies the probability of every
-        word ``w`` (a concept module's prior; ``None``: 1).
+        word ``w`` (a concept module's prior; ``None``: 1); every word probability is raised to
+        ``power`` (:math:`1/T` when annealing at temperature :math:`T`).
         """
         big_l, t_len = self.max_word_length, len(s)
         subs = [[s[a:a + k] for k in range(1, min(big_l, t_len - a) + 1)] for a in range(t_len)]
@@ -115,15 +117,16 @@ class NPYLM:
             js = np.arange(len(prev)) + (a > 0)
             back = np.array([1.0 if r is None else r.backoff(d, theta) for r in rests])
             n_k = min(big_l, t_len - a)
-            cells = np.outer(uni[a, 1:n_k + 1], alpha[a, js] * back)  # word length x previous word
+            probs = np.outer(uni[a, 1:n_k + 1], back)  # p(w | v): word length x previous word
             for i, r in enumerate(rests):
                 if r is not None:
                     for k, w in enumerate(subs[a]):
                         if w in r.cw:
-                            cells[k, i] += alpha[a, js[i]] * r.count_part(w, d, theta)
-            cells = cells.max(1) if viterbi else cells.sum(1)
+                            probs[k, i] += r.count_part(w, d, theta)
             if boost is not None:
-                cells *= np.array([boost(w) for w in subs[a]])
+                probs *= np.array([boost(w) for w in subs[a]])[:, None]
+            cells = (probs if power == 1.0 else probs**power) * alpha[a, js]
+            cells = cells.max(1) if viterbi else cells.sum(1)
             ends = np.arange(a + 1, a + n_k + 1)
             # a later row's entries are kept relative to the scale of its first contributing row
             alpha[ends, np.arange(1, n_k + 1)] = cells * np.exp(log_scale[a] - log_scale[np.maximum(ends - big_l, 0)])
@@ -133,13 +136,13 @@ class NPYLM:
                 log_scale[a + 1] = log_scale[max(a + 1 - big_l, 0)] + np.log(z)
         return alpha
 
-    def _backward(self, s: str, alpha: np.ndarray, rng: np.random.Generator | None) -> list[str]:
+    def _backward(self, s: str, alpha: np.ndarray, rng: np.random.Generator | None, power: float = 1.0) -> list[str]:
         """Backward sampling (``rng``) or Viterbi back-tracking (``rng=None``) through ``alpha``."""
         t, nxt, words = len(s), EOS, []
         while t > 0:
             ks = np.arange(1, min(self.max_word_length, t) + 1)
             unigram = self.words.prob(nxt)
-            weights = np.array([alpha[t, k] * self.words.prob(nxt, (s[t - k:t],), unigram) for k in ks])
+            weights = np.array([alpha[t, k] * self.words.prob(nxt, (s[t - k:t],), unigram) ** power for k in ks])
             if not weights.sum() > 0:
                 raise FloatingPointError(f"NPYLM: no segmentation of {s!r} has positive probability")
             k = int(ks[weights.argmax()]) if rng is None else int(rng.choice(ks, p=weights / weights.sum()))
@@ -148,11 +151,11 @@ class NPYLM:
             t -= k
         return words[::-1]
 
-    def sample(self, s: str, rng: np.random.Generator, n: int = 1,
-               boost: Callable[[str], float] | None = None) -> list[list[str]]:
-        """``n`` segmentations of ``s`` drawn from the model's posterior (one forward pass)."""
-        alpha = self.forward(s, boost=boost)
-        return [self._backward(s, alpha, rng) for _ in range(n)]
+    def sample(self, s: str, rng: np.random.Generator, n: int = 1, boost: Callable[[str], float] | None = None,
+               power: float = 1.0) -> list[list[str]]:
+        """``n`` segmentations of ``s`` drawn from the model's posterior raised to ``power`` (one forward pass)."""
+        alpha = self.forward(s, boost=boost, power=power)
+        return [self._backward(s, alpha, rng, power) for _ in range(n)]
 
     def viterbi(self, s: str) -> list[str]:
         """The most probable segmentation of ``s``."""
@@ -173,6 +176,18 @@ class NPYLM:
         return float(total)
 
 
+def temperatures(n_sweeps: int, start: float = 3.0, fraction: float = 0.6) -> list[float]:
+    """An annealing schedule: :math:`1/T` rises linearly from ``1/start`` to 1 over the first ``fraction`` of the
+    sweeps, then stays at :math:`T = 1`.
+
+    >>> temperatures(5, 2.0, 0.4)
+    [2.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    warm = int(round(fraction * n_sweeps))
+    inv = [1 / start + (1 - 1 / start) * j / max(warm, 1) for j in range(warm)]
+    return [1 / x for x in inv] + [1.0] * (n_sweeps - warm)
+
+
 def random_segmentation(s: str, max_word_length: int, rng: np.random.Generator) -> list[str]:
     """A segmentation of ``s`` into words of uniformly random lengths in ``1..min(4, L)`` (the initial state)."""
     words, a = [], 0
@@ -184,22 +199,24 @@ def random_segmentation(s: str, max_word_length: int, rng: np.random.Generator) 
 
 
 def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[list[str]], rng: np.random.Generator,
-                boosts: Sequence[Callable[[str], float] | None] | None = None, n_candidates: int = 1) -> None:
+                boosts: Sequence[Callable[[str], float] | None] | None = None, n_candidates: int = 1,
+                temperature: float = 1.0) -> None:
     """One blocked Gibbs sweep in random order, replacing ``segmentations`` in place.
 
     Without ``boosts`` each utterance's segmentation is drawn from the model's posterior given the
     others. With ``boosts[i]`` (a concept module's belief about utterance ``i``'s words) SERKET's
     resampling of hypotheses: ``n_candidates`` segmentations are drawn from the model's posterior and
     one is kept with probability :math:`\\propto \\prod_{w} \\text{boost}_i(w)` (sampling-importance-resampling
-    towards :math:`p(\\text{seg} \\mid s)\\prod_w \\text{boost}_i(w)`).
+    towards :math:`p(\\text{seg} \\mid s)\\prod_w \\text{boost}_i(w)`). At ``temperature`` :math:`T > 1` the
+    segmentations are drawn from the posterior raised to :math:`1/T` (simulated annealing).
     """
     for i in rng.permutation(len(utterances)).tolist():
         model.remove_sentence(segmentations[i], rng)
         boost = None if boosts is None else boosts[i]
         if boost is None:
-            segmentations[i] = model.sample(utterances[i], rng)[0]
+            segmentations[i] = model.sample(utterances[i], rng, power=1.0 / temperature)[0]
         else:
-            candidates = model.sample(utterances[i], rng, n_candidates)
+            candidates = model.sample(utterances[i], rng, n_candidates, power=1.0 / temperature)
             log_w = np.array([sum(np.log(boost(w)) for w in c) for c in candidates])
             weights = np.exp(log_w - log_w.max())
             segmentations[i] = candidates[int(rng.choice(len(candidates), p=weights / weights.sum()))]

@@ -13,9 +13,12 @@ hypotheses: ``n_candidates`` segmentations from the language model, one kept wit
 :math:`\prod_w (q_n(w) / \bar q(w))^{\lambda}` with :math:`\bar q` the mean of :math:`q_n` over events
 (words outside the vocabulary weigh 1) and :math:`\lambda` = ``prior_weight``.
 
->>> seg = WordSegmenter(n_iter=30, random_state=0).fit(["abcxy", "xyabc", "abc", "xy"] * 10)
->>> seg.segment(["abcxy"])
-[['abc', 'xy']]
+>>> rng = np.random.default_rng(0)
+>>> lexicon = ["abc", "xy", "dog", "ek", "mimi", "tu"]
+>>> utterances = ["".join(rng.choice(lexicon, size=rng.integers(1, 5))) for _ in range(150)]
+>>> seg = WordSegmenter(n_iter=20, random_state=1).fit(utterances)
+>>> seg.segment(["dogabcxy"])
+[['dog', 'abc', 'xy']]
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from kizuna.modules.base import Message, Module
-from kizuna.modules.npylm import NPYLM, gibbs_sweep, random_segmentation
+from kizuna.modules.npylm import NPYLM, gibbs_sweep, random_segmentation, temperatures
 from kizuna.modules.symbols import decode_strings
 
 
@@ -43,6 +46,8 @@ class WordSegmenter(Module):
         n_candidates: segmentations drawn per utterance when a prior is resampled in.
         prior_weight: :math:`\\lambda`.
         min_count: a word enters ``vocabulary_`` when it occurs at least this often.
+        anneal: starting temperature of ``fit`` and of the first update (`kizuna.modules.npylm.temperatures`;
+            1 for none).
         random_state: seed (the graph's generator seeds it in a graph).
     """
 
@@ -51,7 +56,7 @@ class WordSegmenter(Module):
     receives: ClassVar[tuple[str, ...]] = ("prior",)
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
-                 n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2,
+                 n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 3.0,
                  random_state: int | None = None, name: str | None = None) -> None:
         super().__init__(name)
         if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
@@ -60,6 +65,7 @@ class WordSegmenter(Module):
         self.max_word_length, self.char_order = max_word_length, char_order
         self.n_iter, self.sweeps_per_update, self.n_candidates = n_iter, sweeps_per_update, n_candidates
         self.prior_weight, self.min_count, self.random_state = prior_weight, min_count, random_state
+        self.anneal = anneal
         self.model_: NPYLM | None = None
         self.utterances_: list[str] = []
         self.segmentation_: list[list[str]] = []
@@ -91,8 +97,8 @@ class WordSegmenter(Module):
     def fit(self, utterances: Sequence[str], y: None = None) -> WordSegmenter:
         """``n_iter`` blocked Gibbs sweeps from a random segmentation of ``utterances``."""
         self._start(self._check(utterances))
-        for _ in range(self.n_iter):
-            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, self._random())
+        for temperature in temperatures(self.n_iter, self.anneal):
+            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, self._random(), temperature=temperature)
         return self
 
     def segment(self, utterances: Sequence[str]) -> list[list[str]]:
@@ -124,12 +130,13 @@ class WordSegmenter(Module):
             raise ValueError(f"WordSegmenter {self.name} segments one child's strings, got {len(forward)} children")
         if self.model_ is None:
             self._start(self._check(decode_strings(forward[0].value)))
-            sweeps, boosts = self.n_iter, None
+            schedule, boosts = temperatures(self.n_iter, self.anneal), None
         else:
-            sweeps = self.sweeps_per_update
+            schedule = [1.0] * self.sweeps_per_update
             usable = backward is not None and backward.width == len(self.vocabulary_)
             boosts = self._boosts(backward.value) if usable else None
-        for _ in range(sweeps):
-            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, self._random(), boosts, self.n_candidates)
+        for temperature in schedule:
+            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, self._random(), boosts, self.n_candidates,
+                        temperature)
         counts = torch.as_tensor(self.word_counts(), dtype=forward[0].value.dtype)
         return self.message("data", counts, variable="w"), {}

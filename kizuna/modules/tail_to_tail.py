@@ -1,0 +1,81 @@
+r"""`TailToTail`: Neuro-SERKET's tail-to-tail node joining modules that explain the same events.
+
+Two (or more) class modules :math:`m = 1..M` (an LDA on speech, a GMM on a VAE's latents, ...) each
+send class posteriors :math:`P^{(m)}_{nk}` over their own labels. Their labels are arbitrary, so the
+node first aligns every module's labels to the first one's: the permutation :math:`\sigma_m`
+maximising the agreement :math:`\sum_n P^{(1)}_{n k} P^{(m)}_{n\sigma_m(k)}` (Hungarian algorithm on the
+``K×K`` soft co-occurrence table; SERKET's ``TtoT`` swaps columns greedily on hard labels). With
+the aligned, smoothed posteriors :math:`Q^{(m)} \propto P^{(m)}_{\cdot\sigma_m} + \epsilon`, each module
+receives the **others'** belief as its class prior, mapped back to its own labels,
+
+.. math:: \pi^{(m)}_{n\sigma_m(k)} \propto \prod_{j \neq m} Q^{(j)}_{nk},
+
+(SERKET's ``examples/number_recog`` tail-to-tail; Taniguchi et al. 2020, arXiv:1910.08918) and the
+node's own posterior, sent up, is the product of all of them. (SERKET's node sends the others'
+product in the first module's label order to every module; mapping it back is what makes the
+prior mean the same class for the receiver.)
+
+>>> import torch
+>>> a = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+>>> b = a[:, [1, 0]]  # the same beliefs, labels swapped
+>>> align(a, b).tolist()
+[1, 0]
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from kizuna.modules.base import Message, MessageShapeError, Module
+
+
+def align(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """The permutation ``sigma`` (K) with ``other[:, sigma]`` best agreeing with ``reference`` (Hungarian)."""
+    agreement = (reference.T @ other).detach().cpu().double().numpy()  # K×K soft co-occurrences
+    _, cols = linear_sum_assignment(-agreement)
+    return torch.as_tensor(cols, dtype=torch.long)
+
+
+class TailToTail(Module):
+    """Joins the class posteriors of its children (see the module docstring).
+
+    Args:
+        smoothing: :math:`\\epsilon` added to every aligned posterior before the product (SERKET: 0.01).
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = ("posterior",)
+    sends: ClassVar[str] = "posterior"
+
+    def __init__(self, smoothing: float = 0.01, name: str | None = None) -> None:
+        super().__init__(name, learnable=False)
+        if smoothing < 0:
+            raise ValueError(f"TailToTail {self.name}: smoothing must be >= 0, got {smoothing}")
+        self.smoothing = smoothing
+        self.permutations: list[torch.Tensor] = []
+        self.posterior: torch.Tensor | None = None
+
+    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
+        if len(forward) < 2:
+            raise ValueError(f"TailToTail {self.name} joins at least two modules, got {len(forward)}")
+        for msg in forward[1:]:
+            if msg.width != forward[0].width:
+                raise MessageShapeError(f"TailToTail {self.name}: {forward[0].sender} sends {forward[0].width} "
+                                        f"classes but {msg.sender} sends {msg.width}")
+        ref = forward[0].value
+        self.permutations = [torch.arange(ref.shape[1])] + [align(ref, m.value) for m in forward[1:]]
+        aligned = [m.value[:, s] + self.smoothing for m, s in zip(forward, self.permutations)]
+        log_q = torch.stack([torch.log(q / q.sum(1, keepdim=True)) for q in aligned])  # M×N×K
+        total = log_q.sum(0)
+        self.posterior = torch.softmax(total, 1)
+        down = {}
+        for child, log_own, sigma in zip(self.children, log_q, self.permutations):
+            if "prior" not in child.receives:
+                continue
+            others = torch.softmax(total - log_own, 1)
+            prior = torch.empty_like(others)
+            prior[:, sigma] = others  # back to the child's own labels
+            down[child] = self.message("prior", prior, receiver=child)
+        return self.message("posterior", self.posterior), down

@@ -1,0 +1,143 @@
+"""NPYLM word segmentation: scores on hand cases, the HPYLM against its formula, forward filtering /
+backward sampling against enumerating every segmentation, and the WordSegmenter module."""
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from kizuna import modules as km
+from kizuna.datasets import simulated_house
+from kizuna.metrics.segmentation import segmentation_scores
+from kizuna.modules.npylm import NPYLM, gibbs_sweep
+from kizuna.modules.pitman_yor import HPYLM
+
+BRENT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "brent" / "br-phono.txt"
+
+
+def test_scores_on_hand_cases():
+    true = [["D6", "dOgi"], ["lUk", "&t", "DIs"]]
+    pred = [["D6dOgi"], ["lUk", "&", "tDIs"]]
+    s = segmentation_scores(true, pred)
+    # boundaries (utterance edges excluded): true {2}, {3, 5}; predicted {}, {3, 4}
+    assert (s.boundary_precision, s.boundary_recall) == (0.5, 1 / 3)
+    # tokens: 5 true, 4 predicted, 1 correct (lUk)
+    assert (s.token_precision, s.token_recall) == (0.25, 0.2)
+    assert s.token_f == pytest.approx(2 * 0.25 * 0.2 / 0.45)
+    # lexicon: true {D6, dOgi, lUk, &t, DIs}, predicted {D6dOgi, lUk, &, tDIs}
+    assert (s.lexicon_precision, s.lexicon_recall) == (0.25, 0.2)
+    perfect = segmentation_scores(true, true)
+    assert perfect.boundary_f == perfect.token_f == perfect.lexicon_f == 1.0
+    with pytest.raises(ValueError, match="differs"):
+        segmentation_scores([["ab"]], [["ac"]])
+
+
+def test_hpylm_matches_its_formula_and_normalises():
+    rng = np.random.default_rng(0)
+    lm = HPYLM(2, lambda w: 0.25, discount=0.3, strength=0.8)
+    for w, h in [("a", ("x",)), ("a", ("x",)), ("b", ("x",)), ("a", ("y",)), ("c", ())]:
+        lm.add(w, h, rng)
+    root, rx = lm.restaurants[()], lm.restaurants[("x",)]
+    p_root = ((root.cw.get("a", 0) - 0.3 * len(root.tables.get("a", []))) + (0.8 + 0.3 * root.t) * 0.25) / (0.8 + root.c)
+    want = ((2 - 0.3 * len(rx.tables["a"])) + (0.8 + 0.3 * rx.t) * p_root) / (0.8 + rx.c)
+    assert lm.prob("a", ("x",)) == pytest.approx(want)
+    for h in [(), ("x",), ("y",), ("z",)]:
+        assert sum(lm.prob(w, h) for w in "abcd") == pytest.approx(1.0)
+    for w, h in [("a", ("x",)), ("a", ("x",)), ("b", ("x",)), ("a", ("y",)), ("c", ())]:
+        lm.remove(w, h, rng)
+    assert lm.restaurants == {}
+
+
+def _trained(rng: np.random.Generator) -> NPYLM:
+    model = NPYLM("abcd", max_word_length=4, char_order=2)
+    for words in [["ab", "cd"], ["ab"], ["cd", "ab", "a"], ["d", "cd"]] * 3:
+        model.add_sentence(words, rng)
+    return model
+
+
+def _segmentations(s: str, max_len: int):
+    for cuts in itertools.product([0, 1], repeat=len(s) - 1):
+        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [len(s)]
+        words = [s[a:b] for a, b in zip(bounds, bounds[1:])]
+        if max(len(w) for w in words) <= max_len:
+            yield tuple(words)
+
+
+def test_dense_character_model_matches_the_dictionary_path():
+    model = _trained(np.random.default_rng(1))
+    s = "abcdab"
+    table = model.chars.substring_p0(s, 4)
+    for a in range(len(s)):
+        for k in range(1, min(4, len(s) - a) + 1):
+            assert table[a, k] == pytest.approx(model.chars.p0(s[a:a + k]), rel=1e-12)
+
+
+@pytest.mark.parametrize("boosted", [False, True])
+def test_forward_filtering_backward_sampling_matches_enumeration(boosted):
+    """Draws follow p(seg | s) ∝ p(w_1..w_m EOS) prod boost(w) over all segmentations (chi-square, 1e-3);
+    Viterbi returns the enumeration's argmax."""
+    rng = np.random.default_rng(2)
+    model = _trained(rng)
+    s = "abcda"
+    boost = (lambda w: 3.0 if w == "cd" else 1.0) if boosted else None
+    segs = list(_segmentations(s, 4))
+    log_p = np.array([model.log_prob(w) + (sum(np.log(boost(x)) for x in w) if boosted else 0) for w in segs])
+    p = np.exp(log_p - log_p.max())
+    p /= p.sum()
+    draws = model.sample(s, rng, n=6000, boost=boost)
+    counts = np.array([sum(tuple(d) == w for d in draws) for w in segs])
+    keep = 6000 * p > 5
+    observed = np.append(counts[keep], counts[~keep].sum())
+    expected = np.append(6000 * p[keep], 6000 * p[~keep].sum())
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+    if not boosted:
+        assert tuple(model.viterbi(s)) == segs[int(np.argmax(log_p))]
+
+
+def test_a_sweep_keeps_the_model_consistent():
+    rng = np.random.default_rng(3)
+    utterances = ["abcd", "cdab", "ab", "abab"]
+    model = NPYLM("abcd", max_word_length=4)
+    segs = [[u] for u in utterances]
+    for w in segs:
+        model.add_sentence(w, rng)
+    for _ in range(3):
+        gibbs_sweep(model, utterances, segs, rng)
+    assert all("".join(w) == u for w, u in zip(segs, utterances))
+    bigram_customers = sum(r.c for key, r in model.words.restaurants.items() if key)
+    assert bigram_customers == sum(len(w) + 1 for w in segs)
+
+
+def test_segmenter_finds_the_words_of_a_random_language():
+    rng = np.random.default_rng(0)
+    lexicon = ["abc", "xy", "dog", "ek", "mimi", "tu"]
+    gold = [[lexicon[j] for j in rng.integers(len(lexicon), size=rng.integers(1, 5))] for _ in range(150)]
+    utterances = ["".join(g) for g in gold]
+    seg = km.WordSegmenter(n_iter=20, random_state=1).fit(utterances)
+    scores = segmentation_scores(gold, seg.segment(utterances))
+    assert scores.boundary_f > 0.75 and scores.token_f > 0.6
+    with pytest.raises(ValueError):
+        seg.segment(["abc", ""])
+
+
+def test_segmenter_under_a_concept_module():
+    house = simulated_house(120, seed=1)
+    seg = km.WordSegmenter(n_iter=5, sweeps_per_update=1).connect(km.Observation(house["utterance"]))
+    gmm = km.GMM(6, max_iter=5).connect(km.Observation(house["position"]))
+    spco = km.SpatialConcept(6, sweeps=3).connect(gmm, seg, km.Observation(house["view"]))
+    km.Graph([spco]).fit(n_iter=2, seed=0)
+    counts = seg.forward_message.value
+    assert counts.shape == (120, len(seg.vocabulary_))
+    assert all("".join(w) == u for w, u in zip(seg.segmentation_, house["utterance"]))
+    assert seg.backward_in is not None and seg.backward_in.value.shape[1] == counts.shape[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BRENT.exists(), reason="the Brent corpus is not in ../shared/data/brent (see DESIGN.md)")
+def test_brent_beats_the_transitional_probability_baseline():
+    from examples.word_segmentation import main
+
+    scores = main(["--iters", "20"])
+    assert scores["boundary_f"] > 0.644 and scores["token_f"] > 0.468
