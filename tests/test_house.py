@@ -16,7 +16,7 @@ def house():
 def test_shapes_and_consistency(house):
     n, v = 4000, len(house["vocabulary"])
     assert house["position"].shape == (n, 2) and house["word_counts"].shape == (n, v)
-    assert house["view"].shape == (n, 16) and (house["view"].sum(1) == 10).all()
+    assert house["view"].shape == (n, 16) and (house["view"].sum(1) == 6).all()
     vocab = house["vocabulary"]
     rows = zip(house["words"][:200], house["word_counts"], house["utterance"], house["phoneme_words"])
     for words, counts, utt, pw in rows:
@@ -57,7 +57,7 @@ def test_name_rate_and_synonyms(house):
 
 def test_view_counts_follow_the_area_distributions(house):
     """Chi-square goodness of fit of each area's pooled view counts (Bonferroni over 7 areas, 1e-3)."""
-    table = view_distributions(0.4)
+    table = view_distributions(0.5)
     for a in range(7):
         pooled = house["view"][house["area"] == a].sum(0)
         assert stats.chisquare(pooled, pooled.sum() * table[a]).pvalue > 1e-3 / 7

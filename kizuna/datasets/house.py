@@ -138,8 +138,8 @@ def _images(area: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def simulated_house(n_events: int = 300, seed: int = 0, phoneme_error_rate: float = 0.05,
-                    position_noise: float = 0.2, name_rate: float = 0.8, view_tokens: int = 10,
-                    view_noise: float = 0.4, margin: float = 0.3, image: bool = False) -> dict[str, Any]:
+                    position_noise: float = 0.2, name_rate: float = 0.8, view_tokens: int = 6,
+                    view_noise: float = 0.5, margin: float = 0.3, image: bool = False) -> dict[str, Any]:
     """Teaching events of a robot in the house (see the module docstring).
 
     Args:
