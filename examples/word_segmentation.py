@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for it, temperature in enumerate(temperatures(iters, args.anneal)):
         gibbs_sweep(seg.model_, seg.utterances_, seg.segmentation_, rng, temperature=temperature)
         s = segmentation_scores(gold, seg.segmentation_)
-        print(f"sweep {it + 1:3d}  T {temperature:4.2f}  {time.perf_counter() - start:7.1f}s  boundary F {100 * s.boundary_f:5.1f}  "
-              f"token F {100 * s.token_f:5.1f}  lexicon F {100 * s.lexicon_f:5.1f}", flush=True)
+        print(f"sweep {it + 1:3d}  T {temperature:4.2f}  {time.perf_counter() - start:7.1f}s  "
+              f"boundary F {100 * s.boundary_f:5.1f}  token F {100 * s.token_f:5.1f}  "
+              f"lexicon F {100 * s.lexicon_f:5.1f}", flush=True)
     final = segmentation_scores(gold, seg.segment(utterances))
     print(f"Viterbi: boundary P/R/F {100 * final.boundary_precision:.1f}/{100 * final.boundary_recall:.1f}/"
           f"{100 * final.boundary_f:.1f}  token P/R/F {100 * final.token_precision:.1f}/"

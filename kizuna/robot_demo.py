@@ -11,8 +11,8 @@ integrated model is SpCoA built from modules,
 GMM's position components, a word and a view distribution). It is compared, on the same events,
 with each part alone (a GMM on the positions, LDA on the words, LDA on the views) and with SERKET's
 shape (GMM on positions → MLDA with words and views); every one of these is given the true number
-of places (6), which the integrated model infers. Scores: ARI of the concepts against the true places, the number of concepts,
-and the place-name accuracy at 1,000 held-out positions (the word with the largest lift
+of places (6), which the integrated model infers. Scores: ARI of the concepts against the true
+places, the number of concepts, and the place-name accuracy at 1,000 held-out positions (the word with the largest lift
 :math:`p(w\mid x)/p(w)` must be a name of the true place; chance 1/6). ``--words phonemes`` replaces
 the clean word counts by a `WordSegmenter` (NPYLM) on the noisy phoneme strings, connected under
 the concept module, and also scores the segmentation of the place names (connected vs alone).
@@ -106,6 +106,7 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
     vocabulary = house["vocabulary"] if seg is None else seg.vocabulary_
     result: dict[str, Any] = {
         "seed": seed, "words": words, "ari": spco.ari, "n_concepts": spco.n_concepts_,
+        "n_nonempty": spco.n_nonempty_,
         "name_accuracy": name_accuracy(spco, house, test, vocabulary) if seg is None else None,
         "seconds": time.perf_counter() - start, "parts": parts(house, seed), "model": spco, "house": house}
     if seg is not None:
@@ -117,9 +118,10 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
 
 def _print(result: dict[str, Any]) -> None:
     print(f"seed {result['seed']}, words: {result['words']} ({result['seconds']:.0f} s)")
+    accuracy = result["name_accuracy"]
     print(f"  {'integrated (GMM + SpatialConcept)':40s} ARI {result['ari']:.3f}  concepts {result['n_concepts']} "
-          f"(true 6)" + (f"  place-name accuracy {result['name_accuracy']:.3f} (chance 0.167)"
-                         if result["name_accuracy"] is not None else ""))
+          f"(true 6; {result['n_nonempty']} non-empty)"
+          + ("" if accuracy is None else f"  place-name accuracy {accuracy:.3f} (chance 0.167)"))
     for name, ari in result["parts"].items():
         print(f"  {name:40s} ARI {ari:.3f}")
     if "name_f_connected" in result:

@@ -18,7 +18,7 @@ collapsed Gibbs sweeps of `kizuna.modules.spatial_concept_gibbs.ConceptSampler` 
 :math:`p(l\mid x) \propto \hat\pi_l\sum_k\hat\phi_{lk}\,p(x\mid k)` (the GMM's predictive), and
 ``predict_position(word_counts)`` the mean of the component :math:`k` maximising
 :math:`p(l\mid w)\,\hat\phi_{lk}\,|\Sigma_k|^{-1/2}` (the highest peak of the position density).
-``n_concepts_`` counts the concepts that hold at least one event.
+``n_concepts_`` counts the concepts that hold at least ``min_share`` of the events.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class SpatialConcept(ClassModule):
         gamma: :math:`\\gamma` of each concept's Dirichlet over position components.
         beta: :math:`\\beta` of every count modality (a float, or one per modality).
         sweeps: Gibbs sweeps per update.
+        n_init: independent chains of the first update (each a sequential initialisation and ``sweeps``
+            sweeps); the one with the largest collapsed joint probability is kept.
+        min_share: share of the events a concept must hold to count in ``n_concepts_``.
         random_state: seed used when no graph generator is set.
     """
 
@@ -52,13 +55,13 @@ class SpatialConcept(ClassModule):
     sends: ClassVar[str] = "posterior"
 
     def __init__(self, n_concepts: int = 10, category: Any = None, alpha: float = 0.1, gamma: float = 0.1,
-                 beta: float | Sequence[float] = 0.5, sweeps: int = 20, random_state: int | None = None,
-                 name: str | None = None) -> None:
+                 beta: float | Sequence[float] = 0.5, sweeps: int = 20, n_init: int = 4, min_share: float = 0.05,
+                 random_state: int | None = None, name: str | None = None) -> None:
         super().__init__(n_concepts, category, name)
-        if alpha <= 0 or gamma <= 0 or sweeps < 1 or np.any(np.asarray(beta) <= 0):
-            raise ValueError(f"SpatialConcept {self.name}: need alpha, gamma, beta > 0 and sweeps >= 1")
-        self.alpha, self.gamma, self.beta, self.sweeps = alpha, gamma, beta, sweeps
-        self.random_state = random_state
+        if alpha <= 0 or gamma <= 0 or sweeps < 1 or n_init < 1 or np.any(np.asarray(beta) <= 0):
+            raise ValueError(f"SpatialConcept {self.name}: need alpha, gamma, beta > 0 and sweeps, n_init >= 1")
+        self.alpha, self.gamma, self.beta, self.sweeps, self.n_init = alpha, gamma, beta, sweeps, n_init
+        self.random_state, self.min_share = random_state, min_share
         self.sampler_: ConceptSampler | None = None
         self._rng: np.random.Generator | None = None
 
@@ -99,12 +102,19 @@ class SpatialConcept(ClassModule):
             c, i = np.zeros(n, dtype=np.int64), log_lik.argmax(1)
         else:
             c, i = old.state.c, old.state.i
-        self.sampler_ = ConceptSampler(FixedPositions(log_lik), [m.value.cpu().double().numpy() for m in counts],
-                                       self.n_classes, self.alpha, self.gamma, self._betas(len(counts)), c, i)
-        if old is None:  # a fresh chain starts from the sequential initialisation
-            self.sampler_.initialize(rng)
-        for _ in range(self.sweeps):
-            self.sampler_.sweep(rng)
+        data = [m.value.cpu().double().numpy() for m in counts]
+        chains = 1 if old is not None else self.n_init
+        best = None
+        for _ in range(chains):
+            sampler = ConceptSampler(FixedPositions(log_lik), data, self.n_classes, self.alpha, self.gamma,
+                                     self._betas(len(counts)), c, i)
+            if old is None:  # a fresh chain starts from the sequential initialisation
+                sampler.initialize(rng)
+            for _ in range(self.sweeps):
+                sampler.sweep(rng)
+            if best is None or sampler.log_joint() > best.log_joint():
+                best = sampler
+        self.sampler_ = best
         dtype = pos.value.dtype
         self.posterior = torch.as_tensor(self.sampler_.posterior, dtype=dtype)
         down: dict[Module, Message] = {}
@@ -129,7 +139,14 @@ class SpatialConcept(ClassModule):
 
     @property
     def n_concepts_(self) -> int:
-        """Number of concepts holding at least one event."""
+        """Number of concepts that are the most probable concept of at least ``min_share`` of the events
+        (a DP mixture also keeps a few stray events in small concepts; ``n_nonempty_`` counts those too)."""
+        share = np.bincount(self.classes.cpu().numpy(), minlength=self.n_classes) / self.classes.shape[0]
+        return int((share >= self.min_share).sum())
+
+    @property
+    def n_nonempty_(self) -> int:
+        """Number of concepts that are the most probable concept of at least one event."""
         return int(np.unique(self.classes.cpu().numpy()).size)
 
     def predict_concepts(self, positions: Any) -> np.ndarray:

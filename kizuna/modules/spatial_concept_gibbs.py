@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import gammaln
+from scipy.special import betaln, gammaln
 
 from kizuna.modules.normal_wishart import NormalWishart
 
@@ -47,6 +47,10 @@ class FixedPositions:
 
     def log_lik(self, n: int) -> np.ndarray:
         return self.log_lik_table[n]
+
+    def log_evidence(self, i: np.ndarray) -> float:
+        """:math:`\\sum_n \\log p(x_n \\mid i_n)`."""
+        return float(self.log_lik_table[np.arange(len(i)), i].sum())
 
     def remove(self, n: int, k: int) -> None:
         """See `GaussianPositions.remove`."""
@@ -79,6 +83,11 @@ class GaussianPositions:
         """:math:`\\log p(x_n \\mid i_n = k, \\text{other events})` for every ``k`` (Student-t predictive)."""
         post = self.prior.posterior(self.count, self.sum, self.outer)
         return post.log_predictive(self.x[n:n + 1])[0].numpy()
+
+    def log_evidence(self, i: np.ndarray) -> float:
+        """:math:`\\log p(x \\mid i)` with the components' parameters integrated out (``i``: the current state)."""
+        post = self.prior.posterior(self.count, self.sum, self.outer)
+        return float(post.log_marginal(self.prior, self.count).sum())
 
     def _move(self, n: int, k: int, sign: float) -> None:
         xn = self.x[n]
@@ -117,6 +126,14 @@ def log_stick_weights(n_l: np.ndarray, alpha: float) -> np.ndarray:
     ev[-1] = 1.0
     log_rest = np.concatenate([[0.0], np.cumsum(np.log1p(-ev[:-1]))])
     return np.log(ev) + log_rest
+
+
+def _log_dirichlet_multinomial(counts: np.ndarray, conc: float) -> float:
+    """Sum over rows :math:`l` of :math:`\\log \\Gamma(V\\beta) - \\log\\Gamma(S_l + V\\beta)
+    + \\sum_v [\\log\\Gamma(S_{lv}+\\beta) - \\log\\Gamma(\\beta)]` (``conc`` is :math:`\\beta`)."""
+    v = counts.shape[1]
+    return float((gammaln(v * conc) - gammaln(counts.sum(1) + v * conc)).sum()
+                 + (gammaln(counts + conc) - gammaln(conc)).sum())
 
 
 class ConceptSampler:
@@ -199,6 +216,17 @@ class ConceptSampler:
         for n in rng.permutation(len(self.state.c)).tolist():
             self._move(n, -1.0)
             self._draw(n, rng)
+
+    def log_joint(self) -> float:
+        """:math:`\\log p(c, i, x, y)` of the current state, every parameter integrated out (the product of the
+        stick-breaking, Dirichlet-multinomial and Normal-Wishart evidences)."""
+        st = self.state
+        greater = st.n_l.sum() - np.cumsum(st.n_l)
+        total = float((betaln(1 + st.n_l[:-1], self.alpha + greater[:-1]) - betaln(1, self.alpha)).sum())
+        total += _log_dirichlet_multinomial(st.n_lk, self.gamma)
+        for s, beta in zip(st.sums, self.betas):
+            total += _log_dirichlet_multinomial(s, beta)
+        return total + self.positions.log_evidence(st.i)
 
     def component_prior(self) -> np.ndarray:
         """:math:`p(i_n{=}k \\mid c_n, \\text{other events})` (N×K): what a position module is told."""

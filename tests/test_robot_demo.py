@@ -1,0 +1,45 @@
+"""The robot-house demo (``kizuna demo``) and its example script: they run and report what they claim."""
+
+import numpy as np
+import pytest
+
+from kizuna import robot_demo
+from kizuna.cli import main
+from kizuna.datasets import simulated_house
+
+
+def test_cli_runs_the_robot_house_by_default(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(robot_demo, "main", lambda argv: calls.append(argv) or 0)
+    assert main(["demo", "--quick", "--seed", "2", "--out", str(tmp_path)]) == 0
+    assert main(["demo"]) == 0
+    assert calls == [["--seed", "2", "--out", str(tmp_path), "--quick"], ["--seed", "0", "--out", "kizuna-demo-out"]]
+
+
+def test_place_name_f_on_hand_cases():
+    house = {"place_names": [["kitchen"]], "words": [["the", "kitchen"]], "phoneme_words": [["D6", "kIC6n"]]}
+    assert robot_demo.place_name_f(house, [["D6", "kIC6n"]]) == 1.0
+    assert robot_demo.place_name_f(house, [["D6kIC6n"]]) == 0.0  # the name's span was not found
+    # one of two overlapping predicted words is wrong: precision 0, recall 0
+    assert robot_demo.place_name_f(house, [["D6k", "IC6n"]]) == 0.0
+
+
+def test_quick_demo_runs_and_saves_its_figures(tmp_path, capsys):
+    assert robot_demo.main(["--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "integrated" in out and "SERKET" in out
+    assert (tmp_path / "house_map.png").stat().st_size > 0 and (tmp_path / "confusion.png").stat().st_size > 0
+
+
+def test_name_accuracy_is_perfect_for_an_oracle():
+    house, test = simulated_house(60, seed=0), simulated_house(40, seed=1)
+
+    class Oracle:
+        def predict_words(self, x):
+            names = [house["vocabulary"].index(n[0]) for n in house["place_names"]]
+            out = np.full((len(x), len(house["vocabulary"])), 0.01)
+            place = test["place"] if len(x) == 40 else house["place"]
+            out[np.arange(len(x)), np.array(names)[place]] = 1.0
+            return out / out.sum(1, keepdims=True)
+
+    assert robot_demo.name_accuracy(Oracle(), house, test, house["vocabulary"]) == pytest.approx(1.0)
