@@ -84,6 +84,19 @@ def test_joint_conditional_matches_enumeration(positions):
         np.testing.assert_allclose(got - got.max(), want - want.max(), atol=1e-9)
 
 
+@pytest.mark.parametrize("positions", ["gaussian", "fixed"])
+def test_log_joint_is_the_collapsed_joint(positions):
+    rng = np.random.default_rng(4)
+    n, n_concepts, n_comp = 6, 3, 2
+    x = rng.normal(size=(n, 2))
+    ys = [rng.integers(0, 3, size=(n, 3)).astype(float), rng.integers(0, 2, size=(n, 2)).astype(float)]
+    c, i = rng.integers(n_concepts, size=n), rng.integers(n_comp, size=n)
+    table = rng.normal(size=(n, n_comp)) if positions == "fixed" else None
+    pos = FixedPositions(table) if table is not None else GaussianPositions(x, _prior(n_comp), i)
+    sampler = ConceptSampler(pos, ys, n_concepts, ALPHA, GAMMA, BETAS, c, i)
+    assert sampler.log_joint() == pytest.approx(_log_joint(c, i, x, ys, n_concepts, n_comp, table), rel=1e-10)
+
+
 def test_sweep_draws_from_the_conditional():
     """One event's draws over many repetitions follow the enumerated conditional (chi-square, 1e-3)."""
     rng = np.random.default_rng(1)

@@ -32,6 +32,7 @@ from scipy.special import logsumexp
 
 from kizuna.modules.base import ClassModule, Message, Module
 from kizuna.modules.gmm import GMM
+from kizuna.modules.npylm import temperatures
 from kizuna.modules.spatial_concept_gibbs import ConceptSampler, FixedPositions
 
 
@@ -48,6 +49,8 @@ class SpatialConcept(ClassModule):
         n_init: independent chains of the first update (each a sequential initialisation and ``sweeps``
             sweeps); the one with the largest collapsed joint probability is kept.
         min_share: share of the events a concept must hold to count in ``n_concepts_``.
+        anneal: starting temperature of the first update's sweeps (conditionals raised to :math:`1/T`, ``T``
+            falling to 1 over 70% of the sweeps; `kizuna.modules.npylm.temperatures`); 1 (default): none.
         random_state: seed used when no graph generator is set.
     """
 
@@ -56,12 +59,12 @@ class SpatialConcept(ClassModule):
 
     def __init__(self, n_concepts: int = 10, category: Any = None, alpha: float = 0.1, gamma: float = 0.1,
                  beta: float | Sequence[float] = 0.5, sweeps: int = 20, n_init: int = 4, min_share: float = 0.05,
-                 random_state: int | None = None, name: str | None = None) -> None:
+                 anneal: float = 1.0, random_state: int | None = None, name: str | None = None) -> None:
         super().__init__(n_concepts, category, name)
         if alpha <= 0 or gamma <= 0 or sweeps < 1 or n_init < 1 or np.any(np.asarray(beta) <= 0):
             raise ValueError(f"SpatialConcept {self.name}: need alpha, gamma, beta > 0 and sweeps, n_init >= 1")
         self.alpha, self.gamma, self.beta, self.sweeps, self.n_init = alpha, gamma, beta, sweeps, n_init
-        self.random_state, self.min_share = random_state, min_share
+        self.random_state, self.min_share, self.anneal = random_state, min_share, anneal
         self.sampler_: ConceptSampler | None = None
         self._rng: np.random.Generator | None = None
 
@@ -108,10 +111,11 @@ class SpatialConcept(ClassModule):
         for _ in range(chains):
             sampler = ConceptSampler(FixedPositions(log_lik), data, self.n_classes, self.alpha, self.gamma,
                                      self._betas(len(counts)), c, i)
-            if old is None:  # a fresh chain starts from the sequential initialisation
+            if old is None:  # a fresh chain starts from the sequential initialisation, then anneals
                 sampler.initialize(rng)
-            for _ in range(self.sweeps):
-                sampler.sweep(rng)
+            schedule = temperatures(self.sweeps, self.anneal, 0.7) if old is None else [1.0] * self.sweeps
+            for temperature in schedule:
+                sampler.sweep(rng, temperature)
             if best is None or sampler.log_joint() > best.log_joint():
                 best = sampler
         self.sampler_ = best

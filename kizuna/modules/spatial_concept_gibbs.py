@@ -191,10 +191,11 @@ class ConceptSampler:
             table = table + (ll + gammaln(total + v * beta) - gammaln(total + vals.sum() + v * beta))[:, None]
         return table
 
-    def _draw(self, n: int, rng: np.random.Generator) -> None:
-        """Draw :math:`(c_n, i_n)` from :math:`p(c_n, i_n \\mid \\cdot)` (event ``n`` out of the counts) and add it."""
+    def _draw(self, n: int, rng: np.random.Generator, power: float = 1.0) -> None:
+        """Draw :math:`(c_n, i_n)` from :math:`p(c_n, i_n \\mid \\cdot)^{\\text{power}}` (event ``n`` out of the
+        counts) and add it."""
         st = self.state
-        table = self.log_conditional(n)
+        table = self.log_conditional(n) * power
         p = np.exp(table - table.max())
         by_concept = p.sum(1)
         self.posterior[n] = by_concept / by_concept.sum()
@@ -211,11 +212,12 @@ class ConceptSampler:
         for n in rng.permutation(len(self.state.c)).tolist():
             self._draw(n, rng)
 
-    def sweep(self, rng: np.random.Generator) -> None:
-        """Resample every :math:`(c_n, i_n)` once, in a random order; records ``posterior`` (N×L)."""
+    def sweep(self, rng: np.random.Generator, temperature: float = 1.0) -> None:
+        """Resample every :math:`(c_n, i_n)` once, in a random order; records ``posterior`` (N×L). At a
+        ``temperature`` :math:`T > 1` the conditionals are raised to :math:`1/T` (simulated annealing)."""
         for n in rng.permutation(len(self.state.c)).tolist():
             self._move(n, -1.0)
-            self._draw(n, rng)
+            self._draw(n, rng, 1.0 / temperature)
 
     def log_joint(self) -> float:
         """:math:`\\log p(c, i, x, y)` of the current state, every parameter integrated out (the product of the
