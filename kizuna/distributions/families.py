@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import distributions as D
 from torch.distributions import constraints
-from torch.distributions.utils import probs_to_logits
+from torch.distributions.utils import clamp_probs
 from torch.nn import functional as F
 
 from kizuna.distributions.base import Tensor, XDict
@@ -152,11 +152,15 @@ class Bernoulli(TorchDistribution):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must lie in [0, 1], found values outside")
 
     def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
-        r"""torch's formula, :math:`-\mathrm{BCE}(\ell, x)` with :math:`\ell` the logits (from ``probs``
-        as torch converts them)."""
+        r"""torch's formula: :math:`x \log p + (1 - x) \log(1 - p)`, i.e. :math:`-\mathrm{BCE}`, from
+        the logits, or from ``probs`` clamped to :math:`[\epsilon, 1 - \epsilon]` as torch clamps them
+        (computed without the round trip through logits: equal to torch's up to rounding)."""
         logits = params.get("logits")
         if logits is None:
-            logits = probs_to_logits(params["probs"], is_binary=True)
+            probs = clamp_probs(params["probs"])
+            if probs.shape != value.shape:
+                probs, value = torch.broadcast_tensors(probs, value)
+            return -F.binary_cross_entropy(probs, value, reduction="none")
         if logits.shape != value.shape:
             logits, value = torch.broadcast_tensors(logits, value)
         return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
