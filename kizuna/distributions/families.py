@@ -191,10 +191,12 @@ class Multinomial(TorchDistribution):
         return [(value.sum(-1) == self._static.get("total_count", 1)).all()]
 
 
-class RelaxedBernoulli(TorchDistribution):
-    r"""Concrete / Gumbel-sigmoid relaxation of a Bernoulli: ``temperature``, ``probs`` or ``logits``.
+class BinaryConcrete(TorchDistribution):
+    r"""Binary Concrete (Gumbel-sigmoid) over (0, 1): ``temperature`` λ, ``probs`` or ``logits``.
 
-    Reparameterisable (Maddison et al. 2016, arXiv:1611.00712).
+    Draws are :math:`\sigma((\mathrm{logit}\,p + L)/\lambda)` with :math:`L` logistic noise, and values are scored
+    with the Concrete density itself (Maddison et al. 2016, arXiv:1611.00712; torch's ``RelaxedBernoulli``).
+    `RelaxedBernoulli` samples the same way but scores with the Bernoulli likelihood, as Pixyz does.
     """
 
     torch_class = D.RelaxedBernoulli
@@ -202,10 +204,14 @@ class RelaxedBernoulli(TorchDistribution):
     param_constraints = {"temperature": constraints.positive}  # torch does not check it
 
 
-class RelaxedCategorical(TorchDistribution):
-    r"""Concrete / Gumbel-softmax relaxation of a one-hot Categorical: ``temperature``, ``probs`` or ``logits``.
+class Concrete(TorchDistribution):
+    r"""Concrete (Gumbel-softmax) over the open simplex of the last feature dimension: ``temperature``,
+    ``probs`` or ``logits``.
 
-    Reparameterisable (Jang et al. 2016, arXiv:1611.01144).
+    Draws are :math:`\mathrm{softmax}((\log p + G)/\lambda)` with Gumbel noise :math:`G`, scored with the
+    Concrete density (Jang et al. 2016, arXiv:1611.01144; torch's ``RelaxedOneHotCategorical``, which takes
+    one temperature for the whole batch). `RelaxedCategorical` samples the same way but scores with the
+    categorical likelihood, as Pixyz does.
     """
 
     torch_class = D.RelaxedOneHotCategorical

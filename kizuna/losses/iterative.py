@@ -2,10 +2,11 @@ r"""`IterativeLoss`: a step loss summed over the time steps of sequence variable
 
 .. math:: \mathcal{L} = \sum_{t=0}^{T-1} \mathcal{L}_{step}(x_t, h_{t-1})
 
-Steps are numbered from 0, in the formula as in the evaluation. At step :math:`t` the ``series_var`` are replaced by their slice :math:`x_t` (time along
-``series_dim``), the step loss is evaluated, and ``update_value`` carries values to the next
-step: ``{"z": "z_prev"}`` makes the :math:`z_t` drawn at step :math:`t` the ``z_prev`` of step
-:math:`t+1` (``z_prev`` must be given for step 0). This is how recurrent latent-variable
+Steps are numbered from 0, in the formula as in the evaluation. At step :math:`t` the
+``series_var`` are replaced by their slice :math:`x_t` (time along ``series_dim``), the step
+loss is evaluated, and ``update_value`` carries values to the next step: ``{"z": "z_prev"}``
+makes the :math:`z_t` drawn at step :math:`t` the ``z_prev`` of step :math:`t+1` (``z_prev``
+must be given for step 0). This is how recurrent latent-variable
 models are written, e.g. the Deep Markov Model (Krishnan et al. 2017, arXiv:1609.09869) with
 :math:`\mathcal{L}_{step} = D_{KL}[q(z_t|x_t, z_{t-1})\|p(z_t|z_{t-1})] - \mathbb{E}_{q}[\log p(x_t|z_t)]`.
 The semantics follow Pixyz's ``IterativeLoss``.
