@@ -158,7 +158,7 @@ def print_latex(obj: Any) -> LatexFormula:
     p_{prior}(x|z)
     """
     from kizuna.distributions.base import Distribution  # deferred: utils sits above every layer
-    from kizuna.losses.base import Loss
+    from kizuna.formula import Loss
     from kizuna.models.model import Model
 
     if isinstance(obj, Model):

@@ -123,7 +123,7 @@ def test_relaxed_families_sample_with_the_relaxation_at_temperature_one_tenth() 
 
 
 def test_relaxed_categorical_draws_argmax_follow_probs_and_carry_gradients() -> None:
-    logits = torch.tensor([0.5, -1.0, 1.5], requires_grad=True)
+    logits = torch.nn.Parameter(torch.tensor([0.5, -1.0, 1.5]))
     q = RelaxedCategorical(var=["y"], logits=logits)
     n = 40000
     torch.manual_seed(3)

@@ -13,7 +13,7 @@ possibly conditional). `MixtureModel.posterior` gives :math:`p(z|x)` by Bayes' r
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,9 +22,7 @@ from kizuna._text import prob_text
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, repeat_batch
 from kizuna.distributions.families import Categorical
 from kizuna.distributions.replace import ReplaceVarDistribution
-
-if TYPE_CHECKING:
-    from kizuna.losses.base import Loss
+from kizuna.formula import EvalContext, LogProb, Loss
 
 
 def common_var(dists: Sequence[Distribution], owner: str) -> list[str]:
@@ -251,14 +249,34 @@ class MixturePosterior(Categorical):
         self._require(x_dict, self._cond_var)
         return self.forward(**{k: x_dict[k] for k in self._cond_var})["logits"].T
 
-    def log_prob(self, sum_features: bool = True) -> Loss:
-        """:math:`\\log p(z|x)` as a Loss: per row given ``z``, else ``(K, batch)`` (see `HiddenLogProb`)."""
-        from kizuna.losses.hidden import HiddenLogProb  # deferred: losses build on distributions
+    def log_prob(self, sum_features: bool = True, feature_dims: Any = None) -> Loss:
+        """:math:`\\log p(z|x)` as a Loss: per row given ``z``, else ``(K, batch)`` (see `PosteriorLogProb`)."""
+        return PosteriorLogProb(self)
 
-        return HiddenLogProb(self)
-
-    def prob(self, sum_features: bool = True) -> Loss:
+    def prob(self, sum_features: bool = True, feature_dims: Any = None) -> Loss:
         """:math:`p(z|x)` as a Loss: per row given ``z``, else the ``(K, batch)`` responsibilities."""
-        from kizuna.losses.hidden import HiddenLogProb
+        return PosteriorLogProb(self, exp=True)
 
-        return HiddenLogProb(self, exp=True)
+
+class PosteriorLogProb(LogProb):
+    """:math:`\\log p(z|x)` of a `MixturePosterior`: per row when ``z`` is given, for every component
+    (shape ``(K, batch)``, Pixyz's layout) when it is not — e.g. an EM step's responsibilities,
+    ``mixture.posterior().prob().eval({"x": x})``.
+
+    Args:
+        p: the posterior.
+        exp: probabilities (`prob`) instead of log-probabilities.
+    """
+
+    def __init__(self, p: MixturePosterior, exp: bool = False) -> None:
+        super().__init__(p)
+        self._input_var = list(p.input_var)  # the hidden variable is optional
+        self.exp = exp
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        given = all(v in ctx.values for v in self.p.var)
+        value = self.p.get_log_prob(ctx.values) if given else self.p.log_prob_every_state(ctx.values)
+        return value.exp() if self.exp else value
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self.p.prob_text if self.exp else super()._render(fmt)

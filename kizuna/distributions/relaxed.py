@@ -28,15 +28,11 @@ from torch import distributions as D
 from torch.distributions import constraints
 from torch.nn import functional as F
 
-from kizuna.distributions.base import Tensor, XDict
+from kizuna.distributions.base import Tensor, XDict, sum_rows
 from kizuna.distributions.families import BinaryConcrete, Concrete
 from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
 
 DEFAULT_TEMPERATURE = 0.1  # Pixyz's default
-
-
-def _sum_features(per_feature: Tensor, sum_features: bool) -> Tensor:
-    return per_feature.flatten(1).sum(1) if sum_features and per_feature.dim() > 1 else per_feature
 
 
 class _DiscreteScoring(TorchDistribution):
@@ -50,61 +46,70 @@ class _DiscreteScoring(TorchDistribution):
                  temperature: Any = None, **params: Any) -> None:
         super().__init__(var, cond_var, name, features_shape, temperature=temperature, **params)
 
-    def _compute_params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    def _missing(self, given: set[str]) -> list[str]:
+        """See `TorchDistribution._missing`; the temperature has a default."""
+        return super()._missing(given | {"temperature"})
+
+    def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         """See `TorchDistribution._compute_params`; the temperature defaults to 0.1 when neither a constant,
         a conditioning variable nor ``forward`` gives it."""
-        params, batched = super()._compute_params(x_dict)
+        params = super()._compute_params(x_dict)
         if params.get("temperature") is None:
             like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
             params["temperature"] = torch.tensor(DEFAULT_TEMPERATURE, dtype=like.dtype if like is not None else None,
                                                  device=like.device if like is not None else None)
-        return params, batched
+        return params
 
-    def _discrete(self, x_dict: Mapping[str, Any]) -> tuple[D.Distribution, bool]:
-        """The discrete distribution with this distribution's ``probs``/``logits``, and whether it is batched."""
-        params, batched = self._params(x_dict)
+    def _discrete(self, x_dict: Mapping[str, Any]) -> D.Distribution:
+        """The discrete distribution with this distribution's ``probs``/``logits`` (leading batch dim)."""
+        params = self._params(x_dict)
         hard = {k: params[k] for k in ("probs", "logits") if params.get(k) is not None}
         try:
-            dist = self.discrete_class(**hard, validate_args=validation_enabled())
+            return self.discrete_class(**hard, validate_args=validation_enabled())
         except ValueError as err:
             raise ValueError(f"{self.prob_text}: invalid parameters for {type(self).__name__}: {err}") from err
-        n_event = len(dist.event_shape)
-        if not batched and self._features_shape:
-            dist = dist.expand(self._features_shape[: len(self._features_shape) - n_event])
-        return dist, batched
 
-    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        dist, batched = self._discrete(x_dict)
-        value = x_dict[self._var[0]]
-        self._check_value(value, dist, batched)
+    def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
+        """See `TorchDistribution._elementwise_log_prob`: the discrete family's log-likelihood."""
+        dist = self._discrete(x_dict)
+        features = dist.batch_shape[1:] + dist.event_shape
+        value = self._value(x_dict[self._var[0]], features)
+        self._check_rows(value, dist.batch_shape[0], features)
         if validation_enabled() and not bool(self.value_support.check(value).all()):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must lie in {self.value_support}, "
                              "found values outside")
-        return _sum_features(self._per_feature(dist, value), sum_features)
+        return self._per_feature(dist, value)
 
     def _per_feature(self, dist: D.Distribution, value: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True) -> Tensor:
+    def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True,
+                    feature_dims: Sequence[int] | None = None) -> Tensor:
         """The entropy of the discrete family (see `Distribution.get_entropy`)."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        dist, batched = self._discrete(x_dict)
-        return _sum_features(self._with_batch(dist.entropy(), batched), sum_features)
+        entropy = self._discrete(x_dict).entropy()
+        return sum_rows(entropy, feature_dims) if sum_features else entropy
+
+    def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:
+        """See `Distribution._mean_values`: ``probs``, as `sample_mean`."""
+        mean = self._discrete(x_dict).mean
+        rows = self._rows(self._params(x_dict), x_dict, batch_n)
+        if rows is not None and rows != mean.shape[0]:
+            mean = mean.expand(rows, *mean.shape[1:])
+        return {self._var[0]: mean}
 
     def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         """``probs``: the mean of the discrete family (see `Distribution.sample_mean`)."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        dist, batched = self._discrete(x_dict)
-        return self._with_batch(dist.mean, batched)
+        return self._discrete(x_dict).mean
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         """``probs * (1 - probs)``: the variance of the discrete family (see `Distribution.sample_variance`)."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        dist, batched = self._discrete(x_dict)
-        return self._with_batch(dist.variance, batched)
+        return self._discrete(x_dict).variance
 
 
 class RelaxedBernoulli(_DiscreteScoring, BinaryConcrete):
