@@ -54,7 +54,8 @@ class Normal(TorchDistribution):
     def _kl_kernel(self, other: TorchDistribution, params: dict[str, Any],
                    other_params: dict[str, Any]) -> Tensor | None:
         r"""torch's ``kl_normal_normal``:
-        :math:`\tfrac12\big(r + \tfrac{(\mu_p-\mu_q)^2}{\sigma_q^2} - 1 - \log r\big)`, :math:`r = \sigma_p^2/\sigma_q^2`."""
+        :math:`\tfrac12\big(r + \tfrac{(\mu_p-\mu_q)^2}{\sigma_q^2} - 1 - \log r\big)`,
+        :math:`r = \sigma_p^2/\sigma_q^2`."""
         if type(other).torch_class is not D.Normal:
             return None
         p_loc, p_scale, q_loc, q_scale = params["loc"], params["scale"], other_params["loc"], other_params["scale"]

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from kizuna.distributions.base import Distribution, Tensor, XDict, _as_list, batch_size_of
-from kizuna.formula.memo import memoized
 from kizuna.flows.base import Flow
+from kizuna.formula.memo import memoized
 
 
 class _FlowDistribution(Distribution):
