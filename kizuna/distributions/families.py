@@ -54,7 +54,8 @@ class Normal(TorchDistribution):
     def _kl_kernel(self, other: TorchDistribution, params: dict[str, Any],
                    other_params: dict[str, Any]) -> Tensor | None:
         r"""torch's ``kl_normal_normal``:
-        :math:`\tfrac12\big(r + \tfrac{(\mu_p-\mu_q)^2}{\sigma_q^2} - 1 - \log r\big)`, :math:`r = \sigma_p^2/\sigma_q^2`."""
+        :math:`\tfrac12\big(r + \tfrac{(\mu_p-\mu_q)^2}{\sigma_q^2} - 1 - \log r\big)`,
+        :math:`r = \sigma_p^2/\sigma_q^2`."""
         if type(other).torch_class is not D.Normal:
             return None
         p_loc, p_scale, q_loc, q_scale = params["loc"], params["scale"], other_params["loc"], other_params["scale"]
@@ -219,10 +220,12 @@ class Multinomial(TorchDistribution):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must add up to total_count={total}")
 
 
-class RelaxedBernoulli(TorchDistribution):
-    r"""Concrete / Gumbel-sigmoid relaxation of a Bernoulli: ``temperature``, ``probs`` or ``logits``.
+class BinaryConcrete(TorchDistribution):
+    r"""Binary Concrete (Gumbel-sigmoid) over (0, 1): ``temperature`` λ, ``probs`` or ``logits``.
 
-    Reparameterisable (Maddison et al. 2016, arXiv:1611.00712).
+    Draws are :math:`\sigma((\mathrm{logit}\,p + L)/\lambda)` with :math:`L` logistic noise, and values are scored
+    with the Concrete density itself (Maddison et al. 2016, arXiv:1611.00712; torch's ``RelaxedBernoulli``).
+    `RelaxedBernoulli` samples the same way but scores with the Bernoulli likelihood, as Pixyz does.
     """
 
     torch_class = D.RelaxedBernoulli
@@ -230,10 +233,14 @@ class RelaxedBernoulli(TorchDistribution):
     param_constraints = {"temperature": constraints.positive}  # torch does not check it
 
 
-class RelaxedCategorical(TorchDistribution):
-    r"""Concrete / Gumbel-softmax relaxation of a one-hot Categorical: ``temperature``, ``probs`` or ``logits``.
+class Concrete(TorchDistribution):
+    r"""Concrete (Gumbel-softmax) over the open simplex of the last feature dimension: ``temperature``,
+    ``probs`` or ``logits``.
 
-    Reparameterisable (Jang et al. 2016, arXiv:1611.01144).
+    Draws are :math:`\mathrm{softmax}((\log p + G)/\lambda)` with Gumbel noise :math:`G`, scored with the
+    Concrete density (Jang et al. 2016, arXiv:1611.01144; torch's ``RelaxedOneHotCategorical``, which takes
+    one temperature for the whole batch). `RelaxedCategorical` samples the same way but scores with the
+    categorical likelihood, as Pixyz does.
     """
 
     torch_class = D.RelaxedOneHotCategorical
