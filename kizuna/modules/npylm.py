@@ -180,8 +180,8 @@ def temperatures(n_sweeps: int, start: float = 3.0, fraction: float = 0.6) -> li
     """An annealing schedule: :math:`1/T` rises linearly from ``1/start`` to 1 over the first ``fraction`` of the
     sweeps, then stays at :math:`T = 1`.
 
-    >>> temperatures(5, 2.0, 0.4)
-    [2.0, 1.0, 1.0, 1.0, 1.0]
+    >>> [round(t, 3) for t in temperatures(5, 2.0, 0.4)]
+    [2.0, 1.333, 1.0, 1.0, 1.0]
     """
     warm = int(round(fraction * n_sweeps))
     inv = [1 / start + (1 - 1 / start) * j / max(warm, 1) for j in range(warm)]

@@ -16,7 +16,7 @@ hypotheses: ``n_candidates`` segmentations from the language model, one kept wit
 >>> rng = np.random.default_rng(0)
 >>> lexicon = ["abc", "xy", "dog", "ek", "mimi", "tu"]
 >>> utterances = ["".join(rng.choice(lexicon, size=rng.integers(1, 5))) for _ in range(150)]
->>> seg = WordSegmenter(n_iter=20, random_state=1).fit(utterances)
+>>> seg = WordSegmenter(n_iter=20, anneal=1.5, random_state=1).fit(utterances)
 >>> seg.segment(["dogabcxy"])
 [['dog', 'abc', 'xy']]
 """
