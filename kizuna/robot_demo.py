@@ -17,8 +17,8 @@ places, the number of concepts, and the place-name accuracy at 1,000 held-out po
 the clean word counts by a `WordSegmenter` (NPYLM) on the noisy phoneme strings, connected under
 the concept module, and also scores the segmentation of the place names (connected vs alone).
 
-The map (``house_map.png``) shows the rooms, the events coloured by learned concept and each
-concept's most probable name; ``confusion.png`` the learned-vs-true table.
+The map (``house_map.png``) shows the rooms, the events coloured by learned concept and, at each
+position component of a concept, the concept's word of largest lift; ``confusion.png`` the learned-vs-true table.
 """
 
 from __future__ import annotations
@@ -146,10 +146,12 @@ def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
     ax.scatter(*house["position"].T, c=classes, cmap="tab10", s=12, vmin=0, vmax=9)
     theta = spco.sampler_.feature_distributions(0)
     lift = theta / theta.mean(0, keepdims=True)
-    for c in np.unique(classes):
-        centre = house["position"][classes == c].mean(0)
-        ax.text(*centre, house["vocabulary"][int(lift[c].argmax())], fontsize=11, weight="bold", ha="center",
-                bbox={"facecolor": "white", "alpha": 0.7})
+    components = spco.sampler_.state.i
+    for c, k in {(c, k) for c, k in zip(classes.tolist(), components.tolist())}:
+        members = (classes == c) & (components == k)
+        if members.mean() >= spco.min_share:  # one label per position component of every major concept
+            ax.text(*house["position"][members].mean(0), house["vocabulary"][int(lift[c].argmax())], fontsize=11,
+                    weight="bold", ha="center", bbox={"facecolor": "white", "alpha": 0.7})
     ax.set(xlim=(-0.5, 10.5), ylim=(-0.5, 8.5), aspect="equal",
            title=f"learned places (ARI {result['ari']:.2f}, {result['n_concepts']} concepts)")
     paths = [out / "house_map.png", out / "confusion.png"]
