@@ -12,7 +12,8 @@ each timed as the median of ``--repeats`` sweeps (process CPU time, so that the 
 counts less), printed as seconds per sweep, microseconds per event, and the ratio of the per-event time
 to that at the smallest N (1 = linear). The slope is the least-squares fit of log(time) against log(N).
 
-Run: ``python bench/robots.py [--sizes 1000 10000 100000] [--repeats 3]`` (``--quick``: 300 and 1000).
+Run: ``python bench/robots.py [--sizes 1000 10000 100000] [--repeats 3] [--only Concept]`` (``--quick``: 300 and
+1000).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default=None, help="time only the cases whose name contains this (e.g. Concept)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     sizes = [300, 1000] if args.quick else args.sizes
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     table: dict[str, list[float]] = {}
     for n in sizes:
         for name, step in cases(n).items():
+            if args.only is not None and args.only not in name:
+                continue
             seconds = _median_cpu(step, 1 if args.quick else args.repeats)
             table.setdefault(name, []).append(seconds)
             base = table[name][0] / sizes[0]
