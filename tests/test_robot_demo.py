@@ -24,6 +24,7 @@ def test_place_name_f_on_hand_cases():
     assert robot_demo.place_name_f(house, [["D6k", "IC6n"]]) == 0.0
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_and_saves_its_figures(tmp_path, capsys):
     assert robot_demo.main(["--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -111,6 +111,7 @@ def test_a_sweep_keeps_the_model_consistent():
     assert bigram_customers == sum(len(w) + 1 for w in segs)
 
 
+@pytest.mark.slow
 def test_segmenter_finds_the_words_of_a_random_language():
     rng = np.random.default_rng(0)
     lexicon = ["abc", "xy", "dog", "ek", "mimi", "tu"]
