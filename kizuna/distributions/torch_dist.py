@@ -441,20 +441,25 @@ class TorchDistribution(Distribution):
             mean = mean.expand(rows, *mean.shape[1:])
         return {self._var[0]: mean}
 
-    def _value(self, value: Any, features: torch.Size) -> Tensor:
-        """The scored value with its batch dimension (a value without one is a batch of one)."""
+    def _value(self, value: Any, features: torch.Size, params: dict[str, Any]) -> Tensor:
+        """The scored value with its batch dimension (a value without one is a batch of one); integer
+        and boolean values are converted to the parameters' floating dtype."""
         var = self._var[0]
         if not isinstance(value, Tensor):
             raise TypeError(f"{self.prob_text}: {var} must be a torch.Tensor, got {type(value).__name__}")
+        given = value.shape
         if value.dim() == len(features):
             value = value.unsqueeze(0)
         n = len(features)
         if value.dim() < n + 1 or (n and value.shape[-n:] != features):
             raise ValueError(
-                f"{self.prob_text}: {var} has shape {tuple(value.shape)}, expected "
+                f"{self.prob_text}: {var} has shape {tuple(given)}, expected "
                 f"(batch, {', '.join(map(str, features))}) — features {tuple(features)}, "
                 f"given {tuple(value.shape[1:])}"
             )
+        if not value.is_floating_point():
+            like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
+            value = value.to(like.dtype if like is not None else torch.get_default_dtype())
         return value
 
     def _check_rows(self, value: Tensor, rows: int, features: torch.Size) -> None:
@@ -483,14 +488,14 @@ class TorchDistribution(Distribution):
         checking = validation_enabled()
         shape = None if checking or not self._has_hook("_log_prob_kernel") else self._kernel_shape(params, None)
         if shape is not None:
-            value = self._value(x_dict[self._var[0]], shape[1:])
+            value = self._value(x_dict[self._var[0]], shape[1:], params)
             self._check_rows(value, shape[0], shape[1:])
             lp = self._log_prob_kernel(value, params)
             if lp is not None:
                 return lp
         dist = self._torch_dist(x_dict, independent=False)
         features = dist.batch_shape[1:] + dist.event_shape
-        value = self._value(x_dict[self._var[0]], features)
+        value = self._value(x_dict[self._var[0]], features, params)
         self._check_rows(value, dist.batch_shape[0], features)
         if checking:
             self._check_support(value, dist)
