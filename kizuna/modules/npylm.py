@@ -188,11 +188,11 @@ def temperatures(n_sweeps: int, start: float = 3.0, fraction: float = 0.6) -> li
     return [1 / x for x in inv] + [1.0] * (n_sweeps - warm)
 
 
-def random_segmentation(s: str, max_word_length: int, rng: np.random.Generator) -> list[str]:
-    """A segmentation of ``s`` into words of uniformly random lengths in ``1..min(4, L)`` (the initial state)."""
+def random_segmentation(s: str, max_word_length: int, rng: np.random.Generator, longest: int = 4) -> list[str]:
+    """A segmentation of ``s`` into words of uniformly random lengths in ``1..min(longest, L)`` (the initial state)."""
     words, a = [], 0
     while a < len(s):
-        k = int(rng.integers(1, min(4, max_word_length) + 1))
+        k = int(rng.integers(1, min(longest, max_word_length) + 1))
         words.append(s[a:a + k])
         a += k
     return words

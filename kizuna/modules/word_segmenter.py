@@ -46,6 +46,7 @@ class WordSegmenter(Module):
         n_candidates: segmentations drawn per utterance when a prior is resampled in.
         prior_weight: :math:`\\lambda`.
         min_count: a word enters ``vocabulary_`` when it occurs at least this often.
+        init_length: the initial segmentation has words of random lengths 1..``init_length``.
         anneal: starting temperature of ``fit`` and of the first update (`kizuna.modules.npylm.temperatures`;
             1 for none).
         random_state: seed (the graph's generator seeds it in a graph).
@@ -65,7 +66,7 @@ class WordSegmenter(Module):
         self.max_word_length, self.char_order = max_word_length, char_order
         self.n_iter, self.sweeps_per_update, self.n_candidates = n_iter, sweeps_per_update, n_candidates
         self.prior_weight, self.min_count, self.random_state = prior_weight, min_count, random_state
-        self.anneal = anneal
+        self.anneal, self.init_length = anneal, init_length
         self.model_: NPYLM | None = None
         self.utterances_: list[str] = []
         self.segmentation_: list[list[str]] = []
@@ -90,7 +91,7 @@ class WordSegmenter(Module):
         rng = self._random()
         self.model_ = NPYLM("".join(set("".join(utterances))), self.max_word_length, self.char_order)
         self.utterances_ = utterances
-        self.segmentation_ = [random_segmentation(s, self.max_word_length, rng) for s in utterances]
+        self.segmentation_ = [random_segmentation(s, self.max_word_length, rng, self.init_length) for s in utterances]
         for words in self.segmentation_:
             self.model_.add_sentence(words, rng)
 
