@@ -57,7 +57,8 @@ class WordSegmenter(Module):
     receives: ClassVar[tuple[str, ...]] = ("prior",)
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
-                 n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 3.0, init_length: int = 4,
+                 n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 3.0,
+                 init_length: int = 4,
                  random_state: int | None = None, name: str | None = None) -> None:
         super().__init__(name)
         if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
@@ -91,7 +92,8 @@ class WordSegmenter(Module):
         rng = self._random()
         self.model_ = NPYLM("".join(set("".join(utterances))), self.max_word_length, self.char_order)
         self.utterances_ = utterances
-        self.segmentation_ = [random_segmentation(s, self.max_word_length, rng, self.init_length) for s in utterances]
+        self.segmentation_ = [random_segmentation(s, self.max_word_length, rng, self.init_length)
+                              for s in utterances]
         for words in self.segmentation_:
             self.model_.add_sentence(words, rng)
 
