@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--max-word-length", type=int, default=10)
     parser.add_argument("--char-order", type=int, default=3)
     parser.add_argument("--anneal", type=float, default=3.0, help="starting temperature (1: no annealing)")
+    parser.add_argument("--init-length", type=int, default=4, help="initial words of 1..this many phonemes")
     parser.add_argument("--smoke", action="store_true", help="500 utterances, 3 sweeps")
     args = parser.parse_args(argv)
     gold = load_brent()
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.smoke:
         gold, iters = gold[:500], 3
     utterances = ["".join(words) for words in gold]
-    seg = WordSegmenter(args.max_word_length, args.char_order, n_iter=0, random_state=args.seed).fit(utterances)
+    seg = WordSegmenter(args.max_word_length, args.char_order, n_iter=0, init_length=args.init_length,
+                        random_state=args.seed).fit(utterances)
     rng = np.random.default_rng(args.seed + 1)
     start = time.perf_counter()
     for it, temperature in enumerate(temperatures(iters, args.anneal)):
