@@ -308,9 +308,10 @@ class Model:
         return fit(self, data, epochs=epochs, batch_size=batch_size, valid=valid, shuffle=shuffle, quiet=quiet,
                    patience=patience, checkpoint=checkpoint, seed=seed, distributed=distributed)
 
-    def joinables(self) -> list[Any]:
-        """The data-parallel wrappers a distributed fit joins (`torch.distributed.algorithms.Join`)."""
-        return [self.parallel] if self.parallel is not None else []
+    def submodels(self) -> list[Model]:
+        """Further models this one's `step` trains (a GAN's discriminator); a data-parallel `fit` wraps
+        each of them too."""
+        return []
 
     def early_stop(self, epoch: int, valid_loss: float, patience: int | None) -> bool:
         """Track the best validation epoch; with ``patience`` run out, restore it and say stop."""
