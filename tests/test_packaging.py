@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -71,3 +73,21 @@ def test_the_wheel_ships_py_typed_and_the_licence(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "kizuna/py.typed" in names
     assert f"kizuna-{kizuna.__version__}.dist-info/licenses/LICENSE" in names
+
+
+def test_the_readmes_install_commands_keep_the_installed_torch(tmp_path):
+    """The README's test install as a dry run without an index: pip would install kizuna alone and keep this
+    environment's torch (it satisfies the bound, whatever build it is). The demo's install needs a subset."""
+    readme = (ROOT / "README.md").read_text()
+    demo, test = (shlex.split(c.split("&&")[0]) for c in re.findall(r"```bash\n(.*?)\n```", readme, re.S)[:2])
+    for install in (demo, test):
+        assert install[:4] == ["python3", "-m", "pip", "install"] and not any("torch" in a for a in install)
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert demo[4:] == ["-e", ".[demo]"] and test[4:] == ["-e", ".[test]"]
+    assert set(extras["demo"]) <= set(extras["test"])
+    report = tmp_path / "report.json"
+    run = subprocess.run([sys.executable, "-m", "pip", "install", *test[4:], "--dry-run", "--no-index",
+                          "--no-build-isolation", "-q", "--report", str(report)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert {i["metadata"]["name"] for i in json.loads(report.read_text())["install"]} == {"kizuna"}
