@@ -120,8 +120,8 @@ def test_quick_demo_integrates_the_two_modalities(capsys, tmp_path):
     result = run_demo(seed=0, out=tmp_path, quick=True)
     out = capsys.readouterr().out
     assert "image -> VAE(z in 8 dims) -> GMM(10) -> MLDA(10) <- words" in out
-    assert f"latent space plot: {tmp_path / 'latent_space.png'}" in out
-    assert (tmp_path / "latent_space.png").stat().st_size > 10_000
+    assert f"figure (accuracies, confusion tables, latent spaces): {tmp_path / 'demo.png'}" in out
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert result["chance_accuracy"] < 0.18
     for key in demo.ROWS:
         assert result[f"{key}_accuracy"] > result["chance_accuracy"] + 0.3
