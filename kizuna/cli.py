@@ -21,8 +21,8 @@ Prints the accuracy of the integrated model next to its parts and saves a figure
 (OUT/latent_space.png): accuracy of each model, their confusion matrices side by side, and
 the VAE's latent space coloured by digit and by matched cluster.
 
-Takes about 40 s on 2 CPU cores (--quick: 600 digits, about 10 s). Needs the demo extra:
-pip install -e ".[demo]" (scikit-learn, matplotlib)."""
+Takes 30 s to a minute on one CPU core (--quick: 600 digits, 10 to 20 s). Needs the demo
+extra: pip install -e ".[demo]" (scikit-learn, matplotlib)."""
 
 
 def _version() -> str:
@@ -38,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     demo = sub.add_parser("demo", help="an integrated model learns digit classes from images and words, "
-                                       "without labels (about 40 s)",
+                                       "without labels (30 s to a minute)",
                           description=DEMO_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--seed", type=int, default=0, help="seeds the networks and samplers (default 0)")
     demo.add_argument("--out", default="kizuna-demo-out", help="folder for the figure (default kizuna-demo-out)")
-    demo.add_argument("--quick", action="store_true", help="600 digits, fewer epochs and sweeps (about 10 s)")
+    demo.add_argument("--quick", action="store_true", help="600 digits, fewer epochs and sweeps (10 to 20 s)")
     return parser
 
 

@@ -19,8 +19,9 @@ from kizuna.distributions import Bernoulli, Normal
 from kizuna.losses import Expectation, KullbackLeibler, LogProb
 from kizuna.models import Model
 
-needs_compiler = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
-                                    reason="inductor needs a C compiler on CPU")
+# inductor compiles C++ on CPU (tens of seconds per graph): those tests are slow and need a C++ compiler
+needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                                    reason="torch.compile (inductor) on CPU needs a C++ compiler: none found")
 
 
 class Encoder(Normal):
@@ -66,6 +67,7 @@ def data() -> dict[str, torch.Tensor]:
     return {"x": (torch.rand(32, 6, generator=gen) > 0.5).float()}
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_compiled_steps_match_eager(eager_random_stream: None, data: dict[str, torch.Tensor]) -> None:
     eager, compiled = vae(), vae(compile=True)
@@ -91,6 +93,7 @@ def test_compiled_steps_match_eager(eager_random_stream: None, data: dict[str, t
         assert history_b[label][-1] == pytest.approx(history_a[label][-1], rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_checks_inside_the_compiled_step_name_the_parameter(data: dict[str, torch.Tensor]) -> None:
     torch._dynamo.reset()
