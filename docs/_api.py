@@ -1,8 +1,8 @@
 """Writes the API reference pages (reST for Sphinx's autodoc) from each subpackage's ``__all__``.
 
 One page per subpackage: its module docstring, then every public name, a class with its members and
-bases, a function with its signature. A name listed in ``__all__`` that is neither is an error, so the
-reference can never silently omit a public name.
+bases, a function with its signature, a constant with its value, in the order of ``__all__``, so the
+reference cannot silently omit a public name.
 """
 
 from __future__ import annotations
@@ -22,8 +22,13 @@ def _entry(module: str, name: str, obj: Any) -> str:
     if inspect.isfunction(obj) or inspect.isbuiltin(obj) or callable(obj):
         return f".. autofunction:: {target}\n"
     if isinstance(obj, ModuleType):
-        return f"* :mod:`{target}` (see its page)\n"
-    raise TypeError(f"{target} is listed in __all__ but is neither a class nor a function: {type(obj).__name__}")
+        return f".. automodule:: {target}\n   :no-members:\n"
+    return f".. autodata:: {target}\n   :no-value:\n\n   ``{type(obj).__name__}``: {_short(obj)}\n"
+
+
+def _short(obj: Any, limit: int = 200) -> str:
+    text = repr(obj).replace("`", "'")
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def page(module: ModuleType) -> str:

@@ -40,6 +40,7 @@ myst_heading_anchors = 3
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+napoleon_use_ivar = True  # "Attributes:" as fields, so dataclass fields are not described twice
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "show-inheritance": True, "undoc-members": False}
@@ -51,3 +52,16 @@ html_title = f"kizuna {release}"
 html_static_path: list[str] = []
 
 API_PAGES = write_api_pages(HERE / "api", kizuna.SUBPACKAGES)
+
+
+def _foreign(app: object, what: str, name: str, obj: object, skip: bool, options: object) -> bool | None:
+    """Skip class attributes that are other libraries' callables (``fn = torch.maximum``): not kizuna's API."""
+    target = getattr(obj, "fget", obj)
+    module = getattr(target, "__module__", None)
+    if callable(target) and not isinstance(target, type) and module is not None and not module.startswith("kizuna"):
+        return True
+    return None
+
+
+def setup(app: object) -> None:
+    app.connect("autodoc-skip-member", _foreign)  # type: ignore[attr-defined]
