@@ -19,7 +19,8 @@ The integrated model (no labels are used; they only score the clusters):
 
 The VAE sends latent means up and receives the mean of its GMM class as its prior mean; the GMM
 sends its class posterior up and receives the MLDA's predicted class distribution as its class
-prior; the MLDA sees the GMM's posterior as 5 class-word tokens next to the 10 words. Five sweeps
+prior; the MLDA sees the GMM's posterior as 5 class-word tokens next to the 10 words (MLDA's default
+weights: a class posterior gets half the mean tokens per sample of the observed counts). Five sweeps
 of mutual inference. It is compared with its parts trained alone in one figure (``demo.png``): the
 accuracy of every model, the confusion tables of the image side alone, the words alone and the
 integrated model side by side, and the VAE's latent space (PCA) coloured by digit and by the MLDA's
@@ -61,7 +62,6 @@ class Config:
     gmm_sweeps: int = 50
     mlda_sweeps: int = 50
     n_iter: int = 5
-    gmm_weight: float = 5.0  # class-word tokens per sample in the MLDA
 
 
 FULL = Config(n=None)
@@ -118,7 +118,7 @@ def _gmm(labels: np.ndarray, cfg: Config) -> km.GMM:
     return km.GMM(10, category=labels, max_iter=cfg.gmm_sweeps, name="gmm")
 
 
-def _mlda(labels: np.ndarray, cfg: Config, weights: list[float | None]) -> km.MLDA:
+def _mlda(labels: np.ndarray, cfg: Config, weights: list[float | None] | None) -> km.MLDA:
     return km.MLDA(10, weights=weights, category=labels, max_iter=cfg.mlda_sweeps, name="mlda")
 
 
@@ -198,7 +198,7 @@ def _run(cfg: Config, seed: int, out: Path) -> dict[str, float]:
     classes, alone_latent = _parts(images, words, labels, cfg, seed)
     vae = _vae(images, cfg, seed)
     gmm = _gmm(labels, cfg).connect(vae)
-    mlda = _mlda(labels, cfg, [None, cfg.gmm_weight]).connect(km.Observation(words, name="words"), gmm)
+    mlda = _mlda(labels, cfg, None).connect(km.Observation(words, name="words"), gmm)  # default weights
     graph = km.Graph([mlda])
     for sweep in range(1, cfg.n_iter + 1):
         if sweep == 1:
