@@ -31,12 +31,32 @@ def _short(obj: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def home(module: ModuleType, public: str) -> str | None:
+    """The other subpackage that defines and exports ``public`` too (``kizuna.formula`` for the `Loss`
+    that ``kizuna.losses`` re-exports), or None: an object is described once, where it is defined."""
+    obj = getattr(module, public)
+    defined = getattr(obj, "__module__", None) or ""
+    parts = defined.split(".")
+    if len(parts) < 2 or parts[0] != "kizuna" or f"kizuna.{parts[1]}" == module.__name__:
+        return None
+    try:
+        other = importlib.import_module(f"kizuna.{parts[1]}")
+    except ImportError:
+        return None
+    return other.__name__ if getattr(other, public, None) is obj and public in getattr(other, "__all__", ()) else None
+
+
 def page(module: ModuleType) -> str:
-    """The reST page of one subpackage (its ``__all__`` in order)."""
+    """The reST page of one subpackage (its ``__all__`` in order; re-exports link to their home page)."""
     name = module.__name__
     lines = [name, "=" * len(name), "", f".. automodule:: {name}", "   :no-members:", ""]
-    for public in module.__all__:
-        lines.append(_entry(name, public, getattr(module, public)))
+    again = [(public, home(module, public)) for public in module.__all__]
+    reexported = [f":obj:`{public} <{where}.{public}>`" for public, where in again if where]
+    if reexported:
+        lines += [f"Also importable from here (described on their own pages): {', '.join(reexported)}.", ""]
+    for public, where in again:
+        if where is None:
+            lines.append(_entry(name, public, getattr(module, public)))
     return "\n".join(lines)
 
 

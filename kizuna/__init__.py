@@ -15,7 +15,7 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-SUBPACKAGES = ("datasets", "distributions", "flows", "inference", "losses", "metrics", "models", "modules",
+SUBPACKAGES = ("datasets", "distributions", "flows", "formula", "inference", "losses", "metrics", "models", "modules",
                "nets", "samplers", "viz")
 __all__ = ["__version__", *SUBPACKAGES]
 
