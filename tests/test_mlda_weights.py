@@ -75,3 +75,12 @@ def test_lopsided_is_more_than_ten_times():
     assert LOPSIDED == 10.0
     with pytest.warns(UserWarning, match="m: a has 201 tokens per sample against 20 for b"):
         warn_if_lopsided([torch.tensor([[201]] * 3), torch.tensor([[20]] * 3)], ["a", "b"], "m")
+
+
+@pytest.mark.slow
+def test_the_weightings_example_runs():
+    """examples/mlda_weights.py --smoke (600 digits): each weighting trains; full figures in the docs."""
+    from example_loader import run_smoke
+
+    scores = run_smoke("mlda_weights")
+    assert len(scores) == 4 and all(0.3 < s <= 1.0 for s in scores.values())
