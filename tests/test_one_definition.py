@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import kizuna.losses as L
-from kizuna.distributions import Bernoulli, Categorical, Normal, StudentT, validation
+from kizuna.distributions import Bernoulli, Categorical, Normal, StudentT, set_validation, validation, validation_enabled
 from kizuna.losses import (
     ELBO,
     IWAE,
@@ -210,13 +210,30 @@ def test_bernoulli_hook_is_torchs_formula(which: str) -> None:
     logits = torch.randn(6, 4, generator=gen, dtype=torch.float64)
     grey = torch.rand(6, 4, generator=gen, dtype=torch.float64)
     param = logits if which == "logits" else torch.sigmoid(logits)
+    param[0, :2] = 1.0 if which == "probs" else param[0, :2]  # saturated probabilities: torch clamps them
     expected = D.Bernoulli(validate_args=False, **{which: param}).log_prob(grey)
+    tol = 0 if which == "logits" else 1e-12  # from probs without the round trip through logits: rounding only
     torch.testing.assert_close(Bernoulli(var=["x"])._log_prob_kernel(grey, {which: param}), expected,
-                               rtol=0, atol=0)
+                               rtol=tol, atol=tol)
 
 
-def test_validation_is_torchs_switch() -> None:
+def test_validation_is_one_switch_over_torchs_default() -> None:
+    """`validation_enabled` is the innermost `validation` block, else torch's ``validate_args`` default;
+    the torch objects kizuna builds follow it either way."""
     before = D.Distribution._validate_args
-    with validation(not before):
-        assert D.Distribution._validate_args is (not before)
-    assert D.Distribution._validate_args is before
+    try:
+        set_validation(False)
+        assert not validation_enabled()
+        with validation(True):
+            assert validation_enabled() and D.Distribution._validate_args is False  # a local setting
+            with pytest.raises(ValueError, match="scale"):
+                Normal(var=["x"], cond_var=["s"], loc=0.0, scale="s").get_log_prob(
+                    {"x": torch.zeros(2), "s": torch.tensor([1.0, -1.0])})
+        set_validation(True)
+        with validation(False):
+            assert not validation_enabled()
+            Normal(var=["x"], cond_var=["s"], loc=0.0, scale="s").get_log_prob(  # no check: nan, no error
+                {"x": torch.zeros(2), "s": torch.tensor([1.0, -1.0])})
+        assert validation_enabled()
+    finally:
+        set_validation(before)

@@ -28,6 +28,7 @@ import inspect
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import torch
@@ -43,31 +44,37 @@ from kizuna.formula.memo import memoized, remember
 _PARAM_ERROR = re.compile(r"Expected parameter (\w+) .*?to satisfy the constraint (.+?), but found")
 
 
+_CHECKS: ContextVar[bool | None] = ContextVar("kizuna_validation", default=None)
+
+
 def validation_enabled() -> bool:
-    """Whether parameters and values are checked (torch's default ``validate_args``)."""
-    return bool(D.Distribution._validate_args)
+    """Whether parameters and values are checked: the innermost `validation` block's setting, else
+    torch's default ``validate_args`` (``set_validation``)."""
+    local = _CHECKS.get()
+    return bool(D.Distribution._validate_args) if local is None else local
 
 
 def set_validation(enabled: bool) -> None:
-    """Turn checking of parameters and values on or off (torch's ``set_default_validate_args``)."""
+    """Turn checking of parameters and values on or off for the process (torch's
+    ``set_default_validate_args``, which the torch distributions kizuna builds follow too)."""
     D.Distribution.set_default_validate_args(bool(enabled))
 
 
 @contextmanager
 def validation(enabled: bool) -> Iterator[None]:
-    """Checks on (or off) within the block, restored afterwards (as Pyro's ``validation_enabled``).
+    """Checks on (or off) within the block, whatever the process default (as Pyro's
+    ``validation_enabled``); ``kizuna.models.Model(validate=...)`` uses it for its steps.
 
     >>> from kizuna.distributions import Normal
     >>> with validation(False):
     ...     validation_enabled()
     False
     """
-    before = validation_enabled()
-    set_validation(enabled)
+    token = _CHECKS.set(bool(enabled))
     try:
         yield
     finally:
-        set_validation(before)
+        _CHECKS.reset(token)
 
 
 def _shape_text(value: Any) -> str:
@@ -389,10 +396,18 @@ class TorchDistribution(Distribution):
 
     def _kernel_shape(self, params: dict[str, Any], rows: int | None) -> torch.Size | None:
         """The broadcast shape of the parameters with ``rows`` rows, if they are all tensors."""
-        values = [v for k, v in params.items() if k not in self._static]
-        if not all(isinstance(v, Tensor) for v in values):
+        shape = None
+        for key, v in params.items():
+            if key in self._static:
+                continue
+            if not isinstance(v, Tensor):
+                return None
+            if shape is None:
+                shape = v.shape
+            elif v.shape != shape:
+                shape = torch.broadcast_shapes(shape, v.shape)
+        if shape is None:
             return None
-        shape = torch.broadcast_shapes(*(v.shape for v in values))
         if len(shape) == 0:
             return None
         if rows is not None and rows != shape[0]:
@@ -426,20 +441,25 @@ class TorchDistribution(Distribution):
             mean = mean.expand(rows, *mean.shape[1:])
         return {self._var[0]: mean}
 
-    def _value(self, value: Any, features: torch.Size) -> Tensor:
-        """The scored value with its batch dimension (a value without one is a batch of one)."""
+    def _value(self, value: Any, features: torch.Size, params: dict[str, Any]) -> Tensor:
+        """The scored value with its batch dimension (a value without one is a batch of one); integer
+        and boolean values are converted to the parameters' floating dtype."""
         var = self._var[0]
         if not isinstance(value, Tensor):
             raise TypeError(f"{self.prob_text}: {var} must be a torch.Tensor, got {type(value).__name__}")
+        given = value.shape
         if value.dim() == len(features):
             value = value.unsqueeze(0)
         n = len(features)
         if value.dim() < n + 1 or (n and value.shape[-n:] != features):
             raise ValueError(
-                f"{self.prob_text}: {var} has shape {tuple(value.shape)}, expected "
+                f"{self.prob_text}: {var} has shape {tuple(given)}, expected "
                 f"(batch, {', '.join(map(str, features))}) — features {tuple(features)}, "
                 f"given {tuple(value.shape[1:])}"
             )
+        if not value.is_floating_point():
+            like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
+            value = value.to(like.dtype if like is not None else torch.get_default_dtype())
         return value
 
     def _check_rows(self, value: Tensor, rows: int, features: torch.Size) -> None:
@@ -468,14 +488,14 @@ class TorchDistribution(Distribution):
         checking = validation_enabled()
         shape = None if checking or not self._has_hook("_log_prob_kernel") else self._kernel_shape(params, None)
         if shape is not None:
-            value = self._value(x_dict[self._var[0]], shape[1:])
+            value = self._value(x_dict[self._var[0]], shape[1:], params)
             self._check_rows(value, shape[0], shape[1:])
             lp = self._log_prob_kernel(value, params)
             if lp is not None:
                 return lp
         dist = self._torch_dist(x_dict, independent=False)
         features = dist.batch_shape[1:] + dist.event_shape
-        value = self._value(x_dict[self._var[0]], features)
+        value = self._value(x_dict[self._var[0]], features, params)
         self._check_rows(value, dist.batch_shape[0], features)
         if checking:
             self._check_support(value, dist)

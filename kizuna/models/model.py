@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from kizuna.distributions.torch_dist import validation, validation_enabled
+from kizuna.distributions.torch_dist import validation
 from kizuna.formula.expr import Loss, _term_mean
 from kizuna.models import checkpoint as ckpt
 from kizuna.models.batches import first_nonfinite, prepare
@@ -208,7 +208,7 @@ class Model:
                   ) -> tuple[torch.Tensor, float, dict[str, float]]:
         """The loss tensor, its value and (with ``terms``) the term means, from one evaluation."""
         check = self.validate if self.validate is not None else id(loss_cls) not in self._validated
-        with validation(check) if check != validation_enabled() else _nothing():
+        with validation(check):
             out = self._evaluator(loss_cls, check)(batch, return_terms=terms, **options)
         self._validated.add(id(loss_cls))
         loss, found = out if terms else (out, {})
@@ -376,16 +376,6 @@ class Model:
         if not Path(path).parent.is_dir():
             raise FileNotFoundError(f"fit: cannot write the checkpoint {path}: the directory "
                                     f"{Path(path).parent} does not exist")
-
-
-class _nothing:
-    """A context manager that does nothing (cheaper than contextlib.nullcontext on the step path)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _compile_args(option: Any) -> dict[str, Any] | None:
