@@ -31,6 +31,14 @@ def _short(obj: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def public_names(module: ModuleType) -> list[str]:
+    """``__all__``, or for a module without one its own public functions and classes in source order."""
+    if hasattr(module, "__all__"):
+        return list(module.__all__)
+    return [name for name, obj in vars(module).items() if not name.startswith("_")
+            and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__]
+
+
 def home(module: ModuleType, public: str) -> str | None:
     """The other subpackage that defines and exports ``public`` too (``kizuna.formula`` for the `Loss`
     that ``kizuna.losses`` re-exports), or None: an object is described once, where it is defined."""
@@ -43,14 +51,14 @@ def home(module: ModuleType, public: str) -> str | None:
         other = importlib.import_module(f"kizuna.{parts[1]}")
     except ImportError:
         return None
-    return other.__name__ if getattr(other, public, None) is obj and public in getattr(other, "__all__", ()) else None
+    return other.__name__ if getattr(other, public, None) is obj and public in public_names(other) else None
 
 
 def page(module: ModuleType) -> str:
-    """The reST page of one subpackage (its ``__all__`` in order; re-exports link to their home page)."""
+    """The reST page of one subpackage (its `public_names` in order; re-exports link to their home page)."""
     name = module.__name__
     lines = [name, "=" * len(name), "", f".. automodule:: {name}", "   :no-members:", ""]
-    again = [(public, home(module, public)) for public in module.__all__]
+    again = [(public, home(module, public)) for public in public_names(module)]
     reexported = [f":obj:`{public} <{where}.{public}>`" for public, where in again if where]
     if reexported:
         lines += [f"Also importable from here (described on their own pages): {', '.join(reexported)}.", ""]

@@ -16,7 +16,7 @@ from types import ModuleType
 __version__ = "0.1.0"
 
 SUBPACKAGES = ("datasets", "distributions", "flows", "formula", "inference", "losses", "metrics", "models", "modules",
-               "nets", "samplers", "viz")
+               "nets", "samplers", "utils", "viz")
 __all__ = ["__version__", *SUBPACKAGES]
 
 
