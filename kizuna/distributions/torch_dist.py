@@ -235,7 +235,23 @@ class TorchDistribution(Distribution):
     def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if self._uses_forward:
-            params.update(self._check_forward(self(**{k: x_dict[k] for k in self._cond_var})))
+            inputs = {k: x_dict[k] for k in self._cond_var}
+            try:
+                out = self(**inputs)
+            except RuntimeError as err:  # e.g. a feature width the network does not take
+                if isinstance(err, torch.OutOfMemoryError):
+                    raise
+                integers = [k for k, v in inputs.items() if isinstance(v, Tensor) and not v.is_floating_point()]
+                if integers and ("dtype" in str(err) or "scalar type" in str(err)):
+                    want = next((p.dtype for p in self.parameters() if p.is_floating_point()),
+                                torch.get_default_dtype())
+                    listed = ", ".join(f"{k} is {inputs[k].dtype}" for k in integers)
+                    raise ValueError(f"{self.prob_text}: {listed}, but its network takes {want}: convert it "
+                                     f"(e.g. .to({want}))") from None
+                shapes = ", ".join(f"{k} of shape {_shape_text(v)}" for k, v in inputs.items())
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                raise ValueError(f"{self.prob_text}: forward() failed on {shapes}: {first}") from err
+            params.update(self._check_forward(out))
         for key, cond in self._from_var.items():
             params[key] = x_dict[cond]
         like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
@@ -295,6 +311,11 @@ class TorchDistribution(Distribution):
         try:
             dist = self.torch_class(**params, validate_args=validate)
         except ValueError as err:
+            bad = [k for k, v in params.items() if isinstance(v, Tensor) and v.is_floating_point()
+                   and not bool(torch.isfinite(v).all())]
+            if bad:  # a network that emitted nan / inf: a numerical failure, not a wrong argument
+                raise FloatingPointError(f"{self.prob_text}: parameter {', '.join(bad)} of {type(self).__name__} "
+                                         "is not finite") from None
             match = _PARAM_ERROR.search(str(err))
             if match:
                 raise ValueError(
