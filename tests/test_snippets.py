@@ -1,10 +1,11 @@
 """Every ```python block of the README and of docs/ runs (each file's blocks in order, in one namespace).
 
 docs/training.md, docs/uses.md, docs/distributed.md and docs/porting_from_pixyz.md are run by their own
-tests (test_fit.py, test_examples_uses.py, test_distributed.py, test_pixyz_fixes.py). A chapter whose blocks are excerpts of an example (they use
-names the chapter introduces in prose: ``x_batch``, ``q0``, the M2 model's factors, ...) gets a *prelude*
-here that defines those names on small data that exists; the blocks themselves run exactly as written,
-and a ``print(...)  # text`` line must print that text. Where a block trains at full size (minutes) or
+tests (test_fit.py, test_examples_uses.py, test_distributed.py, test_pixyz_fixes.py). A chapter whose
+blocks are excerpts of an example (they use names the chapter introduces in prose: ``x_batch``, ``q0``,
+the M2 model's factors, ...) gets a *prelude* here that defines those names on small data that exists;
+the blocks themselves run exactly as written, and where asked a ``print(...)  # text`` line must print
+that text. Where a block trains at full size (minutes) or
 needs SERKET's data, the test is ``slow`` or skips with the reason (tests/conftest.py).
 """
 
