@@ -105,7 +105,7 @@ def fit(
                 ddp.set_epoch(train_data.loader, epoch)
                 batches = train_data.iterate(model._shuffle if shuffle else None, model.dtype, model.device, shard)
                 kept = "" if checkpoint is None else f"the checkpoint {checkpoint} (epoch {model.epoch}) is untouched"
-                train_loss, terms = _pass(model, batches, epoch, True, parallel, kept)
+                train_loss, terms = _pass(model, batches, epoch, True, parallel, kept, train_data.tensors is not None)
                 valid_loss, valid_terms = math.nan, {}
                 if valid_data is not None:
                     batches = valid_data.iterate(None, model.dtype, model.device, shard)
@@ -177,8 +177,8 @@ def _data_parallel(model: Any) -> Iterator[None]:
         model.row_weight = 1.0
 
 
-def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, parallel: bool, kept: str
-          ) -> tuple[float, dict[str, float]]:
+def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, parallel: bool, kept: str,
+          dict_data: bool = True) -> tuple[float, dict[str, float]]:
     """One pass: the weighted mean loss and term means (a step per batch when ``training``)."""
     total, count, sums = 0.0, 0, {}
     error: FloatingPointError | None = None
@@ -186,10 +186,12 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
         if parallel and training:
             from torch.distributed.algorithms import Join
 
-            stack.enter_context(Join(model.joinables()))
+            # dict data: the row weights make the mean over all ranks exact, a rank that ran out counts as zero;
+            # a loader's batches: the mean of the ranks that still have one
+            stack.enter_context(Join(model.joinables(), divide_by_initial_world_size=dict_data))
         for step, batch in enumerate(batches, 1):
             if parallel:
-                model.row_weight = batch.n * ddp.world_size() / batch.total
+                model.row_weight = batch.n * ddp.world_size() / batch.total if batch.rows is not None else 1.0
             try:
                 value, terms = model.step(batch.values) if training else model.evaluate(batch.values)
             except FloatingPointError as err:
@@ -199,6 +201,8 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
                 bad = first_nonfinite(batch.values, "the data", batch.rows)  # rows of the data, not the batch
                 detail = detail if bad is None else f"{bad}; {detail.split('; ', 1)[-1]}"
                 where = f"at epoch {epoch}, {'step' if training else 'validation batch'} {step}"
+                if parallel:
+                    where += f" on rank {ddp.rank()}"
                 message = f"fit: {what} {where}; {detail}" + (f"; {kept}" if kept else "")
                 if training or not parallel:
                     raise FloatingPointError(message) from None
