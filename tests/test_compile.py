@@ -176,6 +176,7 @@ def test_a_model_error_is_raised_not_taken_for_a_compile_failure(monkeypatch: py
     assert model.compile_error is None  # the model was wrong, not the compiler
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_every_loss_compiles_the_same_evaluation(eager_random_stream: None, data: dict[str, torch.Tensor]) -> None:
     """A loss with a score-function term (REINFORCE) compiles too: there is no list of plannable losses."""
