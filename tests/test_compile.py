@@ -19,8 +19,9 @@ from kizuna.distributions import Bernoulli, Normal
 from kizuna.losses import Expectation, KullbackLeibler, LogProb
 from kizuna.models import Model
 
-needs_compiler = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
-                                    reason="inductor needs a C compiler on CPU")
+# inductor compiles C++ on CPU (tens of seconds per graph): those tests are slow and need a C++ compiler
+needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                                    reason="torch.compile (inductor) on CPU needs a C++ compiler: none found")
 
 
 class Encoder(Normal):
@@ -66,6 +67,7 @@ def data() -> dict[str, torch.Tensor]:
     return {"x": (torch.rand(32, 6, generator=gen) > 0.5).float()}
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_compiled_steps_match_eager(eager_random_stream: None, data: dict[str, torch.Tensor]) -> None:
     eager, compiled = vae(), vae(compile=True)
@@ -91,6 +93,7 @@ def test_compiled_steps_match_eager(eager_random_stream: None, data: dict[str, t
         assert history_b[label][-1] == pytest.approx(history_a[label][-1], rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_a_non_finite_compiled_step_is_caught(data: dict[str, torch.Tensor]) -> None:
     """Compiled steps run unchecked (the first evaluation is checked, eagerly); a parameter gone NaN
@@ -173,6 +176,7 @@ def test_a_model_error_is_raised_not_taken_for_a_compile_failure(monkeypatch: py
     assert model.compile_error is None  # the model was wrong, not the compiler
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_every_loss_compiles_the_same_evaluation(eager_random_stream: None, data: dict[str, torch.Tensor]) -> None:
     """A loss with a score-function term (REINFORCE) compiles too: there is no list of plannable losses."""
