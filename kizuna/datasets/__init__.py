@@ -1,7 +1,8 @@
 """Offline datasets: nothing is downloaded; each loader names the package that provides its files.
 
 Every loader returns ``(x, y)``: ``x`` a float32 tensor ``N×D`` with values in ``[0, 1]`` (images
-flattened row-major) and ``y`` an int64 tensor of labels. The core library never imports this package.
+flattened row-major) and ``y`` an int64 tensor of labels. ``simulated_house`` (a robot's teaching events in a
+house) returns a dict of arrays instead. The core library never imports this package.
 """
 
 from kizuna.datasets.house import simulated_house
