@@ -14,7 +14,11 @@ Run "kizuna demo" to see an integrated model learn without labels, "kizuna COMMA
 for a command's options. Documentation: README.md and docs/ in the repository."""
 
 DEMO_DESCRIPTION = """\
-SERKET's VAE+GMM+MLDA, built with kizuna.modules, learns the classes of scikit-learn's 1,797
+"kizuna demo" (house): a simulated robot learns the six places of a house and their names from
+noisy positions, utterances and views (GMM + SpatialConcept), prints the integrated model against
+each part alone and saves a map of the learned places and the learned-vs-true confusion to OUT/.
+
+"kizuna demo digits": SERKET's VAE+GMM+MLDA, built with kizuna.modules, learns the classes of scikit-learn's 1,797
 8x8 digits from two modalities without labels: the images and a synthetic "spoken word"
 modality. Five sweeps of mutual inference; the parts are also trained alone for comparison.
 
@@ -38,30 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    demo = sub.add_parser("demo", help="an integrated model learns digit classes from images and words, "
-                                       "without labels (30 s to a minute)",
+    demo = sub.add_parser("demo", help="a robot learns the places of a house and their names without labels; "
+                                       "'kizuna demo digits': digit classes from images and words",
                           description=DEMO_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("which", nargs="?", choices=("house", "digits"), default="house",
+                      help="house (default): the robot house (kizuna.robot_demo); digits: the VAE+GMM+MLDA demo")
     demo.add_argument("--seed", type=int, default=0, help="seeds the networks and samplers (default 0)")
     demo.add_argument("--out", default="kizuna-demo-out", help="folder for the figure (default kizuna-demo-out)")
-    demo.add_argument("--quick", action="store_true", help="600 digits, fewer epochs and sweeps (10 to 20 s)")
+    demo.add_argument("--quick", action="store_true", help="a quick run: 150 events (house); 600 digits, fewer "
+                                                           "epochs and sweeps (digits, 10 to 20 s)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-<<<<<<< HEAD
-    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="kizuna", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a robot learns the places of a house and their names (spatial concepts); "
-                                       "'kizuna demo digits': VAE+GMM+MLDA learns digit classes from images and words")
-    demo.add_argument("which", nargs="?", choices=("house", "digits"), default="house",
-                      help="house (default): the robot house; digits: the VAE+GMM+MLDA digits demo")
-    demo.add_argument("--seed", type=int, default=0, help="seeds the networks and samplers (default 0)")
-    demo.add_argument("--out", default="kizuna-demo-out", help="folder for the plot (default kizuna-demo-out/)")
-    demo.add_argument("--quick", action="store_true", help="600 digits, fewer epochs and sweeps (a few seconds)")
-    args = parser.parse_args(argv)
-    if args.command == "demo" and args.which == "digits":
-=======
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns the exit status.
 
     Without a command it prints the help and returns 0.
@@ -71,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command == "demo":
->>>>>>> main
+    if args.command == "demo" and args.which == "digits":
         from kizuna.demo import run_demo
 
         run_demo(seed=args.seed, out=args.out, quick=args.quick)
