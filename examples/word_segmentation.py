@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--char-order", type=int, default=3)
     parser.add_argument("--anneal", type=float, default=3.0, help="starting temperature (1: no annealing)")
     parser.add_argument("--init-length", type=int, default=4, help="initial words of 1..this many phonemes")
+    parser.add_argument("--data", type=Path, default=BRENT, help="br-phono.txt (default ../shared/data/brent/)")
     parser.add_argument("--smoke", action="store_true", help="500 utterances, 3 sweeps")
     args = parser.parse_args(argv)
-    gold = load_brent()
+    gold = load_brent(args.data)
     iters = args.iters
     if args.smoke:
         gold, iters = gold[:500], 3

@@ -5,7 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
-from example_loader import SHARED_DATA, load_example
+from example_loader import load_example
 from scipy import stats
 
 from kizuna import modules as km
@@ -13,8 +13,6 @@ from kizuna.datasets import simulated_house
 from kizuna.metrics.segmentation import segmentation_scores
 from kizuna.modules.npylm import NPYLM, gibbs_sweep
 from kizuna.modules.pitman_yor import HPYLM
-
-BRENT = SHARED_DATA / "brent" / "br-phono.txt"
 
 
 def test_scores_on_hand_cases():
@@ -138,7 +136,7 @@ def test_segmenter_under_a_concept_module():
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="not met yet: 20 sweeps reach boundary / token F 58.7 / 38.0 (docs/robotics.md)")
-@pytest.mark.skipif(not BRENT.exists(), reason="the Brent corpus is not in ../shared/data/brent (see DESIGN.md)")
+@pytest.mark.shared_data("brent/br-phono.txt")
 def test_brent_beats_the_transitional_probability_baseline():
     scores = load_example("word_segmentation").main(["--iters", "20", "--anneal", "1.5"])
     assert scores["boundary_f"] > 0.644 and scores["token_f"] > 0.468
