@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, shared_data_or_skip, shared_data_reason
+from conftest import SHARED_DATA, SOURCES, shared_data_or_skip, shared_data_reason
 
 TESTS = Path(__file__).resolve().parent
 # what a test reading data beside the project would mention
@@ -73,7 +73,8 @@ def test_on_a_clone_without_shared_every_such_test_is_skipped_with_its_reason(tm
     assert run.returncode == 0, out
     assert re.fullmatch(r"=* ?\d+ skipped, \d+ deselected in [\d.]+s ?=*", summary), summary
     reasons = re.findall(r"^SKIPPED \[\d+\] \S+: (.*)$", out, re.M)
-    assert reasons and all(r.startswith("needs ../shared/data/serket/") and "naka-lab/Serket" in r for r in reasons)
+    assert reasons and all(r.startswith("needs ../shared/data/") and any(src in r for src in SOURCES.values())
+                           for r in reasons)
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="this clone has no ../shared: the skips above are what runs")
