@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, ClassVar
 
@@ -60,8 +59,7 @@ def set_validation(enabled: bool) -> None:
     D.Distribution.set_default_validate_args(bool(enabled))
 
 
-@contextmanager
-def validation(enabled: bool) -> Iterator[None]:
+class validation:  # noqa: N801 - used as a function: ``with validation(False):``
     """Checks on (or off) within the block, whatever the process default (as Pyro's
     ``validation_enabled``); ``kizuna.models.Model(validate=...)`` uses it for its steps.
 
@@ -70,11 +68,17 @@ def validation(enabled: bool) -> Iterator[None]:
     ...     validation_enabled()
     False
     """
-    token = _CHECKS.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _CHECKS.reset(token)
+
+    __slots__ = ("enabled", "_token")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = bool(enabled)
+
+    def __enter__(self) -> None:
+        self._token = _CHECKS.set(self.enabled)
+
+    def __exit__(self, *exc: object) -> None:
+        _CHECKS.reset(self._token)
 
 
 def _shape_text(value: Any) -> str:
@@ -357,8 +361,12 @@ class TorchDistribution(Distribution):
     # --------------------------------------------------- closed-form hooks
     @classmethod
     def _has_hook(cls, name: str) -> bool:
-        """Whether this family defines the closed-form hook ``name``."""
-        return getattr(cls, name) is not getattr(TorchDistribution, name)
+        """Whether this family defines the closed-form hook ``name`` (answered once per class)."""
+        key = (cls, name)
+        found = _HOOKS.get(key)
+        if found is None:
+            found = _HOOKS[key] = getattr(cls, name) is not getattr(TorchDistribution, name)
+        return found
 
     def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor | None:
         """The elementwise log-density from the parameters, or None to use torch's (see module docstring)."""
@@ -379,7 +387,7 @@ class TorchDistribution(Distribution):
 
     def kl_to(self, params: dict[str, Any], other: TorchDistribution, other_params: dict[str, Any],
               per_feature: bool = False) -> Tensor:
-        """:math:`D_{KL}[self\|other]` in closed form from both parameter sets, per row (or per feature):
+        r""":math:`D_{KL}[self\|other]` in closed form from both parameter sets, per row (or per feature):
         the family's `_kl_kernel` when it has one (and validation is off), else torch's registry."""
         if not validation_enabled():
             kl = self._kl_kernel(other, params, other_params)
@@ -567,6 +575,7 @@ def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
 
 
 _SIGNATURES: dict[type, tuple[list[str], list[str]]] = {}
+_HOOKS: dict[tuple[type, str], bool] = {}
 
 
 def _signature(cls: type[D.Distribution]) -> tuple[list[str], list[str]]:
