@@ -7,7 +7,6 @@ the two families; Monte Carlo otherwise. ``.method`` says which.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import distributions as D
 
@@ -80,7 +79,7 @@ class KullbackLeibler(Loss):
     def subterms(self) -> list[Loss]:
         return [] if self.method == "analytic" else [self._mc]
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.p, self.q]
 
     def _value(self, ctx: EvalContext) -> Tensor:
