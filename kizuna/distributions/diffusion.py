@@ -199,7 +199,8 @@ class DiffusionReverse(_Step, Normal):
     Args:
         eps_net: ``eps_net(x_t, t) -> ε̂`` (same shape as ``x_t``; ``t`` a long tensor ``(batch,)``).
         schedule: the noise schedule.
-        variance: :math:`\\sigma_t^2 = \\beta_t` (``"beta"``) or :math:`\\tilde\\beta_t` (``"posterior"``, ``t ≥ 2``).
+        variance: :math:`\\sigma_t^2 = \\beta_t` (``"beta"``) or :math:`\\tilde\\beta_t` (``"posterior"``;
+            :math:`\\tilde\\beta_2` at ``t = 1``, see `mean_and_variance`).
         step: a fixed step, e.g. ``1`` for the Gaussian decoder :math:`p_\\theta(x_0|x_1)` of continuous data.
         var, noisy_var, t_var: names of :math:`x_{t-1}`, :math:`x_t`, :math:`t`.
     """
@@ -223,16 +224,25 @@ class DiffusionReverse(_Step, Normal):
                 f"{self.prob_text}: eps_net returned shape {tuple(eps.shape)}, expected {tuple(x_t.shape)}")
         return eps
 
-    def mean_and_variance(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """:math:`\\mu_\\theta(x_t,t)` and :math:`\\sigma_t^2` (broadcastable)."""
+    def mean_and_variance(self, x_t: Tensor, t: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:math:`\\mu_\\theta(x_t,t)` and :math:`\\sigma_t^2` (broadcastable).
+
+        ``eps`` replaces :math:`\\epsilon_\\theta(x_t,t)` (e.g. a guided prediction, `kizuna.samplers`).
+        With ``variance="posterior"`` the step ``t = 1`` uses :math:`\\tilde\\beta_2`, as Ho et al.'s code
+        does: :math:`\\tilde\\beta_1 = 0` would make the decoder :math:`p_\\theta(x_0|x_1)` a point mass.
+        """
         c = self.schedule.coefficients(t, x_t)
-        mean = (x_t - c["beta"] / (1 - c["alpha_bar"]).sqrt() * self.epsilon(x_t, t)) / c["alpha"].sqrt()
-        var = c["beta"] if self.variance == "beta" else (1 - c["alpha_bar_prev"]) / (1 - c["alpha_bar"]) * c["beta"]
-        return mean, var
+        eps = self.epsilon(x_t, t) if eps is None else eps
+        mean = (x_t - c["beta"] / (1 - c["alpha_bar"]).sqrt() * eps) / c["alpha"].sqrt()
+        if self.variance == "beta":
+            return mean, c["beta"]
+        t_var = t.clamp(min=min(2, self.schedule.T))
+        p = self.schedule.coefficients(t_var, x_t)
+        return mean, (1 - p["alpha_bar_prev"]) / (1 - p["alpha_bar"]) * p["beta"]
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         xt = cond[self.noisy_var]
-        mean, var = self.mean_and_variance(xt, self._t(cond, xt, low=2 if self.variance == "posterior" else 1))
+        mean, var = self.mean_and_variance(xt, self._t(cond, xt))
         return {"loc": mean, "scale": var.sqrt().expand_as(xt)}
 
 
