@@ -28,8 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.families import Normal
+from kizuna.samplers.integrators import ancestral
+from kizuna.samplers.paths import DiffusionPath
 
 
 class DiffusionSchedule(nn.Module):
@@ -203,28 +205,38 @@ class DiffusionReverse(_Step, Normal):
             :math:`\\tilde\\beta_2` at ``t = 1``, see `mean_and_variance`).
         step: a fixed step, e.g. ``1`` for the Gaussian decoder :math:`p_\\theta(x_0|x_1)` of continuous data.
         var, noisy_var, t_var: names of :math:`x_{t-1}`, :math:`x_t`, :math:`t`.
+        context_var: further conditioning variables ``c`` (a conditional model, e.g. a class label):
+            then ``eps_net(x_t, t, *c)``, and classifier-free guidance applies (`kizuna.samplers.Guided`).
     """
 
-    def __init__(self, eps_net: Callable[[Tensor, Tensor], Tensor], schedule: DiffusionSchedule,
+    def __init__(self, eps_net: Callable[..., Tensor], schedule: DiffusionSchedule,
                  variance: str = "beta", step: int | None = None, var: str | None = None,
-                 noisy_var: str | None = None, t_var: str = "t", name: str = "p") -> None:
+                 noisy_var: str | None = None, t_var: str = "t", name: str = "p",
+                 context_var: Sequence[str] = ()) -> None:
         if variance not in ("beta", "posterior"):
             raise ValueError(f"DiffusionReverse: variance must be 'beta' or 'posterior', got {variance!r}")
         var = var or ("x_{t-1}" if step is None else f"x_{step - 1}")
         noisy_var = noisy_var or ("x_t" if step is None else f"x_{step}")
-        super().__init__(var=[var], cond_var=[noisy_var] + ([] if step is not None else [t_var]), name=name)
+        self.context_var = list(context_var)
+        steps = [] if step is not None else [t_var]
+        super().__init__(var=[var], cond_var=[noisy_var, *steps, *self.context_var], name=name)
         self.eps_net, self.schedule, self.variance = eps_net, schedule, variance
         self.step, self.t_var, self.noisy_var = step, t_var, noisy_var
 
-    def epsilon(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """:math:`\\epsilon_\\theta(x_t, t)`, checked to have the shape of ``x_t``."""
-        eps = self.eps_net(x_t, t)
+    def epsilon(self, x_t: Tensor, t: Tensor, context: Mapping[str, Tensor] | None = None) -> Tensor:
+        """:math:`\\epsilon_\\theta(x_t, t, c)`, checked to have the shape of ``x_t``."""
+        context = context or {}
+        missing = [c for c in self.context_var if c not in context]
+        if missing:
+            raise ValueError(f"{self.prob_text}: the context {', '.join(missing)} is missing")
+        eps = self.eps_net(x_t, t, *(context[c] for c in self.context_var))
         if eps.shape != x_t.shape:
             raise ValueError(
                 f"{self.prob_text}: eps_net returned shape {tuple(eps.shape)}, expected {tuple(x_t.shape)}")
         return eps
 
-    def mean_and_variance(self, x_t: Tensor, t: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def mean_and_variance(self, x_t: Tensor, t: Tensor, eps: Tensor | None = None,
+                          context: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """:math:`\\mu_\\theta(x_t,t)` and :math:`\\sigma_t^2` (broadcastable).
 
         ``eps`` replaces :math:`\\epsilon_\\theta(x_t,t)` (e.g. a guided prediction, `kizuna.samplers`).
@@ -232,7 +244,7 @@ class DiffusionReverse(_Step, Normal):
         does: :math:`\\tilde\\beta_1 = 0` would make the decoder :math:`p_\\theta(x_0|x_1)` a point mass.
         """
         c = self.schedule.coefficients(t, x_t)
-        eps = self.epsilon(x_t, t) if eps is None else eps
+        eps = self.epsilon(x_t, t, context) if eps is None else eps
         mean = (x_t - c["beta"] / (1 - c["alpha_bar"]).sqrt() * eps) / c["alpha"].sqrt()
         if self.variance == "beta":
             return mean, c["beta"]
@@ -242,7 +254,7 @@ class DiffusionReverse(_Step, Normal):
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         xt = cond[self.noisy_var]
-        mean, var = self.mean_and_variance(xt, self._t(cond, xt))
+        mean, var = self.mean_and_variance(xt, self._t(cond, xt), None, cond)
         return {"loc": mean, "scale": var.sqrt().expand_as(xt)}
 
 
@@ -277,7 +289,7 @@ class DiffusionDecoder(Distribution):
 
     def __init__(self, reverse: DiffusionReverse, bins: int = 256, var: str = "x_0", cond_var: str = "x_1",
                  name: str = "p") -> None:
-        super().__init__([var], [cond_var], name)
+        super().__init__([var], [cond_var, *reverse.context_var], name)
         if bins < 2:
             raise ValueError(f"DiffusionDecoder: bins must be at least 2, got {bins}")
         self.reverse, self.bins = reverse, int(bins)
@@ -285,7 +297,7 @@ class DiffusionDecoder(Distribution):
     def _params(self, x_dict: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         x1 = x_dict[self._cond_var[0]]
         t = self.reverse.schedule.index(torch.ones(x1.shape[0], dtype=torch.long), x1)
-        return self.reverse.mean_and_variance(x1, t)
+        return self.reverse.mean_and_variance(x1, t, None, x_dict)
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         x0 = x_dict[self._var[0]]
@@ -342,8 +354,9 @@ class DDPM(Distribution):
         if reverse.step is not None:
             raise ValueError(f"DDPM: {reverse.prob_text} has a fixed step; give the reverse process over all steps")
         decoder = decoder if decoder is not None else DiffusionReverse(
-            reverse.eps_net, reverse.schedule, variance="beta", step=1, name=reverse.name)
-        super().__init__(decoder.var, None, name, features_shape)
+            reverse.eps_net, reverse.schedule, variance="beta", step=1, name=reverse.name,
+            context_var=reverse.context_var)
+        super().__init__(decoder.var, reverse.context_var, name, features_shape)
         self.reverse, self.decoder, self.noiseless_last = reverse, decoder, noiseless_last
         self.prior = Normal(var=[prior_var], loc=0.0, scale=1.0, features_shape=features_shape, name=name)
 
@@ -360,15 +373,18 @@ class DDPM(Distribution):
         inner = self.prior._factorized_text(fmt, {}) + steps + self.decoder._factorized_text(fmt, {})
         return fmt["integral"].format(inner, "x_{1:T}")
 
+    def path(self, context: Mapping[str, Tensor] | None = None) -> DiffusionPath:
+        """The reverse process as a `kizuna.samplers.DiffusionPath` (for DDIM, Heun, guidance, ...)."""
+        return DiffusionPath(self.reverse, self.features_shape, context)
+
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        context = {c: x_dict[c] for c in self._cond_var}
+        rows = batch_size_of(context) or batch_n or 1
+        path = self.path(context)
         with torch.set_grad_enabled(reparam and torch.is_grad_enabled()):
-            x = self.prior.sample(batch_n=batch_n or 1, reparam=reparam)[self.prior.var[0]]
-            x = x.to(self.schedule.betas.dtype)  # the chain runs in the schedule's dtype
-            b, rev = x.shape[0], self.reverse
-            for t in range(self.schedule.T, 1, -1):
-                step = torch.full((b,), t, dtype=torch.long, device=x.device)
-                x = rev.sample({rev.noisy_var: x, rev.t_var: step}, reparam=reparam)[rev.var[0]]
-            given = {self.decoder.cond_var[0]: x}
+            y_1 = ancestral(path, x=path.prior(rows), times=path.times(None)[:-1], grad=reparam)  # x_T .. x_1
+            x_1, _ = path.scaled_input(y_1, path.times(None)[-2])
+            given = {self.decoder.cond_var[0]: x_1, **context}
             x0 = self.decoder.sample_mean(given) if self.noiseless_last else self.decoder.sample(
                 given, reparam=reparam)[self._var[0]]
         return {self._var[0]: x0}
