@@ -29,6 +29,8 @@ from kizuna.distributions.families import (
     StudentT,
     VonMises,
 )
+from kizuna.distributions.flow_coupling import FlowInterpolant, OTCoupling, TimeUniform, reflow_coupling
+from kizuna.distributions.flow_matching import FlowMatching
 from kizuna.distributions.joint import JointDistribution
 from kizuna.distributions.marginal import MarginalizeVarDistribution
 from kizuna.distributions.mixture import MixtureModel, MixturePosterior
@@ -48,6 +50,6 @@ __all__ = [
     "RelaxedBernoulli", "RelaxedCategorical", "ReplaceVarDistribution", "StudentT", "TorchDistribution",
     "VonMises", "set_validation",
     "DDPM", "DiffusionDecoder", "DiffusionForward", "DiffusionPosterior", "DiffusionReverse", "DiffusionSchedule",
-    "EnergyDistribution",
+    "EnergyDistribution", "FlowInterpolant", "FlowMatching", "OTCoupling", "TimeUniform", "reflow_coupling",
     "InverseTransformedDistribution", "MADEBernoulli", "PixelCNNBernoulli", "TransformedDistribution",
 ]

@@ -12,6 +12,7 @@ from kizuna.losses.divergences import KullbackLeibler
 from kizuna.losses.elbo import ELBO, IWAE
 from kizuna.losses.entropy import CrossEntropy, Entropy
 from kizuna.losses.expectation import REINFORCE, Expectation
+from kizuna.losses.flow_matching import VelocityError, flow_matching_loss
 from kizuna.losses.iterative import IterativeLoss
 from kizuna.losses.log_prob import LogProb, Prob
 from kizuna.losses.mmd import MMD
@@ -47,5 +48,5 @@ __all__ = [
     "AdversarialJensenShannon", "AdversarialKullbackLeibler", "AdversarialWassersteinDistance",
     "ContrastiveDivergence", "DenoisingScoreError", "NoisePredictionError", "ScoreMatchingError",
     "SlicedScoreError", "SumOverSteps", "denoising_score_matching", "diffusion_bound", "simple_diffusion_loss",
-    "sliced_score_matching",
+    "sliced_score_matching", "VelocityError", "flow_matching_loss",
 ]
