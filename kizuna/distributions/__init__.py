@@ -35,6 +35,7 @@ from kizuna.distributions.joint import JointDistribution
 from kizuna.distributions.marginal import MarginalizeVarDistribution
 from kizuna.distributions.mixture import MixtureModel, MixturePosterior
 from kizuna.distributions.moe import MixtureOfNormal
+from kizuna.distributions.normal_product import NormalProduct
 from kizuna.distributions.poe import ElementWiseProductOfNormal, ProductOfNormal
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.special import CustomProb, Deterministic, EmpiricalDistribution
@@ -50,6 +51,7 @@ __all__ = [
     "RelaxedBernoulli", "RelaxedCategorical", "ReplaceVarDistribution", "StudentT", "TorchDistribution",
     "VonMises", "set_validation",
     "DDPM", "DiffusionDecoder", "DiffusionForward", "DiffusionPosterior", "DiffusionReverse", "DiffusionSchedule",
-    "EnergyDistribution", "FlowInterpolant", "FlowMatching", "OTCoupling", "TimeUniform", "reflow_coupling",
+    "EnergyDistribution", "NormalProduct",
+    "FlowInterpolant", "FlowMatching", "OTCoupling", "TimeUniform", "reflow_coupling",
     "InverseTransformedDistribution", "MADEBernoulli", "PixelCNNBernoulli", "TransformedDistribution",
 ]
