@@ -2,9 +2,11 @@
 
 matplotlib is imported only when a figure is drawn (``pip install 'kizuna[demo]'``), always with the
 Agg backend through matplotlib's object-oriented API, so plotting needs no display and never changes
-the backend of an interactive session. Nothing in the core library imports this package.
+the backend of an interactive session. Nothing in the core library imports this package;
+`render` draws graphical models as Graphviz DOT.
 """
 
 from kizuna.viz.latent import pca_2d, plot_latent_space
+from kizuna.viz.render import Rendering, model_spec, render, to_dot
 
-__all__ = ["pca_2d", "plot_latent_space"]
+__all__ = ["Rendering", "model_spec", "pca_2d", "plot_latent_space", "render", "to_dot"]
