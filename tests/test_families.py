@@ -795,8 +795,8 @@ def test_wrong_feature_shape_says_expected_and_given(ex: Example) -> None:
     dist, _, _ = _make(ex, "constant", np.random.default_rng(12))
     with pytest.raises(ValueError, match=r"expected .*\(2, 3\).*given \(2, 4\)"):
         dist.get_log_prob({"x": torch.zeros(B, 2, 4, dtype=F64)})
-    with pytest.raises(ValueError, match="expected"):
-        dist.get_log_prob({"x": torch.zeros(*FEATURES, dtype=F64)})  # no batch dim
+    # a value without a batch dimension is a batch of one (as Pixyz)
+    assert dist.get_log_prob({"x": _values(ex, np.random.default_rng(0))[1][0]}).shape == (1,)
     with pytest.raises(TypeError, match="torch.Tensor"):
         dist.get_log_prob({"x": np.zeros((B, *FEATURES))})
 

@@ -39,7 +39,7 @@ from kizuna.distributions.normal_product import NormalProduct
 from kizuna.distributions.poe import ElementWiseProductOfNormal, ProductOfNormal
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.special import CustomProb, Deterministic, EmpiricalDistribution
-from kizuna.distributions.torch_dist import TorchDistribution, set_validation
+from kizuna.distributions.torch_dist import TorchDistribution, set_validation, validation, validation_enabled
 from kizuna.distributions.transformed import InverseTransformedDistribution, TransformedDistribution
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
     "MarginalizeVarDistribution", "MixtureModel", "MixtureOfNormal", "MixturePosterior", "Multinomial",
     "MultivariateNormal", "Normal", "Poisson", "ProductOfNormal",
     "RelaxedBernoulli", "RelaxedCategorical", "ReplaceVarDistribution", "StudentT", "TorchDistribution",
-    "VonMises", "set_validation",
+    "VonMises", "set_validation", "validation", "validation_enabled",
     "DDPM", "DiffusionDecoder", "DiffusionForward", "DiffusionPosterior", "DiffusionReverse", "DiffusionSchedule",
     "EnergyDistribution", "NormalProduct",
     "FlowInterpolant", "FlowMatching", "OTCoupling", "TimeUniform", "reflow_coupling",

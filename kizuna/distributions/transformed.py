@@ -19,7 +19,7 @@ their flattened values concatenated), passed to every layer as ``y``. The prior 
 conditional as well; the distribution's ``cond_var`` is the union.
 
 Scoring a draw of the same evaluation needs no inverse: while a loss is evaluated, a
-reparameterised draw records its base point and log-determinant (see `kizuna.distributions.memo`),
+reparameterised draw records its base point and log-determinant (see `kizuna.formula.memo`),
 and ``get_log_prob`` of that very tensor reuses them. So an IAF posterior costs one network pass
 per layer in an ELBO; any other point is scored through the inverse.
 """
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from kizuna.distributions.base import Distribution, Tensor, XDict, _as_list, batch_size_of
-from kizuna.distributions.memo import memoized
+from kizuna.formula.memo import memoized
 from kizuna.flows.base import Flow
 
 

@@ -13,10 +13,10 @@ from typing import Any
 from torch import distributions as D
 from torch.distributions.exp_family import ExponentialFamily
 
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.divergences import analytic_kl_available, with_row
 from kizuna.losses.expectation import Expectation
-from kizuna.losses.log_prob import LogProb
+from kizuna.formula.log_prob import LogProb
 
 
 def analytic_entropy_available(p: Any) -> bool:
@@ -44,7 +44,7 @@ class Entropy(Loss):
         self._mc = Expectation(p, -LogProb(p), sample_shape=sample_shape)
         super().__init__(p.input_var if self.method == "analytic" else self._mc.input_var)
 
-    def children(self) -> list[Loss]:
+    def subterms(self) -> list[Loss]:
         return [] if self.method == "analytic" else [self._mc]
 
     def _own_distributions(self) -> list[Any]:
@@ -70,7 +70,7 @@ class CrossEntropy(Loss):
         inputs = p.input_var + q.input_var if self.method == "analytic" else self._mc.input_var
         super().__init__(inputs)
 
-    def children(self) -> list[Loss]:
+    def subterms(self) -> list[Loss]:
         return [] if self.method == "analytic" else [self._mc]
 
     def _own_distributions(self) -> list[Any]:

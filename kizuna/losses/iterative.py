@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from kizuna._text import LATEX
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
 
 
@@ -109,7 +109,7 @@ class IterativeLoss(Loss):
         super().__init__([v for v in needed if v != self.timestep_var])
         self._records = [_StepTermSum(self, term) for term in self.step_loss.terms()]
 
-    def children(self) -> list[Loss]:
+    def subterms(self) -> list[Loss]:
         return [self.step_loss]
 
     def terms(self) -> Any:
