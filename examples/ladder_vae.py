@@ -29,7 +29,7 @@ from kizuna.losses import ELBO  # noqa: E402
 from kizuna.metrics import bits_per_dim, log_likelihood  # noqa: E402
 from kizuna.models import LadderVAE  # noqa: E402
 
-SMOKE = {"dataset": "digits", "z_dims": [8, 4], "hidden": [128, 64], "epochs": 30, "warmup": 5, "k": 200,
+SMOKE = {"dataset": "digits", "z_dims": [8, 4], "hidden": [128, 64], "epochs": 60, "warmup": 10, "k": 200,
          "n_test": 360}
 FULL = {"dataset": "mnist", "z_dims": [32, 16], "hidden": [400, 200], "epochs": 100, "warmup": 20, "k": 5000,
         "n_test": None}

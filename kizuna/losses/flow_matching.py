@@ -19,7 +19,7 @@ from kizuna._text import LATEX
 from kizuna.distributions.families import Normal
 from kizuna.distributions.flow_coupling import FlowInterpolant, OTCoupling, TimeUniform
 from kizuna.distributions.flow_matching import FlowMatching
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
 
 _TEXT = {"text": "||u_{0}({1}|{2},{3}) - v_θ({1},{0})||^2",

@@ -28,8 +28,8 @@ from torch.nn import functional as F
 from kizuna.distributions import Bernoulli, Distribution, Normal
 from kizuna.distributions.base import Tensor
 from kizuna.distributions.normal_product import NormalProduct
+from kizuna.formula.expr import Loss
 from kizuna.losses import Expectation, KullbackLeibler, LogProb
-from kizuna.losses.base import Loss
 from kizuna.nets import MLP
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kizuna.distributions.base import Distribution
-from kizuna.losses.base import Loss
+from kizuna.formula.expr import Loss
 from kizuna.losses.iterative import IterativeLoss
 from kizuna.modules.base import Module, Observation
 from kizuna.modules.graph import Graph
@@ -95,7 +95,7 @@ def _iterative_nodes(loss: Loss) -> list[IterativeLoss]:
         node = stack.pop()
         if isinstance(node, IterativeLoss):
             found.append(node)
-        stack.extend(node.children())
+        stack.extend(node.subterms())
     return found
 
 
