@@ -35,7 +35,7 @@ from kizuna.samplers.paths import DiffusionPath
 
 
 class DiffusionSchedule(nn.Module):
-    """The noise schedule :math:`\\beta_{1:T}`; ``alpha_bar`` etc. are computed from it per call.
+    """The noise schedule :math:`\\beta_{1:T}` and its per-step constants (`constants`).
 
     Args:
         betas: ``T`` values in (0, 1). An ``nn.Parameter`` stays learnable (a learned schedule);
@@ -55,6 +55,9 @@ class DiffusionSchedule(nn.Module):
             self.betas = betas
         else:
             self.register_buffer("betas", betas)
+        # the per-step constants of a fixed schedule, computed once (again if betas change in place)
+        self.register_buffer("_constants", self._compute_constants().detach(), persistent=False)
+        self._constants_version = self.betas._version
 
     @classmethod
     def linear(cls, T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> DiffusionSchedule:
@@ -78,8 +81,25 @@ class DiffusionSchedule(nn.Module):
 
     def alpha_bar(self) -> Tensor:
         """:math:`\\bar\\alpha_{0:T}` with :math:`\\bar\\alpha_0 = 1` (index ``t`` is step ``t``)."""
-        ab = torch.cumprod(1 - self.betas, 0)
-        return torch.cat([ab.new_ones(1), ab])
+        return self.constants()[:, 2]
+
+    def _compute_constants(self) -> Tensor:
+        ab = torch.cat([self.betas.new_ones(1), torch.cumprod(1 - self.betas, 0)])
+        beta = torch.cat([self.betas.new_zeros(1), self.betas])
+        return torch.stack([beta, 1 - beta, ab, torch.cat([ab[:1], ab[:-1]])], 1)
+
+    def constants(self) -> Tensor:
+        """Rows ``t = 0..T``: :math:`(\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1})`, :math:`\\beta_0 = 0`.
+
+        A learnable schedule recomputes them per call (so gradients reach the betas); a fixed one
+        keeps them in a buffer, recomputed when ``betas`` is changed in place.
+        """
+        if isinstance(self.betas, nn.Parameter):
+            return self._compute_constants()
+        if self._constants_version != self.betas._version or self._constants.dtype != self.betas.dtype:
+            self._constants = self._compute_constants()
+            self._constants_version = self.betas._version
+        return self._constants
 
     def index(self, t: Any, like: Tensor, low: int = 1) -> Tensor:
         """Step numbers as a long tensor, checked to lie in ``[low, T]``."""
@@ -89,7 +109,7 @@ class DiffusionSchedule(nn.Module):
                 raise ValueError("diffusion: the step variable t must hold whole numbers")
             t = t.round()
         t = t.long()
-        if t.numel() and (int(t.min()) < low or int(t.max()) > self.T):
+        if t.numel() and bool(((t < low) | (t > self.T)).any()):
             raise ValueError(f"diffusion: step t must lie in [{low}, {self.T}], got [{int(t.min())}, {int(t.max())}]")
         return t
 
@@ -100,10 +120,10 @@ class DiffusionSchedule(nn.Module):
 
     def coefficients(self, t: Tensor, like: Tensor) -> dict[str, Tensor]:
         """:math:`\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1}` at steps ``t``, broadcast to ``like``."""
-        ab = self.alpha_bar()
-        beta = self.at(torch.cat([self.betas.new_zeros(1), self.betas]), t, like)
-        return {"beta": beta, "alpha": 1 - beta, "alpha_bar": self.at(ab, t, like),
-                "alpha_bar_prev": self.at(ab, t - 1, like)}
+        rows = self.constants().to(like.dtype)[t]  # (batch, 4): one gather for the four
+        shape = (*rows.shape[:-1], *([1] * (like.dim() - rows.dim() + 1)))
+        beta, alpha, ab, ab_prev = (rows[..., i].reshape(shape) for i in range(4))
+        return {"beta": beta, "alpha": alpha, "alpha_bar": ab, "alpha_bar_prev": ab_prev}
 
 
 class DiscreteUniform(Distribution):
