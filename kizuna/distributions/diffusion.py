@@ -109,13 +109,15 @@ class DiffusionSchedule(nn.Module):
                 raise ValueError("diffusion: the step variable t must hold whole numbers")
             t = t.round()
         t = t.long()
-        if t.numel() and bool(((t < low) | (t > self.T)).any()):
-            raise ValueError(f"diffusion: step t must lie in [{low}, {self.T}], got [{int(t.min())}, {int(t.max())}]")
+        if t.numel():
+            lo, hi = (int(v) for v in torch.aminmax(t))  # one pass over t
+            if lo < low or hi > self.T:
+                raise ValueError(f"diffusion: step t must lie in [{low}, {self.T}], got [{lo}, {hi}]")
         return t
 
-    def at(self, values: Tensor, t: Tensor, like: Tensor) -> Tensor:
-        """``values[t]`` shaped to broadcast against ``like`` (batch first), in ``like``'s dtype."""
-        out = values.to(like.dtype)[t]
+    def alpha_bar_at(self, t: Tensor, like: Tensor) -> Tensor:
+        """:math:`\\bar\\alpha_t` alone, broadcast to ``like`` (what the forward process needs)."""
+        out = self.constants()[:, 2].to(like.dtype)[t]
         return out.reshape(*out.shape, *([1] * (like.dim() - out.dim())))
 
     def coefficients(self, t: Tensor, like: Tensor) -> dict[str, Tensor]:
@@ -137,6 +139,10 @@ class DiscreteUniform(Distribution):
         if high < low:
             raise ValueError(f"DiscreteUniform: high={high} < low={low}")
         self.low, self.high = int(low), int(high)
+
+    @property
+    def has_reparam(self) -> bool:
+        return True  # the draws depend on no parameter: no score-function term is needed
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         like = next((v for v in x_dict.values() if isinstance(v, Tensor)), None)
@@ -188,7 +194,7 @@ class DiffusionForward(_Step, Normal):
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         x0 = cond[self.data_var]
-        ab = self.schedule.coefficients(self._t(cond, x0), x0)["alpha_bar"]
+        ab = self.schedule.alpha_bar_at(self._t(cond, x0), x0)
         return {"loc": ab.sqrt() * x0, "scale": (1 - ab).sqrt().expand_as(x0)}
 
 
