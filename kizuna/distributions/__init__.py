@@ -41,6 +41,7 @@ from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.special import CustomProb, Deterministic, EmpiricalDistribution
 from kizuna.distributions.torch_dist import TorchDistribution, set_validation, validation, validation_enabled
 from kizuna.distributions.transformed import InverseTransformedDistribution, TransformedDistribution
+from kizuna.distributions.vq import PixelCNNCategorical, VectorQuantizer
 
 __all__ = [
     "Bernoulli", "Beta", "Categorical", "CustomProb", "Deterministic", "Dirichlet", "Distribution",
@@ -52,6 +53,7 @@ __all__ = [
     "VonMises", "set_validation", "validation", "validation_enabled",
     "DDPM", "DiffusionDecoder", "DiffusionForward", "DiffusionPosterior", "DiffusionReverse", "DiffusionSchedule",
     "EnergyDistribution", "NormalProduct",
+    "PixelCNNCategorical", "VectorQuantizer",
     "FlowInterpolant", "FlowMatching", "OTCoupling", "TimeUniform", "reflow_coupling",
     "InverseTransformedDistribution", "MADEBernoulli", "PixelCNNBernoulli", "TransformedDistribution",
 ]

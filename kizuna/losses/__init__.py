@@ -40,6 +40,7 @@ from kizuna.losses.score import (
     denoising_score_matching,
     sliced_score_matching,
 )
+from kizuna.losses.vq import VQCommitment
 from kizuna.losses.wasserstein import WassersteinDistance
 
 __all__ = [
@@ -51,5 +52,5 @@ __all__ = [
     "AdversarialJensenShannon", "AdversarialKullbackLeibler", "AdversarialWassersteinDistance",
     "ContrastiveDivergence", "DenoisingScoreError", "NoisePredictionError", "ScoreMatchingError",
     "SlicedScoreError", "SumOverSteps", "denoising_score_matching", "diffusion_bound", "simple_diffusion_loss",
-    "sliced_score_matching", "VelocityError", "flow_matching_loss",
+    "sliced_score_matching", "VQCommitment", "VelocityError", "flow_matching_loss",
 ]
