@@ -37,7 +37,7 @@ from kizuna.models import Model
 
 LEVELS = 17
 SMOKE = {"hidden": 256, "steps": 600, "batch": 128, "lr": 2e-3, "n_test": 120, "rk4": 8, "n_eval": 150}
-FULL = {"hidden": 512, "steps": 6000, "batch": 128, "lr": 1e-3, "n_test": 360, "rk4": 20, "n_eval": 360}
+FULL = {"hidden": 256, "steps": 3000, "batch": 128, "lr": 2e-3, "n_test": 360, "rk4": 10, "n_eval": 360}
 
 
 class VelocityNet(nn.Module):
