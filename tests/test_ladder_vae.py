@@ -59,6 +59,7 @@ def test_ladder_bound_equals_the_monte_carlo_elbo() -> None:
         LadderVAE(6, [3, 2], [8])
 
 
+@pytest.mark.slow
 def test_ladder_vae_smoke() -> None:
     m = run_smoke("ladder_vae")
     assert m["test_ll"] > m["baseline_ll"] + 2  # measured -21.1 vs -24.3 nats on the digits
