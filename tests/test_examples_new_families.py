@@ -16,4 +16,3 @@ def test_flow_matching_smoke() -> None:
     assert math.isfinite(m["test_bpd"]) and m["test_bpd_se"] < 0.1
     assert m["test_bpd"] < 0.5 * m["untrained_bpd"]  # measured 2.49 vs 6.03 bits/dim after 600 steps
     assert m["sample_nfe"] <= 50
-    assert m["c2st_logistic"] <= 1.0
