@@ -53,6 +53,11 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[
             optimizer.zero_grad()
             loss.eval({"x": x_train[idx]}).backward()
             optimizer.step()
+        if not smoke and (epoch + 1) % 10 == 0:
+            with torch.no_grad():
+                elbo = ELBO(m.p, m.q).eval({"x": x_test}).mean().item()
+            print(f"epoch {epoch + 1}: test ELBO {elbo:.2f} (KL weight {min(1.0, (epoch + 1) / cfg['warmup']):.2f})",
+                  flush=True)
     seconds = time.process_time() - start
     with torch.no_grad():
         elbo = ELBO(m.p, m.q).eval({"x": x_test}).mean().item()
