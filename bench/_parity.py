@@ -62,6 +62,16 @@ def step_ratio(kizuna: Step, reference: Step, repeats: int, calls: int) -> tuple
     return statistics.median(times["kizuna"]), statistics.median(times["reference"]), r
 
 
+def agree(kizuna: Callable[[], torch.Tensor], reference: Callable[[], torch.Tensor], seed: int = 5) -> None:
+    """Print both first-step losses from the same weights, batch and random stream, and their difference."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        a = float(kizuna())
+        torch.manual_seed(seed)
+        b = float(reference())
+    print(f"  AGREE first-step loss: kizuna {a:.6f}, reference {b:.6f}, |diff| = {abs(a - b):.3g}")
+
+
 def profile(step: Step, n: int, title: str, top: int = 18) -> str:
     """cProfile of ``n`` calls of ``step``: the functions with the most own time."""
     prof = cProfile.Profile()

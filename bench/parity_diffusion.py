@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, profile, quality_table, start, step_ratio, train_timed
+from _parity import add_args, agree, profile, quality_table, start, step_ratio, train_timed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -107,6 +107,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     opt = torch.optim.Adam(net_r.parameters(), lr=cfg["lr"])
     alpha_bar = DiffusionSchedule.linear(cfg["T"]).alpha_bar()
     x0 = x_train[:cfg["batch"]] * 2 - 1
+    agree(lambda: model.loss_cls.eval({"x_0": x0}), lambda: reference_loss(net_r, alpha_bar, x0))
 
     def r_step() -> None:
         opt.zero_grad()

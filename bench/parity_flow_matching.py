@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, profile, quality_table, start, step_ratio, train_timed
+from _parity import add_args, agree, profile, quality_table, start, step_ratio, train_timed
 from scipy.optimize import linear_sum_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +47,13 @@ def kizuna_trainer(net: VelocityNet, cfg: dict) -> tuple[Model, torch.optim.lr_s
 
 
 def reference_loss(net: VelocityNet, x1: torch.Tensor) -> torch.Tensor:
-    """Hand-written OT-CFM: OT-paired noise, uniform t, straight path, target x1 - x0."""
+    """Hand-written OT-CFM: uniform t, OT-paired noise, straight path, target x1 - x0."""
+    t = torch.rand(x1.shape[0], dtype=x1.dtype)
     x0 = torch.randn_like(x1)
     rows, cols = linear_sum_assignment(torch.cdist(x0.double(), x1.double()).pow(2).numpy())
     perm = torch.empty(len(cols), dtype=torch.long)
     perm[torch.as_tensor(cols)] = torch.as_tensor(rows)
     x0 = x0[perm]
-    t = torch.rand(x1.shape[0], dtype=x1.dtype)
     xt = t[:, None] * x1 + (1 - t[:, None]) * x0
     return (net(xt, t) - (x1 - x0)).pow(2).sum(1).mean()
 
@@ -135,6 +135,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor, pre: Prepr
     opt = torch.optim.Adam(net_r.parameters(), lr=cfg["lr"])
     with torch.no_grad():
         z = pre(x_train[:cfg["batch"]])
+    agree(lambda: model.loss_cls.eval({"z": z}), lambda: reference_loss(net_r, z))
 
     def r_step() -> None:
         opt.zero_grad()
