@@ -148,7 +148,7 @@ class TimeNet(nn.Module):
 ENTROPY = math.log(2 * math.pi * math.e * 0.09) + math.log(4)  # four well-separated modes: 1.82 nats
 
 
-@pytest.mark.parametrize("coupling", ["independent", "ot"])
+@pytest.mark.parametrize("coupling", [pytest.param("independent", marks=pytest.mark.slow), "ot"])
 def test_training_on_2d_data(coupling: str) -> None:
     """Four modes (sd 0.3) on a circle, 600 steps: the ODE log-likelihood of held-out points lies within
     0.6 nats of minus the data's entropy (its upper bound; measured -2.22 independent, -2.09 OT, bound

@@ -21,7 +21,7 @@ from torch import nn
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.distributions.families import Normal
 from kizuna.distributions.mixture import union_cond
-from kizuna.distributions.poe import expert_loc_scale, normal_experts
+from kizuna.distributions.poe import normal_experts
 
 
 class NormalProduct(Normal):
@@ -53,7 +53,7 @@ class NormalProduct(Normal):
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         """Precision-weighted ``loc`` and ``scale`` of the factors given ``cond``."""
-        params = [expert_loc_scale(f, cond) for f in self.factors_]
+        params = [(q["loc"], q["scale"]) for q in (f.get_params(cond) for f in self.factors_)]
         precision = [s.pow(-2) for _, s in params]
         total = torch.stack(torch.broadcast_tensors(*precision)).sum(0)
         loc = sum(m * t for (m, _), t in zip(params, precision)) / total
