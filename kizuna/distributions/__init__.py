@@ -14,7 +14,9 @@ from kizuna.distributions.energy import EnergyDistribution
 from kizuna.distributions.families import (
     Bernoulli,
     Beta,
+    BinaryConcrete,
     Categorical,
+    Concrete,
     Dirichlet,
     FactorizedBernoulli,
     Gamma,
@@ -24,8 +26,6 @@ from kizuna.distributions.families import (
     MultivariateNormal,
     Normal,
     Poisson,
-    RelaxedBernoulli,
-    RelaxedCategorical,
     StudentT,
     VonMises,
 )
@@ -37,6 +37,7 @@ from kizuna.distributions.mixture import MixtureModel, MixturePosterior
 from kizuna.distributions.moe import MixtureOfNormal
 from kizuna.distributions.normal_product import NormalProduct
 from kizuna.distributions.poe import ElementWiseProductOfNormal, ProductOfNormal
+from kizuna.distributions.relaxed import RelaxedBernoulli, RelaxedCategorical
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.special import CustomProb, Deterministic, EmpiricalDistribution
 from kizuna.distributions.torch_dist import TorchDistribution, set_validation, validation, validation_enabled
@@ -44,7 +45,8 @@ from kizuna.distributions.transformed import InverseTransformedDistribution, Tra
 from kizuna.distributions.vq import PixelCNNCategorical, VectorQuantizer
 
 __all__ = [
-    "Bernoulli", "Beta", "Categorical", "CustomProb", "Deterministic", "Dirichlet", "Distribution",
+    "Bernoulli", "Beta", "BinaryConcrete", "Categorical", "Concrete", "CustomProb", "Deterministic", "Dirichlet",
+    "Distribution",
     "ElementWiseProductOfNormal", "EmpiricalDistribution", "FactorizedBernoulli", "Gamma", "JointDistribution",
     "Laplace", "LogNormal",
     "MarginalizeVarDistribution", "MixtureModel", "MixtureOfNormal", "MixturePosterior", "Multinomial",

@@ -77,6 +77,14 @@ def as_value(value: Any) -> Any:
     return value
 
 
+def _with_values(x_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``x_dict`` with Python numbers as batches of one (copied only when it holds a number)."""
+    for v in x_dict.values():
+        if isinstance(v, numbers.Number):
+            return {k: as_value(v) for k, v in x_dict.items()}
+    return x_dict if type(x_dict) is dict else dict(x_dict)
+
+
 def sum_rows(value: Tensor, dims: Sequence[int] | None = None) -> Tensor:
     """Sum ``dims``, or every dimension but the first (Pixyz's ``sum_samples``)."""
     if dims is not None:
@@ -274,7 +282,7 @@ class Distribution(nn.Module):
             sample_mean: return the means instead of draws (ancestrally, for a product).
             kwargs: other options are ignored (as in Pixyz).
         """
-        x_dict = {k: as_value(v) for k, v in x_dict.items()} if x_dict else {}
+        x_dict = _with_values(x_dict) if x_dict else {}
         self._require(x_dict, self.input_var)
         _check_count("batch_n", batch_n, minimum=0)
         if reparam and not sample_mean and not self.has_reparam:
@@ -327,7 +335,7 @@ class Distribution(nn.Module):
             feature_dims: sum over these dimensions instead (Pixyz's ``feature_dims``).
             kwargs: other options are ignored (as in Pixyz).
         """
-        x_dict = {k: as_value(v) for k, v in x_dict.items()}
+        x_dict = _with_values(x_dict)
         self._require(x_dict, self._var + self.input_var)
         if feature_dims is not None and sum_features:
             return self._log_prob_dims(x_dict, list(feature_dims))

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import distributions as D
 from torch.distributions import constraints
-from torch.distributions.utils import probs_to_logits
+from torch.distributions.utils import clamp_probs
 from torch.nn import functional as F
 
 from kizuna.distributions.base import Tensor, XDict
@@ -54,7 +54,8 @@ class Normal(TorchDistribution):
     def _kl_kernel(self, other: TorchDistribution, params: dict[str, Any],
                    other_params: dict[str, Any]) -> Tensor | None:
         r"""torch's ``kl_normal_normal``:
-        :math:`\tfrac12\big(r + \tfrac{(\mu_p-\mu_q)^2}{\sigma_q^2} - 1 - \log r\big)`, :math:`r = \sigma_p^2/\sigma_q^2`."""
+        :math:`\tfrac12\big(r + \tfrac{(\mu_p-\mu_q)^2}{\sigma_q^2} - 1 - \log r\big)`,
+        :math:`r = \sigma_p^2/\sigma_q^2`."""
         if type(other).torch_class is not D.Normal:
             return None
         p_loc, p_scale, q_loc, q_scale = params["loc"], params["scale"], other_params["loc"], other_params["scale"]
@@ -152,11 +153,15 @@ class Bernoulli(TorchDistribution):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must lie in [0, 1], found values outside")
 
     def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
-        r"""torch's formula, :math:`-\mathrm{BCE}(\ell, x)` with :math:`\ell` the logits (from ``probs``
-        as torch converts them)."""
+        r"""torch's formula: :math:`x \log p + (1 - x) \log(1 - p)`, i.e. :math:`-\mathrm{BCE}`, from
+        the logits, or from ``probs`` clamped to :math:`[\epsilon, 1 - \epsilon]` as torch clamps them
+        (computed without the round trip through logits: equal to torch's up to rounding)."""
         logits = params.get("logits")
         if logits is None:
-            logits = probs_to_logits(params["probs"], is_binary=True)
+            probs = clamp_probs(params["probs"])
+            if probs.shape != value.shape:
+                probs, value = torch.broadcast_tensors(probs, value)
+            return -F.binary_cross_entropy(probs, value, reduction="none")
         if logits.shape != value.shape:
             logits, value = torch.broadcast_tensors(logits, value)
         return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
@@ -215,10 +220,12 @@ class Multinomial(TorchDistribution):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must add up to total_count={total}")
 
 
-class RelaxedBernoulli(TorchDistribution):
-    r"""Concrete / Gumbel-sigmoid relaxation of a Bernoulli: ``temperature``, ``probs`` or ``logits``.
+class BinaryConcrete(TorchDistribution):
+    r"""Binary Concrete (Gumbel-sigmoid) over (0, 1): ``temperature`` λ, ``probs`` or ``logits``.
 
-    Reparameterisable (Maddison et al. 2016, arXiv:1611.00712).
+    Draws are :math:`\sigma((\mathrm{logit}\,p + L)/\lambda)` with :math:`L` logistic noise, and values are scored
+    with the Concrete density itself (Maddison et al. 2016, arXiv:1611.00712; torch's ``RelaxedBernoulli``).
+    `RelaxedBernoulli` samples the same way but scores with the Bernoulli likelihood, as Pixyz does.
     """
 
     torch_class = D.RelaxedBernoulli
@@ -226,10 +233,14 @@ class RelaxedBernoulli(TorchDistribution):
     param_constraints = {"temperature": constraints.positive}  # torch does not check it
 
 
-class RelaxedCategorical(TorchDistribution):
-    r"""Concrete / Gumbel-softmax relaxation of a one-hot Categorical: ``temperature``, ``probs`` or ``logits``.
+class Concrete(TorchDistribution):
+    r"""Concrete (Gumbel-softmax) over the open simplex of the last feature dimension: ``temperature``,
+    ``probs`` or ``logits``.
 
-    Reparameterisable (Jang et al. 2016, arXiv:1611.01144).
+    Draws are :math:`\mathrm{softmax}((\log p + G)/\lambda)` with Gumbel noise :math:`G`, scored with the
+    Concrete density (Jang et al. 2016, arXiv:1611.01144; torch's ``RelaxedOneHotCategorical``, which takes
+    one temperature for the whole batch). `RelaxedCategorical` samples the same way but scores with the
+    categorical likelihood, as Pixyz does.
     """
 
     torch_class = D.RelaxedOneHotCategorical

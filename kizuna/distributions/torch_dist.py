@@ -28,6 +28,7 @@ import inspect
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import torch
@@ -43,31 +44,37 @@ from kizuna.formula.memo import memoized, remember
 _PARAM_ERROR = re.compile(r"Expected parameter (\w+) .*?to satisfy the constraint (.+?), but found")
 
 
+_CHECKS: ContextVar[bool | None] = ContextVar("kizuna_validation", default=None)
+
+
 def validation_enabled() -> bool:
-    """Whether parameters and values are checked (torch's default ``validate_args``)."""
-    return bool(D.Distribution._validate_args)
+    """Whether parameters and values are checked: the innermost `validation` block's setting, else
+    torch's default ``validate_args`` (``set_validation``)."""
+    local = _CHECKS.get()
+    return bool(D.Distribution._validate_args) if local is None else local
 
 
 def set_validation(enabled: bool) -> None:
-    """Turn checking of parameters and values on or off (torch's ``set_default_validate_args``)."""
+    """Turn checking of parameters and values on or off for the process (torch's
+    ``set_default_validate_args``, which the torch distributions kizuna builds follow too)."""
     D.Distribution.set_default_validate_args(bool(enabled))
 
 
 @contextmanager
 def validation(enabled: bool) -> Iterator[None]:
-    """Checks on (or off) within the block, restored afterwards (as Pyro's ``validation_enabled``).
+    """Checks on (or off) within the block, whatever the process default (as Pyro's
+    ``validation_enabled``); ``kizuna.models.Model(validate=...)`` uses it for its steps.
 
     >>> from kizuna.distributions import Normal
     >>> with validation(False):
     ...     validation_enabled()
     False
     """
-    before = validation_enabled()
-    set_validation(enabled)
+    token = _CHECKS.set(bool(enabled))
     try:
         yield
     finally:
-        set_validation(before)
+        _CHECKS.reset(token)
 
 
 def _shape_text(value: Any) -> str:
@@ -389,10 +396,18 @@ class TorchDistribution(Distribution):
 
     def _kernel_shape(self, params: dict[str, Any], rows: int | None) -> torch.Size | None:
         """The broadcast shape of the parameters with ``rows`` rows, if they are all tensors."""
-        values = [v for k, v in params.items() if k not in self._static]
-        if not all(isinstance(v, Tensor) for v in values):
+        shape = None
+        for key, v in params.items():
+            if key in self._static:
+                continue
+            if not isinstance(v, Tensor):
+                return None
+            if shape is None:
+                shape = v.shape
+            elif v.shape != shape:
+                shape = torch.broadcast_shapes(shape, v.shape)
+        if shape is None:
             return None
-        shape = torch.broadcast_shapes(*(v.shape for v in values))
         if len(shape) == 0:
             return None
         if rows is not None and rows != shape[0]:

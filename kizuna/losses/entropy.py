@@ -3,6 +3,11 @@ r"""`Entropy` :math:`H[p] = -\mathbb{E}_p[\log p]` and `CrossEntropy` :math:`H[p
 Both are analytic when torch has the closed forms (the entropy of the family; for the
 cross-entropy also the KL, since :math:`H[p\|q] = H[p] + D_{KL}[p\|q]`), Monte Carlo
 otherwise; ``.method`` says which.
+
+The closed form of the cross-entropy holds only when :math:`p` and :math:`q` are over the same
+variables. Over different ones, e.g. :math:`p = q(z|x)` and :math:`q = p(x|z)`, the cross-entropy is
+:math:`-\mathbb{E}_{q(z|x)}[\log p(x|z)]` (the reconstruction term of an MMD-VAE, as Pixyz computes it):
+a function of :math:`x` alone, always estimated by Monte Carlo.
 """
 
 from __future__ import annotations
@@ -60,10 +65,30 @@ class Entropy(Loss):
 
 
 class CrossEntropy(Loss):
-    """:math:`H[p\\|q] = -\\mathbb{E}_p[\\log q]` per batch row."""
+    """:math:`H[p\\|q] = -\\mathbb{E}_p[\\log q]` per batch row (module docstring).
+
+    Args:
+        p: the distribution the expectation is taken under.
+        q: the distribution scored; over the same variables as ``p`` (closed form where torch has one) or
+            over others (``q(x|z)`` scored at draws of ``p(z|x)``: always Monte Carlo).
+        analytic: True demands the closed form, False Monte Carlo, None picks the closed form when it applies.
+        sample_shape: draws of ``p`` per row for the Monte Carlo estimate.
+
+    >>> import torch
+    >>> from kizuna.distributions import Normal
+    >>> q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    >>> p = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    >>> ce = CrossEntropy(q, p)  # -E_{q(z|x)}[log p(x|z)]: needs x only
+    >>> ce.method, ce.input_var
+    ('monte_carlo', ['x'])
+    """
 
     def __init__(self, p: Any, q: Any, analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
-        available = analytic_entropy_available(p) and analytic_kl_available(p, q)
+        same_vars = sorted(p.var) == sorted(q.var)
+        available = same_vars and analytic_entropy_available(p) and analytic_kl_available(p, q)
+        if analytic and not same_vars:
+            raise ValueError(f"cross-entropy H[{p.prob_text}||{q.prob_text}]: the closed form needs both over the "
+                             f"same variables ({p.var} vs {q.var}); use analytic=None or False")
         self.method = _method(available, analytic, f"cross-entropy H[{p.prob_text}||{q.prob_text}]")
         self.p, self.q = p, q
         self._mc = Expectation(p, -LogProb(q), sample_shape=sample_shape)

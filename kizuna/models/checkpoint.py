@@ -122,7 +122,12 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     error naming the file for damaged or foreign files."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint file {path}")
-    state = _io.load(path)
+    data = Path(path).read_bytes()
+    if not data.startswith(_io.MAGIC):
+        raise ValueError(f"{path} is not a kizuna checkpoint (no kizuna header: a truncated file, or one written "
+                         "by torch.save or another program); Model.save writes one. For bare weights use "
+                         "model.distributions.load_state_dict(torch.load(path))")
+    state = _io.decode(data, str(path))
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         held = sorted(map(str, state))[:5] if isinstance(state, dict) else type(state).__name__
         raise ValueError(

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from kizuna.models import distributed as ddp
 from kizuna.models.batches import Batch, Batches, first_nonfinite
 from kizuna.models.checkpoint import History
+from kizuna.models.model import NonFiniteStep
 
 
 def fit(
@@ -102,11 +103,12 @@ def fit(
                 epoch = model.epoch + 1
                 ddp.set_epoch(train_data.loader, epoch)
                 batches = train_data.iterate(model._shuffle if shuffle else None, model.dtype, model.device, shard)
-                train_loss, terms = _pass(model, batches, epoch, True, parallel)
+                kept = "" if checkpoint is None else f"the checkpoint {checkpoint} (epoch {model.epoch}) is untouched"
+                train_loss, terms = _pass(model, batches, epoch, True, parallel, kept)
                 valid_loss, valid_terms = math.nan, {}
                 if valid_data is not None:
                     batches = valid_data.iterate(None, model.dtype, model.device, shard)
-                    valid_loss, valid_terms = _pass(model, batches, epoch, False, parallel)
+                    valid_loss, valid_terms = _pass(model, batches, epoch, False, parallel, kept)
                 model.epoch = epoch
                 model.history.append(epoch, train_loss, valid_loss, terms, valid_terms)
                 stop = valid_data is not None and model.early_stop(epoch, valid_loss, patience)
@@ -174,7 +176,7 @@ def _data_parallel(model: Any) -> Iterator[None]:
         model.row_weight = 1.0
 
 
-def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, parallel: bool
+def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, parallel: bool, kept: str
           ) -> tuple[float, dict[str, float]]:
     """One pass: the weighted mean loss and term means (a step per batch when ``training``)."""
     total, count, sums = 0.0, 0, {}
@@ -189,10 +191,12 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
                 model.row_weight = batch.n * ddp.world_size() / batch.total
             try:
                 value, terms = model.step(batch.values) if training else model.evaluate(batch.values)
-            except FloatingPointError as err:
-                bad = first_nonfinite(batch.values, "the data", batch.rows)
+            except NonFiniteStep as err:
+                what = err.what if training else err.what.replace("the test loss", "the validation loss", 1)
+                bad = first_nonfinite(batch.values, "the data", batch.rows)  # rows of the data, not the batch
+                detail = err.detail if bad is None else f"{bad}; {err.detail.split('; ', 1)[-1]}"
                 where = f"at epoch {epoch}, {'step' if training else 'validation batch'} {step}"
-                message = f"fit: {err} {where}" if bad is None else f"fit: {bad} {where}; {err}"
+                message = f"fit: {what} {where}; {detail}" + (f"; {kept}" if kept else "")
                 if training or not parallel:
                     raise FloatingPointError(message) from None
                 error = FloatingPointError(message)

@@ -59,7 +59,7 @@ class GAN(Model):
     >>> model = GAN((G() * prior).marginalize_var("z"), D(), optimizer_params={"lr": 1e-3})
     >>> print(model.loss_cls)
     D_JS^Adv[p_{data}(x)||p(x)]
-    >>> g_loss = model.train({"x": torch.randn(8, 3)})  # d_steps discriminator steps, then the generator's
+    >>> g_loss, d_loss = model.train({"x": torch.randn(8, 3)})  # d_steps discriminator steps, then the generator's
     >>> sorted(model.step({"x": torch.randn(8, 3)}).terms)
     ['D_JS^Adv[p_{data}(x)||p(x)]', 'd_loss']
     """
@@ -106,17 +106,21 @@ class GAN(Model):
         value, terms = super().step(batch, **options)
         return StepResult(value, {**terms, "d_loss": d_loss})
 
-    def train(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,
-              **options: Any) -> torch.Tensor:
-        """``d_steps`` discriminator steps (with ``adversarial_loss``), then a generator step; returns the
-        generator's loss, as `Model.train` does (the discriminator's is ``self.d_model``'s, see `step`)."""
-        if adversarial_loss:
-            self.train_discriminator(x_dict, **options)
-        return super().train(x_dict, **options)
+    def train(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,  # type: ignore[override]
+              **options: Any) -> Any:
+        """``d_steps`` discriminator steps, then a generator step; returns ``(g_loss, d_loss)`` (Pixyz's GAN
+        contract; `fit` uses `step`, whose result has the shape of every model's). With
+        ``adversarial_loss=False`` only the generator steps and its loss is returned (as Pixyz)."""
+        if not adversarial_loss:
+            return super().train(x_dict, **options)
+        d_loss = self.train_discriminator(x_dict, **options)
+        return super().train(x_dict, **options), d_loss
 
-    def test(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
-        """The generator's loss without gradients (`evaluate` also reports the discriminator's)."""
-        return super().test(x_dict, **options)
+    def test(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,  # type: ignore[override]
+             **options: Any) -> Any:
+        """The generator's loss and, with ``adversarial_loss``, the discriminator's, without gradients (Pixyz)."""
+        g_loss = super().test(x_dict, **options)
+        return (g_loss, self.d_model.test(x_dict, **options)) if adversarial_loss else g_loss
 
     def evaluate(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """`Model.evaluate` with the discriminator's test loss as ``d_loss``."""

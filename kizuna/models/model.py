@@ -25,11 +25,24 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from kizuna.distributions.torch_dist import validation, validation_enabled
+from kizuna.distributions.torch_dist import validation
 from kizuna.formula.expr import Loss, _term_mean
 from kizuna.models import checkpoint as ckpt
 from kizuna.models.batches import first_nonfinite, prepare
 from kizuna.models.checkpoint import History
+
+
+class NonFiniteStep(FloatingPointError):
+    """A step whose loss or gradient is not finite (the step was not taken).
+
+    Attributes:
+        what: what went non-finite (``"the loss is nan"``, ``"the gradient of q(z|x).net.0.weight is ..."``).
+        detail: the non-finite input (a variable, row and column) or terms.
+    """
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(f"{what}; {detail}")
+        self.what, self.detail = what, detail
 
 
 class StepResult(NamedTuple):
@@ -172,12 +185,12 @@ class Model:
         loss, value, found = self._evaluate(self.loss_cls, batch, options, terms)
         finite = math.isfinite(value)
         if not finite and self.parallel is None:
-            raise FloatingPointError(self._nonfinite(f"the loss is {value}", batch, found))
+            raise self._nonfinite(f"the loss is {value}", batch, found)
         weight = self.row_weight if finite else math.nan  # data-parallel: nan tells every rank
         (loss if weight == 1.0 else loss * weight).backward()
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(self._nonfinite(f"the loss is {value}", batch, found))
+            raise self._nonfinite(f"the loss is {value}", batch, found)
         self._check_gradients(value, found, batch)
         self.optimizer.step()
         return loss.detach(), value, found
@@ -188,14 +201,14 @@ class Model:
         with torch.no_grad():
             loss, value, found = self._evaluate(self.test_loss_cls, batch, options, terms)
         if not math.isfinite(value):
-            raise FloatingPointError(self._nonfinite(f"the test loss is {value}", batch, found))
+            raise self._nonfinite(f"the test loss is {value}", batch, found)
         return loss.detach(), value, found
 
     def _evaluate(self, loss_cls: Loss, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                   ) -> tuple[torch.Tensor, float, dict[str, float]]:
         """The loss tensor, its value and (with ``terms``) the term means, from one evaluation."""
         check = self.validate if self.validate is not None else id(loss_cls) not in self._validated
-        with validation(check) if check != validation_enabled() else _nothing():
+        with validation(check):
             out = self._evaluator(loss_cls, check)(batch, return_terms=terms, **options)
         self._validated.add(id(loss_cls))
         loss, found = out if terms else (out, {})
@@ -230,26 +243,29 @@ class Model:
             bad = [name for name, p in ckpt.named_parameters(self.distributions)
                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
             self.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(self._nonfinite(
-                f"the gradient of {', '.join(bad)} is non-finite (the loss {value:.6g} is finite"
-                + ("" if self.parallel is None else " on this rank") + ")", batch, terms))
+            raise self._nonfinite(f"the gradient of {', '.join(bad)} is non-finite", batch, terms,
+                                  f"the loss {value:.6g} is finite" + ("" if self.parallel is None else " on this rank"))
         if self.clip_grad_value is not None:
             nn.utils.clip_grad_value_(self._params, self.clip_grad_value)
 
-    def _nonfinite(self, what: str, batch: Mapping[str, Any], terms: Mapping[str, float]) -> str:
-        """The message of a non-finite step: the bad input first (a variable, row and column), else
+    def _nonfinite(self, what: str, batch: Mapping[str, Any], terms: Mapping[str, float],
+                   note: str = "") -> NonFiniteStep:
+        """The error of a non-finite step: the bad input first (a variable, row and column), else
         the terms that went non-finite."""
         data = first_nonfinite(batch, "the data")
-        if data is not None:
-            return f"{what}: {data}"
         bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
-        if bad:
+        if data is not None:
+            detail = data
+        elif bad:
             detail = "non-finite terms: " + "; ".join(f"{k} = {v}" for k, v in bad.items())
         elif terms:
             detail = "every term is finite (" + "; ".join(f"{k} = {v:.6g}" for k, v in terms.items()) + ")"
         else:
             detail = "the loss has no separate terms"
-        return f"{what}; {detail}; the step was not taken: the parameters are those after the last finite step"
+        if note:
+            detail = f"{note}; {detail}"
+        return NonFiniteStep(what, f"{detail}; the step was not taken: the parameters are those after the last "
+                                   "finite step")
 
     def _set_mode(self, training: bool) -> None:
         # switching walks every submodule: do it when train() and test() alternate, not per step
@@ -360,16 +376,6 @@ class Model:
         if not Path(path).parent.is_dir():
             raise FileNotFoundError(f"fit: cannot write the checkpoint {path}: the directory "
                                     f"{Path(path).parent} does not exist")
-
-
-class _nothing:
-    """A context manager that does nothing (cheaper than contextlib.nullcontext on the step path)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _compile_args(option: Any) -> dict[str, Any] | None:
