@@ -19,7 +19,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from kizuna.distributions import FlowInterpolant, FlowMatching, OTCoupling, TimeUniform, reflow_coupling
+from kizuna.distributions import FlowMatching, reflow_coupling
+from kizuna.distributions.flow_coupling import FlowInterpolant, OTCoupling, TimeUniform
 from kizuna.distributions.flow_matching import divergence
 from kizuna.losses import VelocityError, flow_matching_loss
 from kizuna.models import Model

@@ -63,6 +63,10 @@ class FlowMatching(Distribution):
     def distribution_name(self) -> str:
         return "FlowMatching"
 
+    @property
+    def has_reparam(self) -> bool:
+        return True  # the ODE solution is differentiable in the parameters
+
     def velocity(self, x: Tensor, t: Tensor, context: Mapping[str, Any] | None = None) -> Tensor:
         """:math:`v_\\theta(x, t, c)`, checked to have the shape of ``x``."""
         context = context or {}
