@@ -66,9 +66,9 @@ def agree(kizuna: Callable[[], torch.Tensor], reference: Callable[[], torch.Tens
     """Print both first-step losses from the same weights, batch and random stream, and their difference."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        a = float(kizuna())
+        a = float(kizuna().detach())
         torch.manual_seed(seed)
-        b = float(reference())
+        b = float(reference().detach())
     print(f"  AGREE first-step loss: kizuna {a:.6f}, reference {b:.6f}, |diff| = {abs(a - b):.3g}")
 
 
