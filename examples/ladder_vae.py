@@ -6,7 +6,9 @@ r"""A Ladder VAE (two stochastic layers) on binarised MNIST, next to the single-
 
 (`kizuna.models.LadderVAE`; the top-down posterior is a `NormalProduct`). Trained on the negative
 ELBO with the KL terms warmed up linearly from 0 to 1 over the first ``warmup`` epochs (Sønderby et
-al. 2016), Adam 1e-3, batch 100; the held-out :math:`\log p(x)` is estimated with ``k`` importance
+al. 2016), Adam 1e-3, batch 100, keeping the weights with the best ELBO on a tenth of the training
+images held out (checked every 5 epochs after the warm-up: on 4,000 MNIST images the model overfits
+after about 30 epochs); the held-out :math:`\log p(x)` is estimated with ``k`` importance
 samples of :math:`q(z_1, z_2|x)` (IWAE bound; 5,000 in full runs), as `examples/vae.py` reports
 the single-layer VAE (−95.0 nats) and `examples/iwae.py` the IWAE (−94.0).
 
@@ -16,6 +18,8 @@ Run: ``python examples/ladder_vae.py`` (MNIST, 4,000 train / 1,000 test) or ``--
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import sys
 import time
 from pathlib import Path
@@ -46,18 +50,25 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[
     print(f"generative model: {m.p}\ninference model : {m.q}\nloss            : {m.loss().mean()}")
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(m.parameters(), lr=1e-3)
+    n_val = len(x_train) // 10  # the last tenth of the training images chooses the epoch to keep
+    x_fit, x_val = x_train[:-n_val], x_train[-n_val:]
+    best, best_state = -math.inf, copy.deepcopy(m.state_dict())
     start = time.process_time()
     for epoch in range(cfg["epochs"]):
-        loss = m.loss(min(1.0, (epoch + 1) / cfg["warmup"])).mean()  # the KL weight of the warm-up
-        for idx in torch.randperm(len(x_train), generator=g).split(100):
+        weight = min(1.0, (epoch + 1) / cfg["warmup"])
+        loss = m.loss(weight).mean()  # the KL weight of the warm-up
+        for idx in torch.randperm(len(x_fit), generator=g).split(100):
             optimizer.zero_grad()
-            loss.eval({"x": x_train[idx]}).backward()
+            loss.eval({"x": x_fit[idx]}).backward()
             optimizer.step()
-        if not smoke and (epoch + 1) % 10 == 0:
+        if weight == 1.0 and (epoch + 1) % 5 == 0:
             with torch.no_grad():
-                elbo = ELBO(m.p, m.q).eval({"x": x_test}).mean().item()
-            print(f"epoch {epoch + 1}: test ELBO {elbo:.2f} (KL weight {min(1.0, (epoch + 1) / cfg['warmup']):.2f})",
-                  flush=True)
+                val = ELBO(m.p, m.q).eval({"x": x_val}).mean().item()
+            if val > best:
+                best, best_state = val, copy.deepcopy(m.state_dict())
+            if not smoke:
+                print(f"epoch {epoch + 1}: validation ELBO {val:.2f}", flush=True)
+    m.load_state_dict(best_state)
     seconds = time.process_time() - start
     with torch.no_grad():
         elbo = ELBO(m.p, m.q).eval({"x": x_test}).mean().item()

@@ -62,5 +62,5 @@ def test_ladder_bound_equals_the_monte_carlo_elbo() -> None:
 @pytest.mark.slow
 def test_ladder_vae_smoke() -> None:
     m = run_smoke("ladder_vae")
-    assert m["test_ll"] > m["baseline_ll"] + 2  # measured -21.1 vs -24.3 nats on the digits
+    assert m["test_ll"] > m["baseline_ll"] + 2  # measured -20.0 vs -24.3 nats on the digits
     assert m["test_ll"] >= m["test_elbo"] - 0.05
