@@ -73,7 +73,7 @@ class _DiscreteScoring(TorchDistribution):
         """See `TorchDistribution._elementwise_log_prob`: the discrete family's log-likelihood."""
         dist = self._discrete(x_dict)
         features = dist.batch_shape[1:] + dist.event_shape
-        value = self._value(x_dict[self._var[0]], features)
+        value = self._value(x_dict[self._var[0]], features, self._params(x_dict))
         self._check_rows(value, dist.batch_shape[0], features)
         if validation_enabled() and not bool(self.value_support.check(value).all()):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must lie in {self.value_support}, "

@@ -235,7 +235,23 @@ class TorchDistribution(Distribution):
     def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if self._uses_forward:
-            params.update(self._check_forward(self(**{k: x_dict[k] for k in self._cond_var})))
+            inputs = {k: x_dict[k] for k in self._cond_var}
+            try:
+                out = self(**inputs)
+            except RuntimeError as err:  # e.g. a feature width the network does not take
+                if isinstance(err, torch.OutOfMemoryError):
+                    raise
+                integers = [k for k, v in inputs.items() if isinstance(v, Tensor) and not v.is_floating_point()]
+                if integers and ("dtype" in str(err) or "scalar type" in str(err)):
+                    want = next((p.dtype for p in self.parameters() if p.is_floating_point()),
+                                torch.get_default_dtype())
+                    listed = ", ".join(f"{k} is {inputs[k].dtype}" for k in integers)
+                    raise ValueError(f"{self.prob_text}: {listed}, but its network takes {want}: convert it "
+                                     f"(e.g. .to({want}))") from None
+                shapes = ", ".join(f"{k} of shape {_shape_text(v)}" for k, v in inputs.items())
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                raise ValueError(f"{self.prob_text}: forward() failed on {shapes}: {first}") from err
+            params.update(self._check_forward(out))
         for key, cond in self._from_var.items():
             params[key] = x_dict[cond]
         like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
@@ -295,6 +311,11 @@ class TorchDistribution(Distribution):
         try:
             dist = self.torch_class(**params, validate_args=validate)
         except ValueError as err:
+            bad = [k for k, v in params.items() if isinstance(v, Tensor) and v.is_floating_point()
+                   and not bool(torch.isfinite(v).all())]
+            if bad:  # a network that emitted nan / inf: a numerical failure, not a wrong argument
+                raise FloatingPointError(f"{self.prob_text}: parameter {', '.join(bad)} of {type(self).__name__} "
+                                         "is not finite") from None
             match = _PARAM_ERROR.search(str(err))
             if match:
                 raise ValueError(
@@ -441,20 +462,25 @@ class TorchDistribution(Distribution):
             mean = mean.expand(rows, *mean.shape[1:])
         return {self._var[0]: mean}
 
-    def _value(self, value: Any, features: torch.Size) -> Tensor:
-        """The scored value with its batch dimension (a value without one is a batch of one)."""
+    def _value(self, value: Any, features: torch.Size, params: dict[str, Any]) -> Tensor:
+        """The scored value with its batch dimension (a value without one is a batch of one); integer
+        and boolean values are converted to the parameters' floating dtype."""
         var = self._var[0]
         if not isinstance(value, Tensor):
             raise TypeError(f"{self.prob_text}: {var} must be a torch.Tensor, got {type(value).__name__}")
+        given = value.shape
         if value.dim() == len(features):
             value = value.unsqueeze(0)
         n = len(features)
         if value.dim() < n + 1 or (n and value.shape[-n:] != features):
             raise ValueError(
-                f"{self.prob_text}: {var} has shape {tuple(value.shape)}, expected "
+                f"{self.prob_text}: {var} has shape {tuple(given)}, expected "
                 f"(batch, {', '.join(map(str, features))}) — features {tuple(features)}, "
                 f"given {tuple(value.shape[1:])}"
             )
+        if not value.is_floating_point():
+            like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
+            value = value.to(like.dtype if like is not None else torch.get_default_dtype())
         return value
 
     def _check_rows(self, value: Tensor, rows: int, features: torch.Size) -> None:
@@ -483,14 +509,14 @@ class TorchDistribution(Distribution):
         checking = validation_enabled()
         shape = None if checking or not self._has_hook("_log_prob_kernel") else self._kernel_shape(params, None)
         if shape is not None:
-            value = self._value(x_dict[self._var[0]], shape[1:])
+            value = self._value(x_dict[self._var[0]], shape[1:], params)
             self._check_rows(value, shape[0], shape[1:])
             lp = self._log_prob_kernel(value, params)
             if lp is not None:
                 return lp
         dist = self._torch_dist(x_dict, independent=False)
         features = dist.batch_shape[1:] + dist.event_shape
-        value = self._value(x_dict[self._var[0]], features)
+        value = self._value(x_dict[self._var[0]], features, params)
         self._check_rows(value, dist.batch_shape[0], features)
         if checking:
             self._check_support(value, dist)

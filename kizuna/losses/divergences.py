@@ -14,8 +14,8 @@ from torch import distributions as D
 from kizuna.distributions.base import Distribution
 from kizuna.distributions.torch_dist import TorchDistribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
-from kizuna.losses.expectation import Expectation
 from kizuna.formula.log_prob import LogProb
+from kizuna.losses.expectation import Expectation
 
 
 def with_row(value: Tensor) -> Tensor:

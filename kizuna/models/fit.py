@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from kizuna._data import first_nonfinite
 from kizuna.models import distributed as ddp
-from kizuna.models.batches import Batch, Batches, first_nonfinite
+from kizuna.models.batches import Batch, Batches
 from kizuna.models.checkpoint import History
 from kizuna.models.model import NonFiniteStep
 
@@ -191,10 +192,12 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
                 model.row_weight = batch.n * ddp.world_size() / batch.total
             try:
                 value, terms = model.step(batch.values) if training else model.evaluate(batch.values)
-            except NonFiniteStep as err:
-                what = err.what if training else err.what.replace("the test loss", "the validation loss", 1)
+            except FloatingPointError as err:
+                what, detail = (err.what, err.detail) if isinstance(err, NonFiniteStep) else (
+                    str(err), "the step was not taken: the parameters are those after the last finite step")
+                what = what if training else what.replace("the test loss", "the validation loss", 1)
                 bad = first_nonfinite(batch.values, "the data", batch.rows)  # rows of the data, not the batch
-                detail = err.detail if bad is None else f"{bad}; {err.detail.split('; ', 1)[-1]}"
+                detail = detail if bad is None else f"{bad}; {detail.split('; ', 1)[-1]}"
                 where = f"at epoch {epoch}, {'step' if training else 'validation batch'} {step}"
                 message = f"fit: {what} {where}; {detail}" + (f"; {kept}" if kept else "")
                 if training or not parallel:

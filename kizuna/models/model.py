@@ -25,10 +25,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from kizuna._data import first_nonfinite
 from kizuna.distributions.torch_dist import validation
 from kizuna.formula.expr import Loss, _term_mean
 from kizuna.models import checkpoint as ckpt
-from kizuna.models.batches import first_nonfinite, prepare
+from kizuna.models.batches import prepare
 from kizuna.models.checkpoint import History
 
 
@@ -182,7 +183,12 @@ class Model:
                   ) -> tuple[torch.Tensor, float, dict[str, float]]:
         self._set_mode(True)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, value, found = self._evaluate(self.loss_cls, batch, options, terms)
+        try:
+            loss, value, found = self._evaluate(self.loss_cls, batch, options, terms)
+        except NonFiniteStep:
+            raise
+        except FloatingPointError as err:  # a distribution's parameters went non-finite: name the data first
+            raise self._nonfinite(str(err), batch, {}) from None
         finite = math.isfinite(value)
         if not finite and self.parallel is None:
             raise self._nonfinite(f"the loss is {value}", batch, found)
@@ -198,8 +204,13 @@ class Model:
     def _assess(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                 ) -> tuple[torch.Tensor, float, dict[str, float]]:
         self._set_mode(False)
-        with torch.no_grad():
-            loss, value, found = self._evaluate(self.test_loss_cls, batch, options, terms)
+        try:
+            with torch.no_grad():
+                loss, value, found = self._evaluate(self.test_loss_cls, batch, options, terms)
+        except NonFiniteStep:
+            raise
+        except FloatingPointError as err:
+            raise self._nonfinite(str(err), batch, {}) from None
         if not math.isfinite(value):
             raise self._nonfinite(f"the test loss is {value}", batch, found)
         return loss.detach(), value, found
@@ -243,8 +254,9 @@ class Model:
             bad = [name for name, p in ckpt.named_parameters(self.distributions)
                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
             self.optimizer.zero_grad(set_to_none=True)
+            where = "" if self.parallel is None else " on this rank"
             raise self._nonfinite(f"the gradient of {', '.join(bad)} is non-finite", batch, terms,
-                                  f"the loss {value:.6g} is finite" + ("" if self.parallel is None else " on this rank"))
+                                  f"the loss {value:.6g} is finite{where}")
         if self.clip_grad_value is not None:
             nn.utils.clip_grad_value_(self._params, self.clip_grad_value)
 
