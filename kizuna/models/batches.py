@@ -104,7 +104,8 @@ class Batches:
 
         With ``shard=(rank, world)`` dict data is cut into global batches of ``batch_size * world``
         rows and this rank gets rows ``rank, rank + world, ...`` of each (``DistributedSampler``'s
-        interleaving, without its padding; a rank with no rows of the last global batch skips it).
+        interleaving, without its padding; a rank with no rows of the last global batch gets a stand-in
+        row with ``n = 0``, so that every rank takes the same steps).
         A loader is expected to shard itself (a ``DistributedSampler``).
         """
         if self.tensors is None:
@@ -121,10 +122,11 @@ class Batches:
         for start in range(0, n, self.batch_size * world):
             stop = min(start + self.batch_size * world, n)
             rows = order[start + rank:stop:world] if world > 1 else order[start:stop]
-            if len(rows) == 0:
-                continue
+            n_rows = len(rows)
+            if n_rows == 0:  # no row of the last global batch: a stand-in row, weighted zero (see fit)
+                rows = order[start:start + 1]
             values = {k: _rows(v, rows) for k, v in self.tensors.items()}
-            yield Batch(len(rows), prepare(values, dtype, device, self.what), rows, stop - start)
+            yield Batch(n_rows, prepare(values, dtype, device, self.what), rows, stop - start)
 
 
 def _check_tensors(data: Mapping[str, Any], what: str) -> dict[str, Any]:

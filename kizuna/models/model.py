@@ -254,9 +254,9 @@ class Model:
             bad = [name for name, p in ckpt.named_parameters(self.distributions)
                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
             self.optimizer.zero_grad(set_to_none=True)
-            where = "" if self.parallel is None else " on this rank"
-            raise self._nonfinite(f"the gradient of {', '.join(bad)} is non-finite", batch, terms,
-                                  f"the loss {value:.6g} is finite{where}")
+            note = f"the loss {value:.6g} is finite" + (
+                "" if self.parallel is None else " on this rank: another rank's loss or gradient was not")
+            raise self._nonfinite(f"the gradient of {', '.join(bad)} is non-finite", batch, terms, note)
         if self.clip_grad_value is not None:
             nn.utils.clip_grad_value_(self._params, self.clip_grad_value)
 
@@ -308,9 +308,10 @@ class Model:
         return fit(self, data, epochs=epochs, batch_size=batch_size, valid=valid, shuffle=shuffle, quiet=quiet,
                    patience=patience, checkpoint=checkpoint, seed=seed, distributed=distributed)
 
-    def joinables(self) -> list[Any]:
-        """The data-parallel wrappers a distributed fit joins (`torch.distributed.algorithms.Join`)."""
-        return [self.parallel] if self.parallel is not None else []
+    def submodels(self) -> list[Model]:
+        """Further models this one's `step` trains (a GAN's discriminator); a data-parallel `fit` wraps
+        each of them too."""
+        return []
 
     def early_stop(self, epoch: int, valid_loss: float, patience: int | None) -> bool:
         """Track the best validation epoch; with ``patience`` run out, restore it and say stop."""
@@ -402,23 +403,36 @@ def _compile_args(option: Any) -> dict[str, Any] | None:
 
 
 def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
-    """``loss_cls.eval`` under ``torch.compile``, falling back to eager evaluation (with a warning
-    saying why) where the compiler is unavailable."""
+    """``loss_cls.eval`` under ``torch.compile``. Where compilation is unavailable, or the compiled code
+    fails where eager evaluation succeeds, a warning says why and the model continues eagerly (the
+    failed step is evaluated eagerly from the same random state); an error the eager evaluation raises
+    too is the model's, and is raised as it is."""
     import warnings
 
-    compiled = torch.compile(loss_cls.eval, **(model._compile_args or {}))
+    def give_up(err: BaseException) -> None:
+        inner = getattr(err, "inner_exception", None)
+        err = inner if isinstance(inner, BaseException) else err
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        model.compile_error = f"{type(err).__name__}: {text[:300]}"
+        warnings.warn(f"Model(compile=True): torch.compile is unavailable here ({model.compile_error}); "
+                      "training continues without compilation", RuntimeWarning, stacklevel=5)
+
+    try:
+        compiled = torch.compile(loss_cls.eval, **(model._compile_args or {}))
+    except Exception as err:  # noqa: BLE001 - e.g. an unsupported Python version or platform
+        give_up(err)
+        return loss_cls.eval
 
     def run(batch: Mapping[str, Any], **options: Any) -> Any:
-        if model.compile_error is None:
-            try:
-                return compiled(batch, **options)
-            except Exception as err:  # noqa: BLE001 - decide below whether compilation or the model failed
-                inner = getattr(err, "inner_exception", None)
-                err = inner if isinstance(inner, BaseException) else err
-                text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-                model.compile_error = f"{type(err).__name__}: {text[:300]}"
-                warnings.warn(f"Model(compile=True): torch.compile failed here ({model.compile_error}); "
-                              "training continues without compilation", RuntimeWarning, stacklevel=4)
-        return loss_cls.eval(batch, **options)
+        if model.compile_error is not None:
+            return loss_cls.eval(batch, **options)
+        state = torch.get_rng_state()
+        try:
+            return compiled(batch, **options)
+        except Exception as err:  # noqa: BLE001 - decided below: the compiler's failure or the model's error
+            torch.set_rng_state(state)
+            out = loss_cls.eval(batch, **options)  # the model's own error, if it is one, is raised here
+            give_up(err)
+            return out
 
     return run
