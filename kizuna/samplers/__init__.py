@@ -8,13 +8,13 @@ Euler–Maruyama), with classifier-free guidance as a path (`Guided`). Langevin 
 `paths` and `integrators` import only torch (the distributions sample through them).
 """
 
-from kizuna.samplers.integrators import SAMPLERS, ancestral, ddim, euler, euler_maruyama, heun, natural_diffusion
+from kizuna.samplers.integrators import ancestral, ddim, euler, euler_maruyama, heun, natural_diffusion
 from kizuna.samplers.langevin import annealed_langevin_dynamics, langevin_dynamics, score_of
 from kizuna.samplers.paths import DiffusionPath, GaussianPath, Guided, LinearPath, Prediction, ScorePath, guided
 from kizuna.samplers.sgld import SGLD
 
 __all__ = [
-    "SAMPLERS", "SGLD", "DiffusionPath", "GaussianPath", "Guided", "LinearPath", "Prediction", "ScorePath",
+    "SGLD", "DiffusionPath", "GaussianPath", "Guided", "LinearPath", "Prediction", "ScorePath",
     "ancestral", "annealed_langevin_dynamics", "ddim", "euler", "euler_maruyama", "guided", "heun",
     "langevin_dynamics", "natural_diffusion", "score_of",
 ]

@@ -148,4 +148,5 @@ def euler_maruyama(path: GaussianPath, n: int | None = None, n_steps: int | None
     return _run(path, step, n, n_steps, x, generator, times, grad)
 
 
+#: The samplers by name (``FlowMatching(sampler=...)`` picks one).
 SAMPLERS = {"ancestral": ancestral, "ddim": ddim, "euler": euler, "heun": heun, "euler_maruyama": euler_maruyama}
