@@ -373,16 +373,25 @@ class TorchDistribution(Distribution):
         """The elementwise KL to ``other``, or None to use torch's registry."""
         return None
 
-    def analytic_kl(self, other: Distribution, x_dict: Mapping[str, Any], per_feature: bool = False) -> Tensor:
-        """:math:`D_{KL}[self\\|other]` in closed form, per row (or per feature), given ``x_dict``."""
-        if isinstance(other, TorchDistribution):
-            params, other_params = self._params(x_dict), other._params(x_dict)
-            if not validation_enabled():
-                kl = self._kl_kernel(other, params, other_params)
-                if kl is not None:
-                    return kl if per_feature else sum_rows(kl)
-        kl = D.kl_divergence(self._torch_dist(x_dict, independent=not per_feature),
-                             other.get_dist(x_dict, independent=not per_feature))
+    def kl_parts(self, x_dict: Mapping[str, Any]) -> tuple[TorchDistribution, dict[str, Any]]:
+        """See `Distribution.kl_parts`."""
+        return self, self._params(x_dict)
+
+    def kl_to(self, params: dict[str, Any], other: TorchDistribution, other_params: dict[str, Any],
+              per_feature: bool = False) -> Tensor:
+        """:math:`D_{KL}[self\|other]` in closed form from both parameter sets, per row (or per feature):
+        the family's `_kl_kernel` when it has one (and validation is off), else torch's registry."""
+        if not validation_enabled():
+            kl = self._kl_kernel(other, params, other_params)
+            if kl is not None:
+                return kl if per_feature else sum_rows(kl)
+        mine, theirs = self._build(params, not per_feature), other._build(other_params, not per_feature)
+        try:
+            kl = D.kl_divergence(mine, theirs)
+        except RuntimeError as err:  # shapes that do not broadcast
+            raise ValueError(f"KL[{self.prob_text}||{other.prob_text}]: the parameters do not broadcast: "
+                             f"{tuple(mine.batch_shape + mine.event_shape)} and "
+                             f"{tuple(theirs.batch_shape + theirs.event_shape)}") from err
         return kl if kl.dim() > 0 else kl.unsqueeze(0)
 
     # ------------------------------------------------------ sample / density
