@@ -368,6 +368,11 @@ class Distribution(nn.Module):
         """The ``torch.distributions`` class behind this distribution, if it is one family."""
         return None
 
+    def closed_form_score(self, x_dict: Mapping[str, Any]) -> Tensor | None:
+        """:math:`\nabla_x \log p(x|\cdot)` of the single variable in closed form, or None (then take it by
+        autograd of `get_log_prob`)."""
+        return None
+
     def kl_parts(self, x_dict: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         """The one-family distribution behind this one and its parameters for ``x_dict`` (for a
         closed-form KL, see `kizuna.losses.KullbackLeibler`)."""

@@ -381,6 +381,22 @@ class TorchDistribution(Distribution):
         """The elementwise KL to ``other``, or None to use torch's registry."""
         return None
 
+    def _score_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor | None:
+        """The score :math:`\nabla_x \log p(x)` elementwise from the parameters, or None."""
+        return None
+
+    def closed_form_score(self, x_dict: Mapping[str, Any]) -> Tensor | None:
+        """See `Distribution.closed_form_score`: the family's `_score_kernel`, shaped like the value."""
+        if not self._has_hook("_score_kernel"):
+            return None
+        params = self._params(x_dict)
+        shape = self._kernel_shape(params, None)
+        value = x_dict[self._var[0]]
+        if shape is None or not isinstance(value, Tensor) or value.dim() != len(shape):
+            return None
+        score = self._score_kernel(value, params)
+        return None if score is None else score.expand(value.shape)
+
     def kl_parts(self, x_dict: Mapping[str, Any]) -> tuple[TorchDistribution, dict[str, Any]]:
         """See `Distribution.kl_parts`."""
         return self, self._params(x_dict)
