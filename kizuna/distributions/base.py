@@ -369,7 +369,7 @@ class Distribution(nn.Module):
         return None
 
     def closed_form_score(self, x_dict: Mapping[str, Any]) -> Tensor | None:
-        """:math:`\nabla_x \log p(x|\cdot)` of the single variable in closed form, or None (then take it by
+        r""":math:`\nabla_x \log p(x|\cdot)` of the single variable in closed form, or None (then take it by
         autograd of `get_log_prob`)."""
         return None
 

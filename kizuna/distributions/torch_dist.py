@@ -382,7 +382,7 @@ class TorchDistribution(Distribution):
         return None
 
     def _score_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor | None:
-        """The score :math:`\nabla_x \log p(x)` elementwise from the parameters, or None."""
+        r"""The score :math:`\nabla_x \log p(x)` elementwise from the parameters, or None."""
         return None
 
     def closed_form_score(self, x_dict: Mapping[str, Any]) -> Tensor | None:
