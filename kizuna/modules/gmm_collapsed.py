@@ -26,10 +26,10 @@ two components changed, by Sherman-Morrison rank-one updates (:math:`u = x_n - m
     \text{add: } S_k \leftarrow S_k + \tfrac{\kappa_k}{\kappa_k + 1} u u^\top,\qquad
     \text{remove: } S_k \leftarrow S_k - \tfrac{\kappa_k}{\kappa_k - 1} u u^\top.
 
-Every sweep starts from inverses recomputed from the exact sufficient statistics, so rounding cannot
-accumulate beyond one sweep; a downdate that would keep less than ``MIN_RATIO`` of :math:`|S_k|` is
-recomputed from the statistics at once. Diagonal covariances (independent Normal-Gamma factors) follow
-the same pattern per dimension.
+A sweep that begins after ``REBUILD_AFTER`` moves first sums the statistics afresh from the labels and
+recomputes every inverse, so rounding cannot accumulate beyond about that many updates; a downdate that
+would keep less than ``MIN_RATIO`` of :math:`|S_k|` is recomputed from the statistics at once. Diagonal
+covariances (independent Normal-Gamma factors) follow the same pattern per dimension.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from scipy.special import gammaln
 
 from kizuna.modules.gmm_inference import Fitted, collapsed_conditional, hard_statistics
 from kizuna.modules.inference import combine, normalize
@@ -47,6 +46,7 @@ from kizuna.modules.normal_wishart import NormalWishart
 
 Tensor = torch.Tensor
 MIN_BLOCK, MAX_BLOCK = 4, 1024  # points scored at once while none moves (adapted as they do)
+REBUILD_AFTER = 1000  # rank-one moves after which a sweep starts from statistics summed afresh
 MIN_RATIO = 1e-6  # smallest |S'| / |S| accepted from a downdate before recomputing from the statistics
 
 
@@ -69,6 +69,7 @@ class _Components:
         self.sxx = np.zeros_like(self.s0)
         np.add.at(self.sxx, z, x**2 if self.diagonal else x[:, :, None] * x[:, None, :])
         self.kappa, self.nu, self.m = self.kappa0.copy(), self.nu0.copy(), self.m0.copy()
+        self.moves = 0  # rank-one moves since the statistics were summed from the labels
         self.inv, self.logdet = np.zeros_like(self.s0), np.zeros(self.k)
         self.const, self.const_loo = np.zeros(self.k), np.zeros(self.k)
         self.refresh(np.arange(self.k))
@@ -85,8 +86,9 @@ class _Components:
             s = self.s0[ks] + self.sxx[ks] + kappa0[:, None] * self.m0[ks] ** 2 - kappa[:, None] * m**2
             self.inv[ks], self.logdet[ks] = 1.0 / s, np.log(s).sum(1)
         else:
-            outer = lambda v: v[:, :, None] * v[:, None, :]  # noqa: E731
-            s = self.s0[ks] + self.sxx[ks] + kappa0[:, None, None] * outer(self.m0[ks]) - kappa[:, None, None] * outer(m)
+            m0 = self.m0[ks]
+            s = (self.s0[ks] + self.sxx[ks] + kappa0[:, None, None] * m0[:, :, None] * m0[:, None, :]
+                 - kappa[:, None, None] * m[:, :, None] * m[:, None, :])
             chol = np.linalg.cholesky(0.5 * (s + np.swapaxes(s, 1, 2)))
             eye = np.broadcast_to(np.eye(self.d), chol.shape)
             root = np.linalg.solve(chol, eye)  # L^{-1}: S^{-1} = L^{-T} L^{-1}
@@ -97,11 +99,12 @@ class _Components:
 
     def log_const(self, kappa: float, nu: float, logdet: float) -> float:
         """The part of :math:`\\log t` that does not depend on x (full: df :math:`\\nu-D+1`, scale
-        :math:`\\frac{\\kappa+1}{\\kappa\\,df}S`; diagonal: df :math:`\\nu`, scales :math:`\\frac{\\kappa+1}{\\kappa\\nu}s_d`)."""
+        :math:`\\frac{\\kappa+1}{\\kappa\\,df}S`; diagonal: df :math:`\\nu`, scales
+        :math:`\\frac{\\kappa+1}{\\kappa\\nu}s_d`)."""
         d = self.d
         if self.diagonal:
-            return (d * (math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(math.pi * (kappa + 1) / kappa))
-                    - 0.5 * logdet)
+            per_dim = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(math.pi * (kappa + 1) / kappa)
+            return d * per_dim - 0.5 * logdet
         df = nu - d + 1
         return (math.lgamma((df + d) / 2) - math.lgamma(df / 2) - 0.5 * d * math.log(math.pi * (kappa + 1) / kappa)
                 - 0.5 * logdet)
@@ -146,6 +149,7 @@ class _Components:
 
     def move(self, x: np.ndarray, xx: np.ndarray, j: int, k: int, u: np.ndarray, y: np.ndarray) -> None:
         """Move a point from component j to k (``u``, ``y``: the K×D arrays of `log_predictive`)."""
+        self.moves += 1
         self.n[j] -= 1
         self.n[k] += 1
         self.sx[j] -= x
@@ -239,10 +243,13 @@ def sweeps(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, pi_msg: Te
     n, k = x.shape[0], prior.m.shape[0]
     device, xs = x.device, x.detach().to(torch.float64).cpu().numpy()
     labels = _labels(z, n, k).cpu().numpy().astype(np.int64)
+    comp: _Components | None = None
+    fixed = _log_message(pi_msg, method, n_particles, generator, (n, k)) if method == "mp" else None
     while True:
-        log_msg = _log_message(pi_msg, method, n_particles, generator, (n, k))
+        log_msg = fixed if method == "mp" else _log_message(pi_msg, method, n_particles, generator, (n, k))
         uniforms = torch.rand(n, generator=generator, dtype=torch.float64, device=device).cpu().numpy()
-        comp = _Components(prior, xs, labels)  # exact from the statistics at every sweep
+        if comp is None or comp.moves >= REBUILD_AFTER:
+            comp = _Components(prior, xs, labels)  # exact, from the labels
         i, block = 0, MIN_BLOCK
         while i < n:
             i, block = _visit(comp, xs, labels, i, block, uniforms, log_msg, alpha0 if mixing else None)
