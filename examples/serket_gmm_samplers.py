@@ -40,13 +40,14 @@ def _scores(gmm: km.GMM) -> dict[str, float]:
 
 
 def run(seed: int, samplers: list[str], smoke: bool = False, data: str | None = None,
-        dump: str | None = None) -> list[dict[str, object]]:
+        dump: str | None = None, updates: int | None = None) -> list[dict[str, object]]:
     """One seed: the VAE's first update (200 epochs, no prior yet: the same for every sampler) is trained
     once and saved; each sampler then continues from it (GMM update, then ``n_iter - 1`` sweeps of VAE and
-    GMM). Returns per sampler the GMM's accuracy / ARI / NMI after each update and the seconds (the shared
-    first VAE update counted in each). ``dump``: a folder where each sampler's state after the first update
+    GMM; ``updates`` overrides ``n_iter``). Returns per sampler the GMM's accuracy / ARI / NMI after each
+    update and the seconds (the shared first VAE update counted in each). ``dump``: a folder where each sampler's state after the first update
     is saved (``latent``, the GMM's ``z``, ``labels``) for `serket_mlda_evidence.py`."""
     s = replace(S.SMOKE, vae_epochs=S.SMOKE.first_epochs) if smoke else SERKET
+    s = s if updates is None else replace(s, n_iter=updates)
     d = S.digits(data, s.n)
     start = time.time()
     graph, _ = E.build(d, s, seed)
@@ -89,12 +90,13 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", choices=E.SAMPLERS, default=list(E.SAMPLERS))
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=None, help="append each run as a JSON line to this file")
+    parser.add_argument("--updates", type=int, default=None, help="mutual-inference updates (default 5)")
     parser.add_argument("--dump", default=None, help="save each run's state after the first update here")
     parser.add_argument("--smoke", action="store_true", help="500 digits, 15 epochs, 3 updates (seconds)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for seed in args.seeds:
-        for result in run(seed, args.samplers, args.smoke, args.data, args.dump):
+        for result in run(seed, args.samplers, args.smoke, args.data, args.dump, args.updates):
             print(json.dumps(result), flush=True)
             if args.out:
                 with open(args.out, "a") as f:
