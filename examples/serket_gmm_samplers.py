@@ -44,8 +44,8 @@ def run(seed: int, samplers: list[str], smoke: bool = False, data: str | None = 
     """One seed: the VAE's first update (200 epochs, no prior yet: the same for every sampler) is trained
     once and saved; each sampler then continues from it (GMM update, then ``n_iter - 1`` sweeps of VAE and
     GMM; ``updates`` overrides ``n_iter``). Returns per sampler the GMM's accuracy / ARI / NMI after each
-    update and the seconds (the shared first VAE update counted in each). ``dump``: a folder where each sampler's state after the first update
-    is saved (``latent``, the GMM's ``z``, ``labels``) for `serket_mlda_evidence.py`."""
+    update and the seconds (the shared first VAE update counted in each). ``dump``: a folder where each
+    sampler's state after the first update is saved (``latent``, the GMM's ``z``, ``labels``)."""
     s = replace(S.SMOKE, vae_epochs=S.SMOKE.first_epochs) if smoke else SERKET
     s = s if updates is None else replace(s, n_iter=updates)
     d = S.digits(data, s.n)
