@@ -11,7 +11,8 @@ accuracy, ARI and NMI after each update, and the time of the run.
 Data: ``mnist3000.npz`` of SERKET's examples (``--data``, default ``../shared/data/serket``).
 
 Run: ``python examples/serket_gmm_samplers.py [--seeds 0 1 2 3 4] [--samplers blocked collapsed]
-[--out results.jsonl] [--dump DIR] [--smoke]``; each finished run is appended to ``--out`` as one JSON line.
+[--settings serket|full] [--updates 5] [--out results.jsonl] [--dump DIR] [--smoke]``; each finished
+run is appended to ``--out`` as one JSON line.
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ def _scores(gmm: km.GMM) -> dict[str, float]:
 
 
 def run(seed: int, samplers: list[str], smoke: bool = False, data: str | None = None,
-        dump: str | None = None, updates: int | None = None) -> list[dict[str, object]]:
+        dump: str | None = None, updates: int | None = None, settings: str = "serket") -> list[dict[str, object]]:
     """One seed: the VAE's first update (200 epochs, no prior yet: the same for every sampler) is trained
     once and saved; each sampler then continues from it (GMM update, then ``n_iter - 1`` sweeps of VAE and
-    GMM; ``updates`` overrides ``n_iter``). Returns per sampler the GMM's accuracy / ARI / NMI after each
+    GMM; ``updates`` overrides ``n_iter``; ``settings="full"``: the digit examples' `_serket.FULL`, 40 epochs
+    and 50 sweeps in later updates). Returns per sampler the GMM's accuracy / ARI / NMI after each
     update and the seconds (the shared first VAE update counted in each). ``dump``: a folder where each
     sampler's state after the first update is saved (``latent``, the GMM's ``z``, ``labels``)."""
-    s = replace(S.SMOKE, vae_epochs=S.SMOKE.first_epochs) if smoke else SERKET
+    s = replace(S.SMOKE, vae_epochs=S.SMOKE.first_epochs) if smoke else SERKET if settings == "serket" else S.FULL
     s = s if updates is None else replace(s, n_iter=updates)
     d = S.digits(data, s.n)
     start = time.time()
@@ -73,10 +75,11 @@ def run(seed: int, samplers: list[str], smoke: bool = False, data: str | None = 
                     Path(dump).mkdir(parents=True, exist_ok=True)
                     np.savez(Path(dump) / f"first_update_{sampler}_seed{seed}{'_smoke' if smoke else ''}.npz",
                              latent=np.asarray(gmm.children[0].latent), z=gmm.fitted_.z.numpy(), labels=d.label)
+                next(m for m in graph.modules if isinstance(m, km.VAE)).epochs = s.vae_epochs
                 for _ in range(s.n_iter - 1):
                     graph.update()
                     per_update.append(_scores(gmm))
-            out: dict[str, object] = {"seed": seed, "sampler": sampler, "smoke": smoke}
+            out: dict[str, object] = {"seed": seed, "sampler": sampler, "smoke": smoke, "settings": settings}
             for metric in S.METRICS:
                 out[metric] = [round(r[f"gmm_{metric}"], 4) for r in per_update]
             out["seconds"] = round(shared + time.time() - begin, 1)
@@ -90,13 +93,15 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", choices=E.SAMPLERS, default=list(E.SAMPLERS))
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=None, help="append each run as a JSON line to this file")
+    parser.add_argument("--settings", choices=("serket", "full"), default="serket",
+                        help="serket: 200 epochs and 100 sweeps every update; full: the digit examples' FULL")
     parser.add_argument("--updates", type=int, default=None, help="mutual-inference updates (default 5)")
     parser.add_argument("--dump", default=None, help="save each run's state after the first update here")
     parser.add_argument("--smoke", action="store_true", help="500 digits, 15 epochs, 3 updates (seconds)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for seed in args.seeds:
-        for result in run(seed, args.samplers, args.smoke, args.data, args.dump, args.updates):
+        for result in run(seed, args.samplers, args.smoke, args.data, args.dump, args.updates, args.settings):
             print(json.dumps(result), flush=True)
             if args.out:
                 with open(args.out, "a") as f:

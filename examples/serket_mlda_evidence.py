@@ -1,0 +1,111 @@
+r"""SERKET's VAE+GMM+MLDA with SERKET's weights [200, 200]: how the MLDA turns its children's messages into
+tokens, before (kizuna's rounding) and after (SERKET's truncation, or exact largest-remainder counts).
+
+After the first update of SERKET's graph (the VAE trained 200 epochs before any message, then the GMM, then
+the MLDA) the MLDA has heard two children: the speech histograms and the GMM's class posteriors, each
+rescaled to 200 tokens a sample and made integer (`kizuna.modules.mlda_evidence`). This script builds that
+graph on the VAE's first-update latents — GMM (100 Gibbs sweeps) then MLDA (100 sweeps), as SERKET runs
+them — once per rounding of the evidence, with the MLDA's chain repeated from several seeds (its spread
+between seeds is larger than the differences sought), and prints the GMM's and the MLDA's accuracy.
+
+The latents come from ``serket_gmm_samplers.py --updates 1 --dump DIR`` (``--latents DIR``; files
+``first_update_blocked_seed<S>.npz``) or, without it, from training the VAE here (200 epochs, minutes).
+
+Run: ``python examples/serket_mlda_evidence.py [--seeds 0 1 2] [--chains 0 1 2] [--latents DIR]
+[--roundings round floor largest_remainder] [--sweeps 100] [--serket-priors] [--out results.jsonl]``
+(``--serket-priors``: SERKET's MLDA hyper-parameters, alpha = beta = 1, instead of kizuna's 1/K).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _serket as S  # noqa: E402
+import serket_gmm_samplers as G  # noqa: E402
+
+from kizuna import modules as km  # noqa: E402
+from kizuna.modules import mlda as mlda_module  # noqa: E402
+from kizuna.modules.mlda_evidence import ROUNDINGS, token_counts  # noqa: E402
+
+WEIGHTS = (200.0, 200.0)  # SERKET's VAE+GMM+MLDA: speech, then the GMM's posterior
+
+
+@contextmanager
+def evidence(rounding: str) -> Iterator[None]:
+    """Every MLDA makes its tokens with ``rounding`` during the block (until the module takes it as an option)."""
+    original = mlda_module.as_counts
+    mlda_module.as_counts = lambda x, weight, what: token_counts(x, weight, rounding, what)
+    try:
+        yield
+    finally:
+        mlda_module.as_counts = original
+
+
+def latents(seed: int, folder: str | None, data: str | None) -> np.ndarray:
+    """The VAE's latent means after SERKET's first update (200 epochs, no message yet)."""
+    if folder is not None:
+        with np.load(Path(folder) / f"first_update_blocked_seed{seed}.npz") as f:
+            return f["latent"]
+    d = S.digits(data)
+    vae = S.image_vae(d, G.SERKET, seed)
+    km.Graph([vae]).fit(n_iter=1, seed=seed)
+    return np.asarray(vae.latent)
+
+
+def first_update(z: np.ndarray, d: S.Digits, rounding: str, chain: int, sweeps: int,
+                 serket_priors: bool) -> dict[str, float]:
+    """GMM then MLDA once on the latents ``z``; the graph's random stream seeded by ``chain``."""
+    gmm = km.GMM(10, category=d.label, max_iter=sweeps, name="gmm").connect(km.Observation(z, name="latent"))
+    priors = {"alpha": 1.0, "beta": 1.0} if serket_priors else {}
+    mlda = km.MLDA(10, weights=list(WEIGHTS), category=d.label, max_iter=sweeps, name="mlda", **priors)
+    mlda.connect(km.Observation(d.speech, name="speech"), gmm)
+    with evidence(rounding):
+        km.Graph([mlda]).fit(n_iter=1, seed=chain)
+    return {"gmm": float(gmm.accuracy), "mlda": float(mlda.accuracy)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="VAE seeds")
+    parser.add_argument("--chains", type=int, nargs="+", default=[0, 1, 2], help="seeds of the GMM / MLDA chains")
+    parser.add_argument("--roundings", nargs="+", choices=ROUNDINGS, default=list(ROUNDINGS))
+    parser.add_argument("--latents", default=None, help="folder of serket_gmm_samplers.py --dump files")
+    parser.add_argument("--sweeps", type=int, default=100, help="GMM and MLDA sweeps (SERKET: 100)")
+    parser.add_argument("--serket-priors", action="store_true", help="MLDA alpha = beta = 1 (SERKET's)")
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--out", default=None, help="append each result as a JSON line")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    d = S.digits(args.data)
+    summary: dict[str, list[float]] = {}
+    for seed in args.seeds:
+        z = latents(seed, args.latents, args.data)
+        for rounding in args.roundings:
+            for chain in args.chains:
+                start = time.time()
+                result = {"seed": seed, "rounding": rounding, "chain": chain, "serket_priors": args.serket_priors,
+                          **first_update(z, d, rounding, chain, args.sweeps, args.serket_priors),
+                          "seconds": round(time.time() - start, 1)}
+                summary.setdefault(rounding, []).append(result["mlda"] - result["gmm"])
+                print(json.dumps(result), flush=True)
+                if args.out:
+                    with open(args.out, "a") as f:
+                        f.write(json.dumps(result) + "\n")
+    for rounding, gains in summary.items():
+        print(f"{rounding:18s} MLDA - GMM accuracy: {S.mean_sd(gains)} over {len(gains)} runs "
+              f"(median {statistics.median(gains):+.3f})")
+
+
+if __name__ == "__main__":
+    main()
