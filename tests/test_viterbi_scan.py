@@ -32,7 +32,7 @@ def check(log_start, log_trans, log_emit, lengths, chunk=None):
     assert torch.equal(fb.unpad(states, lengths_t), ref_path)
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 8, 50])
+@pytest.mark.parametrize("chunk", [1, 7, 50])
 @pytest.mark.parametrize("lengths", [[2], [200], [1, 37, 200, 5]])
 def test_paths_and_scores_equal_the_loop(lengths, chunk):
     check(*chain(4, sum(lengths), seed=len(lengths) + chunk), lengths, chunk)
