@@ -13,9 +13,9 @@ convergence", PPoPP). So (`viterbi_scan`):
    first run's back-pointers are exact. A chunk that never gets there changed its exit, so its successor
    runs again in the next round (a chunk is only re-run from an exact predecessor's exit, so the answer is
    exact whatever happens; rounds are bounded, then the chunked prefix of `_chain_scan.max_product` answers);
-3. the **back-pointers are chased** chunk by chunk from every possible end state at once (L steps), and the
-   chunks' end states follow by composing their entry maps (a parallel prefix); the score is the path's
-   log-probability.
+3. the **back-pointers** of every step are formed at once from the (now exact, up to constants) vectors,
+   and **chased** by composing them as maps of states (a parallel prefix, log T vectorised levels); the
+   score is the path's log-probability.
 
 The work is that of the loop over time, :math:`T K^2`, plus the fix-up (a few steps per chunk on chains that
 mix), against :math:`T K^3` for a prefix over chunk products. Vectors are compared after subtracting their
@@ -29,12 +29,13 @@ import math
 
 import torch
 
-from kizuna.modules._chain_scan import max_product
+from kizuna.modules._chain_scan import apply_maps, max_product
 
 Tensor = torch.Tensor
 ATOL = 1e-9  # vectors (less their maxima) this close are parallel
-MAX_ROUNDS = 8  # fix-up rounds (of the forward pass, and of the chase) before the chunked prefix answers
+MAX_ROUNDS = 8  # fix-up rounds before the chunked prefix answers
 CHECK_EVERY = 4  # steps between convergence checks in the fix-up
+POINTER_BLOCK = 4096  # steps whose (steps, K, K) candidates are formed at once (cache-sized)
 SCAN_FROM = 30_000  # fewer transitions: the chunked prefix directly (measured faster there, K = 8)
 
 
@@ -87,49 +88,16 @@ def _fix_up(deltas: Tensor, log_trans: Tensor, e: Tensor) -> bool:
     return todo.numel() == 0
 
 
-def _back(deltas: Tensor, delta0: Tensor, log_trans_t: Tensor, state: Tensor, i: int, chunks: Tensor,
-          valid: Tensor) -> Tensor:
-    """The states at times :math:`cL + i` given those at :math:`cL + i + 1` (B, S) for chunks ``chunks`` (S):
-    :math:`\\arg\\max_j \\delta(j) + \\log A_{j s}` (the first maximum, as the loop over time), or the same state
-    after a sequence's end (``valid`` (B, S) False)."""
-    if i > 0:
-        prev = deltas[i - 1].index_select(1, chunks)
-    else:  # the entry of chunk c is the exit of chunk c-1, or delta_0
-        prev = deltas[-1].index_select(1, (chunks - 1).clamp_min(0))
-        prev = torch.where((chunks == 0)[None, :, None], delta0[:, None], prev)
-    back = (prev + log_trans_t[state]).argmax(-1)
-    return torch.where(valid, back, state)
-
-
-def _chase(deltas: Tensor, delta0: Tensor, log_trans: Tensor, last: Tensor, valid: Tensor) -> Tensor | None:
-    """States (B, C L + 1) by chasing back-pointers through every chunk at once, each chunk from a guessed
-    end state (its most probable one, the true one for the last), then fixed up from the right: a chunk whose
-    successor begins elsewhere is chased again until its path meets the one it had (from there on they are
-    the same). ``valid`` (L, B, C): steps before a sequence's end. None when ``MAX_ROUNDS`` did not settle."""
-    size, b, c, k = deltas.shape
-    trans_t = log_trans.T.contiguous()
-    path = torch.empty(size + 1, b, c, dtype=torch.long, device=deltas.device)  # time cL + i in row i
-    path[size] = torch.cat([deltas[-1][:, :-1].argmax(-1), last[:, None]], 1)
-    every = torch.arange(c, device=deltas.device)
-    for i in range(size - 1, -1, -1):
-        path[i] = _back(deltas, delta0, trans_t, path[i + 1], i, every, valid[i])
-    todo = every[:-1][(path[size, :, :-1] != path[0, :, 1:]).any(0)]  # the guess is not where c+1 begins
-    for _ in range(MAX_ROUNDS):
-        if todo.numel() == 0:
-            return path
-        run, state = todo, path[0].index_select(1, todo + 1)
-        path[size].index_copy_(1, run, state)
-        for i in range(size - 1, -1, -1):
-            state = _back(deltas, delta0, trans_t, state, i, run, valid[i].index_select(1, run))
-            old = path[i].index_select(1, run)
-            path[i].index_copy_(1, run, state)
-            moving = (state != old).any(0)
-            run, state = run[moving], state[:, moving]
-            if run.numel() == 0:
-                break
-        todo = run - 1  # chunks whose entry changed: their predecessors end elsewhere
-        todo = todo[todo >= 0]
-    return path if todo.numel() == 0 else None
+def _pointers(deltas: Tensor, delta0: Tensor, log_trans: Tensor, valid: Tensor) -> Tensor:
+    """Back-pointers (B, n, K) of times 1..n from the vectors (B, n, K) of those times, all at once: entry
+    (t, j) is :math:`\\arg\\max_i \\delta_{t-1}(i) + \\log A_{ij}` (the first maximum, as the loop over time; each
+    vector is only known up to a constant, which the argmax ignores), or j after a sequence's end (``valid``)."""
+    b, n, k = deltas.shape
+    prev = torch.cat([delta0.unsqueeze(1), deltas[:, :-1]], 1)
+    out = torch.empty(b, n, k, dtype=torch.long, device=deltas.device)
+    for s in range(0, n, POINTER_BLOCK):
+        out[:, s:s + POINTER_BLOCK] = (prev[:, s:s + POINTER_BLOCK, :, None] + log_trans).max(-2).indices
+    return torch.where(valid.unsqueeze(-1), out, torch.arange(k, device=deltas.device))
 
 
 def path_log_prob(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, states: Tensor, lengths: Tensor) -> Tensor:
@@ -164,14 +132,14 @@ def viterbi_scan(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths
     e = e.reshape(b, c, size, k).permute(2, 0, 1, 3).contiguous()  # step-major (L, B, C, K)
     deltas = torch.empty_like(e)
     _forward(deltas, torch.cat([delta0.unsqueeze(1), delta0.new_zeros(b, c - 1, k)], 1), log_trans, e, range(size))
-    valid = (torch.arange(1, c * size + 1, device=e.device) < lengths[:, None]).reshape(b, c, size).permute(2, 0, 1)
-    path = None
-    if _fix_up(deltas, log_trans, e):
-        flat = deltas.permute(1, 2, 0, 3).reshape(b, c * size, k)
-        at_end = flat[torch.arange(b, device=e.device), (lengths - 2).clamp_min(0)]
-        last = torch.where((lengths > 1)[:, None], at_end, delta0).argmax(-1)
-        path = _chase(deltas, delta0, log_trans, last, valid)
-    if path is None:
+    if not _fix_up(deltas, log_trans, e):
         return max_product(log_start, log_trans, log_emit, lengths)
-    states = torch.cat([path[0, :, :1], path[1:].permute(1, 2, 0).reshape(b, c * size)[:, :n]], 1)
+    flat = deltas.permute(1, 2, 0, 3).reshape(b, c * size, k)[:, :n]  # times 1..n
+    at_end = flat[torch.arange(b, device=e.device), (lengths - 2).clamp_min(0)]
+    last = torch.where((lengths > 1)[:, None], at_end, delta0).argmax(-1)
+    valid = torch.arange(1, n + 1, device=e.device) < lengths[:, None]
+    ptrs = _pointers(flat, delta0, log_trans, valid)
+    # the chase: the state at t-1 is ptrs[:, t-1] applied to the state at t, a composition of maps (a prefix)
+    before = apply_maps(last, ptrs.flip(1)).flip(1)  # times 0..n-1
+    states = torch.cat([before, last[:, None]], 1)
     return path_log_prob(log_start, log_trans, log_emit, states, lengths), states
