@@ -200,6 +200,18 @@ def lda_cases(sizes: list[int], reuters: bool) -> list[Case]:
 
 
 # ------------------------------------------------------------------------- HMM inference (score, Viterbi)
+def _with_prefix(decode: Callable[[Any], Any], x: Any) -> Any:
+    """``decode(x)`` with Viterbi by the chunked (max, +) prefix (`_chain_scan.max_product`) at every length."""
+    from kizuna.modules import _forward_backward as fb
+    from kizuna.modules._chain_scan import max_product
+
+    scan, fb.viterbi_scan = fb.viterbi_scan, max_product
+    try:
+        return decode(x)
+    finally:
+        fb.viterbi_scan = scan
+
+
 def hmm_inference(sizes: list[int], repeats: int,
                   viterbi_only: bool = False) -> list[tuple[str, int, float, float, float]]:
     """Forward log-likelihood and Viterbi of kizuna vs hmmlearn with the same parameters, on the same data
@@ -215,9 +227,15 @@ def hmm_inference(sizes: list[int], repeats: int,
         ours.covars_ = ref._covars_  # hmmlearn's covars_ property returns full matrices
         xt = torch.as_tensor(x)
         calls = max(1, min(50, 10**5 // n))
-        cases = (("forward log-likelihood", lambda ours=ours, xt=xt: ours.score(xt), lambda ref=ref, x=x: ref.score(x)),
-                 ("Viterbi decode", lambda ours=ours, xt=xt: ours.decode(xt), lambda ref=ref, x=x: ref.decode(x)))
-        for what, mine, theirs in cases[1:] if viterbi_only else cases:
+        cases = [("forward log-likelihood", lambda ours=ours, xt=xt: ours.score(xt), lambda ref=ref, x=x: ref.score(x)),
+                 ("Viterbi decode", lambda ours=ours, xt=xt: ours.decode(xt), lambda ref=ref, x=x: ref.decode(x))]
+        if viterbi_only:  # where the time goes: the previous chunked prefix, and the emissions alone
+            cases = cases[1:] + [
+                ("Viterbi decode, chunked prefix (before)", lambda ours=ours, xt=xt: _with_prefix(ours.decode, xt),
+                 lambda ref=ref, x=x: ref.decode(x)),
+                ("kizuna's Gaussian emissions alone", lambda ours=ours, xt=xt: ours._log_emit(xt),
+                 lambda ref=ref, x=x: ref.decode(x))]
+        for what, mine, theirs in cases:
             times = interleaved({"kizuna": mine, "hmmlearn": theirs}, repeats, calls, warmup=1, block_warmup=0)
             r = ratios(times, "hmmlearn")["kizuna"]
             rows.append((what, n, statistics.median(times["kizuna"]), statistics.median(times["hmmlearn"]), r))
