@@ -12,7 +12,7 @@ The latents come from ``serket_gmm_samplers.py --updates 1 --dump DIR`` (``--lat
 ``first_update_blocked_seed<S>.npz``) or, without it, from training the VAE here (200 epochs, minutes).
 
 Run: ``python examples/serket_mlda_evidence.py [--seeds 0 1 2] [--chains 0 1 2] [--latents DIR]
-[--roundings round floor largest_remainder] [--sweeps 100] [--serket-priors] [--out results.jsonl]``
+[--roundings round floor largest_remainder] [--sweeps 100] [--serket-priors] [--out results.jsonl] [--smoke]``
 (``--serket-priors``: SERKET's MLDA hyper-parameters, alpha = beta = 1, instead of kizuna's 1/K).
 """
 
@@ -52,13 +52,14 @@ def evidence(rounding: str) -> Iterator[None]:
         mlda_module.as_counts = original
 
 
-def latents(seed: int, folder: str | None, data: str | None) -> np.ndarray:
-    """The VAE's latent means after SERKET's first update (200 epochs, no message yet)."""
+def latents(seed: int, folder: str | None, data: str | None, smoke: bool = False) -> np.ndarray:
+    """The VAE's latent means after SERKET's first update (200 epochs, no message yet; ``smoke``: `S.SMOKE`)."""
     if folder is not None:
         with np.load(Path(folder) / f"first_update_blocked_seed{seed}.npz") as f:
             return f["latent"]
-    d = S.digits(data)
-    vae = S.image_vae(d, G.SERKET, seed)
+    s = S.SMOKE if smoke else G.SERKET
+    d = S.digits(data, s.n)
+    vae = S.image_vae(d, s, seed)
     km.Graph([vae]).fit(n_iter=1, seed=seed)
     return np.asarray(vae.latent)
 
@@ -85,12 +86,13 @@ def main() -> None:
     parser.add_argument("--serket-priors", action="store_true", help="MLDA alpha = beta = 1 (SERKET's)")
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=None, help="append each result as a JSON line")
+    parser.add_argument("--smoke", action="store_true", help="500 digits, a 15-epoch VAE (seconds)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    d = S.digits(args.data)
+    d = S.digits(args.data, S.SMOKE.n if args.smoke else None)
     summary: dict[str, list[float]] = {}
     for seed in args.seeds:
-        z = latents(seed, args.latents, args.data)
+        z = latents(seed, args.latents, args.data, args.smoke)
         for rounding in args.roundings:
             for chain in args.chains:
                 start = time.time()
