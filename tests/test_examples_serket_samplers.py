@@ -45,6 +45,7 @@ def test_vae_gmm_example_takes_the_sampler_and_restores_the_module():
 @pytest.mark.slow
 @needs_data
 def test_evidence_script_runs_every_rounding():
-    rows = run("serket_mlda_evidence.py", "--smoke", "--seeds", "0", "--chains", "0", "--sweeps", "10", "--mlda-sweeps", "10")
+    rows = run("serket_mlda_evidence.py", "--smoke", "--seeds", "0", "--chains", "0", "--sweeps", "10",
+               "--mlda-sweeps", "10")
     assert [r["rounding"] for r in rows] == ["round", "floor", "largest_remainder"]
     assert all(r["mlda"] > 0.2 and r["gmm"] > 0.2 for r in rows)
