@@ -19,9 +19,12 @@ The integrated model (no labels are used; they only score the clusters):
 
 The VAE sends latent means up and receives the mean of its GMM class as its prior mean; the GMM
 sends its class posterior up and receives the MLDA's predicted class distribution as its class
-prior; the MLDA sees the GMM's posterior as 5 class-word tokens next to the 10 words. Five sweeps
-of mutual inference. It is compared with its parts trained alone, and the VAE's latent space is
-plotted (PCA) coloured by true class and by learned cluster.
+prior; the MLDA sees the GMM's posterior as 5 class-word tokens next to the 10 words (MLDA's default
+weights: a class posterior gets half the mean tokens per sample of the observed counts). Five sweeps
+of mutual inference. It is compared with its parts trained alone in one figure (``demo.png``): the
+accuracy of every model, the confusion tables of the image side alone, the words alone and the
+integrated model side by side, and the VAE's latent space (PCA) coloured by digit and by the MLDA's
+clusters, each named after the digit it is matched to.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import torch
 
 from kizuna import modules as km
 from kizuna.metrics import adjusted_rand_score, clustering_accuracy, normalized_mutual_info_score
-from kizuna.metrics.clustering import contingency
 
 DATA_SEED = 0
 N_WORDS, N_TOKENS, P_NAME, P_RHYME = 20, 10, 0.15, 0.45
@@ -60,7 +62,6 @@ class Config:
     gmm_sweeps: int = 50
     mlda_sweeps: int = 50
     n_iter: int = 5
-    gmm_weight: float = 5.0  # class-word tokens per sample in the MLDA
 
 
 FULL = Config(n=None)
@@ -117,36 +118,42 @@ def _gmm(labels: np.ndarray, cfg: Config) -> km.GMM:
     return km.GMM(10, category=labels, max_iter=cfg.gmm_sweeps, name="gmm")
 
 
-def _mlda(labels: np.ndarray, cfg: Config, weights: list[float | None]) -> km.MLDA:
+def _mlda(labels: np.ndarray, cfg: Config, weights: list[float | None] | None) -> km.MLDA:
     return km.MLDA(10, weights=weights, category=labels, max_iter=cfg.mlda_sweeps, name="mlda")
 
 
 def _parts(images: torch.Tensor, words: np.ndarray, labels: np.ndarray, cfg: Config,
-           seed: int) -> tuple[dict[str, float], torch.Tensor]:
-    """Each part trained alone with the same epochs and sweeps in all; also the lone VAE's latents."""
+           seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each part trained alone with the same epochs and sweeps in all: its clusters (by `ROWS` key), and
+    the lone VAE's latents."""
     vae = _vae(images, cfg, seed)
     km.Graph([vae]).fit(cfg.n_iter, seed=seed)
     gmm = _gmm(labels, cfg).connect(km.Observation(vae.latent, name="latent"))
     km.Graph([gmm]).fit(cfg.n_iter, seed=seed)
-    scores = _scores(labels, gmm.classes, "gmm_on_vae")
     gmm2 = _gmm(labels, cfg).connect(_vae(images, cfg, seed))
     km.Graph([gmm2]).fit(cfg.n_iter, seed=seed)
-    scores.update(_scores(labels, gmm2.classes, "vae_gmm"))
     mlda = _mlda(labels, cfg, [None]).connect(km.Observation(words, name="words"))
     km.Graph([mlda]).fit(cfg.n_iter, seed=seed)
-    scores.update(_scores(labels, mlda.classes, "words_mlda"))
-    return scores, vae.latent
+    return {"gmm_on_vae": gmm.classes, "vae_gmm": gmm2.classes, "words_mlda": mlda.classes}, vae.latent
 
 
-def _matched(labels: np.ndarray, classes: torch.Tensor) -> np.ndarray:
-    """Clusters renamed after the class each is matched to (Hungarian), so plot colours correspond."""
-    from scipy.optimize import linear_sum_assignment
+def _figure(labels: np.ndarray, classes: dict[str, torch.Tensor], alone: torch.Tensor, joint: torch.Tensor,
+            chance: float, path: Path, seed: int) -> Path:
+    """The demo's figure: accuracies, confusion tables of the parts and the integrated model, latent spaces."""
+    from kizuna.viz import match_clusters, plot_clustering_comparison
 
-    pred = classes.cpu().numpy()
-    clusters = np.unique(pred)
-    rows, cols = linear_sum_assignment(-contingency(labels, pred))
-    names = dict(zip(clusters[cols], np.unique(labels)[rows]))
-    return np.array([names.get(c, -1) for c in pred])
+    keys = list(ROWS)
+    mlda = classes["integrated"].cpu().numpy()
+    return plot_clustering_comparison(
+        labels, [(f"{ROWS[k][0]}\n[{ROWS[k][1]}]", classes[k].cpu().numpy()) for k in keys], path,
+        confusions=[keys.index(k) for k in ("gmm_on_vae", "words_mlda", "integrated")],
+        highlight=[keys.index("integrated"), keys.index("integrated_gmm")],
+        latent_panels=[(alone, labels, "VAE trained alone: digits"),
+                       (joint, labels, "VAE in VAE+GMM+MLDA: digits"),
+                       (joint, match_clusters(labels, mlda), "VAE in VAE+GMM+MLDA: MLDA's clusters")],
+        latent_legends=["digit", "digit", "cluster, named\nafter its\nmatched digit"], mark_wrong=[False, False, True],
+        chance=chance, title=f"kizuna demo: {len(labels)} digits, images + words, seed {seed} "
+                             "(confusion tables: rows true digit, columns matched cluster)")
 
 
 def _table(scores: dict[str, float]) -> str:
@@ -159,11 +166,11 @@ def _table(scores: dict[str, float]) -> str:
 
 def run_demo(seed: int = 0, out: str | Path = "kizuna-demo-out", quick: bool = False,
              threads: int | None = 1) -> dict[str, float]:
-    """Train the integrated model and its parts, print the table, save the latent-space plot.
+    """Train the integrated model and its parts, print the table, save the figure.
 
     Args:
         seed: seeds the networks and every sampler (the data are fixed); same seed, same figures.
-        out: folder for ``latent_space.png``.
+        out: folder for the figure ``demo.png``.
         quick: 600 digits and fewer epochs / sweeps (for tests).
         threads: torch threads during the run (restored afterwards); ``None`` leaves them as they are.
 
@@ -188,10 +195,10 @@ def _run(cfg: Config, seed: int, out: Path) -> dict[str, float]:
           f"from {N_WORDS}: own name p={P_NAME}, a rhyme shared with digit c+-5 p={P_RHYME}, noise)")
     print(f"model : image -> VAE(z in {cfg.latent_dim} dims) -> GMM(10) -> MLDA(10) <- words; "
           f"{cfg.n_iter} sweeps of mutual inference")
-    scores, alone_latent = _parts(images, words, labels, cfg, seed)
+    classes, alone_latent = _parts(images, words, labels, cfg, seed)
     vae = _vae(images, cfg, seed)
     gmm = _gmm(labels, cfg).connect(vae)
-    mlda = _mlda(labels, cfg, [None, cfg.gmm_weight]).connect(km.Observation(words, name="words"), gmm)
+    mlda = _mlda(labels, cfg, None).connect(km.Observation(words, name="words"), gmm)  # default weights
     graph = km.Graph([mlda])
     for sweep in range(1, cfg.n_iter + 1):
         if sweep == 1:
@@ -199,21 +206,15 @@ def _run(cfg: Config, seed: int, out: Path) -> dict[str, float]:
         else:
             graph.update()
         print(f"sweep {sweep}/{cfg.n_iter}: MLDA accuracy {mlda.accuracy:.3f}, GMM accuracy {gmm.accuracy:.3f}")
-    scores.update(_scores(labels, mlda.classes, "integrated"))
-    scores.update(_scores(labels, gmm.classes, "integrated_gmm"))
+    classes.update(integrated=mlda.classes, integrated_gmm=gmm.classes)
+    scores = {name: value for key in ROWS for name, value in _scores(labels, classes[key], key).items()}
     scores["chance_accuracy"] = chance_accuracy(labels)
     print(f"\nunsupervised classification of the {len(labels)} digits (Hungarian-matched accuracy, ARI, NMI; "
           f"random partitions score {scores['chance_accuracy']:.3f}), {time.time() - start:.0f} s:")
     print(_table(scores))
     try:
-        from kizuna.viz import plot_latent_space
-
-        path = plot_latent_space(
-            [(alone_latent, labels, "VAE trained alone: true class"),
-             (vae.latent, labels, "VAE in VAE+GMM+MLDA: true class"),
-             (vae.latent, _matched(labels, mlda.classes), "VAE in VAE+GMM+MLDA: MLDA cluster")],
-            out / "latent_space.png", title=f"the VAE's latent space (PCA), seed {seed}")
-        print(f"\nlatent space plot: {path}")
+        path = _figure(labels, classes, alone_latent, vae.latent, scores["chance_accuracy"], out / "demo.png", seed)
+        print(f"\nfigure (accuracies, confusion tables, latent spaces): {path}")
     except ImportError as err:
         print(f"\nno plot: {err}")
     return scores

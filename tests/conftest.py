@@ -1,11 +1,80 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures and markers shared by the test modules.
+
+Data beside the project. A few tests read data that kizuna cannot ship: SERKET's example data (no licence
+to redistribute) and the Brent corpus, expected under ``../shared/data/`` (the folder beside the
+repository). Every such test goes through this file, so that on a clone without that folder it is
+*skipped with a reason* saying what is missing and where it comes from, never an error:
+
+* ``@pytest.mark.shared_data("serket/mnist3000.npz", ...)`` on a test or a module (``pytestmark``): skipped
+  unless every listed path exists;
+* the ``shared_data`` fixture, a function ``shared_data("serket/HMM") -> Path`` that skips the calling
+  test when the path is absent (usable from module-scoped fixtures too).
+
+``KIZUNA_NO_SHARED_DATA=1`` makes the tests behave as on a clone without ``../shared`` (the suite checks
+itself that way in ``tests/test_shared_data.py``). Where the data come from: ``docs/data.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SOURCES = {
+    "serket": "SERKET's example data, not redistributable; get them from naka-lab/Serket's examples/ "
+              "and point --data at them (docs/data.md)",
+    "brent": "the Brent corpus (br-phono.txt, from kamperh/dpdp_aernn data/; docs/data.md)",
+}
+
+
+def shared_data_path(relative: str) -> Path | None:
+    """``../shared/data/<relative>`` if it exists (and ``KIZUNA_NO_SHARED_DATA`` is not set), else None."""
+    if os.environ.get("KIZUNA_NO_SHARED_DATA"):
+        return None
+    path = SHARED_DATA / relative
+    return path if path.exists() else None
+
+
+def shared_data_reason(relative: str) -> str:
+    """The skip reason of a test that needs ``../shared/data/<relative>``: what is missing, where it comes from."""
+    source = SOURCES.get(relative.split("/")[0], "see docs/data.md")
+    return f"needs ../shared/data/{relative}: {source}"
+
+
+def shared_data_or_skip(relative: str) -> Path:
+    """``../shared/data/<relative>``; skips the calling test (with `shared_data_reason`) when it is absent."""
+    path = shared_data_path(relative)
+    if path is None:
+        pytest.skip(shared_data_reason(relative))
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Callable[[str], Path]:
+    """``shared_data("serket/HMM")``: the path under ``../shared/data``, or a skip with the reason."""
+    return shared_data_or_skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "shared_data(*paths): needs these paths under ../shared/data "
+                                       "(skipped with a reason when absent)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in item.iter_markers("shared_data"):
+            missing = [p for p in mark.args if shared_data_path(p) is None]
+            if missing:
+                item.add_marker(pytest.mark.skip(reason=shared_data_reason(missing[0])))
+                break
+
 
 @pytest.fixture
-def one_thread():
+def one_thread() -> Iterator[None]:
     """Run the test on one torch thread, as the figures the module tests assert were measured;
     the thread count is restored after it."""
     threads = torch.get_num_threads()

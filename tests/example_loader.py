@@ -10,7 +10,6 @@ from types import ModuleType
 import torch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def load_example(name: str) -> ModuleType:

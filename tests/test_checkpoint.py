@@ -12,9 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from kizuna import _io
 from kizuna.distributions import Normal
 from kizuna.losses import Expectation, KullbackLeibler, LogProb
-from kizuna import _io
 from kizuna.models import History, Model
 from kizuna.nets import MLP
 

@@ -251,7 +251,8 @@ def test_uneven_loaders_join_with_zero_rows(ranks):
 
 def test_a_nan_on_one_rank_stops_every_rank(ranks):
     assert "the loss is inf at epoch 1, step 1 on rank 1" in ranks[1]["nan_error"]
-    assert "rank(s) [1] saw a non-finite loss" in ranks[0]["nan_error"]
+    assert "is non-finite at epoch 1, step 1 on rank 0; the loss" in ranks[0]["nan_error"]
+    assert "another rank's loss or gradient was not" in ranks[0]["nan_error"]
     assert ranks[0]["nan_unchanged"] and ranks[1]["nan_unchanged"]
 
 

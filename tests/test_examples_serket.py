@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from example_loader import SHARED_DATA, load_example, run_smoke
+from example_loader import load_example, run_smoke
 
 from kizuna import modules as km
 from kizuna.metrics import clustering_accuracy
 
-DATA = SHARED_DATA / "serket"
-pytestmark = pytest.mark.skipif(not (DATA / "mnist3000.npz").exists(), reason="needs ../shared/data/serket")
+pytestmark = pytest.mark.shared_data("serket/mnist3000.npz", "serket/mMLDA", "serket/HMM")  # tests/conftest.py
 
 
 def _chance(labels, draws=200, seed=0):
@@ -28,10 +27,10 @@ def _chance(labels, draws=200, seed=0):
     return max(clustering_accuracy(labels, rng.integers(0, k, len(labels))) for _ in range(draws))
 
 
-def test_chance_levels_quoted_above():
-    labels = np.load(DATA / "mnist3000.npz")["label"][:500]
+def test_chance_levels_quoted_above(shared_data):
+    labels = np.load(shared_data("serket/mnist3000.npz"))["label"][:500]
     assert _chance(labels) < 0.22
-    objects = np.loadtxt(DATA / "mMLDA" / "Object_Category.txt")
+    objects = np.loadtxt(shared_data("serket/mMLDA/Object_Category.txt"))
     assert _chance(objects) < 0.47
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from kizuna.modules import _forward_backward as fb
 from kizuna.modules.hmm import HMM
 
 F64 = torch.float64
-SERKET_HMM = Path(__file__).resolve().parents[2] / "shared" / "data" / "serket" / "HMM"
 START = np.array([0.6, 0.3, 0.1])
 TRANS = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])
 MEANS = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
@@ -186,11 +184,11 @@ def test_fit_reaches_hmmlearn_and_the_true_likelihood(covariance_type):
     assert fitted.score(x, LENGTHS) >= ref.score(x, LENGTHS)
 
 
-def test_serket_hmm_example_accuracy():
+def test_serket_hmm_example_accuracy(shared_data):
     """SERKET's HMM example: 100 2-D points cycling through 4 Gaussian states; Viterbi states
     must match the truth after Hungarian matching for at least 99 of 100 points, from 3 seeds."""
-    x = np.loadtxt(SERKET_HMM / "data.txt")
-    truth = np.loadtxt(SERKET_HMM / "correct.txt").astype(int)
+    x = np.loadtxt(shared_data("serket/HMM/data.txt"))  # tests/conftest.py: skipped without ../shared
+    truth = np.loadtxt(shared_data("serket/HMM/correct.txt")).astype(int)
     for seed in range(3):
         model = HMM(4, n_iter=100, random_state=seed).fit(x)
         assert clustering_accuracy(truth, model.predict(x)) >= 0.99

@@ -10,7 +10,7 @@ and judge cross-generated samples with scikit-learn logistic regressions fitted 
 import numpy as np
 import pytest
 import torch
-from example_loader import SHARED_DATA, load_example
+from example_loader import load_example
 from mc_reference import assert_mc_close, default_dtype
 from scipy import stats
 from sklearn.decomposition import PCA
@@ -150,9 +150,9 @@ SPEC = {"x": (784, "bernoulli"), "s": (2400, "poisson")}
 
 
 @pytest.fixture(scope="module")
-def pairs():
+def pairs(shared_data):
     """SERKET's 3,000 pairs: the first 2,000 to train, the last 1,000 to test; judges fitted on real data."""
-    d = np.load(SHARED_DATA / "serket" / "mnist3000.npz")
+    d = np.load(shared_data("serket/mnist3000.npz"))  # tests/conftest.py: skipped without ../shared
     x, s, y = (torch.as_tensor(d[k]) for k in ("image", "modality2", "label"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

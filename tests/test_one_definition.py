@@ -17,7 +17,15 @@ from torch import nn
 from torch.nn import functional as F
 
 import kizuna.losses as L
-from kizuna.distributions import Bernoulli, Categorical, Normal, StudentT, set_validation, validation, validation_enabled
+from kizuna.distributions import (
+    Bernoulli,
+    Categorical,
+    Normal,
+    StudentT,
+    set_validation,
+    validation,
+    validation_enabled,
+)
 from kizuna.losses import (
     ELBO,
     IWAE,
@@ -108,7 +116,8 @@ def losses() -> dict[str, L.Loss]:
         "constants and parameters": (ConstantVar(Parameter("beta") * KullbackLeibler(q, prior()), {"beta": 0.5})
                                      - Expectation(q, LogProb(p))).mean(),
         "entropy and cross-entropy": (Entropy(q) + CrossEntropy(q, prior())).mean(),
-        "probability, abs, pow, min, max": (Expectation(q, Prob(prior())).mean() + (-Expectation(q, LogProb(p))).abs().mean()
+        "probability, abs, pow, min, max": (Expectation(q, Prob(prior())).mean()
+                                            + (-Expectation(q, LogProb(p))).abs().mean()
                                             + KullbackLeibler(q, prior()).mean() ** 2
                                             + MinLoss(KullbackLeibler(q, prior()), 1.0).mean()
                                             + MaxLoss(KullbackLeibler(q, prior()), 1.0).mean()),

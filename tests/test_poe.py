@@ -68,7 +68,7 @@ def test_params_and_log_prob_match_closed_form(setup, present) -> None:
 def test_no_expert_present_is_the_prior(setup) -> None:
     q, _, _ = setup
     params = q.get_params({})
-    assert torch.equal(params["loc"], torch.zeros(D_Z)) and torch.equal(params["scale"], torch.ones(D_Z))
+    assert torch.equal(params["loc"], torch.zeros(1, D_Z)) and torch.equal(params["scale"], torch.ones(1, D_Z))
     assert q.sample(batch_n=5)["z"].shape == (5, D_Z)
     z = torch.randn(5, D_Z)
     np.testing.assert_allclose(q.get_log_prob({"z": z}).numpy(), stats.norm.logpdf(z.numpy()).sum(-1), rtol=1e-6)

@@ -24,7 +24,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from kizuna.distributions import InverseTransformedDistribution, Normal, TransformedDistribution
-from kizuna.formula.memo import shared_parameters
 from kizuna.flows import (
     IAF,
     MAF,
@@ -36,6 +35,7 @@ from kizuna.flows import (
     RationalQuadraticCoupling,
     Reverse,
 )
+from kizuna.formula.memo import shared_parameters
 from kizuna.losses import ELBO, LogProb
 from kizuna.models import Model
 from kizuna.nets import MLP

@@ -1,8 +1,6 @@
 """VAE module: the KL to N(mu, I) against its closed form, the prior-mean message pulling the
 latents, wrapping user VAEs, learning over updates, errors, and VAE+GMM on real MNIST digits."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,6 @@ from kizuna.modules import GMM, VAE, Graph, Message, MessageShapeError, Observat
 from kizuna.nets import MLP
 
 torch.set_num_threads(1)
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def patterns(n=120, d=20, seed=0):
@@ -122,9 +119,8 @@ def test_errors():
         vae.update()
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "serket" / "mnist3000.npz").exists(), reason="needs ../shared/data")
-def test_vae_gmm_clusters_real_mnist_digits():
-    data = np.load(SHARED_DATA / "serket" / "mnist3000.npz")
+def test_vae_gmm_clusters_real_mnist_digits(shared_data):
+    data = np.load(shared_data("serket/mnist3000.npz"))  # tests/conftest.py: skipped without ../shared
     x, labels = data["image"][:300], data["label"][:300]
     torch.manual_seed(0)
     vae = VAE(10, hidden=(128,), epochs=15, batch_size=50, lr=2e-3).connect(Observation(x))
@@ -138,12 +134,11 @@ def test_vae_gmm_clusters_real_mnist_digits():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.skipif(not (SHARED_DATA / "serket" / "mnist3000.npz").exists(), reason="needs ../shared/data")
-def test_vae_gmm_on_all_3000_digits_against_training_separately(seed):
+def test_vae_gmm_on_all_3000_digits_against_training_separately(seed, shared_data):
     """SERKET's VAE+GMM example at full size: 5 sweeps of 20 VAE epochs with the GMM's prior
     means fed back, against the same VAE trained 100 epochs alone and a GMM fitted once
     (about 4 minutes per seed on one thread)."""
-    data = np.load(SHARED_DATA / "serket" / "mnist3000.npz")
+    data = np.load(shared_data("serket/mnist3000.npz"))  # tests/conftest.py: skipped without ../shared
     x, labels = data["image"], data["label"]
     torch.manual_seed(seed)
     vae = VAE(18, hidden=(256,), epochs=20, batch_size=100).connect(Observation(x))

@@ -368,6 +368,11 @@ class Distribution(nn.Module):
         """The ``torch.distributions`` class behind this distribution, if it is one family."""
         return None
 
+    def kl_parts(self, x_dict: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The one-family distribution behind this one and its parameters for ``x_dict`` (for a
+        closed-form KL, see `kizuna.losses.KullbackLeibler`)."""
+        raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) is not one torch family")
+
     def get_dist(self, x_dict: Mapping[str, Any] | None = None, independent: bool = True
                  ) -> torch.distributions.Distribution:
         """A ``torch.distributions`` object for these inputs (features as event dims)."""

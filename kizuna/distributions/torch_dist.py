@@ -235,7 +235,23 @@ class TorchDistribution(Distribution):
     def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if self._uses_forward:
-            params.update(self._check_forward(self(**{k: x_dict[k] for k in self._cond_var})))
+            inputs = {k: x_dict[k] for k in self._cond_var}
+            try:
+                out = self(**inputs)
+            except RuntimeError as err:  # e.g. a feature width the network does not take
+                if isinstance(err, torch.OutOfMemoryError):
+                    raise
+                integers = [k for k, v in inputs.items() if isinstance(v, Tensor) and not v.is_floating_point()]
+                if integers and ("dtype" in str(err) or "scalar type" in str(err)):
+                    want = next((p.dtype for p in self.parameters() if p.is_floating_point()),
+                                torch.get_default_dtype())
+                    listed = ", ".join(f"{k} is {inputs[k].dtype}" for k in integers)
+                    raise ValueError(f"{self.prob_text}: {listed}, but its network takes {want}: convert it "
+                                     f"(e.g. .to({want}))") from None
+                shapes = ", ".join(f"{k} of shape {_shape_text(v)}" for k, v in inputs.items())
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                raise ValueError(f"{self.prob_text}: forward() failed on {shapes}: {first}") from err
+            params.update(self._check_forward(out))
         for key, cond in self._from_var.items():
             params[key] = x_dict[cond]
         like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
@@ -295,6 +311,11 @@ class TorchDistribution(Distribution):
         try:
             dist = self.torch_class(**params, validate_args=validate)
         except ValueError as err:
+            bad = [k for k, v in params.items() if isinstance(v, Tensor) and v.is_floating_point()
+                   and not bool(torch.isfinite(v).all())]
+            if bad:  # a network that emitted nan / inf: a numerical failure, not a wrong argument
+                raise FloatingPointError(f"{self.prob_text}: parameter {', '.join(bad)} of {type(self).__name__} "
+                                         "is not finite") from None
             match = _PARAM_ERROR.search(str(err))
             if match:
                 raise ValueError(
@@ -352,16 +373,25 @@ class TorchDistribution(Distribution):
         """The elementwise KL to ``other``, or None to use torch's registry."""
         return None
 
-    def analytic_kl(self, other: Distribution, x_dict: Mapping[str, Any], per_feature: bool = False) -> Tensor:
-        """:math:`D_{KL}[self\\|other]` in closed form, per row (or per feature), given ``x_dict``."""
-        if isinstance(other, TorchDistribution):
-            params, other_params = self._params(x_dict), other._params(x_dict)
-            if not validation_enabled():
-                kl = self._kl_kernel(other, params, other_params)
-                if kl is not None:
-                    return kl if per_feature else sum_rows(kl)
-        kl = D.kl_divergence(self._torch_dist(x_dict, independent=not per_feature),
-                             other.get_dist(x_dict, independent=not per_feature))
+    def kl_parts(self, x_dict: Mapping[str, Any]) -> tuple[TorchDistribution, dict[str, Any]]:
+        """See `Distribution.kl_parts`."""
+        return self, self._params(x_dict)
+
+    def kl_to(self, params: dict[str, Any], other: TorchDistribution, other_params: dict[str, Any],
+              per_feature: bool = False) -> Tensor:
+        """:math:`D_{KL}[self\|other]` in closed form from both parameter sets, per row (or per feature):
+        the family's `_kl_kernel` when it has one (and validation is off), else torch's registry."""
+        if not validation_enabled():
+            kl = self._kl_kernel(other, params, other_params)
+            if kl is not None:
+                return kl if per_feature else sum_rows(kl)
+        mine, theirs = self._build(params, not per_feature), other._build(other_params, not per_feature)
+        try:
+            kl = D.kl_divergence(mine, theirs)
+        except RuntimeError as err:  # shapes that do not broadcast
+            raise ValueError(f"KL[{self.prob_text}||{other.prob_text}]: the parameters do not broadcast: "
+                             f"{tuple(mine.batch_shape + mine.event_shape)} and "
+                             f"{tuple(theirs.batch_shape + theirs.event_shape)}") from err
         return kl if kl.dim() > 0 else kl.unsqueeze(0)
 
     # ------------------------------------------------------ sample / density

@@ -24,11 +24,11 @@ import torch
 from kizuna._text import LATEX
 from kizuna.distributions.base import batch_size_of
 from kizuna.distributions.diffusion import DDPM, DiffusionForward, DiffusionPosterior, DiffusionReverse, DiscreteUniform
-from kizuna.formula.memo import shared_parameters
 from kizuna.formula.expr import EvalContext, Loss, Tensor
+from kizuna.formula.log_prob import LogProb
+from kizuna.formula.memo import shared_parameters
 from kizuna.losses.divergences import KullbackLeibler
 from kizuna.losses.expectation import Expectation
-from kizuna.formula.log_prob import LogProb
 
 _TEXT = {"text": "||ε - ε_θ({0},{1})||^2", "latex": r"\left\|\epsilon - \epsilon_\theta({0},{1})\right\|^2"}
 

@@ -20,8 +20,8 @@ import torch
 
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
-from kizuna.losses.expectation import Expectation, draw
 from kizuna.formula.log_prob import LogProb
+from kizuna.losses.expectation import Expectation, draw
 
 
 class ELBO(Expectation):

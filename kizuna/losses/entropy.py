@@ -19,9 +19,9 @@ from torch import distributions as D
 from torch.distributions.exp_family import ExponentialFamily
 
 from kizuna.formula.expr import EvalContext, Loss, Tensor
+from kizuna.formula.log_prob import LogProb
 from kizuna.losses.divergences import analytic_kl_available, with_row
 from kizuna.losses.expectation import Expectation
-from kizuna.formula.log_prob import LogProb
 
 
 def analytic_entropy_available(p: Any) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from kizuna._data import first_nonfinite
 from kizuna.losses.elbo import IWAE
 
 
@@ -42,16 +43,20 @@ def log_likelihood(
     The estimate is a lower bound in expectation that tightens as ``k`` grows; see
     `bits_per_dim` to report it per dimension.
     """
-    if k < 1 or batch_size < 1 or k_chunk < 1:
-        raise ValueError(f"log_likelihood needs k, batch_size, k_chunk >= 1, got {k}, {batch_size}, {k_chunk}")
+    for name, value in (("k", k), ("batch_size", batch_size), ("k_chunk", k_chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"log_likelihood: {name} must be an integer >= 1, got {value!r}")
     names = IWAE(p_joint, q, k=1).input_var
     chunks = [min(k_chunk, k - start) for start in range(0, k, k_chunk)]
     device = _device(p_joint, q)
     out = []
     with torch.no_grad():
-        for batch in _batches(x_dict, names, batch_size):
+        for rows, batch in _batches(x_dict, names, batch_size):
             if device is not None:
                 batch = {v: t.to(device) if isinstance(t, torch.Tensor) else t for v, t in batch.items()}
+            bad = first_nonfinite(batch, "log_likelihood: the data", rows)
+            if bad is not None:
+                raise ValueError(f"{bad}; a log-likelihood of non-finite data is not defined")
             parts = [IWAE(p_joint, q, k=c).eval(batch) + math.log(c) for c in chunks]
             out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
     if not out:
@@ -83,8 +88,9 @@ def _device(*dists: Any) -> torch.device | None:
     return None
 
 
-def _batches(data: Any, names: list[str], batch_size: int) -> Iterator[dict[str, Any]]:
-    """Batches of ``data`` with ``names`` checked; a dict is cut along its first dimension."""
+def _batches(data: Any, names: list[str], batch_size: int) -> Iterator[tuple[torch.Tensor | None, dict[str, Any]]]:
+    """Batches of ``data`` with ``names`` checked, each with the data rows it holds (for dict data); a dict
+    is cut along its first dimension."""
     if isinstance(data, Mapping):
         _check_names(data, names, "")
         sizes = {v: t.shape[0] for v, t in data.items() if isinstance(t, torch.Tensor) and t.dim() > 0}
@@ -93,7 +99,8 @@ def _batches(data: Any, names: list[str], batch_size: int) -> Iterator[dict[str,
             raise ValueError(f"log_likelihood: the variables must share their first (batch) dimension, got {listed}")
         n = next(iter(sizes.values()), 0)
         for start in range(0, n, batch_size):
-            yield {v: t[start:start + batch_size] if v in sizes else t for v, t in data.items()}
+            rows = torch.arange(start, min(start + batch_size, n))
+            yield rows, {v: t[start:start + batch_size] if v in sizes else t for v, t in data.items()}
         return
     if not isinstance(data, Iterable) or isinstance(data, (str, bytes, torch.Tensor)):
         raise TypeError(f"log_likelihood needs a dict of tensors or a DataLoader of dicts, got {type(data).__name__}")
@@ -102,7 +109,7 @@ def _batches(data: Any, names: list[str], batch_size: int) -> Iterator[dict[str,
             raise TypeError(f"log_likelihood: batch {i} is a {type(batch).__name__}; kizuna needs variable names: "
                             "make the dataset return dicts such as {'x': x}")
         _check_names(batch, names, f" (batch {i})")
-        yield dict(batch)
+        yield None, dict(batch)
 
 
 def _check_names(batch: Mapping[str, Any], names: list[str], where: str) -> None:

@@ -15,7 +15,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from kizuna._data import first_nonfinite
 from kizuna.distributions.base import batch_size_of
+
+__all__ = ["Batch", "Batches", "first_nonfinite", "prepare"]
 
 
 def prepare(x_dict: Mapping[str, Any], dtype: torch.dtype, device: torch.device, what: str = "x_dict"
@@ -38,22 +41,6 @@ def prepare(x_dict: Mapping[str, Any], dtype: torch.dtype, device: torch.device,
                 value = value.to(device)
         out[key] = value
     return out
-
-
-def first_nonfinite(x_dict: Mapping[str, Any], what: str, rows: torch.Tensor | None = None) -> str | None:
-    """A sentence naming the first non-finite entry of ``x_dict`` (variable, row, column), or None.
-
-    ``rows``: the data rows of the batch (its row ``i`` is row ``rows[i]`` of the data).
-    """
-    for key, value in x_dict.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() \
-                and not bool(torch.isfinite(value).all()):
-            bad = (~torch.isfinite(value)).nonzero()[0].tolist()
-            row = bad[0] if rows is None or value.dim() == 0 else int(rows[bad[0]])
-            entry = value[tuple(bad)].item()
-            where = f"row {row}" + (f", column {', '.join(map(str, bad[1:]))}" if len(bad) > 1 else "")
-            return f"{what}['{key}'] holds {entry} at {where}"
-    return None
 
 
 class Batch(NamedTuple):
@@ -117,7 +104,8 @@ class Batches:
 
         With ``shard=(rank, world)`` dict data is cut into global batches of ``batch_size * world``
         rows and this rank gets rows ``rank, rank + world, ...`` of each (``DistributedSampler``'s
-        interleaving, without its padding; a rank with no rows of the last global batch skips it).
+        interleaving, without its padding; a rank with no rows of the last global batch gets a stand-in
+        row with ``n = 0``, so that every rank takes the same steps).
         A loader is expected to shard itself (a ``DistributedSampler``).
         """
         if self.tensors is None:
@@ -134,10 +122,11 @@ class Batches:
         for start in range(0, n, self.batch_size * world):
             stop = min(start + self.batch_size * world, n)
             rows = order[start + rank:stop:world] if world > 1 else order[start:stop]
-            if len(rows) == 0:
-                continue
+            n_rows = len(rows)
+            if n_rows == 0:  # no row of the last global batch: a stand-in row, weighted zero (see fit)
+                rows = order[start:start + 1]
             values = {k: _rows(v, rows) for k, v in self.tensors.items()}
-            yield Batch(len(rows), prepare(values, dtype, device, self.what), rows, stop - start)
+            yield Batch(n_rows, prepare(values, dtype, device, self.what), rows, stop - start)
 
 
 def _check_tensors(data: Mapping[str, Any], what: str) -> dict[str, Any]:

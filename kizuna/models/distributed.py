@@ -9,10 +9,11 @@ average is exactly the gradient of the global batch's mean loss
 
 .. math:: g = \frac1W \sum_r \frac{W n_r}{n} g_r = \frac{\sum_r n_r\, g_r}{n}
 
-(Li et al. 2020, arXiv:2006.15704). A rank with no rows of the last global batch skips it, and
-``torch.distributed.algorithms.Join`` stands in for it in the all-reduce (uneven shards of a
-``DataLoader`` are handled the same way). A rank whose loss is not finite still takes part, with
-gradients of NaN, so every rank sees the non-finite gradient and stops together.
+(Li et al. 2020, arXiv:2006.15704). A rank with no rows of the last global batch evaluates a stand-in row with
+weight zero, and a rank whose ``DataLoader`` shard has run out repeats its last batch with weight
+zero (`kizuna.models.fit`), so every rank and every optimizer takes every step. A rank whose loss is
+not finite still takes part, with gradients of NaN, so every rank sees the non-finite gradient and
+stops together.
 
 >>> launched(), is_initialized(), rank(), world_size(), is_main()
 (False, False, 0, 1, True)

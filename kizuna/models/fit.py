@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from kizuna._data import first_nonfinite
 from kizuna.models import distributed as ddp
-from kizuna.models.batches import Batch, Batches, first_nonfinite
+from kizuna.models.batches import Batch, Batches
 from kizuna.models.checkpoint import History
 from kizuna.models.model import NonFiniteStep
 
@@ -104,7 +105,7 @@ def fit(
                 ddp.set_epoch(train_data.loader, epoch)
                 batches = train_data.iterate(model._shuffle if shuffle else None, model.dtype, model.device, shard)
                 kept = "" if checkpoint is None else f"the checkpoint {checkpoint} (epoch {model.epoch}) is untouched"
-                train_loss, terms = _pass(model, batches, epoch, True, parallel, kept)
+                train_loss, terms = _pass(model, batches, epoch, True, parallel, kept, train_data.tensors is not None)
                 valid_loss, valid_terms = math.nan, {}
                 if valid_data is not None:
                     batches = valid_data.iterate(None, model.dtype, model.device, shard)
@@ -164,46 +165,55 @@ def _own_stream(model: Any) -> Iterator[None]:
 
 @contextmanager
 def _data_parallel(model: Any) -> Iterator[None]:
-    """Wrap the model's loss in DDP for the run (parameters broadcast from rank 0)."""
-    model.parallel = ddp.wrap(model)
+    """Wrap the loss of the model (and of every model its step trains) in DDP for the run (parameters
+    broadcast from rank 0)."""
+    models = [model, *model.submodels()]
+    for m in models:
+        m.parallel = ddp.wrap(m)
     state = model._shuffle.get_state()
     ddp.broadcast_([state])
     model._shuffle.set_state(state)
     try:
         yield
     finally:
-        model.parallel = None
-        model.row_weight = 1.0
+        for m in models:
+            m.parallel, m.row_weight = None, 1.0
 
 
-def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, parallel: bool, kept: str
-          ) -> tuple[float, dict[str, float]]:
+def _weigh(model: Any, weight: float) -> None:
+    for m in (model, *model.submodels()):
+        m.row_weight = weight
+
+
+def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, parallel: bool, kept: str,
+          dict_data: bool = True) -> tuple[float, dict[str, float]]:
     """One pass: the weighted mean loss and term means (a step per batch when ``training``)."""
     total, count, sums = 0.0, 0, {}
     error: FloatingPointError | None = None
-    with ExitStack() as stack:
-        if parallel and training:
-            from torch.distributed.algorithms import Join
-
-            stack.enter_context(Join(model.joinables()))
-        for step, batch in enumerate(batches, 1):
+    for step, batch in enumerate(_lockstep(model, batches, parallel and training and not dict_data), 1):
+        if parallel and training and dict_data:
+            _weigh(model, batch.n * ddp.world_size() / batch.total)
+        if batch.n == 0 and not training:
+            continue
+        try:
+            value, terms = model.step(batch.values) if training else model.evaluate(batch.values)
+        except FloatingPointError as err:
+            what, detail = (err.what, err.detail) if isinstance(err, NonFiniteStep) else (
+                str(err), "the step was not taken: the parameters are those after the last finite step")
+            what = what if training else what.replace("the test loss", "the validation loss", 1)
+            bad = first_nonfinite(batch.values, "the data", batch.rows)  # rows of the data, not the batch
+            detail = detail if bad is None else f"{bad}; {detail.split('; ', 1)[-1]}"
+            where = f"at epoch {epoch}, {'step' if training else 'validation batch'} {step}"
             if parallel:
-                model.row_weight = batch.n * ddp.world_size() / batch.total
-            try:
-                value, terms = model.step(batch.values) if training else model.evaluate(batch.values)
-            except NonFiniteStep as err:
-                what = err.what if training else err.what.replace("the test loss", "the validation loss", 1)
-                bad = first_nonfinite(batch.values, "the data", batch.rows)  # rows of the data, not the batch
-                detail = err.detail if bad is None else f"{bad}; {err.detail.split('; ', 1)[-1]}"
-                where = f"at epoch {epoch}, {'step' if training else 'validation batch'} {step}"
-                message = f"fit: {what} {where}; {detail}" + (f"; {kept}" if kept else "")
-                if training or not parallel:
-                    raise FloatingPointError(message) from None
-                error = FloatingPointError(message)
-                break
-            total, count = total + batch.n * value, count + batch.n
-            for key, v in terms.items():
-                sums[key] = sums.get(key, 0.0) + batch.n * v
+                where += f" on rank {ddp.rank()}"
+            message = f"fit: {what} {where}; {detail}" + (f"; {kept}" if kept else "")
+            if training or not parallel:
+                raise FloatingPointError(message) from None
+            error = FloatingPointError(message)
+            break
+        total, count = total + batch.n * value, count + batch.n
+        for key, v in terms.items():
+            sums[key] = sums.get(key, 0.0) + batch.n * v
     if parallel:  # every rank reduces the same keys, whether or not it had a batch
         loss = model.loss_cls if training else model.test_loss_cls
         keys = list(dict.fromkeys([t.label for t in loss.terms()] + list(model.extra_terms)))
@@ -216,10 +226,37 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
             raise error if error is not None else FloatingPointError(
                 f"fit: the validation loss is non-finite on rank(s) {bad} at epoch {epoch}")
         sums = dict(zip(keys, rest[len(flags):]))
-
     if count == 0:
         raise ValueError(f"fit: the {'training' if training else 'validation'} data yielded no batch")
     return total / count, {k: v / count for k, v in sums.items()}
+
+
+def _lockstep(model: Any, batches: Iterable[Batch], uneven: bool) -> Iterator[Batch]:
+    """The batches; with ``uneven`` (a data-parallel loader), every rank takes the same number of steps.
+
+    Each step the ranks count, with one small all-reduce, how many still have a batch; a rank that has
+    run out repeats its last batch with weight zero, and the others weight theirs by
+    ``world / active``, so the averaged gradient is the mean of the active ranks' and every rank's
+    optimizer takes every step (torch's ``Join`` would leave a finished rank's optimizer state behind).
+    """
+    if not uneven:
+        yield from batches
+        return
+    items, last, world = iter(batches), None, ddp.world_size()
+    while True:
+        batch = next(items, None)
+        active = ddp.reduce_sums([float(batch is not None)], model.device)[0]
+        if active == 0:
+            return
+        if batch is None:
+            if last is None:
+                raise ValueError(f"fit(distributed): rank {ddp.rank()} has no batch at all; give every rank data")
+            _weigh(model, 0.0)
+            yield Batch(0, last.values, last.rows, last.total)
+        else:
+            _weigh(model, world / active)
+            last = batch
+            yield batch
 
 
 def _stderr_is_terminal() -> bool:

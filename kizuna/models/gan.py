@@ -127,9 +127,9 @@ class GAN(Model):
         value, terms = super().evaluate(batch, **options)
         return StepResult(value, {**terms, "d_loss": self.d_model.evaluate(batch, **options).loss})
 
-    def joinables(self) -> list[Any]:
-        """Both models' data-parallel wrappers."""
-        return super().joinables() + self.d_model.joinables()
+    def submodels(self) -> list[Model]:
+        """The discriminator's model (trained by `step` too)."""
+        return [self.d_model]
 
     def save(self, path: str | PathLike[str]) -> None:
         """`Model.save` for the generator at ``path``, and for the discriminator at ``path + ".discriminator"``."""

@@ -25,10 +25,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from kizuna._data import first_nonfinite
 from kizuna.distributions.torch_dist import validation
 from kizuna.formula.expr import Loss, _term_mean
 from kizuna.models import checkpoint as ckpt
-from kizuna.models.batches import first_nonfinite, prepare
+from kizuna.models.batches import prepare
 from kizuna.models.checkpoint import History
 
 
@@ -182,7 +183,12 @@ class Model:
                   ) -> tuple[torch.Tensor, float, dict[str, float]]:
         self._set_mode(True)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, value, found = self._evaluate(self.loss_cls, batch, options, terms)
+        try:
+            loss, value, found = self._evaluate(self.loss_cls, batch, options, terms)
+        except NonFiniteStep:
+            raise
+        except FloatingPointError as err:  # a distribution's parameters went non-finite: name the data first
+            raise self._nonfinite(str(err), batch, {}) from None
         finite = math.isfinite(value)
         if not finite and self.parallel is None:
             raise self._nonfinite(f"the loss is {value}", batch, found)
@@ -198,8 +204,13 @@ class Model:
     def _assess(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                 ) -> tuple[torch.Tensor, float, dict[str, float]]:
         self._set_mode(False)
-        with torch.no_grad():
-            loss, value, found = self._evaluate(self.test_loss_cls, batch, options, terms)
+        try:
+            with torch.no_grad():
+                loss, value, found = self._evaluate(self.test_loss_cls, batch, options, terms)
+        except NonFiniteStep:
+            raise
+        except FloatingPointError as err:
+            raise self._nonfinite(str(err), batch, {}) from None
         if not math.isfinite(value):
             raise self._nonfinite(f"the test loss is {value}", batch, found)
         return loss.detach(), value, found
@@ -243,8 +254,9 @@ class Model:
             bad = [name for name, p in ckpt.named_parameters(self.distributions)
                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
             self.optimizer.zero_grad(set_to_none=True)
-            raise self._nonfinite(f"the gradient of {', '.join(bad)} is non-finite", batch, terms,
-                                  f"the loss {value:.6g} is finite" + ("" if self.parallel is None else " on this rank"))
+            note = f"the loss {value:.6g} is finite" + (
+                "" if self.parallel is None else " on this rank: another rank's loss or gradient was not")
+            raise self._nonfinite(f"the gradient of {', '.join(bad)} is non-finite", batch, terms, note)
         if self.clip_grad_value is not None:
             nn.utils.clip_grad_value_(self._params, self.clip_grad_value)
 
@@ -296,9 +308,10 @@ class Model:
         return fit(self, data, epochs=epochs, batch_size=batch_size, valid=valid, shuffle=shuffle, quiet=quiet,
                    patience=patience, checkpoint=checkpoint, seed=seed, distributed=distributed)
 
-    def joinables(self) -> list[Any]:
-        """The data-parallel wrappers a distributed fit joins (`torch.distributed.algorithms.Join`)."""
-        return [self.parallel] if self.parallel is not None else []
+    def submodels(self) -> list[Model]:
+        """Further models this one's `step` trains (a GAN's discriminator); a data-parallel `fit` wraps
+        each of them too."""
+        return []
 
     def early_stop(self, epoch: int, valid_loss: float, patience: int | None) -> bool:
         """Track the best validation epoch; with ``patience`` run out, restore it and say stop."""
@@ -390,23 +403,36 @@ def _compile_args(option: Any) -> dict[str, Any] | None:
 
 
 def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
-    """``loss_cls.eval`` under ``torch.compile``, falling back to eager evaluation (with a warning
-    saying why) where the compiler is unavailable."""
+    """``loss_cls.eval`` under ``torch.compile``. Where compilation is unavailable, or the compiled code
+    fails where eager evaluation succeeds, a warning says why and the model continues eagerly (the
+    failed step is evaluated eagerly from the same random state); an error the eager evaluation raises
+    too is the model's, and is raised as it is."""
     import warnings
 
-    compiled = torch.compile(loss_cls.eval, **(model._compile_args or {}))
+    def give_up(err: BaseException) -> None:
+        inner = getattr(err, "inner_exception", None)
+        err = inner if isinstance(inner, BaseException) else err
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        model.compile_error = f"{type(err).__name__}: {text[:300]}"
+        warnings.warn(f"Model(compile=True): torch.compile is unavailable here ({model.compile_error}); "
+                      "training continues without compilation", RuntimeWarning, stacklevel=5)
+
+    try:
+        compiled = torch.compile(loss_cls.eval, **(model._compile_args or {}))
+    except Exception as err:  # noqa: BLE001 - e.g. an unsupported Python version or platform
+        give_up(err)
+        return loss_cls.eval
 
     def run(batch: Mapping[str, Any], **options: Any) -> Any:
-        if model.compile_error is None:
-            try:
-                return compiled(batch, **options)
-            except Exception as err:  # noqa: BLE001 - decide below whether compilation or the model failed
-                inner = getattr(err, "inner_exception", None)
-                err = inner if isinstance(inner, BaseException) else err
-                text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-                model.compile_error = f"{type(err).__name__}: {text[:300]}"
-                warnings.warn(f"Model(compile=True): torch.compile failed here ({model.compile_error}); "
-                              "training continues without compilation", RuntimeWarning, stacklevel=4)
-        return loss_cls.eval(batch, **options)
+        if model.compile_error is not None:
+            return loss_cls.eval(batch, **options)
+        state = torch.get_rng_state()
+        try:
+            return compiled(batch, **options)
+        except Exception as err:  # noqa: BLE001 - decided below: the compiler's failure or the model's error
+            torch.set_rng_state(state)
+            out = loss_cls.eval(batch, **options)  # the model's own error, if it is one, is raised here
+            give_up(err)
+            return out
 
     return run

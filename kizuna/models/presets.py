@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from kizuna.distributions.base import Distribution
-from kizuna.losses.elbo import ELBO
 from kizuna.formula.log_prob import LogProb
+from kizuna.losses.elbo import ELBO
 from kizuna.models.model import Model
 
 

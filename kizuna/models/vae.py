@@ -14,8 +14,8 @@ import torch
 
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import Loss
-from kizuna.losses.expectation import Expectation
 from kizuna.formula.log_prob import LogProb
+from kizuna.losses.expectation import Expectation
 from kizuna.models.model import Model
 
 

@@ -57,8 +57,8 @@ class GMM(ClassModule):
         algorithm: ``"gibbs"``, ``"vb"`` or ``"em"`` (``method`` is the graph's MP/SIR switch).
         covariance_type: ``"full"`` or ``"diag"``.
         reg_covar: added to covariance diagonals (EM) and to :math:`S_0`.
-        weight_concentration_prior, mean_precision_prior, mean_prior, degrees_of_freedom_prior,
-            covariance_prior: :math:`\\alpha_0, \\kappa_0, m_0, \\nu_0, S_0` (``None``: from data).
+        weight_concentration_prior, mean_precision_prior, mean_prior, degrees_of_freedom_prior, covariance_prior:
+            :math:`\\alpha_0, \\kappa_0, m_0, \\nu_0, S_0` (``None``: from data).
         max_iter: Gibbs sweeps / VB or EM iterations per ``fit`` or ``update``.
         tol: convergence threshold of VB (responsibilities) and EM (objective).
         init_params: ``"kmeans"`` or ``"random"`` initial partition.

@@ -25,7 +25,12 @@ is one block. Estimates :math:`\hat\theta, \hat\phi` are averaged over the secon
 
 Modality weights follow SERKET: with ``weights[m]`` the counts of each sample are rescaled to sum to
 ``weights[m]`` (a child's class posterior :math:`p(c_d=j)` becomes ``weights[m]`` class-word tokens),
-then rounded to integers. MLDA sends :math:`\hat\theta_d` up (``"posterior"``) and, to a child that sends
+then rounded to integers. Without a weight, counts are kept as they are and a child's class posterior
+gets half as many tokens per sample as the counts of the other children have on average (100 when all
+children send posteriors): a summary of another modality does not outweigh the observations (a
+one-hot posterior as 100 tokens next to 8 raw words makes the MLDA copy the child's clusters). A
+weighting where one modality has more than `LOPSIDED` times the tokens per sample of another warns.
+MLDA sends :math:`\hat\theta_d` up (``"posterior"``) and, to a child that sends
 class posteriors, the predicted class distribution :math:`\sum_k \hat\theta_{dk}\hat\phi^m_{kj}` down (``"prior"``).
 As in SERKET, :math:`\hat\theta_d` carries the influence of the parent's prior (the counts were sampled under
 it): topic proportions have no exact "posterior without the parent" the way a single class does.
@@ -33,6 +38,7 @@ it): topic proportions have no exact "posterior without the parent" the way a si
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -43,7 +49,8 @@ from kizuna.modules.base import ClassModule, Message, Module
 from kizuna.modules.inference import sample_dirichlet
 
 Tensor = torch.Tensor
-POSTERIOR_WEIGHT = 100.0  # tokens per sample for a child's class posterior when no weight is given
+POSTERIOR_WEIGHT = 100.0  # tokens per sample for a child's class posterior when no child sends counts
+LOPSIDED = 10.0  # a modality with more than this many times the tokens per sample of another: a warning
 SORT_ABOVE = 1 << 20  # document-topic tables larger than this (elements) outgrow the cache: read them in order
 
 
@@ -58,6 +65,16 @@ def as_counts(x: Any, weight: float | None, what: str) -> Tensor:
     if weight is not None:
         t = t / torch.where(t.sum(1, keepdim=True) > 0, t.sum(1, keepdim=True), torch.ones_like(t[:, :1])) * weight
     return torch.round(t).long()
+
+
+def warn_if_lopsided(counts: Sequence[Tensor], names: Sequence[str], who: str) -> None:
+    """Warn when one modality has more than `LOPSIDED` times the mean tokens per sample of another."""
+    tokens = [float(c.sum(1).double().mean()) for c in counts]
+    high, low = max(range(len(tokens)), key=tokens.__getitem__), min(range(len(tokens)), key=tokens.__getitem__)
+    if tokens[high] > LOPSIDED * max(tokens[low], 1e-12):
+        warnings.warn(f"{who}: {names[high]} has {tokens[high]:.0f} tokens per sample against {tokens[low]:.0f} "
+                      f"for {names[low]}, so the topics mostly follow {names[high]}; give weights=[...] "
+                      "(tokens per sample of each modality) to balance them", UserWarning, stacklevel=3)
 
 
 def _draw(p: Tensor, generator: torch.Generator | None, u: Tensor | None = None) -> Tensor:
@@ -171,7 +188,8 @@ class MLDA(ClassModule):
     Args:
         n_components: number of topics (classes) K.
         weights: per modality, the number of tokens each sample's counts are rescaled to (SERKET's
-            ``weights``), or None to keep raw counts (a child's class posterior then gets 100).
+            ``weights``), or None to keep raw counts (a child's class posterior then gets half the mean
+            tokens per sample of the children that send counts; see the module docstring).
         category: reference labels, for ``accuracy`` / ``ari`` / ``nmi`` only.
         doc_topic_prior, topic_word_prior: :math:`\\alpha, \\beta` (default 1/K, as scikit-learn);
             ``alpha`` / ``beta`` are accepted as SERKET-style aliases.
@@ -236,9 +254,9 @@ class MLDA(ClassModule):
                 self._own_generator.manual_seed(self.random_state)
         return self._own_generator
 
-    def _weight(self, m: int, kind: str) -> float | None:
+    def _weight(self, m: int, kind: str, balance: float = POSTERIOR_WEIGHT) -> float | None:
         w = self.weights[m] if self.weights is not None else None
-        return POSTERIOR_WEIGHT if w is None and kind == "posterior" else w
+        return balance if w is None and kind == "posterior" else w
 
     def _as_list(self, X: Any) -> list[Any]:
         if isinstance(X, (list, tuple)):
@@ -404,7 +422,15 @@ class MLDA(ClassModule):
         if self.weights is not None and len(self.weights) != len(forward):
             raise ValueError(f"{self.name}: {len(self.weights)} weights for {len(forward)} children")
         counts = [as_counts(msg.value, self._weight(m, msg.kind), f"{self.name}: message from {msg.sender}")
-                  for m, msg in enumerate(forward)]
+                  if msg.kind != "posterior" else None for m, msg in enumerate(forward)]
+        raw = [float(c.sum(1).double().mean()) for c in counts if c is not None]
+        balance = max(1.0, round(sum(raw) / len(raw) / 2)) if raw else POSTERIOR_WEIGHT
+        counts = [c if c is not None else as_counts(msg.value, self._weight(m, msg.kind, balance),
+                                                    f"{self.name}: message from {msg.sender}")
+                  for m, (c, msg) in enumerate(zip(counts, forward))]
+        if self._chain is None:  # once, when the chain starts
+            warn_if_lopsided(counts, [f"modality {m} ({msg.kind} from {msg.sender})" for m, msg in enumerate(forward)],
+                             self.name)
         if self._sizes is not None and [c.shape[1] for c in counts] != self._sizes:
             raise ValueError(f"{self.name}: children send widths {[c.shape[1] for c in counts]}, "
                              f"the topics were learnt on {self._sizes}")

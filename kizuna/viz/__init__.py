@@ -5,6 +5,9 @@ Agg backend through matplotlib's object-oriented API, so plotting needs no displ
 the backend of an interactive session. Nothing in the core library imports this package.
 """
 
-from kizuna.viz.latent import pca_2d, plot_latent_space
+from kizuna.viz.comparison import plot_clustering_comparison
+from kizuna.viz.confusion import confusion_table, draw_confusion, match_clusters
+from kizuna.viz.latent import draw_latent_space, pca_2d, plot_latent_space
 
-__all__ = ["pca_2d", "plot_latent_space"]
+__all__ = ["confusion_table", "draw_confusion", "draw_latent_space", "match_clusters", "pca_2d",
+           "plot_clustering_comparison", "plot_latent_space"]

@@ -68,6 +68,57 @@ def _colours(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
     return classes, index, colormap(name).resampled(max(len(classes), 1))
 
 
+def check_panels(panels: Sequence[Panel],
+                 what: str = "plot_latent_space") -> list[tuple[torch.Tensor, np.ndarray, str]]:
+    """``(latent N×D float64, labels (N,), title)`` for each panel; a ValueError naming a bad one."""
+    if not panels:
+        raise ValueError(f"{what}: give at least one (latent, labels, title) panel")
+    checked = []
+    for i, panel in enumerate(panels):
+        if len(panel) != 3:
+            raise ValueError(f"{what}: panel {i} must be (latent, labels, title), got {len(panel)} items")
+        z, labels, name = panel
+        where = f"{what} panel {i} ({name!r})"
+        lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        t = _as_matrix(z, where)
+        if lab.ndim != 1 or lab.shape[0] != t.shape[0]:
+            raise ValueError(f"{where}: labels must be 1-D with {t.shape[0]} entries, got shape {lab.shape}")
+        checked.append((t, lab, str(name)))
+    return checked
+
+
+def draw_latent_space(ax: Any, z: Any, labels: np.ndarray, title: str, legend_title: str | None = None,
+                      wrong: np.ndarray | None = None) -> None:
+    """One scatter panel of `pca_2d` (``z``) on ``ax``, coloured by ``labels``.
+
+    Args:
+        ax: a matplotlib axis.
+        z: latents N×D; labels: N labels (up to 20 get a legend, titled ``legend_title``).
+        title: the panel's title.
+        wrong: optional boolean mask of N points to circle in black (e.g. clustered into the wrong class).
+    """
+    coords, explained = pca_2d(z)
+    classes, index, cmap = _colours(labels)
+    xy = coords.numpy()
+    ax.scatter(xy[:, 0], xy[:, 1], c=index, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, s=6, alpha=0.8,
+               linewidths=0)
+    if wrong is not None and wrong.any():
+        ax.scatter(xy[wrong, 0], xy[wrong, 1], s=9, facecolors="none", edgecolors="black", linewidths=0.4,
+                   label=f"wrong class ({int(wrong.sum())})")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(f"PC1 ({100 * float(explained[0]):.0f}% of variance)", fontsize=8)
+    ax.set_ylabel(f"PC2 ({100 * float(explained[1]):.0f}%)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if len(classes) <= 20:
+        for j, c in enumerate(classes):
+            ax.scatter([], [], color=cmap(j), s=25, label="none" if c == -1 else str(c))
+        handles, names = ax.get_legend_handles_labels()
+        if wrong is not None and wrong.any():  # the "wrong" entry last
+            handles, names = handles[1:] + handles[:1], names[1:] + names[:1]
+        ax.legend(handles, names, title=legend_title, fontsize=7, title_fontsize=7, ncol=1, frameon=False,
+                  loc="center left", bbox_to_anchor=(1.0, 0.5), handletextpad=0.2, borderaxespad=0.3)
+
+
 def plot_latent_space(panels: Sequence[Panel], path: str | Path, title: str | None = None,
                       dpi: int = 110) -> Path:
     """Scatter plots of latents projected by `pca_2d`, one panel per ``(latent, labels, title)``.
@@ -86,35 +137,11 @@ def plot_latent_space(panels: Sequence[Panel], path: str | Path, title: str | No
         ImportError: matplotlib is missing (with the command that installs it).
         ValueError: a panel whose latents are not N×D or whose labels do not have N entries.
     """
-    if not panels:
-        raise ValueError("plot_latent_space: give at least one (latent, labels, title) panel")
-    checked = []
-    for i, panel in enumerate(panels):
-        if len(panel) != 3:
-            raise ValueError(f"plot_latent_space: panel {i} must be (latent, labels, title), got {len(panel)} items")
-        z, labels, name = panel
-        where = f"plot_latent_space panel {i} ({name!r})"
-        lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-        t = _as_matrix(z, where)
-        if lab.ndim != 1 or lab.shape[0] != t.shape[0]:
-            raise ValueError(f"{where}: labels must be 1-D with {t.shape[0]} entries, got shape {lab.shape}")
-        checked.append((t, lab, str(name)))
+    checked = check_panels(panels)
     fig = new_figure(figsize=(4.2 * len(checked), 4.4), layout="constrained")
     axes = fig.subplots(1, len(checked), squeeze=False)[0]
     for ax, (t, lab, name) in zip(axes, checked):
-        coords, explained = pca_2d(t)
-        classes, index, cmap = _colours(lab)
-        xy = coords.numpy()
-        ax.scatter(xy[:, 0], xy[:, 1], c=index, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, s=6, alpha=0.8,
-                   linewidths=0)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel(f"PC1 ({100 * float(explained[0]):.0f}% of variance)", fontsize=8)
-        ax.set_ylabel(f"PC2 ({100 * float(explained[1]):.0f}%)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        if len(classes) <= 20:
-            for j, c in enumerate(classes):
-                ax.scatter([], [], color=cmap(j), s=12, label=str(c))
-            ax.legend(fontsize=6, markerscale=1.2, ncol=2, loc="best", frameon=False, handletextpad=0.1)
+        draw_latent_space(ax, t, lab, name)
     if title:
         fig.suptitle(title, fontsize=11)
     out = Path(path)

@@ -1,0 +1,276 @@
+"""Reliability of the formula layer and the trainer (issue 12): nothing lost, nothing silent, seeds
+that reproduce, bad data caught at the data. Each check names what it guards in its docstring."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kizuna import _io
+from kizuna.distributions import Bernoulli, Normal
+from kizuna.losses import IWAE, Expectation, KullbackLeibler, LogProb
+from kizuna.metrics import clustering_accuracy, log_likelihood
+from kizuna.models import Model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Encoder(Normal):
+    def __init__(self, d: int = 6, z: int = 2, width: int = 16) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.net = nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, 2 * z))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        loc, s = self.net(x).chunk(2, -1)
+        return {"loc": loc, "scale": F.softplus(s) + 1e-3}
+
+
+class Decoder(Bernoulli):
+    def __init__(self, d: int = 6, z: int = 2) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.net = nn.Linear(z, d)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(z)}
+
+
+def vae(width: int = 16) -> tuple[Model, Encoder, Decoder, Normal]:
+    q, p = Encoder(width=width), Decoder()
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    return Model((KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean(), distributions=[p, q]), q, p, prior
+
+
+def data(n: int = 40) -> dict[str, torch.Tensor]:
+    return {"x": (torch.rand(n, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()}
+
+
+# ------------------------------------------------------------------------------ nothing lost
+def _save_forever(path: str, width: int) -> None:  # runs in a forked child until killed
+    torch.manual_seed(0)
+    model, *_ = vae(width)
+    for i in range(10**9):
+        with torch.no_grad():
+            for p in model.distributions.parameters():
+                p.fill_(float(i % 2))  # every save is all zeros or all ones: a mix of two would show
+        model.save(path)
+
+
+def test_a_kill_during_save_leaves_the_previous_checkpoint_whole(tmp_path: Path) -> None:
+    """20 SIGKILLs at random moments of a save loop: the file always loads (checksum verified) and holds
+    one complete save, never a mix of two."""
+    import multiprocessing as mp
+
+    path = tmp_path / "run.pt"
+    ctx = mp.get_context("fork")
+    rng = random.Random(0)
+    for _ in range(20):
+        child = ctx.Process(target=_save_forever, args=(str(path), 256))
+        child.start()
+        deadline = time.monotonic() + 60
+        while not path.exists() and time.monotonic() < deadline:  # the first complete save
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))  # then a kill at any moment of the following saves
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        model, *_ = vae(256)
+        model.load(path)  # never raises: the file is a complete save
+        values = torch.cat([p.flatten() for p in model.distributions.parameters()]).unique()
+        assert len(values) == 1 and values.item() in (0.0, 1.0)
+    model.save(path)
+    assert not list(tmp_path.glob(".run.pt.*.tmp"))  # stale temporary files are cleaned up by the next save
+
+
+def test_a_flipped_byte_or_a_truncated_file_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    model, *_ = vae()
+    path = tmp_path / "c.pt"
+    model.save(path)
+    data_ = bytearray(path.read_bytes())
+    data_[len(data_) // 2] ^= 0x01
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes(bytes(data_))
+    with pytest.raises(ValueError, match=r"flipped\.pt is damaged: its contents do not match their checksum"):
+        vae()[0].load(flipped)
+    short = tmp_path / "short.pt"
+    short.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"short\.pt is damaged"):
+        vae()[0].load(short)
+
+
+class _Boom:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch HACKED",))
+
+
+def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint carrying a pickled callable (with a valid checksum, so only weights_only stops it)."""
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(_io.encode({"format": "kizuna.checkpoint", "version": 1, "payload": _Boom()}))
+    with pytest.raises(ValueError, match=r"evil\.pt cannot be read safely .*nothing in it was run"):
+        vae()[0].load(evil)
+    assert not (tmp_path / "HACKED").exists()
+
+
+def test_a_checkpoint_in_a_missing_directory_is_refused_before_training(tmp_path: Path) -> None:
+    model, q, *_ = vae()
+    before = [p.detach().clone() for p in model.distributions.parameters()]
+    with pytest.raises(FileNotFoundError, match="directory .*nowhere does not exist"):
+        model.fit(data(), epochs=1, checkpoint=tmp_path / "nowhere" / "run.pt", quiet=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.distributions.parameters()))
+
+
+# --------------------------------------------------------------------------- seeds reproduce
+RUN = textwrap.dedent("""
+    import sys, torch, numpy
+    sys.path.insert(0, {tests!r})
+    from test_reliability import vae, data
+    torch.manual_seed(int(sys.argv[1]))           # a different global state in each process
+    torch.rand(int(sys.argv[1]) + 1)
+    model, *_ = vae()                              # the networks are built from the global generator...
+    torch.manual_seed(5)                           # ...so fix them; then disturb the global stream again
+    model, *_ = vae()
+    torch.rand(int(sys.argv[1]) + 3)
+    state = torch.get_rng_state()
+    model.fit(data(), epochs=3, batch_size=8, seed=0, quiet=True)
+    assert torch.equal(state, torch.get_rng_state()), "fit touched torch's global generator"
+    values = torch.cat([p.detach().flatten() for p in model.distributions.parameters()])
+    print(repr(values.double().tolist()), repr(model.history.train))
+""")
+
+
+def test_fit_with_a_seed_is_bitwise_the_same_in_two_fresh_processes() -> None:
+    """Two fresh interpreters with different global RNG states: the same parameters and history, bit for
+    bit, and torch's global generator untouched by fit."""
+    script = RUN.format(tests=str(ROOT / "tests"))
+    outs = [subprocess.run([sys.executable, "-c", script, str(seed)], capture_output=True, text=True, check=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout for seed in (1, 2)]
+    assert outs[0] == outs[1] and outs[0].strip()
+
+
+# ------------------------------------------------------------------------- bad data, clear errors
+def test_nan_in_the_data_names_the_variable_row_and_column() -> None:
+    model, *_ = vae()
+    x = data()["x"].clone()
+    x[7, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"the data\['x'\] holds nan at row 7, column 3"):
+        model.train({"x": x})
+    with pytest.raises(ValueError, match=r"data\['x'\] holds nan at row 7, column 3"):
+        model.fit({"x": x}, epochs=1, quiet=True)
+    q, p = Encoder(), Decoder()
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    x[7, 3], x[12, 1] = 0.0, float("inf")
+    with pytest.raises(ValueError, match=r"log_likelihood: the data\['x'\] holds inf at row 12, column 1"):
+        log_likelihood(p * prior, q, {"x": x}, k=4, batch_size=5)
+
+
+def test_a_loader_batch_with_nan_names_the_epoch_and_step() -> None:
+    model, *_ = vae()
+    good = data(8)["x"]
+    bad = good.clone()
+    bad[2, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"at epoch 1, step 2; the data\['x'\] holds nan at row 2, column 0"):
+        model.fit([{"x": good}, {"x": bad}], epochs=1, quiet=True)
+
+
+def test_numpy_float64_and_integer_data_are_converted() -> None:
+    model, *_ = vae()
+    x = data()["x"]
+    torch.manual_seed(0)
+    reference = model.test({"x": x}).item()
+    for given in (x.numpy().astype(np.float64), x.double(), x.numpy().astype(np.float32)):
+        torch.manual_seed(0)
+        assert model.test({"x": given}).item() == pytest.approx(reference, rel=1e-6)
+    model.fit({"x": x.numpy().astype(np.float64)}, epochs=1, batch_size=8, quiet=True)
+    # integers stay integers (they may be indices); a network that needs floats says so, naming the variable
+    for given in (x.long(), x.numpy().astype(np.int32)):
+        with pytest.raises(ValueError, match=r"q\(z\|x\): x is torch.int(64|32), but its network takes torch.float32"):
+            model.test({"x": given})
+    # a density scores integer values in its parameters' dtype: 0/1 counts for a Bernoulli
+    p = Bernoulli(var=["x"], probs=torch.full((6,), 0.3))
+    assert torch.equal(p.get_log_prob({"x": x.long()}), p.get_log_prob({"x": x}))
+
+
+def test_arguments_out_of_range_are_value_errors_naming_them() -> None:
+    model, q, p, prior = vae()
+    x = data()
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        model.fit(x, batch_size=0)
+    with pytest.raises(ValueError, match=r"IWAE needs an integer k >= 1 .*got k=0"):
+        IWAE(p * prior, q, k=0)
+    with pytest.raises(ValueError, match="log_likelihood: k_chunk must be an integer >= 1, got -1"):
+        log_likelihood(p * prior, q, x, k=4, k_chunk=-1)
+    with pytest.raises(ValueError, match="batch_n must be an integer >= 0, got -2"):
+        prior.sample(batch_n=-2)
+    with pytest.raises(ValueError, match=r"sample_shape must hold positive sizes, got \(0,\)"):
+        prior.sample(sample_shape=(0,))
+    with pytest.raises(ValueError, match=r"x_dict\['x'\] has no rows"):
+        model.train({"x": x["x"][:0]})
+    with pytest.raises(ValueError, match=r"fit: the variables of data must share their first \(batch\) dimension"):
+        model.fit({"x": x["x"], "y": x["x"][:3]}, epochs=1)
+
+
+def test_a_feature_width_the_network_does_not_take_names_the_distribution() -> None:
+    model, *_ = vae()
+    with pytest.raises(ValueError, match=r"q\(z\|x\): forward\(\) failed on x of shape \(40, 5\)"):
+        model.train({"x": torch.zeros(40, 5)})
+
+
+def test_a_kl_between_different_feature_shapes_names_both() -> None:
+    a = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_a")
+    b = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[3], name="p_b")
+    with pytest.raises(ValueError, match=r"p_\{a\}\(z\) has features_shape \(2,\) but p_\{b\}\(z\) has \(3,\)"):
+        KullbackLeibler(a, b)
+
+
+def test_error_messages_never_dump_a_whole_tensor() -> None:
+    big = torch.full((1000,), -1.0)
+    with pytest.raises(ValueError) as err:
+        Normal(var=["x"], loc=torch.zeros(1000), scale=big)
+    assert len(str(err.value)) < 300 and "-1., -1." not in str(err.value)
+
+
+# ---------------------------------------------------------------------- the NaN guard, nothing silent
+class Exploding(Normal):
+    """q(z|x) whose network emits nan from its second call on (as a diverging network would)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.net = nn.Linear(6, 4)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        loc, s = self.net(x).chunk(2, -1)
+        if self.calls >= 3:
+            loc = loc * float("nan")
+        return {"loc": loc, "scale": F.softplus(s) + 1e-3}
+
+
+@pytest.mark.parametrize("validate", [None, True])
+def test_a_network_emitting_nan_mid_training_is_a_floating_point_error(validate: bool | None) -> None:
+    q, p = Exploding(), Decoder()
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    model = Model((KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean(), validate=validate)
+    with pytest.raises(FloatingPointError, match=r"fit: .* at epoch 1, step 3"):
+        model.fit(data(24), epochs=1, batch_size=8, shuffle=False, quiet=True)
+
+
+def test_nothing_silent() -> None:
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    assert prior.sample(batch_n=0)["z"].shape == (0, 2)
+    with pytest.raises(ValueError, match="labels_true holds NaN"):
+        clustering_accuracy(np.array([0.0, np.nan, 1.0]), np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match="constant parameter loc of Normal must be finite"):
+        Normal(var=["x"], loc=float("inf"), scale=1.0)
