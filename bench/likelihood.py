@@ -96,8 +96,8 @@ def hand_estimate(state: dict[str, Any], x: torch.Tensor, k: int, batch: int, ch
                 z = loc + eps * scale
                 log_q = (-0.5 * eps**2 - scale.log() - 0.5 * log_2pi).sum(-1)
                 log_prior = (-0.5 * z**2 - 0.5 * log_2pi).sum(-1)
-                logits = dec(z.reshape(-1, z.shape[-1])).reshape(c, xb.shape[0], -1)
-                log_lik = -F.binary_cross_entropy_with_logits(logits, xb.expand(c, -1, -1), reduction="none").sum(-1)
+                probs = torch.sigmoid(dec(z.reshape(-1, z.shape[-1]))).reshape(c, xb.shape[0], -1)
+                log_lik = -F.binary_cross_entropy(probs, xb.expand(c, -1, -1), reduction="none").sum(-1)
                 parts.append(torch.logsumexp(log_lik + log_prior - log_q, 0))
             out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
     return torch.cat(out)

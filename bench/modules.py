@@ -20,6 +20,7 @@ over repeats of kizuna / reference measured in the same repeat. The slope is the
 log(time per iteration) against log(N): 1 is linear.
 
 Run: ``python bench/modules.py [--quick] [--full] [--repeats 3] [--threads 1] [--only gmm,hmm,lda]``
+(``--only viterbi``: the Viterbi rows alone)
 (``--full`` adds N = 10^6 for the GMM; ``--quick`` is the smoke-test run, under 30 s).
 """
 
@@ -199,8 +200,22 @@ def lda_cases(sizes: list[int], reuters: bool) -> list[Case]:
 
 
 # ------------------------------------------------------------------------- HMM inference (score, Viterbi)
-def hmm_inference(sizes: list[int], repeats: int) -> list[tuple[str, int, float, float, float]]:
-    """Forward log-likelihood and Viterbi of kizuna vs hmmlearn with the same parameters, on the same data."""
+def _with_prefix(decode: Callable[[Any], Any], x: Any) -> Any:
+    """``decode(x)`` with Viterbi by the chunked (max, +) prefix (`_chain_scan.max_product`) at every length."""
+    from kizuna.modules import _forward_backward as fb
+    from kizuna.modules._chain_scan import max_product
+
+    scan, fb.viterbi_scan = fb.viterbi_scan, max_product
+    try:
+        return decode(x)
+    finally:
+        fb.viterbi_scan = scan
+
+
+def hmm_inference(sizes: list[int], repeats: int,
+                  viterbi_only: bool = False) -> list[tuple[str, int, float, float, float]]:
+    """Forward log-likelihood and Viterbi of kizuna vs hmmlearn with the same parameters, on the same data
+    (``viterbi_only``: Viterbi alone)."""
     from hmmlearn.hmm import GaussianHMM
 
     rows = []
@@ -212,9 +227,15 @@ def hmm_inference(sizes: list[int], repeats: int) -> list[tuple[str, int, float,
         ours.covars_ = ref._covars_  # hmmlearn's covars_ property returns full matrices
         xt = torch.as_tensor(x)
         calls = max(1, min(50, 10**5 // n))
-        for what, mine, theirs in (
-                ("forward log-likelihood", lambda ours=ours, xt=xt: ours.score(xt), lambda ref=ref, x=x: ref.score(x)),
-                ("Viterbi decode", lambda ours=ours, xt=xt: ours.decode(xt), lambda ref=ref, x=x: ref.decode(x))):
+        cases = [("forward log-likelihood", lambda ours=ours, xt=xt: ours.score(xt), lambda ref=ref, x=x: ref.score(x)),
+                 ("Viterbi decode", lambda ours=ours, xt=xt: ours.decode(xt), lambda ref=ref, x=x: ref.decode(x))]
+        if viterbi_only:  # where the time goes: the previous chunked prefix, and the emissions alone
+            cases = cases[1:] + [
+                ("Viterbi decode, chunked prefix (before)", lambda ours=ours, xt=xt: _with_prefix(ours.decode, xt),
+                 lambda ref=ref, x=x: ref.decode(x)),
+                ("kizuna's Gaussian emissions alone", lambda ours=ours, xt=xt: ours._log_emit(xt),
+                 lambda ref=ref, x=x: ref.decode(x))]
+        for what, mine, theirs in cases:
             times = interleaved({"kizuna": mine, "hmmlearn": theirs}, repeats, calls, warmup=1, block_warmup=0)
             r = ratios(times, "hmmlearn")["kizuna"]
             rows.append((what, n, statistics.median(times["kizuna"]), statistics.median(times["hmmlearn"]), r))
@@ -261,7 +282,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (< 30 s): the smoke test")
     parser.add_argument("--full", action="store_true", help="add N = 10^6 for the GMM")
-    parser.add_argument("--only", default="gmm,hmm,lda", help="comma-separated subset of gmm, hmm, lda")
+    parser.add_argument("--only", default="gmm,hmm,lda",
+                        help="comma-separated subset of gmm, hmm, lda, viterbi (viterbi: the Viterbi rows alone)")
     return parser.parse_args(argv)
 
 
@@ -295,10 +317,10 @@ def main(argv: list[str] | None = None) -> None:
         for case in cases:
             print(row(measure(case, repeats)), flush=True)
         print_slopes(cases)
-        if "hmm" in only:
+        if only & {"hmm", "viterbi"}:
             print(f"\n{'HMM inference (same parameters)':42s} {'N':>8s} {'kizuna ms':>10s} {'hmmlearn ms':>12s} "
                   f"{'ratio':>6s}")
-            for what, n, kz, ref, r in hmm_inference(sizes, repeats):
+            for what, n, kz, ref, r in hmm_inference(sizes, repeats, viterbi_only="hmm" not in only):
                 print(f"{what:42s} {n:8d} {kz * 1e3:10.3f} {ref * 1e3:12.3f} {r:6.2f}")
         print(f"\n({time.perf_counter() - begin:.0f} s)")
 

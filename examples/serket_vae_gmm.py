@@ -19,19 +19,29 @@ and the parts trained alone, a GMM on the latents of a VAE trained as many epoch
 Data: ``mnist3000.npz`` of SERKET's examples, read from ``--data`` (default
 ``../shared/data/serket``); it is for tests and benchmarks and is not shipped with kizuna.
 
-Run: ``python examples/serket_vae_gmm.py [--smoke] [--seed 0] [--data DIR]``.
+``--sampler collapsed`` runs every GMM with the collapsed Gibbs sampler of
+`kizuna.modules.gmm_collapsed` (SERKET's, one point at a time) instead of the module's blocked one.
+
+Run: ``python examples/serket_vae_gmm.py [--smoke] [--seed 0] [--data DIR] [--sampler blocked|collapsed]``.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
+from kizuna.modules import gmm_collapsed, gmm_inference  # noqa: E402
+
+SAMPLERS = ("blocked", "collapsed")
 
 ROWS = {"vae_gmm": "VAE+GMM (integrated)",
         "no_feedback": "the same after its first update, continued without feedback",
@@ -76,10 +86,36 @@ def integrated(seed: int, smoke: bool, data: str | Path | None) -> dict[str, flo
     return S.cached("vae_gmm", _integrated, seed, smoke, data)
 
 
-def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None) -> dict[str, float]:
-    """The integrated model, its paired controls and its image part alone (keys ``<row>_<metric>``)."""
-    return {**integrated(seed, smoke, data), **S.gmm_on_vae(seed, smoke, data)}
+@contextmanager
+def use_sampler(sampler: str) -> Iterator[None]:
+    """Every `km.GMM` with ``algorithm="gibbs"`` samples with ``sampler``: ``"blocked"`` (the module's own)
+    or ``"collapsed"`` (`gmm_collapsed.collapsed_gibbs`, same inputs and outputs), for the duration of the block.
+    (Until the module takes the choice as an option of its own.)"""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    blocked = gmm_inference.gibbs
+    gmm_inference.gibbs = gmm_collapsed.collapsed_gibbs if sampler == "collapsed" else blocked
+    try:
+        yield
+    finally:
+        gmm_inference.gibbs = blocked
+
+
+def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None,
+        sampler: str = "blocked") -> dict[str, float]:
+    """The integrated model, its paired controls and its image part alone (keys ``<row>_<metric>``), every
+    GMM sampling with ``sampler`` (see `use_sampler`)."""
+    with use_sampler(sampler):
+        if sampler == "blocked":
+            return {**integrated(seed, smoke, data), **S.gmm_on_vae(seed, smoke, data)}
+        return {**S.cached("vae_gmm_collapsed", _integrated, seed, smoke, data),
+                **S.cached("gmm_on_vae_collapsed", S._gmm_on_vae, seed, smoke, data)}
 
 
 if __name__ == "__main__":
-    S.cli(run, __doc__)
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--sampler", choices=SAMPLERS, default="blocked",
+                         help="the GMM's Gibbs sampler (default: the module's blocked one)")
+    known, rest = options.parse_known_args()
+    sys.argv = [sys.argv[0], *rest]
+    S.cli(functools.partial(run, sampler=known.sampler), __doc__)

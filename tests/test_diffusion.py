@@ -173,6 +173,30 @@ def test_discretised_decoder_against_scipy_and_normalised() -> None:
     assert set(np.round(draws.numpy().ravel() * 2, 9)) <= set(np.round(np.linspace(-2, 2, bins), 9))
 
 
+def test_posterior_variance_decoder_uses_beta_tilde_2_at_t1() -> None:
+    """Ho et al.'s code clips the posterior variance at t = 1 to beta~_2 (beta~_1 = 0 is a point mass).
+
+    The Gaussian decoder p(x_0|x_1) and the discretised one are checked against scipy with that variance."""
+    s = schedule()
+    beta, ab = s.betas.numpy(), s.alpha_bar().numpy()
+    beta_tilde_2 = (1 - ab[1]) / (1 - ab[2]) * beta[1]
+    net = LinearEps(1)
+    x1, x0 = torch.tensor([[0.3], [-0.2]], dtype=F64), torch.tensor([[0.25], [-1.0]], dtype=F64)
+    eps = net(x1, torch.ones(2, dtype=torch.long)).detach().numpy()
+    mean = (x1.numpy() - beta[0] / np.sqrt(1 - ab[1]) * eps) / np.sqrt(1 - beta[0])
+    gaussian = DiffusionReverse(net, s, variance="posterior", step=1)
+    logp = gaussian.get_log_prob({"x_1": x1, "x_0": x0}).detach().numpy()
+    np.testing.assert_allclose(logp, stats.norm.logpdf(x0.numpy(), mean, np.sqrt(beta_tilde_2)).sum(1), rtol=1e-10)
+    bins, half = 5, 0.25
+    dec = DiffusionDecoder(DiffusionReverse(net, s, variance="posterior"), bins=bins)
+    levels = torch.linspace(-1, 1, bins, dtype=F64)[:, None]
+    logp = dec.get_log_prob({"x_1": torch.full((bins, 1), 0.3, dtype=F64), "x_0": levels}).detach()
+    edges = np.concatenate([[-np.inf], levels[:-1, 0].numpy() + half, [np.inf]])
+    np.testing.assert_allclose(logp.exp().numpy(), np.diff(stats.norm.cdf(edges, mean[0, 0], np.sqrt(beta_tilde_2))),
+                               rtol=1e-9)
+    assert torch.isfinite(logp).all()
+
+
 def test_schedules() -> None:
     lin = DiffusionSchedule.linear(1000)
     assert lin.T == 1000 and abs(lin.betas[0].item() - 1e-4) < 1e-9 and abs(lin.betas[-1].item() - 0.02) < 1e-9

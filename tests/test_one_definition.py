@@ -126,11 +126,13 @@ def losses() -> dict[str, L.Loss]:
 
 
 # Loss classes that need machinery of their own (a discriminator, a sampler, a diffusion chain, kernels
-# of two samples); each has its own test file that evaluates it through Model as well.
+# of two samples, a flow's velocity field, a codebook); each has its own test file that evaluates it
+# through Model as well (test_gan, test_ebm, test_score, test_diffusion, test_sample_distances,
+# test_flow_matching, test_vq).
 OWN_TESTS = {
     "AdversarialJensenShannon", "AdversarialKullbackLeibler", "AdversarialWassersteinDistance",
     "ContrastiveDivergence", "DenoisingScoreError", "ScoreMatchingError", "SlicedScoreError", "SumOverSteps",
-    "NoisePredictionError", "MMD", "WassersteinDistance", "Loss",
+    "NoisePredictionError", "MMD", "WassersteinDistance", "Loss", "VQCommitment", "VelocityError",
 }
 
 
@@ -246,3 +248,15 @@ def test_validation_is_one_switch_over_torchs_default() -> None:
         assert validation_enabled()
     finally:
         set_validation(before)
+
+
+def test_normal_score_hook_is_the_gradient_of_the_log_density() -> None:
+    gen = torch.Generator().manual_seed(2)
+    loc = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    scale = torch.rand(5, 3, generator=gen, dtype=torch.float64) + 0.2
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    noise = Normal(var=["y"], cond_var=["m", "s"], loc="m", scale="s")
+    (expected,) = torch.autograd.grad(noise.get_log_prob({"y": x, "m": loc, "s": scale}).sum(), x)
+    with validation(False):
+        got = noise.closed_form_score({"y": x.detach(), "m": loc, "s": scale})
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

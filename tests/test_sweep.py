@@ -408,6 +408,14 @@ EXAMPLES: list[Example] = [
     _built(kd.DDPM, lambda g: (kd.DDPM(_reverse(g), features_shape=[K]), {}), density=False),
     _built(kd.EnergyDistribution, lambda g: (kd.EnergyDistribution(_Energy(g)), {"x": _randn(g, B, K)}),
            reparam=False, samples=False),
+    # ---- flow matching, hierarchical and discrete-latent models (helpers without parameters --
+    # FlowInterpolant, TimeUniform, OTCoupling -- and the quantiser are tested in their own files)
+    _built(kd.FlowMatching, lambda g: (kd.FlowMatching(_EpsNet(g), [K], n_steps=2, likelihood_steps=2), {})),
+    _built(kd.NormalProduct, lambda g: (kd.NormalProduct([_normal_net(g, "x", "y", name="q"),
+                                                          _normal_net(g, "x", "w")]),
+                                        {"y": _y(g), "w": _y(g)})),
+    _built(kd.PixelCNNCategorical, lambda g: (_redrawn(kd.PixelCNNCategorical(3, 2, 2, hidden_channels=4, n_layers=1,
+                                                                              kernel_size=3), g), {}), reparam=False),
     # ---- flows and autoregressive models
     _built(kd.TransformedDistribution, lambda g: (kd.TransformedDistribution(
         _prior_z(g), _redrawn(FlowList([PlanarFlow(K), PlanarFlow(K)]), g), var=["x"]), {}),

@@ -29,16 +29,20 @@ from kizuna.distributions.families import (
     StudentT,
     VonMises,
 )
+from kizuna.distributions.flow_coupling import reflow_coupling
+from kizuna.distributions.flow_matching import FlowMatching
 from kizuna.distributions.joint import JointDistribution
 from kizuna.distributions.marginal import MarginalizeVarDistribution
 from kizuna.distributions.mixture import MixtureModel, MixturePosterior
 from kizuna.distributions.moe import MixtureOfNormal
+from kizuna.distributions.normal_product import NormalProduct
 from kizuna.distributions.poe import ElementWiseProductOfNormal, ProductOfNormal
 from kizuna.distributions.relaxed import RelaxedBernoulli, RelaxedCategorical
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.special import CustomProb, Deterministic, EmpiricalDistribution
 from kizuna.distributions.torch_dist import TorchDistribution, set_validation, validation, validation_enabled
 from kizuna.distributions.transformed import InverseTransformedDistribution, TransformedDistribution
+from kizuna.distributions.vq import PixelCNNCategorical
 
 __all__ = [
     "Bernoulli", "Beta", "BinaryConcrete", "Categorical", "Concrete", "CustomProb", "Deterministic", "Dirichlet",
@@ -50,6 +54,8 @@ __all__ = [
     "RelaxedBernoulli", "RelaxedCategorical", "ReplaceVarDistribution", "StudentT", "TorchDistribution",
     "VonMises", "set_validation", "validation", "validation_enabled",
     "DDPM", "DiffusionDecoder", "DiffusionForward", "DiffusionPosterior", "DiffusionReverse", "DiffusionSchedule",
-    "EnergyDistribution",
+    "EnergyDistribution", "NormalProduct",
+    "PixelCNNCategorical",
+    "FlowMatching", "reflow_coupling",
     "InverseTransformedDistribution", "MADEBernoulli", "PixelCNNBernoulli", "TransformedDistribution",
 ]

@@ -368,6 +368,16 @@ class Distribution(nn.Module):
         """The ``torch.distributions`` class behind this distribution, if it is one family."""
         return None
 
+    def closed_form_score(self, x_dict: Mapping[str, Any]) -> Tensor | None:
+        r""":math:`\nabla_x \log p(x|\cdot)` of the single variable in closed form, or None (then take it by
+        autograd of `get_log_prob`)."""
+        return None
+
+    def kl_parts(self, x_dict: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The one-family distribution behind this one and its parameters for ``x_dict`` (for a
+        closed-form KL, see `kizuna.losses.KullbackLeibler`)."""
+        raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) is not one torch family")
+
     def get_dist(self, x_dict: Mapping[str, Any] | None = None, independent: bool = True
                  ) -> torch.distributions.Distribution:
         """A ``torch.distributions`` object for these inputs (features as event dims)."""

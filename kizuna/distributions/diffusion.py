@@ -28,12 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.families import Normal
+from kizuna.samplers.integrators import ancestral
+from kizuna.samplers.paths import DiffusionPath
 
 
 class DiffusionSchedule(nn.Module):
-    """The noise schedule :math:`\\beta_{1:T}`; ``alpha_bar`` etc. are computed from it per call.
+    """The noise schedule :math:`\\beta_{1:T}` and its per-step constants (`constants`).
 
     Args:
         betas: ``T`` values in (0, 1). An ``nn.Parameter`` stays learnable (a learned schedule);
@@ -53,6 +55,9 @@ class DiffusionSchedule(nn.Module):
             self.betas = betas
         else:
             self.register_buffer("betas", betas)
+        # the per-step constants of a fixed schedule, computed once (again if betas change in place)
+        self.register_buffer("_constants", self._compute_constants().detach(), persistent=False)
+        self._constants_version = self.betas._version
 
     @classmethod
     def linear(cls, T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> DiffusionSchedule:
@@ -76,8 +81,25 @@ class DiffusionSchedule(nn.Module):
 
     def alpha_bar(self) -> Tensor:
         """:math:`\\bar\\alpha_{0:T}` with :math:`\\bar\\alpha_0 = 1` (index ``t`` is step ``t``)."""
-        ab = torch.cumprod(1 - self.betas, 0)
-        return torch.cat([ab.new_ones(1), ab])
+        return self.constants()[:, 2]
+
+    def _compute_constants(self) -> Tensor:
+        ab = torch.cat([self.betas.new_ones(1), torch.cumprod(1 - self.betas, 0)])
+        beta = torch.cat([self.betas.new_zeros(1), self.betas])
+        return torch.stack([beta, 1 - beta, ab, torch.cat([ab[:1], ab[:-1]])], 1)
+
+    def constants(self) -> Tensor:
+        """Rows ``t = 0..T``: :math:`(\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1})`, :math:`\\beta_0 = 0`.
+
+        A learnable schedule recomputes them per call (so gradients reach the betas); a fixed one
+        keeps them in a buffer, recomputed when ``betas`` is changed in place.
+        """
+        if isinstance(self.betas, nn.Parameter):
+            return self._compute_constants()
+        if self._constants_version != self.betas._version or self._constants.dtype != self.betas.dtype:
+            self._constants = self._compute_constants()
+            self._constants_version = self.betas._version
+        return self._constants
 
     def index(self, t: Any, like: Tensor, low: int = 1) -> Tensor:
         """Step numbers as a long tensor, checked to lie in ``[low, T]``."""
@@ -87,21 +109,23 @@ class DiffusionSchedule(nn.Module):
                 raise ValueError("diffusion: the step variable t must hold whole numbers")
             t = t.round()
         t = t.long()
-        if t.numel() and (int(t.min()) < low or int(t.max()) > self.T):
-            raise ValueError(f"diffusion: step t must lie in [{low}, {self.T}], got [{int(t.min())}, {int(t.max())}]")
+        if t.numel():
+            lo, hi = (int(v) for v in torch.aminmax(t))  # one pass over t
+            if lo < low or hi > self.T:
+                raise ValueError(f"diffusion: step t must lie in [{low}, {self.T}], got [{lo}, {hi}]")
         return t
 
-    def at(self, values: Tensor, t: Tensor, like: Tensor) -> Tensor:
-        """``values[t]`` shaped to broadcast against ``like`` (batch first), in ``like``'s dtype."""
-        out = values.to(like.dtype)[t]
+    def alpha_bar_at(self, t: Tensor, like: Tensor) -> Tensor:
+        """:math:`\\bar\\alpha_t` alone, broadcast to ``like`` (what the forward process needs)."""
+        out = self.constants()[:, 2].to(like.dtype)[t]
         return out.reshape(*out.shape, *([1] * (like.dim() - out.dim())))
 
     def coefficients(self, t: Tensor, like: Tensor) -> dict[str, Tensor]:
         """:math:`\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1}` at steps ``t``, broadcast to ``like``."""
-        ab = self.alpha_bar()
-        beta = self.at(torch.cat([self.betas.new_zeros(1), self.betas]), t, like)
-        return {"beta": beta, "alpha": 1 - beta, "alpha_bar": self.at(ab, t, like),
-                "alpha_bar_prev": self.at(ab, t - 1, like)}
+        rows = self.constants().to(like.dtype)[t]  # (batch, 4): one gather for the four
+        shape = (*rows.shape[:-1], *([1] * (like.dim() - rows.dim() + 1)))
+        beta, alpha, ab, ab_prev = (rows[..., i].reshape(shape) for i in range(4))
+        return {"beta": beta, "alpha": alpha, "alpha_bar": ab, "alpha_bar_prev": ab_prev}
 
 
 class DiscreteUniform(Distribution):
@@ -115,6 +139,10 @@ class DiscreteUniform(Distribution):
         if high < low:
             raise ValueError(f"DiscreteUniform: high={high} < low={low}")
         self.low, self.high = int(low), int(high)
+
+    @property
+    def has_reparam(self) -> bool:
+        return True  # the draws depend on no parameter: no score-function term is needed
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         like = next((v for v in x_dict.values() if isinstance(v, Tensor)), None)
@@ -166,7 +194,7 @@ class DiffusionForward(_Step, Normal):
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         x0 = cond[self.data_var]
-        ab = self.schedule.coefficients(self._t(cond, x0), x0)["alpha_bar"]
+        ab = self.schedule.alpha_bar_at(self._t(cond, x0), x0)
         return {"loc": ab.sqrt() * x0, "scale": (1 - ab).sqrt().expand_as(x0)}
 
 
@@ -199,40 +227,60 @@ class DiffusionReverse(_Step, Normal):
     Args:
         eps_net: ``eps_net(x_t, t) -> ε̂`` (same shape as ``x_t``; ``t`` a long tensor ``(batch,)``).
         schedule: the noise schedule.
-        variance: :math:`\\sigma_t^2 = \\beta_t` (``"beta"``) or :math:`\\tilde\\beta_t` (``"posterior"``, ``t ≥ 2``).
+        variance: :math:`\\sigma_t^2 = \\beta_t` (``"beta"``) or :math:`\\tilde\\beta_t` (``"posterior"``;
+            :math:`\\tilde\\beta_2` at ``t = 1``, see `mean_and_variance`).
         step: a fixed step, e.g. ``1`` for the Gaussian decoder :math:`p_\\theta(x_0|x_1)` of continuous data.
         var, noisy_var, t_var: names of :math:`x_{t-1}`, :math:`x_t`, :math:`t`.
+        context_var: further conditioning variables ``c`` (a conditional model, e.g. a class label):
+            then ``eps_net(x_t, t, *c)``, and classifier-free guidance applies (`kizuna.samplers.Guided`).
     """
 
-    def __init__(self, eps_net: Callable[[Tensor, Tensor], Tensor], schedule: DiffusionSchedule,
+    def __init__(self, eps_net: Callable[..., Tensor], schedule: DiffusionSchedule,
                  variance: str = "beta", step: int | None = None, var: str | None = None,
-                 noisy_var: str | None = None, t_var: str = "t", name: str = "p") -> None:
+                 noisy_var: str | None = None, t_var: str = "t", name: str = "p",
+                 context_var: Sequence[str] = ()) -> None:
         if variance not in ("beta", "posterior"):
             raise ValueError(f"DiffusionReverse: variance must be 'beta' or 'posterior', got {variance!r}")
         var = var or ("x_{t-1}" if step is None else f"x_{step - 1}")
         noisy_var = noisy_var or ("x_t" if step is None else f"x_{step}")
-        super().__init__(var=[var], cond_var=[noisy_var] + ([] if step is not None else [t_var]), name=name)
+        self.context_var = list(context_var)
+        steps = [] if step is not None else [t_var]
+        super().__init__(var=[var], cond_var=[noisy_var, *steps, *self.context_var], name=name)
         self.eps_net, self.schedule, self.variance = eps_net, schedule, variance
         self.step, self.t_var, self.noisy_var = step, t_var, noisy_var
 
-    def epsilon(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """:math:`\\epsilon_\\theta(x_t, t)`, checked to have the shape of ``x_t``."""
-        eps = self.eps_net(x_t, t)
+    def epsilon(self, x_t: Tensor, t: Tensor, context: Mapping[str, Tensor] | None = None) -> Tensor:
+        """:math:`\\epsilon_\\theta(x_t, t, c)`, checked to have the shape of ``x_t``."""
+        context = context or {}
+        missing = [c for c in self.context_var if c not in context]
+        if missing:
+            raise ValueError(f"{self.prob_text}: the context {', '.join(missing)} is missing")
+        eps = self.eps_net(x_t, t, *(context[c] for c in self.context_var))
         if eps.shape != x_t.shape:
             raise ValueError(
                 f"{self.prob_text}: eps_net returned shape {tuple(eps.shape)}, expected {tuple(x_t.shape)}")
         return eps
 
-    def mean_and_variance(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """:math:`\\mu_\\theta(x_t,t)` and :math:`\\sigma_t^2` (broadcastable)."""
+    def mean_and_variance(self, x_t: Tensor, t: Tensor, eps: Tensor | None = None,
+                          context: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """:math:`\\mu_\\theta(x_t,t)` and :math:`\\sigma_t^2` (broadcastable).
+
+        ``eps`` replaces :math:`\\epsilon_\\theta(x_t,t)` (e.g. a guided prediction, `kizuna.samplers`).
+        With ``variance="posterior"`` the step ``t = 1`` uses :math:`\\tilde\\beta_2`, as Ho et al.'s code
+        does: :math:`\\tilde\\beta_1 = 0` would make the decoder :math:`p_\\theta(x_0|x_1)` a point mass.
+        """
         c = self.schedule.coefficients(t, x_t)
-        mean = (x_t - c["beta"] / (1 - c["alpha_bar"]).sqrt() * self.epsilon(x_t, t)) / c["alpha"].sqrt()
-        var = c["beta"] if self.variance == "beta" else (1 - c["alpha_bar_prev"]) / (1 - c["alpha_bar"]) * c["beta"]
-        return mean, var
+        eps = self.epsilon(x_t, t, context) if eps is None else eps
+        mean = (x_t - c["beta"] / (1 - c["alpha_bar"]).sqrt() * eps) / c["alpha"].sqrt()
+        if self.variance == "beta":
+            return mean, c["beta"]
+        t_var = t.clamp(min=min(2, self.schedule.T))
+        p = self.schedule.coefficients(t_var, x_t)
+        return mean, (1 - p["alpha_bar_prev"]) / (1 - p["alpha_bar"]) * p["beta"]
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         xt = cond[self.noisy_var]
-        mean, var = self.mean_and_variance(xt, self._t(cond, xt, low=2 if self.variance == "posterior" else 1))
+        mean, var = self.mean_and_variance(xt, self._t(cond, xt), None, cond)
         return {"loc": mean, "scale": var.sqrt().expand_as(xt)}
 
 
@@ -267,7 +315,7 @@ class DiffusionDecoder(Distribution):
 
     def __init__(self, reverse: DiffusionReverse, bins: int = 256, var: str = "x_0", cond_var: str = "x_1",
                  name: str = "p") -> None:
-        super().__init__([var], [cond_var], name)
+        super().__init__([var], [cond_var, *reverse.context_var], name)
         if bins < 2:
             raise ValueError(f"DiffusionDecoder: bins must be at least 2, got {bins}")
         self.reverse, self.bins = reverse, int(bins)
@@ -275,7 +323,7 @@ class DiffusionDecoder(Distribution):
     def _params(self, x_dict: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         x1 = x_dict[self._cond_var[0]]
         t = self.reverse.schedule.index(torch.ones(x1.shape[0], dtype=torch.long), x1)
-        return self.reverse.mean_and_variance(x1, t)
+        return self.reverse.mean_and_variance(x1, t, None, x_dict)
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         x0 = x_dict[self._var[0]]
@@ -332,8 +380,9 @@ class DDPM(Distribution):
         if reverse.step is not None:
             raise ValueError(f"DDPM: {reverse.prob_text} has a fixed step; give the reverse process over all steps")
         decoder = decoder if decoder is not None else DiffusionReverse(
-            reverse.eps_net, reverse.schedule, variance="beta", step=1, name=reverse.name)
-        super().__init__(decoder.var, None, name, features_shape)
+            reverse.eps_net, reverse.schedule, variance="beta", step=1, name=reverse.name,
+            context_var=reverse.context_var)
+        super().__init__(decoder.var, reverse.context_var, name, features_shape)
         self.reverse, self.decoder, self.noiseless_last = reverse, decoder, noiseless_last
         self.prior = Normal(var=[prior_var], loc=0.0, scale=1.0, features_shape=features_shape, name=name)
 
@@ -350,15 +399,18 @@ class DDPM(Distribution):
         inner = self.prior._factorized_text(fmt, {}) + steps + self.decoder._factorized_text(fmt, {})
         return fmt["integral"].format(inner, "x_{1:T}")
 
+    def path(self, context: Mapping[str, Tensor] | None = None) -> DiffusionPath:
+        """The reverse process as a `kizuna.samplers.DiffusionPath` (for DDIM, Heun, guidance, ...)."""
+        return DiffusionPath(self.reverse, self.features_shape, context)
+
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        context = {c: x_dict[c] for c in self._cond_var}
+        rows = batch_size_of(context) or batch_n or 1
+        path = self.path(context)
         with torch.set_grad_enabled(reparam and torch.is_grad_enabled()):
-            x = self.prior.sample(batch_n=batch_n or 1, reparam=reparam)[self.prior.var[0]]
-            x = x.to(self.schedule.betas.dtype)  # the chain runs in the schedule's dtype
-            b, rev = x.shape[0], self.reverse
-            for t in range(self.schedule.T, 1, -1):
-                step = torch.full((b,), t, dtype=torch.long, device=x.device)
-                x = rev.sample({rev.noisy_var: x, rev.t_var: step}, reparam=reparam)[rev.var[0]]
-            given = {self.decoder.cond_var[0]: x}
+            y_1 = ancestral(path, x=path.prior(rows), times=path.times(None)[:-1], grad=reparam)  # x_T .. x_1
+            x_1, _ = path.scaled_input(y_1, path.times(None)[-2])
+            given = {self.decoder.cond_var[0]: x_1, **context}
             x0 = self.decoder.sample_mean(given) if self.noiseless_last else self.decoder.sample(
                 given, reparam=reparam)[self._var[0]]
         return {self._var[0]: x0}

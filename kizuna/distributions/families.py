@@ -45,6 +45,10 @@ class Normal(TorchDistribution):
         loc, scale = params["loc"], params["scale"]
         return -((value - loc) ** 2) / (2 * scale**2) - scale.log() - _LOG_SQRT_2PI
 
+    def _score_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
+        r""":math:`\nabla_x \log \mathcal{N}(x; \mu, \sigma^2) = -(x - \mu)/\sigma^2`."""
+        return -(value - params["loc"]) / params["scale"] ** 2
+
     def _rsample_kernel(self, shape: torch.Size, params: dict[str, Any]) -> Tensor:
         r"""torch's draw :math:`\mu + \sigma\epsilon`, the same random stream as ``Normal.rsample``."""
         loc, scale = params["loc"], params["scale"]

@@ -105,5 +105,8 @@ class ReplaceVarDistribution(Distribution):
     def get_dist(self, x_dict: Mapping | None = None, independent: bool = True):  # noqa: ANN201
         return self.p.get_dist(self._given(x_dict), independent)
 
+    def kl_parts(self, x_dict: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return self.p.kl_parts(self._inner(dict(x_dict)))
+
     def get_params(self, params_dict: Mapping | None = None, **kwargs: Any) -> dict[str, Tensor]:
         return self.p.get_params(self._given(params_dict))

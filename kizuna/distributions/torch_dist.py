@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, ClassVar
 
@@ -60,8 +59,7 @@ def set_validation(enabled: bool) -> None:
     D.Distribution.set_default_validate_args(bool(enabled))
 
 
-@contextmanager
-def validation(enabled: bool) -> Iterator[None]:
+class validation:  # noqa: N801 - used as a function: ``with validation(False):``
     """Checks on (or off) within the block, whatever the process default (as Pyro's
     ``validation_enabled``); ``kizuna.models.Model(validate=...)`` uses it for its steps.
 
@@ -70,11 +68,17 @@ def validation(enabled: bool) -> Iterator[None]:
     ...     validation_enabled()
     False
     """
-    token = _CHECKS.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _CHECKS.reset(token)
+
+    __slots__ = ("enabled", "_token")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = bool(enabled)
+
+    def __enter__(self) -> None:
+        self._token = _CHECKS.set(self.enabled)
+
+    def __exit__(self, *exc: object) -> None:
+        _CHECKS.reset(self._token)
 
 
 def _shape_text(value: Any) -> str:
@@ -357,8 +361,12 @@ class TorchDistribution(Distribution):
     # --------------------------------------------------- closed-form hooks
     @classmethod
     def _has_hook(cls, name: str) -> bool:
-        """Whether this family defines the closed-form hook ``name``."""
-        return getattr(cls, name) is not getattr(TorchDistribution, name)
+        """Whether this family defines the closed-form hook ``name`` (answered once per class)."""
+        key = (cls, name)
+        found = _HOOKS.get(key)
+        if found is None:
+            found = _HOOKS[key] = getattr(cls, name) is not getattr(TorchDistribution, name)
+        return found
 
     def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor | None:
         """The elementwise log-density from the parameters, or None to use torch's (see module docstring)."""
@@ -373,16 +381,41 @@ class TorchDistribution(Distribution):
         """The elementwise KL to ``other``, or None to use torch's registry."""
         return None
 
-    def analytic_kl(self, other: Distribution, x_dict: Mapping[str, Any], per_feature: bool = False) -> Tensor:
-        """:math:`D_{KL}[self\\|other]` in closed form, per row (or per feature), given ``x_dict``."""
-        if isinstance(other, TorchDistribution):
-            params, other_params = self._params(x_dict), other._params(x_dict)
-            if not validation_enabled():
-                kl = self._kl_kernel(other, params, other_params)
-                if kl is not None:
-                    return kl if per_feature else sum_rows(kl)
-        kl = D.kl_divergence(self._torch_dist(x_dict, independent=not per_feature),
-                             other.get_dist(x_dict, independent=not per_feature))
+    def _score_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor | None:
+        r"""The score :math:`\nabla_x \log p(x)` elementwise from the parameters, or None."""
+        return None
+
+    def closed_form_score(self, x_dict: Mapping[str, Any]) -> Tensor | None:
+        """See `Distribution.closed_form_score`: the family's `_score_kernel`, shaped like the value."""
+        if not self._has_hook("_score_kernel"):
+            return None
+        params = self._params(x_dict)
+        shape = self._kernel_shape(params, None)
+        value = x_dict[self._var[0]]
+        if shape is None or not isinstance(value, Tensor) or value.dim() != len(shape):
+            return None
+        score = self._score_kernel(value, params)
+        return None if score is None else score.expand(value.shape)
+
+    def kl_parts(self, x_dict: Mapping[str, Any]) -> tuple[TorchDistribution, dict[str, Any]]:
+        """See `Distribution.kl_parts`."""
+        return self, self._params(x_dict)
+
+    def kl_to(self, params: dict[str, Any], other: TorchDistribution, other_params: dict[str, Any],
+              per_feature: bool = False) -> Tensor:
+        r""":math:`D_{KL}[self\|other]` in closed form from both parameter sets, per row (or per feature):
+        the family's `_kl_kernel` when it has one (and validation is off), else torch's registry."""
+        if not validation_enabled():
+            kl = self._kl_kernel(other, params, other_params)
+            if kl is not None:
+                return kl if per_feature else sum_rows(kl)
+        mine, theirs = self._build(params, not per_feature), other._build(other_params, not per_feature)
+        try:
+            kl = D.kl_divergence(mine, theirs)
+        except RuntimeError as err:  # shapes that do not broadcast
+            raise ValueError(f"KL[{self.prob_text}||{other.prob_text}]: the parameters do not broadcast: "
+                             f"{tuple(mine.batch_shape + mine.event_shape)} and "
+                             f"{tuple(theirs.batch_shape + theirs.event_shape)}") from err
         return kl if kl.dim() > 0 else kl.unsqueeze(0)
 
     # ------------------------------------------------------ sample / density
@@ -558,6 +591,7 @@ def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
 
 
 _SIGNATURES: dict[type, tuple[list[str], list[str]]] = {}
+_HOOKS: dict[tuple[type, str], bool] = {}
 
 
 def _signature(cls: type[D.Distribution]) -> tuple[list[str], list[str]]:

@@ -191,7 +191,7 @@ class Loss(nn.Module):
         """``loss(x_dict, ...)`` is ``loss.eval(x_dict, ...)`` (so that torch wrappers such as DDP apply)."""
         return self.eval(x_dict, **options)
 
-    def distributions(self) -> list[Any]:
+    def distributions(self) -> list[nn.Module]:
         """Every distribution this loss refers to (for optimisers), without repeats."""
         found: dict[int, Any] = {}
         stack: list[Loss] = [self]
@@ -202,7 +202,7 @@ class Loss(nn.Module):
             stack.extend(node.subterms())
         return list(found.values())
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[nn.Module]:
         return []
 
     # -------------------------------------------------------------- algebra

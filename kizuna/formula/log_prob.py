@@ -40,7 +40,7 @@ class LogProb(Loss):
         self.sum_features = sum_features
         self.feature_dims = feature_dims
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Scorable]:
         return [self.p]
 
     def _value(self, ctx: EvalContext) -> Tensor:

@@ -9,25 +9,25 @@ and ends with it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
 _MEMO: ContextVar[dict[tuple[Any, ...], tuple[Any, Sequence[Any]]] | None] = ContextVar("kizuna_memo", default=None)
 
 
-@contextmanager
-def shared_parameters() -> Iterator[None]:
-    """Within this block, a distribution given the same input tensors computes its parameters once."""
-    if _MEMO.get() is not None:  # nested evaluations share the outer memo
-        yield
-        return
-    token = _MEMO.set({})
-    try:
-        yield
-    finally:
-        _MEMO.reset(token)
+class shared_parameters:  # noqa: N801 - used as a function: ``with shared_parameters():``
+    """Within this block, a distribution given the same input tensors computes its parameters once;
+    nested blocks share the outermost memo."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _MEMO.set({}) if _MEMO.get() is None else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _MEMO.reset(self._token)
 
 
 def _key(owner: object, tag: Hashable, inputs: Sequence[Any]) -> tuple[Any, ...]:

@@ -30,6 +30,7 @@ from kizuna.losses.divergences import KullbackLeibler
 from kizuna.losses.elbo import ELBO, IWAE
 from kizuna.losses.entropy import CrossEntropy, Entropy
 from kizuna.losses.expectation import REINFORCE, Expectation
+from kizuna.losses.flow_matching import VelocityError, flow_matching_loss
 from kizuna.losses.iterative import IterativeLoss
 from kizuna.losses.mmd import MMD
 from kizuna.losses.score import (
@@ -39,6 +40,7 @@ from kizuna.losses.score import (
     denoising_score_matching,
     sliced_score_matching,
 )
+from kizuna.losses.vq import VQCommitment
 from kizuna.losses.wasserstein import WassersteinDistance
 
 __all__ = [
@@ -50,5 +52,5 @@ __all__ = [
     "AdversarialJensenShannon", "AdversarialKullbackLeibler", "AdversarialWassersteinDistance",
     "ContrastiveDivergence", "DenoisingScoreError", "NoisePredictionError", "ScoreMatchingError",
     "SlicedScoreError", "SumOverSteps", "denoising_score_matching", "diffusion_bound", "simple_diffusion_loss",
-    "sliced_score_matching",
+    "sliced_score_matching", "VQCommitment", "VelocityError", "flow_matching_loss",
 ]

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from kizuna._text import LATEX, format_name
-from kizuna.distributions.base import batch_size_of
+from kizuna.distributions.base import Distribution, batch_size_of
 from kizuna.distributions.families import Bernoulli
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 
@@ -47,7 +47,8 @@ class AdversarialLoss(Loss):
 
     symbol = ("D^Adv[{}||{}]", r"D^{{\mathrm{{Adv}}}}\left[{}\,\|\,{}\right]")  # (text, LaTeX) templates
 
-    def __init__(self, p: Any, q: Any, discriminator: Any, batch_n: int | None = None) -> None:
+    def __init__(self, p: Distribution, q: Distribution,
+                 discriminator: Distribution, batch_n: int | None = None) -> None:
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"{type(self).__name__} needs p and q over the same variables: {p.var} vs {q.var}")
         if not set(p.var) & set(discriminator.cond_var):
@@ -57,14 +58,14 @@ class AdversarialLoss(Loss):
         super().__init__(p.input_var + q.input_var + [v for v in discriminator.cond_var if v not in p.var])
         self.p, self.q, self.d, self.batch_n = p, q, discriminator, batch_n
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.p, self.q, self.d]
 
     def _render(self, fmt: dict[str, str]) -> str:
         return self.symbol[fmt is LATEX].format(self.p.prob_text, self.q.prob_text)
 
     # ------------------------------------------------------------------ draws
-    def _draw(self, dist: Any, ctx: EvalContext, batch_n: int | None) -> dict[str, Tensor]:
+    def _draw(self, dist: Distribution, ctx: EvalContext, batch_n: int | None) -> dict[str, Tensor]:
         inputs = {k: v for k, v in ctx.values.items() if k in dist.input_var or k not in dist.var}
         dist._require(inputs, dist.input_var)
         return dist._sample(inputs, batch_n, dist.has_reparam)
@@ -136,7 +137,7 @@ class DiscriminatorLoss(Loss):
         super().__init__(adversarial.input_var)
         self.adversarial = adversarial
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.adversarial.d]
 
     def _value(self, ctx: EvalContext) -> Tensor:
@@ -158,7 +159,8 @@ class AdversarialJensenShannon(AdversarialLoss):
 
     symbol = ("D_JS^Adv[{}||{}]", r"D_{{\mathrm{{JS}}}}^{{\mathrm{{Adv}}}}\left[{}\,\|\,{}\right]")
 
-    def __init__(self, p: Any, q: Any, discriminator: Any, batch_n: int | None = None,
+    def __init__(self, p: Distribution, q: Distribution,
+                 discriminator: Distribution, batch_n: int | None = None,
                  inverse_g_loss: bool = True) -> None:
         super().__init__(p, q, discriminator, batch_n)
         self.inverse_g_loss = inverse_g_loss
@@ -194,7 +196,8 @@ class AdversarialWassersteinDistance(AdversarialLoss):
 
     symbol = ("W^Adv[{}, {}]", r"W^{{\mathrm{{Adv}}}}\left[{}, {}\right]")
 
-    def __init__(self, p: Any, q: Any, discriminator: Any, batch_n: int | None = None,
+    def __init__(self, p: Distribution, q: Distribution,
+                 discriminator: Distribution, batch_n: int | None = None,
                  gradient_penalty: float = 10.0) -> None:
         super().__init__(p, q, discriminator, batch_n)
         if gradient_penalty < 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from kizuna._text import LATEX
+from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 
 
@@ -30,7 +31,7 @@ class ContrastiveDivergence(Loss):
         data_name: the symbol of the data distribution in the formula.
     """
 
-    def __init__(self, p: Any, sampler: Any, alpha: float = 1.0, data_name: str = "p_{data}") -> None:
+    def __init__(self, p: Distribution, sampler: Any, alpha: float = 1.0, data_name: str = "p_{data}") -> None:
         if p.cond_var:
             raise ValueError(f"ContrastiveDivergence needs an unconditioned model; {p.prob_text} is conditioned")
         if alpha < 0:
@@ -38,7 +39,7 @@ class ContrastiveDivergence(Loss):
         super().__init__(p.var)
         self.p, self.sampler, self.alpha, self.data_name = p, sampler, float(alpha), data_name
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.p]
 
     def _value(self, ctx: EvalContext) -> Tensor:

@@ -57,7 +57,7 @@ class NoisePredictionError(Loss):
         rev = self.reverse
         x0, xt = ctx.values[self.data_var], ctx.values[rev.noisy_var]
         t = rev.schedule.index(ctx.values[rev.t_var], xt)
-        ab = rev.schedule.coefficients(t, xt)["alpha_bar"]
+        ab = rev.schedule.alpha_bar_at(t, xt)
         eps = (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
         return (eps - rev.epsilon(xt, t)).pow(2).flatten(1).sum(1)
 

@@ -7,12 +7,10 @@ the two families; Monte Carlo otherwise. ``.method`` says which.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import distributions as D
 
 from kizuna.distributions.base import Distribution
-from kizuna.distributions.torch_dist import TorchDistribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
 from kizuna.losses.expectation import Expectation
@@ -26,7 +24,7 @@ def with_row(value: Tensor) -> Tensor:
 def analytic_kl_available(p: Distribution, q: Distribution) -> bool:
     """Whether torch's KL registry has a closed form for the families of ``p`` and ``q``."""
     fp, fq = p.torch_family, q.torch_family
-    if fp is None or fq is None or not isinstance(p, TorchDistribution):
+    if fp is None or fq is None:
         return False
     return D.kl._dispatch_kl(fp, fq) is not NotImplemented
 
@@ -81,7 +79,7 @@ class KullbackLeibler(Loss):
     def subterms(self) -> list[Loss]:
         return [] if self.method == "analytic" else [self._mc]
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.p, self.q]
 
     def _value(self, ctx: EvalContext) -> Tensor:
@@ -89,9 +87,16 @@ class KullbackLeibler(Loss):
             return ctx.value(self._mc)
         self.p._require(ctx.values, self.p.cond_var)
         self.q._require(ctx.values, self.q.cond_var)
+        fp, pp = self.p.kl_parts(ctx.values)
+        fq, qp = self.q.kl_parts(ctx.values)
         if self.dim is not None:
-            return self.p.analytic_kl(self.q, ctx.values, per_feature=True).sum(dim=self.dim)
-        return self.p.analytic_kl(self.q, ctx.values)
+            per_feature = fp.kl_to(pp, fq, qp, per_feature=True)
+            try:
+                return per_feature.sum(dim=self.dim)
+            except IndexError as err:
+                raise ValueError(f"{self}: dim={self.dim} is out of range for the per-feature KL of shape "
+                                 f"{tuple(per_feature.shape)}") from err
+        return fp.kl_to(pp, fq, qp)
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["kl"].format(self.p.prob_text, self.q.prob_text)

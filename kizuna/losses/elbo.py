@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -31,7 +30,7 @@ class ELBO(Expectation):
         super().__init__(q, LogProb(p) - LogProb(q), sample_shape=sample_shape)
         self.joint = p
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.joint, self.p]
 
 
@@ -62,7 +61,7 @@ class IWAE(Loss):
         super().__init__(q.input_var + [v for v in p.var + p.input_var if v not in q.var])
         self.p, self.q, self.k = p, q, k
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.p, self.q]
 
     def _value(self, ctx: EvalContext) -> Tensor:

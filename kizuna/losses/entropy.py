@@ -13,18 +13,18 @@ a function of :math:`x` alone, always estimated by Monte Carlo.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import distributions as D
 from torch.distributions.exp_family import ExponentialFamily
 
+from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
 from kizuna.losses.divergences import analytic_kl_available, with_row
 from kizuna.losses.expectation import Expectation
 
 
-def analytic_entropy_available(p: Any) -> bool:
+def analytic_entropy_available(p: Distribution) -> bool:
     """Whether torch has a closed-form entropy for the family of ``p``."""
     family = p.torch_family
     if family is None or family.entropy is D.Distribution.entropy:
@@ -43,7 +43,7 @@ def _method(available: bool, analytic: bool | None, what: str) -> str:
 class Entropy(Loss):
     """:math:`H[p]` per batch row."""
 
-    def __init__(self, p: Any, analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
+    def __init__(self, p: Distribution, analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
         self.method = _method(analytic_entropy_available(p), analytic, f"entropy of {p.prob_text}")
         self.p = p
         self._mc = Expectation(p, -LogProb(p), sample_shape=sample_shape)
@@ -52,7 +52,7 @@ class Entropy(Loss):
     def subterms(self) -> list[Loss]:
         return [] if self.method == "analytic" else [self._mc]
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.p]
 
     def _value(self, ctx: EvalContext) -> Tensor:
@@ -83,7 +83,8 @@ class CrossEntropy(Loss):
     ('monte_carlo', ['x'])
     """
 
-    def __init__(self, p: Any, q: Any, analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
+    def __init__(self, p: Distribution, q: Distribution,
+                 analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
         same_vars = sorted(p.var) == sorted(q.var)
         available = same_vars and analytic_entropy_available(p) and analytic_kl_available(p, q)
         if analytic and not same_vars:
@@ -98,7 +99,7 @@ class CrossEntropy(Loss):
     def subterms(self) -> list[Loss]:
         return [] if self.method == "analytic" else [self._mc]
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.p, self.q]
 
     def _value(self, ctx: EvalContext) -> Tensor:

@@ -91,7 +91,7 @@ class Expectation(Loss):
     def subterms(self) -> list[Loss]:
         return [self.f]
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.p]
 
     def _value(self, ctx: EvalContext) -> Tensor:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from kizuna._text import LATEX
+from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
 
@@ -78,7 +79,7 @@ class IterativeLoss(Loss):
         max_iter: int | None = None,
         series_var: Sequence[str] = (),
         update_value: Mapping[str, str] | None = None,
-        slice_step: Any = None,
+        slice_step: Distribution | None = None,
         timestep_var: str | Sequence[str] | None = None,
         series_dim: int = 0,
     ) -> None:

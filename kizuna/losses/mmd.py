@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
 
@@ -39,7 +40,8 @@ KERNELS = {"gaussian": gaussian_kernel, "inv-multiquadratic": inverse_multiquadr
 class MMD(Loss):
     """:math:`\\mathrm{MMD}^2` between ``p`` and ``q`` (a scalar for the whole batch)."""
 
-    def __init__(self, p: Any, q: Any, kernel: str = "gaussian", sigma_sqr: float | None = None) -> None:
+    def __init__(self, p: Distribution, q: Distribution,
+                 kernel: str = "gaussian", sigma_sqr: float | None = None) -> None:
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"MMD needs both over the same variables: {p.var} vs {q.var}")
         if kernel not in KERNELS:
@@ -47,7 +49,7 @@ class MMD(Loss):
         super().__init__(p.input_var + q.input_var)
         self.p, self.q, self.kernel, self.sigma_sqr = p, q, kernel, sigma_sqr
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.p, self.q]
 
     def _value(self, ctx: EvalContext) -> Tensor:

@@ -49,6 +49,10 @@ def _check_model(score: Any, var: str) -> None:
 
 def score_value(score: Any, values: dict[str, Any], var: str, create_graph: bool = True) -> tuple[Tensor, Tensor]:
     """``(x, s(x))``: the scored variable as a leaf that requires grad, and the model's score at it."""
+    if not create_graph and not _is_network(score, var):  # a target score: the family's closed form if it has one
+        closed = score.closed_form_score(values)
+        if closed is not None:
+            return values[var], closed
     x = values[var].detach().requires_grad_(True)
     given = {**values, var: x}
     with torch.enable_grad():

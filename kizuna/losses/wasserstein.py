@@ -9,10 +9,10 @@ and ``q`` are point masses, as with deterministic encoders in Wasserstein auto-e
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from torch import nn
 
+from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
 from kizuna.losses.mmd import _features
@@ -21,7 +21,8 @@ from kizuna.losses.mmd import _features
 class WassersteinDistance(Loss):
     """:math:`\\|x - y\\|` per batch row, :math:`x \\sim p`, :math:`y \\sim q` (module docstring)."""
 
-    def __init__(self, p: Any, q: Any, metric: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+    def __init__(self, p: Distribution, q: Distribution,
+                 metric: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"WassersteinDistance needs both over the same variables: {p.var} vs {q.var}")
         super().__init__(p.input_var + q.input_var)
@@ -30,7 +31,7 @@ class WassersteinDistance(Loss):
         # inexact and asymmetric; the norm's gradient at 0 is already finite (0)
         self.metric = metric if metric is not None else nn.PairwiseDistance(p=2, eps=0.0)
 
-    def _own_distributions(self) -> list[Any]:
+    def _own_distributions(self) -> list[Distribution]:
         return [self.p, self.q]
 
     def _value(self, ctx: EvalContext) -> Tensor:

@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from kizuna._data import first_nonfinite
+from kizuna.distributions.base import Distribution
 from kizuna.losses.elbo import IWAE
 
 
 def log_likelihood(
-    p_joint: Any,
-    q: Any,
+    p_joint: Distribution,
+    q: Distribution,
     x_dict: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
     k: int = 5000,
     batch_size: int = 100,

@@ -2,8 +2,9 @@
 
 from kizuna.models.checkpoint import History
 from kizuna.models.gan import GAN
+from kizuna.models.ladder import LadderVAE
 from kizuna.models.model import Model
 from kizuna.models.presets import ML, VI
 from kizuna.models.vae import VAE
 
-__all__ = ["GAN", "History", "ML", "Model", "VAE", "VI"]
+__all__ = ["GAN", "History", "LadderVAE", "ML", "Model", "VAE", "VI"]

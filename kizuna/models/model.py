@@ -245,12 +245,11 @@ class Model:
         return fn
 
     def _check_gradients(self, value: float, terms: Mapping[str, float], batch: Mapping[str, Any]) -> None:
-        grads = [p.grad for p in self._params if p.grad is not None]
         if self.clip_grad_norm is not None:
-            norm = nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
+            finite = math.isfinite(nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm).item())
         else:
-            norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if not math.isfinite(norm.item()):
+            finite = _all_finite([p.grad for p in self._params if p.grad is not None])
+        if not finite:
             bad = [name for name, p in ckpt.named_parameters(self.distributions)
                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
             self.optimizer.zero_grad(set_to_none=True)
@@ -389,6 +388,19 @@ class Model:
         if not Path(path).parent.is_dir():
             raise FileNotFoundError(f"fit: cannot write the checkpoint {path}: the directory "
                                     f"{Path(path).parent} does not exist")
+
+
+def _all_finite(grads: list[torch.Tensor]) -> bool:
+    """Whether every gradient is finite: one fused norm over the list (the kernel ``clip_grad_norm_`` uses,
+    without its grouping by device and dtype) and one read."""
+    if not grads:
+        return True
+    norms = torch._foreach_norm(grads)
+    try:
+        total = torch.stack(norms).sum()
+    except RuntimeError:  # norms on several devices
+        total = torch.stack([n.cpu() for n in norms]).sum()
+    return math.isfinite(total.item())
 
 
 def _compile_args(option: Any) -> dict[str, Any] | None:

@@ -180,7 +180,7 @@ def _tropical_prefix(v: Tensor, p: Tensor) -> Tensor:
     return torch.stack([even, odd], 2).flatten(1, 2)[:, :c]
 
 
-def _apply_maps(x: Tensor, maps: Tensor) -> Tensor:
+def apply_maps(x: Tensor, maps: Tensor) -> Tensor:
     """States after applying ``maps[:, 0]``, then ``maps[:, 1]``, ...: ``x`` (B,) and maps (B, R, K) (state j
     goes to ``maps[b, r, j]``); returns (B, R). Maps compose by gathers, so this is a prefix like `_prefix`."""
     r = maps.shape[1]
@@ -189,7 +189,7 @@ def _apply_maps(x: Tensor, maps: Tensor) -> Tensor:
     if r % 2:
         ident = torch.arange(maps.shape[-1], device=maps.device).expand(maps.shape[0], 1, -1)
         maps = torch.cat([maps, ident], 1)
-    odd = _apply_maps(x, maps[:, 1::2].gather(-1, maps[:, 0::2]))  # after maps 2j and 2j+1
+    odd = apply_maps(x, maps[:, 1::2].gather(-1, maps[:, 0::2]))  # after maps 2j and 2j+1
     prev = torch.cat([x[:, None], odd[:, :-1]], 1)
     even = maps[:, 0::2].gather(-1, prev[..., None]).squeeze(-1)
     return torch.stack([even, odd], 2).flatten(1, 2)[:, :r]
@@ -209,7 +209,7 @@ def _chase(pointers: Tensor, last: Tensor, size: int) -> Tensor:
         cur = ptr[:, :, i].gather(-1, cur)
     path = torch.stack(path[::-1], -1)  # (B, C, K, L): states at cL+1 .. cL+L given the end state
     # chunk ends, last to first: chunk j's entry map sends the end of chunk j to the end of chunk j-1
-    ends = last[:, None] if c == 1 else torch.cat([_apply_maps(last, cur[:, 1:].flip(1)).flip(1), last[:, None]], 1)
+    ends = last[:, None] if c == 1 else torch.cat([apply_maps(last, cur[:, 1:].flip(1)).flip(1), last[:, None]], 1)
     first = cur[:, 0].gather(-1, ends[:, :1])
     inside = path.gather(2, ends[:, :, None, None].expand(b, c, 1, size)).squeeze(2).reshape(b, c * size)[:, :n]
     return torch.cat([first, inside], 1)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kizuna.modules._chain_scan import TINY, max_product, reverse_index, scaled_forward
+from kizuna.modules._chain_scan import TINY, reverse_index, scaled_forward
+from kizuna.modules._viterbi import viterbi_scan
 
 Tensor = torch.Tensor
 
@@ -189,9 +190,10 @@ def _scaled_forward_backward(log_start: Tensor, log_trans: Tensor, e: Tensor, le
 def viterbi(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
             lengths: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Most probable state paths: (:math:`\\max_z \\log p(x_b, z)` per sequence (B,), states (N,)),
-    by the chunked (max, +) recursion of `kizuna.modules._chain_scan.max_product`."""
+    by chunks of the max-product recursion run at once and fixed up by rank convergence
+    (`kizuna.modules._viterbi.viterbi_scan`)."""
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
-    score, states = max_product(log_start, log_trans, pad(log_emit, lengths), lengths)
+    score, states = viterbi_scan(log_start, log_trans, pad(log_emit, lengths), lengths)
     return score, unpad(states, lengths)
 
 

@@ -1,0 +1,92 @@
+"""Shared by the parity scripts: the same model trained by kizuna and by hand-written PyTorch.
+
+Each script defines, for one family, a network factory, kizuna's training step, a hand-written
+training step on a copy of the same initial weights, and one evaluation function applied to both
+trained networks. This module runs seeds, times steps in interleaved blocks (`_timing.interleaved`),
+prints the two columns with the seeds' spread, and profiles kizuna's step (``--profile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from _timing import interleaved, ratios
+
+Step = Callable[[], Any]
+
+
+def add_args(parser: argparse.ArgumentParser, seeds: int = 3) -> None:
+    parser.add_argument("--seeds", type=int, default=seeds, help="seeds 0..n-1 for the quality columns")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved timing repeats")
+    parser.add_argument("--calls", type=int, default=20, help="steps per timing block")
+    parser.add_argument("--profile", action="store_true", help="profile kizuna's and the reference's step")
+    parser.add_argument("--quick", action="store_true", help="one seed, few steps (smoke test of the script)")
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def spread(values: list[float]) -> str:
+    """``mean ± sd (min–max)`` over seeds."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def train_timed(steps: int, step: Step) -> float:
+    """Run ``step`` ``steps`` times; return the wall seconds."""
+    begin = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - begin
+
+
+def quality_table(rows: dict[str, dict[str, list[float]]]) -> str:
+    """``metric: kizuna | reference`` lines, each with the seeds' spread."""
+    lines = []
+    for metric, cols in rows.items():
+        lines.append(f"  {metric:28s} kizuna {spread(cols['kizuna']):40s} reference {spread(cols['reference'])}")
+    return "\n".join(lines)
+
+
+def step_ratio(kizuna: Step, reference: Step, repeats: int, calls: int) -> tuple[float, float, float]:
+    """Median seconds per step of each (interleaved blocks) and the median ratio kizuna / reference."""
+    times = interleaved({"kizuna": kizuna, "reference": reference}, repeats, calls, warmup=5, block_warmup=2)
+    r = ratios(times, "reference")["kizuna"]
+    return statistics.median(times["kizuna"]), statistics.median(times["reference"]), r
+
+
+def agree(kizuna: Callable[[], torch.Tensor], reference: Callable[[], torch.Tensor], seed: int = 5) -> None:
+    """Print both first-step losses from the same weights, batch and random stream, and their difference."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        a = float(kizuna().detach())
+        torch.manual_seed(seed)
+        b = float(reference().detach())
+    print(f"  AGREE first-step loss: kizuna {a:.6f}, reference {b:.6f}, |diff| = {abs(a - b):.3g}")
+
+
+def profile(step: Step, n: int, title: str, top: int = 18) -> str:
+    """cProfile of ``n`` calls of ``step``: the functions with the most own time."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        step()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return f"--- profile: {title} ({n} steps)\n" + "\n".join(out.getvalue().splitlines()[4:])
+
+
+def start(args: argparse.Namespace, title: str) -> None:
+    torch.set_num_threads(args.threads)
+    from _timing import machine_line
+
+    print(title)
+    print(f"machine: {machine_line()}")

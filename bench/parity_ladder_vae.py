@@ -1,0 +1,141 @@
+"""Ladder VAE, kizuna vs hand-written PyTorch: same networks, data, batches, epochs and seeds.
+
+kizuna evaluates ``LadderVAE.loss(beta).mean()`` (the nested closed-form bound of the formula layer);
+the reference computes the same objective by hand from the same modules' raw outputs (precision-
+weighted top-down posterior, ``torch.distributions.kl_divergence`` of Normals, Bernoulli
+log-likelihood), with its own copy of the initial weights. Both use Adam and the same KL warm-up.
+One evaluation code for both: the held-out log-likelihood by importance sampling
+(`kizuna.metrics.log_likelihood`, ``k`` samples) and the ELBO.
+
+    python bench/parity_ladder_vae.py            # 3 seeds on binarised digits
+    python bench/parity_ladder_vae.py --quick    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+from _parity import add_args, agree, profile, quality_table, start, step_ratio, train_timed
+from torch import distributions as D
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+from _common import binary_images  # noqa: E402
+
+from kizuna.losses import ELBO  # noqa: E402
+from kizuna.metrics import log_likelihood  # noqa: E402
+from kizuna.models import LadderVAE  # noqa: E402
+
+CFG = {"z_dims": [8, 4], "hidden": [128, 64], "epochs": 60, "warmup": 10, "k": 500}
+QUICK = {"z_dims": [4, 2], "hidden": [16, 8], "epochs": 2, "warmup": 1, "k": 20}
+
+
+def normal(head: torch.nn.Module, inputs: torch.Tensor) -> D.Normal:
+    loc, s = head.head(head.body(inputs)).chunk(2, -1)
+    return D.Normal(loc, F.softplus(s) + 1e-4)
+
+
+def reference_loss(m: LadderVAE, x: torch.Tensor, beta: float) -> torch.Tensor:
+    """The two-layer bound by hand: q(z2|x), q(z1|z2,x) ∝ q̂(z1|x) p(z1|z2), KLs in closed form."""
+    q2 = normal(m.posteriors[1], x)
+    z2 = q2.rsample()
+    q1_hat, p1 = normal(m.posteriors[0].factors_[0], x), normal(m.priors[0], z2)
+    precision = q1_hat.scale.pow(-2) + p1.scale.pow(-2)
+    loc = (q1_hat.loc * q1_hat.scale.pow(-2) + p1.loc * p1.scale.pow(-2)) / precision
+    q1 = D.Normal(loc, precision.rsqrt())
+    z1 = q1.rsample()
+    recon = -F.binary_cross_entropy_with_logits(m.decoder.net(z1), x, reduction="none").sum(1)
+    kl2 = D.kl_divergence(q2, D.Normal(torch.zeros_like(q2.loc), torch.ones_like(q2.scale))).sum(1)
+    kl1 = D.kl_divergence(q1, p1).sum(1)
+    return (beta * (kl2 + kl1) - recon).mean()
+
+
+def evaluate(m: LadderVAE, x_test: torch.Tensor, cfg: dict, seed: int) -> dict[str, float]:
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1000 + seed)
+        elbo = ELBO(m.p, m.q).eval({"x": x_test}).mean().item()
+        ll = log_likelihood(m.p, m.q, {"x": x_test}, k=cfg["k"]).mean().item()
+    return {"test log p(x) (IWAE k)": ll, "test ELBO": elbo}
+
+
+def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor) -> dict[str, dict[str, float]]:
+    torch.manual_seed(seed)
+    m_k = LadderVAE(x_train.shape[1], cfg["z_dims"], cfg["hidden"])
+    m_r = copy.deepcopy(m_k)
+    opt_k, opt_r = torch.optim.Adam(m_k.parameters(), lr=1e-3), torch.optim.Adam(m_r.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    epochs = [torch.randperm(len(x_train), generator=g).split(100) for _ in range(cfg["epochs"])]
+    beta = [min(1.0, (e + 1) / cfg["warmup"]) for e in range(cfg["epochs"])]
+    losses = [m_k.loss(b).mean() for b in beta]
+    plan = [(e, idx) for e in range(cfg["epochs"]) for idx in epochs[e]]
+    it_k, it_r = iter(plan), iter(plan)
+
+    def k_step() -> None:
+        e, idx = next(it_k)
+        opt_k.zero_grad()
+        losses[e].eval({"x": x_train[idx]}).backward()
+        opt_k.step()
+
+    def r_step() -> None:
+        e, idx = next(it_r)
+        opt_r.zero_grad()
+        reference_loss(m_r, x_train[idx], beta[e]).backward()
+        opt_r.step()
+
+    order = [("kizuna", k_step), ("reference", r_step)]
+    seconds = {name: train_timed(len(plan), step) for name, step in (order if seed % 2 == 0 else order[::-1])}
+    return {name: {**evaluate(m, x_test, cfg, seed), "train seconds": seconds[name]}
+            for name, m in (("kizuna", m_k), ("reference", m_r))}
+
+
+def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    m_k = LadderVAE(x_train.shape[1], cfg["z_dims"], cfg["hidden"])
+    m_r = copy.deepcopy(m_k)
+    opt_k, opt_r = torch.optim.Adam(m_k.parameters(), lr=1e-3), torch.optim.Adam(m_r.parameters(), lr=1e-3)
+    loss, x = m_k.loss().mean(), x_train[:100]
+    agree(lambda: loss.eval({"x": x}), lambda: reference_loss(m_r, x, 1.0))
+
+    def k_step() -> None:
+        opt_k.zero_grad()
+        loss.eval({"x": x}).backward()
+        opt_k.step()
+
+    def r_step() -> None:
+        opt_r.zero_grad()
+        reference_loss(m_r, x, 1.0).backward()
+        opt_r.step()
+
+    k, r, ratio = step_ratio(k_step, r_step, 3 if args.quick else args.repeats, 3 if args.quick else args.calls)
+    print(f"  step time: kizuna {k * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, ratio {ratio:.3f} "
+          f"(median of interleaved repeats)")
+    if args.profile:
+        print(profile(k_step, 200, "kizuna loss.eval + backward + Adam"))
+        print(profile(r_step, 200, "hand-written step"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_args(parser)
+    args = parser.parse_args()
+    start(args, "Ladder VAE (2 layers) on binarised digits: kizuna vs hand-written PyTorch")
+    cfg = QUICK if args.quick else CFG
+    x_train, _, x_test, _ = binary_images("digits", seed=0, n_test=360)
+    rows: dict[str, dict[str, list[float]]] = {}
+    for seed in range(1 if args.quick else args.seeds):
+        for name, metrics in one_seed(seed, cfg, x_train, x_test).items():
+            for metric, value in metrics.items():
+                rows.setdefault(metric, {"kizuna": [], "reference": []})[name].append(value)
+        print(f"seed {seed}: " + ", ".join(f"{m} {v['kizuna'][-1]:.3f} / {v['reference'][-1]:.3f}"
+                                           for m, v in rows.items()), flush=True)
+    print(quality_table(rows))
+    speed(args, cfg, x_train)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+r"""The pieces of flow-matching training written as distributions.
+
+* `TimeUniform` — :math:`u(t) = \mathcal{U}[0, 1]`, one time per row.
+* `FlowInterpolant` — :math:`q(x_t|x_0,x_1,t) = \delta\big(x_t - t x_1 - (1-(1-\sigma_{min})t)\,x_0\big)`,
+  the conditional path of Lipman et al. (2023, arXiv:2210.02747); with :math:`\sigma_{min} = 0` the
+  straight line of rectified flow (Liu et al. 2022, arXiv:2209.03003).
+* `OTCoupling` — :math:`\pi(x_0|x_1)`: a minibatch of noise :math:`x_0 \sim \mathcal{N}(0, I)` paired with
+  the minibatch of data by the exact optimal-transport assignment of the squared distance (scipy's
+  ``linear_sum_assignment``), OT-CFM (Tong et al. 2023, arXiv:2302.00482). It conditions on the
+  whole minibatch, not row by row, and has no density.
+* `reflow_coupling` — rectified flow's reflow: pairs :math:`(z, \Phi_\theta(z))` of a trained model's
+  ODE, the coupling the next rectified flow is trained on.
+"""
+
+from __future__ import annotations
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.distributions.flow_matching import FlowMatching
+from kizuna.distributions.special import Deterministic
+from kizuna.samplers.integrators import SAMPLERS
+
+
+def _like(x_dict: XDict) -> Tensor | None:
+    return next((v for v in x_dict.values() if isinstance(v, Tensor)), None)
+
+
+class TimeUniform(Distribution):
+    """:math:`u(t) = \\mathcal{U}[0, 1]`: draws of shape ``(batch,)``; ``log_prob`` is 0 on ``[0, 1]``."""
+
+    def __init__(self, var: str = "t", name: str = "u", dtype: torch.dtype | None = None) -> None:
+        super().__init__([var], None, name)
+        self.dtype = dtype
+
+    @property
+    def has_reparam(self) -> bool:
+        return True  # the draws depend on no parameter: the pathwise gradient is the whole gradient
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        like = _like(x_dict)
+        dtype = self.dtype or (like.dtype if like is not None and like.is_floating_point()
+                               else torch.get_default_dtype())
+        return {self._var[0]: torch.rand(batch_n or 1, dtype=dtype, device=None if like is None else like.device)}
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        t = torch.as_tensor(x_dict[self._var[0]])
+        return torch.zeros_like(t).masked_fill((t < 0) | (t > 1), -torch.inf)
+
+
+class FlowInterpolant(Deterministic):
+    """:math:`x_t = t\\,x_1 + (1 - (1-\\sigma_{min})t)\\,x_0` (module docstring).
+
+    >>> q = FlowInterpolant(data_var="x")
+    >>> print(q)
+    q(x_t|x_0,x,t)
+    """
+
+    def __init__(self, sigma_min: float = 0.0, var: str = "x_t", noise_var: str = "x_0", data_var: str = "x_1",
+                 t_var: str = "t", name: str = "q") -> None:
+        super().__init__([var], [noise_var, data_var, t_var], name)
+        self.sigma_min, self.noise_var, self.data_var, self.t_var = float(sigma_min), noise_var, data_var, t_var
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        x0, x1, t = cond[self.noise_var], cond[self.data_var], cond[self.t_var]
+        t = t.to(x1.dtype).reshape(-1, *([1] * (x1.dim() - 1)))
+        return {self._var[0]: t * x1 + (1 - (1 - self.sigma_min) * t) * x0}
+
+
+class OTCoupling(Distribution):
+    """:math:`\\pi(x_0|x_1)`: Gaussian noise assigned to the data minibatch by exact OT (module docstring)."""
+
+    def __init__(self, var: str = "x_0", data_var: str = "x_1", name: str = "π") -> None:
+        super().__init__([var], [data_var], name)
+
+    @property
+    def distribution_name(self) -> str:
+        return "OTCoupling"
+
+    @property
+    def has_reparam(self) -> bool:
+        return True  # noise and assignment depend on no parameter (see TimeUniform)
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        x1 = x_dict[self._cond_var[0]]
+        noise = torch.randn_like(x1)
+        cost = torch.cdist(noise.detach().flatten(1).double(), x1.detach().flatten(1).double()).pow(2)
+        rows, cols = linear_sum_assignment(cost.cpu().numpy())
+        order = torch.empty(len(cols), dtype=torch.long)
+        order[torch.as_tensor(cols)] = torch.as_tensor(rows)  # data row j gets noise row order[j]
+        return {self._var[0]: noise[order.to(noise.device)]}
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        raise NotImplementedError(f"{self.prob_text} (OTCoupling) couples a minibatch and has no density")
+
+
+def reflow_coupling(p: FlowMatching, n: int, n_steps: int | None = None, noise_var: str = "x_0",
+                    sampler: str | None = None) -> dict[str, Tensor]:
+    """``n`` pairs :math:`(z, \\Phi_\\theta(z))`, ``z`` Gaussian and :math:`\\Phi_\\theta` the model's ODE.
+
+    Train the next rectified flow on them with ``flow_matching_loss(q, coupling="given")``.
+    """
+    path = p.path()
+    z = path.prior(n)
+    with torch.no_grad():
+        x = SAMPLERS[sampler or p.sampler](path, x=z, n_steps=n_steps or p.n_steps)
+    return {noise_var: z, p.var[0]: x}

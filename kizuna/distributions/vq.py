@@ -1,0 +1,107 @@
+r"""VQ-VAE (van den Oord et al. 2017, arXiv:1711.00937) as distributions: a quantiser and a PixelCNN prior.
+
+* `VectorQuantizer` — :math:`q(k, z|x)`: an encoder gives :math:`z_e(x)` on a grid of positions; each
+  position takes its nearest codebook vector, :math:`k = \arg\min_j \|z_e - e_j\|`, and
+  :math:`z = z_e + \mathrm{sg}[e_k - z_e]` (value :math:`e_k`, gradient straight through to the
+  encoder). A point mass: :math:`\log q(k|x) = 0` at its code. Codes are one-hot (as `Categorical`'s draws),
+  shape ``(batch, *grid, K)``.
+* `PixelCNNCategorical` — :math:`p(k) = \prod_{i} p(k_i|k_{<i})` over the code grid in raster order,
+  a `kizuna.nets.PixelCNN` with one-hot codes in and ``K`` logits out per position.
+
+Since :math:`q` is a point mass, :math:`\log p(x) \ge \log p(x|z(k)) + \log p(k)` with :math:`k = k(x)`:
+a code length for the data (`kizuna.losses.VQCommitment` is the training term of the codebook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.nets.pixelcnn import PixelCNN
+
+
+class VectorQuantizer(Distribution):
+    """:math:`q(k, z|x)` (module docstring).
+
+    Args:
+        encoder: ``x -> z_e`` of shape ``(batch, D, *grid)`` (channels first).
+        n_codes, code_dim: :math:`K` and :math:`D`.
+        var: the names of the codes ``k`` (one-hot, ``(batch, *grid, K)``) and of :math:`z`.
+    """
+
+    def __init__(self, encoder: nn.Module, n_codes: int, code_dim: int, var: Sequence[str] = ("k", "z"),
+                 cond_var: str = "x", name: str = "q") -> None:
+        super().__init__(list(var), [cond_var], name)
+        if len(self._var) != 2:
+            raise ValueError(f"VectorQuantizer: var names the codes and the embedding, got {self._var}")
+        self.encoder, self.codebook = encoder, nn.Embedding(n_codes, code_dim)
+        self.codebook.weight.data.uniform_(-1 / n_codes, 1 / n_codes)
+
+    @property
+    def has_reparam(self) -> bool:
+        return True  # straight-through
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:math:`z_e`, the code indices :math:`k` ``(batch, *grid)`` and :math:`e_k` (channels first)."""
+        z_e = self.encoder(x)
+        if z_e.dim() < 3 or z_e.shape[1] != self.codebook.embedding_dim:
+            raise ValueError(f"{self.prob_text}: the encoder must return (batch, {self.codebook.embedding_dim}, "
+                             f"*grid), got {tuple(z_e.shape)}")
+        flat = z_e.movedim(1, -1)
+        d2 = (flat.detach().unsqueeze(-2) - self.codebook.weight.detach()).pow(2).sum(-1)
+        k = d2.argmin(-1)
+        return z_e, k, self.codebook(k).movedim(-1, 1)
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        z_e, k, e = self.encode(x_dict[self._cond_var[0]])
+        one_hot = F.one_hot(k, self.codebook.num_embeddings).to(z_e.dtype)
+        return {self._var[0]: one_hot, self._var[1]: z_e + (e - z_e).detach()}
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        _, k, _ = self.encode(x_dict[self._cond_var[0]])
+        same = (k == x_dict[self._var[0]].argmax(-1)).flatten(1).all(1)
+        return torch.zeros(same.shape, dtype=torch.get_default_dtype(), device=k.device).masked_fill(~same, -torch.inf)
+
+
+class PixelCNNCategorical(Distribution):
+    """:math:`p(k) = \\prod_i \\mathrm{Cat}(k_i; \\pi_i(k_{<i}))` over a ``height × width`` grid of ``n_codes``.
+
+    Values are one-hot, ``(batch, height, width, n_codes)``.
+
+    >>> p = PixelCNNCategorical(3, 2, 2, hidden_channels=8, n_layers=1)
+    >>> p.sample(batch_n=4)["k"].shape
+    torch.Size([4, 2, 2, 3])
+    """
+
+    def __init__(self, n_codes: int, height: int, width: int, hidden_channels: int = 64, n_layers: int = 5,
+                 kernel_size: int = 5, var: str = "k", name: str = "p") -> None:
+        super().__init__([var], None, name, (height, width, n_codes))
+        self.n_codes = int(n_codes)
+        self.net = PixelCNN(n_codes, hidden_channels, n_layers, kernel_size, out_channels=n_codes)
+
+    def logits(self, k: Tensor) -> Tensor:
+        """``(batch, K, H, W)`` logits of every position given the one-hot codes before it."""
+        return self.net(k.movedim(-1, 1).to(self.net.conv_in.weight.dtype))
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        k = x_dict[self._var[0]]
+        if k.shape[1:] != self._features_shape:
+            raise ValueError(f"{self.prob_text}: codes of shape {tuple(k.shape[1:])}, expected "
+                             f"{tuple(self._features_shape)} (one-hot)")
+        out = -F.cross_entropy(self.logits(k), k.argmax(-1), reduction="none")
+        return out.flatten(1).sum(1) if sum_features else out
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        h, w, n = self._features_shape
+        weight = self.net.conv_in.weight
+        k = torch.zeros(batch_n or 1, h, w, n, dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            for i in range(h):
+                for j in range(w):
+                    probs = torch.softmax(self.logits(k)[:, :, i, j], -1)
+                    k[:, i, j] = F.one_hot(torch.multinomial(probs, 1)[:, 0], n).to(k.dtype)
+        return {self._var[0]: k}

@@ -1,0 +1,127 @@
+r"""A Ladder VAE (Sønderby et al. 2016, arXiv:1602.02282): several stochastic layers, built with the algebra.
+
+Generative model, top-down, :math:`z_L \to \dots \to z_1 \to x`:
+
+.. math:: p(x, z_{1:L}) = p(x|z_1)\,\prod_{i=1}^{L-1} p(z_i|z_{i+1})\; p(z_L),\qquad p(z_L) = \mathcal{N}(0, I).
+
+Inference: a deterministic bottom-up pass :math:`d_i = f_i(d_{i-1})`, :math:`d_0 = x`, gives each layer
+a Gaussian likelihood term :math:`\hat q(z_i|x)`; the top-down pass multiplies it with the
+generative prior of the same layer (`NormalProduct`, precision-weighted):
+
+.. math:: q(z_L|x) = \hat q(z_L|x),\qquad q(z_i|z_{i+1}, x) \propto \hat q(z_i|x)\,p(z_i|z_{i+1}),
+
+so the posterior shares the generative top-down path (NVAE, Vahdat & Kautz 2020, arXiv:2007.03898,
+uses the same split with residual cells). The ELBO is written with closed-form KLs, nested as the
+hierarchy is:
+
+.. math:: \mathcal{L} = D_{KL}[q(z_L|x)\|p(z_L)] + \mathbb{E}_{q(z_L|x)}\Big[D_{KL}[q(z_{L-1}|z_L,x)\|p(z_{L-1}|z_L)]
+    + \dots - \mathbb{E}_{q(z_1|z_2,x)}[\log p(x|z_1)]\Big].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+from torch.nn import functional as F
+
+from kizuna.distributions import Bernoulli, Distribution, Normal
+from kizuna.distributions.base import Tensor
+from kizuna.distributions.normal_product import NormalProduct
+from kizuna.formula.expr import Loss
+from kizuna.losses import Expectation, KullbackLeibler, LogProb
+from kizuna.nets import MLP
+
+
+class _NormalHead(Normal):
+    """:math:`\\mathcal{N}(\\mu, \\sigma^2)` from a network of one conditioning variable (softplus scale)."""
+
+    def __init__(self, var: str, cond: str, body: nn.Module, in_features: int, out_features: int, name: str) -> None:
+        super().__init__(var=[var], cond_var=[cond], name=name)
+        self.body, self.head = body, nn.Linear(in_features, 2 * out_features)
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        loc, s = self.head(self.body(cond[self._cond_var[0]])).chunk(2, -1)
+        return {"loc": loc, "scale": F.softplus(s) + 1e-4}
+
+
+class _BernoulliHead(Bernoulli):
+    def __init__(self, var: str, cond: str, net: nn.Module, name: str) -> None:
+        super().__init__(var=[var], cond_var=[cond], name=name)
+        self.net = net
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        return {"logits": self.net(cond[self._cond_var[0]])}
+
+
+class LadderVAE(nn.Module):
+    """The model of the module docstring for binary data.
+
+    Args:
+        x_dim: data features.
+        z_dims: latent sizes from the bottom layer up, e.g. ``[32, 16]``.
+        hidden: widths of the bottom-up layers :math:`f_i` (one per stochastic layer); the top-down
+            networks use the same widths.
+
+    Attributes: ``p`` (the joint :math:`p(x, z_{1:L})`), ``q`` (the joint posterior), ``prior``,
+    ``decoder``, ``priors`` (:math:`p(z_i|z_{i+1})`, bottom up), ``posteriors`` (:math:`q(z_i|\\cdot)`).
+
+    >>> m = LadderVAE(10, [4, 2], [16, 8])
+    >>> print(m.p)
+    p(x,z_1,z_2) = p(x|z_1)p(z_1|z_2)p_{prior}(z_2)
+    >>> print(m.q)
+    q(z_1,z_2|x) = q(z_1|x,z_2)q(z_2|x)
+    >>> print(m.loss())
+    KL[q(z_2|x)||p_{prior}(z_2)] + E_{q(z_2|x)}[KL[q(z_1|x,z_2)||p(z_1|z_2)] - E_{q(z_1|x,z_2)}[log p(x|z_1)]]
+    """
+
+    def __init__(self, x_dim: int, z_dims: Sequence[int], hidden: Sequence[int], x_var: str = "x") -> None:
+        super().__init__()
+        if len(z_dims) < 1 or len(hidden) != len(z_dims):
+            raise ValueError(f"LadderVAE: give one hidden width per stochastic layer, got z_dims={list(z_dims)}, "
+                             f"hidden={list(hidden)}")
+        self.x_var, L = x_var, len(z_dims)
+        names = [f"z_{i + 1}" for i in range(L)]
+        sizes = [x_dim, *hidden]
+        trunk: list[nn.Module] = []  # d_i = f_i(d_{i-1}), shared by every q-hat above it
+        self.bottom_up = nn.ModuleList(nn.Sequential(nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU()) for i in range(L))
+        likelihood_terms = []
+        for i in range(L):
+            trunk.append(self.bottom_up[i])
+            name = "q" if i == L - 1 else "\\hat{q}"  # the top layer's term is its posterior
+            likelihood_terms.append(_NormalHead(names[i], x_var, nn.Sequential(*trunk), sizes[i + 1], z_dims[i],
+                                                name=name))
+        self.prior = Normal(var=[names[-1]], loc=0.0, scale=1.0, features_shape=[z_dims[-1]], name="p_prior")
+        self.priors = nn.ModuleList(
+            _NormalHead(names[i], names[i + 1], MLP(z_dims[i + 1], hidden[i], hidden[i]), hidden[i], z_dims[i], "p")
+            for i in range(L - 1))
+        self.decoder = _BernoulliHead(x_var, names[0], MLP(z_dims[0], hidden[0], hidden[0], x_dim), "p")
+        posteriors: list[Distribution] = [NormalProduct([likelihood_terms[i], self.priors[i]], name="q")
+                                          for i in range(L - 1)]
+        posteriors.append(likelihood_terms[-1])
+        self.posteriors = nn.ModuleList(posteriors)
+
+    @property
+    def p(self) -> Distribution:
+        joint: Distribution = self.decoder
+        for f in [*self.priors, self.prior]:
+            joint = joint * f
+        return joint
+
+    @property
+    def q(self) -> Distribution:
+        joint: Distribution = self.posteriors[0]
+        for f in self.posteriors[1:]:
+            joint = joint * f
+        return joint
+
+    def loss(self, beta: float = 1.0) -> Loss:
+        """The negative ELBO per row (module docstring); ``beta`` weights every KL term."""
+        weight = (lambda term: beta * term) if beta != 1 else (lambda term: term)
+        recon = Expectation(self.posteriors[0], LogProb(self.decoder))
+        inner: Loss | None = None  # what E_{q(z_{i+1}|.)} averages
+        for i in range(len(self.posteriors) - 1):
+            kl = weight(KullbackLeibler(self.posteriors[i], self.priors[i]))
+            inner = Expectation(self.posteriors[i + 1], kl - recon if inner is None else kl + inner)
+        top = weight(KullbackLeibler(self.posteriors[-1], self.prior))
+        return top - recon if inner is None else top + inner

@@ -1,0 +1,298 @@
+r"""Gaussian probability paths: what diffusion, score-based and flow-matching models share.
+
+Each family defines a path from a Gaussian to the data whose point at time :math:`\tau` is
+
+.. math:: x_\tau = a(\tau)\, x_{\mathrm{data}} + b(\tau)\, \epsilon,\qquad \epsilon \sim \mathcal{N}(0, I),
+
+and a network that predicts, at :math:`(x_\tau, \tau)`, the clean point and the noise
+:math:`(\hat x_0, \hat\epsilon)` with :math:`x_\tau = a\hat x_0 + b\hat\epsilon` (an ε-network, a score
+:math:`\nabla\log p_\tau = -\hat\epsilon/b`, or a velocity). The samplers (`kizuna.samplers.integrators`)
+only see this interface, so one DDIM, Euler, Heun or Euler–Maruyama serves every family:
+
+* `DiffusionPath` — a DDPM in Karras et al.'s variance-exploding coordinates (arXiv:2206.00364):
+  :math:`y = x/\sqrt{\bar\alpha_t}`, :math:`\tau = s_t = \sqrt{(1-\bar\alpha_t)/\bar\alpha_t}`, so
+  :math:`a = 1`, :math:`b = s` and :math:`dy/ds = \hat\epsilon`; Euler is then DDIM with η = 0.
+  At :math:`s = 0` (``t = 0``) :math:`y = x_0`.
+* `ScorePath` — a noise-conditional score network over levels :math:`\sigma_1 > \dots > \sigma_L`
+  (NCSN): :math:`a = 1`, :math:`b = \sigma`, :math:`\hat\epsilon = -\sigma s(x, i)`.
+* `LinearPath` — flow matching's path :math:`x_t = t x_1 + (1 - (1-\sigma_{min})t) x_0` (Lipman et
+  al. 2023, arXiv:2210.02747), :math:`t` from 0 (noise) to 1 (data), from a velocity :math:`v(x, t)`:
+  :math:`\hat\epsilon = x - t v`, :math:`\hat x_0 = x + (1-t) v` when :math:`\sigma_{min} = 0`.
+
+This module needs only torch; the distributions hand their networks to it (duck-typed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+Tensor = torch.Tensor
+
+
+class Prediction(NamedTuple):
+    """The network's reading of :math:`x_\\tau`: clean point and noise, :math:`x = a\\hat x_0 + b\\hat\\epsilon`."""
+
+    x0: Tensor
+    eps: Tensor
+
+
+class GaussianPath:
+    """The interface the samplers use (module docstring). Times run from noise to data."""
+
+    #: whether the network may be evaluated at the clean end (Heun's last correction needs it)
+    clean_evaluable: bool = False
+    #: the time of the clean end
+    end: float = 0.0
+
+    def times(self, n_steps: int) -> list[float]:
+        """``n_steps + 1`` times from the noise end to the clean end."""
+        raise NotImplementedError
+
+    def coefficients(self, tau: float) -> tuple[float, float]:
+        """:math:`(a(\\tau), b(\\tau))`."""
+        raise NotImplementedError
+
+    def rates(self, tau: float) -> tuple[float, float]:
+        """:math:`(\\dot a(\\tau), \\dot b(\\tau))`, derivatives in this path's time."""
+        raise NotImplementedError
+
+    def predict(self, x: Tensor, tau: float) -> Prediction:
+        """:math:`(\\hat x_0, \\hat\\epsilon)` at ``(x, tau)``."""
+        raise NotImplementedError
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` draws of :math:`x` at the first time (the Gaussian end)."""
+        raise NotImplementedError
+
+    def ancestral_step(self, x: Tensor, tau: float, tau_next: float, pred: Prediction, noise: Tensor | None
+                       ) -> Tensor:
+        """One step of the model's own reverse kernel given the prediction (``noise`` None: its mean)."""
+        raise NotImplementedError(f"{type(self).__name__} has no ancestral kernel; use ddim(..., eta=1)")
+
+    def velocity(self, x: Tensor, tau: float, pred: Prediction | None = None) -> Tensor:
+        """:math:`dx/d\\tau = \\dot a\\hat x_0 + \\dot b\\hat\\epsilon` (the probability-flow ODE)."""
+        pred = self.predict(x, tau) if pred is None else pred
+        da, db = self.rates(tau)
+        return da * pred.x0 + db * pred.eps
+
+
+def _noise(shape: Sequence[int], like: Tensor | None, generator: torch.Generator | None,
+           dtype: torch.dtype | None = None, device: Any = None) -> Tensor:
+    dtype = like.dtype if like is not None else (dtype or torch.get_default_dtype())
+    device = like.device if like is not None else device
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+
+
+def _grid(points: Sequence[float], n_steps: int | None) -> list[int]:
+    """Indices of ``n_steps`` evenly spread points of ``points`` (first and last kept)."""
+    n = len(points)
+    if n_steps is None or n_steps >= n - 1:
+        if n_steps is not None and n_steps > n - 1:
+            raise ValueError(f"n_steps={n_steps} exceeds the {n - 1} steps this model was trained on")
+        return list(range(n))
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+    idx = torch.linspace(0, n - 1, n_steps + 1, dtype=torch.float64).round().long().tolist()
+    return sorted(set(idx))
+
+
+class DiffusionPath(GaussianPath):
+    """A DDPM's reverse process as a path (module docstring), in the scaled coordinates :math:`y`.
+
+    Args:
+        reverse: a `kizuna.distributions.DiffusionReverse` (its ``schedule``, ``epsilon`` and context).
+        features_shape: the shape of one :math:`x_0`.
+        context: values of the reverse process's context variables (a conditional model), batch first.
+    """
+
+    def __init__(self, reverse: Any, features_shape: Sequence[int], context: Mapping[str, Tensor] | None = None
+                 ) -> None:
+        self.reverse, self.features_shape, self.context = reverse, tuple(features_shape), dict(context or {})
+        ab = reverse.schedule.alpha_bar().detach().to(torch.float64)
+        self.alpha_bar = ab  # index t = step t, alpha_bar[0] = 1
+        self.sigmas = ((1 - ab) / ab).sqrt()  # s_t, increasing in t; s_0 = 0
+
+    def times(self, n_steps: int | None) -> list[float]:
+        T = len(self.sigmas) - 1
+        steps = [T - i for i in _grid(list(range(T + 1)), n_steps)]
+        return [float(self.sigmas[t]) for t in steps]
+
+    def step_of(self, s: float) -> int:
+        """The integer step whose :math:`s_t` is ``s``."""
+        t = int(torch.argmin((self.sigmas - s).abs()))
+        if abs(float(self.sigmas[t]) - s) > 1e-9 * max(1.0, s):
+            raise ValueError(f"DiffusionPath: s={s} is not one of the trained steps")
+        return t
+
+    def coefficients(self, tau: float) -> tuple[float, float]:
+        return 1.0, tau
+
+    def rates(self, tau: float) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    def scaled_input(self, y: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+        """:math:`x_t = \\sqrt{\\bar\\alpha_t}\\, y` and the step ``t`` (a long tensor per row)."""
+        t = self.step_of(tau)
+        steps = torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
+        return y * math.sqrt(float(self.alpha_bar[t])), steps
+
+    def predict(self, x: Tensor, tau: float) -> Prediction:
+        if tau == 0:
+            raise ValueError("DiffusionPath: the network is not defined at t = 0")
+        xt, steps = self.scaled_input(x, tau)
+        eps = self.reverse.epsilon(xt, steps, self.context)
+        return Prediction(x - tau * eps, eps)
+
+    def ancestral_step(self, x: Tensor, tau: float, tau_next: float, pred: Prediction, noise: Tensor | None
+                       ) -> Tensor:
+        """:math:`x_{t-1} \\sim p_\\theta(x_{t-1}|x_t)` by the reverse process's own mean and variance."""
+        t = self.step_of(tau)
+        if self.step_of(tau_next) != t - 1:
+            raise ValueError("ancestral sampling of a DDPM runs over every step (n_steps=None); "
+                             "for fewer steps use ddim(..., eta=1), the respaced ancestral sampler")
+        xt, steps = self.scaled_input(x, tau)
+        mean, var = self.reverse.mean_and_variance(xt, steps, pred.eps, self.context)
+        x_prev = mean if noise is None else mean + var.sqrt() * noise
+        return x_prev / math.sqrt(float(self.alpha_bar[t - 1]))
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        dtype = self.reverse.schedule.betas.dtype
+        x_T = _noise((n, *self.features_shape), None, generator, dtype, self.reverse.schedule.betas.device)
+        return x_T / math.sqrt(float(self.alpha_bar[-1]))
+
+
+class ScorePath(GaussianPath):
+    """A noise-conditional score :math:`s(x, i) \\approx \\nabla_x\\log p_{\\sigma_i}(x)` as a path (NCSN).
+
+    Args:
+        score: ``score(x, i)`` for level index ``i`` (into ``sigmas``, largest first).
+        sigmas: the levels :math:`\\sigma_1 > \\dots > \\sigma_L`; the path ends at :math:`\\sigma = 0`,
+            reached by the Tweedie step :math:`\\hat x_0 = x + \\sigma_L^2 s(x, L)`.
+        features_shape: the shape of one :math:`x`.
+    """
+
+    def __init__(self, score: Callable[[Tensor, int], Tensor], sigmas: Sequence[float] | Tensor,
+                 features_shape: Sequence[int], dtype: torch.dtype | None = None) -> None:
+        levels = [float(s) for s in torch.as_tensor(sigmas).flatten()]
+        if not levels or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
+            raise ValueError("ScorePath: sigmas must be positive and strictly decreasing")
+        self.score, self.levels, self.features_shape = score, levels, tuple(features_shape)
+        self.dtype = dtype or torch.get_default_dtype()
+
+    def times(self, n_steps: int | None) -> list[float]:
+        if n_steps is not None and n_steps < 1:
+            raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+        idx = [0] if n_steps == 1 else _grid(self.levels, None if n_steps is None else n_steps - 1)
+        return [self.levels[i] for i in idx] + [0.0]
+
+    def coefficients(self, tau: float) -> tuple[float, float]:
+        return 1.0, tau
+
+    def rates(self, tau: float) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    def predict(self, x: Tensor, tau: float) -> Prediction:
+        if tau not in self.levels:
+            raise ValueError(f"ScorePath: sigma={tau} is not one of the model's levels")
+        eps = -tau * self.score(x, self.levels.index(tau))
+        return Prediction(x - tau * eps, eps)
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.levels[0] * _noise((n, *self.features_shape), None, generator, self.dtype)
+
+
+class LinearPath(GaussianPath):
+    """Flow matching's path (module docstring) with a velocity :math:`v(x, t)`, ``t`` in ``[0, 1]``.
+
+    Args:
+        velocity: ``velocity(x, t)`` with ``t`` a tensor of shape ``(batch,)``.
+        features_shape: the shape of one :math:`x_1`.
+        sigma_min: the noise left at ``t = 1``.
+    """
+
+    clean_evaluable, end = True, 1.0
+
+    def __init__(self, velocity: Callable[[Tensor, Tensor], Tensor], features_shape: Sequence[int],
+                 sigma_min: float = 0.0, dtype: torch.dtype | None = None) -> None:
+        self.v, self.features_shape, self.sigma_min = velocity, tuple(features_shape), float(sigma_min)
+        self.dtype = dtype or torch.get_default_dtype()
+
+    def times(self, n_steps: int | None) -> list[float]:
+        n = 50 if n_steps is None else n_steps
+        if n < 1:
+            raise ValueError(f"n_steps must be at least 1, got {n}")
+        return [i / n for i in range(n + 1)]
+
+    def coefficients(self, tau: float) -> tuple[float, float]:
+        return tau, 1 - (1 - self.sigma_min) * tau
+
+    def rates(self, tau: float) -> tuple[float, float]:
+        return 1.0, -(1 - self.sigma_min)
+
+    def predict(self, x: Tensor, tau: float) -> Prediction:
+        v = self.v(x, torch.full((x.shape[0],), tau, dtype=x.dtype, device=x.device))
+        eps = x - tau * v  # from x = t x1 + b x0 and v = x1 - (1 - sigma_min) x0
+        a, b = self.coefficients(tau)
+        x0 = (x - b * eps) / a if a > 0 else v + (1 - self.sigma_min) * eps
+        return Prediction(x0, eps)
+
+    def velocity(self, x: Tensor, tau: float, pred: Prediction | None = None) -> Tensor:
+        if pred is None:  # one network call, no round trip through (x0, eps)
+            return self.v(x, torch.full((x.shape[0],), tau, dtype=x.dtype, device=x.device))
+        return super().velocity(x, tau, pred)
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return _noise((n, *self.features_shape), None, generator, self.dtype)
+
+
+class Guided(GaussianPath):
+    """Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598) of two paths over the same times.
+
+    .. math:: \\hat\\epsilon_w = \\hat\\epsilon_\\varnothing + w(\\hat\\epsilon_c - \\hat\\epsilon_\\varnothing)
+
+    (and the same for :math:`\\hat x_0`): ``scale`` :math:`w = 0` is the unconditional model exactly,
+    :math:`w = 1` the conditional one, :math:`w > 1` guides (Ho & Salimans' weight is :math:`w - 1`).
+    At :math:`w = 0` the conditional network is not evaluated.
+    """
+
+    def __init__(self, conditional: GaussianPath, unconditional: GaussianPath, scale: float) -> None:
+        self.cond, self.uncond, self.scale = conditional, unconditional, float(scale)
+        self.clean_evaluable = conditional.clean_evaluable and unconditional.clean_evaluable
+        self.end = unconditional.end
+
+    def times(self, n_steps: int | None) -> list[float]:
+        return self.uncond.times(n_steps)
+
+    def coefficients(self, tau: float) -> tuple[float, float]:
+        return self.uncond.coefficients(tau)
+
+    def rates(self, tau: float) -> tuple[float, float]:
+        return self.uncond.rates(tau)
+
+    def predict(self, x: Tensor, tau: float) -> Prediction:
+        u = self.uncond.predict(x, tau)
+        if self.scale == 0:
+            return u
+        c = self.cond.predict(x, tau)
+        return Prediction(u.x0 + self.scale * (c.x0 - u.x0), u.eps + self.scale * (c.eps - u.eps))
+
+    def velocity(self, x: Tensor, tau: float, pred: Prediction | None = None) -> Tensor:
+        if pred is None and self.scale == 0:
+            return self.uncond.velocity(x, tau)
+        return GaussianPath.velocity(self, x, tau, pred)
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.uncond.prior(n, generator)
+
+    def ancestral_step(self, x: Tensor, tau: float, tau_next: float, pred: Prediction, noise: Tensor | None
+                       ) -> Tensor:
+        return self.uncond.ancestral_step(x, tau, tau_next, pred, noise)
+
+
+def guided(conditional: GaussianPath, unconditional: GaussianPath, scale: float) -> Guided:
+    """See `Guided`."""
+    return Guided(conditional, unconditional, scale)

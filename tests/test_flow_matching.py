@@ -1,0 +1,177 @@
+"""Flow matching as kizuna distributions and losses, against closed forms and brute force.
+
+References: for Gaussian data N(mu, S) the marginal velocity of the straight path is affine and known
+in closed form, and its time-1 flow is exactly N(mu, S), so the ODE log-likelihood must equal
+scipy's log-density (RK4 error below 1e-5 nats) and draws must have its moments; the exact trace
+against the autograd Jacobian's diagonal; Hutchinson's estimate unbiased for it (5 standard errors);
+the OT coupling against enumerating every permutation; the loss against a hand-written evaluation;
+training on 2-D data by MMD.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from kizuna.distributions import FlowMatching, reflow_coupling
+from kizuna.distributions.flow_coupling import FlowInterpolant, OTCoupling, TimeUniform
+from kizuna.distributions.flow_matching import divergence
+from kizuna.losses import VelocityError, flow_matching_loss
+from kizuna.models import Model
+
+F64 = torch.float64
+MU = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+S = torch.tensor([0.5, 2.0, 0.1], dtype=F64)  # diagonal covariance of the data
+
+
+@pytest.fixture(autouse=True)
+def _seeded(one_thread):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
+def gaussian_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """E[x_1 - x_0 | x_t] for x_1 ~ N(MU, diag S), x_0 ~ N(0, I), x_t = t x_1 + (1 - t) x_0."""
+    t = t[:, None]
+    var = t * t * S + (1 - t) ** 2
+    return MU + (t * S - (1 - t)) / var * (x - t * MU)
+
+
+def test_ode_log_likelihood_of_the_exact_gaussian_flow_is_the_closed_form() -> None:
+    p = FlowMatching(gaussian_velocity, [3], likelihood_steps=40)
+    x = MU + S.sqrt() * torch.randn(6, 3, dtype=F64) * 1.5
+    expected = stats.multivariate_normal(MU.numpy(), np.diag(S.numpy())).logpdf(x.numpy())
+    np.testing.assert_allclose(p.get_log_prob({"x": x}).detach().numpy(), expected, atol=1e-5)
+    hutch = FlowMatching(gaussian_velocity, [3], likelihood_steps=40, trace="hutchinson", n_probes=1)
+    # the affine field has a constant Jacobian diagonal, so Rademacher probes give the exact trace
+    # of a diagonal Jacobian: exact here, too
+    with torch.no_grad():
+        np.testing.assert_allclose(hutch.get_log_prob({"x": x}).numpy(), expected, atol=1e-5)
+
+
+def test_samples_of_the_exact_gaussian_flow_have_its_moments() -> None:
+    for sampler, steps in (("heun", 10), ("euler", 200)):
+        x = FlowMatching(gaussian_velocity, [3], sampler=sampler, n_steps=steps).sample(batch_n=20_000)["x"]
+        assert x.dtype == F64
+        assert ((x.mean(0) - MU).abs() < 5 * (S / 20_000).sqrt() + 1e-3).all()
+        assert ((x.var(0) / S - 1).abs() < 5 * math.sqrt(2 / 20_000) + 0.02).all(), x.var(0)
+
+
+class Net(nn.Module):
+    def __init__(self, d: int = 4, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d + 1, hidden), nn.Tanh(), nn.Linear(hidden, d)).double()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, t[:, None].to(x.dtype)], 1))
+
+
+def test_exact_trace_is_the_jacobian_diagonal_and_hutchinson_is_unbiased() -> None:
+    net = Net()
+    x, t = torch.randn(3, 4, dtype=F64), torch.rand(3, dtype=F64)
+    out, div = divergence(net, x, t, "exact")
+    brute = [torch.autograd.functional.jacobian(lambda z, i=i: net(z[None], t[i:i + 1])[0], x[i]).trace()
+             for i in range(3)]
+    torch.testing.assert_close(div, torch.stack(brute).detach())
+    torch.testing.assert_close(out, net(x, t))
+    n = 4000
+    _, est = divergence(net, x.repeat(n, 1), t.repeat(n), "hutchinson")
+    est = est.reshape(n, 3)
+    se = est.std(0) / math.sqrt(n)
+    assert ((est.mean(0) - div).abs() < 5 * se).all()
+    assert (est.std(0) > 0).all()  # a real estimate, not the exact value in disguise
+
+
+def test_ot_coupling_is_the_optimal_assignment() -> None:
+    x1 = torch.randn(6, 2, dtype=F64)
+    torch.manual_seed(3)
+    x0 = OTCoupling(data_var="x").sample({"x": x1})["x_0"]
+    torch.manual_seed(3)
+    noise = torch.randn_like(x1)
+    assert sorted(map(tuple, x0.tolist())) == sorted(map(tuple, noise.tolist()))  # a permutation of the draws
+    cost = lambda perm: (noise[list(perm)] - x1).pow(2).sum().item()  # noqa: E731
+    best = min(cost(perm) for perm in itertools.permutations(range(6)))
+    assert abs((x0 - x1).pow(2).sum().item() - best) < 1e-12
+
+
+def test_velocity_error_and_the_loss_formula() -> None:
+    net = Net(2)
+    p = FlowMatching(net, [2], sigma_min=0.1)
+    q = FlowInterpolant(0.1, data_var="x")
+    x0, x1, t = torch.randn(5, 2, dtype=F64), torch.randn(5, 2, dtype=F64), torch.rand(5, dtype=F64)
+    xt = q.sample({"x_0": x0, "x": x1, "t": t})["x_t"]
+    torch.testing.assert_close(xt, t[:, None] * x1 + (1 - 0.9 * t[:, None]) * x0)
+    value = VelocityError(p, q).eval({"x_0": x0, "x": x1, "x_t": xt, "t": t})
+    torch.testing.assert_close(value, (net(xt, t) - (x1 - 0.9 * x0)).pow(2).sum(1))
+    loss = flow_matching_loss(p, coupling="ot").mean()
+    assert str(loss) == "mean(E_{u(t)}[E_{π(x_0|x)}[E_{q(x_t|x_0,x,t)}[||u_t(x_t|x_0,x) - v_θ(x_t,t)||^2]]])"
+    assert r"v_\theta" in loss.to_latex()
+    assert loss.eval({"x": x1}).shape == ()
+    u = TimeUniform().sample(batch_n=20_000)["t"]
+    assert stats.kstest(u.numpy(), "uniform").pvalue > 1e-4
+    with pytest.raises(ValueError, match="coupling must be"):
+        flow_matching_loss(p, coupling="sinkhorn")
+    with pytest.raises(ValueError, match="trace must be"):
+        FlowMatching(net, [2], trace="approx")
+    with pytest.raises(ValueError, match="velocity has shape"):
+        FlowMatching(lambda x, t: x[:, :1], [2]).sample(batch_n=2)
+
+
+def ring(n: int, g: torch.Generator) -> torch.Tensor:
+    k = torch.randint(0, 4, (n,), generator=g)
+    angle = math.pi / 2 * k
+    return torch.stack([2 * angle.cos(), 2 * angle.sin()], 1).double() + 0.3 * torch.randn(n, 2, generator=g,
+                                                                                               dtype=F64)
+
+
+def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float = 0.5) -> float:
+    k = lambda a, b: torch.exp(-torch.cdist(a, b).pow(2) / bandwidth)  # noqa: E731
+    return (k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()).item()
+
+
+class TimeNet(nn.Module):
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 2)).double()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, t[:, None]], 1))
+
+
+ENTROPY = math.log(2 * math.pi * math.e * 0.09) + math.log(4)  # four well-separated modes: 1.82 nats
+
+
+@pytest.mark.parametrize("coupling", [pytest.param("independent", marks=pytest.mark.slow), "ot"])
+def test_training_on_2d_data(coupling: str) -> None:
+    """Four modes (sd 0.3) on a circle, 600 steps: the ODE log-likelihood of held-out points lies within
+    0.6 nats of minus the data's entropy (its upper bound; measured -2.22 independent, -2.09 OT, bound
+    -1.82), and the Heun samples (10 steps) have an MMD^2 below a tenth of the untrained model's and
+    below 8x that of two data samples (measured 5.7x and 5.6x)."""
+    g = torch.Generator().manual_seed(1)
+    p = FlowMatching(TimeNet(), [2], n_steps=10)
+    model = Model(flow_matching_loss(p, coupling=coupling).mean(), distributions=[p], optimizer_params={"lr": 3e-3})
+    with torch.no_grad():
+        untrained = mmd2(p.sample(batch_n=1000)["x"], ring(1000, g))
+    for _ in range(600):
+        model.train({"x": ring(128, g)})
+    with torch.no_grad():
+        trained = mmd2(p.sample(batch_n=1000)["x"], ring(1000, g))
+        reference = np.mean([mmd2(ring(1000, g), ring(1000, g)) for _ in range(3)])
+        ll = p.get_log_prob({"x": ring(400, g)})
+    assert trained < 0.1 * untrained and trained < 8 * reference, (trained, untrained, reference)
+    se = ll.std().item() / math.sqrt(400)
+    assert -ENTROPY - 0.6 < ll.mean().item() < -ENTROPY + 5 * se
+    pairs = reflow_coupling(p, 300, n_steps=10)
+    assert set(pairs) == {"x_0", "x"} and pairs["x"].shape == (300, 2)
+    with torch.no_grad():
+        straight = flow_matching_loss(p, coupling="given").mean().eval(pairs).item()
+        independent = flow_matching_loss(p).mean().eval({"x": pairs["x"]}).item()
+    assert straight < 0.5 * independent  # the model's own coupling is nearly straight (reflow's premise)

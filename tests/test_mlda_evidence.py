@@ -1,0 +1,75 @@
+"""MLDA evidence (`kizuna.modules.mlda_evidence`): SERKET's truncation against a line-by-line numpy replica of
+what its MLDA does, kizuna's rounding against `mlda.as_counts`, and the largest-remainder apportionment
+against its definition."""
+
+import numpy as np
+import pytest
+import torch
+
+from kizuna.modules import mlda_evidence as ev
+from kizuna.modules.mlda import as_counts
+
+
+def serket_replica(data: np.ndarray, weight: float) -> np.ndarray:
+    """naka-lab/Serket mlda/__init__.py, the facts of its update(): negatives to 0, rows over their sums
+    (a zero sum divides by 1), times the weight, cast to int32."""
+    data = data.copy()
+    data[data < 0] = 0
+    divider = np.where(data.sum(1) == 0, 1, data.sum(1))
+    data = (data.T / divider).T * weight
+    return np.array(data, dtype=np.int32)
+
+
+def inputs():
+    rng = np.random.default_rng(0)
+    posterior = rng.dirichlet(np.full(10, 0.05), size=300)  # peaked class posteriors, like a GMM's
+    histogram = rng.poisson(0.08, size=(300, 2400)).astype(float)  # sparse HAC-like counts
+    histogram[5] = 0.0  # an empty row
+    return posterior, histogram
+
+
+@pytest.mark.parametrize("weight", [200, 20, 37.5])
+def test_floor_is_serkets_truncation(weight):
+    for x in inputs():
+        got = ev.token_counts(x, weight, "floor")
+        np.testing.assert_array_equal(got.numpy(), serket_replica(x, weight))
+        assert got.dtype == torch.long
+
+
+def test_round_is_what_kizunas_mlda_does():
+    for x in inputs():
+        np.testing.assert_array_equal(ev.token_counts(x, 200, "round").numpy(), as_counts(x, 200, "x").numpy())
+        np.testing.assert_array_equal(ev.token_counts(x, None).numpy(), as_counts(x, None, "x").numpy())
+
+
+def test_largest_remainder_keeps_every_token_and_each_count_within_one():
+    for x in inputs():
+        t = ev.rescaled(x, 200).numpy()
+        got = ev.token_counts(x, 200, "largest_remainder").numpy()
+        nonzero = x.sum(1) > 0
+        np.testing.assert_array_equal(got.sum(1)[nonzero], 200)
+        assert (got[~nonzero] == 0).all()
+        assert (np.abs(got - t) < 1).all()
+        for row, ti in zip(got[:20], t[:20]):  # the extra tokens go to the largest remainders
+            low = np.floor(ti)
+            extra = row - low
+            assert set(np.unique(extra)) <= {0, 1}
+            if extra.sum():
+                assert (ti - low)[extra == 1].min() >= (ti - low)[extra == 0].max() - 1e-12
+
+
+def test_floor_drops_what_is_below_one_token():
+    got = ev.token_counts([[0.996, 0.003, 0.001], [0.0, 0.0, 0.0]], 200, "floor")
+    assert got.tolist() == [[199, 0, 0], [0, 0, 0]]
+    assert ev.token_counts([[0.996, 0.003, 0.001]], 200, "round").tolist() == [[199, 1, 0]]
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="rounding"):
+        ev.token_counts([[1.0]], 2, "ceil")
+    with pytest.raises(ValueError, match="non-negative"):
+        ev.token_counts([[1.0, -1.0]], 2, "floor")
+    with pytest.raises(ValueError, match="N x V"):
+        ev.token_counts([1.0, 2.0], 2)
+    with pytest.raises(ValueError, match="weight"):
+        ev.token_counts([[1.0, 2.0]], 0)

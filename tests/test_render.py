@@ -1,0 +1,111 @@
+"""`kizuna.viz.render`: pictures of models, against golden DOT files and the model's own structure.
+
+The golden files in tests/golden/ were checked by eye once (every factor's edges, the observed data
+shaded, inference edges dashed, the time plate of the DMM, the SERKET graph's messages) and are
+compared byte for byte; the spec is checked against the distributions' var / cond_var directly.
+Regenerate them with ``KIZUNA_UPDATE_GOLDEN=1 pytest tests/test_render.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from example_loader import load_example
+
+from kizuna import modules as km
+from kizuna.distributions import Normal
+from kizuna.losses import Expectation as E
+from kizuna.losses import KullbackLeibler, LogProb
+from kizuna.viz import model_spec, render
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / f"render_{name}.dot"
+    if os.environ.get("KIZUNA_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{path.name} differs; regenerate with KIZUNA_UPDATE_GOLDEN=1 if intended"
+
+
+def edges(spec: dict) -> set[tuple[str, str, str]]:
+    return {(e["from"], e["to"], e["kind"]) for e in spec["edges"]}
+
+
+def test_vae() -> None:
+    vae = load_example("vae")
+    q, p, prior = vae.build(8, 2, 4)
+    loss = (KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()
+    out = render(loss)
+    check_golden("vae", out.dot)
+    assert edges(out.spec) == {("z", "x", "generative"), ("x", "z", "inference")}
+    nodes = {n["name"]: n for n in out.spec["nodes"]}
+    assert nodes["x"]["observed"] and not nodes["z"]["observed"]
+    assert render(p * prior).spec["nodes"][0]["observed"] is False  # a distribution alone: nothing observed
+
+
+def test_m2() -> None:
+    m2 = load_example("m2")
+    d = m2.build(8, 2, 4)
+    out = render(m2.m2_loss(d, 0.1))
+    check_golden("m2", out.dot)
+    observed = {n["name"] for n in out.spec["nodes"] if n["observed"]}
+    assert observed == {"x", "y", "x_u", "y_u"}  # y_u: every class, enumerated in the data (an input)
+    assert ("y", "x", "generative") in edges(out.spec) and ("x_u", "y_u", "inference") in edges(out.spec)
+
+
+def test_dmm() -> None:
+    dmm = load_example("dmm")
+    d = dmm.build({"z_dim": 2, "hidden": 4, "D": 3})
+    out = render(dmm.dmm_loss(d))
+    check_golden("dmm", out.dot)
+    plates = {n["name"]: n["plate"] for n in out.spec["nodes"]}
+    assert plates["x"] == plates["z"] == plates["z_prev"] == "T"
+    assert [n["name"] for n in out.spec["nodes"] if n["observed"]] == ["x"]  # z_prev carries z: latent
+    assert ("z", "z_prev", "recurrence") in edges(out.spec) and ("z_prev", "z", "generative") in edges(out.spec)
+    assert {"name": "T", "label": "T", "parent": "N"} in out.spec["plates"]
+
+
+def test_jmvae() -> None:
+    jmvae = load_example("jmvae")
+    mm = jmvae.build({"x": (8, "bernoulli"), "y": (3, "categorical")}, 2, 4)
+    out = render(mm.model.loss_cls, latex=True)
+    check_golden("jmvae", out.dot)
+    assert {("x", "z", "inference"), ("y", "z", "inference"), ("z", "x", "generative"),
+            ("z", "y", "generative")} <= edges(out.spec)
+
+
+def test_serket_vae_gmm_mlda() -> None:
+    rng = np.random.default_rng(0)
+    image = km.Observation(rng.random((6, 4)), name="image")
+    speech = km.Observation(rng.integers(0, 3, (6, 5)).astype(float), name="speech")
+    vae = km.VAE(2, hidden=(4,), epochs=1, name="vae").connect(image)
+    gmm = km.GMM(2, name="gmm").connect(vae)
+    mlda = km.MLDA(2, name="mlda").connect(speech, gmm)
+    out = render(km.Graph([mlda]))
+    check_golden("serket_vae_gmm_mlda", out.dot)
+    assert edges(out.spec) == {("image", "vae", "message"), ("vae", "gmm", "message"),
+                               ("speech", "mlda", "message"), ("gmm", "mlda", "message")}
+    kinds = {n["name"]: (n["kind"], n["observed"]) for n in out.spec["nodes"]}
+    assert kinds["image"] == ("observation", True) and kinds["gmm"] == ("module", False)
+
+
+def test_spec_labels_errors_and_image(tmp_path: Path) -> None:
+    p = Normal(var=["z_1"], cond_var=["x_u"], loc="x_u", scale=1.0, name="q")
+    spec = model_spec(p, observed=["x_u"])
+    assert {n["name"]: n["latex"] for n in spec["nodes"]} == {"z_1": "z_{1}", "x_u": "x_{u}"}
+    assert "$z_{1}$" in render(p, latex=True).dot
+    with pytest.raises(ValueError, match=r"observed names \['w'\]"):
+        render(p, observed=["w"])
+    with pytest.raises(TypeError, match="expected a kizuna Distribution"):
+        render(torch.nn.Linear(2, 2))
+    out = render(p, filename=tmp_path / "model.svg")
+    if shutil.which("dot") is None:
+        assert out.image is None
+    else:
+        assert out.image is not None and out.image.read_text().lstrip().startswith(("<?xml", "<svg"))
