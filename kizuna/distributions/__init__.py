@@ -2,6 +2,7 @@
 
 from kizuna.distributions.autoregressive import MADEBernoulli, PixelCNNBernoulli
 from kizuna.distributions.base import Distribution
+from kizuna.distributions.conditional import MLPBernoulli, MLPCategorical, MLPNormal
 from kizuna.distributions.diffusion import (
     DDPM,
     DiffusionDecoder,
@@ -42,7 +43,7 @@ from kizuna.distributions.transformed import InverseTransformedDistribution, Tra
 __all__ = [
     "Bernoulli", "Beta", "Categorical", "CustomProb", "Deterministic", "Dirichlet", "Distribution",
     "ElementWiseProductOfNormal", "EmpiricalDistribution", "FactorizedBernoulli", "Gamma", "JointDistribution",
-    "Laplace", "LogNormal",
+    "Laplace", "LogNormal", "MLPBernoulli", "MLPCategorical", "MLPNormal",
     "MarginalizeVarDistribution", "MixtureModel", "MixtureOfNormal", "MixturePosterior", "Multinomial",
     "MultivariateNormal", "Normal", "Poisson", "ProductOfNormal",
     "RelaxedBernoulli", "RelaxedCategorical", "ReplaceVarDistribution", "StudentT", "TorchDistribution",
