@@ -1,4 +1,4 @@
-r"""Distributions whose parameters come from an MLP of the conditioning variables: the usual :math:`q(z|x)`, :math:`p(x|z)`.
+r"""Distributions with parameters from an MLP of the conditioning variables: the usual :math:`q(z|x)`, :math:`p(x|z)`.
 
 Each is an ordinary kizuna distribution (`Normal`, `Bernoulli`, `Categorical`) whose ``forward`` feeds the
 conditioning values, flattened and concatenated in ``cond_var`` order, to a `kizuna.nets.MLP` of

@@ -50,7 +50,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from kizuna.modules.context import UpdateContext

@@ -61,9 +61,10 @@ class GaussianMixture(Estimator):
 
     def __init__(self, n_components: int = 1, *, algorithm: str = "gibbs", covariance_type: str = "full",
                  reg_covar: float = 1e-6, weight_concentration_prior: float | None = None,
-                 mean_precision_prior: float = 1.0, mean_prior: Any = None, degrees_of_freedom_prior: float | None = None,
-                 covariance_prior: Any = None, max_iter: int = 100, tol: float = 1e-3, init_params: str = "kmeans",
-                 n_particles: int = 200, random_state: int | torch.Generator | None = None) -> None:
+                 mean_precision_prior: float = 1.0, mean_prior: Any = None,
+                 degrees_of_freedom_prior: float | None = None, covariance_prior: Any = None, max_iter: int = 100,
+                 tol: float = 1e-3, init_params: str = "kmeans", n_particles: int = 200,
+                 random_state: int | torch.Generator | None = None) -> None:
         self.n_components, self.algorithm, self.covariance_type = n_components, algorithm, covariance_type
         self.reg_covar, self.weight_concentration_prior = reg_covar, weight_concentration_prior
         self.mean_precision_prior, self.mean_prior = mean_precision_prior, mean_prior

@@ -56,10 +56,11 @@ class GMM(ClassModule, GaussianMixture):
         fitted_: algo.Fitted | None = None
 
     def __init__(self, n_components: int, category: Any = None, *, algorithm: str = "gibbs",
-                 covariance_type: str = "full", reg_covar: float = 1e-6, weight_concentration_prior: float | None = None,
-                 mean_precision_prior: float = 1.0, mean_prior: Any = None, degrees_of_freedom_prior: float | None = None,
-                 covariance_prior: Any = None, max_iter: int = 100, tol: float = 1e-3, init_params: str = "kmeans",
-                 n_particles: int = 200, random_state: int | torch.Generator | None = None, name: str | None = None,
+                 covariance_type: str = "full", reg_covar: float = 1e-6,
+                 weight_concentration_prior: float | None = None, mean_precision_prior: float = 1.0,
+                 mean_prior: Any = None, degrees_of_freedom_prior: float | None = None, covariance_prior: Any = None,
+                 max_iter: int = 100, tol: float = 1e-3, init_params: str = "kmeans", n_particles: int = 200,
+                 random_state: int | torch.Generator | None = None, name: str | None = None,
                  learnable: bool = True) -> None:
         ClassModule.__init__(self, n_components, category, name, learnable, random_state)
         GaussianMixture.__init__(

@@ -158,9 +158,9 @@ class LDA(MLDA, LatentDirichletAllocation):
 
     def __init__(self, n_components: int = 10, category: Any = None, *, doc_topic_prior: float | None = None,
                  topic_word_prior: float | None = None, max_iter: int = 100, n_blocks: int = 16, n_init: int = 1,
-                 weight: float | None = None, prior_per: str = "token", random_state: int | torch.Generator | None = None,
-                 name: str | None = None, learnable: bool = True, alpha: float | None = None, beta: float | None = None,
-                 n_iter: int | None = None) -> None:
+                 weight: float | None = None, prior_per: str = "token",
+                 random_state: int | torch.Generator | None = None, name: str | None = None, learnable: bool = True,
+                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None) -> None:
         self.weight = weight
         MLDA.__init__(self, n_components, None, category, doc_topic_prior=doc_topic_prior,
                       topic_word_prior=topic_word_prior, max_iter=max_iter, n_blocks=n_blocks, n_init=n_init,

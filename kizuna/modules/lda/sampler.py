@@ -52,7 +52,8 @@ def as_counts(x: Any, weight: float | None, what: str) -> Tensor:
     check_finite(t, "counts", what)
     if bool((t < 0).any()):
         row, col = (int(i) for i in (t < 0).nonzero()[0])
-        raise ValueError(f"{what}: counts must be non-negative, got {float(t[row, col]):.4g} at row {row}, column {col}")
+        raise ValueError(f"{what}: counts must be non-negative, got {float(t[row, col]):.4g} at row {row}, "
+                         f"column {col}")
     if weight is not None:
         t = t / torch.where(t.sum(1, keepdim=True) > 0, t.sum(1, keepdim=True), torch.ones_like(t[:, :1])) * weight
     return torch.round(t).long()

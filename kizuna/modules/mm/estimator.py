@@ -41,7 +41,8 @@ class MarkovChain(Estimator):
 
     def __init__(self, n_states: int | None = None, *, alpha: float = 1.0, n_iter: int = 10, transmat: Any = None,
                  startprob: Any = None) -> None:
-        self.n_states, self.alpha, self.n_iter, self.transmat, self.startprob = n_states, alpha, n_iter, transmat, startprob
+        self.n_states, self.alpha, self.n_iter = n_states, alpha, n_iter
+        self.transmat, self.startprob = transmat, startprob
 
     @property
     def _owner(self) -> str:
