@@ -47,7 +47,7 @@ def check_finite(t: Tensor, what: str, owner: str) -> None:
     if found is None:
         return
     index, value = found
-    where = f"row {index[0]}, column {index[1]}" if len(index) == 2 else f"index {list(index)}"
+    where = {1: f"row {index[0]}", 2: f"row {index[0]}, column {index[-1]}"}.get(len(index), f"index {list(index)}")
     kind = "NaN" if value != value else ("inf" if value > 0 else "-inf")
     raise ValueError(f"{owner}: {what} contains {kind} at {where} (values must be finite: no NaN or inf)")
 
