@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from kizuna.modules.validation import NotFittedError
+from kizuna.modules.validation import not_fitted
 
 
 class Estimator:
@@ -94,7 +94,7 @@ class Estimator:
         if not self._is_fitted():
             name = getattr(self, "name", None)
             who = f"{type(self).__name__} {name}" if name else type(self).__name__
-            raise NotFittedError(f"{who} is not fitted yet: call fit(X) (or update() in a graph) first")
+            raise not_fitted(f"{who} is not fitted yet: call fit(X) (or update() in a graph) first")
 
     @staticmethod
     def _out(value: torch.Tensor, like: Any) -> Any:

@@ -16,9 +16,12 @@ ValueError: GMM gmm: X contains NaN at row 0, column 1 (values must be finite: n
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import torch
 
 Tensor = torch.Tensor
@@ -27,9 +30,23 @@ Tensor = torch.Tensor
 class NotFittedError(RuntimeError, ValueError, AttributeError):
     """A method that needs a fitted model was called before ``fit`` (or ``update``).
 
-    A `RuntimeError` as before, and a `ValueError` / `AttributeError` as scikit-learn's
-    ``NotFittedError``, so ``sklearn.utils.validation.check_is_fitted`` conventions hold.
+    A `RuntimeError`, and a `ValueError` / `AttributeError` as scikit-learn's ``NotFittedError``. Raise it
+    with `not_fitted`: when scikit-learn is loaded the error is also an instance of scikit-learn's class
+    (kizuna does not import scikit-learn, an optional dependency, only to define an exception).
     """
+
+
+@functools.cache
+def _with_sklearn(base: type) -> type:
+    return type("NotFittedError", (NotFittedError, base), {"__module__": __name__})
+
+
+def not_fitted(message: str) -> NotFittedError:
+    """A `NotFittedError` (also scikit-learn's ``NotFittedError`` when scikit-learn is loaded)."""
+    sklearn_exceptions = sys.modules.get("sklearn.exceptions")
+    if sklearn_exceptions is None:
+        return NotFittedError(message)
+    return _with_sklearn(sklearn_exceptions.NotFittedError)(message)
 
 
 def first_nonfinite(t: Tensor) -> tuple[tuple[int, ...], float] | None:
@@ -59,6 +76,9 @@ def as_tensor(data: Any, what: str, owner: str) -> Tensor:
         if t.is_complex():
             raise ValueError(f"{owner}: Complex data not supported; {what} must be real (float or int), got {t.dtype}")
         return t
+    if scipy.sparse.issparse(data):
+        raise TypeError(f"{owner}: sparse data was passed for {what}, but dense data is required (sparse input is "
+                        "not supported); use X.toarray() to convert it to a dense numpy array")
     a = data if isinstance(data, np.ndarray) else np.asarray(data)
     if a.dtype.kind == "c":
         raise ValueError(f"{owner}: Complex data not supported; {what} must be real (float or int), got {a.dtype}")
@@ -84,7 +104,8 @@ def as_matrix(data: Any, what: str, owner: str, dtype: torch.dtype | None = torc
     elif not t.is_floating_point():
         t = t.to(torch.get_default_dtype())
     if t.dim() != 2:
-        raise ValueError(f"{owner}: {what} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}")
+        raise ValueError(f"{owner}: {what} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}. Reshape "
+                         "your data with x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one sample")
     if t.shape[0] < min_samples:
         raise ValueError(f"{owner}: {what} has {t.shape[0]} sample(s) (shape={tuple(t.shape)}) while a minimum of "
                          f"{min_samples} is required.")

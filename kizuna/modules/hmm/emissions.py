@@ -57,7 +57,11 @@ class Gaussian:
         x = as_tensor(X, "X", owner)
         x = x if x.is_floating_point() else x.double()
         if x.dim() != 2 or x.shape[0] == 0:
-            raise ValueError(f"{owner} (gaussian): X must be (n_samples, n_features), got shape {tuple(x.shape)}")
+            raise ValueError(f"{owner} (gaussian): X must be (n_samples, n_features) with at least one sample, got "
+                             f"shape {tuple(x.shape)}. Reshape your data with x.reshape(-1, 1) for one feature")
+        if x.shape[1] == 0:
+            raise ValueError(f"{owner} (gaussian): X has 0 feature(s) (shape={tuple(x.shape)}) while a minimum of 1 "
+                             "is required.")
         check_finite(x, "X", owner)
         return x
 

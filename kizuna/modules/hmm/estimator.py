@@ -28,10 +28,12 @@ Lengths = Sequence[int] | Tensor | None
 PARAMETERS = ("startprob_", "transmat_", "means_", "covars_", "emissionprob_")
 
 
-def dirichlet_map(counts: Tensor, prior: float) -> Tensor:
-    """The MAP probabilities :math:`\\propto \\max(n + a - 1, 0)` along the last axis."""
+def dirichlet_map(counts: Tensor, prior: float, previous: Tensor) -> Tensor:
+    """The MAP probabilities :math:`\\propto \\max(n + a - 1, 0)` along the last axis; a row without any
+    mass (a state no transition leaves, e.g. in a one-step sequence) keeps its ``previous`` values."""
     c = (counts + prior - 1.0).clamp_min(0.0)
-    return c / c.sum(-1, keepdim=True).clamp_min(torch.finfo(c.dtype).tiny)
+    total = c.sum(-1, keepdim=True)
+    return torch.where(total > 0, c / total.clamp_min(torch.finfo(c.dtype).tiny), previous)
 
 
 class HiddenMarkovModel(Estimator):
@@ -137,9 +139,9 @@ class HiddenMarkovModel(Estimator):
     def _m_step(self, x: Tensor, sm: fb.Smoothed) -> None:
         """The M-step of the parameters in ``params`` from the E-step ``sm``."""
         if "s" in self.params:
-            self.startprob_ = dirichlet_map(sm.start_counts, self.startprob_prior)
+            self.startprob_ = dirichlet_map(sm.start_counts, self.startprob_prior, self.startprob_)
         if "t" in self.params:
-            self.transmat_ = dirichlet_map(sm.trans_counts, self.transmat_prior)
+            self.transmat_ = dirichlet_map(sm.trans_counts, self.transmat_prior, self.transmat_)
         new = self._emissions().m_step(x, torch.exp(sm.log_gamma), self._emission_params(), self.params)
         for name, value in new.items():
             setattr(self, name, value)

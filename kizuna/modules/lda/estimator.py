@@ -49,6 +49,7 @@ class MultimodalLDA(Estimator):
     _sizes: list[int] | None = None
     _chain: GibbsChain | None = None
     _doc_topic: Tensor | None = None
+    n_iter_: int | None = None
 
     def __init__(self, n_components: int = 10, weights: Sequence[float | None] | None = None, *,
                  doc_topic_prior: float | None = None, topic_word_prior: float | None = None, max_iter: int = 100,
@@ -110,6 +111,10 @@ class MultimodalLDA(Estimator):
             w = None if weights is None else weights[m]
             counts.append(None if x is None else as_counts(x, w, f"{self._owner} modality {m}"))
         present = [c for c in counts if c is not None]
+        for m, c in enumerate(counts):
+            if c is not None and c.shape[1] == 0:
+                raise ValueError(f"{self._owner}: modality {m} has 0 feature(s) (shape={tuple(c.shape)}) while a "
+                                 "minimum of 1 is required.")
         if not present or any(c.shape[0] != present[0].shape[0] for c in present) or present[0].shape[0] == 0:
             raise ValueError(f"{self._owner}: modalities must be given, hold at least one sample and agree on the "
                              f"number of samples, got {[None if c is None else tuple(c.shape) for c in counts]}")
@@ -118,7 +123,11 @@ class MultimodalLDA(Estimator):
                 raise ValueError(f"X has {c.shape[1]} features, but {self._owner} is expecting {self._sizes[m]} "
                                  f"features as input (modality {m}).")
         first = next(x for x in xs if x is not None)
-        dtype = first.dtype if isinstance(first, Tensor) and first.is_floating_point() else torch.get_default_dtype()
+        floating = first.dtype if isinstance(first, Tensor) else getattr(first, "dtype", None)
+        if isinstance(floating, np.dtype):
+            floating = torch.from_numpy(np.zeros(0, floating)).dtype if floating.kind == "f" else None
+        dtype = floating if isinstance(floating, torch.dtype) and floating.is_floating_point \
+            else torch.get_default_dtype()  # floating input keeps its precision (scikit-learn's rule)
         return counts, dtype
 
     def _sizes_of(self, counts: algo.Counts) -> list[int]:
@@ -134,6 +143,7 @@ class MultimodalLDA(Estimator):
         theta, self._phi, self._chain = algo.new_chain(counts, self._sizes_of(counts), None, None, True,
                                                        int(self.n_init), self._sweeps(), dtype, gen)
         self._sizes, self._doc_topic = self._sizes_of(counts), theta
+        self.n_iter_ = self._sweeps().n_sweeps
         return self
 
     def _theta(self, X: Any) -> Tensor:
@@ -151,6 +161,11 @@ class MultimodalLDA(Estimator):
     def transform(self, X: Any) -> Any:
         """:math:`\\hat\\theta` (N×K) for new samples with the topics held fixed; a modality may be None."""
         return self._out(self._theta(X), X)
+
+    def fit_transform(self, X: Any, y: Any = None) -> Any:
+        """``fit(X).transform(X)`` (:math:`\\hat\\theta` inferred with the learnt topics; the training chain's own
+        estimate is ``doc_topic_``)."""
+        return self.fit(X).transform(X)
 
     def predict_proba(self, X: Any) -> Any:
         """Same as `transform`."""

@@ -47,13 +47,14 @@ def as_counts(x: Any, weight: float | None, what: str) -> Tensor:
     """Integer counts (N×V long) from a count / probability matrix, rescaled to ``weight`` per row."""
     t = as_tensor(x, "counts", what)
     if t.dim() != 2:
-        raise ValueError(f"{what}: counts must be N x V, got shape {tuple(t.shape)}")
+        raise ValueError(f"{what}: counts must be N x V, got shape {tuple(t.shape)}. Reshape your data with "
+                         "x.reshape(1, -1) for one sample")
     t = t.double() if not t.is_floating_point() else t
     check_finite(t, "counts", what)
     if bool((t < 0).any()):
         row, col = (int(i) for i in (t < 0).nonzero()[0])
-        raise ValueError(f"{what}: counts must be non-negative, got {float(t[row, col]):.4g} at row {row}, "
-                         f"column {col}")
+        raise ValueError(f"{what}: Negative values in data: counts must be non-negative, got "
+                         f"{float(t[row, col]):.4g} at row {row}, column {col}")
     if weight is not None:
         t = t / torch.where(t.sum(1, keepdim=True) > 0, t.sum(1, keepdim=True), torch.ones_like(t[:, :1])) * weight
     return torch.round(t).long()
