@@ -34,7 +34,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
-import serket_vae_gmm  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 
@@ -57,21 +56,16 @@ class OracleMeansGMM(km.GMM):
 
 
 def _continue(d: S.Digits, s: S.Settings, seed: int, saved: str, variant: str) -> dict[str, float]:
-    """One variant continued from the saved first-update state."""
-    graph, gmm = serket_vae_gmm.build(d, s, seed)
+    """One variant continued from the saved first-update state (the same networks, chain and iteration,
+    so the same VAE schedule); the variants differ only in how the VAE is built."""
+    vae_class = S.DeafVAE if variant == "none" else km.VAE
+    graph, gmm = S.build_vae_gmm(d, s, vae_class, alpha=4.0 if variant == "alpha=4" else 1.0)
     graph.load(saved)
     if variant == "oracle":
         gmm.__class__ = OracleMeansGMM  # after loading (a saved GMM loads into a GMM); same state, other message
     vae = gmm.children[0]
     before = gmm.classes.clone()
-    vae.epochs = s.vae_epochs
-    if variant == "none":
-        vae.receives = ()
-        vae.backward_messages.clear()
-    elif variant == "alpha=4":
-        vae.alpha = 4.0
-        vae._build_model()  # the loss with the new weight (the networks are kept)
-    graph.fit(n_iter=s.n_iter - 1, seed=seed + 1)
+    S.fit_graph(graph, s, seed + 1, n_iter=s.n_iter - 1)
     fresh = S.class_gmm(d, s)
     fresh.max_iter = s.gmm_sweeps * s.n_iter
     fresh.connect(km.Observation(vae.latent, name="latent"))
@@ -85,8 +79,8 @@ def study(seed: int, smoke: bool, data: str | None) -> dict[str, dict[str, float
     """Every variant of `VARIANTS` for one seed (one shared first update)."""
     s = S.settings(smoke)
     d = S.digits(data, s.n)
-    graph, gmm = serket_vae_gmm.build(d, s, seed)
-    graph.fit(n_iter=1, seed=seed)
+    graph, gmm = S.build_vae_gmm(d, s)
+    S.fit_graph(graph, s, seed, n_iter=1)
     out = {"first update": {"accuracy": S.module_scores(gmm, "m")["m_accuracy"], "moved": 0.0,
                             "fresh": float("nan")}}
     with tempfile.TemporaryDirectory() as tmp:

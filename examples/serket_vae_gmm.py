@@ -25,13 +25,10 @@ Run: ``python examples/serket_vae_gmm.py [--smoke] [--seed 0] [--data DIR]``.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
-
-from kizuna import modules as km  # noqa: E402
 
 ROWS = {"vae_gmm": "VAE+GMM (integrated)",
         "no_feedback": "the same after its first update, continued without feedback",
@@ -39,46 +36,10 @@ ROWS = {"vae_gmm": "VAE+GMM (integrated)",
         "gmm_on_vae": "GMM on VAE latents, no feedback"}
 
 
-def build(d: S.Digits, s: S.Settings, seed: int) -> tuple[km.Graph, km.GMM]:
-    """The integrated model: image -> VAE -> GMM."""
-    vae = S.image_vae(d, s, seed)
-    gmm = S.class_gmm(d, s).connect(vae)
-    return km.Graph([gmm]), gmm
-
-
-def _integrated(seed: int, smoke: bool, data: str | None) -> dict[str, float]:
-    """The integrated model and a paired control: after the first update (VAE trained alone, then the
-    GMM) the graph is saved; one copy continues with the class means fed back, the other with the VAE
-    deaf to them, from the same networks, GMM chain and random streams."""
-    s = S.settings(smoke)
-    d = S.digits(data, s.n)
-    graph, gmm = build(d, s, seed)
-    graph.fit(n_iter=1, seed=seed)
-    out = S.module_scores(gmm, "first_update")
-    with tempfile.TemporaryDirectory() as tmp:
-        graph.save(tmp)
-        for key, feedback in (("vae_gmm", True), ("no_feedback", False)):
-            graph, gmm = build(d, s, seed)
-            graph.load(tmp)
-            vae = gmm.children[0]
-            vae.epochs = s.vae_epochs
-            if not feedback:
-                vae.receives = ()  # the GMM sends its class means only to children that receive them
-                vae.backward_messages.clear()
-            graph.fit(n_iter=s.n_iter - 1, seed=seed + 1)
-            out.update(S.module_scores(gmm, key))
-    return out
-
-
-def integrated(seed: int, smoke: bool, data: str | Path | None) -> dict[str, float]:
-    """Accuracy / ARI / NMI of the VAE+GMM's classes, of its GMM after the first update (before any
-    feedback) and of the paired control continued without feedback (memoised: other examples report it)."""
-    return S.cached("vae_gmm", _integrated, seed, smoke, data)
-
-
 def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None) -> dict[str, float]:
-    """The integrated model, its paired controls and its image part alone (keys ``<row>_<metric>``)."""
-    return {**integrated(seed, smoke, data), **S.gmm_on_vae(seed, smoke, data)}
+    """The integrated model (`_serket.build_vae_gmm`: image -> VAE -> GMM), its paired controls
+    (`_serket.vae_gmm`) and its image part alone (keys ``<row>_<metric>``)."""
+    return {**S.vae_gmm(seed, smoke, data), **S.gmm_on_vae(seed, smoke, data)}
 
 
 if __name__ == "__main__":

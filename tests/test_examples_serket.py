@@ -85,17 +85,21 @@ def test_vae_under_mlda_on_objects():
     assert m["integrated_accuracy"] > 0.6 and m["histogram_mlda_accuracy"] > 0.6
 
 
-def test_once_per_sample_prior_is_the_token_root():
-    s = load_example("serket_vae_gmm")  # puts examples/ on sys.path
-    S = s.S
-    prior = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]], dtype=torch.float64)
-    mlda = S.OncePerSample(3, weights=[2.0, 2.0])
-    mlda.connect(km.Observation(torch.ones(2, 4)), km.Observation(torch.ones(2, 4)))
-    got = mlda.class_prior(km.Message("top", mlda.name, "c", "prior", prior), 2)
-    expected = prior ** 0.25 / (prior ** 0.25).sum(1, keepdim=True)
-    torch.testing.assert_close(got, expected)
-    with pytest.raises(ValueError, match="needs a weight"):
-        S.OncePerSample(3).class_prior(km.Message("top", "mlda", "c", "prior", prior), 2)
+def test_examples_import_only_the_shared_files_and_configure_through_the_library():
+    """No example imports another (shared parts live in _serket.py), and none sets a module's settings
+    between sweeps (the VAE schedule is Graph.fit's, the prior's weighting an MLDA option)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    for path in sorted(root.glob("serket_*.py")) + [root / "_serket.py"]:
+        text = path.read_text()
+        assert not re.search(r"^import serket_|^from serket_", text, re.M), path.name
+        assert not re.search(r"\.(epochs|receives|alpha|method|generator) = ", text), path.name
+        assert "._" not in re.sub(r"(\b_serket\b|\bkm\._|self\._|__\w+__)", "", text), path.name
+    s = load_example("serket_vae_gmm").S
+    d = s.Digits(np.zeros((4, 784)), np.ones((4, 10)), np.arange(4))
+    _, _, mlda = s.build_vae_gmm_mlda(d, s.SMOKE, prior_per="sample")
+    assert mlda.prior_per == "sample"
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
@@ -171,7 +175,7 @@ def test_feedback_study_oracle_sends_the_true_class_means():
     graph = km.Graph([gmm])
     graph.fit(n_iter=1, seed=0)
     own = vae.backward_messages[gmm.name].value
-    torch.testing.assert_close(own, gmm._fitted().means[gmm.classes].to(own.dtype))  # SERKET: its own classes
+    torch.testing.assert_close(own, torch.as_tensor(gmm.means_)[gmm.classes].to(own.dtype))  # SERKET: its classes
     gmm.__class__ = study.OracleMeansGMM
     graph.fit(n_iter=1, seed=1)
     sent = vae.backward_messages[gmm.name].value
