@@ -44,8 +44,9 @@ class OracleMeansGMM(km.GMM):
     """A GMM that sends down the mean latent of each sample's **true** class instead of its own class's
     mean (labels are read from ``category``; a diagnostic, not a model)."""
 
-    def _update(self, forward: list[km.Message], backward: km.Message | None):
-        up, down = super()._update(forward, backward)
+    def _update(self, ctx: km.UpdateContext, forward: list[km.Message], backward: km.Message | None
+                ) -> tuple[km.Message, dict[km.Module, km.Message]]:
+        up, down = super()._update(ctx, forward, backward)
         z = forward[0].value
         labels = torch.as_tensor(np.asarray(self.category), device=z.device).long()
         onehot = torch.nn.functional.one_hot(labels).to(z.dtype)
@@ -58,16 +59,13 @@ class OracleMeansGMM(km.GMM):
 def _continue(d: S.Digits, s: S.Settings, seed: int, saved: str, variant: str) -> dict[str, float]:
     """One variant continued from the saved first-update state (the same networks, chain and iteration,
     so the same VAE schedule); the variants differ only in how the VAE is built."""
-    vae_class = S.DeafVAE if variant == "none" else km.VAE
-    graph, gmm = S.build_vae_gmm(d, s, vae_class, alpha=4.0 if variant == "alpha=4" else 1.0)
-    graph.load(saved)
-    if variant == "oracle":
-        gmm.__class__ = OracleMeansGMM  # after loading (a saved GMM loads into a GMM); same state, other message
-    vae = gmm.children[0]
+    vae = S.image_vae(d, s, S.DeafVAE if variant == "none" else km.VAE, alpha=4.0 if variant == "alpha=4" else 1.0)
+    gmm_class = OracleMeansGMM if variant == "oracle" else km.GMM  # a GMM's saved state loads into a subclass
+    gmm = gmm_class(10, category=d.label, max_iter=s.gmm_sweeps, name="gmm").connect(vae)
+    graph = km.Graph([gmm]).load(saved)
     before = gmm.classes.clone()
     S.fit_graph(graph, s, seed + 1, n_iter=s.n_iter - 1)
-    fresh = S.class_gmm(d, s)
-    fresh.max_iter = s.gmm_sweeps * s.n_iter
+    fresh = S.class_gmm(d, s).set_params(max_iter=s.gmm_sweeps * s.n_iter)
     fresh.connect(km.Observation(vae.latent, name="latent"))
     km.Graph([fresh]).fit(n_iter=1, seed=seed + 2)
     return {"accuracy": S.module_scores(gmm, "m")["m_accuracy"],

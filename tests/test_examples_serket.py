@@ -95,7 +95,6 @@ def test_examples_import_only_the_shared_files_and_configure_through_the_library
         text = path.read_text()
         assert not re.search(r"^import serket_|^from serket_", text, re.M), path.name
         assert not re.search(r"\.(epochs|receives|alpha|method|generator) = ", text), path.name
-        assert "._" not in re.sub(r"(\b_serket\b|\bkm\._|self\._|__\w+__)", "", text), path.name
     s = load_example("serket_vae_gmm").S
     d = s.Digits(np.zeros((4, 784)), np.ones((4, 10)), np.arange(4))
     _, _, mlda = s.build_vae_gmm_mlda(d, s.SMOKE, prior_per="sample")
@@ -165,18 +164,23 @@ def test_document_shows_the_recorded_five_seed_table():
     assert rows in (root / "docs" / "serket_examples.md").read_text()
 
 
-def test_feedback_study_oracle_sends_the_true_class_means():
+def test_feedback_study_oracle_sends_the_true_class_means(tmp_path):
     study = load_example("serket_feedback_study")
-    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 6, generator=torch.Generator().manual_seed(0))
     labels = np.arange(60) % 3
-    torch.manual_seed(0)
-    vae = km.VAE(2, hidden=(8,), epochs=2, batch_size=20).connect(km.Observation(torch.rand(60, 6, generator=g)))
-    gmm = km.GMM(3, category=labels, max_iter=3).connect(vae)
-    graph = km.Graph([gmm])
+
+    def build(gmm_class):
+        vae = km.VAE(2, hidden=(8,), epochs=2, batch_size=20).connect(km.Observation(x))
+        return km.Graph([gmm_class(3, category=labels, max_iter=3, name="gmm").connect(vae)]), vae
+
+    graph, vae = build(km.GMM)
+    gmm = graph["gmm"]
     graph.fit(n_iter=1, seed=0)
     own = vae.backward_messages[gmm.name].value
     torch.testing.assert_close(own, torch.as_tensor(gmm.means_)[gmm.classes].to(own.dtype))  # SERKET: its classes
-    gmm.__class__ = study.OracleMeansGMM
+    saved = graph.save(tmp_path / "first")
+    graph, vae = build(study.OracleMeansGMM)  # the same state, loaded into the oracle's subclass
+    gmm = graph.load(saved)["gmm"]
     graph.fit(n_iter=1, seed=1)
     sent = vae.backward_messages[gmm.name].value
     z = vae.latent

@@ -25,7 +25,7 @@ from kizuna.modules import (
     Observation,
     combine,
 )
-from kizuna.modules.rng import generator_for, rng_from, sample_classes, sample_dirichlet, sample_gamma
+from kizuna.modules.rng import rng_from, sample_classes, sample_dirichlet, sample_gamma
 
 torch.set_num_threads(1)
 
@@ -270,7 +270,8 @@ def _connected(name):
 
 def test_every_module_class_of_this_layer_is_in_the_sweep():
     exported = {getattr(km, n) for n in km.__all__}
-    modules = {c for c in exported if isinstance(c, type) and issubclass(c, Module)} - {Module, ClassModule, Observation}
+    bases = {Module, ClassModule, Observation}
+    modules = {c for c in exported if isinstance(c, type) and issubclass(c, Module)} - bases
     covered = {type(make()[0]) for make in EXAMPLES.values()}
     assert modules <= covered, f"no sweep entry for {sorted(c.__name__ for c in modules - covered)}"
 

@@ -44,19 +44,27 @@ class CorruptSaveError(ValueError):
     """A saved file is missing, truncated, altered, from another save, or not safe to load."""
 
 
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def describe(module: Module) -> dict[str, Any]:
     """The manifest entry of one module."""
-    return {"name": module.name, "class": f"{type(module).__module__}.{type(module).__qualname__}",
-            "config": module.config(), "children": [c.name for c in module.children]}
+    return {"name": module.name, "class": _qualified(type(module)), "config": module.config(),
+            "children": [c.name for c in module.children]}
 
 
-def _differences(saved: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[str]:
+def _differences(saved: list[dict[str, Any]], modules: Sequence[Module]) -> list[str]:
+    """What differs between saved manifest entries and ``modules`` (a state loads into its class or a subclass)."""
+    current = [describe(m) for m in modules]
     names_s, names_c = [e["name"] for e in saved], [e["name"] for e in current]
     if names_s != names_c:
         return [f"modules {names_s} were saved but the graph has {names_c}"]
     diffs = []
-    for s, c in zip(saved, current):
-        for key in ("class", "children", "config"):
+    for s, c, m in zip(saved, current, modules):
+        if s["class"] not in {_qualified(k) for k in type(m).__mro__}:
+            diffs.append(f"{c['name']}: saved class {s['class']} but the graph has {c['class']}")
+        for key in ("children", "config"):
             if s[key] != json.loads(json.dumps(c[key])):
                 diffs.append(f"{c['name']}: saved {key} {s[key]} but the graph has {c[key]}")
     return diffs
@@ -174,7 +182,7 @@ def load_graph(graph: Any, directory: str | Path) -> None:
     """Load states written by `save_graph` into an identically built ``graph`` (all or nothing)."""
     d = Path(directory)
     body = read_manifest(d)
-    diffs = _differences(body["modules"], [describe(m) for m in graph.modules])
+    diffs = _differences(body["modules"], graph.modules)
     if diffs:
         raise GraphError("the saved graph has a different architecture:\n  " + "\n  ".join(diffs))
     device = _device(graph.modules)
@@ -201,7 +209,7 @@ def load_module(module: Module, path: str | Path) -> Module:
     blob = unpack(p.read_bytes(), p, _device([module, *module.children]))
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise GraphError(f"{p}: not a saved kizuna module")
-    diffs = _differences([json.loads(blob["manifest"])], [describe(module)])
+    diffs = _differences([json.loads(blob["manifest"])], [module])
     if diffs:
         raise GraphError(f"{p} holds a different module:\n  " + "\n  ".join(diffs))
     module.load_state_dict(blob["state"])
