@@ -115,8 +115,12 @@ class Module(Stateful):
         self.n_updates = 0
         self._stream: torch.Generator | None = None
 
+    def _hidden_params(self) -> tuple[str, ...]:
+        """Constructor parameters `repr` leaves out (the name is shown first; labels are data)."""
+        return ("name", "category")
+
     def __repr__(self) -> str:
-        params = changed_params(self, skip=("name", "category"))
+        params = changed_params(self, skip=self._hidden_params())
         kids = f" <- {', '.join(c.name for c in self.children)}" if self.children else ""
         return f"{type(self).__name__}({', '.join([f'name={self.name!r}', *params])}){kids}"
 

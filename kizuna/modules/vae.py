@@ -129,6 +129,10 @@ class VAE(Module):
         if encoder is not None:
             self._build_model()
 
+    def _hidden_params(self) -> tuple[str, ...]:
+        default = ("encoder", "decoder") if self.in_dim is not None else ()  # networks built from `hidden`
+        return (*super()._hidden_params(), *default)
+
     # ------------------------------------------------------------------ model
     def _build_model(self) -> None:
         x, z = _names(self.encoder, self.decoder)
