@@ -14,8 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna.distributions import Bernoulli, Normal, set_validation
-from kizuna.distributions.torch_dist import validation_enabled
+from kizuna.distributions import Bernoulli, Normal
 from kizuna.losses import Expectation, KullbackLeibler, LogProb
 from kizuna.models import Model
 
@@ -40,13 +39,25 @@ def nets(d: int, hidden: tuple[int, ...], z: int, seed: int) -> tuple[nn.Sequent
 
 # ----------------------------------------------------------------------- hand-written
 def hand_loss(enc: nn.Module, dec: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """-ELBO per row, batch mean: BCE reconstruction plus the closed-form KL to N(0, I)."""
+    """-ELBO per row, batch mean, as users write it: the decoder's probabilities scored with
+    ``F.binary_cross_entropy``, plus the closed-form KL to N(0, I)."""
     loc, s = enc(x).chunk(2, -1)
     scale = F.softplus(s)
     z = loc + scale * torch.randn_like(scale)
-    recon = F.binary_cross_entropy_with_logits(dec(z), x, reduction="none").sum(-1)
+    recon = F.binary_cross_entropy(torch.sigmoid(dec(z)), x, reduction="none").sum(-1)
     kl = (0.5 * (scale**2 + loc**2 - 1) - scale.log()).sum(-1)
     return (kl + recon).mean()
+
+
+def cycle(batches: list[torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """A fresh batch per call, in turn (as a training loop feeds them)."""
+    state = [0]
+
+    def next_batch() -> torch.Tensor:
+        state[0] = (state[0] + 1) % len(batches)
+        return batches[state[0]]
+
+    return next_batch
 
 
 def _hand(enc: nn.Module, dec: nn.Module, loss_fn: Callable[..., torch.Tensor]) -> Callable[[torch.Tensor], float]:
@@ -63,14 +74,14 @@ def _hand(enc: nn.Module, dec: nn.Module, loss_fn: Callable[..., torch.Tensor]) 
     return step
 
 
-def hand_step(enc: nn.Module, dec: nn.Module, x: torch.Tensor, z: int = 0) -> Step:
-    step = _hand(enc, dec, hand_loss)
-    return lambda: step(x)
+def hand_step(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int = 0) -> Step:
+    step, batch = _hand(enc, dec, hand_loss), cycle(x)
+    return lambda: step(batch())
 
 
-def hand_compiled(enc: nn.Module, dec: nn.Module, x: torch.Tensor, z: int) -> Step:
-    step = _hand(enc, dec, torch.compile(hand_loss))
-    return lambda: step(x)
+def hand_compiled(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int) -> Step:
+    step, batch = _hand(enc, dec, torch.compile(hand_loss)), cycle(x)
+    return lambda: step(batch())
 
 
 def hand_epoch(enc: nn.Module, dec: nn.Module, data: torch.Tensor, batch: int) -> Step:
@@ -106,7 +117,7 @@ class Decoder(Bernoulli):
         self.net = copy.deepcopy(net)
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.net(z)}
+        return {"probs": torch.sigmoid(self.net(z))}
 
 
 def kizuna_model(enc: nn.Module, dec: nn.Module, z: int, **options: Any) -> Model:
@@ -116,14 +127,18 @@ def kizuna_model(enc: nn.Module, dec: nn.Module, z: int, **options: Any) -> Mode
     return Model(loss, distributions=[p, q], optimizer=torch.optim.Adam, optimizer_params={"lr": LR}, **options)
 
 
-def kizuna_train(enc: nn.Module, dec: nn.Module, x: torch.Tensor, z: int) -> Step:
-    model = kizuna_model(enc, dec, z)
-    return lambda: model.train({"x": x})
+def kizuna_train(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int, **options: Any) -> Step:
+    model, batch = kizuna_model(enc, dec, z, **options), cycle(x)
+    return lambda: model.train({"x": batch()})
 
 
-def kizuna_compiled(enc: nn.Module, dec: nn.Module, x: torch.Tensor, z: int) -> Step:
-    model = kizuna_model(enc, dec, z, compile=True)
-    return lambda: model.train({"x": x})
+def kizuna_validated(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int) -> Step:
+    """Every step checked (``Model(validate=True)``: torch's validate_args on each evaluation)."""
+    return kizuna_train(enc, dec, x, z, validate=True)
+
+
+def kizuna_compiled(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int) -> Step:
+    return kizuna_train(enc, dec, x, z, compile=True)
 
 
 def kizuna_fit(enc: nn.Module, dec: nn.Module, data: torch.Tensor, z: int, batch: int) -> Step:
@@ -131,20 +146,8 @@ def kizuna_fit(enc: nn.Module, dec: nn.Module, data: torch.Tensor, z: int, batch
     return lambda: model.fit({"x": data}, epochs=1, batch_size=batch, quiet=True, seed=0)
 
 
-def without_validation(step: Step) -> Step:
-    def run() -> Any:
-        before = validation_enabled()
-        set_validation(False)
-        try:
-            return step()
-        finally:
-            set_validation(before)
-
-    return run
-
-
 # ------------------------------------------------------------------------------- peers
-def pixyz_step(enc: nn.Module, dec: nn.Module, x: torch.Tensor, z: int) -> Step:
+def pixyz_step(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int) -> Step:
     """Pixyz's own VAE: Normal encoder, Bernoulli decoder (probs), analytic KL, its Model."""
     from pixyz import distributions as pd
     from pixyz import losses as pl
@@ -173,10 +176,11 @@ def pixyz_step(enc: nn.Module, dec: nn.Module, x: torch.Tensor, z: int) -> Step:
     model = PixyzModel(loss, distributions=[p, q], optimizer=torch.optim.Adam, optimizer_params={"lr": LR})
     # Pixyz memoises parameters by the identity of the input tensors (an lru_cache of 20 calls that is
     # never cleared), so feeding the same tensor twice reuses a freed graph: give it a fresh view per step.
-    return lambda: model.train({"x": x[:]}).item()
+    batch = cycle(x)
+    return lambda: model.train({"x": batch()[:]}).item()
 
 
-def _pyro(enc: nn.Module, dec: nn.Module, x: torch.Tensor, z: int, elbo: str) -> Step:
+def _pyro(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int, elbo: str) -> Step:
     import pyro
     import pyro.distributions as dist
     from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
@@ -199,12 +203,13 @@ def _pyro(enc: nn.Module, dec: nn.Module, x: torch.Tensor, z: int, elbo: str) ->
 
     loss = Trace_ELBO() if elbo == "trace" else TraceMeanField_ELBO()
     svi = SVI(model, guide, pyro.optim.Adam({"lr": LR}), loss=loss)
-    return lambda: svi.step(x)  # the ELBO summed over the batch (Pyro's convention)
+    batch = cycle(x)
+    return lambda: svi.step(batch())  # the ELBO summed over the batch (Pyro's convention)
 
 
-def pyro_trace(enc: nn.Module, dec: nn.Module, x: torch.Tensor, z: int) -> Step:
+def pyro_trace(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int) -> Step:
     return _pyro(enc, dec, x, z, "trace")
 
 
-def pyro_meanfield(enc: nn.Module, dec: nn.Module, x: torch.Tensor, z: int) -> Step:
+def pyro_meanfield(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int) -> Step:
     return _pyro(enc, dec, x, z, "meanfield")

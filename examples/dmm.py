@@ -7,7 +7,7 @@ network that reads the observations with an RNN:
     p(x_{1:T}, z_{1:T}) = \prod_t p(x_t|z_t)\,p(z_t|z_{t-1}),\qquad
     q(z_{1:T}|x_{1:T}) = \prod_t q(z_t|z_{t-1}, h_t),\quad h_t = \mathrm{GRU}(x_{1:t})
 
-    \mathcal L = \operatorname{mean}\ \mathbb E_{p(h|x)}\Big[\sum_{t=1}^T
+    \mathcal L = \operatorname{mean}\ \mathbb E_{p(h|x)}\Big[\sum_{t=0}^{T-1}
         D_{KL}[q(z_t|z_{t-1},h_t)\,\|\,p(z_t|z_{t-1})] - \mathbb E_{q(z_t|z_{t-1},h_t)}[\log p(x_t|z_t)]\Big]
 
 :math:`p(h|x)` is the deterministic RNN (a point mass). The RNN runs left to right (the

@@ -41,7 +41,7 @@ import _multimodal as shared  # noqa: E402
 from kizuna.distributions import ProductOfNormal  # noqa: E402
 from kizuna.losses import Expectation as E  # noqa: E402
 from kizuna.losses import KullbackLeibler, LogProb, Loss  # noqa: E402
-from kizuna.losses.base import EvalContext  # noqa: E402
+from kizuna.formula.expr import EvalContext  # noqa: E402
 from kizuna.models import Model  # noqa: E402
 
 SMOKE = {"z_dim": 8, "hidden": 128, "epochs": 20, "batch_size": 64, "k": 50, "label_weight": 30.0, "lr": 3e-3}

@@ -28,7 +28,7 @@ from kizuna.losses import Expectation, KullbackLeibler, LogProb
 from kizuna.models import Model
 from kizuna.models import checkpoint as ckpt
 from kizuna.models import distributed as ddp
-from kizuna.models.model import Batches
+from kizuna.models.batches import Batches
 from kizuna.nets import MLP
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
@@ -282,14 +282,15 @@ def test_shards_are_distributed_sampler_index_sets():
     and together the global batch of a single process (same shuffle)."""
     x = torch.arange(40.0).unsqueeze(1)
     batches = Batches({"x": x}, "data", ["x"], 4)
+    cpu, f32 = torch.device("cpu"), torch.float32
     for r in range(2):
-        rows = torch.cat([b["x"][:, 0] for _, b in batches.iterate(None, torch.device("cpu"), (r, 2))])
+        rows = torch.cat([b.values["x"][:, 0] for b in batches.iterate(None, f32, cpu, (r, 2))])
         assert rows.long().tolist() == list(DistributedSampler(range(40), 2, r, shuffle=False))
-    single = [b["x"] for _, b in batches.iterate(torch.Generator().manual_seed(5), torch.device("cpu"))]
-    shards = [list(Batches({"x": x}, "data", ["x"], 2).iterate(torch.Generator().manual_seed(5), "cpu", (r, 2)))
+    single = [b.values["x"] for b in batches.iterate(torch.Generator().manual_seed(5), f32, cpu)]
+    shards = [list(Batches({"x": x}, "data", ["x"], 2).iterate(torch.Generator().manual_seed(5), f32, cpu, (r, 2)))
               for r in range(2)]
     for k, whole in enumerate(single):
-        together = torch.cat([shards[0][k][1]["x"], shards[1][k][1]["x"]])
+        together = torch.cat([shards[0][k].values["x"], shards[1][k].values["x"]])
         assert sorted(together[:, 0].tolist()) == sorted(whole[:, 0].tolist())
 
 
@@ -299,6 +300,24 @@ def test_distributed_true_without_torchrun_is_a_clear_error(monkeypatch):
     with pytest.raises(RuntimeError, match="launch the script with `torchrun --nproc_per_node N"):
         build().fit(data(), epochs=1, distributed=True)
     assert not ddp.resolve(None) and not ddp.resolve(False)
+
+
+class Generator(Deterministic):
+    def __init__(self):
+        super().__init__(var=["x"], cond_var=["z"])
+        self.net = nn.Linear(2, 3)
+
+    def forward(self, z):
+        return {"x": self.net(z)}
+
+
+class Discriminator(Bernoulli):
+    def __init__(self):
+        super().__init__(var=["t"], cond_var=["x"], name="d")
+        self.net = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return {"logits": self.net(x)}
 
 
 def test_one_rank_group(tmp_path, monkeypatch):
@@ -324,14 +343,21 @@ def test_one_rank_group(tmp_path, monkeypatch):
             model = Model(-LogProb(p).mean() - LogProb(r).mean(), distributions=[p, r, unused],
                           optimizer=torch.optim.SGD, optimizer_params={"lr": 0.3})
             model.fit(batch, epochs=3, batch_size=8, seed=0, distributed=distributed)
-            mixed.append([p.loc_.detach().clone(), r.loc_.detach().clone(), unused.loc_.detach().clone()])
+            mixed.append([p.loc.detach().clone(), r.loc.detach().clone(), unused.loc.detach().clone()])
         for x, y in zip(*mixed):
             torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
         assert torch.equal(mixed[1][2], torch.zeros(2)) and mixed[1][1].dtype == torch.float32
         torch.testing.assert_close(mixed[1][0], batch["x"].mean(0), atol=0.2, rtol=0)  # SGD went to the means
-        gan = object.__new__(GAN)  # only its class matters: it overrides the training step
-        with pytest.raises(NotImplementedError, match="GAN has its own training step"):
-            ddp.DataParallel.setup(gan, True, [])
+        # a GAN (its own step: discriminator steps, then the generator's) trains data-parallel too
+        histories = []
+        for distributed in (False, True):
+            torch.manual_seed(0)
+            gan = GAN((Generator() * Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior"))
+                      .marginalize_var("z"), Discriminator(), optimizer_params={"lr": 1e-2})
+            histories.append(gan.fit({"x": torch.randn(24, 3) + 2}, epochs=2, batch_size=8, seed=0,
+                                     distributed=distributed))
+        assert histories[1]["d_loss"] == pytest.approx(histories[0]["d_loss"], rel=1e-5)
+        assert histories[1]["train"] == pytest.approx(histories[0]["train"], rel=1e-5)
     finally:
         dist.destroy_process_group()
 

@@ -33,11 +33,13 @@ import torch
 from scipy import special
 from torch import nn
 
-from kizuna.distributions import families
+from kizuna.distributions import families, relaxed
 from kizuna.distributions.families import (
     Bernoulli,
     Beta,
+    BinaryConcrete,
     Categorical,
+    Concrete,
     Dirichlet,
     FactorizedBernoulli,
     Gamma,
@@ -47,11 +49,10 @@ from kizuna.distributions.families import (
     MultivariateNormal,
     Normal,
     Poisson,
-    RelaxedBernoulli,
-    RelaxedCategorical,
     StudentT,
     VonMises,
 )
+from kizuna.distributions.relaxed import RelaxedBernoulli, RelaxedCategorical
 from kizuna.distributions.torch_dist import TorchDistribution
 
 F64 = torch.float64
@@ -413,7 +414,7 @@ EXAMPLES: list[Example] = [
         fixed={"total_count": 4},
     ),
     Example(
-        RelaxedBernoulli,
+        BinaryConcrete,
         lambda rng, s: {"temperature": rng.uniform(0.5, 2, s), "probs": rng.uniform(0.1, 0.9, s)},
         _unit,
         _concrete_binary_logpdf,
@@ -421,12 +422,37 @@ EXAMPLES: list[Example] = [
     ),
     # torch's RelaxedOneHotCategorical takes one temperature for the whole batch
     Example(
-        RelaxedCategorical,
+        Concrete,
         lambda rng, s: {"probs": _simplex(rng, s)},
         lambda rng, s: _simplex(rng, s[:-1], 1.5),
         _concrete_logpdf,
         _gof_argmax(lambda p: p["probs"]),
         event=1,
+        fixed={"temperature": torch.tensor(0.7, dtype=F64)},
+    ),
+    # Pixyz's relaxed families: Concrete draws, scored (and moments) as the discrete family they relax
+    Example(
+        RelaxedBernoulli,
+        lambda rng, s: {"temperature": rng.uniform(0.5, 2, s), "probs": rng.uniform(0.1, 0.9, s)},
+        lambda rng, s: rng.integers(0, 2, s).astype(float),
+        lambda x, p: st.bernoulli(p["probs"]).logpmf(x),
+        lambda x, p: [st.kstest(xi, _concrete_binary_cdf(pi)).pvalue for xi, pi in _elements(x, p, 0)],
+        mean=lambda p: p["probs"],
+        var=lambda p: p["probs"] * (1 - p["probs"]),
+        entropy=lambda p: st.bernoulli(p["probs"]).entropy(),
+        moments_of_draws=False,
+    ),
+    Example(
+        RelaxedCategorical,
+        lambda rng, s: {"probs": _simplex(rng, s)},
+        _one_hot,
+        _per_event(lambda x, p: st.multinomial.logpmf(x, 1, p["probs"])),
+        _gof_argmax(lambda p: p["probs"]),
+        mean=lambda p: p["probs"],
+        var=lambda p: p["probs"] * (1 - p["probs"]),
+        entropy=_per_param_event(lambda p: st.multinomial(1, p["probs"]).entropy(), "probs"),
+        event=1,
+        moments_of_draws=False,
         fixed={"temperature": torch.tensor(0.7, dtype=F64)},
     ),
 ]
@@ -490,8 +516,9 @@ def _draws(ex: Example, seed: int) -> tuple[Array, Params]:
 
 # ------------------------------------------------------------------ meta-tests
 def _family_classes() -> set[type]:
-    return {obj for obj in vars(families).values()
-            if isinstance(obj, type) and issubclass(obj, TorchDistribution) and obj.__module__ == families.__name__}
+    return {obj for module in (families, relaxed) for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, TorchDistribution) and obj.__module__ == module.__name__
+            and not obj.__name__.startswith("_")}
 
 
 def test_every_family_has_an_example() -> None:
@@ -555,22 +582,21 @@ def _logit_grid(lo: float = -60.0, hi: float = 60.0, step: float = 0.02) -> np.n
 
 
 @pytest.mark.parametrize(("temperature", "probs"), [(0.5, 0.3), (1.0, 0.8), (2.5, 0.5)])
-def test_relaxed_bernoulli_integrates_to_one(temperature: float, probs: float) -> None:
+def test_binary_concrete_integrates_to_one(temperature: float, probs: float) -> None:
     # x = sigmoid(y) turns the (0, 1) integral, singular at the ends for temperature < 1, into a
     # smooth exponentially decaying one on the real line, where the trapezoid rule is spectrally
     # accurate: dx = x (1 - x) dy. Observed error <= 5e-9 (tails cut at |y| = 60); bound 1e-6.
-    dist = RelaxedBernoulli(temperature=torch.tensor(temperature, dtype=F64), probs=torch.tensor(probs, dtype=F64))
+    dist = BinaryConcrete(temperature=torch.tensor(temperature, dtype=F64), probs=torch.tensor(probs, dtype=F64))
     x = torch.sigmoid(torch.tensor(_logit_grid(), dtype=F64))
     density = dist.get_prob({"x": x}) * x * (1 - x)
     assert abs(float(torch.trapezoid(density, dx=0.02)) - 1) < 1e-6
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.5])
-def test_relaxed_categorical_integrates_to_one(temperature: float) -> None:
+def test_concrete_integrates_to_one(temperature: float) -> None:
     # x = softmax(y1, y2, 0) maps R^2 onto the open 2-simplex with Jacobian x1 x2 x3 w.r.t. (x1, x2);
     # the smooth, exponentially decaying integrand makes the grid sum accurate to ~1e-12.
-    dist = RelaxedCategorical(temperature=torch.tensor(temperature, dtype=F64),
-                              probs=torch.tensor([0.2, 0.5, 0.3], dtype=F64))
+    dist = Concrete(temperature=torch.tensor(temperature, dtype=F64), probs=torch.tensor([0.2, 0.5, 0.3], dtype=F64))
     step = 0.1
     y = torch.tensor(_logit_grid(-40.0, 40.0, step), dtype=F64)
     y1, y2 = torch.meshgrid(y, y, indexing="ij")
@@ -579,12 +605,12 @@ def test_relaxed_categorical_integrates_to_one(temperature: float) -> None:
     assert abs(float(density.sum()) * step**2 - 1) < 1e-6
 
 
-def test_relaxed_categorical_with_two_categories_matches_binary_concrete() -> None:
+def test_concrete_with_two_categories_matches_binary_concrete() -> None:
     rng = np.random.default_rng(5)
     q, lam = rng.uniform(0.1, 0.9, B), 0.8
     s = rng.uniform(0.02, 0.98, B)
-    dist = RelaxedCategorical(temperature=torch.tensor(lam, dtype=F64),
-                              probs=torch.tensor(np.stack([q, 1 - q], -1), dtype=F64), features_shape=(B, 2))
+    dist = Concrete(temperature=torch.tensor(lam, dtype=F64),
+                    probs=torch.tensor(np.stack([q, 1 - q], -1), dtype=F64), features_shape=(B, 2))
     lp = dist.get_log_prob({"x": torch.tensor(np.stack([s, 1 - s], -1)[None], dtype=F64)}, sum_features=False)
     ref = _concrete_binary_logpdf(s, {"temperature": lam, "probs": q})
     np.testing.assert_allclose(lp[0].numpy(), ref, rtol=RTOL, atol=ATOL)
@@ -753,6 +779,10 @@ BAD_EXAMPLES: list[tuple[type[TorchDistribution], dict[str, Any], str]] = [
     (Multinomial, {"total_count": 3, "probs": _t([0.5, -0.5, 1.0])}, "probs"),
     (Multinomial, {"total_count": -1, "probs": _t([0.5, 0.5])}, "total_count"),
     (Multinomial, {"total_count": 2.5, "probs": _t([0.5, 0.5])}, "total_count"),
+    (BinaryConcrete, {"temperature": 0.5, "probs": 1.5}, "probs"),
+    (BinaryConcrete, {"temperature": -1.0, "probs": 0.5}, "temperature"),
+    (Concrete, {"temperature": 0.0, "probs": _t([0.5, 0.5])}, "temperature"),
+    (Concrete, {"temperature": 1.0, "probs": _t([0.5, -0.5, 1.0])}, "probs"),
     (RelaxedBernoulli, {"temperature": 0.5, "probs": 1.5}, "probs"),
     (RelaxedBernoulli, {"temperature": -1.0, "probs": 0.5}, "temperature"),
     (RelaxedCategorical, {"temperature": 0.0, "probs": _t([0.5, 0.5])}, "temperature"),
@@ -795,8 +825,8 @@ def test_wrong_feature_shape_says_expected_and_given(ex: Example) -> None:
     dist, _, _ = _make(ex, "constant", np.random.default_rng(12))
     with pytest.raises(ValueError, match=r"expected .*\(2, 3\).*given \(2, 4\)"):
         dist.get_log_prob({"x": torch.zeros(B, 2, 4, dtype=F64)})
-    with pytest.raises(ValueError, match="expected"):
-        dist.get_log_prob({"x": torch.zeros(*FEATURES, dtype=F64)})  # no batch dim
+    # a value without a batch dimension is a batch of one (as Pixyz)
+    assert dist.get_log_prob({"x": _values(ex, np.random.default_rng(0))[1][0]}).shape == (1,)
     with pytest.raises(TypeError, match="torch.Tensor"):
         dist.get_log_prob({"x": np.zeros((B, *FEATURES))})
 
@@ -823,8 +853,10 @@ BAD_VALUES: list[tuple[str, Callable[[], TorchDistribution], list[list[float]]]]
     ("Dirichlet-off-simplex", lambda: Dirichlet(concentration=_t([1.0, 1.0])), [[0.5, 0.6]]),
     ("Categorical-not-one-hot", lambda: Categorical(probs=_t([0.5, 0.5])), [[1.0, 1.0]]),
     ("Multinomial-wrong-total", lambda: Multinomial(total_count=3, probs=_t([0.5, 0.5])), [[1.0, 1.0]]),
+    ("Concrete-off-simplex", lambda: Concrete(temperature=1.0, probs=_t([0.5, 0.5])), [[0.5, 0.6]]),
     ("RelaxedCategorical-off-simplex", lambda: RelaxedCategorical(temperature=1.0, probs=_t([0.5, 0.5])),
      [[0.5, 0.6]]),
+    ("RelaxedBernoulli-above-one", lambda: RelaxedBernoulli(probs=0.3, features_shape=(2,)), [[1.0, 2.0]]),
 ]
 
 

@@ -44,6 +44,7 @@ from kizuna.flows import (
     BatchNorm1d,
     BatchNorm2d,
     ChannelConv,
+    Flatten,
     Flow,
     FlowList,
     Permutation,
@@ -207,6 +208,7 @@ FLOWS: list[Example] = [
            label="ChannelConv-LU"),
     _entry(ChannelConv, lambda g: (_random(ChannelConv(4), g, 0.5), _x(g, 4), None), label="ChannelConv-vector"),
     _entry(Squeeze, lambda g: (Squeeze(), _x(g, 2, 4, 2), None)),
+    _entry(Flatten, lambda g: (Flatten((2, 3, 2)), _x(g, 2, 3, 2), None)),
     _entry(Unsqueeze, lambda g: (Unsqueeze(), _x(g, 8, 2, 1), None)),
     _entry(Permutation, lambda g: (Permutation([2, 0, 3, 1]), _x(g, 4), None)),
     _entry(Permutation, lambda g: (Permutation([1, 2, 0]), _x(g, 3, 2, 2), None), label="Permutation-image"),
@@ -324,7 +326,7 @@ def test_gradient_reaches_every_parameter(ex: Example) -> None:
     flow, x, y = ex.build(0)
     params = dict(flow.named_parameters())
     if not params:
-        assert ex.cls in (Squeeze, Unsqueeze, Permutation, Shuffle, Reverse, Preprocess)
+        assert ex.cls in (Squeeze, Unsqueeze, Flatten, Permutation, Shuffle, Reverse, Preprocess)
         return
     z, logdet = _call(ex, lambda: flow.forward_and_logdet(x, y))
     weights = torch.randn(z.shape, generator=_gen(3), dtype=F64)

@@ -102,8 +102,8 @@ def test_the_sum_equals_the_hand_unrolled_loss_values_terms_and_gradients():
     torch.testing.assert_close(samples["z"], torch.stack(zs))  # draws stacked over time
     torch.testing.assert_close(value, hand)
     kl_key, rec_key = list(terms)
-    assert kl_key == "sum_{t=1}^{T} KL[q(z|x,z_prev)||p_{prior}(z|z_prev)]"
-    assert rec_key == "sum_{t=1}^{T} E_{q(z|x,z_prev)}[log p(x|z)]"
+    assert kl_key == "sum_{t=0}^{T-1} KL[q(z|x,z_prev)||p_{prior}(z|z_prev)]"
+    assert rec_key == "sum_{t=0}^{T-1} E_{q(z|x,z_prev)}[log p(x|z)]"
     torch.testing.assert_close(terms[kl_key], kl_sum.detach())
     torch.testing.assert_close(terms[rec_key], rec_sum.detach())
     for g, h in zip(grads, torch.autograd.grad(hand, list(q.parameters()))):
@@ -124,8 +124,8 @@ def test_fit_on_batch_first_sequences_approaches_the_kalman_likelihood():
     before = elbo()
     history = model.fit(data, epochs=40, batch_size=64, quiet=True, seed=0)
     after = elbo()
-    assert set(history.terms) == {"sum_{t=1}^{T} KL[q(z|x,z_prev)||p_{prior}(z|z_prev)]",
-                                  "sum_{t=1}^{T} E_{q(z|x,z_prev)}[log p(x|z)]"}
+    assert set(history.terms) == {"sum_{t=0}^{T-1} KL[q(z|x,z_prev)||p_{prior}(z|z_prev)]",
+                                  "sum_{t=0}^{T-1} E_{q(z|x,z_prev)}[log p(x|z)]"}
     # a bound: below log p(x) (the 20-repeat mean has an MC standard error of ~0.026 nats), and
     # learning closes the initial gap of ~28.6 nats down to ~0.47: a filtering q cannot see future
     # x, so that much remains even at convergence (measured: 0.47 after 40 or 240 epochs)
@@ -136,8 +136,8 @@ def test_fit_on_batch_first_sequences_approaches_the_kalman_likelihood():
 def test_timestep_var_counts_from_zero_and_text_shows_the_range():
     loss = IterativeLoss(Parameter("t"), max_iter=3, timestep_var="t")
     assert loss.eval().item() == 0 + 1 + 2 and loss.input_var == []
-    assert str(loss) == "sum_{t=1}^{3} t"
-    assert dmm(Filter(), series_var=["x"]).to_latex().startswith(r"\sum_{t=1}^{T} \operatorname{mean}")
+    assert str(loss) == "sum_{t=0}^{2} t"
+    assert dmm(Filter(), series_var=["x"]).to_latex().startswith(r"\sum_{t=0}^{T-1} \operatorname{mean}")
 
 
 class Slicer(Deterministic):
@@ -162,7 +162,7 @@ def test_max_iter_takes_the_first_steps_only():
     loss = IterativeLoss(LogProb(Emission()).mean(), max_iter=2, series_var=["x", "z"])
     by_hand = sum(TNormal(C * z[t], SX).log_prob(x[t]).sum(-1).mean() for t in range(2))
     torch.testing.assert_close(loss.eval({"x": x, "z": z}), by_hand)
-    assert str(loss) == "sum_{t=1}^{2} mean(log p(x|z))"
+    assert str(loss) == "sum_{t=0}^{1} mean(log p(x|z))"
 
 
 def test_bad_sequences_are_named():

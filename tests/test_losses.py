@@ -208,13 +208,13 @@ def test_named_relabels_a_term_and_its_text_is_kept():
 def test_return_dict_and_return_all():
     q, p, kl, recon, loss = _vae_loss()
     x = torch.randn(5, 3)
-    value, samples = loss.eval({"x": x}, return_dict=True)
-    assert value.shape == () and list(samples) == ["z"] and samples["z"].shape == (5, 2)
-    value, everything = loss.eval({"x": x}, return_dict=True, return_all=True)
-    assert sorted(everything) == ["x", "z"] and everything["x"] is x
-    value, samples, terms = loss.eval({"x": x}, return_dict=True, return_terms=True)
+    value, everything = loss.eval({"x": x}, return_dict=True)  # Pixyz's default return_all=True
+    assert value.shape == () and sorted(everything) == ["x", "z"] and everything["x"] is x
+    value, samples = loss.eval({"x": x}, return_dict=True, return_all=False)
+    assert list(samples) == ["z"] and samples["z"].shape == (5, 2)
+    value, samples, terms = loss.eval({"x": x}, return_dict=True, return_all=False, return_terms=True)
     assert list(samples) == ["z"] and len(terms) == 2
-    _, many = E(q, LogProb(p), sample_shape=(7,)).eval({"x": x}, return_dict=True)
+    _, many = E(q, LogProb(p), sample_shape=(7,)).eval({"x": x}, return_dict=True, return_all=False)
     assert many["z"].shape == (7, 5, 2)  # sample-major, like Distribution.sample(sample_shape=...)
 
 

@@ -23,8 +23,8 @@ def test_maximum_likelihood_reaches_the_closed_form_mle():
     for _ in range(1500):
         model.train({"x": data})
     # the Gaussian MLE is the sample mean and the (biased) sample standard deviation
-    torch.testing.assert_close(p.loc_.detach(), data.mean(0), atol=1e-3, rtol=0)
-    torch.testing.assert_close(p.scale_.detach(), data.std(0, unbiased=False), atol=1e-3, rtol=0)
+    torch.testing.assert_close(p.loc.detach(), data.mean(0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(p.scale.detach(), data.std(0, unbiased=False), atol=1e-3, rtol=0)
 
 
 def test_train_returns_the_loss_before_the_step_and_test_changes_nothing():
@@ -37,7 +37,7 @@ def test_train_returns_the_loss_before_the_step_and_test_changes_nothing():
     assert model.test({"x": x}) == pytest.approx(expected)
     assert all(torch.equal(a, b) for a, b in zip(before, p.parameters()))
     assert model.train({"x": x}) == pytest.approx(expected)
-    assert not torch.equal(before[0], p.loc_.detach())
+    assert not torch.equal(before[0], p.loc.detach())
 
 
 def test_gradient_clipping_bounds_the_step():
@@ -46,12 +46,12 @@ def test_gradient_clipping_bounds_the_step():
     model = Model(-LogProb(p).mean(), optimizer=torch.optim.SGD, optimizer_params={"lr": 1.0}, clip_grad_norm=0.5)
     model.train({"x": x})
     # SGD with lr 1 moves the parameters by exactly the clipped gradient: norm <= 0.5
-    step = torch.cat([p.loc_.detach(), p.scale_.detach() - 1])
+    step = torch.cat([p.loc.detach(), p.scale.detach() - 1])
     assert step.norm().item() == pytest.approx(0.5, rel=1e-6)
     p2 = _learnable_normal()
     Model(-LogProb(p2).mean(), optimizer=torch.optim.SGD, optimizer_params={"lr": 1.0},
           clip_grad_value=0.01).train({"x": x})
-    assert p2.loc_.detach().abs().max().item() == pytest.approx(0.01)
+    assert p2.loc.detach().abs().max().item() == pytest.approx(0.01)
 
 
 def test_bad_losses_are_clear_errors():

@@ -39,8 +39,8 @@ def test_ml_of_a_normal_is_the_sample_mean_and_std():
     model = ML(p, optimizer_params={"lr": 0.05})
     assert str(model.loss_cls) == "mean(-log p(x))"
     model.fit({"x": data}, epochs=800, batch_size=400, quiet=True, seed=0)
-    torch.testing.assert_close(p.loc_.detach(), data.mean(0), atol=1e-4, rtol=0)
-    torch.testing.assert_close(p.scale_.detach(), data.std(0, unbiased=False), atol=1e-4, rtol=0)
+    torch.testing.assert_close(p.loc.detach(), data.mean(0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(p.scale.detach(), data.std(0, unbiased=False), atol=1e-4, rtol=0)
 
 
 class Classifier(Categorical):
@@ -93,8 +93,8 @@ def test_vi_on_a_conjugate_normal_model_reaches_the_exact_posterior():
     model.optimizer.param_groups[0]["lr"] = 0.002
     model.fit(data, epochs=200, batch_size=64, quiet=True)
     # the Gaussian family holds the posterior: q reaches it up to the remaining SGD noise
-    assert abs(q.loc_.item() - post_mean) < 0.03 * post_std
-    assert q.scale_.item() == pytest.approx(post_std, rel=0.03)
+    assert abs(q.loc.item() - post_mean) < 0.03 * post_std
+    assert q.scale.item() == pytest.approx(post_std, rel=0.03)
 
 
 def test_vi_without_data_fits_q_to_the_target():
@@ -110,7 +110,7 @@ def test_vi_without_data_fits_q_to_the_target():
     for _ in range(1500):
         model.train()
     # the optimum is q = p; what remains is the SGD noise of a one-sample gradient
-    assert kl() < 0.01 and abs(q.loc_.item() - 2.0) < 0.05 and abs(q.scale_.item() - 0.5) < 0.05
+    assert kl() < 0.01 and abs(q.loc.item() - 2.0) < 0.05 and abs(q.scale.item() - 0.5) < 0.05
 
 
 def test_other_distributions_are_trained_once():

@@ -52,8 +52,8 @@ def test_design_quickstart_runs_and_learns():
     value = loss.eval({"x": x})
     assert value.dim() == 0 and value.requires_grad
     model = Model(loss, distributions=[p, q], optimizer=torch.optim.Adam, optimizer_params={"lr": 1e-3})
-    first = model.train({"x": x})
-    assert isinstance(first, float)
+    first = model.train({"x": x})  # a detached 0-d tensor, as Pixyz returns
+    assert isinstance(first, torch.Tensor) and first.dim() == 0 and not first.requires_grad
     for _ in range(30):
         model.train({"x": x})
     # 31 Adam steps on four repeated patterns must cut the negative ELBO (~545 nats at the

@@ -51,7 +51,9 @@ import kizuna.distributions as kd
 from kizuna.distributions import (
     Bernoulli,
     Beta,
+    BinaryConcrete,
     Categorical,
+    Concrete,
     CustomProb,
     Deterministic,
     Dirichlet,
@@ -349,7 +351,10 @@ EXAMPLES: list[Example] = [
     _family(Categorical, lambda h: {"logits": h}, K, reparam=False),
     _constant(Multinomial, lambda g: {"total_count": 3, "logits": _param(g, K)}, reparam=False),
     _family(RelaxedBernoulli, lambda h: {"logits": h}, K, temperature=0.5),
-    _constant(RelaxedCategorical, lambda g: {"temperature": _param(g, (), positive=True), "logits": _param(g, K)}),
+    _family(BinaryConcrete, lambda h: {"logits": h}, K, temperature=0.5),
+    _constant(Concrete, lambda g: {"temperature": _param(g, (), positive=True), "logits": _param(g, K)}),
+    # the temperature shapes the relaxed draws only: the (discrete) log-density has no gradient for it
+    _constant(RelaxedCategorical, lambda g: {"temperature": 0.5, "logits": _param(g, K)}),
     # ---- not parametric families
     _built(Deterministic, lambda g: (_Decoder(g), {"y": _y(g)}), density=False, point_mass=("x",)),
     _built(EmpiricalDistribution, lambda g: (EmpiricalDistribution(var=["x"]), {"x": _randn(g, B, K)}),

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kizuna.distributions import InverseTransformedDistribution, Normal, TransformedDistribution
-from kizuna.distributions.memo import shared_parameters
+from kizuna.formula.memo import shared_parameters
 from kizuna.flows import (
     IAF,
     MAF,

@@ -15,7 +15,9 @@ from kizuna.distributions.energy import EnergyDistribution
 from kizuna.distributions.families import (
     Bernoulli,
     Beta,
+    BinaryConcrete,
     Categorical,
+    Concrete,
     Dirichlet,
     FactorizedBernoulli,
     Gamma,
@@ -25,8 +27,6 @@ from kizuna.distributions.families import (
     MultivariateNormal,
     Normal,
     Poisson,
-    RelaxedBernoulli,
-    RelaxedCategorical,
     StudentT,
     VonMises,
 )
@@ -35,19 +35,21 @@ from kizuna.distributions.marginal import MarginalizeVarDistribution
 from kizuna.distributions.mixture import MixtureModel, MixturePosterior
 from kizuna.distributions.moe import MixtureOfNormal
 from kizuna.distributions.poe import ElementWiseProductOfNormal, ProductOfNormal
+from kizuna.distributions.relaxed import RelaxedBernoulli, RelaxedCategorical
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.special import CustomProb, Deterministic, EmpiricalDistribution
-from kizuna.distributions.torch_dist import TorchDistribution, set_validation
+from kizuna.distributions.torch_dist import TorchDistribution, set_validation, validation, validation_enabled
 from kizuna.distributions.transformed import InverseTransformedDistribution, TransformedDistribution
 
 __all__ = [
-    "Bernoulli", "Beta", "Categorical", "CustomProb", "Deterministic", "Dirichlet", "Distribution",
+    "Bernoulli", "Beta", "BinaryConcrete", "Categorical", "Concrete", "CustomProb", "Deterministic", "Dirichlet",
+    "Distribution",
     "ElementWiseProductOfNormal", "EmpiricalDistribution", "FactorizedBernoulli", "Gamma", "JointDistribution",
     "Laplace", "LogNormal", "MLPBernoulli", "MLPCategorical", "MLPNormal",
     "MarginalizeVarDistribution", "MixtureModel", "MixtureOfNormal", "MixturePosterior", "Multinomial",
     "MultivariateNormal", "Normal", "Poisson", "ProductOfNormal",
     "RelaxedBernoulli", "RelaxedCategorical", "ReplaceVarDistribution", "StudentT", "TorchDistribution",
-    "VonMises", "set_validation",
+    "VonMises", "set_validation", "validation", "validation_enabled",
     "DDPM", "DiffusionDecoder", "DiffusionForward", "DiffusionPosterior", "DiffusionReverse", "DiffusionSchedule",
     "EnergyDistribution",
     "InverseTransformedDistribution", "MADEBernoulli", "PixelCNNBernoulli", "TransformedDistribution",

@@ -2,11 +2,12 @@
 
 Conventions (the whole formula layer relies on them):
 
-* Every tensor that flows through a distribution has exactly **one leading batch
-  dimension**; the remaining dimensions are *features*. ``get_log_prob`` sums over the
-  features and returns one value per batch row.
-* Several samples per row (``sample_shape``) are handled by the caller by repeating the
-  inputs along the batch dimension, so networks always see ``(batch, *features)``.
+* Every tensor that flows through a distribution has **one leading batch dimension**; the
+  remaining dimensions are *features*. ``get_log_prob`` sums over the features and returns one
+  value per batch row. Constant parameters carry a batch dimension of one (as in Pixyz).
+* Several draws per row (``sample_shape``, the ``k`` draws of an importance-weighted bound)
+  are made from the row's parameters, computed once (`Distribution._sample_n`); networks that
+  read the draws see them flattened sample-major, ``(n * batch, *features)``.
 * A distribution never caches a ``torch.distributions`` object on ``self``: one is built
   per call from the inputs (STYLE.md habit 1).
 """
@@ -14,16 +15,16 @@ Conventions (the whole formula layer relies on them):
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from kizuna._text import LATEX, TEXT, prob_text
-
-if TYPE_CHECKING:
-    from kizuna.losses.base import Loss
+from kizuna.formula.expr import Loss
+from kizuna.formula.log_prob import LogProb, Prob
 
 Tensor = torch.Tensor
 XDict = dict[str, Any]
@@ -51,6 +52,14 @@ def repeat_batch(value: Any, n: int) -> Any:
     return value.unsqueeze(0).expand(n, *value.shape).reshape(n * value.shape[0], *value.shape[1:])
 
 
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    """``value`` is None or an int of at least ``minimum`` (a ValueError naming the argument otherwise)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 def batch_size_of(x_dict: Mapping[str, Any], names: Iterable[str] | None = None) -> int | None:
     """The leading dimension of the first batch-first tensor among ``names`` (or all keys)."""
     keys = x_dict.keys() if names is None else names
@@ -59,6 +68,30 @@ def batch_size_of(x_dict: Mapping[str, Any], names: Iterable[str] | None = None)
         if isinstance(v, Tensor) and v.dim() > 0:
             return v.shape[0]
     return None
+
+
+def as_value(value: Any) -> Any:
+    """A Python number (or bool) given as a value becomes a batch of one: ``3.0 -> tensor([3.])``."""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return torch.tensor([value], dtype=torch.get_default_dtype())
+    return value
+
+
+def _with_values(x_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``x_dict`` with Python numbers as batches of one (copied only when it holds a number)."""
+    for v in x_dict.values():
+        if isinstance(v, numbers.Number):
+            return {k: as_value(v) for k, v in x_dict.items()}
+    return x_dict if type(x_dict) is dict else dict(x_dict)
+
+
+def sum_rows(value: Tensor, dims: Sequence[int] | None = None) -> Tensor:
+    """Sum ``dims``, or every dimension but the first (Pixyz's ``sum_samples``)."""
+    if dims is not None:
+        return value.sum(dim=tuple(dims)) if len(dims) else value
+    if value.dim() <= 1:
+        return value
+    return value.sum(-1) if value.dim() == 2 else value.flatten(1).sum(1)
 
 
 class Distribution(nn.Module):
@@ -113,7 +146,14 @@ class Distribution(nn.Module):
 
     @property
     def name(self) -> str:
+        """The symbol used in formulas; it can be changed (``p.name = "q"``), as in Pixyz."""
         return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{type(self).__name__}: name must be a non-empty string, got {name!r}")
+        self._name = name
 
     @property
     def features_shape(self) -> torch.Size:
@@ -187,10 +227,33 @@ class Distribution(nn.Module):
         """
         raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) cannot be sampled")
 
+    def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
+        """``n`` draws per row, sample-major: row ``i * B + b`` is draw ``i`` of row ``b``.
+
+        ``x_dict`` holds the inputs (``B`` rows) and ``repeated`` the same values repeated ``n``
+        times along the batch (what the caller evaluates the draws with). By default the draws are
+        made from ``repeated``; a distribution whose parameters depend only on its inputs computes
+        them once per row instead (see `TorchDistribution`).
+        """
+        return self._sample(repeated, None if batch_n is None else batch_n * n, reparam)
+
+    def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:
+        """The means of ``var`` given ``x_dict``, shaped like draws (``sample(..., sample_mean=True)``)."""
+        if len(self._var) != 1:
+            raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) has no sample_mean draw")
+        mean = self.sample_mean(x_dict)
+        if batch_n is not None and mean.dim() > 0 and mean.shape[0] == 1 and batch_n != 1:
+            mean = mean.expand(batch_n, *mean.shape[1:])
+        return {self._var[0]: mean}
+
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         raise NotImplementedError(
             f"{self.prob_text} ({self.distribution_name}) has no tractable log-density"
         )
+
+    def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
+        """The log-density summed over ``dims`` only (``get_log_prob(..., feature_dims=dims)``)."""
+        return sum_rows(self._log_prob(x_dict, sum_features=False), dims)
 
     # ----------------------------------------------------------- public API
     def sample(
@@ -200,61 +263,91 @@ class Distribution(nn.Module):
         sample_shape: Sequence[int] | torch.Size = (),
         return_all: bool = True,
         reparam: bool = False,
+        sample_mean: bool = False,
+        **kwargs: Any,
     ) -> XDict:
         """Draw the variables of ``var``.
 
         Args:
-            x_dict: values of the conditioning variables, batch first. For a product, values
-                of some factors' variables hold those factors fixed (the others are drawn
-                given them); a single distribution given its own variable is an error.
+            x_dict: values of the conditioning variables, batch first (a Python number is a batch
+                of one). Values given for variables of ``var`` are held fixed: a product draws
+                its other factors given them (Pixyz redraws the variable of a single distribution;
+                see docs/porting_from_pixyz.md).
             batch_n: batch size when nothing in ``x_dict`` fixes it (default 1).
             sample_shape: extra leading dims: each sampled variable gets shape
                 ``(*sample_shape, batch, *features)``; inputs are returned unchanged.
             return_all: also return the entries of ``x_dict``.
             reparam: draw with the reparameterisation trick (gradients flow to the
                 parameters); an error if some factor has no such sampler.
+            sample_mean: return the means instead of draws (ancestrally, for a product).
+            kwargs: other options are ignored (as in Pixyz).
         """
-        x_dict = dict(x_dict or {})
+        x_dict = _with_values(x_dict) if x_dict else {}
         self._require(x_dict, self.input_var)
-        if reparam and not self.has_reparam:
+        _check_count("batch_n", batch_n, minimum=0)
+        if reparam and not sample_mean and not self.has_reparam:
             bad = [f.prob_text for f in self.factors() if not f.has_reparam]
             raise ValueError(
                 f"{self.prob_text}: reparam=True but {', '.join(bad)} has no reparameterised sampler"
                 " (use reparam=False, or a relaxed distribution)"
             )
         shape = torch.Size(sample_shape)
+        if any(s < 1 for s in shape):
+            raise ValueError(f"{self.prob_text}: sample_shape must hold positive sizes, got {tuple(shape)}")
         n = math.prod(shape)
         keep = set(self.input_var)  # an empirical factor reads its own variable
         fixed = [v for v in self._var if v in x_dict and v not in keep]
         if fixed:
             self._check_fixed(fixed)
+            if len(fixed) == len(self._var):
+                return dict(x_dict) if return_all else {}
         inputs = {k: v for k, v in x_dict.items() if k in keep or k not in self._var or k in fixed}
-        if len(shape) == 0:
+        if sample_mean:
+            new = self._mean_values(inputs, batch_n)
+            if len(shape):
+                new = {k: v.expand(*shape, *v.shape) for k, v in new.items()}
+        elif len(shape) == 0:
             new = self._sample(inputs, batch_n, reparam)
         else:
-            inner = {k: repeat_batch(v, n) for k, v in inputs.items()}
-            b = batch_n or batch_size_of(inputs) or 1
-            new = self._sample(inner, b * n, reparam)
+            repeated = {k: repeat_batch(v, n) for k, v in inputs.items()}
+            new = self._sample_n(inputs, repeated, n, batch_n, reparam)
             new = {k: v.reshape(*shape, v.shape[0] // n, *v.shape[1:]) for k, v in new.items()}
         return {**x_dict, **new} if return_all else new
 
     def _check_fixed(self, fixed: list[str]) -> None:
-        """Variables of ``var`` given to ``sample``: an error here; a product conditions on them."""
-        raise ValueError(
-            f"{self.prob_text}: {', '.join(fixed)} is given in x_dict but is a variable this distribution "
-            "draws; remove it from x_dict (or sample a product, which holds given factors fixed)"
-        )
+        """Variables of ``var`` given to ``sample``: all of a factor's, or none (see `JointDistribution`)."""
+        if len(fixed) != len(self._var):
+            missing = [v for v in self._var if v not in fixed]
+            raise ValueError(
+                f"{self.prob_text}: x_dict gives {', '.join(fixed)} but not {', '.join(missing)}; "
+                "give all of its variables or none"
+            )
 
-    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True) -> Tensor:
-        """``log p(var|cond_var)`` per batch row (features summed unless ``sum_features=False``)."""
+    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
+                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        """``log p(var|cond_var)``.
+
+        Args:
+            x_dict: the values of ``var`` and of the conditioning variables (a Python number, or a
+                value without a batch dimension, is a batch of one).
+            sum_features: sum over the features, giving one value per batch row (for draws with
+                a ``sample_shape``, as Pixyz: one value per entry of the first dimension).
+            feature_dims: sum over these dimensions instead (Pixyz's ``feature_dims``).
+            kwargs: other options are ignored (as in Pixyz).
+        """
+        x_dict = _with_values(x_dict)
         self._require(x_dict, self._var + self.input_var)
-        return self._log_prob(dict(x_dict), sum_features)
+        if feature_dims is not None and sum_features:
+            return self._log_prob_dims(x_dict, list(feature_dims))
+        return self._log_prob(x_dict, sum_features)
 
-    def get_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True) -> Tensor:
-        """``p(var|cond_var)`` per batch row: ``exp`` of ``get_log_prob``."""
-        return self.get_log_prob(x_dict, sum_features).exp()
+    def get_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
+                 feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        """``p(var|cond_var)``: ``exp`` of `get_log_prob`."""
+        return self.get_log_prob(x_dict, sum_features, feature_dims).exp()
 
-    def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True) -> Tensor:
+    def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True,
+                    feature_dims: Sequence[int] | None = None) -> Tensor:
         """Closed-form entropy where the family has one."""
         raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) has no closed-form entropy")
 
@@ -266,8 +359,8 @@ class Distribution(nn.Module):
         """The variance of ``var`` given ``x_dict``."""
         raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) has no closed-form variance")
 
-    def get_params(self, x_dict: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
-        """The family's parameters given ``x_dict``."""
+    def get_params(self, params_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Tensor]:
+        """The family's parameters given the conditioning values ``params_dict``."""
         raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) is not parametric")
 
     @property
@@ -281,17 +374,13 @@ class Distribution(nn.Module):
         raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) is not one torch family")
 
     # ------------------------------------------------------- formula layer
-    def log_prob(self, sum_features: bool = True) -> Loss:
+    def log_prob(self, sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> Loss:
         """``log p(var|cond_var)`` as a Loss."""
-        from kizuna.losses.log_prob import LogProb  # deferred: losses build on distributions
+        return LogProb(self, sum_features=sum_features, feature_dims=feature_dims)
 
-        return LogProb(self, sum_features=sum_features)
-
-    def prob(self, sum_features: bool = True) -> Loss:
+    def prob(self, sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> Loss:
         """``p(var|cond_var)`` as a Loss."""
-        from kizuna.losses.log_prob import Prob
-
-        return Prob(self, sum_features=sum_features)
+        return Prob(self, sum_features=sum_features, feature_dims=feature_dims)
 
     def __mul__(self, other: Distribution) -> Distribution:
         from kizuna.distributions.joint import JointDistribution

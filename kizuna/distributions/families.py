@@ -8,15 +8,19 @@ from ``forward(**cond)``; see `kizuna.distributions.torch_dist`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import distributions as D
 from torch.distributions import constraints
+from torch.distributions.utils import clamp_probs
+from torch.nn import functional as F
 
 from kizuna.distributions.base import Tensor, XDict
-from kizuna.distributions.kernels import flags, satisfies
-from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
+from kizuna.distributions.torch_dist import TorchDistribution
+
+_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
 
 class Normal(TorchDistribution):
@@ -35,6 +39,31 @@ class Normal(TorchDistribution):
 
     torch_class = D.Normal
     param_names = ("loc", "scale")
+
+    def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
+        r"""torch's formula: :math:`-\frac{(x-\mu)^2}{2\sigma^2} - \log\sigma - \log\sqrt{2\pi}`."""
+        loc, scale = params["loc"], params["scale"]
+        return -((value - loc) ** 2) / (2 * scale**2) - scale.log() - _LOG_SQRT_2PI
+
+    def _rsample_kernel(self, shape: torch.Size, params: dict[str, Any]) -> Tensor:
+        r"""torch's draw :math:`\mu + \sigma\epsilon`, the same random stream as ``Normal.rsample``."""
+        loc, scale = params["loc"], params["scale"]
+        eps = torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_()
+        return loc + eps * scale
+
+    def _kl_kernel(self, other: TorchDistribution, params: dict[str, Any],
+                   other_params: dict[str, Any]) -> Tensor | None:
+        r"""torch's ``kl_normal_normal``:
+        :math:`\tfrac12\big(r + \tfrac{(\mu_p-\mu_q)^2}{\sigma_q^2} - 1 - \log r\big)`,
+        :math:`r = \sigma_p^2/\sigma_q^2`."""
+        if type(other).torch_class is not D.Normal:
+            return None
+        p_loc, p_scale, q_loc, q_scale = params["loc"], params["scale"], other_params["loc"], other_params["scale"]
+        if not all(isinstance(t, Tensor) for t in (p_loc, p_scale, q_loc, q_scale)):
+            return None
+        var_ratio = (p_scale / q_scale).pow(2)
+        t1 = ((p_loc - q_loc) / q_scale).pow(2)
+        return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
 
 
 class Laplace(TorchDistribution):
@@ -117,21 +146,25 @@ class Bernoulli(TorchDistribution):
 
     torch_class = D.Bernoulli
     param_names = ("probs", "logits")
-    validate_value = False  # torch would demand 0 or 1; [0, 1] is checked here instead
 
-    def _check_value(self, value: Any, dist: D.Distribution, batched: bool) -> None:
-        """See `TorchDistribution._check_value`; values must lie in [0, 1]."""
-        super()._check_value(value, dist, batched)
-        self._check_support(value)
-
-    def _check_support(self, value: Tensor) -> None:
-        """See `TorchDistribution._check_support`."""
-        if validation_enabled() and not satisfies(constraints.unit_interval, value):
+    def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
+        """See `TorchDistribution._check_support`: values must lie in [0, 1] (torch demands 0 or 1)."""
+        if not bool(constraints.unit_interval.check(value).all()):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must lie in [0, 1], found values outside")
 
-    def _support_flags(self, value: Tensor) -> list[Tensor]:
-        """See `TorchDistribution._support_flags`."""
-        return [flags(constraints.unit_interval, value)]
+    def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
+        r"""torch's formula: :math:`x \log p + (1 - x) \log(1 - p)`, i.e. :math:`-\mathrm{BCE}`, from
+        the logits, or from ``probs`` clamped to :math:`[\epsilon, 1 - \epsilon]` as torch clamps them
+        (computed without the round trip through logits: equal to torch's up to rounding)."""
+        logits = params.get("logits")
+        if logits is None:
+            probs = clamp_probs(params["probs"])
+            if probs.shape != value.shape:
+                probs, value = torch.broadcast_tensors(probs, value)
+            return -F.binary_cross_entropy(probs, value, reduction="none")
+        if logits.shape != value.shape:
+            logits, value = torch.broadcast_tensors(logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
 
 
 class FactorizedBernoulli(Bernoulli):
@@ -142,11 +175,11 @@ class FactorizedBernoulli(Bernoulli):
     Zeros mean "attribute not observed" (Vedantam et al. 2017, arXiv:1705.10762).
     """
 
-    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        per_feature = super()._log_prob(x_dict, sum_features=False)
-        observed = x_dict[self._var[0]] != 0
-        per_feature = per_feature * observed.to(per_feature.dtype)
-        return per_feature.flatten(1).sum(1) if sum_features else per_feature
+    def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
+        """See `TorchDistribution._elementwise_log_prob`: entries equal to zero count for nothing."""
+        per_feature = super()._elementwise_log_prob(x_dict)
+        observed = torch.as_tensor(x_dict[self._var[0]]) != 0
+        return per_feature * observed.to(per_feature.dtype)
 
 
 class Categorical(TorchDistribution):
@@ -179,22 +212,20 @@ class Multinomial(TorchDistribution):
     static_params = ("total_count",)
     param_constraints = {"total_count": constraints.nonnegative_integer}
 
-    def _check_value(self, value: Any, dist: D.Distribution, batched: bool) -> None:
-        """See `TorchDistribution._check_value`; counts must add up to ``total_count``."""
-        super()._check_value(value, dist, batched)
-        total = (dist.base_dist if isinstance(dist, D.Independent) else dist).total_count
-        if validation_enabled() and not bool((value.sum(-1) == total).all()):
+    def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
+        """See `TorchDistribution._check_support`; counts must also add up to ``total_count``."""
+        super()._check_support(value, dist)
+        total = dist.total_count
+        if not bool((value.sum(-1) == total).all()):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must add up to total_count={total}")
 
-    def _support_flags(self, value: Tensor) -> list[Tensor]:
-        """See `TorchDistribution._support_flags` (torch's default ``total_count`` is 1)."""
-        return [(value.sum(-1) == self._static.get("total_count", 1)).all()]
 
+class BinaryConcrete(TorchDistribution):
+    r"""Binary Concrete (Gumbel-sigmoid) over (0, 1): ``temperature`` λ, ``probs`` or ``logits``.
 
-class RelaxedBernoulli(TorchDistribution):
-    r"""Concrete / Gumbel-sigmoid relaxation of a Bernoulli: ``temperature``, ``probs`` or ``logits``.
-
-    Reparameterisable (Maddison et al. 2016, arXiv:1611.00712).
+    Draws are :math:`\sigma((\mathrm{logit}\,p + L)/\lambda)` with :math:`L` logistic noise, and values are scored
+    with the Concrete density itself (Maddison et al. 2016, arXiv:1611.00712; torch's ``RelaxedBernoulli``).
+    `RelaxedBernoulli` samples the same way but scores with the Bernoulli likelihood, as Pixyz does.
     """
 
     torch_class = D.RelaxedBernoulli
@@ -202,10 +233,14 @@ class RelaxedBernoulli(TorchDistribution):
     param_constraints = {"temperature": constraints.positive}  # torch does not check it
 
 
-class RelaxedCategorical(TorchDistribution):
-    r"""Concrete / Gumbel-softmax relaxation of a one-hot Categorical: ``temperature``, ``probs`` or ``logits``.
+class Concrete(TorchDistribution):
+    r"""Concrete (Gumbel-softmax) over the open simplex of the last feature dimension: ``temperature``,
+    ``probs`` or ``logits``.
 
-    Reparameterisable (Jang et al. 2016, arXiv:1611.01144).
+    Draws are :math:`\mathrm{softmax}((\log p + G)/\lambda)` with Gumbel noise :math:`G`, scored with the
+    Concrete density (Jang et al. 2016, arXiv:1611.01144; torch's ``RelaxedOneHotCategorical``, which takes
+    one temperature for the whole batch). `RelaxedCategorical` samples the same way but scores with the
+    categorical likelihood, as Pixyz does.
     """
 
     torch_class = D.RelaxedOneHotCategorical

@@ -8,7 +8,7 @@ defines one of its conditioning variables). The log-density is the sum of the fa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
@@ -95,13 +95,20 @@ class JointDistribution(Distribution):
         return "".join(f._factor_text(fmt, rename) for f in self._factors)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        return self._ancestral(x_dict, lambda f, values: f._sample(values, batch_n, reparam))
+
+    def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:
+        """Ancestral means: each factor's mean given its parents' means (Pixyz's ``sample_mean=True``)."""
+        return self._ancestral(x_dict, lambda f, values: f._mean_values(values, batch_n))
+
+    def _ancestral(self, x_dict: XDict, draw: Callable[[Distribution, XDict], XDict]) -> XDict:
         values = dict(x_dict)
         new: XDict = {}
         for f in self._order:
             if all(v in values for v in f.var) and not set(f.var) & set(f.input_var):
                 continue  # held fixed: sample() was given this factor's variables
             f._require(values, f.input_var)
-            out = f._sample(values, batch_n, reparam)
+            out = draw(f, values)
             values.update(out)
             new.update(out)
         return new
@@ -122,6 +129,15 @@ class JointDistribution(Distribution):
         total: Tensor | None = None
         for f in self._factors:
             term = f.get_log_prob(x_dict, sum_features)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+    def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
+        """See `Distribution._log_prob_dims`: the factors' log-densities, each summed over ``dims``."""
+        total: Tensor | None = None
+        for f in self._factors:
+            term = f._log_prob_dims(x_dict, dims)
             total = term if total is None else total + term
         assert total is not None
         return total

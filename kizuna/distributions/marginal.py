@@ -58,6 +58,14 @@ class MarginalizeVarDistribution(Distribution):
         out = self.p._sample(x_dict, batch_n, reparam)
         return {k: v for k, v in out.items() if k not in self._marginalized}
 
+    def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
+        out = self.p._sample_n(x_dict, repeated, n, batch_n, reparam)
+        return {k: v for k, v in out.items() if k not in self._marginalized}
+
+    def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:
+        out = self.p._mean_values(x_dict, batch_n)
+        return {k: v for k, v in out.items() if k not in self._marginalized}
+
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         raise NotImplementedError(
             f"{self} has no closed-form log-density; estimate it with kizuna.losses.IWAE"

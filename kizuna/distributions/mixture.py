@@ -21,6 +21,8 @@ from torch import nn
 from kizuna._text import prob_text
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, repeat_batch
 from kizuna.distributions.families import Categorical
+from kizuna.distributions.replace import ReplaceVarDistribution
+from kizuna.formula import EvalContext, LogProb, Loss
 
 
 def common_var(dists: Sequence[Distribution], owner: str) -> list[str]:
@@ -40,6 +42,14 @@ def common_var(dists: Sequence[Distribution], owner: str) -> list[str]:
     return var
 
 
+def _fresh_name(taken: Sequence[str]) -> str:
+    """A name for the hidden variable that no component uses: ``z``, else ``k``, else ``z_0``, ``z_1``, ..."""
+    for name in ("z", "k", *(f"z_{i}" for i in range(len(taken) + 1))):
+        if name not in taken:
+            return name
+    raise AssertionError("unreachable: one of len(taken) + 3 names is free")
+
+
 def union_cond(dists: Sequence[Distribution], exclude: Sequence[str] = ()) -> list[str]:
     """The conditioning variables of ``dists``, in order of appearance, without ``exclude``."""
     cond: list[str] = []
@@ -54,7 +64,9 @@ class MixtureModel(Distribution):
     Args:
         distributions: the :math:`K` components :math:`p_k(x)`, all over the same variables.
         prior: a distribution over one hidden variable holding one-hot vectors of length
-            :math:`K`, e.g. ``Categorical(var=["z"], probs=torch.ones(K) / K)``.
+            :math:`K`, e.g. ``Categorical(var=["z"], probs=torch.ones(K) / K)``. A prior over the
+            components' own variable (Pixyz's ``Categorical(probs=...)``, over the default ``x``) is
+            renamed to a fresh hidden variable (``z`` unless taken; see `hidden_var`).
         name: the symbol of the mixture.
         features_shape: see `Distribution`.
 
@@ -78,9 +90,10 @@ class MixtureModel(Distribution):
         var = common_var(distributions, "MixtureModel")
         if not isinstance(prior, Distribution) or len(prior.var) != 1:
             raise ValueError("MixtureModel: prior must be a distribution over one hidden (one-hot) variable")
+        if prior.var[0] in var:  # Pixyz's `Categorical(probs=...)` over the default variable "x"
+            prior = prior.replace_var(**{prior.var[0]: _fresh_name(var + prior.cond_var +
+                                                                   union_cond(distributions))})
         hidden = prior.var[0]
-        if hidden in var:
-            raise ValueError(f"MixtureModel: the hidden variable {hidden} is also a variable of the components")
         bad = [d.prob_text for d in distributions if hidden in d.cond_var] + (
             [prior.prob_text] if set(prior.cond_var) & set(var) else [])
         if bad:
@@ -98,8 +111,9 @@ class MixtureModel(Distribution):
     def _check_prior_size(self) -> None:
         if self.prior.cond_var:
             return
+        prior = self.prior.p if isinstance(self.prior, ReplaceVarDistribution) else self.prior
         try:
-            event = self.prior.get_dist({}).event_shape
+            event = prior.get_dist({}).event_shape
         except NotImplementedError:
             return
         if event[-1:] != torch.Size([len(self.distributions)]):
@@ -211,7 +225,9 @@ class MixturePosterior(Categorical):
 
     A one-hot `Categorical` over the hidden variable, conditioned on the mixture's variables
     (and its conditioning variables); ``get_params`` and ``sample_mean`` give the
-    probabilities, shape ``(batch, K)``. It shares the mixture's parameters.
+    probabilities, shape ``(batch, K)``. It shares the mixture's parameters. As in Pixyz,
+    ``prob().eval({"x": x})`` without the hidden variable gives the responsibilities of every
+    component, shape ``(K, batch)`` (an EM step's E-step).
     """
 
     def __init__(self, mixture: MixtureModel, name: str = "p") -> None:
@@ -226,3 +242,41 @@ class MixturePosterior(Categorical):
     def get_params(self, x_dict: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
         """``{"probs": p(z = e_k | x)}``, shape ``(batch, K)``."""
         return {"probs": super().get_params(x_dict)["logits"].exp()}
+
+    def log_prob_every_state(self, x_dict: Mapping[str, Any]) -> Tensor:
+        """:math:`\\log p(z = e_k|x)` for every component, shape ``(K, batch)`` (Pixyz's layout)."""
+        x_dict = dict(x_dict)
+        self._require(x_dict, self._cond_var)
+        return self.forward(**{k: x_dict[k] for k in self._cond_var})["logits"].T
+
+    def log_prob(self, sum_features: bool = True, feature_dims: Any = None) -> Loss:
+        """:math:`\\log p(z|x)` as a Loss: per row given ``z``, else ``(K, batch)`` (see `PosteriorLogProb`)."""
+        return PosteriorLogProb(self)
+
+    def prob(self, sum_features: bool = True, feature_dims: Any = None) -> Loss:
+        """:math:`p(z|x)` as a Loss: per row given ``z``, else the ``(K, batch)`` responsibilities."""
+        return PosteriorLogProb(self, exp=True)
+
+
+class PosteriorLogProb(LogProb):
+    """:math:`\\log p(z|x)` of a `MixturePosterior`: per row when ``z`` is given, for every component
+    (shape ``(K, batch)``, Pixyz's layout) when it is not — e.g. an EM step's responsibilities,
+    ``mixture.posterior().prob().eval({"x": x})``.
+
+    Args:
+        p: the posterior.
+        exp: probabilities (`prob`) instead of log-probabilities.
+    """
+
+    def __init__(self, p: MixturePosterior, exp: bool = False) -> None:
+        super().__init__(p)
+        self._input_var = list(p.input_var)  # the hidden variable is optional
+        self.exp = exp
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        given = all(v in ctx.values for v in self.p.var)
+        value = self.p.get_log_prob(ctx.values) if given else self.p.log_prob_every_state(ctx.values)
+        return value.exp() if self.exp else value
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self.p.prob_text if self.exp else super()._render(fmt)

@@ -43,10 +43,9 @@ def normal_experts(p: Distribution | Sequence[Distribution], owner: str) -> list
 
 
 def expert_loc_scale(e: Distribution, x_dict: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
-    """``loc`` and ``scale`` of a Normal expert, batch first (constants get a batch of 1)."""
+    """``loc`` and ``scale`` of a Normal expert, batch first (constants have a batch of 1)."""
     dist = e.get_dist(x_dict, independent=False)
-    loc, scale = dist.mean, dist.stddev
-    return (loc, scale) if e.cond_var else (loc.unsqueeze(0), scale.unsqueeze(0))
+    return dist.mean, dist.stddev
 
 
 def precision_product(loc: Tensor, scale: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,7 +80,7 @@ class ProductOfNormal(Normal):
         >>> q.get_params({"x": torch.full((1, 2), 3.0)})["loc"]
         tensor([[1.5000, 1.5000]])
         >>> q.get_params({})["scale"]
-        tensor([1., 1.])
+        tensor([[1., 1.]])
     """
 
     def __init__(self, p: Sequence[Distribution], name: str = "p",
@@ -137,17 +136,17 @@ class ProductOfNormal(Normal):
             f"N(0, I), whose shape is unknown; give features_shape when building {type(self).__name__}"
         )
 
-    def _params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         experts = self._experts(x_dict)
         if experts is None:
-            shape = self._prior_shape(x_dict)
-            return {"loc": self.prior_loc.expand(shape), "scale": self.prior_scale.expand(shape)}, False
+            shape = (1, *self._prior_shape(x_dict))
+            return {"loc": self.prior_loc.expand(shape), "scale": self.prior_scale.expand(shape)}
         loc, scale = precision_product(*experts)
-        return {"loc": loc, "scale": scale}, True
+        return {"loc": loc, "scale": scale}
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         """``{"loc", "scale"}`` of the product given the present conditioning variables."""
-        return self._params(cond)[0]
+        return self._compute_params(cond)
 
 
 class ElementWiseProductOfNormal(ProductOfNormal):

@@ -6,7 +6,8 @@ the new names and samples are returned under them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from kizuna.distributions.base import Distribution, Tensor, XDict
 
@@ -70,14 +71,26 @@ class ReplaceVarDistribution(Distribution):
             raise NotImplementedError(f"{self.prob_text}: {err}") from err
         return {self._rename.get(k, k): v for k, v in out.items()}
 
+    def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
+        out = self.p._sample_n(self._inner(x_dict), self._inner(repeated), n, batch_n, reparam)
+        return {self._rename.get(k, k): v for k, v in out.items()}
+
+    def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:
+        out = self.p._mean_values(self._inner(x_dict), batch_n)
+        return {self._rename.get(k, k): v for k, v in out.items()}
+
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         try:
             return self.p.get_log_prob(self._inner(x_dict), sum_features)
         except NotImplementedError as err:
             raise NotImplementedError(f"{self.prob_text}: {err}") from err
 
-    def get_entropy(self, x_dict: Mapping | None = None, sum_features: bool = True) -> Tensor:
-        return self.p.get_entropy(self._given(x_dict), sum_features)
+    def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
+        return self.p._log_prob_dims(self._inner(x_dict), dims)
+
+    def get_entropy(self, x_dict: Mapping | None = None, sum_features: bool = True,
+                    feature_dims: Sequence[int] | None = None) -> Tensor:
+        return self.p.get_entropy(self._given(x_dict), sum_features, feature_dims)
 
     def sample_mean(self, x_dict: Mapping | None = None) -> Tensor:
         return self.p.sample_mean(self._given(x_dict))
@@ -92,5 +105,5 @@ class ReplaceVarDistribution(Distribution):
     def get_dist(self, x_dict: Mapping | None = None, independent: bool = True):  # noqa: ANN201
         return self.p.get_dist(self._given(x_dict), independent)
 
-    def get_params(self, x_dict: Mapping | None = None) -> dict[str, Tensor]:
-        return self.p.get_params(self._given(x_dict))
+    def get_params(self, params_dict: Mapping | None = None, **kwargs: Any) -> dict[str, Tensor]:
+        return self.p.get_params(self._given(params_dict))

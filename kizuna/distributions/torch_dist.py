@@ -1,20 +1,34 @@
 """`TorchDistribution`: a named-variable layer over one ``torch.distributions`` family.
 
-Parameters come from three places, merged per call:
+Parameters come from three places, merged per call (in this order, as Pixyz's ``get_params``):
 
-* constants given at construction (numbers / tensors become buffers, ``nn.Parameter``
-  stays learnable) — these carry **no** batch dimension, their shape (or
-  ``features_shape``) is the feature shape;
 * ``forward(**cond)`` returning a dict (override it in a subclass; argument names are
   ``cond_var``) — batch first;
 * a string naming a conditioning variable, used as the parameter as is
-  (``Normal(var=["z"], cond_var=["m"], loc="m", scale=1.0)``).
+  (``Normal(var=["z"], cond_var=["m"], loc="m", scale=1.0)``);
+* constants given at construction. A number or tensor is **copied** and stored as a buffer under
+  its own name with a leading batch dimension of one (``Normal(loc=torch.zeros(3), scale=1.0)``
+  has ``p.loc`` of shape ``(1, 3)`` and ``state_dict`` keys ``loc`` and ``scale``, as in Pixyz); a
+  number is expanded to ``features_shape`` when one is given. An ``nn.Parameter`` is registered
+  as it is (learnable, the caller's object) and gets its batch dimension when used.
+
+Densities and samplers are torch's. A family may also define closed forms in its own class
+(`_log_prob_kernel`, `_rsample_kernel`, `_kl_kernel`): the same formulas as torch, computed from
+the parameter tensors without building a ``torch.distributions`` object; they are the only path
+for that family (tested against torch in tests/test_families.py).
+
+Validation is torch's switch (``torch.distributions.Distribution.set_default_validate_args``,
+or `validation` here): while it is on, parameters are checked by torch's own constructor and
+scored values against the family's support; `kizuna.models.Model` has a per-model option.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import torch
@@ -22,33 +36,49 @@ from torch import distributions as D
 from torch import nn
 from torch.distributions import constraints
 
-from kizuna.distributions import kernels
-from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
-from kizuna.distributions.kernels import satisfies
-from kizuna.distributions.memo import memoized
+from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, sum_rows
+from kizuna.formula.memo import memoized, remember
 
-_VALIDATE = [True]
 # torch's message: "Expected parameter NAME (...) of distribution ... to satisfy the constraint
 # CONSTRAINT, but found invalid values"; the constraint itself may contain ", " (Interval(a, b)).
 _PARAM_ERROR = re.compile(r"Expected parameter (\w+) .*?to satisfy the constraint (.+?), but found")
 
 
-# families whose validation is exactly their arg_constraints (no other checks in __init__ / log_prob)
-SCREENED: frozenset[type[D.Distribution]] = frozenset(
-    {D.Normal, D.Bernoulli, D.Laplace, D.Poisson, D.Gamma, D.StudentT, D.Dirichlet})
-
-
-def set_validation(enabled: bool) -> None:
-    """Turn parameter and value validation on (default) or off, for speed."""
-    _VALIDATE[0] = bool(enabled)
+_CHECKS: ContextVar[bool | None] = ContextVar("kizuna_validation", default=None)
 
 
 def validation_enabled() -> bool:
-    return _VALIDATE[0]
+    """Whether parameters and values are checked: the innermost `validation` block's setting, else
+    torch's default ``validate_args`` (``set_validation``)."""
+    local = _CHECKS.get()
+    return bool(D.Distribution._validate_args) if local is None else local
 
 
-def _recheck_constants(module: TorchDistribution, _keys: Any) -> None:
-    module._constants_checked = False  # loaded values are validated at their next use
+def set_validation(enabled: bool) -> None:
+    """Turn checking of parameters and values on or off for the process (torch's
+    ``set_default_validate_args``, which the torch distributions kizuna builds follow too)."""
+    D.Distribution.set_default_validate_args(bool(enabled))
+
+
+@contextmanager
+def validation(enabled: bool) -> Iterator[None]:
+    """Checks on (or off) within the block, whatever the process default (as Pyro's
+    ``validation_enabled``); ``kizuna.models.Model(validate=...)`` uses it for its steps.
+
+    >>> from kizuna.distributions import Normal
+    >>> with validation(False):
+    ...     validation_enabled()
+    False
+    """
+    token = _CHECKS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _CHECKS.reset(token)
+
+
+def _shape_text(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
 
 class TorchDistribution(Distribution):
@@ -56,6 +86,8 @@ class TorchDistribution(Distribution):
 
     Subclasses set ``torch_class`` and ``param_names``; constructor keyword arguments named
     in ``param_names`` give constant parameters (or the name of a conditioning variable).
+    A distribution may be built without some parameters (``Normal(var=["x"])``); using it
+    before they are given is an error that names them.
     """
 
     torch_class: ClassVar[type[D.Distribution]]
@@ -83,17 +115,17 @@ class TorchDistribution(Distribution):
                 f"its parameters are {', '.join(self.param_names)}"
             )
         self._const_names: list[str] = []
-        self._numbers: dict[str, float] = {}  # Python numbers: follow the inputs' dtype and device
+        self._numbers: dict[str, float] = {}  # Python numbers: follow the inputs' dtype and device exactly
         self._static: dict[str, Any] = {}
         self._from_var: dict[str, str] = {}
+        self._expand: dict[str, torch.Size] = {}  # constants broadcast to features_shape at use
         for key, value in params.items():
             self._set_param(key, value)
         self._uses_forward = type(self).forward is not TorchDistribution.forward
-        self._constants_checked = False
-        self.register_load_state_dict_post_hook(_recheck_constants)
-        if not self._uses_forward and not self._from_var:
-            self.get_dist({})  # constant parameters: validate them now, not at first use
+        if not self._uses_forward and not self._from_var and self._const_names and self._complete():
+            self._check_constants()
 
+    # ------------------------------------------------------------ construction
     def _set_param(self, key: str, value: Any) -> None:
         if value is None:
             return
@@ -107,16 +139,75 @@ class TorchDistribution(Distribution):
                 )
             self._from_var[key] = value
         elif isinstance(value, nn.Parameter):
-            self.register_parameter(f"{key}_", value)
+            self.register_parameter(key, value)
             self._const_names.append(key)
         else:
-            tensor = torch.as_tensor(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._numbers[key] = float(value)
+            try:
+                tensor = torch.as_tensor(value).detach().clone()  # a copy: the caller's tensor stays theirs
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise TypeError(f"{self.prob_text}: parameter {key} must be a number, a tensor, a variable "
+                                f"name or an nn.Parameter, got {type(value).__name__}") from err
             if not tensor.is_floating_point():
                 tensor = tensor.to(torch.get_default_dtype())
-            self.register_buffer(f"{key}_", tensor)
+            if tensor.dim() == 0 and self._features_shape and _per_element(self.torch_class, key):
+                tensor = tensor.expand(self._features_shape).clone()
+            self.register_buffer(key, tensor.unsqueeze(0).contiguous())
             self._const_names.append(key)
-            if isinstance(value, (int, float)):
-                self._numbers[key] = float(value)
+
+    def _complete(self) -> bool:
+        given = set(self._const_names) | set(self._from_var) | set(self._static)
+        return self._missing(given) == []
+
+    def _missing(self, given: set[str]) -> list[str]:
+        """Required parameters absent from ``given``, from the torch class's signature: those without
+        a default, and one of each group of alternatives whose defaults are all ``None``
+        (``probs`` or ``logits``; ``covariance_matrix``, ``precision_matrix`` or ``scale_tril``)."""
+        required, optional = _signature(self.torch_class)
+        missing = [n for n in required if n in self.param_names and n not in given]
+        group = [n for n in optional if n in self.param_names]
+        if group and not given & set(group):
+            missing.append(" or ".join(group))
+        return missing
+
+    def _check_constants(self) -> None:
+        """Constant parameters: finite, valid for the family, and defining ``features_shape``."""
+        for key in self._const_names:
+            value = getattr(self, key)
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{self.prob_text}: constant parameter {key} of {type(self).__name__} must be "
+                                 f"finite, got non-finite values (shape {tuple(value.shape)})")
+        try:
+            with validation(True):
+                dist = self._build(self._compute_params({}), independent=False)
+        except ValueError as err:
+            if not self._features_shape or "broadcast" not in str(err):
+                raise
+            raise ValueError(f"{self.prob_text}: the constant parameters do not fit features_shape "
+                             f"{tuple(self._features_shape)}: {err}") from None
+        features = dist.batch_shape[1:] + dist.event_shape
+        if self._features_shape and features != self._features_shape:
+            # constants that broadcast to features_shape are expanded to it (views, at each use)
+            n_event = len(dist.event_shape)
+            batch = torch.Size([1]) + self._features_shape[:len(self._features_shape) - n_event]
+            if not _broadcasts(dist.batch_shape, batch):
+                raise ValueError(f"{self.prob_text}: features_shape {tuple(self._features_shape)} does not fit "
+                                 f"parameters of shape {tuple(features)}")
+            table = self.torch_class.arg_constraints
+            for key in self._const_names:
+                if key not in table:
+                    continue  # not an elementwise parameter (e.g. a temperature)
+                event_dim = getattr(table.get(key), "event_dim", 0)
+                value = getattr(self, key)
+                self._expand[key] = batch + value.shape[value.dim() - event_dim:] if event_dim else batch
+            with validation(True):
+                dist = self._build(self._compute_params({}), independent=False)
+            features = dist.batch_shape[1:] + dist.event_shape
+            if features != self._features_shape:
+                raise ValueError(f"{self.prob_text}: features_shape {tuple(self._features_shape)} does not fit "
+                                 f"parameters of shape {tuple(features)}")
+        self._features_shape = torch.Size(features)
 
     @property
     def has_reparam(self) -> bool:
@@ -131,29 +222,38 @@ class TorchDistribution(Distribution):
         return {}
 
     # ------------------------------------------------------------ parameters
-    def _params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Merged parameters and whether they carry a batch dimension (shared within an evaluation)."""
+    def _params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """The merged parameters for these inputs, each with a leading batch dimension (shared within
+        one evaluation, see `kizuna.formula.memo`)."""
         inputs = [x_dict.get(k) for k in self._cond_var]  # None: an optional input is absent
         return memoized(self, "params", inputs, lambda: self._compute_params(x_dict))
 
-    def _compute_params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        params: dict[str, Any] = dict(self._static)
-        for key in self._const_names:
-            params[key] = getattr(self, f"{key}_")
-        batched = False
+    def _from_inputs(self) -> bool:
+        """Whether parameters come from the inputs (their rows are the batch) or are all constant."""
+        return self._uses_forward or bool(self._from_var)
+
+    def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
+        params: dict[str, Any] = {}
         if self._uses_forward:
             params.update(self._check_forward(self(**{k: x_dict[k] for k in self._cond_var})))
-            batched = True
         for key, cond in self._from_var.items():
             params[key] = x_dict[cond]
-            batched = True
-        if batched and self._numbers:
-            like = next((v for k, v in params.items() if k not in self._const_names
-                         and isinstance(v, Tensor) and v.is_floating_point()), None)
-            if like is not None:
-                for key, number in self._numbers.items():
-                    params[key] = torch.tensor(number, dtype=like.dtype, device=like.device)
-        return params, batched
+        like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
+        for key in self._const_names:
+            if key in params:
+                continue
+            value = getattr(self, key)
+            if isinstance(value, nn.Parameter):
+                value = value.unsqueeze(0)
+            if key in self._expand:
+                value = value.expand(self._expand[key])
+            elif key in self._numbers and like is not None and (value.dtype != like.dtype
+                                                                 or value.device != like.device):
+                value = torch.full(value.shape, self._numbers[key], dtype=like.dtype, device=like.device)
+            params[key] = value
+        for key, value in self._static.items():
+            params.setdefault(key, value)
+        return params
 
     def _check_forward(self, out: Any) -> Mapping[str, Any]:
         """``forward``'s result, checked: a dict naming only this family's parameters."""
@@ -169,11 +269,54 @@ class TorchDistribution(Distribution):
             )
         return out
 
-    def get_params(self, x_dict: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
-        """See `Distribution.get_params`."""
-        x_dict = dict(x_dict or {})
+    def get_params(self, params_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Tensor]:
+        """See `Distribution.get_params`: forward's outputs, then variables, then constants."""
+        x_dict = dict(params_dict or {})
         self._require(x_dict, self._cond_var)
-        return self._params(x_dict)[0]
+        return dict(self._params(x_dict))
+
+    # ------------------------------------------------------- torch objects
+    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True) -> D.Distribution:
+        """The torch distribution for these inputs (built once per evaluation, see `memo`)."""
+        inputs = [x_dict.get(k) for k in self._cond_var]
+        return memoized(self, ("dist", independent), inputs,
+                        lambda: self._build(self._params(x_dict), independent))
+
+    def _build(self, params: dict[str, Any], independent: bool) -> D.Distribution:
+        """The torch distribution for merged ``params``; features (all but the first batch
+        dimension) become event dimensions when ``independent``."""
+        missing = self._missing(set(params))
+        if missing:
+            raise ValueError(f"{self.prob_text}: {type(self).__name__} has no value for {', '.join(missing)}; "
+                             "give it as a constant, as the name of a conditioning variable, or from forward()")
+        validate = validation_enabled()
+        if validate:
+            self._check_params(params)
+        try:
+            dist = self.torch_class(**params, validate_args=validate)
+        except ValueError as err:
+            match = _PARAM_ERROR.search(str(err))
+            if match:
+                raise ValueError(
+                    f"{self.prob_text}: parameter '{match.group(1)}' of {type(self).__name__} must satisfy "
+                    f"{match.group(2)}; got invalid values"
+                ) from None
+            raise ValueError(f"{self.prob_text}: invalid parameters for {type(self).__name__}: {err}") from err
+        except RuntimeError as err:  # parameters whose shapes do not broadcast
+            shapes = ", ".join(f"{k} {_shape_text(v)}" for k, v in params.items() if isinstance(v, Tensor))
+            raise ValueError(f"{self.prob_text}: parameter shapes do not broadcast: {shapes}") from err
+        except TypeError as err:
+            raise TypeError(
+                f"{self.prob_text}: cannot build {type(self).__name__} from parameters "
+                f"{sorted(params)} (give them as constants or return them from forward): {err}"
+            ) from err
+        if len(dist.batch_shape) == 0:
+            raise ValueError(f"{self.prob_text}: parameters from forward() need a leading batch dimension "
+                             f"(got {', '.join(f'{k} {_shape_text(v)}' for k, v in params.items())})")
+        n_features = len(dist.batch_shape) - 1
+        if independent and n_features > 0:
+            return D.Independent(dist, n_features, validate_args=False)
+        return dist
 
     def _check_params(self, params: dict[str, Any]) -> None:
         for key, constraint in self.param_constraints.items():
@@ -181,189 +324,230 @@ class TorchDistribution(Distribution):
             if value is not None and not bool(constraint.check(torch.as_tensor(value)).all()):
                 raise ValueError(
                     f"{self.prob_text}: parameter '{key}' of {type(self).__name__} must satisfy {constraint}; "
-                    "got invalid values."
+                    "got invalid values"
                 )
-
-    def _build(self, params: dict[str, Any], validate: bool) -> D.Distribution:
-        if validate:
-            self._check_params(params)
-        # torch's own checks build a boolean tensor per parameter; a cheaper screen that passes makes
-        # them redundant (a failing screen lets torch check, for its message)
-        screened = validate and self._screened(params)
-        try:
-            dist = self.torch_class(**params, validate_args=validate and not screened)
-        except ValueError as err:
-            match = _PARAM_ERROR.search(str(err))
-            if match:
-                raise ValueError(
-                    f"{self.prob_text}: parameter '{match.group(1)}' of {type(self).__name__} must satisfy "
-                    f"{match.group(2)}; got invalid values. ({err})"
-                ) from err
-            raise ValueError(f"{self.prob_text}: invalid parameters for {type(self).__name__}: {err}") from err
-        except RuntimeError as err:  # parameters whose shapes do not broadcast
-            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in params.items() if isinstance(v, Tensor))
-            raise ValueError(f"{self.prob_text}: parameter shapes do not broadcast: {shapes} ({err})") from err
-        except TypeError as err:
-            raise TypeError(
-                f"{self.prob_text}: cannot build {type(self).__name__} from parameters "
-                f"{sorted(params)} (give them as constants or return them from forward): {err}"
-            ) from err
-        if screened:
-            dist._validate_args = True  # as built with validate_args=True: values scored later are checked
-        return dist
-
-    def _screened(self, params: dict[str, Any]) -> bool:
-        """Whether every parameter passes its torch constraint, for families whose validation is
-        exactly their ``arg_constraints`` (see `kizuna.distributions.kernels.satisfies`)."""
-        if self.torch_class not in SCREENED:
-            return False
-        table = self.torch_class.arg_constraints
-        for key, value in params.items():
-            constraint = table.get(key)
-            if constraint is not None and not constraints.is_dependent(constraint) and \
-                    not satisfies(constraint, value):
-                return False
-        return True
-
-    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True) -> tuple[D.Distribution, bool]:
-        """The torch distribution for these inputs (built once per evaluation, see `memo`)."""
-        inputs = [x_dict.get(k) for k in self._cond_var]  # None: an optional input is absent
-        return memoized(self, ("dist", independent), inputs, lambda: self._new_torch_dist(x_dict, independent))
-
-    def _needs_validation(self, batched: bool) -> bool:
-        """Buffer constants are checked once (at construction and after loading), not every call."""
-        if not _VALIDATE[0]:
-            return False
-        return batched or not self._constants_checked or any(
-            isinstance(getattr(self, f"{k}_"), nn.Parameter) for k in self._const_names)
-
-    def _new_torch_dist(self, x_dict: Mapping[str, Any], independent: bool) -> tuple[D.Distribution, bool]:
-        params, batched = self._params(x_dict)
-        return self._dist_from(params, batched, independent), batched
-
-    def _dist_from(self, params: dict[str, Any], batched: bool, independent: bool,
-                   validate: bool | None = None) -> D.Distribution:
-        """The torch distribution for merged ``params`` (validated unless ``validate`` is False)."""
-        validate = self._needs_validation(batched) if validate is None else validate
-        base = self._build(params, validate)
-        if not batched and not self._constants_checked:
-            self._constants_checked = True
-        if not batched and self._features_shape:
-            n_event = len(base.event_shape)
-            target = self._features_shape[: len(self._features_shape) - n_event]
-            if base.batch_shape != target:
-                try:
-                    base = base.expand(target)
-                except (RuntimeError, ValueError) as err:
-                    raise ValueError(
-                        f"{self.prob_text}: features_shape {tuple(self._features_shape)} does not fit "
-                        f"parameters of shape {tuple(base.batch_shape + base.event_shape)}"
-                    ) from err
-        n_features = len(base.batch_shape) - int(batched)
-        if n_features < 0:
-            raise ValueError(f"{self.prob_text}: parameters from forward() need a leading batch dimension")
-        if independent and n_features > 0:
-            return D.Independent(base, n_features, validate_args=False)
-        return base
 
     def get_dist(self, x_dict: Mapping[str, Any] | None = None, independent: bool = True) -> D.Distribution:
         """A fresh ``torch.distributions`` object for these inputs; features are event dims."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        return self._torch_dist(x_dict, independent)[0]
+        return self._torch_dist(x_dict, independent)
+
+    # --------------------------------------------------- closed-form hooks
+    @classmethod
+    def _has_hook(cls, name: str) -> bool:
+        """Whether this family defines the closed-form hook ``name``."""
+        return getattr(cls, name) is not getattr(TorchDistribution, name)
+
+    def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor | None:
+        """The elementwise log-density from the parameters, or None to use torch's (see module docstring)."""
+        return None
+
+    def _rsample_kernel(self, shape: torch.Size, params: dict[str, Any]) -> Tensor | None:
+        """A reparameterised draw of ``shape`` (torch's random stream), or None to use torch's."""
+        return None
+
+    def _kl_kernel(self, other: TorchDistribution, params: dict[str, Any],
+                   other_params: dict[str, Any]) -> Tensor | None:
+        """The elementwise KL to ``other``, or None to use torch's registry."""
+        return None
+
+    def analytic_kl(self, other: Distribution, x_dict: Mapping[str, Any], per_feature: bool = False) -> Tensor:
+        """:math:`D_{KL}[self\\|other]` in closed form, per row (or per feature), given ``x_dict``."""
+        if isinstance(other, TorchDistribution):
+            params, other_params = self._params(x_dict), other._params(x_dict)
+            if not validation_enabled():
+                kl = self._kl_kernel(other, params, other_params)
+                if kl is not None:
+                    return kl if per_feature else sum_rows(kl)
+        kl = D.kl_divergence(self._torch_dist(x_dict, independent=not per_feature),
+                             other.get_dist(x_dict, independent=not per_feature))
+        return kl if kl.dim() > 0 else kl.unsqueeze(0)
 
     # ------------------------------------------------------ sample / density
+    def _rows(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None) -> int | None:
+        """The number of rows to draw: ``batch_n``; else the parameters' rows; parameters with one row
+        (constants) broadcast to the rows of the other values in ``x_dict``."""
+        if batch_n is not None:
+            return batch_n
+        rows = next((v.shape[0] for k, v in params.items() if isinstance(v, Tensor) and v.dim() > 0
+                     and k not in self._static), 1)
+        return rows if rows != 1 else (batch_size_of(x_dict) or 1)
+
+    def _draw(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None, n: int,
+              reparam: bool) -> Tensor:
+        """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
+        rows = self._rows(params, x_dict, batch_n)
+        lead = (n,) if n > 1 else ()
+        if reparam and self.has_reparam and not validation_enabled() and self._has_hook("_rsample_kernel"):
+            shape = self._kernel_shape(params, rows)
+            if shape is not None:
+                z = self._rsample_kernel(torch.Size(lead) + shape, params)
+                if z is not None:
+                    return z
+        dist = self._torch_dist(x_dict)
+        batch = dist.batch_shape
+        if rows is not None and rows != batch[0]:
+            if batch[0] != 1:
+                raise ValueError(f"{self.prob_text}: batch_n={rows} but the conditioning values have batch size "
+                                 f"{batch[0]}")
+            dist = dist.expand(torch.Size([rows]) + batch[1:])
+        return dist.rsample(lead) if reparam and self.has_reparam else dist.sample(lead)
+
+    def _kernel_shape(self, params: dict[str, Any], rows: int | None) -> torch.Size | None:
+        """The broadcast shape of the parameters with ``rows`` rows, if they are all tensors."""
+        shape = None
+        for key, v in params.items():
+            if key in self._static:
+                continue
+            if not isinstance(v, Tensor):
+                return None
+            if shape is None:
+                shape = v.shape
+            elif v.shape != shape:
+                shape = torch.broadcast_shapes(shape, v.shape)
+        if shape is None:
+            return None
+        if len(shape) == 0:
+            return None
+        if rows is not None and rows != shape[0]:
+            if shape[0] != 1:
+                raise ValueError(f"{self.prob_text}: batch_n={rows} but the conditioning values have batch size "
+                                 f"{shape[0]}")
+            shape = torch.Size([rows]) + shape[1:]
+        return shape
+
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
-        dist, batched = self._torch_dist(x_dict)
-        return {self._var[0]: self._draw_from(dist, batched, x_dict, batch_n, reparam)}
+        return {self._var[0]: self._draw(self._params(x_dict), x_dict, batch_n, 1, reparam)}
 
-    def _draw_from(self, dist: D.Distribution, batched: bool, x_dict: Mapping[str, Any], batch_n: int | None,
-                   reparam: bool) -> Tensor:
-        """A draw of ``batch_n`` rows from ``dist`` (see `_sample`)."""
-        if batched:
-            shape: tuple[int, ...] = ()
-            if batch_n is not None and dist.batch_shape[0] == 1 and batch_n != 1:
-                dist = dist.expand(torch.Size([batch_n]) + dist.batch_shape[1:])
-            elif batch_n is not None and dist.batch_shape[0] != batch_n:
-                raise ValueError(
-                    f"{self.prob_text}: batch_n={batch_n} but the conditioning values have batch size "
-                    f"{dist.batch_shape[0]}"
-                )
-        else:
-            shape = (batch_n or batch_size_of(x_dict) or 1,)
-        return dist.rsample(shape) if reparam and self.has_reparam else dist.sample(shape)
+    def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
+        """See `Distribution._sample_n`: the parameters once per row, ``n`` draws from them; the
+        parameters repeated for the rows of ``repeated`` are remembered for this evaluation."""
+        if n == 1:
+            return self._sample(x_dict, batch_n, reparam)
+        params = self._params(x_dict)
+        z = self._draw(params, x_dict, batch_n, n, reparam)
+        if self._from_inputs():
+            remember(self, "params", [repeated.get(k) for k in self._cond_var],
+                     {k: _repeat_rows(v, n) if k not in self._static else v for k, v in params.items()})
+        return {self._var[0]: z.reshape(n * z.shape[1], *z.shape[2:])}
 
-    def _check_value(self, value: Any, dist: D.Distribution, batched: bool) -> None:
+    def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:
+        """See `Distribution._mean_values`."""
+        dist = self._torch_dist(x_dict)
+        rows = self._rows(self._params(x_dict), x_dict, batch_n)
+        mean = dist.mean
+        if rows is not None and rows != mean.shape[0]:
+            mean = mean.expand(rows, *mean.shape[1:])
+        return {self._var[0]: mean}
+
+    def _value(self, value: Any, features: torch.Size) -> Tensor:
+        """The scored value with its batch dimension (a value without one is a batch of one)."""
         var = self._var[0]
         if not isinstance(value, Tensor):
             raise TypeError(f"{self.prob_text}: {var} must be a torch.Tensor, got {type(value).__name__}")
-        features = dist.batch_shape[int(batched):] + dist.event_shape
-        if value.dim() != len(features) + 1 or value.shape[1:] != features:
+        if value.dim() == len(features):
+            value = value.unsqueeze(0)
+        n = len(features)
+        if value.dim() < n + 1 or (n and value.shape[-n:] != features):
             raise ValueError(
                 f"{self.prob_text}: {var} has shape {tuple(value.shape)}, expected "
                 f"(batch, {', '.join(map(str, features))}) — features {tuple(features)}, "
                 f"given {tuple(value.shape[1:])}"
             )
-        if batched and dist.batch_shape[0] not in (1, value.shape[0]) and value.shape[0] != 1:
-            raise ValueError(
-                f"{self.prob_text}: {var} has batch size {value.shape[0]} but the parameters "
-                f"have batch size {dist.batch_shape[0]}"
-            )
+        return value
 
-    def _check_support(self, value: Tensor) -> None:
-        """Checks of scored values that torch leaves out (e.g. Bernoulli's [0, 1]); none by default."""
+    def _check_rows(self, value: Tensor, rows: int, features: torch.Size) -> None:
+        got = value.shape[value.dim() - len(features) - 1]
+        if rows not in (1, got) and got != 1:
+            raise ValueError(f"{self.prob_text}: {self._var[0]} has batch size {got} but the parameters have "
+                             f"batch size {rows}")
 
-    def _support_flags(self, value: Tensor) -> list[Tensor]:
-        """`_check_support` as unread boolean tensors, for checks deferred to one read (see `kizuna.losses.plan`)."""
-        return []
+    def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
+        """The support check of scored values (while validation is on); families may extend it."""
+        if self.validate_value and not bool(dist.support.check(value).all()):
+            raise ValueError(f"{self.prob_text}: value of {self._var[0]} is outside the support "
+                             f"({dist.support}) of {type(self).__name__}")
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        dist, batched = self._torch_dist(x_dict, independent=sum_features)
-        return self._log_prob_from(dist, batched, x_dict[self._var[0]])
+        lp = self._elementwise_log_prob(x_dict)
+        return sum_rows(lp) if sum_features else lp
 
-    def _log_prob_from(self, dist: D.Distribution, batched: bool, value: Any) -> Tensor:
-        """``dist.log_prob(value)`` after the shape and support checks (see `_log_prob`)."""
-        self._check_value(value, dist, batched)
-        checked = self.validate_value and _VALIDATE[0]
-        base = dist.base_dist if isinstance(dist, D.Independent) else dist
-        if checked and type(base) in SCREENED and isinstance(value, Tensor) and \
-                value.shape == dist.batch_shape + dist.event_shape and satisfies(base.support, value):
-            checked = False  # every value is in the support: torch's elementwise check would pass
-        dist._validate_args = checked
-        if isinstance(dist, D.Independent):
-            dist.base_dist._validate_args = checked
-        if type(base) is D.Bernoulli and "logits" in base.__dict__ and isinstance(value, Tensor) \
-                and base.logits.shape == value.shape and value.dim() > 0:
-            # torch's formula with the minus sign after the sum over features (fewer operations)
-            if base is dist:
-                return kernels.bernoulli_log_prob(value, base.logits)
-            if dist.reinterpreted_batch_ndims == value.dim() - 1:
-                return kernels.bernoulli_log_prob_sum(value, base.logits)
-        try:
-            return dist.log_prob(value)
-        except ValueError as err:
-            raise ValueError(f"{self.prob_text}: value of {self._var[0]} is invalid: {err}") from err
+    def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
+        """See `Distribution._log_prob_dims`."""
+        return sum_rows(self._elementwise_log_prob(x_dict), dims)
 
-    def _with_batch(self, value: Tensor, batched: bool) -> Tensor:
-        return value if batched else value.unsqueeze(0)
+    def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
+        """The log-density per feature entry (the event dimensions of the family reduced)."""
+        params = self._params(x_dict)
+        checking = validation_enabled()
+        shape = None if checking or not self._has_hook("_log_prob_kernel") else self._kernel_shape(params, None)
+        if shape is not None:
+            value = self._value(x_dict[self._var[0]], shape[1:])
+            self._check_rows(value, shape[0], shape[1:])
+            lp = self._log_prob_kernel(value, params)
+            if lp is not None:
+                return lp
+        dist = self._torch_dist(x_dict, independent=False)
+        features = dist.batch_shape[1:] + dist.event_shape
+        value = self._value(x_dict[self._var[0]], features)
+        self._check_rows(value, dist.batch_shape[0], features)
+        if checking:
+            self._check_support(value, dist)
+        dist._validate_args = False  # checked above, with a message naming the variable
+        return dist.log_prob(value)
 
-    def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True) -> Tensor:
+    def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True,
+                    feature_dims: Sequence[int] | None = None) -> Tensor:
         """See `Distribution.get_entropy`."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        dist, batched = self._torch_dist(x_dict, independent=sum_features)
-        return self._with_batch(dist.entropy(), batched)
+        entropy = self._torch_dist(x_dict, independent=False).entropy()
+        return sum_rows(entropy, feature_dims) if sum_features else entropy
 
     def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         """See `Distribution.sample_mean`."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        dist, batched = self._torch_dist(x_dict)
-        return self._with_batch(dist.mean, batched)
+        return self._torch_dist(x_dict).mean
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         """See `Distribution.sample_variance`."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        dist, batched = self._torch_dist(x_dict)
-        return self._with_batch(dist.variance, batched)
+        return self._torch_dist(x_dict).variance
+
+
+def _per_element(cls: type[D.Distribution], key: str) -> bool:
+    """Whether ``key`` is an elementwise parameter of ``cls`` (a number then fills ``features_shape``)."""
+    constraint = cls.arg_constraints.get(key)
+    return constraint is not None and getattr(constraint, "event_dim", 0) == 0
+
+
+def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+_SIGNATURES: dict[type, tuple[list[str], list[str]]] = {}
+
+
+def _signature(cls: type[D.Distribution]) -> tuple[list[str], list[str]]:
+    """The parameters ``cls.__init__`` requires, and those that default to ``None`` (alternatives)."""
+    found = _SIGNATURES.get(cls)
+    if found is None:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        required = [p.name for p in params if p.default is inspect.Parameter.empty
+                    and p.kind is p.POSITIONAL_OR_KEYWORD]
+        optional = [p.name for p in params if p.default is None and p.name != "validate_args"]
+        found = _SIGNATURES[cls] = (required, optional)
+    return found
+
+
+def _repeat_rows(value: Any, n: int) -> Any:
+    """A parameter repeated for ``n`` draws per row (sample-major); one row is left to broadcast."""
+    if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] == 1:
+        return value
+    return value.unsqueeze(0).expand(n, *value.shape).reshape(n * value.shape[0], *value.shape[1:])

@@ -19,7 +19,7 @@ their flattened values concatenated), passed to every layer as ``y``. The prior 
 conditional as well; the distribution's ``cond_var`` is the union.
 
 Scoring a draw of the same evaluation needs no inverse: while a loss is evaluated, a
-reparameterised draw records its base point and log-determinant (see `kizuna.distributions.memo`),
+reparameterised draw records its base point and log-determinant (see `kizuna.formula.memo`),
 and ``get_log_prob`` of that very tensor reuses them. So an IAF posterior costs one network pass
 per layer in an ELBO; any other point is scored through the inverse.
 """
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from kizuna.distributions.base import Distribution, Tensor, XDict, _as_list, batch_size_of
-from kizuna.distributions.memo import memoized
 from kizuna.flows.base import Flow
+from kizuna.formula.memo import memoized
 
 
 class _FlowDistribution(Distribution):
@@ -79,6 +79,20 @@ class _FlowDistribution(Distribution):
 
     def _memo_inputs(self, value: Tensor, x_dict: Mapping[str, Any]) -> list[Any]:
         return [value, *(x_dict.get(c) for c in self._cond_var)]
+
+    def forward(self, x: Tensor, y: Tensor | None = None, compute_jacobian: bool = True) -> Tensor:
+        """The flow applied to ``x`` (context ``y``); with ``compute_jacobian`` its log-determinant per row
+        is kept in `logdet_jacobian` (Pixyz's ``forward``)."""
+        return self.flow(x, y, compute_jacobian=compute_jacobian)
+
+    def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """The inverse flow applied to ``z`` (context ``y``), without the log-determinant (Pixyz)."""
+        return self.flow.inverse(z, y)
+
+    @property
+    def logdet_jacobian(self) -> Tensor | None:
+        """:math:`\\log|\\det J_f(x)|` per row from the last ``forward(..., compute_jacobian=True)``."""
+        return self.flow.logdet_jacobian
 
     def _draw_base(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> Tensor:
         """A draw of the prior's variable, as many rows as the context when nothing else says."""

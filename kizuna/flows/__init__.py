@@ -13,12 +13,12 @@ from kizuna.flows.normalization import ActNorm, BatchNorm1d, BatchNorm2d
 from kizuna.flows.permutation import Permutation, Reverse, Shuffle
 from kizuna.flows.planar import PlanarFlow
 from kizuna.flows.preprocess import Preprocess
-from kizuna.flows.reshape import Squeeze, Unsqueeze
+from kizuna.flows.reshape import Flatten, Squeeze, Unsqueeze
 
 ActNorm2d = ActNorm  # Pixyz's name
 
 __all__ = [
     "IAF", "MAF", "ActNorm", "ActNorm2d", "AffineCoupling", "BatchNorm1d", "BatchNorm2d", "ChannelConv", "Flow",
-    "FlowList", "Permutation", "PlanarFlow", "Preprocess", "RationalQuadraticCoupling", "Reverse", "Shuffle",
+    "Flatten", "FlowList", "Permutation", "PlanarFlow", "Preprocess", "RationalQuadraticCoupling", "Reverse", "Shuffle",
     "Squeeze", "Unsqueeze",
 ]

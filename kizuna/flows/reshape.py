@@ -1,4 +1,5 @@
-r"""`Squeeze` and `Unsqueeze`: trade spatial resolution for channels (RealNVP, arXiv:1605.08803, sec. 3.6).
+r"""`Squeeze` and `Unsqueeze`: trade spatial resolution for channels (RealNVP, arXiv:1605.08803, sec. 3.6);
+`Flatten`: images to vectors.
 
 `Squeeze` turns each :math:`2 \times 2` block of every channel into four channels,
 :math:`(C, H, W) \to (4C, H/2, W/2)`; `Unsqueeze` is its inverse. Both only move entries, so
@@ -66,3 +67,32 @@ class Unsqueeze(Squeeze):
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         return self._squeeze(z, "z"), z.new_zeros(z.shape[0])
+
+
+class Flatten(Flow):
+    """:math:`(B, *s) \\to (B, \\prod s)`, log-determinant 0 (Pixyz's ``Flatten``).
+
+    Args:
+        in_size: the shape ``s`` of one input without the batch dimension. When not given, ``forward``
+            records it (as Pixyz does), so ``inverse`` works after a forward pass.
+
+    >>> import torch
+    >>> f = Flatten((2, 3))
+    >>> f(torch.ones(4, 2, 3)).shape, f.inverse(torch.ones(4, 6)).shape
+    (torch.Size([4, 6]), torch.Size([4, 2, 3]))
+    """
+
+    def __init__(self, in_size: tuple[int, ...] | None = None) -> None:
+        super().__init__(None)
+        self.in_size = None if in_size is None else tuple(in_size)
+
+    def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.in_size is not None and tuple(x.shape[1:]) != self.in_size:
+            raise ValueError(f"Flatten: x has shape {tuple(x.shape)}, expected (batch, {self.in_size})")
+        self.in_size = tuple(x.shape[1:])
+        return x.reshape(x.shape[0], -1), x.new_zeros(x.shape[0])
+
+    def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.in_size is None:
+            raise ValueError("Flatten: the input shape is unknown; give in_size or run forward first")
+        return z.reshape(z.shape[0], *self.in_size), z.new_zeros(z.shape[0])

@@ -1,11 +1,29 @@
-"""The loss algebra: lazy formulas over named variables (see `kizuna.losses.base`)."""
+"""The loss algebra: lazy formulas over named variables (the bottom of the algebra is `kizuna.formula`)."""
 
+from kizuna.formula import (
+    AbsLoss,
+    AddLoss,
+    BatchMean,
+    BatchSum,
+    ConstantVar,
+    DivLoss,
+    LogProb,
+    Loss,
+    MaxLoss,
+    MinLoss,
+    MulLoss,
+    NegLoss,
+    Parameter,
+    PowLoss,
+    Prob,
+    SubLoss,
+    ValueLoss,
+)
 from kizuna.losses.adversarial import (
     AdversarialJensenShannon,
     AdversarialKullbackLeibler,
     AdversarialWassersteinDistance,
 )
-from kizuna.losses.base import Loss
 from kizuna.losses.contrastive import ContrastiveDivergence
 from kizuna.losses.diffusion import NoisePredictionError, SumOverSteps, diffusion_bound, simple_diffusion_loss
 from kizuna.losses.divergences import KullbackLeibler
@@ -13,21 +31,7 @@ from kizuna.losses.elbo import ELBO, IWAE
 from kizuna.losses.entropy import CrossEntropy, Entropy
 from kizuna.losses.expectation import REINFORCE, Expectation
 from kizuna.losses.iterative import IterativeLoss
-from kizuna.losses.log_prob import LogProb, Prob
 from kizuna.losses.mmd import MMD
-from kizuna.losses.operators import (
-    AbsLoss,
-    AddLoss,
-    BatchMean,
-    BatchSum,
-    DivLoss,
-    MaxLoss,
-    MinLoss,
-    MulLoss,
-    NegLoss,
-    PowLoss,
-    SubLoss,
-)
 from kizuna.losses.score import (
     DenoisingScoreError,
     ScoreMatchingError,
@@ -35,7 +39,6 @@ from kizuna.losses.score import (
     denoising_score_matching,
     sliced_score_matching,
 )
-from kizuna.losses.values import ConstantVar, Parameter, ValueLoss
 from kizuna.losses.wasserstein import WassersteinDistance
 
 __all__ = [

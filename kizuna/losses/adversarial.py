@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from kizuna._text import LATEX, format_name
 from kizuna.distributions.base import batch_size_of
 from kizuna.distributions.families import Bernoulli
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 
 _LOG_MIN = -100.0  # log(0) is clamped here, as torch's binary cross-entropy does
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from kizuna._text import LATEX
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 
 
 class ContrastiveDivergence(Loss):

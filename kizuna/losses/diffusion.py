@@ -24,11 +24,11 @@ import torch
 from kizuna._text import LATEX
 from kizuna.distributions.base import batch_size_of
 from kizuna.distributions.diffusion import DDPM, DiffusionForward, DiffusionPosterior, DiffusionReverse, DiscreteUniform
-from kizuna.distributions.memo import shared_parameters
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.memo import shared_parameters
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.divergences import KullbackLeibler
 from kizuna.losses.expectation import Expectation
-from kizuna.losses.log_prob import LogProb
+from kizuna.formula.log_prob import LogProb
 
 _TEXT = {"text": "||ε - ε_θ({0},{1})||^2", "latex": r"\left\|\epsilon - \epsilon_\theta({0},{1})\right\|^2"}
 
@@ -79,7 +79,7 @@ class SumOverSteps(Loss):
         super().__init__([v for v in f.input_var if v != t_var])
         self.f, self.low, self.high, self.t_var = f, low, high, t_var
 
-    def children(self) -> list[Loss]:
+    def subterms(self) -> list[Loss]:
         return [self.f]
 
     def _value(self, ctx: EvalContext) -> Tensor:

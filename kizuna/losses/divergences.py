@@ -11,9 +11,11 @@ from typing import Any
 
 from torch import distributions as D
 
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.distributions.base import Distribution
+from kizuna.distributions.torch_dist import TorchDistribution
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
-from kizuna.losses.log_prob import LogProb
+from kizuna.formula.log_prob import LogProb
 
 
 def with_row(value: Tensor) -> Tensor:
@@ -21,10 +23,10 @@ def with_row(value: Tensor) -> Tensor:
     return value if value.dim() > 0 else value.unsqueeze(0)
 
 
-def analytic_kl_available(p: Any, q: Any) -> bool:
+def analytic_kl_available(p: Distribution, q: Distribution) -> bool:
     """Whether torch's KL registry has a closed form for the families of ``p`` and ``q``."""
     fp, fq = p.torch_family, q.torch_family
-    if fp is None or fq is None:
+    if fp is None or fq is None or not isinstance(p, TorchDistribution):
         return False
     return D.kl._dispatch_kl(fp, fq) is not NotImplemented
 
@@ -53,10 +55,14 @@ class KullbackLeibler(Loss):
             ``None`` sums every feature dimension, giving one value per row.
     """
 
-    def __init__(self, p: Any, q: Any, analytic: bool | None = None, sample_shape: Sequence[int] = (),
-                 dim: int | Sequence[int] | None = None) -> None:
+    def __init__(self, p: Distribution, q: Distribution, analytic: bool | None = None,
+                 sample_shape: Sequence[int] = (), dim: int | Sequence[int] | None = None) -> None:
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"KL[{p.prob_text}||{q.prob_text}] needs both over the same variables: {p.var} vs {q.var}")
+        fp, fq = p.features_shape, q.features_shape
+        if fp and fq and fp != fq:
+            raise ValueError(f"KL[{p.prob_text}||{q.prob_text}]: {p.prob_text} has features_shape {tuple(fp)} but "
+                             f"{q.prob_text} has {tuple(fq)}")
         available = analytic_kl_available(p, q)
         if analytic and not available:
             raise ValueError(
@@ -72,7 +78,7 @@ class KullbackLeibler(Loss):
         inputs = p.input_var + q.input_var if self.method == "analytic" else self._mc.input_var
         super().__init__(inputs)
 
-    def children(self) -> list[Loss]:
+    def subterms(self) -> list[Loss]:
         return [] if self.method == "analytic" else [self._mc]
 
     def _own_distributions(self) -> list[Any]:
@@ -81,12 +87,11 @@ class KullbackLeibler(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         if self.method == "monte_carlo":
             return ctx.value(self._mc)
+        self.p._require(ctx.values, self.p.cond_var)
+        self.q._require(ctx.values, self.q.cond_var)
         if self.dim is not None:
-            per_feature = D.kl_divergence(self.p.get_dist(ctx.values, independent=False),
-                                          self.q.get_dist(ctx.values, independent=False))
-            return per_feature.sum(dim=self.dim)
-        kl = D.kl_divergence(self.p.get_dist(ctx.values), self.q.get_dist(ctx.values))
-        return with_row(kl)
+            return self.p.analytic_kl(self.q, ctx.values, per_feature=True).sum(dim=self.dim)
+        return self.p.analytic_kl(self.q, ctx.values)
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["kl"].format(self.p.prob_text, self.q.prob_text)

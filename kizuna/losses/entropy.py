@@ -3,6 +3,11 @@ r"""`Entropy` :math:`H[p] = -\mathbb{E}_p[\log p]` and `CrossEntropy` :math:`H[p
 Both are analytic when torch has the closed forms (the entropy of the family; for the
 cross-entropy also the KL, since :math:`H[p\|q] = H[p] + D_{KL}[p\|q]`), Monte Carlo
 otherwise; ``.method`` says which.
+
+The closed form of the cross-entropy holds only when :math:`p` and :math:`q` are over the same
+variables. Over different ones, e.g. :math:`p = q(z|x)` and :math:`q = p(x|z)`, the cross-entropy is
+:math:`-\mathbb{E}_{q(z|x)}[\log p(x|z)]` (the reconstruction term of an MMD-VAE, as Pixyz computes it):
+a function of :math:`x` alone, always estimated by Monte Carlo.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ from typing import Any
 from torch import distributions as D
 from torch.distributions.exp_family import ExponentialFamily
 
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.divergences import analytic_kl_available, with_row
 from kizuna.losses.expectation import Expectation
-from kizuna.losses.log_prob import LogProb
+from kizuna.formula.log_prob import LogProb
 
 
 def analytic_entropy_available(p: Any) -> bool:
@@ -44,7 +49,7 @@ class Entropy(Loss):
         self._mc = Expectation(p, -LogProb(p), sample_shape=sample_shape)
         super().__init__(p.input_var if self.method == "analytic" else self._mc.input_var)
 
-    def children(self) -> list[Loss]:
+    def subterms(self) -> list[Loss]:
         return [] if self.method == "analytic" else [self._mc]
 
     def _own_distributions(self) -> list[Any]:
@@ -60,17 +65,37 @@ class Entropy(Loss):
 
 
 class CrossEntropy(Loss):
-    """:math:`H[p\\|q] = -\\mathbb{E}_p[\\log q]` per batch row."""
+    """:math:`H[p\\|q] = -\\mathbb{E}_p[\\log q]` per batch row (module docstring).
+
+    Args:
+        p: the distribution the expectation is taken under.
+        q: the distribution scored; over the same variables as ``p`` (closed form where torch has one) or
+            over others (``q(x|z)`` scored at draws of ``p(z|x)``: always Monte Carlo).
+        analytic: True demands the closed form, False Monte Carlo, None picks the closed form when it applies.
+        sample_shape: draws of ``p`` per row for the Monte Carlo estimate.
+
+    >>> import torch
+    >>> from kizuna.distributions import Normal
+    >>> q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    >>> p = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    >>> ce = CrossEntropy(q, p)  # -E_{q(z|x)}[log p(x|z)]: needs x only
+    >>> ce.method, ce.input_var
+    ('monte_carlo', ['x'])
+    """
 
     def __init__(self, p: Any, q: Any, analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
-        available = analytic_entropy_available(p) and analytic_kl_available(p, q)
+        same_vars = sorted(p.var) == sorted(q.var)
+        available = same_vars and analytic_entropy_available(p) and analytic_kl_available(p, q)
+        if analytic and not same_vars:
+            raise ValueError(f"cross-entropy H[{p.prob_text}||{q.prob_text}]: the closed form needs both over the "
+                             f"same variables ({p.var} vs {q.var}); use analytic=None or False")
         self.method = _method(available, analytic, f"cross-entropy H[{p.prob_text}||{q.prob_text}]")
         self.p, self.q = p, q
         self._mc = Expectation(p, -LogProb(q), sample_shape=sample_shape)
         inputs = p.input_var + q.input_var if self.method == "analytic" else self._mc.input_var
         super().__init__(inputs)
 
-    def children(self) -> list[Loss]:
+    def subterms(self) -> list[Loss]:
         return [] if self.method == "analytic" else [self._mc]
 
     def _own_distributions(self) -> list[Any]:

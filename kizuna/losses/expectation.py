@@ -17,23 +17,32 @@ from typing import Any
 
 import torch
 
-from kizuna.distributions.base import batch_size_of, repeat_batch
-from kizuna.losses.base import EvalContext, Loss, Tensor
-from kizuna.losses.values import as_loss
+from kizuna.distributions.base import Distribution, batch_size_of, repeat_batch
+from kizuna.formula.expr import EvalContext, Loss, Tensor, as_loss
 
 
-def draw(p: Any, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Sample ``p`` given the context's values repeated ``n`` times along the batch.
+def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``n`` draws of ``p`` per row given the context's values (its parameters computed once per row).
 
-    Returns (all values, new draws); the draws are also recorded in ``ctx.samples``.
+    Returns (the context's values repeated ``n`` times along the batch with the draws, the draws);
+    the draws are also recorded in ``ctx.samples`` (shape ``(n, batch, ...)`` when ``n > 1``). With
+    the evaluation option ``sample_mean=True`` the draws are the means; ``batch_n`` sets the rows of
+    a distribution without batched inputs.
     """
     own, inputs = set(p.var), set(p.input_var)
-    base = {k: repeat_batch(v, n) for k, v in ctx.values.items() if k in inputs or k not in own}
-    p._require(base, p.input_var)
-    new = p._sample(base, batch_size_of(base, p.input_var) or batch_size_of(base) or n, reparam)
+    given = {k: v for k, v in ctx.values.items() if k in inputs or k not in own}
+    p._require(given, p.input_var)
+    batch_n = ctx.options.get("batch_n")
+    if batch_n is None:
+        batch_n = batch_size_of(given, p.input_var) or batch_size_of(given)
+    repeated = {k: repeat_batch(v, n) for k, v in given.items()}
+    if ctx.options.get("sample_mean"):
+        new = {k: repeat_batch(v, n) for k, v in p._mean_values(given, batch_n).items()}
+    else:
+        new = p._sample_n(given, repeated, n, batch_n, reparam)
     for k, v in new.items():
         ctx.samples[k] = v if n == 1 else v.reshape(n, v.shape[0] // n, *v.shape[1:])
-    return {**base, **new}, new
+    return {**repeated, **new}, new
 
 
 def average(value: Tensor, n: int) -> Tensor:
@@ -43,7 +52,7 @@ def average(value: Tensor, n: int) -> Tensor:
     return value.reshape(n, value.shape[0] // n, *value.shape[1:]).mean(0)
 
 
-def score_log_prob(p: Any, values: dict[str, Any], pathwise: bool) -> Tensor | None:
+def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> Tensor | None:
     """Log-density of the factors of ``p`` that need the score function (None if none)."""
     factors = [f for f in p.factors() if not (pathwise and f.has_reparam)]
     total = None
@@ -73,13 +82,13 @@ class Expectation(Loss):
     torch.Size([3])
     """
 
-    def __init__(self, p: Any, f: Any, sample_shape: Sequence[int] = ()) -> None:
+    def __init__(self, p: Distribution, f: Loss | float | Tensor, sample_shape: Sequence[int] = ()) -> None:
         f = as_loss(f)
         super().__init__(p.input_var + [v for v in f.input_var if v not in p.var])
         self.p, self.f = p, f
         self.sample_shape = torch.Size(sample_shape)
 
-    def children(self) -> list[Loss]:
+    def subterms(self) -> list[Loss]:
         return [self.f]
 
     def _own_distributions(self) -> list[Any]:
@@ -108,7 +117,8 @@ class REINFORCE(Expectation):
             draws of the same row (needs ``sample_shape`` with more than one draw).
     """
 
-    def __init__(self, p: Any, f: Any, sample_shape: Sequence[int] = (), baseline: float | str | None = None) -> None:
+    def __init__(self, p: Distribution, f: Loss | float | Tensor, sample_shape: Sequence[int] = (),
+                 baseline: float | str | None = None) -> None:
         super().__init__(p, f, sample_shape)
         if baseline == "loo" and math.prod(self.sample_shape) < 2:
             raise ValueError("REINFORCE(baseline='loo') needs sample_shape with at least two draws")

@@ -1,11 +1,12 @@
 r"""`IterativeLoss`: a step loss summed over the time steps of sequence variables.
 
-.. math:: \mathcal{L} = \sum_{t=1}^{T} \mathcal{L}_{step}(x_t, h_{t-1})
+.. math:: \mathcal{L} = \sum_{t=0}^{T-1} \mathcal{L}_{step}(x_t, h_{t-1})
 
-At step :math:`t` the ``series_var`` are replaced by their slice :math:`x_t` (time along
-``series_dim``), the step loss is evaluated, and ``update_value`` carries values to the next
-step: ``{"z": "z_prev"}`` makes the :math:`z_t` drawn at step :math:`t` the ``z_prev`` of step
-:math:`t+1` (``z_prev`` must be given for the first step). This is how recurrent latent-variable
+Steps are numbered from 0, in the formula as in the evaluation. At step :math:`t` the
+``series_var`` are replaced by their slice :math:`x_t` (time along ``series_dim``), the step
+loss is evaluated, and ``update_value`` carries values to the next step: ``{"z": "z_prev"}``
+makes the :math:`z_t` drawn at step :math:`t` the ``z_prev`` of step :math:`t+1` (``z_prev``
+must be given for step 0). This is how recurrent latent-variable
 models are written, e.g. the Deep Markov Model (Krishnan et al. 2017, arXiv:1609.09869) with
 :math:`\mathcal{L}_{step} = D_{KL}[q(z_t|x_t, z_{t-1})\|p(z_t|z_{t-1})] - \mathbb{E}_{q}[\log p(x_t|z_t)]`.
 The semantics follow Pixyz's ``IterativeLoss``.
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from kizuna._text import LATEX
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
 
 
@@ -64,7 +65,7 @@ class IterativeLoss(Loss):
     >>> p = Normal(var=["x"], cond_var=["x_prev"], loc="x_prev", scale=1.0)
     >>> loss = IterativeLoss(-LogProb(p).mean(), series_var=["x"], update_value={"x": "x_prev"})
     >>> print(loss)
-    sum_{t=1}^{T} -mean(log p(x|x_prev))
+    sum_{t=0}^{T-1} -mean(log p(x|x_prev))
     >>> x = torch.zeros(5, 2, 3)  # T=5 steps, N=2 sequences, 3 features
     >>> value = loss.eval({"x": x, "x_prev": torch.zeros(2, 3)})
     >>> torch.allclose(value, torch.tensor(5 * 3 * 0.9189385))  # 5 steps of 3 N(0;0,1) log-densities
@@ -109,7 +110,7 @@ class IterativeLoss(Loss):
         super().__init__([v for v in needed if v != self.timestep_var])
         self._records = [_StepTermSum(self, term) for term in self.step_loss.terms()]
 
-    def children(self) -> list[Loss]:
+    def subterms(self) -> list[Loss]:
         return [self.step_loss]
 
     def terms(self) -> Any:
@@ -121,12 +122,12 @@ class IterativeLoss(Loss):
 
     # -------------------------------------------------------------------- text
     def _sum_text(self, fmt: dict[str, str], body: str) -> str:
-        # t runs 1..T in the formula; a step sees its 0-based index through timestep_var
+        # the formula shows the indices the evaluation uses: t = 0, ..., max_iter - 1 (as Pixyz prints them)
         t = self.timestep_var or "t"
-        upper = str(self.max_iter) if self.max_iter is not None else "T"
+        upper = str(self.max_iter - 1) if self.max_iter is not None else "T-1"
         if fmt is LATEX:
-            return f"\\sum_{{{t}=1}}^{{{upper}}} {body}"
-        return f"sum_{{{t}=1}}^{{{upper}}} {body}"
+            return f"\\sum_{{{t}=0}}^{{{upper}}} {body}"
+        return f"sum_{{{t}=0}}^{{{upper}}} {body}"
 
     def _render(self, fmt: dict[str, str]) -> str:
         return self._sum_text(fmt, self.step_loss._render(fmt))

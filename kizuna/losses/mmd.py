@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from kizuna._text import LATEX, format_name
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from kizuna.losses.base import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
 from kizuna.losses.mmd import _features
 

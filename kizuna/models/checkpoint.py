@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from kizuna import _io
 
 FORMAT = "kizuna.checkpoint"
 VERSION = 1
@@ -107,26 +108,26 @@ def _same(a: Any, b: Any) -> bool:
 
 # ----------------------------------------------------------------- files
 def save(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` as a kizuna checkpoint, atomically (temporary file, then rename).
+    """Write ``payload`` as a kizuna checkpoint, atomically, durably and with a checksum
+    (`kizuna._io`: temporary file, fsync, rename; a kill leaves the previous checkpoint whole).
 
     The temporary file is named after the host and process, so processes that save to the same
     path at once (every rank of a data-parallel run) never write into one file: the last rename wins.
     """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-    os.replace(tmp, path)
+    _io.save({"format": FORMAT, "version": VERSION, **payload}, path)
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU without unpickling code; a clear error for other files."""
+    """Read a checkpoint onto the CPU, checking its checksum and without unpickling code; a clear
+    error naming the file for damaged or foreign files."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint file {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for foreign or corrupt files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is not a kizuna checkpoint (torch.load cannot read it: {first})") from err
+    data = Path(path).read_bytes()
+    if not data.startswith(_io.MAGIC):
+        raise ValueError(f"{path} is not a kizuna checkpoint (no kizuna header: a truncated file, or one written "
+                         "by torch.save or another program); Model.save writes one. For bare weights use "
+                         "model.distributions.load_state_dict(torch.load(path))")
+    state = _io.decode(data, str(path))
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         held = sorted(map(str, state))[:5] if isinstance(state, dict) else type(state).__name__
         raise ValueError(

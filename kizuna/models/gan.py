@@ -20,7 +20,7 @@ import torch
 from kizuna.distributions.base import Distribution
 from kizuna.distributions.special import EmpiricalDistribution
 from kizuna.losses.adversarial import AdversarialJensenShannon, AdversarialLoss
-from kizuna.models.model import Model
+from kizuna.models.model import Model, StepResult
 
 
 class GAN(Model):
@@ -59,7 +59,9 @@ class GAN(Model):
     >>> model = GAN((G() * prior).marginalize_var("z"), D(), optimizer_params={"lr": 1e-3})
     >>> print(model.loss_cls)
     D_JS^Adv[p_{data}(x)||p(x)]
-    >>> g_loss, d_loss = model.train({"x": torch.randn(8, 3)})
+    >>> g_loss, d_loss = model.train({"x": torch.randn(8, 3)})  # d_steps discriminator steps, then the generator's
+    >>> sorted(model.step({"x": torch.randn(8, 3)}).terms)
+    ['D_JS^Adv[p_{data}(x)||p(x)]', 'd_loss']
     """
 
     def __init__(
@@ -89,21 +91,45 @@ class GAN(Model):
                              optimizer_params=d_optimizer_params, clip_grad_norm=clip_grad_norm,
                              clip_grad_value=clip_grad_value)
 
+    extra_terms = ("d_loss",)
+
     def __str__(self) -> str:
         return f"{super().__str__()}\nDiscriminator loss: {self.d_model.loss_cls}"
 
-    def train_discriminator(self, x_dict: Mapping[str, Any] | None = None) -> float:
-        """``d_steps`` discriminator steps on ``x_dict``; returns their mean loss."""
-        return sum(self.d_model.train(x_dict) for _ in range(self.d_steps)) / self.d_steps
+    def train_discriminator(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
+        """``d_steps`` discriminator steps on ``x_dict``; returns their mean loss (a detached 0-d tensor)."""
+        return sum(self.d_model.train(x_dict, **options) for _ in range(self.d_steps)) / self.d_steps
 
-    def train(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True) -> Any:  # type: ignore[override]
-        """``d_steps`` discriminator steps, then a generator step; returns ``(g_loss, d_loss)``.
+    def step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
+        """`Model.step` after ``d_steps`` discriminator steps; their mean loss is reported as ``d_loss``."""
+        d_loss = sum(self.d_model.step(batch, **options).loss for _ in range(self.d_steps)) / self.d_steps
+        value, terms = super().step(batch, **options)
+        return StepResult(value, {**terms, "d_loss": d_loss})
 
-        With ``adversarial_loss=False`` only the generator steps and its loss is returned (as Pixyz).
-        """
-        d_loss = self.train_discriminator(x_dict) if adversarial_loss else 0.0
-        g_loss = super().train(x_dict)
-        return (g_loss, d_loss) if adversarial_loss else g_loss
+    def train(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,  # type: ignore[override]
+              **options: Any) -> Any:
+        """``d_steps`` discriminator steps, then a generator step; returns ``(g_loss, d_loss)`` (Pixyz's GAN
+        contract; `fit` uses `step`, whose result has the shape of every model's). With
+        ``adversarial_loss=False`` only the generator steps and its loss is returned (as Pixyz)."""
+        if not adversarial_loss:
+            return super().train(x_dict, **options)
+        d_loss = self.train_discriminator(x_dict, **options)
+        return super().train(x_dict, **options), d_loss
+
+    def test(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,  # type: ignore[override]
+             **options: Any) -> Any:
+        """The generator's loss and, with ``adversarial_loss``, the discriminator's, without gradients (Pixyz)."""
+        g_loss = super().test(x_dict, **options)
+        return (g_loss, self.d_model.test(x_dict, **options)) if adversarial_loss else g_loss
+
+    def evaluate(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
+        """`Model.evaluate` with the discriminator's test loss as ``d_loss``."""
+        value, terms = super().evaluate(batch, **options)
+        return StepResult(value, {**terms, "d_loss": self.d_model.evaluate(batch, **options).loss})
+
+    def joinables(self) -> list[Any]:
+        """Both models' data-parallel wrappers."""
+        return super().joinables() + self.d_model.joinables()
 
     def save(self, path: str | PathLike[str]) -> None:
         """`Model.save` for the generator at ``path``, and for the discriminator at ``path + ".discriminator"``."""
@@ -114,14 +140,3 @@ class GAN(Model):
         """Restore both checkpoints written by `save`."""
         super().load(path)
         self.d_model.load(f"{path}.discriminator")
-
-    def _fit_step(self, batch: Mapping[str, Any], *args: Any) -> tuple[float, dict[str, float]]:
-        """`Model.fit`'s step: the discriminator's steps first, its loss logged as ``d_loss``."""
-        d_loss = self.train_discriminator(batch)
-        value, terms = super()._fit_step(batch, *args)
-        return value, {**terms, "d_loss": d_loss}
-
-    def test(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True) -> Any:  # type: ignore[override]
-        """The generator's loss and, with ``adversarial_loss``, the discriminator's, without gradients."""
-        g_loss = super().test(x_dict)
-        return (g_loss, self.d_model.test(x_dict)) if adversarial_loss else g_loss

@@ -22,7 +22,7 @@ import torch
 
 from kizuna.distributions.base import Distribution
 from kizuna.losses.elbo import ELBO
-from kizuna.losses.log_prob import LogProb
+from kizuna.formula.log_prob import LogProb
 from kizuna.models.model import Model
 
 

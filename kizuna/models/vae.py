@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from kizuna.distributions.base import Distribution
-from kizuna.losses.base import Loss
+from kizuna.formula.expr import Loss
 from kizuna.losses.expectation import Expectation
-from kizuna.losses.log_prob import LogProb
+from kizuna.formula.log_prob import LogProb
 from kizuna.models.model import Model
 
 

@@ -30,14 +30,26 @@ def shared_parameters() -> Iterator[None]:
         _MEMO.reset(token)
 
 
+def _key(owner: object, tag: Hashable, inputs: Sequence[Any]) -> tuple[Any, ...]:
+    return (id(owner), tag, *map(id, inputs))
+
+
 def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Callable[[], Any]) -> Any:
     """``compute()``, or its earlier result for the same owner, tag and input objects."""
     memo = _MEMO.get()
     if memo is None:
         return compute()
-    key = (id(owner), tag, *map(id, inputs))
+    key = _key(owner, tag, inputs)
     hit = memo.get(key)
     if hit is None:
         # keep the inputs alive with the result so their ids cannot be reused in this evaluation
         hit = memo[key] = (compute(), list(inputs))
     return hit[0]
+
+
+def remember(owner: object, tag: Hashable, inputs: Sequence[Any], value: Any) -> None:
+    """Record ``value`` as the result for these inputs (e.g. parameters computed once per row and
+    repeated for the rows of several draws), so that a later `memoized` call reuses it."""
+    memo = _MEMO.get()
+    if memo is not None:
+        memo[_key(owner, tag, inputs)] = (value, list(inputs))

@@ -1,0 +1,118 @@
+"""Training-step cost in CPU instructions (valgrind's callgrind): repeatable on a loaded machine.
+
+Wall-clock ratios (``vae_step.py``) drift by tens of percent when other processes share the cores;
+instruction counts do not: the same binary, inputs and steps give the same count whatever else runs.
+Each case runs in its own ``valgrind --tool=callgrind`` process; collection is switched on only
+around the timed steps (a ten-line C shim compiled here with the system's C compiler calls
+callgrind's client requests), so Python's start-up and torch's import are not counted.
+
+Run: ``python bench/instructions.py [--sizes small,mnist] [--steps 20] [--cases ...]``. Needs
+``valgrind`` and its header ``valgrind/callgrind.h`` (Debian: valgrind), and a C compiler.
+Instructions are a proxy for time: they count Python's and torch's work alike, not cache misses or
+memory bandwidth, so a ratio of instructions is closest to a ratio of times for small models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHIM = """#include <valgrind/callgrind.h>
+void cg_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; CALLGRIND_TOGGLE_COLLECT; }
+void cg_stop(void) { CALLGRIND_TOGGLE_COLLECT; CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
+"""
+SIZES = {"mnist": (784, (512, 512), 64), "small": (64, (256,), 16)}
+CASES = ["hand-written", "kizuna Model.train", "kizuna validate=True", "kizuna Model.fit"]
+BATCH = 128
+
+
+def build_shim(where: Path) -> Path:
+    source, lib = where / "cgshim.c", where / "libcgshim.so"
+    source.write_text(SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(lib), str(source)], check=True)
+    return lib
+
+
+def child(case: str, size: str, steps: int, shim: str) -> None:
+    """Runs inside valgrind: warm up, then ``steps`` steps with collection on."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    import _vae_impls as impls
+
+    torch.set_num_threads(1)
+    d, hidden, z = SIZES[size]
+    enc, dec = impls.nets(d, hidden, z, seed=0)
+    data = (torch.rand(BATCH * 4, d, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    x = list(data.split(BATCH))
+    make = {"hand-written": lambda: impls.hand_step(enc, dec, x),
+            "kizuna Model.train": lambda: impls.kizuna_train(enc, dec, x, z),
+            "kizuna validate=True": lambda: impls.kizuna_validated(enc, dec, x, z),
+            "hand-written epoch loop": lambda: impls.hand_epoch(enc, dec, data, BATCH),
+            "kizuna Model.fit": lambda: impls.kizuna_fit(enc, dec, data, z, BATCH)}[case]
+    step = make()
+    calls = steps if "fit" not in case and "epoch" not in case else max(1, steps // 4)
+    for _ in range(3):
+        step()
+    lib = ctypes.CDLL(shim)
+    lib.cg_start()
+    for _ in range(calls):
+        step()
+    lib.cg_stop()
+
+
+def count(case: str, size: str, steps: int, shim: Path, out: Path) -> float:
+    """Instructions per step of one case (one valgrind run)."""
+    prefix = out / f"cg.{re.sub(r'[^a-z]+', '_', case.lower())}.{size}"
+    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={prefix}.%p",
+           sys.executable, __file__, "--child", case, "--sizes", size, "--steps", str(steps), "--shim", str(shim)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    total = 0
+    for f in out.glob(f"{prefix.name}.*"):
+        for line in f.read_text().splitlines():
+            if line.startswith("summary:") or line.startswith("totals:"):
+                total = max(total, int(line.split()[1]))
+    per_call = 4 if ("fit" in case or "epoch" in case) else 1
+    return total / (steps if per_call == 1 else max(1, steps // 4) * per_call)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="small,mnist")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--shim", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.sizes, args.steps, args.shim)
+        return
+    if shutil.which("valgrind") is None:
+        sys.exit("needs valgrind (Debian package valgrind)")
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(tmp)
+        shim = build_shim(where)
+        cases = [c.strip() for c in args.cases.split(",")]
+        if "kizuna Model.fit" in cases and "hand-written epoch loop" not in cases:
+            cases.append("hand-written epoch loop")
+        for size in args.sizes.split(","):
+            found = {case: count(case, size, args.steps, shim, where) for case in cases}
+            base = found["hand-written"]
+            print(f"\n== {size}: instructions per step ({args.steps} steps, callgrind) ==")
+            for case, n in found.items():
+                ref = found["hand-written epoch loop"] if case == "kizuna Model.fit" else base
+                print(f"  {case:28s} {n / 1e6:10.2f} M   ratio {n / ref:.3f}"
+                      + ("  (vs hand-written epoch loop)" if case == "kizuna Model.fit" else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,476 @@
+"""`Loss`: a lazy expression over named variables, evaluated on a dict of values.
+
+A loss is a tree. Leaves are formula terms (``LogProb``, ``KullbackLeibler``,
+``Expectation``, ...) or values (`ValueLoss`, `Parameter`); inner nodes are arithmetic
+(``+ - * / **``, unary minus, ``abs``, batch ``mean`` / ``sum``, ``min``, ``max``). One
+evaluation computes every node once and keeps its value, so the named terms of a composite
+loss (KL, reconstruction, ...) are reported from the same forward pass that produced the total
+(``eval(..., return_terms=True)``).
+
+Per-row terms have shape ``(batch,)``; ``.mean()`` / ``.sum()`` reduce over the batch.
+
+A loss is an ``nn.Module`` whose submodules are the distributions it refers to (as in Pixyz),
+so ``loss.to(device)`` moves them and ``loss(x_dict)`` is ``loss.eval(x_dict)``. The module
+state is set up in ``__new__``, so a subclass may assign attributes before calling
+``super().__init__``. ``eval`` keeps Pixyz's name and signature; it is not ``nn.Module.eval``
+(switch the networks to evaluation mode with ``.train(False)``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from kizuna._text import LATEX, TEXT
+from kizuna.formula.memo import shared_parameters
+
+Tensor = torch.Tensor
+
+
+class EvalContext:
+    """The values one evaluation sees, every node's result (keyed by node identity), the draws
+    made so far, and the evaluation's options (``batch_n``, ``sample_mean``)."""
+
+    __slots__ = ("values", "results", "samples", "options")
+
+    def __init__(self, values: dict[str, Any], samples: dict[str, Any] | None = None,
+                 options: dict[str, Any] | None = None) -> None:
+        self.values = values
+        self.results: dict[int, Tensor] = {}
+        self.samples = {} if samples is None else samples
+        self.options = {} if options is None else options
+
+    def child(self, values: dict[str, Any]) -> EvalContext:
+        """A context with other values (inside an expectation); draws and options are shared."""
+        return EvalContext(values, self.samples, self.options)
+
+    def value(self, node: Loss) -> Tensor:
+        key = id(node)
+        if key not in self.results:
+            self.results[key] = node._value(self)
+        return self.results[key]
+
+
+def _term_mean(value: Tensor) -> Tensor:
+    """A term's batch mean, detached (an integer-valued term is averaged as a float)."""
+    value = torch.as_tensor(value).detach()
+    return (value if value.is_floating_point() else value.float()).mean()
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+class Loss(nn.Module):
+    """Base of every loss; see the module docstring.
+
+    Subclasses implement ``_value(ctx)`` and ``_render(fmt)``, list their sub-losses in
+    ``subterms()`` and the distributions they evaluate in ``_own_distributions()``;
+    ``precedence`` controls parentheses (atoms bind tightest).
+    """
+
+    precedence = 100
+    is_operator = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Loss:
+        self = super().__new__(cls)
+        nn.Module.__init__(self)  # before the subclass's __init__ assigns distributions or sub-losses
+        self._input_var: list[str] = []
+        self._label: str | None = None
+        return self
+
+    def __init__(self, input_var: Sequence[str] = ()) -> None:
+        self._input_var = _unique(list(input_var))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if isinstance(value, nn.Module):
+            # registered as a submodule (for .to() and .parameters()) and kept as a plain attribute,
+            # so that reading it on the evaluation path skips nn.Module.__getattr__
+            self.__dict__[name] = value
+
+    # --------------------------------------------------------------- structure
+    @property
+    def input_var(self) -> list[str]:
+        """The variables ``eval`` needs in its dict."""
+        return list(self._input_var)
+
+    def subterms(self) -> list[Loss]:
+        """The sub-losses this node evaluates (operands, the function inside an expectation, ...)."""
+        return []
+
+    def named(self, label: str) -> Loss:
+        """Give this term a name for the per-term report (default: its formula)."""
+        self._label = label
+        return self
+
+    @property
+    def label(self) -> str:
+        return self._label or str(self)
+
+    def terms(self) -> Iterator[Loss]:
+        """The formula terms: the outermost non-arithmetic nodes (and explicitly named ones)."""
+        if not self.is_operator or self._label is not None:
+            yield self
+            return
+        for child in self.subterms():
+            yield from child.terms()
+
+    # -------------------------------------------------------------------- text
+    def _render(self, fmt: dict[str, str]) -> str:
+        raise NotImplementedError
+
+    def _wrap(self, child: Loss, fmt: dict[str, str], min_precedence: int) -> str:
+        text = child._render(fmt)
+        return fmt["paren"].format(text) if child.precedence < min_precedence else text
+
+    @property
+    def loss_text(self) -> str:
+        """The formula in LaTeX (Pixyz's ``loss_text``); ``str(loss)`` is the plain-text formula."""
+        return self._render(LATEX)
+
+    def to_latex(self) -> str:
+        """The formula in LaTeX."""
+        return self._render(LATEX)
+
+    def __str__(self) -> str:
+        return self._render(TEXT)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self})"
+
+    # -------------------------------------------------------------- evaluation
+    def _value(self, ctx: EvalContext) -> Tensor:
+        raise NotImplementedError
+
+    def eval(  # noqa: A003 - Pixyz's name for evaluating a loss (not nn.Module.eval, see the module docstring)
+        self,
+        x_dict: Mapping[str, Any] | None = None,
+        return_dict: bool = False,
+        return_all: bool = True,
+        return_terms: bool = False,
+        **options: Any,
+    ) -> Any:
+        """Evaluate on ``x_dict``.
+
+        Args:
+            x_dict: the values of the variables in ``input_var``.
+            return_dict: also return the dict of values drawn while evaluating, with the inputs
+                when ``return_all`` (Pixyz's defaults).
+            return_terms: also return ``{term label: batch-mean value}`` of the formula terms,
+                from the same evaluation.
+            options: evaluation options, as in Pixyz: ``sample_mean=True`` replaces every draw
+                of an expectation by the distribution's mean; ``batch_n`` is the number of rows
+                drawn from distributions that have no batched input. Other names are ignored.
+
+        Returns:
+            the loss tensor, or a tuple ``(loss, dict)``, ``(loss, terms)`` or ``(loss, dict, terms)``.
+        """
+        x_dict = dict(x_dict) if x_dict else {}
+        missing = [v for v in self._input_var if v not in x_dict]
+        if missing:
+            given = ", ".join(sorted(x_dict)) or "nothing"
+            raise ValueError(f"the loss {self} needs {', '.join(missing)}, but was given {given}")
+        ctx = EvalContext(x_dict, options=options)
+        with shared_parameters():
+            loss = ctx.value(self)
+        if not (return_dict or return_terms):
+            return loss
+        out: list[Any] = [loss]
+        if return_dict:
+            out.append({**x_dict, **ctx.samples} if return_all else dict(ctx.samples))
+        if return_terms:
+            out.append({t.label: _term_mean(ctx.results[id(t)]) for t in self.terms()})
+        return tuple(out)
+
+    def forward(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """``loss(x_dict, ...)`` is ``loss.eval(x_dict, ...)`` (so that torch wrappers such as DDP apply)."""
+        return self.eval(x_dict, **options)
+
+    def distributions(self) -> list[Any]:
+        """Every distribution this loss refers to (for optimisers), without repeats."""
+        found: dict[int, Any] = {}
+        stack: list[Loss] = [self]
+        while stack:
+            node = stack.pop()
+            for d in node._own_distributions():
+                found.setdefault(id(d), d)
+            stack.extend(node.subterms())
+        return list(found.values())
+
+    def _own_distributions(self) -> list[Any]:
+        return []
+
+    # -------------------------------------------------------------- algebra
+    def __add__(self, other: Any) -> Loss:
+        return AddLoss(self, other)
+
+    def __radd__(self, other: Any) -> Loss:
+        return AddLoss(other, self)
+
+    def __sub__(self, other: Any) -> Loss:
+        return SubLoss(self, other)
+
+    def __rsub__(self, other: Any) -> Loss:
+        return SubLoss(other, self)
+
+    def __mul__(self, other: Any) -> Loss:
+        return MulLoss(self, other)
+
+    def __rmul__(self, other: Any) -> Loss:
+        return MulLoss(other, self)
+
+    def __truediv__(self, other: Any) -> Loss:
+        return DivLoss(self, other)
+
+    def __rtruediv__(self, other: Any) -> Loss:
+        return DivLoss(other, self)
+
+    def __pow__(self, other: Any) -> Loss:
+        return PowLoss(self, other)
+
+    def __rpow__(self, other: Any) -> Loss:
+        return PowLoss(other, self)
+
+    def __neg__(self) -> Loss:
+        return NegLoss(self)
+
+    def abs(self) -> Loss:
+        return AbsLoss(self)
+
+    def mean(self) -> Loss:
+        """Average over the batch: :math:`\\frac{1}{N}\\sum_n \\mathcal{L}(x_n)`."""
+        return BatchMean(self)
+
+    def sum(self) -> Loss:
+        """Sum over the batch."""
+        return BatchSum(self)
+
+    def expectation(self, p: Any, sample_shape: Sequence[int] = ()) -> Loss:
+        """:math:`\\mathbb{E}_{p}[\\text{self}]`, see `kizuna.losses.Expectation`."""
+        from kizuna.losses.expectation import Expectation  # the terms build on this module
+
+        return Expectation(p, self, sample_shape=sample_shape)
+
+
+# ------------------------------------------------------------------------- values
+def as_loss(value: Any) -> Loss:
+    """A Loss as is; a number or tensor as a `ValueLoss`; anything else is an error."""
+    if isinstance(value, Loss):
+        return value
+    if isinstance(value, (numbers.Number, Tensor)):
+        return ValueLoss(value)
+    raise TypeError(f"cannot combine a loss with {type(value).__name__} ({value!r})")
+
+
+class ValueLoss(Loss):
+    """A constant (number or tensor; a tensor is a buffer, so ``.to()`` moves it)."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        if isinstance(value, Tensor):
+            self.register_buffer("value", value, persistent=False)
+        else:
+            self.value = value
+
+    def terms(self) -> Iterator[Loss]:
+        """A constant is a coefficient, not a term of the formula (unless it was named)."""
+        if self._label is not None:
+            yield self
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        return self.value if isinstance(self.value, Tensor) else torch.as_tensor(self.value)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        if isinstance(self.value, Tensor) and self.value.numel() == 1:
+            return f"{self.value.item():g}"
+        return f"{self.value:g}" if isinstance(self.value, numbers.Real) else str(self.value)
+
+
+class Parameter(Loss):
+    """A variable read from the evaluation dict, e.g. a coefficient ``Parameter("beta")``."""
+
+    def __init__(self, input_var: str) -> None:
+        if not isinstance(input_var, str):
+            raise TypeError(f"Parameter takes one variable name (str), got {input_var!r}")
+        super().__init__([input_var])
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        return torch.as_tensor(ctx.values[self._input_var[0]])
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self._input_var[0]
+
+
+class ConstantVar(Loss):
+    """``base_loss`` evaluated with some variables fixed to constants.
+
+    Example: ``ConstantVar(loss, {"beta": 4.0})`` no longer needs ``beta`` in the dict.
+    """
+
+    def __init__(self, base_loss: Loss, constant_var: Mapping[str, Any]) -> None:
+        super().__init__([v for v in base_loss.input_var if v not in constant_var])
+        self.base_loss = base_loss
+        self.constant_var = dict(constant_var)
+
+    def subterms(self) -> list[Loss]:
+        return [self.base_loss]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        return ctx.child({**ctx.values, **self.constant_var}).value(self.base_loss)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self.base_loss._render(fmt)
+
+
+# ---------------------------------------------------------------------- operators
+class _Unary(Loss):
+    is_operator = True
+    key = ""
+
+    def __init__(self, loss: Any) -> None:
+        loss = as_loss(loss)
+        super().__init__(loss.input_var)
+        self.loss1 = loss
+
+    def subterms(self) -> list[Loss]:
+        return [self.loss1]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        return self._op(ctx.value(self.loss1))
+
+    def _op(self, a: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt[self.key].format(self.loss1._render(fmt))
+
+
+class NegLoss(_Unary):
+    key, precedence = "neg", 15  # binds looser than * and /: a * (-b)
+
+    def _op(self, a: Tensor) -> Tensor:
+        return -a
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt["neg"].format(self._wrap(self.loss1, fmt, 31))
+
+
+class AbsLoss(_Unary):
+    key = "abs"
+
+    def _op(self, a: Tensor) -> Tensor:
+        return a.abs()
+
+
+class BatchMean(_Unary):
+    key = "mean"
+
+    def _op(self, a: Tensor) -> Tensor:
+        return a.mean()
+
+
+class BatchSum(_Unary):
+    key = "sum"
+
+    def _op(self, a: Tensor) -> Tensor:
+        return a.sum()
+
+
+class _Binary(Loss):
+    is_operator = True
+    key = ""
+    right_min = 0  # precedence the right operand needs to go without parentheses
+
+    def __init__(self, loss1: Any, loss2: Any) -> None:
+        loss1, loss2 = as_loss(loss1), as_loss(loss2)
+        super().__init__(loss1.input_var + loss2.input_var)
+        self.loss1, self.loss2 = loss1, loss2
+
+    def subterms(self) -> list[Loss]:
+        return [self.loss1, self.loss2]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        return self._op(ctx.value(self.loss1), ctx.value(self.loss2))
+
+    def _op(self, a: Tensor, b: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        left = self._wrap(self.loss1, fmt, self.precedence)
+        right = self._wrap(self.loss2, fmt, self.right_min or self.precedence)
+        if isinstance(self.loss2, NegLoss) and self.precedence <= NegLoss.precedence:
+            right = fmt["paren"].format(right)  # a - (-b), not a - -b
+        return fmt[self.key].format(left, right)
+
+
+class AddLoss(_Binary):
+    key, precedence = "add", 10
+
+    def _op(self, a: Tensor, b: Tensor) -> Tensor:
+        return a + b
+
+
+class SubLoss(_Binary):
+    key, precedence, right_min = "sub", 10, 11
+
+    def _op(self, a: Tensor, b: Tensor) -> Tensor:
+        return a - b
+
+
+class MulLoss(_Binary):
+    key, precedence = "mul", 20
+
+    def _op(self, a: Tensor, b: Tensor) -> Tensor:
+        return a * b
+
+
+class DivLoss(_Binary):
+    key, precedence, right_min = "div", 20, 21
+
+    def _op(self, a: Tensor, b: Tensor) -> Tensor:
+        return a / b
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        if fmt is LATEX:  # \frac groups its operands itself
+            return fmt["div"].format(self.loss1._render(fmt), self.loss2._render(fmt))
+        return super()._render(fmt)
+
+
+class PowLoss(_Binary):
+    key, precedence, right_min = "pow", 40, 100
+
+    def _op(self, a: Tensor, b: Tensor) -> Tensor:
+        return a**b
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt["pow"].format(self._wrap(self.loss1, fmt, 41), self._wrap(self.loss2, fmt, 100))
+
+
+class _Elementwise(_Binary):
+    """A function of two losses written ``f(a, b)``; subclasses set ``key`` and ``fn``."""
+
+    precedence = 100
+    fn: Any = None
+
+    def _op(self, a: Tensor, b: Tensor) -> Tensor:
+        return type(self).fn(torch.as_tensor(a), torch.as_tensor(b))
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt[self.key].format(self.loss1._render(fmt), self.loss2._render(fmt))
+
+
+class MinLoss(_Elementwise):
+    """Elementwise minimum of two losses."""
+
+    key, fn = "min", torch.minimum
+
+
+class MaxLoss(_Elementwise):
+    """Elementwise maximum of two losses."""
+
+    key, fn = "max", torch.maximum

@@ -1,0 +1,62 @@
+"""`LogProb` and `Prob`: a distribution's (log-)density evaluated on the dict.
+
+They live at the bottom of the formula layer because every distribution builds them
+(``p.log_prob()``); they only need the small `Scorable` surface of a distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from kizuna.formula.expr import EvalContext, Loss, Tensor
+
+
+class Scorable(Protocol):
+    """What `LogProb` needs of a distribution (`kizuna.distributions.Distribution` has it)."""
+
+    @property
+    def var(self) -> list[str]: ...
+
+    @property
+    def input_var(self) -> list[str]: ...
+
+    @property
+    def prob_text(self) -> str: ...
+
+    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
+                     feature_dims: Sequence[int] | None = None) -> Tensor: ...
+
+
+class LogProb(Loss):
+    r""":math:`\log p(x|z)` per batch row (features summed unless ``sum_features=False``).
+
+    ``feature_dims`` (as in Pixyz) names the dimensions to sum instead of the features.
+    """
+
+    def __init__(self, p: Scorable, sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> None:
+        super().__init__(p.var + p.input_var)
+        self.p = p
+        self.sum_features = sum_features
+        self.feature_dims = feature_dims
+
+    def _own_distributions(self) -> list[Any]:
+        return [self.p]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        if self.feature_dims is None:
+            return self.p.get_log_prob(ctx.values, self.sum_features)
+        return self.p.get_log_prob(ctx.values, self.sum_features, self.feature_dims)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt["log"].format(self.p.prob_text)
+
+
+class Prob(LogProb):
+    r""":math:`p(x|z)` per batch row."""
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        return super()._value(ctx).exp()
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self.p.prob_text

@@ -1,0 +1,179 @@
+"""The mini-batches `Model.fit` trains on, and the checks of data at the data.
+
+`Batches` cuts a dict of tensors into mini-batches (or passes a ``DataLoader``'s dicts through),
+moving them to the model's device and dtype. `prepare` converts what a user passes (numpy arrays,
+float64 or integer data) the way scikit-learn converts, and `first_nonfinite` names the first
+non-finite entry of a variable (its row and column), so that bad data is reported as data and not
+as a complaint about a distribution's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from kizuna.distributions.base import batch_size_of
+
+
+def prepare(x_dict: Mapping[str, Any], dtype: torch.dtype, device: torch.device, what: str = "x_dict"
+            ) -> dict[str, Any]:
+    """``x_dict`` with numpy arrays as tensors and floating tensors in the model's ``dtype`` and on its
+    ``device`` (integer and boolean tensors keep their type: the distributions convert them where a
+    density needs floats). A tensor with no rows is an error naming the variable."""
+    out: dict[str, Any] = {}
+    for key, value in x_dict.items():
+        if isinstance(value, np.ndarray):
+            if value.dtype == object:
+                raise TypeError(f"{what}['{key}'] is a numpy array of Python objects; give numbers")
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if isinstance(value, torch.Tensor):
+            if value.dim() > 0 and value.shape[0] == 0:
+                raise ValueError(f"{what}['{key}'] has no rows (shape {tuple(value.shape)})")
+            if value.is_floating_point() and value.dtype != dtype:
+                value = value.to(device=device, dtype=dtype)
+            elif value.device != device:
+                value = value.to(device)
+        out[key] = value
+    return out
+
+
+def first_nonfinite(x_dict: Mapping[str, Any], what: str, rows: torch.Tensor | None = None) -> str | None:
+    """A sentence naming the first non-finite entry of ``x_dict`` (variable, row, column), or None.
+
+    ``rows``: the data rows of the batch (its row ``i`` is row ``rows[i]`` of the data).
+    """
+    for key, value in x_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() \
+                and not bool(torch.isfinite(value).all()):
+            bad = (~torch.isfinite(value)).nonzero()[0].tolist()
+            row = bad[0] if rows is None or value.dim() == 0 else int(rows[bad[0]])
+            entry = value[tuple(bad)].item()
+            where = f"row {row}" + (f", column {', '.join(map(str, bad[1:]))}" if len(bad) > 1 else "")
+            return f"{what}['{key}'] holds {entry} at {where}"
+    return None
+
+
+class Batch(NamedTuple):
+    """One mini-batch: its row count, its values, the data rows it holds (dict data; ``None`` for a
+    loader's batches) and the rows of the global batch it belongs to (data-parallel runs)."""
+
+    n: int
+    values: dict[str, Any]
+    rows: torch.Tensor | None
+    total: int
+
+
+class Batches:
+    """The mini-batches ``fit`` trains on: ``(rows, dict)`` pairs moved to the model's device.
+
+    ``data`` is a dict of tensors cut along their first dimension (numbers and 0-d tensors
+    are passed to every batch as they are), or a re-iterable of dicts such as a ``DataLoader``.
+    Names are checked against ``needed`` up front (for a loader, on its dataset's first item
+    when that is what its batches are built from) and again on every loader batch.
+    """
+
+    def __init__(self, data: Any, what: str, needed: Sequence[str], batch_size: int) -> None:
+        self.what, self.needed, self.batch_size = what, list(needed), batch_size
+        self.tensors: dict[str, Any] | None = None
+        self.loader: Iterable[Any] | None = None
+        if isinstance(data, Mapping):
+            self.tensors = _check_tensors(data, what)
+            self._check_names(self.tensors)
+            bad = first_nonfinite(self.tensors, what)
+            if bad is not None:
+                raise ValueError(f"fit: {bad}; remove or impute the non-finite entries before training")
+        elif isinstance(data, (torch.Tensor, np.ndarray)):
+            raise TypeError(f"fit: {what} is a bare {type(data).__name__}; kizuna needs variable names: "
+                            f"pass a dict such as {{'x': {what}}}")
+        elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
+            self.loader = data
+            first = _peek(data)
+            if first is not None:
+                self._check_item(first, "its first item")
+        else:
+            raise TypeError(f"fit: {what} must be a dict of tensors or a DataLoader of dicts, "
+                            f"got {type(data).__name__}")
+
+    def _check_names(self, keys: Mapping[str, Any]) -> None:
+        missing = [v for v in self.needed if v not in keys]
+        if missing:
+            given = ", ".join(sorted(keys)) or "nothing"
+            raise ValueError(f"fit: the loss needs {', '.join(missing)} in {self.what}, but it has {given}")
+
+    def _check_item(self, item: Any, where: str) -> None:
+        if not isinstance(item, Mapping):
+            raise TypeError(
+                f"fit: {self.what} yields {type(item).__name__} ({where}); kizuna needs variable names: make the "
+                "dataset return dicts such as {'x': x, 'y': y} (a TensorDataset returns tuples), or pass the "
+                "dict of tensors {'x': x, 'y': y} to fit directly")
+        self._check_names(item)
+
+    def iterate(self, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device,
+                shard: tuple[int, int] = (0, 1)) -> Iterable[Batch]:
+        """Yield the `Batch` es; dict data is permuted with ``generator`` when one is given.
+
+        With ``shard=(rank, world)`` dict data is cut into global batches of ``batch_size * world``
+        rows and this rank gets rows ``rank, rank + world, ...`` of each (``DistributedSampler``'s
+        interleaving, without its padding; a rank with no rows of the last global batch skips it).
+        A loader is expected to shard itself (a ``DistributedSampler``).
+        """
+        if self.tensors is None:
+            assert self.loader is not None
+            for i, item in enumerate(self.loader, 1):
+                self._check_item(item, f"batch {i}")
+                values = prepare(item, dtype, device, f"{self.what} batch {i}")
+                n = batch_size_of(values) or 1
+                yield Batch(n, values, None, n)
+            return
+        n = next(v.shape[0] for v in self.tensors.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        rank, world = shard
+        for start in range(0, n, self.batch_size * world):
+            stop = min(start + self.batch_size * world, n)
+            rows = order[start + rank:stop:world] if world > 1 else order[start:stop]
+            if len(rows) == 0:
+                continue
+            values = {k: _rows(v, rows) for k, v in self.tensors.items()}
+            yield Batch(len(rows), prepare(values, dtype, device, self.what), rows, stop - start)
+
+
+def _check_tensors(data: Mapping[str, Any], what: str) -> dict[str, Any]:
+    out = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in data.items()}
+    sizes = {k: v.shape[0] for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
+    if not sizes:
+        given = ", ".join(map(str, out)) or "nothing"
+        raise ValueError(f"fit: {what} has no tensor with a batch dimension (given: {given})")
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{k}: {n}" for k, n in sizes.items())
+        raise ValueError(f"fit: the variables of {what} must share their first (batch) dimension, got {listed}")
+    if next(iter(sizes.values())) == 0:
+        raise ValueError(f"fit: {what} has no rows")
+    return out
+
+
+def _rows(value: Any, rows: torch.Tensor) -> Any:
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    return value[rows.to(value.device)]
+
+
+def _peek(data: Iterable[Any]) -> Any:
+    """The first item of ``data`` without iterating it (iterating would consume RNG draws)."""
+    from torch.utils.data import DataLoader, IterableDataset, default_collate, default_convert
+
+    if isinstance(data, DataLoader):
+        dataset = data.dataset
+        if data.collate_fn not in (default_collate, default_convert) or isinstance(dataset, IterableDataset):
+            return None  # a custom collate may build the dicts itself: checked on the first batch
+        try:
+            return dataset[0] if len(dataset) > 0 else None  # type: ignore[arg-type]
+        except (TypeError, IndexError, KeyError, NotImplementedError):
+            return None
+    if isinstance(data, Sequence) and len(data) > 0:
+        return data[0]
+    return None
+
+

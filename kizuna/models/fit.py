@@ -1,0 +1,227 @@
+"""`fit`: the one epoch loop of `Model` (one process, or data-parallel under ``torchrun``).
+
+Each epoch takes one `Model.step` per mini-batch and records the batch-size-weighted means of the
+loss and of its named terms, taken from the same evaluations as the steps:
+
+.. math:: \\bar{\\mathcal{L}}_{epoch} = \\frac{\\sum_b n_b \\mathcal{L}(x_b)}{\\sum_b n_b}
+
+The run draws its randomness from the model's own torch stream (seeded by ``seed``, or drawn once
+from the global generator), inside ``torch.random.fork_rng``: torch's global generator is left as
+it was, the stream is saved in checkpoints, and a resumed run continues it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from os import PathLike
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from kizuna.models import distributed as ddp
+from kizuna.models.batches import Batch, Batches, first_nonfinite
+from kizuna.models.checkpoint import History
+from kizuna.models.model import NonFiniteStep
+
+
+def fit(
+    model: Any,
+    data: Mapping[str, Any] | Iterable[Mapping[str, Any]],
+    epochs: int = 1,
+    batch_size: int = 128,
+    valid: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None = None,
+    shuffle: bool = True,
+    quiet: bool | None = None,
+    patience: int | None = None,
+    checkpoint: str | PathLike[str] | None = None,
+    seed: int | None = None,
+    distributed: bool | None = None,
+) -> History:
+    """Train ``model`` for ``epochs`` more epochs; returns its (cumulative) `History`.
+
+    Args:
+        model: a `kizuna.models.Model` (its `Model.step` and `Model.evaluate` are called).
+        data: a dict of tensors (or numpy arrays) sharing their first (batch) dimension, cut into
+            mini-batches of ``batch_size``; or a ``DataLoader`` (any re-iterable) yielding dicts.
+            Floating data is converted to the model's dtype and device.
+        epochs: how many epochs to add (``model.epoch`` counts them over calls and resumes).
+        batch_size: mini-batch size for dict data (a DataLoader batches itself).
+        valid: validation data (same forms); its test loss is recorded after every epoch.
+        shuffle: reshuffle dict data every epoch with fit's own generator.
+        quiet: hide the progress bar; ``None``: hide it when stderr is not a terminal.
+        patience: with ``valid``: stop after this many epochs without a strictly lower
+            validation loss, and restore the parameters of the best epoch.
+        checkpoint: a path; the model is saved there (see `Model.save`) after every finished epoch.
+            Its directory must exist (checked before training).
+        seed: starts the model's random stream and shuffling generator when the run starts
+            (``model.epoch == 0``): the same seed gives bitwise the same run in any process, and
+            torch's global generator is left untouched. A model that has trained or was loaded from
+            a checkpoint continues its saved streams instead, so re-running the same script after an
+            interruption reproduces the uninterrupted run.
+        distributed: train data-parallel over ``torch.distributed`` ranks (module
+            `kizuna.models.distributed`, docs/distributed.md). ``None``: when launched by ``torchrun``
+            with more than one process, or a process group is initialised. Every rank passes the
+            same full dict data; each step, rank ``r`` takes rows ``r, r + world, ...`` of a global
+            batch of ``batch_size * world`` rows, the gradient is that of the global batch, the
+            recorded losses are means over all ranks' rows (the same `History` on every rank), and
+            only rank 0 shows progress and writes ``checkpoint``. A ``DataLoader`` must shard
+            itself with a ``DistributedSampler``; ``set_epoch(epoch)`` is called on it every epoch.
+
+    Raises:
+        ValueError: bad arguments, or data with non-finite entries (naming the variable, row and column).
+        FloatingPointError: the loss or a gradient went non-finite. The message names the epoch and
+            step, and the non-finite input or terms; the bad step is not taken, and the checkpoint on
+            disk (the last finished epoch) is left untouched.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit: epochs must be an integer >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"fit: batch_size must be an integer >= 1, got {batch_size!r}")
+    if patience is not None and (valid is None or patience < 1):
+        raise ValueError("fit: patience (early stopping) needs valid data and patience >= 1")
+    if checkpoint is not None:
+        model.check_checkpoint_path(checkpoint)
+    train_data = Batches(data, "data", model.loss_cls.input_var, batch_size)
+    valid_data = Batches(valid, "valid", model.test_loss_cls.input_var, batch_size) if valid is not None else None
+    parallel = ddp.resolve(distributed)
+    if parallel:
+        ddp.check_same(model, [train_data, valid_data])
+    _start_streams(model, seed, parallel)
+    shard = (ddp.rank(), ddp.world_size()) if parallel else (0, 1)
+    main = not parallel or ddp.is_main()
+    quiet = (quiet if quiet is not None else not _stderr_is_terminal()) or not main
+    with ExitStack() as stack:
+        stack.enter_context(_own_stream(model))
+        if parallel:
+            stack.enter_context(_data_parallel(model))
+        with tqdm(range(epochs), desc="fit", unit="epoch", disable=quiet, dynamic_ncols=True) as bar:
+            for _ in bar:
+                epoch = model.epoch + 1
+                ddp.set_epoch(train_data.loader, epoch)
+                batches = train_data.iterate(model._shuffle if shuffle else None, model.dtype, model.device, shard)
+                kept = "" if checkpoint is None else f"the checkpoint {checkpoint} (epoch {model.epoch}) is untouched"
+                train_loss, terms = _pass(model, batches, epoch, True, parallel, kept)
+                valid_loss, valid_terms = math.nan, {}
+                if valid_data is not None:
+                    batches = valid_data.iterate(None, model.dtype, model.device, shard)
+                    valid_loss, valid_terms = _pass(model, batches, epoch, False, parallel, kept)
+                model.epoch = epoch
+                model.history.append(epoch, train_loss, valid_loss, terms, valid_terms)
+                stop = valid_data is not None and model.early_stop(epoch, valid_loss, patience)
+                if checkpoint is not None:
+                    if main:
+                        model._rng = torch.get_rng_state()  # the stream as it stands after this epoch
+                        model.save(checkpoint)
+                    if parallel:
+                        ddp.barrier()  # no rank goes on (and may read the file) before it is complete
+                shown = {"train": f"{train_loss:.4g}"}
+                if valid_data is not None:
+                    shown["valid"] = f"{valid_loss:.4g}"
+                bar.set_postfix(shown)
+                if stop:
+                    break
+    return model.history
+
+
+def _start_streams(model: Any, seed: int | None, parallel: bool) -> None:
+    """Seed the model's random stream and shuffling generator at the start of a run."""
+    if model.epoch == 0 and seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"fit: seed must be an integer, got {seed!r}")
+        model._rng = torch.Generator().manual_seed(seed).get_state()
+        model._shuffle = torch.Generator().manual_seed(seed + 1)
+    if model._rng is None:  # no seed and no saved stream: one draw from the global generator starts it
+        start = int(torch.randint(0, 2**62, ()).item()) if not parallel else ddp.common_seed()
+        model._rng = torch.Generator().manual_seed(start).get_state()
+    if model._shuffle is None:
+        model._shuffle = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=_from(model._rng))))
+
+
+def _from(state: torch.Tensor) -> torch.Generator:
+    gen = torch.Generator()
+    gen.set_state(state)
+    return gen
+
+
+@contextmanager
+def _own_stream(model: Any) -> Iterator[None]:
+    """Run with the model's torch stream as the CPU generator (CUDA devices seeded from it), and
+    give torch's global generators back their state afterwards."""
+    devices = [model.device.index or 0] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(model._rng)
+        if devices:
+            torch.cuda.manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        try:
+            yield
+        finally:
+            model._rng = torch.get_rng_state()
+
+
+@contextmanager
+def _data_parallel(model: Any) -> Iterator[None]:
+    """Wrap the model's loss in DDP for the run (parameters broadcast from rank 0)."""
+    model.parallel = ddp.wrap(model)
+    state = model._shuffle.get_state()
+    ddp.broadcast_([state])
+    model._shuffle.set_state(state)
+    try:
+        yield
+    finally:
+        model.parallel = None
+        model.row_weight = 1.0
+
+
+def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, parallel: bool, kept: str
+          ) -> tuple[float, dict[str, float]]:
+    """One pass: the weighted mean loss and term means (a step per batch when ``training``)."""
+    total, count, sums = 0.0, 0, {}
+    error: FloatingPointError | None = None
+    with ExitStack() as stack:
+        if parallel and training:
+            from torch.distributed.algorithms import Join
+
+            stack.enter_context(Join(model.joinables()))
+        for step, batch in enumerate(batches, 1):
+            if parallel:
+                model.row_weight = batch.n * ddp.world_size() / batch.total
+            try:
+                value, terms = model.step(batch.values) if training else model.evaluate(batch.values)
+            except NonFiniteStep as err:
+                what = err.what if training else err.what.replace("the test loss", "the validation loss", 1)
+                bad = first_nonfinite(batch.values, "the data", batch.rows)  # rows of the data, not the batch
+                detail = err.detail if bad is None else f"{bad}; {err.detail.split('; ', 1)[-1]}"
+                where = f"at epoch {epoch}, {'step' if training else 'validation batch'} {step}"
+                message = f"fit: {what} {where}; {detail}" + (f"; {kept}" if kept else "")
+                if training or not parallel:
+                    raise FloatingPointError(message) from None
+                error = FloatingPointError(message)
+                break
+            total, count = total + batch.n * value, count + batch.n
+            for key, v in terms.items():
+                sums[key] = sums.get(key, 0.0) + batch.n * v
+    if parallel:  # every rank reduces the same keys, whether or not it had a batch
+        loss = model.loss_cls if training else model.test_loss_cls
+        keys = list(dict.fromkeys([t.label for t in loss.terms()] + list(model.extra_terms)))
+        flags = [0.0] * ddp.world_size()
+        flags[ddp.rank()] = float(error is not None)
+        total, count, *rest = ddp.reduce_sums([total, count, *flags, *(sums.get(k, 0.0) for k in keys)],
+                                              model.device)
+        bad = [r for r, f in enumerate(rest[:len(flags)]) if f]
+        if bad:
+            raise error if error is not None else FloatingPointError(
+                f"fit: the validation loss is non-finite on rank(s) {bad} at epoch {epoch}")
+        sums = dict(zip(keys, rest[len(flags):]))
+
+    if count == 0:
+        raise ValueError(f"fit: the {'training' if training else 'validation'} data yielded no batch")
+    return total / count, {k: v / count for k, v in sums.items()}
+
+
+def _stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())

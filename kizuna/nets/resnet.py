@@ -1,0 +1,91 @@
+r"""`ResNet`: the convolutional scale/translation network of RealNVP's image couplings.
+
+The interface is Pixyz's ``pixyz.layers.ResNet`` (its RealNVP and Glow examples build their
+`kizuna.flows.AffineCoupling` networks from it). The network follows Dinh et al. (2017,
+arXiv:1605.08803, section 4.1): a concatenated ReLU of the normalised input, weight-normalised
+convolutions (Salimans & Kingma 2016, arXiv:1602.07868), pre-activation residual blocks
+(He et al. 2016, arXiv:1603.05027) and a 1×1 skip connection out of every block:
+
+.. math:: h_0 = W_{in} * \mathrm{ReLU}([\hat x, -\hat x]),\quad h_k = h_{k-1} + B_k(h_{k-1}),\quad
+          y = W_{out} * \mathrm{ReLU}\big(\mathrm{BN}(S_0 h_0 + \textstyle\sum_k S_k h_k)\big),
+
+with :math:`\hat x = \mathrm{BN}(x)` (doubled when ``double_after_norm``) and :math:`S_k` 1×1 convolutions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import weight_norm
+
+
+def _wn_conv(in_channels: int, out_channels: int, kernel_size: int, padding: int, bias: bool = True) -> nn.Module:
+    """A weight-normalised 2-D convolution: :math:`W = g\\,V/\\|V\\|` per output channel."""
+    return weight_norm(nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=bias))
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation block :math:`x + W_2 * \\mathrm{ReLU}(\\mathrm{BN}(W_1 * \\mathrm{ReLU}(\\mathrm{BN}(x))))`
+    with 3×3 weight-normalised convolutions that keep the channel count and the spatial size."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.in_norm = nn.BatchNorm2d(channels)
+        self.in_conv = _wn_conv(channels, channels, 3, 1, bias=False)
+        self.out_norm = nn.BatchNorm2d(channels)
+        self.out_conv = _wn_conv(channels, channels, 3, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.in_conv(F.relu(self.in_norm(x)))
+        return x + self.out_conv(F.relu(self.out_norm(h)))
+
+
+class ResNet(nn.Module):
+    """Residual network for the scale and translation of an image coupling (module docstring).
+
+    Args:
+        in_channels: channels of the input.
+        mid_channels: channels of the intermediate layers.
+        out_channels: channels of the output (e.g. twice the transformed channels: scale and shift).
+        num_blocks: number of residual blocks.
+        kernel_size: side of the first convolution's filters.
+        padding: padding of the first convolution (``(kernel_size - 1) // 2`` keeps the size).
+        double_after_norm: multiply the normalised input by 2 (RealNVP's first coupling of a scale).
+
+    >>> net = ResNet(3, 8, 6, num_blocks=2, kernel_size=3, padding=1, double_after_norm=True)
+    >>> net(torch.randn(4, 3, 16, 16)).shape
+    torch.Size([4, 6, 16, 16])
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, num_blocks: int,
+                 kernel_size: int, padding: int, double_after_norm: bool) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("mid_channels", mid_channels),
+                            ("out_channels", out_channels), ("kernel_size", kernel_size)):
+            if int(value) < 1:
+                raise ValueError(f"ResNet: {name} must be >= 1, got {value}")
+        if num_blocks < 0 or padding < 0:
+            raise ValueError(f"ResNet: num_blocks and padding must be >= 0, got {num_blocks} and {padding}")
+        self.double_after_norm = double_after_norm
+        self.in_norm = nn.BatchNorm2d(in_channels)
+        self.in_conv = _wn_conv(2 * in_channels, mid_channels, kernel_size, padding)
+        self.in_skip = _wn_conv(mid_channels, mid_channels, 1, 0)
+        self.blocks = nn.ModuleList([ResidualBlock(mid_channels) for _ in range(num_blocks)])
+        self.skips = nn.ModuleList([_wn_conv(mid_channels, mid_channels, 1, 0) for _ in range(num_blocks)])
+        self.out_norm = nn.BatchNorm2d(mid_channels)
+        self.out_conv = _wn_conv(mid_channels, out_channels, 1, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, H, W) -> (N, out_channels, H', W')`` (the same H, W with size-keeping padding)."""
+        if x.dim() != 4:
+            raise ValueError(f"ResNet expects images (N, C, H, W), got shape {tuple(x.shape)}")
+        h = self.in_norm(x)
+        if self.double_after_norm:
+            h = 2.0 * h
+        h = self.in_conv(F.relu(torch.cat((h, -h), dim=1)))
+        skip = self.in_skip(h)
+        for block, to_skip in zip(self.blocks, self.skips):
+            h = block(h)
+            skip = skip + to_skip(h)
+        return self.out_conv(F.relu(self.out_norm(skip)))

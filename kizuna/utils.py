@@ -1,0 +1,223 @@
+"""Helpers that Pixyz programs import from ``pixyz.utils``, under the same names.
+
+Dictionary helpers (`get_dict_values`, `delete_dict_values`, `detach_dict`, `replace_dict_keys`,
+`replace_dict_keys_split`, `tolist`), `sum_samples`, the numerical ``epsilon`` and cache-size
+settings, `print_latex` (a formula to display in a notebook) and `lru_cache_for_sample_dict`
+(memoise a method whose arguments are dicts of tensors).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+_SETTINGS: dict[str, Any] = {"epsilon": 1e-7, "cache_maxsize": 20}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def set_epsilon(eps: float) -> None:
+    """Set the small constant returned by `epsilon` (Pixyz's default 1e-7)."""
+    _SETTINGS["epsilon"] = float(eps)
+
+
+def epsilon() -> float:
+    """The small constant that keeps ``log`` away from zero in user code (``log(p + epsilon())``).
+
+    >>> epsilon()
+    1e-07
+    """
+    return _SETTINGS["epsilon"]
+
+
+def set_cache_maxsize(cache_maxsize: int) -> None:
+    """Set how many results each `lru_cache_for_sample_dict` cache keeps (decorators made later)."""
+    if int(cache_maxsize) < 0:
+        raise ValueError(f"cache_maxsize must be >= 0, got {cache_maxsize}")
+    _SETTINGS["cache_maxsize"] = int(cache_maxsize)
+
+
+def cache_maxsize() -> int:
+    """How many results each `lru_cache_for_sample_dict` cache keeps (default 20, as Pixyz)."""
+    return _SETTINGS["cache_maxsize"]
+
+
+def get_dict_values(dicts: Mapping[str, Any], keys: Iterable[str], return_dict: bool = False) -> Any:
+    """The values of ``dicts`` under ``keys`` that are present, in the order of ``keys``.
+
+    >>> get_dict_values({"a": 1, "b": 2, "c": 3}, ["b"])
+    [2]
+    >>> get_dict_values({"a": 1, "b": 2, "c": 3}, ["b", "d"], True)
+    {'b': 2}
+    """
+    picked = {k: dicts[k] for k in keys if k in dicts}
+    return picked if return_dict else list(picked.values())
+
+
+def delete_dict_values(dicts: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """A copy of ``dicts`` without ``keys``.
+
+    >>> delete_dict_values({"a": 1, "b": 2, "c": 3}, ["b", "d"])
+    {'a': 1, 'c': 3}
+    """
+    drop = set(keys)
+    return {k: v for k, v in dicts.items() if k not in drop}
+
+
+def detach_dict(dicts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every tensor of ``dicts`` detached from the autograd graph."""
+    return {k: v.detach() for k, v in dicts.items()}
+
+
+def replace_dict_keys(dicts: Mapping[str, Any], replace_list_dict: Mapping[str, str]) -> dict[str, Any]:
+    """Rename keys of ``dicts`` by ``replace_list_dict`` (order kept; other keys unchanged).
+
+    >>> replace_dict_keys({"a": 1, "b": 2, "c": 3}, {"a": "x", "b": "y"})
+    {'x': 1, 'y': 2, 'c': 3}
+    """
+    return {replace_list_dict.get(k, k): v for k, v in dicts.items()}
+
+
+def replace_dict_keys_split(dicts: Mapping[str, Any], replace_list_dict: Mapping[str, str]
+                            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(renamed entries, untouched entries)`` of ``dicts`` under ``replace_list_dict``.
+
+    >>> replace_dict_keys_split({"a": 0, "b": 1}, {"a": "loc"})
+    ({'loc': 0}, {'b': 1})
+    """
+    renamed = {replace_list_dict[k]: v for k, v in dicts.items() if k in replace_list_dict}
+    rest = {k: v for k, v in dicts.items() if k not in replace_list_dict}
+    return renamed, rest
+
+
+def tolist(a: Any) -> list[Any]:
+    """``a`` itself if it is a list, else ``[a]``.
+
+    >>> tolist(2), tolist([1, 2])
+    ([2], [1, 2])
+    """
+    return a if isinstance(a, list) else [a]
+
+
+def sum_samples(samples: torch.Tensor, sum_dims: Sequence[int] | None = None) -> torch.Tensor:
+    """Sum over ``sum_dims`` (default: every dimension but the first, the batch).
+
+    >>> sum_samples(torch.ones(2, 3, 4)).tolist()
+    [12.0, 12.0]
+    """
+    if sum_dims is not None:
+        return samples if len(sum_dims) == 0 else samples.sum(dim=tuple(sum_dims))
+    return samples if samples.dim() <= 1 else samples.flatten(1).sum(1)
+
+
+def convert_latex_name(name: str) -> str:
+    """A variable name as LaTeX: ``mu_var`` -> ``\\mu_{var}`` (Greek letters by name).
+
+    >>> convert_latex_name("mu_var"), convert_latex_name("x_1"), convert_latex_name("z")
+    ('\\\\mu_{var}', 'x_{1}', 'z')
+    """
+    head, _, sub = name.partition("_")
+    head = f"\\{head}" if head in _GREEK else head
+    return f"{head}_{{{sub}}}" if sub else head
+
+
+_GREEK = frozenset(
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho sigma tau upsilon phi chi "
+    "psi omega Gamma Delta Theta Lambda Xi Pi Sigma Upsilon Phi Psi Omega".split())
+
+
+class LatexFormula:
+    """A formula that notebooks render as maths (``_repr_latex_``) and ``print`` shows as LaTeX text.
+
+    Attributes:
+        data: the LaTeX source, as ``IPython.display.Math.data`` (what Pixyz's `print_latex` returns).
+    """
+
+    def __init__(self, data: str) -> None:
+        self.data = data
+
+    def _repr_latex_(self) -> str:
+        return f"$\\displaystyle {self.data}$"
+
+    def __str__(self) -> str:
+        return self.data
+
+    def __repr__(self) -> str:
+        return f"LatexFormula({self.data!r})"
+
+
+def print_latex(obj: Any) -> LatexFormula:
+    """The LaTeX formula of a distribution, a loss or a model, for display (Pixyz's `print_latex`).
+
+    As in Pixyz it returns the formula (a notebook shows it as the cell's value) rather than printing.
+
+    >>> from kizuna.distributions import Normal
+    >>> print(print_latex(Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0, name="p_prior")))
+    p_{prior}(x|z)
+    """
+    from kizuna.distributions.base import Distribution  # deferred: utils sits above every layer
+    from kizuna.formula import Loss
+    from kizuna.models.model import Model
+
+    if isinstance(obj, Model):
+        obj = obj.loss_cls
+    if isinstance(obj, (Distribution, Loss)):
+        return LatexFormula(obj.to_latex())
+    raise TypeError(f"print_latex takes a kizuna Distribution, Loss or Model, got {type(obj).__name__}")
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable key for a call argument: tensors by identity and in-place version, dicts and lists deeply."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", id(value), value._version)
+    if isinstance(value, Mapping):
+        return ("dict", tuple((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return ("seq", tuple(_frozen(v) for v in value))
+    return ("value", value)
+
+
+def lru_cache_for_sample_dict() -> Callable[[F], F]:
+    """Memoise a method whose arguments are sample dicts (Pixyz's decorator of ``get_params``).
+
+    A call with the same tensors (the same objects, not modified in place), in the same grad mode and
+    with the module's parameters not updated since, returns the stored result; at most `cache_maxsize`
+    results are kept per method. Unlike Pixyz's cache, an optimizer step (which updates the parameters in
+    place) or an in-place change of an input invalidates the stored results, so a stale value is never
+    returned. The cache holds references to the keyed tensors (and their results) until evicted.
+
+    >>> calls = []
+    >>> class Enc(torch.nn.Module):
+    ...     @lru_cache_for_sample_dict()
+    ...     def params(self, x_dict):
+    ...         calls.append(1)
+    ...         return x_dict["x"] * 2
+    >>> e, x = Enc(), torch.ones(2)
+    >>> _ = e.params({"x": x}); _ = e.params({"x": x}); len(calls)
+    1
+    """
+    maxsize = cache_maxsize()
+
+    def decorate(method: F) -> F:
+        cache: dict[Any, tuple[Any, Any]] = {}  # key -> (tensors kept alive so ids stay unique, result)
+
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            params = tuple(p._version for p in self.parameters()) if isinstance(self, torch.nn.Module) else ()
+            key = (id(self), params, torch.is_grad_enabled(), _frozen(args), _frozen(sorted(kwargs.items())))
+            if key in cache:
+                cache[key] = cache.pop(key)  # most recently used last
+                return cache[key][1]
+            result = method(self, *args, **kwargs)
+            if maxsize > 0:
+                cache[key] = ((self, args, kwargs), result)
+                while len(cache) > maxsize:
+                    cache.pop(next(iter(cache)))
+            return result
+
+        wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
