@@ -244,10 +244,10 @@ class Observation(Module):
     Floating data keeps its dtype; integer and boolean data become ``torch.get_default_dtype()``;
     anything that is not numbers is refused naming the expected dtype (`kizuna.modules.validation`).
 
-    >>> obs = Observation(np.zeros((3, 2)), name="obs")
-    >>> obs.forward_message.kind, tuple(obs.data.shape)
-    ('data', (3, 2))
-    >>> Observation(np.array([[0.0, 1.0], [2.0, np.nan]]), name="images")
+    >>> obs = Observation([[0, 1], [2, 3], [4, 5]], name="obs")
+    >>> obs.forward_message.kind, tuple(obs.data.shape), obs.data.dtype
+    ('data', (3, 2), torch.float32)
+    >>> Observation([[0.0, 1.0], [2.0, float("nan")]], name="images")
     Traceback (most recent call last):
     ...
     ValueError: Observation images: data contains NaN at row 1, column 1 (values must be finite: no NaN or inf)
