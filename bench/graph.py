@@ -75,14 +75,14 @@ def build(n: int, args: argparse.Namespace, seed: int = 0) -> tuple[km.Graph, di
 def run(n: int, args: argparse.Namespace) -> list[dict[str, float]]:
     """Seconds per module for each of ``args.iters`` mutual-inference iterations (observations take none)."""
     graph, named = build(n, args)
-    graph.fit(n_iter=0, seed=0)  # seeds the shared generator and sets the method, as fit(n_iter=...) does
+    ctx = graph.context(seed=0)  # the seeded generator and strategy fit(n_iter=...) passes to every module
     names = {id(m): name for name, m in named.items()}
     out = []
-    for _ in range(args.iters):
+    for i in range(args.iters):
         times = dict.fromkeys(MODULES, 0.0)
         for m in graph.modules:
             begin = time.perf_counter()
-            m.update()
+            m.update(ctx.at(i))
             if id(m) in names:
                 times[names[id(m)]] += time.perf_counter() - begin
         out.append(times)

@@ -1,11 +1,11 @@
-"""Shared pieces of the VAE-family examples: networks as distributions, data, baselines, training.
+"""Shared pieces of the VAE-family examples: data, baselines, training.
 
 The examples import this file with ``sys.path`` pointed at ``examples/``; nothing in the
-library imports it.
+library imports it. The networks-as-distributions they use are the library's
+`kizuna.distributions.MLPNormal`, `MLPBernoulli` and `MLPCategorical` (e.g.
+``MLPNormal("z", ["x", "y"], [dim_x + dim_y, 512, 64])`` is :math:`q(z|x,y)`).
 
-* `NormalNet`, `BernoulliNet`, `CategoricalNet`: a distribution whose parameters come from an
-  `MLP` over the concatenated conditioning variables, e.g. ``NormalNet("z", ["x", "y"], ...)``
-  is :math:`q(z|x,y)`.
+* `standard_normal`: the prior :math:`\\mathcal N(0, I)`.
 * `binary_images`: binarised train/test images (digits in smoke runs, MNIST or Fashion-MNIST
   otherwise).
 * `bernoulli_baseline`: the log-likelihood of one independent Bernoulli per pixel, the floor
@@ -16,60 +16,16 @@ library imports it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch.nn import functional as F
 
 from kizuna.datasets import load_digits, load_fashion_mnist, load_mnist, split
-from kizuna.distributions import Bernoulli, Categorical, Normal
+from kizuna.distributions import Bernoulli, Normal
 from kizuna.models import Model
-from kizuna.nets import MLP
 
 Tensor = torch.Tensor
-
-
-def _concat(cond_var: Sequence[str], cond: Mapping[str, Tensor]) -> Tensor:
-    """The conditioning values side by side, in ``cond_var`` order (features flattened)."""
-    return torch.cat([cond[name].flatten(1) for name in cond_var], dim=-1)
-
-
-class NormalNet(Normal):
-    """A diagonal Normal over ``var`` whose mean and scale come from an MLP of ``cond_var``.
-
-    .. math:: q(z|x) = \\mathcal N\\big(z;\\ \\mu(x),\\ \\operatorname{diag}\\sigma^2(x)\\big),
-        \\quad \\sigma = \\operatorname{softplus}(\\cdot) + 10^{-4}
-    """
-
-    def __init__(self, var: str, cond_var: Sequence[str], sizes: Sequence[int], name: str = "q") -> None:
-        super().__init__(var=[var], cond_var=list(cond_var), name=name)
-        self.net = MLP(*sizes[:-1], 2 * sizes[-1])
-
-    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
-        loc, s = self.net(_concat(self.cond_var, cond)).chunk(2, -1)
-        return {"loc": loc, "scale": F.softplus(s) + 1e-4}
-
-
-class BernoulliNet(Bernoulli):
-    """Independent Bernoulli pixels whose logits come from an MLP of ``cond_var``: :math:`p(x|z)`."""
-
-    def __init__(self, var: str, cond_var: Sequence[str], sizes: Sequence[int], name: str = "p") -> None:
-        super().__init__(var=[var], cond_var=list(cond_var), name=name)
-        self.net = MLP(*sizes)
-
-    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
-        return {"logits": self.net(_concat(self.cond_var, cond))}
-
-
-class CategoricalNet(Categorical):
-    """A one-hot categorical whose logits come from an MLP of ``cond_var``: a classifier :math:`q(y|x)`."""
-
-    def __init__(self, var: str, cond_var: Sequence[str], sizes: Sequence[int], name: str = "q") -> None:
-        super().__init__(var=[var], cond_var=list(cond_var), name=name)
-        self.net = MLP(*sizes)
-
-    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
-        return {"logits": self.net(_concat(self.cond_var, cond))}
 
 
 def standard_normal(var: str, dim: int, name: str = "p_prior") -> Normal:

@@ -8,26 +8,33 @@ it is missing.
 
 * `digits`: the 3,000 MNIST images of ``mnist3000.npz`` with their spoken-digit HAC histograms, in
   the order 0, 1, ..., 9, 0, 1, ... (the first ``n`` keep that order).
-* `FULL`, `SMOKE`: the hyper-parameters of full runs and of ``--smoke`` runs.
-* `image_vae`, `class_gmm`, `speech_mlda`: SERKET's modules for the digit examples.
+* `objects`: the 50 objects of ``mMLDA/`` (four histograms, object and motion categories).
+* `FULL`, `SMOKE`: the hyper-parameters of full runs and of ``--smoke`` runs; `fit_graph` runs a graph
+  with SERKET's VAE schedule (a long first update, shorter ones after) passed as ``Graph.fit(schedule=...)``.
+* `image_vae`, `class_gmm`, `speech_mlda`, `DeafVAE`: SERKET's modules for the digit examples;
+  `build_vae_gmm`, `build_vae_gmm_mlda`: the graphs several examples share.
 * `cached`: results memoised per (tag, seed, smoke, data), so that ``serket_table.py``, which runs
-  every example in one process, trains each part once; the parts shared by several examples:
-  `gmm_on_vae` (GMM on the latents of a VAE trained alone, no feedback) and `speech_alone` (MLDA on
-  the speech histograms alone).
+  every example in one process, trains each part once; the results shared by several examples:
+  `vae_gmm` (VAE+GMM and its paired control), `vae_gmm_mlda`, `gmm_on_vae` (GMM on the latents of a VAE
+  trained alone, no feedback) and `speech_alone` (MLDA on the speech histograms alone).
 * `cli`, `seed_table`: the command line of every example and the mean ± sd table over seeds.
 
-Every function seeds torch's global generator itself (network initialisation) and runs its graph
-with ``Graph.fit(seed=...)``, so a result depends on its seed only, not on what ran before it.
+Every graph runs with ``Graph.fit(seed=...)``, which initialises the networks and drives every sampler
+from one generator, so a result depends on its seed only, not on what ran before it (the examples never
+touch torch's global generator). The examples import nothing from each other, only from this file.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -66,6 +73,17 @@ def digits(data: str | Path | None, n: int | None = None) -> Digits:
         raise FileNotFoundError(f"{path} is missing: the SERKET data folder must hold mnist3000.npz")
     with np.load(path) as f:
         return Digits(f["image"][:n], f["modality2"][:n], f["label"][:n])
+
+
+def objects(data: str | Path | None) -> dict[str, np.ndarray]:
+    """The four modalities of SERKET's 50 objects (50 rows each) and the object / motion categories."""
+    folder = data_dir(data) / "mMLDA"
+    names = {"vision": "dsift.txt", "sound": "mfcc.txt", "touch": "tactile.txt", "angles": "angle.txt",
+             "object": "Object_Category.txt", "motion": "Motion_Category.txt"}
+    missing = [f for f in names.values() if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {missing}: the SERKET data folder must hold mMLDA/")
+    return {k: np.loadtxt(folder / f) for k, f in names.items()}
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -119,57 +137,65 @@ def module_scores(module: km.ClassModule, prefix: str) -> dict[str, float]:
 
 
 # -------------------------------------------------------------------------------------------- parts
-def image_vae(d: Digits, s: Settings, seed: int) -> km.VAE:
-    """SERKET's VAE on the images (its networks seeded by ``seed``), connected to their observation."""
-    torch.manual_seed(seed)
-    return km.VAE(s.latent_dim, hidden=s.hidden, epochs=s.first_epochs, batch_size=s.batch_size, lr=s.lr,
-                  name="vae").connect(km.Observation(d.image, name="image"))
+def image_vae(d: Digits, s: Settings, cls: type[km.VAE] = km.VAE, alpha: float = 1.0) -> km.VAE:
+    """SERKET's VAE (``cls``) on the images, connected to their observation; its networks are initialised
+    from the graph's generator at its first update."""
+    return cls(s.latent_dim, hidden=s.hidden, epochs=s.first_epochs, batch_size=s.batch_size, lr=s.lr, alpha=alpha,
+               name="vae").connect(km.Observation(d.image, name="image"))
 
 
-def fit_graph(graph: km.Graph, s: Settings, seed: int, after_first: Callable[[], None] | None = None) -> km.Graph:
-    """``s.n_iter`` sweeps: the first with every VAE at ``s.first_epochs``, the rest at ``s.vae_epochs``.
+class DeafVAE(km.VAE):
+    r"""A VAE that receives no prior mean from its parent (the GMM sends its class means only to children
+    that receive them) and ignores one in a loaded state: the paired control of the feedback, with the
+    prior :math:`\mathcal N(0, I)`."""
 
-    ``after_first()`` is called between the two (e.g. to score the model before any feedback).
-    """
-    graph.fit(n_iter=1, seed=seed)
-    if after_first is not None:
-        after_first()
-    for module in graph.modules:
-        if isinstance(module, km.VAE):
-            module.epochs = s.vae_epochs
-    return graph.fit(n_iter=s.n_iter - 1, seed=seed + 1)  # networks and chains continue; a fresh stream
+    receives: ClassVar[tuple[str, ...]] = ()
+
+    def _update(self, ctx: km.UpdateContext, forward: list[km.Message], backward: km.Message | None
+                ) -> tuple[km.Message, dict[km.Module, km.Message]]:
+        return super()._update(ctx, forward, None)
 
 
-def class_gmm(d: Digits, s: Settings) -> km.GMM:
-    """SERKET's GMM of 10 classes (Gibbs sampling), not yet connected."""
-    return km.GMM(10, category=d.label, max_iter=s.gmm_sweeps, name="gmm")
+def schedule(graph: km.Graph, s: Settings) -> dict[str, dict[str, list[int]]]:
+    """SERKET's VAE schedule: ``s.first_epochs`` in the first update, ``s.vae_epochs`` in every later one."""
+    return {m.name: {"epochs": [s.first_epochs, s.vae_epochs]} for m in graph.modules if isinstance(m, km.VAE)}
 
 
-def speech_mlda(d: Digits, s: Settings, weights: Sequence[float], cls: type[km.MLDA] = km.MLDA) -> km.MLDA:
-    """An MLDA (``cls``) of 10 topics, not yet connected; its first child is to be the speech."""
-    return cls(10, weights=list(weights), category=d.label, max_iter=s.mlda_sweeps, name="mlda")
+def fit_graph(graph: km.Graph, s: Settings, seed: int, n_iter: int | None = None) -> km.Graph:
+    """``n_iter`` (default ``s.n_iter``) sweeps with `schedule`; a loaded graph continues its schedule."""
+    return graph.fit(n_iter=s.n_iter if n_iter is None else n_iter, seed=seed, schedule=schedule(graph, s))
 
 
-class OncePerSample(km.MLDA):
-    r"""An MLDA that counts its parent's class prior once per sample instead of once per token.
+def class_gmm(d: Digits, s: Settings, algorithm: str = "gibbs") -> km.GMM:
+    """SERKET's GMM of 10 classes (blocked Gibbs sampling, or SERKET's own collapsed sampler with
+    ``algorithm="collapsed"``), not yet connected."""
+    return km.GMM(10, category=d.label, algorithm=algorithm, max_iter=s.gmm_sweeps, name="gmm")
 
-    `kizuna.modules.MLDA` (like SERKET's) multiplies the prior :math:`\pi_{dk}` into the Gibbs
-    conditional of every token, so the chain's stationary distribution carries
-    :math:`\prod_i \pi_{d z_i}`: a sample of :math:`T_d` tokens meets the prior :math:`T_d` times. This
-    subclass passes :math:`\pi_{dk}^{1/T_d}` (renormalised) instead, so the product over the tokens is
-    :math:`\prod_k \pi_{dk}^{n_{dk}/T_d}` — the prior once, shared by the topics in proportion. A
-    workaround written in the examples; the module itself is left as it is.
-    """
 
-    def class_prior(self, backward: km.Message | None, n: int) -> torch.Tensor | None:
-        prior = super().class_prior(backward, n)
-        if prior is None:
-            return None
-        tokens = sum(w for w in self.weights) if self.weights and None not in self.weights else None
-        if tokens is None:
-            raise ValueError(f"{self.name}: OncePerSample needs a weight (tokens per sample) for every modality")
-        tempered = prior ** (1.0 / tokens)
-        return tempered / tempered.sum(1, keepdim=True)
+def speech_mlda(d: Digits, s: Settings, weights: Sequence[float], prior_per: str = "token") -> km.MLDA:
+    """An MLDA of 10 topics counting its parent's prior once per ``prior_per``, not yet connected; its first
+    child is to be the speech."""
+    return km.MLDA(10, list(weights), category=d.label, max_iter=s.mlda_sweeps, prior_per=prior_per, name="mlda")
+
+
+# ------------------------------------------------------------------------------------ shared graphs
+WEIGHTS = (200.0, 20.0)  # tokens per sample in VAE+GMM+MLDA: speech, GMM posterior
+SERKET_WEIGHTS = (200.0, 200.0)
+
+
+def build_vae_gmm(d: Digits, s: Settings, vae: type[km.VAE] = km.VAE, alpha: float = 1.0, algorithm: str = "gibbs"
+                  ) -> tuple[km.Graph, km.GMM]:
+    """image -> VAE (``vae``) -> GMM (``algorithm``)."""
+    gmm = class_gmm(d, s, algorithm).connect(image_vae(d, s, vae, alpha))
+    return km.Graph([gmm]), gmm
+
+
+def build_vae_gmm_mlda(d: Digits, s: Settings, weights: Sequence[float] = WEIGHTS, prior_per: str = "token"
+                       ) -> tuple[km.Graph, km.GMM, km.MLDA]:
+    """image -> VAE -> GMM -> MLDA <- speech."""
+    gmm = class_gmm(d, s).connect(image_vae(d, s))
+    mlda = speech_mlda(d, s, weights, prior_per).connect(km.Observation(d.speech, name="speech"), gmm)
+    return km.Graph([mlda]), gmm, mlda
 
 
 _CACHE: dict[tuple, dict[str, float]] = {}
@@ -184,20 +210,60 @@ def cached(tag: str, compute: Callable[[int, bool, str | None], dict[str, float]
     return dict(_CACHE[k])
 
 
-def _gmm_on_vae(seed: int, smoke: bool, data: str | None) -> dict[str, float]:
+def _vae_gmm(seed: int, smoke: bool, data: str | None, algorithm: str = "gibbs") -> dict[str, float]:
+    """VAE+GMM and a paired control: after the first update (VAE trained alone, then the GMM) the graph is
+    saved; one copy continues with the class means fed back, the other with a `DeafVAE`, from the same
+    networks, GMM chain and iteration count (hence the same schedule)."""
     s = settings(smoke)
     d = digits(data, s.n)
-    vae = image_vae(d, s, seed)
+    graph, gmm = build_vae_gmm(d, s, algorithm=algorithm)
+    fit_graph(graph, s, seed, n_iter=1)
+    out = module_scores(gmm, "first_update")
+    with tempfile.TemporaryDirectory() as tmp:
+        graph.save(tmp)
+        for key, vae in (("vae_gmm", km.VAE), ("no_feedback", DeafVAE)):
+            graph, gmm = build_vae_gmm(d, s, vae, algorithm=algorithm)
+            graph.load(tmp)
+            fit_graph(graph, s, seed + 1, n_iter=s.n_iter - 1)
+            out.update(module_scores(gmm, key))
+    return out
+
+
+def vae_gmm(seed: int, smoke: bool, data: str | Path | None, algorithm: str = "gibbs") -> dict[str, float]:
+    """Accuracy / ARI / NMI of VAE+GMM's classes (``vae_gmm``), of its GMM after the first update
+    (``first_update``) and of the paired control continued without feedback (``no_feedback``), the GMM
+    sampling with ``algorithm``."""
+    tag = "vae_gmm" if algorithm == "gibbs" else f"vae_gmm_{algorithm}"
+    return cached(tag, functools.partial(_vae_gmm, algorithm=algorithm), seed, smoke, data)
+
+
+def _vae_gmm_mlda(seed: int, smoke: bool, data: str | None) -> dict[str, float]:
+    s = settings(smoke)
+    graph, gmm, mlda = build_vae_gmm_mlda(digits(data, s.n), s)
+    fit_graph(graph, s, seed)
+    return {**module_scores(mlda, "vae_gmm_mlda"), **module_scores(gmm, "vae_gmm_mlda_gmm")}
+
+
+def vae_gmm_mlda(seed: int, smoke: bool, data: str | Path | None) -> dict[str, float]:
+    """The MLDA's and the GMM's scores in VAE+GMM+MLDA with `WEIGHTS` (memoised)."""
+    return cached("vae_gmm_mlda", _vae_gmm_mlda, seed, smoke, data)
+
+
+def _gmm_on_vae(seed: int, smoke: bool, data: str | None, algorithm: str = "gibbs") -> dict[str, float]:
+    s = settings(smoke)
+    d = digits(data, s.n)
+    vae = image_vae(d, s)
     fit_graph(km.Graph([vae]), s, seed)  # no parent: it never receives a prior mean
-    gmm = class_gmm(d, s).connect(km.Observation(vae.latent, name="latent"))
+    gmm = class_gmm(d, s, algorithm).connect(km.Observation(vae.latent, name="latent"))
     km.Graph([gmm]).fit(n_iter=s.n_iter, seed=seed)
     return module_scores(gmm, "gmm_on_vae")
 
 
-def gmm_on_vae(seed: int, smoke: bool, data: str | Path | None) -> dict[str, float]:
-    """The image part alone: a GMM on the latents of a VAE trained with no feedback, with as many VAE
-    epochs and Gibbs sweeps in all as the integrated models (``n_iter`` updates of each)."""
-    return cached("gmm_on_vae", _gmm_on_vae, seed, smoke, data)
+def gmm_on_vae(seed: int, smoke: bool, data: str | Path | None, algorithm: str = "gibbs") -> dict[str, float]:
+    """The image part alone: a GMM (``algorithm``) on the latents of a VAE trained with no feedback, with as
+    many VAE epochs and Gibbs sweeps in all as the integrated models (``n_iter`` updates of each)."""
+    tag = "gmm_on_vae" if algorithm == "gibbs" else f"gmm_on_vae_{algorithm}"
+    return cached(tag, functools.partial(_gmm_on_vae, algorithm=algorithm), seed, smoke, data)
 
 
 def _speech_alone(seed: int, smoke: bool, data: str | None) -> dict[str, float]:

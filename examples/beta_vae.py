@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BernoulliNet, NormalNet, fit, report, standard_normal  # noqa: E402
+from _common import fit, report, standard_normal  # noqa: E402
 
+from kizuna.distributions import MLPBernoulli, MLPNormal  # noqa: E402
 from kizuna.losses import Expectation as E  # noqa: E402
 from kizuna.losses import KullbackLeibler, LogProb  # noqa: E402
 from kizuna.models import Model  # noqa: E402
@@ -85,12 +86,12 @@ def mutual_information_gap(codes: np.ndarray, factors: np.ndarray, bins: int = 2
 
 
 def train_beta_vae(x: torch.Tensor, beta: float, cfg: dict, seed: int, show: bool = False
-                   ) -> tuple[NormalNet, BernoulliNet, dict]:
+                   ) -> tuple[MLPNormal, MLPBernoulli, dict]:
     """Fit one β-VAE (printing its loss if ``show``); returns the encoder, decoder and its figures."""
     torch.manual_seed(seed)
     dim, h, zd = x.shape[1], cfg["hidden"], cfg["z_dim"]
-    q = NormalNet("z", ["x"], [dim, h, h, zd], name="q")
-    p = BernoulliNet("x", ["z"], [zd, h, h, dim], name="p")
+    q = MLPNormal("z", ["x"], [dim, h, h, zd], name="q")
+    p = MLPBernoulli("x", ["z"], [zd, h, h, dim], name="p")
     prior = standard_normal("z", zd)
     kl, recon = KullbackLeibler(q, prior), E(q, LogProb(p))
     loss = (beta * kl - recon).mean()

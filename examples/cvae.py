@@ -24,8 +24,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    BernoulliNet,
-    NormalNet,
     bernoulli_baseline,
     binary_images,
     fit,
@@ -34,6 +32,7 @@ from _common import (  # noqa: E402
     standard_normal,
 )
 
+from kizuna.distributions import MLPBernoulli, MLPNormal  # noqa: E402
 from kizuna.losses import Expectation as E  # noqa: E402
 from kizuna.losses import KullbackLeibler, LogProb  # noqa: E402
 from kizuna.metrics import bits_per_dim, log_likelihood  # noqa: E402
@@ -51,7 +50,7 @@ def label_classifier(x_train: torch.Tensor, y_train: torch.Tensor):  # noqa: ANN
     return LogisticRegression(max_iter=2000, C=1.0).fit(x_train.numpy(), y_train.numpy())
 
 
-def conditional_samples(p: BernoulliNet, prior, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+def conditional_samples(p: MLPBernoulli, prior, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` images of every class: :math:`z \\sim p(z)`, then :math:`x \\sim p(x|z,y)`."""
     y = torch.arange(N_CLASSES).repeat_interleave(per_class)
     with torch.no_grad():
@@ -68,8 +67,8 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[
     torch.manual_seed(seed)
     x_train, y_train, x_test, y_test = binary_images(cfg["dataset"], seed=seed, n_test=cfg["n_test"])
     dim, h, zd = x_train.shape[1], cfg["hidden"], cfg["z_dim"]
-    q = NormalNet("z", ["x", "y"], [dim + N_CLASSES, h, h, zd], name="q")
-    p = BernoulliNet("x", ["z", "y"], [zd + N_CLASSES, h, h, dim], name="p")
+    q = MLPNormal("z", ["x", "y"], [dim + N_CLASSES, h, h, zd], name="q")
+    p = MLPBernoulli("x", ["z", "y"], [zd + N_CLASSES, h, h, dim], name="p")
     prior = standard_normal("z", zd)
 
     loss = (KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()

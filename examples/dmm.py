@@ -42,9 +42,9 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import NormalNet, fit, report  # noqa: E402
+from _common import fit, report  # noqa: E402
 
-from kizuna.distributions import Deterministic, Normal  # noqa: E402
+from kizuna.distributions import Deterministic, MLPNormal, Normal  # noqa: E402
 from kizuna.losses import Expectation as E  # noqa: E402
 from kizuna.losses import IterativeLoss, KullbackLeibler, LogProb  # noqa: E402
 from kizuna.models import Model  # noqa: E402
@@ -118,7 +118,7 @@ def build(cfg: dict) -> dict:
     return {
         "rnn": RNN(cfg["D"], h),
         "q": Combiner(zd, h),
-        "transition": NormalNet("z", ["z_prev"], [zd, h, zd], name="p"),  # p(z_t|z_{t-1})
+        "transition": MLPNormal("z", ["z_prev"], [zd, h, zd], name="p"),  # p(z_t|z_{t-1})
         "emission": Emission(zd, cfg["D"], h),
     }
 

@@ -29,8 +29,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    BernoulliNet,
-    NormalNet,
     bernoulli_baseline,
     binary_images,
     fit,
@@ -38,6 +36,7 @@ from _common import (  # noqa: E402
     standard_normal,
 )
 
+from kizuna.distributions import MLPBernoulli, MLPNormal  # noqa: E402
 from kizuna.losses import ELBO, IWAE  # noqa: E402
 from kizuna.metrics import bits_per_dim, log_likelihood  # noqa: E402
 from kizuna.models import Model  # noqa: E402
@@ -50,8 +49,8 @@ def train(x_train: torch.Tensor, k: int, cfg: dict, seed: int) -> tuple:
     """Fit :math:`p(x|z)p(z)` and :math:`q(z|x)` with the ``k``-sample bound (``k = 1``: the VAE's ELBO)."""
     torch.manual_seed(seed)
     dim, h, zd = x_train.shape[1], cfg["hidden"], cfg["z_dim"]
-    q = NormalNet("z", ["x"], [dim, h, h, zd], name="q")
-    p = BernoulliNet("x", ["z"], [zd, h, h, dim], name="p")
+    q = MLPNormal("z", ["x"], [dim, h, h, zd], name="q")
+    p = MLPBernoulli("x", ["z"], [zd, h, h, dim], name="p")
     prior = standard_normal("z", zd)
     p_joint = p * prior
     loss = -(ELBO(p_joint, q) if k == 1 else IWAE(p_joint, q, k=k)).mean()

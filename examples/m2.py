@@ -41,9 +41,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    BernoulliNet,
-    CategoricalNet,
-    NormalNet,
     binary_images,
     fit,
     one_hot,
@@ -51,7 +48,7 @@ from _common import (  # noqa: E402
     standard_normal,
 )
 
-from kizuna.distributions import Categorical  # noqa: E402
+from kizuna.distributions import Categorical, MLPBernoulli, MLPCategorical, MLPNormal  # noqa: E402
 from kizuna.losses import Entropy, KullbackLeibler, LogProb, Prob  # noqa: E402
 from kizuna.losses import Expectation as E  # noqa: E402
 from kizuna.models import ML, Model  # noqa: E402
@@ -81,11 +78,11 @@ def enumerate_labels(x_u: torch.Tensor) -> dict[str, torch.Tensor]:
 def build(dim: int, z_dim: int, hidden: int) -> dict:
     """The five distributions of M2."""
     return {
-        "p": BernoulliNet("x", ["z", "y"], [z_dim + K, hidden, hidden, dim], name="p"),
+        "p": MLPBernoulli("x", ["z", "y"], [z_dim + K, hidden, hidden, dim], name="p"),
         "prior": standard_normal("z", z_dim),
         "p_y": Categorical(var=["y"], probs=torch.full((K,), 1.0 / K), name="p_y"),
-        "q_z": NormalNet("z", ["x", "y"], [dim + K, hidden, hidden, z_dim], name="q"),
-        "q_y": CategoricalNet("y", ["x"], [dim, hidden, hidden, K], name="q"),
+        "q_z": MLPNormal("z", ["x", "y"], [dim + K, hidden, hidden, z_dim], name="q"),
+        "q_y": MLPCategorical("y", ["x"], [dim, hidden, hidden, K], name="q"),
     }
 
 
@@ -101,14 +98,14 @@ def m2_loss(d: dict, alpha: float):  # noqa: ANN201 - a kizuna Loss
     return neg_elbo.mean() + unlabelled + alpha * (-LogProb(q_y)).mean()
 
 
-def accuracy(q_y: CategoricalNet, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(q_y: MLPCategorical, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (q_y.get_params({"x": x})["logits"].argmax(-1) == y).float().mean().item()
 
 
-def supervised_only(dim: int, hidden: int, x_l: torch.Tensor, y_l: torch.Tensor, epochs: int) -> CategoricalNet:
+def supervised_only(dim: int, hidden: int, x_l: torch.Tensor, y_l: torch.Tensor, epochs: int) -> MLPCategorical:
     """The network of :math:`q(y|x)` trained on the labelled subset alone: :math:`\\max \\log q(y|x)`."""
-    q_y = CategoricalNet("y", ["x"], [dim, hidden, hidden, K], name="q")
+    q_y = MLPCategorical("y", ["x"], [dim, hidden, hidden, K], name="q")
     model = ML(q_y, optimizer_params={"lr": 1e-3, "weight_decay": 1e-4})  # mean(-log q(y|x))
     fit(model, {"x": x_l, "y": one_hot(y_l, K)}, epochs=epochs, batch_size=len(x_l))
     return q_y

@@ -34,7 +34,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
-import serket_vae_gmm  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 
@@ -45,8 +44,9 @@ class OracleMeansGMM(km.GMM):
     """A GMM that sends down the mean latent of each sample's **true** class instead of its own class's
     mean (labels are read from ``category``; a diagnostic, not a model)."""
 
-    def _update(self, forward: list[km.Message], backward: km.Message | None):
-        up, down = super()._update(forward, backward)
+    def _update(self, ctx: km.UpdateContext, forward: list[km.Message], backward: km.Message | None
+                ) -> tuple[km.Message, dict[km.Module, km.Message]]:
+        up, down = super()._update(ctx, forward, backward)
         z = forward[0].value
         labels = torch.as_tensor(np.asarray(self.category), device=z.device).long()
         onehot = torch.nn.functional.one_hot(labels).to(z.dtype)
@@ -57,23 +57,15 @@ class OracleMeansGMM(km.GMM):
 
 
 def _continue(d: S.Digits, s: S.Settings, seed: int, saved: str, variant: str) -> dict[str, float]:
-    """One variant continued from the saved first-update state."""
-    graph, gmm = serket_vae_gmm.build(d, s, seed)
-    graph.load(saved)
-    if variant == "oracle":
-        gmm.__class__ = OracleMeansGMM  # after loading (a saved GMM loads into a GMM); same state, other message
-    vae = gmm.children[0]
+    """One variant continued from the saved first-update state (the same networks, chain and iteration,
+    so the same VAE schedule); the variants differ only in how the VAE is built."""
+    vae = S.image_vae(d, s, S.DeafVAE if variant == "none" else km.VAE, alpha=4.0 if variant == "alpha=4" else 1.0)
+    gmm_class = OracleMeansGMM if variant == "oracle" else km.GMM  # a GMM's saved state loads into a subclass
+    gmm = gmm_class(10, category=d.label, max_iter=s.gmm_sweeps, name="gmm").connect(vae)
+    graph = km.Graph([gmm]).load(saved)
     before = gmm.classes.clone()
-    vae.epochs = s.vae_epochs
-    if variant == "none":
-        vae.receives = ()
-        vae.backward_messages.clear()
-    elif variant == "alpha=4":
-        vae.alpha = 4.0
-        vae._build_model()  # the loss with the new weight (the networks are kept)
-    graph.fit(n_iter=s.n_iter - 1, seed=seed + 1)
-    fresh = S.class_gmm(d, s)
-    fresh.max_iter = s.gmm_sweeps * s.n_iter
+    S.fit_graph(graph, s, seed + 1, n_iter=s.n_iter - 1)
+    fresh = S.class_gmm(d, s).set_params(max_iter=s.gmm_sweeps * s.n_iter)
     fresh.connect(km.Observation(vae.latent, name="latent"))
     km.Graph([fresh]).fit(n_iter=1, seed=seed + 2)
     return {"accuracy": S.module_scores(gmm, "m")["m_accuracy"],
@@ -85,8 +77,8 @@ def study(seed: int, smoke: bool, data: str | None) -> dict[str, dict[str, float
     """Every variant of `VARIANTS` for one seed (one shared first update)."""
     s = S.settings(smoke)
     d = S.digits(data, s.n)
-    graph, gmm = serket_vae_gmm.build(d, s, seed)
-    graph.fit(n_iter=1, seed=seed)
+    graph, gmm = S.build_vae_gmm(d, s)
+    S.fit_graph(graph, s, seed, n_iter=1)
     out = {"first update": {"accuracy": S.module_scores(gmm, "m")["m_accuracy"], "moved": 0.0,
                             "fresh": float("nan")}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,8 +31,9 @@ import _serket as S  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 from kizuna.metrics import clustering_accuracy  # noqa: E402
-from kizuna.modules import gmm_collapsed, gmm_inference  # noqa: E402
-from kizuna.modules.normal_wishart import NormalWishart  # noqa: E402
+from kizuna.modules.gmm.algorithms import NO_PARENT  # noqa: E402
+from kizuna.modules.gmm.collapsed import collapsed_gibbs  # noqa: E402
+from kizuna.modules.gmm.normal_wishart import NormalWishart  # noqa: E402
 
 VARIANTS = ("blocked", "collapsed", "serket")
 
@@ -50,13 +51,9 @@ def cluster(x: torch.Tensor, variant: str, chain: int, sweeps: int) -> np.ndarra
     if variant == "serket":
         g = torch.Generator().manual_seed(chain)
         z = torch.randint(10, (x.shape[0],), generator=g)
-        return gmm_collapsed.collapsed_gibbs(x, serket_prior(x, 10), 0.0, z, sweeps, None, "mp", 0, g).z.numpy()
-    blocked = gmm_inference.gibbs
-    gmm_inference.gibbs = gmm_collapsed.collapsed_gibbs if variant == "collapsed" else blocked
-    try:
-        return km.GMM(10, max_iter=sweeps, random_state=chain).fit(x).fitted_.z.numpy()
-    finally:
-        gmm_inference.gibbs = blocked
+        return collapsed_gibbs(x, serket_prior(x, 10), 0.0, z, sweeps, NO_PARENT, g).z.numpy()
+    algorithm = "collapsed" if variant == "collapsed" else "gibbs"
+    return km.GMM(10, algorithm=algorithm, max_iter=sweeps, random_state=chain).fit(x).fitted_.z.numpy()
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ SERKET's script (``examples/VAE+GMM/VAE+GMM.py`` of naka-lab/Serket) trains ``VA
 batch_size=500)`` and ``GMM(10)`` (100 collapsed Gibbs sweeps) and updates both five times. This script
 runs the same graph with `kizuna.modules` under those settings — 200 VAE epochs and 100 Gibbs sweeps in
 *every* update (`SERKET`), unlike the digit examples' shorter later updates — once with the GMM's blocked
-sampler and once with the collapsed one (`serket_vae_gmm.use_sampler`), from the same first VAE update
+sampler and once with the collapsed one (``GMM(algorithm="collapsed")``), from the same first VAE update
 (200 epochs before any message: trained once per seed and shared), and prints the GMM's Hungarian-matched
 accuracy, ARI and NMI after each update, and the time of the run.
 
@@ -52,33 +52,30 @@ def run(seed: int, samplers: list[str], smoke: bool = False, data: str | None = 
     s = s if updates is None else replace(s, n_iter=updates)
     d = S.digits(data, s.n)
     start = time.time()
-    graph, _ = E.build(d, s, seed)
-    graph.fit(n_iter=0, seed=seed)  # sets the generator
-    vae = next(m for m in graph.modules if isinstance(m, km.VAE))
-    for m in graph.modules[:graph.modules.index(vae) + 1]:
-        m.update()
+    graph, gmm = S.build_vae_gmm(d, s)
+    ctx = graph.context(seed=seed, schedule=S.schedule(graph, s))
+    vae = gmm.children[0]
+    for m in graph.modules[:graph.modules.index(vae) + 1]:  # the data and the VAE's first update
+        m.update(ctx)
     shared, results = time.time() - start, []
     with tempfile.TemporaryDirectory() as tmp:
-        graph.save(tmp)
-        state = vae.generator.get_state()
+        saved = km.save_module(vae, Path(tmp) / "vae.kz")
+        state = ctx.generator.get_state()
         for sampler in samplers:
             begin = time.time()
-            graph, gmm = E.build(d, s, seed)
-            graph.fit(n_iter=0, seed=seed)
-            graph.load(tmp)
-            gmm.generator.set_state(state)
-            per_update = []
-            with E.use_sampler(sampler):
-                gmm.update()
+            graph, gmm = S.build_vae_gmm(d, s, algorithm=E.SAMPLERS[sampler])
+            km.load_module(gmm.children[0], saved)
+            ctx = graph.context(seed=seed, schedule=S.schedule(graph, s))
+            ctx.generator.set_state(state)
+            gmm.update(ctx)
+            per_update = [_scores(gmm)]
+            if dump is not None:
+                Path(dump).mkdir(parents=True, exist_ok=True)
+                np.savez(Path(dump) / f"first_update_{sampler}_seed{seed}{'_smoke' if smoke else ''}.npz",
+                         latent=np.asarray(gmm.children[0].latent), z=gmm.fitted_.z.numpy(), labels=d.label)
+            for i in range(1, s.n_iter):
+                graph.update(ctx.at(i))
                 per_update.append(_scores(gmm))
-                if dump is not None:
-                    Path(dump).mkdir(parents=True, exist_ok=True)
-                    np.savez(Path(dump) / f"first_update_{sampler}_seed{seed}{'_smoke' if smoke else ''}.npz",
-                             latent=np.asarray(gmm.children[0].latent), z=gmm.fitted_.z.numpy(), labels=d.label)
-                next(m for m in graph.modules if isinstance(m, km.VAE)).epochs = s.vae_epochs
-                for _ in range(s.n_iter - 1):
-                    graph.update()
-                    per_update.append(_scores(gmm))
             out: dict[str, object] = {"seed": seed, "sampler": sampler, "smoke": smoke, "settings": settings}
             for metric in S.METRICS:
                 out[metric] = [round(r[f"gmm_{metric}"], 4) for r in per_update]

@@ -28,11 +28,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
-import serket_mmlda  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 
@@ -52,8 +50,8 @@ def vision_features(counts: np.ndarray) -> np.ndarray:
     return ((z - z.mean(0)) / (z.std(0) + 1e-6)).astype(np.float32)
 
 
-def _vae(d: dict[str, np.ndarray], epochs: int, seed: int) -> km.VAE:
-    torch.manual_seed(seed)
+def _vae(d: dict[str, np.ndarray], epochs: int) -> km.VAE:
+    """The VAE on the visual features (its networks initialised from the graph's generator)."""
     return km.VAE(4, hidden=(64,), epochs=epochs, batch_size=50, likelihood="normal",
                   name="vae").connect(km.Observation(vision_features(d["vision"]), name="vision"))
 
@@ -68,14 +66,14 @@ def _mlda(d: dict[str, np.ndarray], sweeps: int, weights: list[float], modalitie
 
 def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None) -> dict[str, float]:
     """The integrated model and its parts alone; keys ``<row>_<metric>`` for `ROWS`."""
-    d = serket_mmlda.load(data)
+    d = S.objects(data)
     epochs, gmm_sweeps, sweeps, n_iter = (40, 30, 20, 3) if smoke else (100, 100, 100, 5)
     labels = d["object"].astype(int)
-    gmm = km.GMM(10, category=labels, max_iter=gmm_sweeps, name="gmm").connect(_vae(d, epochs, seed))
+    gmm = km.GMM(10, category=labels, max_iter=gmm_sweeps, name="gmm").connect(_vae(d, epochs))
     mlda = _mlda(d, sweeps, [200, 200, GMM_WEIGHT], ["sound", "touch"], gmm)
     km.Graph([mlda]).fit(n_iter=n_iter, seed=seed)
     out = S.module_scores(mlda, "integrated") | S.module_scores(gmm, "integrated_gmm")
-    alone = _vae(d, epochs, seed)
+    alone = _vae(d, epochs)
     km.Graph([alone]).fit(n_iter=n_iter, seed=seed)
     lone_gmm = km.GMM(10, category=labels, max_iter=gmm_sweeps, name="gmm").connect(
         km.Observation(alone.latent, name="latent"))

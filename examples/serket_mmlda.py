@@ -14,7 +14,7 @@ motions and sending each lower MLDA its predicted class distribution as a prior 
 Scored: the object MLDA against the object categories and the motion MLDA against the motion
 categories, in the hierarchy and trained alone. An MLDA multiplies its parent's prior into the
 conditional of *every token* (SERKET's bias), so a document of :math:`T` tokens meets the prior
-:math:`T` times (600 for an object); the row "prior once per sample" uses `_serket.OncePerSample`,
+:math:`T` times (600 for an object); the row "prior once per sample" uses ``MLDA(prior_per="sample")``,
 which takes the :math:`T`-th root of the prior so that it counts once, as a GMM's does.
 
 The 50 actions hold 17 distinct (object, motion) pairs, and neither category determines the other
@@ -51,45 +51,35 @@ ROWS = {
 }
 
 
-def load(data: str | Path | None) -> dict[str, np.ndarray]:
-    """The four modalities (50 rows each) and the object / motion categories."""
-    folder = S.data_dir(data) / "mMLDA"
-    names = {"vision": "dsift.txt", "sound": "mfcc.txt", "touch": "tactile.txt", "angles": "angle.txt",
-             "object": "Object_Category.txt", "motion": "Motion_Category.txt"}
-    missing = [f for f in names.values() if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder} lacks {missing}: the SERKET data folder must hold mMLDA/")
-    return {k: np.loadtxt(folder / f) for k, f in names.items()}
-
-
-def _lower(d: dict[str, np.ndarray], sweeps: int, cls: type[km.MLDA]) -> tuple[km.MLDA, km.MLDA]:
+def _lower(d: dict[str, np.ndarray], sweeps: int, prior_per: str) -> tuple[km.MLDA, km.MLDA]:
     obs = {k: km.Observation(d[k], name=k) for k in ("vision", "sound", "touch", "angles")}
-    objects = cls(10, weights=[200, 200, 200], category=d["object"].astype(int), max_iter=sweeps,
-                  name="object").connect(obs["vision"], obs["sound"], obs["touch"])
-    motions = cls(10, weights=[200], category=d["motion"].astype(int), max_iter=sweeps,
-                  name="motion").connect(obs["angles"])
+    objects = km.MLDA(10, [200, 200, 200], category=d["object"].astype(int), max_iter=sweeps, prior_per=prior_per,
+                      name="object").connect(obs["vision"], obs["sound"], obs["touch"])
+    motions = km.MLDA(10, [200], category=d["motion"].astype(int), max_iter=sweeps, prior_per=prior_per,
+                      name="motion").connect(obs["angles"])
     return objects, motions
 
 
-def hierarchy(d: dict[str, np.ndarray], sweeps: int, cls: type[km.MLDA] = km.MLDA,
+def hierarchy(d: dict[str, np.ndarray], sweeps: int, prior_per: str = "token",
               top_topics: int = 10) -> tuple[km.Graph, km.MLDA, km.MLDA]:
-    """The three-MLDA model; ``cls`` builds the two lower MLDAs, the top has ``top_topics`` topics."""
-    objects, motions = _lower(d, sweeps, cls)
+    """The three-MLDA model; the lower MLDAs count the top's prior once per ``prior_per``, the top has
+    ``top_topics`` topics."""
+    objects, motions = _lower(d, sweeps, prior_per)
     top = km.MLDA(top_topics, weights=[100, 100], max_iter=sweeps, name="top").connect(objects, motions)
     return km.Graph([top]), objects, motions
 
 
 def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None) -> dict[str, float]:
     """The hierarchy (SERKET's prior, and once per sample) and the lower MLDAs alone; keys ``<row>_<metric>``."""
-    d = load(data)
+    d = S.objects(data)
     sweeps, n_iter = (20, 3) if smoke else (100, 5)
     out: dict[str, float] = {}
-    for tag, cls, top_topics in (("in_hierarchy", km.MLDA, 10), ("once", S.OncePerSample, 10),
-                                 ("top20", km.MLDA, 20)):
-        graph, objects, motions = hierarchy(d, sweeps, cls, top_topics)
+    for tag, prior_per, top_topics in (("in_hierarchy", "token", 10), ("once", "sample", 10),
+                                       ("top20", "token", 20)):
+        graph, objects, motions = hierarchy(d, sweeps, prior_per, top_topics)
         graph.fit(n_iter=n_iter, seed=seed)
         out.update(S.module_scores(objects, f"object_{tag}") | S.module_scores(motions, f"motion_{tag}"))
-    for module in _lower(d, sweeps, km.MLDA):
+    for module in _lower(d, sweeps, "token"):
         km.Graph([module]).fit(n_iter=n_iter, seed=seed)
         out.update(S.module_scores(module, f"{module.name}_alone"))
     return out

@@ -19,8 +19,8 @@ and the parts trained alone, a GMM on the latents of a VAE trained as many epoch
 Data: ``mnist3000.npz`` of SERKET's examples, read from ``--data`` (default
 ``../shared/data/serket``); it is for tests and benchmarks and is not shipped with kizuna.
 
-``--sampler collapsed`` runs every GMM with the collapsed Gibbs sampler of
-`kizuna.modules.gmm_collapsed` (SERKET's, one point at a time) instead of the module's blocked one.
+``--sampler collapsed`` runs every GMM with ``algorithm="collapsed"``, the collapsed Gibbs sampler of
+`kizuna.modules.gmm.collapsed` (SERKET's, one point at a time), instead of the blocked one.
 
 Run: ``python examples/serket_vae_gmm.py [--smoke] [--seed 0] [--data DIR] [--sampler blocked|collapsed]``.
 """
@@ -30,18 +30,12 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
 
-from kizuna import modules as km  # noqa: E402
-from kizuna.modules import gmm_collapsed, gmm_inference  # noqa: E402
-
-SAMPLERS = ("blocked", "collapsed")
+SAMPLERS = {"blocked": "gibbs", "collapsed": "collapsed"}  # --sampler: the GMM's algorithm
 
 ROWS = {"vae_gmm": "VAE+GMM (integrated)",
         "no_feedback": "the same after its first update, continued without feedback",
@@ -49,67 +43,15 @@ ROWS = {"vae_gmm": "VAE+GMM (integrated)",
         "gmm_on_vae": "GMM on VAE latents, no feedback"}
 
 
-def build(d: S.Digits, s: S.Settings, seed: int) -> tuple[km.Graph, km.GMM]:
-    """The integrated model: image -> VAE -> GMM."""
-    vae = S.image_vae(d, s, seed)
-    gmm = S.class_gmm(d, s).connect(vae)
-    return km.Graph([gmm]), gmm
-
-
-def _integrated(seed: int, smoke: bool, data: str | None) -> dict[str, float]:
-    """The integrated model and a paired control: after the first update (VAE trained alone, then the
-    GMM) the graph is saved; one copy continues with the class means fed back, the other with the VAE
-    deaf to them, from the same networks, GMM chain and random streams."""
-    s = S.settings(smoke)
-    d = S.digits(data, s.n)
-    graph, gmm = build(d, s, seed)
-    graph.fit(n_iter=1, seed=seed)
-    out = S.module_scores(gmm, "first_update")
-    with tempfile.TemporaryDirectory() as tmp:
-        graph.save(tmp)
-        for key, feedback in (("vae_gmm", True), ("no_feedback", False)):
-            graph, gmm = build(d, s, seed)
-            graph.load(tmp)
-            vae = gmm.children[0]
-            vae.epochs = s.vae_epochs
-            if not feedback:
-                vae.receives = ()  # the GMM sends its class means only to children that receive them
-                vae.backward_messages.clear()
-            graph.fit(n_iter=s.n_iter - 1, seed=seed + 1)
-            out.update(S.module_scores(gmm, key))
-    return out
-
-
-def integrated(seed: int, smoke: bool, data: str | Path | None) -> dict[str, float]:
-    """Accuracy / ARI / NMI of the VAE+GMM's classes, of its GMM after the first update (before any
-    feedback) and of the paired control continued without feedback (memoised: other examples report it)."""
-    return S.cached("vae_gmm", _integrated, seed, smoke, data)
-
-
-@contextmanager
-def use_sampler(sampler: str) -> Iterator[None]:
-    """Every `km.GMM` with ``algorithm="gibbs"`` samples with ``sampler``: ``"blocked"`` (the module's own)
-    or ``"collapsed"`` (`gmm_collapsed.collapsed_gibbs`, same inputs and outputs), for the duration of the block.
-    (Until the module takes the choice as an option of its own.)"""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    blocked = gmm_inference.gibbs
-    gmm_inference.gibbs = gmm_collapsed.collapsed_gibbs if sampler == "collapsed" else blocked
-    try:
-        yield
-    finally:
-        gmm_inference.gibbs = blocked
-
-
 def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None,
         sampler: str = "blocked") -> dict[str, float]:
-    """The integrated model, its paired controls and its image part alone (keys ``<row>_<metric>``), every
-    GMM sampling with ``sampler`` (see `use_sampler`)."""
-    with use_sampler(sampler):
-        if sampler == "blocked":
-            return {**integrated(seed, smoke, data), **S.gmm_on_vae(seed, smoke, data)}
-        return {**S.cached("vae_gmm_collapsed", _integrated, seed, smoke, data),
-                **S.cached("gmm_on_vae_collapsed", S._gmm_on_vae, seed, smoke, data)}
+    """The integrated model (`_serket.build_vae_gmm`: image -> VAE -> GMM), its paired controls
+    (`_serket.vae_gmm`) and its image part alone (keys ``<row>_<metric>``), every GMM sampling with
+    ``sampler``: ``"blocked"`` (``GMM(algorithm="gibbs")``) or ``"collapsed"`` (SERKET's sampler)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
+    algorithm = SAMPLERS[sampler]
+    return {**S.vae_gmm(seed, smoke, data, algorithm), **S.gmm_on_vae(seed, smoke, data, algorithm)}
 
 
 if __name__ == "__main__":

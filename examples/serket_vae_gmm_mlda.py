@@ -15,7 +15,7 @@ arXiv:1712.00929):
 200 speech tokens spread over 2,400 words: the class modality outweighs the speech by thousands of
 nats per sample, every topic's class-word distribution becomes one-hot, and the MLDA reproduces the
 GMM's partition — a fixed point the feedback cannot leave (see ``docs/serket_examples.md``). Weighting
-the GMM's message by 20 tokens instead (``WEIGHTS``) lets the speech correct the image clusters and
+the GMM's message by 20 tokens instead (``_serket.WEIGHTS``) lets the speech correct the image clusters and
 the image clusters correct the speech; both settings are reported, next to the parts trained alone
 (MLDA on speech, GMM on the latents of a VAE trained alone, VAE+GMM without speech).
 
@@ -28,17 +28,11 @@ Run: ``python examples/serket_vae_gmm_mlda.py [--smoke] [--seed 0] [--data DIR]`
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
-import serket_vae_gmm  # noqa: E402
 
-from kizuna import modules as km  # noqa: E402
-
-WEIGHTS = (200.0, 20.0)  # tokens per sample: speech, GMM posterior
-SERKET_WEIGHTS = (200.0, 200.0)
 ROWS = {
     "vae_gmm_mlda": "VAE+GMM+MLDA, weights [200, 20]: MLDA",
     "vae_gmm_mlda_gmm": "VAE+GMM+MLDA, weights [200, 20]: its GMM",
@@ -49,40 +43,20 @@ ROWS = {
 }
 
 
-def build(d: S.Digits, s: S.Settings, seed: int, weights: Sequence[float] = WEIGHTS,
-          mlda_class: type[km.MLDA] = km.MLDA) -> tuple[km.Graph, km.GMM, km.MLDA]:
-    """The integrated model: image -> VAE -> GMM -> MLDA <- speech (``mlda_class`` builds the MLDA)."""
-    vae = S.image_vae(d, s, seed)
-    gmm = S.class_gmm(d, s).connect(vae)
-    mlda = S.speech_mlda(d, s, weights, cls=mlda_class).connect(km.Observation(d.speech, name="speech"), gmm)
-    return km.Graph([mlda]), gmm, mlda
-
-
-def _integrated(seed: int, smoke: bool, data: str | None) -> dict[str, float]:
-    s = S.settings(smoke)
-    graph, gmm, mlda = build(S.digits(data, s.n), s, seed)
-    S.fit_graph(graph, s, seed)
-    return {**S.module_scores(mlda, "vae_gmm_mlda"), **S.module_scores(gmm, "vae_gmm_mlda_gmm")}
-
-
-def integrated(seed: int, smoke: bool, data: str | Path | None) -> dict[str, float]:
-    """The MLDA's and the GMM's scores in VAE+GMM+MLDA with `WEIGHTS` (memoised)."""
-    return S.cached("vae_gmm_mlda", _integrated, seed, smoke, data)
-
-
 def _serket_weights(seed: int, smoke: bool, data: str | None) -> dict[str, float]:
     s = S.settings(smoke)
-    graph, _, mlda = build(S.digits(data, s.n), s, seed, SERKET_WEIGHTS)
+    graph, _, mlda = S.build_vae_gmm_mlda(S.digits(data, s.n), s, S.SERKET_WEIGHTS)
     S.fit_graph(graph, s, seed)
     return S.module_scores(mlda, "serket_weights")
 
 
 def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None) -> dict[str, float]:
-    """The integrated model (both weightings) and its parts alone; keys ``<row>_<metric>`` for `ROWS`."""
-    return {**integrated(seed, smoke, data),
+    """The integrated model (`_serket.build_vae_gmm_mlda`: image -> VAE -> GMM -> MLDA <- speech, both
+    weightings) and its parts alone; keys ``<row>_<metric>`` for `ROWS`."""
+    vae_gmm = {k: v for k, v in S.vae_gmm(seed, smoke, data).items() if k.startswith("vae_gmm_")}
+    return {**S.vae_gmm_mlda(seed, smoke, data),
             **S.cached("vae_gmm_mlda_serket_weights", _serket_weights, seed, smoke, data),
-            **S.speech_alone(seed, smoke, data), **serket_vae_gmm.integrated(seed, smoke, data),
-            **S.gmm_on_vae(seed, smoke, data)}
+            **S.speech_alone(seed, smoke, data), **vae_gmm, **S.gmm_on_vae(seed, smoke, data)}
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ marginal of an HMM whose emissions are the two modalities (Nakamura et al. 2018,
     \text{image} \to \text{VAE} \to \text{GMM} \to \text{MLDA} \leftarrow \text{speech},\qquad
     \text{MLDA} \to \text{MM}.
 
-The MLDA weights the GMM's message by 20 tokens (``serket_vae_gmm_mlda.WEIGHTS``; SERKET's 200 lets
+The MLDA weights the GMM's message by 20 tokens (``_serket.WEIGHTS``; SERKET's 200 lets
 the image clusters override the speech, see that example). An MLDA multiplies its parent's prior
 into the conditional of every one of a sample's 220 tokens (SERKET's bias), so the MM's message
 counts 220 times against the sample's own evidence once; the model is run that way and with
-`_serket.OncePerSample`, whose MLDA takes the 220th root of the prior so that it counts once.
+``MLDA(prior_per="sample")``, which takes the 220th root of the prior so that it counts once.
 Reported next to them: the same model without the MM, MLDA on speech alone, and a GMM on the
 latents of a VAE trained alone.
 
@@ -30,7 +30,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
-import serket_vae_gmm_mlda  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 
@@ -43,9 +42,9 @@ ROWS = {
 }
 
 
-def build(d: S.Digits, s: S.Settings, seed: int, mlda_class: type[km.MLDA] = km.MLDA) -> tuple[km.Graph, km.MLDA]:
-    """The integrated model: VAE+GMM+MLDA (weights `serket_vae_gmm_mlda.WEIGHTS`) with an MM on top."""
-    _, _, mlda = serket_vae_gmm_mlda.build(d, s, seed, mlda_class=mlda_class)
+def build(d: S.Digits, s: S.Settings, prior_per: str = "token") -> tuple[km.Graph, km.MLDA]:
+    """The integrated model: VAE+GMM+MLDA (weights `_serket.WEIGHTS`) with an MM on top."""
+    _, _, mlda = S.build_vae_gmm_mlda(d, s, prior_per=prior_per)
     mm = km.MM(category=d.label, name="mm").connect(mlda)
     return km.Graph([mm]), mlda
 
@@ -55,14 +54,12 @@ def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None) -> d
     s = S.settings(smoke)
     d = S.digits(data, s.n)
     out = {}
-    for key, cls in (("vae_gmm_mlda_mm", km.MLDA), ("once_per_sample", S.OncePerSample)):
-        graph, mlda = build(d, s, seed, cls)
+    for key, prior_per in (("vae_gmm_mlda_mm", "token"), ("once_per_sample", "sample")):
+        graph, mlda = build(d, s, prior_per)
         S.fit_graph(graph, s, seed)
         out.update(S.module_scores(mlda, key))
-    without = serket_vae_gmm_mlda.integrated(seed, smoke, data)
-    return {**out,
-            **{k: v for k, v in without.items() if not k.startswith("vae_gmm_mlda_gmm")},
-            **S.speech_alone(seed, smoke, data), **S.gmm_on_vae(seed, smoke, data)}
+    without = {k: v for k, v in S.vae_gmm_mlda(seed, smoke, data).items() if not k.startswith("vae_gmm_mlda_gmm")}
+    return {**out, **without, **S.speech_alone(seed, smoke, data), **S.gmm_on_vae(seed, smoke, data)}
 
 
 if __name__ == "__main__":

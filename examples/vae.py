@@ -24,8 +24,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    BernoulliNet,
-    NormalNet,
     bernoulli_baseline,
     binary_images,
     fit,
@@ -33,6 +31,7 @@ from _common import (  # noqa: E402
     standard_normal,
 )
 
+from kizuna.distributions import MLPBernoulli, MLPNormal  # noqa: E402
 from kizuna.losses import ELBO, KullbackLeibler  # noqa: E402
 from kizuna.metrics import bits_per_dim, log_likelihood  # noqa: E402
 from kizuna.models import VAE  # noqa: E402
@@ -43,8 +42,8 @@ FULL = {"dataset": "mnist", "z_dim": 32, "hidden": 400, "epochs": 100, "k": 5000
 
 def build(x_dim: int, z_dim: int, hidden: int) -> tuple:
     """The encoder :math:`q(z|x)`, decoder :math:`p(x|z)` and prior :math:`p(z)`."""
-    q = NormalNet("z", ["x"], [x_dim, hidden, hidden, z_dim], name="q")
-    p = BernoulliNet("x", ["z"], [z_dim, hidden, hidden, x_dim], name="p")
+    q = MLPNormal("z", ["x"], [x_dim, hidden, hidden, z_dim], name="q")
+    p = MLPBernoulli("x", ["z"], [z_dim, hidden, hidden, x_dim], name="p")
     prior = standard_normal("z", z_dim)
     return q, p, prior
 

@@ -61,3 +61,14 @@ def test_accepts_tensors_and_rejects_bad_input():
         adjusted_rand_score(np.zeros((2, 2)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="empty"):
         normalized_mutual_info_score([], [])
+
+
+@pytest.mark.parametrize("score", [clustering_accuracy, adjusted_rand_score, normalized_mutual_info_score])
+def test_a_missing_label_is_an_error_naming_its_index(score):
+    """NaN compares unequal to itself, so np.unique would make every NaN its own class: silently wrong."""
+    with pytest.raises(ValueError, match="labels_true has a missing label \\(nan\\) at index 2"):
+        score(np.array([0.0, 1.0, np.nan, 1.0]), [0, 1, 1, 1])
+    with pytest.raises(ValueError, match="labels_pred has a missing label \\(None\\) at index 0"):
+        score([0, 1], np.array([None, 1], dtype=object))
+    with pytest.raises(ValueError, match="labels_true has a missing label \\(inf\\) at index 1"):
+        score(torch.tensor([0.0, float("inf")]), [0, 1])

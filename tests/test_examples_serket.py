@@ -84,17 +84,20 @@ def test_vae_under_mlda_on_objects():
     assert m["integrated_accuracy"] > 0.6 and m["histogram_mlda_accuracy"] > 0.6
 
 
-def test_once_per_sample_prior_is_the_token_root():
-    s = load_example("serket_vae_gmm")  # puts examples/ on sys.path
-    S = s.S
-    prior = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]], dtype=torch.float64)
-    mlda = S.OncePerSample(3, weights=[2.0, 2.0])
-    mlda.connect(km.Observation(torch.ones(2, 4)), km.Observation(torch.ones(2, 4)))
-    got = mlda.class_prior(km.Message("top", mlda.name, "c", "prior", prior), 2)
-    expected = prior ** 0.25 / (prior ** 0.25).sum(1, keepdim=True)
-    torch.testing.assert_close(got, expected)
-    with pytest.raises(ValueError, match="needs a weight"):
-        S.OncePerSample(3).class_prior(km.Message("top", "mlda", "c", "prior", prior), 2)
+def test_examples_import_only_the_shared_files_and_configure_through_the_library():
+    """No example imports another (shared parts live in _serket.py), and none sets a module's settings
+    between sweeps (the VAE schedule is Graph.fit's, the prior's weighting an MLDA option)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    for path in sorted(root.glob("serket_*.py")) + [root / "_serket.py"]:
+        text = path.read_text()
+        assert not re.search(r"^import serket_|^from serket_", text, re.M), path.name
+        assert not re.search(r"\.(epochs|receives|alpha|method|generator) = ", text), path.name
+    s = load_example("serket_vae_gmm").S
+    d = s.Digits(np.zeros((4, 784)), np.ones((4, 10)), np.arange(4))
+    _, _, mlda = s.build_vae_gmm_mlda(d, s.SMOKE, prior_per="sample")
+    assert mlda.prior_per == "sample"
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
@@ -160,18 +163,23 @@ def test_document_shows_the_recorded_five_seed_table():
     assert rows in (root / "docs" / "serket_examples.md").read_text()
 
 
-def test_feedback_study_oracle_sends_the_true_class_means():
+def test_feedback_study_oracle_sends_the_true_class_means(tmp_path):
     study = load_example("serket_feedback_study")
-    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 6, generator=torch.Generator().manual_seed(0))
     labels = np.arange(60) % 3
-    torch.manual_seed(0)
-    vae = km.VAE(2, hidden=(8,), epochs=2, batch_size=20).connect(km.Observation(torch.rand(60, 6, generator=g)))
-    gmm = km.GMM(3, category=labels, max_iter=3).connect(vae)
-    graph = km.Graph([gmm])
+
+    def build(gmm_class):
+        vae = km.VAE(2, hidden=(8,), epochs=2, batch_size=20).connect(km.Observation(x))
+        return km.Graph([gmm_class(3, category=labels, max_iter=3, name="gmm").connect(vae)]), vae
+
+    graph, vae = build(km.GMM)
+    gmm = graph["gmm"]
     graph.fit(n_iter=1, seed=0)
     own = vae.backward_messages[gmm.name].value
-    torch.testing.assert_close(own, gmm._fitted().means[gmm.classes].to(own.dtype))  # SERKET: its own classes
-    gmm.__class__ = study.OracleMeansGMM
+    torch.testing.assert_close(own, torch.as_tensor(gmm.means_)[gmm.classes].to(own.dtype))  # SERKET: its classes
+    saved = graph.save(tmp_path / "first")
+    graph, vae = build(study.OracleMeansGMM)  # the same state, loaded into the oracle's subclass
+    gmm = graph.load(saved)["gmm"]
     graph.fit(n_iter=1, seed=1)
     sent = vae.backward_messages[gmm.name].value
     z = vae.latent

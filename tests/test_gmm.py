@@ -17,8 +17,8 @@ from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
 from torch.nn import functional as F
 
 from kizuna.modules import GMM, VAE, ClassModule, Observation
-from kizuna.modules import gmm_inference as algo
-from kizuna.modules.normal_wishart import NormalWishart
+from kizuna.modules.gmm import algorithms as algo
+from kizuna.modules.gmm.normal_wishart import NormalWishart
 
 torch.set_num_threads(1)
 X, Y = make_blobs(600, n_features=3, centers=4, cluster_std=1.5, random_state=1)
@@ -65,7 +65,7 @@ def test_em_objective_never_decreases_with_and_without_a_class_prior():
     prior = torch.distributions.Dirichlet(torch.ones(5)).sample((600,)).double()
     for pi_msg in (None, prior):
         for diagonal in (False, True):
-            fit = algo.em(x, resp, 200, 0.0, 1e-6, diagonal, pi_msg, "mp", 0, None)
+            fit = algo.em(x, resp, 200, 0.0, 1e-6, diagonal, algo.ClassPrior(pi_msg))
             steps = np.diff(fit.history)
             assert len(steps) > 5 and steps.min() >= -1e-9, steps.min()
     em = GMM(4, algorithm="em", random_state=0, tol=1e-12, max_iter=300).fit(X)
@@ -156,7 +156,7 @@ def test_blocked_gibbs_targets_the_exact_posterior_over_assignments():
     g = torch.Generator().manual_seed(5)
     z, trace = torch.zeros(3, dtype=torch.long), []
     for it in range(1600):
-        z = algo.gibbs_sweep(x, prior, alpha0, z, msg, "mp", 0, g)
+        z = algo.gibbs_sweep(x, prior, alpha0, z, algo.ClassPrior(msg), g)
         if it >= 100:
             trace.append(int(z[0] * 4 + z[1] * 2 + z[2]))
     visits = F.one_hot(torch.tensor(trace), 8).double().reshape(15, 100, 8).mean(1)  # 15 batch means
@@ -189,7 +189,7 @@ class PriorSource(ClassModule):
         super().__init__(prior.shape[1], name="top")
         self.prior = prior
 
-    def _update(self, forward, backward):
+    def _update(self, ctx, forward, backward):
         self.posterior = self.prior
         return self.message("posterior", self.prior), {c: self.message("prior", self.prior, receiver=c)
                                                        for c in self.children}
@@ -233,9 +233,9 @@ def test_errors():
         GMM(2).predict(X)
     with pytest.raises(ValueError, match="3 samples for 4 components"):
         GMM(4).fit(X[:3])
-    with pytest.raises(ValueError, match="finite non-empty N x D"):
+    with pytest.raises(ValueError, match=r"GMM gmm: X contains NaN at row 0, column 0"):
         GMM(2).fit(np.full((5, 2), np.nan))
-    with pytest.raises(ValueError, match="fitted on 3-dimensional data, got 2"):
+    with pytest.raises(ValueError, match="X has 2 features, but GMM gmm is expecting 3 features"):
         GMM(2, algorithm="em").fit(X).predict(X[:, :2])
     with pytest.raises(ValueError, match=r"mean_prior must have shape \(3,\)"):
         GMM(2, mean_prior=[0.0, 0.0]).fit(X)

@@ -1,5 +1,6 @@
-"""Collapsed Gibbs GMM (`kizuna.modules.gmm_collapsed`): the sampler is the sequential definition, its chain
-targets the posterior enumerated over every assignment, and it clusters like scikit-learn.
+"""Collapsed Gibbs GMM (`kizuna.modules.gmm.collapsed`, ``GMM(algorithm="collapsed")``): the sampler is the
+sequential definition, its chain targets the posterior enumerated over every assignment, and it clusters
+like scikit-learn.
 
 Statistical checks use fixed seeds and state their false-alarm rates.
 """
@@ -16,12 +17,18 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import BayesianGaussianMixture
 from torch.nn import functional as F
 
-from kizuna.modules import GMM
-from kizuna.modules import gmm_collapsed as gc
-from kizuna.modules import gmm_inference as algo
-from kizuna.modules.normal_wishart import NormalWishart
+from kizuna.modules import GMM, SIR
+from kizuna.modules.gmm import algorithms as algo
+from kizuna.modules.gmm import collapsed as gc
+from kizuna.modules.gmm.normal_wishart import NormalWishart
 
 F64 = torch.float64
+
+
+def collapsed(x, prior, alpha0, z, n_sweeps, msg, method, n_particles, g, mixing=True):
+    """`gc.collapsed_gibbs` with the parent's prior ``msg`` combined by ``method`` ("mp" / "sir")."""
+    combine = SIR(n_particles, g) if method == "sir" else algo.MP()
+    return gc.collapsed_gibbs(x, prior, alpha0, z, n_sweeps, algo.ClassPrior(msg, combine, mixing), g)
 
 
 def prior_for(k, d, diagonal=False, scale=1.0, nu=None, kappa=1.0, mean=0.0):
@@ -76,7 +83,7 @@ def test_sweeps_are_the_sequential_definition(case):
     prior = prior_for(**kw)
     z0 = torch.randint(k, (x.shape[0],), generator=g)
     msg = torch.distributions.Dirichlet(torch.ones(k, dtype=F64)).sample((x.shape[0],)) if with_msg else None
-    fit = gc.collapsed_gibbs(x, prior, alpha0, z0, 3, msg, method, 50, torch.Generator().manual_seed(7), mixing)
+    fit = collapsed(x, prior, alpha0, z0, 3, msg, method, 50, torch.Generator().manual_seed(7), mixing)
     ref = sequential_reference(x, prior, alpha0, z0, 3, msg, method, 50, torch.Generator().manual_seed(7), mixing)
     assert torch.equal(fit.z, ref)
     assert not torch.equal(ref, z0)  # the sweeps moved points
@@ -173,17 +180,16 @@ def test_chain_targets_the_enumerated_posterior_by_chi_square():
 
 
 # --------------------------------------------------------------------- clustering against scikit-learn
-def test_clusters_blobs_like_scikit_learn(monkeypatch):
+def test_clusters_blobs_like_scikit_learn():
     """The GMM module with the collapsed sampler (its Fitted is the blocked sampler's contract) against
     ``BayesianGaussianMixture`` on blobs: as good a partition and predictive from the module's k-means start.
     (From random starts both Gibbs samplers, blocked and collapsed, can stay in a mode that merges two
     blobs: ARI 0.71 at 2 of 4 seeds for the collapsed one, 1 of 4 for the blocked one, after 100 sweeps.)"""
     x, y = make_blobs(600, n_features=3, centers=4, cluster_std=1.5, random_state=1)
-    monkeypatch.setattr(algo, "gibbs", gc.collapsed_gibbs)
     ref = BayesianGaussianMixture(n_components=4, max_iter=500, random_state=0).fit(x)
     ref_ari = adjusted_rand_score(y, ref.predict(x))
     for seed in (0, 1):
-        ours = GMM(4, max_iter=30, random_state=seed).fit(x)
+        ours = GMM(4, algorithm="collapsed", max_iter=30, random_state=seed).fit(x)
         ari = adjusted_rand_score(y, ours.predict(x))
         assert ari >= ref_ari - 0.02, (seed, ari, ref_ari)
         assert abs(ours.score(x) - ref.score(x)) < 0.1
@@ -196,8 +202,8 @@ def test_a_strong_class_prior_steers_the_assignments():
     target = torch.arange(80) % 2
     msg = 0.02 + 0.96 * F.one_hot(target, 2).to(F64)
     for method in ("mp", "sir"):
-        fit = gc.collapsed_gibbs(x, prior_for(2, 2), 1.0, torch.zeros(80, dtype=torch.long), 10, msg, method, 100,
-                                 g, mixing=False)
+        fit = collapsed(x, prior_for(2, 2), 1.0, torch.zeros(80, dtype=torch.long), 10, msg, method, 100, g,
+                        mixing=False)
         assert (fit.z == target).double().mean() > 0.9
         assert (fit.resp.argmax(1) == target).double().mean() > 0.9
         assert torch.allclose(fit.own.softmax(1), algo.collapsed_conditional(x, fit.z, prior_for(2, 2), 1.0,
@@ -208,16 +214,16 @@ def test_errors():
     x, prior = torch.randn(10, 2, dtype=F64), prior_for(3, 2)
     z = torch.zeros(10, dtype=torch.long)
     with pytest.raises(ValueError, match="start"):
-        gc.collapsed_gibbs(x, prior, 1.0, torch.full((10,), 3), 1, None, "mp", 0, None)
+        collapsed(x, prior, 1.0, torch.full((10,), 3), 1, None, "mp", 0, None)
     with pytest.raises(ValueError, match="start"):
-        gc.collapsed_gibbs(x, prior, 1.0, z[:5], 1, None, "mp", 0, None)
+        collapsed(x, prior, 1.0, z[:5], 1, None, "mp", 0, None)
     with pytest.raises(ValueError, match="method"):
-        gc.collapsed_gibbs(x, prior, 1.0, z, 1, None, "exact", 0, None)
+        next(gc.sweeps(x, prior, 1.0, z, None, "exact"))
     with pytest.raises(ValueError, match="N x K"):
-        gc.collapsed_gibbs(x, prior, 1.0, z, 1, torch.ones(10, 2), "mp", 0, None)
+        collapsed(x, prior, 1.0, z, 1, torch.ones(10, 2), "mp", 0, None)
     with pytest.raises(ValueError, match="n_sweeps"):
-        gc.collapsed_gibbs(x, prior, 1.0, z, -1, None, "mp", 0, None)
+        collapsed(x, prior, 1.0, z, -1, None, "mp", 0, None)
     with pytest.raises(ValueError, match="x must be"):
-        gc.collapsed_gibbs(torch.randn(10, 3, dtype=F64), prior, 1.0, z, 1, None, "mp", 0, None)
+        collapsed(torch.randn(10, 3, dtype=F64), prior, 1.0, z, 1, None, "mp", 0, None)
     resp = F.one_hot(torch.arange(10) % 3, 3).to(F64)  # responsibilities are accepted (their argmax)
-    assert gc.collapsed_gibbs(x, prior, 1.0, resp, 0, None, "mp", 0, None).z.tolist() == (torch.arange(10) % 3).tolist()
+    assert collapsed(x, prior, 1.0, resp, 0, None, "mp", 0, None).z.tolist() == (torch.arange(10) % 3).tolist()

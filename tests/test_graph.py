@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from kizuna.modules import GMM, NN, VAE, ClassModule, Graph, GraphError, Observation
+from kizuna.modules import GMM, MP, NN, SIR, VAE, ClassModule, Graph, GraphError, Observation, UpdateContext
 
 torch.set_num_threads(1)
 
@@ -21,7 +21,7 @@ class PriorSource(ClassModule):
         super().__init__(prior.shape[1], name=name)
         self.prior = prior
 
-    def _update(self, forward, backward):
+    def _update(self, ctx, forward, backward):
         self.posterior = self.prior
         return self.message("posterior", self.prior), {c: self.message("prior", self.prior, receiver=c)
                                                        for c in self.children if "prior" in c.receives}
@@ -73,23 +73,29 @@ def test_unconnected_modules_and_missing_children_are_named():
         Graph([NN(name="g").connect(GMM(2, name="g").connect(Observation(x)))])
 
 
-def test_fit_is_seeded_sets_the_method_and_leaves_global_rng_alone():
+def test_fit_is_seeded_passes_a_context_and_leaves_global_rng_and_modules_alone():
     x, labels = blobs()
 
     def run(seed, method="mp"):
-        gmm = GMM(2, category=labels, max_iter=5).connect(Observation(x))
+        gmm = GMM(2, category=labels, max_iter=5, n_particles=20).connect(Observation(x))
         top = PriorSource(torch.full((40, 2), 0.5)).connect(gmm)
-        Graph([top]).fit(n_iter=2, method=method, seed=seed)
-        return gmm
+        params = gmm.get_params()
+        graph = Graph([top]).fit(n_iter=2, method=method, seed=seed)
+        assert gmm.get_params() == params  # configured through the context, not by setting attributes
+        return gmm, graph
 
     state = torch.get_rng_state()
-    a, b = run(0), run(0)
+    (a, graph), (b, _) = run(0), run(0)
     assert torch.equal(state, torch.get_rng_state())
     torch.testing.assert_close(a.posterior, b.posterior)
-    assert a.method == "mp" and run(1, "sir").method == "sir"
+    assert graph.iteration == 2 and isinstance(graph.context().combine, MP)
+    sir, _ = run(0, "sir")  # 20 particles: SIR's posterior is a histogram of 20 draws, not MP's
+    assert not torch.equal(sir.posterior, a.posterior) and bool(((sir.posterior * 20) % 1 == 0).all())
     assert a.accuracy == 1.0 and a.n_updates == 2
     with pytest.raises(ValueError, match="method must be one of"):
         Graph([GMM(2).connect(Observation(x))]).fit(1, method="bp")
+    with pytest.raises(ValueError, match="seed must be None or a non-negative int"):
+        Graph([GMM(2).connect(Observation(x))]).fit(1, seed=-3)
 
 
 def exact_posterior(gmm, x, prior):
@@ -144,10 +150,12 @@ def test_save_load_round_trip_and_architecture_check(tmp_path):
     finally:
         os.chdir(cwd)
     graph.save(tmp_path / "saved")
-    manifest = json.loads((tmp_path / "saved" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "saved" / "manifest.json").read_text())["body"]
     assert [m["name"] for m in manifest["modules"]] == ["observation", "vae", "gmm"]
+    assert manifest["iteration"] == 2
     twin, vae2, gmm2 = build()
     twin.load(tmp_path / "saved")
+    assert twin.iteration == 2
     torch.testing.assert_close(gmm2.posterior, gmm.posterior)
     torch.testing.assert_close(vae2.encode(x), vae.encode(x))
     torch.testing.assert_close(vae2.backward_in.value, vae.backward_in.value)
@@ -157,3 +165,67 @@ def test_save_load_round_trip_and_architecture_check(tmp_path):
         other.load(tmp_path / "saved")
     with pytest.raises(FileNotFoundError, match="no saved kizuna graph"):
         other.load(tmp_path / "nowhere")
+
+
+def test_a_schedule_sets_vae_epochs_per_sweep_and_continues_over_fits():
+    """SERKET's schedule: many VAE epochs in the first update, fewer afterwards. The VAE's trainer counts
+    epochs over calls: 3 + 1 + 1 after three sweeps, + 1 after a fourth in a second fit."""
+    x, _ = blobs()
+    vae = VAE(2, hidden=(4,), epochs=7, batch_size=20, likelihood="normal").connect(Observation(x))
+    gmm = GMM(2, max_iter=2).connect(vae)
+    graph = Graph([gmm]).fit(n_iter=3, seed=0, schedule={"vae": {"epochs": [3, 1]}, "gmm": {"max_iter": [1]}})
+    assert vae.model.epoch == 5 and vae.epochs == 7  # the setting is read from the context, not written
+    graph.fit(n_iter=1, seed=1, schedule={"vae": {"epochs": lambda i: 10 if i == 0 else 2}})
+    assert vae.model.epoch == 7 and graph.iteration == 4
+    ctx = UpdateContext(schedule={"vae": {"epochs": [200, 40]}})
+    assert [ctx.at(i).setting("vae", "epochs", 0) for i in (0, 1, 5)] == [200, 40, 40]
+
+
+@pytest.mark.parametrize("schedule, match", [
+    ({"lda": {"max_iter": [1]}}, "no module named 'lda' in the graph"),
+    ({"vae": {"lr": [1e-3]}}, r"module 'vae' takes \('epochs',\) from a schedule, not 'lr'"),
+    ({"gmm": {"max_iter": []}}, "must be a non-empty list"),
+    ({"gmm": {"max_iter": 5}}, "must be a non-empty list"),
+])
+def test_schedule_errors_name_the_module_and_setting(schedule, match):
+    x, _ = blobs()
+    gmm = GMM(2).connect(VAE(2, epochs=1, likelihood="normal").connect(Observation(x)))
+    with pytest.raises(ValueError, match=match):
+        Graph([gmm]).fit(n_iter=1, seed=0, schedule=schedule)
+
+
+def test_repr_shows_the_tree_and_hyper_parameters():
+    x, labels = blobs()
+    obs = Observation(x, name="points")
+    gmm = GMM(2, category=labels, max_iter=7, name="gmm").connect(obs)
+    top = PriorSource(torch.full((40, 2), 0.5), name="top").connect(gmm)
+    graph = Graph([top])
+    text = repr(graph)
+    assert text.splitlines()[0] == "Graph(3 modules, 0 sweeps done)"
+    assert "    GMM(name='gmm', n_components=2, max_iter=7)" in text
+    assert "      Observation(name='points', shape=(40, 2), dtype=torch.float32)" in text
+    assert repr(gmm) == "GMM(name='gmm', n_components=2, max_iter=7) <- points"
+
+
+def test_verbose_fit_shows_a_progress_bar_with_accuracies(capsys):
+    x, labels = blobs()
+    gmm = GMM(2, category=labels, max_iter=3).connect(Observation(x))
+    Graph([gmm]).fit(n_iter=2, seed=0, verbose=True)
+    err = capsys.readouterr().err
+    assert "graph" in err and "2/2" in err and "gmm=1.000" in err
+    Graph([GMM(2, max_iter=3).connect(Observation(x))]).fit(n_iter=2, seed=0, verbose=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_update_without_a_context_uses_the_module_stream():
+    """SERKET's own loop, ``m.update()``: message passing and the module's stream from random_state."""
+    x, labels = blobs()
+    runs = []
+    for _ in range(2):
+        gmm = GMM(2, category=labels, max_iter=3, random_state=5).connect(Observation(x))
+        gmm.update()
+        gmm.update()
+        runs.append(gmm.posterior)
+    torch.testing.assert_close(runs[0], runs[1])
+    with pytest.raises(ValueError, match="n_particles must be a positive int"):
+        SIR(n_particles=0)

@@ -234,3 +234,49 @@ def test_bad_input_is_named():
     bad.transmat_ = torch.tensor(TRANS) * 2
     with pytest.raises(ValueError, match="transmat_"):
         bad.score(np.zeros((4, 2)))
+    x = np.zeros((6, 2))
+    x[4, 1] = np.nan
+    with pytest.raises(ValueError, match="HMM hmm: X contains NaN at row 4, column 1"):
+        HMM(2).fit(x)
+    with pytest.raises(ValueError, match="HMM hmm: X contains inf at row 2 "):
+        categorical_pair()[1].fit(np.array([0.0, 1.0, np.inf, 1.0]))
+    with pytest.raises(TypeError, match="X must hold numbers"):
+        HMM(2).fit(np.array([["a", "b"], ["c", "d"]]))
+
+
+def test_integer_and_float32_data_are_converted():
+    """Integer data become float64 (as scikit-learn converts), float32 stays float32; the fits agree."""
+    x, _ = reference("diag").sample(120, random_state=4)
+    as_int = np.round(x * 10).astype(np.int64)
+    a = HMM(3, n_iter=5, random_state=0).fit(as_int)
+    b = HMM(3, n_iter=5, random_state=0).fit(as_int.astype(np.float64))
+    assert a.means_.dtype == torch.float64 and a.score(as_int) == pytest.approx(b.score(as_int), rel=1e-12)
+    c = HMM(3, n_iter=5, random_state=0).fit(torch.as_tensor(x, dtype=torch.float32))
+    assert c.means_.dtype == torch.float32
+
+
+def test_hmm_node_in_a_graph_is_the_estimators_model_and_takes_a_parent_prior():
+    """As a node, HMM runs Baum-Welch on its child's data (n_iter from the graph's schedule): without a parent
+    its posterior is the smoothed marginal of its own parameters; a parent's class prior acts as an extra
+    factor per step (checked against enumeration on 5 steps), and the message up leaves that factor out."""
+    from kizuna.modules import ClassModule, Graph, Message, Observation
+
+    x, z = reference("full").sample(200, random_state=5)
+    node = HMM(3, category=z, covariance_type="full", n_iter=10, random_state=0).connect(Observation(x))
+    Graph([node]).fit(n_iter=2, seed=0, schedule={"hmm": {"n_iter": [5]}})
+    assert node.accuracy > 0.9 and isinstance(node, ClassModule)
+    torch.testing.assert_close(node.posterior, torch.as_tensor(node.predict_proba(x)), atol=1e-9, rtol=0)
+    fixed = ours("full")
+    fixed.learnable = False
+    small = x[:5]
+    fixed.connect(Observation(small))
+    rho = torch.softmax(torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=F64), 1)
+    fixed.receive_backward(Message("parent", "hmm", "c", "prior", rho))
+    fixed.update()
+    log_emit = torch.as_tensor(fixed._log_emit(torch.as_tensor(small)))
+    paths, lp = enumerate_chain(torch.log(torch.tensor(START)), torch.log(torch.tensor(TRANS)),
+                                log_emit + torch.log(rho))
+    exact = torch.einsum("s,stk->tk", torch.softmax(lp, 0), torch.nn.functional.one_hot(paths, 3).to(F64))
+    torch.testing.assert_close(fixed.posterior, exact, atol=1e-10, rtol=0)
+    up = exact / rho
+    torch.testing.assert_close(fixed.forward_message.value, up / up.sum(1, keepdim=True), atol=1e-10, rtol=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kizuna.modules import mlda_evidence as ev
-from kizuna.modules.mlda import as_counts
+from kizuna.modules.lda.sampler import as_counts
 
 
 def serket_replica(data: np.ndarray, weight: float) -> np.ndarray:

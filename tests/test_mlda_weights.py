@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from kizuna.metrics.clustering import clustering_accuracy
-from kizuna.modules import ClassModule, Graph, Observation
-from kizuna.modules.mlda import LOPSIDED, MLDA, warn_if_lopsided
+from kizuna.modules import MLDA, ClassModule, Graph, Observation
+from kizuna.modules.lda.node import LOPSIDED, warn_if_lopsided
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -25,7 +25,7 @@ class NoisyClasses(ClassModule):
     accepts = ("data",)
     receives = ("prior",)
 
-    def _update(self, forward, backward):
+    def _update(self, ctx, forward, backward):
         self.posterior = forward[0].value
         return self.message("posterior", forward[0].value), {}
 

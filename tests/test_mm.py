@@ -14,8 +14,7 @@ from kizuna.metrics.clustering import clustering_accuracy
 from kizuna.modules import GMM, ClassModule, Graph, Message, MessageKindError, MessageShapeError, Observation
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules.hmm import HMM
-from kizuna.modules.inference import combine
-from kizuna.modules.mm import MM, transition_counts
+from kizuna.modules.mm import MM, MarkovChain, transition_counts
 from kizuna.modules.persistence import load_module, save_module
 
 F64 = torch.float64
@@ -41,10 +40,10 @@ class FixedGaussian(ClassModule):
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         return torch.distributions.Normal(self.means, self.scale).log_prob(x)
 
-    def _update(self, forward, backward):
+    def _update(self, ctx, forward, backward):
         ll = self.log_likelihood(forward[0].value)
         prior = self.class_prior(backward, ll.shape[0])
-        self.posterior = combine(torch.ones_like(ll) if prior is None else prior, ll, self.method)
+        self.posterior = ctx.combine.bind(1000, ctx.generator)(torch.ones_like(ll) if prior is None else prior, ll)
         return self.message("posterior", torch.softmax(ll, 1)), {}
 
 
@@ -126,7 +125,7 @@ def test_transition_sampler_matches_exact_counts_by_chi_square():
     chi-square (8 dof), false-alarm rate 1e-3, fixed seed."""
     log_start, log_trans, log_emit = chain_for_sampling(60, seed=3)
     lengths = torch.tensor([35, 25])
-    _, exact = transition_counts(log_start, log_trans, log_emit, lengths, "mp", 1, None)
+    _, exact = transition_counts(log_start, log_trans, log_emit, lengths, False, 1, None)
     g = torch.Generator().manual_seed(0)
     paths = fb.sample_paths(log_start, log_trans, log_emit, lengths, 4000, g)
     starts_of_pairs = torch.cat([torch.arange(0, 34), torch.arange(35, 59)])  # pairs (t, t+1) inside a sequence
@@ -138,7 +137,7 @@ def test_transition_sampler_matches_exact_counts_by_chi_square():
     assert exact.sum().item() == pytest.approx(len(starts_of_pairs))
     assert stats.chisquare(observed, expected).pvalue > 1e-3
     # the counts MM uses are the mean over paths: each entry within 4.5 standard errors of the exact one
-    _, sampled = transition_counts(log_start, log_trans, log_emit, lengths, "sir", 4000,
+    _, sampled = transition_counts(log_start, log_trans, log_emit, lengths, True, 4000,
                                    torch.Generator().manual_seed(5))
     per_path = torch.stack([torch.bincount(p[starts_of_pairs] * 3 + p[starts_of_pairs + 1], minlength=9)
                             for p in paths[:400]]).to(F64)
@@ -161,7 +160,7 @@ def test_chi_square_catches_serkets_biased_inverse_cdf():
     serket = np.bincount(serket_sample_idx(p, u), minlength=3)
     assert stats.chisquare(serket, p * 5000).pvalue < 1e-12
     ours = transition_counts(torch.log(torch.tensor([0.2, 0.5, 0.3], dtype=F64)), torch.zeros(3, 3, dtype=F64),
-                             torch.zeros(1, 3, dtype=F64), torch.tensor([1]), "sir", 5000,
+                             torch.zeros(1, 3, dtype=F64), torch.tensor([1]), True, 5000,
                              torch.Generator().manual_seed(0))[0]
     assert stats.chisquare(ours.numpy() * 5000, p * 5000).pvalue > 1e-3
 
@@ -185,7 +184,14 @@ def test_mm_transition_em_is_baum_welch_with_fixed_emissions():
         assert (mm.transmat_ - TRANS).abs().max() < 0.1
         alone = (child.forward_message.value.argmax(1) == z).double().mean()
         assert (mm.classes == z).double().mean() > alone + 0.05
+        evidence = child.forward_message.value
     torch.testing.assert_close(results["mp"], ref.transmat_, atol=1e-6, rtol=0)
+    # the estimator behind MM: the same learning on the evidence as an array, the HMM's posteriors
+    chain = MarkovChain(alpha=1e-10, n_iter=30).fit(evidence.numpy(), lengths)
+    np.testing.assert_allclose(chain.transmat_.numpy(), ref.transmat_.numpy(), atol=1e-6)
+    np.testing.assert_allclose(chain.predict_proba(evidence.numpy(), lengths), ref.predict_proba(x, lengths),
+                               atol=1e-6)
+    assert chain.score(evidence, lengths) > MarkovChain(n_iter=0).fit(evidence, lengths).score(evidence, lengths)
     assert (results["sir"] - ref.transmat_).abs().max() < 0.03
 
 
@@ -193,13 +199,13 @@ class LearnedGaussian(FixedGaussian):
     """A learnable 1-D Gaussian child without mixing weights: one EM step per update on the
     responsibilities prior x likelihood (the HMM's M-step for the emissions when the prior is MM's)."""
 
-    def _update(self, forward, backward):
-        super()._update(forward, backward)  # the responsibilities under the current parameters
+    def _update(self, ctx, forward, backward):
+        super()._update(ctx, forward, backward)  # the responsibilities under the current parameters
         x, resp = forward[0].value, self.posterior
         nk = resp.sum(0)
         self.means = (resp * x).sum(0) / nk
         self.scale = ((resp * (x - self.means) ** 2).sum(0) / nk).sqrt()
-        return super()._update(forward, backward)  # messages of the new parameters
+        return super()._update(ctx, forward, backward)  # messages of the new parameters
 
 
 def test_learnable_child_plus_mm_is_an_ecm_algorithm_for_the_hmm():

@@ -25,10 +25,10 @@ from scipy import stats
 
 from kizuna.modules import HMM, LDA
 from kizuna.modules import _forward_backward as fb
-from kizuna.modules import gmm_inference as algo
 from kizuna.modules._chain_scan import scaled_forward
-from kizuna.modules.mlda import _draw
-from kizuna.modules.normal_wishart import NormalWishart, gaussian_log_prob
+from kizuna.modules.gmm import algorithms as algo
+from kizuna.modules.gmm.normal_wishart import NormalWishart, gaussian_log_prob
+from kizuna.modules.lda.sampler import _draw
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -68,7 +68,7 @@ def test_gmm_em_matches_scikit_learn_from_the_same_start():
     x = gmm_data(3000)  # three blocks of rows in the blocked scatter and Mahalanobis products
     k, iters = 10, 8
     resp0 = np.eye(k)[np.random.default_rng(0).integers(0, k, len(x))]
-    ours = algo.em(torch.as_tensor(x), torch.as_tensor(resp0), iters + 1, -1.0, 1e-6, False, None, "mp", 1, None)
+    ours = algo.em(torch.as_tensor(x), torch.as_tensor(resp0), iters + 1, -1.0, 1e-6, False)
     weights, means, covs = _estimate_gaussian_parameters(x, resp0, 1e-6, "full")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the iteration limit is reached on purpose

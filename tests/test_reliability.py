@@ -270,7 +270,7 @@ def test_a_network_emitting_nan_mid_training_is_a_floating_point_error(validate:
 def test_nothing_silent() -> None:
     prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
     assert prior.sample(batch_n=0)["z"].shape == (0, 2)
-    with pytest.raises(ValueError, match="labels_true holds NaN"):
+    with pytest.raises(ValueError, match="labels_true has a missing label"):
         clustering_accuracy(np.array([0.0, np.nan, 1.0]), np.array([0, 1, 1]))
     with pytest.raises(ValueError, match="constant parameter loc of Normal must be finite"):
         Normal(var=["x"], loc=float("inf"), scale=1.0)

@@ -11,7 +11,7 @@ from scipy.special import betaln, gammaln
 from kizuna import modules as km
 from kizuna.datasets import simulated_house
 from kizuna.metrics import adjusted_rand_score
-from kizuna.modules.normal_wishart import NormalWishart
+from kizuna.modules.gmm.normal_wishart import NormalWishart
 from kizuna.modules.spatial_concept_gibbs import ConceptSampler, FixedPositions, GaussianPositions, log_stick_weights
 
 ALPHA, GAMMA, BETAS = 0.7, 0.4, [0.3, 1.2]

@@ -433,6 +433,14 @@ EXAMPLES: list[Example] = [
                                         {"y": _y(g)}), reparam=False),
     _built(kd.PixelCNNBernoulli, lambda g: (_redrawn(kd.PixelCNNBernoulli(2, 3, hidden_channels=4, n_layers=1,
                                                                           kernel_size=3), g), {}), reparam=False),
+    # ---- MLP-conditioned distributions (kizuna.distributions.conditional)
+    _built(kd.MLPNormal, lambda g: (_redrawn(kd.MLPNormal("x", ["y"], [D_IN, 8, K]), g), {"y": _y(g)})),
+    _built(kd.MLPNormal, lambda g: (_redrawn(kd.MLPNormal("x", ["y"], [D_IN, 8, K], shared_scale=True), g),
+                                    {"y": _y(g)}), label="MLPNormal-shared-scale"),
+    _built(kd.MLPBernoulli, lambda g: (_redrawn(kd.MLPBernoulli("x", ["y"], [D_IN, 8, K]), g), {"y": _y(g)}),
+           reparam=False),
+    _built(kd.MLPCategorical, lambda g: (_redrawn(kd.MLPCategorical("x", ["y"], [D_IN, 8, K]), g), {"y": _y(g)}),
+           reparam=False),
 ]
 
 IDS = [ex.id for ex in EXAMPLES]

@@ -20,7 +20,7 @@ class Fixed(km.ClassModule):
         super().__init__(posterior.shape[1], name=name)
         self.fixed = posterior
 
-    def _update(self, forward, backward):
+    def _update(self, ctx, forward, backward):
         self.posterior = self.fixed
         return self.message("posterior", self.fixed), {}
 
@@ -72,4 +72,4 @@ def test_errors():
     p = torch.full((2, 2), 0.5)
     tt = TailToTail().connect(Fixed(p, "a").connect(km.Observation(np.zeros((2, 1)))))
     with pytest.raises(ValueError, match="at least two"):
-        tt._update([Message("a", None, "c", "posterior", p)], None)
+        tt._update(km.UpdateContext(), [Message("a", None, "c", "posterior", p)], None)

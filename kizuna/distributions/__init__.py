@@ -2,6 +2,7 @@
 
 from kizuna.distributions.autoregressive import MADEBernoulli, PixelCNNBernoulli
 from kizuna.distributions.base import Distribution
+from kizuna.distributions.conditional import MLPBernoulli, MLPCategorical, MLPNormal
 from kizuna.distributions.diffusion import (
     DDPM,
     DiffusionDecoder,
@@ -48,7 +49,7 @@ __all__ = [
     "Bernoulli", "Beta", "BinaryConcrete", "Categorical", "Concrete", "CustomProb", "Deterministic", "Dirichlet",
     "Distribution",
     "ElementWiseProductOfNormal", "EmpiricalDistribution", "FactorizedBernoulli", "Gamma", "JointDistribution",
-    "Laplace", "LogNormal",
+    "Laplace", "LogNormal", "MLPBernoulli", "MLPCategorical", "MLPNormal",
     "MarginalizeVarDistribution", "MixtureModel", "MixtureOfNormal", "MixturePosterior", "Multinomial",
     "MultivariateNormal", "Normal", "Poisson", "ProductOfNormal",
     "RelaxedBernoulli", "RelaxedCategorical", "ReplaceVarDistribution", "StudentT", "TorchDistribution",

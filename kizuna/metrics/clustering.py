@@ -22,11 +22,28 @@ from scipy.optimize import linear_sum_assignment
 
 
 def _labels(y: Any, what: str) -> np.ndarray:
+    """Labels as a 1-D array; a missing label (NaN, or None among objects) is an error naming its index.
+
+    >>> _labels([0, 1, float("nan")], "labels_true")
+    Traceback (most recent call last):
+    ...
+    ValueError: labels_true has a missing label (nan) at index 2: every sample needs a label
+    """
     if hasattr(y, "detach"):
         y = y.detach().cpu().numpy()
     a = np.asarray(y)
     if a.ndim != 1:
         raise ValueError(f"{what} must be a 1-D array of labels, got shape {a.shape}")
+    if a.dtype.kind in "fc":
+        missing = np.flatnonzero(~np.isfinite(a))
+    elif a.dtype.kind == "O":
+        missing = np.flatnonzero([v is None or (isinstance(v, float) and v != v) for v in a])
+    else:
+        missing = np.empty(0, dtype=np.int64)
+    if missing.size:
+        value = a[missing[0]]
+        raise ValueError(f"{what} has a missing label ({'None' if value is None else value}) at index "
+                         f"{int(missing[0])}: every sample needs a label")
     return a
 
 

@@ -30,23 +30,30 @@ module boundaries (modules learn from each other's *messages*, as in SERKET).
 
 Subclasses implement one method::
 
-    def _update(self, forward: list[Message], backward: Message | None
+    def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
                 ) -> tuple[Message, dict[Module, Message]]:
         ...  # learn; return (forward message, {child: backward message})
 
-and build messages with :meth:`Module.message`. ``self.method`` (``"mp"`` or ``"sir"``, set
-by `Graph.fit`) says how a class prior is combined with the module's own likelihood (see
-`kizuna.modules.inference.combine`); ``self.generator`` (a ``torch.Generator`` or ``None``
-for torch's global generator) is the source of randomness.
+and build messages with :meth:`Module.message`. ``ctx`` (`kizuna.modules.context.UpdateContext`) is
+what the graph passes to every module for one sweep: the combination strategy (``ctx.combine``: `MP`
+or `SIR`, how a class prior is joined with the module's own likelihood), the generator every draw
+comes from (``ctx.generator``; see `kizuna.modules.rng` for the one RNG policy), the iteration and
+the schedule of per-iteration settings. ``update()`` called without a context (SERKET's own loop)
+uses message passing and the module's own stream, started from its ``random_state``.
+
+What a module learns is listed in its ``State`` dataclass and saved by the one mechanism of
+`kizuna.modules.state`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
+from kizuna.modules.context import UpdateContext
+from kizuna.modules.estimator import changed_params
 from kizuna.modules.messages import (
     DEFAULT_VARIABLE,
     KINDS,
@@ -58,7 +65,10 @@ from kizuna.modules.messages import (
     check_width,
 )
 from kizuna.modules.results import ClassResults
+from kizuna.modules.rng import generator_for
+from kizuna.modules.state import Stateful
 from kizuna.modules.symbols import encode_strings, is_strings
+from kizuna.modules.validation import as_matrix, as_tensor
 
 __all__ = [
     "KINDS", "ClassModule", "GraphError", "Message", "MessageKindError", "MessageShapeError", "Module", "Observation",
@@ -66,7 +76,7 @@ __all__ = [
 ]
 
 
-class Module:
+class Module(Stateful):
     """A node of an integrated model (see the module docstring for the protocol).
 
     Args:
@@ -74,28 +84,46 @@ class Module:
             numbers unnamed duplicates).
         learnable: when ``False`` the module keeps its parameters fixed in ``update`` and
             only passes messages.
+        random_state: seeds the module's own stream, used by ``update()`` without a context
+            (see `kizuna.modules.rng`).
     """
 
     accepts: ClassVar[tuple[str, ...]] = ()
     sends: ClassVar[str] = "latent"
     receives: ClassVar[tuple[str, ...]] = ()
+    scheduled: ClassVar[tuple[str, ...]] = ()  # settings a graph's schedule may set per iteration
 
-    def __init__(self, name: str | None = None, learnable: bool = True) -> None:
+    @dataclass
+    class State(Stateful.State):
+        """Updates done and the last messages sent up and received."""
+
+        n_updates: int = 0
+        forward_message: Message | None = None
+        backward_messages: dict[str, Message] = field(default_factory=dict)
+
+    def __init__(self, name: str | None = None, learnable: bool = True,
+                 random_state: int | torch.Generator | None = None) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"{type(self).__name__}: name must be a non-empty string, got {name!r}")
         self.name: str = name if name is not None else type(self).__name__.lower()
         self.named = name is not None
         self.learnable = bool(learnable)
+        self.random_state = random_state
         self.children: list[Module] = []
         self.parents: list[Module] = []
         self.forward_message: Message | None = None
         self.backward_messages: dict[str, Message] = {}
-        self.method = "mp"
-        self.generator: torch.Generator | None = None
         self.n_updates = 0
+        self._stream: torch.Generator | None = None
+
+    def _hidden_params(self) -> tuple[str, ...]:
+        """Constructor parameters `repr` leaves out (the name is shown first; labels are data)."""
+        return ("name", "category")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
+        params = changed_params(self, skip=self._hidden_params())
+        kids = f" <- {', '.join(c.name for c in self.children)}" if self.children else ""
+        return f"{type(self).__name__}({', '.join([f'name={self.name!r}', *params])}){kids}"
 
     # ------------------------------------------------------------------ wiring
     def connect(self, *children: Module) -> Module:
@@ -162,8 +190,21 @@ class Module:
         return Message("+".join(m.sender for m in msgs), self.name, msgs[0].variable, "prior", torch.softmax(log, 1))
 
     # ------------------------------------------------------------------ update
-    def update(self) -> None:
-        """One mutual-inference step: read messages, learn, send messages up and down."""
+    def context(self) -> UpdateContext:
+        """The context of ``update()`` without one: message passing, and the module's own stream
+        (started from ``random_state`` at the first such update and continued by the next)."""
+        if self._stream is None:
+            device = next((c.forward_message.value.device for c in self.children if c.forward_message is not None),
+                          torch.device("cpu"))
+            self._stream = generator_for(self.random_state, device)
+        return UpdateContext(generator=self._stream)
+
+    def update(self, ctx: UpdateContext | None = None) -> None:
+        """One mutual-inference step: read messages, learn, send messages up and down.
+
+        Args:
+            ctx: the sweep's context (`Graph.fit` passes one); ``None``: `context`.
+        """
         if not self.children:
             raise GraphError(f"{self.name} has no children: connect it to an Observation or another module")
         forward = []
@@ -182,7 +223,7 @@ class Module:
             raise MessageShapeError(f"{self.name}: the backward message from {backward.sender} has shape "
                                     f"{tuple(backward.value.shape)} but {forward[0].sender} sends "
                                     f"{forward[0].n} samples")
-        up, down = self._update(forward, backward)
+        up, down = self._update(self.context() if ctx is None else ctx, forward, backward)
         if up.kind != self.sends or up.sender != self.name:
             raise RuntimeError(f"{type(self).__name__}._update must return a {self.sends!r} message from "
                                f"{self.name}, got {up.kind!r} from {up.sender}")
@@ -193,75 +234,57 @@ class Module:
             child.receive_backward(msg)
         self.n_updates += 1
 
-    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
-        raise NotImplementedError(f"{type(self).__name__} must implement _update(forward, backward)")
-
-    # ------------------------------------------------------------- persistence
-    def config(self) -> dict[str, Any]:
-        """JSON-able hyper-parameters that define the architecture (checked when loading)."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain values restoring the module's learnt state and messages."""
-        fwd = self.forward_message
-        return {
-            "n_updates": self.n_updates,
-            "forward": None if fwd is None else {"variable": fwd.variable, "value": fwd.value},
-            "backward": {s: {"variable": m.variable, "kind": m.kind, "value": m.value, "receiver": m.receiver}
-                         for s, m in self.backward_messages.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.n_updates = int(state["n_updates"])
-        fwd = state["forward"]
-        self.forward_message = None if fwd is None else self.message(self.sends, fwd["value"], variable=fwd["variable"])
-        self.backward_messages = {s: Message(s, m["receiver"], m["variable"], m["kind"], m["value"])
-                                  for s, m in state["backward"].items()}
+    def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
+                ) -> tuple[Message, dict[Module, Message]]:
+        raise NotImplementedError(f"{type(self).__name__} must implement _update(ctx, forward, backward)")
 
 
 class Observation(Module):
-    """A leaf holding data ``N×D`` (tensor or array; a list of strings is encoded by
+    """A leaf holding data ``N×D`` (tensor, array or list; a list of strings is encoded by
     `kizuna.modules.symbols.encode_strings`); its forward message is the data.
 
-    >>> obs = Observation(np.zeros((3, 2)), name="obs")
-    >>> obs.forward_message.kind, tuple(obs.data.shape)
-    ('data', (3, 2))
-    >>> Observation(np.array([[0.0, np.nan]]))
+    Floating data keeps its dtype; integer and boolean data become ``torch.get_default_dtype()``;
+    anything that is not numbers is refused naming the expected dtype (`kizuna.modules.validation`).
+
+    >>> obs = Observation([[0, 1], [2, 3], [4, 5]], name="obs")
+    >>> obs.forward_message.kind, tuple(obs.data.shape), obs.data.dtype
+    ('data', (3, 2), torch.float32)
+    >>> Observation([[0.0, 1.0], [2.0, float("nan")]], name="images")
     Traceback (most recent call last):
     ...
-    ValueError: Observation observation: data contains NaN or inf
+    ValueError: Observation images: data contains NaN at row 1, column 1 (values must be finite: no NaN or inf)
     """
 
     sends: ClassVar[str] = "data"
+    architecture: ClassVar[tuple[str, ...]] = ("shape",)
+
+    @dataclass
+    class State(Stateful.State):
+        """Nothing to save: the data are given again when the graph is built."""
 
     def __init__(self, data: Any, name: str | None = None) -> None:
         super().__init__(name, learnable=False)
-        where = f"Observation {self.name}"
+        owner = f"Observation {self.name}"
         if is_strings(data):  # symbol strings (phonemes) travel as zero-padded code points
             data = encode_strings(data)
-        t = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
-        if not t.is_floating_point():
-            t = t.to(torch.get_default_dtype())
-        if t.dim() == 1:
-            t = t.unsqueeze(1)
-        if t.dim() != 2:
-            raise ValueError(f"{where}: data must be N x D (flatten each sample), got shape {tuple(t.shape)}")
-        if t.shape[0] == 0:
-            raise ValueError(f"{where}: data has no samples")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{where}: data contains NaN or inf")
-        self.data = t.detach()
+        owner = f"Observation {self.name}"
+        t = as_tensor(data, "data", owner)
+        self.data = as_matrix(t.unsqueeze(1) if t.dim() == 1 else t, "data", owner, dtype=None)
         self.forward_message = self.message("data", self.data)
+
+    @property
+    def shape(self) -> list[int]:
+        """``[N, D]``."""
+        return list(self.data.shape)
+
+    def __repr__(self) -> str:
+        return f"Observation(name={self.name!r}, shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
 
     def connect(self, *children: Module) -> Module:
         raise GraphError(f"Observation {self.name} is a leaf and cannot have children")
 
-    def update(self) -> None:
+    def update(self, ctx: UpdateContext | None = None) -> None:
         """Nothing to learn: the forward message is the data."""
-
-    def config(self) -> dict[str, Any]:
-        return {"shape": list(self.data.shape)}
 
 
 class ClassModule(ClassResults, Module):
@@ -273,9 +296,15 @@ class ClassModule(ClassResults, Module):
 
     sends: ClassVar[str] = "posterior"
 
+    @dataclass
+    class State(Module.State):
+        """Also the class posterior ``N×K``."""
+
+        posterior: torch.Tensor | None = None
+
     def __init__(self, n_classes: int, category: Any = None, name: str | None = None,
-                 learnable: bool = True) -> None:
-        Module.__init__(self, name, learnable)
+                 learnable: bool = True, random_state: int | torch.Generator | None = None) -> None:
+        Module.__init__(self, name, learnable, random_state)
         ClassResults.__init__(self, n_classes, category)
 
     def class_prior(self, backward: Message | None, n: int) -> torch.Tensor | None:
@@ -290,10 +319,3 @@ class ClassModule(ClassResults, Module):
             raise MessageShapeError(f"{self.name}: the prior message from {backward.sender} has {backward.n} rows "
                                     f"for {n} samples")
         return backward.value
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "posterior": self.posterior}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.posterior = state["posterior"]

@@ -19,14 +19,17 @@ until they agree (Nakamura et al. 2018, arXiv:1712.00929).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from kizuna.models.distributed import common_seed
-from kizuna.modules.base import GraphError, Module, Observation
-from kizuna.modules.inference import METHODS
+from kizuna.modules.base import ClassModule, GraphError, Module, Observation
+from kizuna.modules.combine import Combine, strategy
+from kizuna.modules.context import Schedule, UpdateContext, check_schedule
 from kizuna.modules.persistence import load_graph, save_graph
 
 
@@ -104,6 +107,8 @@ class Graph:
             raise GraphError(f"modules {rest} are not connected to {comps[0][0].name} and the rest of the graph")
         self._name_uniquely(order)
         self.modules: list[Module] = order
+        self.iteration = 0  # sweeps run so far (a second fit continues the schedule)
+        self._context: UpdateContext | None = None
 
     @staticmethod
     def _name_uniquely(order: list[Module]) -> None:
@@ -135,41 +140,89 @@ class Graph:
                 return m
         raise KeyError(f"no module named {name!r} in the graph; names: {[m.name for m in self.modules]}")
 
-    def update(self) -> Graph:
-        """One bottom-up sweep: ``update()`` every module, children first."""
+    def __repr__(self) -> str:
+        """The modules as a tree from the top, each with its hyper-parameters."""
+        lines = [f"Graph({len(self.modules)} modules, {self.iteration} sweeps done)"]
+        shown: set[int] = set()
+
+        def walk(m: Module, depth: int) -> None:
+            again = id(m) in shown
+            lines.append("  " * depth + ("^ " + m.name + " (above)" if again else repr(m).split(" <- ")[0]))
+            shown.add(id(m))
+            for child in [] if again else m.children:
+                walk(child, depth + 1)
+
+        for top in [m for m in self.modules if not m.parents]:
+            walk(top, 1)
+        return "\n".join(lines)
+
+    def context(self, method: str | Combine = "mp", seed: int | None = None, schedule: Schedule | None = None,
+                n_particles: int | None = None) -> UpdateContext:
+        """A fresh update context at the graph's current iteration (what `fit` builds).
+
+        Args:
+            method: ``"mp"`` or ``"sir"``, or a strategy object (``km.MP()``, ``km.SIR(n_particles=...)``).
+            seed: seeds the generator every module draws from (``None``: a fresh random seed, the same on
+                every rank of a ``torch.distributed`` run, so that replicated modules stay identical).
+            schedule: per-module settings by iteration (`kizuna.modules.context`), checked here.
+            n_particles: SIR particles per sample for every module (``None``: each module's own).
+        """
+        combine = strategy(method, n_particles)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"Graph: seed must be None or a non-negative int, got {seed!r}")
+        check_schedule(schedule or {}, {m.name: m.scheduled for m in self.modules})
+        device = next(m.data.device for m in self.modules if isinstance(m, Observation))
+        generator = torch.Generator(device=device)
+        generator.manual_seed(common_seed() if seed is None else seed)
+        return UpdateContext(combine, generator, self.iteration, dict(schedule or {}))
+
+    def update(self, ctx: UpdateContext | None = None) -> Graph:
+        """One bottom-up sweep: ``update(ctx)`` every module, children first.
+
+        Args:
+            ctx: the sweep's context; ``None``: the one of the last `fit` (or a fresh `context`),
+                at the graph's current iteration.
+        """
+        if ctx is None:
+            self._context = self._context if self._context is not None else self.context()
+            ctx = self._context.at(self.iteration)
         for m in self.modules:
-            m.update()
+            m.update(ctx)
+        self.iteration += 1
         return self
 
-    def fit(self, n_iter: int, method: str = "mp", seed: int | None = None) -> Graph:
+    def fit(self, n_iter: int, method: str | Combine = "mp", seed: int | None = None,
+            schedule: Schedule | None = None, verbose: bool | None = None) -> Graph:
         """Run ``n_iter`` sweeps of mutual inference.
 
         Args:
             n_iter: number of bottom-up sweeps.
-            method: ``"mp"`` or ``"sir"``, set on every module as ``module.method``.
-            seed: seeds the ``torch.Generator`` every module draws from (``None``: a fresh
-                random seed, the same on every rank of a ``torch.distributed`` run, so that
-                replicated modules stay identical); torch's global generator is left untouched.
+            method, seed, schedule: see `context`. Every module draws from one generator seeded by
+                ``seed``; torch's global generator is left untouched.
+            verbose: a progress bar (sweeps, and each class module's accuracy when it has labels);
+                ``None``: only when stderr is a terminal.
         """
-        if method not in METHODS:
-            raise ValueError(f"Graph.fit: method must be one of {METHODS}, got {method!r}")
         if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
             raise ValueError(f"Graph.fit: n_iter must be a non-negative int, got {n_iter!r}")
-        device = next(m.data.device for m in self.modules if isinstance(m, Observation))
-        generator = torch.Generator(device=device)
-        generator.manual_seed(common_seed() if seed is None else seed)
-        for m in self.modules:
-            m.method = method
-            m.generator = generator
-        for _ in range(n_iter):
-            self.update()
+        self._context = self.context(method, seed, schedule)
+        quiet = not (sys.stderr.isatty() if verbose is None else verbose)
+        with tqdm(range(n_iter), desc="graph", unit="sweep", disable=quiet, dynamic_ncols=True) as bar:
+            for _ in bar:
+                self.update()
+                if not quiet:
+                    bar.set_postfix(self._progress())
         return self
 
+    def _progress(self) -> dict[str, str]:
+        """Each class module's accuracy (when it has reference labels)."""
+        return {m.name: f"{m.accuracy:.3f}" for m in self.modules
+                if isinstance(m, ClassModule) and m.category is not None and m.posterior is not None}
+
     def save(self, directory: str | Path) -> Path:
-        """Write every module's state and a JSON manifest to ``directory`` (see `persistence`)."""
+        """Write every module's state and a JSON manifest to ``directory``, atomically (see `persistence`)."""
         return save_graph(self, directory)
 
     def load(self, directory: str | Path) -> Graph:
-        """Restore states saved by :meth:`save` into this (identically built) graph."""
+        """Restore states saved by :meth:`save` into this (identically built) graph, and its iteration count."""
         load_graph(self, directory)
         return self

@@ -29,13 +29,16 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from kizuna.modules.base import Message, MessageShapeError, Module
+from kizuna.modules.context import UpdateContext
+from kizuna.modules.rng import rng_from
+from kizuna.modules.validation import as_matrix
 from kizuna.nets import MLP
 
 
@@ -48,24 +51,35 @@ class NN(Module):
         in_dim, out_dim: checked against the messages when given.
         target: a fixed ``N×out`` target (then connect one child); else the second child's message.
         hidden: hidden sizes of the default MLP.
-        epochs, batch_size, lr: training per ``update``.
+        epochs, batch_size, lr: training per ``update``; ``epochs`` may follow a graph's schedule.
+        name, learnable, random_state: see `kizuna.modules.Module`.
     """
 
     accepts: ClassVar[tuple[str, ...]] = ("data", "latent", "posterior")
     sends: ClassVar[str] = "latent"
+    scheduled: ClassVar[tuple[str, ...]] = ("epochs",)
+    architecture: ClassVar[tuple[str, ...]] = ("in_dim", "out_dim", "hidden")
+
+    @dataclass
+    class State(Module.State):
+        """Also the network, its predictions and their mean squared error."""
+
+        net: nn.Module | None = None
+        prediction: torch.Tensor | None = None
+        mse: float | None = None
 
     def __init__(self, net: nn.Module | None = None, in_dim: int | None = None, out_dim: int | None = None,
                  target: Any = None, hidden: Sequence[int] = (64,), epochs: int = 50, batch_size: int = 128,
-                 lr: float = 1e-3, name: str | None = None, learnable: bool = True) -> None:
-        super().__init__(name, learnable)
+                 lr: float = 1e-3, name: str | None = None, learnable: bool = True,
+                 random_state: int | torch.Generator | None = None) -> None:
+        super().__init__(name, learnable, random_state)
         if epochs < 0 or batch_size < 1 or lr <= 0:
             raise ValueError(f"NN {self.name}: need epochs >= 0, batch_size >= 1 and lr > 0")
         self.net, self.in_dim, self.out_dim, self.hidden = net, in_dim, out_dim, tuple(hidden)
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
-        self.target = None if target is None else torch.as_tensor(np.asarray(target) if not isinstance(
-            target, torch.Tensor) else target)
-        if self.target is not None and self.target.dim() != 2:
-            raise ValueError(f"NN {self.name}: target must be N x out, got shape {tuple(self.target.shape)}")
+        if target is not None and getattr(target, "ndim", 2) != 2:
+            raise ValueError(f"NN {self.name}: target must be N x out, got shape {tuple(target.shape)}")
+        self.target = None if target is None else as_matrix(target, "target", f"NN {self.name}", dtype=None)
         self.optimizer: torch.optim.Optimizer | None = None
         self.prediction: torch.Tensor | None = None
         self.mse: float | None = None
@@ -85,29 +99,35 @@ class NN(Module):
                 raise MessageShapeError(f"NN {self.name}: {what}={dim} but the messages have {got} columns")
         return x, y
 
-    def _ensure(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _ensure(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None) -> None:
+        """The default MLP (initialised from ``generator``) and the optimizer, at the first update."""
         if self.net is None:
-            self.net = MLP(x.shape[1], *self.hidden, y.shape[1]).to(device=x.device, dtype=x.dtype)
+            with rng_from(generator):
+                self.net = MLP(x.shape[1], *self.hidden, y.shape[1])
+            self.net.to(device=x.device, dtype=x.dtype)
         if self.optimizer is None:
             self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _train(self, x: torch.Tensor, y: torch.Tensor, epochs: int, generator: torch.Generator | None) -> None:
         self.net.train()
         n = x.shape[0]
-        for _ in range(self.epochs):
-            device = x.device if self.generator is None else self.generator.device
-            order = torch.randperm(n, generator=self.generator, device=device).to(x.device)
+        for _ in range(epochs):
+            device = x.device if generator is None else generator.device
+            order = torch.randperm(n, generator=generator, device=device).to(x.device)
             for idx in order.split(self.batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = ((self.net(x[idx]) - y[idx]) ** 2).sum(1).mean()
                 loss.backward()
                 self.optimizer.step()
 
-    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
+    def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
+                ) -> tuple[Message, dict[Module, Message]]:
         x, y = self._inputs(forward)
-        self._ensure(x, y)
-        if self.learnable and self.epochs > 0:
-            self._train(x, y)
+        self._ensure(x, y, ctx.generator)
+        epochs = int(ctx.setting(self.name, "epochs", self.epochs))
+        if self.learnable and epochs > 0:
+            with rng_from(ctx.generator):  # dropout and other global-RNG draws of a user network
+                self._train(x, y, epochs, ctx.generator)
         self.net.eval()
         with torch.no_grad():
             self.prediction = self.net(x)
@@ -127,19 +147,7 @@ class NN(Module):
         dist2 = torch.cdist(y, per_class) ** 2
         return torch.softmax(-dist2 / (2 * variance.clamp(min=1e-12)), 1)
 
-    # ------------------------------------------------------------- persistence
-    def config(self) -> dict[str, Any]:
-        return {"in_dim": self.in_dim, "out_dim": self.out_dim, "hidden": list(self.hidden)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "net": None if self.net is None else self.net.state_dict(),
-                "prediction": self.prediction, "mse": self.mse}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if state["net"] is not None:
-            if self.net is None:
-                x, y = self._inputs([c.forward_message for c in self.children])
-                self._ensure(x, y)
-            self.net.load_state_dict(state["net"])
-        self.prediction, self.mse = state["prediction"], state["mse"]
+    def _before_load(self, state: dict[str, Any]) -> None:
+        if self.net is None and state["net"] is not None:  # the default MLP, sized by the messages
+            x, y = self._inputs([c.forward_message for c in self.children])
+            self._ensure(x, y, torch.Generator())  # the weights are overwritten

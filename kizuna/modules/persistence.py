@@ -1,16 +1,32 @@
-"""Saving and loading modules and whole graphs (nothing is written unless asked).
+"""Saving and loading modules and whole graphs: atomic, checksummed, and never running code.
 
-A saved graph is a directory holding ``manifest.json`` (format, and per module: name, class,
-architecture ``config`` and children) and one ``moduleNNN.pt`` per module (its
-``state_dict()``: learnt parameters, posteriors and last messages, loaded with
-``torch.load(weights_only=True)``). Loading compares the manifest with the graph it loads
-into and raises a `GraphError` listing every difference, so a state never lands in a
-different architecture.
+A saved graph is a directory holding ``manifest.json`` and one ``moduleNNN-<hash>.pt`` per module. Each
+module file is a header line, the SHA-256 of the rest, and the module's ``state_dict()`` written by
+``torch.save`` (read back with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and
+dicts only — a pickle that tries to run code is refused and nothing runs). The manifest lists, per
+module, its name, class, architecture ``config``, children, file and that file's SHA-256, plus the
+graph's iteration count, and carries the SHA-256 of its own body.
+
+**Atomic.** Every file is written to a temporary file in the same directory, flushed, ``fsync``-ed and
+renamed over its target (``os.replace``, atomic on POSIX and Windows), and the directory is synced.
+Module files are named by their content, so writing them never touches the files of the previous save;
+the manifest is renamed into place **last**, and only then are files no manifest names removed. A kill
+at any moment therefore leaves either the previous complete save or the new one — never a mix.
+
+**Checked.** Loading verifies the manifest's own checksum and each file's against the manifest: a
+flipped byte, a truncated file or manifest, a missing file or one from another save is a
+`CorruptSaveError` naming the file. The manifest is then compared with the graph it loads into
+(a `GraphError` listing every difference), all files are read and verified **before** any module is
+changed, so a failed load leaves the graph as it was.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,23 +35,37 @@ import torch
 
 from kizuna.modules.base import GraphError, Module, Observation
 
-FORMAT = "kizuna.modules/1"
+FORMAT = "kizuna.modules/2"
+MAGIC = b"kizuna.modules/2 sha256:"
+MANIFEST = "manifest.json"
+
+
+class CorruptSaveError(ValueError):
+    """A saved file is missing, truncated, altered, from another save, or not safe to load."""
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def describe(module: Module) -> dict[str, Any]:
     """The manifest entry of one module."""
-    return {"name": module.name, "class": f"{type(module).__module__}.{type(module).__qualname__}",
-            "config": module.config(), "children": [c.name for c in module.children]}
+    return {"name": module.name, "class": _qualified(type(module)), "config": module.config(),
+            "children": [c.name for c in module.children]}
 
 
-def _differences(saved: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[str]:
+def _differences(saved: list[dict[str, Any]], modules: Sequence[Module]) -> list[str]:
+    """What differs between saved manifest entries and ``modules`` (a state loads into its class or a subclass)."""
+    current = [describe(m) for m in modules]
     names_s, names_c = [e["name"] for e in saved], [e["name"] for e in current]
     if names_s != names_c:
         return [f"modules {names_s} were saved but the graph has {names_c}"]
     diffs = []
-    for s, c in zip(saved, current):
-        for key in ("class", "children", "config"):
-            if s[key] != c[key]:
+    for s, c, m in zip(saved, current, modules):
+        if s["class"] not in {_qualified(k) for k in type(m).__mro__}:
+            diffs.append(f"{c['name']}: saved class {s['class']} but the graph has {c['class']}")
+        for key in ("children", "config"):
+            if s[key] != json.loads(json.dumps(c[key])):
                 diffs.append(f"{c['name']}: saved {key} {s[key]} but the graph has {c[key]}")
     return diffs
 
@@ -44,57 +74,143 @@ def _device(modules: Sequence[Module]) -> torch.device:
     return next((m.data.device for m in modules if isinstance(m, Observation)), torch.device("cpu"))
 
 
+# ---------------------------------------------------------------------------------------------- files
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a platform without directory handles (Windows): the rename is what we have
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` through a synced temporary file renamed over it (never a partial file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_dir(path.parent)
+
+
+def pack(state: dict[str, Any]) -> bytes:
+    """A state as a checksummed blob: the header with the SHA-256 of the ``torch.save`` payload, then it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    return MAGIC + _sha(payload).encode() + b"\n" + payload
+
+
+def unpack(data: bytes, where: Path, device: torch.device, expected_sha: str | None = None) -> Any:
+    """The state in a blob written by `pack`, verified; a `CorruptSaveError` naming ``where`` otherwise."""
+    header, newline, payload = data.partition(b"\n")
+    if not header.startswith(MAGIC) or not newline:
+        raise CorruptSaveError(f"{where}: not a kizuna module file (bad header; truncated or another format)")
+    sha = header[len(MAGIC):].decode("ascii", "replace")
+    if expected_sha is not None and _sha(data) != expected_sha:
+        raise CorruptSaveError(f"{where}: the file's checksum differs from the manifest's (altered, truncated, "
+                               "or from another save)")
+    if _sha(payload) != sha:
+        raise CorruptSaveError(f"{where}: checksum mismatch, the file was altered or truncated")
+    try:
+        return torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    except Exception as err:  # weights_only refuses pickles that would run code: nothing ran
+        raise CorruptSaveError(f"{where}: cannot be loaded safely ({type(err).__name__}: {str(err)[:200]})") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptSaveError(f"{path}: missing (the save is incomplete)") from None
+
+
+# ---------------------------------------------------------------------------------------------- graphs
 def save_graph(graph: Any, directory: str | Path) -> Path:
-    """Write ``graph.modules``' states and ``manifest.json`` into ``directory``; returns it."""
+    """Write ``graph.modules``' states and the manifest into ``directory`` atomically; returns it."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     entries = []
     for i, m in enumerate(graph.modules):
-        entry = describe(m)
-        entry["file"] = f"module{i:03d}.pt"
-        torch.save(m.state_dict(), d / entry["file"])
+        blob = pack(m.state_dict())
+        sha = _sha(blob)
+        entry = {**describe(m), "file": f"module{i:03d}-{sha[:16]}.pt", "sha256": sha}
+        write_atomic(d / entry["file"], blob)
         entries.append(entry)
-    (d / "manifest.json").write_text(json.dumps({"format": FORMAT, "modules": entries}, indent=2))
+    body = {"format": FORMAT, "iteration": int(getattr(graph, "iteration", 0)), "modules": entries}
+    text = json.dumps(body, indent=1, sort_keys=True)
+    manifest = {"sha256": _sha(text.encode()), "body": body}
+    write_atomic(d / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    keep = {e["file"] for e in entries} | {MANIFEST}
+    for stale in [*d.glob("module*.pt"), *d.glob(".*.tmp")]:  # the previous save's files, killed writes
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
     return d
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The verified body of ``directory``'s manifest."""
+    path = directory / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"no saved kizuna graph at {path.parent} (missing {path.name})")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise GraphError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    return manifest
+        raise FileNotFoundError(f"no saved kizuna graph at {directory} (missing {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_bytes())
+        body, sha = manifest["body"], manifest["sha256"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CorruptSaveError(f"{path}: not a readable manifest (truncated or altered: {err})") from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise CorruptSaveError(f"{path}: format {body.get('format') if isinstance(body, dict) else None!r} is "
+                               f"not {FORMAT!r}")
+    if _sha(json.dumps(body, indent=1, sort_keys=True).encode()) != sha:
+        raise CorruptSaveError(f"{path}: checksum mismatch, the manifest was altered")
+    return body
 
 
 def load_graph(graph: Any, directory: str | Path) -> None:
-    """Load states written by `save_graph` into an identically built ``graph``."""
+    """Load states written by `save_graph` into an identically built ``graph`` (all or nothing)."""
     d = Path(directory)
-    manifest = _read_manifest(d / "manifest.json")
-    current = [describe(m) for m in graph.modules]
-    diffs = _differences(manifest["modules"], current)
+    body = read_manifest(d)
+    diffs = _differences(body["modules"], graph.modules)
     if diffs:
         raise GraphError("the saved graph has a different architecture:\n  " + "\n  ".join(diffs))
     device = _device(graph.modules)
-    for entry, m in zip(manifest["modules"], graph.modules):
-        m.load_state_dict(torch.load(d / entry["file"], map_location=device, weights_only=True))
+    states = [unpack(_read(d / e["file"]), d / e["file"], device, e["sha256"]) for e in body["modules"]]
+    for state, m in zip(states, graph.modules):
+        m.load_state_dict(state)
+    graph.iteration = int(body["iteration"])
 
 
+# ---------------------------------------------------------------------------------------------- one module
 def save_module(module: Module, path: str | Path) -> Path:
-    """Write one module's manifest entry and state to the file ``path``."""
+    """Write one module's manifest entry and state to the file ``path``, atomically and checksummed."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "manifest": json.dumps(describe(module)), "state": module.state_dict()}, p)
+    write_atomic(p, pack({"format": FORMAT, "manifest": json.dumps(describe(module)), "state": module.state_dict()}))
     return p
 
 
 def load_module(module: Module, path: str | Path) -> Module:
     """Load a state written by `save_module` into ``module`` (same class and config)."""
-    blob = torch.load(Path(path), map_location=_device([module, *module.children]), weights_only=True)
-    if blob.get("format") != FORMAT:
-        raise GraphError(f"{path}: not a saved kizuna module")
-    diffs = _differences([json.loads(blob["manifest"])], [describe(module)])
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no saved kizuna module at {p}")
+    blob = unpack(p.read_bytes(), p, _device([module, *module.children]))
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise GraphError(f"{p}: not a saved kizuna module")
+    diffs = _differences([json.loads(blob["manifest"])], [module])
     if diffs:
-        raise GraphError(f"{path} holds a different module:\n  " + "\n  ".join(diffs))
+        raise GraphError(f"{p} holds a different module:\n  " + "\n  ".join(diffs))
     module.load_state_dict(blob["state"])
     return module

@@ -24,6 +24,7 @@ collapsed Gibbs sweeps of `kizuna.modules.spatial_concept_gibbs.ConceptSampler` 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 from scipy.special import logsumexp
 
 from kizuna.modules.base import ClassModule, Message, Module
+from kizuna.modules.context import UpdateContext
 from kizuna.modules.gmm import GMM
 from kizuna.modules.npylm import temperatures
 from kizuna.modules.spatial_concept_gibbs import ConceptSampler, FixedPositions
@@ -51,30 +53,58 @@ class SpatialConcept(ClassModule):
         min_share: share of the events a concept must hold to count in ``n_concepts_``.
         anneal: starting temperature of the first update's sweeps (conditionals raised to :math:`1/T`, ``T``
             falling to 1 over 70% of the sweeps; `kizuna.modules.npylm.temperatures`); 1 (default): none.
-        random_state: seed used when no graph generator is set.
+        random_state: seed of ``update()`` called without a graph (`kizuna.modules.rng`); in a graph every
+            update draws from the graph's generator.
     """
 
     accepts: ClassVar[tuple[str, ...]] = ("posterior", "data")
     sends: ClassVar[str] = "posterior"
+    architecture: ClassVar[tuple[str, ...]] = ("n_classes",)
+
+    @dataclass
+    class State(ClassModule.State):
+        """Also the chain's assignments (2×N: concept and position component of every event); the sampler
+        is rebuilt from them and the children's last messages when it is needed after a load."""
+
+        chain: torch.Tensor | None = None
 
     def __init__(self, n_concepts: int = 10, category: Any = None, alpha: float = 0.1, gamma: float = 0.1,
                  beta: float | Sequence[float] = 0.5, sweeps: int = 20, n_init: int = 4, min_share: float = 0.05,
                  anneal: float = 1.0, random_state: int | None = None, name: str | None = None) -> None:
-        super().__init__(n_concepts, category, name)
+        super().__init__(n_concepts, category, name, random_state=random_state)
         if alpha <= 0 or gamma <= 0 or sweeps < 1 or n_init < 1 or np.any(np.asarray(beta) <= 0):
             raise ValueError(f"SpatialConcept {self.name}: need alpha, gamma, beta > 0 and sweeps, n_init >= 1")
         self.alpha, self.gamma, self.beta, self.sweeps, self.n_init = alpha, gamma, beta, sweeps, n_init
-        self.random_state, self.min_share, self.anneal = random_state, min_share, anneal
-        self.sampler_: ConceptSampler | None = None
-        self._rng: np.random.Generator | None = None
+        self.min_share, self.anneal = min_share, anneal
+        self._sampler: ConceptSampler | None = None
+        self.chain: torch.Tensor | None = None
 
-    def _random(self) -> np.random.Generator:
-        if self._rng is None:
-            seed = self.random_state
-            if seed is None and self.generator is not None:
-                seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-            self._rng = np.random.default_rng(seed)
-        return self._rng
+    @property
+    def sampler_(self) -> ConceptSampler | None:
+        """The Gibbs sampler of the last update (rebuilt from the saved chain after a load)."""
+        if self._sampler is None and self.chain is not None:
+            forward = [c.forward_message for c in self.children]
+            if any(m is None for m in forward):
+                raise RuntimeError(f"SpatialConcept {self.name}: the children's messages are needed to rebuild the "
+                                   "sampler; load the whole graph (Graph.load), not this module alone")
+            pos, counts = self._split(forward)
+            c, i = self.chain.cpu().numpy()
+            self._sampler = self._new_sampler(pos, counts, c.copy(), i.copy())
+        return self._sampler
+
+    def _before_load(self, state: dict[str, Any]) -> None:
+        self._sampler = None
+
+    @staticmethod
+    def _random(ctx: UpdateContext) -> np.random.Generator:
+        """A numpy generator seeded by one draw from the sweep's generator (the sampler is numpy code)."""
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=ctx.generator)))
+
+    def _new_sampler(self, pos: Message, counts: list[Message], c: np.ndarray, i: np.ndarray) -> ConceptSampler:
+        log_lik = np.log(pos.value.detach().cpu().double().numpy().clip(1e-300))
+        data = [m.value.cpu().double().numpy() for m in counts]
+        return ConceptSampler(FixedPositions(log_lik), data, self.n_classes, self.alpha, self.gamma,
+                              self._betas(len(counts)), c, i)
 
     def _split(self, forward: list[Message]) -> tuple[Message, list[Message]]:
         positions = [m for m in forward if m.kind == "posterior"]
@@ -94,23 +124,21 @@ class SpatialConcept(ClassModule):
             raise ValueError(f"SpatialConcept {self.name}: beta has {betas.size} values for {n} count modalities")
         return betas.tolist()
 
-    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
+    def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
+                ) -> tuple[Message, dict[Module, Message]]:
         pos, counts = self._split(forward)
         n = pos.n
         self.check_category(n)
-        log_lik = np.log(pos.value.detach().cpu().double().numpy().clip(1e-300))
-        rng = self._random()
+        rng = self._random(ctx)
         old = self.sampler_
         if old is None or old.state.c.shape[0] != n or old.n_components != pos.width:
-            c, i = np.zeros(n, dtype=np.int64), log_lik.argmax(1)
+            old, c, i = None, np.zeros(n, dtype=np.int64), pos.value.argmax(1).cpu().numpy()
         else:
             c, i = old.state.c, old.state.i
-        data = [m.value.cpu().double().numpy() for m in counts]
         chains = 1 if old is not None else self.n_init
         best = None
         for _ in range(chains):
-            sampler = ConceptSampler(FixedPositions(log_lik), data, self.n_classes, self.alpha, self.gamma,
-                                     self._betas(len(counts)), c, i)
+            sampler = self._new_sampler(pos, counts, c, i)
             if old is None:  # a fresh chain starts from the sequential initialisation, then anneals
                 sampler.initialize(rng)
             schedule = temperatures(self.sweeps, self.anneal, 0.7) if old is None else [1.0] * self.sweeps
@@ -118,7 +146,8 @@ class SpatialConcept(ClassModule):
                 sampler.sweep(rng, temperature)
             if best is None or sampler.log_joint() > best.log_joint():
                 best = sampler
-        self.sampler_ = best
+        self._sampler = best
+        self.chain = torch.as_tensor(np.stack([best.state.c, best.state.i]))
         dtype = pos.value.dtype
         self.posterior = torch.as_tensor(self.sampler_.posterior, dtype=dtype)
         down: dict[Module, Message] = {}

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from scipy.special import betaln, gammaln
 
-from kizuna.modules.normal_wishart import NormalWishart
+from kizuna.modules.gmm.normal_wishart import NormalWishart
 
 
 class FixedPositions:

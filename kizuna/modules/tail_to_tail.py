@@ -24,12 +24,14 @@ prior mean the same class for the receiver.)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from kizuna.modules.base import Message, MessageShapeError, Module
+from kizuna.modules.context import UpdateContext
 
 
 def align(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -49,6 +51,13 @@ class TailToTail(Module):
     accepts: ClassVar[tuple[str, ...]] = ("posterior",)
     sends: ClassVar[str] = "posterior"
 
+    @dataclass
+    class State(Module.State):
+        """Also the joint posterior and each child's label permutation."""
+
+        posterior: torch.Tensor | None = None
+        permutations: list[torch.Tensor] = field(default_factory=list)
+
     def __init__(self, smoothing: float = 0.01, name: str | None = None) -> None:
         super().__init__(name, learnable=False)
         if smoothing < 0:
@@ -57,7 +66,8 @@ class TailToTail(Module):
         self.permutations: list[torch.Tensor] = []
         self.posterior: torch.Tensor | None = None
 
-    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
+    def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
+                ) -> tuple[Message, dict[Module, Message]]:
         if len(forward) < 2:
             raise ValueError(f"TailToTail {self.name} joins at least two modules, got {len(forward)}")
         for msg in forward[1:]:

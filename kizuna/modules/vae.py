@@ -27,57 +27,23 @@ mean(-E_{q(z|x)}[log p(x|z)] + KL[q(z|x)||p_{prior}(z|mu)])
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
-from kizuna.distributions import Bernoulli, Normal
+from kizuna.distributions import MLPBernoulli, MLPNormal, Normal
 from kizuna.distributions.base import Distribution
 from kizuna.losses import Expectation, KullbackLeibler, LogProb
 from kizuna.models import Model
 from kizuna.modules.base import Message, Module, check_width
-from kizuna.modules.inference import rng_from
-from kizuna.nets import MLP
+from kizuna.modules.context import UpdateContext
+from kizuna.modules.rng import rng_from
 
 LIKELIHOODS = ("bernoulli", "normal")
 PRIOR_MEAN = "mu"
-
-
-class _Encoder(Normal):
-    """:math:`q(z|x) = \\mathcal N(\\mathrm{loc}(x), \\mathrm{diag}\\,\\mathrm{scale}(x)^2)` by an MLP."""
-
-    def __init__(self, sizes: Sequence[int]) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.net = MLP(*sizes[:-1], 2 * sizes[-1])
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        loc, s = self.net(x).chunk(2, -1)
-        return {"loc": loc, "scale": F.softplus(s) + 1e-4}
-
-
-class _BernoulliDecoder(Bernoulli):
-    def __init__(self, sizes: Sequence[int]) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.net = MLP(*sizes)
-
-    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"probs": torch.sigmoid(self.net(z))}
-
-
-class _NormalDecoder(Normal):
-    """:math:`p(x|z) = \\mathcal N(\\mathrm{loc}(z), \\mathrm{diag}\\,\\sigma^2)`, a learnt :math:`\\sigma` per dim."""
-
-    def __init__(self, sizes: Sequence[int]) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.net = MLP(*sizes)
-        self.raw_scale = nn.Parameter(torch.zeros(sizes[-1]))
-
-    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        loc = self.net(z)
-        return {"loc": loc, "scale": (F.softplus(self.raw_scale) + 1e-3).expand_as(loc)}
 
 
 def _names(encoder: Distribution, decoder: Distribution) -> tuple[str, str]:
@@ -93,6 +59,21 @@ def _names(encoder: Distribution, decoder: Distribution) -> tuple[str, str]:
     return x, z
 
 
+@contextmanager
+def evaluating(*modules: torch.nn.Module) -> Iterator[None]:
+    """``modules`` in eval mode for the block, each returned to its own mode afterwards (so a trainer's
+    record of the mode stays true)."""
+    modes = [[m.training for m in module.modules()] for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            for m, training in zip(module.modules(), mode):
+                m.training = training
+
+
 class VAE(Module):
     """VAE module (see the module docstring).
 
@@ -101,20 +82,33 @@ class VAE(Module):
         encoder, decoder: a user :math:`q(z|x)` (``Normal``) and :math:`p(x|z)`; default MLPs.
         vae: a ``kizuna.models.VAE`` whose encoder and decoder are reused (its loss is not).
         hidden: hidden layer sizes of the default MLPs.
-        epochs, batch_size, lr: training per ``update`` (Adam).
+        epochs, batch_size, lr: training per ``update`` (Adam); ``epochs`` may follow a graph's schedule.
         alpha: weight of the KL to :math:`\\mathcal N(\\mu_n, I)`.
         likelihood: ``"bernoulli"`` (data in [0, 1]) or ``"normal"`` for the default decoder.
+        name, learnable, random_state: see `kizuna.modules.Module`.
     """
 
     accepts: ClassVar[tuple[str, ...]] = ("data", "latent")
     sends: ClassVar[str] = "latent"
     receives: ClassVar[tuple[str, ...]] = ("prior_mean",)
+    scheduled: ClassVar[tuple[str, ...]] = ("epochs",)
+    architecture: ClassVar[tuple[str, ...]] = ("latent_dim", "likelihood", "hidden")
+
+    @dataclass
+    class State(Module.State):
+        """Also the networks, the input size of the default ones, the latents and the loss history."""
+
+        in_dim: int | None = None
+        encoder: Distribution | None = None
+        decoder: Distribution | None = None
+        latent: torch.Tensor | None = None
+        loss_history: list[float] = field(default_factory=list)
 
     def __init__(self, latent_dim: int, encoder: Distribution | None = None, decoder: Distribution | None = None,
                  vae: Model | None = None, hidden: Sequence[int] = (256,), epochs: int = 10, batch_size: int = 128,
                  lr: float = 1e-3, alpha: float = 1.0, likelihood: str = "bernoulli", name: str | None = None,
-                 learnable: bool = True) -> None:
-        super().__init__(name, learnable)
+                 learnable: bool = True, random_state: int | torch.Generator | None = None) -> None:
+        super().__init__(name, learnable, random_state)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"VAE {self.name}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if latent_dim < 1 or epochs < 0 or batch_size < 1 or alpha < 0:
@@ -125,14 +119,19 @@ class VAE(Module):
             encoder, decoder = vae.distributions[0], vae.distributions[1]
         if (encoder is None) != (decoder is None):
             raise ValueError(f"VAE {self.name}: pass both encoder and decoder, or neither")
-        self.latent_dim, self.hidden, self.likelihood = latent_dim, tuple(hidden), likelihood
+        self.latent_dim, self.hidden, self.likelihood, self.vae = latent_dim, tuple(hidden), likelihood, vae
         self.epochs, self.batch_size, self.lr, self.alpha = epochs, batch_size, lr, alpha
         self.encoder, self.decoder = encoder, decoder
         self.model: Model | None = None
+        self.in_dim: int | None = None
         self.latent: torch.Tensor | None = None
         self.loss_history: list[float] = []
         if encoder is not None:
             self._build_model()
+
+    def _hidden_params(self) -> tuple[str, ...]:
+        default = ("encoder", "decoder") if self.in_dim is not None else ()  # networks built from `hidden`
+        return (*super()._hidden_params(), *default)
 
     # ------------------------------------------------------------------ model
     def _build_model(self) -> None:
@@ -146,29 +145,31 @@ class VAE(Module):
         self.model = Model(loss, distributions=[self.encoder, self.decoder], optimizer=torch.optim.Adam,
                            optimizer_params={"lr": self.lr})
 
-    def _ensure_model(self, data: torch.Tensor) -> None:
-        if self.model is None:
-            d = data.shape[1]
-            self.encoder = _Encoder([d, *self.hidden, self.latent_dim])
-            cls = _BernoulliDecoder if self.likelihood == "bernoulli" else _NormalDecoder
-            self.decoder = cls([self.latent_dim, *reversed(self.hidden), d])
-            self.encoder.to(device=data.device, dtype=data.dtype)
-            self.decoder.to(device=data.device, dtype=data.dtype)
-            self._build_model()
-            self.in_dim = d
+    def _default_networks(self, d: int, like: torch.Tensor, generator: torch.Generator | None) -> None:
+        """MLPs for ``d`` input features, initialised from ``generator`` (through `rng_from`)."""
+        sizes = [d, *self.hidden, self.latent_dim]
+        with rng_from(generator):
+            self.encoder = MLPNormal("z", ["x"], sizes, name="q")
+            self.decoder = (MLPBernoulli("x", ["z"], sizes[::-1], name="p") if self.likelihood == "bernoulli"
+                            else MLPNormal("x", ["z"], sizes[::-1], name="p", min_scale=1e-3, shared_scale=True))
+        self.encoder.to(device=like.device, dtype=like.dtype)
+        self.decoder.to(device=like.device, dtype=like.dtype)
+        self.in_dim = d
+        self._build_model()
 
     @torch.no_grad()
     def encode(self, data: torch.Tensor) -> torch.Tensor:
-        """Latent means :math:`\\mathbb E_{q}[z|x]` (N×D_z), computed in batches."""
-        self.model._set_mode(False)  # through Model, so its train/eval bookkeeping stays right
-        out = [self.encoder.sample_mean({self.data_var: b}) for b in data.split(max(self.batch_size, 1024))]
+        """Latent means :math:`\\mathbb E_{q}[z|x]` (N×D_z), computed in batches in eval mode."""
+        with evaluating(self.encoder):
+            out = [self.encoder.sample_mean({self.data_var: b}) for b in data.split(max(self.batch_size, 1024))]
         return torch.cat(out)
 
     @torch.no_grad()
     def reconstruct(self, data: torch.Tensor) -> torch.Tensor:
         """:math:`\\mathbb E_{p}[x|z=\\mathbb E_q[z|x]]`: the decoder mean at the latent means."""
         z = self.encode(data)
-        return torch.cat([self.decoder.sample_mean({self.latent_var: b}) for b in z.split(1024)])
+        with evaluating(self.decoder):
+            return torch.cat([self.decoder.sample_mean({self.latent_var: b}) for b in z.split(1024)])
 
     # ---------------------------------------------------------------- protocol
     def _prior_mean(self, backward: Message | None, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -177,19 +178,21 @@ class VAE(Module):
         check_width(self, backward, self.latent_dim, "latent dimensions")
         return backward.value.to(dtype=like.dtype, device=like.device)
 
-    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
+    def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
+                ) -> tuple[Message, dict[Module, Message]]:
         if len(forward) != 1:
             raise ValueError(f"VAE {self.name} encodes one child's message, got {len(forward)} children")
         data = forward[0].value
-        self._ensure_model(data)
-        if self.likelihood == "bernoulli" and self.encoder.__class__ is _Encoder and (
-                (data < 0).any() or (data > 1).any()):
+        if self.model is None:
+            self._default_networks(data.shape[1], data, ctx.generator)
+        if self.likelihood == "bernoulli" and self.in_dim is not None and ((data < 0).any() or (data > 1).any()):
             raise ValueError(f"VAE {self.name}: the Bernoulli decoder needs data in [0, 1] from {forward[0].sender}; "
                              "rescale it or pass likelihood='normal'")
         mu = self._prior_mean(backward, data.shape[0], data)
-        if self.learnable and self.epochs > 0:
-            with rng_from(self.generator):
-                history = self.model.fit({self.data_var: data, PRIOR_MEAN: mu}, epochs=self.epochs,
+        epochs = int(ctx.setting(self.name, "epochs", self.epochs))
+        if self.learnable and epochs > 0:
+            with rng_from(ctx.generator):
+                history = self.model.fit({self.data_var: data, PRIOR_MEAN: mu}, epochs=epochs,
                                          batch_size=self.batch_size, quiet=True)
             self.loss_history.append(history.train[-1])
         self.latent = self.encode(data)
@@ -197,26 +200,13 @@ class VAE(Module):
         return self.message("latent", self.latent, variable=self.latent_var), {}
 
     # ------------------------------------------------------------- persistence
-    def config(self) -> dict[str, Any]:
-        return {"latent_dim": self.latent_dim, "likelihood": self.likelihood, "hidden": list(self.hidden)}
-
-    def state_dict(self) -> dict[str, Any]:
-        nets = None if self.model is None else {"encoder": self.encoder.state_dict(),
-                                                 "decoder": self.decoder.state_dict(),
-                                                 "in_dim": getattr(self, "in_dim", None)}
-        return {**super().state_dict(), "nets": nets, "latent": self.latent, "loss_history": self.loss_history}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        nets = state["nets"]
-        if nets is not None:
-            if self.model is None:
-                if nets["in_dim"] is None:
-                    raise ValueError(f"VAE {self.name}: the saved state holds user networks; build this module "
-                                     "with the same encoder and decoder before loading")
-                sent = [c.forward_message for c in self.children if c.forward_message is not None]
-                like = sent[0].value if sent else torch.zeros(1, nets["in_dim"])
-                self._ensure_model(like.new_zeros(1, nets["in_dim"]))
-            self.encoder.load_state_dict(nets["encoder"])
-            self.decoder.load_state_dict(nets["decoder"])
-        self.latent, self.loss_history = state["latent"], list(state["loss_history"])
+    def _before_load(self, state: dict[str, Any]) -> None:
+        """Build the default networks a saved state holds weights of (user networks must be given again)."""
+        if self.model is not None or state["encoder"] is None:
+            return
+        if state["in_dim"] is None:
+            raise ValueError(f"VAE {self.name}: the saved state holds user networks; build this module "
+                             "with the same encoder and decoder before loading")
+        sent = [c.forward_message for c in self.children if c.forward_message is not None]
+        like = sent[0].value if sent else torch.zeros(1, state["in_dim"])
+        self._default_networks(int(state["in_dim"]), like, torch.Generator())  # the weights are overwritten

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import torch
 
 from kizuna.modules.base import Message, Module
+from kizuna.modules.context import UpdateContext
 from kizuna.modules.npylm import NPYLM, gibbs_sweep, random_segmentation, temperatures
+from kizuna.modules.rng import generator_for
 from kizuna.modules.symbols import decode_strings
 
 
@@ -55,32 +58,49 @@ class WordSegmenter(Module):
     accepts: ClassVar[tuple[str, ...]] = ("data",)
     sends: ClassVar[str] = "data"
     receives: ClassVar[tuple[str, ...]] = ("prior",)
+    architecture: ClassVar[tuple[str, ...]] = ("max_word_length", "char_order")
+
+    @dataclass
+    class State(Module.State):
+        """Also the utterances, their current segmentation and the vocabulary sent up; the language model
+        is rebuilt from the segmentation (its table seatings drawn again) when it is needed after a load."""
+
+        utterances_: list[str] = field(default_factory=list)
+        segmentation_: list[list[str]] = field(default_factory=list)
+        vocabulary_: list[str] = field(default_factory=list)
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
                  n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 3.0,
                  init_length: int = 4,
                  random_state: int | None = None, name: str | None = None) -> None:
-        super().__init__(name)
+        super().__init__(name, random_state=random_state)
         if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
             raise ValueError(f"WordSegmenter {self.name}: need n_iter, sweeps_per_update >= 0 and n_candidates, "
                              f"min_count >= 1")
         self.max_word_length, self.char_order = max_word_length, char_order
         self.n_iter, self.sweeps_per_update, self.n_candidates = n_iter, sweeps_per_update, n_candidates
-        self.prior_weight, self.min_count, self.random_state = prior_weight, min_count, random_state
+        self.prior_weight, self.min_count = prior_weight, min_count
         self.anneal, self.init_length = anneal, init_length
         self.model_: NPYLM | None = None
         self.utterances_: list[str] = []
         self.segmentation_: list[list[str]] = []
         self.vocabulary_: list[str] = []
-        self._rng: np.random.Generator | None = None
 
-    def _random(self) -> np.random.Generator:
-        if self._rng is None:
-            seed = self.random_state
-            if seed is None and self.generator is not None:
-                seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-            self._rng = np.random.default_rng(seed)
-        return self._rng
+    @staticmethod
+    def _random(generator: torch.Generator) -> np.random.Generator:
+        """A numpy generator seeded by one draw from ``generator`` (the sampler is numpy code)."""
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+    def _before_load(self, state: dict) -> None:
+        self.model_ = None
+
+    def _rebuilt(self, rng: np.random.Generator) -> NPYLM | None:
+        """The language model, rebuilt from the segmentation after a load (None before any fit)."""
+        if self.model_ is None and self.segmentation_ and any(self.segmentation_):
+            self.model_ = self._new_model(self.utterances_)
+            for words in self.segmentation_:
+                self.model_.add_sentence(words, rng)
+        return self.model_
 
     @staticmethod
     def _check(utterances: Sequence[str]) -> list[str]:
@@ -88,9 +108,11 @@ class WordSegmenter(Module):
             raise ValueError("WordSegmenter: utterances must be a non-empty list of non-empty strings")
         return list(utterances)
 
-    def _start(self, utterances: list[str]) -> None:
-        rng = self._random()
-        self.model_ = NPYLM("".join(set("".join(utterances))), self.max_word_length, self.char_order)
+    def _new_model(self, utterances: list[str]) -> NPYLM:
+        return NPYLM("".join(sorted(set("".join(utterances)))), self.max_word_length, self.char_order)
+
+    def _start(self, utterances: list[str], rng: np.random.Generator) -> None:
+        self.model_ = self._new_model(utterances)
         self.utterances_ = utterances
         self.segmentation_ = [random_segmentation(s, self.max_word_length, rng, self.init_length)
                               for s in utterances]
@@ -99,16 +121,18 @@ class WordSegmenter(Module):
 
     def fit(self, utterances: Sequence[str], y: None = None) -> WordSegmenter:
         """``n_iter`` blocked Gibbs sweeps from a random segmentation of ``utterances``."""
-        self._start(self._check(utterances))
+        rng = self._random(generator_for(self.random_state))
+        self._start(self._check(utterances), rng)
         for temperature in temperatures(self.n_iter, self.anneal):
-            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, self._random(), temperature=temperature)
+            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, rng, temperature=temperature)
         return self
 
     def segment(self, utterances: Sequence[str]) -> list[list[str]]:
         """The most probable segmentation of each utterance under the fitted model."""
-        if self.model_ is None:
+        model = self._rebuilt(self._random(generator_for(self.random_state)))
+        if model is None:
             raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
-        return [self.model_.viterbi(s) for s in self._check(utterances)]
+        return [model.viterbi(s) for s in self._check(utterances)]
 
     def word_counts(self) -> np.ndarray:
         """``N×V`` counts of ``vocabulary_`` in the current segmentation (recomputes ``vocabulary_``)."""
@@ -128,18 +152,19 @@ class WordSegmenter(Module):
         index = {w: i for i, w in enumerate(self.vocabulary_)}
         return [lambda w, row=row: row[index[w]] if w in index else 1.0 for row in lift]
 
-    def _update(self, forward: list[Message], backward: Message | None) -> tuple[Message, dict[Module, Message]]:
+    def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
+                ) -> tuple[Message, dict[Module, Message]]:
         if len(forward) != 1:
             raise ValueError(f"WordSegmenter {self.name} segments one child's strings, got {len(forward)} children")
-        if self.model_ is None:
-            self._start(self._check(decode_strings(forward[0].value)))
+        rng = self._random(ctx.generator)
+        if self._rebuilt(rng) is None:
+            self._start(self._check(decode_strings(forward[0].value)), rng)
             schedule, boosts = temperatures(self.n_iter, self.anneal), None
         else:
             schedule = [1.0] * self.sweeps_per_update
             usable = backward is not None and backward.width == len(self.vocabulary_)
             boosts = self._boosts(backward.value) if usable else None
         for temperature in schedule:
-            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, self._random(), boosts, self.n_candidates,
-                        temperature)
+            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, rng, boosts, self.n_candidates, temperature)
         counts = torch.as_tensor(self.word_counts(), dtype=forward[0].value.dtype)
         return self.message("data", counts, variable="w"), {}

@@ -11,7 +11,7 @@ K fixed; Murphy 2007 for the Normal-Wishart algebra):
 where :math:`t_k^{-n}` is component :math:`k`'s posterior predictive (a multivariate Student-t) given
 the points assigned to it other than :math:`n`, and the factor :math:`(N_k^{-n} + \alpha_0)` is left out
 without ``mixing`` (a parent's class prior :math:`\pi^{\text{msg}}` then takes the place of the weights, as
-in `kizuna.modules.gmm_inference`). With ``method="sir"`` the message factor is the count of the point's
+in `kizuna.modules.gmm.algorithms`). With the `SIR` strategy the message factor is the count of the point's
 :math:`P` proposals :math:`c^{(p)} \sim \pi^{\text{msg}}_{n\cdot}` that fall on :math:`k` (drawing one particle
 of a sampling-importance-resampling step with :math:`P` particles).
 
@@ -19,7 +19,7 @@ of a sampling-importance-resampling step with :math:`P` particles).
 operations on K×D and K×D×D arrays. Every component keeps the inverse :math:`P_k = S_k^{-1}` of its
 posterior scale and :math:`\log|S_k|`, so the predictive of all K components is one batched
 matrix-vector product. The point's own component is scored *without* the point by the rank-one
-downdate of `gmm_inference.leave_one_out` (no state change), and only when the point moves are the
+downdate of `kizuna.modules.gmm.algorithms.leave_one_out` (no state change), and only when the point moves are the
 two components changed, by Sherman-Morrison rank-one updates (:math:`u = x_n - m_k`):
 
 .. math::
@@ -40,9 +40,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from kizuna.modules.gmm_inference import Fitted, collapsed_conditional, hard_statistics
-from kizuna.modules.inference import combine, normalize
-from kizuna.modules.normal_wishart import NormalWishart
+from kizuna.modules.combine import SIR
+from kizuna.modules.gmm.algorithms import ClassPrior, Fitted, _point_estimates, collapsed_conditional, hard_statistics
+from kizuna.modules.gmm.normal_wishart import NormalWishart
+from kizuna.modules.rng import normalize
 
 Tensor = torch.Tensor
 MIN_BLOCK, MAX_BLOCK = 4, 1024  # points scored at once while none moves (adapted as they do)
@@ -234,7 +235,13 @@ def sweeps(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, pi_msg: Te
            n_particles: int = 200, generator: torch.Generator | None = None, mixing: bool = True) -> Iterator[Tensor]:
     """Collapsed Gibbs sweeps from assignments ``z``, without end: yields the assignments (N, long) after each.
 
-    Args: see `collapsed_gibbs`.
+    Args:
+        x, prior, alpha0, z, generator: as in `collapsed_gibbs`.
+        pi_msg: the parent's class prior (N×K) or None.
+        method: ``"mp"`` (the prior multiplies each conditional) or ``"sir"`` (the count of ``n_particles``
+            proposals drawn from it, afresh every sweep).
+        n_particles: proposals per point for ``"sir"``.
+        mixing: keep :math:`(N_k^{-n} + \alpha_0)` (False under a parent).
     """
     if method not in ("mp", "sir"):
         raise ValueError(f"collapsed_gibbs: method must be 'mp' or 'sir', got {method!r}")
@@ -296,38 +303,37 @@ def _draw(log_p: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return np.minimum((cdf <= uniforms[:, None] * cdf[:, -1:]).sum(1), log_p.shape[1] - 1)
 
 
-def collapsed_gibbs(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, n_sweeps: int, pi_msg: Tensor | None,
-                    method: str, n_particles: int, generator: torch.Generator | None, mixing: bool = True) -> Fitted:
-    """``n_sweeps`` collapsed Gibbs sweeps from ``z``, with the contract of `gmm_inference.gibbs`.
+def collapsed_gibbs(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, n_sweeps: int, parent: ClassPrior,
+                    generator: torch.Generator | None) -> Fitted:
+    """``n_sweeps`` collapsed Gibbs sweeps from ``z``, with the contract of `kizuna.modules.gmm.algorithms.gibbs`
+    (``GMM(algorithm="collapsed")``).
 
     Args:
-        x: data N×D (float64).
+        x: data N×D.
         prior: the Normal-Wishart prior of the K components (full or diagonal).
         alpha0: symmetric Dirichlet concentration of the weights.
         z: initial assignments (N labels, or N×K responsibilities: their argmax).
         n_sweeps: sweeps over all points.
-        pi_msg: the parent's class prior (N×K) or None.
-        method: ``"mp"`` (exact) or ``"sir"`` (P proposals per point and sweep, see the module docstring).
-        n_particles: P for ``"sir"``.
+        parent: the parent's class prior (``probs`` N×K or None), its strategy (`MP`: exact; `SIR`: P proposals
+            per point and sweep, see the module docstring) and ``mixing`` (keep :math:`(N_k^{-n} + \alpha_0)`;
+            False under a parent, whose prior replaces it).
         generator: random source (uniforms, SIR proposals).
-        mixing: keep :math:`(N_k^{-n} + \\alpha_0)` (False under a parent, whose prior replaces it).
 
     Returns:
-        `gmm_inference.Fitted` at the final assignments: ``own`` the Rao-Blackwellised collapsed conditional
-        :math:`\\log[(N_k^{-n}+\\alpha_0)\\,t_k^{-n}(x_n)]` (the message up), ``resp`` it combined with
-        ``pi_msg``, the posterior ``nw``/``alpha``, point estimates, and ``z``.
+        `Fitted` at the final assignments: ``own`` the Rao-Blackwellised collapsed conditional
+        :math:`\\log[(N_k^{-n}+\alpha_0)\\,t_k^{-n}(x_n)]` (the message up), ``resp`` it combined with the
+        parent's prior, the posterior ``nw``/``alpha``, point estimates, and ``z``.
     """
     if n_sweeps < 0:
         raise ValueError(f"collapsed_gibbs: n_sweeps must be >= 0, got {n_sweeps}")
     k = prior.m.shape[0]
     z = _labels(z, x.shape[0], k).to(x.device)
-    chain = sweeps(x, prior, alpha0, z, pi_msg, method, n_particles, generator, mixing)
+    sir = isinstance(parent.combine, SIR)
+    n_particles = (parent.combine.n_particles or 1000) if sir else 1
+    chain = sweeps(x, prior, alpha0, z, parent.probs, "sir" if sir else "mp", n_particles, generator, parent.mixing)
     for _ in range(n_sweeps):
         z = next(chain)
     counts, sum_x, sum_xx = hard_statistics(x, z, k, prior.diagonal)
     nw, alpha = prior.posterior(counts, sum_x, sum_xx), counts + alpha0
-    own = collapsed_conditional(x, z, prior, alpha0, mixing)
-    resp = torch.softmax(own, 1) if pi_msg is None else combine(pi_msg.to(own.dtype), own, method, n_particles,
-                                                                 generator)
-    cov = nw.scale / (nw.nu.unsqueeze(-1) if nw.diagonal else nw.nu[:, None, None])  # E[Lambda]^{-1}
-    return Fitted(own, resp, alpha / alpha.sum(), nw.m, cov, nw=nw, alpha=alpha, z=z)
+    own = collapsed_conditional(x, z, prior, alpha0, parent.mixing)
+    return Fitted(own, parent.posterior(own), *_point_estimates(nw, alpha), nw=nw, alpha=alpha, z=z)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kizuna.modules.inference import sample_gamma
+from kizuna.modules.rng import sample_gamma
 
 Tensor = torch.Tensor
 BLOCK_ELEMENTS = 1 << 17  # temporaries per block of rows (`row_blocks`): 1 MiB in float64

@@ -1,9 +1,12 @@
-r"""The three learning algorithms behind `kizuna.modules.GMM`, vectorised over samples.
+r"""The three learning algorithms behind `kizuna.modules.GMM`: pure functions of data and messages.
 
-Each takes data ``x`` (N×D, float64), an optional class prior ``pi_msg`` (N×K, the parent's
-backward message) and returns the fitted parameters plus ``own`` — the module's own
-:math:`\log p(x_n, c_n=k)` *without* the parent's prior (the forward message is its softmax)
-— and ``resp``, the combined posterior :math:`\propto \pi^{\text{msg}}_{nk}\,e^{\text{own}_{nk}}`.
+Each takes data ``x`` (N×D, float64) and a `ClassPrior` — the parent's class prior :math:`\pi^{\text{msg}}`
+(N×K, or none), the strategy that joins it with the likelihood (`kizuna.modules.combine.MP` or
+`kizuna.modules.combine.SIR`) and whether the mixing weights are the GMM's own — and returns a `Fitted`:
+the parameters plus ``own`` — the module's own :math:`\log p(x_n, c_n=k)` *without* the parent's prior
+(the forward message is its softmax) — and ``resp``, the combined posterior
+:math:`\propto \pi^{\text{msg}}_{nk}\,e^{\text{own}_{nk}}`. Randomness comes only from the ``generator``
+argument (and the strategy's own). Vectorised over samples.
 
 * ``gibbs`` — **blocked Gibbs** sampling (exact MCMC, not the parallel approximation of
   collapsed Gibbs): alternately draw :math:`\pi \sim \mathrm{Dir}(\alpha_0 + N_k)`,
@@ -31,10 +34,35 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from kizuna.modules.inference import combine, sample_classes, sample_dirichlet
-from kizuna.modules.normal_wishart import NormalWishart, gaussian_log_prob, row_blocks, student_t_log_prob
+from kizuna.modules.combine import MP, Combine
+from kizuna.modules.gmm.normal_wishart import NormalWishart, gaussian_log_prob, row_blocks, student_t_log_prob
+from kizuna.modules.rng import sample_classes, sample_dirichlet
 
 Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class ClassPrior:
+    """How a parent's class prior enters the assignments.
+
+    Args:
+        probs: :math:`\\pi^{\\text{msg}}` (N×K), or ``None`` before (or without) a parent's message.
+        combine: the strategy joining it with the likelihood.
+        mixing: keep the GMM's own mixing weights; ``False`` under a parent, whose prior takes their place.
+    """
+
+    probs: Tensor | None = None
+    combine: Combine = MP()
+    mixing: bool = True
+
+    def posterior(self, own: Tensor) -> Tensor:
+        """:math:`\\propto \\pi^{\\text{msg}}_{nk} e^{\\text{own}_{nk}}` (``softmax(own)`` without a prior)."""
+        if self.probs is None:
+            return torch.softmax(own, 1)
+        return self.combine(self.probs.to(own.dtype), own)
+
+
+NO_PARENT = ClassPrior()
 
 
 @dataclass
@@ -83,13 +111,6 @@ def weighted_scatter(x: Tensor, resp: Tensor, centres: Tensor | None = None) -> 
         xs = xs.expand(k, -1, -1) if centres is None else xs - centres.unsqueeze(1)  # K×B×D
         out += (xs * resp[s:s + blocks.step].T.unsqueeze(-1)).transpose(1, 2) @ xs
     return out
-
-
-def _combine(own: Tensor, pi_msg: Tensor | None, method: str, n_particles: int,
-             generator: torch.Generator | None) -> Tensor:
-    if pi_msg is None:
-        return torch.softmax(own, 1)
-    return combine(pi_msg.to(own.dtype), own, method, n_particles, generator)
 
 
 def kmeans_labels(x: Tensor, k: int, generator: torch.Generator | None, n_iter: int = 20) -> Tensor:
@@ -184,32 +205,29 @@ def leave_one_out(x: Tensor, z: Tensor, post: NormalWishart,
     return torch.where(ok, lp, torch.nan)
 
 
-def gibbs_sweep(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, pi_msg: Tensor | None, method: str,
-                n_particles: int, generator: torch.Generator | None, mixing: bool = True) -> Tensor:
+def gibbs_sweep(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, parent: ClassPrior,
+                generator: torch.Generator | None) -> Tensor:
     """One blocked Gibbs sweep: draw :math:`\\pi, \\mu, \\Lambda` given ``z``, then every new ``z_n``."""
     counts, sum_x, sum_xx = hard_statistics(x, z, prior.m.shape[0], prior.diagonal)
     log_pi = torch.log(sample_dirichlet(counts + alpha0, generator).clamp(min=1e-300))
     mu, root = prior.posterior(counts, sum_x, sum_xx).sample(generator)
     log_lik = gaussian_log_prob(x, mu, root)
-    probs = _combine(log_pi + log_lik if mixing else log_lik, pi_msg, method, n_particles, generator)
-    return sample_classes(probs, generator)
+    return sample_classes(parent.posterior(log_pi + log_lik if parent.mixing else log_lik), generator)
 
 
-def gibbs(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, n_sweeps: int, pi_msg: Tensor | None,
-          method: str, n_particles: int, generator: torch.Generator | None, mixing: bool = True) -> Fitted:
+def gibbs(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, n_sweeps: int, parent: ClassPrior,
+          generator: torch.Generator | None) -> Fitted:
     """Blocked Gibbs sweeps from assignments ``z`` (see the module docstring)."""
     for _ in range(n_sweeps):
-        z = gibbs_sweep(x, prior, alpha0, z, pi_msg, method, n_particles, generator, mixing)
+        z = gibbs_sweep(x, prior, alpha0, z, parent, generator)
     counts, sum_x, sum_xx = hard_statistics(x, z, prior.m.shape[0], prior.diagonal)
     nw, alpha = prior.posterior(counts, sum_x, sum_xx), counts + alpha0
-    own = collapsed_conditional(x, z, prior, alpha0, mixing)
-    return Fitted(own, _combine(own, pi_msg, method, n_particles, generator), *_point_estimates(nw, alpha),
-                  nw=nw, alpha=alpha, z=z)
+    own = collapsed_conditional(x, z, prior, alpha0, parent.mixing)
+    return Fitted(own, parent.posterior(own), *_point_estimates(nw, alpha), nw=nw, alpha=alpha, z=z)
 
 
 def vb(x: Tensor, prior: NormalWishart, alpha0: float, resp: Tensor, max_iter: int, tol: float,
-       pi_msg: Tensor | None, method: str, n_particles: int, generator: torch.Generator | None,
-       mixing: bool = True) -> Fitted:
+       parent: ClassPrior) -> Fitted:
     """Variational Bayes iterations from responsibilities ``resp``."""
     d = x.shape[1]
     eps = 10 * torch.finfo(x.dtype).eps
@@ -217,9 +235,9 @@ def vb(x: Tensor, prior: NormalWishart, alpha0: float, resp: Tensor, max_iter: i
         counts, sum_x, sum_xx = statistics(x, resp, prior.diagonal)
         nw, alpha = prior.posterior(counts + eps, sum_x, sum_xx), alpha0 + counts + eps
         own = (0.5 * nw.expected_log_det() - 0.5 * d * math.log(2 * math.pi) - 0.5 * nw.expected_mahalanobis(x))
-        if mixing:
+        if parent.mixing:
             own = own + torch.digamma(alpha) - torch.digamma(alpha.sum())
-        new = _combine(own, pi_msg, method, n_particles, generator)
+        new = parent.posterior(own)
         change = (new - resp).abs().max().item()
         resp = new
         if change < tol:
@@ -249,21 +267,20 @@ def precision_root(cov: Tensor) -> Tensor:
 
 
 def em(x: Tensor, resp: Tensor, max_iter: int, tol: float, reg_covar: float, diagonal: bool,
-       pi_msg: Tensor | None, method: str, n_particles: int, generator: torch.Generator | None,
-       mixing: bool = True) -> Fitted:
+       parent: ClassPrior = NO_PARENT) -> Fitted:
     """EM iterations from ``resp``; ``history`` holds the mean objective after each M step,
 
     .. math:: \\frac1N\\sum_n\\log\\sum_k \\pi^{\\text{msg}}_{nk} w_k \\mathcal N(x_n\\mid\\mu_k,\\Sigma_k).
     """
     history: list[float] = []
-    log_msg = 0.0 if pi_msg is None else torch.log(pi_msg.to(x.dtype))
+    log_msg = 0.0 if parent.probs is None else torch.log(parent.probs.to(x.dtype))
     for _ in range(max_iter):
         weights, means, cov = _em_m_step(x, resp, diagonal, reg_covar)
         own = gaussian_log_prob(x, means, precision_root(cov))
-        if mixing:
+        if parent.mixing:
             own = own + torch.log(weights)
         history.append(torch.logsumexp(own + log_msg, 1).mean().item())
-        resp = _combine(own, pi_msg, method, n_particles, generator)
+        resp = parent.posterior(own)
         if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
             break
     return Fitted(own, resp, weights, means, cov, history=history)

@@ -1,0 +1,105 @@
+r"""Distributions with parameters from an MLP of the conditioning variables: the usual :math:`q(z|x)`, :math:`p(x|z)`.
+
+Each is an ordinary kizuna distribution (`Normal`, `Bernoulli`, `Categorical`) whose ``forward`` feeds the
+conditioning values, flattened and concatenated in ``cond_var`` order, to a `kizuna.nets.MLP` of
+``sizes = [inputs, *hidden, features]``:
+
+* `MLPNormal`: :math:`\mathcal N\big(z;\ \mu(x),\ \operatorname{diag}\sigma^2(x)\big)`,
+  :math:`\sigma = \operatorname{softplus}(\cdot) + \sigma_{\min}`, the network giving both halves; with
+  ``shared_scale=True`` the network gives :math:`\mu` and :math:`\sigma` is one learnt value per feature;
+* `MLPBernoulli`: independent Bernoulli features with logits :math:`f(z)`;
+* `MLPCategorical`: a one-hot categorical with logits :math:`f(x)` (a classifier :math:`q(y|x)`).
+
+>>> import torch
+>>> q = MLPNormal("z", ["x"], [4, 16, 2])                     # q(z|x), an encoder
+>>> p = MLPBernoulli("x", ["z"], [2, 16, 4], name="p")         # p(x|z), a decoder
+>>> print(q.prob_text, p.prob_text)
+q(z|x) p(x|z)
+>>> s = q.sample({"x": torch.rand(3, 4)})
+>>> tuple(s["z"].shape), tuple(p.get_log_prob({"x": torch.ones(3, 4), "z": s["z"]}).shape)
+((3, 2), (3,))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kizuna.distributions.families import Bernoulli, Categorical, Normal
+from kizuna.nets import MLP
+
+Tensor = torch.Tensor
+
+
+def _one(var: str | Sequence[str]) -> list[str]:
+    names = [var] if isinstance(var, str) else list(var)
+    if len(names) != 1:
+        raise ValueError(f"an MLP-conditioned distribution is over one variable, got {names}")
+    return names
+
+
+def _sizes(sizes: Sequence[int], cls: str) -> list[int]:
+    out = [int(s) for s in sizes]
+    if len(out) < 2 or any(s < 1 for s in out):
+        raise ValueError(f"{cls}: sizes must be [inputs, *hidden, features], all positive, got {list(sizes)}")
+    return out
+
+
+def _inputs(cond_var: Sequence[str], cond: Mapping[str, Tensor]) -> Tensor:
+    """The conditioning values side by side, in ``cond_var`` order (features flattened)."""
+    return torch.cat([cond[name].flatten(1) for name in cond_var], dim=-1)
+
+
+class MLPNormal(Normal):
+    """A diagonal Normal over ``var`` whose mean (and scale) come from an MLP of ``cond_var``.
+
+    Args:
+        var: the variable (``"z"`` or ``["z"]``).
+        cond_var: the conditioning variables, concatenated in this order.
+        sizes: ``[inputs, *hidden, features]``.
+        name: the distribution's name in formulas.
+        min_scale: :math:`\\sigma_{\\min}`, added to the softplus.
+        shared_scale: one learnt scale per feature instead of a scale from the network.
+    """
+
+    def __init__(self, var: str | Sequence[str], cond_var: Sequence[str], sizes: Sequence[int], name: str = "q",
+                 min_scale: float = 1e-4, shared_scale: bool = False) -> None:
+        super().__init__(var=_one(var), cond_var=list(cond_var), name=name)
+        sizes = _sizes(sizes, "MLPNormal")
+        self.min_scale, self.shared_scale = float(min_scale), bool(shared_scale)
+        self.net = MLP(*sizes) if shared_scale else MLP(*sizes[:-1], 2 * sizes[-1])
+        self.raw_scale = nn.Parameter(torch.zeros(sizes[-1])) if shared_scale else None
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        out = self.net(_inputs(self.cond_var, cond))
+        if self.raw_scale is not None:
+            return {"loc": out, "scale": (F.softplus(self.raw_scale) + self.min_scale).expand_as(out)}
+        loc, s = out.chunk(2, -1)
+        return {"loc": loc, "scale": F.softplus(s) + self.min_scale}
+
+
+class MLPBernoulli(Bernoulli):
+    """Independent Bernoulli features over ``var`` with logits from an MLP of ``cond_var`` (see `MLPNormal`)."""
+
+    def __init__(self, var: str | Sequence[str], cond_var: Sequence[str], sizes: Sequence[int],
+                 name: str = "p") -> None:
+        super().__init__(var=_one(var), cond_var=list(cond_var), name=name)
+        self.net = MLP(*_sizes(sizes, "MLPBernoulli"))
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        return {"logits": self.net(_inputs(self.cond_var, cond))}
+
+
+class MLPCategorical(Categorical):
+    """A one-hot categorical over ``var`` with logits from an MLP of ``cond_var`` (see `MLPNormal`)."""
+
+    def __init__(self, var: str | Sequence[str], cond_var: Sequence[str], sizes: Sequence[int],
+                 name: str = "q") -> None:
+        super().__init__(var=_one(var), cond_var=list(cond_var), name=name)
+        self.net = MLP(*_sizes(sizes, "MLPCategorical"))
+
+    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
+        return {"logits": self.net(_inputs(self.cond_var, cond))}

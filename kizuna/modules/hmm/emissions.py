@@ -1,0 +1,178 @@
+r"""Emission models of the HMM: Gaussian (four covariance types) and categorical, as functions of parameters.
+
+Each emission model reads its parameters from a dict (``{"means_": ..., "covars_": ...}`` or
+``{"emissionprob_": ...}``) and returns new ones; it never writes onto the estimator. The M-steps are the
+closed-form maximisers of the EM objective given the posteriors :math:`\gamma_t(k)`:
+:math:`\mu_k = \sum_t \gamma_t(k) x_t / \sum_t \gamma_t(k)`, the weighted scatter for :math:`\Sigma_k`
+with its eigenvalues floored at ``min_covar`` (the constrained maximiser, so the likelihood never
+decreases), and :math:`B_{k,v} \propto \sum_t \gamma_t(k) [x_t = v]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from kizuna.modules.gmm.algorithms import weighted_scatter
+from kizuna.modules.validation import as_tensor, check_finite
+
+Tensor = torch.Tensor
+Params = dict[str, Any]
+COVARIANCE_TYPES = ("diag", "full", "spherical", "tied")
+
+
+def kmeans_centres(x: Tensor, k: int, g: torch.Generator, n_iter: int = 20) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) then Lloyd steps: (k, D) centres."""
+    pick = lambda w: int(torch.multinomial(w.cpu().double(), 1, generator=g))  # noqa: E731
+    centres = x[[pick(torch.ones(x.shape[0]))]]
+    for _ in range(1, k):
+        d2 = torch.cdist(x, centres).amin(1) ** 2
+        centres = torch.cat([centres, x[[pick(d2 + 1e-12)]]])
+    for _ in range(n_iter):
+        assign = torch.cdist(x, centres).argmin(1)
+        onehot = torch.nn.functional.one_hot(assign, k).to(x.dtype)
+        n = onehot.sum(0)
+        centres = torch.where(n[:, None] > 0, onehot.T @ x / n.clamp_min(1)[:, None], centres)
+    return centres
+
+
+def floor_eigenvalues(s: Tensor, floor: float) -> Tensor:
+    """The covariance :math:`\\Sigma \\succeq c I` that maximises the Gaussian likelihood of scatter ``s``."""
+    evals, evecs = torch.linalg.eigh((s + s.mT) / 2)
+    return (evecs * evals.clamp_min(floor)[..., None, :]) @ evecs.mT
+
+
+class Gaussian:
+    """Gaussian emissions: ``means_`` (K, D) and ``covars_`` shaped by ``covariance_type``."""
+
+    names = ("means_", "covars_")
+
+    def __init__(self, covariance_type: str, min_covar: float) -> None:
+        if covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"HMM: covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
+        self.covariance_type, self.min_covar = covariance_type, min_covar
+
+    def as_data(self, X: Any, owner: str) -> Tensor:
+        x = as_tensor(X, "X", owner)
+        x = x if x.is_floating_point() else x.double()
+        if x.dim() != 2 or x.shape[0] == 0:
+            raise ValueError(f"{owner} (gaussian): X must be (n_samples, n_features) with at least one sample, got "
+                             f"shape {tuple(x.shape)}. Reshape your data with x.reshape(-1, 1) for one feature")
+        if x.shape[1] == 0:
+            raise ValueError(f"{owner} (gaussian): X has 0 feature(s) (shape={tuple(x.shape)}) while a minimum of 1 "
+                             "is required.")
+        check_finite(x, "X", owner)
+        return x
+
+    def full_covars(self, p: Params) -> Tensor:
+        """(K, D, D) covariance matrices."""
+        c, k, d = p["covars_"], p["means_"].shape[0], p["means_"].shape[-1]
+        eye = torch.eye(d, dtype=c.dtype, device=c.device)
+        full = {"diag": lambda: torch.diag_embed(c), "full": lambda: c,
+                "spherical": lambda: c[:, None, None] * eye, "tied": lambda: c.expand(k, d, d)}[self.covariance_type]()
+        if full.shape != (k, d, d):
+            raise ValueError(f"HMM: covars_ has the wrong shape {tuple(c.shape)} for covariance_type "
+                             f"{self.covariance_type!r} with {k} states and {d} features")
+        return full
+
+    def _from_full(self, full: Tensor, weights: Tensor) -> Tensor:
+        if self.covariance_type == "diag":
+            return torch.diagonal(full, dim1=-2, dim2=-1).clamp_min(self.min_covar)
+        if self.covariance_type == "spherical":
+            return torch.diagonal(full, dim1=-2, dim2=-1).mean(-1).clamp_min(self.min_covar)
+        if self.covariance_type == "tied":
+            return floor_eigenvalues((weights[:, None, None] * full).sum(0) / weights.sum(), self.min_covar)
+        return floor_eigenvalues(full, self.min_covar)
+
+    def init(self, x: Tensor, k: int, p: Params, which: str, g: torch.Generator, n_features: int | None = None
+             ) -> Params:
+        """Initial ``means_`` (k-means) and ``covars_`` (the data covariance) where ``which`` or missing."""
+        out = dict(p)
+        if "m" in which or p["means_"] is None:
+            out["means_"] = kmeans_centres(x, k, g)
+        if "c" in which or p["covars_"] is None:
+            cov = torch.atleast_2d(torch.cov(x.T)) if x.shape[0] > 1 else torch.eye(x.shape[1], dtype=x.dtype)
+            out["covars_"] = self._from_full(cov.to(x.device).expand(k, -1, -1), torch.ones(k, dtype=x.dtype))
+        return out
+
+    def log_prob(self, x: Tensor, p: Params) -> Tensor:
+        """:math:`\\log \\mathcal N(x_t | \\mu_k, \\Sigma_k)` (N, K)."""
+        means = p["means_"]
+        if x.shape[1] != means.shape[-1]:
+            raise ValueError(f"X has {x.shape[1]} features, but HMM is expecting {means.shape[-1]} features as input.")
+        chol = torch.linalg.cholesky(self.full_covars(p))
+        diff = (x[None] - means[:, None]).mT  # (K, D, N)
+        maha = torch.linalg.solve_triangular(chol, diff, upper=False).pow(2).sum(1).T  # (N, K)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        return -0.5 * (maha + logdet + x.shape[1] * torch.log(torch.tensor(2 * torch.pi, dtype=x.dtype)))
+
+    def m_step(self, x: Tensor, gamma: Tensor, p: Params, which: str) -> Params:
+        """New ``means_`` / ``covars_`` (those in ``which``); a state no step visits keeps its parameters."""
+        out, nk = dict(p), gamma.sum(0)
+        alive = nk > 1e-10 * x.shape[0]
+        if "m" in which:
+            out["means_"] = torch.where(alive[:, None], gamma.T @ x / nk.clamp_min(1e-300)[:, None], p["means_"])
+        if "c" in which:
+            means = out["means_"]
+            second = weighted_scatter(x, gamma) / nk.clamp_min(1e-300)[:, None, None]
+            new = self._from_full(second - means[:, :, None] * means[:, None, :], nk)
+            out["covars_"] = new if self.covariance_type == "tied" else torch.where(
+                alive.reshape(-1, *[1] * (new.dim() - 1)), new, p["covars_"])
+        return out
+
+    def sample(self, states: Tensor, p: Params, g: torch.Generator) -> Tensor:
+        means = p["means_"]
+        chol = torch.linalg.cholesky(self.full_covars(p))[states]
+        eps = torch.randn(states.shape[0], means.shape[-1], generator=g, dtype=means.dtype).to(means.device)
+        return means[states] + (chol @ eps[..., None]).squeeze(-1)
+
+
+class Categorical:
+    """Categorical emissions: ``emissionprob_`` (K, n_features)."""
+
+    names = ("emissionprob_",)
+
+    def __init__(self, covariance_type: str, min_covar: float) -> None:
+        pass  # no settings: the signature is Gaussian's
+
+    def as_data(self, X: Any, owner: str) -> Tensor:
+        x = as_tensor(X, "X", owner)
+        x = x[:, 0] if x.dim() == 2 and x.shape[1] == 1 else x
+        if x.is_floating_point():
+            check_finite(x, "X", owner)
+        if x.dim() != 1 or x.numel() == 0 or x.is_floating_point() and not bool((x == x.round()).all()):
+            raise ValueError(f"{owner} (categorical): X must hold integer symbols, shape (N,) or (N, 1), got "
+                             f"shape {tuple(as_tensor(X, 'X', owner).shape)} of dtype {x.dtype}")
+        x = x.long()
+        if bool((x < 0).any()):
+            raise ValueError(f"{owner} (categorical): symbols must be >= 0, got {int(x.min())}")
+        return x
+
+    def init(self, x: Tensor, k: int, p: Params, which: str, g: torch.Generator, n_features: int | None = None
+             ) -> Params:
+        out = dict(p)
+        if "e" in which or p["emissionprob_"] is None:
+            e = torch.rand(k, n_features, generator=g, dtype=torch.float64).to(x.device)
+            out["emissionprob_"] = e / e.sum(1, keepdim=True)
+        return out
+
+    def log_prob(self, x: Tensor, p: Params) -> Tensor:
+        e = p["emissionprob_"]
+        if int(x.max()) >= e.shape[1]:
+            raise ValueError(f"HMM: symbol {int(x.max())} outside the alphabet of {e.shape[1]}")
+        return torch.log(e).T[x]
+
+    def m_step(self, x: Tensor, gamma: Tensor, p: Params, which: str) -> Params:
+        out, e = dict(p), p["emissionprob_"]
+        if "e" in which:
+            counts = torch.zeros_like(e).index_add_(1, x, gamma.T.to(e.dtype))
+            total = counts.sum(1, keepdim=True)
+            out["emissionprob_"] = torch.where(total > 0, counts / total.clamp_min(1e-300), e)
+        return out
+
+    def sample(self, states: Tensor, p: Params, g: torch.Generator) -> Tensor:
+        return torch.multinomial(p["emissionprob_"][states].cpu(), 1, generator=g).to(states.device)
+
+
+EMISSIONS: dict[str, type] = {"gaussian": Gaussian, "categorical": Categorical}

@@ -1,0 +1,276 @@
+r"""The scikit-learn facades of multimodal LDA and LDA: `MultimodalLDA` and `LatentDirichletAllocation`.
+
+The model and the sampler are described in `kizuna.modules.lda.sampler`. ``fit`` learns the topics of
+a list of count matrices (one per modality; LDA takes one matrix), ``transform`` infers the topic
+proportions of new samples with the topics fixed — a modality may be ``None`` (missing-modality
+inference). Arrays in give arrays out; tensors give tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from kizuna.modules.estimator import Estimator
+from kizuna.modules.lda import algorithms as algo
+from kizuna.modules.lda.sampler import GibbsChain, as_counts
+from kizuna.modules.rng import generator_for, sample_dirichlet
+
+Tensor = torch.Tensor
+
+
+class MultimodalLDA(Estimator):
+    """Multimodal LDA estimator (blocked collapsed Gibbs sampling).
+
+    Args:
+        n_components: number of topics K.
+        weights: per modality, the number of tokens each sample's counts are rescaled to (SERKET's
+            ``weights``), or None to keep raw counts.
+        doc_topic_prior, topic_word_prior: :math:`\\alpha, \\beta` (default 1/K, as scikit-learn);
+            ``alpha`` / ``beta`` are accepted as SERKET-style aliases.
+        max_iter: Gibbs sweeps per `fit` / `transform` / module ``update`` (alias ``n_iter``).
+        n_blocks: blocks per sweep (more is closer to exact Gibbs, slower).
+        n_init: independent starts of a new chain (`fit`, a node's first ``update``); the most likely is kept.
+        random_state: seed of `fit`, `transform` and `sample` (see `kizuna.modules.rng`).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> words = torch.cat([torch.poisson(torch.tensor([[8.0, 8, 0, 0]]).expand(20, 4), generator=g),
+        ...                    torch.poisson(torch.tensor([[0.0, 0, 8, 8]]).expand(20, 4), generator=g)])
+        >>> model = MultimodalLDA(2, max_iter=30, random_state=0).fit([words, words.flip(1)])
+        >>> bool((model.predict([words, None])[:20] != model.predict([words, None])[20:]).all())
+        True
+    """
+
+    _phi: Tensor | None = None  # ΣV×K topic-word probabilities, set by fit (class defaults: __init__ sets params only)
+    _sizes: list[int] | None = None
+    _chain: GibbsChain | None = None
+    _doc_topic: Tensor | None = None
+    n_iter_: int | None = None
+
+    def __init__(self, n_components: int = 10, weights: Sequence[float | None] | None = None, *,
+                 doc_topic_prior: float | None = None, topic_word_prior: float | None = None, max_iter: int = 100,
+                 n_blocks: int = 16, n_init: int = 1, random_state: int | torch.Generator | None = None,
+                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None) -> None:
+        self.n_components, self.weights = n_components, weights
+        self.doc_topic_prior, self.topic_word_prior, self.max_iter = doc_topic_prior, topic_word_prior, max_iter
+        self.n_blocks, self.n_init, self.random_state = n_blocks, n_init, random_state
+        self.alpha, self.beta, self.n_iter = alpha, beta, n_iter
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def _owner(self) -> str:
+        name = getattr(self, "name", None)
+        return f"{type(self).__name__} {name}" if name else type(self).__name__
+
+    def _validate(self) -> None:
+        k = self.n_components
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"{self._owner}: n_components must be a positive int, got {k!r}")
+        for a, b, what in ((self.alpha, self.doc_topic_prior, "alpha/doc_topic_prior"),
+                           (self.beta, self.topic_word_prior, "beta/topic_word_prior")):
+            if a is not None and b is not None:
+                raise ValueError(f"{self._owner}: give one of {what}, not both")
+        if self._sweeps().n_sweeps < 0 or self.n_blocks < 1 or self.n_init < 1:
+            raise ValueError(f"{self._owner}: max_iter must be >= 0, n_blocks and n_init >= 1")
+        if any(p is not None and p <= 0 for p in (self.alpha, self.beta, self.doc_topic_prior, self.topic_word_prior)):
+            raise ValueError(f"{self._owner}: the Dirichlet concentrations must be positive")
+
+    def _weights(self) -> list[float | None] | None:
+        return None if self.weights is None else list(self.weights)
+
+    def _sweeps(self, n_sweeps: int | None = None) -> algo.Sweeps:
+        k = self.n_components
+        alpha = self.alpha if self.alpha is not None else self.doc_topic_prior
+        beta = self.beta if self.beta is not None else self.topic_word_prior
+        sweeps = int(self.n_iter if self.n_iter is not None else self.max_iter) if n_sweeps is None else n_sweeps
+        return algo.Sweeps(k, alpha if alpha is not None else 1.0 / k, beta if beta is not None else 1.0 / k,
+                           sweeps, int(self.n_blocks))
+
+    def _is_fitted(self) -> bool:
+        return self._phi is not None
+
+    # ------------------------------------------------------------------ inputs
+    def _as_list(self, X: Any) -> list[Any]:
+        return list(X) if isinstance(X, (list, tuple)) else [X]
+
+    def _counts(self, X: Any, allow_missing: bool) -> tuple[algo.Counts, torch.dtype]:
+        """Integer counts per modality (weights applied) and the dtype of the estimates."""
+        xs, weights = self._as_list(X), self._weights()
+        if weights is not None and len(weights) != len(xs):
+            raise ValueError(f"{self._owner}: {len(weights)} weights for {len(xs)} modalities")
+        if self._sizes is not None and len(xs) != len(self._sizes):
+            raise ValueError(f"{self._owner}: fitted with {len(self._sizes)} modalities, got {len(xs)}")
+        counts: algo.Counts = []
+        for m, x in enumerate(xs):
+            if x is None and not allow_missing:
+                raise ValueError(f"{self._owner}: modality {m} is None; every modality is needed to fit")
+            w = None if weights is None else weights[m]
+            counts.append(None if x is None else as_counts(x, w, f"{self._owner} modality {m}"))
+        present = [c for c in counts if c is not None]
+        for m, c in enumerate(counts):
+            if c is not None and c.shape[1] == 0:
+                raise ValueError(f"{self._owner}: modality {m} has 0 feature(s) (shape={tuple(c.shape)}) while a "
+                                 "minimum of 1 is required.")
+        if not present or any(c.shape[0] != present[0].shape[0] for c in present) or present[0].shape[0] == 0:
+            raise ValueError(f"{self._owner}: modalities must be given, hold at least one sample and agree on the "
+                             f"number of samples, got {[None if c is None else tuple(c.shape) for c in counts]}")
+        for m, c in enumerate(counts):
+            if self._sizes is not None and c is not None and c.shape[1] != self._sizes[m]:
+                raise ValueError(f"X has {c.shape[1]} features, but {self._owner} is expecting {self._sizes[m]} "
+                                 f"features as input (modality {m}).")
+        first = next(x for x in xs if x is not None)
+        floating = first.dtype if isinstance(first, Tensor) else getattr(first, "dtype", None)
+        if isinstance(floating, np.dtype):
+            floating = torch.from_numpy(np.zeros(0, floating)).dtype if floating.kind == "f" else None
+        dtype = floating if isinstance(floating, torch.dtype) and floating.is_floating_point \
+            else torch.get_default_dtype()  # floating input keeps its precision (scikit-learn's rule)
+        return counts, dtype
+
+    def _sizes_of(self, counts: algo.Counts) -> list[int]:
+        return [c.shape[1] if c is not None else self._sizes[m] for m, c in enumerate(counts)]
+
+    # ------------------------------------------------------------------ scikit-learn
+    def fit(self, X: Any, y: Any = None) -> MultimodalLDA:
+        """Learn the topics of ``X`` (a list with one N×V_m count matrix per modality) from a random start."""
+        self._validate()
+        self._sizes, self._phi, self._chain = None, None, None
+        counts, dtype = self._counts(X, allow_missing=False)
+        gen = generator_for(self.random_state, counts[0].device)
+        theta, self._phi, self._chain = algo.new_chain(counts, self._sizes_of(counts), None, None, True,
+                                                       int(self.n_init), self._sweeps(), dtype, gen)
+        self._sizes, self._doc_topic = self._sizes_of(counts), theta
+        self.n_iter_ = self._sweeps().n_sweeps
+        return self
+
+    def _theta(self, X: Any) -> Tensor:
+        self._check_fitted()
+        counts, dtype = self._counts(X, allow_missing=True)
+        device = next(c for c in counts if c is not None).device
+        return algo.new_chain(counts, self._sizes_of(counts), self._phi, None, False, 1, self._sweeps(), dtype,
+                              generator_for(self.random_state, device))[0]
+
+    def _out(self, value: Tensor, X: Any) -> Any:
+        """Arrays in give arrays out; tensors give tensors."""
+        first = next(x for x in self._as_list(X) if x is not None)
+        return super()._out(value, first)
+
+    def transform(self, X: Any) -> Any:
+        """:math:`\\hat\\theta` (N×K) for new samples with the topics held fixed; a modality may be None."""
+        return self._out(self._theta(X), X)
+
+    def fit_transform(self, X: Any, y: Any = None) -> Any:
+        """``fit(X).transform(X)`` (:math:`\\hat\\theta` inferred with the learnt topics; the training chain's own
+        estimate is ``doc_topic_``)."""
+        return self.fit(X).transform(X)
+
+    def predict_proba(self, X: Any) -> Any:
+        """Same as `transform`."""
+        return self.transform(X)
+
+    def predict(self, X: Any) -> Any:
+        """The most probable topic of each sample."""
+        return self._out(self._theta(X).argmax(1), X)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Plug-in log-likelihood :math:`\\sum_{m,d,w} n^m_{dw}\\log\\sum_k\\hat\\theta_{dk}\\hat\\phi^m_{kw}` with
+        :math:`\\hat\\theta` from `transform` (scikit-learn's ``score`` is a variational bound instead)."""
+        counts, _ = self._counts(X, allow_missing=True)
+        theta = self._theta(X)
+        return algo.log_likelihood(counts, theta, self._phi, [0, *np.cumsum(self._sizes).tolist()])
+
+    def perplexity(self, X: Any) -> float:
+        """:math:`\\exp(-\\mathrm{score}(X) / \\text{number of tokens})`."""
+        counts, _ = self._counts(X, allow_missing=True)
+        return float(np.exp(-self.score(X) / sum(int(c.sum()) for c in counts if c is not None)))
+
+    def sample(self, n_samples: int = 1, n_tokens: Sequence[int] | int = 100,
+               random_state: int | torch.Generator | None = None) -> tuple[list[Tensor], Tensor]:
+        """Draw :math:`\\theta_d \\sim \\mathrm{Dir}(\\alpha)` and ``n_tokens[m]`` tokens per modality:
+        (list of N×V_m count matrices, θ N×K), from the stream of ``random_state`` (default: the estimator's)."""
+        phis = self._topic_words()
+        g = generator_for(self.random_state if random_state is None else random_state)
+        s = self._sweeps()
+        theta = sample_dirichlet(torch.full((n_samples, s.n_topics), s.alpha, dtype=torch.float64), g)
+        sizes = [n_tokens] * len(phis) if isinstance(n_tokens, int) else list(n_tokens)
+        out = []
+        for phi, size in zip(phis, sizes):
+            probs = theta @ phi.double().cpu()
+            draws = torch.multinomial(probs, size, replacement=True, generator=g)
+            out.append(torch.zeros_like(probs).scatter_add_(1, draws, torch.ones_like(draws, dtype=probs.dtype)))
+        return out, theta
+
+    def _topic_words(self) -> list[Tensor]:
+        self._check_fitted()
+        off = [0, *np.cumsum(self._sizes).tolist()]
+        return [self._phi[off[m]:off[m + 1]].T for m in range(len(self._sizes))]
+
+    @property
+    def topic_word_(self) -> list[Tensor]:
+        """Per modality, :math:`\\hat\\phi^m` (K×V_m), rows sum to 1."""
+        return self._topic_words()
+
+    @property
+    def components_(self) -> list[Tensor]:
+        """Same as ``topic_word_`` (scikit-learn's name)."""
+        return self.topic_word_
+
+    @property
+    def doc_topic_(self) -> Tensor:
+        """:math:`\\hat\\theta` of the training samples (N×K)."""
+        self._check_fitted()
+        return self._doc_topic
+
+    @property
+    def n_features_in_(self) -> int:
+        """Features (words) seen in ``fit``, over all modalities."""
+        self._check_fitted()
+        return int(sum(self._sizes))
+
+
+class LatentDirichletAllocation(MultimodalLDA):
+    """LDA: the one-modality `MultimodalLDA` (scikit-learn's ``LatentDirichletAllocation`` names).
+
+    .. math::
+        \\theta_d \\sim \\mathrm{Dir}(\\alpha),\\quad \\phi_k \\sim \\mathrm{Dir}(\\beta),\\quad
+        z_{di} \\sim \\mathrm{Cat}(\\theta_d),\\quad w_{di} \\sim \\mathrm{Cat}(\\phi_{z_{di}})
+
+    (Blei, Ng & Jordan 2003). ``X`` is one N×V count matrix; ``weight`` rescales each sample's counts
+    (SERKET's modality weight; None: raw counts). Other arguments: see `MultimodalLDA`.
+    """
+
+    positive_input: ClassVar[bool] = True
+
+    def __init__(self, n_components: int = 10, *, doc_topic_prior: float | None = None,
+                 topic_word_prior: float | None = None, max_iter: int = 100, n_blocks: int = 16, n_init: int = 1,
+                 weight: float | None = None, random_state: int | torch.Generator | None = None,
+                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None) -> None:
+        super().__init__(n_components, doc_topic_prior=doc_topic_prior, topic_word_prior=topic_word_prior,
+                         max_iter=max_iter, n_blocks=n_blocks, n_init=n_init, random_state=random_state,
+                         alpha=alpha, beta=beta, n_iter=n_iter)
+        self.weight = weight
+
+    def _weights(self) -> list[float | None] | None:
+        return None if self.weight is None else [self.weight]
+
+    def _as_list(self, X: Any) -> list[Any]:
+        return [X]
+
+    def sample(self, n_samples: int = 1, n_tokens: Sequence[int] | int = 100,
+               random_state: int | torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n_samples`` documents of ``n_tokens`` words: (counts N×V, θ N×K)."""
+        counts, theta = super().sample(n_samples, n_tokens, random_state)
+        return counts[0], theta
+
+    @property
+    def topic_word_(self) -> Tensor:
+        """:math:`\\hat\\phi` (K×V), rows sum to 1."""
+        return self._topic_words()[0]
+
+    @property
+    def components_(self) -> Tensor:
+        """Same as ``topic_word_`` (scikit-learn's name)."""
+        return self.topic_word_

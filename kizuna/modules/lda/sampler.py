@@ -1,0 +1,165 @@
+r"""The blocked collapsed Gibbs sampler of multimodal LDA: `GibbsChain`, self-contained.
+
+Each sample :math:`d` (a "document", e.g. an object) has topic proportions
+:math:`\theta_d \sim \mathrm{Dir}(\alpha)`; every token :math:`i` of every modality :math:`m` (bag of
+visual / haptic / word features, or of a child module's classes) draws a topic
+:math:`z_i \sim \theta_d` and a feature :math:`w_i \sim \phi^m_{z_i}`, :math:`\phi^m_k \sim \mathrm{Dir}(\beta)`
+(Nakamura et al. 2009, "Grounding of word meanings in multimodal concepts using LDA"; one modality:
+Blei et al. 2003). Integrating out :math:`\theta, \phi` gives the collapsed conditional
+(Griffiths & Steyvers 2004), times the parent's class prior :math:`\pi_{dk}` (SERKET's bias):
+
+.. math::
+    p(z_i = k | z_{-i}, w) \propto \pi_{d k}\,(n^{-i}_{dk} + \alpha)\,
+        \frac{n^{-i}_{k w_i, m} + \beta}{n^{-i}_{k, m} + V_m \beta}
+
+**The sweep** (what "vectorised" means here precisely): each sweep visits the tokens of all
+modalities in a fresh random order split into ``n_blocks`` blocks. All tokens of a block are
+resampled at once, each from the conditional above with the counts of the state *before the
+block* minus its own assignment; the count tables are then updated and the next block sees them.
+(Inside a block the draws are simultaneous, so when the document-topic table outgrows the cache the
+block's tokens are taken in storage order, document by document, each with the uniform it would have
+had: the same draws, with the table read in order.)
+With one token per block this is exact random-scan collapsed Gibbs; with fewer, larger blocks it is
+the approximate-distributed-LDA scheme (Newman et al. 2009, JMLR 10:1801, "AD-LDA"), whose staleness
+is one block. Estimates :math:`\hat\theta, \hat\phi` are averaged over the second half of the sweeps.
+
+`as_counts` turns a modality into integer counts with SERKET's weights: with ``weight`` the counts of each
+sample are rescaled to sum to ``weight`` (a child's class posterior :math:`p(c_d=j)` becomes ``weight``
+class-word tokens), then rounded. Restarts, the estimator and the graph node are built on this file
+(`kizuna.modules.lda.algorithms`, ``.estimator``, ``.node``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from kizuna.modules.validation import as_tensor, check_finite
+
+Tensor = torch.Tensor
+SORT_ABOVE = 1 << 20  # document-topic tables larger than this (elements) outgrow the cache: read them in order
+
+
+def as_counts(x: Any, weight: float | None, what: str) -> Tensor:
+    """Integer counts (N×V long) from a count / probability matrix, rescaled to ``weight`` per row."""
+    t = as_tensor(x, "counts", what)
+    if t.dim() != 2:
+        raise ValueError(f"{what}: counts must be N x V, got shape {tuple(t.shape)}. Reshape your data with "
+                         "x.reshape(1, -1) for one sample")
+    t = t.double() if not t.is_floating_point() else t
+    check_finite(t, "counts", what)
+    if bool((t < 0).any()):
+        row, col = (int(i) for i in (t < 0).nonzero()[0])
+        raise ValueError(f"{what}: Negative values in data: counts must be non-negative, got "
+                         f"{float(t[row, col]):.4g} at row {row}, column {col}")
+    if weight is not None:
+        t = t / torch.where(t.sum(1, keepdim=True) > 0, t.sum(1, keepdim=True), torch.ones_like(t[:, :1])) * weight
+    return torch.round(t).long()
+
+
+def _draw(p: Tensor, generator: torch.Generator | None, u: Tensor | None = None) -> Tensor:
+    """One category per row of the unnormalised probabilities ``p`` (inverse CDF): the number of
+    cumulative sums at or below :math:`u \\sum_k p_k`, found by binary search (no N×K comparison).
+    ``u``: the uniforms (N×1), when drawn by the caller."""
+    cdf = p.cumsum(1)
+    if u is None:
+        u = torch.rand(p.shape[0], 1, generator=generator, dtype=p.dtype, device=p.device)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp_max(p.shape[1] - 1)
+
+
+class GibbsChain:
+    """Token arrays and count tables of the collapsed Gibbs sampler over M modalities.
+
+    Args:
+        n_docs: N; sizes: vocabulary size V_m per modality; n_topics: K.
+        alpha, beta: symmetric Dirichlet concentrations; dtype/device: of the count tables.
+    """
+
+    def __init__(self, n_docs: int, sizes: Sequence[int], n_topics: int, alpha: float, beta: float,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.n, self.sizes, self.k, self.alpha, self.beta = n_docs, list(sizes), n_topics, alpha, beta
+        self.dtype, self.device = dtype, device
+        self.offsets = [0, *np.cumsum(self.sizes).tolist()]
+        self.counts: list[Tensor | None] = [None] * len(self.sizes)
+        self.docs: list[Tensor] = [torch.zeros(0, dtype=torch.long, device=device)] * len(self.sizes)
+        self.words, self.z = list(self.docs), list(self.docs)
+
+    def set_counts(self, m: int, counts: Tensor | None, theta: Tensor | None, phi: Tensor | None,
+                   generator: torch.Generator | None) -> None:
+        """Tokens of modality m from ``counts`` (None: missing). New tokens draw their topic with
+        probability :math:`\\propto \\theta_{dk}\\phi_{wk}` (``theta`` N×K, ``phi`` V_m×K; a missing factor is
+        uniform); the tokens of unchanged counts keep their topics."""
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        if counts is None:
+            self.counts[m], self.docs[m], self.words[m], self.z[m] = None, empty, empty, empty
+            return
+        if self.counts[m] is not None and torch.equal(self.counts[m], counts):
+            return
+        nz = counts.nonzero()
+        reps = counts[nz[:, 0], nz[:, 1]]
+        doc, word = nz[:, 0].repeat_interleave(reps), nz[:, 1].repeat_interleave(reps)
+        p = torch.ones(doc.shape[0], self.k, dtype=self.dtype, device=self.device)
+        p = p if theta is None else p * theta.to(self.dtype).index_select(0, doc)
+        p = p if phi is None else p * phi.to(self.dtype).index_select(0, word)
+        self.counts[m], self.docs[m], self.words[m], self.z[m] = counts, doc, word, _draw(p, generator)
+
+    def run(self, n_sweeps: int, n_blocks: int, prior: Tensor | None, phi: Tensor | None,
+            generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """``n_sweeps`` sweeps; returns (θ̂ N×K, φ̂ ΣV×K) averaged over the second half.
+
+        With ``phi`` (ΣV×K) the topics are held fixed (inference for new samples); otherwise learnt.
+        """
+        doc, z = torch.cat(self.docs), torch.cat(self.z)
+        mod = torch.cat([torch.full_like(d, m) for m, d in enumerate(self.docs)])
+        word = torch.cat([w + self.offsets[m] for m, w in enumerate(self.words)])
+        vocab_mod = torch.repeat_interleave(torch.arange(len(self.sizes), device=self.device),
+                                            torch.tensor(self.sizes, device=self.device))
+        vbeta = torch.tensor(self.sizes, dtype=self.dtype, device=self.device)[:, None] * self.beta
+        ones = torch.ones(doc.shape[0], dtype=self.dtype, device=self.device)
+        n_dk = torch.zeros(self.n, self.k, dtype=self.dtype, device=self.device).index_put_((doc, z), ones, True)
+        n_wk = torch.zeros(self.offsets[-1], self.k, dtype=self.dtype, device=self.device)
+        n_wk.index_put_((word, z), ones, True)
+        n_mk = torch.zeros(len(self.sizes), self.k, dtype=self.dtype, device=self.device).index_add_(0, vocab_mod, n_wk)
+        bias = prior.to(self.dtype).contiguous() if prior is not None else None
+        theta_sum, phi_sum, kept = torch.zeros_like(n_dk), torch.zeros_like(n_wk), 0
+        in_order = n_dk.numel() > SORT_ABOVE
+        for sweep in range(n_sweeps):
+            order = torch.randperm(doc.shape[0], generator=generator, device=self.device)
+            for idx in order.tensor_split(max(1, min(n_blocks, doc.shape[0]))):
+                u = torch.rand(idx.shape[0], 1, generator=generator, dtype=self.dtype, device=self.device)
+                if in_order:  # storage (document) order reads the tables in order; each token keeps its uniform
+                    idx, where = idx.sort()
+                    u = u.index_select(0, where)
+                d, w, m, old = (t.index_select(0, idx) for t in (doc, word, mod, z))
+                # the conditional with every count, then each token's own topic corrected for its removal
+                doc_tab = n_dk + self.alpha if bias is None else (n_dk + self.alpha) * bias
+                word_tab = phi if phi is not None else (n_wk + self.beta) / (n_mk + vbeta).index_select(0, vocab_mod)
+                p = doc_tab.index_select(0, d).mul_(word_tab.index_select(0, w))
+                own = n_dk.take(d * self.k + old) - 1 + self.alpha
+                own = own if bias is None else own * bias.take(d * self.k + old)
+                own = own * (word_tab.take(w * self.k + old) if phi is not None else
+                             (n_wk.take(w * self.k + old) - 1 + self.beta)
+                             / (n_mk.take(m * self.k + old) - 1 + vbeta.take(m)))
+                p.scatter_(1, old[:, None], own[:, None])
+                new = _draw(p, generator, u)
+                z.index_copy_(0, idx, new)
+                sign = torch.cat([-ones[: d.shape[0]], ones[: d.shape[0]]])
+                kk = torch.cat([old, new])
+                n_dk.view(-1).index_add_(0, torch.cat([d, d]) * self.k + kk, sign)
+                if phi is None:
+                    n_wk.view(-1).index_add_(0, torch.cat([w, w]) * self.k + kk, sign)
+                    n_mk.view(-1).index_add_(0, torch.cat([m, m]) * self.k + kk, sign)
+            if 2 * sweep >= n_sweeps - 1:
+                theta_sum += (n_dk + self.alpha) / (n_dk.sum(1, keepdim=True) + self.k * self.alpha)
+                if phi is None:
+                    phi_sum += (n_wk + self.beta) / (n_mk + vbeta).index_select(0, vocab_mod)
+                kept += 1
+        self.z = list(z.split([d.shape[0] for d in self.docs]))
+        if kept == 0:  # no sweep: the estimates of the current state
+            theta_sum, kept = (n_dk + self.alpha) / (n_dk.sum(1, keepdim=True) + self.k * self.alpha), 1
+            if phi is None:
+                phi_sum = (n_wk + self.beta) / (n_mk + vbeta)[vocab_mod]
+        return theta_sum / kept, (phi_sum / kept if phi is None else phi)

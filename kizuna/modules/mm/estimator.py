@@ -1,0 +1,107 @@
+r"""`MarkovChain`: the scikit-learn facade of the Markov model over class evidence (`kizuna.modules.MM`'s estimator).
+
+``X`` holds class evidence :math:`\lambda_{nk}` (N×K, non-negative: a classifier's or a mixture's class
+likelihoods or posteriors, one row per step, rows in data order), cut into sequences by ``lengths`` as in
+hmmlearn. ``fit`` learns the start and transition probabilities with the evidence as fixed emissions
+(`kizuna.modules.mm.algorithms.learn`), ``predict_proba`` smooths: :math:`p(c_n = k | \lambda_{1:N})`.
+
+>>> ev = torch.tensor([[0.9, 0.1]] * 5 + [[0.2, 0.8]] * 5, dtype=torch.float64)
+>>> chain = MarkovChain(n_iter=20).fit(ev)
+>>> chain.predict(ev).tolist()
+[0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kizuna.modules import _forward_backward as fb
+from kizuna.modules.estimator import Estimator
+from kizuna.modules.mm import algorithms as algo
+from kizuna.modules.validation import as_matrix, check_n_features
+
+Tensor = torch.Tensor
+
+
+class MarkovChain(Estimator):
+    """Markov chain over class evidence (see the module docstring).
+
+    Args:
+        n_states: K; ``None`` takes the width of the evidence.
+        alpha: Dirichlet concentration of each row of :math:`A` and of :math:`\\pi`.
+        n_iter: re-estimation iterations per ``fit`` (per ``update`` in a graph).
+        transmat, startprob: initial (or, with ``n_iter=0``, fixed) :math:`A` and :math:`\\pi`; default uniform.
+    """
+
+    transmat_: Tensor | None = None  # set by fit (class defaults keep __init__ to the parameters)
+    startprob_: Tensor | None = None
+
+    def __init__(self, n_states: int | None = None, *, alpha: float = 1.0, n_iter: int = 10, transmat: Any = None,
+                 startprob: Any = None) -> None:
+        self.n_states, self.alpha, self.n_iter = n_states, alpha, n_iter
+        self.transmat, self.startprob = transmat, startprob
+
+    @property
+    def _owner(self) -> str:
+        name = getattr(self, "name", None)
+        return f"MM {name}" if name else type(self).__name__
+
+    def _validate(self) -> None:
+        if not (self.alpha > 0 and self.n_iter >= 0):
+            raise ValueError(f"{self._owner}: need alpha > 0 and n_iter >= 0, got {self.alpha} and {self.n_iter}")
+
+    def _is_fitted(self) -> bool:
+        return self.transmat_ is not None
+
+    def _chain(self, k: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """:math:`\\pi, A` in ``like``'s dtype/device (the given or uniform ones before the first fit), checked."""
+        a = self.transmat_ if self.transmat_ is not None else self.transmat
+        p = self.startprob_ if self.startprob_ is not None else self.startprob
+        opts = {"dtype": like.dtype, "device": like.device}
+        a = torch.full((k, k), 1.0 / k, **opts) if a is None else torch.as_tensor(a).to(like)
+        p = torch.full((k,), 1.0 / k, **opts) if p is None else torch.as_tensor(p).to(like)
+        if a.shape != (k, k) or p.shape != (k,):
+            raise ValueError(f"{self._owner}: the evidence has {k} classes but transmat is {tuple(a.shape)} "
+                             f"and startprob {tuple(p.shape)}")
+        if (a < 0).any() or (p < 0).any() or not torch.allclose(a.sum(1), torch.ones_like(a[0])) \
+                or not torch.allclose(p.sum(), torch.ones_like(p[0])):
+            raise ValueError(f"{self._owner}: transmat rows and startprob must be probability vectors")
+        return p, a
+
+    def _evidence(self, X: Any, lengths: Sequence[int] | Tensor | None) -> tuple[Tensor, Tensor]:
+        x = as_matrix(X, "X", self._owner, dtype=None)
+        if bool((x < 0).any()):
+            raise ValueError(f"{self._owner}: class evidence must be non-negative")
+        if self.n_states is not None:
+            check_n_features(x, self.n_states, self._owner)
+        return torch.log(x), fb.check_lengths(x.shape[0], lengths, x.device)
+
+    def fit(self, X: Any, lengths: Sequence[int] | Tensor | None = None) -> MarkovChain:
+        """Learn :math:`\\pi, A` from the evidence ``X`` (N×K) of sequences of ``lengths``."""
+        self._validate()
+        self.transmat_ = self.startprob_ = None
+        log_emit, lengths = self._evidence(X, lengths)
+        self.startprob_, self.transmat_ = algo.learn(*self._chain(log_emit.shape[1], log_emit), log_emit, lengths,
+                                                     int(self.n_iter), float(self.alpha))
+        return self
+
+    def predict_proba(self, X: Any, lengths: Sequence[int] | Tensor | None = None) -> Any:
+        """Smoothed :math:`p(c_n = k | \\lambda)` (N×K)."""
+        self._check_fitted()
+        log_emit, lengths = self._evidence(X, lengths)
+        return self._out(torch.exp(algo.smooth(*self._chain(log_emit.shape[1], log_emit), log_emit, lengths)
+                                   .log_gamma), X)
+
+    def predict(self, X: Any, lengths: Sequence[int] | Tensor | None = None) -> Any:
+        """The most probable class of each step (per-step argmax of `predict_proba`)."""
+        return self._out(torch.as_tensor(self.predict_proba(X, lengths)).argmax(1), X)
+
+    def score(self, X: Any, lengths: Sequence[int] | Tensor | None = None) -> float:
+        """:math:`\\sum_b \\log \\sum_{c} p(c_{1:T_b}) \\prod_n \\lambda_{n c_n}` over the sequences."""
+        self._check_fitted()
+        log_emit, lengths = self._evidence(X, lengths)
+        p, a = self._chain(log_emit.shape[1], log_emit)
+        return float(fb.forward_log_likelihood(torch.log(p), torch.log(a), log_emit, lengths).sum())

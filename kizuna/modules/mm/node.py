@@ -1,0 +1,127 @@
+r"""`MM`: a Markov model over the class sequence of a child module; with a GMM child it is an HMM.
+
+The child (a GMM, an MLDA, ...) sends its class evidence :math:`\lambda_{nk}` (``"posterior"`` N×K,
+excluding MM's own prior, the protocol's convention) for the samples in data order, split into
+sequences by ``lengths``. MM places a Markov chain on the classes,
+
+.. math:: p(c_0 = k) = \pi_k,\qquad p(c_n = j | c_{n-1} = i) = A_{ij},\qquad
+          A_{i\cdot} \sim \mathrm{Dir}(\alpha),
+
+learns :math:`A, \pi` from transition counts (Baum-Welch expected counts under message passing; counts of
+``n_samples`` class paths drawn exactly by forward-filtering backward-sampling under `SIR`) with the
+posterior-mean estimate :math:`\hat A_{ij} = (n_{ij} + \alpha) / (n_i + K\alpha)`, and smooths by
+forward-backward (`kizuna.modules.mm.algorithms`). With :math:`\mu_{nk}` the chain's message
+into step :math:`n` (from every other step) and :math:`\rho_{nk}` the prior of MM's own parent:
+
+* ``posterior`` :math:`\propto \mu_n \lambda_n \rho_n` (the smoothed marginal);
+* **up**: :math:`\propto \mu_n \lambda_n` (excluding the parent's prior);
+* **down** to the child: :math:`\propto \mu_n \rho_n` (excluding the child's own evidence), so the child's
+  next posterior :math:`\propto \mu_n\rho_n\lambda_n` is the HMM's smoothed marginal.
+
+SERKET's MM (Nakamura et al. 2018, arXiv:1712.00929) sampled each transition from independent
+per-step class draws whose inverse-CDF compared the wrong array; here the counts are those of
+exact posterior paths (tested by chi-square against enumeration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from kizuna.modules import _forward_backward as fb
+from kizuna.modules.base import ClassModule, Message, Module, check_width
+from kizuna.modules.combine import SIR
+from kizuna.modules.context import UpdateContext
+from kizuna.modules.mm import algorithms as algo
+from kizuna.modules.mm.estimator import MarkovChain
+
+Tensor = torch.Tensor
+
+
+class MM(ClassModule, MarkovChain):
+    """Markov model module (see the module docstring; `MarkovChain` is its estimator).
+
+    Args:
+        n_states: K; ``None`` takes the width of the child's message.
+        alpha: Dirichlet concentration of each row of :math:`A` and of :math:`\\pi`.
+        lengths: lengths of the sequences the samples form, in order (``None``: one sequence).
+        n_iter: count / re-estimate iterations per ``update``.
+        n_samples: paths drawn per iteration under `SIR`.
+        n_particles: particles of the `SIR` posterior (see `kizuna.modules.combine.SIR`).
+        transmat, startprob: initial (or, with ``learnable=False``, fixed) :math:`A` and :math:`\\pi`;
+            default uniform.
+        category: reference labels, for ``accuracy`` / ``ari`` / ``nmi`` only.
+
+    Attributes:
+        transmat_, startprob_: the current estimates.
+
+    Example:
+        >>> from kizuna.modules import GMM, Graph, Observation
+        >>> z = torch.tensor([0] * 20 + [1] * 20 + [0] * 20)
+        >>> x = z[:, None] * 4.0 + torch.randn(60, 1, generator=torch.Generator().manual_seed(0))
+        >>> mm = MM(category=z).connect(GMM(2, algorithm="em", random_state=0).connect(Observation(x)))
+        >>> _ = Graph([mm]).fit(n_iter=3, seed=0)
+        >>> mm.accuracy, bool(mm.transmat_.diagonal().min() > 0.8)
+        (1.0, True)
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = ("posterior",)
+    sends: ClassVar[str] = "posterior"
+    receives: ClassVar[tuple[str, ...]] = ("prior",)
+    scheduled: ClassVar[tuple[str, ...]] = ("n_iter",)
+    architecture: ClassVar[tuple[str, ...]] = ("n_states", "alpha", "lengths")
+
+    @dataclass
+    class State(ClassModule.State):
+        """Also the chain's estimates and the number of classes (set by the child's message)."""
+
+        transmat_: Tensor | None = None
+        startprob_: Tensor | None = None
+        n_classes: int = 1
+
+    def __init__(self, n_states: int | None = None, alpha: float = 1.0, lengths: Sequence[int] | None = None,
+                 n_iter: int = 10, n_samples: int = 100, n_particles: int = 1000, transmat: Any = None,
+                 startprob: Any = None, category: Any = None, name: str | None = None, learnable: bool = True,
+                 random_state: int | torch.Generator | None = None) -> None:
+        # ClassModule needs a size now; with n_states=None it is set from the child at the first update
+        ClassModule.__init__(self, n_states if n_states is not None else 1, category, name, learnable, random_state)
+        MarkovChain.__init__(self, n_states, alpha=alpha, n_iter=n_iter, transmat=transmat, startprob=startprob)
+        self.lengths, self.n_samples, self.n_particles = lengths, n_samples, n_particles
+        self._validate()
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.n_samples < 1:
+            raise ValueError(f"{self._owner}: need n_samples >= 1, got {self.n_samples}")
+
+    def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
+                ) -> tuple[Message, dict[Module, Message]]:
+        if len(forward) != 1:
+            raise ValueError(f"MM {self.name} models one child's class sequence, got {len(forward)} children")
+        msg = forward[0]
+        n, k = msg.value.shape
+        if self.n_states is not None:
+            check_width(self, msg, self.n_states, "states")
+        self.n_classes = k
+        self.check_category(n)
+        lengths = fb.check_lengths(n, self.lengths, msg.value.device)
+        log_lam = torch.log(msg.value)
+        prior = self.class_prior(backward, n)
+        log_rho = torch.zeros_like(log_lam) if prior is None else torch.log(prior.to(log_lam))
+        log_emit = log_lam + log_rho
+        start, trans = self._chain(k, log_lam)
+        if self.learnable:
+            n_iter = int(ctx.setting(self.name, "n_iter", self.n_iter))
+            start, trans = algo.learn(start, trans, log_emit, lengths, n_iter, float(self.alpha),
+                                      isinstance(ctx.combine, SIR), int(self.n_samples), ctx.generator)
+        self.startprob_, self.transmat_ = start, trans
+        mu = algo.smooth(start, trans, log_emit, lengths).log_cavity
+        down_prior = torch.softmax(mu + log_rho, 1)
+        self.posterior = ctx.combine.bind(int(self.n_particles), ctx.generator)(down_prior, log_lam)
+        up = self.message("posterior", torch.softmax(mu + log_lam, 1))
+        child = self.children[0]
+        down = {child: self.message("prior", down_prior, receiver=child)} if "prior" in child.receives else {}
+        return up, down

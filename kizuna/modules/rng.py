@@ -1,0 +1,149 @@
+r"""Randomness in the module layer: one policy, and samplers that draw from a given generator.
+
+**The policy.** Every draw a module makes comes from a ``torch.Generator`` it is handed:
+
+* inside ``update(ctx)`` (a `Graph` sweep), from ``ctx.generator`` — ``Graph.fit(seed=...)`` seeds one
+  generator shared by every module of the graph, so a run depends on its seed only;
+* in the scikit-learn methods (``fit``, ``transform``, ``sample``, ...) and in ``update()`` called
+  without a context, from `generator_for` ``(random_state)``: an ``int`` gives the same stream at every
+  ``fit`` (scikit-learn's rule), ``None`` a stream seeded by one draw from torch's global generator (so
+  ``torch.manual_seed`` makes it reproducible, as ``np.random.seed`` does for scikit-learn), and a
+  ``torch.Generator`` is used as it is.
+
+Code that can only draw from torch's *global* generator (``torch.distributions``, dropout, network
+initialisation) runs inside `rng_from` ``(generator)``, which forks the global state, seeds it from the
+generator and restores it afterwards: torch's global generator is never advanced by a seeded run.
+
+The samplers below are vectorised over rows and draw only from the generator they are given.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch.nn import functional as F
+
+Tensor = torch.Tensor
+SEED_BOUND = 2**62
+
+
+def generator_for(random_state: int | torch.Generator | None, device: torch.device | str | None = None
+                  ) -> torch.Generator:
+    """The generator of ``random_state`` on ``device`` (see the module docstring).
+
+    >>> a = torch.rand(2, generator=generator_for(3))
+    >>> bool((a == torch.rand(2, generator=generator_for(3))).all())
+    True
+    >>> generator_for(-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: random_state must be None, a non-negative int or a torch.Generator, got -1
+    """
+    if isinstance(random_state, torch.Generator):
+        return random_state
+    if random_state is None:
+        seed = int(torch.randint(0, SEED_BOUND, (1,)))
+    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool) and random_state >= 0:
+        seed = int(random_state)
+    else:
+        raise ValueError(f"random_state must be None, a non-negative int or a torch.Generator, got {random_state!r}")
+    return torch.Generator(device=torch.device("cpu") if device is None else device).manual_seed(seed)
+
+
+def on_cpu(generator: torch.Generator | None) -> torch.Generator:
+    """``generator`` if it is a CPU generator, else a CPU generator seeded by one draw from it (``None``:
+    from torch's global generator), for code that samples CPU tensors."""
+    if generator is not None and generator.device.type == "cpu":
+        return generator
+    seed_from = None if generator is None else generator
+    device = "cpu" if generator is None else generator.device
+    seed = int(torch.randint(0, SEED_BOUND, (1,), generator=seed_from, device=device))
+    return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def rng_from(generator: torch.Generator | None) -> Iterator[None]:
+    """Run code that draws from torch's global generator (``torch.distributions``, dropout, network
+    initialisation) on a stream seeded from ``generator``, leaving the global state as it was.
+
+    With ``generator=None`` the block uses (and advances) the global generator as usual.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> with rng_from(g):
+    ...     a = torch.randn(2)
+    >>> with rng_from(torch.Generator().manual_seed(0)):
+    ...     b = torch.randn(2)
+    >>> bool((a == b).all())
+    True
+    """
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(0, SEED_BOUND, (1,), generator=generator, device=generator.device))
+    with torch.random.fork_rng():  # the CPU state and every visible CUDA device's
+        torch.manual_seed(seed)
+        yield
+
+
+def normalize(weights: Tensor) -> Tensor:
+    """Rows scaled to sum to one (an error naming the row when a row sums to zero)."""
+    if (weights < 0).any() or not torch.isfinite(weights).all():
+        raise ValueError("class weights must be finite and non-negative")
+    sums = weights.sum(1, keepdim=True)
+    if (sums <= 0).any():
+        row = int((sums <= 0).nonzero()[0, 0])
+        raise ValueError(f"class weights of row {row} are all zero")
+    return weights / sums
+
+
+def sample_classes(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One class per row, :math:`c_n \\sim \\mathrm{Cat}(p_{n\\cdot})`, by inverting the CDF.
+
+    >>> sample_classes(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    tensor([1, 0])
+    """
+    cdf = normalize(probs).cumsum(1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    # count the classes whose cumulative mass lies at or below u; zero-mass classes are never chosen
+    idx = (cdf <= u * cdf[:, -1:]).sum(1)
+    return idx.clamp_(max=probs.shape[1] - 1)
+
+
+def sample_gamma(concentration: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """:math:`\\mathrm{Gamma}(a, 1)` draws of the shape of ``concentration`` (Marsaglia & Tsang 2000),
+    vectorised rejection sampling on ``generator``; :math:`a < 1` via :math:`G_{a+1} U^{1/a}`.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = sample_gamma(torch.full((20000,), 3.0), g)
+    >>> round(x.mean().item(), 1)
+    3.0
+    """
+    a = concentration
+    if (a <= 0).any() or not torch.isfinite(a).all():
+        raise ValueError("sample_gamma: concentrations must be positive and finite")
+    boost = a < 1
+    d = torch.where(boost, a + 1, a) - 1.0 / 3
+    c = 1.0 / torch.sqrt(9 * d)
+    out = torch.empty_like(a)
+    todo = torch.ones_like(a, dtype=torch.bool)
+    while todo.any():
+        x = torch.randn(a.shape, generator=generator, device=a.device, dtype=a.dtype)
+        u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype)
+        v = (1 + c * x) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * x**2 + d - d * v + d * torch.log(v.clamp(min=1e-300)))
+        take = todo & ok
+        out = torch.where(take, d * v, out)
+        todo = todo & ~ok
+    u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype)
+    return torch.where(boost, out * u ** (1 / a), out)
+
+
+def sample_dirichlet(concentration: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Rows :math:`\\sim\\mathrm{Dir}(\\alpha_{n\\cdot})` as normalised Gamma draws (last dim is the simplex)."""
+    g = sample_gamma(concentration, generator)
+    # tiny concentrations can underflow every draw of a row to 0: fall back to the largest one
+    g = torch.where(g.sum(-1, keepdim=True) > 0, g, F.one_hot(concentration.argmax(-1), g.shape[-1]).to(g.dtype))
+    return g / g.sum(-1, keepdim=True)

@@ -1,0 +1,126 @@
+"""One state mechanism for every module: a ``State`` dataclass names what is saved; the base does the rest.
+
+Each module class declares
+
+* ``State``: a dataclass whose fields are the module's attributes that make up its learnt state
+  (parameters, posteriors, last messages, networks), typed. `Stateful.state_dict` reads them with
+  ``dataclasses.fields`` and turns them into tensors, numbers, strings, lists and dicts (what
+  ``torch.load(weights_only=True)`` reads back without running code); `Stateful.load_state_dict`
+  rebuilds each field from its type: a tensor, a nested dataclass (`Message`, a fitted GMM), a list or
+  dict of those, or an ``nn.Module`` (its ``state_dict`` is loaded into the module's existing network);
+* ``architecture``: the constructor parameters that fix the state's shapes; `Stateful.config` reports
+  them, and loading refuses a state saved by a module with a different architecture.
+
+A subclass extends its parent's ``State`` (``class State(ClassModule.State): ...``) and writes no
+``state_dict`` of its own. Why dataclasses rather than making modules ``nn.Module`` buffers: most
+module state is not tensors of a fixed shape (messages, fitted dataclasses, optional fields decided at
+the first update, networks built lazily), and the classical modules are scikit-learn estimators, which
+must not be ``nn.Module`` s (``clone`` rebuilds them from their constructor parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def encode(value: Any, where: str) -> Any:
+    """``value`` as tensors, numbers, strings, lists and dicts (``where`` names it in errors)."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, nn.Module):
+        return dict(value.state_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: encode(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): encode(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"{where}: cannot save a {type(value).__name__} (a State field must hold tensors, numbers, "
+                    "strings, dataclasses, nn.Modules, or lists / dicts of those)")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with tuples, arrays, tensors and numpy scalars turned into lists and numbers."""
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, tensors
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _optional(tp: Any) -> Any:
+    """``X`` for ``X | None``; other types unchanged."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else Any
+    return tp
+
+
+def decode(tp: Any, value: Any, current: Any, where: str) -> Any:
+    """Rebuild a value of type ``tp`` from `encode`'s output (``current``: the attribute now, for modules)."""
+    if value is None:
+        return None
+    tp = _optional(tp)
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        out = [decode(item, v, None, f"{where}[{i}]") for i, v in enumerate(value)]
+        return out if origin is list else tuple(out)
+    if origin is dict:
+        _, item = typing.get_args(tp) or (Any, Any)
+        return {k: decode(item, v, None, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, nn.Module):
+        if current is None:
+            raise ValueError(f"{where}: the module has no network to load the saved weights into; build it with "
+                             "the same networks before loading")
+        current.load_state_dict(value)
+        return current
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: decode(hints[f.name], value[f.name], None, f"{where}.{f.name}")
+                     for f in dataclasses.fields(tp) if f.init and f.name in value})
+    return value
+
+
+class Stateful:
+    """The base of every module's persistence: ``state_dict`` / ``load_state_dict`` / ``config``."""
+
+    @dataclasses.dataclass
+    class State:
+        """No state (each module class extends this)."""
+
+    architecture: ClassVar[tuple[str, ...]] = ()
+
+    def config(self) -> dict[str, Any]:
+        """The ``architecture`` parameters (JSON-able), compared when a saved state is loaded."""
+        return {name: jsonable(getattr(self, name)) for name in self.architecture}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fields of ``State`` as plain values (see the module docstring)."""
+        return {f.name: encode(getattr(self, f.name), f"{type(self).__name__}.{f.name}")
+                for f in dataclasses.fields(self.State)}
+
+    def _before_load(self, state: dict[str, Any]) -> None:
+        """Hook: build what the state is loaded into (e.g. lazily built networks); nothing by default."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        names = [f.name for f in dataclasses.fields(self.State)]
+        missing = [n for n in names if n not in state]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: the saved state lacks {missing}")
+        self._before_load(state)
+        hints = typing.get_type_hints(self.State)
+        for name in names:
+            setattr(self, name, decode(hints[name], state[name], getattr(self, name, None),
+                                       f"{type(self).__name__}.{name}"))

@@ -1,0 +1,67 @@
+"""MLP-conditioned distributions against torch.distributions built from the same network outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import distributions as D
+from torch.nn import functional as F
+
+from kizuna.distributions import MLPBernoulli, MLPCategorical, MLPNormal
+
+F64 = torch.float64
+
+
+def inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(5, 3, generator=g, dtype=F64), "y": torch.randn(5, 2, 1, generator=g, dtype=F64)}
+
+
+def test_normal_is_torch_normal_of_the_network_outputs_on_concatenated_conditions():
+    torch.manual_seed(0)
+    q = MLPNormal("z", ["x", "y"], [5, 8, 4]).double()
+    c = inputs()
+    h = q.net(torch.cat([c["x"], c["y"].flatten(1)], 1))  # cond_var order, features flattened
+    ref = D.Normal(h[:, :4], F.softplus(h[:, 4:]) + 1e-4)
+    z = ref.sample()
+    torch.testing.assert_close(q.get_log_prob({**c, "z": z}), ref.log_prob(z).sum(1), rtol=1e-12, atol=1e-12)
+    draw = q.sample(c, reparam=True)["z"]
+    assert draw.shape == (5, 4) and draw.requires_grad
+    torch.testing.assert_close(q.sample_mean(c), ref.mean)
+
+
+def test_normal_with_a_shared_scale_learns_one_scale_per_feature():
+    torch.manual_seed(0)
+    p = MLPNormal("x", ["z"], [2, 6, 3], min_scale=1e-3, shared_scale=True).double()
+    with torch.no_grad():
+        p.raw_scale.copy_(torch.tensor([-1.0, 0.0, 2.0]))
+    z = torch.randn(4, 2, dtype=F64)
+    ref = D.Normal(p.net(z), (F.softplus(p.raw_scale) + 1e-3).expand(4, 3))
+    x = ref.sample()
+    torch.testing.assert_close(p.get_log_prob({"x": x, "z": z}), ref.log_prob(x).sum(1))
+    p.get_log_prob({"x": x, "z": z}).sum().backward()
+    assert p.raw_scale.grad is not None and bool((p.raw_scale.grad != 0).all())
+
+
+def test_bernoulli_and_categorical_use_logits():
+    torch.manual_seed(0)
+    c = inputs(1)
+    p = MLPBernoulli("w", ["x"], [3, 5, 6]).double()
+    w = (torch.rand(5, 6, dtype=F64) > 0.5).to(F64)
+    torch.testing.assert_close(p.get_log_prob({**c, "w": w}), D.Bernoulli(logits=p.net(c["x"])).log_prob(w).sum(1))
+    q = MLPCategorical("k", ["x", "y"], [5, 4]).double()
+    logits = q.net(torch.cat([c["x"], c["y"].flatten(1)], 1))
+    k = torch.tensor([0, 3, 1, 2, 3])
+    torch.testing.assert_close(q.get_log_prob({**c, "k": F.one_hot(k, 4).to(F64)}),
+                               D.Categorical(logits=logits).log_prob(k))
+    draws = q.sample(c)["k"]
+    assert draws.shape == (5, 4) and bool((draws.sum(1) == 1).all())
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="MLPNormal: sizes must be"):
+        MLPNormal("z", ["x"], [4])
+    with pytest.raises(ValueError, match="one variable"):
+        MLPBernoulli(["x", "y"], ["z"], [2, 3])
+    with pytest.raises(ValueError, match="MLPCategorical: sizes must be"):
+        MLPCategorical("y", ["x"], [4, 0])

@@ -1,0 +1,92 @@
+"""The classical modules speak scikit-learn: its estimator checks, ``get_params`` / ``set_params``, ``clone``
+and ``GridSearchCV`` on the estimators and on the graph nodes built on them.
+
+``check_estimator`` runs on the three estimators whose input is one array: `GaussianMixture`,
+`LatentDirichletAllocation` and `HiddenMarkovModel`. Excluded, with the reason:
+
+* HMM: ``fit(X, lengths)``, ``score(X, lengths)``, ... take hmmlearn's sequence lengths second, where the
+  checks pass labels ``y``: the checks run on a subclass whose second argument is ignored (one sequence);
+* HMM ``check_methods_subset_invariance`` and ``check_methods_sample_order_invariance``: an HMM scores and
+  decodes a *sequence*; each step's result depends on its neighbours, and ``score_samples`` is hmmlearn's
+  ``(log p(X), posteriors)`` of the whole sequence, not one score per row;
+* `MultimodalLDA`, `MarkovChain`: not run. Their ``X`` is a list of matrices (one per modality), resp. class
+  evidence whose rows are one sequence; `LatentDirichletAllocation` is the one-modality MLDA and runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_blobs
+from sklearn.model_selection import GridSearchCV
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from kizuna import modules as km
+from kizuna.modules import GaussianMixture, HiddenMarkovModel, LatentDirichletAllocation
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+class SequenceHMM(HiddenMarkovModel):
+    """`HiddenMarkovModel` with scikit-learn's ``fit(X, y=None)``: one sequence, ``y`` ignored (see above)."""
+
+    def fit(self, X, y=None):
+        return super().fit(X)
+
+    def score(self, X, y=None):
+        return super().score(X)
+
+
+HMM_EXCLUDED = {
+    "check_methods_subset_invariance": "an HMM's result for a step depends on its neighbours in the sequence",
+    "check_methods_sample_order_invariance": "score_samples is hmmlearn's (log p(X), posteriors) of a sequence",
+}
+
+
+def expected_failures(estimator):
+    return HMM_EXCLUDED if isinstance(estimator, SequenceHMM) else {}
+
+
+with warnings.catch_warnings():  # "does not inherit from BaseEstimator": by design (scikit-learn is optional)
+    warnings.simplefilter("ignore", UserWarning)
+    CHECKS = parametrize_with_checks([GaussianMixture(2, max_iter=20, random_state=0),
+                                      LatentDirichletAllocation(3, max_iter=4, n_blocks=4, random_state=0),
+                                      SequenceHMM(2, n_iter=5, random_state=0)],
+                                     expected_failed_checks=expected_failures)
+
+
+@CHECKS
+def test_scikit_learn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(estimator)
+
+
+NODES = [lambda: km.GMM(3, category=np.arange(10) % 2, max_iter=5, name="g"),
+         lambda: km.MLDA(3, [200, 20], max_iter=5), lambda: km.LDA(4, weight=50.0),
+         lambda: km.HMM(2, covariance_type="full", lengths=[5, 5]), lambda: km.MM(alpha=0.5, lengths=[4, 6])]
+
+
+@pytest.mark.parametrize("make", NODES, ids=["gmm", "mlda", "lda", "hmm", "mm"])
+def test_nodes_have_real_get_params_set_params_and_clone(make):
+    node = make()
+    params = node.get_params()
+    twin = clone(node)
+    assert type(twin) is type(node) and twin is not node and twin.children == [] and twin.posterior is None
+    for key, value in twin.get_params().items():
+        assert value is params[key] or np.array_equal(value, params[key]), key
+    assert node.set_params(random_state=7) is node and node.get_params()["random_state"] == 7
+    with pytest.raises(ValueError, match="Invalid parameter 'colour'"):
+        node.set_params(colour="red")
+
+
+def test_grid_search_selects_the_number_of_components_of_a_gmm():
+    x, _ = make_blobs(300, n_features=2, centers=4, cluster_std=0.6, random_state=3)
+    search = GridSearchCV(km.GMM(2, algorithm="em", random_state=0), {"n_components": [2, 3, 4]}, cv=3).fit(x)
+    assert search.best_params_ == {"n_components": 4}
+    assert isinstance(search.best_estimator_, km.GMM) and search.best_estimator_.posterior.shape == (300, 4)
+    vb = GridSearchCV(GaussianMixture(algorithm="vb", random_state=0), {"n_components": [1, 4]}, cv=3).fit(x)
+    assert vb.best_params_ == {"n_components": 4}
