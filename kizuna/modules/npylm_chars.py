@@ -10,6 +10,9 @@ vectorised evaluation of the same `count_part` / `backoff` formulas,
 
 where :math:`\text{ctx}_{a,j}` are the :math:`n-1` symbols before position :math:`j` of the word,
 padded with a begin-of-word symbol. The base is uniform over the :math:`S` characters and EOW.
+
+``length_weight[k]`` multiplies :math:`p_0` of every word of length :math:`k` (1 by default): NPYLM's
+word-length correction (`kizuna.modules.npylm_length`) sets it to :math:`\text{Po}(k)/p_\text{char}(k)`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class CharModel:
         self.c = [np.zeros(s**m) for m in range(order)]
         self.t = [np.zeros(s**m) for m in range(order)]
         self._memo: dict[str, float] = {}  # p0 of words since the last seating change
+        self.length_weight = np.ones(1)  # weight of a word of length k (1 beyond the array)
 
     def encode(self, text: str) -> np.ndarray:
         """Character codes of ``text`` (a clear error for characters outside the alphabet)."""
@@ -58,6 +62,24 @@ class CharModel:
         self.tw[m][code, c] += tables
         self.c[m][code] += customers
         self.t[m][code] += tables
+
+    def set_length_weight(self, weight: np.ndarray) -> None:
+        """Multiply :math:`p_0` of every word of length ``k < len(weight)`` by ``weight[k]`` (forgets the memo)."""
+        self.length_weight = np.asarray(weight, dtype=float)
+        self._memo.clear()
+
+    def _weight(self, k: int) -> float:
+        return float(self.length_weight[k]) if k < len(self.length_weight) else 1.0
+
+    def transitions(self) -> np.ndarray:
+        """:math:`Q[h, c] = p(c \\mid h)` for every context code ``h`` of depth :math:`n-1` and every symbol
+        ``c`` (``size**(n-1)`` × ``size``; code ``size - 1`` is EOW as a symbol and BOW in a context)."""
+        n_ctx = self.size ** (self.order - 1)
+        codes = np.arange(n_ctx)
+        ctx = np.stack([(codes // self.size**q) % self.size for q in range(self.order - 2, -1, -1)], -1) \
+            if self.order > 1 else np.zeros((1, 0), dtype=np.int64)
+        symbols = np.broadcast_to(np.arange(self.size), (n_ctx, self.size))
+        return self.probs(np.broadcast_to(ctx[:, None, :], (n_ctx, self.size, self.order - 1)), symbols)
 
     def set_hyperparameters(self, d: list[float], theta: list[float]) -> None:
         """Set every depth's :math:`(d_m, \\theta_m)` (forgets the memoised probabilities)."""
@@ -110,6 +132,8 @@ class CharModel:
         prefix = np.cumprod(np.concatenate([np.ones((t_len, 1)), chars[:, :-1]], 1), 1)  # prod of first k chars
         out = prefix * eow
         out[:, 0] = 0.0
+        n_w = min(len(self.length_weight), big_l + 1)
+        out[:, :n_w] *= self.length_weight[:n_w]
         return np.where(pos <= t_len, out, 0.0)
 
     def p0(self, word: str) -> float:
@@ -119,5 +143,6 @@ class CharModel:
             p = 1.0
             for c, h in self._spell(word):
                 p *= self.hpylm.prob(c, h)
+            p *= self._weight(len(word))
             self._memo[word] = p
         return p
