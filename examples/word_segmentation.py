@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--anneal", type=float, default=3.0, help="starting temperature (1: no annealing)")
     parser.add_argument("--init-length", type=int, default=None,
                         help="start from words of 1..this many phonemes (default: Mochihashi's sequential start)")
-    parser.add_argument("--no-length-correction", action="store_true", help="no Poisson word-length correction")
+    parser.add_argument("--length-correction", action="store_true", help="Poisson word-length correction")
     parser.add_argument("--data", type=Path, default=BRENT, help="br-phono.txt (default ../shared/data/brent/)")
     parser.add_argument("--first", type=int, default=None, help="only the first this many utterances")
     parser.add_argument("--smoke", action="store_true", help="500 utterances, 3 sweeps")
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         gold, iters = gold[:500], 3
     utterances = ["".join(words) for words in gold]
     seg = WordSegmenter(args.max_word_length, args.char_order, n_iter=0, init_length=args.init_length,
-                        length_correction=not args.no_length_correction, random_state=args.seed).fit(utterances)
+                        length_correction=args.length_correction, random_state=args.seed).fit(utterances)
     rng = np.random.default_rng(args.seed + 1)
     start = time.perf_counter()
     for it, temperature in enumerate(temperatures(iters, args.anneal)):

@@ -57,7 +57,7 @@ class NPYLM:
     """
 
     def __init__(self, alphabet: str, max_word_length: int = 10, char_order: int = 3,
-                 length_correction: bool = True) -> None:
+                 length_correction: bool = False) -> None:
         if max_word_length < 1 or char_order < 1:
             raise ValueError(f"NPYLM: need max_word_length >= 1 and char_order >= 1, got {max_word_length}, "
                              f"{char_order}")

@@ -108,11 +108,12 @@ class CharModel:
         code = np.zeros(symbols.shape, dtype=np.int64)
         for m in range(self.order):
             if m:
-                code = code + contexts[..., -m] * self.size ** (m - 1)
+                code += contexts[..., -m] * self.size ** (m - 1)
             d, theta = self.hpylm.d[m], self.hpylm.theta[m]
-            c = self.c[m][code]
-            p = (count_part(self.cw[m][code, symbols], self.tw[m][code, symbols], c, d, theta)
-                 + backoff(self.t[m][code], c, d, theta) * p)
+            cell = code * self.size + symbols
+            c = self.c[m].take(code)
+            p = (count_part(self.cw[m].take(cell), self.tw[m].take(cell), c, d, theta)
+                 + backoff(self.t[m].take(code), c, d, theta) * p)
         return p
 
     def substring_p0(self, text: str, max_length: int) -> np.ndarray:
@@ -122,13 +123,11 @@ class CharModel:
         a = np.arange(t_len)[:, None]
         j = np.arange(big_l + 1)[None, :]
         pos = a + j  # absolute position of the j-th symbol of a word starting at a
-        inside = pos < t_len
         q = np.arange(self.order - 1, 0, -1)  # how far back each context symbol is (oldest first)
-        back = pos[..., None] - q
-        ctx = np.where(j[..., None] - q >= 0, x[np.clip(back, 0, t_len - 1)], bow)
-        chars = self.probs(ctx, x[np.clip(pos, 0, t_len - 1)])
-        chars = np.where(inside, chars, 0.0)
-        eow = self.probs(ctx, np.full(pos.shape, bow))
+        ctx = np.where(j[..., None] - q >= 0, x[np.clip(pos[..., None] - q, 0, t_len - 1)], bow)
+        symbols = np.stack([x[np.clip(pos, 0, t_len - 1)], np.full(pos.shape, bow)])  # the next symbol; EOW
+        chars, eow = self.probs(np.broadcast_to(ctx, (2, *ctx.shape)), symbols)
+        chars = np.where(pos < t_len, chars, 0.0)
         prefix = np.cumprod(np.concatenate([np.ones((t_len, 1)), chars[:, :-1]], 1), 1)  # prod of first k chars
         out = prefix * eow
         out[:, 0] = 0.0

@@ -60,7 +60,7 @@ class WordSegmenter(Module):
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
                  n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 3.0,
-                 init_length: int | None = None, length_correction: bool = True,
+                 init_length: int | None = None, length_correction: bool = False,
                  random_state: int | None = None, name: str | None = None) -> None:
         super().__init__(name)
         if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
