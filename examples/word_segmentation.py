@@ -13,6 +13,7 @@ transitional-probability baseline (64.4 / 46.8) and DPDP AE-RNN (80.9 / 68.5).
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 from pathlib import Path
 
@@ -63,7 +64,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         length_correction=args.length_correction, random_state=args.seed).fit(utterances)
     rng = np.random.default_rng(args.seed + 1)
     start = time.perf_counter()
+    stop = []  # SIGTERM ends the run after the current sweep, with the Viterbi scores
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     for it, temperature in enumerate(temperatures(iters, args.anneal)):
+        if stop:
+            print(f"stopped by SIGTERM after {it} sweeps", flush=True)
+            break
         gibbs_sweep(seg.model_, seg.utterances_, seg.segmentation_, rng, temperature=temperature)
         s = segmentation_scores(gold, seg.segmentation_)
         print(f"sweep {it + 1:3d}  T {temperature:4.2f}  {time.perf_counter() - start:7.1f}s  "

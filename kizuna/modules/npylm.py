@@ -98,12 +98,12 @@ class NPYLM:
             return p0
         d, theta = self.words.d[0], self.words.theta[0]
         out = root.backoff(d, theta) * p0
-        cw, tables, denominator = root.cw, root.tables, theta + root.c
+        cw, tables, c_h = root.cw, root.tables, root.c
         for a, row in enumerate(subs):
             for k, w in enumerate(row, 1):
                 c = cw.get(w)
                 if c:
-                    out[a, k] += (c - d * len(tables[w])) / denominator
+                    out[a, k] += count_part(c, len(tables[w]), c_h, d, theta)
         return out
 
     def _context_part(self, v: str, words: list[str], out: np.ndarray, d: float, theta: float) -> float:
@@ -111,12 +111,12 @@ class NPYLM:
         r = self.words.restaurants.get((v,))
         if r is None:
             return 1.0
-        cw, tables, denominator = r.cw, r.tables, theta + r.c
+        cw, tables, c_h = r.cw, r.tables, r.c
         for k, w in enumerate(words, 1):
             c = cw.get(w)
             if c:
-                out[k] += (c - d * len(tables[w])) / denominator
-        return (theta + d * r.t) / denominator
+                out[k] += count_part(c, len(tables[w]), c_h, d, theta)
+        return r.backoff(d, theta)
 
     def bigram_table(self, s: str, boost: Callable[[str], float] | None = None,
                      power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
