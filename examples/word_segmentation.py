@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-word-length", type=int, default=10)
     parser.add_argument("--char-order", type=int, default=3)
-    parser.add_argument("--anneal", type=float, default=3.0, help="starting temperature (1: no annealing)")
+    parser.add_argument("--anneal", type=float, default=1.0, help="starting temperature (default 1: no annealing)")
     parser.add_argument("--init-length", type=int, default=None,
                         help="start from words of 1..this many phonemes (default: Mochihashi's sequential start)")
     parser.add_argument("--length-correction", action="store_true", help="Poisson word-length correction")

@@ -19,17 +19,22 @@ backward sampling*, add the words back. The forward table is over (end position 
     \alpha[t, k] = \sum_j p(s_{t-k:t} \mid s_{t-k-j:t-k})\, \alpha[t-k, j],\qquad
     \alpha[0, 0] = 1\ (\text{begin of utterance}).
 
-Splitting the bigram probability into its sparse count part :math:`A_{vw}` and its back-off part
-:math:`B_v\, p(w\mid())` gives :math:`\alpha[t, k] = p(w\mid())\, S[t-k] + \sum_j \alpha[t-k, j] A_{v_j w}` with
-:math:`S[a] = \sum_j \alpha[a, j] B_{v_j}`: the dense part is numpy over the table, only the observed
-bigrams are visited one by one. The last word is drawn :math:`\propto \alpha[T, k]\, p(\text{EOS}\mid w)`,
-then each previous one :math:`\propto \alpha[t-k, j]\, p(w \mid v_j)`. Rows are rescaled to sum to one
-(scales cancel in every draw). :meth:`NPYLM.viterbi` runs the same recursion with max. Hyper-parameters
-:math:`(d, \theta)` of both models are resampled after every sweep.
+All the word probabilities an utterance needs are one table (`NPYLM.bigram_table`),
+:math:`P[a, k, j] = p(s_{a:a+k} \mid s_{a-j:a}) = A_{v_j w} + B_{v_j}\, p(w \mid ())`: the back-off part is one
+outer product over (start, length, previous length), and only the contexts :math:`v_j` that have a
+restaurant are visited in Python for their count part :math:`A`. The forward pass is then one small
+matrix-vector product per position, :math:`\alpha[a + k, \cdot] \mathrel{+}= P[a, \cdot, \cdot]\, \alpha[a, \cdot]`.
+The last word is drawn :math:`\propto \alpha[T, k]\, p(\text{EOS}\mid w)`, then each previous one
+:math:`\propto \alpha[t, j]\, P[t, k, j]`. Rows are rescaled to sum to one (scales cancel in every
+draw). :meth:`NPYLM.viterbi` runs the same recursion with max. Hyper-parameters :math:`(d, \theta)` of
+both models (and :math:`\lambda` of the optional word-length correction, `kizuna.modules.npylm_length`)
+are resampled after every sweep. The chain starts as Mochihashi et al.'s does: from an empty model,
+the first sweep segments each utterance given those added before it (`gibbs_sweep` with empty
+segmentations).
 
 We stay with numpy and Python (no JIT): the model is a set of dictionaries of restaurants that a JIT
-cannot hold, and the per-utterance tables are small (at most :math:`T \times L` cells), so one sweep
-over the 9,789 Brent utterances takes seconds (`bench/robots.py`).
+cannot hold, and the per-utterance tables are small (at most :math:`T \times L^2` cells); one sweep over
+the 9,789 Brent utterances takes about 20 CPU seconds (`bench/robots.py`, docs/robotics.md).
 """
 
 from __future__ import annotations

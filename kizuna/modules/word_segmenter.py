@@ -49,8 +49,8 @@ class WordSegmenter(Module):
         init_length: ``None`` (default): Mochihashi et al.'s start, the first sweep segments the utterances one
             by one into an empty model; an integer: start from words of random lengths 1..``init_length``.
         length_correction: NPYLM's Poisson correction of word lengths (`kizuna.modules.npylm_length`).
-        anneal: starting temperature of ``fit`` and of the first update (`kizuna.modules.npylm.temperatures`;
-            1 for none).
+        anneal: starting temperature of ``fit`` and of the first update (`kizuna.modules.npylm.temperatures`);
+            1 (default): none. On Brent, annealing from the sequential start over-segments (docs/robotics.md).
         random_state: seed (the graph's generator seeds it in a graph).
     """
 
@@ -59,7 +59,7 @@ class WordSegmenter(Module):
     receives: ClassVar[tuple[str, ...]] = ("prior",)
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
-                 n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 3.0,
+                 n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 1.0,
                  init_length: int | None = None, length_correction: bool = False,
                  random_state: int | None = None, name: str | None = None) -> None:
         super().__init__(name)
