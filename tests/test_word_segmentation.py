@@ -208,8 +208,9 @@ def test_segmenter_under_a_concept_module():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="not met yet: 20 sweeps reach boundary / token F 58.7 / 38.0 (docs/robotics.md)")
 @pytest.mark.shared_data("brent/br-phono.txt")
 def test_brent_beats_the_transitional_probability_baseline():
-    scores = load_example("word_segmentation").main(["--iters", "20", "--anneal", "1.5"])
-    assert scores["boundary_f"] > 0.644 and scores["token_f"] > 0.468
+    """Sequential start and two sweeps (about 2 CPU minutes): Viterbi boundary / token F 78.5 / 61.5 with seed 0
+    (docs/robotics.md), asserted with a margin; the baseline is 64.4 / 46.8."""
+    scores = load_example("word_segmentation").main(["--iters", "3", "--seed", "0"])
+    assert scores["boundary_f"] > 0.76 and scores["token_f"] > 0.59
