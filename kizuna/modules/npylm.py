@@ -81,7 +81,7 @@ class NPYLM:
     # ----------------------------------------------------------------- the words
     def add_sentence(self, words: Sequence[str], rng: np.random.Generator) -> None:
         """Add the words of one segmented utterance (and its end-of-sentence) to the model."""
-        if max(len(w) for w in words) > self.max_word_length:
+        if max(map(len, words), default=0) > self.max_word_length:
             raise ValueError(f"NPYLM: a word of {words!r} is longer than max_word_length={self.max_word_length}")
         prev = BOS
         for w in list(words) + [EOS]:
