@@ -129,6 +129,27 @@ def test_bigram_table_matches_the_model_probabilities():
         assert eos[k] == pytest.approx(model.words.prob(EOS, (s[len(s) - k:],)), rel=1e-12)
 
 
+@pytest.mark.parametrize("viterbi", [False, True])
+def test_rescaled_forward_matches_a_log_space_forward_on_a_long_utterance(viterbi):
+    """The forward table's rows (rescaled, with scales carried between rows up to L apart) are the rows of the
+    recursion done in log space, over 64 symbols (row scales spanning tens of nats)."""
+    model = _trained(np.random.default_rng(9))
+    s = "abcdabdcabcdcdab" * 4
+    table, _ = model.bigram_table(s)
+    with np.errstate(divide="ignore"):
+        log_table = np.log(table)
+    log_alpha = np.full((len(s) + 1, 5), -np.inf)
+    log_alpha[0, 0] = 0.0
+    for t in range(1, len(s) + 1):
+        for k in range(1, min(4, t) + 1):
+            terms = log_table[t - k, k] + log_alpha[t - k]
+            log_alpha[t, k] = terms.max() if viterbi else np.logaddexp.reduce(terms)
+    alpha = model.forward(table, viterbi=viterbi)
+    for t in range(1, len(s) + 1):
+        want = np.exp(log_alpha[t] - np.logaddexp.reduce(log_alpha[t]))
+        assert alpha[t] / alpha[t].sum() == pytest.approx(want, rel=1e-9, abs=1e-300)
+
+
 @pytest.mark.parametrize("boosted, length_correction", [(False, False), (True, False), (False, True)])
 def test_forward_filtering_backward_sampling_matches_enumeration(boosted, length_correction):
     """Draws follow p(seg | s) ∝ p(w_1..w_m EOS) prod boost(w) over all segmentations (chi-square, 1e-3);

@@ -39,6 +39,7 @@ the 9,789 Brent utterances takes about 20 CPU seconds (`bench/robots.py`, docs/r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -168,17 +169,16 @@ class NPYLM:
         t_len, big_l = table.shape[0], self.max_word_length
         alpha = np.zeros((t_len + 1, big_l + 1))
         alpha[0, 0] = 1.0
-        log_scale = np.zeros(t_len + 1)
-        for a in range(t_len):
+        log_scale = [0.0] * (t_len + 1)  # row t holds the true row divided by exp(log_scale[t])
+        for a in range(t_len):  # scalar writes: the rows are short, numpy calls would cost more
             n_k = min(big_l, t_len - a)
-            cells = table[a, 1:n_k + 1] * alpha[a]
-            cells = cells.max(1) if viterbi else cells.sum(1)
-            ends = np.arange(a + 1, a + n_k + 1)
-            alpha[ends, np.arange(1, n_k + 1)] = cells * np.exp(log_scale[a] - log_scale[np.maximum(ends - big_l, 0)])
+            cells = (table[a, 1:n_k + 1] * alpha[a]).max(1) if viterbi else table[a, 1:n_k + 1] @ alpha[a]
+            for k, cell in enumerate(cells.tolist(), 1):
+                alpha[a + k, k] = cell * math.exp(log_scale[a] - log_scale[max(a + k - big_l, 0)])
             z = alpha[a + 1].sum()
             if z > 0:
                 alpha[a + 1] /= z
-                log_scale[a + 1] = log_scale[max(a + 1 - big_l, 0)] + np.log(z)
+                log_scale[a + 1] = log_scale[max(a + 1 - big_l, 0)] + math.log(z)
         return alpha
 
     def _backward(self, s: str, alpha: np.ndarray, table: np.ndarray, eos: np.ndarray,
