@@ -13,13 +13,14 @@ transitional-probability baseline (64.4 / 46.8) and DPDP AE-RNN (80.9 / 68.5).
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 
 from kizuna.metrics.segmentation import segmentation_scores
-from kizuna.modules.npylm import gibbs_sweep, temperatures
+from kizuna.modules.npylm import NPYLM, gibbs_sweep, temperatures
 from kizuna.modules.word_segmenter import WordSegmenter
 
 BRENT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "brent" / "br-phono.txt"
@@ -32,32 +33,49 @@ def load_brent(path: Path = BRENT) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines() if line.strip()]
 
 
+def _hyper(model: NPYLM) -> str:
+    lam = "" if model.length is None else f"  lambda {model.length.lam:.2f}"
+    return (f"word d/theta {model.words.d[0]:.2f}/{model.words.theta[0]:.0f} {model.words.d[1]:.2f}/"
+            f"{model.words.theta[1]:.1f}{lam}")
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=30, help="Gibbs sweeps (default 30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-word-length", type=int, default=10)
     parser.add_argument("--char-order", type=int, default=3)
-    parser.add_argument("--anneal", type=float, default=3.0, help="starting temperature (1: no annealing)")
-    parser.add_argument("--init-length", type=int, default=4, help="initial words of 1..this many phonemes")
+    parser.add_argument("--anneal", type=float, default=1.0, help="starting temperature (default 1: no annealing)")
+    parser.add_argument("--init-length", type=int, default=None,
+                        help="start from words of 1..this many phonemes (default: Mochihashi's sequential start)")
+    parser.add_argument("--length-correction", action="store_true", help="Poisson word-length correction")
     parser.add_argument("--data", type=Path, default=BRENT, help="br-phono.txt (default ../shared/data/brent/)")
+    parser.add_argument("--first", type=int, default=None, help="only the first this many utterances")
     parser.add_argument("--smoke", action="store_true", help="500 utterances, 3 sweeps")
     args = parser.parse_args(argv)
     gold = load_brent(args.data)
     iters = args.iters
+    if args.first is not None:
+        gold = gold[:args.first]
     if args.smoke:
         gold, iters = gold[:500], 3
     utterances = ["".join(words) for words in gold]
     seg = WordSegmenter(args.max_word_length, args.char_order, n_iter=0, init_length=args.init_length,
-                        random_state=args.seed).fit(utterances)
+                        length_correction=args.length_correction, random_state=args.seed).fit(utterances)
     rng = np.random.default_rng(args.seed + 1)
     start = time.perf_counter()
+    stop = []  # SIGTERM ends the run after the current sweep, with the Viterbi scores
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     for it, temperature in enumerate(temperatures(iters, args.anneal)):
+        if stop:
+            print(f"stopped by SIGTERM after {it} sweeps", flush=True)
+            break
         gibbs_sweep(seg.model_, seg.utterances_, seg.segmentation_, rng, temperature=temperature)
         s = segmentation_scores(gold, seg.segmentation_)
         print(f"sweep {it + 1:3d}  T {temperature:4.2f}  {time.perf_counter() - start:7.1f}s  "
-              f"boundary F {100 * s.boundary_f:5.1f}  token F {100 * s.token_f:5.1f}  "
-              f"lexicon F {100 * s.lexicon_f:5.1f}", flush=True)
+              f"boundary F {100 * s.boundary_f:5.1f} (P {100 * s.boundary_precision:4.1f} "
+              f"R {100 * s.boundary_recall:4.1f})  token F {100 * s.token_f:5.1f}  "
+              f"lexicon F {100 * s.lexicon_f:5.1f}  {_hyper(seg.model_)}", flush=True)
     final = segmentation_scores(gold, seg.segment(utterances))
     print(f"Viterbi: boundary P/R/F {100 * final.boundary_precision:.1f}/{100 * final.boundary_recall:.1f}/"
           f"{100 * final.boundary_f:.1f}  token P/R/F {100 * final.token_precision:.1f}/"

@@ -19,26 +19,33 @@ backward sampling*, add the words back. The forward table is over (end position 
     \alpha[t, k] = \sum_j p(s_{t-k:t} \mid s_{t-k-j:t-k})\, \alpha[t-k, j],\qquad
     \alpha[0, 0] = 1\ (\text{begin of utterance}).
 
-Splitting the bigram probability into its sparse count part :math:`A_{vw}` and its back-off part
-:math:`B_v\, p(w\mid())` gives :math:`\alpha[t, k] = p(w\mid())\, S[t-k] + \sum_j \alpha[t-k, j] A_{v_j w}` with
-:math:`S[a] = \sum_j \alpha[a, j] B_{v_j}`: the dense part is numpy over the table, only the observed
-bigrams are visited one by one. The last word is drawn :math:`\propto \alpha[T, k]\, p(\text{EOS}\mid w)`,
-then each previous one :math:`\propto \alpha[t-k, j]\, p(w \mid v_j)`. Rows are rescaled to sum to one
-(scales cancel in every draw). :meth:`NPYLM.viterbi` runs the same recursion with max. Hyper-parameters
-:math:`(d, \theta)` of both models are resampled after every sweep.
+All the word probabilities an utterance needs are one table (`NPYLM.bigram_table`),
+:math:`P[a, k, j] = p(s_{a:a+k} \mid s_{a-j:a}) = A_{v_j w} + B_{v_j}\, p(w \mid ())`: the back-off part is one
+outer product over (start, length, previous length), and only the contexts :math:`v_j` that have a
+restaurant are visited in Python for their count part :math:`A`. The forward pass is then one small
+matrix-vector product per position, :math:`\alpha[a + k, \cdot] \mathrel{+}= P[a, \cdot, \cdot]\, \alpha[a, \cdot]`.
+The last word is drawn :math:`\propto \alpha[T, k]\, p(\text{EOS}\mid w)`, then each previous one
+:math:`\propto \alpha[t, j]\, P[t, k, j]`. Rows are rescaled to sum to one (scales cancel in every
+draw). :meth:`NPYLM.viterbi` runs the same recursion with max. Hyper-parameters :math:`(d, \theta)` of
+both models (and :math:`\lambda` of the optional word-length correction, `kizuna.modules.npylm_length`)
+are resampled after every sweep. The chain starts as Mochihashi et al.'s does: from an empty model,
+the first sweep segments each utterance given those added before it (`gibbs_sweep` with empty
+segmentations).
 
 We stay with numpy and Python (no JIT): the model is a set of dictionaries of restaurants that a JIT
-cannot hold, and the per-utterance tables are small (at most :math:`T \times L` cells), so one sweep
-over the 9,789 Brent utterances takes seconds (`bench/robots.py`).
+cannot hold, and the per-utterance tables are small (at most :math:`T \times L^2` cells); one sweep over
+the 9,789 Brent utterances takes about 20 CPU seconds (`bench/robots.py`, docs/robotics.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from kizuna.modules.npylm_chars import CharModel
+from kizuna.modules.npylm_length import WordLength
 from kizuna.modules.pitman_yor import HPYLM, count_part
 
 BOS, EOS = "\x02", "\x03"
@@ -51,9 +58,12 @@ class NPYLM:
         alphabet: the symbols utterances are made of (one character each).
         max_word_length: :math:`L`, the longest word considered.
         char_order: :math:`n` of the character model.
+        length_correction: correct the character model's word lengths by a Poisson
+            (`kizuna.modules.npylm_length`; Mochihashi et al. 2009, section 4.3).
     """
 
-    def __init__(self, alphabet: str, max_word_length: int = 10, char_order: int = 3) -> None:
+    def __init__(self, alphabet: str, max_word_length: int = 10, char_order: int = 3,
+                 length_correction: bool = False) -> None:
         if max_word_length < 1 or char_order < 1:
             raise ValueError(f"NPYLM: need max_word_length >= 1 and char_order >= 1, got {max_word_length}, "
                              f"{char_order}")
@@ -62,6 +72,9 @@ class NPYLM:
         self.max_word_length = max_word_length
         self.chars = CharModel("".join(sorted(set(alphabet))) + EOS, char_order)
         self.words = HPYLM(2, self.chars.p0, self._feed_chars)
+        self.length = WordLength() if length_correction else None
+        if self.length is not None:
+            self.chars.set_length_weight(self.length.weights(self.chars, max_word_length))
 
     def _feed_chars(self, w: str, sign: int, rng: np.random.Generator) -> None:
         (self.chars.add if sign > 0 else self.chars.remove)(w, rng)
@@ -69,6 +82,8 @@ class NPYLM:
     # ----------------------------------------------------------------- the words
     def add_sentence(self, words: Sequence[str], rng: np.random.Generator) -> None:
         """Add the words of one segmented utterance (and its end-of-sentence) to the model."""
+        if max(map(len, words), default=0) > self.max_word_length:
+            raise ValueError(f"NPYLM: a word of {words!r} is longer than max_word_length={self.max_word_length}")
         prev = BOS
         for w in list(words) + [EOS]:
             self.words.add(w, (prev,), rng)
@@ -88,84 +103,127 @@ class NPYLM:
         if root is None:
             return p0
         d, theta = self.words.d[0], self.words.theta[0]
-        cw, tables = np.zeros_like(p0), np.zeros_like(p0)
+        out = root.backoff(d, theta) * p0
+        cw, tables, c_h = root.cw, root.tables, root.c
         for a, row in enumerate(subs):
             for k, w in enumerate(row, 1):
-                c = root.cw.get(w)
+                c = cw.get(w)
                 if c:
-                    cw[a, k], tables[a, k] = c, len(root.tables[w])
-        return count_part(cw, tables, root.c, d, theta) + root.backoff(d, theta) * p0
+                    out[a, k] += count_part(c, len(tables[w]), c_h, d, theta)
+        return out
 
-    def forward(self, s: str, viterbi: bool = False, boost: Callable[[str], float] | None = None,
-                power: float = 1.0) -> np.ndarray:
-        """The forward table :math:`\\alpha` ((T+1)×(L+1), rows rescaled to sum to one).
+    def _context_part(self, v: str, words: list[str], out: np.ndarray, d: float, theta: float) -> float:
+        """Add the count part of :math:`p(w \\mid v)` of every ``words[k - 1]`` to ``out[k]``; return the back-off."""
+        r = self.words.restaurants.get((v,))
+        if r is None:
+            return 1.0
+        cw, tables, c_h = r.cw, r.tables, r.c
+        for k, w in enumerate(words, 1):
+            c = cw.get(w)
+            if c:
+                out[k] += count_part(c, len(tables[w]), c_h, d, theta)
+        return r.backoff(d, theta)
 
-        With ``viterbi`` the sums become maxima. ``boost(w)`` multiplies the probability of every
-        word ``w`` (a concept module's prior; ``None``: 1); every word probability is raised to
-        ``power`` (:math:`1/T` when annealing at temperature :math:`T`).
+    def bigram_table(self, s: str, boost: Callable[[str], float] | None = None,
+                     power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Every word probability the forward-backward pass needs, raised to ``power``.
+
+        Returns ``(P, eos)``: ``P[a, k, j]`` :math:`= p(s_{a:a+k} \\mid s_{a-j:a})\\,\\text{boost}(s_{a:a+k})`
+        (T×(L+1)×(L+1); ``j = 0`` is the begin-of-utterance context, used at ``a = 0`` only; 0 where a
+        word would leave the utterance) and ``eos[k]`` :math:`= p(\\text{EOS} \\mid s_{T-k:T})`. The back-off
+        part is one outer product; only the contexts with a restaurant are visited in Python.
         """
         big_l, t_len = self.max_word_length, len(s)
         subs = [[s[a:a + k] for k in range(1, min(big_l, t_len - a) + 1)] for a in range(t_len)]
         uni = self._unigram(s, subs)
         d, theta = self.words.d[1], self.words.theta[1]
+        sparse = np.zeros((t_len, big_l + 1, big_l + 1))  # indexed [a, j, k] while filling
+        back = np.zeros((t_len, big_l + 1))
+        back[0, 0] = self._context_part(BOS, subs[0], sparse[0, 0], d, theta)
+        for a in range(1, t_len):
+            for j in range(1, min(big_l, a) + 1):
+                back[a, j] = self._context_part(s[a - j:a], subs[a], sparse[a, j], d, theta)
+        table = sparse.transpose(0, 2, 1) + uni[:, :, None] * back[:, None, :]
+        if boost is not None:
+            weight = np.ones((t_len, big_l + 1))
+            for a, row in enumerate(subs):
+                weight[a, 1:len(row) + 1] = [boost(w) for w in row]
+            table *= weight[:, :, None]
+        eos = np.zeros(big_l + 1)
+        p_eos = self.words.prob(EOS)
+        for k in range(1, min(big_l, t_len) + 1):
+            cell = np.zeros(2)
+            back_off = self._context_part(s[t_len - k:], [EOS], cell, d, theta)
+            eos[k] = cell[1] + back_off * p_eos
+        if power != 1.0:
+            table, eos = table**power, eos**power
+        return table, eos
+
+    def forward(self, table: np.ndarray, viterbi: bool = False) -> np.ndarray:
+        """The forward table :math:`\\alpha` ((T+1)×(L+1)) of a `bigram_table`, rows rescaled to sum to one.
+
+        :math:`\\alpha[a + k, k] = \\sum_j P[a, k, j]\\, \\alpha[a, j]` (with ``viterbi``, the maximum);
+        :math:`\\alpha[0, 0] = 1`. Row :math:`t` is kept relative to the scale of row :math:`\\max(t - L, 0)`,
+        its first contributing row, so the scales cancel within every row.
+        """
+        t_len, big_l = table.shape[0], self.max_word_length
         alpha = np.zeros((t_len + 1, big_l + 1))
         alpha[0, 0] = 1.0
-        log_scale = np.zeros(t_len + 1)  # row t of alpha holds the true row divided by exp(log_scale[t])
-        for a in range(t_len):
-            prev = [BOS] if a == 0 else [s[a - j:a] for j in range(1, min(big_l, a) + 1)]
-            rests = [self.words.restaurants.get((v,)) for v in prev]
-            js = np.arange(len(prev)) + (a > 0)
-            back = np.array([1.0 if r is None else r.backoff(d, theta) for r in rests])
+        log_scale = [0.0] * (t_len + 1)  # row t holds the true row divided by exp(log_scale[t])
+        for a in range(t_len):  # scalar writes: the rows are short, numpy calls would cost more
             n_k = min(big_l, t_len - a)
-            probs = np.outer(uni[a, 1:n_k + 1], back)  # p(w | v): word length x previous word
-            for i, r in enumerate(rests):
-                if r is not None:
-                    for k, w in enumerate(subs[a]):
-                        if w in r.cw:
-                            probs[k, i] += r.count_part(w, d, theta)
-            if boost is not None:
-                probs *= np.array([boost(w) for w in subs[a]])[:, None]
-            cells = (probs if power == 1.0 else probs**power) * alpha[a, js]
-            cells = cells.max(1) if viterbi else cells.sum(1)
-            ends = np.arange(a + 1, a + n_k + 1)
-            # a later row's entries are kept relative to the scale of its first contributing row
-            alpha[ends, np.arange(1, n_k + 1)] = cells * np.exp(log_scale[a] - log_scale[np.maximum(ends - big_l, 0)])
+            cells = (table[a, 1:n_k + 1] * alpha[a]).max(1) if viterbi else table[a, 1:n_k + 1] @ alpha[a]
+            for k, cell in enumerate(cells.tolist(), 1):
+                alpha[a + k, k] = cell * math.exp(log_scale[a] - log_scale[max(a + k - big_l, 0)])
             z = alpha[a + 1].sum()
             if z > 0:
                 alpha[a + 1] /= z
-                log_scale[a + 1] = log_scale[max(a + 1 - big_l, 0)] + np.log(z)
+                log_scale[a + 1] = log_scale[max(a + 1 - big_l, 0)] + math.log(z)
         return alpha
 
-    def _backward(self, s: str, alpha: np.ndarray, rng: np.random.Generator | None, power: float = 1.0) -> list[str]:
+    def _backward(self, s: str, alpha: np.ndarray, table: np.ndarray, eos: np.ndarray,
+                  rng: np.random.Generator | None) -> list[str]:
         """Backward sampling (``rng``) or Viterbi back-tracking (``rng=None``) through ``alpha``."""
-        t, nxt, words = len(s), EOS, []
-        while t > 0:
-            ks = np.arange(1, min(self.max_word_length, t) + 1)
-            unigram = self.words.prob(nxt)
-            weights = np.array([alpha[t, k] * self.words.prob(nxt, (s[t - k:t],), unigram) ** power for k in ks])
-            if not weights.sum() > 0:
+        t, words = len(s), []
+        weights = alpha[t] * eos
+        while True:
+            total = weights.sum()
+            if not total > 0:
                 raise FloatingPointError(f"NPYLM: no segmentation of {s!r} has positive probability")
-            k = int(ks[weights.argmax()]) if rng is None else int(rng.choice(ks, p=weights / weights.sum()))
-            nxt = s[t - k:t]
-            words.append(nxt)
+            if rng is None:
+                k = int(weights.argmax())
+            else:
+                k = int(np.searchsorted(np.cumsum(weights), rng.random() * total, side="right"))
+            words.append(s[t - k:t])
             t -= k
-        return words[::-1]
+            if t == 0:
+                return words[::-1]
+            weights = alpha[t] * table[t, k]  # previous word of length j: alpha[t, j] p(w | v_j)
 
     def sample(self, s: str, rng: np.random.Generator, n: int = 1, boost: Callable[[str], float] | None = None,
                power: float = 1.0) -> list[list[str]]:
-        """``n`` segmentations of ``s`` drawn from the model's posterior raised to ``power`` (one forward pass)."""
-        alpha = self.forward(s, boost=boost, power=power)
-        return [self._backward(s, alpha, rng, power) for _ in range(n)]
+        """``n`` segmentations of ``s`` drawn from the model's posterior raised to ``power`` (one forward pass),
+        each word's probability multiplied by ``boost(w)`` (a concept module's prior; ``None``: 1)."""
+        table, eos = self.bigram_table(s, boost, power)
+        alpha = self.forward(table)
+        return [self._backward(s, alpha, table, eos, rng) for _ in range(n)]
 
     def viterbi(self, s: str) -> list[str]:
         """The most probable segmentation of ``s``."""
-        return self._backward(s, self.forward(s, viterbi=True), None)
+        table, eos = self.bigram_table(s)
+        return self._backward(s, self.forward(table, viterbi=True), table, eos, None)
 
     def sample_hyperparameters(self, rng: np.random.Generator) -> None:
-        """Resample :math:`(d, \\theta)` of every depth of both models (`HPYLM.sample_hyperparameters`)."""
+        """Resample :math:`(d, \\theta)` of every depth of both models (`HPYLM.sample_hyperparameters`) and the
+        word-length correction's :math:`\\lambda`, then recompute :math:`p_\\text{char}(k)` exactly."""
         self.words.sample_hyperparameters(rng)
         self.chars.hpylm.sample_hyperparameters(rng)
         self.chars.set_hyperparameters(self.chars.hpylm.d, self.chars.hpylm.theta)
+        if self.length is not None:
+            root = self.words.restaurants.get(())
+            tables = [] if root is None else [(w, len(t)) for w, t in root.tables.items() if w != EOS]
+            self.length.sample((len(w) for w, n in tables for _ in range(n)), rng)
+            self.chars.set_length_weight(self.length.weights(self.chars, self.max_word_length))
 
     def log_prob(self, words: Sequence[str]) -> float:
         """:math:`\\log p(w_1 \\dots w_m\\, \\text{EOS})` under the current model."""
@@ -203,6 +261,10 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
                 temperature: float = 1.0) -> None:
     """One blocked Gibbs sweep in random order, replacing ``segmentations`` in place.
 
+    An empty segmentation ``[]`` marks an utterance not yet in the model: it is drawn and added
+    without being removed first. Starting from all ``[]`` and an empty model, the first sweep is
+    Mochihashi et al.'s start (each utterance segmented given the ones added before it).
+
     Without ``boosts`` each utterance's segmentation is drawn from the model's posterior given the
     others. With ``boosts[i]`` (a concept module's belief about utterance ``i``'s words) SERKET's
     resampling of hypotheses: ``n_candidates`` segmentations are drawn from the model's posterior and
@@ -211,7 +273,8 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
     segmentations are drawn from the posterior raised to :math:`1/T` (simulated annealing).
     """
     for i in rng.permutation(len(utterances)).tolist():
-        model.remove_sentence(segmentations[i], rng)
+        if segmentations[i]:  # [] : not in the model yet (the sequential start)
+            model.remove_sentence(segmentations[i], rng)
         boost = None if boosts is None else boosts[i]
         if boost is None:
             segmentations[i] = model.sample(utterances[i], rng, power=1.0 / temperature)[0]

@@ -10,6 +10,9 @@ vectorised evaluation of the same `count_part` / `backoff` formulas,
 
 where :math:`\text{ctx}_{a,j}` are the :math:`n-1` symbols before position :math:`j` of the word,
 padded with a begin-of-word symbol. The base is uniform over the :math:`S` characters and EOW.
+
+``length_weight[k]`` multiplies :math:`p_0` of every word of length :math:`k` (1 by default): NPYLM's
+word-length correction (`kizuna.modules.npylm_length`) sets it to :math:`\text{Po}(k)/p_\text{char}(k)`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class CharModel:
         self.c = [np.zeros(s**m) for m in range(order)]
         self.t = [np.zeros(s**m) for m in range(order)]
         self._memo: dict[str, float] = {}  # p0 of words since the last seating change
+        self.length_weight = np.ones(1)  # weight of a word of length k (1 beyond the array)
 
     def encode(self, text: str) -> np.ndarray:
         """Character codes of ``text`` (a clear error for characters outside the alphabet)."""
@@ -58,6 +62,24 @@ class CharModel:
         self.tw[m][code, c] += tables
         self.c[m][code] += customers
         self.t[m][code] += tables
+
+    def set_length_weight(self, weight: np.ndarray) -> None:
+        """Multiply :math:`p_0` of every word of length ``k < len(weight)`` by ``weight[k]`` (forgets the memo)."""
+        self.length_weight = np.asarray(weight, dtype=float)
+        self._memo.clear()
+
+    def _weight(self, k: int) -> float:
+        return float(self.length_weight[k]) if k < len(self.length_weight) else 1.0
+
+    def transitions(self) -> np.ndarray:
+        """:math:`Q[h, c] = p(c \\mid h)` for every context code ``h`` of depth :math:`n-1` and every symbol
+        ``c`` (``size**(n-1)`` × ``size``; code ``size - 1`` is EOW as a symbol and BOW in a context)."""
+        n_ctx = self.size ** (self.order - 1)
+        codes = np.arange(n_ctx)
+        ctx = np.stack([(codes // self.size**q) % self.size for q in range(self.order - 2, -1, -1)], -1) \
+            if self.order > 1 else np.zeros((1, 0), dtype=np.int64)
+        symbols = np.broadcast_to(np.arange(self.size), (n_ctx, self.size))
+        return self.probs(np.broadcast_to(ctx[:, None, :], (n_ctx, self.size, self.order - 1)), symbols)
 
     def set_hyperparameters(self, d: list[float], theta: list[float]) -> None:
         """Set every depth's :math:`(d_m, \\theta_m)` (forgets the memoised probabilities)."""
@@ -86,11 +108,12 @@ class CharModel:
         code = np.zeros(symbols.shape, dtype=np.int64)
         for m in range(self.order):
             if m:
-                code = code + contexts[..., -m] * self.size ** (m - 1)
+                code += contexts[..., -m] * self.size ** (m - 1)
             d, theta = self.hpylm.d[m], self.hpylm.theta[m]
-            c = self.c[m][code]
-            p = (count_part(self.cw[m][code, symbols], self.tw[m][code, symbols], c, d, theta)
-                 + backoff(self.t[m][code], c, d, theta) * p)
+            cell = code * self.size + symbols
+            c = self.c[m].take(code)
+            p = (count_part(self.cw[m].take(cell), self.tw[m].take(cell), c, d, theta)
+                 + backoff(self.t[m].take(code), c, d, theta) * p)
         return p
 
     def substring_p0(self, text: str, max_length: int) -> np.ndarray:
@@ -100,16 +123,16 @@ class CharModel:
         a = np.arange(t_len)[:, None]
         j = np.arange(big_l + 1)[None, :]
         pos = a + j  # absolute position of the j-th symbol of a word starting at a
-        inside = pos < t_len
         q = np.arange(self.order - 1, 0, -1)  # how far back each context symbol is (oldest first)
-        back = pos[..., None] - q
-        ctx = np.where(j[..., None] - q >= 0, x[np.clip(back, 0, t_len - 1)], bow)
-        chars = self.probs(ctx, x[np.clip(pos, 0, t_len - 1)])
-        chars = np.where(inside, chars, 0.0)
-        eow = self.probs(ctx, np.full(pos.shape, bow))
+        ctx = np.where(j[..., None] - q >= 0, x[np.clip(pos[..., None] - q, 0, t_len - 1)], bow)
+        symbols = np.stack([x[np.clip(pos, 0, t_len - 1)], np.full(pos.shape, bow)])  # the next symbol; EOW
+        chars, eow = self.probs(np.broadcast_to(ctx, (2, *ctx.shape)), symbols)
+        chars = np.where(pos < t_len, chars, 0.0)
         prefix = np.cumprod(np.concatenate([np.ones((t_len, 1)), chars[:, :-1]], 1), 1)  # prod of first k chars
         out = prefix * eow
         out[:, 0] = 0.0
+        n_w = min(len(self.length_weight), big_l + 1)
+        out[:, :n_w] *= self.length_weight[:n_w]
         return np.where(pos <= t_len, out, 0.0)
 
     def p0(self, word: str) -> float:
@@ -119,5 +142,6 @@ class CharModel:
             p = 1.0
             for c, h in self._spell(word):
                 p *= self.hpylm.prob(c, h)
+            p *= self._weight(len(word))
             self._memo[word] = p
         return p

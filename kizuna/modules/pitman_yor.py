@@ -113,7 +113,7 @@ class HPYLM:
     def add(self, w: Hashable, context: tuple, rng: np.random.Generator) -> None:
         """Seat one customer ``w`` in context ``context`` (and in its parents when it opens a table)."""
         h = self._context(context)
-        probs = self._probs(w, h)
+        probs = None  # p(w | h') of every depth, computed only when w already has a table to join
         for m in range(len(h), -1, -1):
             key = h[len(h) - m:]
             r = self.restaurants.get(key)
@@ -123,6 +123,8 @@ class HPYLM:
             sizes = r.tables.get(w)
             r.c += 1
             if sizes is not None:
+                if probs is None:
+                    probs = self._probs(w, h)
                 r.cw[w] += 1
                 new = (theta + d * r.t) * probs[m]
                 u = rng.random() * (r.cw[w] - 1 - d * len(sizes) + new)

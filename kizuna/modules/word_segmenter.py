@@ -49,9 +49,11 @@ class WordSegmenter(Module):
         n_candidates: segmentations drawn per utterance when a prior is resampled in.
         prior_weight: :math:`\\lambda`.
         min_count: a word enters ``vocabulary_`` when it occurs at least this often.
-        init_length: the initial segmentation has words of random lengths 1..``init_length``.
-        anneal: starting temperature of ``fit`` and of the first update (`kizuna.modules.npylm.temperatures`;
-            1 for none).
+        init_length: ``None`` (default): Mochihashi et al.'s start, the first sweep segments the utterances one
+            by one into an empty model; an integer: start from words of random lengths 1..``init_length``.
+        length_correction: NPYLM's Poisson correction of word lengths (`kizuna.modules.npylm_length`).
+        anneal: starting temperature of ``fit`` and of the first update (`kizuna.modules.npylm.temperatures`);
+            1 (default): none. On Brent, annealing from the sequential start over-segments (docs/robotics.md).
         random_state: seed (the graph's generator seeds it in a graph).
     """
 
@@ -70,8 +72,8 @@ class WordSegmenter(Module):
         vocabulary_: list[str] = field(default_factory=list)
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
-                 n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 3.0,
-                 init_length: int = 4,
+                 n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 1.0,
+                 init_length: int | None = None, length_correction: bool = False,
                  random_state: int | None = None, name: str | None = None) -> None:
         super().__init__(name, random_state=random_state)
         if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
@@ -80,7 +82,7 @@ class WordSegmenter(Module):
         self.max_word_length, self.char_order = max_word_length, char_order
         self.n_iter, self.sweeps_per_update, self.n_candidates = n_iter, sweeps_per_update, n_candidates
         self.prior_weight, self.min_count = prior_weight, min_count
-        self.anneal, self.init_length = anneal, init_length
+        self.anneal, self.init_length, self.length_correction = anneal, init_length, length_correction
         self.model_: NPYLM | None = None
         self.utterances_: list[str] = []
         self.segmentation_: list[list[str]] = []
@@ -109,11 +111,15 @@ class WordSegmenter(Module):
         return list(utterances)
 
     def _new_model(self, utterances: list[str]) -> NPYLM:
-        return NPYLM("".join(sorted(set("".join(utterances)))), self.max_word_length, self.char_order)
+        return NPYLM("".join(sorted(set("".join(utterances)))), self.max_word_length, self.char_order,
+                     self.length_correction)
 
     def _start(self, utterances: list[str], rng: np.random.Generator) -> None:
         self.model_ = self._new_model(utterances)
         self.utterances_ = utterances
+        if self.init_length is None:  # gibbs_sweep adds them one by one
+            self.segmentation_ = [[] for _ in utterances]
+            return
         self.segmentation_ = [random_segmentation(s, self.max_word_length, rng, self.init_length)
                               for s in utterances]
         for words in self.segmentation_:
