@@ -51,6 +51,9 @@ class SpatialConcept(ClassModule):
         min_share: share of the events a concept must hold to count in ``n_concepts_``.
         anneal: starting temperature of the first update's sweeps (conditionals raised to :math:`1/T`, ``T``
             falling to 1 over 70% of the sweeps; `kizuna.modules.npylm.temperatures`); 1 (default): none.
+        split_merge: split-merge proposals per sweep (Jain & Neal 2004,
+            `kizuna.modules.spatial_concept_split_merge`), which split a concept holding two places; 0: none.
+        launch_scans: restricted Gibbs scans that refine each split-merge launch state.
         random_state: seed used when no graph generator is set.
     """
 
@@ -59,10 +62,14 @@ class SpatialConcept(ClassModule):
 
     def __init__(self, n_concepts: int = 10, category: Any = None, alpha: float = 0.1, gamma: float = 0.1,
                  beta: float | Sequence[float] = 0.5, sweeps: int = 20, n_init: int = 4, min_share: float = 0.05,
-                 anneal: float = 1.0, random_state: int | None = None, name: str | None = None) -> None:
+                 anneal: float = 1.0, split_merge: int = 0, launch_scans: int = 3, random_state: int | None = None,
+                 name: str | None = None) -> None:
         super().__init__(n_concepts, category, name)
         if alpha <= 0 or gamma <= 0 or sweeps < 1 or n_init < 1 or np.any(np.asarray(beta) <= 0):
             raise ValueError(f"SpatialConcept {self.name}: need alpha, gamma, beta > 0 and sweeps, n_init >= 1")
+        if split_merge < 0 or launch_scans < 0:
+            raise ValueError(f"SpatialConcept {self.name}: need split_merge, launch_scans >= 0")
+        self.split_merge, self.launch_scans = split_merge, launch_scans
         self.alpha, self.gamma, self.beta, self.sweeps, self.n_init = alpha, gamma, beta, sweeps, n_init
         self.random_state, self.min_share, self.anneal = random_state, min_share, anneal
         self.sampler_: ConceptSampler | None = None
@@ -110,7 +117,7 @@ class SpatialConcept(ClassModule):
         best = None
         for _ in range(chains):
             sampler = ConceptSampler(FixedPositions(log_lik), data, self.n_classes, self.alpha, self.gamma,
-                                     self._betas(len(counts)), c, i)
+                                     self._betas(len(counts)), c, i, self.split_merge, self.launch_scans)
             if old is None:  # a fresh chain starts from the sequential initialisation, then anneals
                 sampler.initialize(rng)
             schedule = temperatures(self.sweeps, self.anneal, 0.7) if old is None else [1.0] * self.sweeps
