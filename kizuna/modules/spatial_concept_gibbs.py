@@ -28,6 +28,7 @@ the truncated stick-breaking weights, and :math:`S^{(m)}_{lv}` the counts of fea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -185,7 +186,10 @@ class ConceptSampler:
         st.n_l[l] += sign
         st.n_lk[l, st.i[n]] += sign
         for s, y in zip(st.sums, self.counts):
-            s[l] += sign * y[n]
+            if sign > 0:
+                s[l] += y[n]
+            else:
+                s[l] -= y[n]
 
     def relabel(self, n: int, l: int) -> None:
         """Move event ``n`` to concept ``l``, its position component unchanged."""
@@ -212,6 +216,33 @@ class ConceptSampler:
             ll = (gammaln(sub + vals + beta) - gammaln(sub + beta)).sum(1)
             table = table + (ll + gammaln(total + v * beta) - gammaln(total + vals.sum() + v * beta))[:, None]
         return table
+
+    def log_odds(self, n: int, first: int, second: int) -> float:
+        """:math:`\\log p(c_n{=}\\text{first} \\mid i_n, \\cdot) - \\log p(c_n{=}\\text{second} \\mid i_n, \\cdot)`,
+        event ``n`` removed from the counts: the two-concept restriction of `log_concept_terms` in scalar
+        arithmetic (the split-merge moves' inner loop)."""
+        st, k = self.state, self.state.i[n]
+        n_l = st.n_l.tolist()
+        greater, log_rest, log_pi = sum(n_l), 0.0, []
+        for j in range(max(first, second) + 1):  # log pi_j as in log_stick_weights
+            greater -= n_l[j]
+            ev = 1.0 if j == len(n_l) - 1 else (1.0 + n_l[j]) / (1.0 + self.alpha + n_l[j] + greater)
+            log_pi.append(math.log(ev) + log_rest)
+            log_rest += math.log1p(-ev) if ev < 1.0 else 0.0
+        odds = log_pi[first] - log_pi[second]
+        kg = self.n_components * self.gamma
+        odds += math.log((st.n_lk[first, k] + self.gamma) / (n_l[first] + kg))
+        odds -= math.log((st.n_lk[second, k] + self.gamma) / (n_l[second] + kg))
+        for s, beta, nz in zip(st.sums, self.betas, self.nonzero):
+            idx, vals = nz[n]
+            vb, size, y = s.shape[1] * beta, float(vals.sum()), vals.tolist()
+            rows = s[[first, second]]
+            for row, total, sign in zip(rows[:, idx].tolist(), rows.sum(1).tolist(), (1.0, -1.0)):
+                term = math.lgamma(total + vb) - math.lgamma(total + size + vb)
+                for a, b in zip(row, y):
+                    term += math.lgamma(a + b + beta) - math.lgamma(a + beta)
+                odds += sign * term
+        return odds
 
     def log_conditional(self, n: int) -> np.ndarray:
         """:math:`\\log p(c_n{=}l, i_n{=}k \\mid \\cdot)` + const (L×K), event ``n`` removed from the counts."""

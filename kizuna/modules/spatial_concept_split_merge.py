@@ -65,6 +65,12 @@ def _log_sigmoid(d: float) -> float:
     return -math.log1p(math.exp(-d)) if d >= 0 else d - math.log1p(math.exp(d))
 
 
+def _coin(rng: np.random.Generator, log_p: float) -> bool:
+    """True with probability :math:`\\min(1, e^{\\text{log\\_p}})`: every random binary decision of a move (one place
+    for a test to enumerate them)."""
+    return log_p >= 0.0 or math.log(rng.random()) < log_p
+
+
 def _restricted_scan(sampler: ConceptSampler, order: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
                      power: float, target: np.ndarray | None = None) -> float:
     """One restricted Gibbs scan over the events ``order`` between the two concepts ``labels``.
@@ -76,10 +82,10 @@ def _restricted_scan(sampler: ConceptSampler, order: np.ndarray, labels: np.ndar
     log_q = 0.0
     for j, n in enumerate(order.tolist()):
         sampler.count(n, -1.0)
-        t = power * sampler.log_concept_terms(n, labels)[:, st.i[n]]
-        log_p0, log_p1 = _log_sigmoid(t[0] - t[1]), _log_sigmoid(t[1] - t[0])
+        odds = power * sampler.log_odds(n, int(labels[0]), int(labels[1]))
+        log_p0, log_p1 = _log_sigmoid(odds), _log_sigmoid(-odds)
         if target is None:
-            second = rng.random() >= math.exp(log_p0)
+            second = not _coin(rng, log_p0)
         else:
             second = bool(target[j] == labels[1])
         st.c[n] = labels[1] if second else labels[0]
@@ -114,7 +120,7 @@ def _split(sampler: ConceptSampler, a: int, b: int, rng: np.random.Generator, sc
     sampler.relabel(a, int(labels[0]))
     log_q = _final_scan(sampler, order, labels, rng, scans, power)
     log_accept = power * (sampler.log_concept_joint(labels) - before) + math.log(empty.size) - log_q
-    if math.log(rng.random()) < log_accept:
+    if _coin(rng, log_accept):
         stats.splits[1] += 1
         return True
     for n in members.tolist():
@@ -134,11 +140,12 @@ def _merge(sampler: ConceptSampler, a: int, b: int, rng: np.random.Generator, sc
     for n in moved:
         sampler.relabel(n, int(labels[1]))
     bound = power * (sampler.log_concept_joint(labels) - before) - math.log(np.count_nonzero(st.n_l == 0))
-    log_u = math.log(rng.random())
-    if log_u < bound:  # else rejected whatever q is (q <= 1)
+    # accept with probability min(1, e^bound q) as two coins, min(1, e^bound) then min(1, e^max(bound, 0) q): the
+    # first rejects before q is computed (q <= 1)
+    if _coin(rng, bound):
         sampler.relabel(a, int(labels[0]))
-        bound += _final_scan(sampler, order, labels, rng, scans, power, target=current)  # back to the split state
-        if log_u < bound:
+        log_q = _final_scan(sampler, order, labels, rng, scans, power, target=current)  # back to the split state
+        if _coin(rng, log_q + max(bound, 0.0)):
             for n in moved:
                 sampler.relabel(n, int(labels[1]))
             stats.merges[1] += 1
