@@ -8,6 +8,7 @@ connected under the concept module, and the place names' segmentation F is compa
 segmenter alone. See `kizuna.robot_demo` for the definitions of the scores.
 
     python examples/robot_house.py --seeds 5
+    python examples/robot_house.py --seeds 5 --split-merge 0      # without split-merge moves
     python examples/robot_house.py --seeds 5 --words phonemes
     python examples/robot_house.py --smoke
 """
@@ -27,11 +28,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
     parser.add_argument("--words", choices=("clean", "phonemes"), default="clean")
     parser.add_argument("--out", default=None, help="append one JSON line per seed to this file")
+    parser.add_argument("--split-merge", type=int, default=None, metavar="S",
+                        help="split-merge proposals per concept sweep (0: none; default: SpatialConcept's)")
     parser.add_argument("--smoke", action="store_true", help="one seed, 150 events, 2 iterations")
     args = parser.parse_args(argv)
     rows = []
     for seed in range(1 if args.smoke else args.seeds):
-        result = run(seed, 150 if args.smoke else 300, args.words, 2 if args.smoke else 5)
+        result = run(seed, 150 if args.smoke else 300, args.words, 2 if args.smoke else 5, args.split_merge)
         _print(result)
         row = {k: v for k, v in result.items() if k not in ("model", "house")}
         rows.append(row)

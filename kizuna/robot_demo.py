@@ -81,9 +81,10 @@ def parts(house: dict[str, Any], seed: int, sweeps: int = 50) -> dict[str, float
     return scores
 
 
-def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: int = 5,
-               sweeps: int = 10) -> tuple[km.SpatialConcept, km.GMM, km.WordSegmenter | None]:
-    """GMM + SpatialConcept over word counts (``"clean"``) or a WordSegmenter on the phonemes, and views."""
+def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: int = 5, sweeps: int = 10,
+               split_merge: int | None = None) -> tuple[km.SpatialConcept, km.GMM, km.WordSegmenter | None]:
+    """GMM + SpatialConcept over word counts (``"clean"``) or a WordSegmenter on the phonemes, and views
+    (``split_merge``: proposals per sweep, None: the module's default)."""
     gmm = km.GMM(10, max_iter=10, name="gmm").connect(km.Observation(house["position"], name="position"))
     seg = None
     if words == "clean":
@@ -91,18 +92,20 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     else:
         seg = km.WordSegmenter(n_iter=20, sweeps_per_update=2, init_length=8, anneal=3.0, name="segmenter")
         word_child = seg.connect(km.Observation(house["utterance"], name="phonemes"))
-    spco = km.SpatialConcept(10, category=house["place"], sweeps=sweeps, name="spco").connect(
+    options = {} if split_merge is None else {"split_merge": split_merge}
+    spco = km.SpatialConcept(10, category=house["place"], sweeps=sweeps, name="spco", **options).connect(
         gmm, word_child, km.Observation(house["view"], name="view"))
     km.Graph([spco]).fit(n_iter, seed=seed)
     return spco, gmm, seg
 
 
-def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 5) -> dict[str, Any]:
+def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 5,
+        split_merge: int | None = None) -> dict[str, Any]:
     """One seed: the integrated model and its parts on the same house (see the module docstring)."""
     house = simulated_house(n_events, seed=seed)
     test = simulated_house(1000, seed=10_000 + seed)
     start = time.perf_counter()
-    spco, gmm, seg = integrated(house, seed, words, n_iter)
+    spco, gmm, seg = integrated(house, seed, words, n_iter, split_merge=split_merge)
     vocabulary = house["vocabulary"] if seg is None else seg.vocabulary_
     result: dict[str, Any] = {
         "seed": seed, "words": words, "ari": spco.ari, "n_concepts": spco.n_concepts_,

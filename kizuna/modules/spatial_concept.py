@@ -53,6 +53,9 @@ class SpatialConcept(ClassModule):
         min_share: share of the events a concept must hold to count in ``n_concepts_``.
         anneal: starting temperature of the first update's sweeps (conditionals raised to :math:`1/T`, ``T``
             falling to 1 over 70% of the sweeps; `kizuna.modules.npylm.temperatures`); 1 (default): none.
+        split_merge: split-merge proposals per sweep (Jain & Neal 2004,
+            `kizuna.modules.spatial_concept_split_merge`), which split a concept holding two places; 0: none.
+        launch_scans: restricted Gibbs scans that refine each split-merge launch state.
         random_state: seed of ``update()`` called without a graph (`kizuna.modules.rng`); in a graph every
             update draws from the graph's generator.
     """
@@ -70,10 +73,14 @@ class SpatialConcept(ClassModule):
 
     def __init__(self, n_concepts: int = 10, category: Any = None, alpha: float = 0.1, gamma: float = 0.1,
                  beta: float | Sequence[float] = 0.5, sweeps: int = 20, n_init: int = 4, min_share: float = 0.05,
-                 anneal: float = 1.0, random_state: int | None = None, name: str | None = None) -> None:
+                 anneal: float = 1.0, split_merge: int = 0, launch_scans: int = 3, random_state: int | None = None,
+                 name: str | None = None) -> None:
         super().__init__(n_concepts, category, name, random_state=random_state)
         if alpha <= 0 or gamma <= 0 or sweeps < 1 or n_init < 1 or np.any(np.asarray(beta) <= 0):
             raise ValueError(f"SpatialConcept {self.name}: need alpha, gamma, beta > 0 and sweeps, n_init >= 1")
+        if split_merge < 0 or launch_scans < 0:
+            raise ValueError(f"SpatialConcept {self.name}: need split_merge, launch_scans >= 0")
+        self.split_merge, self.launch_scans = split_merge, launch_scans
         self.alpha, self.gamma, self.beta, self.sweeps, self.n_init = alpha, gamma, beta, sweeps, n_init
         self.min_share, self.anneal = min_share, anneal
         self._sampler: ConceptSampler | None = None
@@ -104,7 +111,7 @@ class SpatialConcept(ClassModule):
         log_lik = np.log(pos.value.detach().cpu().double().numpy().clip(1e-300))
         data = [m.value.cpu().double().numpy() for m in counts]
         return ConceptSampler(FixedPositions(log_lik), data, self.n_classes, self.alpha, self.gamma,
-                              self._betas(len(counts)), c, i)
+                              self._betas(len(counts)), c, i, self.split_merge, self.launch_scans)
 
     def _split(self, forward: list[Message]) -> tuple[Message, list[Message]]:
         positions = [m for m in forward if m.kind == "posterior"]

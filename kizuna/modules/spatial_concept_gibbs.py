@@ -28,6 +28,7 @@ the truncated stick-breaking weights, and :math:`S^{(m)}_{lv}` the counts of fea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ import torch
 from scipy.special import betaln, gammaln
 
 from kizuna.modules.gmm.normal_wishart import NormalWishart
+from kizuna.modules.spatial_concept_split_merge import SplitMergeStats, split_merge_move
+
+_ALL = slice(None)
 
 
 class FixedPositions:
@@ -149,9 +153,15 @@ class ConceptSampler:
     """
 
     def __init__(self, positions: GaussianPositions | FixedPositions, counts: Sequence[np.ndarray], n_concepts: int,
-                 alpha: float, gamma: float, betas: Sequence[float], c: np.ndarray, i: np.ndarray) -> None:
+                 alpha: float, gamma: float, betas: Sequence[float], c: np.ndarray, i: np.ndarray,
+                 split_merge: int = 0, launch_scans: int = 3) -> None:
         if len(betas) != len(counts):
             raise ValueError(f"ConceptSampler: {len(counts)} count modalities but {len(betas)} concentrations")
+        if split_merge < 0 or launch_scans < 0:
+            raise ValueError(f"ConceptSampler: split_merge ({split_merge}) and launch_scans ({launch_scans}) must be "
+                             ">= 0")
+        self.split_merge, self.launch_scans = int(split_merge), int(launch_scans)
+        self.split_merge_stats = SplitMergeStats()
         self.positions, self.alpha, self.gamma = positions, alpha, gamma
         self.counts = [np.asarray(y, dtype=np.float64) for y in counts]
         self.betas = [float(b) for b in betas]
@@ -168,28 +178,75 @@ class ConceptSampler:
         self.state = ConceptState(c, i, n_lk.sum(1), n_lk, sums)
         self.posterior = np.full((len(c), n_concepts), 1.0 / n_concepts)
 
-    def _move(self, n: int, sign: float) -> None:
+    def count(self, n: int, sign: float) -> None:
+        """Add (``sign`` = 1) or remove (-1) event ``n`` to or from the counts of its concept ``c[n]`` (the
+        position factor untouched)."""
         st = self.state
-        l, k = st.c[n], st.i[n]
+        l = st.c[n]
         st.n_l[l] += sign
-        st.n_lk[l, k] += sign
+        st.n_lk[l, st.i[n]] += sign
         for s, y in zip(st.sums, self.counts):
-            s[l] += sign * y[n]
-        (self.positions.add if sign > 0 else self.positions.remove)(n, k)
+            if sign > 0:
+                s[l] += y[n]
+            else:
+                s[l] -= y[n]
 
-    def log_conditional(self, n: int) -> np.ndarray:
-        """:math:`\\log p(c_n{=}l, i_n{=}k \\mid \\cdot)` + const (L×K), event ``n`` removed from the counts."""
+    def relabel(self, n: int, l: int) -> None:
+        """Move event ``n`` to concept ``l``, its position component unchanged."""
+        self.count(n, -1.0)
+        self.state.c[n] = l
+        self.count(n, 1.0)
+
+    def _move(self, n: int, sign: float) -> None:
+        self.count(n, sign)
+        (self.positions.add if sign > 0 else self.positions.remove)(n, self.state.i[n])
+
+    def log_concept_terms(self, n: int, rows: np.ndarray | slice = _ALL) -> np.ndarray:
+        """The concept-dependent factors of `log_conditional` (stick-breaking, components, count modalities)
+        for the concepts ``rows`` (R×K), event ``n`` removed from the counts."""
         st = self.state
-        table = log_stick_weights(st.n_l, self.alpha)[:, None]
-        table = table + np.log((st.n_lk + self.gamma) / (st.n_l[:, None] + self.n_components * self.gamma))
-        table = table + self.positions.log_lik(n)[None, :]
+        n_l = st.n_l[rows]
+        table = log_stick_weights(st.n_l, self.alpha)[rows, None]
+        table = table + np.log((st.n_lk[rows] + self.gamma) / (n_l[:, None] + self.n_components * self.gamma))
         for s, beta, nz in zip(st.sums, self.betas, self.nonzero):
             idx, vals = nz[n]
+            s = s[rows]
             sub = s[:, idx]
             total, v = s.sum(1), s.shape[1]
             ll = (gammaln(sub + vals + beta) - gammaln(sub + beta)).sum(1)
             table = table + (ll + gammaln(total + v * beta) - gammaln(total + vals.sum() + v * beta))[:, None]
         return table
+
+    def log_odds(self, n: int, first: int, second: int) -> float:
+        """:math:`\\log p(c_n{=}\\text{first} \\mid i_n, \\cdot) - \\log p(c_n{=}\\text{second} \\mid i_n, \\cdot)`,
+        event ``n`` removed from the counts: the two-concept restriction of `log_concept_terms` in scalar
+        arithmetic (the split-merge moves' inner loop)."""
+        st, k = self.state, self.state.i[n]
+        n_l = st.n_l.tolist()
+        greater, log_rest, log_pi = sum(n_l), 0.0, []
+        for j in range(max(first, second) + 1):  # log pi_j as in log_stick_weights
+            greater -= n_l[j]
+            ev = 1.0 if j == len(n_l) - 1 else (1.0 + n_l[j]) / (1.0 + self.alpha + n_l[j] + greater)
+            log_pi.append(math.log(ev) + log_rest)
+            log_rest += math.log1p(-ev) if ev < 1.0 else 0.0
+        odds = log_pi[first] - log_pi[second]
+        kg = self.n_components * self.gamma
+        odds += math.log((st.n_lk[first, k] + self.gamma) / (n_l[first] + kg))
+        odds -= math.log((st.n_lk[second, k] + self.gamma) / (n_l[second] + kg))
+        for s, beta, nz in zip(st.sums, self.betas, self.nonzero):
+            idx, vals = nz[n]
+            vb, size, y = s.shape[1] * beta, float(vals.sum()), vals.tolist()
+            rows = s[[first, second]]
+            for row, total, sign in zip(rows[:, idx].tolist(), rows.sum(1).tolist(), (1.0, -1.0)):
+                term = math.lgamma(total + vb) - math.lgamma(total + size + vb)
+                for a, b in zip(row, y):
+                    term += math.lgamma(a + b + beta) - math.lgamma(a + beta)
+                odds += sign * term
+        return odds
+
+    def log_conditional(self, n: int) -> np.ndarray:
+        """:math:`\\log p(c_n{=}l, i_n{=}k \\mid \\cdot)` + const (L×K), event ``n`` removed from the counts."""
+        return self.log_concept_terms(n) + self.positions.log_lik(n)[None, :]
 
     def _draw(self, n: int, rng: np.random.Generator, power: float = 1.0) -> None:
         """Draw :math:`(c_n, i_n)` from :math:`p(c_n, i_n \\mid \\cdot)^{\\text{power}}` (event ``n`` out of the
@@ -213,22 +270,31 @@ class ConceptSampler:
             self._draw(n, rng)
 
     def sweep(self, rng: np.random.Generator, temperature: float = 1.0) -> None:
-        """Resample every :math:`(c_n, i_n)` once, in a random order; records ``posterior`` (N×L). At a
-        ``temperature`` :math:`T > 1` the conditionals are raised to :math:`1/T` (simulated annealing)."""
+        """``split_merge`` split-merge proposals (`split_merge_move`), then every :math:`(c_n, i_n)` resampled
+        once, in a random order; records ``posterior`` (N×L). At a ``temperature`` :math:`T > 1` the target is
+        :math:`p^{1/T}` (simulated annealing): the conditionals are raised to :math:`1/T`."""
+        for _ in range(self.split_merge):
+            split_merge_move(self, rng, self.launch_scans, 1.0 / temperature)
         for n in rng.permutation(len(self.state.c)).tolist():
             self._move(n, -1.0)
             self._draw(n, rng, 1.0 / temperature)
 
-    def log_joint(self) -> float:
-        """:math:`\\log p(c, i, x, y)` of the current state, every parameter integrated out (the product of the
-        stick-breaking, Dirichlet-multinomial and Normal-Wishart evidences)."""
+    def log_concept_joint(self, rows: np.ndarray | slice = _ALL) -> float:
+        """:math:`\\log p(c) + \\sum_{l \\in \\text{rows}} [\\log p(i_{c=l} \\mid c) + \\sum_m \\log p(y^{(m)}_{c=l}
+        \\mid c)]`: the stick-breaking prior of every concept and the component and count evidences of the
+        concepts ``rows`` (all by default), every parameter integrated out."""
         st = self.state
         greater = st.n_l.sum() - np.cumsum(st.n_l)
         total = float((betaln(1 + st.n_l[:-1], self.alpha + greater[:-1]) - betaln(1, self.alpha)).sum())
-        total += _log_dirichlet_multinomial(st.n_lk, self.gamma)
+        total += _log_dirichlet_multinomial(st.n_lk[rows], self.gamma)
         for s, beta in zip(st.sums, self.betas):
-            total += _log_dirichlet_multinomial(s, beta)
-        return total + self.positions.log_evidence(st.i)
+            total += _log_dirichlet_multinomial(s[rows], beta)
+        return total
+
+    def log_joint(self) -> float:
+        """:math:`\\log p(c, i, x, y)` of the current state, every parameter integrated out (the product of the
+        stick-breaking, Dirichlet-multinomial and Normal-Wishart evidences)."""
+        return self.log_concept_joint() + self.positions.log_evidence(self.state.i)
 
     def component_prior(self) -> np.ndarray:
         """:math:`p(i_n{=}k \\mid c_n, \\text{other events})` (N×K): what a position module is told."""
