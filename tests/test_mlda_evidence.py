@@ -89,7 +89,7 @@ def test_the_mlda_takes_the_rounding(rounding):
         assert (tokens.sum(1) == 50).all()
     else:
         assert (tokens.sum(1) <= 50).all() and (tokens.sum(1) < 50).any()
-    reference = MLDA(3, None, max_iter=20, random_state=0).fit([tokens, words])
+    reference = MLDA(3, None, max_iter=20, random_state=0).fit([tokens.double(), words])
     torch.testing.assert_close(fitted.doc_topic_, reference.doc_topic_)
     with pytest.raises(ValueError, match="rounding must be one of"):
         MLDA(3, rounding="ceil").fit([words])
