@@ -115,6 +115,8 @@ class Settings:
 
 FULL = Settings(n=None, first_epochs=200, vae_epochs=40, batch_size=500, gmm_sweeps=50, mlda_sweeps=30)
 SMOKE = Settings(n=500, first_epochs=15, vae_epochs=15, batch_size=100, gmm_sweeps=20, mlda_sweeps=15, n_iter=3)
+# SERKET's own script: 200 VAE epochs and 100 Gibbs sweeps in every update
+SERKET = Settings(n=None, first_epochs=200, vae_epochs=200, batch_size=500, gmm_sweeps=100, mlda_sweeps=100)
 
 
 def settings(smoke: bool) -> Settings:
@@ -164,6 +166,9 @@ def schedule(graph: km.Graph, s: Settings) -> dict[str, dict[str, list[int]]]:
 def fit_graph(graph: km.Graph, s: Settings, seed: int, n_iter: int | None = None) -> km.Graph:
     """``n_iter`` (default ``s.n_iter``) sweeps with `schedule`; a loaded graph continues its schedule."""
     return graph.fit(n_iter=s.n_iter if n_iter is None else n_iter, seed=seed, schedule=schedule(graph, s))
+
+
+SAMPLERS = {"blocked": "gibbs", "collapsed": "collapsed"}  # a --sampler option: the GMM's algorithm
 
 
 def class_gmm(d: Digits, s: Settings, algorithm: str = "gibbs") -> km.GMM:

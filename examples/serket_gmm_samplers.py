@@ -3,7 +3,7 @@ r"""SERKET's VAE+GMM with SERKET's own settings: the GMM's blocked Gibbs sampler
 SERKET's script (``examples/VAE+GMM/VAE+GMM.py`` of naka-lab/Serket) trains ``VAE(18, epoch=200,
 batch_size=500)`` and ``GMM(10)`` (100 collapsed Gibbs sweeps) and updates both five times. This script
 runs the same graph with `kizuna.modules` under those settings — 200 VAE epochs and 100 Gibbs sweeps in
-*every* update (`SERKET`), unlike the digit examples' shorter later updates — once with the GMM's blocked
+*every* update (`_serket.SERKET`), unlike the digit examples' shorter later updates — once with the GMM's blocked
 sampler and once with the collapsed one (``GMM(algorithm="collapsed")``), from the same first VAE update
 (200 epochs before any message: trained once per seed and shared), and prints the GMM's Hungarian-matched
 accuracy, ARI and NMI after each update, and the time of the run.
@@ -28,12 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
 import numpy as np  # noqa: E402
-import serket_vae_gmm as E  # noqa: E402
 import torch  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
-
-SERKET = replace(S.FULL, first_epochs=200, vae_epochs=200, gmm_sweeps=100, mlda_sweeps=100)
 
 
 def _scores(gmm: km.GMM) -> dict[str, float]:
@@ -48,7 +45,7 @@ def run(seed: int, samplers: list[str], smoke: bool = False, data: str | None = 
     and 50 sweeps in later updates). Returns per sampler the GMM's accuracy / ARI / NMI after each
     update and the seconds (the shared first VAE update counted in each). ``dump``: a folder where each
     sampler's state after the first update is saved (``latent``, the GMM's ``z``, ``labels``)."""
-    s = replace(S.SMOKE, vae_epochs=S.SMOKE.first_epochs) if smoke else SERKET if settings == "serket" else S.FULL
+    s = replace(S.SMOKE, vae_epochs=S.SMOKE.first_epochs) if smoke else S.SERKET if settings == "serket" else S.FULL
     s = s if updates is None else replace(s, n_iter=updates)
     d = S.digits(data, s.n)
     start = time.time()
@@ -63,7 +60,7 @@ def run(seed: int, samplers: list[str], smoke: bool = False, data: str | None = 
         state = ctx.generator.get_state()
         for sampler in samplers:
             begin = time.time()
-            graph, gmm = S.build_vae_gmm(d, s, algorithm=E.SAMPLERS[sampler])
+            graph, gmm = S.build_vae_gmm(d, s, algorithm=S.SAMPLERS[sampler])
             km.load_module(gmm.children[0], saved)
             ctx = graph.context(seed=seed, schedule=S.schedule(graph, s))
             ctx.generator.set_state(state)
@@ -87,7 +84,7 @@ def run(seed: int, samplers: list[str], smoke: bool = False, data: str | None = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--samplers", nargs="+", choices=E.SAMPLERS, default=list(E.SAMPLERS))
+    parser.add_argument("--samplers", nargs="+", choices=S.SAMPLERS, default=list(S.SAMPLERS))
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=None, help="append each run as a JSON line to this file")
     parser.add_argument("--settings", choices=("serket", "full"), default="serket",

@@ -32,7 +32,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
-import serket_gmm_samplers as G  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 from kizuna.modules.mlda_evidence import ROUNDINGS, token_counts  # noqa: E402
@@ -45,7 +44,7 @@ def latents(seed: int, folder: str | None, data: str | None, smoke: bool = False
     if folder is not None:
         with np.load(Path(folder) / f"first_update_blocked_seed{seed}.npz") as f:
             return f["latent"]
-    s = S.SMOKE if smoke else G.SERKET
+    s = S.SMOKE if smoke else S.SERKET
     d = S.digits(data, s.n)
     vae = S.image_vae(d, s, seed)
     km.Graph([vae]).fit(n_iter=1, seed=seed)

@@ -35,8 +35,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
 
-SAMPLERS = {"blocked": "gibbs", "collapsed": "collapsed"}  # --sampler: the GMM's algorithm
-
 ROWS = {"vae_gmm": "VAE+GMM (integrated)",
         "no_feedback": "the same after its first update, continued without feedback",
         "first_update": "the same after its first update (no feedback yet)",
@@ -48,15 +46,15 @@ def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None,
     """The integrated model (`_serket.build_vae_gmm`: image -> VAE -> GMM), its paired controls
     (`_serket.vae_gmm`) and its image part alone (keys ``<row>_<metric>``), every GMM sampling with
     ``sampler``: ``"blocked"`` (``GMM(algorithm="gibbs")``) or ``"collapsed"`` (SERKET's sampler)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
-    algorithm = SAMPLERS[sampler]
+    if sampler not in S.SAMPLERS:
+        raise ValueError(f"sampler must be one of {tuple(S.SAMPLERS)}, got {sampler!r}")
+    algorithm = S.SAMPLERS[sampler]
     return {**S.vae_gmm(seed, smoke, data, algorithm), **S.gmm_on_vae(seed, smoke, data, algorithm)}
 
 
 if __name__ == "__main__":
     options = argparse.ArgumentParser(add_help=False)
-    options.add_argument("--sampler", choices=SAMPLERS, default="blocked",
+    options.add_argument("--sampler", choices=S.SAMPLERS, default="blocked",
                          help="the GMM's Gibbs sampler (default: the module's blocked one)")
     known, rest = options.parse_known_args()
     sys.argv = [sys.argv[0], *rest]

@@ -103,6 +103,12 @@ def test_performance_notes():
     assert torch.get_num_threads() >= 1
 
 
+def test_reliability_chapter():
+    """The seeded graph of "Seeds reproduce" runs and leaves torch's global generator as it was (its own
+    assert); that it is bitwise the same in two fresh processes is `test_modules_reliability.py`'s."""
+    run_file(ROOT / "docs" / "reliability.md")
+
+
 def test_families_chapter():
     torch.manual_seed(0)
     run_file(ROOT / "docs" / "families.md", check_prints=True)
@@ -151,12 +157,11 @@ VAE_FAMILY_PRELUDES = {
     0: '''
 import torch
 from example_loader import load_example
-from kizuna.distributions import Normal
+from kizuna.distributions import MLPBernoulli, MLPNormal, Normal
 from kizuna.losses import IWAE, KullbackLeibler
 from kizuna.metrics import log_likelihood
 from kizuna.models import VAE
 
-NormalNet, BernoulliNet = load_example("_common").NormalNet, load_example("_common").BernoulliNet
 x_train, x_test = (torch.rand(100, 784) > 0.5).float(), (torch.rand(2, 784) > 0.5).float()
 ''',
     1: '''
