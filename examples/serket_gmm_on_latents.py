@@ -6,7 +6,8 @@ sweeps, from several seeds of the chain, by
 
 * ``blocked``: `kizuna.modules.GMM` as it is (k-means start, blocked Gibbs, its data-set prior: :math:`m_0`
   the mean, :math:`S_0` the covariance, :math:`\nu_0 = D`, :math:`\alpha_0 = 1/K`);
-* ``collapsed``: the same module and prior with `kizuna.modules.gmm_collapsed.collapsed_gibbs`;
+* ``collapsed``: the same module and prior with ``GMM(algorithm="collapsed")``
+  (`kizuna.modules.gmm.collapsed.collapsed_gibbs`);
 * ``serket``: SERKET's GMM as its code runs it (naka-lab/Serket ``gmm/gmm.py``), here with the collapsed
   sampler: a uniformly random start, :math:`\kappa_0 = 1`, :math:`\nu_0 = D + 2`, :math:`S_0 = 0.1 I`,
   :math:`m_0` the mean, and weights :math:`N_k^{-n}` without a Dirichlet pseudo-count (:math:`\alpha_0 = 0`:

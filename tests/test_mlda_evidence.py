@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from kizuna.modules import MLDA
 from kizuna.modules import mlda_evidence as ev
 from kizuna.modules.lda.sampler import as_counts
 
@@ -73,3 +74,22 @@ def test_errors():
         ev.token_counts([1.0, 2.0], 2)
     with pytest.raises(ValueError, match="weight"):
         ev.token_counts([[1.0, 2.0]], 0)
+
+
+@pytest.mark.parametrize("rounding", ["floor", "largest_remainder"])
+def test_the_mlda_takes_the_rounding(rounding):
+    """``MLDA(weights=w, rounding=r)`` learns exactly what an MLDA without weights learns from the tokens
+    `token_counts` makes (same seed): the option reaches the sampler."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(40, 6, generator=g, dtype=torch.float64), 1)
+    words = torch.poisson(torch.full((40, 5), 4.0, dtype=torch.float64), generator=g)
+    fitted = MLDA(3, [50, None], rounding=rounding, max_iter=20, random_state=0).fit([probs, words])
+    tokens = ev.token_counts(probs, 50, rounding)
+    if rounding == "largest_remainder":
+        assert (tokens.sum(1) == 50).all()
+    else:
+        assert (tokens.sum(1) <= 50).all() and (tokens.sum(1) < 50).any()
+    reference = MLDA(3, None, max_iter=20, random_state=0).fit([tokens.double(), words])
+    torch.testing.assert_close(fitted.doc_topic_, reference.doc_topic_)
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        MLDA(3, rounding="ceil").fit([words])

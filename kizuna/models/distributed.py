@@ -232,7 +232,8 @@ def wrap(model: Any) -> nn.Module:
 def check_same(model: Any, data: Sequence[Any]) -> None:
     """An error on every rank when the model's size or the dict data's rows or batch sizes differ
     between ranks (fit shards one full copy of the data)."""
-    checks = {"the number of parameter elements": float(sum(p.numel() for p in model._params))}
+    trained = [p for group in model.optimizer.param_groups for p in group["params"]]
+    checks = {"the number of parameter elements": float(sum(p.numel() for p in trained))}
     for batches in data:
         if batches is not None:
             rows = -1 if batches.tensors is None else _rows(batches.tensors)

@@ -19,7 +19,8 @@ integer. How decides what the MLDA sees:
   more token for each of the :math:`w - \sum_v \lfloor t_{nv} \rfloor` largest remainders (Hamilton's
   apportionment), so every count is within one token of :math:`t_{nv}`.
 
-Without a weight the counts are used as they are (rounded).
+Without a weight the counts are used as they are (rounded). The MLDA takes the choice as
+``MLDA(..., rounding=...)`` (default ``"round"``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from kizuna.modules.lda.sampler import ROUNDINGS, _rescaled, as_counts
+
 Tensor = torch.Tensor
-ROUNDINGS = ("round", "floor", "largest_remainder")
+__all__ = ["ROUNDINGS", "rescaled", "token_counts"]
 
 
 def rescaled(x: Any, weight: float | None, what: str = "counts") -> Tensor:
@@ -42,16 +45,12 @@ def rescaled(x: Any, weight: float | None, what: str = "counts") -> Tensor:
     t = t.double()
     if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
         raise ValueError(f"{what}: counts must be finite and non-negative")
-    if weight is None:
-        return t
-    if not weight > 0:
-        raise ValueError(f"{what}: the weight must be positive, got {weight}")
-    sums = t.sum(1, keepdim=True)
-    return t / torch.where(sums > 0, sums, torch.ones_like(sums)) * weight
+    return t if weight is None else _rescaled(t, weight, what)
 
 
 def token_counts(x: Any, weight: float | None, rounding: str = "round", what: str = "counts") -> Tensor:
-    """Integer token counts (N×V long) of ``x`` rescaled to ``weight`` per row (see the module docstring).
+    """Integer token counts (N×V long) of ``x`` rescaled to ``weight`` per row (see the module docstring):
+    what ``MLDA(weights=..., rounding=...)`` counts (`kizuna.modules.lda.sampler.as_counts`).
 
     Args:
         x: counts or probabilities, N×V (array or tensor), finite and non-negative.
@@ -64,15 +63,4 @@ def token_counts(x: Any, weight: float | None, rounding: str = "round", what: st
     >>> token_counts([[0.996, 0.003, 0.001]], 200, "largest_remainder").tolist()
     [[199, 1, 0]]
     """
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"{what}: rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    t = rescaled(x, weight, what)
-    if rounding == "round" or weight is None:
-        return torch.round(t).long()
-    low = torch.floor(t)
-    if rounding == "floor":
-        return low.long()
-    missing = (t.sum(1) - low.sum(1)).round().long()  # the tokens the floors left out, per row
-    order = torch.argsort(t - low, dim=1, descending=True, stable=True)
-    extra = (torch.arange(t.shape[1], device=t.device) < missing[:, None]).long()
-    return low.long().scatter_add(1, order, extra)
+    return as_counts(rescaled(x, None, what), weight, what, rounding)

@@ -10,6 +10,7 @@ decreases), and :math:`B_{k,v} \propto \sum_t \gamma_t(k) [x_t = v]`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -97,10 +98,18 @@ class Gaussian:
         return out
 
     def log_prob(self, x: Tensor, p: Params) -> Tensor:
-        """:math:`\\log \\mathcal N(x_t | \\mu_k, \\Sigma_k)` (N, K)."""
+        """:math:`\\log \\mathcal N(x_t | \\mu_k, \\Sigma_k)` (N, K); for diagonal and spherical covariances
+        :math:`-\\tfrac12[\\sum_d x_d^2/\\sigma_{kd}^2 - 2 x_d\\mu_{kd}/\\sigma_{kd}^2 + \\mu_{kd}^2/\\sigma_{kd}^2
+        + \\log\\sigma_{kd}^2 + \\log 2\\pi]` by two matrix products (no Cholesky)."""
         means = p["means_"]
         if x.shape[1] != means.shape[-1]:
             raise ValueError(f"X has {x.shape[1]} features, but HMM is expecting {means.shape[-1]} features as input.")
+        if self.covariance_type in ("diag", "spherical"):  # two (N, D) x (D, K) products, as hmmlearn computes it
+            var = p["covars_"]
+            var = var[:, None].expand_as(means) if var.dim() == 1 else var
+            prec = 1.0 / var
+            quad = (x * x) @ prec.T - 2.0 * (x @ (means * prec).T) + (means * means * prec).sum(-1)
+            return -0.5 * (quad + torch.log(var).sum(-1) + x.shape[1] * math.log(2 * math.pi))
         chol = torch.linalg.cholesky(self.full_covars(p))
         diff = (x[None] - means[:, None]).mT  # (K, D, N)
         maha = torch.linalg.solve_triangular(chol, diff, upper=False).pow(2).sum(1).T  # (N, K)

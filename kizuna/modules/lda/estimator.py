@@ -16,7 +16,7 @@ import torch
 
 from kizuna.modules.estimator import Estimator
 from kizuna.modules.lda import algorithms as algo
-from kizuna.modules.lda.sampler import GibbsChain, as_counts
+from kizuna.modules.lda.sampler import ROUNDINGS, GibbsChain, as_counts
 from kizuna.modules.rng import generator_for, sample_dirichlet
 
 Tensor = torch.Tensor
@@ -29,6 +29,8 @@ class MultimodalLDA(Estimator):
         n_components: number of topics K.
         weights: per modality, the number of tokens each sample's counts are rescaled to (SERKET's
             ``weights``), or None to keep raw counts.
+        rounding: how rescaled counts become tokens: ``"round"`` (default), ``"floor"`` (SERKET's) or
+            ``"largest_remainder"`` (exactly ``weights[m]`` tokens a sample); see `kizuna.modules.mlda_evidence`.
         doc_topic_prior, topic_word_prior: :math:`\\alpha, \\beta` (default 1/K, as scikit-learn);
             ``alpha`` / ``beta`` are accepted as SERKET-style aliases.
         max_iter: Gibbs sweeps per `fit` / `transform` / module ``update`` (alias ``n_iter``).
@@ -54,8 +56,9 @@ class MultimodalLDA(Estimator):
     def __init__(self, n_components: int = 10, weights: Sequence[float | None] | None = None, *,
                  doc_topic_prior: float | None = None, topic_word_prior: float | None = None, max_iter: int = 100,
                  n_blocks: int = 16, n_init: int = 1, random_state: int | torch.Generator | None = None,
-                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None) -> None:
-        self.n_components, self.weights = n_components, weights
+                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None,
+                 rounding: str = "round") -> None:
+        self.n_components, self.weights, self.rounding = n_components, weights, rounding
         self.doc_topic_prior, self.topic_word_prior, self.max_iter = doc_topic_prior, topic_word_prior, max_iter
         self.n_blocks, self.n_init, self.random_state = n_blocks, n_init, random_state
         self.alpha, self.beta, self.n_iter = alpha, beta, n_iter
@@ -74,6 +77,8 @@ class MultimodalLDA(Estimator):
                            (self.beta, self.topic_word_prior, "beta/topic_word_prior")):
             if a is not None and b is not None:
                 raise ValueError(f"{self._owner}: give one of {what}, not both")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"{self._owner}: rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self._sweeps().n_sweeps < 0 or self.n_blocks < 1 or self.n_init < 1:
             raise ValueError(f"{self._owner}: max_iter must be >= 0, n_blocks and n_init >= 1")
         if any(p is not None and p <= 0 for p in (self.alpha, self.beta, self.doc_topic_prior, self.topic_word_prior)):
@@ -109,7 +114,7 @@ class MultimodalLDA(Estimator):
             if x is None and not allow_missing:
                 raise ValueError(f"{self._owner}: modality {m} is None; every modality is needed to fit")
             w = None if weights is None else weights[m]
-            counts.append(None if x is None else as_counts(x, w, f"{self._owner} modality {m}"))
+            counts.append(None if x is None else as_counts(x, w, f"{self._owner} modality {m}", self.rounding))
         present = [c for c in counts if c is not None]
         for m, c in enumerate(counts):
             if c is not None and c.shape[1] == 0:

@@ -79,11 +79,12 @@ class MLDA(ClassModule, MultimodalLDA):
                  *, doc_topic_prior: float | None = None, topic_word_prior: float | None = None, max_iter: int = 100,
                  n_blocks: int = 16, n_init: int = 1, prior_per: str = "token",
                  random_state: int | torch.Generator | None = None, name: str | None = None, learnable: bool = True,
-                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None) -> None:
+                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None,
+                 rounding: str = "round") -> None:
         ClassModule.__init__(self, n_components, category, name, learnable, random_state)
         MultimodalLDA.__init__(self, n_components, weights, doc_topic_prior=doc_topic_prior,
                                topic_word_prior=topic_word_prior, max_iter=max_iter, n_blocks=n_blocks, n_init=n_init,
-                               random_state=random_state, alpha=alpha, beta=beta, n_iter=n_iter)
+                               random_state=random_state, alpha=alpha, beta=beta, n_iter=n_iter, rounding=rounding)
         self.prior_per = prior_per
         self._validate()
 
@@ -113,12 +114,13 @@ class MLDA(ClassModule, MultimodalLDA):
         if weights is not None and len(weights) != len(forward):
             raise ValueError(f"{self.name}: {len(weights)} weights for {len(forward)} children")
         what = [f"{self.name}: message from {msg.sender}" for msg in forward]
-        counts = [as_counts(msg.value, self._child_weight(weights, m, msg.kind), what[m])
+        counts = [as_counts(msg.value, self._child_weight(weights, m, msg.kind), what[m], self.rounding)
                   if msg.kind != "posterior" else None for m, msg in enumerate(forward)]
         raw = [float(c.sum(1).double().mean()) for c in counts if c is not None]
         balance = max(1.0, round(sum(raw) / len(raw) / 2)) if raw else POSTERIOR_WEIGHT
         counts = [c if c is not None else as_counts(msg.value, self._child_weight(weights, m, msg.kind, balance),
-                                                    what[m]) for m, (c, msg) in enumerate(zip(counts, forward))]
+                                                    what[m], self.rounding)
+                  for m, (c, msg) in enumerate(zip(counts, forward))]
         if self._chain is None:  # once, when the chain starts
             warn_if_lopsided(counts, [f"modality {m} ({msg.kind} from {msg.sender})" for m, msg in enumerate(forward)],
                              self.name)

@@ -25,7 +25,8 @@ is one block. Estimates :math:`\hat\theta, \hat\phi` are averaged over the secon
 
 `as_counts` turns a modality into integer counts with SERKET's weights: with ``weight`` the counts of each
 sample are rescaled to sum to ``weight`` (a child's class posterior :math:`p(c_d=j)` becomes ``weight``
-class-word tokens), then rounded. Restarts, the estimator and the graph node are built on this file
+class-word tokens), then made integer (rounded by default; SERKET's floor or largest remainders on
+request). Restarts, the estimator and the graph node are built on this file
 (`kizuna.modules.lda.algorithms`, ``.estimator``, ``.node``).
 """
 
@@ -40,11 +41,24 @@ import torch
 from kizuna.modules.validation import as_tensor, check_finite
 
 Tensor = torch.Tensor
+ROUNDINGS = ("round", "floor", "largest_remainder")
 SORT_ABOVE = 1 << 20  # document-topic tables larger than this (elements) outgrow the cache: read them in order
 
 
-def as_counts(x: Any, weight: float | None, what: str) -> Tensor:
-    """Integer counts (N×V long) from a count / probability matrix, rescaled to ``weight`` per row."""
+def as_counts(x: Any, weight: float | None, what: str, rounding: str = "round") -> Tensor:
+    """Integer counts (N×V long) from a count / probability matrix, rescaled to ``weight`` per row.
+
+    Args:
+        x: counts or probabilities N×V, finite and non-negative.
+        weight: tokens per row (SERKET's modality weight), or None to keep ``x``'s own totals (rounded).
+        what: a name for error messages.
+        rounding: how the rescaled rows become integers (`kizuna.modules.mlda_evidence` compares them):
+            ``"round"``; ``"floor"`` (SERKET's ``int32`` cast: a row keeps fewer than ``weight`` tokens);
+            ``"largest_remainder"`` (exactly ``weight`` tokens a row: the floors, then one more token for each
+            of the largest remainders).
+    """
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"{what}: rounding must be one of {ROUNDINGS}, got {rounding!r}")
     t = as_tensor(x, "counts", what)
     if t.dim() != 2:
         raise ValueError(f"{what}: counts must be N x V, got shape {tuple(t.shape)}. Reshape your data with "
@@ -55,9 +69,26 @@ def as_counts(x: Any, weight: float | None, what: str) -> Tensor:
         row, col = (int(i) for i in (t < 0).nonzero()[0])
         raise ValueError(f"{what}: Negative values in data: counts must be non-negative, got "
                          f"{float(t[row, col]):.4g} at row {row}, column {col}")
-    if weight is not None:
-        t = t / torch.where(t.sum(1, keepdim=True) > 0, t.sum(1, keepdim=True), torch.ones_like(t[:, :1])) * weight
-    return torch.round(t).long()
+    if weight is None or rounding == "round":
+        if weight is not None:
+            t = _rescaled(t, weight, what)
+        return torch.round(t).long()
+    t = _rescaled(t.double(), weight, what)
+    low = torch.floor(t)
+    if rounding == "floor":
+        return low.long()
+    missing = (t.sum(1) - low.sum(1)).round().long()  # the tokens the floors left out, per row
+    order = torch.argsort(t - low, dim=1, descending=True, stable=True)
+    extra = (torch.arange(t.shape[1], device=t.device) < missing[:, None]).long()
+    return low.long().scatter_add(1, order, extra)
+
+
+def _rescaled(t: Tensor, weight: float, what: str) -> Tensor:
+    """Rows rescaled to sum to ``weight``, :math:`(x_{nv} / \\sum_u x_{nu})\\,w` (a zero row stays zero)."""
+    if not weight > 0:
+        raise ValueError(f"{what}: the weight must be positive, got {weight}")
+    sums = t.sum(1, keepdim=True)
+    return t / torch.where(sums > 0, sums, torch.ones_like(sums)) * weight
 
 
 def _draw(p: Tensor, generator: torch.Generator | None, u: Tensor | None = None) -> Tensor:
