@@ -8,7 +8,9 @@ connected under the concept module, and the place names' segmentation F is compa
 segmenter alone. See `kizuna.robot_demo` for the definitions of the scores.
 
     python examples/robot_house.py --seeds 5
-    python examples/robot_house.py --seeds 5 --split-merge 0      # without split-merge moves
+    python examples/robot_house.py --seeds 5 --first-seed 5        # seeds 5-9 (held out when choosing settings)
+    python examples/robot_house.py --seeds 5 --alpha 0.1 --beta 0.5 0.5 --sweeps 10   # SpatialConcept's defaults
+    python examples/robot_house.py --seeds 5 --split-merge 2      # with split-merge moves
     python examples/robot_house.py --seeds 5 --words phonemes
     python examples/robot_house.py --smoke
 """
@@ -30,11 +32,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default=None, help="append one JSON line per seed to this file")
     parser.add_argument("--split-merge", type=int, default=None, metavar="S",
                         help="split-merge proposals per concept sweep (0: none; default: SpatialConcept's)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+N-1 (default 0)")
+    parser.add_argument("--sweeps", type=int, default=30, help="concept sweeps per update (default 30)")
+    parser.add_argument("--alpha", type=float, default=None, help="stick-breaking alpha (default: the demo's, 1.0)")
+    parser.add_argument("--beta", type=float, nargs=2, default=None, metavar=("WORDS", "VIEWS"),
+                        help="Dirichlet beta of the word and view distributions (default: the demo's, 2.0 0.5)")
     parser.add_argument("--smoke", action="store_true", help="one seed, 150 events, 2 iterations")
     args = parser.parse_args(argv)
+    concept = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
     rows = []
-    for seed in range(1 if args.smoke else args.seeds):
-        result = run(seed, 150 if args.smoke else 300, args.words, 2 if args.smoke else 5, args.split_merge)
+    for seed in range(args.first_seed, args.first_seed + (1 if args.smoke else args.seeds)):
+        result = run(seed, 150 if args.smoke else 300, args.words, 2 if args.smoke else 5, args.split_merge,
+                     args.sweeps, concept)
         _print(result)
         row = {k: v for k, v in result.items() if k not in ("model", "house")}
         rows.append(row)

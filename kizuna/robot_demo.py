@@ -81,10 +81,20 @@ def parts(house: dict[str, Any], seed: int, sweeps: int = 50) -> dict[str, float
     return scores
 
 
-def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: int = 5, sweeps: int = 10,
-               split_merge: int | None = None) -> tuple[km.SpatialConcept, km.GMM, km.WordSegmenter | None]:
+CONCEPT_OPTIONS = {"alpha": 1.0, "beta": [2.0, 0.5]}  # stick-breaking alpha; Dirichlet beta of words, views
+
+
+def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: int = 5, sweeps: int = 30,
+               split_merge: int | None = None, concept: dict[str, Any] | None = None
+               ) -> tuple[km.SpatialConcept, km.GMM, km.WordSegmenter | None]:
     """GMM + SpatialConcept over word counts (``"clean"``) or a WordSegmenter on the phonemes, and views
-    (``split_merge``: proposals per sweep, None: the module's default)."""
+    (``split_merge``: proposals per sweep, None: the module's default; ``concept``: SpatialConcept options
+    replacing `CONCEPT_OPTIONS`'s).
+
+    The concept module's settings (`CONCEPT_OPTIONS`, ``sweeps``) were chosen on seeds 0-4 among ten
+    (docs/robotics.md, "Settings") and checked on seeds 5-9: :math:`\alpha = 1` (with 0.1 the chain merges
+    two places on two seeds of five), a smoother word distribution than view distribution
+    (:math:`\beta` 2.0 and 0.5: an utterance holds one name among filler words), 30 sweeps an update."""
     gmm = km.GMM(10, max_iter=10, name="gmm").connect(km.Observation(house["position"], name="position"))
     seg = None
     if words == "clean":
@@ -93,6 +103,7 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
         seg = km.WordSegmenter(n_iter=20, sweeps_per_update=2, init_length=8, anneal=3.0, name="segmenter")
         word_child = seg.connect(km.Observation(house["utterance"], name="phonemes"))
     options = {} if split_merge is None else {"split_merge": split_merge}
+    options = {**CONCEPT_OPTIONS, **(concept or {}), **options}
     spco = km.SpatialConcept(10, category=house["place"], sweeps=sweeps, name="spco", **options).connect(
         gmm, word_child, km.Observation(house["view"], name="view"))
     km.Graph([spco]).fit(n_iter, seed=seed)
@@ -100,12 +111,13 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
 
 
 def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 5,
-        split_merge: int | None = None) -> dict[str, Any]:
-    """One seed: the integrated model and its parts on the same house (see the module docstring)."""
+        split_merge: int | None = None, sweeps: int = 30, concept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One seed: the integrated model and its parts on the same house (see the module docstring;
+    ``sweeps`` and ``concept`` as in `integrated`)."""
     house = simulated_house(n_events, seed=seed)
     test = simulated_house(1000, seed=10_000 + seed)
     start = time.perf_counter()
-    spco, gmm, seg = integrated(house, seed, words, n_iter, split_merge=split_merge)
+    spco, gmm, seg = integrated(house, seed, words, n_iter, sweeps, split_merge, concept)
     vocabulary = house["vocabulary"] if seg is None else seg.vocabulary_
     result: dict[str, Any] = {
         "seed": seed, "words": words, "ari": spco.ari, "n_concepts": spco.n_concepts_,
