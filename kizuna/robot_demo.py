@@ -100,7 +100,7 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     if words == "clean":
         word_child: km.Module = km.Observation(house["word_counts"], name="words")
     else:
-        seg = km.WordSegmenter(n_iter=20, sweeps_per_update=2, init_length=8, anneal=3.0, name="segmenter")
+        seg = km.WordSegmenter(n_iter=20, sweeps_per_update=2, name="segmenter")
         word_child = seg.connect(km.Observation(house["utterance"], name="phonemes"))
     options = {} if split_merge is None else {"split_merge": split_merge}
     options = {**CONCEPT_OPTIONS, **(concept or {}), **options}
@@ -125,7 +125,7 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
         "name_accuracy": name_accuracy(spco, house, test, vocabulary) if seg is None else None,
         "seconds": time.perf_counter() - start, "parts": parts(house, seed), "model": spco, "house": house}
     if seg is not None:
-        alone = km.WordSegmenter(n_iter=20 + 2 * (n_iter - 1), init_length=8, anneal=3.0, random_state=seed).fit(
+        alone = km.WordSegmenter(n_iter=20 + 2 * (n_iter - 1), random_state=seed).fit(
             house["utterance"])
         result["name_f_connected"] = place_name_f(house, seg.segmentation_)
         result["name_f_alone"] = place_name_f(house, alone.segmentation_)
