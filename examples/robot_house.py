@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
-    keys = ["ari", "n_concepts"] + [k for k in ("name_accuracy", "name_f_connected", "name_f_alone")
+    keys = ["ari", "n_concepts"] + [k for k in ("name_accuracy", "name_f_connected", "name_f_paired", "name_f_alone")
                                      if rows[0].get(k) is not None]
     print(f"mean over {len(rows)} seeds: " + ", ".join(f"{k} {np.mean([r[k] for r in rows]):.3f}" for k in keys))
     for name in rows[0]["parts"]:

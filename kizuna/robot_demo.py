@@ -24,6 +24,7 @@ position component of a concept, the concept's word of largest lift; ``confusion
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from kizuna import modules as km
 from kizuna.datasets.house import simulated_house
 from kizuna.metrics import adjusted_rand_score
 from kizuna.metrics.clustering import contingency
+from kizuna.modules.npylm import gibbs_sweep
 
 
 def name_accuracy(spco: km.SpatialConcept, house: dict[str, Any], test: dict[str, Any],
@@ -86,10 +88,11 @@ CONCEPT_OPTIONS = {"alpha": 1.0, "beta": [2.0, 0.5]}  # stick-breaking alpha; Di
 
 def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: int = 5, sweeps: int = 30,
                split_merge: int | None = None, concept: dict[str, Any] | None = None
-               ) -> tuple[km.SpatialConcept, km.GMM, km.WordSegmenter | None]:
+               ) -> tuple[km.SpatialConcept, km.GMM, km.WordSegmenter | None, km.WordSegmenter | None]:
     """GMM + SpatialConcept over word counts (``"clean"``) or a WordSegmenter on the phonemes, and views
     (``split_merge``: proposals per sweep, None: the module's default; ``concept``: SpatialConcept options
-    replacing `CONCEPT_OPTIONS`'s).
+    replacing `CONCEPT_OPTIONS`'s). With phonemes, also the paired control: a copy of the segmenter after
+    its first update (before any prior from the concept module) continued by as many sweeps without it.
 
     The concept module's settings (`CONCEPT_OPTIONS`, ``sweeps``) were chosen on seeds 0-4 among ten
     (docs/robotics.md, "Settings") and checked on seeds 5-9: :math:`\alpha = 1` (with 0.1 the chain merges
@@ -106,8 +109,17 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     options = {**CONCEPT_OPTIONS, **(concept or {}), **options}
     spco = km.SpatialConcept(10, category=house["place"], sweeps=sweeps, name="spco", **options).connect(
         gmm, word_child, km.Observation(house["view"], name="view"))
-    km.Graph([spco]).fit(n_iter, seed=seed)
-    return spco, gmm, seg
+    graph = km.Graph([spco])
+    if seg is None:
+        graph.fit(n_iter, seed=seed)
+        return spco, gmm, seg, None
+    graph.fit(1, seed=seed)  # the segmenter's first update has no prior yet
+    paired = copy.deepcopy(seg)  # the paired control continues from here without the concept prior
+    graph.fit(n_iter - 1, seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range((n_iter - 1) * seg.sweeps_per_update):
+        gibbs_sweep(paired.model_, paired.utterances_, paired.segmentation_, rng)
+    return spco, gmm, seg, paired
 
 
 def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 5,
@@ -117,7 +129,7 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
     house = simulated_house(n_events, seed=seed)
     test = simulated_house(1000, seed=10_000 + seed)
     start = time.perf_counter()
-    spco, gmm, seg = integrated(house, seed, words, n_iter, sweeps, split_merge, concept)
+    spco, gmm, seg, paired = integrated(house, seed, words, n_iter, sweeps, split_merge, concept)
     vocabulary = house["vocabulary"] if seg is None else seg.vocabulary_
     result: dict[str, Any] = {
         "seed": seed, "words": words, "ari": spco.ari, "n_concepts": spco.n_concepts_,
@@ -128,6 +140,7 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
         alone = km.WordSegmenter(n_iter=20 + 2 * (n_iter - 1), random_state=seed).fit(
             house["utterance"])
         result["name_f_connected"] = place_name_f(house, seg.segmentation_)
+        result["name_f_paired"] = place_name_f(house, paired.segmentation_)
         result["name_f_alone"] = place_name_f(house, alone.segmentation_)
     return result
 
@@ -141,7 +154,8 @@ def _print(result: dict[str, Any]) -> None:
     for name, ari in result["parts"].items():
         print(f"  {name:40s} ARI {ari:.3f}")
     if "name_f_connected" in result:
-        print(f"  place-name segmentation F: connected {result['name_f_connected']:.3f}, "
+        print(f"  place-name segmentation F: connected {result['name_f_connected']:.3f}, paired control "
+              f"{result['name_f_paired']:.3f} (same first update, no concept prior after it), "
               f"alone {result['name_f_alone']:.3f}")
 
 
