@@ -46,7 +46,7 @@ def latents(seed: int, folder: str | None, data: str | None, smoke: bool = False
             return f["latent"]
     s = S.SMOKE if smoke else S.SERKET
     d = S.digits(data, s.n)
-    vae = S.image_vae(d, s, seed)
+    vae = S.image_vae(d, s)
     km.Graph([vae]).fit(n_iter=1, seed=seed)
     return np.asarray(vae.latent)
 
@@ -56,9 +56,10 @@ def gmm_message(z: np.ndarray, d: S.Digits, chain: int, sweeps: int) -> tuple[to
     its forward message (the class posteriors N×K) and its accuracy; the graph's stream seeded by ``chain``."""
     gmm = km.GMM(10, category=d.label, max_iter=sweeps, name="gmm").connect(km.Observation(z, name="latent"))
     mlda = km.MLDA(10, weights=list(WEIGHTS), name="mlda").connect(km.Observation(d.speech, name="speech"), gmm)
-    graph = km.Graph([mlda]).fit(n_iter=0, seed=chain)  # sets the generator; no update yet
-    for module in graph.modules[:graph.modules.index(gmm) + 1]:
-        module.update()
+    graph = km.Graph([mlda])
+    ctx = graph.context(seed=chain)
+    for module in graph.modules[:graph.modules.index(gmm) + 1]:  # the data and the GMM, not the MLDA
+        module.update(ctx)
     return gmm.forward_message.value, float(gmm.accuracy)
 
 
