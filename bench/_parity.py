@@ -62,6 +62,30 @@ def step_ratio(kizuna: Step, reference: Step, repeats: int, calls: int) -> tuple
     return statistics.median(times["kizuna"]), statistics.median(times["reference"]), r
 
 
+def report_speed(args: argparse.Namespace, kizuna: Step, reference: Step, profile_steps: int = 200,
+                 kizuna_title: str = "kizuna Model.train") -> None:
+    """Print the interleaved step times and their ratio (`step_ratio`), and with ``--profile`` both profiles."""
+    k, r, ratio = step_ratio(kizuna, reference, 3 if args.quick else args.repeats, 3 if args.quick else args.calls)
+    print(f"  step time: kizuna {k * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, ratio {ratio:.3f} "
+          f"(median of interleaved repeats)")
+    if args.profile:
+        print(profile(kizuna, profile_steps, kizuna_title))
+        print(profile(reference, profile_steps, "hand-written step"))
+
+
+def quality_over_seeds(args: argparse.Namespace, one_seed: Callable[[int], dict[str, dict[str, float]]]) -> None:
+    """Run ``one_seed(seed)`` (``{"kizuna" | "reference": {metric: value}}``) for every seed, printing each
+    seed's figures and then `quality_table`."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for seed in range(1 if args.quick else args.seeds):
+        for name, metrics in one_seed(seed).items():
+            for metric, value in metrics.items():
+                rows.setdefault(metric, {"kizuna": [], "reference": []})[name].append(value)
+        print(f"seed {seed}: " + ", ".join(f"{m} {v['kizuna'][-1]:.3f} / {v['reference'][-1]:.3f}"
+                                           for m, v in rows.items()), flush=True)
+    print(quality_table(rows))
+
+
 def agree(kizuna: Callable[[], torch.Tensor], reference: Callable[[], torch.Tensor], seed: int = 5) -> None:
     """Print both first-step losses from the same weights, batch and random stream, and their difference."""
     with torch.random.fork_rng(devices=[]):

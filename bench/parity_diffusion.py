@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, agree, profile, quality_table, start, step_ratio, train_timed
+from _parity import add_args, agree, quality_over_seeds, report_speed, start, train_timed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -115,12 +115,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
         opt.step()
 
     k_step = lambda: model.train({"x_0": x0})  # noqa: E731
-    k, r, ratio = step_ratio(k_step, r_step, 3 if args.quick else args.repeats, 3 if args.quick else args.calls)
-    print(f"  step time: kizuna {k * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, ratio {ratio:.3f} "
-          f"(median of interleaved repeats)")
-    if args.profile:
-        print(profile(k_step, 200, "kizuna Model.train"))
-        print(profile(r_step, 200, "hand-written step"))
+    report_speed(args, k_step, r_step)
 
 
 def main() -> None:
@@ -131,14 +126,7 @@ def main() -> None:
     cfg = QUICK if args.quick else CFG
     x, y = load_digits()
     x_train, _, x_test, _ = split(x, y, 0.2, seed=0)
-    rows: dict[str, dict[str, list[float]]] = {}
-    for seed in range(1 if args.quick else args.seeds):
-        for name, metrics in one_seed(seed, cfg, x_train, x_test).items():
-            for metric, value in metrics.items():
-                rows.setdefault(metric, {"kizuna": [], "reference": []})[name].append(value)
-        print(f"seed {seed}: " + ", ".join(f"{m} {v['kizuna'][-1]:.3f} / {v['reference'][-1]:.3f}"
-                                           for m, v in rows.items()), flush=True)
-    print(quality_table(rows))
+    quality_over_seeds(args, lambda seed: one_seed(seed, cfg, x_train, x_test))
     speed(args, cfg, x_train)
 
 

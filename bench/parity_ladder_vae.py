@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, agree, profile, quality_table, start, step_ratio, train_timed
+from _parity import add_args, agree, quality_over_seeds, report_speed, start, train_timed
 from torch import distributions as D
 from torch.nn import functional as F
 
@@ -111,12 +111,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
         reference_loss(m_r, x, 1.0).backward()
         opt_r.step()
 
-    k, r, ratio = step_ratio(k_step, r_step, 3 if args.quick else args.repeats, 3 if args.quick else args.calls)
-    print(f"  step time: kizuna {k * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, ratio {ratio:.3f} "
-          f"(median of interleaved repeats)")
-    if args.profile:
-        print(profile(k_step, 200, "kizuna loss.eval + backward + Adam"))
-        print(profile(r_step, 200, "hand-written step"))
+    report_speed(args, k_step, r_step, kizuna_title="kizuna loss.eval + backward + Adam")
 
 
 def main() -> None:
@@ -126,14 +121,7 @@ def main() -> None:
     start(args, "Ladder VAE (2 layers) on binarised digits: kizuna vs hand-written PyTorch")
     cfg = QUICK if args.quick else CFG
     x_train, _, x_test, _ = binary_images("digits", seed=0, n_test=360)
-    rows: dict[str, dict[str, list[float]]] = {}
-    for seed in range(1 if args.quick else args.seeds):
-        for name, metrics in one_seed(seed, cfg, x_train, x_test).items():
-            for metric, value in metrics.items():
-                rows.setdefault(metric, {"kizuna": [], "reference": []})[name].append(value)
-        print(f"seed {seed}: " + ", ".join(f"{m} {v['kizuna'][-1]:.3f} / {v['reference'][-1]:.3f}"
-                                           for m, v in rows.items()), flush=True)
-    print(quality_table(rows))
+    quality_over_seeds(args, lambda seed: one_seed(seed, cfg, x_train, x_test))
     speed(args, cfg, x_train)
 
 
