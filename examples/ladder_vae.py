@@ -29,53 +29,101 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bernoulli_baseline, binary_images, report  # noqa: E402
 
-from kizuna.losses import ELBO  # noqa: E402
+from kizuna.formula.expr import Loss  # noqa: E402
+from kizuna.losses import ELBO, IWAE  # noqa: E402
 from kizuna.metrics import bits_per_dim, log_likelihood  # noqa: E402
 from kizuna.models import LadderVAE  # noqa: E402
 
-SMOKE = {"dataset": "digits", "z_dims": [8, 4], "hidden": [128, 64], "epochs": 60, "warmup": 10, "k": 200,
-         "n_test": 360}
-FULL = {"dataset": "mnist", "z_dims": [32, 16], "hidden": [400, 200], "epochs": 100, "warmup": 20, "k": 5000,
+SMOKE = {"dataset": "digits", "z_dims": [8, 4], "hidden": [128, 64], "depth": 1, "dropout": 0.0, "epochs": 60,
+         "warmup": 10, "free_nats": 0.0, "k_train": 1, "early_stopping": True, "k_val": 1, "k": 200, "n_test": 360}
+FULL = {"dataset": "mnist", "z_dims": [32, 16], "hidden": [400, 200], "depth": 1, "dropout": 0.0, "epochs": 100,
+        "warmup": 20, "free_nats": 0.0, "k_train": 1, "early_stopping": True, "k_val": 1, "k": 5000,
         "n_test": None}
 
 
-def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[str, float]:
-    """Train the Ladder VAE and return the held-out figures (nats per image, bits per pixel)."""
-    cfg = dict(SMOKE if smoke else FULL)
-    cfg["dataset"] = dataset or cfg["dataset"]
-    torch.manual_seed(seed)
-    x_train, _, x_test, _ = binary_images(cfg["dataset"], seed=seed, n_test=cfg["n_test"])
-    dim = x_train.shape[1]
-    m = LadderVAE(dim, cfg["z_dims"], cfg["hidden"])
-    print(f"generative model: {m.p}\ninference model : {m.q}\nloss            : {m.loss().mean()}")
+def _objective(m: LadderVAE, cfg: dict, epoch: int) -> Loss:
+    """The batch loss of one epoch: the warmed-up, floored negative ELBO, or minus the IWAE bound."""
+    if cfg["k_train"] > 1:
+        return -IWAE(m.p, m.q, k=cfg["k_train"]).mean()
+    weight = min(1.0, (epoch + 1) / cfg["warmup"]) if cfg["warmup"] > 0 else 1.0
+    return m.loss(weight, free_nats=cfg["free_nats"]).mean()
+
+
+def _validation(m: LadderVAE, x_val: torch.Tensor, k_val: int) -> float:
+    """The held-out ELBO (``k_val = 1``) or IWAE estimate of :math:`\\log p(x)` with ``k_val`` samples."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        if k_val == 1:
+            return ELBO(m.p, m.q).eval({"x": x_val}).mean().item()
+        return log_likelihood(m.p, m.q, {"x": x_val}, k=k_val).mean().item()
+
+
+def train(m: LadderVAE, x_train: torch.Tensor, cfg: dict, seed: int, verbose: bool) -> float:
+    """Adam 1e-3, batch 100; returns CPU seconds.
+
+    With ``early_stopping`` the last tenth of ``x_train`` is held out and the weights with its best ELBO
+    or, with ``k_val > 1``, IWAE estimate (checked every 5 epochs after the warm-up) are kept; without
+    it every training image is used for ``epochs`` epochs, as `examples/vae.py` trains.
+    """
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(m.parameters(), lr=1e-3)
-    n_val = len(x_train) // 10  # the last tenth of the training images chooses the epoch to keep
-    x_fit, x_val = x_train[:-n_val], x_train[-n_val:]
+    n_val = len(x_train) // 10 if cfg["early_stopping"] else 0
+    x_fit, x_val = (x_train[:-n_val], x_train[-n_val:]) if n_val else (x_train, None)
     best, best_state = -math.inf, copy.deepcopy(m.state_dict())
     start = time.process_time()
     for epoch in range(cfg["epochs"]):
-        weight = min(1.0, (epoch + 1) / cfg["warmup"])
-        loss = m.loss(weight).mean()  # the KL weight of the warm-up
+        m.train()
+        loss = _objective(m, cfg, epoch)
         for idx in torch.randperm(len(x_fit), generator=g).split(100):
             optimizer.zero_grad()
             loss.eval({"x": x_fit[idx]}).backward()
             optimizer.step()
-        if weight == 1.0 and (epoch + 1) % 5 == 0:
-            with torch.no_grad():
-                val = ELBO(m.p, m.q).eval({"x": x_val}).mean().item()
+        warm = cfg["k_train"] > 1 or epoch + 1 >= cfg["warmup"]
+        if x_val is not None and warm and (epoch + 1) % 5 == 0:
+            m.eval()
+            val = _validation(m, x_val, cfg["k_val"])
             if val > best:
                 best, best_state = val, copy.deepcopy(m.state_dict())
-            if not smoke:
-                print(f"epoch {epoch + 1}: validation ELBO {val:.2f}", flush=True)
-    m.load_state_dict(best_state)
-    seconds = time.process_time() - start
+            if verbose:
+                print(f"epoch {epoch + 1}: validation {'ELBO' if cfg['k_val'] == 1 else 'log p(x)'} {val:.2f}",
+                      flush=True)
+    if x_val is not None:
+        m.load_state_dict(best_state)
+    m.eval()
+    return time.process_time() - start
+
+
+def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, **overrides: object) -> dict[str, float]:
+    """Train the Ladder VAE and return the held-out figures (nats per image, bits per pixel).
+
+    ``overrides`` replace entries of the configuration (`FULL` or `SMOKE`), e.g. ``depth=2``.
+    """
+    cfg = dict(SMOKE if smoke else FULL)
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"ladder_vae.run: unknown settings {sorted(unknown)}; known: {sorted(cfg)}")
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg["dataset"] = dataset or cfg["dataset"]
+    torch.manual_seed(seed)
+    x_train, _, x_test, _ = binary_images(cfg["dataset"], seed=seed, n_test=cfg["n_test"])
+    dim = x_train.shape[1]
+    m = LadderVAE(dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], dropout=cfg["dropout"])
+    print(f"generative model: {m.p}\ninference model : {m.q}\nloss            : {_objective(m, cfg, 10**6)}")
+    print(f"settings        : {cfg}", flush=True)
+    seconds = train(m, x_train, cfg, seed, verbose=not smoke)
     with torch.no_grad():
         elbo = ELBO(m.p, m.q).eval({"x": x_test}).mean().item()
-    ll = log_likelihood(m.p, m.q, {"x": x_test}, k=cfg["k"]).mean().item()
+    torch.manual_seed(seed + 1)  # the evaluation draws, as examples/iwae.py
+    ll = log_likelihood(m.p, m.q, {"x": x_test}, k=cfg["k"])
     base = bernoulli_baseline(x_train, x_test)
-    return {"test_ll": ll, "test_elbo": elbo, "bits_per_dim": bits_per_dim(ll, dim), "baseline_ll": base,
-            "k": float(cfg["k"]), "train_cpu_seconds": seconds}
+    out = {"test_ll": ll.mean().item(), "test_elbo": elbo, "bits_per_dim": bits_per_dim(ll.mean().item(), dim),
+           "baseline_ll": base, "k": float(cfg["k"]), "train_cpu_seconds": seconds}
+    if len(x_test) > 500:  # examples/iwae.py evaluates on the first 500 test images
+        out["test_ll_first_500"] = ll[:500].mean().item()
+    return out
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
 
 
 if __name__ == "__main__":
@@ -83,6 +131,19 @@ if __name__ == "__main__":
     parser.add_argument("--smoke", action="store_true", help="digits, a short run (CI)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", choices=["digits", "mnist", "fashion"], default=None)
-    args = parser.parse_args()
+    parser.add_argument("--z-dims", type=_ints, help="latent sizes bottom up, e.g. 32,16")
+    parser.add_argument("--hidden", type=_ints, help="bottom-up widths, e.g. 400,200")
+    parser.add_argument("--depth", type=int, help="hidden layers per bottom-up block and prior network")
+    parser.add_argument("--dropout", type=float, help="dropout after every hidden layer")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--warmup", type=int, help="epochs of linear KL warm-up (0: none)")
+    parser.add_argument("--free-nats", type=float, help="floor on each layer's KL per image")
+    parser.add_argument("--k-train", type=int, help="train on the IWAE bound with this many samples (1: ELBO)")
+    parser.add_argument("--no-early-stopping", dest="early_stopping", action="store_const", const=False,
+                        help="train on all training images for --epochs epochs, as examples/vae.py")
+    parser.add_argument("--k-val", type=int, help="early stopping on the held-out IWAE estimate with this k "
+                        "(1: the held-out ELBO)")
+    parser.add_argument("--k", type=int, help="importance samples of the held-out log p(x)")
+    args = vars(parser.parse_args())
     torch.set_num_threads(1)
-    report(run(smoke=args.smoke, seed=args.seed, dataset=args.dataset))
+    report(run(**args))

@@ -29,8 +29,7 @@ from kizuna.distributions import Bernoulli, Distribution, Normal
 from kizuna.distributions.base import Tensor
 from kizuna.distributions.normal_product import NormalProduct
 from kizuna.formula.expr import Loss
-from kizuna.losses import Expectation, KullbackLeibler, LogProb
-from kizuna.nets import MLP
+from kizuna.losses import Expectation, KullbackLeibler, LogProb, MaxLoss
 
 
 class _NormalHead(Normal):
@@ -43,6 +42,15 @@ class _NormalHead(Normal):
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         loc, s = self.head(self.body(cond[self._cond_var[0]])).chunk(2, -1)
         return {"loc": loc, "scale": F.softplus(s) + 1e-4}
+
+
+def _block(n_in: int, widths: Sequence[int], dropout: float) -> nn.Sequential:
+    """``Linear -> ReLU (-> Dropout)`` for each width: a deterministic layer of the ladder."""
+    layers: list[nn.Module] = []
+    for w in widths:
+        layers += [nn.Linear(n_in, w), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+        n_in = w
+    return nn.Sequential(*layers)
 
 
 class _BernoulliHead(Bernoulli):
@@ -62,6 +70,11 @@ class LadderVAE(nn.Module):
         z_dims: latent sizes from the bottom layer up, e.g. ``[32, 16]``.
         hidden: widths of the bottom-up layers :math:`f_i` (one per stochastic layer); the top-down
             networks use the same widths.
+        depth: hidden layers in each bottom-up block :math:`f_i` and each top-down prior network
+            (``depth=2`` with ``hidden[0] = 400`` gives the bottom layer the single-layer VAE's
+            784-400-400 encoder); the decoder :math:`p(x|z_1)` always has two hidden layers of ``hidden[0]``.
+        dropout: dropout rate after every hidden layer of every network (0: none); a regulariser
+            for small training sets, off in ``eval()`` mode, where the densities are evaluated.
 
     Attributes: ``p`` (the joint :math:`p(x, z_{1:L})`), ``q`` (the joint posterior), ``prior``,
     ``decoder``, ``priors`` (:math:`p(z_i|z_{i+1})`, bottom up), ``posteriors`` (:math:`q(z_i|\\cdot)`).
@@ -75,16 +88,20 @@ class LadderVAE(nn.Module):
     KL[q(z_2|x)||p_{prior}(z_2)] + E_{q(z_2|x)}[KL[q(z_1|x,z_2)||p(z_1|z_2)] - E_{q(z_1|x,z_2)}[log p(x|z_1)]]
     """
 
-    def __init__(self, x_dim: int, z_dims: Sequence[int], hidden: Sequence[int], x_var: str = "x") -> None:
+    def __init__(self, x_dim: int, z_dims: Sequence[int], hidden: Sequence[int], x_var: str = "x",
+                 depth: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         if len(z_dims) < 1 or len(hidden) != len(z_dims):
             raise ValueError(f"LadderVAE: give one hidden width per stochastic layer, got z_dims={list(z_dims)}, "
                              f"hidden={list(hidden)}")
+        if depth < 1 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LadderVAE: depth must be >= 1 and dropout in [0, 1), got depth={depth}, "
+                             f"dropout={dropout}")
         self.x_var, L = x_var, len(z_dims)
         names = [f"z_{i + 1}" for i in range(L)]
         sizes = [x_dim, *hidden]
         trunk: list[nn.Module] = []  # d_i = f_i(d_{i-1}), shared by every q-hat above it
-        self.bottom_up = nn.ModuleList(nn.Sequential(nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU()) for i in range(L))
+        self.bottom_up = nn.ModuleList(_block(sizes[i], [sizes[i + 1]] * depth, dropout) for i in range(L))
         likelihood_terms = []
         for i in range(L):
             trunk.append(self.bottom_up[i])
@@ -93,9 +110,11 @@ class LadderVAE(nn.Module):
                                                 name=name))
         self.prior = Normal(var=[names[-1]], loc=0.0, scale=1.0, features_shape=[z_dims[-1]], name="p_prior")
         self.priors = nn.ModuleList(
-            _NormalHead(names[i], names[i + 1], MLP(z_dims[i + 1], hidden[i], hidden[i]), hidden[i], z_dims[i], "p")
+            _NormalHead(names[i], names[i + 1], _block(z_dims[i + 1], [hidden[i]] * depth, dropout), hidden[i],
+                        z_dims[i], "p")
             for i in range(L - 1))
-        self.decoder = _BernoulliHead(x_var, names[0], MLP(z_dims[0], hidden[0], hidden[0], x_dim), "p")
+        decoder = nn.Sequential(_block(z_dims[0], [hidden[0]] * 2, dropout), nn.Linear(hidden[0], x_dim))
+        self.decoder = _BernoulliHead(x_var, names[0], decoder, "p")
         posteriors: list[Distribution] = [NormalProduct([likelihood_terms[i], self.priors[i]], name="q")
                                           for i in range(L - 1)]
         posteriors.append(likelihood_terms[-1])
@@ -115,9 +134,23 @@ class LadderVAE(nn.Module):
             joint = joint * f
         return joint
 
-    def loss(self, beta: float = 1.0) -> Loss:
-        """The negative ELBO per row (module docstring); ``beta`` weights every KL term."""
-        weight = (lambda term: beta * term) if beta != 1 else (lambda term: term)
+    def loss(self, beta: float = 1.0, free_nats: float = 0.0) -> Loss:
+        """The negative ELBO per row (module docstring).
+
+        Args:
+            beta: weight of every KL term (KL warm-up).
+            free_nats: a floor :math:`\\lambda` on each layer's KL per row,
+                :math:`\\max(D_{KL}[q(z_i|\\cdot)\\|p(z_i|\\cdot)], \\lambda)` ("free bits", Kingma et al. 2016,
+                arXiv:1606.04934): a layer whose KL is below the floor gets no gradient pushing it to the
+                prior, which keeps the top layers from collapsing. 0 gives the ELBO.
+        """
+        if free_nats < 0:
+            raise ValueError(f"LadderVAE.loss: free_nats must be >= 0, got {free_nats}")
+
+        def weight(kl: Loss) -> Loss:
+            kl = MaxLoss(kl, free_nats) if free_nats > 0 else kl
+            return beta * kl if beta != 1 else kl
+
         recon = Expectation(self.posteriors[0], LogProb(self.decoder))
         inner: Loss | None = None  # what E_{q(z_{i+1}|.)} averages
         for i in range(len(self.posteriors) - 1):
