@@ -15,6 +15,9 @@ import pytest
 import torch
 from example_loader import run_smoke
 from scipy import stats
+from torch import distributions as D
+from torch import nn
+from torch.distributions import kl_divergence
 
 from kizuna.distributions import Normal, NormalProduct
 from kizuna.losses import ELBO
@@ -57,6 +60,43 @@ def test_ladder_bound_equals_the_monte_carlo_elbo() -> None:
     assert all(g is not None for g in grads)  # every network, including the top-down priors, gets a gradient
     with pytest.raises(ValueError, match="one hidden width per stochastic layer"):
         LadderVAE(6, [3, 2], [8])
+
+
+def _linear_shapes(module: nn.Module) -> list[tuple[int, ...]]:
+    return [tuple(layer.weight.shape) for layer in module.modules() if isinstance(layer, nn.Linear)]
+
+
+def test_depth_gives_the_bottom_layer_the_vae_encoder_and_dropout_is_off_in_eval() -> None:
+    m = LadderVAE(784, [32, 8], [400, 100], depth=2, dropout=0.3)
+    assert _linear_shapes(m.posteriors[0].factors_[0]) == [(400, 784), (400, 400), (64, 400)]  # the VAE encoder
+    assert _linear_shapes(m.decoder) == [(400, 32), (400, 400), (784, 400)]  # and its decoder's
+    x, z = torch.bernoulli(torch.full((5, 784), 0.3)), torch.randn(5, 32)
+    m.eval()
+    a, b = (m.decoder.get_log_prob({"x": x, "z_1": z}) for _ in range(2))
+    torch.testing.assert_close(a, b)
+    m.train()
+    assert not torch.allclose(m.decoder.get_log_prob({"x": x, "z_1": z}), a)
+    for bad in ({"depth": 0}, {"dropout": 1.0}, {"dropout": -0.1}):
+        with pytest.raises(ValueError, match="depth must be >= 1 and dropout"):
+            LadderVAE(6, [3], [8], **bad)
+
+
+def test_free_nats_floor_each_kl_per_row() -> None:
+    """One layer: loss(free_nats=l) - loss() = max(KL, l) - KL per row, KL from torch.distributions."""
+    m = LadderVAE(6, [3], [8]).double()
+    x = torch.bernoulli(torch.full((50, 6), 0.4, dtype=F64))
+    with torch.no_grad():
+        params = m.posteriors[0].get_params({"x": x})
+        kl = kl_divergence(D.Normal(params["loc"], params["scale"]), D.Normal(0.0, 1.0)).sum(-1)
+        level = kl.median().item()  # half the rows are floored
+        torch.manual_seed(1)
+        plain = m.loss().eval({"x": x})
+        torch.manual_seed(1)
+        floored = m.loss(free_nats=level).eval({"x": x})
+    torch.testing.assert_close(floored - plain, kl.clamp(min=level) - kl)
+    assert str(m.loss(0.5, free_nats=0.25)).startswith("0.5 * max(KL[q(z_1|x)||p_{prior}(z_1)], 0.25)")
+    with pytest.raises(ValueError, match="free_nats must be >= 0"):
+        m.loss(free_nats=-1.0)
 
 
 @pytest.mark.slow
