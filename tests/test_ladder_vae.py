@@ -102,5 +102,5 @@ def test_free_nats_floor_each_kl_per_row() -> None:
 @pytest.mark.slow
 def test_ladder_vae_smoke() -> None:
     m = run_smoke("ladder_vae")
-    assert m["test_ll"] > m["baseline_ll"] + 2  # measured -20.0 vs -24.3 nats on the digits
+    assert m["test_ll"] > m["baseline_ll"] + 3  # measured -19.4 vs -24.3 nats on the digits (free nats 0.5)
     assert m["test_ll"] >= m["test_elbo"] - 0.05
