@@ -79,8 +79,15 @@ def bound_nats(q: VectorQuantizer, p: Decoder, prior: PixelCNNCategorical, x: to
     return torch.cat(out)
 
 
-def run(smoke: bool = False, seed: int = 0) -> dict[str, float]:
-    cfg = SMOKE if smoke else FULL
+def run(smoke: bool = False, seed: int = 0, epochs: int | None = None, prior_epochs: int | None = None
+        ) -> dict[str, float]:
+    """Train stage 1 and the prior; return the test bound (nats, bits/dim), codes used and CPU seconds.
+
+    ``epochs`` and ``prior_epochs`` replace the configuration's (`FULL` or `SMOKE`) epochs of each stage.
+    """
+    cfg = dict(SMOKE if smoke else FULL)
+    cfg["epochs"] = epochs or cfg["epochs"]
+    cfg["prior_epochs"] = prior_epochs or cfg["prior_epochs"]
     torch.manual_seed(seed)
     x_train, _, x_test, _ = binary_images(cfg["dataset"], seed=seed, n_test=cfg["n_test"])
     grid = cfg["side"] // 2 ** cfg["downs"]
@@ -109,6 +116,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="digits, a short run (CI)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, help="epochs of stage 1 (encoder, codebook, decoder)")
+    parser.add_argument("--prior-epochs", type=int, help="epochs of stage 2 (the PixelCNN prior)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    report(run(smoke=args.smoke, seed=args.seed))
+    report(run(smoke=args.smoke, seed=args.seed, epochs=args.epochs, prior_epochs=args.prior_epochs))
