@@ -73,16 +73,13 @@ class Normal(TorchDistribution):
         t1 = ((p_loc - q_loc) / q_scale).pow(2)
         return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
 
-
     def _is_standard(self) -> bool:
         """Whether ``loc`` and ``scale`` are the fixed constants 0 and 1 (buffers, no network or variable).
 
         Checked again whenever either buffer changes in place (tensor versions), so ``p.loc.add_(1)`` is seen.
         """
-        if self._uses_forward or self._from_var or not {"loc", "scale"} <= set(self._const_names):
-            return False
-        loc, scale = self.loc, self.scale
-        if isinstance(loc, nn.Parameter) or isinstance(scale, nn.Parameter):
+        loc, scale = self._buffers.get("loc"), self._buffers.get("scale")  # None: a variable, network or Parameter
+        if loc is None or scale is None or self._uses_forward or self._from_var:
             return False
         key = (id(loc), loc._version, id(scale), scale._version)
         cached = self.__dict__.get("_standard_cache")
