@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import distributions as D
-from torch import nn
 from torch.distributions import constraints
 from torch.distributions.utils import clamp_probs
 from torch.nn import functional as F
