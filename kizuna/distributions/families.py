@@ -65,27 +65,9 @@ class Normal(TorchDistribution):
         p_loc, p_scale, q_loc, q_scale = params["loc"], params["scale"], other_params["loc"], other_params["scale"]
         if not all(isinstance(t, Tensor) for t in (p_loc, p_scale, q_loc, q_scale)):
             return None
-        if other._is_standard() and torch.broadcast_shapes(p_loc.shape, q_loc.shape) == p_loc.shape:
-            # against N(0, 1): the same value with fewer operations, as a hand-written VAE computes it
-            return 0.5 * (p_scale.pow(2) + p_loc.pow(2) - 1) - p_scale.log()
         var_ratio = (p_scale / q_scale).pow(2)
         t1 = ((p_loc - q_loc) / q_scale).pow(2)
         return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
-
-    def _is_standard(self) -> bool:
-        """Whether ``loc`` and ``scale`` are the fixed constants 0 and 1 (buffers, no network or variable).
-
-        Checked again whenever either buffer changes in place (tensor versions), so ``p.loc.add_(1)`` is seen.
-        """
-        loc, scale = self._buffers.get("loc"), self._buffers.get("scale")  # None: a variable, network or Parameter
-        if loc is None or scale is None or self._uses_forward or self._from_var:
-            return False
-        key = (id(loc), loc._version, id(scale), scale._version)
-        cached = self.__dict__.get("_standard_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, bool((loc == 0).all()) and bool((scale == 1).all()))
-            self.__dict__["_standard_cache"] = cached
-        return cached[1]
 
 
 class Laplace(TorchDistribution):
