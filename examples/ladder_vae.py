@@ -40,8 +40,8 @@ from kizuna.models import LadderVAE  # noqa: E402
 
 SMOKE = {"dataset": "digits", "z_dims": [8, 4], "hidden": [128, 64], "depth": 1, "dropout": 0.0, "epochs": 60,
          "warmup": 10, "free_nats": 0.5, "k_train": 1, "early_stopping": True, "k_val": 1, "k": 200, "n_test": 360}
-FULL = {"dataset": "mnist", "z_dims": [32, 16], "hidden": [400, 200], "depth": 1, "dropout": 0.0, "epochs": 100,
-        "warmup": 20, "free_nats": 0.0, "k_train": 1, "early_stopping": True, "k_val": 1, "k": 5000,
+FULL = {"dataset": "mnist", "z_dims": [32, 4], "hidden": [400, 50], "depth": 1, "dropout": 0.0, "epochs": 60,
+        "warmup": 20, "free_nats": 0.0, "k_train": 1, "early_stopping": True, "k_val": 100, "k": 5000,
         "n_test": None}
 
 
