@@ -87,38 +87,50 @@ def _fix_up(deltas: Tensor, log_trans: Tensor, e: Tensor, first: Tensor) -> bool
     the ``first`` of each sequence re-runs from its predecessor's exit as the round begins; the chunks after
     one whose exit changed re-run in the next round. False when ``MAX_ROUNDS`` left chunks unresolved.
 
-    While many chunks move, a round runs on all of them at once and keeps the moving ones' vectors (gathering
-    columns of a (K, F) table costs more than computing them all); once few move, on those alone."""
+    While many chunks move, the round runs on all of them and keeps the moving ones' vectors (gathering
+    columns of a (K, F) table costs more than computing them all); once fewer than one in ``WIDE`` move, their
+    remaining steps run on one gathered block, written back at once (a chunk that has converged goes on
+    computing vectors parallel to its old ones, which changes nothing)."""
     size, f = deltas.shape[0], deltas.shape[2]
     moving = ~first
     for _ in range(MAX_ROUNDS):
-        if not bool(moving.any()):
+        count = int(moving.sum())
+        if count == 0:
             return True
-        v = torch.cat([deltas[-1, :, -1:], deltas[-1, :, :-1]], 1)  # every chunk starts from its predecessor's exit
-        run = None
-        for i in range(size):
-            if run is None:
-                v = _step(v, log_trans, e[i])
-                check = (i + 1) % CHECK_EVERY == 0 and i + 1 < size
-                same = _parallel(v, deltas[i]) if check else None
-                deltas[i] = torch.where(moving, v, deltas[i])
-                if same is not None:
-                    moving = moving & ~same
-                    if int(moving.sum()) * WIDE <= f:
-                        run = moving.nonzero().squeeze(1)
-                        v = v.index_select(1, run)
-                continue
-            if run.numel() == 0:
-                break
-            v = _step(v, log_trans, e[i].index_select(1, run))
-            old = deltas[i].index_select(1, run)
-            deltas[i].index_copy_(1, run, v)
-            if (i + 1) % CHECK_EVERY == 0 and i + 1 < size:
-                keep = ~_parallel(v, old)
-                run, v = run[keep], v[:, keep]
-        ended = moving if run is None else torch.zeros_like(moving).index_fill_(0, run, True)
-        moving = torch.cat([ended.new_zeros(1), ended[:-1]]) & ~first  # their successors re-run next
+        v, i = torch.cat([deltas[-1, :, -1:], deltas[-1, :, :-1]], 1), 0  # from the predecessors' exits
+        while i < size and count * WIDE > f:
+            v = _step(v, log_trans, e[i])
+            same = _parallel(v, deltas[i]) if (i + 1) % CHECK_EVERY == 0 and i + 1 < size else None
+            deltas[i] = torch.where(moving, v, deltas[i])
+            if same is not None:
+                moving = moving & ~same
+                count = int(moving.sum())
+            i += 1
+        if i < size and count:
+            run = moving.nonzero().squeeze(1)
+            alive = _narrow(deltas, log_trans, e, run, v.index_select(1, run), i)
+            moving = torch.zeros_like(moving).index_fill_(0, run[alive], True)
+        moving = torch.cat([moving.new_zeros(1), moving[:-1]]) & ~first  # successors of changed exits
     return not bool(moving.any())
+
+
+def _narrow(deltas: Tensor, log_trans: Tensor, e: Tensor, run: Tensor, v: Tensor, start: int) -> Tensor:
+    """Steps ``start``.. of the chunks ``run`` from their vectors ``v`` (K, R) at step ``start`` - 1, on one
+    gathered block; returns which of them never became parallel to their old vectors (their exits changed)."""
+    size = deltas.shape[0]
+    old, ee = deltas[start:].index_select(2, run), e[start:].index_select(2, run)
+    new = torch.empty_like(old)
+    alive = torch.ones(run.shape[0], dtype=torch.bool, device=run.device)
+    done = old.shape[0]
+    for j in range(old.shape[0]):
+        v = _step(v, log_trans, ee[j], out=new[j])
+        if (start + j + 1) % CHECK_EVERY == 0 and start + j + 1 < size:
+            alive &= ~_parallel(v, old[j])
+            if not bool(alive.any()):
+                done = j + 1
+                break
+    deltas[start:start + done].index_copy_(2, run, new[:done])
+    return alive
 
 
 def _chase(deltas: Tensor, prev0: Tensor, log_trans: Tensor, ends: Tensor, valid: Tensor,
