@@ -13,9 +13,18 @@ convergence", PPoPP). So (`viterbi_scan`):
    first run's back-pointers are exact. A chunk that never gets there changed its exit, so its successor
    runs again in the next round (a chunk is only re-run from an exact predecessor's exit, so the answer is
    exact whatever happens; rounds are bounded, then the chunked prefix of `_chain_scan.max_product` answers);
-3. the **back-pointers** of every step are formed at once from the (now exact, up to constants) vectors,
-   and **chased** by composing them as maps of states (a parallel prefix, log T vectorised levels); the
-   score is the path's log-probability.
+3. the **path** is chased back in every chunk at once from a guessed end state (the chunk's own best; the
+   known last state for a sequence's last chunk), one back-pointer :math:`\arg\max_i \delta_{t-1}(i) + \log
+   A_{i s_t}` per chunk and step. Paths from different states coalesce going back, as vectors converge going
+   forward: a chunk whose guess differs from the entry its successor reached is chased again from it (those
+   few chunks with all their back-pointers formed at once, one gather a step), in rounds from the known end
+   backwards; when rounds do not settle, every back-pointer is formed and composed as maps of states (a
+   parallel prefix, log T vectorised levels). The score is the path's log-probability.
+
+Tables are step-major and **state-major**, (L, K, C): the maxima and argmaxima over the previous state run over
+a leading dim, which torch vectorises along the chunks (over a trailing dim of K = 8 they are several times
+slower), and torch's argmax is replaced by a comparison with the maximum and a maximum of weighted indices
+(`_first_argmax`: the same first maximum, an order of magnitude faster over a leading dim).
 
 The work is that of the loop over time, :math:`T K^2`, plus the fix-up (a few steps per chunk on chains that
 mix), against :math:`T K^3` for a prefix over chunk products. Vectors are compared after subtracting their
