@@ -138,10 +138,20 @@ def test_blocks_in_storage_order_partition_the_tokens_uniformly():
 
 
 def test_blocked_sweep_in_storage_order_matches_the_exact_posterior(monkeypatch):
-    """The sweep that reads the tables in storage order (``SORT_ABOVE`` lowered so the tiny corpus takes it):
-    E[theta] within 0.005 of the enumeration, as the random-order sweep (same copies, sweeps and blocks)."""
+    """The sweep that reads the tables in storage order (``SORT_ABOVE`` lowered so the tiny corpus takes it),
+    same copies, sweeps and blocks as above: E[theta] within 0.01 of the enumeration. The chains are correlated:
+    the largest of the six errors over seeds 0-4 was 0.0016-0.0052 in storage order and 0.0006-0.0094 in random
+    order (float32 draws; 0.0005-0.0060 with float64 draws), against 0.02 for the 1-block bias."""
     monkeypatch.setattr(sampler, "SORT_ABOVE", 0)
-    np.testing.assert_allclose(replicated_mean_theta(16, 200, 300, seed=2), exact_mean_theta(), atol=0.005)
+    np.testing.assert_allclose(replicated_mean_theta(16, 200, 300, seed=2), exact_mean_theta(), atol=0.01)
+
+
+def test_draw_never_picks_a_trailing_zero_probability_category():
+    """A uniform just below 1 times the total can round up to the total in float32; the draw stays on the
+    categories of positive probability, and otherwise follows the inverse CDF."""
+    p = torch.tensor([[1.0, 3.0, 0.0, 0.0], [1.0, 3.0, 0.0, 0.0], [2.0, 0.0, 1.0, 1.0]], dtype=torch.float32)
+    u = torch.tensor([[1.0 - 2.0**-24], [0.2], [0.6]], dtype=torch.float32)
+    assert sampler._draw(p, None, u).tolist() == [1, 0, 2]
 
 
 def test_prior_once_per_sample_targets_the_tempered_posterior():
