@@ -6,7 +6,7 @@ from git into a temporary module and put in place of `GibbsChain` for its fits. 
 two modalities (300 + 200 features, 30 + 20 tokens per document, 20 planted topics), as in ``bench/modules.py``;
 ``lda.LDA`` runs on the joined vocabulary (the same tokens).
 
-Run: ``python bench/mlda_sweep_ab.py --n 100000 --hi 4 --repeats 5 --ref e396d50`` (one thread).
+Run: ``python bench/mlda_sweep_ab.py --n 100000 --hi 4 --repeats 5 --ref e396d50 [--threads 1] [--quick]``.
 """
 
 from __future__ import annotations
@@ -50,8 +50,12 @@ def main() -> None:
     parser.add_argument("--hi", type=int, default=4, help="sweeps of the longer fit")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ref", default="e396d50", help="git revision of the earlier sampler")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--quick", action="store_true", help="500 documents, one repeat: the smoke test")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if args.quick:
+        args.n, args.hi, args.repeats = 500, 2, 1
+    torch.set_num_threads(args.threads)
     logging.getLogger("lda").setLevel(logging.ERROR)
     import lda
 
