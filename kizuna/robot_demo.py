@@ -35,7 +35,6 @@ from kizuna import modules as km
 from kizuna.datasets.house import simulated_house
 from kizuna.metrics import adjusted_rand_score
 from kizuna.metrics.clustering import contingency
-from kizuna.modules.npylm import gibbs_sweep
 
 
 def name_accuracy(spco: km.SpatialConcept, house: dict[str, Any], test: dict[str, Any],
@@ -87,7 +86,8 @@ CONCEPT_OPTIONS = {"alpha": 1.0, "beta": [2.0, 0.5]}  # stick-breaking alpha; Di
 
 
 def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: int = 5, sweeps: int = 30,
-               split_merge: int | None = None, concept: dict[str, Any] | None = None
+               split_merge: int | None = None, concept: dict[str, Any] | None = None,
+               segmenter: dict[str, Any] | None = None
                ) -> tuple[km.SpatialConcept, km.GMM, km.WordSegmenter | None, km.WordSegmenter | None]:
     """GMM + SpatialConcept over word counts (``"clean"``) or a WordSegmenter on the phonemes, and views
     (``split_merge``: proposals per sweep, None: the module's default; ``concept``: SpatialConcept options
@@ -103,7 +103,7 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     if words == "clean":
         word_child: km.Module = km.Observation(house["word_counts"], name="words")
     else:
-        seg = km.WordSegmenter(n_iter=20, sweeps_per_update=2, name="segmenter")
+        seg = km.WordSegmenter(**{"n_iter": 20, "sweeps_per_update": 2, **(segmenter or {})}, name="segmenter")
         word_child = seg.connect(km.Observation(house["utterance"], name="phonemes"))
     options = {} if split_merge is None else {"split_merge": split_merge}
     options = {**CONCEPT_OPTIONS, **(concept or {}), **options}
@@ -116,9 +116,7 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     graph.fit(1, seed=seed)  # the segmenter's first update has no prior yet
     paired = copy.deepcopy(seg)  # the paired control continues from here without the concept prior
     graph.fit(n_iter - 1, seed=seed)
-    rng = np.random.default_rng(seed)
-    for _ in range((n_iter - 1) * seg.sweeps_per_update):
-        gibbs_sweep(paired.model_, paired.utterances_, paired.segmentation_, rng)
+    paired.resume((n_iter - 1) * seg.sweeps_per_update, np.random.default_rng(seed))
     return spco, gmm, seg, paired
 
 
