@@ -83,6 +83,7 @@ def parts(house: dict[str, Any], seed: int, sweeps: int = 50) -> dict[str, float
 
 
 CONCEPT_OPTIONS = {"alpha": 1.0, "beta": [2.0, 0.5]}  # stick-breaking alpha; Dirichlet beta of words, views
+SEGMENTER_OPTIONS = {"n_iter": 20, "sweeps_per_update": 2, "n_chains": 4}  # first update, later ones; chains
 
 
 def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: int = 5, sweeps: int = 30,
@@ -103,7 +104,7 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     if words == "clean":
         word_child: km.Module = km.Observation(house["word_counts"], name="words")
     else:
-        seg = km.WordSegmenter(**{"n_iter": 20, "sweeps_per_update": 2, **(segmenter or {})}, name="segmenter")
+        seg = km.WordSegmenter(**{**SEGMENTER_OPTIONS, **(segmenter or {})}, name="segmenter")
         word_child = seg.connect(km.Observation(house["utterance"], name="phonemes"))
     options = {} if split_merge is None else {"split_merge": split_merge}
     options = {**CONCEPT_OPTIONS, **(concept or {}), **options}
@@ -121,13 +122,14 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
 
 
 def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 5,
-        split_merge: int | None = None, sweeps: int = 30, concept: dict[str, Any] | None = None) -> dict[str, Any]:
+        split_merge: int | None = None, sweeps: int = 30, concept: dict[str, Any] | None = None,
+        segmenter: dict[str, Any] | None = None) -> dict[str, Any]:
     """One seed: the integrated model and its parts on the same house (see the module docstring;
-    ``sweeps`` and ``concept`` as in `integrated`)."""
+    ``sweeps``, ``concept`` and ``segmenter`` as in `integrated`; the segmenter alone gets the same options)."""
     house = simulated_house(n_events, seed=seed)
     test = simulated_house(1000, seed=10_000 + seed)
     start = time.perf_counter()
-    spco, gmm, seg, paired = integrated(house, seed, words, n_iter, sweeps, split_merge, concept)
+    spco, gmm, seg, paired = integrated(house, seed, words, n_iter, sweeps, split_merge, concept, segmenter)
     vocabulary = house["vocabulary"] if seg is None else seg.vocabulary_
     result: dict[str, Any] = {
         "seed": seed, "words": words, "ari": spco.ari, "n_concepts": spco.n_concepts_,
@@ -135,8 +137,9 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
         "name_accuracy": name_accuracy(spco, house, test, vocabulary) if seg is None else None,
         "seconds": time.perf_counter() - start, "parts": parts(house, seed), "model": spco, "house": house}
     if seg is not None:
-        alone = km.WordSegmenter(n_iter=20 + 2 * (n_iter - 1), random_state=seed).fit(
-            house["utterance"])
+        options = {**SEGMENTER_OPTIONS, **(segmenter or {})}
+        options["n_iter"] += options["sweeps_per_update"] * (n_iter - 1)
+        alone = km.WordSegmenter(**options, random_state=seed).fit(house["utterance"])
         result["name_f_connected"] = place_name_f(house, seg.segmentation_)
         result["name_f_paired"] = place_name_f(house, paired.segmentation_)
         result["name_f_alone"] = place_name_f(house, alone.segmentation_)
