@@ -107,14 +107,14 @@ def test_words_that_name_the_concepts_score_higher():
 def test_segmenter_with_chains_is_chosen_by_the_concept_posterior():
     """Under a concept module the segmenter receives the concept posterior (N×L), scores every chain by
     concept_log_predictive of that chain's words, and keeps the best one."""
-    house = simulated_house(100, seed=2)
+    house = simulated_house(60, seed=2)
     seg = km.WordSegmenter(n_iter=2, sweeps_per_update=1, n_chains=3, selection_beta=0.7).connect(
         km.Observation(house["utterance"]))
     gmm = km.GMM(6, max_iter=5).connect(km.Observation(house["position"]))
     spco = km.SpatialConcept(6, sweeps=3).connect(gmm, seg, km.Observation(house["view"]))
     km.Graph([spco]).fit(n_iter=2, seed=0)
     posterior = seg.backward_in.value.numpy().copy()
-    assert posterior.shape == (100, 6) and np.allclose(posterior.sum(1), 1.0)
+    assert posterior.shape == (60, 6) and np.allclose(posterior.sum(1), 1.0)
     seg.update()  # one more update of the segmenter alone, with the posterior it was sent last
     scores = []
     for r in range(3):
@@ -122,7 +122,7 @@ def test_segmenter_with_chains_is_chosen_by_the_concept_posterior():
         scores.append(concept_log_predictive(seg.word_counts(), posterior, 0.7))
     assert seg.chain_scores_ == pytest.approx(scores, rel=1e-12)
     best = int(np.argmax(scores))
-    assert seg.forward_message.value.shape[0] == 100
+    assert seg.forward_message.value.shape[0] == 60
     seg._keep(best)
     assert len(set(scores)) == 3 and max(scores) - sorted(scores)[-2] > 5  # weights exp(S): the best is kept
     for s, u in zip(seg.chain_segmentations_, [house["utterance"]] * 3):
@@ -137,3 +137,5 @@ def test_segmenter_alone_keeps_the_chain_the_language_model_prefers():
     assert seg.selected_ == int(np.argmax(log_p)) and seg.segmentation_ is seg.chain_segmentations_[seg.selected_]
     with pytest.raises(ValueError, match="n_chains"):
         km.WordSegmenter(n_chains=0)
+    with pytest.raises(ValueError, match="prior_mode"):
+        km.WordSegmenter(prior_mode="max")
