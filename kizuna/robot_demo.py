@@ -92,8 +92,10 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
                ) -> tuple[km.SpatialConcept, km.GMM, km.WordSegmenter | None, km.WordSegmenter | None]:
     """GMM + SpatialConcept over word counts (``"clean"``) or a WordSegmenter on the phonemes, and views
     (``split_merge``: proposals per sweep, None: the module's default; ``concept``: SpatialConcept options
-    replacing `CONCEPT_OPTIONS`'s). With phonemes, also the paired control: a copy of the segmenter after
-    its first update (before any prior from the concept module) continued by as many sweeps without it.
+    replacing `CONCEPT_OPTIONS`'s; ``segmenter``: WordSegmenter options replacing `SEGMENTER_OPTIONS`'s,
+    whose four chains the concept module chooses among). With phonemes, also the paired control: a copy of the
+    segmenter after its first update (before any message from the concept module) continued by as many sweeps
+    without it (`WordSegmenter.resume`: its language model chooses the chain).
 
     The concept module's settings (`CONCEPT_OPTIONS`, ``sweeps``) were chosen on seeds 0-4 among ten
     (docs/robotics.md, "Settings") and checked on seeds 5-9: :math:`\alpha = 1` (with 0.1 the chain merges
