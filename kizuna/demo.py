@@ -61,6 +61,7 @@ class Config:
     batch_size: int = 100
     gmm_sweeps: int = 50
     mlda_sweeps: int = 50
+    mlda_starts: int = 8  # MLDA chains started at the first update, the most likely kept (`MLDA`'s n_init)
     n_iter: int = 5
 
 
@@ -119,7 +120,8 @@ def _gmm(labels: np.ndarray, cfg: Config) -> km.GMM:
 
 
 def _mlda(labels: np.ndarray, cfg: Config, weights: list[float | None] | None) -> km.MLDA:
-    return km.MLDA(10, weights=weights, category=labels, max_iter=cfg.mlda_sweeps, name="mlda")
+    return km.MLDA(10, weights=weights, category=labels, max_iter=cfg.mlda_sweeps, n_init=cfg.mlda_starts,
+                   name="mlda")
 
 
 def _parts(images: torch.Tensor, words: np.ndarray, labels: np.ndarray, cfg: Config,

@@ -251,3 +251,30 @@ def test_random_state_makes_fits_identical():
     gmm = GMM(3, random_state=7, max_iter=10)
     gmm.fit(X[:300])
     np.testing.assert_array_equal(gmm.fit(X).predict_proba(X), a)
+
+
+@pytest.mark.parametrize("algorithm", ["gibbs", "em"])
+def test_n_init_keeps_the_start_of_highest_score(algorithm):
+    """``n_init`` runs from consecutive initial partitions drawn from one generator; the one kept is the
+    run of highest `start_score` among the same runs made one at a time, and that score is the
+    pseudo-log-likelihood computed independently from its ``own``."""
+    from kizuna.modules.gmm.estimator import start_score
+
+    x = torch.as_tensor(make_blobs(240, centers=6, cluster_std=2.5, random_state=3)[0], dtype=torch.float64)
+    kept = GMM(6, algorithm=algorithm, max_iter=8, n_init=5, random_state=11).fit(x)
+    single = GMM(6, algorithm=algorithm, max_iter=8, random_state=11)
+    gen = torch.Generator().manual_seed(11)
+    runs = [single._from(x, single._initial(x, gen), single._prior(x), 8, algo.NO_PARENT, gen) for _ in range(5)]
+    scores = [float(sum(math.log(sum(math.exp(v) for v in row)) for row in r.own.tolist())) for r in runs]
+    assert len({round(s, 6) for s in scores}) > 1  # the starts differ, so the choice matters
+    best = runs[int(np.argmax(scores))]
+    torch.testing.assert_close(kept.fitted_.means, best.means)
+    assert start_score(kept.fitted_) == pytest.approx(max(scores), rel=1e-9)
+    assert GMM(6, algorithm=algorithm, max_iter=8, n_init=1, random_state=11).fit(x).fitted_.own.shape == (240, 6)
+
+
+def test_n_init_is_a_scikit_learn_parameter_and_checked():
+    assert GMM(3, n_init=4).get_params()["n_init"] == 4
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="n_init must be a positive int"):
+            GMM(2, n_init=bad)

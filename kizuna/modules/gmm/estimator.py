@@ -40,6 +40,17 @@ INIT_PARAMS = ("kmeans", "random")
 Tensor = torch.Tensor
 
 
+def start_score(fitted: algo.Fitted, parent: algo.ClassPrior = algo.NO_PARENT) -> float:
+    """How well a run explains its data, to choose among ``n_init`` starts:
+    :math:`\\sum_n \\log\\sum_k \\pi^{\\text{msg}}_{nk}\\, e^{\\text{own}_{nk}}` (without a parent's prior,
+    :math:`\\sum_n \\log\\sum_k e^{\\text{own}_{nk}}`), with ``own`` the run's :math:`\\log p(x_n, c_n=k)` — for the
+    samplers the collapsed conditional given the other samples' classes, for VB / EM the last E step's."""
+    own = fitted.own
+    if parent.probs is not None:
+        own = own + torch.log(parent.probs.to(own.dtype).clamp(min=1e-300))
+    return float(torch.logsumexp(own, 1).sum())
+
+
 class GaussianMixture(Estimator):
     """Bayesian Gaussian mixture estimator (see the module docstring).
 
@@ -54,6 +65,8 @@ class GaussianMixture(Estimator):
         max_iter: Gibbs sweeps / VB or EM iterations per ``fit`` (per ``update`` in a graph).
         tol: convergence threshold of VB (responsibilities) and EM (objective).
         init_params: ``"kmeans"`` or ``"random"`` initial partition.
+        n_init: initial partitions tried by ``fit`` (and by a graph node's first ``update``); the run of highest
+            `start_score` is kept (scikit-learn's ``n_init``; a node's later updates continue that run).
         n_particles: particles per sample when a graph combines a class prior by SIR.
         random_state: seed of ``fit`` and ``sample`` (see `kizuna.modules.rng`).
     """
@@ -65,13 +78,13 @@ class GaussianMixture(Estimator):
                  reg_covar: float = 1e-6, weight_concentration_prior: float | None = None,
                  mean_precision_prior: float = 1.0, mean_prior: Any = None,
                  degrees_of_freedom_prior: float | None = None, covariance_prior: Any = None, max_iter: int = 100,
-                 tol: float = 1e-3, init_params: str = "kmeans", n_particles: int = 200,
+                 tol: float = 1e-3, init_params: str = "kmeans", n_init: int = 1, n_particles: int = 200,
                  random_state: int | torch.Generator | None = None) -> None:
         self.n_components, self.algorithm, self.covariance_type = n_components, algorithm, covariance_type
         self.reg_covar, self.weight_concentration_prior = reg_covar, weight_concentration_prior
         self.mean_precision_prior, self.mean_prior = mean_precision_prior, mean_prior
         self.degrees_of_freedom_prior, self.covariance_prior = degrees_of_freedom_prior, covariance_prior
-        self.max_iter, self.tol, self.init_params = max_iter, tol, init_params
+        self.max_iter, self.tol, self.init_params, self.n_init = max_iter, tol, init_params, n_init
         self.n_particles, self.random_state = n_particles, random_state
 
     # ------------------------------------------------------------------ checks and inputs
@@ -90,6 +103,8 @@ class GaussianMixture(Estimator):
                                      (self.init_params, INIT_PARAMS, "init_params")):
             if value not in allowed:
                 raise ValueError(f"{self._owner}: {what} must be one of {allowed}, got {value!r}")
+        if isinstance(self.n_init, bool) or not isinstance(self.n_init, int) or self.n_init < 1:
+            raise ValueError(f"{self._owner}: n_init must be a positive int, got {self.n_init!r}")
         if not (self.max_iter >= 1 and self.reg_covar >= 0 and self.mean_precision_prior > 0):
             raise ValueError(f"{self._owner}: need max_iter >= 1, reg_covar >= 0 and mean_precision_prior > 0, got "
                              f"{self.max_iter}, {self.reg_covar}, {self.mean_precision_prior}")
@@ -128,10 +143,8 @@ class GaussianMixture(Estimator):
     def _alpha0(self) -> float:
         return 1.0 / self.n_components if self.weight_concentration_prior is None else self.weight_concentration_prior
 
-    def _initial(self, x: Tensor, gen: torch.Generator, warm: bool) -> Tensor:
-        f = self.fitted_
-        if warm and f is not None and f.resp.shape[0] == x.shape[0]:  # continue the previous update
-            return f.z if f.z is not None else f.resp
+    def _initial(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """A new initial partition (labels for the samplers, one-hot responsibilities for VB / EM)."""
         if self.init_params == "kmeans":
             z = algo.kmeans_labels(x, self.n_components, gen)
         else:
@@ -140,9 +153,23 @@ class GaussianMixture(Estimator):
 
     def _run(self, x: Tensor, parent: algo.ClassPrior, gen: torch.Generator, warm: bool,
              max_iter: int | None = None) -> algo.Fitted:
-        """The chosen algorithm on ``x`` (from the last state when ``warm`` and the sizes agree)."""
-        start, prior = self._initial(x, gen, warm), self._prior(x)
+        """The chosen algorithm on ``x``: from the last state when ``warm`` and the sizes agree, else from
+        ``n_init`` initial partitions, keeping the run of highest `start_score`."""
+        prior = self._prior(x)
         n_iter = self.max_iter if max_iter is None else max_iter
+        f = self.fitted_
+        if warm and f is not None and f.resp.shape[0] == x.shape[0]:  # continue the previous update
+            return self._from(x, f.z if f.z is not None else f.resp, prior, n_iter, parent, gen)
+        best: tuple[float, algo.Fitted] | None = None
+        for _ in range(int(self.n_init)):
+            fitted = self._from(x, self._initial(x, gen), prior, n_iter, parent, gen)
+            score = start_score(fitted, parent) if self.n_init > 1 else 0.0
+            if best is None or score > best[0]:
+                best = (score, fitted)
+        return best[1]
+
+    def _from(self, x: Tensor, start: Tensor, prior: NormalWishart, n_iter: int, parent: algo.ClassPrior,
+              gen: torch.Generator) -> algo.Fitted:
         if self.algorithm == "gibbs":
             return algo.gibbs(x, prior, self._alpha0(), start, n_iter, parent, gen)
         if self.algorithm == "collapsed":
