@@ -83,7 +83,7 @@ def parts(house: dict[str, Any], seed: int, sweeps: int = 50) -> dict[str, float
 
 
 CONCEPT_OPTIONS = {"alpha": 1.0, "beta": [2.0, 0.5]}  # stick-breaking alpha; Dirichlet beta of words, views
-SEGMENTER_OPTIONS = {"n_iter": 20, "sweeps_per_update": 2, "n_chains": 4}  # first update, later ones; chains
+SEGMENTER_OPTIONS = {"n_iter": 20, "sweeps_per_update": 2}  # first update, later ones (one chain)
 
 
 def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: int = 5, sweeps: int = 30,
@@ -93,9 +93,9 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     """GMM + SpatialConcept over word counts (``"clean"``) or a WordSegmenter on the phonemes, and views
     (``split_merge``: proposals per sweep, None: the module's default; ``concept``: SpatialConcept options
     replacing `CONCEPT_OPTIONS`'s; ``segmenter``: WordSegmenter options replacing `SEGMENTER_OPTIONS`'s,
-    whose four chains the concept module chooses among). With phonemes, also the paired control: a copy of the
-    segmenter after its first update (before any message from the concept module) continued by as many sweeps
-    without it (`WordSegmenter.resume`: its language model chooses the chain).
+    e.g. ``{"n_chains": 4}``: chains the concept module chooses among). With phonemes, also the paired
+    control: a copy of the segmenter after its first update (before any message from the concept module)
+    continued by as many sweeps without it (`WordSegmenter.resume`: its language model chooses the chain).
 
     The concept module's settings (`CONCEPT_OPTIONS`, ``sweeps``) were chosen on seeds 0-4 among ten
     (docs/robotics.md, "Settings") and checked on seeds 5-9: :math:`\alpha = 1` (with 0.1 the chain merges
