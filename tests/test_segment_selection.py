@@ -139,3 +139,17 @@ def test_segmenter_alone_keeps_the_chain_the_language_model_prefers():
         km.WordSegmenter(n_chains=0)
     with pytest.raises(ValueError, match="prior_mode"):
         km.WordSegmenter(prior_mode="max")
+
+
+def test_chains_survive_save_and_load(tmp_path):
+    """The chains' segmentations and the kept chain are saved; after a load the language models are rebuilt
+    from them (seatings drawn again) and hold every chain's words."""
+    house = simulated_house(40, seed=4)
+    seg = km.WordSegmenter(n_iter=2, n_chains=2, random_state=1).fit(house["utterance"])
+    path = km.save_module(seg, tmp_path / "seg.pt")
+    twin = km.load_module(km.WordSegmenter(n_iter=2, n_chains=2), path)
+    assert twin.chain_segmentations_ == seg.chain_segmentations_ and twin.selected_ == seg.selected_
+    assert all("".join(w) == u for w, u in zip(twin.segment(house["utterance"]), house["utterance"]))
+    assert len(twin.chain_models_) == 2 and twin.segmentation_ == seg.segmentation_
+    for model, segmentation in zip(twin.chain_models_, twin.chain_segmentations_):
+        assert sum(r.c for key, r in model.words.restaurants.items() if key) == sum(len(w) + 1 for w in segmentation)
