@@ -19,12 +19,6 @@ block* minus its own assignment; the count tables are then updated and the next 
 (Inside a block the draws are simultaneous, so when the document-topic table outgrows the cache the
 block's tokens are taken in storage order, document by document, each with the uniform it would have
 had: the same draws, with the table read in order.)
-**Precision**: the counts, estimates and the removal correction are in the chain's dtype; the (tokens × K)
-conditionals a float64 chain draws from are formed and drawn from in float32 (``SAMPLE_DTYPE``: half the
-memory traffic of the sweep's largest arrays). Each token's probabilities then carry a relative error of about
-1e-6, far below any Monte-Carlo error of the chain; with a class prior, each sample's row of the
-document-topic table is scaled to a maximum of 1 first (the scale cancels in its tokens' conditionals), so
-single precision loses only topics below 1e-38 of the best, and a zero-probability topic is never drawn.
 With one token per block this is exact random-scan collapsed Gibbs; with fewer, larger blocks it is
 the approximate-distributed-LDA scheme (Newman et al. 2009, JMLR 10:1801, "AD-LDA"), whose staleness
 is one block. Estimates :math:`\hat\theta, \hat\phi` are averaged over the second half of the sweeps.
@@ -49,7 +43,6 @@ from kizuna.modules.validation import as_tensor, check_finite
 Tensor = torch.Tensor
 ROUNDINGS = ("round", "floor", "largest_remainder")
 SORT_ABOVE = 1 << 20  # document-topic tables larger than this (elements) outgrow the cache: read them in order
-SAMPLE_DTYPE = torch.float32  # a float64 chain draws from its conditionals in single precision (module docstring)
 
 
 def as_counts(x: Any, weight: float | None, what: str, rounding: str = "round") -> Tensor:
@@ -188,23 +181,19 @@ class GibbsChain:
         bias = prior.to(self.dtype).contiguous() if prior is not None else None
         theta_sum, phi_sum, kept = torch.zeros_like(n_dk), torch.zeros_like(n_wk), 0
         in_order = n_dk.numel() > SORT_ABOVE
-        low = SAMPLE_DTYPE if self.dtype == torch.float64 else self.dtype
         for sweep in range(n_sweeps):
-            for idx, u in _blocks(doc.shape[0], n_blocks, in_order, low, self.device, generator):
+            for idx, u in _blocks(doc.shape[0], n_blocks, in_order, self.dtype, self.device, generator):
                 d, w, m, old = (t.index_select(0, idx) for t in (doc, word, mod, z))
                 # the conditional with every count, then each token's own topic corrected for its removal
                 doc_tab = n_dk + self.alpha if bias is None else (n_dk + self.alpha) * bias
-                # a sample's scale cancels in its tokens' conditionals: rows to a maximum of 1 before rounding
-                scale = None if bias is None else doc_tab.amax(1).clamp_min(torch.finfo(self.dtype).tiny)
                 word_tab = phi if phi is not None else (n_wk + self.beta) / (n_mk + vbeta).index_select(0, vocab_mod)
-                p = (doc_tab if scale is None else doc_tab / scale[:, None]).to(low).index_select(0, d)
-                p.mul_(word_tab.to(low).index_select(0, w))
+                p = doc_tab.index_select(0, d).mul_(word_tab.index_select(0, w))
                 own = n_dk.take(d * self.k + old) - 1 + self.alpha
-                own = own if bias is None else own * bias.take(d * self.k + old) / scale.index_select(0, d)
+                own = own if bias is None else own * bias.take(d * self.k + old)
                 own = own * (word_tab.take(w * self.k + old) if phi is not None else
                              (n_wk.take(w * self.k + old) - 1 + self.beta)
                              / (n_mk.take(m * self.k + old) - 1 + vbeta.take(m)))
-                p.scatter_(1, old[:, None], own.to(low)[:, None])
+                p.scatter_(1, old[:, None], own[:, None])
                 new = _draw(p, generator, u)
                 z.index_copy_(0, idx, new)
                 sign = torch.cat([-ones[: d.shape[0]], ones[: d.shape[0]]])
