@@ -19,8 +19,8 @@ set-up cancel: ``(t(hi) - t(lo)) / (hi - lo)``. kizuna and the reference alterna
 over repeats of kizuna / reference measured in the same repeat. The slope is the least-squares fit of
 log(time per iteration) against log(N): 1 is linear.
 
-Run: ``python bench/modules.py [--quick] [--full] [--repeats 3] [--threads 1] [--only gmm,hmm,lda]``
-(``--only viterbi``: the Viterbi rows alone)
+Run: ``python bench/modules.py [--quick] [--full] [--repeats 3] [--threads 1] [--only gmm,hmm,lda] [--sizes N,...]``
+(``--only viterbi``: the Viterbi rows alone; ``--sizes 100000``: one size, e.g. for the guards at N = 10^5)
 (``--full`` adds N = 10^6 for the GMM; ``--quick`` is the smoke-test run, under 30 s).
 """
 
@@ -282,6 +282,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (< 30 s): the smoke test")
     parser.add_argument("--full", action="store_true", help="add N = 10^6 for the GMM")
+    parser.add_argument("--sizes", default="",
+                        help="comma-separated N to measure instead of 10^3, 10^4, 10^5 (e.g. 100000 for the guards)")
     parser.add_argument("--only", default="gmm,hmm,lda",
                         help="comma-separated subset of gmm, hmm, lda, viterbi (viterbi: the Viterbi rows alone)")
     return parser.parse_args(argv)
@@ -295,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     only = set(args.only.split(","))
     sizes = [500, 2000] if args.quick else [10**3, 10**4, 10**5]
+    sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else sizes
     repeats = 1 if args.quick else args.repeats
     with threadpool_limits(limits=args.threads):
         print("kizuna.modules vs scikit-learn / hmmlearn / lda: time per iteration (same data, same iterations)")
@@ -311,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         if "hmm" in only:
             cases += hmm_cases(sizes)
         if "lda" in only:
-            cases += lda_cases([200, 1000] if args.quick else sizes, reuters=not args.quick)
+            cases += lda_cases([200, 1000] if args.quick else sizes, reuters=not (args.quick or args.sizes))
         begin = time.perf_counter()
         print("\n" + HEADER)
         for case in cases:

@@ -12,6 +12,7 @@ segmenter alone. See `kizuna.robot_demo` for the definitions of the scores.
     python examples/robot_house.py --seeds 5 --alpha 0.1 --beta 0.5 0.5 --sweeps 10   # SpatialConcept's defaults
     python examples/robot_house.py --seeds 5 --split-merge 2      # with split-merge moves
     python examples/robot_house.py --seeds 5 --words phonemes
+    python examples/robot_house.py --seeds 5 --words phonemes --chains 4   # four chains, the concepts choose
     python examples/robot_house.py --smoke
 """
 
@@ -37,13 +38,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--alpha", type=float, default=None, help="stick-breaking alpha (default: the demo's, 1.0)")
     parser.add_argument("--beta", type=float, nargs=2, default=None, metavar=("WORDS", "VIEWS"),
                         help="Dirichlet beta of the word and view distributions (default: the demo's, 2.0 0.5)")
+    parser.add_argument("--chains", type=int, default=None, metavar="R",
+                        help="phonemes: segmentation chains the concepts choose among (default 1)")
     parser.add_argument("--smoke", action="store_true", help="one seed, 150 events, 2 iterations")
     args = parser.parse_args(argv)
     concept = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
     rows = []
     for seed in range(args.first_seed, args.first_seed + (1 if args.smoke else args.seeds)):
         result = run(seed, 150 if args.smoke else 300, args.words, 2 if args.smoke else 5, args.split_merge,
-                     args.sweeps, concept)
+                     args.sweeps, concept, None if args.chains is None else {"n_chains": args.chains})
         _print(result)
         row = {k: v for k, v in result.items() if k not in ("model", "house")}
         rows.append(row)

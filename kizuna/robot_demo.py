@@ -35,7 +35,6 @@ from kizuna import modules as km
 from kizuna.datasets.house import simulated_house
 from kizuna.metrics import adjusted_rand_score
 from kizuna.metrics.clustering import contingency
-from kizuna.modules.npylm import gibbs_sweep
 
 
 def name_accuracy(spco: km.SpatialConcept, house: dict[str, Any], test: dict[str, Any],
@@ -84,15 +83,19 @@ def parts(house: dict[str, Any], seed: int, sweeps: int = 50) -> dict[str, float
 
 
 CONCEPT_OPTIONS = {"alpha": 1.0, "beta": [2.0, 0.5]}  # stick-breaking alpha; Dirichlet beta of words, views
+SEGMENTER_OPTIONS = {"n_iter": 20, "sweeps_per_update": 2}  # first update, later ones (one chain)
 
 
 def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: int = 5, sweeps: int = 30,
-               split_merge: int | None = None, concept: dict[str, Any] | None = None
+               split_merge: int | None = None, concept: dict[str, Any] | None = None,
+               segmenter: dict[str, Any] | None = None
                ) -> tuple[km.SpatialConcept, km.GMM, km.WordSegmenter | None, km.WordSegmenter | None]:
     """GMM + SpatialConcept over word counts (``"clean"``) or a WordSegmenter on the phonemes, and views
     (``split_merge``: proposals per sweep, None: the module's default; ``concept``: SpatialConcept options
-    replacing `CONCEPT_OPTIONS`'s). With phonemes, also the paired control: a copy of the segmenter after
-    its first update (before any prior from the concept module) continued by as many sweeps without it.
+    replacing `CONCEPT_OPTIONS`'s; ``segmenter``: WordSegmenter options replacing `SEGMENTER_OPTIONS`'s,
+    e.g. ``{"n_chains": 4}``: chains the concept module chooses among). With phonemes, also the paired
+    control: a copy of the segmenter after its first update (before any message from the concept module)
+    continued by as many sweeps without it (`WordSegmenter.resume`: its language model chooses the chain).
 
     The concept module's settings (`CONCEPT_OPTIONS`, ``sweeps``) were chosen on seeds 0-4 among ten
     (docs/robotics.md, "Settings") and checked on seeds 5-9: :math:`\alpha = 1` (with 0.1 the chain merges
@@ -103,7 +106,7 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     if words == "clean":
         word_child: km.Module = km.Observation(house["word_counts"], name="words")
     else:
-        seg = km.WordSegmenter(n_iter=20, sweeps_per_update=2, name="segmenter")
+        seg = km.WordSegmenter(**{**SEGMENTER_OPTIONS, **(segmenter or {})}, name="segmenter")
         word_child = seg.connect(km.Observation(house["utterance"], name="phonemes"))
     options = {} if split_merge is None else {"split_merge": split_merge}
     options = {**CONCEPT_OPTIONS, **(concept or {}), **options}
@@ -116,20 +119,19 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     graph.fit(1, seed=seed)  # the segmenter's first update has no prior yet
     paired = copy.deepcopy(seg)  # the paired control continues from here without the concept prior
     graph.fit(n_iter - 1, seed=seed)
-    rng = np.random.default_rng(seed)
-    for _ in range((n_iter - 1) * seg.sweeps_per_update):
-        gibbs_sweep(paired.model_, paired.utterances_, paired.segmentation_, rng)
+    paired.resume((n_iter - 1) * seg.sweeps_per_update, np.random.default_rng(seed))
     return spco, gmm, seg, paired
 
 
 def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 5,
-        split_merge: int | None = None, sweeps: int = 30, concept: dict[str, Any] | None = None) -> dict[str, Any]:
+        split_merge: int | None = None, sweeps: int = 30, concept: dict[str, Any] | None = None,
+        segmenter: dict[str, Any] | None = None) -> dict[str, Any]:
     """One seed: the integrated model and its parts on the same house (see the module docstring;
-    ``sweeps`` and ``concept`` as in `integrated`)."""
+    ``sweeps``, ``concept`` and ``segmenter`` as in `integrated`; the segmenter alone gets the same options)."""
     house = simulated_house(n_events, seed=seed)
     test = simulated_house(1000, seed=10_000 + seed)
     start = time.perf_counter()
-    spco, gmm, seg, paired = integrated(house, seed, words, n_iter, sweeps, split_merge, concept)
+    spco, gmm, seg, paired = integrated(house, seed, words, n_iter, sweeps, split_merge, concept, segmenter)
     vocabulary = house["vocabulary"] if seg is None else seg.vocabulary_
     result: dict[str, Any] = {
         "seed": seed, "words": words, "ari": spco.ari, "n_concepts": spco.n_concepts_,
@@ -137,8 +139,9 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
         "name_accuracy": name_accuracy(spco, house, test, vocabulary) if seg is None else None,
         "seconds": time.perf_counter() - start, "parts": parts(house, seed), "model": spco, "house": house}
     if seg is not None:
-        alone = km.WordSegmenter(n_iter=20 + 2 * (n_iter - 1), random_state=seed).fit(
-            house["utterance"])
+        options = {**SEGMENTER_OPTIONS, **(segmenter or {})}
+        options["n_iter"] += options["sweeps_per_update"] * (n_iter - 1)
+        alone = km.WordSegmenter(**options, random_state=seed).fit(house["utterance"])
         result["name_f_connected"] = place_name_f(house, seg.segmentation_)
         result["name_f_paired"] = place_name_f(house, paired.segmentation_)
         result["name_f_alone"] = place_name_f(house, alone.segmentation_)

@@ -82,3 +82,44 @@ def test_path_log_prob_is_the_sum_along_the_path():
         log_trans[states[0, t - 1], states[0, t]] for t in range(1, 6))
     got = V.path_log_prob(log_start, log_trans, log_emit[None], states, torch.tensor([6]))
     torch.testing.assert_close(got[0], expected)
+
+
+def test_first_argmax_is_torchs_argmax_with_ties_and_minus_inf():
+    """`_first_argmax` (comparison + maximum over a leading dim) returns torch.argmax's first maximum."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 3, (5, 7, 200), generator=g).to(F64)  # many ties
+    x[:, 0] = -torch.inf  # a column that is all -inf: index 0, as argmax
+    x[2, 1] = torch.inf
+    for dim in (0, 1):
+        got = V._first_argmax(x, x.amax(dim), dim)
+        assert torch.equal(got, x.argmax(dim))
+
+
+def test_the_chase_goes_round_and_its_fallback_is_exact(monkeypatch):
+    """Sticky chains coalesce slowly backwards: chunks whose guessed end was wrong are chased again (the
+    rounds form all their pointers at once, `_first_argmax` over dim 1); when the rounds do not settle, every
+    back-pointer chased by a prefix over maps answers. Both give the loop's path."""
+    log_start, log_trans, log_emit = chain(6, 3000, seed=5, sticky=3.0)
+    log_emit = log_emit * 0.5  # the vectors converge within 8-step chunks, the paths not always
+    dims = []
+    original = V._first_argmax
+    monkeypatch.setattr(V, "_first_argmax", lambda x, best, dim=0: dims.append(dim) or original(x, best, dim))
+    check(log_start, log_trans, log_emit, [3000], chunk=8)
+    assert 1 in dims  # a round of the chase ran
+    monkeypatch.setattr(V, "_chase", lambda *args: None)
+    check(log_start, log_trans, log_emit, [1000, 2000], chunk=8)
+
+
+def test_long_sequence_default_chunks_match_hmmlearn(monkeypatch):
+    """Above ``SCAN_FROM`` transitions with the default chunk length (the path `decode` takes at N = 10^5),
+    several sequences, against hmmlearn's compiled Viterbi (no fallback taken)."""
+    hmmc = pytest.importorskip("hmmlearn._hmmc")
+    monkeypatch.setattr(V, "max_product", lambda *args: pytest.fail("the prefix fallback answered"))
+    monkeypatch.setattr(V, "apply_maps", lambda *args: pytest.fail("the pointer fallback answered"))
+    log_start, log_trans, log_emit = chain(8, 2 * V.SCAN_FROM + 50, seed=6, sticky=20.0)
+    lengths = [V.SCAN_FROM + 7, V.SCAN_FROM + 43]
+    score, states = fb.viterbi(log_start, log_trans, log_emit, lengths)
+    for b, (lo, hi) in enumerate([(0, lengths[0]), (lengths[0], sum(lengths))]):
+        ref_score, ref_path = hmmc.viterbi(log_start.exp().numpy(), log_trans.exp().numpy(), log_emit[lo:hi].numpy())
+        assert float(score[b]) == pytest.approx(ref_score, rel=1e-12)
+        assert torch.equal(states[lo:hi], torch.as_tensor(ref_path, dtype=torch.long))

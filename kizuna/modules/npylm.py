@@ -258,7 +258,7 @@ def random_segmentation(s: str, max_word_length: int, rng: np.random.Generator, 
 
 def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[list[str]], rng: np.random.Generator,
                 boosts: Sequence[Callable[[str], float] | None] | None = None, n_candidates: int = 1,
-                temperature: float = 1.0) -> None:
+                temperature: float = 1.0, exact_prior: bool = False) -> None:
     """One blocked Gibbs sweep in random order, replacing ``segmentations`` in place.
 
     An empty segmentation ``[]`` marks an utterance not yet in the model: it is drawn and added
@@ -270,14 +270,17 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
     resampling of hypotheses: ``n_candidates`` segmentations are drawn from the model's posterior and
     one is kept with probability :math:`\\propto \\prod_{w} \\text{boost}_i(w)` (sampling-importance-resampling
     towards :math:`p(\\text{seg} \\mid s)\\prod_w \\text{boost}_i(w)`). At ``temperature`` :math:`T > 1` the
-    segmentations are drawn from the posterior raised to :math:`1/T` (simulated annealing).
+    segmentations are drawn from the posterior raised to :math:`1/T` (simulated annealing). With
+    ``exact_prior`` the boosts enter the forward-backward table instead, so each segmentation is drawn
+    exactly from :math:`p(\\text{seg} \\mid s, \\text{rest})^{1/T}\\prod_w \\text{boost}_i(w)^{1/T}` (``n_candidates``
+    is ignored).
     """
     for i in rng.permutation(len(utterances)).tolist():
         if segmentations[i]:  # [] : not in the model yet (the sequential start)
             model.remove_sentence(segmentations[i], rng)
         boost = None if boosts is None else boosts[i]
-        if boost is None:
-            segmentations[i] = model.sample(utterances[i], rng, power=1.0 / temperature)[0]
+        if boost is None or exact_prior:
+            segmentations[i] = model.sample(utterances[i], rng, boost=boost, power=1.0 / temperature)[0]
         else:
             candidates = model.sample(utterances[i], rng, n_candidates, power=1.0 / temperature)
             log_w = np.array([sum(np.log(boost(w)) for w in c) for c in candidates])

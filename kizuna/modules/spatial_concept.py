@@ -12,7 +12,8 @@ collapsed Gibbs sweeps of `kizuna.modules.spatial_concept_gibbs.ConceptSampler` 
   :math:`p(i_n{=}k \mid c_n, \cdot) = \frac{N_{c_n k} + \gamma}{N_{c_n} + K\gamma}`, which replaces its mixing
   weights (so the GMM resamples its components as the concepts see them);
 * **down** to a count child that receives priors (a `WordSegmenter`) the predictive
-  :math:`p(v\mid\text{event } n) = \sum_l p(c_n{=}l\mid\cdot)\,\mathbb E[\theta_{lv}]`.
+  :math:`p(v\mid\text{event } n) = \sum_l p(c_n{=}l\mid\cdot)\,\mathbb E[\theta_{lv}]`, or the concept posterior
+  itself when the child asks for it (``prior_over == "classes"``: a segmenter choosing among its chains).
 
 ``predict_words(positions)`` gives :math:`p(w \mid x) = \sum_l p(l\mid x)\,\mathbb E[\theta_{lw}]` with
 :math:`p(l\mid x) \propto \hat\pi_l\sum_k\hat\phi_{lk}\,p(x\mid k)` (the GMM's predictive), and
@@ -164,6 +165,8 @@ class SpatialConcept(ClassModule):
                 continue
             if msg.kind == "posterior":
                 value = torch.as_tensor(self.sampler_.component_prior(), dtype=dtype)
+            elif getattr(child, "prior_over", "words") == "classes":  # a WordSegmenter choosing among its chains
+                value = self.posterior
             else:
                 theta = self.sampler_.feature_distributions(data_index[id(msg)])
                 value = torch.as_tensor(self.sampler_.posterior @ theta, dtype=dtype)

@@ -13,6 +13,16 @@ hypotheses: ``n_candidates`` segmentations from the language model, one kept wit
 :math:`\prod_w (q_n(w) / \bar q(w))^{\lambda}` with :math:`\bar q` the mean of :math:`q_n` over events
 (words outside the vocabulary weigh 1) and :math:`\lambda` = ``prior_weight``.
 
+With ``n_chains = R > 1`` the module keeps R independent NPYLM chains, R hypotheses of the whole
+lexicon (SpCoSLAM's particles each carry one), and sends up the words of one of them. It then asks its
+parent for the **concept posterior** :math:`r_{nl}` instead of :math:`q_n(w)` (``prior_over = "classes"``)
+and, after every update's sweeps, keeps the chain whose words best predict the concepts of events they
+were not counted with (`kizuna.modules.segment_selection.concept_log_predictive`, drawn with weight
+:math:`\exp S`, in practice the maximum). Before any posterior has come down (and in ``fit``) it keeps the
+chain with the largest language-model probability of its segmentation,
+:math:`\sum_n \log p(\text{seg}_n)`. Independent chains of NPYLM on a few hundred noisy utterances
+differ widely, and one update's token-level prior does not move a chain out of its mode (docs/robotics.md).
+
 >>> rng = np.random.default_rng(0)
 >>> lexicon = ["abc", "xy", "dog", "ek", "mimi", "tu"]
 >>> utterances = ["".join(rng.choice(lexicon, size=rng.integers(1, 5))) for _ in range(150)]
@@ -35,6 +45,7 @@ from kizuna.modules.base import Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.npylm import NPYLM, gibbs_sweep, random_segmentation, temperatures
 from kizuna.modules.rng import generator_for
+from kizuna.modules.segment_selection import concept_log_predictive
 from kizuna.modules.symbols import decode_strings
 
 
@@ -48,6 +59,10 @@ class WordSegmenter(Module):
         sweeps_per_update: sweeps of every later update (with the parent's prior).
         n_candidates: segmentations drawn per utterance when a prior is resampled in.
         prior_weight: :math:`\\lambda`.
+        prior_mode: ``"sir"`` (default): the resampling above; ``"exact"``: the boosts enter the forward-backward
+            table, each segmentation drawn exactly from :math:`p(\\text{seg}\\mid s)\\prod_w \\text{boost}(w)`.
+        n_chains: R independent chains, one kept by the concepts' choice (see the module docstring); 1: one chain.
+        selection_beta: :math:`\\beta` of the concept word distributions in the chains' score.
         min_count: a word enters ``vocabulary_`` when it occurs at least this often.
         init_length: ``None`` (default): Mochihashi et al.'s start, the first sweep segments the utterances one
             by one into an empty model; an integer: start from words of random lengths 1..``init_length``.
@@ -70,10 +85,13 @@ class WordSegmenter(Module):
         utterances_: list[str] = field(default_factory=list)
         segmentation_: list[list[str]] = field(default_factory=list)
         vocabulary_: list[str] = field(default_factory=list)
+        chain_segmentations_: list[list[list[str]]] = field(default_factory=list)
+        selected_: int = 0
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
                  n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 1.0,
-                 init_length: int | None = None, length_correction: bool = False,
+                 init_length: int | None = None, length_correction: bool = False, prior_mode: str = "sir",
+                 n_chains: int = 1, selection_beta: float = 0.5,
                  random_state: int | None = None, name: str | None = None) -> None:
         super().__init__(name, random_state=random_state)
         if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
@@ -83,6 +101,16 @@ class WordSegmenter(Module):
         self.n_iter, self.sweeps_per_update, self.n_candidates = n_iter, sweeps_per_update, n_candidates
         self.prior_weight, self.min_count = prior_weight, min_count
         self.anneal, self.init_length, self.length_correction = anneal, init_length, length_correction
+        if prior_mode not in ("sir", "exact"):
+            raise ValueError(f"WordSegmenter {self.name}: prior_mode must be 'sir' or 'exact', got {prior_mode!r}")
+        self.prior_mode = prior_mode
+        if n_chains < 1 or selection_beta <= 0:
+            raise ValueError(f"WordSegmenter {self.name}: need n_chains >= 1 and selection_beta > 0")
+        self.n_chains, self.selection_beta = n_chains, selection_beta
+        self.chain_segmentations_: list[list[list[str]]] = []
+        self.chain_models_: list[NPYLM | None] = []
+        self.chain_scores_: list[float] = []
+        self.selected_ = 0
         self.model_: NPYLM | None = None
         self.utterances_: list[str] = []
         self.segmentation_: list[list[str]] = []
@@ -93,16 +121,32 @@ class WordSegmenter(Module):
         """A numpy generator seeded by one draw from ``generator`` (the sampler is numpy code)."""
         return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
 
+    @property
+    def prior_over(self) -> str:
+        """What this module wants from its parent: ``"words"`` (:math:`q_n(w)`, one chain) or ``"classes"`` (the
+        concept posterior, to choose among ``n_chains > 1`` chains)."""
+        return "classes" if self.n_chains > 1 else "words"
+
     def _before_load(self, state: dict) -> None:
-        self.model_ = None
+        self.model_, self.chain_models_ = None, []
 
     def _rebuilt(self, rng: np.random.Generator) -> NPYLM | None:
-        """The language model, rebuilt from the segmentation after a load (None before any fit)."""
-        if self.model_ is None and self.segmentation_ and any(self.segmentation_):
-            self.model_ = self._new_model(self.utterances_)
-            for words in self.segmentation_:
-                self.model_.add_sentence(words, rng)
+        """The language models, rebuilt from the segmentations after a load; the kept one (None before any fit)."""
+        if not self.chain_segmentations_ and self.segmentation_:  # saved by a version without chains
+            self.chain_segmentations_ = [self.segmentation_]
+        if not self.chain_models_ and self.chain_segmentations_ and any(self.chain_segmentations_[0]):
+            for segmentation in self.chain_segmentations_:
+                model = self._new_model(self.utterances_)
+                for words in segmentation:
+                    model.add_sentence(words, rng)
+                self.chain_models_.append(model)
+            self._keep(self.selected_)
         return self.model_
+
+    def _keep(self, r: int) -> None:
+        """Make chain ``r`` the module's current model and segmentation."""
+        self.selected_ = r
+        self.model_, self.segmentation_ = self.chain_models_[r], self.chain_segmentations_[r]
 
     @staticmethod
     def _check(utterances: Sequence[str]) -> list[str]:
@@ -115,22 +159,65 @@ class WordSegmenter(Module):
                      self.length_correction)
 
     def _start(self, utterances: list[str], rng: np.random.Generator) -> None:
-        self.model_ = self._new_model(utterances)
         self.utterances_ = utterances
-        if self.init_length is None:  # gibbs_sweep adds them one by one
-            self.segmentation_ = [[] for _ in utterances]
+        self.chain_models_, self.chain_segmentations_ = [], []
+        for _ in range(self.n_chains):
+            model = self._new_model(utterances)
+            if self.init_length is None:  # gibbs_sweep adds them one by one
+                segmentation: list[list[str]] = [[] for _ in utterances]
+            else:
+                segmentation = [random_segmentation(s, self.max_word_length, rng, self.init_length) for s in utterances]
+                for words in segmentation:
+                    model.add_sentence(words, rng)
+            self.chain_models_.append(model)
+            self.chain_segmentations_.append(segmentation)
+        self._keep(0)
+
+    def _chain_rngs(self, rng: np.random.Generator) -> list[np.random.Generator]:
+        """One generator per chain (``rng`` itself for one chain, so that one chain draws as it always did)."""
+        if self.n_chains == 1:
+            return [rng]
+        return [np.random.default_rng(int(rng.integers(2**62))) for _ in range(self.n_chains)]
+
+    def _sweeps(self, schedule: list[float], rng: np.random.Generator, boosts: list | None = None) -> None:
+        for model, segmentation, chain_rng in zip(self.chain_models_, self.chain_segmentations_, self._chain_rngs(rng)):
+            for temperature in schedule:
+                gibbs_sweep(model, self.utterances_, segmentation, chain_rng, boosts, self.n_candidates, temperature,
+                            self.prior_mode == "exact")
+
+    def _select(self, rng: np.random.Generator, concepts: np.ndarray | None) -> None:
+        """Keep one chain: by the concepts' score when ``concepts`` (N×L) is given, else by the language model's
+        probability of the chain's own segmentation (see the module docstring)."""
+        if self.n_chains == 1:
             return
-        self.segmentation_ = [random_segmentation(s, self.max_word_length, rng, self.init_length)
-                              for s in utterances]
-        for words in self.segmentation_:
-            self.model_.add_sentence(words, rng)
+        scores = []
+        for r in range(self.n_chains):
+            self._keep(r)
+            if concepts is None:
+                scores.append(sum(self.model_.log_prob(words) for words in self.segmentation_))
+            else:
+                scores.append(concept_log_predictive(self.word_counts(), concepts, self.selection_beta))
+        self.chain_scores_ = scores
+        weights = np.exp(np.asarray(scores) - max(scores))
+        self._keep(int(rng.choice(self.n_chains, p=weights / weights.sum())))
 
     def fit(self, utterances: Sequence[str], y: None = None) -> WordSegmenter:
-        """``n_iter`` blocked Gibbs sweeps from a random segmentation of ``utterances``."""
+        """``n_iter`` blocked Gibbs sweeps of every chain (Mochihashi et al.'s start, or random words); with several
+        chains, the one whose segmentation the language model finds most probable is kept."""
         rng = self._random(generator_for(self.random_state))
         self._start(self._check(utterances), rng)
-        for temperature in temperatures(self.n_iter, self.anneal):
-            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, rng, temperature=temperature)
+        self._sweeps(temperatures(self.n_iter, self.anneal), rng)
+        self._select(rng, None)
+        return self
+
+    def resume(self, sweeps: int, random_state: int | np.random.Generator | None = None) -> WordSegmenter:
+        """``sweeps`` more Gibbs sweeps of every chain with no prior, then the language model's choice of chain
+        (a control: the module continued as if it had no parent)."""
+        rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+        if self._rebuilt(rng) is None:
+            raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
+        self._sweeps([1.0] * sweeps, rng)
+        self._select(rng, None)
         return self
 
     def segment(self, utterances: Sequence[str]) -> list[list[str]]:
@@ -163,14 +250,20 @@ class WordSegmenter(Module):
         if len(forward) != 1:
             raise ValueError(f"WordSegmenter {self.name} segments one child's strings, got {len(forward)} children")
         rng = self._random(ctx.generator)
+        concepts = None
         if self._rebuilt(rng) is None:
             self._start(self._check(decode_strings(forward[0].value)), rng)
             schedule, boosts = temperatures(self.n_iter, self.anneal), None
         else:
-            schedule = [1.0] * self.sweeps_per_update
-            usable = backward is not None and backward.width == len(self.vocabulary_)
-            boosts = self._boosts(backward.value) if usable else None
-        for temperature in schedule:
-            gibbs_sweep(self.model_, self.utterances_, self.segmentation_, rng, boosts, self.n_candidates, temperature)
+            schedule, boosts = [1.0] * self.sweeps_per_update, None
+            if backward is not None and self.n_chains > 1:
+                if backward.n != len(self.utterances_):
+                    raise ValueError(f"WordSegmenter {self.name}: the concept posterior has {backward.n} rows for "
+                                     f"{len(self.utterances_)} utterances")
+                concepts = backward.value.detach().cpu().double().numpy()
+            elif backward is not None and backward.width == len(self.vocabulary_):
+                boosts = self._boosts(backward.value)
+        self._sweeps(schedule, rng, boosts)
+        self._select(rng, concepts)
         counts = torch.as_tensor(self.word_counts(), dtype=forward[0].value.dtype)
         return self.message("data", counts, variable="w"), {}

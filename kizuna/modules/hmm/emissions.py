@@ -100,7 +100,9 @@ class Gaussian:
     def log_prob(self, x: Tensor, p: Params) -> Tensor:
         """:math:`\\log \\mathcal N(x_t | \\mu_k, \\Sigma_k)` (N, K); for diagonal and spherical covariances
         :math:`-\\tfrac12[\\sum_d x_d^2/\\sigma_{kd}^2 - 2 x_d\\mu_{kd}/\\sigma_{kd}^2 + \\mu_{kd}^2/\\sigma_{kd}^2
-        + \\log\\sigma_{kd}^2 + \\log 2\\pi]` by two matrix products (no Cholesky)."""
+        + \\log\\sigma_{kd}^2 + \\log 2\\pi]` (hmmlearn's sum) by one matrix product of :math:`[x^2, x]` (N, 2D)
+        with the stacked weights :math:`-\\tfrac12[1/\\sigma^2; -2\\mu/\\sigma^2]` plus the constant per state
+        (no Cholesky, one pass over the (N, K) result)."""
         means = p["means_"]
         if x.shape[1] != means.shape[-1]:
             raise ValueError(f"X has {x.shape[1]} features, but HMM is expecting {means.shape[-1]} features as input.")
@@ -108,8 +110,10 @@ class Gaussian:
             var = p["covars_"]
             var = var[:, None].expand_as(means) if var.dim() == 1 else var
             prec = 1.0 / var
-            quad = (x * x) @ prec.T - 2.0 * (x @ (means * prec).T) + (means * means * prec).sum(-1)
-            return -0.5 * (quad + torch.log(var).sum(-1) + x.shape[1] * math.log(2 * math.pi))
+            weights = torch.cat([prec, -2.0 * means * prec], 1).T.mul(-0.5)  # (2D, K)
+            log_norm = torch.log(var).sum(-1) + x.shape[1] * math.log(2 * math.pi)
+            const = -0.5 * ((means * means * prec).sum(-1) + log_norm)
+            return torch.addmm(const, torch.cat([x * x, x], 1), weights)
         chol = torch.linalg.cholesky(self.full_covars(p))
         diff = (x[None] - means[:, None]).mT  # (K, D, N)
         maha = torch.linalg.solve_triangular(chol, diff, upper=False).pow(2).sum(1).T  # (N, K)

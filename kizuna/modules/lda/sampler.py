@@ -32,7 +32,7 @@ request). Restarts, the estimator and the graph node are built on this file
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,11 +94,35 @@ def _rescaled(t: Tensor, weight: float, what: str) -> Tensor:
 def _draw(p: Tensor, generator: torch.Generator | None, u: Tensor | None = None) -> Tensor:
     """One category per row of the unnormalised probabilities ``p`` (inverse CDF): the number of
     cumulative sums at or below :math:`u \\sum_k p_k`, found by binary search (no N×K comparison).
-    ``u``: the uniforms (N×1), when drawn by the caller."""
+    ``u``: the uniforms (N×1), when drawn by the caller. The target is kept below the total (a product
+    :math:`u \\sum_k p_k` may round up to it), so a category of zero probability at the end is never drawn."""
     cdf = p.cumsum(1)
     if u is None:
         u = torch.rand(p.shape[0], 1, generator=generator, dtype=p.dtype, device=p.device)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp_max(p.shape[1] - 1)
+    total = cdf[:, -1:]
+    target = torch.minimum(u.to(p.dtype) * total, total.nextafter(torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_max(p.shape[1] - 1)
+
+
+def _blocks(n: int, n_blocks: int, in_order: bool, dtype: torch.dtype, device: torch.device,
+            generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
+    """A sweep's blocks: a fresh random order of the n tokens cut into ``n_blocks`` consecutive blocks, each
+    as (token indices, one uniform per token (R×1)).
+
+    ``in_order``: each block's tokens in storage order. A token's place in the random order is :math:`\\pi_i`
+    (a uniform permutation), its block :math:`\\lfloor \\pi_i B / n \\rfloor`; one stable sort of these small
+    labels lists every block's tokens in storage order at once (the same blocks in law as sorting each block)."""
+    b = max(1, min(n_blocks, n))
+    order = torch.randperm(n, generator=generator, device=device)
+    if not in_order:
+        for idx in order.tensor_split(b):
+            yield idx, torch.rand(idx.shape[0], 1, generator=generator, dtype=dtype, device=device)
+        return
+    label = order.mul_(b).div_(n, rounding_mode="floor").to(torch.uint8 if b < 256 else torch.int32)
+    sizes = torch.bincount(label, minlength=b).tolist()
+    grouped = torch.sort(label, stable=True).indices
+    u = torch.rand(n, 1, generator=generator, dtype=dtype, device=device)
+    yield from zip(grouped.split(sizes), u.split(sizes))
 
 
 class GibbsChain:
@@ -158,12 +182,7 @@ class GibbsChain:
         theta_sum, phi_sum, kept = torch.zeros_like(n_dk), torch.zeros_like(n_wk), 0
         in_order = n_dk.numel() > SORT_ABOVE
         for sweep in range(n_sweeps):
-            order = torch.randperm(doc.shape[0], generator=generator, device=self.device)
-            for idx in order.tensor_split(max(1, min(n_blocks, doc.shape[0]))):
-                u = torch.rand(idx.shape[0], 1, generator=generator, dtype=self.dtype, device=self.device)
-                if in_order:  # storage (document) order reads the tables in order; each token keeps its uniform
-                    idx, where = idx.sort()
-                    u = u.index_select(0, where)
+            for idx, u in _blocks(doc.shape[0], n_blocks, in_order, self.dtype, self.device, generator):
                 d, w, m, old = (t.index_select(0, idx) for t in (doc, word, mod, z))
                 # the conditional with every count, then each token's own topic corrected for its removal
                 doc_tab = n_dk + self.alpha if bias is None else (n_dk + self.alpha) * bias
