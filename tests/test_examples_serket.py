@@ -46,6 +46,7 @@ def test_vae_gmm_mm_clusters_digits():
     assert m["vae_gmm_mm_accuracy"] > 0.4  # measured 0.52; the MM's gain needs full runs (slow test)
 
 
+@pytest.mark.filterwarnings("ignore:mlda. modality 0:UserWarning")  # SERKET's own lopsided weights, on purpose
 def test_vae_gmm_mlda_fuses_speech_and_images():
     m = run_smoke("serket_vae_gmm_mlda")
     # measured (seeds 0, 1, 2): integrated MLDA 0.78 / 0.77 / 0.77, GMM on VAE latents 0.52 / 0.53 / 0.54,
@@ -56,6 +57,7 @@ def test_vae_gmm_mlda_fuses_speech_and_images():
     assert m["serket_weights_accuracy"] < m["vae_gmm_mlda_accuracy"] - 0.15
 
 
+@pytest.mark.filterwarnings("ignore:mlda. modality 0:UserWarning")  # SERKET's own lopsided weights, on purpose
 def test_vae_gmm_mlda_mm_runs_above_chance():
     m = run_smoke("serket_vae_gmm_mlda_mm")
     assert m["vae_gmm_mlda_mm_accuracy"] > 0.5
@@ -76,6 +78,7 @@ def test_mmlda_prior_once_per_sample_does_not_hurt():
         assert m[f"{key}_once_accuracy"] > m[f"{key}_alone_accuracy"] - 0.1
 
 
+@pytest.mark.filterwarnings("ignore:mlda. modality 0:UserWarning")  # SERKET's own lopsided weights, on purpose
 def test_vae_under_mlda_on_objects():
     m = run_smoke("serket_mlda_vae")
     # the GMM in the integrated model gains from the MLDA's prior. Smoke runs (50 objects), seeds 0-2:
