@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import threading
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import torch
@@ -43,13 +43,20 @@ from kizuna.formula.memo import memoized, remember
 _PARAM_ERROR = re.compile(r"Expected parameter (\w+) .*?to satisfy the constraint (.+?), but found")
 
 
-_CHECKS: ContextVar[bool | None] = ContextVar("kizuna_validation", default=None)
+# the innermost `validation` block's setting, per thread (a threading.local, which torch.compile
+# traces, where it breaks the graph at ContextVar.get)
+class _Checks(threading.local):
+    def __init__(self) -> None:  # run in every thread: the attribute always exists (compiled steps guard on it)
+        self.enabled: bool | None = None
+
+
+_CHECKS = _Checks()
 
 
 def validation_enabled() -> bool:
     """Whether parameters and values are checked: the innermost `validation` block's setting, else
     torch's default ``validate_args`` (``set_validation``)."""
-    local = _CHECKS.get()
+    local = _CHECKS.enabled
     return bool(D.Distribution._validate_args) if local is None else local
 
 
@@ -69,16 +76,17 @@ class validation:  # noqa: N801 - used as a function: ``with validation(False):`
     False
     """
 
-    __slots__ = ("enabled", "_token")
+    __slots__ = ("enabled", "_outer")
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = bool(enabled)
 
     def __enter__(self) -> None:
-        self._token = _CHECKS.set(self.enabled)
+        self._outer = _CHECKS.enabled
+        _CHECKS.enabled = self.enabled
 
     def __exit__(self, *exc: object) -> None:
-        _CHECKS.reset(self._token)
+        _CHECKS.enabled = self._outer
 
 
 def _shape_text(value: Any) -> str:
@@ -362,6 +370,8 @@ class TorchDistribution(Distribution):
     @classmethod
     def _has_hook(cls, name: str) -> bool:
         """Whether this family defines the closed-form hook ``name`` (answered once per class)."""
+        if torch.compiler.is_compiling():  # traced once: a cache filled while tracing forces a recompile
+            return getattr(cls, name) is not getattr(TorchDistribution, name)
         key = (cls, name)
         found = _HOOKS.get(key)
         if found is None:
