@@ -9,6 +9,7 @@ prints the two columns with the seeds' spread, and profiles kizuna's step (``--p
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import io
 import pstats
@@ -27,7 +28,7 @@ def add_args(parser: argparse.ArgumentParser, seeds: int = 3) -> None:
     parser.add_argument("--seeds", type=int, default=seeds, help="seeds 0..n-1 for the quality columns")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing repeats")
     parser.add_argument("--calls", type=int, default=20, help="steps per timing block")
-    parser.add_argument("--profile", action="store_true", help="profile kizuna's and the reference's step")
+    parser.add_argument("--profile", action="store_true", help="profile kizuna's and the reference's step (cProfile, operator counts)")
     parser.add_argument("--quick", action="store_true", help="one seed, few steps (smoke test of the script)")
     parser.add_argument("--threads", type=int, default=1)
 
@@ -71,6 +72,7 @@ def report_speed(args: argparse.Namespace, kizuna: Step, reference: Step, profil
     if args.profile:
         print(profile(kizuna, profile_steps, kizuna_title))
         print(profile(reference, profile_steps, "hand-written step"))
+        print(operator_counts(kizuna, reference))
 
 
 def quality_over_seeds(args: argparse.Namespace, one_seed: Callable[[int], dict[str, dict[str, float]]]) -> None:
@@ -106,6 +108,33 @@ def profile(step: Step, n: int, title: str, top: int = 18) -> str:
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
     return f"--- profile: {title} ({n} steps)\n" + "\n".join(out.getvalue().splitlines()[4:])
+
+
+def count_operators(step: Step, n: int = 10) -> collections.Counter:
+    """torch.profiler events (operators and record_function scopes) per call of ``step``, over ``n`` calls."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for _ in range(3):
+        step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    counts: collections.Counter = collections.Counter()
+    for event in prof.events():
+        counts[event.name] += 1
+    return collections.Counter({name: c / n for name, c in counts.items()})
+
+
+def operator_counts(kizuna: Step, reference: Step, n: int = 10) -> str:
+    """Per-step torch.profiler event counts of both steps: the total and every event whose count differs."""
+    k, r = count_operators(kizuna, n), count_operators(reference, n)
+    lines = [f"--- operator counts per step: kizuna {sum(k.values()):.1f}, reference {sum(r.values()):.1f}",
+             f"  {'event':52s} {'kizuna':>7s} {'ref':>7s}"]
+    for name in sorted(set(k) | set(r)):
+        if k[name] != r[name]:
+            lines.append(f"  {name:52s} {k[name]:7.1f} {r[name]:7.1f}")
+    return "\n".join(lines)
 
 
 def start(args: argparse.Namespace, title: str) -> None:

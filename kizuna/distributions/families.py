@@ -186,13 +186,31 @@ class FactorizedBernoulli(Bernoulli):
         return per_feature * observed.to(per_feature.dtype)
 
 
+class _TorchOneHotCategorical(D.OneHotCategorical):
+    """torch's OneHotCategorical whose inner ``Categorical`` follows its ``validate_args``.
+
+    torch 2.13 builds the inner one with the process default, so with kizuna's validation off it
+    still checked the probabilities on every construction (a simplex check and a host sync) and the
+    indices in every ``log_prob``.
+    """
+
+    def __init__(self, probs: Tensor | None = None, logits: Tensor | None = None,
+                 validate_args: bool | None = None) -> None:
+        self._categorical = D.Categorical(probs, logits, validate_args=validate_args)
+        D.Distribution.__init__(self, self._categorical.batch_shape, self._categorical.param_shape[-1:],
+                                validate_args=validate_args)
+
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance: Any = None) -> D.OneHotCategorical:
+        return super().expand(batch_shape, self._get_checked_instance(_TorchOneHotCategorical, _instance))
+
+
 class Categorical(TorchDistribution):
     r"""Categorical over one-hot vectors (the last feature dimension), ``probs`` or ``logits``.
 
     Samples are one-hot, as in Pixyz; use ``.argmax(-1)`` for class indices.
     """
 
-    torch_class = D.OneHotCategorical
+    torch_class = _TorchOneHotCategorical
     param_names = ("probs", "logits")
 
 

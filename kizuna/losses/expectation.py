@@ -52,9 +52,17 @@ def average(value: Tensor, n: int) -> Tensor:
     return value.reshape(n, value.shape[0] // n, *value.shape[1:]).mean(0)
 
 
+def fixed_draws(f: Distribution) -> bool:
+    """Whether the draws of ``f`` depend on no trainable parameter: it has no conditioning variables and
+    none of its parameters requires grad (constants are buffers), so its score-function term is zero."""
+    return not f.cond_var and not any(q.requires_grad for q in f.parameters())
+
+
 def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> Tensor | None:
-    """Log-density of the factors of ``p`` that need the score function (None if none)."""
-    factors = [f for f in p.factors() if not (pathwise and f.has_reparam)]
+    """Log-density of the factors of ``p`` that need the score function (None if none). With
+    ``pathwise``, reparameterised factors and factors with `fixed_draws` (e.g. a uniform draw of a
+    noise level) need none."""
+    factors = [f for f in p.factors() if not (pathwise and (f.has_reparam or fixed_draws(f)))]
     total = None
     for f in factors:
         lp = f.get_log_prob(values)

@@ -47,13 +47,24 @@ def _check_model(score: Any, var: str) -> None:
         raise ValueError(f"the score network {score.prob_text} must output one variable (the score)")
 
 
-def score_value(score: Any, values: dict[str, Any], var: str, create_graph: bool = True) -> tuple[Tensor, Tensor]:
-    """``(x, s(x))``: the scored variable as a leaf that requires grad, and the model's score at it."""
+def score_value(score: Any, values: dict[str, Any], var: str, create_graph: bool = True,
+                wrt_x: bool = True) -> tuple[Tensor, Tensor]:
+    """``(x, s(x))``: the scored variable as a leaf, and the model's score at it.
+
+    Args:
+        create_graph: keep the graph of a density's autograd score (to train through it); without
+            it the family's closed-form score is used when it has one (a fixed target score).
+        wrt_x: the caller differentiates the score with respect to ``x`` (the exact and sliced
+            objectives), so ``x`` requires grad; without it a network's score is evaluated at ``x``
+            as data, and backward computes no gradient for ``x`` (denoising score matching).
+    """
     if not create_graph and not _is_network(score, var):  # a target score: the family's closed form if it has one
         closed = score.closed_form_score(values)
         if closed is not None:
             return values[var], closed
-    x = values[var].detach().requires_grad_(True)
+    x = values[var].detach()
+    if wrt_x or not _is_network(score, var):
+        x.requires_grad_(True)
     given = {**values, var: x}
     with torch.enable_grad():
         if _is_network(score, var):
@@ -163,7 +174,7 @@ class DenoisingScoreError(Loss):
         return [self.score, self.noise]
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        _, s = score_value(self.score, ctx.values, self.var)
+        _, s = score_value(self.score, ctx.values, self.var, wrt_x=False)
         target = score_value(self.noise, ctx.values, self.var, create_graph=False)[1].detach()
         out = 0.5 * _rows((s - target).pow(2))
         if self.noise_weighting:
