@@ -30,6 +30,7 @@ from torch import nn
 
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.families import Normal
+from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.samplers.integrators import ancestral
 from kizuna.samplers.paths import DiffusionPath
 
@@ -102,14 +103,15 @@ class DiffusionSchedule(nn.Module):
         return self._constants
 
     def index(self, t: Any, like: Tensor, low: int = 1) -> Tensor:
-        """Step numbers as a long tensor, checked to lie in ``[low, T]``."""
+        """Step numbers as a long tensor, checked to lie in ``[low, T]`` while validation is on
+        (`kizuna.distributions.validation`; the check reads ``t`` back to the host)."""
         t = torch.as_tensor(t, device=like.device)
         if t.is_floating_point():
             if not bool((t == t.round()).all()):
                 raise ValueError("diffusion: the step variable t must hold whole numbers")
             t = t.round()
         t = t.long()
-        if t.numel():
+        if t.numel() and validation_enabled():
             lo, hi = (int(v) for v in torch.aminmax(t))  # one pass over t
             if lo < low or hi > self.T:
                 raise ValueError(f"diffusion: step t must lie in [{low}, {self.T}], got [{lo}, {hi}]")

@@ -36,30 +36,40 @@ _TEXT = {"text": "||ε - ε_θ({0},{1})||^2", "latex": r"\left\|\epsilon - \epsi
 class NoisePredictionError(Loss):
     """:math:`\\|\\epsilon - \\epsilon_\\theta(x_t, t)\\|^2` per row.
 
-    The noise is recovered from the draw:
-    :math:`\\epsilon = (x_t - \\sqrt{\\bar\\alpha_t}x_0)/\\sqrt{1-\\bar\\alpha_t}`.
+    The noise is recovered from the draw as its standardised value under the forward process,
+    :math:`\\epsilon = (x_t - \\mu)/\\sigma` with :math:`\\mu = \\sqrt{\\bar\\alpha_t}x_0`,
+    :math:`\\sigma = \\sqrt{1-\\bar\\alpha_t}` the parameters of :math:`q(x_t|x_0,t)` (within one
+    evaluation, the very parameters the draw used).
 
     Args:
         reverse: the reverse process whose :math:`\\epsilon_\\theta` is scored.
         data_var: the name of :math:`x_0`.
+        noising: :math:`q(x_t|x_0,t)` over the same schedule and names (default: a new one); give the
+            one that draws :math:`x_t` (as `simple_diffusion_loss` does) to share its parameters.
     """
 
-    def __init__(self, reverse: DiffusionReverse, data_var: str = "x_0") -> None:
+    def __init__(self, reverse: DiffusionReverse, data_var: str = "x_0",
+                 noising: DiffusionForward | None = None) -> None:
         if reverse.step is not None:
             raise ValueError(f"NoisePredictionError: {reverse.prob_text} has a fixed step; give the process over all t")
         super().__init__([data_var, reverse.noisy_var, reverse.t_var])
-        self.reverse, self.data_var = reverse, data_var
+        if noising is None:
+            noising = DiffusionForward(reverse.schedule, var=reverse.noisy_var, data_var=data_var, t_var=reverse.t_var)
+        elif (noising.step is not None or noising.var != [reverse.noisy_var] or noising.data_var != data_var
+              or noising.t_var != reverse.t_var or noising.schedule is not reverse.schedule):
+            raise ValueError(f"NoisePredictionError: {noising.prob_text} must be the forward process over all t of "
+                             f"{reverse.prob_text}'s schedule, drawing {reverse.noisy_var} from {data_var}")
+        self.reverse, self.data_var, self.noising = reverse, data_var, noising
 
-    def _own_distributions(self) -> list[DiffusionReverse]:
-        return [self.reverse]
+    def _own_distributions(self) -> list[DiffusionReverse | DiffusionForward]:
+        return [self.reverse, self.noising]
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        rev = self.reverse
-        x0, xt = ctx.values[self.data_var], ctx.values[rev.noisy_var]
-        t = rev.schedule.index(ctx.values[rev.t_var], xt)
-        ab = rev.schedule.alpha_bar_at(t, xt)
-        eps = (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
-        return (eps - rev.epsilon(xt, t)).pow(2).flatten(1).sum(1)
+        rev, values = self.reverse, ctx.values
+        xt = values[rev.noisy_var]
+        q = self.noising.get_params(values)
+        eps = (xt - q["loc"]) / q["scale"]
+        return (eps - rev.epsilon(xt, rev.schedule.index(values[rev.t_var], xt))).pow(2).flatten(1).sum(1)
 
     def _render(self, fmt: dict[str, str]) -> str:
         template = _TEXT["latex"] if fmt is LATEX else _TEXT["text"]
@@ -145,4 +155,4 @@ def simple_diffusion_loss(reverse: DiffusionReverse, data_var: str = "x_0") -> L
     """
     q_t = DiffusionForward(reverse.schedule, var=reverse.noisy_var, data_var=data_var, t_var=reverse.t_var)
     u = DiscreteUniform(1, reverse.schedule.T, var=reverse.t_var)
-    return Expectation(u, Expectation(q_t, NoisePredictionError(reverse, data_var)))
+    return Expectation(u, Expectation(q_t, NoisePredictionError(reverse, data_var, q_t)))
