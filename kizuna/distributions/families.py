@@ -9,6 +9,7 @@ from ``forward(**cond)``; see `kizuna.distributions.torch_dist`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from torch.distributions.utils import clamp_probs
 from torch.nn import functional as F
 
 from kizuna.distributions.base import Tensor, XDict
-from kizuna.distributions.torch_dist import TorchDistribution
+from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
@@ -48,6 +49,18 @@ class Normal(TorchDistribution):
     def _score_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
         r""":math:`\nabla_x \log \mathcal{N}(x; \mu, \sigma^2) = -(x - \mu)/\sigma^2`."""
         return -(value - params["loc"]) / params["scale"] ** 2
+
+    def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        r"""See `Distribution.sample_variance`: :math:`\sigma^2` in the shape of the parameters broadcast
+        together (torch's ``Normal.variance``), read from the parameters without building the torch
+        distribution while validation is off (it checks the parameters when on)."""
+        x_dict = dict(x_dict or {})
+        self._require(x_dict, self._cond_var)
+        params = self._params(x_dict)
+        shape = None if validation_enabled() else self._kernel_shape(params, None)
+        if shape is None:
+            return super().sample_variance(x_dict)
+        return params["scale"].pow(2).expand(shape)
 
     def _rsample_kernel(self, shape: torch.Size, params: dict[str, Any]) -> Tensor:
         r"""torch's draw :math:`\mu + \sigma\epsilon`, the same random stream as ``Normal.rsample``."""
