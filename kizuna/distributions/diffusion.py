@@ -95,12 +95,13 @@ class DiffusionSchedule(nn.Module):
         A learnable schedule recomputes them per call (so gradients reach the betas); a fixed one
         keeps them in a buffer, recomputed when ``betas`` is changed in place.
         """
-        if isinstance(self.betas, nn.Parameter):
+        betas, table = self.betas, self._constants
+        if type(betas) is not Tensor and isinstance(betas, nn.Parameter):  # the type test first: isinstance is slow
             return self._compute_constants()
-        if self._constants_version != self.betas._version or self._constants.dtype != self.betas.dtype:
-            self._constants = self._compute_constants()
-            self._constants_version = self.betas._version
-        return self._constants
+        if self._constants_version != betas._version or table.dtype != betas.dtype:
+            table = self._constants = self._compute_constants()
+            self._constants_version = betas._version
+        return table
 
     def index(self, t: Any, like: Tensor, low: int = 1) -> Tensor:
         """Step numbers as a long tensor, checked to lie in ``[low, T]`` while validation is on
@@ -119,8 +120,11 @@ class DiffusionSchedule(nn.Module):
 
     def alpha_bar_at(self, t: Tensor, like: Tensor) -> Tensor:
         """:math:`\\bar\\alpha_t` alone, broadcast to ``like`` (what the forward process needs)."""
-        out = self.constants()[:, 2].to(like.dtype)[t]
-        return out.reshape(*out.shape, *([1] * (like.dim() - out.dim())))
+        column = self.constants()[:, 2]
+        if column.dtype != like.dtype:
+            column = column.to(like.dtype)
+        out = column.index_select(0, t) if t.dim() == 1 else column[t]  # index_select: a third of [t]'s cost
+        return out.view(*out.shape, *([1] * (like.dim() - out.dim())))
 
     def coefficients(self, t: Tensor, like: Tensor) -> dict[str, Tensor]:
         """:math:`\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1}` at steps ``t``, broadcast to ``like``."""
