@@ -28,7 +28,8 @@ def add_args(parser: argparse.ArgumentParser, seeds: int = 3) -> None:
     parser.add_argument("--seeds", type=int, default=seeds, help="seeds 0..n-1 for the quality columns")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing repeats")
     parser.add_argument("--calls", type=int, default=20, help="steps per timing block")
-    parser.add_argument("--profile", action="store_true", help="profile kizuna's and the reference's step (cProfile, operator counts)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile kizuna's and the reference's step (cProfile, operator counts)")
     parser.add_argument("--quick", action="store_true", help="one seed, few steps (smoke test of the script)")
     parser.add_argument("--threads", type=int, default=1)
 

@@ -48,7 +48,7 @@ class Normal(TorchDistribution):
 
     def _score_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
         r""":math:`\nabla_x \log \mathcal{N}(x; \mu, \sigma^2) = -(x - \mu)/\sigma^2`."""
-        return -(value - params["loc"]) / params["scale"] ** 2
+        return (params["loc"] - value) / params["scale"] ** 2
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         r"""See `Distribution.sample_variance`: :math:`\sigma^2` in the shape of the parameters broadcast
@@ -216,7 +216,7 @@ class _TorchOneHotCategorical(D.OneHotCategorical):
     def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance: Any = None) -> D.OneHotCategorical:
         return super().expand(batch_shape, self._get_checked_instance(_TorchOneHotCategorical, _instance))
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """torch's draw; probabilities that are one row broadcast over the batch (a constant prior
         expanded to the rows of the data) are drawn from that row in one call (``torch.multinomial``
         over expanded rows is ten times slower), and made one-hot without reading indices back."""
