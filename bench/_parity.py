@@ -57,19 +57,29 @@ def quality_table(rows: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
-def step_ratio(kizuna: Step, reference: Step, repeats: int, calls: int) -> tuple[float, float, float]:
-    """Median seconds per step of each (interleaved blocks) and the median ratio kizuna / reference."""
-    times = interleaved({"kizuna": kizuna, "reference": reference}, repeats, calls, warmup=5, block_warmup=2)
+def step_ratio(kizuna: Step, reference: Step, repeats: int, calls: int,
+               clock: Callable[[], float] = time.perf_counter) -> tuple[float, float, float]:
+    """Median seconds per step of each (interleaved blocks, timed by ``clock``) and the median ratio
+    kizuna / reference."""
+    times = interleaved({"kizuna": kizuna, "reference": reference}, repeats, calls, warmup=5, block_warmup=2,
+                        clock=clock)
     r = ratios(times, "reference")["kizuna"]
     return statistics.median(times["kizuna"]), statistics.median(times["reference"]), r
 
 
 def report_speed(args: argparse.Namespace, kizuna: Step, reference: Step, profile_steps: int = 200,
                  kizuna_title: str = "kizuna Model.train") -> None:
-    """Print the interleaved step times and their ratio (`step_ratio`), and with ``--profile`` both profiles."""
-    k, r, ratio = step_ratio(kizuna, reference, 3 if args.quick else args.repeats, 3 if args.quick else args.calls)
+    """Print the interleaved step times and their ratio (`step_ratio`), by the wall clock and by this
+    thread's CPU time (with one thread, less disturbed by other jobs on a shared machine), and with
+    ``--profile`` both profiles and the operator counts."""
+    repeats, calls = (3, 3) if args.quick else (args.repeats, args.calls)
+    k, r, ratio = step_ratio(kizuna, reference, repeats, calls)
     print(f"  step time: kizuna {k * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, ratio {ratio:.3f} "
           f"(median of interleaved repeats)")
+    if args.threads == 1:
+        k, r, ratio = step_ratio(kizuna, reference, repeats, calls, clock=time.thread_time)
+        print(f"  step CPU time (this thread): kizuna {k * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, "
+              f"ratio {ratio:.3f} (median of interleaved repeats)")
     if args.profile:
         print(profile(kizuna, profile_steps, kizuna_title))
         print(profile(reference, profile_steps, "hand-written step"))

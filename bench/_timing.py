@@ -61,21 +61,26 @@ def sync(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize()
 
 
-def seconds_per_call(fn: Callable[[], Any], calls: int, warmup: int = 3) -> float:
-    """Mean wall time of ``fn()`` over ``calls`` calls, after ``warmup`` untimed calls."""
+def seconds_per_call(fn: Callable[[], Any], calls: int, warmup: int = 3,
+                     clock: Callable[[], float] = time.perf_counter) -> float:
+    """Mean time of ``fn()`` over ``calls`` calls, after ``warmup`` untimed calls: wall time, or
+    ``clock`` (e.g. ``time.thread_time``: this thread's CPU time, which other processes on a shared
+    machine disturb less than the wall clock, for one-thread CPU work only)."""
     for _ in range(warmup):
         fn()
     sync()
-    begin = time.perf_counter()
+    begin = clock()
     for _ in range(calls):
         fn()
     sync()
-    return (time.perf_counter() - begin) / calls
+    return (clock() - begin) / calls
 
 
 def interleaved(cases: Mapping[str, Callable[[], Any]], repeats: int, calls: int | Mapping[str, int],
-                warmup: int = 20, block_warmup: int = 3) -> dict[str, list[float]]:
-    """Seconds per call of every case, one block per case per repeat, in a rotating order.
+                warmup: int = 20, block_warmup: int = 3,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per call of every case (``clock`` as in `seconds_per_call`), one block per case per
+    repeat, in a rotating order.
 
     ``calls``: timed calls per block (one number, or one per case). Every case first gets
     ``warmup`` untimed calls (allocator, lazy initialisation, compilation).
@@ -89,7 +94,7 @@ def interleaved(cases: Mapping[str, Callable[[], Any]], repeats: int, calls: int
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(seconds_per_call(cases[name], per[name], block_warmup))
+            times[name].append(seconds_per_call(cases[name], per[name], block_warmup, clock))
     return times
 
 
