@@ -106,12 +106,14 @@ class DiffusionSchedule(nn.Module):
     def index(self, t: Any, like: Tensor, low: int = 1) -> Tensor:
         """Step numbers as a long tensor, checked to lie in ``[low, T]`` while validation is on
         (`kizuna.distributions.validation`; the check reads ``t`` back to the host)."""
-        t = torch.as_tensor(t, device=like.device)
+        if not isinstance(t, Tensor) or t.device != like.device:
+            t = torch.as_tensor(t, device=like.device)
         if t.is_floating_point():
             if not bool((t == t.round()).all()):
                 raise ValueError("diffusion: the step variable t must hold whole numbers")
             t = t.round()
-        t = t.long()
+        if t.dtype != torch.long:
+            t = t.long()
         if t.numel() and validation_enabled():
             lo, hi = (int(v) for v in torch.aminmax(t))  # one pass over t
             if lo < low or hi > self.T:
