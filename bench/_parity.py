@@ -30,6 +30,8 @@ def add_args(parser: argparse.ArgumentParser, seeds: int = 3) -> None:
     parser.add_argument("--calls", type=int, default=20, help="steps per timing block")
     parser.add_argument("--profile", action="store_true",
                         help="profile kizuna's and the reference's step (cProfile, operator counts)")
+    parser.add_argument("--split", action="store_true",
+                        help="split kizuna's extra step time: Model.train, a plain loop on its loss, forward only")
     parser.add_argument("--quick", action="store_true", help="one seed, few steps (smoke test of the script)")
     parser.add_argument("--threads", type=int, default=1)
 
@@ -84,6 +86,43 @@ def report_speed(args: argparse.Namespace, kizuna: Step, reference: Step, profil
         print(profile(kizuna, profile_steps, kizuna_title))
         print(profile(reference, profile_steps, "hand-written step"))
         print(operator_counts(kizuna, reference))
+
+
+def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Tensor], kizuna: Step,
+                 reference: Step, reference_loss: Callable[[], torch.Tensor]) -> None:
+    """Where kizuna's extra step time lies, by this thread's CPU time over interleaved blocks (ratios to
+    the hand-written step, or forward to forward): ``Model.train``; a plain ``zero_grad`` / ``eval`` /
+    ``backward`` / Adam loop on the same loss (the difference is `Model`'s own work); the loss's forward
+    pass alone without gradients, against the hand-written loss's."""
+    from kizuna.distributions import validation
+
+    opt = torch.optim.Adam(model.optimizer.param_groups[0]["params"], lr=model.optimizer.param_groups[0]["lr"])
+
+    def loop() -> None:
+        with validation(False):  # as Model.train after its first (validated) step
+            opt.zero_grad()
+            model.loss_cls.eval(batch).backward()
+            opt.step()
+
+    def forward() -> None:
+        with validation(False), torch.no_grad():
+            model.loss_cls.eval(batch)
+
+    def reference_forward() -> None:
+        with torch.no_grad():
+            reference_loss()
+
+    cases = {"Model.train": kizuna, "plain loop": loop, "reference": reference,
+             "kizuna forward": forward, "reference forward": reference_forward}
+    repeats, calls = (3, 3) if args.quick else (args.repeats, args.calls)
+    times = interleaved(cases, repeats, calls, warmup=5, block_warmup=2, clock=time.thread_time)
+    steps, forwards = ratios(times, "reference"), ratios(times, "reference forward")
+    print("  split (this thread's CPU time, median of interleaved repeats):")
+    for name in ("Model.train", "plain loop", "reference"):
+        print(f"    {name:18s} {statistics.median(times[name]) * 1e3:7.2f} ms  {steps[name]:.3f} of the reference step")
+    for name in ("kizuna forward", "reference forward"):
+        print(f"    {name:18s} {statistics.median(times[name]) * 1e3:7.2f} ms  {forwards[name]:.3f} of the reference "
+              "forward (no gradients)")
 
 
 def quality_over_seeds(args: argparse.Namespace, one_seed: Callable[[int], dict[str, dict[str, float]]]) -> None:

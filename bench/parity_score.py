@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, quality_over_seeds, report_speed, start, train_timed
+from _parity import add_args, quality_over_seeds, report_speed, report_split, start, train_timed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -120,6 +120,8 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
 
     k_step = lambda: model.train({"x": x})  # noqa: E731
     report_speed(args, k_step, r_step)
+    if args.split:
+        report_split(args, model, {"x": x}, k_step, r_step, lambda: reference_loss(score_r, x))
 
 
 def main() -> None:
