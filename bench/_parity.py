@@ -123,6 +123,25 @@ def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Te
     for name in ("kizuna forward", "reference forward"):
         print(f"    {name:18s} {statistics.median(times[name]) * 1e3:7.2f} ms  {forwards[name]:.3f} of the reference "
               "forward (no gradients)")
+    for name, fn in (("kizuna forward", forward), ("reference forward", reference_forward)):
+        total, files = python_calls(fn)
+        print(f"  Python calls of one {name}: {total} ({', '.join(f'{f} {n}' for f, n in files.most_common(12))})")
+
+
+def python_calls(fn: Step) -> tuple[int, collections.Counter]:
+    """The Python-level calls (cProfile's count, C functions included as "builtins") of one call of
+    ``fn``, in total and by file (shortened to the path inside the package or repository)."""
+    fn()
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    files: collections.Counter = collections.Counter()
+    for (path, _, _), (_, calls, _, _, _) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        name = "builtins" if path == "~" else path.split("site-packages/")[-1].split("/kizuna/")[-1]
+        files[name if "/" not in name or name.startswith("torch/") else name.rsplit("/", 2)[-2] + "/"
+              + name.rsplit("/", 1)[-1]] += calls
+    return sum(files.values()), files
 
 
 def quality_over_seeds(args: argparse.Namespace, one_seed: Callable[[int], dict[str, dict[str, float]]]) -> None:
