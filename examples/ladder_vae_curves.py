@@ -37,7 +37,7 @@ from kizuna.metrics import log_likelihood  # noqa: E402
 from kizuna.models import LadderVAE  # noqa: E402
 
 LADDER = {"z_dims": [32, 4], "hidden": [400, 50], "depth": 2, "warmup": 0, "free_nats": 0.0, "k_train": 1,
-          "pretrain": 0}
+          "pretrain": 0, "merge": "product"}
 
 
 def parse_model(text: str) -> tuple[str, dict]:
@@ -68,13 +68,14 @@ class Candidate:
             self.kls = [KullbackLeibler(q, prior)]
             self._loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
         else:
-            m = LadderVAE(x_dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"])
+            m = LadderVAE(x_dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], merge=cfg["merge"])
             self.modules, self.ladder = m, m
             self.p, self.q = m.p, m.q
             self.kls = [KullbackLeibler(m.posteriors[i], m.priors[i]) for i in range(len(m.priors))]
             self.kls.append(KullbackLeibler(m.posteriors[-1], m.prior))
             if cfg["pretrain"]:  # the bottom layer alone, as a VAE with a standard-normal prior on z_1
-                bottom = m.posteriors[0].factors_[0] if len(m.priors) else m.posteriors[0]
+                bottom = m.posteriors[0] if not m.priors else (
+                    m.posteriors[0].factors_[0] if cfg["merge"] == "product" else m.posteriors[0].shift)
                 prior = standard_normal("z_1", cfg["z_dims"][0])
                 self._pretrain = (KullbackLeibler(bottom, prior) - Expectation(bottom, LogProb(m.decoder))).mean()
         self.optimizer = torch.optim.Adam(self.modules.parameters(), lr=1e-3)

@@ -30,6 +30,7 @@ from kizuna.distributions.base import Tensor
 from kizuna.distributions.normal_product import NormalProduct
 from kizuna.formula.expr import Loss
 from kizuna.losses import Expectation, KullbackLeibler, LogProb, MaxLoss
+from kizuna.models.residual_normal import ResidualNormal
 
 
 class _NormalHead(Normal):
@@ -75,6 +76,12 @@ class LadderVAE(nn.Module):
             784-400-400 encoder); the decoder :math:`p(x|z_1)` always has two hidden layers of ``hidden[0]``.
         dropout: dropout rate after every hidden layer of every network (0: none); a regulariser
             for small training sets, off in ``eval()`` mode, where the densities are evaluated.
+        merge: how the bottom-up term of a layer below the top meets its prior :math:`p(z_i|z_{i+1})`:
+            ``"product"`` (Sønderby et al.: :math:`q \\propto \\hat q(z_i|x)\\,p(z_i|z_{i+1})`, a
+            `NormalProduct`) or ``"residual"`` (NVAE: :math:`q = \\mathcal{N}(\\mu_p + \\Delta\\mu(x),
+            (\\sigma_p\\Delta\\sigma(x))^2)`, a `ResidualNormal`). Trained without KL warm-up, the
+            product switches its lower layers off (the bottom-up scale :math:`\\hat\\sigma` grows
+            without bound, which sends the KL to 0); the residual form has the single-layer VAE's KL.
 
     Attributes: ``p`` (the joint :math:`p(x, z_{1:L})`), ``q`` (the joint posterior), ``prior``,
     ``decoder``, ``priors`` (:math:`p(z_i|z_{i+1})`, bottom up), ``posteriors`` (:math:`q(z_i|\\cdot)`).
@@ -89,7 +96,7 @@ class LadderVAE(nn.Module):
     """
 
     def __init__(self, x_dim: int, z_dims: Sequence[int], hidden: Sequence[int], x_var: str = "x",
-                 depth: int = 1, dropout: float = 0.0) -> None:
+                 depth: int = 1, dropout: float = 0.0, merge: str = "product") -> None:
         super().__init__()
         if len(z_dims) < 1 or len(hidden) != len(z_dims):
             raise ValueError(f"LadderVAE: give one hidden width per stochastic layer, got z_dims={list(z_dims)}, "
@@ -97,7 +104,9 @@ class LadderVAE(nn.Module):
         if depth < 1 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"LadderVAE: depth must be >= 1 and dropout in [0, 1), got depth={depth}, "
                              f"dropout={dropout}")
-        self.x_var, L = x_var, len(z_dims)
+        if merge not in ("product", "residual"):
+            raise ValueError(f"LadderVAE: merge must be 'product' or 'residual', got {merge!r}")
+        self.x_var, self.merge, L = x_var, merge, len(z_dims)
         names = [f"z_{i + 1}" for i in range(L)]
         sizes = [x_dim, *hidden]
         trunk: list[nn.Module] = []  # d_i = f_i(d_{i-1}), shared by every q-hat above it
@@ -115,8 +124,9 @@ class LadderVAE(nn.Module):
             for i in range(L - 1))
         decoder = nn.Sequential(_block(z_dims[0], [hidden[0]] * 2, dropout), nn.Linear(hidden[0], x_dim))
         self.decoder = _BernoulliHead(x_var, names[0], decoder, "p")
-        posteriors: list[Distribution] = [NormalProduct([likelihood_terms[i], self.priors[i]], name="q")
-                                          for i in range(L - 1)]
+        posteriors: list[Distribution] = [
+            NormalProduct([likelihood_terms[i], self.priors[i]], name="q") if merge == "product"
+            else ResidualNormal(self.priors[i], likelihood_terms[i], name="q") for i in range(L - 1)]
         posteriors.append(likelihood_terms[-1])
         self.posteriors = nn.ModuleList(posteriors)
 
