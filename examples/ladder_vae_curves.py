@@ -10,8 +10,8 @@ held-out images and with the same evaluation code (`kizuna.metrics.log_likelihoo
 * the held-out ELBO and the ELBO of as many training images (their difference measures overfitting);
 * each layer's KL per image (a layer with a KL near 0 is unused).
 
-Models are given as ``vae`` or ``ladder:key=value,...`` with the keys of `LADDER` (``z_dims`` and
-``hidden`` as ``32/4``), e.g.::
+Models are given as ``vae`` or ``ladder:key=value,...`` with the keys of `LADDER` (``z_dims``,
+``hidden`` and ``top_down`` as ``32/4``), e.g.::
 
     python examples/ladder_vae_curves.py vae ladder:depth=2,z_dims=32/4,hidden=400/50
 
@@ -37,7 +37,8 @@ from kizuna.metrics import log_likelihood  # noqa: E402
 from kizuna.models import LadderVAE  # noqa: E402
 
 LADDER = {"z_dims": [32, 4], "hidden": [400, 50], "depth": 2, "warmup": 0, "free_nats": 0.0, "k_train": 1,
-          "pretrain": 0, "merge": "product"}
+          "pretrain": 0, "merge": "product",
+          "top_down": None}
 
 
 def parse_model(text: str) -> tuple[str, dict]:
@@ -52,7 +53,8 @@ def parse_model(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if key not in cfg:
             raise ValueError(f"ladder_vae_curves: unknown setting {key!r}; known: {sorted(cfg)}")
-        cfg[key] = [int(v) for v in value.split("/")] if key in ("z_dims", "hidden") else type(cfg[key])(value)
+        lists = key in ("z_dims", "hidden", "top_down")
+        cfg[key] = [int(v) for v in value.split("/")] if lists else type(cfg[key])(value)
     return kind, cfg
 
 
@@ -68,7 +70,8 @@ class Candidate:
             self.kls = [KullbackLeibler(q, prior)]
             self._loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
         else:
-            m = LadderVAE(x_dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], merge=cfg["merge"])
+            m = LadderVAE(x_dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], merge=cfg["merge"],
+                          top_down=cfg["top_down"])
             self.modules, self.ladder = m, m
             self.p, self.q = m.p, m.q
             self.kls = [KullbackLeibler(m.posteriors[i], m.priors[i]) for i in range(len(m.priors))]

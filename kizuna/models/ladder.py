@@ -82,6 +82,9 @@ class LadderVAE(nn.Module):
             (\\sigma_p\\Delta\\sigma(x))^2)`, a `ResidualNormal`). Trained without KL warm-up, the
             product switches its lower layers off (the bottom-up scale :math:`\\hat\\sigma` grows
             without bound, which sends the KL to 0); the residual form has the single-layer VAE's KL.
+        top_down: widths of the prior networks :math:`p(z_i|z_{i+1})`, bottom up (``depth`` hidden
+            layers each); by default ``hidden[i]``, the bottom-up width of the same layer. A narrow
+            prior network over-fits a small training set less.
 
     Attributes: ``p`` (the joint :math:`p(x, z_{1:L})`), ``q`` (the joint posterior), ``prior``,
     ``decoder``, ``priors`` (:math:`p(z_i|z_{i+1})`, bottom up), ``posteriors`` (:math:`q(z_i|\\cdot)`).
@@ -96,7 +99,8 @@ class LadderVAE(nn.Module):
     """
 
     def __init__(self, x_dim: int, z_dims: Sequence[int], hidden: Sequence[int], x_var: str = "x",
-                 depth: int = 1, dropout: float = 0.0, merge: str = "product") -> None:
+                 depth: int = 1, dropout: float = 0.0, merge: str = "product",
+                 top_down: Sequence[int] | None = None) -> None:
         super().__init__()
         if len(z_dims) < 1 or len(hidden) != len(z_dims):
             raise ValueError(f"LadderVAE: give one hidden width per stochastic layer, got z_dims={list(z_dims)}, "
@@ -107,6 +111,10 @@ class LadderVAE(nn.Module):
         if merge not in ("product", "residual"):
             raise ValueError(f"LadderVAE: merge must be 'product' or 'residual', got {merge!r}")
         self.x_var, self.merge, L = x_var, merge, len(z_dims)
+        top_down = list(hidden[:-1]) if top_down is None else list(top_down)
+        if len(top_down) != L - 1 or any(w < 1 for w in top_down):
+            raise ValueError(f"LadderVAE: give one positive top-down width per prior p(z_i|z_(i+1)) (L - 1 = {L - 1}), "
+                             f"got top_down={top_down}")
         names = [f"z_{i + 1}" for i in range(L)]
         sizes = [x_dim, *hidden]
         trunk: list[nn.Module] = []  # d_i = f_i(d_{i-1}), shared by every q-hat above it
@@ -119,7 +127,7 @@ class LadderVAE(nn.Module):
                                                 name=name))
         self.prior = Normal(var=[names[-1]], loc=0.0, scale=1.0, features_shape=[z_dims[-1]], name="p_prior")
         self.priors = nn.ModuleList(
-            _NormalHead(names[i], names[i + 1], _block(z_dims[i + 1], [hidden[i]] * depth, dropout), hidden[i],
+            _NormalHead(names[i], names[i + 1], _block(z_dims[i + 1], [top_down[i]] * depth, dropout), top_down[i],
                         z_dims[i], "p")
             for i in range(L - 1))
         decoder = nn.Sequential(_block(z_dims[0], [hidden[0]] * 2, dropout), nn.Linear(hidden[0], x_dim))
