@@ -150,7 +150,7 @@ if __name__ == "__main__":
     parser.add_argument("--k-val", type=int, help="early stopping on the held-out IWAE estimate with this k "
                         "(1: the held-out ELBO)")
     parser.add_argument("--k", type=int, help="importance samples of the held-out log p(x)")
-    parser.add_argument("--merge", choices=["product", "residual"],
+    parser.add_argument("--merge", choices=["product", "residual", "whitened"],
                         help="posterior of the lower layers: precision-weighted product or NVAE's residual form")
     args = vars(parser.parse_args())
     torch.set_num_threads(1)

@@ -78,10 +78,12 @@ class LadderVAE(nn.Module):
             for small training sets, off in ``eval()`` mode, where the densities are evaluated.
         merge: how the bottom-up term of a layer below the top meets its prior :math:`p(z_i|z_{i+1})`:
             ``"product"`` (Sønderby et al.: :math:`q \\propto \\hat q(z_i|x)\\,p(z_i|z_{i+1})`, a
-            `NormalProduct`) or ``"residual"`` (NVAE: :math:`q = \\mathcal{N}(\\mu_p + \\Delta\\mu(x),
-            (\\sigma_p\\Delta\\sigma(x))^2)`, a `ResidualNormal`). Trained without KL warm-up, the
-            product switches its lower layers off (the bottom-up scale :math:`\\hat\\sigma` grows
-            without bound, which sends the KL to 0); the residual form has the single-layer VAE's KL.
+            `NormalProduct`), ``"residual"`` (NVAE: :math:`q = \\mathcal{N}(\\mu_p + \\Delta\\mu(x),
+            (\\sigma_p\\Delta\\sigma(x))^2)`, a `ResidualNormal`) or ``"whitened"`` (the shift in prior
+            scales, :math:`\\mu_p + \\sigma_p\\Delta\\mu(x)`, whose KL is the VAE's KL of
+            :math:`\\mathcal{N}(\\Delta\\mu, \\Delta\\sigma^2)` to :math:`\\mathcal{N}(0, I)`). Trained without
+            KL warm-up, the product switches its lower layers off (the bottom-up scale :math:`\\hat\\sigma`
+            grows without bound, which sends the KL to 0); the residual forms have a VAE-like KL.
         top_down: widths of the prior networks :math:`p(z_i|z_{i+1})`, bottom up (``depth`` hidden
             layers each); by default ``hidden[i]``, the bottom-up width of the same layer. A narrow
             prior network over-fits a small training set less.
@@ -108,8 +110,8 @@ class LadderVAE(nn.Module):
         if depth < 1 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"LadderVAE: depth must be >= 1 and dropout in [0, 1), got depth={depth}, "
                              f"dropout={dropout}")
-        if merge not in ("product", "residual"):
-            raise ValueError(f"LadderVAE: merge must be 'product' or 'residual', got {merge!r}")
+        if merge not in ("product", "residual", "whitened"):
+            raise ValueError(f"LadderVAE: merge must be 'product', 'residual' or 'whitened', got {merge!r}")
         self.x_var, self.merge, L = x_var, merge, len(z_dims)
         top_down = list(hidden[:-1]) if top_down is None else list(top_down)
         if len(top_down) != L - 1 or any(w < 1 for w in top_down):
@@ -134,7 +136,8 @@ class LadderVAE(nn.Module):
         self.decoder = _BernoulliHead(x_var, names[0], decoder, "p")
         posteriors: list[Distribution] = [
             NormalProduct([likelihood_terms[i], self.priors[i]], name="q") if merge == "product"
-            else ResidualNormal(self.priors[i], likelihood_terms[i], name="q") for i in range(L - 1)]
+            else ResidualNormal(self.priors[i], likelihood_terms[i], name="q", whitened=merge == "whitened")
+            for i in range(L - 1)]
         posteriors.append(likelihood_terms[-1])
         self.posteriors = nn.ModuleList(posteriors)
 

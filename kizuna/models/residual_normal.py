@@ -33,6 +33,11 @@ class ResidualNormal(Normal):
         shift: a Normal over the same variable whose ``loc`` is :math:`\\Delta\\mu` and whose
             ``scale`` is :math:`\\Delta\\sigma` (its own density is not used).
         name: the name in formulas.
+        whitened: measure the shift in prior scales, :math:`\\mu_p + \\sigma_p\\Delta\\mu`: then
+            :math:`q` is the affine image :math:`z = \\mu_p + \\sigma_p u` of
+            :math:`u \\sim \\mathcal{N}(\\Delta\\mu, \\Delta\\sigma^2)` and, KL being invariant under it,
+            :math:`D_{KL}[q\\|p] = D_{KL}[\\mathcal{N}(\\Delta\\mu, \\Delta\\sigma^2)\\|\\mathcal{N}(0, I)]`
+            whatever the prior: the single-layer VAE's KL of the bottom-up term.
 
     >>> import torch
     >>> p = Normal(var=["z"], cond_var=["y"], loc="y", scale=2.0, name="p")
@@ -45,10 +50,10 @@ class ResidualNormal(Normal):
     (4.0, 1.0)
     """
 
-    def __init__(self, prior: Distribution, shift: Distribution, name: str = "q") -> None:
+    def __init__(self, prior: Distribution, shift: Distribution, name: str = "q", whitened: bool = False) -> None:
         prior, shift = normal_experts([prior, shift], type(self).__name__)
         super().__init__(var=prior.var, cond_var=union_cond([shift, prior], prior.var), name=name)
-        self.prior, self.shift = prior, shift
+        self.prior, self.shift, self.whitened = prior, shift, bool(whitened)
 
     @property
     def distribution_name(self) -> str:
@@ -57,4 +62,5 @@ class ResidualNormal(Normal):
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         """``loc`` :math:`= \\mu_p + \\Delta\\mu` and ``scale`` :math:`= \\sigma_p\\Delta\\sigma` given ``cond``."""
         p, d = self.prior.get_params(cond), self.shift.get_params(cond)
-        return {"loc": p["loc"] + d["loc"], "scale": p["scale"] * d["scale"]}
+        shift = p["scale"] * d["loc"] if self.whitened else d["loc"]
+        return {"loc": p["loc"] + shift, "scale": p["scale"] * d["scale"]}
