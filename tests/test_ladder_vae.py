@@ -47,7 +47,7 @@ def test_normal_product_is_the_normalised_product_of_densities() -> None:
         NormalProduct([a])
 
 
-@pytest.mark.parametrize("merge", ["product", "residual"])
+@pytest.mark.parametrize("merge", ["product", "residual", "whitened"])
 def test_ladder_bound_equals_the_monte_carlo_elbo(merge: str) -> None:
     m = LadderVAE(6, [3, 2], [8, 8], merge=merge).double()
     x = torch.bernoulli(torch.full((1, 6), 0.4, dtype=F64)).repeat(4000, 1)
@@ -62,7 +62,7 @@ def test_ladder_bound_equals_the_monte_carlo_elbo(merge: str) -> None:
     assert all(g is not None for g in grads)  # every network, including the top-down priors, gets a gradient
     with pytest.raises(ValueError, match="one hidden width per stochastic layer"):
         LadderVAE(6, [3, 2], [8])
-    with pytest.raises(ValueError, match="merge must be 'product' or 'residual'"):
+    with pytest.raises(ValueError, match="merge must be 'product', 'residual' or 'whitened'"):
         LadderVAE(6, [3, 2], [8, 8], merge="sum")
 
 
@@ -72,18 +72,20 @@ def _normals(prior_scale: float = 1.5) -> tuple[Normal, Normal]:
     return p, b
 
 
-def test_residual_normal_density_and_kl_against_closed_forms() -> None:
-    """N(mu_p + dmu, (s_p ds)^2): log-density against scipy, KL to p against the docstring's formula."""
+@pytest.mark.parametrize("whitened", [False, True])
+def test_residual_normal_density_and_kl_against_closed_forms(whitened: bool) -> None:
+    """N(mu_p + dmu, (s_p ds)^2) (whitened: N(mu_p + s_p dmu, (s_p ds)^2)): log-density against scipy,
+    KL to p against the closed forms of the module docstring (whitened: a VAE's KL of N(dmu, ds^2))."""
     p, shift = _normals()
-    q = ResidualNormal(p, shift)
+    q = ResidualNormal(p, shift, whitened=whitened)
     x, y, z = (torch.randn(5, 2, dtype=F64) for _ in range(3))
     s = torch.rand(5, 2, dtype=F64) + 0.3
-    sp = np.array([1.5, 0.4])
+    sp, dmu, ds = np.array([1.5, 0.4]), x.numpy(), s.numpy()
     values = {"x": x, "y": y, "z": z, "s": s}
-    expected = stats.norm.logpdf(z, y + x, sp * s.numpy()).sum(1)
+    expected = stats.norm.logpdf(z.numpy(), y.numpy() + (sp * dmu if whitened else dmu), sp * ds).sum(1)
     np.testing.assert_allclose(q.get_log_prob(values).numpy(), expected, rtol=1e-10)
     kl = KullbackLeibler(q, p).eval(values).numpy()
-    closed = (0.5 * ((x.numpy() / sp) ** 2 + s.numpy() ** 2 - 1) - np.log(s.numpy())).sum(1)
+    closed = (0.5 * ((dmu if whitened else dmu / sp) ** 2 + ds**2 - 1) - np.log(ds)).sum(1)
     np.testing.assert_allclose(kl, closed, rtol=1e-10)
     assert set(q.cond_var) == {"x", "s", "y"}
 
