@@ -38,7 +38,7 @@ from kizuna.models import LadderVAE  # noqa: E402
 
 LADDER = {"z_dims": [32, 4], "hidden": [400, 50], "depth": 2, "warmup": 0, "free_nats": 0.0, "k_train": 1,
           "pretrain": 0, "merge": "product",
-          "top_down": None}
+          "top_down": None, "dropout": 0.0}
 
 
 def parse_model(text: str) -> tuple[str, dict]:
@@ -71,7 +71,7 @@ class Candidate:
             self._loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
         else:
             m = LadderVAE(x_dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], merge=cfg["merge"],
-                          top_down=cfg["top_down"])
+                          top_down=cfg["top_down"], dropout=cfg["dropout"])
             self.modules, self.ladder = m, m
             self.p, self.q = m.p, m.q
             self.kls = [KullbackLeibler(m.posteriors[i], m.priors[i]) for i in range(len(m.priors))]
