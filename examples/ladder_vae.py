@@ -40,10 +40,11 @@ from kizuna.models import LadderVAE  # noqa: E402
 
 SMOKE = {"dataset": "digits", "z_dims": [8, 4], "hidden": [128, 64], "depth": 1, "dropout": 0.0, "epochs": 60,
          "warmup": 10, "free_nats": 0.5, "k_train": 1, "early_stopping": True, "k_val": 1, "k": 200, "n_test": 360,
-         "merge": "product"}
+         "merge": "product", "top_down": None, "max_prior_scale": None}
 FULL = {"dataset": "mnist", "z_dims": [32, 4], "hidden": [400, 50], "depth": 1, "dropout": 0.0, "epochs": 60,
         "warmup": 20, "free_nats": 0.0, "k_train": 1, "early_stopping": True, "k_val": 100, "k": 5000,
-        "n_test": None, "merge": "product"}
+        "n_test": None, "merge": "product", "top_down": None,
+        "max_prior_scale": None}
 
 
 def _objective(m: LadderVAE, cfg: dict, epoch: int) -> Loss:
@@ -112,7 +113,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, **overri
     x_train, _, x_test, _ = binary_images(cfg["dataset"], seed=seed, n_test=cfg["n_test"])
     dim = x_train.shape[1]
     m = LadderVAE(dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], dropout=cfg["dropout"],
-                  merge=cfg["merge"])
+                  merge=cfg["merge"], top_down=cfg["top_down"], max_prior_scale=cfg["max_prior_scale"])
     print(f"generative model: {m.p}\ninference model : {m.q}\nloss            : {_objective(m, cfg, 10**6)}")
     print(f"settings        : {cfg}", flush=True)
     seconds = train(m, x_train, cfg, seed, verbose=not smoke)
@@ -150,6 +151,8 @@ if __name__ == "__main__":
     parser.add_argument("--k-val", type=int, help="early stopping on the held-out IWAE estimate with this k "
                         "(1: the held-out ELBO)")
     parser.add_argument("--k", type=int, help="importance samples of the held-out log p(x)")
+    parser.add_argument("--top-down", type=_ints, help="widths of the prior networks p(z_i|z_(i+1)), e.g. 50")
+    parser.add_argument("--max-prior-scale", type=float, help="upper bound on the scales of p(z_i|z_(i+1))")
     parser.add_argument("--merge", choices=["product", "residual", "whitened"],
                         help="posterior of the lower layers: precision-weighted product or NVAE's residual form")
     args = vars(parser.parse_args())
