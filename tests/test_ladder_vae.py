@@ -150,3 +150,26 @@ def test_ladder_vae_smoke() -> None:
     m = run_smoke("ladder_vae")
     assert m["test_ll"] > m["baseline_ll"] + 3  # measured -19.4 vs -24.3 nats on the digits (free nats 0.5)
     assert m["test_ll"] >= m["test_elbo"] - 0.05
+
+
+def test_max_prior_scale_bounds_the_prior_scales_and_starts_as_softplus() -> None:
+    """max_prior_scale m: scale = m sigmoid(s + b) + 1e-4, equal to softplus(s) + 1e-4 at s = 0, below m + 1e-4."""
+    bounded, free = (LadderVAE(6, [3, 2], [8, 8], merge="residual", max_prior_scale=m).double() for m in (1.0, None))
+    z2 = torch.randn(7, 2, dtype=F64)
+    with torch.no_grad():
+        for m in (bounded, free):
+            m.priors[0].head.weight.zero_()
+            m.priors[0].head.bias.zero_()
+        torch.testing.assert_close(bounded.priors[0].get_params({"z_2": z2})["scale"],
+                                   torch.full((7, 3), math.log(2) + 1e-4, dtype=F64))
+        torch.testing.assert_close(free.priors[0].get_params({"z_2": z2})["scale"],
+                                   torch.full((7, 3), math.log(2) + 1e-4, dtype=F64))
+        for m in (bounded, free):
+            m.priors[0].head.bias.fill_(6.0)
+        s = 6.0 + math.log(math.log(2) / (1 - math.log(2)))
+        torch.testing.assert_close(bounded.priors[0].get_params({"z_2": z2})["scale"],
+                                   torch.full((7, 3), 1 / (1 + math.exp(-s)) + 1e-4, dtype=F64))
+        assert bool((bounded.priors[0].get_params({"z_2": z2})["scale"] < 1 + 1e-4).all())
+        assert bool((free.priors[0].get_params({"z_2": z2})["scale"] > 6).all())
+    with pytest.raises(ValueError, match="max_prior_scale must be > log 2"):
+        LadderVAE(6, [3, 2], [8, 8], max_prior_scale=0.5)
