@@ -8,7 +8,10 @@ held-out images and with the same evaluation code (`kizuna.metrics.log_likelihoo
 * the held-out :math:`\log p(x)` by the IWAE bound with ``--k`` samples of :math:`q` (a lower bound
   that tightens as ``k`` grows; ``k = 100`` tracks the ``k = 5,000`` figure within about a nat);
 * the held-out ELBO and the ELBO of as many training images (their difference measures overfitting);
-* each layer's KL per image (a layer with a KL near 0 is unused).
+* each layer's KL per image (a layer with a KL near 0 is unused);
+* for a Ladder VAE, the mean scale of :math:`p(z_1|z_2)` (``prior_scale``) and of the bottom-up term
+  (``up_scale``: :math:`\hat\sigma` of :math:`\hat q(z_1|x)` for the product merge, :math:`\Delta\sigma`
+  for the residual ones), over the held-out images and a draw of :math:`z_2`.
 
 Models are given as ``vae`` or ``ladder:key=value,...`` with the keys of `LADDER` (``z_dims``,
 ``hidden`` and ``top_down`` as ``32/4``), e.g.::
@@ -38,7 +41,7 @@ from kizuna.models import LadderVAE  # noqa: E402
 
 LADDER = {"z_dims": [32, 4], "hidden": [400, 50], "depth": 2, "warmup": 0, "free_nats": 0.0, "k_train": 1,
           "pretrain": 0, "merge": "product",
-          "top_down": None, "dropout": 0.0}
+          "top_down": None, "dropout": 0.0, "max_prior_scale": 0.0}
 
 
 def parse_model(text: str) -> tuple[str, dict]:
@@ -71,7 +74,8 @@ class Candidate:
             self._loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
         else:
             m = LadderVAE(x_dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], merge=cfg["merge"],
-                          top_down=cfg["top_down"], dropout=cfg["dropout"])
+                          top_down=cfg["top_down"], dropout=cfg["dropout"],
+                          max_prior_scale=cfg["max_prior_scale"] or None)
             self.modules, self.ladder = m, m
             self.p, self.q = m.p, m.q
             self.kls = [KullbackLeibler(m.posteriors[i], m.priors[i]) for i in range(len(m.priors))]
@@ -106,6 +110,11 @@ class Candidate:
             samples = self.q.sample({"x": x_test})
             for i, kl in enumerate(self.kls):
                 out[f"kl{i + 1}"] = kl.eval(samples).mean().item()
+            if self.kind == "ladder" and self.ladder.priors:  # the scales of the bottom layer's two terms
+                m = self.ladder
+                out["prior_scale"] = m.priors[0].get_params(samples)["scale"].mean().item()
+                term = m.posteriors[0].factors_[0] if m.merge == "product" else m.posteriors[0].shift
+                out["up_scale"] = term.get_params(samples)["scale"].mean().item()
         self.modules.train()
         return out
 
@@ -128,7 +137,7 @@ def main(models: list[str], epochs: int, every: int, k: int, n_eval: int, seed: 
                 c.optimizer.step()
             if (epoch + 1) % every == 0:
                 r = c.measure(x_eval, x_fit_eval, k, seed + 1)
-                kls = " ".join(f"{key} {v:.1f}" for key, v in r.items() if key.startswith("kl"))
+                kls = " ".join(f"{key} {v:.2f}" for key, v in r.items() if key.startswith(("kl", "prior", "up")))
                 print(f"   epoch {epoch + 1:3d}: log p(x) {r['ll']:.2f}  ELBO {r['elbo']:.2f}  "
                       f"train ELBO {r['train_elbo']:.2f}  {kls}  ({time.process_time() - start:.0f} CPU-s)",
                       flush=True)
