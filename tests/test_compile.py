@@ -193,3 +193,28 @@ def test_every_loss_compiles_the_same_evaluation(eager_random_stream: None, data
         warnings.simplefilter("error", RuntimeWarning)
         assert model.train(data).item() == pytest.approx(expected, rel=1e-5)
     assert model.compile_error is None
+
+
+def test_a_vae_step_compiles_to_one_graph_and_never_recompiles() -> None:
+    """``torch.compile`` traces the whole evaluation of a VAE loss (the memo of shared parameters and
+    the validation switch included) as one graph, and fresh batches reuse it: no graph break, no
+    recompilation. (dynamo's ``eager`` backend: the trace without inductor's C++, so this runs fast.)
+    A ``ContextVar`` read or an ``id()`` of an input tensor in the evaluation breaks this."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    q, p = Encoder(), Decoder()
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
+    counter = CompileCounter()
+    compiled = torch.compile(loss.eval, backend=counter, fullgraph=True)  # fullgraph: a break raises
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        x = {"x": (torch.rand(32, 6, generator=gen) > 0.5).float()}
+        torch.manual_seed(5)
+        got = compiled(x)
+        torch.manual_seed(5)
+        torch.testing.assert_close(got, loss.eval(x))
+    assert counter.frame_count == 1
+    torch._dynamo.reset()

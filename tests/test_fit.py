@@ -324,3 +324,21 @@ def test_the_training_guide_runs(tmp_path, monkeypatch):
             exec(compile(block, str(guide), "exec"), namespace)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_the_gradient_check_finds_every_non_finite_value_and_leaves_gradients_unchanged(
+        dtype: torch.dtype, bad: float | None) -> None:
+    """`_all_finite` (AMP's fused check, falling back to a fused norm) against ``torch.isfinite``."""
+    from kizuna.models.model import _all_finite
+
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(7, 5, generator=gen).to(dtype), torch.randn(3, generator=gen), torch.randn(2, 2, 2).to(dtype)]
+    if bad is not None:
+        grads[2][1, 0, 1] = bad
+    before = [g.clone() for g in grads]
+    assert _all_finite(grads) == all(bool(torch.isfinite(g).all()) for g in grads)
+    for g, b in zip(grads, before):
+        torch.testing.assert_close(g, b, equal_nan=True, rtol=0, atol=0)
+    assert _all_finite([])

@@ -5,51 +5,87 @@ analytic KL and to draw z). While a loss is evaluated, `shared_parameters` keeps
 distribution's parameters for the exact input tensors it saw, so every network runs once
 per evaluation. The memo lives in the evaluation, never on the module (STYLE.md habit 1),
 and ends with it.
+
+The memo is thread-local (each thread of ``nn.DataParallel`` evaluates with its own) rather than a
+``ContextVar``: ``torch.compile`` traces reads of a ``threading.local`` but breaks the graph at
+``ContextVar.get``, which split a compiled VAE step into eight graphs.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable, Sequence
-from contextvars import ContextVar
 from typing import Any
 
-_MEMO: ContextVar[dict[tuple[Any, ...], tuple[Any, Sequence[Any]]] | None] = ContextVar("kizuna_memo", default=None)
+# (owner, tag, inputs, value); the inputs are kept with the value for the evaluation's length
+_Entry = tuple[object, Hashable, list[Any], Any]
+
+
+class _State(threading.local):
+    """Per thread: the memo of the evaluation in progress (set in ``__init__``, which threading.local
+    runs in every thread, so that the attribute always exists: a compiled step guards on that)."""
+
+    def __init__(self) -> None:
+        self.memo: list[_Entry] | None = None
+
+
+_STATE = _State()
+
+
+def _memo() -> list[_Entry] | None:
+    return _STATE.memo
 
 
 class shared_parameters:  # noqa: N801 - used as a function: ``with shared_parameters():``
     """Within this block, a distribution given the same input tensors computes its parameters once;
     nested blocks share the outermost memo."""
 
-    __slots__ = ("_token",)
+    __slots__ = ("_outermost",)
 
     def __enter__(self) -> None:
-        self._token = _MEMO.set({}) if _MEMO.get() is None else None
+        self._outermost = _memo() is None
+        if self._outermost:
+            _STATE.memo = []
 
     def __exit__(self, *exc: object) -> None:
-        if self._token is not None:
-            _MEMO.reset(self._token)
+        if self._outermost:
+            _STATE.memo = None
 
 
-def _key(owner: object, tag: Hashable, inputs: Sequence[Any]) -> tuple[Any, ...]:
-    return (id(owner), tag, *map(id, inputs))
+def _find(memo: list[_Entry], owner: object, tag: Hashable, inputs: Sequence[Any]) -> int:
+    """The index of the entry for this owner, tag and input objects (compared with ``is``), or -1.
+
+    A linear scan by identity, not a dict keyed on ``id()``: under ``torch.compile`` an ``id()`` of an
+    input tensor becomes a guard on that very object, so every new batch recompiled. An evaluation
+    holds a handful of entries."""
+    for i, (o, t, ins, _) in enumerate(memo):
+        if o is owner and t == tag and len(ins) == len(inputs) and all(a is b for a, b in zip(ins, inputs)):
+            return i
+    return -1
 
 
 def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Callable[[], Any]) -> Any:
     """``compute()``, or its earlier result for the same owner, tag and input objects."""
-    memo = _MEMO.get()
+    memo = _memo()
     if memo is None:
         return compute()
-    key = _key(owner, tag, inputs)
-    hit = memo.get(key)
-    if hit is None:
-        # keep the inputs alive with the result so their ids cannot be reused in this evaluation
-        hit = memo[key] = (compute(), list(inputs))
-    return hit[0]
+    i = _find(memo, owner, tag, inputs)
+    if i >= 0:
+        return memo[i][3]
+    value = compute()
+    memo.append((owner, tag, list(inputs), value))
+    return value
 
 
 def remember(owner: object, tag: Hashable, inputs: Sequence[Any], value: Any) -> None:
     """Record ``value`` as the result for these inputs (e.g. parameters computed once per row and
     repeated for the rows of several draws), so that a later `memoized` call reuses it."""
-    memo = _MEMO.get()
-    if memo is not None:
-        memo[_key(owner, tag, inputs)] = (value, list(inputs))
+    memo = _memo()
+    if memo is None:
+        return
+    entry = (owner, tag, list(inputs), value)
+    i = _find(memo, owner, tag, inputs)
+    if i >= 0:
+        memo[i] = entry
+    else:
+        memo.append(entry)
