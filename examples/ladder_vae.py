@@ -4,13 +4,16 @@ r"""A Ladder VAE (two stochastic layers) on binarised MNIST, next to the single-
     p(x, z_1, z_2) = p(x|z_1)\,p(z_1|z_2)\,p(z_2),\qquad
     q(z_1, z_2|x) = q(z_1|z_2, x)\,q(z_2|x),\quad q(z_1|z_2, x) \propto \hat q(z_1|x)\,p(z_1|z_2)
 
-(`kizuna.models.LadderVAE`; the top-down posterior is a `NormalProduct`). Trained with Adam 1e-3,
+(`kizuna.models.LadderVAE`; the top-down posterior is a `NormalProduct`, or with ``merge`` NVAE's
+residual form :math:`\mathcal N(\mu_p + \Delta\mu(x), (\sigma_p\Delta\sigma(x))^2)`, the full run's
+default, with the prior's scale bounded by ``max_prior_scale``). Trained with Adam 1e-3,
 batch 100, on the negative ELBO with the KL terms warmed up linearly from 0 to 1 over the first
 ``warmup`` epochs (Sønderby et al. 2016), optionally with a floor on each layer's KL (``free_nats``),
-or on minus the IWAE bound with ``k_train`` samples. With early stopping (the default) a tenth of the
+or on minus the IWAE bound with ``k_train`` samples. With early stopping (the smoke run's default) a tenth of the
 training images is held out and the weights with its best ELBO (``k_val = 1``) or IWAE estimate of
 :math:`\log p(x)` with ``k_val`` samples are kept, checked every 5 epochs; without it every training
-image is used for ``epochs`` epochs, as `examples/vae.py` trains the single-layer VAE. The held-out
+image is used for ``epochs`` epochs, as `examples/vae.py` trains the single-layer VAE (the full run's
+default: 100 epochs, the VAE's 784-400-400 encoder and decoder for the bottom layer). The held-out
 :math:`\log p(x)` is estimated with ``k`` importance samples of :math:`q(z_1, z_2|x)` (IWAE bound;
 5,000 in full runs), as `examples/vae.py` reports the single-layer VAE (−95.0 nats on the 1,000 test
 images) and `examples/iwae.py` the IWAE (−94.0 on the first 500, reported here as ``test_ll_first_500``).
@@ -39,10 +42,11 @@ from kizuna.metrics import bits_per_dim, log_likelihood  # noqa: E402
 from kizuna.models import LadderVAE  # noqa: E402
 
 SMOKE = {"dataset": "digits", "z_dims": [8, 4], "hidden": [128, 64], "depth": 1, "dropout": 0.0, "epochs": 60,
-         "warmup": 10, "free_nats": 0.5, "k_train": 1, "early_stopping": True, "k_val": 1, "k": 200, "n_test": 360}
-FULL = {"dataset": "mnist", "z_dims": [32, 4], "hidden": [400, 50], "depth": 1, "dropout": 0.0, "epochs": 60,
-        "warmup": 20, "free_nats": 0.0, "k_train": 1, "early_stopping": True, "k_val": 100, "k": 5000,
-        "n_test": None}
+         "warmup": 10, "free_nats": 0.5, "k_train": 1, "early_stopping": True, "k_val": 1, "k": 200, "n_test": 360,
+         "merge": "product", "top_down": None, "max_prior_scale": None}
+FULL = {"dataset": "mnist", "z_dims": [32, 4], "hidden": [400, 50], "depth": 2, "dropout": 0.1, "epochs": 100,
+        "warmup": 0, "free_nats": 1.0, "k_train": 1, "early_stopping": False, "k_val": 100, "k": 5000,
+        "n_test": None, "merge": "residual", "top_down": [50], "max_prior_scale": 1.0}
 
 
 def _objective(m: LadderVAE, cfg: dict, epoch: int) -> Loss:
@@ -107,10 +111,13 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, **overri
         raise ValueError(f"ladder_vae.run: unknown settings {sorted(unknown)}; known: {sorted(cfg)}")
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg["dataset"] = dataset or cfg["dataset"]
+    if len(cfg["z_dims"]) == 1:  # one layer (the single-layer VAE): no prior network to size
+        cfg["top_down"] = None
     torch.manual_seed(seed)
     x_train, _, x_test, _ = binary_images(cfg["dataset"], seed=seed, n_test=cfg["n_test"])
     dim = x_train.shape[1]
-    m = LadderVAE(dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], dropout=cfg["dropout"])
+    m = LadderVAE(dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], dropout=cfg["dropout"],
+                  merge=cfg["merge"], top_down=cfg["top_down"], max_prior_scale=cfg["max_prior_scale"])
     print(f"generative model: {m.p}\ninference model : {m.q}\nloss            : {_objective(m, cfg, 10**6)}")
     print(f"settings        : {cfg}", flush=True)
     seconds = train(m, x_train, cfg, seed, verbose=not smoke)
@@ -148,6 +155,10 @@ if __name__ == "__main__":
     parser.add_argument("--k-val", type=int, help="early stopping on the held-out IWAE estimate with this k "
                         "(1: the held-out ELBO)")
     parser.add_argument("--k", type=int, help="importance samples of the held-out log p(x)")
+    parser.add_argument("--top-down", type=_ints, help="widths of the prior networks p(z_i|z_(i+1)), e.g. 50")
+    parser.add_argument("--max-prior-scale", type=float, help="upper bound on the scales of p(z_i|z_(i+1))")
+    parser.add_argument("--merge", choices=["product", "residual", "whitened"],
+                        help="posterior of the lower layers: precision-weighted product or NVAE's residual form")
     args = vars(parser.parse_args())
     torch.set_num_threads(1)
     report(run(**args))

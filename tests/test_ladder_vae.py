@@ -20,8 +20,9 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from kizuna.distributions import Normal, NormalProduct
-from kizuna.losses import ELBO
+from kizuna.losses import ELBO, KullbackLeibler
 from kizuna.models import LadderVAE
+from kizuna.models.residual_normal import ResidualNormal
 
 F64 = torch.float64
 
@@ -46,8 +47,9 @@ def test_normal_product_is_the_normalised_product_of_densities() -> None:
         NormalProduct([a])
 
 
-def test_ladder_bound_equals_the_monte_carlo_elbo() -> None:
-    m = LadderVAE(6, [3, 2], [8, 8]).double()
+@pytest.mark.parametrize("merge", ["product", "residual", "whitened"])
+def test_ladder_bound_equals_the_monte_carlo_elbo(merge: str) -> None:
+    m = LadderVAE(6, [3, 2], [8, 8], merge=merge).double()
     x = torch.bernoulli(torch.full((1, 6), 0.4, dtype=F64)).repeat(4000, 1)
     with torch.no_grad():
         closed = m.loss().eval({"x": x})
@@ -60,6 +62,50 @@ def test_ladder_bound_equals_the_monte_carlo_elbo() -> None:
     assert all(g is not None for g in grads)  # every network, including the top-down priors, gets a gradient
     with pytest.raises(ValueError, match="one hidden width per stochastic layer"):
         LadderVAE(6, [3, 2], [8])
+    with pytest.raises(ValueError, match="merge must be 'product', 'residual' or 'whitened'"):
+        LadderVAE(6, [3, 2], [8, 8], merge="sum")
+
+
+def _normals(prior_scale: float = 1.5) -> tuple[Normal, Normal]:
+    p = Normal(var=["z"], cond_var=["y"], loc="y", scale=torch.tensor([prior_scale, 0.4], dtype=F64), name="p")
+    b = Normal(var=["z"], cond_var=["x", "s"], loc="x", scale="s", name="b")
+    return p, b
+
+
+@pytest.mark.parametrize("whitened", [False, True])
+def test_residual_normal_density_and_kl_against_closed_forms(whitened: bool) -> None:
+    """N(mu_p + dmu, (s_p ds)^2) (whitened: N(mu_p + s_p dmu, (s_p ds)^2)): log-density against scipy,
+    KL to p against the closed forms of the module docstring (whitened: a VAE's KL of N(dmu, ds^2))."""
+    p, shift = _normals()
+    q = ResidualNormal(p, shift, whitened=whitened)
+    x, y, z = (torch.randn(5, 2, dtype=F64) for _ in range(3))
+    s = torch.rand(5, 2, dtype=F64) + 0.3
+    sp, dmu, ds = np.array([1.5, 0.4]), x.numpy(), s.numpy()
+    values = {"x": x, "y": y, "z": z, "s": s}
+    expected = stats.norm.logpdf(z.numpy(), y.numpy() + (sp * dmu if whitened else dmu), sp * ds).sum(1)
+    np.testing.assert_allclose(q.get_log_prob(values).numpy(), expected, rtol=1e-10)
+    kl = KullbackLeibler(q, p).eval(values).numpy()
+    closed = (0.5 * ((dmu if whitened else dmu / sp) ** 2 + ds**2 - 1) - np.log(ds)).sum(1)
+    np.testing.assert_allclose(kl, closed, rtol=1e-10)
+    assert set(q.cond_var) == {"x", "s", "y"}
+
+
+def test_product_kl_vanishes_as_the_bottom_up_scale_grows_residual_kl_does_not() -> None:
+    """Why the product merge switches a layer off: KL[q || p] of q ∝ q̂ p falls monotonically to 0 as
+    q̂'s scale grows (any bottom-up mean), so the KL's gradient always asks for a larger scale; the
+    residual form's KL is smallest at Δσ = 1 and grows beyond it, like a VAE's KL to N(0, I)."""
+    p, b = _normals()
+    product, residual = NormalProduct([b, p]), ResidualNormal(p, b)
+    scales = torch.logspace(-1, 3, 41, dtype=F64)
+    x, y = torch.full((41, 2), 2.0, dtype=F64), torch.zeros(41, 2, dtype=F64)
+    s = scales[:, None].expand(41, 2)
+    values = {"x": x, "y": y, "s": s}
+    kl_product = KullbackLeibler(product, p).eval(values)
+    q = D.Normal(*[product.get_params(values)[k] for k in ("loc", "scale")])
+    torch.testing.assert_close(kl_product, kl_divergence(q, D.Normal(0.0, torch.tensor([1.5, 0.4], dtype=F64))).sum(-1))
+    assert bool((kl_product.diff() < 0).all()) and kl_product[-1] < 1e-5
+    kl_residual = KullbackLeibler(residual, p).eval(values)
+    assert bool((kl_residual[scales > 1].diff() > 0).all()) and kl_residual[-1] > 1e3
 
 
 def _linear_shapes(module: nn.Module) -> list[tuple[int, ...]]:
@@ -104,3 +150,26 @@ def test_ladder_vae_smoke() -> None:
     m = run_smoke("ladder_vae")
     assert m["test_ll"] > m["baseline_ll"] + 3  # measured -19.4 vs -24.3 nats on the digits (free nats 0.5)
     assert m["test_ll"] >= m["test_elbo"] - 0.05
+
+
+def test_max_prior_scale_bounds_the_prior_scales_and_starts_as_softplus() -> None:
+    """max_prior_scale m: scale = m sigmoid(s + b) + 1e-4, equal to softplus(s) + 1e-4 at s = 0, below m + 1e-4."""
+    bounded, free = (LadderVAE(6, [3, 2], [8, 8], merge="residual", max_prior_scale=m).double() for m in (1.0, None))
+    z2 = torch.randn(7, 2, dtype=F64)
+    with torch.no_grad():
+        for m in (bounded, free):
+            m.priors[0].head.weight.zero_()
+            m.priors[0].head.bias.zero_()
+        torch.testing.assert_close(bounded.priors[0].get_params({"z_2": z2})["scale"],
+                                   torch.full((7, 3), math.log(2) + 1e-4, dtype=F64))
+        torch.testing.assert_close(free.priors[0].get_params({"z_2": z2})["scale"],
+                                   torch.full((7, 3), math.log(2) + 1e-4, dtype=F64))
+        for m in (bounded, free):
+            m.priors[0].head.bias.fill_(6.0)
+        s = 6.0 + math.log(math.log(2) / (1 - math.log(2)))
+        torch.testing.assert_close(bounded.priors[0].get_params({"z_2": z2})["scale"],
+                                   torch.full((7, 3), 1 / (1 + math.exp(-s)) + 1e-4, dtype=F64))
+        assert bool((bounded.priors[0].get_params({"z_2": z2})["scale"] < 1 + 1e-4).all())
+        assert bool((free.priors[0].get_params({"z_2": z2})["scale"] > 6).all())
+    with pytest.raises(ValueError, match="max_prior_scale must be > log 2"):
+        LadderVAE(6, [3, 2], [8, 8], max_prior_scale=0.5)

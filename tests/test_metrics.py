@@ -44,3 +44,52 @@ def test_missing_variable_is_named():
     with pytest.raises(ValueError, match="needs x"):
         log_likelihood(model(), ExactPosterior(), {"y": torch.zeros(2, 3)}, k=2)
 
+
+
+def _bernoulli_vae(d: int = 784, z: int = 4):
+    from torch import nn
+
+    from kizuna.distributions import Bernoulli, Normal
+
+    class Enc(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.net = nn.Linear(d, 2 * z)
+
+        def forward(self, x):
+            loc, s = self.net(x).chunk(2, -1)
+            return {"loc": loc, "scale": nn.functional.softplus(s) + 0.1}
+
+    class Dec(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.net = nn.Linear(z, d)
+
+        def forward(self, z):
+            return {"probs": torch.sigmoid(4 * self.net(z))}  # saturated entries exercise the clamp
+
+    torch.manual_seed(3)
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[z], name="p_prior")
+    return Dec() * prior, Enc()
+
+
+@pytest.mark.parametrize("validate", [None, False])
+def test_unchecked_estimates_equal_the_checked_ones_draw_for_draw(validate):
+    """By default one checked evaluation (on a fork of the random stream) precedes an unchecked
+    estimate, whose Bernoulli kernel scores the 3 x 700 rows in blocks: the same draws and, up to
+    rounding, the same figures as torch.distributions' log_prob on every evaluation (validate=True)."""
+    p, q = _bernoulli_vae()
+    x = {"x": (torch.rand(7, 784, generator=torch.Generator().manual_seed(0)) > 0.5).double()}
+    torch.manual_seed(11)
+    checked = log_likelihood(p, q, x, k=2100, batch_size=3, k_chunk=700, validate=True)
+    torch.manual_seed(11)
+    fast = log_likelihood(p, q, x, k=2100, batch_size=3, k_chunk=700, validate=validate)
+    torch.testing.assert_close(fast, checked, rtol=1e-12, atol=1e-9)
+
+
+def test_the_default_check_names_a_value_outside_the_support():
+    p, q = _bernoulli_vae(d=5)
+    with pytest.raises(ValueError, match="must lie in"):
+        log_likelihood(p, q, {"x": torch.full((4, 5), 2.0)}, k=3)
+    # unchecked, a value outside [0, 1] gives a number (the binary cross-entropy extends to it)
+    assert log_likelihood(p, q, {"x": torch.full((4, 5), 0.5)}, k=3, validate=False).shape == (4,)

@@ -539,8 +539,41 @@ class TorchDistribution(Distribution):
                              f"({dist.support}) of {type(self).__name__}")
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        if sum_features and not torch.is_grad_enabled():
+            summed = self._summed_in_blocks(x_dict)
+            if summed is not None:
+                return summed
         lp = self._elementwise_log_prob(x_dict)
         return sum_rows(lp) if sum_features else lp
+
+    def _summed_in_blocks(self, x_dict: XDict) -> Tensor | None:
+        """Without gradients, the per-row log-density of many rows from the family's kernel, applied to
+        blocks of rows and summed block by block, so that the kernel's elementwise temporaries (a
+        clamped copy of ``probs``, the per-entry log-densities) stay at ``_BLOCK_ELEMENTS`` entries
+        instead of the whole batch (an IWAE estimate with k = 500 draws of 100 images scores 50,000
+        rows of 784 pixels: 157 MB per temporary). The same kernel and the same sums as
+        `_elementwise_log_prob`; None where that path applies unchanged (small batches, validation on,
+        no kernel, a compiled trace, values broadcast along the rows)."""
+        if validation_enabled() or torch.compiler.is_compiling() or not self._has_hook("_log_prob_kernel"):
+            return None
+        params = self._params(x_dict)
+        shape = self._kernel_shape(params, None)
+        if shape is None or shape.numel() <= _BLOCK_ELEMENTS or shape[0] < 2:
+            return None
+        value = self._value(x_dict[self._var[0]], shape[1:], params)
+        rows = shape[0]
+        if value.dim() != len(shape) or value.shape[0] != rows:
+            return None
+        step = max(1, _BLOCK_ELEMENTS // max(1, shape.numel() // rows))
+        parts = []
+        for start in range(0, rows, step):
+            block = {k: v[start:start + step] if k not in self._static and isinstance(v, Tensor)
+                     and v.dim() > 0 and v.shape[0] == rows else v for k, v in params.items()}
+            lp = self._log_prob_kernel(value[start:start + step], block)
+            if lp is None:
+                return None
+            parts.append(sum_rows(lp))
+        return torch.cat(parts)
 
     def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
         """See `Distribution._log_prob_dims`."""
@@ -602,6 +635,8 @@ def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
 
 _SIGNATURES: dict[type, tuple[list[str], list[str]]] = {}
 _HOOKS: dict[tuple[type, str], bool] = {}
+# entries per block when a large batch is scored without gradients (`_summed_in_blocks`): 4 MiB of float32
+_BLOCK_ELEMENTS = 1 << 20
 
 
 def _signature(cls: type[D.Distribution]) -> tuple[list[str], list[str]]:

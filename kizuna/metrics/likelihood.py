@@ -19,6 +19,7 @@ import torch
 
 from kizuna._data import first_nonfinite
 from kizuna.distributions.base import Distribution
+from kizuna.distributions.torch_dist import validation
 from kizuna.losses.elbo import IWAE
 
 
@@ -29,6 +30,7 @@ def log_likelihood(
     k: int = 5000,
     batch_size: int = 100,
     k_chunk: int = 500,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     """Per-row estimates of :math:`\\log p(x)` (nats), shape ``(N,)``, without gradients.
 
@@ -40,6 +42,13 @@ def log_likelihood(
         k: importance samples per row.
         batch_size: rows per evaluation for dict data.
         k_chunk: samples per evaluation.
+        validate: check parameters and values (torch's ``validate_args``) in every evaluation
+            (``True``), in none (``False``), or, by default, once, as `Model` checks its first
+            step: one draw per row of the first batch is evaluated with checks (on a fork of the
+            random stream, so the estimate is the same with and without it), and the estimate
+            runs unchecked, through the families' closed-form kernels, which score large batches
+            in bounded blocks (checked throughout, an estimate with k = 5,000 took 1.3x the time
+            and 1.7x the memory of a hand-written one).
 
     The estimate is a lower bound in expectation that tightens as ``k`` grows; see
     `bits_per_dim` to report it per dimension.
@@ -51,6 +60,7 @@ def log_likelihood(
     chunks = [min(k_chunk, k - start) for start in range(0, k, k_chunk)]
     device = _device(p_joint, q)
     out = []
+    probe = validate is None  # check the first batch once, on one draw per row, then run unchecked
     with torch.no_grad():
         for rows, batch in _batches(x_dict, names, batch_size):
             if device is not None:
@@ -58,11 +68,24 @@ def log_likelihood(
             bad = first_nonfinite(batch, "log_likelihood: the data", rows)
             if bad is not None:
                 raise ValueError(f"{bad}; a log-likelihood of non-finite data is not defined")
-            parts = [IWAE(p_joint, q, k=c).eval(batch) + math.log(c) for c in chunks]
+            if probe:
+                _check(p_joint, q, batch, device)
+                probe = False
+            with validation(bool(validate)):
+                parts = [IWAE(p_joint, q, k=c).eval(batch) + math.log(c) for c in chunks]
             out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
     if not out:
         raise ValueError("log_likelihood: the data has no rows")
     return torch.cat(out)
+
+
+def _check(p_joint: Distribution, q: Distribution, batch: Mapping[str, Any], device: torch.device | None) -> None:
+    """One checked evaluation of one draw per row (wrong shapes, supports and parameters raise here,
+    naming them), on a fork of the random stream so the estimate's draws are unchanged."""
+    accelerator = device is not None and device.type != "cpu"
+    with torch.random.fork_rng(devices=[device] if accelerator else [],
+                               device_type=device.type if accelerator else "cuda"), validation(True):
+        IWAE(p_joint, q, k=1).eval(batch)
 
 
 def bits_per_dim(log_lik_nats: torch.Tensor | float, dims: int) -> torch.Tensor | float:

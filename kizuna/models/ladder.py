@@ -20,8 +20,10 @@ hierarchy is:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -30,18 +32,29 @@ from kizuna.distributions.base import Tensor
 from kizuna.distributions.normal_product import NormalProduct
 from kizuna.formula.expr import Loss
 from kizuna.losses import Expectation, KullbackLeibler, LogProb, MaxLoss
+from kizuna.models.residual_normal import ResidualNormal
 
 
 class _NormalHead(Normal):
-    """:math:`\\mathcal{N}(\\mu, \\sigma^2)` from a network of one conditioning variable (softplus scale)."""
+    """:math:`\\mathcal{N}(\\mu, \\sigma^2)` from a network of one conditioning variable.
 
-    def __init__(self, var: str, cond: str, body: nn.Module, in_features: int, out_features: int, name: str) -> None:
+    The scale is :math:`\\operatorname{softplus}(s) + 10^{-4}`, or with ``max_scale`` :math:`m`,
+    :math:`m\\,\\operatorname{sigmoid}(s + b) + 10^{-4}` with :math:`b` chosen so that both start equal at
+    :math:`s = 0` (:math:`\\log 2`; needs :math:`m > \\log 2`).
+    """
+
+    def __init__(self, var: str, cond: str, body: nn.Module, in_features: int, out_features: int, name: str,
+                 max_scale: float | None = None) -> None:
         super().__init__(var=[var], cond_var=[cond], name=name)
         self.body, self.head = body, nn.Linear(in_features, 2 * out_features)
+        self.max_scale = max_scale
+        self.offset = None if max_scale is None else math.log(math.log(2) / (max_scale - math.log(2)))
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         loc, s = self.head(self.body(cond[self._cond_var[0]])).chunk(2, -1)
-        return {"loc": loc, "scale": F.softplus(s) + 1e-4}
+        if self.max_scale is None:
+            return {"loc": loc, "scale": F.softplus(s) + 1e-4}
+        return {"loc": loc, "scale": self.max_scale * torch.sigmoid(s + self.offset) + 1e-4}
 
 
 def _block(n_in: int, widths: Sequence[int], dropout: float) -> nn.Sequential:
@@ -75,6 +88,22 @@ class LadderVAE(nn.Module):
             784-400-400 encoder); the decoder :math:`p(x|z_1)` always has two hidden layers of ``hidden[0]``.
         dropout: dropout rate after every hidden layer of every network (0: none); a regulariser
             for small training sets, off in ``eval()`` mode, where the densities are evaluated.
+        merge: how the bottom-up term of a layer below the top meets its prior :math:`p(z_i|z_{i+1})`:
+            ``"product"`` (Sønderby et al.: :math:`q \\propto \\hat q(z_i|x)\\,p(z_i|z_{i+1})`, a
+            `NormalProduct`), ``"residual"`` (NVAE: :math:`q = \\mathcal{N}(\\mu_p + \\Delta\\mu(x),
+            (\\sigma_p\\Delta\\sigma(x))^2)`, a `ResidualNormal`) or ``"whitened"`` (the shift in prior
+            scales, :math:`\\mu_p + \\sigma_p\\Delta\\mu(x)`, whose KL is the VAE's KL of
+            :math:`\\mathcal{N}(\\Delta\\mu, \\Delta\\sigma^2)` to :math:`\\mathcal{N}(0, I)`). Trained without
+            KL warm-up, the product switches its lower layers off (the bottom-up scale :math:`\\hat\\sigma`
+            grows without bound, which sends the KL to 0); the residual forms have a VAE-like KL.
+        top_down: widths of the prior networks :math:`p(z_i|z_{i+1})`, bottom up (``depth`` hidden
+            layers each); by default ``hidden[i]``, the bottom-up width of the same layer.
+        max_prior_scale: an upper bound :math:`m` on the scales of :math:`p(z_i|z_{i+1})` (a sigmoid
+            instead of a softplus; ``None``: unbounded). The KL terms are unchanged when
+            :math:`q(z_i|\\cdot)`, :math:`p(z_i|z_{i+1})` and what reads :math:`z_i` are rescaled together,
+            so nothing in the bound fixes the scale of a lower layer: with the residual merges it drifts
+            upwards under Adam (docs/families.md), and the model fits (and over-fits) faster than the
+            single-layer VAE, whose :math:`\\mathcal{N}(0, I)` prior pins it. ``1`` keeps it no wider than that prior.
 
     Attributes: ``p`` (the joint :math:`p(x, z_{1:L})`), ``q`` (the joint posterior), ``prior``,
     ``decoder``, ``priors`` (:math:`p(z_i|z_{i+1})`, bottom up), ``posteriors`` (:math:`q(z_i|\\cdot)`).
@@ -89,7 +118,8 @@ class LadderVAE(nn.Module):
     """
 
     def __init__(self, x_dim: int, z_dims: Sequence[int], hidden: Sequence[int], x_var: str = "x",
-                 depth: int = 1, dropout: float = 0.0) -> None:
+                 depth: int = 1, dropout: float = 0.0, merge: str = "product",
+                 top_down: Sequence[int] | None = None, max_prior_scale: float | None = None) -> None:
         super().__init__()
         if len(z_dims) < 1 or len(hidden) != len(z_dims):
             raise ValueError(f"LadderVAE: give one hidden width per stochastic layer, got z_dims={list(z_dims)}, "
@@ -97,7 +127,15 @@ class LadderVAE(nn.Module):
         if depth < 1 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"LadderVAE: depth must be >= 1 and dropout in [0, 1), got depth={depth}, "
                              f"dropout={dropout}")
-        self.x_var, L = x_var, len(z_dims)
+        if merge not in ("product", "residual", "whitened"):
+            raise ValueError(f"LadderVAE: merge must be 'product', 'residual' or 'whitened', got {merge!r}")
+        self.x_var, self.merge, L = x_var, merge, len(z_dims)
+        top_down = list(hidden[:-1]) if top_down is None else list(top_down)
+        if len(top_down) != L - 1 or any(w < 1 for w in top_down):
+            raise ValueError(f"LadderVAE: give one positive top-down width per prior p(z_i|z_(i+1)) (L - 1 = {L - 1}), "
+                             f"got top_down={top_down}")
+        if max_prior_scale is not None and not max_prior_scale > math.log(2):
+            raise ValueError(f"LadderVAE: max_prior_scale must be > log 2 (the initial scale), got {max_prior_scale}")
         names = [f"z_{i + 1}" for i in range(L)]
         sizes = [x_dim, *hidden]
         trunk: list[nn.Module] = []  # d_i = f_i(d_{i-1}), shared by every q-hat above it
@@ -110,13 +148,15 @@ class LadderVAE(nn.Module):
                                                 name=name))
         self.prior = Normal(var=[names[-1]], loc=0.0, scale=1.0, features_shape=[z_dims[-1]], name="p_prior")
         self.priors = nn.ModuleList(
-            _NormalHead(names[i], names[i + 1], _block(z_dims[i + 1], [hidden[i]] * depth, dropout), hidden[i],
-                        z_dims[i], "p")
+            _NormalHead(names[i], names[i + 1], _block(z_dims[i + 1], [top_down[i]] * depth, dropout), top_down[i],
+                        z_dims[i], "p", max_scale=max_prior_scale)
             for i in range(L - 1))
         decoder = nn.Sequential(_block(z_dims[0], [hidden[0]] * 2, dropout), nn.Linear(hidden[0], x_dim))
         self.decoder = _BernoulliHead(x_var, names[0], decoder, "p")
-        posteriors: list[Distribution] = [NormalProduct([likelihood_terms[i], self.priors[i]], name="q")
-                                          for i in range(L - 1)]
+        posteriors: list[Distribution] = [
+            NormalProduct([likelihood_terms[i], self.priors[i]], name="q") if merge == "product"
+            else ResidualNormal(self.priors[i], likelihood_terms[i], name="q", whitened=merge == "whitened")
+            for i in range(L - 1)]
         posteriors.append(likelihood_terms[-1])
         self.posteriors = nn.ModuleList(posteriors)
 
