@@ -195,11 +195,25 @@ def test_every_loss_compiles_the_same_evaluation(eager_random_stream: None, data
     assert model.compile_error is None
 
 
+# torch.compile's first use patches torch.jit, which warns of its deprecation
+_JIT_DEPRECATION = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
+@_JIT_DEPRECATION
 def test_a_vae_step_compiles_to_one_graph_and_never_recompiles() -> None:
     """``torch.compile`` traces the whole evaluation of a VAE loss (the memo of shared parameters and
     the validation switch included) as one graph, and fresh batches reuse it: no graph break, no
     recompilation. (dynamo's ``eager`` backend: the trace without inductor's C++, so this runs fast.)
     A ``ContextVar`` read or an ``id()`` of an input tensor in the evaluation breaks this."""
+    validate_before = torch.distributions.Distribution._validate_args
+    try:
+        _one_graph_and_no_recompilation()
+    finally:  # torch.compile's first use turns torch.distributions' argument checks off process-wide
+        torch.distributions.Distribution.set_default_validate_args(validate_before)
+        torch._dynamo.reset()
+
+
+def _one_graph_and_no_recompilation() -> None:
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
@@ -217,4 +231,21 @@ def test_a_vae_step_compiles_to_one_graph_and_never_recompiles() -> None:
         torch.manual_seed(5)
         torch.testing.assert_close(got, loss.eval(x))
     assert counter.frame_count == 1
-    torch._dynamo.reset()
+
+
+@_JIT_DEPRECATION
+def test_compile_true_leaves_the_process_validation_setting_alone(data: dict[str, torch.Tensor]) -> None:
+    """torch.compile's first use turns torch.distributions' default checks off process-wide;
+    ``Model(compile=True)`` keeps the user's setting (the compiled function is built, not run, here)."""
+    from kizuna.distributions import set_validation, validation_enabled
+
+    before = torch.distributions.Distribution._validate_args
+    try:
+        for setting in (True, False):
+            set_validation(setting)
+            model = vae(compile=True)
+            model._evaluator(model.loss_cls, checked=False)  # builds the torch.compile wrapper
+            assert validation_enabled() is setting
+    finally:
+        set_validation(before)
+        torch._dynamo.reset()

@@ -438,11 +438,16 @@ def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
         warnings.warn(f"Model(compile=True): torch.compile is unavailable here ({model.compile_error}); "
                       "training continues without compilation", RuntimeWarning, stacklevel=5)
 
+    # torch.compile's first use turns torch.distributions' default argument checks off for the whole
+    # process (torch._dynamo patches torch on first use); keep the user's setting (`set_validation`)
+    checks = torch.distributions.Distribution._validate_args
     try:
         compiled = torch.compile(loss_cls.eval, **(model._compile_args or {}))
     except Exception as err:  # noqa: BLE001 - e.g. an unsupported Python version or platform
         give_up(err)
         return loss_cls.eval
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(checks)
 
     def run(batch: Mapping[str, Any], **options: Any) -> Any:
         if model.compile_error is not None:
