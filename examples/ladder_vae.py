@@ -9,7 +9,8 @@ residual form :math:`\mathcal N(\mu_p + \Delta\mu(x), (\sigma_p\Delta\sigma(x))^
 default, with the prior's scale bounded by ``max_prior_scale``). Trained with Adam 1e-3,
 batch 100, on the negative ELBO with the KL terms warmed up linearly from 0 to 1 over the first
 ``warmup`` epochs (Sønderby et al. 2016), optionally with a floor on each layer's KL (``free_nats``),
-or on minus the IWAE bound with ``k_train`` samples. With early stopping (the smoke run's default) a tenth of the
+or on minus the IWAE bound with ``k_train`` samples (5 in the full run, as `examples/iwae.py` trains the
+IWAE). With early stopping (the smoke run's default) a tenth of the
 training images is held out and the weights with its best ELBO (``k_val = 1``) or IWAE estimate of
 :math:`\log p(x)` with ``k_val`` samples are kept, checked every 5 epochs; without it every training
 image is used for ``epochs`` epochs, as `examples/vae.py` trains the single-layer VAE (the full run's
@@ -45,7 +46,7 @@ SMOKE = {"dataset": "digits", "z_dims": [8, 4], "hidden": [128, 64], "depth": 1,
          "warmup": 10, "free_nats": 0.5, "k_train": 1, "early_stopping": True, "k_val": 1, "k": 200, "n_test": 360,
          "merge": "product", "top_down": None, "max_prior_scale": None}
 FULL = {"dataset": "mnist", "z_dims": [32, 4], "hidden": [400, 50], "depth": 2, "dropout": 0.1, "epochs": 100,
-        "warmup": 0, "free_nats": 1.0, "k_train": 1, "early_stopping": False, "k_val": 100, "k": 5000,
+        "warmup": 0, "free_nats": 1.0, "k_train": 5, "early_stopping": False, "k_val": 100, "k": 5000,
         "n_test": None, "merge": "residual", "top_down": [50], "max_prior_scale": 1.0}
 
 
