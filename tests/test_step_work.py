@@ -187,3 +187,21 @@ def test_noise_prediction_reads_the_noise_of_the_draw() -> None:
         NoisePredictionError(rev, noising=DiffusionForward(other))
     with pytest.raises(ValueError, match="forward process"):
         NoisePredictionError(rev, noising=DiffusionForward(schedule, step=3, var="x_t"))
+
+
+def test_relaxed_categorical_discrete_part_follows_the_validation_switch() -> None:
+    """The discrete distribution behind `RelaxedCategorical`'s scoring checks nothing with validation off
+    (torch's OneHotCategorical builds its inner Categorical with the process default) and keeps torch's
+    log-probabilities."""
+    from kizuna.distributions import RelaxedCategorical, validation
+
+    q = RelaxedCategorical(var=["y"], probs=torch.tensor([0.2, 0.3, 0.5]), temperature=0.5)
+    with validation(False):
+        hard = q._discrete({})
+    assert hard._validate_args is False and hard._categorical._validate_args is False
+    with validation(True):
+        checked = q._discrete({})
+    assert checked._categorical._validate_args is True
+    y = torch.eye(3)
+    torch.testing.assert_close(hard.log_prob(y), torch.distributions.OneHotCategorical(
+        probs=torch.tensor([0.2, 0.3, 0.5])).log_prob(y))

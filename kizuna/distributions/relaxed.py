@@ -29,7 +29,7 @@ from torch.distributions import constraints
 from torch.nn import functional as F
 
 from kizuna.distributions.base import Tensor, XDict, sum_rows
-from kizuna.distributions.families import BinaryConcrete, Concrete
+from kizuna.distributions.families import BinaryConcrete, Concrete, _TorchOneHotCategorical
 from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
 
 DEFAULT_TEMPERATURE = 0.1  # Pixyz's default
@@ -149,7 +149,7 @@ class RelaxedCategorical(_DiscreteScoring, Concrete):
     (True, True)
     """
 
-    discrete_class = D.OneHotCategorical
+    discrete_class = _TorchOneHotCategorical  # its inner Categorical follows validate_args
     value_support = constraints.simplex
 
     def _per_feature(self, dist: D.Distribution, value: Tensor) -> Tensor:
