@@ -93,3 +93,17 @@ def test_the_default_check_names_a_value_outside_the_support():
         log_likelihood(p, q, {"x": torch.full((4, 5), 2.0)}, k=3)
     # unchecked, a value outside [0, 1] gives a number (the binary cross-entropy extends to it)
     assert log_likelihood(p, q, {"x": torch.full((4, 5), 0.5)}, k=3, validate=False).shape == (4,)
+
+
+def test_large_batches_scored_without_gradients_keep_a_familys_own_masking():
+    """`FactorizedBernoulli` counts only the entries equal to one; scored in blocks without gradients
+    (more than 2^20 entries) it must still, against torch's Bernoulli summed over those entries."""
+    from kizuna.distributions import FactorizedBernoulli, validation
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(1400, 784, generator=gen).clamp(0.01, 0.99)
+    x = (torch.rand(1400, 784, generator=gen) > 0.5).double()
+    p = FactorizedBernoulli(var=["x"], cond_var=["p"], probs="p")
+    reference = (torch.distributions.Bernoulli(probs=probs).log_prob(x) * (x != 0)).sum(-1)
+    with torch.no_grad(), validation(False):
+        torch.testing.assert_close(p.get_log_prob({"x": x, "p": probs}), reference)

@@ -36,7 +36,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, sum_rows
-from kizuna.formula.memo import memoized, remember
+from kizuna.formula.memo import memoized, remember, shared_parameters
 
 # torch's message: "Expected parameter NAME (...) of distribution ... to satisfy the constraint
 # CONSTRAINT, but found invalid values"; the constraint itself may contain ", " (Interval(a, b)).
@@ -539,10 +539,11 @@ class TorchDistribution(Distribution):
                              f"({dist.support}) of {type(self).__name__}")
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        if sum_features and not torch.is_grad_enabled():
-            summed = self._summed_in_blocks(x_dict)
-            if summed is not None:
-                return summed
+        if sum_features and not torch.is_grad_enabled() and \
+                type(self)._elementwise_log_prob is TorchDistribution._elementwise_log_prob:
+            with shared_parameters():  # the parameters once, whichever path scores them
+                summed = self._summed_in_blocks(x_dict)
+                return summed if summed is not None else sum_rows(self._elementwise_log_prob(x_dict))
         lp = self._elementwise_log_prob(x_dict)
         return sum_rows(lp) if sum_features else lp
 
@@ -552,8 +553,9 @@ class TorchDistribution(Distribution):
         clamped copy of ``probs``, the per-entry log-densities) stay at ``_BLOCK_ELEMENTS`` entries
         instead of the whole batch (an IWAE estimate with k = 500 draws of 100 images scores 50,000
         rows of 784 pixels: 157 MB per temporary). The same kernel and the same sums as
-        `_elementwise_log_prob`; None where that path applies unchanged (small batches, validation on,
-        no kernel, a compiled trace, values broadcast along the rows)."""
+        `_elementwise_log_prob`, used only where a family does not override that (FactorizedBernoulli
+        masks its entries); None where that path applies unchanged (small batches, validation on, no
+        kernel, a compiled trace, values broadcast along the rows)."""
         if validation_enabled() or torch.compiler.is_compiling() or not self._has_hook("_log_prob_kernel"):
             return None
         params = self._params(x_dict)
