@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from kizuna.modules._backend import resolve_backend
 from kizuna.modules.lda.sampler import GibbsChain
 
 Tensor = torch.Tensor
@@ -25,13 +26,16 @@ Counts = list[Tensor | None]  # one N×V_m long matrix per modality (None: missi
 
 @dataclass(frozen=True)
 class Sweeps:
-    """The chain's settings: K topics, Dirichlet concentrations, sweeps per call and blocks per sweep."""
+    """The chain's settings: K topics, Dirichlet concentrations, sweeps per call and blocks per sweep; the
+    backend of the sweep (`kizuna.modules._backend`) and the owner's name for its errors."""
 
     n_topics: int
     alpha: float
     beta: float
     n_sweeps: int
     n_blocks: int
+    backend: str = "auto"
+    owner: str = "MLDA"
 
 
 def log_likelihood(counts: Counts, theta: Tensor, phi: Tensor, offsets: list[int]) -> float:
@@ -48,7 +52,8 @@ def sweep(chain: GibbsChain, counts: Counts, theta: Tensor | None, phi: Tensor |
     for m, c in enumerate(counts):
         part = None if phi is None else phi[chain.offsets[m]:chain.offsets[m + 1]]
         chain.set_counts(m, None if c is None else c.to(chain.device), theta, part, generator)
-    return chain.run(s.n_sweeps, s.n_blocks, prior, None if learn else phi.to(dtype), generator)
+    backend = resolve_backend(s.backend, s.owner, chain.device)
+    return chain.run(s.n_sweeps, s.n_blocks, prior, None if learn else phi.to(dtype), generator, backend)
 
 
 def new_chain(counts: Counts, sizes: list[int], phi: Tensor | None, prior: Tensor | None, learn: bool,

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from kizuna.modules._backend import resolve_backend
 from kizuna.modules.estimator import Estimator
 from kizuna.modules.lda import algorithms as algo
 from kizuna.modules.lda.sampler import ROUNDINGS, GibbsChain, as_counts
@@ -34,9 +35,13 @@ class MultimodalLDA(Estimator):
         doc_topic_prior, topic_word_prior: :math:`\\alpha, \\beta` (default 1/K, as scikit-learn);
             ``alpha`` / ``beta`` are accepted as SERKET-style aliases.
         max_iter: Gibbs sweeps per `fit` / `transform` / module ``update`` (alias ``n_iter``).
-        n_blocks: blocks per sweep (more is closer to exact Gibbs, slower).
+        n_blocks: blocks per sweep (more is closer to exact Gibbs; with the torch backend, slower; at least as
+            many as tokens: the sequential collapsed Gibbs sampler).
         n_init: independent starts of a new chain (`fit`, a node's first ``update``); the most likely is kept.
         random_state: seed of `fit`, `transform` and `sample` (see `kizuna.modules.rng`).
+        backend: the sweep's implementation: ``"auto"`` (numba when installed, ``pip install 'kizuna[fast]'``,
+            and the data is on the CPU), ``"torch"`` or ``"numba"``; the same chain draw for draw
+            (`kizuna.modules._backend`).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -57,8 +62,8 @@ class MultimodalLDA(Estimator):
                  doc_topic_prior: float | None = None, topic_word_prior: float | None = None, max_iter: int = 100,
                  n_blocks: int = 16, n_init: int = 1, random_state: int | torch.Generator | None = None,
                  alpha: float | None = None, beta: float | None = None, n_iter: int | None = None,
-                 rounding: str = "round") -> None:
-        self.n_components, self.weights, self.rounding = n_components, weights, rounding
+                 rounding: str = "round", backend: str = "auto") -> None:
+        self.n_components, self.weights, self.rounding, self.backend = n_components, weights, rounding, backend
         self.doc_topic_prior, self.topic_word_prior, self.max_iter = doc_topic_prior, topic_word_prior, max_iter
         self.n_blocks, self.n_init, self.random_state = n_blocks, n_init, random_state
         self.alpha, self.beta, self.n_iter = alpha, beta, n_iter
@@ -79,6 +84,7 @@ class MultimodalLDA(Estimator):
                 raise ValueError(f"{self._owner}: give one of {what}, not both")
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"{self._owner}: rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        resolve_backend(self.backend, self._owner)  # an unknown name, or numba asked for but not installed
         if self._sweeps().n_sweeps < 0 or self.n_blocks < 1 or self.n_init < 1:
             raise ValueError(f"{self._owner}: max_iter must be >= 0, n_blocks and n_init >= 1")
         if any(p is not None and p <= 0 for p in (self.alpha, self.beta, self.doc_topic_prior, self.topic_word_prior)):
@@ -93,7 +99,7 @@ class MultimodalLDA(Estimator):
         beta = self.beta if self.beta is not None else self.topic_word_prior
         sweeps = int(self.n_iter if self.n_iter is not None else self.max_iter) if n_sweeps is None else n_sweeps
         return algo.Sweeps(k, alpha if alpha is not None else 1.0 / k, beta if beta is not None else 1.0 / k,
-                           sweeps, int(self.n_blocks))
+                           sweeps, int(self.n_blocks), self.backend, self._owner)
 
     def _is_fitted(self) -> bool:
         return self._phi is not None
@@ -252,10 +258,11 @@ class LatentDirichletAllocation(MultimodalLDA):
     def __init__(self, n_components: int = 10, *, doc_topic_prior: float | None = None,
                  topic_word_prior: float | None = None, max_iter: int = 100, n_blocks: int = 16, n_init: int = 1,
                  weight: float | None = None, random_state: int | torch.Generator | None = None,
-                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None) -> None:
+                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None,
+                 backend: str = "auto") -> None:
         super().__init__(n_components, doc_topic_prior=doc_topic_prior, topic_word_prior=topic_word_prior,
                          max_iter=max_iter, n_blocks=n_blocks, n_init=n_init, random_state=random_state,
-                         alpha=alpha, beta=beta, n_iter=n_iter)
+                         alpha=alpha, beta=beta, n_iter=n_iter, backend=backend)
         self.weight = weight
 
     def _weights(self) -> list[float | None] | None:

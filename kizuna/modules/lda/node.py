@@ -80,11 +80,12 @@ class MLDA(ClassModule, MultimodalLDA):
                  n_blocks: int = 16, n_init: int = 1, prior_per: str = "token",
                  random_state: int | torch.Generator | None = None, name: str | None = None, learnable: bool = True,
                  alpha: float | None = None, beta: float | None = None, n_iter: int | None = None,
-                 rounding: str = "round") -> None:
+                 rounding: str = "round", backend: str = "auto") -> None:
         ClassModule.__init__(self, n_components, category, name, learnable, random_state)
         MultimodalLDA.__init__(self, n_components, weights, doc_topic_prior=doc_topic_prior,
                                topic_word_prior=topic_word_prior, max_iter=max_iter, n_blocks=n_blocks, n_init=n_init,
-                               random_state=random_state, alpha=alpha, beta=beta, n_iter=n_iter, rounding=rounding)
+                               random_state=random_state, alpha=alpha, beta=beta, n_iter=n_iter, rounding=rounding,
+                               backend=backend)
         self.prior_per = prior_per
         self._validate()
 
@@ -187,12 +188,13 @@ class LDA(MLDA, LatentDirichletAllocation):
                  topic_word_prior: float | None = None, max_iter: int = 100, n_blocks: int = 16, n_init: int = 1,
                  weight: float | None = None, prior_per: str = "token",
                  random_state: int | torch.Generator | None = None, name: str | None = None, learnable: bool = True,
-                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None) -> None:
+                 alpha: float | None = None, beta: float | None = None, n_iter: int | None = None,
+                 backend: str = "auto") -> None:
         self.weight = weight
         MLDA.__init__(self, n_components, None, category, doc_topic_prior=doc_topic_prior,
                       topic_word_prior=topic_word_prior, max_iter=max_iter, n_blocks=n_blocks, n_init=n_init,
                       prior_per=prior_per, random_state=random_state, name=name, learnable=learnable, alpha=alpha,
-                      beta=beta, n_iter=n_iter)
+                      beta=beta, n_iter=n_iter, backend=backend)
 
     def connect(self, *children: Module) -> Module:
         if len(self.children) + len(children) != 1:

@@ -33,6 +33,7 @@ request). Restarts, the estimator and the graph node are built on this file
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,25 +105,93 @@ def _draw(p: Tensor, generator: torch.Generator | None, u: Tensor | None = None)
     return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_max(p.shape[1] - 1)
 
 
-def _blocks(n: int, n_blocks: int, in_order: bool, dtype: torch.dtype, device: torch.device,
-            generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
-    """A sweep's blocks: a fresh random order of the n tokens cut into ``n_blocks`` consecutive blocks, each
-    as (token indices, one uniform per token (R×1)).
+def _sweep_draws(n: int, n_blocks: int, in_order: bool, dtype: torch.dtype, device: torch.device,
+                 generator: torch.Generator | None) -> tuple[Tensor, Tensor, list[int]]:
+    """A sweep's random numbers: a fresh random order of the n tokens cut into ``n_blocks`` consecutive blocks,
+    as (the tokens block after block (n,), one uniform per token (n×1), the block sizes).
 
     ``in_order``: each block's tokens in storage order. A token's place in the random order is :math:`\\pi_i`
     (a uniform permutation), its block :math:`\\lfloor \\pi_i B / n \\rfloor`; one stable sort of these small
-    labels lists every block's tokens in storage order at once (the same blocks in law as sorting each block)."""
+    labels lists every block's tokens in storage order at once (the same blocks in law as sorting each block).
+    The uniforms are one draw of n after the order (torch's CPU stream gives the same numbers as one draw per
+    block), so both backends take the same numbers."""
     b = max(1, min(n_blocks, n))
     order = torch.randperm(n, generator=generator, device=device)
     if not in_order:
-        for idx in order.tensor_split(b):
-            yield idx, torch.rand(idx.shape[0], 1, generator=generator, dtype=dtype, device=device)
-        return
-    label = order.mul_(b).div_(n, rounding_mode="floor").to(torch.uint8 if b < 256 else torch.int32)
-    sizes = torch.bincount(label, minlength=b).tolist()
-    grouped = torch.sort(label, stable=True).indices
-    u = torch.rand(n, 1, generator=generator, dtype=dtype, device=device)
-    yield from zip(grouped.split(sizes), u.split(sizes))
+        sizes = [n // b + 1] * (n % b) + [n // b] * (b - n % b)  # torch.tensor_split's sizes
+    else:
+        label = order.mul_(b).div_(n, rounding_mode="floor").to(torch.uint8 if b < 256 else torch.int32)
+        sizes = torch.bincount(label, minlength=b).tolist()
+        order = torch.sort(label, stable=True).indices
+    return order, torch.rand(n, 1, generator=generator, dtype=dtype, device=device), sizes
+
+
+def _blocks(n: int, n_blocks: int, in_order: bool, dtype: torch.dtype, device: torch.device,
+            generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
+    """A sweep's blocks (see `_sweep_draws`), each as (token indices, one uniform per token (R×1))."""
+    order, u, sizes = _sweep_draws(n, n_blocks, in_order, dtype, device, generator)
+    yield from zip(order.split(sizes), u.split(sizes))
+
+
+@dataclass
+class Tables:
+    """The chain's tokens (T,) and count tables during `GibbsChain.run`: each token's sample ``doc``, joint
+    vocabulary row ``word``, modality ``mod`` and topic ``z``; counts ``n_dk`` (N×K), ``n_wk`` (ΣV×K), ``n_mk``
+    (M×K); ``vbeta`` (M×1) :math:`V_m\\beta`; ``vocab_mod`` (ΣV,) each row's modality; the class prior ``bias``
+    (N×K or None); fixed topics ``phi`` (ΣV×K, or None to learn them)."""
+
+    doc: Tensor
+    word: Tensor
+    mod: Tensor
+    z: Tensor
+    n_dk: Tensor
+    n_wk: Tensor
+    n_mk: Tensor
+    vbeta: Tensor
+    vocab_mod: Tensor
+    bias: Tensor | None
+    phi: Tensor | None
+
+
+def _torch_sweep(t: Tables, order: Tensor, u: Tensor, sizes: list[int], alpha: float, beta: float) -> None:
+    """One sweep in place, a block (of ``order`` cut into ``sizes``) at a time: the block's conditionals from the
+    counts before it, its draws from its uniforms ``u``, then its moves in the counts."""
+    k, bias, phi, n_dk, n_wk, n_mk = t.n_dk.shape[1], t.bias, t.phi, t.n_dk, t.n_wk, t.n_mk
+    for idx, uu in zip(order.split(sizes), u.split(sizes)):
+        d, w, m, old = (x.index_select(0, idx) for x in (t.doc, t.word, t.mod, t.z))
+        # the conditional with every count, then each token's own topic corrected for its removal
+        doc_tab = n_dk + alpha if bias is None else (n_dk + alpha) * bias
+        word_tab = phi if phi is not None else (n_wk + beta) / (n_mk + t.vbeta).index_select(0, t.vocab_mod)
+        p = doc_tab.index_select(0, d).mul_(word_tab.index_select(0, w))
+        own = n_dk.take(d * k + old) - 1 + alpha
+        own = own if bias is None else own * bias.take(d * k + old)
+        own = own * (word_tab.take(w * k + old) if phi is not None else
+                     (n_wk.take(w * k + old) - 1 + beta) / (n_mk.take(m * k + old) - 1 + t.vbeta.take(m)))
+        p.scatter_(1, old[:, None], own[:, None])
+        new = _draw(p, None, uu)
+        t.z.index_copy_(0, idx, new)
+        sign = torch.ones(2 * d.shape[0], dtype=n_dk.dtype, device=n_dk.device)
+        sign[: d.shape[0]] = -1
+        kk = torch.cat([old, new])
+        n_dk.view(-1).index_add_(0, torch.cat([d, d]) * k + kk, sign)
+        if phi is None:
+            n_wk.view(-1).index_add_(0, torch.cat([w, w]) * k + kk, sign)
+            n_mk.view(-1).index_add_(0, torch.cat([m, m]) * k + kk, sign)
+
+
+def numba_sweep(t: Tables, order: Tensor, u: Tensor, sizes: list[int], alpha: float, beta: float) -> None:
+    """`_torch_sweep` by the compiled loop `kizuna.modules._numba_kernels.gibbs_sweep` (CPU tensors; the
+    arrays are shared with the tensors, so ``t.z`` and the counts are updated in place)."""
+    from kizuna.modules import _numba_kernels
+
+    dt, k = t.n_dk.numpy().dtype, t.n_dk.shape[1]
+    none = np.empty((0, k), dtype=dt)
+    bias = none if t.bias is None else t.bias.numpy()
+    phi = none if t.phi is None else np.ascontiguousarray(t.phi.numpy(), dtype=dt)
+    _numba_kernels.gibbs_sweep(t.doc.numpy(), t.word.numpy(), t.mod.numpy(), t.z.numpy(), order.numpy(),
+                               u.view(-1).numpy(), np.cumsum([0, *sizes]), t.n_dk.numpy(), t.n_wk.numpy(),
+                               t.n_mk.numpy(), t.vbeta.view(-1).numpy(), bias, phi,
+                               np.array([alpha, beta, 1.0, 0.0], dtype=dt))
 
 
 class GibbsChain:
@@ -162,10 +231,12 @@ class GibbsChain:
         self.counts[m], self.docs[m], self.words[m], self.z[m] = counts, doc, word, _draw(p, generator)
 
     def run(self, n_sweeps: int, n_blocks: int, prior: Tensor | None, phi: Tensor | None,
-            generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+            generator: torch.Generator | None, backend: str = "torch") -> tuple[Tensor, Tensor]:
         """``n_sweeps`` sweeps; returns (θ̂ N×K, φ̂ ΣV×K) averaged over the second half.
 
         With ``phi`` (ΣV×K) the topics are held fixed (inference for new samples); otherwise learnt.
+        ``backend``: ``"torch"`` (`_torch_sweep`) or ``"numba"`` (`kizuna.modules._numba_kernels.gibbs_sweep`,
+        CPU only): the same chain, draw for draw, from the same random numbers of ``generator``.
         """
         doc, z = torch.cat(self.docs), torch.cat(self.z)
         mod = torch.cat([torch.full_like(d, m) for m, d in enumerate(self.docs)])
@@ -179,29 +250,13 @@ class GibbsChain:
         n_wk.index_put_((word, z), ones, True)
         n_mk = torch.zeros(len(self.sizes), self.k, dtype=self.dtype, device=self.device).index_add_(0, vocab_mod, n_wk)
         bias = prior.to(self.dtype).contiguous() if prior is not None else None
+        tab = Tables(doc, word, mod, z, n_dk, n_wk, n_mk, vbeta, vocab_mod, bias, phi)
+        one_sweep = numba_sweep if backend == "numba" else _torch_sweep
         theta_sum, phi_sum, kept = torch.zeros_like(n_dk), torch.zeros_like(n_wk), 0
         in_order = n_dk.numel() > SORT_ABOVE
         for sweep in range(n_sweeps):
-            for idx, u in _blocks(doc.shape[0], n_blocks, in_order, self.dtype, self.device, generator):
-                d, w, m, old = (t.index_select(0, idx) for t in (doc, word, mod, z))
-                # the conditional with every count, then each token's own topic corrected for its removal
-                doc_tab = n_dk + self.alpha if bias is None else (n_dk + self.alpha) * bias
-                word_tab = phi if phi is not None else (n_wk + self.beta) / (n_mk + vbeta).index_select(0, vocab_mod)
-                p = doc_tab.index_select(0, d).mul_(word_tab.index_select(0, w))
-                own = n_dk.take(d * self.k + old) - 1 + self.alpha
-                own = own if bias is None else own * bias.take(d * self.k + old)
-                own = own * (word_tab.take(w * self.k + old) if phi is not None else
-                             (n_wk.take(w * self.k + old) - 1 + self.beta)
-                             / (n_mk.take(m * self.k + old) - 1 + vbeta.take(m)))
-                p.scatter_(1, old[:, None], own[:, None])
-                new = _draw(p, generator, u)
-                z.index_copy_(0, idx, new)
-                sign = torch.cat([-ones[: d.shape[0]], ones[: d.shape[0]]])
-                kk = torch.cat([old, new])
-                n_dk.view(-1).index_add_(0, torch.cat([d, d]) * self.k + kk, sign)
-                if phi is None:
-                    n_wk.view(-1).index_add_(0, torch.cat([w, w]) * self.k + kk, sign)
-                    n_mk.view(-1).index_add_(0, torch.cat([m, m]) * self.k + kk, sign)
+            order, u, sizes = _sweep_draws(doc.shape[0], n_blocks, in_order, self.dtype, self.device, generator)
+            one_sweep(tab, order, u, sizes, self.alpha, self.beta)
             if 2 * sweep >= n_sweeps - 1:
                 theta_sum += (n_dk + self.alpha) / (n_dk.sum(1, keepdim=True) + self.k * self.alpha)
                 if phi is None:
