@@ -19,8 +19,10 @@ from typing import Any, ClassVar
 import torch
 
 from kizuna.modules import _forward_backward as fb
+from kizuna.modules._backend import resolve_backend
 from kizuna.modules.estimator import Estimator
 from kizuna.modules.hmm.emissions import EMISSIONS
+from kizuna.modules.hmm.viterbi import viterbi
 from kizuna.modules.rng import generator_for
 
 Tensor = torch.Tensor
@@ -53,6 +55,9 @@ class HiddenMarkovModel(Estimator):
             ``t`` transmat, ``m`` means, ``c`` covars, ``e`` emissionprob (categorical).
         n_features: categorical alphabet size (inferred from the data when None).
         random_state: seed of the initialisation and of `sample` (see `kizuna.modules.rng`).
+        backend: the Viterbi recursion of `decode` / `predict`: ``"auto"`` (numba when installed,
+            ``pip install 'kizuna[fast]'``, and the data is on the CPU), ``"torch"`` or ``"numba"``; the same paths
+            and scores (`kizuna.modules.hmm.viterbi`).
 
     Example:
         >>> model = HiddenMarkovModel(2, n_iter=20, random_state=0)
@@ -73,11 +78,12 @@ class HiddenMarkovModel(Estimator):
     def __init__(self, n_components: int = 1, *, emission: str = "gaussian", covariance_type: str = "diag",
                  min_covar: float = 1e-3, startprob_prior: float = 1.0, transmat_prior: float = 1.0,
                  n_iter: int = 10, tol: float = 1e-2, init_params: str = "stmce", params: str = "stmce",
-                 n_features: int | None = None, random_state: int | torch.Generator | None = None) -> None:
+                 n_features: int | None = None, random_state: int | torch.Generator | None = None,
+                 backend: str = "auto") -> None:
         self.n_components, self.emission, self.covariance_type = n_components, emission, covariance_type
         self.min_covar, self.startprob_prior, self.transmat_prior = min_covar, startprob_prior, transmat_prior
         self.n_iter, self.tol, self.init_params, self.params = n_iter, tol, init_params, params
-        self.n_features, self.random_state = n_features, random_state
+        self.n_features, self.random_state, self.backend = n_features, random_state, backend
 
     # ----------------------------------------------------------------- settings, data and parameters
     @property
@@ -181,7 +187,8 @@ class HiddenMarkovModel(Estimator):
         the per-step argmax of the posteriors with :math:`\\sum_t \\log \\max_k p(z_t=k|X)`."""
         if algorithm == "viterbi":
             x, lengths = self._data(X, lengths)
-            score, states = fb.viterbi(*self._log_chain(), self._log_emit(x), lengths)
+            backend = resolve_backend(self.backend, self._owner, x.device)
+            score, states = viterbi(*self._log_chain(), self._log_emit(x), lengths, backend)
             return float(score.sum()), self._out(states, X)
         if algorithm == "map":
             post = torch.as_tensor(self.predict_proba(X, lengths))

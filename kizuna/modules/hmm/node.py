@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from kizuna.modules import _forward_backward as fb
+from kizuna.modules._backend import check_backend
 from kizuna.modules.base import ClassModule, Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.hmm.estimator import HiddenMarkovModel, Lengths
@@ -72,14 +73,16 @@ class HMM(ClassModule, HiddenMarkovModel):
                  transmat_prior: float = 1.0, n_iter: int = 10, tol: float = 1e-2, init_params: str = "stmce",
                  params: str = "stmce", n_features: int | None = None, lengths: Sequence[int] | None = None,
                  n_particles: int = 1000, random_state: int | torch.Generator | None = None, name: str | None = None,
-                 learnable: bool = True) -> None:
+                 learnable: bool = True, backend: str = "auto") -> None:
         ClassModule.__init__(self, n_components, category, name, learnable, random_state)
         HiddenMarkovModel.__init__(
             self, n_components, emission=emission, covariance_type=covariance_type, min_covar=min_covar,
             startprob_prior=startprob_prior, transmat_prior=transmat_prior, n_iter=n_iter, tol=tol,
-            init_params=init_params, params=params, n_features=n_features, random_state=random_state)
+            init_params=init_params, params=params, n_features=n_features, random_state=random_state,
+            backend=backend)
         self.lengths, self.n_particles = lengths, n_particles
         self._emissions()  # a node reports bad settings when the graph is built
+        check_backend(backend, self._owner)
 
     def fit(self, X: Any, lengths: Lengths = None) -> HMM:
         """See `HiddenMarkovModel.fit`; also sets ``posterior`` (the training sequence's smoothed marginals)."""
