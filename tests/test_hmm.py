@@ -12,6 +12,7 @@ from hmmlearn import hmm as hl
 from scipy import stats
 
 from kizuna.metrics.clustering import clustering_accuracy
+from kizuna.modules import _backend
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules.hmm import HMM
 
@@ -29,6 +30,9 @@ LENGTHS = [100, 150, 50]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+# decode's two backends (`kizuna.modules._backend`): the compiled one only where the extra ``fast`` is installed
+BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not _backend.numba_available(),
+                                                                   reason="numba not installed (kizuna[fast])"))]
 
 
 def reference(covariance_type: str) -> hl.GaussianHMM:
@@ -37,8 +41,8 @@ def reference(covariance_type: str) -> hl.GaussianHMM:
     return ref
 
 
-def ours(covariance_type: str) -> HMM:
-    model = HMM(3, covariance_type=covariance_type, init_params="")
+def ours(covariance_type: str, backend: str = "torch") -> HMM:
+    model = HMM(3, covariance_type=covariance_type, init_params="", backend=backend)
     model.startprob_, model.transmat_ = torch.tensor(START), torch.tensor(TRANS)
     model.means_, model.covars_ = torch.tensor(MEANS), torch.tensor(COVARS[covariance_type])
     return model
@@ -101,9 +105,10 @@ def test_ffbs_paths_match_enumerated_posterior_by_chi_square():
     assert stats.chisquare(observed, probs * observed.sum()).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("covariance_type", ["diag", "full", "spherical", "tied"])
-def test_score_posteriors_and_viterbi_match_hmmlearn(covariance_type):
-    ref, model = reference(covariance_type), ours(covariance_type)
+def test_score_posteriors_and_viterbi_match_hmmlearn(covariance_type, backend):
+    ref, model = reference(covariance_type), ours(covariance_type, backend)
     x, _ = ref.sample(300, random_state=1)
     assert model.score(x, LENGTHS) == pytest.approx(ref.score(x, LENGTHS), abs=1e-8)
     np.testing.assert_allclose(model.predict_proba(x, LENGTHS), ref.predict_proba(x, LENGTHS), atol=1e-9)
@@ -119,17 +124,18 @@ def test_score_posteriors_and_viterbi_match_hmmlearn(covariance_type):
     assert map_logprob == pytest.approx(np.log(ref.predict_proba(x, LENGTHS).max(1)).sum(), abs=1e-8)
 
 
-def categorical_pair() -> tuple[hl.CategoricalHMM, HMM]:
+def categorical_pair(backend: str = "torch") -> tuple[hl.CategoricalHMM, HMM]:
     ref = hl.CategoricalHMM(2, init_params="", random_state=0)
     ref.startprob_, ref.transmat_ = np.array([0.5, 0.5]), np.array([[0.9, 0.1], [0.2, 0.8]])
     ref.emissionprob_ = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
-    model = HMM(2, emission="categorical", init_params="")  # numpy parameters, set as in hmmlearn
+    model = HMM(2, emission="categorical", init_params="", backend=backend)  # numpy parameters, set as in hmmlearn
     model.startprob_, model.transmat_, model.emissionprob_ = ref.startprob_, ref.transmat_, ref.emissionprob_
     return ref, model
 
 
-def test_categorical_matches_hmmlearn():
-    ref, model = categorical_pair()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_categorical_matches_hmmlearn(backend):
+    ref, model = categorical_pair(backend)
     x, _ = ref.sample(200, random_state=0)
     assert model.score(x, [120, 80]) == pytest.approx(ref.score(x, [120, 80]), abs=1e-9)
     np.testing.assert_array_equal(model.predict(x), ref.predict(x))
