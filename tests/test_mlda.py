@@ -11,7 +11,7 @@ from scipy import stats
 from scipy.special import gammaln
 
 from kizuna.metrics.clustering import clustering_accuracy
-from kizuna.modules import ClassModule, Graph, Message, MessageKindError, Module, Observation
+from kizuna.modules import ClassModule, Graph, Message, MessageKindError, Module, Observation, _backend
 from kizuna.modules.lda import MLDA, GibbsChain, as_counts, sampler
 from kizuna.modules.lda.algorithms import prior_once_per_sample
 from kizuna.modules.lda.sampler import _blocks
@@ -25,6 +25,9 @@ PRIOR = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.5, 0.5]], dtype=F64)  # a paren
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+# the sweep's two backends (`kizuna.modules._backend`): the compiled one only where the extra ``fast`` is installed
+NUMBA = pytest.mark.skipif(not _backend.numba_available(), reason="numba not installed (kizuna[fast])")
+BACKENDS = ["torch", pytest.param("numba", marks=NUMBA)]
 
 
 def tiny_tokens() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,7 +90,7 @@ def sequential_mean_theta(n_sweeps: int, seed: int) -> np.ndarray:
 
 
 def replicated_mean_theta(n_blocks: int, n_sweeps: int, replicas: int, seed: int,
-                          prior: torch.Tensor = PRIOR) -> np.ndarray:
+                          prior: torch.Tensor = PRIOR, backend: str = "torch") -> np.ndarray:
     """`GibbsChain` on ``replicas`` independent copies of the tiny corpus (each copy its own samples and
     its own two modalities, so no counts are shared): E[theta] averaged over copies and sweeps."""
     g = torch.Generator().manual_seed(seed)
@@ -97,7 +100,7 @@ def replicated_mean_theta(n_blocks: int, n_sweeps: int, replicas: int, seed: int
             block = torch.zeros(3 * replicas, c.shape[1], dtype=torch.long)
             block[3 * r:3 * r + 3] = c
             chain.set_counts(2 * r + m, block, None, None, g)
-    theta, _ = chain.run(n_sweeps, n_blocks, prior.repeat(replicas, 1), None, g)
+    theta, _ = chain.run(n_sweeps, n_blocks, prior.repeat(replicas, 1), None, g, backend)
     return theta.reshape(replicas, 3, K).mean(0).numpy()
 
 
@@ -107,15 +110,25 @@ def test_sequential_reference_sweep_matches_enumeration():
     np.testing.assert_allclose(sequential_mean_theta(3000, seed=0), exact_mean_theta(), atol=0.03)
 
 
-def test_blocked_sweep_matches_the_exact_posterior():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blocked_sweep_matches_the_exact_posterior(backend):
     """300 independent copies x 200 sweeps (30,000 draws, Monte-Carlo error ~0.001). With 16 blocks per
     sweep (each block 1/16 of the tokens, so a copy rarely has two tokens in one block) E[theta] is within
     0.005 of the exact value; fully parallel (1 block, AD-LDA with every token stale) shows its bias
     (about 0.02 here) and stays within 0.04."""
     exact = exact_mean_theta()
-    np.testing.assert_allclose(replicated_mean_theta(16, 200, 300, seed=0), exact, atol=0.005)
-    parallel = np.abs(replicated_mean_theta(1, 200, 300, seed=0) - exact).max()
+    np.testing.assert_allclose(replicated_mean_theta(16, 200, 300, seed=0, backend=backend), exact, atol=0.005)
+    parallel = np.abs(replicated_mean_theta(1, 200, 300, seed=0, backend=backend) - exact).max()
     assert 0.005 < parallel < 0.04
+
+
+@NUMBA
+def test_sequential_sweep_of_the_compiled_backend_matches_the_exact_posterior():
+    """One token per block (the sequential collapsed Gibbs sampler, affordable compiled: 3,300 blocks a sweep):
+    the same copies and sweeps as above, E[theta] within 0.005 of the enumeration, unbiased where the
+    fully parallel sweep is not."""
+    np.testing.assert_allclose(replicated_mean_theta(11 * 300, 200, 300, seed=0, backend="numba"),
+                               exact_mean_theta(), atol=0.005)
 
 
 def test_blocks_in_storage_order_partition_the_tokens_uniformly():
@@ -137,11 +150,13 @@ def test_blocks_in_storage_order_partition_the_tokens_uniformly():
     assert stats.chisquare(seen[0]).pvalue > 1e-3 and stats.chisquare(seen[n - 1]).pvalue > 1e-3
 
 
-def test_blocked_sweep_in_storage_order_matches_the_exact_posterior(monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blocked_sweep_in_storage_order_matches_the_exact_posterior(monkeypatch, backend):
     """The sweep that reads the tables in storage order (``SORT_ABOVE`` lowered so the tiny corpus takes it):
     E[theta] within 0.005 of the enumeration, as the random-order sweep (same copies, sweeps and blocks)."""
     monkeypatch.setattr(sampler, "SORT_ABOVE", 0)
-    np.testing.assert_allclose(replicated_mean_theta(16, 200, 300, seed=2), exact_mean_theta(), atol=0.005)
+    np.testing.assert_allclose(replicated_mean_theta(16, 200, 300, seed=2, backend=backend), exact_mean_theta(),
+                               atol=0.005)
 
 
 def test_draw_never_picks_a_trailing_zero_probability_category():
