@@ -6,8 +6,9 @@ kizuna.modules against scikit-learn, hmmlearn and the ``lda`` package (Cython co
   (finite Dirichlet prior, the same model); a blocked Gibbs sweep (``"gibbs"``, the module's default),
   reported next to a ``BayesianGaussianMixture`` iteration (not the same algorithm: the closest reference).
 * HMM, Gaussian emissions: a Baum-Welch iteration vs ``hmmlearn.GaussianHMM`` (one sequence of N steps),
-  then the forward log-likelihood (``score``) and ``decode`` (Viterbi) on the same parameters.
-* LDA / MLDA: a collapsed Gibbs sweep (kizuna: its default blocked sampler, 16 blocks a sweep) vs
+  then the forward log-likelihood (``score``) and ``decode`` (Viterbi, each backend) on the same parameters.
+* LDA / MLDA: a collapsed Gibbs sweep (kizuna: its default blocked sampler, 16 blocks a sweep; each backend,
+  torch and numba, the same chain draw for draw) vs
   ``lda.LDA`` (sequential), on Reuters (``lda.datasets.load_reuters``) and on synthetic corpora with
   planted topics; MLDA's two modalities against ``lda`` on the concatenated vocabulary (the same tokens,
   topics and counts; MLDA normalises the topic-word counts per modality).
@@ -19,7 +20,8 @@ set-up cancel: ``(t(hi) - t(lo)) / (hi - lo)``. kizuna and the reference alterna
 over repeats of kizuna / reference measured in the same repeat. The slope is the least-squares fit of
 log(time per iteration) against log(N): 1 is linear.
 
-Run: ``python bench/modules.py [--quick] [--full] [--repeats 3] [--threads 1] [--only gmm,hmm,lda] [--sizes N,...]``
+Run: ``python bench/modules.py [--quick] [--full] [--repeats 3] [--threads 1] [--only gmm,hmm,lda] [--sizes N,...]
+[--backends torch,numba]`` (the backends measured side by side, interleaved; numba needs ``kizuna[fast]``)
 (``--only viterbi``: the Viterbi rows alone; ``--sizes 100000``: one size, e.g. for the guards at N = 10^5)
 (``--full`` adds N = 10^6 for the GMM; ``--quick`` is the smoke-test run, under 30 s).
 """
@@ -93,13 +95,14 @@ def corpus(n: int, sizes: tuple[int, ...] = (500,), tokens: tuple[int, ...] = (5
 # ---------------------------------------------------------------------------------------------- cases
 @dataclass
 class Case:
-    """One row: fits of kizuna and of the reference with a given number of iterations."""
+    """One row per kizuna fit (by backend label, "" when there is one): fits of kizuna and of the reference with
+    a given number of iterations."""
 
     group: str
     name: str
     reference: str
     n: int
-    kizuna: Fit
+    kizuna: dict[str, Fit]
     ref: Fit
     lo: int
     hi: int
@@ -117,13 +120,14 @@ def per_iteration(fit: Fit, lo: int, hi: int) -> float:
 
 
 def measure(case: Case, repeats: int) -> Case:
-    """Warm-up, then ``repeats`` interleaved measurements of both (order flips every repeat)."""
-    impls = {"kizuna": case.kizuna, "reference": case.ref}
+    """Warm-up, then ``repeats`` interleaved measurements of every fit (the order rotates every repeat)."""
+    impls = {**case.kizuna, "reference": case.ref}
     for fit in impls.values():
         fit(case.lo)
     case.times = {name: [] for name in impls}
+    names = list(impls)
     for r in range(repeats):
-        for name in (list(impls) if r % 2 == 0 else list(impls)[::-1]):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             case.times[name].append(per_iteration(impls[name], case.lo, case.hi))
     return case
 
@@ -143,15 +147,15 @@ def gmm_cases(sizes: list[int]) -> list[Case]:
         lo, hi = iterations(n)
         cases += [
             Case("GMM", "EM iteration", "sklearn GaussianMixture", n,
-                 lambda m, x=x: GMM(10, algorithm="em", max_iter=m, tol=0, **common).fit(x),
+                 {"": lambda m, x=x: GMM(10, algorithm="em", max_iter=m, tol=0, **common).fit(x)},
                  lambda m, x=x: GaussianMixture(10, max_iter=m, tol=0, **common).fit(x), lo, hi),
             Case("GMM", "VB iteration", "sklearn BayesianGaussianMixture", n,
-                 lambda m, x=x: GMM(10, algorithm="vb", max_iter=m, tol=0, **common).fit(x),
+                 {"": lambda m, x=x: GMM(10, algorithm="vb", max_iter=m, tol=0, **common).fit(x)},
                  lambda m, x=x: BayesianGaussianMixture(
                      n_components=10, max_iter=m, tol=0, weight_concentration_prior_type="dirichlet_distribution",
                      **common).fit(x), lo, hi),
             Case("GMM", "Gibbs sweep", "sklearn BGM iteration (not the same algorithm)", n,
-                 lambda m, x=x: GMM(10, algorithm="gibbs", max_iter=m, **common).fit(x),
+                 {"": lambda m, x=x: GMM(10, algorithm="gibbs", max_iter=m, **common).fit(x)},
                  lambda m, x=x: BayesianGaussianMixture(
                      n_components=10, max_iter=m, tol=0, weight_concentration_prior_type="dirichlet_distribution",
                      **common).fit(x), lo, hi),
@@ -169,13 +173,14 @@ def hmm_cases(sizes: list[int]) -> list[Case]:
         for cov in ("diag", "full"):
             cases.append(Case(
                 "HMM", f"Baum-Welch iteration ({cov})", "hmmlearn GaussianHMM", n,
-                lambda m, x=x, cov=cov: HMM(8, covariance_type=cov, n_iter=m, tol=-math.inf, random_state=0).fit(x),
+                {"": lambda m, x=x, cov=cov: HMM(8, covariance_type=cov, n_iter=m, tol=-math.inf,
+                                                 random_state=0).fit(x)},
                 lambda m, x=x, cov=cov: GaussianHMM(8, covariance_type=cov, n_iter=m, tol=-math.inf,
                                                     random_state=0).fit(x), lo, hi))
     return cases
 
 
-def lda_cases(sizes: list[int], reuters: bool) -> list[Case]:
+def lda_cases(sizes: list[int], reuters: bool, backends: list[str]) -> list[Case]:
     import lda
 
     cases = []
@@ -192,53 +197,44 @@ def lda_cases(sizes: list[int], reuters: bool) -> list[Case]:
         joined = np.hstack(counts)
         cases.append(Case(
             name.split(" ")[0], "collapsed Gibbs sweep " + name[name.index("("):], "lda.LDA", n,
-            lambda m, x=x, k=k, model=model: model(k, max_iter=m, doc_topic_prior=0.1, topic_word_prior=0.01,
-                                                   random_state=0).fit(x),
+            {b: lambda m, x=x, k=k, model=model, b=b: model(k, max_iter=m, doc_topic_prior=0.1, topic_word_prior=0.01,
+                                                            random_state=0, backend=b).fit(x) for b in backends},
             lambda m, joined=joined, k=k: lda.LDA(k, n_iter=m, alpha=0.1, eta=0.01, random_state=0,
                                                  refresh=10**9).fit(joined), lo, hi))
     return cases
 
 
 # ------------------------------------------------------------------------- HMM inference (score, Viterbi)
-def _with_prefix(decode: Callable[[Any], Any], x: Any) -> Any:
-    """``decode(x)`` with Viterbi by the chunked (max, +) prefix (`_chain_scan.max_product`) at every length."""
-    from kizuna.modules import _forward_backward as fb
-    from kizuna.modules._chain_scan import max_product
-
-    scan, fb.viterbi_scan = fb.viterbi_scan, max_product
-    try:
-        return decode(x)
-    finally:
-        fb.viterbi_scan = scan
-
-
-def hmm_inference(sizes: list[int], repeats: int,
+def hmm_inference(sizes: list[int], repeats: int, backends: list[str],
                   viterbi_only: bool = False) -> list[tuple[str, int, float, float, float]]:
-    """Forward log-likelihood and Viterbi of kizuna vs hmmlearn with the same parameters, on the same data
-    (``viterbi_only``: Viterbi alone)."""
+    """Forward log-likelihood and Viterbi (every backend, interleaved in one run) of kizuna vs hmmlearn with the
+    same parameters, on the same data (``viterbi_only``: Viterbi alone, and the emissions alone)."""
     from hmmlearn.hmm import GaussianHMM
 
     rows = []
     for n in sizes:
         x = hmm_data(n)
         ref = GaussianHMM(8, covariance_type="diag", n_iter=5, random_state=0).fit(x)
-        ours = HMM(8, covariance_type="diag", init_params="")
-        ours.startprob_, ours.transmat_, ours.means_ = ref.startprob_, ref.transmat_, ref.means_
-        ours.covars_ = ref._covars_  # hmmlearn's covars_ property returns full matrices
-        xt = torch.as_tensor(x)
+        models = {}
+        for b in backends:
+            ours = models[b] = HMM(8, covariance_type="diag", init_params="", backend=b)
+            ours.startprob_, ours.transmat_, ours.means_ = ref.startprob_, ref.transmat_, ref.means_
+            ours.covars_ = ref._covars_  # hmmlearn's covars_ property returns full matrices
+        ours, xt = models[backends[0]], torch.as_tensor(x)
         calls = max(1, min(50, 10**5 // n))
-        cases = [("forward log-likelihood", lambda ours=ours, xt=xt: ours.score(xt), lambda ref=ref, x=x: ref.score(x)),
-                 ("Viterbi decode", lambda ours=ours, xt=xt: ours.decode(xt), lambda ref=ref, x=x: ref.decode(x))]
-        if viterbi_only:  # where the time goes: the previous chunked prefix, and the emissions alone
-            cases = cases[1:] + [
-                ("Viterbi decode, chunked prefix (before)", lambda ours=ours, xt=xt: _with_prefix(ours.decode, xt),
-                 lambda ref=ref, x=x: ref.decode(x)),
-                ("kizuna's Gaussian emissions alone", lambda ours=ours, xt=xt: ours._log_emit(xt),
-                 lambda ref=ref, x=x: ref.decode(x))]
-        for what, mine, theirs in cases:
-            times = interleaved({"kizuna": mine, "hmmlearn": theirs}, repeats, calls, warmup=1, block_warmup=0)
-            r = ratios(times, "hmmlearn")["kizuna"]
-            rows.append((what, n, statistics.median(times["kizuna"]), statistics.median(times["hmmlearn"]), r))
+        cases = [("forward log-likelihood", {"": lambda ours=ours, xt=xt: ours.score(xt)}),
+                 ("Viterbi decode", {b: lambda m=m, xt=xt: m.decode(xt) for b, m in models.items()})]
+        if viterbi_only:  # where the time goes: the emissions alone
+            cases = cases[1:] + [("kizuna's Gaussian emissions alone",
+                                  {"": lambda ours=ours, xt=xt: ours._log_emit(xt)})]
+        for what, mine in cases:
+            theirs = ref.score if what.startswith("forward") else ref.decode  # emissions: against the whole decode
+            fns = {**mine, "hmmlearn": lambda theirs=theirs, x=x: theirs(x)}
+            times = interleaved(fns, repeats, calls, warmup=1, block_warmup=0)
+            r = ratios(times, "hmmlearn")
+            for label in mine:
+                name = f"{what} [{label}]" if label else what
+                rows.append((name, n, statistics.median(times[label]), statistics.median(times["hmmlearn"]), r[label]))
     return rows
 
 
@@ -256,10 +252,13 @@ HEADER = f"{'module':6s} {'case':50s} {'N':>8s} {'kizuna ms/it':>13s} {'ref ms/i
 
 
 def row(c: Case) -> str:
-    """One measured case: median ms per iteration of each, median ratio kizuna / reference."""
-    kz, ref = statistics.median(c.times["kizuna"]), statistics.median(c.times["reference"])
-    r = ratios(c.times, "reference")["kizuna"]
-    return f"{c.group:6s} {c.name:50s} {c.n:8d} {kz * 1e3:13.3f} {ref * 1e3:10.3f} {r:6.2f}  {c.reference}"
+    """One measured case: median ms per iteration of each kizuna fit and of the reference, median ratios."""
+    ref, r, lines = statistics.median(c.times["reference"]), ratios(c.times, "reference"), []
+    for label in c.kizuna:
+        kz, name = statistics.median(c.times[label]), f"{c.name} [{label}]" if label else c.name
+        lines.append(f"{c.group:6s} {name:50s} {c.n:8d} {kz * 1e3:13.3f} {ref * 1e3:10.3f} {r[label]:6.2f}  "
+                     f"{c.reference}")
+    return "\n".join(lines)
 
 
 def print_slopes(cases: list[Case]) -> None:
@@ -271,9 +270,11 @@ def print_slopes(cases: list[Case]) -> None:
         if len(cs) < 2:
             continue
         ns = [c.n for c in cs]
-        kz = slope(ns, [statistics.median(c.times["kizuna"]) for c in cs])
         ref = slope(ns, [statistics.median(c.times["reference"]) for c in cs])
-        print(f"{group:6s} {name:50s} {f'{min(ns)}-{max(ns)}':>15s} {kz:12.2f} {ref:10.2f}")
+        for label in cs[0].kizuna:
+            kz = slope(ns, [statistics.median(c.times[label]) for c in cs])
+            shown = f"{name} [{label}]" if label else name
+            print(f"{group:6s} {shown:50s} {f'{min(ns)}-{max(ns)}':>15s} {kz:12.2f} {ref:10.2f}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -284,6 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="add N = 10^6 for the GMM")
     parser.add_argument("--sizes", default="",
                         help="comma-separated N to measure instead of 10^3, 10^4, 10^5 (e.g. 100000 for the guards)")
+    parser.add_argument("--backends", default="torch,numba",
+                        help="backends of the HMM's Viterbi and the LDA / MLDA sweep (torch, numba), measured together")
     parser.add_argument("--only", default="gmm,hmm,lda",
                         help="comma-separated subset of gmm, hmm, lda, viterbi (viterbi: the Viterbi rows alone)")
     return parser.parse_args(argv)
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")  # convergence warnings: every fit stops at its iteration limit on purpose
     for name in ("hmmlearn", "lda"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    only = set(args.only.split(","))
+    only, backends = set(args.only.split(",")), args.backends.split(",")
     sizes = [500, 2000] if args.quick else [10**3, 10**4, 10**5]
     sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else sizes
     repeats = 1 if args.quick else args.repeats
@@ -307,14 +310,15 @@ def main(argv: list[str] | None = None) -> None:
         import lda
         import sklearn
         print(f"numpy {np.__version__}, scikit-learn {sklearn.__version__}, hmmlearn {hmmlearn.__version__}, "
-              f"lda {getattr(lda, '__version__', '?')}; {repeats} interleaved repeat(s)")
+              f"lda {getattr(lda, '__version__', '?')}; {repeats} interleaved repeat(s); backends {backends}"
+              + (f" (numba {__import__('numba').__version__})" if "numba" in backends else ""))
         cases: list[Case] = []
         if "gmm" in only:
             cases += gmm_cases(sizes + ([10**6] if args.full and not args.quick else []))
         if "hmm" in only:
             cases += hmm_cases(sizes)
         if "lda" in only:
-            cases += lda_cases([200, 1000] if args.quick else sizes, reuters=not (args.quick or args.sizes))
+            cases += lda_cases([200, 1000] if args.quick else sizes, not (args.quick or args.sizes), backends)
         begin = time.perf_counter()
         print("\n" + HEADER)
         for case in cases:
@@ -323,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         if only & {"hmm", "viterbi"}:
             print(f"\n{'HMM inference (same parameters)':42s} {'N':>8s} {'kizuna ms':>10s} {'hmmlearn ms':>12s} "
                   f"{'ratio':>6s}")
-            for what, n, kz, ref, r in hmm_inference(sizes, repeats, viterbi_only="hmm" not in only):
+            for what, n, kz, ref, r in hmm_inference(sizes, repeats, backends, viterbi_only="hmm" not in only):
                 print(f"{what:42s} {n:8d} {kz * 1e3:10.3f} {ref * 1e3:12.3f} {r:6.2f}")
         print(f"\n({time.perf_counter() - begin:.0f} s)")
 
