@@ -16,9 +16,10 @@ answers are equal (not merely close) to the torch paths':
 * `gibbs_sweep`: one sweep of the blocked collapsed Gibbs sampler of `kizuna.modules.lda.sampler` (its
   docstring has the conditional). The sweep's token order, block bounds and uniforms come from the torch
   generator; inside a block every token draws from the counts as they were when the block began (minus its
-  own assignment), by the inverse CDF (the number of cumulative sums at or below :math:`u\sum_k p_k`); the
-  counts are then updated. With one token per block this is the sequential collapsed Gibbs sampler.
-  The cumulative sums accumulate in float64 and are stored in the tables' dtype, as torch's CPU ``cumsum``.
+  own assignment; the block is visited in storage order, which changes no draw), by the inverse CDF (the
+  number of cumulative sums at or below :math:`u\sum_k p_k`); the counts are then updated. With one token
+  per block this is the sequential collapsed Gibbs sampler. The cumulative sums accumulate in float64 and
+  are stored in the tables' dtype, as torch's CPU ``cumsum``.
 
 ``cache=True`` writes the compiled machine code next to this file (``__pycache__``), so only the first import
 in an environment pays the compilation.
@@ -30,7 +31,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def viterbi(log_start: np.ndarray, log_trans_t: np.ndarray, log_emit: np.ndarray, bounds: np.ndarray,
             states: np.ndarray) -> None:  # pragma: no cover - compiled
     """Viterbi paths of the sequences ``log_emit[bounds[b]:bounds[b + 1]]`` into ``states`` (N,).
@@ -69,54 +70,55 @@ def viterbi(log_start: np.ndarray, log_trans_t: np.ndarray, log_emit: np.ndarray
             states[t - 1] = s
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def gibbs_sweep(doc: np.ndarray, word: np.ndarray, mod: np.ndarray, z: np.ndarray, order: np.ndarray,
-                u: np.ndarray, bounds: np.ndarray, n_dk: np.ndarray, n_wk: np.ndarray, n_mk: np.ndarray,
-                vbeta: np.ndarray, bias: np.ndarray, phi: np.ndarray, consts: np.ndarray) -> None:  # pragma: no cover
+                u: np.ndarray, n_blocks: int, in_order: bool, n_dk: np.ndarray, n_wk: np.ndarray, n_mk: np.ndarray,
+                vbeta: np.ndarray, vocab_mod: np.ndarray, bias: np.ndarray, phi: np.ndarray,
+                consts: np.ndarray) -> None:  # pragma: no cover
     """One blocked sweep in place (``z`` and the count tables are updated).
 
     Args:
         doc, word, mod: (T,) each token's sample, row of the joint vocabulary and modality; z: (T,) topics.
-        order: (T,) the tokens in the sweep's order; u: (T,) their uniforms; bounds: (B + 1,) block offsets
-            into ``order``.
-        n_dk: (N, K); n_wk: (ΣV, K); n_mk: (M, K) counts (in the tables' float dtype); vbeta: (M,) :math:`V_m\\beta`.
+        order: (T,) a uniform permutation of the tokens; u: (T,) uniforms; n_blocks: B, at most T; in_order: the
+            blocks of `kizuna.modules.lda.sampler._sweep_draws` (see `_blocks_in_storage_order`).
+        n_dk: (N, K); n_wk: (ΣV, K); n_mk: (M, K) counts (in the tables' float dtype); vbeta: (M,) :math:`V_m\\beta`;
+            vocab_mod: (ΣV,) each joint-vocabulary row's modality.
         bias: (N, K) the class prior, or (0, K) for none; phi: (ΣV, K) fixed topics, or (0, K) to learn them.
         consts: (4,) :math:`\\alpha, \\beta, 1, 0` in the tables' dtype (float32 tables stay float32 arithmetic).
     """
     k = n_dk.shape[1]
     alpha, beta, one, zero = consts[0], consts[1], consts[2], consts[3]
     use_bias, learn = bias.shape[0] > 0, phi.shape[0] == 0
-    cdf = np.empty(k, dtype=n_dk.dtype)
-    new = np.empty(order.shape[0], dtype=np.int64)
+    bounds, tokens, dq, wq, mq, oldq, uq = _blocks_in_storage_order(doc, word, mod, z, order, u, n_blocks, in_order)
+    words = phi if not learn else np.empty_like(n_wk)
+    p = np.empty(k, dtype=n_dk.dtype)
+    new = np.empty(order.shape[0], dtype=np.int32)
     for blk in range(bounds.shape[0] - 1):
         lo, hi = bounds[blk], bounds[blk + 1]
-        for r in range(lo, hi):
-            i = order[r]
-            d, w, m, old = doc[i], word[i], mod[i], z[i]
+        if learn:  # the block's word factors (n_kw + β) / (n_k + V_m β), as torch forms its table
+            for w in range(n_wk.shape[0]):
+                for t in range(k):
+                    words[w, t] = (n_wk[w, t] + beta) / (n_mk[vocab_mod[w], t] + vbeta[vocab_mod[w]])
+        for q in range(lo, hi):
+            d, w, m, old = dq[q], wq[q], mq[q], oldq[q]
+            for t in range(k):
+                p[t] = ((n_dk[d, t] + alpha) * bias[d, t] if use_bias else n_dk[d, t] + alpha) * words[w, t]
+            a = n_dk[d, old] - one + alpha  # the token's own assignment removed
+            if use_bias:
+                a = a * bias[d, old]
+            p[old] = a * ((n_wk[w, old] - one + beta) / (n_mk[m, old] - one + vbeta[m]) if learn else phi[w, old])
             acc = 0.0
             for t in range(k):
-                if t == old:  # the token's own assignment removed
-                    a = n_dk[d, t] - one + alpha
-                    if use_bias:
-                        a = a * bias[d, t]
-                    b = (n_wk[w, t] - one + beta) / (n_mk[m, t] - one + vbeta[m]) if learn else phi[w, t]
-                else:
-                    a = n_dk[d, t] + alpha
-                    if use_bias:
-                        a = a * bias[d, t]
-                    b = (n_wk[w, t] + beta) / (n_mk[m, t] + vbeta[m]) if learn else phi[w, t]
-                acc += a * b
-                cdf[t] = acc
-            total = cdf[k - 1]
-            target = min(u[r] * total, np.nextafter(total, zero))
+                acc += p[t]
+                p[t] = acc
+            total = p[k - 1]
+            target = min(uq[q] * total, np.nextafter(total, zero))
             c = 0
-            while c < k - 1 and cdf[c] <= target:
+            while c < k - 1 and p[c] <= target:
                 c += 1
-            new[r] = c
-        for r in range(lo, hi):  # the block's moves, seen by the next block
-            i = order[r]
-            d, w, m, old, c = doc[i], word[i], mod[i], z[i], new[r]
-            z[i] = c
+            new[q] = c
+        for q in range(lo, hi):  # the block's moves, seen by the next block
+            d, w, m, old, c = dq[q], wq[q], mq[q], oldq[q], new[q]
             n_dk[d, old] -= one
             n_dk[d, c] += one
             if learn:
@@ -124,3 +126,45 @@ def gibbs_sweep(doc: np.ndarray, word: np.ndarray, mod: np.ndarray, z: np.ndarra
                 n_wk[w, c] += one
                 n_mk[m, old] -= one
                 n_mk[m, c] += one
+    for q in range(tokens.shape[0]):
+        z[tokens[q]] = new[q]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _blocks_in_storage_order(doc: np.ndarray, word: np.ndarray, mod: np.ndarray, z: np.ndarray, order: np.ndarray,
+                             u: np.ndarray, n_blocks: int, in_order: bool) -> tuple:  # pragma: no cover - compiled
+    """The blocks of `kizuna.modules.lda.sampler._sweep_draws` from its random numbers, each block's tokens in
+    storage order with their sample, word, modality, topic and uniform gathered alongside: (bounds (B + 1,),
+    tokens, doc, word, mod, topic, uniform (T,) each).
+
+    Without ``in_order`` block b is positions ``bounds[b]:bounds[b + 1]`` of ``order`` (torch.tensor_split's
+    sizes), each with the uniform of its position; with it token i's block is :math:`\\lfloor order_i B/T\\rfloor`
+    and the q-th token of the blocks listed in storage order takes ``u[q]``. Inside a block every draw reads
+    the counts as they were when the block began, so the order a block is visited in changes no draw; storage
+    order reads the tables sample by sample. One counting sort, one pass over the token arrays."""
+    n, b = order.shape[0], n_blocks
+    label = np.empty(n, dtype=np.int64)
+    pos = np.empty(n, dtype=np.int64)  # the position of each token's uniform
+    bounds = np.zeros(b + 1, dtype=np.int64)
+    if in_order:
+        for i in range(n):
+            label[i] = order[i] * b // n
+            bounds[label[i] + 1] += 1
+        bounds = np.cumsum(bounds)
+    else:
+        for j in range(b):
+            bounds[j + 1] = bounds[j] + n // b + (1 if j < n % b else 0)
+            for r in range(bounds[j], bounds[j + 1]):
+                label[order[r]] = j
+                pos[order[r]] = r
+    fill = bounds[:-1].copy()
+    tokens = np.empty(n, dtype=np.int64)
+    dq, wq = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+    mq, oldq = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+    uq = np.empty(n, dtype=u.dtype)
+    for i in range(n):
+        q = fill[label[i]]
+        fill[label[i]] = q + 1
+        tokens[q], dq[q], wq[q], mq[q], oldq[q] = i, doc[i], word[i], mod[i], z[i]
+        uq[q] = u[q] if in_order else u[pos[i]]
+    return bounds, tokens, dq, wq, mq, oldq, uq

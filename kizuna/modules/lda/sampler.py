@@ -105,25 +105,28 @@ def _draw(p: Tensor, generator: torch.Generator | None, u: Tensor | None = None)
     return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_max(p.shape[1] - 1)
 
 
+def _sweep_numbers(n: int, dtype: torch.dtype, device: torch.device,
+                   generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """A sweep's random numbers, the same on both backends: a uniform permutation of the n tokens, then one
+    uniform per token (n×1; torch's CPU stream gives the same numbers as one draw per block)."""
+    order = torch.randperm(n, generator=generator, device=device)
+    return order, torch.rand(n, 1, generator=generator, dtype=dtype, device=device)
+
+
 def _sweep_draws(n: int, n_blocks: int, in_order: bool, dtype: torch.dtype, device: torch.device,
                  generator: torch.Generator | None) -> tuple[Tensor, Tensor, list[int]]:
-    """A sweep's random numbers: a fresh random order of the n tokens cut into ``n_blocks`` consecutive blocks,
-    as (the tokens block after block (n,), one uniform per token (n×1), the block sizes).
+    """A sweep's blocks: a fresh random order of the n tokens cut into ``n_blocks`` consecutive blocks, as (the
+    tokens block after block (n,), one uniform per token (n×1), the block sizes); see `_sweep_numbers`.
 
     ``in_order``: each block's tokens in storage order. A token's place in the random order is :math:`\\pi_i`
     (a uniform permutation), its block :math:`\\lfloor \\pi_i B / n \\rfloor`; one stable sort of these small
-    labels lists every block's tokens in storage order at once (the same blocks in law as sorting each block).
-    The uniforms are one draw of n after the order (torch's CPU stream gives the same numbers as one draw per
-    block), so both backends take the same numbers."""
+    labels lists every block's tokens in storage order at once (the same blocks in law as sorting each block)."""
     b = max(1, min(n_blocks, n))
-    order = torch.randperm(n, generator=generator, device=device)
+    order, u = _sweep_numbers(n, dtype, device, generator)
     if not in_order:
-        sizes = [n // b + 1] * (n % b) + [n // b] * (b - n % b)  # torch.tensor_split's sizes
-    else:
-        label = order.mul_(b).div_(n, rounding_mode="floor").to(torch.uint8 if b < 256 else torch.int32)
-        sizes = torch.bincount(label, minlength=b).tolist()
-        order = torch.sort(label, stable=True).indices
-    return order, torch.rand(n, 1, generator=generator, dtype=dtype, device=device), sizes
+        return order, u, [n // b + 1] * (n % b) + [n // b] * (b - n % b)  # torch.tensor_split's sizes
+    label = order.mul_(b).div_(n, rounding_mode="floor").to(torch.uint8 if b < 256 else torch.int32)
+    return torch.sort(label, stable=True).indices, u, torch.bincount(label, minlength=b).tolist()
 
 
 def _blocks(n: int, n_blocks: int, in_order: bool, dtype: torch.dtype, device: torch.device,
@@ -153,9 +156,11 @@ class Tables:
     phi: Tensor | None
 
 
-def _torch_sweep(t: Tables, order: Tensor, u: Tensor, sizes: list[int], alpha: float, beta: float) -> None:
-    """One sweep in place, a block (of ``order`` cut into ``sizes``) at a time: the block's conditionals from the
-    counts before it, its draws from its uniforms ``u``, then its moves in the counts."""
+def _torch_sweep(t: Tables, n_blocks: int, in_order: bool, generator: torch.Generator | None, alpha: float,
+                 beta: float) -> None:
+    """One sweep in place, a block (`_sweep_draws`) at a time: the block's conditionals from the counts before
+    it, its draws from its uniforms, then its moves in the counts."""
+    order, u, sizes = _sweep_draws(t.doc.shape[0], n_blocks, in_order, t.n_dk.dtype, t.n_dk.device, generator)
     k, bias, phi, n_dk, n_wk, n_mk = t.n_dk.shape[1], t.bias, t.phi, t.n_dk, t.n_wk, t.n_mk
     for idx, uu in zip(order.split(sizes), u.split(sizes)):
         d, w, m, old = (x.index_select(0, idx) for x in (t.doc, t.word, t.mod, t.z))
@@ -179,19 +184,22 @@ def _torch_sweep(t: Tables, order: Tensor, u: Tensor, sizes: list[int], alpha: f
             n_mk.view(-1).index_add_(0, torch.cat([m, m]) * k + kk, sign)
 
 
-def numba_sweep(t: Tables, order: Tensor, u: Tensor, sizes: list[int], alpha: float, beta: float) -> None:
-    """`_torch_sweep` by the compiled loop `kizuna.modules._numba_kernels.gibbs_sweep` (CPU tensors; the
-    arrays are shared with the tensors, so ``t.z`` and the counts are updated in place)."""
+def numba_sweep(t: Tables, n_blocks: int, in_order: bool, generator: torch.Generator | None, alpha: float,
+                beta: float) -> None:
+    """`_torch_sweep` by the compiled loop `kizuna.modules._numba_kernels.gibbs_sweep`, from the same random
+    numbers (`_sweep_numbers`; the kernel forms the same blocks). CPU tensors; the arrays are shared with the
+    tensors, so ``t.z`` and the counts are updated in place."""
     from kizuna.modules import _numba_kernels
 
+    order, u = _sweep_numbers(t.doc.shape[0], t.n_dk.dtype, t.n_dk.device, generator)
     dt, k = t.n_dk.numpy().dtype, t.n_dk.shape[1]
     none = np.empty((0, k), dtype=dt)
     bias = none if t.bias is None else t.bias.numpy()
     phi = none if t.phi is None else np.ascontiguousarray(t.phi.numpy(), dtype=dt)
     _numba_kernels.gibbs_sweep(t.doc.numpy(), t.word.numpy(), t.mod.numpy(), t.z.numpy(), order.numpy(),
-                               u.view(-1).numpy(), np.cumsum([0, *sizes]), t.n_dk.numpy(), t.n_wk.numpy(),
-                               t.n_mk.numpy(), t.vbeta.view(-1).numpy(), bias, phi,
-                               np.array([alpha, beta, 1.0, 0.0], dtype=dt))
+                               u.view(-1).numpy(), max(1, min(n_blocks, t.doc.shape[0])), in_order, t.n_dk.numpy(),
+                               t.n_wk.numpy(), t.n_mk.numpy(), t.vbeta.view(-1).numpy(), t.vocab_mod.numpy(), bias,
+                               phi, np.array([alpha, beta, 1.0, 0.0], dtype=dt))
 
 
 class GibbsChain:
@@ -255,8 +263,7 @@ class GibbsChain:
         theta_sum, phi_sum, kept = torch.zeros_like(n_dk), torch.zeros_like(n_wk), 0
         in_order = n_dk.numel() > SORT_ABOVE
         for sweep in range(n_sweeps):
-            order, u, sizes = _sweep_draws(doc.shape[0], n_blocks, in_order, self.dtype, self.device, generator)
-            one_sweep(tab, order, u, sizes, self.alpha, self.beta)
+            one_sweep(tab, n_blocks, in_order, generator, self.alpha, self.beta)
             if 2 * sweep >= n_sweeps - 1:
                 theta_sum += (n_dk + self.alpha) / (n_dk.sum(1, keepdim=True) + self.k * self.alpha)
                 if phi is None:
