@@ -11,8 +11,8 @@ from kizuna.modules import _backend
 from kizuna.modules.lda import LDA, MLDA, GibbsChain, sampler
 
 F64 = torch.float64
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not _backend.numba_available(), reason="numba not installed (kizuna[fast])")]
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_numba = pytest.mark.skipif(not _backend.numba_available(), reason="numba not installed (kizuna[fast])")
 
 
 def small_chain(dtype=F64, seed=0, n=40, sizes=(30, 20), k=5):
@@ -23,6 +23,7 @@ def small_chain(dtype=F64, seed=0, n=40, sizes=(30, 20), k=5):
     return chain, torch.rand(n, k, generator=g, dtype=F64), g
 
 
+@needs_numba
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("n_blocks", [1, 16, 10**6])
 @pytest.mark.parametrize("in_order", [False, True])
@@ -67,6 +68,7 @@ def sequential_sweeps(doc, word, mod, z, sizes, k, alpha, beta, prior, n_sweeps,
     return z
 
 
+@needs_numba
 def test_one_token_per_block_is_the_sequential_sampler_draw_for_draw():
     chain, prior, g = small_chain(seed=1)
     doc, z0 = torch.cat(chain.docs).numpy(), torch.cat(chain.z).numpy().copy()
@@ -85,6 +87,7 @@ def corpus(n, v, seed):
     return torch.poisson(30 * theta @ (topics / topics.sum(1, keepdim=True)), generator=g)
 
 
+@needs_numba
 def test_estimators_are_the_same_on_both_backends():
     xs = [corpus(60, 25, 0), corpus(60, 15, 1)]
     fits = [MLDA(3, max_iter=20, n_init=2, random_state=0, backend=b).fit(xs) for b in ("torch", "numba")]

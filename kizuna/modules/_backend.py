@@ -13,7 +13,6 @@ the same answers: the same Viterbi paths (first maximum on ties), and the same G
 from __future__ import annotations
 
 import functools
-import importlib.util
 
 import torch
 
@@ -23,12 +22,10 @@ INSTALL = "pip install 'kizuna[fast]'"
 
 @functools.cache
 def numba_available() -> bool:
-    """Whether numba can be imported (looked up once; its import is deferred until a kernel is first used)."""
-    if importlib.util.find_spec("numba") is None:
-        return False
+    """Whether numba imports (tried once, when a backend is first resolved)."""
     try:
         import numba  # noqa: F401
-    except ImportError:  # installed but broken (e.g. against an unsupported numpy): the torch path stays usable
+    except Exception:  # absent, or installed but broken (e.g. against an unsupported numpy): torch stays usable
         return False
     return True
 

@@ -27,11 +27,24 @@ in an environment pays the compilation.
 
 from __future__ import annotations
 
-import numba
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
+try:
+    import numba
+except ImportError:  # only `kizuna.modules._backend` decides to call these; a doctest collection imports them too
+    numba = None
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+
+def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """numba's ``njit`` with the machine code cached on disk and Python's division checks off (IEEE results, as
+    torch: no ZeroDivisionError); the plain function where numba is absent."""
+    return function if numba is None else numba.njit(cache=True, nogil=True, error_model="numpy")(function)
+
+
+@_compiled
 def viterbi(log_start: np.ndarray, log_trans_t: np.ndarray, log_emit: np.ndarray, bounds: np.ndarray,
             states: np.ndarray) -> None:  # pragma: no cover - compiled
     """Viterbi paths of the sequences ``log_emit[bounds[b]:bounds[b + 1]]`` into ``states`` (N,).
@@ -70,7 +83,7 @@ def viterbi(log_start: np.ndarray, log_trans_t: np.ndarray, log_emit: np.ndarray
             states[t - 1] = s
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def gibbs_sweep(doc: np.ndarray, word: np.ndarray, mod: np.ndarray, z: np.ndarray, order: np.ndarray,
                 u: np.ndarray, n_blocks: int, in_order: bool, n_dk: np.ndarray, n_wk: np.ndarray, n_mk: np.ndarray,
                 vbeta: np.ndarray, vocab_mod: np.ndarray, bias: np.ndarray, phi: np.ndarray,
@@ -130,7 +143,7 @@ def gibbs_sweep(doc: np.ndarray, word: np.ndarray, mod: np.ndarray, z: np.ndarra
         z[tokens[q]] = new[q]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _blocks_in_storage_order(doc: np.ndarray, word: np.ndarray, mod: np.ndarray, z: np.ndarray, order: np.ndarray,
                              u: np.ndarray, n_blocks: int, in_order: bool) -> tuple:  # pragma: no cover - compiled
     """The blocks of `kizuna.modules.lda.sampler._sweep_draws` from its random numbers, each block's tokens in
