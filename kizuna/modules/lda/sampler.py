@@ -23,6 +23,11 @@ With one token per block this is exact random-scan collapsed Gibbs; with fewer, 
 the approximate-distributed-LDA scheme (Newman et al. 2009, JMLR 10:1801, "AD-LDA"), whose staleness
 is one block. Estimates :math:`\hat\theta, \hat\phi` are averaged over the second half of the sweeps.
 
+**Backends** (`kizuna.modules._backend`): `_torch_sweep` runs a block as a few tensor operations;
+`numba_sweep` runs the same sweep as a compiled loop (`kizuna.modules._numba_kernels.gibbs_sweep`), from the
+same random numbers (`_sweep_numbers`) and in the same floating-point operations: the same chain, draw for
+draw. Compiled, a block costs nothing extra, so one token per block (the exact sequential sampler) is cheap.
+
 `as_counts` turns a modality into integer counts with SERKET's weights: with ``weight`` the counts of each
 sample are rescaled to sum to ``weight`` (a child's class posterior :math:`p(c_d=j)` becomes ``weight``
 class-word tokens), then made integer (rounded by default; SERKET's floor or largest remainders on
