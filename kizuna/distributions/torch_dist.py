@@ -342,11 +342,39 @@ class TorchDistribution(Distribution):
         return dict(self._params(x_dict))
 
     # ------------------------------------------------------- torch objects
-    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True) -> D.Distribution:
-        """The torch distribution for these inputs (built once per evaluation, see `memo`)."""
+    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True, reuse: bool = True
+                    ) -> D.Distribution:
+        """The torch distribution for these inputs (built once per evaluation, see `memo`; with ``reuse``,
+        one whose parameters are all buffers is built once while they are unchanged, see `_constant_dist`)."""
+        if reuse and not self._uses_forward and not self._from_var and not self._parameters \
+                and not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling():
+            return self._constant_dist(independent)
         inputs = list(map(x_dict.get, self._cond_var))
         return memoized(self, ("dist", independent), inputs,
                         lambda: self._build(self._params(x_dict), independent))
+
+    def _constant_dist(self, independent: bool) -> D.Distribution:
+        """The torch distribution of a distribution whose parameters are all constants held in buffers (a
+        prior, a uniform choice of noise level), kept between evaluations while every buffer is the same
+        tensor at the same version (torch's counter of in-place writes: ``fill_``, ``load_state_dict``),
+        per validation setting: building it costs more than drawing from it (torch's Categorical normalises
+        its probabilities on every construction). Its tensors are buffers, which hold no autograd graph
+        (none is kept from inside ``torch.inference_mode``, whose tensors autograd refuses to save)."""
+        key = (independent, validation_enabled())
+        cache = self.__dict__.get("_dist_cache")
+        if cache is None:
+            cache = self.__dict__["_dist_cache"] = {}
+        buffers = self._buffers
+        hit = cache.get(key)
+        if hit is not None and len(hit[0]) == len(buffers):
+            for tensor, (seen, version) in zip(buffers.values(), hit[0]):
+                if tensor is not seen or tensor._version != version:
+                    break
+            else:
+                return hit[1]
+        dist = self._build(self._compute_params({}), independent)
+        cache[key] = ([(tensor, tensor._version) for tensor in buffers.values()], dist)
+        return dist
 
     def _build(self, params: dict[str, Any], independent: bool) -> D.Distribution:
         """The torch distribution for merged ``params``; features (all but the first batch
@@ -402,7 +430,7 @@ class TorchDistribution(Distribution):
         """A fresh ``torch.distributions`` object for these inputs; features are event dims."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        return self._torch_dist(x_dict, independent)
+        return self._torch_dist(x_dict, independent, reuse=False)
 
     # --------------------------------------------------- closed-form hooks
     @classmethod

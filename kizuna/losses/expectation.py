@@ -56,7 +56,11 @@ def average(value: Tensor, n: int) -> Tensor:
 def fixed_draws(f: Distribution) -> bool:
     """Whether the draws of ``f`` depend on no trainable parameter: it has no conditioning variables and
     none of its parameters requires grad (constants are buffers), so its score-function term is zero."""
-    return not f.cond_var and not any(q.requires_grad for q in f.parameters())
+    if f._cond_var:
+        return False
+    if not f._parameters and not f._modules:  # no parameters at all (constants are buffers): skip the walk
+        return True
+    return not any(q.requires_grad for q in f.parameters())
 
 
 def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> Tensor | None:
