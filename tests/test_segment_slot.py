@@ -120,6 +120,10 @@ def test_a_slot_sweep_keeps_the_name_counts_equal_to_the_segmentation():
             want[w] = want.get(w, np.zeros(2)) + r * names.resp[n]
     assert all(np.allclose(names.counts.get(w, 0), c) for w, c in want.items())
     assert np.allclose(names.totals, sum(want.values()))
+    again = ConceptNames.counted(names.resp, segs, names.slots, LAMBDA, A)  # rebuilt for the next update
+    assert all(np.allclose(again.counts[w], c) for w, c in want.items()) and again.slots == names.slots
+    first = ConceptNames.counted(names.resp, [segs[0], [], segs[2], segs[3]], None, LAMBDA, A)
+    assert first.words[1] is None and first.slots[0] == [LAMBDA] * len(segs[0])
 
 
 def test_slot_segmenter_relearns_under_a_concept_module():

@@ -58,6 +58,19 @@ class ConceptNames:
         self.slots: list[list[float] | None] = [None] * r.shape[0]
         self.words: list[list[str] | None] = [None] * r.shape[0]
 
+    @classmethod
+    def counted(cls, resp: np.ndarray, segmentation: list[list[str]], slots: list[list[float] | None] | None,
+                weight: float, concentration: float) -> ConceptNames:
+        """The name counts of a whole segmentation under a new posterior ``resp``: each word weighted by the slot
+        probability it was last drawn with (``slots[n]``; ``weight`` where there is none, e.g. before its first
+        draw from the slot model); utterances not segmented yet (``[]``) are left out."""
+        names = cls(resp, weight, concentration)
+        for n, words in enumerate(segmentation):
+            if words:
+                rho = None if slots is None else slots[n]
+                names.add(n, words, rho if rho is not None and len(rho) == len(words) else [weight] * len(words))
+        return names
+
     def add(self, n: int, words: list[str], rho: list[float]) -> None:
         """Count utterance ``n``'s words, each weighted by its slot probability ``rho``."""
         if self.words[n] is not None:

@@ -208,24 +208,13 @@ class WordSegmenter(Module):
             self._slot_rho = [None] * self.n_chains
         chains = zip(self.chain_models_, self.chain_segmentations_, self._chain_rngs(rng))
         for r, (model, segmentation, chain_rng) in enumerate(chains):
-            names = self._names(r, concepts) if slot else None
+            names = ConceptNames.counted(concepts, segmentation, self._slot_rho[r], self.slot_weight,
+                                         self.slot_concentration) if slot else None
             for temperature in schedule:
                 gibbs_sweep(model, self.utterances_, segmentation, chain_rng, boosts, self.n_candidates, temperature,
                             self.prior_mode == "exact", names)
             if names is not None:
                 self._slot_rho[r] = names.slots
-
-    def _names(self, r: int, concepts: np.ndarray) -> ConceptNames:
-        """Chain ``r``'s concept name counts under the new posterior: each word weighted by the slot probability
-        it was last drawn with (``slot_weight`` before its first draw from the slot model)."""
-        names = ConceptNames(concepts, self.slot_weight, self.slot_concentration)
-        rho = self._slot_rho[r]
-        for n, words in enumerate(self.chain_segmentations_[r]):
-            if not words:  # not segmented yet (the sequential start adds it)
-                continue
-            ok = rho is not None and rho[n] is not None and len(rho[n]) == len(words)
-            names.add(n, words, rho[n] if ok else [self.slot_weight] * len(words))
-        return names
 
     def _select(self, rng: np.random.Generator, concepts: np.ndarray | None) -> None:
         """Keep one chain: by the concepts' score when ``concepts`` (N×L) is given, else by the language model's
