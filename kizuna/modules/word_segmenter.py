@@ -26,7 +26,8 @@ differ widely, and one update's token-level prior does not move a chain out of i
 With ``prior_mode="slot"`` the module also asks for the concept posterior, and every later update draws each
 segmentation exactly from the **slot model** (`kizuna.modules.npylm_slot`): each word is either the place's
 name, drawn from the event's concept's name distribution (a Dirichlet process over strings whose base measure
-is the spelling model), or a word of the language model in its context.
+is the spelling model), or a word of the language model in its context. On the robot house neither it nor
+``relearn`` improves the place names' segmentation over the paired control (docs/robotics.md).
 
 >>> rng = np.random.default_rng(0)
 >>> lexicon = ["abc", "xy", "dog", "ek", "mimi", "tu"]
