@@ -249,7 +249,7 @@ class TorchDistribution(Distribution):
     def _params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         """The merged parameters for these inputs, each with a leading batch dimension (shared within
         one evaluation, see `kizuna.formula.memo`)."""
-        inputs = [x_dict.get(k) for k in self._cond_var]  # None: an optional input is absent
+        inputs = list(map(x_dict.get, self._cond_var))  # None: an optional input is absent
         return memoized(self, "params", inputs, self._compute_params, x_dict)
 
     def _from_inputs(self) -> bool:
@@ -259,7 +259,7 @@ class TorchDistribution(Distribution):
     def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if self._uses_forward:
-            inputs = {k: x_dict[k] for k in self._cond_var}
+            inputs = dict(zip(self._cond_var, map(x_dict.__getitem__, self._cond_var)))
             try:
                 out = self(**inputs)
             except RuntimeError as err:  # e.g. a feature width the network does not take
@@ -344,7 +344,7 @@ class TorchDistribution(Distribution):
     # ------------------------------------------------------- torch objects
     def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True) -> D.Distribution:
         """The torch distribution for these inputs (built once per evaluation, see `memo`)."""
-        inputs = [x_dict.get(k) for k in self._cond_var]
+        inputs = list(map(x_dict.get, self._cond_var))
         return memoized(self, ("dist", independent), inputs,
                         lambda: self._build(self._params(x_dict), independent))
 
