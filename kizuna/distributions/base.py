@@ -213,10 +213,7 @@ class Distribution(nn.Module):
 
     # ----------------------------------------------------------- input checks
     def _require(self, x_dict: Mapping[str, Any], names: Iterable[str]) -> None:
-        for n in names:
-            if n not in x_dict:
-                break
-        else:
+        if all(map(x_dict.__contains__, names)):
             return
         missing = [n for n in names if n not in x_dict]
         if missing:

@@ -291,7 +291,7 @@ class TorchDistribution(Distribution):
             elif key in self._numbers:
                 if like is False:
                     like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()),
-                                None)
+                                None) if params else None
                 if like is not None and (value.dtype != like.dtype or value.device != like.device):
                     value = torch.full(value.shape, self._numbers[key], dtype=like.dtype, device=like.device)
             params[key] = value

@@ -43,7 +43,7 @@ class shared_parameters:  # noqa: N801 - used as a function: ``with shared_param
     __slots__ = ("_outermost",)
 
     def __enter__(self) -> None:
-        self._outermost = _memo() is None
+        self._outermost = _STATE.memo is None
         if self._outermost:
             _STATE.memo = []
 
