@@ -186,7 +186,9 @@ class Bernoulli(TorchDistribution):
     def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
         r"""torch's formula: :math:`x \log p + (1 - x) \log(1 - p)`, i.e. :math:`-\mathrm{BCE}`, from
         the logits, or from ``probs`` clamped to :math:`[\epsilon, 1 - \epsilon]` as torch clamps them
-        (computed without the round trip through logits: equal to torch's up to rounding)."""
+        (computed without the round trip through logits: equal to torch's up to rounding). The clamp is
+        ``hardtanh``, whose backward is one kernel; its gradient is that of torch's ``clamp`` except at the two
+        bounds themselves, where hardtanh passes none."""
         logits = params.get("logits")
         if logits is None:
             # torch's clamp_probs (clamp to [eps, 1 - eps]) as hardtanh, whose backward is one fused kernel
