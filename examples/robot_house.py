@@ -13,6 +13,7 @@ segmenter alone. See `kizuna.robot_demo` for the definitions of the scores.
     python examples/robot_house.py --seeds 5 --split-merge 2      # with split-merge moves
     python examples/robot_house.py --seeds 5 --words phonemes
     python examples/robot_house.py --seeds 5 --words phonemes --chains 4   # four chains, the concepts choose
+    python examples/robot_house.py --seeds 5 --words phonemes --prior-mode slot --relearn   # the slot model
     python examples/robot_house.py --smoke
 """
 
@@ -40,13 +41,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="Dirichlet beta of the word and view distributions (default: the demo's, 2.0 0.5)")
     parser.add_argument("--chains", type=int, default=None, metavar="R",
                         help="phonemes: segmentation chains the concepts choose among (default 1)")
+    parser.add_argument("--prior-mode", choices=("sir", "exact", "slot"), default=None,
+                        help="phonemes: how the concept module's belief enters the segmentation (default 'sir')")
+    parser.add_argument("--sweeps-per-update", type=int, default=None, metavar="S",
+                        help="phonemes: segmentation sweeps of every update after the first (default 2)")
+    parser.add_argument("--relearn", action="store_true",
+                        help="phonemes: the segmenter starts again when the concepts first come down")
     parser.add_argument("--smoke", action="store_true", help="one seed, 150 events, 2 iterations")
     args = parser.parse_args(argv)
     concept = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
+    segmenter = {k: v for k, v in (("n_chains", args.chains), ("prior_mode", args.prior_mode),
+                                    ("relearn", args.relearn or None), ("sweeps_per_update", args.sweeps_per_update))
+                 if v is not None}
     rows = []
     for seed in range(args.first_seed, args.first_seed + (1 if args.smoke else args.seeds)):
         result = run(seed, 150 if args.smoke else 300, args.words, 2 if args.smoke else 5, args.split_merge,
-                     args.sweeps, concept, None if args.chains is None else {"n_chains": args.chains})
+                     args.sweeps, concept, segmenter or None)
         _print(result)
         row = {k: v for k, v in result.items() if k not in ("model", "house")}
         rows.append(row)

@@ -119,7 +119,9 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     graph.fit(1, seed=seed)  # the segmenter's first update has no prior yet
     paired = copy.deepcopy(seg)  # the paired control continues from here without the concept prior
     graph.fit(n_iter - 1, seed=seed)
-    paired.resume((n_iter - 1) * seg.sweeps_per_update, np.random.default_rng(seed))
+    # with relearn, the update that first gets the concepts starts again (n_iter sweeps): so does the control
+    sweeps = (n_iter - 1) * seg.sweeps_per_update + (seg.n_iter - seg.sweeps_per_update) * seg.relearn
+    paired.resume(sweeps, np.random.default_rng(seed), restart=seg.relearn)
     return spco, gmm, seg, paired
 
 
@@ -140,7 +142,8 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
         "seconds": time.perf_counter() - start, "parts": parts(house, seed), "model": spco, "house": house}
     if seg is not None:
         options = {**SEGMENTER_OPTIONS, **(segmenter or {})}
-        options["n_iter"] += options["sweeps_per_update"] * (n_iter - 1)
+        first, later = options["n_iter"], options["sweeps_per_update"]  # as many sweeps as the connected one:
+        options["n_iter"] = first + later * (n_iter - 1) + (first - later) * bool(options.get("relearn"))
         alone = km.WordSegmenter(**options, random_state=seed).fit(house["utterance"])
         result["name_f_connected"] = place_name_f(house, seg.segmentation_)
         result["name_f_paired"] = place_name_f(house, paired.segmentation_)

@@ -215,6 +215,62 @@ def test_normal_hooks_are_torchs_formulas_and_random_stream() -> None:
                                D.kl_divergence(D.Normal(loc, scale), D.Normal(q_loc, q_scale)), rtol=0, atol=0)
 
 
+def test_kl_to_the_standard_normal_is_torchs_value_and_gradient_and_notices_a_changed_prior() -> None:
+    """The short form of KL[q||N(0, 1)] (a prior given as the numbers 0 and 1) against torch's
+    ``kl_normal_normal``: values bit for bit, gradients; once the prior's buffers change (``fill_``,
+    ``load_state_dict``) the general formula is used and the value follows the new prior."""
+    gen = torch.Generator().manual_seed(3)
+    loc = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(7, 5, generator=gen, dtype=torch.float64) + 0.1).requires_grad_()
+    q = Normal(var=["z"], cond_var=["m", "s"], loc="m", scale="s", name="q")
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[5]).double()
+    kl = KullbackLeibler(q, prior)
+    values = {"m": loc, "s": scale}
+
+    def check(prior_loc: float) -> None:
+        with validation(False):
+            ours = kl.eval(values)
+        ref = D.kl_divergence(D.Normal(loc, scale), D.Normal(prior_loc, 1.0)).sum(-1)
+        assert torch.equal(ours, ref)  # bit for bit: a checked step and an unchecked one give the same numbers
+        for a, b in zip(torch.autograd.grad(ours.sum(), (loc, scale)), torch.autograd.grad(ref.sum(), (loc, scale))):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+    assert prior._is_standard_normal()
+    check(0.0)
+    prior.loc.fill_(0.5)
+    assert not prior._is_standard_normal()
+    check(0.5)
+    prior.load_state_dict({"loc": torch.zeros(1, 5, dtype=torch.float64),
+                           "scale": torch.ones(1, 5, dtype=torch.float64)})
+    assert prior._is_standard_normal()
+    check(0.0)
+    prior.load_state_dict({"loc": torch.full((1, 5), -2.0, dtype=torch.float64),
+                           "scale": torch.ones(1, 5, dtype=torch.float64)})
+    assert not prior._is_standard_normal()
+    check(-2.0)
+    # a prior given as tensors, or with another scale, never takes the short form
+    assert not Normal(var=["z"], loc=torch.zeros(5), scale=torch.ones(5))._is_standard_normal()
+    assert not Normal(var=["z"], loc=0.0, scale=2.0)._is_standard_normal()
+
+
+def test_bernoulli_probs_gradient_is_torchs_inside_the_clamp() -> None:
+    """The probabilities are clamped to [eps, 1 - eps] as torch clamps them (by hardtanh): the log-density's
+    gradient equals torch's Bernoulli(probs=...) everywhere but at the two bounds themselves, and is zero
+    for saturated probabilities, as torch's."""
+    gen = torch.Generator().manual_seed(4)
+    probs = torch.sigmoid(torch.randn(6, 5, generator=gen, dtype=torch.float64) * 4)
+    probs[0, 0], probs[0, 1], probs[0, 2] = 1.0, 0.0, 1e-20
+    probs.requires_grad_()
+    value = torch.rand(6, 5, generator=gen, dtype=torch.float64).round()
+    ours = Bernoulli(var=["x"])._log_prob_kernel(value, {"probs": probs})
+    ref = D.Bernoulli(probs=probs, validate_args=False).log_prob(value)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    g_ours, = torch.autograd.grad(ours.sum(), probs)
+    g_ref, = torch.autograd.grad(ref.sum(), probs)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-10)
+    assert (g_ours[0, :3] == 0).all()
+
+
 @pytest.mark.parametrize("which", ["logits", "probs"])
 def test_bernoulli_hook_is_torchs_formula(which: str) -> None:
     gen = torch.Generator().manual_seed(1)

@@ -205,3 +205,34 @@ def test_relaxed_categorical_discrete_part_follows_the_validation_switch() -> No
     y = torch.eye(3)
     torch.testing.assert_close(hard.log_prob(y), torch.distributions.OneHotCategorical(
         probs=torch.tensor([0.2, 0.3, 0.5])).log_prob(y))
+
+
+def test_a_constant_distribution_keeps_its_torch_object_only_while_its_buffers_are_unchanged() -> None:
+    """A distribution whose parameters are all buffers builds its torch object once while they are the
+    same tensors at the same version; an in-place write (``fill_``, ``load_state_dict``) or a move makes
+    a new one whose values follow (against torch's OneHotCategorical); nothing is kept from inside
+    ``torch.inference_mode``; ``get_dist`` always returns a fresh object."""
+    levels = Categorical(var=["i"], probs=torch.tensor([0.2, 0.3, 0.5], dtype=F64), name="u")
+    with validation(False):
+        first = levels._torch_dist({})
+        assert levels._torch_dist({}) is first
+        x = torch.eye(3, dtype=F64)
+        torch.testing.assert_close(levels.get_log_prob({"i": x}), D.OneHotCategorical(torch.tensor([0.2, 0.3, 0.5],
+                                   dtype=F64)).log_prob(x), rtol=0, atol=1e-15)
+        levels.probs.copy_(torch.tensor([[0.6, 0.3, 0.1]], dtype=F64))
+        assert levels._torch_dist({}) is not first
+        torch.testing.assert_close(levels.get_log_prob({"i": x}), torch.tensor([0.6, 0.3, 0.1], dtype=F64).log(),
+                                   rtol=0, atol=1e-15)
+        levels.load_state_dict({"probs": torch.tensor([[0.1, 0.1, 0.8]], dtype=F64)})
+        torch.testing.assert_close(levels.get_log_prob({"i": x}), torch.tensor([0.1, 0.1, 0.8], dtype=F64).log(),
+                                   rtol=0, atol=1e-15)
+        levels.float()  # new buffers
+        assert levels._torch_dist({}).probs.dtype == torch.float32
+        assert levels.get_dist({}) is not levels.get_dist({})
+        with torch.inference_mode():
+            inside = levels._torch_dist({})
+        assert levels._torch_dist({}) is not inside
+        unchecked = levels._torch_dist({})
+    with validation(True):  # one object per validation setting
+        checked = levels._torch_dist({})
+    assert checked is not unchecked and checked._validate_args and not unchecked._validate_args

@@ -80,7 +80,7 @@ def as_value(value: Any) -> Any:
 def _with_values(x_dict: Mapping[str, Any]) -> dict[str, Any]:
     """``x_dict`` with Python numbers as batches of one (copied only when it holds a number)."""
     for v in x_dict.values():
-        if isinstance(v, numbers.Number):
+        if not isinstance(v, Tensor) and isinstance(v, numbers.Number):  # tensors skip the ABC's slow check
             return {k: as_value(v) for k, v in x_dict.items()}
     return x_dict if type(x_dict) is dict else dict(x_dict)
 
@@ -213,6 +213,8 @@ class Distribution(nn.Module):
 
     # ----------------------------------------------------------- input checks
     def _require(self, x_dict: Mapping[str, Any], names: Iterable[str]) -> None:
+        if all(map(x_dict.__contains__, names)):
+            return
         missing = [n for n in names if n not in x_dict]
         if missing:
             given = ", ".join(sorted(x_dict)) or "nothing"

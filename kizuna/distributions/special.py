@@ -36,7 +36,7 @@ class Deterministic(Distribution):
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         out = self(**{k: x_dict[k] for k in self._cond_var})
-        if not isinstance(out, Mapping) or set(out) != set(self._var):
+        if (type(out) is not dict and not isinstance(out, Mapping)) or set(out) != set(self._var):
             got = sorted(out) if isinstance(out, Mapping) else type(out).__name__
             raise ValueError(f"{self.prob_text}: forward() must return a dict with keys {self._var}, got {got}")
         return dict(out)

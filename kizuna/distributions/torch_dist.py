@@ -38,6 +38,9 @@ from torch.distributions import constraints
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, sum_rows
 from kizuna.formula.memo import memoized, remember, shared_parameters
 
+# the closed-form hooks a family may define (see TorchDistribution.__init_subclass__)
+_HOOK_NAMES = ("_log_prob_kernel", "_rsample_kernel", "_kl_kernel", "_score_kernel")
+
 # torch's message: "Expected parameter NAME (...) of distribution ... to satisfy the constraint
 # CONSTRAINT, but found invalid values"; the constraint itself may contain ", " (Interval(a, b)).
 _PARAM_ERROR = re.compile(r"Expected parameter (\w+) .*?to satisfy the constraint (.+?), but found")
@@ -104,10 +107,19 @@ class TorchDistribution(Distribution):
 
     torch_class: ClassVar[type[D.Distribution]]
     param_names: ClassVar[tuple[str, ...]] = ()
+    _param_set: ClassVar[frozenset[str]] = frozenset()  # param_names as a set (set per subclass)
+    _hooks: ClassVar[dict[str, bool]] = {}  # set per subclass, see __init_subclass__
     static_params: ClassVar[tuple[str, ...]] = ()  # plain Python values (e.g. total_count)
     validate_value: ClassVar[bool] = True  # check the support of scored values
     # checks torch leaves out or reports under an inner distribution's parameter names
     param_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._param_set = frozenset(cls.param_names)
+        # which closed-form hooks this family defines, fixed with the class (a constant that the evaluation
+        # reads without a call, and that a compiled step can guard on)
+        cls._hooks = {name: getattr(cls, name) is not getattr(TorchDistribution, name) for name in _HOOK_NAMES}
 
     def __init__(
         self,
@@ -237,8 +249,8 @@ class TorchDistribution(Distribution):
     def _params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         """The merged parameters for these inputs, each with a leading batch dimension (shared within
         one evaluation, see `kizuna.formula.memo`)."""
-        inputs = [x_dict.get(k) for k in self._cond_var]  # None: an optional input is absent
-        return memoized(self, "params", inputs, lambda: self._compute_params(x_dict))
+        inputs = list(map(x_dict.get, self._cond_var))  # None: an optional input is absent
+        return memoized(self, "params", inputs, self._compute_params, x_dict)
 
     def _from_inputs(self) -> bool:
         """Whether parameters come from the inputs (their rows are the batch) or are all constant."""
@@ -247,7 +259,7 @@ class TorchDistribution(Distribution):
     def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if self._uses_forward:
-            inputs = {k: x_dict[k] for k in self._cond_var}
+            inputs = dict(zip(self._cond_var, map(x_dict.__getitem__, self._cond_var)))
             try:
                 out = self(**inputs)
             except RuntimeError as err:  # e.g. a feature width the network does not take
@@ -266,29 +278,55 @@ class TorchDistribution(Distribution):
             params.update(self._check_forward(out))
         for key, cond in self._from_var.items():
             params[key] = x_dict[cond]
-        like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
+        like: Any = False  # the first floating parameter from the inputs, found when a number needs it
         for key in self._const_names:
             if key in params:
                 continue
-            value = getattr(self, key)
-            if isinstance(value, nn.Parameter):
-                value = value.unsqueeze(0)
+            if key in self._parameters:  # an nn.Parameter given as a constant: no batch dimension yet
+                value = self._parameters[key].unsqueeze(0)
+            else:
+                value = self._buffers[key]
             if key in self._expand:
                 value = value.expand(self._expand[key])
-            elif key in self._numbers and like is not None and (value.dtype != like.dtype
-                                                                 or value.device != like.device):
-                value = torch.full(value.shape, self._numbers[key], dtype=like.dtype, device=like.device)
+            elif key in self._numbers:
+                if like is False:
+                    like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()),
+                                None) if params else None
+                if like is not None and (value.dtype != like.dtype or value.device != like.device):
+                    value = torch.full(value.shape, self._numbers[key], dtype=like.dtype, device=like.device)
             params[key] = value
         for key, value in self._static.items():
             params.setdefault(key, value)
         return params
 
+    def _holds_numbers(self) -> bool:
+        """Whether every constant given as a Python number still holds it: its buffer is unchanged since it
+        was last checked by value (the same tensor object, and torch's version counter, which every in-place
+        write such as ``load_state_dict`` or ``fill_`` advances), or holds the number when checked now."""
+        buffers = self._buffers
+        seen = self.__dict__.get("_numbers_seen")
+        if seen is not None:
+            for key, (tensor, version) in seen.items():
+                if buffers.get(key) is not tensor or tensor._version != version:
+                    break
+            else:
+                return True
+        for key, number in self._numbers.items():
+            value = buffers.get(key)
+            if value is None or not bool((value == number).all()):
+                self.__dict__.pop("_numbers_seen", None)
+                return False
+        self.__dict__["_numbers_seen"] = {key: (buffers[key], buffers[key]._version) for key in self._numbers}
+        return True
+
     def _check_forward(self, out: Any) -> Mapping[str, Any]:
         """``forward``'s result, checked: a dict naming only this family's parameters."""
-        if not isinstance(out, Mapping):
+        if type(out) is not dict and not isinstance(out, Mapping):
             raise TypeError(
                 f"{self.prob_text}: forward() must return a dict of parameters, got {type(out).__name__}"
             )
+        if out.keys() <= self._param_set:
+            return out
         bad = sorted(set(out) - set(self.param_names))
         if bad:
             raise ValueError(
@@ -304,11 +342,39 @@ class TorchDistribution(Distribution):
         return dict(self._params(x_dict))
 
     # ------------------------------------------------------- torch objects
-    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True) -> D.Distribution:
-        """The torch distribution for these inputs (built once per evaluation, see `memo`)."""
-        inputs = [x_dict.get(k) for k in self._cond_var]
+    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True, reuse: bool = True
+                    ) -> D.Distribution:
+        """The torch distribution for these inputs (built once per evaluation, see `memo`; with ``reuse``,
+        one whose parameters are all buffers is built once while they are unchanged, see `_constant_dist`)."""
+        if reuse and not self._uses_forward and not self._from_var and not self._parameters \
+                and not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling():
+            return self._constant_dist(independent)
+        inputs = list(map(x_dict.get, self._cond_var))
         return memoized(self, ("dist", independent), inputs,
                         lambda: self._build(self._params(x_dict), independent))
+
+    def _constant_dist(self, independent: bool) -> D.Distribution:
+        """The torch distribution of a distribution whose parameters are all constants held in buffers (a
+        prior, a uniform choice of noise level), kept between evaluations while every buffer is the same
+        tensor at the same version (torch's counter of in-place writes: ``fill_``, ``load_state_dict``),
+        per validation setting: building it costs more than drawing from it (torch's Categorical normalises
+        its probabilities on every construction). Its tensors are buffers, which hold no autograd graph
+        (none is kept from inside ``torch.inference_mode``, whose tensors autograd refuses to save)."""
+        key = (independent, validation_enabled())
+        cache = self.__dict__.get("_dist_cache")
+        if cache is None:
+            cache = self.__dict__["_dist_cache"] = {}
+        buffers = self._buffers
+        hit = cache.get(key)
+        if hit is not None and len(hit[0]) == len(buffers):
+            for tensor, (seen, version) in zip(buffers.values(), hit[0]):
+                if tensor is not seen or tensor._version != version:
+                    break
+            else:
+                return hit[1]
+        dist = self._build(self._compute_params({}), independent)
+        cache[key] = ([(tensor, tensor._version) for tensor in buffers.values()], dist)
+        return dist
 
     def _build(self, params: dict[str, Any], independent: bool) -> D.Distribution:
         """The torch distribution for merged ``params``; features (all but the first batch
@@ -364,19 +430,13 @@ class TorchDistribution(Distribution):
         """A fresh ``torch.distributions`` object for these inputs; features are event dims."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        return self._torch_dist(x_dict, independent)
+        return self._torch_dist(x_dict, independent, reuse=False)
 
     # --------------------------------------------------- closed-form hooks
     @classmethod
     def _has_hook(cls, name: str) -> bool:
-        """Whether this family defines the closed-form hook ``name`` (answered once per class)."""
-        if torch.compiler.is_compiling():  # traced once: a cache filled while tracing forces a recompile
-            return getattr(cls, name) is not getattr(TorchDistribution, name)
-        key = (cls, name)
-        found = _HOOKS.get(key)
-        if found is None:
-            found = _HOOKS[key] = getattr(cls, name) is not getattr(TorchDistribution, name)
-        return found
+        """Whether this family defines the closed-form hook ``name`` (fixed when the class is made)."""
+        return cls._hooks[name]
 
     def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor | None:
         """The elementwise log-density from the parameters, or None to use torch's (see module docstring)."""
@@ -443,7 +503,7 @@ class TorchDistribution(Distribution):
         """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
         rows = self._rows(params, x_dict, batch_n)
         lead = (n,) if n > 1 else ()
-        if reparam and self.has_reparam and not validation_enabled() and self._has_hook("_rsample_kernel"):
+        if reparam and self._hooks["_rsample_kernel"] and self.has_reparam and not validation_enabled():
             shape = self._kernel_shape(params, rows)
             if shape is not None:
                 z = self._rsample_kernel(torch.Size(lead) + shape, params)
@@ -585,7 +645,7 @@ class TorchDistribution(Distribution):
         """The log-density per feature entry (the event dimensions of the family reduced)."""
         params = self._params(x_dict)
         checking = validation_enabled()
-        shape = None if checking or not self._has_hook("_log_prob_kernel") else self._kernel_shape(params, None)
+        shape = None if checking or not self._hooks["_log_prob_kernel"] else self._kernel_shape(params, None)
         if shape is not None:
             value = self._value(x_dict[self._var[0]], shape[1:], params)
             self._check_rows(value, shape[0], shape[1:])
@@ -636,7 +696,6 @@ def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
 
 
 _SIGNATURES: dict[type, tuple[list[str], list[str]]] = {}
-_HOOKS: dict[tuple[type, str], bool] = {}
 # entries per block when a large batch is scored without gradients (`_summed_in_blocks`): 4 MiB of float32
 _BLOCK_ELEMENTS = 1 << 20
 

@@ -171,8 +171,8 @@ class Loss(nn.Module):
             the loss tensor, or a tuple ``(loss, dict)``, ``(loss, terms)`` or ``(loss, dict, terms)``.
         """
         x_dict = dict(x_dict) if x_dict else {}
-        missing = [v for v in self._input_var if v not in x_dict]
-        if missing:
+        if not all(map(x_dict.__contains__, self._input_var)):
+            missing = [v for v in self._input_var if v not in x_dict]
             given = ", ".join(sorted(x_dict)) or "nothing"
             raise ValueError(f"the loss {self} needs {', '.join(missing)}, but was given {given}")
         ctx = EvalContext(x_dict, options=options)

@@ -43,7 +43,7 @@ class shared_parameters:  # noqa: N801 - used as a function: ``with shared_param
     __slots__ = ("_outermost",)
 
     def __enter__(self) -> None:
-        self._outermost = _memo() is None
+        self._outermost = _STATE.memo is None
         if self._outermost:
             _STATE.memo = []
 
@@ -64,15 +64,21 @@ def _find(memo: list[_Entry], owner: object, tag: Hashable, inputs: Sequence[Any
     return -1
 
 
-def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Callable[[], Any]) -> Any:
-    """``compute()``, or its earlier result for the same owner, tag and input objects."""
-    memo = _memo()
+def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Callable[..., Any], *args: Any) -> Any:
+    """``compute(*args)``, or its earlier result for the same owner, tag and input objects (the
+    scan of `_find` written out: this runs for every distribution on every step)."""
+    memo = _STATE.memo
     if memo is None:
-        return compute()
-    i = _find(memo, owner, tag, inputs)
-    if i >= 0:
-        return memo[i][3]
-    value = compute()
+        return compute(*args)
+    n = len(inputs)
+    for o, t, ins, value in memo:
+        if o is owner and t == tag and len(ins) == n:
+            for a, b in zip(ins, inputs):
+                if a is not b:
+                    break
+            else:
+                return value
+    value = compute(*args)
     memo.append((owner, tag, list(inputs), value))
     return value
 

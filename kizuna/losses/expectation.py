@@ -29,13 +29,14 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
     the evaluation option ``sample_mean=True`` the draws are the means; ``batch_n`` sets the rows of
     a distribution without batched inputs.
     """
-    own, inputs = set(p.var), set(p.input_var)
+    names = p.input_var
+    own, inputs = set(p.var), set(names)
     given = {k: v for k, v in ctx.values.items() if k in inputs or k not in own}
-    p._require(given, p.input_var)
+    p._require(given, names)
     batch_n = ctx.options.get("batch_n")
     if batch_n is None:
-        batch_n = batch_size_of(given, p.input_var) or batch_size_of(given)
-    repeated = {k: repeat_batch(v, n) for k, v in given.items()}
+        batch_n = batch_size_of(given, names) or batch_size_of(given)
+    repeated = given if n == 1 else {k: repeat_batch(v, n) for k, v in given.items()}
     if ctx.options.get("sample_mean"):
         new = {k: repeat_batch(v, n) for k, v in p._mean_values(given, batch_n).items()}
     else:
@@ -55,16 +56,21 @@ def average(value: Tensor, n: int) -> Tensor:
 def fixed_draws(f: Distribution) -> bool:
     """Whether the draws of ``f`` depend on no trainable parameter: it has no conditioning variables and
     none of its parameters requires grad (constants are buffers), so its score-function term is zero."""
-    return not f.cond_var and not any(q.requires_grad for q in f.parameters())
+    if f._cond_var:
+        return False
+    if not f._parameters and not f._modules:  # no parameters at all (constants are buffers): skip the walk
+        return True
+    return not any(q.requires_grad for q in f.parameters())
 
 
 def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> Tensor | None:
     """Log-density of the factors of ``p`` that need the score function (None if none). With
     ``pathwise``, reparameterised factors and factors with `fixed_draws` (e.g. a uniform draw of a
     noise level) need none."""
-    factors = [f for f in p.factors() if not (pathwise and (f.has_reparam or fixed_draws(f)))]
     total = None
-    for f in factors:
+    for f in p.factors():
+        if pathwise and (f.has_reparam or fixed_draws(f)):
+            continue
         lp = f.get_log_prob(values)
         total = lp if total is None else total + lp
     return total

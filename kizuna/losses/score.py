@@ -58,16 +58,17 @@ def score_value(score: Any, values: dict[str, Any], var: str, create_graph: bool
             objectives), so ``x`` requires grad; without it a network's score is evaluated at ``x``
             as data, and backward computes no gradient for ``x`` (denoising score matching).
     """
-    if not create_graph and not _is_network(score, var):  # a target score: the family's closed form if it has one
+    network = _is_network(score, var)
+    if not create_graph and not network:  # a target score: the family's closed form if it has one
         closed = score.closed_form_score(values)
         if closed is not None:
             return values[var], closed
     x = values[var].detach()
-    if wrt_x or not _is_network(score, var):
+    if wrt_x or not network:
         x.requires_grad_(True)
     given = {**values, var: x}
     with torch.enable_grad():
-        if _is_network(score, var):
+        if network:
             s = score.sample(given, return_all=False)[score.var[0]]
         else:
             (s,) = torch.autograd.grad(score.get_log_prob(given).sum(), x, create_graph=create_graph)

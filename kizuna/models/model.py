@@ -390,6 +390,9 @@ class Model:
                                     f"{Path(path).parent} does not exist")
 
 
+_ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device (read, never written)
+
+
 def _all_finite(grads: list[torch.Tensor]) -> bool:
     """Whether every gradient is finite: AMP's fused non-finite check (the kernel ``GradScaler`` runs
     on every step, with an unscale factor of 1), one call per device, and one read; about a third of
@@ -403,10 +406,15 @@ def _all_finite(grads: list[torch.Tensor]) -> bool:
     try:
         found = []
         for device, group in by_device.items():
+            ones = _ONES.get(device)
+            if ones is None:
+                ones = _ONES[device] = torch.ones(1, device=device)
             flag = torch.zeros(1, device=device)
-            torch._amp_foreach_non_finite_check_and_unscale_(group, flag, torch.ones(1, device=device))
-            found.append(flag.cpu() if len(by_device) > 1 else flag)
-        return bool(sum(found).item() == 0)
+            torch._amp_foreach_non_finite_check_and_unscale_(group, flag, ones)
+            found.append(flag)
+        if len(found) == 1:
+            return found[0].item() == 0
+        return bool(sum(f.cpu() for f in found).item() == 0)
     except (RuntimeError, NotImplementedError):
         norms = [n.cpu() for group in by_device.values() for n in torch._foreach_norm(group)]
         return math.isfinite(torch.stack(norms).sum().item())

@@ -46,6 +46,7 @@ import numpy as np
 
 from kizuna.modules.npylm_chars import CharModel
 from kizuna.modules.npylm_length import WordLength
+from kizuna.modules.npylm_slot import ConceptNames, sample_slot
 from kizuna.modules.pitman_yor import HPYLM, count_part
 
 BOS, EOS = "\x02", "\x03"
@@ -258,7 +259,7 @@ def random_segmentation(s: str, max_word_length: int, rng: np.random.Generator, 
 
 def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[list[str]], rng: np.random.Generator,
                 boosts: Sequence[Callable[[str], float] | None] | None = None, n_candidates: int = 1,
-                temperature: float = 1.0, exact_prior: bool = False) -> None:
+                temperature: float = 1.0, exact_prior: bool = False, names: ConceptNames | None = None) -> None:
     """One blocked Gibbs sweep in random order, replacing ``segmentations`` in place.
 
     An empty segmentation ``[]`` marks an utterance not yet in the model: it is drawn and added
@@ -273,13 +274,19 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
     segmentations are drawn from the posterior raised to :math:`1/T` (simulated annealing). With
     ``exact_prior`` the boosts enter the forward-backward table instead, so each segmentation is drawn
     exactly from :math:`p(\\text{seg} \\mid s, \\text{rest})^{1/T}\\prod_w \\text{boost}_i(w)^{1/T}` (``n_candidates``
-    is ignored).
+    is ignored). With ``names`` (`kizuna.modules.npylm_slot.ConceptNames`, instead of ``boosts``) each
+    segmentation is drawn exactly from the slot model, every word the place's name with probability
+    :math:`\\lambda` or a word of the language model, and the concepts' name counts follow the draws.
     """
     for i in rng.permutation(len(utterances)).tolist():
         if segmentations[i]:  # [] : not in the model yet (the sequential start)
             model.remove_sentence(segmentations[i], rng)
         boost = None if boosts is None else boosts[i]
-        if boost is None or exact_prior:
+        if names is not None:
+            names.remove(i)
+            segmentations[i], rho = sample_slot(model, utterances[i], i, names, rng, 1.0 / temperature)
+            names.add(i, segmentations[i], rho)
+        elif boost is None or exact_prior:
             segmentations[i] = model.sample(utterances[i], rng, boost=boost, power=1.0 / temperature)[0]
         else:
             candidates = model.sample(utterances[i], rng, n_candidates, power=1.0 / temperature)

@@ -23,6 +23,12 @@ chain with the largest language-model probability of its segmentation,
 :math:`\sum_n \log p(\text{seg}_n)`. Independent chains of NPYLM on a few hundred noisy utterances
 differ widely, and one update's token-level prior does not move a chain out of its mode (docs/robotics.md).
 
+With ``prior_mode="slot"`` the module also asks for the concept posterior, and every later update draws each
+segmentation exactly from the **slot model** (`kizuna.modules.npylm_slot`): each word is either the place's
+name, drawn from the event's concept's name distribution (a Dirichlet process over strings whose base measure
+is the spelling model), or a word of the language model in its context. On the robot house neither it nor
+``relearn`` improves the place names' segmentation over the paired control (docs/robotics.md).
+
 >>> rng = np.random.default_rng(0)
 >>> lexicon = ["abc", "xy", "dog", "ek", "mimi", "tu"]
 >>> utterances = ["".join(rng.choice(lexicon, size=rng.integers(1, 5))) for _ in range(150)]
@@ -44,6 +50,7 @@ import torch
 from kizuna.modules.base import Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.npylm import NPYLM, gibbs_sweep, random_segmentation, temperatures
+from kizuna.modules.npylm_slot import ConceptNames
 from kizuna.modules.rng import generator_for
 from kizuna.modules.segment_selection import concept_log_predictive
 from kizuna.modules.symbols import decode_strings
@@ -60,7 +67,15 @@ class WordSegmenter(Module):
         n_candidates: segmentations drawn per utterance when a prior is resampled in.
         prior_weight: :math:`\\lambda`.
         prior_mode: ``"sir"`` (default): the resampling above; ``"exact"``: the boosts enter the forward-backward
-            table, each segmentation drawn exactly from :math:`p(\\text{seg}\\mid s)\\prod_w \\text{boost}(w)`.
+            table, each segmentation drawn exactly from :math:`p(\\text{seg}\\mid s)\\prod_w \\text{boost}(w)`;
+            ``"slot"``: the slot model (`kizuna.modules.npylm_slot`): the module asks for the concept posterior and
+            each word is the place's name (drawn from the concept's name distribution, whose base measure is the
+            spelling model) with probability ``slot_weight``, else a word of the language model.
+        slot_weight: :math:`\\lambda` of the slot model.
+        slot_concentration: :math:`a` of each concept's name distribution in the slot model.
+        relearn: the update that first receives a prior from the parent forgets the segmentation and starts again
+            from Mochihashi's sequential start, the prior in force from the first utterance (its first update
+            segmented without the concepts, and a chain's lexicon is fixed by its first sweeps).
         n_chains: R independent chains, one kept by the concepts' choice (see the module docstring); 1: one chain.
         selection_beta: :math:`\\beta` of the concept word distributions in the chains' score.
         min_count: a word enters ``vocabulary_`` when it occurs at least this often.
@@ -87,12 +102,14 @@ class WordSegmenter(Module):
         vocabulary_: list[str] = field(default_factory=list)
         chain_segmentations_: list[list[list[str]]] = field(default_factory=list)
         selected_: int = 0
+        relearned_: bool = False
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
                  n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 1.0,
                  init_length: int | None = None, length_correction: bool = False, prior_mode: str = "sir",
-                 n_chains: int = 1, selection_beta: float = 0.5,
-                 random_state: int | None = None, name: str | None = None) -> None:
+                 n_chains: int = 1, selection_beta: float = 0.5, slot_weight: float = 0.2,
+                 slot_concentration: float = 1.0, relearn: bool = False, random_state: int | None = None,
+                 name: str | None = None) -> None:
         super().__init__(name, random_state=random_state)
         if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
             raise ValueError(f"WordSegmenter {self.name}: need n_iter, sweeps_per_update >= 0 and n_candidates, "
@@ -101,9 +118,14 @@ class WordSegmenter(Module):
         self.n_iter, self.sweeps_per_update, self.n_candidates = n_iter, sweeps_per_update, n_candidates
         self.prior_weight, self.min_count = prior_weight, min_count
         self.anneal, self.init_length, self.length_correction = anneal, init_length, length_correction
-        if prior_mode not in ("sir", "exact"):
-            raise ValueError(f"WordSegmenter {self.name}: prior_mode must be 'sir' or 'exact', got {prior_mode!r}")
-        self.prior_mode = prior_mode
+        if prior_mode not in ("sir", "exact", "slot"):
+            raise ValueError(f"WordSegmenter {self.name}: prior_mode must be 'sir', 'exact' or 'slot', got "
+                             f"{prior_mode!r}")
+        if not 0 < slot_weight < 1 or slot_concentration <= 0:
+            raise ValueError(f"WordSegmenter {self.name}: need 0 < slot_weight < 1 and slot_concentration > 0")
+        self.prior_mode, self.slot_weight, self.slot_concentration = prior_mode, slot_weight, slot_concentration
+        self._slot_rho: list[list[list[float]] | None] = []
+        self.relearn, self.relearned_ = relearn, False
         if n_chains < 1 or selection_beta <= 0:
             raise ValueError(f"WordSegmenter {self.name}: need n_chains >= 1 and selection_beta > 0")
         self.n_chains, self.selection_beta = n_chains, selection_beta
@@ -125,7 +147,7 @@ class WordSegmenter(Module):
     def prior_over(self) -> str:
         """What this module wants from its parent: ``"words"`` (:math:`q_n(w)`, one chain) or ``"classes"`` (the
         concept posterior, to choose among ``n_chains > 1`` chains)."""
-        return "classes" if self.n_chains > 1 else "words"
+        return "classes" if self.n_chains > 1 or self.prior_mode == "slot" else "words"
 
     def _before_load(self, state: dict) -> None:
         self.model_, self.chain_models_ = None, []
@@ -160,7 +182,7 @@ class WordSegmenter(Module):
 
     def _start(self, utterances: list[str], rng: np.random.Generator) -> None:
         self.utterances_ = utterances
-        self.chain_models_, self.chain_segmentations_ = [], []
+        self.chain_models_, self.chain_segmentations_, self._slot_rho = [], [], []
         for _ in range(self.n_chains):
             model = self._new_model(utterances)
             if self.init_length is None:  # gibbs_sweep adds them one by one
@@ -179,11 +201,21 @@ class WordSegmenter(Module):
             return [rng]
         return [np.random.default_rng(int(rng.integers(2**62))) for _ in range(self.n_chains)]
 
-    def _sweeps(self, schedule: list[float], rng: np.random.Generator, boosts: list | None = None) -> None:
-        for model, segmentation, chain_rng in zip(self.chain_models_, self.chain_segmentations_, self._chain_rngs(rng)):
+    def _sweeps(self, schedule: list[float], rng: np.random.Generator, boosts: list | None = None,
+                concepts: np.ndarray | None = None) -> None:
+        """``schedule`` sweeps of every chain; with ``concepts`` (N×L) and ``prior_mode="slot"``, of the slot model."""
+        slot = concepts is not None and self.prior_mode == "slot"
+        if len(self._slot_rho) != self.n_chains:
+            self._slot_rho = [None] * self.n_chains
+        chains = zip(self.chain_models_, self.chain_segmentations_, self._chain_rngs(rng))
+        for r, (model, segmentation, chain_rng) in enumerate(chains):
+            names = ConceptNames.counted(concepts, segmentation, self._slot_rho[r], self.slot_weight,
+                                         self.slot_concentration) if slot else None
             for temperature in schedule:
                 gibbs_sweep(model, self.utterances_, segmentation, chain_rng, boosts, self.n_candidates, temperature,
-                            self.prior_mode == "exact")
+                            self.prior_mode == "exact", names)
+            if names is not None:
+                self._slot_rho[r] = names.slots
 
     def _select(self, rng: np.random.Generator, concepts: np.ndarray | None) -> None:
         """Keep one chain: by the concepts' score when ``concepts`` (N×L) is given, else by the language model's
@@ -206,16 +238,21 @@ class WordSegmenter(Module):
         chains, the one whose segmentation the language model finds most probable is kept."""
         rng = self._random(generator_for(self.random_state))
         self._start(self._check(utterances), rng)
+        self.relearned_ = False
         self._sweeps(temperatures(self.n_iter, self.anneal), rng)
         self._select(rng, None)
         return self
 
-    def resume(self, sweeps: int, random_state: int | np.random.Generator | None = None) -> WordSegmenter:
+    def resume(self, sweeps: int, random_state: int | np.random.Generator | None = None,
+               restart: bool = False) -> WordSegmenter:
         """``sweeps`` more Gibbs sweeps of every chain with no prior, then the language model's choice of chain
-        (a control: the module continued as if it had no parent)."""
+        (a control: the module continued as if it had no parent); with ``restart``, the first of them is the
+        sequential start from an empty model (the control of ``relearn``)."""
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
         if self._rebuilt(rng) is None:
             raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
+        if restart:
+            self._start(self.utterances_, rng)
         self._sweeps([1.0] * sweeps, rng)
         self._select(rng, None)
         return self
@@ -253,17 +290,22 @@ class WordSegmenter(Module):
         concepts = None
         if self._rebuilt(rng) is None:
             self._start(self._check(decode_strings(forward[0].value)), rng)
+            self.relearned_ = False
             schedule, boosts = temperatures(self.n_iter, self.anneal), None
         else:
             schedule, boosts = [1.0] * self.sweeps_per_update, None
-            if backward is not None and self.n_chains > 1:
+            if backward is not None and self.prior_over == "classes":
                 if backward.n != len(self.utterances_):
                     raise ValueError(f"WordSegmenter {self.name}: the concept posterior has {backward.n} rows for "
                                      f"{len(self.utterances_)} utterances")
-                concepts = backward.value.detach().cpu().double().numpy()
+                concepts = backward.value.detach().cpu().double().numpy().clip(0.0)
+                concepts /= concepts.sum(1, keepdims=True).clip(1e-300)
             elif backward is not None and backward.width == len(self.vocabulary_):
                 boosts = self._boosts(backward.value)
-        self._sweeps(schedule, rng, boosts)
+            if self.relearn and not self.relearned_ and (concepts is not None or boosts is not None):
+                self._start(self.utterances_, rng)  # the boosts index the vocabulary, computed before
+                self.relearned_, schedule = True, temperatures(self.n_iter, self.anneal)
+        self._sweeps(schedule, rng, boosts, concepts)
         self._select(rng, concepts)
         counts = torch.as_tensor(self.word_counts(), dtype=forward[0].value.dtype)
         return self.message("data", counts, variable="w"), {}

@@ -1,0 +1,78 @@
+"""Two diagnostics of the place names' segmentation on the robot house (docs/robotics.md, "The slot model").
+
+``oracle``: NPYLM chains from the sequential start with the slot model in force from the first
+utterance and the **true places** as the concepts (hard), against chains without it; place-name F.
+``joint``: the joint log-probability of all utterances under a fresh NPYLM fitted to a segmentation
+(sequential predictive probability after five rounds of hyper-parameter sampling, mean of three
+seatings), for an alone chain's segmentation and for the true (noisy) one.
+
+    python examples/slot_diagnostics.py oracle --seeds 0 1 --weights 0 0.2 0.5 --chains 3
+    python examples/slot_diagnostics.py joint --seeds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from kizuna.datasets.house import simulated_house
+from kizuna.modules import WordSegmenter
+from kizuna.modules.npylm import NPYLM, gibbs_sweep
+from kizuna.modules.npylm_slot import ConceptNames
+from kizuna.robot_demo import place_name_f
+
+
+def oracle(house: dict, weight: float, seed: int, sweeps: int = 20) -> float:
+    """Place-name F of one chain (slot weight ``weight``; 0: no slot model) with the true places as concepts."""
+    rng, utterances = np.random.default_rng(seed), house["utterance"]
+    model = NPYLM("".join(sorted(set("".join(utterances)))), 10, 3)
+    segmentation: list[list[str]] = [[] for _ in utterances]
+    names = ConceptNames(np.eye(6)[house["place"]], weight, 1.0) if weight > 0 else None
+    for _ in range(sweeps):
+        gibbs_sweep(model, utterances, segmentation, rng, names=names)
+    return place_name_f(house, segmentation)
+
+
+def joint(house: dict, segmentation: list[list[str]], repeats: int = 3) -> float:
+    """Mean over ``repeats`` seatings of log p(all utterances) under an NPYLM fitted to ``segmentation``."""
+    totals = []
+    for r in range(repeats):
+        rng = np.random.default_rng(r)
+        model = NPYLM("".join(sorted(set("".join(house["utterance"])))), 10, 3)
+        for _ in range(5):
+            for words in segmentation:
+                model.add_sentence(words, rng)
+            model.sample_hyperparameters(rng)
+            for words in segmentation:
+                model.remove_sentence(words, rng)
+        total = 0.0
+        for words in segmentation:
+            total += model.log_prob(words)
+            model.add_sentence(words, rng)
+        totals.append(total)
+    return float(np.mean(totals))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("oracle", "joint"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.2, 0.5], help="oracle: slot weights")
+    parser.add_argument("--chains", type=int, default=3, help="oracle: chains per setting")
+    args = parser.parse_args(argv)
+    for seed in args.seeds:
+        house = simulated_house(300, seed=seed)
+        if args.what == "oracle":
+            for weight in args.weights:
+                f = [oracle(house, weight, 1000 * seed + c) for c in range(args.chains)]
+                print(f"seed {seed} slot weight {weight}: place-name F {np.round(f, 3).tolist()} mean {np.mean(f):.3f}")
+        else:
+            chain = WordSegmenter(n_iter=28, random_state=seed).fit(house["utterance"]).segmentation_
+            true = [list(p) for p in house["phoneme_words"]]
+            print(f"seed {seed}: chain's place-name F {place_name_f(house, chain):.3f}, log p(chain's segmentation) "
+                  f"{joint(house, chain):.1f}, log p(true segmentation) {joint(house, true):.1f}")
+
+
+if __name__ == "__main__":
+    main()
