@@ -9,7 +9,8 @@ two modalities (300 + 200 features, 30 + 20 tokens per document, 20 planted topi
 ``lda.LDA`` runs on the joined vocabulary (the same tokens).
 
 Run: ``python bench/mlda_sweep_ab.py --n 100000 --hi 4 --repeats 5 [--ref e396d50] [--backends torch,numba]
-[--threads 1] [--quick]`` (numba needs ``kizuna[fast]``).
+[--n-blocks 16] [--threads 1] [--quick]`` (numba needs ``kizuna[fast]``; ``--n-blocks 100000000 --backends
+numba``: the sequential sampler, compiled).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ref", default="", help="git revision of an earlier sampler to compare (none by default)")
     parser.add_argument("--backends", default="torch,numba", help="this tree's backends to measure")
+    parser.add_argument("--n-blocks", type=int, default=16,
+                        help="blocks per sweep of this tree's fits (at least the tokens: the sequential sampler)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="500 documents, one repeat: the smoke test")
     args = parser.parse_args()
@@ -72,17 +75,17 @@ def main() -> None:
     joined = np.hstack(counts)
     current = algorithms.GibbsChain
 
-    def mlda_with(chain: type, backend: str):
+    def mlda_with(chain: type, backend: str, blocks: int = args.n_blocks):
         def fit(m: int) -> None:
             algorithms.GibbsChain = chain
             try:
                 MLDA(20, max_iter=m, doc_topic_prior=0.1, topic_word_prior=0.01, random_state=0,
-                     backend=backend).fit(counts)
+                     backend=backend, n_blocks=blocks).fit(counts)
             finally:
                 algorithms.GibbsChain = current
         return fit
 
-    fits = {f"kizuna {args.ref}": mlda_with(sampler_at(args.ref), "torch")} if args.ref else {}
+    fits = {f"kizuna {args.ref}": mlda_with(sampler_at(args.ref), "torch", 16)} if args.ref else {}
     fits.update({f"kizuna {b}": mlda_with(current, b) for b in args.backends.split(",")})
     fits["lda.LDA"] = lambda m: lda.LDA(20, n_iter=m, alpha=0.1, eta=0.01, random_state=0, refresh=10**9).fit(joined)
     for fit in fits.values():  # warm-up (the numba kernel's first load)

@@ -108,12 +108,18 @@ def gibbs_sweep(doc: np.ndarray, word: np.ndarray, mod: np.ndarray, z: np.ndarra
     new = np.empty(order.shape[0], dtype=np.int32)
     for blk in range(bounds.shape[0] - 1):
         lo, hi = bounds[blk], bounds[blk + 1]
-        if learn:  # the block's word factors (n_kw + β) / (n_k + V_m β), as torch forms its table
+        # the word factors (n_kw + β) / (n_k + V_m β) as torch forms them: one table for a block with at least
+        # as many tokens as vocabulary rows, else per token (the same values; small blocks stay cheap)
+        table = learn and hi - lo >= n_wk.shape[0]
+        if table:
             for w in range(n_wk.shape[0]):
                 for t in range(k):
                     words[w, t] = (n_wk[w, t] + beta) / (n_mk[vocab_mod[w], t] + vbeta[vocab_mod[w]])
         for q in range(lo, hi):
             d, w, m, old = dq[q], wq[q], mq[q], oldq[q]
+            if learn and not table:
+                for t in range(k):
+                    words[w, t] = (n_wk[w, t] + beta) / (n_mk[m, t] + vbeta[m])
             for t in range(k):
                 p[t] = ((n_dk[d, t] + alpha) * bias[d, t] if use_bias else n_dk[d, t] + alpha) * words[w, t]
             a = n_dk[d, old] - one + alpha  # the token's own assignment removed
