@@ -6,7 +6,9 @@ Each case runs in its own ``valgrind --tool=callgrind`` process; collection is s
 around the timed steps (a ten-line C shim compiled here with the system's C compiler calls
 callgrind's client requests), so Python's start-up and torch's import are not counted.
 
-Run: ``python bench/instructions.py [--sizes small,mnist] [--steps 20] [--cases ...]``. Needs
+Run: ``python bench/instructions.py [--sizes small,mnist] [--steps 20] [--cases ...]``; with ``--family ncsn``
+or ``--family ddpm`` the steps of ``parity_score.py`` / ``parity_diffusion.py`` instead of the VAE's (cases
+``hand-written`` and ``kizuna Model.train``; ``--sizes`` is ignored). Needs
 ``valgrind`` and its header ``valgrind/callgrind.h`` (Debian: valgrind), and a C compiler.
 Instructions are a proxy for time: they count Python's and torch's work alike, not cache misses or
 memory bandwidth, so a ratio of instructions is closest to a ratio of times for small models.
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SHIM = """#include <valgrind/callgrind.h>
@@ -41,7 +44,7 @@ def build_shim(where: Path) -> Path:
     return lib
 
 
-def child(case: str, size: str, steps: int, shim: str) -> None:
+def child(case: str, size: str, steps: int, shim: str, family: str = "vae") -> None:
     """Runs inside valgrind: warm up, then ``steps`` steps with collection on."""
     import torch
 
@@ -49,6 +52,11 @@ def child(case: str, size: str, steps: int, shim: str) -> None:
     import _vae_impls as impls
 
     torch.set_num_threads(1)
+    if family != "vae":
+        import _family_steps
+
+        _collect(_family_steps.FAMILIES[family](case), steps, shim)
+        return
     d, hidden, z = SIZES[size]
     enc, dec = impls.nets(d, hidden, z, seed=0)
     data = (torch.rand(BATCH * 4, d, generator=torch.Generator().manual_seed(0)) > 0.5).float()
@@ -58,8 +66,10 @@ def child(case: str, size: str, steps: int, shim: str) -> None:
             "kizuna validate=True": lambda: impls.kizuna_validated(enc, dec, x, z),
             "hand-written epoch loop": lambda: impls.hand_epoch(enc, dec, data, BATCH),
             "kizuna Model.fit": lambda: impls.kizuna_fit(enc, dec, data, z, BATCH)}[case]
-    step = make()
-    calls = steps if "fit" not in case and "epoch" not in case else max(1, steps // 4)
+    _collect(make(), steps if "fit" not in case and "epoch" not in case else max(1, steps // 4), shim)
+
+
+def _collect(step: Any, calls: int, shim: str) -> None:
     for _ in range(3):
         step()
     lib = ctypes.CDLL(shim)
@@ -69,11 +79,12 @@ def child(case: str, size: str, steps: int, shim: str) -> None:
     lib.cg_stop()
 
 
-def count(case: str, size: str, steps: int, shim: Path, out: Path) -> float:
+def count(case: str, size: str, steps: int, shim: Path, out: Path, family: str = "vae") -> float:
     """Instructions per step of one case (one valgrind run)."""
     prefix = out / f"cg.{re.sub(r'[^a-z]+', '_', case.lower())}.{size}"
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={prefix}.%p",
-           sys.executable, __file__, "--child", case, "--sizes", size, "--steps", str(steps), "--shim", str(shim)]
+           sys.executable, __file__, "--child", case, "--sizes", size, "--steps", str(steps), "--shim", str(shim),
+           "--family", family]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     total = 0
@@ -90,11 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="small,mnist")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
+    parser.add_argument("--family", default="vae", choices=["vae", "ncsn", "ddpm"],
+                        help="the VAE step (default) or the NCSN / DDPM step of the parity benches")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--shim", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.sizes, args.steps, args.shim)
+        child(args.child, args.sizes, args.steps, args.shim, args.family)
         return
     if shutil.which("valgrind") is None:
         sys.exit("needs valgrind (Debian package valgrind)")
@@ -102,10 +115,13 @@ def main(argv: list[str] | None = None) -> None:
         where = Path(tmp)
         shim = build_shim(where)
         cases = [c.strip() for c in args.cases.split(",")]
+        if args.family != "vae":
+            cases = [c for c in cases if c in ("hand-written", "kizuna Model.train")]
+            args.sizes = args.family
         if "kizuna Model.fit" in cases and "hand-written epoch loop" not in cases:
             cases.append("hand-written epoch loop")
         for size in args.sizes.split(","):
-            found = {case: count(case, size, args.steps, shim, where) for case in cases}
+            found = {case: count(case, size, args.steps, shim, where, args.family) for case in cases}
             base = found["hand-written"]
             print(f"\n== {size}: instructions per step ({args.steps} steps, callgrind) ==")
             for case, n in found.items():

@@ -1,0 +1,81 @@
+"""The NCSN and DDPM training steps of ``parity_score.py`` / ``parity_diffusion.py`` (kizuna's ``Model.train``
+and the hand-written step, from the same weights and batch), for ``instructions.py --family``."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "examples"))
+
+
+def _train_rows() -> torch.Tensor:
+    from kizuna.datasets import load_digits, split
+
+    x, y = load_digits()
+    return split(x, y, 0.2, seed=0)[0]
+
+
+def ncsn(case: str) -> Callable[[], object]:
+    """σ²-weighted denoising score matching over 8 noise levels (the bench's speed configuration)."""
+    import parity_score as bench
+    from score import SMOKE
+
+    from kizuna.losses import Expectation, denoising_score_matching
+    from kizuna.models import Model
+
+    cfg, x_train = dict(SMOKE), _train_rows()
+    torch.manual_seed(0)
+    score_k, noise, levels = bench.build(x_train.shape[1], cfg)
+    x = x_train[:cfg["batch"]]
+    if case == "kizuna Model.train":
+        rows = Expectation(levels, denoising_score_matching(score_k, noise, noise_weighting=True))
+        model = Model(rows.mean(), distributions=[score_k], optimizer_params={"lr": cfg["lr"]})
+        return lambda: model.train({"x": x})
+    score_r = copy.deepcopy(score_k)
+    opt = torch.optim.Adam(score_r.parameters(), lr=cfg["lr"])
+
+    def step() -> None:
+        opt.zero_grad()
+        bench.reference_loss(score_r, x).backward()
+        opt.step()
+
+    return step
+
+
+def ddpm(case: str) -> Callable[[], object]:
+    """L_simple with T = 1000 (the bench's speed configuration)."""
+    import parity_diffusion as bench
+
+    from kizuna.distributions import DiffusionSchedule
+    from kizuna.losses import simple_diffusion_loss
+    from kizuna.models import Model
+
+    cfg, x_train = dict(bench.CFG), _train_rows()
+    torch.manual_seed(0)
+    net_k = bench.EpsNet(x_train.shape[1], cfg["hidden"])
+    x0 = x_train[:cfg["batch"]] * 2 - 1
+    if case == "kizuna Model.train":
+        p = bench.model_of(net_k, cfg["T"])
+        model = Model(simple_diffusion_loss(p.reverse).mean(), distributions=[p.reverse],
+                      optimizer_params={"lr": cfg["lr"]})
+        return lambda: model.train({"x_0": x0})
+    net_r = copy.deepcopy(net_k)
+    opt = torch.optim.Adam(net_r.parameters(), lr=cfg["lr"])
+    alpha_bar = DiffusionSchedule.linear(cfg["T"]).alpha_bar()
+
+    def step() -> None:
+        opt.zero_grad()
+        bench.reference_loss(net_r, alpha_bar, x0).backward()
+        opt.step()
+
+    return step
+
+
+FAMILIES = {"ncsn": ncsn, "ddpm": ddpm}
