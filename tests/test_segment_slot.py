@@ -3,10 +3,10 @@ forward filtering / backward sampling against enumerating every segmentation wit
 of each word written out by hand, the concepts' name distribution against its Dirichlet-process formula,
 the slot probabilities of the drawn words, and the module under a concept module (with ``relearn``)."""
 
-import itertools
 
 import numpy as np
 import pytest
+from npylm_reference import segmentations, trained
 from scipy import stats
 
 from kizuna import modules as km
@@ -15,21 +15,6 @@ from kizuna.modules.npylm import BOS, EOS, NPYLM, gibbs_sweep
 from kizuna.modules.npylm_slot import ConceptNames, sample_slot
 
 LAMBDA, A = 0.3, 0.7
-
-
-def _trained(rng: np.random.Generator) -> NPYLM:
-    model = NPYLM("abcd", max_word_length=4, char_order=2)
-    for words in [["ab", "cd"], ["ab"], ["cd", "ab", "a"], ["d", "cd"]] * 3:
-        model.add_sentence(words, rng)
-    return model
-
-
-def _segmentations(s: str, max_len: int):
-    for cuts in itertools.product([0, 1], repeat=len(s) - 1):
-        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [len(s)]
-        words = [s[a:b] for a, b in zip(bounds, bounds[1:])]
-        if max(len(w) for w in words) <= max_len:
-            yield tuple(words)
 
 
 def _names() -> tuple[ConceptNames, np.ndarray, dict[str, np.ndarray]]:
@@ -51,7 +36,7 @@ def _g(model: NPYLM, resp: np.ndarray, counts: dict[str, np.ndarray], w: str) ->
 
 def test_name_distribution_matches_its_formula_and_add_remove_restore_it():
     rng = np.random.default_rng(0)
-    model = _trained(rng)
+    model = trained(rng)
     names, resp, counts = _names()
     s = "abcda"
     table = names.table(0, s, model.chars.substring_p0(s, 4), 4)
@@ -77,10 +62,10 @@ def test_slot_sampling_matches_enumeration(power):
     """Draws follow p(seg) ∝ [prod_i ((1-λ) p(w_i | w_{i-1}) + λ G_0(w_i)) p(EOS | w_m)]^power over every
     segmentation (chi-square, 1e-3), and each word's slot probability is λG / (λG + (1-λ) p_LM)."""
     rng = np.random.default_rng(1)
-    model = _trained(rng)
+    model = trained(rng)
     names, resp, counts = _names()
     s = "abcda"
-    segs = list(_segmentations(s, 4))
+    segs = list(segmentations(s, 4))
     log_p = []
     for words in segs:
         prev, total = BOS, 0.0

@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 from example_loader import load_example
+from npylm_reference import segmentations, trained
 from scipy import stats
 
 from kizuna import modules as km
@@ -51,26 +52,9 @@ def test_hpylm_matches_its_formula_and_normalises():
     assert lm.restaurants == {}
 
 
-def _trained(rng: np.random.Generator, length_correction: bool = False) -> NPYLM:
-    model = NPYLM("abcd", max_word_length=4, char_order=2, length_correction=length_correction)
-    for words in [["ab", "cd"], ["ab"], ["cd", "ab", "a"], ["d", "cd"]] * 3:
-        model.add_sentence(words, rng)
-    if length_correction:
-        model.sample_hyperparameters(rng)
-    return model
-
-
-def _segmentations(s: str, max_len: int):
-    for cuts in itertools.product([0, 1], repeat=len(s) - 1):
-        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [len(s)]
-        words = [s[a:b] for a, b in zip(bounds, bounds[1:])]
-        if max(len(w) for w in words) <= max_len:
-            yield tuple(words)
-
-
 @pytest.mark.parametrize("length_correction", [False, True])
 def test_dense_character_model_matches_the_dictionary_path(length_correction):
-    model = _trained(np.random.default_rng(1), length_correction)
+    model = trained(np.random.default_rng(1), length_correction)
     s = "abcdab"
     table = model.chars.substring_p0(s, 4)
     for a in range(len(s)):
@@ -93,7 +77,7 @@ def test_length_distribution_of_the_character_model_matches_enumeration(order):
 def test_length_corrected_base_measure_has_poisson_lengths():
     """With the correction, p_0 of the words of each length k sums to Po(k - 1 | lambda) (scipy)."""
     rng = np.random.default_rng(5)
-    model = _trained(rng, length_correction=True)
+    model = trained(rng, length_correction=True)
     lam = model.length.lam
     for k in range(1, 5):
         total = sum(model.chars.p0("".join(t)) for t in itertools.product("abcd" + EOS, repeat=k))
@@ -116,7 +100,7 @@ def test_word_length_posterior_moments():
 
 def test_bigram_table_matches_the_model_probabilities():
     """Every cell of the forward-backward table is p(w | v) of the dictionary path (and 0 off the utterance)."""
-    model = _trained(np.random.default_rng(7))
+    model = trained(np.random.default_rng(7))
     s = "abcdab"
     table, eos = model.bigram_table(s)
     for a in range(len(s)):
@@ -133,7 +117,7 @@ def test_bigram_table_matches_the_model_probabilities():
 def test_rescaled_forward_matches_a_log_space_forward_on_a_long_utterance(viterbi):
     """The forward table's rows (rescaled, with scales carried between rows up to L apart) are the rows of the
     recursion done in log space, over 64 symbols (row scales spanning tens of nats)."""
-    model = _trained(np.random.default_rng(9))
+    model = trained(np.random.default_rng(9))
     s = "abcdabdcabcdcdab" * 4
     table, _ = model.bigram_table(s)
     with np.errstate(divide="ignore"):
@@ -155,10 +139,10 @@ def test_forward_filtering_backward_sampling_matches_enumeration(boosted, length
     """Draws follow p(seg | s) ∝ p(w_1..w_m EOS) prod boost(w) over all segmentations (chi-square, 1e-3);
     Viterbi returns the enumeration's argmax."""
     rng = np.random.default_rng(2)
-    model = _trained(rng, length_correction)
+    model = trained(rng, length_correction)
     s = "abcda"
     boost = (lambda w: 3.0 if w == "cd" else 1.0) if boosted else None
-    segs = list(_segmentations(s, 4))
+    segs = list(segmentations(s, 4))
     log_p = np.array([model.log_prob(w) + (sum(np.log(boost(x)) for x in w) if boosted else 0) for w in segs])
     p = np.exp(log_p - log_p.max())
     p /= p.sum()
