@@ -299,24 +299,32 @@ class TorchDistribution(Distribution):
             params.setdefault(key, value)
         return params
 
-    def _holds_numbers(self) -> bool:
-        """Whether every constant given as a Python number still holds it: its buffer is unchanged since it
-        was last checked by value (the same tensor object, and torch's version counter, which every in-place
-        write such as ``load_state_dict`` or ``fill_`` advances), or holds the number when checked now."""
+    def _buffers_stamp(self) -> list[tuple[Any, int | None]]:
+        """Each buffer with torch's version counter (advanced by every in-place write: ``fill_``,
+        ``load_state_dict``), to tell later with `_buffers_unchanged` whether any buffer changed."""
+        return [(t, None if t is None else t._version) for t in self._buffers.values()]
+
+    def _buffers_unchanged(self, stamp: list[tuple[Any, int | None]] | None) -> bool:
+        """Whether every buffer is the tensor recorded in ``stamp`` (`_buffers_stamp`) at the same version."""
         buffers = self._buffers
-        seen = self.__dict__.get("_numbers_seen")
-        if seen is not None:
-            for key, (tensor, version) in seen.items():
-                if buffers.get(key) is not tensor or tensor._version != version:
-                    break
-            else:
-                return True
+        if stamp is None or len(stamp) != len(buffers):
+            return False
+        for tensor, (seen, version) in zip(buffers.values(), stamp):
+            if tensor is not seen or (tensor is not None and tensor._version != version):
+                return False
+        return True
+
+    def _holds_numbers(self) -> bool:
+        """Whether every constant given as a Python number still holds it: checked by value once, and again
+        only after a buffer changed (`_buffers_unchanged`)."""
+        if self._buffers_unchanged(self.__dict__.get("_numbers_seen")):
+            return True
         for key, number in self._numbers.items():
-            value = buffers.get(key)
+            value = self._buffers.get(key)
             if value is None or not bool((value == number).all()):
                 self.__dict__.pop("_numbers_seen", None)
                 return False
-        self.__dict__["_numbers_seen"] = {key: (buffers[key], buffers[key]._version) for key in self._numbers}
+        self.__dict__["_numbers_seen"] = self._buffers_stamp()
         return True
 
     def _check_forward(self, out: Any) -> Mapping[str, Any]:
@@ -364,16 +372,11 @@ class TorchDistribution(Distribution):
         cache = self.__dict__.get("_dist_cache")
         if cache is None:
             cache = self.__dict__["_dist_cache"] = {}
-        buffers = self._buffers
         hit = cache.get(key)
-        if hit is not None and len(hit[0]) == len(buffers):
-            for tensor, (seen, version) in zip(buffers.values(), hit[0]):
-                if tensor is not seen or tensor._version != version:
-                    break
-            else:
-                return hit[1]
+        if hit is not None and self._buffers_unchanged(hit[0]):
+            return hit[1]
         dist = self._build(self._compute_params({}), independent)
-        cache[key] = ([(tensor, tensor._version) for tensor in buffers.values()], dist)
+        cache[key] = (self._buffers_stamp(), dist)
         return dist
 
     def _build(self, params: dict[str, Any], independent: bool) -> D.Distribution:

@@ -57,27 +57,27 @@ def _find(memo: list[_Entry], owner: object, tag: Hashable, inputs: Sequence[Any
 
     A linear scan by identity, not a dict keyed on ``id()``: under ``torch.compile`` an ``id()`` of an
     input tensor becomes a guard on that very object, so every new batch recompiled. An evaluation
-    holds a handful of entries."""
-    for i, (o, t, ins, _) in enumerate(memo):
-        if o is owner and t == tag and len(ins) == len(inputs) and all(a is b for a, b in zip(ins, inputs)):
-            return i
-    return -1
-
-
-def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Callable[..., Any], *args: Any) -> Any:
-    """``compute(*args)``, or its earlier result for the same owner, tag and input objects (the
-    scan of `_find` written out: this runs for every distribution on every step)."""
-    memo = _STATE.memo
-    if memo is None:
-        return compute(*args)
+    holds a handful of entries. Written as plain loops (no generator): it runs for every distribution
+    on every step."""
     n = len(inputs)
-    for o, t, ins, value in memo:
+    for i, (o, t, ins, _) in enumerate(memo):
         if o is owner and t == tag and len(ins) == n:
             for a, b in zip(ins, inputs):
                 if a is not b:
                     break
             else:
-                return value
+                return i
+    return -1
+
+
+def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Callable[..., Any], *args: Any) -> Any:
+    """``compute(*args)``, or its earlier result for the same owner, tag and input objects."""
+    memo = _STATE.memo
+    if memo is None:
+        return compute(*args)
+    i = _find(memo, owner, tag, inputs)
+    if i >= 0:
+        return memo[i][3]
     value = compute(*args)
     memo.append((owner, tag, list(inputs), value))
     return value
