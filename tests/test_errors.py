@@ -174,3 +174,28 @@ def test_learnable_constants_are_validated_every_call() -> None:
         scale.fill_(-1.0)  # an optimiser step could do this
     with pytest.raises(ValueError, match="scale"):
         p.get_log_prob({"z": torch.zeros(1, 2)})
+
+
+def test_forward_must_return_a_dict_of_the_familys_parameters() -> None:
+    """`forward`'s result is checked on every call: a name the family does not take and a non-mapping are
+    errors that name the problem; any mapping of its own parameters (not only a dict) is accepted, with the
+    same density as torch's."""
+    from types import MappingProxyType
+
+    class Net(Normal):
+        def __init__(self, out: Callable[[torch.Tensor], Any]) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.out = out
+
+        def forward(self, z: torch.Tensor) -> Any:
+            return self.out(z)
+
+    z, x = torch.randn(4, 2), torch.randn(4, 2)
+    unknown = r"forward\(\) returned mean, which Net does not take \(its parameters: loc, scale\)"
+    with pytest.raises(ValueError, match=unknown):
+        Net(lambda z: {"loc": z, "mean": z}).get_log_prob({"x": x, "z": z})
+    with pytest.raises(TypeError, match=r"forward\(\) must return a dict of parameters, got tuple"):
+        Net(lambda z: (z, z.exp())).get_log_prob({"x": x, "z": z})
+    proxy = Net(lambda z: MappingProxyType({"loc": z, "scale": torch.ones_like(z)}))
+    expected = torch.distributions.Normal(z, 1.0).log_prob(x).sum(-1)
+    torch.testing.assert_close(proxy.get_log_prob({"x": x, "z": z}), expected)
