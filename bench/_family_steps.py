@@ -22,6 +22,11 @@ def _train_rows() -> torch.Tensor:
     return split(x, y, 0.2, seed=0)[0]
 
 
+def _adam(case: str) -> dict[str, bool]:
+    """The hand-written step's Adam: torch's default, or its fused kernel (the one kizuna's Model picks)."""
+    return {"fused": True} if case == "hand-written fused Adam" else {}
+
+
 def ncsn(case: str) -> Callable[[], object]:
     """σ²-weighted denoising score matching over 8 noise levels (the bench's speed configuration)."""
     import parity_score as bench
@@ -39,7 +44,7 @@ def ncsn(case: str) -> Callable[[], object]:
         model = Model(rows.mean(), distributions=[score_k], optimizer_params={"lr": cfg["lr"]})
         return lambda: model.train({"x": x})
     score_r = copy.deepcopy(score_k)
-    opt = torch.optim.Adam(score_r.parameters(), lr=cfg["lr"])
+    opt = torch.optim.Adam(score_r.parameters(), lr=cfg["lr"], **_adam(case))
 
     def step() -> None:
         opt.zero_grad()
@@ -67,7 +72,7 @@ def ddpm(case: str) -> Callable[[], object]:
                       optimizer_params={"lr": cfg["lr"]})
         return lambda: model.train({"x_0": x0})
     net_r = copy.deepcopy(net_k)
-    opt = torch.optim.Adam(net_r.parameters(), lr=cfg["lr"])
+    opt = torch.optim.Adam(net_r.parameters(), lr=cfg["lr"], **_adam(case))
     alpha_bar = DiffusionSchedule.linear(cfg["T"]).alpha_bar()
 
     def step() -> None:

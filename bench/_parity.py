@@ -34,6 +34,19 @@ def add_args(parser: argparse.ArgumentParser, seeds: int = 3) -> None:
                         help="split kizuna's extra step time: Model.train, a plain loop on its loss, forward only")
     parser.add_argument("--quick", action="store_true", help="one seed, few steps (smoke test of the script)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fused-reference", action="store_true",
+                        help="the reference's Adam with torch's fused kernel, the implementation kizuna's Model "
+                             "picks (default: torch's default Adam, as the reference is usually written)")
+
+
+# the reference's Adam options (`start` sets them from --fused-reference)
+REFERENCE_ADAM: dict[str, Any] = {}
+
+
+def reference_adam(params: Any, lr: float) -> torch.optim.Adam:
+    """The reference implementation's optimiser: torch's default Adam, or its fused kernel with
+    ``--fused-reference`` (then the step ratio is kizuna's own cost, the optimiser's kernel being equal)."""
+    return torch.optim.Adam(params, lr=lr, **REFERENCE_ADAM)
 
 
 def spread(values: list[float]) -> str:
@@ -96,7 +109,8 @@ def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Te
     pass alone without gradients, against the hand-written loss's."""
     from kizuna.distributions import validation
 
-    opt = torch.optim.Adam(model.optimizer.param_groups[0]["params"], lr=model.optimizer.param_groups[0]["lr"])
+    group = model.optimizer.param_groups[0]  # the same Adam as the Model's (fused or not)
+    opt = torch.optim.Adam(group["params"], lr=group["lr"], fused=group.get("fused"))
 
     def loop() -> None:
         with validation(False):  # as Model.train after its first (validated) step
@@ -208,6 +222,9 @@ def operator_counts(kizuna: Step, reference: Step, n: int = 10) -> str:
 
 def start(args: argparse.Namespace, title: str) -> None:
     torch.set_num_threads(args.threads)
+    REFERENCE_ADAM.clear()
+    if getattr(args, "fused_reference", False):
+        REFERENCE_ADAM["fused"] = True
     from _timing import machine_line
 
     print(title)

@@ -60,9 +60,10 @@ def cycle(batches: list[torch.Tensor]) -> Callable[[], torch.Tensor]:
     return next_batch
 
 
-def _hand(enc: nn.Module, dec: nn.Module, loss_fn: Callable[..., torch.Tensor]) -> Callable[[torch.Tensor], float]:
+def _hand(enc: nn.Module, dec: nn.Module, loss_fn: Callable[..., torch.Tensor], **adam: Any
+          ) -> Callable[[torch.Tensor], float]:
     enc, dec = copy.deepcopy(enc), copy.deepcopy(dec)
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=LR)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=LR, **adam)
 
     def step(x: torch.Tensor) -> float:
         opt.zero_grad()
@@ -76,6 +77,13 @@ def _hand(enc: nn.Module, dec: nn.Module, loss_fn: Callable[..., torch.Tensor]) 
 
 def hand_step(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int = 0) -> Step:
     step, batch = _hand(enc, dec, hand_loss), cycle(x)
+    return lambda: step(batch())
+
+
+def hand_fused(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int = 0) -> Step:
+    """The hand-written step with torch's fused Adam kernel (``fused=True``), the implementation kizuna's
+    `Model` picks for Adam: against it, the ratio is the formula layer's cost alone."""
+    step, batch = _hand(enc, dec, hand_loss, fused=True), cycle(x)
     return lambda: step(batch())
 
 

@@ -8,7 +8,7 @@ callgrind's client requests), so Python's start-up and torch's import are not co
 
 Run: ``python bench/instructions.py [--sizes small,mnist] [--steps 20] [--cases ...]``; with ``--family ncsn``
 or ``--family ddpm`` the steps of ``parity_score.py`` / ``parity_diffusion.py`` instead of the VAE's (cases
-``hand-written`` and ``kizuna Model.train``; ``--sizes`` is ignored). Needs
+``hand-written``, ``hand-written fused Adam`` and ``kizuna Model.train``; ``--sizes`` is ignored). Needs
 ``valgrind`` and its header ``valgrind/callgrind.h`` (Debian: valgrind), and a C compiler.
 Instructions are a proxy for time: they count Python's and torch's work alike, not cache misses or
 memory bandwidth, so a ratio of instructions is closest to a ratio of times for small models.
@@ -33,7 +33,7 @@ void cg_start(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
 void cg_stop(void) { CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
 """
 SIZES = {"mnist": (784, (512, 512), 64), "small": (64, (256,), 16)}
-CASES = ["hand-written", "kizuna Model.train", "kizuna validate=True", "kizuna Model.fit"]
+CASES = ["hand-written", "hand-written fused Adam", "kizuna Model.train", "kizuna validate=True", "kizuna Model.fit"]
 BATCH = 128
 
 
@@ -62,6 +62,7 @@ def child(case: str, size: str, steps: int, shim: str, family: str = "vae") -> N
     data = (torch.rand(BATCH * 4, d, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     x = list(data.split(BATCH))
     make = {"hand-written": lambda: impls.hand_step(enc, dec, x),
+            "hand-written fused Adam": lambda: impls.hand_fused(enc, dec, x),
             "kizuna Model.train": lambda: impls.kizuna_train(enc, dec, x, z),
             "kizuna validate=True": lambda: impls.kizuna_validated(enc, dec, x, z),
             "hand-written epoch loop": lambda: impls.hand_epoch(enc, dec, data, BATCH),
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         shim = build_shim(where)
         cases = [c.strip() for c in args.cases.split(",")]
         if args.family != "vae":
-            cases = [c for c in cases if c in ("hand-written", "kizuna Model.train")]
+            cases = [c for c in cases if c in ("hand-written", "hand-written fused Adam", "kizuna Model.train")]
             args.sizes = args.family
         if "kizuna Model.fit" in cases and "hand-written epoch loop" not in cases:
             cases.append("hand-written epoch loop")
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
                 ref = found["hand-written epoch loop"] if case == "kizuna Model.fit" else base
                 print(f"  {case:28s} {n / 1e6:10.2f} M   ratio {n / ref:.3f}"
                       + ("  (vs hand-written epoch loop)" if case == "kizuna Model.fit" else ""))
+            if "hand-written fused Adam" in found and "kizuna Model.train" in found:
+                same = found["kizuna Model.train"] / found["hand-written fused Adam"]
+                print(f"  kizuna Model.train vs hand-written with the same (fused) Adam kernel: ratio {same:.3f}")
 
 
 if __name__ == "__main__":

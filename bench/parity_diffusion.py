@@ -20,7 +20,16 @@ import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, agree, quality_over_seeds, report_speed, report_split, start, train_timed
+from _parity import (
+    add_args,
+    agree,
+    quality_over_seeds,
+    reference_adam,
+    report_speed,
+    report_split,
+    start,
+    train_timed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -73,7 +82,7 @@ def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor) 
     model = Model(simple_diffusion_loss(p.reverse).mean(), distributions=[p.reverse],
                   optimizer_params={"lr": cfg["lr"]})
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(model.optimizer, cfg["steps"])
-    opt = torch.optim.Adam(net_r.parameters(), lr=cfg["lr"])
+    opt = reference_adam(net_r.parameters(), cfg["lr"])
     decay_r = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg["steps"])
     alpha_bar = DiffusionSchedule.linear(cfg["T"]).alpha_bar()
     g = torch.Generator().manual_seed(seed)
@@ -104,7 +113,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     p = model_of(net_k, cfg["T"])
     model = Model(simple_diffusion_loss(p.reverse).mean(), distributions=[p.reverse],
                   optimizer_params={"lr": cfg["lr"]})
-    opt = torch.optim.Adam(net_r.parameters(), lr=cfg["lr"])
+    opt = reference_adam(net_r.parameters(), cfg["lr"])
     alpha_bar = DiffusionSchedule.linear(cfg["T"]).alpha_bar()
     x0 = x_train[:cfg["batch"]] * 2 - 1
     agree(lambda: model.loss_cls.eval({"x_0": x0}), lambda: reference_loss(net_r, alpha_bar, x0))

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, agree, quality_over_seeds, report_speed, start, train_timed
+from _parity import add_args, agree, quality_over_seeds, reference_adam, report_speed, start, train_timed
 from scipy.optimize import linear_sum_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor, 
     net_k = VelocityNet(d, cfg["hidden"])
     net_r = copy.deepcopy(net_k)
     model, decay = kizuna_trainer(net_k, cfg)
-    opt = torch.optim.Adam(net_r.parameters(), lr=cfg["lr"])
+    opt = reference_adam(net_r.parameters(), cfg["lr"])
     decay_r = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg["steps"])
     g = torch.Generator().manual_seed(seed)
     batches = [x_train[torch.randint(0, len(x_train), (cfg["batch"],), generator=g)] for _ in range(cfg["steps"])]
@@ -125,7 +125,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor, pre: Prepr
     net_k = VelocityNet(d, cfg["hidden"])
     net_r = copy.deepcopy(net_k)
     model, _ = kizuna_trainer(net_k, cfg)
-    opt = torch.optim.Adam(net_r.parameters(), lr=cfg["lr"])
+    opt = reference_adam(net_r.parameters(), cfg["lr"])
     with torch.no_grad():
         z = pre(x_train[:cfg["batch"]])
     agree(lambda: model.loss_cls.eval({"z": z}), lambda: reference_loss(net_r, z))

@@ -21,7 +21,15 @@ import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, quality_over_seeds, report_speed, report_split, start, train_timed
+from _parity import (
+    add_args,
+    quality_over_seeds,
+    reference_adam,
+    report_speed,
+    report_split,
+    start,
+    train_timed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -78,7 +86,7 @@ def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor) 
     loss = Expectation(levels, denoising_score_matching(score_k, noise, noise_weighting=True)).mean()
     model = Model(loss, distributions=[score_k], optimizer_params={"lr": cfg["lr"]})
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(model.optimizer, cfg["steps"])
-    opt = torch.optim.Adam(score_r.parameters(), lr=cfg["lr"])
+    opt = reference_adam(score_r.parameters(), cfg["lr"])
     decay_r = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg["steps"])
     g = torch.Generator().manual_seed(seed)
     batches = [x_train[torch.randint(0, len(x_train), (cfg["batch"],), generator=g)] for _ in range(cfg["steps"])]
@@ -106,7 +114,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     score_r = copy.deepcopy(score_k)
     rows = Expectation(levels, denoising_score_matching(score_k, noise, noise_weighting=True))
     model = Model(rows.mean(), distributions=[score_k], optimizer_params={"lr": cfg["lr"]})
-    opt = torch.optim.Adam(score_r.parameters(), lr=cfg["lr"])
+    opt = reference_adam(score_r.parameters(), cfg["lr"])
     x = x_train[:cfg["batch"]]
     with torch.no_grad():  # the same draws scored by both: kizuna's per-row loss against the formula by hand
         value, drawn = rows.eval({"x": x}, return_dict=True)

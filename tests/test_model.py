@@ -103,3 +103,36 @@ def test_train_and_test_need_no_data_when_nothing_is_observed():
     for _ in range(300):
         model.train()
     assert model.test() < 1e-3 * exact
+
+
+def test_adam_given_no_implementation_is_fused_and_makes_torchs_default_update():
+    """Adam and AdamW use torch's fused kernel unless the options choose an implementation; the
+    parameters after 100 steps are those of torch's default (per-parameter) Adam up to rounding."""
+    from kizuna.models.model import build_optimizer
+
+    torch.manual_seed(0)
+    data = torch.randn(200, 3, dtype=torch.float64) * 2 + 1
+    runs = {}
+    for name, params in (("kizuna", {"lr": 0.05}), ("torch default", {"lr": 0.05, "foreach": False})):
+        p = _learnable_normal()
+        model = Model(-LogProb(p).mean(), distributions=[p], optimizer=torch.optim.Adam, optimizer_params=params)
+        assert bool(model.optimizer.defaults.get("fused")) == (name == "kizuna")
+        for _ in range(100):
+            model.train({"x": data})
+        runs[name] = [t.detach().clone() for t in p.parameters()]
+    for a, b in zip(runs["kizuna"], runs["torch default"]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert not torch.equal(a, _learnable_normal().loc.detach())  # they moved
+
+    weight = [nn.Parameter(torch.zeros(2))]
+    assert build_optimizer(torch.optim.AdamW, weight, {"lr": 1e-3}).defaults["fused"] is True
+    for options in ({"fused": False}, {"foreach": True}, {"differentiable": True}):  # the user's choice stands
+        assert not build_optimizer(torch.optim.Adam, weight, options).defaults.get("fused")
+    assert not build_optimizer(torch.optim.SGD, weight, {"lr": 0.1}).defaults.get("fused")  # Adam's only
+
+    class MyAdam(torch.optim.Adam):  # a subclass may change the step: built as given
+        pass
+
+    assert not build_optimizer(MyAdam, weight, {}).defaults.get("fused")
+    complex_weight = [nn.Parameter(torch.zeros(2, dtype=torch.complex64))]
+    assert not build_optimizer(torch.optim.Adam, complex_weight, {}).defaults.get("fused")

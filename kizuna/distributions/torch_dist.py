@@ -35,7 +35,16 @@ from torch import distributions as D
 from torch import nn
 from torch.distributions import constraints
 
-from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, sum_rows
+from kizuna.distributions.base import (
+    BLOCK_ELEMENTS,
+    Distribution,
+    RepeatedRows,
+    Tensor,
+    XDict,
+    batch_size_of,
+    repeat_batch,
+    sum_rows,
+)
 from kizuna.formula.memo import memoized, remember, shared_parameters
 
 # the closed-form hooks a family may define (see TorchDistribution.__init_subclass__)
@@ -260,6 +269,8 @@ class TorchDistribution(Distribution):
         params: dict[str, Any] = {}
         if self._uses_forward:
             inputs = dict(zip(self._cond_var, map(x_dict.__getitem__, self._cond_var)))
+            if not torch.is_grad_enabled():  # a network gets ordinary tensors (it may call .numpy())
+                inputs = {k: v.materialize() if type(v) is RepeatedRows else v for k, v in inputs.items()}
             try:
                 out = self(**inputs)
             except RuntimeError as err:  # e.g. a feature width the network does not take
@@ -613,7 +624,7 @@ class TorchDistribution(Distribution):
     def _summed_in_blocks(self, x_dict: XDict) -> Tensor | None:
         """Without gradients, the per-row log-density of many rows from the family's kernel, applied to
         blocks of rows and summed block by block, so that the kernel's elementwise temporaries (a
-        clamped copy of ``probs``, the per-entry log-densities) stay at ``_BLOCK_ELEMENTS`` entries
+        clamped copy of ``probs``, the per-entry log-densities) stay at ``BLOCK_ELEMENTS`` entries
         instead of the whole batch (an IWAE estimate with k = 500 draws of 100 images scores 50,000
         rows of 784 pixels: 157 MB per temporary). The same kernel and the same sums as
         `_elementwise_log_prob`, used only where a family does not override that (FactorizedBernoulli
@@ -623,18 +634,24 @@ class TorchDistribution(Distribution):
             return None
         params = self._params(x_dict)
         shape = self._kernel_shape(params, None)
-        if shape is None or shape.numel() <= _BLOCK_ELEMENTS or shape[0] < 2:
+        if shape is None or shape.numel() <= BLOCK_ELEMENTS or shape[0] < 2:
             return None
         value = self._value(x_dict[self._var[0]], shape[1:], params)
         rows = shape[0]
         if value.dim() != len(shape) or value.shape[0] != rows:
             return None
-        step = max(1, _BLOCK_ELEMENTS // max(1, shape.numel() // rows))
+        step = max(1, BLOCK_ELEMENTS // max(1, shape.numel() // rows))
+        source = value.source if type(value) is RepeatedRows and value._copy is None else None
+        if source is not None:  # blocks of whole copies of the source rows, scored against one tiled block
+            b = source.shape[0]
+            step = max(b, step // b * b)
+            tiled = repeat_batch(source, step // b)
         parts = []
         for start in range(0, rows, step):
             block = {k: v[start:start + step] if k not in self._static and isinstance(v, Tensor)
                      and v.dim() > 0 and v.shape[0] == rows else v for k, v in params.items()}
-            lp = self._log_prob_kernel(value[start:start + step], block)
+            lp = self._log_prob_kernel(value[start:start + step] if source is None else
+                                       tiled[:min(step, rows - start)], block)
             if lp is None:
                 return None
             parts.append(sum_rows(lp))
@@ -699,8 +716,6 @@ def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
 
 
 _SIGNATURES: dict[type, tuple[list[str], list[str]]] = {}
-# entries per block when a large batch is scored without gradients (`_summed_in_blocks`): 4 MiB of float32
-_BLOCK_ELEMENTS = 1 << 20
 
 
 def _signature(cls: type[D.Distribution]) -> tuple[list[str], list[str]]:

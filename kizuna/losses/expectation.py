@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from kizuna.distributions.base import Distribution, batch_size_of, repeat_batch
+from kizuna.distributions.base import Distribution, batch_size_of, repeat_batch, repeat_rows_lazily
 from kizuna.formula.expr import EvalContext, Loss, Tensor, as_loss
 
 
@@ -25,6 +25,7 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
     """``n`` draws of ``p`` per row given the context's values (its parameters computed once per row).
 
     Returns (the context's values repeated ``n`` times along the batch with the draws, the draws);
+    without gradients a large value is repeated lazily (`RepeatedRows`: scored without the copy);
     the draws are also recorded in ``ctx.samples`` (shape ``(n, batch, ...)`` when ``n > 1``). With
     the evaluation option ``sample_mean=True`` the draws are the means; ``batch_n`` sets the rows of
     a distribution without batched inputs.
@@ -36,7 +37,7 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
     batch_n = ctx.options.get("batch_n")
     if batch_n is None:
         batch_n = batch_size_of(given, names) or batch_size_of(given)
-    repeated = given if n == 1 else {k: repeat_batch(v, n) for k, v in given.items()}
+    repeated = given if n == 1 else {k: repeat_rows_lazily(v, n) for k, v in given.items()}
     if ctx.options.get("sample_mean"):
         new = {k: repeat_batch(v, n) for k, v in p._mean_values(given, batch_n).items()}
     else:
