@@ -188,3 +188,17 @@ def test_a_network_that_reads_its_input_as_numpy_gets_an_ordinary_tensor():
     with torch.no_grad(), validation(False):
         value = bound.eval(data)
     assert value.shape == (20,) and torch.isfinite(value).all()
+
+
+def test_inference_mode_gives_the_numbers_of_no_grad():
+    q, p, prior = _vae()
+    x = (torch.rand(20, 784, dtype=F64) > 0.5).to(F64)
+    bound = IWAE(p * prior, q, k=100)
+    with validation(False):
+        torch.manual_seed(4)
+        with torch.inference_mode():
+            inference = bound.eval({"x": x})
+        torch.manual_seed(4)
+        with torch.no_grad():
+            no_grad = bound.eval({"x": x})
+    assert torch.equal(inference, no_grad)
