@@ -87,6 +87,27 @@ def hand_fused(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int = 0
     return lambda: step(batch())
 
 
+def hand_loss_same_kernels(enc: nn.Module, dec: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`hand_loss` with the Bernoulli log-mass computed as kizuna computes it on a CPU: the probabilities
+    clamped to [eps, 1 - eps] (``hardtanh``) and ``lerp(log1p(-p), log(p), x)`` (torch's CPU
+    cross-entropy kernels are not vectorised; see bench/bernoulli_kernels.py)."""
+    loc, s = enc(x).chunk(2, -1)
+    scale = F.softplus(s)
+    z = loc + scale * torch.randn_like(scale)
+    eps = torch.finfo(x.dtype).eps
+    probs = F.hardtanh(torch.sigmoid(dec(z)), eps, 1 - eps)
+    recon = torch.lerp((-probs).log1p(), probs.log(), x).sum(-1).neg()
+    kl = (0.5 * (scale**2 + loc**2 - 1) - scale.log()).sum(-1)
+    return (kl + recon).mean()
+
+
+def hand_same_kernels(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int = 0) -> Step:
+    """The hand-written step with the kernels kizuna picks: torch's fused Adam (``fused=True``) and the
+    Bernoulli formula of `hand_loss_same_kernels`. Against it, the ratio is the formula layer's own cost."""
+    step, batch = _hand(enc, dec, hand_loss_same_kernels, fused=True), cycle(x)
+    return lambda: step(batch())
+
+
 def hand_compiled(enc: nn.Module, dec: nn.Module, x: list[torch.Tensor], z: int) -> Step:
     step, batch = _hand(enc, dec, torch.compile(hand_loss)), cycle(x)
     return lambda: step(batch())

@@ -8,7 +8,10 @@ batch each step:
 * ``small``: 64-256-16.
 
 Implementations: hand-written eager PyTorch as users write it (``F.binary_cross_entropy`` on the
-decoder's probabilities, the closed-form KL; the baseline), kizuna ``Model.train`` (default: the
+decoder's probabilities, the closed-form KL; the baseline), the same step with torch's fused Adam
+kernel (``fused=True``, which kizuna's `Model` picks), the same step with the kernels kizuna picks on
+a CPU (fused Adam and the Bernoulli formula of ``bench/bernoulli_kernels.py``: against it the ratio
+is the formula layer's own cost), kizuna ``Model.train`` (default: the
 first evaluation validated), kizuna ``Model.fit`` (per step, one epoch of dict data with shuffling
 and per-term logging) next to a hand-written epoch loop doing the same batching, kizuna with every
 step validated (``validate=True``), kizuna with
@@ -60,6 +63,7 @@ def cases(size: tuple[int, tuple[int, ...], int], x: list[torch.Tensor], data: t
     found: dict[str, Callable[[], Any]] = {
         "hand-written": impls.hand_step(enc, dec, x),
         "hand-written fused Adam": impls.hand_fused(enc, dec, x),
+        "hand-written same kernels": impls.hand_same_kernels(enc, dec, x),
         "kizuna Model.train": impls.kizuna_train(enc, dec, x, z),
         "kizuna validate=True": impls.kizuna_validated(enc, dec, x, z),
         "hand-written epoch loop": impls.hand_epoch(enc, dec, data, BATCH),
@@ -109,6 +113,9 @@ def run_size(name: str, args: argparse.Namespace) -> None:
     print(_timing.table(times, "hand-written"))
     same = _timing.ratios(times, "hand-written fused Adam")
     print(f"  kizuna Model.train vs hand-written with the same (fused) Adam kernel: {same['kizuna Model.train']:.3f}")
+    same = _timing.ratios(times, "hand-written same kernels")
+    print("  kizuna Model.train vs hand-written with the same kernels (fused Adam, the Bernoulli formula): "
+          f"{same['kizuna Model.train']:.3f}")
     r = _timing.ratios(times, "hand-written epoch loop")
     print(f"  kizuna Model.fit vs hand-written epoch loop (same batching): {r['kizuna Model.fit']:.3f}")
 

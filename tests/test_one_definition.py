@@ -26,6 +26,7 @@ from kizuna.distributions import (
     validation,
     validation_enabled,
 )
+from kizuna.distributions.families import bernoulli_log_prob_from_probs
 from kizuna.losses import (
     ELBO,
     IWAE,
@@ -282,6 +283,29 @@ def test_bernoulli_hook_is_torchs_formula(which: str) -> None:
     tol = 0 if which == "logits" else 1e-12  # from probs without the round trip through logits: rounding only
     torch.testing.assert_close(Bernoulli(var=["x"])._log_prob_kernel(grey, {which: param}), expected,
                                rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_both_bernoulli_formulas_from_probs_are_torchs(fused: bool) -> None:
+    """The vectorised formula (used on CPUs) and the fused cross-entropy (other devices) are each torch's
+    Bernoulli(probs=...) log-mass for 0/1 and grey values, with saturated probabilities, values broadcast
+    along the rows, and the same gradient inside the clamp."""
+    gen = torch.Generator().manual_seed(6)
+    probs = torch.sigmoid(torch.randn(7, 5, generator=gen, dtype=torch.float64) * 4)
+    probs[0, 0], probs[0, 1], probs[1, 2] = 1.0, 0.0, 1e-30
+    probs.requires_grad_()
+    for value in (torch.rand(7, 5, generator=gen, dtype=torch.float64).round(),
+                  torch.rand(7, 5, generator=gen, dtype=torch.float64),
+                  torch.rand(1, 5, generator=gen, dtype=torch.float64)):
+        ours = bernoulli_log_prob_from_probs(probs, value, fused=fused)
+        ref = D.Bernoulli(probs=probs, validate_args=False).log_prob(value)
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+        g_ours, = torch.autograd.grad(ours.sum(), probs)
+        g_ref, = torch.autograd.grad(ref.sum(), probs)
+        inside = (probs > 1e-15) & (probs < 1 - 1e-15)
+        torch.testing.assert_close(g_ours[inside], g_ref[inside], rtol=1e-10, atol=1e-10)
+        assert (g_ours[~inside] == 0).all()
 
 
 def test_validation_is_one_switch_over_torchs_default() -> None:
