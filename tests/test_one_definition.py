@@ -301,6 +301,11 @@ def test_both_bernoulli_formulas_from_probs_are_torchs(fused: bool) -> None:
         ref = D.Bernoulli(probs=probs, validate_args=False).log_prob(value)
         assert ours.shape == ref.shape
         torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():  # the in-place evaluation without gradients: the same numbers, probs untouched
+            before = probs.detach().clone()
+            torch.testing.assert_close(bernoulli_log_prob_from_probs(probs, value, fused=fused), ref.detach(),
+                                       rtol=1e-12, atol=1e-12)
+            assert torch.equal(probs, before)
         g_ours, = torch.autograd.grad(ours.sum(), probs)
         g_ref, = torch.autograd.grad(ref.sum(), probs)
         inside = (probs > 1e-15) & (probs < 1 - 1e-15)

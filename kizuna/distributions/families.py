@@ -175,9 +175,12 @@ def bernoulli_log_prob_from_probs(probs: Tensor, value: Tensor, fused: bool) -> 
     its result); otherwise ``lerp(log1p(-p), log(p), x)``, vectorised operators (faster on a CPU, where torch's
     cross-entropy kernels are not vectorised). The two agree up to rounding."""
     eps = torch.finfo(probs.dtype).eps
-    probs = F.hardtanh(probs, eps, 1 - eps)
+    probs = F.hardtanh(probs, eps, 1 - eps)  # a new tensor: ours to overwrite when no gradient needs it
     if not fused:
-        return torch.lerp((-probs).log1p(), probs.log(), value)
+        if (torch.is_grad_enabled() and probs.requires_grad) or \
+                torch.broadcast_shapes(probs.shape, value.shape) != probs.shape:
+            return torch.lerp((-probs).log1p(), probs.log(), value)
+        return probs.neg().log1p_().lerp_(probs.log_(), value)  # two temporaries, as the fused kernel
     if probs.shape != value.shape:
         probs, value = torch.broadcast_tensors(probs, value)
     return F.binary_cross_entropy(probs, value, reduction="none").neg_()
