@@ -3,7 +3,11 @@
 kizuna evaluates ``LadderVAE.loss(beta).mean()`` (the nested closed-form bound of the formula layer);
 the reference computes the same objective by hand from the same modules' raw outputs (precision-
 weighted top-down posterior, ``torch.distributions.kl_divergence`` of Normals, Bernoulli
-log-likelihood), with its own copy of the initial weights. Both use Adam and the same KL warm-up.
+log-likelihood), with its own copy of the initial weights. Both use Adam and the same KL warm-up: kizuna's
+the optimiser its `Model` builds (torch's fused kernel, `kizuna.models.model.build_optimizer`), the
+reference torch's default Adam as such code is usually written, or the fused kernel with
+``--fused-reference`` (then the step ratio is the formula layer's own cost). The speed section times
+``Model.train`` against the reference's step.
 One evaluation code for both: the held-out log-likelihood by importance sampling
 (`kizuna.metrics.log_likelihood`, ``k`` samples) and the ELBO.
 
@@ -19,7 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, agree, quality_over_seeds, report_speed, start, train_timed
+from _parity import add_args, agree, quality_over_seeds, reference_adam, report_speed, start, train_timed
 from torch import distributions as D
 from torch.nn import functional as F
 
@@ -29,7 +33,8 @@ from _common import binary_images  # noqa: E402
 
 from kizuna.losses import ELBO  # noqa: E402
 from kizuna.metrics import log_likelihood  # noqa: E402
-from kizuna.models import LadderVAE  # noqa: E402
+from kizuna.models import LadderVAE, Model  # noqa: E402
+from kizuna.models.model import build_optimizer  # noqa: E402
 
 CFG = {"z_dims": [8, 4], "hidden": [128, 64], "epochs": 60, "warmup": 10, "k": 500}
 QUICK = {"z_dims": [4, 2], "hidden": [16, 8], "epochs": 2, "warmup": 1, "k": 20}
@@ -67,7 +72,8 @@ def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor) 
     torch.manual_seed(seed)
     m_k = LadderVAE(x_train.shape[1], cfg["z_dims"], cfg["hidden"])
     m_r = copy.deepcopy(m_k)
-    opt_k, opt_r = torch.optim.Adam(m_k.parameters(), lr=1e-3), torch.optim.Adam(m_r.parameters(), lr=1e-3)
+    opt_k = build_optimizer(torch.optim.Adam, list(m_k.parameters()), {"lr": 1e-3})  # as Model builds it
+    opt_r = reference_adam(m_r.parameters(), 1e-3)
     g = torch.Generator().manual_seed(seed)
     epochs = [torch.randperm(len(x_train), generator=g).split(100) for _ in range(cfg["epochs"])]
     beta = [min(1.0, (e + 1) / cfg["warmup"]) for e in range(cfg["epochs"])]
@@ -97,21 +103,20 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     torch.manual_seed(0)
     m_k = LadderVAE(x_train.shape[1], cfg["z_dims"], cfg["hidden"])
     m_r = copy.deepcopy(m_k)
-    opt_k, opt_r = torch.optim.Adam(m_k.parameters(), lr=1e-3), torch.optim.Adam(m_r.parameters(), lr=1e-3)
+    opt_r = reference_adam(m_r.parameters(), 1e-3)
     loss, x = m_k.loss().mean(), x_train[:100]
     agree(lambda: loss.eval({"x": x}), lambda: reference_loss(m_r, x, 1.0))
+    model = Model(loss, distributions=[m_k], optimizer_params={"lr": 1e-3})
 
     def k_step() -> None:
-        opt_k.zero_grad()
-        loss.eval({"x": x}).backward()
-        opt_k.step()
+        model.train({"x": x})
 
     def r_step() -> None:
         opt_r.zero_grad()
         reference_loss(m_r, x, 1.0).backward()
         opt_r.step()
 
-    report_speed(args, k_step, r_step, kizuna_title="kizuna loss.eval + backward + Adam")
+    report_speed(args, k_step, r_step)
 
 
 def main() -> None:
