@@ -43,10 +43,11 @@ def add_args(parser: argparse.ArgumentParser, seeds: int = 3) -> None:
 REFERENCE_ADAM: dict[str, Any] = {}
 
 
-def reference_adam(params: Any, lr: float) -> torch.optim.Adam:
+def reference_adam(params: Any, lr: float, **options: Any) -> torch.optim.Adam:
     """The reference implementation's optimiser: torch's default Adam, or its fused kernel with
-    ``--fused-reference`` (then the step ratio is kizuna's own cost, the optimiser's kernel being equal)."""
-    return torch.optim.Adam(params, lr=lr, **REFERENCE_ADAM)
+    ``--fused-reference`` (then the step ratio is kizuna's own cost, the optimiser's kernel being equal);
+    ``options`` (e.g. ``betas``) go to Adam as well."""
+    return torch.optim.Adam(params, lr=lr, **options, **REFERENCE_ADAM)
 
 
 def spread(values: list[float]) -> str:
