@@ -100,14 +100,17 @@ class AdversarialLoss(Loss):
             out = out.reshape(out.shape[0])
         return out
 
-    def _log_d(self, values: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """:math:`\\log d(x)` and :math:`\\log(1 - d(x))` per row."""
+    def _log_d(self, values: dict[str, Any], d: bool = True, one_minus_d: bool = True
+               ) -> tuple[Tensor | None, Tensor | None]:
+        """:math:`\\log d(x)` and :math:`\\log(1 - d(x))` per row; only those asked for are computed (None for
+        the other)."""
         out = self._d_output(values)
         if isinstance(self.d, Bernoulli):
-            return F.logsigmoid(out), F.logsigmoid(-out)
+            return F.logsigmoid(out) if d else None, F.logsigmoid(-out) if one_minus_d else None
         if not bool(((out >= 0) & (out <= 1)).all()):
             raise ValueError(f"{self.d.prob_text} must output probabilities in [0, 1] (use a sigmoid, or a Bernoulli)")
-        return out.log().clamp(min=_LOG_MIN), torch.log1p(-out).clamp(min=_LOG_MIN)
+        return (out.log().clamp(min=_LOG_MIN) if d else None,
+                torch.log1p(-out).clamp(min=_LOG_MIN) if one_minus_d else None)
 
     # ------------------------------------------------------------------ API
     def d_loss(self) -> Loss:
@@ -117,7 +120,9 @@ class AdversarialLoss(Loss):
     def _discriminator_value(self, ctx: EvalContext) -> Tensor:
         """Default (JS, KL): the binary cross-entropy :math:`-\\mathbb{E}_p[\\log d] - \\mathbb{E}_q[\\log(1-d)]`."""
         xp, xq = self._detached_draws(ctx)
-        return -(self._log_d(self._d_input(ctx, xp))[0].mean() + self._log_d(self._d_input(ctx, xq))[1].mean())
+        log_dp, _ = self._log_d(self._d_input(ctx, xp), one_minus_d=False)
+        _, log_1m_dq = self._log_d(self._d_input(ctx, xq), d=False)
+        return -(log_dp.mean() + log_1m_dq.mean())
 
     def _d_call(self) -> str:
         """``d(x)``: the discriminator as a function of its conditioning variables."""
@@ -167,9 +172,10 @@ class AdversarialJensenShannon(AdversarialLoss):
 
     def _value(self, ctx: EvalContext) -> Tensor:
         xp, xq = self._draws(ctx)
-        log_dp, log_1m_dp = self._log_d(self._d_input(ctx, xp))
-        log_dq, log_1m_dq = self._log_d(self._d_input(ctx, xq))
-        if self.inverse_g_loss:
+        inverse = self.inverse_g_loss  # -E_p[log(1-d)] - E_q[log d], else E_p[log d] + E_q[log(1-d)]
+        log_dp, log_1m_dp = self._log_d(self._d_input(ctx, xp), d=not inverse, one_minus_d=inverse)
+        log_dq, log_1m_dq = self._log_d(self._d_input(ctx, xq), d=inverse, one_minus_d=not inverse)
+        if inverse:
             return -(log_1m_dp.mean() + log_dq.mean())
         return log_dp.mean() + log_1m_dq.mean()
 
