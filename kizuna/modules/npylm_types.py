@@ -157,10 +157,11 @@ def type_move(model: NPYLM, segmentations: list[list[str]], rng: np.random.Gener
     ``pair``: the pair to move (a test's choice; its proposal probability is still counted). Returns a record:
     ``pair``, ``accepted``, ``log_old``, ``log_new`` (sequential predictive log-probabilities of the affected
     utterances), ``log_q`` (:math:`\\log Z(x) - \\log Z(x')`), ``log_ratio`` (the log acceptance ratio before
-    the minimum) and ``changed`` (the utterances' indices); ``pair`` None when there is no candidate.
+    the minimum), ``split`` (the move split :math:`ab`, else it merged :math:`a\\ b`) and ``changed`` (the
+    utterances' indices); ``pair`` None when there is no candidate.
     """
     record = {"pair": None, "accepted": False, "log_old": 0.0, "log_new": 0.0, "log_q": 0.0, "log_ratio": -math.inf,
-              "changed": []}
+              "split": False, "changed": []}
     if not all(segmentations):
         return record
     weights = candidates(segmentations, model.max_word_length, min_count, favour)
@@ -177,6 +178,7 @@ def type_move(model: NPYLM, segmentations: list[list[str]], rng: np.random.Gener
     if moved is None:
         return record
     index, new = moved
+    split = pair[0] + pair[1] in segmentations[index[0]]
     new_segs = list(segmentations)
     for n, words in zip(index, new):
         new_segs[n] = words
@@ -196,7 +198,7 @@ def type_move(model: NPYLM, segmentations: list[list[str]], rng: np.random.Gener
             segmentations[n] = words
     else:
         _restore(model, names, saved)
-    record.update(accepted=accepted, log_old=log_old, log_new=log_new, log_q=log_q, log_ratio=log_ratio,
+    record.update(split=split, accepted=accepted, log_old=log_old, log_new=log_new, log_q=log_q, log_ratio=log_ratio,
                   changed=list(index))
     return record
 
