@@ -29,6 +29,12 @@ name, drawn from the event's concept's name distribution (a Dirichlet process ov
 is the spelling model), or a word of the language model in its context. On the robot house neither it nor
 ``relearn`` improves the place names' segmentation over the paired control (docs/robotics.md).
 
+With ``type_moves=M`` every sweep is followed by M **name moves** (`kizuna.modules.npylm_types`): type-level
+Metropolis-Hastings proposals that split every token of a type in two, or merge every adjacent pair of two types,
+at once, accepted by the sequential predictive probability of the affected utterances (the slot model's when the
+concepts have come down). They raise the place names' F of the connected and of the control chains alike; the
+slot model's evidence favours gluing the article to a name (docs/robotics.md, "Name moves"). Off by default.
+
 >>> rng = np.random.default_rng(0)
 >>> lexicon = ["abc", "xy", "dog", "ek", "mimi", "tu"]
 >>> utterances = ["".join(rng.choice(lexicon, size=rng.integers(1, 5))) for _ in range(150)]
