@@ -14,6 +14,7 @@ segmenter alone. See `kizuna.robot_demo` for the definitions of the scores.
     python examples/robot_house.py --seeds 5 --words phonemes
     python examples/robot_house.py --seeds 5 --words phonemes --chains 4   # four chains, the concepts choose
     python examples/robot_house.py --seeds 5 --words phonemes --prior-mode slot --relearn   # the slot model
+    python examples/robot_house.py --seeds 5 --words phonemes --prior-mode slot --type-moves 20  # name moves
     python examples/robot_house.py --smoke
 """
 
@@ -47,11 +48,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="phonemes: segmentation sweeps of every update after the first (default 2)")
     parser.add_argument("--relearn", action="store_true",
                         help="phonemes: the segmenter starts again when the concepts first come down")
+    parser.add_argument("--type-moves", type=int, default=None, metavar="M",
+                        help="phonemes: name moves (type-level MH) after every segmentation sweep (default 0)")
     parser.add_argument("--smoke", action="store_true", help="one seed, 150 events, 2 iterations")
     args = parser.parse_args(argv)
     concept = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
     segmenter = {k: v for k, v in (("n_chains", args.chains), ("prior_mode", args.prior_mode),
-                                    ("relearn", args.relearn or None), ("sweeps_per_update", args.sweeps_per_update))
+                                    ("relearn", args.relearn or None), ("sweeps_per_update", args.sweeps_per_update),
+                                    ("type_moves", args.type_moves))
                  if v is not None}
     rows = []
     for seed in range(args.first_seed, args.first_seed + (1 if args.smoke else args.seeds)):

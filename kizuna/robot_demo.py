@@ -148,6 +148,11 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
         result["name_f_connected"] = place_name_f(house, seg.segmentation_)
         result["name_f_paired"] = place_name_f(house, paired.segmentation_)
         result["name_f_alone"] = place_name_f(house, alone.segmentation_)
+        for key, module in (("connected", seg), ("paired", paired), ("alone", alone)):  # name moves accepted / tried
+            records = [r for r in module.type_records_ if r["changed"]]
+            result[f"type_moves_{key}"] = (sum(r["accepted"] for r in records), len(records))
+            result[f"type_moves_{key}_accepted"] = [("split " if r["split"] else "merge ") + " ".join(r["pair"])
+                                                    for r in records if r["accepted"]]
     return result
 
 

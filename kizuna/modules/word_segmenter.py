@@ -29,6 +29,12 @@ name, drawn from the event's concept's name distribution (a Dirichlet process ov
 is the spelling model), or a word of the language model in its context. On the robot house neither it nor
 ``relearn`` improves the place names' segmentation over the paired control (docs/robotics.md).
 
+With ``type_moves=M`` every sweep is followed by M **name moves** (`kizuna.modules.npylm_types`): type-level
+Metropolis-Hastings proposals that split every token of a type in two, or merge every adjacent pair of two types,
+at once, accepted by the sequential predictive probability of the affected utterances (the slot model's when the
+concepts have come down). They raise the place names' F of the connected and of the control chains alike; the
+slot model's evidence favours gluing the article to a name (docs/robotics.md, "Name moves"). Off by default.
+
 >>> rng = np.random.default_rng(0)
 >>> lexicon = ["abc", "xy", "dog", "ek", "mimi", "tu"]
 >>> utterances = ["".join(rng.choice(lexicon, size=rng.integers(1, 5))) for _ in range(150)]
@@ -51,6 +57,7 @@ from kizuna.modules.base import Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.npylm import NPYLM, gibbs_sweep, random_segmentation, temperatures
 from kizuna.modules.npylm_slot import ConceptNames
+from kizuna.modules.npylm_types import type_moves
 from kizuna.modules.rng import generator_for
 from kizuna.modules.segment_selection import concept_log_predictive
 from kizuna.modules.symbols import decode_strings
@@ -84,6 +91,13 @@ class WordSegmenter(Module):
         length_correction: NPYLM's Poisson correction of word lengths (`kizuna.modules.npylm_length`).
         anneal: starting temperature of ``fit`` and of the first update (`kizuna.modules.npylm.temperatures`);
             1 (default): none. On Brent, annealing from the sequential start over-segments (docs/robotics.md).
+        type_moves: name moves (`kizuna.modules.npylm_types`, type-level Metropolis-Hastings: split every token of a
+            type in two, or merge every adjacent pair of types, at once) after every sweep of every chain; 0
+            (default): none. Under the slot model (concepts received) their acceptance uses the slot model's
+            probability, so the concepts' name evidence enters; otherwise (``fit``, ``resume``, the first update)
+            the language model's alone.
+        type_min_count: a type or adjacent pair is a candidate of the moves when seen at least this often.
+        type_favour: :math:`\\kappa`, the extra proposal weight of a pair whose halves are words elsewhere.
         random_state: seed (the graph's generator seeds it in a graph).
     """
 
@@ -108,7 +122,8 @@ class WordSegmenter(Module):
                  n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 1.0,
                  init_length: int | None = None, length_correction: bool = False, prior_mode: str = "sir",
                  n_chains: int = 1, selection_beta: float = 0.5, slot_weight: float = 0.2,
-                 slot_concentration: float = 1.0, relearn: bool = False, random_state: int | None = None,
+                 slot_concentration: float = 1.0, relearn: bool = False, type_moves: int = 0,
+                 type_min_count: int = 5, type_favour: float = 4.0, random_state: int | None = None,
                  name: str | None = None) -> None:
         super().__init__(name, random_state=random_state)
         if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
@@ -129,6 +144,10 @@ class WordSegmenter(Module):
         if n_chains < 1 or selection_beta <= 0:
             raise ValueError(f"WordSegmenter {self.name}: need n_chains >= 1 and selection_beta > 0")
         self.n_chains, self.selection_beta = n_chains, selection_beta
+        if type_moves < 0 or type_min_count < 1 or type_favour < 0:
+            raise ValueError(f"WordSegmenter {self.name}: need type_moves >= 0, type_min_count >= 1, type_favour >= 0")
+        self.type_moves, self.type_min_count, self.type_favour = type_moves, type_min_count, type_favour
+        self.type_records_: list[dict] = []
         self.chain_segmentations_: list[list[list[str]]] = []
         self.chain_models_: list[NPYLM | None] = []
         self.chain_scores_: list[float] = []
@@ -214,6 +233,9 @@ class WordSegmenter(Module):
             for temperature in schedule:
                 gibbs_sweep(model, self.utterances_, segmentation, chain_rng, boosts, self.n_candidates, temperature,
                             self.prior_mode == "exact", names)
+                if self.type_moves:
+                    self.type_records_ += type_moves(model, segmentation, chain_rng, self.type_moves, names,
+                                                     self.type_min_count, self.type_favour, temperature)
             if names is not None:
                 self._slot_rho[r] = names.slots
 
