@@ -78,6 +78,42 @@ def test_commitment_loss_by_hand() -> None:
     assert np.isfinite(value.detach().numpy()).all()
 
 
+def test_one_evaluation_encodes_once_and_matches_the_hand_written_loss() -> None:
+    """The stage-1 VQ-VAE loss (reconstruction through the straight-through draw, plus the codebook and
+    commitment terms) runs the encoder once per evaluation, and its value and every gradient equal the loss
+    written by hand from one encoding."""
+    from kizuna.distributions import Bernoulli
+    from kizuna.losses import Expectation, LogProb
+
+    class Decoder(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"])
+            self.net = nn.Conv2d(3, 1, 1)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.net(z)}
+
+    calls = []
+    q = quantiser()
+    q.encoder.register_forward_hook(lambda *_: calls.append(1))
+    p = Decoder()
+    decoder = p.net
+    x = (torch.rand(4, 1, 2, 2) > 0.5).float()
+    loss = (-Expectation(q, LogProb(p)) + VQCommitment(q, 0.25)).mean()
+    value = loss.eval({"x": x})
+    assert len(calls) == 1
+    params = [*q.parameters(), *decoder.parameters()]
+    grads = torch.autograd.grad(value, params)
+    z_e, _, e = q.encode(x)  # outside an evaluation: a fresh encoding
+    z = z_e + (e - z_e).detach()
+    recon = -torch.nn.functional.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").flatten(1).sum(1)
+    by_hand = (-recon + (z_e.detach() - e).pow(2).flatten(1).sum(1)
+               + 0.25 * (z_e - e.detach()).pow(2).flatten(1).sum(1)).mean()
+    torch.testing.assert_close(value, by_hand)
+    for g, h in zip(grads, torch.autograd.grad(by_hand, params)):
+        torch.testing.assert_close(g, h)
+
+
 @pytest.mark.slow
 def test_vqvae_smoke() -> None:
     m = run_smoke("vqvae")

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.formula.memo import memoized
 from kizuna.nets.pixelcnn import PixelCNN
 
 
@@ -46,7 +47,13 @@ class VectorQuantizer(Distribution):
         return True  # straight-through
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """:math:`z_e`, the code indices :math:`k` ``(batch, *grid)`` and :math:`e_k` (channels first)."""
+        """:math:`z_e`, the code indices :math:`k` ``(batch, *grid)`` and :math:`e_k` (channels first).
+
+        Within one evaluation of a loss, once per input: the draw of ``(k, z)`` and `VQCommitment`'s terms
+        share one encoding (one encoder pass and one nearest-code search, as a hand-written step makes)."""
+        return memoized(self, "encode", [x], self._encode, x)
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z_e = self.encoder(x)
         if z_e.dim() < 3 or z_e.shape[1] != self.codebook.embedding_dim:
             raise ValueError(f"{self.prob_text}: the encoder must return (batch, {self.codebook.embedding_dim}, "
