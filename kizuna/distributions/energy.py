@@ -60,11 +60,14 @@ class EnergyDistribution(Distribution):
         """:math:`E_\\theta(x)` per row."""
         self._require(x_dict, self._var + self._cond_var)
         x = x_dict[self._var[0]]
-        out = torch.as_tensor(self.energy(x, **{k: x_dict[k] for k in self._cond_var}))
-        if out.dim() == 0 or out.shape[0] != x.shape[0] or out[0].numel() != 1:
+        out = self.energy(x, **{k: x_dict[k] for k in self._cond_var})
+        if not isinstance(out, Tensor):
+            out = torch.as_tensor(out)
+        rows = x.shape[0]
+        if out.dim() == 0 or out.shape[0] != rows or out.numel() != rows:
             raise ValueError(f"{self.prob_text}: the energy must give one value per row of {self._var[0]} "
-                             f"(batch {x.shape[0]}), got shape {tuple(out.shape)}")
-        return out.reshape(x.shape[0])
+                             f"(batch {rows}), got shape {tuple(out.shape)}")
+        return out if out.dim() == 1 else out.reshape(rows)
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         return -self.get_energy(x_dict)
@@ -78,8 +81,9 @@ class EnergyDistribution(Distribution):
         create = torch.is_grad_enabled()
         with torch.enable_grad():
             e = self.get_energy({**x_dict, self._var[0]: x})
-            (g,) = torch.autograd.grad(e.sum(), x, create_graph=create)
-        return -g
+            # -dE/dx by a gradient output of -1 on the sum: no separate negation of the (batch, ...) gradient
+            (g,) = torch.autograd.grad(e.sum(), x, grad_outputs=e.new_full((), -1.0), create_graph=create)
+        return g
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         raise NotImplementedError(
