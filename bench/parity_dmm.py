@@ -92,7 +92,7 @@ def evaluate(d: dict, x_test: torch.Tensor, cfg: dict, seed: int) -> dict[str, f
         torch.manual_seed(1000 + seed)
         value = loss.eval({"x": x_test, "z_prev": torch.zeros(len(x_test), cfg["z_dim"])}).item()
         mse = (one_step_predictions(d, x_test, cfg["z_dim"]) - x_test[:, 1:]).pow(2).mean().item()
-    return {"test ELBO per step": -value / cfg["T"], "one-step MSE": mse}
+    return {"test ELBO per step": -value / cfg["T"], "one-step MSE x1000": 1000 * mse}
 
 
 def one_seed(seed: int, cfg: dict) -> dict[str, dict[str, float]]:
