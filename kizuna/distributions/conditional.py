@@ -49,7 +49,10 @@ def _sizes(sizes: Sequence[int], cls: str) -> list[int]:
 
 
 def _inputs(cond_var: Sequence[str], cond: Mapping[str, Tensor]) -> Tensor:
-    """The conditioning values side by side, in ``cond_var`` order (features flattened)."""
+    """The conditioning values side by side, in ``cond_var`` order (features flattened); one value is used
+    as it is (no copy, no concatenation in the backward pass)."""
+    if len(cond_var) == 1:
+        return cond[cond_var[0]].flatten(1)
     return torch.cat([cond[name].flatten(1) for name in cond_var], dim=-1)
 
 
