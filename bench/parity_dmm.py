@@ -22,6 +22,7 @@ times ``Model.train`` against the reference's step on one batch.
     python bench/parity_dmm.py            # 3 seeds, the example's smoke configuration
     python bench/parity_dmm.py --quick    # seconds
     python bench/parity_dmm.py --fused-reference   # the reference with kizuna's Adam kernel
+    python bench/parity_dmm.py --seeds 0 --compile  # speed only, kizuna's step under torch.compile
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import copy
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -56,10 +58,11 @@ QUICK = {**SMOKE, "n_train": 100, "n_test": 50, "epochs": 2, "clip": 10.0}
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def kizuna_model(d: dict, cfg: dict) -> Model:
-    """The example's model: its loss on its distributions, Adam, clipping at 10."""
+def kizuna_model(d: dict, cfg: dict, compile: bool = False) -> Model:  # noqa: A002 - Model's own argument
+    """The example's model: its loss on its distributions, Adam, clipping at 10 (``compile``: `Model`'s
+    ``compile=True``, the loss's forward and backward under ``torch.compile``)."""
     return Model(dmm_loss(d), distributions=list(d.values()), optimizer_params={"lr": cfg["lr"]},
-                 clip_grad_norm=cfg["clip"])
+                 clip_grad_norm=cfg["clip"], compile=compile)
 
 
 def hand_loss(d: dict, x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +135,7 @@ def speed(args: argparse.Namespace, cfg: dict) -> None:
     torch.manual_seed(0)
     d = build(cfg)
     d_r = copy.deepcopy(d)
-    model = kizuna_model(d, cfg)
+    model = kizuna_model(d, cfg, compile=args.compile)
     params_r = [p for m in d_r.values() for p in m.parameters()]
     opt_r = reference_adam(params_r, cfg["lr"])
     x = x_train[:cfg["batch"]]
@@ -148,7 +151,13 @@ def speed(args: argparse.Namespace, cfg: dict) -> None:
         torch.nn.utils.clip_grad_norm_(params_r, cfg["clip"])
         opt_r.step()
 
-    report_speed(args, k_step, r_step)
+    if args.compile:  # the first steps compile the unrolled 15-step loss (minutes on one core)
+        start_s = time.perf_counter()
+        for _ in range(3):
+            k_step()
+        print(f"  compile=True: the first three steps took {time.perf_counter() - start_s:.0f} s"
+              + (f" (not compiled: {model.compile_error})" if model.compile_error else ""))
+    report_speed(args, k_step, r_step, kizuna_title="kizuna Model.train" + (" (compile=True)" if args.compile else ""))
     if args.split:
         report_split(args, model, batch, k_step, r_step, lambda: hand_loss(d_r, x))
 
@@ -156,6 +165,8 @@ def speed(args: argparse.Namespace, cfg: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(parser)
+    parser.add_argument("--compile", action="store_true",
+                        help="time kizuna's step with Model(compile=True) (speed section only)")
     args = parser.parse_args()
     start(args, "Deep Markov Model (GRU inference network, combiner, MLP transition and emission) on ring "
                 "sequences: kizuna vs hand-written PyTorch")
