@@ -24,10 +24,20 @@ import argparse
 import copy
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _parity import add_args, agree, quality_over_seeds, reference_adam, report_speed, start, train_timed
+from _parity import (
+    add_args,
+    agree,
+    quality_over_seeds,
+    reference_adam,
+    report_speed,
+    report_split,
+    start,
+    train_timed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -38,6 +48,9 @@ from kizuna.distributions import InverseTransformedDistribution  # noqa: E402
 from kizuna.flows import ActNorm, AffineCoupling, FlowList, Permutation, Preprocess  # noqa: E402
 from kizuna.losses import LogProb  # noqa: E402
 from kizuna.models import Model  # noqa: E402
+
+Build = Callable[[int, dict], InverseTransformedDistribution]
+HandLogProb = Callable[..., torch.Tensor]  # (flow, x, initialise=...) -> log p(x̃) per row
 
 CFG = {"layers": 4, "hidden": 128, "steps": 150, "batch": 128, "lr": 2e-3, "clip": 50.0}
 QUICK = {"layers": 2, "hidden": 32, "steps": 20, "batch": 64, "lr": 2e-3, "clip": 50.0}
@@ -53,15 +66,20 @@ def kizuna_model(p: InverseTransformedDistribution, cfg: dict) -> Model:
                  clip_grad_norm=cfg["clip"])
 
 
-def reference_log_prob(flow: FlowList, x: torch.Tensor, initialise: bool = True) -> torch.Tensor:
-    """log p(x̃) per row by the change of variables, from the layers' raw parameters only."""
-    pre = flow[0]
+def reference_preprocess(pre: Preprocess, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform dequantisation and logit by hand, and the row's log-Jacobian (also `parity_flows`)."""
     L, a = pre.levels, pre.alpha
     u = torch.rand_like(x)  # dequantisation, as Preprocess draws it
     v = (x * (L - 1) + u) / L
     q = 0.5 * a + (1 - a) * v
     h = torch.log(q) - torch.log1p(-q)
     logdet = (math.log((L - 1) / L) + math.log(1 - a) - torch.log(q) - torch.log1p(-q)).sum(1)
+    return h, logdet
+
+
+def reference_log_prob(flow: FlowList, x: torch.Tensor, initialise: bool = True) -> torch.Tensor:
+    """log p(x̃) per row by the change of variables, from the layers' raw parameters only."""
+    h, logdet = reference_preprocess(flow[0], x)
     for layer in list(flow)[1:]:
         if isinstance(layer, ActNorm):
             if initialise and not bool(layer.initialized):  # data-dependent initialisation on the first batch
@@ -86,7 +104,8 @@ def reference_log_prob(flow: FlowList, x: torch.Tensor, initialise: bool = True)
     return base + logdet
 
 
-def evaluate(p: InverseTransformedDistribution, x_test: torch.Tensor, seed: int) -> dict[str, float]:
+def evaluate(p: InverseTransformedDistribution, x_test: torch.Tensor, seed: int,
+             hand_log_prob: HandLogProb = reference_log_prob) -> dict[str, float]:
     """The same code for both trained flows: test bits/dim by kizuna's log_prob and by the hand formula."""
     d = x_test.shape[1]
     volume = p.flow[0].bin_log_volume(d)
@@ -95,12 +114,13 @@ def evaluate(p: InverseTransformedDistribution, x_test: torch.Tensor, seed: int)
         ll = mean_log_prob(p, x_test)
         torch.manual_seed(1000 + seed)
         with torch.no_grad():
-            hand = reference_log_prob(p.flow, x_test, initialise=False).mean().item()
+            hand = hand_log_prob(p.flow, x_test, initialise=False).mean().item()
     bpd = lambda nats: -(nats + volume) / (d * math.log(2))  # noqa: E731
     return {"test bits/dim": bpd(ll), "test bits/dim (hand formula)": bpd(hand)}
 
 
-def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor) -> dict[str, dict[str, float]]:
+def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor, build: Build = build,
+             hand_log_prob: HandLogProb = reference_log_prob) -> dict[str, dict[str, float]]:
     """Train both from the same initial weights on the same batches and noise; evaluate both the same way."""
     torch.manual_seed(seed)
     p_k = build(x_train.shape[1], cfg)
@@ -117,7 +137,7 @@ def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor) 
 
     def r_step() -> None:
         opt.zero_grad()
-        (-reference_log_prob(p_r.flow, next(it_r)).mean()).backward()
+        (-hand_log_prob(p_r.flow, next(it_r)).mean()).backward()
         torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
         opt.step()
 
@@ -127,12 +147,14 @@ def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor) 
 
     order = [("kizuna", k_step), ("reference", r_step)]
     seconds = {name: run(step) for name, step in (order if seed % 2 == 0 else order[::-1])}
-    return {name: {**evaluate(p, x_test, seed), "train seconds": seconds[name]}
+    return {name: {**evaluate(p, x_test, seed, hand_log_prob), "train seconds": seconds[name]}
             for name, p in (("kizuna", p_k), ("reference", p_r))}
 
 
-def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
-    """Seconds per training step, interleaved, from identical flows and one batch."""
+def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor, build: Build = build,
+          hand_log_prob: HandLogProb = reference_log_prob) -> None:
+    """Seconds per training step, interleaved, from identical flows and one batch (``--split``: where
+    kizuna's extra time lies)."""
     torch.manual_seed(0)
     p_k = build(x_train.shape[1], cfg)
     p_r = copy.deepcopy(p_k)
@@ -140,16 +162,18 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     params = list(p_r.parameters())
     opt = reference_adam(params, cfg["lr"])
     x = x_train[:cfg["batch"]]
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: -reference_log_prob(p_r.flow, x).mean())
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: -hand_log_prob(p_r.flow, x).mean())
 
     def r_step() -> None:
         opt.zero_grad()
-        (-reference_log_prob(p_r.flow, x).mean()).backward()
+        (-hand_log_prob(p_r.flow, x).mean()).backward()
         torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
         opt.step()
 
     k_step = lambda: model.train({"x": x})  # noqa: E731
     report_speed(args, k_step, r_step, 100)
+    if args.split:
+        report_split(args, model, {"x": x}, k_step, r_step, lambda: -hand_log_prob(p_r.flow, x).mean())
 
 
 def main() -> None:

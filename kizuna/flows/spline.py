@@ -29,10 +29,9 @@ def _knots(unnormalised: Tensor, bound: float, minimum: float) -> tuple[Tensor, 
     """Knot positions ``(..., K+1)`` from ``-bound`` to ``bound`` and bin sizes ``(..., K)``."""
     k = unnormalised.shape[-1]
     sizes = minimum + (1.0 - minimum * k) * torch.softmax(unnormalised, -1)
-    knots = F.pad(torch.cumsum(sizes, -1), (1, 0))
-    knots = 2.0 * bound * knots - bound
-    knots = torch.cat([knots[..., :1].clamp(-bound, -bound), knots[..., 1:-1],
-                       knots[..., -1:].clamp(bound, bound)], -1)
+    inner = torch.cumsum(sizes[..., :-1], -1) * (2.0 * bound) - bound
+    end = inner.new_full((*inner.shape[:-1], 1), bound)  # the ends exactly, as constants
+    knots = torch.cat([-end, inner, end], -1)
     return knots, knots[..., 1:] - knots[..., :-1]
 
 
@@ -85,13 +84,16 @@ def rational_quadratic_spline(
         b = hk * dk - delta * curvature
         c = -sk * delta
         xi = (2.0 * c) / (-b - torch.sqrt((b * b - 4.0 * a * c).clamp_min(0.0)))
-        out = xk + xi * wk
     else:
         xi = (xc - xk) / wk
-        out = yk + hk * (sk * xi ** 2 + dk * xi * (1 - xi)) / (sk + curvature * xi * (1 - xi))
-    den = sk + curvature * xi * (1 - xi)
-    log_grad = 2 * torch.log(sk) + torch.log(dk1 * xi ** 2 + 2 * sk * xi * (1 - xi) + dk * (1 - xi) ** 2) \
-        - 2 * torch.log(den)
+    rest = 1 - xi
+    xi_rest = xi * rest  # ξ(1-ξ), shared by g, g' and their denominator
+    den = sk + curvature * xi_rest
+    if inverse:
+        out = xk + xi * wk
+    else:
+        out = yk + hk * (sk * xi * xi + dk * xi_rest) / den
+    log_grad = 2 * torch.log(sk) + torch.log(dk1 * xi * xi + 2 * sk * xi_rest + dk * rest * rest) - 2 * torch.log(den)
     if inverse:
         log_grad = -log_grad
-    return torch.where(inside, out, x), torch.where(inside, log_grad, torch.zeros_like(log_grad))
+    return torch.where(inside, out, x), torch.where(inside, log_grad, 0.0)
