@@ -504,3 +504,37 @@ BAD = [
 def test_bad_inputs_name_the_problem(make: Callable[[], object], match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_flowlist_sums_the_log_determinants_of_the_layers_that_change_volume():
+    """FlowList adds no term for permutations and reshapes (``volume_preserving``), and its log-determinant is
+    bit for bit the sum from zero over every layer's, forward and inverse; a stack of volume-preserving layers
+    has log-determinant 0."""
+    torch.manual_seed(0)
+    layers = [Reverse(6), MAF(6, [8]), Shuffle(6, seed=1), AffineCoupling(6, hidden_features=8), Reverse(6),
+              MAF(6, [8])]
+    for layer in layers:  # away from the identity initialisation
+        for p in layer.parameters():
+            p.data.normal_(0, 0.3)
+    flow = FlowList(layers)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    flow.double()
+    z, logdet = flow.forward_and_logdet(x)
+    h, total = x, torch.zeros(5, dtype=torch.float64)
+    for layer in layers:
+        h, ld = layer.forward_and_logdet(h)
+        total = total + ld
+    assert torch.equal(z, h) and torch.equal(logdet, total)
+    back, inv = flow.inverse_and_logdet(z)
+    h, total = z, torch.zeros(5, dtype=torch.float64)
+    for layer in reversed(layers):
+        h, ld = layer.inverse_and_logdet(h)
+        total = total + ld
+    assert torch.equal(back, h) and torch.equal(inv, total)
+    assert torch.allclose(back, x, atol=1e-10)
+    assert [layer.volume_preserving for layer in layers] == [True, False, True, False, True, False]
+    assert not flow.volume_preserving
+    still = FlowList([Reverse(6), Shuffle(6, seed=2)])
+    assert still.volume_preserving
+    assert torch.equal(still.forward_and_logdet(x.float())[1], torch.zeros(5))
+    assert torch.equal(still.inverse_and_logdet(x.float())[1], torch.zeros(5))

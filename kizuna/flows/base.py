@@ -37,6 +37,9 @@ class Flow(nn.Module):
     :math:`\\log|\\det \\partial f^{-1}(z)/\\partial z| = -\\log|\\det J_f(x)|`.
     """
 
+    #: ``log|det J| = 0`` for every input (permutations, reshapes): `FlowList` adds no such term
+    volume_preserving: bool = False
+
     def __init__(self, in_features: int | None = None) -> None:
         super().__init__()
         self._in_features = in_features
@@ -142,16 +145,24 @@ class FlowList(Flow):
     def _check(self, x: Tensor, what: str) -> None:
         """Each layer checks its own input."""
 
+    # The log-determinants of the layers that are not volume preserving are summed from the first (0 + a is a,
+    # so this is the same sum as from zero, without a zeros tensor and an addition per permutation)
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        total = x.new_zeros(x.shape[0])
+        total = None
         for flow in self.flow_list:
             x, logdet = flow.forward_and_logdet(x, y)
-            total = total + logdet
-        return x, total
+            if not flow.volume_preserving:
+                total = logdet if total is None else total + logdet
+        return x, x.new_zeros(x.shape[0]) if total is None else total
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        total = z.new_zeros(z.shape[0])
+        total = None
         for flow in reversed(self.flow_list):
             z, logdet = flow.inverse_and_logdet(z, y)
-            total = total + logdet
-        return z, total
+            if not flow.volume_preserving:
+                total = logdet if total is None else total + logdet
+        return z, z.new_zeros(z.shape[0]) if total is None else total
+
+    @property
+    def volume_preserving(self) -> bool:  # type: ignore[override]
+        return all(f.volume_preserving for f in self.flow_list)

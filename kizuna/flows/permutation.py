@@ -25,6 +25,8 @@ class Permutation(Flow):
     tensor([[30., 10., 20.]])
     """
 
+    volume_preserving = True
+
     def __init__(self, permute_indices: Sequence[int] | Tensor) -> None:
         indices = torch.as_tensor(permute_indices, dtype=torch.long).flatten()
         n = indices.numel()

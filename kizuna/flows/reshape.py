@@ -34,6 +34,8 @@ class Squeeze(Flow):
     tensor([0., 1., 4., 5.])
     """
 
+    volume_preserving = True
+
     def __init__(self) -> None:
         super().__init__(None)
 
@@ -81,6 +83,8 @@ class Flatten(Flow):
     >>> f(torch.ones(4, 2, 3)).shape, f.inverse(torch.ones(4, 6)).shape
     (torch.Size([4, 6]), torch.Size([4, 2, 3]))
     """
+
+    volume_preserving = True
 
     def __init__(self, in_size: tuple[int, ...] | None = None) -> None:
         super().__init__(None)
