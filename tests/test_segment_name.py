@@ -11,8 +11,18 @@ from scipy import stats
 from kizuna import modules as km
 from kizuna.datasets import simulated_house
 from kizuna.modules.npylm import NPYLM
-from kizuna.modules.npylm_name import (NAME, NameSlots, initial_slots, lm_words, name_backward, name_forward,
-                                       name_log_evidence, name_sweep, name_table, sample_name)
+from kizuna.modules.npylm_name import (
+    NAME,
+    NameSlots,
+    initial_slots,
+    lm_words,
+    name_backward,
+    name_forward,
+    name_log_evidence,
+    name_sweep,
+    name_table,
+    sample_name,
+)
 from kizuna.modules.npylm_types import type_moves
 
 RESP = np.array([[0.7, 0.3], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]])
@@ -133,7 +143,7 @@ def test_sweeps_and_moves_keep_the_counts_equal_to_a_rebuilt_model():
         for w, t in r.tables.items():
             tables[w] = tables.get(w, 0) + (len(t) if h else 0)
     assert {w: c for w, c in root.cw.items() if c} == {w: c for w, c in tables.items() if c}
-    for h, r in model.words.restaurants.items():
+    for r in model.words.restaurants.values():
         assert r.c == sum(r.cw.values()) and r.t == sum(len(t) for t in r.tables.values())
         assert all(sum(t) == r.cw[w] for w, t in r.tables.items())
     again = NameSlots.counted(resp, segmentation, slots.slot, 1.0)

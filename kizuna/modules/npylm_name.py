@@ -31,7 +31,8 @@ word) or A (a language-model word after it); the transitions into a word :math:`
 
 * B from B (or the begin of the utterance) of length :math:`j`: :math:`P[a, k, j]` (`NPYLM.bigram_table`);
 * S from B of length :math:`j`: :math:`p_\text{LM}(\text{NAME}\mid s_{a-j:a})\, G_n(s_{a:a+k})`;
-* A from S (any length): :math:`p_\text{LM}(s_{a:a+k}\mid \text{NAME})`; A from A of length :math:`j`: :math:`P[a, k, j]`;
+* A from S (any length): :math:`p_\text{LM}(s_{a:a+k}\mid \text{NAME})`; A from A of length :math:`j`:
+  :math:`P[a, k, j]`;
 * EOS from B or A: :math:`p(\text{EOS}\mid s_{T-k:T})`; from S: :math:`p(\text{EOS}\mid\text{NAME})`.
 
 The table :math:`X[a, k, \text{type}, \text{type}', j]` holds every transition (numpy over ``k``, ``j``), the
