@@ -15,6 +15,7 @@ segmenter alone. See `kizuna.robot_demo` for the definitions of the scores.
     python examples/robot_house.py --seeds 5 --words phonemes --chains 4   # four chains, the concepts choose
     python examples/robot_house.py --seeds 5 --words phonemes --prior-mode slot --relearn   # the slot model
     python examples/robot_house.py --seeds 5 --words phonemes --prior-mode slot --type-moves 20  # name moves
+    python examples/robot_house.py --seeds 5 --words phonemes --prior-mode name --type-moves 20  # one-name model
     python examples/robot_house.py --smoke
 """
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="Dirichlet beta of the word and view distributions (default: the demo's, 2.0 0.5)")
     parser.add_argument("--chains", type=int, default=None, metavar="R",
                         help="phonemes: segmentation chains the concepts choose among (default 1)")
-    parser.add_argument("--prior-mode", choices=("sir", "exact", "slot"), default=None,
+    parser.add_argument("--prior-mode", choices=("sir", "exact", "slot", "name"), default=None,
                         help="phonemes: how the concept module's belief enters the segmentation (default 'sir')")
     parser.add_argument("--sweeps-per-update", type=int, default=None, metavar="S",
                         help="phonemes: segmentation sweeps of every update after the first (default 2)")

@@ -29,7 +29,9 @@ back one by one in index order, each scored by its predictive probability given 
 seating of each added customer drawn as Gibbs does), once for the old segmentation and once for the new
 one. With ``names`` each word's probability is the slot model's mixture
 :math:`\lambda G_n(w) + (1-\lambda) p_\text{LM}(w \mid v)` (`kizuna.modules.npylm_slot`), so the concepts'
-evidence for a name enters the decision; without, the language model's alone. A rejected move restores a
+evidence for a name enters the decision; with `kizuna.modules.npylm_name.NameSlots` each utterance's probability
+is the one-name model's, summed over the slot (then drawn from its posterior when the utterance is seated);
+without, the language model's alone. A rejected move restores a
 copy of the models taken before it, so the state is bit-for-bit what it was.
 """
 
@@ -42,6 +44,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from kizuna.modules.npylm_name import NameSlots
 
 if TYPE_CHECKING:
     from kizuna.modules.npylm import NPYLM
@@ -109,9 +113,12 @@ def proposal(segmentations: Sequence[Sequence[str]], a: str, b: str) -> tuple[li
 
 
 def add_scored(model: NPYLM, n: int, words: list[str], rng: np.random.Generator,
-               names: ConceptNames | None = None) -> float:
+               names: ConceptNames | NameSlots | None = None) -> float:
     """Add utterance ``n``'s words to the model (and to ``names``) and return their log predictive probability
-    given the model before the addition (with ``names``, the slot model's)."""
+    given the model before the addition (with ``names``, the slot model's; with `NameSlots`, the one-name
+    model's, the slot summed over and then drawn, `kizuna.modules.npylm_name`)."""
+    if isinstance(names, NameSlots):
+        return names.add_scored(model, n, words, rng)
     prev, total, rho = "\x02", 0.0, []
     for w in words:
         p_lm = model.words.prob(w, (prev,))
@@ -131,26 +138,29 @@ def add_scored(model: NPYLM, n: int, words: list[str], rng: np.random.Generator,
 
 
 def _remove(model: NPYLM, index: Sequence[int], segmentations: Sequence[Sequence[str]], rng: np.random.Generator,
-            names: ConceptNames | None) -> None:
+            names: ConceptNames | NameSlots | None) -> None:
     for n in index:
+        if isinstance(names, NameSlots):
+            names.remove(model, n, segmentations[n], rng)
+            continue
         model.remove_sentence(segmentations[n], rng)
         if names is not None:
             names.remove(n)
 
 
-def _snapshot(model: NPYLM, names: ConceptNames | None) -> tuple:
+def _snapshot(model: NPYLM, names: ConceptNames | NameSlots | None) -> tuple:
     memo = {id(model): model}  # the word model's callback stays bound to this model
     return copy.deepcopy((model.words, model.chars, model.length), memo), copy.deepcopy(names)
 
 
-def _restore(model: NPYLM, names: ConceptNames | None, saved: tuple) -> None:
+def _restore(model: NPYLM, names: ConceptNames | NameSlots | None, saved: tuple) -> None:
     (model.words, model.chars, model.length), old = saved
     if names is not None:
         names.__dict__.update(old.__dict__)
 
 
 def type_move(model: NPYLM, segmentations: list[list[str]], rng: np.random.Generator,
-              names: ConceptNames | None = None, min_count: int = 5, favour: float = 4.0,
+              names: ConceptNames | NameSlots | None = None, min_count: int = 5, favour: float = 4.0,
               temperature: float = 1.0, pair: tuple[str, str] | None = None) -> dict:
     """One name move (module docstring), changing ``segmentations`` in place when accepted.
 
@@ -204,7 +214,7 @@ def type_move(model: NPYLM, segmentations: list[list[str]], rng: np.random.Gener
 
 
 def type_moves(model: NPYLM, segmentations: list[list[str]], rng: np.random.Generator, n_moves: int,
-               names: ConceptNames | None = None, min_count: int = 5, favour: float = 4.0,
+               names: ConceptNames | NameSlots | None = None, min_count: int = 5, favour: float = 4.0,
                temperature: float = 1.0) -> list[dict]:
     """``n_moves`` name moves (`type_move`); their records."""
     return [type_move(model, segmentations, rng, names, min_count, favour, temperature) for _ in range(n_moves)]

@@ -29,6 +29,13 @@ name, drawn from the event's concept's name distribution (a Dirichlet process ov
 is the spelling model), or a word of the language model in its context. On the robot house neither it nor
 ``relearn`` improves the place names' segmentation over the paired control (docs/robotics.md).
 
+With ``prior_mode="name"`` the module asks for the concept posterior too, and every later update draws each
+segmentation and its **one name slot** jointly from the one-name model (`kizuna.modules.npylm_name`): the language
+model generates the sentence with a class token NAME in place of the place name (at most one per utterance), and
+NAME emits the name's string from the event's concept name distribution. With name moves (``type_moves=20``) it is
+the first mechanism whose connected chain is above the paired control on the robot house (place-name F 0.576
+against 0.395 over ten seeds, docs/robotics.md, "One name").
+
 With ``type_moves=M`` every sweep is followed by M **name moves** (`kizuna.modules.npylm_types`): type-level
 Metropolis-Hastings proposals that split every token of a type in two, or merge every adjacent pair of two types,
 at once, accepted by the sequential predictive probability of the affected utterances (the slot model's when the
@@ -56,6 +63,7 @@ import torch
 from kizuna.modules.base import Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.npylm import NPYLM, gibbs_sweep, random_segmentation, temperatures
+from kizuna.modules.npylm_name import NAME, NameSlots, initial_slots, lm_words, name_sweep
 from kizuna.modules.npylm_slot import ConceptNames
 from kizuna.modules.npylm_types import type_moves
 from kizuna.modules.rng import generator_for
@@ -77,9 +85,12 @@ class WordSegmenter(Module):
             table, each segmentation drawn exactly from :math:`p(\\text{seg}\\mid s)\\prod_w \\text{boost}(w)`;
             ``"slot"``: the slot model (`kizuna.modules.npylm_slot`): the module asks for the concept posterior and
             each word is the place's name (drawn from the concept's name distribution, whose base measure is the
-            spelling model) with probability ``slot_weight``, else a word of the language model.
+            spelling model) with probability ``slot_weight``, else a word of the language model; ``"name"``: the
+            one-name model (`kizuna.modules.npylm_name`): the language model holds a class token NAME in place of
+            at most one word of each utterance, which the concept's name distribution spells; segmentation and
+            slot are drawn jointly (the first update with the concepts starts from `initial_slots`).
         slot_weight: :math:`\\lambda` of the slot model.
-        slot_concentration: :math:`a` of each concept's name distribution in the slot model.
+        slot_concentration: :math:`a` of each concept's name distribution in the slot and one-name models.
         relearn: the update that first receives a prior from the parent forgets the segmentation and starts again
             from Mochihashi's sequential start, the prior in force from the first utterance (its first update
             segmented without the concepts, and a chain's lexicon is fixed by its first sweeps).
@@ -117,6 +128,7 @@ class WordSegmenter(Module):
         chain_segmentations_: list[list[list[str]]] = field(default_factory=list)
         selected_: int = 0
         relearned_: bool = False
+        chain_slots_: list = field(default_factory=list)
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
                  n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 1.0,
@@ -133,13 +145,14 @@ class WordSegmenter(Module):
         self.n_iter, self.sweeps_per_update, self.n_candidates = n_iter, sweeps_per_update, n_candidates
         self.prior_weight, self.min_count = prior_weight, min_count
         self.anneal, self.init_length, self.length_correction = anneal, init_length, length_correction
-        if prior_mode not in ("sir", "exact", "slot"):
-            raise ValueError(f"WordSegmenter {self.name}: prior_mode must be 'sir', 'exact' or 'slot', got "
+        if prior_mode not in ("sir", "exact", "slot", "name"):
+            raise ValueError(f"WordSegmenter {self.name}: prior_mode must be 'sir', 'exact', 'slot' or 'name', got "
                              f"{prior_mode!r}")
         if not 0 < slot_weight < 1 or slot_concentration <= 0:
             raise ValueError(f"WordSegmenter {self.name}: need 0 < slot_weight < 1 and slot_concentration > 0")
         self.prior_mode, self.slot_weight, self.slot_concentration = prior_mode, slot_weight, slot_concentration
         self._slot_rho: list[list[list[float]] | None] = []
+        self.chain_slots_: list[list[int | None] | None] = []  # the one-name model's slots (None: not in force)
         self.relearn, self.relearned_ = relearn, False
         if n_chains < 1 or selection_beta <= 0:
             raise ValueError(f"WordSegmenter {self.name}: need n_chains >= 1 and selection_beta > 0")
@@ -166,7 +179,7 @@ class WordSegmenter(Module):
     def prior_over(self) -> str:
         """What this module wants from its parent: ``"words"`` (:math:`q_n(w)`, one chain) or ``"classes"`` (the
         concept posterior, to choose among ``n_chains > 1`` chains)."""
-        return "classes" if self.n_chains > 1 or self.prior_mode == "slot" else "words"
+        return "classes" if self.n_chains > 1 or self.prior_mode in ("slot", "name") else "words"
 
     def _before_load(self, state: dict) -> None:
         self.model_, self.chain_models_ = None, []
@@ -178,8 +191,10 @@ class WordSegmenter(Module):
         if not self.chain_models_ and self.chain_segmentations_ and any(self.chain_segmentations_[0]):
             for segmentation in self.chain_segmentations_:
                 model = self._new_model(self.utterances_)
-                for words in segmentation:
-                    model.add_sentence(words, rng)
+                r = len(self.chain_models_)
+                slots = self.chain_slots_[r] if r < len(self.chain_slots_) else None
+                for n, words in enumerate(segmentation):
+                    model.add_sentence(words if slots is None else lm_words(words, slots[n]), rng)
                 self.chain_models_.append(model)
             self._keep(self.selected_)
         return self.model_
@@ -196,12 +211,17 @@ class WordSegmenter(Module):
         return list(utterances)
 
     def _new_model(self, utterances: list[str]) -> NPYLM:
-        return NPYLM("".join(sorted(set("".join(utterances)))), self.max_word_length, self.char_order,
-                     self.length_correction)
+        alphabet = "".join(sorted(set("".join(utterances))))
+        if self.prior_mode == "name":  # the class token's one-symbol spelling
+            if NAME in alphabet:
+                raise ValueError(f"WordSegmenter {self.name}: utterances may not contain \\x04 (the NAME token)")
+            alphabet += NAME
+        return NPYLM(alphabet, self.max_word_length, self.char_order, self.length_correction)
 
     def _start(self, utterances: list[str], rng: np.random.Generator) -> None:
         self.utterances_ = utterances
         self.chain_models_, self.chain_segmentations_, self._slot_rho = [], [], []
+        self.chain_slots_ = [None] * self.n_chains
         for _ in range(self.n_chains):
             model = self._new_model(utterances)
             if self.init_length is None:  # gibbs_sweep adds them one by one
@@ -224,20 +244,49 @@ class WordSegmenter(Module):
                 concepts: np.ndarray | None = None) -> None:
         """``schedule`` sweeps of every chain; with ``concepts`` (N×L) and ``prior_mode="slot"``, of the slot model."""
         slot = concepts is not None and self.prior_mode == "slot"
+        one_name = concepts is not None and self.prior_mode == "name"
         if len(self._slot_rho) != self.n_chains:
             self._slot_rho = [None] * self.n_chains
+        if len(self.chain_slots_) != self.n_chains:
+            self.chain_slots_ = [None] * self.n_chains
         chains = zip(self.chain_models_, self.chain_segmentations_, self._chain_rngs(rng))
         for r, (model, segmentation, chain_rng) in enumerate(chains):
             names = ConceptNames.counted(concepts, segmentation, self._slot_rho[r], self.slot_weight,
                                          self.slot_concentration) if slot else None
+            if one_name:
+                names = self._name_slots(r, model, segmentation, concepts, chain_rng)
+            elif self.chain_slots_[r] is not None:  # back to the plain language model (a control's resume)
+                for words, n_slot in zip(segmentation, self.chain_slots_[r]):
+                    if words:
+                        model.remove_sentence(lm_words(words, n_slot), chain_rng)
+                        model.add_sentence(words, chain_rng)
+                self.chain_slots_[r] = None
             for temperature in schedule:
-                gibbs_sweep(model, self.utterances_, segmentation, chain_rng, boosts, self.n_candidates, temperature,
-                            self.prior_mode == "exact", names)
+                if one_name:
+                    name_sweep(model, self.utterances_, segmentation, names, chain_rng, temperature)
+                else:
+                    gibbs_sweep(model, self.utterances_, segmentation, chain_rng, boosts, self.n_candidates,
+                                temperature, self.prior_mode == "exact", names)
                 if self.type_moves:
                     self.type_records_ += type_moves(model, segmentation, chain_rng, self.type_moves, names,
                                                      self.type_min_count, self.type_favour, temperature)
-            if names is not None:
+            if one_name:
+                self.chain_slots_[r] = list(names.slot)
+            elif names is not None:
                 self._slot_rho[r] = names.slots
+
+    def _name_slots(self, r: int, model: NPYLM, segmentation: list[list[str]], concepts: np.ndarray,
+                    rng: np.random.Generator) -> NameSlots:
+        """The one-name model's state of chain ``r`` under the posterior ``concepts``; when the chain's language model
+        still holds plain words, each utterance first gets `initial_slots`'s slot and NAME takes its place."""
+        slots = self.chain_slots_[r]
+        if slots is None:
+            slots = initial_slots(segmentation, concepts)
+            for words, n_slot in zip(segmentation, slots):
+                if words:
+                    model.remove_sentence(words, rng)
+                    model.add_sentence(lm_words(words, n_slot), rng)
+        return NameSlots.counted(concepts, segmentation, slots, self.slot_concentration)
 
     def _select(self, rng: np.random.Generator, concepts: np.ndarray | None) -> None:
         """Keep one chain: by the concepts' score when ``concepts`` (N×L) is given, else by the language model's

@@ -1,0 +1,109 @@
+"""Does the one-name model's evidence favour splitting the article off the names? (docs/robotics.md, "One name")
+
+For each seed, with the true places as the concepts (hard r, smoothed by 0.01): the joint log-probability of
+all 300 utterances under the **true (noisy) segmentation** ("split": "D6" + "kIC6n") and under the same with
+the article glued onto the following name ("glued": "D6kIC6n"), by the sequential predictive probability
+(utterances added one by one in index order, each scored given those before it; hyper-parameters first
+resampled five times on the whole segmentation; mean of three seatings), under
+
+* the language model alone (NPYLM);
+* the slot model (`kizuna.modules.npylm_slot`, lambda 0.2, a 1): each word lambda G_n + (1 - lambda) p_LM;
+* the one-name model (`kizuna.modules.npylm_name`, a 1), the slot position summed over ("marginal": each
+  utterance's slot then drawn from its posterior and seated), and with the slot fixed at the name
+  ("slot given": the true name, or the glued chunk).
+
+    python examples/one_name_evidence.py 1 3       # seeds (about 30 s each)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from kizuna.datasets.house import simulated_house
+from kizuna.modules.npylm import NPYLM
+from kizuna.modules.npylm_name import NAME, NameSlots, lm_words
+from kizuna.modules.npylm_slot import ConceptNames
+from kizuna.modules.npylm_types import add_scored
+
+
+def segmentations(house: dict) -> tuple[list, list, list, list]:
+    """The true segmentation and its name slots, and the same with "D6" glued to the name that follows it."""
+    names = {w for ns in house["place_names"] for w in ns}
+    split, glued, slot_split, slot_glued = [], [], [], []
+    for clean, noisy in zip(house["words"], house["phoneme_words"]):
+        pairs = [(c, p) for c, p in zip(clean, noisy) if p]  # a word whose every phoneme was deleted is dropped
+        words = [p for _, p in pairs]
+        slot = next((h for h, (c, _) in enumerate(pairs) if c in names), None)
+        split.append(words)
+        slot_split.append(slot)
+        if slot is not None and slot > 0 and pairs[slot - 1][0] == "the":
+            glued.append(words[:slot - 1] + [words[slot - 1] + words[slot]] + words[slot + 1:])
+            slot_glued.append(slot - 1)
+        else:
+            glued.append(list(words))
+            slot_glued.append(slot)
+    return split, glued, slot_split, slot_glued
+
+
+def fitted_model(house: dict, sentences: list[list[str]], rng: np.random.Generator) -> NPYLM:
+    """An NPYLM whose hyper-parameters are resampled five times on ``sentences`` (then emptied)."""
+    model = NPYLM("".join(sorted(set("".join(house["utterance"])))) + NAME, 10, 3)
+    for _ in range(5):
+        for words in sentences:
+            model.add_sentence(words, rng)
+        model.sample_hyperparameters(rng)
+        for words in sentences:
+            model.remove_sentence(words, rng)
+    return model
+
+
+def joint(house: dict, resp: np.ndarray, seg: list[list[str]], slots: list, kind: str, repeats: int = 3
+          ) -> list[float]:
+    totals = []
+    for rep in range(repeats):
+        rng = np.random.default_rng(rep)
+        lm = [lm_words(w, s) for w, s in zip(seg, slots)] if kind.startswith("name") else seg
+        model = fitted_model(house, lm, rng)
+        total = 0.0
+        if kind == "lm":
+            for words in seg:
+                total += model.log_prob(words)
+                model.add_sentence(words, rng)
+        elif kind == "slot":
+            names = ConceptNames(resp, 0.2, 1.0)
+            for n, words in enumerate(seg):
+                total += add_scored(model, n, words, rng, names)
+        else:
+            state = NameSlots(resp, 1.0)
+            for n, (words, slot) in enumerate(zip(seg, slots)):
+                if kind == "name marginal":
+                    total += state.add_scored(model, n, words, rng)
+                else:
+                    total += float(state.log_joint(model, n, words)[0 if slot is None else slot + 1])
+                    state.add(model, n, words, slot, rng)
+        totals.append(total)
+    return totals
+
+
+def main(seeds: list[int]) -> None:
+    for seed in seeds:
+        house = simulated_house(300, seed=seed)
+        place = np.asarray(house["place"])
+        resp = np.full((len(place), place.max() + 1), 0.01)
+        resp[np.arange(len(place)), place] = 1.0
+        resp /= resp.sum(1, keepdims=True)
+        split, glued, slot_split, slot_glued = segmentations(house)
+        print(f"seed {seed}: {sum(a != b for a, b in zip(split, glued))} utterances glued; joint log p, nats "
+              f"(split - glued)")
+        for kind in ("lm", "slot", "name marginal", "name slot given"):
+            a = joint(house, resp, split, slot_split, kind)
+            b = joint(house, resp, glued, slot_glued, kind)
+            diff = np.subtract(a, b)
+            print(f"  {kind:16s} split {np.mean(a):9.1f}  glued {np.mean(b):9.1f}  split - glued {diff.mean():7.1f} "
+                  f"(seatings {', '.join(f'{v:.1f}' for v in diff)})", flush=True)
+
+
+if __name__ == "__main__":
+    main([int(s) for s in sys.argv[1:]] or [1, 3])
