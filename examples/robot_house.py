@@ -16,6 +16,7 @@ segmenter alone. See `kizuna.robot_demo` for the definitions of the scores.
     python examples/robot_house.py --seeds 5 --words phonemes --prior-mode slot --relearn   # the slot model
     python examples/robot_house.py --seeds 5 --words phonemes --prior-mode slot --type-moves 20  # name moves
     python examples/robot_house.py --seeds 5 --words phonemes --prior-mode name --type-moves 20  # one-name model
+    python examples/robot_house.py --seeds 5 --words phonemes --prior-mode name --type-moves 20 --shuffle-concepts
     python examples/robot_house.py --smoke
 """
 
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="phonemes: the segmenter starts again when the concepts first come down")
     parser.add_argument("--type-moves", type=int, default=None, metavar="M",
                         help="phonemes: name moves (type-level MH) after every segmentation sweep (default 0)")
+    parser.add_argument("--shuffle-concepts", action="store_true",
+                        help="phonemes, a control: the segmenter gets the concept posterior with its rows permuted "
+                             "across the events (the concepts' form without their place information)")
     parser.add_argument("--smoke", action="store_true", help="one seed, 150 events, 2 iterations")
     args = parser.parse_args(argv)
     concept = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for seed in range(args.first_seed, args.first_seed + (1 if args.smoke else args.seeds)):
         result = run(seed, 150 if args.smoke else 300, args.words, 2 if args.smoke else 5, args.split_merge,
-                     args.sweeps, concept, segmenter or None)
+                     args.sweeps, concept, segmenter or None, args.shuffle_concepts)
         _print(result)
         row = {k: v for k, v in result.items() if k not in ("model", "house")}
         rows.append(row)

@@ -86,9 +86,31 @@ CONCEPT_OPTIONS = {"alpha": 1.0, "beta": [2.0, 0.5]}  # stick-breaking alpha; Di
 SEGMENTER_OPTIONS = {"n_iter": 20, "sweeps_per_update": 2}  # first update, later ones (one chain)
 
 
+class _ShuffledConcepts(km.WordSegmenter):
+    """A control: the segmenter sees the concept posterior with its rows permuted across the events (a
+    permutation fixed by ``shuffle_seed``), the same concepts attached to the wrong events, so that what the
+    concepts' place information does is told apart from what the prior's form does."""
+
+    def __init__(self, shuffle_seed: int = 0, **options: Any) -> None:
+        super().__init__(**options)
+        self.shuffle_seed = shuffle_seed
+
+    def _shuffled(self, concepts: np.ndarray | None) -> np.ndarray | None:
+        if concepts is None:
+            return None
+        return concepts[np.random.default_rng(self.shuffle_seed).permutation(len(concepts))]
+
+    def _sweeps(self, schedule: list[float], rng: np.random.Generator, boosts: list | None = None,
+                concepts: np.ndarray | None = None) -> None:
+        super()._sweeps(schedule, rng, boosts, self._shuffled(concepts))
+
+    def _select(self, rng: np.random.Generator, concepts: np.ndarray | None) -> None:
+        super()._select(rng, self._shuffled(concepts))
+
+
 def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: int = 5, sweeps: int = 30,
                split_merge: int | None = None, concept: dict[str, Any] | None = None,
-               segmenter: dict[str, Any] | None = None
+               segmenter: dict[str, Any] | None = None, shuffle_concepts: bool = False
                ) -> tuple[km.SpatialConcept, km.GMM, km.WordSegmenter | None, km.WordSegmenter | None]:
     """GMM + SpatialConcept over word counts (``"clean"``) or a WordSegmenter on the phonemes, and views
     (``split_merge``: proposals per sweep, None: the module's default; ``concept``: SpatialConcept options
@@ -96,6 +118,8 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     e.g. ``{"n_chains": 4}``: chains the concept module chooses among). With phonemes, also the paired
     control: a copy of the segmenter after its first update (before any message from the concept module)
     continued by as many sweeps without it (`WordSegmenter.resume`: its language model chooses the chain).
+    With ``shuffle_concepts`` the segmenter receives the concept posterior with its rows permuted across the
+    events (a control: the concepts' form without their place information).
 
     The concept module's settings (`CONCEPT_OPTIONS`, ``sweeps``) were chosen on seeds 0-4 among ten
     (docs/robotics.md, "Settings") and checked on seeds 5-9: :math:`\alpha = 1` (with 0.1 the chain merges
@@ -106,7 +130,9 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
     if words == "clean":
         word_child: km.Module = km.Observation(house["word_counts"], name="words")
     else:
-        seg = km.WordSegmenter(**{**SEGMENTER_OPTIONS, **(segmenter or {})}, name="segmenter")
+        seg_options = {**SEGMENTER_OPTIONS, **(segmenter or {}), "name": "segmenter"}
+        seg = _ShuffledConcepts(**seg_options, shuffle_seed=seed) if shuffle_concepts else \
+            km.WordSegmenter(**seg_options)
         word_child = seg.connect(km.Observation(house["utterance"], name="phonemes"))
     options = {} if split_merge is None else {"split_merge": split_merge}
     options = {**CONCEPT_OPTIONS, **(concept or {}), **options}
@@ -127,13 +153,15 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
 
 def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 5,
         split_merge: int | None = None, sweeps: int = 30, concept: dict[str, Any] | None = None,
-        segmenter: dict[str, Any] | None = None) -> dict[str, Any]:
+        segmenter: dict[str, Any] | None = None, shuffle_concepts: bool = False) -> dict[str, Any]:
     """One seed: the integrated model and its parts on the same house (see the module docstring;
-    ``sweeps``, ``concept`` and ``segmenter`` as in `integrated`; the segmenter alone gets the same options)."""
+    ``sweeps``, ``concept``, ``segmenter`` and ``shuffle_concepts`` as in `integrated`; the segmenter alone gets
+    the same options)."""
     house = simulated_house(n_events, seed=seed)
     test = simulated_house(1000, seed=10_000 + seed)
     start = time.perf_counter()
-    spco, gmm, seg, paired = integrated(house, seed, words, n_iter, sweeps, split_merge, concept, segmenter)
+    spco, gmm, seg, paired = integrated(house, seed, words, n_iter, sweeps, split_merge, concept, segmenter,
+                                         shuffle_concepts)
     vocabulary = house["vocabulary"] if seg is None else seg.vocabulary_
     result: dict[str, Any] = {
         "seed": seed, "words": words, "ari": spco.ari, "n_concepts": spco.n_concepts_,
