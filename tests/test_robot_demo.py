@@ -44,3 +44,16 @@ def test_name_accuracy_is_perfect_for_an_oracle():
             return out / out.sum(1, keepdims=True)
 
     assert robot_demo.name_accuracy(Oracle(), house, test, house["vocabulary"]) == pytest.approx(1.0)
+
+
+def test_the_shuffled_concepts_control_permutes_the_posterior_rows_the_same_way_every_update():
+    """`--shuffle-concepts`: the segmenter sees the concept posterior's rows permuted across events, one fixed
+    permutation (the same at every update, so the concepts stay attached to the same wrong events)."""
+    seg = robot_demo._ShuffledConcepts(shuffle_seed=3, prior_mode="name", name="segmenter")
+    assert seg.prior_mode == "name" and seg._shuffled(None) is None
+    resp = np.random.default_rng(0).dirichlet(np.ones(4), size=50)
+    once, again = seg._shuffled(resp), seg._shuffled(resp)
+    perm = np.random.default_rng(3).permutation(50)
+    assert np.array_equal(once, resp[perm]) and np.array_equal(once, again)
+    assert not np.array_equal(once, resp)
+    assert np.array_equal(np.sort(once, axis=0), np.sort(resp, axis=0))  # the same rows, moved
