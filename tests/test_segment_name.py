@@ -21,6 +21,7 @@ from kizuna.modules.npylm_name import (
     name_log_evidence,
     name_sweep,
     name_table,
+    name_viterbi,
     sample_name,
 )
 from kizuna.modules.npylm_types import type_moves
@@ -76,6 +77,20 @@ def test_forward_total_equals_the_sum_over_segmentations_and_slots(hyper):
         _, log_p = _enumerate(model, slots, s)
         total = log_p.max() + np.log(np.exp(log_p - log_p.max()).sum())
         assert name_log_evidence(model, s, 0, slots) == pytest.approx(total, abs=1e-10)
+
+
+@pytest.mark.parametrize("hyper", [False, True])
+def test_viterbi_is_the_best_segmentation_and_slot_of_the_enumeration(hyper):
+    """`name_viterbi` (max-product forward pass, back-tracking) against the argmax over every segmentation ×
+    every slot position written out."""
+    rng = np.random.default_rng(2)
+    model, slots = _model(rng, hyper)
+    for s in ["abcda", "dcab", "a", "abcdabc", "cdcdab"]:
+        states, log_p = _enumerate(model, slots, s)
+        words, slot = name_viterbi(model, s, slots, 0)
+        assert (tuple(words), slot) == tuple(states[int(log_p.argmax())])
+        assert slots.log_joint(model, 0, words)[0 if slot is None else slot + 1] == pytest.approx(log_p.max(),
+                                                                                                   abs=1e-12)
 
 
 @pytest.mark.parametrize("power", [1.0, 0.5])
@@ -174,8 +189,17 @@ def test_name_segmenter_under_a_concept_module():
     assert slots is not None and sum(s is not None for s in slots) > 0
     assert all("".join(w) == u for w, u in zip(seg.segmentation_, house["utterance"]))
     assert NAME in seg.model_.words.restaurants[()].cw  # the language model holds the class token
+    # segmenting new utterances: jointly with the name slot, the names from the slot words pooled over concepts
+    new = simulated_house(40, seed=1)["utterance"]
+    pooled = NameSlots.counted(np.ones((len(slots), 1)), seg.chain_segmentations_[0], slots, seg.slot_concentration)
+    assert seg.segment(new) == [name_viterbi(seg.model_, s, pooled)[0] for s in new]
+    assert all("".join(w) == u for w, u in zip(seg.segment(new), new))
+    with pytest.raises(ValueError, match="NAME"):
+        seg.segment(["ab\x04c"])
     paired = km.WordSegmenter(n_iter=4, prior_mode="name", random_state=0).fit(house["utterance"][:40])
     paired.resume(1, 0)
     assert paired.chain_slots_[0] is None
+    seen = house["utterance"][:40]
+    assert paired.segment(seen) == [paired.model_.viterbi(s) for s in seen]  # no slots in force: the plain model
     with pytest.raises(ValueError, match="NAME"):
         km.WordSegmenter(prior_mode="name", n_iter=1).fit(["ab\x04c"])

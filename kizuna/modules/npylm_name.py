@@ -170,9 +170,10 @@ def name_table(model: NPYLM, s: str, n: int, slots: NameSlots) -> tuple[np.ndarr
     return x, eos
 
 
-def name_forward(x: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """The forward table (T+1)×3×(L+1) of `name_table`'s ``x``, rows rescaled to sum to one, and each row's log
-    scale (row t holds the true row divided by exp(scale[t]))."""
+def name_forward(x: np.ndarray, viterbi: bool = False) -> tuple[np.ndarray, list[float]]:
+    """The forward table (T+1)×3×(L+1) of `name_table`'s ``x`` (with ``viterbi``, the maximum over the previous
+    word instead of the sum), rows rescaled to sum to one, and each row's log scale (row t holds the true row
+    divided by exp(scale[t]))."""
     t_len, big_l = x.shape[0], x.shape[1] - 1
     alpha = np.zeros((t_len + 1, 3, big_l + 1))
     alpha[0, 0, 0] = 1.0
@@ -180,7 +181,10 @@ def name_forward(x: np.ndarray) -> tuple[np.ndarray, list[float]]:
     log_scale = [0.0] * (t_len + 1)
     for a in range(t_len):
         n_k = min(big_l, t_len - a)
-        cells = flat[a, 1:n_k + 1] @ alpha[a].ravel()  # (n_k, 3)
+        if viterbi:
+            cells = (flat[a, 1:n_k + 1] * alpha[a].ravel()).max(-1)  # (n_k, 3)
+        else:
+            cells = flat[a, 1:n_k + 1] @ alpha[a].ravel()
         for k in range(1, n_k + 1):
             alpha[a + k, :, k] = cells[k - 1] * math.exp(log_scale[a] - log_scale[max(a + k - big_l, 0)])
         z = alpha[a + 1].sum()
@@ -207,9 +211,17 @@ def sample_name(model: NPYLM, s: str, n: int, slots: NameSlots, rng: np.random.G
     return name_backward(s, name_forward(x)[0], x, eos, rng)
 
 
+def name_viterbi(model: NPYLM, s: str, slots: NameSlots, n: int = 0) -> tuple[list[str], int | None]:
+    """The most probable segmentation of ``s`` and its slot under the one-name model, the name spelled by
+    utterance ``n``'s name distribution (e.g. a pooled one for a new utterance, `WordSegmenter.segment`)."""
+    x, eos = name_table(model, s, n, slots)
+    return name_backward(s, name_forward(x, viterbi=True)[0], x, eos, None)
+
+
 def name_backward(s: str, alpha: np.ndarray, x: np.ndarray, eos: np.ndarray,
-                  rng: np.random.Generator) -> tuple[list[str], int | None]:
-    """Backward sampling of a segmentation and its slot through `name_forward`'s ``alpha``."""
+                  rng: np.random.Generator | None) -> tuple[list[str], int | None]:
+    """Backward sampling (``rng``) or Viterbi back-tracking (``rng=None``, through a max-product ``alpha``) of a
+    segmentation and its slot through `name_forward`'s ``alpha``."""
     t, words, types = len(s), [], []
     weights = alpha[t] * eos
     while True:
@@ -217,7 +229,9 @@ def name_backward(s: str, alpha: np.ndarray, x: np.ndarray, eos: np.ndarray,
         total = flat.sum()
         if not total > 0:
             raise FloatingPointError(f"one-name model: no segmentation of {s!r} has positive probability")
-        c, k = divmod(int(np.searchsorted(np.cumsum(flat), rng.random() * total, side="right")), weights.shape[1])
+        pick = int(flat.argmax()) if rng is None else int(np.searchsorted(np.cumsum(flat), rng.random() * total,
+                                                                          side="right"))
+        c, k = divmod(pick, weights.shape[1])
         words.append(s[t - k:t])
         types.append(c)
         t -= k

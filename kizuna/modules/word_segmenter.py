@@ -63,7 +63,7 @@ import torch
 from kizuna.modules.base import Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.npylm import NPYLM, gibbs_sweep, random_segmentation, temperatures
-from kizuna.modules.npylm_name import NAME, NameSlots, initial_slots, lm_words, name_sweep
+from kizuna.modules.npylm_name import NAME, NameSlots, initial_slots, lm_words, name_sweep, name_viterbi
 from kizuna.modules.npylm_slot import ConceptNames
 from kizuna.modules.npylm_types import type_moves
 from kizuna.modules.rng import generator_for
@@ -329,11 +329,22 @@ class WordSegmenter(Module):
         return self
 
     def segment(self, utterances: Sequence[str]) -> list[list[str]]:
-        """The most probable segmentation of each utterance under the fitted model."""
+        """The most probable segmentation of each utterance under the fitted model. When the one-name model is in
+        force (``prior_mode="name"``, connected), jointly with its name slot: the language model holds NAME in
+        place of the names, which are spelled by the concepts' name distributions pooled over the concepts (the
+        place of a new utterance is not known), i.e. a Dirichlet process over the slot words of the fit."""
         model = self._rebuilt(self._random(generator_for(self.random_state)))
         if model is None:
             raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
-        return [model.viterbi(s) for s in self._check(utterances)]
+        utterances = self._check(utterances)
+        slots = self.chain_slots_[self.selected_] if self.selected_ < len(self.chain_slots_) else None
+        if slots is None:
+            return [model.viterbi(s) for s in utterances]
+        if any(NAME in s for s in utterances):
+            raise ValueError(f"WordSegmenter {self.name}: utterances may not contain \\x04 (the NAME token)")
+        segmentation = self.chain_segmentations_[self.selected_]
+        pooled = NameSlots.counted(np.ones((len(segmentation), 1)), segmentation, slots, self.slot_concentration)
+        return [name_viterbi(model, s, pooled)[0] for s in utterances]
 
     def word_counts(self) -> np.ndarray:
         """``N×V`` counts of ``vocabulary_`` in the current segmentation (recomputes ``vocabulary_``)."""
