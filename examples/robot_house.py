@@ -17,6 +17,7 @@ segmenter alone. See `kizuna.robot_demo` for the definitions of the scores.
     python examples/robot_house.py --seeds 5 --words phonemes --prior-mode slot --type-moves 20  # name moves
     python examples/robot_house.py --seeds 5 --words phonemes --prior-mode name --type-moves 20  # one-name model
     python examples/robot_house.py --seeds 5 --words phonemes --prior-mode name --type-moves 20 --shuffle-concepts
+    python examples/robot_house.py --seeds 5 --words phonemes --prior-mode name --type-moves 20 --new-utterances 300
     python examples/robot_house.py --smoke
 """
 
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--shuffle-concepts", action="store_true",
                         help="phonemes, a control: the segmenter gets the concept posterior with its rows permuted "
                              "across the events (the concepts' form without their place information)")
+    parser.add_argument("--new-utterances", type=int, default=0, metavar="N",
+                        help="phonemes: also segment N utterances of a new draw of the house with the fitted "
+                             "segmenters (WordSegmenter.segment) and report the place names' F on them")
     parser.add_argument("--smoke", action="store_true", help="one seed, 150 events, 2 iterations")
     args = parser.parse_args(argv)
     concept = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
@@ -65,14 +69,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for seed in range(args.first_seed, args.first_seed + (1 if args.smoke else args.seeds)):
         result = run(seed, 150 if args.smoke else 300, args.words, 2 if args.smoke else 5, args.split_merge,
-                     args.sweeps, concept, segmenter or None, args.shuffle_concepts)
+                     args.sweeps, concept, segmenter or None, args.shuffle_concepts,
+                     args.new_utterances)
         _print(result)
         row = {k: v for k, v in result.items() if k not in ("model", "house")}
         rows.append(row)
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
-    keys = ["ari", "n_concepts"] + [k for k in ("name_accuracy", "name_f_connected", "name_f_paired", "name_f_alone")
+    keys = ["ari", "n_concepts"] + [k for k in ("name_accuracy", "name_f_connected", "name_f_paired", "name_f_alone",
+                                                                "name_f_new_connected", "name_f_new_paired",
+                                                                "name_f_new_alone")
                                      if rows[0].get(k) is not None]
     print(f"mean over {len(rows)} seeds: " + ", ".join(f"{k} {np.mean([r[k] for r in rows]):.3f}" for k in keys))
     for name in rows[0]["parts"]:

@@ -153,10 +153,13 @@ def integrated(house: dict[str, Any], seed: int, words: str = "clean", n_iter: i
 
 def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 5,
         split_merge: int | None = None, sweeps: int = 30, concept: dict[str, Any] | None = None,
-        segmenter: dict[str, Any] | None = None, shuffle_concepts: bool = False) -> dict[str, Any]:
+        segmenter: dict[str, Any] | None = None, shuffle_concepts: bool = False,
+        new_utterances: int = 0) -> dict[str, Any]:
     """One seed: the integrated model and its parts on the same house (see the module docstring;
     ``sweeps``, ``concept``, ``segmenter`` and ``shuffle_concepts`` as in `integrated`; the segmenter alone gets
-    the same options)."""
+    the same options). With phonemes and ``new_utterances`` > 0, the fitted segmenters also segment that many
+    utterances of a new draw of the house (seed 20,000 + ``seed``) by `WordSegmenter.segment`, and the place
+    names' F on them is reported (``name_f_new_*``)."""
     house = simulated_house(n_events, seed=seed)
     test = simulated_house(1000, seed=10_000 + seed)
     start = time.perf_counter()
@@ -176,6 +179,10 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
         result["name_f_connected"] = place_name_f(house, seg.segmentation_)
         result["name_f_paired"] = place_name_f(house, paired.segmentation_)
         result["name_f_alone"] = place_name_f(house, alone.segmentation_)
+        if new_utterances:
+            new = simulated_house(new_utterances, seed=20_000 + seed)
+            for key, module in (("connected", seg), ("paired", paired), ("alone", alone)):
+                result[f"name_f_new_{key}"] = place_name_f(new, module.segment(new["utterance"]))
         for key, module in (("connected", seg), ("paired", paired), ("alone", alone)):  # name moves accepted / tried
             records = [r for r in module.type_records_ if r["changed"]]
             result[f"type_moves_{key}"] = (sum(r["accepted"] for r in records), len(records))
@@ -196,6 +203,9 @@ def _print(result: dict[str, Any]) -> None:
         print(f"  place-name segmentation F: connected {result['name_f_connected']:.3f}, paired control "
               f"{result['name_f_paired']:.3f} (same first update, no concept prior after it), "
               f"alone {result['name_f_alone']:.3f}")
+    if "name_f_new_connected" in result:
+        print(f"  the same on new utterances (segment()): connected {result['name_f_new_connected']:.3f}, paired "
+              f"control {result['name_f_new_paired']:.3f}, alone {result['name_f_new_alone']:.3f}")
 
 
 def save_figures(result: dict[str, Any], out: Path) -> list[Path]:

@@ -57,3 +57,15 @@ def test_the_shuffled_concepts_control_permutes_the_posterior_rows_the_same_way_
     assert np.array_equal(once, resp[perm]) and np.array_equal(once, again)
     assert not np.array_equal(once, resp)
     assert np.array_equal(np.sort(once, axis=0), np.sort(resp, axis=0))  # the same rows, moved
+
+
+@pytest.mark.slow
+def test_new_utterances_are_segmented_by_the_fitted_segmenters(capsys):
+    """``run(..., new_utterances=N)``: the place names' F of `WordSegmenter.segment` on a new draw of the house,
+    for the connected, paired and alone segmenters, printed beside the fit's own."""
+    result = robot_demo.run(0, 120, "phonemes", 2, sweeps=5, segmenter={"prior_mode": "name", "n_iter": 3},
+                            new_utterances=20)
+    for key in ("connected", "paired", "alone"):
+        assert 0.0 <= result[f"name_f_new_{key}"] <= 1.0
+    robot_demo._print(result)
+    assert "new utterances (segment())" in capsys.readouterr().out
