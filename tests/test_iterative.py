@@ -181,3 +181,22 @@ def test_bad_sequences_are_named():
         IterativeLoss(1.0, max_iter=2)
     with pytest.raises(ValueError, match="timestep_var names one variable"):
         IterativeLoss(Parameter("t"), max_iter=2, timestep_var=["t", "s"])
+
+
+def test_each_step_searches_only_its_own_parameter_memo():
+    """The memo that shares a distribution's parameters within an evaluation drops each time step's entries at
+    the step's end (their inputs are new tensors at the next step): its length when a network runs is the same
+    at every step, not growing with t, and every network still runs once per step."""
+    from kizuna.formula import memo
+
+    lengths: list[int] = []
+
+    class Recording(Filter):
+        def forward(self, x, z_prev):
+            lengths.append(len(memo._STATE.memo))
+            return super().forward(x, z_prev)
+
+    loss = dmm(Recording(), series_var=["x"])
+    loss.eval({"x": simulate(3, 20, seed=0), "z_prev": torch.zeros(3, 1)})
+    assert len(lengths) == 20  # the filter once per step (its parameters serve the KL and the draw)
+    assert set(lengths) == {lengths[0]}

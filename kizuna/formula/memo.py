@@ -52,6 +52,23 @@ class shared_parameters:  # noqa: N801 - used as a function: ``with shared_param
             _STATE.memo = None
 
 
+def step_mark() -> int | None:
+    """The length of the evaluation's memo now (``None`` outside one), for `release_step`."""
+    memo = _STATE.memo
+    return None if memo is None else len(memo)
+
+
+def release_step(mark: int | None) -> None:
+    """Forget the entries made since `step_mark` returned ``mark``: a loop whose steps see new input tensors
+    every time (`IterativeLoss`'s time steps) ends each step with it, so that a step searches the entries made
+    before the loop and its own only, not every earlier step's (a scan that grew with the number of steps).
+    An entry that depended only on values from before the loop is computed again in the next step: the same
+    value."""
+    memo = _STATE.memo
+    if mark is not None and memo is not None:
+        del memo[mark:]
+
+
 def _find(memo: list[_Entry], owner: object, tag: Hashable, inputs: Sequence[Any]) -> int:
     """The index of the entry for this owner, tag and input objects (compared with ``is``), or -1.
 

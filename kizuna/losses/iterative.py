@@ -22,6 +22,7 @@ import torch
 from kizuna._text import LATEX
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
+from kizuna.formula.memo import release_step, step_mark
 from kizuna.losses.expectation import Expectation
 
 
@@ -161,6 +162,7 @@ class IterativeLoss(Loss):
         total: Any = 0.0
         sums: list[Any] = [0.0] * len(self._records)
         drawn: dict[str, list[Tensor]] = {}
+        mark = step_mark()
         for t in range(steps):
             if self.timestep_var is not None:
                 values[self.timestep_var] = t
@@ -173,6 +175,7 @@ class IterativeLoss(Loss):
             for k, v in step.samples.items():
                 drawn.setdefault(k, []).append(v)
             values.update(step.samples)
+            release_step(mark)  # the step's memo entries: its inputs are new tensors at the next step
             carried = {dst: values[src] for src, dst in self.update_value.items() if src in values}
             for src in self.update_value:
                 values.pop(src, None)
