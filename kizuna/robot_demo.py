@@ -183,6 +183,9 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
             new = simulated_house(new_utterances, seed=20_000 + seed)
             for key, module in (("connected", seg), ("paired", paired), ("alone", alone)):
                 result[f"name_f_new_{key}"] = place_name_f(new, module.segment(new["utterance"]))
+            if seg.prior_mode == "name":  # the connected language model alone, NAME standing for every name
+                result["name_f_new_connected_plain"] = place_name_f(new, [seg.model_.viterbi(u)
+                                                                         for u in new["utterance"]])
         for key, module in (("connected", seg), ("paired", paired), ("alone", alone)):  # name moves accepted / tried
             records = [r for r in module.type_records_ if r["changed"]]
             result[f"type_moves_{key}"] = (sum(r["accepted"] for r in records), len(records))
@@ -205,7 +208,9 @@ def _print(result: dict[str, Any]) -> None:
               f"alone {result['name_f_alone']:.3f}")
     if "name_f_new_connected" in result:
         print(f"  the same on new utterances (segment()): connected {result['name_f_new_connected']:.3f}, paired "
-              f"control {result['name_f_new_paired']:.3f}, alone {result['name_f_new_alone']:.3f}")
+              f"control {result['name_f_new_paired']:.3f}, alone {result['name_f_new_alone']:.3f}"
+              + (f"; connected without its name slot {result['name_f_new_connected_plain']:.3f}"
+                 if "name_f_new_connected_plain" in result else ""))
 
 
 def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
