@@ -200,3 +200,21 @@ def test_each_step_searches_only_its_own_parameter_memo():
     loss.eval({"x": simulate(3, 20, seed=0), "z_prev": torch.zeros(3, 1)})
     assert len(lengths) == 20  # the filter once per step (its parameters serve the KL and the draw)
     assert set(lengths) == {lengths[0]}
+
+
+def test_evaluation_options_reach_every_step():
+    """``eval(..., sample_mean=True)`` replaces each step's draw by the distribution's mean (Pixyz passes its
+    options to the step loss): the value equals the unrolled sum with z_t the filter's mean, every time."""
+    q = Filter()
+    loss = dmm(q, series_var=["x"])
+    x, z0 = simulate(5, 4, seed=0), torch.zeros(5, 1)
+    value = loss.eval({"x": x, "z_prev": z0}, sample_mean=True)
+    hand, z_prev = 0.0, z0
+    for x_t in x:
+        params = q.get_params({"x": x_t, "z_prev": z_prev})
+        q_t = TNormal(params["loc"], params["scale"])
+        hand = hand + kl_divergence(q_t, TNormal(A * z_prev, SZ)).sum(-1).mean()
+        hand = hand - TNormal(C * params["loc"], SX).log_prob(x_t).sum(-1).mean()
+        z_prev = params["loc"]
+    torch.testing.assert_close(value, hand)
+    torch.testing.assert_close(loss.eval({"x": x, "z_prev": z0}, sample_mean=True), value)

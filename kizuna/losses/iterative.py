@@ -168,7 +168,8 @@ class IterativeLoss(Loss):
                 values[self.timestep_var] = t
             if self.slice_step is None:
                 values.update({v: x.select(self.series_dim, t) for v, x in series.items()})
-            step = EvalContext(values)  # fresh results: every node is evaluated anew at each step
+            # fresh results (every node is evaluated anew at each step); the evaluation's options (sample_mean, batch_n)
+            step = EvalContext(values, options=ctx.options)
             total = total + step.value(self.step_loss)
             for i, record in enumerate(self._records):
                 sums[i] = sums[i] + step.results[id(record.term)]
