@@ -300,3 +300,53 @@ def test_gan_save_and_load_both_players(tmp_path) -> None:
     for a, b in ((model.p, fresh.p), (model.discriminator, fresh.discriminator)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert (tmp_path / "gan.pt.discriminator").exists()
+
+
+class ProbD(Bernoulli):
+    """``d(t|x)`` given as probabilities: torch's Bernoulli turns them into logits."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__(var=["t"], cond_var=["x"], name="d")
+        self.logits = nn.Parameter(logits.clone())
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"probs": torch.sigmoid(x @ self.logits)[:, None]}
+
+
+@pytest.mark.parametrize("disc_class", [LogitD, ProbD])
+def test_the_unchecked_discriminator_path_gives_the_checked_values_and_gradients(disc_class, monkeypatch) -> None:
+    """Without validation a Bernoulli discriminator's logits are read from its parameters (no torch object is
+    built); with it, from torch's Bernoulli (which also turns probabilities into logits). Both losses agree in
+    value and gradient, exactly for logits, and equal the JS formulas written with log-sigmoids."""
+    from torch.nn.functional import logsigmoid
+
+    from kizuna.distributions import validation
+
+    x = torch.eye(4, dtype=F64)[torch.tensor([0, 1, 2, 3, 0, 1, 3])]
+    disc = disc_class(torch.tensor([0.3, -1.2, 0.5, 2.0], dtype=F64))
+    # both sides read the given rows (two data distributions), so that every value is known without draws
+    loss = AdversarialJensenShannon(EmpiricalDistribution(var=["x"], name="p"),
+                                    EmpiricalDistribution(var=["x"], name="q"), disc)
+    built = []
+    get_dist = disc.get_dist
+    monkeypatch.setattr(disc, "get_dist", lambda *a, **k: built.append(1) or get_dist(*a, **k))
+    found = {}
+    for checked in (True, False):
+        built.clear()
+        for name, f in (("g", loss), ("d", loss.d_loss())):
+            with validation(checked):
+                value = f.eval({"x": x})
+            found[checked, name] = (value, torch.autograd.grad(value, [disc.logits])[0])
+        # a torch Bernoulli per discriminator call when checked; unchecked, only for probabilities
+        assert len(built) == (4 if checked or disc_class is ProbD else 0)
+    for name in ("g", "d"):
+        (v1, g1), (v2, g2) = found[True, name], found[False, name]
+        exact = disc_class is LogitD
+        torch.testing.assert_close(v2, v1, rtol=0 if exact else 1e-12, atol=0 if exact else 1e-12)
+        torch.testing.assert_close(g2, g1, rtol=0 if exact else 1e-12, atol=0 if exact else 1e-12)
+    with torch.no_grad():
+        logit = x @ disc.logits
+        hand_g = -(logsigmoid(-logit).mean() + logsigmoid(logit).mean())
+        hand_d = -(logsigmoid(logit).mean() + logsigmoid(-logit).mean())
+    torch.testing.assert_close(found[False, "g"][0].detach(), hand_g)
+    torch.testing.assert_close(found[False, "d"][0].detach(), hand_d)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from kizuna._text import LATEX, format_name
 from kizuna.distributions.base import Distribution, batch_size_of
 from kizuna.distributions.families import Bernoulli
+from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 
 _LOG_MIN = -100.0  # log(0) is clamped here, as torch's binary cross-entropy does
@@ -91,7 +92,12 @@ class AdversarialLoss(Loss):
         """The discriminator's output (a logit for a Bernoulli), one value per row."""
         d = self.d
         if isinstance(d, Bernoulli):
-            out = d.get_dist(values, independent=False).logits
+            out = None
+            if not validation_enabled():  # the logits as the network gave them, without a torch object
+                d._require(values, d._cond_var)
+                out = d._params(values).get("logits")
+            if out is None:  # validated (the first step), or given probabilities: torch's Bernoulli
+                out = d.get_dist(values, independent=False).logits
         else:
             out = d.sample(values, return_all=False)[d.var[0]]
         if out.dim() > 1:
