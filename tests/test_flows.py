@@ -538,3 +538,19 @@ def test_flowlist_sums_the_log_determinants_of_the_layers_that_change_volume():
     assert still.volume_preserving
     assert torch.equal(still.forward_and_logdet(x.float())[1], torch.zeros(5))
     assert torch.equal(still.inverse_and_logdet(x.float())[1], torch.zeros(5))
+
+
+def test_reverse_is_the_permutation_of_the_reversed_indices():
+    """`Reverse` flips dimension 1 (its own faster path): the same values, log-determinants and gradients as the
+    general `Permutation` with indices D-1, ..., 0, on vectors and on images, both ways."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5, 6), (3, 4, 2, 2)]:
+        fast, general = Reverse(shape[1]), Permutation(list(range(shape[1] - 1, -1, -1)))
+        x = torch.randn(shape, generator=g, requires_grad=True)
+        weights = torch.randn(shape, generator=g)
+        for way in ("forward_and_logdet", "inverse_and_logdet"):
+            (a, la), (b, lb) = getattr(fast, way)(x), getattr(general, way)(x)
+            assert torch.equal(a, b) and torch.equal(la, lb)
+            ga, = torch.autograd.grad((a * weights).sum(), x)
+            gb, = torch.autograd.grad((b * weights).sum(), x)
+            assert torch.equal(ga, gb)

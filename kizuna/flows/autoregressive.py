@@ -50,8 +50,8 @@ class _AutoregressiveAffine(Flow):
             raise ValueError(f"{type(self).__name__}: {what} must be (batch, {self.in_features}), got {tuple(x.shape)}")
 
     def _params(self, inp: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        out = self.made(inp, y)
-        return out[:, 0], out[:, 1]
+        mu, alpha = self.made(inp, y).unbind(1)  # one backward node (a stack), not two selects
+        return mu, alpha
 
     def _affine(self, inp: Tensor, mu: Tensor, alpha: Tensor) -> Tensor:
         """The map of the parallel direction, given its parameters."""

@@ -56,3 +56,11 @@ class Reverse(Permutation):
 
     def __init__(self, in_features: int) -> None:
         super().__init__(torch.arange(in_features - 1, -1, -1))
+
+    # flip is the same map as the index_select of the reversed indices, and its backward is a flip too (an
+    # index_select's backward fills a zeros tensor by index_add)
+    def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        return x.flip(1), x.new_zeros(x.shape[0])
+
+    def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        return z.flip(1), z.new_zeros(z.shape[0])

@@ -67,9 +67,10 @@ class Preprocess(Flow):
         u = torch.rand_like(x) if self.dequantize else torch.full_like(x, 0.5)
         v = (x * (self.levels - 1) + u) / self.levels
         p = 0.5 * self.alpha + (1.0 - self.alpha) * v
-        z = torch.log(p) - torch.log1p(-p)
-        per_pixel = math.log((self.levels - 1) / self.levels) + math.log(1.0 - self.alpha) + F.softplus(-z) \
-            + F.softplus(z)  # -log p - log(1 - p) = softplus(-z) + softplus(z)
+        log_p, log_1mp = torch.log(p), torch.log1p(-p)
+        z = log_p - log_1mp
+        # dz/dp = 1/p + 1/(1 - p): the per-pixel log-Jacobian is -log p - log(1 - p), from the logs of the logit
+        per_pixel = (math.log((self.levels - 1) / self.levels) + math.log(1.0 - self.alpha)) - (log_p + log_1mp)
         return z, row_sum(per_pixel)
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
