@@ -33,20 +33,22 @@ Tensor = torch.Tensor
 
 class EvalContext:
     """The values one evaluation sees, every node's result (keyed by node identity), the draws
-    made so far, and the evaluation's options (``batch_n``, ``sample_mean``)."""
+    made so far, the evaluation's options (``batch_n``, ``sample_mean``), and whether the caller asked for
+    the draws or the terms (``report``; a loop such as `IterativeLoss` gathers them only then)."""
 
-    __slots__ = ("values", "results", "samples", "options")
+    __slots__ = ("values", "results", "samples", "options", "report")
 
     def __init__(self, values: dict[str, Any], samples: dict[str, Any] | None = None,
-                 options: dict[str, Any] | None = None) -> None:
+                 options: dict[str, Any] | None = None, report: bool = True) -> None:
         self.values = values
         self.results: dict[int, Tensor] = {}
         self.samples = {} if samples is None else samples
         self.options = {} if options is None else options
+        self.report = report
 
     def child(self, values: dict[str, Any]) -> EvalContext:
-        """A context with other values (inside an expectation); draws and options are shared."""
-        return EvalContext(values, self.samples, self.options)
+        """A context with other values (inside an expectation); draws, options and ``report`` are shared."""
+        return EvalContext(values, self.samples, self.options, self.report)
 
     def value(self, node: Loss) -> Tensor:
         key = id(node)
@@ -175,7 +177,7 @@ class Loss(nn.Module):
             missing = [v for v in self._input_var if v not in x_dict]
             given = ", ".join(sorted(x_dict)) or "nothing"
             raise ValueError(f"the loss {self} needs {', '.join(missing)}, but was given {given}")
-        ctx = EvalContext(x_dict, options=options)
+        ctx = EvalContext(x_dict, options=options, report=return_dict or return_terms)
         with shared_parameters():
             loss = ctx.value(self)
         if not (return_dict or return_terms):

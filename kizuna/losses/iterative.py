@@ -162,19 +162,20 @@ class IterativeLoss(Loss):
         total: Any = 0.0
         sums: list[Any] = [0.0] * len(self._records)
         drawn: dict[str, list[Tensor]] = {}
-        mark = step_mark()
+        mark, report = step_mark(), ctx.report
         for t in range(steps):
             if self.timestep_var is not None:
                 values[self.timestep_var] = t
             if self.slice_step is None:
                 values.update({v: x.select(self.series_dim, t) for v, x in series.items()})
             # fresh results (every node is evaluated anew at each step); the evaluation's options (sample_mean, batch_n)
-            step = EvalContext(values, options=ctx.options)
+            step = EvalContext(values, options=ctx.options, report=report)
             total = total + step.value(self.step_loss)
-            for i, record in enumerate(self._records):
-                sums[i] = sums[i] + step.results[id(record.term)]
-            for k, v in step.samples.items():
-                drawn.setdefault(k, []).append(v)
+            if report:  # the terms' sums and the draws over time, for a caller who asked for them
+                for i, record in enumerate(self._records):
+                    sums[i] = sums[i] + step.results[id(record.term)]
+                for k, v in step.samples.items():
+                    drawn.setdefault(k, []).append(v)
             values.update(step.samples)
             release_step(mark)  # the step's memo entries: its inputs are new tensors at the next step
             carried = {dst: values[src] for src, dst in self.update_value.items() if src in values}
@@ -182,7 +183,8 @@ class IterativeLoss(Loss):
                 values.pop(src, None)
             values.update(carried)
         for record, value in zip(self._records, sums):
-            ctx.results[id(record)] = torch.as_tensor(value)
+            if report:
+                ctx.results[id(record)] = torch.as_tensor(value)
         for k, vs in drawn.items():  # the draws of every step, stacked along the time dimension
             if len(vs) == steps and all(v.shape == vs[0].shape for v in vs):
                 ctx.samples[k] = torch.stack(vs, self.series_dim)
