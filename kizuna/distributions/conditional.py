@@ -52,7 +52,8 @@ def _inputs(cond_var: Sequence[str], cond: Mapping[str, Tensor]) -> Tensor:
     """The conditioning values side by side, in ``cond_var`` order (features flattened); one value is used
     as it is (no copy, no concatenation in the backward pass)."""
     if len(cond_var) == 1:
-        return cond[cond_var[0]].flatten(1)
+        value = cond[cond_var[0]]
+        return value if value.dim() == 2 else value.flatten(1)
     return torch.cat([cond[name].flatten(1) for name in cond_var], dim=-1)
 
 
@@ -77,7 +78,7 @@ class MLPNormal(Normal):
         self.raw_scale = nn.Parameter(torch.zeros(sizes[-1])) if shared_scale else None
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
-        out = self.net(_inputs(self.cond_var, cond))
+        out = self.net(_inputs(self._cond_var, cond))
         if self.raw_scale is not None:
             return {"loc": out, "scale": (F.softplus(self.raw_scale) + self.min_scale).expand_as(out)}
         loc, s = out.chunk(2, -1)
@@ -93,7 +94,7 @@ class MLPBernoulli(Bernoulli):
         self.net = MLP(*_sizes(sizes, "MLPBernoulli"))
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
-        return {"logits": self.net(_inputs(self.cond_var, cond))}
+        return {"logits": self.net(_inputs(self._cond_var, cond))}
 
 
 class MLPCategorical(Categorical):
@@ -105,4 +106,4 @@ class MLPCategorical(Categorical):
         self.net = MLP(*_sizes(sizes, "MLPCategorical"))
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
-        return {"logits": self.net(_inputs(self.cond_var, cond))}
+        return {"logits": self.net(_inputs(self._cond_var, cond))}
