@@ -106,17 +106,21 @@ def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Te
                  reference: Step, reference_loss: Callable[[], torch.Tensor]) -> None:
     """Where kizuna's extra step time lies, by this thread's CPU time over interleaved blocks (ratios to
     the hand-written step, or forward to forward): ``Model.train``; a plain ``zero_grad`` / ``eval`` /
-    ``backward`` / Adam loop on the same loss (the difference is `Model`'s own work); the loss's forward
+    ``backward`` / clip (where the Model clips) / Adam loop on the same loss (the difference is `Model`'s own
+    work); the loss's forward
     pass alone without gradients, against the hand-written loss's."""
     from kizuna.distributions import validation
 
     group = model.optimizer.param_groups[0]  # the same Adam as the Model's (fused or not)
-    opt = torch.optim.Adam(group["params"], lr=group["lr"], fused=group.get("fused"))
+    opt = torch.optim.Adam(group["params"], lr=group["lr"], betas=group["betas"], fused=group.get("fused"))
+    clip = getattr(model, "clip_grad_norm", None)  # clipped as the Model clips (and as the references do)
 
     def loop() -> None:
         with validation(False):  # as Model.train after its first (validated) step
             opt.zero_grad()
             model.loss_cls.eval(batch).backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(group["params"], clip)
             opt.step()
 
     def forward() -> None:
