@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f.write(json.dumps(row) + "\n")
     keys = ["ari", "n_concepts"] + [k for k in ("name_accuracy", "name_f_connected", "name_f_paired", "name_f_alone",
                                                                 "name_f_new_connected", "name_f_new_paired",
-                                                                "name_f_new_alone")
+                                                                "name_f_new_alone", "name_f_new_connected_placed")
                                      if rows[0].get(k) is not None]
     print(f"mean over {len(rows)} seeds: " + ", ".join(f"{k} {np.mean([r[k] for r in rows]):.3f}" for k in keys))
     for name in rows[0]["parts"]:

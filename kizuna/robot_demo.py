@@ -159,7 +159,8 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
     ``sweeps``, ``concept``, ``segmenter`` and ``shuffle_concepts`` as in `integrated`; the segmenter alone gets
     the same options). With phonemes and ``new_utterances`` > 0, the fitted segmenters also segment that many
     utterances of a new draw of the house (seed 20,000 + ``seed``) by `WordSegmenter.segment`, and the place
-    names' F on them is reported (``name_f_new_*``)."""
+    names' F on them is reported (``name_f_new_*``; under the one-name model also with the concept posterior at
+    the new positions, ``name_f_new_connected_placed``)."""
     house = simulated_house(n_events, seed=seed)
     test = simulated_house(1000, seed=10_000 + seed)
     start = time.perf_counter()
@@ -183,7 +184,11 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
             new = simulated_house(new_utterances, seed=20_000 + seed)
             for key, module in (("connected", seg), ("paired", paired), ("alone", alone)):
                 result[f"name_f_new_{key}"] = place_name_f(new, module.segment(new["utterance"]))
-            if seg.prior_mode == "name":  # the connected language model alone, NAME standing for every name
+            if seg.prior_mode == "name":
+                # the places known: the concept posterior at the positions where the utterances were heard
+                result["name_f_new_connected_placed"] = place_name_f(new, seg.segment(
+                    new["utterance"], concepts=spco.predict_concepts(new["position"])))
+                # the connected language model alone, NAME standing for every name
                 result["name_f_new_connected_plain"] = place_name_f(new, [seg.model_.viterbi(u)
                                                                          for u in new["utterance"]])
         for key, module in (("connected", seg), ("paired", paired), ("alone", alone)):  # name moves accepted / tried
@@ -209,8 +214,8 @@ def _print(result: dict[str, Any]) -> None:
     if "name_f_new_connected" in result:
         print(f"  the same on new utterances (segment()): connected {result['name_f_new_connected']:.3f}, paired "
               f"control {result['name_f_new_paired']:.3f}, alone {result['name_f_new_alone']:.3f}"
-              + (f"; connected without its name slot {result['name_f_new_connected_plain']:.3f}"
-                 if "name_f_new_connected_plain" in result else ""))
+              + (f"; connected, places known {result['name_f_new_connected_placed']:.3f}, without its name slot "
+                 f"{result['name_f_new_connected_plain']:.3f}" if "name_f_new_connected_plain" in result else ""))
 
 
 def save_figures(result: dict[str, Any], out: Path) -> list[Path]:

@@ -65,7 +65,7 @@ def test_new_utterances_are_segmented_by_the_fitted_segmenters(capsys):
     for the connected, paired and alone segmenters, printed beside the fit's own."""
     result = robot_demo.run(0, 120, "phonemes", 2, sweeps=5, segmenter={"prior_mode": "name", "n_iter": 3},
                             new_utterances=20)
-    for key in ("connected", "paired", "alone", "connected_plain"):
+    for key in ("connected", "paired", "alone", "connected_plain", "connected_placed"):
         assert 0.0 <= result[f"name_f_new_{key}"] <= 1.0
     robot_demo._print(result)
     assert "new utterances (segment())" in capsys.readouterr().out

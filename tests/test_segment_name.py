@@ -5,6 +5,7 @@ paths), seating against a rebuilt model, the name moves under it, and the module
 
 import numpy as np
 import pytest
+import torch
 from npylm_reference import segmentations
 from scipy import stats
 
@@ -196,10 +197,43 @@ def test_name_segmenter_under_a_concept_module():
     assert all("".join(w) == u for w, u in zip(seg.segment(new), new))
     with pytest.raises(ValueError, match="NAME"):
         seg.segment(["ab\x04c"])
+    # with the places of the new utterances known (the concept posterior at their positions), each concept's
+    # names weighted by the utterance's row: G(w) = sum_l r_l (c_l(w) + a p0(w)) / (T_l + a), where c_l(w) counts
+    # the fit's slot words w with their utterances' posterior r_nl and T_l every slot word's
+    newhouse = simulated_house(40, seed=1)
+    rows = spco.predict_concepts(newhouse["position"])
+    fit = seg.concepts_.numpy()
+    assert fit.shape == (120, rows.shape[1]) and np.allclose(fit.sum(1), 1)
+    names, first = seg._new_names(len(new), rows)
+    assert first == 120
+    words = seg.chain_segmentations_[0]
+    slot_words = [None if i is None else ws[i] for ws, i in zip(words, slots)]
+    a = seg.slot_concentration
+    totals = sum(fit[n] for n, w in enumerate(slot_words) if w is not None)
+    for w in sorted({w for w in slot_words if w is not None})[:6] + ["zzb"]:  # seen slot words, and an unseen string
+        c = sum((fit[n] for n, v in enumerate(slot_words) if v == w), np.zeros(fit.shape[1]))
+        p0 = seg.model_.chars.p0(w)
+        for m in (0, 7):
+            hand = float(rows[m] / rows[m].sum() @ ((c + a * p0) / (totals + a)))
+            assert names.names.prob(first + m, w, p0) == pytest.approx(hand, rel=1e-12)
+    placed = seg.segment(new, concepts=rows)
+    assert placed == [name_viterbi(seg.model_, s, names, first + m)[0] for m, s in enumerate(new)]
+    assert all("".join(w) == u for w, u in zip(placed, new))
+    assert seg.segment(new, concepts=torch.as_tensor(rows) * 3) == placed  # a tensor, rows normalised
+    with pytest.raises(ValueError, match="one row per utterance"):
+        seg.segment(new, concepts=rows[:5])
+    with pytest.raises(ValueError, match="non-negative"):
+        seg.segment(new, concepts=-rows)
+    # the concept posterior of the fit is part of the saved state
+    again = km.WordSegmenter(n_iter=4, sweeps_per_update=1, prior_mode="name", type_moves=2, name="seg")
+    again.load_state_dict(seg.state_dict())
+    assert torch.equal(again.concepts_, seg.concepts_)
     paired = km.WordSegmenter(n_iter=4, prior_mode="name", random_state=0).fit(house["utterance"][:40])
     paired.resume(1, 0)
     assert paired.chain_slots_[0] is None
     seen = house["utterance"][:40]
     assert paired.segment(seen) == [paired.model_.viterbi(s) for s in seen]  # no slots in force: the plain model
+    with pytest.raises(ValueError, match="one-name model"):
+        paired.segment(seen, concepts=np.ones((40, 3)))
     with pytest.raises(ValueError, match="NAME"):
         km.WordSegmenter(prior_mode="name", n_iter=1).fit(["ab\x04c"])

@@ -55,7 +55,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -129,6 +129,7 @@ class WordSegmenter(Module):
         selected_: int = 0
         relearned_: bool = False
         chain_slots_: list = field(default_factory=list)
+        concepts_: torch.Tensor | None = None  # the last concept posterior received (N×L; `segment(concepts=)`)
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
                  n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 1.0,
@@ -153,6 +154,7 @@ class WordSegmenter(Module):
         self.prior_mode, self.slot_weight, self.slot_concentration = prior_mode, slot_weight, slot_concentration
         self._slot_rho: list[list[list[float]] | None] = []
         self.chain_slots_: list[list[int | None] | None] = []  # the one-name model's slots (None: not in force)
+        self.concepts_: torch.Tensor | None = None
         self.relearn, self.relearned_ = relearn, False
         if n_chains < 1 or selection_beta <= 0:
             raise ValueError(f"WordSegmenter {self.name}: need n_chains >= 1 and selection_beta > 0")
@@ -328,23 +330,51 @@ class WordSegmenter(Module):
         self._select(rng, None)
         return self
 
-    def segment(self, utterances: Sequence[str]) -> list[list[str]]:
-        """The most probable segmentation of each utterance under the fitted model. When the one-name model is in
-        force (``prior_mode="name"``, connected), jointly with its name slot: the language model holds NAME in
-        place of the names, which are spelled by the concepts' name distributions pooled over the concepts (the
-        place of a new utterance is not known), i.e. a Dirichlet process over the slot words of the fit."""
+    def segment(self, utterances: Sequence[str], concepts: Any = None) -> list[list[str]]:
+        """The most probable segmentation of each utterance under the fitted model.
+
+        When the one-name model is in force (``prior_mode="name"``, connected), jointly with its name slot: the
+        language model holds NAME in place of the names, which each concept's name distribution spells. Without
+        ``concepts`` the place of a new utterance is not known and the names are pooled over the concepts (one
+        Dirichlet process over the slot words of the fit); ``concepts`` (M×L, one row per utterance, e.g.
+        `SpatialConcept.predict_concepts` at the positions where they were heard) weights each concept's names
+        by the utterance's row, as the fit does (rows are normalised)."""
         model = self._rebuilt(self._random(generator_for(self.random_state)))
         if model is None:
             raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
         utterances = self._check(utterances)
         slots = self.chain_slots_[self.selected_] if self.selected_ < len(self.chain_slots_) else None
         if slots is None:
+            if concepts is not None:
+                raise ValueError(f"WordSegmenter {self.name}: concepts are used by the one-name model "
+                                 "(prior_mode='name', after an update under a concept module), not in force here")
             return [model.viterbi(s) for s in utterances]
         if any(NAME in s for s in utterances):
             raise ValueError(f"WordSegmenter {self.name}: utterances may not contain \\x04 (the NAME token)")
-        segmentation = self.chain_segmentations_[self.selected_]
-        pooled = NameSlots.counted(np.ones((len(segmentation), 1)), segmentation, slots, self.slot_concentration)
-        return [name_viterbi(model, s, pooled)[0] for s in utterances]
+        names, first = self._new_names(len(utterances), concepts)
+        return [name_viterbi(model, s, names, first + m)[0] for m, s in enumerate(utterances)]
+
+    def _new_names(self, m: int, concepts: Any) -> tuple[NameSlots, int]:
+        """The name distributions of ``m`` new utterances under the fitted one-name model (`segment`): the fit's
+        slots counted, and the index of the first new utterance's distribution (the new utterances come after the
+        fit's, with no slot words). Without ``concepts``, one concept pooling every name; with them (M×L), their rows
+        after the fit's concept posterior."""
+        segmentation, slots = self.chain_segmentations_[self.selected_], self.chain_slots_[self.selected_]
+        padded = [*segmentation, *([[]] * m)], [*slots, *([None] * m)]
+        if concepts is None:
+            return NameSlots.counted(np.ones((len(segmentation) + m, 1)), *padded, self.slot_concentration), \
+                len(segmentation)
+        fit = self.concepts_.double().numpy() if self.concepts_ is not None else None
+        rows = np.asarray(concepts.detach().cpu() if isinstance(concepts, torch.Tensor) else concepts, dtype=float)
+        if fit is None or fit.shape[0] != len(segmentation):
+            raise RuntimeError(f"WordSegmenter {self.name}: the concept posterior of the fit is not available")
+        if rows.ndim != 2 or rows.shape != (m, fit.shape[1]):
+            raise ValueError(f"WordSegmenter {self.name}: concepts must be {m}×{fit.shape[1]} (one row per "
+                             f"utterance, one column per concept), got shape {rows.shape}")
+        if not np.isfinite(rows).all() or (rows < 0).any() or not (rows.sum(1) > 0).all():
+            raise ValueError(f"WordSegmenter {self.name}: concepts must be finite, non-negative, rows not all zero")
+        rows = rows / rows.sum(1, keepdims=True)
+        return NameSlots.counted(np.vstack([fit, rows]), *padded, self.slot_concentration), len(segmentation)
 
     def word_counts(self) -> np.ndarray:
         """``N×V`` counts of ``vocabulary_`` in the current segmentation (recomputes ``vocabulary_``)."""
@@ -382,6 +412,7 @@ class WordSegmenter(Module):
                                      f"{len(self.utterances_)} utterances")
                 concepts = backward.value.detach().cpu().double().numpy().clip(0.0)
                 concepts /= concepts.sum(1, keepdims=True).clip(1e-300)
+                self.concepts_ = torch.from_numpy(concepts)
             elif backward is not None and backward.width == len(self.vocabulary_):
                 boosts = self._boosts(backward.value)
             if self.relearn and not self.relearned_ and (concepts is not None or boosts is not None):
