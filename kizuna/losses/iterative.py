@@ -182,8 +182,8 @@ class IterativeLoss(Loss):
             for src in self.update_value:
                 values.pop(src, None)
             values.update(carried)
-        for record, value in zip(self._records, sums):
-            if report:
+        if report:
+            for record, value in zip(self._records, sums):
                 ctx.results[id(record)] = torch.as_tensor(value)
         for k, vs in drawn.items():  # the draws of every step, stacked along the time dimension
             if len(vs) == steps and all(v.shape == vs[0].shape for v in vs):
