@@ -218,3 +218,27 @@ def test_evaluation_options_reach_every_step():
         z_prev = params["loc"]
     torch.testing.assert_close(value, hand)
     torch.testing.assert_close(loss.eval({"x": x, "z_prev": z0}, sample_mean=True), value)
+
+
+def test_update_value_reads_every_source_before_writing_a_target():
+    """A second-order autoregression written with a chain of carried values, ``{"x": "x_prev", "x_prev":
+    "x_prev2"}``: at step t, ``x_prev`` is x_{t-1} and ``x_prev2`` is x_{t-2} (the old ``x_prev`` is moved on
+    before the new one arrives). The sum equals log N(x_t; a x_{t-1} + b x_{t-2}, s^2) summed by hand."""
+    a, b, s = 0.6, -0.3, 0.5
+
+    class AR2(Normal):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["x_prev", "x_prev2"], name="p")
+
+        def forward(self, x_prev, x_prev2):
+            return {"loc": a * x_prev + b * x_prev2, "scale": torch.full_like(x_prev, s)}
+
+    loss = IterativeLoss(LogProb(AR2()).sum(), series_var=["x"], update_value={"x": "x_prev", "x_prev": "x_prev2"})
+    x = torch.randn(6, 4, 2, generator=torch.Generator().manual_seed(0))
+    start, start2 = torch.full((4, 2), 0.5), torch.full((4, 2), -1.0)
+    value = loss.eval({"x": x, "x_prev": start, "x_prev2": start2})
+    hand, prev, prev2 = 0.0, start, start2
+    for x_t in x:
+        hand = hand + TNormal(a * prev + b * prev2, s).log_prob(x_t).sum()
+        prev, prev2 = x_t, prev
+    torch.testing.assert_close(value, hand)

@@ -211,6 +211,13 @@ def test_normal_hooks_are_torchs_formulas_and_random_stream() -> None:
     ours = n._rsample_kernel(torch.Size([3, 6, 4]), params)
     torch.manual_seed(5)
     assert torch.equal(ours, D.Normal(loc, scale).rsample((3,)))
+    # one draw per row (the parameters' own shape), also from views that are not contiguous: a column block of a
+    # network's output (as ``chunk`` gives) and a transposed tensor; torch fills its draw in row-major order
+    for view in (torch.cat([loc, scale], -1)[:, :4], loc.T.contiguous().T):
+        torch.manual_seed(6)
+        ours = n._rsample_kernel(view.shape, {"loc": view, "scale": scale})
+        torch.manual_seed(6)
+        assert torch.equal(ours, D.Normal(view, scale).rsample())
     q_loc, q_scale = torch.randn(1, 4, dtype=torch.float64), torch.rand(1, 4, dtype=torch.float64) + 0.5
     torch.testing.assert_close(n._kl_kernel(Normal(var=["x"]), params, {"loc": q_loc, "scale": q_scale}),
                                D.kl_divergence(D.Normal(loc, scale), D.Normal(q_loc, q_scale)), rtol=0, atol=0)
@@ -345,3 +352,20 @@ def test_normal_score_hook_is_the_gradient_of_the_log_density() -> None:
     with validation(False):
         got = noise.closed_form_score({"y": x.detach(), "m": loc, "s": scale})
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_parameters_without_an_input_name_it():
+    """The evaluation checks a loss's inputs once, at its top; a distribution asked for its parameters without
+    one of its inputs (here through ``kl_parts``, which checks nothing first) still names what is missing,
+    whether the input feeds a network or names a parameter."""
+
+    class Net(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+
+        def forward(self, x):
+            return {"loc": x, "scale": torch.ones_like(x)}
+
+    for q in (Net(), Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")):
+        with pytest.raises(ValueError, match=r"q\(z\|x\) needs x, but was given y"):
+            q.kl_parts({"y": torch.zeros(2, 3)})

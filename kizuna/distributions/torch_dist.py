@@ -268,7 +268,11 @@ class TorchDistribution(Distribution):
     def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if self._uses_forward:
-            inputs = dict(zip(self._cond_var, map(x_dict.__getitem__, self._cond_var)))
+            try:
+                inputs = dict(zip(self._cond_var, map(x_dict.__getitem__, self._cond_var)))
+            except KeyError:
+                self._require(x_dict, self._cond_var)  # names what is missing
+                raise
             if not torch.is_grad_enabled():  # a network gets ordinary tensors (it may call .numpy())
                 inputs = {k: v.materialize() if type(v) is RepeatedRows else v for k, v in inputs.items()}
             try:
@@ -286,8 +290,14 @@ class TorchDistribution(Distribution):
                 shapes = ", ".join(f"{k} of shape {_shape_text(v)}" for k, v in inputs.items())
                 first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
                 raise ValueError(f"{self.prob_text}: forward() failed on {shapes}: {first}") from err
-            params.update(self._check_forward(out))
+            if type(out) is not dict or not out.keys() <= self._param_set:
+                out = self._check_forward(out)
+            if not (self._from_var or self._const_names or self._static):  # all from forward (the usual case)
+                return dict(out)
+            params.update(out)
         for key, cond in self._from_var.items():
+            if cond not in x_dict:
+                self._require(x_dict, self._cond_var)
             params[key] = x_dict[cond]
         like: Any = False  # the first floating parameter from the inputs, found when a number needs it
         for key in self._const_names:
@@ -508,8 +518,11 @@ class TorchDistribution(Distribution):
         (constants) broadcast to the rows of the other values in ``x_dict``."""
         if batch_n is not None:
             return batch_n
-        rows = next((v.shape[0] for k, v in params.items() if isinstance(v, Tensor) and v.dim() > 0
-                     and k not in self._static), 1)
+        rows = 1
+        for k, v in params.items():  # a plain loop: this runs at every draw
+            if isinstance(v, Tensor) and v.dim() > 0 and k not in self._static:
+                rows = v.shape[0]
+                break
         return rows if rows != 1 else (batch_size_of(x_dict) or 1)
 
     def _draw(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None, n: int,
@@ -520,7 +533,7 @@ class TorchDistribution(Distribution):
         if reparam and self._hooks["_rsample_kernel"] and self.has_reparam and not validation_enabled():
             shape = self._kernel_shape(params, rows)
             if shape is not None:
-                z = self._rsample_kernel(torch.Size(lead) + shape, params)
+                z = self._rsample_kernel(torch.Size(lead) + shape if lead else shape, params)
                 if z is not None:
                     return z
         dist = self._torch_dist(x_dict)

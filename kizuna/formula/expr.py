@@ -51,10 +51,11 @@ class EvalContext:
         return EvalContext(values, self.samples, self.options, self.report)
 
     def value(self, node: Loss) -> Tensor:
-        key = id(node)
-        if key not in self.results:
-            self.results[key] = node._value(self)
-        return self.results[key]
+        results, key = self.results, id(node)
+        if key in results:
+            return results[key]
+        value = results[key] = node._value(self)
+        return value
 
 
 def _term_mean(value: Tensor) -> Tensor:

@@ -85,8 +85,6 @@ class KullbackLeibler(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         if self.method == "monte_carlo":
             return ctx.value(self._mc)
-        self.p._require(ctx.values, self.p._cond_var)
-        self.q._require(ctx.values, self.q._cond_var)
         fp, pp = self.p.kl_parts(ctx.values)
         fq, qp = self.q.kl_parts(ctx.values)
         if self.dim is not None:

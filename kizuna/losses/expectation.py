@@ -31,8 +31,10 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
     a distribution without batched inputs.
     """
     names = p.input_var
-    own, inputs = set(p.var), set(names)
-    given = {k: v for k, v in ctx.values.items() if k in inputs or k not in own}
+    given = ctx.values
+    if any(map(given.__contains__, p._var)):  # earlier values of the drawn variables are not its inputs
+        own, inputs = set(p._var), set(names)
+        given = {k: v for k, v in given.items() if k in inputs or k not in own}
     p._require(given, names)
     batch_n = ctx.options.get("batch_n")
     if batch_n is None:
@@ -116,7 +118,7 @@ class Expectation(Loss):
         logp = score_log_prob(self.p, values, pathwise=True)
         if logp is not None:
             f = f + f.detach() * (logp - logp.detach())
-        return average(f, n)
+        return f if n == 1 else average(f, n)
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["expect"].format(self.p.prob_text, self.f._render(fmt))

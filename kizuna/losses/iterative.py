@@ -167,7 +167,8 @@ class IterativeLoss(Loss):
             if self.timestep_var is not None:
                 values[self.timestep_var] = t
             if self.slice_step is None:
-                values.update({v: x.select(self.series_dim, t) for v, x in series.items()})
+                for v, x in series.items():
+                    values[v] = x.select(self.series_dim, t)
             # fresh results (every node is evaluated anew at each step); the evaluation's options (sample_mean, batch_n)
             step = EvalContext(values, options=ctx.options, report=report)
             total = total + step.value(self.step_loss)
@@ -178,9 +179,10 @@ class IterativeLoss(Loss):
                     drawn.setdefault(k, []).append(v)
             values.update(step.samples)
             release_step(mark)  # the step's memo entries: its inputs are new tensors at the next step
-            carried = {dst: values[src] for src, dst in self.update_value.items() if src in values}
-            for src in self.update_value:
-                values.pop(src, None)
+            carried = []  # every source is read before any target is written (a swap works)
+            for src, dst in self.update_value.items():
+                if src in values:
+                    carried.append((dst, values.pop(src)))
             values.update(carried)
         if report:
             for record, value in zip(self._records, sums):
