@@ -103,12 +103,14 @@ def report_speed(args: argparse.Namespace, kizuna: Step, reference: Step, profil
 
 
 def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Tensor], kizuna: Step,
-                 reference: Step, reference_loss: Callable[[], torch.Tensor]) -> None:
+                 reference: Step, reference_loss: Callable[[], torch.Tensor],
+                 other_forwards: dict[str, Callable[[], Any]] | None = None) -> None:
     """Where kizuna's extra step time lies, by this thread's CPU time over interleaved blocks (ratios to
     the hand-written step, or forward to forward): ``Model.train``; a plain ``zero_grad`` / ``eval`` /
     ``backward`` / clip (where the Model clips) / Adam loop on the same loss (the difference is `Model`'s own
     work); the loss's forward
-    pass alone without gradients, against the hand-written loss's."""
+    pass alone without gradients, against the hand-written loss's; and ``other_forwards`` (name: a loss
+    computed another way), also without gradients, against the same."""
     from kizuna.distributions import validation
 
     group = model.optimizer.param_groups[0]  # the same Adam as the Model's (fused or not)
@@ -131,15 +133,22 @@ def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Te
         with torch.no_grad():
             reference_loss()
 
+    def without_gradients(fn: Callable[[], Any]) -> Step:
+        def run() -> None:
+            with validation(False), torch.no_grad():
+                fn()
+        return run
+
+    others = {name: without_gradients(fn) for name, fn in (other_forwards or {}).items()}
     cases = {"Model.train": kizuna, "plain loop": loop, "reference": reference,
-             "kizuna forward": forward, "reference forward": reference_forward}
+             "kizuna forward": forward, "reference forward": reference_forward, **others}
     repeats, calls = (3, 3) if args.quick else (args.repeats, args.calls)
     times = interleaved(cases, repeats, calls, warmup=5, block_warmup=2, clock=time.thread_time)
     steps, forwards = ratios(times, "reference"), ratios(times, "reference forward")
     print("  split (this thread's CPU time, median of interleaved repeats):")
     for name in ("Model.train", "plain loop", "reference"):
         print(f"    {name:18s} {statistics.median(times[name]) * 1e3:7.2f} ms  {steps[name]:.3f} of the reference step")
-    for name in ("kizuna forward", "reference forward"):
+    for name in ("kizuna forward", *others, "reference forward"):
         print(f"    {name:18s} {statistics.median(times[name]) * 1e3:7.2f} ms  {forwards[name]:.3f} of the reference "
               "forward (no gradients)")
     for name, fn in (("kizuna forward", forward), ("reference forward", reference_forward)):

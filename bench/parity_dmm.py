@@ -87,6 +87,26 @@ def hand_loss(d: dict, x: torch.Tensor) -> torch.Tensor:
     return total.mean()
 
 
+def kernels_loss(d: dict, x: torch.Tensor) -> torch.Tensor:
+    """`hand_loss` computed with kizuna's own pieces but no formula layer: each distribution's ``forward``
+    and the Normal family's closed-form kernels (KL, reparameterised draw, log-density) called directly, in
+    the same order. Its time against `hand_loss`'s is what the networks and kernels cost as kizuna writes
+    them (the distributions' dicts, the MLP distribution's wrapper, the emission's expanded σ); the rest of
+    kizuna's forward is the formula layer (the parameter memo, the module calls of the distributions, the
+    loss's nodes)."""
+    q, transition, emission = d["q"], d["transition"], d["emission"]
+    h = d["rnn"].forward(x)["h"]
+    z = x.new_zeros(x.shape[0], q.from_z.in_features)
+    total = x.new_zeros(())
+    for t in range(x.shape[1]):
+        q_params, p_params = q.forward(h=h[:, t], z_prev=z), transition.forward(z_prev=z)
+        kl = q._kl_kernel(transition, q_params, p_params).sum(-1)
+        z = q._rsample_kernel(q_params["loc"].shape, q_params)
+        log_lik = emission._log_prob_kernel(x[:, t], emission.forward(z=z)).sum(-1)
+        total = total + (kl - log_lik)
+    return total.mean()
+
+
 def evaluate(d: dict, x_test: torch.Tensor, cfg: dict, seed: int) -> dict[str, float]:
     """The same code for both trained networks: the example's loss on the test sequences (ELBO per time
     step) and its one-step-ahead prediction MSE, from the same random state."""
@@ -159,7 +179,13 @@ def speed(args: argparse.Namespace, cfg: dict) -> None:
               + (f" (not compiled: {model.compile_error})" if model.compile_error else ""))
     report_speed(args, k_step, r_step, kizuna_title="kizuna Model.train" + (" (compile=True)" if args.compile else ""))
     if args.split:
-        report_split(args, model, batch, k_step, r_step, lambda: hand_loss(d_r, x))
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # the same draws: the same loss both ways
+            torch.manual_seed(5)
+            a = kernels_loss(d_r, x).item()
+            torch.manual_seed(5)
+            print(f"  kernels only against the reference: |diff| = {abs(a - hand_loss(d_r, x).item()):.3g}")
+        report_split(args, model, batch, k_step, r_step, lambda: hand_loss(d_r, x),
+                     {"kernels only": lambda: kernels_loss(d, x)})
 
 
 def main() -> None:
