@@ -147,9 +147,9 @@ def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Te
     steps, forwards = ratios(times, "reference"), ratios(times, "reference forward")
     print("  split (this thread's CPU time, median of interleaved repeats):")
     for name in ("Model.train", "plain loop", "reference"):
-        print(f"    {name:18s} {statistics.median(times[name]) * 1e3:7.2f} ms  {steps[name]:.3f} of the reference step")
+        print(f"    {name:20s} {statistics.median(times[name]) * 1e3:7.2f} ms  {steps[name]:.3f} of the reference step")
     for name in ("kizuna forward", *others, "reference forward"):
-        print(f"    {name:18s} {statistics.median(times[name]) * 1e3:7.2f} ms  {forwards[name]:.3f} of the reference "
+        print(f"    {name:20s} {statistics.median(times[name]) * 1e3:7.2f} ms  {forwards[name]:.3f} of the reference "
               "forward (no gradients)")
     for name, fn in (("kizuna forward", forward), ("reference forward", reference_forward)):
         total, files = python_calls(fn)

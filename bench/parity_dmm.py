@@ -33,6 +33,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from _parity import (
@@ -51,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 from dmm import SMOKE, build, dmm_loss, one_step_predictions, ring_sequences  # noqa: E402
 
+from kizuna.formula.memo import release_step, shared_parameters, step_mark  # noqa: E402
 from kizuna.models import Model  # noqa: E402
 
 CFG = {**SMOKE, "clip": 10.0}
@@ -87,23 +89,44 @@ def hand_loss(d: dict, x: torch.Tensor) -> torch.Tensor:
     return total.mean()
 
 
-def kernels_loss(d: dict, x: torch.Tensor) -> torch.Tensor:
-    """`hand_loss` computed with kizuna's own pieces but no formula layer: each distribution's ``forward``
-    and the Normal family's closed-form kernels (KL, reparameterised draw, log-density) called directly, in
-    the same order. Its time against `hand_loss`'s is what the networks and kernels cost as kizuna writes
-    them (the distributions' dicts, the MLP distribution's wrapper, the emission's expanded σ); the rest of
-    kizuna's forward is the formula layer (the parameter memo, the module calls of the distributions, the
-    loss's nodes)."""
+LAYERS = ("kernels only", "+ module calls", "+ parameter merge", "+ memo", "+ KL entry", "+ draw entry",
+          "+ log-density entry")
+
+
+def layered_loss(d: dict, x: torch.Tensor, layers: int) -> torch.Tensor:
+    """`hand_loss` computed from kizuna's own pieces, with the first ``layers`` of kizuna's layers between
+    the loop and the networks (`LAYERS`; the loss's nodes — `IterativeLoss`, `Expectation`,
+    `KullbackLeibler`, `LogProb` — are the last layer, kizuna's own forward). 0: each distribution's
+    ``forward`` and the Normal family's closed-form KL, draw and log-density kernels called directly, in the
+    hand-written order; 1: the distributions called as modules; 2: through the parameter merge
+    (``_compute_params``); 3: through the evaluation's parameter memo (``_params``); 4: the KL through
+    ``kl_to``; 5: the draw through ``_sample``; 6: the log-density through ``get_log_prob``. Every layer
+    gives the same value to the bit; the differences of their times say what each layer costs."""
     q, transition, emission = d["q"], d["transition"], d["emission"]
-    h = d["rnn"].forward(x)["h"]
-    z = x.new_zeros(x.shape[0], q.from_z.in_features)
-    total = x.new_zeros(())
-    for t in range(x.shape[1]):
-        q_params, p_params = q.forward(h=h[:, t], z_prev=z), transition.forward(z_prev=z)
-        kl = q._kl_kernel(transition, q_params, p_params).sum(-1)
-        z = q._rsample_kernel(q_params["loc"].shape, q_params)
-        log_lik = emission._log_prob_kernel(x[:, t], emission.forward(z=z)).sum(-1)
-        total = total + (kl - log_lik)
+
+    def params(dist: Any, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if layers < 2:  # the conditioning values by name, as the parameter merge passes them
+            inputs = {k: values[k] for k in dist._cond_var}
+            return dist.forward(**inputs) if layers == 0 else dist(**inputs)
+        return dist._compute_params(values) if layers == 2 else dist._params(values)
+
+    with shared_parameters():
+        h = d["rnn"].forward(x)["h"]
+        values = {"z_prev": x.new_zeros(x.shape[0], q.from_z.in_features)}
+        total = x.new_zeros(())
+        mark = step_mark()
+        for t in range(x.shape[1]):
+            values["h"], values["x"] = h[:, t], x[:, t]
+            q_params, p_params = params(q, values), params(transition, values)
+            kl = q.kl_to(q_params, transition, p_params) if layers >= 4 else \
+                q._kl_kernel(transition, q_params, p_params).sum(-1)
+            values["z"] = q._sample(values, None, True)["z"] if layers >= 5 else \
+                q._rsample_kernel(q_params["loc"].shape, q_params)
+            log_lik = emission.get_log_prob(values) if layers >= 6 else \
+                emission._log_prob_kernel(values["x"], params(emission, values)).sum(-1)
+            total = total + (kl - log_lik)
+            values["z_prev"] = values.pop("z")
+            release_step(mark)
     return total.mean()
 
 
@@ -181,11 +204,16 @@ def speed(args: argparse.Namespace, cfg: dict) -> None:
     if args.split:
         with torch.random.fork_rng(devices=[]), torch.no_grad():  # the same draws: the same loss both ways
             torch.manual_seed(5)
-            a = kernels_loss(d_r, x).item()
+            values = []
+            for layers in range(len(LAYERS)):
+                torch.manual_seed(5)
+                values.append(layered_loss(d_r, x, layers).item())
             torch.manual_seed(5)
-            print(f"  kernels only against the reference: |diff| = {abs(a - hand_loss(d_r, x).item()):.3g}")
+            reference = hand_loss(d_r, x).item()
+            worst = max(abs(v - reference) for v in values)
+            print(f"  the loss with kizuna's layers added one by one, against the reference: |diff| <= {worst:.3g}")
         report_split(args, model, batch, k_step, r_step, lambda: hand_loss(d_r, x),
-                     {"kernels only": lambda: kernels_loss(d, x)})
+                     {name: (lambda layers=i: layered_loss(d, x, layers)) for i, name in enumerate(LAYERS)})
 
 
 def main() -> None:

@@ -641,13 +641,19 @@ class TorchDistribution(Distribution):
         instead of the whole batch (an IWAE estimate with k = 500 draws of 100 images scores 50,000
         rows of 784 pixels: 157 MB per temporary). The same kernel and the same sums as
         `_elementwise_log_prob`, used only where a family does not override that (FactorizedBernoulli
-        masks its entries); None where that path applies unchanged (small batches, validation on, no
-        kernel, a compiled trace, values broadcast along the rows)."""
-        if validation_enabled() or torch.compiler.is_compiling() or not self._has_hook("_log_prob_kernel"):
+        masks its entries); a batch that fits one block is scored at once (that path's kernel call, with the
+        parameters and shape found here); None where that path applies unchanged (validation on, no kernel,
+        a compiled trace, values broadcast along the rows)."""
+        if not self._hooks["_log_prob_kernel"] or validation_enabled():
             return None
         params = self._params(x_dict)
         shape = self._kernel_shape(params, None)
-        if shape is None or shape.numel() <= BLOCK_ELEMENTS or shape[0] < 2:
+        if shape is None:
+            return None
+        if shape.numel() <= BLOCK_ELEMENTS or shape[0] < 2:  # one block: the elementwise path, its work not redone
+            lp = self._kernel_log_prob(x_dict, params, shape)
+            return None if lp is None else sum_rows(lp)
+        if torch.compiler.is_compiling():
             return None
         value = self._value(x_dict[self._var[0]], shape[1:], params)
         rows = shape[0]
@@ -674,15 +680,20 @@ class TorchDistribution(Distribution):
         """See `Distribution._log_prob_dims`."""
         return sum_rows(self._elementwise_log_prob(x_dict), dims)
 
+    def _kernel_log_prob(self, x_dict: XDict, params: dict[str, Any], shape: torch.Size) -> Tensor | None:
+        """The family's kernel on the checked value, per feature entry, for parameters of broadcast ``shape``
+        (`_kernel_shape`); None where the family's kernel declines."""
+        value = self._value(x_dict[self._var[0]], shape[1:], params)
+        self._check_rows(value, shape[0], shape[1:])
+        return self._log_prob_kernel(value, params)
+
     def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
         """The log-density per feature entry (the event dimensions of the family reduced)."""
         params = self._params(x_dict)
         checking = validation_enabled()
         shape = None if checking or not self._hooks["_log_prob_kernel"] else self._kernel_shape(params, None)
         if shape is not None:
-            value = self._value(x_dict[self._var[0]], shape[1:], params)
-            self._check_rows(value, shape[0], shape[1:])
-            lp = self._log_prob_kernel(value, params)
+            lp = self._kernel_log_prob(x_dict, params, shape)
             if lp is not None:
                 return lp
         dist = self._torch_dist(x_dict, independent=False)
