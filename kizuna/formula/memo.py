@@ -92,14 +92,9 @@ def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Calla
     memo = _STATE.memo
     if memo is None:
         return compute(*args)
-    n = len(inputs)
-    for o, t, ins, found in memo:  # `_find`, written out: this runs for every distribution at every step
-        if o is owner and t == tag and len(ins) == n:
-            for a, b in zip(ins, inputs):
-                if a is not b:
-                    break
-            else:
-                return found
+    i = _find(memo, owner, tag, inputs)
+    if i >= 0:
+        return memo[i][3]
     value = compute(*args)
     memo.append((owner, tag, list(inputs), value))
     return value
