@@ -1,5 +1,6 @@
-"""The NCSN and DDPM training steps of ``parity_score.py`` / ``parity_diffusion.py`` (kizuna's ``Model.train``
-and the hand-written step, from the same weights and batch), for ``instructions.py --family``."""
+"""The NCSN, DDPM and Deep Markov Model training steps of ``parity_score.py`` / ``parity_diffusion.py`` /
+``parity_dmm.py`` (kizuna's ``Model.train`` and the hand-written step, from the same weights and batch), for
+``instructions.py --family``."""
 
 from __future__ import annotations
 
@@ -83,4 +84,30 @@ def ddpm(case: str) -> Callable[[], object]:
     return step
 
 
-FAMILIES = {"ncsn": ncsn, "ddpm": ddpm}
+def dmm(case: str) -> Callable[[], object]:
+    """The Deep Markov Model's step: 15 time steps of the example's smoke configuration, a batch of 50
+    sequences, gradient norm clipped at 10 (the bench's speed configuration)."""
+    import parity_dmm as bench
+    from dmm import build, ring_sequences
+
+    cfg = bench.CFG
+    x = ring_sequences(cfg["n_train"], cfg["T"], cfg["D"], 0)[0][:cfg["batch"]]
+    torch.manual_seed(0)
+    d = build(cfg)
+    if case == "kizuna Model.train":
+        model = bench.kizuna_model(d, cfg)
+        batch = {"x": x, "z_prev": torch.zeros(len(x), cfg["z_dim"])}
+        return lambda: model.train(batch)
+    params = [p for m in d.values() for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg["lr"], **_adam(case))
+
+    def step() -> None:
+        opt.zero_grad()
+        bench.hand_loss(d, x).backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
+        opt.step()
+
+    return step
+
+
+FAMILIES = {"ncsn": ncsn, "ddpm": ddpm, "dmm": dmm}

@@ -6,8 +6,9 @@ Each case runs in its own ``valgrind --tool=callgrind`` process; collection is s
 around the timed steps (a ten-line C shim compiled here with the system's C compiler calls
 callgrind's client requests), so Python's start-up and torch's import are not counted.
 
-Run: ``python bench/instructions.py [--sizes small,mnist] [--steps 20] [--cases ...]``; with ``--family ncsn``
-or ``--family ddpm`` the steps of ``parity_score.py`` / ``parity_diffusion.py`` instead of the VAE's (cases
+Run: ``python bench/instructions.py [--sizes small,mnist] [--steps 20] [--cases ...]``; with ``--family ncsn``,
+``ddpm`` or ``dmm`` the steps of ``parity_score.py`` / ``parity_diffusion.py`` / ``parity_dmm.py`` instead of
+the VAE's (cases
 ``hand-written``, ``hand-written fused Adam`` and ``kizuna Model.train``; ``--sizes`` is ignored). Needs
 ``valgrind`` and its header ``valgrind/callgrind.h`` (Debian: valgrind), and a C compiler.
 Instructions are a proxy for time: they count Python's and torch's work alike, not cache misses or
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="small,mnist")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
-    parser.add_argument("--family", default="vae", choices=["vae", "ncsn", "ddpm"],
-                        help="the VAE step (default) or the NCSN / DDPM step of the parity benches")
+    parser.add_argument("--family", default="vae", choices=["vae", "ncsn", "ddpm", "dmm"],
+                        help="the VAE step (default) or the NCSN / DDPM / DMM step of the parity benches")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--shim", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
