@@ -8,8 +8,10 @@ callgrind's client requests), so Python's start-up and torch's import are not co
 
 Run: ``python bench/instructions.py [--sizes small,mnist] [--steps 20] [--cases ...]``; with ``--family ncsn``,
 ``ddpm`` or ``dmm`` the steps of ``parity_score.py`` / ``parity_diffusion.py`` / ``parity_dmm.py`` instead of
-the VAE's (cases
-``hand-written``, ``hand-written fused Adam`` and ``kizuna Model.train``; ``--sizes`` is ignored). Needs
+the VAE's (cases ``hand-written``, ``hand-written fused Adam`` and ``kizuna Model.train``; ``--sizes`` is
+ignored). ``--tree DIR`` counts with kizuna imported from another checkout (the benchmark's files and the
+examples stay this tree's), e.g. a worktree at the commit before a change, so that one bench gives both sides of
+a before/after. Each child runs with ``PYTHONHASHSEED=0``, so that a count repeats. Needs
 ``valgrind`` and its header ``valgrind/callgrind.h`` (Debian: valgrind), and a C compiler.
 Instructions are a proxy for time: they count Python's and torch's work alike, not cache misses or
 memory bandwidth, so a ratio of instructions is closest to a ratio of times for small models.
@@ -83,14 +85,15 @@ def _collect(step: Any, calls: int, shim: str) -> None:
     lib.cg_stop()
 
 
-def count(case: str, size: str, steps: int, shim: Path, out: Path, family: str = "vae") -> float:
-    """Instructions per step of one case (one valgrind run)."""
+def count(case: str, size: str, steps: int, shim: Path, out: Path, family: str = "vae",
+          tree: Path | None = None) -> float:
+    """Instructions per step of one case (one valgrind run); with ``tree``, kizuna imported from that checkout."""
     prefix = out / f"cg.{re.sub(r'[^a-z]+', '_', case.lower())}.{size}"
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={prefix}.%p",
            sys.executable, __file__, "--child", case, "--sizes", size, "--steps", str(steps), "--shim", str(shim),
            "--family", family]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+                   env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", **_import_from(tree)})
     total = 0
     for f in out.glob(f"{prefix.name}.*.1"):  # the dump made by cg_stop (the file without .1: start-up and exit)
         for line in f.read_text().splitlines():
@@ -100,6 +103,18 @@ def count(case: str, size: str, steps: int, shim: Path, out: Path, family: str =
     return total / (steps if per_call == 1 else max(1, steps // 4) * per_call)
 
 
+def _import_from(tree: Path | None) -> dict[str, str]:
+    """The environment that makes the child import kizuna from ``tree`` (another checkout, e.g. a worktree at an
+    older commit); the benchmark's own files and the examples stay this tree's."""
+    if tree is None:
+        return {}
+    tree = tree.resolve()
+    if not (tree / "kizuna" / "__init__.py").is_file():
+        sys.exit(f"--tree {tree}: no kizuna package there (give the root of a kizuna checkout)")
+    paths = [str(tree), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="small,mnist")
@@ -107,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
     parser.add_argument("--family", default="vae", choices=["vae", "ncsn", "ddpm", "dmm"],
                         help="the VAE step (default) or the NCSN / DDPM / DMM step of the parity benches")
+    parser.add_argument("--tree", type=Path, help="count with kizuna (and the examples) from this checkout, "
+                        "e.g. a worktree at an older commit: a before/after of a change, by the same bench")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--shim", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -125,9 +142,10 @@ def main(argv: list[str] | None = None) -> None:
         if "kizuna Model.fit" in cases and "hand-written epoch loop" not in cases:
             cases.append("hand-written epoch loop")
         for size in args.sizes.split(","):
-            found = {case: count(case, size, args.steps, shim, where, args.family) for case in cases}
+            found = {case: count(case, size, args.steps, shim, where, args.family, args.tree) for case in cases}
             base = found["hand-written"]
-            print(f"\n== {size}: instructions per step ({args.steps} steps, callgrind) ==")
+            where_from = f", kizuna from {args.tree}" if args.tree else ""
+            print(f"\n== {size}: instructions per step ({args.steps} steps, callgrind{where_from}) ==")
             for case, n in found.items():
                 ref = found["hand-written epoch loop"] if case == "kizuna Model.fit" else base
                 print(f"  {case:28s} {n / 1e6:10.2f} M   ratio {n / ref:.3f}"
