@@ -42,12 +42,12 @@ class Normal(TorchDistribution):
 
     def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
         r"""torch's formula: :math:`-\frac{(x-\mu)^2}{2\sigma^2} - \log\sigma - \log\sqrt{2\pi}`."""
-        loc, scale = params["loc"], params["scale"]
-        return -((value - loc) ** 2) / (2 * scale**2) - scale.log() - _LOG_SQRT_2PI
+        loc, scale = params["loc"], params["scale"]  # .pow, not **: the same kernel without torch's Python wrapper
+        return -(value - loc).pow(2) / (2 * scale.pow(2)) - scale.log() - _LOG_SQRT_2PI
 
     def _score_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
         r""":math:`\nabla_x \log \mathcal{N}(x; \mu, \sigma^2) = -(x - \mu)/\sigma^2`."""
-        return (params["loc"] - value) / params["scale"] ** 2
+        return (params["loc"] - value) / params["scale"].pow(2)
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         r"""See `Distribution.sample_variance`: :math:`\sigma^2` in the shape of the parameters broadcast
