@@ -84,9 +84,11 @@ def ddpm(case: str) -> Callable[[], object]:
     return step
 
 
-def dmm(case: str) -> Callable[[], object]:
+def dmm(case: str, forward: bool = False) -> Callable[[], object]:
     """The Deep Markov Model's step: 15 time steps of the example's smoke configuration, a batch of 50
-    sequences, gradient norm clipped at 10 (the bench's speed configuration)."""
+    sequences, gradient norm clipped at 10 (the bench's speed configuration). ``forward`` (or a case of
+    `DMM_FORWARDS`): the loss's forward alone, with gradients, by hand or with kizuna's layers put back one at a
+    time (`parity_dmm.layered_loss`; the cases are `parity_dmm.LAYERS`, then ``kizuna forward``)."""
     import parity_dmm as bench
     from dmm import build, ring_sequences
 
@@ -94,6 +96,17 @@ def dmm(case: str) -> Callable[[], object]:
     x = ring_sequences(cfg["n_train"], cfg["T"], cfg["D"], 0)[0][:cfg["batch"]]
     torch.manual_seed(0)
     d = build(cfg)
+    if forward:
+        from kizuna.distributions import set_validation
+
+        set_validation(False)  # as Model.train after its first step
+        if case == "hand-written":
+            return lambda: bench.hand_loss(d, x)
+        if case == "kizuna forward":
+            loss, batch = bench.dmm_loss(d), {"x": x, "z_prev": torch.zeros(len(x), cfg["z_dim"])}
+            return lambda: loss.eval(batch)
+        layers = bench.LAYERS.index(case)
+        return lambda: bench.layered_loss(d, x, layers)
     if case == "kizuna Model.train":
         model = bench.kizuna_model(d, cfg)
         batch = {"x": x, "z_prev": torch.zeros(len(x), cfg["z_dim"])}

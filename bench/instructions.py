@@ -11,7 +11,9 @@ Run: ``python bench/instructions.py [--sizes small,mnist] [--steps 20] [--cases 
 the VAE's (cases ``hand-written``, ``hand-written fused Adam`` and ``kizuna Model.train``; ``--sizes`` is
 ignored). ``--tree DIR`` counts with kizuna imported from another checkout (the benchmark's files and the
 examples stay this tree's), e.g. a worktree at the commit before a change, so that one bench gives both sides of
-a before/after. Each child runs with ``PYTHONHASHSEED=0``, so that a count repeats. Needs
+a before/after. ``--family dmm --layers`` counts the DMM loss's forward with kizuna's layers put back one at a
+time (``parity_dmm.layered_loss``), then kizuna's own. Each child runs with ``PYTHONHASHSEED=0``, so that a count
+repeats. Needs
 ``valgrind`` and its header ``valgrind/callgrind.h`` (Debian: valgrind), and a C compiler.
 Instructions are a proxy for time: they count Python's and torch's work alike, not cache misses or
 memory bandwidth, so a ratio of instructions is closest to a ratio of times for small models.
@@ -48,7 +50,7 @@ def build_shim(where: Path) -> Path:
     return lib
 
 
-def child(case: str, size: str, steps: int, shim: str, family: str = "vae") -> None:
+def child(case: str, size: str, steps: int, shim: str, family: str = "vae", layers: bool = False) -> None:
     """Runs inside valgrind: warm up, then ``steps`` steps with collection on."""
     import torch
 
@@ -59,7 +61,8 @@ def child(case: str, size: str, steps: int, shim: str, family: str = "vae") -> N
     if family != "vae":
         import _family_steps
 
-        _collect(_family_steps.FAMILIES[family](case), steps, shim)
+        step = _family_steps.dmm(case, forward=True) if layers else _family_steps.FAMILIES[family](case)
+        _collect(step, steps, shim)
         return
     d, hidden, z = SIZES[size]
     enc, dec = impls.nets(d, hidden, z, seed=0)
@@ -86,12 +89,12 @@ def _collect(step: Any, calls: int, shim: str) -> None:
 
 
 def count(case: str, size: str, steps: int, shim: Path, out: Path, family: str = "vae",
-          tree: Path | None = None) -> float:
+          tree: Path | None = None, layers: bool = False) -> float:
     """Instructions per step of one case (one valgrind run); with ``tree``, kizuna imported from that checkout."""
     prefix = out / f"cg.{re.sub(r'[^a-z]+', '_', case.lower())}.{size}"
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={prefix}.%p",
            sys.executable, __file__, "--child", case, "--sizes", size, "--steps", str(steps), "--shim", str(shim),
-           "--family", family]
+           "--family", family] + (["--layers"] if layers else [])
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", **_import_from(tree)})
     total = 0
@@ -122,13 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
     parser.add_argument("--family", default="vae", choices=["vae", "ncsn", "ddpm", "dmm"],
                         help="the VAE step (default) or the NCSN / DDPM / DMM step of the parity benches")
+    parser.add_argument("--layers", action="store_true",
+                        help="with --family dmm: the loss's forward (with gradients) with kizuna's layers put back "
+                             "one at a time (parity_dmm.layered_loss), then kizuna's own")
     parser.add_argument("--tree", type=Path, help="count with kizuna (and the examples) from this checkout, "
                         "e.g. a worktree at an older commit: a before/after of a change, by the same bench")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--shim", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.sizes, args.steps, args.shim, args.family)
+        child(args.child, args.sizes, args.steps, args.shim, args.family, args.layers)
         return
     if shutil.which("valgrind") is None:
         sys.exit("needs valgrind (Debian package valgrind)")
@@ -136,17 +142,32 @@ def main(argv: list[str] | None = None) -> None:
         where = Path(tmp)
         shim = build_shim(where)
         cases = [c.strip() for c in args.cases.split(",")]
-        if args.family != "vae":
+        if args.layers:  # the DMM loss's forward, kizuna's layers put back one at a time
+            if args.family != "dmm":
+                sys.exit("--layers needs --family dmm")
+            sys.path.insert(0, str(HERE))
+            import parity_dmm
+
+            cases = ["hand-written", *parity_dmm.LAYERS, "kizuna forward"]
+            args.sizes = args.family
+        elif args.family != "vae":
             cases = [c for c in cases if c in ("hand-written", "hand-written fused Adam", "kizuna Model.train")]
             args.sizes = args.family
         if "kizuna Model.fit" in cases and "hand-written epoch loop" not in cases:
             cases.append("hand-written epoch loop")
         for size in args.sizes.split(","):
-            found = {case: count(case, size, args.steps, shim, where, args.family, args.tree) for case in cases}
+            found = {case: count(case, size, args.steps, shim, where, args.family, args.tree, args.layers)
+                     for case in cases}
             base = found["hand-written"]
             where_from = f", kizuna from {args.tree}" if args.tree else ""
-            print(f"\n== {size}: instructions per step ({args.steps} steps, callgrind{where_from}) ==")
+            what = "per forward of the loss, with gradients" if args.layers else "per step"
+            print(f"\n== {size}: instructions {what} ({args.steps} steps, callgrind{where_from}) ==")
+            previous = base
             for case, n in found.items():
+                if args.layers:
+                    print(f"  {case:28s} {n / 1e6:10.3f} M   ratio {n / base:.3f}   {(n - previous) / 1e3:+8.0f} k")
+                    previous = n
+                    continue
                 ref = found["hand-written epoch loop"] if case == "kizuna Model.fit" else base
                 print(f"  {case:28s} {n / 1e6:10.2f} M   ratio {n / ref:.3f}"
                       + ("  (vs hand-written epoch loop)" if case == "kizuna Model.fit" else ""))
