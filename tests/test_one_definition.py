@@ -389,3 +389,31 @@ def test_parameter_shapes_broadcast_as_torchs_broadcast_shapes() -> None:
             continue
         assert _broadcast(a, b) == expected
         assert type(_broadcast(a, b)) is torch.Size
+
+
+@pytest.mark.parametrize("rows", [7, 0])  # 0: more rows than one block holds
+def test_log_density_without_gradients_is_torchs_in_one_block_and_in_many(rows: int) -> None:
+    """Without gradients the log-density takes the blocked path: a batch that fits one block is scored by the
+    kernel at once, a larger one block by block. Both against torch's ``Independent(Normal / Bernoulli)``, with a
+    parameter of one row broadcast to the batch (a constant σ, a shared logit row), and against the value with
+    gradients on."""
+    from kizuna.distributions.base import BLOCK_ELEMENTS
+
+    features = 40
+    n = rows or BLOCK_ELEMENTS // features * 2 + 3  # several blocks
+    gen = torch.Generator().manual_seed(0)
+    loc = torch.randn(n, features, generator=gen, dtype=torch.float64)
+    x = torch.randn(n, features, generator=gen, dtype=torch.float64)
+    scale = torch.rand(features, generator=gen, dtype=torch.float64) + 0.5  # a constant: stored with one row
+    normal = Normal(var=["x"], cond_var=["m"], loc="m", scale=scale)
+    logits = torch.randn(features, generator=gen, dtype=torch.float64)
+    bits = (torch.rand(n, features, generator=gen) > 0.5).double()
+    bernoulli = Bernoulli(var=["x"], logits=logits)
+    cases = [(normal, {"m": loc, "x": x}, D.Independent(D.Normal(loc, scale.expand(n, -1)), 1).log_prob(x)),
+             (bernoulli, {"x": bits}, D.Independent(D.Bernoulli(logits=logits.expand(n, -1)), 1).log_prob(bits))]
+    assert normal._kernel_shape(normal._params({"m": loc}), None) == (n, features)  # the one-row σ broadcast
+    for p, values, expected in cases:
+        with torch.no_grad(), validation(False):  # the unchecked path, as Model.train after its first step
+            fast = p.get_log_prob(values)
+        torch.testing.assert_close(fast, expected)
+        torch.testing.assert_close(fast, p.get_log_prob(values))
