@@ -106,11 +106,11 @@ class Emission(Normal):
         super().__init__(var=["x"], cond_var=["z"], name="p")
         self.net = nn.Sequential(nn.Linear(z_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, x_dim))
-        self.log_scale = nn.Parameter(torch.zeros(x_dim))
+        self.log_scale = nn.Parameter(torch.zeros(1, x_dim))  # one row: broadcast against the batch
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         loc = self.net(z)
-        return {"loc": loc, "scale": self.log_scale.exp().expand_as(loc)}
+        return {"loc": loc, "scale": self.log_scale.exp()}
 
 
 def build(cfg: dict) -> dict:

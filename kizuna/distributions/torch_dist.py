@@ -683,8 +683,12 @@ class TorchDistribution(Distribution):
     def _kernel_log_prob(self, x_dict: XDict, params: dict[str, Any], shape: torch.Size) -> Tensor | None:
         """The family's kernel on the checked value, per feature entry, for parameters of broadcast ``shape``
         (`_kernel_shape`); None where the family's kernel declines."""
-        value = self._value(x_dict[self._var[0]], shape[1:], params)
-        self._check_rows(value, shape[0], shape[1:])
+        value = x_dict[self._var[0]]
+        if type(value) is not Tensor or value.shape != shape or not value.is_floating_point():
+            # anything but a floating value of the parameters' very shape (the usual case, which passes both
+            # checks) is checked, and converted or given its batch dimension
+            value = self._value(value, shape[1:], params)
+            self._check_rows(value, shape[0], shape[1:])
         return self._log_prob_kernel(value, params)
 
     def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
