@@ -395,7 +395,9 @@ class Distribution(nn.Module):
             kwargs: other options are ignored (as in Pixyz).
         """
         x_dict = _with_values(x_dict)
-        self._require(x_dict, self._var + self.input_var)
+        names = self._var + self.input_var
+        if not all(map(x_dict.__contains__, names)):
+            self._require(x_dict, names)  # names what is missing
         if feature_dims is not None and sum_features:
             return self._log_prob_dims(x_dict, list(feature_dims))
         return self._log_prob(x_dict, sum_features)

@@ -32,10 +32,6 @@ class _State(threading.local):
 _STATE = _State()
 
 
-def _memo() -> list[_Entry] | None:
-    return _STATE.memo
-
-
 class shared_parameters:  # noqa: N801 - used as a function: ``with shared_parameters():``
     """Within this block, a distribution given the same input tensors computes its parameters once;
     nested blocks share the outermost memo."""
@@ -69,32 +65,24 @@ def release_step(mark: int | None) -> None:
         del memo[mark:]
 
 
-def _find(memo: list[_Entry], owner: object, tag: Hashable, inputs: Sequence[Any]) -> int:
-    """The index of the entry for this owner, tag and input objects (compared with ``is``), or -1.
+def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Callable[..., Any], *args: Any) -> Any:
+    """``compute(*args)``, or its earlier result for the same owner, tag and input objects.
 
-    A linear scan by identity, not a dict keyed on ``id()``: under ``torch.compile`` an ``id()`` of an
-    input tensor becomes a guard on that very object, so every new batch recompiled. An evaluation
-    holds a handful of entries. Written as plain loops (no generator): it runs for every distribution
-    on every step."""
+    The entries are scanned newest first (so that one `remember` added later wins), comparing the inputs with
+    ``is``: a linear scan by identity, not a dict keyed on ``id()``, because under ``torch.compile`` an ``id()``
+    of an input tensor becomes a guard on that very object, so every new batch recompiled. An evaluation holds a
+    handful of entries. Written as plain loops (no generator): it runs for every distribution on every step."""
+    memo = _STATE.memo
+    if memo is None:
+        return compute(*args)
     n = len(inputs)
-    for i, (o, t, ins, _) in enumerate(memo):
+    for o, t, ins, value in reversed(memo):
         if o is owner and t == tag and len(ins) == n:
             for a, b in zip(ins, inputs):
                 if a is not b:
                     break
             else:
-                return i
-    return -1
-
-
-def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Callable[..., Any], *args: Any) -> Any:
-    """``compute(*args)``, or its earlier result for the same owner, tag and input objects."""
-    memo = _STATE.memo
-    if memo is None:
-        return compute(*args)
-    i = _find(memo, owner, tag, inputs)
-    if i >= 0:
-        return memo[i][3]
+                return value
     value = compute(*args)
     memo.append((owner, tag, list(inputs), value))
     return value
@@ -103,12 +91,6 @@ def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Calla
 def remember(owner: object, tag: Hashable, inputs: Sequence[Any], value: Any) -> None:
     """Record ``value`` as the result for these inputs (e.g. parameters computed once per row and
     repeated for the rows of several draws), so that a later `memoized` call reuses it."""
-    memo = _memo()
-    if memo is None:
-        return
-    entry = (owner, tag, list(inputs), value)
-    i = _find(memo, owner, tag, inputs)
-    if i >= 0:
-        memo[i] = entry
-    else:
-        memo.append(entry)
+    memo = _STATE.memo
+    if memo is not None:  # added after any earlier entry for these inputs, which `memoized` then no longer finds
+        memo.append((owner, tag, list(inputs), value))

@@ -35,13 +35,16 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
     if any(map(given.__contains__, p._var)):  # earlier values of the drawn variables are not its inputs
         own, inputs = set(p._var), set(names)
         given = {k: v for k, v in given.items() if k in inputs or k not in own}
-    p._require(given, names)
+    if not all(map(given.__contains__, names)):
+        p._require(given, names)  # names what is missing
     batch_n = ctx.options.get("batch_n")
     if batch_n is None:
         batch_n = batch_size_of(given, names) or batch_size_of(given)
     repeated = given if n == 1 else {k: repeat_rows_lazily(v, n) for k, v in given.items()}
     if ctx.options.get("sample_mean"):
         new = {k: repeat_batch(v, n) for k, v in p._mean_values(given, batch_n).items()}
+    elif n == 1:  # what `_sample_n` does for one draw, without its call
+        new = p._sample(given, batch_n, reparam)
     else:
         new = p._sample_n(given, repeated, n, batch_n, reparam)
     for k, v in new.items():
@@ -70,6 +73,8 @@ def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> T
     """Log-density of the factors of ``p`` that need the score function (None if none). With
     ``pathwise``, reparameterised factors and factors with `fixed_draws` (e.g. a uniform draw of a
     noise level) need none."""
+    if pathwise and p.has_reparam:  # every factor reparameterised: none needs the score function
+        return None
     total = None
     for f in p.factors():
         if pathwise and (f.has_reparam or fixed_draws(f)):
