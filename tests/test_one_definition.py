@@ -417,3 +417,53 @@ def test_log_density_without_gradients_is_torchs_in_one_block_and_in_many(rows: 
             fast = p.get_log_prob(values)
         torch.testing.assert_close(fast, expected)
         torch.testing.assert_close(fast, p.get_log_prob(values))
+
+
+def test_unchecked_log_density_still_converts_and_checks_values_of_another_shape_or_dtype() -> None:
+    """With validation off, a floating value of the parameters' very shape goes to the kernel as it is; any other
+    value still passes the value's checks: integer counts are scored in the parameters' dtype, a value without
+    its batch dimension is a batch of one, and a value of another batch size is an error naming both sizes.
+    References: torch's ``Independent(Bernoulli / Normal)``."""
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(4, 6, generator=gen) * 0.8 + 0.1
+    bits = (torch.rand(4, 6, generator=gen) > 0.5).float()
+    bernoulli = Bernoulli(var=["x"], cond_var=["p"], probs="p")
+    expected = D.Independent(D.Bernoulli(probs=probs), 1).log_prob(bits)
+    loc = torch.randn(1, 3, generator=gen)
+    normal = Normal(var=["x"], cond_var=["m"], loc="m", scale=2.0)
+    x = torch.randn(3, generator=gen)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), validation(False):
+            torch.testing.assert_close(bernoulli.get_log_prob({"p": probs, "x": bits}), expected)
+            torch.testing.assert_close(bernoulli.get_log_prob({"p": probs, "x": bits.long()}), expected)
+            torch.testing.assert_close(normal.get_log_prob({"m": loc, "x": x}),
+                                       D.Independent(D.Normal(loc, 2.0), 1).log_prob(x.unsqueeze(0)))
+            with pytest.raises(ValueError, match="x has batch size 2 but the parameters have batch size 4"):
+                bernoulli.get_log_prob({"p": probs, "x": bits[:2]})
+
+
+def test_the_memo_returns_the_latest_remembered_value_and_forgets_a_released_step() -> None:
+    """`remember` records a value after an earlier one for the same inputs: `memoized` returns the later one;
+    the entries made after `step_mark` are gone after `release_step`, so the next call computes again."""
+    from kizuna.formula.memo import memoized, release_step, remember, shared_parameters, step_mark
+
+    owner, x, calls = object(), torch.zeros(2), []
+
+    def compute(v: int) -> int:
+        calls.append(v)
+        return v
+
+    assert memoized(owner, "t", [x], compute, 1) == 1  # outside an evaluation: computed every time
+    with shared_parameters():
+        assert memoized(owner, "t", [x], compute, 2) == 2
+        assert memoized(owner, "t", [x], compute, 3) == 2  # the same input object: the earlier result
+        assert memoized(owner, "t", [x.clone()], compute, 4) == 4  # another tensor: computed
+        remember(owner, "t", [x], 5)
+        assert memoized(owner, "t", [x], compute, 6) == 5
+        mark = step_mark()
+        y = torch.ones(2)
+        assert memoized(owner, "t", [y], compute, 7) == 7
+        release_step(mark)
+        assert memoized(owner, "t", [y], compute, 8) == 8
+        assert memoized(owner, "t", [x], compute, 9) == 5  # entries from before the mark stay
+    assert calls == [1, 2, 4, 7, 8]
