@@ -12,13 +12,16 @@ Pixels are scaled to ``[-1, 1]``; :math:`p_\theta(x_0|x_1)` is the discretised G
 data's grey levels (17 for the digits, 256 for Fashion-MNIST), so the bound is a code length for
 the discrete images, reported in bits per dimension. Linear schedule :math:`\beta_t` from
 :math:`10^{-4}` to 0.02, ``T = 1000``, :math:`\sigma_t^2 = \beta_t`; the noise predictor is an MLP of
-the image and a sinusoidal embedding of ``t``.
+the image and a sinusoidal embedding of ``t``, or with ``--net unet`` a small U-Net (`kizuna.nets.UNet`, Ho et
+al.'s layout scaled down: 16 channels at 8×8 and 32 at 4×4 for the digits), which gives a much better bound for the
+same steps at about twenty times the cost of a step on a CPU.
 
 References for the figures: the uniform code :math:`\log_2(\text{levels})` and one independent
 categorical per pixel fitted to the training images (add-one smoothing). Sample quality: a
 classifier two-sample test (C2ST) between held-out images and samples rounded to the grey levels.
 
-Run: ``python examples/diffusion.py`` (Fashion-MNIST) or ``--smoke`` (scikit-learn digits).
+Run: ``python examples/diffusion.py`` (Fashion-MNIST) or ``--smoke`` (scikit-learn digits); ``--net unet`` for the
+U-Net, ``--steps N`` to change the number of training steps.
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ from kizuna.distributions import DDPM, DiffusionDecoder, DiffusionReverse, Diffu
 from kizuna.losses import diffusion_bound, simple_diffusion_loss
 from kizuna.metrics import classifier_two_sample_test
 from kizuna.models import Model
+from kizuna.nets import UNet
 
 SMOKE = {"dataset": "digits", "hidden": 256, "steps": 800, "batch": 128, "lr": 2e-3, "n_exact": 64, "n_eval": 150}
 FULL = {"dataset": "fashion", "hidden": 1024, "steps": 20000, "batch": 128, "lr": 5e-4, "n_exact": 300, "n_eval": 1000}
 LEVELS = {"digits": 17, "fashion": 256}
+# the U-Net of --net unet: (C, H, W), the first resolution's width and the widths' multiples per resolution
+UNETS = {"digits": ((1, 8, 8), 16, (1, 2)), "fashion": ((1, 28, 28), 32, (1, 2, 2))}
 
 
 class EpsNet(nn.Module):
@@ -90,15 +96,27 @@ def bound_bpd(p: DDPM, x0: torch.Tensor, exact_steps: bool, batch: int = 100) ->
     return bits.mean().item(), bits.std().item() / math.sqrt(len(bits)), per_dim
 
 
-def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[str, float]:
+def eps_net(net: str, dataset: str, x_dim: int, hidden: int) -> nn.Module:
+    """The noise predictor: ``"mlp"`` (`EpsNet`) or ``"unet"`` (`kizuna.nets.UNet` of the images' shape)."""
+    if net == "mlp":
+        return EpsNet(x_dim, hidden)
+    if net == "unet":
+        shape, channels, mults = UNETS[dataset]
+        return UNet(shape, channels=channels, channel_mults=mults)
+    raise ValueError(f"unknown noise network {net!r}; choose 'mlp' or 'unet'")
+
+
+def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, net: str = "mlp",
+        steps: int | None = None) -> dict[str, float]:
     """Train the DDPM; return the test bound (bits/dim), the baselines and the samples' C2ST accuracy."""
     cfg = dict(SMOKE if smoke else FULL)
     cfg["dataset"] = dataset or cfg["dataset"]
+    cfg["steps"] = steps or cfg["steps"]
     torch.manual_seed(seed)
     x_train, x_test = images(cfg["dataset"], seed)
     levels, x_dim = LEVELS[cfg["dataset"]], x_train.shape[1]
     schedule = DiffusionSchedule.linear(1000)
-    reverse = DiffusionReverse(EpsNet(x_dim, cfg["hidden"]), schedule)
+    reverse = DiffusionReverse(eps_net(net, cfg["dataset"], x_dim, cfg["hidden"]), schedule)
     p = DDPM(reverse, [x_dim], decoder=DiffusionDecoder(reverse, bins=levels))
     loss = simple_diffusion_loss(reverse).mean()
     print(f"model : {p}\nloss  : {loss}\nbound : {diffusion_bound(p)}")
@@ -136,7 +154,10 @@ if __name__ == "__main__":
     parser.add_argument("--smoke", action="store_true", help="a quick run on scikit-learn digits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", choices=["digits", "fashion"], default=None)
+    parser.add_argument("--net", choices=["mlp", "unet"], default="mlp", help="the noise predictor")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 800 smoke, 20,000 full)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for key, value in run(smoke=args.smoke, seed=args.seed, dataset=args.dataset).items():
+    for key, value in run(smoke=args.smoke, seed=args.seed, dataset=args.dataset, net=args.net,
+                          steps=args.steps).items():
         print(f"{key}: {value:.4f}")

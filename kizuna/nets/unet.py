@@ -1,0 +1,145 @@
+r"""`UNet`: a small time-conditioned U-Net for the noise (or score, or velocity) network of image diffusion models.
+
+The layout of Ho et al.'s DDPM network (2020, arXiv:2006.11239, appendix B), scaled down for a CPU: a sinusoidal
+embedding of the step :math:`t` through a two-layer MLP; at each resolution ``blocks`` residual blocks
+(GroupNorm, SiLU, 3×3 convolution, the embedding added per channel, GroupNorm, SiLU, dropout, 3×3 convolution, a
+1×1 convolution on the skip path where the width changes), the activations kept for the way up; a stride-2
+convolution between resolutions down and a nearest-neighbour upsampling with a 3×3 convolution up; two blocks at
+the lowest resolution; on the way up each block reads the kept activation concatenated to its input; the output
+convolution starts at zero, so an untrained network predicts zero.
+
+It takes images ``(N, C, H, W)`` or flat rows ``(N, C·H·W)`` (as the MLP noise networks of `examples/diffusion.py`
+do; then ``image_shape`` gives ``(C, H, W)``), with ``t`` a number per row, and returns the input's shape.
+``H`` and ``W`` must be divisible by ``2 ** (len(channel_mults) - 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _groups(channels: int) -> int:
+    """The largest of 8, 4, 2, 1 dividing ``channels`` (GroupNorm's groups)."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+class _Block(nn.Module):
+    """Residual block :math:`x + f(x, e)` with the time embedding ``e`` added after the first convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(in_channels), in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_channels)
+        self.norm2 = nn.GroupNorm(_groups(out_channels), out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x))) + self.emb(e)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class UNet(nn.Module):
+    """:math:`\\epsilon_\\theta(x_t, t)` as a U-Net (see the module docstring).
+
+    Args:
+        image_shape: ``(C, H, W)`` of one image.
+        channels: width of the first resolution.
+        channel_mults: width of each resolution as a multiple of ``channels``, from the input's down.
+        blocks: residual blocks per resolution.
+        dropout: dropout inside the blocks.
+        n_freq: frequencies of the sinusoidal embedding of ``t`` (its ``sin`` and ``cos`` make ``2 * n_freq``
+            inputs to the embedding MLP); ``max_period`` is the longest period, as in Ho et al.
+
+    >>> net = UNet((1, 8, 8), channels=16, channel_mults=(1, 2))
+    >>> net(torch.randn(5, 64), torch.randint(1, 1001, (5,))).shape
+    torch.Size([5, 64])
+    """
+
+    def __init__(self, image_shape: Sequence[int], channels: int = 32, channel_mults: Sequence[int] = (1, 2),
+                 blocks: int = 1, dropout: float = 0.0, n_freq: int = 32, max_period: float = 10000.0) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"UNet: image_shape must be (channels, height, width), got {tuple(image_shape)}")
+        mults = [int(m) for m in channel_mults]
+        if not mults or min(mults) < 1 or channels < 1 or blocks < 1:
+            raise ValueError(f"UNet: channels, every channel_mults entry and blocks must be positive, got "
+                             f"channels={channels}, channel_mults={tuple(channel_mults)}, blocks={blocks}")
+        factor = 2 ** (len(mults) - 1)
+        if shape[1] % factor or shape[2] % factor:
+            raise ValueError(f"UNet: an image of {shape[1]}×{shape[2]} cannot be halved {len(mults) - 1} time(s); "
+                             f"height and width must be divisible by {factor} (use fewer channel_mults)")
+        self.image_shape = shape
+        self.register_buffer("freq", torch.exp(-math.log(max_period) * torch.arange(n_freq) / n_freq),
+                             persistent=False)
+        emb_dim = 4 * channels
+        self.embed = nn.Sequential(nn.Linear(2 * n_freq, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.stem = nn.Conv2d(shape[0], channels, 3, padding=1)
+        widths = [channels * m for m in mults]
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        kept, width = [channels], channels
+        for level, w in enumerate(widths):
+            for _ in range(blocks):
+                self.down.append(_Block(width, w, emb_dim, dropout))
+                width = w
+                kept.append(width)
+            if level < len(widths) - 1:
+                self.downsample.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                kept.append(width)
+        self.middle = nn.ModuleList([_Block(width, width, emb_dim, dropout), _Block(width, width, emb_dim, dropout)])
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for level, w in reversed(list(enumerate(widths))):
+            for _ in range(blocks + 1):
+                self.up.append(_Block(width + kept.pop(), w, emb_dim, dropout))
+                width = w
+            if level > 0:
+                self.upsample.append(nn.Conv2d(width, width, 3, padding=1))
+        self.out_norm = nn.GroupNorm(_groups(width), width)
+        self.out = nn.Conv2d(width, shape[0], 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self._blocks, self._levels = blocks, len(widths)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        flat = x.dim() == 2
+        if flat:
+            if x.shape[1] != math.prod(self.image_shape):
+                raise ValueError(f"UNet: rows of {x.shape[1]} values, but image_shape {self.image_shape} has "
+                                 f"{math.prod(self.image_shape)}")
+            h = x.reshape(x.shape[0], *self.image_shape)
+        elif x.dim() == 4 and tuple(x.shape[1:]) == self.image_shape:
+            h = x
+        else:
+            raise ValueError(f"UNet: x must be (N, {', '.join(map(str, self.image_shape))}) or flat rows, "
+                             f"got {tuple(x.shape)}")
+        angle = t.to(x.dtype).reshape(-1, 1) * self.freq
+        e = self.embed(torch.cat([angle.sin(), angle.cos()], 1))
+        h = self.stem(h)
+        kept = [h]
+        blocks, downs = iter(self.down), iter(self.downsample)
+        for level in range(self._levels):
+            for _ in range(self._blocks):
+                h = next(blocks)(h, e)
+                kept.append(h)
+            if level < self._levels - 1:
+                h = next(downs)(h)
+                kept.append(h)
+        for block in self.middle:
+            h = block(h, e)
+        ups, upsamples = iter(self.up), iter(self.upsample)
+        for level in reversed(range(self._levels)):
+            for _ in range(self._blocks + 1):
+                h = next(ups)(torch.cat([h, kept.pop()], 1), e)
+            if level > 0:
+                h = next(upsamples)(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        out = self.out(F.silu(self.out_norm(h)))
+        return out.reshape(x.shape) if flat else out
