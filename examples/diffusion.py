@@ -107,7 +107,7 @@ def eps_net(net: str, dataset: str, x_dim: int, hidden: int) -> nn.Module:
 
 
 def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, net: str = "mlp",
-        steps: int | None = None) -> dict[str, float]:
+        steps: int | None = None, schedule: str = "linear") -> dict[str, float]:
     """Train the DDPM; return the test bound (bits/dim), the baselines and the samples' C2ST accuracy."""
     cfg = dict(SMOKE if smoke else FULL)
     cfg["dataset"] = dataset or cfg["dataset"]
@@ -115,7 +115,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, net: str
     torch.manual_seed(seed)
     x_train, x_test = images(cfg["dataset"], seed)
     levels, x_dim = LEVELS[cfg["dataset"]], x_train.shape[1]
-    schedule = DiffusionSchedule.linear(1000)
+    schedule = DiffusionSchedule.cosine(1000) if schedule == "cosine" else DiffusionSchedule.linear(1000)
     reverse = DiffusionReverse(eps_net(net, cfg["dataset"], x_dim, cfg["hidden"]), schedule)
     p = DDPM(reverse, [x_dim], decoder=DiffusionDecoder(reverse, bins=levels))
     loss = simple_diffusion_loss(reverse).mean()
@@ -156,8 +156,10 @@ if __name__ == "__main__":
     parser.add_argument("--dataset", choices=["digits", "fashion"], default=None)
     parser.add_argument("--net", choices=["mlp", "unet"], default="mlp", help="the noise predictor")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: 800 smoke, 20,000 full)")
+    parser.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
+                        help="Ho et al.'s linear or Nichol & Dhariwal's cosine noise schedule")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for key, value in run(smoke=args.smoke, seed=args.seed, dataset=args.dataset, net=args.net,
-                          steps=args.steps).items():
+                          steps=args.steps, schedule=args.schedule).items():
         print(f"{key}: {value:.4f}")
