@@ -21,7 +21,8 @@ categorical per pixel fitted to the training images (add-one smoothing). Sample 
 classifier two-sample test (C2ST) between held-out images and samples rounded to the grey levels.
 
 Run: ``python examples/diffusion.py`` (Fashion-MNIST) or ``--smoke`` (scikit-learn digits); ``--net unet`` for the
-U-Net, ``--steps N`` to change the number of training steps.
+U-Net, ``--steps N`` to change the number of training steps, ``--variance learned`` for Nichol & Dhariwal's
+learned variances trained with :math:`L_{hybrid}` (`kizuna.losses.hybrid_diffusion_loss`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import nn
 
 from kizuna.datasets import load_digits, load_fashion_mnist, split
 from kizuna.distributions import DDPM, DiffusionDecoder, DiffusionReverse, DiffusionSchedule
-from kizuna.losses import diffusion_bound, simple_diffusion_loss
+from kizuna.losses import diffusion_bound, hybrid_diffusion_loss, simple_diffusion_loss
 from kizuna.metrics import classifier_two_sample_test
 from kizuna.models import Model
 from kizuna.nets import UNet
@@ -50,11 +51,11 @@ UNETS = {"digits": ((1, 8, 8), 16, (1, 2)), "fashion": ((1, 28, 28), 32, (1, 2, 
 class EpsNet(nn.Module):
     """:math:`\\epsilon_\\theta(x_t, t)`: an MLP of ``x_t`` and a sinusoidal embedding of ``t``."""
 
-    def __init__(self, x_dim: int, hidden: int, n_freq: int = 16) -> None:
+    def __init__(self, x_dim: int, hidden: int, n_freq: int = 16, out_dim: int | None = None) -> None:
         super().__init__()
         self.register_buffer("freq", torch.exp(-math.log(1000.0) * torch.arange(n_freq) / n_freq))
         self.net = nn.Sequential(nn.Linear(x_dim + 2 * n_freq, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
-                                 nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, x_dim))
+                                 nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out_dim or x_dim))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         angle = t.to(x.dtype)[:, None] * self.freq
@@ -96,18 +97,19 @@ def bound_bpd(p: DDPM, x0: torch.Tensor, exact_steps: bool, batch: int = 100) ->
     return bits.mean().item(), bits.std().item() / math.sqrt(len(bits)), per_dim
 
 
-def eps_net(net: str, dataset: str, x_dim: int, hidden: int) -> nn.Module:
-    """The noise predictor: ``"mlp"`` (`EpsNet`) or ``"unet"`` (`kizuna.nets.UNet` of the images' shape)."""
+def eps_net(net: str, dataset: str, x_dim: int, hidden: int, heads: int = 1) -> nn.Module:
+    """The noise predictor: ``"mlp"`` (`EpsNet`) or ``"unet"`` (`kizuna.nets.UNet` of the images' shape), with
+    ``heads = 2`` returning the learned variances' ``v`` beside ε."""
     if net == "mlp":
-        return EpsNet(x_dim, hidden)
+        return EpsNet(x_dim, hidden, out_dim=heads * x_dim)
     if net == "unet":
         shape, channels, mults = UNETS[dataset]
-        return UNet(shape, channels=channels, channel_mults=mults)
+        return UNet(shape, channels=channels, channel_mults=mults, out_channels=heads * shape[0])
     raise ValueError(f"unknown noise network {net!r}; choose 'mlp' or 'unet'")
 
 
 def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, net: str = "mlp",
-        steps: int | None = None, schedule: str = "linear") -> dict[str, float]:
+        steps: int | None = None, schedule: str = "linear", variance: str = "beta") -> dict[str, float]:
     """Train the DDPM; return the test bound (bits/dim), the baselines and the samples' C2ST accuracy."""
     cfg = dict(SMOKE if smoke else FULL)
     cfg["dataset"] = dataset or cfg["dataset"]
@@ -116,9 +118,11 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, net: str
     x_train, x_test = images(cfg["dataset"], seed)
     levels, x_dim = LEVELS[cfg["dataset"]], x_train.shape[1]
     schedule = DiffusionSchedule.cosine(1000) if schedule == "cosine" else DiffusionSchedule.linear(1000)
-    reverse = DiffusionReverse(eps_net(net, cfg["dataset"], x_dim, cfg["hidden"]), schedule)
+    learned = variance == "learned"
+    reverse = DiffusionReverse(eps_net(net, cfg["dataset"], x_dim, cfg["hidden"], 2 if learned else 1), schedule,
+                               variance=variance)
     p = DDPM(reverse, [x_dim], decoder=DiffusionDecoder(reverse, bins=levels))
-    loss = simple_diffusion_loss(reverse).mean()
+    loss = (hybrid_diffusion_loss(p) if learned else simple_diffusion_loss(reverse)).mean()
     print(f"model : {p}\nloss  : {loss}\nbound : {diffusion_bound(p)}")
     model = Model(loss, distributions=[reverse], optimizer_params={"lr": cfg["lr"]})
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(model.optimizer, cfg["steps"])
@@ -158,8 +162,10 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: 800 smoke, 20,000 full)")
     parser.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
                         help="Ho et al.'s linear or Nichol & Dhariwal's cosine noise schedule")
+    parser.add_argument("--variance", choices=["beta", "posterior", "learned"], default="beta",
+                        help="the reverse steps' variances: fixed (beta, posterior) or learned with L_hybrid")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for key, value in run(smoke=args.smoke, seed=args.seed, dataset=args.dataset, net=args.net,
-                          steps=args.steps, schedule=args.schedule).items():
+                          steps=args.steps, schedule=args.schedule, variance=args.variance).items():
         print(f"{key}: {value:.4f}")

@@ -345,3 +345,99 @@ def test_trained_ddpm_samples_match_2d_data() -> None:
     reference = np.mean([mmd2(ring(1000, g), ring(1000, g)) for _ in range(5)])
     assert trained < 3 * reference and trained < 0.1 * untrained, (trained, reference, untrained)
     assert math.isfinite(bound)
+
+
+class _TwoHeads(nn.Module):
+    """ε and v from two separate linear maps, side by side (a learned-variance network whose halves' gradients
+    can be told apart); ``v_value`` fixes v instead."""
+
+    def __init__(self, d: int, v_value: float | None = None) -> None:
+        super().__init__()
+        self.eps, self.v, self.v_value = nn.Linear(d + 1, d), nn.Linear(d + 1, d), v_value
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, t[:, None].to(x.dtype) / 100], 1)
+        v = self.v(h) if self.v_value is None else torch.full_like(x, self.v_value)
+        return torch.cat([self.eps(h), v], 1)
+
+
+@pytest.mark.parametrize(("v", "fixed"), [(1.0, "beta"), (-1.0, "posterior")])
+def test_learned_variance_at_its_ends_is_beta_or_the_posterior_variance(v: float, fixed: str) -> None:
+    """v = 1 gives σ² = β_t and v = -1 gives β̃_t (β̃_2 at t = 1): the means, the variances, the bound (each KL in
+    closed form) and the ancestral samples equal those of the fixed choice, for the same noise."""
+    torch.manual_seed(0)
+    net = _TwoHeads(3, v_value=v)
+    schedule = DiffusionSchedule.linear(20)
+    learned = DiffusionReverse(net, schedule, variance="learned")
+    fixed_rev = DiffusionReverse(lambda x, t: net(x, t)[:, :3], schedule, variance=fixed)
+    x, t = torch.randn(6, 3), torch.tensor([1, 2, 5, 10, 19, 20])
+    for got, want in zip(learned.mean_and_variance(x, t), fixed_rev.mean_and_variance(x, t)):
+        torch.testing.assert_close(got, want.expand_as(got))
+    x0 = torch.rand(5, 3) * 2 - 1
+    bounds = []
+    for rev in (learned, fixed_rev):
+        torch.manual_seed(1)
+        bounds.append(diffusion_bound(DDPM(rev, [3], decoder=DiffusionDecoder(rev, bins=17)), exact_steps=True)
+                      .eval({"x_0": x0}))
+    torch.testing.assert_close(bounds[0], bounds[1])
+    samples = []
+    for rev in (learned, fixed_rev):
+        torch.manual_seed(2)
+        samples.append(DDPM(rev, [3], decoder=DiffusionDecoder(rev, bins=17)).sample(batch_n=4)["x_0"])
+    torch.testing.assert_close(samples[0], samples[1])
+
+
+def test_learned_variance_interpolates_the_log_variances() -> None:
+    """log σ² = (v+1)/2 log β_t + (1-v)/2 log β̃_t entry by entry (Nichol & Dhariwal's parameterisation)."""
+    torch.manual_seed(0)
+    net = _TwoHeads(4)
+    schedule = DiffusionSchedule.linear(30)
+    x, t = torch.randn(5, 4), torch.tensor([2, 3, 7, 15, 30])
+    _, var = DiffusionReverse(net, schedule, variance="learned").mean_and_variance(x, t)
+    v = net(x, t)[:, 4:]
+    beta = schedule.betas[t - 1][:, None].double()
+    ab = torch.cumprod(1 - schedule.betas.double(), 0)
+    post = (1 - ab[t - 2]) / (1 - ab[t - 1]) * schedule.betas.double()[t - 1]
+    expected = ((v.double() + 1) / 2 * beta.log() + (1 - v.double()) / 2 * post[:, None].log()).exp()
+    # float32 constants: 1 - ᾱ_t at t = 1, 2 loses about four digits to cancellation (8e-5 relative here)
+    torch.testing.assert_close(var.double(), expected, rtol=2e-4, atol=0)
+
+
+def test_hybrid_loss_trains_the_mean_by_l_simple_and_the_variance_by_the_bound() -> None:
+    """Inside the bound term of L_hybrid the mean is detached: the bound's gradient reaches only v's head, while
+    without the stop both heads get one; the bound's value is the same either way. L_hybrid = L_simple + λ L_vlb
+    term by term, and it refuses a reverse process with fixed variances."""
+    from kizuna.distributions.diffusion import stop_mean_gradient
+    from kizuna.losses import hybrid_diffusion_loss
+
+    torch.manual_seed(0)
+    net = _TwoHeads(3)
+    rev = DiffusionReverse(net, DiffusionSchedule.linear(20), variance="learned")
+    p = DDPM(rev, [3], decoder=DiffusionDecoder(rev, bins=17))
+    x0 = {"x_0": torch.rand(8, 3) * 2 - 1}
+    values = []
+    for stopped in (False, True):
+        net.zero_grad()
+        torch.manual_seed(3)
+        if stopped:
+            with stop_mean_gradient():
+                value = diffusion_bound(p).eval(x0).mean()
+        else:
+            value = diffusion_bound(p).eval(x0).mean()
+        value.backward()
+        values.append(value.detach())
+        eps_grad = net.eps.weight.grad
+        assert (eps_grad is None or not eps_grad.any()) if stopped else eps_grad.abs().sum() > 0
+        assert net.v.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(values[0], values[1])
+    torch.manual_seed(4)
+    total, terms = hybrid_diffusion_loss(p, weight=0.25).mean().eval(x0, return_terms=True)
+    torch.testing.assert_close(total, terms["L_simple"] + 0.25 * terms["L_vlb"])
+    with pytest.raises(ValueError, match="fixed variances"):
+        hybrid_diffusion_loss(DDPM(DiffusionReverse(lambda x, t: x, DiffusionSchedule.linear(5)), [3]))
+
+
+def test_learned_variance_needs_twice_the_channels() -> None:
+    rev = DiffusionReverse(lambda x, t: torch.zeros_like(x), DiffusionSchedule.linear(5), variance="learned")
+    with pytest.raises(ValueError, match=r"side by side along dimension 1, shape \(2, 6\); it returned \(2, 3\)"):
+        rev.mean_and_variance(torch.zeros(2, 3), torch.tensor([1, 2]))

@@ -22,6 +22,7 @@ discretised Gaussian of Ho et al. §3.3 over ``bins`` levels of ``[-1, 1]``.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import nn
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.families import Normal
 from kizuna.distributions.torch_dist import validation_enabled
+from kizuna.formula.memo import memoized
 from kizuna.samplers.integrators import ancestral
 from kizuna.samplers.paths import DiffusionPath
 
@@ -136,6 +138,31 @@ class DiffusionSchedule(nn.Module):
         return {"beta": beta, "alpha": alpha, "alpha_bar": ab, "alpha_bar_prev": ab_prev}
 
 
+class _MeanGradient(threading.local):
+    """Per thread: whether the reverse process's mean is detached (inside `stop_mean_gradient`; a threading.local,
+    which torch.compile traces)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+
+_MEAN = _MeanGradient()
+
+
+class stop_mean_gradient:  # noqa: N801 - used as a function: ``with stop_mean_gradient():``
+    """Within this block every `DiffusionReverse` returns its mean detached, so that a loss evaluated inside trains
+    only the learned variances (Nichol & Dhariwal's :math:`L_{vlb}` term of :math:`L_{hybrid}`)."""
+
+    __slots__ = ("_outer",)
+
+    def __enter__(self) -> None:
+        self._outer = _MEAN.stopped
+        _MEAN.stopped = True
+
+    def __exit__(self, *exc: object) -> None:
+        _MEAN.stopped = self._outer
+
+
 class DiscreteUniform(Distribution):
     """:math:`u(t)`: uniform over the integers ``low..high`` (the step of a diffusion loss).
 
@@ -236,7 +263,11 @@ class DiffusionReverse(_Step, Normal):
         eps_net: ``eps_net(x_t, t) -> ε̂`` (same shape as ``x_t``; ``t`` a long tensor ``(batch,)``).
         schedule: the noise schedule.
         variance: :math:`\\sigma_t^2 = \\beta_t` (``"beta"``) or :math:`\\tilde\\beta_t` (``"posterior"``;
-            :math:`\\tilde\\beta_2` at ``t = 1``, see `mean_and_variance`).
+            :math:`\\tilde\\beta_2` at ``t = 1``, see `mean_and_variance`), or learned (``"learned"``, Nichol &
+            Dhariwal 2021, arXiv:2102.09672): ``eps_net`` then returns twice the channels of ``x_t`` along
+            dimension 1, :math:`\\epsilon_\\theta` and :math:`v`, and
+            :math:`\\log\\sigma_t^2 = \\tfrac{v+1}{2}\\log\\beta_t + \\tfrac{1-v}{2}\\log\\tilde\\beta_t` per entry
+            (train it with `kizuna.losses.hybrid_diffusion_loss`).
         step: a fixed step, e.g. ``1`` for the Gaussian decoder :math:`p_\\theta(x_0|x_1)` of continuous data.
         var, noisy_var, t_var: names of :math:`x_{t-1}`, :math:`x_t`, :math:`t`.
         context_var: further conditioning variables ``c`` (a conditional model, e.g. a class label):
@@ -247,8 +278,8 @@ class DiffusionReverse(_Step, Normal):
                  variance: str = "beta", step: int | None = None, var: str | None = None,
                  noisy_var: str | None = None, t_var: str = "t", name: str = "p",
                  context_var: Sequence[str] = ()) -> None:
-        if variance not in ("beta", "posterior"):
-            raise ValueError(f"DiffusionReverse: variance must be 'beta' or 'posterior', got {variance!r}")
+        if variance not in ("beta", "posterior", "learned"):
+            raise ValueError(f"DiffusionReverse: variance must be 'beta', 'posterior' or 'learned', got {variance!r}")
         var = var or ("x_{t-1}" if step is None else f"x_{step - 1}")
         noisy_var = noisy_var or ("x_t" if step is None else f"x_{step}")
         self.context_var = list(context_var)
@@ -259,15 +290,26 @@ class DiffusionReverse(_Step, Normal):
 
     def epsilon(self, x_t: Tensor, t: Tensor, context: Mapping[str, Tensor] | None = None) -> Tensor:
         """:math:`\\epsilon_\\theta(x_t, t, c)`, checked to have the shape of ``x_t``."""
+        return self._outputs(x_t, t, context)[0]
+
+    def _outputs(self, x_t: Tensor, t: Tensor, context: Mapping[str, Tensor] | None) -> tuple[Tensor, Tensor | None]:
+        """The network's :math:`\\epsilon_\\theta` and, with learned variances, :math:`v` (else None)."""
         context = context or {}
         missing = [c for c in self.context_var if c not in context]
         if missing:
             raise ValueError(f"{self.prob_text}: the context {', '.join(missing)} is missing")
-        eps = self.eps_net(x_t, t, *(context[c] for c in self.context_var))
-        if eps.shape != x_t.shape:
-            raise ValueError(
-                f"{self.prob_text}: eps_net returned shape {tuple(eps.shape)}, expected {tuple(x_t.shape)}")
-        return eps
+        out = self.eps_net(x_t, t, *(context[c] for c in self.context_var))
+        if self.variance != "learned":
+            if out.shape != x_t.shape:
+                raise ValueError(
+                    f"{self.prob_text}: eps_net returned shape {tuple(out.shape)}, expected {tuple(x_t.shape)}")
+            return out, None
+        want = (x_t.shape[0], 2 * x_t.shape[1], *x_t.shape[2:]) if x_t.dim() > 1 else None
+        if want is None or out.shape != want:
+            raise ValueError(f"{self.prob_text}: with variance='learned' eps_net returns ε and v side by side along "
+                             f"dimension 1, shape {want}; it returned {tuple(out.shape)}")
+        eps, v = out.chunk(2, 1)
+        return eps, v
 
     def mean_and_variance(self, x_t: Tensor, t: Tensor, eps: Tensor | None = None,
                           context: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
@@ -278,13 +320,29 @@ class DiffusionReverse(_Step, Normal):
         does: :math:`\\tilde\\beta_1 = 0` would make the decoder :math:`p_\\theta(x_0|x_1)` a point mass.
         """
         c = self.schedule.coefficients(t, x_t)
-        eps = self.epsilon(x_t, t, context) if eps is None else eps
+        v = None
+        if eps is None or self.variance == "learned":  # a given ε (guidance) still needs the network's v
+            net_eps, v = self._outputs(x_t, t, context)
+            eps = net_eps if eps is None else eps
         mean = (x_t - c["beta"] / (1 - c["alpha_bar"]).sqrt() * eps) / c["alpha"].sqrt()
+        if _MEAN.stopped:
+            mean = mean.detach()
         if self.variance == "beta":
             return mean, c["beta"]
         t_var = t.clamp(min=min(2, self.schedule.T))
         p = self.schedule.coefficients(t_var, x_t)
-        return mean, (1 - p["alpha_bar_prev"]) / (1 - p["alpha_bar"]) * p["beta"]
+        posterior = (1 - p["alpha_bar_prev"]) / (1 - p["alpha_bar"]) * p["beta"]
+        if v is None:
+            return mean, posterior
+        frac = (v + 1) / 2
+        return mean, (frac * c["beta"].log() + (1 - frac) * posterior.log()).exp()
+
+    def _params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters, remembered apart inside `stop_mean_gradient` (where the mean is detached)."""
+        if not _MEAN.stopped:
+            return super()._params(x_dict)
+        return memoized(self, "params, mean detached", list(map(x_dict.get, self._cond_var)), self._compute_params,
+                        x_dict)
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         xt = cond[self.noisy_var]
@@ -388,7 +446,8 @@ class DDPM(Distribution):
         if reverse.step is not None:
             raise ValueError(f"DDPM: {reverse.prob_text} has a fixed step; give the reverse process over all steps")
         decoder = decoder if decoder is not None else DiffusionReverse(
-            reverse.eps_net, reverse.schedule, variance="beta", step=1, name=reverse.name,
+            reverse.eps_net, reverse.schedule, variance="learned" if reverse.variance == "learned" else "beta",
+            step=1, name=reverse.name,
             context_var=reverse.context_var)
         super().__init__(decoder.var, reverse.context_var, name, features_shape)
         self.reverse, self.decoder, self.noiseless_last = reverse, decoder, noiseless_last

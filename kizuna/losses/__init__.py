@@ -25,7 +25,13 @@ from kizuna.losses.adversarial import (
     AdversarialWassersteinDistance,
 )
 from kizuna.losses.contrastive import ContrastiveDivergence
-from kizuna.losses.diffusion import NoisePredictionError, SumOverSteps, diffusion_bound, simple_diffusion_loss
+from kizuna.losses.diffusion import (
+    NoisePredictionError,
+    SumOverSteps,
+    diffusion_bound,
+    hybrid_diffusion_loss,
+    simple_diffusion_loss,
+)
 from kizuna.losses.divergences import KullbackLeibler
 from kizuna.losses.elbo import ELBO, IWAE
 from kizuna.losses.entropy import CrossEntropy, Entropy
@@ -51,6 +57,7 @@ __all__ = [
     "WassersteinDistance",
     "AdversarialJensenShannon", "AdversarialKullbackLeibler", "AdversarialWassersteinDistance",
     "ContrastiveDivergence", "DenoisingScoreError", "NoisePredictionError", "ScoreMatchingError",
-    "SlicedScoreError", "SumOverSteps", "denoising_score_matching", "diffusion_bound", "simple_diffusion_loss",
+    "SlicedScoreError", "SumOverSteps", "denoising_score_matching", "diffusion_bound", "hybrid_diffusion_loss",
+    "simple_diffusion_loss",
     "sliced_score_matching", "VQCommitment", "VelocityError", "flow_matching_loss",
 ]

@@ -23,7 +23,14 @@ import torch
 
 from kizuna._text import LATEX
 from kizuna.distributions.base import batch_size_of
-from kizuna.distributions.diffusion import DDPM, DiffusionForward, DiffusionPosterior, DiffusionReverse, DiscreteUniform
+from kizuna.distributions.diffusion import (
+    DDPM,
+    DiffusionForward,
+    DiffusionPosterior,
+    DiffusionReverse,
+    DiscreteUniform,
+    stop_mean_gradient,
+)
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
 from kizuna.formula.memo import shared_parameters
@@ -156,3 +163,44 @@ def simple_diffusion_loss(reverse: DiffusionReverse, data_var: str = "x_0") -> L
     q_t = DiffusionForward(reverse.schedule, var=reverse.noisy_var, data_var=data_var, t_var=reverse.t_var)
     u = DiscreteUniform(1, reverse.schedule.T, var=reverse.t_var)
     return Expectation(u, Expectation(q_t, NoisePredictionError(reverse, data_var, q_t)))
+
+
+class _MeanStopped(Loss):
+    """``f`` evaluated with the reverse process's mean detached (`stop_mean_gradient`): the same value, gradients
+    only through the learned variances."""
+
+    def __init__(self, f: Loss) -> None:
+        super().__init__(f.input_var)
+        self.f = f
+
+    def subterms(self) -> list[Loss]:
+        return [self.f]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        with stop_mean_gradient():
+            return ctx.value(self.f)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return fmt["paren"].format(self.f._render(fmt)) + ("_{sg(\\mu)}" if fmt is LATEX else "_sg(μ)")
+
+
+def hybrid_diffusion_loss(p: DDPM, weight: float = 0.001, data_var: str = "x_0") -> Loss:
+    r"""Nichol & Dhariwal's :math:`L_{hybrid} = L_{simple} + \lambda L_{vlb}` per row (arXiv:2102.09672, §3.1).
+
+    :math:`L_{vlb}` is `diffusion_bound` with the reverse process's mean detached, so it trains only the learned
+    variances (``DiffusionReverse(..., variance="learned")``) and :math:`L_{simple}` only the mean; ``weight`` is
+    their :math:`\lambda`. The two terms draw their own steps and noise.
+
+    >>> import torch
+    >>> from kizuna.distributions.diffusion import DiffusionReverse, DiffusionSchedule
+    >>> net = lambda x, t: torch.zeros(x.shape[0], 2 * x.shape[1])
+    >>> p = DDPM(DiffusionReverse(net, DiffusionSchedule.linear(50), variance="learned"), [2])
+    >>> hybrid_diffusion_loss(p).eval({"x_0": torch.zeros(3, 2)}).shape
+    torch.Size([3])
+    """
+    if p.reverse.variance != "learned":
+        raise ValueError(f"hybrid_diffusion_loss: {p.reverse.prob_text} has fixed variances "
+                         f"(variance={p.reverse.variance!r}); L_vlb would train nothing: use simple_diffusion_loss, "
+                         "or DiffusionReverse(..., variance='learned')")
+    vlb = _MeanStopped(diffusion_bound(p)).named("L_vlb")
+    return simple_diffusion_loss(p.reverse, data_var).named("L_simple") + weight * vlb

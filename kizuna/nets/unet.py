@@ -9,7 +9,8 @@ the lowest resolution; on the way up each block reads the kept activation concat
 convolution starts at zero, so an untrained network predicts zero.
 
 It takes images ``(N, C, H, W)`` or flat rows ``(N, C·H·W)`` (as the MLP noise networks of `examples/diffusion.py`
-do; then ``image_shape`` gives ``(C, H, W)``), with ``t`` a number per row, and returns the input's shape.
+do; then ``image_shape`` gives ``(C, H, W)``), with ``t`` a number per row, and returns the input's shape (with
+``out_channels`` channels: e.g. twice ``C`` for ε and the learned variances' ``v``, flat rows then twice as wide).
 ``H`` and ``W`` must be divisible by ``2 ** (len(channel_mults) - 1)``.
 """
 
@@ -58,6 +59,7 @@ class UNet(nn.Module):
         dropout: dropout inside the blocks.
         n_freq: frequencies of the sinusoidal embedding of ``t`` (its ``sin`` and ``cos`` make ``2 * n_freq``
             inputs to the embedding MLP); ``max_period`` is the longest period, as in Ho et al.
+        out_channels: channels of the output (default: the input's ``C``).
 
     >>> net = UNet((1, 8, 8), channels=16, channel_mults=(1, 2))
     >>> net(torch.randn(5, 64), torch.randint(1, 1001, (5,))).shape
@@ -65,7 +67,8 @@ class UNet(nn.Module):
     """
 
     def __init__(self, image_shape: Sequence[int], channels: int = 32, channel_mults: Sequence[int] = (1, 2),
-                 blocks: int = 1, dropout: float = 0.0, n_freq: int = 32, max_period: float = 10000.0) -> None:
+                 blocks: int = 1, dropout: float = 0.0, n_freq: int = 32, max_period: float = 10000.0,
+                 out_channels: int | None = None) -> None:
         super().__init__()
         shape = tuple(int(s) for s in image_shape)
         if len(shape) != 3 or min(shape) < 1:
@@ -104,7 +107,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.upsample.append(nn.Conv2d(width, width, 3, padding=1))
         self.out_norm = nn.GroupNorm(_groups(width), width)
-        self.out = nn.Conv2d(width, shape[0], 3, padding=1)
+        self.out = nn.Conv2d(width, shape[0] if out_channels is None else int(out_channels), 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self._blocks, self._levels = blocks, len(widths)
@@ -142,4 +145,4 @@ class UNet(nn.Module):
             if level > 0:
                 h = next(upsamples)(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         out = self.out(F.silu(self.out_norm(h)))
-        return out.reshape(x.shape) if flat else out
+        return out.flatten(1) if flat else out
