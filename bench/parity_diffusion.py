@@ -9,6 +9,7 @@ against closed forms) in bits/dim on the first test images, and the C2ST of 50-s
 
     python bench/parity_diffusion.py            # 3 seeds
     python bench/parity_diffusion.py --quick    # seconds
+    python bench/parity_diffusion.py --net unet # the same with the example's U-Net (``--net unet``)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from _parity import (
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-from diffusion import LEVELS, EpsNet  # noqa: E402
+from diffusion import LEVELS, eps_net  # noqa: E402
 
 from kizuna.datasets import load_digits, split  # noqa: E402
 from kizuna.distributions import DDPM, DiffusionDecoder, DiffusionReverse, DiffusionSchedule  # noqa: E402
@@ -46,12 +47,17 @@ CFG = {"hidden": 256, "steps": 800, "batch": 128, "lr": 2e-3, "n_exact": 64, "n_
 QUICK = {"hidden": 32, "steps": 20, "batch": 32, "lr": 2e-3, "n_exact": 4, "n_eval": 30, "T": 50}
 
 
-def model_of(net: EpsNet, T: int) -> DDPM:
+def new_net(args: argparse.Namespace, cfg: dict, x_dim: int) -> torch.nn.Module:
+    """The noise network of ``--net``: the example's MLP (its ``hidden`` from the configuration) or U-Net."""
+    return eps_net(args.net, "digits", x_dim, cfg["hidden"])
+
+
+def model_of(net: torch.nn.Module, T: int, x_dim: int = 64) -> DDPM:
     reverse = DiffusionReverse(net, DiffusionSchedule.linear(T))
-    return DDPM(reverse, [net.net[-1].out_features], decoder=DiffusionDecoder(reverse, bins=LEVELS["digits"]))
+    return DDPM(reverse, [x_dim], decoder=DiffusionDecoder(reverse, bins=LEVELS["digits"]))
 
 
-def reference_loss(net: EpsNet, alpha_bar: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+def reference_loss(net: torch.nn.Module, alpha_bar: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """Hand-written L_simple: t ~ U{1..T}, x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, ||eps - eps_net||^2."""
     t = torch.randint(1, len(alpha_bar), (x0.shape[0],))
     ab = alpha_bar[t][:, None]
@@ -59,7 +65,7 @@ def reference_loss(net: EpsNet, alpha_bar: torch.Tensor, x0: torch.Tensor) -> to
     return (eps - net(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t)).pow(2).sum(1).mean()
 
 
-def evaluate(net: EpsNet, x_test: torch.Tensor, cfg: dict, seed: int) -> dict[str, float]:
+def evaluate(net: torch.nn.Module, x_test: torch.Tensor, cfg: dict, seed: int) -> dict[str, float]:
     """The same code for both networks: the exact-sum bound (bits/dim) and the C2ST of DDIM samples."""
     p = model_of(net, cfg["T"])
     test = x_test[:cfg["n_exact"]] * 2 - 1
@@ -74,9 +80,10 @@ def evaluate(net: EpsNet, x_test: torch.Tensor, cfg: dict, seed: int) -> dict[st
             "C2ST (DDIM, 50 steps)": c2st}
 
 
-def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor) -> dict[str, dict[str, float]]:
+def one_seed(args: argparse.Namespace, seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor
+             ) -> dict[str, dict[str, float]]:
     torch.manual_seed(seed)
-    net_k = EpsNet(x_train.shape[1], cfg["hidden"])
+    net_k = new_net(args, cfg, x_train.shape[1])
     net_r = copy.deepcopy(net_k)
     p = model_of(net_k, cfg["T"])
     model = Model(simple_diffusion_loss(p.reverse).mean(), distributions=[p.reverse],
@@ -108,7 +115,7 @@ def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor) 
 
 def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     torch.manual_seed(0)
-    net_k = EpsNet(x_train.shape[1], cfg["hidden"])
+    net_k = new_net(args, cfg, x_train.shape[1])
     net_r = copy.deepcopy(net_k)
     p = model_of(net_k, cfg["T"])
     model = Model(simple_diffusion_loss(p.reverse).mean(), distributions=[p.reverse],
@@ -132,12 +139,14 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(parser)
+    parser.add_argument("--net", choices=["mlp", "unet"], default="mlp",
+                        help="the noise network: examples/diffusion.py's MLP or its U-Net")
     args = parser.parse_args()
-    start(args, "DDPM (L_simple) on digits: kizuna vs hand-written PyTorch")
+    start(args, f"DDPM (L_simple, {args.net} noise network) on digits: kizuna vs hand-written PyTorch")
     cfg = QUICK if args.quick else CFG
     x, y = load_digits()
     x_train, _, x_test, _ = split(x, y, 0.2, seed=0)
-    quality_over_seeds(args, lambda seed: one_seed(seed, cfg, x_train, x_test))
+    quality_over_seeds(args, lambda seed: one_seed(args, seed, cfg, x_train, x_test))
     speed(args, cfg, x_train)
 
 
