@@ -102,3 +102,14 @@ def test_it_learns_the_noise_of_the_digits() -> None:
     after = model.test(held_out).item()
     assert before == pytest.approx(64.0, rel=0.05)  # the zero prediction: E||eps||^2 = D
     assert after < 0.25 * before  # 10.6 here
+
+
+def test_time_scale_multiplies_the_step_before_the_embedding() -> None:
+    """A time in [0, 1] (flow matching) with ``time_scale=1000`` is the step ``1000 t`` of the default network."""
+    torch.manual_seed(0)
+    scaled = _random_output(UNet((1, 8, 8), channels=8, time_scale=1000.0))
+    plain = UNet((1, 8, 8), channels=8)
+    plain.load_state_dict(scaled.state_dict())
+    x, t = torch.randn(4, 64), torch.rand(4)
+    torch.testing.assert_close(scaled(x, t), plain(x, t * 1000))
+    assert (scaled(x, t) - plain(x, t)).abs().max() > 1e-4

@@ -60,6 +60,8 @@ class UNet(nn.Module):
         n_freq: frequencies of the sinusoidal embedding of ``t`` (its ``sin`` and ``cos`` make ``2 * n_freq``
             inputs to the embedding MLP); ``max_period`` is the longest period, as in Ho et al.
         out_channels: channels of the output (default: the input's ``C``).
+        time_scale: ``t`` is multiplied by it before the embedding: the default suits steps ``1..T`` of a DDPM;
+            a time in ``[0, 1]`` (flow matching) wants about ``1000``.
 
     >>> net = UNet((1, 8, 8), channels=16, channel_mults=(1, 2))
     >>> net(torch.randn(5, 64), torch.randint(1, 1001, (5,))).shape
@@ -68,7 +70,7 @@ class UNet(nn.Module):
 
     def __init__(self, image_shape: Sequence[int], channels: int = 32, channel_mults: Sequence[int] = (1, 2),
                  blocks: int = 1, dropout: float = 0.0, n_freq: int = 32, max_period: float = 10000.0,
-                 out_channels: int | None = None) -> None:
+                 out_channels: int | None = None, time_scale: float = 1.0) -> None:
         super().__init__()
         shape = tuple(int(s) for s in image_shape)
         if len(shape) != 3 or min(shape) < 1:
@@ -81,7 +83,7 @@ class UNet(nn.Module):
         if shape[1] % factor or shape[2] % factor:
             raise ValueError(f"UNet: an image of {shape[1]}×{shape[2]} cannot be halved {len(mults) - 1} time(s); "
                              f"height and width must be divisible by {factor} (use fewer channel_mults)")
-        self.image_shape = shape
+        self.image_shape, self.time_scale = shape, float(time_scale)
         self.register_buffer("freq", torch.exp(-math.log(max_period) * torch.arange(n_freq) / n_freq),
                              persistent=False)
         emb_dim = 4 * channels
@@ -124,7 +126,7 @@ class UNet(nn.Module):
         else:
             raise ValueError(f"UNet: x must be (N, {', '.join(map(str, self.image_shape))}) or flat rows, "
                              f"got {tuple(x.shape)}")
-        angle = t.to(x.dtype).reshape(-1, 1) * self.freq
+        angle = (t.to(x.dtype).reshape(-1, 1) * self.time_scale) * self.freq
         e = self.embed(torch.cat([angle.sin(), angle.cos()], 1))
         h = self.stem(h)
         kept = [h]
