@@ -318,6 +318,9 @@ class DiffusionReverse(_Step, Normal):
         ``eps`` replaces :math:`\\epsilon_\\theta(x_t,t)` (e.g. a guided prediction, `kizuna.samplers`).
         With ``variance="posterior"`` the step ``t = 1`` uses :math:`\\tilde\\beta_2`, as Ho et al.'s code
         does: :math:`\\tilde\\beta_1 = 0` would make the decoder :math:`p_\\theta(x_0|x_1)` a point mass.
+        With ``variance="learned"`` the variance interpolates :math:`\\log\\beta_t` and that
+        :math:`\\log\\tilde\\beta_t` by the network's :math:`v`, which a given ``eps`` does not carry: the network is
+        then called for it.
         """
         c = self.schedule.coefficients(t, x_t)
         v = None
@@ -430,7 +433,7 @@ class DDPM(Distribution):
         reverse: :math:`p_\\theta(x_{t-1}|x_t,t)` (a `DiffusionReverse` without a fixed step).
         features_shape: the shape of one :math:`x_0`.
         decoder: :math:`p_\\theta(x_0|x_1)`; default the Gaussian ``DiffusionReverse(..., step=1)``
-            (continuous data; `DiffusionDecoder` for images).
+            (continuous data; `DiffusionDecoder` for images), with learned variances when ``reverse`` has them.
         noiseless_last: return the decoder's mean instead of a draw.
 
     >>> eps_net = lambda x, t: torch.zeros_like(x)
