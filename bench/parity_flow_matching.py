@@ -9,6 +9,7 @@ dequantisation draw per image, fixed) and the C2ST of Heun samples (25 steps, 49
 
     python bench/parity_flow_matching.py            # 3 seeds, the smoke example's configuration
     python bench/parity_flow_matching.py --quick    # seconds
+    python bench/parity_flow_matching.py --net unet # the same with the example's U-Net velocity (``--net unet``)
 """
 
 from __future__ import annotations
@@ -34,19 +35,27 @@ from kizuna.flows import Preprocess  # noqa: E402
 from kizuna.losses import flow_matching_loss  # noqa: E402
 from kizuna.metrics import classifier_two_sample_test  # noqa: E402
 from kizuna.models import Model  # noqa: E402
+from kizuna.nets import UNet  # noqa: E402
 from kizuna.samplers import LinearPath, heun  # noqa: E402
 
 CFG = {"hidden": 256, "steps": 600, "batch": 128, "lr": 2e-3, "n_test": 120, "rk4": 8, "n_eval": 150}
 QUICK = {"hidden": 64, "steps": 30, "batch": 64, "lr": 2e-3, "n_test": 20, "rk4": 2, "n_eval": 40}
 
 
-def kizuna_trainer(net: VelocityNet, cfg: dict) -> tuple[Model, torch.optim.lr_scheduler.LRScheduler]:
-    fm = FlowMatching(net, [net.net[-1].out_features], var="z")
+def new_net(net: str, cfg: dict, d: int) -> torch.nn.Module:
+    """The velocity network of ``--net``: the example's MLP or its U-Net (`examples/flow_matching.py --net unet`)."""
+    if net == "unet":
+        return UNet((1, 8, 8), channels=16, channel_mults=(1, 2), time_scale=1000.0)
+    return VelocityNet(d, cfg["hidden"])
+
+
+def kizuna_trainer(net: torch.nn.Module, cfg: dict, d: int = 64) -> tuple[Model, torch.optim.lr_scheduler.LRScheduler]:
+    fm = FlowMatching(net, [d], var="z")
     model = Model(flow_matching_loss(fm, coupling="ot").mean(), distributions=[fm], optimizer_params={"lr": cfg["lr"]})
     return model, torch.optim.lr_scheduler.CosineAnnealingLR(model.optimizer, cfg["steps"])
 
 
-def reference_loss(net: VelocityNet, x1: torch.Tensor) -> torch.Tensor:
+def reference_loss(net: torch.nn.Module, x1: torch.Tensor) -> torch.Tensor:
     """Hand-written OT-CFM: uniform t, OT-paired noise, straight path, target x1 - x0."""
     t = torch.rand(x1.shape[0], dtype=x1.dtype)
     x0 = torch.randn_like(x1)
@@ -58,7 +67,7 @@ def reference_loss(net: VelocityNet, x1: torch.Tensor) -> torch.Tensor:
     return (net(xt, t) - (x1 - x0)).pow(2).sum(1).mean()
 
 
-def evaluate(net: VelocityNet, pre: Preprocess, x_test: torch.Tensor, cfg: dict, seed: int) -> dict[str, float]:
+def evaluate(net: torch.nn.Module, pre: Preprocess, x_test: torch.Tensor, cfg: dict, seed: int) -> dict[str, float]:
     """The same code for both networks: bits/dim (exact ODE likelihood) and the C2ST of Heun samples."""
     d = x_test.shape[1]
     test = x_test[:cfg["n_test"]]
@@ -76,23 +85,24 @@ def evaluate(net: VelocityNet, pre: Preprocess, x_test: torch.Tensor, cfg: dict,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(parser)
+    parser.add_argument("--net", choices=["mlp", "unet"], default="mlp", help="the velocity network")
     args = parser.parse_args()
-    start(args, "flow matching (OT-CFM) on digits: kizuna vs hand-written PyTorch")
+    start(args, f"flow matching (OT-CFM, {args.net} velocity) on digits: kizuna vs hand-written PyTorch")
     cfg = QUICK if args.quick else CFG
     x, y = load_digits()
     x_train, _, x_test, _ = split(x, y, 0.2, seed=0)
     d, pre = x.shape[1], Preprocess(levels=LEVELS)
-    quality_over_seeds(args, lambda seed: one_seed(seed, cfg, x_train, x_test, pre, d))
+    quality_over_seeds(args, lambda seed: one_seed(seed, cfg, x_train, x_test, pre, d, args.net))
     speed(args, cfg, x_train, pre, d)
 
 
-def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor, pre: Preprocess, d: int
-             ) -> dict[str, dict[str, float]]:
+def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor, pre: Preprocess, d: int,
+             net: str = "mlp") -> dict[str, dict[str, float]]:
     """Train both from the same initial weights on the same batches; evaluate both the same way."""
     torch.manual_seed(seed)
-    net_k = VelocityNet(d, cfg["hidden"])
+    net_k = new_net(net, cfg, d)
     net_r = copy.deepcopy(net_k)
-    model, decay = kizuna_trainer(net_k, cfg)
+    model, decay = kizuna_trainer(net_k, cfg, d)
     opt = reference_adam(net_r.parameters(), cfg["lr"])
     decay_r = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg["steps"])
     g = torch.Generator().manual_seed(seed)
@@ -122,9 +132,9 @@ def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor, 
 def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor, pre: Preprocess, d: int) -> None:
     """Seconds per training step, interleaved, from identical networks and batches."""
     torch.manual_seed(0)
-    net_k = VelocityNet(d, cfg["hidden"])
+    net_k = new_net(args.net, cfg, d)
     net_r = copy.deepcopy(net_k)
-    model, _ = kizuna_trainer(net_k, cfg)
+    model, _ = kizuna_trainer(net_k, cfg, d)
     opt = reference_adam(net_r.parameters(), cfg["lr"])
     with torch.no_grad():
         z = pre(x_train[:cfg["batch"]])
