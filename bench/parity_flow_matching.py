@@ -26,7 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-from flow_matching import LEVELS, VelocityNet  # noqa: E402
+from flow_matching import LEVELS, velocity_net  # noqa: E402
 
 from kizuna.datasets import load_digits, split  # noqa: E402
 from kizuna.distributions import FlowMatching  # noqa: E402
@@ -35,7 +35,6 @@ from kizuna.flows import Preprocess  # noqa: E402
 from kizuna.losses import flow_matching_loss  # noqa: E402
 from kizuna.metrics import classifier_two_sample_test  # noqa: E402
 from kizuna.models import Model  # noqa: E402
-from kizuna.nets import UNet  # noqa: E402
 from kizuna.samplers import LinearPath, heun  # noqa: E402
 
 CFG = {"hidden": 256, "steps": 600, "batch": 128, "lr": 2e-3, "n_test": 120, "rk4": 8, "n_eval": 150}
@@ -44,9 +43,7 @@ QUICK = {"hidden": 64, "steps": 30, "batch": 64, "lr": 2e-3, "n_test": 20, "rk4"
 
 def new_net(net: str, cfg: dict, d: int) -> torch.nn.Module:
     """The velocity network of ``--net``: the example's MLP or its U-Net (`examples/flow_matching.py --net unet`)."""
-    if net == "unet":
-        return UNet((1, 8, 8), channels=16, channel_mults=(1, 2), time_scale=1000.0)
-    return VelocityNet(d, cfg["hidden"])
+    return velocity_net(net, d, cfg["hidden"])
 
 
 def kizuna_trainer(net: torch.nn.Module, cfg: dict, d: int = 64) -> tuple[Model, torch.optim.lr_scheduler.LRScheduler]:

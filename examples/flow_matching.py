@@ -57,13 +57,21 @@ class VelocityNet(nn.Module):
         return self.net(torch.cat([z, angle.sin(), angle.cos()], 1))
 
 
+def velocity_net(net: str, d: int, hidden: int) -> nn.Module:
+    """The velocity network: ``"mlp"`` (`VelocityNet`) or ``"unet"`` (a `kizuna.nets.UNet` over the 8 × 8 images,
+    16 / 32 channels, ``t`` in [0, 1] scaled by 1,000)."""
+    if net == "mlp":
+        return VelocityNet(d, hidden)
+    if net == "unet":
+        return UNet((1, 8, 8), channels=16, channel_mults=(1, 2), time_scale=1000.0)
+    raise ValueError(f"unknown velocity network {net!r}; choose 'mlp' or 'unet'")
+
+
 def build(d: int, hidden: int, rk4: int, net: str = "mlp") -> tuple[InverseTransformedDistribution, FlowMatching,
                                                                     Preprocess]:
-    """The model ``p(x)`` (data), its flow-matching prior ``p(z)`` and the preprocessing layer; ``net``: the velocity
-    MLP or a `kizuna.nets.UNet` over the 8 × 8 images (16 / 32 channels, ``t`` scaled by 1,000)."""
-    velocity = VelocityNet(d, hidden) if net == "mlp" else UNet((1, 8, 8), channels=16, channel_mults=(1, 2),
-                                                                 time_scale=1000.0)
-    fm = FlowMatching(velocity, [d], var="z", sampler="heun", n_steps=25, likelihood_steps=rk4)
+    """The model ``p(x)`` (data), its flow-matching prior ``p(z)`` and the preprocessing layer (``net``: see
+    `velocity_net`)."""
+    fm = FlowMatching(velocity_net(net, d, hidden), [d], var="z", sampler="heun", n_steps=25, likelihood_steps=rk4)
     pre = Preprocess(levels=LEVELS)
     return InverseTransformedDistribution(fm, FlowList([pre]), var=["x"]), fm, pre
 

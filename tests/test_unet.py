@@ -113,3 +113,27 @@ def test_time_scale_multiplies_the_step_before_the_embedding() -> None:
     x, t = torch.randn(4, 64), torch.rand(4)
     torch.testing.assert_close(scaled(x, t), plain(x, t * 1000))
     assert (scaled(x, t) - plain(x, t)).abs().max() > 1e-4
+
+
+def test_the_examples_build_their_u_nets_for_each_option() -> None:
+    """`examples/diffusion.py`'s ``--net unet`` (with ``--variance learned``: ε and v side by side, which
+    `DiffusionReverse` reads and whose v = 1 ends give σ² = β_t) and `examples/flow_matching.py`'s ``--net unet``
+    take the digits' flat rows; an unknown choice is named."""
+    from example_loader import load_example
+
+    diffusion, flow = load_example("diffusion"), load_example("flow_matching")
+    x, t = torch.randn(3, 64), torch.tensor([1, 10, 1000])
+    assert diffusion.eps_net("unet", "digits", 64, 8)(x, t).shape == (3, 64)
+    two = diffusion.eps_net("unet", "digits", 64, 8, heads=2)
+    assert two(x, t).shape == (3, 128)
+    schedule = DiffusionSchedule.linear(1000)
+    _, var = DiffusionReverse(two, schedule, variance="learned").mean_and_variance(x, t)
+    # the zero-initialised output is v = 0: halfway between log β_t and log β̃_t, the geometric mean of the two
+    _, beta = DiffusionReverse(two, schedule, variance="beta").mean_and_variance(x, t, eps=torch.zeros_like(x))
+    _, post = DiffusionReverse(two, schedule, variance="posterior").mean_and_variance(x, t, eps=torch.zeros_like(x))
+    torch.testing.assert_close(var, (beta * post).sqrt().expand_as(x))
+    velocity = flow.velocity_net("unet", 64, 8)
+    assert velocity(x, torch.rand(3)).shape == (3, 64) and velocity.time_scale == 1000.0
+    for make in (lambda: diffusion.eps_net("cnn", "digits", 64, 8), lambda: flow.velocity_net("cnn", 64, 8)):
+        with pytest.raises(ValueError, match="unknown .* network 'cnn'"):
+            make()
