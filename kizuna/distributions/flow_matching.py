@@ -78,12 +78,16 @@ class FlowMatching(Distribution):
     def path(self, context: Mapping[str, Any] | None = None) -> LinearPath:
         """The model as a `kizuna.samplers.LinearPath` (any sampler, guidance)."""
         context = dict(context or {})
+        like = self._like()
         return LinearPath(lambda x, t: self.velocity(x, t, context), self.features_shape, self.sigma_min,
-                          dtype=self._dtype())
+                          dtype=like.dtype if like is not None else None,
+                          device=like.device if like is not None else None)
 
-    def _dtype(self) -> torch.dtype:
-        p = next(iter(self.parameters()), None) if isinstance(self.velocity_net, torch.nn.Module) else None
-        return p.dtype if p is not None else torch.get_default_dtype()
+    def _like(self) -> Tensor | None:
+        """The velocity network's first floating parameter (its dtype and device), if it has one."""
+        if not isinstance(self.velocity_net, torch.nn.Module):
+            return None
+        return next((p for p in self.parameters() if p.is_floating_point()), None)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         context = {c: x_dict[c] for c in self._cond_var}
@@ -96,27 +100,39 @@ class FlowMatching(Distribution):
             raise ValueError(f"{self.prob_text}: the ODE log-density does not factor over features")
         x = x_dict[self._var[0]]
         context = {c: x_dict[c] for c in self._cond_var}
-        x0, integral = ode_log_det(lambda z, t: self.velocity(z, t, context), x, self.likelihood_steps,
-                                   self.trace, self.n_probes)
+        x0, integral = ode_log_det(lambda z, t, *c: self.velocity(z, t, dict(zip(self._cond_var, c))), x,
+                                   self.likelihood_steps, self.trace, self.n_probes,
+                                   context=[context[c] for c in self._cond_var])
         d = x0[0].numel()
         base = -0.5 * x0.flatten(1).pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
         return base + integral
 
 
-def divergence(v: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, trace: str = "exact",
-               n_probes: int = 1, create_graph: bool = False) -> tuple[Tensor, Tensor]:
-    """:math:`v(x, t)` and :math:`\\nabla\\cdot v(x, t)` per row: exact, or Hutchinson with Rademacher probes."""
+def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exact",
+               n_probes: int = 1, create_graph: bool = False, context: Sequence[Any] = ()) -> tuple[Tensor, Tensor]:
+    """:math:`v(x, t, *context)` and :math:`\\nabla\\cdot v(x, t, *context)` per row: exact, or Hutchinson
+    with Rademacher probes.
+
+    With ``create_graph`` both stay differentiable, in the network's parameters and through ``x`` (an ``x`` that
+    is itself a function of the parameters, such as an ODE state, keeps its graph): what maximum-likelihood
+    training and gradients of the log-density need. Without it ``x`` is taken as a constant. ``context``:
+    further inputs of ``v`` with one row per row of ``x`` (repeated with the rows for the exact trace) or one
+    row for all (a tensor of any other leading size, or a non-tensor, is passed as it is).
+    """
     with torch.enable_grad():
         b, d = x.shape[0], x[0].numel()
         if trace == "exact":  # row i repeated d times; copy j's output j differentiated w.r.t. its input j
-            xr = x.detach().repeat_interleave(d, 0).requires_grad_(True)
-            out = v(xr, t.repeat_interleave(d, 0))
+            xr = x.repeat_interleave(d, 0) if create_graph and x.requires_grad else \
+                x.detach().repeat_interleave(d, 0).requires_grad_(True)
+            rows = [c.repeat_interleave(d, 0) if isinstance(c, Tensor) and c.dim() > 0 and c.shape[0] == b else c
+                    for c in context]
+            out = v(xr, t.repeat_interleave(d, 0), *rows)
             eye = torch.eye(d, dtype=x.dtype, device=x.device).repeat(b, 1).reshape(out.shape)
             (g,) = torch.autograd.grad(out, xr, eye, create_graph=create_graph)
             div = (g.flatten(1) * eye.flatten(1)).sum(1).reshape(b, d).sum(1)
             return out.reshape(b, d, *x.shape[1:])[:, 0], div
-        xg = x.detach().requires_grad_(True)
-        out = v(xg, t)
+        xg = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
+        out = v(xg, t, *context)
         div = torch.zeros(b, dtype=x.dtype, device=x.device)
         for k in range(n_probes):
             eps = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
@@ -126,10 +142,11 @@ def divergence(v: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, trac
         return out, div / n_probes
 
 
-def ode_log_det(v: Callable[[Tensor, Tensor], Tensor], x1: Tensor, n_steps: int, trace: str = "exact",
-                n_probes: int = 1) -> tuple[Tensor, Tensor]:
-    """Solve :math:`\\dot x = v` from ``t = 1`` back to 0 with RK4; return :math:`x_0` and
-    :math:`-\\int_0^1 \\nabla\\cdot v\\,dt` (so :math:`\\log p_1(x_1) = \\log p_0(x_0) + ` that)."""
+def ode_log_det(v: Callable[..., Tensor], x1: Tensor, n_steps: int, trace: str = "exact",
+                n_probes: int = 1, context: Sequence[Any] = ()) -> tuple[Tensor, Tensor]:
+    """Solve :math:`\\dot x = v(x, t, *context)` from ``t = 1`` back to 0 with RK4; return :math:`x_0` and
+    :math:`-\\int_0^1 \\nabla\\cdot v\\,dt` (so :math:`\\log p_1(x_1) = \\log p_0(x_0) + ` that). With gradients
+    enabled both are differentiable in the parameters and in ``x1`` through the whole solve (`divergence`)."""
     if n_steps < 1:
         raise ValueError(f"ode_log_det: n_steps must be at least 1, got {n_steps}")
     grad = torch.is_grad_enabled()
@@ -137,7 +154,7 @@ def ode_log_det(v: Callable[[Tensor, Tensor], Tensor], x1: Tensor, n_steps: int,
 
     def f(z: Tensor, t: float) -> tuple[Tensor, Tensor]:
         tt = torch.full((z.shape[0],), t, dtype=z.dtype, device=z.device)
-        out, div = divergence(v, z, tt, trace, n_probes, create_graph=grad)
+        out, div = divergence(v, z, tt, trace, n_probes, create_graph=grad, context=context)
         return (out, div) if grad else (out.detach(), div.detach())
 
     for i in range(n_steps):

@@ -173,15 +173,17 @@ class ScorePath(GaussianPath):
         sigmas: the levels :math:`\\sigma_1 > \\dots > \\sigma_L`; the path ends at :math:`\\sigma = 0`,
             reached by the Tweedie step :math:`\\hat x_0 = x + \\sigma_L^2 s(x, L)`.
         features_shape: the shape of one :math:`x`.
+        dtype, device: of the prior's draws (the score network's; default: torch's default dtype, the CPU).
     """
 
     def __init__(self, score: Callable[[Tensor, int], Tensor], sigmas: Sequence[float] | Tensor,
-                 features_shape: Sequence[int], dtype: torch.dtype | None = None) -> None:
+                 features_shape: Sequence[int], dtype: torch.dtype | None = None, device: Any = None) -> None:
         levels = [float(s) for s in torch.as_tensor(sigmas).flatten()]
         if not levels or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
             raise ValueError("ScorePath: sigmas must be positive and strictly decreasing")
         self.score, self.levels, self.features_shape = score, levels, tuple(features_shape)
         self.dtype = dtype or torch.get_default_dtype()
+        self.device = device
 
     def times(self, n_steps: int | None) -> list[float]:
         if n_steps is not None and n_steps < 1:
@@ -202,7 +204,7 @@ class ScorePath(GaussianPath):
         return Prediction(x - tau * eps, eps)
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.levels[0] * _noise((n, *self.features_shape), None, generator, self.dtype)
+        return self.levels[0] * _noise((n, *self.features_shape), None, generator, self.dtype, self.device)
 
 
 class LinearPath(GaussianPath):
@@ -212,14 +214,16 @@ class LinearPath(GaussianPath):
         velocity: ``velocity(x, t)`` with ``t`` a tensor of shape ``(batch,)``.
         features_shape: the shape of one :math:`x_1`.
         sigma_min: the noise left at ``t = 1``.
+        dtype, device: of the prior's draws (the velocity network's; default: torch's default dtype, the CPU).
     """
 
     clean_evaluable, end = True, 1.0
 
     def __init__(self, velocity: Callable[[Tensor, Tensor], Tensor], features_shape: Sequence[int],
-                 sigma_min: float = 0.0, dtype: torch.dtype | None = None) -> None:
+                 sigma_min: float = 0.0, dtype: torch.dtype | None = None, device: Any = None) -> None:
         self.v, self.features_shape, self.sigma_min = velocity, tuple(features_shape), float(sigma_min)
         self.dtype = dtype or torch.get_default_dtype()
+        self.device = device
 
     def times(self, n_steps: int | None) -> list[float]:
         n = 50 if n_steps is None else n_steps
@@ -246,7 +250,7 @@ class LinearPath(GaussianPath):
         return super().velocity(x, tau, pred)
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return _noise((n, *self.features_shape), None, generator, self.dtype)
+        return _noise((n, *self.features_shape), None, generator, self.dtype, self.device)
 
 
 class Guided(GaussianPath):
