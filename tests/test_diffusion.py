@@ -441,3 +441,83 @@ def test_learned_variance_needs_twice_the_channels() -> None:
     rev = DiffusionReverse(lambda x, t: torch.zeros_like(x), DiffusionSchedule.linear(5), variance="learned")
     with pytest.raises(ValueError, match=r"side by side along dimension 1, shape \(2, 6\); it returned \(2, 3\)"):
         rev.mean_and_variance(torch.zeros(2, 3), torch.tensor([1, 2]))
+
+
+# ------------------------------------------------- conditional losses, T = 1, scalar data, Nichol's weight
+class _Conditional(nn.Module):
+    """ε_θ(x_t, t, y) = W x_t + b y: a conditional noise predictor whose gradient in ``b`` needs the context."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w = nn.Linear(d, d, bias=False).double()
+        self.b = nn.Parameter(torch.full((d,), 0.3, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.w(x) + y[:, None] * self.b
+
+
+def test_noise_prediction_error_of_a_conditional_model_reads_its_context() -> None:
+    """||ε - ε_θ(x_t, t, y)||² with ε = (x_t - sqrt(ᾱ_t) x_0) / sqrt(1 - ᾱ_t), written out by hand; the simple loss
+    (and the hybrid one) of a conditional reverse process train, the context reaching the network (it was left out)."""
+    from kizuna.losses import hybrid_diffusion_loss
+
+    schedule = DiffusionSchedule(DiffusionSchedule.linear(10).betas.double())
+    net = _Conditional(2)
+    rev = DiffusionReverse(net, schedule, context_var=["y"])
+    x0, xt = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    t, y = torch.tensor([1, 3, 7, 10]), torch.tensor([0.0, 1.0, -2.0, 0.5], dtype=torch.float64)
+    ab = torch.cumprod(1 - schedule.betas, 0)[t - 1][:, None]
+    eps = (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
+    expected = (eps - net(xt, t, y)).pow(2).sum(1)
+    got = NoisePredictionError(rev).eval({"x_0": x0, "x_t": xt, "t": t, "y": y})
+    torch.testing.assert_close(got, expected)
+    loss = simple_diffusion_loss(rev)
+    assert "y" in loss.input_var
+    loss.mean().eval({"x_0": x0, "y": y}).backward()
+    assert net.b.grad is not None and net.b.grad.abs().sum() > 0
+    learned = DiffusionReverse(lambda x, t, y: torch.cat([x * y[:, None], torch.zeros_like(x)], 1), schedule,
+                               variance="learned", context_var=["y"])
+    value = hybrid_diffusion_loss(DDPM(learned, [2])).eval({"x_0": x0, "y": y})
+    assert value.shape == (4,) and torch.isfinite(value).all()
+
+
+def test_simple_loss_of_scalar_data_has_one_value_per_row() -> None:
+    schedule = DiffusionSchedule(DiffusionSchedule.linear(10).betas.double())
+    rev = DiffusionReverse(lambda x, t: 0.1 * x, schedule)
+    x0, xt, t = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64), torch.tensor([1, 2, 3, 4, 10])
+    ab = torch.cumprod(1 - schedule.betas, 0)[t - 1]
+    expected = ((xt - ab.sqrt() * x0) / (1 - ab).sqrt() - 0.1 * xt).pow(2)
+    torch.testing.assert_close(NoisePredictionError(rev).eval({"x_0": x0, "x_t": xt, "t": t}), expected)
+    assert simple_diffusion_loss(rev).eval({"x_0": x0}).shape == (5,)
+    learned = DiffusionReverse(lambda x, t: torch.cat([x, x]), schedule, variance="learned")
+    with pytest.raises(ValueError, match=r"need a feature dimension .* x_t has shape \(5,\)"):
+        learned.mean_and_variance(xt, t)
+
+
+def test_a_one_step_ddpm_samples_its_prior_through_the_decoder() -> None:
+    """T = 1: x_1 ~ N(0, I) and the decoder's mean x_1 / sqrt(α_1) (ε_θ = 0), so x_0 ~ N(0, I / α_1); the posterior
+    and learned variances, which use step 2's posterior variance at step 1, are refused with T = 1."""
+    schedule = DiffusionSchedule(torch.tensor([0.5], dtype=torch.float64))
+    p = DDPM(DiffusionReverse(lambda x, t: torch.zeros_like(x), schedule), [2])
+    x = p.sample(batch_n=20_000)["x_0"]
+    n = x.numel()
+    assert abs(x.mean().item()) < 5 * math.sqrt(2.0 / n)
+    assert abs(x.var().item() - 2.0) < 5 * 2.0 * math.sqrt(2.0 / n)  # var of a sample variance: 2 σ⁴ / n
+    for variance in ("posterior", "learned"):
+        with pytest.raises(ValueError, match="needs at least two steps"):
+            DiffusionReverse(lambda x, t: x, schedule, variance=variance)
+
+
+def test_the_default_hybrid_weight_is_nichol_and_dhariwals() -> None:
+    """Their code: mean over entries of the squared error + 0.001 × the bound in bits per entry; kizuna's terms are
+    summed over a row's entries and the bound is in nats, so L_hybrid with the default weight is D times theirs."""
+    from kizuna.losses import hybrid_diffusion_loss
+
+    torch.manual_seed(0)
+    net = _TwoHeads(3)
+    rev = DiffusionReverse(net, DiffusionSchedule.linear(20), variance="learned")
+    p = DDPM(rev, [3], decoder=DiffusionDecoder(rev, bins=17))
+    x0 = {"x_0": torch.rand(8, 3) * 2 - 1}
+    total, terms = hybrid_diffusion_loss(p).mean().eval(x0, return_terms=True)
+    theirs = terms["L_simple"] / 3 + 0.001 * terms["L_vlb"] / (3 * math.log(2))
+    torch.testing.assert_close(total, 3 * theirs)

@@ -185,3 +185,9 @@ def test_ebm_ranks_data_above_noise_and_sgld_covers_the_modes() -> None:
     good = dist.min(1).values < 3 * SD
     shares = torch.bincount(dist.argmin(1)[good], minlength=MODES).float() / len(good)
     assert shares.min() >= 0.15, shares
+
+
+def test_sgld_buffer_takes_the_models_dtype() -> None:
+    p = EnergyDistribution(Quadratic([0.0, 0.0]), var=["x"]).double()
+    sampler = SGLD(p, [2], buffer_size=10, n_steps=2)
+    assert sampler.buffer.dtype == torch.float64 and sampler.sample(4).dtype == torch.float64

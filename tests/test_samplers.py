@@ -214,3 +214,14 @@ def test_ddpm_sample_runs_through_the_layer_and_paths_are_checked() -> None:
         ddim(p.path(), 2, n_steps=21)
     with pytest.raises(ValueError, match="strictly decreasing"):
         ScorePath(lambda x, i: x, [0.1, 1.0], [2])
+
+
+def test_step_counts_and_levels_are_named_as_given() -> None:
+    path = ScorePath(lambda x, i: -x, [3.0, 2.0, 1.0], [2])
+    with pytest.raises(ValueError, match="n_steps=5 exceeds the model's 3 noise levels"):
+        euler(path, 2, n_steps=5)
+    assert euler(path, 2, n_steps=3).shape == (2, 2)
+    from kizuna.samplers import annealed_langevin_dynamics
+
+    with pytest.raises(ValueError, match=r"positive and strictly decreasing, got \[1.0, 0.0\]"):
+        annealed_langevin_dynamics(lambda x, i: -x, torch.zeros(2, 2), [1.0, 0.0])

@@ -280,6 +280,10 @@ class DiffusionReverse(_Step, Normal):
                  context_var: Sequence[str] = ()) -> None:
         if variance not in ("beta", "posterior", "learned"):
             raise ValueError(f"DiffusionReverse: variance must be 'beta', 'posterior' or 'learned', got {variance!r}")
+        if variance != "beta" and schedule.T < 2:
+            raise ValueError(f"DiffusionReverse: variance={variance!r} needs at least two steps (it uses the posterior "
+                             f"variance of step 2 at step 1, where the posterior's own is 0); this schedule has "
+                             f"T = {schedule.T}: use variance='beta'")
         var = var or ("x_{t-1}" if step is None else f"x_{step - 1}")
         noisy_var = noisy_var or ("x_t" if step is None else f"x_{step}")
         self.context_var = list(context_var)
@@ -304,8 +308,11 @@ class DiffusionReverse(_Step, Normal):
                 raise ValueError(
                     f"{self.prob_text}: eps_net returned shape {tuple(out.shape)}, expected {tuple(x_t.shape)}")
             return out, None
-        want = (x_t.shape[0], 2 * x_t.shape[1], *x_t.shape[2:]) if x_t.dim() > 1 else None
-        if want is None or out.shape != want:
+        if x_t.dim() < 2:
+            raise ValueError(f"{self.prob_text}: with variance='learned' the data need a feature dimension (ε and v "
+                             f"are stacked along dimension 1); {self.noisy_var} has shape {tuple(x_t.shape)}")
+        want = (x_t.shape[0], 2 * x_t.shape[1], *x_t.shape[2:])
+        if out.shape != want:
             raise ValueError(f"{self.prob_text}: with variance='learned' eps_net returns ε and v side by side along "
                              f"dimension 1, shape {want}; it returned {tuple(out.shape)}")
         eps, v = out.chunk(2, 1)
@@ -478,8 +485,11 @@ class DDPM(Distribution):
         rows = batch_size_of(context) or batch_n or 1
         path = self.path(context)
         with torch.set_grad_enabled(reparam and torch.is_grad_enabled()):
-            y_1 = ancestral(path, x=path.prior(rows), times=path.times(None)[:-1], grad=reparam)  # x_T .. x_1
-            x_1, _ = path.scaled_input(y_1, path.times(None)[-2])
+            times = path.times(None)[:-1]  # x_T .. x_1
+            y_1 = path.prior(rows)
+            if len(times) > 1:  # with T = 1, x_T is x_1: the decoder follows the prior
+                y_1 = ancestral(path, x=y_1, times=times, grad=reparam)
+            x_1, _ = path.scaled_input(y_1, times[-1])
             given = {self.decoder.cond_var[0]: x_1, **context}
             x0 = self.decoder.sample_mean(given) if self.noiseless_last else self.decoder.sample(
                 given, reparam=reparam)[self._var[0]]

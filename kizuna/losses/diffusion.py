@@ -18,6 +18,7 @@ a bound on the discrete data's code length).
 from __future__ import annotations
 
 import contextvars
+import math
 
 import torch
 
@@ -41,7 +42,8 @@ _TEXT = {"text": "||ε - ε_θ({0},{1})||^2", "latex": r"\left\|\epsilon - \epsi
 
 
 class NoisePredictionError(Loss):
-    """:math:`\\|\\epsilon - \\epsilon_\\theta(x_t, t)\\|^2` per row.
+    """:math:`\\|\\epsilon - \\epsilon_\\theta(x_t, t)\\|^2` per row (:math:`\\epsilon_\\theta(x_t, t, c)` for a
+    conditional reverse process, its ``context_var`` read from the values).
 
     The noise is recovered from the draw as its standardised value under the forward process,
     :math:`\\epsilon = (x_t - \\mu)/\\sigma` with :math:`\\mu = \\sqrt{\\bar\\alpha_t}x_0`,
@@ -59,7 +61,7 @@ class NoisePredictionError(Loss):
                  noising: DiffusionForward | None = None) -> None:
         if reverse.step is not None:
             raise ValueError(f"NoisePredictionError: {reverse.prob_text} has a fixed step; give the process over all t")
-        super().__init__([data_var, reverse.noisy_var, reverse.t_var])
+        super().__init__([data_var, reverse.noisy_var, reverse.t_var, *reverse.context_var])
         if noising is None:
             noising = DiffusionForward(reverse.schedule, var=reverse.noisy_var, data_var=data_var, t_var=reverse.t_var)
         elif (noising.step is not None or noising.var != [reverse.noisy_var] or noising.data_var != data_var
@@ -76,7 +78,9 @@ class NoisePredictionError(Loss):
         xt = values[rev.noisy_var]
         q = self.noising.get_params(values)
         eps = (xt - q["loc"]) / q["scale"]
-        return (eps - rev.epsilon(xt, rev.schedule.index(values[rev.t_var], xt))).pow(2).flatten(1).sum(1)
+        context = {c: values[c] for c in rev.context_var}
+        err = (eps - rev.epsilon(xt, rev.schedule.index(values[rev.t_var], xt), context)).pow(2)
+        return err.flatten(1).sum(1) if err.dim() > 1 else err  # scalar data: one entry per row
 
     def _render(self, fmt: dict[str, str]) -> str:
         template = _TEXT["latex"] if fmt is LATEX else _TEXT["text"]
@@ -165,6 +169,10 @@ def simple_diffusion_loss(reverse: DiffusionReverse, data_var: str = "x_0") -> L
     return Expectation(u, Expectation(q_t, NoisePredictionError(reverse, data_var, q_t)))
 
 
+NICHOL_WEIGHT = 0.001 / math.log(2)
+"""Nichol & Dhariwal's :math:`\\lambda = 0.001` on a bound in bits, as a weight of the bound in nats."""
+
+
 class _MeanStopped(Loss):
     """``f`` evaluated with the reverse process's mean detached (`stop_mean_gradient`): the same value, gradients
     only through the learned variances."""
@@ -184,12 +192,14 @@ class _MeanStopped(Loss):
         return fmt["paren"].format(self.f._render(fmt)) + ("_{sg(\\mu)}" if fmt is LATEX else "_sg(μ)")
 
 
-def hybrid_diffusion_loss(p: DDPM, weight: float = 0.001, data_var: str = "x_0") -> Loss:
+def hybrid_diffusion_loss(p: DDPM, weight: float = NICHOL_WEIGHT, data_var: str = "x_0") -> Loss:
     r"""Nichol & Dhariwal's :math:`L_{hybrid} = L_{simple} + \lambda L_{vlb}` per row (arXiv:2102.09672, §3.1).
 
     :math:`L_{vlb}` is `diffusion_bound` with the reverse process's mean detached, so it trains only the learned
     variances (``DiffusionReverse(..., variance="learned")``) and :math:`L_{simple}` only the mean; ``weight`` is
-    their :math:`\lambda`. The two terms draw their own steps and noise.
+    :math:`\lambda` for both terms as kizuna writes them, summed over the entries of a row and the bound in nats.
+    Their code takes the mean over entries in both terms and the bound in bits, so their :math:`\lambda = 0.001` is
+    ``0.001 / ln 2`` here (`NICHOL_WEIGHT`, the default). The two terms draw their own steps and noise.
 
     >>> import torch
     >>> from kizuna.distributions.diffusion import DiffusionReverse, DiffusionSchedule

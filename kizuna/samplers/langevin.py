@@ -78,8 +78,8 @@ def annealed_langevin_dynamics(score: Callable[[Tensor, int], Tensor], x: Tensor
             (Jolicoeur-Martineau et al. 2020, arXiv:2009.05475), removing the last level's noise.
     """
     levels = [float(s) for s in torch.as_tensor(sigmas).flatten()]
-    if not levels or any(a <= b for a, b in zip(levels, levels[1:])):
-        raise ValueError("annealed_langevin_dynamics: sigmas must be non-empty and strictly decreasing")
+    if not levels or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
+        raise ValueError(f"annealed_langevin_dynamics: sigmas must be positive and strictly decreasing, got {levels}")
     for i, sigma in enumerate(levels):
         alpha = eps * sigma**2 / levels[-1] ** 2
         x = langevin_dynamics(_at_level(score, i), x, alpha, n_steps_each, generator)

@@ -188,6 +188,9 @@ class ScorePath(GaussianPath):
     def times(self, n_steps: int | None) -> list[float]:
         if n_steps is not None and n_steps < 1:
             raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+        if n_steps is not None and n_steps > len(self.levels):
+            raise ValueError(f"ScorePath: n_steps={n_steps} exceeds the model's {len(self.levels)} noise levels (one "
+                             "step from each level used, the last one to sigma = 0)")
         idx = [0] if n_steps == 1 else _grid(self.levels, None if n_steps is None else n_steps - 1)
         return [self.levels[i] for i in idx] + [0.0]
 

@@ -46,7 +46,8 @@ class SGLD(nn.Module):
         self.features_shape = torch.Size(features_shape)
         self.reinit, self.n_steps, self.step_size, self.noise_scale = reinit, n_steps, step_size, noise_scale
         self.low, self.high, self.clamp = low, high, clamp
-        self.register_buffer("buffer", self._uniform(buffer_size, torch.empty(0)))
+        like = next((q for q in p.parameters() if q.is_floating_point()), torch.empty(0))  # p's dtype and device
+        self.register_buffer("buffer", self._uniform(buffer_size, like))
 
     def _uniform(self, n: int, like: Tensor) -> Tensor:
         u = torch.rand(n, *self.features_shape, dtype=like.dtype, device=like.device)
