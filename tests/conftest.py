@@ -16,6 +16,7 @@ itself that way in ``tests/test_shared_data.py``). Where the data come from: ``d
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,3 +82,24 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def torch_objects(*modules: torch.nn.Module) -> Iterator[None]:
+    """Within this block the kizuna distributions inside ``modules`` compute with ``torch.distributions`` objects
+    instead of their families' closed-form kernels (log-density, draw, KL): the independent reference that the
+    kernels are compared with (validation is not one: it only adds checks). Import it with
+    ``from conftest import torch_objects``."""
+    from kizuna.distributions.torch_dist import TorchDistribution
+
+    changed = []
+    for module in modules:
+        for d in module.modules():
+            if isinstance(d, TorchDistribution) and "_hooks" not in d.__dict__:
+                d.__dict__["_hooks"] = dict.fromkeys(type(d)._hooks, False)
+                changed.append(d)
+    try:
+        yield
+    finally:
+        for d in changed:
+            del d.__dict__["_hooks"]

@@ -242,3 +242,21 @@ def test_update_value_reads_every_source_before_writing_a_target():
         hand = hand + TNormal(a * prev + b * prev2, s).log_prob(x_t).sum()
         prev, prev2 = x_t, prev
     torch.testing.assert_close(value, hand)
+
+
+def test_fit_refuses_time_major_sequences_that_it_would_cut_along_time():
+    """``Model.fit`` cuts dict data along dimension 0, which is time for ``series_dim=0``: refused with a message
+    naming the variable and the fix (it trained on sums of three time steps of the wrong sequences before)."""
+    p = Normal(var=["x"], loc=nn.Parameter(torch.zeros(2)), scale=1.0)
+    xs = torch.randn(10, 3, 2)  # T = 10, N = 3
+    time_major = IterativeLoss(-LogProb(p).mean(), series_var=["x"])
+    with pytest.raises(ValueError, match=r"reads x time-major .* IterativeLoss\(\.\.\., series_dim=1\)"):
+        Model(time_major).fit({"x": xs}, batch_size=3, quiet=True)
+    batch_first = IterativeLoss(-LogProb(p).mean(), series_var=["x"], series_dim=1)
+    with pytest.raises(ValueError, match="cuts valid into mini-batches"):
+        Model(batch_first, test_loss=time_major).fit({"x": xs.transpose(0, 1)}, valid={"x": xs}, batch_size=3,
+                                                    quiet=True)
+    # a DataLoader makes its own batches (here whole time-major sequences): left to it
+    before = time_major.eval({"x": xs}).item()
+    history = Model(time_major).fit([{"x": xs}], quiet=True)
+    assert history["train"][0] == pytest.approx(before, rel=1e-6)  # the loss of the step, before it

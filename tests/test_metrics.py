@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import torch_objects
 from mc_reference import default_dtype
 from test_bounds import ExactPosterior, WrongPosterior, log_px, model
 
@@ -77,11 +78,12 @@ def _bernoulli_vae(d: int = 784, z: int = 4):
 def test_unchecked_estimates_equal_the_checked_ones_draw_for_draw(validate):
     """By default one checked evaluation (on a fork of the random stream) precedes an unchecked
     estimate, whose Bernoulli kernel scores the 3 x 700 rows in blocks: the same draws and, up to
-    rounding, the same figures as torch.distributions' log_prob on every evaluation (validate=True)."""
+    rounding, the same figures as torch.distributions' objects on every evaluation (`torch_objects`, checked)."""
     p, q = _bernoulli_vae()
     x = {"x": (torch.rand(7, 784, generator=torch.Generator().manual_seed(0)) > 0.5).double()}
     torch.manual_seed(11)
-    checked = log_likelihood(p, q, x, k=2100, batch_size=3, k_chunk=700, validate=True)
+    with torch_objects(p, q):
+        checked = log_likelihood(p, q, x, k=2100, batch_size=3, k_chunk=700, validate=True)
     torch.manual_seed(11)
     fast = log_likelihood(p, q, x, k=2100, batch_size=3, k_chunk=700, validate=validate)
     torch.testing.assert_close(fast, checked, rtol=1e-12, atol=1e-9)

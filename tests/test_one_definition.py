@@ -1,8 +1,8 @@
 """One definition of every formula: the training step evaluates the same estimator as ``Loss.eval``.
 
 References: torch.distributions (the closed-form hooks of the families: same values, same random
-stream), and ``Loss.eval`` under validation (torch's own objects) for the path `Model` takes when
-validation is off (the hooks). Covered: every loss class of ``kizuna.losses`` (a meta-test),
+stream), and ``Loss.eval`` computed with torch's own objects (`conftest.torch_objects`) for the path `Model`
+takes (the hooks). Covered: every loss class of ``kizuna.losses`` (a meta-test),
 networks with dropout in train mode, and IWAE, whose proposal's network must run once per row
 (the removed hand-written plan ran it on all k repeated rows and gave another estimate under
 dropout: 4.36 vs 4.23 for the same seed).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import torch_objects
 from torch import distributions as D
 from torch import nn
 from torch.nn import functional as F
@@ -151,15 +152,16 @@ def test_every_loss_class_is_covered() -> None:
 
 @pytest.mark.parametrize("name", list(losses()))
 def test_the_fast_path_is_the_same_estimator(name: str) -> None:
-    """Hooks (validation off) and torch's objects (validation on): the same value and gradients for
-    the same seed, with dropout active (train mode)."""
+    """The families' kernels (validation off, as `Model.train` after its first step) and torch's objects
+    (`torch_objects`, validation on): the same value and gradients for the same seed, with dropout active (train
+    mode); and validation on with the kernels gives the kernels' numbers exactly (it adds checks only)."""
     loss = losses()[name]
     x = data()
     params = [p for d in loss.distributions() for p in d.parameters()]
     results = []
     for checked in (True, False):
         torch.manual_seed(1)
-        with validation(checked):
+        with validation(checked), torch_objects(*(loss.distributions() if checked else [])):
             value = loss.eval(x)
         grads = torch.autograd.grad(value, params, allow_unused=True) if value.requires_grad else []
         results.append((value.detach(), [g for g in grads if g is not None]))
@@ -168,6 +170,9 @@ def test_the_fast_path_is_the_same_estimator(name: str) -> None:
     assert len(g1) == len(g2)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.manual_seed(1)
+    with validation(True):
+        assert torch.equal(loss.eval(x).detach(), v2)
 
 
 @pytest.mark.parametrize("name", ["vae", "IWAE", "ELBO", "expectation with sample_shape"])
@@ -467,3 +472,37 @@ def test_the_memo_returns_the_latest_remembered_value_and_forgets_a_released_ste
         assert memoized(owner, "t", [y], compute, 8) == 8
         assert memoized(owner, "t", [x], compute, 9) == 5  # entries from before the mark stay
     assert calls == [1, 2, 4, 7, 8]
+
+
+def test_validation_adds_checks_and_changes_no_number() -> None:
+    """A checked evaluation (a model's first step, a resumed run's first step) computes with the same kernels as an
+    unchecked one: Bernoulli's log-density from probabilities, whose kernel rounds differently from torch's formula,
+    equal bit for bit with validation on and off; the draws and the KL too; the checks still name bad input: a NaN
+    by its row and column, a numpy array given for a parameter's variable by that variable."""
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(6, 5, generator=gen) * 0.98 + 0.01
+    bits = (torch.rand(6, 5, generator=gen) > 0.5).float()
+    b = Bernoulli(var=["x"], cond_var=["p"], probs="p")
+    q = Normal(var=["z"], cond_var=["m", "s"], loc="m", scale="s", name="q")
+    prior = Normal(var=["z"], loc=0.5, scale=2.0, features_shape=[5], name="p_0")
+    m, s = torch.randn(6, 5, generator=gen), torch.rand(6, 5, generator=gen) + 0.5
+    out = {}
+    for checked in (True, False):
+        torch.manual_seed(4)
+        with validation(checked):
+            out[checked] = (b.get_log_prob({"p": probs, "x": bits}), q.sample({"m": m, "s": s})["z"],
+                            KullbackLeibler(q, prior).eval({"m": m, "s": s}))
+    for a, c in zip(out[True], out[False]):
+        assert torch.equal(a, c)
+    torch.testing.assert_close(out[True][0], D.Independent(D.Bernoulli(probs=probs), 1).log_prob(bits))
+    nan = bits.clone()
+    nan[3, 2] = float("nan")
+    with validation(True), pytest.raises(ValueError, match=r"x_dict\['x'\] holds nan at row 3, column 2"):
+        Normal(var=["x"], cond_var=["p"], loc="p", scale=1.0).get_log_prob({"p": probs, "x": nan})
+    with pytest.raises(TypeError, match=r"p\(x\|p\): p \(its probs\) must be a torch.Tensor, got ndarray"):
+        b.get_log_prob({"p": probs.numpy(), "x": bits})
+    with validation(True), pytest.raises(TypeError, match=r"p \(its probs\) must be a torch.Tensor, got list"):
+        b.get_log_prob({"p": probs.tolist(), "x": bits})
+    assert np.isfinite(out[False][0].numpy()).all()

@@ -109,3 +109,18 @@ def test_spec_labels_errors_and_image(tmp_path: Path) -> None:
         assert out.image is None
     else:
         assert out.image is not None and out.image.read_text().lstrip().startswith(("<?xml", "<svg"))
+
+
+def test_renamed_and_marginalised_distributions_keep_their_edges() -> None:
+    """``replace_var`` and ``marginalize_var`` keep the factors inside them: p(x|z)p(y|z)p(z) with z renamed to h
+    draws h -> x and h -> y; with z integrated out, z stays a latent (unshaded) node with its edges."""
+    j = (Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0) * Normal(var=["y"], cond_var=["z"], loc="z", scale=1.0)
+         * Normal(var=["z"], loc=0.0, scale=1.0))
+    renamed = model_spec(j.replace_var(z="h"), observed=["x"])
+    assert edges(renamed) == {("h", "x", "generative"), ("h", "y", "generative")}
+    assert {e["label"] for e in renamed["edges"]} == {"p(x|h)", "p(y|h)"}
+    marginal = model_spec(j.marginalize_var("z"), observed=["x", "y"])
+    assert edges(marginal) == {("z", "x", "generative"), ("z", "y", "generative")}
+    assert {n["name"]: n["observed"] for n in marginal["nodes"]} == {"x": True, "y": True, "z": False}
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q").replace_var(x="w")
+    assert edges(model_spec(q)) == {("w", "z", "inference")}

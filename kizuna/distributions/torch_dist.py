@@ -19,12 +19,15 @@ for that family (tested against torch in tests/test_families.py).
 
 Validation is torch's switch (``torch.distributions.Distribution.set_default_validate_args``,
 or `validation` here): while it is on, parameters are checked by torch's own constructor and
-scored values against the family's support; `kizuna.models.Model` has a per-model option.
+scored values against the family's support; `kizuna.models.Model` has a per-model option. It adds
+checks and changes no number: a checked evaluation computes with the same kernels as an unchecked one
+(a model's validated first step and a resumed run's give the numbers of the steps after them).
 """
 
 from __future__ import annotations
 
 import inspect
+import numbers
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -35,6 +38,7 @@ from torch import distributions as D
 from torch import nn
 from torch.distributions import constraints
 
+from kizuna._data import first_nonfinite
 from kizuna.distributions.base import (
     BLOCK_ELEMENTS,
     Distribution,
@@ -418,6 +422,11 @@ class TorchDistribution(Distribution):
             if bad:  # a network that emitted nan / inf: a numerical failure, not a wrong argument
                 raise FloatingPointError(f"{self.prob_text}: parameter {', '.join(bad)} of {type(self).__name__} "
                                          "is not finite") from None
+            odd = {k: v for k, v in params.items() if not isinstance(v, (Tensor, numbers.Number))}
+            if odd:  # e.g. a numpy array or a list given for a variable that a parameter reads
+                listed = ", ".join(f"{self._from_var[k]} (its {k})" if k in self._from_var else k for k in odd)
+                kinds = ", ".join(sorted({type(v).__name__ for v in odd.values()}))
+                raise TypeError(f"{self.prob_text}: {listed} must be a torch.Tensor, got {kinds}") from None
             match = _PARAM_ERROR.search(str(err))
             if match:
                 raise ValueError(
@@ -498,8 +507,11 @@ class TorchDistribution(Distribution):
     def kl_to(self, params: dict[str, Any], other: TorchDistribution, other_params: dict[str, Any],
               per_feature: bool = False) -> Tensor:
         r""":math:`D_{KL}[self\|other]` in closed form from both parameter sets, per row (or per feature):
-        the family's `_kl_kernel` when it has one (and validation is off), else torch's registry."""
-        if not validation_enabled():
+        the family's `_kl_kernel` when it has one, else torch's registry (validation adds the checks only)."""
+        if validation_enabled():  # the checks of both parameter sets; the computation below is the same
+            self._build(params, not per_feature)
+            other._build(other_params, not per_feature)
+        if self._hooks["_kl_kernel"]:
             kl = self._kl_kernel(other, params, other_params)
             if kl is not None:
                 return kl if per_feature else sum_rows(kl)
@@ -530,7 +542,9 @@ class TorchDistribution(Distribution):
         """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
         rows = self._rows(params, x_dict, batch_n)
         lead = (n,) if n > 1 else ()
-        if reparam and self._hooks["_rsample_kernel"] and self.has_reparam and not validation_enabled():
+        if reparam and self._hooks["_rsample_kernel"] and self.has_reparam:
+            if validation_enabled():  # the parameters' checks; the draw is the kernel's either way
+                self._torch_dist(x_dict)
             shape = self._kernel_shape(params, rows)
             if shape is not None:
                 z = self._rsample_kernel(torch.Size(lead) + shape if lead else shape, params)
@@ -622,6 +636,10 @@ class TorchDistribution(Distribution):
     def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
         """The support check of scored values (while validation is on); families may extend it."""
         if self.validate_value and not bool(dist.support.check(value).all()):
+            nonfinite = first_nonfinite({self._var[0]: value}, "x_dict") if value.is_floating_point() else None
+            if nonfinite is not None:
+                raise ValueError(f"{self.prob_text}: {nonfinite} (not a number in the support ({dist.support}) of "
+                                 f"{type(self).__name__}); remove or impute it")
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} is outside the support "
                              f"({dist.support}) of {type(self).__name__}")
 
@@ -695,17 +713,23 @@ class TorchDistribution(Distribution):
         """The log-density per feature entry (the event dimensions of the family reduced)."""
         params = self._params(x_dict)
         checking = validation_enabled()
-        shape = None if checking or not self._hooks["_log_prob_kernel"] else self._kernel_shape(params, None)
+        dist = None
+        if checking:  # the checks (parameters, the value's shape, rows and support); they change no number below
+            dist = self._torch_dist(x_dict, independent=False)
+            features = dist.batch_shape[1:] + dist.event_shape
+            value = self._value(x_dict[self._var[0]], features, params)
+            self._check_rows(value, dist.batch_shape[0], features)
+            self._check_support(value, dist)
+        shape = self._kernel_shape(params, None) if self._hooks["_log_prob_kernel"] else None
         if shape is not None:
             lp = self._kernel_log_prob(x_dict, params, shape)
             if lp is not None:
                 return lp
-        dist = self._torch_dist(x_dict, independent=False)
-        features = dist.batch_shape[1:] + dist.event_shape
-        value = self._value(x_dict[self._var[0]], features, params)
-        self._check_rows(value, dist.batch_shape[0], features)
-        if checking:
-            self._check_support(value, dist)
+        if dist is None:
+            dist = self._torch_dist(x_dict, independent=False)
+            features = dist.batch_shape[1:] + dist.event_shape
+            value = self._value(x_dict[self._var[0]], features, params)
+            self._check_rows(value, dist.batch_shape[0], features)
         dist._validate_args = False  # checked above, with a message naming the variable
         return dist.log_prob(value)
 

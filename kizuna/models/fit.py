@@ -88,6 +88,9 @@ def fit(
         model.check_checkpoint_path(checkpoint)
     train_data = Batches(data, "data", model.loss_cls.input_var, batch_size)
     valid_data = Batches(valid, "valid", model.test_loss_cls.input_var, batch_size) if valid is not None else None
+    _check_batch_first(model.loss_cls, train_data, "data")
+    if valid_data is not None:
+        _check_batch_first(model.test_loss_cls, valid_data, "valid")
     parallel = ddp.resolve(distributed)
     if parallel:
         ddp.check_same(model, [train_data, valid_data])
@@ -126,6 +129,25 @@ def fit(
                 if stop:
                     break
     return model.history
+
+
+def _check_batch_first(loss: Any, batches: Batches, what: str) -> None:
+    """Dict data is cut into mini-batches along dimension 0: refuse a sequence that an `IterativeLoss` reads with
+    time along that dimension (``series_dim=0``), which would be cut and shuffled along time, silently."""
+    if batches.tensors is None:  # a DataLoader makes its own batches
+        return
+    stack = [loss]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.subterms())
+        if getattr(node, "series_dim", None) == 0 and hasattr(node, "series_var"):
+            cut = [v for v in node.series_var if v in batches.tensors]
+            if cut:
+                raise ValueError(
+                    f"fit: {node} reads {', '.join(cut)} time-major (series_dim=0, time first), but fit cuts "
+                    f"{what} into mini-batches along dimension 0, which would cut and shuffle the time steps; "
+                    "write it with IterativeLoss(..., series_dim=1) and give the sequences batch-first "
+                    "(N x T x ...), or pass a DataLoader whose batches are whole sequences")
 
 
 def _start_streams(model: Any, seed: int | None, parallel: bool) -> None:

@@ -1,8 +1,9 @@
 r"""Pictures of models: `render` turns a distribution, a loss or a module graph into a graphical model.
 
 What it reads is public structure only: a distribution's ``factors()`` and their ``var`` /
-``cond_var`` / ``name``; a loss's ``distributions()``, ``input_var`` and, for `IterativeLoss`, its
-``series_var`` and ``update_value``; a `kizuna.modules.Graph`'s ``modules`` with their ``children``.
+``cond_var`` / ``name`` (through renamed and marginalised distributions, to the factors inside them);
+a loss's ``distributions()``, ``input_var`` and, for `IterativeLoss`, its ``series_var`` and
+``update_value``; a `kizuna.modules.Graph`'s ``modules`` with their ``children``.
 Nothing in the formula layer imports this module.
 
 * Random variables are nodes (ellipses); observed ones are shaded: a loss's inputs (its data), or
@@ -29,7 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kizuna._text import prob_text
 from kizuna.distributions.base import Distribution
+from kizuna.distributions.marginal import MarginalizeVarDistribution
+from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.formula.expr import Loss
 from kizuna.losses.iterative import IterativeLoss
 from kizuna.modules.base import Module, Observation
@@ -79,14 +83,30 @@ def latex_label(name: str) -> str:
     return f"{head}_{{{tail}}}"
 
 
+def _atoms(p: Distribution, rename: dict[str, str] | None = None) -> list[tuple[str, list[str], list[str]]]:
+    """The single factors of ``p`` as ``(name, var, cond_var)`` under ``rename``: a product's factors, and the
+    factors inside a renamed (`replace_var`) or marginalised (`marginalize_var`) distribution, whose integrated
+    variables stay as latent nodes."""
+    rename = rename or {}
+    if isinstance(p, ReplaceVarDistribution):
+        return _atoms(p.p, p._compose(rename))
+    if isinstance(p, MarginalizeVarDistribution):
+        return _atoms(p.p, rename)
+    factors = p.factors()
+    if len(factors) != 1 or factors[0] is not p:
+        return [atom for f in factors for atom in _atoms(f, rename)]
+    return [(p.name, [rename.get(v, v) for v in p.var], [rename.get(c, c) for c in p.cond_var])]
+
+
 def _add_distribution(spec: _Spec, p: Distribution, observed: set[str]) -> None:
-    for f in p.factors():
-        kind = "inference" if f.name.lstrip("\\").startswith(("q", "hat{q}")) else "generative"
-        for v in f.var:
+    for name, var, cond in _atoms(p):
+        kind = "inference" if name.lstrip("\\").startswith(("q", "hat{q}")) else "generative"
+        label = prob_text(name, var, cond)
+        for v in var:
             spec.node(v, v in observed)
-            for c in f.cond_var:
+            for c in cond:
                 spec.node(c, c in observed)
-                spec.edge(c, v, f.prob_text, kind)
+                spec.edge(c, v, label, kind)
 
 
 def _iterative_nodes(loss: Loss) -> list[IterativeLoss]:
@@ -108,8 +128,8 @@ def _from_loss(spec: _Spec, loss: Loss, observed: set[str]) -> None:
         spec.plates["T"] = {"name": "T", "label": "T", "parent": "N"}
         step_vars = set(it.series_var) | set(it.update_value) | set(it.update_value.values())
         for p in it.distributions():
-            for f in p.factors():
-                step_vars |= set(f.var)
+            for _, var, _ in _atoms(p):
+                step_vars |= set(var)
         for v in step_vars & set(spec.nodes):
             spec.nodes[v]["plate"] = "T"
         for src, dst in it.update_value.items():
