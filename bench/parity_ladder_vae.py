@@ -40,16 +40,20 @@ CFG = {"z_dims": [8, 4], "hidden": [128, 64], "epochs": 60, "warmup": 10, "k": 5
 QUICK = {"z_dims": [4, 2], "hidden": [16, 8], "epochs": 2, "warmup": 1, "k": 20}
 
 
-def normal(head: torch.nn.Module, inputs: torch.Tensor) -> D.Normal:
-    loc, s = head.head(head.body(inputs)).chunk(2, -1)
+def normal(head: torch.nn.Module, features: torch.Tensor) -> D.Normal:
+    """A head's Normal from the features its last hidden layer gives (``head.head``, the output layer)."""
+    loc, s = head.head(features).chunk(2, -1)
     return D.Normal(loc, F.softplus(s) + 1e-4)
 
 
 def reference_loss(m: LadderVAE, x: torch.Tensor, beta: float) -> torch.Tensor:
-    """The two-layer bound by hand: q(z2|x), q(z1|z2,x) ∝ q̂(z1|x) p(z1|z2), KLs in closed form."""
-    q2 = normal(m.posteriors[1], x)
+    """The two-layer bound by hand: one bottom-up pass d1 = f1(x), d2 = f2(d1); q(z2|x) from d2,
+    q(z1|z2,x) ∝ q̂(z1|x) p(z1|z2) with q̂ from d1; KLs in closed form."""
+    d1 = m.bottom_up[0](x)
+    d2 = m.bottom_up[1](d1)
+    q2 = normal(m.posteriors[1], d2)
     z2 = q2.rsample()
-    q1_hat, p1 = normal(m.posteriors[0].factors_[0], x), normal(m.priors[0], z2)
+    q1_hat, p1 = normal(m.posteriors[0].factors_[0], d1), normal(m.priors[0], m.priors[0].body(z2))
     precision = q1_hat.scale.pow(-2) + p1.scale.pow(-2)
     loc = (q1_hat.loc * q1_hat.scale.pow(-2) + p1.loc * p1.scale.pow(-2)) / precision
     q1 = D.Normal(loc, precision.rsqrt())

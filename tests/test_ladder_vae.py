@@ -173,3 +173,45 @@ def test_max_prior_scale_bounds_the_prior_scales_and_starts_as_softplus() -> Non
         assert bool((free.priors[0].get_params({"z_2": z2})["scale"] > 6).all())
     with pytest.raises(ValueError, match="max_prior_scale must be > log 2"):
         LadderVAE(6, [3, 2], [8, 8], max_prior_scale=0.5)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_the_bottom_up_pass_runs_once_per_evaluation_and_is_shared(dropout: float) -> None:
+    """Every q-hat above a bottom-up block reads the same d_i = f_i(d_{i-1}): in one evaluation of the bound (and of
+    the IWAE estimate) each block runs once, so in training one dropout mask serves all layers above it (the heads
+    ran the pass below them again, L(L+1)/2 block evaluations with a new mask each). The bound equals the
+    two-layer bound written by hand with one bottom-up pass: q(z_2|x) from d_2, q(z_1|z_2, x) ∝ q̂(z_1|x) p(z_1|z_2)
+    from d_1, KLs from torch.distributions (the same draws: one random stream)."""
+    torch.manual_seed(0)
+    m = LadderVAE(6, [3, 2], [8, 5], dropout=dropout).double()
+    m.train(True)
+    x = (torch.rand(7, 6, dtype=torch.float64) > 0.5).double()
+    calls = [0, 0]
+    for i, block in enumerate(m.bottom_up):
+        block.register_forward_hook(lambda mod, inp, out, i=i: calls.__setitem__(i, calls[i] + 1))
+    torch.manual_seed(1)
+    value = m.loss().eval({"x": x})
+    assert calls == [1, 1]
+    from kizuna.losses import IWAE
+
+    IWAE(m.p, m.q, k=4).eval({"x": x})
+    assert calls == [2, 2]
+    torch.manual_seed(1)
+    d1 = m.bottom_up[0](x)
+    d2 = m.bottom_up[1](d1)
+
+    def normal(head: nn.Module, h: torch.Tensor) -> D.Normal:
+        loc, s = head.head(h).chunk(2, -1)
+        return D.Normal(loc, torch.nn.functional.softplus(s) + 1e-4)
+
+    q2 = normal(m.posteriors[1], d2)
+    z2 = q2.rsample()
+    q1_hat = normal(m.posteriors[0].factors_[0], d1)
+    prior1 = normal(m.priors[0], m.priors[0].body(z2))
+    precision = q1_hat.scale.pow(-2) + prior1.scale.pow(-2)
+    q1 = D.Normal((q1_hat.loc * q1_hat.scale.pow(-2) + prior1.loc * prior1.scale.pow(-2)) / precision,
+                  precision.rsqrt())
+    z1 = q1.rsample()
+    recon = D.Bernoulli(logits=m.decoder.net(z1)).log_prob(x).sum(1)
+    expected = (kl_divergence(q2, D.Normal(0.0, 1.0)).sum(1) + kl_divergence(q1, prior1).sum(1) - recon)
+    torch.testing.assert_close(value, expected)

@@ -31,6 +31,7 @@ from kizuna.distributions import Bernoulli, Distribution, Normal
 from kizuna.distributions.base import Tensor
 from kizuna.distributions.normal_product import NormalProduct
 from kizuna.formula.expr import Loss
+from kizuna.formula.memo import memoized
 from kizuna.losses import Expectation, KullbackLeibler, LogProb, MaxLoss
 from kizuna.models.residual_normal import ResidualNormal
 
@@ -55,6 +56,23 @@ class _NormalHead(Normal):
         if self.max_scale is None:
             return {"loc": loc, "scale": F.softplus(s) + 1e-4}
         return {"loc": loc, "scale": self.max_scale * torch.sigmoid(s + self.offset) + 1e-4}
+
+
+class _BottomUp(nn.Module):
+    """:math:`d_i = f_i(d_{i-1})`, :math:`d_0 = x`: the first blocks of the bottom-up pass. Within one evaluation each
+    block runs once on its input (the parameter memo, `kizuna.formula.memo`), so every :math:`\\hat q` above a block
+    reads the same :math:`d_i` (and, in training, the same dropout mask) instead of running the pass below it
+    again."""
+
+    def __init__(self, blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = x
+        for block in self.blocks:
+            d = memoized(block, "bottom-up", (d,), block, d)
+        return d
 
 
 def _block(n_in: int, widths: Sequence[int], dropout: float) -> nn.Sequential:
@@ -138,14 +156,12 @@ class LadderVAE(nn.Module):
             raise ValueError(f"LadderVAE: max_prior_scale must be > log 2 (the initial scale), got {max_prior_scale}")
         names = [f"z_{i + 1}" for i in range(L)]
         sizes = [x_dim, *hidden]
-        trunk: list[nn.Module] = []  # d_i = f_i(d_{i-1}), shared by every q-hat above it
         self.bottom_up = nn.ModuleList(_block(sizes[i], [sizes[i + 1]] * depth, dropout) for i in range(L))
         likelihood_terms = []
-        for i in range(L):
-            trunk.append(self.bottom_up[i])
+        for i in range(L):  # d_i = f_i(d_{i-1}), computed once per evaluation and shared by every q-hat above it
             name = "q" if i == L - 1 else "\\hat{q}"  # the top layer's term is its posterior
-            likelihood_terms.append(_NormalHead(names[i], x_var, nn.Sequential(*trunk), sizes[i + 1], z_dims[i],
-                                                name=name))
+            likelihood_terms.append(_NormalHead(names[i], x_var, _BottomUp(self.bottom_up[:i + 1]), sizes[i + 1],
+                                                z_dims[i], name=name))
         self.prior = Normal(var=[names[-1]], loc=0.0, scale=1.0, features_shape=[z_dims[-1]], name="p_prior")
         self.priors = nn.ModuleList(
             _NormalHead(names[i], names[i + 1], _block(z_dims[i + 1], [top_down[i]] * depth, dropout), top_down[i],
