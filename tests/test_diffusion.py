@@ -521,3 +521,15 @@ def test_the_default_hybrid_weight_is_nichol_and_dhariwals() -> None:
     total, terms = hybrid_diffusion_loss(p).mean().eval(x0, return_terms=True)
     theirs = terms["L_simple"] / 3 + 0.001 * terms["L_vlb"] / (3 * math.log(2))
     torch.testing.assert_close(total, 3 * theirs)
+
+
+def test_the_default_decoder_has_the_reverse_processs_variance() -> None:
+    """The Gaussian decoder p(x_0|x_1) a DDPM builds uses the reverse process's variance choice: β_1 for "beta",
+    β̃_2 = (1 - ᾱ_1)/(1 - ᾱ_2) β_2 for "posterior" (Ho et al.'s code clips the posterior variance so at t = 1)."""
+    s = DiffusionSchedule(DiffusionSchedule.linear(10).betas.double())
+    betas, ab = s.betas, torch.cumprod(1 - s.betas, 0)
+    x1 = torch.randn(3, 2, dtype=torch.float64)
+    for variance, expected in (("beta", betas[0]), ("posterior", (1 - ab[0]) / (1 - ab[1]) * betas[1])):
+        p = DDPM(DiffusionReverse(lambda x, t: torch.zeros_like(x), s, variance=variance), [2])
+        scale = p.decoder.get_params({"x_1": x1})["scale"]
+        torch.testing.assert_close(scale.pow(2).expand(3, 2), expected.expand(3, 2))

@@ -49,6 +49,10 @@ def test_quantiser_picks_the_nearest_code_and_passes_gradients_straight_through(
     assert q.get_log_prob({"x": x, "k": s["k"], "z": e}).eq(0).all()
     other = torch.nn.functional.one_hot((k + 1) % 5, 5).float()
     assert q.get_log_prob({"x": x, "k": other, "z": e}).eq(-torch.inf).all()
+    q64 = quantiser().double()  # the log-mass in the model's dtype (it was torch's default dtype)
+    x64 = x.double()
+    s64 = q64.sample({"x": x64})
+    assert q64.get_log_prob({"x": x64, **s64}).dtype == torch.float64
 
 
 def test_pixelcnn_prior_is_normalised_and_its_sampler_matches_it() -> None:

@@ -440,7 +440,8 @@ class DDPM(Distribution):
         reverse: :math:`p_\\theta(x_{t-1}|x_t,t)` (a `DiffusionReverse` without a fixed step).
         features_shape: the shape of one :math:`x_0`.
         decoder: :math:`p_\\theta(x_0|x_1)`; default the Gaussian ``DiffusionReverse(..., step=1)``
-            (continuous data; `DiffusionDecoder` for images), with learned variances when ``reverse`` has them.
+            (continuous data; `DiffusionDecoder` for images) with ``reverse``'s variances: :math:`\\beta_1`,
+            :math:`\\tilde\\beta_2` for ``"posterior"`` (as Ho et al.'s code), or learned.
         noiseless_last: return the decoder's mean instead of a draw.
 
     >>> eps_net = lambda x, t: torch.zeros_like(x)
@@ -456,8 +457,7 @@ class DDPM(Distribution):
         if reverse.step is not None:
             raise ValueError(f"DDPM: {reverse.prob_text} has a fixed step; give the reverse process over all steps")
         decoder = decoder if decoder is not None else DiffusionReverse(
-            reverse.eps_net, reverse.schedule, variance="learned" if reverse.variance == "learned" else "beta",
-            step=1, name=reverse.name,
+            reverse.eps_net, reverse.schedule, variance=reverse.variance, step=1, name=reverse.name,
             context_var=reverse.context_var)
         super().__init__(decoder.var, reverse.context_var, name, features_shape)
         self.reverse, self.decoder, self.noiseless_last = reverse, decoder, noiseless_last

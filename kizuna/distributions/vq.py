@@ -69,9 +69,9 @@ class VectorQuantizer(Distribution):
         return {self._var[0]: one_hot, self._var[1]: z_e + (e - z_e).detach()}
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        _, k, _ = self.encode(x_dict[self._cond_var[0]])
+        z_e, k, _ = self.encode(x_dict[self._cond_var[0]])
         same = (k == x_dict[self._var[0]].argmax(-1)).flatten(1).all(1)
-        return torch.zeros(same.shape, dtype=torch.get_default_dtype(), device=k.device).masked_fill(~same, -torch.inf)
+        return torch.zeros(same.shape, dtype=z_e.dtype, device=k.device).masked_fill(~same, -torch.inf)  # the encoder's
 
 
 class PixelCNNCategorical(Distribution):
