@@ -124,3 +124,18 @@ def test_renamed_and_marginalised_distributions_keep_their_edges() -> None:
     assert {n["name"]: n["observed"] for n in marginal["nodes"]} == {"x": True, "y": True, "z": False}
     q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q").replace_var(x="w")
     assert edges(model_spec(q)) == {("w", "z", "inference")}
+
+
+def test_a_model_renders_its_loss_and_a_step_index_sits_in_the_time_plate() -> None:
+    from kizuna.losses import IterativeLoss
+    from kizuna.models import Model
+
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, name="p_prior")
+    p = Normal(var=["x"], cond_var=["z"], loc="z", scale=torch.nn.Parameter(torch.ones(1)), name="p")
+    loss = (KullbackLeibler(q, prior) - E(q, LogProb(p))).mean()
+    assert render(Model(loss)).dot == render(loss).dot
+    step = Normal(var=["x"], cond_var=["x_prev", "t"], loc="x_prev", scale=1.0)
+    it = IterativeLoss(-LogProb(step).mean(), series_var=["x"], update_value={"x": "x_prev"}, timestep_var="t")
+    nodes = {n["name"]: n for n in model_spec(it)["nodes"]}
+    assert nodes["t"]["plate"] == "T" and nodes["t"]["observed"]

@@ -130,6 +130,9 @@ def _from_loss(spec: _Spec, loss: Loss, observed: set[str]) -> None:
         for p in it.distributions():
             for _, var, _ in _atoms(p):
                 step_vars |= set(var)
+        if it.timestep_var is not None and it.timestep_var in spec.nodes:  # the step's index: given, in the plate
+            step_vars.add(it.timestep_var)
+            spec.nodes[it.timestep_var]["observed"] = True
         for v in step_vars & set(spec.nodes):
             spec.nodes[v]["plate"] = "T"
         for src, dst in it.update_value.items():
@@ -150,6 +153,9 @@ def model_spec(obj: Any, observed: list[str] | tuple[str, ...] = ()) -> dict[str
     """The graph of ``obj`` as a dict: ``nodes``, ``edges``, ``plates`` (module docstring)."""
     spec = _Spec(plates={"N": {"name": "N", "label": "N", "parent": None}})
     observed_set = set(observed)
+    loss = getattr(obj, "loss_cls", None)  # a kizuna Model: the picture of the loss it trains
+    if isinstance(loss, Loss):
+        obj = loss
     if isinstance(obj, Loss):
         _from_loss(spec, obj, observed_set)
     elif isinstance(obj, Distribution):
@@ -157,7 +163,7 @@ def model_spec(obj: Any, observed: list[str] | tuple[str, ...] = ()) -> dict[str
     elif isinstance(obj, Graph | Module):
         _from_graph(spec, obj if isinstance(obj, Graph) else Graph([obj]))
     else:
-        raise TypeError("render: expected a kizuna Distribution, Loss, modules.Graph or Module, "
+        raise TypeError("render: expected a kizuna Distribution, Loss, Model, modules.Graph or Module, "
                         f"got {type(obj).__name__}")
     unknown = sorted(observed_set - set(spec.nodes))
     if unknown:
@@ -204,7 +210,8 @@ def render(obj: Any, filename: str | Path | None = None, observed: list[str] | t
     """The picture of a distribution, loss or module graph (module docstring).
 
     Args:
-        obj: a `Distribution` (a product shows every factor), a `Loss`, or a `modules.Graph` / `Module`.
+        obj: a `Distribution` (a product shows every factor), a `Loss` (or a `kizuna.models.Model`: its loss), or a
+            `modules.Graph` / `Module`.
         filename: where to draw the image (its suffix is the format, e.g. ``.png``, ``.svg``); drawn only
             when Graphviz's ``dot`` is installed (``Rendering.image`` is None otherwise).
         observed: names to shade besides a loss's inputs.
