@@ -713,25 +713,27 @@ class TorchDistribution(Distribution):
         """The log-density per feature entry (the event dimensions of the family reduced)."""
         params = self._params(x_dict)
         checking = validation_enabled()
-        dist = None
+        checked = None
         if checking:  # the checks (parameters, the value's shape, rows and support); they change no number below
-            dist = self._torch_dist(x_dict, independent=False)
-            features = dist.batch_shape[1:] + dist.event_shape
-            value = self._value(x_dict[self._var[0]], features, params)
-            self._check_rows(value, dist.batch_shape[0], features)
-            self._check_support(value, dist)
+            checked = self._dist_and_value(x_dict, params)
+            self._check_support(checked[1], checked[0])
         shape = self._kernel_shape(params, None) if self._hooks["_log_prob_kernel"] else None
         if shape is not None:
             lp = self._kernel_log_prob(x_dict, params, shape)
             if lp is not None:
                 return lp
-        if dist is None:
-            dist = self._torch_dist(x_dict, independent=False)
-            features = dist.batch_shape[1:] + dist.event_shape
-            value = self._value(x_dict[self._var[0]], features, params)
-            self._check_rows(value, dist.batch_shape[0], features)
+        dist, value = checked if checked is not None else self._dist_and_value(x_dict, params)
         dist._validate_args = False  # checked above, with a message naming the variable
         return dist.log_prob(value)
+
+    def _dist_and_value(self, x_dict: XDict, params: dict[str, Any]) -> tuple[D.Distribution, Tensor]:
+        """The torch distribution (its parameters checked while validation is on) and the scored value, given its
+        batch dimension and converted, its rows checked against the parameters'."""
+        dist = self._torch_dist(x_dict, independent=False)
+        features = dist.batch_shape[1:] + dist.event_shape
+        value = self._value(x_dict[self._var[0]], features, params)
+        self._check_rows(value, dist.batch_shape[0], features)
+        return dist, value
 
     def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None) -> Tensor:
