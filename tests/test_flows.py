@@ -554,3 +554,40 @@ def test_reverse_is_the_permutation_of_the_reversed_indices():
             ga, = torch.autograd.grad((a * weights).sum(), x)
             gb, = torch.autograd.grad((b * weights).sum(), x)
             assert torch.equal(ga, gb)
+
+
+# ------------------------------------------------- edge cases found in review (2026-12-05)
+def test_a_reshaping_flow_leaves_the_variables_shape_to_the_data() -> None:
+    """A flow with a reshape gives the variable another shape than its prior's: ``features_shape`` is left unknown
+    rather than the prior's (which made a KL against a distribution over the variable's real shape an error)."""
+    from kizuna.distributions import InverseTransformedDistribution, Normal
+    from kizuna.losses import KullbackLeibler
+
+    prior = Normal(var=["z"], loc=torch.zeros(16), scale=torch.ones(16))
+    p = InverseTransformedDistribution(prior, Flatten((1, 4, 4)), var=["x"])
+    assert p.features_shape == ()
+    q = Normal(var=["x"], loc=torch.zeros(1, 4, 4), scale=torch.ones(1, 4, 4), name="q")
+    assert KullbackLeibler(p, q).method == "monte_carlo"
+    kept = InverseTransformedDistribution(prior, Reverse(16), var=["x"])
+    assert kept.features_shape == (16,)
+    x = torch.randn(3, 1, 4, 4)
+    torch.testing.assert_close(p.get_log_prob({"x": x}), prior.get_log_prob({"z": x.reshape(3, 16)}))
+
+
+def test_batch_norm_refuses_one_value_per_channel_in_training() -> None:
+    """As torch's BatchNorm: a training batch of one row has variance 0 (an infinite log-determinant)."""
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        BatchNorm1d(3).forward_and_logdet(torch.randn(1, 3))
+    flow = BatchNorm2d(2)
+    flow.forward_and_logdet(torch.randn(1, 2, 3, 3))  # one image has 9 values per channel: fine
+    flow.eval()
+    z, logdet = BatchNorm1d(3).eval().forward_and_logdet(torch.randn(1, 3))
+    assert torch.isfinite(z).all() and torch.isfinite(logdet).all()
+
+
+def test_preprocess_without_alpha_keeps_the_logit_finite_in_float32() -> None:
+    """With alpha = 0, 255 + u rounds to 256 in float32 for u within 8e-6 of 1 (3 of 784,000 white pixels here gave
+    an infinite logit and log-determinant); the value is kept inside (0, 1) in the input's precision."""
+    torch.manual_seed(0)
+    z, logdet = Preprocess(256, alpha=0.0).forward_and_logdet(torch.ones(1000, 784))
+    assert torch.isfinite(z).all() and torch.isfinite(logdet).all()

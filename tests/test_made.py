@@ -124,3 +124,20 @@ def test_errors_name_the_problem() -> None:
         p.get_log_prob({"x": torch.full((2, 3), 2.0)})
     with pytest.raises(ValueError, match="reparam"):
         p.sample(batch_n=2, reparam=True)
+
+
+def test_integer_and_boolean_values_are_scored_in_the_networks_dtype() -> None:
+    """As the other families take them: integer or boolean bits give the float bits' log-probability; a floating
+    value of another dtype than the network's is named."""
+    from kizuna.distributions import PixelCNNBernoulli
+
+    torch.manual_seed(0)
+    p = MADEBernoulli(4, [8])
+    x = torch.randint(0, 2, (3, 4))
+    assert torch.equal(p.get_log_prob({"x": x}), p.get_log_prob({"x": x.float()}))
+    assert torch.equal(p.get_log_prob({"x": x.bool()}), p.get_log_prob({"x": x.float()}))
+    with pytest.raises(ValueError, match="x is torch.float64 but the network is torch.float32"):
+        p.get_log_prob({"x": x.double()})
+    q = PixelCNNBernoulli(3, 3, hidden_channels=4, n_layers=1)
+    bits = torch.rand(2, 1, 3, 3) > 0.5
+    assert torch.equal(q.get_log_prob({"x": bits}), q.get_log_prob({"x": bits.float()}))

@@ -56,7 +56,8 @@ class _AutoregressiveBernoulli(Distribution):
             return None
         return torch.cat([x_dict[c].reshape(x_dict[c].shape[0], -1) for c in self._cond_var], -1)
 
-    def _check_value(self, x: Any) -> None:
+    def _check_value(self, x: Any) -> Tensor:
+        """The checked value; integer and boolean values in the network's dtype (as the other families take them)."""
         var = self._var[0]
         if not isinstance(x, Tensor):
             raise TypeError(f"{self.prob_text}: {var} must be a torch.Tensor, got {type(x).__name__}")
@@ -65,10 +66,16 @@ class _AutoregressiveBernoulli(Distribution):
                              f"(batch, {', '.join(map(str, self.features_shape))})")
         if validation_enabled() and not bool(((x >= 0) & (x <= 1)).all()):
             raise ValueError(f"{self.prob_text}: value of {var} must lie in [0, 1], found values outside")
+        want = next(self.net.parameters()).dtype
+        if x.dtype != want:
+            if x.is_floating_point():
+                raise ValueError(f"{self.prob_text}: {var} is {x.dtype} but the network is {want}: convert one "
+                                 f"(e.g. x.to({want}) or the distribution's .to({x.dtype}))")
+            x = x.to(want)
+        return x
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        x = x_dict[self._var[0]]
-        self._check_value(x)
+        x = self._check_value(x_dict[self._var[0]])
         logits = self.logits(x, self._context(x_dict))
         per_feature = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
         return per_feature.reshape(x.shape[0], -1).sum(1) if sum_features else per_feature

@@ -56,7 +56,10 @@ class _FlowDistribution(Distribution):
         cond = list(dict.fromkeys(prior.cond_var + flow_cond))
         if prior.var[0] in cond:
             raise ValueError(f"{kind}: the prior's variable {prior.var[0]} cannot also be a conditioning variable")
-        super().__init__(var_list, cond, name, prior.features_shape)
+        # a reshaping flow gives the variable another shape than the prior's: left unknown (not guessed by a pass
+        # through the flow, which would initialise data-dependent layers such as ActNorm)
+        reshaped = any(getattr(m, "changes_shape", False) for m in flow.modules())
+        super().__init__(var_list, cond, name, () if reshaped else prior.features_shape)
         self.prior = prior
         self.flow = flow
         self._flow_cond = flow_cond

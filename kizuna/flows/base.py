@@ -39,6 +39,9 @@ class Flow(nn.Module):
 
     #: ``log|det J| = 0`` for every input (permutations, reshapes): `FlowList` adds no such term
     volume_preserving: bool = False
+    #: the output's shape differs from the input's (reshapes): a flow distribution's ``features_shape`` is then
+    #: not its base distribution's
+    changes_shape: bool = False
 
     def __init__(self, in_features: int | None = None) -> None:
         super().__init__()

@@ -100,6 +100,9 @@ class _BatchNorm(Flow):
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training:
             return self.running_mean, self.running_var
+        if x.numel() // x.shape[1] < 2:  # as torch's BatchNorm: a variance of one value is 0, its log-det infinite
+            raise ValueError(f"{type(self).__name__}: training needs more than one value per channel (the batch's "
+                             f"statistics), got input of shape {tuple(x.shape)}; use larger batches, or eval() mode")
         mean, var = _channel_stats(x)
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach(), self.momentum)

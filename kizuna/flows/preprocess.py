@@ -16,8 +16,11 @@ has volume :math:`(L-1)^{-D}` (Theis et al. 2016, arXiv:1511.01844; RealNVP, arX
 .. math:: \log P(k) \ \ge\ \mathbb{E}_u[\log p(\tilde x)] - D \log(L-1) \quad(\text{`bin_log_volume`}).
 
 Bits per dimension are :math:`-\log_2 P(k) / D`. ``inverse`` maps back to the bin a value falls in,
-so ``inverse(forward(x)) == x`` on the grid; its log-determinant is that of the continuous inverse
-:math:`z \mapsto \tilde x` (before rounding), and it carries no gradient.
+so ``inverse(forward(x)) == x`` on the grid (in float64; in float32 a draw of :math:`u` within rounding of
+0 or 1, about one pixel in :math:`10^5`, can come back one level off); its log-determinant is that of the
+continuous inverse :math:`z \mapsto \tilde x` (before rounding), and it carries no gradient. With
+:math:`\alpha = 0`, :math:`v` is kept inside :math:`(0, 1)` in the input's precision (in float32,
+:math:`255 + u` rounds to 256 for :math:`u` within :math:`8\cdot 10^{-6}` of 1, which made the logit infinite).
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ class Preprocess(Flow):
             raise ValueError("Preprocess: x must lie in [0, 1] (grey levels k / (levels - 1))")
         u = torch.rand_like(x) if self.dequantize else torch.full_like(x, 0.5)
         v = (x * (self.levels - 1) + u) / self.levels
+        if self.alpha == 0.0:  # rounding can reach v = 1 (or 0): keep the logit finite
+            tiny = torch.finfo(v.dtype).eps
+            v = v.clamp(tiny, 1.0 - tiny)
         p = 0.5 * self.alpha + (1.0 - self.alpha) * v
         log_p, log_1mp = torch.log(p), torch.log1p(-p)
         z = log_p - log_1mp

@@ -34,7 +34,7 @@ class Squeeze(Flow):
     tensor([0., 1., 4., 5.])
     """
 
-    volume_preserving = True
+    volume_preserving = changes_shape = True
 
     def __init__(self) -> None:
         super().__init__(None)
@@ -84,7 +84,7 @@ class Flatten(Flow):
     (torch.Size([4, 6]), torch.Size([4, 2, 3]))
     """
 
-    volume_preserving = True
+    volume_preserving = changes_shape = True
 
     def __init__(self, in_size: tuple[int, ...] | None = None) -> None:
         super().__init__(None)
