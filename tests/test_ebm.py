@@ -191,3 +191,20 @@ def test_sgld_buffer_takes_the_models_dtype() -> None:
     p = EnergyDistribution(Quadratic([0.0, 0.0]), var=["x"]).double()
     sampler = SGLD(p, [2], buffer_size=10, n_steps=2)
     assert sampler.buffer.dtype == torch.float64 and sampler.sample(4).dtype == torch.float64
+
+
+def test_negatives_are_held_fixed_even_from_a_differentiable_sampler() -> None:
+    """The negatives enter as data (the gradient is E_data[∇E] - E_model[∇E]); a sampler whose draws carry a graph back
+    to the energy's parameters must not add a path through the chain."""
+    energy = Quadratic([0.7])
+    p = EnergyDistribution(energy, var=["x"])
+
+    class Differentiable:
+        def sample(self, n: int) -> torch.Tensor:  # depends on theta: a path the loss must not follow
+            return energy.theta.expand(n, 1) + 1.0
+
+    data = torch.zeros(5, 1, dtype=F64)
+    ContrastiveDivergence(p, Differentiable(), alpha=0.0).eval({"x": data}).backward()
+    negatives = energy.theta.detach() + 1.0  # E_neg = 1/2, its gradient in theta with x fixed: -(x - theta) = 1
+    expected = (0.7 - data.mean()) - (-(negatives - 0.7)).item()
+    torch.testing.assert_close(energy.theta.grad, torch.tensor([expected], dtype=F64))

@@ -306,6 +306,11 @@ def test_bits_per_dim_against_the_standard_normal():
         assert bits_per_dim(ll, dims).item() == pytest.approx(0.5 * math.log2(2 * math.pi), rel=1e-12)
     with pytest.raises(ValueError, match="positive number of dimensions"):
         bits_per_dim(-1.0, 0)
+    ll = -784 * math.log(2)  # numpy's and torch's integers are dimensions too; a bool or a float is not
+    assert bits_per_dim(ll, np.int64(784)) == bits_per_dim(ll, torch.tensor(784)) == pytest.approx(1.0, rel=1e-12)
+    for bad in (True, 3.0, torch.tensor(3.0)):
+        with pytest.raises(ValueError, match="positive integer number of dimensions"):
+            bits_per_dim(-1.0, bad)
 
 
 def test_the_training_guide_runs(tmp_path, monkeypatch):

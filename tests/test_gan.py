@@ -350,3 +350,52 @@ def test_the_unchecked_discriminator_path_gives_the_checked_values_and_gradients
         hand_d = -(logsigmoid(logit).mean() + logsigmoid(-logit).mean())
     torch.testing.assert_close(found[False, "g"][0].detach(), hand_g)
     torch.testing.assert_close(found[False, "d"][0].detach(), hand_d)
+
+
+class _ProbabilityCritic(Deterministic):
+    """d(x) = sigmoid(x): a discriminator that outputs a probability (Pixyz's convention), saturating in float32."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["t"], cond_var=["x"], name="d")
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"t": torch.sigmoid(x)}
+
+
+def test_a_saturated_probability_discriminator_gives_finite_gradients() -> None:
+    """At d(x) = 0 or 1 exactly the logs are clamped at -100 as torch's binary cross-entropy; their gradient there is 0,
+    not NaN (0 * inf), for the generator's loss of both forms and for the KL loss."""
+    torch.manual_seed(0)
+    data = Normal(var=["x"], loc=torch.tensor([5.0]), scale=1.0, name="p")
+    for loss_class, kwargs in ((AdversarialJensenShannon, {}), (AdversarialJensenShannon, {"inverse_g_loss": False}),
+                               (AdversarialKullbackLeibler, {})):
+        mu = nn.Parameter(torch.tensor([-120.0]))
+        gen = Normal(var=["x"], loc=mu, scale=1.0, name="q")
+        p, q = (gen, data) if loss_class is AdversarialKullbackLeibler else (data, gen)
+        value = loss_class(p, q, _ProbabilityCritic(), batch_n=4, **kwargs).eval()
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(mu.grad).all(), (loss_class.__name__, kwargs, value, mu.grad)
+
+
+def test_the_evaluations_batch_n_sets_the_draws_and_untrainable_generators_are_refused() -> None:
+    """``eval(batch_n=64)`` draws 64 rows of unconditioned p and q (as MMD and every expectation do; the critic saw one
+    row); a generator with trainable parameters but no reparameterised sampler is refused (it never trained)."""
+    seen = []
+
+    class Critic(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="f")
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            seen.append(x.shape[0])
+            return {"t": x.sum(1)}
+
+    p = Normal(var=["x"], loc=torch.zeros(2), scale=1.0, name="p")
+    q = Normal(var=["x"], loc=torch.ones(2), scale=1.0, name="q")
+    AdversarialWassersteinDistance(p, q, Critic()).eval(batch_n=64)
+    assert seen == [64, 64]
+    logits = nn.Parameter(torch.zeros(1, 3))
+    generator = Categorical(var=["x"], logits=logits, name="q")
+    with pytest.raises(ValueError, match="no reparameterised sampler, so its draws carry no gradient"):
+        AdversarialJensenShannon(discrete(torch.tensor([0.2, 0.3, 0.5]), "p"), generator,
+                                 Bernoulli(var=["t"], cond_var=["x"], probs=0.5, name="d"))

@@ -203,3 +203,43 @@ def test_errors_name_the_problem() -> None:
         langevin_dynamics(lambda x: x, torch.zeros(1, 2), 0.0, 10)
     with pytest.raises(ValueError, match=r"the score has shape \(1, 1\)"):
         langevin_dynamics(lambda x: x[:, :1], torch.zeros(1, 2), 0.1, 1)
+
+
+def test_sliced_score_matching_evaluates_without_gradients() -> None:
+    """`Model.test` and fit's validation run under no_grad; the projection's derivative needs a graph there too (it
+    raised "element 0 of tensors does not require grad"). The value is the one computed with gradients."""
+    x = gaussian(500, torch.Generator().manual_seed(2))
+    for reduction in (False, True):
+        loss = sliced_score_matching(Affine(-A, A @ B), projection(), variance_reduction=reduction).mean()
+        torch.manual_seed(5)
+        with_grad = loss.eval({"x": x}).item()
+        torch.manual_seed(5)
+        with torch.no_grad():
+            without = loss.eval({"x": x}).item()
+        assert without == pytest.approx(with_grad, rel=1e-12)
+    model = Model(sliced_score_matching(Affine(), projection()).mean(), distributions=None)
+    assert math.isfinite(model.test({"x": x}).item())
+
+
+def test_a_score_that_ignores_x_has_trace_zero() -> None:
+    """s(x) = c (a constant of x): the exact objective is ||c||² / 2, the sliced one (vᵀc)² / 2 (an error before:
+    autograd's "not used in the graph")."""
+
+    class Constant(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["s"], cond_var=["x"], name="s_c")
+            self.c = nn.Parameter(torch.tensor([1.0, -2.0], dtype=F64))
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"s": self.c.expand(x.shape[0], 2)}
+
+    x = torch.randn(4, 2, dtype=F64)
+    from kizuna.losses import ScoreMatchingError
+
+    torch.testing.assert_close(ScoreMatchingError(Constant()).eval({"x": x}).detach(),
+                               torch.full((4,), 2.5, dtype=F64))
+    torch.manual_seed(3)
+    sliced = sliced_score_matching(Constant(), projection()).eval({"x": x}).detach()
+    torch.manual_seed(3)
+    v = projection().sample(batch_n=4)["v"]
+    torch.testing.assert_close(sliced, 0.5 * (v @ torch.tensor([1.0, -2.0], dtype=F64)).pow(2))

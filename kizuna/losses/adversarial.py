@@ -37,6 +37,15 @@ from kizuna.formula.expr import EvalContext, Loss, Tensor
 _LOG_MIN = -100.0  # log(0) is clamped here, as torch's binary cross-entropy does
 
 
+def _clamped_log(p: Tensor, one_minus: bool) -> Tensor:
+    """:math:`\\log p` (or :math:`\\log(1 - p)`) clamped at -100 as torch's binary cross-entropy, with a zero gradient,
+    not NaN, where a saturated probability is exactly 0 (or 1)."""
+    inside = p < 1 if one_minus else p > 0
+    safe = torch.where(inside, p, torch.full_like(p, 0.5))
+    value = torch.log1p(-safe) if one_minus else safe.log()
+    return torch.where(inside, value, torch.full_like(value, _LOG_MIN)).clamp(min=_LOG_MIN)
+
+
 class AdversarialLoss(Loss):
     """Base of the adversarial losses (see the module docstring).
 
@@ -52,6 +61,12 @@ class AdversarialLoss(Loss):
                  discriminator: Distribution, batch_n: int | None = None) -> None:
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"{type(self).__name__} needs p and q over the same variables: {p.var} vs {q.var}")
+        for dist in (p, q):  # the loss reaches a generator's parameters only through its draws
+            if not dist.has_reparam and any(t.requires_grad for t in dist.parameters()):
+                raise ValueError(
+                    f"{type(self).__name__}: {dist.prob_text} ({dist.distribution_name}) has trainable parameters but "
+                    "no reparameterised sampler, so its draws carry no gradient and it would never train; use a "
+                    "reparameterisable distribution (e.g. a relaxed one for discrete data)")
         if not set(p.var) & set(discriminator.cond_var):
             raise ValueError(
                 f"{type(self).__name__}: the discriminator {discriminator.prob_text} must be conditioned on "
@@ -66,6 +81,10 @@ class AdversarialLoss(Loss):
         return self.symbol[fmt is LATEX].format(self.p.prob_text, self.q.prob_text)
 
     # ------------------------------------------------------------------ draws
+    def _batch_n(self, ctx: EvalContext) -> int | None:
+        """Rows to draw: the loss's ``batch_n``, else the evaluation's (``eval(..., batch_n=)``), else the values'."""
+        return self.batch_n or ctx.options.get("batch_n") or batch_size_of(ctx.values)
+
     def _draw(self, dist: Distribution, ctx: EvalContext, batch_n: int | None) -> dict[str, Tensor]:
         inputs = {k: v for k, v in ctx.values.items() if k in dist.input_var or k not in dist.var}
         dist._require(inputs, dist.input_var)
@@ -74,7 +93,7 @@ class AdversarialLoss(Loss):
     def _draws(self, ctx: EvalContext) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """One batch of draws from ``p`` and from ``q`` (the one with inputs first, to fix the size)."""
         first, second = (self.p, self.q) if self.p.input_var or not self.q.input_var else (self.q, self.p)
-        n = self.batch_n or batch_size_of(ctx.values)
+        n = self._batch_n(ctx)
         a = self._draw(first, ctx, n)
         b = self._draw(second, ctx, batch_size_of(a) or n)
         return (a, b) if first is self.p else (b, a)
@@ -115,8 +134,7 @@ class AdversarialLoss(Loss):
             return F.logsigmoid(out) if d else None, F.logsigmoid(-out) if one_minus_d else None
         if not bool(((out >= 0) & (out <= 1)).all()):
             raise ValueError(f"{self.d.prob_text} must output probabilities in [0, 1] (use a sigmoid, or a Bernoulli)")
-        return (out.log().clamp(min=_LOG_MIN) if d else None,
-                torch.log1p(-out).clamp(min=_LOG_MIN) if one_minus_d else None)
+        return (_clamped_log(out, False) if d else None, _clamped_log(out, True) if one_minus_d else None)
 
     # ------------------------------------------------------------------ API
     def d_loss(self) -> Loss:
@@ -193,7 +211,7 @@ class AdversarialKullbackLeibler(AdversarialLoss):
     symbol = ("D_KL^Adv[{}||{}]", r"D_{{\mathrm{{KL}}}}^{{\mathrm{{Adv}}}}\left[{}\,\|\,{}\right]")
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        xp = self._draw(self.p, ctx, self.batch_n or batch_size_of(ctx.values))
+        xp = self._draw(self.p, ctx, self._batch_n(ctx))
         log_d, log_1m_d = self._log_d(self._d_input(ctx, xp))
         return (log_d - log_1m_d).mean()
 

@@ -45,7 +45,7 @@ class ContrastiveDivergence(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         var = self.p.var[0]
         positive = ctx.values[var]
-        negative = self.sampler.sample(positive.shape[0]).to(positive.dtype)
+        negative = self.sampler.sample(positive.shape[0]).detach().to(positive.dtype)  # held fixed (no gradient)
         ctx.samples[f"{var}^-"] = negative
         e_pos = -self.p.get_log_prob({var: positive})
         e_neg = -self.p.get_log_prob({var: negative})

@@ -105,9 +105,10 @@ class ScoreMatchingError(Loss):
         flat = s.flatten(1)
         trace = x.new_zeros(x.shape[0])
         with torch.enable_grad():
-            for i in range(flat.shape[1]):
-                (g,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True)
-                trace = trace + g.flatten(1)[:, i]
+            for i in range(flat.shape[1] if flat.requires_grad else 0):  # a score that ignores x: trace 0
+                (g,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True, allow_unused=True)
+                if g is not None:
+                    trace = trace + g.flatten(1)[:, i]
         return trace + 0.5 * _rows(s.pow(2))
 
     def _render(self, fmt: dict[str, str]) -> str:
@@ -140,11 +141,12 @@ class SlicedScoreError(Loss):
         if v.shape != x.shape:
             raise ValueError(
                 f"the projection {self.projection} has shape {tuple(v.shape)}, {self.var} has {tuple(x.shape)}")
-        vs = _rows(v * s)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(vs.sum(), x, create_graph=True)
+        with torch.enable_grad():  # also under no_grad (Model.test, validation): the projection's graph is needed
+            vs = _rows(v * s)
+            (g,) = torch.autograd.grad(vs.sum(), x, create_graph=True, allow_unused=True) if vs.requires_grad \
+                else (None,)
         last = _rows(s.pow(2)) if self.variance_reduction else vs.pow(2)
-        return _rows(g * v) + 0.5 * last
+        return (0.0 if g is None else _rows(g * v)) + 0.5 * last  # g None: a score that ignores x
 
     def _render(self, fmt: dict[str, str]) -> str:
         s, v, x = score_text(self.score, self.var, fmt), self.projection, self.var

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -100,9 +101,12 @@ def bits_per_dim(log_lik_nats: torch.Tensor | float, dims: int) -> torch.Tensor 
     >>> round(bits_per_dim(-784 * math.log(2), 784), 6)
     1.0
     """
-    if not isinstance(dims, int) or dims < 1:
-        raise ValueError(f"bits_per_dim needs a positive number of dimensions, got {dims!r}")
-    return -log_lik_nats / (dims * math.log(2))
+    if isinstance(dims, bool) or not isinstance(dims, numbers.Integral | torch.Tensor) \
+            or (isinstance(dims, torch.Tensor) and (dims.numel() != 1 or dims.is_floating_point())):
+        raise ValueError(f"bits_per_dim needs a positive integer number of dimensions, got {dims!r}")
+    if int(dims) < 1:
+        raise ValueError(f"bits_per_dim needs a positive number of dimensions, got {int(dims)}")
+    return -log_lik_nats / (int(dims) * math.log(2))
 
 
 def _device(*dists: Any) -> torch.device | None:
