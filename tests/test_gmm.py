@@ -278,3 +278,22 @@ def test_n_init_is_a_scikit_learn_parameter_and_checked():
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="n_init must be a positive int"):
             GMM(2, n_init=bad)
+
+
+def test_priors_and_tolerance_out_of_range_are_named() -> None:
+    """A Dirichlet concentration <= 0 is no distribution (Gibbs failed later, VB fitted an improper prior silently, the
+    collapsed sampler named x); a covariance prior that is not positive definite, and a negative tol, are named too."""
+    import numpy as np
+
+    from kizuna.modules import GaussianMixture
+
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    for algorithm in ("gibbs", "vb", "collapsed"):
+        with pytest.raises(ValueError, match="weight_concentration_prior must be > 0"):
+            GaussianMixture(2, algorithm=algorithm, weight_concentration_prior=0.0).fit(X)
+    with pytest.raises(ValueError, match="tol must be >= 0"):
+        GaussianMixture(2, tol=-1.0).fit(X)
+    with pytest.raises(ValueError, match="covariance_prior must be positive definite"):
+        GaussianMixture(2, covariance_prior=np.array([[1.0, 2.0], [2.0, 1.0]])).fit(X)
+    with pytest.raises(ValueError, match=r"covariance_prior must be positive definite \(every entry > 0\)"):
+        GaussianMixture(2, covariance_type="diag", covariance_prior=np.array([1.0, -1.0])).fit(X)

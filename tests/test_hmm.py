@@ -286,3 +286,19 @@ def test_hmm_node_in_a_graph_is_the_estimators_model_and_takes_a_parent_prior():
     torch.testing.assert_close(fixed.posterior, exact, atol=1e-10, rtol=0)
     up = exact / rho
     torch.testing.assert_close(fixed.forward_message.value, up / up.sum(1, keepdim=True), atol=1e-10, rtol=0)
+
+
+def test_predicting_on_float32_data_leaves_a_float64_model_as_it_was() -> None:
+    """`predict` / `score` read the model: float32 data is scored in the fitted model's float64, and the parameters
+    keep their dtype and values (they were cast to float32 for good, and the next score moved by 1.6e-8)."""
+    from kizuna.modules import HiddenMarkovModel
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (50, 2)), rng.normal(4, 1, (50, 2))])
+    h = HiddenMarkovModel(2, random_state=0, n_iter=20).fit(X)
+    before = h.score(X)
+    means = h.means_.clone()
+    labels = h.predict(X.astype(np.float32))
+    assert h.means_.dtype == torch.float64 and torch.equal(h.means_, means)
+    assert h.score(X) == before
+    assert np.array_equal(labels, h.predict(X))

@@ -79,7 +79,10 @@ class Graph:
     """A validated integrated model.
 
     Args:
-        modules: the modules to run; their children (observations included) are added.
+        modules: the modules to run; their children (observations included) are added. The update order (children
+            first, depth first from these modules in this order) is also the order of the modules' draws from
+            the generator ``fit(seed=...)`` shares, so listing the same modules in another order gives another
+            (equally valid) random run.
 
     Raises:
         GraphError: a cycle (named), a module without children, a parent outside the graph,

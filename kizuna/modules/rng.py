@@ -3,7 +3,10 @@ r"""Randomness in the module layer: one policy, and samplers that draw from a gi
 **The policy.** Every draw a module makes comes from a ``torch.Generator`` it is handed:
 
 * inside ``update(ctx)`` (a `Graph` sweep), from ``ctx.generator`` — ``Graph.fit(seed=...)`` seeds one
-  generator shared by every module of the graph, so a run depends on its seed only;
+  generator shared by every module of the graph, so a run depends on its seed and on the graph as built:
+  the modules update in the order `Graph` finds them (children first, starting from the modules in the
+  order they are listed), and that order is the order of their draws from the shared generator, so
+  ``Graph([m])`` and ``Graph([g2, m])`` over the same modules are two runs of the same model;
 * in the scikit-learn methods (``fit``, ``transform``, ``sample``, ...) and in ``update()`` called
   without a context, from `generator_for` ``(random_state)``: an ``int`` gives the same stream at every
   ``fit`` (scikit-learn's rule), ``None`` a stream seeded by one draw from torch's global generator (so

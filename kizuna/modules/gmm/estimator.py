@@ -108,6 +108,12 @@ class GaussianMixture(Estimator):
         if not (self.max_iter >= 1 and self.reg_covar >= 0 and self.mean_precision_prior > 0):
             raise ValueError(f"{self._owner}: need max_iter >= 1, reg_covar >= 0 and mean_precision_prior > 0, got "
                              f"{self.max_iter}, {self.reg_covar}, {self.mean_precision_prior}")
+        alpha = self.weight_concentration_prior
+        if alpha is not None and not alpha > 0:  # a Dirichlet's concentration; <= 0 is no distribution
+            raise ValueError(f"{self._owner}: weight_concentration_prior must be > 0 (or None: 1 / n_components), "
+                             f"got {alpha!r}")
+        if not self.tol >= 0:
+            raise ValueError(f"{self._owner}: tol must be >= 0, got {self.tol!r}")
 
     def _as_x(self, X: Any) -> Tensor:
         return as_matrix(X, "X", self._owner)
@@ -133,6 +139,11 @@ class GaussianMixture(Estimator):
         if tuple(m0.shape) != (d,) or tuple(s0.shape) != expected:
             raise ValueError(f"{self._owner}: mean_prior must have shape {(d,)} and covariance_prior {expected} "
                              f"for {d}-dimensional data, got {tuple(m0.shape)} and {tuple(s0.shape)}")
+        if self.covariance_prior is not None:  # the Wishart's scale: positive (semi)definite, read as given
+            bad = bool((s0 <= 0).any()) if diag else not bool(torch.linalg.cholesky_ex(s0).info == 0)
+            if bad:
+                raise ValueError(f"{self._owner}: covariance_prior must be positive definite "
+                                 f"{'(every entry > 0)' if diag else '(a symmetric matrix with a Cholesky factor)'}")
         nu0 = float(d) if self.degrees_of_freedom_prior is None else float(self.degrees_of_freedom_prior)
         if nu0 <= d - 1:
             raise ValueError(f"{self._owner}: degrees_of_freedom_prior must exceed D - 1 = {d - 1}, got {nu0}")

@@ -100,8 +100,18 @@ class HiddenMarkovModel(Estimator):
         return EMISSIONS[self.emission](self.covariance_type, self.min_covar)
 
     def _data(self, X: Any, lengths: Lengths) -> tuple[Tensor, Tensor]:
+        """The data as a tensor and the sequences' lengths. Parameters already held as tensors (a fitted model) keep
+        their dtype, floating data is cast to it (``predict`` on float32 data must not downcast a float64 model);
+        parameters set by hand (numpy arrays) take the data's floating dtype."""
         x = self._emissions().as_data(X, self._owner)
-        self._as_tensors(x.dtype if x.is_floating_point() else torch.float64, x.device)
+        held = next((v for v in map(lambda n: getattr(self, n), PARAMETERS) if isinstance(v, Tensor)), None)
+        if held is not None and held.is_floating_point():
+            dtype = held.dtype
+            if x.is_floating_point() and x.dtype != dtype:
+                x = x.to(dtype)
+        else:
+            dtype = x.dtype if x.is_floating_point() else torch.float64
+        self._as_tensors(dtype, x.device)
         return x, fb.check_lengths(x.shape[0], lengths, x.device)
 
     def _as_tensors(self, dtype: torch.dtype, device: torch.device) -> None:
