@@ -171,3 +171,24 @@ def test_wiring_errors():
         km.Graph([spco]).fit(1, seed=0)
     with pytest.raises(ValueError):
         km.SpatialConcept(3, alpha=-1.0)
+
+
+def test_predicted_position_with_a_diagonal_gmm():
+    """A GMM with diagonal covariances (K x D variances) weighs each place's peak density by prod(var)^-1/2, as the
+    full-covariance path does by det^-1/2 (np.linalg.det of the K x D array failed or gave a scalar)."""
+    house = simulated_house(60, seed=0)
+    gmm = km.GMM(4, max_iter=5, covariance_type="diag").connect(km.Observation(house["position"]))
+    spco = km.SpatialConcept(3, sweeps=3).connect(gmm, km.Observation(house["word_counts"]))
+    km.Graph([spco]).fit(n_iter=1, seed=3)
+    y = house["word_counts"][:3]
+    got = spco.predict_position(y)
+    sampler = spco.sampler_
+    pi, phi = sampler.weights()
+    theta = sampler.feature_distributions(0)
+    log_l = np.log(pi)[None, :] + np.asarray(y, dtype=np.float64) @ np.log(theta).T
+    post = np.exp(log_l - log_l.max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    var = np.asarray(gmm.covariances_)
+    assert var.shape == (4, 2)
+    score = (post @ phi) / np.sqrt(var.prod(1))[None, :]
+    np.testing.assert_array_equal(got, np.asarray(gmm.means_)[score.argmax(1)])

@@ -73,3 +73,16 @@ def test_errors():
     tt = TailToTail().connect(Fixed(p, "a").connect(km.Observation(np.zeros((2, 1)))))
     with pytest.raises(ValueError, match="at least two"):
         tt._update(km.UpdateContext(), [Message("a", None, "c", "posterior", p)], None)
+
+
+def test_hard_posteriors_without_smoothing_give_finite_priors():
+    """One-hot posteriors have log 0 = -inf entries: each prior is the sum of the other modules' log-beliefs (the
+    total minus one's own was -inf - (-inf) = nan and the prior message was refused)."""
+    a = torch.eye(3, dtype=torch.float64)[[0, 1]]
+    ma = Fixed(a, "a").connect(km.Observation(np.zeros((2, 1))))
+    mb = Fixed(a.clone(), "b").connect(km.Observation(np.zeros((2, 1))))
+    tt = TailToTail(smoothing=0.0).connect(ma, mb)
+    km.Graph([tt]).fit(1, seed=0)
+    torch.testing.assert_close(ma.backward_in.value, a)
+    torch.testing.assert_close(mb.backward_in.value, a)
+    torch.testing.assert_close(tt.posterior, a)

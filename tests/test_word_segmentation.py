@@ -219,3 +219,44 @@ def test_brent_beats_the_transitional_probability_baseline():
     (docs/robotics.md), asserted with a margin; the baseline is 64.4 / 46.8."""
     scores = load_example("word_segmentation").main(["--iters", "3", "--seed", "0"])
     assert scores["boundary_f"] > 0.76 and scores["token_f"] > 0.59
+
+
+@pytest.mark.parametrize("tables", [{"a": [20]}, {"a": [10], "b": [5]}])
+def test_hyperparameter_draws_follow_the_seating_posterior(tables):
+    """(d, θ) of a fixed seating by the auxiliary-variable Gibbs sampler against the exact posterior on a grid (Teh
+    2006, App. C: ∏_{i<t}(θ + d i) Γ(θ+1)/Γ(θ+c) ∏_tables Γ(s-d)/Γ(1-d), priors Beta(1, 1) and Gamma(1, 1)). With one
+    table and 20 customers the Γ(θ+1)/Γ(θ+c) factor was dropped: E[θ] was the prior's 1.0 instead of 0.25."""
+    from scipy.special import gammaln
+
+    from kizuna.modules.pitman_yor import Restaurant
+
+    lm, r = HPYLM(1, lambda w: 0.1), Restaurant()
+    for w, sizes in tables.items():
+        r.tables[w], r.cw[w] = list(sizes), sum(sizes)
+    r.c, r.t = sum(r.cw.values()), sum(len(s) for s in r.tables.values())
+    lm.restaurants[()] = r
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(6000):
+        lm.sample_hyperparameters(rng)
+        draws.append((lm.d[0], lm.theta[0]))
+    d, theta = np.array(draws[500:]).T
+    dg, tg = np.meshgrid(np.linspace(5e-4, 1 - 5e-4, 400), np.linspace(1e-4, 30, 3000), indexing="ij")
+    logp = -tg + gammaln(tg + 1) - gammaln(tg + r.c)
+    for i in range(1, r.t):
+        logp = logp + np.log(tg + dg * i)
+    for sizes in r.tables.values():
+        for s in sizes:
+            logp = logp + gammaln(s - dg) - gammaln(1 - dg)
+    p = np.exp(logp - logp.max())
+    p /= p.sum()
+    # Monte-Carlo error of a correlated chain: a generous 0.05 on means of order 0.2-0.5
+    assert abs(theta.mean() - (p * tg).sum()) < 0.05, (theta.mean(), (p * tg).sum())
+    assert abs(d.mean() - (p * dg).sum()) < 0.05, (d.mean(), (p * dg).sum())
+
+
+def test_an_empty_utterance_is_named():
+    model = NPYLM("ab")
+    for call in (lambda: model.sample("", np.random.default_rng(0)), lambda: model.viterbi("")):
+        with pytest.raises(ValueError, match="cannot segment an empty utterance"):
+            call()

@@ -205,12 +205,14 @@ class NPYLM:
                power: float = 1.0) -> list[list[str]]:
         """``n`` segmentations of ``s`` drawn from the model's posterior raised to ``power`` (one forward pass),
         each word's probability multiplied by ``boost(w)`` (a concept module's prior; ``None``: 1)."""
+        _nonempty(s)
         table, eos = self.bigram_table(s, boost, power)
         alpha = self.forward(table)
         return [self._backward(s, alpha, table, eos, rng) for _ in range(n)]
 
     def viterbi(self, s: str) -> list[str]:
         """The most probable segmentation of ``s``."""
+        _nonempty(s)
         table, eos = self.bigram_table(s)
         return self._backward(s, self.forward(table, viterbi=True), table, eos, None)
 
@@ -295,3 +297,9 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
             segmentations[i] = candidates[int(rng.choice(len(candidates), p=weights / weights.sum()))]
         model.add_sentence(segmentations[i], rng)
     model.sample_hyperparameters(rng)
+
+
+def _nonempty(s: str) -> None:
+    """An utterance to segment has at least one character (an empty one has no segmentation to draw)."""
+    if not s:
+        raise ValueError("NPYLM: cannot segment an empty utterance (its only segmentation is no words)")

@@ -187,6 +187,7 @@ class HPYLM:
                 y = rng.random(r.t - 1) < theta / (theta + d * i)
                 stats[m, 0] += y.sum()
                 stats[m, 1] += (~y).sum()
+            if r.c >= 2:  # Γ(θ+1)/Γ(θ+c) depends on θ whenever c >= 2, one table or more (Teh 2006, App. C)
                 stats[m, 2] += np.log(max(rng.beta(theta + 1, r.c - 1), 1e-300))
             sizes = np.array([s for tables in r.tables.values() for s in tables if s >= 2])
             for s in sizes.tolist():

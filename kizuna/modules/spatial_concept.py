@@ -217,6 +217,7 @@ class SpatialConcept(ClassModule):
         pi, phi = sampler.weights()
         log_l = np.log(pi)[None, :] + y @ np.log(theta).T  # log p(l) p(w | l), up to a constant
         post = np.exp(log_l - logsumexp(log_l, axis=1, keepdims=True))
-        peak = np.linalg.det(np.asarray(gmm.covariances_)) ** -0.5
+        cov = np.asarray(gmm.covariances_)
+        peak = (np.prod(cov, -1) if cov.ndim == 2 else np.linalg.det(cov)) ** -0.5  # a diagonal GMM: K x D variances
         score = (post @ phi) * peak[None, :]
         return np.asarray(gmm.means_)[score.argmax(1)]

@@ -81,10 +81,11 @@ class TailToTail(Module):
         total = log_q.sum(0)
         self.posterior = torch.softmax(total, 1)
         down = {}
-        for child, log_own, sigma in zip(self.children, log_q, self.permutations):
+        for i, (child, sigma) in enumerate(zip(self.children, self.permutations)):
             if "prior" not in child.receives:
                 continue
-            others = torch.softmax(total - log_own, 1)
+            # the other modules' product, summed without this one (total - log_own is nan where both are -inf)
+            others = torch.softmax(torch.cat([log_q[:i], log_q[i + 1:]]).sum(0), 1)
             prior = torch.empty_like(others)
             prior[:, sigma] = others  # back to the child's own labels
             down[child] = self.message("prior", prior, receiver=child)
