@@ -123,8 +123,15 @@ def test_segmenter_with_chains_is_chosen_by_the_concept_posterior():
     assert seg.chain_scores_ == pytest.approx(scores, rel=1e-12)
     best = int(np.argmax(scores))
     assert seg.forward_message.value.shape[0] == 60
+    assert len(set(scores)) == 3
+    # the chain kept is drawn with weights exp(S): its frequencies over many selections against those weights
+    rng = np.random.default_rng(0)
+    kept = np.bincount([(seg._select(rng, posterior), seg.selected_)[1] for _ in range(600)], minlength=3) / 600
+    weights = np.exp(np.array(scores) - max(scores))
+    weights /= weights.sum()
+    assert np.abs(kept - weights).max() < 5 * np.sqrt(0.25 / 600), (kept, weights)
+    assert int(np.argmax(kept)) == best
     seg._keep(best)
-    assert len(set(scores)) == 3 and max(scores) - sorted(scores)[-2] > 5  # weights exp(S): the best is kept
     for s, u in zip(seg.chain_segmentations_, [house["utterance"]] * 3):
         assert all("".join(w) == x for w, x in zip(s, u))
 

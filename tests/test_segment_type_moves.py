@@ -32,8 +32,8 @@ def corpus(n: int = 40, seed: int = 0) -> tuple[list[str], list[list[str]], np.n
     return ["".join(w) for w in segs], segs, np.array(resp)
 
 
-def build(segs: list[list[str]], seed: int = 1) -> NPYLM:
-    model = NPYLM("".join(sorted(set("".join(LEXICON)))), max_word_length=6)
+def build(segs: list[list[str]], seed: int = 1, max_word_length: int = 6) -> NPYLM:
+    model = NPYLM("".join(sorted(set("".join(LEXICON)))), max_word_length=max_word_length)
     rng = np.random.default_rng(seed)
     for words in segs:
         model.add_sentence(words, rng)
@@ -62,7 +62,7 @@ def check_counts(model: NPYLM, segs: list[list[str]]) -> None:
             prev = w
     held = {(k[0], w): c for k, r in model.words.restaurants.items() if k for w, c in r.cw.items()}
     assert held == dict(bigrams)
-    rebuilt = build(segs, seed=5)
+    rebuilt = build(segs, seed=5, max_word_length=model.max_word_length)
     assert held == {(k[0], w): c for k, r in rebuilt.words.restaurants.items() if k for w, c in r.cw.items()}
     for h in (model.words, model.chars.hpylm):  # every restaurant's totals agree with its tables
         for r in h.restaurants.values():
