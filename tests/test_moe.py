@@ -120,3 +120,20 @@ def test_text_and_errors(setup) -> None:
         MixtureOfNormal([Expert("x"), Expert("y")], weights=[1.0, 0.0])
     with pytest.raises(ValueError, match="sum_features"):
         q.get_log_prob({"x": torch.zeros(2, D_IN, dtype=F64), "z": torch.zeros(2, D_Z, dtype=F64)}, False)
+
+
+def test_moments_with_a_constant_expert_keep_the_batch_shape() -> None:
+    """An expert with constant parameters already has a batch dimension of one: the mixture's mean and variance have
+    the batch's shape (a second leading dimension made eval(sample_mean=True) score 4 x 4 rows)."""
+    from kizuna.distributions import MixtureOfNormal, Normal
+
+    cond = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    const = Normal(var=["z"], loc=torch.tensor([1.0, 2.0]), scale=torch.tensor([1.0, 3.0]), name="q")
+    m = MixtureOfNormal([cond, const], features_shape=[2])
+    x = torch.zeros(4, 2)
+    mean, var = m.sample_mean({"x": x}), m.sample_variance({"x": x})
+    assert mean.shape == (4, 2) and var.shape == (4, 2)
+    # equal weights: mean (0 + mu) / 2, variance E[s² + m²] - mean²
+    mu, s2 = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 9.0])
+    torch.testing.assert_close(mean, (mu / 2).expand(4, 2))
+    torch.testing.assert_close(var, ((1.0 + s2 + mu**2) / 2 - (mu / 2) ** 2).expand(4, 2))

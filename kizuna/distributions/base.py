@@ -118,13 +118,17 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
 
 
 def batch_size_of(x_dict: Mapping[str, Any], names: Iterable[str] | None = None) -> int | None:
-    """The leading dimension of the first batch-first tensor among ``names`` (or all keys)."""
-    keys = x_dict.keys() if names is None else names
-    for k in keys:
-        v = x_dict.get(k)
-        if isinstance(v, Tensor) and v.dim() > 0:
-            return v.shape[0]
-    return None
+    """The leading dimension of the first batch-first tensor among ``names``; without ``names``, the largest leading
+    dimension among all the values (a one-row value, e.g. a coefficient, broadcasts against the batch: the dict's
+    order must not decide the batch size)."""
+    if names is not None:
+        for k in names:
+            v = x_dict.get(k)
+            if isinstance(v, Tensor) and v.dim() > 0:
+                return v.shape[0]
+        return None
+    sizes = [v.shape[0] for v in x_dict.values() if isinstance(v, Tensor) and v.dim() > 0]
+    return max(sizes) if sizes else None
 
 
 def as_value(value: Any) -> Any:

@@ -29,6 +29,12 @@ class MarginalizeVarDistribution(Distribution):
     def input_var(self) -> list[str]:
         return self.p.input_var
 
+    def factors(self) -> list[Distribution]:
+        """The factors of the joint inside, the integrated variables' included: a draw of the marginal is a draw of
+        the joint, so an expectation's score-function walk reads the joint's factors (a factor with fixed draws or a
+        reparameterised sampler needs no term; the marginal's own density is intractable)."""
+        return self.p.factors()
+
     @property
     def has_reparam(self) -> bool:
         return self.p.has_reparam

@@ -142,8 +142,9 @@ class MixtureOfNormal(Distribution):
         x_dict = dict(x_dict or {})
         idx = self.present(x_dict)
         params = [self.p[i].get_dist(x_dict, independent=False) for i in idx]
-        means = [d.mean if self.p[i].cond_var else d.mean.unsqueeze(0) for i, d in zip(idx, params)]
-        varis = [d.variance if self.p[i].cond_var else d.variance.unsqueeze(0) for i, d in zip(idx, params)]
+        n_features = len(self.features_shape)  # a moment without its batch dimension gets one (of one row)
+        means = [d.mean if d.mean.dim() > n_features else d.mean.unsqueeze(0) for d in params]
+        varis = [d.variance if d.variance.dim() > n_features else d.variance.unsqueeze(0) for d in params]
         mean, var = torch.stack(torch.broadcast_tensors(*means)), torch.stack(torch.broadcast_tensors(*varis))
         w = self.log_weights(x_dict, mean.dtype)[1].exp().reshape(-1, *[1] * (mean.dim() - 1))
         return w, mean, var

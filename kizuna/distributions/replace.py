@@ -34,6 +34,24 @@ class ReplaceVarDistribution(Distribution):
     def input_var(self) -> list[str]:
         return [self._rename.get(v, v) for v in self.p.input_var]
 
+    def factors(self) -> list[Distribution]:
+        """``p``'s factors, each under this renaming: a renamed product is the product of its renamed factors, which
+        the score-function walk of an expectation and the inference helpers read one by one (a renamed product of a
+        reparameterised and a discrete factor got a score-function term for the whole product, counting the
+        reparameterised factor's gradient twice)."""
+        inner = self.p.factors()
+        if len(inner) == 1 and inner[0] is self.p:
+            return [self]
+        cached = self.__dict__.get("_renamed_factors")
+        if cached is None:
+            cached = []
+            for f in inner:
+                own = set(f.var + f.cond_var + f.input_var)
+                rename = {k: v for k, v in self._rename.items() if k in own}
+                cached.append(f.replace_var(**rename) if rename else f)
+            self.__dict__["_renamed_factors"] = cached  # a plain attribute: views, not submodules
+        return cached
+
     @property
     def has_reparam(self) -> bool:
         return self.p.has_reparam

@@ -154,9 +154,11 @@ class TransformedDistribution(_FlowDistribution):
         return self.prior.var
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        # the base's parameters with their graph (the evaluation's memo keeps them for a later log-density: a
+        # score-function estimator differentiates it); without reparameterisation only the flow runs without one
+        base = self._draw_base(x_dict, batch_n, reparam)
         with nullcontext() if reparam else torch.no_grad():
-            base = self._draw_base(x_dict, batch_n, reparam)
-            x, logdet = self.flow.forward_and_logdet(base, self._context(x_dict))
+            x, logdet = self.flow.forward_and_logdet(base if reparam else base.detach(), self._context(x_dict))
         if reparam:  # score this draw later in the same evaluation without the inverse
             memoized(self, "inverse", self._memo_inputs(x, x_dict), lambda: (base, -logdet))
         return {self._var[0]: x}
@@ -205,9 +207,9 @@ class InverseTransformedDistribution(_FlowDistribution):
         return {**x_dict, self.prior.var[0]: z} if return_all else {self.prior.var[0]: z}
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        base = self._draw_base(x_dict, batch_n, reparam)  # its parameters with their graph (see the other direction)
         with nullcontext() if reparam else torch.no_grad():
-            base = self._draw_base(x_dict, batch_n, reparam)
-            x, logdet = self.flow.inverse_and_logdet(base, self._context(x_dict))
+            x, logdet = self.flow.inverse_and_logdet(base if reparam else base.detach(), self._context(x_dict))
         if reparam:
             memoized(self, "forward", self._memo_inputs(x, x_dict), lambda: (base, -logdet))
         return {self._var[0]: x}

@@ -52,6 +52,13 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
     return {**repeated, **new}, new
 
 
+def _per_row(score: Tensor, f: Tensor) -> Tensor:
+    """A per-row score-function term shaped to multiply ``f``: one row's term over all of that row's entries when ``f``
+    has per-feature dimensions (it broadcast along the last dimension instead, pairing entry j with row j)."""
+    extra = f.dim() - score.dim()
+    return score.reshape(*score.shape, *([1] * extra)) if extra > 0 and score.dim() > 0 else score
+
+
 def average(value: Tensor, n: int) -> Tensor:
     """Mean over the ``n`` sample copies of a per-row value of batch ``n*B``."""
     if n == 1 or value.dim() == 0:
@@ -69,6 +76,14 @@ def fixed_draws(f: Distribution) -> bool:
     return not any(q.requires_grad for q in f.parameters())
 
 
+def _single_factors(p: Distribution) -> list[Distribution]:
+    """The single factors of ``p``: products, renamed and marginalised distributions unfolded."""
+    factors = p.factors()
+    if len(factors) == 1 and factors[0] is p:
+        return factors
+    return [g for f in factors for g in _single_factors(f)]
+
+
 def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> Tensor | None:
     """Log-density of the factors of ``p`` that need the score function (None if none). With
     ``pathwise``, reparameterised factors and factors with `fixed_draws` (e.g. a uniform draw of a
@@ -76,7 +91,7 @@ def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> T
     if pathwise and p.has_reparam:  # every factor reparameterised: none needs the score function
         return None
     total = None
-    for f in p.factors():
+    for f in _single_factors(p):
         if pathwise and (f.has_reparam or fixed_draws(f)):
             continue
         lp = f.get_log_prob(values)
@@ -122,7 +137,7 @@ class Expectation(Loss):
         f = ctx.child(values).value(self.f)
         logp = score_log_prob(self.p, values, pathwise=True)
         if logp is not None:
-            f = f + f.detach() * (logp - logp.detach())
+            f = f + f.detach() * _per_row(logp - logp.detach(), f)
         return f if n == 1 else average(f, n)
 
     def _render(self, fmt: dict[str, str]) -> str:
@@ -153,11 +168,14 @@ class REINFORCE(Expectation):
         logp = score_log_prob(self.p, values, pathwise=False)
         fd = f.detach()
         if self.baseline == "loo":
+            if fd.dim() == 0:
+                raise ValueError(f"{self}: baseline='loo' needs f per row (one value per draw), got a scalar; take "
+                                 "the mean outside: REINFORCE(q, f_per_row, ...).mean()")
             rows = fd.reshape(n, -1)
             b = ((rows.sum(0, keepdim=True) - rows) / (n - 1)).reshape(fd.shape)
         else:
             b = float(self.baseline or 0.0)
-        return average(f + (fd - b) * (logp - logp.detach()), n)
+        return average(f + (fd - b) * _per_row(logp - logp.detach(), f), n)
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["reinforce"].format(self.p.prob_text, self.f._render(fmt))
