@@ -454,3 +454,23 @@ def test_batch_n_that_contradicts_the_inputs_is_an_error():
     with pytest.raises(ValueError, match="batch_n=5 but the conditioning values have batch size 4"):
         lik.sample({"z": torch.zeros(4, 2)}, batch_n=5)
     assert lik.sample({"z": torch.zeros(4, 2)}, batch_n=4)["x"].shape == (4, 2)
+
+
+def test_distinct_terms_that_print_alike_are_both_reported():
+    """Two different terms with the same formula text are two entries of the per-term report (the second replaced
+    the first); one node used twice is one entry."""
+    import torch
+
+    from kizuna.distributions import Normal
+    from kizuna.losses import Expectation, KullbackLeibler, LogProb
+
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    p = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    kl = KullbackLeibler(q, Normal(var=["z"], loc=0.0, scale=1.0))
+    first, second = Expectation(q, LogProb(p)), Expectation(q, LogProb(p))
+    loss = (first - 2 * second + kl + kl).mean()
+    torch.manual_seed(0)
+    value, terms = loss.eval({"x": torch.zeros(3)}, return_terms=True)
+    label = str(first)
+    assert list(terms) == [label, f"{label} (2)", str(kl)]
+    assert torch.isclose(value, terms[label] - 2 * terms[f"{label} (2)"] + 2 * terms[str(kl)])

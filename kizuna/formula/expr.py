@@ -115,6 +115,20 @@ class Loss(nn.Module):
     def label(self) -> str:
         return self._label or str(self)
 
+    def labelled_terms(self) -> dict[str, Loss]:
+        """The formula terms by label (the per-term report's keys): a node met twice is one term; two different
+        terms that print alike are told apart as ``label`` and ``label (2)`` (the second replaced the first)."""
+        out: dict[str, Loss] = {}
+        for term in self.terms():
+            if any(node is term for node in out.values()):
+                continue
+            label, k = term.label, 1
+            while label in out:
+                k += 1
+                label = f"{term.label} ({k})"
+            out[label] = term
+        return out
+
     def terms(self) -> Iterator[Loss]:
         """The formula terms: the outermost non-arithmetic nodes (and explicitly named ones)."""
         if not self.is_operator or self._label is not None:
@@ -187,7 +201,7 @@ class Loss(nn.Module):
         if return_dict:
             out.append({**x_dict, **ctx.samples} if return_all else dict(ctx.samples))
         if return_terms:
-            out.append({t.label: _term_mean(ctx.results[id(t)]) for t in self.terms()})
+            out.append({label: _term_mean(ctx.results[id(t)]) for label, t in self.labelled_terms().items()})
         return tuple(out)
 
     def forward(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> Any:

@@ -238,7 +238,7 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
             sums[key] = sums.get(key, 0.0) + batch.n * v
     if parallel:  # every rank reduces the same keys, whether or not it had a batch
         loss = model.loss_cls if training else model.test_loss_cls
-        keys = list(dict.fromkeys([t.label for t in loss.terms()] + list(model.extra_terms)))
+        keys = list(dict.fromkeys([*loss.labelled_terms(), *model.extra_terms]))
         flags = [0.0] * ddp.world_size()
         flags[ddp.rank()] = float(error is not None)
         total, count, *rest = ddp.reduce_sums([total, count, *flags, *(sums.get(k, 0.0) for k in keys)],
