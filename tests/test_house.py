@@ -99,3 +99,21 @@ def test_large_and_image():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         simulated_house(**{"n_events": 10, **kwargs})
+
+
+def test_margin_keeps_positions_inside_their_areas_and_split_keeps_training_rows():
+    """A margin of half the narrowest area's side (the study is 1 m deep) or more, or a negative one, would put true
+    positions outside their area; a split that leaves no training rows is refused."""
+    import torch
+
+    from kizuna.datasets import split
+
+    for margin in (0.5, 1.5, -0.5):
+        with pytest.raises(ValueError, match=r"margin must lie in \[0, 0.5\)"):
+            simulated_house(10, margin=margin)
+    house = simulated_house(400, seed=0, margin=0.45)
+    box = AREA_BOXES[house["area"]]
+    pos = house["true_position"]
+    assert ((pos >= box[:, :2]) & (pos <= box[:, 2:])).all()
+    with pytest.raises(ValueError, match="leave no training rows"):
+        split(torch.zeros(2, 1), torch.arange(2), 0.9)

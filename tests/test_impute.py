@@ -220,3 +220,26 @@ def test_decoder_that_cannot_be_masked_is_named():
     x, mask = (torch.as_tensor(a) for a in data())
     with pytest.raises(ValueError, match=r"p\(x\|z\) \(FullCov\) does not factorise over the entries"):
         impute_importance(joint, Proposal(), {"x": x}, mask, k=4)
+
+
+def test_small_defensive_shares_integer_data_and_sample_counts():
+    """A prior share below one draw per chunk still gives round(alpha k) prior draws overall (a math domain error
+    before: every chunk's share rounded to 0), and one below half a draw uses q alone; integer data is imputed in the
+    model's floating dtype; n_samples must be positive (0 gave NaN means or torch's error)."""
+    from kizuna.inference.impute import _Proposal
+
+    proposal = _Proposal(model(), Proposal(), "x", 1000, 250, 0.002)
+    assert sum(n for _, n in proposal.chunks) == 2 and proposal.alpha == pytest.approx(0.002)
+    assert sum(q + n for q, n in proposal.chunks) == 1000
+    x, mask = (torch.as_tensor(a) for a in data())
+    x[~mask] = float("nan")
+    torch.manual_seed(0)
+    for share in (0.001, 0.0001):
+        out = impute_importance(model(), Proposal(), {"x": x}, mask, k=1000, defensive=share)
+        assert torch.isfinite(out.mean).all()
+    counts = torch.nan_to_num(x).round().long()
+    out = impute_importance(model(), Proposal(), {"x": counts}, mask, k=200)
+    assert out.mean.is_floating_point() and torch.equal(out.mean[mask], counts[mask].to(out.mean.dtype))
+    for impute in (impute_importance, impute_gibbs):
+        with pytest.raises(ValueError, match="n_samples .* must be a positive integer, got 0"):
+            impute(model(), Proposal(), {"x": x}, mask, n_samples=0)

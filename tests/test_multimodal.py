@@ -206,3 +206,11 @@ def test_each_multimodal_vae_on_image_speech_pairs(pairs, name, kwargs, floor, s
         assert m["ratio_x"] < 0.9 and m["ratio_s"] < 0.9
     for direction in ("image_to_speech", "speech_to_image"):  # chance 0.1
         assert np.mean([m[direction] for m in runs]) > floor, [m[direction] for m in runs]
+
+
+def test_coherence_reads_generated_class_indices():
+    """Generated labels given as indices (N,) are indices (reshaped to (N, 1) they were read as scores, argmax 0)."""
+    assert coherence(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 1])) == 1.0
+    assert coherence(np.array([2, 0, 1]), np.array([2, 1, 1])) == pytest.approx(2 / 3)
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert coherence(scores, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)

@@ -167,6 +167,10 @@ def simulated_house(n_events: int = 300, seed: int = 0, phoneme_error_rate: floa
     ((100, 2), (100, 24), (100, 16), 100)
     """
     _check(n_events, phoneme_error_rate, name_rate, position_noise, view_tokens)
+    narrowest = float(np.minimum(AREA_BOXES[:, 2] - AREA_BOXES[:, 0], AREA_BOXES[:, 3] - AREA_BOXES[:, 1]).min())
+    if not 0.0 <= margin < narrowest / 2:  # true positions must stay inside their area
+        raise ValueError(f"simulated_house: margin must lie in [0, {narrowest / 2:g}) metres (half the narrowest "
+                         f"area's side), got {margin}")
     rng = np.random.default_rng(seed)
     area = rng.integers(len(AREAS), size=n_events)
     place = AREA_PLACE[area]

@@ -94,5 +94,7 @@ def split(
     n = x.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_test = max(1, round(n * test_fraction))
+    if n_test >= n:
+        raise ValueError(f"split: {n} rows with test_fraction={test_fraction} leave no training rows")
     test, train = perm[:n_test], perm[n_test:]
     return x[train], y[train], x[test], y[test]

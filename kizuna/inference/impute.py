@@ -74,10 +74,18 @@ def _prepare(p_joint: Distribution, q: Distribution, x_dict: Mapping[str, Any], 
     batch_rows(x_dict, [k for k, v in x_dict.items() if isinstance(v, Tensor)], who)
     decoder = decoder_of(p_joint, var, who)
     x = x_dict[var]
+    if isinstance(x, Tensor) and not x.is_floating_point():  # counts or 0/1 labels: imputed values are means
+        like = next((t for t in [*p_joint.parameters(), *q.parameters()] if t.is_floating_point()), None)
+        x = x.to(like.dtype if like is not None else torch.get_default_dtype())
     mask = check_mask(mask, x, var, who)
     filled = fill_missing(x, mask, init, var, who)
     others = {k: v for k, v in x_dict.items() if k != var}
     return var, decoder, others, filled, mask
+
+
+def _check_samples(n_samples: Any, who: str) -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"{who}: n_samples (completed rows per row) must be a positive integer, got {n_samples!r}")
 
 
 def _rows(values: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
@@ -137,6 +145,7 @@ def impute_importance(
         torch.Size([10, 1, 2])
     """
     who = "impute_importance"
+    _check_samples(n_samples, who)
     if not 0.0 <= defensive <= 1.0:
         raise ValueError(f"{who}: defensive must lie in [0, 1], got {defensive}")
     var, decoder, others, filled, mask = _prepare(p_joint, q, x_dict, mask, var, init, who)
@@ -167,9 +176,14 @@ class _Proposal:
             )
         self.q, self.alpha_given = q, alpha
         self.prior = None if alpha == 0 else factors[0] if len(factors) == 1 else JointDistribution(factors)
-        sizes = [min(k_chunk, k - s) for s in range(0, k, k_chunk)]
-        self.chunks = [(c - round(alpha * c), round(alpha * c)) for c in sizes]  # (from q, from prior)
-        self.alpha = sum(n for _, n in self.chunks) / k  # the share actually drawn from the prior
+        # (from q, from the prior) per chunk: the prior's draws spread over the chunks by cumulative rounding, so that
+        # a small share still gets round(alpha * k) of them (rounding each chunk gave none below 1 / (2 k_chunk))
+        self.chunks = []
+        for start in range(0, k, k_chunk):
+            end = min(start + k_chunk, k)
+            n_prior = round(alpha * end) - round(alpha * start)
+            self.chunks.append((end - start - n_prior, n_prior))
+        self.alpha = sum(n for _, n in self.chunks) / k  # the share actually drawn from the prior (0: q alone)
 
     def draw(self, values: dict[str, Any], n_q: int, n_p: int) -> dict[str, Tensor]:
         """``n_q`` copies of the rows drawn from q, then ``n_p`` from the prior (sample-major)."""
@@ -185,7 +199,7 @@ class _Proposal:
 
     def log_prob(self, values: dict[str, Any]) -> Tensor:
         r""":math:`\log[(1-\alpha) q(z|\tilde x) + \alpha p(z)]` per row."""
-        if self.prior is None:
+        if self.prior is None or self.alpha == 0:
             return self.q.get_log_prob(values)
         if self.alpha == 1:
             return self.prior.get_log_prob(values)
@@ -247,6 +261,7 @@ def impute_gibbs(
     ``mean`` averages :math:`\\mathbb E[x_{mis}|z]` over the chains' final :math:`z`.
     """
     who = "impute_gibbs"
+    _check_samples(n_samples, who)
     if n_iter < 1:
         raise ValueError(f"{who}: n_iter must be at least 1, got {n_iter}")
     var, decoder, others, filled, mask = _prepare(p_joint, q, x_dict, mask, var, init, who)

@@ -161,10 +161,13 @@ def coherence(generated: Any, target_labels: Any, classifier: Any = None) -> flo
     0.6666666666666666
     """
     if isinstance(generated, Tensor):
-        flat = generated.detach().cpu().reshape(generated.shape[0], -1).numpy()
+        arr = generated.detach().cpu().numpy()
     else:
         generated = np.asarray(generated)
-        flat = generated.reshape(generated.shape[0], -1)
+        arr = generated
+    # class indices (N,) stay indices; samples (N, ...) are flattened to rows (N, D) (indices reshaped to (N, 1)
+    # were read as scores, every one's argmax 0)
+    flat = arr if arr.ndim == 1 else arr.reshape(arr.shape[0], -1)
     target = _labels(target_labels, "target_labels")
     if flat.shape[0] != target.shape[0]:
         raise ValueError(f"coherence: {flat.shape[0]} generated samples but {target.shape[0]} target labels")
