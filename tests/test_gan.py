@@ -399,3 +399,20 @@ def test_the_evaluations_batch_n_sets_the_draws_and_untrainable_generators_are_r
     with pytest.raises(ValueError, match="no reparameterised sampler, so its draws carry no gradient"):
         AdversarialJensenShannon(discrete(torch.tensor([0.2, 0.3, 0.5]), "p"), generator,
                                  Bernoulli(var=["t"], cond_var=["x"], probs=0.5, name="d"))
+
+
+def test_early_stopping_restores_both_players_of_the_best_epoch() -> None:
+    """The best epoch is restored as a whole: the generator's and the discriminator's parameters of that epoch (the
+    discriminator kept its last weights beside the restored generator)."""
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    d = RingD()
+    model = GAN((RingG() * prior).marginalize_var("z"), d)
+    g_best = [w.detach().clone() for w in model.p.parameters()]
+    d_best = [w.detach().clone() for w in d.parameters()]
+    assert not model.early_stop(1, 1.0, patience=1)  # epoch 1: the best so far
+    with torch.no_grad():
+        for w in [*model.p.parameters(), *d.parameters()]:
+            w.add_(1.0)
+    assert model.early_stop(2, 2.0, patience=1)  # worse: patience run out, epoch 1 restored
+    assert all(torch.equal(a, b) for a, b in zip(g_best, model.p.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(d_best, d.parameters()))

@@ -350,12 +350,18 @@ class Model:
     def early_stop(self, epoch: int, valid_loss: float, patience: int | None) -> bool:
         """Track the best validation epoch; with ``patience`` run out, restore it and say stop."""
         if self._best is None or valid_loss < self._best["value"]:
-            state = {k: v.detach().clone() for k, v in self.distributions.state_dict().items()}
-            self._best = {"epoch": epoch, "value": valid_loss, "state": state}
+            def snapshot(model: Model) -> dict[str, Any]:
+                return {k: v.detach().clone() for k, v in model.distributions.state_dict().items()}
+
+            # the submodels' (a GAN's discriminator) too: the best epoch is restored as a whole
+            self._best = {"epoch": epoch, "value": valid_loss, "state": snapshot(self),
+                          "submodels": [snapshot(m) for m in self.submodels()]}
         self.history.best_epoch = self._best["epoch"]
         if patience is None or epoch - self._best["epoch"] < patience:
             return False
         self.distributions.load_state_dict(self._best["state"])
+        for model, state in zip(self.submodels(), self._best.get("submodels", [])):
+            model.distributions.load_state_dict(state)
         self.history.stopped_epoch = epoch
         return True
 
