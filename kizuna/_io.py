@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,34 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
+STALE_SECONDS = 24 * 3600  # another host's temporary file this old is an interrupted save's
+
+
+def _writer_alive(host: str, pid: str) -> bool:
+    """Whether the process that names a temporary file may still be writing it: on this host, whether it runs; on
+    another host, unknown (True)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):  # not a pid, or one we may not signal: it exists
+        return True
+    return True
+
+
 def remove_stale(path: Path) -> None:
-    """Remove temporary files an interrupted earlier save of ``path`` left behind."""
+    """Remove temporary files an interrupted earlier save of ``path`` left behind: those of processes of this host that
+    no longer run, and any a day old, never a live writer's (two processes saving to one path each keep their own
+    temporary file; the last rename wins)."""
+    prefix = f".{path.name}."
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        host, _, pid = stale.name[len(prefix):-len(".tmp")].rpartition(".")
         try:
-            stale.unlink()
+            old = time.time() - stale.stat().st_mtime > STALE_SECONDS
+            if old or not _writer_alive(host, pid):
+                stale.unlink()
         except OSError:
             pass
 

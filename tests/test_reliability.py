@@ -274,3 +274,97 @@ def test_nothing_silent() -> None:
         clustering_accuracy(np.array([0.0, np.nan, 1.0]), np.array([0, 1, 1]))
     with pytest.raises(ValueError, match="constant parameter loc of Normal must be finite"):
         Normal(var=["x"], loc=float("inf"), scale=1.0)
+
+
+def test_a_save_removes_dead_writers_temporary_files_but_not_a_live_ones(tmp_path: Path) -> None:
+    """Two processes saving to one path each write their own temporary file: a save removes what an interrupted
+    writer of this host left (its process gone) and never a running writer's file (it removed every one, so the
+    other writer's rename failed with FileNotFoundError)."""
+    import socket
+    import subprocess
+    import sys
+
+    from kizuna import _io
+
+    path = tmp_path / "run.pt"
+    host = socket.gethostname()
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f".run.pt.{host}.{done.stdout.strip()}.tmp"  # a process that has exited
+    alive = tmp_path / f".run.pt.{host}.{os.getppid()}.tmp"  # a running process (this test's parent)
+    elsewhere = tmp_path / ".run.pt.another-host.1.tmp"  # another host's writer: unknown, recent: kept
+    for f in (dead, alive, elsewhere):
+        f.write_bytes(b"partial")
+    _io.save({"x": torch.zeros(1)}, path)
+    assert not dead.exists() and alive.exists() and elsewhere.exists()
+    old = time.time() - _io.STALE_SECONDS - 10
+    os.utime(elsewhere, (old, old))
+    _io.save({"x": torch.zeros(1)}, path)
+    assert not elsewhere.exists() and alive.exists()
+
+
+class _BNEncoder(Normal):
+    """q(z|x) through Linear -> BatchNorm -> Dropout -> Linear: running statistics and a train / eval switch."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        loc, s = self.net(x).chunk(2, -1)
+        return {"loc": loc, "scale": F.softplus(s) + 1e-3}
+
+
+class _LinearDecoder(Normal):
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.net = nn.Linear(2, 4)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.net(z), "scale": torch.ones(1)}
+
+
+def _bn_model() -> Model:
+    torch.manual_seed(0)
+    q, p = _BNEncoder(), _LinearDecoder()
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    return Model((KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean(), distributions=[p, q],
+                 optimizer_params={"lr": 1e-2})
+
+
+def test_a_non_finite_step_leaves_running_statistics_and_the_mode_as_they_were() -> None:
+    """A NaN in a batch: the step raises and the batch-norm statistics are those before it, like the parameters
+    (they were NaN for good, and every later test() NaN); a network switched to eval() by the user between steps
+    trains in training mode again at the next step (the Model's cached mode kept it in eval mode)."""
+    model = _bn_model()
+    x = torch.randn(40, 4, generator=torch.Generator().manual_seed(1))
+    model.train({"x": x})
+    bn = model.distributions[1].net[1]
+    before = {k: v.clone() for k, v in model.distributions.state_dict().items()}
+    bad = x.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(FloatingPointError):
+        model.train({"x": bad})
+    after = model.distributions.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    assert torch.isfinite(bn.running_mean).all() and np.isfinite(model.test({"x": x}).item())
+    model.distributions[1].eval()  # e.g. to sample between epochs
+    model.train({"x": x})
+    assert model.distributions[1].training and bn.training
+
+
+def test_a_checkpoint_that_does_not_fit_the_optimiser_leaves_the_model_as_it_was(tmp_path: Path) -> None:
+    """The same parameter names but another set of trainable ones: loading fails with an error naming the file, and
+    the model keeps its own weights (they had been overwritten before the optimiser's state was refused)."""
+    saved = _bn_model()
+    saved.train({"x": torch.randn(8, 4)})
+    path = tmp_path / "run.pt"
+    saved.save(path)
+    torch.manual_seed(5)
+    q, p = _BNEncoder(), _LinearDecoder()
+    q.net[0].weight.requires_grad_(False)
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    other = Model((KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean(), distributions=[p, q])
+    own = {k: v.clone() for k, v in other.distributions.state_dict().items()}
+    with pytest.raises(ValueError, match="run.pt does not fit this model's optimiser"):
+        other.load(path)
+    assert all(torch.equal(own[k], v) for k, v in other.distributions.state_dict().items())

@@ -214,8 +214,35 @@ class Model:
     def _prepare(self, x_dict: Mapping[str, Any] | None) -> dict[str, Any]:
         return prepare(x_dict or {}, self.dtype, self.device)
 
+    def _updated_in_forward(self) -> list[torch.Tensor]:
+        """The tensors a training-mode forward pass writes (batch-norm running statistics, ActNorm's data-dependent
+        start): kept aside each step and put back when the step is not finite (see `_optimise`)."""
+        found = self.__dict__.get("_forward_state")
+        if found is None:
+            from kizuna.flows.normalization import ActNorm, _BatchNorm
+
+            kinds = (nn.modules.batchnorm._NormBase, _BatchNorm, ActNorm)
+            found = [t for m in self.distributions.modules() if isinstance(m, kinds)
+                     for t in (*m._buffers.values(), *m._parameters.values()) if t is not None]
+            self.__dict__["_forward_state"] = found
+        return found
+
     def _optimise(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                   ) -> tuple[torch.Tensor, float, dict[str, float]]:
+        state = self._updated_in_forward()
+        if not state:
+            return self._step_once(batch, options, terms)
+        kept = [t.detach().clone() for t in state]
+        try:
+            return self._step_once(batch, options, terms)
+        except FloatingPointError:  # a non-finite step: the running statistics as before it, like the parameters
+            with torch.no_grad():
+                for t, v in zip(state, kept):
+                    t.copy_(v)
+            raise
+
+    def _step_once(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
+                   ) -> tuple[torch.Tensor, float, dict[str, float]]:
         self._set_mode(True)
         self.optimizer.zero_grad(set_to_none=True)
         try:
@@ -314,8 +341,12 @@ class Model:
                                    "finite step")
 
     def _set_mode(self, training: bool) -> None:
-        # switching walks every submodule: do it when train() and test() alternate, not per step
-        if self._training is not training:
+        # switching walks every submodule: done when a module is in the other mode (train() and test() alternate, or
+        # the user switched a network, e.g. p.eval() to sample between epochs), checked on a flat list of the modules
+        flat = self.__dict__.get("_flat_modules")
+        if flat is None or self._training is None:
+            flat = self.__dict__["_flat_modules"] = list(self.distributions.modules())
+        if self._training is not training or any(m.training is not training for m in flat):
             self.distributions.train(training)
             self._training = training
 
@@ -412,8 +443,16 @@ class Model:
         if state["optimizer_class"] != ckpt.class_name(self.optimizer):
             raise ValueError(f"{source} was trained with {state['optimizer_class']}, "
                              f"this model uses {ckpt.class_name(self.optimizer)}")
-        self.distributions.load_state_dict(state["distributions"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        weights = {k: v.clone() for k, v in self.distributions.state_dict().items()}
+        optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        try:
+            self.distributions.load_state_dict(state["distributions"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, RuntimeError, KeyError) as err:  # leave the model as it was, not half loaded
+            self.distributions.load_state_dict(weights)
+            self.optimizer.load_state_dict(optimizer_state)
+            raise ValueError(f"{source} does not fit this model's optimiser (e.g. another set of trainable "
+                             f"parameters): {err}") from None
         self.epoch = int(state["epoch"])
         self.history = History.from_dict(state["history"])
         self._best = state["best"]
