@@ -892,3 +892,53 @@ def test_gradcheck_of_log_prob_in_the_parameters(ex: Example) -> None:
         assert torch.autograd.gradcheck(log_prob, tuple(leaves), eps=1e-6, atol=1e-5, rtol=1e-4)
     finally:
         set_validation(True)
+
+
+# ------------------------------------------------- found in review (2026-12-05)
+def test_a_changed_number_constant_is_read_in_the_inputs_precision() -> None:
+    """A constant given as a number is used in float64 inputs' precision; once its buffer changed (load_state_dict,
+    an annealed scale's fill_), the buffer's value is used (the constructor's number came back for float64 inputs)."""
+    q = Normal(var=["x"], cond_var=["m"], loc="m", scale=1.0)
+    q.load_state_dict({"scale": torch.tensor([2.0])})
+    m = torch.zeros(1, 1, dtype=torch.float64)
+    expected = st.norm(0.0, 2.0).logpdf(0.0)
+    assert q.get_log_prob({"x": m, "m": m}).item() == pytest.approx(expected, rel=1e-12)
+    assert q.sample_variance({"m": m}).item() == pytest.approx(4.0, rel=1e-12)
+    fresh = Normal(var=["x"], cond_var=["m"], loc="m", scale=0.1)  # unchanged: the number itself, not float32(0.1)
+    assert fresh.get_log_prob({"x": m, "m": m}).item() == st.norm(0.0, 0.1).logpdf(0.0)
+
+
+def test_analytic_kl_of_a_constant_without_features_and_of_pairs_torch_cannot_compute() -> None:
+    """Each side per feature, then summed: a constant side without features_shape against one with features (torch
+    had no KL for the Independent pair it was wrapped into); a pair torch's registry matches by a general rule that
+    then cannot compute falls back to Monte Carlo (it was reported as shapes that do not broadcast)."""
+    import torch.distributions as D
+
+    from kizuna.losses import KullbackLeibler
+
+    m = torch.randn(4, 3, dtype=torch.float64)
+    q = Laplace(var=["x"], cond_var=["m"], loc="m", scale=1.0)
+    p = Laplace(var=["x"], loc=0.0, scale=1.0)
+    torch.testing.assert_close(KullbackLeibler(q, p).eval({"m": m}),
+                               D.kl_divergence(D.Laplace(m, 1.0), D.Laplace(0.0, 1.0)).sum(1))
+    a = BinaryConcrete(var=["x"], temperature=0.5, probs=0.3)
+    b = BinaryConcrete(var=["x"], temperature=0.5, probs=0.6)
+    kl = KullbackLeibler(a, b)
+    assert kl.eval({}, batch_n=5).shape == (5,) and kl.method == "monte_carlo"
+    with pytest.raises(ValueError, match="no closed form .* after all"):
+        KullbackLeibler(a, b, analytic=True).eval({}, batch_n=5)
+
+
+def test_bernoulli_probabilities_score_values_of_another_dtype() -> None:
+    """float64 data against a float32 model's probabilities (lerp takes one dtype): torch's log-probability."""
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    b = Bernoulli(var=["x"], probs=0.3, features_shape=[2])
+    expected = float(np.log(0.3) + np.log(0.7))
+    assert b.get_log_prob({"x": x}).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_concrete_takes_one_temperature() -> None:
+    p = Concrete(var=["x"], cond_var=["t"], temperature="t", probs=torch.tensor([0.2, 0.3, 0.5]))
+    x = torch.softmax(torch.randn(3, 3), -1)
+    with pytest.raises(ValueError, match="one temperature for the whole batch"):
+        p.get_log_prob({"x": x, "t": torch.tensor([[0.5], [1.0], [2.0]])})

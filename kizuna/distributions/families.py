@@ -177,6 +177,8 @@ def bernoulli_log_prob_from_probs(probs: Tensor, value: Tensor, fused: bool) -> 
     ``binary_cross_entropy`` kernel, its sign changed in place (one pass; the kernel's backward does not read
     its result); otherwise ``lerp(log1p(-p), log(p), x)``, vectorised operators (faster on a CPU, where torch's
     cross-entropy kernels are not vectorised). The two agree up to rounding."""
+    if value.dtype != probs.dtype:  # lerp and the cross-entropy take one dtype (e.g. float64 data, float32 model)
+        value = value.to(probs.dtype)
     eps = torch.finfo(probs.dtype).eps
     probs = F.hardtanh(probs, eps, 1 - eps)  # a new tensor: ours to overwrite when no gradient needs it
     if not fused:
@@ -334,3 +336,10 @@ class Concrete(TorchDistribution):
     torch_class = D.RelaxedOneHotCategorical
     param_names = ("temperature", "probs", "logits")
     param_constraints = {"temperature": constraints.positive}  # torch does not check it
+
+    def _build(self, params: dict[str, Any], independent: bool) -> D.Distribution:
+        temperature = params.get("temperature")
+        if isinstance(temperature, Tensor) and temperature.numel() != 1:  # torch broadcasts it into a B x B result
+            raise ValueError(f"{self.prob_text}: Concrete takes one temperature for the whole batch (torch's "
+                             f"RelaxedOneHotCategorical), got one of shape {tuple(temperature.shape)}")
+        return super()._build(params, independent)

@@ -318,7 +318,10 @@ class TorchDistribution(Distribution):
                     like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()),
                                 None) if params else None
                 if like is not None and (value.dtype != like.dtype or value.device != like.device):
-                    value = torch.full(value.shape, self._numbers[key], dtype=like.dtype, device=like.device)
+                    # the number itself in the inputs' precision while the buffer holds it; a buffer changed since
+                    # (load_state_dict, an annealed scale's fill_) is converted, not replaced by the old number
+                    value = torch.full(value.shape, self._numbers[key], dtype=like.dtype, device=like.device) \
+                        if self._holds_numbers() else value.to(dtype=like.dtype, device=like.device)
             params[key] = value
         for key, value in self._static.items():
             params.setdefault(key, value)
@@ -434,6 +437,9 @@ class TorchDistribution(Distribution):
                     f"{match.group(2)}; got invalid values"
                 ) from None
             raise ValueError(f"{self.prob_text}: invalid parameters for {type(self).__name__}: {err}") from err
+        except NotImplementedError as err:  # torch's own limit (e.g. a Multinomial's inhomogeneous total_count)
+            raise ValueError(f"{self.prob_text}: torch's {self.torch_class.__name__} does not support these "
+                             f"parameters: {err}") from None
         except RuntimeError as err:  # parameters whose shapes do not broadcast
             shapes = ", ".join(f"{k} {_shape_text(v)}" for k, v in params.items() if isinstance(v, Tensor))
             raise ValueError(f"{self.prob_text}: parameter shapes do not broadcast: {shapes}") from err
@@ -515,14 +521,20 @@ class TorchDistribution(Distribution):
             kl = self._kl_kernel(other, params, other_params)
             if kl is not None:
                 return kl if per_feature else sum_rows(kl)
-        mine, theirs = self._build(params, not per_feature), other._build(other_params, not per_feature)
+        # per feature (each side's own event dimensions only), then summed over the features: a constant side
+        # without features_shape has fewer batch dimensions than the other, so wrapping each in Independent gave
+        # the pair different event ranks, which torch has no KL for
+        mine, theirs = self._build(params, False), other._build(other_params, False)
         try:
             kl = D.kl_divergence(mine, theirs)
+        except NotImplementedError:  # no closed form for this pair after all (KullbackLeibler falls back)
+            raise
         except RuntimeError as err:  # shapes that do not broadcast
             raise ValueError(f"KL[{self.prob_text}||{other.prob_text}]: the parameters do not broadcast: "
                              f"{tuple(mine.batch_shape + mine.event_shape)} and "
                              f"{tuple(theirs.batch_shape + theirs.event_shape)}") from err
-        return kl if kl.dim() > 0 else kl.unsqueeze(0)
+        kl = kl if kl.dim() > 0 else kl.unsqueeze(0)
+        return kl if per_feature else sum_rows(kl)
 
     # ------------------------------------------------------ sample / density
     def _rows(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None) -> int | None:

@@ -68,12 +68,14 @@ class KullbackLeibler(Loss):
                 f"{q.distribution_name} {q.prob_text} in torch's registry; use analytic=None or False"
             )
         self.method = "analytic" if (available and analytic is not False) else "monte_carlo"
+        self._analytic_asked = analytic is True
         if dim is not None and self.method != "analytic":
             raise ValueError(f"KL[{p.prob_text}||{q.prob_text}]: dim= needs the analytic KL, which is not available")
         self.dim = dim
         self.p, self.q = p, q
         self._mc = Expectation(p, LogProb(p) - LogProb(q), sample_shape=sample_shape)
-        inputs = p.input_var + q.input_var if self.method == "analytic" else self._mc.input_var
+        # the Monte-Carlo estimate's inputs too: an analytic choice may fall back to it (see _value)
+        inputs = p.input_var + q.input_var + self._mc.input_var if self.method == "analytic" else self._mc.input_var
         super().__init__(inputs)
 
     def subterms(self) -> list[Loss]:
@@ -85,6 +87,16 @@ class KullbackLeibler(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         if self.method == "monte_carlo":
             return ctx.value(self._mc)
+        try:
+            return self._analytic(ctx)
+        except NotImplementedError as err:  # torch's registry matched a general rule that cannot compute this pair
+            if self._analytic_asked or self.dim is not None:
+                raise ValueError(f"{self}: torch has no closed form for {self.p.distribution_name} against "
+                                 f"{self.q.distribution_name} after all ({err}); use analytic=None") from None
+            self.method = "monte_carlo"  # from now on (a property of the pair, not of the values)
+            return ctx.value(self._mc)
+
+    def _analytic(self, ctx: EvalContext) -> Tensor:
         fp, pp = self.p.kl_parts(ctx.values)
         fq, qp = self.q.kl_parts(ctx.values)
         if self.dim is not None:
