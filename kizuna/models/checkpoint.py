@@ -5,9 +5,12 @@ A checkpoint is a dict written with ``torch.save`` and read back with
 dicts (the numpy RNG key is stored as a tensor), so loading one never runs pickled code.
 It carries everything that decides the next training step: the distributions'
 ``state_dict``, the optimizer state, the epoch count, the history, the best validation
-epoch, fit's shuffling generator and the global RNG states (python ``random``, numpy's
-legacy global generator, torch CPU and CUDA). Restoring all of it makes an interrupted run
-continue with exactly the numbers of an uninterrupted one.
+epoch, fit's shuffling generator and fit's own torch random stream (fit draws inside a fork of
+torch's generator seeded from it, so the global generators are neither used for its draws nor
+saved). Restoring all of it makes an interrupted run continue with exactly the numbers of an
+uninterrupted one on a CPU; not saved: python's ``random`` and numpy's global generators (a
+``Dataset`` that augments with them does not resume bitwise) and the CUDA generators (`rng_state` /
+`set_rng_state` capture all of these for a caller who needs them).
 """
 
 from __future__ import annotations
