@@ -347,3 +347,16 @@ def test_the_gradient_check_finds_every_non_finite_value_and_leaves_gradients_un
     for g, b in zip(grads, before):
         torch.testing.assert_close(g, b, equal_nan=True, rtol=0, atol=0)
     assert _all_finite([])
+
+
+def test_an_iterator_read_once_is_refused_for_several_epochs():
+    """A generator of batches can be read once: fit for two epochs says so before training (epoch 2 failed with "the
+    training data yielded no batch" after epoch 1's steps); one epoch at a time works."""
+    p = Normal(var=["x"], loc=nn.Parameter(torch.zeros(2)), scale=1.0)
+    model = Model(-LogProb(p).mean())
+    with pytest.raises(ValueError, match="data is an iterator .* can be read once"):
+        model.fit(({"x": torch.randn(4, 2)} for _ in range(3)), epochs=2, quiet=True)
+    assert model.epoch == 0
+    for _ in range(2):
+        model.fit(({"x": torch.randn(4, 2)} for _ in range(3)), epochs=1, quiet=True)
+    assert model.epoch == 2

@@ -86,6 +86,10 @@ def fit(
         raise ValueError("fit: patience (early stopping) needs valid data and patience >= 1")
     if checkpoint is not None:
         model.check_checkpoint_path(checkpoint)
+    for given, what in ((data, "data"), (valid, "valid")):
+        if isinstance(given, Iterator) and epochs > 1:  # read once, but fit reads it every epoch
+            raise ValueError(f"fit: {what} is an iterator ({type(given).__name__}), which can be read once, but fit "
+                             f"reads it every epoch; pass a list of batches, a DataLoader or another re-iterable")
     train_data = Batches(data, "data", model.loss_cls.input_var, batch_size)
     valid_data = Batches(valid, "valid", model.test_loss_cls.input_var, batch_size) if valid is not None else None
     _check_batch_first(model.loss_cls, train_data, "data")
