@@ -368,3 +368,14 @@ def test_a_checkpoint_that_does_not_fit_the_optimiser_leaves_the_model_as_it_was
     with pytest.raises(ValueError, match="run.pt does not fit this model's optimiser"):
         other.load(path)
     assert all(torch.equal(own[k], v) for k, v in other.distributions.state_dict().items())
+
+
+def test_a_non_finite_test_loss_does_not_speak_of_a_step() -> None:
+    model = _bn_model()
+    x = torch.randn(8, 4)
+    model.train({"x": x})
+    bad = x.clone()
+    bad[2, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"the data\['x'\] holds inf at row 2, column 0; the parameters are "
+                                                 r"unchanged$"):
+        model.test({"x": bad})

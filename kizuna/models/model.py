@@ -272,9 +272,9 @@ class Model:
         except NonFiniteStep:
             raise
         except FloatingPointError as err:
-            raise self._nonfinite(str(err), batch, {}) from None
+            raise self._nonfinite(str(err), batch, {}, step=False) from None
         if not math.isfinite(value):
-            raise self._nonfinite(f"the test loss is {value}", batch, found)
+            raise self._nonfinite(f"the test loss is {value}", batch, found, step=False)
         return loss.detach(), value, found
 
     def _evaluate(self, loss_cls: Loss, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
@@ -322,7 +322,7 @@ class Model:
             nn.utils.clip_grad_value_(self._params, self.clip_grad_value)
 
     def _nonfinite(self, what: str, batch: Mapping[str, Any], terms: Mapping[str, float],
-                   note: str = "") -> NonFiniteStep:
+                   note: str = "", step: bool = True) -> NonFiniteStep:
         """The error of a non-finite step: the bad input first (a variable, row and column), else
         the terms that went non-finite."""
         data = first_nonfinite(batch, "the data")
@@ -337,6 +337,8 @@ class Model:
             detail = "the loss has no separate terms"
         if note:
             detail = f"{note}; {detail}"
+        if not step:  # an evaluation (test, validation): nothing was to be taken
+            return NonFiniteStep(what, f"{detail}; the parameters are unchanged")
         return NonFiniteStep(what, f"{detail}; the step was not taken: the parameters are those after the last "
                                    "finite step")
 
