@@ -942,3 +942,11 @@ def test_concrete_takes_one_temperature() -> None:
     x = torch.softmax(torch.randn(3, 3), -1)
     with pytest.raises(ValueError, match="one temperature for the whole batch"):
         p.get_log_prob({"x": x, "t": torch.tensor([[0.5], [1.0], [2.0]])})
+
+
+def test_a_number_for_a_vector_parameter_is_named() -> None:
+    """A number given as a MultivariateNormal's loc is no vector (it became a length-1 one and the errors came later,
+    about shapes)."""
+    with pytest.raises(ValueError, match=r"parameter loc of MultivariateNormal needs at least 1 dimension"):
+        MultivariateNormal(var=["x"], loc=0.0, covariance_matrix=torch.eye(3))
+    assert MultivariateNormal(var=["x"], loc=torch.zeros(3), covariance_matrix=torch.eye(3)).features_shape == (3,)

@@ -137,3 +137,13 @@ def test_the_examples_build_their_u_nets_for_each_option() -> None:
     for make in (lambda: diffusion.eps_net("cnn", "digits", 64, 8), lambda: flow.velocity_net("cnn", 64, 8)):
         with pytest.raises(ValueError, match="unknown .* network 'cnn'"):
             make()
+
+
+def test_a_number_step_is_the_step_of_every_row():
+    torch.manual_seed(0)
+    net = UNet((1, 8, 8), channels=16, channel_mults=(1, 2))
+    with torch.no_grad():
+        for p in net.parameters():  # away from the zero-initialised output
+            p.add_(0.01 * torch.randn_like(p))
+        x = torch.randn(3, 64)
+        assert torch.equal(net(x, 5), net(x, torch.full((3,), 5)))

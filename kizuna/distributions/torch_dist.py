@@ -188,6 +188,10 @@ class TorchDistribution(Distribution):
                                 f"name or an nn.Parameter, got {type(value).__name__}") from err
             if not tensor.is_floating_point():
                 tensor = tensor.to(torch.get_default_dtype())
+            event_dim = getattr(self.torch_class.arg_constraints.get(key), "event_dim", 0)
+            if tensor.dim() < event_dim:  # e.g. a number as a MultivariateNormal's loc: a vector is needed
+                raise ValueError(f"{self.prob_text}: parameter {key} of {type(self).__name__} needs at least "
+                                 f"{event_dim} dimension(s) (one sample's shape), got {tuple(tensor.shape)}")
             if tensor.dim() == 0 and self._features_shape and _per_element(self.torch_class, key):
                 tensor = tensor.expand(self._features_shape).clone()
             self.register_buffer(key, tensor.unsqueeze(0).contiguous())

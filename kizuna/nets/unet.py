@@ -126,6 +126,9 @@ class UNet(nn.Module):
         else:
             raise ValueError(f"UNet: x must be (N, {', '.join(map(str, self.image_shape))}) or flat rows, "
                              f"got {tuple(x.shape)}")
+        t = torch.as_tensor(t, device=x.device)  # a Python number is one step for every row
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
         angle = (t.to(x.dtype).reshape(-1, 1) * self.time_scale) * self.freq
         e = self.embed(torch.cat([angle.sin(), angle.cos()], 1))
         h = self.stem(h)
