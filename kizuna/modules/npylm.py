@@ -271,8 +271,8 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
     Without ``boosts`` each utterance's segmentation is drawn from the model's posterior given the
     others, computed as Mochihashi et al. do: forward filtering and backward sampling with the predictive
     probabilities of the model without this utterance, so a word repeated within the utterance is not counted
-    against itself (an approximation of the exact conditional; "exactly" below is relative to it). With ``boosts[i]`` (a concept module's belief about utterance ``i``'s words) SERKET's
-    resampling of hypotheses: ``n_candidates`` segmentations are drawn from the model's posterior and
+    against itself (an approximation of the exact conditional; "exactly" below is relative to it). With
+    ``boosts[i]`` (a concept module's belief about utterance ``i``'s words) SERKET's resampling of hypotheses: ``n_candidates`` segmentations are drawn from the model's posterior and
     one is kept with probability :math:`\\propto \\prod_{w} \\text{boost}_i(w)` (sampling-importance-resampling
     towards :math:`p(\\text{seg} \\mid s)\\prod_w \\text{boost}_i(w)`). At ``temperature`` :math:`T > 1` the
     segmentations are drawn from the posterior raised to :math:`1/T` (simulated annealing). With
