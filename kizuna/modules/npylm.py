@@ -268,18 +268,18 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
     without being removed first. Starting from all ``[]`` and an empty model, the first sweep is
     Mochihashi et al.'s start (each utterance segmented given the ones added before it).
 
-    Without ``boosts`` each utterance's segmentation is drawn from the model's posterior given the
-    others, computed as Mochihashi et al. do: forward filtering and backward sampling with the predictive
-    probabilities of the model without this utterance, so a word repeated within the utterance is not counted
-    against itself (an approximation of the exact conditional; "exactly" below is relative to it). With
-    ``boosts[i]`` (a concept module's belief about utterance ``i``'s words) SERKET's resampling of hypotheses: ``n_candidates`` segmentations are drawn from the model's posterior and
-    one is kept with probability :math:`\\propto \\prod_{w} \\text{boost}_i(w)` (sampling-importance-resampling
-    towards :math:`p(\\text{seg} \\mid s)\\prod_w \\text{boost}_i(w)`). At ``temperature`` :math:`T > 1` the
-    segmentations are drawn from the posterior raised to :math:`1/T` (simulated annealing). With
-    ``exact_prior`` the boosts enter the forward-backward table instead, so each segmentation is drawn
-    exactly from :math:`p(\\text{seg} \\mid s, \\text{rest})^{1/T}\\prod_w \\text{boost}_i(w)^{1/T}` (``n_candidates``
-    is ignored). With ``names`` (`kizuna.modules.npylm_slot.ConceptNames`, instead of ``boosts``) each
-    segmentation is drawn exactly from the slot model, every word the place's name with probability
+    Without ``boosts`` each utterance's segmentation is drawn from the model's posterior given the others, computed
+    as Mochihashi et al. do: forward filtering and backward sampling with the predictive probabilities of the model
+    without this utterance, so a word repeated within the utterance is not counted against itself (an approximation
+    of the exact conditional; "exactly" below is relative to it). With ``boosts[i]`` (a concept module's belief
+    about utterance ``i``'s words) SERKET's resampling of hypotheses: ``n_candidates`` segmentations are drawn from
+    the model's posterior and one is kept with probability :math:`\\propto \\prod_{w} \\text{boost}_i(w)`
+    (sampling-importance-resampling towards :math:`p(\\text{seg} \\mid s)\\prod_w \\text{boost}_i(w)`). At
+    ``temperature`` :math:`T > 1` the segmentations are drawn from the posterior raised to :math:`1/T` (simulated
+    annealing). With ``exact_prior`` the boosts enter the forward-backward table instead, so each segmentation is
+    drawn exactly from :math:`p(\\text{seg} \\mid s, \\text{rest})^{1/T}\\prod_w \\text{boost}_i(w)^{1/T}`
+    (``n_candidates`` is ignored). With ``names`` (`kizuna.modules.npylm_slot.ConceptNames`, instead of ``boosts``)
+    each segmentation is drawn exactly from the slot model, every word the place's name with probability
     :math:`\\lambda` or a word of the language model, and the concepts' name counts follow the draws.
     """
     for i in rng.permutation(len(utterances)).tolist():
