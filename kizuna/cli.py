@@ -4,7 +4,9 @@ the VAE+GMM+MLDA digits demo."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 DESCRIPTION = """\
 kizuna: deep generative models written as probabilistic formulas, and integrated models
@@ -23,7 +25,7 @@ each part alone and saves a map of the learned places and the learned-vs-true co
 modality. Five sweeps of mutual inference; the parts are also trained alone for comparison.
 
 Prints the accuracy of the integrated model next to its parts and saves a figure
-(OUT/latent_space.png): accuracy of each model, their confusion matrices side by side, and
+(OUT/demo.png): accuracy of each model, their confusion matrices side by side, and
 the VAE's latent space coloured by digit and by matched cluster.
 
 Takes 30 s to a minute on one CPU core (--quick: 600 digits, 10 to 20 s). Needs the demo
@@ -34,6 +36,31 @@ def _version() -> str:
     from kizuna import __version__
 
     return f"kizuna {__version__}"
+
+
+def _seed(text: str) -> int:
+    """A seed argument: a non-negative integer (a usage error otherwise, before anything runs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give a non-negative integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: give a non-negative integer")
+    return value
+
+
+def _folder(text: str) -> str:
+    """An output folder: an existing folder, or one that can be created (checked before training, not after)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot create the folder {text}: {err.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"the folder {text} is not writable")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,10 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
                           description=DEMO_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("which", nargs="?", choices=("house", "digits"), default="house",
                       help="house (default): the robot house (kizuna.robot_demo); digits: the VAE+GMM+MLDA demo")
-    demo.add_argument("--seed", type=int, default=0, help="seeds the networks and samplers (default 0)")
-    demo.add_argument("--out", default="kizuna-demo-out", help="folder for the figure (default kizuna-demo-out)")
+    demo.add_argument("--seed", type=_seed, default=0,
+                      help="a non-negative integer: seeds the simulated house and every sampler (house), the networks "
+                           "and samplers (digits); default 0")
+    demo.add_argument("--out", type=_folder, default="kizuna-demo-out",
+                      help="folder for the figures (created if missing; default kizuna-demo-out)")
     demo.add_argument("--quick", action="store_true", help="a quick run: 150 events (house); 600 digits, fewer "
                                                            "epochs and sweeps (digits, 10 to 20 s)")
+    demo.add_argument("--words", choices=("clean", "phonemes"), default="clean",
+                      help="house: the utterances as clean word counts (default) or as noisy phoneme strings "
+                           "segmented into words by a WordSegmenter (docs/robotics.md)")
     return parser
 
 
@@ -64,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "demo" and args.which == "digits" and args.words != "clean":
+        parser.error("--words applies to the house demo, not to 'kizuna demo digits'")
     if args.command == "demo" and args.which == "digits":
         from kizuna.demo import run_demo
 
@@ -71,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "demo":
         from kizuna.robot_demo import main as robot_demo
 
-        return robot_demo(["--seed", str(args.seed), "--out", args.out] + (["--quick"] if args.quick else []))
+        return robot_demo(["--seed", str(args.seed), "--out", args.out, "--words", args.words]
+                          + (["--quick"] if args.quick else []))
     return 0
 
 

@@ -220,17 +220,17 @@ def _print(result: dict[str, Any]) -> None:
 
 def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
     """The house map with the learned places and their names, and the learned-vs-true confusion."""
-    import matplotlib
+    from matplotlib.patches import Rectangle  # drawn on an Agg canvas: the user's backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kizuna.viz._backend import new_figure
 
     house, spco = result["house"], result["model"]
     classes = spco.classes.numpy()
     out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 5.6))
+    fig = new_figure(figsize=(7, 5.6))
+    ax = fig.add_subplot()
     for (x0, y0, x1, y1), name in zip(house["area_boxes"], house["areas"]):
-        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5))
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5))
         ax.text(x0 + 0.1, y1 - 0.3, name, fontsize=7, color="grey")
     ax.scatter(*house["position"].T, c=classes, cmap="tab10", s=12, vmin=0, vmax=9)
     theta = spco.sampler_.feature_distributions(0)
@@ -245,24 +245,26 @@ def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
            title=f"learned places (ARI {result['ari']:.2f}, {result['n_concepts']} concepts)")
     paths = [out / "house_map.png", out / "confusion.png"]
     fig.savefig(paths[0], dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    table = contingency(house["place"], classes)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    table = contingency(house["place"], classes)  # columns: the concepts that occur, in increasing id
+    fig = new_figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
     ax.imshow(table, cmap="Blues")
     for (i, j), v in np.ndenumerate(table):
         ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
     ax.set(yticks=range(len(house["places"])), yticklabels=house["places"], xlabel="learned concept",
-           xticks=range(table.shape[1]), title="true place vs learned concept")
+           xticks=range(table.shape[1]), xticklabels=[str(c) for c in np.unique(classes)],
+           title="true place vs learned concept")
     fig.savefig(paths[1], dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     """``kizuna demo [--seed S] [--out DIR] [--words clean|phonemes]``."""
+    from kizuna.cli import _folder, _seed
+
     parser = argparse.ArgumentParser(prog="kizuna demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="kizuna-demo-out", help="folder for the figures")
+    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--out", type=_folder, default="kizuna-demo-out", help="folder for the figures")
     parser.add_argument("--words", choices=("clean", "phonemes"), default="clean")
     parser.add_argument("--quick", action="store_true", help="150 events, 3 iterations")
     args = parser.parse_args(argv)

@@ -11,9 +11,30 @@ from kizuna.datasets import simulated_house
 def test_cli_runs_the_robot_house_by_default(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(robot_demo, "main", lambda argv: calls.append(argv) or 0)
+    monkeypatch.chdir(tmp_path)  # the default output folder is created where the command runs
     assert main(["demo", "--quick", "--seed", "2", "--out", str(tmp_path)]) == 0
     assert main(["demo"]) == 0
-    assert calls == [["--seed", "2", "--out", str(tmp_path), "--quick"], ["--seed", "0", "--out", "kizuna-demo-out"]]
+    assert main(["demo", "--words", "phonemes"]) == 0
+    assert calls == [["--seed", "2", "--out", str(tmp_path), "--words", "clean", "--quick"],
+                     ["--seed", "0", "--out", "kizuna-demo-out", "--words", "clean"],
+                     ["--seed", "0", "--out", "kizuna-demo-out", "--words", "phonemes"]]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["demo", "--seed", "-1"], "invalid seed -1: give a non-negative integer"),
+    (["demo", "digits", "--seed", "x"], "invalid seed 'x'"),
+    (["demo", "--out", "{file}"], "exists and is not a folder"),
+    (["demo", "digits", "--words", "phonemes"], "--words applies to the house demo"),
+])
+def test_bad_demo_arguments_are_usage_errors_before_anything_runs(monkeypatch, tmp_path, capsys, argv, message):
+    """A negative seed, a file given as the output folder, --words for the digits: exit status 2 and the reason, before
+    any training (a traceback after the training before)."""
+    monkeypatch.setattr(robot_demo, "main", lambda argv: pytest.fail("the demo ran"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        main([a.replace("{file}", str(afile)) for a in argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_place_name_f_on_hand_cases():

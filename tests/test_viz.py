@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kizuna.viz import pca_2d, plot_latent_space
+from kizuna.viz import confusion_table, match_clusters, pca_2d, plot_latent_space
 
 
 def test_pca_matches_scikit_learn():
@@ -77,3 +77,25 @@ def test_core_does_not_import_matplotlib():
             "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # even importing kizuna.viz defers matplotlib to the first plot
+
+
+def test_confusion_table_tells_unmatched_clusters_from_a_class_named_minus_one_and_takes_strings():
+    """The unmatched column is found by the matching itself, not by the name -1: a true class labelled -1 clustered
+    perfectly lies on the diagonal (it went to the "none" column: accuracy 0.6 for a perfect clustering), and string
+    labels with more clusters than classes work (a KeyError '-1' before)."""
+    table, classes = confusion_table([-1, -1, 0, 0, 1], [0, 0, 1, 1, 2])
+    assert classes.tolist() == [-1, 0, 1] and table.tolist() == [[2, 0, 0], [0, 2, 0], [0, 0, 1]]
+    table, classes = confusion_table(["a", "a", "b"], ["x", "y", "z"])
+    assert classes.tolist() == ["a", "b"] and table.sum() == 3 and table.shape == (2, 3)
+    assert table[:, 2].sum() == 1  # the cluster left without a class
+    assert match_clusters(["a", "a", "b"], ["x", "y", "z"]).tolist().count(-1) == 1
+
+
+def test_a_class_keeps_its_colour_in_every_panel():
+    """Integer classes are coloured by their value: digit 3 has one colour whether a panel holds all classes or not, and
+    "none" (-1) is grey (tab10 was resampled to the number of classes present, shifting every colour)."""
+    from kizuna.viz.latent import _colours
+
+    _, full = _colours(np.arange(10))
+    _, some = _colours(np.array([-1, 2, 3, 7]))
+    assert all(some[c] == full[c] for c in (2, 3, 7)) and some[-1] != full[0]

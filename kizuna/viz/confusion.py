@@ -38,12 +38,21 @@ def match_clusters(labels_true: Any, labels_pred: Any) -> np.ndarray:
     >>> match_clusters([0, 0, 1, 1, 2], [7, 7, 3, 3, 3]).tolist()
     [0, 0, 1, 1, 1]
     """
+    return _matched(labels_true, labels_pred)[0]
+
+
+def _matched(labels_true: Any, labels_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(names, which, classes): each sample's matched class name (`UNMATCHED` if none), the index of that class in
+    ``classes`` (-1 if none: an index, so that a class named -1 or string labels are told apart from "none")."""
     t, p = _labels(labels_true, "labels_true"), _labels(labels_pred, "labels_pred")
     table = contingency(t, p)
     classes, clusters = np.unique(t), np.unique(p)
     rows, cols = linear_sum_assignment(-table)
-    names = dict(zip(clusters[cols].tolist(), classes[rows].tolist()))
-    return np.array([names.get(c, UNMATCHED) for c in p.tolist()])
+    index = dict(zip(clusters[cols].tolist(), rows.tolist()))
+    which = np.array([index.get(c, -1) for c in p.tolist()], dtype=np.int64)
+    names = np.array([classes[i].item() if i >= 0 else UNMATCHED for i in which.tolist()],
+                     dtype=object if classes.dtype.kind in "USO" else None)  # strings keep -1 a number
+    return names, which, classes
 
 
 def confusion_table(labels_true: Any, labels_pred: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -55,13 +64,11 @@ def confusion_table(labels_true: Any, labels_pred: Any) -> tuple[np.ndarray, np.
     ([[2, 0], [1, 1]], [0, 1])
     """
     t = _labels(labels_true, "labels_true")
-    matched = match_clusters(t, labels_pred)
-    classes = np.unique(t)
-    columns = list(classes) + ([UNMATCHED] if (matched == UNMATCHED).any() else [])
-    table = np.zeros((len(classes), len(columns)), dtype=np.int64)
+    _, which, classes = _matched(t, labels_pred)
+    unmatched = which < 0
+    table = np.zeros((len(classes), len(classes) + int(unmatched.any())), dtype=np.int64)
     row = {c: i for i, c in enumerate(classes.tolist())}
-    col = {c: j for j, c in enumerate(columns)}
-    np.add.at(table, ([row[c] for c in t.tolist()], [col[c] for c in matched.tolist()]), 1)
+    np.add.at(table, ([row[c] for c in t.tolist()], np.where(unmatched, len(classes), which)), 1)
     return table, classes
 
 

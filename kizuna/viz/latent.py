@@ -61,11 +61,23 @@ def pca_2d(z: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return coords, explained
 
 
-def _colours(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
-    """(classes, class index of each point, colormap): tab10 / tab20 for up to 10 / 20 classes."""
-    classes, index = np.unique(labels, return_inverse=True)
-    name = "tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "viridis"
-    return classes, index, colormap(name).resampled(max(len(classes), 1))
+_NONE_COLOUR = (0.6, 0.6, 0.6, 1.0)  # a cluster matched to no class (label -1)
+
+
+def _colours(labels: np.ndarray) -> tuple[np.ndarray, dict[Any, Any]]:
+    """(classes present, colour of each class). Integer labels from -1 to 19 are coloured by their value (tab10, or
+    tab20 beyond 9; -1, "none", grey), so that a class has one colour in every panel whatever other classes a panel
+    holds (a digit and the cluster matched to it); other labels by their rank among those present."""
+    classes = np.unique(labels)
+    values = classes.tolist()
+    if classes.dtype.kind in "iu" and values and min(values) >= -1 and max(values) <= 19:
+        base = colormap("tab10" if max(values) <= 9 else "tab20")
+        palette = {c: _NONE_COLOUR if c == -1 else base(c) for c in values}
+    else:
+        name = "tab10" if len(values) <= 10 else "tab20" if len(values) <= 20 else "viridis"
+        base = colormap(name).resampled(max(len(values), 1))
+        palette = {c: base(j) for j, c in enumerate(values)}
+    return classes, palette
 
 
 def check_panels(panels: Sequence[Panel],
@@ -98,9 +110,9 @@ def draw_latent_space(ax: Any, z: Any, labels: np.ndarray, title: str, legend_ti
         wrong: optional boolean mask of N points to circle in black (e.g. clustered into the wrong class).
     """
     coords, explained = pca_2d(z)
-    classes, index, cmap = _colours(labels)
+    classes, palette = _colours(labels)
     xy = coords.numpy()
-    ax.scatter(xy[:, 0], xy[:, 1], c=index, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, s=6, alpha=0.8,
+    ax.scatter(xy[:, 0], xy[:, 1], c=[palette[c] for c in np.asarray(labels).tolist()], s=6, alpha=0.8,
                linewidths=0)
     if wrong is not None and wrong.any():
         ax.scatter(xy[wrong, 0], xy[wrong, 1], s=9, facecolors="none", edgecolors="black", linewidths=0.4,
@@ -110,8 +122,8 @@ def draw_latent_space(ax: Any, z: Any, labels: np.ndarray, title: str, legend_ti
     ax.set_ylabel(f"PC2 ({100 * float(explained[1]):.0f}%)", fontsize=8)
     ax.tick_params(labelsize=7)
     if len(classes) <= 20:
-        for j, c in enumerate(classes):
-            ax.scatter([], [], color=cmap(j), s=25, label="none" if c == -1 else str(c))
+        for c in classes.tolist():
+            ax.scatter([], [], color=palette[c], s=25, label="none" if c == -1 else str(c))
         handles, names = ax.get_legend_handles_labels()
         if wrong is not None and wrong.any():  # the "wrong" entry last
             handles, names = handles[1:] + handles[:1], names[1:] + names[:1]
