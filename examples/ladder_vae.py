@@ -110,8 +110,17 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, **overri
     unknown = set(overrides) - set(cfg)
     if unknown:
         raise ValueError(f"ladder_vae.run: unknown settings {sorted(unknown)}; known: {sorted(cfg)}")
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg.update(given)
     cfg["dataset"] = dataset or cfg["dataset"]
+    ignored = [k for k in ("warmup", "free_nats") if k in given] if cfg["k_train"] > 1 else []
+    if ignored:  # the IWAE bound has no per-layer KL to warm up or floor
+        raise ValueError(f"ladder_vae: {', '.join('--' + k.replace('_', '-') for k in ignored)} applies to the ELBO "
+                         f"objective; with --k-train {cfg['k_train']} the model trains on the IWAE bound: add "
+                         "--k-train 1")
+    if "k_val" in given and not cfg["early_stopping"]:
+        raise ValueError("ladder_vae: --k-val sets the early-stopping estimate; add --early-stopping (this "
+                         "configuration trains for --epochs without it)")
     if len(cfg["z_dims"]) == 1:  # one layer (the single-layer VAE): no prior network to size
         cfg["top_down"] = None
     torch.manual_seed(seed)
@@ -148,11 +157,15 @@ if __name__ == "__main__":
     parser.add_argument("--depth", type=int, help="hidden layers per bottom-up block and prior network")
     parser.add_argument("--dropout", type=float, help="dropout after every hidden layer")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--warmup", type=int, help="epochs of linear KL warm-up (0: none)")
-    parser.add_argument("--free-nats", type=float, help="floor on each layer's KL per image")
+    parser.add_argument("--warmup", type=int, help="epochs of linear KL warm-up (0: none; ELBO training only)")
+    parser.add_argument("--free-nats", type=float, help="floor on each layer's KL per image (ELBO training only)")
     parser.add_argument("--k-train", type=int, help="train on the IWAE bound with this many samples (1: ELBO)")
-    parser.add_argument("--no-early-stopping", dest="early_stopping", action="store_const", const=False,
-                        help="train on all training images for --epochs epochs, as examples/vae.py")
+    stopping = parser.add_mutually_exclusive_group()
+    stopping.add_argument("--early-stopping", dest="early_stopping", action="store_const", const=True,
+                          help="stop on a held-out tenth of the training images (the smoke default)")
+    stopping.add_argument("--no-early-stopping", dest="early_stopping", action="store_const", const=False,
+                          help="train on all training images for --epochs epochs, as examples/vae.py (the full "
+                               "default)")
     parser.add_argument("--k-val", type=int, help="early stopping on the held-out IWAE estimate with this k "
                         "(1: the held-out ELBO)")
     parser.add_argument("--k", type=int, help="importance samples of the held-out log p(x)")

@@ -215,3 +215,17 @@ def test_the_bottom_up_pass_runs_once_per_evaluation_and_is_shared(dropout: floa
     recon = D.Bernoulli(logits=m.decoder.net(z1)).log_prob(x).sum(1)
     expected = (kl_divergence(q2, D.Normal(0.0, 1.0)).sum(1) + kl_divergence(q1, prior1).sum(1) - recon)
     torch.testing.assert_close(value, expected)
+
+
+def test_the_examples_options_that_would_do_nothing_are_refused():
+    """The full run trains on the IWAE bound without early stopping: a KL floor or warm-up given for it, or a
+    validation k without early stopping, would be ignored (they were, silently)."""
+    from example_loader import load_example
+
+    run = load_example("ladder_vae").run
+    with pytest.raises(ValueError, match="--free-nats applies to the ELBO objective"):
+        run(free_nats=2.0)
+    with pytest.raises(ValueError, match="--warmup applies to the ELBO objective"):
+        run(warmup=20)
+    with pytest.raises(ValueError, match="add --early-stopping"):
+        run(k_val=100)
