@@ -1,7 +1,7 @@
 """MAF and neural spline flow, kizuna vs hand-written PyTorch: same flow, data, batches, steps and seeds.
 
 The companion of `parity_realnvp.py` for the other density flows, on the same dequantised digits (17 grey
-levels, `Preprocess(17)` first, 360 test images), with its seed handling, training loops, timing and
+levels, `Preprocess(17)` first, 359 test images), with its seed handling, training loops, timing and
 evaluation (imported from it; only the flow and its hand-written log-density differ):
 
 * ``--flow maf``: the MAF of `examples/flows.py` (``maf(64, 4, 128)``: four `MAF` layers, MADE 64-128-128-128,

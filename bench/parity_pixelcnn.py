@@ -11,7 +11,7 @@ the batch, with torch's default Adam, or the fused kernel with ``--fused-referen
 ratio is the formula layer's own cost). The loss draws nothing, so the two runs differ only by
 rounding (the Adam kernels, the order of the sums).
 One evaluation code for both trained networks: each put in a `PixelCNNBernoulli`, the exact test
-negative log-likelihood (``get_log_prob``) in nats per image and in bits/dim on 360 test images. The
+negative log-likelihood (``get_log_prob``) in nats per image and in bits/dim on 359 test images. The
 speed section times ``Model.train`` against the reference's step.
 
     python bench/parity_pixelcnn.py            # 3 seeds on binarised digits

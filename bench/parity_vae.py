@@ -12,7 +12,7 @@ encoder noise comes from one random stream, the second side continuing it (``--s
 from the same state, so the two runs differ only by rounding).
 One evaluation code for both trained networks, each wrapped in the same kizuna distributions: the
 held-out log-likelihood by importance sampling (`kizuna.metrics.log_likelihood`, ``k`` samples) and
-the ELBO on 360 test images. The speed section times ``Model.train`` against the reference's step.
+the ELBO on 359 test images. The speed section times ``Model.train`` against the reference's step.
 
     python bench/parity_vae.py            # 3 seeds on binarised digits
     python bench/parity_vae.py --quick    # seconds

@@ -11,7 +11,7 @@ likelihood with ``-LogProb(p).mean()``.
   (`Preprocess.bin_log_volume`). Test bits/dim :math:`= -\\log_2 P(k) / 64`, one noise draw per
   test image. The baseline is exact: independent per-pixel categoricals over the 17 levels
   (add-one smoothing). Training keeps the parameters with the best validation loss (10% of the
-  training images), since 1,437 training images overfit quickly.
+  training images), since 1,438 training images overfit quickly.
 
     python examples/flows.py --smoke      # ~10 s
     python examples/flows.py              # full
