@@ -533,3 +533,44 @@ def test_the_default_decoder_has_the_reverse_processs_variance() -> None:
         p = DDPM(DiffusionReverse(lambda x, t: torch.zeros_like(x), s, variance=variance), [2])
         scale = p.decoder.get_params({"x_1": x1})["scale"]
         torch.testing.assert_close(scale.pow(2).expand(3, 2), expected.expand(3, 2))
+
+
+def test_the_exact_sum_over_steps_frees_each_steps_memo(monkeypatch) -> None:
+    """`SumOverSteps` (diffusion_bound(exact_steps=True)) drops each step's remembered network outputs when the step
+    ends: the evaluation's memo has the same length after every step (it grew by every step: memory O(T), scans
+    O(T²)); the value is unchanged."""
+    from kizuna.formula import memo
+    from kizuna.losses import diffusion as losses
+
+    net = nn.Linear(2, 2)
+    p = DDPM(DiffusionReverse(lambda x, t: net(x), DiffusionSchedule.linear(10)), [2])
+    bound = diffusion_bound(p, exact_steps=True)
+    x0 = {"x_0": torch.randn(4, 2)}
+    torch.manual_seed(0)
+    expected = bound.eval(x0)
+    lengths = []
+
+    def release(mark):
+        memo.release_step(mark)
+        lengths.append(len(memo._STATE.memo))
+
+    monkeypatch.setattr(losses, "release_step", release)
+    torch.manual_seed(0)
+    torch.testing.assert_close(bound.eval(x0), expected)
+    assert len(lengths) == 9 and len(set(lengths)) == 1, lengths
+
+
+def test_the_torch_distribution_inside_the_mean_stop_is_built_apart() -> None:
+    """Inside one evaluation, a torch distribution built outside `stop_mean_gradient` is not reused inside it (its mean
+    carried the gradient the stop removes), as the parameters already were not."""
+    from kizuna.distributions.diffusion import stop_mean_gradient
+    from kizuna.formula.memo import shared_parameters
+
+    net = nn.Linear(2, 2)
+    rev = DiffusionReverse(lambda x, t: net(x), DiffusionSchedule.linear(10))
+    values = {rev.noisy_var: torch.randn(3, 2), rev.t_var: torch.full((3,), 4)}
+    with shared_parameters():
+        assert rev.get_dist(values).mean.requires_grad
+        with stop_mean_gradient():
+            assert not rev.get_dist(values).mean.requires_grad
+            assert not rev.get_params(values)["loc"].requires_grad

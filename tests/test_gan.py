@@ -416,3 +416,38 @@ def test_early_stopping_restores_both_players_of_the_best_epoch() -> None:
     assert model.early_stop(2, 2.0, patience=1)  # worse: patience run out, epoch 1 restored
     assert all(torch.equal(a, b) for a, b in zip(g_best, model.p.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(d_best, d.parameters()))
+
+
+def test_a_discriminator_term_before_the_generator_term_leaves_the_generator_its_gradient() -> None:
+    """``d_loss() + adv`` in one loss: the discriminator's draws without gradients must not leave their parameters for
+    the generator term to reuse (the generator got no gradient); the same gradient as ``adv`` alone."""
+    class Encoder(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.net = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.net(x), "scale": torch.ones(x.shape[0], 2)}
+
+    class Critic(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["z"], name="d")
+            self.net = nn.Linear(2, 1)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.net(z)}
+
+    torch.manual_seed(0)
+    q = Encoder()
+    adv = AdversarialJensenShannon(q, Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p"), Critic())
+    x = torch.randn(5, 3)
+    grads = []
+    for loss in (adv, adv.d_loss() + adv):
+        q.zero_grad()
+        torch.manual_seed(1)
+        gen_value = adv.eval({"x": x}) if loss is adv else None
+        torch.manual_seed(1)
+        loss.eval({"x": x}).backward()
+        grads.append(q.net.weight.grad)
+        assert gen_value is None or torch.isfinite(gen_value)
+    assert grads[1] is not None and grads[1].abs().sum() > 0

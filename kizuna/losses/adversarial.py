@@ -33,6 +33,7 @@ from kizuna.distributions.base import Distribution, batch_size_of
 from kizuna.distributions.families import Bernoulli
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.expr import EvalContext, Loss, Tensor
+from kizuna.formula.memo import release_step, step_mark
 
 _LOG_MIN = -100.0  # log(0) is clamped here, as torch's binary cross-entropy does
 
@@ -99,8 +100,10 @@ class AdversarialLoss(Loss):
         return (a, b) if first is self.p else (b, a)
 
     def _detached_draws(self, ctx: EvalContext) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        mark = step_mark()
         with torch.no_grad():
             xp, xq = self._draws(ctx)
+        release_step(mark)  # parameters computed without a graph are not left for a generator term to reuse
         return {k: v.detach() for k, v in xp.items()}, {k: v.detach() for k, v in xq.items()}
 
     # ---------------------------------------------------------- discriminator

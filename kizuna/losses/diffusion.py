@@ -17,7 +17,6 @@ a bound on the discrete data's code length).
 
 from __future__ import annotations
 
-import contextvars
 import math
 
 import torch
@@ -34,7 +33,7 @@ from kizuna.distributions.diffusion import (
 )
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
-from kizuna.formula.memo import shared_parameters
+from kizuna.formula.memo import release_step, step_mark
 from kizuna.losses.divergences import KullbackLeibler
 from kizuna.losses.expectation import Expectation
 
@@ -107,17 +106,14 @@ class SumOverSteps(Loss):
         rows = batch_size_of(ctx.values) or 1
         device = next((v.device for v in ctx.values.values() if isinstance(v, Tensor)), None)
         total: Tensor | None = None
+        mark = step_mark()
         for t in range(self.low, self.high + 1):
             step = torch.full((rows,), t, dtype=torch.long, device=device)
-            # each step in a fresh context: its memo of network outputs is freed when the step ends
-            value = contextvars.Context().run(self._step, ctx, step)
+            value = ctx.child({**ctx.values, self.t_var: step}).value(self.f)
+            release_step(mark)  # the step's memo entries (network outputs) are freed when it ends
             total = value if total is None else total + value
         assert total is not None
         return total
-
-    def _step(self, ctx: EvalContext, step: Tensor) -> Tensor:
-        with shared_parameters():
-            return ctx.child({**ctx.values, self.t_var: step}).value(self.f)
 
     def _render(self, fmt: dict[str, str]) -> str:
         template = r"\sum_{{{0}={1}}}^{{{2}}} {3}" if fmt is LATEX else "sum_{{{0}={1}}}^{{{2}}} {3}"
