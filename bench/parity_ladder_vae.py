@@ -1,10 +1,10 @@
 """Ladder VAE, kizuna vs hand-written PyTorch: same networks, data, batches, epochs and seeds.
 
-kizuna evaluates ``LadderVAE.loss(beta).mean()`` (the nested closed-form bound of the formula layer);
-the reference computes the same objective by hand from the same modules' raw outputs (precision-
-weighted top-down posterior, ``torch.distributions.kl_divergence`` of Normals, Bernoulli
-log-likelihood), with its own copy of the initial weights. Both use Adam and the same KL warm-up: kizuna's
-the optimiser its `Model` builds (torch's fused kernel, `kizuna.models.model.build_optimizer`), the
+kizuna trains ``LadderVAE.loss(Parameter("beta")).mean()`` (the nested closed-form bound of the formula layer, the
+warm-up's weight read from each batch) with `Model.train`; the reference computes the same objective by hand from the
+same modules' raw outputs (one bottom-up pass, precision-weighted top-down posterior,
+``torch.distributions.kl_divergence`` of Normals, Bernoulli log-likelihood), with its own copy of the initial
+weights. Both use Adam and the same KL warm-up: kizuna the optimiser its `Model` builds (torch's fused kernel), the
 reference torch's default Adam as such code is usually written, or the fused kernel with
 ``--fused-reference`` (then the step ratio is the formula layer's own cost). The speed section times
 ``Model.train`` against the reference's step.
@@ -31,10 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 from _common import binary_images  # noqa: E402
 
-from kizuna.losses import ELBO  # noqa: E402
+from kizuna.losses import ELBO, Parameter  # noqa: E402
 from kizuna.metrics import log_likelihood  # noqa: E402
 from kizuna.models import LadderVAE, Model  # noqa: E402
-from kizuna.models.model import build_optimizer  # noqa: E402
 
 CFG = {"z_dims": [8, 4], "hidden": [128, 64], "epochs": 60, "warmup": 10, "k": 500}
 QUICK = {"z_dims": [4, 2], "hidden": [16, 8], "epochs": 2, "warmup": 1, "k": 20}
@@ -76,20 +75,18 @@ def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor) 
     torch.manual_seed(seed)
     m_k = LadderVAE(x_train.shape[1], cfg["z_dims"], cfg["hidden"])
     m_r = copy.deepcopy(m_k)
-    opt_k = build_optimizer(torch.optim.Adam, list(m_k.parameters()), {"lr": 1e-3})  # as Model builds it
+    # kizuna's side trains with Model.train, the KL warm-up's weight read from the batch (the loss's "beta")
+    model = Model(m_k.loss(Parameter("beta")).mean(), distributions=[m_k], optimizer_params={"lr": 1e-3})
     opt_r = reference_adam(m_r.parameters(), 1e-3)
     g = torch.Generator().manual_seed(seed)
     epochs = [torch.randperm(len(x_train), generator=g).split(100) for _ in range(cfg["epochs"])]
     beta = [min(1.0, (e + 1) / cfg["warmup"]) for e in range(cfg["epochs"])]
-    losses = [m_k.loss(b).mean() for b in beta]
     plan = [(e, idx) for e in range(cfg["epochs"]) for idx in epochs[e]]
     it_k, it_r = iter(plan), iter(plan)
 
     def k_step() -> None:
         e, idx = next(it_k)
-        opt_k.zero_grad()
-        losses[e].eval({"x": x_train[idx]}).backward()
-        opt_k.step()
+        model.train({"x": x_train[idx], "beta": torch.tensor(beta[e])})
 
     def r_step() -> None:
         e, idx = next(it_r)
