@@ -208,15 +208,20 @@ class Loss(nn.Module):
         """``loss(x_dict, ...)`` is ``loss.eval(x_dict, ...)`` (so that torch wrappers such as DDP apply)."""
         return self.eval(x_dict, **options)
 
-    def distributions(self) -> list[nn.Module]:
-        """Every distribution this loss refers to (for optimisers), without repeats."""
-        found: dict[int, Any] = {}
+    def nodes(self) -> Iterator[Loss]:
+        """Every node of this loss's tree (itself, its sub-losses, theirs, ...), depth first."""
         stack: list[Loss] = [self]
         while stack:
             node = stack.pop()
+            yield node
+            stack.extend(node.subterms())
+
+    def distributions(self) -> list[nn.Module]:
+        """Every distribution this loss refers to (for optimisers), without repeats."""
+        found: dict[int, Any] = {}
+        for node in self.nodes():
             for d in node._own_distributions():
                 found.setdefault(id(d), d)
-            stack.extend(node.subterms())
         return list(found.values())
 
     def _own_distributions(self) -> list[nn.Module]:

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from kizuna._data import first_nonfinite
+from kizuna.losses.iterative import IterativeLoss
 from kizuna.models import distributed as ddp
 from kizuna.models.batches import Batch, Batches
 from kizuna.models.checkpoint import History
@@ -140,11 +141,8 @@ def _check_batch_first(loss: Any, batches: Batches, what: str) -> None:
     time along that dimension (``series_dim=0``), which would be cut and shuffled along time, silently."""
     if batches.tensors is None:  # a DataLoader makes its own batches
         return
-    stack = [loss]
-    while stack:
-        node = stack.pop()
-        stack.extend(node.subterms())
-        if getattr(node, "series_dim", None) == 0 and hasattr(node, "series_var"):
+    for node in loss.nodes():
+        if isinstance(node, IterativeLoss) and node.series_dim == 0:
             cut = [v for v in node.series_var if v in batches.tensors]
             if cut:
                 raise ValueError(

@@ -110,13 +110,7 @@ def _add_distribution(spec: _Spec, p: Distribution, observed: set[str]) -> None:
 
 
 def _iterative_nodes(loss: Loss) -> list[IterativeLoss]:
-    found, stack = [], [loss]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, IterativeLoss):
-            found.append(node)
-        stack.extend(node.subterms())
-    return found
+    return [node for node in loss.nodes() if isinstance(node, IterativeLoss)]
 
 
 def _from_loss(spec: _Spec, loss: Loss, observed: set[str]) -> None:
