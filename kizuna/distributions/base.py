@@ -131,6 +131,15 @@ def batch_size_of(x_dict: Mapping[str, Any], names: Iterable[str] | None = None)
     return max(sizes) if sizes else None
 
 
+def single_factors(p: Distribution) -> list[Distribution]:
+    """The single factors of ``p``: products unfolded, and renamed and marginalised distributions through their own
+    ``factors()`` (renamed views of the factors inside; the joint's factors)."""
+    factors = p.factors()
+    if len(factors) == 1 and factors[0] is p:
+        return factors
+    return [g for f in factors for g in single_factors(f)]
+
+
 def as_value(value: Any) -> Any:
     """A Python number (or bool) given as a value becomes a batch of one: ``3.0 -> tensor([3.])``."""
     if isinstance(value, numbers.Number) and not isinstance(value, bool):

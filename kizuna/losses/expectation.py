@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-from kizuna.distributions.base import Distribution, batch_size_of, repeat_batch, repeat_rows_lazily
+from kizuna.distributions.base import (
+    Distribution,
+    batch_size_of,
+    repeat_batch,
+    repeat_rows_lazily,
+    single_factors,
+)
 from kizuna.formula.expr import EvalContext, Loss, Tensor, as_loss
 
 
@@ -76,14 +82,6 @@ def fixed_draws(f: Distribution) -> bool:
     return not any(q.requires_grad for q in f.parameters())
 
 
-def _single_factors(p: Distribution) -> list[Distribution]:
-    """The single factors of ``p``: products, renamed and marginalised distributions unfolded."""
-    factors = p.factors()
-    if len(factors) == 1 and factors[0] is p:
-        return factors
-    return [g for f in factors for g in _single_factors(f)]
-
-
 def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> Tensor | None:
     """Log-density of the factors of ``p`` that need the score function (None if none). With
     ``pathwise``, reparameterised factors and factors with `fixed_draws` (e.g. a uniform draw of a
@@ -91,7 +89,7 @@ def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> T
     if pathwise and p.has_reparam:  # every factor reparameterised: none needs the score function
         return None
     total = None
-    for f in _single_factors(p):
+    for f in single_factors(p):
         if pathwise and (f.has_reparam or fixed_draws(f)):
             continue
         lp = f.get_log_prob(values)

@@ -31,9 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kizuna._text import prob_text
-from kizuna.distributions.base import Distribution
-from kizuna.distributions.marginal import MarginalizeVarDistribution
-from kizuna.distributions.replace import ReplaceVarDistribution
+from kizuna.distributions.base import Distribution, single_factors
 from kizuna.formula.expr import Loss
 from kizuna.losses.iterative import IterativeLoss
 from kizuna.modules.base import Module, Observation
@@ -83,19 +81,10 @@ def latex_label(name: str) -> str:
     return f"{head}_{{{tail}}}"
 
 
-def _atoms(p: Distribution, rename: dict[str, str] | None = None) -> list[tuple[str, list[str], list[str]]]:
-    """The single factors of ``p`` as ``(name, var, cond_var)`` under ``rename``: a product's factors, and the
-    factors inside a renamed (`replace_var`) or marginalised (`marginalize_var`) distribution, whose integrated
-    variables stay as latent nodes."""
-    rename = rename or {}
-    if isinstance(p, ReplaceVarDistribution):
-        return _atoms(p.p, p._compose(rename))
-    if isinstance(p, MarginalizeVarDistribution):
-        return _atoms(p.p, rename)
-    factors = p.factors()
-    if len(factors) != 1 or factors[0] is not p:
-        return [atom for f in factors for atom in _atoms(f, rename)]
-    return [(p.name, [rename.get(v, v) for v in p.var], [rename.get(c, c) for c in p.cond_var])]
+def _atoms(p: Distribution) -> list[tuple[str, list[str], list[str]]]:
+    """The single factors of ``p`` as ``(name, var, cond_var)``: a product's factors, and the factors inside a renamed
+    (`replace_var`) or marginalised (`marginalize_var`) distribution, whose integrated variables stay latent nodes."""
+    return [(f.name, f.var, f.cond_var) for f in single_factors(p)]
 
 
 def _add_distribution(spec: _Spec, p: Distribution, observed: set[str]) -> None:
