@@ -290,6 +290,15 @@ def test_gan_fit_trains_the_discriminator_too() -> None:
     assert np.isfinite([g_loss, d_loss]).all()
 
 
+def test_gan_passes_compile_and_validate_to_both_players() -> None:
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    model = GAN((RingG() * prior).marginalize_var("z"), RingD(), validate=True, compile={"mode": "default"})
+    for player in (model, model.d_model):
+        assert player.validate is True and player._compile_args == {"mode": "default"}
+    plain = GAN((RingG() * prior).marginalize_var("z"), RingD())
+    assert plain.validate is None and plain.d_model._compile_args is None
+
+
 def test_gan_save_and_load_both_players(tmp_path) -> None:
     prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
     model = GAN((RingG() * prior).marginalize_var("z"), RingD())

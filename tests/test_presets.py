@@ -30,7 +30,20 @@ def _float64():
 
 @pytest.mark.parametrize("preset", list(PIXYZ), ids=lambda c: c.__name__)
 def test_signatures_are_pixyz_s(preset):
-    assert list(inspect.signature(preset).parameters) == PIXYZ[preset]
+    params = inspect.signature(preset).parameters
+    positional = [n for n, p in params.items() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    assert positional == PIXYZ[preset]
+    assert [n for n in params if n not in positional] == ["compile", "validate"]  # kizuna's own, by keyword
+
+
+def test_presets_pass_compile_and_validate_to_model():
+    p = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    q = Normal(var=["z"], cond_var=["x"], loc=nn.Parameter(torch.zeros(1)), scale=1.0, name="q")
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, name="p_prior")
+    for model in (VAE(q, p, other_distributions=[], validate=True, compile={"mode": "reduce-overhead"}),
+                  VI(p * prior, q, validate=False, compile=True), ML(q, validate=True, compile=True)):
+        assert model.validate is not None and model._compile_args is not None
+    assert VAE(q, p).validate is None and VAE(q, p)._compile_args is None  # Model's defaults
 
 
 def test_ml_of_a_normal_is_the_sample_mean_and_std():

@@ -36,6 +36,7 @@ class GAN(Model):
         adversarial: the loss class, `AdversarialJensenShannon` by default.
         adversarial_params: its extra keyword arguments (e.g. ``{"gradient_penalty": 10.0}``).
         d_steps: discriminator steps per generator step.
+        compile, validate: as `Model`'s, for both.
 
     The generator and the discriminator are two `Model`s (``self`` and ``self.d_model``); `save`
     writes the generator's checkpoint to ``path`` and the discriminator's next to it
@@ -79,17 +80,20 @@ class GAN(Model):
         adversarial: type[AdversarialLoss] = AdversarialJensenShannon,
         adversarial_params: Mapping[str, Any] | None = None,
         d_steps: int = 1,
+        compile: bool | Mapping[str, Any] = False,
+        validate: bool | None = None,
     ) -> None:
         if d_steps < 1:
             raise ValueError(f"GAN: d_steps must be at least 1, got {d_steps}")
         p_data = p_data if p_data is not None else EmpiricalDistribution(p.var)
         loss = adversarial(p_data, p, discriminator, **dict(adversarial_params or {}))
         super().__init__(loss, distributions=[p], optimizer=optimizer, optimizer_params=optimizer_params,
-                         clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+                         clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value, compile=compile,
+                         validate=validate)
         self.p, self.discriminator, self.d_steps = p, discriminator, d_steps
         self.d_model = Model(loss.d_loss(), distributions=[discriminator], optimizer=d_optimizer,
                              optimizer_params=d_optimizer_params, clip_grad_norm=clip_grad_norm,
-                             clip_grad_value=clip_grad_value)
+                             clip_grad_value=clip_grad_value, compile=compile, validate=validate)
 
     extra_terms = ("d_loss",)
 

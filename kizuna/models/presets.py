@@ -34,8 +34,8 @@ class VI(Model):
         approximate_dist: the variational distribution :math:`q(z|x)` (or :math:`q(z)`).
         other_distributions: further distributions to train.
 
-    Other arguments: see `Model`. ``train()`` / ``test()`` may be called without data when
-    nothing is observed.
+    Other arguments: see `Model` (``compile`` and ``validate`` by keyword). ``train()`` / ``test()`` may be
+    called without data when nothing is observed.
 
     >>> import torch
     >>> from torch import nn
@@ -56,6 +56,9 @@ class VI(Model):
         optimizer_params: Mapping[str, Any] | None = None,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        *,
+        compile: bool | Mapping[str, Any] = False,
+        validate: bool | None = None,
     ) -> None:
         loss = -ELBO(p, approximate_dist).mean()
         super().__init__(
@@ -65,6 +68,8 @@ class VI(Model):
             optimizer_params=optimizer_params,
             clip_grad_norm=clip_grad_norm,
             clip_grad_value=clip_grad_value,
+            compile=compile,
+            validate=validate,
         )
 
 
@@ -75,7 +80,7 @@ class ML(Model):
         p: the model, e.g. a classifier :math:`p(y|x)` or a density :math:`p(x)`.
         other_distributions: further distributions to train.
 
-    Other arguments: see `Model`.
+    Other arguments: see `Model` (``compile`` and ``validate`` by keyword).
 
     >>> import torch
     >>> from torch import nn
@@ -93,6 +98,9 @@ class ML(Model):
         optimizer_params: Mapping[str, Any] | None = None,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        *,
+        compile: bool | Mapping[str, Any] = False,
+        validate: bool | None = None,
     ) -> None:
         self.nll = -LogProb(p)
         super().__init__(
@@ -102,6 +110,8 @@ class ML(Model):
             optimizer_params=optimizer_params,
             clip_grad_norm=clip_grad_norm,
             clip_grad_value=clip_grad_value,
+            compile=compile,
+            validate=validate,
         )
 
 

@@ -27,6 +27,8 @@ class VAE(Model):
         decoder: :math:`p(x|z)`.
         other_distributions: further distributions to train (e.g. a learnable prior).
         regularizer: a Loss added per row, e.g. ``KullbackLeibler(q, prior)``.
+
+    Other arguments: see `Model` (``compile`` and ``validate`` by keyword).
     """
 
     def __init__(
@@ -39,6 +41,9 @@ class VAE(Model):
         optimizer_params: Mapping[str, Any] | None = None,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        *,
+        compile: bool | Mapping[str, Any] = False,
+        validate: bool | None = None,
     ) -> None:
         loss = -Expectation(encoder, LogProb(decoder))
         if regularizer is not None:
@@ -50,4 +55,6 @@ class VAE(Model):
             optimizer_params=optimizer_params,
             clip_grad_norm=clip_grad_norm,
             clip_grad_value=clip_grad_value,
+            compile=compile,
+            validate=validate,
         )
