@@ -183,6 +183,27 @@ def test_bad_sequences_are_named():
         IterativeLoss(Parameter("t"), max_iter=2, timestep_var=["t", "s"])
 
 
+def test_several_draws_of_a_carried_variable_are_refused_and_of_others_averaged():
+    q = Normal(var=["z"], cond_var=["x", "z_prev"], loc="z_prev", scale=1.0, name="q")
+    lik = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    with pytest.raises(ValueError, match=r"draws z 4 times per row \(sample_shape=\(4,\)\), but update_value carries"):
+        IterativeLoss(-Expectation(q, LogProb(lik), sample_shape=(4,)).mean(), series_var=["x"],
+                      update_value={"z": "z_prev"})
+    # a variable drawn several times but not carried: the step averages its draws as everywhere else
+    w = Normal(var=["w"], cond_var=["z_prev"], loc="z_prev", scale=1.0, name="r")
+    obs = Normal(var=["x"], cond_var=["w"], loc="w", scale=1.0)
+    loss = IterativeLoss(-Expectation(w, LogProb(obs), sample_shape=(50_000,)).mean(), series_var=["x"],
+                         update_value={"x": "z_prev"})
+    x = torch.tensor([[[0.5]], [[1.0]], [[-1.0]]])  # T=3, N=1
+    torch.manual_seed(0)
+    value = loss.eval({"x": x, "z_prev": torch.zeros(1, 1)})
+    # E_{w ~ N(m, 1)}[-log N(x; w, 1)] = (x - m)^2 / 2 + 1/2 + log sqrt(2 pi), m the previous x
+    means = [0.0, 0.5, 1.0]
+    exact = sum((x[t, 0, 0].item() - m) ** 2 / 2 + 0.5 + 0.5 * math.log(2 * math.pi) for t, m in enumerate(means))
+    # Var[(x - w)^2 / 2] = (2 + 4 (x - m)^2) / 4 per draw: the sum's standard error is sqrt(6 / 50,000) = 0.011
+    assert abs(value.item() - exact) < 0.045  # four standard errors
+
+
 def test_each_step_searches_only_its_own_parameter_memo():
     """The memo that shares a distribution's parameters within an evaluation drops each time step's entries at
     the step's end (their inputs are new tensors at the next step): its length when a network runs is the same

@@ -14,6 +14,7 @@ The semantics follow Pixyz's ``IterativeLoss``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,6 +106,15 @@ class IterativeLoss(Loss):
         if bad:
             raise TypeError(f"IterativeLoss: update_value maps variable names to names, got {bad}")
         self.step_loss = Expectation(slice_step, step_loss) if slice_step is not None else step_loss
+        for node in self.step_loss.nodes():  # a carried value is one per row: several draws per row cannot be carried
+            if isinstance(node, Expectation) and math.prod(node.sample_shape) > 1:
+                carried = [v for v in node.p.var if v in self.update_value]
+                if carried:
+                    raise ValueError(
+                        f"IterativeLoss: {node} draws {', '.join(carried)} {math.prod(node.sample_shape)} times per "
+                        f"row (sample_shape={tuple(node.sample_shape)}), but update_value carries it to the next "
+                        "step, which takes one value per row: draw once per row in the step (sample_shape=()); to "
+                        "average over several trajectories, repeat each sequence's row that many times in the batch")
         self.slice_step = slice_step
         self.max_iter = max_iter
         self.series_dim = series_dim
