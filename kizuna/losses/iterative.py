@@ -50,7 +50,8 @@ class IterativeLoss(Loss):
         series_var: variables holding sequences, time along ``series_dim`` (time-major
             ``T×N×...`` by default); each step sees the slice :math:`x_t`.
         update_value: ``{source: target}``: after each step, ``target`` takes the value of
-            ``source`` (drawn or given in that step); ``source`` is then dropped.
+            ``source`` (drawn or given in that step); ``source`` is then dropped. A carried variable is drawn
+            once per row (no ``sample_shape`` on its expectation).
         slice_step: a distribution that produces the step's inputs itself (given ``t`` and the
             full sequences): the step loss becomes :math:`\\mathbb{E}_{slice\\_step}[\\mathcal{L}_{step}]`
             and the series are not sliced.
