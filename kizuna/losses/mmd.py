@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from kizuna._distances import squared_distances
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
@@ -27,11 +28,11 @@ def _features(values: dict[str, Any], names: list[str]) -> Tensor:
 
 
 def gaussian_kernel(x: Tensor, y: Tensor, sigma_sqr: float) -> Tensor:
-    return torch.exp(-torch.cdist(x, y).pow(2) / sigma_sqr)
+    return torch.exp(-squared_distances(x, y) / sigma_sqr)
 
 
 def inverse_multiquadratic_kernel(x: Tensor, y: Tensor, sigma_sqr: float) -> Tensor:
-    return sigma_sqr / (sigma_sqr + torch.cdist(x, y).pow(2))
+    return sigma_sqr / (sigma_sqr + squared_distances(x, y))
 
 
 KERNELS = {"gaussian": gaussian_kernel, "inv-multiquadratic": inverse_multiquadratic_kernel}
@@ -46,6 +47,8 @@ class MMD(Loss):
             raise ValueError(f"MMD needs both over the same variables: {p.var} vs {q.var}")
         if kernel not in KERNELS:
             raise ValueError(f"unknown MMD kernel {kernel!r}; choose one of {sorted(KERNELS)}")
+        if sigma_sqr is not None and not sigma_sqr > 0:
+            raise ValueError(f"MMD: sigma_sqr must be a positive number, got {sigma_sqr!r}")
         super().__init__(p.input_var + q.input_var)
         self.p, self.q, self.kernel, self.sigma_sqr = p, q, kernel, sigma_sqr
 

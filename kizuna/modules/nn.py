@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from kizuna._distances import squared_distances
 from kizuna.modules.base import Message, MessageShapeError, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.rng import rng_from
@@ -144,7 +145,7 @@ class NN(Module):
         """:math:`\\pi_{nk} \\propto \\exp(-\\lVert y_n - f(e_k)\\rVert^2 / 2\\sigma^2)` (see the module docstring)."""
         k = self.children[0].forward_message.width
         per_class = self.net(torch.eye(k, dtype=y.dtype, device=y.device))  # K x out
-        dist2 = torch.cdist(y, per_class) ** 2
+        dist2 = squared_distances(y, per_class)
         return torch.softmax(-dist2 / (2 * variance.clamp(min=1e-12)), 1)
 
     def _before_load(self, state: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from kizuna._distances import squared_distances
 from kizuna.modules.gmm.algorithms import weighted_scatter
 from kizuna.modules.validation import as_tensor, check_finite
 
@@ -28,10 +29,10 @@ def kmeans_centres(x: Tensor, k: int, g: torch.Generator, n_iter: int = 20) -> T
     pick = lambda w: int(torch.multinomial(w.cpu().double(), 1, generator=g))  # noqa: E731
     centres = x[[pick(torch.ones(x.shape[0]))]]
     for _ in range(1, k):
-        d2 = torch.cdist(x, centres).amin(1) ** 2
+        d2 = squared_distances(x, centres).amin(1)
         centres = torch.cat([centres, x[[pick(d2 + 1e-12)]]])
     for _ in range(n_iter):
-        assign = torch.cdist(x, centres).argmin(1)
+        assign = squared_distances(x, centres).argmin(1)
         onehot = torch.nn.functional.one_hot(assign, k).to(x.dtype)
         n = onehot.sum(0)
         centres = torch.where(n[:, None] > 0, onehot.T @ x / n.clamp_min(1)[:, None], centres)
