@@ -254,3 +254,38 @@ def test_samples_and_reflow_pairs_are_drawn_on_the_networks_device() -> None:
     assert x.device.type == "meta" and x.shape == (2, 3)
     pairs = reflow_coupling(p, 4, n_steps=2)
     assert pairs["x_0"].device.type == "meta" and pairs["x"].device.type == "meta"
+
+
+@pytest.mark.parametrize("coupling", ["independent", "ot"])
+def test_the_training_loss_draws_its_noise_beside_the_data(coupling) -> None:
+    """The independent coupling's noise is drawn in the data's shape, dtype and device (the loss held a standard
+    Normal of its own, with CPU float32 constants that a model moved to a GPU never moved: the first step failed);
+    the draw is torch's standard normal of that shape. Checked on torch's "meta" device and in float64."""
+
+    class Velocity(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.lin(torch.cat([x, t.reshape(-1, 1).to(x.dtype)], 1))
+
+    loss = flow_matching_loss(FlowMatching(Velocity(), [2]).to("meta"), coupling=coupling)
+    if coupling == "independent":  # (OT pairs the noise on the host: no meta kernels for that)
+        value, draws = loss.eval({"x": torch.zeros(5, 2, device="meta")}, return_dict=True)
+        assert value.device.type == "meta" and draws["x_0"].device.type == "meta" and draws["x_0"].shape == (5, 2)
+    fm = FlowMatching(Velocity(), [2]).double()
+    x = torch.randn(5, 2, dtype=F64)
+    torch.manual_seed(3)
+    value, draws = flow_matching_loss(fm, coupling=coupling).eval({"x": x}, return_dict=True)
+    assert value.dtype == F64 and draws["x_0"].dtype == F64
+    torch.manual_seed(3)
+    t = torch.rand(5, dtype=F64)
+    noise = torch.randn(5, 2, dtype=F64)
+    assert torch.equal(draws["t"], t)
+    if coupling == "independent":
+        assert torch.equal(draws["x_0"], noise)
+        # the noise's density is the standard normal's (scipy)
+        noise_dist = next(d for d in loss.distributions() if d.var == ["x_0"])
+        np.testing.assert_allclose(noise_dist.get_log_prob({"x_0": noise}).numpy(),
+                                   stats.norm.logpdf(noise.numpy()).sum(1), rtol=1e-12)

@@ -1,6 +1,7 @@
 r"""The pieces of flow-matching training written as distributions.
 
 * `TimeUniform` — :math:`u(t) = \mathcal{U}[0, 1]`, one time per row.
+* `NoiseLike` — :math:`p(x_0) = \mathcal{N}(0, I)` shaped like the data minibatch: the independent coupling.
 * `FlowInterpolant` — :math:`q(x_t|x_0,x_1,t) = \delta\big(x_t - t x_1 - (1-(1-\sigma_{min})t)\,x_0\big)`,
   the conditional path of Lipman et al. (2023, arXiv:2210.02747); with :math:`\sigma_{min} = 0` the
   straight line of rectified flow (Liu et al. 2022, arXiv:2209.03003).
@@ -14,10 +15,12 @@ r"""The pieces of flow-matching training written as distributions.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.distributions.base import Distribution, Tensor, XDict, sum_rows
 from kizuna.distributions.flow_matching import FlowMatching
 from kizuna.distributions.special import Deterministic
 from kizuna.samplers.integrators import SAMPLERS
@@ -47,6 +50,42 @@ class TimeUniform(Distribution):
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         t = torch.as_tensor(x_dict[self._var[0]])
         return torch.zeros_like(t).masked_fill((t < 0) | (t > 1), -torch.inf)
+
+
+class NoiseLike(Distribution):
+    r""":math:`p(x_0) = \mathcal{N}(0, I)` in the shape, dtype and device of the data ``like_var`` it is drawn next to
+    (the independent coupling of `kizuna.losses.flow_matching_loss`). It has no parameters or buffers, so nothing
+    has to move it with the model: a standard `Normal` built inside the loss kept its constants on the CPU in the
+    default dtype, which failed on the first step of a model on a GPU. The draws are torch's ``randn_like`` of
+    the data (the numbers of ``Normal(0, 1)``'s draw in that shape)."""
+
+    def __init__(self, var: str = "x_0", like_var: str = "x_1", name: str = "p",
+                 features_shape: tuple[int, ...] | torch.Size = ()) -> None:
+        super().__init__([var], None, name, features_shape)
+        self.like_var = like_var
+
+    @property
+    def distribution_name(self) -> str:
+        return "Normal"
+
+    @property
+    def has_reparam(self) -> bool:
+        return True  # the draws depend on no parameter (see TimeUniform)
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        like = x_dict.get(self.like_var)
+        if not isinstance(like, Tensor) or like.dim() == 0:
+            got = "nothing" if like is None else "a 0-d tensor" if isinstance(like, Tensor) else type(like).__name__
+            raise ValueError(f"{self.prob_text}: draws noise shaped like the batch of {self.like_var}, got {got}")
+        if batch_n is not None and batch_n != like.shape[0]:
+            raise ValueError(f"{self.prob_text}: batch_n={batch_n} but {self.like_var} has {like.shape[0]} rows")
+        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+        return {self._var[0]: torch.randn(like.shape, dtype=dtype, device=like.device)}
+
+    def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        x = x_dict[self._var[0]]
+        lp = -0.5 * x.pow(2) - 0.5 * math.log(2 * math.pi)
+        return sum_rows(lp) if sum_features else lp
 
 
 class FlowInterpolant(Deterministic):

@@ -16,8 +16,7 @@ velocity that transports :math:`\mathcal{N}(0, I)` to the data.
 from __future__ import annotations
 
 from kizuna._text import LATEX
-from kizuna.distributions.families import Normal
-from kizuna.distributions.flow_coupling import FlowInterpolant, OTCoupling, TimeUniform
+from kizuna.distributions.flow_coupling import FlowInterpolant, NoiseLike, OTCoupling, TimeUniform
 from kizuna.distributions.flow_matching import FlowMatching
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
@@ -75,8 +74,7 @@ def flow_matching_loss(p: FlowMatching, coupling: str = "independent", noise_var
     q = FlowInterpolant(p.sigma_min, noise_var=noise_var, data_var=data, t_var=t_var)
     inner: Loss = Expectation(q, VelocityError(p, q))
     if coupling == "independent":
-        inner = Expectation(Normal(var=[noise_var], loc=0.0, scale=1.0, features_shape=p.features_shape,
-                                   name="p"), inner)
+        inner = Expectation(NoiseLike(noise_var, like_var=data, features_shape=p.features_shape), inner)
     elif coupling == "ot":
         inner = Expectation(OTCoupling(var=noise_var, data_var=data), inner)
     elif coupling != "given":
