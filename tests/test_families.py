@@ -950,3 +950,25 @@ def test_a_number_for_a_vector_parameter_is_named() -> None:
     with pytest.raises(ValueError, match=r"parameter loc of MultivariateNormal needs at least 1 dimension"):
         MultivariateNormal(var=["x"], loc=0.0, covariance_matrix=torch.eye(3))
     assert MultivariateNormal(var=["x"], loc=torch.zeros(3), covariance_matrix=torch.eye(3)).features_shape == (3,)
+
+
+def test_numbers_given_as_values_and_coefficients_take_the_models_dtype_and_device() -> None:
+    """A Python number scored by a float64 model, or a number coefficient of a float64 loss, is computed in float64
+    (both were CPU float32 tensors: 0.1 rounded to 0.100000001, 1e-8 relative error against scipy), and on the
+    model's device (checked on torch's "meta" device, which needs no GPU; validation off, as meta has no values)."""
+    from kizuna.distributions.torch_dist import validation
+    from kizuna.losses import LogProb, MaxLoss
+
+    p = Normal(var=["x"], cond_var=["m"], loc="m", scale=1.0).double()
+    lp = p.get_log_prob({"x": 0.0, "m": 0.1})
+    assert lp.dtype == torch.float64
+    np.testing.assert_allclose(lp.numpy(), [st.norm.logpdf(0.0, 0.1, 1.0)], rtol=1e-15)
+    x = torch.zeros(2, 1, dtype=torch.float64)
+    scaled = (0.1 * LogProb(p)).eval({"x": x, "m": x})
+    np.testing.assert_allclose(scaled.numpy(), 0.1 * st.norm.logpdf(0.0), rtol=1e-15)
+    floor = MaxLoss(LogProb(p), -0.1).eval({"x": x, "m": x + 3.0})  # log p = -5.42 < -0.1: the floor, in float64
+    assert floor.dtype == torch.float64 and torch.equal(floor, torch.full((2,), -0.1, dtype=torch.float64))
+    q = Normal(var=["x"], loc=0.0, scale=1.0).to("meta")
+    with validation(False):
+        assert q.get_log_prob({"x": 0.5}).device.type == "meta"
+        assert (0.5 * LogProb(q)).eval({"x": torch.zeros(3, 1, device="meta")}).device.type == "meta"

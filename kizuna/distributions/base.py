@@ -14,6 +14,7 @@ Conventions (the whole formula layer relies on them):
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
@@ -140,18 +141,29 @@ def single_factors(p: Distribution) -> list[Distribution]:
     return [g for f in factors for g in single_factors(f)]
 
 
-def as_value(value: Any) -> Any:
-    """A Python number (or bool) given as a value becomes a batch of one: ``3.0 -> tensor([3.])``."""
+def as_value(value: Any, like: Tensor | None = None) -> Any:
+    """A Python number given as a value becomes a batch of one, ``3.0 -> tensor([3.])``, in the dtype and on the device
+    of ``like`` (the default dtype on the CPU without it)."""
     if isinstance(value, numbers.Number) and not isinstance(value, bool):
-        return torch.tensor([value], dtype=torch.get_default_dtype())
+        if like is None:
+            return torch.tensor([value], dtype=torch.get_default_dtype())
+        return torch.tensor([value], dtype=like.dtype, device=like.device)
     return value
 
 
-def _with_values(x_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """``x_dict`` with Python numbers as batches of one (copied only when it holds a number)."""
+def _with_values(x_dict: Mapping[str, Any], owner: nn.Module | None = None) -> dict[str, Any]:
+    """``x_dict`` with Python numbers as batches of one (copied only when it holds a number), in the dtype and on the
+    device of ``owner``'s first floating parameter, else of the values' first floating tensor, else of ``owner``'s
+    first floating buffer (a number scored by a float64 model on a GPU was a CPU float32 tensor: an error on the GPU,
+    float32 rounding in float64, and the model's number constants then converted to match it)."""
     for v in x_dict.values():
         if not isinstance(v, Tensor) and isinstance(v, numbers.Number):  # tensors skip the ABC's slow check
-            return {k: as_value(v) for k, v in x_dict.items()}
+            floating = (t for t in x_dict.values() if isinstance(t, Tensor) and t.is_floating_point())
+            if owner is not None:
+                floating = itertools.chain((t for t in owner.parameters() if t.is_floating_point()), floating,
+                                           (t for t in owner.buffers() if t.is_floating_point()))
+            like = next(floating, None)
+            return {k: as_value(v, like) for k, v in x_dict.items()}
     return x_dict if type(x_dict) is dict else dict(x_dict)
 
 
@@ -354,7 +366,7 @@ class Distribution(nn.Module):
             sample_mean: return the means instead of draws (ancestrally, for a product).
             kwargs: other options are ignored (as in Pixyz).
         """
-        x_dict = _with_values(x_dict) if x_dict else {}
+        x_dict = _with_values(x_dict, self) if x_dict else {}
         self._require(x_dict, self.input_var)
         _check_count("batch_n", batch_n, minimum=0)
         if reparam and not sample_mean and not self.has_reparam:
@@ -407,7 +419,7 @@ class Distribution(nn.Module):
             feature_dims: sum over these dimensions instead (Pixyz's ``feature_dims``).
             kwargs: other options are ignored (as in Pixyz).
         """
-        x_dict = _with_values(x_dict)
+        x_dict = _with_values(x_dict, self)
         names = self._var + self.input_var
         if not all(map(x_dict.__contains__, names)):
             self._require(x_dict, names)  # names what is missing

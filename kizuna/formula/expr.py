@@ -403,6 +403,15 @@ class BatchSum(_Unary):
         return a.sum()
 
 
+def _operand(loss: Loss, ctx: EvalContext) -> Any:
+    """An operand's value: an unnamed number constant as the Python number itself, which torch combines with the other
+    operand in that operand's dtype and on its device (``0.1 * kl`` of a float64 model on a GPU); a tensor made of
+    it was a CPU scalar in the default dtype, so a float64 evaluation computed with 0.1 rounded to float32."""
+    if type(loss) is ValueLoss and loss._label is None and not isinstance(loss.value, Tensor):
+        return loss.value
+    return ctx.value(loss)
+
+
 class _Binary(Loss):
     is_operator = True
     key = ""
@@ -417,7 +426,10 @@ class _Binary(Loss):
         return [self.loss1, self.loss2]
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        return self._op(ctx.value(self.loss1), ctx.value(self.loss2))
+        a, b = _operand(self.loss1, ctx), _operand(self.loss2, ctx)
+        if isinstance(a, Tensor) or isinstance(b, Tensor):
+            return self._op(a, b)
+        return torch.as_tensor(self._op(a, b))
 
     def _op(self, a: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError
@@ -480,6 +492,9 @@ class _Elementwise(_Binary):
     fn: Any = None
 
     def _op(self, a: Tensor, b: Tensor) -> Tensor:
+        if isinstance(a, Tensor) != isinstance(b, Tensor):  # a number in the tensor's promoted dtype, on its device
+            t = a if isinstance(a, Tensor) else b
+            a, b = (torch.as_tensor(v, dtype=torch.result_type(t, v), device=t.device) for v in (a, b))
         return type(self).fn(torch.as_tensor(a), torch.as_tensor(b))
 
     def _render(self, fmt: dict[str, str]) -> str:
