@@ -390,6 +390,24 @@ def test_planar_inverse_has_the_implicit_gradient() -> None:
     assert torch.autograd.gradcheck(inverse, args)
 
 
+def test_planar_with_w_zero_is_the_shift_and_has_finite_gradients() -> None:
+    """w = 0 (e.g. a zero initialisation): z = x + u tanh(b), log-det 0, gradients finite (the constraint's
+    0 / 0 gave NaN everywhere); other w keep the paper's u-hat (w^T u-hat = -1 + softplus(w^T u))."""
+    f = PlanarFlow(3).double()
+    with torch.no_grad():
+        f.w.zero_()
+        f.b.fill_(0.7)
+    x = _x(_gen(4), 3).double()
+    z, logdet = f(x), f.logdet_jacobian
+    torch.testing.assert_close(z, x + math.tanh(0.7) * f.u.detach(), rtol=0, atol=1e-15)
+    torch.testing.assert_close(logdet, torch.zeros(len(x), dtype=torch.float64))
+    (z.sum() + logdet.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in f.parameters())
+    g = _random(PlanarFlow(3), _gen(5), 0.8).double()
+    wu = (g.w @ g.u).item()
+    torch.testing.assert_close((g.w @ g.u_hat()).item(), -1 + math.log1p(math.exp(wu)), rtol=1e-12, atol=0)
+
+
 def test_squeeze_layout_matches_pixyz() -> None:
     """Pixyz's documented example: a 4x4 image 1..16 squeezes to these four 2x2 channels."""
     a = torch.arange(1.0, 17.0).reshape(1, 1, 4, 4)

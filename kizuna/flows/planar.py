@@ -55,7 +55,10 @@ class PlanarFlow(Flow):
         if not self.constraint_u:
             return self.u
         wu = self.w @ self.u
-        return self.u + (F.softplus(wu) - 1.0 - wu) * self.w / (self.w @ self.w)
+        # w = 0 (a zero initialisation) makes the map the shift u tanh(b), invertible as it is: the correction's
+        # 0 / 0 is taken as 0 (it gave NaN), by a floor on the denominator that leaves every other w unchanged
+        ww = (self.w @ self.w).clamp_min(torch.finfo(self.w.dtype).tiny)
+        return self.u + (F.softplus(wu) - 1.0 - wu) * self.w / ww
 
     def _check(self, x: Tensor, what: str) -> None:
         super()._check(x, what)
