@@ -108,6 +108,10 @@ class Gaussian:
         if x.shape[1] != means.shape[-1]:
             raise ValueError(f"X has {x.shape[1]} features, but HMM is expecting {means.shape[-1]} features as input.")
         if self.covariance_type in ("diag", "spherical"):  # two (N, D) x (D, K) products, as hmmlearn computes it
+            # about the means' centre (a density does not change when x and the means shift together): the expansion
+            # of (x - mu)^2 cancels for data far from the origin (float32 data at 3,000: every state alike)
+            centre = means.mean(0)
+            x, means = x - centre, means - centre
             var = p["covars_"]
             var = var[:, None].expand_as(means) if var.dim() == 1 else var
             prec = 1.0 / var
@@ -129,8 +133,8 @@ class Gaussian:
             out["means_"] = torch.where(alive[:, None], gamma.T @ x / nk.clamp_min(1e-300)[:, None], p["means_"])
         if "c" in which:
             means = out["means_"]
-            second = weighted_scatter(x, gamma) / nk.clamp_min(1e-300)[:, None, None]
-            new = self._from_full(second - means[:, :, None] * means[:, None, :], nk)
+            # the scatter about each state's mean (E[xx'] - mu mu' cancels for data far from the origin)
+            new = self._from_full(weighted_scatter(x, gamma, means) / nk.clamp_min(1e-300)[:, None, None], nk)
             out["covars_"] = new if self.covariance_type == "tied" else torch.where(
                 alive.reshape(-1, *[1] * (new.dim() - 1)), new, p["covars_"])
         return out
