@@ -474,3 +474,22 @@ def test_distinct_terms_that_print_alike_are_both_reported():
     label = str(first)
     assert list(terms) == [label, f"{label} (2)", str(kl)]
     assert torch.isclose(value, terms[label] - 2 * terms[f"{label} (2)"] + 2 * terms[str(kl)])
+
+
+def test_product_sample_shape_without_batch_n():
+    """p(y|x)p(x) with sample_shape and no batch_n: (n, 1, 2) for both variables, as a plain Normal gives (it
+    drew one row for n draws and failed to reshape it); the n draws are independent, with the closed-form
+    moments x ~ N(1, 0.5^2), y | x ~ N(x, 2^2): E[y] = 1, Var[y] = 4.25, Cov[x, y] = 0.25."""
+    p = link("y", "x", 2.0) * root("x", [1.0, 1.0], [0.5, 0.5], features=(2,))
+    assert root("x", [1.0, 1.0], [0.5, 0.5], features=(2,)).sample(sample_shape=[4])["x"].shape == (4, 1, 2)
+    out = p.sample(sample_shape=[4])
+    assert out["x"].shape == out["y"].shape == (4, 1, 2)
+    assert p.sample(sample_shape=[2, 3])["y"].shape == (2, 3, 1, 2)
+    torch.manual_seed(0)
+    n = 40000
+    out = p.sample(sample_shape=[n])
+    x, y = out["x"].reshape(n, 2).numpy(), out["y"].reshape(n, 2).numpy()
+    assert np.all(np.abs(y.mean(0) - 1.0) < N_SE * np.sqrt(4.25 / n))
+    assert np.all(np.abs(y.var(0) / 4.25 - 1) < N_SE * np.sqrt(2 / n))
+    cov = ((x - x.mean(0)) * (y - y.mean(0))).mean(0)
+    assert np.all(np.abs(cov - 0.25) < N_SE * np.sqrt((0.25 * 4.25 + 0.25**2) / n))

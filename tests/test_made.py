@@ -141,3 +141,12 @@ def test_integer_and_boolean_values_are_scored_in_the_networks_dtype() -> None:
     q = PixelCNNBernoulli(3, 3, hidden_channels=4, n_layers=1)
     bits = torch.rand(2, 1, 3, 3) > 0.5
     assert torch.equal(q.get_log_prob({"x": bits}), q.get_log_prob({"x": bits.float()}))
+
+
+def test_sample_shape_without_batch_n() -> None:
+    """(n, 1, D) draws as a plain family gives (it drew one row for n draws: "shape '[4, 0, 3]' is invalid")."""
+    torch.manual_seed(0)
+    p = MADEBernoulli(3, hidden_features=[8])
+    x = p.sample(sample_shape=[4])["x"]
+    assert x.shape == (4, 1, 3) and set(x.unique().tolist()) <= {0.0, 1.0}
+    assert p.sample(sample_shape=[4], batch_n=2)["x"].shape == (4, 2, 3)

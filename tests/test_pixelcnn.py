@@ -89,3 +89,11 @@ def test_errors_name_the_problem() -> None:
     p = PixelCNNBernoulli(3, 3, hidden_channels=4, n_layers=1)
     with pytest.raises(ValueError, match=r"expected \(batch, 1, 3, 3\)"):
         p.get_log_prob({"x": torch.zeros(2, 9)})
+
+
+def test_sample_shape_without_batch_n() -> None:
+    """(n, 1, C, H, W) draws as a plain family gives (it drew one image for n draws and failed to reshape it)."""
+    torch.manual_seed(0)
+    p = PixelCNNBernoulli(2, 2, hidden_channels=4, n_layers=1)
+    x = p.sample(sample_shape=[4])["x"]
+    assert x.shape == (4, 1, 1, 2, 2) and set(x.unique().tolist()) <= {0.0, 1.0}

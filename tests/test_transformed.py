@@ -214,8 +214,10 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="must define one variable"):
         InverseTransformedDistribution(prior * _std_normal("w", 2), MAF(2), var=["x"])
     p = InverseTransformedDistribution(prior, MAF(2).double(), var=["x"])
-    with pytest.raises(ValueError, match="does not factorise over features"):
+    with pytest.raises(ValueError, match="one value per row.*sum_features=False and feature_dims are not supported"):
         p.get_log_prob({"x": torch.zeros(1, 2, dtype=F64)}, sum_features=False)
+    with pytest.raises(ValueError, match="sum_features=False and feature_dims are not supported"):
+        p.get_log_prob({"x": torch.zeros(1, 2, dtype=F64)}, feature_dims=[1])
     with pytest.raises(ValueError, match="MAF: x has 3 features"):
         p.get_log_prob({"x": torch.zeros(1, 3, dtype=F64)})
 
@@ -300,3 +302,15 @@ def test_iaf_posterior_beats_a_gaussian_posterior() -> None:
     # measured (seed 0): Gaussian -3.65, IAF -2.39, log p(x) -1.85 nats per point
     assert elbo_flow.mean() > elbo_gauss.mean() + 0.5, (elbo_flow.mean(), elbo_gauss.mean())
     assert (elbo_flow < log_px + 0.05).all() and (elbo_gauss < log_px + 0.05).all()  # bounds, up to MC error
+
+
+def test_sample_shape_without_batch_n() -> None:
+    """(n, 1, D) draws as a plain family gives (it drew one base row for n draws and failed to reshape it); the
+    draws are the flow of independent base draws (a fresh MAF is the identity: the base's N(0, 1) moments)."""
+    torch.manual_seed(0)
+    q = TransformedDistribution(_std_normal("z", 2), MAF(2).double(), var=["x"])
+    assert q.sample(sample_shape=[4])["x"].shape == (4, 1, 2)
+    n = 20000
+    x = q.sample(sample_shape=[n])["x"].reshape(n, 2).detach()
+    assert torch.all(x.mean(0).abs() < 5 / math.sqrt(n))
+    assert torch.all((x.var(0) - 1).abs() < 5 * math.sqrt(2 / n))

@@ -319,6 +319,8 @@ class Distribution(nn.Module):
         made from ``repeated``; a distribution whose parameters depend only on its inputs computes
         them once per row instead (see `TorchDistribution`).
         """
+        if batch_n is None and batch_size_of(repeated) is None:
+            batch_n = 1  # nothing fixes the batch: one row per draw, as `sample` documents (n rows, not 1)
         return self._sample(repeated, None if batch_n is None else batch_n * n, reparam)
 
     def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:

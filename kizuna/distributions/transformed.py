@@ -110,7 +110,8 @@ class _FlowDistribution(Distribution):
 
     def _value(self, x_dict: Mapping[str, Any], sum_features: bool) -> Tensor:
         if not sum_features:
-            raise ValueError(f"{self.prob_text}: a flow's density does not factorise over features; "
+            raise ValueError(f"{self.prob_text}: a flow's density is one value per row (the change of variables "
+                             "couples its features): sum_features=False and feature_dims are not supported; "
                              "use sum_features=True")
         value = x_dict[self._var[0]]
         if not isinstance(value, Tensor):
