@@ -9,7 +9,15 @@ from scipy import stats
 from scipy.special import logsumexp
 from torch import nn
 
-from kizuna.distributions import Categorical, Laplace, MixtureModel, MixturePosterior, Normal
+from kizuna.distributions import (
+    Categorical,
+    Dirichlet,
+    Laplace,
+    MixtureModel,
+    MixturePosterior,
+    Normal,
+    RelaxedCategorical,
+)
 
 F64 = torch.float64
 LOC_N, SCALE_N = np.array([-1.0, 0.5, 2.0]), np.array([0.7, 1.3, 2.0])
@@ -143,3 +151,75 @@ def test_errors() -> None:
         MixtureModel([Normal(var=["x"], loc=0.0, scale=1.0)] * 3, prior)
     with pytest.raises(ValueError, match="must not condition"):
         MixtureModel([Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)] * 2, prior)
+
+
+def test_sample_shape_draws_score_per_draw_against_scipy() -> None:
+    """x of shape (S, B, 3): logsumexp over the components per draw, then the sum over the batch rows (Pixyz's
+    default) — not a logsumexp of log-densities already summed over the rows (the old, wrong value)."""
+    x = np.random.default_rng(3).normal(size=(2, 4, 3)) * 2
+    p = make_mixture()
+    per_draw = logsumexp(reference_joint(x, PI), -1)  # (2, 4), scipy
+    np.testing.assert_allclose(p.get_log_prob({"x": t(x)}).numpy(), per_draw.sum(1), rtol=1e-12)
+    np.testing.assert_allclose(p.get_log_prob({"x": t(x)}, feature_dims=[2]).numpy(), per_draw, rtol=1e-12)
+    np.testing.assert_allclose(p.get_log_prob({"x": t(x)}, feature_dims=[-1, 1]).numpy(), per_draw.sum(1),
+                               rtol=1e-12)
+    np.testing.assert_allclose(p.joint_log_prob({"x": t(x)}).numpy(), reference_joint(x, PI), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"does not factorise over the features of x: feature_dims=\[\] must "
+                                         r"include its feature dimensions \[2\]"):
+        p.get_log_prob({"x": t(x)}, feature_dims=[])
+    with pytest.raises(ValueError, match=r"out of range"):
+        p.get_log_prob({"x": t(x)}, feature_dims=[3])
+    with pytest.raises(ValueError, match=r"use sum_features=True, with feature_dims=\[2\]"):
+        p.get_log_prob({"x": t(x)}, sum_features=False)
+
+
+def test_sample_shape_draws_of_a_scalar_mixture_and_conditional_components() -> None:
+    """A scalar variable: feature_dims=[] gives one value per draw (the porting doc's promise); conditional
+    components broadcast their (B, 3) parameters against (S, B, 3) draws."""
+    one = torch.ones((), dtype=F64)  # a scalar variable, parameters in float64
+    comps = [Normal(var=["x"], loc=-2.0 * one, scale=one), Normal(var=["x"], loc=2.0 * one, scale=1.5 * one)]
+    p = MixtureModel(comps, Categorical(var=["z"], probs=t(PI)))
+    x = np.random.default_rng(4).normal(size=(3, 5)) * 2
+    ref = logsumexp(np.log(PI) + np.stack([stats.norm.logpdf(x, -2, 1), stats.norm.logpdf(x, 2, 1.5)], -1), -1)
+    np.testing.assert_allclose(p.get_log_prob({"x": t(x)}, feature_dims=[]).numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(p.get_log_prob({"x": t(x)}, sum_features=False).numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(p.get_log_prob({"x": t(x)}).numpy(), ref.sum(1), rtol=1e-12)
+
+    comp0 = Normal(var=["x"], cond_var=["y"], loc="y", scale=t(np.ones(3)))
+    q = MixtureModel([comp0, Laplace(var=["x"], loc=t(LOC_L), scale=t(SCALE_L))], Categorical(var=["z"], probs=t(PI)))
+    rng = np.random.default_rng(5)
+    y, xs = rng.normal(size=(4, 3)), rng.normal(size=(2, 4, 3))
+    joint = np.log(PI) + np.stack([stats.norm.logpdf(xs, y, 1.0).sum(-1),
+                                   stats.laplace.logpdf(xs, LOC_L, SCALE_L).sum(-1)], -1)
+    np.testing.assert_allclose(q.get_log_prob({"x": t(xs), "y": t(y)}).numpy(), logsumexp(joint, -1).sum(1),
+                               rtol=1e-12)
+
+
+def test_sample_shape_without_batch_n_draws_one_row_per_draw() -> None:
+    """sample(sample_shape=[n]) with nothing fixing the batch: (n, 1, 3) as a plain family gives (it drew one row
+    and failed to reshape it), n independent draws with the mixture's mean and variance (closed form)."""
+    p = make_mixture()
+    assert p.sample(sample_shape=[4])["x"].shape == Normal(var=["x"], loc=t(LOC_N), scale=1.0).sample(
+        sample_shape=[4])["x"].shape == (4, 1, 3)
+    torch.manual_seed(0)
+    n = 40000
+    x = p.sample(sample_shape=[n])["x"].reshape(n, 3).numpy()
+    mean = PI[0] * LOC_N + PI[1] * LOC_L
+    second = PI[0] * (SCALE_N**2 + LOC_N**2) + PI[1] * (2 * SCALE_L**2 + LOC_L**2)
+    var = second - mean**2
+    assert np.all(np.abs(x.mean(0) - mean) < 5 * np.sqrt(var / n))
+    assert np.all(np.abs(x.var(0) / var - 1) < 0.05)
+
+
+def test_prior_must_be_a_categorical() -> None:
+    comps = [Normal(var=["x"], loc=0.0, scale=1.0), Normal(var=["x"], loc=1.0, scale=1.0)]
+    for prior in (Normal(var=["z"], loc=torch.zeros(2, dtype=F64), scale=1.0),
+                  Dirichlet(var=["z"], concentration=torch.ones(2, dtype=F64))):
+        with pytest.raises(ValueError, match=r"prior must be a Categorical .* got (Normal|Dirichlet) p\(z\).*"
+                                             "not be normalised"):
+            MixtureModel(comps, prior)
+    # a RelaxedCategorical scores one-hot vectors as a Categorical: a normalised mixture (scipy)
+    p = MixtureModel(comps, RelaxedCategorical(var=["z"], probs=t(PI)))
+    x = np.linspace(-2, 2, 5)
+    ref = logsumexp(np.log(PI) + np.stack([stats.norm.logpdf(x, 0, 1), stats.norm.logpdf(x, 1, 1)], -1), -1)
+    np.testing.assert_allclose(p.get_log_prob({"x": t(x)}).numpy(), ref, rtol=1e-12)

@@ -137,3 +137,33 @@ def test_moments_with_a_constant_expert_keep_the_batch_shape() -> None:
     mu, s2 = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 9.0])
     torch.testing.assert_close(mean, (mu / 2).expand(4, 2))
     torch.testing.assert_close(var, ((1.0 + s2 + mu**2) / 2 - (mu / 2) ** 2).expand(4, 2))
+
+
+def test_sample_shape_draws_score_per_draw_against_scipy(setup) -> None:
+    """z of shape (S, B, D_Z) with (B, D_IN) inputs: logsumexp over the experts per draw, then the sum over the rows
+    (it was the logsumexp of per-expert log-densities already summed over the rows)."""
+    q, experts, data = setup
+    x_dict = {"x": data["x"], "w": data["w"]}
+    z = np.random.default_rng(1).normal(size=(2, 5, D_Z)) * 2
+    w = np.array([1.0, 5.0])
+    comps = [stats.norm.logpdf(z, *params_np(experts[i], x_dict)).sum(-1) for i in (0, 2)]  # (2, 5) each
+    per_draw = logsumexp(np.log(w / w.sum())[:, None, None] + np.stack(comps), 0)
+    lp = q.get_log_prob({**x_dict, "z": torch.as_tensor(z)})
+    np.testing.assert_allclose(lp.detach().numpy(), per_draw.sum(1), rtol=1e-12)
+    lp = q.get_log_prob({**x_dict, "z": torch.as_tensor(z)}, feature_dims=[-1])
+    np.testing.assert_allclose(lp.detach().numpy(), per_draw, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"feature_dims=\[\] must include its feature dimensions \[2\]"):
+        q.get_log_prob({**x_dict, "z": torch.as_tensor(z)}, feature_dims=[])
+
+
+def test_sample_shape_without_batch_n() -> None:
+    """Constant experts, nothing fixing the batch: (n, 1, D) draws as a plain Normal gives (it failed to reshape
+    one row), with the mixture's mean (closed form)."""
+    locs = [torch.tensor([-1.0, 2.0], dtype=F64), torch.tensor([3.0, 0.0], dtype=F64)]
+    q = MixtureOfNormal([Normal(var=["z"], loc=m, scale=torch.ones(2, dtype=F64)) for m in locs], weights=[1.0, 3.0])
+    torch.manual_seed(0)
+    n = 20000
+    z = q.sample(sample_shape=[n])["z"]
+    assert z.shape == (n, 1, 2)
+    mean, var = np.array([2.0, 0.5]), 1 + np.array([0.25 * 1 + 0.75 * 9 - 2.0**2, 0.25 * 4 - 0.5**2])
+    assert np.all(np.abs(z.reshape(n, 2).mean(0).numpy() - mean) < 5 * np.sqrt(var / n))

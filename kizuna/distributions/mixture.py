@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from kizuna._text import prob_text
-from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, repeat_batch
+from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, repeat_batch, sum_rows
 from kizuna.distributions.families import Categorical
+from kizuna.distributions.relaxed import RelaxedCategorical
 from kizuna.distributions.replace import ReplaceVarDistribution
+from kizuna.distributions.torch_dist import TorchDistribution
 from kizuna.formula import EvalContext, LogProb, Loss
 
 
@@ -50,6 +52,88 @@ def _fresh_name(taken: Sequence[str]) -> str:
     raise AssertionError("unreachable: one of len(taken) + 3 names is free")
 
 
+def _event_rank(d: Distribution, x_dict: Mapping[str, Any]) -> int | None:
+    """The number of trailing dimensions of one draw of ``d``'s variable (its features, event dimensions
+    included), or None where ``d`` does not say (a conditional distribution without ``features_shape``)."""
+    if isinstance(d, TorchDistribution) and d.cond_var and not d.features_shape:
+        dist = d._torch_dist(x_dict, independent=False)
+        return len(dist.batch_shape) - 1 + len(dist.event_shape)
+    if d.features_shape or isinstance(d, TorchDistribution):  # a constant TorchDistribution's () is known
+        return len(d.features_shape)
+    return None
+
+
+def leading_dims(owner: Distribution, dists: Sequence[Distribution], x_dict: Mapping[str, Any]
+                 ) -> tuple[int, int | None]:
+    """``(lead, rank)`` of the scored value of a mixture over one variable: its ``lead`` leading dimensions
+    (``(*sample_shape, batch)``: 1 without a ``sample_shape``) and its ``rank`` feature dimensions (None
+    where neither the mixture's ``features_shape`` nor a component says; the value then has one leading
+    dimension). A value without a batch dimension counts as a batch of one (lead 1)."""
+    value = x_dict.get(owner.var[0]) if len(owner.var) == 1 else None
+    if not isinstance(value, Tensor):
+        return 1, None
+    if owner.features_shape:
+        rank: int | None = len(owner.features_shape)
+    else:
+        ranks = {r for r in (_event_rank(d, x_dict) for d in dists) if r is not None}
+        if len(ranks) > 1:
+            raise ValueError(f"{owner.prob_text}: the components' draws of {owner.var[0]} have different numbers of "
+                             f"feature dimensions {sorted(ranks)}")
+        rank = ranks.pop() if ranks else None
+    if rank is None:
+        return 1, None
+    return max(1, value.dim() - rank), rank
+
+
+def components_log_prob(owner: Distribution, dists: Sequence[Distribution], x_dict: Mapping[str, Any]) -> Tensor:
+    """:math:`\\log p_k(x)` of every component, one value per draw, stacked last: ``(*sample_shape, batch, K)``.
+    Each component's density is summed over the features only, not over the rows of a ``sample_shape`` draw
+    (the mixture's logsumexp is taken per draw)."""
+    lead, _ = leading_dims(owner, dists, x_dict)
+    if lead == 1:
+        parts = [d.get_log_prob(x_dict) for d in dists]
+    else:
+        parts = []
+        for d in dists:
+            lp = d.get_log_prob(x_dict, sum_features=False)  # per feature entry, (*sample_shape, batch, ...)
+            parts.append(lp.flatten(lead).sum(-1) if lp.dim() > lead else lp)
+    return torch.stack(torch.broadcast_tensors(*parts), dim=-1)
+
+
+def summed_log_prob(owner: Distribution, dists: Sequence[Distribution], x_dict: Mapping[str, Any],
+                    per_draw: Tensor, sum_features: bool, dims: Sequence[int] | None) -> Tensor:
+    """The mixture's log-density ``per_draw`` (``(*sample_shape, batch)``) summed as `get_log_prob` asks:
+    every dimension but the first by default; the dimensions ``dims`` of the value (``feature_dims``), which
+    must include its feature dimensions (a mixture's density does not factorise over its features)."""
+    if sum_features and dims is None:
+        return sum_rows(per_draw)
+    lead, rank = leading_dims(owner, dists, x_dict)
+    var = owner.var[0] if len(owner.var) == 1 else ", ".join(owner.var)
+    if rank is None:
+        raise ValueError(f"{owner.prob_text}: the feature dimensions of {var} are unknown (give the mixture "
+                         "features_shape=...), so only sum_features=True without feature_dims can score it")
+    features = list(range(lead, lead + rank))
+    if not sum_features:
+        if rank:
+            raise ValueError(f"{owner.prob_text}: a mixture's density does not factorise over the features of {var} "
+                             f"(dimensions {features}); use sum_features=True, with feature_dims={features} for "
+                             "one value per draw")
+        return per_draw
+    ndim = lead + rank
+    bad = [d for d in dims if not -ndim <= d < ndim]
+    if bad:
+        raise ValueError(f"{owner.prob_text}: feature_dims {list(dims)} out of range for {var} with {ndim} "
+                         "dimensions")
+    norm = sorted({d % ndim for d in dims})
+    missing = [d for d in features if d not in norm]
+    if missing:
+        raise ValueError(f"{owner.prob_text}: a mixture's density does not factorise over the features of {var}: "
+                         f"feature_dims={list(dims)} must include its feature dimensions {features} "
+                         f"(feature_dims={features} gives one value per draw)")
+    rows = [d for d in norm if d < lead]
+    return per_draw.sum(dim=rows) if rows else per_draw
+
+
 def union_cond(dists: Sequence[Distribution], exclude: Sequence[str] = ()) -> list[str]:
     """The conditioning variables of ``dists``, in order of appearance, without ``exclude``."""
     cond: list[str] = []
@@ -64,7 +148,10 @@ class MixtureModel(Distribution):
     Args:
         distributions: the :math:`K` components :math:`p_k(x)`, all over the same variables.
         prior: a distribution over one hidden variable holding one-hot vectors of length
-            :math:`K`, e.g. ``Categorical(var=["z"], probs=torch.ones(K) / K)``. A prior over the
+            :math:`K`, e.g. ``Categorical(var=["z"], probs=torch.ones(K) / K)`` (or a
+            ``RelaxedCategorical``, which scores one-hot vectors as a Categorical); another family, e.g. a
+            ``Dirichlet`` or ``Normal``, is refused: its density at the K one-hot vectors does
+            not sum to one). A prior over the
             components' own variable (Pixyz's ``Categorical(probs=...)``, over the default ``x``) is
             renamed to a fresh hidden variable (``z`` unless taken; see `hidden_var`).
         name: the symbol of the mixture.
@@ -90,6 +177,13 @@ class MixtureModel(Distribution):
         var = common_var(distributions, "MixtureModel")
         if not isinstance(prior, Distribution) or len(prior.var) != 1:
             raise ValueError("MixtureModel: prior must be a distribution over one hidden (one-hot) variable")
+        inner = prior.p if isinstance(prior, ReplaceVarDistribution) else prior
+        if isinstance(inner, TorchDistribution) and not isinstance(inner, (Categorical, RelaxedCategorical)):
+            raise ValueError(
+                "MixtureModel: the prior must be a Categorical (or RelaxedCategorical) over one-hot vectors of "
+                f"length K (the mixture weights), got {type(inner).__name__} {prior.prob_text}: its density over the K "
+                "one-hot vectors need not sum to one, so the mixture would not be normalised"
+            )
         if prior.var[0] in var:  # Pixyz's `Categorical(probs=...)` over the default variable "x"
             prior = prior.replace_var(**{prior.var[0]: _fresh_name(var + prior.cond_var +
                                                                    union_cond(distributions))})
@@ -162,15 +256,19 @@ class MixtureModel(Distribution):
         return self.prior.get_log_prob({**inputs, self._hidden: eye}).reshape(k, b).T
 
     def joint_log_prob(self, x_dict: Mapping[str, Any]) -> Tensor:
-        """:math:`\\log p(z = e_k) + \\log p_k(x)` for every component: shape ``(batch, K)``."""
+        """:math:`\\log p(z = e_k) + \\log p_k(x)` for every component: shape ``(batch, K)``
+        (``(*sample_shape, batch, K)`` for draws made with a ``sample_shape``: one value per draw)."""
         self._require(x_dict, self._var + self.input_var)
-        comps = torch.stack([d.get_log_prob(x_dict) for d in self.distributions], dim=-1)
+        comps = components_log_prob(self, list(self.distributions), x_dict)
         return comps + self.log_prior(x_dict, comps.dtype)
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        if not sum_features:
-            raise ValueError(f"{self.prob_text}: a mixture does not factorise over features; use sum_features=True")
-        return torch.logsumexp(self.joint_log_prob(x_dict), dim=-1)
+        per_draw = torch.logsumexp(self.joint_log_prob(x_dict), dim=-1)
+        return summed_log_prob(self, list(self.distributions), x_dict, per_draw, sum_features, None)
+
+    def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
+        per_draw = torch.logsumexp(self.joint_log_prob(x_dict), dim=-1)
+        return summed_log_prob(self, list(self.distributions), x_dict, per_draw, True, dims)
 
     # -------------------------------------------------------------- sampling
     def sample_with_hidden(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None) -> XDict:

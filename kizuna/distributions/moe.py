@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
-from kizuna.distributions.mixture import union_cond
+from kizuna.distributions.mixture import components_log_prob, summed_log_prob, union_cond
 from kizuna.distributions.poe import normal_experts
 
 
@@ -111,11 +111,17 @@ class MixtureOfNormal(Distribution):
         return idx, logw - torch.logsumexp(logw, 0)
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        if not sum_features:
-            raise ValueError(f"{self.prob_text}: a mixture does not factorise over features; use sum_features=True")
-        idx = self.present(x_dict)
-        lp = torch.stack(torch.broadcast_tensors(*[self.p[i].get_log_prob(x_dict) for i in idx]), -1)
-        return torch.logsumexp(lp + self.log_weights(x_dict, lp.dtype)[1], dim=-1)
+        return self._summed(x_dict, sum_features, None)
+
+    def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
+        return self._summed(x_dict, True, dims)
+
+    def _summed(self, x_dict: XDict, sum_features: bool, dims: Sequence[int] | None) -> Tensor:
+        """The log-density per draw (logsumexp over the present experts), summed as `get_log_prob` asks."""
+        experts = [self.p[i] for i in self.present(x_dict)]
+        lp = components_log_prob(self, experts, x_dict)  # (*sample_shape, batch, experts)
+        per_draw = torch.logsumexp(lp + self.log_weights(x_dict, lp.dtype)[1], dim=-1)
+        return summed_log_prob(self, experts, x_dict, per_draw, sum_features, dims)
 
     # ------------------------------------------------------------ sampling
     def sample_each(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None,
