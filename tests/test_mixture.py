@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,26 @@ def test_prior_must_be_a_categorical() -> None:
     x = np.linspace(-2, 2, 5)
     ref = logsumexp(np.log(PI) + np.stack([stats.norm.logpdf(x, 0, 1), stats.norm.logpdf(x, 1, 1)], -1), -1)
     np.testing.assert_allclose(p.get_log_prob({"x": t(x)}).numpy(), ref, rtol=1e-12)
+
+
+def test_a_conditional_components_network_runs_once_per_log_density() -> None:
+    """The per-draw scoring reads a conditional component's feature count from its parameters: shared with the
+    density (it ran every component's network three times per direct get_log_prob, twice before that change)."""
+    calls = []
+
+    class Component(Normal):
+        def __init__(self, i: int) -> None:
+            super().__init__(var=["x"], cond_var=["h"], name=f"p_{i}")
+            self.lin = nn.Linear(2, 4)
+
+        def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+            calls.append(self)
+            loc, s = self.lin(h).chunk(2, -1)
+            return {"loc": loc, "scale": s.exp()}
+
+    mix = MixtureModel([Component(0), Component(1)], Categorical(var=["z"], probs=torch.ones(2) / 2))
+    h, x = torch.randn(5, 2), torch.randn(5, 2)
+    lp = mix.get_log_prob({"x": x, "h": h})
+    assert len(calls) == 2
+    comps = [torch.distributions.Normal(**c.forward(h)).log_prob(x).sum(-1) for c in mix.distributions]
+    torch.testing.assert_close(lp, torch.logsumexp(torch.stack(comps, -1) + math.log(0.5), -1))

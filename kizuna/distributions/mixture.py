@@ -25,6 +25,7 @@ from kizuna.distributions.relaxed import RelaxedCategorical
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.torch_dist import TorchDistribution
 from kizuna.formula import EvalContext, LogProb, Loss
+from kizuna.formula.memo import shared_parameters
 
 
 def common_var(dists: Sequence[Distribution], owner: str) -> list[str]:
@@ -88,15 +89,17 @@ def leading_dims(owner: Distribution, dists: Sequence[Distribution], x_dict: Map
 def components_log_prob(owner: Distribution, dists: Sequence[Distribution], x_dict: Mapping[str, Any]) -> Tensor:
     """:math:`\\log p_k(x)` of every component, one value per draw, stacked last: ``(*sample_shape, batch, K)``.
     Each component's density is summed over the features only, not over the rows of a ``sample_shape`` draw
-    (the mixture's logsumexp is taken per draw)."""
-    lead, _ = leading_dims(owner, dists, x_dict)
-    if lead == 1:
-        parts = [d.get_log_prob(x_dict) for d in dists]
-    else:
-        parts = []
-        for d in dists:
-            lp = d.get_log_prob(x_dict, sum_features=False)  # per feature entry, (*sample_shape, batch, ...)
-            parts.append(lp.flatten(lead).sum(-1) if lp.dim() > lead else lp)
+    (the mixture's logsumexp is taken per draw). A component's parameters are computed once for both the feature
+    count and the density (`shared_parameters`)."""
+    with shared_parameters():
+        lead, _ = leading_dims(owner, dists, x_dict)
+        if lead == 1:
+            parts = [d.get_log_prob(x_dict) for d in dists]
+        else:
+            parts = []
+            for d in dists:
+                lp = d.get_log_prob(x_dict, sum_features=False)  # per feature entry, (*sample_shape, batch, ...)
+                parts.append(lp.flatten(lead).sum(-1) if lp.dim() > lead else lp)
     return torch.stack(torch.broadcast_tensors(*parts), dim=-1)
 
 
