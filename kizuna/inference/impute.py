@@ -217,9 +217,10 @@ def _importance_rows(p_joint: Distribution, proposal: _Proposal, decoder: Distri
         c = n_q + n_p
         z = proposal.draw({var: x, **others}, n_q, n_p)
         values = {var: repeat_batch(x, c), **{n: repeat_batch(v, c) for n, v in others.items()}, **z}
-        lw = (masked_log_joint(p_joint, values, var, repeat_batch(mask, c), "impute_importance")
+        mean = decoder.sample_mean(values)
+        lw = (masked_log_joint(p_joint, values, var, repeat_batch(mask, c), "impute_importance", fill=mean)
               - proposal.log_prob(values)).reshape(c, b)
-        mean = decoder.sample_mean(values).reshape(c, *x.shape)
+        mean = mean.reshape(c, *x.shape)
         new_peak = torch.maximum(peak, lw.max(0).values)
         scale = (peak - new_peak).exp().nan_to_num(0.0)  # 0 on the first chunk (peak = -inf)
         w = (lw - new_peak).exp()

@@ -12,6 +12,11 @@ with the mask :math:`m_d = 1` on observed entries. A decoder whose log-density d
 split into one term per entry (a full-covariance Normal, a one-hot Categorical, a mixture)
 cannot be restricted this way, and `masked_log_joint` says so. Factors of the joint whose
 variables are absent altogether (a whole missing modality) integrate to one and are left out.
+
+The values at missing entries have no effect: before the decoder scores the row they are replaced
+by a point of its support (`placeholder`: the decoder's mean, rounded for a discrete family such as
+Poisson counts or Bernoulli 0/1, and 0 where the mean is not finite or not available), so a NaN gap or a
+fractional filled-in count neither fails the decoder's support check nor leaks NaN into gradients.
 """
 
 from __future__ import annotations
@@ -40,10 +45,17 @@ def decoder_of(p_joint: Distribution, var: str, who: str) -> Distribution:
     return f
 
 
-def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tensor, who: str) -> Tensor:
-    r""":math:`\sum_d m_d \log p(x_d|\cdot)` per row, for a decoder that factorises over entries."""
+def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tensor, who: str,
+                    fill: Tensor | None = None) -> Tensor:
+    r""":math:`\sum_d m_d \log p(x_d|\cdot)` per row, for a decoder that factorises over entries.
+
+    Missing entries (mask False) are scored at `placeholder` (``fill``: the decoder's mean, if already
+    computed) and their terms dropped, so their values have no effect.
+    """
     var = decoder.var[0]
     x = values[var]
+    if isinstance(x, Tensor) and x.shape == mask.shape and not bool(mask.all()):
+        values = {**values, var: torch.where(mask, x, placeholder(decoder, values, x, fill))}
     try:
         per_entry = decoder.get_log_prob(values, sum_features=False)
     except (ValueError, NotImplementedError) as err:
@@ -56,6 +68,32 @@ def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tens
     return per_entry.flatten(1).sum(1)
 
 
+def placeholder(decoder: Distribution, values: Mapping[str, Any], x: Tensor, fill: Tensor | None = None) -> Tensor:
+    """A value in the decoder's support for every entry of ``x``, scored in place of the missing ones.
+
+    The decoder's mean given ``values`` (or ``fill``), rounded where the family is discrete (torch's
+    support ``is_discrete``: Poisson, Binomial, Geometric counts, Bernoulli 0/1; a rounded mean of a count
+    lies in its support, e.g. round(n p) in [0, n]), with 0 where the mean is not finite or the decoder has
+    no closed-form mean. No gradient flows through it.
+    """
+    with torch.no_grad():
+        if fill is None:
+            try:
+                fill = decoder.sample_mean(values)
+            except NotImplementedError:
+                fill = None
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        try:
+            fill = torch.zeros(x.shape, dtype=dtype, device=x.device) if fill is None else \
+                torch.broadcast_to(fill.detach().to(device=x.device, dtype=dtype), x.shape)
+        except RuntimeError:  # a mean of another shape (the decoder's own error follows when it scores x)
+            fill = torch.zeros(x.shape, dtype=dtype, device=x.device)
+        support = getattr(getattr(decoder, "torch_class", None), "support", None)
+        if getattr(support, "is_discrete", False):
+            fill = fill.round()
+        return torch.where(torch.isfinite(fill), fill, torch.zeros_like(fill))
+
+
 def _not_factorised(decoder: Distribution, who: str, reason: str) -> str:
     return (
         f"{who}: the decoder {decoder.prob_text} ({decoder.distribution_name}) does not factorise over the entries "
@@ -64,15 +102,17 @@ def _not_factorised(decoder: Distribution, who: str, reason: str) -> str:
     )
 
 
-def masked_log_joint(p_joint: Distribution, values: Mapping[str, Any], var: str, mask: Tensor, who: str) -> Tensor:
+def masked_log_joint(p_joint: Distribution, values: Mapping[str, Any], var: str, mask: Tensor, who: str,
+                     fill: Tensor | None = None) -> Tensor:
     r""":math:`\log p(x_{obs}, z, \dots)` per row: the decoder of ``var`` masked, other factors whole.
 
-    Factors none of whose variables appear in ``values`` are marginalised out (left out).
+    Factors none of whose variables appear in ``values`` are marginalised out (left out). ``fill``: the
+    decoder's mean given ``values``, where the caller has it (see `masked_log_prob`).
     """
     total: Tensor | None = None
     for f in p_joint.factors():
         if var in f.var:
-            term = masked_log_prob(decoder_of(p_joint, var, who), values, mask, who)
+            term = masked_log_prob(decoder_of(p_joint, var, who), values, mask, who, fill)
         elif not any(v in values for v in f.var):
             continue
         else:
