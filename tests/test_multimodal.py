@@ -214,3 +214,18 @@ def test_coherence_reads_generated_class_indices():
     assert coherence(np.array([2, 0, 1]), np.array([2, 1, 1])) == pytest.approx(2 / 3)
     scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     assert coherence(scores, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+
+
+def test_coherence_reads_a_column_as_class_indices():
+    """A column (N, 1) holds labels: coherence(gen, y.reshape(-1, 1)) was 0.333 (argmax of one column = 0) where
+    scikit-learn's accuracy is 1.0; a column of fractions (one class's probability) is refused."""
+    from sklearn.metrics import accuracy_score
+
+    gen = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
+    y = torch.tensor([0, 1, 1])
+    ref = accuracy_score(y.numpy(), [0, 1, 1])
+    assert coherence(gen, y.reshape(-1, 1)) == pytest.approx(ref) == 1.0
+    assert coherence(torch.tensor([[0], [1], [0]]), y) == pytest.approx(accuracy_score(y.numpy(), [0, 1, 0]))
+    assert coherence(gen, y, lambda s: s.argmax(1, keepdim=True)) == pytest.approx(ref)
+    with pytest.raises(ValueError, match=r"target_labels is one column of non-integer values"):
+        coherence(gen, torch.tensor([[0.2], [0.9], [0.7]]))

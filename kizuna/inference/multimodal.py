@@ -138,8 +138,16 @@ def cross_generate(encoders: Encoders, decoder: Distribution, x_dict: Mapping[st
 
 
 def _labels(values: Any, what: str) -> np.ndarray:
-    """Class indices from indices (1-d) or scores / one-hot rows (2-d, argmax)."""
+    """Class indices from indices (1-d, or a column (N, 1)) or scores / one-hot rows (2-d, C >= 2: argmax)."""
     arr = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    if arr.ndim == 2 and arr.shape[1] == 1:  # a column of indices (the argmax of one score is always 0)
+        arr = arr[:, 0]
+        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+            raise ValueError(
+                f"coherence: {what} is one column of non-integer values; a column (N, 1) is read as class "
+                "indices, not as scores (give the scores of every class, (N, C), or the indices)"
+            )
+        return arr
     if arr.ndim == 2:
         return arr.argmax(-1)
     if arr.ndim != 1:
@@ -152,10 +160,12 @@ def coherence(generated: Any, target_labels: Any, classifier: Any = None) -> flo
 
     Args:
         generated: ``(N, ...)`` generated samples (a tensor or array).
-        target_labels: the label of each source row: indices ``(N,)`` or one-hot ``(N, C)``.
+        target_labels: the label of each source row: indices ``(N,)`` (or a column ``(N, 1)``) or
+            one-hot ``(N, C)``.
         classifier: a scikit-learn style object with ``predict`` (given the samples flattened
             to ``(N, D)`` as numpy), or a callable returning indices or scores; ``None`` when
-            the samples are class scores themselves (a generated label: argmax).
+            the samples are class scores themselves (a generated label: argmax) or indices.
+            Anywhere, one column ``(N, 1)`` holds class indices, not the scores of one class.
 
     >>> coherence(torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), torch.tensor([0, 1, 1]))
     0.6666666666666666
