@@ -11,7 +11,7 @@ import torch
 from mc_reference import assert_mc_close, default_dtype
 from scipy import stats
 from sklearn.metrics import roc_auc_score
-from test_bounds import A, ExactPosterior, WrongPosterior, log_px, model, posterior_params
+from test_bounds import SIGMA, A, B, ExactPosterior, WrongPosterior, log_px, model, posterior_params
 from torch import distributions as D
 
 from kizuna.distributions import Normal
@@ -83,6 +83,8 @@ def test_bad_arguments_are_named():
     for name in ("k", "batch_size", "k_chunk"):
         with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
             anomaly_score(model(), ExactPosterior(), x, **{name: 0})
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer, got True"):
+            anomaly_score(model(), ExactPosterior(), x, **{name: True})
     with pytest.raises(ValueError, match="needs x in x_dict, but was given y"):
         anomaly_score(model(), ExactPosterior(), {"y": _data(4)})
 
@@ -91,3 +93,42 @@ def test_modalities_with_different_batch_sizes_are_named():
     joint = model() * Normal(var=["y"], cond_var=["z"], loc="z", scale=1.0)
     with pytest.raises(ValueError, match="disagree on the batch size .x has 4, y has 3 rows"):
         anomaly_score(joint, ExactPosterior(), {"x": _data(4), "y": torch.zeros(3, 2)})
+
+
+class NetworkPosterior(ExactPosterior):
+    """The exact posterior with its mean from a float64 nn.Linear: a model whose parameters are float64."""
+
+    def __init__(self):
+        super().__init__()
+        a, b = torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(B, dtype=torch.float64)
+        m = a @ posterior_params(torch.zeros(1, 3))[1] / SIGMA**2  # mean = (x - b) @ m
+        self.net = torch.nn.Linear(3, 2, dtype=torch.float64)
+        with torch.no_grad():
+            self.net.weight.copy_(m.T)
+            self.net.bias.copy_(-b @ m)
+
+    def forward(self, x):
+        cov = posterior_params(x[:1])[1]
+        return {"loc": self.net(x), "scale_tril": torch.linalg.cholesky(cov).expand(x.shape[0], 2, 2)}
+
+
+@pytest.mark.parametrize("method", ["iwae", "elbo"])
+def test_float32_data_is_scored_in_the_dtype_of_a_float64_model(method):
+    """Batches go to the parameters' dtype and device (float32 data made the float64 network raise 'mat1 and mat2
+    must have the same dtype'); the score is scipy's exact -log p(x) of the float32 values."""
+    x32 = _data(10).float()
+    score = anomaly_score(model(), NetworkPosterior(), {"x": x32}, method=method, k=4, batch_size=3)
+    assert score.dtype == torch.float64
+    torch.testing.assert_close(score, -log_px(x32.double()), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["iwae", "elbo"])
+def test_empty_and_non_finite_data_are_named(method):
+    """No rows: 'the data has no rows' for both methods (the ELBO raised torch.cat's 'expected a non-empty list');
+    a NaN is named by row and column (the ELBO blamed the encoder: 'parameter loc ... is not finite')."""
+    with pytest.raises(ValueError, match=r"anomaly_score: the data has no rows \(x has shape \(0, 3\)\)"):
+        anomaly_score(model(), ExactPosterior(), {"x": torch.zeros(0, 3)}, method=method, k=2)
+    x = _data(8)
+    x[6, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"the data\['x'\] holds nan at row 6, column 1"):
+        anomaly_score(model(), WrongPosterior(), {"x": x}, method=method, k=2, batch_size=4)

@@ -314,3 +314,12 @@ def test_poisson_imputation_matches_quadrature(init):
     assert torch.equal(out.mean[mask], counts[mask])
     np.testing.assert_allclose(out.mean.numpy(), ref, rtol=0.03)
     assert (out.samples[:, ~mask] == out.samples[:, ~mask].round()).all()  # completed rows hold counts
+
+
+def test_data_without_rows_is_named():
+    """(0, D) data: torch.cat's 'expected a non-empty list of Tensors' before."""
+    x, mask = torch.zeros(0, 5), torch.zeros(0, 5, dtype=torch.bool)
+    for impute in (impute_importance, impute_gibbs):
+        with pytest.raises(ValueError, match=r"the data has no rows \(x has shape \(0, 5\)\)"):
+            impute(model(), Proposal(), {"x": x}, mask, k=4) if impute is impute_importance else \
+                impute(model(), Proposal(), {"x": x}, mask, n_iter=1)

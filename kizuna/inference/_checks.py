@@ -19,7 +19,7 @@ def require(x_dict: Mapping[str, Any], names: Iterable[str], who: str) -> None:
 
 
 def batch_rows(x_dict: Mapping[str, Any], names: Iterable[str], who: str) -> int:
-    """The common number of rows of the tensors ``x_dict[name]``; an error naming any two that differ."""
+    """The common number of rows of the tensors ``x_dict[name]``; an error naming any two that differ, or no rows."""
     rows: dict[str, int] = {}
     for name in names:
         value = x_dict[name]
@@ -33,7 +33,11 @@ def batch_rows(x_dict: Mapping[str, Any], names: Iterable[str], who: str) -> int
     if len(set(rows.values())) > 1:
         sizes = ", ".join(f"{k} has {v}" for k, v in rows.items())
         raise ValueError(f"{who}: the inputs disagree on the batch size ({sizes} rows)")
-    return next(iter(rows.values()))
+    n = next(iter(rows.values()))
+    if n == 0:
+        shapes = ", ".join(f"{k} has shape {tuple(x_dict[k].shape)}" for k in rows)
+        raise ValueError(f"{who}: the data has no rows ({shapes})")
+    return n
 
 
 def check_mask(mask: Any, x: Tensor, var: str, who: str) -> Tensor:

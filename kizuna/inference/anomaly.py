@@ -20,19 +20,25 @@ estimate of :math:`-\log p(x)`: rare rows, which the model finds improbable, sco
 
 Both are computed without gradients, ``batch_size`` rows and ``k_chunk`` draws at a time,
 so memory is bounded by ``batch_size * k_chunk`` evaluations of the decoder whatever ``k``.
+Floating data is converted to the floating dtype of the models' parameters and each batch moved
+to their device; data with no rows, or a NaN or infinite entry (named by variable, row and
+column), is refused by both methods.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from kizuna._data import first_nonfinite
 from kizuna.inference._checks import batch_rows, require
 from kizuna.losses import ELBO, IWAE
 from kizuna.metrics import log_likelihood
+from kizuna.metrics.likelihood import _device
 
 Tensor = torch.Tensor
 METHODS = ("iwae", "elbo")
@@ -75,26 +81,44 @@ def anomaly_score(
     if method not in METHODS:
         raise ValueError(f"anomaly_score: method must be one of {', '.join(METHODS)}, got {method!r}")
     for name, value in (("k", k), ("batch_size", batch_size), ("k_chunk", k_chunk)):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"anomaly_score: {name} must be a positive integer, got {value!r}")
     names = IWAE(p_joint, q, k=1).input_var
     require(x_dict, names, "anomaly_score")
     batch_rows(x_dict, names, "anomaly_score")
+    x_dict = _in_model_dtype(x_dict, p_joint, q)
     if method == "iwae":
         return -log_likelihood(p_joint, q, x_dict, k=k, batch_size=batch_size, k_chunk=k_chunk)
     return -_mean_elbo(p_joint, q, x_dict, k, batch_size, k_chunk)
 
 
+def _in_model_dtype(x_dict: Mapping[str, Any], *dists: Any) -> dict[str, Any]:
+    """Floating data in the floating dtype of the models' parameters (float32 data for a float64 model); each
+    batch goes to their device as it is scored."""
+    like = next((t for d in dists for t in itertools.chain(d.parameters(), d.buffers()) if t.is_floating_point()),
+                None)
+    if like is None:
+        return dict(x_dict)
+    return {v: t.to(like.dtype) if isinstance(t, Tensor) and t.is_floating_point() else t for v, t in x_dict.items()}
+
+
 def _mean_elbo(p_joint: Any, q: Any, x_dict: Mapping[str, Tensor], k: int, batch_size: int, k_chunk: int) -> Tensor:
-    """The ELBO per row, averaged over ``k`` draws taken ``k_chunk`` at a time."""
+    """The ELBO per row, averaged over ``k`` draws taken ``k_chunk`` at a time; batches are moved to the models'
+    device and checked for non-finite values (named by variable, row and column), as `log_likelihood` does."""
     n = batch_rows(x_dict, IWAE(p_joint, q, k=1).input_var, "anomaly_score")
     chunks = [min(k_chunk, k - start) for start in range(0, k, k_chunk)]
     bounds = {c: ELBO(p_joint, q, sample_shape=(c,)) for c in set(chunks)}
+    device = _device(p_joint, q)
     out = []
     with torch.no_grad():
         for start in range(0, n, batch_size):
             batch = {v: t[start:start + batch_size] if isinstance(t, Tensor) and t.dim() > 0 else t
                      for v, t in x_dict.items()}
+            if device is not None:
+                batch = {v: t.to(device) if isinstance(t, Tensor) else t for v, t in batch.items()}
+            bad = first_nonfinite(batch, "anomaly_score: the data", torch.arange(start, min(start + batch_size, n)))
+            if bad is not None:
+                raise ValueError(f"{bad}; the ELBO of non-finite data is not defined")
             total = sum(bounds[c].eval(batch) * (c / k) for c in chunks)
             out.append(total)
     return torch.cat(out)
