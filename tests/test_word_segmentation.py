@@ -260,3 +260,47 @@ def test_an_empty_utterance_is_named():
     for call in (lambda: model.sample("", np.random.default_rng(0)), lambda: model.viterbi("")):
         with pytest.raises(ValueError, match="cannot segment an empty utterance"):
             call()
+
+
+def _boundary_prf_by_sklearn(true, pred):
+    """Boundary P/R/F from scikit-learn on the pooled 0/1 indicators of the internal positions of each utterance."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    def marks(words):
+        cuts, at = set(), 0
+        for w in words[:-1]:
+            at += len(w)
+            cuts.add(at)
+        return [int(i in cuts) for i in range(1, len("".join(words)))]
+
+    y_true = [m for u in true for m in marks(u)]
+    y_pred = [m for u in pred for m in marks(u)]
+    if not y_true:
+        return (np.nan,) * 3
+    return precision_recall_fscore_support(y_true, y_pred, average="binary", zero_division=np.nan)[:3]
+
+
+@pytest.mark.parametrize("true, pred", [
+    ([["abc"]], [["abc"]]),  # no internal boundary anywhere: 0/0 (was 0, 0, 0)
+    ([["a", "a"]], [["aa"]]),  # no predicted boundary: P = 0/0, R = 0, F = 0
+    ([["aa"]], [["a", "a"]]),  # no true boundary: P = 0, R = 0/0, F = 0
+    ([["aa"], ["a", "a"]], [["aa"], ["aa"]]),
+    ([["D6", "dOgi"], ["lUk", "&t", "DIs"]], [["D6dOgi"], ["lUk", "&", "tDIs"]]),
+])
+def test_boundary_scores_follow_scikit_learn_with_undefined_ratios_nan(true, pred):
+    s = segmentation_scores(true, pred)
+    np.testing.assert_allclose((s.boundary_precision, s.boundary_recall, s.boundary_f),
+                               _boundary_prf_by_sklearn(true, pred), rtol=1e-12, equal_nan=True)
+
+
+def test_strings_and_empty_words_are_refused():
+    """A string utterance was scored per character (S(["abc"], ["abc"]) had boundary recall 1.0) and "" counted
+    as a word (token precision 0.5 for [["ab", ""]] against [["ab"]])."""
+    with pytest.raises(TypeError, match="true utterance 0 is the string 'abc'; give each utterance as a list"):
+        segmentation_scores(["abc"], ["abc"])
+    with pytest.raises(TypeError, match="predicted must be a list of utterances"):
+        segmentation_scores([["ab"]], "ab")
+    with pytest.raises(ValueError, match="predicted utterance 0, word 1 is empty"):
+        segmentation_scores([["ab"]], [["ab", ""]])
+    with pytest.raises(TypeError, match="true utterance 0, word 0 is int 3, not a string"):
+        segmentation_scores([[3]], [["3"]])

@@ -9,10 +9,18 @@ true items, precision :math:`|P \cap G|/|P|`, recall :math:`|P \cap G|/|G|` and
 * **word tokens**: the (start, end) spans of words, a token counting as correct only when both of
   its boundaries are correct and no boundary is inside it;
 * **lexicon** (word types): the distinct word strings.
+
+F is computed as :math:`2|P \cap G| / (|P| + |G|)`, which equals :math:`2PR/(P+R)` where both are
+defined. A ratio with nothing to count is undefined (0/0) and reported as NaN, as in the literature
+(scikit-learn's ``zero_division=np.nan``): boundary recall when no true utterance has an internal
+boundary (every utterance one word), boundary precision when no predicted one has, and boundary F
+when neither has. So identical segmentations of one-word utterances score NaN for boundaries (they
+were 0), and a prediction without boundaries against a truth with some has precision NaN, recall 0, F 0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,18 +54,41 @@ def spans(words: Sequence[str]) -> list[tuple[int, int]]:
 
 
 def _prf(hits: int, predicted: int, true: int) -> tuple[float, float, float]:
-    p = hits / predicted if predicted else 0.0
-    r = hits / true if true else 0.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+    """P, R and F = 2 hits / (predicted + true) (= 2PR / (P + R) where both are defined); 0/0 is NaN."""
+    p = hits / predicted if predicted else math.nan
+    r = hits / true if true else math.nan
+    return p, r, (2 * hits / (predicted + true) if predicted + true else math.nan)
+
+
+def _check_corpus(corpus: Sequence[Sequence[str]], what: str) -> None:
+    """Each utterance a list of non-empty word strings (a string as an utterance would be scored per character)."""
+    if isinstance(corpus, str):
+        raise TypeError(f"segmentation_scores: {what} must be a list of utterances (each a list of words), "
+                        f"got the string {corpus[:30]!r}")
+    for i, utterance in enumerate(corpus):
+        if isinstance(utterance, str):
+            raise TypeError(f"segmentation_scores: {what} utterance {i} is the string {utterance[:30]!r}; give each "
+                            "utterance as a list of words, e.g. ['yu', 'want', 'tu']")
+        for j, word in enumerate(utterance):
+            if not isinstance(word, str):
+                raise TypeError(f"segmentation_scores: {what} utterance {i}, word {j} is {type(word).__name__} "
+                                f"{word!r}, not a string")
+            if not word:
+                raise ValueError(f"segmentation_scores: {what} utterance {i}, word {j} is empty; a word has at "
+                                 "least one symbol")
 
 
 def segmentation_scores(true: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> SegmentationScores:
-    """Scores of ``predicted`` against ``true`` (lists of utterances, each a list of words).
+    """Scores of ``predicted`` against ``true`` (lists of utterances, each a list of non-empty word strings).
+
+    A ratio with nothing to count (0/0) is NaN; see the module docstring.
 
     >>> s = segmentation_scores([["yu", "want", "tu"]], [["yuwant", "tu"]])
     >>> s.boundary_precision, s.boundary_recall, round(s.token_f, 3)
     (1.0, 0.5, 0.4)
     """
+    _check_corpus(true, "true")
+    _check_corpus(predicted, "predicted")
     if len(true) != len(predicted):
         raise ValueError(f"segmentation_scores: {len(true)} true utterances but {len(predicted)} predicted")
     b = [0, 0, 0]  # hits, predicted, true
