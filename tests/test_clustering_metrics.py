@@ -72,3 +72,18 @@ def test_a_missing_label_is_an_error_naming_its_index(score):
         score([0, 1], np.array([None, 1], dtype=object))
     with pytest.raises(ValueError, match="labels_true has a missing label \\(inf\\) at index 1"):
         score(torch.tensor([0.0, float("inf")]), [0, 1])
+
+
+@pytest.mark.parametrize("score", [clustering_accuracy, adjusted_rand_score, normalized_mutual_info_score])
+def test_labels_mixing_numbers_and_strings_are_named(score):
+    """scikit-learn and the earlier code raise numpy's bare "'<' not supported between 'str' and 'int'"; one type
+    (all strings) scores as scikit-learn does."""
+    mixed = np.array([1, "a", 1], dtype=object)
+    with pytest.raises(TypeError, match="labels_true mixes labels of types int, str, which cannot be compared"):
+        score(mixed, [0, 1, 0])
+    with pytest.raises(TypeError, match="labels_pred mixes labels of types int, str"):
+        score([0, 1, 0], mixed)
+    as_strings = mixed.astype(str)
+    reference = {clustering_accuracy: 1.0, adjusted_rand_score: skm.adjusted_rand_score(as_strings, [0, 1, 0]),
+                 normalized_mutual_info_score: skm.normalized_mutual_info_score(as_strings, [0, 1, 0])}
+    assert score(as_strings, [0, 1, 0]) == pytest.approx(reference[score])

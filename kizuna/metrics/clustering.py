@@ -47,6 +47,17 @@ def _labels(y: Any, what: str) -> np.ndarray:
     return a
 
 
+def _codes(a: np.ndarray, what: str) -> np.ndarray:
+    """Each label's index among the sorted distinct labels; labels of types that cannot be ordered together (an
+    object array mixing numbers and strings) are an error naming the types."""
+    try:
+        return np.unique(a, return_inverse=True)[1].reshape(-1)
+    except TypeError as err:
+        types = sorted({type(v).__name__ for v in a})
+        raise TypeError(f"{what} mixes labels of types {', '.join(types)}, which cannot be compared; give labels of "
+                        "one type (e.g. all strings: np.asarray(labels).astype(str))") from err
+
+
 def contingency(labels_true: Any, labels_pred: Any) -> np.ndarray:
     """The table :math:`n_{ij}` = #samples with true class ``i`` and predicted cluster ``j``."""
     t, p = _labels(labels_true, "labels_true"), _labels(labels_pred, "labels_pred")
@@ -54,8 +65,7 @@ def contingency(labels_true: Any, labels_pred: Any) -> np.ndarray:
         raise ValueError(f"labels_true has {t.shape[0]} entries but labels_pred has {p.shape[0]}")
     if t.size == 0:
         raise ValueError("cannot score an empty labelling")
-    _, ti = np.unique(t, return_inverse=True)
-    _, pi = np.unique(p, return_inverse=True)
+    ti, pi = _codes(t, "labels_true"), _codes(p, "labels_pred")
     table = np.zeros((ti.max() + 1, pi.max() + 1), dtype=np.int64)
     np.add.at(table, (ti, pi), 1)
     return table
