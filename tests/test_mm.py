@@ -269,3 +269,27 @@ def test_gmm_under_mm_is_an_hmm_and_does_not_collapse(algorithm):
     assert history[-1] >= history[0], history  # mutual inference helps rather than drifting to one state
     hmm = HMM(3, covariance_type="full", n_iter=100, random_state=0).fit(x)
     assert history[-1] >= clustering_accuracy(z, hmm.predict(x)) - 0.02
+
+
+def test_labels_instead_of_evidence_are_named():
+    """Integer labels as a column (N, 1) were read as one class's evidence and failed with 'a sequence has zero
+    probability'; as a vector the error advised x.reshape(-1, 1), that very column. One-hot rows of the same labels
+    give the Dirichlet-smoothed transition counts (numpy, by hand)."""
+    z = np.array([0, 2, 1, 1, 0, 2, 2, 0, 1])
+    lengths = [4, 5]
+    for bad in (z[:, None], torch.as_tensor(z)[:, None], z.astype(float)[:, None]):
+        with pytest.raises(ValueError, match=r"X has one column of integers, which reads as class labels.*np.eye"):
+            MarkovChain(n_iter=1).fit(bad, lengths=lengths)
+    for bad in (z, torch.as_tensor(z), z.tolist()):
+        with pytest.raises(ValueError, match=r"X must be N×K class evidence .* got shape \(9,\).*one-hot"):
+            MarkovChain(n_iter=1).fit(bad, lengths=lengths)
+    with pytest.raises(ValueError, match="one column of integers"):
+        MarkovChain(n_iter=1).fit(np.eye(3)[z], lengths=lengths).predict(z[:, None], lengths=lengths)
+    counts = np.zeros((3, 3))
+    for seq in (z[:4], z[4:]):
+        np.add.at(counts, (seq[:-1], seq[1:]), 1)
+    chain = MarkovChain(n_iter=1, alpha=0.5).fit(np.eye(3)[z], lengths=lengths)
+    np.testing.assert_allclose(np.asarray(chain.transmat_), (counts + 0.5) / (counts.sum(1, keepdims=True) + 1.5),
+                               rtol=1e-12)
+    ones = MarkovChain(n_states=1, n_iter=1).fit(np.full((4, 1), 1.0))  # a one-class chain stays possible
+    assert np.asarray(ones.transmat_).tolist() == [[1.0]]

@@ -2,7 +2,9 @@ r"""`MarkovChain`: the scikit-learn facade of the Markov model over class eviden
 
 ``X`` holds class evidence :math:`\lambda_{nk}` (N×K, non-negative: a classifier's or a mixture's class
 likelihoods or posteriors, one row per step, rows in data order), cut into sequences by ``lengths`` as in
-hmmlearn. ``fit`` learns the start and transition probabilities with the evidence as fixed emissions
+hmmlearn. Integer labels go in as one-hot rows (``np.eye(K)[labels]``); labels given as a vector (N,) or a
+column (N, 1) are refused by name (a column of labels read as one class's evidence had zero probability).
+``fit`` learns the start and transition probabilities with the evidence as fixed emissions
 (`kizuna.modules.mm.algorithms.learn`), ``predict_proba`` smooths: :math:`p(c_n = k | \lambda_{1:N})`.
 
 >>> ev = torch.tensor([[0.9, 0.1]] * 5 + [[0.2, 0.8]] * 5, dtype=torch.float64)
@@ -72,9 +74,20 @@ class MarkovChain(Estimator):
         return p, a
 
     def _evidence(self, X: Any, lengths: Sequence[int] | Tensor | None) -> tuple[Tensor, Tensor]:
+        shape = getattr(X, "shape", None)
+        if shape is None and isinstance(X, list | tuple) and X and all(isinstance(v, int | float) for v in X):
+            shape = (len(X),)
+        if shape is not None and len(shape) == 1:
+            raise ValueError(f"{self._owner}: X must be N×K class evidence (one column per class), got shape "
+                             f"{tuple(shape)}; for integer labels give one-hot rows, e.g. np.eye(K)[labels]")
         x = as_matrix(X, "X", self._owner, dtype=None)
         if bool((x < 0).any()):
             raise ValueError(f"{self._owner}: class evidence must be non-negative")
+        if x.shape[1] == 1 and self.n_states != 1 and bool((x != 1).any()) and bool((x == x.round()).all()):
+            # one column of whole numbers other than 1: labels (0 is zero evidence for the only class)
+            raise ValueError(f"{self._owner}: X has one column of integers, which reads as class labels; X must be "
+                             f"N×K class evidence (one column per class): for labels give one-hot rows, e.g. "
+                             f"np.eye(K)[labels.ravel()] (one column is a chain of one class, given n_states=1)")
         if self.n_states is not None:
             check_n_features(x, self.n_states, self._owner)
         return torch.log(x), fb.check_lengths(x.shape[0], lengths, x.device)
