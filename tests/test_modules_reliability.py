@@ -15,12 +15,14 @@ reproduce across processes, bad data is named where it enters.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing
 import os
 import pickle
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -189,6 +191,100 @@ def test_save_module_is_atomic_and_checked(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptSaveError, match="gmm.pt: checksum mismatch"):
         km.load_module(small_graph(200)[1], path)
+
+
+def test_a_save_removes_only_what_this_library_wrote(tmp_path):
+    """Only the previous manifest's files, a killed save's module files once a day old, and temporary files of
+    writers that no longer run go; a user's files and a live writer's temporary file stay, byte for byte."""
+    graph, directory = fitted(tmp_path)
+    gmm = graph["gmm"]
+    first = {e["file"] for e in json.loads((directory / "manifest.json").read_text())["body"]["modules"]}
+    km.save_module(gmm, directory / "module_g_best.pt")  # the user's own files, names like ours
+    best = gmm.posterior.clone()
+    (directory / "modules_notes.pt").write_bytes(b"user data")
+    (directory / ".notes.pt.tmp").write_bytes(b"another program's")
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    live = directory / f".module009-{'a' * 16}.pt.{host}.{os.getpid()}.tmp"  # this process: writing
+    gone = directory / f".module009-{'b' * 16}.pt.{host}.{dead}.tmp"  # its process has exited
+    young, old = directory / f"module009-{'c' * 16}.pt", directory / f"module009-{'d' * 16}.pt"
+    for path in (live, gone, young, old):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    user = {n: (directory / n).read_bytes() for n in ("module_g_best.pt", "modules_notes.pt", ".notes.pt.tmp")}
+    mark(graph, 5)  # a different state: new content-named files
+    graph.save(directory)
+    second = {e["file"] for e in json.loads((directory / "manifest.json").read_text())["body"]["modules"]}
+    assert len(first - second) == 2  # the GMM and the parent changed; the observation saves nothing new
+    assert {p.name for p in directory.iterdir()} == second | set(user) | {"manifest.json", live.name, young.name}
+    assert all((directory / n).read_bytes() == data for n, data in user.items())
+    twin, twin_gmm = small_graph(200)
+    km.load_module(twin_gmm, directory / "module_g_best.pt")
+    assert torch.equal(twin_gmm.posterior, best)
+
+
+def nn_graph(net: torch.nn.Module) -> km.Graph:
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(20, 2, generator=g, dtype=torch.float64) + 4 * k for k in range(3)])
+    gmm = km.GMM(3, name="g").connect(km.Observation(x, name="x"))
+    return km.Graph([km.NN(net, epochs=2, name="nn").connect(gmm, km.Observation(x[:, :1] * 2, name="p"))])
+
+
+def state_bytes(graph: km.Graph) -> list[bytes]:
+    out = []
+    for m in graph.modules:
+        buffer = io.BytesIO()
+        torch.save(m.state_dict(), buffer)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_a_state_that_fails_to_load_puts_every_module_back(tmp_path):
+    """The GMM loads before the NN's network turns out to have other layers: the load is undone, the GMM's
+    state, the NN's fields set before its network and the iteration count are as before, byte for byte."""
+    saved = nn_graph(torch.nn.Linear(3, 1).double()).fit(2, seed=0)
+    saved.save(tmp_path / "saved")
+    km.save_module(saved["nn"], tmp_path / "nn.pt")
+    graph = nn_graph(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)).double()).fit(1, seed=5)
+    before = state_bytes(graph)
+    assert graph["g"].state_dict()["n_updates"] != saved["g"].state_dict()["n_updates"]
+    with pytest.raises(km.GraphError, match=r"(?s)nn: the saved state does not fit .*Missing key"):
+        graph.load(tmp_path / "saved")
+    assert state_bytes(graph) == before and graph.iteration == 1
+    with pytest.raises(km.GraphError, match="nn: the saved state does not fit"):
+        km.load_module(graph["nn"], tmp_path / "nn.pt")
+    assert state_bytes(graph) == before
+    graph.fit(1, seed=6)  # and it still runs
+
+
+def test_serket_loop_continues_bitwise_after_a_load(tmp_path):
+    """``update()`` without a context draws from the module's own stream, saved with it: save after two updates,
+    load into a fresh module, update once more — the same as three uninterrupted updates."""
+    x = small_graph(200)[1].children[0].data
+
+    def build(random_state=0):
+        return km.GMM(3, max_iter=3, random_state=random_state, name="g").connect(km.Observation(x, name="x"))
+
+    uninterrupted, saved = build(), build()
+    for _ in range(3):
+        uninterrupted.update()
+    saved.update(), saved.update()
+    km.save_module(saved, tmp_path / "g.pt")
+    loaded = build(random_state=None)  # the saved stream wins over a fresh one
+    km.load_module(loaded, tmp_path / "g.pt")
+    loaded.update()
+    assert torch.equal(loaded.fitted_.resp, uninterrupted.fitted_.resp)
+    assert not torch.equal(saved.fitted_.resp, uninterrupted.fitted_.resp)  # the third update did change it
+    state = saved.state_dict()
+    del state["stream_state"]  # a save from before the stream was saved: it loads and restarts the stream
+    older = build()
+    older.load_state_dict(state)
+    older.update()
+    restarted = build()
+    restarted.load_state_dict({**saved.state_dict(), "stream_state": None})
+    restarted.update()
+    assert older.stream_state is not None and torch.equal(older.fitted_.resp, restarted.fitted_.resp)
 
 
 # ---------------------------------------------------------------------------------------------- seeds

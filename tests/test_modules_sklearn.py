@@ -90,3 +90,31 @@ def test_grid_search_selects_the_number_of_components_of_a_gmm():
     assert isinstance(search.best_estimator_, km.GMM) and search.best_estimator_.posterior.shape == (300, 4)
     vb = GridSearchCV(GaussianMixture(algorithm="vb", random_state=0), {"n_components": [1, 4]}, cv=3).fit(x)
     assert vb.best_params_ == {"n_components": 4}
+
+
+@pytest.mark.parametrize("make", NODES, ids=["gmm", "mlda", "lda", "hmm", "mm"])
+def test_get_params_gives_the_name_the_user_passed(make):
+    """scikit-learn's own check reads each parameter back after construction; a graph's numbering is not a name."""
+    from sklearn.utils.estimator_checks import check_parameters_default_constructible
+
+    node = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_parameters_default_constructible(type(node).__name__, node)
+    assert node.get_params()["name"] == ("g" if node.named else None)
+    with pytest.raises(ValueError, match="name must be a non-empty string, got ''"):
+        node.set_params(name="")
+
+
+def test_clones_of_numbered_modules_are_numbered_again():
+    x = np.random.default_rng(0).random((20, 3))
+    a, b = km.GMM(2), km.GMM(2)
+    km.Graph([km.MLDA(2).connect(a.connect(km.Observation(x)), b.connect(km.Observation(x)))])
+    assert (a.name, b.name) == ("gmm0", "gmm1") and a.get_params()["name"] is None
+    c, d = clone(a), clone(b)
+    assert not c.named and c.name == "gmm"
+    km.Graph([km.MLDA(2).connect(c.connect(km.Observation(x)), d.connect(km.Observation(x)))])
+    assert (c.name, d.name) == ("gmm0", "gmm1")
+    named = clone(km.GMM(2, name="left"))
+    assert named.named and named.name == "left" and named.get_params()["name"] == "left"
+    assert named.set_params(name=None).name == "gmm" and not named.named

@@ -64,3 +64,33 @@ def test_wiring_errors():
         NN(target=torch.zeros(9, 1)).connect(Observation(x)).update()
     with pytest.raises(ValueError, match="target must be N x out"):
         NN(target=torch.zeros(9))
+
+
+def test_a_default_mlp_loads_before_its_first_update(tmp_path):
+    """The default MLP is built lazily from the messages; a module loaded before its graph's first sweep has none
+    yet, so the network is sized by the saved weights and must compute what the saved one did."""
+    from kizuna.modules import load_module, save_module
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(20, 2, generator=g, dtype=torch.float64) + 4 * k for k in range(3)])
+    p = torch.rand(60, 6, generator=g, dtype=torch.float64)
+
+    def build():
+        gmm = GMM(3, name="g").connect(Observation(x, name="x"))
+        return NN(hidden=(8,), epochs=2, name="nn").connect(gmm, Observation(p, name="p"))
+
+    saved = build()
+    Graph([saved]).fit(1, seed=0)
+    save_module(saved, tmp_path / "nn.pt")
+    fresh = build()
+    load_module(fresh, tmp_path / "nn.pt")
+    probe = torch.eye(3, dtype=torch.float64)
+    assert torch.equal(fresh.net(probe), saved.net(probe)) and next(fresh.net.parameters()).dtype == torch.float64
+    Graph([fresh]).fit(1, seed=1)  # and it trains on from there
+    wrong = NN(hidden=(8, 8), epochs=2, name="nn").connect(GMM(3, name="g").connect(Observation(x, name="x")),
+                                                           Observation(p, name="p"))
+    wrong.hidden = (8,)  # the config check passes; the saved weights still name two layers
+    wrong_state = saved.state_dict()
+    wrong_state["net"] = {**wrong_state["net"], "4.weight": torch.zeros(6, 8, dtype=torch.float64)}
+    with pytest.raises(ValueError, match="the saved network has 3 linear layers but the default MLP"):
+        wrong.load_state_dict(wrong_state)

@@ -39,7 +39,8 @@ what the graph passes to every module for one sweep: the combination strategy (`
 or `SIR`, how a class prior is joined with the module's own likelihood), the generator every draw
 comes from (``ctx.generator``; see `kizuna.modules.rng` for the one RNG policy), the iteration and
 the schedule of per-iteration settings. ``update()`` called without a context (SERKET's own loop)
-uses message passing and the module's own stream, started from its ``random_state``.
+uses message passing and the module's own stream, started from its ``random_state`` and saved with its
+state (``stream_state``), so that the loop continues bitwise after a save and load.
 
 What a module learns is listed in its ``State`` dataclass and saved by the one mechanism of
 `kizuna.modules.state`.
@@ -81,7 +82,7 @@ class Module(Stateful):
 
     Args:
         name: a unique name in its graph (default: the lower-cased class name; `Graph`
-            numbers unnamed duplicates).
+            numbers unnamed duplicates, and ``get_params()`` still gives ``None`` for them).
         learnable: when ``False`` the module keeps its parameters fixed in ``update`` and
             only passes messages.
         random_state: seeds the module's own stream, used by ``update()`` without a context
@@ -100,13 +101,11 @@ class Module(Stateful):
         n_updates: int = 0
         forward_message: Message | None = None
         backward_messages: dict[str, Message] = field(default_factory=dict)
+        stream_state: dict[str, Any] | None = None
 
     def __init__(self, name: str | None = None, learnable: bool = True,
                  random_state: int | torch.Generator | None = None) -> None:
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ValueError(f"{type(self).__name__}: name must be a non-empty string, got {name!r}")
-        self.name: str = name if name is not None else type(self).__name__.lower()
-        self.named = name is not None
+        self._set_param("name", name)
         self.learnable = bool(learnable)
         self.random_state = random_state
         self.children: list[Module] = []
@@ -115,6 +114,24 @@ class Module(Stateful):
         self.backward_messages: dict[str, Message] = {}
         self.n_updates = 0
         self._stream: torch.Generator | None = None
+        self._saved_stream: dict[str, Any] | None = None
+
+    def _param(self, name: str) -> Any:
+        """A constructor parameter as the user gave it: ``name`` is ``None`` unless they named the module, even
+        after `Graph` numbered it (``gmm0``), so that scikit-learn's ``clone`` gives an unnamed module that a
+        graph numbers again rather than two modules explicitly named alike."""
+        if name == "name":
+            return self.name if self.named else None
+        return getattr(self, name)
+
+    def _set_param(self, name: str, value: Any) -> None:
+        if name != "name":
+            setattr(self, name, value)
+            return
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{type(self).__name__}: name must be a non-empty string, got {value!r}")
+        self.name: str = value if value is not None else type(self).__name__.lower()
+        self.named = value is not None
 
     def _hidden_params(self) -> tuple[str, ...]:
         """Constructor parameters `repr` leaves out (the name is shown first; labels are data)."""
@@ -190,13 +207,38 @@ class Module(Stateful):
         return Message("+".join(m.sender for m in msgs), self.name, msgs[0].variable, "prior", torch.softmax(log, 1))
 
     # ------------------------------------------------------------------ update
+    @property
+    def stream_state(self) -> dict[str, Any] | None:
+        """Where the module's own stream is (``{"device": ..., "state": generator state}``; ``None`` before the
+        first ``update()`` without a context), saved with the module so that SERKET's loop continues bitwise
+        after a load."""
+        if self._stream is None:
+            return self._saved_stream
+        return {"device": self._stream.device.type, "state": self._stream.get_state()}
+
+    @stream_state.setter
+    def stream_state(self, value: dict[str, Any] | None) -> None:
+        self._stream, self._saved_stream = None, value
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """See `Stateful.load_state_dict`; a save from before ``stream_state`` was saved restarts the stream."""
+        super().load_state_dict({"stream_state": None, **state})
+
     def context(self) -> UpdateContext:
         """The context of ``update()`` without one: message passing, and the module's own stream
-        (started from ``random_state`` at the first such update and continued by the next)."""
+        (started from ``random_state`` at the first such update and continued by the next, also across a
+        save and load; a ``torch.Generator`` given as ``random_state`` is used as it is, and a stream saved
+        on another kind of device, whose generator differs, restarts from ``random_state``)."""
         if self._stream is None:
             device = next((c.forward_message.value.device for c in self.children if c.forward_message is not None),
                           torch.device("cpu"))
-            self._stream = generator_for(self.random_state, device)
+            saved, self._saved_stream = self._saved_stream, None
+            if (saved is not None and not isinstance(self.random_state, torch.Generator)
+                    and saved["device"] == torch.device(device).type):
+                self._stream = torch.Generator(device=device)
+                self._stream.set_state(saved["state"].cpu())
+            else:
+                self._stream = generator_for(self.random_state, device)
         return UpdateContext(generator=self._stream)
 
     def update(self, ctx: UpdateContext | None = None) -> None:

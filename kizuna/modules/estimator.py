@@ -46,7 +46,7 @@ class Estimator:
         """The constructor parameters and their values (``deep``: also ``name__param`` of nested estimators)."""
         out = {}
         for name in self._get_param_names():
-            value = getattr(self, name)
+            value = self._param(name)
             if deep and hasattr(value, "get_params") and not isinstance(value, type):
                 out.update((f"{name}__{k}", v) for k, v in value.get_params().items())
             out[name] = value
@@ -64,10 +64,17 @@ class Estimator:
             if sub:
                 nested.setdefault(name, {})[sub] = value
             else:
-                setattr(self, name, value)
+                self._set_param(name, value)
         for name, sub_params in nested.items():
             getattr(self, name).set_params(**sub_params)
         return self
+
+    def _param(self, name: str) -> Any:
+        """The value of constructor parameter ``name`` as given (a subclass may keep it under another attribute)."""
+        return getattr(self, name)
+
+    def _set_param(self, name: str, value: Any) -> None:
+        setattr(self, name, value)
 
     def __repr__(self) -> str:
         """The class and the parameters that differ from their defaults, scikit-learn style."""

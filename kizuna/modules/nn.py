@@ -149,6 +149,15 @@ class NN(Module):
         return torch.softmax(-dist2 / (2 * variance.clamp(min=1e-12)), 1)
 
     def _before_load(self, state: dict[str, Any]) -> None:
-        if self.net is None and state["net"] is not None:  # the default MLP, sized by the messages
-            x, y = self._inputs([c.forward_message for c in self.children])
-            self._ensure(x, y, torch.Generator())  # the weights are overwritten
+        """Build the default MLP a saved state holds weights of, sized by those weights (its children need not
+        have sent messages yet: a module loaded before its graph's first sweep)."""
+        if self.net is not None or state["net"] is None:
+            return
+        weights = [w for k, w in state["net"].items() if k.endswith("weight") and w.dim() == 2]
+        if len(weights) != len(self.hidden) + 1:
+            raise ValueError(f"NN {self.name}: the saved network has {len(weights)} linear layers but the default "
+                             f"MLP with hidden={self.hidden} has {len(self.hidden) + 1}; build this module with "
+                             "the same network before loading")
+        like = weights[0]
+        self._ensure(like.new_empty(0, weights[0].shape[1]), like.new_empty(0, weights[-1].shape[0]),
+                     torch.Generator())  # the weights are overwritten

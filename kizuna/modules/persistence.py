@@ -10,14 +10,17 @@ graph's iteration count, and carries the SHA-256 of its own body.
 **Atomic.** Every file is written to a temporary file in the same directory, flushed, ``fsync``-ed and
 renamed over its target (``os.replace``, atomic on POSIX and Windows), and the directory is synced.
 Module files are named by their content, so writing them never touches the files of the previous save;
-the manifest is renamed into place **last**, and only then are files no manifest names removed. A kill
-at any moment therefore leaves either the previous complete save or the new one — never a mix.
+the manifest is renamed into place **last**, and only then are the files the previous manifest named
+removed. A kill at any moment therefore leaves either the previous complete save or the new one — never a
+mix. Other files are left alone (see `_remove_leftovers`): a directory may hold a user's own files and
+another process's save in progress.
 
 **Checked.** Loading verifies the manifest's own checksum and each file's against the manifest: a
 flipped byte, a truncated file or manifest, a missing file or one from another save is a
 `CorruptSaveError` naming the file. The manifest is then compared with the graph it loads into
 (a `GraphError` listing every difference), all files are read and verified **before** any module is
-changed, so a failed load leaves the graph as it was.
+changed, and a state that fails to load (found only then: a network of another shape) puts back every
+module already loaded, so a failed load leaves the graph as it was.
 """
 
 from __future__ import annotations
@@ -25,19 +28,22 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
+import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kizuna._io import STALE_SECONDS, remove_stale, write_atomic
 from kizuna.modules.base import GraphError, Module, Observation
 
 FORMAT = "kizuna.modules/2"
 MAGIC = b"kizuna.modules/2 sha256:"
 MANIFEST = "manifest.json"
+MODULE_FILE = re.compile(r"module\d{3}-[0-9a-f]{16}\.pt")  # save_graph's content-named module files
+OWN_TEMPORARY = re.compile(rf"\.({MODULE_FILE.pattern}|{re.escape(MANIFEST)})\..+\.tmp")
 
 
 class CorruptSaveError(ValueError):
@@ -79,32 +85,6 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # a platform without directory handles (Windows): the rename is what we have
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` through a synced temporary file renamed over it (never a partial file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_dir(path.parent)
-
-
 def pack(state: dict[str, Any]) -> bytes:
     """A state as a checksummed blob: the header with the SHA-256 of the ``torch.save`` payload, then it."""
     buffer = io.BytesIO()
@@ -138,10 +118,38 @@ def _read(path: Path) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------- graphs
+def _previous_files(directory: Path) -> set[str]:
+    """The module files the manifest now in ``directory`` names (none if there is no valid one)."""
+    try:
+        return {e["file"] for e in read_manifest(directory)["modules"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _remove_leftovers(directory: Path, previous: set[str], keep: set[str]) -> None:
+    """Remove what earlier saves of this library left in ``directory`` and the new manifest does not name: the
+    previous manifest's module files, content-named module files a day old (a save killed before its manifest;
+    a younger one may be another process's save in progress), and temporary files of writers that no longer run
+    (`kizuna._io.remove_stale`). Files of other names — a user's ``module_best.pt`` — are never touched."""
+    now = time.time()
+    for path in directory.iterdir():
+        name = path.name
+        try:
+            if name in keep:
+                continue
+            if name in previous or (MODULE_FILE.fullmatch(name) and now - path.stat().st_mtime > STALE_SECONDS):
+                path.unlink(missing_ok=True)
+            elif (own := OWN_TEMPORARY.fullmatch(name)) is not None:
+                remove_stale(directory / own.group(1))
+        except OSError:  # vanished meanwhile, or not ours to remove: the save itself is complete
+            pass
+
+
 def save_graph(graph: Any, directory: str | Path) -> Path:
     """Write ``graph.modules``' states and the manifest into ``directory`` atomically; returns it."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    previous = _previous_files(d)
     entries = []
     for i, m in enumerate(graph.modules):
         blob = pack(m.state_dict())
@@ -153,10 +161,7 @@ def save_graph(graph: Any, directory: str | Path) -> Path:
     text = json.dumps(body, indent=1, sort_keys=True)
     manifest = {"sha256": _sha(text.encode()), "body": body}
     write_atomic(d / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-    keep = {e["file"] for e in entries} | {MANIFEST}
-    for stale in [*d.glob("module*.pt"), *d.glob(".*.tmp")]:  # the previous save's files, killed writes
-        if stale.name not in keep:
-            stale.unlink(missing_ok=True)
+    _remove_leftovers(d, previous, {e["file"] for e in entries} | {MANIFEST})
     return d
 
 
@@ -187,9 +192,25 @@ def load_graph(graph: Any, directory: str | Path) -> None:
         raise GraphError("the saved graph has a different architecture:\n  " + "\n  ".join(diffs))
     device = _device(graph.modules)
     states = [unpack(_read(d / e["file"]), d / e["file"], device, e["sha256"]) for e in body["modules"]]
-    for state, m in zip(states, graph.modules):
-        m.load_state_dict(state)
+    _load_all(list(zip(graph.modules, states)))
     graph.iteration = int(body["iteration"])
+
+
+def _load_all(pairs: list[tuple[Module, Any]]) -> None:
+    """Load each state into its module, all or nothing: a state that does not fit (a network of another shape,
+    found only by ``load_state_dict``) puts every module back as it was and is a `GraphError` naming the module."""
+    restores = [m.snapshot() for m, _ in pairs]
+    try:
+        for m, state in pairs:
+            try:
+                m.load_state_dict(state)
+            except Exception as err:
+                raise GraphError(f"{m.name}: the saved state does not fit the module as built, nothing was loaded "
+                                 f"({type(err).__name__}: {str(err)[:300]})") from err
+    except BaseException:
+        for restore in restores:
+            restore()
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- one module
@@ -212,5 +233,5 @@ def load_module(module: Module, path: str | Path) -> Module:
     diffs = _differences([json.loads(blob["manifest"])], [module])
     if diffs:
         raise GraphError(f"{p} holds a different module:\n  " + "\n  ".join(diffs))
-    module.load_state_dict(blob["state"])
+    _load_all([(module, blob["state"])])
     return module

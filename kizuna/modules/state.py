@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -110,11 +111,27 @@ class Stateful:
         return {f.name: encode(getattr(self, f.name), f"{type(self).__name__}.{f.name}")
                 for f in dataclasses.fields(self.State)}
 
+    def snapshot(self) -> Callable[[], None]:
+        """A function that puts this module back as it is now, for a load that fails part-way: its attributes
+        (rebinding what loading replaces or `_before_load` builds) and the weights of its networks, which
+        `load_state_dict` overwrites in place."""
+        attributes = dict(vars(self))
+        weights = [(net, {k: v.clone() for k, v in net.state_dict().items()})
+                   for f in dataclasses.fields(self.State) if isinstance(net := attributes.get(f.name), nn.Module)]
+
+        def restore() -> None:
+            vars(self).clear()
+            vars(self).update(attributes)
+            for net, saved in weights:
+                net.load_state_dict(saved)
+
+        return restore
+
     def _before_load(self, state: dict[str, Any]) -> None:
         """Hook: build what the state is loaded into (e.g. lazily built networks); nothing by default."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned (fields are set one by one: `snapshot` undoes a failure)."""
         names = [f.name for f in dataclasses.fields(self.State)]
         missing = [n for n in names if n not in state]
         if missing:
