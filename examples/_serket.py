@@ -286,16 +286,19 @@ def speech_alone(seed: int, smoke: bool, data: str | Path | None) -> dict[str, f
 
 
 # -------------------------------------------------------------------------------------- seeds, table
-def cli(run: Callable[..., dict[str, float]], doc: str | None) -> None:
-    """The command line of an example: ``--smoke``, ``--seed``, ``--data``; prints every metric."""
-    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+def cli(run: Callable[..., dict[str, float]], doc: str | None, options: argparse.ArgumentParser | None = None) -> None:
+    """The command line of an example: ``--smoke``, ``--seed``, ``--data`` and the example's own ``options`` (a
+    parser made with ``add_help=False``, whose arguments reach ``run`` by name and show in ``--help``); prints every
+    metric."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0],
+                                     parents=[options] if options is not None else [])
     parser.add_argument("--smoke", action="store_true", help="a small subset, a few seconds (CI)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help=f"SERKET's example data (default {DEFAULT_DATA})")
-    args = parser.parse_args()
+    args = vars(parser.parse_args())
     torch.set_num_threads(1)
     start = time.time()
-    metrics = run(smoke=args.smoke, seed=args.seed, data=args.data)
+    metrics = run(**args)
     width = max(map(len, metrics))
     for name, value in metrics.items():
         print(f"{name:{width}s}  {value:.4f}")

@@ -10,8 +10,8 @@ language model alone and under the slot model (mean of two seatings; the move is
 
 from __future__ import annotations
 
+import argparse
 import copy
-import sys
 
 import numpy as np
 import torch
@@ -56,4 +56,6 @@ def main(seeds: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(s) for s in sys.argv[1:]] or [1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("seeds", type=int, nargs="*", default=[1], help="house seeds (default: %(default)s)")
+    main(parser.parse_args().seeds)

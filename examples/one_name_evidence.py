@@ -17,7 +17,7 @@ resampled five times on the whole segmentation; mean of three seatings), under
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import numpy as np
 
@@ -106,4 +106,6 @@ def main(seeds: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(s) for s in sys.argv[1:]] or [1, 3])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("seeds", type=int, nargs="*", default=[1, 3], help="house seeds (default: %(default)s)")
+    main(parser.parse_args().seeds)

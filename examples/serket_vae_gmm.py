@@ -28,7 +28,6 @@ Run: ``python examples/serket_vae_gmm.py [--smoke] [--seed 0] [--data DIR] [--sa
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
@@ -56,6 +55,4 @@ if __name__ == "__main__":
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--sampler", choices=S.SAMPLERS, default="blocked",
                          help="the GMM's Gibbs sampler (default: the module's blocked one)")
-    known, rest = options.parse_known_args()
-    sys.argv = [sys.argv[0], *rest]
-    S.cli(functools.partial(run, sampler=known.sampler), __doc__)
+    S.cli(run, __doc__, options)
