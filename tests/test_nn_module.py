@@ -94,3 +94,28 @@ def test_a_default_mlp_loads_before_its_first_update(tmp_path):
     wrong_state["net"] = {**wrong_state["net"], "4.weight": torch.zeros(6, 8, dtype=torch.float64)}
     with pytest.raises(ValueError, match="the saved network has 3 linear layers but the default MLP"):
         wrong.load_state_dict(wrong_state)
+
+
+def test_a_load_into_a_trained_module_starts_a_new_optimiser(tmp_path):
+    """docs/modules.md: training after a load starts a new optimiser on the loaded weights, so a graph that had
+    trained before the load continues exactly as a freshly built one loaded from the same save (its NN kept its own
+    Adam moments, which belong to other weights)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.cat([torch.randn(20, 2, generator=g, dtype=torch.float64) + 4 * k for k in range(3)])
+    p = torch.rand(60, 6, generator=g, dtype=torch.float64)
+
+    def build():
+        gmm = GMM(3, name="g").connect(Observation(x, name="x"))
+        return Graph([NN(hidden=(8,), epochs=3, name="nn").connect(gmm, Observation(p, name="p"))])
+
+    saved = build()
+    saved.fit(1, seed=0)
+    saved.save(tmp_path / "graph")
+    used, fresh = build(), build()
+    used.fit(2, seed=5)  # its own training: Adam moments of other weights
+    for graph in (used, fresh):
+        graph.load(tmp_path / "graph")
+        graph.fit(1, seed=3)
+    probe = torch.eye(3, dtype=torch.float64)
+    nets = [next(m for m in graph.modules if isinstance(m, NN)).net for graph in (used, fresh)]
+    assert torch.equal(nets[0](probe), nets[1](probe))

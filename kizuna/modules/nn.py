@@ -150,7 +150,9 @@ class NN(Module):
 
     def _before_load(self, state: dict[str, Any]) -> None:
         """Build the default MLP a saved state holds weights of, sized by those weights (its children need not
-        have sent messages yet: a module loaded before its graph's first sweep)."""
+        have sent messages yet: a module loaded before its graph's first sweep). A load starts a new optimiser on the
+        loaded weights (docs/modules.md): Adam's moments of earlier training here do not belong to them."""
+        self.optimizer = None
         if self.net is not None or state["net"] is None:
             return
         weights = [w for k, w in state["net"].items() if k.endswith("weight") and w.dim() == 2]

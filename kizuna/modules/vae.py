@@ -201,8 +201,12 @@ class VAE(Module):
 
     # ------------------------------------------------------------- persistence
     def _before_load(self, state: dict[str, Any]) -> None:
-        """Build the default networks a saved state holds weights of (user networks must be given again)."""
-        if self.model is not None or state["encoder"] is None:
+        """Build the default networks a saved state holds weights of (user networks must be given again). A load
+        starts a new optimiser on the loaded weights (docs/modules.md): earlier training's Adam moments are dropped."""
+        if self.model is not None:
+            self.model.optimizer.state.clear()
+            return
+        if state["encoder"] is None:
             return
         if state["in_dim"] is None:
             raise ValueError(f"VAE {self.name}: the saved state holds user networks; build this module "
