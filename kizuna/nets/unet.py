@@ -2,8 +2,9 @@ r"""`UNet`: a small time-conditioned U-Net for the noise (or score, or velocity)
 
 The layout of Ho et al.'s DDPM network (2020, arXiv:2006.11239, appendix B), scaled down for a CPU: a sinusoidal
 embedding of the step :math:`t` through a two-layer MLP; at each resolution ``blocks`` residual blocks
-(GroupNorm, SiLU, 3×3 convolution, the embedding added per channel, GroupNorm, SiLU, dropout, 3×3 convolution, a
-1×1 convolution on the skip path where the width changes), the activations kept for the way up; a stride-2
+(GroupNorm, SiLU, 3×3 convolution, the embedding added per channel through SiLU and a linear map, GroupNorm,
+SiLU, dropout, 3×3 convolution, a 1×1 convolution on the skip path where the width changes), the activations
+kept for the way up; a stride-2
 convolution between resolutions down and a nearest-neighbour upsampling with a 3×3 convolution up; two blocks at
 the lowest resolution; on the way up each block reads the kept activation concatenated to its input; the output
 convolution starts at zero, so an untrained network predicts zero.
@@ -30,7 +31,8 @@ def _groups(channels: int) -> int:
 
 
 class _Block(nn.Module):
-    """Residual block :math:`x + f(x, e)` with the time embedding ``e`` added after the first convolution."""
+    """Residual block :math:`x + f(x, e)` with the time embedding ``e`` added after the first convolution, through
+    SiLU and a linear map per block (Ho et al.'s ``dense(nonlinearity(temb))``)."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float) -> None:
         super().__init__()
@@ -43,7 +45,7 @@ class _Block(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x))) + self.emb(e)[:, :, None, None]
+        h = self.conv1(F.silu(self.norm1(x))) + self.emb(F.silu(e))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
