@@ -77,7 +77,8 @@ def annealed_langevin_dynamics(score: Callable[[Tensor, int], Tensor], x: Tensor
         denoise: end with the Tweedie step :math:`x + \\sigma_L^2 s(x, L)`
             (Jolicoeur-Martineau et al. 2020, arXiv:2009.05475), removing the last level's noise.
     """
-    levels = [float(s) for s in torch.as_tensor(sigmas).flatten()]
+    # a list of Python floats as it is (torch.as_tensor would round it to float32: 0.1 as 0.10000000149)
+    levels = [float(s) for s in (sigmas.flatten() if isinstance(sigmas, Tensor) else sigmas)]
     if not levels or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
         raise ValueError(f"annealed_langevin_dynamics: sigmas must be positive and strictly decreasing, got {levels}")
     for i, sigma in enumerate(levels):
