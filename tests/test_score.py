@@ -253,7 +253,7 @@ def test_annealed_langevin_takes_a_list_of_levels_at_full_precision() -> None:
     got = annealed_langevin_dynamics(lambda x, i: -x / sigmas[i], x0, sigmas, eps=eps, n_steps_each=n_steps,
                                      generator=torch.Generator().manual_seed(1))
     g, x = torch.Generator().manual_seed(1), x0.clone()
-    for i, sigma in enumerate(sigmas):
+    for sigma in sigmas:
         alpha = eps * sigma**2 / sigmas[-1] ** 2
         for _ in range(n_steps):
             x = x + 0.5 * alpha * (-x / sigma) + alpha**0.5 * torch.randn(4, 2, dtype=torch.float64, generator=g)

@@ -81,6 +81,8 @@ def test_inputs_of_another_shape_are_named() -> None:
         net(torch.zeros(2, 63), torch.ones(2))
     with pytest.raises(ValueError, match=r"x must be \(N, 1, 8, 8\) or flat rows, got \(2, 1, 4, 16\)"):
         net(torch.zeros(2, 1, 4, 16), torch.ones(2))
+    with pytest.raises(ValueError, match=r"t must be one number or one per row \(2\), got shape \(3,\)"):
+        net(torch.randn(2, 64), torch.ones(3))
 
 
 def test_it_learns_the_noise_of_the_digits() -> None:

@@ -131,6 +131,8 @@ class UNet(nn.Module):
         t = torch.as_tensor(t, device=x.device)  # a Python number is one step for every row
         if t.dim() == 0:
             t = t.expand(x.shape[0])
+        elif t.numel() not in (1, x.shape[0]):
+            raise ValueError(f"UNet: t must be one number or one per row ({x.shape[0]}), got shape {tuple(t.shape)}")
         angle = (t.to(x.dtype).reshape(-1, 1) * self.time_scale) * self.freq
         e = self.embed(torch.cat([angle.sin(), angle.cos()], 1))
         h = self.stem(h)
