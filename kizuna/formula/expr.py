@@ -426,7 +426,10 @@ class _Binary(Loss):
         return [self.loss1, self.loss2]
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        a, b = _operand(self.loss1, ctx), _operand(self.loss2, ctx)
+        loss1, loss2 = self.loss1, self.loss2
+        if type(loss1) is not ValueLoss and type(loss2) is not ValueLoss:  # no constant: the usual case, no calls
+            return self._op(ctx.value(loss1), ctx.value(loss2))
+        a, b = _operand(loss1, ctx), _operand(loss2, ctx)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             return self._op(a, b)
         return torch.as_tensor(self._op(a, b))
