@@ -95,7 +95,8 @@ def test_large_and_image():
 
 
 @pytest.mark.parametrize("kwargs", [{"n_events": 0}, {"phoneme_error_rate": 2.0}, {"name_rate": -1},
-                                    {"position_noise": -1.0}, {"view_noise": 1.5}])
+                                    {"position_noise": -1.0}, {"position_noise": float("nan")},
+                                    {"position_noise": float("inf")}, {"view_noise": 1.5}])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         simulated_house(**{"n_events": 10, **kwargs})

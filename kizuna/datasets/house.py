@@ -32,6 +32,7 @@ Each teaching event :math:`n` draws an area (uniformly), a true position uniform
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -112,7 +113,7 @@ def _check(n_events: int, rate: float, name_rate: float, sigma: float, tokens: i
     if not 0 <= rate <= 1 or not 0 <= name_rate <= 1:
         raise ValueError(f"simulated_house: phoneme_error_rate and name_rate must be in [0, 1], got {rate}, "
                          f"{name_rate}")
-    if sigma < 0 or tokens < 1:
+    if not sigma >= 0 or not math.isfinite(sigma) or tokens < 1:  # (NaN fails every comparison)
         raise ValueError(f"simulated_house: need position_noise >= 0 and view_tokens >= 1, got {sigma}, {tokens}")
 
 
