@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,22 @@ def load_digits(binarize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format): big-endian dims after a 4-byte magic number."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    """An IDX file (the MNIST format): big-endian dims after a 4-byte magic number (unsigned bytes: type 0x08).
+    A truncated or corrupt file is an error naming it."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:  # not gzip, or cut off inside the stream
+        raise ValueError(f"{path}: not a readable gzip-compressed IDX file ({err})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or len(raw) < 4 + 4 * raw[3]:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (its header is {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(dims):
+        raise ValueError(f"{path}: the header promises {math.prod(dims)} values of shape {dims}, the file holds "
+                         f"{data.size} (truncated or corrupt)")
+    return data.reshape(dims)
 
 
 def load_fashion_mnist(
@@ -64,8 +75,11 @@ def load_fashion_mnist(
         raise FileNotFoundError(
             f"Fashion-MNIST not found under {root}: install the Debian package "
             "'dataset-fashion-mnist' (apt-get install dataset-fashion-mnist) or pass root=")
-    x = _read_idx(images).reshape(-1, 28 * 28) / 255.0
-    return _tensors(x, _read_idx(labels), binarize)
+    x, y = _read_idx(images), _read_idx(labels)
+    if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"load_fashion_mnist: {images.name} holds images of shape {x.shape} and {labels.name} "
+                         f"labels of shape {y.shape}; expected (N, 28, 28) and (N,)")
+    return _tensors(x.reshape(-1, 28 * 28) / 255.0, y, binarize)
 
 
 def load_mnist(binarize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
