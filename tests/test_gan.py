@@ -308,7 +308,37 @@ def test_gan_save_and_load_both_players(tmp_path) -> None:
     fresh.load(tmp_path / "gan.pt")
     for a, b in ((model.p, fresh.p), (model.discriminator, fresh.discriminator)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    assert (tmp_path / "gan.pt.discriminator").exists()
+    assert fresh.d_model.optimizer.state_dict()["state"]  # the discriminator's Adam moments came along
+    # one file for both players: a kill between two writes could leave the generator's epoch k + 1 beside the
+    # discriminator's epoch k, which loaded without a word (and the resumed run differed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gan.pt"]
+
+
+def test_gan_reads_a_checkpoint_of_two_files_and_refuses_one_without_a_discriminator(tmp_path) -> None:
+    """Checkpoints written before both players shared a file (the discriminator's at ``path.discriminator``)
+    still load; a plain model's checkpoint is refused by name, and a discriminator that does not fit leaves the
+    generator as it was."""
+    from kizuna.models import checkpoint as ckpt
+
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    model = GAN((RingG() * prior).marginalize_var("z"), RingD())
+    model.train({"x": ring(32, torch.Generator().manual_seed(0))})
+    state = model.state_dict()
+    ckpt.save(tmp_path / "old.pt", {k: v for k, v in state.items() if k != "discriminator"})
+    ckpt.save(tmp_path / "old.pt.discriminator", state["discriminator"])
+    fresh = GAN((RingG() * prior).marginalize_var("z"), RingD())
+    fresh.load(tmp_path / "old.pt")
+    assert all(torch.equal(x, y) for x, y in zip(model.discriminator.state_dict().values(),
+                                                 fresh.discriminator.state_dict().values()))
+    (tmp_path / "old.pt.discriminator").unlink()
+    with pytest.raises(ValueError, match="holds no discriminator: not a GAN checkpoint"):
+        fresh.load(tmp_path / "old.pt")
+    other = GAN((RingG() * prior).marginalize_var("z"), RingD())
+    before = [t.clone() for t in other.p.state_dict().values()]
+    bad = {**state, "discriminator": {**state["discriminator"], "optimizer_class": "SGD"}}
+    with pytest.raises(ValueError, match="discriminator"):
+        other.load_state_dict(bad)
+    assert all(torch.equal(a, b) for a, b in zip(before, other.p.state_dict().values()))
 
 
 class ProbD(Bernoulli):

@@ -284,3 +284,78 @@ def test_ported_vae_program_runs(capsys: pytest.CaptureFixture[str]) -> None:
     # an untrained Bernoulli decoder scores 784 log 2 = 543 nats per image; one epoch learns well below it
     assert len(losses) == 2 and all(math.isfinite(v) and v < 543 for v in losses)
     assert namespace["recon"].shape == (8, 1, 28, 28) and namespace["sample"].shape == (64, 1, 28, 28)
+
+
+def test_a_subclass_get_params_is_what_draws_and_densities_use() -> None:
+    """Pixyz reads a distribution's parameters through ``get_params`` (``set_dist``), so an override (e.g. a cache
+    with ``@lru_cache_for_sample_dict()``, Pixyz's documented idiom) takes effect everywhere; kizuna ignored it
+    outside direct calls, and ran the network twice per direct draw or density."""
+    calls: list[int] = []
+
+    class Shifted(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["y"])
+            self.lin = torch.nn.Linear(1, 2)
+
+        def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            calls.append(1)
+            loc, s = self.lin(y).chunk(2, -1)
+            return {"loc": loc, "scale": s.exp()}
+
+        def get_params(self, params_dict: dict | None = None, **kwargs: object) -> dict[str, torch.Tensor]:
+            params = super().get_params(params_dict, **kwargs)
+            return {"loc": params["loc"] + 100.0, "scale": params["scale"]}
+
+    p, y = Shifted(), torch.ones(3, 1)
+    loc, s = p.lin(y).chunk(2, -1)
+    torch.testing.assert_close(p.sample_mean({"y": y}), loc + 100.0)
+    torch.testing.assert_close(p.get_log_prob({"y": y, "x": loc + 100.0}),
+                               D.Normal(loc + 100.0, s.exp()).log_prob(loc + 100.0).sum(-1))
+    assert (p.sample({"y": y})["x"] - loc).min() > 50  # drawn around loc + 100
+    torch.testing.assert_close(LogProb(p).eval({"y": y, "x": loc + 100.0}),
+                               D.Normal(loc + 100.0, s.exp()).log_prob(loc + 100.0).sum(-1))
+    calls.clear()
+    p.sample({"y": y})
+    p.get_log_prob({"y": y, "x": loc})
+    assert len(calls) == 2  # one network evaluation per call
+
+    class Cached(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["y"])
+            self.lin = torch.nn.Linear(1, 2)
+
+        def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            calls.append(1)
+            loc, s = self.lin(y).chunk(2, -1)
+            return {"loc": loc, "scale": s.exp()}
+
+        @lru_cache_for_sample_dict()
+        def get_params(self, params_dict: dict | None = None, **kwargs: object) -> dict[str, torch.Tensor]:
+            return super().get_params(params_dict, **kwargs)
+
+    c = Cached()
+    calls.clear()
+    for _ in range(2):
+        c.sample({"y": y})
+        c.get_log_prob({"x": y, "y": y})
+    assert len(calls) == 1  # Pixyz's doctest: the second sample costs less than the first
+
+
+def test_pixyz_spellings_analytical_and_constant_var() -> None:
+    """``analytical=`` (Pixyz's name of ``analytic``) and ``Loss.constant_var``."""
+    q = Normal(var=["z"], cond_var=["m"], loc="m", scale=1.0, name="q")
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, name="p")
+    m = torch.tensor([[0.0], [2.0]])
+    assert KullbackLeibler(q, prior, analytical=True).method == "analytic"
+    assert KullbackLeibler(q, prior, analytical=False).method == "monte_carlo"
+    torch.testing.assert_close(KullbackLeibler(q, prior, analytical=True).eval({"m": m}), m[:, 0] ** 2 / 2)
+    assert CrossEntropy(q, prior, analytical=False).method == "monte_carlo"
+    from kizuna.losses import Entropy
+
+    assert Entropy(q, analytical=True).method == "analytic"
+    with pytest.raises(ValueError, match="analytic=True and analytical=False disagree"):
+        KullbackLeibler(q, prior, analytic=True, analytical=False)
+    fixed = (LogProb(q) * Parameter("beta")).constant_var({"beta": 2.0})
+    assert fixed.input_var == ["z", "m"]
+    z = torch.tensor([[0.5], [1.0]])
+    torch.testing.assert_close(fixed.eval({"z": z, "m": m}), 2.0 * D.Normal(m, 1.0).log_prob(z).sum(-1))

@@ -354,13 +354,14 @@ class DiffusionReverse(_Step, Normal):
         return memoized(self, "params, mean detached", list(map(x_dict.get, self._cond_var)), self._compute_params,
                         x_dict)
 
-    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True, reuse: bool = True) -> Any:
+    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True, reuse: bool = True,
+                    params: dict[str, Any] | None = None) -> Any:
         """The torch distribution, remembered apart inside `stop_mean_gradient` as the parameters are (a distribution
         built outside the stop and reused inside it would carry the mean's gradient)."""
         if not _MEAN.stopped:
-            return super()._torch_dist(x_dict, independent, reuse)
+            return super()._torch_dist(x_dict, independent, reuse, params)
         return memoized(self, ("dist, mean detached", independent), list(map(x_dict.get, self._cond_var)),
-                        lambda: self._build(self._params(x_dict), independent))
+                        lambda: self._build(self._params(x_dict) if params is None else params, independent))
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         xt = cond[self.noisy_var]

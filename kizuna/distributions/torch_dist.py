@@ -69,6 +69,16 @@ class _Checks(threading.local):
 _CHECKS = _Checks()
 
 
+class _InGetParams(threading.local):
+    """Per thread: the distributions whose own ``get_params`` is running (its ``super().get_params`` computes)."""
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+
+
+_IN_GET_PARAMS = _InGetParams()
+
+
 def validation_enabled() -> bool:
     """Whether parameters and values are checked: the innermost `validation` block's setting, else
     torch's default ``validate_args`` (``set_validation``)."""
@@ -133,6 +143,9 @@ class TorchDistribution(Distribution):
         # which closed-form hooks this family defines, fixed with the class (a constant that the evaluation
         # reads without a call, and that a compiled step can guard on)
         cls._hooks = {name: getattr(cls, name) is not getattr(TorchDistribution, name) for name in _HOOK_NAMES}
+        # a subclass's own get_params (Pixyz's place for a cache, ``@lru_cache_for_sample_dict()``): every
+        # evaluation, draw and density then reads the parameters through it, as Pixyz's do
+        cls._custom_get_params = cls.get_params is not TorchDistribution.get_params
 
     def __init__(
         self,
@@ -265,9 +278,24 @@ class TorchDistribution(Distribution):
     # ------------------------------------------------------------ parameters
     def _params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         """The merged parameters for these inputs, each with a leading batch dimension (shared within
-        one evaluation, see `kizuna.formula.memo`)."""
+        one evaluation, see `kizuna.formula.memo`); through a subclass's own ``get_params`` where it has one."""
         inputs = list(map(x_dict.get, self._cond_var))  # None: an optional input is absent
+        if self._custom_get_params and id(self) not in _IN_GET_PARAMS.ids:
+            return memoized(self, "params", inputs, self._params_by_get_params, x_dict)
         return memoized(self, "params", inputs, self._compute_params, x_dict)
+
+    def _params_by_get_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters from the subclass's ``get_params`` given the conditioning values; its call of
+        ``super().get_params`` computes them (`_compute_params`)."""
+        ids = _IN_GET_PARAMS.ids
+        ids.add(id(self))
+        try:
+            out = self.get_params({k: x_dict[k] for k in self._cond_var if k in x_dict})
+        finally:
+            ids.discard(id(self))
+        if not isinstance(out, Mapping):
+            raise TypeError(f"{self.prob_text}: get_params must return a dict of parameters, got {type(out).__name__}")
+        return out if type(out) is dict else dict(out)
 
     def _from_inputs(self) -> bool:
         """Whether parameters come from the inputs (their rows are the batch) or are all constant."""
@@ -379,19 +407,28 @@ class TorchDistribution(Distribution):
         """See `Distribution.get_params`: forward's outputs, then variables, then constants."""
         x_dict = dict(params_dict or {})
         self._require(x_dict, self._cond_var)
-        return dict(self._params(x_dict))
+        ids = _IN_GET_PARAMS.ids
+        if id(self) in ids:  # called by a subclass's get_params: compute them
+            return dict(self._params(x_dict))
+        ids.add(id(self))
+        try:
+            return dict(self._params(x_dict))
+        finally:
+            ids.discard(id(self))
 
     # ------------------------------------------------------- torch objects
-    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True, reuse: bool = True
-                    ) -> D.Distribution:
+    def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True, reuse: bool = True,
+                    params: dict[str, Any] | None = None) -> D.Distribution:
         """The torch distribution for these inputs (built once per evaluation, see `memo`; with ``reuse``,
-        one whose parameters are all buffers is built once while they are unchanged, see `_constant_dist`)."""
+        one whose parameters are all buffers is built once while they are unchanged, see `_constant_dist`),
+        from ``params`` where the caller has them (`_params`' for these inputs: outside an evaluation, which has no
+        memo, reading them again ran the network a second time)."""
         if reuse and not self._uses_forward and not self._from_var and not self._parameters \
                 and not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling():
             return self._constant_dist(independent)
         inputs = list(map(x_dict.get, self._cond_var))
         return memoized(self, ("dist", independent), inputs,
-                        lambda: self._build(self._params(x_dict), independent))
+                        lambda: self._build(self._params(x_dict) if params is None else params, independent))
 
     def _constant_dist(self, independent: bool) -> D.Distribution:
         """The torch distribution of a distribution whose parameters are all constants held in buffers (a
@@ -560,13 +597,13 @@ class TorchDistribution(Distribution):
         lead = (n,) if n > 1 else ()
         if reparam and self._hooks["_rsample_kernel"] and self.has_reparam:
             if validation_enabled():  # the parameters' checks; the draw is the kernel's either way
-                self._torch_dist(x_dict)
+                self._torch_dist(x_dict, params=params)
             shape = self._kernel_shape(params, rows)
             if shape is not None:
                 z = self._rsample_kernel(torch.Size(lead) + shape if lead else shape, params)
                 if z is not None:
                     return z
-        dist = self._torch_dist(x_dict)
+        dist = self._torch_dist(x_dict, params=params)
         batch = dist.batch_shape
         if rows is not None and rows != batch[0]:
             if batch[0] != 1:
@@ -745,7 +782,7 @@ class TorchDistribution(Distribution):
     def _dist_and_value(self, x_dict: XDict, params: dict[str, Any]) -> tuple[D.Distribution, Tensor]:
         """The torch distribution (its parameters checked while validation is on) and the scored value, given its
         batch dimension and converted, its rows checked against the parameters'."""
-        dist = self._torch_dist(x_dict, independent=False)
+        dist = self._torch_dist(x_dict, independent=False, params=params)
         features = dist.batch_shape[1:] + dist.event_shape
         value = self._value(x_dict[self._var[0]], features, params)
         self._check_rows(value, dist.batch_shape[0], features)

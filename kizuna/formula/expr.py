@@ -278,6 +278,10 @@ class Loss(nn.Module):
 
         return Expectation(p, self, sample_shape=sample_shape)
 
+    def constant_var(self, constant_dict: Mapping[str, Any]) -> Loss:
+        """This loss with some variables fixed to constants (Pixyz's ``Loss.constant_var``), see `ConstantVar`."""
+        return ConstantVar(self, constant_dict)
+
 
 # ------------------------------------------------------------------------- values
 def as_loss(value: Any) -> Loss:

@@ -29,6 +29,16 @@ def analytic_kl_available(p: Distribution, q: Distribution) -> bool:
     return D.kl._dispatch_kl(fp, fq) is not NotImplemented
 
 
+def analytic_option(analytic: bool | None, analytical: bool | None, owner: str) -> bool | None:
+    """``analytic``, or Pixyz's spelling ``analytical`` of the same option (a program ported from Pixyz passes
+    ``analytical=``); both given and different is an error."""
+    if analytical is None:
+        return analytic
+    if analytic is not None and bool(analytic) != bool(analytical):
+        raise ValueError(f"{owner}: analytic={analytic} and analytical={analytical} disagree (they are one option)")
+    return bool(analytical)
+
+
 class KullbackLeibler(Loss):
     """:math:`D_{KL}[p\\|q]` per batch row (see the module docstring).
 
@@ -47,14 +57,16 @@ class KullbackLeibler(Loss):
     Args:
         p, q: distributions over the same variables.
         analytic: ``None`` picks analytic when available; ``True`` demands it; ``False``
-            forces Monte Carlo.
+            forces Monte Carlo (``analytical=``, Pixyz's name for it, is accepted too).
         sample_shape: draws per row for the Monte-Carlo estimate.
         dim: as in Pixyz, the dimensions of the per-feature (analytic) KL to sum over;
             ``None`` sums every feature dimension, giving one value per row.
     """
 
     def __init__(self, p: Distribution, q: Distribution, analytic: bool | None = None,
-                 sample_shape: Sequence[int] = (), dim: int | Sequence[int] | None = None) -> None:
+                 sample_shape: Sequence[int] = (), dim: int | Sequence[int] | None = None, *,
+                 analytical: bool | None = None) -> None:
+        analytic = analytic_option(analytic, analytical, "KullbackLeibler")
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"KL[{p.prob_text}||{q.prob_text}] needs both over the same variables: {p.var} vs {q.var}")
         fp, fq = p.features_shape, q.features_shape

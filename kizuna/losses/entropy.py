@@ -20,7 +20,7 @@ from torch.distributions.exp_family import ExponentialFamily
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
-from kizuna.losses.divergences import analytic_kl_available, with_row
+from kizuna.losses.divergences import analytic_kl_available, analytic_option, with_row
 from kizuna.losses.expectation import Expectation
 
 
@@ -43,7 +43,9 @@ def _method(available: bool, analytic: bool | None, what: str) -> str:
 class Entropy(Loss):
     """:math:`H[p]` per batch row."""
 
-    def __init__(self, p: Distribution, analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
+    def __init__(self, p: Distribution, analytic: bool | None = None, sample_shape: Sequence[int] = (), *,
+                 analytical: bool | None = None) -> None:
+        analytic = analytic_option(analytic, analytical, "Entropy")
         self.method = _method(analytic_entropy_available(p), analytic, f"entropy of {p.prob_text}")
         self.p = p
         self._mc = Expectation(p, -LogProb(p), sample_shape=sample_shape)
@@ -84,7 +86,9 @@ class CrossEntropy(Loss):
     """
 
     def __init__(self, p: Distribution, q: Distribution,
-                 analytic: bool | None = None, sample_shape: Sequence[int] = ()) -> None:
+                 analytic: bool | None = None, sample_shape: Sequence[int] = (), *,
+                 analytical: bool | None = None) -> None:
+        analytic = analytic_option(analytic, analytical, "CrossEntropy")
         same_vars = sorted(p.var) == sorted(q.var)
         available = same_vars and analytic_entropy_available(p) and analytic_kl_available(p, q)
         if analytic and not same_vars:

@@ -11,8 +11,10 @@ draws each time, no gradient into the generator), then one generator step on ``l
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +22,7 @@ import torch
 from kizuna.distributions.base import Distribution
 from kizuna.distributions.special import EmpiricalDistribution
 from kizuna.losses.adversarial import AdversarialJensenShannon, AdversarialLoss
+from kizuna.models import checkpoint as ckpt
 from kizuna.models.model import Model, StepResult
 
 
@@ -39,8 +42,8 @@ class GAN(Model):
         compile, validate: as `Model`'s, for both.
 
     The generator and the discriminator are two `Model`s (``self`` and ``self.d_model``); `save`
-    writes the generator's checkpoint to ``path`` and the discriminator's next to it
-    (``path + ".discriminator"``), and `load` reads both.
+    writes both players' states into one checkpoint file, and `load` reads it (or an older pair of files, the
+    discriminator's at ``path + ".discriminator"``).
 
     >>> from torch import nn
     >>> from kizuna.distributions import Bernoulli, Deterministic, Normal
@@ -135,12 +138,29 @@ class GAN(Model):
         """The discriminator's model (trained by `step` too)."""
         return [self.d_model]
 
-    def save(self, path: str | PathLike[str]) -> None:
-        """`Model.save` for the generator at ``path``, and for the discriminator at ``path + ".discriminator"``."""
-        super().save(path)
-        self.d_model.save(f"{path}.discriminator")
+    def state_dict(self) -> dict[str, Any]:
+        """`Model.state_dict` of the generator with the discriminator's inside (``"discriminator"``): `save` writes
+        both players in one file, so that a kill between two writes cannot leave a checkpoint of one player's
+        epoch k + 1 beside the other's epoch k (which loaded without a word, and the resumed run differed)."""
+        return {**super().state_dict(), "discriminator": self.d_model.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any], source: str = "the checkpoint") -> None:
+        """Both players from `state_dict`, or neither: a discriminator that does not fit leaves the generator as it
+        was."""
+        if "discriminator" not in state:
+            raise ValueError(f"{source} holds no discriminator: not a GAN checkpoint")
+        kept = copy.deepcopy(super().state_dict())  # (state_dict holds the live tensors)
+        super().load_state_dict(state, source)
+        try:
+            self.d_model.load_state_dict(state["discriminator"], f"{source} (discriminator)")
+        except BaseException:
+            super().load_state_dict(kept, source)
+            raise
 
     def load(self, path: str | PathLike[str]) -> None:
-        """Restore both checkpoints written by `save`."""
-        super().load(path)
-        self.d_model.load(f"{path}.discriminator")
+        """Restore a checkpoint written by `save` (both players in one file); one written before they shared a file
+        (the discriminator's at ``path + ".discriminator"``) is read too."""
+        state = ckpt.load(path)
+        if "discriminator" not in state and Path(f"{path}.discriminator").is_file():
+            state = {**state, "discriminator": ckpt.load(f"{path}.discriminator")}
+        self.load_state_dict(state, source=str(path))
