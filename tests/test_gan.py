@@ -490,3 +490,131 @@ def test_a_discriminator_term_before_the_generator_term_leaves_the_generator_its
         grads.append(q.net.weight.grad)
         assert gen_value is None or torch.isfinite(gen_value)
     assert grads[1] is not None and grads[1].abs().sum() > 0
+
+
+# ------------------------------------------------------------------ Pixyz's discriminator-training API
+class SigmoidD(Deterministic):
+    """Pixyz's discriminator: ``d(x) = sigmoid(w . x + c)`` as a `Deterministic` returning a probability."""
+
+    def __init__(self, d_in: int = 2) -> None:
+        super().__init__(var=["t"], cond_var=["x"], name="d")
+        self.model = nn.Linear(d_in, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"t": torch.sigmoid(self.model(x))}
+
+
+def _pixyz_problem() -> tuple[Shift, Normal, EmpiricalDistribution, SigmoidD]:
+    gen = Shift(2)
+    with torch.no_grad():
+        gen.b.copy_(torch.tensor([2.0, -2.0]))
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    return gen, prior, EmpiricalDistribution(["x"]), SigmoidD()
+
+
+def _params(*modules: nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for m in modules for t in m.parameters()]
+
+
+def test_loss_train_is_pixyz_discriminator_step() -> None:
+    """Pixyz's ``loss_train``: one Adam step of ``d_optimizer`` on BCE(d(x_p), 1) + BCE(d(x_q), 0), returning that
+    loss (before the step); only the discriminator moves, and the discriminator's loss falls on a fixed problem."""
+    gen, prior, data, d = _pixyz_problem()
+    adv = AdversarialJensenShannon((gen * prior).marginalize_var("z"), data, discriminator=d,
+                                   optimizer=torch.optim.SGD, optimizer_params={"lr": 0.5})
+    assert adv._d_optimizer is None  # built on first use
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(5))
+    w, c = d.model.weight.detach().clone(), d.model.bias.detach().clone()
+    gen_before = _params(gen)
+    torch.manual_seed(11)
+    value = adv.loss_train({"x": x})
+    torch.manual_seed(11)
+    z = torch.randn(64, 2)  # the generator's draws: z ~ N(0, I), x_p = z + b
+    d_p, d_q = torch.sigmoid((z + gen.b.detach()) @ w.T + c), torch.sigmoid(x @ w.T + c)
+    bce = nn.BCELoss()  # Pixyz's d_loss, by its definition
+    expected = bce(d_p, torch.ones(64, 1)) + bce(d_q, torch.zeros(64, 1))
+    torch.testing.assert_close(value.detach(), expected, rtol=1e-6, atol=0)
+    assert isinstance(adv.d_optimizer, torch.optim.SGD) and adv.d_optimizer.param_groups[0]["lr"] == 0.5
+    # the SGD step by hand: the gradient of the BCE above w.r.t. (w, c)
+    w_ref, c_ref = w.clone().requires_grad_(True), c.clone().requires_grad_(True)
+    ref = bce(torch.sigmoid((z + gen.b.detach()) @ w_ref.T + c_ref), torch.ones(64, 1)) \
+        + bce(torch.sigmoid(x @ w_ref.T + c_ref), torch.zeros(64, 1))
+    gw, gc = torch.autograd.grad(ref, [w_ref, c_ref])
+    torch.testing.assert_close(d.model.weight.detach(), w - 0.5 * gw)
+    torch.testing.assert_close(d.model.bias.detach(), c - 0.5 * gc)
+    assert all(torch.equal(a, b) for a, b in zip(gen_before, _params(gen)))
+    torch.manual_seed(12)
+    first = adv.loss_test({"x": x}).item()
+    for _ in range(50):
+        adv.loss_train({"x": x})
+    torch.manual_seed(12)  # the same draws
+    assert adv.loss_test({"x": x}).item() < first - 0.3
+    assert all(torch.equal(a, b) for a, b in zip(gen_before, _params(gen)))
+
+
+def test_loss_test_and_eval_discriminator_option() -> None:
+    """``loss_test`` (evaluation mode, no gradient) changes no parameter; ``eval(x, discriminator=True)`` is the
+    discriminator's loss on the same draws (Pixyz's option), not the generator's."""
+    gen, prior, data, d = _pixyz_problem()
+    adv = AdversarialKullbackLeibler((gen * prior).marginalize_var("z"), data, d)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(6))
+    before = _params(gen, d)
+    d.train()
+    torch.manual_seed(3)
+    value = adv.loss_test({"x": x})
+    assert not d.training and not value.requires_grad and adv._d_optimizer is None
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(gen, d)))
+    torch.manual_seed(3)
+    z = torch.randn(32, 2)
+    with torch.no_grad():
+        d_p, d_q = d.model(z + gen.b)[:, 0].sigmoid(), d.model(x)[:, 0].sigmoid()
+    expected = -(d_p.log().mean() + (1 - d_q).log().mean())
+    torch.testing.assert_close(value, expected, rtol=1e-6, atol=0)
+    torch.manual_seed(3)
+    torch.testing.assert_close(adv.eval({"x": x}, discriminator=True).detach(), expected, rtol=1e-6, atol=0)
+    torch.manual_seed(3)
+    torch.testing.assert_close(adv.eval({"x": x}).detach(), (d_p.log() - (1 - d_p).log()).mean(), rtol=1e-6, atol=0)
+
+
+def test_wasserstein_clip_value_bounds_the_critic() -> None:
+    """``clip_value`` (Pixyz, WGAN's weight clipping): every critic weight in [-c, c] after ``loss_train`` and after
+    each discriminator step of the GAN model (``train`` and ``step``); the penalty is then off by default."""
+    torch.manual_seed(0)
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    gen, critic = Shift(2), MLPCritic()
+    assert max(t.abs().max().item() for t in critic.parameters()) > 0.05
+    w = AdversarialWassersteinDistance((gen * prior).marginalize_var("z"), EmpiricalDistribution(["x"]), critic,
+                                       clip_value=0.01, optimizer_params={"lr": 1e-3})
+    assert w.gradient_penalty == 0.0 and AdversarialWassersteinDistance(
+        EmpiricalDistribution(["x"]), (gen * prior).marginalize_var("z"), critic).gradient_penalty == 10.0
+    x = torch.randn(32, 2)
+    loss = w.loss_train({"x": x})
+    assert loss.dim() == 0
+    assert max(t.abs().max().item() for t in critic.parameters()) <= 0.01
+    assert min(t.abs().max().item() for t in critic.parameters()) == pytest.approx(0.01)  # it did clip
+
+    critic2 = MLPCritic()
+    model = GAN((gen * prior).marginalize_var("z"), critic2, adversarial=AdversarialWassersteinDistance,
+                adversarial_params={"clip_value": 0.02}, d_steps=2, d_optimizer_params={"lr": 0.05})
+    model.train({"x": x})
+    assert max(t.abs().max().item() for t in critic2.parameters()) <= 0.02
+    with torch.no_grad():
+        for t in critic2.parameters():
+            t.fill_(0.5)
+    model.step({"x": x})  # the step fit uses
+    assert max(t.abs().max().item() for t in critic2.parameters()) <= 0.02
+    assert model.loss_cls._d_optimizer is None  # the GAN model trains through d_model: no unused optimiser
+
+
+def test_adversarial_pixyz_arguments_are_checked() -> None:
+    gen, prior, data, d = _pixyz_problem()
+    p = (gen * prior).marginalize_var("z")
+    with pytest.raises(TypeError, match="pass optimizer=... by keyword"):
+        AdversarialJensenShannon(p, data, d, torch.optim.Adam)
+    with pytest.raises(TypeError, match="optimizer_params must be a dict"):
+        AdversarialJensenShannon(p, data, d, optimizer_params=[("lr", 1e-3)])
+    with pytest.raises(ValueError, match="clip_value must be a positive number"):
+        AdversarialWassersteinDistance(p, data, d, clip_value=-0.01)
+    adv = AdversarialJensenShannon(p, data, Linear([1.0, 0.0]).requires_grad_(False))
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        adv.loss_train({"x": torch.randn(4, 2)})

@@ -19,10 +19,17 @@ discriminator's parameters with (see `kizuna.models.GAN`). A discriminator is a 
 `Bernoulli` :math:`d(t|x)` (its logits are used, numerically stable) or, as in Pixyz, a
 `Deterministic` whose output is a probability (a real value for the Wasserstein critic).
 Draws of ``q`` (or ``p``) without inputs take the batch size of the other's draws, or ``batch_n``.
+
+Pixyz's discriminator-training API is kept: ``loss.loss_train(x_dict)`` takes one step of the
+discriminator's optimiser (``loss.d_optimizer``, built on first use from the ``optimizer`` and
+``optimizer_params`` keyword arguments, Adam by default) on ``d_loss()`` and returns that loss
+before the step; ``loss.loss_test(x_dict)`` evaluates it without gradients; and
+``loss.eval(x_dict, discriminator=True)`` evaluates it (as ``d_loss().eval(x_dict)``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -54,12 +61,28 @@ class AdversarialLoss(Loss):
         p, q: distributions over the same variables (e.g. :math:`p_{data}(x)` and the generator).
         discriminator: :math:`d(t|x)` conditioned on those variables.
         batch_n: the batch size when neither ``p`` nor ``q`` takes inputs that fix it.
+        optimizer, optimizer_params: the discriminator's optimiser for `loss_train` (keyword
+            arguments, as Pixyz's): a ``torch.optim.Optimizer`` class and its keyword arguments. It
+            is built over the discriminator's parameters on first use (``d_optimizer``), so a loss
+            whose discriminator is trained elsewhere (`kizuna.models.GAN`'s ``d_model``) builds none.
     """
 
     symbol = ("D^Adv[{}||{}]", r"D^{{\mathrm{{Adv}}}}\left[{}\,\|\,{}\right]")  # (text, LaTeX) templates
 
     def __init__(self, p: Distribution, q: Distribution,
-                 discriminator: Distribution, batch_n: int | None = None) -> None:
+                 discriminator: Distribution, batch_n: int | None = None, *,
+                 optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_params: Mapping[str, Any] | None = None) -> None:
+        name = type(self).__name__
+        if batch_n is not None and (isinstance(batch_n, bool) or not isinstance(batch_n, int) or batch_n < 1):
+            hint = (" (Pixyz's fourth argument is the optimizer: pass optimizer=... by keyword)"
+                    if isinstance(batch_n, type) or callable(batch_n) else "")
+            raise TypeError(f"{name}: batch_n must be a positive int or None, got {batch_n!r}{hint}")
+        if not callable(optimizer):
+            raise TypeError(f"{name}: optimizer must be a torch.optim.Optimizer class, got {optimizer!r}")
+        if optimizer_params is not None and not isinstance(optimizer_params, Mapping):
+            raise TypeError(f"{name}: optimizer_params must be a dict of the optimizer's keyword arguments, "
+                            f"got {type(optimizer_params).__name__}")
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"{type(self).__name__} needs p and q over the same variables: {p.var} vs {q.var}")
         for dist in (p, q):  # the loss reaches a generator's parameters only through its draws
@@ -74,6 +97,8 @@ class AdversarialLoss(Loss):
                 f"{p.var}, the variables of {p.prob_text} and {q.prob_text}")
         super().__init__(p.input_var + q.input_var + [v for v in discriminator.cond_var if v not in p.var])
         self.p, self.q, self.d, self.batch_n = p, q, discriminator, batch_n
+        self.loss_optimizer, self.loss_optimizer_params = optimizer, dict(optimizer_params or {})  # Pixyz's names
+        self._d_optimizer: torch.optim.Optimizer | None = None
 
     def _own_distributions(self) -> list[Distribution]:
         return [self.p, self.q, self.d]
@@ -144,6 +169,50 @@ class AdversarialLoss(Loss):
         """The discriminator's loss (to minimise over its parameters), see the module docstring."""
         return DiscriminatorLoss(self)
 
+    def _value(self, ctx: EvalContext) -> Tensor:
+        if ctx.options.get("discriminator"):  # Pixyz: eval(x_dict, discriminator=True) is the discriminator's loss
+            return self._discriminator_value(ctx)
+        return self._generator_value(ctx)
+
+    def _generator_value(self, ctx: EvalContext) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def d_optimizer(self) -> torch.optim.Optimizer:
+        """The discriminator's optimiser for `loss_train` (Pixyz's ``d_optimizer``), built on first use."""
+        if self._d_optimizer is None:
+            params = [t for t in self.d.parameters() if t.requires_grad]
+            if not params:
+                raise ValueError(f"{type(self).__name__}: the discriminator {self.d.prob_text} has no trainable "
+                                 "parameters to optimise")
+            self._d_optimizer = self.loss_optimizer(params, **self.loss_optimizer_params)
+        return self._d_optimizer
+
+    def loss_train(self, train_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
+        """One step of ``d_optimizer`` on the discriminator's loss (Pixyz's ``loss_train``): the discriminator in
+        training mode, its gradients zeroed, ``d_loss()`` evaluated on ``train_x_dict`` (``kwargs`` are evaluation
+        options, e.g. ``batch_n``), backpropagated and stepped; returns that loss (before the step, with its
+        graph, as Pixyz). Only the discriminator's parameters change."""
+        optimizer = self.d_optimizer
+        self.d.train()
+        optimizer.zero_grad()
+        loss = self.d_loss().eval(train_x_dict, **kwargs)
+        loss.backward()
+        optimizer.step()
+        self.discriminator_stepped()
+        return loss
+
+    def loss_test(self, test_x_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> Tensor:
+        """The discriminator's loss on ``test_x_dict`` with the discriminator in evaluation mode and without
+        gradients (Pixyz's ``loss_test``)."""
+        self.d.eval()
+        with torch.no_grad():
+            return self.d_loss().eval(test_x_dict, **kwargs)
+
+    def discriminator_stepped(self) -> None:
+        """Called after every optimiser step of the discriminator (by `loss_train` and by `kizuna.models.GAN`):
+        nothing here; `AdversarialWassersteinDistance` clips the critic's weights."""
+
     def _discriminator_value(self, ctx: EvalContext) -> Tensor:
         """Default (JS, KL): the binary cross-entropy :math:`-\\mathbb{E}_p[\\log d] - \\mathbb{E}_q[\\log(1-d)]`."""
         xp, xq = self._detached_draws(ctx)
@@ -193,11 +262,11 @@ class AdversarialJensenShannon(AdversarialLoss):
 
     def __init__(self, p: Distribution, q: Distribution,
                  discriminator: Distribution, batch_n: int | None = None,
-                 inverse_g_loss: bool = True) -> None:
-        super().__init__(p, q, discriminator, batch_n)
+                 inverse_g_loss: bool = True, **kwargs: Any) -> None:
+        super().__init__(p, q, discriminator, batch_n, **kwargs)
         self.inverse_g_loss = inverse_g_loss
 
-    def _value(self, ctx: EvalContext) -> Tensor:
+    def _generator_value(self, ctx: EvalContext) -> Tensor:
         xp, xq = self._draws(ctx)
         inverse = self.inverse_g_loss  # -E_p[log(1-d)] - E_q[log d], else E_p[log d] + E_q[log(1-d)]
         log_dp, log_1m_dp = self._log_d(self._d_input(ctx, xp), d=not inverse, one_minus_d=inverse)
@@ -213,7 +282,7 @@ class AdversarialKullbackLeibler(AdversarialLoss):
 
     symbol = ("D_KL^Adv[{}||{}]", r"D_{{\mathrm{{KL}}}}^{{\mathrm{{Adv}}}}\left[{}\,\|\,{}\right]")
 
-    def _value(self, ctx: EvalContext) -> Tensor:
+    def _generator_value(self, ctx: EvalContext) -> Tensor:
         xp = self._draw(self.p, ctx, self._batch_n(ctx))
         log_d, log_1m_d = self._log_d(self._d_input(ctx, xp))
         return (log_d - log_1m_d).mean()
@@ -224,20 +293,38 @@ class AdversarialWassersteinDistance(AdversarialLoss):
     """:math:`\\mathbb{E}_p[f] - \\mathbb{E}_q[f]`, the critic trained with a gradient penalty (module docstring).
 
     Args:
-        gradient_penalty: :math:`\\lambda` (10 in Gulrajani et al.; 0 turns the penalty off).
+        gradient_penalty: :math:`\\lambda` (10 in Gulrajani et al.; 0 turns the penalty off). By default 10,
+            or 0 when ``clip_value`` is given (weight clipping replaces the penalty, as in Pixyz).
+        clip_value: Pixyz's weight clipping (WGAN, Arjovsky et al. 2017, arXiv:1701.07875): after every
+            discriminator step (`loss_train`, and `kizuna.models.GAN`'s) each of the critic's parameters is
+            clamped to ``[-clip_value, clip_value]``. ``None`` (the default; Pixyz's is 0.01) clips nothing.
+        optimizer, optimizer_params: as `AdversarialLoss`.
     """
 
     symbol = ("W^Adv[{}, {}]", r"W^{{\mathrm{{Adv}}}}\left[{}, {}\right]")
 
     def __init__(self, p: Distribution, q: Distribution,
                  discriminator: Distribution, batch_n: int | None = None,
-                 gradient_penalty: float = 10.0) -> None:
-        super().__init__(p, q, discriminator, batch_n)
-        if gradient_penalty < 0:
+                 gradient_penalty: float | None = None, clip_value: float | None = None, **kwargs: Any) -> None:
+        super().__init__(p, q, discriminator, batch_n, **kwargs)
+        if clip_value is not None and not (isinstance(clip_value, (int, float)) and clip_value > 0):
+            raise ValueError(f"clip_value must be a positive number or None, got {clip_value!r}")
+        if gradient_penalty is None:
+            gradient_penalty = 10.0 if clip_value is None else 0.0
+        if not gradient_penalty >= 0:
             raise ValueError(f"gradient_penalty must be >= 0, got {gradient_penalty}")
         self.gradient_penalty = float(gradient_penalty)
+        self.clip_value = None if clip_value is None else float(clip_value)
 
-    def _value(self, ctx: EvalContext) -> Tensor:
+    def discriminator_stepped(self) -> None:
+        """With ``clip_value``: clamp every parameter of the critic to ``[-clip_value, clip_value]`` (Pixyz)."""
+        if self.clip_value is None:
+            return
+        with torch.no_grad():
+            for t in self.d.parameters():
+                t.clamp_(-self.clip_value, self.clip_value)
+
+    def _generator_value(self, ctx: EvalContext) -> Tensor:
         xp, xq = self._draws(ctx)
         return self._d_output(self._d_input(ctx, xp)).mean() - self._d_output(self._d_input(ctx, xq)).mean()
 

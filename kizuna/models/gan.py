@@ -37,7 +37,8 @@ class GAN(Model):
         clip_grad_norm, clip_grad_value: gradient clipping for both.
         p_data: the data distribution (default ``EmpiricalDistribution(p.var)``).
         adversarial: the loss class, `AdversarialJensenShannon` by default.
-        adversarial_params: its extra keyword arguments (e.g. ``{"gradient_penalty": 10.0}``).
+        adversarial_params: its extra keyword arguments (e.g. ``{"gradient_penalty": 10.0}``, or
+            ``{"clip_value": 0.01}`` for WGAN's weight clipping after every discriminator step).
         d_steps: discriminator steps per generator step.
         compile, validate: as `Model`'s, for both.
 
@@ -103,13 +104,24 @@ class GAN(Model):
     def __str__(self) -> str:
         return f"{super().__str__()}\nDiscriminator loss: {self.d_model.loss_cls}"
 
+    def _d_train(self, x_dict: Mapping[str, Any] | None, options: Mapping[str, Any]) -> torch.Tensor:
+        """One discriminator step, then the loss's hook (`AdversarialWassersteinDistance` clips the critic there)."""
+        loss = self.d_model.train(x_dict, **options)
+        self.loss_cls.discriminator_stepped()
+        return loss
+
+    def _d_step(self, batch: Mapping[str, Any], options: Mapping[str, Any]) -> float:
+        loss = self.d_model.step(batch, **options).loss
+        self.loss_cls.discriminator_stepped()
+        return loss
+
     def train_discriminator(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
         """``d_steps`` discriminator steps on ``x_dict``; returns their mean loss (a detached 0-d tensor)."""
-        return sum(self.d_model.train(x_dict, **options) for _ in range(self.d_steps)) / self.d_steps
+        return sum(self._d_train(x_dict, options) for _ in range(self.d_steps)) / self.d_steps
 
     def step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """`Model.step` after ``d_steps`` discriminator steps; their mean loss is reported as ``d_loss``."""
-        d_loss = sum(self.d_model.step(batch, **options).loss for _ in range(self.d_steps)) / self.d_steps
+        d_loss = sum(self._d_step(batch, options) for _ in range(self.d_steps)) / self.d_steps
         value, terms = super().step(batch, **options)
         return StepResult(value, {**terms, "d_loss": d_loss})
 
