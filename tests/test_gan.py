@@ -609,8 +609,10 @@ def test_wasserstein_clip_value_bounds_the_critic() -> None:
 def test_adversarial_pixyz_arguments_are_checked() -> None:
     gen, prior, data, d = _pixyz_problem()
     p = (gen * prior).marginalize_var("z")
-    with pytest.raises(TypeError, match="pass optimizer=... by keyword"):
+    with pytest.raises(TypeError, match="pass optimizer=... or clip_value=... by keyword"):
         AdversarialJensenShannon(p, data, d, torch.optim.Adam)
+    with pytest.raises(TypeError, match="pass optimizer=... or clip_value=... by keyword"):
+        AdversarialWassersteinDistance(p, data, d, 0.01)
     with pytest.raises(TypeError, match="optimizer_params must be a dict"):
         AdversarialJensenShannon(p, data, d, optimizer_params=[("lr", 1e-3)])
     with pytest.raises(ValueError, match="clip_value must be a positive number"):

@@ -10,9 +10,16 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
   zero mean and unit variance per channel.
 * `BatchNorm1d` / `BatchNorm2d` (RealNVP, Dinh et al. 2016, arXiv:1605.08803, sec. 3.7):
   :math:`z = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\, e^{\gamma} + \beta`, with the batch's
-  :math:`\mu, \sigma^2` in training mode and their running averages in evaluation mode. In training
-  mode the log-determinant treats the batch statistics as constants (as the paper does) and
-  ``inverse`` uses the running averages, so it inverts ``forward`` exactly in evaluation mode only.
+  :math:`\mu, \sigma^2` in training mode and their running averages in evaluation mode
+  (:math:`\text{running} \leftarrow (1 - m)\,\text{running} + m\,\text{batch}`, torch's convention:
+  ``momentum`` :math:`m = 0.1` by default). In training mode the log-determinant treats the batch
+  statistics as constants (as the paper and Pixyz do): it is the log-determinant of the per-row map
+  :math:`x_i \mapsto z_i` with :math:`\mu, \sigma^2` fixed at the batch's values, not of the map of
+  the whole batch (which is not invertible: adding a constant to every row of a channel leaves
+  :math:`z` unchanged). ``inverse`` in training mode uses the statistics of the last training-mode
+  ``forward`` (as Pixyz), so ``f.inverse(f(x))`` gives back ``x`` in both modes; before any
+  training-mode ``forward`` it uses the running averages. The stored batch statistics are constants
+  (detached): the inverse passes no gradient to that earlier batch.
 """
 
 from __future__ import annotations
@@ -90,6 +97,10 @@ class _BatchNorm(Flow):
         self.momentum, self.eps = momentum, eps
         self.register_buffer("running_mean", torch.zeros(in_features))
         self.register_buffer("running_var", torch.ones(in_features))
+        # the last training-mode forward's statistics, for the training-mode inverse (not saved in checkpoints)
+        self.register_buffer("batch_mean", torch.zeros(in_features), persistent=False)
+        self.register_buffer("batch_var", torch.ones(in_features), persistent=False)
+        self._has_batch_stats = False
 
     def _check(self, x: Tensor, what: str) -> None:
         super()._check(x, what)
@@ -107,6 +118,9 @@ class _BatchNorm(Flow):
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(var.detach(), self.momentum)
+            self.batch_mean.copy_(mean.detach())
+            self.batch_var.copy_(var.detach())
+        self._has_batch_stats = True
         return mean, var
 
     def _log_scale(self, var: Tensor) -> Tensor:
@@ -119,9 +133,12 @@ class _BatchNorm(Flow):
         return z, (log_scale.sum() * _pixels(x)).expand(x.shape[0])
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        log_scale = self._log_scale(self.running_var)
-        x = (z - _channel_view(self.beta, z)) * _channel_view((-log_scale).exp(), z) \
-            + _channel_view(self.running_mean, z)
+        if self.training and self._has_batch_stats:  # the statistics the last forward used (Pixyz)
+            mean, var = self.batch_mean, self.batch_var
+        else:
+            mean, var = self.running_mean, self.running_var
+        log_scale = self._log_scale(var)
+        x = (z - _channel_view(self.beta, z)) * _channel_view((-log_scale).exp(), z) + _channel_view(mean, z)
         return x, (-log_scale.sum() * _pixels(z)).expand(z.shape[0])
 
 

@@ -75,9 +75,9 @@ class AdversarialLoss(Loss):
                  optimizer_params: Mapping[str, Any] | None = None) -> None:
         name = type(self).__name__
         if batch_n is not None and (isinstance(batch_n, bool) or not isinstance(batch_n, int) or batch_n < 1):
-            hint = (" (Pixyz's fourth argument is the optimizer: pass optimizer=... by keyword)"
-                    if isinstance(batch_n, type) or callable(batch_n) else "")
-            raise TypeError(f"{name}: batch_n must be a positive int or None, got {batch_n!r}{hint}")
+            raise TypeError(f"{name}: batch_n (the fourth argument) must be a positive int or None, got {batch_n!r}; "
+                            "Pixyz's fourth argument (optimizer, or clip_value for AdversarialWassersteinDistance) "
+                            "is a keyword argument here: pass optimizer=... or clip_value=... by keyword")
         if not callable(optimizer):
             raise TypeError(f"{name}: optimizer must be a torch.optim.Optimizer class, got {optimizer!r}")
         if optimizer_params is not None and not isinstance(optimizer_params, Mapping):
