@@ -620,3 +620,12 @@ def test_adversarial_pixyz_arguments_are_checked() -> None:
     adv = AdversarialJensenShannon(p, data, Linear([1.0, 0.0]).requires_grad_(False))
     with pytest.raises(ValueError, match="no trainable parameters"):
         adv.loss_train({"x": torch.randn(4, 2)})
+
+
+def test_a_numpy_integer_is_a_batch_size() -> None:
+    """``batch_n`` as a numpy integer (e.g. from an array's shape arithmetic) is a batch size, as before the check
+    that names Pixyz's positional optimizer."""
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    loss = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (RingG() * prior).marginalize_var("z"), RingD(),
+                                    np.int64(8))
+    assert loss.batch_n == 8

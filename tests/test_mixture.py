@@ -185,7 +185,11 @@ def test_sample_shape_draws_of_a_scalar_mixture_and_conditional_components() -> 
     ref = logsumexp(np.log(PI) + np.stack([stats.norm.logpdf(x, -2, 1), stats.norm.logpdf(x, 2, 1.5)], -1), -1)
     np.testing.assert_allclose(p.get_log_prob({"x": t(x)}, feature_dims=[]).numpy(), ref, rtol=1e-12)
     np.testing.assert_allclose(p.get_log_prob({"x": t(x)}, sum_features=False).numpy(), ref, rtol=1e-12)
-    np.testing.assert_allclose(p.get_log_prob({"x": t(x)}).numpy(), ref.sum(1), rtol=1e-12)
+    # without feature_dims, number constants say nothing of the features: each row is one draw with 5 features, as a
+    # plain family scores it (a scalar variable's sample_shape draws need feature_dims=[] or features_shape)
+    rows = logsumexp(np.log(PI) + np.stack([stats.norm.logpdf(x, -2, 1).sum(1), stats.norm.logpdf(x, 2, 1.5).sum(1)],
+                                           -1), -1)
+    np.testing.assert_allclose(p.get_log_prob({"x": t(x)}).numpy(), rows, rtol=1e-12)
 
     comp0 = Normal(var=["x"], cond_var=["y"], loc="y", scale=t(np.ones(3)))
     q = MixtureModel([comp0, Laplace(var=["x"], loc=t(LOC_L), scale=t(SCALE_L))], Categorical(var=["z"], probs=t(PI)))
@@ -248,3 +252,22 @@ def test_a_conditional_components_network_runs_once_per_log_density() -> None:
     assert len(calls) == 2
     comps = [torch.distributions.Normal(**c.forward(h)).log_prob(x).sum(-1) for c in mix.distributions]
     torch.testing.assert_close(lp, torch.logsumexp(torch.stack(comps, -1) + math.log(0.5), -1))
+
+
+def test_components_with_scalar_constants_score_rows_of_features() -> None:
+    """Components whose constants are numbers (no features_shape) broadcast against rows of features: the feature
+    count is unknown, so each row is one draw (the per-draw scoring took every entry for a draw: -4.803 where scipy
+    gives -3.450); and a posterior far in a tail is exact (it read the probabilities its get_params presents, which
+    torch clamps: -15.94 where Bayes' rule gives -1600)."""
+    comps = [Normal(var=["x"], loc=0.0, scale=1.0, name="p_0"), Normal(var=["x"], loc=3.0, scale=1.0, name="p_1")]
+    mix = MixtureModel(comps, Categorical(var=["z"], probs=torch.tensor([0.5, 0.5])))
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.0, 3.0, 1.5]], dtype=torch.float64)
+    expected = logsumexp(np.stack([stats.norm.logpdf(x.numpy(), m, 1.0).sum(1) for m in (0.0, 3.0)]) + np.log(0.5), 0)
+    np.testing.assert_allclose(mix.get_log_prob({"x": x}).numpy(), expected, rtol=1e-6)
+    far = MixtureModel([Normal(var=["x"], loc=torch.zeros(2), scale=1.0, name="p_0"),
+                        Normal(var=["x"], loc=torch.full((2,), 40.0), scale=1.0, name="p_1")],
+                       Categorical(var=["z"], probs=torch.tensor([0.5, 0.5])))
+    post = far.posterior()
+    points = torch.tensor([[0.0, 0.0], [40.0, 40.0]])
+    wrong = torch.eye(2)[[1, 0]]  # the other component for each point
+    torch.testing.assert_close(post.get_log_prob({"x": points, "z": wrong}), torch.tensor([-1600.0, -1600.0]))

@@ -16,6 +16,7 @@ import torch
 from torch import distributions as D
 
 from kizuna.distributions import (
+    Beta,
     BinaryConcrete,
     Categorical,
     InverseTransformedDistribution,
@@ -359,3 +360,28 @@ def test_pixyz_spellings_analytical_and_constant_var() -> None:
     assert fixed.input_var == ["z", "m"]
     z = torch.tensor([[0.5], [1.0]])
     torch.testing.assert_close(fixed.eval({"z": z, "m": m}), 2.0 * D.Normal(m, 1.0).log_prob(z).sum(-1))
+
+
+def test_a_get_params_override_of_constants_reaches_draws_means_and_densities() -> None:
+    """Constants live in buffers, whose torch distribution kizuna keeps between calls; an override must still be what
+    a draw, a mean and a density see (draws stayed around the constant, and a Beta's mean at 0.5)."""
+
+    class Shifted(Normal):
+        def get_params(self, params_dict: dict | None = None, **kwargs: object) -> dict[str, torch.Tensor]:
+            params = super().get_params(params_dict, **kwargs)
+            return {"loc": params["loc"] + 100.0, "scale": params["scale"]}
+
+    class Sharp(Beta):
+        def get_params(self, params_dict: dict | None = None, **kwargs: object) -> dict[str, torch.Tensor]:
+            return {**super().get_params(params_dict, **kwargs), "concentration1": torch.full((1, 1), 50.0)}
+
+    p = Shifted(var=["x"], loc=0.0, scale=1.0)
+    torch.manual_seed(0)
+    assert p.sample(batch_n=200)["x"].mean() > 99 and p.sample(batch_n=5, reparam=True)["x"].min() > 95
+    torch.testing.assert_close(p.sample_mean(), torch.tensor([100.0]))  # a batch of one (no features)
+    torch.testing.assert_close(p.get_log_prob({"x": torch.tensor([[100.0]])}),
+                               torch.tensor([-0.5 * math.log(2 * math.pi)]))
+    b = Sharp(var=["x"], concentration1=1.0, concentration0=1.0)
+    torch.testing.assert_close(b.sample_mean(), torch.tensor([[50.0 / 51.0]]))
+    torch.testing.assert_close(b.get_log_prob({"x": torch.tensor([[0.99]])}),
+                               D.Beta(torch.tensor(50.0), torch.tensor(1.0)).log_prob(torch.tensor(0.99)).reshape(1))

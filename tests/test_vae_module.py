@@ -174,3 +174,30 @@ def test_a_load_into_a_trained_module_starts_a_new_optimiser(tmp_path):
     assert not vae.model.optimizer.state
     used.fit(1, seed=3)  # and it trains on
     assert vae.model.optimizer.state
+
+
+def test_a_failed_graph_load_keeps_the_vaes_optimiser_state(tmp_path, monkeypatch):
+    """A load clears a trained VAE's Adam moments (a new optimiser on the loaded weights); when a later module's
+    state then fails to load, the whole load is undone, the moments included."""
+    x, _ = patterns(60, 8)
+
+    def build():
+        vae = VAE(2, hidden=(8,), epochs=2, batch_size=20, name="vae").connect(Observation(x))
+        return Graph([GMM(3, name="g").connect(vae)])
+
+    saved = build()
+    saved.fit(1, seed=0)
+    saved.save(tmp_path / "graph")
+    graph = build()
+    graph.fit(2, seed=5)
+    vae = next(m for m in graph.modules if isinstance(m, VAE))
+    moments = {k: v.clone() for k, v in vae.model.optimizer.state_dict()["state"][0].items()}
+
+    def fail(self, state):
+        raise RuntimeError("a state that does not fit")
+
+    monkeypatch.setattr(GMM, "load_state_dict", fail)
+    with pytest.raises(Exception, match="does not fit"):
+        graph.load(tmp_path / "graph")
+    kept = vae.model.optimizer.state_dict()["state"][0]
+    assert all(torch.equal(kept[k], v) for k, v in moments.items())

@@ -56,20 +56,24 @@ def _fresh_name(taken: Sequence[str]) -> str:
 def _event_rank(d: Distribution, x_dict: Mapping[str, Any]) -> int | None:
     """The number of trailing dimensions of one draw of ``d``'s variable (its features, event dimensions
     included), or None where ``d`` does not say (a conditional distribution without ``features_shape``)."""
-    if isinstance(d, TorchDistribution) and d.cond_var and not d.features_shape:
-        dist = d._torch_dist(x_dict, independent=False)
-        return len(dist.batch_shape) - 1 + len(dist.event_shape)
-    if d.features_shape or isinstance(d, TorchDistribution):  # a constant TorchDistribution's () is known
+    if d.features_shape:
         return len(d.features_shape)
+    if isinstance(d, TorchDistribution):  # the parameters' feature dimensions
+        dist = d._torch_dist(x_dict, independent=False)
+        rank = len(dist.batch_shape) - 1 + len(dist.event_shape)
+        return rank if rank else None  # scalar parameters broadcast against any features: unknown
     return None
 
 
-def leading_dims(owner: Distribution, dists: Sequence[Distribution], x_dict: Mapping[str, Any]
-                 ) -> tuple[int, int | None]:
+def leading_dims(owner: Distribution, dists: Sequence[Distribution], x_dict: Mapping[str, Any],
+                 sum_features: bool = True, dims: Sequence[int] | None = None) -> tuple[int, int | None]:
     """``(lead, rank)`` of the scored value of a mixture over one variable: its ``lead`` leading dimensions
-    (``(*sample_shape, batch)``: 1 without a ``sample_shape``) and its ``rank`` feature dimensions (None
-    where neither the mixture's ``features_shape`` nor a component says; the value then has one leading
-    dimension). A value without a batch dimension counts as a batch of one (lead 1)."""
+    (``(*sample_shape, batch)``: 1 without a ``sample_shape``) and its ``rank`` feature dimensions. Where neither
+    the mixture's ``features_shape`` nor a component says (numbers as constants broadcast against any features),
+    the caller's request does: ``sum_features=False`` or ``feature_dims=[]`` asks for one value per entry (no
+    features), ``feature_dims`` the trailing dimensions from its first; else (None) the value has one leading
+    dimension, every other one a feature, as a plain family scores it. A value without a batch dimension counts as
+    a batch of one (lead 1)."""
     value = x_dict.get(owner.var[0]) if len(owner.var) == 1 else None
     if not isinstance(value, Tensor):
         return 1, None
@@ -82,17 +86,24 @@ def leading_dims(owner: Distribution, dists: Sequence[Distribution], x_dict: Map
                              f"feature dimensions {sorted(ranks)}")
         rank = ranks.pop() if ranks else None
     if rank is None:
-        return 1, None
+        if not sum_features:
+            rank = 0
+        elif dims is not None:
+            ndim = value.dim()
+            rank = ndim - min(d % ndim for d in dims) if dims and all(-ndim <= d < ndim for d in dims) else 0
+        else:
+            return 1, None
     return max(1, value.dim() - rank), rank
 
 
-def components_log_prob(owner: Distribution, dists: Sequence[Distribution], x_dict: Mapping[str, Any]) -> Tensor:
+def components_log_prob(owner: Distribution, dists: Sequence[Distribution], x_dict: Mapping[str, Any],
+                        sum_features: bool = True, dims: Sequence[int] | None = None) -> Tensor:
     """:math:`\\log p_k(x)` of every component, one value per draw, stacked last: ``(*sample_shape, batch, K)``.
     Each component's density is summed over the features only, not over the rows of a ``sample_shape`` draw
     (the mixture's logsumexp is taken per draw). A component's parameters are computed once for both the feature
     count and the density (`shared_parameters`)."""
     with shared_parameters():
-        lead, _ = leading_dims(owner, dists, x_dict)
+        lead, _ = leading_dims(owner, dists, x_dict, sum_features, dims)
         if lead == 1:
             parts = [d.get_log_prob(x_dict) for d in dists]
         else:
@@ -110,7 +121,7 @@ def summed_log_prob(owner: Distribution, dists: Sequence[Distribution], x_dict: 
     must include its feature dimensions (a mixture's density does not factorise over its features)."""
     if sum_features and dims is None:
         return sum_rows(per_draw)
-    lead, rank = leading_dims(owner, dists, x_dict)
+    lead, rank = leading_dims(owner, dists, x_dict, sum_features, dims)
     var = owner.var[0] if len(owner.var) == 1 else ", ".join(owner.var)
     if rank is None:
         raise ValueError(f"{owner.prob_text}: the feature dimensions of {var} are unknown (give the mixture "
@@ -258,19 +269,21 @@ class MixtureModel(Distribution):
         inputs = {c: repeat_batch(x_dict[c], k) for c in self.prior.input_var}
         return self.prior.get_log_prob({**inputs, self._hidden: eye}).reshape(k, b).T
 
-    def joint_log_prob(self, x_dict: Mapping[str, Any]) -> Tensor:
+    def joint_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
+                       feature_dims: Sequence[int] | None = None) -> Tensor:
         """:math:`\\log p(z = e_k) + \\log p_k(x)` for every component: shape ``(batch, K)``
-        (``(*sample_shape, batch, K)`` for draws made with a ``sample_shape``: one value per draw)."""
+        (``(*sample_shape, batch, K)`` for draws made with a ``sample_shape``: one value per draw; ``sum_features``
+        and ``feature_dims`` as `get_log_prob` says which dimensions are features where the components do not)."""
         self._require(x_dict, self._var + self.input_var)
-        comps = components_log_prob(self, list(self.distributions), x_dict)
+        comps = components_log_prob(self, list(self.distributions), x_dict, sum_features, feature_dims)
         return comps + self.log_prior(x_dict, comps.dtype)
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        per_draw = torch.logsumexp(self.joint_log_prob(x_dict), dim=-1)
+        per_draw = torch.logsumexp(self.joint_log_prob(x_dict, sum_features), dim=-1)
         return summed_log_prob(self, list(self.distributions), x_dict, per_draw, sum_features, None)
 
     def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
-        per_draw = torch.logsumexp(self.joint_log_prob(x_dict), dim=-1)
+        per_draw = torch.logsumexp(self.joint_log_prob(x_dict, True, dims), dim=-1)
         return summed_log_prob(self, list(self.distributions), x_dict, per_draw, True, dims)
 
     # -------------------------------------------------------------- sampling
@@ -343,6 +356,8 @@ class MixturePosterior(Categorical):
     def get_params(self, x_dict: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
         """``{"probs": p(z = e_k | x)}``, shape ``(batch, K)``."""
         return {"probs": super().get_params(x_dict)["logits"].exp()}
+
+    get_params._reads_parameters = False  # a view: draws and densities use the logits (exact far in the tails)
 
     def log_prob_every_state(self, x_dict: Mapping[str, Any]) -> Tensor:
         """:math:`\\log p(z = e_k|x)` for every component, shape ``(K, batch)`` (Pixyz's layout)."""

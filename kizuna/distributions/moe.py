@@ -119,7 +119,7 @@ class MixtureOfNormal(Distribution):
     def _summed(self, x_dict: XDict, sum_features: bool, dims: Sequence[int] | None) -> Tensor:
         """The log-density per draw (logsumexp over the present experts), summed as `get_log_prob` asks."""
         experts = [self.p[i] for i in self.present(x_dict)]
-        lp = components_log_prob(self, experts, x_dict)  # (*sample_shape, batch, experts)
+        lp = components_log_prob(self, experts, x_dict, sum_features, dims)  # (*sample_shape, batch, experts)
         per_draw = torch.logsumexp(lp + self.log_weights(x_dict, lp.dtype)[1], dim=-1)
         return summed_log_prob(self, experts, x_dict, per_draw, sum_features, dims)
 

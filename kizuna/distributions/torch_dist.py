@@ -145,7 +145,10 @@ class TorchDistribution(Distribution):
         cls._hooks = {name: getattr(cls, name) is not getattr(TorchDistribution, name) for name in _HOOK_NAMES}
         # a subclass's own get_params (Pixyz's place for a cache, ``@lru_cache_for_sample_dict()``): every
         # evaluation, draw and density then reads the parameters through it, as Pixyz's do
-        cls._custom_get_params = cls.get_params is not TorchDistribution.get_params
+        # (a get_params that only presents the parameters otherwise, e.g. a posterior's probabilities, is marked
+        # ``_reads_parameters = False`` and left out)
+        cls._custom_get_params = cls.get_params is not TorchDistribution.get_params \
+            and getattr(cls.get_params, "_reads_parameters", True)
 
     def __init__(
         self,
@@ -424,7 +427,8 @@ class TorchDistribution(Distribution):
         from ``params`` where the caller has them (`_params`' for these inputs: outside an evaluation, which has no
         memo, reading them again ran the network a second time)."""
         if reuse and not self._uses_forward and not self._from_var and not self._parameters \
-                and not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling():
+                and not self._custom_get_params and not torch.is_inference_mode_enabled() \
+                and not torch.compiler.is_compiling():
             return self._constant_dist(independent)
         inputs = list(map(x_dict.get, self._cond_var))
         return memoized(self, ("dist", independent), inputs,

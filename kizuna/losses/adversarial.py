@@ -29,6 +29,7 @@ before the step; ``loss.loss_test(x_dict)`` evaluates it without gradients; and
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,7 +75,8 @@ class AdversarialLoss(Loss):
                  optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
                  optimizer_params: Mapping[str, Any] | None = None) -> None:
         name = type(self).__name__
-        if batch_n is not None and (isinstance(batch_n, bool) or not isinstance(batch_n, int) or batch_n < 1):
+        if batch_n is not None and (isinstance(batch_n, bool) or not isinstance(batch_n, numbers.Integral)
+                                    or batch_n < 1):
             raise TypeError(f"{name}: batch_n (the fourth argument) must be a positive int or None, got {batch_n!r}; "
                             "Pixyz's fourth argument (optimizer, or clip_value for AdversarialWassersteinDistance) "
                             "is a keyword argument here: pass optimizer=... or clip_value=... by keyword")

@@ -27,7 +27,8 @@ mean(-E_{q(z|x)}[log p(x|z)] + KL[q(z|x)||p_{prior}(z|mu)])
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import copy
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -200,6 +201,19 @@ class VAE(Module):
         return self.message("latent", self.latent, variable=self.latent_var), {}
 
     # ------------------------------------------------------------- persistence
+    def snapshot(self) -> Callable[[], None]:
+        """`Stateful.snapshot`, with the optimiser's state, which `_before_load` clears in place."""
+        restore = super().snapshot()
+        optimizer = None if self.model is None else self.model.optimizer
+        saved = None if optimizer is None else copy.deepcopy(optimizer.state_dict())
+
+        def undo() -> None:
+            restore()
+            if optimizer is not None:
+                optimizer.load_state_dict(saved)
+
+        return undo
+
     def _before_load(self, state: dict[str, Any]) -> None:
         """Build the default networks a saved state holds weights of (user networks must be given again). A load
         starts a new optimiser on the loaded weights (docs/modules.md): earlier training's Adam moments are dropped."""
