@@ -293,7 +293,9 @@ def test_a_subclass_get_params_is_what_draws_and_densities_use() -> None:
     outside direct calls, and ran the network twice per direct draw or density."""
     calls: list[int] = []
 
-    class Shifted(Normal):
+    class Counted(Normal):
+        """N(x; loc(y), scale(y)) from one linear layer, counting its network's runs."""
+
         def __init__(self) -> None:
             super().__init__(var=["x"], cond_var=["y"])
             self.lin = torch.nn.Linear(1, 2)
@@ -303,6 +305,7 @@ def test_a_subclass_get_params_is_what_draws_and_densities_use() -> None:
             loc, s = self.lin(y).chunk(2, -1)
             return {"loc": loc, "scale": s.exp()}
 
+    class Shifted(Counted):
         def get_params(self, params_dict: dict | None = None, **kwargs: object) -> dict[str, torch.Tensor]:
             params = super().get_params(params_dict, **kwargs)
             return {"loc": params["loc"] + 100.0, "scale": params["scale"]}
@@ -320,16 +323,7 @@ def test_a_subclass_get_params_is_what_draws_and_densities_use() -> None:
     p.get_log_prob({"y": y, "x": loc})
     assert len(calls) == 2  # one network evaluation per call
 
-    class Cached(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["x"], cond_var=["y"])
-            self.lin = torch.nn.Linear(1, 2)
-
-        def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-            calls.append(1)
-            loc, s = self.lin(y).chunk(2, -1)
-            return {"loc": loc, "scale": s.exp()}
-
+    class Cached(Counted):
         @lru_cache_for_sample_dict()
         def get_params(self, params_dict: dict | None = None, **kwargs: object) -> dict[str, torch.Tensor]:
             return super().get_params(params_dict, **kwargs)

@@ -154,6 +154,17 @@ def test_vae_gmm_on_all_3000_digits_against_training_separately(seed, shared_dat
     assert gmm.accuracy > 0.6 and separate.accuracy > 0.5
 
 
+def _saved_then_another_trained(build, path):
+    """A graph trained one sweep and saved at ``path``; then another built alike and trained two sweeps of its own
+    (Adam moments of other weights), and its VAE."""
+    saved = build()
+    saved.fit(1, seed=0)
+    saved.save(path)
+    other = build()
+    other.fit(2, seed=5)
+    return other, next(m for m in other.modules if isinstance(m, VAE))
+
+
 def test_a_load_into_a_trained_module_starts_a_new_optimiser(tmp_path):
     """docs/modules.md: training after a load starts a new optimiser on the loaded weights: a VAE that had trained
     before the load drops Adam's moments of its earlier weights (it kept them), as a freshly built one has none.
@@ -163,12 +174,7 @@ def test_a_load_into_a_trained_module_starts_a_new_optimiser(tmp_path):
     def build():
         return Graph([VAE(2, hidden=(8,), epochs=2, batch_size=20).connect(Observation(x))])
 
-    saved = build()
-    saved.fit(1, seed=0)
-    saved.save(tmp_path / "graph")
-    used = build()
-    used.fit(2, seed=5)
-    vae = next(m for m in used.modules if isinstance(m, VAE))
+    used, vae = _saved_then_another_trained(build, tmp_path / "graph")
     assert vae.model.optimizer.state  # Adam's moments of its own training
     used.load(tmp_path / "graph")
     assert not vae.model.optimizer.state
@@ -185,12 +191,7 @@ def test_a_failed_graph_load_keeps_the_vaes_optimiser_state(tmp_path, monkeypatc
         vae = VAE(2, hidden=(8,), epochs=2, batch_size=20, name="vae").connect(Observation(x))
         return Graph([GMM(3, name="g").connect(vae)])
 
-    saved = build()
-    saved.fit(1, seed=0)
-    saved.save(tmp_path / "graph")
-    graph = build()
-    graph.fit(2, seed=5)
-    vae = next(m for m in graph.modules if isinstance(m, VAE))
+    graph, vae = _saved_then_another_trained(build, tmp_path / "graph")
     moments = {k: v.clone() for k, v in vae.model.optimizer.state_dict()["state"][0].items()}
 
     def fail(self, state):
