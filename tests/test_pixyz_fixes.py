@@ -379,3 +379,15 @@ def test_a_get_params_override_of_constants_reaches_draws_means_and_densities() 
     torch.testing.assert_close(b.sample_mean(), torch.tensor([[50.0 / 51.0]]))
     torch.testing.assert_close(b.get_log_prob({"x": torch.tensor([[0.99]])}),
                                D.Beta(torch.tensor(50.0), torch.tensor(1.0)).log_prob(torch.tensor(0.99)).reshape(1))
+
+
+def test_number_constants_evaluate_to_floats_as_pixyz() -> None:
+    """Pixyz holds ``ValueLoss(2)`` as a float tensor: ``tensor(2.)`` (kizuna gave an int64 tensor), and so are sums of
+    constants; next to a tensor a number takes the tensor's dtype (float64 here, no float32 rounding)."""
+    from kizuna.losses import ValueLoss
+
+    two = ValueLoss(2).eval()
+    assert two.dtype == torch.get_default_dtype() and two.item() == 2.0
+    assert (ValueLoss(2) + ValueLoss(3)).eval().dtype == torch.get_default_dtype()
+    x = torch.tensor(3.0, dtype=torch.float64)
+    assert (ValueLoss(0.1) * Parameter("x")).eval({"x": x}).item() == 0.1 * 3.0

@@ -309,7 +309,7 @@ class ValueLoss(Loss):
             yield self
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        return self.value if isinstance(self.value, Tensor) else torch.as_tensor(self.value)
+        return self.value if isinstance(self.value, Tensor) else _number_tensor(self.value)
 
     def _render(self, fmt: dict[str, str]) -> str:
         if isinstance(self.value, Tensor) and self.value.numel() == 1:
@@ -407,6 +407,14 @@ class BatchSum(_Unary):
         return a.sum()
 
 
+def _number_tensor(value: Any) -> Tensor:
+    """A constant's value as a tensor: a real Python number in the default float dtype (as Pixyz's ``ValueLoss``
+    holds it: ``ValueLoss(2)`` evaluates to ``tensor(2.)``, not an integer tensor), anything else as torch reads it."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value), dtype=torch.get_default_dtype())
+    return torch.as_tensor(value)
+
+
 def _operand(loss: Loss, ctx: EvalContext) -> Any:
     """An operand's value: an unnamed number constant as the Python number itself, which torch combines with the other
     operand in that operand's dtype and on its device (``0.1 * kl`` of a float64 model on a GPU); a tensor made of
@@ -436,7 +444,7 @@ class _Binary(Loss):
         a, b = _operand(loss1, ctx), _operand(loss2, ctx)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             return self._op(a, b)
-        return torch.as_tensor(self._op(a, b))
+        return _number_tensor(self._op(a, b))
 
     def _op(self, a: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError
