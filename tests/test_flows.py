@@ -466,6 +466,20 @@ def test_batchnorm_training_inverse_before_any_forward_uses_running_statistics()
     assert "batch_mean" not in f.state_dict()  # the last batch's statistics are not part of a checkpoint
 
 
+def test_batchnorm_load_forgets_the_batch_seen_before_it() -> None:
+    """After ``load_state_dict`` the training-mode inverse uses the loaded running statistics (the last batch is not
+    saved), not the batch this module saw before the load."""
+    saved = BatchNorm1d(3, momentum=0.5).double()
+    saved(1.0 + torch.randn(6, 3, dtype=F64, generator=_gen(24)))
+    f = BatchNorm1d(3, momentum=0.5).double()
+    f(5.0 + 3.0 * torch.randn(6, 3, dtype=F64, generator=_gen(25)))  # another batch, kept for its own inverse
+    f.load_state_dict(saved.state_dict())
+    z = torch.randn(4, 3, dtype=F64, generator=_gen(26))
+    mean, var = saved.running_mean, saved.running_var
+    expected = (z - f.beta) * torch.exp(-(f.log_gamma - 0.5 * torch.log(var + f.eps))) + mean
+    torch.testing.assert_close(f.inverse(z), expected.detach())
+
+
 def test_batchnorm_training_logdet_follows_the_per_row_map_with_fixed_statistics() -> None:
     """The training-mode log-determinant (docstring: the statistics as constants, RealNVP and Pixyz) is that of the
     per-row map x_i -> (x_i - mu) / sqrt(var + eps) e^gamma + beta with mu, var the batch's, by autograd's Jacobian;

@@ -24,6 +24,8 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -122,6 +124,12 @@ class _BatchNorm(Flow):
             self.batch_var.copy_(var.detach())
         self._has_batch_stats = True
         return mean, var
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        """A loaded state has no last batch (its statistics are not saved): the training-mode inverse uses the loaded
+        running statistics until the next training-mode forward, not the batch this module saw before the load."""
+        super()._load_from_state_dict(*args, **kwargs)
+        self._has_batch_stats = False
 
     def _log_scale(self, var: Tensor) -> Tensor:
         return self.log_gamma - 0.5 * torch.log(var + self.eps)
