@@ -293,3 +293,14 @@ def test_labels_instead_of_evidence_are_named():
                                rtol=1e-12)
     ones = MarkovChain(n_states=1, n_iter=1).fit(np.full((4, 1), 1.0))  # a one-class chain stays possible
     assert np.asarray(ones.transmat_).tolist() == [[1.0]]
+
+
+def test_a_row_of_zero_evidence_is_named():
+    """A row with no evidence for any class makes every sequence through it impossible: named by its row (it failed
+    inside forward-backward as 'a sequence has zero probability'); a uniform row is the way to say 'unknown'."""
+    x = np.eye(3)[[0, 1, 2, 0, 1, 2, 0, 1]]
+    x[3] = 0.0
+    with pytest.raises(ValueError, match=r"rows of zero evidence for every class \(rows 3\)"):
+        MarkovChain(3).fit(x)
+    x[3] = 1.0 / 3
+    assert MarkovChain(3).fit(x).predict(x).shape == (8,)

@@ -90,6 +90,11 @@ class MarkovChain(Estimator):
                              f"np.eye(K)[labels.ravel()] (one column is a chain of one class, given n_states=1)")
         if self.n_states is not None:
             check_n_features(x, self.n_states, self._owner)
+        empty = (x.sum(1) == 0).nonzero().flatten()
+        if len(empty):  # no class possible at that step: every sequence through it has probability zero
+            rows = ", ".join(str(i) for i in empty[:5].tolist()) + (", ..." if len(empty) > 5 else "")
+            raise ValueError(f"{self._owner}: X has rows of zero evidence for every class (rows {rows}): no state "
+                             "is possible there; give each row some evidence (e.g. uniform for an unknown step)")
         return torch.log(x), fb.check_lengths(x.shape[0], lengths, x.device)
 
     def fit(self, X: Any, lengths: Sequence[int] | Tensor | None = None) -> MarkovChain:
