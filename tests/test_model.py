@@ -54,6 +54,40 @@ def test_gradient_clipping_bounds_the_step():
     assert p2.loc.detach().abs().max().item() == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("case", ["float32", "float64", "some none", "mixed dtypes", "below the bound", "nan"])
+def test_clip_grad_norm_equals_torchs_to_the_bit(case):
+    """`kizuna.models.model.clip_grad_norm` (the trainer's clipping) against torch's clip_grad_norm_ on copies of the
+    same gradients: the total norm and every clipped gradient equal to the bit, on its fused path (one device and
+    dtype) and where it hands the work to torch (mixed dtypes)."""
+    from kizuna.models.model import clip_grad_norm
+
+    g = torch.Generator().manual_seed(3)
+    dtypes = {"float64": [torch.float64] * 5, "mixed dtypes": [torch.float32, torch.float64] * 2 + [torch.float32]}
+    params = [nn.Parameter(torch.zeros(s, dtype=dt)) for s, dt in
+              zip([(7,), (3, 4), (1,), (5, 2), (2, 2, 2)], dtypes.get(case, [torch.float32] * 5))]
+    scale = 1e-3 if case == "below the bound" else 10.0
+    grads = [scale * torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+    if case == "some none":
+        grads[1] = grads[3] = None
+    if case == "nan":
+        grads[2][0] = float("nan")
+
+    def clipped(fn):
+        for p, gr in zip(params, grads):
+            p.grad = None if gr is None else gr.clone()
+        total = fn(params, 2.5)
+        return total, [None if p.grad is None else p.grad.clone() for p in params]
+
+    total, got = clipped(clip_grad_norm)
+    expected_total, expected = clipped(nn.utils.clip_grad_norm_)
+    assert total.dtype == expected_total.dtype
+    assert torch.equal(total, expected_total) or (total.isnan().item() and expected_total.isnan().item())
+    for a, b in zip(got, expected):
+        assert (a is None and b is None) or torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+    if case == "below the bound":
+        assert all(torch.equal(a, b) for a, b in zip(got, grads))  # scaled by exactly 1
+
+
 def test_bad_losses_are_clear_errors():
     p = _learnable_normal()
     x = torch.randn(4, 3, dtype=torch.float64)

@@ -308,7 +308,7 @@ class Model:
 
     def _check_gradients(self, value: float, terms: Mapping[str, float], batch: Mapping[str, Any]) -> None:
         if self.clip_grad_norm is not None:
-            finite = math.isfinite(nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm).item())
+            finite = math.isfinite(clip_grad_norm(self._params, self.clip_grad_norm).item())
         else:
             finite = _all_finite([p.grad for p in self._params if p.grad is not None])
         if not finite:
@@ -473,6 +473,33 @@ class Model:
 
 
 _ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device (read, never written)
+
+
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    r"""``torch.nn.utils.clip_grad_norm_(params, max_norm)`` (the 2-norm of all gradients together, each gradient
+    scaled by :math:`\min(1, \text{max\_norm} / (\lVert g\rVert + 10^{-6}))`), the same numbers to the bit; returns
+    the total norm. Where every gradient is a plain dense tensor on one device in one dtype (the usual case), the
+    same two fused kernels as torch's function (``_foreach_norm``, ``_foreach_mul_``) without its grouping of the
+    tensors by device and dtype, which costs more than the kernels on a small model (about 35 of 90 µs a step for
+    the DMM's 19 gradients on one CPU thread); any other case is torch's own function."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return nn.utils.clip_grad_norm_(params, max_norm)
+    first = grads[0]
+    device, dtype = first.device, first.dtype
+    for g in grads:
+        if type(g) is not torch.Tensor or g.device != device or g.dtype != dtype or g.layout is not torch.strided \
+                or g.requires_grad:
+            return nn.utils.clip_grad_norm_(params, max_norm)
+    if device.type not in _FOREACH_DEVICES:
+        return nn.utils.clip_grad_norm_(params, max_norm)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    torch._foreach_mul_(grads, torch.clamp(float(max_norm) / (total + 1e-6), max=1.0))
+    return total
+
+
+# the devices on which torch's clip_grad_norm_ takes its foreach kernels (its own choice; other devices: torch's)
+_FOREACH_DEVICES = frozenset({"cpu", "cuda"})
 
 
 def _all_finite(grads: list[torch.Tensor]) -> bool:
