@@ -43,18 +43,22 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
         given = {k: v for k, v in given.items() if k in inputs or k not in own}
     if not all(map(given.__contains__, names)):
         p._require(given, names)  # names what is missing
-    batch_n = ctx.options.get("batch_n")
+    options = ctx.options
+    batch_n = options.get("batch_n") if options else None
     if batch_n is None:
         batch_n = batch_size_of(given, names) or batch_size_of(given)
     repeated = given if n == 1 else {k: repeat_rows_lazily(v, n) for k, v in given.items()}
-    if ctx.options.get("sample_mean"):
+    if options and options.get("sample_mean"):
         new = {k: repeat_batch(v, n) for k, v in p._mean_values(given, batch_n).items()}
     elif n == 1:  # what `_sample_n` does for one draw, without its call
         new = p._sample(given, batch_n, reparam)
     else:
         new = p._sample_n(given, repeated, n, batch_n, reparam)
-    for k, v in new.items():
-        ctx.samples[k] = v if n == 1 else v.reshape(n, v.shape[0] // n, *v.shape[1:])
+    if n == 1:
+        ctx.samples.update(new)
+    else:
+        for k, v in new.items():
+            ctx.samples[k] = v.reshape(n, v.shape[0] // n, *v.shape[1:])
     return {**repeated, **new}, new
 
 

@@ -174,24 +174,28 @@ class IterativeLoss(Loss):
         sums: list[Any] = [0.0] * len(self._records)
         drawn: dict[str, list[Tensor]] = {}
         mark, report = step_mark(), ctx.report
+        # read once: the loop below runs at every time step
+        timestep_var, dim, step_loss, options = self.timestep_var, self.series_dim, self.step_loss, ctx.options
+        sliced = series.items() if self.slice_step is None else ()
+        updates = self.update_value.items()
         for t in range(steps):
-            if self.timestep_var is not None:
-                values[self.timestep_var] = t
-            if self.slice_step is None:
-                for v, x in series.items():
-                    values[v] = x.select(self.series_dim, t)
+            if timestep_var is not None:
+                values[timestep_var] = t
+            for v, x in sliced:
+                values[v] = x.select(dim, t)
             # fresh results (every node is evaluated anew at each step); the evaluation's options (sample_mean, batch_n)
-            step = EvalContext(values, options=ctx.options, report=report)
-            total = total + step.value(self.step_loss)
+            step = EvalContext(values, None, options, report)
+            total = total + step.value(step_loss)
+            samples = step.samples
             if report:  # the terms' sums and the draws over time, for a caller who asked for them
                 for i, record in enumerate(self._records):
                     sums[i] = sums[i] + step.results[id(record.term)]
-                for k, v in step.samples.items():
+                for k, v in samples.items():
                     drawn.setdefault(k, []).append(v)
-            values.update(step.samples)
+            values.update(samples)
             release_step(mark)  # the step's memo entries: its inputs are new tensors at the next step
             carried = []  # every source is read before any target is written (a swap works)
-            for src, dst in self.update_value.items():
+            for src, dst in updates:
                 if src in values:
                     carried.append((dst, values.pop(src)))
             values.update(carried)
