@@ -304,3 +304,30 @@ def test_strings_and_empty_words_are_refused():
         segmentation_scores([["ab"]], [["ab", ""]])
     with pytest.raises(TypeError, match="true utterance 0, word 0 is int 3, not a string"):
         segmentation_scores([[3]], [["3"]])
+
+
+def _seatings(model: NPYLM) -> tuple:
+    """Both models' seatings as plain dicts (context -> word -> table sizes), for comparing two models."""
+    return tuple({key: {w: list(s) for w, s in r.tables.items()} for key, r in hpylm.restaurants.items()}
+                 for hpylm in (model.words, model.chars.hpylm))
+
+
+def test_a_refused_sentence_leaves_the_model_unchanged():
+    """add_sentence checks every word before seating any: a symbol outside the alphabet used to be found by the
+    character model after the word model had seated the customer, leaving a model that could not be emptied."""
+    rng = np.random.default_rng(0)
+    model = NPYLM("ab", max_word_length=3)
+    model.add_sentence(["ab", "a"], rng)
+    before = (_seatings(model), [a.copy() for a in model.chars.cw])
+    for words, message in [(["ab", "az"], "symbol 'z' at position 1 of word 1 'az'"),
+                           (["ab", "abab"], "word 1 'abab' .* longer than max_word_length=3"),
+                           (["ab", ""], "word 1 of .* is '', not a non-empty string"),
+                           (["a", EOS], "symbol '\\\\x03' at position 0 of word 1"),
+                           ("ab", "a list of words")]:
+        with pytest.raises(ValueError, match=message):
+            model.add_sentence(words, rng)
+        assert _seatings(model) == before[0]
+        assert all(np.array_equal(a, b) for a, b in zip(model.chars.cw, before[1]))
+    model.remove_sentence(["ab", "a"], rng)
+    assert not model.words.restaurants and not model.chars.hpylm.restaurants
+    assert all(not a.any() for a in model.chars.cw + model.chars.c)

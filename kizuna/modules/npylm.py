@@ -71,6 +71,7 @@ class NPYLM:
         if EOS in alphabet or BOS in alphabet:
             raise ValueError("NPYLM: the alphabet may not contain the control characters \\x02 and \\x03")
         self.max_word_length = max_word_length
+        self.alphabet = frozenset(alphabet)
         self.chars = CharModel("".join(sorted(set(alphabet))) + EOS, char_order)
         self.words = HPYLM(2, self.chars.p0, self._feed_chars)
         self.length = WordLength() if length_correction else None
@@ -82,13 +83,30 @@ class NPYLM:
 
     # ----------------------------------------------------------------- the words
     def add_sentence(self, words: Sequence[str], rng: np.random.Generator) -> None:
-        """Add the words of one segmented utterance (and its end-of-sentence) to the model."""
-        if max(map(len, words), default=0) > self.max_word_length:
-            raise ValueError(f"NPYLM: a word of {words!r} is longer than max_word_length={self.max_word_length}")
+        """Add the words of one segmented utterance (and its end-of-sentence) to the model.
+
+        Atomic: every word is checked (a non-empty string of the alphabet's symbols, at most ``max_word_length``
+        long) before any customer is seated, so a refused sentence leaves the model as it was."""
+        self._check_words(words)
         prev = BOS
         for w in list(words) + [EOS]:
             self.words.add(w, (prev,), rng)
             prev = w
+
+    def _check_words(self, words: Sequence[str]) -> None:
+        """A `ValueError` naming the first word of ``words`` the model cannot seat, and why."""
+        if isinstance(words, str):
+            raise ValueError(f"NPYLM: a sentence is a list of words, got the string {words!r}")
+        for i, w in enumerate(words):
+            if not isinstance(w, str) or not w:
+                raise ValueError(f"NPYLM: word {i} of {list(words)!r} is {w!r}, not a non-empty string")
+            if len(w) > self.max_word_length:
+                raise ValueError(f"NPYLM: word {i} {w!r} of {list(words)!r} is longer than "
+                                 f"max_word_length={self.max_word_length}")
+            for j, ch in enumerate(w):
+                if ch not in self.alphabet:
+                    raise ValueError(f"NPYLM: symbol {ch!r} at position {j} of word {i} {w!r} of {list(words)!r} is "
+                                     f"not in the alphabet {''.join(sorted(self.alphabet))!r}")
 
     def remove_sentence(self, words: Sequence[str], rng: np.random.Generator) -> None:
         """Undo :meth:`add_sentence`."""
