@@ -149,8 +149,8 @@ def test_segmenter_alone_keeps_the_chain_the_language_model_prefers():
 
 
 def test_chains_survive_save_and_load(tmp_path):
-    """The chains' segmentations and the kept chain are saved; after a load the language models are rebuilt
-    from them (seatings drawn again) and hold every chain's words."""
+    """The chains' segmentations, language models and the kept chain are saved; after a load every chain's language
+    model is restored (its seatings and hyperparameters) and holds the chain's words."""
     house = simulated_house(40, seed=4)
     seg = km.WordSegmenter(n_iter=2, n_chains=2, random_state=1).fit(house["utterance"])
     path = km.save_module(seg, tmp_path / "seg.pt")

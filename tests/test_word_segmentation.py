@@ -312,6 +312,104 @@ def _seatings(model: NPYLM) -> tuple:
                  for hpylm in (model.words, model.chars.hpylm))
 
 
+def _assert_same_language_model(fitted: NPYLM, loaded: NPYLM) -> None:
+    """The hyperparameters, lambda, length weights and seatings of two models are equal (exactly)."""
+    assert loaded.words.d == fitted.words.d and loaded.words.theta == fitted.words.theta
+    assert loaded.chars.hpylm.d == fitted.chars.hpylm.d and loaded.chars.hpylm.theta == fitted.chars.hpylm.theta
+    assert (loaded.length is None) == (fitted.length is None)
+    if fitted.length is not None:
+        assert loaded.length.lam == fitted.length.lam
+    np.testing.assert_array_equal(loaded.chars.length_weight, fitted.chars.length_weight)
+    assert _seatings(loaded) == _seatings(fitted)
+    for m in range(fitted.chars.order):
+        np.testing.assert_array_equal(loaded.chars.cw[m], fitted.chars.cw[m])
+        np.testing.assert_array_equal(loaded.chars.t[m], fitted.chars.t[m])
+
+
+def _p0_mass(model: NPYLM) -> float:
+    """The mass of the (length-corrected) base measure over words of length <= L."""
+    big_l = model.max_word_length
+    return float((char_length_distribution(model.chars, big_l) * model.chars.length_weight[:big_l + 1]).sum())
+
+
+@pytest.mark.parametrize("length_correction, moves, seed", [(False, 0, 1), (True, 0, 1), (True, 3, 2)])
+def test_save_and_load_keep_the_fitted_language_model(tmp_path, length_correction, moves, seed):
+    """A loaded WordSegmenter is the fitted one: every depth's (d, theta) of both models, lambda, the length weights
+    in force (after name moves, not the ones lambda gives for the moved counts) and the seatings, so segment() and
+    the log-probabilities are equal and a resumed chain draws what the fitted one draws. The model used to be
+    rebuilt from the segmentation with the constructor's hyperparameters (d = 0.5, theta = 1, lambda = 2) and, with
+    the length correction, the weights of an empty character model (a base measure of mass 4.2 instead of 1)."""
+    rng = np.random.default_rng(0)
+    lexicon = ["abc", "xy", "dog", "ek", "mimi", "tu"]
+    utterances = ["".join(rng.choice(lexicon, size=rng.integers(1, 5))) for _ in range(120)]
+    held_out = ["".join(rng.choice(lexicon, size=rng.integers(2, 6))) for _ in range(60)]
+    kwargs = dict(n_iter=6, length_correction=length_correction, type_moves=moves, type_min_count=3)
+    seg = km.WordSegmenter(random_state=seed, **kwargs).fit(utterances)
+    if moves:  # a name move accepted after the last draw of lambda: the weights in force are not lambda's for now
+        fitted = seg.model_
+        assert not np.allclose(fitted.chars.length_weight, fitted.length.weights(fitted.chars, 10))
+    path = km.save_module(seg, tmp_path / "seg.pt")
+    twin = km.load_module(km.WordSegmenter(**kwargs), path)
+    assert twin.segment(held_out) == seg.segment(held_out)
+    _assert_same_language_model(seg.model_, twin.model_)
+    if length_correction:
+        assert _p0_mass(twin.model_) == pytest.approx(_p0_mass(seg.model_), rel=1e-12)
+        if not moves:
+            assert _p0_mass(twin.model_) == pytest.approx(stats.poisson.cdf(9, twin.model_.length.lam), rel=1e-9)
+    log_p = [seg.model_.log_prob(w) for w in seg.segmentation_]
+    assert [twin.model_.log_prob(w) for w in twin.segmentation_] == log_p
+    # saved again before and after the rebuild: the same state
+    assert km.load_module(km.WordSegmenter(**kwargs), km.save_module(twin, tmp_path / "again.pt")).chain_states_ \
+        == seg.chain_states_
+    seg.resume(2, random_state=7)
+    twin.resume(2, random_state=7)
+    assert twin.segmentation_ == seg.segmentation_
+    _assert_same_language_model(seg.model_, twin.model_)
+
+
+def test_a_save_without_language_models_still_loads(tmp_path):
+    """A save written before the language models were kept (no chain_states_ / slot_rho_) loads: the models are
+    rebuilt from the segmentation with the initial hyperparameters, and with the length correction the weights
+    are computed for the rebuilt character model (the base measure normalised)."""
+    rng = np.random.default_rng(0)
+    utterances = ["".join(rng.choice(["abc", "xy", "dog"], size=rng.integers(1, 4))) for _ in range(40)]
+    seg = km.WordSegmenter(n_iter=3, random_state=1, length_correction=True).fit(utterances)
+    old = {k: v for k, v in seg.state_dict().items() if k not in ("chain_states_", "slot_rho_")}
+    twin = km.WordSegmenter(n_iter=3, length_correction=True, random_state=0)
+    twin.load_state_dict(old)
+    assert twin.segmentation_ == seg.segmentation_ and twin.chain_states_ == []
+    assert all("".join(w) == u for w, u in zip(twin.segment(utterances), utterances))
+    model = twin.model_
+    assert model.words.d == [0.5, 0.5] and model.length.lam == 2.0
+    assert sum(r.c for key, r in model.words.restaurants.items() if key) == sum(len(w) + 1 for w in seg.segmentation_)
+    assert _p0_mass(model) == pytest.approx(stats.poisson.cdf(9, 2.0), rel=1e-9)
+    with pytest.raises(km.GraphError, match="length_correction=True"):  # the saved models' configuration is checked
+        km.load_module(km.WordSegmenter(n_iter=3), km.save_module(seg, tmp_path / "seg.pt"))
+
+
+@pytest.mark.parametrize("prior_mode", ["slot", "name"])
+def test_save_and_load_keep_the_state_of_the_concept_models(tmp_path, prior_mode):
+    """Under a concept module the slot model's slot probabilities (the name counts of its next update) and the
+    one-name model's slots and language model (holding NAME) survive a save and load; segment() is the same."""
+    house = simulated_house(60, seed=2)
+    kwargs = dict(n_iter=3, sweeps_per_update=1, prior_mode=prior_mode, length_correction=True, name="seg")
+    seg = km.WordSegmenter(**kwargs).connect(km.Observation(house["utterance"], name="utterances"))
+    spco = km.SpatialConcept(5, sweeps=2).connect(km.GMM(5, max_iter=3).connect(km.Observation(house["position"])),
+                                                 seg)
+    km.Graph([spco]).fit(2, seed=0)
+    path = km.save_module(seg, tmp_path / "seg.pt")
+    twin = km.load_module(km.WordSegmenter(**kwargs).connect(km.Observation(house["utterance"], name="utterances")),
+                          path)
+    new = simulated_house(20, seed=5)["utterance"]
+    assert twin.segment(new) == seg.segment(new)
+    _assert_same_language_model(seg.model_, twin.model_)
+    assert [twin.model_.log_prob(w) for w in twin.segmentation_] == [seg.model_.log_prob(w) for w in seg.segmentation_]
+    if prior_mode == "slot":
+        assert seg.slot_rho_[0] is not None and twin.slot_rho_ == seg.slot_rho_
+    else:
+        assert seg.chain_slots_[0] is not None and twin.chain_slots_ == seg.chain_slots_
+
+
 def test_a_refused_sentence_leaves_the_model_unchanged():
     """add_sentence checks every word before seating any: a symbol outside the alphabet used to be found by the
     character model after the word model had seated the customer, leaving a model that could not be emptied."""

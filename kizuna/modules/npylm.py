@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -50,6 +51,24 @@ from kizuna.modules.npylm_slot import ConceptNames, sample_slot
 from kizuna.modules.pitman_yor import HPYLM, count_part
 
 BOS, EOS = "\x02", "\x03"
+
+
+@dataclass
+class NPYLMState:
+    """What a fitted `NPYLM` is, beyond its construction, as plain values (`NPYLM.state`, `NPYLM.load_state`; a
+    `WordSegmenter` saves one per chain): every depth's :math:`(d, \\theta)` of the word and character models, the
+    seatings of both (`HPYLM.seating`), and with the length correction its :math:`\\lambda` and the length weights
+    in force (`CharModel.length_weight`, kept as they are: name moves after the last draw of :math:`\\lambda` change
+    the character counts but not the weights)."""
+
+    word_d: list[float] = field(default_factory=list)
+    word_theta: list[float] = field(default_factory=list)
+    char_d: list[float] = field(default_factory=list)
+    char_theta: list[float] = field(default_factory=list)
+    word_seating: list = field(default_factory=list)
+    char_seating: list = field(default_factory=list)
+    lam: float | None = None
+    length_weight: list[float] | None = None
 
 
 class NPYLM:
@@ -75,8 +94,37 @@ class NPYLM:
         self.chars = CharModel("".join(sorted(set(alphabet))) + EOS, char_order)
         self.words = HPYLM(2, self.chars.p0, self._feed_chars)
         self.length = WordLength() if length_correction else None
+        self.update_length_weight()
+
+    def update_length_weight(self) -> None:
+        """With the length correction, recompute `CharModel.length_weight` exactly for the character model and
+        :math:`\\lambda` now in force (nothing without it)."""
         if self.length is not None:
-            self.chars.set_length_weight(self.length.weights(self.chars, max_word_length))
+            self.chars.set_length_weight(self.length.weights(self.chars, self.max_word_length))
+
+    def state(self) -> NPYLMState:
+        """The fitted state (`NPYLMState`), to be restored by `load_state` into a model built the same way."""
+        return NPYLMState(list(self.words.d), list(self.words.theta), list(self.chars.hpylm.d),
+                          list(self.chars.hpylm.theta), self.words.seating(), self.chars.hpylm.seating(),
+                          None if self.length is None else self.length.lam,
+                          None if self.length is None else self.chars.length_weight.tolist())
+
+    def load_state(self, state: NPYLMState) -> None:
+        """Restore `state`'s output: the model's probabilities become exactly the saved model's."""
+        if (state.lam is None) != (self.length is None) or (state.lam is None) != (state.length_weight is None):
+            raise ValueError(f"NPYLM.load_state: the state was saved {'without' if state.lam is None else 'with'} the "
+                             f"length correction, the model is built {'without' if self.length is None else 'with'} it")
+        depths = (len(state.word_d), len(state.word_theta), len(state.char_d), len(state.char_theta))
+        if depths != (self.words.order,) * 2 + (self.chars.order,) * 2:
+            raise ValueError(f"NPYLM.load_state: {depths} hyperparameters per model for orders "
+                             f"{self.words.order}, {self.chars.order}")
+        self.words.set_seating(state.word_seating)
+        self.chars.set_seating(state.char_seating)
+        self.words.d, self.words.theta = [float(x) for x in state.word_d], [float(x) for x in state.word_theta]
+        self.chars.set_hyperparameters([float(x) for x in state.char_d], [float(x) for x in state.char_theta])
+        if self.length is not None:
+            self.length.lam = float(state.lam)
+            self.chars.set_length_weight(np.asarray(state.length_weight, dtype=float))
 
     def _feed_chars(self, w: str, sign: int, rng: np.random.Generator) -> None:
         (self.chars.add if sign > 0 else self.chars.remove)(w, rng)
@@ -244,7 +292,7 @@ class NPYLM:
             root = self.words.restaurants.get(())
             tables = [] if root is None else [(w, len(t)) for w, t in root.tables.items() if w != EOS]
             self.length.sample((len(w) for w, n in tables for _ in range(n)), rng)
-            self.chars.set_length_weight(self.length.weights(self.chars, self.max_word_length))
+            self.update_length_weight()
 
     def log_prob(self, words: Sequence[str]) -> float:
         """:math:`\\log p(w_1 \\dots w_m\\, \\text{EOS})` under the current model."""

@@ -86,6 +86,11 @@ class CharModel:
         self.hpylm.d, self.hpylm.theta = list(d), list(theta)
         self._memo.clear()
 
+    def set_seating(self, seating: list) -> None:
+        """Replace the seating by `HPYLM.seating`'s output (the dense counts follow through the observer)."""
+        self.hpylm.set_seating(seating)
+        self._memo.clear()
+
     def _spell(self, word: str) -> list[tuple[int, tuple]]:
         bow, eow = self.size - 1, self.size - 1
         padded = [bow] * (self.order - 1) + self.encode(word).tolist()

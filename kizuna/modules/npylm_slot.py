@@ -81,7 +81,7 @@ class ConceptNames:
                 row = self.counts[w] = np.zeros_like(self.totals)
             row += p * self.resp[n]
             self.totals += p * self.resp[n]
-        self.words[n], self.slots[n] = list(words), list(rho)
+        self.words[n], self.slots[n] = list(words), [float(p) for p in rho]  # plain floats: saved by WordSegmenter
 
     def remove(self, n: int) -> None:
         """Undo `add` of utterance ``n`` (nothing when it is not counted)."""

@@ -172,6 +172,36 @@ class HPYLM:
         if self.on_base is not None:
             self.on_base(w, -1, rng)
 
+    def seating(self) -> list:
+        """Every restaurant's seating as plain lists, ``[[context, [[w, table sizes], ...]], ...]`` in the model's
+        own order (a saved NPYLM keeps it, `kizuna.modules.npylm.NPYLMState`)."""
+        return [[list(key), [[w, list(sizes)] for w, sizes in r.tables.items()]] for key, r in self.restaurants.items()]
+
+    def set_seating(self, seating: list) -> None:
+        """Replace every restaurant by those of `seating`'s output (the same order, so later draws are the ones the
+        saved model would make); the observer sees every word of the old seating leave and of the new one arrive,
+        ``on_base`` is not called (the base model's seating is restored with it). Nothing changes when it raises."""
+        restaurants: dict[tuple, Restaurant] = {}
+        for key, words in seating:
+            key = tuple(key)
+            if len(key) >= self.order or key in restaurants:
+                raise ValueError(f"HPYLM.set_seating: context {key!r} is repeated or deeper than order {self.order}")
+            r = restaurants[key] = Restaurant()
+            for w, sizes in words:
+                sizes = [int(size) for size in sizes]
+                if not sizes or min(sizes) < 1 or w in r.tables:
+                    raise ValueError(f"HPYLM.set_seating: bad tables {sizes!r} of {w!r} in context {key!r}")
+                r.tables[w], r.cw[w] = sizes, sum(sizes)
+                r.c += r.cw[w]
+                r.t += len(sizes)
+        for key, r in self.restaurants.items():
+            for w, sizes in r.tables.items():
+                self._observe(key, w, -r.cw[w], -len(sizes))
+        self.restaurants = restaurants
+        for key, r in restaurants.items():
+            for w, sizes in r.tables.items():
+                self._observe(key, w, r.cw[w], len(sizes))
+
     def _observe(self, key: tuple, w: Hashable, customers: int, tables: int) -> None:
         if self.observer is not None:
             self.observer(key, w, customers, tables)

@@ -62,7 +62,7 @@ import torch
 
 from kizuna.modules.base import Message, Module
 from kizuna.modules.context import UpdateContext
-from kizuna.modules.npylm import NPYLM, gibbs_sweep, random_segmentation, temperatures
+from kizuna.modules.npylm import NPYLM, NPYLMState, gibbs_sweep, random_segmentation, temperatures
 from kizuna.modules.npylm_name import NAME, NameSlots, initial_slots, lm_words, name_sweep, name_viterbi
 from kizuna.modules.npylm_slot import ConceptNames
 from kizuna.modules.npylm_types import type_moves
@@ -119,8 +119,13 @@ class WordSegmenter(Module):
 
     @dataclass
     class State(Module.State):
-        """Also the utterances, their current segmentation and the vocabulary sent up; the language model
-        is rebuilt from the segmentation (its table seatings drawn again) when it is needed after a load."""
+        """Also the utterances, their current segmentation and the vocabulary sent up, and every chain's fitted
+        language model (`kizuna.modules.npylm.NPYLMState`: the hyperparameters of both models, :math:`\\lambda` and
+        the length weights, the seatings), restored exactly when it is needed after a load; the slot model's slot
+        probabilities of each word (``slot_rho_``), the name counts of the next update under ``prior_mode="slot"``.
+        A save without ``chain_states_`` (written before they were kept) rebuilds the models from the segmentations
+        as it always did: seatings drawn again, hyperparameters and :math:`\\lambda` at their initial values, and
+        the length weights computed for the rebuilt character model."""
 
         utterances_: list[str] = field(default_factory=list)
         segmentation_: list[list[str]] = field(default_factory=list)
@@ -130,6 +135,8 @@ class WordSegmenter(Module):
         relearned_: bool = False
         chain_slots_: list = field(default_factory=list)
         concepts_: torch.Tensor | None = None  # the last concept posterior received (N×L; `segment(concepts=)`)
+        chain_states_: list[NPYLMState] = field(default_factory=list)
+        slot_rho_: list = field(default_factory=list)
 
     def __init__(self, max_word_length: int = 10, char_order: int = 3, n_iter: int = 20, sweeps_per_update: int = 2,
                  n_candidates: int = 8, prior_weight: float = 1.0, min_count: int = 2, anneal: float = 1.0,
@@ -152,7 +159,8 @@ class WordSegmenter(Module):
         if not 0 < slot_weight < 1 or slot_concentration <= 0:
             raise ValueError(f"WordSegmenter {self.name}: need 0 < slot_weight < 1 and slot_concentration > 0")
         self.prior_mode, self.slot_weight, self.slot_concentration = prior_mode, slot_weight, slot_concentration
-        self._slot_rho: list[list[list[float]] | None] = []
+        self.slot_rho_: list[list[list[float] | None] | None] = []  # per chain, the slot model's rho of each word
+        self._saved_chain_states: list[NPYLMState] = []  # loaded, until the models are rebuilt from them
         self.chain_slots_: list[list[int | None] | None] = []  # the one-name model's slots (None: not in force)
         self.concepts_: torch.Tensor | None = None
         self.relearn, self.relearned_ = relearn, False
@@ -183,21 +191,50 @@ class WordSegmenter(Module):
         concept posterior, to choose among ``n_chains > 1`` chains)."""
         return "classes" if self.n_chains > 1 or self.prior_mode in ("slot", "name") else "words"
 
+    @property
+    def chain_states_(self) -> list[NPYLMState]:
+        """Every chain's language model as saved (`NPYLM.state`; the loaded states until the models are rebuilt)."""
+        if self.chain_models_:
+            return [model.state() for model in self.chain_models_]
+        return self._saved_chain_states
+
+    @chain_states_.setter
+    def chain_states_(self, value: list[NPYLMState]) -> None:
+        self._saved_chain_states = list(value or [])
+
     def _before_load(self, state: dict) -> None:
         self.model_, self.chain_models_ = None, []
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """See `Stateful.load_state_dict`; a save from before ``chain_states_`` and ``slot_rho_`` were kept loads with
+        none (the models rebuilt from the segmentations, see ``State``)."""
+        super().load_state_dict({"chain_states_": [], "slot_rho_": [], **state})
+        states, n_seg = self._saved_chain_states, len(self.chain_segmentations_)
+        if states and len(states) != n_seg:
+            raise ValueError(f"WordSegmenter {self.name}: {len(states)} saved language models for {n_seg} chains")
+        for st in states:
+            if (st.lam is not None) != self.length_correction:
+                raise ValueError(f"WordSegmenter {self.name}: the language models were saved with "
+                                 f"length_correction={st.lam is not None}, the module has {self.length_correction}")
+
     def _rebuilt(self, rng: np.random.Generator) -> NPYLM | None:
-        """The language models, rebuilt from the segmentations after a load; the kept one (None before any fit)."""
+        """The language models after a load, restored from ``chain_states_`` (or rebuilt from the segmentations for
+        a save without them, see ``State``); the kept one (None before any fit)."""
         if not self.chain_segmentations_ and self.segmentation_:  # saved by a version without chains
             self.chain_segmentations_ = [self.segmentation_]
         if not self.chain_models_ and self.chain_segmentations_ and any(self.chain_segmentations_[0]):
-            for segmentation in self.chain_segmentations_:
+            states = self._saved_chain_states
+            for r, segmentation in enumerate(self.chain_segmentations_):
                 model = self._new_model(self.utterances_)
-                r = len(self.chain_models_)
-                slots = self.chain_slots_[r] if r < len(self.chain_slots_) else None
-                for n, words in enumerate(segmentation):
-                    model.add_sentence(words if slots is None else lm_words(words, slots[n]), rng)
+                if len(states) == len(self.chain_segmentations_):
+                    model.load_state(states[r])
+                else:
+                    slots = self.chain_slots_[r] if r < len(self.chain_slots_) else None
+                    for n, words in enumerate(segmentation):
+                        model.add_sentence(words if slots is None else lm_words(words, slots[n]), rng)
+                    model.update_length_weight()  # p0 normalised for the rebuilt character model
                 self.chain_models_.append(model)
+            self._saved_chain_states = []
             self._keep(self.selected_)
         return self.model_
 
@@ -222,7 +259,7 @@ class WordSegmenter(Module):
 
     def _start(self, utterances: list[str], rng: np.random.Generator) -> None:
         self.utterances_ = utterances
-        self.chain_models_, self.chain_segmentations_, self._slot_rho = [], [], []
+        self.chain_models_, self.chain_segmentations_, self.slot_rho_ = [], [], []
         self.chain_slots_ = [None] * self.n_chains
         for _ in range(self.n_chains):
             model = self._new_model(utterances)
@@ -247,13 +284,13 @@ class WordSegmenter(Module):
         """``schedule`` sweeps of every chain; with ``concepts`` (N×L) and ``prior_mode="slot"``, of the slot model."""
         slot = concepts is not None and self.prior_mode == "slot"
         one_name = concepts is not None and self.prior_mode == "name"
-        if len(self._slot_rho) != self.n_chains:
-            self._slot_rho = [None] * self.n_chains
+        if len(self.slot_rho_) != self.n_chains:
+            self.slot_rho_ = [None] * self.n_chains
         if len(self.chain_slots_) != self.n_chains:
             self.chain_slots_ = [None] * self.n_chains
         chains = zip(self.chain_models_, self.chain_segmentations_, self._chain_rngs(rng))
         for r, (model, segmentation, chain_rng) in enumerate(chains):
-            names = ConceptNames.counted(concepts, segmentation, self._slot_rho[r], self.slot_weight,
+            names = ConceptNames.counted(concepts, segmentation, self.slot_rho_[r], self.slot_weight,
                                          self.slot_concentration) if slot else None
             if one_name:
                 names = self._name_slots(r, model, segmentation, concepts, chain_rng)
@@ -275,7 +312,7 @@ class WordSegmenter(Module):
             if one_name:
                 self.chain_slots_[r] = list(names.slot)
             elif names is not None:
-                self._slot_rho[r] = names.slots
+                self.slot_rho_[r] = names.slots
 
     def _name_slots(self, r: int, model: NPYLM, segmentation: list[list[str]], concepts: np.ndarray,
                     rng: np.random.Generator) -> NameSlots:
