@@ -74,11 +74,18 @@ class _Spec:
 
 
 def latex_label(name: str) -> str:
-    """``z_1`` -> ``z_{1}``, ``x_u`` -> ``x_{u}``; names already in braces are kept."""
+    """``z_1`` -> ``z_{1}``, ``x_u`` -> ``x_{u}``; names already in braces are kept (LaTeX commands such as
+    ``\\hat{x}`` pass through); LaTeX's special characters ``% # & $`` are escaped (``x%`` -> ``x\\%``), which would
+    otherwise end the formula, start a comment or an alignment."""
+    name = "".join("\\" + c if c in _LATEX_SPECIAL and (i == 0 or name[i - 1] != "\\") else c
+                   for i, c in enumerate(name))
     if "_" not in name or "{" in name:
         return name
     head, tail = name.split("_", 1)
     return f"{head}_{{{tail}}}"
+
+
+_LATEX_SPECIAL = frozenset("%#&$")
 
 
 def _atoms(p: Distribution) -> list[tuple[str, list[str], list[str]]]:
