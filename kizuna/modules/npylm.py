@@ -151,6 +151,8 @@ class NPYLM:
             if len(w) > self.max_word_length:
                 raise ValueError(f"NPYLM: word {i} {w!r} of {list(words)!r} is longer than "
                                  f"max_word_length={self.max_word_length}")
+            if self.alphabet.issuperset(w):  # the usual case, one C call; else find the symbol to name
+                continue
             for j, ch in enumerate(w):
                 if ch not in self.alphabet:
                     raise ValueError(f"NPYLM: symbol {ch!r} at position {j} of word {i} {w!r} of {list(words)!r} is "
