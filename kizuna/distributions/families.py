@@ -81,8 +81,9 @@ class Normal(TorchDistribution):
         if not (isinstance(p_loc, Tensor) and isinstance(p_scale, Tensor) and isinstance(q_loc, Tensor)
                 and isinstance(q_scale, Tensor)):
             return None
-        if other._numbers and other._is_standard_normal() and p_loc.shape == p_scale.shape and q_loc.shape[1:] == p_loc.shape[1:] \
-                and q_scale.shape[1:] == p_loc.shape[1:] and q_loc.dtype == p_loc.dtype == q_scale.dtype:
+        if other._numbers and other._is_standard_normal() and p_loc.shape == p_scale.shape \
+                and q_loc.shape[1:] == p_loc.shape[1:] and q_scale.shape[1:] == p_loc.shape[1:] \
+                and q_loc.dtype == p_loc.dtype == q_scale.dtype:
             # to N(0, 1) (the usual prior): torch's formula with the divisions by 1 and the subtraction of 0
             # left out, which changes no bit of the result; three operators fewer each way
             var_ratio = p_scale.pow(2)

@@ -262,7 +262,11 @@ def precision_root(cov: Tensor) -> Tensor:
     """A triangular ``R`` with ``R R^T = cov^{-1}`` (or the diagonal precision ``1/cov``)."""
     if cov.dim() == 2:
         return 1.0 / cov
-    chol = torch.linalg.cholesky(cov)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if bool((info != 0).any()):
+        bad = [int(k) for k in torch.nonzero(info).flatten()]
+        raise ValueError(f"GMM: the covariance of component(s) {bad} is not positive definite (duplicate points, or "
+                         "fewer distinct points than dimensions in a component); a larger reg_covar keeps it so")
     eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
     return torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
 

@@ -210,8 +210,10 @@ class GaussianMixture(Estimator):
         return self
 
     def fit_predict(self, X: Any, y: Any = None) -> Any:
-        """``fit(X)`` then the most probable class of every training sample."""
-        return self._out(self.fit(X).fitted_.resp.argmax(1), X)
+        """``fit(X).predict(X)``, as in scikit-learn: the most probable component of every training sample under
+        the fitted model (for ``gibbs`` and ``collapsed`` the posterior predictive, not the chain's last
+        leave-one-out responsibilities, which can differ for a few points near a boundary)."""
+        return self.fit(X).predict(X)
 
     def predict_proba(self, X: Any) -> Any:
         """:math:`p(c=k\\mid x)` (N×K) under the fitted model."""
