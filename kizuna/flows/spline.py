@@ -12,7 +12,8 @@ On :math:`[-B, B]` the map is piecewise: in bin :math:`k`, with knots :math:`(x_
 
 Outside :math:`[-B, B]` it is the identity; the boundary derivatives are 1, so the map is
 continuously differentiable. The inverse solves the quadratic in :math:`\xi` (eq. 29 of the paper)
-with the numerically stable root :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})`.
+with the numerically stable root :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})`, clamped to :math:`[0, 1]`
+(in float32 the root of a wide, flat bin can fall just outside it, which made the log-slope NaN).
 """
 
 from __future__ import annotations
@@ -83,14 +84,16 @@ def rational_quadratic_spline(
         a = hk * (sk - dk) + delta * curvature
         b = hk * dk - delta * curvature
         c = -sk * delta
-        xi = (2.0 * c) / (-b - torch.sqrt((b * b - 4.0 * a * c).clamp_min(0.0)))
+        # clamped: in float32 the root can land just outside its bin (past 1 for a wide, flat bin), and
+        # then ξ(1-ξ) < 0 can make the log-slope's argument negative (a NaN log-determinant)
+        xi = ((2.0 * c) / (-b - torch.sqrt((b * b - 4.0 * a * c).clamp_min(0.0)))).clamp(0.0, 1.0)
     else:
         xi = (xc - xk) / wk
     rest = 1 - xi
     xi_rest = xi * rest  # ξ(1-ξ), shared by g, g' and their denominator
     den = sk + curvature * xi_rest
     if inverse:
-        out = xk + xi * wk
+        out = (xk + xi * wk).clamp(-bound, bound)  # xk + wk can round one ulp past the last knot
     else:
         out = yk + hk * (sk * xi * xi + dk * xi_rest) / den
     log_grad = 2 * torch.log(sk) + torch.log(dk1 * xi * xi + 2 * sk * xi_rest + dk * rest * rest) - 2 * torch.log(den)
