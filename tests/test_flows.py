@@ -428,6 +428,40 @@ def test_actnorm_initialises_from_the_first_training_batch() -> None:
     assert torch.equal(f.bias.detach(), before) and bool(f.initialized)
 
 
+def test_actnorm_refuses_to_initialise_from_a_non_finite_batch() -> None:
+    """A NaN (or inf) in the initialising batch raises, naming its row, and leaves the layer uninitialised (before:
+    the bias and scale of its channel became NaN for good); the next clean batch initialises it as usual."""
+    f = ActNorm(3)
+    before = {k: v.clone() for k, v in f.state_dict().items()}
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(4, 3, generator=_gen(30))
+        x[1, 0] = bad
+        with pytest.raises(ValueError, match=rf"ActNorm: the data-dependent initialisation needs a finite batch.*"
+                                             rf"{bad} at row 1, channel 0.*stays uninitialised"):
+            f(x)
+        assert all(torch.equal(v, before[k]) for k, v in f.state_dict().items()) and not bool(f.initialized)
+    x = 3.0 + 2.0 * torch.randn(50, 3, generator=_gen(31))
+    z = f(x)
+    assert bool(f.initialized) and z.mean(0).abs().max() < 1e-5
+
+
+def test_batchnorm_running_statistics_skip_a_non_finite_batch() -> None:
+    """A training batch with a NaN leaves the running averages as they were (before: NaN for good, so every later
+    evaluation-mode output was NaN); a clean batch then updates them as usual."""
+    f = BatchNorm1d(3, momentum=0.5).double()
+    f(1.0 + torch.randn(6, 3, dtype=F64, generator=_gen(32)))
+    mean, var = f.running_mean.clone(), f.running_var.clone()
+    x = torch.randn(6, 3, dtype=F64, generator=_gen(33))
+    x[1, 0] = float("nan")
+    f(x)  # the batch's own output is NaN in channel 0 (its statistics are); the stored averages are untouched
+    assert torch.equal(f.running_mean, mean) and torch.equal(f.running_var, var)
+    clean = 2.0 + torch.randn(6, 3, dtype=F64, generator=_gen(34))
+    f(clean)
+    torch.testing.assert_close(f.running_mean, 0.5 * mean + 0.5 * clean.mean(0))
+    torch.testing.assert_close(f.running_var, 0.5 * var + 0.5 * clean.var(0, unbiased=False))
+    assert torch.isfinite(f.eval()(clean)).all()
+
+
 def test_batchnorm_training_uses_batch_statistics() -> None:
     x = 2.0 + 3.0 * torch.randn(256, 3, generator=_gen(1), dtype=F64)
     f = BatchNorm1d(3, momentum=1.0).double()

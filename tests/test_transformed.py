@@ -29,6 +29,7 @@ from kizuna.flows import (
     MAF,
     ActNorm,
     AffineCoupling,
+    BatchNorm1d,
     ChannelConv,
     FlowList,
     PlanarFlow,
@@ -220,6 +221,28 @@ def test_errors_name_the_problem() -> None:
         p.get_log_prob({"x": torch.zeros(1, 2, dtype=F64)}, feature_dims=[1])
     with pytest.raises(ValueError, match="MAF: x has 3 features"):
         p.get_log_prob({"x": torch.zeros(1, 3, dtype=F64)})
+
+
+@pytest.mark.parametrize("layer", [lambda: ActNorm(3), lambda: BatchNorm1d(3)], ids=["ActNorm", "BatchNorm1d"])
+def test_a_nan_in_the_data_is_named_and_leaves_the_flow_unchanged(layer) -> None:
+    """The reviewer's case: a NaN at row 1 of x. Before: ActNorm's initialisation (or BatchNorm's statistics) spread
+    it, the prior's check named "x_dict['z'] ... row 0", and the layer's state stayed NaN (every later call failed).
+    Now the value is checked before the flow runs, and a later clean call works."""
+    prior = _std_normal("z", 3)
+    flow = FlowList([layer()])
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    x = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    x[1, 0] = float("nan")
+    p = InverseTransformedDistribution(prior, flow.double(), var=["x"])
+    with pytest.raises(ValueError, match=r"p\(x\): x_dict\['x'\] holds nan at row 1, column 0"):
+        p.get_log_prob({"x": x})
+    q = TransformedDistribution(prior, flow, var=["x"])
+    with pytest.raises(ValueError, match=r"p\(x\): x_dict\['x'\] holds nan at row 1, column 0"):
+        q.get_log_prob({"x": x})
+    assert all(torch.equal(v, before[k].to(v.dtype)) for k, v in flow.state_dict().items())
+    clean = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(p.get_log_prob({"x": clean})).all()
+    assert torch.isfinite(p.eval().get_log_prob({"x": clean})).all()
 
 
 # ------------------------------------------------------------------ learning

@@ -32,7 +32,9 @@ from typing import Any
 
 import torch
 
+from kizuna._data import first_nonfinite
 from kizuna.distributions.base import Distribution, Tensor, XDict, _as_list, batch_size_of
+from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.flows.base import Flow
 from kizuna.formula.memo import memoized
 
@@ -116,6 +118,11 @@ class _FlowDistribution(Distribution):
         value = x_dict[self._var[0]]
         if not isinstance(value, Tensor):
             raise TypeError(f"{self.prob_text}: {self._var[0]} must be a torch.Tensor, got {type(value).__name__}")
+        if validation_enabled():  # before the flow runs: a NaN would spread over the batch (ActNorm's initialisation,
+            # BatchNorm's statistics) and the prior's check would name its variable and the wrong row
+            nonfinite = first_nonfinite({self._var[0]: value}, "x_dict")
+            if nonfinite is not None:
+                raise ValueError(f"{self.prob_text}: {nonfinite} (not a number a flow can score); remove or impute it")
         return value
 
 

@@ -7,12 +7,14 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
 
 * `ActNorm` (Glow, Kingma & Dhariwal 2018, arXiv:1807.03039): :math:`z = (x + b)\, e^{\ell}` with
   learnable :math:`b, \ell`, initialised from the first training batch so that it comes out with
-  zero mean and unit variance per channel.
+  zero mean and unit variance per channel. A first batch with a NaN or inf is refused (``ValueError``)
+  and leaves the layer uninitialised.
 * `BatchNorm1d` / `BatchNorm2d` (RealNVP, Dinh et al. 2016, arXiv:1605.08803, sec. 3.7):
   :math:`z = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\, e^{\gamma} + \beta`, with the batch's
   :math:`\mu, \sigma^2` in training mode and their running averages in evaluation mode
   (:math:`\text{running} \leftarrow (1 - m)\,\text{running} + m\,\text{batch}`, torch's convention:
-  ``momentum`` :math:`m = 0.1` by default). In training mode the log-determinant treats the batch
+  ``momentum`` :math:`m = 0.1` by default; a training batch with a NaN or inf leaves the running
+  averages unchanged). In training mode the log-determinant treats the batch
   statistics as constants (as the paper and Pixyz do): it is the log-determinant of the per-row map
   :math:`x_i \mapsto z_i` with :math:`\mu, \sigma^2` fixed at the batch's values, not of the map of
   the whole batch (which is not invertible: adding a constant to every row of a channel leaves
@@ -67,6 +69,14 @@ class ActNorm(Flow):
     def _initialize(self, x: Tensor) -> None:
         with torch.no_grad():
             mean, var = _channel_stats(x)
+            # checked before any state changes (one check, at the initialising batch only): a NaN or inf would make
+            # the bias or scale NaN for good, and every later output with it
+            if not bool(torch.isfinite(mean).all() & torch.isfinite(var).all()):
+                bad = (~torch.isfinite(x)).nonzero()
+                where = f" ({x[tuple(bad[0])].item()} at row {bad[0, 0].item()}, channel {bad[0, 1].item()})" \
+                    if len(bad) else " (its variance overflows)"
+                raise ValueError(f"ActNorm: the data-dependent initialisation needs a finite batch, got non-finite x"
+                                 f"{where}; the layer stays uninitialised (remove or impute the value)")
             self.bias.copy_(-mean)
             self.log_scale.copy_(-0.5 * torch.log(var + self.eps))
             self.initialized.fill_(True)
@@ -118,8 +128,12 @@ class _BatchNorm(Flow):
                              f"statistics), got input of shape {tuple(x.shape)}; use larger batches, or eval() mode")
         mean, var = _channel_stats(x)
         with torch.no_grad():
-            self.running_mean.lerp_(mean.detach(), self.momentum)
-            self.running_var.lerp_(var.detach(), self.momentum)
+            # a batch with a NaN or inf leaves the running statistics as they were (torch.where: no host-device sync)
+            finite = torch.isfinite(mean).all() & torch.isfinite(var).all()
+            self.running_mean.copy_(torch.where(finite, self.running_mean.lerp(mean.detach(), self.momentum),
+                                                self.running_mean))
+            self.running_var.copy_(torch.where(finite, self.running_var.lerp(var.detach(), self.momentum),
+                                               self.running_var))
             self.batch_mean.copy_(mean.detach())
             self.batch_var.copy_(var.detach())
         self._has_batch_stats = True
