@@ -23,3 +23,24 @@ def first_nonfinite(x_dict: Mapping[str, Any], what: str, rows: torch.Tensor | N
             where = f"row {row}" + (f", column {', '.join(map(str, bad[1:]))}" if len(bad) > 1 else "")
             return f"{what}['{key}'] holds {entry} at {where}"
     return None
+
+
+def check_context(layer: str, y: torch.Tensor | None, context_features: int, rows: int,
+                  broadcast: bool = False) -> None:
+    """A clear error for a missing, unexpected or wrongly sized context ``y`` of a conditional layer (its features
+    flattened: ``(rows, context_features)``); ``broadcast`` also accepts one row for all ``rows`` rows of ``x``."""
+    if not context_features:
+        if y is not None:
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"{layer}: built without a context (context_features=0) but given one of shape {shape}; "
+                             "build it with context_features=... to condition it")
+        return
+    if y is None:
+        raise ValueError(f"{layer}: built with context_features={context_features} but no context was given")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{layer}: the context must be a torch.Tensor, got {type(y).__name__}")
+    batches = (1, rows) if broadcast else (rows,)
+    if y.dim() == 0 or y.shape[0] not in batches or y.shape[1:].numel() != context_features:
+        ones = ", or 1" if broadcast else ""
+        raise ValueError(f"{layer}: the context must be (batch, {context_features}) with the batch of x "
+                         f"({rows}{ones}), features flattened; got shape {tuple(y.shape)}")

@@ -641,7 +641,46 @@ BAD = [
     (lambda: PlanarFlow(2)(torch.zeros(2)), "needs a batch dimension"),
     (lambda: BatchNorm2d(2)(torch.zeros(2, 2)), r"BatchNorm2d: x must be \(B, C, H, W\)"),
     (lambda: RationalQuadraticCoupling(3, num_bins=1), "num_bins must be at least 2"),
+    # NaN passed the range check (x < 0) | (x > 1) before, and gave a NaN z
+    (lambda: Preprocess(17)(torch.tensor([[0.5, float("nan")]])),
+     r"Preprocess: x must lie in \[0, 1\].*got nan at row 0, column 1; remove or impute it"),
+    # off the grid of 17 levels: the bits/dim bound does not hold (before: a value, silently)
+    (lambda: Preprocess(17, dequantize=False)(torch.tensor([[0.5, 0.03]])),
+     r"Preprocess: x must lie on the grid of levels=17 grey levels k / 16, got 0.0299.* at row 0, column 1 \(k = 0.48"),
+    # wrong contexts gave raw torch errors before ("mat1 and mat2 shapes cannot be multiplied", "size of tensor a")
+    (lambda: MAF(4, [8], context_features=2)(torch.randn(5, 4), torch.randn(5, 3)),
+     r"MAF: the context must be \(batch, 2\) with the batch of x \(5, or 1\).*got shape \(5, 3\)"),
+    (lambda: MAF(4, [8], context_features=2)(torch.randn(5, 4), torch.randn(3, 2)), r"MAF: .*got shape \(3, 2\)"),
+    (lambda: IAF(4, [8], context_features=2).inverse(torch.randn(5, 4), torch.randn(3, 2)),
+     r"IAF: .*got shape \(3, 2\)"),
+    (lambda: MAF(4, [8])(torch.randn(5, 4), torch.randn(5, 2)), r"MAF: built without a context.*shape \(5, 2\)"),
+    (lambda: AffineCoupling(4, hidden_features=8)(torch.randn(5, 4), torch.randn(5, 2)),
+     r"AffineCoupling: built without a context \(context_features=0\) but given one of shape \(5, 2\)"),
+    (lambda: AffineCoupling(4, hidden_features=8, context_features=2)(torch.randn(5, 4), torch.randn(3, 2)),
+     r"AffineCoupling: the context must be \(batch, 2\) with the batch of x \(5\).*got shape \(3, 2\)"),
+    (lambda: AffineCoupling(4, hidden_features=8, context_features=2)(torch.randn(5, 4)),
+     "AffineCoupling: built with context_features=2 but no context"),
+    (lambda: RationalQuadraticCoupling(4, hidden_features=8, context_features=2)(torch.randn(5, 4), torch.randn(5, 3)),
+     r"RationalQuadraticCoupling: the context must be \(batch, 2\).*got shape \(5, 3\)"),
+    # before: "shape '[4, 2, 3]' is invalid for input of size 20"
+    (lambda: Flatten((2, 3)).inverse(torch.ones(4, 5)),
+     r"Flatten: z has shape \(4, 5\), 5 values per row; the inverse needs \(batch, 6\) to give \(batch, 2, 3\)"),
 ]
+
+
+def test_preprocess_takes_every_grid_level_and_checks_the_grid_only_while_validating() -> None:
+    """Every level k / (L-1) as float32 or float64 rounds it passes the grid check (L = 17, 256); with validation off
+    an off-grid value is not checked (one check less per step), while the range check (NaN included) stays on."""
+    from kizuna.distributions import validation
+
+    for levels in (17, 256):
+        for dtype in (torch.float32, F64):
+            x = (torch.arange(levels, dtype=F64) / (levels - 1)).to(dtype)[None]
+            assert torch.isfinite(Preprocess(levels, dequantize=False)(x)).all()
+    with validation(False):
+        Preprocess(17, dequantize=False)(torch.tensor([[0.5, 0.03]]))
+        with pytest.raises(ValueError, match="must lie in"):
+            Preprocess(17)(torch.tensor([[float("nan")]]))
 
 
 @pytest.mark.parametrize("make, match", BAD, ids=[m.split(":")[0][:30] for _, m in BAD])

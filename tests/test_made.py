@@ -124,6 +124,12 @@ def test_errors_name_the_problem() -> None:
         p.get_log_prob({"x": torch.full((2, 3), 2.0)})
     with pytest.raises(ValueError, match="reparam"):
         p.sample(batch_n=2, reparam=True)
+    net = MADE(3, [8], context_features=2)  # before: "mat1 and mat2 shapes cannot be multiplied"
+    with pytest.raises(ValueError, match=r"MADE: the context must be \(batch, 2\).*got shape \(4, 3\)"):
+        net(torch.zeros(4, 3), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"MADE: built without a context.*shape \(4, 2\)"):
+        MADE(3, [8])(torch.zeros(4, 3), torch.zeros(4, 2))
+    assert net(torch.zeros(4, 3), torch.zeros(1, 2)).shape == (4, 1, 3)  # one context for every row
 
 
 def test_integer_and_boolean_values_are_scored_in_the_networks_dtype() -> None:

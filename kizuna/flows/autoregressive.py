@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kizuna._data import check_context
 from kizuna.flows.base import Flow, Tensor
 from kizuna.nets.made import MADE
 
@@ -65,10 +66,12 @@ class _AutoregressiveAffine(Flow):
         return out * torch.exp(alpha) + mu
 
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        check_context(type(self).__name__, y, self.made.context_features, x.shape[0], broadcast=True)
         mu, alpha = self._params(x, y)
         return self._affine(x, mu, alpha), self.sign * alpha.sum(1)
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        check_context(type(self).__name__, y, self.made.context_features, z.shape[0], broadcast=True)
         # pass k fixes the inputs of degree k+1: their parameters depend only on inputs already fixed
         x = torch.zeros_like(z)
         degrees = self.made.degrees

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from kizuna._data import check_context
 from kizuna.flows.base import Flow, Tensor, row_sum
 from kizuna.flows.spline import rational_quadratic_spline
 from kizuna.nets.mlp import MLP
@@ -61,13 +62,16 @@ def coupling_mask(x: Tensor, mask_type: str, inverse_mask: bool) -> Tensor:
 class _ContextMLP(nn.Module):
     """``MLP(cat(x, y))`` with a zero last layer: a new coupling layer starts as the identity."""
 
-    def __init__(self, in_features: int, context_features: int, hidden_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, context_features: int, hidden_features: int, out_features: int,
+                 owner: str = "coupling") -> None:
         super().__init__()
+        self.context_features, self.owner = context_features, owner
         self.net = MLP(in_features + context_features, hidden_features, hidden_features, out_features)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        check_context(self.owner, y, self.context_features, x.shape[0])
         return self.net(x if y is None else torch.cat([x, y.reshape(y.shape[0], -1)], -1))
 
 
@@ -124,7 +128,8 @@ class AffineCoupling(_Coupling):
         self.scale_translate_net = scale_translate_net
         self.default_net = None
         if scale_net is None and scale_translate_net is None:
-            self.default_net = _ContextMLP(in_features, context_features, hidden_features, 2 * in_features)
+            self.default_net = _ContextMLP(in_features, context_features, hidden_features, 2 * in_features,
+                                           "AffineCoupling")
 
     def get_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """:math:`(1-m)\\odot s(x_m)` and :math:`(1-m)\\odot t(x_m)`."""
@@ -172,7 +177,8 @@ class RationalQuadraticCoupling(_Coupling):
             raise ValueError(f"RationalQuadraticCoupling: num_bins must be at least 2, got {num_bins}")
         self.num_bins, self.tail_bound = num_bins, float(tail_bound)
         n_out = in_features * (3 * num_bins - 1)
-        self.net = net if net is not None else _ContextMLP(in_features, context_features, hidden_features, n_out)
+        self.net = net if net is not None else _ContextMLP(
+            in_features, context_features, hidden_features, n_out, "RationalQuadraticCoupling")
 
     def _check(self, x: Tensor, what: str) -> None:
         super()._check(x, what)

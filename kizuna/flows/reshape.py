@@ -8,6 +8,8 @@ r"""`Squeeze` and `Unsqueeze`: trade spatial resolution for channels (RealNVP, a
 
 from __future__ import annotations
 
+import math
+
 from kizuna.flows.base import Flow, Tensor
 
 
@@ -99,4 +101,8 @@ class Flatten(Flow):
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.in_size is None:
             raise ValueError("Flatten: the input shape is unknown; give in_size or run forward first")
+        size = math.prod(self.in_size)
+        if z.shape[1:].numel() != size:
+            raise ValueError(f"Flatten: z has shape {tuple(z.shape)}, {z.shape[1:].numel()} values per row; the "
+                             f"inverse needs (batch, {size}) to give (batch, {', '.join(map(str, self.in_size))})")
         return z.reshape(z.shape[0], *self.in_size), z.new_zeros(z.shape[0])

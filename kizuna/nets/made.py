@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kizuna._data import check_context
+
 Tensor = torch.Tensor
 
 
@@ -98,9 +100,7 @@ class MADE(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"MADE: x must be (batch, {self.in_features}), got {tuple(x.shape)}")
-        if (context is None) != (self.context is None):
-            raise ValueError(f"MADE: built with context_features={self.context_features} but "
-                             f"{'no' if context is None else 'a'} context was given")
+        check_context("MADE", context, self.context_features, x.shape[0], broadcast=True)
         h = x
         for i, layer in enumerate(self.hidden):
             h = layer(h)
