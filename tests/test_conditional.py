@@ -65,3 +65,49 @@ def test_bad_arguments_are_named():
         MLPBernoulli(["x", "y"], ["z"], [2, 3])
     with pytest.raises(ValueError, match="MLPCategorical: sizes must be"):
         MLPCategorical("y", ["x"], [4, 0])
+
+
+def test_torchs_module_hooks_still_run_when_a_distribution_computes_its_parameters():
+    """The parameters come from the network's ``forward`` directly when torch's module call would do nothing else
+    (no hooks on the distribution or on every module, no ``module.compile()``, no JIT trace); with any of those, the
+    module call: each kind of hook fires, and a pre-hook that changes the inputs changes the parameters."""
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    from kizuna.losses import KullbackLeibler
+
+    torch.manual_seed(0)
+    q = MLPNormal("z", ["x"], [3, 8, 2])
+    prior = MLPNormal("z", ["y"], [3, 8, 2], name="p")
+    x, y = torch.randn(5, 3), torch.randn(5, 3)
+    kl = KullbackLeibler(q, prior)
+    plain = kl.eval({"x": x, "y": y})
+    expected = torch.distributions.kl_divergence(
+        D.Normal(*_loc_scale(q, x)), D.Normal(*_loc_scale(prior, y))).sum(-1)
+    torch.testing.assert_close(plain, expected)
+    seen = []
+    handles = [q.register_forward_hook(lambda m, args, kwargs, out: seen.append(("hook", sorted(kwargs))),
+                                       with_kwargs=True),
+               register_module_forward_hook(lambda m, args, out: seen.append(("global", type(m).__name__)))]
+    torch.testing.assert_close(kl.eval({"x": x, "y": y}), plain)
+    assert ("hook", ["x"]) in seen and ("global", "MLPNormal") in seen
+    for h in handles:
+        h.remove()
+    seen.clear()
+    # a pre-hook that doubles x: the parameters are those of 2x
+    handle = q.register_forward_pre_hook(lambda m, args, kwargs: (args, {"x": 2 * kwargs["x"]}), with_kwargs=True)
+    doubled = torch.distributions.kl_divergence(
+        D.Normal(*_loc_scale(q, 2 * x)), D.Normal(*_loc_scale(prior, y))).sum(-1)
+    torch.testing.assert_close(kl.eval({"x": x, "y": y}), doubled)
+    handle.remove()
+    handle = register_module_forward_pre_hook(lambda m, args: seen.append(type(m).__name__))
+    kl.eval({"x": x, "y": y})
+    handle.remove()
+    assert seen.count("MLPNormal") == 2  # both distributions went through the module call
+    seen.clear()
+    torch.testing.assert_close(kl.eval({"x": x, "y": y}), plain)  # hooks removed: the direct call again
+    assert seen == []
+
+
+def _loc_scale(p, x):
+    loc, s = p.net(x).chunk(2, -1)
+    return loc, F.softplus(s) + p.min_scale

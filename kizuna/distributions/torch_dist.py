@@ -79,6 +79,19 @@ class _InGetParams(threading.local):
 _IN_GET_PARAMS = _InGetParams()
 
 
+# torch's registries of hooks on every module (``register_module_forward_hook`` and friends, mutated in place):
+# with none of them and none on the distribution, its module call is its ``forward`` (see `_compute_params`); a torch
+# without them (the names are torch's own) always goes through the module call
+try:
+    from torch.nn.modules import module as _torch_module
+
+    _GLOBAL_HOOKS: tuple[dict, ...] | None = tuple(getattr(_torch_module, name) for name in (
+        "_global_backward_pre_hooks", "_global_backward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks",
+        "_global_forward_hooks_always_called", "_global_forward_hooks_with_kwargs"))
+except AttributeError:  # pragma: no cover - another torch's internals
+    _GLOBAL_HOOKS = None
+
+
 def validation_enabled() -> bool:
     """Whether parameters and values are checked: the innermost `validation` block's setting, else
     torch's default ``validate_args`` (``set_validation``)."""
@@ -315,7 +328,12 @@ class TorchDistribution(Distribution):
             if not torch.is_grad_enabled():  # a network gets ordinary tensors (it may call .numpy())
                 inputs = {k: v.materialize() if type(v) is RepeatedRows else v for k, v in inputs.items()}
             try:
-                out = self(**inputs)
+                if _GLOBAL_HOOKS is None or self._forward_hooks or self._forward_pre_hooks or self._backward_hooks \
+                        or self._backward_pre_hooks or self._compiled_call_impl is not None or any(_GLOBAL_HOOKS) \
+                        or torch._C._get_tracing_state():
+                    out = self(**inputs)  # torch's module call: hooks, module.compile(), a JIT trace
+                else:  # what torch's call does without any of those, without its two frames
+                    out = self.forward(**inputs)
             except RuntimeError as err:  # e.g. a feature width the network does not take
                 if isinstance(err, torch.OutOfMemoryError):
                     raise
