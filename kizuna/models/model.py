@@ -478,22 +478,18 @@ _ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device 
 def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
     r"""``torch.nn.utils.clip_grad_norm_(params, max_norm)`` (the 2-norm of all gradients together, each gradient
     scaled by :math:`\min(1, \text{max\_norm} / (\lVert g\rVert + 10^{-6}))`), the same numbers to the bit; returns
-    the total norm. Where every gradient is a plain dense tensor on one device in one dtype (the usual case), the
-    same two fused kernels as torch's function (``_foreach_norm``, ``_foreach_mul_``) without its grouping of the
-    tensors by device and dtype, which costs more than the kernels on a small model (about 35 of 90 µs a step for
-    the DMM's 19 gradients on one CPU thread); any other case is torch's own function."""
+    the total norm. On a CPU or a GPU, torch's two fused kernels (``_foreach_norm``, ``_foreach_mul_``) called
+    directly, without its grouping of the tensors by device and dtype, which costs more than the kernels on a small
+    model (about 35 of 90 µs a step for the DMM's 19 gradients on one CPU thread): the norm kernel takes any mix of
+    dtypes, and gradients on several devices fail in ``torch.stack`` before anything is scaled; those, gradients
+    that require grad (a backward with ``create_graph``), sparse ones and other devices are torch's own function."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    if not grads or grads[0].requires_grad or grads[0].device.type not in _FOREACH_DEVICES:
         return nn.utils.clip_grad_norm_(params, max_norm)
-    first = grads[0]
-    device, dtype = first.device, first.dtype
-    for g in grads:
-        if type(g) is not torch.Tensor or g.device != device or g.dtype != dtype or g.layout is not torch.strided \
-                or g.requires_grad:
-            return nn.utils.clip_grad_norm_(params, max_norm)
-    if device.type not in _FOREACH_DEVICES:
+    try:
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    except (RuntimeError, NotImplementedError):  # devices mixed, sparse or nested gradients: nothing scaled yet
         return nn.utils.clip_grad_norm_(params, max_norm)
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
     torch._foreach_mul_(grads, torch.clamp(float(max_norm) / (total + 1e-6), max=1.0))
     return total
 
