@@ -122,6 +122,21 @@ def test_train_and_test_switch_the_modules_mode():
     assert p.training
     model.test({"x": x})
     assert not p.training
+    # a network switched by hand between steps (e.g. to sample) is switched back by the next step, whichever it is
+    from kizuna.distributions import MLPNormal
+
+    q = MLPNormal("x", ["y"], [2, 4, 3])
+    model = Model(-LogProb(q).mean())
+    batch = {"x": torch.randn(4, 3), "y": torch.randn(4, 2)}
+    model.train(batch)
+    q.net.eval()
+    model.train(batch)
+    assert all(m.training for m in q.modules())
+    model.test(batch)
+    assert not any(m.training for m in q.modules())
+    next(q.net.children()).train()  # one layer deep inside
+    model.test(batch)
+    assert not any(m.training for m in q.modules())
 
 
 def test_train_and_test_need_no_data_when_nothing_is_observed():

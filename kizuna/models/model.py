@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -348,7 +349,7 @@ class Model:
         flat = self.__dict__.get("_flat_modules")
         if flat is None or self._training is None:
             flat = self.__dict__["_flat_modules"] = list(self.distributions.modules())
-        if self._training is not training or any(m.training is not training for m in flat):
+        if self._training is not training or (not training) in map(_TRAINING, flat):  # a C-level scan
             self.distributions.train(training)
             self._training = training
 
@@ -493,6 +494,8 @@ def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Ten
     torch._foreach_mul_(grads, torch.clamp(float(max_norm) / (total + 1e-6), max=1.0))
     return total
 
+
+_TRAINING = operator.attrgetter("training")
 
 # the devices on which torch's clip_grad_norm_ takes its foreach kernels (its own choice; other devices: torch's)
 _FOREACH_DEVICES = frozenset({"cpu", "cuda"})
