@@ -14,7 +14,7 @@ with the same beta, the encoder run once per step; Adam torch's default, or fuse
 ``--fused-reference``. Training draws no random numbers, so the first-step losses agree exactly and
 the two columns differ only by the rounding of the two Adam implementations.
 One evaluation code for both (each trained set of modules wrapped in kizuna's `VectorQuantizer` and
-the example's `Decoder`): the test reconstruction term ``-log p(x|z(k))`` in nats per image on 360
+the example's `Decoder`): the test reconstruction term ``-log p(x|z(k))`` in nats per image on the 359
 held-out images, and the codebook's perplexity (exp of the entropy of the code frequencies over all
 test grid positions) and the number of codes used.
 
