@@ -88,6 +88,9 @@ try:
     _GLOBAL_HOOKS: tuple[dict, ...] | None = tuple(getattr(_torch_module, name) for name in (
         "_global_backward_pre_hooks", "_global_backward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks",
         "_global_forward_hooks_always_called", "_global_forward_hooks_with_kwargs"))
+    _HOOK_NAMES_OF_A_MODULE = {"_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"}
+    if not hasattr(nn.Module, "_compiled_call_impl") or not _HOOK_NAMES_OF_A_MODULE <= vars(nn.Module()).keys():
+        _GLOBAL_HOOKS = None  # e.g. torch 2.1, before module.compile() (its attribute)
 except AttributeError:  # pragma: no cover - another torch's internals
     _GLOBAL_HOOKS = None
 
