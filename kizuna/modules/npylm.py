@@ -69,6 +69,7 @@ class NPYLMState:
     char_seating: list = field(default_factory=list)
     lam: float | None = None
     length_weight: list[float] | None = None
+    alphabet: str = ""  # the symbols, sorted: the seatings' symbol ids are positions in it
 
 
 class NPYLM:
@@ -107,13 +108,18 @@ class NPYLM:
         return NPYLMState(list(self.words.d), list(self.words.theta), list(self.chars.hpylm.d),
                           list(self.chars.hpylm.theta), self.words.seating(), self.chars.hpylm.seating(),
                           None if self.length is None else self.length.lam,
-                          None if self.length is None else self.chars.length_weight.tolist())
+                          None if self.length is None else self.chars.length_weight.tolist(),
+                          "".join(sorted(self.alphabet)))
 
     def load_state(self, state: NPYLMState) -> None:
         """Restore `state`'s output: the model's probabilities become exactly the saved model's."""
         if (state.lam is None) != (self.length is None) or (state.lam is None) != (state.length_weight is None):
             raise ValueError(f"NPYLM.load_state: the state was saved {'without' if state.lam is None else 'with'} the "
                              f"length correction, the model is built {'without' if self.length is None else 'with'} it")
+        mine = "".join(sorted(self.alphabet))
+        if state.alphabet != mine:  # the character seating's symbol ids would name other symbols
+            raise ValueError(f"NPYLM.load_state: the state was fitted on the alphabet {state.alphabet!r}, the model's "
+                             f"is {mine!r}")
         depths = (len(state.word_d), len(state.word_theta), len(state.char_d), len(state.char_theta))
         if depths != (self.words.order,) * 2 + (self.chars.order,) * 2:
             raise ValueError(f"NPYLM.load_state: {depths} hyperparameters per model for orders "

@@ -212,10 +212,15 @@ class WordSegmenter(Module):
         states, n_seg = self._saved_chain_states, len(self.chain_segmentations_)
         if states and len(states) != n_seg:
             raise ValueError(f"WordSegmenter {self.name}: {len(states)} saved language models for {n_seg} chains")
+        alphabet = "".join(sorted(self._alphabet(self.utterances_))) if states else ""
         for st in states:
             if (st.lam is not None) != self.length_correction:
                 raise ValueError(f"WordSegmenter {self.name}: the language models were saved with "
                                  f"length_correction={st.lam is not None}, the module has {self.length_correction}")
+            if st.alphabet != alphabet:  # e.g. saved under another prior_mode ("name" adds the NAME token)
+                raise ValueError(f"WordSegmenter {self.name}: the language models were fitted on the symbols "
+                                 f"{st.alphabet!r}, this module (prior_mode={self.prior_mode!r}) would use "
+                                 f"{alphabet!r}: load into a module built as the saved one")
 
     def _rebuilt(self, rng: np.random.Generator) -> NPYLM | None:
         """The language models after a load, restored from ``chain_states_`` (or rebuilt from the segmentations for
@@ -249,13 +254,17 @@ class WordSegmenter(Module):
             raise ValueError("WordSegmenter: utterances must be a non-empty list of non-empty strings")
         return list(utterances)
 
-    def _new_model(self, utterances: list[str]) -> NPYLM:
+    def _alphabet(self, utterances: list[str]) -> str:
+        """The symbols of the language models: the utterances', and the NAME token under ``prior_mode="name"``."""
         alphabet = "".join(sorted(set("".join(utterances))))
         if self.prior_mode == "name":  # the class token's one-symbol spelling
             if NAME in alphabet:
                 raise ValueError(f"WordSegmenter {self.name}: utterances may not contain \\x04 (the NAME token)")
             alphabet += NAME
-        return NPYLM(alphabet, self.max_word_length, self.char_order, self.length_correction)
+        return alphabet
+
+    def _new_model(self, utterances: list[str]) -> NPYLM:
+        return NPYLM(self._alphabet(utterances), self.max_word_length, self.char_order, self.length_correction)
 
     def _start(self, utterances: list[str], rng: np.random.Generator) -> None:
         self.utterances_ = utterances
