@@ -1,6 +1,6 @@
 """Every benchmark script runs: its quick mode (seconds) exits 0 and prints what it measures, and each parity bench's
 first-step check between kizuna and the hand-written reference agrees. No time is asserted (speed is measured by the
-scripts, not by tests). Slow (about 2.5 minutes for all of them on one CPU thread): run with ``pytest -m slow``."""
+scripts, not by tests). Slow (about 1.5 minutes for all of them on one CPU thread): run with ``pytest -m slow``."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna.distributions import Bernoulli, Normal
+from kizuna.distributions import Bernoulli, Normal, validation
 from kizuna.losses import Expectation, KullbackLeibler, LogProb
 from kizuna.models import Model
 
@@ -231,6 +231,31 @@ def _one_graph_and_no_recompilation() -> None:
         torch.manual_seed(5)
         torch.testing.assert_close(got, loss.eval(x))
     assert counter.frame_count == 1
+
+
+@_JIT_DEPRECATION
+def test_a_dynamic_shape_compile_does_not_recompile_for_each_batch_size() -> None:
+    """With ``dynamic=True`` one graph serves batches of 5, 7 and 9 rows of a density whose constant row broadcasts
+    against the batch (the table of broadcast shapes, read while tracing, specialised the graph on the batch size:
+    three frames)."""
+    from torch._dynamo.testing import CompileCounter
+
+    validate_before = torch.distributions.Distribution._validate_args
+    try:
+        torch._dynamo.reset()
+        p = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0, features_shape=[3])
+        loss = LogProb(p).mean()
+        loss.eval({"x": torch.randn(5, 3), "z": torch.randn(5, 3)})  # the eager table holds (5, 3) with (1, 3)
+        counter = CompileCounter()
+        compiled = torch.compile(loss.eval, backend=counter, fullgraph=True, dynamic=True)
+        with validation(False):  # as Model's steps after the first (the checks are not traced)
+            for n in (5, 7, 9):
+                x = {"x": torch.randn(n, 3), "z": torch.randn(n, 3)}
+                torch.testing.assert_close(compiled(x), loss.eval(x))
+        assert counter.frame_count == 1
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate_before)
+        torch._dynamo.reset()
 
 
 @_JIT_DEPRECATION

@@ -111,3 +111,29 @@ def test_torchs_module_hooks_still_run_when_a_distribution_computes_its_paramete
 def _loc_scale(p, x):
     loc, s = p.net(x).chunk(2, -1)
     return loc, F.softplus(s) + p.min_scale
+
+
+def test_a_class_with_its_own_module_call_keeps_it():
+    """A distribution class that overrides ``__call__`` (or torch's ``_call_impl``) computes its parameters through
+    it, as before the direct forward call: the override's change of ``loc`` is in the density."""
+    calls = []
+
+    class Shifted(MLPNormal):
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            out = super().__call__(*args, **kwargs)
+            return {"loc": out["loc"] + 100.0, "scale": out["scale"]}
+
+    class Impl(MLPNormal):
+        def _call_impl(self, *args, **kwargs):
+            calls.append(2)
+            return super()._call_impl(*args, **kwargs)
+
+    torch.manual_seed(0)
+    x, z = torch.randn(4, 3), torch.zeros(4, 2)
+    for cls, tag in ((Shifted, 1), (Impl, 2)):
+        p = cls("z", ["x"], [3, 8, 2], name="p")
+        loc, scale = _loc_scale(p, x)
+        expected = D.Normal(loc + (100.0 if tag == 1 else 0.0), scale).log_prob(z).sum(-1)
+        torch.testing.assert_close(p.get_log_prob({"x": x, "z": z}), expected)
+        assert calls.count(tag) == 1

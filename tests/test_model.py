@@ -54,17 +54,23 @@ def test_gradient_clipping_bounds_the_step():
     assert p2.loc.detach().abs().max().item() == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("case", ["float32", "float64", "some none", "mixed dtypes", "below the bound", "nan"])
+@pytest.mark.parametrize("case", ["float32", "float64", "some none", "mixed dtypes", "interleaved dtypes",
+                                  "below the bound", "nan"])
 def test_clip_grad_norm_equals_torchs_to_the_bit(case):
     """`kizuna.models.model.clip_grad_norm` (the trainer's clipping) against torch's clip_grad_norm_ on copies of the
     same gradients: the total norm and every clipped gradient equal to the bit, on its fused path (one device and
-    dtype) and where it hands the work to torch (mixed dtypes)."""
+    dtype) and where it hands the work to torch (several dtypes, whose norms torch sums group by group: 40 gradients
+    alternating float32 and float64 gave another last bit of the total on 86 of 300 seeds when summed in order)."""
     from kizuna.models.model import clip_grad_norm
 
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(0 if case == "interleaved dtypes" else 3)  # 0: the sums in order differ
+    shapes = [(7,), (3, 4), (1,), (5, 2), (2, 2, 2)]
     dtypes = {"float64": [torch.float64] * 5, "mixed dtypes": [torch.float32, torch.float64] * 2 + [torch.float32]}
+    if case == "interleaved dtypes":
+        shapes = [(int(n),) for n in torch.randint(1, 30, (40,), generator=g)]
+        dtypes[case] = [torch.float32, torch.float64] * 20
     params = [nn.Parameter(torch.zeros(s, dtype=dt)) for s, dt in
-              zip([(7,), (3, 4), (1,), (5, 2), (2, 2, 2)], dtypes.get(case, [torch.float32] * 5))]
+              zip(shapes, dtypes.get(case, [torch.float32] * 5))]
     scale = 1e-3 if case == "below the bound" else 10.0
     grads = [scale * torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
     if case == "some none":

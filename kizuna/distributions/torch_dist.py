@@ -93,6 +93,9 @@ try:
         _GLOBAL_HOOKS = None  # e.g. torch 2.1, before module.compile() (its attribute)
 except AttributeError:  # pragma: no cover - another torch's internals
     _GLOBAL_HOOKS = None
+# torch's module call as torch defines it: a class that overrides it (or torch.fx, which patches it while tracing)
+# goes through its own call
+_MODULE_CALL = nn.Module.__call__
 
 
 def validation_enabled() -> bool:
@@ -148,6 +151,7 @@ class TorchDistribution(Distribution):
     param_names: ClassVar[tuple[str, ...]] = ()
     _param_set: ClassVar[frozenset[str]] = frozenset()  # param_names as a set (set per subclass)
     _hooks: ClassVar[dict[str, bool]] = {}  # set per subclass, see __init_subclass__
+    _plain_module_call: ClassVar[bool] = True  # set per subclass, see __init_subclass__
     static_params: ClassVar[tuple[str, ...]] = ()  # plain Python values (e.g. total_count)
     validate_value: ClassVar[bool] = True  # check the support of scored values
     # checks torch leaves out or reports under an inner distribution's parameter names
@@ -165,6 +169,9 @@ class TorchDistribution(Distribution):
         # ``_reads_parameters = False`` and left out)
         cls._custom_get_params = cls.get_params is not TorchDistribution.get_params \
             and getattr(cls.get_params, "_reads_parameters", True)
+        # torch's own module-call machinery (a class that overrides _call_impl or _wrapped_call_impl keeps its call)
+        cls._plain_module_call = cls._call_impl is nn.Module._call_impl \
+            and cls._wrapped_call_impl is nn.Module._wrapped_call_impl
 
     def __init__(
         self,
@@ -333,6 +340,7 @@ class TorchDistribution(Distribution):
             try:
                 if _GLOBAL_HOOKS is None or self._forward_hooks or self._forward_pre_hooks or self._backward_hooks \
                         or self._backward_pre_hooks or self._compiled_call_impl is not None or any(_GLOBAL_HOOKS) \
+                        or type(self).__call__ is not _MODULE_CALL or not self._plain_module_call \
                         or torch._C._get_tracing_state():
                     out = self(**inputs)  # torch's module call: hooks, module.compile(), a JIT trace
                 else:  # what torch's call does without any of those, without its two frames
@@ -839,6 +847,8 @@ def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size:
     parameters of different shapes calls (a constant's single row against the batch, a noise level per row
     against the features). Shapes that do not broadcast get torch's own error. The pairs seen are remembered (a
     step meets the same few pairs every time)."""
+    if torch.compiler.is_compiling():  # a traced lookup would specialise the graph on the shapes (dynamic batches)
+        return _broadcast_shapes(a, b)
     found = _BROADCASTS.get((a, b))
     if found is not None:
         return found

@@ -479,13 +479,15 @@ _ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device 
 def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
     r"""``torch.nn.utils.clip_grad_norm_(params, max_norm)`` (the 2-norm of all gradients together, each gradient
     scaled by :math:`\min(1, \text{max\_norm} / (\lVert g\rVert + 10^{-6}))`), the same numbers to the bit; returns
-    the total norm. On a CPU or a GPU, torch's two fused kernels (``_foreach_norm``, ``_foreach_mul_``) called
-    directly, without its grouping of the tensors by device and dtype, which costs more than the kernels on a small
-    model (about 35 of 90 µs a step for the DMM's 19 gradients on one CPU thread): the norm kernel takes any mix of
-    dtypes, and gradients on several devices fail in ``torch.stack`` before anything is scaled; those, gradients
-    that require grad (a backward with ``create_graph``), sparse ones and other devices are torch's own function."""
+    the total norm. Where every gradient is on a CPU or one GPU in one dtype (the usual case; two C-level scans tell),
+    torch's two fused kernels (``_foreach_norm``, ``_foreach_mul_``) called directly, without its grouping of the
+    tensors by device and dtype, which costs more than the kernels on a small model (about 35 of 90 µs a step for
+    the DMM's 19 gradients on one CPU thread); several dtypes (torch sums the norms group by group, in another
+    order), several devices (they fail in ``torch.stack`` before anything is scaled), gradients that require grad
+    (a backward with ``create_graph``), sparse ones and other devices are torch's own function."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads or grads[0].requires_grad or grads[0].device.type not in _FOREACH_DEVICES:
+    if not grads or grads[0].device.type not in _FOREACH_DEVICES or any(map(_REQUIRES_GRAD, grads)) \
+            or len(set(map(_DTYPE, grads))) != 1:
         return nn.utils.clip_grad_norm_(params, max_norm)
     try:
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
@@ -495,6 +497,7 @@ def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Ten
     return total
 
 
+_REQUIRES_GRAD, _DTYPE = operator.attrgetter("requires_grad"), operator.attrgetter("dtype")
 _TRAINING = operator.attrgetter("training")
 
 # the devices on which torch's clip_grad_norm_ takes its foreach kernels (its own choice; other devices: torch's)
