@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from _parity import (
     add_args,
+    agree,
     quality_over_seeds,
     reference_adam,
     report_speed,
@@ -58,8 +59,11 @@ def reference_rows(score: ScoreNet, x: torch.Tensor, i: torch.Tensor, x_tilde: t
 
 
 def reference_loss(score: ScoreNet, x: torch.Tensor) -> torch.Tensor:
+    """The σ²-weighted DSM loss by hand: a uniform level per row (drawn as one ``torch.multinomial`` call over the
+    rows, the numbers a uniform categorical draws), then the noisy input."""
     n = len(score.sigmas)
-    i = torch.nn.functional.one_hot(torch.randint(0, n, (x.shape[0],)), n).to(x.dtype)
+    level = torch.multinomial(x.new_full((1, n), 1.0 / n), x.shape[0], replacement=True).reshape(-1)
+    i = torch.nn.functional.one_hot(level, n).to(x.dtype)
     x_tilde = x + (i @ score.sigmas)[:, None] * torch.randn_like(x)
     return reference_rows(score, x, i, x_tilde).mean()
 
@@ -120,6 +124,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
         value, drawn = rows.eval({"x": x}, return_dict=True)
         by_hand = reference_rows(score_r, x, drawn["i"], drawn["x_tilde"])
     print(f"  AGREE per-row loss on kizuna's draws: |diff| max = {(value - by_hand).abs().max().item():.3g}")
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: reference_loss(score_r, x))
 
     def r_step() -> None:
         opt.zero_grad()
