@@ -59,6 +59,34 @@ def test_matches_sklearn_on_blobs(algorithm, covariance_type):
     assert torch.is_tensor(ours.predict(torch.as_tensor(X)))
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # it stops at max_iter on purpose
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_em_parameters_equal_sklearn_with_a_large_reg_covar(covariance_type):
+    """EM's M step and its iterations against scikit-learn's own, from the same responsibilities, with reg_covar 0.1
+    (large enough that leaving it out, or adding it twice, moves the covariances far beyond rounding): one M step
+    against ``_estimate_gaussian_parameters`` to 1e-12, and 20 iterations against ``GaussianMixture`` started from
+    the same parameters to 1e-8 (the score alone at 0.01 nats could not see it)."""
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    x = torch.as_tensor(X)
+    resp = F.one_hot(algo.kmeans_labels(x, 4, torch.Generator().manual_seed(0)), 4).double()
+    one = algo.em(x, resp, 1, 0.0, 0.1, covariance_type == "diag")
+    nk, means, covs = _estimate_gaussian_parameters(X, resp.numpy(), 0.1, covariance_type)
+    np.testing.assert_allclose(one.weights.numpy(), nk / len(X), rtol=1e-12)
+    np.testing.assert_allclose(one.means.numpy(), means, rtol=1e-12)
+    np.testing.assert_allclose(one.covariances.numpy(), covs, rtol=1e-12)
+    ours = algo.em(x, resp, 21, 0.0, 0.1, covariance_type == "diag")
+    ref = GaussianMixture(4, covariance_type=covariance_type, reg_covar=0.1, max_iter=20, tol=0.0,
+                          weights_init=nk / len(X), means_init=means,
+                          precisions_init=_precisions(covs, covariance_type)).fit(X)
+    np.testing.assert_allclose(ours.means.numpy(), ref.means_, rtol=1e-8)
+    np.testing.assert_allclose(ours.covariances.numpy(), ref.covariances_, rtol=1e-8)
+
+
+def _precisions(covs: np.ndarray, covariance_type: str) -> np.ndarray:
+    return 1.0 / covs if covariance_type == "diag" else np.linalg.inv(covs)
+
+
 def test_em_objective_never_decreases_with_and_without_a_class_prior():
     x = torch.as_tensor(X)
     resp = F.one_hot(algo.kmeans_labels(x, 5, torch.Generator().manual_seed(0)), 5).double()

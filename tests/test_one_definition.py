@@ -474,6 +474,38 @@ def test_the_memo_returns_the_latest_remembered_value_and_forgets_a_released_ste
     assert calls == [1, 2, 4, 7, 8]
 
 
+def test_the_memo_compares_every_input_and_a_two_parent_density_sees_its_second_parent() -> None:
+    """The memo's key is every input object: two calls that share the first input and differ in the second compute
+    twice (a scan of the first input only passed every single-input test). Through the formula layer: within one
+    evaluation, ``p(x|y,z)`` scored at two values of its second parent gives scipy's two log-densities."""
+    from scipy import stats
+
+    from kizuna.formula.memo import memoized, shared_parameters
+
+    owner, a, b1, b2 = object(), torch.zeros(1), torch.zeros(1), torch.zeros(1)
+    with shared_parameters():
+        assert memoized(owner, "t", [a, b1], lambda: 1) == 1
+        assert memoized(owner, "t", [a, b2], lambda: 2) == 2
+        assert memoized(owner, "t", [a, b1], lambda: 3) == 1
+        assert memoized(owner, "t", [a], lambda: 4) == 4  # fewer inputs: another key
+
+    class TwoParents(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["y", "z"], name="p")
+
+        def forward(self, y: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": y + z, "scale": torch.ones_like(y)}
+
+    p = TwoParents()
+    x, y = torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    z1, z2 = torch.zeros(1, 1, dtype=torch.float64), torch.full((1, 1), 2.0, dtype=torch.float64)
+    with shared_parameters():
+        first = p.get_log_prob({"x": x, "y": y, "z": z1}).item()
+        second = p.get_log_prob({"x": x, "y": y, "z": z2}).item()
+    assert first == pytest.approx(stats.norm.logpdf(0.0, 0.0, 1.0), abs=1e-12)
+    assert second == pytest.approx(stats.norm.logpdf(0.0, 2.0, 1.0), abs=1e-12)
+
+
 def test_validation_adds_checks_and_changes_no_number() -> None:
     """A checked evaluation (a model's first step, a resumed run's first step) computes with the same kernels as an
     unchecked one: Bernoulli's log-density from probabilities, whose kernel rounds differently from torch's formula,

@@ -225,3 +225,40 @@ def test_step_counts_and_levels_are_named_as_given() -> None:
 
     with pytest.raises(ValueError, match=r"positive and strictly decreasing, got \[1.0, 0.0\]"):
         annealed_langevin_dynamics(lambda x, i: -x, torch.zeros(2, 2), [1.0, 0.0])
+
+
+def flow_path_sigma(data: Mixture, sigma_min: float) -> LinearPath:
+    """Flow matching's path with noise ``sigma_min`` left at t = 1: x = t x1 + (1 - (1 - sigma_min) t) x0, its exact
+    velocity E[x1 - (1 - sigma_min) x0 | x] from the Gaussian posterior."""
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tau = t[0].item()
+        x1, x0 = data.predict(x, tau, 1 - (1 - sigma_min) * tau)
+        return x1 - (1 - sigma_min) * x0
+
+    return LinearPath(velocity, [2], sigma_min=sigma_min, dtype=F64)
+
+
+def test_a_path_with_sigma_min_reads_back_its_velocity() -> None:
+    """With sigma_min > 0 the prediction (x0, eps) of a linear path and its rates give back the network's velocity at
+    every time, the ends included (every other sampler test has sigma_min = 0, where the rates' and the clean point's
+    sigma_min terms vanish)."""
+    path = flow_path_sigma(GAUSS, 0.5)
+    x = torch.randn(50, 2, dtype=F64, generator=torch.Generator().manual_seed(6))
+    for tau in (0.0, 0.3, 0.7, 1.0):
+        t = torch.full((50,), tau, dtype=F64)
+        torch.testing.assert_close(path.velocity(x, tau, path.predict(x, tau)), path.v(x, t), rtol=1e-10, atol=1e-10)
+        a, b = path.coefficients(tau)
+        pred = path.predict(x, tau)
+        torch.testing.assert_close(a * pred.x0 + b * pred.eps, x, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("sampler", "n_steps", "kwargs"), [(euler, 100, {}), (heun, 30, {}),
+                                                             (ddim, 200, {"eta": 1.0})], ids=["euler", "heun", "ddim"])
+def test_gaussian_moments_with_sigma_min(sampler, n_steps, kwargs) -> None:
+    """N((1, -0.5), 0.25 I) through a path that leaves sigma_min = 0.5 of noise: the samples at t = 1 are
+    x1 + 0.5 x0, N((1, -0.5), 0.5 I); mean within 5 SE, variance within 5 SE + 0.02."""
+    n = 4000
+    x = sampler(flow_path_sigma(GAUSS, 0.5), n, n_steps, generator=torch.Generator().manual_seed(1), **kwargs)
+    se_mean, se_var = math.sqrt(0.5 / n), 0.5 * math.sqrt(2 / n)
+    assert (x.mean(0) - GAUSS.means[0]).abs().max() < 5 * se_mean, x.mean(0)
+    assert (x.var(0) - 0.5).abs().max() < 5 * se_var + 0.02, x.var(0)
