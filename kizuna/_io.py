@@ -36,7 +36,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-_HOST_KEEP = 64  # bytes of the host name (Linux's HOST_NAME_MAX)
+NAME_KEEP = 120  # bytes of the target's name a temporary name keeps (a long name is cut and given a hash)
+_HOST_KEEP = 64  # bytes of the host name (Linux's HOST_NAME_MAX): temporary names stay within NAME_MAX (255)
 
 
 def _short(name: str, keep: int) -> str:
@@ -54,14 +55,15 @@ def _host() -> str:
 
 
 def _prefix(path: Path) -> str:
-    """The start, ``.<name>.``, shared by every temporary file of ``path``."""
-    return f".{path.name}."
+    """The start, ``.<name>.``, shared by every temporary file of ``path``; a long name is shortened (`_short`)."""
+    return f".{_short(path.name, NAME_KEEP)}."
 
 
 def temporary_name(path: Path) -> Path:
     """A temporary file for ``path`` unique to this writer: ``.<name>.<host>.<pid>-<thread>-<token>.tmp``, with the
     host, process and native thread ids (which `remove_stale` reads) and a random token, so threads and processes
-    saving to one path at once never share one."""
+    saving to one path at once never share one. A long ``<name>`` is shortened (`_short`): the temporary name stays
+    within NAME_MAX (255 bytes) for every name the file system accepts."""
     thread = threading.current_thread().native_id  # registers a thread not started by threading, for remove_stale
     return path.with_name(f"{_prefix(path)}{_host()}.{os.getpid()}-{thread}-{os.urandom(4).hex()}.tmp")
 

@@ -376,6 +376,30 @@ def test_a_save_keeps_a_live_threads_temporary_file_and_removes_a_finished_threa
     assert _io.load(path)["x"].shape == (1,)
 
 
+def test_the_longest_name_the_file_system_accepts_can_be_saved(tmp_path: Path) -> None:
+    """The temporary name keeps at most `_io.NAME_KEEP` bytes of the target's name (its start and a hash of all of
+    it), so a 254- or 255-byte name saves; two long names that differ only at the end keep apart, and a dead writer's
+    temporary file of a long name is still removed. Before, a 254-character name raised ENAMETOOLONG."""
+    import subprocess
+    import sys
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    for name in ("a" * (limit - 4) + ".pt", "a" * (limit - 3) + ".pt", "é" * ((limit - 3) // 2) + ".pt"):
+        assert len(name.encode()) <= limit
+        _io.save({"n": len(name)}, tmp_path / name)
+        assert _io.load(tmp_path / name) == {"n": len(name)}
+        assert len(_io.temporary_name(tmp_path / name).name.encode()) <= limit
+    one, two = tmp_path / ("b" * 240 + "1.pt"), tmp_path / ("b" * 240 + "2.pt")
+    assert _io._prefix(one) != _io._prefix(two)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = one.with_name(f"{_io._prefix(one)}{_io._host()}.{done.stdout.strip()}-1-0123abcd.tmp")
+    other = two.with_name(f"{_io._prefix(two)}{_io._host()}.{done.stdout.strip()}-1-0123abcd.tmp")
+    dead.write_bytes(b"partial")
+    other.write_bytes(b"partial")
+    _io.save({"x": 1}, one)
+    assert not dead.exists() and other.exists()  # only the temporary files of the path saved to
+
+
 class _BNEncoder(Normal):
     """q(z|x) through Linear -> BatchNorm -> Dropout -> Linear: running statistics and a train / eval switch."""
 
