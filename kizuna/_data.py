@@ -18,8 +18,10 @@ def first_nonfinite(x_dict: Mapping[str, Any], what: str, rows: torch.Tensor | N
         if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() \
                 and not bool(torch.isfinite(value).all()):
             bad = (~torch.isfinite(value)).nonzero()[0].tolist()
-            row = bad[0] if rows is None or value.dim() == 0 else int(rows[bad[0]])
             entry = value[tuple(bad)].item()
+            if not bad:  # a 0-d tensor: one value, no row
+                return f"{what}['{key}'] holds {entry} (a 0-d tensor, its only value)"
+            row = bad[0] if rows is None else int(rows[bad[0]])
             where = f"row {row}" + (f", column {', '.join(map(str, bad[1:]))}" if len(bad) > 1 else "")
             return f"{what}['{key}'] holds {entry} at {where}"
     return None

@@ -175,6 +175,36 @@ def test_nan_in_the_data_names_the_variable_row_and_column() -> None:
         log_likelihood(p * prior, q, {"x": x}, k=4, batch_size=5)
 
 
+def test_a_0d_nan_in_the_data_names_the_variable() -> None:
+    """A 0-d tensor in the data (a weight such as ``beta``) has no row: a NaN there is named by its variable, not an
+    IndexError from looking for its row (as `Model.train` / `fit` and `check_finite` raised)."""
+    from kizuna._data import first_nonfinite
+    from kizuna.losses import Parameter
+    from kizuna.modules.validation import check_finite
+
+    nan = torch.tensor(float("nan"))
+    assert first_nonfinite({"x": torch.zeros(3), "beta": nan}, "the data") == \
+        "the data['beta'] holds nan (a 0-d tensor, its only value)"
+    assert first_nonfinite({"s": torch.tensor(float("-inf"))}, "the data", torch.arange(3)) == \
+        "the data['s'] holds -inf (a 0-d tensor, its only value)"
+    assert first_nonfinite({"s": torch.tensor(1.0)}, "the data") is None
+    with pytest.raises(ValueError, match=r"Owner: data contains NaN as its only value \(a 0-d tensor\)"):
+        check_finite(nan, "data", "Owner")
+    with pytest.raises(ValueError, match=r"Owner: data contains -inf at row 1 \("):
+        check_finite(torch.tensor([0.0, float("-inf")]), "data", "Owner")
+    with pytest.raises(ValueError, match=r"Owner: data contains inf at index \[1, 2, 3\]"):
+        check_finite(torch.zeros(2, 3, 4).index_put_((torch.tensor(1), torch.tensor(2), torch.tensor(3)),
+                                                     torch.tensor(float("inf"))), "data", "Owner")
+    p = Decoder()
+    model = Model((-LogProb(p) * Parameter("beta")).mean(), distributions=[p], optimizer=torch.optim.SGD,
+                  optimizer_params={"lr": 0.1})
+    x = data(8)["x"]
+    with pytest.raises(FloatingPointError, match=r"the data\['beta'\] holds nan \(a 0-d tensor"):
+        model.train({"x": x, "z": torch.zeros(8, 2), "beta": nan})
+    with pytest.raises(ValueError, match=r"data\['beta'\] holds nan \(a 0-d tensor"):
+        model.fit({"x": x, "z": torch.zeros(8, 2), "beta": nan}, epochs=1, batch_size=4, quiet=True)
+
+
 def test_a_loader_batch_with_nan_names_the_epoch_and_step() -> None:
     model, *_ = vae()
     good = data(8)["x"]

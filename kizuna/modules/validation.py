@@ -64,9 +64,16 @@ def check_finite(t: Tensor, what: str, owner: str) -> None:
     if found is None:
         return
     index, value = found
-    where = {1: f"row {index[0]}", 2: f"row {index[0]}, column {index[-1]}"}.get(len(index), f"index {list(index)}")
+    if len(index) == 0:
+        where = "as its only value (a 0-d tensor)"
+    elif len(index) == 1:
+        where = f"at row {index[0]}"
+    elif len(index) == 2:
+        where = f"at row {index[0]}, column {index[1]}"
+    else:
+        where = f"at index {list(index)}"
     kind = "NaN" if value != value else ("inf" if value > 0 else "-inf")
-    raise ValueError(f"{owner}: {what} contains {kind} at {where} (values must be finite: no NaN or inf)")
+    raise ValueError(f"{owner}: {what} contains {kind} {where} (values must be finite: no NaN or inf)")
 
 
 def as_tensor(data: Any, what: str, owner: str) -> Tensor:
