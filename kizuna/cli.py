@@ -50,17 +50,34 @@ def _seed(text: str) -> int:
 
 
 def _folder(text: str) -> str:
-    """An output folder: an existing folder, or one that can be created (checked before training, not after)."""
+    """An output folder: an existing writable folder, or one that can be created (checked before training, not after).
+
+    Only checked: argparse calls this for ``--help``, for a usage error and for the default too, so nothing is
+    created here; `make_folder` creates it when the command runs.
+    """
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise argparse.ArgumentTypeError(f"cannot create the folder {text}: {err.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise argparse.ArgumentTypeError(f"the folder {text} is not writable")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"the folder {text} is not writable")
+        return text
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists() and parent != parent.parent:  # the nearest existing folder above it
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot create the folder {text}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot create the folder {text}: {parent} is not writable")
     return text
+
+
+def make_folder(parser: argparse.ArgumentParser, text: str) -> None:
+    """Create the output folder ``text`` (checked by `_folder`) when the command runs; a usage error if it cannot."""
+    try:
+        Path(text).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"cannot create the folder {text}: {err.strerror or err}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "demo" and args.which == "digits" and args.words != "clean":
         parser.error("--words applies to the house demo, not to 'kizuna demo digits'")
+    if args.command == "demo":
+        make_folder(parser, args.out)
     if args.command == "demo" and args.which == "digits":
         from kizuna.demo import run_demo
 

@@ -260,7 +260,7 @@ def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``kizuna demo [--seed S] [--out DIR] [--words clean|phonemes]``."""
-    from kizuna.cli import _folder, _seed
+    from kizuna.cli import _folder, _seed, make_folder
 
     parser = argparse.ArgumentParser(prog="kizuna demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=_seed, default=0)
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--words", choices=("clean", "phonemes"), default="clean")
     parser.add_argument("--quick", action="store_true", help="150 events, 3 iterations")
     args = parser.parse_args(argv)
+    make_folder(parser, args.out)
     result = run(args.seed, 150 if args.quick else 300, args.words, 3 if args.quick else 5)
     _print(result)
     for path in save_figures(result, Path(args.out)):

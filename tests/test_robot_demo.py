@@ -1,5 +1,8 @@
 """The robot-house demo (``kizuna demo``) and its example script: they run and report what they claim."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -35,6 +38,49 @@ def test_bad_demo_arguments_are_usage_errors_before_anything_runs(monkeypatch, t
     with pytest.raises(SystemExit) as stop:
         main([a.replace("{file}", str(afile)) for a in argv])
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_parsing_the_arguments_creates_no_folder(monkeypatch, tmp_path, capsys):
+    """argparse checks --out (and its default) without creating it: a usage error or --help leaves the working folder
+    as it was (it created ./kizuna-demo-out, and the --out folder with --help); the command creates it when it runs."""
+    from kizuna import demo
+
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    monkeypatch.setattr(robot_demo, "main", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(demo, "run_demo", lambda **kw: calls.append(kw))
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--frobnicate"])
+    assert stop.value.code == 2
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--out", "a/b/c", "--help"])
+    assert stop.value.code == 0
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--seed", "-1", "--out", "d/e"])
+    assert stop.value.code == 2
+    assert list(tmp_path.iterdir()) == [] and calls == []
+    assert main(["demo", "--out", "f/g"]) == 0 and (tmp_path / "f" / "g").is_dir()
+    assert main(["demo", "digits", "--out", "h"]) == 0 and (tmp_path / "h").is_dir()
+    assert main(["demo"]) == 0 and (tmp_path / "kizuna-demo-out").is_dir()
+    assert len(calls) == 3
+
+
+def test_an_output_folder_that_cannot_be_created_is_a_usage_error(monkeypatch, tmp_path, capsys):
+    """A path below a file, or whose nearest existing folder is not writable, is refused while parsing (exit 2)."""
+    monkeypatch.setattr(robot_demo, "main", lambda argv: pytest.fail("the demo ran"))
+    (tmp_path / "afile").write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    for out, message in [(tmp_path / "afile" / "sub", f"cannot create the folder {tmp_path / 'afile' / 'sub'}: "
+                                                      f"{tmp_path / 'afile'} is not a folder"),
+                         (locked / "x" / "y", f"{locked} is not writable"),
+                         (locked, f"the folder {locked} is not writable")]:
+        with pytest.raises(SystemExit) as stop:
+            main(["demo", "--out", str(out)])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "locked"] and not any(locked.iterdir())
 
 
 def test_place_name_f_on_hand_cases():
