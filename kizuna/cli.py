@@ -38,14 +38,19 @@ def _version() -> str:
     return f"kizuna {__version__}"
 
 
+SEED_MAX = 2**64 - 1  # the largest seed torch.manual_seed takes (an unsigned 64-bit integer); numpy takes any
+
+
 def _seed(text: str) -> int:
-    """A seed argument: a non-negative integer (a usage error otherwise, before anything runs)."""
+    """A seed argument: an integer from 0 to `SEED_MAX` (a usage error otherwise, before anything runs)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give a non-negative integer") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid seed {value}: give a non-negative integer")
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: give an integer from 0 to 2**64 - 1 ({SEED_MAX})")
     return value
 
 
@@ -92,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("which", nargs="?", choices=("house", "digits"), default="house",
                       help="house (default): the robot house (kizuna.robot_demo); digits: the VAE+GMM+MLDA demo")
     demo.add_argument("--seed", type=_seed, default=0,
-                      help="a non-negative integer: seeds the simulated house and every sampler (house), the networks "
-                           "and samplers (digits); default 0")
+                      help="an integer from 0 to 2**64 - 1: seeds the simulated house and every sampler (house), the "
+                           "networks and samplers (digits); default 0")
     demo.add_argument("--out", type=_folder, default="kizuna-demo-out",
                       help="folder for the figures (created if missing; default kizuna-demo-out)")
     demo.add_argument("--quick", action="store_true", help="a quick run: 150 events (house); 600 digits, fewer "

@@ -26,6 +26,8 @@ def test_cli_runs_the_robot_house_by_default(monkeypatch, tmp_path):
 @pytest.mark.parametrize(("argv", "message"), [
     (["demo", "--seed", "-1"], "invalid seed -1: give a non-negative integer"),
     (["demo", "digits", "--seed", "x"], "invalid seed 'x'"),
+    (["demo", "--seed", str(2**64)], f"invalid seed {2**64}: give an integer from 0 to 2**64 - 1"),
+    (["demo", "--seed", str(10**30)], "give an integer from 0 to 2**64 - 1"),
     (["demo", "--out", "{file}"], "exists and is not a folder"),
     (["demo", "digits", "--words", "phonemes"], "--words applies to the house demo"),
 ])
@@ -38,6 +40,26 @@ def test_bad_demo_arguments_are_usage_errors_before_anything_runs(monkeypatch, t
     with pytest.raises(SystemExit) as stop:
         main([a.replace("{file}", str(afile)) for a in argv])
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_largest_seed_the_cli_takes_is_the_largest_torch_and_numpy_take(monkeypatch, tmp_path):
+    """2**64 - 1 passes to the demo; 2**64 is a usage error (test above), not a traceback from torch.manual_seed after
+    the run started. The bound is torch's: 2**64 - 1 seeds torch's and numpy's generators, 2**64 not torch's."""
+    import torch
+
+    from kizuna.cli import SEED_MAX
+
+    assert SEED_MAX == 2**64 - 1
+    with torch.random.fork_rng():  # the global generator is left as it was
+        torch.manual_seed(SEED_MAX)
+    torch.Generator().manual_seed(SEED_MAX)
+    np.random.default_rng(SEED_MAX)
+    with pytest.raises((RuntimeError, ValueError, OverflowError)):
+        torch.Generator().manual_seed(SEED_MAX + 1)
+    calls = []
+    monkeypatch.setattr(robot_demo, "main", lambda argv: calls.append(argv) or 0)
+    assert main(["demo", "--seed", str(SEED_MAX), "--out", str(tmp_path)]) == 0
+    assert calls[0][:2] == ["--seed", str(SEED_MAX)]
 
 
 def test_parsing_the_arguments_creates_no_folder(monkeypatch, tmp_path, capsys):
