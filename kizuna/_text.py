@@ -8,6 +8,7 @@ renderings never drift apart in structure.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 TEXT: dict[str, str] = {
     "log": "log {0}",
@@ -82,13 +83,66 @@ def format_name(name: str) -> str:
     return f"{match.group(1)}_{{{match.group(2)}}}" if match else name
 
 
-def prob_text(name: str, var: list[str], cond_var: list[str]) -> str:
-    """``name(var|cond_var)`` with comma-separated names.
+_LATEX_SPECIAL = frozenset("%#&$")
 
-    >>> prob_text("p", ["x", "z"], ["y"])
-    'p(x,z|y)'
+
+def latex_name(name: str) -> str:
+    """A name made safe for LaTeX: ``z_1`` -> ``z_{1}``, ``z_t_1`` -> ``z_{t_1}`` (the first underscore opens one
+    braced subscript that holds the rest, so that there is no double subscript); a subscript already in braces
+    (``x_{t-1}``) and LaTeX commands (``\\hat{x}``) are kept; LaTeX's special characters ``% # & $`` are escaped
+    (``x%`` -> ``x\\%``), which would otherwise start a comment, an alignment or end the formula.
+
+    >>> latex_name("z_t_1"), latex_name("x_{t-1}"), latex_name("p_{a}_b"), latex_name("p%")
+    ('z_{t_1}', 'x_{t-1}', 'p_{{a}_b}', 'p\\\\%')
     """
-    text = f"{format_name(name)}({','.join(var)}"
+    name = "".join("\\" + c if c in _LATEX_SPECIAL and (i == 0 or name[i - 1] != "\\") else c
+                   for i, c in enumerate(name))
+    depth, split = 0, -1
+    for i, c in enumerate(name):  # the first underscore outside braces
+        depth += (c == "{") - (c == "}")
+        if c == "_" and depth == 0:
+            split = i
+            break
+    if split < 0:
+        return name
+    head, tail = name[:split], name[split + 1:]
+    if tail.startswith("{") and _group_end(tail) == len(tail) - 1:
+        return name  # already one braced subscript
+    return f"{head}_{{{tail}}}"
+
+
+def _group_end(text: str) -> int:
+    """The index of the brace that closes the group ``text`` opens (-1 if unbalanced)."""
+    depth = 0
+    for i, c in enumerate(text):
+        depth += (c == "{") - (c == "}")
+        if depth == 0:
+            return i
+    return -1
+
+
+def prob_text(name: str, var: list[str], cond_var: list[str], fmt: dict[str, str] | None = None) -> str:
+    """``name(var|cond_var)`` with comma-separated names; with ``fmt=LATEX`` every name is made LaTeX-safe
+    (`latex_name`).
+
+    >>> prob_text("p", ["x", "z"], ["y"]), prob_text("p_prior", ["z_t_1"], [], LATEX)
+    ('p(x,z|y)', 'p_{prior}(z_{t_1})')
+    """
+    if fmt is LATEX:
+        name, var, cond_var = latex_name(name), [latex_name(v) for v in var], [latex_name(v) for v in cond_var]
+    else:
+        name = format_name(name)
+    text = f"{name}({','.join(var)}"
     if cond_var:
         text += f"|{','.join(cond_var)}"
     return text + ")"
+
+
+def var_text(name: str, fmt: dict[str, str]) -> str:
+    """A variable's name in the format ``fmt`` (LaTeX-safe for LaTeX, as is for text)."""
+    return latex_name(name) if fmt is LATEX else name
+
+
+def symbol(p: Any, fmt: dict[str, str]) -> str:
+    """A distribution's symbol ``p(x|z)`` in the format ``fmt`` (its ``prob_text``, LaTeX-safe for LaTeX)."""
+    return p.prob_latex if fmt is LATEX and hasattr(p, "prob_latex") else p.prob_text

@@ -101,9 +101,9 @@ def test_spec_labels_errors_and_image(tmp_path: Path) -> None:
     assert {n["name"]: n["latex"] for n in spec["nodes"]} == {"z_1": "z_{1}", "x_u": "x_{u}"}
     assert "$z_{1}$" in render(p, latex=True).dot
     # LaTeX's special characters are escaped (a bare % starts a comment, $ ends the formula); commands pass through
-    from kizuna.viz.render import latex_label
+    from kizuna._text import latex_name
 
-    assert [latex_label(n) for n in ["x%", "a#b_1", "p&q", "$y", "x\\%", "\\hat{x}"]] == \
+    assert [latex_name(n) for n in ["x%", "a#b_1", "p&q", "$y", "x\\%", "\\hat{x}"]] == \
         ["x\\%", "a\\#b_{1}", "p\\&q", "\\$y", "x\\%", "\\hat{x}"]
     with pytest.raises(ValueError, match=r"observed names \['w'\]"):
         render(p, observed=["w"])

@@ -146,3 +146,35 @@ def test_format_name(name: str, formatted: str) -> None:
 def test_name_with_subscript_in_a_distribution() -> None:
     d = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q_phi")
     assert d.name == "q_phi" and d.prob_text == "q_{phi}(z|x)"
+
+
+@pytest.mark.parametrize(("name", "latex"), [
+    ("z_t_1", "z_{t_1}"), ("x_{t-1}", "x_{t-1}"), ("p_{a}_b", "p_{{a}_b}"), ("p%", "p\\%"), ("p#1", "p\\#1"),
+    ("p&q", "p\\&q"), ("\\hat{x}_1", "\\hat{x}_{1}"), ("q_phi", "q_{phi}"), ("x", "x"),
+])
+def test_latex_name(name: str, latex: str) -> None:
+    from kizuna._text import latex_name
+
+    assert latex_name(name) == latex
+
+
+def test_latex_of_awkward_names_compiles() -> None:
+    """Names with several underscores or LaTeX's special characters give LaTeX that compiles (checked with
+    matplotlib's mathtext); the plain text keeps the names as given."""
+    import io
+
+    mathtext = pytest.importorskip("matplotlib.mathtext")
+    from kizuna.losses import Expectation, KullbackLeibler, LogProb
+
+    cases = [
+        LogProb(root("z_t_1")), LogProb(root("z", "p_{a}_b")), LogProb(root("z", "q_phi_1")),
+        LogProb(root("z", "p%")), LogProb(root("z", "p#1")), LogProb(link("x_t_1", "z_t_1")),
+        KullbackLeibler(link("z_t", "x_t_1", "q_phi_1"), root("z_t", "p_prior_1")),
+        Expectation(link("z_a_b", "x", "q"), LogProb(link("x", "z_a_b"))),
+        root("z_1_2") * link("x_1", "z_1_2", "p_{a}_b"),
+    ]
+    for formula in cases:
+        latex = formula.to_latex()
+        mathtext.math_to_image(f"${latex}$", io.BytesIO(), format="png")
+    assert str(cases[0]) == "log p(z_t_1)" and cases[0].to_latex() == "\\log p(z_{t_1})"
+    assert str(cases[3]) == "log p%(z)" and cases[3].to_latex() == "\\log p\\%(z)"

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from kizuna._text import LATEX, TEXT, prob_text
+from kizuna._text import LATEX, TEXT, prob_text, symbol
 from kizuna.formula.expr import Loss
 from kizuna.formula.log_prob import LogProb, Prob
 
@@ -260,11 +260,16 @@ class Distribution(nn.Module):
         """``p(x,z|y)``: the distribution's symbol."""
         return prob_text(self._name, self._var, self._cond_var)
 
+    @property
+    def prob_latex(self) -> str:
+        """The symbol in LaTeX, its names made LaTeX-safe: ``p(z_{t_1})`` for ``p(z_t_1)``."""
+        return prob_text(self._name, self._var, self._cond_var, LATEX)
+
     def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
         """Factorised formula with variables renamed by ``rename`` (see ReplaceVar)."""
         var = [rename.get(v, v) for v in self._var]
         cond = [rename.get(v, v) for v in self._cond_var]
-        return prob_text(self._name, var, cond)
+        return prob_text(self._name, var, cond, fmt)
 
     def _factor_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
         """The text of this distribution as one factor of a product (see `JointDistribution`)."""
@@ -276,10 +281,10 @@ class Distribution(nn.Module):
         return self._factorized_text(TEXT, {})
 
     def _joint_text(self, fmt: dict[str, str]) -> str:
-        factorized = self._factorized_text(fmt, {})
-        if factorized == self.prob_text:
+        factorized, own = self._factorized_text(fmt, {}), symbol(self, fmt)
+        if factorized == own:
             return factorized
-        return f"{self.prob_text} = {factorized}"
+        return f"{own} = {factorized}"
 
     @property
     def prob_joint_factorized_and_text(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from kizuna._text import LATEX, format_name
+from kizuna._text import LATEX, format_name, symbol
 from kizuna.distributions.base import Distribution, Tensor, XDict
 
 
@@ -54,7 +54,7 @@ class EnergyDistribution(Distribution):
         return (r"\exp\left(-{}({})\right)" if fmt is LATEX else "exp(-{}({}))").format(label, args)
 
     def _joint_text(self, fmt: dict[str, str]) -> str:
-        return fmt["proportional"].format(self.prob_text, self._energy_text(fmt))
+        return fmt["proportional"].format(symbol(self, fmt), self._energy_text(fmt))
 
     def get_energy(self, x_dict: Mapping[str, Any]) -> Tensor:
         """:math:`E_\\theta(x)` per row."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from kizuna._text import var_text
 from kizuna.distributions.base import Distribution, Tensor, XDict
 
 
@@ -53,7 +54,7 @@ class MarginalizeVarDistribution(Distribution):
             inner[z] = bound
         text = self.p._factorized_text(fmt, inner)
         for z in self._marginalized:  # ∫ ∫ p(x,z,w) dz dw, one integral sign per variable
-            text = fmt["integral"].format(text, inner[z])
+            text = fmt["integral"].format(text, var_text(inner[z], fmt))
         return text
 
     def _factor_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:

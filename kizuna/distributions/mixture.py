@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna._text import prob_text
+from kizuna._text import prob_text, symbol, var_text
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, repeat_batch, sum_rows
 from kizuna.distributions.families import Categorical
 from kizuna.distributions.relaxed import RelaxedCategorical
@@ -251,9 +251,9 @@ class MixtureModel(Distribution):
         names = {d.name for d in self.distributions}
         var = [rename.get(v, v) for v in self._var]
         cond = [self._hidden, *(rename.get(v, v) for v in self._cond_var)]
-        component = prob_text(names.pop() if len(names) == 1 else "p", var, cond)
+        component = prob_text(names.pop() if len(names) == 1 else "p", var, cond, fmt)
         summand = self.prior._factorized_text(fmt, rename) + component
-        return fmt["mixture"].format(self._hidden, summand)
+        return fmt["mixture"].format(var_text(self._hidden, fmt), summand)
 
     def _factor_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
         """Bracketed, so that the sum's scope stays clear inside a product."""
@@ -395,4 +395,4 @@ class PosteriorLogProb(LogProb):
         return value.exp() if self.exp else value
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return self.p.prob_text if self.exp else super()._render(fmt)
+        return symbol(self.p, fmt) if self.exp else super()._render(fmt)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kizuna._text import symbol
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.distributions.families import Normal
 from kizuna.distributions.mixture import union_cond
@@ -49,7 +50,7 @@ class NormalProduct(Normal):
 
     def _joint_text(self, fmt: dict[str, str]) -> str:
         inner = "".join(f._factorized_text(fmt, {}) for f in self.factors_)
-        return fmt["proportional"].format(self.prob_text, inner)
+        return fmt["proportional"].format(symbol(self, fmt), inner)
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         """Precision-weighted ``loc`` and ``scale`` of the factors given ``cond``."""

@@ -25,6 +25,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
+from kizuna._text import symbol, var_text
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.distributions.families import Normal
 from kizuna.distributions.mixture import common_var, union_cond
@@ -107,8 +108,8 @@ class ProductOfNormal(Normal):
         return "".join(e._factorized_text(fmt, {}) for e in self.p)
 
     def _joint_text(self, fmt: dict[str, str]) -> str:
-        factors = fmt["std_normal"].format(self._var[0]) + self._expert_texts(fmt)
-        return fmt["proportional"].format(self.prob_text, factors)
+        factors = fmt["std_normal"].format(var_text(self._var[0], fmt)) + self._expert_texts(fmt)
+        return fmt["proportional"].format(symbol(self, fmt), factors)
 
     # ------------------------------------------------------------ parameters
     def _experts(self, x_dict: Mapping[str, Any]) -> Experts | None:

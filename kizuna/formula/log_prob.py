@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from kizuna._text import symbol
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 
 
@@ -49,7 +50,7 @@ class LogProb(Loss):
         return self.p.get_log_prob(ctx.values, self.sum_features, self.feature_dims)
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["log"].format(self.p.prob_text)
+        return fmt["log"].format(symbol(self.p, fmt))
 
 
 class Prob(LogProb):
@@ -59,4 +60,4 @@ class Prob(LogProb):
         return super()._value(ctx).exp()
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return self.p.prob_text
+        return symbol(self.p, fmt)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kizuna._text import LATEX, format_name
+from kizuna._text import LATEX, format_name, symbol
 from kizuna.distributions.base import Distribution, batch_size_of
 from kizuna.distributions.families import Bernoulli
 from kizuna.distributions.torch_dist import validation_enabled
@@ -106,7 +106,7 @@ class AdversarialLoss(Loss):
         return [self.p, self.q, self.d]
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return self.symbol[fmt is LATEX].format(self.p.prob_text, self.q.prob_text)
+        return self.symbol[fmt is LATEX].format(symbol(self.p, fmt), symbol(self.q, fmt))
 
     # ------------------------------------------------------------------ draws
     def _batch_n(self, ctx: EvalContext) -> int | None:
@@ -228,8 +228,8 @@ class AdversarialLoss(Loss):
 
     def _d_text(self, fmt: dict[str, str]) -> str:
         d = self._d_call()
-        left = fmt["expect"].format(self.p.prob_text, fmt["log"].format(d))
-        right = fmt["expect"].format(self.q.prob_text, fmt["log"].format(f"(1 - {d})"))
+        left = fmt["expect"].format(symbol(self.p, fmt), fmt["log"].format(d))
+        right = fmt["expect"].format(symbol(self.q, fmt), fmt["log"].format(f"(1 - {d})"))
         return f"-{left} - {right}"
 
 
@@ -358,7 +358,8 @@ class AdversarialWassersteinDistance(AdversarialLoss):
 
     def _d_text(self, fmt: dict[str, str]) -> str:
         f = self._d_call()
-        gap = "{} - {}".format(fmt["expect"].format(self.q.prob_text, f), fmt["expect"].format(self.p.prob_text, f))
+        gap = "{} - {}".format(fmt["expect"].format(symbol(self.q, fmt), f),
+                               fmt["expect"].format(symbol(self.p, fmt), f))
         if self.gradient_penalty == 0:
             return gap
         name = format_name(self.d.name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kizuna._text import LATEX
+from kizuna._text import LATEX, symbol
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 
@@ -56,7 +56,7 @@ class ContrastiveDivergence(Loss):
 
     def _render(self, fmt: dict[str, str]) -> str:
         var = self.p.var[0]
-        log_p = fmt["log"].format(self.p.prob_text)
+        log_p = fmt["log"].format(symbol(self.p, fmt))
         data, model = f"{self.data_name}({var})", "q_{SGLD}" + f"({var})"
         text = "-{} + {}".format(fmt["expect"].format(data, log_p), fmt["expect"].format(model, log_p))
         if self.alpha:

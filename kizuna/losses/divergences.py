@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from torch import distributions as D
 
+from kizuna._text import symbol
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
@@ -121,7 +122,7 @@ class KullbackLeibler(Loss):
         return fp.kl_to(pp, fq, qp)
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["kl"].format(self.p.prob_text, self.q.prob_text)
+        return fmt["kl"].format(symbol(self.p, fmt), symbol(self.q, fmt))
 
     def __repr__(self) -> str:
         return f"KullbackLeibler({self.loss_text}, method={self.method!r})"

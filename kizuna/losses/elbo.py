@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from kizuna._text import symbol
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
@@ -73,4 +74,4 @@ class IWAE(Loss):
         return torch.logsumexp(log_w, 0) - math.log(self.k)
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["iwae"].format(self.p.prob_text, self.q.prob_text, self.k)
+        return fmt["iwae"].format(symbol(self.p, fmt), symbol(self.q, fmt), self.k)

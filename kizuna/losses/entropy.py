@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from torch import distributions as D
 from torch.distributions.exp_family import ExponentialFamily
 
+from kizuna._text import symbol
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
@@ -63,7 +64,7 @@ class Entropy(Loss):
         return self.p.get_entropy(ctx.values)
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["entropy"].format(self.p.prob_text)
+        return fmt["entropy"].format(symbol(self.p, fmt))
 
 
 class CrossEntropy(Loss):
@@ -113,4 +114,4 @@ class CrossEntropy(Loss):
         return with_row(dp.entropy() + D.kl_divergence(dp, self.q.get_dist(ctx.values)))
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["cross_entropy"].format(self.p.prob_text, self.q.prob_text)
+        return fmt["cross_entropy"].format(symbol(self.p, fmt), symbol(self.q, fmt))

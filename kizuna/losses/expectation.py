@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from kizuna._text import symbol
 from kizuna.distributions.base import (
     Distribution,
     batch_size_of,
@@ -143,7 +144,7 @@ class Expectation(Loss):
         return f if n == 1 else average(f, n)
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["expect"].format(self.p.prob_text, self.f._render(fmt))
+        return fmt["expect"].format(symbol(self.p, fmt), self.f._render(fmt))
 
 
 class REINFORCE(Expectation):
@@ -180,4 +181,4 @@ class REINFORCE(Expectation):
         return average(f + (fd - b) * _per_row(logp - logp.detach(), f), n)
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["reinforce"].format(self.p.prob_text, self.f._render(fmt))
+        return fmt["reinforce"].format(symbol(self.p, fmt), self.f._render(fmt))

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from kizuna._distances import squared_distances
+from kizuna._text import symbol
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
@@ -63,4 +64,4 @@ class MMD(Loss):
         return k(x, x, sigma_sqr).mean() + k(y, y, sigma_sqr).mean() - 2 * k(x, y, sigma_sqr).mean()
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["mmd"].format(self.p.prob_text, self.q.prob_text, self.kernel)
+        return fmt["mmd"].format(symbol(self.p, fmt), symbol(self.q, fmt), self.kernel)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from kizuna._text import LATEX, format_name
+from kizuna._text import LATEX, prob_text, symbol, var_text
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
 
@@ -80,9 +80,9 @@ def score_value(score: Any, values: dict[str, Any], var: str, create_graph: bool
 def score_text(score: Any, var: str, fmt: dict[str, str]) -> str:
     """``s_θ(x,σ)`` for a network, ``∇_x log p(x)`` for a density."""
     if _is_network(score, var):
-        return f"{format_name(score.name)}({','.join(score.cond_var)})"
+        return prob_text(score.name, score.cond_var, [], fmt)
     grad = r"\nabla_{{{}}}" if fmt is LATEX else "∇_{}"
-    return grad.format(var) + " " + fmt["log"].format(score.prob_text)
+    return grad.format(var_text(var, fmt)) + " " + fmt["log"].format(symbol(score, fmt))
 
 
 def _rows(v: Tensor) -> Tensor:

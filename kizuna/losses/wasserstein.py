@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from kizuna._text import symbol
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
@@ -40,4 +41,4 @@ class WassersteinDistance(Loss):
         return self.metric(x, y)
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["wasserstein"].format(self.p.prob_text, self.q.prob_text)
+        return fmt["wasserstein"].format(symbol(self.p, fmt), symbol(self.q, fmt))

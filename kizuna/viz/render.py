@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kizuna._text import prob_text
+from kizuna._text import latex_name, prob_text
 from kizuna.distributions.base import Distribution, single_factors
 from kizuna.formula.expr import Loss
 from kizuna.losses.iterative import IterativeLoss
@@ -60,7 +60,7 @@ class _Spec:
     plates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def node(self, name: str, observed: bool, kind: str = "variable") -> None:
-        entry = self.nodes.setdefault(name, {"name": name, "label": name, "latex": latex_label(name),
+        entry = self.nodes.setdefault(name, {"name": name, "label": name, "latex": latex_name(name),
                                              "observed": observed, "kind": kind, "plate": "N"})
         entry["observed"] = entry["observed"] or observed
 
@@ -71,21 +71,6 @@ class _Spec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"nodes": list(self.nodes.values()), "edges": list(self.edges), "plates": list(self.plates.values())}
-
-
-def latex_label(name: str) -> str:
-    """``z_1`` -> ``z_{1}``, ``x_u`` -> ``x_{u}``; names already in braces are kept (LaTeX commands such as
-    ``\\hat{x}`` pass through); LaTeX's special characters ``% # & $`` are escaped (``x%`` -> ``x\\%``), which would
-    otherwise end the formula, start a comment or an alignment."""
-    name = "".join("\\" + c if c in _LATEX_SPECIAL and (i == 0 or name[i - 1] != "\\") else c
-                   for i, c in enumerate(name))
-    if "_" not in name or "{" in name:
-        return name
-    head, tail = name.split("_", 1)
-    return f"{head}_{{{tail}}}"
-
-
-_LATEX_SPECIAL = frozenset("%#&$")
 
 
 def _atoms(p: Distribution) -> list[tuple[str, list[str], list[str]]]:
