@@ -145,6 +145,19 @@ TEXT = [  # (loss, text, LaTeX): parentheses exactly where the meaning needs the
     (lambda: MinLoss(a, b + c).sum(), "sum(min(a, b + c))",
      r"\operatorname{sum}\left(\min\left(a, b + c\right)\right)"),
     (lambda: MaxLoss(a, 1), "max(a, 1)", r"\max\left(a, 1\right)"),
+    # a negative constant binds like a unary minus; a log is a function application, bracketed as a power's base
+    (lambda: ValueLoss(-2) ** 2, "(-2)^2", r"{\left(-2\right)}^{2}"),
+    (lambda: a - (-2), "a - (-2)", r"a - \left(-2\right)"),
+    (lambda: a + (-2), "a + (-2)", r"a + \left(-2\right)"),
+    (lambda: a * (-2), "a * (-2)", r"a \cdot \left(-2\right)"),
+    (lambda: a - torch.tensor(-3.0), "a - (-3)", r"a - \left(-3\right)"),
+    (lambda: a ** -1, "a^(-1)", "{a}^{-1}"),
+    (lambda: -ValueLoss(-2), "-(-2)", r"-\left(-2\right)"),
+    (lambda: a - 2, "a - 2", "a - 2"),
+    (lambda: LogProb(Normal(var=["x"], loc=0.0, scale=1.0)) ** 2, "(log p(x))^2", r"{\left(\log p(x)\right)}^{2}"),
+    (lambda: -LogProb(Normal(var=["x"], loc=0.0, scale=1.0)), "-log p(x)", r"-\log p(x)"),
+    (lambda: 2 * LogProb(Normal(var=["x"], loc=0.0, scale=1.0)), "2 * log p(x)", r"2 \cdot \log p(x)"),
+    (lambda: Prob(Normal(var=["x"], loc=0.0, scale=1.0)) ** 2, "p(x)^2", "{p(x)}^{2}"),
 ]
 
 
@@ -247,6 +260,14 @@ def test_negated_operands_are_parenthesised():
     assert str(a * -b) == "a * (-b)"
     assert str(-(a * b)) == "-(a * b)"
     assert (a - (-b)).eval({"a": 1.0, "b": 2.0}).item() == 3.0
+
+
+def test_negative_constants_print_as_they_evaluate():
+    """(-2)^2 is 4: it printed as -2^2, which reads as -4."""
+    square = ValueLoss(-2) ** 2
+    assert str(square) == "(-2)^2" and square.eval({}).item() == 4.0
+    a = Parameter("a")
+    assert (a - (-2)).eval({"a": 1.0}).item() == 3.0 and str(a - (-2)) == "a - (-2)"
 
 
 def test_constants_are_coefficients_not_terms():

@@ -188,6 +188,8 @@ def test_formulas() -> None:
     assert str(ssm) == "E_{p_{v}(v)}[v^T ∇_x(v^T s_{theta}(x)) + 1/2 (v^T s_{theta}(x))^2]"
     assert str(ScoreMatchingError(Affine())) == "tr(∇_x s_{theta}(x)) + 1/2||s_{theta}(x)||^2"
     assert r"\operatorname{tr}" in ScoreMatchingError(Affine()).to_latex()
+    # a sum is bracketed inside a product or a power (their precedence was an atom's)
+    assert str(2 * ScoreMatchingError(Affine())) == "2 * (tr(∇_x s_{theta}(x)) + 1/2||s_{theta}(x)||^2)"
     assert ssm.input_var == ["x"] and dsm.input_var == ["x"]
 
 

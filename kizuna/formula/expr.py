@@ -311,6 +311,11 @@ class ValueLoss(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         return self.value if isinstance(self.value, Tensor) else _number_tensor(self.value)
 
+    @property
+    def precedence(self) -> int:  # type: ignore[override]
+        """A negative number binds like a unary minus: ``(-2)^2``, ``a - (-2)``, ``a * (-2)``."""
+        return NegLoss.precedence if self._render(TEXT).startswith("-") else Loss.precedence
+
     def _render(self, fmt: dict[str, str]) -> str:
         if isinstance(self.value, Tensor) and self.value.numel() == 1:
             return f"{self.value.item():g}"
@@ -452,8 +457,8 @@ class _Binary(Loss):
     def _render(self, fmt: dict[str, str]) -> str:
         left = self._wrap(self.loss1, fmt, self.precedence)
         right = self._wrap(self.loss2, fmt, self.right_min or self.precedence)
-        if isinstance(self.loss2, NegLoss) and self.precedence <= NegLoss.precedence:
-            right = fmt["paren"].format(right)  # a - (-b), not a - -b
+        if self.loss2.precedence == NegLoss.precedence and self.precedence <= NegLoss.precedence:
+            right = fmt["paren"].format(right)  # a - (-b), not a - -b (a negation or a negative constant)
         return fmt[self.key].format(left, right)
 
 
@@ -497,7 +502,11 @@ class PowLoss(_Binary):
         return a**b
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return fmt["pow"].format(self._wrap(self.loss1, fmt, 41), self._wrap(self.loss2, fmt, 100))
+        # the base in parentheses unless it is an atom: (-2)^2, (log p(x))^2, (a * b)^2; LaTeX braces the exponent,
+        # so a negative one needs none there ({a}^{-1}), text does (a^(-1))
+        exponent = self.loss2._render(fmt) if fmt is LATEX and self.loss2.precedence == NegLoss.precedence \
+            else self._wrap(self.loss2, fmt, 100)
+        return fmt["pow"].format(self._wrap(self.loss1, fmt, 41), exponent)
 
 
 class _Elementwise(_Binary):

@@ -35,6 +35,8 @@ class LogProb(Loss):
     ``feature_dims`` (as in Pixyz) names the dimensions to sum instead of the features.
     """
 
+    precedence = 35  # a function application: (log p(x))^2, but -log p(x) and 2 * log p(x) need no parentheses
+
     def __init__(self, p: Scorable, sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> None:
         super().__init__(p.var + p.input_var)
         self.p = p
@@ -55,6 +57,8 @@ class LogProb(Loss):
 
 class Prob(LogProb):
     r""":math:`p(x|z)` per batch row."""
+
+    precedence = 100
 
     def _value(self, ctx: EvalContext) -> Tensor:
         return super()._value(ctx).exp()

@@ -236,6 +236,8 @@ class AdversarialLoss(Loss):
 class DiscriminatorLoss(Loss):
     """The loss that trains the discriminator of an `AdversarialLoss` (its ``d_loss()``)."""
 
+    precedence = 10  # its formula is a difference
+
     def __init__(self, adversarial: AdversarialLoss) -> None:
         super().__init__(adversarial.input_var)
         self.adversarial = adversarial

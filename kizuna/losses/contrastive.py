@@ -31,6 +31,8 @@ class ContrastiveDivergence(Loss):
         data_name: the symbol of the data distribution in the formula.
     """
 
+    precedence = 10  # its formula is a sum
+
     def __init__(self, p: Distribution, sampler: Any, alpha: float = 1.0, data_name: str = "p_{data}") -> None:
         if p.cond_var:
             raise ValueError(f"ContrastiveDivergence needs an unconditioned model; {p.prob_text} is conditioned")

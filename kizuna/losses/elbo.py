@@ -52,6 +52,8 @@ class IWAE(Loss):
     ``q`` must be reparameterisable (gradients flow through the draws).
     """
 
+    precedence = 35  # a function application (log 1/K sum ...): parenthesised as the base of a power
+
     def __init__(self, p: Distribution, q: Distribution, k: int = 5) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"IWAE needs an integer k >= 1 (draws per row), got k={k!r}")

@@ -92,6 +92,8 @@ def _rows(v: Tensor) -> Tensor:
 class ScoreMatchingError(Loss):
     """:math:`\\operatorname{tr}(\\nabla_x s(x)) + \\frac12\\|s(x)\\|^2` per row (Hyvärinen 2005; module docstring)."""
 
+    precedence = 10  # its formula is a sum
+
     def __init__(self, score: Any, var: str = "x") -> None:
         _check_model(score, var)
         super().__init__([var] + [v for v in getattr(score, "input_var", []) if v != var])
@@ -126,6 +128,8 @@ class SlicedScoreError(Loss):
         projection: the variable holding :math:`v` (drawn by an enclosing expectation).
         variance_reduction: use :math:`\\frac12\\|s(x)\\|^2` for the last term (SSM-VR).
     """
+
+    precedence = 10  # its formula is a sum
 
     def __init__(self, score: Any, var: str = "x", projection: str = "v", variance_reduction: bool = False) -> None:
         _check_model(score, var)
@@ -165,6 +169,8 @@ class DenoisingScoreError(Loss):
         noise: the noise kernel :math:`q(\\tilde x|x)` (e.g. a `Normal` with ``loc="x"``).
         noise_weighting: multiply by the noise variance (mean over features) of each row.
     """
+
+    precedence = 20  # its formula is a product
 
     def __init__(self, score: Any, noise: Any, noise_weighting: bool = False) -> None:
         var = noise.var[0]
