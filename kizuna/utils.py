@@ -9,6 +9,7 @@ settings, `print_latex` (a formula to display in a notebook) and `lru_cache_for_
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -179,14 +180,25 @@ def _frozen(value: Any) -> Any:
     return ("value", value)
 
 
+def _module_state(module: Any) -> tuple[Any, ...]:
+    """What a module's output depends on besides its inputs: its parameters and buffers (which tensors, and their
+    in-place versions) and every submodule's training mode (BatchNorm, Dropout)."""
+    if not isinstance(module, torch.nn.Module):
+        return ()
+    tensors = tuple((id(t), t._version) for t in itertools.chain(module.parameters(), module.buffers()))
+    return tensors, tuple(m.training for m in module.modules())
+
+
 def lru_cache_for_sample_dict() -> Callable[[F], F]:
     """Memoise a method whose arguments are sample dicts (Pixyz's decorator of ``get_params``).
 
-    A call with the same tensors (the same objects, not modified in place), in the same grad mode and
-    with the module's parameters not updated since, returns the stored result; at most `cache_maxsize`
-    results are kept per method. Unlike Pixyz's cache, an optimizer step (which updates the parameters in
-    place) or an in-place change of an input invalidates the stored results, so a stale value is never
-    returned. The cache holds references to the keyed tensors (and their results) until evicted.
+    A call with the same tensors (the same objects, not modified in place), in the same grad mode, with the
+    module's parameters and buffers the same tensors not modified since and every submodule in the same
+    training mode, returns the stored result; at most `cache_maxsize` results are kept per method. Unlike
+    Pixyz's cache, an optimizer step (which updates the parameters in place), an in-place change of an input
+    or a buffer (BatchNorm's running statistics), or ``.train()`` / ``.eval()`` invalidates the stored results,
+    so a stale value is not returned. A call whose arguments cannot be keyed (a numpy array) is not cached.
+    The cache holds references to the keyed tensors (and their results) until evicted.
 
     >>> calls = []
     >>> class Enc(torch.nn.Module):
@@ -205,9 +217,13 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
 
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            params = tuple(p._version for p in self.parameters()) if isinstance(self, torch.nn.Module) else ()
-            key = (id(self), params, torch.is_grad_enabled(), _frozen(args), _frozen(sorted(kwargs.items())))
-            if key in cache:
+            key = (id(self), _module_state(self), torch.is_grad_enabled(), _frozen(args),
+                   _frozen(sorted(kwargs.items())))
+            try:
+                hit = key in cache
+            except TypeError:  # an argument that cannot be keyed (a numpy array): computed, not cached
+                return method(self, *args, **kwargs)
+            if hit:
                 cache[key] = cache.pop(key)  # most recently used last
                 return cache[key][1]
             result = method(self, *args, **kwargs)

@@ -11,6 +11,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import distributions as D
@@ -270,6 +271,34 @@ def test_lru_cache_for_sample_dict_reuses_results_until_the_parameters_change() 
     first["loc"].sum().backward()
     opt.step()  # the parameters change: a stored result would be stale
     assert not torch.equal(q.get_params({"x": x})["loc"], first["loc"]) and len(calls) == 3
+
+
+def test_lru_cache_for_sample_dict_follows_training_mode_and_buffers() -> None:
+    """``.eval()`` (BatchNorm, Dropout) and an in-place change of a buffer invalidate a stored result: it returned
+    the train-mode output after ``.eval()`` and the old value after a buffer changed."""
+    torch.manual_seed(0)
+
+    class Enc(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+            self.register_buffer("gain", torch.ones(1))
+
+        @lru_cache_for_sample_dict()
+        def params(self, x_dict: dict) -> torch.Tensor:
+            return self.net(torch.as_tensor(x_dict["x"])) * self.gain
+
+    e, x = Enc(), torch.randn(4, 2)
+    train_out = e.params({"x": x})
+    e.eval()
+    eval_out = e.params({"x": x})
+    assert torch.equal(eval_out, e.net(x)) and not torch.equal(eval_out, train_out)
+    assert e.params({"x": x}) is eval_out  # still cached while nothing changes
+    e.gain.mul_(5)
+    assert torch.allclose(e.params({"x": x}), 5 * eval_out)
+    e.train()
+    assert not torch.equal(e.params({"x": x}), 5 * eval_out)  # train mode again: batch statistics
+    assert torch.equal(e.params({"x": np.ones((4, 2), dtype=np.float32)}), e.params({"x": torch.ones(4, 2)}))
 
 
 # ------------------------------------------------------------------ the ported program of docs/porting_from_pixyz.md
