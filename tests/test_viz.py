@@ -99,3 +99,21 @@ def test_a_class_keeps_its_colour_in_every_panel():
     _, full = _colours(np.arange(10))
     _, some = _colours(np.array([-1, 2, 3, 7]))
     assert all(some[c] == full[c] for c in (2, 3, 7)) and some[-1] != full[0]
+
+
+def test_plots_return_the_path_they_wrote(tmp_path):
+    """A name without an extension: matplotlib writes name.png, which is now the path returned (it returned the bare
+    name, which did not exist); an existing directory as the path is refused (it wrote <dir>.png beside it)."""
+    from kizuna.viz import plot_clustering_comparison
+
+    z, t = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    out = plot_latent_space([(z, t, "x")], tmp_path / "figure", dpi=20)
+    assert out == tmp_path / "figure.png" and out.is_file() and not (tmp_path / "figure").exists()
+    out = plot_clustering_comparison(t, [("a", t)], str(tmp_path / "cmp"), dpi=20)
+    assert out == tmp_path / "cmp.png" and out.is_file()
+    assert plot_latent_space([(z, t, "x")], tmp_path / "x.pdf", dpi=20) == tmp_path / "x.pdf"
+    (tmp_path / "d").mkdir()
+    for plot in (lambda p: plot_latent_space([(z, t, "x")], p), lambda p: plot_clustering_comparison(t, [("a", t)], p)):
+        with pytest.raises(ValueError, match="is a directory"):
+            plot(tmp_path / "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.png", "d", "figure.png", "x.pdf"]

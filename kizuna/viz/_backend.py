@@ -7,6 +7,7 @@ user's interactive session alone.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 INSTALL_HINT = "pip install 'kizuna[demo]' (or: pip install matplotlib)"
@@ -26,6 +27,24 @@ def new_figure(**kwargs: Any) -> Any:
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
     return fig
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int, what: str) -> Path:
+    """Write ``fig`` to ``path`` (its folder created) and return the path written: a name without an extension gets
+    ``.png`` (what matplotlib would add), so the returned path is the file.
+
+    Raises:
+        ValueError: ``path`` is an existing directory (matplotlib would write ``<dir>.png`` beside it).
+    """
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{what}: the path {str(out)!r} is a directory; give a file name such as "
+                         f"{str(out / 'figure.png')!r}")
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    return out
 
 
 def colormap(name: str) -> Any:

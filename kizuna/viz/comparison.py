@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from kizuna.metrics import clustering_accuracy
-from kizuna.viz._backend import new_figure
+from kizuna.viz._backend import new_figure, save_figure
 from kizuna.viz.confusion import draw_confusion
 from kizuna.viz.latent import Panel, check_panels, draw_latent_space
 
@@ -49,7 +49,8 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
     Args:
         labels_true: the N true classes (only for scoring and naming clusters; no model saw them).
         clusterings: ``(name, N cluster ids)`` of each model.
-        path: the PNG file to write (its folder is created).
+        path: the PNG file to write (its folder is created; ``.png`` is added to a name without an extension,
+            another extension such as ``.pdf`` picks that format).
         confusions: indices into ``clusterings`` whose matched confusion tables are drawn (left to right).
         latent_panels: ``(latent N×D, labels N, title)`` scatter panels for the bottom row.
         latent_legends: a legend title per latent panel (e.g. "digit", "cluster, named after its class").
@@ -60,7 +61,7 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
         dpi: resolution of the file.
 
     Returns:
-        The path written.
+        The path written (with the ``.png`` added, if it was).
     """
     truth = np.asarray(labels_true)
     names = [name for name, _ in clusterings]
@@ -85,7 +86,4 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
             draw_latent_space(ax, z, lab, name, legend, wrong)
     if title:
         fig.suptitle(title, fontsize=11)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    return out
+    return save_figure(fig, path, dpi, "plot_clustering_comparison")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kizuna.viz._backend import colormap, new_figure
+from kizuna.viz._backend import colormap, new_figure, save_figure
 
 Panel = tuple[Any, Any, str]
 
@@ -138,16 +138,18 @@ def plot_latent_space(panels: Sequence[Panel], path: str | Path, title: str | No
     Args:
         panels: ``(latent N×D, labels N, title)`` triples; several panels may share one latent
             (e.g. coloured by true class and by learned cluster).
-        path: the PNG file to write (its folder is created).
+        path: the PNG file to write (its folder is created; ``.png`` is added to a name without an extension,
+            another extension such as ``.pdf`` picks that format).
         title: a title above all panels.
         dpi: resolution of the file.
 
     Returns:
-        The path written.
+        The path written (with the ``.png`` added, if it was).
 
     Raises:
         ImportError: matplotlib is missing (with the command that installs it).
-        ValueError: a panel whose latents are not N×D or whose labels do not have N entries.
+        ValueError: a panel whose latents are not N×D or whose labels do not have N entries; ``path`` is a
+            directory.
     """
     checked = check_panels(panels)
     fig = new_figure(figsize=(4.2 * len(checked), 4.4), layout="constrained")
@@ -156,7 +158,4 @@ def plot_latent_space(panels: Sequence[Panel], path: str | Path, title: str | No
         draw_latent_space(ax, t, lab, name)
     if title:
         fig.suptitle(title, fontsize=11)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    return out
+    return save_figure(fig, path, dpi, "plot_latent_space")
