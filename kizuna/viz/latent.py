@@ -95,6 +95,8 @@ def check_panels(panels: Sequence[Panel],
         t = _as_matrix(z, where)
         if lab.ndim != 1 or lab.shape[0] != t.shape[0]:
             raise ValueError(f"{where}: labels must be 1-D with {t.shape[0]} entries, got shape {lab.shape}")
+        if lab.dtype.kind in "fc" and np.isnan(lab).any():
+            raise ValueError(f"{where}: {int(np.isnan(lab).sum())} labels are NaN; give every point a label")
         checked.append((t, lab, str(name)))
     return checked
 
@@ -148,8 +150,8 @@ def plot_latent_space(panels: Sequence[Panel], path: str | Path, title: str | No
 
     Raises:
         ImportError: matplotlib is missing (with the command that installs it).
-        ValueError: a panel whose latents are not N×D or whose labels do not have N entries; ``path`` is a
-            directory.
+        ValueError: a panel whose latents are not N×D or whose labels do not have N entries or are NaN; ``path``
+            is a directory.
     """
     checked = check_panels(panels)
     fig = new_figure(figsize=(4.2 * len(checked), 4.4), layout="constrained")
