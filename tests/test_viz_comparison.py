@@ -67,3 +67,7 @@ def test_comparison_figure_is_written_and_bad_indices_are_named(tmp_path):
         plot_clustering_comparison(truth, runs, tmp_path / "x.png", confusions=[2])
     with pytest.raises(ValueError, match=r"panel 0 \('a'\): labels must be 1-D with 60 entries"):
         plot_clustering_comparison(truth, runs, tmp_path / "x.png", latent_panels=[(z, truth[:5], "a")])
+    for chance in (None, 0.3):  # crashed inside numpy with chance, drew an empty figure without
+        with pytest.raises(ValueError, match="at least one"):
+            plot_clustering_comparison(truth, [], tmp_path / "empty.png", chance=chance)
+    assert not (tmp_path / "empty.png").exists()

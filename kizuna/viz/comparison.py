@@ -62,7 +62,12 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
 
     Returns:
         The path written (with the ``.png`` added, if it was).
+
+    Raises:
+        ValueError: no clusterings, an index out of range, a bad latent panel, or ``path`` a directory.
     """
+    if len(clusterings) == 0:
+        raise ValueError("plot_clustering_comparison: give at least one (name, cluster ids) clustering")
     truth = np.asarray(labels_true)
     names = [name for name, _ in clusterings]
     accuracies = [clustering_accuracy(truth, np.asarray(pred)) for _, pred in clusterings]
