@@ -71,3 +71,19 @@ def test_comparison_figure_is_written_and_bad_indices_are_named(tmp_path):
         with pytest.raises(ValueError, match="at least one"):
             plot_clustering_comparison(truth, [], tmp_path / "empty.png", chance=chance)
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_unmatched_clusters_are_not_read_as_a_class_named_minus_one():
+    """With a real class -1, unmatched clusters were also named -1: [-1, -1, 0, 0] for t=[-1, -1, 0, 0], p=[0, 9, 1, 1],
+    so accuracy computed from it was 1.0 instead of 0.75. The default -1 is now refused there, ``unmatched=`` names
+    them otherwise; without an unmatched cluster a class -1 is fine."""
+    t, p = [-1, -1, 0, 0], [0, 9, 1, 1]
+    with pytest.raises(ValueError, match=r"unmatched=-1 \(the default\) is one of the classes"):
+        match_clusters(t, p)
+    named = match_clusters(t, p, unmatched=-2)
+    assert named.tolist() == [-1, -2, 0, 0]
+    assert np.mean(np.asarray(t) == named) == clustering_accuracy(t, p) == 0.75
+    assert match_clusters(t, [5, 5, 1, 1]).tolist() == [-1, -1, 0, 0]  # every cluster matched: no ambiguity
+    with pytest.raises(ValueError, match="unmatched=0 is one of the classes"):
+        match_clusters(t, p, unmatched=0)
+    assert sorted(match_clusters([0, 0, 1], [4, 5, 6], unmatched="none").tolist(), key=str) == [0, 1, "none"]

@@ -32,16 +32,33 @@ def _labels(x: Any, what: str) -> np.ndarray:
     return a
 
 
-def match_clusters(labels_true: Any, labels_pred: Any) -> np.ndarray:
-    """Each sample's cluster renamed after the class matched to it (`UNMATCHED` = -1 if none is).
+def match_clusters(labels_true: Any, labels_pred: Any, unmatched: Any = None) -> np.ndarray:
+    """Each sample's cluster renamed after the class matched to it, or ``unmatched`` if none is (more clusters than
+    classes).
+
+    ``unmatched`` defaults to `UNMATCHED` (-1). When -1 is itself one of the classes (DBSCAN's noise, "unlabelled")
+    and a cluster is left without a class, the output could not tell the two apart (accuracy computed from it would
+    count the unmatched samples as right): a ValueError then asks for an ``unmatched=`` value that is not a class.
 
     >>> match_clusters([0, 0, 1, 1, 2], [7, 7, 3, 3, 3]).tolist()
     [0, 0, 1, 1, 1]
+    >>> match_clusters([-1, -1, 0, 0], [0, 9, 1, 1], unmatched=-2).tolist()
+    [-1, -2, 0, 0]
+
+    Raises:
+        ValueError: ``unmatched`` is one of the classes (given, or -1 by default when a cluster is unmatched).
     """
-    return _matched(labels_true, labels_pred)[0]
+    sentinel = UNMATCHED if unmatched is None else unmatched
+    names, which, classes = _matched(labels_true, labels_pred, sentinel)
+    if (unmatched is not None or (which < 0).any()) and sentinel in classes.tolist():
+        hint = "" if unmatched is not None else " (the default)"
+        raise ValueError(f"match_clusters: unmatched={sentinel!r}{hint} is one of the classes, so unmatched clusters "
+                         f"would read as that class; pass unmatched= a value that is not a class")
+    return names
 
 
-def _matched(labels_true: Any, labels_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _matched(labels_true: Any, labels_pred: Any,
+             unmatched: Any = UNMATCHED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(names, which, classes): each sample's matched class name (`UNMATCHED` if none), the index of that class in
     ``classes`` (-1 if none: an index, so that a class named -1 or string labels are told apart from "none")."""
     t, p = _labels(labels_true, "labels_true"), _labels(labels_pred, "labels_pred")
@@ -50,8 +67,9 @@ def _matched(labels_true: Any, labels_pred: Any) -> tuple[np.ndarray, np.ndarray
     rows, cols = linear_sum_assignment(-table)
     index = dict(zip(clusters[cols].tolist(), rows.tolist()))
     which = np.array([index.get(c, -1) for c in p.tolist()], dtype=np.int64)
-    names = np.array([classes[i].item() if i >= 0 else UNMATCHED for i in which.tolist()],
-                     dtype=object if classes.dtype.kind in "USO" else None)  # strings keep -1 a number
+    numbers = classes.dtype.kind in "iufb" and isinstance(unmatched, (int, float, np.number))
+    names = np.array([classes[i].item() if i >= 0 else unmatched for i in which.tolist()],
+                     dtype=None if numbers else object)  # strings keep -1 a number, numbers a name such as "none"
     return names, which, classes
 
 
