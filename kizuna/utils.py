@@ -180,13 +180,16 @@ def _frozen(value: Any) -> Any:
     return ("value", value)
 
 
-def _module_state(module: Any) -> tuple[Any, ...]:
-    """What a module's output depends on besides its inputs: its parameters and buffers (which tensors, and their
-    in-place versions) and every submodule's training mode (BatchNorm, Dropout)."""
+def _module_state(module: Any) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
+    """What a module's output depends on besides its inputs, as a key: its parameters and buffers (which tensors, and
+    their in-place versions) and every submodule's training mode (BatchNorm, Dropout), read in one walk over the
+    submodules; and those tensors, which the cache keeps alive with the entry (a replaced parameter's ``id`` could
+    otherwise be reused by its successor, at version 0 again)."""
     if not isinstance(module, torch.nn.Module):
-        return ()
-    tensors = tuple((id(t), t._version) for t in itertools.chain(module.parameters(), module.buffers()))
-    return tensors, tuple(m.training for m in module.modules())
+        return (), []
+    tensors = [t for m in module.modules() for t in itertools.chain(m._parameters.values(), m._buffers.values())
+               if t is not None]
+    return (tuple((id(t), t._version) for t in tensors), tuple(m.training for m in module.modules())), tensors
 
 
 def lru_cache_for_sample_dict() -> Callable[[F], F]:
@@ -197,7 +200,9 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
     training mode, returns the stored result; at most `cache_maxsize` results are kept per method. Unlike
     Pixyz's cache, an optimizer step (which updates the parameters in place), an in-place change of an input
     or a buffer (BatchNorm's running statistics), or ``.train()`` / ``.eval()`` invalidates the stored results,
-    so a stale value is not returned. A call whose arguments cannot be keyed (a numpy array) is not cached.
+    so a stale value is not returned — except after a write through ``.data`` (``p.data = ...``,
+    ``module.double()``), which torch does not count as a change: call ``cache_clear()`` after one. A call whose
+    arguments cannot be keyed (a numpy array) is not cached.
     The cache holds references to the keyed tensors (and their results) until evicted.
 
     >>> calls = []
@@ -217,8 +222,8 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
 
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            key = (id(self), _module_state(self), torch.is_grad_enabled(), _frozen(args),
-                   _frozen(sorted(kwargs.items())))
+            state, tensors = _module_state(self)
+            key = (id(self), state, torch.is_grad_enabled(), _frozen(args), _frozen(sorted(kwargs.items())))
             try:
                 hit = key in cache
             except TypeError:  # an argument that cannot be keyed (a numpy array): computed, not cached
@@ -228,7 +233,7 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
                 return cache[key][1]
             result = method(self, *args, **kwargs)
             if maxsize > 0:
-                cache[key] = ((self, args, kwargs), result)
+                cache[key] = ((self, args, kwargs, tensors), result)
                 while len(cache) > maxsize:
                     cache.pop(next(iter(cache)))
             return result

@@ -268,6 +268,15 @@ def test_negative_constants_print_as_they_evaluate():
     assert str(square) == "(-2)^2" and square.eval({}).item() == 4.0
     a = Parameter("a")
     assert (a - (-2)).eval({"a": 1.0}).item() == 3.0 and str(a - (-2)) == "a - (-2)"
+    # on the left a negative constant reads the same with or without brackets: none, as Pixyz prints it
+    assert str(ValueLoss(-2) * a) == "-2 * a" and str(-2 * a) == "-2 * a" and str(a * (-2)) == "a * (-2)"
+    # a sum over time is one symbol: bracketed as the base of a power
+    from kizuna.losses import IterativeLoss
+
+    q = Normal(var=["x"], cond_var=["h"], loc="h", scale=1.0)
+    steps = IterativeLoss(LogProb(q).mean(), series_var=["x", "h"], max_iter=3)
+    assert str(steps**2) == "(sum_{t=0}^{2} mean(log p(x|h)))^2"
+    assert (steps**2).to_latex().startswith(r"{\left(\sum_{t=0}^{2}")
 
 
 def test_constants_are_coefficients_not_terms():

@@ -299,6 +299,23 @@ def test_lru_cache_for_sample_dict_follows_training_mode_and_buffers() -> None:
     e.train()
     assert not torch.equal(e.params({"x": x}), 5 * eval_out)  # train mode again: batch statistics
     assert torch.equal(e.params({"x": np.ones((4, 2), dtype=np.float32)}), e.params({"x": torch.ones(4, 2)}))
+    # a parameter replaced by another, whose id Python may give to the new tensor (at version 0 again): recomputed
+    # (178 of 200 calls returned the old parameter's result when the cache kept only ids)
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+        @lru_cache_for_sample_dict()
+        def get(self, x_dict: dict) -> torch.Tensor:
+            return x_dict["x"] * self.w
+
+    m, one = Scaled(), {"x": torch.ones(1)}
+    with torch.no_grad():
+        for k in range(200):
+            m.w = torch.nn.Parameter(torch.tensor(float(k + 10)))
+            assert m.get(one).item() == k + 10, k
 
 
 # ------------------------------------------------------------------ the ported program of docs/porting_from_pixyz.md

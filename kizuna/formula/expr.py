@@ -455,7 +455,9 @@ class _Binary(Loss):
         raise NotImplementedError
 
     def _render(self, fmt: dict[str, str]) -> str:
-        left = self._wrap(self.loss1, fmt, self.precedence)
+        # a negative constant on the left reads the same bracketed or not (-2 * a is (-2) * a): none, as Pixyz prints
+        loss1 = self.loss1
+        left = loss1._render(fmt) if type(loss1) is ValueLoss else self._wrap(loss1, fmt, self.precedence)
         right = self._wrap(self.loss2, fmt, self.right_min or self.precedence)
         if self.loss2.precedence == NegLoss.precedence and self.precedence <= NegLoss.precedence:
             right = fmt["paren"].format(right)  # a - (-b), not a - -b (a negation or a negative constant)

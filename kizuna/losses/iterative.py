@@ -76,6 +76,8 @@ class IterativeLoss(Loss):
     True
     """
 
+    precedence = 35  # a sum written as one symbol: bracketed as the base of a power, (sum_t ...)^2
+
     def __init__(
         self,
         step_loss: Loss,
