@@ -51,6 +51,15 @@ def _short(name: str, keep: int) -> str:
 
 
 def _host() -> str:
+    """The host field of a temporary name: ``h`` and 12 hex digits of the host name's SHA-256, a fixed form with no
+    dot, so that no temporary name of another host or another target parses as this host's (with the host name
+    itself, host ``lab`` saving ``a.n01`` left ``.a.n01.lab.<pid>...``, which host ``n01.lab`` saving ``a`` read as its
+    own)."""
+    return "h" + hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _old_host() -> str:
+    """The host field of the temporary names of earlier versions (the host name itself, shortened)."""
     return _short(socket.gethostname(), _HOST_KEEP)
 
 
@@ -61,23 +70,25 @@ def _prefix(path: Path) -> str:
 
 def temporary_name(path: Path) -> Path:
     """A temporary file for ``path`` unique to this writer: ``.<name>.<host>.<pid>-<thread>-<token>.tmp``, with the
-    host, process and native thread ids (which `remove_stale` reads) and a random token, so threads and processes
-    saving to one path at once never share one. A long ``<name>`` is shortened (`_short`): the temporary name stays
-    within NAME_MAX (255 bytes) for every name the file system accepts."""
+    host (`_host`: a hash of its name), process and native thread ids (which `remove_stale` reads) and a random
+    token, so threads and processes saving to one path at once never share one. A long ``<name>`` is shortened
+    (`_short`): the temporary name stays within NAME_MAX (255 bytes) for every name the file system accepts."""
     thread = threading.current_thread().native_id  # registers a thread not started by threading, for remove_stale
     return path.with_name(f"{_prefix(path)}{_host()}.{os.getpid()}-{thread}-{os.urandom(4).hex()}.tmp")
 
 
 STALE_SECONDS = 24 * 3600  # another host's temporary file this old is an interrupted save's
-# what follows a temporary name's prefix: <host>.<pid>-<thread>-<token>.tmp, or <host>.<pid>.tmp (older versions)
-_WRITER = re.compile(r"(?P<host>.+)\.(?P<pid>\d+)(?:-(?P<thread>\d+)-[0-9a-f]+)?\.tmp")
+# what follows a temporary name's prefix: h<12 hex>.<pid>-<thread>-<token>.tmp, or <host>.<pid>.tmp (older versions,
+# whose host field can be ambiguous: read only with the host name itself)
+_WRITER = re.compile(r"(?P<host>h[0-9a-f]{12})\.(?P<pid>\d+)-(?P<thread>\d+)-[0-9a-f]+\.tmp")
+_OLD_WRITER = re.compile(r"(?P<host>.+)\.(?P<pid>\d+)\.tmp")
 
 
-def _writer_alive(host: str, pid: int, thread: int | None) -> bool:
+def _writer_alive(this_host: bool, pid: int, thread: int | None) -> bool:
     """Whether the writer that names a temporary file may still be writing it: on this host, whether its process
     runs, and for this process, whether its thread runs (``thread`` None: unknown, True); on another host, unknown
     (True)."""
-    if host != _host():
+    if not this_host:
         return True
     if pid == os.getpid():
         return thread is None or thread in {t.native_id for t in threading.enumerate()}
@@ -100,14 +111,19 @@ def remove_stale(path: Path) -> None:
     except OSError:
         return
     for name in names:
-        writer = _WRITER.fullmatch(name[len(prefix):])
-        if writer is None:  # not a temporary name of this library: not ours to remove
-            continue
+        rest = name[len(prefix):]
+        writer = _WRITER.fullmatch(rest)
+        if writer is not None:
+            this_host, thread = writer["host"] == _host(), int(writer["thread"])
+        else:
+            writer = _OLD_WRITER.fullmatch(rest)
+            if writer is None:  # not a temporary name of this library: not ours to remove
+                continue
+            this_host, thread = writer["host"] == _old_host(), None
         stale = path.parent / name
-        thread = None if writer["thread"] is None else int(writer["thread"])
         try:
             old = time.time() - stale.stat().st_mtime > STALE_SECONDS
-            if old or not _writer_alive(writer["host"], int(writer["pid"]), thread):
+            if old or not _writer_alive(this_host, int(writer["pid"]), thread):
                 stale.unlink()
         except OSError:
             pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -428,6 +429,25 @@ def test_the_longest_name_the_file_system_accepts_can_be_saved(tmp_path: Path) -
     other.write_bytes(b"partial")
     _io.save({"x": 1}, one)
     assert not dead.exists() and other.exists()  # only the temporary files of the path saved to
+
+
+def test_another_hosts_temporary_file_of_another_target_is_never_read_as_this_hosts(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """Host ``lab`` is saving ``a.n01``: its temporary file is ``.a.n01.<host lab>.<pid>-...``. Host ``n01.lab``
+    saving ``a`` (prefix ``.a.``) read the rest, ``n01.lab.<pid>...``, as its own name and pid, found no such process
+    and removed the live file; the host field is now a fixed-form hash, which no such rest can match."""
+    import socket
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    monkeypatch.setattr(socket, "gethostname", lambda: "lab")
+    theirs = _io.temporary_name(tmp_path / "a.n01")
+    theirs = theirs.with_name(re.sub(r"\.\d+-", f".{done.stdout.strip()}-", theirs.name))  # a pid absent here
+    theirs.write_bytes(b"partial")
+    monkeypatch.setattr(socket, "gethostname", lambda: "n01.lab")
+    _io.save({"x": 1}, tmp_path / "a")
+    assert theirs.exists()
 
 
 class _BNEncoder(Normal):
