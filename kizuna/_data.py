@@ -17,14 +17,19 @@ def first_nonfinite(x_dict: Mapping[str, Any], what: str, rows: torch.Tensor | N
     for key, value in x_dict.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() \
                 and not bool(torch.isfinite(value).all()):
-            bad = (~torch.isfinite(value)).nonzero()[0].tolist()
-            entry = value[tuple(bad)].item()
-            if not bad:  # a 0-d tensor: one value, no row
-                return f"{what}['{key}'] holds {entry} (a 0-d tensor, its only value)"
-            row = bad[0] if rows is None else int(rows[bad[0]])
-            where = f"row {row}" + (f", column {', '.join(map(str, bad[1:]))}" if len(bad) > 1 else "")
-            return f"{what}['{key}'] holds {entry} at {where}"
+            return f"{what}['{key}'] holds {first_flagged(value, ~torch.isfinite(value), rows)}"
     return None
+
+
+def first_flagged(value: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None = None) -> str:
+    """The first entry of ``value`` where ``mask`` holds (row-major) and where it is: ``"nan at row 3, column 1"``
+    (``rows``: the data rows of ``value``'s rows, to name the row of the data); a 0-d tensor's one value as such."""
+    bad = mask.nonzero()[0].tolist()
+    entry = value[tuple(bad)].item()
+    if not bad:  # a 0-d tensor: one value, no row
+        return f"{entry} (a 0-d tensor, its only value)"
+    row = bad[0] if rows is None else int(rows[bad[0]])
+    return f"{entry} at row {row}" + (f", column {', '.join(map(str, bad[1:]))}" if len(bad) > 1 else "")
 
 
 def check_context(layer: str, y: torch.Tensor | None, context_features: int, rows: int,

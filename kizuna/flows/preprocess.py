@@ -32,6 +32,7 @@ import math
 import torch
 from torch.nn import functional as F
 
+from kizuna._data import first_flagged
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.flows.base import Flow, Tensor, row_sum
 
@@ -70,8 +71,9 @@ class Preprocess(Flow):
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         inside = (x >= 0) & (x <= 1)  # written so that NaN is outside
         if not bool(inside.all()):
+            hint = "; remove or impute it" if bool(x.isnan().any()) else ""
             raise ValueError(f"Preprocess: x must lie in [0, 1] (grey levels k / (levels - 1)), got "
-                             f"{self._where(x, ~inside)}" + ("; remove or impute it" if bool(x.isnan().any()) else ""))
+                             f"{first_flagged(x, ~inside)}{hint}")
         if validation_enabled():  # off the grid, the bound of bin_log_volume does not hold (one more check, one sync)
             k = x * (self.levels - 1)
             # x = k / (L-1) rounded in x's precision: k within a few ulps of (L-1) of an integer
@@ -79,7 +81,7 @@ class Preprocess(Flow):
             off = (k - torch.round(k)).abs() > tol
             if bool(off.any()):
                 raise ValueError(f"Preprocess: x must lie on the grid of levels={self.levels} grey levels "
-                                 f"k / {self.levels - 1}, got {self._where(x, off)} (k = "
+                                 f"k / {self.levels - 1}, got {first_flagged(x, off)} (k = "
                                  f"{k[tuple(off.nonzero()[0])].item():.4g}); the dequantisation bound "
                                  "(bin_log_volume, bits/dim) needs them: set levels to the data's number of levels")
         u = torch.rand_like(x) if self.dequantize else torch.full_like(x, 0.5)
@@ -93,13 +95,6 @@ class Preprocess(Flow):
         # dz/dp = 1/p + 1/(1 - p): the per-pixel log-Jacobian is -log p - log(1 - p), from the logs of the logit
         per_pixel = (math.log((self.levels - 1) / self.levels) + math.log(1.0 - self.alpha)) - (log_p + log_1mp)
         return z, row_sum(per_pixel)
-
-    @staticmethod
-    def _where(x: Tensor, bad: Tensor) -> str:
-        """The first flagged value of ``x`` and its position."""
-        first = bad.nonzero()[0].tolist()
-        rest = f", column {first[1]}" if len(first) == 2 else f", position {tuple(first[1:])}" if first[1:] else ""
-        return f"{x[tuple(first)].item()} at row {first[0]}{rest}"
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
