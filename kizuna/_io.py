@@ -3,13 +3,15 @@
 `write_atomic` serialises with ``torch.save`` into a temporary file next to the target, prefixed
 by a header line carrying the SHA-256 of the payload, flushes and fsyncs it, renames it over the
 target and fsyncs the directory, so a kill at any moment leaves either the previous complete file
-or the new one, never a mix. `read_checked` verifies the checksum before unpickling with
-``weights_only=True``: a flipped byte, a truncated file or a pickle that tries to run code is a
-``ValueError`` naming the file, and nothing runs.
+or the new one, never a mix. A symbolic link at the target stays a link (the file it points to is
+the one replaced) and the replaced file keeps its permission bits. `read_checked` verifies the
+checksum before unpickling with ``weights_only=True``: a flipped byte, a truncated file or a pickle
+that tries to run code is a ``ValueError`` naming the file, and nothing runs.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -137,22 +139,50 @@ def encode(obj: Any) -> bytes:
     return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
 
+def _destination(path: Path) -> Path:
+    """The file a save to ``path`` replaces: ``path`` itself, or for a symbolic link the file it points to (through
+    every link of a chain), so that the link stays a link and its target gets the new contents. A dangling link is
+    written through to the path it names when that path's directory exists; a link loop is an ``OSError``."""
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    if target.is_symlink():  # realpath stops at a loop and returns a link
+        raise OSError(errno.ELOOP, f"cannot save to {path}: a loop of symbolic links", str(path))
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"cannot save to {path}: it is a symbolic link to {target}, whose directory "
+                                f"{target.parent} does not exist")
+    return target
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and durably (see the module docstring)."""
+    """Write ``data`` to ``path`` atomically and durably (see the module docstring).
+
+    A symbolic link at ``path`` stays a link: the file it points to is replaced (its temporary file is written beside
+    it). The permission bits of the file replaced are kept (a 0600 file stays 0600); a new file gets the umask's."""
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save to {path}: the directory {path.parent} does not exist")
-    remove_stale(path)
-    tmp = temporary_name(path)
+    target = _destination(path)
+    try:
+        mode: int | None = os.stat(target).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = None
+    remove_stale(target)
+    tmp = temporary_name(target)
     try:
         with open(tmp, "wb") as f:
+            if mode is not None:  # before any byte is written: a private file's contents are never readable by others
+                try:
+                    os.chmod(tmp, mode)
+                except OSError:  # a file system without permission bits: nothing to keep
+                    pass
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)  # gone after the rename; this writer's own name: no one else removes it
-    _fsync_dir(path.parent)
+    _fsync_dir(target.parent)
     return path
 
 

@@ -450,6 +450,59 @@ def test_another_hosts_temporary_file_of_another_target_is_never_read_as_this_ho
     assert theirs.exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="symbolic links")
+def test_a_save_through_a_symbolic_link_keeps_the_link_and_updates_its_target(tmp_path: Path) -> None:
+    """A save to a symbolic link replaces the file it points to (through a chain of links, relative to the link's
+    folder) and the link stays a link; before, the link was replaced by a regular file and its target left stale. A
+    dangling link is written through when its target's folder exists, else refused with the link untouched; a loop of
+    links is refused."""
+    store, links = tmp_path / "store", tmp_path / "links"
+    store.mkdir()
+    links.mkdir()
+    _io.save({"v": 1}, store / "real.pt")
+    (links / "mid.pt").symlink_to(Path("..") / "store" / "real.pt")
+    (links / "link.pt").symlink_to("mid.pt")
+    _io.save({"v": 2}, links / "link.pt")
+    assert (links / "link.pt").is_symlink() and (links / "mid.pt").is_symlink()
+    assert _io.load(store / "real.pt") == {"v": 2} and _io.load(links / "link.pt") == {"v": 2}
+    assert sorted(p.name for p in store.iterdir()) == ["real.pt"]  # no temporary file left, in either folder
+    assert sorted(p.name for p in links.iterdir()) == ["link.pt", "mid.pt"]
+
+    (links / "dangling.pt").symlink_to(Path("..") / "store" / "new.pt")
+    _io.save({"v": 3}, links / "dangling.pt")
+    assert (links / "dangling.pt").is_symlink() and _io.load(store / "new.pt") == {"v": 3}
+
+    (links / "nowhere.pt").symlink_to(tmp_path / "missing" / "x.pt")
+    with pytest.raises(FileNotFoundError, match="symbolic link to .*missing"):
+        _io.save({"v": 4}, links / "nowhere.pt")
+    assert (links / "nowhere.pt").is_symlink() and not (tmp_path / "missing").exists()
+
+    (links / "a.pt").symlink_to("b.pt")
+    (links / "b.pt").symlink_to("a.pt")
+    with pytest.raises(OSError, match="loop"):
+        _io.save({"v": 5}, links / "a.pt")
+    assert (links / "a.pt").is_symlink() and (links / "b.pt").is_symlink()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+def test_a_save_over_a_file_keeps_its_permission_bits(tmp_path: Path) -> None:
+    """A 0600 (private) file stays 0600 after a save over it, and a 0640 one 0640; before, the replacement had the
+    umask's default (0644). A new file still gets the umask's default."""
+    old_umask = os.umask(0o022)
+    try:
+        for mode in (0o600, 0o640):
+            path = tmp_path / f"private{mode:o}.pt"
+            _io.save({"v": 1}, path)
+            path.chmod(mode)
+            _io.save({"v": 2}, path)
+            assert path.stat().st_mode & 0o7777 == mode and _io.load(path) == {"v": 2}
+        fresh = tmp_path / "fresh.pt"
+        _io.save({"v": 1}, fresh)
+        assert fresh.stat().st_mode & 0o7777 == 0o644
+    finally:
+        os.umask(old_umask)
+
+
 class _BNEncoder(Normal):
     """q(z|x) through Linear -> BatchNorm -> Dropout -> Linear: running statistics and a train / eval switch."""
 
