@@ -140,6 +140,18 @@ def test_fit_checkpoints_every_epoch_and_early_stopping_saves_the_best(tmp_path)
     assert torch.equal(q.loc, p.loc)  # the checkpoint holds the restored best parameters
 
 
+def test_save_creates_a_missing_folder_as_save_module_does(tmp_path):
+    """Model.save creates the folders of its path, as kizuna.modules.save_module and Graph.save do; it raised
+    FileNotFoundError ('the directory ... does not exist')."""
+    model = build()
+    path = tmp_path / "runs" / "vae" / "c.pt"
+    model.save(path)
+    loaded = build(hidden=16)
+    loaded.load(path)
+    assert loaded.epoch == model.epoch
+    assert sorted(p.name for p in path.parent.iterdir()) == ["c.pt"]
+
+
 def test_another_architecture_lists_the_offending_parameters(tmp_path):
     path = tmp_path / "c.pt"
     build().save(path)

@@ -113,11 +113,13 @@ def _same(a: Any, b: Any) -> bool:
 def save(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
     """Write ``payload`` as a kizuna checkpoint, atomically, durably and with a checksum
     (`kizuna._io`: temporary file, fsync, rename; a kill leaves the previous checkpoint whole).
+    A missing folder of ``path`` is created (with its parents), as `kizuna.modules.save_module` does.
 
     The temporary file is named after the host, process and thread, with a random token, so threads and
     processes that save to the same path at once (every rank of a data-parallel run) never write into one
     file: the last rename wins.
     """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     _io.save({"format": FORMAT, "version": VERSION, **payload}, path)
 
 

@@ -404,7 +404,8 @@ class Model:
         """Write `state_dict` as a checkpoint file (see `kizuna.models.checkpoint`).
 
         The file is written next to ``path``, fsynced and renamed over it, and carries a checksum, so
-        an interruption never leaves a half-written checkpoint and a damaged file is an error. In a
+        an interruption never leaves a half-written checkpoint and a damaged file is an error. A missing
+        folder of ``path`` is created (with its parents), as `kizuna.modules.save_module` does. In a
         data-parallel run every rank holds the same state: save from rank 0 only
         (``if kizuna.models.distributed.is_main(): model.save(path)``), as ``fit`` does.
         """
