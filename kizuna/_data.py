@@ -6,18 +6,43 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
+
+
+def _floating(value: Any) -> torch.Tensor | np.ndarray | None:
+    """``value`` as a non-empty floating tensor or numpy array to check, or None (nothing to check): a tensor or a
+    numpy array as it is (no copy), a list or tuple (nested) of numbers as a numpy array; integers, booleans and
+    anything else are None."""
+    if isinstance(value, torch.Tensor):
+        return value if value.is_floating_point() and value.numel() else None
+    if isinstance(value, (list, tuple)):
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError, RuntimeError):  # ragged, or holding what numpy cannot read (a CUDA tensor)
+            return None
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
+        return value
+    return None
 
 
 def first_nonfinite(x_dict: Mapping[str, Any], what: str, rows: torch.Tensor | None = None) -> str | None:
     """A sentence naming the first non-finite entry of ``x_dict`` (variable, row, column), or None.
 
-    ``rows``: the data rows of the batch (its row ``i`` is row ``rows[i]`` of the data).
+    Floating tensors, numpy arrays and (nested) lists of numbers are checked; a numpy array is read in place and
+    copied only to name a non-finite entry. ``rows``: the data rows of the batch (its row ``i`` is row ``rows[i]``
+    of the data).
     """
     for key, value in x_dict.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() \
-                and not bool(torch.isfinite(value).all()):
-            return f"{what}['{key}'] holds {first_flagged(value, ~torch.isfinite(value), rows)}"
+        checked = _floating(value)
+        if isinstance(checked, torch.Tensor):
+            if not bool(torch.isfinite(checked).all()):
+                return f"{what}['{key}'] holds {first_flagged(checked, ~torch.isfinite(checked), rows)}"
+        elif checked is not None:
+            finite = np.asarray(np.isfinite(checked))  # an array, for a 0-d one too
+            if not bool(finite.all()):  # named from a float64 copy: torch reads no longdouble, nor another byte order
+                tensor = torch.from_numpy(np.array(checked, dtype=np.float64))
+                return f"{what}['{key}'] holds {first_flagged(tensor, ~torch.from_numpy(finite), rows)}"
     return None
 
 

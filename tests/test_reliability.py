@@ -503,6 +503,31 @@ def test_a_save_over_a_file_keeps_its_permission_bits(tmp_path: Path) -> None:
         os.umask(old_umask)
 
 
+def test_nan_in_numpy_data_or_a_list_is_named_like_nan_in_a_tensor() -> None:
+    """`first_nonfinite` names a non-finite entry of a floating numpy array (any float type, either byte order) or a
+    nested list of numbers as it names one of a tensor; it skipped them, so log_likelihood given batches of numpy
+    arrays with an inf failed inside a network (TypeError from linear) instead of naming the entry."""
+    from kizuna._data import first_nonfinite
+
+    x = np.zeros((4, 3))
+    x[2, 1] = np.nan
+    for value in (x, x.astype(np.float32), x.astype(">f8"), x.astype(np.longdouble), x.tolist(),
+                  tuple(map(tuple, x.tolist()))):
+        assert first_nonfinite({"n": np.arange(3), "x": value}, "the data") == \
+            "the data['x'] holds nan at row 2, column 1", type(value)
+    assert first_nonfinite({"x": x}, "the data", torch.arange(10, 14)) == "the data['x'] holds nan at row 12, column 1"
+    assert first_nonfinite({"x": np.array(-np.inf)}, "d") == "d['x'] holds -inf (a 0-d tensor, its only value)"
+    assert first_nonfinite({"x": np.zeros(3), "i": np.arange(3), "s": ["a", "b"], "r": [[1.0], [1.0, 2.0]],
+                            "e": np.zeros((0, 2)), "t": [torch.zeros(2)]}, "d") is None
+
+    q, p = Encoder(), Decoder()
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    batch = data()["x"][:5].numpy().copy()
+    batch[3, 4] = np.inf
+    with pytest.raises(ValueError, match=r"log_likelihood: the data\['x'\] holds inf at row 3, column 4"):
+        log_likelihood(p * prior, q, [{"x": batch}], k=4)
+
+
 class _BNEncoder(Normal):
     """q(z|x) through Linear -> BatchNorm -> Dropout -> Linear: running statistics and a train / eval switch."""
 
