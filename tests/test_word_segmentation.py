@@ -439,6 +439,36 @@ def test_a_refused_sentence_leaves_the_model_unchanged():
     assert all(not a.any() for a in model.chars.cw + model.chars.c)
 
 
+def test_removing_a_sentence_the_model_does_not_hold_leaves_it_unchanged():
+    """remove_sentence checks that every bigram of the sentence is seated (as often as the sentence has it) before
+    removing any: it removed the words up to the first missing one and raised a KeyError, leaving the word and
+    character models' counts corrupted."""
+    rng = np.random.default_rng(0)
+    model = NPYLM("ab", max_word_length=3)
+    model.add_sentence(["ab", "a"], rng)
+    model.add_sentence(["a", "a"], rng)
+
+    def counts() -> tuple:
+        restaurants = tuple({key: (r.c, r.t, dict(r.cw), {w: list(t) for w, t in r.tables.items()})
+                             for key, r in hpylm.restaurants.items()} for hpylm in (model.words, model.chars.hpylm))
+        return restaurants, [a.tolist() for a in model.chars.cw + model.chars.c]
+
+    before = counts()
+    for words, message in [(["ab", "b"], "the word 'b' after 'ab' is seated 0 time"),
+                           (["a", "a", "a"], "the word 'a' after 'a' is seated 1 time.*has it 2 time"),
+                           (["ab"], "the end of the sentence after 'ab' is seated 0 time"),
+                           (["b"], "the word 'b' at the beginning of the sentence is seated 0 time"),
+                           (["ab", "az"], "symbol 'z' at position 1 of word 1 'az'"),
+                           ("ab", "a list of words")]:
+        with pytest.raises(ValueError, match=message):
+            model.remove_sentence(words, rng)
+        assert counts() == before, words
+    model.remove_sentence(["a", "a"], rng)
+    model.remove_sentence(["ab", "a"], rng)
+    assert not model.words.restaurants and not model.chars.hpylm.restaurants
+    assert all(not a.any() for a in model.chars.cw + model.chars.c)
+
+
 def test_a_customer_joins_a_table_by_the_pitman_yor_seating_rule():
     """From a fixed seating of a bigram HPYLM, where the next customer ``w`` sits in context ``h`` is drawn by Teh's
     rule: an existing table k with probability proportional to n_k - d, a new table to (theta + d t) p(w | parent),

@@ -165,7 +165,26 @@ class NPYLM:
                                      f"not in the alphabet {''.join(sorted(self.alphabet))!r}")
 
     def remove_sentence(self, words: Sequence[str], rng: np.random.Generator) -> None:
-        """Undo :meth:`add_sentence`."""
+        """Undo :meth:`add_sentence`.
+
+        Atomic: the words are checked as `add_sentence` checks them, and every bigram of the sentence (from its
+        beginning to its end-of-sentence) must be seated in the word model as often as the sentence has it, before
+        any customer leaves; a sentence the model does not hold is a `ValueError` naming the missing bigram, and the
+        model is left as it was (it removed the words up to the missing one, then raised a `KeyError`)."""
+        self._check_words(words)
+        sentence = [BOS, *words, EOS]
+        needed: dict[tuple[str, str], int] = {}
+        for bigram in zip(sentence, sentence[1:]):
+            needed[bigram] = needed.get(bigram, 0) + 1
+        for (prev, w), n in needed.items():
+            r = self.words.restaurants.get(self.words._context((prev,)))
+            held = 0 if r is None else r.cw.get(w, 0)
+            if held < n:
+                after = "at the beginning of the sentence" if prev == BOS else f"after {prev!r}"
+                word = "the end of the sentence" if w == EOS else f"the word {w!r}"
+                raise ValueError(f"NPYLM.remove_sentence: {list(words)!r} is not a sentence of the model: {word} "
+                                 f"{after} is seated {held} time(s), the sentence has it {n} time(s); nothing was "
+                                 "removed")
         prev = BOS
         for w in list(words) + [EOS]:
             self.words.remove(w, (prev,), rng)
