@@ -222,7 +222,7 @@ def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
     """The house map with the learned places and their names, and the learned-vs-true confusion."""
     from matplotlib.patches import Rectangle  # drawn on an Agg canvas: the user's backend is left alone
 
-    from kizuna.viz._backend import new_figure
+    from kizuna.viz._backend import new_figure, save_figure
 
     house, spco = result["house"], result["model"]
     classes = spco.classes.numpy()
@@ -244,7 +244,7 @@ def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
     ax.set(xlim=(-0.5, 10.5), ylim=(-0.5, 8.5), aspect="equal",
            title=f"learned places (ARI {result['ari']:.2f}, {result['n_concepts']} concepts)")
     paths = [out / "house_map.png", out / "confusion.png"]
-    fig.savefig(paths[0], dpi=110, bbox_inches="tight")
+    save_figure(fig, paths[0], 110, "kizuna demo", bbox_inches="tight")  # atomically: never a truncated image
     table = contingency(house["place"], classes)  # columns: the concepts that occur, in increasing id
     fig = new_figure(figsize=(5, 3.5))
     ax = fig.add_subplot()
@@ -254,7 +254,7 @@ def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
     ax.set(yticks=range(len(house["places"])), yticklabels=house["places"], xlabel="learned concept",
            xticks=range(table.shape[1]), xticklabels=[str(c) for c in np.unique(classes)],
            title="true place vs learned concept")
-    fig.savefig(paths[1], dpi=110, bbox_inches="tight")
+    save_figure(fig, paths[1], 110, "kizuna demo", bbox_inches="tight")  # atomically: never a truncated image
     return paths
 
 

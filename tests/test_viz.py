@@ -122,3 +122,35 @@ def test_plots_return_the_path_they_wrote(tmp_path):
         with pytest.raises(ValueError, match="is a directory"):
             plot(tmp_path / "d")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.png", "d", "figure.png", "x.pdf"]
+
+
+def test_a_failure_while_writing_a_figure_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    """A figure is drawn in memory and written atomically (temporary file, rename): an encoder that fails half-way
+    (a full disk, a kill) leaves the previous image as it was and no temporary file. matplotlib wrote to the path
+    itself, so the previous image was truncated to what the encoder had written."""
+    from PIL import Image
+
+    from kizuna.viz import plot_clustering_comparison
+
+    z, t = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    path = plot_latent_space([(z, t, "x")], tmp_path / "latent.png", dpi=20)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def fail_half_way(image, fp, filename, *args):
+        fp.write(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(Image.SAVE, "PNG", fail_half_way)
+    for plot in (lambda: plot_latent_space([(z, t, "y")], path, dpi=30),
+                 lambda: plot_clustering_comparison(t, [("a", t)], path, dpi=30)):
+        with pytest.raises(OSError, match="No space left"):
+            plot()
+        assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latent.png"]
+    monkeypatch.undo()
+    path.chmod(0o600)
+    assert plot_latent_space([(z, t, "y")], path, dpi=30) == path and path.read_bytes() != before
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert sys.platform == "win32" or path.stat().st_mode & 0o777 == 0o600  # the file's permissions are kept
+    assert plot_latent_space([(z, t, "x")], tmp_path / "x.svg", dpi=20).read_bytes().lstrip().startswith(b"<?xml")

@@ -7,8 +7,11 @@ user's interactive session alone.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from kizuna._io import write_atomic
 
 INSTALL_HINT = "pip install 'kizuna[demo]' (or: pip install matplotlib)"
 
@@ -29,9 +32,14 @@ def new_figure(**kwargs: Any) -> Any:
     return fig
 
 
-def save_figure(fig: Any, path: str | Path, dpi: int, what: str) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: int, what: str, **savefig: Any) -> Path:
     """Write ``fig`` to ``path`` (its folder created) and return the path written: a name without an extension gets
-    ``.png`` (what matplotlib would add), so the returned path is the file.
+    ``.png`` (what matplotlib would add), so the returned path is the file. ``savefig``: more arguments of
+    matplotlib's ``savefig`` (e.g. ``bbox_inches="tight"``).
+
+    The image is drawn in memory in the format of the extension, then written atomically (`kizuna._io.write_atomic`:
+    a temporary file beside it, fsync, rename), so a failure or a kill while drawing or writing leaves the previous
+    file whole, never a truncated image.
 
     Raises:
         ValueError: ``path`` is an existing directory (matplotlib would write ``<dir>.png`` beside it).
@@ -43,7 +51,9 @@ def save_figure(fig: Any, path: str | Path, dpi: int, what: str) -> Path:
     if not out.suffix:
         out = out.with_name(out.name + ".png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=dpi, format=out.suffix[1:].lower(), **savefig)  # the format matplotlib reads from a path
+    write_atomic(out, image.getvalue())
     return out
 
 
