@@ -4,7 +4,7 @@
 by a header line carrying the SHA-256 of the payload, flushes and fsyncs it, renames it over the
 target and fsyncs the directory, so a kill at any moment leaves either the previous complete file
 or the new one, never a mix. A symbolic link at the target stays a link (the file it points to is
-the one replaced) and the replaced file keeps its permission bits. `read_checked` verifies the
+the one replaced) and the replaced file keeps its permission bits. `load` (`decode`) verifies the
 checksum before unpickling with ``weights_only=True``: a flipped byte, a truncated file or a pickle
 that tries to run code is a ``ValueError`` naming the file, and nothing runs.
 """
