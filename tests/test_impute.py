@@ -323,3 +323,54 @@ def test_data_without_rows_is_named():
         with pytest.raises(ValueError, match=r"the data has no rows \(x has shape \(0, 5\)\)"):
             impute(model(), Proposal(), {"x": x}, mask, k=4) if impute is impute_importance else \
                 impute(model(), Proposal(), {"x": x}, mask, n_iter=1)
+
+
+class RectifiedDecoder(Poisson):
+    """p(x|z) = Poisson(relu(z)) per entry of two: rate 0, so count 3 impossible, for every z <= 0."""
+
+    def __init__(self):
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+
+    def forward(self, z):
+        return {"rate": torch.relu(z).expand(-1, 2)}
+
+
+class NegativeProposal(Normal):
+    """q(z|x) = N(-5, 0.1^2): every draw at z < 0, where a count of 3 has weight 0 (log-weight -inf)."""
+
+    def __init__(self):
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+
+    def forward(self, x):
+        return {"loc": torch.full((x.shape[0], 1), -5.0), "scale": torch.full((x.shape[0], 1), 0.1)}
+
+
+def test_chunks_of_zero_weight_add_nothing_to_the_mean():
+    """A row whose first chunks of draws all have weight 0 (log-weight -inf): the running maximum was -inf, so
+    exp(-inf - -inf) = NaN entered the mean for good (mean NaN with ESS 42). Against quadrature over z:
+    p(z|x_1 = 3) is proportional to z^3 e^{-z} N(z; 0, 1) on z > 0, E[x_2|x_1] = E[z|x_1]; 5 standard errors
+    of a weighted mean of ESS draws."""
+    grid = np.linspace(1e-6, 12, 120001)
+    w = stats.poisson(grid).pmf(3) * stats.norm.pdf(grid)
+    ref = (w * grid).sum() / w.sum()
+    sd = np.sqrt((w * grid**2).sum() / w.sum() - ref**2)
+    assert ref == pytest.approx(1.4758, abs=1e-4)
+    x, mask = torch.tensor([[3.0, float("nan")]]), torch.tensor([[True, False]])
+    prior = Normal(var=["z"], loc=torch.zeros(1), scale=torch.ones(1), features_shape=[1], name="p_prior")
+    torch.manual_seed(0)  # k_chunk=2: the first chunk (a prior share of 1 in 5 overall) is all q, all at weight 0
+    out = impute_importance(RectifiedDecoder() * prior, NegativeProposal(), {"x": x}, mask, k=4000, k_chunk=2)
+    assert torch.isfinite(out.mean).all() and out.mean[0, 0] == 3.0
+    assert_mc_close(out.mean[0, 1], ref, sd / out.ess[0].sqrt(), what="E[x_2 | x_1 = 3]")
+
+
+def test_a_row_without_a_draw_of_finite_weight_is_named():
+    """Row 1 (count 3) has weight 0 under every draw of q (no prior share): NaN weights and a torch error from
+    multinomial before; row 0 (count 0, possible at rate 0) is fine."""
+    x, mask = torch.tensor([[0.0, float("nan")], [3.0, float("nan")]]), torch.tensor([[True, False], [True, False]])
+    prior = Normal(var=["z"], loc=torch.zeros(1), scale=torch.ones(1), features_shape=[1], name="p_prior")
+    with pytest.raises(ValueError, match=r"row 1 has no draw of finite weight: the model gives its observed values "
+                                         r"zero density under each of the 50 draws"):
+        impute_importance(RectifiedDecoder() * prior, NegativeProposal(), {"x": x}, mask, k=50, defensive=0)
+    with pytest.raises(ValueError, match=r"row 3 has no draw of finite weight"):  # counted over the batches
+        impute_importance(RectifiedDecoder() * prior, NegativeProposal(), {"x": x[[0, 0, 0, 1]]}, mask[[0, 0, 0, 1]],
+                          k=50, defensive=0, batch_size=3)

@@ -111,7 +111,9 @@ def impute_importance(
     (Hesterberg 1995), with a fixed share :math:`\alpha` of the draws taken from the prior and
     every draw weighted by the mixture density (Owen & Zhou 2000). The prior share bounds the
     weights by :math:`p(x_{obs}|z)/\alpha`: an encoder fed a filled-in row is sharper than
-    :math:`p(z|x_{obs})` and would otherwise give weights of huge variance.
+    :math:`p(z|x_{obs})` and would otherwise give weights of huge variance. Draws under which the
+    observed values have zero density (weight 0) add nothing; a row with no draw of positive weight
+    is a ValueError naming the row (raise ``k`` or ``defensive``, or check the row).
 
     Args:
         p_joint: :math:`p(x, z)`; the factor defining ``var`` must factorise over entries, and
@@ -155,7 +157,7 @@ def impute_importance(
         for start in range(0, filled.shape[0], batch_size):
             stop = start + batch_size
             m, s, e = _importance_rows(p_joint, proposal, decoder, var, filled[start:stop], mask[start:stop],
-                                       _rows(others, start, stop), n_samples)
+                                       _rows(others, start, stop), n_samples, start)
             means.append(m)
             samples.append(s)
             ess.append(e)
@@ -208,7 +210,12 @@ class _Proposal:
 
 
 def _importance_rows(p_joint: Distribution, proposal: _Proposal, decoder: Distribution, var: str, x: Tensor,
-                     mask: Tensor, others: dict[str, Any], n_samples: int) -> tuple[Tensor, Tensor, Tensor]:
+                     mask: Tensor, others: dict[str, Any], n_samples: int, first: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The posterior mean, the completed rows and the ESS of rows ``first, first + 1, ...`` of the data.
+
+    The Rao-Blackwellised mean accumulates chunk by chunk against the running maximum of the log-weights; a
+    row whose draws so far all have weight 0 (log-weight -inf) keeps a zero sum (its running maximum is
+    taken as 0, not -inf, so that no -inf - -inf = NaN enters)."""
     b, ones = x.shape[0], [1] * (x.dim() - 1)
     log_w, draws = [], []
     acc = torch.zeros_like(x)
@@ -222,13 +229,15 @@ def _importance_rows(p_joint: Distribution, proposal: _Proposal, decoder: Distri
               - proposal.log_prob(values)).reshape(c, b)
         mean = mean.reshape(c, *x.shape)
         new_peak = torch.maximum(peak, lw.max(0).values)
-        scale = (peak - new_peak).exp().nan_to_num(0.0)  # 0 on the first chunk (peak = -inf)
-        w = (lw - new_peak).exp()
+        shift = torch.where(new_peak == -torch.inf, 0.0, new_peak)  # no finite weight yet: -inf - -inf was NaN
+        scale = (peak - shift).exp()  # 0 while peak = -inf
+        w = (lw - shift).exp()
         acc = acc * scale.reshape(b, *ones) + (w.reshape(c, b, *ones) * mean).sum(0)
         peak = new_peak
         log_w.append(lw)
         draws.append({n: t.reshape(c, b, *t.shape[1:]) for n, t in z.items()})
     lw = torch.cat(log_w)
+    _check_weights(lw, first)
     weights = torch.softmax(lw, 0)
     post_mean = acc / (lw - peak).exp().sum(0).reshape(b, *ones)
     pick = torch.multinomial(weights.T, n_samples, replacement=True).T  # (n_samples, b) indices into k
@@ -237,6 +246,26 @@ def _importance_rows(p_joint: Distribution, proposal: _Proposal, decoder: Distri
     given = {n: repeat_batch(v, n_samples) for n, v in others.items()}
     x_new = decoder.sample({**given, **chosen}, return_all=False)[var].reshape(n_samples, *x.shape)
     return torch.where(mask, x, post_mean), torch.where(mask, x, x_new), 1.0 / weights.pow(2).sum(0)
+
+
+def _check_weights(lw: Tensor, first: int) -> None:
+    """An error naming the first row (counting from ``first``) whose log-weights ``(k, b)`` have no finite
+    value, or hold NaN or +inf (the softmax and the mean of such a row are NaN)."""
+    bad = lw.isnan() | (lw == torch.inf)
+    if bool(bad.any()):
+        row = int(bad.any(0).nonzero()[0, 0])
+        raise ValueError(
+            f"impute_importance: row {first + row} has a NaN or infinite importance log-weight "
+            "(log p(x_obs, z) - log of the proposal density); check the model and the encoder on this row"
+        )
+    none = ~torch.isfinite(lw).any(0)
+    if bool(none.any()):
+        row = int(none.nonzero()[0, 0])
+        raise ValueError(
+            f"impute_importance: row {first + row} has no draw of finite weight: the model gives its observed "
+            f"values zero density under each of the {lw.shape[0]} draws of z (an impossible row for the model, "
+            "or a proposal that misses every z that explains it: raise k or defensive)"
+        )
 
 
 def impute_gibbs(
