@@ -374,3 +374,51 @@ def test_a_row_without_a_draw_of_finite_weight_is_named():
     with pytest.raises(ValueError, match=r"row 3 has no draw of finite weight"):  # counted over the batches
         impute_importance(RectifiedDecoder() * prior, NegativeProposal(), {"x": x[[0, 0, 0, 1]]}, mask[[0, 0, 0, 1]],
                           k=50, defensive=0, batch_size=3)
+
+
+class TwoFactorDecoder(Normal):
+    """p(x|z) = N(z_1 + z_2, 1) on both entries of x, z of three entries (the third unused)."""
+
+    def __init__(self):
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+
+    def forward(self, z):
+        return {"loc": z[:, :1].expand(-1, 2) + z[:, 1:2], "scale": torch.ones(len(z), 2)}
+
+
+class MeanProposal(Normal):
+    """q(z|x) = N(0.3 mean(x), 1) on each of three entries."""
+
+    def __init__(self):
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+
+    def forward(self, x):
+        return {"loc": x.nanmean(1, keepdim=True).nan_to_num().expand(-1, 3) * 0.3, "scale": torch.ones(len(x), 3)}
+
+
+@pytest.mark.parametrize("defensive, k_chunk", [(0.2, 250), (0.6, 1), (1.0, 7)])
+def test_a_prior_without_features_shape_draws_like_one_with_it(defensive, k_chunk):
+    """Normal(var=["z"], loc=0.0, scale=1.0) drew one number per row against q's (N, 3) draws: torch.cat's
+    "Tensors must have same number of dimensions" before. Its draws and its density (summed over z's entries)
+    must be those of the same prior given features_shape=[3]: the same numbers exactly, whatever the chunks (the
+    second case starts with a chunk drawn from the prior alone, the third never draws from q)."""
+    x = torch.tensor([[2.0, float("nan")], [1.0, 0.5], [float("nan"), float("nan")]])
+    mask = ~x.isnan()
+    outs = []
+    for shape in ({}, {"features_shape": [3]}):
+        prior = Normal(var=["z"], loc=0.0, scale=1.0, name="p_prior", **shape)
+        torch.manual_seed(0)
+        outs.append(impute_importance(TwoFactorDecoder() * prior, MeanProposal(), {"x": x}, mask, k=40,
+                                      k_chunk=k_chunk, defensive=defensive, batch_size=2))
+    for got, want in zip(outs[0].__dict__.values(), outs[1].__dict__.values(), strict=True):
+        assert torch.equal(got, want)
+    assert torch.isfinite(outs[0].mean).all()
+
+
+def test_a_prior_whose_draws_cannot_make_the_encoders_is_named():
+    """A prior of two entries against q's three: torch.cat's "Sizes of tensors must match" before."""
+    x, mask = torch.tensor([[2.0, float("nan")]]), torch.tensor([[True, False]])
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    named = r"the prior p_\{prior\}\(z\) draws z of shape \(2,\) \(q: \(3,\)\) per row.*features_shape"
+    with pytest.raises(ValueError, match=named):
+        impute_importance(TwoFactorDecoder() * prior, MeanProposal(), {"x": x}, mask, k=10)

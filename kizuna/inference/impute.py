@@ -123,7 +123,10 @@ def impute_importance(
         mask: boolean, the shape of ``x_dict[var]``; True marks observed entries.
         var: the masked variable (default: the one variable of ``x_dict`` that ``q`` reads).
         k: importance draws per row; ``n_samples``: completed rows returned per row.
-        defensive: :math:`\alpha`, the share of draws from the prior (0 uses ``q`` alone).
+        defensive: :math:`\alpha`, the share of draws from the prior (0 uses ``q`` alone). A prior
+            whose parameters are numbers and that has no ``features_shape`` (``Normal(var=["z"],
+            loc=0.0, scale=1.0)``) draws every entry of ``q``'s draws independently, as if given
+            ``features_shape``; a prior whose draws cannot make ``q``'s is a ValueError.
         init: values for the missing entries fed to ``q`` (broadcast to the data); default:
             each feature's mean over the rows observing it.
         batch_size, k_chunk: rows and draws evaluated at once (memory bound).
@@ -186,18 +189,58 @@ class _Proposal:
             n_prior = round(alpha * end) - round(alpha * start)
             self.chunks.append((end - start - n_prior, n_prior))
         self.alpha = sum(n for _, n in self.chunks) / k  # the share actually drawn from the prior (0: q alone)
+        self.q_shapes: dict[str, torch.Size] | None = None  # the shape of one draw of q, per variable
+        self.per_row: int | None = None  # prior draws making one row of q's draws (see `_prior_per_row`)
 
     def draw(self, values: dict[str, Any], n_q: int, n_p: int) -> dict[str, Tensor]:
         """``n_q`` copies of the rows drawn from q, then ``n_p`` from the prior (sample-major)."""
         parts = []
         if n_q:
             parts.append(self.q.sample({n: repeat_batch(v, n_q) for n, v in values.items()}, return_all=False))
+            if self.q_shapes is None:
+                self.q_shapes = {n: t.shape[1:] for n, t in parts[0].items()}
         if n_p:
             assert self.prior is not None
             given = {n: repeat_batch(v, n_p) for n, v in values.items() if n in self.prior.input_var}
             b = next(v.shape[0] for v in values.values() if isinstance(v, Tensor))
-            parts.append(self.prior.sample(given, batch_n=b * n_p, return_all=False))
+            m = self._prior_per_row(values, b)
+            drawn = self.prior.sample(given, batch_n=b * n_p * m, return_all=False)
+            assert self.q_shapes is not None
+            parts.append(drawn if m == 1 else {n: t.reshape(b * n_p, *self.q_shapes[n]) for n, t in drawn.items()})
         return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
+
+    def _prior_per_row(self, values: dict[str, Any], b: int) -> int:
+        """How many of the prior's draws make one draw of q: 1 where their shapes agree; the number of
+        entries where the prior draws each entry of q's draw as one number (a prior whose parameters
+        are numbers and that has no ``features_shape``, e.g. ``Normal(var=["z"], loc=0.0, scale=1.0)``
+        against q's ``(N, d)``), its draws independent across rows, so that ``d`` draws are one row; an
+        error otherwise. The shapes are found from draws made with the random state restored after them."""
+        if self.per_row is not None:
+            return self.per_row
+        assert self.prior is not None
+        cuda = sorted({t.device.index or 0 for t in values.values() if isinstance(t, Tensor) and t.is_cuda})
+        with torch.random.fork_rng(devices=cuda):  # probes: the draws made afterwards are unchanged
+            if self.q_shapes is None:
+                self.q_shapes = {n: t.shape[1:] for n, t in self.q.sample(values, return_all=False).items()}
+            given = {n: v for n, v in values.items() if n in self.prior.input_var}
+            p_shapes = {n: t.shape[1:] for n, t in self.prior.sample(given, batch_n=b, return_all=False).items()}
+        counts = set()
+        for n, want in self.q_shapes.items():
+            got, lead = p_shapes[n], len(self.q_shapes[n]) - len(p_shapes[n])
+            if got == want:
+                counts.add(1)
+            elif lead > 0 and want[lead:] == got and not self.prior.input_var:
+                counts.add(math.prod(want[:lead]))
+            else:
+                counts.add(0)
+        if len(counts) > 1 or 0 in counts:
+            shapes = ", ".join(f"{n} of shape {tuple(p_shapes[n])} (q: {tuple(s)})" for n, s in self.q_shapes.items())
+            raise ValueError(
+                f"impute_importance: the prior {self.prior.prob_text} draws {shapes} per row, which do not make "
+                "q's draws; give the prior features_shape (the shape of one draw of q), or use defensive=0"
+            )
+        self.per_row = counts.pop()
+        return self.per_row
 
     def log_prob(self, values: dict[str, Any]) -> Tensor:
         r""":math:`\log[(1-\alpha) q(z|\tilde x) + \alpha p(z)]` per row."""
