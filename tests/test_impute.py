@@ -422,3 +422,62 @@ def test_a_prior_whose_draws_cannot_make_the_encoders_is_named():
     named = r"the prior p_\{prior\}\(z\) draws z of shape \(2,\) \(q: \(3,\)\) per row.*features_shape"
     with pytest.raises(ValueError, match=named):
         impute_importance(TwoFactorDecoder() * prior, MeanProposal(), {"x": x}, mask, k=10)
+
+
+class LinearDecoder(Normal):
+    """p(x|z) = N(W z + c, 0.5^2), a network layer in ``dtype``."""
+
+    def __init__(self, dtype):
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.layer = torch.nn.Linear(2, 5, dtype=dtype)
+
+    def forward(self, z):
+        loc = self.layer(z)
+        return {"loc": loc, "scale": torch.full_like(loc, 0.5)}
+
+
+class LinearEncoder(Normal):
+    """q(z|x) = N(V x + d, 1), a network layer in ``dtype``."""
+
+    def __init__(self, dtype):
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.layer = torch.nn.Linear(5, 2, dtype=dtype)
+
+    def forward(self, x):
+        loc = self.layer(x)
+        return {"loc": loc, "scale": torch.ones_like(loc)}
+
+
+@pytest.mark.parametrize("model_dtype, data_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32)])
+def test_floating_data_and_init_are_imputed_in_the_models_dtype(model_dtype, data_dtype):
+    """Float64 data for a float32 network (both imputers), float32 data for a float64 one (impute_gibbs) failed in
+    forward() ("Double and Float"); anomaly_score converted them. The results must be those of the data converted
+    by hand."""
+    torch.manual_seed(1)
+    dec, enc = LinearDecoder(model_dtype), LinearEncoder(model_dtype)
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior").to(model_dtype)
+    x, mask = (torch.as_tensor(a) for a in data())
+    x, init, mask = x[:6].to(data_dtype), x[:6].nanmean(0).to(data_dtype), mask[:6]
+    for impute, kwargs in ((impute_importance, {"k": 30}), (impute_gibbs, {"n_iter": 3})):
+        runs = []
+        for given, fill in ((x, init), (x.to(model_dtype), init.to(model_dtype))):
+            torch.manual_seed(0)
+            runs.append(impute(dec * prior, enc, {"x": given}, mask, init=fill, **kwargs))
+        assert runs[0].mean.dtype == runs[0].samples.dtype == model_dtype
+        for got, want in zip(runs[0].__dict__.values(), runs[1].__dict__.values(), strict=True):
+            assert got is want is None or torch.equal(got, want)
+
+
+def test_scalar_tensors_the_models_do_not_read_are_let_through():
+    """A 0-d tensor in x_dict that no model reads was refused ("must have a leading batch dimension"), where
+    anomaly_score lets it through; one the models read is still refused. The results are those without it."""
+    x, mask = (torch.as_tensor(a) for a in data())
+    runs = []
+    for extra in ({"t": torch.tensor(2.0)}, {}):
+        torch.manual_seed(0)
+        runs.append((impute_importance(model(), Proposal(), {"x": x, **extra}, mask, k=20),
+                     impute_gibbs(model(), Proposal(), {"x": x, **extra}, mask, n_iter=2)))
+    for got, want in zip(runs[0], runs[1], strict=True):
+        assert torch.equal(got.mean, want.mean) and torch.equal(got.samples, want.samples)
+    with pytest.raises(ValueError, match="x must have a leading batch dimension, got a scalar"):
+        impute_gibbs(model(), Proposal(), {"x": torch.tensor(1.0)}, torch.tensor(True))

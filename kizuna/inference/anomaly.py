@@ -27,7 +27,6 @@ column), is refused by both methods.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from kizuna._data import first_nonfinite
-from kizuna.inference._checks import batch_rows, require
+from kizuna.inference._checks import batch_rows, in_model_dtype, require
 from kizuna.losses import ELBO, IWAE
 from kizuna.metrics import log_likelihood
 from kizuna.metrics.likelihood import _device
@@ -86,20 +85,10 @@ def anomaly_score(
     names = IWAE(p_joint, q, k=1).input_var
     require(x_dict, names, "anomaly_score")
     batch_rows(x_dict, names, "anomaly_score")
-    x_dict = _in_model_dtype(x_dict, p_joint, q)
+    x_dict = in_model_dtype(x_dict, p_joint, q)  # each batch goes to the models' device as it is scored
     if method == "iwae":
         return -log_likelihood(p_joint, q, x_dict, k=k, batch_size=batch_size, k_chunk=k_chunk)
     return -_mean_elbo(p_joint, q, x_dict, k, batch_size, k_chunk)
-
-
-def _in_model_dtype(x_dict: Mapping[str, Any], *dists: Any) -> dict[str, Any]:
-    """Floating data in the floating dtype of the models' parameters (float32 data for a float64 model); each
-    batch goes to their device as it is scored."""
-    like = next((t for d in dists for t in itertools.chain(d.parameters(), d.buffers()) if t.is_floating_point()),
-                None)
-    if like is None:
-        return dict(x_dict)
-    return {v: t.to(like.dtype) if isinstance(t, Tensor) and t.is_floating_point() else t for v, t in x_dict.items()}
 
 
 def _mean_elbo(p_joint: Any, q: Any, x_dict: Mapping[str, Tensor], k: int, batch_size: int, k_chunk: int) -> Tensor:

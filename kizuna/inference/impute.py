@@ -23,7 +23,10 @@ p(z|x_{obs})\,dz`. Two samplers are offered:
   observed is autoregressive with coefficient :math:`I - \operatorname{Cov}[z|x]`.
 
 Both return an `Imputation`: conditional samples and the posterior mean, observed entries
-kept as given. Missing entries of the input may hold anything, NaN included.
+kept as given. Missing entries of the input may hold anything, NaN included. As in
+`kizuna.inference.anomaly_score`, floating data is converted to the floating dtype of the models'
+parameters (integer data of the masked variable too, and ``init``) and moved to their device, where
+the results are; tensors the models do not read may be scalars.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ import torch
 
 from kizuna.distributions.base import Distribution, repeat_batch
 from kizuna.distributions.joint import JointDistribution
-from kizuna.inference._checks import batch_rows, check_mask, fill_missing, require
+from kizuna.inference._checks import batch_rows, check_mask, fill_missing, in_model_dtype, model_float, require
 from kizuna.inference.masked import decoder_of, masked_log_joint
+from kizuna.metrics.likelihood import _device
 
 Tensor = torch.Tensor
 
@@ -71,11 +75,15 @@ def _prepare(p_joint: Distribution, q: Distribution, x_dict: Mapping[str, Any], 
             )
         var = candidates[0]
     require(x_dict, [var, *[v for v in q.input_var if v != var]], who)
-    batch_rows(x_dict, [k for k, v in x_dict.items() if isinstance(v, Tensor)], who)
+    read = {var, *q.input_var, *[v for v in p_joint.var + p_joint.input_var if v not in q.var]}  # as anomaly_score
+    batch_rows(x_dict, [k for k, v in x_dict.items() if isinstance(v, Tensor) and (k in read or v.dim() > 0)], who)
     decoder = decoder_of(p_joint, var, who)
+    like = model_float(p_joint, q)
+    device = _device(p_joint, q)
+    x_dict = {k: v.to(device) if isinstance(v, Tensor) and device is not None else v
+              for k, v in in_model_dtype(x_dict, p_joint, q).items()}
     x = x_dict[var]
     if isinstance(x, Tensor) and not x.is_floating_point():  # counts or 0/1 labels: imputed values are means
-        like = next((t for t in [*p_joint.parameters(), *q.parameters()] if t.is_floating_point()), None)
         x = x.to(like.dtype if like is not None else torch.get_default_dtype())
     mask = check_mask(mask, x, var, who)
     filled = fill_missing(x, mask, init, var, who)
