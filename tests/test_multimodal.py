@@ -88,6 +88,22 @@ def test_cross_generation_decodes_the_latent_mean(_float64):
     assert cross_generate(q, Linear(), {"x": d["x"]}, sample=True).shape == (5, 2)
 
 
+def test_cross_generation_leaves_the_target_modality_out(_float64):
+    """With y in x_dict, cross_generate(..., p(y|z), ...) inferred z from x and y: a reconstruction (0 below), not
+    a generation from x. Closed forms: the product N(0,1) N(x, SX^2) has mean (x / SX^2) / (1 + 1 / SX^2); the
+    mixture's mean given x alone is x; the separate encoder q(z|x) is picked over q(z|x,y)."""
+    qx, qy = experts()
+    p_y = Normal(var=["y"], cond_var=["z"], loc="z", scale=1.0, name="p")
+    d = rows()
+    from_x = d["x"] / SX**2 / (1 + 1 / SX**2)
+    torch.testing.assert_close(cross_generate(ProductOfNormal([qx, qy], name="q", features_shape=[3]), p_y, d), from_x)
+    torch.testing.assert_close(cross_generate(MixtureOfNormal([qx, qy], name="q"), p_y, d), d["x"])
+    joint = Normal(var=["z"], cond_var=["x", "y"], loc="y", scale=1.0, name="q")
+    torch.testing.assert_close(cross_generate([joint, qx, qy], p_y, d), d["x"])
+    with pytest.raises(ValueError, match=r"generates y from the other modalities \(x\), but x_dict holds only y"):
+        cross_generate([joint, qx, qy], p_y, {"y": d["y"]})
+
+
 def test_coherence_agrees_with_scikit_learn_scores():
     g = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 40)

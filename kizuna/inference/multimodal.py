@@ -10,7 +10,8 @@ A multimodal VAE has one latent :math:`z` shared by modalities :math:`x_1..x_M`,
   distribution serves every subset (`ProductOfNormal`, `MixtureOfNormal`).
 
 `infer_latent` picks the encoder for the modalities present in ``x_dict`` (missing-modality
-inference); `cross_generate` decodes another modality from that latent,
+inference); `cross_generate` decodes another modality from the latent of the others (the target's
+own values, if given, are left out),
 
 .. math:: \hat x_t = \mathbb E_{p(x_t|z)}[x_t], \qquad z = \mathbb E_{q(z|x_S)}[z],
 
@@ -117,19 +118,39 @@ def infer_latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool = F
 
 def cross_generate(encoders: Encoders, decoder: Distribution, x_dict: Mapping[str, Any],
                    sample: bool = False) -> Tensor:
-    r"""Generate ``decoder``'s modality from the modalities present in ``x_dict``, without gradients.
+    r"""Generate ``decoder``'s modality from the other modalities present in ``x_dict``, without gradients.
+
+    The target modality (``decoder.var``) is left out of what the latent is inferred from, even when
+    ``x_dict`` holds it: the latent comes from the other modalities alone, so that the output is a
+    cross generation, not a reconstruction (use `infer_latent` and the decoder for that).
 
     Args:
         encoders: see `infer_latent`.
         decoder: :math:`p(x_t|z)`, the target modality's decoder.
-        x_dict: the source modalities.
+        x_dict: the source modalities (the target's values, if given, are ignored).
         sample: draw :math:`z` and :math:`x_t` instead of taking means.
 
     Returns:
         the generated :math:`x_t`, ``(N, *features)``.
+
+    >>> from kizuna.distributions import Normal, ProductOfNormal
+    >>> qx = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    >>> qy = Normal(var=["z"], cond_var=["y"], loc="y", scale=1.0, name="q")
+    >>> p_y = Normal(var=["y"], cond_var=["z"], loc="z", scale=1.0, name="p")
+    >>> x, y = torch.full((1, 2), 3.0), torch.full((1, 2), -3.0)
+    >>> cross_generate(ProductOfNormal([qx, qy], name="q"), p_y, {"x": x, "y": y})  # z from x alone: 1.5
+    tensor([[1.5000, 1.5000]])
     """
-    z = infer_latent(encoders, x_dict, sample=sample)
-    cond = {**{k: v for k, v in x_dict.items() if k not in decoder.var}, **z}
+    sources = {k: v for k, v in x_dict.items() if k not in decoder.var}
+    targets = [m for m in modalities(encoders) if m in decoder.var]
+    if not any(m in sources for m in modalities(encoders)) and any(m in x_dict for m in targets):
+        raise ValueError(
+            f"cross_generate generates {', '.join(decoder.var)} from the other modalities "
+            f"({', '.join(m for m in modalities(encoders) if m not in decoder.var) or 'none'}), but x_dict holds "
+            f"only {', '.join(m for m in targets if m in x_dict)}; use infer_latent and the decoder to reconstruct it"
+        )
+    z = infer_latent(encoders, sources, sample=sample)
+    cond = {**sources, **z}
     require(cond, decoder.cond_var, f"cross_generate ({decoder.prob_text})")
     with torch.no_grad():
         if sample:
