@@ -15,7 +15,7 @@ import io
 import pstats
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -185,14 +185,73 @@ def quality_over_seeds(args: argparse.Namespace, one_seed: Callable[[int], dict[
     print(quality_table(rows))
 
 
-def agree(kizuna: Callable[[], torch.Tensor], reference: Callable[[], torch.Tensor], seed: int = 5) -> None:
-    """Print both first-step losses from the same weights, batch and random stream, and their difference."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        a = float(kizuna().detach())
-        torch.manual_seed(seed)
-        b = float(reference().detach())
-    print(f"  AGREE first-step loss: kizuna {a:.6f}, reference {b:.6f}, |diff| = {abs(a - b):.3g}")
+def grad_report(kizuna_grads: list[torch.Tensor | None], reference_grads: list[torch.Tensor | None]) -> str:
+    """The gradient part of `agree`'s line: the largest absolute difference over all tensors, the largest
+    relative one (per tensor, max |a - b| / max(max |a|, max |b|); 0 where both are exactly zero), and every
+    tensor with a gradient on one side only (``MISMATCH``)."""
+    worst_abs, worst_rel, largest, neither = 0.0, 0.0, 0.0, 0
+    one_sided = []
+    for i, (a, b) in enumerate(zip(kizuna_grads, reference_grads, strict=True)):
+        if a is None and b is None:
+            neither += 1
+            continue
+        if a is None or b is None:
+            present = a if b is None else b
+            side = "kizuna" if b is None else "reference"
+            zero = " (all zero)" if not bool(present.any()) else ""
+            one_sided.append(f"tensor {i} {tuple(present.shape)} only on the {side} side{zero}")
+            continue
+        if a.shape != b.shape:
+            one_sided.append(f"tensor {i}: shapes {tuple(a.shape)} and {tuple(b.shape)}")
+            continue
+        diff = (a.double() - b.double()).abs().max().item()
+        scale = max(a.abs().max().item(), b.abs().max().item())
+        largest = max(largest, scale)
+        rel = diff / scale if scale > 0 else 0.0
+        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
+    n = len(kizuna_grads)
+    text = (f"gradients: max |diff| = {worst_abs:.3g} (relative {worst_rel:.3g}) over {n} tensors "
+            f"(largest |gradient| {largest:.3g}")
+    text += f"; {neither} without a gradient on either side)" if neither else ")"
+    if one_sided:
+        text += f"; MISMATCH, a gradient on one side only: {', '.join(one_sided)}"
+    return text
+
+
+def agree(kizuna: Callable[[], torch.Tensor], reference: Callable[[], torch.Tensor],
+          kizuna_params: Iterable[torch.Tensor] = (), reference_params: Iterable[torch.Tensor] = (), seed: int = 5
+          ) -> None:
+    """Print both first-step losses from the same weights, batch and random stream, and their difference.
+
+    With the two sides' parameters (the reference's are copies of kizuna's, in the same order), each loss is
+    also backpropagated and the gradients are compared (`grad_report`): equal losses do not prove equal
+    gradients (a detach in the wrong place, a missing term without value). Every parameter's ``.grad`` is put
+    back as it was (``None`` before training), so the training that follows is unchanged."""
+    kp, rp = list(kizuna_params), list(reference_params)
+    if len(kp) != len(rp):
+        raise ValueError(f"agree: {len(kp)} kizuna parameters against {len(rp)} reference parameters")
+    saved = [p.grad for p in (*kp, *rp)]
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for p in (*kp, *rp):
+                p.grad = None
+            torch.manual_seed(seed)
+            loss = kizuna()
+            if kp:
+                loss.backward()
+            a, kizuna_grads = float(loss.detach()), [p.grad for p in kp]
+            for p in (*kp, *rp):  # the two sides may share frozen modules: each side's gradients alone
+                p.grad = None
+            torch.manual_seed(seed)
+            loss = reference()
+            if rp:
+                loss.backward()
+            b, reference_grads = float(loss.detach()), [p.grad for p in rp]
+    finally:
+        for p, grad in zip((*kp, *rp), saved, strict=True):
+            p.grad = grad
+    line = f"  AGREE first-step loss: kizuna {a:.6f}, reference {b:.6f}, |diff| = {abs(a - b):.3g}; "
+    print(line + (grad_report(kizuna_grads, reference_grads) if kp else "gradients not compared"))
 
 
 def profile(step: Step, n: int, title: str, top: int = 18) -> str:

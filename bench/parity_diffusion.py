@@ -123,7 +123,8 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     opt = reference_adam(net_r.parameters(), cfg["lr"])
     alpha_bar = DiffusionSchedule.linear(cfg["T"]).alpha_bar()
     x0 = x_train[:cfg["batch"]] * 2 - 1
-    agree(lambda: model.loss_cls.eval({"x_0": x0}), lambda: reference_loss(net_r, alpha_bar, x0))
+    agree(lambda: model.loss_cls.eval({"x_0": x0}), lambda: reference_loss(net_r, alpha_bar, x0), net_k.parameters(),
+          net_r.parameters())
 
     def r_step() -> None:
         opt.zero_grad()

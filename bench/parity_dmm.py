@@ -183,7 +183,8 @@ def speed(args: argparse.Namespace, cfg: dict) -> None:
     opt_r = reference_adam(params_r, cfg["lr"])
     x = x_train[:cfg["batch"]]
     batch = {"x": x, "z_prev": torch.zeros(len(x), cfg["z_dim"])}
-    agree(lambda: model.loss_cls.eval(batch), lambda: hand_loss(d_r, x))
+    agree(lambda: model.loss_cls.eval(batch), lambda: hand_loss(d_r, x),
+          [p for m in d.values() for p in m.parameters()], params_r)
 
     def k_step() -> None:
         model.train(batch)

@@ -137,7 +137,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     model, sampler = kizuna_model(energy, x_train.shape[1], cfg)
     ref = Reference(energy_r, sampler.buffer, cfg)
     x = x_train[:cfg["batch"]]
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.loss(x))
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.loss(x), energy.parameters(), energy_r.parameters())
     report_speed(args, lambda: model.train({"x": x}), lambda: ref.step(x), 100)
 
 

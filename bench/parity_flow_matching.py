@@ -135,7 +135,8 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor, pre: Prepr
     opt = reference_adam(net_r.parameters(), cfg["lr"])
     with torch.no_grad():
         z = pre(x_train[:cfg["batch"]])
-    agree(lambda: model.loss_cls.eval({"z": z}), lambda: reference_loss(net_r, z))
+    agree(lambda: model.loss_cls.eval({"z": z}), lambda: reference_loss(net_r, z), net_k.parameters(),
+          net_r.parameters())
 
     def r_step() -> None:
         opt.zero_grad()

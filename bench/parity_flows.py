@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, quality_over_seeds, start
+from _parity import add_args, grad_report, quality_over_seeds, start
 from parity_realnvp import Build, one_seed, reference_preprocess, speed
 from torch.nn import functional as F
 
@@ -166,11 +166,10 @@ def agree_random(build: Build, cfg: dict, x: torch.Tensor, seed: int = 7) -> Non
         torch.manual_seed(seed)
         values.append(log_prob())
         values[-1].mean().backward()
-    grad = max((a.grad - b.grad).abs().max().item() for a, b in zip(p.parameters(), q.parameters(), strict=True))
-    scale = max(b.grad.abs().max().item() for b in q.parameters())
+    grads = grad_report([a.grad for a in p.parameters()], [b.grad for b in q.parameters()])
     print(f"  AGREE with random weights: log p(x) mean {values[0].mean().item():.4f} vs "
           f"{values[1].mean().item():.4f}, max |diff| per row {(values[0] - values[1]).abs().max().item():.3g}; "
-          f"gradients max |diff| {grad:.3g} (largest gradient {scale:.3g})")
+          f"{grads}")
 
 
 def main() -> None:

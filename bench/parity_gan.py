@@ -150,10 +150,14 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     model = kizuna_gan(args.loss, gen, disc, cfg)
     ref = Reference(args.loss, gen_r.net, disc_r.net, cfg)
     x = x_train[:cfg["batch"]]
+    # one step is two losses (the discriminator's, then the generator's after the discriminator's update): each is
+    # checked from the initial weights, with the gradients of both networks (the discriminator's step uses only
+    # the discriminator's, the generator's step only the generator's; the others must agree as well)
+    params_k, params_r = [*gen.parameters(), *disc.parameters()], [*gen_r.parameters(), *disc_r.parameters()]
     print("  discriminator loss:")
-    agree(lambda: model.d_model.loss_cls.eval({"x": x}), lambda: ref.d_loss(x))
+    agree(lambda: model.d_model.loss_cls.eval({"x": x}), lambda: ref.d_loss(x), params_k, params_r)
     print("  generator loss:")
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.g_loss(x))
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.g_loss(x), params_k, params_r)
     report_speed(args, lambda: model.train({"x": x}), lambda: ref.step(x), 100, kizuna_title="kizuna GAN.train")
 
 

@@ -106,7 +106,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     m_r = copy.deepcopy(m_k)
     opt_r = reference_adam(m_r.parameters(), 1e-3)
     loss, x = m_k.loss().mean(), x_train[:100]
-    agree(lambda: loss.eval({"x": x}), lambda: reference_loss(m_r, x, 1.0))
+    agree(lambda: loss.eval({"x": x}), lambda: reference_loss(m_r, x, 1.0), m_k.parameters(), m_r.parameters())
     model = Model(loss, distributions=[m_k], optimizer_params={"lr": 1e-3})
 
     def k_step() -> None:

@@ -106,7 +106,8 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     model = Model(-LogProb(p).mean(), distributions=[p], optimizer_params={"lr": cfg["lr"]})
     opt_r = reference_adam(net_r.parameters(), cfg["lr"])
     x = x_train[:cfg["batch"]]
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: reference_loss(net_r, x))
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: reference_loss(net_r, x), p.net.parameters(),
+          net_r.parameters())
 
     def k_step() -> None:
         model.train({"x": x})

@@ -162,7 +162,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor, build: Bui
     params = list(p_r.parameters())
     opt = reference_adam(params, cfg["lr"])
     x = x_train[:cfg["batch"]]
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: -hand_log_prob(p_r.flow, x).mean())
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: -hand_log_prob(p_r.flow, x).mean(), p_k.parameters(), params)
 
     def r_step() -> None:
         opt.zero_grad()

@@ -124,7 +124,8 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
         value, drawn = rows.eval({"x": x}, return_dict=True)
         by_hand = reference_rows(score_r, x, drawn["i"], drawn["x_tilde"])
     print(f"  AGREE per-row loss on kizuna's draws: |diff| max = {(value - by_hand).abs().max().item():.3g}")
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: reference_loss(score_r, x))
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: reference_loss(score_r, x), score_k.parameters(),
+          score_r.parameters())
 
     def r_step() -> None:
         opt.zero_grad()

@@ -103,11 +103,12 @@ def one_seed(seed: int, cfg: dict, x_train: torch.Tensor, x_test: torch.Tensor, 
 
 def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     enc, dec = nets(x_train.shape[1], cfg["hidden"], cfg["z"], 0)
-    model, _, _ = kizuna_model(enc, dec, cfg["z"], cfg["lr"])
+    model, q, p = kizuna_model(enc, dec, cfg["z"], cfg["lr"])
     enc_r, dec_r = copy.deepcopy(enc), copy.deepcopy(dec)
     opt_r = reference_adam([*enc_r.parameters(), *dec_r.parameters()], cfg["lr"])
     x = x_train[:cfg["batch"]]
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: hand_loss(enc_r, dec_r, x))
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: hand_loss(enc_r, dec_r, x),
+          [*q.net.parameters(), *p.net.parameters()], [*enc_r.parameters(), *dec_r.parameters()])
 
     def k_step() -> None:
         model.train({"x": x})

@@ -173,7 +173,9 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     ref = Reference(copy.deepcopy(q.encoder), copy.deepcopy(q.codebook), copy.deepcopy(p.net), cfg)
     model = kizuna_model(q, p, cfg)
     x = x_train[:cfg["batch"]]
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.loss(x))
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.loss(x),
+          [*q.encoder.parameters(), *q.codebook.parameters(), *p.net.parameters()],
+          [*ref.enc.parameters(), *ref.codebook.parameters(), *ref.dec.parameters()])
 
     def k_step() -> None:
         model.train({"x": x})
@@ -267,7 +269,7 @@ def speed_prior(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> N
     ref = PriorReference(q.encoder, q.codebook, copy.deepcopy(prior.net), cfg)
     model = prior_model(q, prior, cfg)
     x = x_train[:cfg["batch"]]
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.loss(x))
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.loss(x), prior.net.parameters(), ref.net.parameters())
 
     def k_step() -> None:
         model.train({"x": x})
