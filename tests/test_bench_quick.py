@@ -1,16 +1,21 @@
 """Every benchmark script runs: its quick mode (seconds) exits 0 and prints what it measures, and each parity bench's
-first-step check between kizuna and the hand-written reference agrees. No time is asserted (speed is measured by the
-scripts, not by tests). Slow (about 1.5 minutes for all of them on one CPU thread): run with ``pytest -m slow``."""
+first-step check between kizuna and the hand-written reference agrees, in the loss and in every parameter's gradient.
+No time is asserted (speed is measured by the scripts, not by tests). Slow (about 1.5 minutes for all of them on one
+CPU thread): run with ``pytest -m slow``; the check's own report (`_parity.grad_report`) is tested without it."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = sorted(p.name for p in (ROOT / "bench").glob("parity_*.py"))
@@ -29,13 +34,54 @@ def _run(args: list[str]) -> str:
 def test_parity_bench_quick_runs_and_its_first_step_agrees(script: str) -> None:
     out = _run([f"bench/{script}", "--quick"])
     assert "step" in out and "ratio" in out, out[-2000:]
-    diffs = re.findall(r"AGREE.*?\|diff\| = ([-+0-9.e]+)", out)
-    assert diffs, out[-2000:]  # every parity bench checks its first step
-    for diff in diffs:
-        assert float(diff) < 1e-4, out[-2000:]  # the same loss from the same weights and draws (float32 rounding)
+    lines = [line for line in out.splitlines() if "AGREE" in line]
+    losses = [line for line in lines if "first-step loss" in line]
+    assert losses, out[-2000:]  # every parity bench checks its first step
+    for line in losses:
+        diff = re.search(r"\|diff\| = ([-+0-9.e]+)", line)
+        assert diff and float(diff[1]) < 1e-4, line  # the same loss from the same weights and draws (float32 rounding)
+    for line in losses + [line for line in lines if "gradients:" in line]:
+        assert "MISMATCH" not in line, line  # a parameter with a gradient on one side only
+        grads = re.search(r"gradients: max \|diff\| = ([-+0-9.e]+) \(relative ([-+0-9.e]+)\) over (\d+) tensors", line)
+        assert grads and int(grads[3]) > 0, line  # every first-step check compares the gradients too
+        # per tensor, max |a - b| / max(max |a|, max |b|): 0 to 5.5e-7 measured (float32, eps 1.2e-7; the sums in
+        # other orders: the DDPM, the VAE, the Ladder VAE, the NCSN, the spline); a wrong detach or a missing
+        # term gives 1e-2 and more (the VAE with its noise scale detached: 0.09)
+        assert float(grads[2]) < 1e-5, line
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", OTHERS)
 def test_bench_quick_runs(script: str) -> None:
     assert _run([f"bench/{script}", "--quick"]).strip()
+
+
+def test_agree_reports_a_gradient_difference_and_a_one_sided_gradient() -> None:
+    """The first-step check's gradient report (`bench/_parity.py`): with equal losses, a term with no value but a
+    gradient shows as a relative difference, and a stop-gradient that leaves a parameter with a gradient on one side
+    only is a ``MISMATCH``; the parameters' ``.grad`` are put back."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from _parity import agree
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    torch.manual_seed(0)
+    w, b = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    w_r, b_r = w.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+    x = torch.randn(3)
+
+    def line(reference: Callable[[], torch.Tensor]) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            agree(lambda: (w * x + b).exp().sum(), reference, [w, b], [w_r, b_r])
+        assert w.grad is None and b.grad is None and w_r.grad is None and b_r.grad is None
+        return out.getvalue()
+
+    same = line(lambda: (w_r * x + b_r).exp().sum())
+    assert "|diff| = 0;" in same and "max |diff| = 0 (relative 0) over 2 tensors" in same and "MISMATCH" not in same
+    detached = line(lambda: (w_r * x + b_r.detach()).exp().sum())  # the same value, no gradient for b_r
+    assert "|diff| = 0;" in detached
+    assert "MISMATCH, a gradient on one side only: tensor 1 (3,) only on the kizuna side" in detached
+    scaled = line(lambda: (w_r * x + b_r).exp().sum() + (b_r - b_r.detach()).sum())  # same value, other gradient
+    relative = float(re.search(r"relative ([-+0-9.e]+)", scaled)[1])
+    assert relative > 0.1 and "MISMATCH" not in scaled
