@@ -302,3 +302,64 @@ def test_predicting_on_float32_data_leaves_a_float64_model_as_it_was() -> None:
     assert h.means_.dtype == torch.float64 and torch.equal(h.means_, means)
     assert h.score(X) == before
     assert np.array_equal(labels, h.predict(X))
+
+
+def brute_force_counts(log_start, log_trans, log_emit):
+    """(log p(x), expected transition counts (K, K)) of one sequence by enumerating its paths, in float64."""
+    log_start, log_trans, log_emit = log_start.double(), log_trans.double(), log_emit.double()
+    paths, lp = enumerate_chain(log_start, log_trans, log_emit)
+    w = torch.softmax(lp, 0)
+    k = log_emit.shape[1]
+    pairs = torch.nn.functional.one_hot(paths[:, :-1] * k + paths[:, 1:], k * k).to(F64)  # (S, T-1, K*K)
+    return torch.logsumexp(lp, 0), torch.einsum("s,stq->q", w, pairs).reshape(k, k)
+
+
+@pytest.mark.parametrize("dtype, gap", [(torch.float32, 200.0), (torch.float64, 800.0)])
+def test_log_space_transition_counts_do_not_overflow(dtype, gap):
+    """The log-space fallback formed each step's xi as exp(max alpha_t + max(e + beta)_{t+1} - log p(x)) times the
+    rest: with a locally best state that the chain cannot reach, that factor overflowed (88 nats in float32, 709 in
+    float64) and inf * 0 made every transition count NaN. Against enumeration of the paths."""
+    log_start = torch.log(torch.tensor([1.0, 0.0], dtype=dtype))
+    log_trans = torch.log(torch.eye(2, dtype=dtype))
+    log_emit = torch.tensor([[0.0, 0.0], [-gap, 0.0], [0.0, 0.0]], dtype=dtype)
+    sm = fb.forward_backward(log_start, log_trans, log_emit)
+    loglik, counts = brute_force_counts(log_start, log_trans, log_emit)
+    torch.testing.assert_close(sm.trans_counts.double(), counts, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sm.trans_counts.double(), torch.tensor([[2.0, 0.0], [0.0, 0.0]], dtype=F64))
+    assert float(sm.log_likelihood) == pytest.approx(float(loglik), rel=1e-6)
+    # a random chain with a zero transition and sequences of several lengths, padded together
+    log_start, log_trans, log_emit = random_chain(3, 9, seed=3)
+    log_trans[0, 2] = -torch.inf
+    log_trans = torch.log_softmax(log_trans, 1)
+    log_emit[2:4] = torch.tensor([[0.0, -gap, -gap], [-gap, -gap, 0.0]], dtype=F64)  # 0 at step 2 cannot reach 2
+    log_emit = log_emit.to(dtype)
+    lengths = torch.tensor([5, 4])
+    chain = (log_start.to(dtype), log_trans.to(dtype))
+    assert fb._scaled_forward_backward(*chain, fb.pad(log_emit, lengths), lengths) is None  # log space answers
+    sm = fb.forward_backward(*chain, log_emit, lengths)
+    expected = sum(brute_force_counts(log_start, log_trans, e)[1] for e in torch.split(log_emit, [5, 4]))
+    torch.testing.assert_close(sm.trans_counts.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_baum_welch_updates_a_left_to_right_chain_in_log_space():
+    """End to end: one EM step of transmat_ on a left-to-right Gaussian HMM whose data visit state 0's mean after
+    state 1 (only the log-space recursions answer) is the normalised enumerated counts (it kept the old rows: NaN
+    counts read as "no mass"); and NaN expected counts are an error, not a silent skip of the update."""
+    from kizuna.modules import HiddenMarkovModel
+
+    x = np.array([0.0, 10.0, 0.05, 10.0])[:, None]
+    model = HiddenMarkovModel(2, init_params="", params="t", n_iter=1)
+    model.startprob_, model.transmat_ = np.array([1.0, 0.0]), np.array([[0.8, 0.2], [0.0, 1.0]])
+    model.means_, model.covars_ = np.array([[0.0], [10.0]]), np.full((2, 1), 0.02)
+    xt = model._data(x, None)[0]
+    _, counts = brute_force_counts(*model._log_chain(), model._log_emit(xt))
+    model.fit(x)
+    torch.testing.assert_close(model.transmat_, counts / counts.sum(1, keepdim=True), atol=1e-9, rtol=0)
+    torch.testing.assert_close(model.transmat_, torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=F64), atol=1e-9, rtol=0)
+    broken = fb.forward_backward(*model._log_chain(), model._log_emit(xt))
+    broken = fb.Smoothed(broken.log_gamma, broken.log_cavity, broken.trans_counts * torch.nan, broken.start_counts,
+                         broken.log_likelihood)
+    before = model.transmat_.clone()
+    with pytest.raises(ValueError, match="expected transition counts are not finite"):
+        model._m_step(xt, broken)
+    assert torch.equal(model.transmat_, before)

@@ -116,9 +116,9 @@ def forward_backward(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
                      lengths: Sequence[int] | Tensor | None = None) -> Smoothed:
     """Posterior marginals, cavity messages and expected counts of a chain (see `Smoothed`).
 
-    The expected transition counts are summed without a (T, K, K) tensor: with
-    :math:`a_t = \\alpha_t - s_t` and :math:`b_t = \\log p(x_{t+1}|\\cdot) + \\beta_{t+1} - r_t`,
-    :math:`\\sum_t \\xi_t = A \\odot \\big( (e^{a} w)^\\top e^{b} \\big)`, :math:`w_t = e^{s_t + r_t - \\log p(x)}`.
+    In log space (when the scaled recursions decline) each step's
+    :math:`\\log \\xi_t(i, j) = \\alpha_t(i) + \\log A_{ij} + \\log p(x_{t+1}|j) + \\beta_{t+1}(j)` is normalised by
+    its own logsumexp before it is exponentiated (`_log_trans_counts`): no factor of it can overflow.
     """
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
     e = pad(log_emit, lengths)
@@ -133,15 +133,28 @@ def forward_backward(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
     gamma = alpha + beta - loglik[:, None, None]
     cavity = pred + beta
     cavity = cavity - torch.logsumexp(cavity, -1, keepdim=True)
-    valid = (torch.arange(1, e.shape[1], device=e.device) < lengths[:, None])[..., None]  # pairs (t, t+1)
-    a, b = alpha[:, :-1], e[:, 1:] + beta[:, 1:]
-    s, r = a.amax(-1, keepdim=True), b.amax(-1, keepdim=True)
-    w = torch.where(valid, torch.exp(s + r - loglik[:, None, None]), torch.zeros_like(s))
-    pa = torch.nan_to_num(torch.exp(a - s)) * w
-    qb = torch.nan_to_num(torch.exp(b - r))
-    trans_counts = torch.exp(log_trans) * torch.einsum("btk,btl->kl", pa, qb)
+    trans_counts = _log_trans_counts(alpha[:, :-1], log_trans, e[:, 1:] + beta[:, 1:], lengths)
     return Smoothed(unpad(gamma, lengths), unpad(cavity, lengths), trans_counts,
                     torch.exp(gamma[:, 0]).sum(0), loglik)
+
+
+XI_BLOCK = 1 << 20  # entries of the (B, steps, K, K) block of log xi formed at once by `_log_trans_counts`
+
+
+def _log_trans_counts(alpha: Tensor, log_trans: Tensor, ahead: Tensor, lengths: Tensor) -> Tensor:
+    """:math:`\\sum_{b,t} \\xi_{b,t}` (K, K) from log alpha (B, T-1, K) and ``ahead`` (B, T-1, K),
+    :math:`\\log p(x_{t+1}|\\cdot) + \\beta_{t+1}`: each step's :math:`\\alpha_t(i) + \\log A_{ij} + \\text{ahead}_t(j)`
+    less its logsumexp (:math:`\\log p(x)`), so only values <= 0 are exponentiated, in blocks of steps of at most
+    ``XI_BLOCK`` entries. Steps after a sequence's end count nothing."""
+    b, n, k = alpha.shape
+    out = log_trans.new_zeros(k, k)
+    valid = torch.arange(1, n + 1, device=alpha.device) < lengths[:, None]  # pairs (t, t+1) of each sequence
+    step = max(1, XI_BLOCK // (b * k * k))
+    for s in range(0, n, step):
+        x = alpha[:, s:s + step, :, None] + log_trans + ahead[:, s:s + step, None, :]  # (B, S, K, K)
+        x = x - torch.logsumexp(x, (-2, -1), keepdim=True)
+        out += torch.exp(torch.where(valid[:, s:s + step, None, None], x, -torch.inf)).sum((0, 1))
+    return out
 
 
 def _scaled_forward_backward(log_start: Tensor, log_trans: Tensor, e: Tensor, lengths: Tensor) -> Smoothed | None:

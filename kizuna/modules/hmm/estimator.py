@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from kizuna._data import first_flagged
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules._backend import resolve_backend
 from kizuna.modules.estimator import Estimator
@@ -153,12 +154,18 @@ class HiddenMarkovModel(Estimator):
 
     # ----------------------------------------------------------------- EM
     def _m_step(self, x: Tensor, sm: fb.Smoothed) -> None:
-        """The M-step of the parameters in ``params`` from the E-step ``sm``."""
+        """The M-step of the parameters in ``params`` from the E-step ``sm``; raises, leaving every parameter as it
+        was, when an expected count is not finite (a NaN would read as "no mass" and keep the old values)."""
+        gamma = torch.exp(sm.log_gamma)
+        for what, counts in (("start", sm.start_counts), ("transition", sm.trans_counts), ("state", gamma)):
+            if not bool(torch.isfinite(counts).all()):
+                raise ValueError(f"{self._owner}: the E-step's expected {what} counts are not finite "
+                                 f"({first_flagged(counts, ~torch.isfinite(counts))}); the parameters were not updated")
         if "s" in self.params:
             self.startprob_ = dirichlet_map(sm.start_counts, self.startprob_prior, self.startprob_)
         if "t" in self.params:
             self.transmat_ = dirichlet_map(sm.trans_counts, self.transmat_prior, self.transmat_)
-        new = self._emissions().m_step(x, torch.exp(sm.log_gamma), self._emission_params(), self.params)
+        new = self._emissions().m_step(x, gamma, self._emission_params(), self.params)
         for name, value in new.items():
             setattr(self, name, value)
 
