@@ -363,3 +363,32 @@ def test_baum_welch_updates_a_left_to_right_chain_in_log_space():
     with pytest.raises(ValueError, match="expected transition counts are not finite"):
         model._m_step(xt, broken)
     assert torch.equal(model.transmat_, before)
+
+
+def test_float32_recursions_decline_a_zero_normaliser():
+    """The scaled recursions' threshold 1e-200 is 0 in float32, so a zero normaliser was accepted: log p(x) came out
+    -inf (HMM.score too) and FFBS drew an impossible path. float32 against float64 and enumeration."""
+    from kizuna.modules import HiddenMarkovModel
+
+    for first in (0, 1):  # the only possible path: `first` twice; the other state's emission is e^-200 at the end
+        log_start = torch.log(torch.eye(2, dtype=F64)[first])
+        log_emit = torch.zeros(2, 2, dtype=F64)
+        log_emit[1, first] = -200.0
+        chain64 = (log_start, torch.log(torch.eye(2, dtype=F64)), log_emit)
+        chain32 = tuple(v.float() for v in chain64)
+        exact = float(torch.logsumexp(enumerate_chain(*chain64)[1], 0))
+        assert exact == -200.0
+        assert float(fb.forward_log_likelihood(*chain32)) == pytest.approx(exact, rel=1e-6)
+        sm32, sm64 = fb.forward_backward(*chain32), fb.forward_backward(*chain64)
+        torch.testing.assert_close(sm32.log_gamma.exp().double(), sm64.log_gamma.exp(), atol=1e-6, rtol=0)
+        for chain in (chain32, chain64):
+            draws = fb.sample_paths(*chain, n_samples=50, generator=torch.Generator().manual_seed(0))
+            assert draws.eq(first).all()
+    # through the estimator: a left-to-right chain scored on float32 data and on float64 data
+    scores = []
+    for dtype in (np.float32, np.float64):
+        model = HiddenMarkovModel(2, init_params="", params="")
+        model.startprob_, model.transmat_ = np.array([0.0, 1.0], dtype), np.array([[0.8, 0.2], [0.0, 1.0]], dtype)
+        model.means_, model.covars_ = np.array([[0.0], [10.0]], dtype), np.full((2, 1), 0.3, dtype)
+        scores.append(model.score(np.array([[10.0], [0.05]], dtype)))
+    assert np.isfinite(scores[0]) and scores[0] == pytest.approx(scores[1], rel=1e-6)

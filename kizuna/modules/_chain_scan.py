@@ -21,7 +21,8 @@ The work stays linear in T (:math:`T K^3` for the chunk products, :math:`T K^2` 
 vector and matrix is divided by its maximum as it is formed (Rabiner 1989's scaling); no scale is carried,
 since each row is only needed up to its own factor: posteriors are normalised per step and the
 log-likelihood is the sum of the per-step predictive normalisers, computed afterwards
-(`Scaled.log_likelihood`). Each value is exact to rounding unless a divisor falls below ``TINY`` —
+(`Scaled.log_likelihood`). Each value is exact to rounding unless a divisor falls below `smallest_normaliser`
+(``TINY`` in float64, about 1e-31 in float32; a zero divisor always) —
 values that small relative to their neighbours are where linear space can lose what log space keeps —
 and then the recursion declines and the caller runs the log-space loop: the answer never silently
 depends on the method. The backward recursion is the forward one with :math:`A^\top` over the
@@ -37,7 +38,16 @@ from dataclasses import dataclass
 import torch
 
 Tensor = torch.Tensor
-TINY = 1e-200  # smallest normaliser accepted before falling back to log space
+TINY = 1e-200  # smallest normaliser accepted in float64 before falling back to log space (see smallest_normaliser)
+
+
+def smallest_normaliser(dtype: torch.dtype) -> float:
+    """The smallest divisor accepted in ``dtype``: ``TINY``, or ``finfo.tiny / finfo.eps`` where that is larger
+    (float32: 9.9e-32). A value lost below the normal range (flushed to zero, or a subnormal) is then at most a
+    rounding error relative to the divisor. A Python float compared with a float32 tensor is rounded to float32,
+    where ``TINY`` is 0: a threshold of ``TINY`` there accepted a zero normaliser."""
+    info = torch.finfo(dtype)
+    return max(TINY, info.tiny / info.eps)
 
 
 @dataclass(frozen=True)
@@ -104,12 +114,12 @@ def _prefix(v: Tensor, p: Tensor, kept: list[Tensor]) -> Tensor:
 
 def _ok(kept: list[Tensor]) -> bool:
     low = torch.cat(kept).amin()
-    return bool(torch.isfinite(low) & (low >= TINY))
+    return bool(torch.isfinite(low) & (low >= smallest_normaliser(low.dtype)))
 
 
 def scaled_forward(start: Tensor, trans: Tensor, log_emit: Tensor, chunk: int | None = None) -> Scaled | None:
     """The scaled forward recursion (see the module docstring) of B padded sequences, or ``None``
-    when a normaliser falls below ``TINY`` or an emission row is not finite (use log space then).
+    when a normaliser falls below `smallest_normaliser` or an emission row is not finite (use log space then).
 
     Args:
         start: (K,) linear start weights :math:`\\pi` (or ones, for the backward recursion).

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kizuna.modules._chain_scan import TINY, reverse_index, scaled_forward
+from kizuna.modules._chain_scan import reverse_index, scaled_forward, smallest_normaliser
 from kizuna.modules._viterbi import viterbi_scan
 
 Tensor = torch.Tensor
@@ -191,7 +191,7 @@ def _scaled_forward_backward(log_start: Tensor, log_trans: Tensor, e: Tensor, le
         sums = [torch.where(v, x, 1.0) for x, v in zip(sums, (valid, valid, valid[:, 1:]))]
         w = torch.where(valid[:, 1:], w, 0.0)
     low = torch.cat([x.reshape(-1) for x in sums]).amin()
-    if not bool(low >= TINY):
+    if not bool(low >= smallest_normaliser(low.dtype)):  # False for 0 and NaN
         return None
     left = fwd.filtered[:, :-1] / sums[2]
     trans_counts = trans * (left.reshape(-1, k).T @ w.reshape(-1, k))
