@@ -392,3 +392,14 @@ def test_float32_recursions_decline_a_zero_normaliser():
         model.means_, model.covars_ = np.array([[0.0], [10.0]], dtype), np.full((2, 1), 0.3, dtype)
         scores.append(model.score(np.array([[10.0], [0.05]], dtype)))
     assert np.isfinite(scores[0]) and scores[0] == pytest.approx(scores[1], rel=1e-6)
+
+
+def test_lengths_must_be_whole_numbers():
+    """Non-integer lengths were truncated (.long()): [2.5, 2.5] for 4 rows read as [2, 2]."""
+    for bad in ([2.5, 2.5], np.array([2.5, 2.5]), torch.tensor([2.5, 2.5]), [np.nan, 4.0], [True, True]):
+        with pytest.raises(ValueError, match="lengths must be whole numbers"):
+            fb.check_lengths(4, bad, torch.device("cpu"))
+    with pytest.raises(ValueError, match="lengths must be whole numbers"):
+        ours("diag").score(np.zeros((5, 2)), [2.5, 2.5])
+    for good in ([2.0, 2.0], np.array([2, 2]), torch.tensor([2, 2]), (1, 3)):
+        assert fb.check_lengths(4, good, torch.device("cpu")).tolist() == list(map(int, good))

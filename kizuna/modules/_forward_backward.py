@@ -32,10 +32,15 @@ Tensor = torch.Tensor
 
 
 def check_lengths(n: int, lengths: Sequence[int] | Tensor | None, device: torch.device) -> Tensor:
-    """``lengths`` as a long tensor (``[n]`` when None); raises when they do not sum to ``n``."""
+    """``lengths`` as a long tensor (``[n]`` when None); raises when they are not whole numbers (``2.5`` was
+    truncated to 2) or do not sum to ``n``."""
     if lengths is None:
         return torch.tensor([n], device=device)
-    out = torch.as_tensor(lengths, device=device).long().reshape(-1)
+    raw = torch.as_tensor(lengths, device=device).reshape(-1)
+    if raw.dtype == torch.bool or raw.is_complex() or raw.is_floating_point() and not bool(
+            (torch.isfinite(raw) & (raw == raw.round())).all()):
+        raise ValueError(f"lengths must be whole numbers (the length of each sequence), got {raw.tolist()}")
+    out = raw.long()
     if out.numel() == 0 or bool((out <= 0).any()) or int(out.sum()) != n:
         raise ValueError(f"lengths must be positive and sum to the number of rows {n}, got {out.tolist()}")
     return out
