@@ -403,3 +403,73 @@ def test_lengths_must_be_whole_numbers():
         ours("diag").score(np.zeros((5, 2)), [2.5, 2.5])
     for good in ([2.0, 2.0], np.array([2, 2]), torch.tensor([2, 2]), (1, 3)):
         assert fb.check_lengths(4, good, torch.device("cpu")).tolist() == list(map(int, good))
+
+
+def _hmmlearn_rejects(covariance_type: str, **params) -> bool:
+    """Whether hmmlearn raises a ValueError for these hand-set parameters (at assignment or at score)."""
+    try:
+        ref = reference(covariance_type)
+        for name, value in params.items():
+            setattr(ref, name, value)
+        ref.score(np.zeros((4, 2)))
+    except ValueError:
+        return True
+    return False
+
+
+INVALID = [  # (covariance_type, parameter, value, the error's words, whether hmmlearn raises too)
+    ("diag", "covars_", COVARS["diag"] * [[-1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], r"'diag' covars_ must be positive.*"
+     r"covars_\[0, 0\] = -1.0", True),
+    ("diag", "covars_", COVARS["diag"] * [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]], r"covars_\[1, 1\] = 0.0", True),
+    ("spherical", "covars_", np.array([1.0, -0.5, 2.0]), r"'spherical' covars_ must be positive.*covars_\[1\]", True),
+    ("full", "covars_", COVARS["full"] * [[[1.0]], [[-1.0]], [[1.0]]], "'full' covars_ must be symmetric, "
+     r"positive-definite.*\(state 1\)", True),
+    ("full", "covars_", np.array([np.eye(2), [[1.0, 0.5], [0.2, 1.0]], np.eye(2)]), r"symmetric.*covars_\[1, 0, 1\]",
+     True),
+    ("tied", "covars_", -COVARS["tied"], "'tied' covars_ must be symmetric, positive-definite", True),
+    ("diag", "covars_", np.ones((2, 2)), r"covars_ must be of shape \(3, 2\) for covariance_type 'diag'", True),
+    ("diag", "means_", np.where(np.eye(3, 2) > 0, np.nan, MEANS), r"means_ must be finite.*means_\[0, 0\] = nan",
+     False),
+    ("diag", "means_", MEANS[:2], r"means_ must be of shape \(3, n_features\)", True),
+    ("diag", "startprob_", np.array([1.5, -0.3, -0.2]), r"startprob_ must hold probabilities.*startprob_\[1\] = -0.3",
+     False),
+    ("diag", "transmat_", np.array([[1.25, -0.25, 0.0], TRANS[1], TRANS[2]]), r"transmat_\[0, 1\] = -0.25", False),
+    ("diag", "transmat_", TRANS * [[1.0], [2.0], [1.0]], "transmat_ rows must sum to 1, got row 1 summing to", True),
+]
+
+
+@pytest.mark.parametrize("covariance_type, name, value, words, hmmlearn_too", INVALID)
+def test_invalid_parameters_are_named(covariance_type, name, value, words, hmmlearn_too):
+    """Parameters set by hand that are not a valid model: a clear error naming the parameter and its entry from
+    score, decode, predict_proba, fit (from them) and sample (they gave NaN scores and paths, or silently used a
+    row not summing to 1); hmmlearn rejects those marked so."""
+    assert _hmmlearn_rejects(covariance_type, **{name: value}) == hmmlearn_too
+    x = reference("diag").sample(20, random_state=0)[0]
+    for call in ("score", "decode", "predict_proba", "fit", "sample"):
+        model = ours(covariance_type)
+        model.params = ""
+        setattr(model, name, torch.tensor(value))
+        with pytest.raises(ValueError, match=words):
+            getattr(model, call)(*([] if call == "sample" else [x]))
+
+
+def test_invalid_emission_probabilities_are_named():
+    """emissionprob_ rows not summing to 1 were used as they were (hmmlearn: 'emissionprob_ rows must sum to 1');
+    negative entries gave NaN scores."""
+    ref, model = categorical_pair()
+    x = np.array([0, 1, 2, 2, 0])
+    for value, words, hmmlearn_too in (
+            (np.array([[0.7, 0.3, 0.3], [0.1, 0.3, 0.6]]), "rows must sum to 1, got row 0 summing to 1.3", True),
+            (np.array([[1.25, -0.25, 0.0], [0.1, 0.3, 0.6]]), r"emissionprob_\[0, 1\] = -0.25", False),
+            (np.full((3, 3), 1 / 3), r"emissionprob_ must be of shape \(2, n_features\)", True)):
+        ref.emissionprob_ = value
+        try:
+            with np.errstate(invalid="ignore"):
+                ref.score(x[:, None])
+            assert not hmmlearn_too
+        except ValueError:
+            assert hmmlearn_too
+        model.emissionprob_ = value
+        for call in ("score", "decode", "predict_proba", "fit"):
+            with pytest.raises(ValueError, match=words):
+                getattr(model, call)(x)

@@ -24,6 +24,32 @@ Params = dict[str, Any]
 COVARIANCE_TYPES = ("diag", "full", "spherical", "tied")
 
 
+def entry(name: str, value: Tensor, mask: Tensor) -> str:
+    """The first entry of ``value`` where ``mask`` holds, as ``"covars_[0, 1] = -1.0"``."""
+    index = mask.nonzero()[0].tolist()
+    return f"{name}[{', '.join(map(str, index))}] = {value[tuple(index)].item()}"
+
+
+def check_shape(value: Tensor, name: str, shape: tuple[int, ...], owner: str, why: str = "") -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` has ``shape``."""
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{owner}: {name} must be of shape {shape}{why}, got {tuple(value.shape)}")
+
+
+def check_distributions(p: Tensor, name: str, owner: str) -> None:
+    """Raise a ValueError naming ``name`` and the offending entry or row unless every row of ``p`` (the last
+    axis) is a probability distribution: finite, non-negative and summing to 1 (to 1.1e-5 as ``torch.allclose``'s
+    defaults, or the rounding of the row's sum in ``p``'s dtype where that is larger)."""
+    bad = ~torch.isfinite(p) | (p < 0)
+    if bool(bad.any()):
+        raise ValueError(f"{owner}: {name} must hold probabilities (finite, >= 0), got {entry(name, p, bad)}")
+    sums = p.sum(-1)
+    off = (sums - 1).abs() > max(1.1e-5, p.shape[-1] * torch.finfo(p.dtype).eps)
+    if bool(off.any()):
+        where = "" if p.dim() == 1 else f" row {off.nonzero()[0].item()}"
+        raise ValueError(f"{owner}: {name} rows must sum to 1, got{where} summing to {sums[off][0].item()}")
+
+
 def kmeans_centres(x: Tensor, k: int, g: torch.Generator, n_iter: int = 20) -> Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007) then Lloyd steps: (k, D) centres."""
     pick = lambda w: int(torch.multinomial(w.cpu().double(), 1, generator=g))  # noqa: E731
@@ -66,6 +92,36 @@ class Gaussian:
                              "is required.")
         check_finite(x, "X", owner)
         return x
+
+    def check(self, p: Params, k: int, owner: str) -> None:
+        """Raise a ValueError naming the parameter and its offending entry unless ``means_`` is finite and (k, D)
+        and ``covars_`` has its type's shape and is finite and positive (definite) — as hmmlearn's
+        "'diag' covars must be positive"; such parameters gave NaN scores and paths silently."""
+        means, covars, kind = p["means_"], p["covars_"], self.covariance_type
+        if means.dim() != 2 or means.shape[0] != k:
+            raise ValueError(f"{owner}: means_ must be of shape ({k}, n_features), got {tuple(means.shape)}")
+        if not bool(torch.isfinite(means).all()):
+            raise ValueError(f"{owner}: means_ must be finite, got {entry('means_', means, ~torch.isfinite(means))}")
+        d = means.shape[1]
+        shape = {"diag": (k, d), "spherical": (k,), "full": (k, d, d), "tied": (d, d)}[kind]
+        check_shape(covars, "covars_", shape, owner, f" for covariance_type {kind!r}, {k} states and {d} features")
+        if kind in ("diag", "spherical"):
+            bad = ~(torch.isfinite(covars) & (covars > 0))
+            if bool(bad.any()):
+                raise ValueError(f"{owner}: {kind!r} covars_ must be positive and finite, got "
+                                 f"{entry('covars_', covars, bad)}")
+            return
+        finite = torch.isfinite(covars)
+        scale = torch.where(finite, covars, 0.0).abs().amax((-2, -1), keepdim=True)
+        bad = ~finite | ((covars - covars.mT).abs() > 1e-5 * scale)  # symmetric to rounding (an M-step's is)
+        if bool(bad.any()):
+            raise ValueError(f"{owner}: {kind!r} covars_ must be symmetric, positive-definite (and finite), got "
+                             f"{entry('covars_', covars, bad)}")
+        info = torch.linalg.cholesky_ex(covars).info.reshape(-1)
+        if bool((info != 0).any()):
+            which = "" if kind == "tied" else f" (state {int((info != 0).nonzero()[0])})"
+            raise ValueError(f"{owner}: {kind!r} covars_ must be symmetric, positive-definite, got one that is "
+                             f"not positive-definite{which}")
 
     def full_covars(self, p: Params) -> Tensor:
         """(K, D, D) covariance matrices."""
@@ -174,6 +230,14 @@ class Categorical:
             e = torch.rand(k, n_features, generator=g, dtype=torch.float64).to(x.device)
             out["emissionprob_"] = e / e.sum(1, keepdim=True)
         return out
+
+    def check(self, p: Params, k: int, owner: str) -> None:
+        """Raise a ValueError naming the offending entry or row unless ``emissionprob_`` is (k, n_features) with
+        rows of probabilities summing to 1 (hmmlearn: "emissionprob_ rows must sum to 1")."""
+        e = p["emissionprob_"]
+        if e.dim() != 2 or e.shape[0] != k:
+            raise ValueError(f"{owner}: emissionprob_ must be of shape ({k}, n_features), got {tuple(e.shape)}")
+        check_distributions(e, "emissionprob_", owner)
 
     def log_prob(self, x: Tensor, p: Params) -> Tensor:
         e = p["emissionprob_"]

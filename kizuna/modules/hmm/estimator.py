@@ -22,7 +22,7 @@ from kizuna._data import first_flagged
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules._backend import resolve_backend
 from kizuna.modules.estimator import Estimator
-from kizuna.modules.hmm.emissions import EMISSIONS
+from kizuna.modules.hmm.emissions import EMISSIONS, check_distributions
 from kizuna.modules.hmm.viterbi import viterbi
 from kizuna.modules.rng import generator_for
 
@@ -134,12 +134,17 @@ class HiddenMarkovModel(Estimator):
             raise ValueError(f"{self._owner}: startprob_ must be ({k},) and transmat_ ({k}, {k}), got "
                              f"{tuple(self.startprob_.shape)} and {tuple(self.transmat_.shape)}")
         for name, p in (("startprob_", self.startprob_), ("transmat_", self.transmat_)):
-            if not torch.allclose(p.sum(-1), torch.ones((), dtype=p.dtype, device=p.device), atol=1e-6):
-                raise ValueError(f"{self._owner}: {name} rows must sum to 1")
+            check_distributions(p, name, self._owner)  # a negative entry in a row summing to 1 gave NaN silently
         return torch.log(self.startprob_), torch.log(self.transmat_)
 
+    def _checked_emissions(self) -> Any:
+        """The emission model, after checking the emission parameters (once per call that reads them)."""
+        emissions = self._emissions()
+        emissions.check(self._emission_params(), self.n_components, self._owner)
+        return emissions
+
     def _log_emit(self, x: Tensor) -> Tensor:
-        return self._emissions().log_prob(x, self._emission_params())
+        return self._checked_emissions().log_prob(x, self._emission_params())
 
     def _init(self, x: Tensor, g: torch.Generator) -> None:
         k, opts = self.n_components, dict(dtype=x.dtype if x.is_floating_point() else torch.float64, device=x.device)
@@ -234,7 +239,7 @@ class HiddenMarkovModel(Estimator):
             s = int(torch.searchsorted(cum_trans[s], u[t:t + 1].clamp_max(cum_trans[s, -1])).clamp_max(
                 self.n_components - 1))
             states[t] = s
-        return self._emissions().sample(states, self._emission_params(), g), states
+        return self._checked_emissions().sample(states, self._emission_params(), g), states
 
     @property
     def n_features_in_(self) -> int:
