@@ -473,3 +473,49 @@ def test_invalid_emission_probabilities_are_named():
         for call in ("score", "decode", "predict_proba", "fit"):
             with pytest.raises(ValueError, match=words):
                 getattr(model, call)(x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_impossible_sequences_and_bad_emissions_are_named(backend):
+    """A sequence of zero probability has no best path and no posterior to draw from: viterbi (both backends)
+    returned -inf and the path [0, 0, ...] and sample_paths arbitrary paths, silently; a NaN log-emission gave NaN.
+    Each now raises as forward_backward does, naming the sequence and step (checked by enumerating the prefixes)."""
+    from kizuna.modules.hmm.viterbi import viterbi
+
+    log_start = torch.log(torch.tensor([0.5, 0.5], dtype=F64))
+    log_trans = torch.log(torch.tensor([[0.9, 0.1], [0.0, 1.0]], dtype=F64))
+    lengths = torch.tensor([3, 4])
+    cases = []
+    e = torch.zeros(7, 2, dtype=F64)
+    e[5] = -torch.inf
+    cases.append((e, r"sequence 1, step 2 \(row 5\) is impossible in every state", 2))
+    e = torch.zeros(7, 2, dtype=F64)
+    e[4, 0], e[6, 1] = -torch.inf, -torch.inf  # state 1 at step 1 of sequence 1, then state 0 (unreachable) at 3
+    cases.append((e, r"no path of nonzero probability reaches sequence 1, step 3 \(row 6\)", 3))
+    for bad in (torch.nan, torch.inf):
+        e = torch.zeros(7, 2, dtype=F64)
+        e[2, 1] = bad
+        cases.append((e, rf"the log-emission of sequence 0, step 2 \(row 2\), state 1 is {bad}", None))
+    for log_emit, words, step in cases:
+        if step is not None:  # enumeration: the prefix of sequence 1 up to step - 1 is possible, up to step is not
+            seq = log_emit[3:]
+            assert torch.isfinite(torch.logsumexp(enumerate_chain(log_start, log_trans, seq[:step])[1], 0))
+            assert torch.logsumexp(enumerate_chain(log_start, log_trans, seq[:step + 1])[1], 0) == -torch.inf
+        with pytest.raises(ValueError, match="viterbi: " + words):
+            viterbi(log_start, log_trans, log_emit, lengths, backend)
+        with pytest.raises(ValueError, match="sample_paths: " + words):
+            fb.sample_paths(log_start, log_trans, log_emit, lengths, generator=torch.Generator().manual_seed(0))
+        with pytest.raises(ValueError, match="forward_backward: " + words):
+            fb.forward_backward(log_start, log_trans, log_emit, lengths)
+        if step is None:
+            with pytest.raises(ValueError, match="forward_log_likelihood: " + words):
+                fb.forward_log_likelihood(log_start, log_trans, log_emit, lengths)
+        else:  # log p(x) = -inf is the answer of a likelihood (as hmmlearn's score)
+            assert fb.forward_log_likelihood(log_start, log_trans, log_emit, lengths).tolist()[1] == -np.inf
+    # through the estimator: a symbol no state emits
+    _, model = categorical_pair(backend)
+    model.emissionprob_ = np.array([[0.7, 0.3, 0.0], [0.5, 0.5, 0.0]])
+    x = np.array([0, 1, 2, 1])
+    with pytest.raises(ValueError, match=r"viterbi: sequence 0, step 2 \(row 2\) is impossible in every state"):
+        model.decode(x)
+    assert model.score(x) == -np.inf

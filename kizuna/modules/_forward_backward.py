@@ -61,6 +61,55 @@ def unpad(x: Tensor, lengths: Tensor) -> Tensor:
     return x[mask]
 
 
+def _position(lengths: Tensor, n: int) -> str:
+    """Row ``n`` of the concatenated sequences as ``"sequence b, step t (row n)"``."""
+    ends = torch.cumsum(lengths, 0).tolist()
+    b = next(i for i, end in enumerate(ends) if n < end)
+    return f"sequence {b}, step {n - ends[b] + int(lengths[b])} (row {n})"
+
+
+def check_emissions(log_emit: Tensor, lengths: Tensor, what: str, impossible: bool = False) -> None:
+    """Raise a ValueError naming the sequence and step unless every row of ``log_emit`` (N, K) has a finite maximum:
+    a NaN or +inf log-emission is no probability, and a row of -inf makes every state impossible at that step
+    (allowed with ``impossible``: a log-likelihood of -inf is an answer, a path is not). One pass over the rows;
+    the recursions gave NaN, or a score of -inf and an arbitrary path, silently."""
+    emax = log_emit.amax(-1)  # NaN where a row holds one, +inf where it holds +inf and no NaN
+    if bool(torch.isfinite(emax).all()):
+        return
+    wrong = torch.isnan(emax) | torch.isposinf(emax)
+    if bool(wrong.any()):
+        n = int(wrong.nonzero()[0])
+        row = log_emit[n]
+        k = int((torch.isnan(row) | torch.isposinf(row)).nonzero()[0])
+        raise ValueError(f"{what}: the log-emission of {_position(lengths, n)}, state {k} is {row[k].item()}, not a "
+                         "log-probability")
+    if impossible:
+        return
+    n = int((~torch.isfinite(emax)).nonzero()[0])
+    raise ValueError(f"{what}: {_position(lengths, n)} is impossible in every state (log p(x_t|k) = -inf for every "
+                     "k): the sequence has zero probability under the chain")
+
+
+def check_possible(score: Tensor, log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths: Tensor,
+                   what: str) -> None:
+    """Raise a ValueError naming the sequence and the first step no possible path reaches unless every per-sequence
+    ``score`` (B,) (a log-likelihood or a best path's log-probability) is finite; rows already passed
+    `check_emissions`. The step is found by a loop over that one sequence, on the error path only."""
+    if bool(torch.isfinite(score).all()):
+        return
+    b = int((~torch.isfinite(score)).nonzero()[0])
+    first = int(lengths[:b].sum())
+    e, allowed = log_emit[first:first + int(lengths[b])], (log_trans > -torch.inf).to(log_emit.dtype)
+    alive, t = (log_start + e[0]) > -torch.inf, 0
+    while bool(alive.any()) and t + 1 < e.shape[0]:
+        t += 1
+        alive = (alive.to(allowed.dtype) @ allowed > 0) & (e[t] > -torch.inf)
+    if bool(alive.any()):  # not from the chain's zeros (underflow of a sum of finite terms)
+        raise ValueError(f"{what}: sequence {b} has log-probability {score[b].item()} under the chain")
+    raise ValueError(f"{what}: no path of nonzero probability reaches {_position(lengths, first + t)}: the sequence "
+                     "has zero probability under the chain")
+
+
 @dataclass(frozen=True)
 class Smoothed:
     """Result of `forward_backward`.
@@ -108,6 +157,7 @@ def forward_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tenso
                            lengths: Sequence[int] | Tensor | None = None) -> Tensor:
     """:math:`\\log p(x_b)` per sequence, shape (B,), by the forward recursion alone."""
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
+    check_emissions(log_emit, lengths, "forward_log_likelihood", impossible=True)
     e = pad(log_emit, lengths)
     trans = torch.exp(log_trans)
     fwd = scaled_forward(torch.exp(log_start), trans, e)
@@ -130,11 +180,11 @@ def forward_backward(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
     fast = _scaled_forward_backward(log_start, log_trans, e, lengths)
     if fast is not None:
         return fast
+    check_emissions(log_emit, lengths, "forward_backward")
     alpha, pred = _forward(log_start, log_trans, e)
-    beta = _backward(log_trans, e, lengths)
     loglik = torch.logsumexp(_last(alpha, lengths), -1)
-    if not bool(torch.isfinite(loglik).all()):
-        raise ValueError("forward_backward: a sequence has zero probability under the chain (log p(x) = -inf)")
+    check_possible(loglik, log_start, log_trans, log_emit, lengths, "forward_backward")
+    beta = _backward(log_trans, e, lengths)
     gamma = alpha + beta - loglik[:, None, None]
     cavity = pred + beta
     cavity = cavity - torch.logsumexp(cavity, -1, keepdim=True)
@@ -209,9 +259,12 @@ def viterbi(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
             lengths: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Most probable state paths: (:math:`\\max_z \\log p(x_b, z)` per sequence (B,), states (N,)),
     by chunks of the max-product recursion run at once and fixed up by rank convergence
-    (`kizuna.modules._viterbi.viterbi_scan`)."""
+    (`kizuna.modules._viterbi.viterbi_scan`). Raises a ValueError naming the sequence and step where a sequence
+    has zero probability (no path to return) or a log-emission is NaN or +inf."""
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
+    check_emissions(log_emit, lengths, "viterbi")
     score, states = viterbi_scan(log_start, log_trans, pad(log_emit, lengths), lengths)
+    check_possible(score, log_start, log_trans, log_emit, lengths, "viterbi")
     return score, unpad(states, lengths)
 
 
@@ -251,12 +304,19 @@ def sample_paths(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
         z_{T-1} \\sim \\alpha_{T-1},\\qquad
         z_t \\sim p(z_t|z_{t+1}, x_{0:t}) \\propto \\alpha_t(z_t)\\,A_{z_t z_{t+1}}
 
-    The filtering runs chunked (`kizuna.modules._chain_scan`); the backward draws loop over time.
+    The filtering runs chunked (`kizuna.modules._chain_scan`); the backward draws loop over time. Raises as
+    `viterbi` where a sequence has zero probability (there is no posterior to draw from).
     """
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
     e = pad(log_emit, lengths)
     fwd = scaled_forward(torch.exp(log_start), torch.exp(log_trans), e)  # filtering, up to a factor per step
-    alpha = torch.log(fwd.filtered) if fwd is not None else _forward(log_start, log_trans, e)[0]
+    if fwd is not None:  # accepted: every normaliser is positive, so is every sequence's probability
+        alpha = torch.log(fwd.filtered)
+    else:
+        check_emissions(log_emit, lengths, "sample_paths")
+        alpha = _forward(log_start, log_trans, e)[0]
+        check_possible(torch.logsumexp(_last(alpha, lengths), -1), log_start, log_trans, log_emit, lengths,
+                       "sample_paths")
     last = _last(alpha, lengths).expand(n_samples, -1, -1)  # (S, B, K)
     state = _gumbel_argmax(last, generator)
     path = [state] * e.shape[1]

@@ -25,9 +25,12 @@ def viterbi(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths: Ten
         return fb.viterbi(log_start, log_trans, log_emit, lengths)
     from kizuna.modules import _numba_kernels
 
+    fb.check_emissions(log_emit, lengths, "viterbi")
     states = torch.empty(log_emit.shape[0], dtype=torch.long)
     bounds = np.concatenate([[0], np.cumsum(lengths.cpu().numpy())]).astype(np.int64)
     arrays = (log_start, log_trans.T, log_emit)
     _numba_kernels.viterbi(*(np.ascontiguousarray(a.detach().numpy()) for a in arrays), bounds, states.numpy())
     padded = fb.pad(states[:, None], lengths)[..., 0]
-    return path_log_prob(log_start, log_trans, fb.pad(log_emit, lengths), padded, lengths), states
+    score = path_log_prob(log_start, log_trans, fb.pad(log_emit, lengths), padded, lengths)
+    fb.check_possible(score, log_start, log_trans, log_emit, lengths, "viterbi")
+    return score, states
