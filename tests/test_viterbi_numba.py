@@ -106,3 +106,26 @@ def test_backend_errors_name_the_problem(monkeypatch):
         model.decode(x)
     model.backend = "auto"  # without numba: the torch path
     assert torch.equal(model.predict(x), fb.viterbi_loop(*model._log_chain(), model._log_emit(x))[1])
+
+
+@needs_numba
+def test_tied_paths_numba_keeps_the_loops_first_maximum_torch_a_tied_one():
+    """The documented tie behaviour (`kizuna.modules.hmm.viterbi`): with two states of identical emissions (and
+    data on a grid) many paths tie; numba returns the loop over time's path exactly, torch's chunked recursions (here
+    the rank-convergence scan, forced by ``chunk``) may return another path of the same score to rounding."""
+    from kizuna.modules._viterbi import path_log_prob, viterbi_scan
+
+    n = 3000
+    g = torch.Generator().manual_seed(0)
+    x = torch.round(torch.randn(n, generator=g, dtype=F64) * 20) / 10
+    log_emit = torch.stack([-(x + 1) ** 2 / 2, -(x - 1) ** 2 / 2, -(x - 1) ** 2 / 2], 1)  # states 1 and 2 alike
+    log_start = torch.full((3,), -np.log(3.0), dtype=F64)
+    log_trans = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.25, 0.5]], dtype=F64))
+    lengths = torch.tensor([n])
+    ref_score, ref_path = fb.viterbi_loop(log_start, log_trans, log_emit)
+    score, states = viterbi(log_start, log_trans, log_emit, lengths, "numba")
+    assert torch.equal(states, ref_path)
+    scan_score, scan_path = viterbi_scan(log_start, log_trans, log_emit[None], lengths, chunk=8)
+    assert bool((scan_path[0] != ref_path).any())  # ties broken the other way (2 steps here, where x = 0) ...
+    torch.testing.assert_close(scan_score, ref_score, rtol=0, atol=1e-8)  # ... between paths tied to rounding
+    torch.testing.assert_close(path_log_prob(log_start, log_trans, log_emit[None], scan_path, lengths), scan_score)

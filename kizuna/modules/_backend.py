@@ -3,8 +3,10 @@
 Two loops of the classical modules are sequential by nature and cost one Python-dispatched tensor operation per
 small step in torch: the Viterbi recursion of `HMM` and the collapsed Gibbs sweep of `LDA` / `MLDA`. With the
 optional extra ``kizuna[fast]`` (numba) they run as compiled loops (`kizuna.modules._numba_kernels`) that compute
-the same answers: the same Viterbi paths (first maximum on ties), and the same Gibbs chain draw for draw
-(the sweep's random numbers are drawn from the module's torch generator beforehand and passed in).
+the same answers: the same Viterbi path and score wherever one path is the most probable (between exactly tied paths
+the numba loop keeps the first maximum, as hmmlearn, and torch's chunked recursions may return another tied path;
+see `kizuna.modules.hmm.viterbi`), and the same Gibbs chain draw for draw (the sweep's random numbers are drawn from
+the module's torch generator beforehand and passed in).
 
 ``backend`` is ``"auto"`` (numba when it imports and the tensors are on the CPU, else torch), ``"torch"`` or
 ``"numba"`` (an error naming the extra when numba is not installed).

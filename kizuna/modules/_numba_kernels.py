@@ -1,7 +1,9 @@
 r"""Compiled (numba) loops of the classical modules; imported only when the ``fast`` extra is installed.
 
-Both kernels compute exactly what their torch paths compute, in the same floating-point operations, so their
-answers are equal (not merely close) to the torch paths':
+Both kernels compute exactly what a torch loop computes, in the same floating-point operations, so their answers
+are equal (not merely close) to it: `viterbi` to the loop over time `kizuna.modules._forward_backward.viterbi_loop`
+(the torch backend's chunked recursions can break exact ties differently; `kizuna.modules.hmm.viterbi`), the sweep
+to the torch sweep:
 
 * `viterbi`: the max-product recursion with back-pointers over the rows of B sequences stored one after the
   other (time-major, N×K, as hmmlearn),

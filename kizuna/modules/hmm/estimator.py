@@ -57,8 +57,9 @@ class HiddenMarkovModel(Estimator):
         n_features: categorical alphabet size (inferred from the data when None).
         random_state: seed of the initialisation and of `sample` (see `kizuna.modules.rng`).
         backend: the Viterbi recursion of `decode` / `predict`: ``"auto"`` (numba when installed,
-            ``pip install 'kizuna[fast]'``, and the data is on the CPU), ``"torch"`` or ``"numba"``; the same paths
-            and scores (`kizuna.modules.hmm.viterbi`).
+            ``pip install 'kizuna[fast]'``, and the data is on the CPU), ``"torch"`` or ``"numba"``; the same path
+            and score wherever one path is the most probable, possibly different ones among exactly tied paths
+            (`kizuna.modules.hmm.viterbi`).
 
     Example:
         >>> model = HiddenMarkovModel(2, n_iter=20, random_state=0)

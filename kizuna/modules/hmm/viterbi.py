@@ -2,8 +2,18 @@ r"""Viterbi decoding for `HiddenMarkovModel.decode`, by the backend the estimato
 
 ``"torch"``: `kizuna.modules._forward_backward.viterbi` (chunks of the max-product recursion run at once and
 fixed up by rank convergence, `kizuna.modules._viterbi`); ``"numba"``: the loop over time compiled
-(`kizuna.modules._numba_kernels.viterbi`, hmmlearn's algorithm). Both give the same paths, the first maximum on
-ties, and the same scores: each path's :math:`\log p(x, z)` summed by `kizuna.modules._viterbi.path_log_prob`.
+(`kizuna.modules._numba_kernels.viterbi`, hmmlearn's algorithm). Each returns a most probable path, with its
+:math:`\log p(x, z)` summed by `kizuna.modules._viterbi.path_log_prob` on both backends.
+
+Where one path is the most probable, both backends return it (the same path and score). Where several paths tie,
+the numba loop returns the loop over time's (`kizuna.modules._forward_backward.viterbi_loop`: the first maximum at
+every step, as hmmlearn), and torch may return another of them: its chunked recursions add in another order
+(`kizuna.modules._chain_scan.max_product` below ``kizuna.modules._viterbi.SCAN_FROM`` = 30,000 transitions in the
+longest sequence, where rounding can break an exact tie the other way; from there on the rank-convergence scan of
+`kizuna.modules._viterbi`, which also treats candidates within ``ATOL`` = 1e-9 of each other as tied). The paths
+then differ only between tied candidates and their scores agree to rounding (measured with two states of identical
+emissions: the same paths over 5,000 steps, paths differing at 3 of 29,000 steps and at 9 of 40,000, scores within
+5e-11).
 """
 
 from __future__ import annotations
