@@ -519,3 +519,20 @@ def test_impossible_sequences_and_bad_emissions_are_named(backend):
     with pytest.raises(ValueError, match=r"viterbi: sequence 0, step 2 \(row 2\) is impossible in every state"):
         model.decode(x)
     assert model.score(x) == -np.inf
+
+
+def test_fit_history_survives_save_and_load(tmp_path):
+    """history_ and converged_ are part of HMM's saved state, as GMM's fitted history and the VAE's loss history
+    (they were lost: a loaded model had no history); a save without them still loads."""
+    from kizuna.modules.persistence import load_module, save_module
+
+    x, _ = reference("diag").sample(200, random_state=1)
+    model = HMM(3, n_iter=50, tol=1e-3, random_state=0).fit(x)
+    assert model.converged_ and len(model.history_) > 1
+    restored = load_module(HMM(3), save_module(model, tmp_path / "hmm.pt"))
+    assert restored.history_ == model.history_ and restored.converged_ is True
+    assert restored.score(x) == model.score(x)
+    old = {k: v for k, v in model.state_dict().items() if k not in ("history_", "converged_")}
+    fresh = HMM(3)
+    fresh.load_state_dict(old)
+    assert fresh.history_ is None and fresh.converged_ is False and fresh.score(x) == model.score(x)

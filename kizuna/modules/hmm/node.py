@@ -60,13 +60,16 @@ class HMM(ClassModule, HiddenMarkovModel):
 
     @dataclass
     class State(ClassModule.State):
-        """Also the chain's and the emissions' parameters."""
+        """Also the chain's and the emissions' parameters, and the last `fit`'s log-likelihoods and convergence (as
+        GMM's fitted history and the VAE's loss history)."""
 
         startprob_: Tensor | None = None
         transmat_: Tensor | None = None
         means_: Tensor | None = None
         covars_: Tensor | None = None
         emissionprob_: Tensor | None = None
+        history_: list[float] | None = None
+        converged_: bool = False
 
     def __init__(self, n_components: int = 1, category: Any = None, *, emission: str = "gaussian",
                  covariance_type: str = "diag", min_covar: float = 1e-3, startprob_prior: float = 1.0,
@@ -83,6 +86,11 @@ class HMM(ClassModule, HiddenMarkovModel):
         self.lengths, self.n_particles = lengths, n_particles
         self._emissions()  # a node reports bad settings when the graph is built
         check_backend(backend, self._owner)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """See `Stateful.load_state_dict`; a save from before ``history_`` and ``converged_`` were saved loads
+        without a history."""
+        super().load_state_dict({"history_": None, "converged_": False, **state})
 
     def fit(self, X: Any, lengths: Lengths = None) -> HMM:
         """See `HiddenMarkovModel.fit`; also sets ``posterior`` (the training sequence's smoothed marginals)."""
