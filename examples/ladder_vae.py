@@ -12,9 +12,10 @@ batch 100, on the negative ELBO with the KL terms warmed up linearly from 0 to 1
 or on minus the IWAE bound with ``k_train`` samples (5 in the full run, as `examples/iwae.py` trains the
 IWAE). With early stopping (the smoke run's default) a tenth of the
 training images is held out and the weights with its best ELBO (``k_val = 1``) or IWAE estimate of
-:math:`\log p(x)` with ``k_val`` samples are kept, checked every 5 epochs; without it every training
-image is used for ``epochs`` epochs, as `examples/vae.py` trains the single-layer VAE (the full run's
-default: 100 epochs, the VAE's 784-400-400 encoder and decoder for the bottom layer). The held-out
+:math:`\log p(x)` with ``k_val`` samples are kept, checked every 5 epochs after the warm-up and after the
+last epoch; without it every training image is used for ``epochs`` epochs, as `examples/vae.py` trains
+the single-layer VAE (the full run's default: 100 epochs, the VAE's 784-400-400 encoder and decoder for the
+bottom layer). The held-out
 :math:`\log p(x)` is estimated with ``k`` importance samples of :math:`q(z_1, z_2|x)` (IWAE bound;
 5,000 in full runs), as `examples/vae.py` reports the single-layer VAE (−95.0 nats on the 1,000 test
 images) and `examples/iwae.py` the IWAE (−94.0 on the first 500, reported here as ``test_ll_first_500``).
@@ -66,12 +67,20 @@ def _validation(m: LadderVAE, x_val: torch.Tensor, k_val: int) -> float:
         return log_likelihood(m.p, m.q, {"x": x_val}, k=k_val).mean().item()
 
 
+def _checked(epoch: int, cfg: dict) -> bool:
+    """Whether early stopping validates after ``epoch`` (0-based): every 5 epochs once the KL warm-up is over, and
+    after the last epoch, so that the trained weights are always a candidate (a run shorter than the warm-up kept
+    the initial weights)."""
+    warm = cfg["k_train"] > 1 or epoch + 1 >= cfg["warmup"]
+    return (warm and (epoch + 1) % 5 == 0) or epoch + 1 == cfg["epochs"]
+
+
 def train(m: LadderVAE, x_train: torch.Tensor, cfg: dict, seed: int, verbose: bool) -> float:
     """Adam 1e-3, batch 100; returns CPU seconds.
 
     With ``early_stopping`` the last tenth of ``x_train`` is held out and the weights with its best ELBO
-    or, with ``k_val > 1``, IWAE estimate (checked every 5 epochs after the warm-up) are kept; without
-    it every training image is used for ``epochs`` epochs, as `examples/vae.py` trains.
+    or, with ``k_val > 1``, IWAE estimate (checked every 5 epochs after the warm-up, and after the last epoch) are
+    kept; without it every training image is used for ``epochs`` epochs, as `examples/vae.py` trains.
     """
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(m.parameters(), lr=1e-3)
@@ -86,8 +95,7 @@ def train(m: LadderVAE, x_train: torch.Tensor, cfg: dict, seed: int, verbose: bo
             optimizer.zero_grad()
             loss.eval({"x": x_fit[idx]}).backward()
             optimizer.step()
-        warm = cfg["k_train"] > 1 or epoch + 1 >= cfg["warmup"]
-        if x_val is not None and warm and (epoch + 1) % 5 == 0:
+        if x_val is not None and _checked(epoch, cfg):
             m.eval()
             val = _validation(m, x_val, cfg["k_val"])
             if val > best:

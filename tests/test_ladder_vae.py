@@ -229,3 +229,21 @@ def test_the_examples_options_that_would_do_nothing_are_refused():
         run(warmup=20)
     with pytest.raises(ValueError, match="add --early-stopping"):
         run(k_val=100)
+
+
+def test_early_stopping_keeps_the_trained_weights_of_a_run_shorter_than_the_warm_up():
+    """With early stopping, validation ran only every 5 epochs after the warm-up: a run that ended before the first
+    check (the smoke run with --epochs 9) loaded the initial weights back and reported the untrained model. The
+    last epoch is now checked too, so two epochs of a 10-epoch warm-up keep the trained weights."""
+    from example_loader import load_example
+
+    ex = load_example("ladder_vae")
+    cfg = dict(ex.SMOKE, epochs=2, warmup=10)
+    torch.manual_seed(0)
+    m = LadderVAE(6, [3, 2], [8, 8])
+    x = (torch.rand(40, 6) > 0.5).float()
+    initial = {k: v.clone() for k, v in m.state_dict().items()}
+    ex.train(m, x, cfg, seed=0, verbose=False)
+    assert any(not torch.equal(initial[k], v) for k, v in m.state_dict().items())
+    assert [e + 1 for e in range(60) if ex._checked(e, dict(ex.SMOKE))] == list(range(10, 61, 5))  # as before
+    assert [e + 1 for e in range(12) if ex._checked(e, dict(ex.SMOKE, epochs=12))] == [10, 12]
