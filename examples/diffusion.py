@@ -29,17 +29,22 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from kizuna.datasets import load_digits, load_fashion_mnist, split
-from kizuna.distributions import DDPM, DiffusionDecoder, DiffusionReverse, DiffusionSchedule
-from kizuna.losses import diffusion_bound, hybrid_diffusion_loss, simple_diffusion_loss
-from kizuna.metrics import classifier_two_sample_test
-from kizuna.models import Model
-from kizuna.nets import UNet
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import positive_int  # noqa: E402
+
+from kizuna.datasets import load_digits, load_fashion_mnist, split  # noqa: E402
+from kizuna.distributions import DDPM, DiffusionDecoder, DiffusionReverse, DiffusionSchedule  # noqa: E402
+from kizuna.losses import diffusion_bound, hybrid_diffusion_loss, simple_diffusion_loss  # noqa: E402
+from kizuna.metrics import classifier_two_sample_test  # noqa: E402
+from kizuna.models import Model  # noqa: E402
+from kizuna.nets import UNet  # noqa: E402
 
 SMOKE = {"dataset": "digits", "hidden": 256, "steps": 800, "batch": 128, "lr": 2e-3, "n_exact": 64, "n_eval": 150}
 FULL = {"dataset": "fashion", "hidden": 1024, "steps": 20000, "batch": 128, "lr": 5e-4, "n_exact": 300, "n_eval": 1000}
@@ -113,7 +118,10 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, net: str
     """Train the DDPM; return the test bound (bits/dim), the baselines and the samples' C2ST accuracy."""
     cfg = dict(SMOKE if smoke else FULL)
     cfg["dataset"] = dataset or cfg["dataset"]
-    cfg["steps"] = steps or cfg["steps"]
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"diffusion: steps must be a positive integer, got {steps}")
+        cfg["steps"] = steps
     torch.manual_seed(seed)
     x_train, x_test = images(cfg["dataset"], seed)
     levels, x_dim = LEVELS[cfg["dataset"]], x_train.shape[1]
@@ -159,7 +167,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", choices=["digits", "fashion"], default=None)
     parser.add_argument("--net", choices=["mlp", "unet"], default="mlp", help="the noise predictor")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 800 smoke, 20,000 full)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="training steps (default: 800 smoke, 20,000 full)")
     parser.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
                         help="Ho et al.'s linear or Nichol & Dhariwal's cosine noise schedule")
     parser.add_argument("--variance", choices=["beta", "posterior", "learned"], default="beta",

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import non_negative_int  # noqa: E402
 from _common import bernoulli_baseline, binary_images, fit, report  # noqa: E402
 
 from kizuna.distributions import Bernoulli, PixelCNNCategorical  # noqa: E402
@@ -83,11 +84,15 @@ def run(smoke: bool = False, seed: int = 0, epochs: int | None = None, prior_epo
         ) -> dict[str, float]:
     """Train stage 1 and the prior; return the test bound (nats, bits/dim), codes used and CPU seconds.
 
-    ``epochs`` and ``prior_epochs`` replace the configuration's (`FULL` or `SMOKE`) epochs of each stage.
+    ``epochs`` and ``prior_epochs`` replace the configuration's (`FULL` or `SMOKE`) epochs of each stage (0: the
+    stage stays untrained).
     """
     cfg = dict(SMOKE if smoke else FULL)
-    cfg["epochs"] = epochs or cfg["epochs"]
-    cfg["prior_epochs"] = prior_epochs or cfg["prior_epochs"]
+    for key, value in (("epochs", epochs), ("prior_epochs", prior_epochs)):
+        if value is not None:
+            if value < 0:
+                raise ValueError(f"vqvae: {key} must be a non-negative integer, got {value}")
+            cfg[key] = value
     torch.manual_seed(seed)
     x_train, _, x_test, _ = binary_images(cfg["dataset"], seed=seed, n_test=cfg["n_test"])
     grid = cfg["side"] // 2 ** cfg["downs"]
@@ -116,8 +121,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="digits, a short run (CI)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, help="epochs of stage 1 (encoder, codebook, decoder)")
-    parser.add_argument("--prior-epochs", type=int, help="epochs of stage 2 (the PixelCNN prior)")
+    parser.add_argument("--epochs", type=non_negative_int, help="epochs of stage 1 (encoder, codebook, decoder)")
+    parser.add_argument("--prior-epochs", type=non_negative_int, help="epochs of stage 2 (the PixelCNN prior)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     report(run(smoke=args.smoke, seed=args.seed, epochs=args.epochs, prior_epochs=args.prior_epochs))

@@ -1,0 +1,70 @@
+"""The examples' command lines: a bad value is a usage error (exit status 2, a message naming the option) before
+anything is loaded or trained, and a meaningful edge value (``--epochs 0``) is taken as given.
+
+`parsed` runs ``examples/<name>.py`` as ``__main__`` with `argparse` stopped right after parsing, so nothing
+trains even where the old code accepted the value."""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+
+import pytest
+from example_loader import EXAMPLES, load_example
+
+
+class _Parsed(Exception):
+    """Raised in place of returning from ``parse_args``: the parsed namespace, nothing run after it."""
+
+
+def parsed(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """The namespace ``examples/<name>.py argv`` parses to (a `SystemExit` for a usage error)."""
+    original = argparse.ArgumentParser.parse_args
+
+    def stop(self: argparse.ArgumentParser, args: list[str] | None = None, namespace: object = None) -> None:
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    path = EXAMPLES / f"{name}.py"
+    monkeypatch.setattr(sys, "argv", [str(path), *argv])
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except _Parsed as done:
+        return done.args[0]
+    raise AssertionError(f"{name} never parsed its arguments")
+
+
+def usage_error(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> str:
+    """The message of the usage error ``examples/<name>.py argv`` gives (fails if it parses)."""
+    with pytest.raises(SystemExit) as exit_:
+        parsed(name, argv, monkeypatch)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "argv", "message"), [
+    ("diffusion", ["--smoke", "--steps", "0"], "argument --steps: invalid value 0: give a positive integer"),
+    ("diffusion", ["--smoke", "--steps", "-1"], "argument --steps: invalid value -1: give a positive integer"),
+    ("vqvae", ["--smoke", "--epochs", "-1"], "argument --epochs: invalid value -1: give a non-negative integer"),
+    ("vqvae", ["--smoke", "--prior-epochs", "x"], "argument --prior-epochs: invalid value 'x'"),
+])
+def test_step_and_epoch_counts_are_checked(name, argv, message, monkeypatch, capsys):
+    """``--steps 0`` ran the default 800 steps (``steps or cfg["steps"]``) and ``--steps -1`` none, then failed
+    with an UnboundLocalError."""
+    assert message in usage_error(name, argv, monkeypatch, capsys)
+
+
+def test_zero_epochs_is_taken_as_given(monkeypatch):
+    """vqvae's ``--epochs 0`` / ``--prior-epochs 0`` (an untrained stage) were replaced by the defaults."""
+    args = parsed("vqvae", ["--smoke", "--epochs", "0", "--prior-epochs", "0"], monkeypatch)
+    assert (args.epochs, args.prior_epochs) == (0, 0)
+    given = []
+    vqvae = load_example("vqvae")
+    monkeypatch.setattr(vqvae, "fit", lambda model, data, epochs, **kw: given.append(epochs) or 0.0)
+    vqvae.run(smoke=True, epochs=0, prior_epochs=0)  # nothing fitted: only the untrained model's test bound
+    assert given == [0, 0]
+    with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
+        vqvae.run(smoke=True, epochs=-1)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        load_example("diffusion").run(smoke=True, steps=0)
