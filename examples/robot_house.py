@@ -25,42 +25,50 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from kizuna.robot_demo import _print, run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import non_negative_int, positive_int, seed_arg  # noqa: E402
+
+from kizuna.cli import SEED_MAX  # noqa: E402
+from kizuna.robot_demo import _print, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
+    parser.add_argument("--seeds", type=positive_int, default=5, help="seeds 0 .. N-1 (default 5)")
     parser.add_argument("--words", choices=("clean", "phonemes"), default="clean")
     parser.add_argument("--out", default=None, help="append one JSON line per seed to this file")
-    parser.add_argument("--split-merge", type=int, default=None, metavar="S",
+    parser.add_argument("--split-merge", type=non_negative_int, default=None, metavar="S",
                         help="split-merge proposals per concept sweep (0: none; default: SpatialConcept's)")
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+N-1 (default 0)")
+    parser.add_argument("--first-seed", type=seed_arg, default=0, help="seeds FIRST .. FIRST+N-1 (default 0)")
     parser.add_argument("--sweeps", type=int, default=30, help="concept sweeps per update (default 30)")
     parser.add_argument("--alpha", type=float, default=None, help="stick-breaking alpha (default: the demo's, 1.0)")
     parser.add_argument("--beta", type=float, nargs=2, default=None, metavar=("WORDS", "VIEWS"),
                         help="Dirichlet beta of the word and view distributions (default: the demo's, 2.0 0.5)")
-    parser.add_argument("--chains", type=int, default=None, metavar="R",
+    parser.add_argument("--chains", type=positive_int, default=None, metavar="R",
                         help="phonemes: segmentation chains the concepts choose among (default 1)")
     parser.add_argument("--prior-mode", choices=("sir", "exact", "slot", "name"), default=None,
                         help="phonemes: how the concept module's belief enters the segmentation (default 'sir')")
-    parser.add_argument("--sweeps-per-update", type=int, default=None, metavar="S",
+    parser.add_argument("--sweeps-per-update", type=non_negative_int, default=None, metavar="S",
                         help="phonemes: segmentation sweeps of every update after the first (default 2)")
     parser.add_argument("--relearn", action="store_true",
                         help="phonemes: the segmenter starts again when the concepts first come down")
-    parser.add_argument("--type-moves", type=int, default=None, metavar="M",
+    parser.add_argument("--type-moves", type=non_negative_int, default=None, metavar="M",
                         help="phonemes: name moves (type-level MH) after every segmentation sweep (default 0)")
     parser.add_argument("--shuffle-concepts", action="store_true",
                         help="phonemes, a control: the segmenter gets the concept posterior with its rows permuted "
                              "across the events (the concepts' form without their place information)")
-    parser.add_argument("--new-utterances", type=int, default=0, metavar="N",
+    parser.add_argument("--new-utterances", type=non_negative_int, default=0, metavar="N",
                         help="phonemes: also segment N utterances of a new draw of the house with the fitted "
                              "segmenters (WordSegmenter.segment) and report the place names' F on them")
     parser.add_argument("--smoke", action="store_true", help="one seed, 150 events, 2 iterations")
     args = parser.parse_args(argv)
+    if args.first_seed + (1 if args.smoke else args.seeds) - 1 > SEED_MAX:
+        parser.error(f"--first-seed {args.first_seed} with --seeds {args.seeds}: the last seed is above 2**64 - 1")
     concept = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
     segmenter = {k: v for k, v in (("n_chains", args.chains), ("prior_mode", args.prior_mode),
                                     ("relearn", args.relearn or None), ("sweeps_per_update", args.sweeps_per_update),

@@ -68,3 +68,25 @@ def test_zero_epochs_is_taken_as_given(monkeypatch):
         vqvae.run(smoke=True, epochs=-1)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         load_example("diffusion").run(smoke=True, steps=0)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seeds", "0"], "argument --seeds: invalid value 0: give a positive integer"),
+    (["--smoke", "--first-seed", "-1"], "argument --first-seed: invalid seed -1: give a non-negative integer"),
+    (["--seeds", "2", "--first-seed", str(2**64 - 1)], "the last seed is above 2**64 - 1"),
+    (["--words", "phonemes", "--chains", "0"], "argument --chains: invalid value 0: give a positive integer"),
+    (["--new-utterances", "-3"], "argument --new-utterances: invalid value -3: give a non-negative integer"),
+])
+def test_robot_house_refuses_seeds_that_run_nothing_or_fail(argv, message, monkeypatch, capsys):
+    """``--seeds 0`` ran no seed, then failed with an IndexError (rows[0]); ``--first-seed -1`` failed inside
+    numpy's seeding."""
+    robot_house = load_example("robot_house")
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("robot_house ran a seed")
+
+    monkeypatch.setattr(robot_house, "run", no_run)
+    with pytest.raises(SystemExit) as exit_:
+        robot_house.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
