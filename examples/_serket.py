@@ -38,6 +38,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from _args import seed_arg
 
 from kizuna import modules as km
 from kizuna.metrics import adjusted_rand_score, clustering_accuracy, normalized_mutual_info_score
@@ -293,7 +294,7 @@ def cli(run: Callable[..., dict[str, float]], doc: str | None, options: argparse
     parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0],
                                      parents=[options] if options is not None else [])
     parser.add_argument("--smoke", action="store_true", help="a small subset, a few seconds (CI)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--data", default=None, help=f"SERKET's example data (default {DEFAULT_DATA})")
     args = vars(parser.parse_args())
     torch.set_num_threads(1)

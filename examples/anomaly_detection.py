@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _multimodal as shared  # noqa: E402
+from _args import seed_arg  # noqa: E402
 
 from kizuna.datasets import load_digits, load_fashion_mnist, split  # noqa: E402
 from kizuna.distributions import Bernoulli  # noqa: E402
@@ -88,9 +89,12 @@ def held_out_class(cfg: dict, data: tuple[Tensor, ...], c: int, seed: int) -> di
 def run(smoke: bool = False, seed: int = 0, held_out: tuple[int, ...] | None = None) -> dict[str, float]:
     """ROC-AUC of the VAE scores and the baselines, per held-out class (and their mean)."""
     cfg = dict(SMOKE if smoke else FULL)
+    classes = held_out if held_out is not None else cfg["held_out"]
+    if any(c not in range(10) for c in classes):
+        raise ValueError(f"anomaly_detection: held-out classes are 0-9, got {tuple(classes)}")
     data = load(cfg["dataset"], seed)
     metrics: dict[str, float] = {}
-    for c in held_out if held_out is not None else cfg["held_out"]:
+    for c in classes:
         metrics.update(held_out_class(cfg, data, c, seed))
     for name in ("iwae", "elbo", "pca", "pixels"):
         values = [v for k, v in metrics.items() if k.startswith(f"auc_{name}_")]
@@ -101,8 +105,9 @@ def run(smoke: bool = False, seed: int = 0, held_out: tuple[int, ...] | None = N
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="digits, a few seconds")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--held-out", type=int, nargs="+", help="classes to hold out (default: see FULL / SMOKE)")
+    parser.add_argument("--seed", type=seed_arg, default=0)
+    parser.add_argument("--held-out", type=int, nargs="+", choices=range(10), metavar="CLASS",
+                        help="classes 0-9 to hold out (default: see FULL / SMOKE)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     shared.report(run(smoke=args.smoke, seed=args.seed, held_out=tuple(args.held_out) if args.held_out else None))

@@ -20,14 +20,19 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from kizuna.datasets import load_digits, load_fashion_mnist, load_mnist, split
-from kizuna.distributions import Distribution, MADEBernoulli, PixelCNNBernoulli
-from kizuna.losses import LogProb
-from kizuna.models import Model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
+
+from kizuna.datasets import load_digits, load_fashion_mnist, load_mnist, split  # noqa: E402
+from kizuna.distributions import Distribution, MADEBernoulli, PixelCNNBernoulli  # noqa: E402
+from kizuna.losses import LogProb  # noqa: E402
+from kizuna.models import Model  # noqa: E402
 
 
 def load(dataset: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -104,7 +109,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str = "digits") -> dict[str
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a short run (CI)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--dataset", choices=["digits", "mnist", "fashion"], default="digits")
     args = parser.parse_args()
     torch.set_num_threads(1)

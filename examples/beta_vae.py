@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
 from _common import fit, report, standard_normal  # noqa: E402
 
 from kizuna.distributions import MLPBernoulli, MLPNormal  # noqa: E402
@@ -135,7 +136,7 @@ def run(smoke: bool = False, seed: int = 0) -> dict[str, float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a small grid, one seed (CI)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     report(run(smoke=args.smoke, seed=args.seed))

@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
 from _common import fit, report  # noqa: E402
 
 from kizuna.distributions import Normal  # noqa: E402
@@ -137,7 +138,7 @@ def run(smoke: bool = False, seed: int = 0) -> dict[str, float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="fewer steps (CI)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     report(run(smoke=args.smoke, seed=args.seed))

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import positive_int  # noqa: E402
+from _args import positive_int, seed_arg  # noqa: E402
 
 from kizuna.datasets import load_digits, load_fashion_mnist, split  # noqa: E402
 from kizuna.distributions import DDPM, DiffusionDecoder, DiffusionReverse, DiffusionSchedule  # noqa: E402
@@ -164,7 +164,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, net: str
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a quick run on scikit-learn digits")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--dataset", choices=["digits", "fashion"], default=None)
     parser.add_argument("--net", choices=["mlp", "unet"], default="mlp", help="the noise predictor")
     parser.add_argument("--steps", type=positive_int, default=None,

@@ -22,18 +22,23 @@ Run: ``python examples/ebm.py`` (Fashion-MNIST) or ``--smoke`` (scikit-learn dig
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from scipy import stats
 from torch import nn
 
-from kizuna.datasets import load_digits, load_fashion_mnist, split
-from kizuna.distributions import EnergyDistribution
-from kizuna.losses import ContrastiveDivergence
-from kizuna.metrics import classifier_two_sample_test
-from kizuna.models import Model
-from kizuna.samplers import SGLD
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
+
+from kizuna.datasets import load_digits, load_fashion_mnist, split  # noqa: E402
+from kizuna.distributions import EnergyDistribution  # noqa: E402
+from kizuna.losses import ContrastiveDivergence  # noqa: E402
+from kizuna.metrics import classifier_two_sample_test  # noqa: E402
+from kizuna.models import Model  # noqa: E402
+from kizuna.samplers import SGLD  # noqa: E402
 
 SMOKE = {"dataset": "digits", "hidden": 256, "steps": 200, "batch": 64, "lr": 1e-3, "sgld_steps": 15,
          "step_size": 1.0, "noise": 0.01, "alpha": 0.1, "buffer": 2000, "n_eval": 300, "classifiers": ("logistic",)}
@@ -118,7 +123,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a quick run on scikit-learn digits")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--dataset", choices=["digits", "fashion"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -23,19 +23,24 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from kizuna.datasets import load_digits, split
-from kizuna.distributions import FlowMatching, InverseTransformedDistribution
-from kizuna.flows import FlowList, Preprocess
-from kizuna.losses import flow_matching_loss
-from kizuna.metrics import classifier_two_sample_test
-from kizuna.models import Model
-from kizuna.nets import UNet
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
+
+from kizuna.datasets import load_digits, split  # noqa: E402
+from kizuna.distributions import FlowMatching, InverseTransformedDistribution  # noqa: E402
+from kizuna.flows import FlowList, Preprocess  # noqa: E402
+from kizuna.losses import flow_matching_loss  # noqa: E402
+from kizuna.metrics import classifier_two_sample_test  # noqa: E402
+from kizuna.models import Model  # noqa: E402
+from kizuna.nets import UNet  # noqa: E402
 
 LEVELS = 17
 SMOKE = {"hidden": 256, "steps": 600, "batch": 128, "lr": 2e-3, "n_test": 120, "rk4": 8, "n_eval": 150, "ema": 0.99}
@@ -146,7 +151,7 @@ def run(smoke: bool = False, seed: int = 0, net: str = "mlp") -> dict[str, float
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a short run (CI)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--net", choices=["mlp", "unet"], default="mlp", help="the velocity network")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -22,16 +22,21 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 from sklearn.datasets import make_moons
 
-from kizuna.datasets import load_digits, split
-from kizuna.distributions import InverseTransformedDistribution, Normal
-from kizuna.flows import MAF, ActNorm, AffineCoupling, Flow, FlowList, Preprocess, Reverse, Shuffle
-from kizuna.losses import LogProb
-from kizuna.models import Model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
+
+from kizuna.datasets import load_digits, split  # noqa: E402
+from kizuna.distributions import InverseTransformedDistribution, Normal  # noqa: E402
+from kizuna.flows import MAF, ActNorm, AffineCoupling, Flow, FlowList, Preprocess, Reverse, Shuffle  # noqa: E402
+from kizuna.losses import LogProb  # noqa: E402
+from kizuna.models import Model  # noqa: E402
 
 LEVELS = 17  # scikit-learn digits: grey levels 0..16
 
@@ -137,7 +142,7 @@ def run(smoke: bool = False, seed: int = 0) -> dict[str, float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a short run (CI)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     for key, value in run(smoke=args.smoke, seed=args.seed).items():

@@ -27,17 +27,22 @@ Run: ``python examples/gan.py`` (Fashion-MNIST) or ``--smoke`` (scikit-learn dig
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from kizuna.datasets import load_digits, load_fashion_mnist, split
-from kizuna.distributions import Bernoulli, Deterministic, Normal
-from kizuna.losses import AdversarialWassersteinDistance
-from kizuna.metrics import classifier_two_sample_test
-from kizuna.models import GAN
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
+
+from kizuna.datasets import load_digits, load_fashion_mnist, split  # noqa: E402
+from kizuna.distributions import Bernoulli, Deterministic, Normal  # noqa: E402
+from kizuna.losses import AdversarialWassersteinDistance  # noqa: E402
+from kizuna.metrics import classifier_two_sample_test  # noqa: E402
+from kizuna.models import GAN  # noqa: E402
 
 SMOKE = {"dataset": "digits", "z_dim": 16, "hidden": 128, "steps": 150, "batch": 64, "lr": 1e-3, "n_eval": 350,
          "classifiers": ("logistic",)}
@@ -150,7 +155,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, loss: st
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a quick run on scikit-learn digits")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--dataset", choices=["digits", "fashion"], default=None)
     parser.add_argument("--loss", choices=["wgan-gp", "js"], default="wgan-gp")
     args = parser.parse_args()

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
 from _common import (  # noqa: E402
     bernoulli_baseline,
     binary_images,
@@ -89,7 +90,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="digits, a few epochs (CI)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--dataset", choices=["digits", "mnist", "fashion"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)

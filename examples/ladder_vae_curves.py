@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import positive_int, seed_arg  # noqa: E402
 from _common import binary_images, standard_normal  # noqa: E402
 from vae import build  # noqa: E402
 
@@ -146,11 +147,11 @@ def main(models: list[str], epochs: int, every: int, k: int, n_eval: int, seed: 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=["vae", "ladder"])
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--every", type=int, default=10)
-    parser.add_argument("--k", type=int, default=100, help="importance samples of the held-out log p(x)")
-    parser.add_argument("--n-eval", type=int, default=300, help="held-out (and training) images evaluated")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=positive_int, default=100)
+    parser.add_argument("--every", type=positive_int, default=10)
+    parser.add_argument("--k", type=positive_int, default=100, help="importance samples of the held-out log p(x)")
+    parser.add_argument("--n-eval", type=positive_int, default=300, help="held-out (and training) images evaluated")
+    parser.add_argument("--seed", type=seed_arg, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     main(args.models, args.epochs, args.every, args.k, args.n_eval, args.seed)

@@ -10,11 +10,16 @@ digits, 3 sweeps.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
-from kizuna import demo
-from kizuna import modules as km
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
+
+from kizuna import demo  # noqa: E402
+from kizuna import modules as km  # noqa: E402
 
 WEIGHTINGS = {"default (posterior: 5 tokens)": None, "[None, 10] (equal)": [None, 10],
               "[None, 100] (the old default)": [None, 100], "[200, 200] (SERKET's)": [200, 200]}
@@ -43,6 +48,6 @@ def run(smoke: bool = False, seed: int = 0) -> dict[str, float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="600 digits, 3 sweeps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     args = parser.parse_args()
     run(args.smoke, args.seed)

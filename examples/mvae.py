@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _multimodal as shared  # noqa: E402
+from _args import seed_arg  # noqa: E402
 
 from kizuna.distributions import ProductOfNormal  # noqa: E402
 from kizuna.formula.expr import EvalContext  # noqa: E402
@@ -116,7 +117,7 @@ def run(smoke: bool = False, seed: int = 0) -> dict[str, float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="digits, a few seconds")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     shared.report(run(smoke=args.smoke, seed=args.seed))

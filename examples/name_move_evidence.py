@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from kizuna.datasets.house import simulated_house
-from kizuna.modules.npylm import gibbs_sweep
-from kizuna.modules.npylm_slot import ConceptNames
-from kizuna.modules.npylm_types import candidates, type_move
-from kizuna.modules.word_segmenter import WordSegmenter
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
+
+from kizuna.datasets.house import simulated_house  # noqa: E402
+from kizuna.modules.npylm import gibbs_sweep  # noqa: E402
+from kizuna.modules.npylm_slot import ConceptNames  # noqa: E402
+from kizuna.modules.npylm_types import candidates, type_move  # noqa: E402
+from kizuna.modules.word_segmenter import WordSegmenter  # noqa: E402
 
 NAMES = {"kIC6n", "bEdrum", "b&Trum", "lIvIN", "l7nJ", "st^di", "hOl", "Entr6ns", "D6"}  # noise-free spellings
 
@@ -57,5 +62,5 @@ def main(seeds: list[int]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("seeds", type=int, nargs="*", default=[1], help="house seeds (default: %(default)s)")
+    parser.add_argument("seeds", type=seed_arg, nargs="*", default=[1], help="house seeds (default: %(default)s)")
     main(parser.parse_args().seeds)

@@ -18,14 +18,19 @@ resampled five times on the whole segmentation; mean of three seatings), under
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from kizuna.datasets.house import simulated_house
-from kizuna.modules.npylm import NPYLM
-from kizuna.modules.npylm_name import NAME, NameSlots, lm_words
-from kizuna.modules.npylm_slot import ConceptNames
-from kizuna.modules.npylm_types import add_scored
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
+
+from kizuna.datasets.house import simulated_house  # noqa: E402
+from kizuna.modules.npylm import NPYLM  # noqa: E402
+from kizuna.modules.npylm_name import NAME, NameSlots, lm_words  # noqa: E402
+from kizuna.modules.npylm_slot import ConceptNames  # noqa: E402
+from kizuna.modules.npylm_types import add_scored  # noqa: E402
 
 
 def segmentations(house: dict) -> tuple[list, list, list, list]:
@@ -107,5 +112,5 @@ def main(seeds: list[int]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("seeds", type=int, nargs="*", default=[1, 3], help="house seeds (default: %(default)s)")
+    parser.add_argument("seeds", type=seed_arg, nargs="*", default=[1, 3], help="house seeds (default: %(default)s)")
     main(parser.parse_args().seeds)

@@ -27,17 +27,22 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from kizuna.datasets import load_digits, load_fashion_mnist, split
-from kizuna.distributions import Categorical, Deterministic, Normal
-from kizuna.losses import Expectation, Loss, denoising_score_matching
-from kizuna.metrics import classifier_two_sample_test
-from kizuna.models import Model
-from kizuna.samplers import annealed_langevin_dynamics
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import seed_arg  # noqa: E402
+
+from kizuna.datasets import load_digits, load_fashion_mnist, split  # noqa: E402
+from kizuna.distributions import Categorical, Deterministic, Normal  # noqa: E402
+from kizuna.losses import Expectation, Loss, denoising_score_matching  # noqa: E402
+from kizuna.metrics import classifier_two_sample_test  # noqa: E402
+from kizuna.models import Model  # noqa: E402
+from kizuna.samplers import annealed_langevin_dynamics  # noqa: E402
 
 SMOKE = {"dataset": "digits", "hidden": 256, "levels": 8, "sigma_min": 0.03, "steps": 1000, "batch": 128,
          "lr": 2e-3, "langevin_steps": 20, "eps": 1e-4, "n_eval": 300, "classifiers": ("logistic",)}
@@ -149,7 +154,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a quick run on scikit-learn digits")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--dataset", choices=["digits", "fashion"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
+from _args import positive_int  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 
@@ -90,7 +91,7 @@ def study(seed: int, smoke: bool, data: str | None) -> dict[str, dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=positive_int, default=5)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--data", default=None)
     args = parser.parse_args()

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
+from _args import positive_int, seed_arg  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 from kizuna.metrics import clustering_accuracy  # noqa: E402
@@ -60,10 +61,10 @@ def cluster(x: torch.Tensor, variant: str, chain: int, sweeps: int) -> np.ndarra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--latents", required=True, help="folder of serket_gmm_samplers.py --dump files")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--chains", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1])
+    parser.add_argument("--chains", type=seed_arg, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--sweeps", type=int, default=100)
+    parser.add_argument("--sweeps", type=positive_int, default=100)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _args import positive_int, seed_arg  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 
@@ -83,13 +84,13 @@ def run(seed: int, samplers: list[str], smoke: bool = False, data: str | None = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--samplers", nargs="+", choices=S.SAMPLERS, default=list(S.SAMPLERS))
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=None, help="append each run as a JSON line to this file")
     parser.add_argument("--settings", choices=("serket", "full"), default="serket",
                         help="serket: 200 epochs and 100 sweeps every update; full: the digit examples' FULL")
-    parser.add_argument("--updates", type=int, default=None, help="mutual-inference updates (default 5)")
+    parser.add_argument("--updates", type=positive_int, default=None, help="mutual-inference updates (default 5)")
     parser.add_argument("--dump", default=None, help="save each run's state after the first update here")
     parser.add_argument("--smoke", action="store_true", help="500 digits, 15 epochs, 3 updates (seconds)")
     args = parser.parse_args()

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
+from _args import positive_int, seed_arg  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 from kizuna.modules.mlda_evidence import ROUNDINGS, token_counts  # noqa: E402
@@ -76,12 +77,12 @@ def mlda_accuracy(d: S.Digits, message: torch.Tensor, rounding: str, chain: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="VAE seeds")
-    parser.add_argument("--chains", type=int, nargs="+", default=[0, 1, 2], help="seeds of the GMM / MLDA chains")
+    parser.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1, 2], help="VAE seeds")
+    parser.add_argument("--chains", type=seed_arg, nargs="+", default=[0, 1, 2], help="seeds of the GMM / MLDA chains")
     parser.add_argument("--roundings", nargs="+", choices=ROUNDINGS, default=list(ROUNDINGS))
     parser.add_argument("--latents", default=None, help="folder of serket_gmm_samplers.py --dump files")
-    parser.add_argument("--sweeps", type=int, default=100, help="GMM sweeps (SERKET: 100)")
-    parser.add_argument("--mlda-sweeps", type=int, default=100, help="MLDA sweeps (SERKET: 100)")
+    parser.add_argument("--sweeps", type=positive_int, default=100, help="GMM sweeps (SERKET: 100)")
+    parser.add_argument("--mlda-sweeps", type=positive_int, default=100, help="MLDA sweeps (SERKET: 100)")
     parser.add_argument("--serket-priors", action="store_true", help="MLDA alpha = beta = 1 (SERKET's)")
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=None, help="append each result as a JSON line")

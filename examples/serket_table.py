@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
+from _args import positive_int, seed_arg  # noqa: E402
 
 EXAMPLES = {
     "serket_vae_gmm": "VAE+GMM",
@@ -79,11 +80,11 @@ def merge(files: list[Path]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. n-1 (default 5)")
+    parser.add_argument("--seeds", type=positive_int, default=5, help="seeds 0 .. n-1 (default 5)")
     parser.add_argument("--smoke", action="store_true", help="the examples' smoke settings")
     parser.add_argument("--only", nargs="+", choices=list(EXAMPLES), default=list(EXAMPLES))
     parser.add_argument("--data", default=None, help=f"SERKET's example data (default {S.DEFAULT_DATA})")
-    parser.add_argument("--seed-list", type=int, nargs="+", default=None, help="run these seeds instead of 0..n-1")
+    parser.add_argument("--seed-list", type=seed_arg, nargs="+", default=None, help="run these seeds instead of 0..n-1")
     parser.add_argument("--json", type=Path, default=None, help="also write every seed's metrics to this file")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="print the table of these --json files and exit (nothing is run)")

@@ -13,14 +13,19 @@ seatings), for an alone chain's segmentation and for the true (noisy) one.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from kizuna.datasets.house import simulated_house
-from kizuna.modules import WordSegmenter
-from kizuna.modules.npylm import NPYLM, gibbs_sweep
-from kizuna.modules.npylm_slot import ConceptNames
-from kizuna.robot_demo import place_name_f
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import positive_int, seed_arg  # noqa: E402
+
+from kizuna.datasets.house import simulated_house  # noqa: E402
+from kizuna.modules import WordSegmenter  # noqa: E402
+from kizuna.modules.npylm import NPYLM, gibbs_sweep  # noqa: E402
+from kizuna.modules.npylm_slot import ConceptNames  # noqa: E402
+from kizuna.robot_demo import place_name_f  # noqa: E402
 
 
 def oracle(house: dict, weight: float, seed: int, sweeps: int = 20) -> float:
@@ -57,9 +62,9 @@ def joint(house: dict, segmentation: list[list[str]], repeats: int = 3) -> float
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("oracle", "joint"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.2, 0.5], help="oracle: slot weights")
-    parser.add_argument("--chains", type=int, default=3, help="oracle: chains per setting")
+    parser.add_argument("--chains", type=positive_int, default=3, help="oracle: chains per setting")
     args = parser.parse_args(argv)
     for seed in args.seeds:
         house = simulated_house(300, seed=seed)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import non_negative_int  # noqa: E402
+from _args import non_negative_int, seed_arg  # noqa: E402
 from _common import bernoulli_baseline, binary_images, fit, report  # noqa: E402
 
 from kizuna.distributions import Bernoulli, PixelCNNCategorical  # noqa: E402
@@ -120,7 +120,7 @@ def run(smoke: bool = False, seed: int = 0, epochs: int | None = None, prior_epo
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="digits, a short run (CI)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--epochs", type=non_negative_int, help="epochs of stage 1 (encoder, codebook, decoder)")
     parser.add_argument("--prior-epochs", type=non_negative_int, help="epochs of stage 2 (the PixelCNN prior)")
     args = parser.parse_args()

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from kizuna.metrics.segmentation import segmentation_scores
-from kizuna.modules.npylm import NPYLM, gibbs_sweep, temperatures
-from kizuna.modules.word_segmenter import WordSegmenter
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import non_negative_int, positive_int, seed_arg  # noqa: E402
+
+from kizuna.metrics.segmentation import segmentation_scores  # noqa: E402
+from kizuna.modules.npylm import NPYLM, gibbs_sweep, temperatures  # noqa: E402
+from kizuna.modules.word_segmenter import WordSegmenter  # noqa: E402
 
 BRENT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "brent" / "br-phono.txt"
 
@@ -41,8 +45,8 @@ def _hyper(model: NPYLM) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=30, help="Gibbs sweeps (default 30)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iters", type=non_negative_int, default=30, help="Gibbs sweeps (default 30)")
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--max-word-length", type=int, default=10)
     parser.add_argument("--char-order", type=int, default=3)
     parser.add_argument("--anneal", type=float, default=1.0, help="starting temperature (default 1: no annealing)")
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="start from words of 1..this many phonemes (default: Mochihashi's sequential start)")
     parser.add_argument("--length-correction", action="store_true", help="Poisson word-length correction")
     parser.add_argument("--data", type=Path, default=BRENT, help="br-phono.txt (default ../shared/data/brent/)")
-    parser.add_argument("--first", type=int, default=None, help="only the first this many utterances")
+    parser.add_argument("--first", type=positive_int, default=None, help="only the first this many utterances")
     parser.add_argument("--smoke", action="store_true", help="500 utterances, 3 sweeps")
     args = parser.parse_args(argv)
     gold = load_brent(args.data)
