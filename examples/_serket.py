@@ -53,8 +53,18 @@ def data_dir(data: str | Path | None = None) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(
             f"SERKET example data not found at {path}. These examples need the data of naka-lab/Serket's "
-            "examples (mnist3000.npz, mMLDA/, HMM/), which kizuna does not ship: pass --data DIR.")
+            "examples (mnist3000.npz, mMLDA/, HMM/), which kizuna does not ship: pass --data DIR (docs/data.md, "
+            "SERKET's example data).")
     return path
+
+
+def check_data(parser: argparse.ArgumentParser, data: str | Path | None) -> None:
+    """A usage error (``parser.error``) if the SERKET data folder ``data`` (`data_dir`) is absent, before anything
+    runs."""
+    try:
+        data_dir(data)
+    except FileNotFoundError as err:
+        parser.error(str(err))
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -297,6 +307,7 @@ def cli(run: Callable[..., dict[str, float]], doc: str | None, options: argparse
     parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--data", default=None, help=f"SERKET's example data (default {DEFAULT_DATA})")
     args = vars(parser.parse_args())
+    check_data(parser, args["data"])
     torch.set_num_threads(1)
     start = time.time()
     metrics = run(**args)

@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--data", default=None)
     args = parser.parse_args()
+    S.check_data(parser, args.data)
     torch.set_num_threads(1)
     start = time.time()
     runs = [study(seed, args.smoke, args.data) for seed in range(args.seeds)]

@@ -67,6 +67,11 @@ def main() -> None:
     parser.add_argument("--sweeps", type=positive_int, default=100)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    missing = [str(Path(args.latents) / f"first_update_blocked_seed{seed}.npz") for seed in args.seeds
+               if not (Path(args.latents) / f"first_update_blocked_seed{seed}.npz").is_file()]
+    if missing:
+        parser.error(f"--latents {args.latents}: missing {', '.join(missing)} (write them with "
+                     "examples/serket_gmm_samplers.py --dump FOLDER)")
     torch.set_num_threads(1)
     results: dict[str, list[float]] = {}
     for seed in args.seeds:

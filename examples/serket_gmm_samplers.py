@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--dump", default=None, help="save each run's state after the first update here")
     parser.add_argument("--smoke", action="store_true", help="500 digits, 15 epochs, 3 updates (seconds)")
     args = parser.parse_args()
+    S.check_data(parser, args.data)
     torch.set_num_threads(1)
     for seed in args.seeds:
         for result in run(seed, args.samplers, args.smoke, args.data, args.dump, args.updates, args.settings):

@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="append each result as a JSON line")
     parser.add_argument("--smoke", action="store_true", help="500 digits, a 15-epoch VAE (seconds)")
     args = parser.parse_args()
+    S.check_data(parser, args.data)
     torch.set_num_threads(1)
     d = S.digits(args.data, S.SMOKE.n if args.smoke else None)
     summary: dict[str, list[float]] = {}

@@ -94,6 +94,7 @@ def main() -> None:
         return
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    S.check_data(parser, args.data)
     torch.set_num_threads(1)
     start = time.time()
     table(args.only, args.seed_list if args.seed_list else args.seeds, args.smoke, args.data, args.json)

@@ -33,7 +33,8 @@ BRENT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "brent"
 def load_brent(path: Path = BRENT) -> list[list[str]]:
     """The corpus as lists of words (one phoneme a character)."""
     if not path.exists():
-        raise FileNotFoundError(f"the Brent corpus is not at {path} (see DESIGN.md, Data)")
+        raise FileNotFoundError(f"the Brent corpus is not at {path}: pass --data FILE (docs/data.md, The Brent "
+                                "corpus)")
     return [line.split() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--first", type=positive_int, default=None, help="only the first this many utterances")
     parser.add_argument("--smoke", action="store_true", help="500 utterances, 3 sweeps")
     args = parser.parse_args(argv)
-    gold = load_brent(args.data)
+    try:
+        gold = load_brent(args.data)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     iters = args.iters
     if args.first is not None:
         gold = gold[:args.first]

@@ -138,3 +138,32 @@ def test_anomaly_detection_run_refuses_classes_outside_0_to_9():
 
 def test_ladder_vae_zero_epochs_is_an_evaluation_of_the_untrained_model(monkeypatch):
     assert parsed("ladder_vae", ["--smoke", "--epochs", "0"], monkeypatch).epochs == 0
+
+
+def ran(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``examples/<name>.py argv`` as ``__main__`` (for checks made after parsing)."""
+    path = EXAMPLES / f"{name}.py"
+    monkeypatch.setattr(sys, "argv", [str(path), *argv])
+    runpy.run_path(str(path), run_name="__main__")
+
+
+@pytest.mark.parametrize(("name", "argv", "message"), [
+    ("serket_hmm", ["--smoke", "--data", "{tmp}/nowhere"], "pass --data DIR (docs/data.md, SERKET's example data)"),
+    ("serket_vae_gmm", ["--data", "{tmp}/nowhere"], "SERKET example data not found at {tmp}/nowhere"),
+    ("serket_feedback_study", ["--smoke", "--data", "{tmp}/nowhere"], "pass --data DIR (docs/data.md"),
+    ("serket_gmm_samplers", ["--smoke", "--data", "{tmp}/nowhere"], "pass --data DIR (docs/data.md"),
+    ("serket_mlda_evidence", ["--smoke", "--data", "{tmp}/nowhere"], "pass --data DIR (docs/data.md"),
+    ("serket_table", ["--smoke", "--data", "{tmp}/nowhere"], "pass --data DIR (docs/data.md"),
+    ("serket_gmm_on_latents", ["--latents", "{tmp}/nowhere", "--seeds", "3"],
+     "missing {tmp}/nowhere/first_update_blocked_seed3.npz (write them with examples/serket_gmm_samplers.py --dump"),
+    ("word_segmentation", ["--smoke", "--data", "{tmp}/br-phono.txt"],
+     "the Brent corpus is not at {tmp}/br-phono.txt: pass --data FILE (docs/data.md, The Brent corpus)"),
+])
+def test_missing_data_is_a_usage_error_naming_the_guide(name, argv, message, tmp_path, monkeypatch, capsys):
+    """A missing data folder or file was a FileNotFoundError traceback (a numpy one for --latents), and the Brent
+    corpus's pointed to "DESIGN.md, Data", which is not in the repository."""
+    with pytest.raises(SystemExit) as exit_:
+        ran(name, [a.format(tmp=tmp_path) for a in argv], monkeypatch)
+    assert exit_.value.code == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert "DESIGN.md" not in (EXAMPLES / f"{name}.py").read_text()
