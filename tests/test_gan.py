@@ -180,6 +180,9 @@ def test_errors_name_the_problem() -> None:
         uneven.d_loss().eval({"x": torch.zeros(5, 1), "z": torch.zeros(3, 1)})
     with pytest.raises(ValueError, match="d_steps"):
         GAN(shifted([0.0, 0.0], "p"), Linear([1.0, 0.0]), d_steps=0)
+    for steps in (2.5, True):  # 2.5 failed at the first train() with a TypeError; True ran one step
+        with pytest.raises(ValueError, match="d_steps must be an int"):
+            GAN(shifted([0.0, 0.0], "p"), Linear([1.0, 0.0]), d_steps=steps)
 
 
 # ------------------------------------------------------------------ training

@@ -96,7 +96,9 @@ def test_large_and_image():
 
 @pytest.mark.parametrize("kwargs", [{"n_events": 0}, {"phoneme_error_rate": 2.0}, {"name_rate": -1},
                                     {"position_noise": -1.0}, {"position_noise": float("nan")},
-                                    {"position_noise": float("inf")}, {"view_noise": 1.5}])
+                                    {"position_noise": float("inf")}, {"view_noise": 1.5},
+                                    {"view_tokens": 2.5}, {"view_tokens": float("nan")}, {"view_tokens": True},
+                                    {"view_tokens": 0}, {"position_noise": True}])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         simulated_house(**{"n_events": 10, **kwargs})

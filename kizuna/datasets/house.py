@@ -23,8 +23,8 @@ Each teaching event :math:`n` draws an area (uniformly), a true position uniform
   names chosen uniformly ("this is the kitchen"), otherwise a sentence without a name ("look
   here"); as clean words, as bag-of-words counts ``word_counts`` over ``vocabulary``, and as a
   phoneme string (Brent-corpus symbols, one character a phoneme, no spaces) in which every
-  phoneme is substituted, deleted, or followed by an inserted phoneme, each with probability
-  ``phoneme_error_rate / 3``;
+  phoneme is substituted (by any phoneme, itself included), deleted, or followed by an inserted
+  phoneme, each with probability ``phoneme_error_rate / 3``;
 * ``view``: ``view_tokens`` counts over ``VIEW_FEATURES`` (objects the camera sees) drawn from
   the area's object distribution mixed with a uniform background (weight ``view_noise``);
   optionally ``image``: an 8×8 grey image, the area's template plus Gaussian pixel noise.
@@ -88,7 +88,9 @@ def view_distributions(noise: float) -> np.ndarray:
 
 
 def corrupt(phonemes: str, rate: float, alphabet: str, rng: np.random.Generator) -> str:
-    """Each phoneme substituted, deleted, or followed by an inserted one, each with probability ``rate / 3``.
+    """Each phoneme substituted, deleted, or followed by an inserted one, each with probability ``rate / 3``; a
+    substitution draws from the whole ``alphabet``, the phoneme itself included (so with probability
+    ``rate / (3 * len(alphabet))`` a substituted phoneme is unchanged: the changed share is ``rate (1 - 1 / (3 |A|))``).
 
     >>> corrupt("kIC6n", 0.0, "kIC6n", np.random.default_rng(0))
     'kIC6n'
@@ -96,7 +98,7 @@ def corrupt(phonemes: str, rate: float, alphabet: str, rng: np.random.Generator)
     u = rng.random(len(phonemes))
     out = []
     for ch, r in zip(phonemes, u):
-        if r < rate / 3:  # substitution by another phoneme
+        if r < rate / 3:  # substitution: any phoneme of the alphabet, this one included
             out.append(alphabet[rng.integers(len(alphabet))])
         elif r < 2 * rate / 3:  # deletion
             continue
@@ -113,8 +115,11 @@ def _check(n_events: int, rate: float, name_rate: float, sigma: float, tokens: i
     if not 0 <= rate <= 1 or not 0 <= name_rate <= 1:
         raise ValueError(f"simulated_house: phoneme_error_rate and name_rate must be in [0, 1], got {rate}, "
                          f"{name_rate}")
-    if not sigma >= 0 or not math.isfinite(sigma) or tokens < 1:  # (NaN fails every comparison)
-        raise ValueError(f"simulated_house: need position_noise >= 0 and view_tokens >= 1, got {sigma}, {tokens}")
+    if isinstance(sigma, bool) or not sigma >= 0 or not math.isfinite(sigma):  # (NaN fails every comparison)
+        raise ValueError(f"simulated_house: position_noise must be a number >= 0, got {sigma!r}")
+    if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 1:
+        raise ValueError(f"simulated_house: view_tokens must be a positive int (tokens per view histogram), got "
+                         f"{tokens!r}")
 
 
 def _utterances(place: np.ndarray, name_rate: float, rng: np.random.Generator) -> list[list[str]]:
@@ -146,7 +151,8 @@ def simulated_house(n_events: int = 300, seed: int = 0, phoneme_error_rate: floa
     Args:
         n_events: :math:`N`, number of teaching events.
         seed: seeds everything (the same seed gives the same house and events).
-        phoneme_error_rate: probability that a phoneme is corrupted (substitution, deletion, insertion).
+        phoneme_error_rate: probability that a phoneme undergoes a substitution, deletion or insertion (a
+            substitution may draw the phoneme itself, see `corrupt`).
         position_noise: :math:`\\sigma` of the odometry noise, in metres.
         name_rate: probability that an utterance contains a place name.
         view_tokens: counts per view histogram.

@@ -12,6 +12,7 @@ draws each time, no gradient into the generator), then one generator step on ``l
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -87,8 +88,8 @@ class GAN(Model):
         compile: bool | Mapping[str, Any] = False,
         validate: bool | None = None,
     ) -> None:
-        if d_steps < 1:
-            raise ValueError(f"GAN: d_steps must be at least 1, got {d_steps}")
+        if isinstance(d_steps, bool) or not isinstance(d_steps, numbers.Integral) or d_steps < 1:
+            raise ValueError(f"GAN: d_steps must be an int of at least 1, got {d_steps!r}")
         p_data = p_data if p_data is not None else EmpiricalDistribution(p.var)
         loss = adversarial(p_data, p, discriminator, **dict(adversarial_params or {}))
         super().__init__(loss, distributions=[p], optimizer=optimizer, optimizer_params=optimizer_params,
