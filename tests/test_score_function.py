@@ -2,7 +2,9 @@
 
 Found in a review (2026-12-05): the term of a renamed product counted a reparameterised factor twice; a per-feature
 ``f`` paired entry j with row j's score; a flow's base drew its parameters without a graph for a score-function
-estimator; a marginal over a discrete variable with fixed draws could not be averaged over. References: the closed
+estimator; a marginal over a discrete variable with fixed draws could not be averaged over. Found in a second review:
+an expectation over a marginal whose integrated factor needs a score-function term, and REINFORCE over any marginal,
+raised (the joint's factors were scored without the integrated variables' draws). References: the closed
 forms of the expectations (finite sums, Gaussian moments) and the same estimator written by hand on the same draws.
 """
 
@@ -14,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from kizuna.distributions import Bernoulli, Normal, TransformedDistribution
+from kizuna.distributions import Bernoulli, Categorical, Normal, TransformedDistribution
 from kizuna.flows import MAF
 from kizuna.formula.expr import EvalContext, Loss
 from kizuna.losses import REINFORCE, Expectation
@@ -119,6 +121,124 @@ def test_a_marginal_over_fixed_discrete_draws_is_averaged_pathwise() -> None:
         grads.append(mu.grad.item())
     g = torch.tensor(grads)
     assert abs(g.mean().item() - 0.6) < 5 * g.std().item() / math.sqrt(len(g))
+
+
+def _mixture_marginal() -> tuple[torch.Tensor, torch.Tensor, object]:
+    """x ~ ∫ N(x; μ_z, 0.1²) Categorical(z; softmax θ) dz with θ and μ trainable: (θ, μ, the marginal)."""
+    theta = nn.Parameter(torch.tensor([0.3, -0.2, 0.5], dtype=F64))
+    mus = nn.Parameter(torch.tensor([-2.0, 0.0, 3.0], dtype=F64))
+
+    class Prior(Categorical):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], name="pz")
+            self.theta = theta
+
+        def forward(self) -> dict[str, torch.Tensor]:
+            return {"logits": self.theta[None]}
+
+    class Lik(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="px")
+            self.mus = mus
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": (z * self.mus).sum(-1, keepdim=True), "scale": torch.full_like(z[:, :1], 0.1)}
+
+    return theta, mus, (Lik() * Prior()).marginalize_var("z")
+
+
+@pytest.mark.parametrize("cls", [Expectation, REINFORCE])
+def test_a_marginal_over_a_trainable_discrete_variable_is_scored_at_the_joint_draw(cls) -> None:
+    """E_{p(x)}[-(x - 1)²] with x ~ ∫ N(x; μ_z, 0.1²) Categorical(z; softmax θ) dz: the gradient is the hand-written
+    estimator on the same draws (f · ∇ log π_z, and f · ∇ log N(x; μ_z, 0.1²) for REINFORCE, which draws x without
+    the reparameterisation; z read off x: the components are 20 scales apart), and its mean over draws is the exact
+    gradient of Σ_z π_z (-(μ_z - 1)² - 0.01). Both raised (the joint's factors were scored without z)."""
+    theta, mus, marg = _mixture_marginal()
+    f = Fn(lambda v: -(v["x"] - 1).pow(2).sum(1), ["x"])
+    loss, d = cls(marg, f).mean().eval({}, batch_n=50, return_dict=True)
+    assert set(d) == {"x"}  # f and the caller see the kept variable only
+    got = torch.autograd.grad(loss, [theta, mus], retain_graph=True)  # x keeps its graph for the hand-written one
+    x = d["x"]
+    z = (x - mus.detach()).abs().argmin(1)
+    fx = -(x - 1).pow(2).sum(1)
+    logp = torch.log_softmax(theta, 0)[z]
+    if cls is REINFORCE:
+        logp = logp + torch.distributions.Normal(mus[z], 0.1).log_prob(x[:, 0])
+    want = torch.autograd.grad((fx + fx.detach() * (logp - logp.detach())).mean(), [theta, mus], allow_unused=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, torch.zeros_like(g) if w is None else w)
+
+    grads, values = [], []
+    for _ in range(200):
+        v = cls(marg, f).mean().eval({}, batch_n=100)
+        grads.append(torch.cat(torch.autograd.grad(v, [theta, mus])))
+        values.append(v.detach())
+    g, val = torch.stack(grads), torch.stack(values)
+    pi = torch.softmax(theta, 0)
+    exact = (pi * (-(mus - 1).pow(2) - 0.01)).sum()
+    exact_grad = torch.cat(torch.autograd.grad(exact, [theta, mus]))
+    se = g.std(0) / math.sqrt(len(g))
+    assert ((g.mean(0) - exact_grad).abs() < 5 * se).all(), (g.mean(0), exact_grad, se)
+    assert abs(val.mean() - exact.detach()) < 5 * val.std() / math.sqrt(len(val))
+
+
+def _bernoulli_marginal() -> tuple[torch.Tensor, object]:
+    """z ~ ∫ N(z; y μ, 1) Bernoulli(y; 0.3) dy with μ trainable: (μ, the marginal)."""
+    mu = nn.Parameter(torch.tensor([1.0], dtype=F64))
+
+    class Z(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["y"], name="p")
+
+        def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": y * mu, "scale": torch.ones_like(y)}
+
+    return mu, (Z() * Bernoulli(var=["y"], probs=torch.tensor([0.3], dtype=F64))).marginalize_var("y")
+
+
+def test_reinforce_over_a_marginal_over_fixed_discrete_draws() -> None:
+    """REINFORCE over z ~ ∫ N(z; y μ, 1) Bernoulli(y; 0.3) dy scores p(z|y) at the joint draw (it raised: p(z|y)
+    needs y): d/dμ E[z²] = 0.3 · 2μ."""
+    mu, m = _bernoulli_marginal()
+    f = Fn(lambda v: v["z"].pow(2).reshape(v["z"].shape[0], -1).sum(1), ["z"])
+    grads = []
+    for _ in range(200):
+        grads.append(torch.autograd.grad(REINFORCE(m, f).mean().eval({}, batch_n=200), mu)[0].item())
+    g = torch.tensor(grads)
+    assert abs(g.mean().item() - 0.6) < 5 * g.std().item() / math.sqrt(len(g))
+
+
+def test_renamed_and_nested_marginals_find_their_joint_draws() -> None:
+    """A renamed marginal and a marginal of a marginal, with several draws per row, score the joint's factors at
+    the draw the marginal made: the renamed one gives the plain marginal's value and gradient on the same draws."""
+    theta, mus, marg = _mixture_marginal()
+    f = Fn(lambda v: -(v["x"] - 1).pow(2).sum(1), ["x"])
+    g = Fn(lambda v: -(v["w"] - 1).pow(2).sum(1), ["w"])
+    noise = Normal(var=["u"], cond_var=["x"], loc="x", scale=1.0, name="pu")
+    nested = (noise * marg.p).marginalize_var("z").marginalize_var("x")
+    h = Fn(lambda v: -(v["u"] - 1).pow(2).sum(1), ["u"])
+    for cls in (Expectation, REINFORCE):
+        values = []
+        for p, fn in ((marg, f), (marg.replace_var(x="w"), g), (nested, h)):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(3)
+                loss = cls(p, fn, sample_shape=(4,)).mean().eval({}, batch_n=5)
+            values.append((loss, torch.autograd.grad(loss, [theta, mus])))
+        torch.testing.assert_close(values[1], values[0])
+        assert all(torch.isfinite(t).all() and t.abs().sum() > 0 for t in values[2][1])
+
+
+@pytest.mark.parametrize("cls", [Expectation, REINFORCE])
+def test_sample_mean_over_a_marginal_with_several_draws(cls) -> None:
+    """``sample_mean=True`` repeats the means of several draws, the integrated variables' means with them: the same
+    value and gradient as one draw (several raised: no joint draw was recorded with the repeated means)."""
+    mu, m = _bernoulli_marginal()
+    f = Fn(lambda v: v["z"].pow(2).reshape(v["z"].shape[0], -1).sum(1), ["z"])
+    out = []
+    for n in (1, 3):
+        loss = cls(m, f, sample_shape=(n,)).mean().eval({}, batch_n=2, sample_mean=True)
+        out.append((loss, torch.autograd.grad(loss, mu)))
+    torch.testing.assert_close(out[1], out[0])
 
 
 def test_reinforce_through_a_flow_reaches_the_base_networks() -> None:

@@ -2,14 +2,23 @@
 
 Sampling draws the whole joint and drops the marginalised variables; the density is
 intractable in general (estimate it with `kizuna.losses.IWAE`).
+
+Within the evaluation of a loss, a draw of the marginal records the joint's draws of the dropped
+variables with it (in the evaluation's memo, keyed by the kept draws), so that an expectation's
+score-function walk can score the joint's factors at the joint draw: :math:`\\nabla \\log p(x, z)`
+at a joint draw is an unbiased score for :math:`\\mathbb{E}_{p(x)}[f(x)]`, while ``f`` sees ``x`` only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from kizuna._text import var_text
-from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.distributions.base import Distribution, Tensor, XDict, repeat_batch, single_factors
+from kizuna.formula.memo import recall, remember, tagged
+
+_HIDDEN = "hidden draws"  # the memo's tag of a marginal's draws of its integrated variables
 
 
 class MarginalizeVarDistribution(Distribution):
@@ -31,10 +40,32 @@ class MarginalizeVarDistribution(Distribution):
         return self.p.input_var
 
     def factors(self) -> list[Distribution]:
-        """The factors of the joint inside, the integrated variables' included: a draw of the marginal is a draw of
-        the joint, so an expectation's score-function walk reads the joint's factors (a factor with fixed draws or a
-        reparameterised sampler needs no term; the marginal's own density is intractable)."""
-        return self.p.factors()
+        """The single factors of the joint inside, the integrated variables' included, each scored at the joint draw
+        that the marginal's draw came from (`HiddenDrawsFactor`): a draw of the marginal is a draw of the joint, so an
+        expectation's score-function walk reads the joint's factors (a factor with fixed draws or a reparameterised
+        sampler needs no term; the marginal's own density is intractable)."""
+        cached = self.__dict__.get("_hidden_factors")
+        if cached is None:  # a plain attribute: views of the joint's factors, not submodules
+            cached = self.__dict__["_hidden_factors"] = [HiddenDrawsFactor(f, self) for f in single_factors(self.p)]
+        return cached
+
+    def hidden_draws(self, x_dict: Mapping[str, Any]) -> XDict:
+        """The draws of the integrated variables made with the draws of the kept ones in ``x_dict`` (the very
+        tensors a draw of this marginal returned in this evaluation)."""
+        hidden = recall(self, _HIDDEN, [x_dict.get(v) for v in self._var])
+        if hidden is None:
+            raise ValueError(
+                f"{self.prob_text}: no draw of {', '.join(self._marginalized)} was recorded with these values of "
+                f"{', '.join(self._var)}; the joint's factors of a marginal are scored at the joint draw that a draw "
+                "of the marginal made in the same loss evaluation"
+            )
+        return hidden
+
+    def _drop_hidden(self, out: XDict) -> XDict:
+        """``out`` without the integrated variables, which are recorded with the kept draws (see `hidden_draws`)."""
+        kept = {k: v for k, v in out.items() if k not in self._marginalized}
+        remember(self, _HIDDEN, [kept.get(v) for v in self._var], {k: out[k] for k in self._marginalized if k in out})
+        return kept
 
     @property
     def has_reparam(self) -> bool:
@@ -62,18 +93,78 @@ class MarginalizeVarDistribution(Distribution):
         return fmt["paren"].format(self._factorized_text(fmt, rename))
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
-        out = self.p._sample(x_dict, batch_n, reparam)
-        return {k: v for k, v in out.items() if k not in self._marginalized}
+        return self._drop_hidden(self.p._sample(x_dict, batch_n, reparam))
 
     def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
-        out = self.p._sample_n(x_dict, repeated, n, batch_n, reparam)
-        return {k: v for k, v in out.items() if k not in self._marginalized}
+        return self._drop_hidden(self.p._sample_n(x_dict, repeated, n, batch_n, reparam))
 
     def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:
-        out = self.p._mean_values(x_dict, batch_n)
-        return {k: v for k, v in out.items() if k not in self._marginalized}
+        return self._drop_hidden(self.p._mean_values(x_dict, batch_n))
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         raise NotImplementedError(
             f"{self} has no closed-form log-density; estimate it with kizuna.losses.IWAE"
         )
+
+
+class HiddenDrawsFactor(Distribution):
+    """A single factor ``f`` of the joint inside ``marginal``, scored at the joint draw: `get_log_prob` adds the
+    integrated variables' draws recorded with the kept values it is given (`MarginalizeVarDistribution.hidden_draws`)
+    to them. Its variables, parameters and sampler are ``f``'s (an expectation's score-function walk reads them);
+    ``kept`` names the marginal's kept variables as this view calls them (a renamed marginal renames its views), and
+    they are among its inputs."""
+
+    def __init__(self, f: Distribution, marginal: MarginalizeVarDistribution,
+                 kept: Sequence[str] | None = None) -> None:
+        super().__init__(f.var, f.cond_var, f.name, f.features_shape)
+        self.f = f  # a submodule: its parameters are this view's (`fixed_draws` reads them)
+        self.__dict__["_marginal"] = marginal  # a plain attribute: the marginal holds its views
+        self._kept = list(marginal.var if kept is None else kept)
+
+    @property
+    def input_var(self) -> list[str]:
+        """``f``'s inputs and the marginal's kept variables, whose draws this view reads to find the joint draw."""
+        own = self.f.var + self.f.input_var
+        return self.f.input_var + [v for v in self._kept if v not in own]
+
+    @property
+    def has_reparam(self) -> bool:
+        return self.f.has_reparam
+
+    @property
+    def distribution_name(self) -> str:
+        return self.f.distribution_name
+
+    def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        return self.f._factorized_text(fmt, rename)
+
+    def _factor_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
+        return self.f._factor_text(fmt, rename)
+
+    def replace_var(self, **replace: str) -> Distribution:
+        """The view of ``f`` renamed, reading the kept draws under their new names (the integrated variables are
+        bound: no renaming of the marginal reaches them)."""
+        own = set(self.f.var + self.f.cond_var + self.f.input_var)
+        inner = {k: v for k, v in replace.items() if k in own}
+        f = self.f.replace_var(**inner) if inner else self.f
+        return HiddenDrawsFactor(f, self._marginal, [replace.get(v, v) for v in self._kept])
+
+    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
+                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        """``log f`` at the joint draw: the integrated variables' recorded draws win over values of the same names
+        in ``x_dict`` (they are bound inside the marginal)."""
+        marginal = self._marginal
+        kept = {v: x_dict.get(name) for v, name in zip(marginal.var, self._kept)}
+        values = {**x_dict, **marginal.hidden_draws(kept)}
+        return self.f.get_log_prob(values, sum_features, feature_dims)
+
+
+def repeat_hidden(before: XDict, after: XDict, n: int) -> None:
+    """Record, for the draws ``after`` (``before`` repeated ``n`` times along the batch, as ``sample_mean=True``
+    repeats the means of several draws), the hidden draws recorded with ``before``, repeated alike."""
+    repeated = {id(v): after[k] for k, v in before.items() if k in after}
+    for owner, _, inputs, hidden in tagged(_HIDDEN):  # newest first: an outer marginal before the one inside it
+        if inputs and all(id(t) in repeated for t in inputs):
+            new = {k: repeat_batch(v, n) for k, v in hidden.items()}
+            remember(owner, _HIDDEN, [repeated[id(t)] for t in inputs], new)
+            repeated.update({id(hidden[k]): new[k] for k in hidden})

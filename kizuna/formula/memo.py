@@ -94,3 +94,26 @@ def remember(owner: object, tag: Hashable, inputs: Sequence[Any], value: Any) ->
     memo = _STATE.memo
     if memo is not None:  # added after any earlier entry for these inputs, which `memoized` then no longer finds
         memo.append((owner, tag, list(inputs), value))
+
+
+def recall(owner: object, tag: Hashable, inputs: Sequence[Any]) -> Any:
+    """The value `remember` recorded for this owner, tag and input objects in this evaluation (newest first), or
+    ``None`` (also outside an evaluation); unlike `memoized`, nothing is computed or added."""
+    memo = _STATE.memo
+    if memo is None:
+        return None
+    n = len(inputs)
+    for o, t, ins, value in reversed(memo):
+        if o is owner and t == tag and len(ins) == n:
+            for a, b in zip(ins, inputs):
+                if a is not b:
+                    break
+            else:
+                return value
+    return None
+
+
+def tagged(tag: Hashable) -> list[_Entry]:
+    """The entries of this evaluation's memo with this tag, newest first (none outside an evaluation)."""
+    memo = _STATE.memo
+    return [] if memo is None else [e for e in reversed(memo) if e[1] == tag]

@@ -6,7 +6,9 @@ Gradients: factors of ``p`` with a reparameterised sampler are differentiated th
 draw (pathwise); the others get the score-function term
 :math:`\mathbb{E}[f\,\nabla \log p]` through the surrogate
 :math:`f + \bar f\,(\log p - \overline{\log p})` (bars: detached), whose value equals
-:math:`f` and whose gradient is the unbiased estimator (Williams 1992).
+:math:`f` and whose gradient is the unbiased estimator (Williams 1992). Over a marginal
+:math:`p(x) = \int p(x, z)\,dz` the joint's factors are scored at the joint draw that the marginal's draw came from
+(:math:`\nabla \log p(x, z)`, an unbiased score for :math:`\mathbb{E}_{p(x)}[f]`) while ``f`` sees ``x`` only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from kizuna.distributions.base import (
     repeat_rows_lazily,
     single_factors,
 )
+from kizuna.distributions.marginal import repeat_hidden
 from kizuna.formula.expr import EvalContext, Loss, Tensor, as_loss
 
 
@@ -50,7 +53,10 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
         batch_n = batch_size_of(given, names) or batch_size_of(given)
     repeated = given if n == 1 else {k: repeat_rows_lazily(v, n) for k, v in given.items()}
     if options and options.get("sample_mean"):
-        new = {k: repeat_batch(v, n) for k, v in p._mean_values(given, batch_n).items()}
+        means = p._mean_values(given, batch_n)
+        new = {k: repeat_batch(v, n) for k, v in means.items()}
+        if n > 1:  # a marginal's hidden means, recorded with its means, go with their copies
+            repeat_hidden(means, new, n)
     elif n == 1:  # what `_sample_n` does for one draw, without its call
         new = p._sample(given, batch_n, reparam)
     else:
