@@ -151,6 +151,44 @@ def test_gradient_penalty_reaches_the_critic() -> None:
     torch.testing.assert_close(critic.a.grad, expected, atol=5 * math.sqrt(2 / N) * 2, rtol=0)
 
 
+class Cubic(Deterministic):
+    """``f(x) = a x³`` for scalar data (one value per row)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["t"], cond_var=["x"], name="f")
+        self.a = nn.Parameter(torch.tensor(1.5, dtype=F64))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"t": self.a * x**3}
+
+
+class PointMassAtY(Deterministic):
+    """``g(x|y)``: the point mass at ``y``."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["y"], name="g")
+
+    def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": y}
+
+
+def test_the_gradient_penalty_takes_scalar_data() -> None:
+    """One value per row (shape (B,)): the penalty is mean (|3a x̂²| - 1)² at x̂ = ε x + (1 - ε) y, as written by hand
+    on the same ε (it raised: dimension out of range)."""
+    x, y = torch.randn(6, dtype=F64), torch.randn(6, dtype=F64)
+    critic = Cubic()
+    loss = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), PointMassAtY(), critic, gradient_penalty=10.0)
+    loss = loss.d_loss()
+    torch.manual_seed(5)
+    value = loss.eval({"x": x, "y": y})
+    torch.manual_seed(5)
+    eps = torch.rand(6, dtype=F64)
+    xh = eps * x + (1 - eps) * y
+    a = critic.a.detach()
+    want = -(a * x**3 - a * y**3).mean() + 10 * ((3 * a * xh**2).abs() - 1).pow(2).mean()
+    torch.testing.assert_close(value, want)
+
+
 # ------------------------------------------------------------------ text and errors
 def test_formulas() -> None:
     data, d = EmpiricalDistribution(["x"]), TableD(optimal())

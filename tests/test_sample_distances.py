@@ -147,3 +147,27 @@ def test_wasserstein_between_point_masses_is_their_distance():
     WassersteinDistance(p, q).eval({"a": a, "b": b}).sum().backward()
     assert torch.isfinite(a.grad).all()
     torch.testing.assert_close(a.grad[0], (a - b)[0].detach() / 5.0)
+
+
+class Copy(Deterministic):
+    """The point mass at the conditioning variable ``m``, whatever its shape."""
+
+    def __init__(self):
+        super().__init__(var=["x"], cond_var=["m"], name="q")
+
+    def forward(self, m):
+        return {"x": m}
+
+
+def test_mmd_and_wasserstein_take_scalar_data():
+    """One value per row (shape (B,)): the direct formulas, as on the same data with one feature per row (both
+    raised: dimension out of range)."""
+    from kizuna.distributions.special import EmpiricalDistribution
+
+    x, m = torch.randn(6), torch.randn(6)
+    data = EmpiricalDistribution(["x"])
+    torch.testing.assert_close(WassersteinDistance(data, Copy()).eval({"x": x, "m": m}), (x - m).abs())
+    for kernel in ("gaussian", "inv-multiquadratic"):
+        got = MMD(data, Copy(), kernel=kernel).eval({"x": x, "m": m})
+        torch.testing.assert_close(got, torch.tensor(mmd_numpy(x, m, kernel, 2.0)))  # default σ²: twice 1 feature
+        torch.testing.assert_close(got, MMD(data, Copy(), kernel=kernel).eval({"x": x[:, None], "m": m[:, None]}))

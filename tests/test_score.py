@@ -260,3 +260,27 @@ def test_annealed_langevin_takes_a_list_of_levels_at_full_precision() -> None:
         for _ in range(n_steps):
             x = x + 0.5 * alpha * (-x / sigma) + alpha**0.5 * torch.randn(4, 2, dtype=torch.float64, generator=g)
     assert torch.equal(got, x)
+
+
+def test_the_score_losses_take_scalar_data() -> None:
+    """One value per row (shape (B,), as KullbackLeibler and simple_diffusion_loss take it): the closed forms on
+    N(0, 2²) (tr ∇s = -1/4, s = -x/4), on the energy x²/2 (tr = -1, s = -x), and the denoising error against the
+    kernel N(x̃; x, 0.5²), each as on the same data with one feature per row (all raised: dimension out of range)."""
+    x = torch.randn(5, dtype=F64)
+    p = Normal(var=["x"], loc=0.0, scale=2.0)
+    energy = EnergyDistribution(lambda x: 0.5 * x**2, var=["x"])
+    torch.testing.assert_close(ScoreMatchingError(p).eval({"x": x}), -0.25 + 0.5 * (x / 4) ** 2)
+    torch.testing.assert_close(ScoreMatchingError(energy).eval({"x": x}), -1 + 0.5 * x**2)
+    torch.testing.assert_close(ScoreMatchingError(p).eval({"x": x}), ScoreMatchingError(p).eval({"x": x[:, None]}))
+
+    noise = Normal(var=["xt"], cond_var=["x"], loc="x", scale=0.5, name="q")
+    pt = Normal(var=["xt"], loc=0.0, scale=2.0)
+    xt = x + torch.randn(5, dtype=F64)
+    want = 0.5 * (-xt / 4 + (xt - x) / 0.25) ** 2
+    torch.testing.assert_close(DenoisingScoreError(pt, noise).eval({"x": x, "xt": xt}), want)
+    torch.testing.assert_close(DenoisingScoreError(pt, noise, noise_weighting=True).eval({"x": x, "xt": xt}),
+                               0.25 * want)
+    value, d = denoising_score_matching(pt, noise, noise_weighting=True).eval({"x": x}, return_dict=True)
+    xt = d["xt"]
+    assert xt.shape == (5,)
+    torch.testing.assert_close(value, 0.25 * 0.5 * (-xt / 4 + (xt - x) / 0.25) ** 2)

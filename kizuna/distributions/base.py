@@ -176,6 +176,12 @@ def sum_rows(value: Tensor, dims: Sequence[int] | None = None) -> Tensor:
     return value.sum(-1) if value.dim() == 2 else value.flatten(1).sum(1)
 
 
+def flat_rows(value: Tensor) -> Tensor:
+    """``value`` as ``(B, features)``: its dimensions after the first flattened, and scalar data (one value per row,
+    shape ``(B,)``) as one feature per row (``flatten(1)`` raised on it)."""
+    return value.unsqueeze(1) if value.dim() == 1 else value.flatten(1)
+
+
 class Distribution(nn.Module):
     """A probability distribution over named variables, conditioned on named variables.
 

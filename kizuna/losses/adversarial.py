@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from kizuna._text import LATEX, format_name, symbol
-from kizuna.distributions.base import Distribution, batch_size_of
+from kizuna.distributions.base import Distribution, batch_size_of, flat_rows
 from kizuna.distributions.families import Bernoulli
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.expr import EvalContext, Loss, Tensor
@@ -348,7 +348,7 @@ class AdversarialWassersteinDistance(AdversarialLoss):
         with torch.enable_grad():
             f = self._d_output(self._d_input(ctx, mixed))
             grads = torch.autograd.grad(f.sum(), [mixed[v] for v in names], create_graph=True)
-        norm = torch.cat([g.flatten(1) for g in grads], 1).norm(dim=1)
+        norm = torch.cat([flat_rows(g) for g in grads], 1).norm(dim=1)
         return (norm - 1).pow(2).mean()
 
     def _discriminator_value(self, ctx: EvalContext) -> Tensor:

@@ -19,13 +19,14 @@ import torch
 
 from kizuna._distances import squared_distances
 from kizuna._text import symbol
-from kizuna.distributions.base import Distribution
+from kizuna.distributions.base import Distribution, flat_rows
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
 
 
 def _features(values: dict[str, Any], names: list[str]) -> Tensor:
-    return torch.cat([values[v].flatten(1) for v in names], dim=1)
+    """The draws of ``names`` as one ``(B, features)`` matrix; scalar data (shape ``(B,)``) is one feature per row."""
+    return torch.cat([flat_rows(values[v]) for v in names], dim=1)
 
 
 def gaussian_kernel(x: Tensor, y: Tensor, sigma_sqr: float) -> Tensor:

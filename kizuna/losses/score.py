@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from kizuna._text import LATEX, prob_text, symbol, var_text
+from kizuna.distributions.base import flat_rows
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
 
@@ -86,7 +87,7 @@ def score_text(score: Any, var: str, fmt: dict[str, str]) -> str:
 
 
 def _rows(v: Tensor) -> Tensor:
-    return v.flatten(1).sum(1)
+    return flat_rows(v).sum(1)
 
 
 class ScoreMatchingError(Loss):
@@ -104,13 +105,13 @@ class ScoreMatchingError(Loss):
 
     def _value(self, ctx: EvalContext) -> Tensor:
         x, s = score_value(self.score, ctx.values, self.var)
-        flat = s.flatten(1)
+        flat = flat_rows(s)
         trace = x.new_zeros(x.shape[0])
         with torch.enable_grad():
             for i in range(flat.shape[1] if flat.requires_grad else 0):  # a score that ignores x: trace 0
                 (g,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True, allow_unused=True)
                 if g is not None:
-                    trace = trace + g.flatten(1)[:, i]
+                    trace = trace + flat_rows(g)[:, i]
         return trace + 0.5 * _rows(s.pow(2))
 
     def _render(self, fmt: dict[str, str]) -> str:
@@ -187,7 +188,7 @@ class DenoisingScoreError(Loss):
         target = score_value(self.noise, ctx.values, self.var, create_graph=False)[1].detach()
         out = 0.5 * _rows((s - target).pow(2))
         if self.noise_weighting:
-            out = out * self.noise.sample_variance(ctx.values).flatten(1).mean(1)
+            out = out * flat_rows(self.noise.sample_variance(ctx.values)).mean(1)
         return out
 
     def _render(self, fmt: dict[str, str]) -> str:
