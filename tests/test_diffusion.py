@@ -34,6 +34,7 @@ from kizuna.losses import (
     LogProb,
     NoisePredictionError,
     diffusion_bound,
+    hybrid_diffusion_loss,
     simple_diffusion_loss,
 )
 from kizuna.models import Model
@@ -574,3 +575,18 @@ def test_the_torch_distribution_inside_the_mean_stop_is_built_apart() -> None:
         with stop_mean_gradient():
             assert not rev.get_dist(values).mean.requires_grad
             assert not rev.get_params(values)["loc"].requires_grad
+
+
+def test_an_empty_batch_gives_an_empty_loss() -> None:
+    """x_0 of shape (0, D): every diffusion loss gives one value per row, none, as KullbackLeibler and Expectation do
+    (the step draw made one row whatever the batch, then 'batch_n=1 but the conditioning values have batch size
+    0'); an explicit batch_n=0 draws no step either (it drew one)."""
+    schedule = DiffusionSchedule.linear(5)
+    rev = DiffusionReverse(lambda x, t: torch.zeros_like(x), schedule)
+    learned = DiffusionReverse(lambda x, t: torch.zeros(x.shape[0], 2 * x.shape[1], dtype=x.dtype), schedule,
+                               variance="learned")
+    x0 = torch.zeros(0, 3, dtype=F64)
+    for loss in (diffusion_bound(DDPM(rev, [3])), diffusion_bound(DDPM(rev, [3]), exact_steps=True),
+                 simple_diffusion_loss(rev), hybrid_diffusion_loss(DDPM(learned, [3]))):
+        assert loss.eval({"x_0": x0}).shape == (0,)
+    assert DiscreteUniform(1, 5).sample(batch_n=0)["t"].shape == (0,)

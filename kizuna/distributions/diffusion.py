@@ -182,7 +182,7 @@ class DiscreteUniform(Distribution):
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         like = next((v for v in x_dict.values() if isinstance(v, Tensor)), None)
         device = like.device if like is not None else None
-        t = torch.randint(self.low, self.high + 1, (batch_n or 1,), device=device)
+        t = torch.randint(self.low, self.high + 1, (1 if batch_n is None else batch_n,), device=device)
         return {self._var[0]: t}
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:

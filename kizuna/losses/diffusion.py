@@ -103,7 +103,8 @@ class SumOverSteps(Loss):
         return [self.f]
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        rows = batch_size_of(ctx.values) or 1
+        rows = batch_size_of(ctx.values)
+        rows = 1 if rows is None else rows  # an empty batch: no rows (one row only when nothing sets the batch)
         device = next((v.device for v in ctx.values.values() if isinstance(v, Tensor)), None)
         total: Tensor | None = None
         mark = step_mark()
