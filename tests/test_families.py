@@ -972,3 +972,27 @@ def test_numbers_given_as_values_and_coefficients_take_the_models_dtype_and_devi
     with validation(False):
         assert q.get_log_prob({"x": 0.5}).device.type == "meta"
         assert (0.5 * LogProb(q)).eval({"x": torch.zeros(3, 1, device="meta")}).device.type == "meta"
+
+
+def test_relaxed_categorical_gradient_is_finite_at_an_impossible_category() -> None:
+    """A category with probability exactly 0 (its logit -inf, as a network masks categories) and a value 0 there: the
+    log-likelihood Σ_{y_k > 0} y_k log p_k has the reference's gradients (log p_k for the value where y_k > 0, 0 where
+    y_k = 0; the logits' through log_softmax); the value's gradient was 0 · (-inf) = NaN."""
+
+    class Masked(RelaxedCategorical):
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["h"], temperature=0.5)
+
+        def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": h}
+
+    h = torch.tensor([[-float("inf"), 0.0, 0.5], [-float("inf"), 1.0, -0.5]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[0.0, 0.3, 0.7], [0.0, 1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    lp = Masked().get_log_prob({"y": y, "h": h})
+    got = torch.autograd.grad(lp.sum(), [y, h])
+    ref = (y[:, 1:] * torch.log_softmax(h[:, 1:], -1)).sum(-1)  # the possible categories only
+    want = torch.autograd.grad(ref.sum(), [y, h])
+    torch.testing.assert_close(lp, ref)
+    assert all(torch.isfinite(g).all() for g in got)
+    torch.testing.assert_close(got[0], torch.where(y > 0, want[0], 0.0))
+    torch.testing.assert_close(got[1], want[1])

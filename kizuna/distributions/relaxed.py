@@ -154,4 +154,6 @@ class RelaxedCategorical(_DiscreteScoring, Concrete):
 
     def _per_feature(self, dist: D.Distribution, value: Tensor) -> Tensor:
         logits, value = torch.broadcast_tensors(dist.logits, value)  # normalised log-probabilities
-        return torch.where(value > 0, value * logits, torch.zeros_like(logits)).sum(-1)
+        # 0 · log 0 = 0, the logits masked before the product (the same values): masking the product instead gave the
+        # value the gradient 0 · (-inf) = NaN where a probability is exactly 0 (logits masked with -inf)
+        return (value * torch.where(value > 0, logits, torch.zeros_like(logits))).sum(-1)
