@@ -124,12 +124,17 @@ def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path: Path, mon
     assert not (tmp_path / "HACKED").exists()
 
 
-def test_a_checkpoint_in_a_missing_directory_is_refused_before_training(tmp_path: Path) -> None:
+def test_a_checkpoint_folder_that_cannot_be_made_is_refused_before_training(tmp_path: Path) -> None:
+    """A missing folder is created, as Model.save does; one that cannot be (a file in its way) is an error before the
+    first step, the parameters untouched."""
     model, q, *_ = vae()
     before = [p.detach().clone() for p in model.distributions.parameters()]
-    with pytest.raises(FileNotFoundError, match="directory .*nowhere does not exist"):
-        model.fit(data(), epochs=1, checkpoint=tmp_path / "nowhere" / "run.pt", quiet=True)
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(FileNotFoundError, match="folder .*a_file.*cannot be created"):
+        model.fit(data(), epochs=1, checkpoint=tmp_path / "a_file" / "run.pt", quiet=True)
     assert all(torch.equal(a, b) for a, b in zip(before, model.distributions.parameters()))
+    model.fit(data(), epochs=1, checkpoint=tmp_path / "runs" / "vae" / "run.pt", quiet=True)
+    assert (tmp_path / "runs" / "vae" / "run.pt").is_file()
 
 
 # --------------------------------------------------------------------------- seeds reproduce

@@ -21,7 +21,8 @@ from conftest import SHARED_DATA, SOURCES, shared_data_or_skip, shared_data_reas
 TESTS = Path(__file__).resolve().parent
 # what a test reading data beside the project would mention
 DATA_WORDS = re.compile(r"mnist3000|serket/|br-phono|brent/|shared/data|parents\[2\]")
-NOT_READERS = {"test_prepare_serket_data.py": "builds a miniature SERKET checkout in a temporary folder"}
+NOT_READERS = {"test_prepare_serket_data.py": "builds a miniature SERKET checkout in a temporary folder",
+               "test_examples_args.py": "gives the examples data paths in a temporary folder that do not exist"}
 ONLY_SHARED = '''
 def pytest_collection_modifyitems(config, items):
     keep = [i for i in items if "shared_data" in getattr(i, "fixturenames", ()) or i.get_closest_marker("shared_data")]

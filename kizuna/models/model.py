@@ -468,10 +468,14 @@ class Model:
         self._training = None
 
     def check_checkpoint_path(self, path: str | PathLike[str]) -> None:
-        """An error before training when ``path``'s directory does not exist (``fit(checkpoint=...)``)."""
-        if not Path(path).parent.is_dir():
-            raise FileNotFoundError(f"fit: cannot write the checkpoint {path}: the directory "
-                                    f"{Path(path).parent} does not exist")
+        """Before training (``fit(checkpoint=...)``): ``path``'s folder created where missing, as `save` does, or an
+        error naming why it cannot be (a file in the way, no permission), not after the first epoch."""
+        folder = Path(path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise FileNotFoundError(f"fit: cannot write the checkpoint {path}: its folder {folder} cannot be created "
+                                    f"({err.strerror or err})") from None
 
 
 _ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device (read, never written)
