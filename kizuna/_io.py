@@ -164,7 +164,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
         raise FileNotFoundError(f"cannot save to {path}: the directory {path.parent} does not exist")
     target = _destination(path)
     try:
-        mode: int | None = os.stat(target).st_mode & 0o7777
+        mode: int | None = os.stat(target).st_mode & 0o777  # read/write/execute bits, not setuid / setgid / sticky
     except FileNotFoundError:
         mode = None
     remove_stale(target)

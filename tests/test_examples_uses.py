@@ -38,15 +38,18 @@ def _assert_multimodal_learned(m, x_to_y):
 
 
 def test_jmvae_learns_both_directions():
-    _assert_multimodal_learned(run_smoke("jmvae"), x_to_y=0.6)  # seeds 0-2 (2026-12-06): 0.78-0.83, 0.89-1.00, <= 0.16 / 0.26, -20.9
+    # seeds 0-2 (2026-12-06): 0.78-0.83, 0.89-1.00, <= 0.16 / 0.26, -20.9
+    _assert_multimodal_learned(run_smoke("jmvae"), x_to_y=0.6)
 
 
 def test_mvae_learns_both_directions():
-    _assert_multimodal_learned(run_smoke("mvae"), x_to_y=0.5)  # seeds 0, 2 (2026-12-06): 0.76, 0.70; 1.00; <= 0.40 / 0.25; -21.0 (seed 1: 0.26)
+    # seeds 0, 2 (2026-12-06): 0.76, 0.70; 1.00; <= 0.40 / 0.25; -21.0 (seed 1: 0.26)
+    _assert_multimodal_learned(run_smoke("mvae"), x_to_y=0.5)
 
 
 def test_mmvae_learns_both_directions():
-    _assert_multimodal_learned(run_smoke("mmvae"), x_to_y=0.5)  # seeds 0-3 (2026-12-06): 0.64-0.77, 0.66-1.00, <= 0.23 / 0.26, -22.0
+    # seeds 0-3 (2026-12-06): 0.64-0.77, 0.66-1.00, <= 0.23 / 0.26, -22.0
+    _assert_multimodal_learned(run_smoke("mmvae"), x_to_y=0.5)
 
 
 def test_the_uses_guide_runs(capsys):

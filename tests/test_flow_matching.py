@@ -101,6 +101,16 @@ def test_ot_coupling_is_the_optimal_assignment() -> None:
     assert abs((x0 - x1).pow(2).sum().item() - best) < 1e-12
 
 
+def test_an_empty_batch_gives_an_empty_loss() -> None:
+    """x of shape (0, D): the flow-matching loss gives one value per row, none, as the diffusion losses and
+    KullbackLeibler do; the time draw made one row whatever the batch ('batch_n=1 but x has 0 rows'), and an explicit
+    batch_n=0 drew one time."""
+    p = FlowMatching(Net(2), [2], sigma_min=0.1)
+    for coupling in ("independent", "ot"):
+        assert flow_matching_loss(p, coupling=coupling).eval({"x": torch.zeros(0, 2, dtype=F64)}).shape == (0,)
+    assert TimeUniform().sample(batch_n=0)["t"].shape == (0,)
+
+
 def test_velocity_error_and_the_loss_formula() -> None:
     net = Net(2)
     p = FlowMatching(net, [2], sigma_min=0.1)

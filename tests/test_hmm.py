@@ -341,6 +341,22 @@ def test_log_space_transition_counts_do_not_overflow(dtype, gap):
     torch.testing.assert_close(sm.trans_counts.double(), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("block", [9, 20, 1 << 20])
+def test_log_space_transition_counts_in_blocks_of_sequences_and_steps(monkeypatch, block):
+    """The log-space sum in blocks: of steps (a block of 20 entries holds two steps of one 3-state sequence), of
+    sequences (9 < B K^2: one step of one sequence at a time), or at once; the same counts each way, against
+    enumeration of the paths of each sequence."""
+    log_start, log_trans, log_emit = random_chain(3, 16, seed=5)
+    lengths = torch.tensor([6, 1, 5, 4])
+    monkeypatch.setattr(fb, "XI_BLOCK", block)
+    alpha, _ = fb._forward(log_start, log_trans, fb.pad(log_emit, lengths))
+    beta = fb._backward(log_trans, fb.pad(log_emit, lengths), lengths)
+    e = fb.pad(log_emit, lengths)
+    counts = fb._log_trans_counts(alpha[:, :-1], log_trans, e[:, 1:] + beta[:, 1:], lengths)
+    expected = sum(brute_force_counts(log_start, log_trans, x)[1] for x in torch.split(log_emit, lengths.tolist()))
+    torch.testing.assert_close(counts, expected, atol=1e-12, rtol=1e-12)
+
+
 def test_baum_welch_updates_a_left_to_right_chain_in_log_space():
     """End to end: one EM step of transmat_ on a left-to-right Gaussian HMM whose data visit state 0's mean after
     state 1 (only the log-space recursions answer) is the normalised enumerated counts (it kept the old rows: NaN

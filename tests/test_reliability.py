@@ -504,6 +504,11 @@ def test_a_save_over_a_file_keeps_its_permission_bits(tmp_path: Path) -> None:
         fresh = tmp_path / "fresh.pt"
         _io.save({"v": 1}, fresh)
         assert fresh.stat().st_mode & 0o7777 == 0o644
+        special = tmp_path / "setgid.pt"  # the permission bits are kept, not setuid / setgid / sticky
+        _io.save({"v": 1}, special)
+        special.chmod(0o2750)
+        _io.save({"v": 2}, special)
+        assert special.stat().st_mode & 0o7777 == 0o750
     finally:
         os.umask(old_umask)
 

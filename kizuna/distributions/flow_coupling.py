@@ -45,7 +45,8 @@ class TimeUniform(Distribution):
         like = _like(x_dict)
         dtype = self.dtype or (like.dtype if like is not None and like.is_floating_point()
                                else torch.get_default_dtype())
-        return {self._var[0]: torch.rand(batch_n or 1, dtype=dtype, device=None if like is None else like.device)}
+        rows = 1 if batch_n is None else batch_n  # batch_n=0 (an empty batch) draws none
+        return {self._var[0]: torch.rand(rows, dtype=dtype, device=None if like is None else like.device)}
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         t = torch.as_tensor(x_dict[self._var[0]])

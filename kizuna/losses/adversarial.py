@@ -150,7 +150,7 @@ class AdversarialLoss(Loss):
         else:
             out = d.sample(values, return_all=False)[d.var[0]]
         if out.dim() > 1:
-            if out[0].numel() != 1:
+            if out.shape[1:].numel() != 1:  # (not out[0]: an empty batch has no row 0)
                 raise ValueError(f"{d.prob_text} must output one value per row, got shape {tuple(out.shape)}")
             out = out.reshape(out.shape[0])
         return out

@@ -121,7 +121,8 @@ class Gaussian:
         if bool((info != 0).any()):
             which = "" if kind == "tied" else f" (state {int((info != 0).nonzero()[0])})"
             raise ValueError(f"{owner}: {kind!r} covars_ must be symmetric, positive-definite, got one that is "
-                             f"not positive-definite{which}")
+                             f"not positive-definite{which} (after an EM step: a state's data nearly on a subspace; "
+                             "raise min_covar, or fit in float64)")
 
     def full_covars(self, p: Params) -> Tensor:
         """(K, D, D) covariance matrices."""
