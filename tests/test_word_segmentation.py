@@ -502,3 +502,14 @@ def test_a_customer_joins_a_table_by_the_pitman_yor_seating_rule():
         joined = [k for k in range(len(sizes)) if after[k] > sizes[k]]
         counts[joined[0] if joined else len(sizes)] += 1
     assert stats.chisquare(counts, expected * counts.sum()).pvalue > 1e-3, (counts / counts.sum(), expected)
+
+
+def test_segmenting_a_symbol_never_heard_names_the_utterance_and_the_symbol():
+    """An utterance with a symbol no training utterance had: the error names the segmenter, the utterance, the symbol
+    and the fitted alphabet (it was the character model's 'CharModel: symbol ... not in the alphabet 'abc\\x03''),
+    and nothing else changes (the known utterances still segment)."""
+    ws = km.WordSegmenter(n_iter=2, random_state=0).fit(["abcab", "cabca", "abab"])
+    with pytest.raises(ValueError, match=r"utterance 1 \('abz'\) has 'z', symbols no training utterance had.*"
+                                         r"its alphabet is 'abc'\)"):
+        ws.segment(["ab", "abz"])
+    assert "".join(ws.segment(["abab"])[0]) == "abab"

@@ -389,6 +389,13 @@ class WordSegmenter(Module):
         if model is None:
             raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
         utterances = self._check(utterances)
+        unseen = sorted({c for s in utterances for c in s} - set(model.alphabet))
+        if unseen:  # the character model has no probability for them (it named the EOS-extended alphabet)
+            first = next(i for i, s in enumerate(utterances) if not set(s) <= set(model.alphabet))
+            known = "".join(c for c in sorted(model.alphabet) if c.isprintable())
+            raise ValueError(f"WordSegmenter {self.name}: utterance {first} ({utterances[first]!r}) has "
+                             f"{''.join(unseen)!r}, symbols no training utterance had: the language model gives them "
+                             f"no probability (its alphabet is {known!r}); fit or update with utterances holding them")
         slots = self.chain_slots_[self.selected_] if self.selected_ < len(self.chain_slots_) else None
         if slots is None:
             if concepts is not None:
