@@ -231,22 +231,20 @@ def agree(kizuna: Callable[[], torch.Tensor], reference: Callable[[], torch.Tens
     if len(kp) != len(rp):
         raise ValueError(f"agree: {len(kp)} kizuna parameters against {len(rp)} reference parameters")
     saved = [p.grad for p in (*kp, *rp)]
+
+    def side(step: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> tuple[float, list[torch.Tensor | None]]:
+        for p in (*kp, *rp):  # the two sides may share frozen modules: each side's gradients alone
+            p.grad = None
+        torch.manual_seed(seed)
+        loss = step()
+        if params:
+            loss.backward()
+        return float(loss.detach()), [p.grad for p in params]
+
     try:
         with torch.random.fork_rng(devices=[]):
-            for p in (*kp, *rp):
-                p.grad = None
-            torch.manual_seed(seed)
-            loss = kizuna()
-            if kp:
-                loss.backward()
-            a, kizuna_grads = float(loss.detach()), [p.grad for p in kp]
-            for p in (*kp, *rp):  # the two sides may share frozen modules: each side's gradients alone
-                p.grad = None
-            torch.manual_seed(seed)
-            loss = reference()
-            if rp:
-                loss.backward()
-            b, reference_grads = float(loss.detach()), [p.grad for p in rp]
+            a, kizuna_grads = side(kizuna, kp)
+            b, reference_grads = side(reference, rp)
     finally:
         for p, grad in zip((*kp, *rp), saved, strict=True):
             p.grad = grad

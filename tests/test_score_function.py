@@ -103,16 +103,7 @@ def test_a_marginal_over_fixed_discrete_draws_is_averaged_pathwise() -> None:
     """z ~ ∫ N(z; y μ, 1) Bernoulli(y; 0.3) dy (a mixture prior written as a marginal): d/dμ E[z²] = 0.3 · 2μ, the
     discrete factor's draws fixed (no term), the Gaussian's reparameterised (the marginal's intractable density was
     asked for)."""
-    mu = nn.Parameter(torch.tensor([1.0], dtype=F64))
-
-    class Z(Normal):
-        def __init__(self) -> None:
-            super().__init__(var=["z"], cond_var=["y"], name="p")
-
-        def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"loc": y * mu, "scale": torch.ones_like(y)}
-
-    m = (Z() * Bernoulli(var=["y"], probs=torch.tensor([0.3], dtype=F64))).marginalize_var("y")
+    mu, m = _bernoulli_marginal()
     grads = []
     for _ in range(200):
         mu.grad = None

@@ -96,21 +96,22 @@ def remember(owner: object, tag: Hashable, inputs: Sequence[Any], value: Any) ->
         memo.append((owner, tag, list(inputs), value))
 
 
+class _Missing(Exception):  # noqa: N818 - a signal inside `recall`, never seen outside it
+    """`recall`'s "nothing recorded": raised by the computation `memoized` runs on a miss, before it adds anything."""
+
+
+def _missing() -> Any:
+    raise _Missing
+
+
 def recall(owner: object, tag: Hashable, inputs: Sequence[Any]) -> Any:
     """The value `remember` recorded for this owner, tag and input objects in this evaluation (newest first), or
-    ``None`` (also outside an evaluation); unlike `memoized`, nothing is computed or added."""
-    memo = _STATE.memo
-    if memo is None:
+    ``None`` (also outside an evaluation); unlike `memoized`, nothing is computed or added (`memoized`'s scan, whose
+    computation on a miss raises before anything is added)."""
+    try:
+        return memoized(owner, tag, inputs, _missing)
+    except _Missing:
         return None
-    n = len(inputs)
-    for o, t, ins, value in reversed(memo):
-        if o is owner and t == tag and len(ins) == n:
-            for a, b in zip(ins, inputs):
-                if a is not b:
-                    break
-            else:
-                return value
-    return None
 
 
 def tagged(tag: Hashable) -> list[_Entry]:
