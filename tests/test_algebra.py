@@ -429,6 +429,24 @@ def test_product_sample_holds_given_factors_fixed():
     torch.testing.assert_close(out["x"], z0, atol=1e-4, rtol=0)  # x drawn given the given z
 
 
+def test_renamed_product_holds_a_given_factor_fixed_as_the_product_does():
+    """``(lik * prior).replace_var(z="u").sample({"u": z})`` holds u fixed and draws x given it, the same draws as the
+    unrenamed product given z (it was refused by the single-distribution check: 'x_dict gives u but not x')."""
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    lik = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    joint = lik * prior
+    renamed = joint.replace_var(z="u")
+    z0 = torch.randn(3, 2)
+    for shape in [(), (2,), (2, 4)]:
+        torch.manual_seed(11)
+        want = joint.sample({"z": z0}, sample_shape=shape)
+        torch.manual_seed(11)
+        got = renamed.sample({"u": z0}, sample_shape=shape)
+        assert set(got) == {"u", "x"} and got["u"] is z0
+        assert got["x"].shape == (*shape, 3, 2)
+        torch.testing.assert_close(got["x"], want["x"], rtol=0, atol=0)
+
+
 def test_giving_part_of_a_factor_is_an_error_and_a_whole_one_is_held_fixed():
     joint = MultivariateNormalPair() * Normal(var=["c"], cond_var=["a"], loc="a", scale=1.0)
     with pytest.raises(ValueError, match="gives a but not b"):

@@ -82,6 +82,12 @@ class ReplaceVarDistribution(Distribution):
         self._require(x_dict, self._cond_var)
         return self._inner(x_dict)
 
+    def _check_fixed(self, fixed: list[str]) -> None:
+        """``p``'s check of the variables given to ``sample`` (a product holds a whole factor's fixed), over ``p``'s
+        names: without it, the all-or-none check of a single distribution refused a renamed product given one
+        factor's variables."""
+        self.p._check_fixed([self._inverse.get(v, v) for v in fixed])
+
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         try:
             out = self.p._sample(self._inner(x_dict), batch_n, reparam)
