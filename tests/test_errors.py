@@ -16,6 +16,7 @@ import torch
 from kizuna.distributions import (
     Bernoulli,
     Deterministic,
+    Distribution,
     EmpiricalDistribution,
     Gamma,
     JointDistribution,
@@ -150,6 +151,57 @@ def test_error_names_the_offender(call: Callable[[], object], exc: type[Exceptio
     message = str(err.value)
     for fragment in fragments:
         assert re.search(fragment, message), f"{fragment!r} not in {message!r}"
+
+
+def _renamed_error(call: Callable[[], object], exc: type[Exception]) -> str:
+    with pytest.raises(exc) as err:
+        call()
+    assert isinstance(err.value.__cause__, exc)  # chained from the inner distribution's error
+    return str(err.value)
+
+
+def test_errors_of_a_renamed_distribution_name_its_new_variables() -> None:
+    """``p.replace_var(x="y", z="w")`` is p(y|w): an error raised inside p while drawing or scoring names y and w and
+    p(y|w), not x, z and p(x|z) (which the user of the renamed distribution never wrote)."""
+    from kizuna.distributions.torch_dist import validation
+
+    p = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0, features_shape=[2])
+    r = p.replace_var(x="y", z="w")
+    w = torch.zeros(3, 2)
+    cases = [
+        (lambda: r.get_log_prob({"y": torch.zeros(3, 5), "w": w}), ValueError, r"^p\(y\|w\): y has shape \(3, 5\)"),
+        (lambda: r.get_log_prob({"y": torch.zeros(4, 2), "w": w}), ValueError, r"^p\(y\|w\): y has batch size 4"),
+        (lambda: r.get_log_prob({"y": [1.0, 2.0], "w": w}), TypeError, r"^p\(y\|w\): y must be a torch.Tensor"),
+        (lambda: r.sample({"w": w}, batch_n=5), ValueError, r"^p\(y\|w\): batch_n=5 but"),
+        (lambda: r.sample({"w": w}, batch_n=5, sample_shape=(2,)), ValueError, r"^p\(y\|w\): batch_n=5 but"),
+        (lambda: r.get_log_prob({"y": torch.zeros(2, 3, 5), "w": w}, feature_dims=[2]), ValueError, r"^p\(y\|w\)"),
+    ]
+    for call, exc, pattern in cases:
+        message = _renamed_error(call, exc)
+        assert re.search(pattern, message), message
+        assert not re.search(r"\b[xz]\b", message), message
+    b = Bernoulli(var=["x"], cond_var=["z"], probs="z").replace_var(x="y", z="w")
+    with validation(True):
+        message = _renamed_error(lambda: b.get_log_prob({"y": torch.full((3, 2), 2.0), "w": torch.full((3, 2), 0.5)}),
+                                 ValueError)
+    assert message.startswith("p(y|w): value of y must lie in [0, 1]"), message
+    # a swap is translated in one pass: x reads z and z reads x
+    swapped = p.replace_var(x="z", z="x")
+    message = _renamed_error(lambda: swapped.get_log_prob({"z": torch.zeros(3, 5), "x": w}), ValueError)
+    assert message.startswith("p(z|x): z has shape (3, 5)"), message
+    # a renamed product given part of a factor names the factor's new variables
+    pair = Normal(var=["a"], loc=0.0, scale=1.0) * Normal(var=["c"], cond_var=["a"], loc="a", scale=1.0)
+    two = JointDistribution([_Pair(), Normal(var=["c"], cond_var=["a"], loc="a", scale=1.0)]).replace_var(a="u")
+    message = _renamed_error(lambda: two.sample({"u": torch.zeros(2, 1)}), ValueError)
+    assert "gives u but not b" in message and "factor r(u,b)" in message, message
+    assert pair.replace_var(a="u").sample({"u": torch.zeros(2, 1)})["c"].shape == (2, 1)
+
+
+class _Pair(Distribution):
+    """A two-variable factor r(a, b), for the partial-fixing message."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["a", "b"], name="r")
 
 
 def test_constant_parameters_of_different_shapes() -> None:

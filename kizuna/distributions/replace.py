@@ -6,6 +6,7 @@ the new names and samples are returned under them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -70,6 +71,28 @@ class ReplaceVarDistribution(Distribution):
     def _factor_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
         return self.p._factor_text(fmt, self._compose(rename))
 
+    def _renamed_error(self, err: ValueError | TypeError) -> ValueError | TypeError:
+        """``err``, raised inside ``p``, as this distribution's error (only on the error path): its message with ``p``'s
+        ``prob_text`` at the start as this one's and ``p``'s variable names, where they stand as whole words, as their
+        new names (``p(x|z): x has shape ...`` of ``p.replace_var(x="y", z="w")`` reads ``p(y|w): y has shape
+        ...``), in the same exception class; ``err`` itself where the message names nothing renamed or the class
+        cannot be built from a message."""
+        message = str(err)
+        head = f"{self.p.prob_text}:"
+        start = f"{self.prob_text}:" if message.startswith(head) else ""
+        rest = message[len(head):] if start else message
+        old = sorted((k for k, v in self._rename.items() if k != v), key=len, reverse=True)
+        if old:  # one pass, so that a swap (x -> z, z -> x) is not applied twice
+            words = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, old)) + r")(?!\w)")
+            rest = words.sub(lambda m: self._rename[m.group(1)], rest)
+        renamed = start + rest
+        if renamed == message:
+            return err
+        try:
+            return type(err)(renamed)
+        except Exception:  # noqa: BLE001 - a subclass whose constructor takes other arguments: keep it
+            return err
+
     def _inner(self, x_dict: XDict) -> XDict:
         shadowed = set(self._rename) - set(self._inverse)
         inner = {k: v for k, v in x_dict.items() if k not in shadowed}
@@ -86,21 +109,32 @@ class ReplaceVarDistribution(Distribution):
         """``p``'s check of the variables given to ``sample`` (a product holds a whole factor's fixed), over ``p``'s
         names: without it, the all-or-none check of a single distribution refused a renamed product given one
         factor's variables."""
-        self.p._check_fixed([self._inverse.get(v, v) for v in fixed])
+        try:
+            self.p._check_fixed([self._inverse.get(v, v) for v in fixed])
+        except (ValueError, TypeError) as err:
+            raise self._renamed_error(err) from err
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         try:
             out = self.p._sample(self._inner(x_dict), batch_n, reparam)
         except NotImplementedError as err:  # name the renamed distribution, not the inner one
             raise NotImplementedError(f"{self.prob_text}: {err}") from err
+        except (ValueError, TypeError) as err:
+            raise self._renamed_error(err) from err
         return {self._rename.get(k, k): v for k, v in out.items()}
 
     def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
-        out = self.p._sample_n(self._inner(x_dict), self._inner(repeated), n, batch_n, reparam)
+        try:
+            out = self.p._sample_n(self._inner(x_dict), self._inner(repeated), n, batch_n, reparam)
+        except (ValueError, TypeError) as err:
+            raise self._renamed_error(err) from err
         return {self._rename.get(k, k): v for k, v in out.items()}
 
     def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:
-        out = self.p._mean_values(self._inner(x_dict), batch_n)
+        try:
+            out = self.p._mean_values(self._inner(x_dict), batch_n)
+        except (ValueError, TypeError) as err:
+            raise self._renamed_error(err) from err
         return {self._rename.get(k, k): v for k, v in out.items()}
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
@@ -108,9 +142,14 @@ class ReplaceVarDistribution(Distribution):
             return self.p.get_log_prob(self._inner(x_dict), sum_features)
         except NotImplementedError as err:
             raise NotImplementedError(f"{self.prob_text}: {err}") from err
+        except (ValueError, TypeError) as err:
+            raise self._renamed_error(err) from err
 
     def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
-        return self.p._log_prob_dims(self._inner(x_dict), dims)
+        try:
+            return self.p._log_prob_dims(self._inner(x_dict), dims)
+        except (ValueError, TypeError) as err:
+            raise self._renamed_error(err) from err
 
     def get_entropy(self, x_dict: Mapping | None = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None) -> Tensor:
