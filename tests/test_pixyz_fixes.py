@@ -437,3 +437,34 @@ def test_number_constants_evaluate_to_floats_as_pixyz() -> None:
     assert (ValueLoss(2) + ValueLoss(3)).eval().dtype == torch.get_default_dtype()
     x = torch.tensor(3.0, dtype=torch.float64)
     assert (ValueLoss(0.1) * Parameter("x")).eval({"x": x}).item() == 0.1 * 3.0
+
+
+def test_integer_operands_are_computed_as_floats_as_pixyz() -> None:
+    """Pixyz's ``ValueLoss`` is a float tensor, so an integer-valued operand is computed as a float: ``k ** -1`` of an
+    integer tensor was torch's 'Integers to negative integer powers' error, ``k.mean()`` torch's 'could not infer output
+    dtype', ``b * 2`` an integer tensor, ``ValueLoss(1) / ValueLoss(0)`` Python's ZeroDivisionError and
+    ``ValueLoss(-8) ** (1 / 3)`` a complex number (torch gives inf and nan)."""
+    from kizuna.losses import ValueLoss
+
+    float_dtype = torch.get_default_dtype()
+    k = torch.tensor([2, 4])
+    inverse = (Parameter("k") ** -1).eval({"k": k})
+    assert inverse.dtype == float_dtype and inverse.tolist() == [0.5, 0.25]
+    mean = Parameter("k").mean().eval({"k": k})
+    assert mean.dtype == float_dtype and mean.item() == 3.0
+    assert (Parameter("k") * 2).mean().eval({"k": k}).item() == 6.0
+    six = (Parameter("b") * 2).eval({"b": 3})
+    assert six.dtype == float_dtype and six.item() == 6.0
+    assert (2 - Parameter("k")).eval({"k": k}).dtype == float_dtype
+    assert ValueLoss(torch.tensor([1, 2])).eval().dtype == float_dtype
+    assert (Parameter("x") * ValueLoss(torch.tensor([1, 2]))).eval({"x": torch.ones(2)}).tolist() == [1.0, 2.0]
+    inf = (ValueLoss(1) / ValueLoss(0)).eval()
+    assert inf.dtype == float_dtype and math.isinf(inf.item()) and inf.item() > 0
+    root = (ValueLoss(-8) ** (1 / 3)).eval()
+    assert root.dtype == float_dtype and math.isnan(root.item())
+    assert (ValueLoss(2) ** ValueLoss(-1)).eval().item() == 0.5
+    # a floating tensor keeps its dtype; the text is the integer as written
+    x64 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    assert (Parameter("x") * 2).eval({"x": x64}).dtype == torch.float64
+    assert Parameter("x").mean().eval({"x": x64}).dtype == torch.float64
+    assert str(Parameter("k") ** -1) == "k^(-1)" and str(ValueLoss(2) * Parameter("k")) == "2 * k"

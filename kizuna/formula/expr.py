@@ -294,13 +294,23 @@ def as_loss(value: Any) -> Loss:
 
 
 class ValueLoss(Loss):
-    """A constant (number or tensor; a tensor is a buffer, so ``.to()`` moves it)."""
+    """A constant (number or tensor; a tensor is a buffer, so ``.to()`` moves it).
+
+    An integer-valued constant is a float, as Pixyz's ``ValueLoss`` holds it (``torch.tensor(value, dtype=float)``):
+    an integer number is kept as the Python float (``Parameter("b") * 2`` with ``b=3`` is ``tensor(6.)``, and
+    ``Parameter("k") ** -1`` of an integer tensor ``k`` is ``1 / k``, not torch's error on integers to negative
+    integer powers), an integer or boolean tensor is converted to the default float dtype once, here.
+    """
 
     def __init__(self, value: Any) -> None:
         super().__init__()
         if isinstance(value, Tensor):
+            if not (value.is_floating_point() or value.is_complex()):
+                value = value.to(torch.get_default_dtype())
             self.register_buffer("value", value, persistent=False)
         else:
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                value = float(value)
             self.value = value
 
     def terms(self) -> Iterator[Loss]:
@@ -401,8 +411,26 @@ class AbsLoss(_Unary):
 class BatchMean(_Unary):
     key = "mean"
 
+    def _value(self, ctx: EvalContext) -> Tensor:  # _op inlined: the batch mean ends most training losses
+        a = ctx.value(self.loss1)
+        try:
+            return a.mean()
+        except RuntimeError as err:
+            return _integer_mean(a, err)
+
     def _op(self, a: Tensor) -> Tensor:
-        return a.mean()
+        try:
+            return a.mean()
+        except RuntimeError as err:
+            return _integer_mean(a, err)
+
+
+def _integer_mean(a: Tensor, err: RuntimeError) -> Tensor:
+    """The batch mean of an integer-valued term, which torch's ``mean`` refuses, as a float in the default dtype (as
+    `_term_mean` reports it); called only once ``mean`` failed (``err``), which is raised for a floating tensor."""
+    if a.is_floating_point() or a.is_complex():
+        raise err
+    return a.to(torch.get_default_dtype()).mean()
 
 
 class BatchSum(_Unary):
@@ -420,10 +448,21 @@ def _number_tensor(value: Any) -> Tensor:
     return torch.as_tensor(value)
 
 
+def _numbers_op(op: Any, a: Any, b: Any) -> Tensor:
+    """Two number constants combined as torch combines two float64 scalars, in the default float dtype: Pixyz's
+    ``ValueLoss`` values are tensors, so ``ValueLoss(1) / ValueLoss(0)`` is ``inf`` (not Python's ZeroDivisionError)
+    and ``ValueLoss(-8) ** (1 / 3)`` is ``nan`` (not Python's complex root)."""
+    if isinstance(a, numbers.Real) and isinstance(b, numbers.Real):
+        f64 = torch.float64
+        return op(torch.tensor(float(a), dtype=f64), torch.tensor(float(b), dtype=f64)).to(torch.get_default_dtype())
+    return _number_tensor(op(a, b))
+
+
 def _operand(loss: Loss, ctx: EvalContext) -> Any:
     """An operand's value: an unnamed number constant as the Python number itself, which torch combines with the other
     operand in that operand's dtype and on its device (``0.1 * kl`` of a float64 model on a GPU); a tensor made of
-    it was a CPU scalar in the default dtype, so a float64 evaluation computed with 0.1 rounded to float32."""
+    it was a CPU scalar in the default dtype, so a float64 evaluation computed with 0.1 rounded to float32. An integer
+    constant is a Python float (`ValueLoss`), so an integer tensor combined with it gives the default float dtype."""
     if type(loss) is ValueLoss and loss._label is None and not isinstance(loss.value, Tensor):
         return loss.value
     return ctx.value(loss)
@@ -449,7 +488,7 @@ class _Binary(Loss):
         a, b = _operand(loss1, ctx), _operand(loss2, ctx)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             return self._op(a, b)
-        return _number_tensor(self._op(a, b))
+        return _numbers_op(self._op, a, b)
 
     def _op(self, a: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError
