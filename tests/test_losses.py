@@ -288,3 +288,30 @@ def test_constants_are_coefficients_not_terms():
     assert list(terms) == [str(lp)]
     torch.testing.assert_close(terms[str(lp)], p.get_log_prob({"x": x}).mean())
     torch.testing.assert_close(value, p.get_log_prob({"x": x}).mean() / 2)
+
+
+def test_a_learnable_coefficient_is_a_parameter_of_the_loss():
+    """``LogProb(p) * nn.Parameter(w)``: w is the loss's parameter (it was a non-persistent buffer, missing from
+    ``loss.parameters()``, and ``.double()`` replaced it with a plain copy that no longer reached the user's w)."""
+    from torch import nn
+
+    p = Normal(var=["x"], loc=0.0, scale=1.0, features_shape=[2])
+    w = nn.Parameter(torch.tensor(2.0, dtype=torch.float32))
+    loss = (LogProb(p) * w).mean() + ValueLoss(1) / w  # (1 / w would be a tensor, computed once, here)
+    assert any(q is w for q in loss.parameters()) and len(list(loss.parameters())) == 1
+    x = torch.randn(3, 2, dtype=torch.float32)
+    loss.eval({"x": x}).backward()
+    torch.testing.assert_close(w.grad, (p.get_log_prob({"x": x}).mean() - 1 / w.detach() ** 2).float())
+    loss.double()  # converted in place, as a torch module's parameter: still the user's w
+    assert w.dtype == torch.float64 and isinstance(w, nn.Parameter)
+    assert [q for q in loss.parameters()] == [w] and all(q is w for q in loss.parameters())
+    w.grad = None
+    value = loss.eval({"x": x.double()})
+    assert value.dtype == torch.float64
+    value.backward()
+    assert w.grad is not None and w.grad.dtype == torch.float64
+    optimizer = torch.optim.SGD(loss.parameters(), lr=0.1)
+    before = w.detach().clone()
+    optimizer.step()
+    assert not torch.equal(w.detach(), before)
+    assert str(LogProb(p) * w) == f"log p(x) * {w.item():g}"

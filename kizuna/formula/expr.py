@@ -294,7 +294,11 @@ def as_loss(value: Any) -> Loss:
 
 
 class ValueLoss(Loss):
-    """A constant (number or tensor; a tensor is a buffer, so ``.to()`` moves it).
+    """A constant (number or tensor; a tensor is a buffer, so ``.to()`` moves it), or a learnable coefficient: an
+    ``nn.Parameter`` (``LogProb(p) * nn.Parameter(w)``) is registered as this node's parameter, so it is in
+    ``loss.parameters()`` and ``.to()`` / ``.double()`` convert it in place, the same object, as a torch module's
+    parameter (a buffer was replaced by a plain copy, and the user's parameter stopped receiving gradients).
+    `Model` trains only its distributions' parameters: give such a coefficient to the optimizer yourself.
 
     An integer-valued constant is a float, as Pixyz's ``ValueLoss`` holds it (``torch.tensor(value, dtype=float)``):
     an integer number is kept as the Python float (``Parameter("b") * 2`` with ``b=3`` is ``tensor(6.)``, and
@@ -304,7 +308,9 @@ class ValueLoss(Loss):
 
     def __init__(self, value: Any) -> None:
         super().__init__()
-        if isinstance(value, Tensor):
+        if isinstance(value, nn.Parameter):
+            self.value = value  # nn.Module.__setattr__ registers it as a parameter
+        elif isinstance(value, Tensor):
             if not (value.is_floating_point() or value.is_complex()):
                 value = value.to(torch.get_default_dtype())
             self.register_buffer("value", value, persistent=False)
