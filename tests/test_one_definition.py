@@ -266,6 +266,34 @@ def test_kl_to_the_standard_normal_is_torchs_value_and_gradient_and_notices_a_ch
     assert not Normal(var=["z"], loc=0.0, scale=2.0)._is_standard_normal()
 
 
+def test_kl_to_the_standard_normal_notices_a_prior_changed_through_its_data_or_under_no_grad() -> None:
+    """The short form of KL[q||N(0, 1)] is left once the prior's scale changes: by reassigning ``.data`` (new storage,
+    the same tensor object and version: the shortcut was kept, KL 0.0 instead of 0.6363 per feature) or by an
+    in-place write under ``torch.no_grad()`` (the documented way; ``.data.fill_`` is not seen)."""
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    x = torch.zeros(3, 2)
+
+    def expected(scale: float) -> torch.Tensor:
+        return D.kl_divergence(D.Normal(x, 1.0), D.Normal(0.0, scale)).sum(-1)
+
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    kl = KullbackLeibler(q, prior)
+    torch.testing.assert_close(kl.eval({"x": x}), expected(1.0))
+    prior.scale.data = torch.full((1, 2), 2.0)
+    assert not prior._is_standard_normal()
+    torch.testing.assert_close(kl.eval({"x": x}), expected(2.0))
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    kl = KullbackLeibler(q, prior)
+    torch.testing.assert_close(kl.eval({"x": x}), expected(1.0))
+    with torch.no_grad():
+        prior.scale.fill_(2.0)
+    torch.testing.assert_close(kl.eval({"x": x}), expected(2.0))
+    with torch.no_grad():
+        prior.scale.fill_(1.0)
+    assert prior._is_standard_normal()
+    torch.testing.assert_close(kl.eval({"x": x}), expected(1.0))
+
+
 def test_bernoulli_probs_gradient_is_torchs_inside_the_clamp() -> None:
     """The probabilities are clamped to [eps, 1 - eps] as torch clamps them (by hardtanh): the log-density's
     gradient equals torch's Bernoulli(probs=...) everywhere but at the two bounds themselves, and is zero

@@ -207,6 +207,24 @@ def test_relaxed_categorical_discrete_part_follows_the_validation_switch() -> No
         probs=torch.tensor([0.2, 0.3, 0.5])).log_prob(y))
 
 
+def test_a_constant_distribution_sees_its_buffers_data_reassigned() -> None:
+    """``cat.probs.data = new`` keeps the tensor object and its version but moves it to new storage: the kept torch
+    object is rebuilt (it scored with the old probabilities while sampling used the new); an in-place write under
+    ``torch.no_grad()`` is seen too. (An in-place write through ``.data`` is not: documented, not checked.)"""
+    cat = Categorical(var=["c"], probs=torch.tensor([0.5, 0.25, 0.25], dtype=F64), name="u")
+    x = torch.eye(3, dtype=F64)
+    with validation(False):
+        torch.testing.assert_close(cat.get_log_prob({"c": x}), torch.tensor([0.5, 0.25, 0.25], dtype=F64).log())
+        cat.probs.data = torch.tensor([[0.2, 0.2, 0.6]], dtype=F64)
+        torch.testing.assert_close(cat.get_log_prob({"c": x}), torch.tensor([0.2, 0.2, 0.6], dtype=F64).log())
+        torch.manual_seed(0)
+        freq = cat.sample(batch_n=4000)["c"].mean(0)
+        assert abs(freq[2].item() - 0.6) < 5 * math.sqrt(0.6 * 0.4 / 4000)
+        with torch.no_grad():
+            cat.probs.copy_(torch.tensor([[0.1, 0.1, 0.8]], dtype=F64))
+        torch.testing.assert_close(cat.get_log_prob({"c": x}), torch.tensor([0.1, 0.1, 0.8], dtype=F64).log())
+
+
 def test_a_constant_distribution_keeps_its_torch_object_only_while_its_buffers_are_unchanged() -> None:
     """A distribution whose parameters are all buffers builds its torch object once while they are the
     same tensors at the same version; an in-place write (``fill_``, ``load_state_dict``) or a move makes

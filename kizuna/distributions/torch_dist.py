@@ -391,24 +391,34 @@ class TorchDistribution(Distribution):
             params.setdefault(key, value)
         return params
 
-    def _buffers_stamp(self) -> list[tuple[Any, int | None]]:
-        """Each buffer with torch's version counter (advanced by every in-place write: ``fill_``,
-        ``load_state_dict``), to tell later with `_buffers_unchanged` whether any buffer changed."""
-        return [(t, None if t is None else t._version) for t in self._buffers.values()]
+    def _buffers_stamp(self) -> list[tuple[Any, int | None, int | None]]:
+        """Each buffer with torch's version counter (advanced by every in-place write to the tensor: ``fill_``,
+        ``copy_``, ``load_state_dict``) and the address of its storage (which a reassignment of ``.data`` changes), to
+        tell later with `_buffers_unchanged` whether any buffer changed.
 
-    def _buffers_unchanged(self, stamp: list[tuple[Any, int | None]] | None) -> bool:
-        """Whether every buffer is the tensor recorded in ``stamp`` (`_buffers_stamp`) at the same version."""
+        An in-place write through ``.data`` (``p.scale.data.fill_(2)``, ``p.probs.data.copy_(...)``) or through a
+        numpy view is not seen: torch does not count it as a change (its version counter is not advanced), so the
+        caches built on this stamp (`_constant_dist`, `_holds_numbers` and the standard-normal KL shortcut) keep the
+        old value. Write to the buffer itself under ``torch.no_grad()`` (``with torch.no_grad(): p.scale.fill_(2)``),
+        or assign it anew (``p.scale = torch.full(...)``, ``p.scale.data = ...``)."""
+        return [(t, None, None) if t is None else (t, t._version, t.data_ptr()) for t in self._buffers.values()]
+
+    def _buffers_unchanged(self, stamp: list[tuple[Any, int | None, int | None]] | None) -> bool:
+        """Whether every buffer is the tensor recorded in ``stamp`` (`_buffers_stamp`) at the same version, on the same
+        storage (see `_buffers_stamp` for the writes this cannot see)."""
         buffers = self._buffers
         if stamp is None or len(stamp) != len(buffers):
             return False
-        for tensor, (seen, version) in zip(buffers.values(), stamp):
-            if tensor is not seen or (tensor is not None and tensor._version != version):
+        for tensor, (seen, version, address) in zip(buffers.values(), stamp):
+            if tensor is not seen or (tensor is not None and (tensor._version != version
+                                                              or tensor.data_ptr() != address)):
                 return False
         return True
 
     def _holds_numbers(self) -> bool:
         """Whether every constant given as a Python number still holds it: checked by value once, and again
-        only after a buffer changed (`_buffers_unchanged`)."""
+        only after a buffer changed (`_buffers_unchanged`; not after an in-place write through ``.data``, see
+        `_buffers_stamp`)."""
         if self._buffers_unchanged(self.__dict__.get("_numbers_seen")):
             return True
         for key, number in self._numbers.items():
@@ -466,7 +476,8 @@ class TorchDistribution(Distribution):
     def _constant_dist(self, independent: bool) -> D.Distribution:
         """The torch distribution of a distribution whose parameters are all constants held in buffers (a
         prior, a uniform choice of noise level), kept between evaluations while every buffer is the same
-        tensor at the same version (torch's counter of in-place writes: ``fill_``, ``load_state_dict``),
+        tensor at the same version (torch's counter of in-place writes: ``fill_``, ``load_state_dict``) on the same
+        storage (a reassigned ``.data``; an in-place write through ``.data`` is not seen, see `_buffers_stamp`),
         per validation setting: building it costs more than drawing from it (torch's Categorical normalises
         its probabilities on every construction). Its tensors are buffers, which hold no autograd graph
         (none is kept from inside ``torch.inference_mode``, whose tensors autograd refuses to save)."""
