@@ -389,6 +389,9 @@ class WordSegmenter(Module):
         if model is None:
             raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
         utterances = self._check(utterances)
+        slots = self.chain_slots_[self.selected_] if self.selected_ < len(self.chain_slots_) else None
+        if slots is not None and any(NAME in s for s in utterances):
+            raise ValueError(f"WordSegmenter {self.name}: utterances may not contain \\x04 (the NAME token)")
         unseen = sorted({c for s in utterances for c in s} - set(model.alphabet))
         if unseen:  # the character model has no probability for them (it named the EOS-extended alphabet)
             first = next(i for i, s in enumerate(utterances) if not set(s) <= set(model.alphabet))
@@ -396,14 +399,11 @@ class WordSegmenter(Module):
             raise ValueError(f"WordSegmenter {self.name}: utterance {first} ({utterances[first]!r}) has "
                              f"{''.join(unseen)!r}, symbols no training utterance had: the language model gives them "
                              f"no probability (its alphabet is {known!r}); fit or update with utterances holding them")
-        slots = self.chain_slots_[self.selected_] if self.selected_ < len(self.chain_slots_) else None
         if slots is None:
             if concepts is not None:
                 raise ValueError(f"WordSegmenter {self.name}: concepts are used by the one-name model "
                                  "(prior_mode='name', after an update under a concept module), not in force here")
             return [model.viterbi(s) for s in utterances]
-        if any(NAME in s for s in utterances):
-            raise ValueError(f"WordSegmenter {self.name}: utterances may not contain \\x04 (the NAME token)")
         names, first = self._new_names(len(utterances), concepts)
         return [name_viterbi(model, s, names, first + m)[0] for m, s in enumerate(utterances)]
 
