@@ -12,7 +12,7 @@ integer. How decides what the MLDA sees:
   a zero row left as it is —, times the weight, ``np.array(..., dtype=np.int32)``), deterministically,
   without sampling; each count becomes that many tokens. Every feature below :math:`1/w` of its row's mass
   is dropped and a row keeps fewer than :math:`w` tokens: on SERKET's spoken digits (2,400 HAC features,
-  about 190 counts over 125 features a sample) a weight of 200 leaves **127 tokens over 76 features** on
+  about 205 counts over 125 features a sample) a weight of 200 leaves **127 tokens over 76 features** on
   average, against 204 over 125 with ``"round"``, so next to the GMM's ~200 class-word tokens the speech
   carries less weight than the equal weights suggest.
 * ``"largest_remainder"`` — exactly :math:`w` tokens a row (for an integer :math:`w`): the floors, then one

@@ -8,6 +8,7 @@ inference). Arrays in give arrays out; tensors give tensors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -87,8 +88,11 @@ class MultimodalLDA(Estimator):
         resolve_backend(self.backend, self._owner)  # an unknown name, or numba asked for but not installed
         if self._sweeps().n_sweeps < 0 or self.n_blocks < 1 or self.n_init < 1:
             raise ValueError(f"{self._owner}: max_iter must be >= 0, n_blocks and n_init >= 1")
-        if any(p is not None and p <= 0 for p in (self.alpha, self.beta, self.doc_topic_prior, self.topic_word_prior)):
-            raise ValueError(f"{self._owner}: the Dirichlet concentrations must be positive")
+        if any(p is not None and not (p > 0 and math.isfinite(p))  # (NaN fails every comparison)
+               for p in (self.alpha, self.beta, self.doc_topic_prior, self.topic_word_prior)):
+            raise ValueError(f"{self._owner}: the Dirichlet concentrations must be positive and finite, got alpha="
+                             f"{self.alpha}, beta={self.beta}, doc_topic_prior={self.doc_topic_prior}, "
+                             f"topic_word_prior={self.topic_word_prior}")
 
     def _weights(self) -> list[float | None] | None:
         return None if self.weights is None else list(self.weights)
@@ -139,6 +143,8 @@ class MultimodalLDA(Estimator):
             floating = torch.from_numpy(np.zeros(0, floating)).dtype if floating.kind == "f" else None
         dtype = floating if isinstance(floating, torch.dtype) and floating.is_floating_point \
             else torch.get_default_dtype()  # floating input keeps its precision (scikit-learn's rule)
+        if torch.finfo(dtype).bits < 32:  # float16 / bfloat16 count tables stop counting by ones at 2048 / 256
+            dtype = torch.float32
         return counts, dtype
 
     def _sizes_of(self, counts: algo.Counts) -> list[int]:

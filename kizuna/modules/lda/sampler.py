@@ -37,6 +37,7 @@ request). Restarts, the estimator and the graph node are built on this file
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,8 +77,8 @@ def as_counts(x: Any, weight: float | None, what: str, rounding: str = "round") 
         raise ValueError(f"{what}: Negative values in data: counts must be non-negative, got "
                          f"{float(t[row, col]):.4g} at row {row}, column {col}")
     if weight is None or rounding == "round":
-        if weight is not None:
-            t = _rescaled(t, weight, what)
+        if weight is not None:  # rescaled in float64 whatever the input's precision, as `token_counts` does
+            t = _rescaled(t.double(), weight, what)
         return torch.round(t).long()
     t = _rescaled(t.double(), weight, what)
     low = torch.floor(t)
@@ -91,8 +92,8 @@ def as_counts(x: Any, weight: float | None, what: str, rounding: str = "round") 
 
 def _rescaled(t: Tensor, weight: float, what: str) -> Tensor:
     """Rows rescaled to sum to ``weight``, :math:`(x_{nv} / \\sum_u x_{nu})\\,w` (a zero row stays zero)."""
-    if not weight > 0:
-        raise ValueError(f"{what}: the weight must be positive, got {weight}")
+    if not (weight > 0 and math.isfinite(weight)):  # (NaN fails the comparison; inf gave negative token counts)
+        raise ValueError(f"{what}: the weight must be positive and finite, got {weight}")
     sums = t.sum(1, keepdim=True)
     return t / torch.where(sums > 0, sums, torch.ones_like(sums)) * weight
 
