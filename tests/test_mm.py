@@ -304,3 +304,16 @@ def test_a_row_of_zero_evidence_is_named():
         MarkovChain(3).fit(x)
     x[3] = 1.0 / 3
     assert MarkovChain(3).fit(x).predict(x).shape == (8,)
+
+
+def test_a_given_chain_that_is_not_probabilities_is_named():
+    """MarkovChain's check of a given transmat / startprob named neither the matrix nor the entry ('transmat rows and
+    startprob must be probability vectors'); it names them as HMM's parameter checks do, and accepts a valid chain."""
+    evidence = np.array([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]])
+    cases = [({"transmat": [[0.7, 0.3], [0.6, 0.6]]}, r"transmat rows must sum to 1, got row 1 summing to 1\.2"),
+             ({"transmat": [[1.2, -0.2], [0.5, 0.5]]}, r"transmat must hold probabilities .*transmat\[0, 1\] = -0\.2"),
+             ({"startprob": [float("nan"), 1.0]}, r"startprob must hold probabilities .*startprob\[0\] = nan")]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            MarkovChain(2, n_iter=0, **kwargs).fit(evidence)
+    MarkovChain(2, n_iter=0, transmat=[[0.9, 0.1], [0.2, 0.8]], startprob=[0.5, 0.5]).fit(evidence)

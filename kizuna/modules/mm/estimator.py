@@ -22,6 +22,7 @@ import torch
 
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules.estimator import Estimator
+from kizuna.modules.hmm.emissions import check_distributions
 from kizuna.modules.mm import algorithms as algo
 from kizuna.modules.validation import as_matrix, check_n_features
 
@@ -68,9 +69,8 @@ class MarkovChain(Estimator):
         if a.shape != (k, k) or p.shape != (k,):
             raise ValueError(f"{self._owner}: the evidence has {k} classes but transmat is {tuple(a.shape)} "
                              f"and startprob {tuple(p.shape)}")
-        if (a < 0).any() or (p < 0).any() or not torch.allclose(a.sum(1), torch.ones_like(a[0])) \
-                or not torch.allclose(p.sum(), torch.ones_like(p[0])):
-            raise ValueError(f"{self._owner}: transmat rows and startprob must be probability vectors")
+        for name, value in (("transmat", a), ("startprob", p)):  # the entry or row named, as HMM's parameters
+            check_distributions(value, name, self._owner)
         return p, a
 
     def _evidence(self, X: Any, lengths: Sequence[int] | Tensor | None) -> tuple[Tensor, Tensor]:
