@@ -155,6 +155,12 @@ def test_several_parents_multiply_their_class_priors():
     expected = a * b / (a * b).sum(1, keepdim=True)
     torch.testing.assert_close(gmm.backward_in.value, expected)
     assert gmm.backward_in.sender == "pa+pb"
+    # priors with no class in common on a row: named (the softmax of -inf was NaN, reported as such by Message)
+    a[3], b[3] = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    gmm.receive_backward(Message("pa", "g", "c", "prior", a))
+    gmm.receive_backward(Message("pb", "g", "c", "prior", b))
+    with pytest.raises(ValueError, match="row 3: the class priors of pa, pb have no class in common"):
+        _ = gmm.backward_in
 
 
 # ----------------------------------------------------------------------------- MP and SIR

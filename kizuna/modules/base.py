@@ -204,6 +204,11 @@ class Module(Stateful):
         for m in msgs[1:]:
             check_same_shape(self, msgs[0], m)
         log = sum(torch.log(m.value) for m in msgs)
+        none = ~torch.isfinite(log).any(1)
+        if bool(none.any()):  # softmax of a row of -inf is NaN, which the Message check reported without the cause
+            row = int(none.nonzero()[0])
+            raise ValueError(f"{self.name}: row {row}: the class priors of {', '.join(m.sender for m in msgs)} have no "
+                             "class in common (each class has probability 0 under one of them), so their product is 0")
         return Message("+".join(m.sender for m in msgs), self.name, msgs[0].variable, "prior", torch.softmax(log, 1))
 
     # ------------------------------------------------------------------ update
