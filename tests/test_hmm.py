@@ -552,3 +552,48 @@ def test_fit_history_survives_save_and_load(tmp_path):
     fresh = HMM(3)
     fresh.load_state_dict(old)
     assert fresh.history_ is None and fresh.converged_ is False and fresh.score(x) == model.score(x)
+
+
+def test_a_categorical_hmm_saved_with_other_symbols_is_refused(tmp_path):
+    """n_features fixes the shape of emissionprob_, but was not part of the HMM node's architecture: a graph saved
+    with 4 symbols loaded into one built for 6 silently kept (2, 4) and failed only at a later update on symbol 5."""
+    from kizuna.modules import Graph, GraphError, Observation
+
+    s = torch.randint(0, 4, (30, 1), generator=torch.Generator().manual_seed(0)).double()
+
+    def graph(n_features: int) -> Graph:
+        return Graph([HMM(2, emission="categorical", n_features=n_features, n_iter=2, name="hmm")
+                      .connect(Observation(s))])
+
+    saved = graph(4)
+    saved.fit(1, seed=0)
+    saved.save(tmp_path)
+    with pytest.raises(GraphError, match="n_features"):
+        graph(6).load(tmp_path)
+    graph(4).load(tmp_path)  # the same architecture loads
+
+
+def test_a_save_from_before_n_features_was_compared_still_loads(tmp_path):
+    """A graph saved before n_features joined the HMM node's architecture (its manifest's config lacks the key) still
+    loads into an HMM that leaves n_features at its default; one that sets it is compared as before the key existed."""
+    import json
+
+    from kizuna.modules import Graph, Observation, persistence
+
+    x = torch.randn(30, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def graph() -> Graph:
+        return Graph([HMM(2, n_iter=2, name="hmm").connect(Observation(x))])
+
+    saved = graph()
+    saved.fit(1, seed=0)
+    saved.save(tmp_path)
+    manifest = tmp_path / persistence.MANIFEST
+    data = json.loads(manifest.read_bytes())
+    for entry in data["body"]["modules"]:
+        entry["config"].pop("n_features", None)  # as written before the key existed
+    data["sha256"] = persistence._sha(json.dumps(data["body"], indent=1, sort_keys=True).encode())
+    manifest.write_text(json.dumps(data))
+    loaded = graph()
+    loaded.load(tmp_path)
+    torch.testing.assert_close(loaded.modules[-1].transmat_, saved.modules[-1].transmat_)

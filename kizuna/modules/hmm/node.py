@@ -56,7 +56,7 @@ class HMM(ClassModule, HiddenMarkovModel):
     accepts: ClassVar[tuple[str, ...]] = ("data", "latent")
     receives: ClassVar[tuple[str, ...]] = ("prior",)
     scheduled: ClassVar[tuple[str, ...]] = ("n_iter",)
-    architecture: ClassVar[tuple[str, ...]] = ("n_components", "emission", "covariance_type")
+    architecture: ClassVar[tuple[str, ...]] = ("n_components", "emission", "covariance_type", "n_features")
 
     @dataclass
     class State(ClassModule.State):
