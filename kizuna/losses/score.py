@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from kizuna._text import LATEX, prob_text, symbol, var_text
-from kizuna.distributions.base import flat_rows
+from kizuna.distributions.base import flat_rows, sum_rows
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
 
@@ -86,10 +86,6 @@ def score_text(score: Any, var: str, fmt: dict[str, str]) -> str:
     return grad.format(var_text(var, fmt)) + " " + fmt["log"].format(symbol(score, fmt))
 
 
-def _rows(v: Tensor) -> Tensor:
-    return flat_rows(v).sum(1)
-
-
 class ScoreMatchingError(Loss):
     """:math:`\\operatorname{tr}(\\nabla_x s(x)) + \\frac12\\|s(x)\\|^2` per row (Hyvärinen 2005; module docstring)."""
 
@@ -112,7 +108,7 @@ class ScoreMatchingError(Loss):
                 (g,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True, allow_unused=True)
                 if g is not None:
                     trace = trace + flat_rows(g)[:, i]
-        return trace + 0.5 * _rows(s.pow(2))
+        return trace + 0.5 * sum_rows(s.pow(2))
 
     def _render(self, fmt: dict[str, str]) -> str:
         s = score_text(self.score, self.var, fmt)
@@ -147,11 +143,11 @@ class SlicedScoreError(Loss):
             raise ValueError(
                 f"the projection {self.projection} has shape {tuple(v.shape)}, {self.var} has {tuple(x.shape)}")
         with torch.enable_grad():  # also under no_grad (Model.test, validation): the projection's graph is needed
-            vs = _rows(v * s)
+            vs = sum_rows(v * s)
             (g,) = torch.autograd.grad(vs.sum(), x, create_graph=True, allow_unused=True) if vs.requires_grad \
                 else (None,)
-        last = _rows(s.pow(2)) if self.variance_reduction else vs.pow(2)
-        return (0.0 if g is None else _rows(g * v)) + 0.5 * last  # g None: a score that ignores x
+        last = sum_rows(s.pow(2)) if self.variance_reduction else vs.pow(2)
+        return (0.0 if g is None else sum_rows(g * v)) + 0.5 * last  # g None: a score that ignores x
 
     def _render(self, fmt: dict[str, str]) -> str:
         s, v, x = score_text(self.score, self.var, fmt), self.projection, self.var
@@ -186,7 +182,7 @@ class DenoisingScoreError(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         _, s = score_value(self.score, ctx.values, self.var, wrt_x=False)
         target = score_value(self.noise, ctx.values, self.var, create_graph=False)[1].detach()
-        out = 0.5 * _rows((s - target).pow(2))
+        out = 0.5 * sum_rows((s - target).pow(2))
         if self.noise_weighting:
             out = out * flat_rows(self.noise.sample_variance(ctx.values)).mean(1)
         return out
