@@ -157,8 +157,7 @@ def _start_streams(model: Any, seed: int | None, parallel: bool) -> None:
     if model.epoch == 0 and seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"fit: seed must be an integer, got {seed!r}")
-        model._rng = torch.Generator().manual_seed(seed).get_state()
-        model._shuffle = torch.Generator().manual_seed(seed + 1)
+        model.seed_streams(seed)
     if model._rng is None:  # no seed and no saved stream: one draw from the global generator starts it
         start = int(torch.randint(0, 2**62, ()).item()) if not parallel else ddp.common_seed()
         model._rng = torch.Generator().manual_seed(start).get_state()

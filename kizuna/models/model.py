@@ -376,6 +376,15 @@ class Model:
         return fit(self, data, epochs=epochs, batch_size=batch_size, valid=valid, shuffle=shuffle, quiet=quiet,
                    patience=patience, checkpoint=checkpoint, seed=seed, distributed=distributed)
 
+    def seed_streams(self, seed: int) -> None:
+        """Start fit's random stream and shuffling generator from ``seed`` now, at any epoch (``fit(seed=...)`` does
+        this only when a run starts, ``epoch == 0``): code that trains a model in several calls of `fit` and owns
+        the randomness of each (a graph module seeded by its graph's generator) restarts them before each call."""
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed_streams: seed must be an integer, got {seed!r}")
+        self._rng = torch.Generator().manual_seed(seed).get_state()
+        self._shuffle = torch.Generator().manual_seed(seed + 1)
+
     def submodels(self) -> list[Model]:
         """Further models this one's `step` trains (a GAN's discriminator); a data-parallel `fit` wraps
         each of them too."""
