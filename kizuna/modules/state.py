@@ -7,12 +7,16 @@ Each module class declares
   ``dataclasses.fields`` and turns them into tensors, numbers, strings, lists and dicts (what
   ``torch.load(weights_only=True)`` reads back without running code); `Stateful.load_state_dict`
   rebuilds each field from its type: a tensor, a nested dataclass (`Message`, a fitted GMM), a list or
-  dict of those, or an ``nn.Module`` (its ``state_dict`` is loaded into the module's existing network);
+  dict of those, an ``nn.Module`` (its ``state_dict`` is loaded into the module's existing network), or a
+  ``torch.optim.Optimizer`` (its ``state_dict``, Adam's moments and step counts, loaded into the module's
+  existing optimiser);
 * ``architecture``: the constructor parameters that fix the state's shapes; `Stateful.config` reports
   them, and loading refuses a state saved by a module with a different architecture.
 
 A subclass extends its parent's ``State`` (``class State(ClassModule.State): ...``) and writes no
-``state_dict`` of its own. Why dataclasses rather than making modules ``nn.Module`` buffers: most
+``state_dict`` of its own. A field added to a ``State`` after saves were written without it is declared
+with `added_field`: such a save still loads, leaving that attribute as the module's ``_before_load`` made it.
+Why dataclasses rather than making modules ``nn.Module`` buffers: most
 module state is not tensors of a fixed shape (messages, fitted dataclasses, optional fields decided at
 the first update, networks built lazily), and the classical modules are scikit-learn estimators, which
 must not be ``nn.Module`` s (``clone`` rebuilds them from their constructor parameters).
@@ -20,6 +24,7 @@ must not be ``nn.Module`` s (``clone`` rebuilds them from their constructor para
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -30,6 +35,13 @@ import torch
 from torch import nn
 
 _PLAIN = (bool, int, float, str, type(None))
+_ADDED = "kizuna.added"
+
+
+def added_field(default: Any = None) -> Any:
+    """A ``State`` field added after saves were written without it: such a save still loads, and the attribute
+    is left as the module's ``_before_load`` made it (for an optimiser: a fresh one)."""
+    return dataclasses.field(default=default, metadata={_ADDED: True})
 
 
 def encode(value: Any, where: str) -> Any:
@@ -40,6 +52,8 @@ def encode(value: Any, where: str) -> Any:
         return value.detach()
     if isinstance(value, nn.Module):
         return dict(value.state_dict())
+    if isinstance(value, torch.optim.Optimizer):  # its parameters' state is keyed by their index: "0", "1", ...
+        return encode(value.state_dict(), where)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: encode(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -86,6 +100,14 @@ def decode(tp: Any, value: Any, current: Any, where: str) -> Any:
                              "the same networks before loading")
         current.load_state_dict(value)
         return current
+    if isinstance(tp, type) and issubclass(tp, torch.optim.Optimizer):
+        if current is None:
+            raise ValueError(f"{where}: the module has no optimiser to load the saved state into")
+        # cloned: an optimiser steps its state in place, and torch's load keeps the tensors it is given
+        state = {int(k): {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in per_param.items()}
+                 for k, per_param in value["state"].items()}
+        current.load_state_dict({"state": state, "param_groups": value["param_groups"]})
+        return current
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
         return tp(**{f.name: decode(hints[f.name], value[f.name], None, f"{where}.{f.name}")
@@ -113,17 +135,22 @@ class Stateful:
 
     def snapshot(self) -> Callable[[], None]:
         """A function that puts this module back as it is now, for a load that fails part-way: its attributes
-        (rebinding what loading replaces or `_before_load` builds) and the weights of its networks, which
-        `load_state_dict` overwrites in place."""
+        (rebinding what loading replaces or `_before_load` builds), the weights of its networks and the state of
+        its optimisers, which `load_state_dict` (and `_before_load`) overwrite in place."""
         attributes = dict(vars(self))
+        fields = [attributes.get(f.name) for f in dataclasses.fields(self.State)]
         weights = [(net, {k: v.clone() for k, v in net.state_dict().items()})
-                   for f in dataclasses.fields(self.State) if isinstance(net := attributes.get(f.name), nn.Module)]
+                   for net in fields if isinstance(net, nn.Module)]
+        optimizers = [(opt, copy.deepcopy(opt.state_dict())) for opt in fields
+                      if isinstance(opt, torch.optim.Optimizer)]
 
         def restore() -> None:
             vars(self).clear()
             vars(self).update(attributes)
             for net, saved in weights:
                 net.load_state_dict(saved)
+            for opt, saved_state in optimizers:
+                opt.load_state_dict(saved_state)
 
         return restore
 
@@ -131,8 +158,11 @@ class Stateful:
         """Hook: build what the state is loaded into (e.g. lazily built networks); nothing by default."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (fields are set one by one: `snapshot` undoes a failure)."""
-        names = [f.name for f in dataclasses.fields(self.State)]
+        """Restore what :meth:`state_dict` returned (fields are set one by one: `snapshot` undoes a failure). A field
+        declared with `added_field` that the state lacks (a save older than the field) is left as `_before_load`
+        made it."""
+        fields = dataclasses.fields(self.State)
+        names = [f.name for f in fields if f.name in state or not f.metadata.get(_ADDED)]
         missing = [n for n in names if n not in state]
         if missing:
             raise ValueError(f"{type(self).__name__}: the saved state lacks {missing}")
