@@ -16,6 +16,8 @@ r"""Randomness in the module layer: one policy, and samplers that draw from a gi
 Code that can only draw from torch's *global* generator (``torch.distributions``, dropout, network
 initialisation) runs inside `rng_from` ``(generator)``, which forks the global state, seeds it from the
 generator and restores it afterwards: torch's global generator is never advanced by a seeded run.
+A module that trains with `kizuna.models.Model.fit`, whose own random streams would otherwise continue from
+call to call, starts them before every update from `draw_seed` ``(generator)`` (the VAE module).
 
 The samplers below are vectorised over rows and draw only from the generator they are given.
 """
@@ -67,6 +69,16 @@ def on_cpu(generator: torch.Generator | None) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def draw_seed(generator: torch.Generator) -> int:
+    """One seed in ``[0, 2**62)`` drawn from ``generator`` (on its device), to start a stream that ``generator``
+    decides: `rng_from`'s, or a `kizuna.models.Model`'s training streams.
+
+    >>> draw_seed(torch.Generator().manual_seed(0)) == draw_seed(torch.Generator().manual_seed(0))
+    True
+    """
+    return int(torch.randint(0, SEED_BOUND, (1,), generator=generator, device=generator.device))
+
+
 @contextmanager
 def rng_from(generator: torch.Generator | None) -> Iterator[None]:
     """Run code that draws from torch's global generator (``torch.distributions``, dropout, network
@@ -85,7 +97,7 @@ def rng_from(generator: torch.Generator | None) -> Iterator[None]:
     if generator is None:
         yield
         return
-    seed = int(torch.randint(0, SEED_BOUND, (1,), generator=generator, device=generator.device))
+    seed = draw_seed(generator)
     with torch.random.fork_rng():  # the CPU state and every visible CUDA device's
         torch.manual_seed(seed)
         yield

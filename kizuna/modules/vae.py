@@ -41,7 +41,7 @@ from kizuna.losses import Expectation, KullbackLeibler, LogProb
 from kizuna.models import Model
 from kizuna.modules.base import Message, Module, check_width
 from kizuna.modules.context import UpdateContext
-from kizuna.modules.rng import rng_from
+from kizuna.modules.rng import draw_seed, rng_from
 
 LIKELIHOODS = ("bernoulli", "normal")
 PRIOR_MEAN = "mu"
@@ -192,9 +192,10 @@ class VAE(Module):
         mu = self._prior_mean(backward, data.shape[0], data)
         epochs = int(ctx.setting(self.name, "epochs", self.epochs))
         if self.learnable and epochs > 0:
-            with rng_from(ctx.generator):
-                history = self.model.fit({self.data_var: data, PRIOR_MEAN: mu}, epochs=epochs,
-                                         batch_size=self.batch_size, quiet=True)
+            # fit's own streams (its draws and its batch order) start from the graph's generator at every update
+            self.model.seed_streams(draw_seed(ctx.generator))
+            history = self.model.fit({self.data_var: data, PRIOR_MEAN: mu}, epochs=epochs,
+                                     batch_size=self.batch_size, quiet=True)
             self.loss_history.append(history.train[-1])
         self.latent = self.encode(data)
         check_width(self, Message(self.name, None, "z", "latent", self.latent), self.latent_dim, "latent dimensions")
