@@ -119,3 +119,58 @@ def test_a_load_into_a_trained_module_starts_a_new_optimiser(tmp_path):
     probe = torch.eye(3, dtype=torch.float64)
     nets = [next(m for m in graph.modules if isinstance(m, NN)).net for graph in (used, fresh)]
     assert torch.equal(nets[0](probe), nets[1](probe))
+
+
+def _nn_graph():
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(20, 2, generator=g) + 4 * k for k in range(3)])
+    p = torch.rand(60, 6, generator=g)
+    gmm = GMM(3, name="g").connect(Observation(x, name="x"))
+    return Graph([NN(hidden=(8,), epochs=3, batch_size=16, name="nn").connect(gmm, Observation(p, name="p"))])
+
+
+def _net(graph):
+    return [w.detach().clone() for w in graph["nn"].net.parameters()]
+
+
+def test_save_load_fit_continues_the_uninterrupted_run_bit_for_bit(tmp_path):
+    """The optimiser's state (Adam's moments) is saved with the module: save after two sweeps, load into a freshly
+    built graph (or the module alone into a fresh module) and fit on equals the run never saved, bit for bit: the
+    network, its predictions and the GMM that the NN's class prior steers."""
+    from kizuna.modules import load_module, save_module
+
+    straight = _nn_graph()
+    straight.fit(2, seed=0)
+    straight.fit(2, seed=1)
+    saved = _nn_graph()
+    saved.fit(2, seed=0)
+    saved.save(tmp_path / "graph")
+    save_module(saved["nn"], tmp_path / "nn.pt")
+    resumed = _nn_graph()
+    resumed.load(tmp_path / "graph")
+    one = _nn_graph()
+    one.load(tmp_path / "graph")
+    load_module(one["nn"], tmp_path / "nn.pt")  # the module file holds the same state
+    for graph in (resumed, one):
+        graph.fit(2, seed=1)
+        assert all(torch.equal(a, b) for a, b in zip(_net(graph), _net(straight)))
+        assert torch.equal(graph["nn"].prediction, straight["nn"].prediction)
+        assert torch.equal(graph["g"].posterior, straight["g"].posterior)
+
+
+def test_a_save_without_the_optimiser_state_still_loads(tmp_path, monkeypatch):
+    """A save written before the optimiser's state was kept loads with a fresh optimiser on the loaded weights."""
+    from kizuna.modules.state import Stateful
+
+    saved = _nn_graph()
+    saved.fit(1, seed=0)
+    with monkeypatch.context() as m:  # the old format: no "optimizer" entry
+        m.setattr(NN, "state_dict", lambda self: {k: v for k, v in Stateful.state_dict(self).items()
+                                                  if k != "optimizer"})
+        saved.save(tmp_path / "graph")
+    for graph in (_nn_graph(), saved):  # into a fresh module, and into one that has trained
+        graph.load(tmp_path / "graph")
+        assert all(torch.equal(a, b) for a, b in zip(_net(graph), _net(saved)))
+        assert graph["nn"].optimizer is None or not graph["nn"].optimizer.state  # fresh (or built at the update)
+        graph.fit(1, seed=1)
+        assert graph["nn"].optimizer.state

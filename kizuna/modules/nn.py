@@ -39,6 +39,7 @@ from kizuna._distances import squared_distances
 from kizuna.modules.base import Message, MessageShapeError, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.rng import rng_from
+from kizuna.modules.state import added_field
 from kizuna.modules.validation import as_matrix
 from kizuna.nets import MLP
 
@@ -63,11 +64,13 @@ class NN(Module):
 
     @dataclass
     class State(Module.State):
-        """Also the network, its predictions and their mean squared error."""
+        """Also the network, its predictions, their mean squared error and the optimiser's state (Adam's moments; a
+        save written before it was kept loads with a fresh optimiser)."""
 
         net: nn.Module | None = None
         prediction: torch.Tensor | None = None
         mse: float | None = None
+        optimizer: torch.optim.Optimizer | None = added_field()
 
     def __init__(self, net: nn.Module | None = None, in_dim: int | None = None, out_dim: int | None = None,
                  target: Any = None, hidden: Sequence[int] = (64,), epochs: int = 50, batch_size: int = 128,
@@ -150,10 +153,14 @@ class NN(Module):
 
     def _before_load(self, state: dict[str, Any]) -> None:
         """Build the default MLP a saved state holds weights of, sized by those weights (its children need not
-        have sent messages yet: a module loaded before its graph's first sweep). A load starts a new optimiser on the
-        loaded weights (docs/modules.md): Adam's moments of earlier training here do not belong to them."""
+        have sent messages yet: a module loaded before its graph's first sweep), and a fresh optimiser: the saved
+        one's state is loaded into it, and a save written before that state was kept trains on with the fresh one
+        (Adam's moments of earlier training here do not belong to the loaded weights)."""
         self.optimizer = None
-        if self.net is not None or state["net"] is None:
+        if self.net is not None:
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+            return
+        if state["net"] is None:
             return
         weights = [w for k, w in state["net"].items() if k.endswith("weight") and w.dim() == 2]
         if len(weights) != len(self.hidden) + 1:

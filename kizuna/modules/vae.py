@@ -27,8 +27,7 @@ mean(-E_{q(z|x)}[log p(x|z)] + KL[q(z|x)||p_{prior}(z|mu)])
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -42,6 +41,7 @@ from kizuna.models import Model
 from kizuna.modules.base import Message, Module, check_width
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.rng import draw_seed, rng_from
+from kizuna.modules.state import added_field
 
 LIKELIHOODS = ("bernoulli", "normal")
 PRIOR_MEAN = "mu"
@@ -97,13 +97,15 @@ class VAE(Module):
 
     @dataclass
     class State(Module.State):
-        """Also the networks, the input size of the default ones, the latents and the loss history."""
+        """Also the networks, the input size of the default ones, the latents, the loss history and the optimiser's
+        state (Adam's moments; a save written before it was kept loads with a fresh optimiser)."""
 
         in_dim: int | None = None
         encoder: Distribution | None = None
         decoder: Distribution | None = None
         latent: torch.Tensor | None = None
         loss_history: list[float] = field(default_factory=list)
+        optimizer: torch.optim.Optimizer | None = added_field()
 
     def __init__(self, latent_dim: int, encoder: Distribution | None = None, decoder: Distribution | None = None,
                  vae: Model | None = None, hidden: Sequence[int] = (256,), epochs: int = 10, batch_size: int = 128,
@@ -124,6 +126,7 @@ class VAE(Module):
         self.epochs, self.batch_size, self.lr, self.alpha = epochs, batch_size, lr, alpha
         self.encoder, self.decoder = encoder, decoder
         self.model: Model | None = None
+        self.optimizer: torch.optim.Optimizer | None = None  # the model's, once it is built
         self.in_dim: int | None = None
         self.latent: torch.Tensor | None = None
         self.loss_history: list[float] = []
@@ -145,6 +148,7 @@ class VAE(Module):
                 else self.reconstruction_loss + self.alpha * self.kl).mean()
         self.model = Model(loss, distributions=[self.encoder, self.decoder], optimizer=torch.optim.Adam,
                            optimizer_params={"lr": self.lr})
+        self.optimizer = self.model.optimizer
 
     def _default_networks(self, d: int, like: torch.Tensor, generator: torch.Generator | None) -> None:
         """MLPs for ``d`` input features, initialised from ``generator`` (through `rng_from`)."""
@@ -202,22 +206,10 @@ class VAE(Module):
         return self.message("latent", self.latent, variable=self.latent_var), {}
 
     # ------------------------------------------------------------- persistence
-    def snapshot(self) -> Callable[[], None]:
-        """`Stateful.snapshot`, with the optimiser's state, which `_before_load` clears in place."""
-        restore = super().snapshot()
-        optimizer = None if self.model is None else self.model.optimizer
-        saved = None if optimizer is None else copy.deepcopy(optimizer.state_dict())
-
-        def undo() -> None:
-            restore()
-            if optimizer is not None:
-                optimizer.load_state_dict(saved)
-
-        return undo
-
     def _before_load(self, state: dict[str, Any]) -> None:
-        """Build the default networks a saved state holds weights of (user networks must be given again). A load
-        starts a new optimiser on the loaded weights (docs/modules.md): earlier training's Adam moments are dropped."""
+        """Build the default networks a saved state holds weights of (user networks must be given again), with a fresh
+        optimiser: the saved one's state is loaded into it, and a save written before that state was kept trains
+        on with the fresh one (earlier training's Adam moments here are dropped)."""
         if self.model is not None:
             self.model.optimizer.state.clear()
             return
