@@ -96,10 +96,10 @@ def test_a_default_mlp_loads_before_its_first_update(tmp_path):
         wrong.load_state_dict(wrong_state)
 
 
-def test_a_load_into_a_trained_module_starts_a_new_optimiser(tmp_path):
-    """docs/modules.md: training after a load starts a new optimiser on the loaded weights, so a graph that had
-    trained before the load continues exactly as a freshly built one loaded from the same save (its NN kept its own
-    Adam moments, which belong to other weights)."""
+def test_a_load_into_a_trained_module_takes_the_saved_optimiser_state(tmp_path):
+    """docs/modules.md: a load restores the optimiser's state saved with the weights, so a graph that had trained
+    before the load continues exactly as a freshly built one loaded from the same save (its NN's own Adam moments,
+    which belong to other weights, are replaced)."""
     g = torch.Generator().manual_seed(2)
     x = torch.cat([torch.randn(20, 2, generator=g, dtype=torch.float64) + 4 * k for k in range(3)])
     p = torch.rand(60, 6, generator=g, dtype=torch.float64)

@@ -185,8 +185,8 @@ def test_a_load_into_a_trained_module_takes_the_saved_optimiser_state(tmp_path):
 
 
 def test_a_failed_graph_load_keeps_the_vaes_optimiser_state(tmp_path, monkeypatch):
-    """A load clears a trained VAE's Adam moments (a new optimiser on the loaded weights); when a later module's
-    state then fails to load, the whole load is undone, the moments included."""
+    """A load replaces a trained VAE's Adam moments by the saved ones; when a later module's state then fails to
+    load, the whole load is undone, the moments included."""
     x, _ = patterns(60, 8)
 
     def build():
