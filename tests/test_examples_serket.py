@@ -36,24 +36,25 @@ def test_chance_levels_quoted_above(shared_data):
 
 def test_vae_gmm_clusters_digits():
     m = run_smoke("serket_vae_gmm")
-    # measured: integrated 0.54, GMM on the lone VAE's latents 0.52 (the order flips between seeds)
+    # measured (seeds 0, 1, 2): integrated 0.546 / 0.450 / 0.426, GMM on the lone VAE's latents 0.498 / 0.478 / 0.514
+    # (the order flips between seeds)
     assert m["vae_gmm_accuracy"] > 0.4 and m["gmm_on_vae_accuracy"] > 0.4
     assert m["vae_gmm_nmi"] > 0.4
 
 
 def test_vae_gmm_mm_clusters_digits():
     m = run_smoke("serket_vae_gmm_mm")
-    assert m["vae_gmm_mm_accuracy"] > 0.4  # measured 0.52; the MM's gain needs full runs (slow test)
+    assert m["vae_gmm_mm_accuracy"] > 0.4  # measured 0.496; the MM's gain needs full runs (slow test)
 
 
 @pytest.mark.filterwarnings("ignore:mlda. modality 0:UserWarning")  # SERKET's own lopsided weights, on purpose
 def test_vae_gmm_mlda_fuses_speech_and_images():
     m = run_smoke("serket_vae_gmm_mlda")
-    # measured (seeds 0, 1, 2): integrated MLDA 0.78 / 0.77 / 0.77, GMM on VAE latents 0.52 / 0.53 / 0.54,
-    # speech alone 0.71 / 0.68 / 0.85 (so "beats speech alone" is left to the slow test)
+    # measured (seeds 0, 1, 2): integrated MLDA 0.810 / 0.738 / 0.784, GMM on VAE latents 0.498 / 0.478 / 0.514,
+    # speech alone 0.714 / 0.682 / 0.854 (so "beats speech alone" is left to the slow test)
     assert m["vae_gmm_mlda_accuracy"] > m["gmm_on_vae_accuracy"] + 0.15
     assert m["vae_gmm_mlda_accuracy"] > 0.6 and m["speech_mlda_accuracy"] > 0.5
-    # SERKET's weights [200, 200]: the MLDA copies the image clusters and loses the speech (0.50 / 0.54 / 0.47)
+    # SERKET's weights [200, 200]: the MLDA copies the image clusters and loses the speech (0.530 / 0.482 / 0.440)
     assert m["serket_weights_accuracy"] < m["vae_gmm_mlda_accuracy"] - 0.15
 
 
@@ -81,11 +82,11 @@ def test_mmlda_prior_once_per_sample_does_not_hurt():
 @pytest.mark.filterwarnings("ignore:mlda. modality 0:UserWarning")  # SERKET's own lopsided weights, on purpose
 def test_vae_under_mlda_on_objects():
     m = run_smoke("serket_mlda_vae")
-    # the GMM in the integrated model gains from the MLDA's prior. Smoke runs (50 objects), seeds 0-2:
-    # accuracy 0.54 / 0.64 / 0.58 against 0.50 / 0.54 / 0.52 alone, ARI 0.419 / 0.527 / 0.445 against
-    # 0.354 / 0.359 / 0.346 (seed 0 is the closest: two objects of accuracy, 0.066 of ARI)
+    # the GMM in the integrated model gains from the MLDA's prior in accuracy. Smoke runs (50 objects), seeds 0-2:
+    # accuracy 0.52 / 0.66 / 0.60 against 0.50 / 0.44 / 0.44 alone (seed 0: one object); ARI 0.331 / 0.484 / 0.521
+    # against 0.365 / 0.268 / 0.270, so the ARI gain is not robust at smoke scale (seed 0 loses 0.034) and is not
+    # asserted (it was, +0.03, while the VAE's training streams continued from update to update)
     assert m["integrated_gmm_accuracy"] > m["gmm_on_vae_accuracy"]
-    assert m["integrated_gmm_ari"] > m["gmm_on_vae_ari"] + 0.03
     assert m["integrated_accuracy"] > 0.6 and m["histogram_mlda_accuracy"] > 0.6
 
 
