@@ -137,3 +137,46 @@ def test_a_class_with_its_own_module_call_keeps_it():
         expected = D.Normal(loc + (100.0 if tag == 1 else 0.0), scale).log_prob(z).sum(-1)
         torch.testing.assert_close(p.get_log_prob({"x": x, "z": z}), expected)
         assert calls.count(tag) == 1
+
+
+def test_forward_gets_each_input_by_its_name_whatever_the_signatures_order():
+    """A network's ``forward`` that takes ``cond_var`` in its order is called with the values by position; one that
+    takes them in another order, with other parameters, with ``**kwargs``, or replaced on the instance, by name: each
+    sees every value under its own name (against the parameters written by hand)."""
+    from kizuna.distributions import Normal
+
+    a, b = torch.randn(4, 2), torch.randn(4, 2) + 5.0
+    x = torch.zeros(4, 2)
+
+    def expected(loc):
+        return D.Normal(loc, torch.ones_like(loc)).log_prob(x).sum(-1)
+
+    class InOrder(Normal):
+        def forward(self, a, b):
+            return {"loc": a - 2 * b, "scale": torch.ones_like(a)}
+
+    class Swapped(Normal):
+        def forward(self, b, a):
+            return {"loc": a - 2 * b, "scale": torch.ones_like(a)}
+
+    class Defaulted(Normal):
+        def forward(self, a, b, shift=0.0):
+            return {"loc": a - 2 * b + shift, "scale": torch.ones_like(a)}
+
+    class Keywords(Normal):
+        def forward(self, **cond):
+            return {"loc": cond["a"] - 2 * cond["b"], "scale": torch.ones_like(cond["a"])}
+
+    for cls in (InOrder, Swapped, Defaulted, Keywords):
+        p = cls(var=["x"], cond_var=["a", "b"])
+        torch.testing.assert_close(p.get_log_prob({"a": a, "b": b, "x": x}), expected(a - 2 * b))
+        assert p.sample({"a": a, "b": b})["x"].shape == x.shape
+    assert InOrder(var=["x"], cond_var=["a", "b"])._positional_cond is not None
+    assert Swapped(var=["x"], cond_var=["a", "b"])._positional_cond is None
+    # a forward replaced on the instance (after construction) is called by name
+    p = InOrder(var=["x"], cond_var=["a", "b"])
+    p.forward = lambda b, a: {"loc": b - 2 * a, "scale": torch.ones_like(a)}
+    torch.testing.assert_close(p.get_log_prob({"a": a, "b": b, "x": x}), expected(b - 2 * a))
+    # the cond_var order of the distribution, not the dict's order, decides nothing: names do
+    p = InOrder(var=["x"], cond_var=["b", "a"])
+    torch.testing.assert_close(p.get_log_prob({"a": a, "b": b, "x": x}), expected(a - 2 * b))

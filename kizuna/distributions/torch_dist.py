@@ -26,6 +26,7 @@ checks and changes no number: a checked evaluation computes with the same kernel
 
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 import re
@@ -134,6 +135,18 @@ class validation:  # noqa: N801 - used as a function: ``with validation(False):`
         _CHECKS.enabled = self._outer
 
 
+@functools.lru_cache(maxsize=256)
+def _takes_in_order(forward: Any, names: tuple[str, ...]) -> bool:
+    """Whether ``forward(self, ...)`` takes exactly ``names``, in this order, as ordinary parameters (each may be
+    given by position or by name; no ``*args`` or ``**kwargs``, nothing else without a default)."""
+    try:
+        params = list(inspect.signature(forward).parameters.values())[1:]
+    except (TypeError, ValueError):  # no signature (a builtin, a C extension)
+        return False
+    kinds = {p.kind for p in params}
+    return kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD} and tuple(p.name for p in params) == names
+
+
 def _shape_text(value: Any) -> str:
     return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
@@ -152,6 +165,10 @@ class TorchDistribution(Distribution):
     _param_set: ClassVar[frozenset[str]] = frozenset()  # param_names as a set (set per subclass)
     _hooks: ClassVar[dict[str, bool]] = {}  # set per subclass, see __init_subclass__
     _plain_module_call: ClassVar[bool] = True  # set per subclass, see __init_subclass__
+    _takes_args: ClassVar[bool] = True  # set per subclass, see __init_subclass__
+    # per instance (set in __init__; these class values, the general path, serve an instance pickled before them)
+    _forward_only = False
+    _positional_cond: list[str] | None = None
     static_params: ClassVar[tuple[str, ...]] = ()  # plain Python values (e.g. total_count)
     validate_value: ClassVar[bool] = True  # check the support of scored values
     # checks torch leaves out or reports under an inner distribution's parameter names
@@ -172,6 +189,8 @@ class TorchDistribution(Distribution):
         # torch's own module-call machinery (a class that overrides _call_impl or _wrapped_call_impl keeps its call)
         cls._plain_module_call = cls._call_impl is nn.Module._call_impl \
             and cls._wrapped_call_impl is nn.Module._wrapped_call_impl
+        # `_params` hands its input values to `_compute_params` (a subclass's own `_compute_params` gets x_dict only)
+        cls._takes_args = cls._compute_params is TorchDistribution._compute_params
 
     def __init__(
         self,
@@ -198,6 +217,12 @@ class TorchDistribution(Distribution):
         for key, value in params.items():
             self._set_param(key, value)
         self._uses_forward = type(self).forward is not TorchDistribution.forward
+        # every parameter from forward (the usual conditional distribution): its result is the parameters
+        self._forward_only = self._uses_forward and not (self._from_var or self._const_names or self._static)
+        # the cond_var list when forward takes exactly these variables by position in this order (it is then
+        # called with the values by position, as a hand-written loop calls a network), else None
+        self._positional_cond = self._cond_var if self._uses_forward and _takes_in_order(
+            type(self).forward, tuple(self._cond_var)) else None
         if not self._uses_forward and not self._from_var and self._const_names and self._complete():
             self._check_constants()
 
@@ -305,9 +330,14 @@ class TorchDistribution(Distribution):
     def _params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         """The merged parameters for these inputs, each with a leading batch dimension (shared within
         one evaluation, see `kizuna.formula.memo`); through a subclass's own ``get_params`` where it has one."""
-        inputs = list(map(x_dict.get, self._cond_var))  # None: an optional input is absent
+        try:  # the input values in cond_var order: the memo's key, and forward's arguments
+            inputs = args = list(map(x_dict.__getitem__, self._cond_var))
+        except KeyError:  # an input is absent (None in the key; `_compute_params` names it, or it is optional)
+            inputs, args = list(map(x_dict.get, self._cond_var)), None
         if self._custom_get_params and id(self) not in _IN_GET_PARAMS.ids:
             return memoized(self, "params", inputs, self._params_by_get_params, x_dict)
+        if self._takes_args:
+            return memoized(self, "params", inputs, self._compute_params, x_dict, args)
         return memoized(self, "params", inputs, self._compute_params, x_dict)
 
     def _params_by_get_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -327,27 +357,34 @@ class TorchDistribution(Distribution):
         """Whether parameters come from the inputs (their rows are the batch) or are all constant."""
         return self._uses_forward or bool(self._from_var)
 
-    def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
+    def _compute_params(self, x_dict: Mapping[str, Any], args: list[Any] | None = None) -> dict[str, Any]:
+        """The parameters for the values in ``x_dict``: forward's, then those named by variables, the constants
+        and the static ones. ``args``: the values of ``cond_var`` in its order, when the caller has them."""
         params: dict[str, Any] = {}
         if self._uses_forward:
-            try:
-                inputs = dict(zip(self._cond_var, map(x_dict.__getitem__, self._cond_var)))
-            except KeyError:
-                self._require(x_dict, self._cond_var)  # names what is missing
-                raise
+            cond = self._cond_var
+            if args is None:
+                try:
+                    args = list(map(x_dict.__getitem__, cond))
+                except KeyError:
+                    self._require(x_dict, cond)  # names what is missing
+                    raise
             if not torch.is_grad_enabled():  # a network gets ordinary tensors (it may call .numpy())
-                inputs = {k: v.materialize() if type(v) is RepeatedRows else v for k, v in inputs.items()}
+                args = [v.materialize() if type(v) is RepeatedRows else v for v in args]
             try:
                 if _GLOBAL_HOOKS is None or self._forward_hooks or self._forward_pre_hooks or self._backward_hooks \
                         or self._backward_pre_hooks or self._compiled_call_impl is not None or any(_GLOBAL_HOOKS) \
                         or type(self).__call__ is not _MODULE_CALL or not self._plain_module_call \
                         or torch._C._get_tracing_state():
-                    out = self(**inputs)  # torch's module call: hooks, module.compile(), a JIT trace
-                else:  # what torch's call does without any of those, without its two frames
-                    out = self.forward(**inputs)
+                    out = self(**dict(zip(cond, args)))  # torch's module call: hooks, module.compile(), a JIT trace
+                elif self._positional_cond is cond and "forward" not in self.__dict__:
+                    out = self.forward(*args)  # what torch's call does without any of those, without its two frames
+                else:
+                    out = self.forward(**dict(zip(cond, args)))
             except RuntimeError as err:  # e.g. a feature width the network does not take
                 if isinstance(err, torch.OutOfMemoryError):
                     raise
+                inputs = dict(zip(cond, args))
                 integers = [k for k, v in inputs.items() if isinstance(v, Tensor) and not v.is_floating_point()]
                 if integers and ("dtype" in str(err) or "scalar type" in str(err)):
                     want = next((p.dtype for p in self.parameters() if p.is_floating_point()),
@@ -360,7 +397,7 @@ class TorchDistribution(Distribution):
                 raise ValueError(f"{self.prob_text}: forward() failed on {shapes}: {first}") from err
             if type(out) is not dict or not out.keys() <= self._param_set:
                 out = self._check_forward(out)
-            if not (self._from_var or self._const_names or self._static):  # all from forward (the usual case)
+            if self._forward_only:  # all from forward (the usual case)
                 return dict(out)
             params.update(out)
         for key, cond in self._from_var.items():
@@ -667,8 +704,10 @@ class TorchDistribution(Distribution):
                 return None
             if shape is None:
                 shape = v.shape
-            elif v.shape != shape:
-                shape = _broadcast(shape, v.shape)
+            else:
+                found = v.shape
+                if found != shape:
+                    shape = _broadcast(shape, found)
         if not shape:  # no tensor parameter, or a scalar one
             return None
         if rows is not None and rows != shape[0]:

@@ -71,7 +71,8 @@ def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Calla
     The entries are scanned newest first (so that one `remember` added later wins), comparing the inputs with
     ``is``: a linear scan by identity, not a dict keyed on ``id()``, because under ``torch.compile`` an ``id()``
     of an input tensor becomes a guard on that very object, so every new batch recompiled. An evaluation holds a
-    handful of entries. Written as plain loops (no generator): it runs for every distribution on every step."""
+    handful of entries. Written as plain loops (no generator): it runs for every distribution on every step.
+    ``inputs`` is kept as it is given (not copied): pass a sequence built for the call."""
     memo = _STATE.memo
     if memo is None:
         return compute(*args)
@@ -84,7 +85,7 @@ def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Calla
             else:
                 return value
     value = compute(*args)
-    memo.append((owner, tag, list(inputs), value))
+    memo.append((owner, tag, inputs, value))
     return value
 
 
