@@ -207,7 +207,8 @@ def test_a_vae_step_compiles_to_one_graph_and_never_recompiles() -> None:
     A ``ContextVar`` read or an ``id()`` of an input tensor in the evaluation breaks this."""
     validate_before = torch.distributions.Distribution._validate_args
     try:
-        _one_graph_and_no_recompilation()
+        with validation(False):  # as Model's steps after the first (the checks are not traced); not left to
+            _one_graph_and_no_recompilation()  # torch.compile's first use in the process, which turns them off
     finally:  # torch.compile's first use turns torch.distributions' argument checks off process-wide
         torch.distributions.Distribution.set_default_validate_args(validate_before)
         torch._dynamo.reset()
