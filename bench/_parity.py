@@ -110,7 +110,9 @@ def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Te
     ``backward`` / clip (where the Model clips) / Adam loop on the same loss (the difference is `Model`'s own
     work); the loss's forward
     pass alone without gradients, against the hand-written loss's; and ``other_forwards`` (name: a loss
-    computed another way), also without gradients, against the same."""
+    computed another way), also without gradients, against the same. Then the forward with gradients and the
+    backward (forward + backward, less the forward) of both sides: where a step's difference lies, and what the
+    optimiser's part is (the rest of the step)."""
     from kizuna.distributions import validation
 
     group = model.optimizer.param_groups[0]  # the same Adam as the Model's (fused or not)
@@ -133,6 +135,17 @@ def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Te
         with torch.no_grad():
             reference_loss()
 
+    def forward_graded() -> None:  # the forward that a training step runs, its graph dropped
+        with validation(False):
+            model.loss_cls.eval(batch)
+
+    def forward_backward() -> None:  # gradients accumulate on both sides (no zero_grad in either)
+        with validation(False):
+            model.loss_cls.eval(batch).backward()
+
+    def reference_backward() -> None:
+        reference_loss().backward()
+
     def without_gradients(fn: Callable[[], Any]) -> Step:
         def run() -> None:
             with validation(False), torch.no_grad():
@@ -141,7 +154,9 @@ def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Te
 
     others = {name: without_gradients(fn) for name, fn in (other_forwards or {}).items()}
     cases = {"Model.train": kizuna, "plain loop": loop, "reference": reference,
-             "kizuna forward": forward, "reference forward": reference_forward, **others}
+             "kizuna forward": forward, "reference forward": reference_forward, **others,
+             "kizuna forward, gradients": forward_graded, "reference forward, gradients": reference_loss,
+             "kizuna forward + backward": forward_backward, "reference forward + backward": reference_backward}
     repeats, calls = (3, 3) if args.quick else (args.repeats, args.calls)
     times = interleaved(cases, repeats, calls, warmup=5, block_warmup=2, clock=time.thread_time)
     steps, forwards = ratios(times, "reference"), ratios(times, "reference forward")
@@ -151,6 +166,13 @@ def report_split(args: argparse.Namespace, model: Any, batch: dict[str, torch.Te
     for name in ("kizuna forward", *others, "reference forward"):
         print(f"    {name:20s} {statistics.median(times[name]) * 1e3:7.2f} ms  {forwards[name]:.3f} of the reference "
               "forward (no gradients)")
+    graded = {side: statistics.median(times[f"{side} forward, gradients"]) for side in ("kizuna", "reference")}
+    backward = {side: statistics.median(times[f"{side} forward + backward"]) - graded[side]
+                for side in ("kizuna", "reference")}
+    print(f"    with gradients: forward {graded['kizuna'] * 1e3:.2f} ms against {graded['reference'] * 1e3:.2f} ms, "
+          f"backward (forward + backward less forward) {backward['kizuna'] * 1e3:.2f} ms against "
+          f"{backward['reference'] * 1e3:.2f} ms; the rest of a step is zero_grad, clipping and the optimiser "
+          "(Model's Adam against the reference's)")
     for name, fn in (("kizuna forward", forward), ("reference forward", reference_forward)):
         total, files = python_calls(fn)
         print(f"  Python calls of one {name}: {total} ({', '.join(f'{f} {n}' for f, n in files.most_common(12))})")
