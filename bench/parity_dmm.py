@@ -23,6 +23,7 @@ times ``Model.train`` against the reference's step on one batch.
     python bench/parity_dmm.py --quick    # seconds
     python bench/parity_dmm.py --fused-reference   # the reference with kizuna's Adam kernel
     python bench/parity_dmm.py --seeds 0 --compile  # speed only, kizuna's step under torch.compile
+    python bench/parity_dmm.py --tiny --split       # speed only, networks shrunk to nothing: the formula's own cost
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ from kizuna.models import Model  # noqa: E402
 
 CFG = {**SMOKE, "clip": 10.0}
 QUICK = {**SMOKE, "n_train": 100, "n_test": 50, "epochs": 2, "clip": 10.0}
+# networks shrunk to nothing: the speed section then measures the formula layer's own cost (``--tiny``)
+TINY = {**CFG, "D": 2, "z_dim": 2, "hidden": 2, "batch": 4}
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -222,9 +225,15 @@ def main() -> None:
     add_args(parser)
     parser.add_argument("--compile", action="store_true",
                         help="time kizuna's step with Model(compile=True) (speed section only)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the speed section only, on networks shrunk to nothing (D 2, z 2, hidden 2, batch 4): "
+                             "the formula layer's own cost per step")
     args = parser.parse_args()
     start(args, "Deep Markov Model (GRU inference network, combiner, MLP transition and emission) on ring "
                 "sequences: kizuna vs hand-written PyTorch")
+    if args.tiny:
+        speed(args, TINY)
+        return
     cfg = QUICK if args.quick else CFG
     quality_over_seeds(args, lambda seed: one_seed(seed, cfg))
     speed(args, cfg)
