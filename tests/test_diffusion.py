@@ -590,3 +590,11 @@ def test_an_empty_batch_gives_an_empty_loss() -> None:
                  simple_diffusion_loss(rev), hybrid_diffusion_loss(DDPM(learned, [3]))):
         assert loss.eval({"x_0": x0}).shape == (0,)
     assert DiscreteUniform(1, 5).sample(batch_n=0)["t"].shape == (0,)
+
+
+def test_zero_rows_asked_give_zero_draws() -> None:
+    """``DDPM.sample(batch_n=0)`` drew one row (``batch_n or 1``); now none, as a torch distribution."""
+    s = DiffusionSchedule(DiffusionSchedule.linear(10).betas.double())
+    p = DDPM(DiffusionReverse(exact_eps(s), s), [2])
+    assert p.sample(batch_n=0)["x_0"].shape == (0, 2)
+    assert p.sample(batch_n=2)["x_0"].shape == (2, 2)

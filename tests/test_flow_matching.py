@@ -301,3 +301,28 @@ def test_the_training_loss_draws_its_noise_beside_the_data(coupling) -> None:
         noise_dist = next(d for d in loss.distributions() if d.var == ["x_0"])
         np.testing.assert_allclose(noise_dist.get_log_prob({"x_0": noise}).numpy(),
                                    stats.norm.logpdf(noise.numpy()).sum(1), rtol=1e-12)
+
+
+def test_hutchinson_needs_at_least_one_probe() -> None:
+    """``n_probes`` 0 gave a NaN log-density and -1 dropped the divergence term silently (log p(0) of v = 2x in 2-D is
+    -log(2 pi) - 4 = -5.838; it gave -1.838): now an error, in the distribution and in `divergence`."""
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n_probes must be an integer >= 1"):
+            FlowMatching(lambda x, t: 2.0 * x, [2], trace="hutchinson", n_probes=bad)
+        with pytest.raises(ValueError, match="n_probes must be an integer >= 1"):
+            divergence(lambda x, t: 2.0 * x, torch.zeros(1, 2), torch.zeros(1), "hutchinson", bad)
+    p = FlowMatching(lambda x, t: 2.0 * x, [2], trace="hutchinson", n_probes=3)
+    assert p.get_log_prob({"x": torch.zeros(1, 2)}).item() == pytest.approx(-math.log(2 * math.pi) - 4, abs=1e-4)
+
+
+def test_zero_rows_asked_give_zero_draws() -> None:
+    """``sample(batch_n=0)``, an empty context and a sampler asked for ``n=0`` draw nothing, as a torch distribution
+    does (they drew one row)."""
+    from kizuna.samplers import LinearPath, euler
+
+    p = FlowMatching(lambda x, t: -x, [2])
+    assert p.sample(batch_n=0)["x"].shape == (0, 2)
+    assert p.sample(batch_n=3)["x"].shape == (3, 2) and p.sample()["x"].shape == (1, 2)
+    assert euler(LinearPath(lambda x, t: -x, [2]), n=0, n_steps=2).shape == (0, 2)
+    conditional = FlowMatching(lambda x, t, c: -x + c, [2], context_var=["c"])
+    assert conditional.sample({"c": torch.zeros(0, 2)})["x"].shape == (0, 2)

@@ -491,7 +491,9 @@ class DDPM(Distribution):
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         context = {c: x_dict[c] for c in self._cond_var}
-        rows = batch_size_of(context) or batch_n or 1
+        rows = batch_size_of(context)  # the context's rows (0 for an empty one), else batch_n, else one
+        if rows is None:
+            rows = 1 if batch_n is None else batch_n
         path = self.path(context)
         with torch.set_grad_enabled(reparam and torch.is_grad_enabled()):
             times = path.times(None)[:-1]  # x_T .. x_1

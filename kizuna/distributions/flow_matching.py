@@ -55,6 +55,7 @@ class FlowMatching(Distribution):
             raise ValueError(f"FlowMatching: trace must be 'exact' or 'hutchinson', got {trace!r}")
         if not 0 <= sigma_min < 1:
             raise ValueError(f"FlowMatching: sigma_min must lie in [0, 1), got {sigma_min}")
+        _check_probes(n_probes, "FlowMatching")
         self.velocity_net, self.sigma_min = velocity, float(sigma_min)
         self.sampler, self.n_steps, self.likelihood_steps = sampler, int(n_steps), int(likelihood_steps)
         self.trace, self.n_probes = trace, int(n_probes)
@@ -91,7 +92,9 @@ class FlowMatching(Distribution):
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         context = {c: x_dict[c] for c in self._cond_var}
-        rows = batch_size_of(context) or batch_n or 1
+        rows = batch_size_of(context)  # the context's rows (0 for an empty one), else batch_n, else one
+        if rows is None:
+            rows = 1 if batch_n is None else batch_n
         sampler = SAMPLERS[self.sampler]
         return {self._var[0]: sampler(self.path(context), rows, self.n_steps, grad=reparam)}
 
@@ -108,6 +111,11 @@ class FlowMatching(Distribution):
         return base + integral
 
 
+def _check_probes(n_probes: Any, where: str) -> None:
+    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
+        raise ValueError(f"{where}: n_probes must be an integer >= 1 (Hutchinson's probes), got {n_probes!r}")
+
+
 def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exact",
                n_probes: int = 1, create_graph: bool = False, context: Sequence[Any] = ()) -> tuple[Tensor, Tensor]:
     """:math:`v(x, t, *context)` and :math:`\\nabla\\cdot v(x, t, *context)` per row: exact, or Hutchinson
@@ -119,6 +127,8 @@ def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exa
     further inputs of ``v`` with one row per row of ``x`` (repeated with the rows for the exact trace) or one
     row for all (a tensor of any other leading size, or a non-tensor, is passed as it is).
     """
+    if trace != "exact":
+        _check_probes(n_probes, "divergence")
     with torch.enable_grad():
         b, d = x.shape[0], x[0].numel()
         if trace == "exact":  # row i repeated d times; copy j's output j differentiated w.r.t. its input j

@@ -40,7 +40,7 @@ def _run(path: GaussianPath, step: Step, n: int | None, n_steps: int | None, x: 
     if len(grid) < 2:
         raise ValueError("a sampler needs at least two times (one step)")
     if x is None:
-        x = path.prior(n or 1, generator)
+        x = path.prior(1 if n is None else n, generator)  # n = 0: no draws (an empty batch), as torch's
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         for tau, tau_next in zip(grid[:-1], grid[1:]):
             last = tau_next == path.end
