@@ -360,3 +360,18 @@ def test_an_iterator_read_once_is_refused_for_several_epochs():
     for _ in range(2):
         model.fit(({"x": torch.randn(4, 2)} for _ in range(3)), epochs=1, quiet=True)
     assert model.epoch == 2
+
+
+def test_seed_streams_takes_every_torch_seed_and_names_one_out_of_range() -> None:
+    """``seed_streams(2**64 - 1)`` (a seed torch takes) raised torch's "Overflow when unpacking long long" from the
+    shuffling generator's seed + 1; below that the streams are those of ``seed`` and ``seed + 1`` as before."""
+    p = Normal(var=["x"], loc=nn.Parameter(torch.zeros(1)), scale=torch.ones(1))
+    model = Model(-LogProb(p).mean())
+    model.seed_streams(2**64 - 1)
+    assert model._shuffle.initial_seed() == 0
+    model.seed_streams(5)
+    assert model._shuffle.initial_seed() == 6
+    assert torch.equal(model._rng, torch.Generator().manual_seed(5).get_state())
+    for bad in (2**64, -(2**63) - 1):
+        with pytest.raises(ValueError, match="seed must lie in"):
+            model.seed_streams(bad)

@@ -382,8 +382,10 @@ class Model:
         the randomness of each (a graph module seeded by its graph's generator) restarts them before each call."""
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed_streams: seed must be an integer, got {seed!r}")
+        if not -2**63 <= seed < 2**64:  # torch's seeds (a negative one is taken modulo 2**64)
+            raise ValueError(f"seed_streams: seed must lie in [-2**63, 2**64), got {seed}")
         self._rng = torch.Generator().manual_seed(seed).get_state()
-        self._shuffle = torch.Generator().manual_seed(seed + 1)
+        self._shuffle = torch.Generator().manual_seed((seed + 1) % 2**64)  # the same as seed + 1 below 2**64 - 1
 
     def submodels(self) -> list[Model]:
         """Further models this one's `step` trains (a GAN's discriminator); a data-parallel `fit` wraps
