@@ -39,6 +39,12 @@ def oracle(house: dict, weight: float, seed: int, sweeps: int = 20) -> float:
     return place_name_f(house, segmentation)
 
 
+def true_segmentation(house: dict) -> list[list[str]]:
+    """The house's true segmentation of its utterances: each word's noisy phonemes, a word whose every phoneme was
+    deleted ('' in ``phoneme_words``) left out."""
+    return [[w for w in ws if w] for ws in house["phoneme_words"]]
+
+
 def joint(house: dict, segmentation: list[list[str]], repeats: int = 3) -> float:
     """Mean over ``repeats`` seatings of log p(all utterances) under an NPYLM fitted to ``segmentation``."""
     totals = []
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"seed {seed} slot weight {weight}: place-name F {np.round(f, 3).tolist()} mean {np.mean(f):.3f}")
         else:
             chain = WordSegmenter(n_iter=28, random_state=seed).fit(house["utterance"]).segmentation_
-            true = [list(p) for p in house["phoneme_words"]]
+            true = true_segmentation(house)
             print(f"seed {seed}: chain's place-name F {place_name_f(house, chain):.3f}, log p(chain's segmentation) "
                   f"{joint(house, chain):.1f}, log p(true segmentation) {joint(house, true):.1f}")
 

@@ -1,11 +1,17 @@
 """The simulated house: shapes, seeding, and its statistics against the distributions it claims to draw from."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
 
 from kizuna.datasets import simulated_house
 from kizuna.datasets.house import AREA_BOXES, PHONEMES, view_distributions
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +126,29 @@ def test_margin_keeps_positions_inside_their_areas_and_split_keeps_training_rows
     assert ((pos >= box[:, :2]) & (pos <= box[:, 2:])).all()
     with pytest.raises(ValueError, match="leave no training rows"):
         split(torch.zeros(2, 1), torch.arange(2), 0.9)
+
+
+def test_a_wholly_deleted_word_is_empty_and_the_segmentation_without_it_is_the_utterances():
+    """With the default error rate some word loses every phoneme (seed 0, 300 events: utterance 147's "to"): it stays
+    in ``phoneme_words`` as '' (aligned with ``words``), and the documented way to get the true segmentation (dropping
+    those) gives words that `segmentation_scores` and `NPYLM` take, whose concatenation is the utterance."""
+    from kizuna.metrics.segmentation import segmentation_scores
+
+    house = simulated_house(300, seed=0)
+    empty = [i for i, ws in enumerate(house["phoneme_words"]) if "" in ws]
+    assert 147 in empty
+    assert house["phoneme_words"][147][1] == "" and house["words"][147][1] == "to"
+    true = [[w for w in ws if w] for ws in house["phoneme_words"]]
+    assert all("".join(ws) == u for ws, u in zip(true, house["utterance"]))
+    scores = segmentation_scores(true, true)
+    assert scores.token_f == pytest.approx(1.0) and scores.boundary_f == pytest.approx(1.0)
+    # examples/slot_diagnostics.py's `joint` scores the true segmentation (it raised on the empty word)
+    spec = importlib.util.spec_from_file_location("slot_diagnostics", EXAMPLES / "slot_diagnostics.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    assert module.true_segmentation(house) == true
+    assert np.isfinite(module.joint(house, true, repeats=1))

@@ -164,6 +164,17 @@ def test_predictions(fitted):
     assert 0 <= x[0] <= 4 and 0 <= x[1] <= 3  # inside the kitchen
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -5.0])
+def test_predict_position_refuses_counts_that_are_not_finite_and_non_negative(fitted, value):
+    """A NaN row scored NaN for every place and argmax returned the first GMM mean; an infinite or negative count also
+    gave a position: each is now an error naming the row and column."""
+    house, _, spco = fitted
+    y = np.zeros((2, len(house["vocabulary"])))
+    y[1, 3] = value
+    with pytest.raises(ValueError, match="finite and non-negative.*row 1, column 3"):
+        spco.predict_position(y)
+
+
 def test_wiring_errors():
     house = simulated_house(20, seed=0)
     spco = km.SpatialConcept(3).connect(km.Observation(house["word_counts"]))

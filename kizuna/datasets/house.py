@@ -164,8 +164,10 @@ def simulated_house(n_events: int = 300, seed: int = 0, phoneme_error_rate: floa
         A dict: ``position`` (N×2), ``true_position`` (N×2), ``area`` and ``place`` (N int64, the
         true labels), ``words`` (N lists of clean words), ``word_counts`` (N×V), ``vocabulary``
         (V words), ``utterance`` (N noisy phoneme strings), ``phoneme_words`` (N lists of the noisy
-        phonemes of each word: their concatenation is the utterance, so they give the true word
-        boundaries), ``name_words`` (the V place-name flags), ``view`` (N×W), ``view_features``,
+        phonemes of each word, one per clean word: their concatenation is the utterance, so they give the
+        true word boundaries; a word whose every phoneme was deleted is ``''`` there — drop those for a
+        segmentation, e.g. ``[[w for w in ws if w] for ws in house["phoneme_words"]]``, which `NPYLM` and
+        `segmentation_scores` take), ``name_words`` (the V place-name flags), ``view`` (N×W), ``view_features``,
         ``areas``, ``area_boxes``, ``area_place``, ``places``, ``place_names``, ``phonemes``
         (word -> clean phoneme spelling), and ``image`` if asked.
 

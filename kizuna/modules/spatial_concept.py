@@ -214,6 +214,11 @@ class SpatialConcept(ClassModule):
         if y.shape[1] != theta.shape[1]:
             raise ValueError(f"SpatialConcept {self.name}: word counts have {y.shape[1]} columns, the words "
                              f"{theta.shape[1]}")
+        bad = ~np.isfinite(y) | (y < 0)
+        if bad.any():  # a NaN row scored NaN everywhere and argmax took the first place, silently
+            r, col = (int(k) for k in np.argwhere(bad)[0])
+            raise ValueError(f"SpatialConcept {self.name}: word counts must be finite and non-negative, got "
+                             f"{y[r, col]} at row {r}, column {col}")
         pi, phi = sampler.weights()
         log_l = np.log(pi)[None, :] + y @ np.log(theta).T  # log p(l) p(w | l), up to a constant
         post = np.exp(log_l - logsumexp(log_l, axis=1, keepdims=True))
