@@ -120,6 +120,22 @@ def test_a_singular_covariance_names_reg_covar():
     assert GMM(3, algorithm="em", reg_covar=1e-6, random_state=0).fit(x).score(x) > 0  # kept positive definite
 
 
+def test_a_zero_diagonal_variance_names_reg_covar():
+    """Diagonal covariances with ``reg_covar=0``: a component left empty or with one point has variance 0, whose
+    precision 1/0 made every density NaN (weights_ NaN, score NaN, no error) where full covariances raise."""
+
+    x = np.random.default_rng(0).normal(size=(6, 2))
+    with pytest.raises(ValueError, match=r"not positive definite .*reg_covar"):
+        GMM(4, algorithm="em", covariance_type="diag", reg_covar=0.0, init_params="random", random_state=0).fit(x)
+    xt = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    resp = torch.nn.functional.one_hot(torch.zeros(10, dtype=torch.long), 2).double()  # component 1 empty
+    with pytest.raises(ValueError, match=r"component\(s\) \[1\] is not positive definite"):
+        algo.em(xt, resp, 3, 0.0, 0.0, True)
+    fitted = GMM(4, algorithm="em", covariance_type="diag", reg_covar=1e-6, init_params="random",
+                 random_state=0).fit(x)
+    assert np.isfinite(fitted.score(x))
+
+
 # ----------------------------------------------------------------------------- closed forms
 def test_predictive_is_the_student_t_and_the_marginal_likelihood_ratio():
     g = torch.Generator().manual_seed(0)

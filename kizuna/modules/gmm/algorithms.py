@@ -258,15 +258,21 @@ def _em_m_step(x: Tensor, resp: Tensor, diagonal: bool, reg_covar: float) -> tup
     return counts / x.shape[0], means, cov
 
 
+def _not_positive(bad: list[int]) -> None:
+    raise ValueError(f"GMM: the covariance of component(s) {bad} is not positive definite (duplicate points, or "
+                     "fewer distinct points than dimensions in a component); a larger reg_covar keeps it so")
+
+
 def precision_root(cov: Tensor) -> Tensor:
     """A triangular ``R`` with ``R R^T = cov^{-1}`` (or the diagonal precision ``1/cov``)."""
     if cov.dim() == 2:
+        zero = ~(cov > 0).all(-1)  # a zero variance gave an infinite precision, then NaN densities, silently
+        if bool(zero.any()):
+            _not_positive([int(k) for k in torch.nonzero(zero).flatten()])
         return 1.0 / cov
     chol, info = torch.linalg.cholesky_ex(cov)
     if bool((info != 0).any()):
-        bad = [int(k) for k in torch.nonzero(info).flatten()]
-        raise ValueError(f"GMM: the covariance of component(s) {bad} is not positive definite (duplicate points, or "
-                         "fewer distinct points than dimensions in a component); a larger reg_covar keeps it so")
+        _not_positive([int(k) for k in torch.nonzero(info).flatten()])
     eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
     return torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
 
