@@ -9,7 +9,17 @@ from torch.nn import functional as F
 from kizuna.distributions import Bernoulli, Normal
 from kizuna.losses import KullbackLeibler
 from kizuna.models import VAE as VAEModel
-from kizuna.modules import GMM, VAE, Graph, Message, MessageShapeError, Observation
+from kizuna.modules import (
+    GMM,
+    VAE,
+    Graph,
+    GraphError,
+    Message,
+    MessageShapeError,
+    Observation,
+    load_module,
+    save_module,
+)
 from kizuna.nets import MLP
 
 torch.set_num_threads(1)
@@ -272,3 +282,65 @@ def test_a_save_without_the_optimiser_state_still_loads(tmp_path, monkeypatch):
         assert _same(_weights(graph), _weights(saved)) and not graph["vae"].model.optimizer.state
         graph.fit(1, seed=1)
         assert graph["vae"].model.optimizer.state
+
+
+def test_loading_an_unfitted_save_returns_a_trained_vae_to_the_unfitted_state(tmp_path):
+    """A default-network VAE saved before its first update holds no networks: loading it into a trained VAE returns
+    that one to the unfitted state, so its next update builds the networks as a freshly built module's does, and a
+    later load of a trained save still finds networks to load into."""
+    x, _ = patterns(60, 8)
+
+    def build():
+        return VAE(2, hidden=(8,), epochs=1, batch_size=20, name="v").connect(Observation(x))
+
+    save_module(build(), tmp_path / "fresh.pt")
+    trained = build()
+    Graph([trained]).fit(1, seed=0)
+    save_module(trained, tmp_path / "trained.pt")
+    trained_weights = [p.detach().clone() for p in trained.encoder.parameters()]
+    load_module(trained, tmp_path / "fresh.pt")
+    assert trained.model is None and trained.encoder is None and trained.optimizer is None
+    Graph([trained]).fit(1, seed=1)
+    reference = build()
+    Graph([reference]).fit(1, seed=1)
+    assert _same([p.detach() for p in trained.encoder.parameters()],
+                 [p.detach() for p in reference.encoder.parameters()])
+    assert torch.equal(trained.latent, reference.latent) and trained.optimizer is trained.model.optimizer
+    load_module(trained, tmp_path / "trained.pt")
+    assert _same([p.detach() for p in trained.encoder.parameters()], trained_weights)
+
+
+def test_a_vae_with_user_networks_refuses_a_save_without_networks(tmp_path):
+    """A VAE built with user networks always saves them: a state without networks (a default-network VAE saved
+    before its first update) is an error naming the problem, and the module is left as it was."""
+    x, _ = patterns(60, 8)
+    save_module(VAE(2, hidden=(8,), name="v").connect(Observation(x)), tmp_path / "fresh.pt")
+    torch.manual_seed(0)
+    user = VAE(2, Encoder(8, 2), Decoder(8, 2), hidden=(8,), epochs=1, batch_size=20, name="v")
+    user.connect(Observation(x))
+    model, encoder = user.model, user.encoder
+    with pytest.raises(GraphError, match="holds no networks"):
+        load_module(user, tmp_path / "fresh.pt")
+    assert user.model is model and user.encoder is encoder
+    Graph([user]).fit(1, seed=0)
+
+
+def test_a_failed_graph_load_of_an_unfitted_save_keeps_the_trained_vae(tmp_path, monkeypatch):
+    """Loading an unfitted save sets the VAE's model aside; when a later module's state then fails to load, the
+    whole load is undone: the VAE keeps its model, networks and optimiser, and trains on."""
+    x, _ = patterns(60, 8)
+    _vae_gmm(x).save(tmp_path / "graph")  # never fitted
+    graph = _vae_gmm(x)
+    graph.fit(1, seed=0)
+    vae = graph["vae"]
+    model, weights = vae.model, _weights(graph)
+
+    def fail(self, state):
+        raise RuntimeError("a state that does not fit")
+
+    monkeypatch.setattr(GMM, "load_state_dict", fail)
+    with pytest.raises(Exception, match="does not fit"):
+        graph.load(tmp_path / "graph")
+    monkeypatch.undo()
+    assert vae.model is model and vae.optimizer is model.optimizer and _same(_weights(graph), weights)
+    graph.fit(1, seed=1)

@@ -209,11 +209,17 @@ class VAE(Module):
     def _before_load(self, state: dict[str, Any]) -> None:
         """Build the default networks a saved state holds weights of (user networks must be given again), with a fresh
         optimiser: the saved one's state is loaded into it, and a save written before that state was kept trains
-        on with the fresh one (earlier training's Adam moments here are dropped)."""
+        on with the fresh one (earlier training's Adam moments here are dropped). A save of a default-network VAE
+        never updated (no networks) returns this one to the unfitted state: the next update builds the networks as
+        for a freshly built module."""
+        if state["encoder"] is None:
+            if self.model is not None and self.in_dim is None:  # user networks: their save always holds them
+                raise ValueError(f"VAE {self.name}: the saved state holds no networks (a default-network VAE saved "
+                                 "before its first update), but this module was built with user networks")
+            self.model, self.optimizer = None, None  # undone by `snapshot`'s restore if a later load fails
+            return
         if self.model is not None:
             self.model.optimizer.state.clear()
-            return
-        if state["encoder"] is None:
             return
         if state["in_dim"] is None:
             raise ValueError(f"VAE {self.name}: the saved state holds user networks; build this module "
