@@ -189,3 +189,13 @@ def test_history_records_and_pads_missing_terms():
     assert History.from_dict(h.to_dict()).to_dict().keys() == h.to_dict().keys()
     with pytest.raises(KeyError, match="no record 'c'; it has 'epoch', 'train', 'valid', 'a', 'b'"):
         h["c"]
+
+
+def test_a_checkpoint_path_that_is_a_directory_is_refused_before_training(tmp_path):
+    """fit(checkpoint=<an existing directory>) is an error naming the path before any epoch is trained (it failed
+    only when the first epoch's checkpoint was written)."""
+    (tmp_path / "ck").mkdir()
+    model = build()
+    with pytest.raises(IsADirectoryError, match="ck: it is an existing directory"):
+        model.fit({"x": X}, epochs=3, checkpoint=tmp_path / "ck", quiet=True)
+    assert model.epoch == 0 and list((tmp_path / "ck").iterdir()) == []

@@ -480,7 +480,11 @@ class Model:
 
     def check_checkpoint_path(self, path: str | PathLike[str]) -> None:
         """Before training (``fit(checkpoint=...)``): ``path``'s folder created where missing, as `save` does, or an
-        error naming why it cannot be (a file in the way, no permission), not after the first epoch."""
+        error naming why it cannot be (a file in the way, no permission, ``path`` itself an existing directory), not
+        after the first epoch."""
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"fit: cannot write the checkpoint {path}: it is an existing directory; give a "
+                                    f"file path (e.g. {Path(path) / 'checkpoint.pt'})")
         folder = Path(path).parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
