@@ -170,3 +170,9 @@ class NN(Module):
         like = weights[0]
         self._ensure(like.new_empty(0, weights[0].shape[1]), like.new_empty(0, weights[-1].shape[0]),
                      torch.Generator())  # the weights are overwritten
+
+    def _after_load(self) -> None:
+        """The module's ``lr`` wins over the saved optimiser's (a save without it got a fresh Adam at ``lr``)."""
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr

@@ -157,10 +157,14 @@ class Stateful:
     def _before_load(self, state: dict[str, Any]) -> None:
         """Hook: build what the state is loaded into (e.g. lazily built networks); nothing by default."""
 
+    def _after_load(self) -> None:
+        """Hook: adjust what the loaded state holds to the module's settings (e.g. an optimiser's learning rate to the
+        module's ``lr``); nothing by default. Runs inside `load_state_dict`, so `snapshot` undoes it too."""
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (fields are set one by one: `snapshot` undoes a failure). A field
-        declared with `added_field` that the state lacks (a save older than the field) is left as `_before_load`
-        made it."""
+        """Restore what :meth:`state_dict` returned (fields are set one by one: `snapshot` undoes a failure), then
+        `_after_load`. A field declared with `added_field` that the state lacks (a save older than the field) is left
+        as `_before_load` made it."""
         fields = dataclasses.fields(self.State)
         names = [f.name for f in fields if f.name in state or not f.metadata.get(_ADDED)]
         missing = [n for n in names if n not in state]
@@ -171,3 +175,4 @@ class Stateful:
         for name in names:
             setattr(self, name, decode(hints[name], state[name], getattr(self, name, None),
                                        f"{type(self).__name__}.{name}"))
+        self._after_load()

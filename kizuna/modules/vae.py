@@ -227,3 +227,9 @@ class VAE(Module):
         sent = [c.forward_message for c in self.children if c.forward_message is not None]
         like = sent[0].value if sent else torch.zeros(1, state["in_dim"])
         self._default_networks(int(state["in_dim"]), like, torch.Generator())  # the weights are overwritten
+
+    def _after_load(self) -> None:
+        """The module's ``lr`` wins over the saved optimiser's (a save without it got a fresh Adam at ``lr``)."""
+        if self.model is not None:
+            for group in self.model.optimizer.param_groups:
+                group["lr"] = self.lr
