@@ -199,3 +199,37 @@ def test_a_loaded_optimiser_takes_the_modules_learning_rate(tmp_path):
     same = build(1e-3)
     load_module(same, tmp_path / "nn.pt")
     assert [group["lr"] for group in same.optimizer.param_groups] == [1e-3]  # the same lr: nothing changes
+
+
+@pytest.mark.parametrize("saved_dtype, data_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64)])
+def test_a_default_mlp_loaded_from_a_save_of_another_dtype_trains_in_the_datas(tmp_path, saved_dtype, data_dtype):
+    """The default MLP is built in the saved weights' dtype at a load; the next update moves it and Adam's moments to
+    the data's dtype (the same Parameter objects, so the optimiser's references hold; ``step`` keeps its dtype):
+    it failed with "mat1 and mat2 must have the same dtype". A user network is left as given."""
+    from kizuna.modules import load_module, save_module
+
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(30, 3, generator=g), torch.randn(30, 2, generator=g)
+
+    def build(dtype, net=None):
+        return NN(net, hidden=(4,), epochs=1, target=t, name="nn").connect(Observation(x.to(dtype)))
+
+    saved = build(saved_dtype)
+    Graph([saved]).fit(1, seed=0)
+    save_module(saved, tmp_path / "nn.pt")
+    loaded = build(data_dtype)
+    load_module(loaded, tmp_path / "nn.pt")
+    params = list(loaded.net.parameters())
+    steps = [s["step"].dtype for s in loaded.optimizer.state.values()]
+    Graph([loaded]).fit(1, seed=1)
+    assert all(p.dtype == data_dtype for p in loaded.net.parameters())
+    assert all(a is b for a, b in zip(params, loaded.net.parameters()))
+    assert loaded.optimizer.param_groups[0]["params"] == params
+    assert all(s["exp_avg"].dtype == s["exp_avg_sq"].dtype == data_dtype for s in loaded.optimizer.state.values())
+    assert [s["step"].dtype for s in loaded.optimizer.state.values()] == steps
+    assert loaded.prediction.dtype == data_dtype
+
+    torch.manual_seed(0)
+    user = build(data_dtype, torch.nn.Linear(3, 2).to(saved_dtype))
+    with pytest.raises(RuntimeError, match="dtype"):
+        Graph([user]).fit(1, seed=0)

@@ -363,3 +363,34 @@ def test_a_loaded_optimiser_takes_the_modules_learning_rate(tmp_path):
         load_module(module, tmp_path / "v.pt")
         assert module.lr == 0.5 and [group["lr"] for group in module.model.optimizer.param_groups] == [0.5]
         assert module.model.optimizer.state
+
+
+@pytest.mark.parametrize("saved_dtype, data_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64)])
+def test_a_vae_over_a_vae_loaded_from_a_save_of_another_dtype_trains_in_the_datas(tmp_path, saved_dtype,
+                                                                                 data_dtype):
+    """A VAE stacked on a VAE sizes its default networks at a load from the child's restored message, in the saved
+    dtype; the next update moves the networks and Adam's moments to the data's dtype (the same Parameter objects;
+    ``step`` keeps its dtype): it failed with "mat1 and mat2 must have the same dtype"."""
+    x, _ = patterns(60, 8)
+
+    def build(dtype):
+        low = VAE(3, hidden=(8,), epochs=1, batch_size=20, name="low").connect(Observation(x.to(dtype)))
+        top = VAE(2, hidden=(8,), epochs=1, batch_size=20, likelihood="normal", name="top").connect(low)
+        return Graph([top])
+
+    saved = build(saved_dtype)
+    saved.fit(1, seed=0)
+    saved.save(tmp_path / "graph")
+    loaded = build(data_dtype)
+    loaded.load(tmp_path / "graph")
+    params = {name: list(loaded[name].model.optimizer.param_groups[0]["params"]) for name in ("low", "top")}
+    steps = {name: [s["step"].dtype for s in loaded[name].model.optimizer.state.values()] for name in ("low", "top")}
+    loaded.fit(1, seed=1)
+    for name in ("low", "top"):
+        vae = loaded[name]
+        nets = [*vae.encoder.parameters(), *vae.decoder.parameters()]
+        assert all(p.dtype == data_dtype for p in nets) and vae.latent.dtype == data_dtype
+        assert all(a is b for a, b in zip(params[name], nets)) and len(params[name]) == len(nets)
+        state = vae.model.optimizer.state.values()
+        assert all(s["exp_avg"].dtype == s["exp_avg_sq"].dtype == data_dtype for s in state)
+        assert [s["step"].dtype for s in state] == steps[name]

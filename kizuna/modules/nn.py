@@ -39,7 +39,7 @@ from kizuna._distances import squared_distances
 from kizuna.modules.base import Message, MessageShapeError, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.rng import rng_from
-from kizuna.modules.state import added_field
+from kizuna.modules.state import added_field, follow_data
 from kizuna.modules.validation import as_matrix
 from kizuna.nets import MLP
 
@@ -80,6 +80,7 @@ class NN(Module):
         if epochs < 0 or batch_size < 1 or lr <= 0:
             raise ValueError(f"NN {self.name}: need epochs >= 0, batch_size >= 1 and lr > 0")
         self.net, self.in_dim, self.out_dim, self.hidden = net, in_dim, out_dim, tuple(hidden)
+        self._builds_net = net is None  # the default MLP: kizuna moves it to the data's dtype and device
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         if target is not None and getattr(target, "ndim", 2) != 2:
             raise ValueError(f"NN {self.name}: target must be N x out, got shape {tuple(target.shape)}")
@@ -128,6 +129,8 @@ class NN(Module):
                 ) -> tuple[Message, dict[Module, Message]]:
         x, y = self._inputs(forward)
         self._ensure(x, y, ctx.generator)
+        if self._builds_net:  # e.g. loaded from a save of another dtype; a user network is left as given
+            follow_data([self.net], self.optimizer, x)
         epochs = int(ctx.setting(self.name, "epochs", self.epochs))
         if self.learnable and epochs > 0:
             with rng_from(ctx.generator):  # dropout and other global-RNG draws of a user network

@@ -28,7 +28,7 @@ import copy
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -62,6 +62,43 @@ def encode(value: Any, where: str) -> Any:
         return [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
     raise TypeError(f"{where}: cannot save a {type(value).__name__} (a State field must hold tensors, numbers, "
                     "strings, dataclasses, nn.Modules, or lists / dicts of those)")
+
+
+def follow_data(networks: Sequence[nn.Module], optimizer: torch.optim.Optimizer | None, like: torch.Tensor) -> None:
+    """Move networks a module built itself (and their optimiser's state) to ``like``'s dtype and device where they
+    differ: a network built in a save's dtype, loaded into a graph whose data have another one, trains on that data.
+
+    The Parameter objects stay the same (``nn.Module.to`` assigns their ``.data``; torch's opt-in overwrite on
+    conversion is turned off for the move), so the optimiser's references to them stay valid. Each parameter's
+    optimiser state (Adam's ``exp_avg``, ``exp_avg_sq``, ...) follows its dtype and device; a ``step`` count keeps
+    its dtype and follows the device only where torch keeps it on the parameter's device (a fused or capturable
+    optimiser; otherwise it stays on the CPU, as torch's own ``load_state_dict`` leaves it). Nothing is done when
+    the first parameter already has ``like``'s dtype and device (the usual case: no copy, bit-for-bit runs)."""
+    params = [p for net in networks for p in net.parameters()]
+    if not params or all(p.dtype == like.dtype and p.device == like.device for p in params):
+        return
+    overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(False)
+    try:
+        for net in networks:
+            net.to(device=like.device, dtype=like.dtype)
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+    if optimizer is None:
+        return
+    for group in optimizer.param_groups:
+        step_on_device = bool(group.get("fused") or group.get("capturable"))
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if key == "step":
+                    if step_on_device:
+                        optimizer.state[param][key] = value.to(device=param.device)
+                elif value.is_floating_point() or value.is_complex():
+                    optimizer.state[param][key] = value.to(device=param.device, dtype=param.dtype)
+                else:
+                    optimizer.state[param][key] = value.to(device=param.device)
 
 
 def jsonable(value: Any) -> Any:

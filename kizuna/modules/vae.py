@@ -41,7 +41,7 @@ from kizuna.models import Model
 from kizuna.modules.base import Message, Module, check_width
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.rng import draw_seed, rng_from
-from kizuna.modules.state import added_field
+from kizuna.modules.state import added_field, follow_data
 
 LIKELIHOODS = ("bernoulli", "normal")
 PRIOR_MEAN = "mu"
@@ -190,6 +190,8 @@ class VAE(Module):
         data = forward[0].value
         if self.model is None:
             self._default_networks(data.shape[1], data, ctx.generator)
+        elif self.in_dim is not None:  # default networks, e.g. loaded from a save of another dtype; user ones as given
+            follow_data([self.encoder, self.decoder], self.model.optimizer, data)
         if self.likelihood == "bernoulli" and self.in_dim is not None and ((data < 0).any() or (data > 1).any()):
             raise ValueError(f"VAE {self.name}: the Bernoulli decoder needs data in [0, 1] from {forward[0].sender}; "
                              "rescale it or pass likelihood='normal'")
