@@ -394,3 +394,20 @@ def test_a_vae_over_a_vae_loaded_from_a_save_of_another_dtype_trains_in_the_data
         state = vae.model.optimizer.state.values()
         assert all(s["exp_avg"].dtype == s["exp_avg_sq"].dtype == data_dtype for s in state)
         assert [s["step"].dtype for s in state] == steps[name]
+
+
+def test_an_update_without_a_generator_trains_from_fits_own_streams():
+    """SERKET's own loop with a context that has no generator (``UpdateContext()``): the VAE crashed drawing its
+    training seed from None; it trains, its streams continued by fit (and torch's global generator) as before, and a
+    seeded global generator reproduces it."""
+    from kizuna.modules.context import UpdateContext
+
+    x = torch.rand(40, 6, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        vae = VAE(2, hidden=(8,), epochs=1, batch_size=20).connect(Observation(x))
+        vae.update(UpdateContext())
+        runs.append(vae.latent.clone())
+    assert runs[0].shape == (40, 2) and torch.isfinite(runs[0]).all()
+    assert torch.equal(runs[0], runs[1])

@@ -198,8 +198,10 @@ class VAE(Module):
         mu = self._prior_mean(backward, data.shape[0], data)
         epochs = int(ctx.setting(self.name, "epochs", self.epochs))
         if self.learnable and epochs > 0:
-            # fit's own streams (its draws and its batch order) start from the graph's generator at every update
-            self.model.seed_streams(draw_seed(ctx.generator))
+            # fit's own streams (its draws and its batch order) start from the graph's generator at every update;
+            # a context without one (UpdateContext()) leaves them to fit, which continues them
+            if ctx.generator is not None:
+                self.model.seed_streams(draw_seed(ctx.generator))
             history = self.model.fit({self.data_var: data, PRIOR_MEAN: mu}, epochs=epochs,
                                      batch_size=self.batch_size, quiet=True)
             self.loss_history.append(history.train[-1])
