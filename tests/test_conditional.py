@@ -180,3 +180,46 @@ def test_forward_gets_each_input_by_its_name_whatever_the_signatures_order():
     # the cond_var order of the distribution, not the dict's order, decides nothing: names do
     p = InOrder(var=["x"], cond_var=["b", "a"])
     torch.testing.assert_close(p.get_log_prob({"a": a, "b": b, "x": x}), expected(a - 2 * b))
+
+
+
+def test_a_wrapped_or_replaced_forward_gets_its_inputs_by_name():
+    """Two ways the positional call went wrong: a ``functools.wraps`` wrapper taking ``**kwargs`` (its signature read
+    through ``__wrapped__`` said ``(self, a, b)``: TypeError), and a class's ``forward`` replaced after an instance was
+    built (the instance kept the old decision: a and b swapped, silently)."""
+    import functools
+
+    from kizuna.distributions import Normal
+
+    a, b = torch.randn(4, 2), torch.randn(4, 2) + 5.0
+    x = torch.zeros(4, 2)
+
+    def expected(loc):
+        return D.Normal(loc, torch.ones_like(loc)).log_prob(x).sum(-1)
+
+    def by_name(fn):
+        @functools.wraps(fn)
+        def wrapper(self, **kwargs):
+            return fn(self, **kwargs)
+        return wrapper
+
+    class Wrapped(Normal):
+        @by_name
+        def forward(self, a, b):
+            return {"loc": a - 2 * b, "scale": torch.ones_like(a)}
+
+    p = Wrapped(var=["x"], cond_var=["a", "b"])
+    torch.testing.assert_close(p.get_log_prob({"a": a, "b": b, "x": x}), expected(a - 2 * b))
+
+    class Patched(Normal):
+        def forward(self, a, b):
+            return {"loc": a - 2 * b, "scale": torch.ones_like(a)}
+
+    p = Patched(var=["x"], cond_var=["a", "b"])
+    torch.testing.assert_close(p.get_log_prob({"a": a, "b": b, "x": x}), expected(a - 2 * b))
+    original = Patched.forward
+    try:
+        Patched.forward = lambda self, b, a: {"loc": a - 2 * b, "scale": torch.ones_like(a)}
+        torch.testing.assert_close(p.get_log_prob({"a": a, "b": b, "x": x}), expected(a - 2 * b))
+    finally:
+        Patched.forward = original

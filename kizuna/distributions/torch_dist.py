@@ -26,11 +26,11 @@ checks and changes no number: a checked evaluation computes with the same kernel
 
 from __future__ import annotations
 
-import functools
 import inspect
 import numbers
 import re
 import threading
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -135,16 +135,18 @@ class validation:  # noqa: N801 - used as a function: ``with validation(False):`
         _CHECKS.enabled = self._outer
 
 
-@functools.lru_cache(maxsize=256)
 def _takes_in_order(forward: Any, names: tuple[str, ...]) -> bool:
-    """Whether ``forward(self, ...)`` takes exactly ``names``, in this order, as ordinary parameters (each may be
-    given by position or by name; no ``*args`` or ``**kwargs``, nothing else without a default)."""
-    try:
-        params = list(inspect.signature(forward).parameters.values())[1:]
-    except (TypeError, ValueError):  # no signature (a builtin, a C extension)
+    """Whether ``forward(self, ...)`` is a plain function taking exactly ``names``, in this order, as ordinary
+    parameters (no ``*args`` or ``**kwargs``, no keyword-only or positional-only ones, no others with defaults):
+    read from its code object, not from ``inspect.signature``, which follows ``functools.wraps`` to the wrapped
+    function and honours a hand-set ``__signature__`` (a wrapper taking ``**kwargs`` then got positional values)."""
+    if not isinstance(forward, types.FunctionType):
         return False
-    kinds = {p.kind for p in params}
-    return kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD} and tuple(p.name for p in params) == names
+    code = forward.__code__
+    if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS) or code.co_kwonlyargcount \
+            or code.co_posonlyargcount:
+        return False
+    return code.co_varnames[1:code.co_argcount] == names
 
 
 def _shape_text(value: Any) -> str:
@@ -169,6 +171,7 @@ class TorchDistribution(Distribution):
     # per instance (set in __init__; these class values, the general path, serve an instance pickled before them)
     _forward_only = False
     _positional_cond: list[str] | None = None
+    _positional_forward: Any = None
     static_params: ClassVar[tuple[str, ...]] = ()  # plain Python values (e.g. total_count)
     validate_value: ClassVar[bool] = True  # check the support of scored values
     # checks torch leaves out or reports under an inner distribution's parameter names
@@ -219,10 +222,12 @@ class TorchDistribution(Distribution):
         self._uses_forward = type(self).forward is not TorchDistribution.forward
         # every parameter from forward (the usual conditional distribution): its result is the parameters
         self._forward_only = self._uses_forward and not (self._from_var or self._const_names or self._static)
-        # the cond_var list when forward takes exactly these variables by position in this order (it is then
-        # called with the values by position, as a hand-written loop calls a network), else None
+        # the cond_var list when the class's forward takes exactly these variables by position in this order (it is
+        # then called with the values by position, as a hand-written loop calls a network, while the class still has
+        # that forward: `_positional_forward`), else None
+        self._positional_forward = type(self).forward
         self._positional_cond = self._cond_var if self._uses_forward and _takes_in_order(
-            type(self).forward, tuple(self._cond_var)) else None
+            self._positional_forward, tuple(self._cond_var)) else None
         if not self._uses_forward and not self._from_var and self._const_names and self._complete():
             self._check_constants()
 
@@ -377,7 +382,8 @@ class TorchDistribution(Distribution):
                         or type(self).__call__ is not _MODULE_CALL or not self._plain_module_call \
                         or torch._C._get_tracing_state():
                     out = self(**dict(zip(cond, args)))  # torch's module call: hooks, module.compile(), a JIT trace
-                elif self._positional_cond is cond and "forward" not in self.__dict__:
+                elif self._positional_cond is cond and type(self).forward is self._positional_forward \
+                        and "forward" not in self.__dict__:
                     out = self.forward(*args)  # what torch's call does without any of those, without its two frames
                 else:
                     out = self.forward(**dict(zip(cond, args)))
