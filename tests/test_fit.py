@@ -375,3 +375,5 @@ def test_seed_streams_takes_every_torch_seed_and_names_one_out_of_range() -> Non
     for bad in (2**64, -(2**63) - 1):
         with pytest.raises(ValueError, match="seed must lie in"):
             model.seed_streams(bad)
+        with pytest.raises(ValueError, match="fit: seed must lie in"):
+            model.fit({"x": torch.zeros(4, 1)}, epochs=1, seed=bad, quiet=True)

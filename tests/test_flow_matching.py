@@ -313,6 +313,9 @@ def test_hutchinson_needs_at_least_one_probe() -> None:
             divergence(lambda x, t: 2.0 * x, torch.zeros(1, 2), torch.zeros(1), "hutchinson", bad)
     p = FlowMatching(lambda x, t: 2.0 * x, [2], trace="hutchinson", n_probes=3)
     assert p.get_log_prob({"x": torch.zeros(1, 2)}).item() == pytest.approx(-math.log(2 * math.pi) - 4, abs=1e-4)
+    # an integer of numpy's counts (as the int() before took it); the exact trace does not use n_probes
+    assert FlowMatching(lambda x, t: 2.0 * x, [2], trace="hutchinson", n_probes=np.int64(2)).n_probes == 2
+    FlowMatching(lambda x, t: 2.0 * x, [2], trace="exact", n_probes=0)
 
 
 def test_zero_rows_asked_give_zero_draws() -> None:

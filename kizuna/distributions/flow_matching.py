@@ -21,6 +21,7 @@ optimal transport (Tong et al. 2023, arXiv:2302.00482). Sampling uses `kizuna.sa
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -55,7 +56,8 @@ class FlowMatching(Distribution):
             raise ValueError(f"FlowMatching: trace must be 'exact' or 'hutchinson', got {trace!r}")
         if not 0 <= sigma_min < 1:
             raise ValueError(f"FlowMatching: sigma_min must lie in [0, 1), got {sigma_min}")
-        _check_probes(n_probes, "FlowMatching")
+        if trace == "hutchinson":
+            _check_probes(n_probes, "FlowMatching")
         self.velocity_net, self.sigma_min = velocity, float(sigma_min)
         self.sampler, self.n_steps, self.likelihood_steps = sampler, int(n_steps), int(likelihood_steps)
         self.trace, self.n_probes = trace, int(n_probes)
@@ -112,7 +114,7 @@ class FlowMatching(Distribution):
 
 
 def _check_probes(n_probes: Any, where: str) -> None:
-    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
+    if isinstance(n_probes, bool) or not isinstance(n_probes, numbers.Integral) or n_probes < 1:
         raise ValueError(f"{where}: n_probes must be an integer >= 1 (Hutchinson's probes), got {n_probes!r}")
 
 

@@ -157,6 +157,8 @@ def _start_streams(model: Any, seed: int | None, parallel: bool) -> None:
     if model.epoch == 0 and seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"fit: seed must be an integer, got {seed!r}")
+        if not -2**63 <= seed < 2**64:
+            raise ValueError(f"fit: seed must lie in [-2**63, 2**64) (torch's seeds), got {seed}")
         model.seed_streams(seed)
     if model._rng is None:  # no seed and no saved stream: one draw from the global generator starts it
         start = int(torch.randint(0, 2**62, ()).item()) if not parallel else ddp.common_seed()

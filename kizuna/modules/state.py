@@ -73,7 +73,7 @@ def follow_data(networks: Sequence[nn.Module], optimizer: torch.optim.Optimizer 
     optimiser state (Adam's ``exp_avg``, ``exp_avg_sq``, ...) follows its dtype and device; a ``step`` count keeps
     its dtype and follows the device only where torch keeps it on the parameter's device (a fused or capturable
     optimiser; otherwise it stays on the CPU, as torch's own ``load_state_dict`` leaves it). Nothing is done when
-    the first parameter already has ``like``'s dtype and device (the usual case: no copy, bit-for-bit runs)."""
+    every parameter already has ``like``'s dtype and device (the usual case: no copy, bit-for-bit runs)."""
     params = [p for net in networks for p in net.parameters()]
     if not params or all(p.dtype == like.dtype and p.device == like.device for p in params):
         return
