@@ -193,6 +193,36 @@ def test_sgld_buffer_takes_the_models_dtype() -> None:
     assert sampler.buffer.dtype == torch.float64 and sampler.sample(4).dtype == torch.float64
 
 
+def test_sgld_buffer_follows_the_model_converted_after_the_sampler() -> None:
+    """``p.double()`` after ``SGLD(p, ...)``: the buffer is converted (its rows kept) at the next draw, and training
+    on float64 data works (it stayed float32: "mat1 and mat2 must have the same dtype")."""
+
+    class Linear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x).squeeze(-1)
+
+    p = EnergyDistribution(Linear(), var=["x"])
+    sampler = SGLD(p, [2], buffer_size=20, reinit=0.0, n_steps=0)
+    before = sampler.buffer.clone()
+    assert before.dtype == torch.float32
+    p.double()
+    torch.manual_seed(5)
+    idx = torch.randint(0, 20, (6,))
+    torch.manual_seed(5)
+    out = sampler.sample(6)  # no steps, no restarts: the buffer's rows, converted
+    assert sampler.buffer.dtype == F64 and out.dtype == F64
+    assert torch.equal(out, before[idx].to(F64)) and torch.equal(sampler.buffer, before.to(F64))
+    p.float()
+    model = Model(ContrastiveDivergence(p, SGLD(p, [2], buffer_size=20, n_steps=2, step_size=0.1, noise_scale=0.1),
+                                        alpha=0.1), distributions=[p])
+    p.double()  # after the sampler and the model were built
+    assert math.isfinite(float(model.train({"x": torch.randn(8, 2, dtype=F64)})))
+
+
 def test_negatives_are_held_fixed_even_from_a_differentiable_sampler() -> None:
     """The negatives enter as data (the gradient is E_data[∇E] - E_model[∇E]); a sampler whose draws carry a graph back
     to the energy's parameters must not add a path through the chain."""

@@ -46,8 +46,19 @@ class SGLD(nn.Module):
         self.features_shape = torch.Size(features_shape)
         self.reinit, self.n_steps, self.step_size, self.noise_scale = reinit, n_steps, step_size, noise_scale
         self.low, self.high, self.clamp = low, high, clamp
-        like = next((q for q in p.parameters() if q.is_floating_point()), torch.empty(0))  # p's dtype and device
-        self.register_buffer("buffer", self._uniform(buffer_size, like))
+        like = self._like()
+        self.register_buffer("buffer", self._uniform(buffer_size, like if like is not None else torch.empty(0)))
+
+    def _like(self) -> Tensor | None:
+        """The energy model's first floating parameter (its dtype and device), or None when it has none."""
+        return next((q for q in self.p.parameters() if q.is_floating_point()), None)
+
+    def _follow_model(self) -> None:
+        """Convert the buffer (its contents kept) to the model's current dtype and device when the model was
+        converted after this sampler was built (``p.double()``, ``p.to(device)``); nothing changes otherwise."""
+        like = self._like()
+        if like is not None and (self.buffer.dtype != like.dtype or self.buffer.device != like.device):
+            self.buffer = self.buffer.to(dtype=like.dtype, device=like.device)
 
     def _uniform(self, n: int, like: Tensor) -> Tensor:
         u = torch.rand(n, *self.features_shape, dtype=like.dtype, device=like.device)
@@ -65,7 +76,11 @@ class SGLD(nn.Module):
         return x
 
     def sample(self, batch_n: int, n_steps: int | None = None) -> Tensor:
-        """``batch_n`` draws started from the buffer (module docstring); they replace their buffer rows."""
+        """``batch_n`` draws started from the buffer (module docstring); they replace their buffer rows.
+
+        The buffer follows the model: converted to its dtype and device first if the model was moved after the
+        sampler was built."""
+        self._follow_model()
         idx = torch.randint(0, self.buffer.shape[0], (batch_n,), device=self.buffer.device)
         start = self.buffer[idx]
         fresh = torch.rand(batch_n, device=start.device) < self.reinit
