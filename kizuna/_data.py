@@ -73,6 +73,6 @@ def check_context(layer: str, y: torch.Tensor | None, context_features: int, row
         raise TypeError(f"{layer}: the context must be a torch.Tensor, got {type(y).__name__}")
     batches = (1, rows) if broadcast else (rows,)
     if y.dim() == 0 or y.shape[0] not in batches or y.shape[1:].numel() != context_features:
-        ones = ", or 1" if broadcast else ""
+        ones = ", or 1" if broadcast and rows != 1 else ""
         raise ValueError(f"{layer}: the context must be (batch, {context_features}) with the batch of x "
                          f"({rows}{ones}), features flattened; got shape {tuple(y.shape)}")

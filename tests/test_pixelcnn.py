@@ -91,6 +91,30 @@ def test_errors_name_the_problem() -> None:
         p.get_log_prob({"x": torch.zeros(2, 9)})
 
 
+def test_context_is_checked_as_mades() -> None:
+    """A wrong context is named as MADE names it (before: 3 rows out for 1 image in, torch's "mat1 and mat2 shapes
+    cannot be multiplied", or a broadcasting error)."""
+    net = PixelCNN(hidden_channels=4, n_layers=1, context_features=3)
+    with pytest.raises(ValueError, match=r"PixelCNN: the context must be \(batch, 3\) with the batch of x \(1\).*"
+                                         r"got shape \(3, 3\)"):
+        net(torch.zeros(1, 1, 3, 3), torch.randn(3, 3))
+    for bad in [(2, 5), (3, 3)]:
+        with pytest.raises(ValueError, match=rf"PixelCNN: the context must be \(batch, 3\).*\(2, or 1\).*"
+                                             rf"got shape \({bad[0]}, {bad[1]}\)"):
+            net(torch.zeros(2, 1, 3, 3), torch.zeros(*bad))
+    with pytest.raises(ValueError, match=r"PixelCNN: built with context_features=3 but no context was given"):
+        net(torch.zeros(2, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"PixelCNN: built without a context.*shape \(2, 3\)"):
+        PixelCNN(hidden_channels=4, n_layers=1)(torch.zeros(2, 1, 3, 3), torch.zeros(2, 3))
+    assert net(torch.zeros(2, 1, 3, 3), torch.zeros(1, 3)).shape == (2, 1, 3, 3)  # one context for every image
+    assert net(torch.zeros(2, 1, 3, 3), torch.zeros(2, 1, 3)).shape == (2, 1, 3, 3)  # features flattened
+    p = PixelCNNBernoulli(2, 2, hidden_channels=4, n_layers=1, cond_var=["c"], context_features=3)
+    with pytest.raises(ValueError, match=r"PixelCNN: the context must be \(batch, 3\).*got shape \(2, 4\)"):
+        p.get_log_prob({"x": torch.zeros(2, 1, 2, 2), "c": torch.zeros(2, 4)})
+    with pytest.raises(ValueError, match=r"PixelCNN: the context must be \(batch, 3\).*got shape \(2, 4\)"):
+        p.sample({"c": torch.zeros(2, 4)})
+
+
 def test_sample_shape_without_batch_n() -> None:
     """(n, 1, C, H, W) draws as a plain family gives (it drew one image for n draws and failed to reshape it)."""
     torch.manual_seed(0)

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kizuna._data import check_context
+
 Tensor = torch.Tensor
 
 
@@ -58,7 +60,8 @@ class PixelCNN(nn.Module):
         n_layers: residual masked layers.
         kernel_size: the first layer's kernel; ``hidden_kernel_size`` the others'.
         context_features: size of an optional context vector, added as a per-channel bias after the
-            first layer (a conditional PixelCNN).
+            first layer (a conditional PixelCNN); the context is ``(batch, context_features)`` (features
+            flattened) with the batch of ``x``, or one row for every image.
 
     >>> import torch
     >>> PixelCNN(hidden_channels=8, n_layers=1)(torch.zeros(2, 1, 5, 5)).shape
@@ -79,9 +82,7 @@ class PixelCNN(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"PixelCNN: x must be (batch, channels, height, width), got {tuple(x.shape)}")
-        if (context is None) != (self.context is None):
-            raise ValueError(f"PixelCNN: built with context_features={self.context_features} but "
-                             f"{'no' if context is None else 'a'} context was given")
+        check_context("PixelCNN", context, self.context_features, x.shape[0], broadcast=True)
         h = self.conv_in(x)
         if self.context is not None:
             h = h + self.context(context.reshape(context.shape[0], -1))[:, :, None, None]
