@@ -3,6 +3,7 @@ reported as data (the variable, row and column), not as a complaint about a dist
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +56,15 @@ def first_flagged(value: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | 
         return f"{entry} (a 0-d tensor, its only value)"
     row = bad[0] if rows is None else int(rows[bad[0]])
     return f"{entry} at row {row}" + (f", column {', '.join(map(str, bad[1:]))}" if len(bad) > 1 else "")
+
+
+def check_count(name: str, value: Any, minimum: int) -> None:
+    """``value`` is None or an integer (a Python or numpy one, not a bool) of at least ``minimum``; a ValueError
+    naming the argument and the value otherwise (``name``: e.g. ``"MADE: in_features"``)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_context(layer: str, y: torch.Tensor | None, context_features: int, rows: int,

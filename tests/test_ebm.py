@@ -80,6 +80,28 @@ def test_errors_name_the_problem() -> None:
         ContrastiveDivergence(EnergyDistribution(Quadratic([0.0])), Fixed(torch.zeros(1, 1)), alpha=-1.0)
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"step_size": -1.0}, r"SGLD: step_size must be positive and finite, got -1.0"),
+    ({"step_size": 0.0}, r"SGLD: step_size must be positive and finite, got 0.0"),
+    ({"noise_scale": -1.0}, r"SGLD: noise_scale must be >= 0 and finite, got -1.0"),
+    ({"noise_scale": float("nan")}, r"SGLD: noise_scale must be >= 0 and finite, got nan"),
+    ({"features_shape": [0]}, r"SGLD: features_shape\[0\] must be an integer >= 1, got 0"),
+    ({"buffer_size": 2.5}, r"SGLD: buffer_size must be an integer >= 1, got 2.5"),
+    ({"n_steps": -1}, r"SGLD: n_steps must be an integer >= 0, got -1"),
+    ({"reinit": 1.5}, r"SGLD: need 0 <= reinit <= 1 and low < high, got reinit=1.5"),
+], ids=["step-1", "step0", "noise-1", "noise-nan", "features0", "buffer2.5", "steps-1", "reinit1.5"])
+def test_sgld_arguments_are_checked(kwargs, message) -> None:
+    """Before: a negative step or noise scale and an empty draw shape were accepted."""
+    p = EnergyDistribution(Quadratic([0.0, 0.0]), var=["x"])
+    kwargs = {"features_shape": [2], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        SGLD(p, **kwargs)
+    sampler = SGLD(p, [2], buffer_size=4, noise_scale=0.0)  # no noise: deterministic gradient steps, kept
+    assert sampler.sample(0).shape == (0, 2)
+    with pytest.raises(ValueError, match=r"SGLD.sample: batch_n must be an integer >= 0, got -1"):
+        sampler.sample(-1)
+
+
 # ------------------------------------------------------------------ contrastive divergence
 def test_contrastive_divergence_value_and_formula() -> None:
     energy = Quadratic([0.5])

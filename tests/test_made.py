@@ -156,3 +156,26 @@ def test_sample_shape_without_batch_n() -> None:
     x = p.sample(sample_shape=[4])["x"]
     assert x.shape == (4, 1, 3) and set(x.unique().tolist()) <= {0.0, 1.0}
     assert p.sample(sample_shape=[4], batch_n=2)["x"].shape == (4, 2, 3)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: MADE(3, [0]), r"MADE: hidden_features\[0\] must be an integer >= 1, got 0"),
+    (lambda: MADE(3, [8, 0]), r"MADE: hidden_features\[1\] must be an integer >= 1, got 0"),
+    (lambda: MADE(3, [-4]), r"MADE: hidden_features\[0\] must be an integer >= 1, got -4"),
+    (lambda: MADE(3, [8], context_features=-1), r"MADE: context_features must be an integer >= 0, got -1"),
+    (lambda: MADE(2.5, [8]), r"MADE: in_features must be an integer >= 1, got 2.5"),
+    (lambda: MADE(3, [8], n_params=0), r"MADE: n_params must be an integer >= 1, got 0"),
+    (lambda: MADEBernoulli(0, [8]), r"MADEBernoulli: in_features must be an integer >= 1, got 0"),
+], ids=["hidden0", "hidden8-0", "hidden-4", "context-1", "in2.5", "nparams0", "bernoulli0"])
+def test_arguments_are_checked_at_construction(make, message) -> None:
+    """Before: a zero-width hidden layer was accepted (every output ignored every input); a negative size raised
+    torch's "upper bound and lower bound inconsistent" or "negative dimension"."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_numpy_integer_sizes_are_taken() -> None:
+    import numpy as np
+
+    net = MADE(np.int64(3), [np.int64(8)], n_params=np.int64(2))
+    assert net(torch.zeros(2, 3)).shape == (2, 2, 3)

@@ -121,3 +121,33 @@ def test_sample_shape_without_batch_n() -> None:
     p = PixelCNNBernoulli(2, 2, hidden_channels=4, n_layers=1)
     x = p.sample(sample_shape=[4])["x"]
     assert x.shape == (4, 1, 1, 2, 2) and set(x.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: PixelCNN(n_layers=-1, hidden_channels=4), r"PixelCNN: n_layers must be an integer >= 0, got -1"),
+    (lambda: PixelCNN(hidden_channels=0), r"PixelCNN: hidden_channels must be an integer >= 1, got 0"),
+    (lambda: PixelCNN(hidden_channels=4, kernel_size=1), r"PixelCNN: kernel_size must be odd.*>= 3.*got 1"),
+    (lambda: PixelCNN(hidden_channels=4, kernel_size=-1), r"PixelCNN: kernel_size must be odd.*>= 3.*got -1"),
+    (lambda: PixelCNN(hidden_channels=4, kernel_size=4), r"PixelCNN: kernel_size must be odd.*got 4"),
+    (lambda: PixelCNN(hidden_channels=4, hidden_kernel_size=2), r"PixelCNN: hidden_kernel_size must be odd.*got 2"),
+    (lambda: PixelCNN(hidden_channels=4, context_features=-1), r"PixelCNN: context_features must be an integer >= 0"),
+    (lambda: PixelCNN(in_channels=0, hidden_channels=4), r"PixelCNN: in_channels must be an integer >= 1, got 0"),
+    (lambda: MaskedConv2d(1, 1, 1, "A"), r"MaskedConv2d: kernel_size must be odd and an integer >= 3.*got 1"),
+    (lambda: PixelCNNBernoulli(0, 3, hidden_channels=4), r"PixelCNNBernoulli: height must be an integer >= 1, got 0"),
+    (lambda: PixelCNNBernoulli(-1, 3, hidden_channels=4), r"PixelCNNBernoulli: height must be an integer >= 1, got -1"),
+    (lambda: PixelCNNBernoulli(3, 0, hidden_channels=4), r"PixelCNNBernoulli: width must be an integer >= 1, got 0"),
+], ids=["layers-1", "hidden0", "kernel1", "kernel-1", "kernel4", "hiddenkernel2", "context-1", "in0", "maskA1",
+        "height0", "height-1", "width0"])
+def test_arguments_are_checked_at_construction(make, message) -> None:
+    """Before: n_layers=-1 and a 0×3 image were accepted, and kernel_size=1 built a first layer whose mask "A" is all
+    zeros (the model never saw a pixel); a negative size raised torch's "negative dimension" error."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_kernels_that_see_something_are_taken_and_channels_are_checked() -> None:
+    net = PixelCNN(hidden_channels=4, n_layers=1, kernel_size=3, hidden_kernel_size=1)  # 1×1 mask "B" keeps the centre
+    assert net(torch.zeros(2, 1, 3, 3)).shape == (2, 1, 3, 3)
+    assert torch.equal(MaskedConv2d(1, 1, 1, "B").mask, torch.ones(1, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"PixelCNN: x has 2 channels but the network was built with in_channels=1"):
+        net(torch.zeros(1, 2, 3, 3))  # before: torch's conv error

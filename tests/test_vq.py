@@ -131,3 +131,21 @@ def test_pixelcnn_categorical_sample_shape_without_batch_n() -> None:
     k = PixelCNNCategorical(3, 2, 2, hidden_channels=4, n_layers=1).sample(sample_shape=[4])["k"]
     assert k.shape == (4, 1, 2, 2, 3) and torch.equal(k.sum(-1), torch.ones(4, 1, 2, 2))
 
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: VectorQuantizer(nn.Conv2d(1, 2, 1), n_codes=0, code_dim=2), r"VectorQuantizer: n_codes must be an integer "
+                                                                          r">= 1, got 0"),
+    (lambda: VectorQuantizer(nn.Conv2d(1, 2, 1), n_codes=-1, code_dim=2), r"n_codes must be an integer >= 1, got -1"),
+    (lambda: VectorQuantizer(nn.Conv2d(1, 2, 1), n_codes=3, code_dim=0), r"VectorQuantizer: code_dim must be an "
+                                                                          r"integer >= 1, got 0"),
+    (lambda: PixelCNNCategorical(0, 2, 2, hidden_channels=4, n_layers=1), r"PixelCNNCategorical: n_codes must be an "
+                                                                           r"integer >= 1, got 0"),
+    (lambda: PixelCNNCategorical(3, 0, 2, hidden_channels=4, n_layers=1), r"PixelCNNCategorical: height must be an "
+                                                                           r"integer >= 1, got 0"),
+    (lambda: PixelCNNCategorical(3, 2, -1, hidden_channels=4, n_layers=1), r"PixelCNNCategorical: width must be an "
+                                                                            r"integer >= 1, got -1"),
+], ids=["codes0", "codes-1", "dim0", "cat-codes0", "cat-height0", "cat-width-1"])
+def test_arguments_are_checked_at_construction(make, message) -> None:
+    """Before: n_codes=0 raised ZeroDivisionError, code_dim=0 and an empty code grid were accepted."""
+    with pytest.raises(ValueError, match=message):
+        make()

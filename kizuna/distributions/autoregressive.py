@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from kizuna._data import check_count
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.nets.made import MADE
@@ -115,6 +116,7 @@ class MADEBernoulli(_AutoregressiveBernoulli):
     def __init__(self, in_features: int, hidden_features: Sequence[int] = (64,), var: str | Sequence[str] = ("x",),
                  cond_var: str | Sequence[str] | None = None, name: str = "p", context_features: int = 0,
                  order: Sequence[int] | Tensor | None = None) -> None:
+        check_count("MADEBernoulli: in_features", in_features, 1)
         super().__init__(var, cond_var, name, (in_features,), context_features)
         self.net = MADE(in_features, hidden_features, n_params=1, context_features=context_features, order=order)
 
@@ -143,6 +145,8 @@ class PixelCNNBernoulli(_AutoregressiveBernoulli):
     def __init__(self, height: int, width: int, hidden_channels: int = 32, n_layers: int = 4, kernel_size: int = 5,
                  var: str | Sequence[str] = ("x",), cond_var: str | Sequence[str] | None = None, name: str = "p",
                  context_features: int = 0) -> None:
+        check_count("PixelCNNBernoulli: height", height, 1)
+        check_count("PixelCNNBernoulli: width", width, 1)
         super().__init__(var, cond_var, name, (1, height, width), context_features)
         self.net = PixelCNN(1, hidden_channels, n_layers, kernel_size, context_features=context_features)
         self.register_buffer("_order", torch.arange(height * width), persistent=False)

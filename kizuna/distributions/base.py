@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from kizuna._data import check_count as _check_count
 from kizuna._text import LATEX, TEXT, prob_text, symbol
 from kizuna.formula.expr import Loss
 from kizuna.formula.log_prob import LogProb, Prob
@@ -108,14 +109,6 @@ def repeat_rows_lazily(value: Any, n: int) -> Any:
             or type(value) is not Tensor or torch.compiler.is_compiling():
         return repeat_batch(value, n)
     return RepeatedRows(value, n)
-
-
-def _check_count(name: str, value: Any, minimum: int) -> None:
-    """``value`` is None or an int of at least ``minimum`` (a ValueError naming the argument otherwise)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def batch_size_of(x_dict: Mapping[str, Any], names: Iterable[str] | None = None) -> int | None:

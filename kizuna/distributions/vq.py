@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kizuna._data import check_count
 from kizuna.distributions.base import Distribution, Tensor, XDict
 from kizuna.formula.memo import memoized
 from kizuna.nets.pixelcnn import PixelCNN
@@ -36,6 +37,9 @@ class VectorQuantizer(Distribution):
 
     def __init__(self, encoder: nn.Module, n_codes: int, code_dim: int, var: Sequence[str] = ("k", "z"),
                  cond_var: str = "x", name: str = "q") -> None:
+        check_count("VectorQuantizer: n_codes", n_codes, 1)
+        check_count("VectorQuantizer: code_dim", code_dim, 1)
+        n_codes, code_dim = int(n_codes), int(code_dim)
         super().__init__(list(var), [cond_var], name)
         if len(self._var) != 2:
             raise ValueError(f"VectorQuantizer: var names the codes and the embedding, got {self._var}")
@@ -86,6 +90,8 @@ class PixelCNNCategorical(Distribution):
 
     def __init__(self, n_codes: int, height: int, width: int, hidden_channels: int = 64, n_layers: int = 5,
                  kernel_size: int = 5, var: str = "k", name: str = "p") -> None:
+        for arg, value in [("n_codes", n_codes), ("height", height), ("width", width)]:
+            check_count(f"PixelCNNCategorical: {arg}", value, 1)
         super().__init__([var], None, name, (height, width, n_codes))
         self.n_codes = int(n_codes)
         self.net = PixelCNN(n_codes, hidden_channels, n_layers, kernel_size, out_channels=n_codes)

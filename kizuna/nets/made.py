@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna._data import check_context
+from kizuna._data import check_context, check_count
 
 Tensor = torch.Tensor
 
@@ -54,7 +54,7 @@ class MADE(nn.Module):
 
     Args:
         in_features: :math:`D`.
-        hidden_features: sizes of the hidden layers (at least one).
+        hidden_features: sizes of the hidden layers (at least one, each at least 1).
         n_params: outputs per input (e.g. 2 for a Gaussian's mean and log-scale).
         context_features: size of an optional context vector (0: none).
         order: the autoregressive order: ``order[k]`` is the input that comes ``k``-th (default
@@ -74,8 +74,13 @@ class MADE(nn.Module):
         hidden = list(hidden_features)
         if not hidden:
             raise ValueError("MADE: give at least one hidden layer")
-        if in_features < 1 or n_params < 1:
-            raise ValueError(f"MADE: in_features and n_params must be positive, got {in_features}, {n_params}")
+        check_count("MADE: in_features", in_features, 1)
+        check_count("MADE: n_params", n_params, 1)
+        check_count("MADE: context_features", context_features, 0)
+        for i, size in enumerate(hidden):  # a zero-width layer cuts every input off the outputs
+            check_count(f"MADE: hidden_features[{i}]", size, 1)
+        in_features, n_params, context_features = int(in_features), int(n_params), int(context_features)
+        hidden = [int(size) for size in hidden]
         self.in_features, self.n_params, self.context_features = in_features, n_params, context_features
         self.register_buffer("order", _order(order, in_features))
         degrees_in = torch.empty(in_features, dtype=torch.long)

@@ -12,11 +12,13 @@ exact Langevin dynamics); with ``clamp`` the chain stays in ``[low, high]``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from kizuna._data import check_count
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.samplers.langevin import score_of
 
@@ -29,7 +31,8 @@ class SGLD(nn.Module):
         features_shape: the shape of one draw.
         buffer_size: samples kept between calls (a buffer in ``state_dict``).
         reinit: the fraction of chains restarted from uniform noise at each call.
-        n_steps, step_size, noise_scale: the chain's length, :math:`\\lambda` and :math:`\\sigma`.
+        n_steps, step_size, noise_scale: the chain's length, :math:`\\lambda > 0` and :math:`\\sigma \\ge 0`
+            (0: noiseless gradient steps).
         low, high: the uniform initialisation range (and the clamp range).
         clamp: keep the chain in ``[low, high]``.
     """
@@ -40,8 +43,18 @@ class SGLD(nn.Module):
         super().__init__()
         if p.cond_var:
             raise ValueError(f"SGLD samples an unconditioned distribution; {p.prob_text} is conditioned")
-        if not 0.0 <= reinit <= 1.0 or buffer_size < 1 or n_steps < 0 or high <= low:
-            raise ValueError("SGLD: need 0 <= reinit <= 1, buffer_size >= 1, n_steps >= 0 and low < high")
+        check_count("SGLD: buffer_size", buffer_size, 1)
+        check_count("SGLD: n_steps", n_steps, 0)
+        for i, size in enumerate(features_shape):
+            check_count(f"SGLD: features_shape[{i}]", size, 1)
+        if not math.isfinite(step_size) or step_size <= 0:  # as langevin_dynamics: the chain must follow the score
+            raise ValueError(f"SGLD: step_size must be positive and finite, got {step_size!r}")
+        if not math.isfinite(noise_scale) or noise_scale < 0:  # 0: noiseless gradient steps
+            raise ValueError(f"SGLD: noise_scale must be >= 0 and finite, got {noise_scale!r}")
+        if not 0.0 <= reinit <= 1.0 or high <= low:
+            raise ValueError(f"SGLD: need 0 <= reinit <= 1 and low < high, got reinit={reinit!r}, low={low!r}, "
+                             f"high={high!r}")
+        buffer_size, n_steps = int(buffer_size), int(n_steps)
         self.p = p
         self.features_shape = torch.Size(features_shape)
         self.reinit, self.n_steps, self.step_size, self.noise_scale = reinit, n_steps, step_size, noise_scale
@@ -80,6 +93,7 @@ class SGLD(nn.Module):
 
         The buffer follows the model: converted to its dtype and device first if the model was moved after the
         sampler was built."""
+        check_count("SGLD.sample: batch_n", batch_n, 0)
         self._follow_model()
         idx = torch.randint(0, self.buffer.shape[0], (batch_n,), device=self.buffer.device)
         start = self.buffer[idx]
