@@ -123,12 +123,15 @@ def test_seed_table_is_mean_and_sample_sd():
 
 @pytest.mark.slow
 def test_full_vae_gmm_mlda_claims():
-    """Full size, seed 0 (about 2.5 CPU minutes): fusion beats either modality alone. (The integrated model's GMM
-    is above the GMM alone on average, 0.734 against 0.719 over the recorded five seeds, but on three seeds of
-    five only: seed 0 gives 0.611 against 0.691; so it is not asserted on one seed.)"""
+    """Full size, seed 0 (about 2.5 CPU minutes): fusion is above either modality alone — well above the speech
+    (0.808 against 0.731), level with the GMM on a VAE trained alone (0.808 against 0.806; the margin was 0.1 before
+    the VAE's training streams were reseeded at every update, 2026-12-06) — and SERKET's weights are far below it
+    (0.616). Over the recorded five seeds (docs/serket_examples.md) the MLDA is above both parts at four (seed 3:
+    0.750 against 0.752), 0.819 against 0.740 on average. (The integrated model's GMM is below the GMM alone on
+    average now, 0.710 against 0.740, above it at two seeds of five: not asserted.)"""
     m = load_example("serket_vae_gmm_mlda").run(seed=0)
     assert m["vae_gmm_mlda_accuracy"] > m["speech_mlda_accuracy"] + 0.05
-    assert m["vae_gmm_mlda_accuracy"] > m["gmm_on_vae_accuracy"] + 0.1
+    assert m["vae_gmm_mlda_accuracy"] > m["gmm_on_vae_accuracy"]
     assert m["serket_weights_accuracy"] < m["vae_gmm_mlda_accuracy"] - 0.1
 
 
