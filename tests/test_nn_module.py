@@ -179,26 +179,12 @@ def test_a_save_without_the_optimiser_state_still_loads(tmp_path, monkeypatch):
 def test_a_loaded_optimiser_takes_the_modules_learning_rate(tmp_path):
     """docs/modules.md: after a load the optimiser trains at the loading module's ``lr``, not the saved one's (it
     kept 1e-3 while ``module.lr`` said 0.5), for a module that had trained and a fresh one alike."""
-    from kizuna.modules import load_module, save_module
+    from module_checks import loaded_optimiser_takes_the_modules_lr
 
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(30, 3, generator=g), torch.randn(30, 2, generator=g)
-
-    def build(lr):
-        return NN(hidden=(4,), epochs=1, lr=lr, target=t, name="nn").connect(Observation(x))
-
-    saved = build(1e-3)
-    Graph([saved]).fit(1, seed=0)
-    save_module(saved, tmp_path / "nn.pt")
-    trained = build(0.5)
-    Graph([trained]).fit(1, seed=1)
-    for module in (build(0.5), trained):
-        load_module(module, tmp_path / "nn.pt")
-        assert module.lr == 0.5 and [group["lr"] for group in module.optimizer.param_groups] == [0.5]
-        assert module.optimizer.state  # the saved moments are kept
-    same = build(1e-3)
-    load_module(same, tmp_path / "nn.pt")
-    assert [group["lr"] for group in same.optimizer.param_groups] == [1e-3]  # the same lr: nothing changes
+    loaded_optimiser_takes_the_modules_lr(
+        lambda lr: NN(hidden=(4,), epochs=1, lr=lr, target=t, name="nn").connect(Observation(x)), tmp_path / "nn.pt")
 
 
 @pytest.mark.parametrize("saved_dtype, data_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64)])

@@ -349,20 +349,12 @@ def test_a_failed_graph_load_of_an_unfitted_save_keeps_the_trained_vae(tmp_path,
 def test_a_loaded_optimiser_takes_the_modules_learning_rate(tmp_path):
     """docs/modules.md: after a load the optimiser trains at the loading VAE's ``lr``, not the saved one's (it kept
     1e-3 while ``module.lr`` said 0.5)."""
+    from module_checks import loaded_optimiser_takes_the_modules_lr
+
     x, _ = patterns(60, 8)
-
-    def build(lr):
-        return VAE(2, hidden=(8,), epochs=1, batch_size=20, lr=lr, name="v").connect(Observation(x))
-
-    saved = build(1e-3)
-    Graph([saved]).fit(1, seed=0)
-    save_module(saved, tmp_path / "v.pt")
-    trained = build(0.5)
-    Graph([trained]).fit(1, seed=1)
-    for module in (build(0.5), trained):
-        load_module(module, tmp_path / "v.pt")
-        assert module.lr == 0.5 and [group["lr"] for group in module.model.optimizer.param_groups] == [0.5]
-        assert module.model.optimizer.state
+    loaded_optimiser_takes_the_modules_lr(
+        lambda lr: VAE(2, hidden=(8,), epochs=1, batch_size=20, lr=lr, name="v").connect(Observation(x)),
+        tmp_path / "v.pt")
 
 
 @pytest.mark.parametrize("saved_dtype, data_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64)])

@@ -1,0 +1,27 @@
+"""Checks shared by the tests of several graph modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kizuna.modules import Graph, load_module, save_module
+
+
+def loaded_optimiser_takes_the_modules_lr(build: Callable[[float], Any], path: Path) -> None:
+    """After a load the optimiser trains at the loading module's ``lr``, not the saved one's, for a fresh module and a
+    trained one alike, with the saved moments kept; with the same ``lr`` nothing changes. ``build(lr)``: a module with
+    a default network and that learning rate, connected to its data."""
+    saved = build(1e-3)
+    Graph([saved]).fit(1, seed=0)
+    save_module(saved, path)
+    trained = build(0.5)
+    Graph([trained]).fit(1, seed=1)
+    for module in (build(0.5), trained):
+        load_module(module, path)
+        assert module.lr == 0.5 and [group["lr"] for group in module.optimizer.param_groups] == [0.5]
+        assert module.optimizer.state  # the saved moments are kept
+    same = build(1e-3)
+    load_module(same, path)
+    assert [group["lr"] for group in same.optimizer.param_groups] == [1e-3]
