@@ -179,3 +179,12 @@ def test_numpy_integer_sizes_are_taken() -> None:
 
     net = MADE(np.int64(3), [np.int64(8)], n_params=np.int64(2))
     assert net(torch.zeros(2, 3)).shape == (2, 2, 3)
+
+
+def test_no_context_given_as_none_is_no_context():
+    """``context_features=None`` meant no context before the argument checks, and raised a bare TypeError after them
+    (MADE, PixelCNN, and MAF / IAF through MADE)."""
+    from kizuna.nets import PixelCNN
+
+    assert MADE(4, [8], context_features=None).context_features == 0
+    assert PixelCNN(context_features=None).context_features == 0

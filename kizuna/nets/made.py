@@ -79,7 +79,8 @@ class MADE(nn.Module):
         check_count("MADE: context_features", context_features, 0)
         for i, size in enumerate(hidden):  # a zero-width layer cuts every input off the outputs
             check_count(f"MADE: hidden_features[{i}]", size, 1)
-        in_features, n_params, context_features = int(in_features), int(n_params), int(context_features)
+        # context_features=None: no context, as 0 (it was taken so before the checks)
+        in_features, n_params, context_features = int(in_features), int(n_params), int(context_features or 0)
         hidden = [int(size) for size in hidden]
         self.in_features, self.n_params, self.context_features = in_features, n_params, context_features
         self.register_buffer("order", _order(order, in_features))

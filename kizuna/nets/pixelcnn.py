@@ -92,7 +92,7 @@ class PixelCNN(nn.Module):
             check_count(f"PixelCNN: {name}", value, minimum)
         _check_kernel("PixelCNN: kernel_size", kernel_size, "A")
         _check_kernel("PixelCNN: hidden_kernel_size", hidden_kernel_size, "B")
-        self.context_features = int(context_features)
+        self.context_features = int(context_features or 0)  # None: no context, as 0
         self.conv_in = MaskedConv2d(in_channels, hidden_channels, kernel_size, "A")
         self.layers = nn.ModuleList(
             MaskedConv2d(hidden_channels, hidden_channels, hidden_kernel_size, "B") for _ in range(int(n_layers)))
