@@ -188,3 +188,10 @@ def test_no_context_given_as_none_is_no_context():
 
     assert MADE(4, [8], context_features=None).context_features == 0
     assert PixelCNN(context_features=None).context_features == 0
+
+
+def test_a_two_dimensional_order_is_refused():
+    """An order given as a matrix was flattened silently (a 2×2 ``[[1, 0], [3, 2]]`` read as the order 1, 0, 3, 2)."""
+    with pytest.raises(ValueError, match=r"order must be one permutation of 0..3 \(1-D\), got shape \(2, 2\)"):
+        MADE(4, [8], order=[[1, 0], [3, 2]])
+    assert MADE(4, [8], order=[1, 0, 3, 2]).order.tolist() == [1, 0, 3, 2]

@@ -284,3 +284,14 @@ def test_the_score_losses_take_scalar_data() -> None:
     xt = d["xt"]
     assert xt.shape == (5,)
     torch.testing.assert_close(value, 0.25 * 0.5 * (-xt / 4 + (xt - x) / 0.25) ** 2)
+
+
+def test_langevin_step_counts_are_checked() -> None:
+    """``n_steps=2.5`` raised a bare TypeError from ``range``; ``None`` likewise: each is named."""
+    x = torch.zeros(3, 2)
+    for bad in (2.5, None, -1, True):
+        with pytest.raises(ValueError, match="n_steps must be an integer >= 0"):
+            langevin_dynamics(lambda z: -z, x, 0.1, bad)
+    with pytest.raises(ValueError, match="n_steps must be an integer >= 0"):
+        annealed_langevin_dynamics(lambda z, i: -z, x, [1.0, 0.5], n_steps_each=1.5)
+    assert langevin_dynamics(lambda z: -z, x, 0.1, np.int64(2)).shape == x.shape

@@ -43,7 +43,9 @@ class MaskedLinear(nn.Linear):
 def _order(order: Sequence[int] | Tensor | None, n: int) -> Tensor:
     if order is None:
         return torch.arange(n)
-    order = torch.as_tensor(order, dtype=torch.long).flatten()
+    order = torch.as_tensor(order, dtype=torch.long)
+    if order.dim() != 1:  # a 2-D order was flattened silently
+        raise ValueError(f"MADE: order must be one permutation of 0..{n - 1} (1-D), got shape {tuple(order.shape)}")
     if order.numel() != n or not torch.equal(order.sort().values, torch.arange(n)):
         raise ValueError(f"MADE: order must be a permutation of 0..{n - 1}, got {order.tolist()}")
     return order

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from kizuna._data import check_count
 from kizuna.distributions.base import Distribution, Tensor
 
 
@@ -52,8 +53,12 @@ def langevin_dynamics(score: Callable[[Tensor], Tensor], x: Tensor, step_size: f
         x: the starting points, batch first.
         generator: a ``torch.Generator`` on ``x``'s device for reproducible noise.
     """
-    if step_size <= 0 or n_steps < 0:
+    if n_steps is None:
+        raise ValueError("langevin_dynamics: n_steps must be an integer >= 0, got None")
+    check_count("langevin_dynamics: n_steps", n_steps, 0)  # 2.5 raised a bare TypeError from range()
+    if not step_size > 0:
         raise ValueError(f"langevin_dynamics needs step_size > 0 and n_steps >= 0, got {step_size}, {n_steps}")
+    n_steps = int(n_steps)
     x = x.detach().clone()
     with torch.no_grad():
         for _ in range(n_steps):
