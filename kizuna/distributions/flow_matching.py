@@ -21,12 +21,12 @@ optimal transport (Tong et al. 2023, arXiv:2302.00482). Sampling uses `kizuna.sa
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from kizuna._data import check_count
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.samplers.integrators import SAMPLERS
 from kizuna.samplers.paths import LinearPath
@@ -57,7 +57,7 @@ class FlowMatching(Distribution):
         if not 0 <= sigma_min < 1:
             raise ValueError(f"FlowMatching: sigma_min must lie in [0, 1), got {sigma_min}")
         if trace == "hutchinson":
-            _check_probes(n_probes, "FlowMatching")
+            check_count("FlowMatching: n_probes", n_probes, 1)
         self.velocity_net, self.sigma_min = velocity, float(sigma_min)
         self.sampler, self.n_steps, self.likelihood_steps = sampler, int(n_steps), int(likelihood_steps)
         self.trace, self.n_probes = trace, int(n_probes)
@@ -113,11 +113,6 @@ class FlowMatching(Distribution):
         return base + integral
 
 
-def _check_probes(n_probes: Any, where: str) -> None:
-    if isinstance(n_probes, bool) or not isinstance(n_probes, numbers.Integral) or n_probes < 1:
-        raise ValueError(f"{where}: n_probes must be an integer >= 1 (Hutchinson's probes), got {n_probes!r}")
-
-
 def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exact",
                n_probes: int = 1, create_graph: bool = False, context: Sequence[Any] = ()) -> tuple[Tensor, Tensor]:
     """:math:`v(x, t, *context)` and :math:`\\nabla\\cdot v(x, t, *context)` per row: exact, or Hutchinson
@@ -130,7 +125,7 @@ def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exa
     row for all (a tensor of any other leading size, or a non-tensor, is passed as it is).
     """
     if trace != "exact":
-        _check_probes(n_probes, "divergence")
+        check_count("divergence: n_probes", n_probes, 1)
     with torch.enable_grad():
         b, d = x.shape[0], x[0].numel()
         if trace == "exact":  # row i repeated d times; copy j's output j differentiated w.r.t. its input j

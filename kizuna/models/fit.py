@@ -27,7 +27,7 @@ from kizuna.losses.iterative import IterativeLoss
 from kizuna.models import distributed as ddp
 from kizuna.models.batches import Batch, Batches
 from kizuna.models.checkpoint import History
-from kizuna.models.model import NonFiniteStep
+from kizuna.models.model import NonFiniteStep, check_seed
 
 
 def fit(
@@ -155,10 +155,7 @@ def _check_batch_first(loss: Any, batches: Batches, what: str) -> None:
 def _start_streams(model: Any, seed: int | None, parallel: bool) -> None:
     """Seed the model's random stream and shuffling generator at the start of a run."""
     if model.epoch == 0 and seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"fit: seed must be an integer, got {seed!r}")
-        if not -2**63 <= seed < 2**64:
-            raise ValueError(f"fit: seed must lie in [-2**63, 2**64) (torch's seeds), got {seed}")
+        check_seed(seed, "fit")
         model.seed_streams(seed)
     if model._rng is None:  # no seed and no saved stream: one draw from the global generator starts it
         start = int(torch.randint(0, 2**62, ()).item()) if not parallel else ddp.common_seed()

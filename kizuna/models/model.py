@@ -380,10 +380,7 @@ class Model:
         """Start fit's random stream and shuffling generator from ``seed`` now, at any epoch (``fit(seed=...)`` does
         this only when a run starts, ``epoch == 0``): code that trains a model in several calls of `fit` and owns
         the randomness of each (a graph module seeded by its graph's generator) restarts them before each call."""
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed_streams: seed must be an integer, got {seed!r}")
-        if not -2**63 <= seed < 2**64:  # torch's seeds (a negative one is taken modulo 2**64)
-            raise ValueError(f"seed_streams: seed must lie in [-2**63, 2**64), got {seed}")
+        check_seed(seed, "seed_streams")
         self._rng = torch.Generator().manual_seed(seed).get_state()
         self._shuffle = torch.Generator().manual_seed((seed + 1) % 2**64)  # the same as seed + 1 below 2**64 - 1
 
@@ -491,6 +488,15 @@ class Model:
         except OSError as err:
             raise FileNotFoundError(f"fit: cannot write the checkpoint {path}: its folder {folder} cannot be created "
                                     f"({err.strerror or err})") from None
+
+
+def check_seed(seed: Any, where: str) -> None:
+    """``seed`` is one of torch's seeds: a Python integer (not a bool) in ``[-2**63, 2**64)`` (a negative one is taken
+    modulo ``2**64``); a ValueError naming ``where`` and the value otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{where}: seed must be an integer, got {seed!r}")
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"{where}: seed must lie in [-2**63, 2**64) (torch's seeds), got {seed}")
 
 
 _ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device (read, never written)

@@ -39,7 +39,7 @@ from kizuna._distances import squared_distances
 from kizuna.modules.base import Message, MessageShapeError, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.rng import rng_from
-from kizuna.modules.state import added_field, follow_data
+from kizuna.modules.state import added_field, follow_data, take_learning_rate
 from kizuna.modules.validation import as_matrix
 from kizuna.nets import MLP
 
@@ -175,7 +175,4 @@ class NN(Module):
                      torch.Generator())  # the weights are overwritten
 
     def _after_load(self) -> None:
-        """The module's ``lr`` wins over the saved optimiser's (a save without it got a fresh Adam at ``lr``)."""
-        if self.optimizer is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr
+        take_learning_rate(self.optimizer, self.lr)

@@ -101,6 +101,14 @@ def follow_data(networks: Sequence[nn.Module], optimizer: torch.optim.Optimizer 
                     optimizer.state[param][key] = value.to(device=param.device)
 
 
+def take_learning_rate(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
+    """After a load: the module's ``lr`` wins over a loaded optimiser's (a save without one got a fresh optimiser at
+    ``lr``, so old and new saves train alike)."""
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with tuples, arrays, tensors and numpy scalars turned into lists and numbers."""
     if hasattr(value, "tolist"):  # numpy arrays and scalars, tensors

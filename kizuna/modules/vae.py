@@ -41,7 +41,7 @@ from kizuna.models import Model
 from kizuna.modules.base import Message, Module, check_width
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.rng import draw_seed, rng_from
-from kizuna.modules.state import added_field, follow_data
+from kizuna.modules.state import added_field, follow_data, take_learning_rate
 
 LIKELIHOODS = ("bernoulli", "normal")
 PRIOR_MEAN = "mu"
@@ -233,7 +233,4 @@ class VAE(Module):
         self._default_networks(int(state["in_dim"]), like, torch.Generator())  # the weights are overwritten
 
     def _after_load(self) -> None:
-        """The module's ``lr`` wins over the saved optimiser's (a save without it got a fresh Adam at ``lr``)."""
-        if self.model is not None:
-            for group in self.model.optimizer.param_groups:
-                group["lr"] = self.lr
+        take_learning_rate(self.optimizer, self.lr)
