@@ -171,8 +171,8 @@ def test_forward_gets_each_input_by_its_name_whatever_the_signatures_order():
         p = cls(var=["x"], cond_var=["a", "b"])
         torch.testing.assert_close(p.get_log_prob({"a": a, "b": b, "x": x}), expected(a - 2 * b))
         assert p.sample({"a": a, "b": b})["x"].shape == x.shape
-    assert InOrder(var=["x"], cond_var=["a", "b"])._positional_cond is not None
-    assert Swapped(var=["x"], cond_var=["a", "b"])._positional_cond is None
+    assert InOrder(var=["x"], cond_var=["a", "b"])._by_position_cond is not None
+    assert Swapped(var=["x"], cond_var=["a", "b"])._by_position_cond is None
     # a forward replaced on the instance (after construction) is called by name
     p = InOrder(var=["x"], cond_var=["a", "b"])
     p.forward = lambda b, a: {"loc": b - 2 * a, "scale": torch.ones_like(a)}
@@ -223,3 +223,31 @@ def test_a_wrapped_or_replaced_forward_gets_its_inputs_by_name():
         torch.testing.assert_close(p.get_log_prob({"a": a, "b": b, "x": x}), expected(a - 2 * b))
     finally:
         Patched.forward = original
+
+
+def test_mlp_distributions_are_called_by_position_and_a_subclass_forward_still_wins():
+    """The evaluation calls kizuna's MLP distributions through ``_forward_by_position`` (the values in cond_var
+    order, no keyword dicts): the same numbers as their public ``forward(**cond)`` for two inputs given in any dict
+    order; a subclass that overrides ``forward`` alone is called through its own forward (by name)."""
+    torch.manual_seed(0)
+    c = inputs(2)
+    q = MLPNormal("z", ["x", "y"], [5, 8, 4]).double()
+    assert q._by_position_cond is q._cond_var
+    by_name = q.forward(y=c["y"], x=c["x"])
+    z = torch.randn(5, 4, dtype=F64)
+    ref = D.Normal(by_name["loc"], by_name["scale"]).log_prob(z).sum(1)
+    torch.testing.assert_close(q.get_log_prob({"y": c["y"], "z": z, "x": c["x"]}), ref, rtol=0, atol=0)
+    for cls in (MLPBernoulli, MLPCategorical):
+        p = cls("w", ["y", "x"], [5, 3]).double()
+        logits = p.forward(x=c["x"], y=c["y"])["logits"]
+        torch.testing.assert_close(logits, p.net(torch.cat([c["y"].flatten(1), c["x"]], 1)), rtol=0, atol=0)
+
+    class Shifted(MLPNormal):
+        def forward(self, **cond):
+            out = super().forward(**cond)
+            return {"loc": out["loc"] + 100.0, "scale": out["scale"]}
+
+    s = Shifted("z", ["x", "y"], [5, 8, 4]).double()
+    s.load_state_dict(q.state_dict())
+    assert s._by_position_cond is None  # its own forward(**cond): by name
+    torch.testing.assert_close(s.get_log_prob({**c, "z": z + 100.0}), ref)

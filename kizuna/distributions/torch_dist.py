@@ -149,6 +149,16 @@ def _takes_in_order(forward: Any, names: tuple[str, ...]) -> bool:
     return code.co_varnames[1:code.co_argcount] == names
 
 
+def _by_position(cls: type) -> Any:
+    """The function ``f(self, *values)`` that defines ``cls.forward(**cond)`` on the conditioning values in
+    ``cond_var`` order, where the class that gives ``forward`` also gives ``_forward_by_position`` (kizuna's MLP
+    distributions), else None: a subclass that overrides ``forward`` alone is called through its own forward."""
+    for klass in cls.__mro__:
+        if "forward" in vars(klass):
+            return vars(klass).get("_forward_by_position")
+    return None
+
+
 def _shape_text(value: Any) -> str:
     return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
@@ -168,10 +178,12 @@ class TorchDistribution(Distribution):
     _hooks: ClassVar[dict[str, bool]] = {}  # set per subclass, see __init_subclass__
     _plain_module_call: ClassVar[bool] = True  # set per subclass, see __init_subclass__
     _takes_args: ClassVar[bool] = True  # set per subclass, see __init_subclass__
+    _reparam_kernel: ClassVar[bool | None] = None  # set per subclass, see __init_subclass__
     # per instance (set in __init__; these class values, the general path, serve an instance pickled before them)
     _forward_only = False
-    _positional_cond: list[str] | None = None
+    _by_position_cond: list[str] | None = None
     _positional_forward: Any = None
+    _positional_call: Any = None
     static_params: ClassVar[tuple[str, ...]] = ()  # plain Python values (e.g. total_count)
     validate_value: ClassVar[bool] = True  # check the support of scored values
     # checks torch leaves out or reports under an inner distribution's parameter names
@@ -194,6 +206,11 @@ class TorchDistribution(Distribution):
             and cls._wrapped_call_impl is nn.Module._wrapped_call_impl
         # `_params` hands its input values to `_compute_params` (a subclass's own `_compute_params` gets x_dict only)
         cls._takes_args = cls._compute_params is TorchDistribution._compute_params
+        # whether a reparameterised draw goes through the family's kernel, fixed with the class where `has_reparam`
+        # is torch's flag (None: a subclass's own `has_reparam`, asked at each draw)
+        cls._reparam_kernel = None if cls.has_reparam is not TorchDistribution.__dict__["has_reparam"] else \
+            cls._hooks["_rsample_kernel"] and bool(getattr(cls, "torch_class", None) is not None
+                                                   and cls.torch_class.has_rsample)
 
     def __init__(
         self,
@@ -222,12 +239,16 @@ class TorchDistribution(Distribution):
         self._uses_forward = type(self).forward is not TorchDistribution.forward
         # every parameter from forward (the usual conditional distribution): its result is the parameters
         self._forward_only = self._uses_forward and not (self._from_var or self._const_names or self._static)
-        # the cond_var list when the class's forward takes exactly these variables by position in this order (it is
-        # then called with the values by position, as a hand-written loop calls a network, while the class still has
-        # that forward: `_positional_forward`), else None
-        self._positional_forward = type(self).forward
-        self._positional_cond = self._cond_var if self._uses_forward and _takes_in_order(
-            self._positional_forward, tuple(self._cond_var)) else None
+        # the cond_var list when the class's forward takes exactly these variables by position in this order, or is
+        # defined by a `_forward_by_position` of the same class (`_by_position`): it is then called with the values by
+        # position (`_positional_call`), as a hand-written loop calls a network, while the class still has that
+        # forward (`_positional_forward`); else None (an instance pickled before these attributes: None, by name)
+        self._positional_forward = forward = type(self).forward
+        self._by_position_cond, self._positional_call = None, None
+        if self._uses_forward:
+            by_position = _by_position(type(self))
+            if by_position is not None or _takes_in_order(forward, tuple(self._cond_var)):
+                self._by_position_cond, self._positional_call = self._cond_var, by_position or forward
         if not self._uses_forward and not self._from_var and self._const_names and self._complete():
             self._check_constants()
 
@@ -382,9 +403,10 @@ class TorchDistribution(Distribution):
                         or type(self).__call__ is not _MODULE_CALL or not self._plain_module_call \
                         or torch._C._get_tracing_state():
                     out = self(**dict(zip(cond, args)))  # torch's module call: hooks, module.compile(), a JIT trace
-                elif self._positional_cond is cond and type(self).forward is self._positional_forward \
+                elif self._by_position_cond is cond and type(self).forward is self._positional_forward \
                         and "forward" not in self.__dict__:
-                    out = self.forward(*args)  # what torch's call does without any of those, without its two frames
+                    # what torch's call does without any of those, without its two frames
+                    out = self._positional_call(self, *args)
                 else:
                     out = self.forward(**dict(zip(cond, args)))
             except RuntimeError as err:  # e.g. a feature width the network does not take
@@ -642,7 +664,8 @@ class TorchDistribution(Distribution):
               per_feature: bool = False) -> Tensor:
         r""":math:`D_{KL}[self\|other]` in closed form from both parameter sets, per row (or per feature):
         the family's `_kl_kernel` when it has one, else torch's registry (validation adds the checks only)."""
-        if validation_enabled():  # the checks of both parameter sets; the computation below is the same
+        checks = _CHECKS.enabled  # `validation_enabled()` without its call
+        if D.Distribution._validate_args if checks is None else checks:  # both parameter sets' checks only
             self._build(params, not per_feature)
             other._build(other_params, not per_feature)
         if self._hooks["_kl_kernel"]:
@@ -680,10 +703,12 @@ class TorchDistribution(Distribution):
     def _draw(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None, n: int,
               reparam: bool) -> Tensor:
         """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
-        rows = self._rows(params, x_dict, batch_n)
+        rows = batch_n if batch_n is not None else self._rows(params, x_dict, None)
         lead = (n,) if n > 1 else ()
-        if reparam and self._hooks["_rsample_kernel"] and self.has_reparam:
-            if validation_enabled():  # the parameters' checks; the draw is the kernel's either way
+        kernel = self._reparam_kernel
+        if reparam and (kernel if kernel is not None else self._hooks["_rsample_kernel"] and self.has_reparam):
+            checks = _CHECKS.enabled  # `validation_enabled()`, read here without its call (every draw passes)
+            if D.Distribution._validate_args if checks is None else checks:
                 self._torch_dist(x_dict, params=params)
             shape = self._kernel_shape(params, rows)
             if shape is not None:
@@ -713,7 +738,13 @@ class TorchDistribution(Distribution):
             else:
                 found = v.shape
                 if found != shape:
-                    shape = _broadcast(shape, found)
+                    cut = len(shape) - len(found)
+                    if cut > 0 and shape[cut:] == found:  # a constant's features against the batch: shape stands
+                        pass
+                    elif cut < 0 and found[-cut:] == shape:
+                        shape = found
+                    else:
+                        shape = _broadcast(shape, found)
         if not shape:  # no tensor parameter, or a scalar one
             return None
         if rows is not None and rows != shape[0]:
@@ -853,7 +884,9 @@ class TorchDistribution(Distribution):
     def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
         """The log-density per feature entry (the event dimensions of the family reduced)."""
         params = self._params(x_dict)
-        checking = validation_enabled()
+        checking = _CHECKS.enabled  # `validation_enabled()` without its call (every log-density passes)
+        if checking is None:
+            checking = D.Distribution._validate_args
         checked = None
         if checking:  # the checks (parameters, the value's shape, rows and support); they change no number below
             checked = self._dist_and_value(x_dict, params)
