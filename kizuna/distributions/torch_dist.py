@@ -738,13 +738,7 @@ class TorchDistribution(Distribution):
             else:
                 found = v.shape
                 if found != shape:
-                    cut = len(shape) - len(found)
-                    if cut > 0 and shape[cut:] == found:  # a constant's features against the batch: shape stands
-                        pass
-                    elif cut < 0 and found[-cut:] == shape:
-                        shape = found
-                    else:
-                        shape = _broadcast(shape, found)
+                    shape = _broadcast(shape, found)
         if not shape:  # no tensor parameter, or a scalar one
             return None
         if rows is not None and rows != shape[0]:
@@ -935,7 +929,20 @@ def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size:
     0.5 µs a call on a CPU against about 10 µs for torch's general function, which every log-density and draw of
     parameters of different shapes calls (a constant's single row against the batch, a noise level per row
     against the features). Shapes that do not broadcast get torch's own error. The pairs seen are remembered (a
-    step meets the same few pairs every time)."""
+    step meets the same few pairs every time). The usual pairs are told first, by comparing the shapes alone: a
+    parameter with one row against the batch's rows, or with the features only (a trailing part of the other)."""
+    n, m = len(a), len(b)
+    if n == m:
+        if a[1:] == b[1:] and n:
+            if b[0] == 1:
+                return a
+            if a[0] == 1:
+                return b
+    elif n > m:
+        if a[n - m:] == b:
+            return a
+    elif b[m - n:] == a:
+        return b
     if torch.compiler.is_compiling():  # a traced lookup would specialise the graph on the shapes (dynamic batches)
         return _broadcast_shapes(a, b)
     found = _BROADCASTS.get((a, b))
