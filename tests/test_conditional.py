@@ -251,3 +251,13 @@ def test_mlp_distributions_are_called_by_position_and_a_subclass_forward_still_w
     s.load_state_dict(q.state_dict())
     assert s._by_position_cond is None  # its own forward(**cond): by name
     torch.testing.assert_close(s.get_log_prob({**c, "z": z + 100.0}), ref)
+
+    class ShiftedByPosition(MLPNormal):  # the by-position function overridden: forward and the evaluation use it
+        def _forward_by_position(self, *values):
+            out = super()._forward_by_position(*values)
+            return {"loc": out["loc"] + 100.0, "scale": out["scale"]}
+
+    s = ShiftedByPosition("z", ["x", "y"], [5, 8, 4]).double()
+    s.load_state_dict(q.state_dict())
+    torch.testing.assert_close(s.forward(**c)["loc"], by_name["loc"] + 100.0)
+    torch.testing.assert_close(s.get_log_prob({**c, "z": z + 100.0}), ref)

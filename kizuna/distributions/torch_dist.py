@@ -152,10 +152,11 @@ def _takes_in_order(forward: Any, names: tuple[str, ...]) -> bool:
 def _by_position(cls: type) -> Any:
     """The function ``f(self, *values)`` that defines ``cls.forward(**cond)`` on the conditioning values in
     ``cond_var`` order, where the class that gives ``forward`` also gives ``_forward_by_position`` (kizuna's MLP
-    distributions), else None: a subclass that overrides ``forward`` alone is called through its own forward."""
+    distributions), else None: a subclass that overrides ``forward`` alone is called through its own forward; one that
+    overrides ``_forward_by_position`` is called through that (as its inherited ``forward`` calls it)."""
     for klass in cls.__mro__:
         if "forward" in vars(klass):
-            return vars(klass).get("_forward_by_position")
+            return cls._forward_by_position if "_forward_by_position" in vars(klass) else None
     return None
 
 
