@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from _timing import interleaved, ratios
+from _timing import interleaved, paired, ratios
 
 Step = Callable[[], Any]
 
@@ -34,6 +34,9 @@ def add_args(parser: argparse.ArgumentParser, seeds: int = 3) -> None:
                         help="split kizuna's extra step time: Model.train, a plain loop on its loss, forward only")
     parser.add_argument("--quick", action="store_true", help="one seed, few steps (smoke test of the script)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="also time N pairs of single steps, kizuna's and the reference's alternating (this "
+                             "thread's CPU time; the most precise ratio on a shared machine: a few hundred to 1500)")
     parser.add_argument("--fused-reference", action="store_true",
                         help="the reference's Adam with torch's fused kernel, the implementation kizuna's Model "
                              "picks (default: torch's default Adam, as the reference is usually written)")
@@ -96,6 +99,11 @@ def report_speed(args: argparse.Namespace, kizuna: Step, reference: Step, profil
         k, r, ratio = step_ratio(kizuna, reference, repeats, calls, clock=time.thread_time)
         print(f"  step CPU time (this thread): kizuna {k * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, "
               f"ratio {ratio:.3f} (median of interleaved repeats)")
+    if args.pairs and args.threads == 1:
+        k, r, median, ratio = paired(kizuna, reference, 20 if args.quick else args.pairs)
+        print(f"  step CPU time, single steps alternating ({args.pairs if not args.quick else 20} pairs): kizuna "
+              f"{k * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, ratio {ratio:.4f} (trimmed means; median of the "
+              f"pairs' ratios {median:.4f})")
     if args.profile:
         print(profile(kizuna, profile_steps, kizuna_title))
         print(profile(reference, profile_steps, "hand-written step"))

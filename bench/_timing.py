@@ -115,3 +115,35 @@ def table(times: Mapping[str, list[float]], baseline: str, unit: str = "ms", sca
         note = f"  {notes[name]}" if notes and name in notes else ""
         lines.append(f"  {name:{width}s} {statistics.median(ts) * scale:10.3f}  {r[name]:6.3f}{note}")
     return "\n".join(lines)
+
+
+def paired(case: Callable[[], Any], baseline: Callable[[], Any], pairs: int, warmup: int = 30,
+           trim: float = 0.2) -> tuple[float, float, float, float]:
+    """One call of ``case`` and one of ``baseline``, alternating call by call (the order flipped at every pair),
+    each timed by this thread's CPU time: a slow spell of the machine (another virtual machine on the same host
+    is invisible to a guest's CPU clock) lasts many calls and so hits both sides of a pair alike, where blocks of
+    calls (`interleaved`) put it on one side. Returns (the trimmed mean seconds per call of each, the median of
+    the per-pair ratios, the ratio of the trimmed means); ``trim`` is the fraction cut from each end. For one-thread
+    CPU work (the thread's clock does not see other threads or a GPU)."""
+    if pairs < 1:
+        raise ValueError(f"paired: pairs must be at least 1, got {pairs}")
+    for _ in range(warmup):
+        case()
+        baseline()
+    clock = time.thread_time_ns
+    mine: list[int] = []
+    theirs: list[int] = []
+    for i in range(pairs):
+        for fn, out in ((case, mine), (baseline, theirs)) if i % 2 == 0 else ((baseline, theirs), (case, mine)):
+            begin = clock()
+            fn()
+            out.append(clock() - begin)
+
+    def trimmed(values: list[int]) -> float:
+        values = sorted(values)
+        cut = int(len(values) * trim)
+        return statistics.mean(values[cut:len(values) - cut]) / 1e9
+
+    median = statistics.median(a / b for a, b in zip(mine, theirs) if b > 0)
+    return trimmed(mine), trimmed(theirs), median, trimmed(mine) / trimmed(theirs)
+

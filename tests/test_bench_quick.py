@@ -85,3 +85,34 @@ def test_agree_reports_a_gradient_difference_and_a_one_sided_gradient() -> None:
     scaled = line(lambda: (w_r * x + b_r).exp().sum() + (b_r - b_r.detach()).sum())  # same value, other gradient
     relative = float(re.search(r"relative ([-+0-9.e]+)", scaled)[1])
     assert relative > 0.1 and "MISMATCH" not in scaled
+
+
+def test_paired_timing_gives_the_ratio_of_two_known_costs_and_names_bad_input() -> None:
+    """`bench/_timing.paired` (the single-step alternation behind the parity benches' ``--pairs``): a case that does
+    the baseline's work twice measures about 2 against it (by this thread's CPU time: sleeping costs none), each side
+    is called once per pair after the warm-up, and zero pairs is an error naming the argument."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from _timing import paired
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    calls = {"case": 0, "baseline": 0}
+
+    def work() -> None:  # Python work on this thread (a torch kernel may run on other threads, unseen by its clock)
+        sum(i * i for i in range(20_000))
+
+    def baseline() -> None:
+        calls["baseline"] += 1
+        work()
+
+    def case() -> None:
+        calls["case"] += 1
+        work()
+        work()
+
+    mine, theirs, median, ratio = paired(case, baseline, 40, warmup=2)
+    assert calls == {"case": 42, "baseline": 42}
+    assert 0 < theirs < mine
+    assert 1.6 < ratio < 2.5 and 1.6 < median < 2.5, (ratio, median)
+    with pytest.raises(ValueError, match="pairs"):
+        paired(case, baseline, 0)
