@@ -99,6 +99,8 @@ def report_speed(args: argparse.Namespace, kizuna: Step, reference: Step, profil
         k, r, ratio = step_ratio(kizuna, reference, repeats, calls, clock=time.thread_time)
         print(f"  step CPU time (this thread): kizuna {k * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, "
               f"ratio {ratio:.3f} (median of interleaved repeats)")
+    if args.pairs and args.threads != 1:
+        print("  --pairs skipped: it times by this thread's CPU clock, which sees one thread only (use --threads 1)")
     if args.pairs and args.threads == 1:
         k, r, median, ratio = paired(kizuna, reference, 20 if args.quick else args.pairs)
         print(f"  step CPU time, single steps alternating ({args.pairs if not args.quick else 20} pairs): kizuna "

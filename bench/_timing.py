@@ -127,6 +127,8 @@ def paired(case: Callable[[], Any], baseline: Callable[[], Any], pairs: int, war
     CPU work (the thread's clock does not see other threads or a GPU)."""
     if pairs < 1:
         raise ValueError(f"paired: pairs must be at least 1, got {pairs}")
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"paired: trim is the fraction cut from each end, in [0, 0.5), got {trim}")
     for _ in range(warmup):
         case()
         baseline()

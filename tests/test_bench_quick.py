@@ -116,3 +116,5 @@ def test_paired_timing_gives_the_ratio_of_two_known_costs_and_names_bad_input() 
     assert 1.6 < ratio < 2.5 and 1.6 < median < 2.5, (ratio, median)
     with pytest.raises(ValueError, match="pairs"):
         paired(case, baseline, 0)
+    with pytest.raises(ValueError, match="trim"):
+        paired(case, baseline, 5, trim=0.5)

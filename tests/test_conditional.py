@@ -261,3 +261,68 @@ def test_mlp_distributions_are_called_by_position_and_a_subclass_forward_still_w
     s.load_state_dict(q.state_dict())
     torch.testing.assert_close(s.forward(**c)["loc"], by_name["loc"] + 100.0)
     torch.testing.assert_close(s.get_log_prob({**c, "z": z + 100.0}), ref)
+
+
+def test_the_evaluation_follows_forward_and_forward_by_position_wherever_they_are_replaced():
+    """The review's cases for the by-position call: a subclass whose own ``forward`` differs from its
+    ``_forward_by_position`` is evaluated through its forward; a ``_forward_by_position`` replaced on an instance, or
+    on the class after an instance was built, is what both ``forward`` and the evaluation use (the evaluation had kept
+    the function it found at construction). Each case against the public ``forward``'s own output."""
+    torch.manual_seed(0)
+    c = inputs(3)
+
+    def shifted(fn):
+        def run(self, *values):
+            out = fn(self, *values)
+            return {"loc": out["loc"] + 100.0, "scale": out["scale"]}
+        return run
+
+    class Both(MLPNormal):  # forward and _forward_by_position in one class, forward not the plain adapter
+        def _forward_by_position(self, *values):
+            return super()._forward_by_position(*values)
+
+        def forward(self, **cond):
+            out = super().forward(**cond)
+            return {"loc": out["loc"] + 100.0, "scale": out["scale"]}
+
+    p = Both("z", ["x", "y"], [5, 8, 4]).double()
+    torch.testing.assert_close(p.sample_mean(c), p.forward(**c)["loc"], rtol=0, atol=0)
+    assert float(p.sample_mean(c).detach().mean()) > 50
+
+    q = MLPNormal("z", ["x", "y"], [5, 8, 4]).double()
+    q._forward_by_position = shifted(MLPNormal._forward_by_position).__get__(q)  # on the instance
+    torch.testing.assert_close(q.sample_mean(c), q.forward(**c)["loc"], rtol=0, atol=0)
+    assert float(q.sample_mean(c).detach().mean()) > 50
+
+    r = MLPNormal("z", ["x", "y"], [5, 8, 4]).double()
+    original = MLPNormal._forward_by_position
+    try:
+        MLPNormal._forward_by_position = shifted(original)  # on the class, after r was built
+        torch.testing.assert_close(r.sample_mean(c), r.forward(**c)["loc"], rtol=0, atol=0)
+        assert float(r.sample_mean(c).detach().mean()) > 50
+    finally:
+        MLPNormal._forward_by_position = original
+
+
+def test_a_draw_asks_has_reparam_each_time_and_a_property_torch_class_is_allowed():
+    """A reparameterised draw goes through the family's kernel only while ``has_reparam`` says so, asked at the draw
+    (a class flag fixed at class creation kept drawing with gradients after ``has_reparam`` was patched to False), and
+    a subclass may give ``torch_class`` as a property (the flag's computation failed at class creation)."""
+    from kizuna.distributions import Normal
+
+    x = torch.zeros(2, 3, requires_grad=True)
+
+    class Patched(Normal):
+        pass
+
+    Patched.has_reparam = property(lambda self: False)
+    p = Patched(var=["z"], cond_var=["x"], loc="x", scale=1.0)
+    assert not p._sample({"x": x}, None, True)["z"].requires_grad
+
+    class ByProperty(Normal):
+        @property
+        def torch_class(self):
+            return D.Normal
+
+    q = ByProperty(var=["z"], cond_var=["x"], loc="x", scale=1.0)
+    assert q._sample({"x": x}, None, True)["z"].requires_grad

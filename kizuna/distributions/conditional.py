@@ -22,13 +22,14 @@ q(z|x) p(x|z)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from kizuna.distributions.families import Bernoulli, Categorical, Normal
+from kizuna.distributions.torch_dist import positional_forward
 from kizuna.nets import MLP
 
 Tensor = torch.Tensor
@@ -57,9 +58,6 @@ def _side_by_side(values: Sequence[Tensor]) -> Tensor:
     return torch.cat([value.flatten(1) for value in values], dim=-1)
 
 
-def _in_order(cond_var: Sequence[str], cond: Mapping[str, Tensor]) -> list[Tensor]:
-    return [cond[name] for name in cond_var]
-
 
 class MLPNormal(Normal):
     """A diagonal Normal over ``var`` whose mean (and scale) come from an MLP of ``cond_var``.
@@ -81,8 +79,7 @@ class MLPNormal(Normal):
         self.net = MLP(*sizes) if shared_scale else MLP(*sizes[:-1], 2 * sizes[-1])
         self.raw_scale = nn.Parameter(torch.zeros(sizes[-1])) if shared_scale else None
 
-    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
-        return self._forward_by_position(*_in_order(self._cond_var, cond))
+    forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
     def _forward_by_position(self, *values: Tensor) -> dict[str, Tensor]:
         """`forward` given the conditioning values in ``cond_var`` order (how the evaluation calls it)."""
@@ -101,8 +98,7 @@ class MLPBernoulli(Bernoulli):
         super().__init__(var=_one(var), cond_var=list(cond_var), name=name)
         self.net = MLP(*_sizes(sizes, "MLPBernoulli"))
 
-    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
-        return self._forward_by_position(*_in_order(self._cond_var, cond))
+    forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
     def _forward_by_position(self, *values: Tensor) -> dict[str, Tensor]:
         """`forward` given the conditioning values in ``cond_var`` order (how the evaluation calls it)."""
@@ -117,8 +113,7 @@ class MLPCategorical(Categorical):
         super().__init__(var=_one(var), cond_var=list(cond_var), name=name)
         self.net = MLP(*_sizes(sizes, "MLPCategorical"))
 
-    def forward(self, **cond: Tensor) -> dict[str, Tensor]:
-        return self._forward_by_position(*_in_order(self._cond_var, cond))
+    forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
     def _forward_by_position(self, *values: Tensor) -> dict[str, Tensor]:
         """`forward` given the conditioning values in ``cond_var`` order (how the evaluation calls it)."""

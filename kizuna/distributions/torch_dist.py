@@ -149,15 +149,19 @@ def _takes_in_order(forward: Any, names: tuple[str, ...]) -> bool:
     return code.co_varnames[1:code.co_argcount] == names
 
 
-def _by_position(cls: type) -> Any:
-    """The function ``f(self, *values)`` that defines ``cls.forward(**cond)`` on the conditioning values in
-    ``cond_var`` order, where the class that gives ``forward`` also gives ``_forward_by_position`` (kizuna's MLP
-    distributions), else None: a subclass that overrides ``forward`` alone is called through its own forward; one that
-    overrides ``_forward_by_position`` is called through that (as its inherited ``forward`` calls it)."""
-    for klass in cls.__mro__:
-        if "forward" in vars(klass):
-            return cls._forward_by_position if "_forward_by_position" in vars(klass) else None
-    return None
+def positional_forward(self: Any, **cond: Tensor) -> dict[str, Tensor]:
+    """The ``forward(**cond)`` of a distribution whose parameters are computed by its ``_forward_by_position(*values)``
+    from the conditioning values in ``cond_var`` order (kizuna's MLP distributions: ``forward = positional_forward``).
+    A class with this very function as its ``forward`` is evaluated through ``_forward_by_position`` directly, the
+    values by position and without the keyword dicts; a subclass that overrides ``forward`` is called through its own
+    forward."""
+    return self._forward_by_position(*[cond[name] for name in self._cond_var])
+
+
+def _through_forward_by_position(self: Any, *values: Tensor) -> dict[str, Tensor]:
+    """How the evaluation calls a class whose ``forward`` is `positional_forward`: its ``_forward_by_position``, looked
+    up at each call (as `positional_forward` does: an override on a subclass or an instance is seen)."""
+    return self._forward_by_position(*values)
 
 
 def _shape_text(value: Any) -> str:
@@ -179,7 +183,6 @@ class TorchDistribution(Distribution):
     _hooks: ClassVar[dict[str, bool]] = {}  # set per subclass, see __init_subclass__
     _plain_module_call: ClassVar[bool] = True  # set per subclass, see __init_subclass__
     _takes_args: ClassVar[bool] = True  # set per subclass, see __init_subclass__
-    _reparam_kernel: ClassVar[bool | None] = None  # set per subclass, see __init_subclass__
     # per instance (set in __init__; these class values, the general path, serve an instance pickled before them)
     _forward_only = False
     _by_position_cond: list[str] | None = None
@@ -207,11 +210,6 @@ class TorchDistribution(Distribution):
             and cls._wrapped_call_impl is nn.Module._wrapped_call_impl
         # `_params` hands its input values to `_compute_params` (a subclass's own `_compute_params` gets x_dict only)
         cls._takes_args = cls._compute_params is TorchDistribution._compute_params
-        # whether a reparameterised draw goes through the family's kernel, fixed with the class where `has_reparam`
-        # is torch's flag (None: a subclass's own `has_reparam`, asked at each draw)
-        cls._reparam_kernel = None if cls.has_reparam is not TorchDistribution.__dict__["has_reparam"] else \
-            cls._hooks["_rsample_kernel"] and bool(getattr(cls, "torch_class", None) is not None
-                                                   and cls.torch_class.has_rsample)
 
     def __init__(
         self,
@@ -241,15 +239,16 @@ class TorchDistribution(Distribution):
         # every parameter from forward (the usual conditional distribution): its result is the parameters
         self._forward_only = self._uses_forward and not (self._from_var or self._const_names or self._static)
         # the cond_var list when the class's forward takes exactly these variables by position in this order, or is
-        # defined by a `_forward_by_position` of the same class (`_by_position`): it is then called with the values by
-        # position (`_positional_call`), as a hand-written loop calls a network, while the class still has that
-        # forward (`_positional_forward`); else None (an instance pickled before these attributes: None, by name)
+        # `positional_forward` (then its `_forward_by_position` computes the parameters): it is then called with the
+        # values by position (`_positional_call`), as a hand-written loop calls a network, while the class still has
+        # that forward (`_positional_forward`); else None (an instance pickled before these attributes: by name)
         self._positional_forward = forward = type(self).forward
         self._by_position_cond, self._positional_call = None, None
         if self._uses_forward:
-            by_position = _by_position(type(self))
-            if by_position is not None or _takes_in_order(forward, tuple(self._cond_var)):
-                self._by_position_cond, self._positional_call = self._cond_var, by_position or forward
+            if forward is positional_forward:
+                self._by_position_cond, self._positional_call = self._cond_var, _through_forward_by_position
+            elif _takes_in_order(forward, tuple(self._cond_var)):
+                self._by_position_cond, self._positional_call = self._cond_var, forward
         if not self._uses_forward and not self._from_var and self._const_names and self._complete():
             self._check_constants()
 
@@ -706,8 +705,7 @@ class TorchDistribution(Distribution):
         """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
         rows = batch_n if batch_n is not None else self._rows(params, x_dict, None)
         lead = (n,) if n > 1 else ()
-        kernel = self._reparam_kernel
-        if reparam and (kernel if kernel is not None else self._hooks["_rsample_kernel"] and self.has_reparam):
+        if reparam and self._hooks["_rsample_kernel"] and self.has_reparam:
             checks = _CHECKS.enabled  # `validation_enabled()`, read here without its call (every draw passes)
             if D.Distribution._validate_args if checks is None else checks:
                 self._torch_dist(x_dict, params=params)
