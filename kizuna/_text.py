@@ -88,12 +88,16 @@ _LATEX_SPECIAL = frozenset("%#&$")
 
 def latex_name(name: str) -> str:
     """A name made safe for LaTeX: ``z_1`` -> ``z_{1}``, ``z_t_1`` -> ``z_{t_1}`` (the first underscore opens one
-    braced subscript that holds the rest, so that there is no double subscript); a subscript already in braces
-    (``x_{t-1}``) and LaTeX commands (``\\hat{x}``) are kept; LaTeX's special characters ``% # & $`` are escaped
-    (``x%`` -> ``x\\%``), which would otherwise start a comment, an alignment or end the formula.
+    braced subscript that holds the rest, so that there is no double subscript); a Greek letter's name before it
+    becomes the letter, as Pixyz writes it (``mu_var`` -> ``\\mu_{var}``, ``sigma`` -> ``\\sigma``); a subscript
+    already in braces (``x_{t-1}``) and LaTeX commands (``\\hat{x}``) are kept; LaTeX's special characters
+    ``% # & $`` are escaped (``x%`` -> ``x\\%``), which would otherwise start a comment, an alignment or end the
+    formula.
 
     >>> latex_name("z_t_1"), latex_name("x_{t-1}"), latex_name("p_{a}_b"), latex_name("p%")
     ('z_{t_1}', 'x_{t-1}', 'p_{{a}_b}', 'p\\\\%')
+    >>> latex_name("mu_var"), latex_name("theta"), latex_name("mus")
+    ('\\\\mu_{var}', '\\\\theta', 'mus')
     """
     name = "".join("\\" + c if c in _LATEX_SPECIAL and (i == 0 or name[i - 1] != "\\") else c
                    for i, c in enumerate(name))
@@ -103,12 +107,21 @@ def latex_name(name: str) -> str:
         if c == "_" and depth == 0:
             split = i
             break
-    if split < 0:
-        return name
-    head, tail = name[:split], name[split + 1:]
+    head, tail = (name, None) if split < 0 else (name[:split], name[split + 1:])
+    if head in GREEK:
+        head = "\\" + head
+    if tail is None:
+        return head
     if tail.startswith("{") and _group_end(tail) == len(tail) - 1:
-        return name  # already one braced subscript
+        return f"{head}_{tail}"  # already one braced subscript
     return f"{head}_{{{tail}}}"
+
+
+# the Greek letters LaTeX names (a variable named after one is written as the letter)
+GREEK = frozenset(
+    "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi pi varpi rho "
+    "varrho sigma varsigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Pi Sigma Upsilon Phi "
+    "Psi Omega".split())
 
 
 def _group_end(text: str) -> int:

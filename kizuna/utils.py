@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from kizuna._text import latex_name
+
 _SETTINGS: dict[str, Any] = {"epsilon": 1e-7, "cache_maxsize": 20}
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,14 +121,7 @@ def convert_latex_name(name: str) -> str:
     >>> convert_latex_name("mu_var"), convert_latex_name("x_1"), convert_latex_name("z")
     ('\\\\mu_{var}', 'x_{1}', 'z')
     """
-    head, _, sub = name.partition("_")
-    head = f"\\{head}" if head in _GREEK else head
-    return f"{head}_{{{sub}}}" if sub else head
-
-
-_GREEK = frozenset(
-    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho sigma tau upsilon phi chi "
-    "psi omega Gamma Delta Theta Lambda Xi Pi Sigma Upsilon Phi Psi Omega".split())
+    return latex_name(name)
 
 
 class LatexFormula:

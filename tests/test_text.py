@@ -178,3 +178,19 @@ def test_latex_of_awkward_names_compiles() -> None:
         mathtext.math_to_image(f"${latex}$", io.BytesIO(), format="png")
     assert str(cases[0]) == "log p(z_t_1)" and cases[0].to_latex() == "\\log p(z_{t_1})"
     assert str(cases[3]) == "log p%(z)" and cases[3].to_latex() == "\\log p\\%(z)"
+
+
+def test_greek_variable_names_are_written_as_letters_in_latex_as_pixyz_writes_them():
+    """A variable named after a Greek letter is the letter in LaTeX (Pixyz's tutorial prints ``p(x|\\mu_{var})`` for
+    ``cond_var=["mu_var"]``; kizuna wrote ``mu_{var}``); other names, and a Greek name inside a longer word, are
+    unchanged; the plain-text form keeps the names as given; `kizuna.utils.convert_latex_name` is the same rule."""
+    from kizuna.distributions import Normal
+    from kizuna.utils import convert_latex_name, print_latex
+
+    p = Normal(var=["x"], cond_var=["mu_var"], loc="mu_var", scale=1.0)
+    assert print_latex(p).data == r"p(x|\mu_{var})"
+    assert p.prob_text == "p(x|mu_var)"
+    q = Normal(var=["sigma"], cond_var=["alpha", "mus", "z_1"], loc="alpha", scale=1.0, name="q")
+    assert print_latex(q).data == r"q(\sigma|\alpha,mus,z_{1})"
+    assert [convert_latex_name(n) for n in ("mu_var", "theta", "x_1", "Omega_{t-1}")] == \
+        [r"\mu_{var}", r"\theta", "x_{1}", r"\Omega_{t-1}"]
