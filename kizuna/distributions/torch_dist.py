@@ -158,12 +158,6 @@ def positional_forward(self: Any, **cond: Tensor) -> dict[str, Tensor]:
     return self._forward_by_position(*[cond[name] for name in self._cond_var])
 
 
-def _through_forward_by_position(self: Any, *values: Tensor) -> dict[str, Tensor]:
-    """How the evaluation calls a class whose ``forward`` is `positional_forward`: its ``_forward_by_position``, looked
-    up at each call (as `positional_forward` does: an override on a subclass or an instance is seen)."""
-    return self._forward_by_position(*values)
-
-
 def _shape_text(value: Any) -> str:
     return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
@@ -240,13 +234,14 @@ class TorchDistribution(Distribution):
         self._forward_only = self._uses_forward and not (self._from_var or self._const_names or self._static)
         # the cond_var list when the class's forward takes exactly these variables by position in this order, or is
         # `positional_forward` (then its `_forward_by_position` computes the parameters): it is then called with the
-        # values by position (`_positional_call`), as a hand-written loop calls a network, while the class still has
-        # that forward (`_positional_forward`); else None (an instance pickled before these attributes: by name)
+        # values by position (`_positional_call`: that forward, or None for `_forward_by_position`), as a hand-written
+        # loop calls a network, while the class still has that forward (`_positional_forward`); else None (an instance
+        # pickled before these attributes: by name)
         self._positional_forward = forward = type(self).forward
         self._by_position_cond, self._positional_call = None, None
         if self._uses_forward:
-            if forward is positional_forward:
-                self._by_position_cond, self._positional_call = self._cond_var, _through_forward_by_position
+            if forward is positional_forward:  # `_forward_by_position`, looked up at each call (`_compute_params`)
+                self._by_position_cond = self._cond_var
             elif _takes_in_order(forward, tuple(self._cond_var)):
                 self._by_position_cond, self._positional_call = self._cond_var, forward
         if not self._uses_forward and not self._from_var and self._const_names and self._complete():
@@ -406,7 +401,8 @@ class TorchDistribution(Distribution):
                 elif self._by_position_cond is cond and type(self).forward is self._positional_forward \
                         and "forward" not in self.__dict__:
                     # what torch's call does without any of those, without its two frames
-                    out = self._positional_call(self, *args)
+                    call = self._positional_call  # None: `positional_forward`'s class, through _forward_by_position
+                    out = self._forward_by_position(*args) if call is None else call(self, *args)
                 else:
                     out = self.forward(**dict(zip(cond, args)))
             except RuntimeError as err:  # e.g. a feature width the network does not take
