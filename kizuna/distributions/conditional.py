@@ -58,7 +58,6 @@ def _side_by_side(values: Sequence[Tensor]) -> Tensor:
     return torch.cat([value.flatten(1) for value in values], dim=-1)
 
 
-
 class MLPNormal(Normal):
     """A diagonal Normal over ``var`` whose mean (and scale) come from an MLP of ``cond_var``.
 
