@@ -102,8 +102,9 @@ def report_speed(args: argparse.Namespace, kizuna: Step, reference: Step, profil
     if args.pairs and args.threads != 1:
         print("  --pairs skipped: it times by this thread's CPU clock, which sees one thread only (use --threads 1)")
     if args.pairs and args.threads == 1:
-        k, r, median, ratio = paired(kizuna, reference, 20 if args.quick else args.pairs)
-        print(f"  step CPU time, single steps alternating ({args.pairs if not args.quick else 20} pairs): kizuna "
+        pairs = 20 if args.quick else args.pairs
+        k, r, median, ratio = paired(kizuna, reference, pairs)
+        print(f"  step CPU time, single steps alternating ({pairs} pairs): kizuna "
               f"{k * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, ratio {ratio:.4f} (trimmed means; median of the "
               f"pairs' ratios {median:.4f})")
     if args.profile:

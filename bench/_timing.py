@@ -147,5 +147,5 @@ def paired(case: Callable[[], Any], baseline: Callable[[], Any], pairs: int, war
         return statistics.mean(values[cut:len(values) - cut]) / 1e9
 
     median = statistics.median(a / b for a, b in zip(mine, theirs) if b > 0)
-    return trimmed(mine), trimmed(theirs), median, trimmed(mine) / trimmed(theirs)
-
+    mean_mine, mean_theirs = trimmed(mine), trimmed(theirs)
+    return mean_mine, mean_theirs, median, mean_mine / mean_theirs

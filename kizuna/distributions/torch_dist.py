@@ -660,8 +660,7 @@ class TorchDistribution(Distribution):
               per_feature: bool = False) -> Tensor:
         r""":math:`D_{KL}[self\|other]` in closed form from both parameter sets, per row (or per feature):
         the family's `_kl_kernel` when it has one, else torch's registry (validation adds the checks only)."""
-        checks = _CHECKS.enabled  # `validation_enabled()` without its call
-        if D.Distribution._validate_args if checks is None else checks:  # both parameter sets' checks only
+        if validation_enabled():  # the checks of both parameter sets; the computation below is the same
             self._build(params, not per_feature)
             other._build(other_params, not per_feature)
         if self._hooks["_kl_kernel"]:
@@ -699,11 +698,10 @@ class TorchDistribution(Distribution):
     def _draw(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None, n: int,
               reparam: bool) -> Tensor:
         """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
-        rows = batch_n if batch_n is not None else self._rows(params, x_dict, None)
+        rows = self._rows(params, x_dict, batch_n)
         lead = (n,) if n > 1 else ()
         if reparam and self._hooks["_rsample_kernel"] and self.has_reparam:
-            checks = _CHECKS.enabled  # `validation_enabled()`, read here without its call (every draw passes)
-            if D.Distribution._validate_args if checks is None else checks:
+            if validation_enabled():  # the parameters' checks; the draw is the kernel's either way
                 self._torch_dist(x_dict, params=params)
             shape = self._kernel_shape(params, rows)
             if shape is not None:
@@ -873,9 +871,7 @@ class TorchDistribution(Distribution):
     def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
         """The log-density per feature entry (the event dimensions of the family reduced)."""
         params = self._params(x_dict)
-        checking = _CHECKS.enabled  # `validation_enabled()` without its call (every log-density passes)
-        if checking is None:
-            checking = D.Distribution._validate_args
+        checking = validation_enabled()
         checked = None
         if checking:  # the checks (parameters, the value's shape, rows and support); they change no number below
             checked = self._dist_and_value(x_dict, params)

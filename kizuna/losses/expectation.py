@@ -142,10 +142,9 @@ class Expectation(Loss):
 
     def _value(self, ctx: EvalContext) -> Tensor:
         n = math.prod(self.sample_shape)
-        p = self.p
-        values, _ = draw(p, ctx, n, reparam=True)
-        f = EvalContext(values, ctx.samples, ctx.options, ctx.report).value(self.f)  # `ctx.child(values)`
-        logp = None if p.has_reparam else score_log_prob(p, values, pathwise=True)  # a reparameterised p needs none
+        values, _ = draw(self.p, ctx, n, reparam=True)
+        f = ctx.child(values).value(self.f)
+        logp = score_log_prob(self.p, values, pathwise=True)
         if logp is not None:
             f = f + f.detach() * _per_row(logp - logp.detach(), f)
         return f if n == 1 else average(f, n)
