@@ -19,7 +19,9 @@ from kizuna.distributions import (
     Distribution,
     JointDistribution,
     MarginalizeVarDistribution,
+    MixtureOfNormal,
     Normal,
+    ProductOfNormal,
     ReplaceVarDistribution,
 )
 
@@ -511,3 +513,76 @@ def test_product_sample_shape_without_batch_n():
     assert np.all(np.abs(y.var(0) / 4.25 - 1) < N_SE * np.sqrt(2 / n))
     cov = ((x - x.mean(0)) * (y - y.mean(0))).mean(0)
     assert np.all(np.abs(cov - 0.25) < N_SE * np.sqrt((0.25 * 4.25 + 0.25**2) / n))
+
+
+class _Affine(Normal):
+    """p(x|z) = N(2z + 1, 0.5^2)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": 2 * z + 1, "scale": torch.full_like(z, 0.5)}
+
+
+@pytest.mark.parametrize("rename, given, drawn", [({"x": "z", "z": "x"}, "x", "z"),  # a swap
+                                                  ({"x": "y", "z": "x"}, "x", "y")])  # a chain
+def test_a_renamed_product_given_a_name_that_it_reuses_draws_the_other_factor(rename, given, drawn) -> None:
+    """The value given under a reused name is the renamed variable only (it also held the inner product's own
+    variable of that name fixed, and the draw of that factor was skipped without an error)."""
+    lik, prior = _Affine(), Normal(var=["z"], loc=0.3, scale=1.5, name="p")
+    v = torch.linspace(-1.0, 1.0, 7).unsqueeze(1)
+    torch.manual_seed(3)
+    out = (lik * prior).replace_var(**rename).sample({given: v})
+    torch.manual_seed(3)
+    expected = (lik * prior).sample({"z": v})["x"]  # the same draw under the old names
+    assert sorted(out) == sorted([given, drawn])
+    torch.testing.assert_close(out[drawn], expected)
+    assert torch.equal(out[given], v)
+
+
+def test_a_renamed_product_of_experts_reads_a_missing_modality_in_its_helpers() -> None:
+    """sample_mean / sample_variance / get_params of a renamed product of experts given one of two modalities: the
+    present expert N(3, 1) and the prior N(0, 1) give precision 2, mean 3/2 (it asked for the absent modality)."""
+    qa = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    qb = Normal(var=["z"], cond_var=["y"], loc="y", scale=1.0, name="q")
+    poe = ProductOfNormal([qa, qb], name="q", features_shape=[2]).replace_var(x="a")
+    given = {"a": torch.full((2, 2), 3.0)}
+    torch.testing.assert_close(poe.sample_mean(given), torch.full((2, 2), 1.5))
+    torch.testing.assert_close(poe.sample_variance(given), torch.full((2, 2), 0.5))
+    torch.testing.assert_close(poe.get_params(given)["scale"], torch.full((2, 2), 0.5 ** 0.5))
+    entropy = 2 * stats.norm(scale=0.5 ** 0.5).entropy()
+    torch.testing.assert_close(poe.get_entropy(given), torch.full((2,), float(entropy)))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_mixture_of_normals_refuses_weights_that_are_not_finite(bad) -> None:
+    qa = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    qb = Normal(var=["z"], cond_var=["y"], loc="y", scale=1.0, name="q")
+    with pytest.raises(ValueError, match="positive finite numbers"):
+        MixtureOfNormal([qa, qb], weights=[1.0, bad])
+
+
+def test_feature_dims_of_a_product_whose_factors_differ_in_rank_is_an_error_naming_them() -> None:
+    """A scalar z and a vector x|z drawn with sample_shape: the same dims in both factors cannot give one value per
+    draw (dims=[-1] summed z over the batch and broadcast: a wrong (4, 4) result); factors of one rank still add."""
+
+    class Vector(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": z.unsqueeze(-1).expand(*z.shape, 3), "scale": torch.ones(*z.shape, 3)}
+
+    joint = Vector() * Normal(var=["z"], loc=0.0, scale=1.0, name="p")
+    s = joint.sample(batch_n=4, sample_shape=[4])
+    with pytest.raises(ValueError, match=r"leaves the log-density of p\(x\|z\) with shape \(4, 4\) and that of "
+                                         r"p\(z\) with \(4,\)"):
+        joint.get_log_prob(s, feature_dims=[-1])
+    with pytest.raises(ValueError, match=r"feature_dims=\[2\] is out of range for the log-density of p\(z\)"):
+        joint.get_log_prob(s, feature_dims=[2])
+    same = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0) * Normal(var=["z"], loc=0.0, scale=1.0)
+    t = same.sample(batch_n=4, sample_shape=[5])
+    reference = (torch.distributions.Normal(t["z"], 1.0).log_prob(t["x"])
+                 + torch.distributions.Normal(0.0, 1.0).log_prob(t["z"])).sum(0)
+    torch.testing.assert_close(same.get_log_prob(t, feature_dims=[0]), reference)

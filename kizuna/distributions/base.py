@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_map
 
 from kizuna._data import check_count as _check_count
 from kizuna._text import LATEX, TEXT, prob_text, symbol
+from kizuna.distributions.dist_graph import DistGraph, GraphOptions
 from kizuna.formula.expr import Loss
 from kizuna.formula.log_prob import LogProb, Prob
 
@@ -189,6 +190,9 @@ class Distribution(nn.Module):
     handle ``sample_shape`` and build the formula text.
     """
 
+    # Pixyz's options of `sample` and `get_log_prob` (`graph.set_option`); None: none, the usual path
+    _graph_options: GraphOptions | None = None
+
     def __init__(
         self,
         var: str | Sequence[str],
@@ -252,6 +256,13 @@ class Distribution(nn.Module):
     def factors(self) -> list[Distribution]:
         """The factors this distribution is a product of (itself, for a single factor)."""
         return [self]
+
+    @property
+    def graph(self) -> DistGraph:
+        """Pixyz's ``dist.graph``: this distribution's factors as a graph (``visible_graph()``, a ``networkx``
+        graph of its variables) and Pixyz's per-factor options of ``sample`` and ``get_log_prob``
+        (``set_option``); see `kizuna.distributions.dist_graph`."""
+        return DistGraph(self)
 
     # ------------------------------------------------------------------ text
     @property
@@ -372,6 +383,15 @@ class Distribution(nn.Module):
             sample_mean: return the means instead of draws (ancestrally, for a product).
             kwargs: other options are ignored (as in Pixyz).
         """
+        if self._graph_options is not None:  # Pixyz's options, `graph.set_option`
+            return self._graph_options.sample(self, x_dict, return_all, dict(
+                batch_n=batch_n, sample_shape=sample_shape, reparam=reparam, sample_mean=sample_mean, **kwargs))
+        return self._sample_call(x_dict, batch_n, sample_shape, reparam, sample_mean, return_all)
+
+    def _sample_call(self, x_dict: Mapping[str, Any] | None, batch_n: int | None,
+                     sample_shape: Sequence[int] | torch.Size, reparam: bool, sample_mean: bool,
+                     return_all: bool) -> XDict:
+        """`sample` with these arguments (the graph's options already applied)."""
         x_dict = _with_values(x_dict, self) if x_dict else {}
         self._require(x_dict, self.input_var)
         _check_count("batch_n", batch_n, minimum=0)
@@ -425,6 +445,14 @@ class Distribution(nn.Module):
             feature_dims: sum over these dimensions instead (Pixyz's ``feature_dims``).
             kwargs: other options are ignored (as in Pixyz).
         """
+        if self._graph_options is not None:  # Pixyz's options, `graph.set_option`
+            return self._graph_options.log_prob(self, x_dict, dict(
+                sum_features=sum_features, feature_dims=feature_dims, **kwargs))
+        return self._log_prob_call(x_dict, sum_features, feature_dims)
+
+    def _log_prob_call(self, x_dict: Mapping[str, Any], sum_features: bool,
+                       feature_dims: Sequence[int] | None) -> Tensor:
+        """`get_log_prob` with these arguments (the graph's options already applied)."""
         x_dict = _with_values(x_dict, self)
         names = self._var + self.input_var
         if not all(map(x_dict.__contains__, names)):

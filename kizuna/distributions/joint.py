@@ -124,20 +124,44 @@ class JointDistribution(Distribution):
                 )
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        if not sum_features and len(self._factors) > 1:
-            raise ValueError(f"{self.prob_text}: sum_features=False needs a single factor; this is a product")
+        """The sum of the factors' log-densities; with ``sum_features=False`` entry by entry, which needs them all
+        of one shape (Pixyz's rule: e.g. ``y`` and ``x|y`` of the same shape), else an error naming two."""
         total: Tensor | None = None
+        first = None
         for f in self._factors:
             term = f.get_log_prob(x_dict, sum_features)
-            total = term if total is None else total + term
+            if total is None:
+                total, first = term, f
+            elif not sum_features and term.shape != total.shape:
+                raise ValueError(
+                    f"{self.prob_text}: sum_features=False adds the factors' log-densities entry by entry, but "
+                    f"{first.prob_text} gives shape {tuple(total.shape)} and {f.prob_text} {tuple(term.shape)}; "
+                    "sum the features (sum_features=True, or feature_dims) or score the factors one by one")
+            else:
+                total = total + term
         assert total is not None
         return total
 
     def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
-        """See `Distribution._log_prob_dims`: the factors' log-densities, each summed over ``dims``."""
+        """See `Distribution._log_prob_dims`: the factors' log-densities, each summed over ``dims`` (the same
+        dimensions in every factor, as Pixyz), then added; they must then have one shape (a scalar factor next to
+        a vector one, drawn with ``sample_shape``, is not: its sum over ``-1`` ran over the batch and broadcast)."""
         total: Tensor | None = None
+        first = None
         for f in self._factors:
-            term = f._log_prob_dims(x_dict, dims)
-            total = term if total is None else total + term
+            try:
+                term = f._log_prob_dims(x_dict, dims)
+            except IndexError as err:
+                raise ValueError(f"{self.prob_text}: feature_dims={list(dims)} is out of range for the log-density of "
+                                 f"{f.prob_text} ({err}); the same dimensions are summed in every factor") from None
+            if total is None:
+                total, first = term, f
+            elif term.shape != total.shape:
+                raise ValueError(
+                    f"{self.prob_text}: feature_dims={list(dims)} leaves the log-density of {first.prob_text} with "
+                    f"shape {tuple(total.shape)} and that of {f.prob_text} with {tuple(term.shape)}; the same "
+                    "dimensions are summed in every factor, so factors of different ranks are scored one by one")
+            else:
+                total = total + term
         assert total is not None
         return total

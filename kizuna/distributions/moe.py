@@ -64,9 +64,9 @@ class MixtureOfNormal(Distribution):
             dtype = torch.get_default_dtype()
             w = torch.ones(len(experts)) if weights is None else torch.as_tensor(weights, dtype=dtype)
             self.register_buffer("weights", w)
-        if self.weights.shape != (len(experts),) or bool((self.weights <= 0).any()):
+        if self.weights.shape != (len(experts),) or not bool(((self.weights > 0) & self.weights.isfinite()).all()):
             raise ValueError(
-                f"MixtureOfNormal: weights must be {len(experts)} positive numbers (one per expert), "
+                f"MixtureOfNormal: weights must be {len(experts)} positive finite numbers (one per expert), "
                 f"got {self.weights.detach().tolist()}"
             )
 

@@ -94,15 +94,20 @@ class ReplaceVarDistribution(Distribution):
             return err
 
     def _inner(self, x_dict: XDict) -> XDict:
-        shadowed = set(self._rename) - set(self._inverse)
-        inner = {k: v for k, v in x_dict.items() if k not in shadowed}
-        inner.update({self._inverse[k]: v for k, v in x_dict.items() if k in self._inverse})
+        """``x_dict`` under ``p``'s names: a renamed variable's value under its old name; every other value under its
+        own name, except those named like one of ``p``'s renamed variables (outside, that name is gone or now means
+        another variable: in a swap ``x <-> z`` the value given for the new ``x`` is ``p``'s ``z`` only; kept as
+        ``x`` too, it held ``p``'s own ``x`` fixed, and a product skipped that factor's draw)."""
+        inverse, rename = self._inverse, self._rename
+        inner = {k: v for k, v in x_dict.items() if k not in inverse and k not in rename}
+        inner.update({inverse[k]: v for k, v in x_dict.items() if k in inverse})
         return inner
 
     def _given(self, x_dict: Mapping | None) -> XDict:
-        """``_inner`` for the public helpers, checked first so that errors use the new names."""
+        """``_inner`` for the public helpers, checked first so that errors use the new names (the inputs ``p`` needs:
+        an expert of a product of experts is optional)."""
         x_dict = dict(x_dict or {})
-        self._require(x_dict, self._cond_var)
+        self._require(x_dict, self.input_var)
         return self._inner(x_dict)
 
     def _check_fixed(self, fixed: list[str]) -> None:

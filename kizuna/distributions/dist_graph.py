@@ -1,0 +1,257 @@
+r"""Pixyz's ``dist.graph``: a distribution's factors as a graph, with Pixyz's per-factor options.
+
+``p.graph`` is a view of ``p`` (nothing is copied): its name is ``p``'s, its factors are ``p``'s factors, and
+``graph.visible_graph()`` is the ``networkx`` graph of the variables that Pixyz draws (an edge from each
+conditioning variable to each variable of a factor; names in ``$...$`` for LaTeX labels, or plain with
+``dotmode=True`` and a ``texlbl`` attribute per node, for ``dot2tex``). kizuna's own picture of a model is
+`kizuna.viz.render`.
+
+``graph.set_option(options, var)`` gives the factors that define ``var`` keyword arguments that their ``sample``
+and ``get_log_prob`` calls take before the caller's (Pixyz's ``Factor.option``), e.g. ``batch_n`` and
+``sample_shape`` for the factor that starts the ancestral draw; without ``var`` the options are the graph's own,
+which the caller's arguments override (Pixyz's ``global_option``). ``set_option({}, var)`` clears them.
+
+>>> import torch
+>>> from kizuna.distributions import Normal
+>>> p = Normal(var=["x"], cond_var=["y"], loc="y", scale=1.0) * Normal(var=["y"], loc=0.0, scale=1.0)
+>>> p.graph.set_option(dict(batch_n=4, sample_shape=(2, 3)), ["y"])
+>>> s = p.sample()
+>>> s["y"].shape, s["x"].shape
+(torch.Size([2, 3, 4]), torch.Size([2, 3, 4]))
+>>> p.graph.set_option({}, ["y"])
+>>> p.get_log_prob(s).shape
+torch.Size([2])
+
+The options are read by ``sample`` and ``get_log_prob`` called on the distribution, as Pixyz's programs call them.
+A loss (`kizuna.losses`) does not read them: it draws and scores through the distributions' evaluation entry points
+with its own options (``eval(..., batch_n=..., sample_mean=...)``), where Pixyz's losses, which call ``sample``,
+would see them (docs/porting_from_pixyz.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# the arguments of `Distribution.sample` that options may set, and of `Distribution.get_log_prob`
+_SAMPLE_ARGS = ("batch_n", "sample_shape", "reparam", "sample_mean")
+_LOG_PROB_ARGS = ("sum_features", "feature_dims")
+
+
+class GraphOptions:
+    """The options `DistGraph.set_option` stored on a distribution: the graph's own (``global_option``) and each
+    factor's, by the factor's position in ``factors()``."""
+
+    __slots__ = ("global_option", "factor_options")
+
+    def __init__(self) -> None:
+        self.global_option: dict[str, Any] = {}
+        self.factor_options: dict[int, dict[str, Any]] = {}
+
+    def empty(self) -> bool:
+        return not self.global_option and not any(self.factor_options.values())
+
+    def merged(self, index: int, call: Mapping[str, Any]) -> dict[str, Any]:
+        """Pixyz's order: the graph's options, then the caller's arguments, then the factor's own."""
+        return {**self.global_option, **call, **self.factor_options.get(index, {})}
+
+    # -------------------------------------------------------------- sample
+    def sample(self, dist: Any, x_dict: Mapping[str, Any] | None, return_all: bool, call: dict[str, Any]) -> dict:
+        """``dist.sample`` with the options: a single distribution takes them as its arguments; a product draws its
+        factors in ancestral order, each with its own options, from the values drawn before it (Pixyz's
+        ``DistGraph.sample``)."""
+        factors = dist.factors()
+        if len(factors) == 1 and factors[0] is dist:
+            opts = self.merged(0, call)
+            return dist._sample_call(x_dict, *(opts.get(k, d) for k, d in _SAMPLE_DEFAULTS), return_all)
+        x_dict = dict(x_dict or {})
+        dist._require(x_dict, dist.input_var)
+        values = dict(x_dict)
+        new: dict[str, Any] = {}
+        for f in dist._order:
+            opts = self.merged(factors.index(f), call)
+            inputs = {k: values[k] for k in f.input_var if k in values}
+            f._require(inputs, f.input_var)
+            out = f.sample(inputs, **{k: v for k, v in opts.items() if k != "return_all"}, return_all=False)
+            values.update(out)
+            new.update(out)
+        return {**x_dict, **new} if return_all else new
+
+    # --------------------------------------------------------- log-density
+    def log_prob(self, dist: Any, x_dict: Mapping[str, Any], call: dict[str, Any]) -> Any:
+        """``dist.get_log_prob`` with the options: a product sums its factors' log-densities, each computed with its
+        own options, and names two factors whose log-densities differ in shape (Pixyz's ``DistGraph``)."""
+        factors = dist.factors()
+        if len(factors) == 1 and factors[0] is dist:
+            opts = self.merged(0, call)
+            return dist._log_prob_call(x_dict, opts.get("sum_features", True), opts.get("feature_dims"))
+        total, first = None, None
+        for f in dist._order:
+            opts = self.merged(factors.index(f), call)
+            term = f.get_log_prob(x_dict, **opts)
+            if total is None:
+                total, first = term, f
+            elif term.shape != total.shape:
+                raise ValueError(f"{dist.prob_text}: the log-densities of {first.prob_text} and {f.prob_text} have "
+                                 f"shapes {tuple(total.shape)} and {tuple(term.shape)}; with these options they "
+                                 "cannot be added (Pixyz: 'have different sizes')")
+            else:
+                total = total + term
+        return total
+
+
+_SAMPLE_DEFAULTS = (("batch_n", None), ("sample_shape", ()), ("reparam", False), ("sample_mean", False))
+
+
+class Factor:
+    """One factor of a distribution's graph (Pixyz's ``Factor``): the factor's distribution (``dist``) and the
+    options its ``sample`` and ``get_log_prob`` take (``option``, stored on the graph's distribution)."""
+
+    def __init__(self, owner: Any, index: int, dist: Any) -> None:
+        self._owner, self._index, self.dist = owner, index, dist
+
+    @property
+    def option(self) -> dict[str, Any]:
+        options = self._owner._graph_options
+        return {} if options is None else dict(options.factor_options.get(self._index, {}))
+
+    @option.setter
+    def option(self, option: Mapping[str, Any]) -> None:
+        _set(self._owner, None, {self._index: option})
+
+    @property
+    def var(self) -> list[str]:
+        return self.dist.var
+
+    @property
+    def cond_var(self) -> list[str]:
+        return self.dist.cond_var
+
+    @property
+    def input_var(self) -> list[str]:
+        return self.dist.input_var
+
+    @property
+    def prob_text(self) -> str:
+        return self.dist.prob_text
+
+    def __str__(self) -> str:
+        return f"{self.dist.prob_text}:\n{self.dist!r}"
+
+    def __repr__(self) -> str:
+        return f"Factor({self.dist.prob_text}, option={self.option})"
+
+
+def _check_options(option: Any, where: str) -> dict[str, Any]:
+    if not isinstance(option, Mapping):
+        raise TypeError(f"{where}: the options are a dict of keyword arguments, got {type(option).__name__}")
+    bad = [k for k in option if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"{where}: option names are strings, got {bad}")
+    return dict(option)
+
+
+def _set(dist: Any, global_option: Mapping[str, Any] | None, factor_options: Mapping[int, Mapping[str, Any]]) -> None:
+    """Store options on ``dist`` (none left: the attribute is removed, so its calls take the usual path)."""
+    options = dist._graph_options or GraphOptions()
+    if global_option is not None:
+        options.global_option = _check_options(global_option, f"{dist.prob_text}.graph.set_option")
+    for index, option in factor_options.items():
+        options.factor_options[index] = _check_options(option, f"{dist.prob_text}.graph.set_option")
+    dist._graph_options = None if options.empty() else options
+
+
+class DistGraph:
+    """Pixyz's ``dist.graph`` for ``dist``: see the module docstring."""
+
+    def __init__(self, dist: Any) -> None:
+        self._dist = dist
+
+    @property
+    def name(self) -> str:
+        return self._dist.name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        self._dist.name = name
+
+    @property
+    def global_option(self) -> dict[str, Any]:
+        options = self._dist._graph_options
+        return {} if options is None else dict(options.global_option)
+
+    def _graph_factors(self) -> list[Any]:
+        factors = self._dist.factors()
+        if len(factors) > 1 and not hasattr(self._dist, "_order"):  # a renamed or marginalised product
+            raise ValueError(f"{self._dist.prob_text}: per-factor graph options are kept for products and single "
+                             f"distributions; this is a {type(self._dist).__name__} (set them on the product inside "
+                             "before renaming or marginalising it)")
+        return factors
+
+    def factors(self, sorted: bool = False) -> list[Factor]:  # noqa: A002 - Pixyz's argument name
+        """The factors (``sorted``: in the order a draw visits them)."""
+        factors = self._dist.factors()
+        if sorted and hasattr(self._dist, "_order"):
+            return [Factor(self._dist, factors.index(f), f) for f in self._dist._order]
+        return [Factor(self._dist, i, f) for i, f in enumerate(factors)]
+
+    def _factors_from_variable(self, var_name: str) -> list[Factor]:
+        """The factors that define ``var_name`` (Pixyz's private method, which its tests use)."""
+        found = [Factor(self._dist, i, f) for i, f in enumerate(self._graph_factors()) if var_name in f.var]
+        if not found:
+            raise ValueError(f"{self._dist.prob_text}: no factor defines {var_name!r}; its variables are "
+                             f"{self._dist.var}")
+        return found
+
+    def set_option(self, option_dict: Mapping[str, Any], var: Sequence[str] = ()) -> None:
+        """Give the factors that define ``var`` these keyword arguments for their ``sample`` and ``get_log_prob``
+        (taken before the caller's); without ``var``, the graph's own options (the caller's win). ``{}`` clears."""
+        if isinstance(var, str):
+            var = [var]
+        if not var:
+            _set(self._dist, option_dict, {})
+            return
+        targets = {f._index for name in var for f in self._factors_from_variable(name)}
+        _set(self._dist, None, {i: option_dict for i in targets})
+
+    @property
+    def var(self) -> list[str]:
+        return self._dist.var
+
+    @property
+    def cond_var(self) -> list[str]:
+        return self._dist.cond_var
+
+    @property
+    def input_var(self) -> list[str]:
+        return self._dist.input_var
+
+    @property
+    def prob_text(self) -> str:
+        return self._dist.prob_text
+
+    @property
+    def has_reparam(self) -> bool:
+        return self._dist.has_reparam
+
+    def visible_graph(self, dotmode: bool = False) -> Any:
+        """The variables as a ``networkx.DiGraph`` (Pixyz's): an edge from each conditioning variable of a factor to
+        each of its variables, names as ``$name$`` (``dotmode``: plain names, the LaTeX one as ``texlbl``)."""
+        import networkx as nx  # torch's own dependency
+
+        graph = nx.DiGraph()
+        for f in self._dist.factors():
+            for v in f.var:
+                for c in f.cond_var:
+                    graph.add_edge(c, v) if dotmode else graph.add_edge(f"${c}$", f"${v}$")
+        if dotmode:
+            for v in list(graph):
+                graph.add_node(v, texlbl=f"${v}$")
+        return graph
+
+    def __str__(self) -> str:
+        factors = "\n".join(str(f) for f in self.factors(sorted=True))
+        return f"Distribution:\n  {self._dist}\nFactors:\n{factors}"
+
+    def __repr__(self) -> str:
+        return f"DistGraph({self._dist.prob_text})"
