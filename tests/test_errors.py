@@ -138,9 +138,9 @@ BAD_EXAMPLES: list[tuple[str, Callable[[], object], type[Exception], list[str]]]
      [r"p\(x\|z\): cannot replace w", r"\['x', 'z'\]"]),
     ("replace-collision", lambda: p_x_z().replace_var(x="z"), ValueError,
      [r"replace_var\(\{'x': 'z'\}\)", "same name"]),
-    ("joint-sum-features", lambda: (p_x_z() * prior3()).get_log_prob({"x": torch.zeros(2, 3), "z": torch.zeros(2, 3)},
-                                                                      sum_features=False),
-     ValueError, [r"p\(x,z\)", "sum_features=False"]),
+    ("joint-feature-dims", lambda: (p_x_z() * prior3()).get_log_prob({"x": torch.zeros(2, 3), "z": torch.zeros(2, 3)},
+                                                                      feature_dims=[5]),
+     ValueError, [r"p\(x,z\)", r"feature_dims=\[5\] is out of range"]),
 ]
 
 

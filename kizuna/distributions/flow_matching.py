@@ -41,7 +41,8 @@ class FlowMatching(Distribution):
         var: the variable's name.
         context_var: conditioning variables (a conditional flow; guidance: `kizuna.samplers.Guided`).
         sigma_min: the path's noise at ``t = 1`` (0: rectified flow / OT path).
-        sampler, n_steps: the ODE sampler for ``sample`` (``"heun"`` with 25 steps: 49 evaluations).
+        sampler, n_steps: the ODE sampler for ``sample`` (``"heun"`` with 25 steps: 50 evaluations, the last step
+            corrected too since the velocity is defined at the data end).
         likelihood_steps: RK4 steps of the likelihood ODE (4 evaluations each).
         trace: ``"exact"`` or ``"hutchinson"``; ``n_probes`` Rademacher probes for the latter.
     """
@@ -58,6 +59,8 @@ class FlowMatching(Distribution):
             raise ValueError(f"FlowMatching: sigma_min must lie in [0, 1), got {sigma_min}")
         if trace == "hutchinson":
             check_count("FlowMatching: n_probes", n_probes, 1)
+        check_count("FlowMatching: n_steps", n_steps, 1)  # 2.7 was truncated to 2
+        check_count("FlowMatching: likelihood_steps", likelihood_steps, 1)
         self.velocity_net, self.sigma_min = velocity, float(sigma_min)
         self.sampler, self.n_steps, self.likelihood_steps = sampler, int(n_steps), int(likelihood_steps)
         self.trace, self.n_probes = trace, int(n_probes)

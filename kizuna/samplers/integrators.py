@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from kizuna._data import check_count
 from kizuna.samplers.paths import GaussianPath, Prediction, Tensor, _noise
 
 Step = Callable[[GaussianPath, Tensor, float, float, Prediction, bool, torch.Generator | None], Tensor]
@@ -36,6 +37,8 @@ Step = Callable[[GaussianPath, Tensor, float, float, Prediction, bool, torch.Gen
 
 def _run(path: GaussianPath, step: Step, n: int | None, n_steps: int | None, x: Tensor | None,
          generator: torch.Generator | None, times: Sequence[float] | None, grad: bool) -> Tensor:
+    check_count("sampler: n (draws)", n, 0)
+    check_count("sampler: n_steps", n_steps, 1)
     grid = list(path.times(n_steps) if times is None else times)
     if len(grid) < 2:
         raise ValueError("a sampler needs at least two times (one step)")

@@ -34,10 +34,14 @@ Tensor = torch.Tensor
 
 
 class Prediction(NamedTuple):
-    """The network's reading of :math:`x_\\tau`: clean point and noise, :math:`x = a\\hat x_0 + b\\hat\\epsilon`."""
+    """The network's reading of :math:`x_\\tau`: clean point and noise, :math:`x = a\\hat x_0 + b\\hat\\epsilon`,
+    and the velocity where the network gives it (``v``, a flow-matching network): the ODE then takes it as it is
+    (rebuilt from the clean point and the noise it lost float32 precision near the noise end, where it divides by
+    :math:`\\tau`)."""
 
     x0: Tensor
     eps: Tensor
+    v: Tensor | None = None
 
 
 class GaussianPath:
@@ -76,6 +80,8 @@ class GaussianPath:
     def velocity(self, x: Tensor, tau: float, pred: Prediction | None = None) -> Tensor:
         """:math:`dx/d\\tau = \\dot a\\hat x_0 + \\dot b\\hat\\epsilon` (the probability-flow ODE)."""
         pred = self.predict(x, tau) if pred is None else pred
+        if pred.v is not None:
+            return pred.v
         da, db = self.rates(tau)
         return da * pred.x0 + db * pred.eps
 
@@ -178,7 +184,8 @@ class ScorePath(GaussianPath):
 
     def __init__(self, score: Callable[[Tensor, int], Tensor], sigmas: Sequence[float] | Tensor,
                  features_shape: Sequence[int], dtype: torch.dtype | None = None, device: Any = None) -> None:
-        levels = [float(s) for s in torch.as_tensor(sigmas).flatten()]
+        # the numbers as given (a float32 tensor of them rounded 0.1 to 0.10000000149, which then was no level)
+        levels = [float(s) for s in (sigmas.flatten() if isinstance(sigmas, Tensor) else sigmas)]
         if not levels or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
             raise ValueError("ScorePath: sigmas must be positive and strictly decreasing")
         self.score, self.levels, self.features_shape = score, levels, tuple(features_shape)
@@ -245,12 +252,7 @@ class LinearPath(GaussianPath):
         eps = x - tau * v  # from x = t x1 + b x0 and v = x1 - (1 - sigma_min) x0
         a, b = self.coefficients(tau)
         x0 = (x - b * eps) / a if a > 0 else v + (1 - self.sigma_min) * eps
-        return Prediction(x0, eps)
-
-    def velocity(self, x: Tensor, tau: float, pred: Prediction | None = None) -> Tensor:
-        if pred is None:  # one network call, no round trip through (x0, eps)
-            return self.v(x, torch.full((x.shape[0],), tau, dtype=x.dtype, device=x.device))
-        return super().velocity(x, tau, pred)
+        return Prediction(x0, eps, v)
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return _noise((n, *self.features_shape), None, generator, self.dtype, self.device)
@@ -267,6 +269,12 @@ class Guided(GaussianPath):
     """
 
     def __init__(self, conditional: GaussianPath, unconditional: GaussianPath, scale: float) -> None:
+        times = unconditional.times(None)
+        if type(conditional) is not type(unconditional) or conditional.times(None) != times \
+                or any(conditional.coefficients(t) != unconditional.coefficients(t) for t in times):
+            raise ValueError(f"guided: the conditional and unconditional paths must be one process over the same "
+                             f"times (the same kind, schedule and levels), got a {type(conditional).__name__} and a "
+                             f"{type(unconditional).__name__} that differ")
         self.cond, self.uncond, self.scale = conditional, unconditional, float(scale)
         self.clean_evaluable = conditional.clean_evaluable and unconditional.clean_evaluable
         self.end = unconditional.end
@@ -285,7 +293,9 @@ class Guided(GaussianPath):
         if self.scale == 0:
             return u
         c = self.cond.predict(x, tau)
-        return Prediction(u.x0 + self.scale * (c.x0 - u.x0), u.eps + self.scale * (c.eps - u.eps))
+        w = self.scale
+        v = None if u.v is None or c.v is None else u.v + w * (c.v - u.v)
+        return Prediction(u.x0 + w * (c.x0 - u.x0), u.eps + w * (c.eps - u.eps), v)
 
     def velocity(self, x: Tensor, tau: float, pred: Prediction | None = None) -> Tensor:
         if pred is None and self.scale == 0:
