@@ -597,3 +597,58 @@ def test_a_save_from_before_n_features_was_compared_still_loads(tmp_path):
     loaded = graph()
     loaded.load(tmp_path)
     torch.testing.assert_close(loaded.modules[-1].transmat_, saved.modules[-1].transmat_)
+
+
+def test_a_refit_on_float64_data_after_a_float32_fit_is_a_fresh_float64_fit() -> None:
+    """``fit`` starts the parameters of ``init_params`` afresh, so it runs in the new data's dtype: a float64 refit
+    after a float32 fit kept float32 (history -283.3218994140625 instead of -283.32191602934813) and later scored
+    float64 data in float32. The refit equals a fresh float64 fit bit for bit and hmmlearn's score of its parameters."""
+    from kizuna.modules import HiddenMarkovModel
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 2)) + 3 * np.repeat([0, 1, 2, 0], 25)[:, None]
+    fresh = HiddenMarkovModel(3, random_state=0).fit(x)
+    refit = HiddenMarkovModel(3, random_state=0).fit(x.astype(np.float32)).fit(x)
+    assert refit.means_.dtype == refit.transmat_.dtype == F64
+    assert refit.history_ == fresh.history_
+    for name in ("startprob_", "transmat_", "means_", "covars_"):
+        assert torch.equal(getattr(refit, name), getattr(fresh, name))
+    ref = hl.GaussianHMM(3, covariance_type="diag", init_params="")
+    ref.startprob_, ref.transmat_ = refit.startprob_.numpy(), refit.transmat_.numpy()
+    ref.means_, ref.covars_ = refit.means_.numpy(), refit.covars_.numpy()
+    assert refit.score(x) == pytest.approx(ref.score(x), rel=1e-12, abs=0)
+    assert refit.score(x) == fresh.score(x)
+
+
+def test_sample_count_n_iter_and_parameter_letters_are_checked() -> None:
+    """``sample(0)`` failed with torch's "only one element tensors can be converted to Python scalars" (hmmlearn
+    returns one step; scikit-learn's GaussianMixture and kizuna's refuse it); ``n_iter=-3`` fitted nothing
+    (history_ []) and ``n_iter=2.5`` failed in range(); letters of ``params`` naming no parameter learnt nothing
+    silently (hmmlearn fails with a KeyError)."""
+    from kizuna.modules import HiddenMarkovModel
+
+    x = np.random.default_rng(0).normal(size=(50, 1))
+    model = HiddenMarkovModel(2, random_state=0).fit(x)
+    for n in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=f"^HMM: n_samples must be a positive int, got {n!r}$"):
+            model.sample(n)
+    xs, zs = model.sample(np.int64(3))
+    assert xs.shape == (3, 1) and zs.shape == (3,)
+    for n_iter in (-3, 2.5, None):
+        with pytest.raises(ValueError, match=rf"^HMM: n_iter must be an integer >= 0, got {n_iter!r}$"):
+            HiddenMarkovModel(2, n_iter=n_iter).fit(x)
+    assert HiddenMarkovModel(2, n_iter=0).fit(x).history_ == []
+    letters = r"'stmce' \(s startprob_, t transmat_, m means_, c covars_, e emissionprob_\)"
+    with pytest.raises(ValueError, match=rf"^HMM: params must be a string of the letters {letters}, got unknown "
+                                         r"letters 'xyz' in 'xyz'$"):
+        HiddenMarkovModel(2, params="xyz").fit(x)
+    with pytest.raises(ValueError, match=rf"^HMM: init_params must be a string of the letters {letters}, got unknown "
+                                         r"letters 'q' in 'stqq'$"):
+        HiddenMarkovModel(2, init_params="stqq").fit(x)
+    with pytest.raises(ValueError, match=rf"^HMM hmm: params must be a string of the letters {letters}, got "
+                                         r"\['s'\]$"):
+        HMM(2, params=["s"])  # a node reports it when the graph is built
+    with pytest.raises(ValueError, match=r"^HMM hmm: n_iter must be an integer >= 0, got -1$"):
+        HMM(2, n_iter=-1)
+    with pytest.raises(KeyError):
+        hl.GaussianHMM(2, params="xyz", n_iter=2).fit(x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import lda as lda_package
 import lda.datasets
@@ -117,3 +118,29 @@ def test_lda_as_a_module():
         LDA(3).connect(Observation(x), Observation(x))
     with pytest.raises(RuntimeError, match="not fitted"):
         LDA(3).transform(x)
+
+
+def test_a_corpus_without_tokens_and_the_perplexity_of_no_tokens_are_refused():
+    """Probability rows (every entry < 0.5) and an all-zero matrix round to no tokens: they were fitted silently
+    (uniform topics, score 0.0); the perplexity of no tokens raised ZeroDivisionError. Rounding keeps the words of
+    real counts: the perplexity of counts is unchanged, exp(-score / tokens) (numpy)."""
+    from kizuna.modules import LatentDirichletAllocation as KizunaLDA
+
+    x, _ = two_topic_corpus(40, seed=3)
+    probabilities = ((x + 1) / (x + 1).sum(1, keepdim=True)).numpy()  # every entry below 0.5
+    assert probabilities.max() < 0.5
+    message = re.escape("holds no tokens after rounding to counts; LDA takes word counts (whole numbers of tokens), "
+                        "not probabilities: give counts, or a weight that rescales each row to that many tokens")
+    for bad in (probabilities, np.zeros((5, 12)), torch.zeros(5, 12)):
+        with pytest.raises(ValueError, match=rf"^LatentDirichletAllocation: modality 0 {message}$"):
+            KizunaLDA(3, max_iter=5, random_state=0).fit(bad)
+        with pytest.raises(ValueError, match=rf"^LDA lda: modality 0 {message}$"):
+            LDA(3, max_iter=5, random_state=0).fit(bad)
+    model = KizunaLDA(3, max_iter=20, random_state=0).fit(x)
+    weighted = KizunaLDA(3, max_iter=5, weight=50.0, random_state=0).fit(probabilities)  # rows rescaled to tokens
+    assert weighted.components_.shape == (3, 12)
+    with pytest.raises(ValueError, match=r"^LatentDirichletAllocation: the perplexity of X is undefined: X holds no "
+                                         r"tokens after rounding to counts$"):
+        model.perplexity(np.zeros((4, 12)))
+    assert model.score(np.zeros((4, 12))) == 0.0  # the log-likelihood of no tokens
+    assert model.perplexity(x) == pytest.approx(float(np.exp(-model.score(x) / x.numpy().sum())), rel=1e-12)

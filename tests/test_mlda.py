@@ -292,3 +292,21 @@ class _LatentSender(Module):
 
     def _update(self, ctx, forward, backward):
         return self.message("latent", forward[0].value), {}
+
+
+def test_sample_needs_one_length_per_modality_and_fit_tokens_in_each():
+    """``sample(3, [5])`` on two modalities returned one matrix (zip stopped at the shorter list); one length per
+    modality gives rows of those sums. A modality that rounds to no tokens (probability rows) is named in fit."""
+    xs, _ = planted(30, seed=4)
+    model = MLDA(2, max_iter=5, random_state=0).fit(xs)
+    for bad in ([5], [5, 5, 5]):
+        with pytest.raises(ValueError, match=rf"^MLDA mlda.sample: n_tokens must be an int or 2 lengths, one per "
+                                             rf"modality, got {len(bad)}$"):
+            model.sample(3, bad)
+    out, theta = model.sample(3, [5, 7], random_state=0)
+    assert len(out) == 2 and theta.shape == (3, 2)
+    assert [o.shape for o in out] == [(3, 24), (3, 12)]
+    assert out[0].sum(1).tolist() == [5.0] * 3 and out[1].sum(1).tolist() == [7.0] * 3
+    probabilities = xs[1] / xs[1].sum(1, keepdim=True)
+    with pytest.raises(ValueError, match=r"^MLDA mlda: modality 1 holds no tokens after rounding to counts; "):
+        MLDA(2, max_iter=5, random_state=0).fit([xs[0], probabilities])

@@ -317,3 +317,16 @@ def test_a_given_chain_that_is_not_probabilities_is_named():
         with pytest.raises(ValueError, match=message):
             MarkovChain(2, n_iter=0, **kwargs).fit(evidence)
     MarkovChain(2, n_iter=0, transmat=[[0.9, 0.1], [0.2, 0.8]], startprob=[0.5, 0.5]).fit(evidence)
+
+
+def test_n_iter_must_be_a_whole_number():
+    """``MarkovChain(n_iter=2.5)`` ran 2 iterations silently (int(n_iter)); a node refuses it when built. A whole
+    number of iterations as a numpy integer gives the same chain as the int."""
+    evidence = np.eye(3)[[0, 2, 1, 1, 0, 2, 2, 0, 1]] * 0.8 + 0.1
+    for bad in (2.5, -1, None, "3"):
+        with pytest.raises(ValueError, match=rf"^MarkovChain: n_iter must be an integer >= 0, got {bad!r}$"):
+            MarkovChain(n_iter=bad).fit(evidence)
+    with pytest.raises(ValueError, match=r"^MM mm: n_iter must be an integer >= 0, got 2.5$"):
+        MM(n_iter=2.5)
+    two = MarkovChain(n_iter=2).fit(evidence)
+    assert torch.equal(MarkovChain(n_iter=np.int64(2)).fit(evidence).transmat_, two.transmat_)

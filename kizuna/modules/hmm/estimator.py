@@ -13,12 +13,13 @@ and the emissions' (`kizuna.modules.hmm.emissions`), so the log-likelihood never
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from kizuna._data import first_flagged
+from kizuna._data import check_count, first_flagged
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules._backend import resolve_backend
 from kizuna.modules.estimator import Estimator
@@ -28,7 +29,8 @@ from kizuna.modules.rng import generator_for
 
 Tensor = torch.Tensor
 Lengths = Sequence[int] | Tensor | None
-PARAMETERS = ("startprob_", "transmat_", "means_", "covars_", "emissionprob_")
+LETTERS = {"s": "startprob_", "t": "transmat_", "m": "means_", "c": "covars_", "e": "emissionprob_"}  # init_params
+PARAMETERS = tuple(LETTERS.values())
 
 
 def dirichlet_map(counts: Tensor, prior: float, previous: Tensor) -> Tensor:
@@ -101,12 +103,31 @@ class HiddenMarkovModel(Estimator):
             raise ValueError(f"{self._owner}: n_components must be a positive int, got {k!r}")
         return EMISSIONS[self.emission](self.covariance_type, self.min_covar)
 
-    def _data(self, X: Any, lengths: Lengths) -> tuple[Tensor, Tensor]:
+    def _check_settings(self) -> None:
+        """The settings `fit` reads, checked (scikit-learn validates in ``fit``; a graph node also at construction):
+        those of `_emissions`, ``n_iter`` (an integer >= 0) and the letters of ``init_params`` and ``params``."""
+        self._emissions()
+        if self.n_iter is None:
+            raise ValueError(f"{self._owner}: n_iter must be an integer >= 0, got None")
+        check_count(f"{self._owner}: n_iter", self.n_iter, 0)
+        for what, letters in (("init_params", self.init_params), ("params", self.params)):
+            unknown = "".join(dict.fromkeys(c for c in letters if c not in LETTERS)) if isinstance(letters, str) \
+                else None
+            if unknown is None or unknown:
+                named = ", ".join(f"{c} {n}" for c, n in LETTERS.items())
+                got = f"unknown letters {unknown!r} in {letters!r}" if unknown else repr(letters)
+                raise ValueError(f"{self._owner}: {what} must be a string of the letters {''.join(LETTERS)!r} "
+                                 f"({named}), got {got}")
+
+    def _data(self, X: Any, lengths: Lengths, fitting: bool = False) -> tuple[Tensor, Tensor]:
         """The data as a tensor and the sequences' lengths. Parameters already held as tensors (a fitted model) keep
         their dtype, floating data is cast to it (``predict`` on float32 data must not downcast a float64 model);
-        parameters set by hand (numpy arrays) take the data's floating dtype."""
+        parameters set by hand (numpy arrays) take the data's floating dtype. ``fitting``: only the parameters that
+        `fit` keeps (those not in ``init_params``) count as held; the others are about to be set afresh, so a refit
+        runs in the new data's dtype, as a fresh fit does."""
         x = self._emissions().as_data(X, self._owner)
-        held = next((v for v in map(lambda n: getattr(self, n), PARAMETERS) if isinstance(v, Tensor)), None)
+        names = [n for c, n in LETTERS.items() if c not in self.init_params] if fitting else PARAMETERS
+        held = next((v for v in map(lambda n: getattr(self, n), names) if isinstance(v, Tensor)), None)
         if held is not None and held.is_floating_point():
             dtype = held.dtype
             if x.is_floating_point() and x.dtype != dtype:
@@ -176,8 +197,11 @@ class HiddenMarkovModel(Estimator):
             setattr(self, name, value)
 
     def fit(self, X: Any, lengths: Lengths = None) -> HiddenMarkovModel:
-        """Baum-Welch from the initialisation given by ``init_params``; records ``history_`` (log p(X))."""
-        x, lengths = self._data(X, lengths)
+        """Baum-Welch from the initialisation given by ``init_params``; records ``history_`` (log p(X)). The
+        parameters in ``init_params`` start afresh, whatever an earlier fit left (scikit-learn's ``fit``): a refit on
+        float64 data after one on float32 data runs in float64."""
+        self._check_settings()
+        x, lengths = self._data(X, lengths, fitting=True)
         self._init(x, generator_for(self.random_state, "cpu"))
         self.history_, self.converged_ = [], False
         for _ in range(self.n_iter):
@@ -225,7 +249,11 @@ class HiddenMarkovModel(Estimator):
 
     def sample(self, n_samples: int = 1, random_state: int | torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """One sequence of length ``n_samples`` from the model: (X, states), from the stream of ``random_state``
-        (default: the estimator's)."""
+        (default: the estimator's). ``n_samples`` must be a positive int (as scikit-learn's ``GaussianMixture``;
+        hmmlearn returns one step for 0)."""
+        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"{self._owner}: n_samples must be a positive int, got {n_samples!r}")
+        n_samples = int(n_samples)
         g = generator_for(self.random_state if random_state is None else random_state, "cpu")
         if self.transmat_ is not None and not isinstance(self.transmat_, Tensor):
             self._as_tensors(torch.float64, torch.device("cpu"))

@@ -84,7 +84,7 @@ class HMM(ClassModule, HiddenMarkovModel):
             init_params=init_params, params=params, n_features=n_features, random_state=random_state,
             backend=backend)
         self.lengths, self.n_particles = lengths, n_particles
-        self._emissions()  # a node reports bad settings when the graph is built
+        self._check_settings()  # a node reports bad settings when the graph is built
         check_backend(backend, self._owner)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -156,6 +156,11 @@ class MultimodalLDA(Estimator):
         self._validate()
         self._sizes, self._phi, self._chain = None, None, None
         counts, dtype = self._counts(X, allow_missing=False)
+        for m, c in enumerate(counts):  # (probabilities or tf-idf rounded to zeros gave uniform topics silently)
+            if not bool(c.any()):
+                raise ValueError(f"{self._owner}: modality {m} holds no tokens after rounding to counts; LDA takes "
+                                 "word counts (whole numbers of tokens), not probabilities: give counts, or a weight "
+                                 "that rescales each row to that many tokens")
         gen = generator_for(self.random_state, counts[0].device)
         theta, self._phi, self._chain = algo.new_chain(counts, self._sizes_of(counts), None, None, True,
                                                        int(self.n_init), self._sweeps(), dtype, gen)
@@ -202,7 +207,11 @@ class MultimodalLDA(Estimator):
     def perplexity(self, X: Any) -> float:
         """:math:`\\exp(-\\mathrm{score}(X) / \\text{number of tokens})`."""
         counts, _ = self._counts(X, allow_missing=True)
-        return float(np.exp(-self.score(X) / sum(int(c.sum()) for c in counts if c is not None)))
+        tokens = sum(int(c.sum()) for c in counts if c is not None)
+        if tokens == 0:
+            raise ValueError(f"{self._owner}: the perplexity of X is undefined: X holds no tokens after rounding to "
+                             "counts")
+        return float(np.exp(-self.score(X) / tokens))
 
     def sample(self, n_samples: int = 1, n_tokens: Sequence[int] | int = 100,
                random_state: int | torch.Generator | None = None) -> tuple[list[Tensor], Tensor]:
@@ -213,6 +222,9 @@ class MultimodalLDA(Estimator):
         s = self._sweeps()
         theta = sample_dirichlet(torch.full((n_samples, s.n_topics), s.alpha, dtype=torch.float64), g)
         sizes = [n_tokens] * len(phis) if isinstance(n_tokens, int) else list(n_tokens)
+        if len(sizes) != len(phis):  # (zip dropped the modalities past the shorter list silently)
+            raise ValueError(f"{self._owner}.sample: n_tokens must be an int or {len(phis)} lengths, one per "
+                             f"modality, got {len(sizes)}")
         out = []
         for phi, size in zip(phis, sizes):
             probs = theta @ phi.double().cpu()

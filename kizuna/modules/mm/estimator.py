@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from kizuna._data import check_count
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules.estimator import Estimator
 from kizuna.modules.hmm.emissions import check_distributions
@@ -53,6 +54,9 @@ class MarkovChain(Estimator):
         return f"MM {name}" if name else type(self).__name__
 
     def _validate(self) -> None:
+        if self.n_iter is None:
+            raise ValueError(f"{self._owner}: n_iter must be an integer >= 0, got None")
+        check_count(f"{self._owner}: n_iter", self.n_iter, 0)  # 2.5 was cut to 2 iterations silently
         if not (self.alpha > 0 and self.n_iter >= 0):
             raise ValueError(f"{self._owner}: need alpha > 0 and n_iter >= 0, got {self.alpha} and {self.n_iter}")
 
