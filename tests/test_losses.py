@@ -315,3 +315,22 @@ def test_a_learnable_coefficient_is_a_parameter_of_the_loss():
     optimizer.step()
     assert not torch.equal(w.detach(), before)
     assert str(LogProb(p) * w) == f"log p(x) * {w.item():g}"
+
+
+def test_abs_of_a_loss_a_draw_count_of_zero_and_an_unknown_baseline() -> None:
+    """abs(loss) is AbsLoss (the module docstring lists abs; only .abs() existed); sample_shape with a zero and a
+    REINFORCE baseline that is neither a number nor 'loo' are named when built (an IndexError, and a float()
+    failure at evaluation, before)."""
+    from kizuna.distributions import Normal
+    from kizuna.losses import ELBO, REINFORCE, LogProb, Parameter
+
+    p = Normal(var=["z"], loc=0.0, scale=1.0)
+    z = torch.tensor([[-1.5], [0.5]])
+    torch.testing.assert_close(abs(LogProb(p)).eval({"z": z}), LogProb(p).eval({"z": z}).abs())
+    lik = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0)
+    with pytest.raises(ValueError, match=r"ELBO: sample_shape must hold positive sizes, got \(0,\)"):
+        ELBO(lik * p, q, sample_shape=(0,))
+    with pytest.raises(ValueError, match="REINFORCE: baseline must be a number, 'loo' or None, got 'mean'"):
+        REINFORCE(q, Parameter("z"), baseline="mean")
+    assert REINFORCE(q, Parameter("z"), baseline=torch.tensor(0.5)).baseline is not None

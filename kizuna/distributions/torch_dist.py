@@ -672,6 +672,10 @@ class TorchDistribution(Distribution):
         # the pair different event ranks, which torch has no KL for
         mine, theirs = self._build(params, False), other._build(other_params, False)
         try:
+            if mine.batch_shape != theirs.batch_shape:  # a constant side's one row against the batch: torch's
+                # Bernoulli KL indexes one side by a mask of the other's shape, it does not broadcast
+                shape = torch.broadcast_shapes(mine.batch_shape, theirs.batch_shape)
+                mine, theirs = mine.expand(shape), theirs.expand(shape)
             kl = D.kl_divergence(mine, theirs)
         except NotImplementedError:  # no closed form for this pair after all (KullbackLeibler falls back)
             raise

@@ -264,6 +264,8 @@ class Loss(nn.Module):
     def abs(self) -> Loss:
         return AbsLoss(self)
 
+    __abs__ = abs  # abs(loss), as the module docstring says
+
     def mean(self) -> Loss:
         """Average over the batch: :math:`\\frac{1}{N}\\sum_n \\mathcal{L}(x_n)`."""
         return BatchMean(self)

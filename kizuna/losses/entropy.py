@@ -96,9 +96,11 @@ class CrossEntropy(Loss):
             raise ValueError(f"cross-entropy H[{p.prob_text}||{q.prob_text}]: the closed form needs both over the "
                              f"same variables ({p.var} vs {q.var}); use analytic=None or False")
         self.method = _method(available, analytic, f"cross-entropy H[{p.prob_text}||{q.prob_text}]")
+        self._analytic_asked = analytic is True
         self.p, self.q = p, q
         self._mc = Expectation(p, -LogProb(q), sample_shape=sample_shape)
-        inputs = p.input_var + q.input_var if self.method == "analytic" else self._mc.input_var
+        # the Monte-Carlo estimate's inputs too: an analytic choice may fall back to it (see _value)
+        inputs = p.input_var + q.input_var + self._mc.input_var if self.method == "analytic" else self._mc.input_var
         super().__init__(inputs)
 
     def subterms(self) -> list[Loss]:
@@ -108,10 +110,21 @@ class CrossEntropy(Loss):
         return [self.p, self.q]
 
     def _value(self, ctx: EvalContext) -> Tensor:
+        """:math:`H[p] + D_{KL}[p\\|q]`, the KL as `KullbackLeibler` computes it (per feature, a constant side
+        broadcast to the batch); Monte Carlo where torch's registry then has no closed form after all."""
         if self.method == "monte_carlo":
             return ctx.value(self._mc)
-        dp = self.p.get_dist(ctx.values)
-        return with_row(dp.entropy() + D.kl_divergence(dp, self.q.get_dist(ctx.values)))
+        try:
+            fp, pp = self.p.kl_parts(ctx.values)
+            fq, qp = self.q.kl_parts(ctx.values)
+            kl = fp.kl_to(pp, fq, qp)
+        except NotImplementedError as err:
+            if self._analytic_asked:
+                raise ValueError(f"{self}: torch has no closed form for {self.p.distribution_name} against "
+                                 f"{self.q.distribution_name} after all ({err}); use analytic=None") from None
+            self.method = "monte_carlo"  # from now on (a property of the pair, not of the values)
+            return ctx.value(self._mc)
+        return with_row(self.p.get_entropy(ctx.values)) + kl
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["cross_entropy"].format(symbol(self.p, fmt), symbol(self.q, fmt))

@@ -14,6 +14,7 @@ draw (pathwise); the others get the score-function term
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -133,6 +134,9 @@ class Expectation(Loss):
         super().__init__(p.input_var + [v for v in f.input_var if v not in p.var])
         self.p, self.f = p, f
         self.sample_shape = torch.Size(sample_shape)
+        if any(s < 1 for s in self.sample_shape):
+            raise ValueError(f"{type(self).__name__}: sample_shape must hold positive sizes, got "
+                             f"{tuple(self.sample_shape)}")
 
     def subterms(self) -> list[Loss]:
         return [self.f]
@@ -166,6 +170,10 @@ class REINFORCE(Expectation):
     def __init__(self, p: Distribution, f: Loss | float | Tensor, sample_shape: Sequence[int] = (),
                  baseline: float | str | None = None) -> None:
         super().__init__(p, f, sample_shape)
+        number = (isinstance(baseline, numbers.Real) and not isinstance(baseline, bool)) \
+            or (isinstance(baseline, torch.Tensor) and baseline.numel() == 1)
+        if not (baseline is None or number or (isinstance(baseline, str) and baseline == "loo")):
+            raise ValueError(f"REINFORCE: baseline must be a number, 'loo' or None, got {baseline!r}")
         if baseline == "loo" and math.prod(self.sample_shape) < 2:
             raise ValueError("REINFORCE(baseline='loo') needs sample_shape with at least two draws")
         self.baseline = baseline
