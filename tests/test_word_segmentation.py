@@ -513,3 +513,25 @@ def test_segmenting_a_symbol_never_heard_names_the_utterance_and_the_symbol():
                                          r"its alphabet is 'abc'\)"):
         ws.segment(["ab", "abz"])
     assert "".join(ws.segment(["abab"])[0]) == "abab"
+
+
+def test_resume_follows_torch_s_seed_and_segment_draws_nothing():
+    """resume(random_state=None) drew its stream from the operating system (torch.manual_seed did not repeat it) and
+    refused a torch generator; segment() moved torch's global stream though a decode draws nothing."""
+    import torch
+
+    utterances = ["abcabc", "abab", "cabcab", "bcbc"] * 3
+
+    def resumed(random_state):
+        torch.manual_seed(0)
+        seg = km.WordSegmenter(n_iter=2).fit(utterances)
+        seg.resume(2, random_state=random_state() if callable(random_state) else random_state)
+        return seg.segmentation_
+
+    assert resumed(None) == resumed(None)
+    assert resumed(lambda: torch.Generator().manual_seed(3)) == resumed(lambda: torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    seg = km.WordSegmenter(n_iter=2).fit(utterances)
+    before = torch.get_rng_state()
+    seg.segment(["abcab"])
+    assert torch.equal(torch.get_rng_state(), before)

@@ -52,6 +52,7 @@ slot model's evidence favours gluing the article to a name (docs/robotics.md, "N
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -362,12 +363,19 @@ class WordSegmenter(Module):
         self._select(rng, None)
         return self
 
-    def resume(self, sweeps: int, random_state: int | np.random.Generator | None = None,
+    def resume(self, sweeps: int, random_state: int | np.random.Generator | torch.Generator | None = None,
                restart: bool = False) -> WordSegmenter:
         """``sweeps`` more Gibbs sweeps of every chain with no prior, then the language model's choice of chain
         (a control: the module continued as if it had no parent); with ``restart``, the first of them is the
-        sequential start from an empty model (the control of ``relearn``)."""
-        rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+        sequential start from an empty model (the control of ``relearn``). ``random_state``: a numpy generator, used
+        as it is; an int, numpy's generator of that seed; a torch generator, or None for one draw from torch's global
+        stream (so that ``torch.manual_seed`` repeats it), as `fit` (kizuna.modules.rng)."""
+        if isinstance(random_state, np.random.Generator):
+            rng = random_state
+        elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+            rng = np.random.default_rng(random_state)
+        else:  # None drew from the operating system, and a torch generator was refused (numpy's SeedSequence)
+            rng = self._random(generator_for(random_state))
         if self._rebuilt(rng) is None:
             raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
         if restart:
@@ -385,7 +393,9 @@ class WordSegmenter(Module):
         Dirichlet process over the slot words of the fit); ``concepts`` (M×L, one row per utterance, e.g.
         `SpatialConcept.predict_concepts` at the positions where they were heard) weights each concept's names
         by the utterance's row, as the fit does (rows are normalised)."""
-        model = self._rebuilt(self._random(generator_for(self.random_state)))
+        # a decode draws nothing: the stream (from torch's global one, for random_state=None) only where the
+        # language models must be rebuilt after a load (drawn every time, it moved torch's global stream)
+        model = self.model_ if self.chain_models_ else self._rebuilt(self._random(generator_for(self.random_state)))
         if model is None:
             raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
         utterances = self._check(utterances)
