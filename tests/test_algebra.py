@@ -576,8 +576,8 @@ def test_feature_dims_of_a_product_whose_factors_differ_in_rank_is_an_error_nami
 
     joint = Vector() * Normal(var=["z"], loc=0.0, scale=1.0, name="p")
     s = joint.sample(batch_n=4, sample_shape=[4])
-    with pytest.raises(ValueError, match=r"leaves the log-density of p\(x\|z\) with shape \(4, 4\) and that of "
-                                         r"p\(z\) with \(4,\)"):
+    with pytest.raises(ValueError, match=r"feature_dims=\[-1\] \(the same dimensions in every factor\), the "
+                                         r"log-density of p\(x\|z\) has shape \(4, 4\) and that of p\(z\) \(4,\)"):
         joint.get_log_prob(s, feature_dims=[-1])
     with pytest.raises(ValueError, match=r"feature_dims=\[2\] is out of range for the log-density of p\(z\)"):
         joint.get_log_prob(s, feature_dims=[2])
@@ -586,3 +586,7 @@ def test_feature_dims_of_a_product_whose_factors_differ_in_rank_is_an_error_nami
     reference = (torch.distributions.Normal(t["z"], 1.0).log_prob(t["x"])
                  + torch.distributions.Normal(0.0, 1.0).log_prob(t["z"])).sum(0)
     torch.testing.assert_close(same.get_log_prob(t, feature_dims=[0]), reference)
+    # a one-row factor (a value given for z alone) against the batch: one rank, sizes 1 and 4, added as by default
+    pair = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0) * Normal(var=["z"], loc=0.0, scale=1.0)
+    values = {"z": torch.tensor([[0.5, -0.5]]), "x": torch.linspace(-1.0, 1.0, 8).reshape(4, 2)}
+    torch.testing.assert_close(pair.get_log_prob(values, feature_dims=[1]), pair.get_log_prob(values))

@@ -81,19 +81,39 @@ def test_options_through_a_factor_and_a_bernoulli_parent() -> None:
 
 def test_a_factor_s_options_win_over_the_caller_s_and_the_caller_s_over_the_graph_s() -> None:
     """Pixyz's order: the graph's options, the caller's arguments, the factor's options."""
-    atom = Normal(var=["x"], loc=0.0, scale=1.0)
-    atom.graph.set_option(dict(batch_n=3), ["x"])
-    assert atom.sample(batch_n=5)["x"].shape == (3,)
     p = _chain()
+    p.graph.set_option(dict(batch_n=3), ["y"])
+    s = p.sample(batch_n=None)
+    assert s["y"].shape == (3,) and s["x"].shape == (3,)
+    # the caller's sample_shape reaches every factor (as in Pixyz): x draws two per row of y's two by three
+    s = p.sample(sample_shape=(2,))
+    assert s["y"].shape == (2, 3) and s["x"].shape == (2, 2, 3)
+    p.graph.set_option({}, ["y"])
     p.graph.set_option(dict(batch_n=3))  # the graph's own: every call's batch_n (None by default) overrides it
     assert p.graph.global_option == {"batch_n": 3}
     assert p.sample()["y"].shape == (1,) and p.sample(batch_n=5)["y"].shape == (5,)
-    q = Normal(var=["x"], loc=0.0, scale=1.0)  # a single distribution: the options are its arguments
-    q.graph.set_option(dict(sample_shape=(2,)), ["x"])
-    assert q.sample(batch_n=3)["x"].shape == (2, 3)
-    x = torch.tensor([[0.5], [1.5]])
-    q.graph.set_option(dict(sum_features=False), ["x"])
-    np.testing.assert_allclose(q.get_log_prob({"x": x}).numpy(), st.norm.logpdf(x.numpy()), rtol=1e-6)
+
+
+def test_a_single_distribution_keeps_its_options_for_the_products_made_from_it() -> None:
+    """As Pixyz: an atom's own sample does not read its options; p * q takes them over, and the product's own options
+    then override them (the atom's stay as they were)."""
+    py = Normal(var=["y"], loc=0.0, scale=1.0)
+    px = Normal(var=["x"], cond_var=["y"], loc="y", scale=1.0)
+    py.graph.set_option(dict(batch_n=4), ["y"])
+    assert py.sample(batch_n=5)["y"].shape == (5,) and py.sample()["y"].shape == (1,)
+    p = px * py
+    assert p.sample()["y"].shape == (4,)
+    p.graph.set_option(dict(batch_n=7), ["y"])
+    assert p.sample()["y"].shape == (7,) and (px * py).sample()["y"].shape == (4,)
+    assert py.graph._factors_from_variable("y")[0].option == {"batch_n": 4}
+
+
+def test_a_given_variable_is_held_fixed_with_options_as_without() -> None:
+    p = _chain()
+    y = torch.full((3,), 100.0)
+    p.graph.set_option(dict(reparam=False), ["x"])
+    s = p.sample({"y": y})
+    assert torch.equal(s["y"], y) and abs(s["x"].mean().item() - 100.0) < 5
 
 
 def test_options_survive_a_copy_and_a_pickle() -> None:
@@ -108,11 +128,13 @@ def test_a_product_scored_entry_by_entry_needs_factors_of_one_shape() -> None:
     p = Normal(var=["x"], loc=0.0, scale=1.0, features_shape=[3]) * Normal(var=["z"], loc=0.0, scale=1.0,
                                                                            features_shape=[2])
     s = p.sample(batch_n=4)
-    with pytest.raises(ValueError, match=r"entry by entry, but p\(x\) gives shape \(4, 3\) and p\(z\) \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"sum_features=False, the log-density of p\(x\) has shape \(4, 3\) and that "
+                                         r"of p\(z\) \(4, 2\); they cannot be added"):
         p.get_log_prob(s, sum_features=False)
-    p.graph.set_option(dict(sample_shape=(2,)), ["x"])  # the factors then differ in rank: named too
-    with pytest.raises(ValueError, match=r"p\(x\) and p\(z\) have shapes"):
-        p.get_log_prob({"x": torch.zeros(2, 4, 3), "z": torch.zeros(4, 2)}, sum_features=False)
+    p.graph.set_option(dict(sum_features=False), ["x"])  # the factors then differ in rank: named too
+    with pytest.raises(ValueError, match=r"with these options, the log-density of p\(x\) has shape \(4, 3\) and "
+                                         r"that of p\(z\) \(4,\)"):
+        p.get_log_prob(s)
 
 
 def test_visible_graph_is_pixyz_s_networkx_graph_of_the_variables() -> None:
@@ -132,6 +154,10 @@ def test_bad_options_are_named() -> None:
     with pytest.raises(TypeError, match="a dict of keyword arguments, got list"):
         p.graph.set_option([("batch_n", 2)], ["y"])
     renamed = p.replace_var(x="u")
-    with pytest.raises(ValueError, match="per-factor graph options are kept for products and single"):
-        renamed.graph.set_option({"batch_n": 2}, ["y"])
+    for var in (["y"], []):  # a renamed or marginalised product draws without options: refused, not ignored
+        with pytest.raises(ValueError, match="graph options are kept by products and single distributions; this is "
+                                             "a ReplaceVarDistribution"):
+            renamed.graph.set_option({"batch_n": 2}, var)
+    with pytest.raises(ValueError, match="this is a MarginalizeVarDistribution"):
+        p.marginalize_var("y").graph.set_option({"batch_n": 2})
     assert p._graph_options is None and renamed._graph_options is None

@@ -333,4 +333,7 @@ def test_abs_of_a_loss_a_draw_count_of_zero_and_an_unknown_baseline() -> None:
         ELBO(lik * p, q, sample_shape=(0,))
     with pytest.raises(ValueError, match="REINFORCE: baseline must be a number, 'loo' or None, got 'mean'"):
         REINFORCE(q, Parameter("z"), baseline="mean")
-    assert REINFORCE(q, Parameter("z"), baseline=torch.tensor(0.5)).baseline is not None
+    import numpy as np
+
+    for number in (torch.tensor(0.5), np.array(0.5), np.float32(0.5), 1):  # numbers as before
+        assert float(REINFORCE(q, Parameter("z"), baseline=number).baseline) == float(number)

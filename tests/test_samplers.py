@@ -328,6 +328,12 @@ def test_sampler_arguments_are_named() -> None:
     other = ddpm_path(GAUSS, T=60)
     with pytest.raises(ValueError, match="one process over the same times"):
         guided(path, other, 2.0)
+    cond, uncond = flow_path(GAUSS), flow_path(RING)  # a guided path is the same process: nested guidance is taken
+    nested = guided(guided(cond, uncond, 1.5), uncond, 2.0)
+    x = torch.randn(5, 2, dtype=F64, generator=torch.Generator().manual_seed(9))
+    t = torch.full((5,), 0.5, dtype=F64)
+    once = uncond.v(x, t) + 1.5 * (cond.v(x, t) - uncond.v(x, t))
+    torch.testing.assert_close(nested.velocity(x, 0.5), uncond.v(x, t) + 2.0 * (once - uncond.v(x, t)))
 
 
 def test_guided_flow_paths_combine_the_velocities() -> None:

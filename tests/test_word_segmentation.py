@@ -529,6 +529,7 @@ def test_resume_follows_torch_s_seed_and_segment_draws_nothing():
         return seg.segmentation_
 
     assert resumed(None) == resumed(None)
+    assert resumed(np.random.SeedSequence(4)) == resumed(np.random.SeedSequence(4))  # any seed numpy takes, as before
     assert resumed(lambda: torch.Generator().manual_seed(3)) == resumed(lambda: torch.Generator().manual_seed(3))
     torch.manual_seed(0)
     seg = km.WordSegmenter(n_iter=2).fit(utterances)

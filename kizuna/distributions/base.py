@@ -190,7 +190,7 @@ class Distribution(nn.Module):
     handle ``sample_shape`` and build the formula text.
     """
 
-    # Pixyz's options of `sample` and `get_log_prob` (`graph.set_option`); None: none, the usual path
+    # Pixyz's options of a product's `sample` and `get_log_prob` (`graph.set_option`); None: none, the usual path
     _graph_options: GraphOptions | None = None
 
     def __init__(
@@ -383,15 +383,6 @@ class Distribution(nn.Module):
             sample_mean: return the means instead of draws (ancestrally, for a product).
             kwargs: other options are ignored (as in Pixyz).
         """
-        if self._graph_options is not None:  # Pixyz's options, `graph.set_option`
-            return self._graph_options.sample(self, x_dict, return_all, dict(
-                batch_n=batch_n, sample_shape=sample_shape, reparam=reparam, sample_mean=sample_mean, **kwargs))
-        return self._sample_call(x_dict, batch_n, sample_shape, reparam, sample_mean, return_all)
-
-    def _sample_call(self, x_dict: Mapping[str, Any] | None, batch_n: int | None,
-                     sample_shape: Sequence[int] | torch.Size, reparam: bool, sample_mean: bool,
-                     return_all: bool) -> XDict:
-        """`sample` with these arguments (the graph's options already applied)."""
         x_dict = _with_values(x_dict, self) if x_dict else {}
         self._require(x_dict, self.input_var)
         _check_count("batch_n", batch_n, minimum=0)
@@ -445,14 +436,6 @@ class Distribution(nn.Module):
             feature_dims: sum over these dimensions instead (Pixyz's ``feature_dims``).
             kwargs: other options are ignored (as in Pixyz).
         """
-        if self._graph_options is not None:  # Pixyz's options, `graph.set_option`
-            return self._graph_options.log_prob(self, x_dict, dict(
-                sum_features=sum_features, feature_dims=feature_dims, **kwargs))
-        return self._log_prob_call(x_dict, sum_features, feature_dims)
-
-    def _log_prob_call(self, x_dict: Mapping[str, Any], sum_features: bool,
-                       feature_dims: Sequence[int] | None) -> Tensor:
-        """`get_log_prob` with these arguments (the graph's options already applied)."""
         x_dict = _with_values(x_dict, self)
         names = self._var + self.input_var
         if not all(map(x_dict.__contains__, names)):

@@ -6,10 +6,14 @@ conditioning variable to each variable of a factor; names in ``$...$`` for LaTeX
 ``dotmode=True`` and a ``texlbl`` attribute per node, for ``dot2tex``). kizuna's own picture of a model is
 `kizuna.viz.render`.
 
-``graph.set_option(options, var)`` gives the factors that define ``var`` keyword arguments that their ``sample``
-and ``get_log_prob`` calls take before the caller's (Pixyz's ``Factor.option``), e.g. ``batch_n`` and
+``graph.set_option(options, var)`` gives the factors of a product that define ``var`` keyword arguments that their
+``sample`` and ``get_log_prob`` calls take before the caller's (Pixyz's ``Factor.option``), e.g. ``batch_n`` and
 ``sample_shape`` for the factor that starts the ancestral draw; without ``var`` the options are the graph's own,
-which the caller's arguments override (Pixyz's ``global_option``). ``set_option({}, var)`` clears them.
+which the caller's arguments override (Pixyz's ``global_option``: so only options that are not arguments of the
+call reach the factors). ``set_option({}, var)`` clears them. As in Pixyz, a single distribution's own ``sample``
+and ``get_log_prob`` do not read its options: a product made from it takes them over (``p * q`` keeps every
+operand's options, which the product's own then override). A renamed or marginalised product draws without them
+and refuses them.
 
 >>> import torch
 >>> from kizuna.distributions import Normal
@@ -33,10 +37,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# the arguments of `Distribution.sample` that options may set, and of `Distribution.get_log_prob`
-_SAMPLE_ARGS = ("batch_n", "sample_shape", "reparam", "sample_mean")
-_LOG_PROB_ARGS = ("sum_features", "feature_dims")
-
 
 class GraphOptions:
     """The options `DistGraph.set_option` stored on a distribution: the graph's own (``global_option``) and each
@@ -57,18 +57,17 @@ class GraphOptions:
 
     # -------------------------------------------------------------- sample
     def sample(self, dist: Any, x_dict: Mapping[str, Any] | None, return_all: bool, call: dict[str, Any]) -> dict:
-        """``dist.sample`` with the options: a single distribution takes them as its arguments; a product draws its
-        factors in ancestral order, each with its own options, from the values drawn before it (Pixyz's
-        ``DistGraph.sample``)."""
+        """A product's ``sample`` with the options: its factors in ancestral order, each with its own options, from
+        the values drawn before it (Pixyz's ``DistGraph.sample``); a factor whose variables are given is held fixed,
+        as without options."""
         factors = dist.factors()
-        if len(factors) == 1 and factors[0] is dist:
-            opts = self.merged(0, call)
-            return dist._sample_call(x_dict, *(opts.get(k, d) for k, d in _SAMPLE_DEFAULTS), return_all)
         x_dict = dict(x_dict or {})
         dist._require(x_dict, dist.input_var)
         values = dict(x_dict)
         new: dict[str, Any] = {}
         for f in dist._order:
+            if all(v in values for v in f.var) and not set(f.var) & set(f.input_var):
+                continue  # held fixed
             opts = self.merged(factors.index(f), call)
             inputs = {k: values[k] for k in f.input_var if k in values}
             f._require(inputs, f.input_var)
@@ -79,28 +78,40 @@ class GraphOptions:
 
     # --------------------------------------------------------- log-density
     def log_prob(self, dist: Any, x_dict: Mapping[str, Any], call: dict[str, Any]) -> Any:
-        """``dist.get_log_prob`` with the options: a product sums its factors' log-densities, each computed with its
-        own options, and names two factors whose log-densities differ in shape (Pixyz's ``DistGraph``)."""
+        """A product's ``get_log_prob`` with the options: the sum of its factors' log-densities, each computed with
+        its own options (Pixyz's ``DistGraph``); `add_terms` names two that cannot be added."""
         factors = dist.factors()
-        if len(factors) == 1 and factors[0] is dist:
-            opts = self.merged(0, call)
-            return dist._log_prob_call(x_dict, opts.get("sum_features", True), opts.get("feature_dims"))
-        total, first = None, None
-        for f in dist._order:
-            opts = self.merged(factors.index(f), call)
-            term = f.get_log_prob(x_dict, **opts)
-            if total is None:
-                total, first = term, f
-            elif term.shape != total.shape:
-                raise ValueError(f"{dist.prob_text}: the log-densities of {first.prob_text} and {f.prob_text} have "
-                                 f"shapes {tuple(total.shape)} and {tuple(term.shape)}; with these options they "
-                                 "cannot be added (Pixyz: 'have different sizes')")
-            else:
-                total = total + term
-        return total
+        terms = [(f, f.get_log_prob(x_dict, **self.merged(factors.index(f), call))) for f in dist._order]
+        return add_terms(dist, terms, "with these options")
 
 
-_SAMPLE_DEFAULTS = (("batch_n", None), ("sample_shape", ()), ("reparam", False), ("sample_mean", False))
+def add_terms(dist: Any, terms: list[tuple[Any, Any]], how: str) -> Any:
+    """The sum of the factors' log-densities ``terms`` (factor, value): values of one rank whose sizes agree or are 1
+    (a constant factor's one row against the batch); values of different ranks or sizes are named, since a
+    broadcast between them adds entries that do not belong together (Pixyz: 'have different sizes')."""
+    (first, total), rest = terms[0], terms[1:]
+    for f, term in rest:
+        a, b = tuple(total.shape), tuple(term.shape)
+        if len(a) != len(b) or any(m != n and 1 not in (m, n) for m, n in zip(a, b)):
+            raise ValueError(f"{dist.prob_text}: {how}, the log-density of {first.prob_text} has shape {a} and that of "
+                             f"{f.prob_text} {b}; they cannot be added entry by entry (score the factors one by one)")
+        total = total + term
+    return total
+
+
+def inherited(operands: Sequence[Any], flat: Sequence[Any]) -> GraphOptions | None:
+    """The options of a product of ``operands`` (its factors ``flat``): each operand's options, for its factors, and
+    the operands' own (Pixyz's ``DistGraph.united``, which keeps each factor's options)."""
+    out = GraphOptions()
+    for d in operands:
+        options = d._graph_options
+        if options is None:
+            continue
+        out.global_option.update(options.global_option)
+        for i, f in enumerate(d.factors()):
+            if options.factor_options.get(i):
+                out.factor_options[next(j for j, g in enumerate(flat) if g is f)] = dict(options.factor_options[i])
+    return None if out.empty() else out
 
 
 class Factor:
@@ -183,9 +194,9 @@ class DistGraph:
     def _graph_factors(self) -> list[Any]:
         factors = self._dist.factors()
         if len(factors) > 1 and not hasattr(self._dist, "_order"):  # a renamed or marginalised product
-            raise ValueError(f"{self._dist.prob_text}: per-factor graph options are kept for products and single "
-                             f"distributions; this is a {type(self._dist).__name__} (set them on the product inside "
-                             "before renaming or marginalising it)")
+            raise ValueError(f"{self._dist.prob_text}: graph options are kept by products and single distributions; "
+                             f"this is a {type(self._dist).__name__}, which draws and scores without them (set them "
+                             "on the product's factors, and rename or marginalise the product after)")
         return factors
 
     def factors(self, sorted: bool = False) -> list[Factor]:  # noqa: A002 - Pixyz's argument name
@@ -208,6 +219,7 @@ class DistGraph:
         (taken before the caller's); without ``var``, the graph's own options (the caller's win). ``{}`` clears."""
         if isinstance(var, str):
             var = [var]
+        self._graph_factors()  # a renamed or marginalised product: refused
         if not var:
             _set(self._dist, option_dict, {})
             return

@@ -9,10 +9,13 @@ defines one of its conditioning variables). The log-density is the sum of the fa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import torch
 from torch import nn
 
 from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.distributions.dist_graph import add_terms, inherited
 
 
 def _order(factors: Sequence[Distribution]) -> list[Distribution]:
@@ -74,6 +77,7 @@ class JointDistribution(Distribution):
         super().__init__(var, cond, names.pop() if len(names) == 1 else "p")
         self._factors = nn.ModuleList(flat)
         self._order = order
+        self._graph_options = inherited(factors, flat)  # Pixyz's graph options of the operands, if any
         inputs: list[str] = []
         for f in flat:
             others = {v for g in flat if g is not f for v in g.var}
@@ -93,6 +97,24 @@ class JointDistribution(Distribution):
 
     def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
         return "".join(f._factor_text(fmt, rename) for f in self._factors)
+
+    def sample(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None,
+               sample_shape: Sequence[int] | torch.Size = (), return_all: bool = True, reparam: bool = False,
+               sample_mean: bool = False, **kwargs: Any) -> XDict:
+        """See `Distribution.sample`; with Pixyz's graph options (`kizuna.distributions.dist_graph`) each factor
+        draws with its own."""
+        if self._graph_options is not None:
+            return self._graph_options.sample(self, x_dict, return_all, dict(
+                batch_n=batch_n, sample_shape=sample_shape, reparam=reparam, sample_mean=sample_mean, **kwargs))
+        return super().sample(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean)
+
+    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
+                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        """See `Distribution.get_log_prob`; with Pixyz's graph options each factor is scored with its own."""
+        if self._graph_options is not None:
+            return self._graph_options.log_prob(self, x_dict, dict(
+                sum_features=sum_features, feature_dims=feature_dims, **kwargs))
+        return super().get_log_prob(x_dict, sum_features, feature_dims)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         return self._ancestral(x_dict, lambda f, values: f._sample(values, batch_n, reparam))
@@ -124,44 +146,27 @@ class JointDistribution(Distribution):
                 )
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        """The sum of the factors' log-densities; with ``sum_features=False`` entry by entry, which needs them all
-        of one shape (Pixyz's rule: e.g. ``y`` and ``x|y`` of the same shape), else an error naming two."""
-        total: Tensor | None = None
-        first = None
-        for f in self._factors:
-            term = f.get_log_prob(x_dict, sum_features)
-            if total is None:
-                total, first = term, f
-            elif not sum_features and term.shape != total.shape:
-                raise ValueError(
-                    f"{self.prob_text}: sum_features=False adds the factors' log-densities entry by entry, but "
-                    f"{first.prob_text} gives shape {tuple(total.shape)} and {f.prob_text} {tuple(term.shape)}; "
-                    "sum the features (sum_features=True, or feature_dims) or score the factors one by one")
-            else:
-                total = total + term
-        assert total is not None
+        """The sum of the factors' log-densities; with ``sum_features=False`` entry by entry, which needs them of one
+        rank and sizes that agree (Pixyz's rule: e.g. ``y`` and ``x|y`` of the same shape), else an error naming two
+        (`add_terms`)."""
+        terms = [(f, f.get_log_prob(x_dict, sum_features)) for f in self._factors]
+        if not sum_features:
+            return add_terms(self, terms, "with sum_features=False")
+        total = terms[0][1]
+        for _, term in terms[1:]:
+            total = total + term
         return total
 
     def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
         """See `Distribution._log_prob_dims`: the factors' log-densities, each summed over ``dims`` (the same
-        dimensions in every factor, as Pixyz), then added; they must then have one shape (a scalar factor next to
-        a vector one, drawn with ``sample_shape``, is not: its sum over ``-1`` ran over the batch and broadcast)."""
-        total: Tensor | None = None
-        first = None
+        dimensions in every factor, as Pixyz), then added; they must then have one rank and sizes that agree (a scalar
+        factor next to a vector one, drawn with ``sample_shape``, do not: its sum over ``-1`` ran over the batch and
+        broadcast)."""
+        terms = []
         for f in self._factors:
             try:
-                term = f._log_prob_dims(x_dict, dims)
+                terms.append((f, f._log_prob_dims(x_dict, dims)))
             except IndexError as err:
                 raise ValueError(f"{self.prob_text}: feature_dims={list(dims)} is out of range for the log-density of "
                                  f"{f.prob_text} ({err}); the same dimensions are summed in every factor") from None
-            if total is None:
-                total, first = term, f
-            elif term.shape != total.shape:
-                raise ValueError(
-                    f"{self.prob_text}: feature_dims={list(dims)} leaves the log-density of {first.prob_text} with "
-                    f"shape {tuple(total.shape)} and that of {f.prob_text} with {tuple(term.shape)}; the same "
-                    "dimensions are summed in every factor, so factors of different ranks are scored one by one")
-            else:
-                total = total + term
-        assert total is not None
-        return total
+        return add_terms(self, terms, f"with feature_dims={list(dims)} (the same dimensions in every factor)")

@@ -14,7 +14,6 @@ draw (pathwise); the others get the score-function term
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,6 +74,18 @@ def _per_row(score: Tensor, f: Tensor) -> Tensor:
     has per-feature dimensions (it broadcast along the last dimension instead, pairing entry j with row j)."""
     extra = f.dim() - score.dim()
     return score.reshape(*score.shape, *([1] * extra)) if extra > 0 and score.dim() > 0 else score
+
+
+def _is_number(value: Any) -> bool:
+    """A number that ``float()`` takes (a Python or numpy number, a one-element array or tensor), not a string or a
+    bool."""
+    if isinstance(value, (str, bytes, bool)):
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def average(value: Tensor, n: int) -> Tensor:
@@ -170,9 +181,7 @@ class REINFORCE(Expectation):
     def __init__(self, p: Distribution, f: Loss | float | Tensor, sample_shape: Sequence[int] = (),
                  baseline: float | str | None = None) -> None:
         super().__init__(p, f, sample_shape)
-        number = (isinstance(baseline, numbers.Real) and not isinstance(baseline, bool)) \
-            or (isinstance(baseline, torch.Tensor) and baseline.numel() == 1)
-        if not (baseline is None or number or (isinstance(baseline, str) and baseline == "loo")):
+        if not (baseline is None or (isinstance(baseline, str) and baseline == "loo") or _is_number(baseline)):
             raise ValueError(f"REINFORCE: baseline must be a number, 'loo' or None, got {baseline!r}")
         if baseline == "loo" and math.prod(self.sample_shape) < 2:
             raise ValueError("REINFORCE(baseline='loo') needs sample_shape with at least two draws")

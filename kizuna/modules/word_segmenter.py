@@ -52,7 +52,6 @@ slot model's evidence favours gluing the article to a name (docs/robotics.md, "N
 
 from __future__ import annotations
 
-import numbers
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -368,14 +367,13 @@ class WordSegmenter(Module):
         """``sweeps`` more Gibbs sweeps of every chain with no prior, then the language model's choice of chain
         (a control: the module continued as if it had no parent); with ``restart``, the first of them is the
         sequential start from an empty model (the control of ``relearn``). ``random_state``: a numpy generator, used
-        as it is; an int, numpy's generator of that seed; a torch generator, or None for one draw from torch's global
-        stream (so that ``torch.manual_seed`` repeats it), as `fit` (kizuna.modules.rng)."""
-        if isinstance(random_state, np.random.Generator):
-            rng = random_state
-        elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-            rng = np.random.default_rng(random_state)
-        else:  # None drew from the operating system, and a torch generator was refused (numpy's SeedSequence)
+        as it is; an int (or any seed numpy takes), numpy's generator of that seed; a torch generator, or None for one
+        draw from torch's global stream (so that ``torch.manual_seed`` repeats it), as `fit` (kizuna.modules.rng)."""
+        if random_state is None or isinstance(random_state, torch.Generator):
+            # None drew from the operating system, and a torch generator was refused (numpy's SeedSequence)
             rng = self._random(generator_for(random_state))
+        else:  # a numpy generator as it is; a seed (an int, a SeedSequence, ...) as numpy takes it
+            rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
         if self._rebuilt(rng) is None:
             raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
         if restart:

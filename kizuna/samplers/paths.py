@@ -270,11 +270,11 @@ class Guided(GaussianPath):
 
     def __init__(self, conditional: GaussianPath, unconditional: GaussianPath, scale: float) -> None:
         times = unconditional.times(None)
-        if type(conditional) is not type(unconditional) or conditional.times(None) != times \
-                or any(conditional.coefficients(t) != unconditional.coefficients(t) for t in times):
+        if conditional.times(None) != times or any(conditional.coefficients(t) != unconditional.coefficients(t)
+                                                   for t in times):
             raise ValueError(f"guided: the conditional and unconditional paths must be one process over the same "
-                             f"times (the same kind, schedule and levels), got a {type(conditional).__name__} and a "
-                             f"{type(unconditional).__name__} that differ")
+                             f"times (the same times and coefficients: kind, schedule and levels), got a "
+                             f"{type(conditional).__name__} and a {type(unconditional).__name__} that differ")
         self.cond, self.uncond, self.scale = conditional, unconditional, float(scale)
         self.clean_evaluable = conditional.clean_evaluable and unconditional.clean_evaluable
         self.end = unconditional.end
