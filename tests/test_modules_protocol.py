@@ -334,3 +334,71 @@ def test_sweep_graph_fit_is_reproducible_and_leaves_the_global_generator(name):
         assert torch.equal(torch.get_rng_state(), state)
         outs.append(module.forward_message.value)
     assert torch.equal(outs[0], outs[1])
+
+
+def test_two_unnamed_parents_of_one_name_are_named_and_a_graph_s_numbering_moves_their_messages():
+    """A child kept its backward messages under the sender's name: two unnamed parents of one class (both 'prior
+    source' under the default name) overwrote each other silently, and a Graph's numbering (priorsource0, ...) left
+    the old entry behind, multiplied in at every later sweep."""
+    x, _ = blobs()
+    a, b = torch.rand(40, 2) + 0.1, torch.rand(40, 2) + 0.1
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    gmm = GMM(2, name="g").connect(Observation(x))
+    pa, pb = PriorSource(a).connect(gmm), PriorSource(b).connect(gmm)
+    assert pa.name == pb.name == "priorsource"
+    gmm.update()
+    pa.update()
+    with pytest.raises(GraphError, match="g has two parents named 'priorsource'"):
+        pb.update()
+    # a Graph numbers them, and the message pa sent before moves with its name
+    gmm = GMM(2, name="g").connect(Observation(x))
+    pa, pb = PriorSource(a).connect(gmm), PriorSource(b).connect(gmm)
+    gmm.update()
+    pa.update()
+    km.Graph([pa, pb])
+    assert (pa.name, pb.name) == ("priorsource0", "priorsource1")
+    assert list(gmm.backward_messages) == ["priorsource0"]
+    assert gmm.backward_messages["priorsource0"].sender == "priorsource0"
+    pb.update()
+    torch.testing.assert_close(gmm.backward_in.value, a * b / (a * b).sum(1, keepdim=True))
+    assert gmm.backward_in.sender == "priorsource0+priorsource1"
+
+
+def test_a_gmm_that_is_an_nn_s_target_keeps_its_mixing_weights():
+    """An NN sends a class prior to its source child only; a GMM that is its target dropped its mixing weights (it
+    has a parent) and received no prior: uniform classes. Now it clusters as the same GMM alone."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(270, 1, generator=g, dtype=torch.float64),
+                   2.5 + torch.randn(30, 1, generator=g, dtype=torch.float64)])
+    s = torch.randn(300, 2, generator=g, dtype=torch.float64)
+    alone = GMM(2, algorithm="em", random_state=0).connect(Observation(x))
+    km.Graph([alone]).fit(1, seed=0)
+    target = GMM(2, algorithm="em", random_state=0).connect(Observation(x))
+    net = NN(in_dim=2, epochs=1).connect(Observation(s, name="src"), target)
+    km.Graph([net]).fit(1, seed=0)
+    assert target.backward_in is None and not net.sends_prior_to(target)
+    torch.testing.assert_close(target.posterior, alone.posterior)
+    assert sorted(np.round(np.asarray(target.weights_), 2)) == [0.33, 0.67]  # not uniform (0.503 / 0.497 before)
+
+
+def test_tail_to_tail_settings_and_conflicting_posteriors_are_named():
+    with pytest.raises(ValueError, match="smoothing must be a finite number >= 0, got nan"):
+        km.TailToTail(smoothing=float("nan"))
+    x, _ = blobs()
+    one, two = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    hard_a = torch.stack([one] + [two] * 20 + [one] * 19)  # b's labels are swapped to agree on rows 1-39 ...
+    hard_b = torch.stack([one] + [one] * 20 + [two] * 19)  # ... and then disagree wholly on row 0
+    ga, gb = GMM(2, name="ga").connect(Observation(x)), GMM(2, name="gb").connect(Observation(x))
+    a, b = PriorSource(hard_a, name="a").connect(ga), PriorSource(hard_b, name="b").connect(gb)
+    t2t = km.TailToTail(smoothing=0).connect(a, b)
+    for m in (ga, gb, a, b):
+        m.update()
+    with pytest.raises(ValueError, match="row 0: the posteriors of a, b have no class in common"):
+        t2t.update()
+
+
+def test_a_schedule_entry_that_is_not_a_dict_is_named():
+    x, _ = blobs()
+    gmm = GMM(2, name="g").connect(Observation(x))
+    with pytest.raises(ValueError, match=r"schedule: 'g' must map its settings to their values"):
+        km.Graph([gmm]).fit(1, seed=0, schedule={"g": [1]})

@@ -48,7 +48,7 @@ What a module learns is listed in its ``State`` dataclass and saved by the one m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -112,6 +112,7 @@ class Module(Stateful):
         self.parents: list[Module] = []
         self.forward_message: Message | None = None
         self.backward_messages: dict[str, Message] = {}
+        self._backward_senders: dict[str, int] = {}  # the sending module (its id) of each stored backward message
         self.n_updates = 0
         self._stream: torch.Generator | None = None
         self._saved_stream: dict[str, Any] | None = None
@@ -182,12 +183,40 @@ class Module(Stateful):
         return Message(self.name, None if receiver is None else receiver.name,
                        variable or DEFAULT_VARIABLE[kind], kind, value)
 
-    def receive_backward(self, message: Message) -> None:
-        """Store a backward message from a parent (read at the next ``update``)."""
+    def receive_backward(self, message: Message, parent: Module | None = None) -> None:
+        """Store a backward message from a parent (read at the next ``update``), under the sender's name; ``parent``,
+        the sending module, tells two parents of one name apart (their priors were kept as one, the other dropped)."""
         if message.kind not in self.receives:
             raise MessageKindError(f"{self.name} ({type(self).__name__}) receives backward messages of kind "
                                    f"{self.receives}, but {message.sender} sent {message.kind!r}")
+        senders = self.__dict__.setdefault("_backward_senders", {})
+        if parent is not None:
+            earlier = senders.get(message.sender)
+            if earlier is not None and earlier != id(parent) and any(id(p) == earlier for p in self.parents):
+                raise GraphError(f"{self.name} has two parents named {message.sender!r}, whose messages would be kept "
+                                 "as one: name them (name=...), or join them in a Graph, which numbers unnamed modules")
+            senders[message.sender] = id(parent)
         self.backward_messages[message.sender] = message
+
+    def _rename(self, name: str) -> None:
+        """A graph's numbering of an unnamed module (``mm`` -> ``mm0``): its name, and the messages it sent that are
+        stored under the old one (its forward message, its children's backward messages: left under the old name,
+        a prior was counted twice once the module sent under the new one)."""
+        old, self.name = self.name, name
+        if self.forward_message is not None and self.forward_message.sender == old:
+            self.forward_message = replace(self.forward_message, sender=name)
+        for child in self.children:
+            msg = child.backward_messages.pop(old, None)
+            if msg is not None:
+                child.backward_messages[name] = replace(msg, sender=name)
+            senders = child.__dict__.get("_backward_senders", {})
+            if old in senders:
+                senders[name] = senders.pop(old)
+
+    def sends_prior_to(self, child: Module) -> bool:
+        """Whether this module sends ``child`` a class prior at its updates (a GMM's mixing weights then give way to
+        its parents' priors); an `NN` sends one to its source child only."""
+        return "prior" in child.receives
 
     @property
     def backward_in(self) -> Message | None:
@@ -278,7 +307,7 @@ class Module(Stateful):
         for child, msg in down.items():
             if child not in self.children:
                 raise GraphError(f"{self.name} sent a backward message to {child.name}, which is not its child")
-            child.receive_backward(msg)
+            child.receive_backward(msg, self)
         self.n_updates += 1
 
     def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None

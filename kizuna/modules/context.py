@@ -63,6 +63,9 @@ def check_schedule(schedule: Schedule, scheduled: Mapping[str, Sequence[str]]) -
     for name, settings in schedule.items():
         if name not in scheduled:
             raise ValueError(f"schedule: no module named {name!r} in the graph; names: {sorted(scheduled)}")
+        if not isinstance(settings, Mapping):
+            raise ValueError(f"schedule: {name!r} must map its settings to their values ({{setting: [values]}}), got "
+                             f"{settings!r}")
         for key, values in settings.items():
             if key not in scheduled[name]:
                 raise ValueError(f"schedule: module {name!r} takes {tuple(scheduled[name])} from a schedule, "

@@ -131,7 +131,7 @@ class Graph:
                 while f"{base}{i}" in counts:
                     i += 1
                 index[base] = i + 1
-                m.name = f"{base}{i}"
+                m._rename(f"{base}{i}")
                 counts[m.name] = 1
 
     def __iter__(self) -> Iterator[Module]:

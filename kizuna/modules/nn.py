@@ -146,6 +146,10 @@ class NN(Module):
             down[source] = self.message("prior", self.class_prior(y, residual), receiver=source, variable="c")
         return self.message("latent", self.prediction, variable="y"), down
 
+    def sends_prior_to(self, child: Module) -> bool:
+        """See `Module.sends_prior_to`: the class prior goes to the source child (the first) only."""
+        return bool(self.children) and child is self.children[0] and "prior" in child.receives
+
     @torch.no_grad()
     def class_prior(self, y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
         """:math:`\\pi_{nk} \\propto \\exp(-\\lVert y_n - f(e_k)\\rVert^2 / 2\\sigma^2)` (see the module docstring)."""

@@ -60,8 +60,8 @@ class TailToTail(Module):
 
     def __init__(self, smoothing: float = 0.01, name: str | None = None) -> None:
         super().__init__(name, learnable=False)
-        if smoothing < 0:
-            raise ValueError(f"TailToTail {self.name}: smoothing must be >= 0, got {smoothing}")
+        if not smoothing >= 0 or smoothing == float("inf"):  # NaN too
+            raise ValueError(f"TailToTail {self.name}: smoothing must be a finite number >= 0, got {smoothing}")
         self.smoothing = smoothing
         self.permutations: list[torch.Tensor] = []
         self.posterior: torch.Tensor | None = None
@@ -79,6 +79,13 @@ class TailToTail(Module):
         aligned = [m.value[:, s] + self.smoothing for m, s in zip(forward, self.permutations)]
         log_q = torch.stack([torch.log(q / q.sum(1, keepdim=True)) for q in aligned])  # M×N×K
         total = log_q.sum(0)
+        none = ~torch.isfinite(total).any(1)
+        if bool(none.any()):  # a softmax of a row of -inf is NaN, which the message check reported without the cause
+            row = int(none.nonzero()[0])
+            raise ValueError(f"TailToTail {self.name}: row {row}: the posteriors of "
+                             f"{', '.join(m.sender for m in forward)} have no class in common (each class has "
+                             "probability 0 under one of them), so their product is 0; use smoothing > 0 (SERKET: "
+                             "0.01)")
         self.posterior = torch.softmax(total, 1)
         down = {}
         for i, (child, sigma) in enumerate(zip(self.children, self.permutations)):

@@ -86,7 +86,10 @@ class GMM(ClassModule, GaussianMixture):
         x = msg.value.to(torch.float64)
         self.check_category(x.shape[0])
         parent = algo.ClassPrior(self.class_prior(backward, x.shape[0]),
-                                 ctx.combine.bind(self.n_particles, ctx.generator), mixing=not self.parents)
+                                 ctx.combine.bind(self.n_particles, ctx.generator),
+                                 # the mixing weights give way to a parent's class prior; a parent that sends none
+                                 # (an NN whose target this is) leaves them (they were dropped: uniform classes)
+                                 mixing=not any(p.sends_prior_to(self) for p in self.parents))
         if self.learnable:
             self.fitted_ = self._run(x, parent, ctx.generator, warm=True,
                                      max_iter=ctx.setting(self.name, "max_iter", self.max_iter))
