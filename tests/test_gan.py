@@ -670,3 +670,35 @@ def test_a_numpy_integer_is_a_batch_size() -> None:
     loss = AdversarialJensenShannon(EmpiricalDistribution(["x"]), (RingG() * prior).marginalize_var("z"), RingD(),
                                     np.int64(8))
     assert loss.batch_n == 8
+
+
+def test_validation_runs_the_discriminator_in_evaluation_mode() -> None:
+    """The generator's test loss reads the discriminator, which the last training step left in training mode:
+    validation ran its dropout and moved its batch-norm statistics (num_batches_tracked 8 -> 10)."""
+    class G(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="g")
+            self.net = nn.Linear(2, 3)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"x": self.net(z)}
+
+    class D(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x"], name="d")
+            self.net = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 1))
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.net(x)}
+
+    torch.manual_seed(0)
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    d = D()
+    model = GAN((G() * prior).marginalize_var("z"), d, optimizer_params={"lr": 1e-3})
+    model.fit({"x": torch.randn(64, 3)}, epochs=1, batch_size=32, quiet=True, seed=0)
+    seen = []
+    d.net[1].register_forward_hook(lambda m, i, o: seen.append(m.training))
+    tracked, running = d.net[1].num_batches_tracked.clone(), d.net[1].running_mean.clone()
+    model.evaluate({"x": torch.randn(32, 3)})
+    assert seen and not any(seen)  # the generator's loss and the discriminator's, both in evaluation mode
+    assert torch.equal(d.net[1].num_batches_tracked, tracked) and torch.equal(d.net[1].running_mean, running)

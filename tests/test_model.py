@@ -191,3 +191,33 @@ def test_adam_given_no_implementation_is_fused_and_makes_torchs_default_update()
     assert not build_optimizer(MyAdam, weight, {}).defaults.get("fused")
     complex_weight = [nn.Parameter(torch.zeros(2, dtype=torch.complex64))]
     assert not build_optimizer(torch.optim.Adam, complex_weight, {}).defaults.get("fused")
+
+
+def test_clipping_bounds_and_patience_are_checked() -> None:
+    """clip_grad_norm=nan made every weight NaN behind a finite loss; <= 0 reversed or stopped the steps; patience
+    True or 2.5 was taken."""
+    import numpy as np
+
+    p = _learnable_normal()
+    for name in ("clip_grad_norm", "clip_grad_value"):
+        for bad in (float("nan"), 0.0, -1.0, True):
+            with pytest.raises(ValueError, match=f"Model: {name} must be a positive number or None, got"):
+                Model(-LogProb(p).mean(), **{name: bad})
+    model = Model(-LogProb(p).mean(), clip_grad_norm=np.float32(1.0))
+    x = {"x": torch.randn(8, 3, dtype=torch.float64)}
+    for bad in (True, 2.5, 0):
+        with pytest.raises(ValueError, match="fit: patience .* an integer >= 1, got"):
+            model.fit(x, epochs=1, valid=x, patience=bad, quiet=True)
+
+
+def test_lbfgs_is_refused_and_a_later_fit_resets_the_early_stop() -> None:
+    """LBFGS raised a TypeError at the first step (no closure); history.stopped_epoch kept an earlier fit's stop."""
+    p = _learnable_normal()
+    with pytest.raises(ValueError, match="LBFGS re-evaluates the loss through a closure"):
+        Model(-LogProb(p).mean(), optimizer=torch.optim.LBFGS)
+    model = Model(-LogProb(p).mean(), optimizer=torch.optim.SGD, optimizer_params={"lr": 0.0})
+    x = {"x": torch.randn(8, 3, dtype=torch.float64)}
+    model.fit(x, epochs=5, valid=x, patience=1, quiet=True)  # lr 0: no improvement, stopped at epoch 2
+    assert model.history.stopped_epoch == 2
+    model.fit(x, epochs=1, quiet=True)
+    assert model.history.stopped_epoch is None

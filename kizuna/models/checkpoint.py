@@ -44,7 +44,7 @@ class History:
         terms: ``{term label: [per-epoch mean]}`` from the training steps' own evaluations.
         valid_terms: the same for the validation passes.
         best_epoch: the epoch with the lowest validation loss so far (``None`` without one).
-        stopped_epoch: the epoch at which early stopping ended a run (``None`` otherwise).
+        stopped_epoch: the epoch at which early stopping ended the last `fit` (``None`` otherwise).
 
     ``history["train"]``, ``history["valid"]``, ``history["epoch"]`` and
     ``history[label]`` (a term) index the lists.

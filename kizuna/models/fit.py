@@ -13,6 +13,7 @@ it was, the stream is saved in checkpoints, and a resumed run continues it exact
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -83,8 +84,9 @@ def fit(
         raise ValueError(f"fit: epochs must be an integer >= 0, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit: batch_size must be an integer >= 1, got {batch_size!r}")
-    if patience is not None and (valid is None or patience < 1):
-        raise ValueError("fit: patience (early stopping) needs valid data and patience >= 1")
+    if patience is not None and (valid is None or isinstance(patience, bool)
+                                 or not isinstance(patience, numbers.Integral) or patience < 1):  # True, 2.5 were taken
+        raise ValueError(f"fit: patience (early stopping) needs valid data and an integer >= 1, got {patience!r}")
     if checkpoint is not None:
         model.check_checkpoint_path(checkpoint)
     for given, what in ((data, "data"), (valid, "valid")):
@@ -100,6 +102,8 @@ def fit(
     if parallel:
         ddp.check_same(model, [train_data, valid_data])
     _start_streams(model, seed, parallel)
+    if epochs > 0:  # the stop of an earlier call does not describe this one (it stayed, stale)
+        model.history.stopped_epoch = None
     shard = (ddp.rank(), ddp.world_size()) if parallel else (0, 1)
     main = not parallel or ddp.is_main()
     quiet = (quiet if quiet is not None else not _stderr_is_terminal()) or not main

@@ -147,6 +147,13 @@ class GAN(Model):
         value, terms = super().evaluate(batch, **options)
         return StepResult(value, {**terms, "d_loss": self.d_model.evaluate(batch, **options).loss})
 
+    def _assess(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
+                ) -> tuple[torch.Tensor, float, dict[str, float]]:
+        """`Model._assess` with the discriminator in evaluation mode too: the generator's loss reads it (it was left
+        in training mode by the last step, so validation ran its dropout and moved its batch-norm statistics)."""
+        self.d_model._set_mode(False)
+        return super()._assess(batch, options, terms)
+
     def submodels(self) -> list[Model]:
         """The discriminator's model (trained by `step` too)."""
         return [self.d_model]

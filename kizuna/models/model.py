@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
@@ -72,6 +73,9 @@ def build_optimizer(optimizer: type[torch.optim.Optimizer], params: Sequence[nn.
     kernel; otherwise, or if torch refuses it, the optimiser is built as given.
     """
     options = dict(options or {})
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.LBFGS):  # it raised a TypeError at step()
+        raise ValueError("Model: torch.optim.LBFGS re-evaluates the loss through a closure at every step, which a "
+                         "Model's step does not pass; use a first-order optimiser (Adam, SGD, ...)")
     if optimizer in _FUSABLE and not any(k in options for k in _IMPLEMENTATION_OPTIONS) and _fusable(params):
         try:
             return optimizer(params, fused=True, **options)
@@ -146,6 +150,11 @@ class Model:
         if not params:
             raise ValueError("Model: the distributions have no trainable parameters")
         self.optimizer = build_optimizer(optimizer, params, optimizer_params)
+        for name, bound in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
+            # NaN made every weight NaN behind a finite loss, and <= 0 reversed or stopped the steps: named here
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)
+                                      or not bound > 0):
+                raise ValueError(f"Model: {name} must be a positive number or None, got {bound!r}")
         self.clip_grad_norm = clip_grad_norm
         self.clip_grad_value = clip_grad_value
         self.validate = validate
@@ -442,6 +451,10 @@ class Model:
             "best": copy.copy(self._best),
             "shuffle": None if self._shuffle is None else self._shuffle.get_state(),
             "rng": self._rng,
+            # the losses already evaluated once under validation (validate=None): a resumed run does not check its
+            # first step again, which ran eagerly where the uninterrupted run was compiled (other random numbers)
+            "validated": [name for name, loss in (("train", self.loss_cls), ("test", self.test_loss_cls))
+                          if id(loss) in self._validated],
         }
 
     def load_state_dict(self, state: Mapping[str, Any], source: str = "the checkpoint") -> None:
@@ -474,6 +487,12 @@ class Model:
             self._shuffle.set_state(state["shuffle"])
         self._rng = state.get("rng")
         self._training = None
+        done = state.get("validated")
+        if done is None:  # a checkpoint from before the key: its run had checked both losses by its first epoch's end
+            done = ["train", "test"] if self.epoch > 0 else []
+        for name, loss in (("train", self.loss_cls), ("test", self.test_loss_cls)):
+            if name in done:
+                self._validated.add(id(loss))
 
     def check_checkpoint_path(self, path: str | PathLike[str]) -> None:
         """Before training (``fit(checkpoint=...)``): ``path``'s folder created where missing, as `save` does, or an
