@@ -171,7 +171,8 @@ def run(seed: int = 0, n_events: int = 300, words: str = "clean", n_iter: int = 
         "seed": seed, "words": words, "ari": spco.ari, "n_concepts": spco.n_concepts_,
         "n_nonempty": spco.n_nonempty_,
         "name_accuracy": name_accuracy(spco, house, test, vocabulary) if seg is None else None,
-        "seconds": time.perf_counter() - start, "parts": parts(house, seed), "model": spco, "house": house}
+        "seconds": time.perf_counter() - start, "parts": parts(house, seed), "model": spco, "house": house,
+        "vocabulary": vocabulary}
     if seg is not None:
         options = {**SEGMENTER_OPTIONS, **(segmenter or {})}
         first, later = options["n_iter"], options["sweeps_per_update"]  # as many sweeps as the connected one:
@@ -218,6 +219,24 @@ def _print(result: dict[str, Any]) -> None:
                  f"{result['name_f_new_connected_plain']:.3f}" if "name_f_new_connected_plain" in result else ""))
 
 
+def place_labels(result: dict[str, Any]) -> list[tuple[np.ndarray, str]]:
+    """The map's labels: for every position component of a major concept (at least ``min_share`` of the events),
+    the mean position of its events and the concept's word of largest lift among the words of its first count
+    child (the house's words, or the segmenter's with phonemes: the house's list read by the segmenter's indices put
+    another place's name on the map)."""
+    house, spco = result["house"], result["model"]
+    classes = spco.classes.numpy()
+    theta = spco.sampler_.feature_distributions(0)
+    lift = theta / theta.mean(0, keepdims=True)
+    components = spco.sampler_.state.i
+    labels = []
+    for c, k in sorted({(c, k) for c, k in zip(classes.tolist(), components.tolist())}):
+        members = (classes == c) & (components == k)
+        if members.mean() >= spco.min_share:
+            labels.append((house["position"][members].mean(0), result["vocabulary"][int(lift[c].argmax())]))
+    return labels
+
+
 def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
     """The house map with the learned places and their names, and the learned-vs-true confusion."""
     from matplotlib.patches import Rectangle  # drawn on an Agg canvas: the user's backend is left alone
@@ -233,14 +252,8 @@ def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5))
         ax.text(x0 + 0.1, y1 - 0.3, name, fontsize=7, color="grey")
     ax.scatter(*house["position"].T, c=classes, cmap="tab10", s=12, vmin=0, vmax=9)
-    theta = spco.sampler_.feature_distributions(0)
-    lift = theta / theta.mean(0, keepdims=True)
-    components = spco.sampler_.state.i
-    for c, k in {(c, k) for c, k in zip(classes.tolist(), components.tolist())}:
-        members = (classes == c) & (components == k)
-        if members.mean() >= spco.min_share:  # one label per position component of every major concept
-            ax.text(*house["position"][members].mean(0), house["vocabulary"][int(lift[c].argmax())], fontsize=11,
-                    weight="bold", ha="center", bbox={"facecolor": "white", "alpha": 0.7})
+    for xy, word in place_labels(result):
+        ax.text(*xy, word, fontsize=11, weight="bold", ha="center", bbox={"facecolor": "white", "alpha": 0.7})
     ax.set(xlim=(-0.5, 10.5), ylim=(-0.5, 8.5), aspect="equal",
            title=f"learned places (ARI {result['ari']:.2f}, {result['n_concepts']} concepts)")
     paths = [out / "house_map.png", out / "confusion.png"]

@@ -158,3 +158,23 @@ def test_new_utterances_are_segmented_by_the_fitted_segmenters(capsys):
         assert 0.0 <= result[f"name_f_new_{key}"] <= 1.0
     robot_demo._print(result)
     assert "new utterances (segment())" in capsys.readouterr().out
+
+
+def test_the_map_labels_places_with_the_words_of_the_concepts_own_count_child():
+    """With phonemes the concept's words are the segmenter's: the labels were looked up in the house's word list by
+    the segmenter's indices (kitchen labelled 'hall'). Each label is the word of largest lift, computed here by
+    hand from the chain's counts, in the segmenter's vocabulary."""
+    result = robot_demo.run(0, 60, "phonemes", 2, sweeps=3, segmenter={"n_iter": 2})
+    spco = result["model"]
+    vocabulary = result["vocabulary"]
+    assert vocabulary != simulated_house(60, seed=0)["vocabulary"]
+    sampler = spco.sampler_
+    counts, beta = sampler.state.sums[0], sampler.betas[0]
+    theta = (counts + beta) / (counts.sum(1, keepdims=True) + counts.shape[1] * beta)
+    best = {c: vocabulary[int(np.argmax(theta[c] / theta.mean(0)))] for c in range(theta.shape[0])}
+    labels = robot_demo.place_labels(result)
+    assert labels
+    classes = spco.classes.numpy()
+    for _, word in labels:
+        assert word in vocabulary and word in best.values()
+    assert {w for _, w in labels} <= {best[c] for c in set(classes.tolist())}

@@ -203,3 +203,16 @@ def test_predicted_position_with_a_diagonal_gmm():
     assert var.shape == (4, 2)
     score = (post @ phi) / np.sqrt(var.prod(1))[None, :]
     np.testing.assert_array_equal(got, np.asarray(gmm.means_)[score.argmax(1)])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"anneal": 0.0}, "anneal is the first sweep's temperature"), ({"anneal": -2.0}, "anneal is the first sweep's"),
+    ({"alpha": float("nan")}, "need finite alpha, gamma, beta > 0"), ({"alpha": float("inf")}, "need finite alpha"),
+    ({"beta": [float("nan"), 1.0]}, "need finite alpha, gamma, beta"), ({"min_share": 2.0}, "min_share is a share"),
+    ({"sweeps": 2.5}, "sweeps must be an integer >= 1"), ({"n_init": 1.5}, "n_init must be an integer >= 1"),
+    ({"split_merge": 1.5}, "split_merge must be an integer >= 0")])
+def test_bad_settings_are_named_when_built(kwargs, match):
+    """anneal <= 0 divided by zero or gave negative temperatures; NaN / inf concentrations, a share above 1 and
+    fractional sweep counts were accepted and failed (or fitted nonsense) later."""
+    with pytest.raises(ValueError, match=match):
+        km.SpatialConcept(**kwargs)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
+from kizuna._data import check_count
 from kizuna.modules.base import ClassModule, Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.gmm import GMM
@@ -77,10 +78,19 @@ class SpatialConcept(ClassModule):
                  anneal: float = 1.0, split_merge: int = 0, launch_scans: int = 3, random_state: int | None = None,
                  name: str | None = None) -> None:
         super().__init__(n_concepts, category, name, random_state=random_state)
-        if alpha <= 0 or gamma <= 0 or sweeps < 1 or n_init < 1 or np.any(np.asarray(beta) <= 0):
-            raise ValueError(f"SpatialConcept {self.name}: need alpha, gamma, beta > 0 and sweeps, n_init >= 1")
-        if split_merge < 0 or launch_scans < 0:
-            raise ValueError(f"SpatialConcept {self.name}: need split_merge, launch_scans >= 0")
+        positive = np.asarray([alpha, gamma, *np.atleast_1d(np.asarray(beta, dtype=np.float64))], dtype=np.float64)
+        if not (np.all(positive > 0) and np.all(np.isfinite(positive))):  # NaN and inf passed "<= 0"
+            raise ValueError(f"SpatialConcept {self.name}: need finite alpha, gamma, beta > 0, got alpha={alpha}, "
+                             f"gamma={gamma}, beta={beta}")
+        for what, value, least in (("sweeps", sweeps, 1), ("n_init", n_init, 1), ("split_merge", split_merge, 0),
+                                   ("launch_scans", launch_scans, 0)):
+            check_count(f"SpatialConcept {self.name}: {what}", value, least)  # 2.5 failed later, in the fit
+        if not 0 <= min_share < 1:
+            raise ValueError(f"SpatialConcept {self.name}: min_share is a share of the events, in [0, 1), got "
+                             f"{min_share}")
+        if not anneal >= 1 or anneal == float("inf"):  # 0 divided by zero, negative values gave negative temperatures
+            raise ValueError(f"SpatialConcept {self.name}: anneal is the first sweep's temperature, falling to 1: a "
+                             f"finite number >= 1, got {anneal}")
         self.split_merge, self.launch_scans = split_merge, launch_scans
         self.alpha, self.gamma, self.beta, self.sweeps, self.n_init = alpha, gamma, beta, sweeps, n_init
         self.min_share, self.anneal = min_share, anneal
