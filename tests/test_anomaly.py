@@ -132,3 +132,19 @@ def test_empty_and_non_finite_data_are_named(method):
     x[6, 1] = float("nan")
     with pytest.raises(ValueError, match=r"the data\['x'\] holds nan at row 6, column 1"):
         anomaly_score(model(), WrongPosterior(), {"x": x}, method=method, k=2, batch_size=4)
+
+
+def test_log_likelihood_takes_numpy_arrays_and_lists_as_fit_does():
+    """A dict of numpy arrays or lists was said to have no rows; the same numbers as for tensors, same seed."""
+    from kizuna.distributions import Normal
+    from kizuna.metrics import log_likelihood
+
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[1], name="p_prior")
+    lik = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    x = torch.linspace(-2.0, 2.0, 7).unsqueeze(1)
+    torch.manual_seed(0)
+    expected = log_likelihood(lik * prior, q, {"x": x}, k=50)
+    for given in (x.numpy(), x.tolist()):
+        torch.manual_seed(0)
+        torch.testing.assert_close(log_likelihood(lik * prior, q, {"x": given}, k=50), expected)

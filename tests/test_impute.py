@@ -196,7 +196,7 @@ def test_bad_inputs_are_named():
         impute_importance(model(), Proposal(), {"w": x}, mask)
     with pytest.raises(ValueError, match="disagree on the batch size .x has 6, c has 4"):
         impute_importance(model(), Proposal(), {"x": x, "c": torch.zeros(4)}, mask)
-    with pytest.raises(ValueError, match="n_iter must be at least 1"):
+    with pytest.raises(ValueError, match="n_iter must be an integer >= 1, got 0"):
         impute_gibbs(model(), Proposal(), {"x": x}, mask, n_iter=0)
 
 
@@ -481,3 +481,53 @@ def test_scalar_tensors_the_models_do_not_read_are_let_through():
         assert torch.equal(got.mean, want.mean) and torch.equal(got.samples, want.samples)
     with pytest.raises(ValueError, match="x must have a leading batch dimension, got a scalar"):
         impute_gibbs(model(), Proposal(), {"x": torch.tensor(1.0)}, torch.tensor(True))
+
+
+class _Noisy(Normal):
+    """p(x|z): every entry of x is z plus unit noise (x of shape (N,) or (N, d), z of shape (N, 1))."""
+
+    def __init__(self, width: int | None) -> None:
+        super().__init__(var=["x"], cond_var=["z"])
+        self.width = width
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        loc = z[:, 0] if self.width is None else z.expand(-1, self.width)
+        return {"loc": loc, "scale": torch.ones_like(loc)}
+
+
+class _Mean(Normal):
+    """q(z|x): N(mean of the observed-looking x, 1), shape (N, 1)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        loc = (x if x.dim() == 1 else x.mean(1)).unsqueeze(1)
+        return {"loc": loc, "scale": torch.ones_like(loc)}
+
+
+def test_imputation_with_a_one_dimensional_latent_and_scalar_data():
+    """A prior without features_shape against q's (N, 1) draws (torch.cat of (n,) and (n, 1) failed), and data of one
+    value per row, x of shape (N,) (flatten(1) failed): against the Gaussian conditional, E[x_2 | x_1 = 2] = 1 for
+    x_d = z + e_d, z ~ N(0, 1) (variance 1 + 1/2), and the prior predictive N(0, 2) for a missing scalar."""
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, name="p_prior")
+    torch.manual_seed(0)
+    out = impute_importance(_Noisy(2) * prior, _Mean(), {"x": torch.tensor([[2.0, float("nan")]])},
+                            torch.tensor([[True, False]]), k=4000, n_samples=2000)
+    assert out.mean[0, 0] == 2.0 and abs(out.mean[0, 1].item() - 1.0) < 0.1
+    assert abs(out.samples[:, 0, 1].var().item() - 1.5) < 0.2
+    torch.manual_seed(1)
+    x, mask = torch.tensor([0.5, float("nan"), -1.0]), torch.tensor([True, False, True])
+    out = impute_importance(_Noisy(None) * prior, _Mean(), {"x": x}, mask, k=4000, n_samples=2000)
+    assert out.mean[0] == 0.5 and out.mean[2] == -1.0
+    assert abs(out.mean[1].item()) < 0.15 and abs(out.samples[:, 1].var().item() - 2.0) < 0.3
+
+
+def test_imputation_counts_are_checked():
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[1], name="p_prior")
+    args = (_Noisy(2) * prior, _Mean(), {"x": torch.tensor([[2.0, 0.0]])}, torch.tensor([[True, False]]))
+    for name, bad in (("k", 2.5), ("batch_size", 0), ("k_chunk", -1)):
+        with pytest.raises(ValueError, match=f"impute_importance: {name} must be an integer >= 1, got {bad}"):
+            impute_importance(*args, **{name: bad})
+    with pytest.raises(ValueError, match="impute_gibbs: n_iter must be an integer >= 1, got 2.5"):
+        impute_gibbs(*args, n_iter=2.5)

@@ -245,3 +245,10 @@ def test_coherence_reads_a_column_as_class_indices():
     assert coherence(gen, y, lambda s: s.argmax(1, keepdim=True)) == pytest.approx(ref)
     with pytest.raises(ValueError, match=r"target_labels is one column of non-integer values"):
         coherence(gen, torch.tensor([[0.2], [0.9], [0.7]]))
+
+
+def test_coherence_of_no_samples_is_named():
+    from kizuna.inference import coherence
+
+    with pytest.raises(ValueError, match="coherence: no generated samples"):
+        coherence(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))

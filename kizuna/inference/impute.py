@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from kizuna._data import check_count
 from kizuna.distributions.base import Distribution, repeat_batch
 from kizuna.distributions.joint import JointDistribution
 from kizuna.inference._checks import batch_rows, check_mask, fill_missing, in_model_dtype, model_float, require
@@ -159,6 +160,8 @@ def impute_importance(
     """
     who = "impute_importance"
     _check_samples(n_samples, who)
+    for name, value in (("k", k), ("batch_size", batch_size), ("k_chunk", k_chunk)):
+        check_count(f"{who}: {name}", value, 1)  # 0, -1 and 2.5 failed inside range() or torch.cat
     if not 0.0 <= defensive <= 1.0:
         raise ValueError(f"{who}: defensive must lie in [0, 1], got {defensive}")
     var, decoder, others, filled, mask = _prepare(p_joint, q, x_dict, mask, var, init, who)
@@ -214,7 +217,9 @@ class _Proposal:
             m = self._prior_per_row(values, b)
             drawn = self.prior.sample(given, batch_n=b * n_p * m, return_all=False)
             assert self.q_shapes is not None
-            parts.append(drawn if m == 1 else {n: t.reshape(b * n_p, *self.q_shapes[n]) for n, t in drawn.items()})
+            # in q's shape (a prior of scalar draws against q's (N, 1) draws made m == 1 with other shapes, which
+            # torch.cat refused)
+            parts.append({n: t.reshape(b * n_p, *self.q_shapes[n]) for n, t in drawn.items()})
         return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
 
     def _prior_per_row(self, values: dict[str, Any], b: int) -> int:
@@ -343,8 +348,7 @@ def impute_gibbs(
     """
     who = "impute_gibbs"
     _check_samples(n_samples, who)
-    if n_iter < 1:
-        raise ValueError(f"{who}: n_iter must be at least 1, got {n_iter}")
+    check_count(f"{who}: n_iter", n_iter, 1)  # 2.5 failed inside range()
     var, decoder, others, filled, mask = _prepare(p_joint, q, x_dict, mask, var, init, who)
     given = {n: repeat_batch(v, n_samples) for n, v in others.items()}
     x0, m = repeat_batch(filled, n_samples), repeat_batch(mask, n_samples)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from kizuna.distributions.base import Distribution
+from kizuna.distributions.base import Distribution, flat_rows
 
 Tensor = torch.Tensor
 
@@ -65,7 +65,7 @@ def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tens
         shapes = f"its per-entry log-density has shape {tuple(per_entry.shape)}, {var} has {tuple(x.shape)}"
         raise ValueError(_not_factorised(decoder, who, shapes))
     per_entry = torch.where(mask, per_entry, torch.zeros_like(per_entry))
-    return per_entry.flatten(1).sum(1)
+    return flat_rows(per_entry).sum(1)  # (one value per row for scalar data, (N,): flatten(1) raised)
 
 
 def placeholder(decoder: Distribution, values: Mapping[str, Any], x: Tensor, fill: Tensor | None = None) -> Tensor:

@@ -16,12 +16,14 @@ import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from kizuna._data import first_nonfinite
 from kizuna.distributions.base import Distribution
 from kizuna.distributions.torch_dist import validation
 from kizuna.losses.elbo import IWAE
+from kizuna.models.batches import prepare
 
 
 def log_likelihood(
@@ -63,7 +65,7 @@ def log_likelihood(
     out = []
     probe = validate is None  # check the first batch once, on one draw per row, then run unchecked
     with torch.no_grad():
-        for rows, batch in _batches(x_dict, names, batch_size):
+        for rows, batch in _batches(x_dict, names, batch_size, _dtype(p_joint, q), device or torch.device("cpu")):
             if device is not None:
                 batch = {v: t.to(device) if isinstance(t, torch.Tensor) else t for v, t in batch.items()}
             bad = first_nonfinite(batch, "log_likelihood: the data", rows)
@@ -116,11 +118,24 @@ def _device(*dists: Any) -> torch.device | None:
     return None
 
 
-def _batches(data: Any, names: list[str], batch_size: int) -> Iterator[tuple[torch.Tensor | None, dict[str, Any]]]:
+def _dtype(*dists: Any) -> torch.dtype:
+    """The models' floating dtype (their first floating parameter or buffer's; torch's default without one)."""
+    for d in dists:
+        for t in itertools.chain(d.parameters(), d.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+    return torch.get_default_dtype()
+
+
+def _batches(data: Any, names: list[str], batch_size: int, dtype: torch.dtype, device: torch.device
+             ) -> Iterator[tuple[torch.Tensor | None, dict[str, Any]]]:
     """Batches of ``data`` with ``names`` checked, each with the data rows it holds (for dict data); a dict
-    is cut along its first dimension."""
+    is cut along its first dimension. Numpy arrays and lists become tensors, floating ones in the models' ``dtype``,
+    as `fit` takes them (a dict of numpy arrays was said to have no rows)."""
     if isinstance(data, Mapping):
         _check_names(data, names, "")
+        data = prepare({v: np.asarray(t) if isinstance(t, list) else t for v, t in data.items()}, dtype, device,
+                       "log_likelihood: x_dict")
         sizes = {v: t.shape[0] for v, t in data.items() if isinstance(t, torch.Tensor) and t.dim() > 0}
         if len(set(sizes.values())) > 1:
             listed = ", ".join(f"{v}: {n}" for v, n in sizes.items())
@@ -137,7 +152,8 @@ def _batches(data: Any, names: list[str], batch_size: int) -> Iterator[tuple[tor
             raise TypeError(f"log_likelihood: batch {i} is a {type(batch).__name__}; kizuna needs variable names: "
                             "make the dataset return dicts such as {'x': x}")
         _check_names(batch, names, f" (batch {i})")
-        yield None, dict(batch)
+        yield None, prepare({v: np.asarray(t) if isinstance(t, list) else t for v, t in batch.items()}, dtype, device,
+                            f"log_likelihood: batch {i}")
 
 
 def _check_names(batch: Mapping[str, Any], names: list[str], where: str) -> None:

@@ -38,7 +38,7 @@ def _as_rows(x: Any, name: str) -> np.ndarray:
     return x
 
 
-def _classifier(kind: Any, seed: int) -> Any:
+def _classifier(kind: Any, seed: int, n_train: int) -> Any:
     try:
         from sklearn.linear_model import LogisticRegression
         from sklearn.neural_network import MLPClassifier
@@ -49,7 +49,9 @@ def _classifier(kind: Any, seed: int) -> Any:
     if kind == "logistic":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     if kind == "mlp":
-        return make_pipeline(StandardScaler(), MLPClassifier((128, 128), max_iter=300, early_stopping=True,
+        # early stopping on a tenth of the training rows, when that tenth can hold both classes (with fewer than
+        # 40 rows scikit-learn's stratified split failed: "the least populated class has only 1 member")
+        return make_pipeline(StandardScaler(), MLPClassifier((128, 128), max_iter=300, early_stopping=n_train >= 40,
                                                              random_state=seed))
     if hasattr(kind, "fit") and hasattr(kind, "predict"):
         return kind
@@ -92,7 +94,7 @@ def classifier_two_sample_test(real: Any, fake: Any, classifier: Any = "logistic
     train, test = slice(n_test, None), slice(0, n_test)
     if len(np.unique(y[train])) < 2:
         raise ValueError("classifier_two_sample_test: too few rows to train on both classes")
-    model = _classifier(classifier, seed).fit(x[train], y[train])
+    model = _classifier(classifier, seed, len(y[train])).fit(x[train], y[train])
     correct = int((model.predict(x[test]) == y[test]).sum())
     p_value = float(stats.binom.sf(correct - 1, n_test, 0.5))
     return TwoSampleResult(accuracy=correct / n_test, p_value=p_value, n_test=n_test)
