@@ -114,12 +114,35 @@ def inherited(operands: Sequence[Any], flat: Sequence[Any]) -> GraphOptions | No
     return None if out.empty() else out
 
 
-class Factor:
+class _Shown:
+    """The names of the distribution a view shows (``_shown``), as Pixyz's factors and graphs give them."""
+
+    _shown: Any
+
+    @property
+    def var(self) -> list[str]:
+        return self._shown.var
+
+    @property
+    def cond_var(self) -> list[str]:
+        return self._shown.cond_var
+
+    @property
+    def input_var(self) -> list[str]:
+        return self._shown.input_var
+
+    @property
+    def prob_text(self) -> str:
+        return self._shown.prob_text
+
+
+class Factor(_Shown):
     """One factor of a distribution's graph (Pixyz's ``Factor``): the factor's distribution (``dist``) and the
     options its ``sample`` and ``get_log_prob`` take (``option``, stored on the graph's distribution)."""
 
     def __init__(self, owner: Any, index: int, dist: Any) -> None:
         self._owner, self._index, self.dist = owner, index, dist
+        self._shown = dist
 
     @property
     def option(self) -> dict[str, Any]:
@@ -129,22 +152,6 @@ class Factor:
     @option.setter
     def option(self, option: Mapping[str, Any]) -> None:
         _set(self._owner, None, {self._index: option})
-
-    @property
-    def var(self) -> list[str]:
-        return self.dist.var
-
-    @property
-    def cond_var(self) -> list[str]:
-        return self.dist.cond_var
-
-    @property
-    def input_var(self) -> list[str]:
-        return self.dist.input_var
-
-    @property
-    def prob_text(self) -> str:
-        return self.dist.prob_text
 
     def __str__(self) -> str:
         return f"{self.dist.prob_text}:\n{self.dist!r}"
@@ -172,11 +179,11 @@ def _set(dist: Any, global_option: Mapping[str, Any] | None, factor_options: Map
     dist._graph_options = None if options.empty() else options
 
 
-class DistGraph:
+class DistGraph(_Shown):
     """Pixyz's ``dist.graph`` for ``dist``: see the module docstring."""
 
     def __init__(self, dist: Any) -> None:
-        self._dist = dist
+        self._dist = self._shown = dist
 
     @property
     def name(self) -> str:
@@ -225,22 +232,6 @@ class DistGraph:
             return
         targets = {f._index for name in var for f in self._factors_from_variable(name)}
         _set(self._dist, None, {i: option_dict for i in targets})
-
-    @property
-    def var(self) -> list[str]:
-        return self._dist.var
-
-    @property
-    def cond_var(self) -> list[str]:
-        return self._dist.cond_var
-
-    @property
-    def input_var(self) -> list[str]:
-        return self._dist.input_var
-
-    @property
-    def prob_text(self) -> str:
-        return self._dist.prob_text
 
     @property
     def has_reparam(self) -> bool:
