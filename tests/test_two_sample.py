@@ -72,3 +72,18 @@ def test_the_mlp_classifier_takes_small_samples():
         real, fake = torch.randn(n, 3, generator=g), torch.randn(n, 3, generator=g) + 10.0
         result = classifier_two_sample_test(real, fake, classifier="mlp", seed=0)
         assert result.accuracy == 1.0 and result.n_test == n
+
+
+def test_a_given_estimator_is_trained_on_a_copy():
+    """The caller's estimator was fitted in place; an estimator class (not an instance) is refused by name."""
+    from sklearn.linear_model import LogisticRegression
+
+    from kizuna.metrics import classifier_two_sample_test
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(50, 2, generator=g), torch.randn(50, 2, generator=g) + 3.0
+    mine = LogisticRegression()
+    result = classifier_two_sample_test(real, fake, classifier=mine, seed=0)
+    assert result.accuracy > 0.9 and not hasattr(mine, "coef_")
+    with pytest.raises(ValueError, match="classifier must be 'logistic', 'mlp' or an estimator"):
+        classifier_two_sample_test(real, fake, classifier=LogisticRegression)

@@ -122,6 +122,11 @@ class ProductOfNormal(Normal):
             raise ValueError(
                 f"{self.prob_text}: the experts disagree on the shape of {self._var[0]}: {sorted(features)}"
             )
+        rows = {loc.shape[0] for loc, _ in params if loc.dim() > 0} - {1}
+        if len(rows) > 1:  # (torch's broadcast error named no expert)
+            present = [e for e in self.p if all(c in x_dict for c in e.cond_var)]
+            listed = ", ".join(f"{e.prob_text}: {loc.shape[0]}" for e, (loc, _) in zip(present, params))
+            raise ValueError(f"{self.prob_text}: the experts' inputs have different numbers of rows ({listed})")
         tensors = torch.broadcast_tensors(*[t for pair in params for t in pair])
         loc, scale = torch.stack(tensors[0::2]), torch.stack(tensors[1::2])
         return loc, scale, torch.ones((), dtype=torch.bool, device=loc.device).expand(loc.shape)

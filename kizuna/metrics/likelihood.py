@@ -98,7 +98,9 @@ def bits_per_dim(log_lik_nats: torch.Tensor | float, dims: int) -> torch.Tensor 
 
     For 8-bit images modelled as a density on :math:`[0, 1]^D` (pixels divided by 256 and
     dequantised with uniform noise), the discrete likelihood is
-    :math:`\\log p(x) - D\\ln 256`, i.e. add 8 bits per dimension to this value.
+    :math:`\\log p(x) - D\\ln 256`, i.e. add 8 bits per dimension to this value. With pixels divided by 255 (kizuna's
+    loaders), the bins have width 1/255 and the offset is :math:`\\log_2 255 \\approx 7.994` bits per dimension
+    (`kizuna.flows.Preprocess` computes that bin volume itself).
 
     >>> round(bits_per_dim(-784 * math.log(2), 784), 6)
     1.0

@@ -10,6 +10,7 @@ The classifiers come from scikit-learn (an optional dependency, imported when ca
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +54,14 @@ def _classifier(kind: Any, seed: int, n_train: int) -> Any:
         # 40 rows scikit-learn's stratified split failed: "the least populated class has only 1 member")
         return make_pipeline(StandardScaler(), MLPClassifier((128, 128), max_iter=300, early_stopping=n_train >= 40,
                                                              random_state=seed))
-    if hasattr(kind, "fit") and hasattr(kind, "predict"):
-        return kind
+    if hasattr(kind, "fit") and hasattr(kind, "predict") and not isinstance(kind, type):
+        # a fresh copy, trained here: the caller's estimator is left as it was (it was fitted in place)
+        from sklearn.base import clone
+
+        try:
+            return clone(kind)
+        except TypeError:  # not a scikit-learn estimator (no get_params): a deep copy
+            return copy.deepcopy(kind)
     raise ValueError(f"classifier_two_sample_test: classifier must be 'logistic', 'mlp' or an estimator, got {kind!r}")
 
 
