@@ -158,6 +158,7 @@ def test_experts_with_different_numbers_of_rows_are_named():
     qa = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
     qb = Normal(var=["z"], cond_var=["y"], loc="y", scale=1.0, name="q")
     p = ProductOfNormal([qa, qb], name="q")
-    with pytest.raises(ValueError, match=r"the experts' inputs have different numbers of rows \(q\(z\|x\): 3, q\(z\|y\): 4\)"):
+    with pytest.raises(ValueError, match=r"the experts' inputs have different numbers of rows "
+                                         r"\(q\(z\|x\): 3, q\(z\|y\): 4\)"):
         p.sample({"x": torch.zeros(3, 2), "y": torch.zeros(4, 2)})
     assert p.sample({"x": torch.zeros(3, 2), "y": torch.zeros(1, 2)})["z"].shape == (3, 2)  # one row broadcasts
