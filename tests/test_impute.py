@@ -531,3 +531,31 @@ def test_imputation_counts_are_checked():
             impute_importance(*args, **{name: bad})
     with pytest.raises(ValueError, match="impute_gibbs: n_iter must be an integer >= 1, got 2.5"):
         impute_gibbs(*args, n_iter=2.5)
+
+
+def test_a_one_hot_decoder_with_a_whole_row_missing_is_named_as_not_factorising():
+    """With every row observed the error said the decoder does not factorise; with a row missing it named the
+    support of the placeholder the imputation scores in the gap (all zeros, not one-hot), none of the caller's data."""
+    from kizuna.distributions import Categorical
+
+    class OneHot(Categorical):
+        def __init__(self):
+            super().__init__(var=["y"], cond_var=["z"], name="p")
+            self.net = torch.nn.Linear(2, 4)
+
+        def forward(self, z):
+            return {"logits": self.net(z)}
+
+    class Q(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["y"], name="q")
+            self.net = torch.nn.Linear(4, 2)
+
+        def forward(self, y):
+            return {"loc": self.net(y), "scale": torch.ones(len(y), 2)}
+
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    y = torch.eye(4)[[0, 1, 2]]
+    for mask in (torch.ones(3, 4, dtype=torch.bool), torch.tensor([[True] * 4, [False] * 4, [True] * 4])):
+        with pytest.raises(ValueError, match=r"p\(y\|z\) \(OneHot\) does not factorise over the entries of y"):
+            impute_importance(OneHot() * prior, Q(), {"y": y}, mask, k=10)

@@ -59,7 +59,9 @@ def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tens
     try:
         per_entry = decoder.get_log_prob(values, sum_features=False)
     except (ValueError, NotImplementedError) as err:
-        decoder.get_log_prob(values)  # a problem with the values themselves raises here, in its own words
+        if bool(mask.all()):  # a problem with the values themselves raises here, in its own words (with entries
+            # missing, the values hold the placeholder, whose support error named no data of the caller's)
+            decoder.get_log_prob(values)
         raise ValueError(_not_factorised(decoder, who, str(err))) from err
     if per_entry.shape != x.shape:
         shapes = f"its per-entry log-density has shape {tuple(per_entry.shape)}, {var} has {tuple(x.shape)}"
