@@ -387,12 +387,13 @@ def test_a_save_keeps_a_live_threads_temporary_file_and_removes_a_finished_threa
 
     path = tmp_path / "run.pt"
     names: dict[str, Path] = {}
-    release = threading.Event()
+    release, written = threading.Event(), threading.Event()
 
     def name_and_wait(key: str, wait: bool) -> None:
         names[key] = _io.temporary_name(path)
         names[key].write_bytes(b"partial")
         if wait:
+            written.set()
             release.wait(30)
 
     live = threading.Thread(target=name_and_wait, args=("live", True))
@@ -400,6 +401,7 @@ def test_a_save_keeps_a_live_threads_temporary_file_and_removes_a_finished_threa
     live.start()
     finished.start()
     finished.join()
+    assert written.wait(30)  # the live thread has written its file (on a loaded machine it had not yet: KeyError)
     try:
         assert names["live"] != names["finished"] != _io.temporary_name(path) != _io.temporary_name(path)
         _io.save({"x": torch.zeros(1)}, path)
