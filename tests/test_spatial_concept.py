@@ -173,6 +173,8 @@ def test_predict_position_refuses_counts_that_are_not_finite_and_non_negative(fi
     y[1, 3] = value
     with pytest.raises(ValueError, match="finite and non-negative.*row 1, column 3"):
         spco.predict_position(y)
+    with pytest.raises(ValueError, match=r"word counts are rows of counts .*, got shape \(2, 2, "):
+        spco.predict_position(np.zeros((2, 2, len(house["vocabulary"]))))
 
 
 def test_wiring_errors():

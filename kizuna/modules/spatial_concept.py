@@ -221,6 +221,9 @@ class SpatialConcept(ClassModule):
         sampler, gmm = self._fitted()
         y = np.atleast_2d(np.asarray(word_counts, dtype=np.float64))
         theta = sampler.feature_distributions(0)
+        if y.ndim != 2:  # (a 3-D array was said to have the wrong number of columns)
+            raise ValueError(f"SpatialConcept {self.name}: word counts are rows of counts (M x {theta.shape[1]}), got "
+                             f"shape {y.shape}")
         if y.shape[1] != theta.shape[1]:
             raise ValueError(f"SpatialConcept {self.name}: word counts have {y.shape[1]} columns, the words "
                              f"{theta.shape[1]}")
