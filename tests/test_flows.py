@@ -640,7 +640,12 @@ BAD = [
     (lambda: MAF(3, context_features=2)(torch.zeros(2, 3)), "context_features=2 but no context"),
     (lambda: PlanarFlow(2)(torch.zeros(2)), "needs a batch dimension"),
     (lambda: BatchNorm2d(2)(torch.zeros(2, 2)), r"BatchNorm2d: x must be \(B, C, H, W\)"),
-    (lambda: RationalQuadraticCoupling(3, num_bins=1), "num_bins must be at least 2"),
+    (lambda: RationalQuadraticCoupling(3, num_bins=1), "num_bins must be an integer >= 2, got 1"),
+    # above 1 / min_bin bins the widths went negative (a non-monotone spline, NaN log-dets); a bound <= 0 gave NaN at
+    # 0 or the identity everywhere
+    (lambda: RationalQuadraticCoupling(3, num_bins=2000), "num_bins must be at most 1000"),
+    (lambda: RationalQuadraticCoupling(3, tail_bound=0.0), "tail_bound must be a finite number > 0, got 0.0"),
+    (lambda: RationalQuadraticCoupling(3, tail_bound=-2.0), "tail_bound must be a finite number > 0, got -2.0"),
     # NaN passed the range check (x < 0) | (x > 1) before, and gave a NaN z
     (lambda: Preprocess(17)(torch.tensor([[0.5, float("nan")]])),
      r"Preprocess: x must lie in \[0, 1\].*got nan at row 0, column 1; remove or impute it"),

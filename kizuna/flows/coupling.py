@@ -18,15 +18,18 @@ networks are called as ``net(x_m, y)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from kizuna._data import check_context
+from kizuna._data import check_context, check_count
 from kizuna.flows.base import Flow, Tensor, row_sum
-from kizuna.flows.spline import rational_quadratic_spline
+from kizuna.flows.spline import MIN_BIN, rational_quadratic_spline
 from kizuna.nets.mlp import MLP
+
+_MAX_BINS = round(1 / MIN_BIN)  # the spline's smallest bin, a share of the interval
 
 MASK_TYPES = ("channel_wise", "checkerboard")
 
@@ -173,8 +176,12 @@ class RationalQuadraticCoupling(_Coupling):
                  mask_type: str = "channel_wise", inverse_mask: bool = False, net: nn.Module | None = None,
                  hidden_features: int = 64, context_features: int = 0) -> None:
         super().__init__(in_features, mask_type, inverse_mask)
-        if num_bins < 2:
-            raise ValueError(f"RationalQuadraticCoupling: num_bins must be at least 2, got {num_bins}")
+        check_count("RationalQuadraticCoupling: num_bins", num_bins, 2)
+        if num_bins > _MAX_BINS:  # each bin is at least 1/1000 of the interval: more bins gave negative widths, NaN
+            raise ValueError(f"RationalQuadraticCoupling: num_bins must be at most {_MAX_BINS} (each bin keeps at "
+                             f"least a thousandth of the interval), got {num_bins}")
+        if not 0 < float(tail_bound) < math.inf:  # 0 gave NaN at x = 0, a negative bound the identity everywhere
+            raise ValueError(f"RationalQuadraticCoupling: tail_bound must be a finite number > 0, got {tail_bound}")
         self.num_bins, self.tail_bound = num_bins, float(tail_bound)
         n_out = in_features * (3 * num_bins - 1)
         self.net = net if net is not None else _ContextMLP(

@@ -26,6 +26,9 @@ from torch.nn import functional as F
 Tensor = torch.Tensor
 
 
+# the smallest bin (a share of the interval) and slope the splines keep by default
+MIN_BIN = 1e-3
+
 def _knots(unnormalised: Tensor, bound: float, minimum: float) -> tuple[Tensor, Tensor]:
     """Knot positions ``(..., K+1)`` from ``-bound`` to ``bound`` and bin sizes ``(..., K)``."""
     k = unnormalised.shape[-1]
@@ -43,7 +46,7 @@ def rational_quadratic_spline(
     derivatives: Tensor,
     inverse: bool = False,
     bound: float = 3.0,
-    min_bin: float = 1e-3,
+    min_bin: float = MIN_BIN,
     min_derivative: float = 1e-3,
 ) -> tuple[Tensor, Tensor]:
     """Apply the spline (or its inverse) elementwise; returns ``(out, log|d out / d x|)``.
