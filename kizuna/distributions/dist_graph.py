@@ -63,17 +63,13 @@ class GraphOptions:
         factors = dist.factors()
         x_dict = dict(x_dict or {})
         dist._require(x_dict, dist.input_var)
-        values = dict(x_dict)
-        new: dict[str, Any] = {}
-        for f in dist._order:
-            if all(v in values for v in f.var) and not set(f.var) & set(f.input_var):
-                continue  # held fixed
+
+        def draw(f: Any, values: dict[str, Any]) -> dict[str, Any]:
             opts = self.merged(factors.index(f), call)
             inputs = {k: values[k] for k in f.input_var if k in values}
-            f._require(inputs, f.input_var)
-            out = f.sample(inputs, **{k: v for k, v in opts.items() if k != "return_all"}, return_all=False)
-            values.update(out)
-            new.update(out)
+            return f.sample(inputs, **{k: v for k, v in opts.items() if k != "return_all"}, return_all=False)
+
+        new = dist._ancestral(x_dict, draw)  # the product's own loop: order, variables held fixed, inputs required
         return {**x_dict, **new} if return_all else new
 
     # --------------------------------------------------------- log-density

@@ -7,6 +7,7 @@ the two families; Monte Carlo otherwise. ``.method`` says which.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import distributions as D
 
@@ -20,6 +21,17 @@ from kizuna.losses.expectation import Expectation
 def with_row(value: Tensor) -> Tensor:
     """Give a per-row value the batch dimension unbatched (constant) parameters leave out."""
     return value if value.dim() > 0 else value.unsqueeze(0)
+
+
+def monte_carlo_after_all(loss: Any, ctx: EvalContext, err: NotImplementedError, refuse: bool) -> Tensor:
+    """A closed-form term (``loss.p`` against ``loss.q``) whose pair torch's registry matched by a general rule that
+    then cannot compute it: its Monte-Carlo estimate ``loss._mc`` from now on (a property of the pair, not of the
+    values), or, with ``refuse`` (the closed form was demanded), an error naming the pair."""
+    if refuse:
+        raise ValueError(f"{loss}: torch has no closed form for {loss.p.distribution_name} against "
+                         f"{loss.q.distribution_name} after all ({err}); use analytic=None") from None
+    loss.method = "monte_carlo"
+    return ctx.value(loss._mc)
 
 
 def analytic_kl_available(p: Distribution, q: Distribution) -> bool:
@@ -103,11 +115,7 @@ class KullbackLeibler(Loss):
         try:
             return self._analytic(ctx)
         except NotImplementedError as err:  # torch's registry matched a general rule that cannot compute this pair
-            if self._analytic_asked or self.dim is not None:
-                raise ValueError(f"{self}: torch has no closed form for {self.p.distribution_name} against "
-                                 f"{self.q.distribution_name} after all ({err}); use analytic=None") from None
-            self.method = "monte_carlo"  # from now on (a property of the pair, not of the values)
-            return ctx.value(self._mc)
+            return monte_carlo_after_all(self, ctx, err, refuse=self._analytic_asked or self.dim is not None)
 
     def _analytic(self, ctx: EvalContext) -> Tensor:
         fp, pp = self.p.kl_parts(ctx.values)

@@ -21,7 +21,7 @@ from kizuna._text import symbol
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
-from kizuna.losses.divergences import analytic_kl_available, analytic_option, with_row
+from kizuna.losses.divergences import analytic_kl_available, analytic_option, monte_carlo_after_all, with_row
 from kizuna.losses.expectation import Expectation
 
 
@@ -119,11 +119,7 @@ class CrossEntropy(Loss):
             fq, qp = self.q.kl_parts(ctx.values)
             kl = fp.kl_to(pp, fq, qp)
         except NotImplementedError as err:
-            if self._analytic_asked:
-                raise ValueError(f"{self}: torch has no closed form for {self.p.distribution_name} against "
-                                 f"{self.q.distribution_name} after all ({err}); use analytic=None") from None
-            self.method = "monte_carlo"  # from now on (a property of the pair, not of the values)
-            return ctx.value(self._mc)
+            return monte_carlo_after_all(self, ctx, err, refuse=self._analytic_asked)
         return with_row(self.p.get_entropy(ctx.values)) + kl
 
     def _render(self, fmt: dict[str, str]) -> str:

@@ -189,7 +189,7 @@ class Module(Stateful):
         if message.kind not in self.receives:
             raise MessageKindError(f"{self.name} ({type(self).__name__}) receives backward messages of kind "
                                    f"{self.receives}, but {message.sender} sent {message.kind!r}")
-        senders = self.__dict__.setdefault("_backward_senders", {})
+        senders = self._backward_senders
         if parent is not None:
             earlier = senders.get(message.sender)
             if earlier is not None and earlier != id(parent) and any(id(p) == earlier for p in self.parents):
@@ -209,7 +209,7 @@ class Module(Stateful):
             msg = child.backward_messages.pop(old, None)
             if msg is not None:
                 child.backward_messages[name] = replace(msg, sender=name)
-            senders = child.__dict__.get("_backward_senders", {})
+            senders = child._backward_senders
             if old in senders:
                 senders[name] = senders.pop(old)
 
