@@ -3,6 +3,7 @@ reported as data (the variable, row and column), not as a complaint about a dist
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -65,6 +66,12 @@ def check_count(name: str, value: Any, minimum: int) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_positive(name: str, value: Any) -> None:
+    """``value`` is a finite real number > 0 (not a bool); a ValueError naming the argument otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def check_context(layer: str, y: torch.Tensor | None, context_features: int, rows: int,

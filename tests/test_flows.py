@@ -667,6 +667,16 @@ BAD = [
      "AffineCoupling: built with context_features=2 but no context"),
     (lambda: RationalQuadraticCoupling(4, hidden_features=8, context_features=2)(torch.randn(5, 4), torch.randn(5, 3)),
      r"RationalQuadraticCoupling: the context must be \(batch, 2\).*got shape \(5, 3\)"),
+    # widths and constants that were accepted before (a layer of no features, a NaN log-scale at the first batch, a
+    # ZeroDivisionError, a raw TypeError of lerp with momentum=None, running averages overshooting with momentum 1.5)
+    (lambda: ActNorm(0), "ActNorm: in_features must be an integer >= 1, got 0"),
+    (lambda: ChannelConv(0), "ChannelConv: in_features must be an integer >= 1, got 0"),
+    (lambda: PlanarFlow(0), "PlanarFlow: in_features must be an integer >= 1, got 0"),
+    (lambda: ActNorm(2.5), "ActNorm: in_features must be an integer >= 1, got 2.5"),
+    (lambda: ActNorm(2, eps=-1.0), "ActNorm: eps must be a positive finite number, got -1.0"),
+    (lambda: BatchNorm1d(2, eps=float("nan")), "BatchNorm1d: eps must be a positive finite number, got nan"),
+    (lambda: BatchNorm1d(2, momentum=None), r"BatchNorm1d: momentum must be a number in \[0, 1\].*got None"),
+    (lambda: BatchNorm2d(2, momentum=1.5), r"BatchNorm2d: momentum must be a number in \[0, 1\].*got 1.5"),
     # before: "shape '[4, 2, 3]' is invalid for input of size 20"
     (lambda: Flatten((2, 3)).inverse(torch.ones(4, 5)),
      r"Flatten: z has shape \(4, 5\), 5 values per row; the inverse needs \(batch, 6\) to give \(batch, 2, 3\)"),

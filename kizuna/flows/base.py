@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from kizuna._data import check_count
+
 Tensor = torch.Tensor
 
 
@@ -45,7 +47,8 @@ class Flow(nn.Module):
 
     def __init__(self, in_features: int | None = None) -> None:
         super().__init__()
-        self._in_features = in_features
+        check_count(f"{type(self).__name__}: in_features", in_features, 1)  # None: any width (e.g. a FlowList's)
+        self._in_features = None if in_features is None else int(in_features)
         self._logdet_jacobian: Tensor | None = None
 
     @property

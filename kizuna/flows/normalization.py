@@ -9,28 +9,29 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
   learnable :math:`b, \ell`, initialised from the first training batch so that it comes out with
   zero mean and unit variance per channel. A first batch with a NaN or inf is refused (``ValueError``)
   and leaves the layer uninitialised.
-* `BatchNorm1d` / `BatchNorm2d` (RealNVP, Dinh et al. 2016, arXiv:1605.08803, sec. 3.7):
-  :math:`z = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\, e^{\gamma} + \beta`, with the batch's
-  :math:`\mu, \sigma^2` in training mode and their running averages in evaluation mode
-  (:math:`\text{running} \leftarrow (1 - m)\,\text{running} + m\,\text{batch}`, torch's convention:
-  ``momentum`` :math:`m = 0.1` by default; a training batch with a NaN or inf leaves the running
-  averages unchanged). In training mode the log-determinant treats the batch
-  statistics as constants (as the paper and Pixyz do): it is the log-determinant of the per-row map
-  :math:`x_i \mapsto z_i` with :math:`\mu, \sigma^2` fixed at the batch's values, not of the map of
-  the whole batch (which is not invertible: adding a constant to every row of a channel leaves
-  :math:`z` unchanged). ``inverse`` in training mode uses the statistics of the last training-mode
-  ``forward`` (as Pixyz), so ``f.inverse(f(x))`` gives back ``x`` in both modes; before any
-  training-mode ``forward`` it uses the running averages. The stored batch statistics are constants
+* `BatchNorm1d` / `BatchNorm2d` (RealNVP, Dinh et al. 2016, arXiv:1605.08803, sec. 3.7): :math:`z = \frac{x -
+  \mu}{\sqrt{\sigma^2 + \epsilon}}\, e^{\gamma} + \beta`, with the batch's :math:`\mu, \sigma^2` in training
+  mode and their running averages in evaluation mode (:math:`\text{running} \leftarrow (1 - m)\,\text{running}
+  + m\,\text{batch}`, torch's convention: ``momentum`` :math:`m \in [0, 1]`, 0.1 by default; torch's ``None``,
+  a cumulative average, is not offered; a training batch with a NaN or inf leaves the running averages
+  unchanged). In training mode the log-determinant treats the batch statistics as constants (as the paper and
+  Pixyz do): it is the log-determinant of the per-row map :math:`x_i \mapsto z_i` with :math:`\mu, \sigma^2`
+  fixed at the batch's values, not of the map of the whole batch (which is not invertible: adding a constant
+  to every row of a channel leaves :math:`z` unchanged). ``inverse`` in training mode uses the statistics of
+  the last training-mode ``forward`` (as Pixyz), so ``f.inverse(f(x))`` gives back ``x`` in both modes; before
+  any training-mode ``forward`` it uses the running averages. The stored batch statistics are constants
   (detached): the inverse passes no gradient to that earlier batch.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
 from torch import nn
 
+from kizuna._data import check_positive
 from kizuna.flows.base import Flow, Tensor
 
 
@@ -61,6 +62,7 @@ class ActNorm(Flow):
 
     def __init__(self, in_features: int, eps: float = 1e-6) -> None:
         super().__init__(in_features)
+        check_positive("ActNorm: eps", eps)
         self.bias = nn.Parameter(torch.zeros(in_features))
         self.log_scale = nn.Parameter(torch.zeros(in_features))
         self.eps = eps
@@ -104,6 +106,11 @@ class _BatchNorm(Flow):
 
     def __init__(self, in_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__(in_features)
+        check_positive(f"{type(self).__name__}: eps", eps)
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
+            # torch's momentum=None (a cumulative average) is not offered: the running averages are a lerp
+            raise ValueError(f"{type(self).__name__}: momentum must be a number in [0, 1] (the running averages' "
+                             f"weight of each batch), got {momentum!r}")
         self.log_gamma = nn.Parameter(torch.zeros(in_features))
         self.beta = nn.Parameter(torch.zeros(in_features))
         self.momentum, self.eps = momentum, eps
