@@ -638,6 +638,10 @@ def test_sample_count_n_iter_and_parameter_letters_are_checked() -> None:
         with pytest.raises(ValueError, match=rf"^HMM: n_iter must be an integer >= 0, got {n_iter!r}$"):
             HiddenMarkovModel(2, n_iter=n_iter).fit(x)
     assert HiddenMarkovModel(2, n_iter=0).fit(x).history_ == []
+    for tol in ("0.1", float("nan"), None):  # a string failed at the first comparison; NaN never stopped early
+        with pytest.raises(ValueError, match=r"^HMM: tol must be a number \(the least log-likelihood gain"):
+            HiddenMarkovModel(2, tol=tol).fit(x)
+    assert len(HiddenMarkovModel(2, tol=-np.inf, n_iter=4, random_state=0).fit(x).history_) == 4
     letters = r"'stmce' \(s startprob_, t transmat_, m means_, c covars_, e emissionprob_\)"
     with pytest.raises(ValueError, match=rf"^HMM: params must be a string of the letters {letters}, got unknown "
                                          r"letters 'xyz' in 'xyz'$"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -307,6 +308,18 @@ def test_sample_needs_one_length_per_modality_and_fit_tokens_in_each():
     assert len(out) == 2 and theta.shape == (3, 2)
     assert [o.shape for o in out] == [(3, 24), (3, 12)]
     assert out[0].sum(1).tolist() == [5.0] * 3 and out[1].sum(1).tolist() == [7.0] * 3
+    # numpy integers are integers (list(np.int64(5)) failed with a TypeError); 0 or fractional lengths and counts of
+    # documents are named (0 failed inside torch.multinomial)
+    out, _ = model.sample(np.int64(2), np.int64(4), random_state=0)
+    assert [o.sum(1).tolist() for o in out] == [[4.0, 4.0], [4.0, 4.0]]
+    out, _ = model.sample(2, np.array([3, 6]), random_state=0)
+    assert [o.sum(1).tolist() for o in out] == [[3.0, 3.0], [6.0, 6.0]]
+    for bad in (0, [5, 0], 2.5, None):
+        with pytest.raises(ValueError, match=rf"^MLDA mlda.sample: n_tokens must be integers >= 1 \(tokens per "
+                                             rf"document, one per modality\), got {re.escape(repr(bad))}$"):
+            model.sample(3, bad)
+    with pytest.raises(ValueError, match=r"^MLDA mlda.sample: n_samples must be an integer >= 1, got 0$"):
+        model.sample(0, 5)
     probabilities = xs[1] / xs[1].sum(1, keepdim=True)
     with pytest.raises(ValueError, match=r"^MLDA mlda: modality 1 holds no tokens after rounding to counts; "):
         MLDA(2, max_iter=5, random_state=0).fit([xs[0], probabilities])

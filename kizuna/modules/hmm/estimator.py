@@ -13,6 +13,7 @@ and the emissions' (`kizuna.modules.hmm.emissions`), so the log-likelihood never
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -105,11 +106,17 @@ class HiddenMarkovModel(Estimator):
 
     def _check_settings(self) -> None:
         """The settings `fit` reads, checked (scikit-learn validates in ``fit``; a graph node also at construction):
-        those of `_emissions`, ``n_iter`` (an integer >= 0) and the letters of ``init_params`` and ``params``."""
+        those of `_emissions`, ``n_iter`` (an integer >= 0), ``tol`` (a number) and the letters of ``init_params``
+        and ``params``."""
         self._emissions()
         if self.n_iter is None:
             raise ValueError(f"{self._owner}: n_iter must be an integer >= 0, got None")
         check_count(f"{self._owner}: n_iter", self.n_iter, 0)
+        tol = self.tol
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or math.isnan(tol):
+            # (a string failed at the first comparison after an EM iteration; NaN never stopped)
+            raise ValueError(f"{self._owner}: tol must be a number (the least log-likelihood gain an EM iteration "
+                             f"must make to go on), got {tol!r}")
         for what, letters in (("init_params", self.init_params), ("params", self.params)):
             unknown = "".join(dict.fromkeys(c for c in letters if c not in LETTERS)) if isinstance(letters, str) \
                 else None

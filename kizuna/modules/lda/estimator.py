@@ -9,6 +9,7 @@ inference). Arrays in give arrays out; tensors give tensors.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -218,17 +219,25 @@ class MultimodalLDA(Estimator):
         """Draw :math:`\\theta_d \\sim \\mathrm{Dir}(\\alpha)` and ``n_tokens[m]`` tokens per modality:
         (list of N×V_m count matrices, θ N×K), from the stream of ``random_state`` (default: the estimator's)."""
         phis = self._topic_words()
-        g = generator_for(self.random_state if random_state is None else random_state)
-        s = self._sweeps()
-        theta = sample_dirichlet(torch.full((n_samples, s.n_topics), s.alpha, dtype=torch.float64), g)
-        sizes = [n_tokens] * len(phis) if isinstance(n_tokens, int) else list(n_tokens)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"{self._owner}.sample: n_samples must be an integer >= 1, got {n_samples!r}")
+        one = isinstance(n_tokens, numbers.Integral) and not isinstance(n_tokens, bool)
+        sizes = [n_tokens] * len(phis) if one else list(n_tokens) \
+            if isinstance(n_tokens, Sequence | np.ndarray) and not isinstance(n_tokens, str) else [None] * len(phis)
         if len(sizes) != len(phis):  # (zip dropped the modalities past the shorter list silently)
             raise ValueError(f"{self._owner}.sample: n_tokens must be an int or {len(phis)} lengths, one per "
                              f"modality, got {len(sizes)}")
+        # (a numpy integer was refused by list(); 0 tokens failed inside torch.multinomial)
+        if any(k is None or isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in sizes):
+            raise ValueError(f"{self._owner}.sample: n_tokens must be integers >= 1 (tokens per document"
+                             f"{', one per modality' if len(phis) > 1 else ''}), got {n_tokens!r}")
+        g = generator_for(self.random_state if random_state is None else random_state)
+        s = self._sweeps()
+        theta = sample_dirichlet(torch.full((n_samples, s.n_topics), s.alpha, dtype=torch.float64), g)
         out = []
         for phi, size in zip(phis, sizes):
             probs = theta @ phi.double().cpu()
-            draws = torch.multinomial(probs, size, replacement=True, generator=g)
+            draws = torch.multinomial(probs, int(size), replacement=True, generator=g)
             out.append(torch.zeros_like(probs).scatter_add_(1, draws, torch.ones_like(draws, dtype=probs.dtype)))
         return out, theta
 
