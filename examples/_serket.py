@@ -58,13 +58,24 @@ def data_dir(data: str | Path | None = None) -> Path:
     return path
 
 
-def check_data(parser: argparse.ArgumentParser, data: str | Path | None) -> None:
-    """A usage error (``parser.error``) if the SERKET data folder ``data`` (`data_dir`) is absent, before anything
-    runs."""
+DIGITS = ("mnist3000.npz",)  # the files an example reads, relative to the data folder (`check_data`)
+OBJECT_FILES = {"vision": "dsift.txt", "sound": "mfcc.txt", "touch": "tactile.txt", "angles": "angle.txt",
+                "object": "Object_Category.txt", "motion": "Motion_Category.txt"}
+OBJECTS = tuple(f"mMLDA/{f}" for f in OBJECT_FILES.values())
+HMM = ("HMM/data.txt", "HMM/correct.txt")
+
+
+def check_data(parser: argparse.ArgumentParser, data: str | Path | None, needs: Sequence[str] = DIGITS) -> None:
+    """A usage error (``parser.error``) if the SERKET data folder ``data`` (`data_dir`) is absent or lacks a file
+    of ``needs`` (paths inside it), before anything runs."""
     try:
-        data_dir(data)
+        path = data_dir(data)
     except FileNotFoundError as err:
         parser.error(str(err))
+    missing = [f for f in needs if not (path / f).is_file()]
+    if missing:
+        parser.error(f"the SERKET data folder {path} lacks {', '.join(missing)}, which this example reads "
+                     "(docs/data.md, SERKET's example data)")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -89,8 +100,7 @@ def digits(data: str | Path | None, n: int | None = None) -> Digits:
 def objects(data: str | Path | None) -> dict[str, np.ndarray]:
     """The four modalities of SERKET's 50 objects (50 rows each) and the object / motion categories."""
     folder = data_dir(data) / "mMLDA"
-    names = {"vision": "dsift.txt", "sound": "mfcc.txt", "touch": "tactile.txt", "angles": "angle.txt",
-             "object": "Object_Category.txt", "motion": "Motion_Category.txt"}
+    names = OBJECT_FILES
     missing = [f for f in names.values() if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} lacks {missing}: the SERKET data folder must hold mMLDA/")
@@ -297,17 +307,18 @@ def speech_alone(seed: int, smoke: bool, data: str | Path | None) -> dict[str, f
 
 
 # -------------------------------------------------------------------------------------- seeds, table
-def cli(run: Callable[..., dict[str, float]], doc: str | None, options: argparse.ArgumentParser | None = None) -> None:
+def cli(run: Callable[..., dict[str, float]], doc: str | None, options: argparse.ArgumentParser | None = None,
+        needs: Sequence[str] = DIGITS) -> None:
     """The command line of an example: ``--smoke``, ``--seed``, ``--data`` and the example's own ``options`` (a
     parser made with ``add_help=False``, whose arguments reach ``run`` by name and show in ``--help``); prints every
-    metric."""
+    metric. ``needs``: the data files it reads (`check_data`)."""
     parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0],
                                      parents=[options] if options is not None else [])
     parser.add_argument("--smoke", action="store_true", help="a small subset, a few seconds (CI)")
     parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--data", default=None, help=f"SERKET's example data (default {DEFAULT_DATA})")
     args = vars(parser.parse_args())
-    check_data(parser, args["data"])
+    check_data(parser, args["data"], needs)
     torch.set_num_threads(1)
     start = time.time()
     metrics = run(**args)

@@ -86,4 +86,4 @@ def run(smoke: bool = False, seed: int = 0, data: str | Path | None = None) -> d
 
 
 if __name__ == "__main__":
-    S.cli(run, __doc__)
+    S.cli(run, __doc__, needs=S.OBJECTS)

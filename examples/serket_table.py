@@ -94,7 +94,8 @@ def main() -> None:
         return
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    S.check_data(parser, args.data)
+    needs = {"serket_hmm": S.HMM, "serket_mlda_vae": S.OBJECTS, "serket_mmlda": S.OBJECTS}
+    S.check_data(parser, args.data, list(dict.fromkeys(f for name in args.only for f in needs.get(name, S.DIGITS))))
     torch.set_num_threads(1)
     start = time.time()
     table(args.only, args.seed_list if args.seed_list else args.seeds, args.smoke, args.data, args.json)

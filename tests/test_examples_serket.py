@@ -114,6 +114,26 @@ def test_missing_data_is_a_clear_error(tmp_path):
         S.digits(tmp_path)
 
 
+@pytest.mark.parametrize("example, lacks", [
+    ("serket_vae_gmm", "mnist3000.npz"),
+    ("serket_hmm", "HMM/data.txt, HMM/correct.txt"),
+    ("serket_mmlda", "mMLDA/dsift.txt, mMLDA/mfcc.txt"),
+])
+def test_a_data_folder_without_the_examples_files_is_a_usage_error(tmp_path, example, lacks):
+    """A --data folder that exists but lacks the files an example reads ended in a FileNotFoundError traceback after
+    the example had started; it is a usage error (exit 2) naming the files, before anything runs."""
+    import subprocess
+    import sys
+
+    from example_loader import EXAMPLES
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / f"{example}.py"), "--smoke", "--data", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"the SERKET data folder {tmp_path} lacks {lacks}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_seed_table_is_mean_and_sample_sd():
     S = load_example("serket_vae_gmm").S
     runs = [{"a_accuracy": x, "a_ari": 0.0, "a_nmi": 1.0} for x in (0.5, 0.7)]
