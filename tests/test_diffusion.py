@@ -291,6 +291,36 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(NotImplementedError, match="diffusion_bound"):
         DDPM(DiffusionReverse(LinearEps(), s), [3]).get_log_prob({"x_0": torch.zeros(1, 3, dtype=F64)})
 
+    # (before: -2 failed in the prior with "numel: integer multiplication overflow", 2.5 bins were 2 levels, data of
+    # 5 features against a model of 2 a raw "The size of tensor a (5) must match the size of tensor b (2)")
+    with pytest.raises(ValueError, match=r"^DDPM: features_shape\[0\] must be an integer >= 1, got -2$"):
+        DDPM(DiffusionReverse(LinearEps(), s), [-2])
+    with pytest.raises(ValueError, match=r"^DiffusionDecoder: bins must be an integer >= 2, got 2.5$"):
+        DiffusionDecoder(DiffusionReverse(LinearEps(), s), bins=2.5)
+    with pytest.raises(ValueError, match=r"KL\[q\(x_T\|x_0\)\|\|p\(x_T\)\]: the parameters do not broadcast: "
+                                         r"\(3, 5\) and \(1, 2\)"):
+        diffusion_bound(DDPM(DiffusionReverse(lambda x, t: torch.zeros_like(x), s), [2])).eval(
+            {"x_0": torch.ones(3, 5)})
+
+
+def test_integer_data_are_values_not_a_rounded_schedule() -> None:
+    """Integer x_0 (0/1 data, counts) took the schedule's constants in its own dtype: every alpha-bar rounded to 0
+    or 1, so q(x_t|x_0) had loc 0 and scale 1 and the bound was ~2e4 nats a row instead of ~3; now integer data
+    are values of the default float type, with the floating data's numbers (here against the closed form)."""
+    s = schedule()
+    ab = 1 - float(s.betas[0])  # alpha-bar at t = 1 is 1 - beta_1
+    params = DiffusionForward(s).get_params({"x_0": torch.ones(2, 2, dtype=torch.long), "t": torch.tensor([1, 1])})
+    assert params["loc"].dtype == torch.get_default_dtype()
+    torch.testing.assert_close(params["loc"], torch.full((2, 2), math.sqrt(ab)))
+    torch.testing.assert_close(params["scale"], torch.full((2, 2), math.sqrt(1 - ab)))
+    p = DDPM(DiffusionReverse(lambda x, t: torch.zeros_like(x), s), [2])
+    x = torch.tensor([[0, 1], [1, 1], [1, 0]])
+    for loss in (diffusion_bound(p, exact_steps=True), simple_diffusion_loss(p.reverse)):
+        torch.manual_seed(0)
+        got = loss.eval({"x_0": x})
+        torch.manual_seed(0)
+        torch.testing.assert_close(got, loss.eval({"x_0": x.float()}))
+
 
 # ------------------------------------------------------------------ training on 2-D data
 MODES, RADIUS, SD = 4, 2.0, 0.3

@@ -76,8 +76,10 @@ def test_errors_name_the_problem() -> None:
         p.sample(batch_n=2)
     with pytest.raises(ValueError, match="unconditioned"):
         SGLD(EnergyDistribution(Quadratic([0.0]), var=["x"], cond_var=["y"]), [1])
-    with pytest.raises(ValueError, match="alpha must be >= 0"):
-        ContrastiveDivergence(EnergyDistribution(Quadratic([0.0])), Fixed(torch.zeros(1, 1)), alpha=-1.0)
+    for alpha in (-1.0, float("nan"), float("inf")):  # (NaN was accepted: a NaN loss at every step)
+        with pytest.raises(ValueError, match=rf"^ContrastiveDivergence: alpha must be a finite number >= 0, got "
+                                             rf"{alpha!r}$"):
+            ContrastiveDivergence(EnergyDistribution(Quadratic([0.0])), Fixed(torch.zeros(1, 1)), alpha=alpha)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -89,7 +91,11 @@ def test_errors_name_the_problem() -> None:
     ({"buffer_size": 2.5}, r"SGLD: buffer_size must be an integer >= 1, got 2.5"),
     ({"n_steps": -1}, r"SGLD: n_steps must be an integer >= 0, got -1"),
     ({"reinit": 1.5}, r"SGLD: need 0 <= reinit <= 1 and low < high, got reinit=1.5"),
-], ids=["step-1", "step0", "noise-1", "noise-nan", "features0", "buffer2.5", "steps-1", "reinit1.5"])
+    # a NaN or infinite bound made the whole buffer NaN
+    ({"low": float("nan")}, r"SGLD: need 0 <= reinit <= 1 and low < high, got reinit=0.05, low=nan"),
+    ({"low": -float("inf")}, r"SGLD: need 0 <= reinit <= 1 and low < high, got reinit=0.05, low=-inf"),
+], ids=["step-1", "step0", "noise-1", "noise-nan", "features0", "buffer2.5", "steps-1", "reinit1.5", "low-nan",
+        "low-inf"])
 def test_sgld_arguments_are_checked(kwargs, message) -> None:
     """Before: a negative step or noise scale and an empty draw shape were accepted."""
     p = EnergyDistribution(Quadratic([0.0, 0.0]), var=["x"])
@@ -100,6 +106,14 @@ def test_sgld_arguments_are_checked(kwargs, message) -> None:
     assert sampler.sample(0).shape == (0, 2)
     with pytest.raises(ValueError, match=r"SGLD.sample: batch_n must be an integer >= 0, got -1"):
         sampler.sample(-1)
+    # a call's n_steps: -1 ran no step and still wrote the start back into the buffer, 2.5 failed in range()
+    before = sampler.buffer.clone()
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match=rf"^SGLD.sample: n_steps must be an integer >= 0, got {bad}$"):
+            sampler.sample(3, n_steps=bad)
+        with pytest.raises(ValueError, match=rf"^SGLD: n_steps must be an integer >= 0, got {bad}$"):
+            sampler.run(torch.zeros(3, 2), n_steps=bad)
+    assert torch.equal(sampler.buffer, before)
 
 
 # ------------------------------------------------------------------ contrastive divergence

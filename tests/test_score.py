@@ -201,7 +201,7 @@ def test_errors_name_the_problem() -> None:
         denoising_score_matching(Affine(), noise)
     with pytest.raises(ValueError, match="strictly decreasing"):
         annealed_langevin_dynamics(lambda x, i: x, torch.zeros(1, 2), [0.1, 1.0])
-    with pytest.raises(ValueError, match="step_size > 0"):
+    with pytest.raises(ValueError, match="step_size must be positive and finite"):
         langevin_dynamics(lambda x: x, torch.zeros(1, 2), 0.0, 10)
     with pytest.raises(ValueError, match=r"the score has shape \(1, 1\)"):
         langevin_dynamics(lambda x: x[:, :1], torch.zeros(1, 2), 0.1, 1)
@@ -295,3 +295,29 @@ def test_langevin_step_counts_are_checked() -> None:
     with pytest.raises(ValueError, match="n_steps must be an integer >= 0"):
         annealed_langevin_dynamics(lambda z, i: -z, x, [1.0, 0.5], n_steps_each=1.5)
     assert langevin_dynamics(lambda z: -z, x, 0.1, np.int64(2)).shape == x.shape
+
+
+def test_langevin_steps_and_levels_are_finite_and_projections_counted() -> None:
+    """An infinite step or noise level returned all-NaN draws without an error, a non-positive ``eps`` was reported
+    as a ``step_size``; ``n_projections`` of 0 or -2 was taken as 1 and 2.5 failed inside torch.Size."""
+    x = torch.zeros(3, 2)
+    for bad in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(ValueError, match=rf"^langevin_dynamics: step_size must be positive and finite, got {bad}$"):
+            langevin_dynamics(lambda z: -z, x, bad, 2)
+    with pytest.raises(ValueError, match=r"^annealed_langevin_dynamics: sigmas must be positive, finite and strictly "
+                                         r"decreasing, got \[inf, 1.0\]$"):
+        annealed_langevin_dynamics(lambda z, i: -z, x, [float("inf"), 1.0], n_steps_each=1)
+    for eps in (0.0, -1e-5, float("inf")):
+        with pytest.raises(ValueError, match=rf"^annealed_langevin_dynamics: eps \(the step at the smallest level\) "
+                                             rf"must be positive and finite, got {eps}$"):
+            annealed_langevin_dynamics(lambda z, i: -z, x, [1.0, 0.5], eps=eps, n_steps_each=1)
+    from kizuna.distributions import Normal
+    from kizuna.losses import sliced_score_matching
+
+    p_v = Normal(var=["v"], loc=0.0, scale=1.0, features_shape=[2], name="p_v")
+    p = Normal(var=["x"], loc=0.0, scale=1.0, features_shape=[2])
+    for n in (0, -2, 2.5, None):
+        with pytest.raises(ValueError, match=rf"^sliced_score_matching: n_projections must be an integer >= 1, got "
+                                             rf"{n}$"):
+            sliced_score_matching(p, p_v, n_projections=n)
+    assert sliced_score_matching(p, p_v, n_projections=np.int64(3)).eval({"x": torch.zeros(4, 2)}).shape == (4,)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kizuna._data import check_count
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.families import Normal
 from kizuna.distributions.torch_dist import validation_enabled
@@ -125,14 +126,16 @@ class DiffusionSchedule(nn.Module):
     def alpha_bar_at(self, t: Tensor, like: Tensor) -> Tensor:
         """:math:`\\bar\\alpha_t` alone, broadcast to ``like`` (what the forward process needs)."""
         column = self.constants()[:, 2]
-        if column.dtype != like.dtype:
-            column = column.to(like.dtype)
+        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+        if column.dtype != dtype:  # integer data (0/1, counts) are values of the default float type, not ᾱ_t rounded
+            column = column.to(dtype)
         out = column.index_select(0, t) if t.dim() == 1 else column[t]  # index_select: a third of [t]'s cost
         return out.view(*out.shape, *([1] * (like.dim() - out.dim())))
 
     def coefficients(self, t: Tensor, like: Tensor) -> dict[str, Tensor]:
         """:math:`\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1}` at steps ``t``, broadcast to ``like``."""
-        rows = self.constants().to(like.dtype)[t]  # (batch, 4): one gather for the four
+        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()  # as `alpha_bar_at`
+        rows = self.constants().to(dtype)[t]  # (batch, 4): one gather for the four
         shape = (*rows.shape[:-1], *([1] * (like.dim() - rows.dim() + 1)))
         beta, alpha, ab, ab_prev = (rows[..., i].reshape(shape) for i in range(4))
         return {"beta": beta, "alpha": alpha, "alpha_bar": ab, "alpha_bar_prev": ab_prev}
@@ -401,8 +404,9 @@ class DiffusionDecoder(Distribution):
     def __init__(self, reverse: DiffusionReverse, bins: int = 256, var: str = "x_0", cond_var: str = "x_1",
                  name: str = "p") -> None:
         super().__init__([var], [cond_var, *reverse.context_var], name)
-        if bins < 2:
-            raise ValueError(f"DiffusionDecoder: bins must be at least 2, got {bins}")
+        if bins is None:
+            raise ValueError("DiffusionDecoder: bins must be an integer >= 2, got None")
+        check_count("DiffusionDecoder: bins", bins, 2)  # (2.5 was taken as 2 levels)
         self.reverse, self.bins = reverse, int(bins)
 
     def _params(self, x_dict: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
@@ -465,6 +469,10 @@ class DDPM(Distribution):
                  noiseless_last: bool = True, prior_var: str = "x_T", name: str = "p") -> None:
         if reverse.step is not None:
             raise ValueError(f"DDPM: {reverse.prob_text} has a fixed step; give the reverse process over all steps")
+        for i, size in enumerate(features_shape):  # (-2 failed in the prior with "integer multiplication overflow")
+            if size is None:
+                raise ValueError(f"DDPM: features_shape[{i}] must be an integer >= 1, got None")
+            check_count(f"DDPM: features_shape[{i}]", size, 1)
         decoder = decoder if decoder is not None else DiffusionReverse(
             reverse.eps_net, reverse.schedule, variance=reverse.variance, step=1, name=reverse.name,
             context_var=reverse.context_var)

@@ -162,6 +162,12 @@ def _shape_text(value: Any) -> str:
     return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
 
+def _kl_shapes_error(p: Distribution, q: Distribution, mine: D.Distribution, theirs: D.Distribution) -> ValueError:
+    """The error for a closed-form KL whose two sides' parameters do not broadcast, naming both shapes."""
+    shapes = [tuple(d.batch_shape + d.event_shape) for d in (mine, theirs)]
+    return ValueError(f"KL[{p.prob_text}||{q.prob_text}]: the parameters do not broadcast: {shapes[0]} and {shapes[1]}")
+
+
 class TorchDistribution(Distribution):
     """A distribution of one torch family over a single variable (see module docstring).
 
@@ -664,7 +670,13 @@ class TorchDistribution(Distribution):
             self._build(params, not per_feature)
             other._build(other_params, not per_feature)
         if self._hooks["_kl_kernel"]:
-            kl = self._kl_kernel(other, params, other_params)
+            try:
+                kl = self._kl_kernel(other, params, other_params)
+            except RuntimeError as err:  # e.g. data of 5 features against a prior of 2: named as torch's path does
+                if "must match the size" not in str(err):
+                    raise
+                raise _kl_shapes_error(self, other, self._build(params, False), other._build(other_params, False)) \
+                    from err
             if kl is not None:
                 return kl if per_feature else sum_rows(kl)
         # per feature (each side's own event dimensions only), then summed over the features: a constant side
@@ -680,9 +692,7 @@ class TorchDistribution(Distribution):
         except NotImplementedError:  # no closed form for this pair after all (KullbackLeibler falls back)
             raise
         except RuntimeError as err:  # shapes that do not broadcast
-            raise ValueError(f"KL[{self.prob_text}||{other.prob_text}]: the parameters do not broadcast: "
-                             f"{tuple(mine.batch_shape + mine.event_shape)} and "
-                             f"{tuple(theirs.batch_shape + theirs.event_shape)}") from err
+            raise _kl_shapes_error(self, other, mine, theirs) from err
         kl = kl if kl.dim() > 0 else kl.unsqueeze(0)
         return kl if per_feature else sum_rows(kl)
 

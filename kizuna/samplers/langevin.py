@@ -11,6 +11,7 @@ stationary law is not exactly :math:`p` (for :math:`\mathcal{N}(\mu, s^2)` the v
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,8 +57,8 @@ def langevin_dynamics(score: Callable[[Tensor], Tensor], x: Tensor, step_size: f
     if n_steps is None:
         raise ValueError("langevin_dynamics: n_steps must be an integer >= 0, got None")
     check_count("langevin_dynamics: n_steps", n_steps, 0)  # 2.5 raised a bare TypeError from range()
-    if not step_size > 0:
-        raise ValueError(f"langevin_dynamics needs step_size > 0 and n_steps >= 0, got {step_size}, {n_steps}")
+    if not (step_size > 0 and math.isfinite(step_size)):  # (inf: every draw NaN)
+        raise ValueError(f"langevin_dynamics: step_size must be positive and finite, got {step_size}")
     n_steps = int(n_steps)
     x = x.detach().clone()
     with torch.no_grad():
@@ -84,8 +85,13 @@ def annealed_langevin_dynamics(score: Callable[[Tensor, int], Tensor], x: Tensor
     """
     # a list of Python floats as it is (torch.as_tensor would round it to float32: 0.1 as 0.10000000149)
     levels = [float(s) for s in (sigmas.flatten() if isinstance(sigmas, Tensor) else sigmas)]
-    if not levels or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
-        raise ValueError(f"annealed_langevin_dynamics: sigmas must be positive and strictly decreasing, got {levels}")
+    if not levels or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] <= 0 \
+            or not all(map(math.isfinite, levels)):  # (an infinite level made every draw NaN)
+        raise ValueError(f"annealed_langevin_dynamics: sigmas must be positive, finite and strictly decreasing, got "
+                         f"{levels}")
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < math.inf:
+        raise ValueError(f"annealed_langevin_dynamics: eps (the step at the smallest level) must be positive and "
+                         f"finite, got {eps!r}")
     for i, sigma in enumerate(levels):
         alpha = eps * sigma**2 / levels[-1] ** 2
         x = langevin_dynamics(_at_level(score, i), x, alpha, n_steps_each, generator)

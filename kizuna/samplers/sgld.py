@@ -51,7 +51,8 @@ class SGLD(nn.Module):
             raise ValueError(f"SGLD: step_size must be positive and finite, got {step_size!r}")
         if not math.isfinite(noise_scale) or noise_scale < 0:  # 0: noiseless gradient steps
             raise ValueError(f"SGLD: noise_scale must be >= 0 and finite, got {noise_scale!r}")
-        if not 0.0 <= reinit <= 1.0 or high <= low:
+        if not (0.0 <= reinit <= 1.0 and math.isfinite(low) and math.isfinite(high) and low < high):
+            # (a NaN or infinite bound made the whole buffer NaN)
             raise ValueError(f"SGLD: need 0 <= reinit <= 1 and low < high, got reinit={reinit!r}, low={low!r}, "
                              f"high={high!r}")
         buffer_size, n_steps = int(buffer_size), int(n_steps)
@@ -79,10 +80,11 @@ class SGLD(nn.Module):
 
     def run(self, x: Tensor, n_steps: int | None = None) -> Tensor:
         """The chain from ``x`` (no gradients reach the parameters)."""
+        check_count("SGLD: n_steps", n_steps, 0)  # (-1 ran no step silently, 2.5 failed in range())
         score = score_of(self.p)
         x = x.detach()
         with torch.no_grad():
-            for _ in range(self.n_steps if n_steps is None else n_steps):
+            for _ in range(self.n_steps if n_steps is None else int(n_steps)):
                 x = x + 0.5 * self.step_size * score(x) + self.noise_scale * torch.randn_like(x)
                 if self.clamp:
                     x = x.clamp(self.low, self.high)
@@ -94,6 +96,7 @@ class SGLD(nn.Module):
         The buffer follows the model: converted to its dtype and device first if the model was moved after the
         sampler was built."""
         check_count("SGLD.sample: batch_n", batch_n, 0)
+        check_count("SGLD.sample: n_steps", n_steps, 0)  # before the buffer is touched
         self._follow_model()
         idx = torch.randint(0, self.buffer.shape[0], (batch_n,), device=self.buffer.device)
         start = self.buffer[idx]
