@@ -9,6 +9,7 @@ case (enumeration) and its ancestral sampler matches its own probabilities (chi-
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -149,3 +150,25 @@ def test_arguments_are_checked_at_construction(make, message) -> None:
     """Before: n_codes=0 raised ZeroDivisionError, code_dim=0 and an empty code grid were accepted."""
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_commitment_weight_and_codes_scored_are_checked() -> None:
+    """``VQCommitment(q, -1)`` / ``nan`` were accepted (a loss pushing the encoder away from its codes, a NaN loss);
+    ``log_prob`` of one-hots over 9 codes when the codebook has 5 was -inf for every row, other shapes a raw broadcast
+    error, and a position of zeros was read as code 0 (the argmax)."""
+    q = VectorQuantizer(nn.Conv2d(1, 2, 1), n_codes=5, code_dim=2)
+    for beta in (-1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match=rf"^VQCommitment: beta \(the commitment weight\) must be a finite number "
+                                             rf">= 0, got {beta!r}$"):
+            VQCommitment(q, beta)
+    x = torch.randn(4, 1, 3, 3)
+    draw = q.sample({"x": x})
+    assert torch.equal(q.get_log_prob(draw), torch.zeros(4))
+    other = draw["k"].roll(1, -1)  # every position another code: -inf for every row, no error
+    assert torch.equal(q.get_log_prob({**draw, "k": other}), torch.full((4,), -torch.inf))
+    for k in (torch.nn.functional.one_hot(torch.zeros(4, 3, 3, dtype=torch.long), 9).float(), torch.zeros(4, 7)):
+        with pytest.raises(ValueError, match=rf"^q\(k,z\|x\): k must be one-hot codes of shape \(4, 3, 3, 5\) \(batch, "
+                                             rf"\*grid, n_codes\) for this x, got {re.escape(str(tuple(k.shape)))}$"):
+            q.get_log_prob({**draw, "k": k})
+    with pytest.raises(ValueError, match=r"k must be one-hot over its last dimension"):
+        q.get_log_prob({**draw, "k": torch.zeros(4, 3, 3, 5)})

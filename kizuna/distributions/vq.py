@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from kizuna._data import check_count
 from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.memo import memoized
 from kizuna.nets.pixelcnn import PixelCNN
 
@@ -74,7 +75,18 @@ class VectorQuantizer(Distribution):
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         z_e, k, _ = self.encode(x_dict[self._cond_var[0]])
-        same = (k == x_dict[self._var[0]].argmax(-1)).flatten(1).all(1)
+        given = x_dict[self._var[0]]
+        want = (*k.shape, self.codebook.num_embeddings)
+        # (one-hots over another number of codes gave -inf everywhere, other shapes a raw broadcast error, and a row
+        # of zeros was read as code 0)
+        if not isinstance(given, Tensor) or tuple(given.shape) != want:
+            shape = tuple(given.shape) if isinstance(given, Tensor) else type(given).__name__
+            raise ValueError(f"{self.prob_text}: {self._var[0]} must be one-hot codes of shape {want} (batch, *grid, "
+                             f"n_codes) for this {self._cond_var[0]}, got {shape}")
+        if validation_enabled() and not bool(((given == 0) | (given == 1)).all() & (given.sum(-1) == 1).all()):
+            raise ValueError(f"{self.prob_text}: {self._var[0]} must be one-hot over its last dimension (one 1 per "
+                             "position, zeros elsewhere)")
+        same = (k == given.argmax(-1)).flatten(1).all(1)
         return torch.zeros(same.shape, dtype=z_e.dtype, device=k.device).masked_fill(~same, -torch.inf)  # the encoder's
 
 
