@@ -74,6 +74,16 @@ def build():
     return Model(loss, distributions=[p, q], optimizer_params={"lr": 1e-2})
 
 
+def batch_norm_model():
+    """q(z|x) with batch normalisation in its network, the fixed-noise VAE's loss."""
+    torch.manual_seed(7)
+    q, p = Encoder().double(), Decoder().double()
+    q.net = nn.Sequential(nn.Linear(D, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2 * Z)).double()
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[Z], name="p_prior")
+    loss = (KullbackLeibler(q, prior) - Expectation(Reparam(q), LogProb(p))).mean()
+    return Model(loss, distributions=[p, q], optimizer_params={"lr": 1e-2})
+
+
 def data(n=N):
     g = torch.Generator().manual_seed(0)
     protos = (torch.rand(3, D, generator=g) > 0.5).double()
@@ -144,6 +154,14 @@ def worker(out):
         build().fit({k: v[: 50 + rank] for k, v in data().items()}, epochs=1)
     except ValueError as err:
         res["mismatch_error"] = str(err)
+
+    bn = batch_norm_model()  # batch-norm statistics: each rank's own shard's until the end of each pass
+    bn.fit(data(40), epochs=2, batch_size=5, seed=0)
+    res["bn_buffers"] = [b.clone() for b in bn.distributions.buffers()]
+    try:  # 22 rows in global batches of 10: the last one gives each rank 1 row
+        batch_norm_model().fit(data(22), epochs=1, batch_size=5, seed=0)
+    except ValueError as err:
+        res["bn_error"] = str(err)
 
     from kizuna.modules import GMM, VAE, Graph, Observation  # the VAE module: each update runs Model.fit on its data
 
@@ -254,6 +272,24 @@ def test_a_nan_on_one_rank_stops_every_rank(ranks):
     assert "is non-finite at epoch 1, step 1 on rank 0; the loss" in ranks[0]["nan_error"]
     assert "another rank's loss or gradient was not" in ranks[0]["nan_error"]
     assert ranks[0]["nan_unchanged"] and ranks[1]["nan_unchanged"]
+
+
+def test_batch_norm_statistics_are_the_same_on_every_rank_and_one_row_shards_are_named(ranks):
+    """DDP broadcasts rank 0's buffers at the start of each forward, so after the last step of a pass every rank
+    held its own shard's update of the running statistics: validation, the early-stopping snapshot and the model fit
+    returned differed between ranks (parameters were equal). And a last global batch that gives a rank one row
+    failed inside torch's batch norm on that rank ("Expected more than 1 value per channel")."""
+    a, b = ranks
+    assert len(a["bn_buffers"]) == 3  # running mean, variance, batches tracked
+    assert all(torch.equal(x, y) for x, y in zip(a["bn_buffers"], b["bn_buffers"]))
+    assert not torch.equal(a["bn_buffers"][0], torch.zeros(16, dtype=torch.float64))  # they were updated
+    for r in ranks:
+        assert r["bn_error"] == (
+            "fit(distributed): the model normalises batches in training (BatchNorm1d net.1 of q(z|x)), which needs "
+            "at least 2 rows per rank in each step, but 22 rows in global batches of 5 x 2 ranks leave a rank 1 "
+            "row(s) in the last step (2 rows over 2 ranks); choose batch_size or the number of rows so that the last "
+            "global batch gives every rank at least 2 (or pass a DataLoader with drop_last=True and a "
+            "DistributedSampler)")
 
 
 def test_different_data_on_the_ranks_is_a_clear_error(ranks):

@@ -22,6 +22,7 @@ stops together.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -126,7 +127,7 @@ def resolve(distributed: bool | None) -> bool:
     return False
 
 
-def _rows(tensors: dict[str, Any]) -> int:
+def rows_of(tensors: dict[str, Any]) -> int:
     return next(v.shape[0] for v in tensors.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
 
 
@@ -170,6 +171,46 @@ def broadcast_(tensors: Sequence[torch.Tensor]) -> None:
             n = tensors[i].numel()
             tensors[i].copy_(flat[offset:offset + n].view_as(tensors[i]))
             offset += n
+
+
+def broadcast_buffers(model: Any) -> None:
+    """Every rank takes rank 0's buffers (batch-norm statistics, ...) of the model's distributions and of the models
+    its step trains. DDP broadcasts them at the start of each forward, so after the last step of a pass each rank
+    holds rank 0's plus its own shard's last update: `fit` calls this after each training pass, so that validation,
+    the early-stopping snapshot, checkpoints and the model `fit` returns are the same on every rank."""
+    seen: set[int] = set()
+    buffers = []
+    for m in (model, *model.submodels()):
+        for b in m.distributions.buffers():
+            if id(b) not in seen:
+                seen.add(id(b))
+                buffers.append(b)
+    if buffers:
+        broadcast_(buffers)
+
+
+def check_batch_norm_rows(model: Any, rows: int, batch_size: int) -> None:
+    """A clear error, the same on every rank and before any step, when the model normalises batches in training
+    (torch's or kizuna's flow batch norm) and a rank would get fewer than 2 rows of a training step (a batch of one
+    row has no variance: torch raises on one rank, the others then fail in the next collective)."""
+    from kizuna.flows.normalization import _BatchNorm as FlowBatchNorm
+
+    world = world_size()
+    norms = [f"{type(mod).__name__} {name} of {d.prob_text}" for m in (model, *model.submodels())
+             for d in m.distributions for name, mod in d.named_modules()
+             if isinstance(mod, nn.modules.batchnorm._BatchNorm | FlowBatchNorm) and mod.training]
+    if not norms:
+        return
+    step = batch_size * world
+    last = rows - (math.ceil(rows / step) - 1) * step  # rows of the last global batch (<= step)
+    fewest = last // world  # its rank with the fewest rows (every earlier global batch gives each batch_size)
+    if fewest < 2:
+        raise ValueError(
+            f"fit(distributed): the model normalises batches in training ({norms[0]}), which needs at least 2 rows "
+            f"per rank in each step, but {rows} rows in global batches of {batch_size} x {world} ranks leave a rank "
+            f"{fewest} row(s) in the last step ({last} rows over {world} ranks); choose batch_size or the number "
+            "of rows so that the last global batch gives every rank at least 2 (or pass a DataLoader with "
+            "drop_last=True and a DistributedSampler)")
 
 
 def common_seed() -> int:
@@ -236,7 +277,7 @@ def check_same(model: Any, data: Sequence[Any]) -> None:
     checks = {"the number of parameter elements": float(sum(p.numel() for p in trained))}
     for batches in data:
         if batches is not None:
-            rows = -1 if batches.tensors is None else _rows(batches.tensors)
+            rows = -1 if batches.tensors is None else rows_of(batches.tensors)
             checks[f"the number of rows of {batches.what} (-1: a loader)"] = float(rows)
             checks[f"batch_size for {batches.what}"] = float(batches.batch_size)
     _check_same(checks, model.device)

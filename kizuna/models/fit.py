@@ -101,6 +101,8 @@ def fit(
     parallel = ddp.resolve(distributed)
     if parallel:
         ddp.check_same(model, [train_data, valid_data])
+        if train_data.tensors is not None:
+            ddp.check_batch_norm_rows(model, ddp.rows_of(train_data.tensors), train_data.batch_size)
     _start_streams(model, seed, parallel)
     if epochs > 0:  # the stop of an earlier call does not describe this one (it stayed, stale)
         model.history.stopped_epoch = None
@@ -118,6 +120,8 @@ def fit(
                 batches = train_data.iterate(model._shuffle if shuffle else None, model.dtype, model.device, shard)
                 kept = "" if checkpoint is None else f"the checkpoint {checkpoint} (epoch {model.epoch}) is untouched"
                 train_loss, terms = _pass(model, batches, epoch, True, parallel, kept, train_data.tensors is not None)
+                if parallel:  # each rank's buffers (batch-norm statistics) are rank 0's again, as DDP's next step
+                    ddp.broadcast_buffers(model)
                 valid_loss, valid_terms = math.nan, {}
                 if valid_data is not None:
                     batches = valid_data.iterate(None, model.dtype, model.device, shard)
