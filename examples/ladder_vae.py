@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import non_negative_int, positive_int, seed_arg  # noqa: E402
+from _args import fraction, non_negative_float, non_negative_int, positive_float, positive_int, positive_ints, seed_arg  # noqa: E402
 from _common import bernoulli_baseline, binary_images, report  # noqa: E402
 
 from kizuna.formula.expr import Loss  # noqa: E402
@@ -152,23 +152,20 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, **overri
     return out
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",")]
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="digits, a short run (CI)")
     parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--dataset", choices=["digits", "mnist", "fashion"], default=None)
-    parser.add_argument("--z-dims", type=_ints, help="latent sizes bottom up, e.g. 32,16")
-    parser.add_argument("--hidden", type=_ints, help="bottom-up widths, e.g. 400,200")
-    parser.add_argument("--depth", type=int, help="hidden layers per bottom-up block and prior network")
-    parser.add_argument("--dropout", type=float, help="dropout after every hidden layer")
+    parser.add_argument("--z-dims", type=positive_ints, help="latent sizes bottom up, e.g. 32,16")
+    parser.add_argument("--hidden", type=positive_ints, help="bottom-up widths, e.g. 400,200")
+    parser.add_argument("--depth", type=positive_int, help="hidden layers per bottom-up block and prior network")
+    parser.add_argument("--dropout", type=fraction, help="dropout after every hidden layer")
     parser.add_argument("--epochs", type=non_negative_int)
     parser.add_argument("--warmup", type=non_negative_int,
                         help="epochs of linear KL warm-up (0: none; ELBO training only)")
-    parser.add_argument("--free-nats", type=float, help="floor on each layer's KL per image (ELBO training only)")
+    parser.add_argument("--free-nats", type=non_negative_float,
+                        help="floor on each layer's KL per image (ELBO training only)")
     parser.add_argument("--k-train", type=positive_int, help="train on the IWAE bound with this many samples (1: ELBO)")
     stopping = parser.add_mutually_exclusive_group()
     stopping.add_argument("--early-stopping", dest="early_stopping", action="store_const", const=True,
@@ -179,8 +176,8 @@ if __name__ == "__main__":
     parser.add_argument("--k-val", type=positive_int, help="early stopping on the held-out IWAE estimate with this k "
                         "(1: the held-out ELBO)")
     parser.add_argument("--k", type=positive_int, help="importance samples of the held-out log p(x)")
-    parser.add_argument("--top-down", type=_ints, help="widths of the prior networks p(z_i|z_(i+1)), e.g. 50")
-    parser.add_argument("--max-prior-scale", type=float, help="upper bound on the scales of p(z_i|z_(i+1))")
+    parser.add_argument("--top-down", type=positive_ints, help="widths of the prior networks p(z_i|z_(i+1)), e.g. 50")
+    parser.add_argument("--max-prior-scale", type=positive_float, help="upper bound on the scales of p(z_i|z_(i+1))")
     parser.add_argument("--merge", choices=["product", "residual", "whitened"],
                         help="posterior of the lower layers: precision-weighted product or NVAE's residual form")
     args = vars(parser.parse_args())

@@ -111,6 +111,30 @@ def test_a_negative_seed_is_a_usage_error(name, monkeypatch, capsys):
     assert parsed(name, argv[:-1] + ["7"], monkeypatch).seed == 7
 
 
+@pytest.mark.parametrize("name", ["flows", "iwae", "ladder_vae", "jmvae"])
+def test_a_seed_past_scikit_learns_range_is_a_usage_error(name, monkeypatch, capsys):
+    """Seeds up to 2**64 - 1 were accepted, then crashed after training: scikit-learn's random_state (make_moons, the
+    multimodal examples' classifier) takes 0 .. 2**32 - 1, and torch.manual_seed(seed + 1) overflowed at 2**64 - 1."""
+    for seed in (2**32, 2**64 - 1):
+        assert (f"argument --seed: invalid seed {seed}: give an integer from 0 to 2**32 - 1 (4294967295)"
+                in usage_error(name, ["--smoke", "--seed", str(seed)], monkeypatch, capsys))
+    assert parsed(name, ["--smoke", "--seed", str(2**32 - 1)], monkeypatch).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--free-nats", "nan"], "argument --free-nats: invalid value 'nan': give a finite number >= 0"),
+    (["--dropout", "1"], "argument --dropout: invalid value '1': give a number in [0, 1)"),
+    (["--z-dims", "0,4"], "argument --z-dims: invalid value 0: give positive integers separated by commas"),
+    (["--hidden", "8,x"], "argument --hidden: invalid value 'x': give positive integers separated by commas"),
+    (["--depth", "0"], "argument --depth: invalid value 0: give a positive integer"),
+    (["--max-prior-scale", "-1"], "argument --max-prior-scale: invalid value '-1': give a finite number > 0"),
+])
+def test_ladder_vae_settings_are_usage_errors(argv, message, monkeypatch, capsys):
+    """``--free-nats nan`` trained without the floor silently, ``--z-dims 0,4`` a latent of no units; the others
+    were tracebacks from the model after the data had loaded."""
+    assert message in usage_error("ladder_vae", ["--smoke", *argv], monkeypatch, capsys)
+
+
 @pytest.mark.parametrize(("name", "argv", "message"), [
     ("anomaly_detection", ["--smoke", "--held-out", "12"], "argument --held-out: invalid choice: 12"),
     ("name_move_evidence", ["-1"], "argument seeds: invalid seed -1"),

@@ -125,6 +125,12 @@ def test_depth_gives_the_bottom_layer_the_vae_encoder_and_dropout_is_off_in_eval
     for bad in ({"depth": 0}, {"dropout": 1.0}, {"dropout": -0.1}):
         with pytest.raises(ValueError, match="depth must be >= 1 and dropout"):
             LadderVAE(6, [3], [8], **bad)
+    # a latent of no units was built (a torch warning only), a negative width failed with "negative dimension"
+    for z_dims, hidden, message in (([0, 4], [8, 8], r"z_dims\[0\] must be an integer >= 1, got 0"),
+                                    ([-3, 4], [8, 8], r"z_dims\[0\] must be an integer >= 1, got -3"),
+                                    ([3, 4], [8, 2.5], r"hidden\[1\] must be an integer >= 1, got 2.5")):
+        with pytest.raises(ValueError, match=rf"^LadderVAE: {message}$"):
+            LadderVAE(6, z_dims, hidden)
 
 
 def test_free_nats_floor_each_kl_per_row() -> None:
@@ -141,8 +147,11 @@ def test_free_nats_floor_each_kl_per_row() -> None:
         floored = m.loss(free_nats=level).eval({"x": x})
     torch.testing.assert_close(floored - plain, kl.clamp(min=level) - kl)
     assert str(m.loss(0.5, free_nats=0.25)).startswith("0.5 * max(KL[q(z_1|x)||p_{prior}(z_1)], 0.25)")
-    with pytest.raises(ValueError, match="free_nats must be >= 0"):
-        m.loss(free_nats=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):  # NaN gave the plain ELBO, silently
+        with pytest.raises(ValueError, match=rf"^LadderVAE.loss: free_nats must be a finite number >= 0, got {bad}$"):
+            m.loss(free_nats=bad)
+    with pytest.raises(ValueError, match=r"^LadderVAE.loss: beta \(the KL terms' weight\) must be a finite number"):
+        m.loss(float("nan"))
 
 
 @pytest.mark.slow

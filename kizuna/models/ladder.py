@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kizuna._data import check_count
 from kizuna.distributions import Bernoulli, Distribution, Normal
 from kizuna.distributions.base import Tensor
 from kizuna.distributions.normal_product import NormalProduct
@@ -142,6 +143,12 @@ class LadderVAE(nn.Module):
         if len(z_dims) < 1 or len(hidden) != len(z_dims):
             raise ValueError(f"LadderVAE: give one hidden width per stochastic layer, got z_dims={list(z_dims)}, "
                              f"hidden={list(hidden)}")
+        # (a width of 0 built a latent of no units, -3 failed with a raw "negative dimension" error)
+        for what, sizes in (("z_dims", z_dims), ("hidden", hidden)):
+            for i, size in enumerate(sizes):
+                if size is None:
+                    raise ValueError(f"LadderVAE: {what}[{i}] must be an integer >= 1, got None")
+                check_count(f"LadderVAE: {what}[{i}]", size, 1)
         if depth < 1 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"LadderVAE: depth must be >= 1 and dropout in [0, 1), got depth={depth}, "
                              f"dropout={dropout}")
@@ -200,8 +207,10 @@ class LadderVAE(nn.Module):
                 arXiv:1606.04934): a layer whose KL is below the floor gets no gradient pushing it to the
                 prior, which keeps the top layers from collapsing. 0 gives the ELBO.
         """
-        if free_nats < 0:
-            raise ValueError(f"LadderVAE.loss: free_nats must be >= 0, got {free_nats}")
+        if not 0 <= free_nats < math.inf:  # (NaN passed `< 0` and then `> 0` was False: the plain ELBO, silently)
+            raise ValueError(f"LadderVAE.loss: free_nats must be a finite number >= 0, got {free_nats}")
+        if not 0 <= beta < math.inf:
+            raise ValueError(f"LadderVAE.loss: beta (the KL terms' weight) must be a finite number >= 0, got {beta}")
 
         def weight(kl: Loss) -> Loss:
             kl = MaxLoss(kl, free_nats) if free_nats > 0 else kl
