@@ -68,6 +68,13 @@ def check_count(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """As `check_count`, for an argument that must be given: None is refused too."""
+    if value is None:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got None")
+    check_count(name, value, minimum)
+
+
 def check_positive(name: str, value: Any) -> None:
     """``value`` is a finite real number > 0 (not a bool); a ValueError naming the argument otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:

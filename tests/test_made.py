@@ -115,6 +115,11 @@ def test_errors_name_the_problem() -> None:
         MADE(3, [8], order=[0, 0, 1])
     with pytest.raises(ValueError, match="at least one hidden layer"):
         MADE(3, [])
+    # before: an order of floats was truncated ([0.9, 1.2] was [0, 1]); one width raised "'int' object is not iterable"
+    with pytest.raises(ValueError, match=r"^MADE: order must be a permutation of 0..1 \(integers\), got \[0.89"):
+        MADE(2, [4], order=[0.9, 1.2])
+    with pytest.raises(TypeError, match=r"^MADE: hidden_features must be a sequence of layer sizes, e.g. \[4\]"):
+        MADE(3, 4)
     with pytest.raises(ValueError, match="give context_features"):
         MADEBernoulli(3, [8], cond_var=["c"])
     p = MADEBernoulli(3, [8])

@@ -107,6 +107,10 @@ def test_spec_labels_errors_and_image(tmp_path: Path) -> None:
         ["x\\%", "a\\#b_{1}", "p\\&q", "\\$y", "x\\%", "\\hat{x}"]
     with pytest.raises(ValueError, match=r"observed names \['w'\]"):
         render(p, observed=["w"])
+    # one name as a string: its characters were the names (observed="xz" shaded x and z of a model without "xz")
+    assert [n["observed"] for n in model_spec(p, observed="x_u")["nodes"]] == [False, True]
+    with pytest.raises(ValueError, match=r"observed names \['xu'\] are not variables"):
+        model_spec(p, observed="xu")
     with pytest.raises(TypeError, match="expected a kizuna Distribution"):
         render(torch.nn.Linear(2, 2))
     out = render(p, filename=tmp_path / "model.svg")

@@ -7,6 +7,7 @@ predicting zero (1 per entry) for learning.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,7 +69,13 @@ def test_gradient_is_finite_differences() -> None:
     ({"image_shape": (8, 8)}, r"image_shape must be \(channels, height, width\)"),
     ({"image_shape": (1, 6, 6), "channel_mults": (1, 2, 2)}, "must be divisible by 4"),
     ({"image_shape": (1, 8, 8), "channel_mults": ()}, "channel_mults"),
-    ({"image_shape": (1, 8, 8), "blocks": 0}, "blocks=0"),
+    ({"image_shape": (1, 8, 8), "blocks": 0}, r"^UNet: blocks must be an integer >= 1, got 0$"),
+    # before: n_freq=0 built a network that ignores t, the others failed with raw torch errors
+    ({"image_shape": (1, 8, 8), "n_freq": 0}, r"^UNet: n_freq must be an integer >= 1, got 0$"),
+    ({"image_shape": (1, 8, 8), "out_channels": 0}, r"^UNet: out_channels must be an integer >= 1, got 0$"),
+    ({"image_shape": (1, 8, 8), "channels": 2.5}, r"^UNet: channels must be an integer >= 1, got 2.5$"),
+    ({"image_shape": (1, 8, 8), "channel_mults": (1, -2)}, r"^UNet: channel_mults\[1\] must be an integer >= 1"),
+    ({"image_shape": (1, 8, 8), "max_period": float("nan")}, r"^UNet: max_period must be a finite number > 1"),
 ])
 def test_bad_arguments_are_named(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -149,3 +156,18 @@ def test_a_number_step_is_the_step_of_every_row():
             p.add_(0.01 * torch.randn_like(p))
         x = torch.randn(3, 64)
         assert torch.equal(net(x, 5), net(x, torch.full((3,), 5)))
+
+
+@pytest.mark.parametrize(("sizes", "message"), [
+    ((3, 0, 2), r"^MLP: sizes\[1\] must be an integer >= 1, got 0$"),
+    ((3, -1), r"^MLP: sizes\[1\] must be an integer >= 1, got -1$"),
+    ((3, 2.5), r"^MLP: sizes\[1\] must be an integer >= 1, got 2.5$"),
+    ((3, "4"), r"^MLP: sizes\[1\] must be an integer >= 1, got '4'$"),
+])
+def test_mlp_sizes_are_checked(sizes, message) -> None:
+    """``MLP(3, 0, 2)`` built a network whose output ignores its input; the others failed inside torch."""
+    from kizuna.nets import MLP
+
+    with pytest.raises(ValueError, match=message):
+        MLP(*sizes)
+    assert MLP(3, np.int64(4), 2)(torch.zeros(5, 3)).shape == (5, 2)

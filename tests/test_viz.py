@@ -106,6 +106,22 @@ def test_a_class_keeps_its_colour_in_every_panel():
     assert all(some[c] == full[c] for c in (2, 3, 7)) and some[-1] != full[0]
 
 
+def test_string_classes_with_unmatched_clusters_are_drawn(tmp_path):
+    """`match_clusters` of string classes marks a cluster matched to no class -1, a number among strings: the plots
+    failed sorting that mix ("'<' not supported between 'int' and 'str'"); -1 is grey, the classes keep their
+    colours."""
+    from kizuna.viz.latent import _colours
+
+    labels = match_clusters(["a", "b", "b", "a"], ["x", "y", "z", "x"])
+    assert labels.tolist() == ["a", "b", -1, "a"]
+    classes, palette = _colours(labels)
+    assert classes.tolist() == [-1, "a", "b"] and palette[-1] == (0.6, 0.6, 0.6, 1.0)
+    assert palette["a"] != palette["b"] and palette["a"] == _colours(np.array(["a", "b"]))[1]["a"]
+    out = plot_latent_space([(np.random.default_rng(0).normal(size=(4, 2)), labels, "clusters")], tmp_path / "s.png",
+                            dpi=20)
+    assert out.is_file()
+
+
 def test_plots_return_the_path_they_wrote(tmp_path):
     """A name without an extension: matplotlib writes name.png, which is now the path returned (it returned the bare
     name, which did not exist); an existing directory as the path is refused (it wrote <dir>.png beside it)."""

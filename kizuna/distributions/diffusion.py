@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna._data import check_count
+from kizuna._data import check_int
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.families import Normal
 from kizuna.distributions.torch_dist import validation_enabled
@@ -404,9 +404,7 @@ class DiffusionDecoder(Distribution):
     def __init__(self, reverse: DiffusionReverse, bins: int = 256, var: str = "x_0", cond_var: str = "x_1",
                  name: str = "p") -> None:
         super().__init__([var], [cond_var, *reverse.context_var], name)
-        if bins is None:
-            raise ValueError("DiffusionDecoder: bins must be an integer >= 2, got None")
-        check_count("DiffusionDecoder: bins", bins, 2)  # (2.5 was taken as 2 levels)
+        check_int("DiffusionDecoder: bins", bins, 2)  # (2.5 was taken as 2 levels)
         self.reverse, self.bins = reverse, int(bins)
 
     def _params(self, x_dict: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
@@ -470,9 +468,7 @@ class DDPM(Distribution):
         if reverse.step is not None:
             raise ValueError(f"DDPM: {reverse.prob_text} has a fixed step; give the reverse process over all steps")
         for i, size in enumerate(features_shape):  # (-2 failed in the prior with "integer multiplication overflow")
-            if size is None:
-                raise ValueError(f"DDPM: features_shape[{i}] must be an integer >= 1, got None")
-            check_count(f"DDPM: features_shape[{i}]", size, 1)
+            check_int(f"DDPM: features_shape[{i}]", size, 1)
         decoder = decoder if decoder is not None else DiffusionReverse(
             reverse.eps_net, reverse.schedule, variance=reverse.variance, step=1, name=reverse.name,
             context_var=reverse.context_var)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from kizuna._data import check_count
+from kizuna._data import check_int
 from kizuna._text import LATEX, prob_text, symbol, var_text
 from kizuna.distributions.base import flat_rows, sum_rows
 from kizuna.formula.expr import EvalContext, Loss, Tensor
@@ -220,9 +220,7 @@ def sliced_score_matching(score: Any, projection: Any, var: str = "x", n_project
     >>> print(sliced_score_matching(p, p_v))
     E_{p_{v}(v)}[v^T ∇_x(v^T ∇_x log p(x)) + 1/2 (v^T ∇_x log p(x))^2]
     """
-    check_count("sliced_score_matching: n_projections", n_projections, 1)  # 0 and -2 were taken as 1
-    if n_projections is None:
-        raise ValueError("sliced_score_matching: n_projections must be an integer >= 1, got None")
+    check_int("sliced_score_matching: n_projections", n_projections, 1)  # 0 and -2 were taken as 1
     shape: Sequence[int] = (int(n_projections),) if n_projections > 1 else ()
     error = SlicedScoreError(score, var, projection.var[0], variance_reduction)
     return Expectation(projection, error, sample_shape=shape)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna._data import check_count
+from kizuna._data import check_int
 from kizuna.distributions import Bernoulli, Distribution, Normal
 from kizuna.distributions.base import Tensor
 from kizuna.distributions.normal_product import NormalProduct
@@ -146,9 +146,7 @@ class LadderVAE(nn.Module):
         # (a width of 0 built a latent of no units, -3 failed with a raw "negative dimension" error)
         for what, sizes in (("z_dims", z_dims), ("hidden", hidden)):
             for i, size in enumerate(sizes):
-                if size is None:
-                    raise ValueError(f"LadderVAE: {what}[{i}] must be an integer >= 1, got None")
-                check_count(f"LadderVAE: {what}[{i}]", size, 1)
+                check_int(f"LadderVAE: {what}[{i}]", size, 1)
         if depth < 1 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"LadderVAE: depth must be >= 1 and dropout in [0, 1), got depth={depth}, "
                              f"dropout={dropout}")

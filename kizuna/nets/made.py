@@ -15,7 +15,7 @@ may then take degree 0, so even the first output in the order depends on the con
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -43,7 +43,10 @@ class MaskedLinear(nn.Linear):
 def _order(order: Sequence[int] | Tensor | None, n: int) -> Tensor:
     if order is None:
         return torch.arange(n)
-    order = torch.as_tensor(order, dtype=torch.long)
+    given = torch.as_tensor(order)
+    if given.dtype == torch.bool or given.is_floating_point() or given.is_complex():  # ([0.9, 1.2] was [0, 1])
+        raise ValueError(f"MADE: order must be a permutation of 0..{n - 1} (integers), got {given.tolist()}")
+    order = given.long()
     if order.dim() != 1:  # a 2-D order was flattened silently
         raise ValueError(f"MADE: order must be one permutation of 0..{n - 1} (1-D), got shape {tuple(order.shape)}")
     if order.numel() != n or not torch.equal(order.sort().values, torch.arange(n)):
@@ -73,6 +76,10 @@ class MADE(nn.Module):
                  context_features: int = 0, order: Sequence[int] | Tensor | None = None,
                  activation: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()
+        if isinstance(hidden_features, int | str) or not isinstance(hidden_features, Iterable):
+            # (MADE(3, 4): "'int' object is not iterable")
+            raise TypeError(f"MADE: hidden_features must be a sequence of layer sizes, e.g. [{hidden_features!r}], "
+                            f"got {hidden_features!r}")
         hidden = list(hidden_features)
         if not hidden:
             raise ValueError("MADE: give at least one hidden layer")

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kizuna._data import check_count, check_int
+
 
 def _groups(channels: int) -> int:
     """The largest of 8, 4, 2, 1 dividing ``channels`` (GroupNorm's groups)."""
@@ -60,7 +62,8 @@ class UNet(nn.Module):
         blocks: residual blocks per resolution.
         dropout: dropout inside the blocks.
         n_freq: frequencies of the sinusoidal embedding of ``t`` (its ``sin`` and ``cos`` make ``2 * n_freq``
-            inputs to the embedding MLP); ``max_period`` is the longest period, as in Ho et al.
+            inputs to the embedding MLP), at frequencies ``max_period ** (-k / n_freq)`` for ``k < n_freq``
+            (improved-diffusion's form; Ho et al. divide by ``n_freq - 1``, reaching ``1 / max_period``).
         out_channels: channels of the output (default: the input's ``C``).
         time_scale: ``t`` is multiplied by it before the embedding: the default suits steps ``1..T`` of a DDPM;
             a time in ``[0, 1]`` (flow matching) wants about ``1000``.
@@ -77,6 +80,14 @@ class UNet(nn.Module):
         shape = tuple(int(s) for s in image_shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"UNet: image_shape must be (channels, height, width), got {tuple(image_shape)}")
+        # (n_freq=0 built a network that ignores t; 2.5 channels or out_channels=0 failed with raw torch errors)
+        for what, value in (("channels", channels), ("blocks", blocks), ("n_freq", n_freq),
+                            *((f"channel_mults[{i}]", m) for i, m in enumerate(channel_mults))):
+            check_int(f"UNet: {what}", value, 1)
+        if out_channels is not None:
+            check_count("UNet: out_channels", out_channels, 1)
+        if not (math.isfinite(max_period) and max_period > 1):
+            raise ValueError(f"UNet: max_period must be a finite number > 1, got {max_period}")
         mults = [int(m) for m in channel_mults]
         if not mults or min(mults) < 1 or channels < 1 or blocks < 1:
             raise ValueError(f"UNet: channels, every channel_mults entry and blocks must be positive, got "

@@ -68,6 +68,13 @@ def _colours(labels: np.ndarray) -> tuple[np.ndarray, dict[Any, Any]]:
     """(classes present, colour of each class). Integer labels from -1 to 19 are coloured by their value (tab10, or
     tab20 beyond 9; -1, "none", grey), so that a class has one colour in every panel whatever other classes a panel
     holds (a digit and the cluster matched to it); other labels by their rank among those present."""
+    unmatched = labels.dtype == object and any(isinstance(v, int | np.integer) and v == -1 for v in labels.tolist())
+    if unmatched:  # string classes with `match_clusters`' -1 (a mix np.unique cannot sort): -1 first, in grey
+        rest = np.unique(np.array([v for v in labels.tolist() if not (isinstance(v, int | np.integer) and v == -1)]))
+        classes = np.array([-1, *rest.tolist()], dtype=object)
+        name = "tab10" if len(rest) <= 10 else "tab20" if len(rest) <= 20 else "viridis"
+        base = colormap(name).resampled(max(len(rest), 1))
+        return classes, {-1: _NONE_COLOUR, **{c: base(j) for j, c in enumerate(rest.tolist())}}
     classes = np.unique(labels)
     values = classes.tolist()
     if classes.dtype.kind in "iu" and values and min(values) >= -1 and max(values) <= 19:

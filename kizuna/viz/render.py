@@ -127,6 +127,8 @@ def _from_graph(spec: _Spec, graph: Graph) -> None:
 def model_spec(obj: Any, observed: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The graph of ``obj`` as a dict: ``nodes``, ``edges``, ``plates`` (module docstring)."""
     spec = _Spec(plates={"N": {"name": "N", "label": "N", "parent": None}})
+    if isinstance(observed, str):  # one name (a set of its characters shaded the wrong nodes, silently)
+        observed = [observed]
     observed_set = set(observed)
     loss = getattr(obj, "loss_cls", None)  # a kizuna Model: the picture of the loss it trains
     if isinstance(loss, Loss):
