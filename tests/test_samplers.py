@@ -174,6 +174,28 @@ def test_guidance_weight_zero_is_the_unconditional_sampler(sampler) -> None:
         assert not torch.allclose(run(guided(cond, uncond, 3.0)), run(cond))
 
 
+class CondEpsLearned(CondEps):
+    """eps(x, t, y) and a variance interpolation v(x, t, y) in [-1, 1] that depends on the label."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([super().forward(x, t, y), torch.tanh(self.emb(y + 1) + 0.1 * x)], 1)
+
+
+def test_guidance_with_a_learned_variance_keeps_the_conditional_models_variance() -> None:
+    """w = 1 is the conditional sampler also with variance="learned": the step's variance came from the
+    unconditional model at every w (GLIDE keeps the conditional one's); w = 0 stays the unconditional sampler."""
+    s = DiffusionSchedule(DiffusionSchedule.linear(30, 1e-3, 0.2).betas.double())
+    torch.manual_seed(0)
+    rev = DiffusionReverse(CondEpsLearned(), s, context_var=["y"], variance="learned")
+    y, null = torch.tensor([0, 1, 1, 0]), torch.full((4,), -1)
+    cond, uncond = DiffusionPath(rev, [2], {"y": y}), DiffusionPath(rev, [2], {"y": null})
+    with torch.no_grad():
+        run = lambda p: ancestral(p, 4, None, generator=torch.Generator().manual_seed(5))  # noqa: E731
+        assert torch.equal(run(guided(cond, uncond, 0.0)), run(uncond))
+        torch.testing.assert_close(run(guided(cond, uncond, 1.0)), run(cond), rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(run(cond), run(uncond))
+
+
 def test_guided_ddpm_generates_each_class() -> None:
     """Guidance on exact class-conditional scores of two separated Gaussians puts draws in the named class."""
     data = {0: Mixture(torch.tensor([[-2.0, 0.0]]), 0.1), 1: Mixture(torch.tensor([[2.0, 0.0]]), 0.1)}

@@ -265,7 +265,9 @@ class Guided(GaussianPath):
 
     (and the same for :math:`\\hat x_0`): ``scale`` :math:`w = 0` is the unconditional model exactly,
     :math:`w = 1` the conditional one, :math:`w > 1` guides (Ho & Salimans' weight is :math:`w - 1`).
-    At :math:`w = 0` the conditional network is not evaluated.
+    At :math:`w = 0` the conditional network is not evaluated. An ancestral step of a DDPM with a learned variance
+    takes the variance from the conditional model (GLIDE, Nichol et al. 2022, arXiv:2112.10741, whose guided
+    sampler keeps the conditional half's variance).
     """
 
     def __init__(self, conditional: GaussianPath, unconditional: GaussianPath, scale: float) -> None:
@@ -307,7 +309,9 @@ class Guided(GaussianPath):
 
     def ancestral_step(self, x: Tensor, tau: float, tau_next: float, pred: Prediction, noise: Tensor | None
                        ) -> Tensor:
-        return self.uncond.ancestral_step(x, tau, tau_next, pred, noise)
+        # the guided mean; a learned variance from the conditional model, as GLIDE's sampler (w = 0: the
+        # unconditional model's, so that it is that model's sampler exactly; it was the unconditional one's at any w)
+        return (self.uncond if self.scale == 0 else self.cond).ancestral_step(x, tau, tau_next, pred, noise)
 
 
 def guided(conditional: GaussianPath, unconditional: GaussianPath, scale: float) -> Guided:
