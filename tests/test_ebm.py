@@ -274,3 +274,18 @@ def test_negatives_are_held_fixed_even_from_a_differentiable_sampler() -> None:
     negatives = energy.theta.detach() + 1.0  # E_neg = 1/2, its gradient in theta with x fixed: -(x - theta) = 1
     expected = (0.7 - data.mean()) - (-(negatives - 0.7)).item()
     torch.testing.assert_close(energy.theta.grad, torch.tensor([expected], dtype=F64))
+
+
+def test_sgld_draws_from_a_given_generator() -> None:
+    """``sample(..., generator=g)`` repeats with the same generator state and leaves torch's global stream as it
+    was (the sampler had no generator argument: every draw moved the global stream)."""
+    p = EnergyDistribution(Quadratic([0.0, 0.0]), var=["x"])
+    a, b = SGLD(p, [2], buffer_size=16, n_steps=5, step_size=0.1), SGLD(p, [2], buffer_size=16, n_steps=5,
+                                                                         step_size=0.1)
+    b.load_state_dict(a.state_dict())
+    state = torch.get_rng_state()
+    x = a.sample(8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(x, b.sample(8, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(a.buffer, b.buffer)
+    assert not torch.equal(x, b.sample(8, generator=torch.Generator().manual_seed(2)))

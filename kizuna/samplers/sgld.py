@@ -74,35 +74,38 @@ class SGLD(nn.Module):
         if like is not None and (self.buffer.dtype != like.dtype or self.buffer.device != like.device):
             self.buffer = self.buffer.to(dtype=like.dtype, device=like.device)
 
-    def _uniform(self, n: int, like: Tensor) -> Tensor:
-        u = torch.rand(n, *self.features_shape, dtype=like.dtype, device=like.device)
+    def _uniform(self, n: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        u = torch.rand(n, *self.features_shape, dtype=like.dtype, device=like.device, generator=generator)
         return self.low + (self.high - self.low) * u
 
-    def run(self, x: Tensor, n_steps: int | None = None) -> Tensor:
-        """The chain from ``x`` (no gradients reach the parameters)."""
+    def run(self, x: Tensor, n_steps: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """The chain from ``x`` (no gradients reach the parameters); its noise from ``generator`` (default torch's
+        global one)."""
         check_count("SGLD: n_steps", n_steps, 0)  # (-1 ran no step silently, 2.5 failed in range())
         score = score_of(self.p)
         x = x.detach()
         with torch.no_grad():
             for _ in range(self.n_steps if n_steps is None else int(n_steps)):
-                x = x + 0.5 * self.step_size * score(x) + self.noise_scale * torch.randn_like(x)
+                noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+                x = x + 0.5 * self.step_size * score(x) + self.noise_scale * noise
                 if self.clamp:
                     x = x.clamp(self.low, self.high)
         return x
 
-    def sample(self, batch_n: int, n_steps: int | None = None) -> Tensor:
-        """``batch_n`` draws started from the buffer (module docstring); they replace their buffer rows.
+    def sample(self, batch_n: int, n_steps: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """``batch_n`` draws started from the buffer (module docstring); they replace their buffer rows. Every random
+        choice (rows, restarts, noise) comes from ``generator`` (default torch's global one), on the buffer's device.
 
         The buffer follows the model: converted to its dtype and device first if the model was moved after the
         sampler was built."""
         check_count("SGLD.sample: batch_n", batch_n, 0)
         check_count("SGLD.sample: n_steps", n_steps, 0)  # before the buffer is touched
         self._follow_model()
-        idx = torch.randint(0, self.buffer.shape[0], (batch_n,), device=self.buffer.device)
+        idx = torch.randint(0, self.buffer.shape[0], (batch_n,), device=self.buffer.device, generator=generator)
         start = self.buffer[idx]
-        fresh = torch.rand(batch_n, device=start.device) < self.reinit
+        fresh = torch.rand(batch_n, device=start.device, generator=generator) < self.reinit
         start = torch.where(fresh.reshape(-1, *([1] * len(self.features_shape))),
-                            self._uniform(batch_n, start), start)
-        x = self.run(start, n_steps)
+                            self._uniform(batch_n, start, generator), start)
+        x = self.run(start, n_steps, generator)
         self.buffer[idx] = x
         return x
