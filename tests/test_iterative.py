@@ -181,6 +181,37 @@ def test_bad_sequences_are_named():
         IterativeLoss(1.0, max_iter=2)
     with pytest.raises(ValueError, match="timestep_var names one variable"):
         IterativeLoss(Parameter("t"), max_iter=2, timestep_var=["t", "s"])
+    # before: a misspelt carried source left z_prev at z_0 at every step (7.81 instead of 8.98 in a DMM, silently),
+    # a series of no steps summed to 0 (a raw "does not require grad" error in training), max_iter=2.0 failed in
+    # range() and max_iter=True ran one step
+    x = torch.randn(4, 2, 1)
+    typo = IterativeLoss(dmm(Filter(), max_iter=1).step_loss, series_var=["x"], update_value={"z_t": "z_prev"})
+    with pytest.raises(ValueError, match=r"^IterativeLoss: update_value carries z_t to z_prev, but step 0 has no z_t; "
+                                         r"its variables: x, z, z_prev$"):
+        typo.eval({"x": x, "z_prev": torch.zeros(2, 1)})
+    with pytest.raises(ValueError, match=r"^IterativeLoss: the series have no time steps along dim 1 \(x of shape "
+                                         r"\(2, 0, 1\)\)$"):
+        dmm(Filter(), series_var=["x"], series_dim=1).eval({"x": torch.zeros(2, 0, 1), "z_prev": torch.zeros(2, 1)})
+    for bad in (2.0, True, 0):
+        with pytest.raises(ValueError, match=rf"^IterativeLoss needs max_iter an integer >= 1, got {bad!r}$"):
+            IterativeLoss(Parameter("t"), max_iter=bad)
+
+
+def test_the_printed_sum_brackets_its_body_and_constants_print_as_their_loss():
+    """``IterativeLoss(a + b)`` and ``IterativeLoss(a) + b`` printed alike (6 against 4 here); ``2 * (a + b)`` with a
+    constant printed ``2 * a + b``; a Parameter's LaTeX was its raw name (``x_t_1`` a double subscript, ``%`` a
+    comment)."""
+    a, b = Parameter("a"), Parameter("b")
+    values = {"a": torch.ones(2), "b": torch.ones(2)}
+    inside, outside = IterativeLoss(a.mean() + b.mean(), max_iter=3), IterativeLoss(a.mean(), max_iter=3) + b.mean()
+    assert (inside.eval(values).item(), outside.eval(values).item()) == (6.0, 4.0)
+    assert str(inside) == "sum_{t=0}^{2} (mean(a) + mean(b))" and str(outside) == "sum_{t=0}^{2} mean(a) + mean(b)"
+    assert inside.to_latex() != outside.to_latex()
+    assert str(2 * IterativeLoss(a.mean() * b.mean(), max_iter=3)) == "2 * sum_{t=0}^{2} mean(a) * mean(b)"
+    fixed = 2 * (a + b).constant_var({"b": 1.0})
+    assert str(fixed) == "2 * (a + b)" and torch.equal(fixed.eval({"a": torch.tensor(3.0)}), torch.tensor(8.0))
+    assert str(Parameter("c") - (a - b).constant_var({"b": 1.0})) == "c - (a - b)"
+    assert (Parameter("x_t_1") + Parameter("gain%") + Parameter("beta")).to_latex() == "x_{t_1} + gain\\% + \\beta"
 
 
 def test_several_draws_of_a_carried_variable_are_refused_and_of_others_averaged():

@@ -108,6 +108,14 @@ def test_bad_losses_are_clear_errors():
     fixed = Normal(var=["x"], loc=0.0, scale=1.0)
     with pytest.raises(ValueError, match="no trainable parameters"):
         Model(-LogProb(fixed).mean())
+    # a loss that reads none of the trained distributions' parameters, or only frozen ones: torch's "element 0 of
+    # tensors does not require grad" before
+    with pytest.raises(ValueError, match=r"^Model: the loss .* does not depend on any trainable parameter"):
+        Model(-LogProb(fixed.double()).mean(), distributions=[p]).train({"x": x})
+    frozen = Model(-LogProb(p).mean())
+    p.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"does not depend on any trainable parameter .* requires_grad False"):
+        frozen.train({"x": x})
 
 
 def test_distributions_default_to_those_of_the_loss_and_move_with_dtype():

@@ -245,7 +245,7 @@ def test_step_counts_and_levels_are_named_as_given() -> None:
     assert euler(path, 2, n_steps=3).shape == (2, 2)
     from kizuna.samplers import annealed_langevin_dynamics
 
-    with pytest.raises(ValueError, match=r"positive and strictly decreasing, got \[1.0, 0.0\]"):
+    with pytest.raises(ValueError, match=r"positive, finite and strictly decreasing, got \[1.0, 0.0\]"):
         annealed_langevin_dynamics(lambda x, i: -x, torch.zeros(2, 2), [1.0, 0.0])
 
 

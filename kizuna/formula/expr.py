@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna._text import LATEX, TEXT
+from kizuna._text import LATEX, TEXT, var_text
 from kizuna.formula.memo import shared_parameters
 
 Tensor = torch.Tensor
@@ -352,7 +352,7 @@ class Parameter(Loss):
         return torch.as_tensor(ctx.values[self._input_var[0]])
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return self._input_var[0]
+        return var_text(self._input_var[0], fmt)  # LaTeX-safe, as the distributions' variables (x_t_1, gain%)
 
 
 class ConstantVar(Loss):
@@ -371,6 +371,11 @@ class ConstantVar(Loss):
 
     def _value(self, ctx: EvalContext) -> Tensor:
         return ctx.child({**ctx.values, **self.constant_var}).value(self.base_loss)
+
+    @property
+    def precedence(self) -> int:  # type: ignore[override]
+        """The base loss's: it prints as the base loss (``2 * (a + b)`` printed ``2 * a + b``)."""
+        return self.base_loss.precedence
 
     def _render(self, fmt: dict[str, str]) -> str:
         return self.base_loss._render(fmt)

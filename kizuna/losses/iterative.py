@@ -15,12 +15,13 @@ The semantics follow Pixyz's ``IterativeLoss``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from kizuna._text import LATEX
+from kizuna._text import LATEX, var_text
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.memo import release_step, step_mark
@@ -101,8 +102,9 @@ class IterativeLoss(Loss):
             self.timestep_var = names[0] if names else None
         if max_iter is None and not self.series_var:
             raise ValueError("IterativeLoss needs max_iter or series_var (to know how many steps to take)")
-        if max_iter is not None and max_iter < 1:
-            raise ValueError(f"IterativeLoss needs max_iter >= 1, got {max_iter}")
+        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral)
+                                     or max_iter < 1):  # (2.0 failed in range(), True ran one step)
+            raise ValueError(f"IterativeLoss needs max_iter an integer >= 1, got {max_iter!r}")
         if series_dim not in (0, 1):
             raise ValueError(f"IterativeLoss: series_dim must be 0 (time-major) or 1 (batch-first), got {series_dim}")
         bad = {k: v for k, v in self.update_value.items() if not (isinstance(k, str) and isinstance(v, str))}
@@ -138,14 +140,15 @@ class IterativeLoss(Loss):
     # -------------------------------------------------------------------- text
     def _sum_text(self, fmt: dict[str, str], body: str) -> str:
         # the formula shows the indices the evaluation uses: t = 0, ..., max_iter - 1 (as Pixyz prints them)
-        t = self.timestep_var or "t"
+        t = var_text(self.timestep_var, fmt) if self.timestep_var else "t"
         upper = str(self.max_iter - 1) if self.max_iter is not None else "T-1"
         if fmt is LATEX:
             return f"\\sum_{{{t}=0}}^{{{upper}}} {body}"
         return f"sum_{{{t}=0}}^{{{upper}}} {body}"
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return self._sum_text(fmt, self.step_loss._render(fmt))
+        # a body of + / - in brackets: `sum_t a + b` reads as (sum_t a) + b
+        return self._sum_text(fmt, self._wrap(self.step_loss, fmt, 20))
 
     # -------------------------------------------------------------- evaluation
     def _steps(self, values: Mapping[str, Any]) -> int:
@@ -162,6 +165,9 @@ class IterativeLoss(Loss):
             raise ValueError(f"IterativeLoss: the series variables have different lengths along dim "
                              f"{self.series_dim}: {listed}")
         steps = self.max_iter if self.max_iter is not None else next(iter(lengths.values()))
+        if steps < 1:  # (a sum of no steps was 0, and a raw "does not require grad" error in training)
+            listed = ", ".join(f"{k} of shape {tuple(values[k].shape)}" for k in lengths)
+            raise ValueError(f"IterativeLoss: the series have no time steps along dim {self.series_dim} ({listed})")
         short = {k: n for k, n in lengths.items() if n < steps}
         if short:
             raise ValueError(f"IterativeLoss: max_iter={steps} but {', '.join(short)} has only "
@@ -198,8 +204,10 @@ class IterativeLoss(Loss):
             release_step(mark)  # the step's memo entries: its inputs are new tensors at the next step
             carried = []  # every source is read before any target is written (a swap works)
             for src, dst in updates:
-                if src in values:
-                    carried.append((dst, values.pop(src)))
+                if src not in values:  # (a misspelt source left the target at its first value, silently)
+                    raise ValueError(f"IterativeLoss: update_value carries {src} to {dst}, but step {t} has no "
+                                     f"{src}; its variables: {', '.join(sorted(map(str, values)))}")
+                carried.append((dst, values.pop(src)))
             values.update(carried)
         if report:
             for record, value in zip(self._records, sums):

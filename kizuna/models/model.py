@@ -264,6 +264,10 @@ class Model:
         finite = math.isfinite(value)
         if not finite and self.parallel is None:
             raise self._nonfinite(f"the loss is {value}", batch, found)
+        if not loss.requires_grad:  # (torch's "element 0 of tensors does not require grad")
+            raise ValueError(f"Model: the loss {self.loss_cls} does not depend on any trainable parameter of the "
+                             "distributions it trains (none of theirs reaches it, or they are frozen: requires_grad "
+                             "False); pass the distributions whose parameters the loss reads")
         weight = self.row_weight if finite else math.nan  # data-parallel: nan tells every rank
         (loss if weight == 1.0 else loss * weight).backward()
         if not finite:
