@@ -252,3 +252,27 @@ def test_coherence_of_no_samples_is_named():
 
     with pytest.raises(ValueError, match="coherence: no generated samples"):
         coherence(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+
+
+def test_coherence_refuses_non_finite_scores_and_mixtures_name_their_experts():
+    """A row of NaN scores was read as class 0 (numpy's argmax), so a diverged decoder scored coherence 1.0; a
+    mixture whose experts disagree on the latent's shape failed with a raw broadcast error in sample / infer_latent;
+    a learnable weight driven below 0 made every log-density NaN, named nowhere."""
+    from torch import nn
+
+    from kizuna.inference import coherence
+
+    with pytest.raises(ValueError, match=r"^coherence: generated has non-finite values in 2 row\(s\) \(first: row 0\)"):
+        coherence(torch.tensor([[float("nan"), 0.0], [float("nan"), 0.0]]), torch.tensor([0, 0]))
+    qx = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    qy = Normal(var=["z"], cond_var=["y"], loc="y", scale=1.0, name="q")
+    m = MixtureOfNormal([qx, qy])
+    given = {"x": torch.randn(4, 2), "y": torch.randn(4, 3)}
+    for call in (lambda: infer_latent(m, given), lambda: m.sample(given)):
+        with pytest.raises(ValueError, match=r"the experts disagree on the shape of z: \[\(2,\), \(3,\)\]"):
+            call()
+    learnt = MixtureOfNormal([qx, qy], weights=nn.Parameter(torch.tensor([1.0, 1.0])))
+    with torch.no_grad():
+        learnt.weights[1] = -0.05
+    with pytest.raises(ValueError, match=r"the learnable weights must stay positive and finite, got \[1.0, -0.05"):
+        learnt.get_log_prob({"x": torch.randn(4, 2), "y": torch.randn(4, 2), "z": torch.randn(4, 2)})

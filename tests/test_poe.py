@@ -162,3 +162,23 @@ def test_experts_with_different_numbers_of_rows_are_named():
                                          r"\(q\(z\|x\): 3, q\(z\|y\): 4\)"):
         p.sample({"x": torch.zeros(3, 2), "y": torch.zeros(4, 2)})
     assert p.sample({"x": torch.zeros(3, 2), "y": torch.zeros(1, 2)})["z"].shape == (3, 2)  # one row broadcasts
+
+
+def test_tiny_scales_give_the_closed_form_not_nan() -> None:
+    """Two experts of scale 1e-20 at 10 and 20 (float32): the precisions overflowed (1e40) and the mean was NaN; in
+    log space the product is the closed form, mean 15 and scale 1e-20 / sqrt(2) (the prior's precision 1 vanishes).
+    `NormalProduct` (no prior expert) likewise."""
+    from kizuna.distributions import Normal, ProductOfNormal
+    from kizuna.distributions.normal_product import NormalProduct
+
+    a = Normal(var=["z"], cond_var=["x"], loc="x", scale=1e-20, name="q")
+    b = Normal(var=["z"], cond_var=["y"], loc="y", scale=1e-20, name="q")
+    given = {"x": torch.full((1, 1), 10.0), "y": torch.full((1, 1), 20.0)}
+    for params in (ProductOfNormal([a, b], name="q").get_params(given), NormalProduct([a, b]).get_params(given)):
+        torch.testing.assert_close(params["loc"], torch.full((1, 1), 15.0))
+        torch.testing.assert_close(params["scale"].reshape(1, 1), torch.full((1, 1), 1e-20 / 2**0.5))
+    # ordinary scales: precisions 1 (prior), 1/4 and 4, so the mean is (10/4 + 20 * 4) / 5.25, the scale 5.25^-0.5
+    a, b = (Normal(var=["z"], cond_var=[v], loc=v, scale=s, name="q") for v, s in (("x", 2.0), ("y", 0.5)))
+    params = ProductOfNormal([a, b], name="q").get_params(given)
+    torch.testing.assert_close(params["loc"], torch.full((1, 1), 82.5 / 5.25))
+    torch.testing.assert_close(params["scale"], torch.full((1, 1), 5.25**-0.5))

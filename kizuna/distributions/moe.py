@@ -107,8 +107,21 @@ class MixtureOfNormal(Distribution):
     def log_weights(self, x_dict: Mapping[str, Any], dtype: torch.dtype | None = None) -> tuple[list[int], Tensor]:
         r"""The present experts and :math:`\log \tilde w_i`, renormalised over them (in ``dtype``)."""
         idx = self.present(x_dict)
+        if isinstance(self.weights, nn.Parameter) and not bool(((self.weights > 0) & self.weights.isfinite()).all()):
+            # (a training step took a learnable weight below 0: every log-density NaN, named nowhere)
+            raise ValueError(f"{self.prob_text}: the learnable weights must stay positive and finite, got "
+                             f"{self.weights.detach().tolist()}; they are used as given: keep them positive (e.g. "
+                             "clamp them after each step, or take smaller steps)")
         logw = self.weights[idx].to(dtype or self.weights.dtype).log()
         return idx, logw - torch.logsumexp(logw, 0)
+
+    def _stacked(self, tensors: list[Tensor]) -> Tensor:
+        """The present experts' draws or moments ``(batch, *features)`` stacked on dim 0, their shapes checked."""
+        features = {tuple(t.shape[1:]) for t in tensors}
+        if len(features) > 1:  # (a raw "size of tensor a (2) must match the size of tensor b (3)")
+            raise ValueError(f"{self.prob_text}: the experts disagree on the shape of {self._var[0]}: "
+                             f"{sorted(features)}")
+        return torch.stack(torch.broadcast_tensors(*tensors))
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         return self._summed(x_dict, sum_features, None)
@@ -138,7 +151,7 @@ class MixtureOfNormal(Distribution):
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         idx, logw = self.log_weights(x_dict)
         draws = self.sample_each(x_dict, batch_n, reparam)
-        stacked = torch.stack(torch.broadcast_tensors(*[draws[i] for i in idx]), 1)  # (batch, E, *features)
+        stacked = self._stacked([draws[i] for i in idx]).movedim(0, 1)  # (batch, E, *features)
         b = stacked.shape[0]
         choice = torch.multinomial(logw.exp().expand(b, len(idx)), 1).squeeze(1)
         return {self._var[0]: stacked[torch.arange(b, device=stacked.device), choice.to(stacked.device)]}
@@ -151,7 +164,7 @@ class MixtureOfNormal(Distribution):
         n_features = len(self.features_shape)  # a moment without its batch dimension gets one (of one row)
         means = [d.mean if d.mean.dim() > n_features else d.mean.unsqueeze(0) for d in params]
         varis = [d.variance if d.variance.dim() > n_features else d.variance.unsqueeze(0) for d in params]
-        mean, var = torch.stack(torch.broadcast_tensors(*means)), torch.stack(torch.broadcast_tensors(*varis))
+        mean, var = self._stacked(means), self._stacked(varis)
         w = self.log_weights(x_dict, mean.dtype)[1].exp().reshape(-1, *[1] * (mean.dim() - 1))
         return w, mean, var
 

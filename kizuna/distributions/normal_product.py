@@ -55,7 +55,8 @@ class NormalProduct(Normal):
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         """Precision-weighted ``loc`` and ``scale`` of the factors given ``cond``."""
         params = [(q["loc"], q["scale"]) for q in (f.get_params(cond) for f in self.factors_)]
-        precision = [s.pow(-2) for _, s in params]
-        total = torch.stack(torch.broadcast_tensors(*precision)).sum(0)
-        loc = sum(m * t for (m, _), t in zip(params, precision)) / total
-        return {"loc": loc, "scale": total.rsqrt()}
+        # in log space: precisions of tiny scales (1e-20 in float32) overflowed to inf, and the mean to NaN
+        log_precision = [-2.0 * s.log() for _, s in params]
+        log_total = torch.logsumexp(torch.stack(torch.broadcast_tensors(*log_precision)), 0)
+        loc = sum(m * (t - log_total).exp() for (m, _), t in zip(params, log_precision))
+        return {"loc": loc, "scale": (-0.5 * log_total).exp()}

@@ -51,10 +51,12 @@ def expert_loc_scale(e: Distribution, x_dict: Mapping[str, Any]) -> tuple[Tensor
 
 def precision_product(loc: Tensor, scale: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
     r"""Product of the present experts (dim 0) and :math:`\mathcal{N}(0, I)`; see the module docstring."""
-    precision = torch.where(present, scale.pow(-2), torch.zeros_like(scale))
-    total = 1.0 + precision.sum(0)
-    mean = torch.where(present, loc * precision, torch.zeros_like(loc)).sum(0) / total
-    return mean, total.rsqrt()
+    # in log space: precisions of tiny scales (1e-20 in float32) overflowed to inf, and the mean to NaN
+    log_precision = torch.where(present, -2.0 * scale.log(), torch.full_like(scale, -torch.inf))
+    log_total = torch.logaddexp(torch.zeros_like(log_precision[0]), torch.logsumexp(log_precision, 0))  # + prior's 1
+    weight = (log_precision - log_total).exp()  # 0 for an absent expert
+    mean = torch.where(present, loc * weight, torch.zeros_like(loc)).sum(0)
+    return mean, (-0.5 * log_total).exp()
 
 
 class ProductOfNormal(Normal):

@@ -161,6 +161,10 @@ def cross_generate(encoders: Encoders, decoder: Distribution, x_dict: Mapping[st
 def _labels(values: Any, what: str) -> np.ndarray:
     """Class indices from indices (1-d, or a column (N, 1)) or scores / one-hot rows (2-d, C >= 2: argmax)."""
     arr = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # (argmax read a row of NaN scores as class 0)
+        rows = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1)) if arr.ndim else np.array([0])
+        raise ValueError(f"coherence: {what} has non-finite values in {len(rows)} row(s) (first: row {rows[0]}); a "
+                         "diverged decoder or classifier gives no class")
     if arr.ndim == 2 and arr.shape[1] == 1:  # a column of indices (the argmax of one score is always 0)
         arr = arr[:, 0]
         if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
