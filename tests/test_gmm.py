@@ -303,7 +303,7 @@ def test_errors():
         GMM(2, algorithm="em").fit(X).predict(X[:, :2])
     with pytest.raises(ValueError, match=r"mean_prior must have shape \(3,\)"):
         GMM(2, mean_prior=[0.0, 0.0]).fit(X)
-    with pytest.raises(ValueError, match="degrees_of_freedom_prior must exceed D - 1 = 2"):
+    with pytest.raises(ValueError, match="degrees_of_freedom_prior must be finite and exceed D - 1 = 2"):
         GMM(2, degrees_of_freedom_prior=1.5).fit(X)
     gmm = GMM(2, category=[0, 1]).connect(Observation(X))
     with pytest.raises(ValueError, match="category has 2 labels but the data has 600 samples"):
@@ -361,3 +361,31 @@ def test_priors_and_tolerance_out_of_range_are_named() -> None:
         GaussianMixture(2, covariance_prior=np.array([[1.0, 2.0], [2.0, 1.0]])).fit(X)
     with pytest.raises(ValueError, match=r"covariance_prior must be positive definite \(every entry > 0\)"):
         GaussianMixture(2, covariance_type="diag", covariance_prior=np.array([1.0, -1.0])).fit(X)
+    # non-finite priors: a NaN diagonal covariance prior passed `<= 0` and the VB fit gave NaN weights and scores
+    # silently; the others ended in raw Cholesky or sampler errors that named no parameter
+    for kwargs, named in (({"covariance_type": "diag", "covariance_prior": [np.nan, 1.0]}, "covariance_prior"),
+                          ({"covariance_type": "diag", "covariance_prior": [np.inf, 1.0]}, "covariance_prior"),
+                          ({"mean_prior": [np.nan, 0.0]}, "mean_prior"),
+                          ({"degrees_of_freedom_prior": np.nan}, "degrees_of_freedom_prior"),
+                          ({"mean_precision_prior": np.inf}, "mean_precision_prior"),
+                          ({"weight_concentration_prior": np.inf}, "weight_concentration_prior")):
+        with pytest.raises(ValueError, match=named):
+            GaussianMixture(2, algorithm="vb", random_state=0, **kwargs).fit(X)
+
+
+def test_counts_take_numpy_integers_and_max_iter_is_an_integer() -> None:
+    """GridSearchCV over np.arange(1, 4) failed ("n_components must be a positive int, got np.int64(1)"); max_iter=5.0
+    failed inside range() and None in a comparison."""
+    from sklearn.model_selection import GridSearchCV
+
+    from kizuna.modules import GaussianMixture
+
+    X = np.random.default_rng(0).normal(size=(60, 2))
+    search = GridSearchCV(GaussianMixture(algorithm="em", random_state=0), {"n_components": np.arange(1, 4)}, cv=2,
+                          error_score="raise").fit(X)
+    assert search.best_params_["n_components"] in (1, 2, 3)
+    small = GaussianMixture(np.int64(2), n_init=np.int64(2), max_iter=np.int64(3), algorithm="em").fit(X)
+    assert small.predict(X).shape == (60,)
+    for bad in (5.0, None, 0):
+        with pytest.raises(ValueError, match=rf"max_iter must be a positive int, got {bad!r}"):
+            GaussianMixture(2, max_iter=bad).fit(X)

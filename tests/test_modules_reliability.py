@@ -191,6 +191,15 @@ def test_save_module_is_atomic_and_checked(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptSaveError, match="gmm.pt: checksum mismatch"):
         km.load_module(small_graph(200)[1], path)
+    # an estimator is not a graph module: an AttributeError ("no attribute 'name'") before; pickle keeps it
+    estimator = km.GaussianMixture(2, random_state=0).fit(np.random.default_rng(0).normal(size=(30, 2)))
+    for call in (lambda: km.save_module(estimator, tmp_path / "e.pt"), lambda: km.load_module(estimator, path)):
+        with pytest.raises(TypeError, match=r"takes a kizuna.modules graph module .*got GaussianMixture; an estimator "
+                                            r"such as GaussianMixture is saved with pickle"):
+            call()
+    assert not (tmp_path / "e.pt").exists()
+    copy = pickle.loads(pickle.dumps(estimator))
+    np.testing.assert_array_equal(copy.predict_proba(np.zeros((3, 2))), estimator.predict_proba(np.zeros((3, 2))))
 
 
 def test_a_save_removes_only_what_this_library_wrote(tmp_path):

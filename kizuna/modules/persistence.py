@@ -219,8 +219,17 @@ def _load_all(pairs: list[tuple[Module, Any]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- one module
+def _check_module(module: Any, who: str) -> None:
+    """A TypeError for what is not a graph module (an estimator such as `GaussianMixture` has no ``name``)."""
+    if not isinstance(module, Module):
+        raise TypeError(f"{who} takes a kizuna.modules graph module (e.g. GMM, MLDA, HMM, VAE), got "
+                        f"{type(module).__name__}; an estimator such as GaussianMixture is saved with pickle or "
+                        "joblib, as scikit-learn's")
+
+
 def save_module(module: Module, path: str | Path) -> Path:
     """Write one module's manifest entry and state to the file ``path``, atomically and checksummed."""
+    _check_module(module, "save_module")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(p, pack({"format": FORMAT, "manifest": json.dumps(describe(module)), "state": module.state_dict()}))
@@ -228,12 +237,13 @@ def save_module(module: Module, path: str | Path) -> Path:
 
 
 def load_module(module: Module, path: str | Path) -> Module:
-    """Load a state written by `save_module` into ``module`` (same class and config)."""
+    """Load a state written by `save_module` into ``module`` (same class, config and name)."""
+    _check_module(module, "load_module")
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no saved kizuna module at {p}")
     blob = unpack(p.read_bytes(), p, _device([module, *module.children]))
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "manifest" not in blob or "state" not in blob:
         raise GraphError(f"{p}: not a saved kizuna module")
     diffs = _differences([json.loads(blob["manifest"])], [module])
     if diffs:

@@ -22,6 +22,8 @@ True
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, ClassVar
 
 import torch
@@ -96,22 +98,22 @@ class GaussianMixture(Estimator):
     def _validate(self) -> None:
         """Every parameter in range (scikit-learn validates in ``fit``; a graph node also at construction)."""
         k = self.n_components
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"{self._owner}: n_components must be a positive int, got {k!r}")
+        # numpy integers too (GridSearchCV over np.arange); non-integer max_iter failed in range()
+        for what, value in (("n_components", k), ("n_init", self.n_init), ("max_iter", self.max_iter)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{self._owner}: {what} must be a positive int, got {value!r}")
         for value, allowed, what in ((self.algorithm, ALGORITHMS, "algorithm"),
                                      (self.covariance_type, COVARIANCE_TYPES, "covariance_type"),
                                      (self.init_params, INIT_PARAMS, "init_params")):
             if value not in allowed:
                 raise ValueError(f"{self._owner}: {what} must be one of {allowed}, got {value!r}")
-        if isinstance(self.n_init, bool) or not isinstance(self.n_init, int) or self.n_init < 1:
-            raise ValueError(f"{self._owner}: n_init must be a positive int, got {self.n_init!r}")
-        if not (self.max_iter >= 1 and self.reg_covar >= 0 and self.mean_precision_prior > 0):
-            raise ValueError(f"{self._owner}: need max_iter >= 1, reg_covar >= 0 and mean_precision_prior > 0, got "
-                             f"{self.max_iter}, {self.reg_covar}, {self.mean_precision_prior}")
+        if not (0 <= self.reg_covar < math.inf and 0 < self.mean_precision_prior < math.inf):
+            raise ValueError(f"{self._owner}: need reg_covar >= 0 and mean_precision_prior > 0, both finite, got "
+                             f"{self.reg_covar}, {self.mean_precision_prior}")
         alpha = self.weight_concentration_prior
-        if alpha is not None and not alpha > 0:  # a Dirichlet's concentration; <= 0 is no distribution
-            raise ValueError(f"{self._owner}: weight_concentration_prior must be > 0 (or None: 1 / n_components), "
-                             f"got {alpha!r}")
+        if alpha is not None and not 0 < alpha < math.inf:  # a Dirichlet's concentration; <= 0 is no distribution
+            raise ValueError(f"{self._owner}: weight_concentration_prior must be > 0 and finite (or None: "
+                             f"1 / n_components), got {alpha!r}")
         if not self.tol >= 0:
             raise ValueError(f"{self._owner}: tol must be >= 0, got {self.tol!r}")
 
@@ -136,6 +138,9 @@ class GaussianMixture(Estimator):
             s0 = x.var(0, correction=int(n > 1)) if diag else torch.atleast_2d(torch.cov(x.T, correction=int(n > 1)))
         s0 = s0 + (self.reg_covar if diag else self.reg_covar * torch.eye(d, dtype=x.dtype, device=x.device))
         expected = (d,) if diag else (d, d)
+        for what, value in (("mean_prior", m0), ("covariance_prior", s0)):  # (NaN passed `<= 0`: NaN weights)
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{self._owner}: {what} must be finite, got {value.tolist()}")
         if tuple(m0.shape) != (d,) or tuple(s0.shape) != expected:
             raise ValueError(f"{self._owner}: mean_prior must have shape {(d,)} and covariance_prior {expected} "
                              f"for {d}-dimensional data, got {tuple(m0.shape)} and {tuple(s0.shape)}")
@@ -145,8 +150,9 @@ class GaussianMixture(Estimator):
                 raise ValueError(f"{self._owner}: covariance_prior must be positive definite "
                                  f"{'(every entry > 0)' if diag else '(a symmetric matrix with a Cholesky factor)'}")
         nu0 = float(d) if self.degrees_of_freedom_prior is None else float(self.degrees_of_freedom_prior)
-        if nu0 <= d - 1:
-            raise ValueError(f"{self._owner}: degrees_of_freedom_prior must exceed D - 1 = {d - 1}, got {nu0}")
+        if not d - 1 < nu0 < math.inf:
+            raise ValueError(f"{self._owner}: degrees_of_freedom_prior must be finite and exceed D - 1 = {d - 1}, got "
+                             f"{nu0}")
         ones = torch.ones(k, dtype=x.dtype, device=x.device)
         return NormalWishart(m0.expand(k, d).clone(), ones * self.mean_precision_prior, ones * nu0,
                              s0.expand(k, *expected).clone())
