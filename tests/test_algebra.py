@@ -471,7 +471,7 @@ class MultivariateNormalPair(Distribution):
 
 def test_batch_n_that_contradicts_the_inputs_is_an_error():
     lik = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
-    with pytest.raises(ValueError, match="batch_n=5 but the conditioning values have batch size 4"):
+    with pytest.raises(ValueError, match=r"batch_n=5 but the conditioning values \(z\) have batch size 4"):
         lik.sample({"z": torch.zeros(4, 2)}, batch_n=5)
     assert lik.sample({"z": torch.zeros(4, 2)}, batch_n=4)["x"].shape == (4, 2)
 

@@ -996,3 +996,48 @@ def test_relaxed_categorical_gradient_is_finite_at_an_impossible_category() -> N
     assert all(torch.isfinite(g).all() for g in got)
     torch.testing.assert_close(got[0], torch.where(y > 0, want[0], 0.0))
     torch.testing.assert_close(got[1], want[1])
+
+
+def test_integer_values_as_parameters_are_floating_parameters() -> None:
+    """``loc="m"`` with an int64 ``m``: sampling failed ("normal_kernel_cpu" not implemented for 'Long') and
+    ``sample_mean`` was int64; Bernoulli's log-density failed in torch.finfo, Poisson's draw likewise. The values are
+    taken as floating parameters in the constants' dtype (the default one without constants), scored as scipy does."""
+    from scipy import stats
+
+    m = torch.tensor([[0, 1], [2, 3]])
+    p = Normal(var=["x"], cond_var=["m"], loc="m", scale=2.0)
+    draw = p.sample({"m": m})["x"]
+    assert draw.dtype == torch.get_default_dtype() and p.sample_mean({"m": m}).dtype == torch.get_default_dtype()
+    x = torch.tensor([[0.5, -1.0], [2.0, 4.0]])
+    np.testing.assert_allclose(p.get_log_prob({"m": m, "x": x}).numpy(),
+                               stats.norm(m.numpy(), 2.0).logpdf(x.numpy()).sum(1), rtol=1e-6)
+    wide = Normal(var=["x"], cond_var=["m"], loc="m", scale=torch.tensor(2.0, dtype=torch.float64))
+    assert wide.sample({"m": m})["x"].dtype == torch.float64
+    coin = Bernoulli(var=["x"], cond_var=["p"], probs="p")
+    ones = torch.ones(2, 3, dtype=torch.long)
+    assert torch.equal(coin.sample({"p": ones})["x"], torch.ones(2, 3))
+    torch.testing.assert_close(coin.get_log_prob({"p": ones, "x": torch.ones(2, 3)}), torch.zeros(2), atol=1e-6, rtol=0)
+    counts = Poisson(var=["x"], cond_var=["r"], rate="r").sample({"r": torch.full((2, 3), 2)})["x"]
+    assert counts.shape == (2, 3) and counts.is_floating_point()
+
+
+def test_a_network_that_returns_other_rows_than_its_inputs_is_named_when_sampling() -> None:
+    """``forward`` returning 3 rows for a 4-row z drew x of 3 rows next to z of 4 in a product, silently (scoring
+    named it already); with batch_n=4 the error blamed the conditioning values ("have batch size 3")."""
+
+    class ThreeRows(Normal):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="q")
+
+        def forward(self, z):
+            return {"loc": torch.zeros(3, 2), "scale": torch.ones(3, 2)}
+
+    z = torch.randn(4, 1)
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[1])
+    message = r"^q\(x\|z\): the parameters have batch size 3 but the conditioning values \(z\) have batch size 4"
+    for call in (lambda: ThreeRows().sample({"z": z}), lambda: (ThreeRows() * prior).sample({"z": z})):
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(ValueError, match=r"the parameters have batch size 3 but batch_n=4 \(the conditioning values "
+                                         r"\(z\) have batch size 4\)"):
+        ThreeRows().sample({"z": z}, batch_n=4)

@@ -230,7 +230,7 @@ class Bernoulli(TorchDistribution):
 
 
 class FactorizedBernoulli(Bernoulli):
-    r"""Bernoulli whose log-density counts only the entries equal to one.
+    r"""Bernoulli whose log-density counts only the non-zero entries (ones, and grey values in (0, 1]).
 
     .. math:: \log p(x) = \sum_{d: x_d \neq 0} \log p_d
 

@@ -433,7 +433,14 @@ class TorchDistribution(Distribution):
         for key, cond in self._from_var.items():
             if cond not in x_dict:
                 self._require(x_dict, self._cond_var)
-            params[key] = x_dict[cond]
+            value = x_dict[cond]
+            if isinstance(value, Tensor) and not value.is_floating_point():
+                # an integer or boolean value as a parameter (loc="m" with m int64): a floating one, in the constants'
+                # dtype (sampling failed with "normal_kernel_cpu not implemented for 'Long'", Bernoulli's log-density
+                # in torch.finfo)
+                floats = [b for b in self._buffers.values() if b is not None and b.is_floating_point()]
+                value = value.to(floats[0].dtype if floats else torch.get_default_dtype())
+            params[key] = value
         like: Any = False  # the first floating parameter from the inputs, found when a number needs it
         for key in self._const_names:
             if key in params:
@@ -713,6 +720,10 @@ class TorchDistribution(Distribution):
               reparam: bool) -> Tensor:
         """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
         rows = self._rows(params, x_dict, batch_n)
+        if batch_n is None and rows != 1 and self._uses_forward:
+            given = batch_size_of(x_dict, self._cond_var)
+            if given is not None and given != rows:  # a network that returned other rows than it was given
+                raise self._rows_error(rows, x_dict, None)
         lead = (n,) if n > 1 else ()
         if reparam and self._hooks["_rsample_kernel"] and self.has_reparam:
             if validation_enabled():  # the parameters' checks; the draw is the kernel's either way
@@ -726,10 +737,21 @@ class TorchDistribution(Distribution):
         batch = dist.batch_shape
         if rows is not None and rows != batch[0]:
             if batch[0] != 1:
-                raise ValueError(f"{self.prob_text}: batch_n={rows} but the conditioning values have batch size "
-                                 f"{batch[0]}")
+                raise self._rows_error(batch[0], x_dict, rows)
             dist = dist.expand(torch.Size([rows]) + batch[1:])
         return dist.rsample(lead) if reparam and self.has_reparam else dist.sample(lead)
+
+    def _rows_error(self, found: int, x_dict: Mapping[str, Any], batch_n: int | None) -> ValueError:
+        """The error for parameters of ``found`` rows that do not fit ``batch_n`` or the conditioning values."""
+        given = batch_size_of(x_dict, self._cond_var)
+        inputs = f"the conditioning values ({', '.join(self._cond_var)}) have batch size {given}"
+        if given == found:
+            return ValueError(f"{self.prob_text}: batch_n={batch_n} but {inputs}")
+        asked = f"batch_n={batch_n}" if batch_n is not None else inputs
+        return ValueError(f"{self.prob_text}: the parameters have batch size {found} but {asked}"
+                          + (f" ({inputs})" if batch_n is not None and given is not None else "")
+                          + ("; forward must return one row of parameters per row of its inputs"
+                             if given is not None else ""))
 
     def _kernel_shape(self, params: dict[str, Any], rows: int | None) -> torch.Size | None:
         """The broadcast shape of the parameters with ``rows`` rows, if they are all tensors."""
@@ -750,8 +772,7 @@ class TorchDistribution(Distribution):
             return None
         if rows is not None and rows != shape[0]:
             if shape[0] != 1:
-                raise ValueError(f"{self.prob_text}: batch_n={rows} but the conditioning values have batch size "
-                                 f"{shape[0]}")
+                raise ValueError(f"{self.prob_text}: batch_n={rows} but the parameters have batch size {shape[0]}")
             shape = torch.Size([rows]) + shape[1:]
         return shape
 
@@ -913,7 +934,11 @@ class TorchDistribution(Distribution):
         """See `Distribution.get_entropy`."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        entropy = self._torch_dist(x_dict, independent=False).entropy()
+        try:
+            entropy = self._torch_dist(x_dict, independent=False).entropy()
+        except NotImplementedError as err:  # torch's bare NotImplementedError('') (Poisson, VonMises)
+            raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) has no closed-form entropy; the "
+                                      "Entropy loss estimates it by Monte Carlo") from err
         return sum_rows(entropy, feature_dims) if sum_features else entropy
 
     def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
