@@ -702,3 +702,44 @@ def test_validation_runs_the_discriminator_in_evaluation_mode() -> None:
     model.evaluate({"x": torch.randn(32, 3)})
     assert seen and not any(seen)  # the generator's loss and the discriminator's, both in evaluation mode
     assert torch.equal(d.net[1].num_batches_tracked, tracked) and torch.equal(d.net[1].running_mean, running)
+
+
+def test_a_kl_gan_trains_its_generator_and_losses_without_generator_gradient_are_named() -> None:
+    """``GAN(..., adversarial=AdversarialKullbackLeibler)`` built KL[p_data || p], whose estimate draws from the data
+    only: the generator's parameters never moved (200 steps, grad None) and train() returned finite losses. It is
+    KL[p || p_data] now and the generator trains; a loss that reaches no trained parameter (the old order, given by
+    hand) is an error instead of a step that changes nothing. Empty batches and mismatched draws are named (a NaN,
+    or raw torch errors, before)."""
+    from kizuna.losses import MMD, WassersteinDistance
+
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    generator = RingG()
+    p = (generator * prior).marginalize_var("z")
+    model = GAN(p, RingD(), adversarial=AdversarialKullbackLeibler)
+    assert str(model.loss_cls) == "D_KL^Adv[p(x)||p_{data}(x)]"
+    before = [w.detach().clone() for w in generator.parameters()]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        model.train({"x": ring(32, g)})
+    assert all(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
+    data = EmpiricalDistribution(["x"])
+    stuck = Model(AdversarialKullbackLeibler(data, p, RingD()), distributions=[p])
+    with pytest.raises(ValueError, match=r"passes no gradient to any parameter of the distributions it trains"):
+        stuck.train({"x": ring(32, g)})
+    with pytest.raises(TypeError, match="GAN: adversarial must be a kizuna adversarial loss class"):
+        GAN(p, RingD(), adversarial=42)
+    with pytest.raises(ValueError, match=r"gave no rows \(x of shape \(0, 2\)\): nothing to compare"):
+        model.loss_cls.eval({"x": torch.zeros(0, 2)})
+    with pytest.raises(ValueError, match=r"p_\{data\}\(x\) gave no rows \(x of shape \(0, 2\)\)"):
+        AdversarialJensenShannon(data, p, RingD()).d_loss().eval({"x": torch.zeros(0, 2)})
+    with pytest.raises(ValueError, match=r"no rows to compare"):
+        MMD(data, p).eval({"x": torch.zeros(0, 2)})
+    three = Normal(var=["x"], loc=0.0, scale=1.0, features_shape=[3])
+    with pytest.raises(ValueError, match=r"need the same number of features, got \(4, 2\) and \(1, 3\)"):
+        MMD(data, three).eval({"x": torch.zeros(4, 2)})
+    with pytest.raises(ValueError, match=r"need the same shape \(it pairs the rows\), got \(4, 2\) and \(3, 2\)"):
+        WassersteinDistance(data, Normal(var=["x"], loc=0.0, scale=1.0, features_shape=[2])).eval(
+            {"x": torch.zeros(4, 2)}, batch_n=3)
+    for bad in (float("inf"), "1"):
+        with pytest.raises(ValueError, match="MMD: sigma_sqr must be a positive finite number"):
+            MMD(data, p, sigma_sqr=bad)

@@ -116,7 +116,11 @@ class AdversarialLoss(Loss):
     def _draw(self, dist: Distribution, ctx: EvalContext, batch_n: int | None) -> dict[str, Tensor]:
         inputs = {k: v for k, v in ctx.values.items() if k in dist.input_var or k not in dist.var}
         dist._require(inputs, dist.input_var)
-        return dist._sample(inputs, batch_n, dist.has_reparam)
+        out = dist._sample(inputs, batch_n, dist.has_reparam)
+        if batch_size_of(out, dist.var) == 0:  # (the means over no rows were NaN, silently)
+            raise ValueError(f"{self}: {dist.prob_text} gave no rows ({', '.join(dist.var)} of shape "
+                             f"{tuple(out[dist.var[0]].shape)}): nothing to compare")
+        return out
 
     def _draws(self, ctx: EvalContext) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """One batch of draws from ``p`` and from ``q`` (the one with inputs first, to fix the size)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from kizuna._data import check_positive
 from kizuna._distances import squared_distances
 from kizuna._text import symbol
 from kizuna.distributions.base import Distribution, flat_rows
@@ -27,6 +28,16 @@ from kizuna.losses.expectation import draw
 def _features(values: dict[str, Any], names: list[str]) -> Tensor:
     """The draws of ``names`` as one ``(B, features)`` matrix; scalar data (shape ``(B,)``) is one feature per row."""
     return torch.cat([flat_rows(values[v]) for v in names], dim=1)
+
+
+def check_samples(loss: Loss, x: Tensor, y: Tensor, same_rows: bool) -> None:
+    """Draws of both sides as ``(rows, features)`` matrices: some rows (a mean of none was NaN), as many features
+    (a raw broadcast error), and as many rows when ``same_rows`` (a loss that pairs the rows)."""
+    if len(x) == 0 or len(y) == 0:
+        raise ValueError(f"{loss}: no rows to compare (draws of shapes {tuple(x.shape)} and {tuple(y.shape)})")
+    if x.shape[1] != y.shape[1] or (same_rows and x.shape[0] != y.shape[0]):
+        need = "the same shape (it pairs the rows)" if same_rows else "the same number of features"
+        raise ValueError(f"{loss}: the two sides' draws need {need}, got {tuple(x.shape)} and {tuple(y.shape)}")
 
 
 def gaussian_kernel(x: Tensor, y: Tensor, sigma_sqr: float) -> Tensor:
@@ -47,10 +58,10 @@ class MMD(Loss):
                  kernel: str = "gaussian", sigma_sqr: float | None = None) -> None:
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"MMD needs both over the same variables: {p.var} vs {q.var}")
-        if kernel not in KERNELS:
+        if not isinstance(kernel, str) or kernel not in KERNELS:
             raise ValueError(f"unknown MMD kernel {kernel!r}; choose one of {sorted(KERNELS)}")
-        if sigma_sqr is not None and not sigma_sqr > 0:
-            raise ValueError(f"MMD: sigma_sqr must be a positive number, got {sigma_sqr!r}")
+        if sigma_sqr is not None:  # (inf gave 0 for any samples; "1" a raw TypeError)
+            check_positive("MMD: sigma_sqr", sigma_sqr)
         super().__init__(p.input_var + q.input_var)
         self.p, self.q, self.kernel, self.sigma_sqr = p, q, kernel, sigma_sqr
 
@@ -60,6 +71,7 @@ class MMD(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         x = _features(draw(self.p, ctx, 1, reparam=self.p.has_reparam)[0], self.p.var)
         y = _features(draw(self.q, ctx, 1, reparam=self.q.has_reparam)[0], self.p.var)
+        check_samples(self, x, y, same_rows=False)
         sigma_sqr = self.sigma_sqr if self.sigma_sqr is not None else 2.0 * x.shape[1]
         k = KERNELS[self.kernel]
         return k(x, x, sigma_sqr).mean() + k(y, y, sigma_sqr).mean() - 2 * k(x, y, sigma_sqr).mean()

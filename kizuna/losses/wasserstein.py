@@ -16,7 +16,7 @@ from kizuna._text import symbol
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
-from kizuna.losses.mmd import _features
+from kizuna.losses.mmd import _features, check_samples
 
 
 class WassersteinDistance(Loss):
@@ -38,6 +38,7 @@ class WassersteinDistance(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         x = _features(draw(self.p, ctx, 1, reparam=self.p.has_reparam)[0], self.p.var)
         y = _features(draw(self.q, ctx, 1, reparam=self.q.has_reparam)[0], self.p.var)
+        check_samples(self, x, y, same_rows=True)
         return self.metric(x, y)
 
     def _render(self, fmt: dict[str, str]) -> str:

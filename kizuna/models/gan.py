@@ -22,7 +22,7 @@ import torch
 
 from kizuna.distributions.base import Distribution
 from kizuna.distributions.special import EmpiricalDistribution
-from kizuna.losses.adversarial import AdversarialJensenShannon, AdversarialLoss
+from kizuna.losses.adversarial import AdversarialJensenShannon, AdversarialKullbackLeibler, AdversarialLoss
 from kizuna.models import checkpoint as ckpt
 from kizuna.models.model import Model, StepResult
 
@@ -37,7 +37,9 @@ class GAN(Model):
             ``d_optimizer_params`` the discriminator's (the positional order of Pixyz's ``GAN``).
         clip_grad_norm, clip_grad_value: gradient clipping for both.
         p_data: the data distribution (default ``EmpiricalDistribution(p.var)``).
-        adversarial: the loss class, `AdversarialJensenShannon` by default.
+        adversarial: the loss class, `AdversarialJensenShannon` by default (``D_JS[p_data || p]``);
+            `AdversarialKullbackLeibler` is built as ``KL[p || p_data]``, the generator's KL to the data (its
+            estimate draws from the first distribution only, so the other order would not train the generator).
         adversarial_params: its extra keyword arguments (e.g. ``{"gradient_penalty": 10.0}``, or
             ``{"clip_value": 0.01}`` for WGAN's weight clipping after every discriminator step).
         d_steps: discriminator steps per generator step.
@@ -91,7 +93,13 @@ class GAN(Model):
         if isinstance(d_steps, bool) or not isinstance(d_steps, numbers.Integral) or d_steps < 1:
             raise ValueError(f"GAN: d_steps must be an int of at least 1, got {d_steps!r}")
         p_data = p_data if p_data is not None else EmpiricalDistribution(p.var)
-        loss = adversarial(p_data, p, discriminator, **dict(adversarial_params or {}))
+        if not (isinstance(adversarial, type) and issubclass(adversarial, AdversarialLoss)):
+            raise TypeError(f"GAN: adversarial must be a kizuna adversarial loss class (AdversarialJensenShannon, "
+                            f"AdversarialKullbackLeibler, AdversarialWassersteinDistance), got {adversarial!r}")
+        # the KL's estimate E_p[log d / (1 - d)] draws from its first distribution only: the generator's KL to the
+        # data, KL[p || p_data] (KL[p_data || p] passed no gradient to the generator: it never trained, silently)
+        first, second = (p, p_data) if issubclass(adversarial, AdversarialKullbackLeibler) else (p_data, p)
+        loss = adversarial(first, second, discriminator, **dict(adversarial_params or {}))
         super().__init__(loss, distributions=[p], optimizer=optimizer, optimizer_params=optimizer_params,
                          clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value, compile=compile,
                          validate=validate)

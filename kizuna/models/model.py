@@ -270,6 +270,11 @@ class Model:
                              "False); pass the distributions whose parameters the loss reads")
         weight = self.row_weight if finite else math.nan  # data-parallel: nan tells every rank
         (loss if weight == 1.0 else loss * weight).backward()
+        if finite and all(p.grad is None for p in self._params):  # the first parameter with a gradient ends the scan
+            # the loss depends on parameters, but on none of those this model trains (a GAN loss whose generator
+            # term draws no sample from the generator): the step would change nothing, silently
+            raise ValueError(f"Model: the loss {self.loss_cls} passes no gradient to any parameter of the "
+                             "distributions it trains; the step would change nothing")
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             raise self._nonfinite(f"the loss is {value}", batch, found)
