@@ -1,6 +1,6 @@
 """Unsupervised word segmentation of the Brent corpus with NPYLM (`kizuna.modules.WordSegmenter`).
 
-The Brent corpus (Bernstein-Ratner child-directed speech, phonemic, 9,789 utterances; Brent 1999)
+The Brent corpus (Bernstein-Ratner child-directed speech, phonemic, 9,790 utterances; Brent 1999)
 is read from ``../shared/data/brent/br-phono.txt`` (tests and benchmarks only): its spaces are the
 true word boundaries, removed before segmenting. Prints boundary and word-token F of the current
 Gibbs sample after every sweep and of the Viterbi segmentation at the end, next to the

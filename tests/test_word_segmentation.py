@@ -536,3 +536,24 @@ def test_resume_follows_torch_s_seed_and_segment_draws_nothing():
     before = torch.get_rng_state()
     seg.segment(["abcab"])
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_utterances_from_a_generator_are_fitted_and_settings_are_checked():
+    """A generator was used up by the input check, so fit saw no utterance and fitted nothing, silently; a numpy
+    array of strings failed in `not utterances`. Settings were not checked: anneal=0 divided by zero, a negative
+    anneal blamed the data ("no segmentation ... has positive probability"), init_length=0 failed in numpy,
+    max_word_length=2.5 in an index, n_iter=2.5 in a multiplication, and prior_weight=nan was accepted."""
+    data = ["abab", "abba", "baab"]
+    fitted = km.WordSegmenter(n_iter=2, random_state=0).fit(u for u in data)
+    listed = km.WordSegmenter(n_iter=2, random_state=0).fit(data)
+    assert fitted.segmentation_ == listed.segmentation_ and ["".join(w) for w in fitted.segmentation_] == data
+    assert km.WordSegmenter(n_iter=2, random_state=0).fit(np.array(data)).segmentation_ == listed.segmentation_
+    for kwargs, message in (({"anneal": 0}, "anneal must be a positive finite number, got 0"),
+                            ({"anneal": -1.0}, "anneal must be a positive finite number, got -1.0"),
+                            ({"anneal": float("nan")}, "anneal must be a positive finite number, got nan"),
+                            ({"init_length": 0}, "init_length must be an integer >= 1, got 0"),
+                            ({"max_word_length": 2.5}, "max_word_length must be an integer >= 1, got 2.5"),
+                            ({"n_iter": 2.5}, "n_iter must be an integer >= 0, got 2.5"),
+                            ({"prior_weight": float("nan")}, "prior_weight must be a finite number >= 0, got nan")):
+        with pytest.raises(ValueError, match=message):
+            km.WordSegmenter(**kwargs)

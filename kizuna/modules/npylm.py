@@ -34,7 +34,7 @@ segmentations).
 
 We stay with numpy and Python (no JIT): the model is a set of dictionaries of restaurants that a JIT
 cannot hold, and the per-utterance tables are small (at most :math:`T \times L^2` cells); one sweep over
-the 9,789 Brent utterances takes about 20 CPU seconds (`bench/robots.py`, docs/robotics.md).
+the 9,790 Brent utterances takes about 20 CPU seconds (`bench/robots.py`, docs/robotics.md).
 """
 
 from __future__ import annotations

@@ -52,6 +52,8 @@ slot model's evidence favours gluing the article to a name (docs/robotics.md, "N
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from kizuna._data import check_count, check_int, check_positive
 from kizuna.modules.base import Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.npylm import NPYLM, NPYLMState, gibbs_sweep, random_segmentation, temperatures
@@ -146,6 +149,20 @@ class WordSegmenter(Module):
                  type_min_count: int = 5, type_favour: float = 4.0, random_state: int | None = None,
                  name: str | None = None) -> None:
         super().__init__(name, random_state=random_state)
+        # counts are integers (2.5 sweeps failed inside, a width of 2.5 in an index) and annealing a positive
+        # finite exponent (0 divided by zero, a negative or NaN one blamed the data: "no segmentation ... has
+        # positive probability")
+        for what, value, least in (("max_word_length", max_word_length, 1), ("char_order", char_order, 1),
+                                   ("n_iter", n_iter, 0), ("sweeps_per_update", sweeps_per_update, 0),
+                                   ("n_candidates", n_candidates, 1), ("min_count", min_count, 1),
+                                   ("n_chains", n_chains, 1), ("type_moves", type_moves, 0),
+                                   ("type_min_count", type_min_count, 1)):
+            check_int(f"WordSegmenter {self.name}: {what}", value, least)
+        check_count(f"WordSegmenter {self.name}: init_length", init_length, 1)
+        check_positive(f"WordSegmenter {self.name}: anneal", anneal)
+        if not (isinstance(prior_weight, numbers.Real) and math.isfinite(prior_weight) and prior_weight >= 0):
+            raise ValueError(f"WordSegmenter {self.name}: prior_weight must be a finite number >= 0, got "
+                             f"{prior_weight!r}")
         if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
             raise ValueError(f"WordSegmenter {self.name}: need n_iter, sweeps_per_update >= 0 and n_candidates, "
                              f"min_count >= 1")
@@ -250,9 +267,12 @@ class WordSegmenter(Module):
 
     @staticmethod
     def _check(utterances: Sequence[str]) -> list[str]:
-        if isinstance(utterances, str) or not all(isinstance(s, str) and s for s in utterances) or not utterances:
+        # a list first: a generator was used up by the check and the fit saw no utterance, silently; a numpy array of
+        # strings failed in `not utterances`
+        listed = None if isinstance(utterances, str | bytes) else list(utterances)
+        if not listed or not all(isinstance(s, str) and s for s in listed):
             raise ValueError("WordSegmenter: utterances must be a non-empty list of non-empty strings")
-        return list(utterances)
+        return listed
 
     def _alphabet(self, utterances: list[str]) -> str:
         """The symbols of the language models: the utterances', and the NAME token under ``prior_mode="name"``."""
