@@ -220,6 +220,12 @@ def test_a_schedule_sets_vae_epochs_per_sweep_and_continues_over_fits():
     ({"vae": {"lr": [1e-3]}}, r"module 'vae' takes \('epochs',\) from a schedule, not 'lr'"),
     ({"gmm": {"max_iter": []}}, "must be a non-empty list"),
     ({"gmm": {"max_iter": 5}}, "must be a non-empty list"),
+    # scheduled counts: 2.5 epochs trained 2, -3 none, "3" three, None a raw TypeError from int()
+    ({"vae": {"epochs": [2.5]}}, r"schedule: vae.epochs entry 0 must be an integer >= 0, got 2.5"),
+    ({"vae": {"epochs": [3, -3]}}, r"schedule: vae.epochs entry 1 must be an integer >= 0, got -3"),
+    ({"vae": {"epochs": ["3"]}}, r"schedule: vae.epochs entry 0 must be an integer >= 0, got '3'"),
+    ({"gmm": {"max_iter": [None]}}, r"schedule: gmm.max_iter entry 0 must be an integer >= 0, got None"),
+    ({"vae": {"epochs": lambda i: 1.5}}, r"schedule: vae.epochs at iteration 0 must be an integer >= 0, got 1.5"),
 ])
 def test_schedule_errors_name_the_module_and_setting(schedule, match):
     x, _ = blobs()

@@ -219,3 +219,63 @@ def test_a_default_mlp_loaded_from_a_save_of_another_dtype_trains_in_the_datas(t
     user = build(data_dtype, torch.nn.Linear(3, 2).to(saved_dtype))
     with pytest.raises(RuntimeError, match="dtype"):
         Graph([user]).fit(1, seed=0)
+
+
+def test_a_network_of_another_width_than_the_target_and_fractional_counts_are_named():
+    """A Linear(2, 3) network against a 1-column target trained all three outputs on that column by broadcasting
+    (mse 6e-8, no error), and an (N,) output trained on an N x N loss; epochs=0.5 trained nothing, batch_size=2.5
+    failed in split_with_sizes; MM's n_samples=2.5 ran with 2 and n_particles=0 failed only under SIR; a VAE with
+    a 3-wide encoder and latent_dim=1 trained its epochs on a broadcast prior before failing."""
+    from kizuna.distributions import Bernoulli, Normal
+    from kizuna.modules import MM, VAE
+
+    x, y = torch.randn(50, 2), torch.randn(50, 1)
+    wide = NN(torch.nn.Linear(2, 3), target=y, epochs=1).connect(Observation(x))
+    with pytest.raises(MessageShapeError, match=r"the network returns \(1, 3\) for one row of 2 inputs, but the target "
+                                                r"has 1 column\(s\)"):
+        wide.update()
+
+    class Flat(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x)[:, 0]
+
+    with pytest.raises(MessageShapeError, match=r"the network returns \(1,\) for one row"):
+        NN(Flat(2, 1), target=y, epochs=1).connect(Observation(x)).update()
+    for kwargs, message in (({"epochs": 0.5}, "epochs must be an integer >= 0, got 0.5"),
+                            ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
+                            ({"lr": float("nan")}, "lr must be a positive finite number, got nan")):
+        with pytest.raises(ValueError, match=message):
+            NN(target=y, **kwargs)
+    for kwargs, message in (({"n_samples": 2.5}, "n_samples must be an integer >= 1, got 2.5"),
+                            ({"n_particles": 0}, "n_particles must be an integer >= 1, got 0")):
+        with pytest.raises(ValueError, match=message):
+            MM(2, **kwargs)
+    for kwargs, message in (({"epochs": 2.5}, "epochs must be an integer >= 0, got 2.5"),
+                            ({"latent_dim": 2.5}, "latent_dim must be an integer >= 1, got 2.5"),
+                            ({"alpha": float("nan")}, "alpha must be a finite number >= 0, got nan")):
+        with pytest.raises(ValueError, match=message):
+            VAE(**{"latent_dim": 2, **kwargs})
+
+    class Encoder(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.net = torch.nn.Linear(4, 6)
+
+        def forward(self, x):
+            loc, s = self.net(x).chunk(2, -1)
+            return {"loc": loc, "scale": torch.nn.functional.softplus(s) + 1e-3}
+
+    class Decoder(Bernoulli):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.net = torch.nn.Linear(3, 4)
+
+        def forward(self, z):
+            return {"logits": self.net(z)}
+
+    encoder = Encoder()
+    before = [w.detach().clone() for w in encoder.parameters()]
+    vae = VAE(1, encoder=encoder, decoder=Decoder(), epochs=3).connect(Observation(torch.rand(30, 4).round()))
+    with pytest.raises(MessageShapeError, match="1 latent dimensions"):
+        vae.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters())) and vae.loss_history == []

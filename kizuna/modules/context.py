@@ -9,7 +9,9 @@ reads from it:
 * ``schedule``: per-module settings by iteration, e.g. SERKET's VAE trained 200 epochs in the first
   update and 40 afterwards: ``{"vae": {"epochs": [200, 40]}}``. A list gives the value at iteration
   ``i`` as ``values[min(i, len - 1)]`` (the last one repeats); a callable is called with the
-  iteration. Modules declare the settings they take from a schedule in ``scheduled``.
+  iteration. Modules declare the settings they take from a schedule in ``scheduled``; every one of them is a
+  count (epochs, sweeps, iterations), so a scheduled value must be an integer >= 0 (checked when the graph
+  starts for a list, when it is read for a callable's value).
 
 >>> ctx = UpdateContext(schedule={"vae": {"epochs": [200, 40]}})
 >>> [ctx.at(i).setting("vae", "epochs", 10) for i in range(3)], ctx.setting("gmm", "max_iter", 50)
@@ -18,6 +20,7 @@ reads from it:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,8 +52,16 @@ class UpdateContext:
         if values is None:
             return default
         if callable(values):
-            return values(self.iteration)
-        return values[min(self.iteration, len(values) - 1)]
+            value = values(self.iteration)
+            _check_count(module, name, value, f"at iteration {self.iteration}")
+            return int(value)
+        return int(values[min(self.iteration, len(values) - 1)])  # checked by `check_schedule`
+
+
+def _check_count(module: str, name: str, value: Any, where: str) -> None:
+    """A scheduled value: an integer >= 0 (2.5 epochs were 2, -3 none, "3" three, silently)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"schedule: {module}.{name} {where} must be an integer >= 0, got {value!r}")
 
 
 def check_schedule(schedule: Schedule, scheduled: Mapping[str, Sequence[str]]) -> None:
@@ -74,3 +85,6 @@ def check_schedule(schedule: Schedule, scheduled: Mapping[str, Sequence[str]]) -
                                          or len(values) == 0):
                 raise ValueError(f"schedule: {name}.{key} must be a non-empty list (one value per iteration, "
                                  f"the last repeating) or a function of the iteration, got {values!r}")
+            if not callable(values):
+                for i, value in enumerate(values):
+                    _check_count(name, key, value, f"entry {i}")

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from kizuna._data import check_int, check_positive
 from kizuna._distances import squared_distances
 from kizuna.modules.base import Message, MessageShapeError, Module
 from kizuna.modules.context import UpdateContext
@@ -77,8 +78,10 @@ class NN(Module):
                  lr: float = 1e-3, name: str | None = None, learnable: bool = True,
                  random_state: int | torch.Generator | None = None) -> None:
         super().__init__(name, learnable, random_state)
-        if epochs < 0 or batch_size < 1 or lr <= 0:
-            raise ValueError(f"NN {self.name}: need epochs >= 0, batch_size >= 1 and lr > 0")
+        # counts are integers (epochs=0.5 trained nothing, batch_size=2.5 failed in split_with_sizes)
+        check_int(f"NN {self.name}: epochs", epochs, 0)
+        check_int(f"NN {self.name}: batch_size", batch_size, 1)
+        check_positive(f"NN {self.name}: lr", lr)
         self.net, self.in_dim, self.out_dim, self.hidden = net, in_dim, out_dim, tuple(hidden)
         self._builds_net = net is None  # the default MLP: kizuna moves it to the data's dtype and device
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
@@ -113,6 +116,22 @@ class NN(Module):
         if self.optimizer is None:
             self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
 
+    def _check_output(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The network's output for one row has the target's width (a (N, 3) output against an (N, 1) target trained
+        every column on the one target by broadcasting, and an (N,) output on an N x N loss, silently)."""
+        was = self.net.training
+        self.net.eval()  # one row: batch normalisation in its evaluation mode, no dropout draw
+        try:
+            with torch.no_grad():
+                out = self.net(x[:1])
+        finally:
+            self.net.train(was)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, y.shape[1]):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise MessageShapeError(f"NN {self.name}: the network returns {shape} for one row of {x.shape[1]} "
+                                    f"inputs, but the target has {y.shape[1]} column(s): it must return (N, "
+                                    f"{y.shape[1]})")
+
     def _train(self, x: torch.Tensor, y: torch.Tensor, epochs: int, generator: torch.Generator | None) -> None:
         self.net.train()
         n = x.shape[0]
@@ -131,7 +150,8 @@ class NN(Module):
         self._ensure(x, y, ctx.generator)
         if self._builds_net:  # e.g. loaded from a save of another dtype; a user network is left as given
             follow_data([self.net], self.optimizer, x)
-        epochs = int(ctx.setting(self.name, "epochs", self.epochs))
+        self._check_output(x, y)
+        epochs = ctx.setting(self.name, "epochs", self.epochs)
         if self.learnable and epochs > 0:
             with rng_from(ctx.generator):  # dropout and other global-RNG draws of a user network
                 self._train(x, y, epochs, ctx.generator)

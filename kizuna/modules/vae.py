@@ -27,6 +27,8 @@ mean(-E_{q(z|x)}[log p(x|z)] + KL[q(z|x)||p_{prior}(z|mu)])
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from kizuna._data import check_int, check_positive
 from kizuna.distributions import MLPBernoulli, MLPNormal, Normal
 from kizuna.distributions.base import Distribution
 from kizuna.losses import Expectation, KullbackLeibler, LogProb
@@ -114,8 +117,12 @@ class VAE(Module):
         super().__init__(name, learnable, random_state)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"VAE {self.name}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        if latent_dim < 1 or epochs < 0 or batch_size < 1 or alpha < 0:
-            raise ValueError(f"VAE {self.name}: need latent_dim >= 1, epochs >= 0, batch_size >= 1, alpha >= 0")
+        # counts are integers (epochs=2.5 trained 2, 0.9 none, silently) and the numbers finite
+        for what, value, least in (("latent_dim", latent_dim, 1), ("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+            check_int(f"VAE {self.name}: {what}", value, least)
+        check_positive(f"VAE {self.name}: lr", lr)
+        if not (isinstance(alpha, numbers.Real) and 0 <= alpha < math.inf):
+            raise ValueError(f"VAE {self.name}: alpha must be a finite number >= 0, got {alpha!r}")
         if vae is not None:
             if encoder is not None or decoder is not None:
                 raise ValueError(f"VAE {self.name}: pass either vae= or encoder=/decoder=, not both")
@@ -195,8 +202,13 @@ class VAE(Module):
         if self.likelihood == "bernoulli" and self.in_dim is not None and ((data < 0).any() or (data > 1).any()):
             raise ValueError(f"VAE {self.name}: the Bernoulli decoder needs data in [0, 1] from {forward[0].sender}; "
                              "rescale it or pass likelihood='normal'")
+        if self.in_dim is None:  # user networks: their latent width checked before training (it trained on a broadcast
+            # prior and failed after, with the networks, the loss history and Adam's state changed)
+            with torch.no_grad():
+                first = self.encode(data[:1])
+            check_width(self, Message(self.name, None, "z", "latent", first), self.latent_dim, "latent dimensions")
         mu = self._prior_mean(backward, data.shape[0], data)
-        epochs = int(ctx.setting(self.name, "epochs", self.epochs))
+        epochs = ctx.setting(self.name, "epochs", self.epochs)
         if self.learnable and epochs > 0:
             # fit's own streams (its draws and its batch order) start from the graph's generator at every update;
             # a context without one (UpdateContext()) leaves them to fit, which continues them

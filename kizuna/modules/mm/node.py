@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from kizuna._data import check_int
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules.base import ClassModule, Message, Module, check_width
 from kizuna.modules.combine import SIR
@@ -94,8 +95,8 @@ class MM(ClassModule, MarkovChain):
 
     def _validate(self) -> None:
         super()._validate()
-        if self.n_samples < 1:
-            raise ValueError(f"{self._owner}: need n_samples >= 1, got {self.n_samples}")
+        check_int(f"{self._owner}: n_samples", self.n_samples, 1)  # (2.5 ran with 2, n_particles=0 failed in SIR)
+        check_int(f"{self._owner}: n_particles", self.n_particles, 1)
 
     def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
                 ) -> tuple[Message, dict[Module, Message]]:
@@ -114,7 +115,7 @@ class MM(ClassModule, MarkovChain):
         log_emit = log_lam + log_rho
         start, trans = self._chain(k, log_lam)
         if self.learnable:
-            n_iter = int(ctx.setting(self.name, "n_iter", self.n_iter))
+            n_iter = ctx.setting(self.name, "n_iter", self.n_iter)
             start, trans = algo.learn(start, trans, log_emit, lengths, n_iter, float(self.alpha),
                                       isinstance(ctx.combine, SIR), int(self.n_samples), ctx.generator)
         self.startprob_, self.transmat_ = start, trans
