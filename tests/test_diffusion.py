@@ -628,3 +628,13 @@ def test_zero_rows_asked_give_zero_draws() -> None:
     p = DDPM(DiffusionReverse(exact_eps(s), s), [2])
     assert p.sample(batch_n=0)["x_0"].shape == (0, 2)
     assert p.sample(batch_n=2)["x_0"].shape == (2, 2)
+
+
+def test_a_schedule_converted_to_float64_recomputes_its_table() -> None:
+    """``DiffusionSchedule.linear(1000).double()`` kept the per-step table computed in float32 (1 - alpha-bar_1 was
+    1.0001659e-04 against beta_1 = 1e-4, 1.7e-4 relative; a DDPM's bound moved by 3e-4 relative); the table is computed
+    again from the converted betas (here against the closed forms beta_1 and the cumulative product in float64)."""
+    s = DiffusionSchedule.linear(1000).double()
+    assert (1 - s.alpha_bar()[1]).item() == s.betas[0].item()
+    torch.testing.assert_close(s.alpha_bar()[1:], torch.cumprod(1 - s.betas, 0), rtol=1e-15, atol=0)
+    assert s.constants().dtype == F64

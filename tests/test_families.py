@@ -1041,3 +1041,22 @@ def test_a_network_that_returns_other_rows_than_its_inputs_is_named_when_samplin
     with pytest.raises(ValueError, match=r"the parameters have batch size 3 but batch_n=4 \(the conditioning values "
                                          r"\(z\) have batch size 4\)"):
         ThreeRows().sample({"z": z}, batch_n=4)
+
+
+def test_numbers_given_as_constants_are_exact_after_double() -> None:
+    """``Normal(loc=0.3, scale=0.1).double()`` held float32(0.1) cast to float64 (0.10000000149), so its densities
+    were scipy's at the float32-rounded constants (1e-8 to 4e-7 off the exact ones) while reporting float64; a
+    constant changed by the user is converted as it is."""
+    x = torch.tensor([[0.25, 0.3, 0.41]], dtype=F64)
+    p = Normal(var=["x"], loc=0.3, scale=0.1, features_shape=[3]).double()
+    assert p.scale.dtype == F64 and p.scale.flatten()[0].item() == 0.1
+    np.testing.assert_allclose(p.get_log_prob({"x": x}).numpy(), st.norm(0.3, 0.1).logpdf(x.numpy()).sum(1),
+                               rtol=1e-14)
+    g = Gamma(var=["x"], concentration=2.3, rate=0.7, features_shape=[3]).double()
+    np.testing.assert_allclose(g.get_log_prob({"x": x}).numpy(), st.gamma(2.3, scale=1 / 0.7).logpdf(x.numpy()).sum(1),
+                               rtol=1e-14)
+    assert Normal(var=["x"], cond_var=["z"], loc="z", scale=0.1).double().scale.item() == 0.1
+    changed = Normal(var=["x"], loc=0.0, scale=0.1, features_shape=[1])
+    with torch.no_grad():
+        changed.scale.fill_(0.2)
+    assert changed.double().scale.item() == float(torch.tensor(0.2, dtype=torch.float32))

@@ -337,3 +337,19 @@ def test_abs_of_a_loss_a_draw_count_of_zero_and_an_unknown_baseline() -> None:
 
     for number in (torch.tensor(0.5), np.array(0.5), np.float32(0.5), 1):  # numbers as before
         assert float(REINFORCE(q, Parameter("z"), baseline=number).baseline) == float(number)
+
+
+def test_constant_var_tensors_follow_the_loss_to_another_dtype() -> None:
+    """``ConstantVar``'s constants were a plain dict: ``.double()`` left a float32 tensor, evaluated as
+    0.10000000149 in a float64 model. Tensors are buffers now (converted), numbers stay as given."""
+    from kizuna.distributions import Normal
+    from kizuna.formula.expr import ConstantVar
+    from kizuna.losses import LogProb
+
+    base = LogProb(Normal(var=["x"], cond_var=["m", "s"], loc="m", scale="s"))
+    loss = ConstantVar(base, {"m": torch.tensor([[0.1]], dtype=torch.float32), "s": 0.5}).double()
+    assert loss.constant_var["m"].dtype == torch.float64 and loss.constant_var["s"] == 0.5
+    got = loss.eval({"x": torch.tensor([[0.3]], dtype=torch.float64)})
+    m = float(torch.tensor(0.1, dtype=torch.float32))  # the float32 tensor given, converted exactly
+    want = -0.5 * ((0.3 - m) / 0.5) ** 2 - math.log(0.5 * math.sqrt(2 * math.pi))
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(want, rel=1e-15)

@@ -63,6 +63,16 @@ class DiffusionSchedule(nn.Module):
         self.register_buffer("_constants", self._compute_constants().detach(), persistent=False)
         self._constants_version = self.betas._version
 
+    def _apply(self, fn: Any, recurse: bool = True) -> DiffusionSchedule:
+        """``.to()`` / ``.double()``: the table is computed anew from the converted betas (a cast of the float32 table
+        kept its float32 products: 1 - alpha-bar_1 off by 1.7e-4 after .double())."""
+        out = super()._apply(fn, recurse)
+        if type(self.betas) is Tensor:
+            with torch.no_grad():
+                self._constants = self._compute_constants()
+            self._constants_version = self.betas._version
+        return out
+
     @classmethod
     def linear(cls, T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> DiffusionSchedule:
         """Ho et al.'s linear schedule from ``beta_1`` to ``beta_T``."""

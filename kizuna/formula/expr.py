@@ -364,7 +364,19 @@ class ConstantVar(Loss):
     def __init__(self, base_loss: Loss, constant_var: Mapping[str, Any]) -> None:
         super().__init__([v for v in base_loss.input_var if v not in constant_var])
         self.base_loss = base_loss
-        self.constant_var = dict(constant_var)
+        self._constant_names = list(constant_var)
+        self._numbers = {}  # the values that are not tensors; tensors are buffers, which .to() / .double() convert
+        for i, (name, value) in enumerate(constant_var.items()):
+            if isinstance(value, Tensor):
+                self.register_buffer(f"_constant_{i}", value, persistent=False)
+            else:
+                self._numbers[name] = value
+
+    @property
+    def constant_var(self) -> dict[str, Any]:
+        """The fixed values, by variable name (tensors as this module holds them: converted by ``.to()``)."""
+        return {name: self._numbers[name] if name in self._numbers else getattr(self, f"_constant_{i}")
+                for i, name in enumerate(self._constant_names)}
 
     def subterms(self) -> list[Loss]:
         return [self.base_loss]
