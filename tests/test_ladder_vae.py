@@ -152,6 +152,10 @@ def test_free_nats_floor_each_kl_per_row() -> None:
             m.loss(free_nats=bad)
     with pytest.raises(ValueError, match=r"^LadderVAE.loss: beta \(the KL terms' weight\) must be a finite number"):
         m.loss(float("nan"))
+    from kizuna.losses import Parameter  # a weight read from the batch (the parity bench's KL warm-up) stays allowed
+
+    warm = m.loss(Parameter("beta")).mean()
+    assert warm.eval({"x": x, "beta": torch.tensor(0.0, dtype=F64)}).isfinite()
 
 
 @pytest.mark.slow

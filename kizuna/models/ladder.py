@@ -21,6 +21,7 @@ hierarchy is:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -195,7 +196,7 @@ class LadderVAE(nn.Module):
             joint = joint * f
         return joint
 
-    def loss(self, beta: float = 1.0, free_nats: float = 0.0) -> Loss:
+    def loss(self, beta: float | Loss = 1.0, free_nats: float = 0.0) -> Loss:
         """The negative ELBO per row (module docstring).
 
         Args:
@@ -207,7 +208,7 @@ class LadderVAE(nn.Module):
         """
         if not 0 <= free_nats < math.inf:  # (NaN passed `< 0` and then `> 0` was False: the plain ELBO, silently)
             raise ValueError(f"LadderVAE.loss: free_nats must be a finite number >= 0, got {free_nats}")
-        if not 0 <= beta < math.inf:
+        if isinstance(beta, numbers.Real) and not 0 <= beta < math.inf:  # a Loss (Parameter("beta")) is a formula
             raise ValueError(f"LadderVAE.loss: beta (the KL terms' weight) must be a finite number >= 0, got {beta}")
 
         def weight(kl: Loss) -> Loss:
