@@ -66,7 +66,7 @@ def test_mmd_in_float32_far_from_the_origin_matches_float64(kernel):
     assert value.dtype == torch.float32
     expected = mmd_numpy(m.double(), n.double(), kernel, 4.0)
     np.testing.assert_allclose(value.item(), expected, rtol=2e-4)
-    with pytest.raises(ValueError, match="sigma_sqr must be a positive number, got 0.0"):
+    with pytest.raises(ValueError, match="sigma_sqr must be a positive finite number, got 0.0"):
         MMD(p, q, kernel=kernel, sigma_sqr=0.0)
 
 
