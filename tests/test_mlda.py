@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 from scipy.special import gammaln
 
+from kizuna import modules as km
 from kizuna.metrics.clustering import clustering_accuracy
 from kizuna.modules import ClassModule, Graph, Message, MessageKindError, Module, Observation, _backend
 from kizuna.modules.lda import MLDA, GibbsChain, as_counts, sampler
@@ -323,3 +324,20 @@ def test_sample_needs_one_length_per_modality_and_fit_tokens_in_each():
     probabilities = xs[1] / xs[1].sum(1, keepdim=True)
     with pytest.raises(ValueError, match=r"^MLDA mlda: modality 1 holds no tokens after rounding to counts; "):
         MLDA(2, max_iter=5, random_state=0).fit([xs[0], probabilities])
+
+
+def test_the_node_computes_in_its_widest_childs_dtype_whatever_their_order():
+    """The node took its dtype from its first child: with an integer word-count observation first (float32, as
+    observations take integers) a float64 graph ran the topics in float32 and sent a float32 prior to its float64 GMM;
+    with the GMM first, float64."""
+    g = torch.Generator().manual_seed(0)
+    lab = torch.arange(60) % 2
+    words = torch.poisson(torch.tensor([[20.0, 1, 5], [1.0, 20, 5]])[lab], generator=g).long()
+    x = torch.randn(60, 2, dtype=F64, generator=g) * 1.5 + lab[:, None].double()
+    for order in ("gmm first", "words first"):
+        gmm = km.GMM(2, name="gmm", max_iter=3).connect(km.Observation(x, name="x"))
+        w = km.Observation(words, name="w")
+        mlda = km.MLDA(2, name="mlda").connect(*((gmm, w) if order == "gmm first" else (w, gmm)))
+        km.Graph([mlda]).fit(n_iter=2, seed=0)
+        assert mlda.posterior.dtype == F64, order
+        assert gmm.backward_messages["mlda"].value.dtype == F64, order

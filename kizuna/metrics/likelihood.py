@@ -120,16 +120,17 @@ def _device(*dists: Any) -> torch.device | None:
     return None
 
 
-def _dtype(*dists: Any) -> torch.dtype:
-    """The models' floating dtype (their first floating parameter or buffer's; torch's default without one)."""
+def _dtype(*dists: Any) -> torch.dtype | None:
+    """The models' floating dtype (their first floating parameter or buffer's); ``None`` without one: the data keep
+    their floating dtype (float64 data were rounded to the default float32 for a model of no tensors)."""
     for d in dists:
         for t in itertools.chain(d.parameters(), d.buffers()):
             if t.is_floating_point():
                 return t.dtype
-    return torch.get_default_dtype()
+    return None
 
 
-def _batches(data: Any, names: list[str], batch_size: int, dtype: torch.dtype, device: torch.device
+def _batches(data: Any, names: list[str], batch_size: int, dtype: torch.dtype | None, device: torch.device
              ) -> Iterator[tuple[torch.Tensor | None, dict[str, Any]]]:
     """Batches of ``data`` with ``names`` checked, each with the data rows it holds (for dict data); a dict
     is cut along its first dimension. Numpy arrays and lists become tensors, floating ones in the models' ``dtype``,

@@ -21,11 +21,12 @@ from kizuna.distributions.base import batch_size_of
 __all__ = ["Batch", "Batches", "first_nonfinite", "prepare"]
 
 
-def prepare(x_dict: Mapping[str, Any], dtype: torch.dtype, device: torch.device, what: str = "x_dict"
+def prepare(x_dict: Mapping[str, Any], dtype: torch.dtype | None, device: torch.device, what: str = "x_dict"
             ) -> dict[str, Any]:
-    """``x_dict`` with numpy arrays as tensors and floating tensors in the model's ``dtype`` and on its
-    ``device`` (integer and boolean tensors keep their type: the distributions convert them where a
-    density needs floats). A tensor with no rows is an error naming the variable."""
+    """``x_dict`` with numpy arrays as tensors and floating tensors in the model's ``dtype`` (``None``: a model
+    without floating tensors, whose data keep their floating dtype) and on its ``device`` (integer and boolean
+    tensors keep their type: the distributions convert them where a density needs floats). A tensor with no rows
+    is an error naming the variable."""
     out: dict[str, Any] = {}
     for key, value in x_dict.items():
         if isinstance(value, np.ndarray):
@@ -35,7 +36,7 @@ def prepare(x_dict: Mapping[str, Any], dtype: torch.dtype, device: torch.device,
         if isinstance(value, torch.Tensor):
             if value.dim() > 0 and value.shape[0] == 0:
                 raise ValueError(f"{what}['{key}'] has no rows (shape {tuple(value.shape)})")
-            if value.is_floating_point() and value.dtype != dtype:
+            if value.is_floating_point() and dtype is not None and value.dtype != dtype:
                 value = value.to(device=device, dtype=dtype)
             elif value.device != device:
                 value = value.to(device)

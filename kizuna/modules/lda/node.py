@@ -22,6 +22,7 @@ conditional of every token, so a sample of :math:`T_d` tokens meets it :math:`T_
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,7 +132,11 @@ class MLDA(ClassModule, MultimodalLDA):
         prior = self.class_prior(backward, n)
         if prior is not None and self.prior_per == "sample":
             prior = algo.prior_once_per_sample(prior, counts)
-        theta = self._sweep(counts, forward[0].value.dtype, prior, ctx)
+        # the widest floating dtype of the messages (the first child's only: a float64 graph ran in float32 when its
+        # first child was an integer word-count observation)
+        dtype = functools.reduce(torch.promote_types, [m.value.dtype for m in forward if m.value.is_floating_point()],
+                                 torch.float32)
+        theta = self._sweep(counts, dtype, prior, ctx)
         self.posterior = theta
         down = {}
         for m, (child, msg) in enumerate(zip(self.children, forward)):
