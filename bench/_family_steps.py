@@ -65,7 +65,7 @@ def ddpm(case: str) -> Callable[[], object]:
 
     cfg, x_train = dict(bench.CFG), _train_rows()
     torch.manual_seed(0)
-    net_k = bench.EpsNet(x_train.shape[1], cfg["hidden"])
+    net_k = bench.eps_net("mlp", "digits", x_train.shape[1], cfg["hidden"])  # the example's MLP, as the bench
     x0 = x_train[:cfg["batch"]] * 2 - 1
     if case == "kizuna Model.train":
         p = bench.model_of(net_k, cfg["T"])

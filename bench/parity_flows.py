@@ -30,14 +30,13 @@ check. Both keep their last parameters (no best-validation checkpoint).
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import sys
 from pathlib import Path
 
 import torch
-from _parity import add_args, grad_report, quality_over_seeds, start
-from parity_realnvp import Build, one_seed, reference_preprocess, speed
+from _parity import add_args, quality_over_seeds, start
+from parity_realnvp import agree_random, one_seed, reference_preprocess, speed
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -150,28 +149,6 @@ def reference_log_prob(flow: FlowList, x: torch.Tensor, initialise: bool = True)
     return base + logdet
 
 
-def agree_random(build: Build, cfg: dict, x: torch.Tensor, seed: int = 7) -> None:
-    """New layers are the identity (zero last layers), so the first-step check passes whatever the
-    transforms compute; here every parameter gets Gaussian noise (sd 0.05) first, and both
-    log-densities and both gradients (copies of the same weights, the same dequantisation draw) are
-    compared."""
-    torch.manual_seed(seed)
-    p = build(x.shape[1], cfg)
-    with torch.no_grad():
-        for param in p.parameters():
-            param.add_(torch.randn_like(param), alpha=0.05)
-    q = copy.deepcopy(p)
-    values = []
-    for log_prob in (lambda: p.get_log_prob({"x": x}), lambda: reference_log_prob(q.flow, x)):
-        torch.manual_seed(seed)
-        values.append(log_prob())
-        values[-1].mean().backward()
-    grads = grad_report([a.grad for a in p.parameters()], [b.grad for b in q.parameters()])
-    print(f"  AGREE with random weights: log p(x) mean {values[0].mean().item():.4f} vs "
-          f"{values[1].mean().item():.4f}, max |diff| per row {(values[0] - values[1]).abs().max().item():.3g}; "
-          f"{grads}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flow", choices=sorted(CFG), default="maf")
@@ -186,7 +163,7 @@ def main() -> None:
     x, y = load_digits()
     x_train, _, x_test, _ = split(x, y, 0.2, seed=0)
     quality_over_seeds(args, lambda seed: one_seed(seed, cfg, x_train, x_test, build, reference_log_prob))
-    agree_random(build, cfg, x_train[:cfg["batch"]])
+    agree_random(build, cfg, x_train[:cfg["batch"]], reference_log_prob)
     speed(args, cfg, x_train, build, reference_log_prob)
 
 

@@ -9,8 +9,10 @@ critic steps per generator step, gradient penalty 10, betas (0.5, 0.9). The refe
 hand-written alternating step on deep copies of the same two networks: the discriminator's binary
 cross-entropy on a real batch and a detached generator batch (``F.logsigmoid`` of the logits, as
 kizuna's loss writes it; or the critic's gap and the penalty on random interpolates), then the
-generator's non-saturating loss ``-E_data[log(1-d)] - E_G[log d]`` (or ``-E_G[f]``, plus a term
-without generator gradient that keeps the printed loss equal) on a fresh noise draw. It draws the noise
+generator's non-saturating loss ``-E_G[log d]`` (or ``-E_G[f]``) on a fresh noise draw with the discriminator's
+parameters frozen, as a careful hand-written step does (kizuna's `GAN` freezes them too); kizuna's loss also
+evaluates the data's term ``-E_data[log(1-d)]`` (``E_data[f]``), which has no generator gradient, for its value:
+the first-step check adds it to the reference to compare the values. It draws the noise
 (and the interpolation weights) in kizuna's order, so from one seed both draw the same numbers;
 Adam is torch's default, or fused with ``--fused-reference``.
 One evaluation code for both trained generators: the C2ST (logistic regression, as the smoke
@@ -85,13 +87,17 @@ class Reference:
         grad, = torch.autograd.grad(self.d(mixed).sum(), mixed, create_graph=True)
         return fake_out.mean() - real_out.mean() + PENALTY * (grad.norm(dim=1) - 1).pow(2).mean()
 
-    def g_loss(self, x: torch.Tensor) -> torch.Tensor:
+    def g_loss(self, x: torch.Tensor, value_term: bool = False) -> torch.Tensor:
+        """The generator's loss as a careful hand-written step has it: the generated batch's term only; with
+        ``value_term`` also the data's term (no generator gradient), so that the value equals kizuna's loss (the
+        first-step check; the timed step leaves it out)."""
         z = torch.randn(x.shape[0], self.z_dim)
-        real_out = self.d(x).squeeze(1)  # no generator gradient: it only keeps the value equal to kizuna's
+        real_out = self.d(x).squeeze(1) if value_term else None
         fake_out = self.d(self.g(z)).squeeze(1)
         if self.loss == "js":
-            return -(F.logsigmoid(-real_out).mean() + F.logsigmoid(fake_out).mean())
-        return real_out.mean() - fake_out.mean()
+            loss = -F.logsigmoid(fake_out).mean()
+            return loss if real_out is None else loss - F.logsigmoid(-real_out).mean()
+        return -fake_out.mean() if real_out is None else real_out.mean() - fake_out.mean()
 
     def step(self, x: torch.Tensor) -> None:
         for _ in range(self.d_steps):
@@ -99,7 +105,11 @@ class Reference:
             self.d_loss(x).backward()
             self.opt_d.step()
         self.opt_g.zero_grad()
+        for t in self.d.parameters():  # no gradient of the discriminator in the generator's step
+            t.requires_grad_(False)
         self.g_loss(x).backward()
+        for t in self.d.parameters():
+            t.requires_grad_(True)
         self.opt_g.step()
 
 
@@ -157,7 +167,7 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     print("  discriminator loss:")
     agree(lambda: model.d_model.loss_cls.eval({"x": x}), lambda: ref.d_loss(x), params_k, params_r)
     print("  generator loss:")
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.g_loss(x), params_k, params_r)
+    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.g_loss(x, value_term=True), params_k, params_r)
     report_speed(args, lambda: model.train({"x": x}), lambda: ref.step(x), 100, kizuna_title="kizuna GAN.train")
 
 

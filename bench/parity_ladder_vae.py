@@ -42,7 +42,7 @@ QUICK = {"z_dims": [4, 2], "hidden": [16, 8], "epochs": 2, "warmup": 1, "k": 20}
 def normal(head: torch.nn.Module, features: torch.Tensor) -> D.Normal:
     """A head's Normal from the features its last hidden layer gives (``head.head``, the output layer)."""
     loc, s = head.head(features).chunk(2, -1)
-    return D.Normal(loc, F.softplus(s) + 1e-4)
+    return D.Normal(loc, F.softplus(s) + 1e-4, validate_args=False)
 
 
 def reference_loss(m: LadderVAE, x: torch.Tensor, beta: float) -> torch.Tensor:
@@ -55,10 +55,10 @@ def reference_loss(m: LadderVAE, x: torch.Tensor, beta: float) -> torch.Tensor:
     q1_hat, p1 = normal(m.posteriors[0].factors_[0], d1), normal(m.priors[0], m.priors[0].body(z2))
     precision = q1_hat.scale.pow(-2) + p1.scale.pow(-2)
     loc = (q1_hat.loc * q1_hat.scale.pow(-2) + p1.loc * p1.scale.pow(-2)) / precision
-    q1 = D.Normal(loc, precision.rsqrt())
+    q1 = D.Normal(loc, precision.rsqrt(), validate_args=False)
     z1 = q1.rsample()
     recon = -F.binary_cross_entropy_with_logits(m.decoder.net(z1), x, reduction="none").sum(1)
-    kl2 = D.kl_divergence(q2, D.Normal(torch.zeros_like(q2.loc), torch.ones_like(q2.scale))).sum(1)
+    kl2 = D.kl_divergence(q2, D.Normal(torch.zeros_like(q2.loc), torch.ones_like(q2.scale), validate_args=False)).sum(1)
     kl1 = D.kl_divergence(q1, p1).sum(1)
     return (beta * (kl2 + kl1) - recon).mean()
 

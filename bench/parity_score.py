@@ -6,7 +6,8 @@ step (uniform level, :math:`\\tilde x = x + \\sigma_i\\epsilon`, :math:`\\tfrac{
 \\epsilon/\\sigma_i\\|^2` summed over pixels, mean over the batch). Both start from the same weights and
 batches. One evaluation code for both: the held-out loss written by hand (fixed levels and noise)
 and the C2ST of annealed-Langevin samples (`kizuna.samplers`, the example's settings) and of
-Euler–Maruyama samples of the same model through the sampler layer (`ScorePath`, 50 evaluations).
+Euler–Maruyama samples of the same model through the sampler layer (`ScorePath`; 50 evaluations, or one per
+noise level when the model has fewer than 50: 8 in the configurations here).
 
     python bench/parity_score.py            # 3 seeds
     python bench/parity_score.py --quick    # seconds

@@ -19,6 +19,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = sorted(p.name for p in (ROOT / "bench").glob("parity_*.py"))
+# each script's other variants: the documented table rows that are not a script's default
+VARIANTS = [("parity_flows.py", "--flow", "spline"), ("parity_gan.py", "--loss", "wgan-gp"),
+            ("parity_vqvae.py", "--stage", "prior"), ("parity_diffusion.py", "--net", "unet"),
+            ("parity_flow_matching.py", "--net", "unet")]
 OTHERS = ["vae_step.py", "likelihood.py", "bernoulli_kernels.py", "robots.py", "mlda_sweep_ab.py"]
 
 
@@ -30,9 +34,10 @@ def _run(args: list[str]) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", PARITY)
+@pytest.mark.parametrize("script", PARITY + [" ".join(v) for v in VARIANTS])
 def test_parity_bench_quick_runs_and_its_first_step_agrees(script: str) -> None:
-    out = _run([f"bench/{script}", "--quick"])
+    name, *variant = script.split()
+    out = _run([f"bench/{name}", "--quick", *variant])
     assert "step" in out and "ratio" in out, out[-2000:]
     lines = [line for line in out.splitlines() if "AGREE" in line]
     losses = [line for line in lines if "first-step loss" in line]
@@ -54,6 +59,20 @@ def test_parity_bench_quick_runs_and_its_first_step_agrees(script: str) -> None:
 @pytest.mark.parametrize("script", OTHERS)
 def test_bench_quick_runs(script: str) -> None:
     assert _run([f"bench/{script}", "--quick"]).strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ncsn", "ddpm", "dmm"])
+def test_the_instruction_counts_steps_build_and_run(family: str) -> None:
+    """`bench/instructions.py`'s steps (run under valgrind there): each family's kizuna and hand-written step builds
+    and takes a step (the DDPM's failed with an AttributeError after its bench changed networks)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import _family_steps
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    for case in ("kizuna Model.train", "hand-written"):
+        _family_steps.FAMILIES[family](case)()
 
 
 def test_agree_reports_a_gradient_difference_and_a_one_sided_gradient() -> None:

@@ -743,3 +743,25 @@ def test_a_kl_gan_trains_its_generator_and_losses_without_generator_gradient_are
     for bad in (float("inf"), "1"):
         with pytest.raises(ValueError, match="MMD: sigma_sqr must be a positive finite number"):
             MMD(data, p, sigma_sqr=bad)
+
+
+def test_the_generator_step_freezes_the_discriminator_and_keeps_the_generators_gradient() -> None:
+    """The generator's step differentiated the discriminator too (its parameters' gradients, and the data term, which
+    has no generator gradient, through the whole network): it runs with them frozen now, as a careful hand-written
+    GAN does. The generator's gradient is the one of the same loss with nothing frozen; afterwards the
+    discriminator trains as before."""
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    generator, disc = RingG(), RingD()
+    p = (generator * prior).marginalize_var("z")
+    model = GAN(p, disc, optimizer_params={"lr": 0.0}, d_optimizer_params={"lr": 0.0})
+    x = ring(32, torch.Generator().manual_seed(0))
+    torch.manual_seed(3)
+    model.train({"x": x}, adversarial_loss=False)
+    frozen = [w.grad.clone() for w in generator.parameters()]
+    assert all(w.grad is None for w in disc.parameters()) and all(w.requires_grad for w in disc.parameters())
+    generator.zero_grad()
+    torch.manual_seed(3)
+    model.loss_cls.eval({"x": x}).backward()
+    for a, w in zip(frozen, generator.parameters()):
+        torch.testing.assert_close(a, w.grad, rtol=1e-6, atol=1e-7)
+    assert all(w.grad is not None for w in disc.parameters())  # the same loss with nothing frozen reaches them

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,25 @@ class GAN(Model):
     def step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """`Model.step` after ``d_steps`` discriminator steps; their mean loss is reported as ``d_loss``."""
         d_loss = sum(self._d_step(batch, options) for _ in range(self.d_steps)) / self.d_steps
-        value, terms = super().step(batch, **options)
+        with self._discriminator_frozen():
+            value, terms = super().step(batch, **options)
         return StepResult(value, {**terms, "d_loss": d_loss})
+
+    @contextmanager
+    def _discriminator_frozen(self) -> Iterator[None]:
+        """The generator's step with the discriminator's parameters not requiring gradients, as a careful
+        hand-written GAN does: its step needs no gradient of them (the discriminator's own step starts from zero
+        gradients), so autograd computes none, and the loss's term on the data, which has no generator gradient,
+        builds no graph at all (it was differentiated through the discriminator at every generator step). The
+        generator's gradient is the same."""
+        params = [t for t in self.discriminator.parameters() if t.requires_grad]
+        for t in params:
+            t.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for t in params:
+                t.requires_grad_(True)
 
     def train(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,  # type: ignore[override]
               **options: Any) -> Any:
@@ -140,9 +158,11 @@ class GAN(Model):
         contract; `fit` uses `step`, whose result has the shape of every model's). With
         ``adversarial_loss=False`` only the generator steps and its loss is returned (as Pixyz)."""
         if not adversarial_loss:
-            return super().train(x_dict, **options)
+            with self._discriminator_frozen():
+                return super().train(x_dict, **options)
         d_loss = self.train_discriminator(x_dict, **options)
-        return super().train(x_dict, **options), d_loss
+        with self._discriminator_frozen():
+            return super().train(x_dict, **options), d_loss
 
     def test(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,  # type: ignore[override]
              **options: Any) -> Any:
