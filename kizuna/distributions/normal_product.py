@@ -55,8 +55,10 @@ class NormalProduct(Normal):
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         """Precision-weighted ``loc`` and ``scale`` of the factors given ``cond``."""
         params = [(q["loc"], q["scale"]) for q in (f.get_params(cond) for f in self.factors_)]
-        # in log space: precisions of tiny scales (1e-20 in float32) overflowed to inf, and the mean to NaN
-        log_precision = [-2.0 * s.log() for _, s in params]
-        log_total = torch.logsumexp(torch.stack(torch.broadcast_tensors(*log_precision)), 0)
-        loc = sum(m * (t - log_total).exp() for (m, _), t in zip(params, log_precision))
-        return {"loc": loc, "scale": (-0.5 * log_total).exp()}
+        # precisions relative to the smallest scale's, each <= 1 (`kizuna.distributions.poe.precision_product`):
+        # the precisions themselves overflowed for tiny scales (1e-20 in float32) and the mean was NaN
+        smallest = torch.stack(torch.broadcast_tensors(*[s for _, s in params])).amin(0)
+        relative = [(smallest / s).square() for _, s in params]
+        total = torch.stack(torch.broadcast_tensors(*relative)).sum(0)
+        loc = sum(m * r for (m, _), r in zip(params, relative)) / total
+        return {"loc": loc, "scale": smallest / total.sqrt()}

@@ -51,12 +51,14 @@ def expert_loc_scale(e: Distribution, x_dict: Mapping[str, Any]) -> tuple[Tensor
 
 def precision_product(loc: Tensor, scale: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
     r"""Product of the present experts (dim 0) and :math:`\mathcal{N}(0, I)`; see the module docstring."""
-    # in log space: precisions of tiny scales (1e-20 in float32) overflowed to inf, and the mean to NaN
-    log_precision = torch.where(present, -2.0 * scale.log(), torch.full_like(scale, -torch.inf))
-    log_total = torch.logaddexp(torch.zeros_like(log_precision[0]), torch.logsumexp(log_precision, 0))  # + prior's 1
-    weight = (log_precision - log_total).exp()  # 0 for an absent expert
-    mean = torch.where(present, loc * weight, torch.zeros_like(loc)).sum(0)
-    return mean, (-0.5 * log_total).exp()
+    # precisions relative to the smallest scale's (the prior's 1 included), each <= 1: the precisions themselves
+    # overflowed for tiny scales (1e-20 in float32) and the mean was NaN; in ordinary cases these are the same
+    # divisions and squares as the precisions' (a log-space form lost the last bit: 5 * 0.2 gave 1.0000001)
+    smallest = torch.where(present, scale, torch.full_like(scale, torch.inf)).amin(0).clamp(max=1.0)
+    relative = torch.where(present, (smallest / scale).square(), torch.zeros_like(scale))
+    total = smallest.square() + relative.sum(0)  # the prior N(0, I)'s relative precision, then the experts'
+    mean = torch.where(present, loc * relative, torch.zeros_like(loc)).sum(0) / total
+    return mean, smallest / total.sqrt()
 
 
 class ProductOfNormal(Normal):

@@ -148,7 +148,7 @@ class IterativeLoss(Loss):
 
     def _render(self, fmt: dict[str, str]) -> str:
         # a body of + / - in brackets: `sum_t a + b` reads as (sum_t a) + b
-        return self._sum_text(fmt, self._wrap(self.step_loss, fmt, 20))
+        return self._sum_text(fmt, self._wrap(self.step_loss, fmt, 11))
 
     # -------------------------------------------------------------- evaluation
     def _steps(self, values: Mapping[str, Any]) -> int:
