@@ -765,3 +765,21 @@ def test_the_generator_step_freezes_the_discriminator_and_keeps_the_generators_g
     for a, w in zip(frozen, generator.parameters()):
         torch.testing.assert_close(a, w.grad, rtol=1e-6, atol=1e-7)
     assert all(w.grad is not None for w in disc.parameters())  # the same loss with nothing frozen reaches them
+
+
+def test_discriminator_steps_after_an_evaluation_draw_from_the_generator_in_training_mode() -> None:
+    """`evaluate` / `test` leave the generator in evaluation mode; the next step's discriminator steps drew the fake
+    batch from it so (dropout off, batch-norm running statistics) until the generator's own step switched it back,
+    the first step of every epoch of a `fit` with validation data."""
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    generator = RingG()
+    model = GAN((generator * prior).marginalize_var("z"), RingD())
+    x = ring(16, torch.Generator().manual_seed(0))
+    seen = []
+    generator.net.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    for run in (lambda: model.step({"x": x}), lambda: model.train({"x": x})):
+        model.evaluate({"x": x})
+        assert not generator.training
+        seen.clear()
+        run()
+        assert seen and all(seen), seen

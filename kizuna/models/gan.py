@@ -127,10 +127,12 @@ class GAN(Model):
 
     def train_discriminator(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
         """``d_steps`` discriminator steps on ``x_dict``; returns their mean loss (a detached 0-d tensor)."""
+        self._set_mode(True)  # the generator draws the fake batch in training mode (an evaluation left it in eval)
         return sum(self._d_train(x_dict, options) for _ in range(self.d_steps)) / self.d_steps
 
     def step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """`Model.step` after ``d_steps`` discriminator steps; their mean loss is reported as ``d_loss``."""
+        self._set_mode(True)  # as `train_discriminator`: validation left the generator in evaluation mode
         d_loss = sum(self._d_step(batch, options) for _ in range(self.d_steps)) / self.d_steps
         with self._discriminator_frozen():
             value, terms = super().step(batch, **options)
