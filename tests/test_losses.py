@@ -353,3 +353,18 @@ def test_constant_var_tensors_follow_the_loss_to_another_dtype() -> None:
     m = float(torch.tensor(0.1, dtype=torch.float32))  # the float32 tensor given, converted exactly
     want = -0.5 * ((0.3 - m) / 0.5) ** 2 - math.log(0.5 * math.sqrt(2 * math.pi))
     assert got.dtype == torch.float64 and got.item() == pytest.approx(want, rel=1e-15)
+
+
+def test_expectation_takes_a_number_of_draws_as_its_sample_shape() -> None:
+    """``sample_shape=3`` failed with torch's "'int' object is not iterable"; a number is that many draws, the same
+    estimate as ``(3,)`` from the same stream; other values are named."""
+    p = Normal(var=["x"], loc=0.0, scale=1.0, features_shape=[2])
+    q = Normal(var=["y"], cond_var=["x"], loc="x", scale=1.0)
+    y = torch.zeros(4, 2)
+    torch.manual_seed(0)
+    a = E(p, LogProb(q), sample_shape=3).eval({"y": y})
+    torch.manual_seed(0)
+    assert torch.equal(a, E(p, LogProb(q), sample_shape=(3,)).eval({"y": y}))
+    for bad in ("3", 2.5):
+        with pytest.raises(TypeError, match=r"sample_shape must be a number of draws or a shape"):
+            E(p, LogProb(q), sample_shape=bad)

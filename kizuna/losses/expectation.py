@@ -14,6 +14,7 @@ draw (pathwise); the others get the score-function term
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,7 +145,13 @@ class Expectation(Loss):
         f = as_loss(f)
         super().__init__(p.input_var + [v for v in f.input_var if v not in p.var])
         self.p, self.f = p, f
-        self.sample_shape = torch.Size(sample_shape)
+        if isinstance(sample_shape, numbers.Integral) and not isinstance(sample_shape, bool):
+            sample_shape = (int(sample_shape),)  # one number of draws (torch.Size(3) is a TypeError)
+        try:
+            self.sample_shape = torch.Size(sample_shape)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}: sample_shape must be a number of draws or a shape (a tuple of "
+                            f"positive sizes), got {sample_shape!r}") from None
         if any(s < 1 for s in self.sample_shape):
             raise ValueError(f"{type(self).__name__}: sample_shape must hold positive sizes, got "
                              f"{tuple(self.sample_shape)}")
