@@ -217,7 +217,8 @@ def test_a_default_mlp_loaded_from_a_save_of_another_dtype_trains_in_the_datas(t
 
     torch.manual_seed(0)
     user = build(data_dtype, torch.nn.Linear(3, 2).to(saved_dtype))
-    with pytest.raises(RuntimeError, match="dtype"):
+    with pytest.raises(MessageShapeError, match=rf"the network computes in {saved_dtype} but the messages are "
+                                                rf"{data_dtype}"):  # a user network is used as given, named
         Graph([user]).fit(1, seed=0)
 
 
@@ -279,3 +280,14 @@ def test_a_network_of_another_width_than_the_target_and_fractional_counts_are_na
     with pytest.raises(MessageShapeError, match="1 latent dimensions"):
         vae.update()
     assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters())) and vae.loss_history == []
+
+
+def test_a_user_network_of_another_dtype_or_input_width_is_named():
+    """A float32 network on float64 messages, and a network of another input width, failed in training with torch's
+    "mat1 and mat2 must have the same dtype" / "shapes cannot be multiplied"."""
+    x, y = torch.randn(20, 2, dtype=torch.float64), torch.randn(20, 1, dtype=torch.float64)
+    with pytest.raises(MessageShapeError, match=r"the network computes in torch.float32 but the messages are "
+                                                r"torch.float64: convert one of them"):
+        NN(torch.nn.Linear(2, 1), target=y, epochs=1).connect(Observation(x)).update()
+    with pytest.raises(MessageShapeError, match=r"the network fails on one row of 2 inputs: mat1 and mat2 shapes"):
+        NN(torch.nn.Linear(3, 1).double(), target=y, epochs=1).connect(Observation(x)).update()

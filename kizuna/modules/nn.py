@@ -124,6 +124,15 @@ class NN(Module):
         try:
             with torch.no_grad():
                 out = self.net(x[:1])
+        except RuntimeError as err:  # raw torch errors ("mat1 and mat2 must have the same dtype", "... shapes ...")
+            text = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            weight = next((p for p in self.net.parameters() if p.is_floating_point()), None)
+            if weight is not None and weight.dtype != x.dtype and ("dtype" in text or "scalar type" in text):
+                raise MessageShapeError(f"NN {self.name}: the network computes in {weight.dtype} but the messages "
+                                        f"are {x.dtype}: convert one of them (a user network is used as given, "
+                                        f"e.g. net.to({x.dtype}))") from None
+            raise MessageShapeError(f"NN {self.name}: the network fails on one row of {x.shape[1]} inputs: "
+                                    f"{text}") from err
         finally:
             self.net.train(was)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, y.shape[1]):
