@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--words", choices=("clean", "phonemes"), default="clean",
                       help="house: the utterances as clean word counts (default) or as noisy phoneme strings "
                            "segmented into words by a WordSegmenter (docs/robotics.md)")
+    demo.set_defaults(command_parser=demo)  # its usage errors show the demo's usage line
     return parser
 
 
@@ -120,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.command == "demo" and args.which == "digits" and args.words != "clean":
-        parser.error("--words applies to the house demo, not to 'kizuna demo digits'")
+        args.command_parser.error("--words applies to the house demo, not to 'kizuna demo digits'")
     if args.command == "demo":
-        make_folder(parser, args.out)
+        make_folder(args.command_parser, args.out)
     if args.command == "demo" and args.which == "digits":
         from kizuna.demo import run_demo
 

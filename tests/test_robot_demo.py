@@ -39,7 +39,9 @@ def test_bad_demo_arguments_are_usage_errors_before_anything_runs(monkeypatch, t
     afile.write_text("")
     with pytest.raises(SystemExit) as stop:
         main([a.replace("{file}", str(afile)) for a in argv])
-    assert stop.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err
+    assert err.startswith("usage: kizuna demo")  # the demo's usage line (--words showed the top-level one)
 
 
 def test_the_largest_seed_the_cli_takes_is_the_largest_torch_and_numpy_take(monkeypatch, tmp_path):
