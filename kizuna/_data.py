@@ -75,6 +75,13 @@ def check_int(name: str, value: Any, minimum: int) -> None:
     check_count(name, value, minimum)
 
 
+def check_non_negative(name: str, value: Any) -> None:
+    """``value`` is a finite real number >= 0 (not a bool; NaN passes a test of ``< 0``); a ValueError naming the
+    argument otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def check_positive(name: str, value: Any) -> None:
     """``value`` is a finite real number > 0 (not a bool); a ValueError naming the argument otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:

@@ -21,6 +21,7 @@ from torch import nn
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.mixture import components_log_prob, summed_log_prob, union_cond
 from kizuna.distributions.poe import normal_experts
+from kizuna.distributions.torch_dist import validation_enabled
 
 
 class MixtureOfNormal(Distribution):
@@ -107,7 +108,8 @@ class MixtureOfNormal(Distribution):
     def log_weights(self, x_dict: Mapping[str, Any], dtype: torch.dtype | None = None) -> tuple[list[int], Tensor]:
         r"""The present experts and :math:`\log \tilde w_i`, renormalised over them (in ``dtype``)."""
         idx = self.present(x_dict)
-        if isinstance(self.weights, nn.Parameter) and not bool(((self.weights > 0) & self.weights.isfinite()).all()):
+        if isinstance(self.weights, nn.Parameter) and validation_enabled() \
+                and not bool(((self.weights > 0) & self.weights.isfinite()).all()):  # a host read: a check
             # (a training step took a learnable weight below 0: every log-density NaN, named nowhere)
             raise ValueError(f"{self.prob_text}: the learnable weights must stay positive and finite, got "
                              f"{self.weights.detach().tolist()}; they are used as given: keep them positive (e.g. "

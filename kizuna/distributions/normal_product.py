@@ -22,7 +22,7 @@ from kizuna._text import symbol
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.distributions.families import Normal
 from kizuna.distributions.mixture import union_cond
-from kizuna.distributions.poe import normal_experts
+from kizuna.distributions.poe import normal_experts, precision_product
 
 
 class NormalProduct(Normal):
@@ -54,11 +54,8 @@ class NormalProduct(Normal):
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         """Precision-weighted ``loc`` and ``scale`` of the factors given ``cond``."""
-        params = [(q["loc"], q["scale"]) for q in (f.get_params(cond) for f in self.factors_)]
-        # precisions relative to the smallest scale's, each <= 1 (`kizuna.distributions.poe.precision_product`):
-        # the precisions themselves overflowed for tiny scales (1e-20 in float32) and the mean was NaN
-        smallest = torch.stack(torch.broadcast_tensors(*[s for _, s in params])).amin(0)
-        relative = [(smallest / s).square() for _, s in params]
-        total = torch.stack(torch.broadcast_tensors(*relative)).sum(0)
-        loc = sum(m * r for (m, _), r in zip(params, relative)) / total
-        return {"loc": loc, "scale": smallest / total.sqrt()}
+        params = [f.get_params(cond) for f in self.factors_]
+        both = torch.broadcast_tensors(*[q["loc"] for q in params], *[q["scale"] for q in params])
+        n = len(params)
+        loc, scale = precision_product(torch.stack(both[:n]), torch.stack(both[n:]), prior=False)
+        return {"loc": loc, "scale": scale}

@@ -49,16 +49,19 @@ def expert_loc_scale(e: Distribution, x_dict: Mapping[str, Any]) -> tuple[Tensor
     return dist.mean, dist.stddev
 
 
-def precision_product(loc: Tensor, scale: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Product of the present experts (dim 0) and :math:`\mathcal{N}(0, I)`; see the module docstring."""
+def precision_product(loc: Tensor, scale: Tensor, present: Tensor | None = None, prior: bool = True
+                      ) -> tuple[Tensor, Tensor]:
+    r"""Product of the present experts (dim 0; ``None``: all) and, with ``prior``, :math:`\mathcal{N}(0, I)`; see
+    the module docstring (`NormalProduct` takes it without the prior)."""
     # precisions relative to the smallest scale's (the prior's 1 included), each <= 1: the precisions themselves
     # overflowed for tiny scales (1e-20 in float32) and the mean was NaN; in ordinary cases these are the same
     # divisions and squares as the precisions' (a log-space form lost the last bit: 5 * 0.2 gave 1.0000001)
-    smallest = torch.where(present, scale, torch.full_like(scale, torch.inf)).amin(0).clamp(max=1.0)
-    relative = torch.where(present, (smallest / scale).square(), torch.zeros_like(scale))
-    total = smallest.square() + relative.sum(0)  # the prior N(0, I)'s relative precision, then the experts'
-    mean = torch.where(present, loc * relative, torch.zeros_like(loc)).sum(0) / total
-    return mean, smallest / total.sqrt()
+    masked = scale if present is None else torch.where(present, scale, torch.full_like(scale, torch.inf))
+    smallest = masked.amin(0).clamp(max=1.0) if prior else masked.amin(0)
+    relative = (smallest / masked).square()  # 0 for an absent expert
+    total = relative.sum(0) + smallest.square() if prior else relative.sum(0)
+    weighted = loc * relative if present is None else torch.where(present, loc * relative, torch.zeros_like(loc))
+    return weighted.sum(0) / total, smallest / total.sqrt()
 
 
 class ProductOfNormal(Normal):

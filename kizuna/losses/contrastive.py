@@ -14,10 +14,9 @@ arXiv:1903.08689, whose regulariser :math:`\alpha` keeps the energies near zero)
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
+from kizuna._data import check_non_negative
 from kizuna._text import LATEX, symbol
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
@@ -38,8 +37,7 @@ class ContrastiveDivergence(Loss):
     def __init__(self, p: Distribution, sampler: Any, alpha: float = 1.0, data_name: str = "p_{data}") -> None:
         if p.cond_var:
             raise ValueError(f"ContrastiveDivergence needs an unconditioned model; {p.prob_text} is conditioned")
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha < math.inf:
-            raise ValueError(f"ContrastiveDivergence: alpha must be a finite number >= 0, got {alpha!r}")
+        check_non_negative("ContrastiveDivergence: alpha", alpha)
         super().__init__(p.var)
         self.p, self.sampler, self.alpha, self.data_name = p, sampler, float(alpha), data_name
 

@@ -8,9 +8,7 @@ encoder's outputs, the second keeps the encoder near its codes.
 
 from __future__ import annotations
 
-import math
-import numbers
-
+from kizuna._data import check_non_negative
 from kizuna._text import LATEX
 from kizuna.distributions.vq import VectorQuantizer
 from kizuna.formula.expr import EvalContext, Loss, Tensor
@@ -26,9 +24,8 @@ class VQCommitment(Loss):
     """
 
     def __init__(self, q: VectorQuantizer, beta: float = 0.25) -> None:
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < math.inf:
-            # (a negative beta pushed the encoder away from its code, a NaN one made the loss NaN)
-            raise ValueError(f"VQCommitment: beta (the commitment weight) must be a finite number >= 0, got {beta!r}")
+        # (a negative beta pushed the encoder away from its code, a NaN one made the loss NaN)
+        check_non_negative("VQCommitment: beta (the commitment weight)", beta)
         super().__init__(q.cond_var)
         self.q, self.beta = q, float(beta)
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna._data import check_int
+from kizuna._data import check_int, check_non_negative
 from kizuna.distributions import Bernoulli, Distribution, Normal
 from kizuna.distributions.base import Tensor
 from kizuna.distributions.normal_product import NormalProduct
@@ -206,10 +206,9 @@ class LadderVAE(nn.Module):
                 arXiv:1606.04934): a layer whose KL is below the floor gets no gradient pushing it to the
                 prior, which keeps the top layers from collapsing. 0 gives the ELBO.
         """
-        if not 0 <= free_nats < math.inf:  # (NaN passed `< 0` and then `> 0` was False: the plain ELBO, silently)
-            raise ValueError(f"LadderVAE.loss: free_nats must be a finite number >= 0, got {free_nats}")
-        if isinstance(beta, numbers.Real) and not 0 <= beta < math.inf:  # a Loss (Parameter("beta")) is a formula
-            raise ValueError(f"LadderVAE.loss: beta (the KL terms' weight) must be a finite number >= 0, got {beta}")
+        check_non_negative("LadderVAE.loss: free_nats", free_nats)  # (NaN gave the plain ELBO, silently)
+        if isinstance(beta, numbers.Real):  # a formula (Parameter("beta")) or a tensor weight is taken as given
+            check_non_negative("LadderVAE.loss: beta (the KL terms' weight)", beta)
 
         def weight(kl: Loss) -> Loss:
             kl = MaxLoss(kl, free_nats) if free_nats > 0 else kl

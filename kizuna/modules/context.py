@@ -20,13 +20,13 @@ reads from it:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from kizuna._data import check_int
 from kizuna.modules.combine import MP, Combine
 
 Setting = Sequence[Any] | Callable[[int], Any]
@@ -60,8 +60,7 @@ class UpdateContext:
 
 def _check_count(module: str, name: str, value: Any, where: str) -> None:
     """A scheduled value: an integer >= 0 (2.5 epochs were 2, -3 none, "3" three, silently)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"schedule: {module}.{name} {where} must be an integer >= 0, got {value!r}")
+    check_int(f"schedule: {module}.{name} {where}", value, 0)
 
 
 def check_schedule(schedule: Schedule, scheduled: Mapping[str, Sequence[str]]) -> None:

@@ -27,8 +27,6 @@ mean(-E_{q(z|x)}[log p(x|z)] + KL[q(z|x)||p_{prior}(z|mu)])
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from kizuna._data import check_int, check_positive
+from kizuna._data import check_int, check_non_negative, check_positive
 from kizuna.distributions import MLPBernoulli, MLPNormal, Normal
 from kizuna.distributions.base import Distribution
 from kizuna.losses import Expectation, KullbackLeibler, LogProb
@@ -121,8 +119,7 @@ class VAE(Module):
         for what, value, least in (("latent_dim", latent_dim, 1), ("epochs", epochs, 0), ("batch_size", batch_size, 1)):
             check_int(f"VAE {self.name}: {what}", value, least)
         check_positive(f"VAE {self.name}: lr", lr)
-        if not (isinstance(alpha, numbers.Real) and 0 <= alpha < math.inf):
-            raise ValueError(f"VAE {self.name}: alpha must be a finite number >= 0, got {alpha!r}")
+        check_non_negative(f"VAE {self.name}: alpha", alpha)
         if vae is not None:
             if encoder is not None or decoder is not None:
                 raise ValueError(f"VAE {self.name}: pass either vae= or encoder=/decoder=, not both")

@@ -52,8 +52,6 @@ slot model's evidence favours gluing the article to a name (docs/robotics.md, "N
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,7 +60,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from kizuna._data import check_count, check_int, check_positive
+from kizuna._data import check_count, check_int, check_non_negative, check_positive
 from kizuna.modules.base import Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.npylm import NPYLM, NPYLMState, gibbs_sweep, random_segmentation, temperatures
@@ -160,9 +158,7 @@ class WordSegmenter(Module):
             check_int(f"WordSegmenter {self.name}: {what}", value, least)
         check_count(f"WordSegmenter {self.name}: init_length", init_length, 1)
         check_positive(f"WordSegmenter {self.name}: anneal", anneal)
-        if not (isinstance(prior_weight, numbers.Real) and math.isfinite(prior_weight) and prior_weight >= 0):
-            raise ValueError(f"WordSegmenter {self.name}: prior_weight must be a finite number >= 0, got "
-                             f"{prior_weight!r}")
+        check_non_negative(f"WordSegmenter {self.name}: prior_weight", prior_weight)
         if n_iter < 0 or sweeps_per_update < 0 or n_candidates < 1 or min_count < 1:
             raise ValueError(f"WordSegmenter {self.name}: need n_iter, sweeps_per_update >= 0 and n_candidates, "
                              f"min_count >= 1")
