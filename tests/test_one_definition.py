@@ -10,6 +10,8 @@ dropout: 4.36 vs 4.23 for the same seed).
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import torch_objects
@@ -292,6 +294,32 @@ def test_kl_to_the_standard_normal_notices_a_prior_changed_through_its_data_or_u
         prior.scale.fill_(1.0)
     assert prior._is_standard_normal()
     torch.testing.assert_close(kl.eval({"x": x}), expected(1.0))
+
+
+def test_standard_normal_draw_is_torchs_and_follows_a_changed_prior() -> None:
+    """A draw from N(0, 1) given as numbers (drawn by one ``randn``, without the ``0 + eps * 1``) is torch's
+    ``Normal.rsample`` bit for bit, in float32 and float64, with a draw dimension; after the prior's scale changes
+    under ``torch.no_grad()`` the draw is scaled again."""
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[5], name="p_prior")
+    for dist, dtype in ((prior, torch.float32), (copy.deepcopy(prior).double(), torch.float64)):
+        assert dist._is_standard_normal()
+        for sample_shape, shape in (((), (7, 5)), ((3,), (3, 7, 5))):
+            torch.manual_seed(11)
+            ours = dist.sample(batch_n=7, sample_shape=sample_shape, reparam=True)["z"]
+            torch.manual_seed(11)
+            ref = D.Normal(torch.zeros(7, 5, dtype=dtype), torch.ones(7, 5, dtype=dtype)).rsample(sample_shape)
+            assert ours.dtype == dtype and ours.shape == shape and torch.equal(ours, ref)
+    with torch.no_grad():
+        prior.scale.fill_(2.0)
+    torch.manual_seed(11)
+    ours = prior.sample(batch_n=7, reparam=True)["z"]
+    torch.manual_seed(11)
+    assert torch.equal(ours, D.Normal(torch.zeros(7, 5), torch.full((7, 5), 2.0)).rsample())
+    # a trainable loc (a parameter) is not the short form: its gradient flows
+    loc = nn.Parameter(torch.zeros(5))
+    p = Normal(var=["z"], loc=loc, scale=1.0)
+    p.sample(batch_n=4, reparam=True)["z"].sum().backward()
+    assert torch.equal(loc.grad, torch.full((5,), 4.0))
 
 
 def test_bernoulli_probs_gradient_is_torchs_inside_the_clamp() -> None:

@@ -64,6 +64,10 @@ class Normal(TorchDistribution):
     def _rsample_kernel(self, shape: torch.Size, params: dict[str, Any]) -> Tensor:
         r"""torch's draw :math:`\mu + \sigma\epsilon`, the same random stream as ``Normal.rsample``."""
         loc, scale = params["loc"], params["scale"]
+        if self._numbers and self._is_standard_normal() and not (loc.requires_grad or scale.requires_grad):
+            # N(0, 1) given as numbers (a GAN's or a flow's prior): 0 + ε·1 is ε to the bit, so the draw alone, one
+            # operator instead of four (torch's randn is empty(shape).normal_(): the same random stream)
+            return torch.randn(shape, dtype=loc.dtype, device=loc.device)
         if loc.shape == shape:  # one call instead of two; row-major like torch's empty(shape), the same numbers
             eps = torch.randn_like(loc, memory_format=torch.contiguous_format)
         else:
