@@ -118,3 +118,33 @@ def test_clones_of_numbered_modules_are_numbered_again():
     named = clone(km.GMM(2, name="left"))
     assert named.named and named.name == "left" and named.get_params()["name"] == "left"
     assert named.set_params(name=None).name == "gmm" and not named.named
+
+
+def test_gaussian_mixture_reports_iterations_convergence_and_em_bound_as_scikit_learn():
+    """``n_iter_``, ``converged_`` and (EM) ``lower_bound_``, scikit-learn's names: EM to convergence reaches
+    scikit-learn's bound on well-separated blobs, and it is the model's mean log-likelihood (``score``);
+    a run cut short says it did not converge; the samplers have no convergence test (None); the Bayesian
+    algorithms have no bound (an AttributeError naming why); a graph node's saved state keeps them."""
+    from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
+
+    x, _ = make_blobs(300, centers=3, random_state=0)
+    em = GaussianMixture(3, algorithm="em", max_iter=500, tol=1e-8, random_state=0).fit(x)
+    ref = SklearnGaussianMixture(3, max_iter=500, tol=1e-8, random_state=0).fit(x)
+    assert em.converged_ is True and 1 < em.n_iter_ < 500 and ref.converged_
+    assert abs(em.lower_bound_ - ref.lower_bound_) < 1e-6
+    assert abs(em.lower_bound_ - em.score(x)) < 1e-9
+    short = GaussianMixture(3, algorithm="em", max_iter=2, random_state=0).fit(x)
+    assert (short.n_iter_, short.converged_) == (2, False)
+    vb = GaussianMixture(3, algorithm="vb", max_iter=500, random_state=0).fit(x)
+    assert vb.converged_ is True and 1 <= vb.n_iter_ < 500
+    assert not hasattr(vb, "lower_bound_")
+    with pytest.raises(AttributeError, match="does not compute a bound"):
+        vb.lower_bound_  # noqa: B018
+    assert GaussianMixture(3, algorithm="vb", max_iter=1, tol=0.0, random_state=0).fit(x).converged_ is False
+    for algorithm in ("gibbs", "collapsed"):
+        g = GaussianMixture(3, algorithm=algorithm, max_iter=7, random_state=0).fit(x)
+        assert (g.n_iter_, g.converged_) == (7, None)
+    node = km.GMM(3, algorithm="em", max_iter=4, random_state=0).fit(x)
+    twin = km.GMM(3, algorithm="em", max_iter=4, random_state=0)
+    twin.load_state_dict(node.state_dict())
+    assert (twin.n_iter_, twin.converged_, twin.lower_bound_) == (node.n_iter_, node.converged_, node.lower_bound_)

@@ -79,6 +79,8 @@ class Fitted:
     alpha: Tensor | None = None
     z: Tensor | None = None
     history: list[float] | None = None
+    n_iter: int = 0  # iterations (sweeps) this run took
+    converged: bool | None = None  # VB / EM: whether ``tol`` was met; None for the samplers (no convergence test)
 
 
 def statistics(x: Tensor, resp: Tensor, diagonal: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -224,7 +226,8 @@ def gibbs(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, n_sweeps: i
     counts, sum_x, sum_xx = hard_statistics(x, z, prior.m.shape[0], prior.diagonal)
     nw, alpha = prior.posterior(counts, sum_x, sum_xx), counts + alpha0
     own = collapsed_conditional(x, z, prior, alpha0, parent.mixing)
-    return Fitted(own, parent.posterior(own), *_point_estimates(nw, alpha), nw=nw, alpha=alpha, z=z)
+    return Fitted(own, parent.posterior(own), *_point_estimates(nw, alpha), nw=nw, alpha=alpha, z=z,
+                  n_iter=n_sweeps)
 
 
 def vb(x: Tensor, prior: NormalWishart, alpha0: float, resp: Tensor, max_iter: int, tol: float,
@@ -232,7 +235,9 @@ def vb(x: Tensor, prior: NormalWishart, alpha0: float, resp: Tensor, max_iter: i
     """Variational Bayes iterations from responsibilities ``resp``."""
     d = x.shape[1]
     eps = 10 * torch.finfo(x.dtype).eps
-    for _ in range(max_iter):
+    n_iter, converged = 0, False
+    while n_iter < max_iter:
+        n_iter += 1
         counts, sum_x, sum_xx = statistics(x, resp, prior.diagonal)
         nw, alpha = prior.posterior(counts + eps, sum_x, sum_xx), alpha0 + counts + eps
         own = (0.5 * nw.expected_log_det() - 0.5 * d * math.log(2 * math.pi) - 0.5 * nw.expected_mahalanobis(x))
@@ -242,8 +247,9 @@ def vb(x: Tensor, prior: NormalWishart, alpha0: float, resp: Tensor, max_iter: i
         change = (new - resp).abs().max().item()
         resp = new
         if change < tol:
+            converged = True
             break
-    return Fitted(own, resp, *_point_estimates(nw, alpha), nw=nw, alpha=alpha)
+    return Fitted(own, resp, *_point_estimates(nw, alpha), nw=nw, alpha=alpha, n_iter=n_iter, converged=converged)
 
 
 def _em_m_step(x: Tensor, resp: Tensor, diagonal: bool, reg_covar: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -293,5 +299,5 @@ def em(x: Tensor, resp: Tensor, max_iter: int, tol: float, reg_covar: float, dia
         history.append(torch.logsumexp(own + log_msg, 1).mean().item())
         resp = parent.posterior(own)
         if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
-            break
-    return Fitted(own, resp, weights, means, cov, history=history)
+            return Fitted(own, resp, weights, means, cov, history=history, n_iter=len(history), converged=True)
+    return Fitted(own, resp, weights, means, cov, history=history, n_iter=len(history), converged=False)

@@ -336,4 +336,5 @@ def collapsed_gibbs(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, n
     counts, sum_x, sum_xx = hard_statistics(x, z, k, prior.diagonal)
     nw, alpha = prior.posterior(counts, sum_x, sum_xx), counts + alpha0
     own = collapsed_conditional(x, z, prior, alpha0, parent.mixing)
-    return Fitted(own, parent.posterior(own), *_point_estimates(nw, alpha), nw=nw, alpha=alpha, z=z)
+    return Fitted(own, parent.posterior(own), *_point_estimates(nw, alpha), nw=nw, alpha=alpha, z=z,
+                  n_iter=n_sweeps)

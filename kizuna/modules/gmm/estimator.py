@@ -265,6 +265,30 @@ class GaussianMixture(Estimator):
         return self._fitted().means.cpu().numpy()
 
     @property
+    def n_iter_(self) -> int:
+        """Iterations of the kept run in the last ``fit`` (or graph update): VB / EM iterations, or Gibbs sweeps."""
+        return self._fitted().n_iter
+
+    @property
+    def converged_(self) -> bool | None:
+        """VB and EM: whether the last ``fit`` met ``tol`` within ``max_iter`` iterations (scikit-learn's
+        ``converged_``); ``None`` for ``gibbs`` and ``collapsed``: a sampler has no convergence test (run more
+        sweeps, or compare chains)."""
+        return self._fitted().converged
+
+    @property
+    def lower_bound_(self) -> float:
+        """EM: the mean log-likelihood of the training data after the last iteration (scikit-learn's
+        ``GaussianMixture.lower_bound_``). Not defined for the Bayesian algorithms, whose evidence bound is not
+        computed: an AttributeError says so."""
+        f = self._fitted()
+        if not f.history:
+            raise AttributeError(f"{self._owner}: lower_bound_ is EM's mean log-likelihood; algorithm="
+                                 f"{self.algorithm!r} does not compute a bound (score(X) is the mean posterior "
+                                 "predictive log-density)")
+        return f.history[-1]
+
+    @property
     def covariances_(self) -> Any:
         """Covariances (:math:`\\mathbb E[\\Lambda_k]^{-1} = S_k/\\nu_k` for ``gibbs``/``vb``)."""
         return self._fitted().covariances.cpu().numpy()
