@@ -48,3 +48,11 @@ def test_truncated_corrupt_and_mismatched_files_are_named(tmp_path):
         f.write(b"\x00\x00\x0d\x03")  # float IDX
     with pytest.raises(ValueError, match="not an IDX file of unsigned bytes"):
         load_fashion_mnist("test", root=tmp_path)
+
+
+def test_a_label_outside_the_ten_classes_is_named(tmp_path):
+    """A damaged labels file holding 200 (a one-hot of ten classes failed far away, or a confusion table grew)."""
+    _files(tmp_path)
+    _idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([3, 200, 1], dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz holds the label 200 at row 1; .* 0..9"):
+        load_fashion_mnist("test", root=tmp_path)

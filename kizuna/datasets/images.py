@@ -79,6 +79,10 @@ def load_fashion_mnist(
     if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"load_fashion_mnist: {images.name} holds images of shape {x.shape} and {labels.name} "
                          f"labels of shape {y.shape}; expected (N, 28, 28) and (N,)")
+    if y.size and int(y.max()) > 9:  # ten classes: a larger label is a damaged file (one-hot and confusion tables
+        # sized by the labels went wrong silently)
+        raise ValueError(f"load_fashion_mnist: {labels.name} holds the label {int(y.max())} at row "
+                         f"{int(np.argmax(y > 9))}; Fashion-MNIST's labels are 0..9 (a damaged file)")
     return _tensors(x.reshape(-1, 28 * 28) / 255.0, y, binarize)
 
 
