@@ -220,6 +220,16 @@ class TestCustomProb:
         with pytest.raises(ValueError, match="needs y"):
             p.get_log_prob({"x": x})
 
+    def test_a_function_reduced_over_the_batch_is_named(self) -> None:
+        """``lambda x: energy(x).sum()`` gives one number for the batch: ``LogProb(p).mean()`` was the batch's total
+        taken as every row's log-density (6 times too large here), silently."""
+        p = CustomProb(lambda x: energy(x).sum(), var=["x"])
+        with pytest.raises(ValueError, match=r"one log-density per row, shape \(6,\) .* returned shape \(\)"):
+            p.get_log_prob({"x": torch.randn(6, 4, dtype=F64)})
+        q = CustomProb(lambda x: energy(x)[:2], var=["x"])
+        with pytest.raises(ValueError, match=r"returned shape \(2, 4\)"):
+            q.get_log_prob({"x": torch.randn(6, 4, dtype=F64)})
+
     def test_in_a_product_and_not_sampleable(self) -> None:
         p = CustomProb(energy, var=["x"])
         q = Normal(var=["z"], cond_var=["x"], loc="x", scale=torch.tensor(1.0, dtype=F64), name="q")

@@ -98,12 +98,14 @@ class Normal(TorchDistribution):
 
     def _is_standard_normal(self) -> bool:
         r"""Whether this is :math:`\mathcal{N}(0, 1)` in every feature, known without reading a tensor: loc
-        and scale were given as the numbers 0 and 1 and their buffers still hold them (see
+        and scale were given as the numbers 0 and 1, no ``get_params`` override of a subclass reads them, and their
+        buffers still hold them (see
         `TorchDistribution._holds_numbers`: a later in-place write through ``.data``, ``prior.scale.data.fill_(2)``,
         is not seen and keeps the shortcut; write ``prior.scale.fill_(2)`` under ``torch.no_grad()`` instead)."""
         numbers = self._numbers
         return (numbers.get("loc") == 0.0 and numbers.get("scale") == 1.0 and not self._uses_forward
-                and not self._from_var and not torch.compiler.is_compiling() and self._holds_numbers())
+                and not self._from_var and not self._custom_get_params and not torch.compiler.is_compiling()
+                and self._holds_numbers())
 
 
 class Laplace(TorchDistribution):

@@ -100,6 +100,13 @@ class CustomProb(Distribution):
         fn = self._fn()
         out = fn(x_dict[self._var[0]]) if len(self._var) == 1 else fn(**{v: x_dict[v] for v in self._var})
         out = torch.as_tensor(out)
+        value = x_dict[self._var[0]]
+        if isinstance(value, Tensor) and value.dim() > 0 and (out.dim() == 0 or out.shape[0] != value.shape[0]):
+            # a function that reduced over the batch (``.sum()``) gave one number, which ``.mean()`` then took as
+            # every row's log-density (the batch's total as the mean, silently)
+            raise ValueError(f"{self.prob_text}: log_prob_function must return one log-density per row, shape "
+                             f"({value.shape[0]},) or ({value.shape[0]}, ...), for {self._var[0]} of shape "
+                             f"{tuple(value.shape)}; it returned shape {tuple(out.shape)} (reduced over the batch?)")
         if sum_features and out.dim() > 1:
             out = out.flatten(1).sum(1)
         return out
