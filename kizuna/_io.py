@@ -163,6 +163,9 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save to {path}: the directory {path.parent} does not exist")
     target = _destination(path)
+    if target.is_dir():  # (the rename failed after the write, naming the temporary file)
+        raise IsADirectoryError(f"cannot save to {path}: it is an existing directory; give a file path inside it "
+                                f"(e.g. {path / 'model.pt'})")
     try:
         mode: int | None = os.stat(target).st_mode & 0o777  # read/write/execute bits, not setuid / setgid / sticky
     except FileNotFoundError:

@@ -180,6 +180,26 @@ def test_foreign_files_are_not_checkpoints(tmp_path):
         build().load(tmp_path / "absent.pt")
 
 
+def test_a_directory_given_as_the_file_is_named(tmp_path):
+    """``save(dir)`` failed in the rename with an error naming the temporary file, and ``load(dir)`` said there was no
+    checkpoint file; a module's save / load the same."""
+    from kizuna import modules as km
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"cannot save to .*runs: it is an existing directory; give a file "
+                                                r"path inside it \(e.g. .*runs/model.pt\)"):
+        build().save(folder)
+    with pytest.raises(IsADirectoryError, match="runs is a directory, not a checkpoint file"):
+        build().load(folder)
+    gmm = km.GMM(2, algorithm="em", random_state=0).fit(torch.randn(20, 2).double().numpy())
+    with pytest.raises(IsADirectoryError, match="cannot save to .*runs: it is an existing directory"):
+        km.save_module(gmm, folder)
+    with pytest.raises(IsADirectoryError, match="runs is a directory, not a saved module"):
+        km.load_module(km.GMM(2, algorithm="em"), folder)
+    assert list(folder.iterdir()) == []  # no temporary file left
+
+
 def test_history_records_and_pads_missing_terms():
     h = History()
     h.append(1, 2.0, float("nan"), {"a": 1.0}, {})

@@ -114,6 +114,19 @@ def test_compile_argument_is_checked() -> None:
         vae(compile="yes")
     assert vae(compile={"mode": "reduce-overhead"})._compile_args == {"mode": "reduce-overhead"}
     assert vae(compile=False)._compile_args is None
+    # the user's mistakes are errors when the model is built (they trained eagerly, warning from the second step on
+    # that torch.compile was unavailable on this machine)
+    with pytest.raises(TypeError, match="compile= names 'mdoe', which torch.compile does not take; its arguments are "
+                                        "fullgraph, dynamic, backend, mode"):
+        vae(compile={"mdoe": "max-autotune"})
+    with pytest.raises(ValueError, match=r"compile=\{'mode': 'bogus'\} is not one of torch.compile's modes \(default"):
+        vae(compile={"mode": "bogus"})
+    with pytest.raises(ValueError, match=r"'backend': 'nonexistent'\} is not one of torch.compile's backends"):
+        vae(compile={"backend": "nonexistent"})
+    checks = torch.distributions.Distribution._validate_args
+    assert vae(compile={"backend": "eager", "mode": "max-autotune-no-cudagraphs"})._compile_args["backend"] == "eager"
+    assert vae(compile={"backend": lambda gm, inputs: gm})._compile_args is not None  # a callable backend
+    assert torch.distributions.Distribution._validate_args == checks
 
 
 def test_falls_back_with_a_warning_when_torch_compile_is_unavailable(

@@ -160,3 +160,24 @@ def test_chains_survive_save_and_load(tmp_path):
     assert len(twin.chain_models_) == 2 and twin.segmentation_ == seg.segmentation_
     for model, segmentation in zip(twin.chain_models_, twin.chain_segmentations_):
         assert sum(r.c for key, r in model.words.restaurants.items() if key) == sum(len(w) + 1 for w in segmentation)
+
+
+def test_non_finite_counts_posteriors_and_settings_are_named():
+    """NaN counts, a NaN posterior or a NaN beta gave a NaN score, silently (NaN passes `< 0`); rows of the posterior
+    that do not sum to one (3 * r gave -21.5) are named; so is a NaN selection_beta of the segmenter."""
+    x, r = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), np.eye(2)[[0, 1, 0]]
+    assert math.isfinite(concept_log_predictive(x, r))
+    bad_x = x.copy()
+    bad_x[1, 0] = np.nan
+    bad_r = r.copy()
+    bad_r[2, 1] = np.inf
+    for counts, resp in ((bad_x, r), (x, bad_r)):
+        with pytest.raises(ValueError, match="counts and resp must be finite and non-negative"):
+            concept_log_predictive(counts, resp)
+    for kwargs in ({"beta": float("nan")}, {"eps": float("nan")}, {"beta": float("inf")}, {"eps": 0.0}):
+        with pytest.raises(ValueError, match="need finite beta > 0 and eps > 0"):
+            concept_log_predictive(x, r, **kwargs)
+    with pytest.raises(ValueError, match="every row of resp must sum to one .* row 0 sums to 3"):
+        concept_log_predictive(x, 3 * r)
+    with pytest.raises(ValueError, match="a finite selection_beta > 0, got 1 and nan"):
+        km.WordSegmenter(selection_beta=float("nan"))

@@ -215,7 +215,7 @@ def test_segmenter_under_a_concept_module():
 @pytest.mark.slow
 @pytest.mark.shared_data("brent/br-phono.txt")
 def test_brent_beats_the_transitional_probability_baseline():
-    """Sequential start and two sweeps (about 2 CPU minutes): Viterbi boundary / token F 78.5 / 61.5 with seed 0
+    """Sequential start and three sweeps (about 25 CPU seconds): Viterbi boundary / token F 78.8 / 61.9 with seed 0
     (docs/robotics.md), asserted with a margin; the baseline is 64.4 / 46.8."""
     scores = load_example("word_segmentation").main(["--iters", "3", "--seed", "0"])
     assert scores["boundary_f"] > 0.76 and scores["token_f"] > 0.59
@@ -557,3 +557,40 @@ def test_utterances_from_a_generator_are_fitted_and_settings_are_checked():
                             ({"prior_weight": float("nan")}, "prior_weight must be a finite number >= 0, got nan")):
         with pytest.raises(ValueError, match=message):
             km.WordSegmenter(**kwargs)
+
+
+@pytest.mark.parametrize("discount, strength", [(0.5, -0.7), (1.5, 1.0), (-0.1, 1.0), (float("nan"), 1.0),
+                                                (0.2, float("inf"))])
+def test_pitman_yor_hyperparameters_outside_their_range_are_named(discount, strength):
+    """Teh (2006) needs 0 <= d < 1 and theta > -d: d = 0.5, theta = -0.7 gave p(a) = 1.077 and p(b) = -0.077 after two
+    customers, silently; a saved state holding such values loaded silently too (and changed nothing before the
+    refusal now)."""
+    with pytest.raises(ValueError, match="depth 0 has discount .* needs 0 <= discount < 1 and strength > -discount"):
+        HPYLM(1, lambda w: 0.5, discount=discount, strength=strength)
+    rng = np.random.default_rng(0)
+    model = NPYLM("ab", 4)
+    model.add_sentence(["ab"], rng)
+    state = model.state()
+    state.word_d, state.word_theta = [0.5, discount], [1.0, strength]
+    fresh = NPYLM("ab", 4)
+    before = fresh.log_prob(["ab"])
+    with pytest.raises(ValueError, match=r"load_state: the word model: depth 1 has discount"):
+        fresh.load_state(state)
+    assert fresh.log_prob(["ab"]) == before and fresh.words.restaurants == {}
+
+
+def test_a_segmenter_fitted_with_no_sweeps_saves_loads_and_resumes(tmp_path):
+    """``fit(n_iter=0)`` from Mochihashi's start (what examples/word_segmentation.py does before its own sweeps)
+    holds no words yet; a save of it loaded as "not fitted". It now loads as fitted: the same decode and the same
+    continued sweeps as the module saved. ``resume``'s number of sweeps is checked (-5 ran none silently; 1.5 failed
+    deep inside)."""
+    utterances = ["abcxy", "xyabc", "dogabc"] * 4
+    seg = km.WordSegmenter(n_iter=0, random_state=0).fit(utterances)
+    path = km.save_module(seg, tmp_path / "seg.pt")
+    twin = km.load_module(km.WordSegmenter(n_iter=0, random_state=0), path)
+    assert twin.segment(["abcxy", "dogxy"]) == seg.segment(["abcxy", "dogxy"])
+    assert twin.resume(2, random_state=3).segmentation_ == seg.resume(2, random_state=3).segmentation_
+    assert any(seg.segmentation_)
+    for sweeps in (-5, 1.5, None, True):
+        with pytest.raises(ValueError, match="resume's sweeps must be an integer >= 0"):
+            seg.resume(sweeps, random_state=1)

@@ -176,6 +176,12 @@ def simulated_house(n_events: int = 300, seed: int = 0, phoneme_error_rate: floa
     ((100, 2), (100, 24), (100, 16), 100)
     """
     _check(n_events, phoneme_error_rate, name_rate, position_noise, view_tokens)
+    # (None drew a new house at every call; -1 or 1.5 failed in numpy without naming the seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"simulated_house: seed must be an int >= 0 (the same seed gives the same house), got "
+                         f"{seed!r}")
+    if not isinstance(image, (bool, np.bool_)):
+        raise ValueError(f"simulated_house: image must be True or False, got {image!r}")
     narrowest = float(np.minimum(AREA_BOXES[:, 2] - AREA_BOXES[:, 0], AREA_BOXES[:, 3] - AREA_BOXES[:, 1]).min())
     if not 0.0 <= margin < narrowest / 2:  # true positions must stay inside their area
         raise ValueError(f"simulated_house: margin must lie in [0, {narrowest / 2:g}) metres (half the narrowest "

@@ -126,6 +126,8 @@ def save(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint onto the CPU, checking its checksum and without unpickling code; a clear
     error naming the file for damaged or foreign files."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a checkpoint file; give the file Model.save wrote")
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint file {path}")
     data = Path(path).read_bytes()

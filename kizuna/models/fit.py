@@ -59,7 +59,8 @@ def fit(
         patience: with ``valid``: stop after this many epochs without a strictly lower
             validation loss, and restore the parameters of the best epoch.
         checkpoint: a path; the model is saved there (see `Model.save`) after every finished epoch.
-            Its directory must exist (checked before training).
+            A missing folder is created (with its parents) before training; a path that cannot be written
+            (a file in the way, an existing directory given as the file) is an error then.
         seed: starts the model's random stream and shuffling generator when the run starts
             (``model.epoch == 0``): the same seed gives bitwise the same run in any process, and
             torch's global generator is left untouched. A model that has trained or was loaded from

@@ -107,7 +107,9 @@ class Model:
         compile: evaluate the loss (forward and backward) under ``torch.compile``: ``True``, or a dict
             of its keyword arguments (e.g. ``{"mode": "max-autotune"}``). Where compilation is
             unavailable (no C compiler, unsupported platform) a warning says why and training
-            continues uncompiled.
+            continues uncompiled; a name, mode or backend ``torch.compile`` does not take is an error here.
+            Checked steps run eagerly: the first step under ``validate=None``, and every step under
+            ``validate=True`` (which therefore never compiles).
         validate: check parameters and values (torch's ``validate_args``) on every step (``True``),
             never (``False``), or, by default (``None``), on the first evaluation of each loss only:
             wrong shapes, supports and parameters show up at once with a message naming them, and
@@ -592,8 +594,45 @@ def _compile_args(option: Any) -> dict[str, Any] | None:
     if option is True:
         return {}
     if isinstance(option, Mapping):
-        return dict(option)
+        args = dict(option)
+        _check_compile_args(args)
+        return args
     raise TypeError(f"Model: compile must be True, False or a dict of torch.compile arguments, got {option!r}")
+
+
+def _check_compile_args(args: dict[str, Any]) -> None:
+    """The user's own mistakes in ``compile=`` are errors at construction: a name ``torch.compile`` does not take, a
+    mode or a backend name it does not know (they fell back to eager with a warning that compilation was unavailable
+    on this machine, from the second step on). A platform without the compiler still warns and trains eagerly: where
+    torch's lists cannot be read, the mode and backend are left to ``torch.compile``."""
+    import inspect
+
+    allowed = [name for name in inspect.signature(torch.compile).parameters if name != "model"]
+    unknown = sorted(str(k) for k in args if k not in allowed)
+    if unknown:
+        raise TypeError(f"Model: compile= names {', '.join(map(repr, unknown))}, which torch.compile does not take; "
+                        f"its arguments are {', '.join(allowed)}")
+    mode, backend = args.get("mode"), args.get("backend")
+    checks = torch.distributions.Distribution._validate_args  # (torch._dynamo's import patches torch: kept as it was)
+    try:
+        if mode is not None:
+            from torch._inductor import list_mode_options
+
+            modes = sorted(list_mode_options())
+            if mode not in modes:
+                raise ValueError(f"Model: compile={{'mode': {mode!r}}} is not one of torch.compile's modes "
+                                 f"({', '.join(modes)})")
+        if isinstance(backend, str):
+            from torch._dynamo import list_backends
+
+            backends = list_backends(exclude_tags=())
+            if backend not in backends:
+                raise ValueError(f"Model: compile={{'backend': {backend!r}}} is not one of torch.compile's backends "
+                                 f"({', '.join(b for b in backends if 'TESTING' not in b)}), nor a callable")
+    except (ImportError, RuntimeError):  # no compiler stack here: `_compiled_eval` warns and trains eagerly
+        pass
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(checks)
 
 
 def _compiled_eval(model: Model, loss_cls: Loss) -> Any:

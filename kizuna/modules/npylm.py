@@ -49,7 +49,7 @@ import numpy as np
 from kizuna.modules.npylm_chars import CharModel
 from kizuna.modules.npylm_length import WordLength
 from kizuna.modules.npylm_slot import ConceptNames, sample_slot
-from kizuna.modules.pitman_yor import HPYLM, count_part
+from kizuna.modules.pitman_yor import HPYLM, check_hyperparameters, count_part
 
 BOS, EOS = "\x02", "\x03"
 
@@ -125,6 +125,8 @@ class NPYLM:
         if depths != (self.words.order,) * 2 + (self.chars.order,) * 2:
             raise ValueError(f"NPYLM.load_state: {depths} hyperparameters per model for orders "
                              f"{self.words.order}, {self.chars.order}")
+        check_hyperparameters("NPYLM.load_state: the word model", state.word_d, state.word_theta)
+        check_hyperparameters("NPYLM.load_state: the character model", state.char_d, state.char_theta)
         self.words.set_seating(state.word_seating)
         self.chars.set_seating(state.char_seating)
         self.words.d, self.words.theta = [float(x) for x in state.word_d], [float(x) for x in state.word_theta]

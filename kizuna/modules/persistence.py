@@ -240,6 +240,9 @@ def load_module(module: Module, path: str | Path) -> Module:
     """Load a state written by `save_module` into ``module`` (same class, config and name)."""
     _check_module(module, "load_module")
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a directory, not a saved module; give the file save_module wrote (a whole "
+                                "graph's folder is read by Graph.load)")
     if not p.is_file():
         raise FileNotFoundError(f"no saved kizuna module at {p}")
     blob = unpack(p.read_bytes(), p, _device([module, *module.children]))

@@ -24,6 +24,9 @@ even one that glues a whole utterance into one word, predicts its own event perf
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 from scipy.special import gammaln, logsumexp
 
@@ -45,8 +48,15 @@ def concept_log_predictive(counts: np.ndarray, resp: np.ndarray, beta: float = 0
     if x.ndim != 2 or r.ndim != 2 or x.shape[0] != r.shape[0]:
         raise ValueError(f"concept_log_predictive: counts N×V and resp N×L must have the same N, got {x.shape} and "
                          f"{r.shape}")
-    if (x < 0).any() or (r < 0).any() or beta <= 0 or eps <= 0:
-        raise ValueError("concept_log_predictive: need non-negative counts and resp, beta > 0 and eps > 0")
+    # (NaN passed every `< 0` and `<= 0`: the score was NaN, silently)
+    if not (np.isfinite(x).all() and np.isfinite(r).all()) or (x < 0).any() or (r < 0).any():
+        raise ValueError("concept_log_predictive: counts and resp must be finite and non-negative")
+    if not all(isinstance(v, numbers.Real) and 0 < v < math.inf for v in (beta, eps)):
+        raise ValueError(f"concept_log_predictive: need finite beta > 0 and eps > 0, got {beta!r} and {eps!r}")
+    if r.shape[0] and not np.allclose(r.sum(1), 1.0):
+        bad = int(np.argmax(~np.isclose(r.sum(1), 1.0)))
+        raise ValueError(f"concept_log_predictive: every row of resp must sum to one (a concept posterior); row {bad} "
+                         f"sums to {r[bad].sum():g}")
     v = x.shape[1]
     topic = r.T @ x  # L×V soft counts of every word in every concept
     sizes = r.sum(0)  # L soft event counts

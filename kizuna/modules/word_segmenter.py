@@ -52,6 +52,7 @@ slot model's evidence favours gluing the article to a name (docs/robotics.md, "N
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -177,8 +178,9 @@ class WordSegmenter(Module):
         self.chain_slots_: list[list[int | None] | None] = []  # the one-name model's slots (None: not in force)
         self.concepts_: torch.Tensor | None = None
         self.relearn, self.relearned_ = relearn, False
-        if n_chains < 1 or selection_beta <= 0:
-            raise ValueError(f"WordSegmenter {self.name}: need n_chains >= 1 and selection_beta > 0")
+        if n_chains < 1 or not 0 < selection_beta < math.inf:  # (NaN passed `<= 0`)
+            raise ValueError(f"WordSegmenter {self.name}: need n_chains >= 1 and a finite selection_beta > 0, got "
+                             f"{n_chains!r} and {selection_beta!r}")
         self.n_chains, self.selection_beta = n_chains, selection_beta
         if type_moves < 0 or type_min_count < 1 or type_favour < 0:
             raise ValueError(f"WordSegmenter {self.name}: need type_moves >= 0, type_min_count >= 1, type_favour >= 0")
@@ -240,7 +242,9 @@ class WordSegmenter(Module):
         a save without them, see ``State``); the kept one (None before any fit)."""
         if not self.chain_segmentations_ and self.segmentation_:  # saved by a version without chains
             self.chain_segmentations_ = [self.segmentation_]
-        if not self.chain_models_ and self.chain_segmentations_ and any(self.chain_segmentations_[0]):
+        # fitted: it has utterances (after fit(n_iter=0) from Mochihashi's start they hold no words yet, and a save
+        # of it loaded as "not fitted")
+        if not self.chain_models_ and self.chain_segmentations_ and self.utterances_:
             states = self._saved_chain_states
             for r, segmentation in enumerate(self.chain_segmentations_):
                 model = self._new_model(self.utterances_)
@@ -249,7 +253,8 @@ class WordSegmenter(Module):
                 else:
                     slots = self.chain_slots_[r] if r < len(self.chain_slots_) else None
                     for n, words in enumerate(segmentation):
-                        model.add_sentence(words if slots is None else lm_words(words, slots[n]), rng)
+                        if words:  # (an utterance not segmented yet seats nothing; [] would seat BOS -> EOS)
+                            model.add_sentence(words if slots is None else lm_words(words, slots[n]), rng)
                     model.update_length_weight()  # p0 normalised for the rebuilt character model
                 self.chain_models_.append(model)
             self._saved_chain_states = []
@@ -385,6 +390,7 @@ class WordSegmenter(Module):
         sequential start from an empty model (the control of ``relearn``). ``random_state``: a numpy generator, used
         as it is; an int (or any seed numpy takes), numpy's generator of that seed; a torch generator, or None for one
         draw from torch's global stream (so that ``torch.manual_seed`` repeats it), as `fit` (kizuna.modules.rng)."""
+        check_int(f"WordSegmenter {self.name}: resume's sweeps", sweeps, 0)
         if random_state is None or isinstance(random_state, torch.Generator):
             # None drew from the operating system, and a torch generator was refused (numpy's SeedSequence)
             rng = self._random(generator_for(random_state))
