@@ -789,3 +789,34 @@ def test_preprocess_without_alpha_keeps_the_logit_finite_in_float32() -> None:
     torch.manual_seed(0)
     z, logdet = Preprocess(256, alpha=0.0).forward_and_logdet(torch.ones(1000, 784))
     assert torch.isfinite(z).all() and torch.isfinite(logdet).all()
+
+
+def test_a_flow_distribution_returns_its_base_draw_as_pixyz() -> None:
+    """``sample`` of a flow distribution also returns the prior's draw that the flow mapped (Pixyz's
+    ``return_hidden=True`` default; `TransformedDistribution` always adds it there): ``x`` is the flow of that very
+    draw, in both directions and with a sample shape; ``return_hidden=False`` returns ``x`` only, and inside a
+    product only the product's variables are drawn. It returned ``x`` alone, and ignored ``return_hidden``."""
+    from kizuna.distributions import InverseTransformedDistribution, Normal, TransformedDistribution
+
+    prior = Normal(var=["z"], loc=torch.zeros(2, dtype=F64), scale=torch.ones(2, dtype=F64), name="p_prior")
+    flow = FlowList([AffineCoupling(2, hidden_features=8), Reverse(2)]).double()
+    with torch.no_grad():
+        for t in flow.parameters():
+            t.add_(0.3 * torch.randn_like(t))
+    inverse = InverseTransformedDistribution(prior, flow, var=["x"])
+    forward = TransformedDistribution(prior, flow, var=["x"])
+    for p, push in ((inverse, flow.inverse), (forward, lambda z: flow(z, compute_jacobian=False))):
+        out = p.sample(batch_n=5)
+        assert sorted(out) == ["x", "z"] and out["z"].shape == (5, 2)
+        torch.testing.assert_close(out["x"], push(out["z"]), rtol=1e-12, atol=1e-12)
+        shaped = p.sample(batch_n=4, sample_shape=[3])
+        assert shaped["z"].shape == shaped["x"].shape == (3, 4, 2)
+        torch.testing.assert_close(shaped["x"].reshape(12, 2), push(shaped["z"].reshape(12, 2)), rtol=1e-12,
+                                   atol=1e-12)
+        assert sorted(p.sample(batch_n=2, return_hidden=False)) == ["x"]
+        assert sorted(p.sample(batch_n=2, return_all=False)) == ["x", "z"]
+        given = torch.zeros(2, 2, dtype=F64)
+        assert sorted(p.sample({"x": given})) == ["x"]  # held fixed: nothing drawn
+    other = Normal(var=["y"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    assert sorted((other * inverse).sample(batch_n=3)) == ["x", "y"]
+    assert "_base_draws" not in inverse.__dict__

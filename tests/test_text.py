@@ -45,8 +45,9 @@ CASES: dict[str, tuple[Callable[[], Distribution], str, str, str, str]] = {
         "p(x,z)", "p(x|z)p_{prior}(z)", "p(x,z) = p(x|z)p_{prior}(z)", "p(x,z) = p(x|z)p_{prior}(z)",
     ),
     "joint-prior-first": (
-        lambda: prior() * p_x_z(),
-        "p(z,x)", "p_{prior}(z)p(x|z)", "p(z,x) = p_{prior}(z)p(x|z)", "p(z,x) = p_{prior}(z)p(x|z)",
+        lambda: prior() * p_x_z(),  # named after the first operand, as Pixyz names a product
+        "p_{prior}(z,x)", "p_{prior}(z)p(x|z)", "p_{prior}(z,x) = p_{prior}(z)p(x|z)",
+        "p_{prior}(z,x) = p_{prior}(z)p(x|z)",
     ),
     "conditional-joint": (
         lambda: p_x_z() * link("z", "y", "q"),
@@ -112,7 +113,7 @@ CASES: dict[str, tuple[Callable[[], Distribution], str, str, str, str]] = {
     ),
     "empirical-product": (
         lambda: link("z", "x", "q") * EmpiricalDistribution(var=["x"]),
-        "p(z,x)", "q(z|x)p_{data}(x)", "p(z,x) = q(z|x)p_{data}(x)", "p(z,x) = q(z|x)p_{data}(x)",
+        "q(z,x)", "q(z|x)p_{data}(x)", "q(z,x) = q(z|x)p_{data}(x)", "q(z,x) = q(z|x)p_{data}(x)",
     ),
 }
 

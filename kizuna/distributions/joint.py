@@ -73,8 +73,8 @@ class JointDistribution(Distribution):
         cond: list[str] = []
         for f in flat:
             cond.extend(c for c in f.cond_var if c not in var and c not in cond)
-        names = {f.name for f in flat}
-        super().__init__(var, cond, names.pop() if len(names) == 1 else "p")
+        # named after the first operand, as Pixyz names a product (q(z|x) * f(y|x) is q(z,y|x), not p)
+        super().__init__(var, cond, factors[0].name if len(factors) else "p")
         self._factors = nn.ModuleList(flat)
         self._order = order
         self._graph_options = inherited(factors, flat)  # Pixyz's graph options of the operands, if any

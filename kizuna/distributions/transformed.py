@@ -26,6 +26,7 @@ per layer in an ELBO; any other point is scored through the inverse.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -99,12 +100,36 @@ class _FlowDistribution(Distribution):
         """:math:`\\log|\\det J_f(x)|` per row from the last ``forward(..., compute_jacobian=True)``."""
         return self.flow.logdet_jacobian
 
+    def sample(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None,
+               sample_shape: Sequence[int] | torch.Size = (), return_all: bool = True, reparam: bool = False,
+               sample_mean: bool = False, return_hidden: bool = True, **kwargs: Any) -> XDict:
+        """See `Distribution.sample`; with ``return_hidden`` (Pixyz's default) also the prior's draw that the flow
+        mapped to each returned value, under the prior's variable (the base point :math:`z_0`), in the same shape.
+        Inside a product or a loss only ``var`` is drawn."""
+        if not return_hidden or sample_mean:
+            return super().sample(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, **kwargs)
+        captured: list[Tensor] = []
+        self.__dict__["_base_draws"] = captured  # (a plain attribute, not a buffer; removed below)
+        try:
+            out = super().sample(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, **kwargs)
+        finally:
+            self.__dict__.pop("_base_draws", None)
+        if len(captured) == 1:  # none when x_dict gave the value itself (held fixed: nothing was drawn)
+            base, n = captured[0], math.prod(sample_shape)
+            shape = tuple(sample_shape)
+            out[self.prior.var[0]] = base.reshape(*shape, base.shape[0] // n, *base.shape[1:]) if shape else base
+        return out
+
     def _draw_base(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> Tensor:
         """A draw of the prior's variable, as many rows as the context when nothing else says."""
         if batch_n is None and not self.prior.cond_var:
             batch_n = batch_size_of(x_dict, self._flow_cond)
         inputs = {k: x_dict[k] for k in self.prior.input_var}
-        return self.prior._sample(inputs, batch_n, reparam)[self.prior.var[0]]
+        base = self.prior._sample(inputs, batch_n, reparam)[self.prior.var[0]]
+        captured = self.__dict__.get("_base_draws")
+        if captured is not None:  # this distribution's own `sample` with return_hidden
+            captured.append(base)
+        return base
 
     def _base_log_prob(self, base: Tensor, x_dict: Mapping[str, Any]) -> Tensor:
         inputs = {k: x_dict[k] for k in self.prior.input_var}

@@ -4,7 +4,7 @@
 
     model = Model(loss, distributions=[p, q], optimizer=torch.optim.Adam,
                   optimizer_params={"lr": 1e-3})
-    model.train({"x": x})   # one gradient step, returns the loss (a detached 0-d tensor, as Pixyz)
+    model.train({"x": x})   # one gradient step, returns the loss (a detached 0-d tensor; Pixyz's keeps its graph)
     model.test({"x": x})    # the loss without gradients
     history = model.fit({"x": x_train}, epochs=10, valid={"x": x_valid}, checkpoint="run.pt")
 
