@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import non_negative_int, positive_int, wide_seed_arg  # noqa: E402
+from _args import non_negative_int, positive_float, positive_int, wide_seed_arg  # noqa: E402
 
 from kizuna.cli import SEED_MAX  # noqa: E402
 from kizuna.robot_demo import _print, run  # noqa: E402
@@ -45,9 +45,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--split-merge", type=non_negative_int, default=None, metavar="S",
                         help="split-merge proposals per concept sweep (0: none; default: SpatialConcept's)")
     parser.add_argument("--first-seed", type=wide_seed_arg, default=0, help="seeds FIRST .. FIRST+N-1 (default 0)")
-    parser.add_argument("--sweeps", type=int, default=30, help="concept sweeps per update (default 30)")
-    parser.add_argument("--alpha", type=float, default=None, help="stick-breaking alpha (default: the demo's, 1.0)")
-    parser.add_argument("--beta", type=float, nargs=2, default=None, metavar=("WORDS", "VIEWS"),
+    parser.add_argument("--sweeps", type=positive_int, default=30, help="concept sweeps per update (default 30)")
+    parser.add_argument("--alpha", type=positive_float, default=None,
+                        help="stick-breaking alpha (default: the demo's, 1.0)")
+    parser.add_argument("--beta", type=positive_float, nargs=2, default=None, metavar=("WORDS", "VIEWS"),
                         help="Dirichlet beta of the word and view distributions (default: the demo's, 2.0 0.5)")
     parser.add_argument("--chains", type=positive_int, default=None, metavar="R",
                         help="phonemes: segmentation chains the concepts choose among (default 1)")

@@ -76,6 +76,9 @@ def test_zero_epochs_is_taken_as_given(monkeypatch):
     (["--seeds", "2", "--first-seed", str(2**64 - 1)], "the last seed is above 2**64 - 1"),
     (["--words", "phonemes", "--chains", "0"], "argument --chains: invalid value 0: give a positive integer"),
     (["--new-utterances", "-3"], "argument --new-utterances: invalid value -3: give a non-negative integer"),
+    (["--sweeps", "0"], "argument --sweeps: invalid value 0: give a positive integer"),
+    (["--alpha", "nan"], "argument --alpha: invalid value 'nan': give a finite number > 0"),
+    (["--beta", "0", "1"], "argument --beta: invalid value '0': give a finite number > 0"),
 ])
 def test_robot_house_refuses_seeds_that_run_nothing_or_fail(argv, message, monkeypatch, capsys):
     """``--seeds 0`` ran no seed, then failed with an IndexError (rows[0]); ``--first-seed -1`` failed inside
