@@ -218,3 +218,22 @@ def test_bad_settings_are_named_when_built(kwargs, match):
     fractional sweep counts were accepted and failed (or fitted nonsense) later."""
     with pytest.raises(ValueError, match=match):
         km.SpatialConcept(**kwargs)
+
+
+def test_predicted_concepts_follow_the_gaussian_densities_of_scipy_far_from_the_data_too():
+    """:math:`p(l|x) \\propto \\pi_l \\sum_k \\phi_{lk} \\mathcal N(x; \\mu_k, \\Sigma_k)` under an EM GMM, with the
+    densities from scipy, at positions inside the house and tens to hundreds of metres outside it (where the GMM's
+    own posterior underflows: the densities are the GMM's, no longer recovered from it)."""
+    from scipy.special import logsumexp
+
+    house = simulated_house(200, seed=1)
+    gmm = km.GMM(6, algorithm="em", max_iter=20).connect(km.Observation(house["position"]))
+    spco = km.SpatialConcept(6, sweeps=20).connect(gmm, km.Observation(house["word_counts"]),
+                                                  km.Observation(house["view"]))
+    km.Graph([spco]).fit(n_iter=4, seed=0)
+    pos = np.array([[1.0, 1.0], [2.5, 3.0], [60.0, -40.0], [200.0, 200.0], [-30.0, 5.0]])
+    log_px = np.stack([stats.multivariate_normal(m, c).logpdf(pos) for m, c in zip(gmm.means_, gmm.covariances_)], 1)
+    pi, phi = spco.sampler_.weights()
+    log_joint = np.log(pi)[None] + logsumexp(np.log(phi)[None] + log_px[:, None, :], axis=2)
+    np.testing.assert_allclose(spco.predict_concepts(pos), np.exp(log_joint - logsumexp(log_joint, 1, keepdims=True)),
+                               rtol=1e-9, atol=1e-12)

@@ -205,9 +205,9 @@ class SpatialConcept(ClassModule):
     def predict_concepts(self, positions: Any) -> np.ndarray:
         """:math:`p(l \\mid x)` (M×L) at new positions."""
         sampler, gmm = self._fitted()
-        x = np.asarray(positions, dtype=np.float64)
-        log_p_x = (np.log(np.asarray(gmm.predict_proba(x)).clip(1e-300)) + np.asarray(gmm.score_samples(x))[:, None]
-                   - np.log(gmm.weights_))  # log p(x | k)
+        # log p(x | k), the GMM's own predictive densities (recovered from predict_proba, clipped at 1e-300, they were
+        # all alike where the posterior underflowed: far from the components, concepts were told apart wrongly)
+        log_p_x = gmm._log_joint(gmm._as_x(positions), mixing=False).double().cpu().numpy()
         pi, phi = sampler.weights()
         log_joint = np.log(pi)[None, :] + logsumexp(np.log(phi)[None, :, :] + log_p_x[:, None, :], axis=2)
         return np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
