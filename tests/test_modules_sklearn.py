@@ -148,3 +148,11 @@ def test_gaussian_mixture_reports_iterations_convergence_and_em_bound_as_scikit_
     twin = km.GMM(3, algorithm="em", max_iter=4, random_state=0)
     twin.load_state_dict(node.state_dict())
     assert (twin.n_iter_, twin.converged_, twin.lower_bound_) == (node.n_iter_, node.converged_, node.lower_bound_)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.5, "0", True])
+def test_random_state_outside_torch_seeds_is_named(seed):
+    """2**64 failed in torch's manual_seed ("Overflow when unpacking long long") without naming random_state."""
+    with pytest.raises(ValueError, match=r"random_state must be None, an int in \[0, 2\*\*64\) or a torch.Generator"):
+        GaussianMixture(2, random_state=seed).fit(np.random.default_rng(0).random((10, 2)))
+    assert GaussianMixture(2, random_state=2**64 - 1).fit(np.random.default_rng(0).random((10, 2))).n_iter_ == 100

@@ -45,16 +45,17 @@ def generator_for(random_state: int | torch.Generator | None, device: torch.devi
     >>> generator_for(-1)
     Traceback (most recent call last):
     ...
-    ValueError: random_state must be None, a non-negative int or a torch.Generator, got -1
+    ValueError: random_state must be None, an int in [0, 2**64) or a torch.Generator, got -1
     """
     if isinstance(random_state, torch.Generator):
         return random_state
     if random_state is None:
         seed = int(torch.randint(0, SEED_BOUND, (1,)))
-    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool) and random_state >= 0:
-        seed = int(random_state)
+    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool) \
+            and 0 <= random_state < 2**64:
+        seed = int(random_state)  # (2**64 and above failed in torch's manual_seed without naming random_state)
     else:
-        raise ValueError(f"random_state must be None, a non-negative int or a torch.Generator, got {random_state!r}")
+        raise ValueError(f"random_state must be None, an int in [0, 2**64) or a torch.Generator, got {random_state!r}")
     return torch.Generator(device=torch.device("cpu") if device is None else device).manual_seed(seed)
 
 
