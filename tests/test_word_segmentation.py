@@ -594,3 +594,13 @@ def test_a_segmenter_fitted_with_no_sweeps_saves_loads_and_resumes(tmp_path):
     for sweeps in (-5, 1.5, None, True):
         with pytest.raises(ValueError, match="resume's sweeps must be an integer >= 0"):
             seg.resume(sweeps, random_state=1)
+
+
+def test_segmentation_scores_name_a_corpus_or_utterance_that_is_not_a_list():
+    """None as the corpus or as an utterance was "'NoneType' object is not iterable"; numpy arrays of words still
+    score."""
+    with pytest.raises(TypeError, match="predicted must be a list of utterances .* got NoneType"):
+        segmentation_scores([["yu"]], None)
+    with pytest.raises(TypeError, match="true utterance 1 is NoneType; give each utterance as a list of words"):
+        segmentation_scores([["yu"], None], [["yu"], ["tu"]])
+    assert segmentation_scores([np.array(["yu", "tu"])], [("yu", "tu")]).token_f == 1.0

@@ -21,7 +21,7 @@ were 0), and a prediction without boundaries against a truth with some has preci
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -65,7 +65,13 @@ def _check_corpus(corpus: Sequence[Sequence[str]], what: str) -> None:
     if isinstance(corpus, str):
         raise TypeError(f"segmentation_scores: {what} must be a list of utterances (each a list of words), "
                         f"got the string {corpus[:30]!r}")
+    if not isinstance(corpus, Iterable):  # (None: "'NoneType' object is not iterable")
+        raise TypeError(f"segmentation_scores: {what} must be a list of utterances (each a list of words), got "
+                        f"{type(corpus).__name__}")
     for i, utterance in enumerate(corpus):
+        if not isinstance(utterance, Iterable):
+            raise TypeError(f"segmentation_scores: {what} utterance {i} is {type(utterance).__name__}; give each "
+                            "utterance as a list of words, e.g. ['yu', 'want', 'tu']")
         if isinstance(utterance, str):
             raise TypeError(f"segmentation_scores: {what} utterance {i} is the string {utterance[:30]!r}; give each "
                             "utterance as a list of words, e.g. ['yu', 'want', 'tu']")
