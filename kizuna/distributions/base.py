@@ -471,6 +471,12 @@ class Distribution(nn.Module):
         """The ``torch.distributions`` class behind this distribution, if it is one family."""
         return None
 
+    @property
+    def closed_form_family(self) -> type[torch.distributions.Distribution] | None:
+        """The ``torch.distributions`` class whose closed forms (KL, entropy) this distribution's analytic ones are:
+        `torch_family`, but for the relaxed families that score with a discrete likelihood, that discrete family."""
+        return self.torch_family
+
     def closed_form_score(self, x_dict: Mapping[str, Any]) -> Tensor | None:
         r""":math:`\nabla_x \log p(x|\cdot)` of the single variable in closed form, or None (then take it by
         autograd of `get_log_prob`)."""

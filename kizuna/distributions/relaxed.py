@@ -62,12 +62,7 @@ class _DiscreteScoring(TorchDistribution):
 
     def _discrete(self, x_dict: Mapping[str, Any]) -> D.Distribution:
         """The discrete distribution with this distribution's ``probs``/``logits`` (leading batch dim)."""
-        params = self._params(x_dict)
-        hard = {k: params[k] for k in ("probs", "logits") if params.get(k) is not None}
-        try:
-            return self.discrete_class(**hard, validate_args=validation_enabled())
-        except ValueError as err:
-            raise ValueError(f"{self.prob_text}: invalid parameters for {type(self).__name__}: {err}") from err
+        return self._kl_dist(self._params(x_dict))
 
     def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
         """See `TorchDistribution._elementwise_log_prob`: the discrete family's log-likelihood."""
@@ -82,6 +77,21 @@ class _DiscreteScoring(TorchDistribution):
 
     def _per_feature(self, dist: D.Distribution, value: Tensor) -> Tensor:
         raise NotImplementedError
+
+    @property
+    def closed_form_family(self) -> type[D.Distribution]:
+        """The discrete family: a KL or an entropy of a relaxed family is the discrete family's closed form (it scores
+        with that likelihood; the one-draw Monte-Carlo estimate of the KL was noisy, negative at times, and a relaxed
+        draw was outside a `Categorical`'s support on a validated step)."""
+        return self.discrete_class
+
+    def _kl_dist(self, params: dict[str, Any]) -> D.Distribution:
+        """See `TorchDistribution._kl_dist`: the discrete distribution of these parameters."""
+        hard = {k: params[k] for k in ("probs", "logits") if params.get(k) is not None}
+        try:
+            return self.discrete_class(**hard, validate_args=validation_enabled())
+        except ValueError as err:
+            raise ValueError(f"{self.prob_text}: invalid parameters for {type(self).__name__}: {err}") from err
 
     def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None) -> Tensor:

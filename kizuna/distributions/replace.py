@@ -170,6 +170,10 @@ class ReplaceVarDistribution(Distribution):
     def torch_family(self):  # noqa: ANN201 - see Distribution.torch_family
         return self.p.torch_family
 
+    @property
+    def closed_form_family(self):  # noqa: ANN201 - see Distribution.closed_form_family
+        return self.p.closed_form_family
+
     def get_dist(self, x_dict: Mapping | None = None, independent: bool = True):  # noqa: ANN201
         return self.p.get_dist(self._given(x_dict), independent)
 

@@ -683,6 +683,10 @@ class TorchDistribution(Distribution):
         """See `Distribution.kl_parts`."""
         return self, self._params(x_dict)
 
+    def _kl_dist(self, params: dict[str, Any]) -> D.Distribution:
+        """The torch distribution of `closed_form_family` whose closed-form KL `kl_to` takes (per feature)."""
+        return self._build(params, False)
+
     def kl_to(self, params: dict[str, Any], other: TorchDistribution, other_params: dict[str, Any],
               per_feature: bool = False) -> Tensor:
         r""":math:`D_{KL}[self\|other]` in closed form from both parameter sets, per row (or per feature):
@@ -703,7 +707,7 @@ class TorchDistribution(Distribution):
         # per feature (each side's own event dimensions only), then summed over the features: a constant side
         # without features_shape has fewer batch dimensions than the other, so wrapping each in Independent gave
         # the pair different event ranks, which torch has no KL for
-        mine, theirs = self._build(params, False), other._build(other_params, False)
+        mine, theirs = self._kl_dist(params), other._kl_dist(other_params)
         try:
             if mine.batch_shape != theirs.batch_shape:  # a constant side's one row against the batch: torch's
                 # Bernoulli KL indexes one side by a mask of the other's shape, it does not broadcast

@@ -35,8 +35,9 @@ def monte_carlo_after_all(loss: Any, ctx: EvalContext, err: NotImplementedError,
 
 
 def analytic_kl_available(p: Distribution, q: Distribution) -> bool:
-    """Whether torch's KL registry has a closed form for the families of ``p`` and ``q``."""
-    fp, fq = p.torch_family, q.torch_family
+    """Whether torch's KL registry has a closed form for the families of ``p`` and ``q``
+    (`Distribution.closed_form_family`)."""
+    fp, fq = p.closed_form_family, q.closed_form_family
     if fp is None or fq is None:
         return False
     return D.kl._dispatch_kl(fp, fq) is not NotImplemented

@@ -26,8 +26,8 @@ from kizuna.losses.expectation import Expectation
 
 
 def analytic_entropy_available(p: Distribution) -> bool:
-    """Whether torch has a closed-form entropy for the family of ``p``."""
-    family = p.torch_family
+    """Whether torch has a closed-form entropy for the family of ``p`` (`Distribution.closed_form_family`)."""
+    family = p.closed_form_family
     if family is None or family.entropy is D.Distribution.entropy:
         return False
     # the exponential-family entropy needs the family's carrier measure; e.g. Poisson has none
