@@ -269,3 +269,37 @@ def test_update_without_a_context_uses_the_module_stream():
     torch.testing.assert_close(runs[0], runs[1])
     with pytest.raises(ValueError, match="n_particles must be a positive int"):
         SIR(n_particles=0)
+
+
+def test_update_with_a_context_moves_the_schedule_on_as_fit_does():
+    """A hand-written loop of ``update(ctx)`` ran every sweep at the iteration the context was made at: max_iter 5,
+    5, 5 where fit runs 5, 7, 9."""
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(40, 2))
+    schedule = {"gmm": {"max_iter": [5, 7, 9]}}
+    gmm = GMM(2, algorithm="vb", max_iter=100, tol=0).connect(Observation(x))
+    graph = Graph([gmm])
+    ctx = graph.context(seed=0, schedule=schedule)
+    runs = []
+    for _ in range(3):
+        graph.update(ctx)
+        runs.append(gmm.n_iter_)
+    assert runs == [5, 7, 9] and graph.iteration == 3
+    fitted = GMM(2, algorithm="vb", max_iter=100, tol=0).connect(Observation(x))
+    Graph([fitted]).fit(3, seed=0, schedule=schedule)
+    assert fitted.n_iter_ == 9 and torch.equal(fitted.posterior, gmm.posterior)
+
+
+def test_a_child_given_twice_in_one_connect_and_a_message_of_no_columns_are_refused():
+    """``connect(o, o)`` made o a child twice (its modality counted twice, silently; two calls were refused); a
+    posterior of width 0 passed the row-sum check and an MLDA fitted on it."""
+    from kizuna.modules import MLDA, Message
+    from kizuna.modules.base import MessageShapeError
+
+    o = Observation(torch.rand(5, 3))
+    with pytest.raises(GraphError, match="observation is already a child of mlda"):
+        MLDA(2).connect(o, o)
+    assert o.parents == []
+    with pytest.raises(MessageShapeError, match=r"value has width 0 \(shape \(5, 0\)\)"):
+        Message("a", None, "c", "posterior", torch.zeros(5, 0))

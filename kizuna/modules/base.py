@@ -158,7 +158,7 @@ class Module(Stateful):
                                 "wrap arrays in kizuna.modules.Observation(data)")
             if child is self:
                 raise GraphError(f"{self.name} cannot be connected to itself")
-            if child in self.children:
+            if child in self.children or sum(c is child for c in children) > 1:  # (connect(o, o) counted o twice)
                 raise GraphError(f"{child.name} is already a child of {self.name}")
             if child.sends not in self.accepts:
                 raise MessageKindError(

@@ -183,12 +183,15 @@ class Graph:
         """One bottom-up sweep: ``update(ctx)`` every module, children first.
 
         Args:
-            ctx: the sweep's context; ``None``: the one of the last `fit` (or a fresh `context`),
-                at the graph's current iteration.
+            ctx: the context (from `context`: combination, generator, schedule); ``None``: the one of the last
+                `fit` (or a fresh `context`). Either is taken at the graph's current iteration, so a schedule
+                (``{"vae": {"epochs": [200, 40]}}``) moves on with every sweep, as in `fit` (a context passed in
+                kept the iteration it was made at: every sweep ran the first entry).
         """
         if ctx is None:
             self._context = self._context if self._context is not None else self.context()
-            ctx = self._context.at(self.iteration)
+            ctx = self._context
+        ctx = ctx.at(self.iteration)
         for m in self.modules:
             m.update(ctx)
         self.iteration += 1

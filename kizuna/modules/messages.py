@@ -68,6 +68,9 @@ class Message:
             raise TypeError(f"{where}: value must be a floating tensor, got {value.dtype}")
         if value.dim() != 2:
             raise MessageShapeError(f"{where}: value must be 2-D (N samples x width), got shape {tuple(value.shape)}")
+        if value.shape[1] == 0:  # (a posterior of no classes passed the row-sum check, and an MLDA fitted on it)
+            raise MessageShapeError(f"{where}: value has width 0 (shape {tuple(value.shape)}); a message holds at "
+                                    "least one feature or class per row")
         if not torch.isfinite(value).all():
             raise ValueError(f"{where}: value contains NaN or inf")
         if self.kind in _PROB_KINDS:
