@@ -329,3 +329,64 @@ def test_zero_rows_asked_give_zero_draws() -> None:
     assert euler(LinearPath(lambda x, t: -x, [2]), n=0, n_steps=2).shape == (0, 2)
     conditional = FlowMatching(lambda x, t, c: -x + c, [2], context_var=["c"])
     assert conditional.sample({"c": torch.zeros(0, 2)})["x"].shape == (0, 2)
+
+
+def test_bad_arguments_and_data_are_named():
+    """Found by a review: a NaN guidance scale made every draw NaN; a conditional flow sampled without its context
+    failed with a KeyError; an empty batch's log-density indexed row 0; reflow_coupling ran the model's steps for
+    n_steps=0 and failed inside for n=-1 or an unknown sampler; data of another width was scored silently by a
+    velocity that takes any width, and a negative features_shape was accepted."""
+    from kizuna.distributions import DDPM, DiffusionReverse, DiffusionSchedule
+    from kizuna.samplers import ddim, guided, heun
+
+    pc = DDPM(DiffusionReverse(lambda x, t, y: 0.1 * x + y[:, None], DiffusionSchedule.linear(20), context_var=["y"]),
+              [2])
+    for scale in (float("nan"), float("inf"), "2", True):
+        with pytest.raises(ValueError, match="guided: scale must be a finite number"):
+            guided(pc.path({"y": torch.ones(3)}), pc.path({"y": torch.zeros(3)}), scale)
+    assert ddim(guided(pc.path({"y": torch.ones(3)}), pc.path({"y": torch.zeros(3)}), -0.5), 3, 5).isfinite().all()
+
+    conditional = FlowMatching(lambda x, t, c: c * x, [2], context_var=["c"])
+    for run in (lambda: heun(conditional.path(), 3, 4), lambda: reflow_coupling(conditional, 2)):
+        with pytest.raises(ValueError, match=r"the context c is missing; a conditional flow needs c"):
+            run()
+
+    p = FlowMatching(lambda x, t: -x, [2])
+    for trace in ("exact", "hutchinson"):
+        q = FlowMatching(lambda x, t: -x, [2], trace=trace)
+        assert q.get_log_prob({"x": torch.randn(0, 2)}).shape == (0,)
+    calls = [0]
+    counted = FlowMatching(lambda x, t: calls.__setitem__(0, calls[0] + 1) or -x, [2], sampler="euler", n_steps=5)
+    reflow_coupling(counted, 3, n_steps=2)
+    assert calls[0] == 2
+    for kwargs, message in (({"n": -1}, "reflow_coupling: n must be an integer >= 0"),
+                            ({"n": 2.5}, "reflow_coupling: n must be an integer >= 0"),
+                            ({"n": 3, "n_steps": 0}, "reflow_coupling: n_steps must be an integer >= 1"),
+                            ({"n": 3, "sampler": "foo"}, "reflow_coupling: sampler must be one of")):
+        with pytest.raises(ValueError, match=message):
+            reflow_coupling(p, **kwargs)
+
+    with pytest.raises(ValueError, match=r"features_shape\[0\] must be an integer >= 1, got -2"):
+        FlowMatching(lambda x, t: -x, [-2])
+    for x, message in ((torch.randn(3, 5), r"x must have shape \(N, 2\), got \(3, 5\)"),
+                       (torch.randn(3), r"x must have shape \(N, 2\), got \(3,\)"),
+                       (torch.ones(3, 2, dtype=torch.long), "x must be a floating tensor, got torch.int64")):
+        with pytest.raises(ValueError, match=message):
+            p.get_log_prob({"x": x})
+    net = FlowMatching(Velocity := _LinearVelocity(), [2])
+    with pytest.raises(ValueError, match="x is torch.float64, the velocity network torch.float32"):
+        net.get_log_prob({"x": torch.randn(3, 2, dtype=torch.float64)})
+    assert Velocity is net.velocity_net
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 2\), got \(4, 3\)"):
+        flow_matching_loss(p).eval({"x": torch.randn(4, 3)})
+    with pytest.raises(ValueError, match=r"x_0 has shape \(3, 2\) and x \(4, 2\); a coupling pairs every data row"):
+        flow_matching_loss(p, coupling="given").eval({"x": torch.randn(4, 2), "x_0": torch.randn(3, 2)})
+
+
+class _LinearVelocity(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, t.reshape(-1, 1).to(x.dtype)], 1))

@@ -20,6 +20,7 @@ import math
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from kizuna._data import check_int
 from kizuna.distributions.base import Distribution, Tensor, XDict, sum_rows
 from kizuna.distributions.flow_matching import FlowMatching
 from kizuna.distributions.special import Deterministic
@@ -104,6 +105,9 @@ class FlowInterpolant(Deterministic):
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         x0, x1, t = cond[self.noise_var], cond[self.data_var], cond[self.t_var]
+        if x0.shape != x1.shape:  # (a given coupling of other rows failed in a broadcast)
+            raise ValueError(f"{self.prob_text}: {self.noise_var} has shape {tuple(x0.shape)} and {self.data_var} "
+                             f"{tuple(x1.shape)}; a coupling pairs every data row with one noise row")
         t = t.to(x1.dtype).reshape(-1, *([1] * (x1.dim() - 1)))
         return {self._var[0]: t * x1 + (1 - (1 - self.sigma_min) * t) * x0}
 
@@ -141,8 +145,13 @@ def reflow_coupling(p: FlowMatching, n: int, n_steps: int | None = None, noise_v
 
     Train the next rectified flow on them with ``flow_matching_loss(q, coupling="given")``.
     """
+    check_int("reflow_coupling: n", n, 0)  # (-1 failed in a negative dimension, 2.5 in a TypeError)
+    if n_steps is not None:  # (0 ran the model's own number of steps silently)
+        check_int("reflow_coupling: n_steps", n_steps, 1)
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"reflow_coupling: sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
     path = p.path()
     z = path.prior(n)
     with torch.no_grad():
-        x = SAMPLERS[sampler or p.sampler](path, x=z, n_steps=n_steps or p.n_steps)
+        x = SAMPLERS[sampler or p.sampler](path, x=z, n_steps=p.n_steps if n_steps is None else n_steps)
     return {noise_var: z, p.var[0]: x}

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from kizuna._data import check_count
+from kizuna._data import check_count, check_int
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.samplers.integrators import SAMPLERS
 from kizuna.samplers.paths import LinearPath
@@ -50,6 +50,8 @@ class FlowMatching(Distribution):
     def __init__(self, velocity: Callable[..., Tensor], features_shape: Sequence[int], var: str = "x",
                  context_var: Sequence[str] = (), sigma_min: float = 0.0, sampler: str = "heun", n_steps: int = 25,
                  likelihood_steps: int = 50, trace: str = "exact", n_probes: int = 1, name: str = "p") -> None:
+        for i, size in enumerate(features_shape):  # (-2 was accepted, and failed in sample with "negative dimension")
+            check_int(f"FlowMatching: features_shape[{i}]", size, 1)
         super().__init__([var], list(context_var), name, features_shape)
         if sampler not in ("euler", "heun"):
             raise ValueError(f"FlowMatching: sampler must be 'euler' or 'heun', got {sampler!r}")
@@ -73,9 +75,33 @@ class FlowMatching(Distribution):
     def has_reparam(self) -> bool:
         return True  # the ODE solution is differentiable in the parameters
 
+    def _check_context(self, context: Mapping[str, Any]) -> None:
+        missing = [c for c in self._cond_var if c not in context]
+        if missing:  # (a KeyError from inside the sampler)
+            raise ValueError(f"{self.prob_text}: the context {', '.join(missing)} is missing; a conditional flow "
+                             f"needs {', '.join(self._cond_var)} (e.g. p.path({{{self._cond_var[0]!r}: ...}}))")
+
+    def check_data(self, x: Any, what: str) -> Tensor:
+        """``x`` as the model's data: a floating tensor of shape ``(N, *features_shape)`` in the velocity network's
+        dtype; a ValueError naming ``what`` otherwise (a velocity that takes any width scored data of another
+        shape silently; a network failed inside with a matrix-product error)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{self.prob_text}: {what} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"{self.prob_text}: {what} must be a floating tensor, got {x.dtype}")
+        if x.dim() < 1 or tuple(x.shape[1:]) != tuple(self.features_shape):
+            shape = ", ".join(map(str, ("N", *self.features_shape)))
+            raise ValueError(f"{self.prob_text}: {what} must have shape ({shape}), got {tuple(x.shape)}")
+        like = self._like()
+        if like is not None and like.dtype != x.dtype:
+            raise ValueError(f"{self.prob_text}: {what} is {x.dtype}, the velocity network {like.dtype}; convert one "
+                             f"(x.to({like.dtype}) or the model's .to({x.dtype}))")
+        return x
+
     def velocity(self, x: Tensor, t: Tensor, context: Mapping[str, Any] | None = None) -> Tensor:
         """:math:`v_\\theta(x, t, c)`, checked to have the shape of ``x``."""
         context = context or {}
+        self._check_context(context)
         v = self.velocity_net(x, t, *(context[c] for c in self._cond_var))
         if v.shape != x.shape:
             raise ValueError(f"{self.prob_text}: the velocity has shape {tuple(v.shape)}, expected {tuple(x.shape)}")
@@ -84,6 +110,7 @@ class FlowMatching(Distribution):
     def path(self, context: Mapping[str, Any] | None = None) -> LinearPath:
         """The model as a `kizuna.samplers.LinearPath` (any sampler, guidance)."""
         context = dict(context or {})
+        self._check_context(context)
         like = self._like()
         return LinearPath(lambda x, t: self.velocity(x, t, context), self.features_shape, self.sigma_min,
                           dtype=like.dtype if like is not None else None,
@@ -106,12 +133,14 @@ class FlowMatching(Distribution):
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         if not sum_features:
             raise ValueError(f"{self.prob_text}: the ODE log-density does not factor over features")
-        x = x_dict[self._var[0]]
+        x = self.check_data(x_dict[self._var[0]], self._var[0])
         context = {c: x_dict[c] for c in self._cond_var}
+        if x.shape[0] == 0:  # (the trace indexed row 0)
+            return x.new_zeros(0)
         x0, integral = ode_log_det(lambda z, t, *c: self.velocity(z, t, dict(zip(self._cond_var, c))), x,
                                    self.likelihood_steps, self.trace, self.n_probes,
                                    context=[context[c] for c in self._cond_var])
-        d = x0[0].numel()
+        d = math.prod(x0.shape[1:])
         base = -0.5 * x0.flatten(1).pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
         return base + integral
 
@@ -130,7 +159,7 @@ def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exa
     if trace != "exact":
         check_count("divergence: n_probes", n_probes, 1)
     with torch.enable_grad():
-        b, d = x.shape[0], x[0].numel()
+        b, d = x.shape[0], math.prod(x.shape[1:])
         if trace == "exact":  # row i repeated d times; copy j's output j differentiated w.r.t. its input j
             xr = x.repeat_interleave(d, 0) if create_graph and x.requires_grad else \
                 x.detach().repeat_interleave(d, 0).requires_grad_(True)

@@ -47,6 +47,7 @@ class VelocityError(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         q, v = self.q, ctx.values
         x0, x1, xt, t = v[q.noise_var], v[q.data_var], v[q.var[0]], v[q.t_var]
+        self.p.check_data(x1, q.data_var)  # (another width was scored by a velocity that takes any)
         t = t.to(xt.dtype).reshape(-1)
         target = x1 - (1 - q.sigma_min) * x0
         context = {c: v[c] for c in self.p.cond_var}

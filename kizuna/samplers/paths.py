@@ -25,6 +25,7 @@ This module needs only torch; the distributions hand their networks to it (duck-
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -277,6 +278,9 @@ class Guided(GaussianPath):
             raise ValueError(f"guided: the conditional and unconditional paths must be one process over the same "
                              f"times (the same times and coefficients: kind, schedule and levels), got a "
                              f"{type(conditional).__name__} and a {type(unconditional).__name__} that differ")
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+            # (NaN made every draw NaN; the string "2" was read as 2)
+            raise ValueError(f"guided: scale must be a finite number (0: unconditional, 1: conditional), got {scale!r}")
         self.cond, self.uncond, self.scale = conditional, unconditional, float(scale)
         self.clean_evaluable = conditional.clean_evaluable and unconditional.clean_evaluable
         self.end = unconditional.end
