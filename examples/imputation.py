@@ -5,7 +5,8 @@ images. Test images then lose pixels under two masks, *random* (each pixel missi
 probability 1/2) and *block* (the lower half missing), and the missing pixels are predicted by
 
 * ``importance``: the posterior mean :math:`\mathbb E[x_{mis}|x_{obs}]` by importance resampling
-  (`kizuna.inference.impute_importance`, weights :math:`p(x_{obs}|z)p(z)/q(z|\tilde x)`);
+  (`kizuna.inference.impute_importance`, weights :math:`p(x_{obs}|z)p(z)/r(z)` under the defensive proposal
+  :math:`r(z) = 0.8\,q(z|\tilde x) + 0.2\,p(z)`, its default);
 * ``gibbs``: pseudo-Gibbs sampling (`kizuna.inference.impute_gibbs`, Rezende et al. 2014,
   arXiv:1401.4082);
 * ``mean``: the baseline, each pixel's mean over the training images.

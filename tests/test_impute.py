@@ -198,6 +198,9 @@ def test_bad_inputs_are_named():
         impute_importance(model(), Proposal(), {"x": x, "c": torch.zeros(4)}, mask)
     with pytest.raises(ValueError, match="n_iter must be an integer >= 1, got 0"):
         impute_gibbs(model(), Proposal(), {"x": x}, mask, n_iter=0)
+    for impute in (impute_importance, impute_gibbs):  # (an array: "no input variables to take the batch size from")
+        with pytest.raises(TypeError, match=f"{impute.__name__}: x must be a torch.Tensor, got ndarray"):
+            impute(model(), Proposal(), {"x": x.numpy()}, mask)
 
 
 def test_invalid_values_keep_their_own_error():

@@ -245,6 +245,12 @@ def test_coherence_reads_a_column_as_class_indices():
     assert coherence(gen, y, lambda s: s.argmax(1, keepdim=True)) == pytest.approx(ref)
     with pytest.raises(ValueError, match=r"target_labels is one column of non-integer values"):
         coherence(gen, torch.tensor([[0.2], [0.9], [0.7]]))
+    # one class's probabilities as a vector (N,) were compared with the labels: 0.0, silently
+    with pytest.raises(ValueError, match=r"generated holds non-integer values in one dimension \(N,\)"):
+        coherence(torch.tensor([0.9, 0.2, 0.7]), torch.tensor([1, 0, 1]))
+    with pytest.raises(ValueError, match=r"classifier's output holds non-integer values|holds non-integer values"):
+        coherence(torch.randn(3, 5), torch.tensor([1, 0, 1]), classifier=lambda g: torch.sigmoid(g[:, 0]))
+    assert coherence(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1, 0, 1])) == 1.0  # whole numbers are indices
 
 
 def test_coherence_of_no_samples_is_named():

@@ -77,7 +77,9 @@ def _prepare(p_joint: Distribution, q: Distribution, x_dict: Mapping[str, Any], 
         var = candidates[0]
     require(x_dict, [var, *[v for v in q.input_var if v != var]], who)
     read = {var, *q.input_var, *[v for v in p_joint.var + p_joint.input_var if v not in q.var]}  # as anomaly_score
-    batch_rows(x_dict, [k for k, v in x_dict.items() if isinstance(v, Tensor) and (k in read or v.dim() > 0)], who)
+    # the masked variable always (an array was filtered out, and the error said there were no inputs)
+    names = [k for k, v in x_dict.items() if k == var or isinstance(v, Tensor) and (k in read or v.dim() > 0)]
+    batch_rows(x_dict, names, who)
     decoder = decoder_of(p_joint, var, who)
     like = model_float(p_joint, q)
     device = _device(p_joint, q)

@@ -177,6 +177,9 @@ def _labels(values: Any, what: str) -> np.ndarray:
         return arr.argmax(-1)
     if arr.ndim != 1:
         raise ValueError(f"coherence: {what} must be class indices (N,) or scores (N, C), got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):  # (probabilities compared with labels: 0.0)
+        raise ValueError(f"coherence: {what} holds non-integer values in one dimension (N,); it is read as class "
+                         "indices, not as the probabilities of one class (give the scores of every class, (N, C))")
     return arr
 
 
