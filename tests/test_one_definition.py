@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from conftest import torch_objects
@@ -212,8 +213,10 @@ def test_normal_hooks_are_torchs_formulas_and_random_stream() -> None:
     value = torch.randn(6, 4, generator=gen, dtype=torch.float64)
     n = Normal(var=["x"])
     params = {"loc": loc, "scale": scale}
+    # the density through z = (x - mu) / sigma: torch's value to rounding (its sigma^2 overflows, see below)
     torch.testing.assert_close(n._log_prob_kernel(value, params), D.Normal(loc, scale).log_prob(value),
-                               rtol=0, atol=0)
+                               rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(n._score_kernel(value, params), -(value - loc) / scale**2, rtol=1e-14, atol=1e-14)
     torch.manual_seed(5)
     ours = n._rsample_kernel(torch.Size([3, 6, 4]), params)
     torch.manual_seed(5)
@@ -294,6 +297,27 @@ def test_kl_to_the_standard_normal_notices_a_prior_changed_through_its_data_or_u
         prior.scale.fill_(1.0)
     assert prior._is_standard_normal()
     torch.testing.assert_close(kl.eval({"x": x}), expected(1.0))
+
+
+def test_normal_density_at_extreme_scales_is_scipys_and_its_gradient_finite() -> None:
+    """In float32 sigma^2 overflows for sigma >= ~2e19 and underflows below ~1e-19: torch's form gave a NaN density
+    (sigma = 1e20, x = 5e19; scipy -47.0956) and, through a product of experts with a tiny scale, NaN gradients."""
+    from scipy import stats
+
+    from kizuna.distributions import ProductOfNormal
+
+    for scale, x in ((1e20, 5e19), (1e-20, 3e-20), (1e19, -2e19)):
+        p = Normal(var=["x"], loc=0.0, scale=scale)
+        got = p.get_log_prob({"x": torch.tensor([[x]])})
+        assert got.dtype == torch.float32
+        np.testing.assert_allclose(got.item(), stats.norm.logpdf(x, 0.0, scale), rtol=1e-6)
+    qx = Normal(var=["z"], cond_var=["a", "sa"], loc="a", scale="sa")  # experts of scales 1e-20 and 1
+    qy = Normal(var=["z"], cond_var=["b", "sb"], loc="b", scale="sb")
+    a = torch.tensor([[1.0]], requires_grad=True)
+    value = ProductOfNormal([qx, qy]).get_log_prob({"a": a, "sa": torch.tensor([[1e-20]]), "b": torch.tensor([[3.0]]),
+                                                    "sb": torch.tensor([[1.0]]), "z": torch.tensor([[1.0]])})
+    (grad,) = torch.autograd.grad(value.sum(), a)
+    assert bool(torch.isfinite(value).all()) and grad.item() == 0.0  # z is the product's mean: no gradient
 
 
 def test_standard_normal_draw_is_torchs_and_follows_a_changed_prior() -> None:

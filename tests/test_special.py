@@ -134,10 +134,10 @@ class TestEmpirical:
         """q(z) = ∫ q(z|x) p_data(x) dx: sampling still reads the data, and returns only z."""
         agg = (Encoder() * EmpiricalDistribution(var=["x"])).marginalize_var("x")
         assert agg.var == ["z"] and agg.input_var == ["x"]
-        assert str(agg) == "p(z) = ∫ q(z|x)p_{data}(x)dx"
+        assert str(agg) == "q(z) = ∫ q(z|x)p_{data}(x)dx"  # named after the first operand, as Pixyz
         x = torch.arange(3, dtype=F64)
         assert list(agg.sample({"x": x}, return_all=False)) == ["z"]
-        with pytest.raises(ValueError, match=r"p\(z\) needs x"):
+        with pytest.raises(ValueError, match=r"q\(z\) needs x"):
             agg.sample(batch_n=3)
 
     def test_renamed(self) -> None:

@@ -83,11 +83,13 @@ class _AutoregressiveBernoulli(Distribution):
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         context = self._context(x_dict)
-        n = batch_n or batch_size_of(x_dict, self._cond_var) or 1
+        n = batch_n if batch_n is not None else (batch_size_of(x_dict, self._cond_var) or 1)  # (0 drew one row)
         if context is not None and context.shape[0] != n:
             raise ValueError(f"{self.prob_text}: batch_n={n} but the conditioning values have {context.shape[0]} rows")
         like = next(self.net.parameters())
         x = torch.zeros(n, *self.features_shape, dtype=like.dtype, device=like.device)
+        if n == 0:
+            return {self._var[0]: x}
         with torch.no_grad():
             flat = x.view(n, -1)
             for i in self.order.tolist():  # one pass per feature, in the order

@@ -41,13 +41,18 @@ class Normal(TorchDistribution):
     param_names = ("loc", "scale")
 
     def _log_prob_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
-        r"""torch's formula: :math:`-\frac{(x-\mu)^2}{2\sigma^2} - \log\sigma - \log\sqrt{2\pi}`."""
-        loc, scale = params["loc"], params["scale"]  # .pow, not **: the same kernel without torch's Python wrapper
-        return -(value - loc).pow(2) / (2 * scale.pow(2)) - scale.log() - _LOG_SQRT_2PI
+        r""":math:`-\tfrac12 z^2 - \log\sigma - \log\sqrt{2\pi}`, :math:`z = (x-\mu)/\sigma`: torch's value up to
+        rounding, without :math:`\sigma^2`, which overflows (σ ≳ 2e19) or underflows (σ ≲ 1e-19) in float32 (torch's
+        form gave NaN densities there, and NaN gradients through a product of experts with a tiny scale); two
+        operators fewer."""
+        z = (value - params["loc"]) / params["scale"]
+        return -0.5 * z.pow(2) - params["scale"].log() - _LOG_SQRT_2PI
 
     def _score_kernel(self, value: Tensor, params: dict[str, Any]) -> Tensor:
-        r""":math:`\nabla_x \log \mathcal{N}(x; \mu, \sigma^2) = -(x - \mu)/\sigma^2`."""
-        return (params["loc"] - value) / params["scale"].pow(2)
+        r""":math:`\nabla_x \log \mathcal{N}(x; \mu, \sigma^2) = -(x - \mu)/\sigma^2`, divided by σ twice (σ² may
+        overflow or underflow, see `_log_prob_kernel`)."""
+        scale = params["scale"]
+        return (params["loc"] - value) / scale / scale
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         r"""See `Distribution.sample_variance`: :math:`\sigma^2` in the shape of the parameters broadcast
@@ -276,6 +281,8 @@ class _TorchOneHotCategorical(D.OneHotCategorical):
         if len(batch) == 0 or any(stride != 0 for stride in probs.stride()[:-1]):
             return super().sample(sample_shape)
         shape = torch.Size(sample_shape) + batch
+        if shape.numel() == 0:  # no rows (batch_n=0): nothing to draw (row 0 does not exist)
+            return probs.new_zeros(shape + probs.shape[-1:])
         index = torch.multinomial(probs[(0,) * len(batch)].detach(), shape.numel(), True).reshape(shape)
         return probs.new_zeros(shape + probs.shape[-1:]).scatter_(-1, index.unsqueeze(-1), 1.0)
 

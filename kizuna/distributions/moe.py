@@ -147,7 +147,8 @@ class MixtureOfNormal(Distribution):
         """
         x_dict = dict(x_dict or {})
         idx = self.present(x_dict)
-        b = batch_n or batch_size_of(x_dict, self._cond_var) or 1
+        rows = batch_size_of(x_dict, self._cond_var)  # (0 rows were taken as one: "batch_n=1 but ... 0")
+        b = batch_n if batch_n is not None else 1 if rows is None else rows
         return {i: self.p[i]._sample(x_dict, b, reparam)[self._var[0]] for i in idx}
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:

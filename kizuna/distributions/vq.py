@@ -123,7 +123,7 @@ class PixelCNNCategorical(Distribution):
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         h, w, n = self._features_shape
         weight = self.net.conv_in.weight
-        k = torch.zeros(batch_n or 1, h, w, n, dtype=weight.dtype, device=weight.device)
+        k = torch.zeros(1 if batch_n is None else batch_n, h, w, n, dtype=weight.dtype, device=weight.device)
         with torch.no_grad():
             for i in range(h):
                 for j in range(w):

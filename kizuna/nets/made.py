@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna._data import check_context, check_count
+from kizuna._data import check_context, check_count, check_int
 
 Tensor = torch.Tensor
 
@@ -83,8 +83,8 @@ class MADE(nn.Module):
         hidden = list(hidden_features)
         if not hidden:
             raise ValueError("MADE: give at least one hidden layer")
-        check_count("MADE: in_features", in_features, 1)
-        check_count("MADE: n_params", n_params, 1)
+        check_int("MADE: in_features", in_features, 1)  # (None: a raw TypeError from int())
+        check_int("MADE: n_params", n_params, 1)
         check_count("MADE: context_features", context_features, 0)
         for i, size in enumerate(hidden):  # a zero-width layer cuts every input off the outputs
             check_count(f"MADE: hidden_features[{i}]", size, 1)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna._data import check_context, check_count
+from kizuna._data import check_context, check_count, check_int
 
 Tensor = torch.Tensor
 
@@ -89,7 +89,8 @@ class PixelCNN(nn.Module):
         for name, value, minimum in [("in_channels", in_channels, 1), ("hidden_channels", hidden_channels, 1),
                                      ("n_layers", n_layers, 0), ("out_channels", out_channels, 1),
                                      ("context_features", context_features, 0)]:
-            check_count(f"PixelCNN: {name}", value, minimum)
+            # required sizes: None refused (a raw TypeError); context_features=None is no context
+            (check_count if name == "context_features" else check_int)(f"PixelCNN: {name}", value, minimum)
         _check_kernel("PixelCNN: kernel_size", kernel_size, "A")
         _check_kernel("PixelCNN: hidden_kernel_size", hidden_kernel_size, "B")
         self.context_features = int(context_features or 0)  # None: no context, as 0

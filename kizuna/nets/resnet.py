@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from kizuna._data import check_int
+
 
 def _wn_conv(in_channels: int, out_channels: int, kernel_size: int, padding: int, bias: bool = True) -> nn.Module:
     """A weight-normalised 2-D convolution: :math:`W = g\\,V/\\|V\\|` per output channel."""
@@ -61,12 +63,11 @@ class ResNet(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, num_blocks: int,
                  kernel_size: int, padding: int, double_after_norm: bool) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("mid_channels", mid_channels),
-                            ("out_channels", out_channels), ("kernel_size", kernel_size)):
-            if int(value) < 1:
-                raise ValueError(f"ResNet: {name} must be >= 1, got {value}")
-        if num_blocks < 0 or padding < 0:
-            raise ValueError(f"ResNet: num_blocks and padding must be >= 0, got {num_blocks} and {padding}")
+        # (2.5 channels were truncated, then "divisible by groups"; 1.5 blocks and None failed with TypeErrors)
+        for name, value, least in (("in_channels", in_channels, 1), ("mid_channels", mid_channels, 1),
+                                   ("out_channels", out_channels, 1), ("kernel_size", kernel_size, 1),
+                                   ("num_blocks", num_blocks, 0), ("padding", padding, 0)):
+            check_int(f"ResNet: {name}", value, least)
         self.double_after_norm = double_after_norm
         self.in_norm = nn.BatchNorm2d(in_channels)
         self.in_conv = _wn_conv(2 * in_channels, mid_channels, kernel_size, padding)
@@ -78,8 +79,9 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_channels, H, W) -> (N, out_channels, H', W')`` (the same H, W with size-keeping padding)."""
-        if x.dim() != 4:
-            raise ValueError(f"ResNet expects images (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.in_norm.num_features:  # (a BatchNorm "running_mean" error)
+            raise ValueError(f"ResNet expects images (N, {self.in_norm.num_features}, H, W), got shape "
+                             f"{tuple(x.shape)}")
         h = self.in_norm(x)
         if self.double_after_norm:
             h = 2.0 * h

@@ -18,6 +18,7 @@ do; then ``image_shape`` gives ``(C, H, W)``), with ``t`` a number per row, and 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from kizuna._data import check_count, check_int
+
+
+def _real(value: object) -> bool:
+    """A finite real number (not a bool, not a string)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _groups(channels: int) -> int:
@@ -77,17 +83,21 @@ class UNet(nn.Module):
                  blocks: int = 1, dropout: float = 0.0, n_freq: int = 32, max_period: float = 10000.0,
                  out_channels: int | None = None, time_scale: float = 1.0) -> None:
         super().__init__()
-        shape = tuple(int(s) for s in image_shape)
-        if len(shape) != 3 or min(shape) < 1:
+        if len(tuple(image_shape)) != 3:
             raise ValueError(f"UNet: image_shape must be (channels, height, width), got {tuple(image_shape)}")
+        for i, size in enumerate(image_shape):  # (8.5 was taken as 8)
+            check_int(f"UNet: image_shape[{i}]", size, 1)
+        shape = tuple(int(s) for s in image_shape)
         # (n_freq=0 built a network that ignores t; 2.5 channels or out_channels=0 failed with raw torch errors)
         for what, value in (("channels", channels), ("blocks", blocks), ("n_freq", n_freq),
                             *((f"channel_mults[{i}]", m) for i, m in enumerate(channel_mults))):
             check_int(f"UNet: {what}", value, 1)
         if out_channels is not None:
             check_count("UNet: out_channels", out_channels, 1)
-        if not (math.isfinite(max_period) and max_period > 1):
-            raise ValueError(f"UNet: max_period must be a finite number > 1, got {max_period}")
+        if not (_real(max_period) and max_period > 1):
+            raise ValueError(f"UNet: max_period must be a finite number > 1, got {max_period!r}")
+        if not _real(time_scale):  # (NaN made every output NaN)
+            raise ValueError(f"UNet: time_scale must be a finite number, got {time_scale!r}")
         mults = [int(m) for m in channel_mults]
         if not mults or min(mults) < 1 or channels < 1 or blocks < 1:
             raise ValueError(f"UNet: channels, every channel_mults entry and blocks must be positive, got "

@@ -87,7 +87,12 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
         bottom = rows[1].subplots(1, len(panels), squeeze=False)[0]
         for j, (ax, (z, lab, name)) in enumerate(zip(bottom, panels)):
             legend = latent_legends[j] if j < len(latent_legends) else None
-            wrong = (lab != truth) if j < len(mark_wrong) and mark_wrong[j] else None
+            wrong = None
+            if j < len(mark_wrong) and mark_wrong[j]:
+                if len(lab) != len(truth):  # (a raw numpy broadcast error)
+                    raise ValueError(f"plot_clustering_comparison: latent panel {j} ({name!r}) has {len(lab)} labels "
+                                     f"but labels_true {len(truth)}; mark_wrong compares them point by point")
+                wrong = np.asarray(lab != truth, dtype=bool)
             draw_latent_space(ax, z, lab, name, legend, wrong)
     if title:
         fig.suptitle(title, fontsize=11)

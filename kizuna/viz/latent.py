@@ -67,24 +67,36 @@ _NONE_COLOUR = (0.6, 0.6, 0.6, 1.0)  # a cluster matched to no class (label -1)
 def _colours(labels: np.ndarray) -> tuple[np.ndarray, dict[Any, Any]]:
     """(classes present, colour of each class). Integer labels from -1 to 19 are coloured by their value (tab10, or
     tab20 beyond 9; -1, "none", grey), so that a class has one colour in every panel whatever other classes a panel
-    holds (a digit and the cluster matched to it); other labels by their rank among those present."""
-    unmatched = labels.dtype == object and any(isinstance(v, int | np.integer) and v == -1 for v in labels.tolist())
-    if unmatched:  # string classes with `match_clusters`' -1 (a mix np.unique cannot sort): -1 first, in grey
-        rest = np.unique(np.array([v for v in labels.tolist() if not (isinstance(v, int | np.integer) and v == -1)]))
-        classes = np.array([-1, *rest.tolist()], dtype=object)
-        name = "tab10" if len(rest) <= 10 else "tab20" if len(rest) <= 20 else "viridis"
-        base = colormap(name).resampled(max(len(rest), 1))
-        return classes, {-1: _NONE_COLOUR, **{c: base(j) for j, c in enumerate(rest.tolist())}}
-    classes = np.unique(labels)
+    holds (a digit and the cluster matched to it); other labels by their rank among those present. Strings mixed with
+    numbers (`match_clusters`' marker of an unmatched cluster: -1 among string classes, or a name such as "none"
+    among integer classes, a mix np.unique cannot sort) put the marker first, in grey."""
+    values = labels.tolist()
+    if labels.dtype == object:
+        strings = sorted({v for v in values if isinstance(v, str)})
+        numbers = {v for v in values if not isinstance(v, str)}
+        if strings and numbers:
+            if numbers == {-1} or len(strings) > 1 and len(numbers) == 1:
+                marker, rest = next(iter(numbers)), strings
+            elif len(strings) == 1:
+                marker, rest = strings[0], sorted(numbers)
+            else:
+                raise ValueError(f"labels mix several strings {strings[:3]} with several numbers "
+                                 f"{sorted(numbers)[:3]}; give classes of one type (an unmatched cluster may be marked "
+                                 "by one value)")
+            classes, palette = _palette(np.array(rest))
+            return np.array([marker, *classes.tolist()], dtype=object), {marker: _NONE_COLOUR, **palette}
+    return _palette(np.unique(labels))
+
+
+def _palette(classes: np.ndarray) -> tuple[np.ndarray, dict[Any, Any]]:
+    """Colours of sorted ``classes`` of one type (see `_colours`)."""
     values = classes.tolist()
     if classes.dtype.kind in "iu" and values and min(values) >= -1 and max(values) <= 19:
         base = colormap("tab10" if max(values) <= 9 else "tab20")
-        palette = {c: _NONE_COLOUR if c == -1 else base(c) for c in values}
-    else:
-        name = "tab10" if len(values) <= 10 else "tab20" if len(values) <= 20 else "viridis"
-        base = colormap(name).resampled(max(len(values), 1))
-        palette = {c: base(j) for j, c in enumerate(values)}
-    return classes, palette
+        return classes, {c: _NONE_COLOUR if c == -1 else base(c) for c in values}
+    name = "tab10" if len(values) <= 10 else "tab20" if len(values) <= 20 else "viridis"
+    base = colormap(name).resampled(max(len(values), 1))
+    return classes, {c: base(j) for j, c in enumerate(values)}
 
 
 def check_panels(panels: Sequence[Panel],
@@ -118,6 +130,12 @@ def draw_latent_space(ax: Any, z: Any, labels: np.ndarray, title: str, legend_ti
         title: the panel's title.
         wrong: optional boolean mask of N points to circle in black (e.g. clustered into the wrong class).
     """
+    (z, labels, _), = check_panels([(z, labels, title)], "draw_latent_space")  # (a list, or the wrong length)
+    if wrong is not None:
+        wrong = np.asarray(wrong)
+        if wrong.dtype != bool or wrong.shape != labels.shape:
+            raise ValueError(f"draw_latent_space: wrong must be a boolean mask of {labels.shape[0]} points, got "
+                             f"{wrong.dtype} of shape {wrong.shape}")
     coords, explained = pca_2d(z)
     classes, palette = _colours(labels)
     xy = coords.numpy()
