@@ -656,3 +656,33 @@ def test_sample_count_n_iter_and_parameter_letters_are_checked() -> None:
         HMM(2, n_iter=-1)
     with pytest.raises(KeyError):
         hl.GaussianHMM(2, params="xyz", n_iter=2).fit(x)
+
+
+@pytest.mark.parametrize(("setting", "value"), [("transmat_prior", float("nan")), ("startprob_prior", -3.0),
+                                                ("transmat_prior", 0.0), ("min_covar", -1e-3),
+                                                ("min_covar", float("nan"))])
+def test_dirichlet_priors_and_min_covar_are_checked(setting, value):
+    """A NaN transmat_prior / startprob_prior stopped learning them silently (NaN MAP counts kept the uniform start;
+    log-likelihood -86.6 instead of -22.2), a negative one gave the identity matrix."""
+    from kizuna.modules import HiddenMarkovModel
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(50, 1)) - 5, rng.normal(size=(50, 1)) + 5])
+    with pytest.raises(ValueError, match=f"HMM: {setting} must be a finite number"):
+        HiddenMarkovModel(2, n_iter=5, random_state=0, **{setting: value}).fit(x)
+
+
+def test_viterbi_scores_are_the_paths_log_probability_on_both_backends():
+    """For fewer than 30,000 steps the torch backend returned max-product's running maximum, not the path's
+    log-probability summed as the numba backend and the docs have it (-26916.5566 against -26916.5547 in float32)."""
+    from kizuna.modules._viterbi import max_product, path_log_prob, viterbi_scan
+
+    gen = torch.Generator().manual_seed(0)
+    k, t = 3, 5000
+    log_start = torch.log_softmax(torch.randn(k, generator=gen), 0)
+    log_trans = torch.log_softmax(torch.randn(k, k, generator=gen), 1)
+    log_emit = torch.randn(1, t, k, generator=gen) * 3
+    lengths = torch.tensor([t])
+    score, states = viterbi_scan(log_start, log_trans, log_emit, lengths)
+    assert torch.equal(states, max_product(log_start, log_trans, log_emit, lengths)[1])
+    assert torch.equal(score, path_log_prob(log_start, log_trans, log_emit, states, lengths))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 
 import lda as lda_package
 import lda.datasets
@@ -157,3 +158,21 @@ def test_integer_counts_are_tabled_in_float64() -> None:
     assert theta.dtype == np.float64 and model.topic_word_.dtype == torch.float64
     ref = float((counts * np.log(theta @ model.topic_word_.numpy())).sum())
     assert model.score(counts) == pytest.approx(ref, rel=1e-13)
+
+
+def test_fractional_counts_are_said_and_fractional_settings_refused():
+    """Counts are rounded to whole tokens: probabilities (0.3 each) became an empty document silently; the rounding is
+    now said, with the share of the total it keeps. max_iter=2.5 ran 2 sweeps; NaN failed in int()."""
+    from kizuna.modules import LatentDirichletAllocation
+
+    counts = np.random.default_rng(0).poisson(3.0, size=(20, 6)).astype(float)
+    model = LatentDirichletAllocation(2, max_iter=3, random_state=0).fit(counts)
+    with pytest.warns(UserWarning, match=r"6 entries are not \(e.g. 0.3 at row 0, column 0\) and are rounded, keeping "
+                                         r"0% of the total; for probabilities .* give weight="):
+        model.transform(np.full((1, 6), 0.3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.transform(counts[:2])  # whole numbers: nothing said
+    for setting, value in (("max_iter", 2.5), ("max_iter", float("nan")), ("n_blocks", float("inf")), ("n_init", 1.5)):
+        with pytest.raises(ValueError, match=f"LatentDirichletAllocation: {setting} must be an integer"):
+            LatentDirichletAllocation(2, random_state=0, **{setting: value}).fit(counts)

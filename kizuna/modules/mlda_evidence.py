@@ -19,8 +19,8 @@ integer. How decides what the MLDA sees:
   more token for each of the :math:`w - \sum_v \lfloor t_{nv} \rfloor` largest remainders (Hamilton's
   apportionment), so every count is within one token of :math:`t_{nv}`.
 
-Without a weight the counts are used as they are (rounded). The MLDA takes the choice as
-``MLDA(..., rounding=...)`` (default ``"round"``).
+Without a weight the counts are used as they are (rounded, with a warning where that changes them). The MLDA
+takes the choice as ``MLDA(..., rounding=...)`` (default ``"round"``).
 """
 
 from __future__ import annotations

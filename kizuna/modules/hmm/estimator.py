@@ -117,6 +117,15 @@ class HiddenMarkovModel(Estimator):
             # (a string failed at the first comparison after an EM iteration; NaN never stopped)
             raise ValueError(f"{self._owner}: tol must be a number (the least log-likelihood gain an EM iteration "
                              f"must make to go on), got {tol!r}")
+        # Dirichlet concentrations: NaN stopped learning the transitions silently (NaN MAP counts kept the previous
+        # values), a negative one gave the identity matrix
+        for what, value in (("startprob_prior", self.startprob_prior), ("transmat_prior", self.transmat_prior)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+                raise ValueError(f"{self._owner}: {what} must be a finite number > 0 (a Dirichlet concentration; 1.0 "
+                                 f"is maximum likelihood), got {value!r}")
+        min_covar = self.min_covar
+        if isinstance(min_covar, bool) or not isinstance(min_covar, numbers.Real) or not 0 <= min_covar < math.inf:
+            raise ValueError(f"{self._owner}: min_covar must be a finite number >= 0, got {min_covar!r}")
         for what, letters in (("init_params", self.init_params), ("params", self.params)):
             unknown = "".join(dict.fromkeys(c for c in letters if c not in LETTERS)) if isinstance(letters, str) \
                 else None

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from kizuna._data import check_int
 from kizuna.modules._backend import resolve_backend
 from kizuna.modules.estimator import Estimator
 from kizuna.modules.lda import algorithms as algo
@@ -87,8 +88,10 @@ class MultimodalLDA(Estimator):
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"{self._owner}: rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         resolve_backend(self.backend, self._owner)  # an unknown name, or numba asked for but not installed
-        if self._sweeps().n_sweeps < 0 or self.n_blocks < 1 or self.n_init < 1:
-            raise ValueError(f"{self._owner}: max_iter must be >= 0, n_blocks and n_init >= 1")
+        # (2.5 was truncated to 2; NaN and inf failed in int())
+        check_int(f"{self._owner}: max_iter", self.max_iter if self.n_iter is None else self.n_iter, 0)
+        check_int(f"{self._owner}: n_blocks", self.n_blocks, 1)
+        check_int(f"{self._owner}: n_init", self.n_init, 1)
         if any(p is not None and not (p > 0 and math.isfinite(p))  # (NaN fails every comparison)
                for p in (self.alpha, self.beta, self.doc_topic_prior, self.topic_word_prior)):
             raise ValueError(f"{self._owner}: the Dirichlet concentrations must be positive and finite, got alpha="

@@ -38,6 +38,7 @@ request). Restarts, the estimator and the graph node are built on this file
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,16 @@ def as_counts(x: Any, weight: float | None, what: str, rounding: str = "round") 
         row, col = (int(i) for i in (t < 0).nonzero()[0])
         raise ValueError(f"{what}: Negative values in data: counts must be non-negative, got "
                          f"{float(t[row, col]):.4g} at row {row}, column {col}")
+    if weight is None:  # counts as given, rounded to whole tokens: said when that changes them (0.3 became no token,
+        # silently: a row of probabilities scored as an empty document, a matrix of them trained on a token or two)
+        off = (t - torch.round(t)).abs() > 1e-6 * torch.round(t).abs().clamp_min(1.0)
+        if bool(off.any()):
+            row, col = (int(i) for i in off.nonzero()[0])
+            kept = float(torch.round(t).sum() / t.sum()) if bool(t.sum() > 0) else 1.0
+            warnings.warn(f"{what}: counts are whole numbers of tokens; {int(off.sum())} entries are not (e.g. "
+                          f"{float(t[row, col]):.4g} at row {row}, column {col}) and are rounded, keeping "
+                          f"{100 * kept:.0f}% of the total; for probabilities or other weights give weight= (tokens "
+                          "per row), which rescales every row to that many tokens", UserWarning, stacklevel=3)
     if weight is None or rounding == "round":
         if weight is not None:  # rescaled in float64 whatever the input's precision, as `token_counts` does
             t = _rescaled(t.double(), weight, what)
