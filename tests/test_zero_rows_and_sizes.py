@@ -77,3 +77,21 @@ def test_clusters_matched_to_none_are_plotted_and_bad_panels_named(tmp_path):
     with pytest.raises(ValueError, match="wrong must be a boolean mask of 40 points"):
         draw_latent_space(ax, z, truth, "t", wrong=np.zeros(5, dtype=bool))
     draw_latent_space(ax, z, truth.tolist(), "t")  # a list of labels (an AttributeError on .dtype before)
+
+
+def test_categorical_logits_may_mask_a_category_with_minus_infinity():
+    """torch takes -inf logits (a category of probability 0); they were refused as "must be finite". A row with no
+    category left, NaN and +inf stay refused."""
+    logits = torch.tensor([0.0, -float("inf"), 1.0])
+    p = Categorical(var=["x"], logits=logits)
+    ref = torch.distributions.OneHotCategorical(logits=logits)
+    torch.testing.assert_close(p.get_entropy(), ref.entropy().reshape(1))
+    torch.testing.assert_close(p.get_log_prob({"x": torch.tensor([[0.0, 0.0, 1.0]])}),
+                               ref.log_prob(torch.tensor([0.0, 0.0, 1.0])).reshape(1))
+    torch.manual_seed(0)
+    assert p.sample(batch_n=500)["x"][:, 1].sum() == 0
+    with pytest.raises(ValueError, match="is -inf in every category of a row"):
+        Categorical(var=["x"], logits=torch.tensor([-float("inf"), -float("inf")]))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="must be finite"):
+            Categorical(var=["x"], logits=torch.tensor([bad, 0.0]))

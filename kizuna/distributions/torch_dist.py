@@ -27,6 +27,7 @@ checks and changes no number: a checked evaluation computes with the same kernel
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 import re
 import threading
@@ -307,6 +308,13 @@ class TorchDistribution(Distribution):
         """Constant parameters: finite, valid for the family, and defining ``features_shape``."""
         for key in self._const_names:
             value = getattr(self, key)
+            if key == "logits" and issubclass(self.torch_class, (D.Categorical, D.OneHotCategorical, D.Multinomial)) \
+                    and value.dim() > 0 and not bool(torch.isnan(value).any() | (value == math.inf).any()):
+                # -inf logits mask a category (torch takes them); a row with no category left is no distribution
+                if bool((value == -math.inf).all(-1).any()):
+                    raise ValueError(f"{self.prob_text}: constant parameter logits of {type(self).__name__} is -inf in "
+                                     "every category of a row (no category left)")
+                continue
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"{self.prob_text}: constant parameter {key} of {type(self).__name__} must be "
                                  f"finite, got non-finite values (shape {tuple(value.shape)})")
