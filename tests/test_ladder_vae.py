@@ -260,3 +260,18 @@ def test_early_stopping_keeps_the_trained_weights_of_a_run_shorter_than_the_warm
     assert any(not torch.equal(initial[k], v) for k, v in m.state_dict().items())
     assert [e + 1 for e in range(60) if ex._checked(e, dict(ex.SMOKE))] == list(range(10, 61, 5))  # as before
     assert [e + 1 for e in range(12) if ex._checked(e, dict(ex.SMOKE, epochs=12))] == [10, 12]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"x_dim": 0}, "x_dim must be an integer >= 1, got 0"),
+    ({"x_dim": 2.5}, "x_dim must be an integer >= 1, got 2.5"),
+    ({"depth": 1.5}, "depth must be an integer >= 1, got 1.5"),
+    ({"depth": True}, "depth must be an integer >= 1, got True"),
+    ({"top_down": [2.5]}, r"top_down\[0\] must be an integer >= 1, got 2.5"),
+    ({"max_prior_scale": math.inf}, "max_prior_scale must be a finite number > log 2"),
+])
+def test_sizes_and_the_prior_scale_bound_are_checked(kwargs, message):
+    """x_dim=0 built a model of no inputs; -1 / 2.5 failed inside torch; depth 1.5 in a list product; an infinite
+    max_prior_scale in a "math domain error"."""
+    with pytest.raises(ValueError, match=f"LadderVAE: {message}"):
+        LadderVAE(**{"x_dim": 6, "z_dims": [4, 2], "hidden": [8, 8], **kwargs})

@@ -132,3 +132,17 @@ def test_other_distributions_are_trained_once():
     model = ML(p, other_distributions=[extra, p])
     assert list(model.distributions) == [p, extra]
     assert len(model.optimizer.param_groups[0]["params"]) == 2
+
+
+def test_presets_name_an_argument_that_is_not_a_distribution():
+    """VAE(q, "p"), VI(p, "q") and ML(None) ended in "'str' object has no attribute 'var'"."""
+    from kizuna.distributions import Normal
+    from kizuna.losses import Expectation, LogProb
+    from kizuna.models import ML, VI
+
+    p = Normal(var=["x"], loc=torch.nn.Parameter(torch.zeros(1)), scale=1.0)
+    for build in (lambda: VI(p, "q"), lambda: ML(None), lambda: LogProb("p")):
+        with pytest.raises(TypeError, match="give a kizuna distribution"):
+            build()
+    with pytest.raises(TypeError, match="Expectation: the distribution to draw from must be a kizuna distribution"):
+        Expectation("q", LogProb(p))

@@ -172,3 +172,16 @@ def test_commitment_weight_and_codes_scored_are_checked() -> None:
             q.get_log_prob({**draw, "k": k})
     with pytest.raises(ValueError, match=r"k must be one-hot over its last dimension"):
         q.get_log_prob({**draw, "k": torch.zeros(4, 3, 3, 5)})
+
+
+def test_the_code_prior_refuses_values_that_are_not_one_hot():
+    """A row of zeros was scored as code 0, several ones or NaN as their argmax (a finite log-probability, silently);
+    the quantiser and kizuna's Categorical already refused them."""
+    from kizuna.distributions import validation
+
+    p = PixelCNNCategorical(3, 2, 2, hidden_channels=8, n_layers=1)
+    good = torch.nn.functional.one_hot(torch.randint(3, (2, 2, 2)), 3).float()
+    assert p.get_log_prob({"k": good}).isfinite().all()
+    for bad in (torch.zeros(2, 2, 2, 3), torch.ones(2, 2, 2, 3), torch.full((2, 2, 2, 3), float("nan"))):
+        with validation(True), pytest.raises(ValueError, match="k must be one-hot over its last dimension"):
+            p.get_log_prob({"k": bad})

@@ -117,6 +117,10 @@ class PixelCNNCategorical(Distribution):
         if k.shape[1:] != self._features_shape:
             raise ValueError(f"{self.prob_text}: codes of shape {tuple(k.shape[1:])}, expected "
                              f"{tuple(self._features_shape)} (one-hot)")
+        if validation_enabled() and not bool(((k == 0) | (k == 1)).all() & (k.sum(-1) == 1).all()):
+            # (a row of zeros was read as code 0, several ones or NaN as their argmax, silently)
+            raise ValueError(f"{self.prob_text}: {self._var[0]} must be one-hot over its last dimension (one 1 per "
+                             "position, zeros elsewhere)")
         out = -F.cross_entropy(self.logits(k), k.argmax(-1), reduction="none")
         return out.flatten(1).sum(1) if sum_features else out
 

@@ -38,6 +38,9 @@ class LogProb(Loss):
     precedence = 35  # a function application: (log p(x))^2, but -log p(x) and 2 * log p(x) need no parentheses
 
     def __init__(self, p: Scorable, sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> None:
+        if not all(hasattr(p, a) for a in ("var", "input_var", "prob_text", "get_log_prob")):
+            # (VAE(q, "p") ended in "'str' object has no attribute 'var'")
+            raise TypeError(f"log-density of a {type(p).__name__}: give a kizuna distribution, got {p!r}"[:200])
         super().__init__(p.var + p.input_var)
         self.p = p
         self.sum_features = sum_features

@@ -142,6 +142,9 @@ class Expectation(Loss):
     """
 
     def __init__(self, p: Distribution, f: Loss | float | Tensor, sample_shape: Sequence[int] = ()) -> None:
+        if not isinstance(p, Distribution):
+            raise TypeError(f"Expectation: the distribution to draw from must be a kizuna distribution, got "
+                            f"{type(p).__name__}")
         f = as_loss(f)
         super().__init__(p.input_var + [v for v in f.input_var if v not in p.var])
         self.p, self.f = p, f

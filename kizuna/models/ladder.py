@@ -148,18 +148,22 @@ class LadderVAE(nn.Module):
         for what, sizes in (("z_dims", z_dims), ("hidden", hidden)):
             for i, size in enumerate(sizes):
                 check_int(f"LadderVAE: {what}[{i}]", size, 1)
-        if depth < 1 or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"LadderVAE: depth must be >= 1 and dropout in [0, 1), got depth={depth}, "
-                             f"dropout={dropout}")
+        check_int("LadderVAE: x_dim", x_dim, 1)  # (0 built a model of no inputs; -1 and 2.5 failed inside torch)
+        check_int("LadderVAE: depth", depth, 1)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LadderVAE: dropout must be in [0, 1), got {dropout}")
         if merge not in ("product", "residual", "whitened"):
             raise ValueError(f"LadderVAE: merge must be 'product', 'residual' or 'whitened', got {merge!r}")
         self.x_var, self.merge, L = x_var, merge, len(z_dims)
         top_down = list(hidden[:-1]) if top_down is None else list(top_down)
-        if len(top_down) != L - 1 or any(w < 1 for w in top_down):
+        if len(top_down) != L - 1:
             raise ValueError(f"LadderVAE: give one positive top-down width per prior p(z_i|z_(i+1)) (L - 1 = {L - 1}), "
                              f"got top_down={top_down}")
-        if max_prior_scale is not None and not max_prior_scale > math.log(2):
-            raise ValueError(f"LadderVAE: max_prior_scale must be > log 2 (the initial scale), got {max_prior_scale}")
+        for i, width in enumerate(top_down):
+            check_int(f"LadderVAE: top_down[{i}]", width, 1)
+        if max_prior_scale is not None and not math.log(2) < max_prior_scale < math.inf:
+            raise ValueError(f"LadderVAE: max_prior_scale must be a finite number > log 2 (the initial scale), got "
+                             f"{max_prior_scale}")
         names = [f"z_{i + 1}" for i in range(L)]
         sizes = [x_dim, *hidden]
         self.bottom_up = nn.ModuleList(_block(sizes[i], [sizes[i + 1]] * depth, dropout) for i in range(L))
