@@ -590,3 +590,19 @@ def test_feature_dims_of_a_product_whose_factors_differ_in_rank_is_an_error_nami
     pair = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0) * Normal(var=["z"], loc=0.0, scale=1.0)
     values = {"z": torch.tensor([[0.5, -0.5]]), "x": torch.linspace(-1.0, 1.0, 8).reshape(4, 2)}
     torch.testing.assert_close(pair.get_log_prob(values, feature_dims=[1]), pair.get_log_prob(values))
+
+
+def test_terms_of_other_rows_and_a_parameter_that_is_not_a_number_are_named():
+    """Terms evaluated on 2 and 3 rows failed with torch's "size of tensor a (2) must match"; a Parameter given a string
+    or None with "new(): invalid data type 'str'" / "Could not infer dtype of NoneType"."""
+    from kizuna.losses import KullbackLeibler, Parameter
+
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
+    r = Normal(var=["z"], cond_var=["y"], loc="y", scale=1.0, name="r")
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, name="p_{prior}")
+    with pytest.raises(ValueError, match=r"have shapes \(2,\) and \(3,\), which do not combine row by row"):
+        (KullbackLeibler(q, prior) + KullbackLeibler(r, prior)).eval({"x": torch.zeros(2, 2), "y": torch.zeros(3, 2)})
+    for value in ("0.5", None):
+        with pytest.raises(TypeError, match=f"Parameter 'beta': its value must be a number or a tensor, got "
+                                            f"{type(value).__name__}"):
+            (Parameter("beta") * KullbackLeibler(q, prior)).eval({"beta": value, "x": torch.zeros(2, 2)})

@@ -275,3 +275,38 @@ def test_the_batch_of_a_prior_draw_does_not_depend_on_the_dicts_order() -> None:
                        {"beta": torch.tensor([2.0]), "x": torch.zeros(5)}):
             value, draws = loss.eval(values, return_dict=True)
             assert value.shape == (5,) and draws["z"].shape == (*shape, 5)
+
+
+def test_the_score_function_of_an_f_reduced_to_one_number_is_unbiased():
+    """E_q[f.mean()] with q not reparameterisable: the mean over rows is a function of every draw together, so its
+    score term sums every draw's; broadcast per row it was 1 / (rows x draws) of the gradient (0.031 for 0.25 over 8
+    rows, 0.0065 with 5 draws). Exact gradient: d/dθ E[mean z] = σ'(0) = 0.25; 3,000 runs, 5 standard errors."""
+    class Z(Loss):
+        def __init__(self) -> None:
+            super().__init__(["z"])
+
+        def _value(self, ctx):  # noqa: ANN001, ANN202
+            return ctx.values["z"].sum(-1)
+
+        def _render(self, fmt):  # noqa: ANN001, ANN202
+            return "z"
+
+    class Q(Bernoulli):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.th = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return {"probs": torch.sigmoid(self.th + 0 * x)}
+
+    torch.manual_seed(0)
+    q, x = Q(), torch.zeros(8, 1)
+    for loss in (Expectation(q, Z().mean()).mean(), REINFORCE(q, Z().mean(), baseline=0.3).mean(),
+                 Expectation(q, Z().mean(), sample_shape=5).mean()):
+        value = loss.eval({"x": x})
+        assert value.dim() == 0  # one number (it came back one per row)
+        grads = torch.stack([torch.autograd.grad(loss.eval({"x": x}), q.th)[0] for _ in range(3000)])
+        assert abs(grads.mean().item() - 0.25) < 5 * grads.std().item() / 3000**0.5, str(loss)
+    for baseline in (float("nan"), float("inf")):  # (the value was NaN)
+        with pytest.raises(ValueError, match="REINFORCE: baseline must be a finite number"):
+            REINFORCE(q, Z(), baseline=baseline)

@@ -349,7 +349,12 @@ class Parameter(Loss):
         super().__init__([input_var])
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        return torch.as_tensor(ctx.values[self._input_var[0]])
+        value = ctx.values[self._input_var[0]]
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, RuntimeError, ValueError):  # ("new(): invalid data type 'str'", "could not infer dtype")
+            raise TypeError(f"Parameter {self._input_var[0]!r}: its value must be a number or a tensor, got "
+                            f"{type(value).__name__} {value!r}"[:300]) from None
 
     def _render(self, fmt: dict[str, str]) -> str:
         return var_text(self._input_var[0], fmt)  # LaTeX-safe, as the distributions' variables (x_t_1, gain%)
@@ -509,7 +514,15 @@ class _Binary(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         loss1, loss2 = self.loss1, self.loss2
         if type(loss1) is not ValueLoss and type(loss2) is not ValueLoss:  # no constant: the usual case, no calls
-            return self._op(ctx.value(loss1), ctx.value(loss2))
+            a, b = ctx.value(loss1), ctx.value(loss2)
+            try:
+                return self._op(a, b)
+            except RuntimeError as err:  # terms of other rows: torch's "size of tensor a (2) must match ..."
+                if "must match the size" not in str(err):
+                    raise
+                raise ValueError(f"{self}: the terms {loss1} and {loss2} have shapes {tuple(a.shape)} and "
+                                 f"{tuple(b.shape)}, which do not combine row by row (evaluated on other rows?)"
+                                 ) from None
         a, b = _operand(loss1, ctx), _operand(loss2, ctx)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             return self._op(a, b)

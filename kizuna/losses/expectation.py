@@ -72,7 +72,12 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
 
 def _per_row(score: Tensor, f: Tensor) -> Tensor:
     """A per-row score-function term shaped to multiply ``f``: one row's term over all of that row's entries when ``f``
-    has per-feature dimensions (it broadcast along the last dimension instead, pairing entry j with row j)."""
+    has per-feature dimensions (it broadcast along the last dimension instead, pairing entry j with row j). An ``f``
+    that is one number (already reduced over the rows and draws, ``E_q[f.mean()]``) is a function of every draw
+    together: its score term is the sum of every draw's (broadcast per row, it was 1 / (rows x draws) of the
+    gradient, and the value came back one per row)."""
+    if f.dim() == 0:
+        return score.sum()
     extra = f.dim() - score.dim()
     return score.reshape(*score.shape, *([1] * extra)) if extra > 0 and score.dim() > 0 else score
 
@@ -191,8 +196,9 @@ class REINFORCE(Expectation):
     def __init__(self, p: Distribution, f: Loss | float | Tensor, sample_shape: Sequence[int] = (),
                  baseline: float | str | None = None) -> None:
         super().__init__(p, f, sample_shape)
-        if not (baseline is None or (isinstance(baseline, str) and baseline == "loo") or _is_number(baseline)):
-            raise ValueError(f"REINFORCE: baseline must be a number, 'loo' or None, got {baseline!r}")
+        if not (baseline is None or (isinstance(baseline, str) and baseline == "loo")
+                or _is_number(baseline) and math.isfinite(float(baseline))):  # (NaN made the value NaN)
+            raise ValueError(f"REINFORCE: baseline must be a finite number, 'loo' or None, got {baseline!r}")
         if baseline == "loo" and math.prod(self.sample_shape) < 2:
             raise ValueError("REINFORCE(baseline='loo') needs sample_shape with at least two draws")
         self.baseline = baseline
