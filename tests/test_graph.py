@@ -303,3 +303,22 @@ def test_a_child_given_twice_in_one_connect_and_a_message_of_no_columns_are_refu
     assert o.parents == []
     with pytest.raises(MessageShapeError, match=r"value has width 0 \(shape \(5, 0\)\)"):
         Message("a", None, "c", "posterior", torch.zeros(5, 0))
+
+
+def test_update_with_a_context_for_a_later_iteration_keeps_it():
+    """examples/serket_gmm_samplers.py updates the modules one by one first (the graph's iteration stays 0), then
+    calls graph.update(ctx.at(i)): the context's own, later iteration is kept (taking the graph's repeated the first
+    entry of the schedule)."""
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(40, 2))
+    gmm = GMM(2, algorithm="vb", max_iter=100, tol=0).connect(Observation(x))
+    graph = Graph([gmm])
+    ctx = graph.context(seed=0, schedule={"gmm": {"max_iter": [5, 7, 9]}})
+    for m in graph.modules:
+        m.update(ctx)
+    runs = [gmm.n_iter_]
+    for i in (1, 2):
+        graph.update(ctx.at(i))
+        runs.append(gmm.n_iter_)
+    assert runs == [5, 7, 9]

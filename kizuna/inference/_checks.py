@@ -33,6 +33,12 @@ def in_model_dtype(x_dict: Mapping[str, Any], *dists: Any) -> dict[str, Any]:
     return {v: t.to(like.dtype) if isinstance(t, Tensor) and t.is_floating_point() else t for v, t in x_dict.items()}
 
 
+def own_draws(p: Any, x_dict: Mapping[str, Any], **options: Any) -> dict[str, Any]:
+    """``p.sample(x_dict, return_all=False, **options)`` restricted to ``p``'s own variables: a flow distribution's
+    ``sample`` also returns the prior's draw it mapped (Pixyz's ``return_hidden``), which is not one of them."""
+    return {n: t for n, t in p.sample(x_dict, return_all=False, **options).items() if n in p.var}
+
+
 def batch_rows(x_dict: Mapping[str, Any], names: Iterable[str], who: str) -> int:
     """The common number of rows of the tensors ``x_dict[name]``; an error naming any two that differ, or no rows."""
     rows: dict[str, int] = {}

@@ -41,7 +41,15 @@ import torch
 from kizuna._data import check_count
 from kizuna.distributions.base import Distribution, repeat_batch
 from kizuna.distributions.joint import JointDistribution
-from kizuna.inference._checks import batch_rows, check_mask, fill_missing, in_model_dtype, model_float, require
+from kizuna.inference._checks import (
+    batch_rows,
+    check_mask,
+    fill_missing,
+    in_model_dtype,
+    model_float,
+    own_draws,
+    require,
+)
 from kizuna.inference.masked import decoder_of, masked_log_joint
 from kizuna.metrics.likelihood import _device
 
@@ -209,7 +217,7 @@ class _Proposal:
         """``n_q`` copies of the rows drawn from q, then ``n_p`` from the prior (sample-major)."""
         parts = []
         if n_q:
-            parts.append(self.q.sample({n: repeat_batch(v, n_q) for n, v in values.items()}, return_all=False))
+            parts.append(own_draws(self.q, {n: repeat_batch(v, n_q) for n, v in values.items()}))
             if self.q_shapes is None:
                 self.q_shapes = {n: t.shape[1:] for n, t in parts[0].items()}
         if n_p:
@@ -217,7 +225,7 @@ class _Proposal:
             given = {n: repeat_batch(v, n_p) for n, v in values.items() if n in self.prior.input_var}
             b = next(v.shape[0] for v in values.values() if isinstance(v, Tensor))
             m = self._prior_per_row(values, b)
-            drawn = self.prior.sample(given, batch_n=b * n_p * m, return_all=False)
+            drawn = own_draws(self.prior, given, batch_n=b * n_p * m)
             assert self.q_shapes is not None
             # in q's shape (a prior of scalar draws against q's (N, 1) draws made m == 1 with other shapes, which
             # torch.cat refused)
@@ -236,9 +244,9 @@ class _Proposal:
         cuda = sorted({t.device.index or 0 for t in values.values() if isinstance(t, Tensor) and t.is_cuda})
         with torch.random.fork_rng(devices=cuda):  # probes: the draws made afterwards are unchanged
             if self.q_shapes is None:
-                self.q_shapes = {n: t.shape[1:] for n, t in self.q.sample(values, return_all=False).items()}
+                self.q_shapes = {n: t.shape[1:] for n, t in own_draws(self.q, values).items()}
             given = {n: v for n, v in values.items() if n in self.prior.input_var}
-            p_shapes = {n: t.shape[1:] for n, t in self.prior.sample(given, batch_n=b, return_all=False).items()}
+            p_shapes = {n: t.shape[1:] for n, t in own_draws(self.prior, given, batch_n=b).items()}
         counts = set()
         for n, want in self.q_shapes.items():
             got, lead = p_shapes[n], len(self.q_shapes[n]) - len(p_shapes[n])
@@ -358,7 +366,7 @@ def impute_gibbs(
     with torch.no_grad():
         for _ in range(n_iter):
             values = {**given, var: state}
-            z = q.sample(values, return_all=False)
+            z = own_draws(q, values)
             cond = {**given, **z}
             mean = decoder.sample_mean(cond)
             new = decoder.sample(cond, return_all=False)[var] if draw else mean

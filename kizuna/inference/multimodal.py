@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from kizuna.distributions.base import Distribution
-from kizuna.inference._checks import batch_rows, require
+from kizuna.inference._checks import batch_rows, own_draws, require
 
 Tensor = torch.Tensor
 Encoders = Distribution | Sequence[Distribution]
@@ -110,7 +110,7 @@ def infer_latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool = F
     encoder, given = _given(encoders, x_dict, "infer_latent")
     with torch.no_grad():
         if sample:
-            return encoder.sample(given, return_all=False)
+            return own_draws(encoder, given)
         if len(encoder.var) != 1:
             raise ValueError(f"infer_latent: {encoder.prob_text} draws several variables; use sample=True")
         return {encoder.var[0]: encoder.sample_mean(given)}

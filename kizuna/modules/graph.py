@@ -184,14 +184,15 @@ class Graph:
 
         Args:
             ctx: the context (from `context`: combination, generator, schedule); ``None``: the one of the last
-                `fit` (or a fresh `context`). Either is taken at the graph's current iteration, so a schedule
-                (``{"vae": {"epochs": [200, 40]}}``) moves on with every sweep, as in `fit` (a context passed in
-                kept the iteration it was made at: every sweep ran the first entry).
+                `fit` (or a fresh `context`). Either is taken at least at the graph's current iteration, so a
+                schedule (``{"vae": {"epochs": [200, 40]}}``) moves on with every sweep, as in `fit` (a context
+                passed in kept the iteration it was made at: every sweep ran the first entry); a context asked for
+                a later iteration (``ctx.at(i)``) keeps its own.
         """
         if ctx is None:
             self._context = self._context if self._context is not None else self.context()
             ctx = self._context
-        ctx = ctx.at(self.iteration)
+        ctx = ctx.at(max(ctx.iteration, self.iteration))
         for m in self.modules:
             m.update(ctx)
         self.iteration += 1
