@@ -123,6 +123,8 @@ def test_compile_argument_is_checked() -> None:
         vae(compile={"mode": "bogus"})
     with pytest.raises(ValueError, match=r"'backend': 'nonexistent'\} is not one of torch.compile's backends"):
         vae(compile={"backend": "nonexistent"})
+    with pytest.raises(TypeError, match="gives both mode and options, which torch.compile does not take together"):
+        vae(compile={"mode": "max-autotune", "options": {"trace.enabled": False}})
     checks = torch.distributions.Distribution._validate_args
     assert vae(compile={"backend": "eager", "mode": "max-autotune-no-cudagraphs"})._compile_args["backend"] == "eager"
     assert vae(compile={"backend": lambda gm, inputs: gm})._compile_args is not None  # a callable backend

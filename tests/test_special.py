@@ -226,6 +226,8 @@ class TestCustomProb:
         p = CustomProb(lambda x: energy(x).sum(), var=["x"])
         with pytest.raises(ValueError, match=r"one log-density per row, shape \(6,\) .* returned shape \(\)"):
             p.get_log_prob({"x": torch.randn(6, 4, dtype=F64)})
+        one = CustomProb(lambda x: energy(x).sum(), var=["x"])  # one row's log-density as one number is that row's
+        assert one.get_log_prob({"x": torch.ones(1, 4, dtype=F64)}).shape == (1,)
         q = CustomProb(lambda x: energy(x)[:2], var=["x"])
         with pytest.raises(ValueError, match=r"returned shape \(2, 4\)"):
             q.get_log_prob({"x": torch.randn(6, 4, dtype=F64)})

@@ -101,6 +101,8 @@ class CustomProb(Distribution):
         out = fn(x_dict[self._var[0]]) if len(self._var) == 1 else fn(**{v: x_dict[v] for v in self._var})
         out = torch.as_tensor(out)
         value = x_dict[self._var[0]]
+        if out.dim() == 0 and isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == 1:
+            out = out.reshape(1)  # one row's log-density as one number
         if isinstance(value, Tensor) and value.dim() > 0 and (out.dim() == 0 or out.shape[0] != value.shape[0]):
             # a function that reduced over the batch (``.sum()``) gave one number, which ``.mean()`` then took as
             # every row's log-density (the batch's total as the mean, silently)

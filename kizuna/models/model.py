@@ -612,6 +612,9 @@ def _check_compile_args(args: dict[str, Any]) -> None:
     if unknown:
         raise TypeError(f"Model: compile= names {', '.join(map(repr, unknown))}, which torch.compile does not take; "
                         f"its arguments are {', '.join(allowed)}")
+    if args.get("mode") is not None and args.get("options") is not None:  # (torch refuses both at the first step)
+        raise TypeError("Model: compile= gives both mode and options, which torch.compile does not take together; "
+                        "give one of them")
     mode, backend = args.get("mode"), args.get("backend")
     checks = torch.distributions.Distribution._validate_args  # (torch._dynamo's import patches torch: kept as it was)
     try:

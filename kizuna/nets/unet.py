@@ -29,7 +29,9 @@ from kizuna._data import check_count, check_int
 
 
 def _real(value: object) -> bool:
-    """A finite real number (not a bool, not a string)."""
+    """A finite real number (not a bool, not a string; a one-element tensor too)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = float(value)
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 

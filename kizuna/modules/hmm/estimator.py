@@ -18,6 +18,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from kizuna._data import check_count, first_flagged
@@ -120,9 +121,13 @@ class HiddenMarkovModel(Estimator):
         # Dirichlet concentrations: NaN stopped learning the transitions silently (NaN MAP counts kept the previous
         # values), a negative one gave the identity matrix
         for what, value in (("startprob_prior", self.startprob_prior), ("transmat_prior", self.transmat_prior)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-                raise ValueError(f"{self._owner}: {what} must be a finite number > 0 (a Dirichlet concentration; 1.0 "
-                                 f"is maximum likelihood), got {value!r}")
+            try:  # a number, or hmmlearn's array of concentrations
+                array = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value, dtype=np.float64)
+            except (TypeError, ValueError):
+                array = np.array([np.nan])
+            if isinstance(value, bool) or array.size == 0 or not bool((np.isfinite(array) & (array > 0)).all()):
+                raise ValueError(f"{self._owner}: {what} must be finite and > 0 (Dirichlet concentrations, a number or "
+                                 f"an array; 1.0 is maximum likelihood), got {value!r}")
         min_covar = self.min_covar
         if isinstance(min_covar, bool) or not isinstance(min_covar, numbers.Real) or not 0 <= min_covar < math.inf:
             raise ValueError(f"{self._owner}: min_covar must be a finite number >= 0, got {min_covar!r}")
