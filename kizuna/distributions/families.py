@@ -1,6 +1,7 @@
-"""The parametric families: each wraps one ``torch.distributions`` class.
+r"""The parametric families: each wraps one ``torch.distributions`` class.
 
-Densities, samplers, entropies and moments are torch's; these classes only name the
+Densities, samplers, entropies and moments are torch's (Normal's density to rounding: through
+:math:`z = (x-\mu)/\sigma`, see `Normal._log_prob_kernel`); these classes only name the
 parameters and say which torch family they use (STYLE.md habit 1). Every family takes its
 parameters as constructor keywords (constants, or the name of a conditioning variable) or
 from ``forward(**cond)``; see `kizuna.distributions.torch_dist`.
