@@ -331,7 +331,7 @@ def test_abs_of_a_loss_a_draw_count_of_zero_and_an_unknown_baseline() -> None:
     q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0)
     with pytest.raises(ValueError, match=r"ELBO: sample_shape must hold positive sizes, got \(0,\)"):
         ELBO(lik * p, q, sample_shape=(0,))
-    with pytest.raises(ValueError, match="REINFORCE: baseline must be a number, 'loo' or None, got 'mean'"):
+    with pytest.raises(ValueError, match="REINFORCE: baseline must be a finite number, 'loo' or None, got 'mean'"):
         REINFORCE(q, Parameter("z"), baseline="mean")
     import numpy as np
 
