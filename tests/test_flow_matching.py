@@ -379,6 +379,14 @@ def test_bad_arguments_and_data_are_named():
     assert Velocity is net.velocity_net
     with pytest.raises(ValueError, match=r"x must have shape \(N, 2\), got \(4, 3\)"):
         flow_matching_loss(p).eval({"x": torch.randn(4, 3)})
+    from kizuna.distributions import validation
+
+    nan = torch.randn(3, 2)
+    nan[1, 0] = float("nan")  # (a NaN density and loss, silently)
+    with validation(True):
+        for run in (lambda: p.get_log_prob({"x": nan}), lambda: flow_matching_loss(p).eval({"x": nan})):
+            with pytest.raises(ValueError, match=r"holds nan at row 1, column 0"):
+                run()
     with pytest.raises(ValueError, match=r"x_0 has shape \(3, 2\) and x \(4, 2\); a coupling pairs every data row"):
         flow_matching_loss(p, coupling="given").eval({"x": torch.randn(4, 2), "x_0": torch.randn(3, 2)})
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from kizuna._data import check_count, check_int
+from kizuna._data import check_count, check_int, first_nonfinite
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
+from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.samplers.integrators import SAMPLERS
 from kizuna.samplers.paths import LinearPath
 
@@ -96,6 +97,10 @@ class FlowMatching(Distribution):
         if like is not None and like.dtype != x.dtype:
             raise ValueError(f"{self.prob_text}: {what} is {x.dtype}, the velocity network {like.dtype}; convert one "
                              f"(x.to({like.dtype}) or the model's .to({x.dtype}))")
+        if validation_enabled():  # (NaN data gave a NaN density or loss, silently)
+            bad = first_nonfinite({what: x}, "x_dict")
+            if bad is not None:
+                raise ValueError(f"{self.prob_text}: {bad}; remove or impute it")
         return x
 
     def velocity(self, x: Tensor, t: Tensor, context: Mapping[str, Any] | None = None) -> Tensor:
