@@ -271,3 +271,22 @@ def test_components_with_scalar_constants_score_rows_of_features() -> None:
     points = torch.tensor([[0.0, 0.0], [40.0, 40.0]])
     wrong = torch.eye(2)[[1, 0]]  # the other component for each point
     torch.testing.assert_close(post.get_log_prob({"x": points, "z": wrong}), torch.tensor([-1600.0, -1600.0]))
+
+
+def test_return_hidden_of_a_mixture_is_pixyzs():
+    """Pixyz's return_hidden: sample adds the component choice, get_log_prob gives log p(x, z = k) of every component
+    as (K, batch); both were ignored (log p(x) came back)."""
+    import math as _math
+
+    from kizuna.distributions import Categorical, MixtureModel, Normal
+
+    parts = [Normal(var=["y"], loc=float(k), scale=1.0, features_shape=[1]) for k in range(3)]
+    mix = MixtureModel(parts, Categorical(var=["z"], probs=torch.full((3,), 1 / 3)))
+    out = mix.sample(batch_n=4, return_hidden=True)
+    assert sorted(out) == ["y", "z"] and out["z"].shape == (4, 3)
+    y = torch.tensor([[0.5]])
+    joint = mix.get_log_prob({"y": y}, return_hidden=True)
+    expected = torch.tensor([[-0.5 * (0.5 - k) ** 2 - 0.5 * _math.log(2 * _math.pi) + _math.log(1 / 3)]
+                             for k in range(3)])
+    torch.testing.assert_close(joint, expected)
+    torch.testing.assert_close(torch.logsumexp(joint, 0), mix.get_log_prob({"y": y}))

@@ -198,8 +198,9 @@ class DistGraph(_Shown):
         factors = self._dist.factors()
         if len(factors) > 1 and not hasattr(self._dist, "_order"):  # a renamed or marginalised product
             raise ValueError(f"{self._dist.prob_text}: graph options are kept by products and single distributions; "
-                             f"this is a {type(self._dist).__name__}, which draws and scores without them (set them "
-                             "on the product's factors, and rename or marginalise the product after)")
+                             f"this is a {type(self._dist).__name__}, which draws and scores without them: renaming "
+                             "or marginalising a distribution discards its graph options (set them on the renamed or "
+                             "marginalised distribution's product with others instead)")
         return factors
 
     def factors(self, sorted: bool = False) -> list[Factor]:  # noqa: A002 - Pixyz's argument name

@@ -286,7 +286,30 @@ class MixtureModel(Distribution):
         per_draw = torch.logsumexp(self.joint_log_prob(x_dict, True, dims), dim=-1)
         return summed_log_prob(self, list(self.distributions), x_dict, per_draw, True, dims)
 
+    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
+                     feature_dims: Sequence[int] | None = None, return_hidden: bool = False, **kwargs: Any) -> Tensor:
+        r"""See `Distribution.get_log_prob`; with ``return_hidden`` (Pixyz's option) the log-density of every
+        component joint with its choice, :math:`\log p(x, z = k)`, shape ``(K, batch)`` as Pixyz returns it
+        (`joint_log_prob` is the same, batch first). It was ignored, returning :math:`\log p(x)`."""
+        if return_hidden:
+            return self.joint_log_prob(x_dict, sum_features, feature_dims).movedim(-1, 0)
+        return super().get_log_prob(x_dict, sum_features, feature_dims)
+
     # -------------------------------------------------------------- sampling
+    def sample(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None,
+               sample_shape: Sequence[int] | torch.Size = (), return_all: bool = True, reparam: bool = False,
+               sample_mean: bool = False, return_hidden: bool = False, **kwargs: Any) -> XDict:
+        """See `Distribution.sample`; with ``return_hidden`` (Pixyz's option, off by default) also the component
+        choice under `hidden_var` (`sample_with_hidden`). It was ignored."""
+        if not return_hidden or sample_mean:
+            return super().sample(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean)
+        if tuple(sample_shape):
+            raise ValueError(f"{self.prob_text}: return_hidden takes no sample_shape; draw with sample_with_hidden "
+                             "once per draw, or give batch_n")
+        given = dict(x_dict or {})
+        out = self.sample_with_hidden(given, batch_n)
+        return {**given, **out} if return_all else out
+
     def sample_with_hidden(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None) -> XDict:
         """Draw ``{hidden: z, var: x}``: the component choice along with the draw."""
         x_dict = dict(x_dict or {})
