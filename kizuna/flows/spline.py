@@ -12,7 +12,8 @@ On :math:`[-B, B]` the map is piecewise: in bin :math:`k`, with knots :math:`(x_
 
 Outside :math:`[-B, B]` it is the identity; the boundary derivatives are 1, so the map is
 continuously differentiable. The inverse solves the quadratic in :math:`\xi` (eq. 29 of the paper)
-with the numerically stable root :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})`, clamped to :math:`[0, 1]`
+with the root taken without cancellation, :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})` for :math:`b \ge 0` and
+:math:`(-b + \sqrt{b^2 - 4ac}) / 2a` for :math:`b < 0` (:math:`-c/b` where :math:`a = 0`), clamped to :math:`[0, 1]`
 (in float32 the root of a wide, flat bin can fall just outside it, which made the log-slope NaN).
 """
 
@@ -71,7 +72,7 @@ def rational_quadratic_spline(
     shift = math.log(math.expm1(1.0 - min_derivative))  # softplus(0 + shift) + min = 1
     d = F.pad(min_derivative + F.softplus(derivatives + shift), (1, 1), value=1.0)
 
-    inside = (x >= -bound) & (x <= bound)
+    inside = (x > -bound) & (x < bound)  # at ±B itself the identity: g(±B) = ±B, g'(±B) = 1 (the bin formula rounded)
     xc = x.clamp(-bound, bound)
     knots = ch if inverse else cw
     idx = (xc.unsqueeze(-1) >= knots[..., 1:k]).sum(-1, keepdim=True)
@@ -89,7 +90,17 @@ def rational_quadratic_spline(
         c = -sk * delta
         # clamped: in float32 the root can land just outside its bin (past 1 for a wide, flat bin), and
         # then ξ(1-ξ) < 0 can make the log-slope's argument negative (a NaN log-determinant)
-        xi = ((2.0 * c) / (-b - torch.sqrt((b * b - 4.0 * a * c).clamp_min(0.0)))).clamp(0.0, 1.0)
+        # the root without cancellation on either sign of b: 2c / (-b - √D) for b >= 0, its equal (-b + √D) / 2a for
+        # b < 0 (a wide, flat bin between steep end derivatives; the first form lost three digits in float32 there),
+        # -c / b where a = 0 (the quadratic is then linear); each division's unused side made safe (no NaN gradient)
+        sq = torch.sqrt((b * b - 4.0 * a * c).clamp_min(0.0))
+        pos = b >= 0
+        linear = a == 0
+        den_pos = torch.where(pos, -b - sq, torch.ones_like(b))
+        den_neg = torch.where(pos | linear, torch.ones_like(a), 2.0 * a)
+        den_lin = torch.where(~pos & linear, b, torch.ones_like(b))
+        xi = torch.where(pos, (2.0 * c) / den_pos,
+                         torch.where(linear, -c / den_lin, (-b + sq) / den_neg)).clamp(0.0, 1.0)
     else:
         xi = (xc - xk) / wk
     rest = 1 - xi
