@@ -10,17 +10,18 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
   zero mean and unit variance per channel. A first batch with a NaN or inf is refused (``ValueError``)
   and leaves the layer uninitialised.
 * `BatchNorm1d` / `BatchNorm2d` (RealNVP, Dinh et al. 2016, arXiv:1605.08803, sec. 3.7): :math:`z = \frac{x -
-  \mu}{\sqrt{\sigma^2 + \epsilon}}\, e^{\gamma} + \beta`, with the batch's :math:`\mu, \sigma^2` in training
-  mode and their running averages in evaluation mode (:math:`\text{running} \leftarrow (1 - m)\,\text{running}
-  + m\,\text{batch}`, torch's convention: ``momentum`` :math:`m \in [0, 1]`, 0.1 by default; torch's ``None``,
-  a cumulative average, is not offered; a training batch with a NaN or inf leaves the running averages
-  unchanged). In training mode the log-determinant treats the batch statistics as constants (as the paper and
-  Pixyz do): it is the log-determinant of the per-row map :math:`x_i \mapsto z_i` with :math:`\mu, \sigma^2`
-  fixed at the batch's values, not of the map of the whole batch (which is not invertible: adding a constant
-  to every row of a channel leaves :math:`z` unchanged). ``inverse`` in training mode uses the statistics of
-  the last training-mode ``forward`` (as Pixyz), so ``f.inverse(f(x))`` gives back ``x`` in both modes; before
-  any training-mode ``forward`` it uses the running averages. The stored batch statistics are constants
-  (detached): the inverse passes no gradient to that earlier batch.
+  \mu}{\sqrt{\sigma^2 + \epsilon}}\, e^{\gamma} + \beta`, with the batch's :math:`\mu, \sigma^2` in training mode and
+  their running averages in evaluation mode (:math:`\text{running} \leftarrow (1 - m)\,\text{running} +
+  m\,\text{batch}`, torch's convention: ``momentum`` :math:`m \in [0, 1]`, 0.1 by default; torch's ``None``, a
+  cumulative average, is not offered; the batch's variance is the biased one, the variance the layer normalises with
+  (torch's ``nn.BatchNorm`` averages the unbiased one); a training batch with a NaN or inf leaves the running averages
+  unchanged). In training mode the log-determinant treats the batch statistics as constants (as the paper and Pixyz
+  do): it is the log-determinant of the per-row map :math:`x_i \mapsto z_i` with :math:`\mu, \sigma^2` fixed at the
+  batch's values, not of the map of the whole batch (which is not invertible: adding a constant to every row of a
+  channel leaves :math:`z` unchanged). ``inverse`` in training mode uses the statistics of the last training-mode
+  ``forward`` (as Pixyz), so ``f.inverse(f(x))`` gives back ``x`` in both modes; before any training-mode ``forward``
+  it uses the running averages. The stored batch statistics are constants (detached): the inverse passes no gradient
+  to that earlier batch.
 """
 
 from __future__ import annotations
