@@ -35,14 +35,16 @@ def epsilon() -> float:
     return _SETTINGS["epsilon"]
 
 
-def set_cache_maxsize(cache_maxsize: int) -> None:
-    """Set how many results each `lru_cache_for_sample_dict` cache keeps (decorators made later)."""
-    if int(cache_maxsize) < 0:
-        raise ValueError(f"cache_maxsize must be >= 0, got {cache_maxsize}")
-    _SETTINGS["cache_maxsize"] = int(cache_maxsize)
+def set_cache_maxsize(cache_maxsize: int | None) -> None:
+    """Set how many results each `lru_cache_for_sample_dict` cache keeps (decorators made later); ``None``: no bound
+    (``functools.lru_cache``'s meaning, as in Pixyz)."""
+    if cache_maxsize is not None and (isinstance(cache_maxsize, bool) or not isinstance(cache_maxsize, int)
+                                      or cache_maxsize < 0):  # (2.7 was taken as 2, None failed in int())
+        raise ValueError(f"cache_maxsize must be an int >= 0 or None (no bound), got {cache_maxsize!r}")
+    _SETTINGS["cache_maxsize"] = cache_maxsize
 
 
-def cache_maxsize() -> int:
+def cache_maxsize() -> int | None:
     """How many results each `lru_cache_for_sample_dict` cache keeps (default 20, as Pixyz)."""
     return _SETTINGS["cache_maxsize"]
 
@@ -227,9 +229,9 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
                 cache[key] = cache.pop(key)  # most recently used last
                 return cache[key][1]
             result = method(self, *args, **kwargs)
-            if maxsize > 0:
+            if maxsize is None or maxsize > 0:
                 cache[key] = ((self, args, kwargs, tensors), result)
-                while len(cache) > maxsize:
+                while maxsize is not None and len(cache) > maxsize:
                     cache.pop(next(iter(cache)))
             return result
 

@@ -468,3 +468,30 @@ def test_integer_operands_are_computed_as_floats_as_pixyz() -> None:
     assert (Parameter("x") * 2).eval({"x": x64}).dtype == torch.float64
     assert Parameter("x").mean().eval({"x": x64}).dtype == torch.float64
     assert str(Parameter("k") ** -1) == "k^(-1)" and str(ValueLoss(2) * Parameter("k")) == "2 * k"
+
+
+def test_cache_maxsize_none_is_unbounded_as_pixyz_and_fractions_are_refused() -> None:
+    """Pixyz's set_cache_maxsize(None) (functools' "no bound") failed in int(); 2.7 was taken as 2."""
+    from kizuna import utils
+
+    kept = utils.cache_maxsize()
+    try:
+        utils.set_cache_maxsize(None)
+        calls = []
+
+        class Twice(torch.nn.Module):
+            @utils.lru_cache_for_sample_dict()
+            def f(self, x: torch.Tensor) -> torch.Tensor:
+                calls.append(1)
+                return x * 2
+
+        m = Twice()
+        xs = [torch.full((1,), float(i)) for i in range(50)]
+        for x in xs + xs:
+            m.f(x)
+        assert len(calls) == 50  # every result kept: the second pass computes nothing
+        for bad in (2.7, -1, "3", True):
+            with pytest.raises(ValueError, match=r"cache_maxsize must be an int >= 0 or None"):
+                utils.set_cache_maxsize(bad)
+    finally:
+        utils.set_cache_maxsize(kept)
