@@ -92,6 +92,11 @@ def test_categorical_logits_may_mask_a_category_with_minus_infinity():
     assert p.sample(batch_n=500)["x"][:, 1].sum() == 0
     with pytest.raises(ValueError, match="is -inf in every category of a row"):
         Categorical(var=["x"], logits=torch.tensor([-float("inf"), -float("inf")]))
+    from kizuna.distributions import RelaxedCategorical
+
+    relaxed = RelaxedCategorical(var=["x"], logits=logits)  # (refused before too)
+    assert relaxed.sample(batch_n=200)["x"][:, 1].max() == 0
+    torch.testing.assert_close(relaxed.get_entropy(), ref.entropy().reshape(1))
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="must be finite"):
             Categorical(var=["x"], logits=torch.tensor([bad, 0.0]))

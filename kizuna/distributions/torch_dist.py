@@ -308,7 +308,8 @@ class TorchDistribution(Distribution):
         """Constant parameters: finite, valid for the family, and defining ``features_shape``."""
         for key in self._const_names:
             value = getattr(self, key)
-            if key == "logits" and issubclass(self.torch_class, (D.Categorical, D.OneHotCategorical, D.Multinomial)) \
+            if key == "logits" and issubclass(self.torch_class, (D.Categorical, D.OneHotCategorical, D.Multinomial,
+                                                                 D.RelaxedOneHotCategorical)) \
                     and value.dim() > 0 and not bool(torch.isnan(value).any() | (value == math.inf).any()):
                 # -inf logits mask a category (torch takes them); a row with no category left is no distribution
                 if bool((value == -math.inf).all(-1).any()):
