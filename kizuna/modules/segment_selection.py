@@ -24,11 +24,10 @@ even one that glues a whole utterance into one word, predicts its own event perf
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 from scipy.special import gammaln, logsumexp
+
+from kizuna._data import check_positive
 
 
 def concept_log_predictive(counts: np.ndarray, resp: np.ndarray, beta: float = 0.5, eps: float = 1e-3) -> float:
@@ -51,8 +50,8 @@ def concept_log_predictive(counts: np.ndarray, resp: np.ndarray, beta: float = 0
     # (NaN passed every `< 0` and `<= 0`: the score was NaN, silently)
     if not (np.isfinite(x).all() and np.isfinite(r).all()) or (x < 0).any() or (r < 0).any():
         raise ValueError("concept_log_predictive: counts and resp must be finite and non-negative")
-    if not all(isinstance(v, numbers.Real) and 0 < v < math.inf for v in (beta, eps)):
-        raise ValueError(f"concept_log_predictive: need finite beta > 0 and eps > 0, got {beta!r} and {eps!r}")
+    check_positive("concept_log_predictive: beta", beta)
+    check_positive("concept_log_predictive: eps", eps)
     if r.shape[0] and not np.allclose(r.sum(1), 1.0):
         bad = int(np.argmax(~np.isclose(r.sum(1), 1.0)))
         raise ValueError(f"concept_log_predictive: every row of resp must sum to one (a concept posterior); row {bad} "

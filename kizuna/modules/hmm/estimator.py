@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from kizuna._data import check_count, first_flagged
+from kizuna._data import check_count, check_non_negative, first_flagged
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules._backend import resolve_backend
 from kizuna.modules.estimator import Estimator
@@ -128,9 +128,7 @@ class HiddenMarkovModel(Estimator):
             if isinstance(value, bool) or array.size == 0 or not bool((np.isfinite(array) & (array > 0)).all()):
                 raise ValueError(f"{self._owner}: {what} must be finite and > 0 (Dirichlet concentrations, a number or "
                                  f"an array; 1.0 is maximum likelihood), got {value!r}")
-        min_covar = self.min_covar
-        if isinstance(min_covar, bool) or not isinstance(min_covar, numbers.Real) or not 0 <= min_covar < math.inf:
-            raise ValueError(f"{self._owner}: min_covar must be a finite number >= 0, got {min_covar!r}")
+        check_non_negative(f"{self._owner}: min_covar", self.min_covar)
         for what, letters in (("init_params", self.init_params), ("params", self.params)):
             unknown = "".join(dict.fromkeys(c for c in letters if c not in LETTERS)) if isinstance(letters, str) \
                 else None
