@@ -12,7 +12,8 @@ kizuna's loss writes it; or the critic's gap and the penalty on random interpola
 generator's non-saturating loss ``-E_G[log d]`` (or ``-E_G[f]``) on a fresh noise draw with the discriminator's
 parameters frozen, as a careful hand-written step does (kizuna's `GAN` freezes them too); kizuna's loss also
 evaluates the data's term ``-E_data[log(1-d)]`` (``E_data[f]``), which has no generator gradient, for its value:
-the first-step check adds it to the reference to compare the values. It draws the noise
+the first-step check adds it to the reference to compare the values, and ``--reference-value`` makes the
+reference's timed step compute it too (without a graph), so that both report the same loss. It draws the noise
 (and the interpolation weights) in kizuna's order, so from one seed both draw the same numbers;
 Adam is torch's default, or fused with ``--fused-reference``.
 One evaluation code for both trained generators: the C2ST (logistic regression, as the smoke
@@ -21,6 +22,7 @@ example) of generated images, rounded to the 17 grey levels, against held-out im
     python bench/parity_gan.py                    # 3 seeds, the smoke example's configuration, JS loss
     python bench/parity_gan.py --loss wgan-gp     # the example's default loss
     python bench/parity_gan.py --quick            # seconds
+    python bench/parity_gan.py --seeds 0 --repeats 3 --calls 3 --pairs 800 [--reference-value]   # the step ratio
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ CFG = {"z_dim": 16, "hidden": 128, "steps": 150, "batch": 64, "lr": 1e-3, "n_eva
 QUICK = {"z_dim": 8, "hidden": 32, "steps": 20, "batch": 64, "lr": 1e-3, "n_eval": 200}
 LOSSES = {"js": {"betas": (0.5, 0.999), "d_steps": 1}, "wgan-gp": {"betas": (0.5, 0.9), "d_steps": 5}}
 PENALTY = 10.0
+# --reference-value: the reference's generator step computes the value kizuna's reports (its data term, no graph)
+REFERENCE_VALUE = {"value_term": False}
 
 
 def nets(loss: str, d: int, cfg: dict) -> tuple[Generator, nn.Module]:
@@ -75,6 +79,7 @@ class Reference:
         betas, self.d_steps = LOSSES[loss]["betas"], LOSSES[loss]["d_steps"]
         self.opt_g = reference_adam(g.parameters(), cfg["lr"], betas=betas)
         self.opt_d = reference_adam(d.parameters(), cfg["lr"], betas=betas)
+        self.value_term = REFERENCE_VALUE["value_term"]
 
     def d_loss(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -107,7 +112,7 @@ class Reference:
         self.opt_g.zero_grad()
         for t in self.d.parameters():  # no gradient of the discriminator in the generator's step
             t.requires_grad_(False)
-        self.g_loss(x).backward()
+        self.g_loss(x, value_term=self.value_term).backward()
         for t in self.d.parameters():
             t.requires_grad_(True)
         self.opt_g.step()
@@ -176,7 +181,12 @@ def main() -> None:
     add_args(parser)
     parser.add_argument("--loss", choices=sorted(LOSSES), default="js")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the configuration's)")
+    parser.add_argument("--reference-value", action="store_true",
+                        help="the reference's generator step also computes its loss's data term (without a graph, "
+                             "the discriminator frozen), so that it reports the value kizuna's GAN reports (Pixyz's "
+                             "generator loss); default: the careful step, which computes only the generated term")
     args = parser.parse_args()
+    REFERENCE_VALUE["value_term"] = args.reference_value
     start(args, f"GAN ({args.loss}) on digits: kizuna vs hand-written PyTorch")
     cfg = dict(QUICK if args.quick else CFG)
     cfg["steps"] = args.steps or cfg["steps"]

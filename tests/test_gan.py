@@ -783,3 +783,109 @@ def test_discriminator_steps_after_an_evaluation_draw_from_the_generator_in_trai
         seen.clear()
         run()
         assert seen and all(seen), seen
+
+
+class _LinearCritic(Deterministic):
+    """f(x) = x @ w + b, a critic of (B, 1) outputs (the usual network shape)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__(var=["t"], cond_var=["x"], name="f")
+        self.net = nn.Sequential(nn.Linear(d, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"t": self.net(x.flatten(1))}
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3)])
+def test_the_unchecked_critic_path_gives_the_hand_written_wgan_gp_loss_and_gradients(shape) -> None:
+    """Without validation a `Deterministic` critic runs its forward directly (no `sample` checks, no module-call
+    frames) and the gradient penalty keeps the critic's (B, 1) output: the critic's loss and its gradient (through
+    the double backward) equal the checked path's and a hand-written WGAN-GP loss drawn from the same numbers, for
+    rows of features and for images (the penalty's flattened gradient)."""
+    from kizuna.distributions import validation
+
+    d = math.prod(shape)
+    critic = _LinearCritic(d)
+    real = torch.randn(16, *shape, dtype=F64)
+    fake = torch.randn(16, *shape, dtype=F64) + 1.0
+    loss = AdversarialWassersteinDistance(EmpiricalDistribution(var=["x"], name="p"),
+                                          EmpiricalDistribution(var=["x"], name="q"), critic, gradient_penalty=10.0)
+    params = list(critic.parameters())
+    found = {}
+    for checked in (True, False):
+        with validation(checked), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(7)
+            value = _critic_loss(loss, real, fake)
+        found[checked] = (value, torch.autograd.grad(value, params))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        f = lambda v: critic.net(v.reshape(16, d))  # noqa: E731
+        eps = torch.rand(16, dtype=F64).reshape(16, *[1] * len(shape))
+        mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+        grad, = torch.autograd.grad(f(mixed).sum(), mixed, create_graph=True)
+        hand = f(fake).mean() - f(real).mean() + 10.0 * (grad.reshape(16, -1).norm(dim=1) - 1).pow(2).mean()
+    hand_grads = torch.autograd.grad(hand, params)
+    for checked in (True, False):
+        value, grads = found[checked]
+        torch.testing.assert_close(value, hand, rtol=1e-12, atol=1e-12)
+        for g, h in zip(grads, hand_grads):
+            torch.testing.assert_close(g, h, rtol=1e-10, atol=1e-12)
+
+
+def _critic_loss(loss: AdversarialWassersteinDistance, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The critic's loss with p the real rows and q the fake ones (two data distributions read different keys)."""
+    p = EmpiricalDistribution(var=["x"], name="p")
+    q = _Fixed(fake)
+    other = AdversarialWassersteinDistance(p, q, loss.d, gradient_penalty=loss.gradient_penalty)
+    return other.d_loss().eval({"x": real})
+
+
+class _Fixed(Deterministic):
+    """A 'generator' that returns fixed rows whatever it is given."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        super().__init__(var=["x"], name="q")
+        self.register_buffer("rows", rows)
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return {"x": self.rows}
+
+
+def test_a_critics_hooks_still_run_without_validation() -> None:
+    """The critic's forward is called directly only where torch's module call would do nothing else: a forward hook
+    on it (here, one that doubles its output) still runs, checked or not."""
+    from kizuna.distributions import validation
+
+    critic = _LinearCritic(3)
+    real = torch.randn(8, 3, dtype=F64)
+    loss = AdversarialWassersteinDistance(EmpiricalDistribution(var=["x"], name="p"), _Fixed(real + 1), critic,
+                                          gradient_penalty=0.0)
+    values = {}
+    for hooked in (False, True):
+        handle = critic.register_forward_hook(lambda m, a, out: {"t": 2 * out["t"]}) if hooked else None
+        for checked in (True, False):
+            with validation(checked), torch.no_grad():
+                values[hooked, checked] = loss.d_loss().eval({"x": real})
+        if handle is not None:
+            handle.remove()
+    for checked in (True, False):
+        torch.testing.assert_close(values[True, checked], 2 * values[False, checked])
+    torch.testing.assert_close(values[False, False], values[False, True])
+
+
+def test_a_critic_variable_named_like_the_data_is_not_read_from_the_data() -> None:
+    """The critic's output variable is computed, never taken from the data: a data key of the same name (``t``
+    here) was returned by `sample` as a fixed draw under validation, so the first (validated) step scored the data's
+    labels instead of the critic."""
+    from kizuna.distributions import validation
+
+    critic = _LinearCritic(3)
+    real = torch.randn(8, 3, dtype=F64)
+    loss = AdversarialWassersteinDistance(EmpiricalDistribution(var=["x"], name="p"), _Fixed(real + 1), critic,
+                                          gradient_penalty=0.0)
+    with torch.no_grad():
+        expected = (critic.net(real + 1).mean() - critic.net(real).mean())
+        for checked in (True, False):
+            with validation(checked):
+                value = loss.d_loss().eval({"x": real, "t": torch.full((8, 1), 100.0, dtype=F64)})
+            torch.testing.assert_close(value, expected)

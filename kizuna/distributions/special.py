@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.distributions.torch_dist import module_call_is_forward
 
 
 class Deterministic(Distribution):
@@ -35,7 +36,9 @@ class Deterministic(Distribution):
         raise NotImplementedError(f"{self.prob_text}: a Deterministic subclass must define forward()")
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
-        out = self(**{k: x_dict[k] for k in self._cond_var})
+        cond = {k: x_dict[k] for k in self._cond_var}
+        # torch's module call where it would run forward alone (hooks, compile, a trace: see module_call_is_forward)
+        out = self.forward(**cond) if module_call_is_forward(self) else self(**cond)
         if (type(out) is not dict and not isinstance(out, Mapping)) or set(out) != set(self._var):
             got = sorted(out) if isinstance(out, Mapping) else type(out).__name__
             raise ValueError(f"{self.prob_text}: forward() must return a dict with keys {self._var}, got {got}")

@@ -98,6 +98,22 @@ except AttributeError:  # pragma: no cover - another torch's internals
 # torch's module call as torch defines it: a class that overrides it (or torch.fx, which patches it while tracing)
 # goes through its own call
 _MODULE_CALL = nn.Module.__call__
+_PLAIN_CLASSES: dict[type, bool] = {}  # classes that keep torch's own module-call machinery
+
+
+def module_call_is_forward(module: nn.Module) -> bool:
+    """Whether torch's module call of ``module`` would run its ``forward`` and nothing else: no hook on it or on every
+    module, no ``module.compile()``, no JIT trace, and torch's own call (a class that overrides ``__call__``,
+    ``_call_impl`` or ``_wrapped_call_impl``, or torch.fx patching the call while tracing, keeps its call). Then the
+    caller may run ``forward`` directly, without the call's two frames."""
+    cls = type(module)
+    plain = _PLAIN_CLASSES.get(cls)
+    if plain is None:
+        plain = _PLAIN_CLASSES[cls] = cls._call_impl is nn.Module._call_impl \
+            and cls._wrapped_call_impl is nn.Module._wrapped_call_impl
+    return not (_GLOBAL_HOOKS is None or module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or module._compiled_call_impl is not None or any(_GLOBAL_HOOKS)
+                or cls.__call__ is not _MODULE_CALL or not plain or torch._C._get_tracing_state())
 
 
 def validation_enabled() -> bool:
@@ -182,7 +198,6 @@ class TorchDistribution(Distribution):
     param_names: ClassVar[tuple[str, ...]] = ()
     _param_set: ClassVar[frozenset[str]] = frozenset()  # param_names as a set (set per subclass)
     _hooks: ClassVar[dict[str, bool]] = {}  # set per subclass, see __init_subclass__
-    _plain_module_call: ClassVar[bool] = True  # set per subclass, see __init_subclass__
     _takes_args: ClassVar[bool] = True  # set per subclass, see __init_subclass__
     # per instance (set in __init__; these class values, the general path, serve an instance pickled before them)
     _forward_only = False
@@ -206,9 +221,6 @@ class TorchDistribution(Distribution):
         # ``_reads_parameters = False`` and left out)
         cls._custom_get_params = cls.get_params is not TorchDistribution.get_params \
             and getattr(cls.get_params, "_reads_parameters", True)
-        # torch's own module-call machinery (a class that overrides _call_impl or _wrapped_call_impl keeps its call)
-        cls._plain_module_call = cls._call_impl is nn.Module._call_impl \
-            and cls._wrapped_call_impl is nn.Module._wrapped_call_impl
         # `_params` hands its input values to `_compute_params` (a subclass's own `_compute_params` gets x_dict only)
         cls._takes_args = cls._compute_params is TorchDistribution._compute_params
 
@@ -408,10 +420,7 @@ class TorchDistribution(Distribution):
             if not torch.is_grad_enabled():  # a network gets ordinary tensors (it may call .numpy())
                 args = [v.materialize() if type(v) is RepeatedRows else v for v in args]
             try:
-                if _GLOBAL_HOOKS is None or self._forward_hooks or self._forward_pre_hooks or self._backward_hooks \
-                        or self._backward_pre_hooks or self._compiled_call_impl is not None or any(_GLOBAL_HOOKS) \
-                        or type(self).__call__ is not _MODULE_CALL or not self._plain_module_call \
-                        or torch._C._get_tracing_state():
+                if not module_call_is_forward(self):
                     out = self(**dict(zip(cond, args)))  # torch's module call: hooks, module.compile(), a JIT trace
                 elif self._by_position_cond is cond and type(self).forward is self._positional_forward \
                         and "forward" not in self.__dict__:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from kizuna._text import LATEX, format_name, symbol
 from kizuna.distributions.base import Distribution, batch_size_of, flat_rows
 from kizuna.distributions.families import Bernoulli
+from kizuna.distributions.special import Deterministic
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.memo import release_step, step_mark
@@ -141,8 +142,10 @@ class AdversarialLoss(Loss):
     def _d_input(self, ctx: EvalContext, x: dict[str, Tensor]) -> dict[str, Any]:
         return {**ctx.values, **x}
 
-    def _d_output(self, values: dict[str, Any]) -> Tensor:
-        """The discriminator's output (a logit for a Bernoulli), one value per row."""
+    def _d_output(self, values: dict[str, Any], rows: bool = True) -> Tensor:
+        """The discriminator's output (a logit for a Bernoulli), one value per row: shape ``(B,)``, or with
+        ``rows=False`` as the network gave it (``(B, 1)``, say; the gradient penalty sums it, and a reshape would be
+        one more node in its double backward)."""
         d = self.d
         if isinstance(d, Bernoulli):
             out = None
@@ -151,12 +154,18 @@ class AdversarialLoss(Loss):
                 out = d._params(values).get("logits")
             if out is None:  # validated (the first step), or given probabilities: torch's Bernoulli
                 out = d.get_dist(values, independent=False).logits
+        elif isinstance(d, Deterministic) and not validation_enabled():
+            # a critic's forward, without `sample`'s argument checks (done at the validated first step); its own
+            # variable is not read from the data here (`sample` kept a data value of that name as a fixed draw)
+            d._require(values, d._cond_var)
+            out = d._sample(values, None, True)[d._var[0]]
         else:
-            out = d.sample(values, return_all=False)[d.var[0]]
+            out = d.sample({k: v for k, v in values.items() if k not in d.var}, return_all=False)[d.var[0]]
         if out.dim() > 1:
             if out.shape[1:].numel() != 1:  # (not out[0]: an empty batch has no row 0)
                 raise ValueError(f"{d.prob_text} must output one value per row, got shape {tuple(out.shape)}")
-            out = out.reshape(out.shape[0])
+            if rows:
+                out = out.reshape(out.shape[0])
         return out
 
     def _log_d(self, values: dict[str, Any], d: bool = True, one_minus_d: bool = True
@@ -344,23 +353,29 @@ class AdversarialWassersteinDistance(AdversarialLoss):
             raise ValueError(f"the gradient penalty pairs draws of {self.p.prob_text} and {self.q.prob_text}; "
                              f"their batch sizes differ: {sorted(sizes)}")
         ref = xp[names[0]]
-        eps = torch.rand(ref.shape[0], dtype=ref.dtype, device=ref.device)
+        # one weight per row, drawn in the shape that broadcasts over the first variable's row (the same numbers as
+        # a draw of shape (B,)); no operator is spent on shapes where there is one variable of rows of features
+        eps = torch.rand(ref.shape[0], *([1] * (ref.dim() - 1)), dtype=ref.dtype, device=ref.device)
         mixed = {}
         for v in names:
-            e = eps.reshape(-1, *([1] * (xp[v].dim() - 1)))
+            e = eps if xp[v].dim() == ref.dim() else eps.reshape(-1, *([1] * (xp[v].dim() - 1)))
             mixed[v] = (e * xp[v] + (1 - e) * xq[v]).requires_grad_(True)
         with torch.enable_grad():
-            f = self._d_output(self._d_input(ctx, mixed))
+            f = self._d_output(self._d_input(ctx, mixed), rows=False)
             grads = torch.autograd.grad(f.sum(), [mixed[v] for v in names], create_graph=True)
-        norm = torch.cat([flat_rows(g) for g in grads], 1).norm(dim=1)
+        if len(grads) == 1 and grads[0].dim() == 2:
+            norm = grads[0].norm(dim=1)
+        else:
+            norm = torch.cat([flat_rows(g) for g in grads], 1).norm(dim=1)
         return (norm - 1).pow(2).mean()
 
     def _discriminator_value(self, ctx: EvalContext) -> Tensor:
         xp, xq = self._detached_draws(ctx)
-        gap = self._d_output(self._d_input(ctx, xp)).mean() - self._d_output(self._d_input(ctx, xq)).mean()
+        f_p = self._d_output(self._d_input(ctx, xp)).mean()
+        minus_gap = self._d_output(self._d_input(ctx, xq)).mean() - f_p  # -(E_p[f] - E_q[f])
         if self.gradient_penalty == 0:
-            return -gap
-        return -gap + self.gradient_penalty * self.penalty(ctx, xp, xq)
+            return minus_gap
+        return minus_gap + self.gradient_penalty * self.penalty(ctx, xp, xq)
 
     def _d_text(self, fmt: dict[str, str]) -> str:
         f = self._d_call()
