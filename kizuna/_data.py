@@ -88,6 +88,25 @@ def check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
+def noise_levels(name: str, sigmas: Any) -> list[float]:
+    """A score model's noise levels :math:`\\sigma_1 > \\dots > \\sigma_L > 0` as Python floats (a float32 tensor of
+    them rounded 0.1 to 0.10000000149, which then was no level); a ValueError naming ``name`` unless they are
+    positive, finite and strictly decreasing (NaN passed the order test, and an infinite level made every draw NaN)."""
+    levels = [float(s) for s in (sigmas.flatten() if isinstance(sigmas, torch.Tensor) else sigmas)]
+    if not levels or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] <= 0 \
+            or not all(map(math.isfinite, levels)):
+        raise ValueError(f"{name}: sigmas must be positive, finite and strictly decreasing, got {levels}")
+    return levels
+
+
+def check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """A features shape as a tuple of positive integers; a ValueError naming ``name`` otherwise."""
+    shape = tuple(shape)
+    for i, size in enumerate(shape):
+        check_int(f"{name}[{i}]", size, 1)
+    return shape
+
+
 def check_context(layer: str, y: torch.Tensor | None, context_features: int, rows: int,
                   broadcast: bool = False) -> None:
     """A clear error for a missing, unexpected or wrongly sized context ``y`` of a conditional layer (its features

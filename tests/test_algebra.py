@@ -7,6 +7,7 @@ moments whose tolerance is a stated number of standard errors (fixed seeds).
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -606,3 +607,88 @@ def test_terms_of_other_rows_and_a_parameter_that_is_not_a_number_are_named():
         with pytest.raises(TypeError, match=f"Parameter 'beta': its value must be a number or a tensor, got "
                                             f"{type(value).__name__}"):
             (Parameter("beta") * KullbackLeibler(q, prior)).eval({"beta": value, "x": torch.zeros(2, 2)})
+
+
+# ------------------------------------------------------------------ review of stop 36
+def test_numpy_on_the_left_of_a_loss_is_refused_as_on_the_right() -> None:
+    """``np.ones(3) * loss`` built an object array of three losses (numpy looped over its elements); numpy now
+    defers to the loss's reflected operator, which refuses an array as ``loss * np.ones(3)`` does."""
+    from kizuna.losses import Parameter
+
+    a = Parameter("a")
+    for build in (lambda: np.ones(3) * a, lambda: np.ones(3) + a, lambda: np.ones(3) - a, lambda: a * np.ones(3)):
+        with pytest.raises(TypeError, match="ndarray"):
+            build()
+
+
+def test_a_constant_of_other_rows_is_named_like_a_term_of_other_rows() -> None:
+    from kizuna.losses import Parameter
+
+    loss = Parameter("a") + torch.ones(2)
+    with pytest.raises(ValueError, match=r"shapes \(3,\) and \(2,\).*row by row"):
+        loss.eval({"a": torch.zeros(3)})
+    torch.testing.assert_close(loss.eval({"a": torch.zeros(2)}), torch.ones(2))
+
+
+@pytest.mark.parametrize("given", [torch.zeros(3), torch.tensor(0.0), [1, 2], "a"])
+def test_eval_refuses_what_is_not_a_dict(given) -> None:
+    from kizuna.losses import Parameter
+
+    with pytest.raises(TypeError, match="eval takes a dict.*got"):
+        Parameter("a").eval(given)
+
+
+def test_an_infix_operator_followed_by_a_minus_sign_is_bracketed() -> None:
+    """``a - (-2 * b)`` printed ``a - -2 * b``: a right operand whose text starts with a minus sign is bracketed
+    after +, - and * (text and LaTeX); a fraction or an exponent needs no brackets."""
+    from kizuna.losses import Parameter, ValueLoss
+
+    a, b = Parameter("a"), Parameter("b")
+    cases = {
+        a - (-2 * b): ("a - (-2 * b)", r"a - \left(-2 \cdot b\right)"),
+        a + (-2 + b): ("a + (-2 + b)", r"a + \left(-2 + b\right)"),
+        a * (-2 * b): ("a * (-2 * b)", r"a \cdot \left(-2 \cdot b\right)"),
+        a - ValueLoss(-0.5) / b: ("a - (-0.5 / b)", r"a - \frac{-0.5}{b}"),
+        a - (-b): ("a - (-b)", r"a - \left(-b\right)"),
+        a / (-2 * b): ("a / (-2 * b)", r"\frac{a}{-2 \cdot b}"),
+        -2 * a - b: ("-2 * a - b", r"-2 \cdot a - b"),
+    }
+    for loss, (text, latex) in cases.items():
+        assert (str(loss), loss.loss_text) == (text, latex)
+    x = {"a": torch.tensor(3.0), "b": torch.tensor(5.0)}
+    assert float((a - (-2 * b)).eval(x)) == 13.0  # the value was always right: only the text misread
+
+
+def test_detach_is_pixyz_detach() -> None:
+    """Pixyz's ``loss.detach()``: the same value, no gradient; printed ``detach(...)``."""
+    from kizuna.losses import Detach, Parameter
+
+    w = torch.tensor(2.0, requires_grad=True)
+    loss = (Parameter("a") * 3).detach() + Parameter("a")
+    value = loss.eval({"a": w})
+    assert value.item() == 8.0
+    assert torch.autograd.grad(value, w)[0].item() == 1.0  # only the undetached term's gradient
+    assert isinstance((Parameter("a")).detach(), Detach)
+    assert str(Parameter("a").detach().mean()) == "mean(detach(a))"
+
+
+def test_a_marginal_of_a_product_takes_a_whole_factors_values_as_the_product_does() -> None:
+    """``∫ p(x|y)p(y|z)p(z)dy`` given ``z`` draws x given z (as the product does: y ~ p(y|z), x ~ p(x|y)); it was
+    refused by the all-or-none check of a single distribution. Against the closed form: x | z ~ N(z, 1 + 0.01²)."""
+    px = Normal(var=["x"], cond_var=["y"], loc="y", scale=1.0, name="p")
+    py = Normal(var=["y"], cond_var=["z"], loc="z", scale=0.01, name="p")
+    pz = Normal(var=["z"], loc=0.0, scale=1.0, name="p")
+    m = (px * py * pz).marginalize_var(["y"])
+    z = torch.full((40_000, 1), 5.0)
+    out = m.sample({"z": z})
+    assert sorted(out) == ["x", "z"] and torch.equal(out["z"], z)
+    se = math.sqrt((1 + 1e-4) / 40_000)
+    assert abs(out["x"].mean().item() - 5.0) < 5 * se
+    assert abs(out["x"].var().item() - (1 + 1e-4)) < 5 * (1 + 1e-4) * math.sqrt(2 / 40_000)
+
+
+def test_a_name_marginalised_twice_is_integrated_once() -> None:
+    px = Normal(var=["x"], cond_var=["y"], loc="y", scale=1.0, name="p")
+    py = Normal(var=["y"], loc=0.0, scale=1.0, name="p")
+    m = (px * py).marginalize_var(["y", "y"])
+    assert str(m) == str((px * py).marginalize_var(["y"])) == "p(x) = ∫ p(x|y)p(y)dy"

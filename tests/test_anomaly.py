@@ -148,3 +148,16 @@ def test_log_likelihood_takes_numpy_arrays_and_lists_as_fit_does():
     for given in (x.numpy(), x.tolist()):
         torch.manual_seed(0)
         torch.testing.assert_close(log_likelihood(lik * prior, q, {"x": given}, k=50), expected)
+
+
+@pytest.mark.parametrize("method", ["iwae", "elbo"])
+def test_both_methods_ignore_other_entries_and_take_numpy(method):
+    """Only the model's variables are read: an entry of other rows (ids) or with NaN (a label the model never reads)
+    failed the "iwae" path only (or both); numpy arrays are taken as `log_likelihood` takes them (they were refused).
+    With the exact posterior both scores are -log p(x) (scipy)."""
+    x = _data(12)
+    exact = -log_px(x)
+    extra = {"ids": torch.arange(7), "label": torch.full((12,), float("nan"))}
+    for data in ({"x": x, **extra}, {"x": x.numpy()}, {"x": x.tolist()}):
+        score = anomaly_score(model(), ExactPosterior(), data, method=method, k=3)
+        torch.testing.assert_close(torch.as_tensor(score), exact, rtol=0, atol=1e-9)

@@ -377,3 +377,47 @@ def test_seed_streams_takes_every_torch_seed_and_names_one_out_of_range() -> Non
             model.seed_streams(bad)
         with pytest.raises(ValueError, match="fit: seed must lie in"):
             model.fit({"x": torch.zeros(4, 1)}, epochs=1, seed=bad, quiet=True)
+
+
+class _NoisyDataset(Dataset):
+    """A dataset that draws random numbers on every read (augmentation), from torch's, Python's and numpy's streams."""
+
+    def __init__(self) -> None:
+        self.x = torch.linspace(-1, 1, 12).reshape(12, 1)
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        import random
+
+        jitter = 0.01 * torch.randn(1) + 0.001 * random.random() + 0.001 * float(np.random.rand())
+        return {"x": self.x[i] + jitter.to(self.x.dtype)}
+
+
+def test_fit_with_a_seed_leaves_the_global_streams_alone_with_a_dataset_that_draws() -> None:
+    """`Batches` reads the first item to check the names before fit's own stream is entered: a dataset that draws
+    random numbers moved torch's global generator (and Python's, numpy's) by that read. With ``seed=`` torch's global
+    generator is left as it was (the dataset's torch draws come from the model's stream), and Python's and numpy's
+    move by the dataset's own reads only: 2 epochs of 12 items, as 24 reads outside fit move them."""
+    import random
+
+    def seeded() -> None:
+        torch.manual_seed(5)
+        random.seed(5)
+        np.random.seed(5)
+
+    seeded()
+    torch_state = torch.get_rng_state()
+    dataset = _NoisyDataset()
+    p = Normal(var=["x"], loc=torch.zeros(1), scale=1.0)
+    p.loc = nn.Parameter(torch.zeros(1))
+    model = Model(-LogProb(p).mean(), optimizer_params={"lr": 0.1})
+    model.fit(DataLoader(dataset, batch_size=4, shuffle=True), epochs=2, seed=0, quiet=True)
+    after = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    seeded()
+    for i in range(24):
+        dataset[i % 12]
+    assert torch.equal(after[0], torch_state)
+    assert after[1] == random.getstate()
+    assert np.array_equal(after[2], np.random.get_state()[1])

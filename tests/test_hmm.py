@@ -689,3 +689,71 @@ def test_viterbi_scores_are_the_paths_log_probability_on_both_backends():
     score, states = viterbi_scan(log_start, log_trans, log_emit, lengths)
     assert torch.equal(states, max_product(log_start, log_trans, log_emit, lengths)[1])
     assert torch.equal(score, path_log_prob(log_start, log_trans, log_emit, states, lengths))
+
+
+# ------------------------------------------------------------------ review of stop 36
+def _two_state_data():
+    rng = np.random.default_rng(0)
+    return np.concatenate([rng.normal(-3, 1, (25, 1)), rng.normal(3, 1, (25, 1))])
+
+
+@pytest.mark.parametrize("name, value", [("means_", np.array([[-5.0], [5.0]])), ("startprob_", np.array([1.0, 0.0])),
+                                         ("covars_", np.array([[0.01], [0.01]]))])
+def test_sample_takes_a_parameter_assigned_as_an_array(name, value):
+    """Arrays assigned by hand to a fitted model (as the docs allow) are converted for `sample` as `score` converts
+    them; only a hand-assigned ``transmat_`` was converted before (an AttributeError or TypeError otherwise). The
+    draws follow the assigned parameters: with means -5 / 5 and tiny variances every draw is near one of them."""
+    from kizuna.modules import HiddenMarkovModel
+
+    m = HiddenMarkovModel(2, n_iter=3, random_state=0).fit(_two_state_data())
+    setattr(m, name, value)
+    x, states = m.sample(400)
+    assert x.shape == (400, 1) and states.shape == (400,)
+    means = m.means_.reshape(-1)
+    torch.testing.assert_close(x[:, 0].mean(), (means[states]).mean(), atol=0.5, rtol=0)
+    if name == "startprob_":
+        assert int(states[0]) == 0
+    if name == "means_":
+        assert bool(((x[:, 0].abs() - 5).abs() < 5 * float(m.covars_.max()) ** 0.5).all())
+
+
+@pytest.mark.parametrize("name, value", [("startprob_prior", np.ones((2, 2)) * 2),
+                                         ("transmat_prior", np.array([1.0, 2.0, 3.0])),
+                                         ("transmat_prior", np.ones((3, 2))),
+                                         ("startprob_prior", np.ones((1, 2, 2)))])
+def test_a_prior_array_of_another_shape_is_named(name, value):
+    """A (2, 2) start prior made a (2, 2) start distribution silently; a (3,) transition prior failed in numpy's
+    broadcasting after an E-step."""
+    from kizuna.modules import HiddenMarkovModel
+
+    with pytest.raises(ValueError, match=f"{name} must be a number or an array of shape"):
+        HiddenMarkovModel(2, n_iter=1, random_state=0, **{name: value}).fit(_two_state_data())
+
+
+def test_prior_arrays_that_broadcast_to_the_parameters_shape_match_hmmlearn():
+    """A row of concentrations (K,) for the transitions broadcasts to every row, as in hmmlearn (one EM step from the
+    same start)."""
+    from kizuna.modules import HiddenMarkovModel
+
+    x = _two_state_data()
+    start = dict(startprob_=np.array([0.6, 0.4]), transmat_=np.array([[0.7, 0.3], [0.2, 0.8]]),
+                 means_=np.array([[-2.0], [2.0]]), covars_=np.array([[1.0], [1.5]]))
+    prior = np.array([2.0, 3.0])
+    ours = HiddenMarkovModel(2, n_iter=1, init_params="", transmat_prior=prior, startprob_prior=prior)
+    theirs = hl.GaussianHMM(2, n_iter=1, init_params="", transmat_prior=prior, startprob_prior=prior)
+    for k, v in start.items():
+        setattr(ours, k, v.copy())
+        setattr(theirs, k, v.copy())
+    ours.fit(x)
+    theirs.fit(x)
+    np.testing.assert_allclose(np.asarray(ours.transmat_), theirs.transmat_, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(ours.startprob_), theirs.startprob_, rtol=1e-10)
+
+
+@pytest.mark.parametrize("lengths", ["ab", ["a", "b"], [[25, 25]], object()])
+def test_lengths_that_are_not_a_flat_list_of_numbers_are_named(lengths):
+    from kizuna.modules import HiddenMarkovModel
+
+    m = HiddenMarkovModel(2, n_iter=2, random_state=0).fit(_two_state_data())
+    with pytest.raises(ValueError, match="lengths must be"):
+        m.score(_two_state_data(), lengths)

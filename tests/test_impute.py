@@ -591,3 +591,11 @@ def test_a_flow_posterior_imputes_and_infers_only_its_own_variable():
     gibbs = impute_gibbs(Decoder(var=["x"], cond_var=["z"]) * prior, q, {"x": x}, mask, n_iter=3)
     assert torch.isfinite(gibbs.mean).all()
     assert sorted(infer_latent(q, {"x": torch.zeros(3, 2)}, sample=True)) == ["z"]
+
+
+@pytest.mark.parametrize("defensive", ["a", True, None, float("nan"), -0.1, 1.5])
+def test_a_defensive_share_that_is_not_a_number_in_the_unit_interval_is_named(defensive):
+    x, mask = data()
+    with pytest.raises(ValueError, match=r"defensive .* must be a number in \[0, 1\]"):
+        impute_importance(model(), Proposal(), {"x": torch.as_tensor(x[:3])}, torch.as_tensor(mask[:3]),
+                          defensive=defensive)

@@ -282,3 +282,9 @@ def test_coherence_refuses_non_finite_scores_and_mixtures_name_their_experts():
         learnt.weights[1] = -0.05
     with pytest.raises(ValueError, match=r"the learnable weights must stay positive and finite, got \[1.0, -0.05"):
         learnt.get_log_prob({"x": torch.randn(4, 2), "y": torch.randn(4, 2), "z": torch.randn(4, 2)})
+
+
+def test_coherence_names_a_single_number():
+    for generated in (torch.tensor(1.0), np.float64(1.0), 3):
+        with pytest.raises(ValueError, match="coherence: generated must have a leading row dimension"):
+            coherence(generated, torch.tensor([1]))

@@ -125,7 +125,8 @@ def losses() -> dict[str, L.Loss]:
                                             + (-Expectation(q, LogProb(p))).abs().mean()
                                             + KullbackLeibler(q, prior()).mean() ** 2
                                             + MinLoss(KullbackLeibler(q, prior()), 1.0).mean()
-                                            + MaxLoss(KullbackLeibler(q, prior()), 1.0).mean()),
+                                            + MaxLoss(KullbackLeibler(q, prior()), 1.0).mean()
+                                            + KullbackLeibler(q, prior()).detach().mean()),
         "iterative": IterativeLoss(step, max_iter=2),
     }
 

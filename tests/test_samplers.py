@@ -370,3 +370,46 @@ def test_guided_flow_paths_combine_the_velocities() -> None:
         pred = g.predict(x, tau)
         da, db = g.rates(tau)
         torch.testing.assert_close(da * pred.x0 + db * pred.eps, expected, rtol=1e-8, atol=1e-8)
+
+
+# ------------------------------------------------------------------ review of stop 36
+@pytest.mark.parametrize("sigmas", [[float("inf"), 1.0], [float("nan")], [1.0, float("nan"), 0.5], [1.0, 2.0], []])
+def test_score_path_refuses_non_finite_or_unordered_levels(sigmas) -> None:
+    """An infinite or NaN level passed the order check (a comparison with NaN is False) and every draw was NaN."""
+    with pytest.raises(ValueError, match="ScorePath: sigmas must be positive, finite and strictly decreasing"):
+        ScorePath(lambda x, i: -x, sigmas, [2])
+
+
+@pytest.mark.parametrize("sigma_min", [-1.0, float("nan"), 1.0, 2.0, True, "0.1"])
+def test_linear_path_checks_sigma_min(sigma_min) -> None:
+    """-1 divided by zero in DDIM's step, NaN drew NaN, 2 ran: FlowMatching's range [0, 1) is checked here too."""
+    with pytest.raises(ValueError, match=r"LinearPath: sigma_min .* must be in \[0, 1\)"):
+        LinearPath(lambda x, t: -x, [2], sigma_min=sigma_min)
+    LinearPath(lambda x, t: -x, [2], sigma_min=0.0)
+
+
+@pytest.mark.parametrize("make", [lambda shape: ScorePath(lambda x, i: -x, [1.0], shape),
+                                  lambda shape: LinearPath(lambda x, t: -x, shape)])
+def test_paths_name_a_bad_features_shape(make) -> None:
+    for shape in ([-1], [0], [2.5], [2, -3]):
+        with pytest.raises(ValueError, match=r"features_shape\[\d\] must be an integer >= 1"):
+            make(shape)
+
+
+def test_annealed_langevin_takes_numpy_steps() -> None:
+    """``eps=np.float32(0.1)`` was refused as not positive: a numpy float is a number, a bool is not."""
+    import numpy as np
+
+    from kizuna.samplers import annealed_langevin_dynamics
+
+    x0 = torch.zeros(4, 2, dtype=F64)
+    runs = []
+    for eps in (0.1, np.float32(0.1), np.float64(0.1)):
+        g = torch.Generator().manual_seed(0)
+        runs.append(annealed_langevin_dynamics(lambda x, i: -x, x0, [1.0, 0.5], float(eps) if eps == 0.1 else eps,
+                                               n_steps_each=3, generator=g))
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-6, atol=1e-7)  # float32(0.1) is 0.1 to 1e-8
+    torch.testing.assert_close(runs[2], runs[0])
+    for bad in (True, -0.1, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="eps .* must be a positive finite number"):
+            annealed_langevin_dynamics(lambda x, i: -x, x0, [1.0, 0.5], bad, n_steps_each=1)

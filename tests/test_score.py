@@ -309,7 +309,7 @@ def test_langevin_steps_and_levels_are_finite_and_projections_counted() -> None:
         annealed_langevin_dynamics(lambda z, i: -z, x, [float("inf"), 1.0], n_steps_each=1)
     for eps in (0.0, -1e-5, float("inf")):
         with pytest.raises(ValueError, match=rf"^annealed_langevin_dynamics: eps \(the step at the smallest level\) "
-                                             rf"must be positive and finite, got {eps}$"):
+                                             rf"must be a positive finite number, got {eps}$"):
             annealed_langevin_dynamics(lambda z, i: -z, x, [1.0, 0.5], eps=eps, n_steps_each=1)
     from kizuna.distributions import Normal
     from kizuna.losses import sliced_score_matching

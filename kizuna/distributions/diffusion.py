@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna._data import check_int
+from kizuna._data import check_int, check_shape
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.families import Normal
 from kizuna.distributions.torch_dist import validation_enabled
@@ -477,8 +477,7 @@ class DDPM(Distribution):
                  noiseless_last: bool = True, prior_var: str = "x_T", name: str = "p") -> None:
         if reverse.step is not None:
             raise ValueError(f"DDPM: {reverse.prob_text} has a fixed step; give the reverse process over all steps")
-        for i, size in enumerate(features_shape):  # (-2 failed in the prior with "integer multiplication overflow")
-            check_int(f"DDPM: features_shape[{i}]", size, 1)
+        check_shape("DDPM: features_shape", features_shape)  # (-2 failed in the prior: integer multiplication overflow)
         decoder = decoder if decoder is not None else DiffusionReverse(
             reverse.eps_net, reverse.schedule, variance=reverse.variance, step=1, name=reverse.name,
             context_var=reverse.context_var)

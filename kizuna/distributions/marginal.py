@@ -33,11 +33,17 @@ class MarginalizeVarDistribution(Distribution):
             raise ValueError(f"{p.prob_text}: marginalising every variable leaves no distribution")
         super().__init__(kept, p.cond_var, p.name)
         self.p = p
-        self._marginalized = list(names)
+        self._marginalized = list(dict.fromkeys(names))  # a name given twice is integrated once (∫ dy, not ∫∫ dy'dy')
 
     @property
     def input_var(self) -> list[str]:
         return self.p.input_var
+
+    def _check_fixed(self, fixed: list[str]) -> None:
+        """The joint's check of the variables given to ``sample``: a product draws its other factors given a whole
+        factor's variables (the all-or-none check of a single distribution refused ``z`` for ``∫ p(x|y)p(y|z)p(z)dy``,
+        which the joint takes)."""
+        self.p._check_fixed(fixed)
 
     def factors(self) -> list[Distribution]:
         """The single factors of the joint inside, the integrated variables' included, each scored at the joint draw

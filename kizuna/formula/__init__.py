@@ -11,6 +11,7 @@ from kizuna.formula.expr import (
     BatchMean,
     BatchSum,
     ConstantVar,
+    Detach,
     DivLoss,
     EvalContext,
     Loss,
@@ -27,6 +28,6 @@ from kizuna.formula.expr import (
 from kizuna.formula.log_prob import LogProb, Prob
 
 __all__ = [
-    "AbsLoss", "AddLoss", "BatchMean", "BatchSum", "ConstantVar", "DivLoss", "EvalContext", "LogProb", "Loss",
+    "AbsLoss", "AddLoss", "BatchMean", "BatchSum", "Detach", "ConstantVar", "DivLoss", "EvalContext", "LogProb", "Loss",
     "MaxLoss", "MinLoss", "MulLoss", "NegLoss", "Parameter", "PowLoss", "Prob", "SubLoss", "ValueLoss", "as_loss",
 ]

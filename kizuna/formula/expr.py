@@ -78,6 +78,9 @@ class Loss(nn.Module):
 
     precedence = 100
     is_operator = False
+    # numpy defers to the loss's reflected operators (``np.ones(3) * loss`` is ``loss.__rmul__``, which refuses an
+    # array) instead of building an array of losses, one per element
+    __array_ufunc__ = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Loss:
         self = super().__new__(cls)
@@ -187,6 +190,9 @@ class Loss(nn.Module):
         Returns:
             the loss tensor, or a tuple ``(loss, dict)``, ``(loss, terms)`` or ``(loss, dict, terms)``.
         """
+        if x_dict is not None and not isinstance(x_dict, Mapping):  # (a tensor's truth value was torch's error)
+            raise TypeError(f"the loss {self}: eval takes a dict of the variables' values (e.g. {{'x': x}}), "
+                            f"got {type(x_dict).__name__}")
         x_dict = dict(x_dict) if x_dict else {}
         if not all(map(x_dict.__contains__, self._input_var)):
             missing = [v for v in self._input_var if v not in x_dict]
@@ -273,6 +279,10 @@ class Loss(nn.Module):
     def sum(self) -> Loss:
         """Sum over the batch."""
         return BatchSum(self)
+
+    def detach(self) -> Loss:
+        """The same value without a gradient (Pixyz's ``Loss.detach()``), e.g. a baseline or a reported term."""
+        return Detach(self)
 
     def expectation(self, p: Any, sample_shape: Sequence[int] = ()) -> Loss:
         """:math:`\\mathbb{E}_{p}[\\text{self}]`, see `kizuna.losses.Expectation`."""
@@ -455,6 +465,15 @@ class BatchMean(_Unary):
             return _integer_mean(a, err)
 
 
+class Detach(_Unary):
+    """``loss.detach()``: the value of ``loss`` cut from the graph (no gradient reaches its parameters)."""
+
+    key = "detach"
+
+    def _op(self, a: Tensor) -> Tensor:
+        return a.detach()
+
+
 def _integer_mean(a: Tensor, err: RuntimeError) -> Tensor:
     """The batch mean of an integer-valued term, which torch's ``mean`` refuses, as a float in the default dtype (as
     `_term_mean` reports it); called only once ``mean`` failed (``err``), which is raised for a floating tensor."""
@@ -488,6 +507,11 @@ def _numbers_op(op: Any, a: Any, b: Any) -> Tensor:
     return _number_tensor(op(a, b))
 
 
+def _shape_of(value: Any) -> Any:
+    """A term's shape for a message: a tensor's, or the type of a number."""
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
 def _operand(loss: Loss, ctx: EvalContext) -> Any:
     """An operand's value: an unnamed number constant as the Python number itself, which torch combines with the other
     operand in that operand's dtype and on its device (``0.1 * kl`` of a float64 model on a GPU); a tensor made of
@@ -515,18 +539,17 @@ class _Binary(Loss):
         loss1, loss2 = self.loss1, self.loss2
         if type(loss1) is not ValueLoss and type(loss2) is not ValueLoss:  # no constant: the usual case, no calls
             a, b = ctx.value(loss1), ctx.value(loss2)
-            try:
-                return self._op(a, b)
-            except RuntimeError as err:  # terms of other rows: torch's "size of tensor a (2) must match ..."
-                if "must match the size" not in str(err):
-                    raise
-                raise ValueError(f"{self}: the terms {loss1} and {loss2} have shapes {tuple(a.shape)} and "
-                                 f"{tuple(b.shape)}, which do not combine row by row (evaluated on other rows?)"
-                                 ) from None
-        a, b = _operand(loss1, ctx), _operand(loss2, ctx)
-        if isinstance(a, Tensor) or isinstance(b, Tensor):
+        else:
+            a, b = _operand(loss1, ctx), _operand(loss2, ctx)
+            if not (isinstance(a, Tensor) or isinstance(b, Tensor)):
+                return _numbers_op(self._op, a, b)
+        try:
             return self._op(a, b)
-        return _numbers_op(self._op, a, b)
+        except RuntimeError as err:  # terms of other rows (or a constant of other rows): torch's "size of tensor a
+            if "must match the size" not in str(err):  # (2) must match ..."
+                raise
+            raise ValueError(f"{self}: the terms {loss1} and {loss2} have shapes {_shape_of(a)} and "
+                             f"{_shape_of(b)}, which do not combine row by row (evaluated on other rows?)") from None
 
     def _op(self, a: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError
@@ -536,8 +559,10 @@ class _Binary(Loss):
         loss1 = self.loss1
         left = loss1._render(fmt) if type(loss1) is ValueLoss else self._wrap(loss1, fmt, self.precedence)
         right = self._wrap(self.loss2, fmt, self.right_min or self.precedence)
-        if self.loss2.precedence == NegLoss.precedence and self.precedence <= NegLoss.precedence:
-            right = fmt["paren"].format(right)  # a - (-b), not a - -b (a negation or a negative constant)
+        if right.startswith("-") and fmt[self.key].startswith("{0} "):
+            # a - (-b), a - (-2 * b), a * (-2 * b): an infix operator followed by a minus sign (a negation, a negative
+            # constant, or a product or sum that starts with one) is bracketed; a fraction or an exponent is not
+            right = fmt["paren"].format(right)
         return fmt[self.key].format(left, right)
 
 

@@ -31,6 +31,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from kizuna._data import first_nonfinite
@@ -57,8 +58,8 @@ def anomaly_score(
     Args:
         p_joint: the generative model :math:`p(x, z)`, e.g. ``decoder * prior``.
         q: the encoder :math:`q(z|x)` (reparameterisable: it is the IWAE proposal).
-        x_dict: the data, e.g. ``{"x": x}``; every variable of ``p_joint`` that ``q`` does
-            not draw must be given, with the same number of rows.
+        x_dict: the data, e.g. ``{"x": x}`` (tensors, numpy arrays or lists); every variable of ``p_joint`` that
+            ``q`` does not draw must be given, with the same number of rows (other entries are ignored).
         method: ``"iwae"`` or ``"elbo"`` (see the module docstring).
         k: importance samples (``"iwae"``) or ELBO draws (``"elbo"``) per row.
         batch_size: rows evaluated at once.
@@ -84,6 +85,10 @@ def anomaly_score(
             raise ValueError(f"anomaly_score: {name} must be a positive integer, got {value!r}")
     names = IWAE(p_joint, q, k=1).input_var
     require(x_dict, names, "anomaly_score")
+    # the model's variables only (another entry, e.g. ids of other rows, was checked by the "iwae" path alone), numpy
+    # arrays and lists as tensors (as `log_likelihood` takes them)
+    x_dict = {n: torch.from_numpy(np.ascontiguousarray(x_dict[n])) if isinstance(x_dict[n], (np.ndarray, list))
+              else x_dict[n] for n in names}
     batch_rows(x_dict, names, "anomaly_score")
     x_dict = in_model_dtype(x_dict, p_joint, q)  # each batch goes to the models' device as it is scored
     if method == "iwae":

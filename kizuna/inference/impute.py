@@ -32,6 +32,7 @@ the results are; tensors the models do not read may be scalars.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -172,8 +173,9 @@ def impute_importance(
     _check_samples(n_samples, who)
     for name, value in (("k", k), ("batch_size", batch_size), ("k_chunk", k_chunk)):
         check_count(f"{who}: {name}", value, 1)  # 0, -1 and 2.5 failed inside range() or torch.cat
-    if not 0.0 <= defensive <= 1.0:
-        raise ValueError(f"{who}: defensive must lie in [0, 1], got {defensive}")
+    if isinstance(defensive, bool) or not isinstance(defensive, numbers.Real) or not 0.0 <= defensive <= 1.0:
+        raise ValueError(f"{who}: defensive (the prior's share of the proposal) must be a number in [0, 1], got "
+                         f"{defensive!r}")
     var, decoder, others, filled, mask = _prepare(p_joint, q, x_dict, mask, var, init, who)
     proposal = _Proposal(p_joint, q, var, k, k_chunk, defensive)
     means, samples, ess = [], [], []

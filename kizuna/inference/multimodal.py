@@ -205,6 +205,8 @@ def coherence(generated: Any, target_labels: Any, classifier: Any = None) -> flo
         arr = generated
     # class indices (N,) stay indices; samples (N, ...) are flattened to rows (N, D) (indices reshaped to (N, 1)
     # were read as scores, every one's argmax 0)
+    if arr.ndim == 0:  # (a raw IndexError)
+        raise ValueError("coherence: generated must have a leading row dimension (N, ...), got one number")
     if arr.shape[0] == 0:  # (a raw numpy reshape error)
         raise ValueError("coherence: no generated samples")
     flat = arr if arr.ndim == 1 else arr.reshape(arr.shape[0], -1)

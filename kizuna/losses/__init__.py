@@ -6,6 +6,7 @@ from kizuna.formula import (
     BatchMean,
     BatchSum,
     ConstantVar,
+    Detach,
     DivLoss,
     LogProb,
     Loss,
@@ -50,7 +51,7 @@ from kizuna.losses.vq import VQCommitment
 from kizuna.losses.wasserstein import WassersteinDistance
 
 __all__ = [
-    "AbsLoss", "AddLoss", "BatchMean", "BatchSum", "ConstantVar", "CrossEntropy", "DivLoss", "ELBO",
+    "AbsLoss", "AddLoss", "BatchMean", "BatchSum", "Detach", "ConstantVar", "CrossEntropy", "DivLoss", "ELBO",
     "Entropy", "Expectation", "IWAE", "IterativeLoss", "KullbackLeibler", "LogProb", "Loss", "MMD", "MaxLoss",
     "MinLoss",
     "MulLoss", "NegLoss", "Parameter", "PowLoss", "Prob", "REINFORCE", "SubLoss", "ValueLoss",

@@ -1,14 +1,15 @@
 """The mini-batches `Model.fit` trains on, and the checks of data at the data.
 
 `Batches` cuts a dict of tensors into mini-batches (or passes a ``DataLoader``'s dicts through),
-moving them to the model's device and dtype. `prepare` converts what a user passes (numpy arrays,
-float64 or integer data) the way scikit-learn converts, and `first_nonfinite` names the first
+moving them to the model's device and dtype. `prepare` converts what a user passes (numpy arrays become tensors,
+floating data takes the model's dtype, integer and boolean data keep theirs), and `first_nonfinite` names the first
 non-finite entry of a variable (its row and column), so that bad data is reported as data and not
 as a complaint about a distribution's parameters.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -159,7 +160,18 @@ def _peek(data: Iterable[Any]) -> Any:
         if data.collate_fn not in (default_collate, default_convert) or isinstance(dataset, IterableDataset):
             return None  # a custom collate may build the dicts itself: checked on the first batch
         try:
-            return dataset[0] if len(dataset) > 0 else None  # type: ignore[arg-type]
+            if len(dataset) == 0:  # type: ignore[arg-type]
+                return None
+            # a dataset may draw random numbers (augmentation): the item is read without moving torch's, Python's
+            # or numpy's global stream (fit promises to leave them as they were; the peek drew once, before fit's
+            # own stream was entered)
+            py_state, np_state = random.getstate(), np.random.get_state()
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    return dataset[0]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
         except (TypeError, IndexError, KeyError, NotImplementedError):
             return None
     if isinstance(data, Sequence) and len(data) > 0:

@@ -36,7 +36,15 @@ def check_lengths(n: int, lengths: Sequence[int] | Tensor | None, device: torch.
     truncated to 2) or do not sum to ``n``."""
     if lengths is None:
         return torch.tensor([n], device=device)
-    raw = torch.as_tensor(lengths, device=device).reshape(-1)
+    if isinstance(lengths, (str, bytes)):
+        raise ValueError(f"lengths must be whole numbers (the length of each sequence), got {lengths!r}")
+    try:
+        raw = torch.as_tensor(lengths, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:  # (torch's "new(): invalid data type 'str'")
+        raise ValueError(f"lengths must be whole numbers (the length of each sequence), got {lengths!r}") from err
+    if raw.dim() > 1:  # ([[5, 5]] was flattened and taken)
+        raise ValueError(f"lengths must be a flat list of the sequences' lengths, got shape {tuple(raw.shape)}")
+    raw = raw.reshape(-1)
     if raw.dtype == torch.bool or raw.is_complex() or raw.is_floating_point() and not bool(
             (torch.isfinite(raw) & (raw == raw.round())).all()):
         raise ValueError(f"lengths must be whole numbers (the length of each sequence), got {raw.tolist()}")

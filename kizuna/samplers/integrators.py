@@ -18,7 +18,8 @@ With :math:`(\hat x_0, \hat\epsilon)` the network's prediction at :math:`(x, \ta
   is the diffusion's own (the reverse SDE of Song et al. 2021, arXiv:2011.13456). Its last step is
   the noiseless Euler (denoising) step.
 
-Every sampler takes ``n_steps`` (network evaluations, twice that for Heun) and a ``generator``.
+Every sampler takes ``n_steps`` (steps of one network evaluation each; Heun's make two, less one where its last
+step is Euler's: 2n - 1 evaluations on a DDPM or a score model, 2n on a flow-matching path) and a ``generator``.
 Classifier-free guidance is a path (`kizuna.samplers.paths.Guided`).
 """
 

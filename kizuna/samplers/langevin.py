@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from kizuna._data import check_count
+from kizuna._data import check_count, check_positive, noise_levels
 from kizuna.distributions.base import Distribution, Tensor
 
 
@@ -83,15 +83,9 @@ def annealed_langevin_dynamics(score: Callable[[Tensor, int], Tensor], x: Tensor
         denoise: end with the Tweedie step :math:`x + \\sigma_L^2 s(x, L)`
             (Jolicoeur-Martineau et al. 2020, arXiv:2009.05475), removing the last level's noise.
     """
-    # a list of Python floats as it is (torch.as_tensor would round it to float32: 0.1 as 0.10000000149)
-    levels = [float(s) for s in (sigmas.flatten() if isinstance(sigmas, Tensor) else sigmas)]
-    if not levels or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] <= 0 \
-            or not all(map(math.isfinite, levels)):  # (an infinite level made every draw NaN)
-        raise ValueError(f"annealed_langevin_dynamics: sigmas must be positive, finite and strictly decreasing, got "
-                         f"{levels}")
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < math.inf:
-        raise ValueError(f"annealed_langevin_dynamics: eps (the step at the smallest level) must be positive and "
-                         f"finite, got {eps!r}")
+    levels = noise_levels("annealed_langevin_dynamics", sigmas)
+    check_positive("annealed_langevin_dynamics: eps (the step at the smallest level)", eps)  # numpy floats too
+    eps = float(eps)
     for i, sigma in enumerate(levels):
         alpha = eps * sigma**2 / levels[-1] ** 2
         x = langevin_dynamics(_at_level(score, i), x, alpha, n_steps_each, generator)

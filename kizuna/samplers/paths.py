@@ -31,6 +31,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from kizuna._data import check_shape, noise_levels
+
 Tensor = torch.Tensor
 
 
@@ -118,7 +120,8 @@ class DiffusionPath(GaussianPath):
 
     def __init__(self, reverse: Any, features_shape: Sequence[int], context: Mapping[str, Tensor] | None = None
                  ) -> None:
-        self.reverse, self.features_shape, self.context = reverse, tuple(features_shape), dict(context or {})
+        self.reverse, self.context = reverse, dict(context or {})
+        self.features_shape = check_shape("DiffusionPath: features_shape", features_shape)
         ab = reverse.schedule.alpha_bar().detach().to(torch.float64)
         self.alpha_bar = ab  # index t = step t, alpha_bar[0] = 1
         self.sigmas = ((1 - ab) / ab).sqrt()  # s_t, increasing in t; s_0 = 0
@@ -185,11 +188,9 @@ class ScorePath(GaussianPath):
 
     def __init__(self, score: Callable[[Tensor, int], Tensor], sigmas: Sequence[float] | Tensor,
                  features_shape: Sequence[int], dtype: torch.dtype | None = None, device: Any = None) -> None:
-        # the numbers as given (a float32 tensor of them rounded 0.1 to 0.10000000149, which then was no level)
-        levels = [float(s) for s in (sigmas.flatten() if isinstance(sigmas, Tensor) else sigmas)]
-        if not levels or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
-            raise ValueError("ScorePath: sigmas must be positive and strictly decreasing")
-        self.score, self.levels, self.features_shape = score, levels, tuple(features_shape)
+        levels = noise_levels("ScorePath", sigmas)
+        self.score, self.levels = score, levels
+        self.features_shape = check_shape("ScorePath: features_shape", features_shape)
         self.dtype = dtype or torch.get_default_dtype()
         self.device = device
 
@@ -232,7 +233,11 @@ class LinearPath(GaussianPath):
 
     def __init__(self, velocity: Callable[[Tensor, Tensor], Tensor], features_shape: Sequence[int],
                  sigma_min: float = 0.0, dtype: torch.dtype | None = None, device: Any = None) -> None:
-        self.v, self.features_shape, self.sigma_min = velocity, tuple(features_shape), float(sigma_min)
+        # (FlowMatching's range: a negative one divided by zero in DDIM's step, NaN gave NaN draws)
+        if isinstance(sigma_min, bool) or not isinstance(sigma_min, numbers.Real) or not 0 <= sigma_min < 1:
+            raise ValueError(f"LinearPath: sigma_min (the noise left at t = 1) must be in [0, 1), got {sigma_min!r}")
+        self.v, self.sigma_min = velocity, float(sigma_min)
+        self.features_shape = check_shape("LinearPath: features_shape", features_shape)
         self.dtype = dtype or torch.get_default_dtype()
         self.device = device
 

@@ -6,9 +6,11 @@ r"""`HiddenMarkovModel`: an HMM with Gaussian or categorical emissions, fitted b
 
 EM alternates the forward-backward E-step (`kizuna.modules._forward_backward`) with the closed-form
 M-step :math:`\pi \propto \sum_b \gamma_{b,0} + a_\pi - 1`, :math:`A_{ij} \propto \sum_t \xi_t(i,j) + a_A - 1`
-and the emissions' (`kizuna.modules.hmm.emissions`), so the log-likelihood never decreases (Baum et al.
-1970; Rabiner 1989). The parameter and method names follow hmmlearn (``GaussianHMM`` /
-``CategoricalHMM``), including ``fit(X, lengths)``.
+and the emissions' (`kizuna.modules.hmm.emissions`), so the log-likelihood never decreases with the default
+priors of 1 (Baum et al. 1970; Rabiner 1989); with other Dirichlet priors EM is MAP estimation, and the log-posterior
+(log-likelihood plus the priors' log-densities) is what never decreases, the log-likelihood in ``history_`` may dip.
+The parameter and method names follow hmmlearn (``GaussianHMM`` / ``CategoricalHMM``), including
+``fit(X, lengths)``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ PARAMETERS = tuple(LETTERS.values())
 def dirichlet_map(counts: Tensor, prior: float, previous: Tensor) -> Tensor:
     """The MAP probabilities :math:`\\propto \\max(n + a - 1, 0)` along the last axis; a row without any
     mass (a state no transition leaves, e.g. in a one-step sequence) keeps its ``previous`` values."""
+    if not isinstance(prior, numbers.Real):  # hmmlearn's array of concentrations, in the counts' dtype and device
+        prior = torch.as_tensor(prior, dtype=counts.dtype).to(counts.device)
     c = (counts + prior - 1.0).clamp_min(0.0)
     total = c.sum(-1, keepdim=True)
     return torch.where(total > 0, c / total.clamp_min(torch.finfo(c.dtype).tiny), previous)
@@ -128,6 +132,13 @@ class HiddenMarkovModel(Estimator):
             if isinstance(value, bool) or array.size == 0 or not bool((np.isfinite(array) & (array > 0)).all()):
                 raise ValueError(f"{self._owner}: {what} must be finite and > 0 (Dirichlet concentrations, a number or "
                                  f"an array; 1.0 is maximum likelihood), got {value!r}")
+            # an array must broadcast to the parameter's shape without changing it ((K, K) for startprob_ made a
+            # (K, K) start distribution, silently)
+            k = self.n_components
+            shape = (k,) if what == "startprob_prior" else (k, k)
+            if array.ndim > len(shape) or any(a not in (1, b) for a, b in zip(array.shape[::-1], shape[::-1])):
+                raise ValueError(f"{self._owner}: {what} must be a number or an array of shape {shape} (or one that "
+                                 f"broadcasts to it), got shape {array.shape}")
         check_non_negative(f"{self._owner}: min_covar", self.min_covar)
         for what, letters in (("init_params", self.init_params), ("params", self.params)):
             unknown = "".join(dict.fromkeys(c for c in letters if c not in LETTERS)) if isinstance(letters, str) \
@@ -274,8 +285,11 @@ class HiddenMarkovModel(Estimator):
             raise ValueError(f"{self._owner}: n_samples must be a positive int, got {n_samples!r}")
         n_samples = int(n_samples)
         g = generator_for(self.random_state if random_state is None else random_state, "cpu")
-        if self.transmat_ is not None and not isinstance(self.transmat_, Tensor):
-            self._as_tensors(torch.float64, torch.device("cpu"))
+        values = [v for v in map(lambda n: getattr(self, n), PARAMETERS) if v is not None]
+        if any(not isinstance(v, Tensor) for v in values):  # arrays assigned by hand (any of them, as `_data` takes)
+            held = next((v for v in values if isinstance(v, Tensor) and v.is_floating_point()), None)
+            self._as_tensors(torch.float64 if held is None else held.dtype,
+                             torch.device("cpu") if held is None else held.device)
         log_start, log_trans = self._log_chain()
         u = torch.rand(n_samples, generator=g, dtype=log_trans.dtype).to(log_trans.device)
         cum_start, cum_trans = torch.cumsum(log_start.exp(), 0), torch.cumsum(log_trans.exp(), 1)
