@@ -39,7 +39,9 @@ class Deterministic(Distribution):
         cond = {k: x_dict[k] for k in self._cond_var}
         # torch's module call where it would run forward alone (hooks, compile, a trace: see module_call_is_forward)
         out = self.forward(**cond) if module_call_is_forward(self) else self(**cond)
-        if (type(out) is not dict and not isinstance(out, Mapping)) or set(out) != set(self._var):
+        if type(out) is dict and len(out) == len(self._var) and all(map(out.__contains__, self._var)):
+            return dict(out)  # (the usual case, without building two sets)
+        if not isinstance(out, Mapping) or set(out) != set(self._var):
             got = sorted(out) if isinstance(out, Mapping) else type(out).__name__
             raise ValueError(f"{self.prob_text}: forward() must return a dict with keys {self._var}, got {got}")
         return dict(out)

@@ -115,12 +115,13 @@ class AdversarialLoss(Loss):
         return self.batch_n or ctx.options.get("batch_n") or batch_size_of(ctx.values)
 
     def _draw(self, dist: Distribution, ctx: EvalContext, batch_n: int | None) -> dict[str, Tensor]:
-        inputs = {k: v for k, v in ctx.values.items() if k in dist.input_var or k not in dist.var}
-        dist._require(inputs, dist.input_var)
+        needed, own = dist.input_var, dist._var  # (read once: a product's input_var is computed on every read)
+        inputs = {k: v for k, v in ctx.values.items() if k in needed or k not in own}
+        dist._require(inputs, needed)
         out = dist._sample(inputs, batch_n, dist.has_reparam)
-        if batch_size_of(out, dist.var) == 0:  # (the means over no rows were NaN, silently)
-            raise ValueError(f"{self}: {dist.prob_text} gave no rows ({', '.join(dist.var)} of shape "
-                             f"{tuple(out[dist.var[0]].shape)}): nothing to compare")
+        if batch_size_of(out, own) == 0:  # (the means over no rows were NaN, silently)
+            raise ValueError(f"{self}: {dist.prob_text} gave no rows ({', '.join(own)} of shape "
+                             f"{tuple(out[own[0]].shape)}): nothing to compare")
         return out
 
     def _draws(self, ctx: EvalContext) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -136,7 +137,9 @@ class AdversarialLoss(Loss):
         with torch.no_grad():
             xp, xq = self._draws(ctx)
         release_step(mark)  # parameters computed without a graph are not left for a generator term to reuse
-        return {k: v.detach() for k, v in xp.items()}, {k: v.detach() for k, v in xq.items()}
+        # (drawn without a graph: only a value given with one, e.g. data that requires grad, is cut from it)
+        return ({k: v.detach() if isinstance(v, Tensor) and v.requires_grad else v for k, v in xp.items()},
+                {k: v.detach() if isinstance(v, Tensor) and v.requires_grad else v for k, v in xq.items()})
 
     # ---------------------------------------------------------- discriminator
     def _d_input(self, ctx: EvalContext, x: dict[str, Tensor]) -> dict[str, Any]:
@@ -347,21 +350,22 @@ class AdversarialWassersteinDistance(AdversarialLoss):
 
     def penalty(self, ctx: EvalContext, xp: dict[str, Tensor], xq: dict[str, Tensor]) -> Tensor:
         """:math:`\\mathbb{E}_{\\hat x}[(\\|\\nabla_{\\hat x} f(\\hat x)\\|_2 - 1)^2]` over one batch of pairs."""
-        names = self.p.var
-        sizes = {xp[v].shape[0] for v in names} | {xq[v].shape[0] for v in names}
-        if len(sizes) != 1:
+        names = self.p._var
+        ref = xp[names[0]]
+        rows = ref.shape[0]
+        if any(xp[v].shape[0] != rows or xq[v].shape[0] != rows for v in names):
+            sizes = {xp[v].shape[0] for v in names} | {xq[v].shape[0] for v in names}
             raise ValueError(f"the gradient penalty pairs draws of {self.p.prob_text} and {self.q.prob_text}; "
                              f"their batch sizes differ: {sorted(sizes)}")
-        ref = xp[names[0]]
         # one weight per row, drawn in the shape that broadcasts over the first variable's row (the same numbers as
         # a draw of shape (B,)); no operator is spent on shapes where there is one variable of rows of features
-        eps = torch.rand(ref.shape[0], *([1] * (ref.dim() - 1)), dtype=ref.dtype, device=ref.device)
+        eps = torch.rand(rows, *([1] * (ref.dim() - 1)), dtype=ref.dtype, device=ref.device)
         mixed = {}
         for v in names:
             e = eps if xp[v].dim() == ref.dim() else eps.reshape(-1, *([1] * (xp[v].dim() - 1)))
             mixed[v] = (e * xp[v] + (1 - e) * xq[v]).requires_grad_(True)
         with torch.enable_grad():
-            f = self._d_output(self._d_input(ctx, mixed), rows=False)
+            f = self._d_output({**ctx.values, **mixed}, rows=False)
             grads = torch.autograd.grad(f.sum(), [mixed[v] for v in names], create_graph=True)
         if len(grads) == 1 and grads[0].dim() == 2:
             norm = grads[0].norm(dim=1)
