@@ -413,3 +413,32 @@ def test_annealed_langevin_takes_numpy_steps() -> None:
     for bad in (True, -0.1, float("nan"), "0.1"):
         with pytest.raises(ValueError, match="eps .* must be a positive finite number"):
             annealed_langevin_dynamics(lambda x, i: -x, x0, [1.0, 0.5], bad, n_steps_each=1)
+
+
+@pytest.mark.parametrize("times, message", [
+    ([0.0, float("nan"), 1.0], r"times\[1\] = nan is outside the path"),
+    ([0.0, 2.0], r"times\[1\] = 2.0 is outside the path .*\[0.0, 1.0\]"),
+    ([-0.5, 1.0], r"times\[0\] = -0.5 is outside the path"),
+    ([0.0, 0.5, 0.5, 1.0], r"strictly .* times\[1\] = 0.5 then times\[2\] = 0.5"),
+    ([1.0, 0.0], r"strictly"),
+    (["a", 1.0], r"times must be numbers"),
+    ([0.0], r"at least two times"),
+])
+def test_given_times_are_checked_against_the_path(times, message) -> None:
+    """A flow-matching path runs 0 -> 1: NaN drew NaN, [0, 2] integrated past the data, a repeated time took a step of
+    zero; each is named. Times within the path, in order, sample as before (the default grid given explicitly gives
+    the default sampler's draws to the bit)."""
+    path = LinearPath(lambda x, t: -x, [2], dtype=F64)
+    with pytest.raises(ValueError, match=message):
+        euler(path, 2, times=times)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(euler(path, 4, n_steps=5, generator=g1),
+                               euler(path, 4, times=[i / 5 for i in range(6)], generator=g2), rtol=0, atol=0)
+
+
+def test_given_times_of_a_noise_level_path_fall_to_zero() -> None:
+    path = ScorePath(lambda x, i: -x, [2.0, 1.0, 0.5], [2], dtype=F64)
+    assert euler(path, 2, times=[2.0, 0.5, 0.0]).shape == (2, 2)
+    for times in ([2.0, -1.0], [0.5, 2.0]):
+        with pytest.raises(ValueError, match="sampler: times"):
+            euler(path, 2, times=times)

@@ -40,7 +40,7 @@ def _run(path: GaussianPath, step: Step, n: int | None, n_steps: int | None, x: 
          generator: torch.Generator | None, times: Sequence[float] | None, grad: bool) -> Tensor:
     check_count("sampler: n (draws)", n, 0)
     check_count("sampler: n_steps", n_steps, 1)
-    grid = list(path.times(n_steps) if times is None else times)
+    grid = list(path.times(n_steps)) if times is None else path.check_times(times)
     if len(grid) < 2:
         raise ValueError("a sampler needs at least two times (one step)")
     if x is None:
@@ -67,7 +67,8 @@ def ancestral(path: GaussianPath, n: int | None = None, n_steps: int | None = No
         n: the number of draws (when ``x`` is not given).
         n_steps: ``None``: every step (a DDPM's ancestral sampler runs the whole chain).
         x: the starting points at ``times[0]`` (default: draws from ``path.prior``).
-        times: the times to visit (default ``path.times(n_steps)``).
+        times: the times to visit (default ``path.times(n_steps)``): finite, strictly from the noise end to the
+            data end, within the path (flow matching's [0, 1]; a noise level at least 0); else a ValueError.
         grad: keep the graph (differentiable draws).
     """
     return _run(path, _ancestral_step, n, n_steps, x, generator, times, grad)

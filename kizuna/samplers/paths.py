@@ -55,9 +55,35 @@ class GaussianPath:
     #: the time of the clean end
     end: float = 0.0
 
+    #: the time of the noise end where the path has one (flow matching's 0); None: no fixed bound (a noise level)
+    start: float | None = None
+
     def times(self, n_steps: int) -> list[float]:
         """``n_steps + 1`` times from the noise end to the clean end."""
         raise NotImplementedError
+
+    def check_times(self, times: Sequence[Any]) -> list[float]:
+        """Times given to a sampler as Python floats: finite, strictly monotone toward the clean end (``end``) and
+        within the path (no time past ``end``, or before ``start``); a ValueError naming the first that is not (NaN
+        drew NaN, [0, 2] on flow matching's [0, 1] ran past the data, a repeated time took a step of zero)."""
+        try:
+            grid = [float(t) for t in times]
+        except (TypeError, ValueError):
+            raise ValueError(f"sampler: times must be numbers, got {times!r}") from None
+        if len(grid) < 2:
+            raise ValueError("a sampler needs at least two times (one step)")
+        rising = self.start is not None and self.start < self.end  # flow matching's 0 -> 1; noise levels fall to 0
+        for i, t in enumerate(grid):
+            beyond = t > self.end if rising else t < self.end
+            before = self.start is not None and (t < self.start if rising else t > self.start)
+            if not math.isfinite(t) or beyond or before:
+                span = f"[{self.start}, {self.end}]" if self.start is not None else f"toward {self.end}"
+                raise ValueError(f"sampler: times[{i}] = {t} is outside the path ({type(self).__name__}'s times run "
+                                 f"{span}, noise to data)")
+            if i and (t <= grid[i - 1] if rising else t >= grid[i - 1]):
+                raise ValueError(f"sampler: times must run strictly from the noise end to the data end ({self.end}); "
+                                 f"times[{i - 1}] = {grid[i - 1]} then times[{i}] = {t}")
+        return grid
 
     def coefficients(self, tau: float) -> tuple[float, float]:
         """:math:`(a(\\tau), b(\\tau))`."""
@@ -229,7 +255,7 @@ class LinearPath(GaussianPath):
         dtype, device: of the prior's draws (the velocity network's; default: torch's default dtype, the CPU).
     """
 
-    clean_evaluable, end = True, 1.0
+    clean_evaluable, start, end = True, 0.0, 1.0
 
     def __init__(self, velocity: Callable[[Tensor, Tensor], Tensor], features_shape: Sequence[int],
                  sigma_min: float = 0.0, dtype: torch.dtype | None = None, device: Any = None) -> None:
@@ -288,7 +314,7 @@ class Guided(GaussianPath):
             raise ValueError(f"guided: scale must be a finite number (0: unconditional, 1: conditional), got {scale!r}")
         self.cond, self.uncond, self.scale = conditional, unconditional, float(scale)
         self.clean_evaluable = conditional.clean_evaluable and unconditional.clean_evaluable
-        self.end = unconditional.end
+        self.start, self.end = unconditional.start, unconditional.end
 
     def times(self, n_steps: int | None) -> list[float]:
         return self.uncond.times(n_steps)
