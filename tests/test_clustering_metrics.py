@@ -1,5 +1,6 @@
 """Clustering scores against scikit-learn (ARI, NMI) and brute-force matching (accuracy)."""
 
+import decimal
 import itertools
 
 import numpy as np
@@ -87,3 +88,19 @@ def test_labels_mixing_numbers_and_strings_are_named(score):
     reference = {clustering_accuracy: 1.0, adjusted_rand_score: skm.adjusted_rand_score(as_strings, [0, 1, 0]),
                  normalized_mutual_info_score: skm.normalized_mutual_info_score(as_strings, [0, 1, 0])}
     assert score(as_strings, [0, 1, 0]) == pytest.approx(reference[score])
+
+
+@pytest.mark.parametrize("labels, shown", [
+    (np.array([0, 0, np.float32("nan"), 1], dtype=object), "nan"),
+    (np.array([0, 0, float("inf"), 1], dtype=object), "inf"),
+    (np.array([0, 0, decimal.Decimal("NaN"), 1], dtype=object), "NaN"),
+    (np.array(["2020-01-01", "2020-01-02", "NaT", "2020-01-02"], dtype="datetime64[D]"), "NaT"),
+])
+def test_every_kind_of_missing_label_is_named(labels, shown):
+    """A float32 NaN among objects (no Python float), an infinity among objects, a Decimal NaN and NaT were each taken
+    as a class of their own (accuracy 0.75 against [0, 0, 1, 1]); they are missing labels, as NaN in a float
+    array is."""
+    for metric in (clustering_accuracy, adjusted_rand_score, normalized_mutual_info_score):
+        with pytest.raises(ValueError, match=rf"labels_true has a missing label \({shown}\) at index 2"):
+            metric(labels, [0, 0, 1, 1])
+    assert clustering_accuracy(np.array([0, 0, decimal.Decimal(1), 1], dtype=object), [0, 0, 1, 1]) == 1.0

@@ -604,3 +604,16 @@ def test_segmentation_scores_name_a_corpus_or_utterance_that_is_not_a_list():
     with pytest.raises(TypeError, match="true utterance 1 is NoneType; give each utterance as a list of words"):
         segmentation_scores([["yu"], None], [["yu"], ["tu"]])
     assert segmentation_scores([np.array(["yu", "tu"])], [("yu", "tu")]).token_f == 1.0
+
+
+def test_segmentation_scores_read_iterators_once():
+    """Iterators and generators were used up by the input check, and the scores then read nothing (all NaN, or
+    "utterance 0 differs: 'abc' vs ''"); they score as the same lists do (the docstring's example by hand: boundaries
+    1 of 1 predicted, 1 of 2 true; tokens 1 of 2 and 1 of 3)."""
+    true, pred = [["yu", "want", "tu"]], [["yuwant", "tu"]]
+    expected = segmentation_scores(true, pred)
+    assert (expected.boundary_precision, expected.boundary_recall) == (1.0, 0.5)
+    assert expected.token_f == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+    for t, p in (([iter(u) for u in true], [iter(u) for u in pred]), ((u for u in true), (u for u in pred)),
+                 (true, [iter(u) for u in pred])):
+        assert segmentation_scores(t, p) == expected

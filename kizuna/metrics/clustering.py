@@ -15,6 +15,9 @@ tests check them against ``sklearn.metrics``.
 
 from __future__ import annotations
 
+import decimal
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -36,8 +39,10 @@ def _labels(y: Any, what: str) -> np.ndarray:
         raise ValueError(f"{what} must be a 1-D array of labels, got shape {a.shape}")
     if a.dtype.kind in "fc":
         missing = np.flatnonzero(~np.isfinite(a))
-    elif a.dtype.kind == "O":
-        missing = np.flatnonzero([v is None or (isinstance(v, float) and v != v) for v in a])
+    elif a.dtype.kind == "O":  # None, or a number that is not finite (numpy floats and Decimal NaN too)
+        missing = np.flatnonzero([_missing(v) for v in a])
+    elif a.dtype.kind in "mM":  # NaT
+        missing = np.flatnonzero(np.isnat(a))
     else:
         missing = np.empty(0, dtype=np.int64)
     if missing.size:
@@ -45,6 +50,21 @@ def _labels(y: Any, what: str) -> np.ndarray:
         raise ValueError(f"{what} has a missing label ({'None' if value is None else value}) at index "
                          f"{int(missing[0])}: every sample needs a label")
     return a
+
+
+def _missing(value: Any) -> bool:
+    """Whether an object label is missing: None, or a real number that is not finite (a Python, numpy or Decimal NaN
+    or infinity; a float32 NaN is no Python float, and NaN was each its own class)."""
+    if value is None:
+        return True
+    if isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(value, bool):
+        try:
+            return not math.isfinite(value)
+        except (TypeError, ValueError, ArithmeticError):  # (Decimal's signalling NaN)
+            return True
+    if isinstance(value, decimal.Decimal):
+        return not value.is_finite()
+    return False
 
 
 def _codes(a: np.ndarray, what: str) -> np.ndarray:

@@ -60,14 +60,17 @@ def _prf(hits: int, predicted: int, true: int) -> tuple[float, float, float]:
     return p, r, (2 * hits / (predicted + true) if predicted + true else math.nan)
 
 
-def _check_corpus(corpus: Sequence[Sequence[str]], what: str) -> None:
-    """Each utterance a list of non-empty word strings (a string as an utterance would be scored per character)."""
+def _check_corpus(corpus: Sequence[Sequence[str]], what: str) -> list[list[str]]:
+    """Each utterance a list of non-empty word strings (a string as an utterance would be scored per character);
+    returns the corpus as lists, read once (iterators and generators were used up by this check, and the scores
+    then read nothing: all NaN, or an utterance said to differ from an empty one)."""
     if isinstance(corpus, str):
         raise TypeError(f"segmentation_scores: {what} must be a list of utterances (each a list of words), "
                         f"got the string {corpus[:30]!r}")
     if not isinstance(corpus, Iterable):  # (None: "'NoneType' object is not iterable")
         raise TypeError(f"segmentation_scores: {what} must be a list of utterances (each a list of words), got "
                         f"{type(corpus).__name__}")
+    out: list[list[str]] = []
     for i, utterance in enumerate(corpus):
         if not isinstance(utterance, Iterable):
             raise TypeError(f"segmentation_scores: {what} utterance {i} is {type(utterance).__name__}; give each "
@@ -75,6 +78,8 @@ def _check_corpus(corpus: Sequence[Sequence[str]], what: str) -> None:
         if isinstance(utterance, str):
             raise TypeError(f"segmentation_scores: {what} utterance {i} is the string {utterance[:30]!r}; give each "
                             "utterance as a list of words, e.g. ['yu', 'want', 'tu']")
+        utterance = list(utterance)
+        out.append(utterance)
         for j, word in enumerate(utterance):
             if not isinstance(word, str):
                 raise TypeError(f"segmentation_scores: {what} utterance {i}, word {j} is {type(word).__name__} "
@@ -82,6 +87,7 @@ def _check_corpus(corpus: Sequence[Sequence[str]], what: str) -> None:
             if not word:
                 raise ValueError(f"segmentation_scores: {what} utterance {i}, word {j} is empty; a word has at "
                                  "least one symbol")
+    return out
 
 
 def segmentation_scores(true: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> SegmentationScores:
@@ -93,8 +99,7 @@ def segmentation_scores(true: Sequence[Sequence[str]], predicted: Sequence[Seque
     >>> s.boundary_precision, s.boundary_recall, round(s.token_f, 3)
     (1.0, 0.5, 0.4)
     """
-    _check_corpus(true, "true")
-    _check_corpus(predicted, "predicted")
+    true, predicted = _check_corpus(true, "true"), _check_corpus(predicted, "predicted")
     if len(true) != len(predicted):
         raise ValueError(f"segmentation_scores: {len(true)} true utterances but {len(predicted)} predicted")
     b = [0, 0, 0]  # hits, predicted, true

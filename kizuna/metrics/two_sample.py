@@ -1,8 +1,9 @@
 r"""Classifier two-sample test (C2ST; Lopez-Paz & Oquab 2017, arXiv:1610.06545).
 
-A classifier is trained to tell ``real`` from ``fake`` rows on one half of a balanced sample and
-scored on the other half. If both come from the same distribution no classifier beats chance, so
-the held-out accuracy is near 0.5 (1.0: perfectly distinguishable). Under that null hypothesis
+A classifier is trained to tell ``real`` from ``fake`` rows on part of a balanced sample and scored on the
+rest, the split stratified (as many held-out rows of each sample: ``test_size`` of each). If both come from
+the same distribution no classifier beats chance, so the held-out accuracy is near 0.5 (1.0: perfectly
+distinguishable). Under that null hypothesis
 the number of correct held-out predictions is :math:`\mathrm{Binomial}(n_{test}, \frac12)`, which
 gives the one-sided p-value :math:`P(\mathrm{Bin}(n_{test}, \frac12) \ge \text{correct})`.
 The classifiers come from scikit-learn (an optional dependency, imported when called).
@@ -73,7 +74,7 @@ def classifier_two_sample_test(real: Any, fake: Any, classifier: Any = "logistic
         real, fake: samples with one row each (tensors or arrays; rows are flattened).
         classifier: ``"logistic"`` (standardised logistic regression), ``"mlp"`` (two hidden layers
             of 128), or a scikit-learn estimator.
-        test_size: the held-out fraction.
+        test_size: the held-out fraction of each sample (at least one row of each is held out, and one kept).
         seed: the seed of the subsampling, the split and the MLP.
 
     The larger sample is subsampled to the size of the smaller (balanced classes).
@@ -94,14 +95,17 @@ def classifier_two_sample_test(real: Any, fake: Any, classifier: Any = "logistic
     rng = np.random.default_rng(seed)
     n = min(len(a), len(b))
     a, b = a[rng.permutation(len(a))[:n]], b[rng.permutation(len(b))[:n]]
-    x, y = np.concatenate([a, b]), np.concatenate([np.ones(n), np.zeros(n)])
-    order = rng.permutation(2 * n)
-    x, y = x[order], y[order]
-    n_test = max(1, min(2 * n - 2, int(round(test_size * 2 * n))))
-    train, test = slice(n_test, None), slice(0, n_test)
-    if len(np.unique(y[train])) < 2:
-        raise ValueError("classifier_two_sample_test: too few rows to train on both classes")
-    model = _classifier(classifier, seed, len(y[train])).fit(x[train], y[train])
-    correct = int((model.predict(x[test]) == y[test]).sum())
+    # a stratified split: as many held-out rows of each sample, the rest to train on (a shuffled, unstratified cut
+    # left the two halves leaning towards opposite classes, and a classifier that leans towards its training
+    # majority scored 0.47 on average under the null with 20 rows a side, 0.489 with 200)
+    per = max(1, min(n - 1, int(round(test_size * n))))
+    x_test = np.concatenate([a[:per], b[:per]])
+    y_test = np.concatenate([np.ones(per), np.zeros(per)])
+    order = rng.permutation(2 * (n - per))
+    x_train = np.concatenate([a[per:], b[per:]])[order]
+    y_train = np.concatenate([np.ones(n - per), np.zeros(n - per)])[order]
+    model = _classifier(classifier, seed, len(y_train)).fit(x_train, y_train)
+    n_test = 2 * per
+    correct = int((model.predict(x_test) == y_test).sum())
     p_value = float(stats.binom.sf(correct - 1, n_test, 0.5))
     return TwoSampleResult(accuracy=correct / n_test, p_value=p_value, n_test=n_test)
