@@ -297,8 +297,7 @@ def test_errors_name_the_problem() -> None:
         DDPM(DiffusionReverse(LinearEps(), s), [-2])
     with pytest.raises(ValueError, match=r"^DiffusionDecoder: bins must be an integer >= 2, got 2.5$"):
         DiffusionDecoder(DiffusionReverse(LinearEps(), s), bins=2.5)
-    with pytest.raises(ValueError, match=r"KL\[q\(x_T\|x_0\)\|\|p\(x_T\)\]: the parameters do not broadcast: "
-                                         r"\(3, 5\) and \(1, 2\)"):
+    with pytest.raises(ValueError, match=r"x_0 has shape \(3, 5\), but the model's features_shape is \(2,\)"):
         diffusion_bound(DDPM(DiffusionReverse(lambda x, t: torch.zeros_like(x), s), [2])).eval(
             {"x_0": torch.ones(3, 5)})
 
@@ -404,7 +403,7 @@ def test_learned_variance_at_its_ends_is_beta_or_the_posterior_variance(v: float
     x, t = torch.randn(6, 3), torch.tensor([1, 2, 5, 10, 19, 20])
     for got, want in zip(learned.mean_and_variance(x, t), fixed_rev.mean_and_variance(x, t)):
         torch.testing.assert_close(got, want.expand_as(got))
-    x0 = torch.rand(5, 3) * 2 - 1
+    x0 = torch.randint(0, 17, (5, 3)) / 16 * 2 - 1  # on the decoder's grid of 17 levels
     bounds = []
     for rev in (learned, fixed_rev):
         torch.manual_seed(1)
@@ -445,7 +444,7 @@ def test_hybrid_loss_trains_the_mean_by_l_simple_and_the_variance_by_the_bound()
     net = _TwoHeads(3)
     rev = DiffusionReverse(net, DiffusionSchedule.linear(20), variance="learned")
     p = DDPM(rev, [3], decoder=DiffusionDecoder(rev, bins=17))
-    x0 = {"x_0": torch.rand(8, 3) * 2 - 1}
+    x0 = {"x_0": torch.randint(0, 17, (8, 3)) / 16 * 2 - 1}  # on the decoder's grid
     values = []
     for stopped in (False, True):
         net.zero_grad()
@@ -548,7 +547,7 @@ def test_the_default_hybrid_weight_is_nichol_and_dhariwals() -> None:
     net = _TwoHeads(3)
     rev = DiffusionReverse(net, DiffusionSchedule.linear(20), variance="learned")
     p = DDPM(rev, [3], decoder=DiffusionDecoder(rev, bins=17))
-    x0 = {"x_0": torch.rand(8, 3) * 2 - 1}
+    x0 = {"x_0": torch.randint(0, 17, (8, 3)) / 16 * 2 - 1}  # on the decoder's grid
     total, terms = hybrid_diffusion_loss(p).mean().eval(x0, return_terms=True)
     theirs = terms["L_simple"] / 3 + 0.001 * terms["L_vlb"] / (3 * math.log(2))
     torch.testing.assert_close(total, 3 * theirs)
@@ -638,3 +637,78 @@ def test_a_schedule_converted_to_float64_recomputes_its_table() -> None:
     assert (1 - s.alpha_bar()[1]).item() == s.betas[0].item()
     torch.testing.assert_close(s.alpha_bar()[1:], torch.cumprod(1 - s.betas, 0), rtol=1e-15, atol=0)
     assert s.constants().dtype == F64
+
+
+# ------------------------------------------------------------------ review of stop 36
+def test_the_bound_names_data_of_another_shape_than_the_models() -> None:
+    """With a network that takes any width, x_0 of shape (4, 1) against features_shape [2] was scored: L_T broadcast
+    the data against the prior's two features (2.34 where the one-feature closed form is 1.17), the other terms
+    used one feature. The bound now names the shapes; data of the model's shape give L_T's closed form (Ho et al.:
+    KL[N(√ᾱ_T x, 1 - ᾱ_T) || N(0, 1)] per feature)."""
+    s = DiffusionSchedule.linear(10)
+    p = DDPM(DiffusionReverse(lambda x, t: torch.zeros_like(x), s), [2])
+    with pytest.raises(ValueError, match=r"x_0 has shape \(4, 1\), but the model's features_shape is \(2,\)"):
+        diffusion_bound(p).eval({"x_0": torch.full((4, 1), 0.5)})
+    x0 = torch.full((4, 2), 0.5, dtype=torch.float64)
+    _, terms = diffusion_bound(p).eval({"x_0": x0}, return_terms=True)
+    ab = float(s.alpha_bar().double()[-1])
+    closed = 2 * 0.5 * (ab * 0.25 + (1 - ab) - 1 - math.log(1 - ab))
+    assert terms["L_T"] == pytest.approx(closed, rel=1e-5)
+
+
+def test_the_discretised_decoder_names_data_off_its_grid_and_non_finite_parameters() -> None:
+    """8-bit data scored with bins=17 summed to a mass of 15.9 over the data's values (a bound below the code length)
+    and NaN scored NaN: both are named while validation is on. On the grid, the mass over all levels is 1 (the
+    check of Ho et al.'s decoder: the intervals tile the line)."""
+    from kizuna.distributions import validation
+
+    s = DiffusionSchedule.linear(10)
+    rev = DiffusionReverse(lambda x, t: torch.zeros_like(x), s)
+    decoder = DiffusionDecoder(rev, bins=17)
+    x1 = torch.zeros(17, 1)
+    on_grid = torch.arange(17.0).reshape(17, 1) / 16 * 2 - 1
+    with validation(True):
+        mass = decoder.get_log_prob({"x_0": on_grid, "x_1": x1}).exp().sum()
+        assert float(mass) == pytest.approx(1.0, abs=1e-5)
+        with pytest.raises(ValueError, match="is not on the grid of bins=17 levels"):
+            decoder.get_log_prob({"x_0": torch.arange(256.0).reshape(256, 1) / 255 * 2 - 1, "x_1": torch.zeros(256, 1)})
+        with pytest.raises(ValueError, match="nan"):
+            decoder.get_log_prob({"x_0": torch.tensor([[float("nan")]]), "x_1": torch.zeros(1, 1)})
+        with pytest.raises(FloatingPointError, match="parameter mean of p\\(x_0\\|x_1\\) is not finite"):
+            decoder.get_log_prob({"x_0": torch.zeros(1, 1), "x_1": torch.tensor([[float("nan")]])})
+        with pytest.raises(FloatingPointError, match="parameter mean"):
+            decoder.sample({"x_1": torch.tensor([[float("nan")]])})
+
+
+def test_diffusion_settings_are_checked_where_they_are_given() -> None:
+    from kizuna.losses import hybrid_diffusion_loss
+
+    s = DiffusionSchedule.linear(10)
+    for make in (lambda: DiffusionSchedule.linear(-3), lambda: DiffusionSchedule.linear(2.5),
+                 lambda: DiffusionSchedule.cosine(2.5)):
+        with pytest.raises(ValueError, match=r"DiffusionSchedule\.(linear|cosine): T must be an integer >= 1"):
+            make()
+    for step, message in ((11, r"step must lie in \[1, 10\]"), (2.5, "step must be an integer"),
+                          (0, "step must be an integer >= 1")):
+        with pytest.raises(ValueError, match=message):
+            DiffusionReverse(LinearEps(), s, step=step)
+        with pytest.raises(ValueError, match=message):
+            DiffusionForward(s, step=step)
+    q = DiffusionForward(s)
+    with pytest.raises(ValueError, match="step numbers, got booleans"):
+        q.sample({"x_0": torch.zeros(2, 3), "t": torch.tensor([True, True])})
+
+    class TwoHeads(nn.Module):
+        def forward(self, x, t):
+            return torch.zeros(x.shape[0], 2 * x.shape[1])
+
+    rev = DiffusionReverse(TwoHeads(), s, variance="learned")
+    p = DDPM(rev, [2], decoder=DiffusionDecoder(rev, bins=17, var="img"))  # data called img, not x_0
+    loss = hybrid_diffusion_loss(p)
+    assert loss.input_var == ["img"]  # one data variable (L_simple read "x_0", L_vlb p's: it needed both)
+    assert loss.eval({"img": torch.zeros(3, 2)}).shape == (3,)
+    with pytest.raises(ValueError, match="data_var must be the model's data variable"):
+        hybrid_diffusion_loss(p, data_var="other")
+    for weight in (float("nan"), -1.0, True):
+        with pytest.raises(ValueError, match="weight .* must be a finite number >= 0"):
+            hybrid_diffusion_loss(p, weight=weight)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna._data import check_int, check_shape
+from kizuna._data import check_int, check_shape, first_nonfinite
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.families import Normal
 from kizuna.distributions.torch_dist import validation_enabled
@@ -76,6 +76,7 @@ class DiffusionSchedule(nn.Module):
     @classmethod
     def linear(cls, T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> DiffusionSchedule:
         """Ho et al.'s linear schedule from ``beta_1`` to ``beta_T``."""
+        check_int("DiffusionSchedule.linear: T", T, 1)  # (-3 and 2.5 failed inside torch.linspace)
         return cls(torch.linspace(beta_1, beta_T, T, dtype=torch.float64).to(torch.get_default_dtype()))
 
     @classmethod
@@ -84,6 +85,7 @@ class DiffusionSchedule(nn.Module):
 
         Nichol & Dhariwal 2021, arXiv:2102.09672; betas are capped at ``max_beta``.
         """
+        check_int("DiffusionSchedule.cosine: T", T, 1)  # (2.5 made a schedule of other steps)
         steps = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
@@ -121,6 +123,8 @@ class DiffusionSchedule(nn.Module):
         (`kizuna.distributions.validation`; the check reads ``t`` back to the host)."""
         if not isinstance(t, Tensor) or t.device != like.device:
             t = torch.as_tensor(t, device=like.device)
+        if t.dtype == torch.bool:  # (True was read as step 1)
+            raise ValueError("diffusion: the step variable t must hold step numbers, got booleans")
         if t.is_floating_point():
             if not bool((t == t.round()).all()):
                 raise ValueError("diffusion: the step variable t must hold whole numbers")
@@ -236,6 +240,7 @@ class DiffusionForward(_Step, Normal):
 
     def __init__(self, schedule: DiffusionSchedule, step: int | None = None, var: str | None = None,
                  data_var: str = "x_0", t_var: str = "t", name: str = "q") -> None:
+        _check_step("DiffusionForward", step, schedule, 1)
         var = var or ("x_t" if step is None else f"x_{step}")
         super().__init__(var=[var], cond_var=[data_var] + ([] if step is not None else [t_var]), name=name)
         self.schedule, self.step, self.t_var, self.data_var = schedule, step, t_var, data_var
@@ -244,6 +249,15 @@ class DiffusionForward(_Step, Normal):
         x0 = cond[self.data_var]
         ab = self.schedule.alpha_bar_at(self._t(cond, x0), x0)
         return {"loc": ab.sqrt() * x0, "scale": (1 - ab).sqrt().expand_as(x0)}
+
+
+def _check_step(who: str, step: Any, schedule: DiffusionSchedule, low: int) -> None:
+    """A fixed step: an integer in ``[low, T]`` (11 of 10 steps was taken until used, 2.5 named a variable x_1.5)."""
+    if step is None:
+        return
+    check_int(f"{who}: step", step, low)
+    if step > schedule.T:
+        raise ValueError(f"{who}: step must lie in [{low}, {schedule.T}] (the schedule's steps), got {step}")
 
 
 class DiffusionPosterior(_Step, Normal):
@@ -297,6 +311,7 @@ class DiffusionReverse(_Step, Normal):
             raise ValueError(f"DiffusionReverse: variance={variance!r} needs at least two steps (it uses the posterior "
                              f"variance of step 2 at step 1, where the posterior's own is 0); this schedule has "
                              f"T = {schedule.T}: use variance='beta'")
+        _check_step("DiffusionReverse", step, schedule, 1)
         var = var or ("x_{t-1}" if step is None else f"x_{step - 1}")
         noisy_var = noisy_var or ("x_t" if step is None else f"x_{step}")
         self.context_var = list(context_var)
@@ -428,16 +443,41 @@ class DiffusionDecoder(Distribution):
         name = self._var[0]
         if x0.shape != mean.shape:
             raise ValueError(f"{self.prob_text}: {name} has shape {tuple(x0.shape)}, expected {tuple(mean.shape)}")
-        if not bool(((x0 >= -1) & (x0 <= 1)).all()):
-            raise ValueError(f"{self.prob_text}: {name} must lie in [-1, 1] (data scaled from [0, 1] as 2x - 1)")
+        if validation_enabled():  # (read back to the host: on the validated steps, as every family's data checks)
+            self._check_values(x0, mean, var)
         half, sd, big = 1.0 / (self.bins - 1), var.sqrt(), 1e4  # big: an infinite edge, finite gradient
         a = torch.where(x0 <= -1 + half / 2, torch.full_like(x0, -big), (x0 - half - mean) / sd)
         b = torch.where(x0 >= 1 - half / 2, torch.full_like(x0, big), (x0 + half - mean) / sd)
         out = _log_normal_interval(a, b)
         return out.flatten(1).sum(1) if sum_features else out
 
+    def _check_values(self, x0: Tensor, mean: Tensor, var: Tensor) -> None:
+        """The data in [-1, 1] on the ``bins`` levels (data of another grid, e.g. 8-bit data scored with 17 bins or
+        dequantised data, summed to a mass of 15.9 over the data's values: a bound below the code length), and the
+        mean and variance finite (NaN scored NaN silently)."""
+        name = self._var[0]
+        bad = first_nonfinite({name: x0}, "x_dict")
+        if bad is not None:
+            raise ValueError(f"{self.prob_text}: {bad}")
+        if not bool(((x0 >= -1) & (x0 <= 1)).all()):
+            raise ValueError(f"{self.prob_text}: {name} must lie in [-1, 1] (data scaled from [0, 1] as 2x - 1)")
+        levels = (x0 + 1) / 2 * (self.bins - 1)
+        if not bool(((levels - levels.round()).abs() <= 1e-3).all()):
+            raise ValueError(f"{self.prob_text}: {name} is not on the grid of bins={self.bins} levels "
+                             f"(k / {self.bins - 1} scaled to [-1, 1]); give the decoder the data's number of levels "
+                             "(e.g. bins=256 for 8-bit images), and data that is not dequantised")
+        for what, value in (("mean", mean), ("variance", var)):
+            if not bool(torch.isfinite(value).all()):
+                raise FloatingPointError(f"parameter {what} of {self.prob_text} is not finite (the noise network's "
+                                         f"output at step 1, or x_1)")
+
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         mean, var = self._params(x_dict)
+        if validation_enabled():
+            for what, value in (("mean", mean), ("variance", var)):
+                if not bool(torch.isfinite(value).all()):
+                    raise FloatingPointError(f"parameter {what} of {self.prob_text} is not finite (the noise "
+                                             f"network's output at step 1, or x_1)")
         x = mean + var.sqrt() * torch.randn_like(mean)
         levels = ((x.clamp(-1, 1) + 1) / 2 * (self.bins - 1)).round()
         return {self._var[0]: (levels / (self.bins - 1) * 2 - 1).detach()}

@@ -18,6 +18,8 @@ a bound on the discrete data's code length).
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Sequence
 
 import torch
 
@@ -149,7 +151,36 @@ def diffusion_bound(p: DDPM, exact_steps: bool = False) -> Loss:
         else:
             bound = bound + ((T - 1) * Expectation(DiscreteUniform(2, T, var=rev.t_var), step)).named("L_{1:T-1}")
     q_1 = DiffusionForward(schedule, step=1, var=p.decoder.cond_var[0], data_var=x0)
-    return bound - Expectation(q_1, LogProb(p.decoder)).named("-L_0")
+    return _DataShapeChecked(bound - Expectation(q_1, LogProb(p.decoder)).named("-L_0"), x0, p.features_shape)
+
+
+class _DataShapeChecked(Loss):
+    """``f`` after checking that the data ``var`` has the model's ``features_shape`` per row: the bound's L_T is a KL
+    against the prior of that shape, which broadcast other data against it silently (x_0 of shape (B, 1) against a
+    prior over 2 features counted the feature twice in L_T, and only there). Prints and reports as ``f``."""
+
+    is_operator = True  # (its terms are f's)
+
+    def __init__(self, f: Loss, var: str, features_shape: Sequence[int]) -> None:
+        super().__init__(f.input_var)
+        self.f, self.var, self.features_shape = f, var, torch.Size(features_shape)
+
+    @property
+    def precedence(self) -> int:  # type: ignore[override]
+        return self.f.precedence
+
+    def subterms(self) -> list[Loss]:
+        return [self.f]
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        x0 = ctx.values.get(self.var)
+        if isinstance(x0, Tensor) and x0.shape[1:] != self.features_shape:
+            raise ValueError(f"{self.f}: {self.var} has shape {tuple(x0.shape)}, but the model's features_shape is "
+                             f"{tuple(self.features_shape)} (rows of that shape)")
+        return ctx.value(self.f)
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self.f._render(fmt)
 
 
 def simple_diffusion_loss(reverse: DiffusionReverse, data_var: str = "x_0") -> Loss:
@@ -189,7 +220,7 @@ class _MeanStopped(Loss):
         return fmt["paren"].format(self.f._render(fmt)) + ("_{sg(\\mu)}" if fmt is LATEX else "_sg(μ)")
 
 
-def hybrid_diffusion_loss(p: DDPM, weight: float = NICHOL_WEIGHT, data_var: str = "x_0") -> Loss:
+def hybrid_diffusion_loss(p: DDPM, weight: float = NICHOL_WEIGHT, data_var: str | None = None) -> Loss:
     r"""Nichol & Dhariwal's :math:`L_{hybrid} = L_{simple} + \lambda L_{vlb}` per row (arXiv:2102.09672, §3.1).
 
     :math:`L_{vlb}` is `diffusion_bound` with the reverse process's mean detached, so it trains only the learned
@@ -205,6 +236,12 @@ def hybrid_diffusion_loss(p: DDPM, weight: float = NICHOL_WEIGHT, data_var: str 
     >>> hybrid_diffusion_loss(p).eval({"x_0": torch.zeros(3, 2)}).shape
     torch.Size([3])
     """
+    data_var = p.var[0] if data_var is None else data_var
+    if data_var != p.var[0]:  # (L_simple read data_var and L_vlb p's variable: two data variables)
+        raise ValueError(f"hybrid_diffusion_loss: data_var must be the model's data variable {p.var[0]!r} (both terms "
+                         f"read it), got {data_var!r}")
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < math.inf:
+        raise ValueError(f"hybrid_diffusion_loss: weight (lambda) must be a finite number >= 0, got {weight!r}")
     if p.reverse.variance != "learned":
         raise ValueError(f"hybrid_diffusion_loss: {p.reverse.prob_text} has fixed variances "
                          f"(variance={p.reverse.variance!r}); L_vlb would train nothing: use simple_diffusion_loss, "
