@@ -389,3 +389,26 @@ def test_counts_take_numpy_integers_and_max_iter_is_an_integer() -> None:
     for bad in (5.0, None, 0):
         with pytest.raises(ValueError, match=rf"max_iter must be a positive int, got {bad!r}"):
             GaussianMixture(2, max_iter=bad).fit(X)
+
+
+@pytest.mark.parametrize("algorithm", ["vb", "gibbs", "collapsed"])
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_a_constant_feature_without_reg_covar_is_named_by_the_bayesian_fits(algorithm, covariance_type):
+    """The prior's scale is the data's covariance plus reg_covar: a constant feature with reg_covar=0 made it
+    singular and the Bayesian fits gave NaN posteriors silently (vb, collapsed) or raw errors (a Cholesky, "class
+    weights must be finite"); EM names it, and now these do, naming the feature. With reg_covar > 0 they fit."""
+    from kizuna.modules.gmm.estimator import GaussianMixture
+
+    x = np.c_[np.random.default_rng(0).normal(size=20), np.ones(20)]
+    with pytest.raises(ValueError, match=r"feature\(s\) \[1\] have zero variance; set reg_covar > 0"):
+        GaussianMixture(2, algorithm=algorithm, covariance_type=covariance_type, reg_covar=0, random_state=0).fit(x)
+    fitted = GaussianMixture(2, algorithm=algorithm, covariance_type=covariance_type, reg_covar=1e-3,
+                             random_state=0, max_iter=20).fit(x)
+    assert np.isfinite(fitted.score(x))
+
+
+def test_gaussian_mixture_samples_a_numpy_integer_count():
+    from kizuna.modules.gmm.estimator import GaussianMixture
+
+    g = GaussianMixture(2, random_state=0).fit(np.random.default_rng(0).normal(size=(50, 2)))
+    assert g.sample(np.int64(5))[0].shape == (5, 2)

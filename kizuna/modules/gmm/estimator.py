@@ -144,11 +144,17 @@ class GaussianMixture(Estimator):
         if tuple(m0.shape) != (d,) or tuple(s0.shape) != expected:
             raise ValueError(f"{self._owner}: mean_prior must have shape {(d,)} and covariance_prior {expected} "
                              f"for {d}-dimensional data, got {tuple(m0.shape)} and {tuple(s0.shape)}")
-        if self.covariance_prior is not None:  # the Wishart's scale: positive (semi)definite, read as given
-            bad = bool((s0 <= 0).any()) if diag else not bool(torch.linalg.cholesky_ex(s0).info == 0)
-            if bad:
-                raise ValueError(f"{self._owner}: covariance_prior must be positive definite "
-                                 f"{'(every entry > 0)' if diag else '(a symmetric matrix with a Cholesky factor)'}")
+        # the Wishart's scale: positive definite, whether given or taken from the data (a constant feature with
+        # reg_covar=0 gave NaN posteriors silently, or a raw Cholesky error)
+        bad = bool((s0 <= 0).any()) if diag else not bool(torch.linalg.cholesky_ex(s0).info == 0)
+        if bad and self.covariance_prior is not None:
+            raise ValueError(f"{self._owner}: covariance_prior must be positive definite "
+                             f"{'(every entry > 0)' if diag else '(a symmetric matrix with a Cholesky factor)'}")
+        if bad:
+            flat = torch.nonzero((s0 if diag else torch.diagonal(s0)) <= 0).flatten().tolist()
+            why = (f"feature(s) {flat} have zero variance" if flat else "the features are linearly dependent")
+            raise ValueError(f"{self._owner}: the prior's scale, the data's covariance plus reg_covar, is not positive "
+                             f"definite: {why}; set reg_covar > 0 (e.g. 1e-6) or give covariance_prior")
         nu0 = float(d) if self.degrees_of_freedom_prior is None else float(self.degrees_of_freedom_prior)
         if not d - 1 < nu0 < math.inf:
             raise ValueError(f"{self._owner}: degrees_of_freedom_prior must be finite and exceed D - 1 = {d - 1}, got "
@@ -240,8 +246,9 @@ class GaussianMixture(Estimator):
     def sample(self, n_samples: int = 1) -> tuple[Tensor, Tensor]:
         """``(X, y)`` drawn from the fitted point estimates ``weights_, means_, covariances_``."""
         f = self._fitted()
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"{self._owner}: n_samples must be a positive int, got {n_samples!r}")
+        n_samples = int(n_samples)  # (a numpy integer too, as scikit-learn's)
         with rng_from(generator_for(self.random_state, f.means.device)):
             y = torch.multinomial(f.weights, n_samples, replacement=True)
             eps = torch.randn(n_samples, f.means.shape[1], dtype=f.means.dtype, device=f.means.device)
