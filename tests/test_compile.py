@@ -312,3 +312,59 @@ def test_a_compiled_run_resumed_from_a_checkpoint_continues_the_uninterrupted_on
     assert resumed.history.train == straight.history.train
     for a, b in zip(straight.distributions.parameters(), resumed.distributions.parameters()):
         assert torch.equal(a, b)
+
+
+def _failing_backward_backend() -> object:
+    """A torch.compile backend whose forward compiles (as given) and whose backward compiler fails: AOTAutograd
+    compiles the backward lazily, at the first backward of the compiled step."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def backward(gm: object, example: object) -> object:
+        raise RuntimeError("backward compiler exploded")
+
+    return aot_autograd(fw_compiler=lambda gm, example: gm, bw_compiler=backward)
+
+
+def test_falls_back_when_the_compiled_backward_fails() -> None:
+    """A failure compiling the backward escaped raw at every step (the fallback covered the forward only). The failed
+    step is taken again eagerly from the same random state and the same running statistics, with a warning, and the
+    model trains on eagerly: its parameters after three steps equal an eager model's (SGD, the same data)."""
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+
+    class P(Normal):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__(var=["x"], cond_var=["y"], name="p")
+            self.net = net
+
+        def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.net(y), "scale": torch.ones(y.shape[0], 2)}
+
+    def build(compile: object) -> Model:  # noqa: A002 - Model's argument
+        return Model(-LogProb(P(nets.pop(0))).mean(), optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1},
+                     compile=compile, validate=False)
+
+    eager, compiled = build(False), build({"backend": _failing_backward_backend()})
+    data = {"x": torch.randn(8, 2), "y": torch.randn(8, 3)}
+    with pytest.warns(RuntimeWarning, match="backward compiler exploded"):
+        first = compiled.train(data)
+    assert compiled.compile_error is not None and "backward compiler exploded" in compiled.compile_error
+    assert first.item() == eager.train(data).item()
+    for _ in range(2):
+        compiled.train(data)
+        eager.train(data)
+    for a, b in zip(compiled.distributions.state_dict().values(), eager.distributions.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_backward_error_of_the_model_is_raised_not_taken_for_a_compile_failure() -> None:
+    """An error the eager backward raises too (here a gradient hook that refuses) is the model's: raised as it is,
+    and compilation is not given up."""
+    loc = nn.Parameter(torch.zeros(1))
+    loc.register_hook(lambda g: (_ for _ in ()).throw(ValueError("the model's own backward error")))
+    model = Model(-LogProb(Normal(var=["x"], loc=loc, scale=1.0)).mean(),
+                  compile={"backend": _failing_backward_backend()}, validate=False)
+    with pytest.raises(ValueError, match="the model's own backward error"):
+        model.train({"x": torch.ones(4, 1)})
+    assert model.compile_error is None

@@ -242,16 +242,57 @@ class Model:
     def _optimise(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                   ) -> tuple[torch.Tensor, float, dict[str, float]]:
         state = self._updated_in_forward()
-        if not state:
+        compiled = self._compiles(self.loss_cls)
+        if not state and not compiled:
             return self._step_once(batch, options, terms)
         kept = [t.detach().clone() for t in state]
-        try:
-            return self._step_once(batch, options, terms)
-        except FloatingPointError:  # a non-finite step: the running statistics as before it, like the parameters
+        rng = torch.get_rng_state() if compiled else None
+
+        def restore() -> None:
             with torch.no_grad():
                 for t, v in zip(state, kept):
                     t.copy_(v)
+
+        try:
+            return self._step_once(batch, options, terms)
+        except FloatingPointError:  # a non-finite step: the running statistics as before it, like the parameters
+            restore()
             raise
+        except Exception as err:
+            if not compiled or self.compile_error is not None:  # eager, or the forward already fell back: the model's
+                raise
+            # the compiled forward ran, and the step failed after it: AOTAutograd compiles the backward lazily, at the
+            # first backward, and a failure there had no fallback. The step again, eagerly, from the same state; an
+            # error it raises too is the model's own
+            restore()
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.set_rng_state(rng)
+            self._force_eager = True
+            try:
+                out = self._step_once(batch, options, terms)
+            finally:
+                self._force_eager = False
+            self._compile_failed(err)
+            return out
+
+    def _compiles(self, loss_cls: Loss) -> bool:
+        """Whether the next evaluation of ``loss_cls`` runs compiled (see `_evaluator`)."""
+        if self._compile_args is None or self.compile_error is not None or self.parallel is not None \
+                or self.__dict__.get("_force_eager"):
+            return False
+        checked = self.validate if self.validate is not None else id(loss_cls) not in self._validated
+        return not checked
+
+    def _compile_failed(self, err: BaseException, stacklevel: int = 4) -> None:
+        """Compilation failed where eager evaluation succeeds: say why once, and continue eagerly."""
+        import warnings
+
+        inner = getattr(err, "inner_exception", None)
+        err = inner if isinstance(inner, BaseException) else err
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        self.compile_error = f"{type(err).__name__}: {text[:300]}"
+        warnings.warn(f"Model(compile=True): torch.compile is unavailable here ({self.compile_error}); "
+                      "training continues without compilation", RuntimeWarning, stacklevel=stacklevel)
 
     def _step_once(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                    ) -> tuple[torch.Tensor, float, dict[str, float]]:
@@ -320,7 +361,7 @@ class Model:
         ``eval`` with ``compile=``, else ``loss_cls.eval`` (steps under validation run eagerly)."""
         if self.parallel is not None and loss_cls is self.loss_cls:
             return self.parallel
-        if self._compile_args is None or checked or self.compile_error is not None:
+        if self._compile_args is None or checked or self.compile_error is not None or self.__dict__.get("_force_eager"):
             return loss_cls.eval
         fn = self._compiled.get(id(loss_cls))
         if fn is None:
@@ -643,15 +684,8 @@ def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
     fails where eager evaluation succeeds, a warning says why and the model continues eagerly (the
     failed step is evaluated eagerly from the same random state); an error the eager evaluation raises
     too is the model's, and is raised as it is."""
-    import warnings
-
     def give_up(err: BaseException) -> None:
-        inner = getattr(err, "inner_exception", None)
-        err = inner if isinstance(inner, BaseException) else err
-        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        model.compile_error = f"{type(err).__name__}: {text[:300]}"
-        warnings.warn(f"Model(compile=True): torch.compile is unavailable here ({model.compile_error}); "
-                      "training continues without compilation", RuntimeWarning, stacklevel=5)
+        model._compile_failed(err, stacklevel=6)
 
     # torch.compile's first use turns torch.distributions' default argument checks off for the whole
     # process (torch._dynamo patches torch on first use); keep the user's setting (`set_validation`)
