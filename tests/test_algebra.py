@@ -692,3 +692,18 @@ def test_a_name_marginalised_twice_is_integrated_once() -> None:
     py = Normal(var=["y"], loc=0.0, scale=1.0, name="p")
     m = (px * py).marginalize_var(["y", "y"])
     assert str(m) == str((px * py).marginalize_var(["y"])) == "p(x) = ∫ p(x|y)p(y)dy"
+
+
+def test_a_named_number_constant_keeps_its_value_in_a_float64_evaluation() -> None:
+    """``ValueLoss(0.1).named("beta") * log p`` computed with 0.1 rounded to float32 (1.5e-8 relative off) in a
+    float64 evaluation; an unnamed constant was exact. Both are exact now (scipy's log-density times 0.1), and the
+    named one is still reported."""
+    from scipy import stats as st
+
+    from kizuna.losses import LogProb, ValueLoss
+
+    q = Normal(var=["x"], loc=0.0, scale=1.0).double()
+    x = torch.tensor([0.3, 1.7], dtype=torch.float64)
+    value, terms = (ValueLoss(0.1).named("beta") * LogProb(q)).eval({"x": x}, return_terms=True)
+    np.testing.assert_allclose(value.numpy(), 0.1 * st.norm.logpdf(x.numpy()), rtol=1e-15)
+    assert value.dtype == torch.float64 and "beta" in terms

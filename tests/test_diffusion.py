@@ -712,3 +712,21 @@ def test_diffusion_settings_are_checked_where_they_are_given() -> None:
     for weight in (float("nan"), -1.0, True):
         with pytest.raises(ValueError, match="weight .* must be a finite number >= 0"):
             hybrid_diffusion_loss(p, weight=weight)
+
+
+def test_double_gives_the_schedules_exact_betas() -> None:
+    """The schedules are computed in float64 and kept in the default dtype; .double() cast the float32 rounding
+    (beta_1 = 9.99999997e-05, 1 - alpha-bar off by 2.5e-8 relative). Now the float64 numbers come back exactly,
+    against numpy's linspace and the cosine formula in float64; betas given as a list come back as given."""
+    with torch.random.fork_rng(devices=[]):
+        linear = DiffusionSchedule.linear(1000).double()
+        np.testing.assert_allclose(linear.betas.numpy(), np.linspace(1e-4, 0.02, 1000), rtol=1e-15, atol=0)
+        t = np.arange(1001) / 1000
+        f = np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2
+        cosine = DiffusionSchedule.cosine(1000).double()
+        np.testing.assert_allclose(cosine.betas.numpy(), np.minimum(1 - f[1:] / f[:-1], 0.999), rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(linear.alpha_bar().numpy(), np.cumprod(1 - np.linspace(1e-4, 0.02, 1000)),
+                                   rtol=1e-12)
+        assert DiffusionSchedule([0.1, 0.2]).double().betas.tolist() == [0.1, 0.2]
+        np.testing.assert_allclose(DiffusionSchedule.linear(10).double().float().double().betas.numpy(),
+                                   np.linspace(1e-4, 0.02, 10), rtol=1e-15, atol=0)

@@ -5,6 +5,7 @@ hand-written `train` steps (what fit must reproduce bitwise), and the data itsel
 Also `kizuna.metrics.log_likelihood` / `bits_per_dim` on DataLoaders (they share fit's data forms).
 """
 
+import contextlib
 import math
 import sys
 
@@ -421,3 +422,53 @@ def test_fit_with_a_seed_leaves_the_global_streams_alone_with_a_dataset_that_dra
     assert torch.equal(after[0], torch_state)
     assert after[1] == random.getstate()
     assert np.array_equal(after[2], np.random.get_state()[1])
+
+
+def test_a_gpu_models_cuda_stream_continues_across_fit_calls_and_checkpoints(monkeypatch, tmp_path) -> None:
+    """On a GPU, fit seeded the CUDA generator from the model's CPU stream at every call (one more CPU draw, and a
+    new CUDA stream), so fit(2 epochs) then fit(3) drew other numbers than fit(5). Now it is seeded when the run
+    starts and continued after (saved with the model and in checkpoints). No GPU here: torch's CUDA generator calls
+    are stood in for by a fake that records them, on a model whose device reads as cuda."""
+    from kizuna.models import fit as fit_module
+
+    calls: list[tuple[str, object]] = []
+    state = {"cuda": torch.tensor([0], dtype=torch.uint8)}
+
+    def manual_seed(seed: int) -> None:
+        calls.append(("seed", seed))
+        state["cuda"] = torch.tensor([seed % 251], dtype=torch.uint8)
+
+    monkeypatch.setattr(torch.cuda, "manual_seed", manual_seed)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: state["cuda"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device=None: (calls.append(("set", int(s[0]))),
+                                                                            state.__setitem__("cuda", s.clone())))
+    monkeypatch.setattr(torch.random, "fork_rng", lambda devices=(): contextlib.nullcontext())
+
+    class Fake:
+        device = torch.device("cuda", 0)
+
+        def __init__(self) -> None:
+            self._rng = torch.Generator().manual_seed(3).get_state()
+            self._cuda_rng = None
+
+    model = Fake()
+    with fit_module._own_stream(model):
+        state["cuda"] = torch.tensor([77], dtype=torch.uint8)  # the run's draws moved the CUDA stream
+    cpu_after_first = model._rng.clone()
+    assert [c[0] for c in calls] == ["seed"] and int(model._cuda_rng[0]) == 77
+    calls.clear()
+    with fit_module._own_stream(model):  # a second call (or a resumed run): the saved stream, no new CPU draw
+        pass
+    assert calls == [("set", 77)]
+    assert torch.equal(model._rng, cpu_after_first)
+
+    p = Normal(var=["x"], loc=torch.zeros(1), scale=1.0)
+    p.loc = nn.Parameter(torch.zeros(1))
+    real = Model(-LogProb(p).mean(), optimizer_params={"lr": 0.1})
+    real._cuda_rng = torch.tensor([5, 6], dtype=torch.uint8)
+    real.save(tmp_path / "m.pt")
+    again = Model(-LogProb(p).mean(), optimizer_params={"lr": 0.1})
+    again.load(tmp_path / "m.pt")
+    assert torch.equal(again._cuda_rng, real._cuda_rng)
+    again.seed_streams(1)
+    assert again._cuda_rng is None  # seeded again from the new stream when the next run starts

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -168,6 +168,22 @@ def sum_rows(value: Tensor, dims: Sequence[int] | None = None) -> Tensor:
     if value.dim() <= 1:
         return value
     return value.sum(-1) if value.dim() == 2 else value.flatten(1).sum(1)
+
+
+def apply_keeping_exact(module: nn.Module, apply: Callable[[], Any], exact: Mapping[str, Tensor]) -> Any:
+    """``apply()`` (the module's ``nn.Module._apply``: ``.to()``, ``.double()``), then the buffers named in ``exact``
+    refilled from it in their new floating dtype and device, where they still held those numbers before: constants
+    given as Python numbers are exact in any dtype (a float32 buffer cast to float64 kept 0.30000001192 for 0.3).
+    ``exact``: float64 copies of the numbers as given, kept outside the module's buffers."""
+    held = [k for k, v in exact.items() if (b := module._buffers.get(k)) is not None and b.is_floating_point()
+            and bool((b == v.to(dtype=b.dtype, device=b.device)).all())]
+    out = apply()
+    with torch.no_grad():
+        for k in held:
+            b = module._buffers[k]
+            if b is not None and b.is_floating_point():
+                b.copy_(exact[k].to(dtype=b.dtype, device=b.device))
+    return out
 
 
 def flat_rows(value: Tensor) -> Tensor:

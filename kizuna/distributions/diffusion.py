@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from kizuna._data import check_int, check_shape, first_nonfinite
-from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
+from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact, batch_size_of
 from kizuna.distributions.families import Normal
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.memo import memoized
@@ -48,6 +48,8 @@ class DiffusionSchedule(nn.Module):
 
     def __init__(self, betas: Tensor | Sequence[float]) -> None:
         super().__init__()
+        if not isinstance(betas, (nn.Parameter, Tensor)):  # numbers: kept exactly for .double() (see _apply)
+            self.__dict__["_exact_betas"] = torch.as_tensor(betas, dtype=torch.float64)
         if not isinstance(betas, nn.Parameter):
             betas = torch.as_tensor(betas)
             betas = betas if betas.is_floating_point() else betas.to(torch.get_default_dtype())
@@ -64,9 +66,13 @@ class DiffusionSchedule(nn.Module):
         self._constants_version = self.betas._version
 
     def _apply(self, fn: Any, recurse: bool = True) -> DiffusionSchedule:
-        """``.to()`` / ``.double()``: the table is computed anew from the converted betas (a cast of the float32 table
+        """``.to()`` / ``.double()``: betas given as numbers (or built by `linear` / `cosine`, in float64) are refilled
+        exactly in the new dtype where they still hold them (their float32 rounding kept beta_1 = 9.99999997e-05
+        after .double()), and the table is computed anew from the converted betas (a cast of the float32 table
         kept its float32 products: 1 - alpha-bar_1 off by 1.7e-4 after .double())."""
-        out = super()._apply(fn, recurse)
+        exact = self.__dict__.get("_exact_betas")
+        out = apply_keeping_exact(self, lambda: super(DiffusionSchedule, self)._apply(fn, recurse),
+                                  {} if exact is None else {"betas": exact})
         if type(self.betas) is Tensor:
             with torch.no_grad():
                 self._constants = self._compute_constants()
@@ -77,7 +83,7 @@ class DiffusionSchedule(nn.Module):
     def linear(cls, T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> DiffusionSchedule:
         """Ho et al.'s linear schedule from ``beta_1`` to ``beta_T``."""
         check_int("DiffusionSchedule.linear: T", T, 1)  # (-3 and 2.5 failed inside torch.linspace)
-        return cls(torch.linspace(beta_1, beta_T, T, dtype=torch.float64).to(torch.get_default_dtype()))
+        return cls._exact(torch.linspace(beta_1, beta_T, T, dtype=torch.float64))
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> DiffusionSchedule:
@@ -89,7 +95,14 @@ class DiffusionSchedule(nn.Module):
         steps = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
-        return cls(betas.to(torch.get_default_dtype()))
+        return cls._exact(betas)
+
+    @classmethod
+    def _exact(cls, betas64: Tensor) -> DiffusionSchedule:
+        """A schedule in the default dtype that keeps its float64 betas for ``.double()`` (see `_apply`)."""
+        out = cls(betas64.to(torch.get_default_dtype()))
+        out.__dict__["_exact_betas"] = betas64
+        return out
 
     @property
     def T(self) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
+from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact, batch_size_of
 from kizuna.distributions.mixture import components_log_prob, summed_log_prob, union_cond
 from kizuna.distributions.poe import normal_experts
 from kizuna.distributions.torch_dist import validation_enabled
@@ -65,11 +65,20 @@ class MixtureOfNormal(Distribution):
             dtype = torch.get_default_dtype()
             w = torch.ones(len(experts)) if weights is None else torch.as_tensor(weights, dtype=dtype)
             self.register_buffer("weights", w)
+            if weights is not None and not isinstance(weights, Tensor):  # numbers: exact after .double() (_apply)
+                self.__dict__["_exact_weights"] = torch.as_tensor(weights, dtype=torch.float64)
         if self.weights.shape != (len(experts),) or not bool(((self.weights > 0) & self.weights.isfinite()).all()):
             raise ValueError(
                 f"MixtureOfNormal: weights must be {len(experts)} positive finite numbers (one per expert), "
                 f"got {self.weights.detach().tolist()}"
             )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> MixtureOfNormal:
+        """``.to()`` / ``.double()``: weights given as numbers stay those numbers in the new dtype (0.3 was kept as
+        float32's 0.30000001192)."""
+        exact = self.__dict__.get("_exact_weights")
+        return apply_keeping_exact(self, lambda: super(MixtureOfNormal, self)._apply(fn, recurse),
+                                   {} if exact is None else {"weights": exact})
 
     @property
     def input_var(self) -> list[str]:

@@ -513,11 +513,13 @@ def _shape_of(value: Any) -> Any:
 
 
 def _operand(loss: Loss, ctx: EvalContext) -> Any:
-    """An operand's value: an unnamed number constant as the Python number itself, which torch combines with the other
-    operand in that operand's dtype and on its device (``0.1 * kl`` of a float64 model on a GPU); a tensor made of
+    """An operand's value: a number constant (named or not) as the Python number itself, which torch combines with the
+    other operand in that operand's dtype and on its device (``0.1 * kl`` of a float64 model on a GPU); a tensor made of
     it was a CPU scalar in the default dtype, so a float64 evaluation computed with 0.1 rounded to float32. An integer
     constant is a Python float (`ValueLoss`), so an integer tensor combined with it gives the default float dtype."""
-    if type(loss) is ValueLoss and loss._label is None and not isinstance(loss.value, Tensor):
+    if type(loss) is ValueLoss and not isinstance(loss.value, Tensor):
+        if loss._label is not None:  # a named constant is a reported term: its value is recorded, the number used
+            ctx.value(loss)  # (its tensor was the default dtype's: 0.1 rounded to float32 in a float64 evaluation)
         return loss.value
     return ctx.value(loss)
 

@@ -181,17 +181,23 @@ def _from(state: torch.Tensor) -> torch.Generator:
 
 @contextmanager
 def _own_stream(model: Any) -> Iterator[None]:
-    """Run with the model's torch stream as the CPU generator (CUDA devices seeded from it), and
-    give torch's global generators back their state afterwards."""
+    """Run with the model's torch stream as the CPU generator and, on a GPU, the model's CUDA stream (seeded from the
+    CPU stream when the run starts, then continued: it was seeded again at every fit call, so that a resumed run
+    drew other numbers than the uninterrupted one), and give torch's global generators back their state afterwards."""
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.set_rng_state(model._rng)
         if devices:
-            torch.cuda.manual_seed(int(torch.randint(0, 2**62, ()).item()))
+            if model._cuda_rng is None:
+                torch.cuda.manual_seed(int(torch.randint(0, 2**62, ()).item()))
+            else:
+                torch.cuda.set_rng_state(model._cuda_rng, devices[0])
         try:
             yield
         finally:
             model._rng = torch.get_rng_state()
+            if devices:
+                model._cuda_rng = torch.cuda.get_rng_state(devices[0])
 
 
 @contextmanager

@@ -170,6 +170,7 @@ class Model:
         self.history = History()
         self._shuffle: torch.Generator | None = None  # fit's shuffling stream (saved in checkpoints)
         self._rng: torch.Tensor | None = None  # fit's own torch random stream (saved in checkpoints)
+        self._cuda_rng: torch.Tensor | None = None  # and the CUDA device's, on a GPU (saved too)
         self._best: dict[str, Any] | None = None  # best validation epoch, value and parameters
         self.parallel: Any = None  # the DistributedDataParallel wrapper while fit runs data-parallel
         # in a data-parallel step: this rank's rows over the global batch's, times the world size, so
@@ -246,7 +247,7 @@ class Model:
         if not state and not compiled:
             return self._step_once(batch, options, terms)
         kept = [t.detach().clone() for t in state]
-        rng = torch.get_rng_state() if compiled else None
+        rng = _rng_states(self.device) if compiled else None
 
         def restore() -> None:
             with torch.no_grad():
@@ -266,7 +267,7 @@ class Model:
             # error it raises too is the model's own
             restore()
             self.optimizer.zero_grad(set_to_none=True)
-            torch.set_rng_state(rng)
+            _set_rng_states(self.device, rng)
             self._force_eager = True
             try:
                 out = self._step_once(batch, options, terms)
@@ -443,6 +444,7 @@ class Model:
         the randomness of each (a graph module seeded by its graph's generator) restarts them before each call."""
         check_seed(seed, "seed_streams")
         self._rng = torch.Generator().manual_seed(seed).get_state()
+        self._cuda_rng = None  # a GPU's stream is seeded from this one when the run starts
         self._shuffle = torch.Generator().manual_seed((seed + 1) % 2**64)  # the same as seed + 1 below 2**64 - 1
 
     def submodels(self) -> list[Model]:
@@ -503,6 +505,7 @@ class Model:
             "best": copy.copy(self._best),
             "shuffle": None if self._shuffle is None else self._shuffle.get_state(),
             "rng": self._rng,
+            "cuda_rng": self._cuda_rng,
             # the losses already evaluated once under validation (validate=None): a resumed run does not check its
             # first step again, which ran eagerly where the uninterrupted run was compiled (other random numbers)
             "validated": [name for name, loss in (("train", self.loss_cls), ("test", self.test_loss_cls))
@@ -538,6 +541,7 @@ class Model:
             self._shuffle = torch.Generator()
             self._shuffle.set_state(state["shuffle"])
         self._rng = state.get("rng")
+        self._cuda_rng = state.get("cuda_rng")  # (None from a CPU run or an older checkpoint: seeded at the next fit)
         self._training = None
         done = state.get("validated")
         if done is None:  # a checkpoint from before the key: its run had checked both losses by its first epoch's end
@@ -679,6 +683,17 @@ def _check_compile_args(args: dict[str, Any]) -> None:
         torch.distributions.Distribution.set_default_validate_args(checks)
 
 
+def _rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """torch's CPU generator state and, for a CUDA device, that device's (a GPU model draws there)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_states(device: torch.device, states: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state(states[1], device)
+
+
 def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
     """``loss_cls.eval`` under ``torch.compile``. Where compilation is unavailable, or the compiled code
     fails where eager evaluation succeeds, a warning says why and the model continues eagerly (the
@@ -701,11 +716,11 @@ def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
     def run(batch: Mapping[str, Any], **options: Any) -> Any:
         if model.compile_error is not None:
             return loss_cls.eval(batch, **options)
-        state = torch.get_rng_state()
+        state = _rng_states(model.device)
         try:
             return compiled(batch, **options)
         except Exception as err:  # noqa: BLE001 - decided below: the compiler's failure or the model's error
-            torch.set_rng_state(state)
+            _set_rng_states(model.device, state)
             out = loss_cls.eval(batch, **options)  # the model's own error, if it is one, is raised here
             give_up(err)
             return out
