@@ -85,6 +85,9 @@ def make_folder(parser: argparse.ArgumentParser, text: str) -> None:
         parser.error(f"cannot create the folder {text}: {err.strerror or err}")
 
 
+DEMO_OPTIONS = frozenset({"--seed", "--out", "--quick", "--words"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kizuna`` command (plain-text help, one sub-command per task)."""
     parser = argparse.ArgumentParser(prog="kizuna", description=DESCRIPTION,
@@ -105,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "epochs and sweeps (digits, 10 to 20 s)")
     demo.add_argument("--words", choices=("clean", "phonemes"), default="clean",
                       help="house: the utterances as clean word counts (default) or as noisy phoneme strings "
-                           "segmented into words by a WordSegmenter (docs/robotics.md)")
+                           "segmented into words by a WordSegmenter with its default prior (prior_mode='sir'); the "
+                           "place names' lift the README quotes is the one-name model's: python examples/"
+                           "robot_house.py --words phonemes --prior-mode name --type-moves 20 (docs/robotics.md)")
     demo.set_defaults(command_parser=demo)  # its usage errors show the demo's usage line
     return parser
 
@@ -116,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     Without a command it prints the help and returns 0.
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0].split("=")[0] in DEMO_OPTIONS:  # (argparse said "invalid choice: '3' (choose from 'demo')")
+        parser.error(f"{argv[0].split('=')[0]} is an option of the demo; put it after the command: "
+                     f"kizuna demo {' '.join(argv)}")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -208,6 +208,9 @@ def _print(result: dict[str, Any]) -> None:
           + ("" if accuracy is None else f"  place-name accuracy {accuracy:.3f} (chance 0.167)"))
     for name, ari in result["parts"].items():
         print(f"  {name:40s} ARI {ari:.3f}")
+    if result["words"] != "clean":
+        print("  (the parts and SERKET's GMM -> MLDA above read the clean word counts; the integrated model the "
+              "segmenter's words)")
     if "name_f_connected" in result:
         print(f"  place-name segmentation F: connected {result['name_f_connected']:.3f}, paired control "
               f"{result['name_f_paired']:.3f} (same first update, no concept prior after it), "

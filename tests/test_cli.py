@@ -160,3 +160,14 @@ def test_the_digits_demo_figures_agree_across_the_documents():
     assert "## `kizuna demo digits`" in serket
     assert "`kizuna demo` needs only scikit-learn's digits" not in (root / "docs/data.md").read_text()
     assert "`kizuna demo` runs on one thread" not in (root / "docs/performance.md").read_text()
+
+
+def test_a_demo_option_before_the_command_says_where_it_goes(capsys):
+    """``kizuna --seed 3`` said "invalid choice: '3' (choose from 'demo')"; it now says the option is the demo's."""
+    from kizuna.cli import main
+
+    for argv in (["--seed", "3"], ["--quick"], ["--out=x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert "is an option of the demo; put it after the command: kizuna demo" in capsys.readouterr().err
