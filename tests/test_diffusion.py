@@ -634,7 +634,9 @@ def test_a_schedule_converted_to_float64_recomputes_its_table() -> None:
     1.0001659e-04 against beta_1 = 1e-4, 1.7e-4 relative; a DDPM's bound moved by 3e-4 relative); the table is computed
     again from the converted betas (here against the closed forms beta_1 and the cumulative product in float64)."""
     s = DiffusionSchedule.linear(1000).double()
-    assert (1 - s.alpha_bar()[1]).item() == s.betas[0].item()
+    # (1 - (1 - 1e-4) rounds in float64's last bit: 1.1e-12 relative at beta_1 = 1e-4)
+    assert (1 - s.alpha_bar()[1]).item() == pytest.approx(s.betas[0].item(), rel=2e-12)
+    assert s.betas[0].item() == 1e-4  # the schedule's own number, not its float32 rounding
     torch.testing.assert_close(s.alpha_bar()[1:], torch.cumprod(1 - s.betas, 0), rtol=1e-15, atol=0)
     assert s.constants().dtype == F64
 
