@@ -187,7 +187,11 @@ class Gaussian:
         out, nk = dict(p), gamma.sum(0)
         alive = nk > 1e-10 * x.shape[0]
         if "m" in which:
-            out["means_"] = torch.where(alive[:, None], gamma.T @ x / nk.clamp_min(1e-300)[:, None], p["means_"])
+            # about the data's mean: gamma' x of data far from the origin lost float32's digits (means 3.6e-3 off at
+            # 1000 for 20,000 rows, against 2.8e-5 centred; EM then stalled nats below the float64 fit)
+            c = x.mean(0)
+            centred = gamma.T @ (x - c) / nk.clamp_min(1e-300)[:, None] + c
+            out["means_"] = torch.where(alive[:, None], centred, p["means_"])
         if "c" in which:
             means = out["means_"]
             # the scatter about each state's mean (E[xx'] - mu mu' cancels for data far from the origin)
