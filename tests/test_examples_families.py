@@ -15,7 +15,7 @@ from example_loader import run_smoke
 def test_gan_smoke() -> None:
     m = run_smoke("gan")
     assert m["c2st_logistic_untrained"] > 0.95 and m["c2st_logistic_real"] < 0.6
-    assert m["c2st_logistic"] < m["c2st_logistic_untrained"] - 0.1  # measured 0.79 after 150 WGAN-GP steps
+    assert m["c2st_logistic"] < m["c2st_logistic_untrained"] - 0.1  # measured 0.76 after 150 WGAN-GP steps (stop 36)
 
 
 def test_diffusion_smoke() -> None:
@@ -29,10 +29,10 @@ def test_score_smoke() -> None:
     m = run_smoke("score")
     assert m["c2st_logistic_real"] < 0.6
     assert m["test_loss"] < 0.6 * m["test_loss_untrained"]  # measured 15.8 vs 32.0 (the held-out DSM loss)
-    assert m["c2st_logistic"] < m["c2st_logistic_untrained"]  # 0.97 vs 1.0: a short run, far from real
+    assert m["c2st_logistic"] < m["c2st_logistic_untrained"]  # 0.98 vs 1.0: a short run, far from real
 
 
 def test_ebm_smoke() -> None:
     m = run_smoke("ebm")
     assert m["auc_vs_uniform"] > 0.95 and m["auc_vs_shuffled"] > 0.9
-    assert m["c2st_logistic"] < m["c2st_logistic_initial"] - 0.2  # measured 0.60 from 1.0
+    assert m["c2st_logistic"] < m["c2st_logistic_initial"] - 0.2  # measured 0.53 from 1.0 (stop 36)
