@@ -368,3 +368,30 @@ def test_a_backward_error_of_the_model_is_raised_not_taken_for_a_compile_failure
     with pytest.raises(ValueError, match="the model's own backward error"):
         model.train({"x": torch.ones(4, 1)})
     assert model.compile_error is None
+
+
+def test_a_non_finite_step_after_the_backward_fallback_keeps_the_running_statistics() -> None:
+    """The compiled backward fails, the step is taken again eagerly, and that step's gradient is not finite: the
+    step is refused as any non-finite step, with the batch-norm statistics as before it (the eager re-run's
+    forward had moved them)."""
+    from kizuna.models.model import NonFiniteStep
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    net[2].weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+
+    class P(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["y"], name="p")
+            self.net = net
+
+        def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loc": self.net(y), "scale": torch.ones(y.shape[0], 2)}
+
+    model = Model(-LogProb(P()).mean(), optimizer=torch.optim.SGD, optimizer_params={"lr": 0.1},
+                  compile={"backend": _failing_backward_backend()}, validate=False)
+    before = {k: v.clone() for k, v in net[1].state_dict().items()}
+    with pytest.raises(NonFiniteStep):
+        model.train({"x": torch.randn(8, 2), "y": torch.randn(8, 3)})
+    for k, v in net[1].state_dict().items():
+        assert torch.equal(v, before[k]), k

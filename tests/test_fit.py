@@ -426,9 +426,10 @@ def test_fit_with_a_seed_leaves_the_global_streams_alone_with_a_dataset_that_dra
 
 def test_a_gpu_models_cuda_stream_continues_across_fit_calls_and_checkpoints(monkeypatch, tmp_path) -> None:
     """On a GPU, fit seeded the CUDA generator from the model's CPU stream at every call (one more CPU draw, and a
-    new CUDA stream), so fit(2 epochs) then fit(3) drew other numbers than fit(5). Now it is seeded when the run
-    starts and continued after (saved with the model and in checkpoints). No GPU here: torch's CUDA generator calls
-    are stood in for by a fake that records them, on a model whose device reads as cuda."""
+    new CUDA stream), so fit(2 epochs) then fit(3) drew other numbers than fit(5); and an epoch's checkpoint kept
+    no CUDA stream. Now the stream is seeded when the run starts and continued after, and saved with the model and
+    in every epoch's checkpoint. No GPU here: torch's CUDA generator is stood in for by a fake that records its
+    calls, every training step moves it as GPU draws would, and fit is told the model is on CUDA device 0."""
     from kizuna.models import fit as fit_module
 
     calls: list[tuple[str, object]] = []
@@ -438,37 +439,43 @@ def test_a_gpu_models_cuda_stream_continues_across_fit_calls_and_checkpoints(mon
         calls.append(("seed", seed))
         state["cuda"] = torch.tensor([seed % 251], dtype=torch.uint8)
 
+    def set_state(s: torch.Tensor, device: object = None) -> None:
+        calls.append(("set", int(s[0])))
+        state["cuda"] = s.clone()
+
     monkeypatch.setattr(torch.cuda, "manual_seed", manual_seed)
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: state["cuda"].clone())
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device=None: (calls.append(("set", int(s[0]))),
-                                                                            state.__setitem__("cuda", s.clone())))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
     monkeypatch.setattr(torch.random, "fork_rng", lambda devices=(): contextlib.nullcontext())
+    monkeypatch.setattr(fit_module, "_cuda_index", lambda model: 0)
 
-    class Fake:
-        device = torch.device("cuda", 0)
+    def model() -> Model:
+        p = Normal(var=["x"], loc=torch.zeros(1), scale=1.0)
+        p.loc = nn.Parameter(torch.zeros(1))
+        m = Model(-LogProb(p).mean(), optimizer_params={"lr": 0.1})
+        step = m.step
 
-        def __init__(self) -> None:
-            self._rng = torch.Generator().manual_seed(3).get_state()
-            self._cuda_rng = None
+        def moving_step(*args: object, **kwargs: object) -> object:
+            state["cuda"] = state["cuda"] + 1  # the step's GPU draws
+            return step(*args, **kwargs)
 
-    model = Fake()
-    with fit_module._own_stream(model):
-        state["cuda"] = torch.tensor([77], dtype=torch.uint8)  # the run's draws moved the CUDA stream
-    cpu_after_first = model._rng.clone()
-    assert [c[0] for c in calls] == ["seed"] and int(model._cuda_rng[0]) == 77
+        m.step = moving_step
+        return m
+
+    data = {"x": torch.randn(8, 1)}
+    whole = model()
+    whole.fit(data, epochs=3, batch_size=4, seed=0, quiet=True)  # 2 steps an epoch
+    assert [c[0] for c in calls] == ["seed"] and int(whole._cuda_rng[0]) == (int(calls[0][1]) % 251 + 6) % 256
+    after_whole = (int(whole._cuda_rng[0]), whole._rng.clone())
     calls.clear()
-    with fit_module._own_stream(model):  # a second call (or a resumed run): the saved stream, no new CPU draw
-        pass
-    assert calls == [("set", 77)]
-    assert torch.equal(model._rng, cpu_after_first)
-
-    p = Normal(var=["x"], loc=torch.zeros(1), scale=1.0)
-    p.loc = nn.Parameter(torch.zeros(1))
-    real = Model(-LogProb(p).mean(), optimizer_params={"lr": 0.1})
-    real._cuda_rng = torch.tensor([5, 6], dtype=torch.uint8)
-    real.save(tmp_path / "m.pt")
-    again = Model(-LogProb(p).mean(), optimizer_params={"lr": 0.1})
-    again.load(tmp_path / "m.pt")
-    assert torch.equal(again._cuda_rng, real._cuda_rng)
-    again.seed_streams(1)
-    assert again._cuda_rng is None  # seeded again from the new stream when the next run starts
+    split = model()
+    split.fit(data, epochs=1, batch_size=4, seed=0, quiet=True, checkpoint=tmp_path / "c.pt")
+    saved = model()
+    saved.load(tmp_path / "c.pt")
+    assert torch.equal(saved._cuda_rng, split._cuda_rng)  # the epoch's checkpoint holds the stream after it
+    saved.fit(data, epochs=2, batch_size=4, quiet=True)  # resumed: the saved stream is set, no new seed
+    assert [c[0] for c in calls] == ["seed", "set"]
+    assert (int(saved._cuda_rng[0]), saved._rng.clone())[0] == after_whole[0]
+    assert torch.equal(saved._rng, after_whole[1])
+    saved.seed_streams(1)
+    assert saved._cuda_rng is None  # seeded again from the new stream when the next run starts

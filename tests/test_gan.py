@@ -889,3 +889,31 @@ def test_a_critic_variable_named_like_the_data_is_not_read_from_the_data() -> No
             with validation(checked):
                 value = loss.d_loss().eval({"x": real, "t": torch.full((8, 1), 100.0, dtype=F64)})
             torch.testing.assert_close(value, expected)
+
+
+def test_a_conditional_critic_takes_a_number_as_its_condition_on_every_step() -> None:
+    """A condition given as a Python number is a batch of one (`Distribution.sample`'s contract); the unvalidated
+    critic path skipped that conversion, so from the second step on the critic's forward got a float."""
+
+    class CondCritic(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["t"], cond_var=["x", "y"], name="f")
+            self.net = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"t": self.net(torch.cat([x, y.expand(x.shape[0], 1)], 1))}
+
+    class G(Deterministic):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="g")
+            self.net = nn.Linear(2, 2)
+
+        def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"x": self.net(z)}
+
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    model = GAN((G() * prior).marginalize_var("z"), CondCritic(), adversarial=AdversarialWassersteinDistance,
+                optimizer_params={"lr": 1e-3})
+    for _ in range(3):
+        g_loss, d_loss = model.train({"x": torch.randn(8, 2), "y": 0.5})
+        assert math.isfinite(float(g_loss)) and math.isfinite(float(d_loss))

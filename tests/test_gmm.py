@@ -412,3 +412,13 @@ def test_gaussian_mixture_samples_a_numpy_integer_count():
 
     g = GaussianMixture(2, random_state=0).fit(np.random.default_rng(0).normal(size=(50, 2)))
     assert g.sample(np.int64(5))[0].shape == (5, 2)
+
+
+def test_em_reads_no_prior_and_is_not_refused_for_one():
+    """The check of the Bayesian fits' prior scale refused EM too, which reads no prior (a single row or a constant
+    feature with reg_covar=0 fitted before); EM fits them as before, its means the data's (one row: the row)."""
+    from kizuna.modules.gmm.estimator import GaussianMixture
+
+    one = np.array([[0.3, -1.2]])
+    g = GaussianMixture(1, algorithm="em", reg_covar=0, random_state=0).fit(one)
+    np.testing.assert_allclose(np.asarray(g.means_), one)

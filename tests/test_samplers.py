@@ -442,3 +442,17 @@ def test_given_times_of_a_noise_level_path_fall_to_zero() -> None:
     for times in ([2.0, -1.0], [0.5, 2.0]):
         with pytest.raises(ValueError, match="sampler: times"):
             euler(path, 2, times=times)
+
+
+def test_a_ddpm_paths_own_times_as_a_float32_tensor_are_its_steps() -> None:
+    """Given times are taken as Python floats; the path's own times as a float32 tensor (rounded) were then refused
+    as no trained step. Each is the trained step's s_t up to float32 rounding, and DDIM over them equals DDIM over
+    the same number of steps (the same draws from the same seed)."""
+    rev = DiffusionReverse(lambda x, t: torch.zeros_like(x), DiffusionSchedule.linear(50))
+    path = DiffusionPath(rev, [2])
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    a = ddim(path, 3, n_steps=5, generator=g1)
+    b = ddim(path, 3, times=torch.tensor(path.times(5), dtype=torch.float32), generator=g2)
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="is not one of the trained steps"):
+        ddim(path, 3, times=[float(path.times(5)[0]) * 0.99, 0.0])

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from kizuna._text import LATEX, format_name, symbol
-from kizuna.distributions.base import Distribution, batch_size_of, flat_rows
+from kizuna.distributions.base import Distribution, _with_values, batch_size_of, flat_rows
 from kizuna.distributions.families import Bernoulli
 from kizuna.distributions.special import Deterministic
 from kizuna.distributions.torch_dist import validation_enabled
@@ -161,7 +161,7 @@ class AdversarialLoss(Loss):
             # a critic's forward, without `sample`'s argument checks (done at the validated first step); its own
             # variable is not read from the data here (`sample` kept a data value of that name as a fixed draw)
             d._require(values, d._cond_var)
-            out = d._sample(values, None, True)[d._var[0]]
+            out = d._sample(_with_values(values, d), None, True)[d._var[0]]  # (a number given as a condition: a row)
         else:
             out = d.sample({k: v for k, v in values.items() if k not in d.var}, return_all=False)[d.var[0]]
         if out.dim() > 1:

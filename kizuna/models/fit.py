@@ -132,7 +132,10 @@ def fit(
                 stop = valid_data is not None and model.early_stop(epoch, valid_loss, patience)
                 if checkpoint is not None:
                     if main:
-                        model._rng = torch.get_rng_state()  # the stream as it stands after this epoch
+                        model._rng = torch.get_rng_state()  # the streams as they stand after this epoch
+                        cuda = _cuda_index(model)
+                        if cuda is not None:
+                            model._cuda_rng = torch.cuda.get_rng_state(cuda)
                         model.save(checkpoint)
                     if parallel:
                         ddp.barrier()  # no rank goes on (and may read the file) before it is complete
@@ -179,12 +182,18 @@ def _from(state: torch.Tensor) -> torch.Generator:
     return gen
 
 
+def _cuda_index(model: Any) -> int | None:
+    """The index of the CUDA device the model's parameters are on (None off a GPU)."""
+    return (model.device.index or 0) if model.device.type == "cuda" else None
+
+
 @contextmanager
 def _own_stream(model: Any) -> Iterator[None]:
     """Run with the model's torch stream as the CPU generator and, on a GPU, the model's CUDA stream (seeded from the
     CPU stream when the run starts, then continued: it was seeded again at every fit call, so that a resumed run
     drew other numbers than the uninterrupted one), and give torch's global generators back their state afterwards."""
-    devices = [model.device.index or 0] if model.device.type == "cuda" else []
+    cuda = _cuda_index(model)
+    devices = [] if cuda is None else [cuda]
     with torch.random.fork_rng(devices=devices):
         torch.set_rng_state(model._rng)
         if devices:

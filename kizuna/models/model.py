@@ -271,6 +271,9 @@ class Model:
             self._force_eager = True
             try:
                 out = self._step_once(batch, options, terms)
+            except FloatingPointError:  # the eager step is not finite: as any non-finite step, statistics kept
+                restore()
+                raise
             finally:
                 self._force_eager = False
             self._compile_failed(err)

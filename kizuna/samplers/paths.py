@@ -72,7 +72,8 @@ class GaussianPath:
             raise ValueError(f"sampler: times must be numbers, got {times!r}") from None
         if len(grid) < 2:
             raise ValueError("a sampler needs at least two times (one step)")
-        rising = self.start is not None and self.start < self.end  # flow matching's 0 -> 1; noise levels fall to 0
+        # flow matching's 0 -> 1, noise levels falling to 0; a path without a start runs from its first time
+        rising = self.start < self.end if self.start is not None else self.end > grid[0]
         for i, t in enumerate(grid):
             beyond = t > self.end if rising else t < self.end
             before = self.start is not None and (t < self.start if rising else t > self.start)
@@ -156,6 +157,17 @@ class DiffusionPath(GaussianPath):
         T = len(self.sigmas) - 1
         steps = [T - i for i in _grid(list(range(T + 1)), n_steps)]
         return [float(self.sigmas[t]) for t in steps]
+
+    def check_times(self, times: Sequence[Any]) -> list[float]:
+        """`GaussianPath.check_times`, each time then taken as the trained step's :math:`s_t` where it is that step's
+        up to float32 rounding (the path's own times given as a float32 tensor were refused as no trained step)."""
+        grid = super().check_times(times)
+        out = []
+        for s in grid:
+            t = int(torch.argmin((self.sigmas - s).abs()))
+            exact = float(self.sigmas[t])
+            out.append(exact if abs(exact - s) <= 1e-6 * max(1.0, abs(exact)) else s)
+        return out
 
     def step_of(self, s: float) -> int:
         """The integer step whose :math:`s_t` is ``s``."""

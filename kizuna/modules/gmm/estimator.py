@@ -146,7 +146,9 @@ class GaussianMixture(Estimator):
                              f"for {d}-dimensional data, got {tuple(m0.shape)} and {tuple(s0.shape)}")
         # the Wishart's scale: positive definite, whether given or taken from the data (a constant feature with
         # reg_covar=0 gave NaN posteriors silently, or a raw Cholesky error)
-        bad = bool((s0 <= 0).any()) if diag else not bool(torch.linalg.cholesky_ex(s0).info == 0)
+        bayesian = self.algorithm != "em"  # (EM reads no prior)
+        bad = (self.covariance_prior is not None or bayesian) and (
+            bool((s0 <= 0).any()) if diag else not bool(torch.linalg.cholesky_ex(s0).info == 0))
         if bad and self.covariance_prior is not None:
             raise ValueError(f"{self._owner}: covariance_prior must be positive definite "
                              f"{'(every entry > 0)' if diag else '(a symmetric matrix with a Cholesky factor)'}")
