@@ -852,3 +852,61 @@ def test_the_spline_inverse_keeps_float32_precision_on_steep_bins_and_is_the_ide
     assert out.tolist() == [3.0, -3.0] and log_det.tolist() == [0.0, 0.0]
     (grad,) = torch.autograd.grad(out.sum(), edge)
     assert grad.tolist() == [1.0, 1.0]
+
+
+# ------------------------------------------------------------------ review of stop 36
+def test_layers_and_flow_distributions_take_an_empty_batch():
+    """A batch of no rows gives no rows and a log-det of shape (0,), as MAF, IAF and Normal already did; the coupling
+    layers, Preprocess, ActNorm, ChannelConv and BatchNorm raised raw reshape / index errors."""
+    from kizuna.distributions import InverseTransformedDistribution, Normal
+    from kizuna.distributions.autoregressive import MADEBernoulli
+    from kizuna.flows import ActNorm, AffineCoupling, BatchNorm1d, ChannelConv, Preprocess, RationalQuadraticCoupling
+
+    layers = ((AffineCoupling(4, hidden_features=8), (0, 4)), (RationalQuadraticCoupling(4, hidden_features=8), (0, 4)),
+              (Preprocess(17), (0, 4)), (ActNorm(2), (0, 2, 3, 3)), (ChannelConv(2), (0, 2, 3, 3)),
+              (BatchNorm1d(4).eval(), (0, 4)))
+    for flow, shape in layers:
+        z, logdet = flow.forward_and_logdet(torch.zeros(shape))
+        assert z.shape == shape and logdet.shape == (0,), type(flow).__name__
+        x, logdet = flow.inverse_and_logdet(z) if not isinstance(flow, Preprocess) else (z, logdet)
+        assert logdet.shape == (0,)
+    p = InverseTransformedDistribution(Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2]), ActNorm(2), var=["x"])
+    assert p.sample(batch_n=0)["x"].shape == (0, 2)
+    assert MADEBernoulli(4, [8]).get_log_prob({"x": torch.zeros(0, 4)}).shape == (0,)
+
+
+def test_integer_data_and_one_image_are_taken_as_the_other_families_take_them():
+    """Integer data reached the first linear layer as integers (a raw dtype error); Preprocess(levels=2) refused its
+    own 0/1 levels as integers. They are converted to the flow's float dtype: the density equals the float data's.
+    ActNorm initialises from one image (statistics over the batch and the pixels, as Glow): the first output has
+    zero mean and unit variance per channel."""
+    from kizuna.distributions import InverseTransformedDistribution, Normal
+    from kizuna.flows import ActNorm, AffineCoupling, Preprocess
+
+    torch.manual_seed(0)
+    xi = torch.tensor([[0, 1, 1, 0], [1, 0, 0, 1]])
+    p = InverseTransformedDistribution(Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[4]),
+                                       AffineCoupling(4, hidden_features=8), var=["x"])
+    torch.testing.assert_close(p.get_log_prob({"x": xi}), p.get_log_prob({"x": xi.float()}))
+    pre = Preprocess(levels=2, dequantize=False)
+    torch.testing.assert_close(pre.forward_and_logdet(xi)[0], pre.forward_and_logdet(xi.float())[0])
+    act = ActNorm(2).train()
+    z, _ = act.forward_and_logdet(torch.randn(1, 2, 8, 8) * 3 + 3)
+    assert bool(act.initialized)
+    torch.testing.assert_close(z.mean((0, 2, 3)), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std((0, 2, 3), correction=0), torch.ones(2), atol=1e-4, rtol=0)
+
+
+def test_preprocess_levels_and_vq_codes_name_their_bad_input():
+    from kizuna.distributions.torch_dist import validation
+    from kizuna.distributions.vq import VectorQuantizer
+    from kizuna.flows import Preprocess
+
+    for levels in (2.5, None, "256", 1):
+        with pytest.raises(ValueError, match="Preprocess: levels must be an integer >= 2"):
+            Preprocess(levels)
+    vq = VectorQuantizer(torch.nn.Conv2d(1, 3, 1), n_codes=4, code_dim=3)
+    x = torch.zeros(2, 1, 2, 2)
+    x[1, 0, 1, 0] = float("nan")
+    with validation(True), pytest.raises(ValueError, match="nan .*nothing to quantise"):
+        vq.encode(x)

@@ -237,3 +237,12 @@ def test_predicted_concepts_follow_the_gaussian_densities_of_scipy_far_from_the_
     log_joint = np.log(pi)[None] + logsumexp(np.log(phi)[None] + log_px[:, None, :], axis=2)
     np.testing.assert_allclose(spco.predict_concepts(pos), np.exp(log_joint - logsumexp(log_joint, 1, keepdims=True)),
                                rtol=1e-9, atol=1e-12)
+
+
+def test_concept_log_predictive_names_counts_without_word_columns():
+    """V = 0 gave NaN (gammaln(0) - gammaln(0)) with a RuntimeWarning only."""
+    from kizuna.modules.segment_selection import concept_log_predictive
+
+    r = np.full((7, 2), 0.5)
+    with pytest.raises(ValueError, match="no word columns"):
+        concept_log_predictive(np.zeros((7, 0)), r)

@@ -79,7 +79,7 @@ class _AutoregressiveBernoulli(Distribution):
         x = self._check_value(x_dict[self._var[0]])
         logits = self.logits(x, self._context(x_dict))
         per_feature = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        return per_feature.reshape(x.shape[0], -1).sum(1) if sum_features else per_feature
+        return per_feature.flatten(1).sum(1) if sum_features else per_feature  # (reshape(0, -1): an empty batch)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         context = self._context(x_dict)

@@ -143,6 +143,10 @@ class _FlowDistribution(Distribution):
         value = x_dict[self._var[0]]
         if not isinstance(value, Tensor):
             raise TypeError(f"{self.prob_text}: {self._var[0]} must be a torch.Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():  # integer or boolean data in the flow's float dtype, as the families take
+            # them (a raw "mat1 and mat2 must have the same dtype" in the first layer)
+            like = next((t for t in self.parameters() if t.is_floating_point()), None)
+            value = value.to(like.dtype if like is not None else torch.get_default_dtype())
         if validation_enabled():  # before the flow runs: a NaN would spread over the batch (ActNorm's initialisation,
             # BatchNorm's statistics) and the prior's check would name its variable and the wrong row
             nonfinite = first_nonfinite({self._var[0]: value}, "x_dict")

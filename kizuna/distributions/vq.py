@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna._data import check_count
+from kizuna._data import check_count, first_nonfinite
 from kizuna.distributions.base import Distribution, Tensor, XDict
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.memo import memoized
@@ -63,6 +63,10 @@ class VectorQuantizer(Distribution):
         if z_e.dim() < 3 or z_e.shape[1] != self.codebook.embedding_dim:
             raise ValueError(f"{self.prob_text}: the encoder must return (batch, {self.codebook.embedding_dim}, "
                              f"*grid), got {tuple(z_e.shape)}")
+        if validation_enabled():  # (a NaN vector was given code 0, its argmin over NaN distances, silently)
+            bad = first_nonfinite({"z_e": z_e}, "the encoder's output")
+            if bad is not None:
+                raise ValueError(f"{self.prob_text}: {bad}; nothing to quantise")
         flat = z_e.movedim(1, -1)
         d2 = (flat.detach().unsqueeze(-2) - self.codebook.weight.detach()).pow(2).sum(-1)
         k = d2.argmin(-1)

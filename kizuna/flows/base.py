@@ -110,7 +110,7 @@ class Flow(nn.Module):
 
 def row_sum(t: Tensor) -> Tensor:
     """Sum over every dimension but the batch: ``(B, ...) -> (B,)``."""
-    return t.reshape(t.shape[0], -1).sum(1)
+    return t.flatten(1).sum(1) if t.dim() > 1 else t  # (reshape(0, -1) failed on an empty batch)
 
 
 class FlowList(Flow):

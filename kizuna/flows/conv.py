@@ -13,6 +13,8 @@ linear layer (:math:`H = W = 1`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -67,11 +69,11 @@ class ChannelConv(Flow):
         return torch.einsum("ij,bj...->bi...", matrix, x)
 
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        pixels = x[0, 0].numel()
+        pixels = math.prod(x.shape[2:])  # (x[0, 0] failed on an empty batch)
         return self._mix(self.matrix(), x), (self._logdet_w() * pixels).expand(x.shape[0])
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        pixels = z[0, 0].numel()
+        pixels = math.prod(z.shape[2:])
         return self._mix(torch.linalg.inv(self.matrix()), z), (-self._logdet_w() * pixels).expand(z.shape[0])
 
     def extra_repr(self) -> str:

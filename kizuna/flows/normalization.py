@@ -26,6 +26,7 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -42,7 +43,8 @@ def _channel_view(t: Tensor, x: Tensor) -> Tensor:
 
 
 def _pixels(x: Tensor) -> int:
-    return x[0, 0].numel()
+    """Values per channel in one row (1 for vectors); x[0, 0] failed on an empty batch."""
+    return math.prod(x.shape[2:])
 
 
 def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -90,7 +92,8 @@ class ActNorm(Flow):
             raise ValueError(f"ActNorm: {what} must be (B, C) or (B, C, H, W), got {tuple(x.shape)}")
 
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized) and x.shape[0] > 1:
+        if self.training and not bool(self.initialized) and x.numel() // max(x.shape[1], 1) > 1:
+            # (statistics over the batch and the pixels, as Glow: one image of many pixels initialises it too)
             self._initialize(x)
         z = (x + _channel_view(self.bias, x)) * _channel_view(self.log_scale.exp(), x)
         return z, (self.log_scale.sum() * _pixels(x)).expand(x.shape[0])

@@ -32,7 +32,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from kizuna._data import first_flagged
+from kizuna._data import check_int, first_flagged
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.flows.base import Flow, Tensor, row_sum
 
@@ -54,8 +54,7 @@ class Preprocess(Flow):
 
     def __init__(self, levels: int = 256, alpha: float = 0.05, dequantize: bool = True) -> None:
         super().__init__(None)
-        if levels < 2:
-            raise ValueError(f"Preprocess: levels must be at least 2, got {levels}")
+        check_int("Preprocess: levels", levels, 2)  # (2.5 was taken as 2, None and "256" were raw errors)
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"Preprocess: alpha must lie in [0, 1), got {alpha}")
         self.levels, self.alpha, self.dequantize = int(levels), float(alpha), dequantize
@@ -69,6 +68,8 @@ class Preprocess(Flow):
         return -n_features * math.log(self.levels - 1)
 
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        if not x.is_floating_point():  # integer grey levels (0/1 for levels=2): the default float dtype
+            x = x.to(torch.get_default_dtype())
         inside = (x >= 0) & (x <= 1)  # written so that NaN is outside
         if not bool(inside.all()):
             hint = "; remove or impute it" if bool(x.isnan().any()) else ""

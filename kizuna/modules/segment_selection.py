@@ -47,6 +47,8 @@ def concept_log_predictive(counts: np.ndarray, resp: np.ndarray, beta: float = 0
     if x.ndim != 2 or r.ndim != 2 or x.shape[0] != r.shape[0]:
         raise ValueError(f"concept_log_predictive: counts N×V and resp N×L must have the same N, got {x.shape} and "
                          f"{r.shape}")
+    if x.shape[1] == 0:  # (gammaln(0) - gammaln(0): NaN)
+        raise ValueError("concept_log_predictive: counts have no word columns (V = 0): there is no vocabulary to score")
     # (NaN passed every `< 0` and `<= 0`: the score was NaN, silently)
     if not (np.isfinite(x).all() and np.isfinite(r).all()) or (x < 0).any() or (r < 0).any():
         raise ValueError("concept_log_predictive: counts and resp must be finite and non-negative")
