@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="small,mnist")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
-    parser.add_argument("--family", default="vae", choices=["vae", "ncsn", "ddpm", "dmm"],
-                        help="the VAE step (default) or the NCSN / DDPM / DMM step of the parity benches")
+    parser.add_argument("--family", default="vae", choices=["vae", "ncsn", "ddpm", "dmm", "gan", "wgan-gp"],
+                        help="the VAE step (default) or the NCSN / DDPM / DMM / GAN (JS, WGAN-GP) step of the parity "
+                             "benches")
     parser.add_argument("--layers", action="store_true",
                         help="with --family dmm: the loss's forward (with gradients) with kizuna's layers put back "
                              "one at a time (parity_dmm.layered_loss), then kizuna's own")
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
             args.sizes = args.family
         elif args.family != "vae":
             cases = [c for c in cases if c in ("hand-written", "hand-written fused Adam", "kizuna Model.train")]
+            if args.family in ("gan", "wgan-gp"):  # also the reference that reports kizuna's value
+                cases.insert(1, "hand-written (value)")
             args.sizes = args.family
         if "kizuna Model.fit" in cases and "hand-written epoch loop" not in cases:
             cases.append("hand-written epoch loop")

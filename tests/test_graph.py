@@ -322,3 +322,73 @@ def test_update_with_a_context_for_a_later_iteration_keeps_it():
         graph.update(ctx.at(i))
         runs.append(gmm.n_iter_)
     assert runs == [5, 7, 9]
+
+
+def test_overlapping_saves_into_one_directory_take_turns(tmp_path):
+    """Save O; then save B (the same states as O, so its module files have O's names) is paused before its manifest
+    while another process saves A (other states) into the same directory. Without a lock A removed O's files, which
+    were B's, and B's manifest, renamed last, named deleted files: no loadable save. With the lock, A waits for B,
+    then replaces it: the directory holds A's save, complete."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from kizuna.modules import persistence
+
+    script = tmp_path / "other.py"
+    ready = tmp_path / "ready"
+    script.write_text(
+        "import sys, torch\n"
+        "from kizuna import modules as km\n"
+        "torch.manual_seed(0)\n"
+        "x = torch.cat([torch.randn(30, 2) - 3, torch.randn(30, 2) + 3])\n"
+        "g = km.Graph([km.GMM(2, max_iter=2, name='g').connect(km.Observation(x, name='x'))]); g.fit(1, seed=1)\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        f"g.save({str(tmp_path / 'save')!r})\n")
+
+    def build(seed):
+        torch.manual_seed(0)
+        x = torch.cat([torch.randn(30, 2) - 3, torch.randn(30, 2) + 3])
+        g = Graph([GMM(2, max_iter=2, name="g").connect(Observation(x, name="x"))])
+        g.fit(1, seed=seed)
+        return g
+
+    d = tmp_path / "save"
+    build(0).save(d)  # O
+    real, other = persistence.write_atomic, []
+
+    def paused(path, data):
+        if Path(path).name == persistence.MANIFEST and not other:
+            other.append(subprocess.Popen([sys.executable, str(script)]))
+            deadline = time.monotonic() + 120
+            while not ready.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.5)  # long enough for the other save to finish, were it not waiting for the lock
+        return real(path, data)
+
+    persistence.write_atomic = paused
+    try:
+        build(0).save(d)  # B
+    finally:
+        persistence.write_atomic = real
+    assert other[0].wait(timeout=120) == 0
+    loaded = build(2).load(d)  # (it raised CorruptSaveError: a file the manifest names was missing)
+    assert torch.equal(torch.as_tensor(loaded.modules[1].means_), torch.as_tensor(build(1).modules[1].means_))  # A's
+
+
+def test_update_after_a_load_starts_a_fresh_context(tmp_path):
+    """`update()` right after `load` starts a fresh context (a random seed, "mp"), as the docs say; it kept the
+    context of the graph's own earlier fit (its method, schedule and stream: here SIR with max_iter 0, which learned
+    nothing)."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(30, 2) - 3, torch.randn(30, 2) + 3])
+    a = Graph([GMM(2, max_iter=2, name="g").connect(Observation(x, name="x"))])
+    a.fit(1, seed=0)
+    a.save(tmp_path / "s")
+    b = Graph([GMM(2, max_iter=2, name="g").connect(Observation(x, name="x"))])
+    b.fit(1, seed=5, method="sir", schedule={"g": {"max_iter": [0]}})
+    b.load(tmp_path / "s")
+    assert b._context is None
+    b.update()
+    assert b._context is not None and b._context.schedule != {"g": {"max_iter": [0]}}

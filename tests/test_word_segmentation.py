@@ -617,3 +617,17 @@ def test_segmentation_scores_read_iterators_once():
     for t, p in (([iter(u) for u in true], [iter(u) for u in pred]), ((u for u in true), (u for u in pred)),
                  (true, [iter(u) for u in pred])):
         assert segmentation_scores(t, p) == expected
+
+
+def test_a_fitted_segmenter_pickles_and_continues_identically():
+    """A lambda in the character model's base measure made a fitted WordSegmenter (and any graph holding one)
+    impossible to pickle; it pickles now, and the copy segments as the original does."""
+    import pickle
+
+    from kizuna.modules import WordSegmenter
+
+    utterances = ["abcab", "cabca", "bcabc", "abcabc"] * 3
+    seg = WordSegmenter(n_iter=3, random_state=1).fit(utterances)
+    again = pickle.loads(pickle.dumps(seg))
+    assert again.segmentation_ == seg.segmentation_
+    assert again.segment(["abcabca"]) == seg.segment(["abcabca"])

@@ -230,6 +230,9 @@ class Graph:
         return save_graph(self, directory)
 
     def load(self, directory: str | Path) -> Graph:
-        """Restore states saved by :meth:`save` into this (identically built) graph, and its iteration count."""
+        """Restore states saved by :meth:`save` into this (identically built) graph, and its iteration count; the
+        context of an earlier `fit` is dropped, so that `update` starts a fresh one (as the docs say; it kept that
+        fit's method, schedule and stream)."""
         load_graph(self, directory)
+        self._context = None
         return self

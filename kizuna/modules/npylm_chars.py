@@ -37,7 +37,7 @@ class CharModel:
         self.codes = {ch: i for i, ch in enumerate(alphabet)}
         self.size = len(alphabet) + 1  # characters + EOW (as a symbol) / BOW (in a context)
         self.order = order
-        self.hpylm = HPYLM(order, lambda c: 1.0 / self.size, observer=self._observe)
+        self.hpylm = HPYLM(order, self._uniform, observer=self._observe)  # (a lambda here could not be pickled)
         s = self.size
         self.cw = [np.zeros((s**m, s)) for m in range(order)]
         self.tw = [np.zeros((s**m, s)) for m in range(order)]
@@ -45,6 +45,11 @@ class CharModel:
         self.t = [np.zeros(s**m) for m in range(order)]
         self._memo: dict[str, float] = {}  # p0 of words since the last seating change
         self.length_weight = np.ones(1)  # weight of a word of length k (1 beyond the array)
+
+
+    def _uniform(self, c: object) -> float:
+        """The base measure of the character n-grams: uniform over the characters and the word end."""
+        return 1.0 / self.size
 
     def encode(self, text: str) -> np.ndarray:
         """Character codes of ``text`` (a clear error for characters outside the alphabet)."""

@@ -12,8 +12,9 @@ renamed over its target (``os.replace``, atomic on POSIX and Windows), and the d
 Module files are named by their content, so writing them never touches the files of the previous save;
 the manifest is renamed into place **last**, and only then are the files the previous manifest named
 removed. A kill at any moment therefore leaves either the previous complete save or the new one — never a
-mix. Other files are left alone (see `_remove_leftovers`): a directory may hold a user's own files and
-another process's save in progress.
+mix. Saves into one directory take turns (an advisory lock, `LOCK`, where the platform has ``fcntl``), so two
+overlapping saves cannot remove each other's files. Other files are left alone (see `_remove_leftovers`): a
+directory may hold a user's own files.
 
 **Checked.** Loading verifies the manifest's own checksum and each file's against the manifest: a
 flipped byte, a truncated file or manifest, a missing file or one from another save is a
@@ -29,8 +30,10 @@ import hashlib
 import io
 import json
 import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,8 @@ from kizuna.modules.base import GraphError, Module, Observation
 FORMAT = "kizuna.modules/2"
 MAGIC = b"kizuna.modules/2 sha256:"
 MANIFEST = "manifest.json"
-MODULE_FILE = re.compile(r"module\d{3}-[0-9a-f]{16}\.pt")  # save_graph's content-named module files
+LOCK = ".kizuna-save.lock"  # the advisory lock that serialises saves into one directory (kept, empty)
+MODULE_FILE = re.compile(r"module\d{3,}-[0-9a-f]{16}\.pt")  # save_graph's content-named module files
 OWN_TEMPORARY = re.compile(rf"\.({MODULE_FILE.pattern}|{re.escape(MANIFEST)})\..+\.tmp")
 
 
@@ -151,9 +155,46 @@ def _remove_leftovers(directory: Path, previous: set[str], keep: set[str]) -> No
 
 
 def save_graph(graph: Any, directory: str | Path) -> Path:
-    """Write ``graph.modules``' states and the manifest into ``directory`` atomically; returns it."""
+    """Write ``graph.modules``' states and the manifest into ``directory`` atomically; returns it. Saves into one
+    directory are serialised (an advisory lock on ``.kizuna-save.lock`` where the platform has ``fcntl``): two
+    overlapping saves removed each other's files (a module unchanged since the last save has the same file name in
+    both), leaving a manifest that named a deleted file."""
     d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise NotADirectoryError(f"save: {d} is a file; a saved graph is a directory (give a directory path)")
     d.mkdir(parents=True, exist_ok=True)
+    with _directory_lock(d):
+        return _save_graph_locked(graph, d)
+
+
+_HELD = threading.local()  # the directories whose lock this thread holds (a save nested in a save: no deadlock)
+
+
+@contextmanager
+def _directory_lock(d: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``d / LOCK`` while a save runs: other processes and threads wait for it (none
+    where ``fcntl`` is missing: Windows); re-entered by the thread that holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    key = str(d.resolve())
+    held = _HELD.__dict__.setdefault("dirs", set())
+    if key in held:
+        yield
+        return
+    with open(d / LOCK, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _save_graph_locked(graph: Any, d: Path) -> Path:
     previous = _previous_files(d)
     entries = []
     for i, m in enumerate(graph.modules):
