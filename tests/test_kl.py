@@ -287,3 +287,37 @@ def test_a_relaxed_categoricals_own_float32_draws_are_on_its_support_under_valid
         assert abs(gap.mean()) < 5 * gap.std() / len(gap) ** 0.5 + 0.5 * temperature, temperature
     with pytest.raises(ValueError, match="must lie in Simplex"), validation(True):
         p.get_log_prob({"z": torch.tensor([[0.5, 0.6] + [0.0] * 8], dtype=torch.float32)})
+
+
+def test_a_declared_feature_shape_is_kept_by_the_closed_form() -> None:
+    """A prior over 1 feature against q's parameters of 3: the closed form broadcast it (3 KLs to N(0, 1) summed)
+    while the Monte-Carlo path refused the pair; both refuse it now (under validation, as a model's first step),
+    and a prior over the same 3 features gives torch's KL."""
+    import torch
+    from torch import distributions as D
+
+    from kizuna.distributions import Normal, validation
+    from kizuna.losses import CrossEntropy
+
+    a, b = torch.randn(4, 3, dtype=torch.float64), torch.rand(4, 3, dtype=torch.float64) + 0.5
+    q = Normal(var=["z"], cond_var=["a", "b"], loc="a", scale="b", name="q")
+    prior1 = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[1], name="prior").double()
+    with validation(True):
+        for loss in (KullbackLeibler(q, prior1), CrossEntropy(q, prior1), KullbackLeibler(q, prior1, analytic=False)):
+            with pytest.raises(ValueError, match=r"\(1,\)|expected \(batch, 1\)"):
+                loss.eval({"a": a, "b": b})
+        prior3 = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[3], name="prior").double()
+        expected = D.kl_divergence(D.Normal(a, b), D.Normal(0.0, 1.0)).sum(1)
+        torch.testing.assert_close(KullbackLeibler(q, prior3).eval({"a": a, "b": b}), expected)
+
+
+def test_losses_name_arguments_that_are_not_distributions() -> None:
+    from kizuna.distributions import Normal
+    from kizuna.losses import IWAE, CrossEntropy, Entropy
+
+    q = Normal(var=["z"], loc=0.0, scale=1.0, name="q")
+    for build, name in ((lambda: KullbackLeibler(q, "prior"), "KullbackLeibler: q"),
+                        (lambda: CrossEntropy(q, "p"), "CrossEntropy: q"), (lambda: Entropy("q"), "Entropy: p"),
+                        (lambda: IWAE(q, "q"), "IWAE: q")):
+        with pytest.raises(TypeError, match=f"{name} must be a kizuna distribution, got str"):
+            build()

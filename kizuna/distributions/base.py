@@ -170,6 +170,14 @@ def sum_rows(value: Tensor, dims: Sequence[int] | None = None) -> Tensor:
     return value.sum(-1) if value.dim() == 2 else value.flatten(1).sum(1)
 
 
+def require_distributions(who: str, **given: Any) -> None:
+    """Each of ``given`` (argument name -> value) a kizuna `Distribution`; a TypeError naming the argument otherwise
+    (a string or a torch distribution failed later, reading an attribute it has not)."""
+    for name, value in given.items():
+        if not isinstance(value, Distribution):
+            raise TypeError(f"{who}: {name} must be a kizuna distribution, got {type(value).__name__} {value!r}"[:300])
+
+
 def apply_keeping_exact(module: nn.Module, apply: Callable[[], Any], exact: Mapping[str, Tensor]) -> Any:
     """``apply()`` (the module's ``nn.Module._apply``: ``.to()``, ``.double()``), then the buffers named in ``exact``
     refilled from it in their new floating dtype and device, where they still held those numbers before: constants

@@ -12,7 +12,7 @@ from typing import Any
 from torch import distributions as D
 
 from kizuna._text import symbol
-from kizuna.distributions.base import Distribution
+from kizuna.distributions.base import Distribution, require_distributions
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
 from kizuna.losses.expectation import Expectation
@@ -80,6 +80,7 @@ class KullbackLeibler(Loss):
     def __init__(self, p: Distribution, q: Distribution, analytic: bool | None = None,
                  sample_shape: Sequence[int] = (), dim: int | Sequence[int] | None = None, *,
                  analytical: bool | None = None) -> None:
+        require_distributions("KullbackLeibler", p=p, q=q)
         analytic = analytic_option(analytic, analytical, "KullbackLeibler")
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"KL[{p.prob_text}||{q.prob_text}] needs both over the same variables: {p.var} vs {q.var}")

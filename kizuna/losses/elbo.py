@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from kizuna._text import symbol
-from kizuna.distributions.base import Distribution
+from kizuna.distributions.base import Distribution, require_distributions
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
 from kizuna.losses.expectation import Expectation, draw
@@ -55,6 +55,7 @@ class IWAE(Loss):
     precedence = 35  # a function application (log 1/K sum ...): parenthesised as the base of a power
 
     def __init__(self, p: Distribution, q: Distribution, k: int = 5) -> None:
+        require_distributions("IWAE", p=p, q=q)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"IWAE needs an integer k >= 1 (draws per row), got k={k!r}")
         if not q.has_reparam:

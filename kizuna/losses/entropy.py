@@ -18,7 +18,7 @@ from torch import distributions as D
 from torch.distributions.exp_family import ExponentialFamily
 
 from kizuna._text import symbol
-from kizuna.distributions.base import Distribution
+from kizuna.distributions.base import Distribution, require_distributions
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
 from kizuna.losses.divergences import analytic_kl_available, analytic_option, monte_carlo_after_all, with_row
@@ -46,6 +46,7 @@ class Entropy(Loss):
 
     def __init__(self, p: Distribution, analytic: bool | None = None, sample_shape: Sequence[int] = (), *,
                  analytical: bool | None = None) -> None:
+        require_distributions("Entropy", p=p)
         analytic = analytic_option(analytic, analytical, "Entropy")
         self.method = _method(analytic_entropy_available(p), analytic, f"entropy of {p.prob_text}")
         self.p = p
@@ -89,6 +90,7 @@ class CrossEntropy(Loss):
     def __init__(self, p: Distribution, q: Distribution,
                  analytic: bool | None = None, sample_shape: Sequence[int] = (), *,
                  analytical: bool | None = None) -> None:
+        require_distributions("CrossEntropy", p=p, q=q)
         analytic = analytic_option(analytic, analytical, "CrossEntropy")
         same_vars = sorted(p.var) == sorted(q.var)
         available = same_vars and analytic_entropy_available(p) and analytic_kl_available(p, q)
