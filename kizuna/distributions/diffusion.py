@@ -479,6 +479,9 @@ class DiffusionDecoder(Distribution):
             raise ValueError(f"{self.prob_text}: {name} is not on the grid of bins={self.bins} levels "
                              f"(k / {self.bins - 1} scaled to [-1, 1]); give the decoder the data's number of levels "
                              "(e.g. bins=256 for 8-bit images), and data that is not dequantised")
+        self._check_finite(mean, var)
+
+    def _check_finite(self, mean: Tensor, var: Tensor) -> None:
         for what, value in (("mean", mean), ("variance", var)):
             if not bool(torch.isfinite(value).all()):
                 raise FloatingPointError(f"parameter {what} of {self.prob_text} is not finite (the noise network's "
@@ -487,10 +490,7 @@ class DiffusionDecoder(Distribution):
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         mean, var = self._params(x_dict)
         if validation_enabled():
-            for what, value in (("mean", mean), ("variance", var)):
-                if not bool(torch.isfinite(value).all()):
-                    raise FloatingPointError(f"parameter {what} of {self.prob_text} is not finite (the noise "
-                                             f"network's output at step 1, or x_1)")
+            self._check_finite(mean, var)
         x = mean + var.sqrt() * torch.randn_like(mean)
         levels = ((x.clamp(-1, 1) + 1) / 2 * (self.bins - 1)).round()
         return {self._var[0]: (levels / (self.bins - 1) * 2 - 1).detach()}

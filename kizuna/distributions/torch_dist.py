@@ -47,6 +47,7 @@ from kizuna.distributions.base import (
     RepeatedRows,
     Tensor,
     XDict,
+    apply_keeping_exact,
     batch_size_of,
     repeat_batch,
     sum_rows,
@@ -534,16 +535,8 @@ class TorchDistribution(Distribution):
     def _apply(self, fn: Any, recurse: bool = True) -> TorchDistribution:
         """``.to()`` / ``.double()``: a constant given as a Python number that still holds it holds the exact number
         in the new dtype (a cast of float32(0.1) to float64 kept 0.10000000149: densities off by 1e-8 to 4e-7)."""
-        held = [key for key, number in self._numbers.items()
-                if (b := self._buffers.get(key)) is not None and b.is_floating_point() and bool((b == number).all())]
-        out = super()._apply(fn, recurse)
-        if held:
-            with torch.no_grad():
-                for key in held:
-                    buffer = self._buffers[key]
-                    if buffer is not None and buffer.is_floating_point():
-                        buffer.fill_(self._numbers[key])
-        return out
+        exact = {key: torch.tensor(float(number), dtype=torch.float64) for key, number in self._numbers.items()}
+        return apply_keeping_exact(self, lambda: super(TorchDistribution, self)._apply(fn, recurse), exact)
 
     def _holds_numbers(self) -> bool:
         """Whether every constant given as a Python number still holds it: checked by value once, and again
