@@ -662,7 +662,7 @@ BAD = [
     (lambda: AffineCoupling(4, hidden_features=8)(torch.randn(5, 4), torch.randn(5, 2)),
      r"AffineCoupling: built without a context \(context_features=0\) but given one of shape \(5, 2\)"),
     (lambda: AffineCoupling(4, hidden_features=8, context_features=2)(torch.randn(5, 4), torch.randn(3, 2)),
-     r"AffineCoupling: the context must be \(batch, 2\) with the batch of x \(5\).*got shape \(3, 2\)"),
+     r"AffineCoupling: the context must be \(batch, 2\) with the batch of x \(5, or 1\).*got shape \(3, 2\)"),
     (lambda: AffineCoupling(4, hidden_features=8, context_features=2)(torch.randn(5, 4)),
      "AffineCoupling: built with context_features=2 but no context"),
     (lambda: RationalQuadraticCoupling(4, hidden_features=8, context_features=2)(torch.randn(5, 4), torch.randn(5, 3)),
@@ -681,6 +681,24 @@ BAD = [
     (lambda: Flatten((2, 3)).inverse(torch.ones(4, 5)),
      r"Flatten: z has shape \(4, 5\), 5 values per row; the inverse needs \(batch, 6\) to give \(batch, 2, 3\)"),
 ]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: AffineCoupling(4, hidden_features=8, context_features=2),
+    lambda: RationalQuadraticCoupling(4, num_bins=4, hidden_features=8, context_features=2),
+    lambda: MAF(4, [8], context_features=2),
+], ids=["AffineCoupling", "RationalQuadraticCoupling", "MAF"])
+def test_one_context_row_stands_for_every_row(make) -> None:
+    """One context row conditions every row of x, as the same row repeated does (the coupling layers refused it
+    while MADE, MAF and IAF took it)."""
+    g = torch.Generator().manual_seed(3)
+    flow = _random(make().double(), g)
+    x, y = _x(g, 4), torch.randn(1, 2, generator=g, dtype=F64)
+    z1, ld1 = flow.forward_and_logdet(x, y)
+    z2, ld2 = flow.forward_and_logdet(x, y.expand(B, 2))
+    torch.testing.assert_close(z1, z2, rtol=0, atol=0)
+    torch.testing.assert_close(ld1, ld2, rtol=0, atol=0)
+    torch.testing.assert_close(flow.inverse(z1, y), x, rtol=1e-9, atol=1e-9)
 
 
 def test_preprocess_takes_every_grid_level_and_checks_the_grid_only_while_validating() -> None:

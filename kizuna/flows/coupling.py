@@ -74,8 +74,11 @@ class _ContextMLP(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        check_context(self.owner, y, self.context_features, x.shape[0])
-        return self.net(x if y is None else torch.cat([x, y.reshape(y.shape[0], -1)], -1))
+        check_context(self.owner, y, self.context_features, x.shape[0], broadcast=True)
+        if y is None:
+            return self.net(x)
+        # one context row stands for every row of x, as in MADE, MAF and IAF
+        return self.net(torch.cat([x, y.reshape(y.shape[0], -1).expand(x.shape[0], -1)], -1))
 
 
 def _call(net: Callable[..., object], x: Tensor, y: Tensor | None) -> object:
