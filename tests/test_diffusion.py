@@ -733,3 +733,26 @@ def test_double_gives_the_schedules_exact_betas() -> None:
         assert DiffusionSchedule([0.1, 0.2]).double().betas.tolist() == [0.1, 0.2]
         np.testing.assert_allclose(DiffusionSchedule.linear(10).double().float().double().betas.numpy(),
                                    np.linspace(1e-4, 0.02, 10), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("how", ["built on meta", "moved to meta"])
+def test_a_schedule_on_the_meta_device_gets_its_betas_back_from_to_empty(how: str) -> None:
+    """Deferred initialisation: a schedule built under ``torch.device("meta")`` failed in its value check, and one
+    moved to ``meta`` failed in ``to_empty`` (its exact-betas comparison read values a meta tensor lacks). Betas
+    given as numbers or built by `linear` / `cosine` come back exactly (numpy's linspace in float64); betas given as a
+    tensor are uninitialised after ``to_empty``, as torch's are, and a loaded state brings the table back."""
+    def make(build):
+        if how == "built on meta":
+            with torch.device("meta"):
+                return build()
+        return build().to("meta")
+
+    linear = make(lambda: DiffusionSchedule.linear(10)).to_empty(device="cpu").double()
+    np.testing.assert_allclose(linear.betas.numpy(), np.linspace(1e-4, 0.02, 10), rtol=1e-15, atol=0)
+    np.testing.assert_allclose(linear.alpha_bar().numpy()[1:], np.cumprod(1 - np.linspace(1e-4, 0.02, 10)),
+                               rtol=1e-14)
+    assert make(lambda: DiffusionSchedule([0.1, 0.2])).to_empty(device="cpu").double().betas.tolist() == [0.1, 0.2]
+    ref = DiffusionSchedule.cosine(10)
+    given = make(lambda: DiffusionSchedule(ref.betas.clone())).to_empty(device="cpu")
+    given.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(given.constants(), ref.constants(), rtol=0, atol=0)

@@ -183,3 +183,24 @@ def test_double_gives_weights_given_as_numbers_exactly() -> None:
     z = torch.tensor([[-0.4], [0.9]], dtype=torch.float64)
     ref = np.log(0.3 * st.norm.pdf(z.numpy()[:, 0]) + 0.7 * st.norm.pdf(z.numpy()[:, 0], 1.0))
     np.testing.assert_allclose(m.get_log_prob({"z": z}).detach().numpy(), ref, rtol=1e-14)
+
+
+@pytest.mark.parametrize("how", ["built on meta", "moved to meta"])
+def test_a_mixture_on_the_meta_device_gets_its_numbers_back_from_to_empty(how: str) -> None:
+    """Deferred initialisation: a mixture (and a `Normal` with constant parameters) built under
+    ``torch.device("meta")`` failed in its value checks, and one moved to ``meta`` failed in ``to_empty``. Weights
+    and constants given as numbers come back exactly; the log-density then matches scipy's."""
+    def build():
+        return MixtureOfNormal([Normal(var=["z"], loc=0.0, scale=1.0, name="a"),
+                                Normal(var=["z"], loc=1.0, scale=0.3, name="b")], weights=[0.3, 0.7])
+
+    if how == "built on meta":
+        with torch.device("meta"):
+            m = build()
+    else:
+        m = build().to("meta")
+    m = m.to_empty(device="cpu").double()
+    assert m.weights.tolist() == [0.3, 0.7]
+    z = torch.tensor([[-0.4], [0.9]], dtype=torch.float64)
+    ref = np.log(0.3 * stats.norm.pdf(z.numpy()[:, 0]) + 0.7 * stats.norm.pdf(z.numpy()[:, 0], 1.0, 0.3))
+    np.testing.assert_allclose(m.get_log_prob({"z": z}).detach().numpy(), ref, rtol=1e-14)

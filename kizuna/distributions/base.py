@@ -182,14 +182,16 @@ def apply_keeping_exact(module: nn.Module, apply: Callable[[], Any], exact: Mapp
     """``apply()`` (the module's ``nn.Module._apply``: ``.to()``, ``.double()``), then the buffers named in ``exact``
     refilled from it in their new floating dtype and device, where they still held those numbers before: constants
     given as Python numbers are exact in any dtype (a float32 buffer cast to float64 kept 0.30000001192 for 0.3).
-    ``exact``: float64 copies of the numbers as given, kept outside the module's buffers."""
+    ``exact``: float64 copies of the numbers as given, kept outside the module's buffers. A buffer on the ``meta``
+    device holds no numbers to contradict them: it is refilled too, so ``.to("meta").to_empty(device=...)`` (deferred
+    initialisation) gives the constants back, not uninitialised memory."""
     held = [k for k, v in exact.items() if (b := module._buffers.get(k)) is not None and b.is_floating_point()
-            and bool((b == v.to(dtype=b.dtype, device=b.device)).all())]
+            and (b.is_meta or bool((b == v.to(dtype=b.dtype, device=b.device)).all()))]
     out = apply()
     with torch.no_grad():
         for k in held:
             b = module._buffers[k]
-            if b is not None and b.is_floating_point():
+            if b is not None and b.is_floating_point() and not b.is_meta:
                 b.copy_(exact[k].to(dtype=b.dtype, device=b.device))
     return out
 

@@ -49,13 +49,13 @@ class DiffusionSchedule(nn.Module):
     def __init__(self, betas: Tensor | Sequence[float]) -> None:
         super().__init__()
         if not isinstance(betas, (nn.Parameter, Tensor)):  # numbers: kept exactly for .double() (see _apply)
-            self.__dict__["_exact_betas"] = torch.as_tensor(betas, dtype=torch.float64)
+            self.__dict__["_exact_betas"] = torch.as_tensor(betas, dtype=torch.float64, device="cpu")
         if not isinstance(betas, nn.Parameter):
             betas = torch.as_tensor(betas)
             betas = betas if betas.is_floating_point() else betas.to(torch.get_default_dtype())
         if betas.dim() != 1 or betas.numel() == 0:
             raise ValueError(f"DiffusionSchedule: betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
-        if not bool(((betas > 0) & (betas < 1)).all()):
+        if not betas.is_meta and not bool(((betas > 0) & (betas < 1)).all()):  # (meta: no values to check)
             raise ValueError("DiffusionSchedule: every beta must lie in (0, 1)")
         if isinstance(betas, nn.Parameter):
             self.betas = betas
@@ -83,7 +83,7 @@ class DiffusionSchedule(nn.Module):
     def linear(cls, T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> DiffusionSchedule:
         """Ho et al.'s linear schedule from ``beta_1`` to ``beta_T``."""
         check_int("DiffusionSchedule.linear: T", T, 1)  # (-3 and 2.5 failed inside torch.linspace)
-        return cls._exact(torch.linspace(beta_1, beta_T, T, dtype=torch.float64))
+        return cls._exact(torch.linspace(beta_1, beta_T, T, dtype=torch.float64, device="cpu"))
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> DiffusionSchedule:
@@ -92,15 +92,16 @@ class DiffusionSchedule(nn.Module):
         Nichol & Dhariwal 2021, arXiv:2102.09672; betas are capped at ``max_beta``.
         """
         check_int("DiffusionSchedule.cosine: T", T, 1)  # (2.5 made a schedule of other steps)
-        steps = torch.arange(T + 1, dtype=torch.float64) / T
+        steps = torch.arange(T + 1, dtype=torch.float64, device="cpu") / T
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
         return cls._exact(betas)
 
     @classmethod
     def _exact(cls, betas64: Tensor) -> DiffusionSchedule:
-        """A schedule in the default dtype that keeps its float64 betas for ``.double()`` (see `_apply`)."""
-        out = cls(betas64.to(torch.get_default_dtype()))
+        """A schedule in the default dtype and device that keeps its float64 betas (on the CPU, so that a schedule built
+        on the ``meta`` device gets them back from ``to_empty``) for ``.double()`` (see `_apply`)."""
+        out = cls(betas64.to(dtype=torch.get_default_dtype(), device=torch.get_default_device()))
         out.__dict__["_exact_betas"] = betas64
         return out
 

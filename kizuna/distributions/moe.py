@@ -66,8 +66,9 @@ class MixtureOfNormal(Distribution):
             w = torch.ones(len(experts)) if weights is None else torch.as_tensor(weights, dtype=dtype)
             self.register_buffer("weights", w)
             if weights is not None and not isinstance(weights, Tensor):  # numbers: exact after .double() (_apply)
-                self.__dict__["_exact_weights"] = torch.as_tensor(weights, dtype=torch.float64)
-        if self.weights.shape != (len(experts),) or not bool(((self.weights > 0) & self.weights.isfinite()).all()):
+                self.__dict__["_exact_weights"] = torch.as_tensor(weights, dtype=torch.float64, device="cpu")
+        if self.weights.shape != (len(experts),) or (
+                not self.weights.is_meta and not bool(((self.weights > 0) & self.weights.isfinite()).all())):
             raise ValueError(
                 f"MixtureOfNormal: weights must be {len(experts)} positive finite numbers (one per expert), "
                 f"got {self.weights.detach().tolist()}"

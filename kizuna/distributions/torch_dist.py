@@ -288,7 +288,8 @@ class TorchDistribution(Distribution):
                 self._by_position_cond = self._cond_var
             elif _takes_in_order(forward, tuple(self._cond_var)):
                 self._by_position_cond, self._positional_call = self._cond_var, forward
-        if not self._uses_forward and not self._from_var and self._const_names and self._complete():
+        if not self._uses_forward and not self._from_var and self._const_names and self._complete() \
+                and not any(getattr(self, key).is_meta for key in self._const_names):  # (meta: no values to check)
             self._check_constants()
 
     # ------------------------------------------------------------ construction
@@ -535,7 +536,8 @@ class TorchDistribution(Distribution):
     def _apply(self, fn: Any, recurse: bool = True) -> TorchDistribution:
         """``.to()`` / ``.double()``: a constant given as a Python number that still holds it holds the exact number
         in the new dtype (a cast of float32(0.1) to float64 kept 0.10000000149: densities off by 1e-8 to 4e-7)."""
-        exact = {key: torch.tensor(float(number), dtype=torch.float64) for key, number in self._numbers.items()}
+        exact = {key: torch.tensor(float(number), dtype=torch.float64, device="cpu")
+                 for key, number in self._numbers.items()}
         return apply_keeping_exact(self, lambda: super(TorchDistribution, self)._apply(fn, recurse), exact)
 
     def _holds_numbers(self) -> bool:
