@@ -564,6 +564,31 @@ def test_a_one_hot_decoder_with_a_whole_row_missing_is_named_as_not_factorising(
             impute_importance(OneHot() * prior, Q(), {"y": y}, mask, k=10)
 
 
+@pytest.mark.parametrize("impute", [impute_importance, impute_gibbs], ids=["importance", "gibbs"])
+@pytest.mark.parametrize("missing", [False, True], ids=["all observed", "some missing"])
+def test_an_observed_value_outside_the_support_is_named_by_the_decoder(impute, missing):
+    """An observed 2 under a Bernoulli decoder: with entries missing, impute_importance called the decoder one that
+    does not factorise (and told the user to use a Bernoulli), and impute_gibbs imputed it silently."""
+    class Dec(Bernoulli):
+        def forward(self, z):
+            return {"logits": z.expand(-1, 3)}
+
+    class Enc(Normal):
+        def forward(self, x):
+            return {"loc": x.mean(1, keepdim=True), "scale": torch.ones(len(x), 1)}
+
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[1], name="p_prior")
+    p, q = Dec(var=["x"], cond_var=["z"]), Enc(var=["z"], cond_var=["x"], name="q")
+    x = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0]])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    mask[0, 2] = not missing
+    kwargs = {"k": 10} if impute is impute_importance else {"n_iter": 2}
+    with pytest.raises(ValueError, match=r"p\(x\|z\): value of x must lie in \[0, 1\]"):
+        impute(p * prior, q, {"x": x}, mask, **kwargs)
+    x[0, 1] = 1.0  # the same row in the support imputes
+    impute(p * prior, q, {"x": x}, mask, **kwargs)
+
+
 def test_a_flow_posterior_imputes_and_infers_only_its_own_variable():
     """A flow distribution's sample also returns the prior's draw (Pixyz's return_hidden): impute_importance with the
     default defensive mixture failed with KeyError 'z0', and infer_latent returned z0 beside z."""

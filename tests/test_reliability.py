@@ -255,6 +255,11 @@ def test_arguments_out_of_range_are_value_errors_naming_them() -> None:
         model.train({"x": x["x"][:0]})
     with pytest.raises(ValueError, match=r"fit: the variables of data must share their first \(batch\) dimension"):
         model.fit({"x": x["x"], "y": x["x"][:3]}, epochs=1)
+    # an object array (a None among the numbers) gave torch's "can't convert np.ndarray of type numpy.object_"
+    objects = x["x"].numpy().astype(object)
+    objects[2, 1] = None
+    with pytest.raises(TypeError, match=r"fit: data\['x'\] is a numpy array of Python objects; give numbers"):
+        model.fit({"x": objects}, epochs=1, quiet=True)
 
 
 def test_a_feature_width_the_network_does_not_take_names_the_distribution() -> None:

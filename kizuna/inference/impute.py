@@ -51,7 +51,7 @@ from kizuna.inference._checks import (
     own_draws,
     require,
 )
-from kizuna.inference.masked import decoder_of, masked_log_joint
+from kizuna.inference.masked import decoder_of, masked_log_joint, placeholder
 from kizuna.metrics.likelihood import _device
 
 Tensor = torch.Tensor
@@ -366,11 +366,14 @@ def impute_gibbs(
     x0, m = repeat_batch(filled, n_samples), repeat_batch(mask, n_samples)
     state = x0
     with torch.no_grad():
-        for _ in range(n_iter):
+        for sweep in range(n_iter):
             values = {**given, var: state}
             z = own_draws(q, values)
             cond = {**given, **z}
             mean = decoder.sample_mean(cond)
+            if sweep == 0:  # the observed values in the decoder's support (checked in its own words, as
+                # impute_importance does; the sweeps never score a density, and took an observed 2 under a Bernoulli)
+                decoder.get_log_prob({**cond, var: torch.where(m, x0, placeholder(decoder, cond, x0, mean))})
             new = decoder.sample(cond, return_all=False)[var] if draw else mean
             state = torch.where(m, x0, new)
     shape = (n_samples, *filled.shape)

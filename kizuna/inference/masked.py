@@ -54,13 +54,24 @@ def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tens
     """
     var = decoder.var[0]
     x = values[var]
+    filler = None
     if isinstance(x, Tensor) and x.shape == mask.shape and not bool(mask.all()):
-        values = {**values, var: torch.where(mask, x, placeholder(decoder, values, x, fill))}
+        filler = placeholder(decoder, values, x, fill)
+        values = {**values, var: torch.where(mask, x, filler)}
     try:
         per_entry = decoder.get_log_prob(values, sum_features=False)
     except (ValueError, NotImplementedError) as err:
-        if bool(mask.all()):  # a problem with the values themselves raises here, in its own words (with entries
-            # missing, the values hold the placeholder, whose support error named no data of the caller's)
+        # a problem with the observed values themselves (a 2 under a Bernoulli) raises here, in its own words: with
+        # entries missing, where the placeholder alone scores and the values with it do not (a placeholder outside a
+        # support of whole rows, such as zeros under a one-hot decoder, is the decoder's fault, not the data's;
+        # before, with entries missing, every error was called a decoder that does not factorise)
+        placeholder_scores = True
+        if filler is not None:
+            try:
+                decoder.get_log_prob({**values, var: filler})
+            except (ValueError, NotImplementedError):
+                placeholder_scores = False
+        if placeholder_scores:
             decoder.get_log_prob(values)
         raise ValueError(_not_factorised(decoder, who, str(err))) from err
     if per_entry.shape != x.shape:

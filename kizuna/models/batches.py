@@ -132,6 +132,9 @@ class Batches:
 
 
 def _check_tensors(data: Mapping[str, Any], what: str) -> dict[str, Any]:
+    for k, v in data.items():  # (torch's own error named neither the variable nor the cause)
+        if isinstance(v, np.ndarray) and v.dtype == object:
+            raise TypeError(f"fit: {what}['{k}'] is a numpy array of Python objects; give numbers")
     out = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in data.items()}
     sizes = {k: v.shape[0] for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
     if not sizes:
