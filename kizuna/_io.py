@@ -15,13 +15,16 @@ import errno
 import hashlib
 import io
 import os
+import pickle
 import re
 import socket
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 MAGIC = b"KIZUNA-SHA256 "
@@ -131,11 +134,72 @@ def remove_stale(path: Path) -> None:
             pass
 
 
-def encode(obj: Any) -> bytes:
-    """``obj`` as ``torch.save`` bytes behind a checksum header."""
+# what torch.load(weights_only=True) reads back without an allow-list (containers aside); the scalars by exact type
+# (an IntEnum is an int that it refuses)
+_SCALARS = frozenset({bool, int, float, complex, str, bytes, type(None)})
+_TORCH = (torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+
+def _is_plain(obj: Any) -> bool:
+    return type(obj) in _SCALARS or isinstance(obj, _TORCH)
+
+
+def _plain(obj: Any) -> tuple[Any, bool]:
+    """``obj`` with numpy scalars as Python numbers and numpy arrays as tensors, through dicts, lists and tuples, and
+    whether everything in it is of a type `_is_plain` takes. (torch.load(weights_only=True) refuses numpy's classes: an
+    optimizer's learning rate set from ``np.logspace`` made every checkpoint fit wrote unreadable.)"""
+    if isinstance(obj, np.generic):  # first: np.float64 is a float
+        return obj.item(), True
+    if _is_plain(obj):
+        return obj, True
+    if isinstance(obj, np.ndarray):
+        return (torch.from_numpy(obj.copy()), True) if obj.dtype != object else (obj, False)
+    if type(obj) in (dict, OrderedDict):  # (a state_dict is an OrderedDict)
+        items = [(k, *_plain(v)) for k, v in obj.items()]
+        out = type(obj)((k, v) for k, v, _ in items)
+        return out, all(_is_plain(k) and ok for k, _, ok in items)
+    if type(obj) in (list, tuple):
+        items = [_plain(v) for v in obj]
+        return type(obj)(v for v, _ in items), all(ok for _, ok in items)
+    return obj, False
+
+
+def safe_payload(obj: Any, who: str) -> tuple[Any, bytes]:
+    """``obj`` made plain (`_plain`) and its ``torch.save`` bytes, checked to load back with
+    ``torch.load(weights_only=True)`` where it holds other types: a ``TypeError`` at save time naming the type
+    refused, so that a save never replaces a readable file with an unreadable one (``who`` names the save)."""
+    obj, plain = _plain(obj)
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    try:
+        torch.save(obj, buffer)
+    except (pickle.PicklingError, AttributeError, TypeError) as err:  # e.g. a class defined inside a function
+        raise TypeError(f"{who}: the state cannot be saved ({err}); nothing was written") from None
     payload = buffer.getvalue()
+    if not plain:
+        try:
+            torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises several types; weights_only refuses code
+            raise TypeError(f"{who}: the state holds {_refused(err)}, which a safe load (weights_only) refuses; "
+                            "nothing was written: give tensors, numbers, strings and lists, tuples or dicts of "
+                            "them") from None
+    return obj, payload
+
+
+def _refused(err: BaseException) -> str:
+    """The class a weights-only load refused, from torch's message (its first line is only advice)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"GLOBAL ([\w.]+)", text)  # ("Unsupported global: GLOBAL x.Y", "unsupported GLOBAL x.y")
+    if found:
+        return f"an object of {found.group(1)}"
+    lines = [line.strip() for line in text.strip().splitlines()
+             if line.strip() and not line.lstrip().startswith(("Weights only load failed", "Check the documentation"))]
+    return (lines[0] if lines else type(err).__name__)[:200]
+
+
+def encode(obj: Any, who: str = "save") -> bytes:
+    """``obj`` as ``torch.save`` bytes behind a checksum header (`safe_payload`: numpy values as plain ones, and
+    checked to load back safely)."""
+    payload = safe_payload(obj, who)[1]
     return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
 
@@ -191,7 +255,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """`encode` ``obj`` and `write_atomic` it to ``path``."""
-    return write_atomic(path, encode(obj))
+    return write_atomic(path, encode(obj, f"saving {path}"))
 
 
 def decode(data: bytes, source: str, map_location: Any = "cpu") -> Any:
@@ -207,8 +271,8 @@ def decode(data: bytes, source: str, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types; weights_only refuses code
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{source} cannot be read safely ({first[:200]}); nothing in it was run") from None
+        raise ValueError(f"{source} cannot be read safely (it holds {_refused(err)}); nothing in it was "
+                         "run") from None
 
 
 def load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:

@@ -122,6 +122,55 @@ def test_checkpoints_load_without_unpickling_code_and_leave_the_global_rngs_alon
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))  # written atomically
 
 
+class Schedule:
+    """An object a safe load cannot rebuild."""
+
+
+def test_numpy_settings_are_saved_as_numbers_and_an_unsafe_state_is_refused_before_writing(tmp_path):
+    """An optimizer's learning rate set from numpy after load (what docs/training.md suggests) was written as a numpy
+    object, which torch.load(weights_only=True) refuses: the save replaced a good checkpoint with one that could not
+    be read. numpy scalars and arrays are now saved as numbers and tensors; anything else a safe load refuses is a
+    TypeError at save time, naming its class, and the file on disk is left as it was."""
+    path = tmp_path / "run.pt"
+    model = build()
+    model.fit({"x": X}, epochs=1, quiet=True, seed=0, checkpoint=path)
+    model = build()
+    model.load(path)
+    for group in model.optimizer.param_groups:
+        group["lr"], group["betas"] = np.logspace(-3, -2, 2)[1], np.array([0.8, 0.99])
+    model.fit({"x": X}, epochs=1, quiet=True, checkpoint=path)
+    resumed = build()
+    resumed.load(path)  # before: "cannot be read safely (Weights only load failed ..."
+    group = resumed.optimizer.param_groups[0]
+    assert resumed.epoch == 2 and type(group["lr"]) is float and group["lr"] == pytest.approx(0.01, rel=1e-15)
+    assert torch.equal(torch.as_tensor(group["betas"]), torch.tensor([0.8, 0.99], dtype=torch.float64))
+    before = path.read_bytes()
+    for group in resumed.optimizer.param_groups:
+        group["schedule"] = Schedule()
+    with pytest.raises(TypeError, match=r"holds an object of .*Schedule, which a safe load \(weights_only\) refuses; "
+                                        "nothing was written"):
+        resumed.fit({"x": X}, epochs=1, quiet=True, checkpoint=path)
+    assert path.read_bytes() == before
+    build().load(path)
+
+
+@pytest.mark.parametrize("key", ["history", "epoch", "shuffle", "optimizer_class"])
+def test_a_state_lacking_an_entry_is_refused_before_anything_is_loaded(key):
+    """A state without its "history" (a hand-built or older state) raised a raw KeyError after the weights and the
+    optimizer's state had been loaded: the model was left half loaded."""
+    trained = build()
+    trained.fit({"x": X}, epochs=2, quiet=True, seed=0)
+    state = trained.state_dict()
+    del state[key]
+    fresh = build()
+    weights = {k: v.clone() for k, v in fresh.distributions.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"the checkpoint is not a whole model state: it lacks '{key}'"):
+        fresh.load_state_dict(state)
+    assert fresh.epoch == 0 and not fresh.optimizer.state_dict()["state"]
+    for k, v in fresh.distributions.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+
+
 def test_fit_checkpoints_every_epoch_and_early_stopping_saves_the_best(tmp_path):
     path = tmp_path / "run.pt"
     model = build()

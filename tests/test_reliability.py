@@ -3,6 +3,8 @@ that reproduce, bad data caught at the data. Each check names what it guards in 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 import re
@@ -118,7 +120,10 @@ def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path: Path, mon
     """A checkpoint carrying a pickled callable (with a valid checksum, so only weights_only stops it)."""
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "evil.pt"
-    evil.write_bytes(_io.encode({"format": "kizuna.checkpoint", "version": 1, "payload": _Boom()}))
+    buffer = io.BytesIO()  # (written by hand: _io.encode refuses what a safe load would)
+    torch.save({"format": "kizuna.checkpoint", "version": 1, "payload": _Boom()}, buffer)
+    payload = buffer.getvalue()
+    evil.write_bytes(_io.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
     with pytest.raises(ValueError, match=r"evil\.pt cannot be read safely .*nothing in it was run"):
         vae()[0].load(evil)
     assert not (tmp_path / "HACKED").exists()
@@ -260,6 +265,13 @@ def test_arguments_out_of_range_are_value_errors_naming_them() -> None:
     objects[2, 1] = None
     with pytest.raises(TypeError, match=r"fit: data\['x'\] is a numpy array of Python objects; give numbers"):
         model.fit({"x": objects}, epochs=1, quiet=True)
+    # a list of rows reached the networks whole ("linear(): argument 'input' must be Tensor, not list")
+    with pytest.raises(TypeError, match=r"fit: data\['x'\] is a list of numbers; give a tensor or a numpy array"):
+        model.fit({"x": x["x"].tolist()}, epochs=1, quiet=True)
+    with pytest.raises(TypeError, match=r"x_dict\['x'\] is a list of numbers; give a tensor or a numpy array"):
+        model.train({"x": x["x"].tolist()})
+    # numpy integers were refused as "must be an integer >= 1, got np.int64(8)"
+    model.fit({"x": x["x"]}, epochs=np.int64(1), batch_size=np.int32(8), quiet=True)
 
 
 def test_a_feature_width_the_network_does_not_take_names_the_distribution() -> None:

@@ -9,6 +9,7 @@ as a complaint about a distribution's parameters.
 
 from __future__ import annotations
 
+import numbers
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -30,6 +31,10 @@ def prepare(x_dict: Mapping[str, Any], dtype: torch.dtype | None, device: torch.
     is an error naming the variable."""
     out: dict[str, Any] = {}
     for key, value in x_dict.items():
+        if type(value) in (list, tuple) and value and isinstance(value[0], (numbers.Number, list, tuple)):
+            # (a list of rows reached the networks whole: "linear(): argument 'input' must be Tensor, not list")
+            raise TypeError(f"{what}['{key}'] is a {type(value).__name__} of numbers; give a tensor or a numpy "
+                            "array (e.g. torch.tensor(...))")
         if isinstance(value, np.ndarray):
             if value.dtype == object:
                 raise TypeError(f"{what}['{key}'] is a numpy array of Python objects; give numbers")
@@ -135,6 +140,9 @@ def _check_tensors(data: Mapping[str, Any], what: str) -> dict[str, Any]:
     for k, v in data.items():  # (torch's own error named neither the variable nor the cause)
         if isinstance(v, np.ndarray) and v.dtype == object:
             raise TypeError(f"fit: {what}['{k}'] is a numpy array of Python objects; give numbers")
+        if type(v) in (list, tuple) and v and isinstance(v[0], (numbers.Number, list, tuple)):
+            raise TypeError(f"fit: {what}['{k}'] is a {type(v).__name__} of numbers; give a tensor or a numpy "
+                            "array (e.g. torch.tensor(...))")
     out = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in data.items()}
     sizes = {k: v.shape[0] for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
     if not sizes:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from kizuna._data import first_nonfinite
+from kizuna._data import check_int, first_nonfinite
 from kizuna.losses.iterative import IterativeLoss
 from kizuna.models import distributed as ddp
 from kizuna.models.batches import Batch, Batches
@@ -81,10 +81,9 @@ def fit(
             step, and the non-finite input or terms; the bad step is not taken, and the checkpoint on
             disk (the last finished epoch) is left untouched.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"fit: epochs must be an integer >= 0, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"fit: batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("fit: epochs", epochs, 0)  # (numpy integers were refused: "must be an integer ..., got np.int64(8)")
+    check_int("fit: batch_size", batch_size, 1)
+    epochs, batch_size = int(epochs), int(batch_size)
     if patience is not None and (valid is None or isinstance(patience, bool)
                                  or not isinstance(patience, numbers.Integral) or patience < 1):  # True, 2.5 were taken
         raise ValueError(f"fit: patience (early stopping) needs valid data and an integer >= 1, got {patience!r}")

@@ -522,10 +522,26 @@ class Model:
             ValueError: its parameters do not fit these distributions (the message lists missing /
                 unexpected names and shape mismatches), or it was trained with another optimizer class.
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{source}: a model state is a dict (Model.state_dict()), got {type(state).__name__}")
+        missing = [k for k in ("distributions", "optimizer", "optimizer_class", "epoch", "history", "best", "shuffle")
+                   if k not in state]
+        if missing:  # (checked before anything is changed: a missing "history" raised a KeyError after the weights
+            # and the optimiser were loaded, leaving the model half loaded)
+            raise ValueError(f"{source} is not a whole model state: it lacks {', '.join(map(repr, missing))} "
+                             "(give what Model.state_dict() returns)")
         ckpt.check_parameters(self.distributions, state["distributions"], source)
         if state["optimizer_class"] != ckpt.class_name(self.optimizer):
             raise ValueError(f"{source} was trained with {state['optimizer_class']}, "
                              f"this model uses {ckpt.class_name(self.optimizer)}")
+        try:  # everything else read first, so that a bad entry leaves the model as it was
+            epoch, history = int(state["epoch"]), History.from_dict(state["history"])
+            shuffle = None
+            if state["shuffle"] is not None:
+                shuffle = torch.Generator()
+                shuffle.set_state(state["shuffle"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as err:
+            raise ValueError(f"{source}: its epoch, history or shuffling state cannot be read ({err})") from None
         weights = {k: v.clone() for k, v in self.distributions.state_dict().items()}
         optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         try:
@@ -536,13 +552,9 @@ class Model:
             self.optimizer.load_state_dict(optimizer_state)
             raise ValueError(f"{source} does not fit this model's optimiser (e.g. another set of trainable "
                              f"parameters): {err}") from None
-        self.epoch = int(state["epoch"])
-        self.history = History.from_dict(state["history"])
+        self.epoch, self.history = epoch, history
         self._best = state["best"]
-        self._shuffle = None
-        if state["shuffle"] is not None:
-            self._shuffle = torch.Generator()
-            self._shuffle.set_state(state["shuffle"])
+        self._shuffle = shuffle
         self._rng = state.get("rng")
         self._cuda_rng = state.get("cuda_rng")  # (None from a CPU run or an older checkpoint: seeded at the next fit)
         self._training = None

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from kizuna._io import STALE_SECONDS, remove_stale, write_atomic
+from kizuna._io import STALE_SECONDS, remove_stale, safe_payload, write_atomic
 from kizuna.modules.base import GraphError, Module, Observation
 
 FORMAT = "kizuna.modules/2"
@@ -96,9 +96,7 @@ def _sha(data: bytes) -> str:
 
 def pack(state: dict[str, Any]) -> bytes:
     """A state as a checksummed blob: the header with the SHA-256 of the ``torch.save`` payload, then it."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
+    payload = safe_payload(state, "save_module")[1]
     return MAGIC + _sha(payload).encode() + b"\n" + payload
 
 
