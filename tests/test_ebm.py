@@ -83,10 +83,10 @@ def test_errors_name_the_problem() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"step_size": -1.0}, r"SGLD: step_size must be positive and finite, got -1.0"),
-    ({"step_size": 0.0}, r"SGLD: step_size must be positive and finite, got 0.0"),
-    ({"noise_scale": -1.0}, r"SGLD: noise_scale must be >= 0 and finite, got -1.0"),
-    ({"noise_scale": float("nan")}, r"SGLD: noise_scale must be >= 0 and finite, got nan"),
+    ({"step_size": -1.0}, r"SGLD: step_size must be a positive finite number, got -1.0"),
+    ({"step_size": 0.0}, r"SGLD: step_size must be a positive finite number, got 0.0"),
+    ({"noise_scale": -1.0}, r"SGLD: noise_scale must be a finite number >= 0, got -1.0"),
+    ({"noise_scale": float("nan")}, r"SGLD: noise_scale must be a finite number >= 0, got nan"),
     ({"features_shape": [0]}, r"SGLD: features_shape\[0\] must be an integer >= 1, got 0"),
     ({"buffer_size": 2.5}, r"SGLD: buffer_size must be an integer >= 1, got 2.5"),
     ({"n_steps": -1}, r"SGLD: n_steps must be an integer >= 0, got -1"),

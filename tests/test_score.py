@@ -201,7 +201,7 @@ def test_errors_name_the_problem() -> None:
         denoising_score_matching(Affine(), noise)
     with pytest.raises(ValueError, match="strictly decreasing"):
         annealed_langevin_dynamics(lambda x, i: x, torch.zeros(1, 2), [0.1, 1.0])
-    with pytest.raises(ValueError, match="step_size must be positive and finite"):
+    with pytest.raises(ValueError, match="step_size must be a positive finite number"):
         langevin_dynamics(lambda x: x, torch.zeros(1, 2), 0.0, 10)
     with pytest.raises(ValueError, match=r"the score has shape \(1, 1\)"):
         langevin_dynamics(lambda x: x[:, :1], torch.zeros(1, 2), 0.1, 1)
@@ -302,7 +302,8 @@ def test_langevin_steps_and_levels_are_finite_and_projections_counted() -> None:
     as a ``step_size``; ``n_projections`` of 0 or -2 was taken as 1 and 2.5 failed inside torch.Size."""
     x = torch.zeros(3, 2)
     for bad in (float("inf"), float("nan"), 0.0):
-        with pytest.raises(ValueError, match=rf"^langevin_dynamics: step_size must be positive and finite, got {bad}$"):
+        with pytest.raises(ValueError,
+                           match=rf"^langevin_dynamics: step_size must be a positive finite number, got {bad}$"):
             langevin_dynamics(lambda z: -z, x, bad, 2)
     with pytest.raises(ValueError, match=r"^annealed_langevin_dynamics: sigmas must be positive, finite and strictly "
                                          r"decreasing, got \[inf, 1.0\]$"):

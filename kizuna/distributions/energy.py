@@ -29,6 +29,11 @@ class EnergyDistribution(Distribution):
             parameters are trained with the distribution.
         var: the variable it scores (one).
         cond_var: conditioning variables, passed to ``energy`` as keywords.
+        name: the symbol used in formulas.
+        features_shape: the shape of one value of ``var`` without the batch dimension; when given (not empty),
+            every value scored (``get_log_prob``, ``score``) must have shape ``(batch, *features_shape)``, a
+            ValueError otherwise, and `kizuna.samplers.SGLD` must draw that shape. Empty (the default): any shape
+            the energy accepts.
 
     >>> from torch import nn
     >>> p = EnergyDistribution(lambda x: 0.5 * x.pow(2).sum(-1), var=["x"])  # N(0, I) up to log Z
@@ -60,6 +65,7 @@ class EnergyDistribution(Distribution):
         """:math:`E_\\theta(x)` per row."""
         self._require(x_dict, self._var + self._cond_var)
         x = x_dict[self._var[0]]
+        self._check_shape(x)
         out = self.energy(x, **{k: x_dict[k] for k in self._cond_var})
         if not isinstance(out, Tensor):
             out = torch.as_tensor(out)
@@ -69,6 +75,13 @@ class EnergyDistribution(Distribution):
                              f"(batch {rows}), got shape {tuple(out.shape)}")
         return out if out.dim() == 1 else out.reshape(rows)
 
+    def _check_shape(self, x: Any) -> None:
+        """``x`` has the declared ``features_shape`` after its batch dimension (nothing to check without one)."""
+        features = self._features_shape
+        if features and tuple(getattr(x, "shape", ())[1:]) != tuple(features):
+            raise ValueError(f"{self.prob_text}: {self._var[0]} has shape {tuple(getattr(x, 'shape', ()))}, expected "
+                             f"(batch, {', '.join(map(str, features))})")
+
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         return -self.get_energy(x_dict)
 
@@ -77,7 +90,10 @@ class EnergyDistribution(Distribution):
 
         Differentiable in the parameters (``create_graph``) when gradients are enabled.
         """
-        x = x_dict[self._var[0]].detach().requires_grad_(True)
+        self._require(x_dict, self._var + self._cond_var)  # (a missing value raised a bare KeyError)
+        x = x_dict[self._var[0]]
+        self._check_shape(x)
+        x = x.detach().requires_grad_(True)
         create = torch.is_grad_enabled()
         with torch.enable_grad():
             e = self.get_energy({**x_dict, self._var[0]: x})

@@ -5,10 +5,14 @@ r"""`ContrastiveDivergence`: maximum likelihood for an unnormalised :math:`p_\th
       = \mathbb{E}_{p_{data}}[\nabla_\theta E_\theta(x)] - \mathbb{E}_{p_\theta}[\nabla_\theta E_\theta(x)]
 
 so the loss :math:`\mathbb{E}_{p_{data}}[E_\theta(x^+)] - \mathbb{E}_{q}[E_\theta(x^-)]
-+ \alpha\,(\mathbb{E}[E_\theta(x^+)^2] + \mathbb{E}[E_\theta(x^-)^2])` has that gradient when the
-negatives :math:`x^- \sim q` come from a sampler of :math:`p_\theta` (`kizuna.samplers.SGLD`) and are
-held fixed: no gradient flows through the sampler's chain (Hinton 2002; Du & Mordatch 2019,
-arXiv:1903.08689, whose regulariser :math:`\alpha` keeps the energies near zero). Written with
++ \alpha\,(\mathbb{E}[E_\theta(x^+)^2] + \mathbb{E}[E_\theta(x^-)^2])` has that gradient (in
+expectation) when :math:`\alpha = 0` and the negatives :math:`x^- \sim q` come from a sampler of
+:math:`p_\theta` (`kizuna.samplers.SGLD`) and are held fixed: no gradient flows through the sampler's
+chain (Hinton 2002; Du & Mordatch 2019, arXiv:1903.08689). With :math:`\alpha > 0` the regulariser, which
+keeps the energies near zero, adds its own gradient
+:math:`2\alpha\,(\mathbb{E}[E_\theta(x^+)\nabla_\theta E_\theta(x^+)]
++ \mathbb{E}[E_\theta(x^-)\nabla_\theta E_\theta(x^-)])`, so the loss's gradient is then the
+maximum-likelihood one plus that term. Written with
 :math:`\log p_\theta = -E_\theta` (up to :math:`\log Z_\theta`, which cancels in the difference).
 """
 
@@ -30,6 +34,13 @@ class ContrastiveDivergence(Loss):
         sampler: draws negatives, ``sampler.sample(batch_n) -> Tensor`` (e.g. `kizuna.samplers.SGLD`).
         alpha: the weight of the energy regulariser.
         data_name: the symbol of the data distribution in the formula.
+
+    Every evaluation draws a fresh batch of negatives from ``sampler``, evaluations without gradients
+    included (``Model.test``, validation): each one advances the sampler's state, e.g. rewrites rows of
+    `SGLD`'s replay buffer and consumes its random stream, so interleaving tests changes the training run.
+
+    The sampler's draws must have the data's shape after the batch dimension (``SGLD``'s ``features_shape``),
+    and the batch must have rows; a ValueError otherwise.
     """
 
     precedence = 10  # its formula is a sum
@@ -47,7 +58,16 @@ class ContrastiveDivergence(Loss):
     def _value(self, ctx: EvalContext) -> Tensor:
         var = self.p.var[0]
         positive = ctx.values[var]
+        if positive.shape[0] == 0:  # (the means over no rows were NaN, silently); before the sampler is advanced
+            raise ValueError(f"ContrastiveDivergence: the data {var} has no rows (shape {tuple(positive.shape)})")
+        # a sampler that declares its draw shape (SGLD) is checked before it runs (a raw matmul error from the chain,
+        # and a buffer advanced for nothing); any other one's draws after
+        declared = getattr(self.sampler, "features_shape", None)  # (an empty one may mean "undeclared")
+        if isinstance(declared, (tuple, list)) and declared and tuple(declared) != tuple(positive.shape[1:]):
+            self._shape_error(var, (positive.shape[0], *declared), positive.shape)
         negative = self.sampler.sample(positive.shape[0]).detach().to(positive.dtype)  # held fixed (no gradient)
+        if negative.shape[1:] != positive.shape[1:]:  # (broadcast into a wrong loss)
+            self._shape_error(var, negative.shape, positive.shape)
         ctx.samples[f"{var}^-"] = negative
         e_pos = -self.p.get_log_prob({var: positive})
         e_neg = -self.p.get_log_prob({var: negative})
@@ -55,6 +75,12 @@ class ContrastiveDivergence(Loss):
         if self.alpha:
             loss = loss + self.alpha * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
         return loss
+
+    @staticmethod
+    def _shape_error(var: str, drawn: tuple[int, ...], data: tuple[int, ...]) -> None:
+        raise ValueError(f"ContrastiveDivergence: the sampler draws {var} of shape {tuple(drawn)} but the data has "
+                         f"shape {tuple(data)}: the shapes after the batch dimension must match (SGLD's "
+                         f"features_shape should be {list(data[1:])})")
 
     def _render(self, fmt: dict[str, str]) -> str:
         var = self.p.var[0]

@@ -11,7 +11,6 @@ stationary law is not exactly :math:`p` (for :math:`\mathcal{N}(\mu, s^2)` the v
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,9 +56,9 @@ def langevin_dynamics(score: Callable[[Tensor], Tensor], x: Tensor, step_size: f
     if n_steps is None:
         raise ValueError("langevin_dynamics: n_steps must be an integer >= 0, got None")
     check_count("langevin_dynamics: n_steps", n_steps, 0)  # 2.5 raised a bare TypeError from range()
-    if not (step_size > 0 and math.isfinite(step_size)):  # (inf: every draw NaN)
-        raise ValueError(f"langevin_dynamics: step_size must be positive and finite, got {step_size}")
-    n_steps = int(n_steps)
+    check_positive("langevin_dynamics: step_size", step_size)  # (inf: every draw NaN; a string: a bare TypeError)
+    _check_start("langevin_dynamics", x)
+    n_steps, step_size = int(n_steps), float(step_size)
     x = x.detach().clone()
     with torch.no_grad():
         for _ in range(n_steps):
@@ -84,6 +83,7 @@ def annealed_langevin_dynamics(score: Callable[[Tensor, int], Tensor], x: Tensor
             (Jolicoeur-Martineau et al. 2020, arXiv:2009.05475), removing the last level's noise.
     """
     levels = noise_levels("annealed_langevin_dynamics", sigmas)
+    _check_start("annealed_langevin_dynamics", x)
     check_positive("annealed_langevin_dynamics: eps (the step at the smallest level)", eps)  # numpy floats too
     eps = float(eps)
     for i, sigma in enumerate(levels):
@@ -91,8 +91,21 @@ def annealed_langevin_dynamics(score: Callable[[Tensor, int], Tensor], x: Tensor
         x = langevin_dynamics(_at_level(score, i), x, alpha, n_steps_each, generator)
     if denoise:
         with torch.no_grad():
-            x = x + levels[-1] ** 2 * score(x, len(levels) - 1)
+            s = score(x, len(levels) - 1)
+            if s.shape != x.shape:  # as every Langevin step checks (a (B, 1) score was broadcast silently)
+                raise ValueError(f"annealed_langevin_dynamics: the score has shape {tuple(s.shape)}, x has "
+                                 f"{tuple(x.shape)} (the denoising step)")
+            x = x + levels[-1] ** 2 * s
     return x
+
+
+def _check_start(who: str, x: Any) -> None:
+    """``x`` is a floating-point tensor (an integer one raised torch's bare "only Tensors of floating point dtype can
+    require gradients" from the score)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who}: x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{who}: x must be a floating-point tensor, got dtype {x.dtype} (convert it, e.g. x.float())")
 
 
 def _at_level(score: Callable[[Tensor, int], Tensor], i: int) -> Callable[[Tensor], Any]:

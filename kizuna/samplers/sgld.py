@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kizuna._data import check_count
+from kizuna._data import check_count, check_non_negative, check_positive
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.samplers.langevin import score_of
 
@@ -47,10 +47,12 @@ class SGLD(nn.Module):
         check_count("SGLD: n_steps", n_steps, 0)
         for i, size in enumerate(features_shape):
             check_count(f"SGLD: features_shape[{i}]", size, 1)
-        if not math.isfinite(step_size) or step_size <= 0:  # as langevin_dynamics: the chain must follow the score
-            raise ValueError(f"SGLD: step_size must be positive and finite, got {step_size!r}")
-        if not math.isfinite(noise_scale) or noise_scale < 0:  # 0: noiseless gradient steps
-            raise ValueError(f"SGLD: noise_scale must be >= 0 and finite, got {noise_scale!r}")
+        if p.features_shape and torch.Size(features_shape) != p.features_shape:  # (draws p could not score)
+            raise ValueError(f"SGLD: features_shape {list(features_shape)} differs from the shape "
+                             f"{list(p.features_shape)} that {p.prob_text} declares")
+        # as langevin_dynamics: the chain must follow the score (a string raised a bare TypeError)
+        check_positive("SGLD: step_size", step_size)
+        check_non_negative("SGLD: noise_scale", noise_scale)  # 0: noiseless gradient steps
         if not (0.0 <= reinit <= 1.0 and math.isfinite(low) and math.isfinite(high) and low < high):
             # (a NaN or infinite bound made the whole buffer NaN)
             raise ValueError(f"SGLD: need 0 <= reinit <= 1 and low < high, got reinit={reinit!r}, low={low!r}, "
@@ -58,7 +60,8 @@ class SGLD(nn.Module):
         buffer_size, n_steps = int(buffer_size), int(n_steps)
         self.p = p
         self.features_shape = torch.Size(features_shape)
-        self.reinit, self.n_steps, self.step_size, self.noise_scale = reinit, n_steps, step_size, noise_scale
+        self.reinit, self.n_steps = reinit, n_steps
+        self.step_size, self.noise_scale = float(step_size), float(noise_scale)
         self.low, self.high, self.clamp = low, high, clamp
         like = self._like()
         self.register_buffer("buffer", self._uniform(buffer_size, like if like is not None else torch.empty(0)))
