@@ -327,3 +327,22 @@ def test_a_draw_asks_has_reparam_each_time_and_a_property_torch_class_is_allowed
 
     q = ByProperty(var=["z"], cond_var=["x"], loc="x", scale=1.0)
     assert q._sample({"x": x}, None, True)["z"].requires_grad
+
+
+def test_a_string_cond_var_is_one_variable_and_a_value_without_a_batch_is_a_batch_of_one():
+    """``cond_var="h1"`` became the variables h and 1 (``list("h1")``), and a condition without a batch dimension
+    raised a bare IndexError in ``flatten(1)``; a 1-D value of another length than the network's inputs is one
+    feature per row (a batch of scalar times)."""
+    torch.manual_seed(0)
+    q = MLPNormal("z", "h1", [4, 2])
+    assert q.cond_var == ["h1"] and str(q) == "q(z|h1)"
+    x = torch.rand(4)
+    one = q.sample_mean({"h1": x})
+    torch.testing.assert_close(one, q.sample_mean({"h1": x[None]}), rtol=0, atol=0)
+    assert one.shape == (1, 2)
+    t = torch.rand(5)
+    timed = MLPBernoulli("y", ["t"], [1, 8, 3], name="p")
+    torch.testing.assert_close(timed.get_params({"t": t})["logits"], timed.get_params({"t": t[:, None]})["logits"],
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="min_scale must be a finite number >= 0, got -1"):
+        MLPNormal("z", "x", [2, 2], min_scale=-1)

@@ -1060,3 +1060,30 @@ def test_numbers_given_as_constants_are_exact_after_double() -> None:
     with torch.no_grad():
         changed.scale.fill_(0.2)
     assert changed.double().scale.item() == float(torch.tensor(0.2, dtype=torch.float32))
+
+
+def test_multinomial_takes_a_whole_total_count_of_any_type_and_scores_as_scipy():
+    """``total_count=5.0`` (or a 0-d tensor, a numpy integer) passed torch's integer constraint and then failed at
+    first use as an "inhomogeneous total_count" naming a private class."""
+    import numpy as np
+    from scipy import stats as st
+
+    c = torch.tensor([[1.0, 2.0, 2.0]], dtype=torch.float64)
+    expected = st.multinomial.logpmf([1, 2, 2], 5, [0.2, 0.3, 0.5])
+    for total in (5, 5.0, torch.tensor(5), np.int64(5)):
+        p = Multinomial(var=["c"], total_count=total, probs=torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64))
+        assert p.get_log_prob({"c": c}).item() == pytest.approx(expected, rel=1e-12)
+    for bad in (torch.tensor([5, 5]), True, 2.5):
+        with pytest.raises(ValueError, match="total_count must be one whole number >= 0"):
+            Multinomial(var=["c"], total_count=bad, probs=torch.tensor([0.5, 0.5]))
+
+
+def test_a_condition_of_the_declared_features_shape_without_a_batch_is_one_row_everywhere():
+    """``Normal(loc="x", features_shape=[4])`` given x of shape (4,): sample drew four rows (one per feature) while
+    sample_mean and get_log_prob took one row; now one row everywhere, as the README says."""
+    n = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, features_shape=[4])
+    x = torch.arange(4.0)
+    assert n.sample({"x": x})["z"].shape == (1, 4)
+    assert n.sample_mean({"x": x}).shape == (1, 4)
+    assert n.get_log_prob({"x": x, "z": x}).shape == (1,)
+    assert n.sample({"x": torch.zeros(3, 4)})["z"].shape == (3, 4)  # a batch stays a batch

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kizuna._data import check_non_negative
+from kizuna.distributions.base import _as_list
 from kizuna.distributions.families import Bernoulli, Categorical, Normal
 from kizuna.distributions.torch_dist import positional_forward
 from kizuna.nets import MLP
@@ -49,13 +51,21 @@ def _sizes(sizes: Sequence[int], cls: str) -> list[int]:
     return out
 
 
-def _side_by_side(values: Sequence[Tensor]) -> Tensor:
+def _side_by_side(values: Sequence[Tensor], in_features: int) -> Tensor:
     """The conditioning values side by side, in ``cond_var`` order (features flattened); one value is used
-    as it is (no copy, no concatenation in the backward pass)."""
+    as it is (no copy, no concatenation in the backward pass). A value without a batch dimension is a batch of
+    one (one of the network's ``in_features`` inputs, or a number); a 1-D value of other length, one feature per row
+    (a batch of scalar times): ``flatten(1)`` raised a bare IndexError on both."""
     if len(values) == 1:
         value = values[0]
-        return value if value.dim() == 2 else value.flatten(1)
-    return torch.cat([value.flatten(1) for value in values], dim=-1)
+        if value.dim() == 2:
+            return value
+        if value.dim() == 0:
+            return value.reshape(1, 1)
+        if value.dim() == 1:
+            return value.unsqueeze(0) if in_features != 1 and value.shape[0] == in_features else value.unsqueeze(-1)
+        return value.flatten(1)
+    return torch.cat([value.flatten(1) if value.dim() > 1 else value.reshape(-1, 1) for value in values], dim=-1)
 
 
 class MLPNormal(Normal):
@@ -70,10 +80,14 @@ class MLPNormal(Normal):
         shared_scale: one learnt scale per feature instead of a scale from the network.
     """
 
-    def __init__(self, var: str | Sequence[str], cond_var: Sequence[str], sizes: Sequence[int], name: str = "q",
+    _in_features = 0  # the network's inputs (0 for an instance pickled before it: 1-D values one per row)
+
+    def __init__(self, var: str | Sequence[str], cond_var: str | Sequence[str], sizes: Sequence[int], name: str = "q",
                  min_scale: float = 1e-4, shared_scale: bool = False) -> None:
-        super().__init__(var=_one(var), cond_var=list(cond_var), name=name)
+        super().__init__(var=_one(var), cond_var=_as_list(cond_var, "cond_var"), name=name)
         sizes = _sizes(sizes, "MLPNormal")
+        check_non_negative("MLPNormal: min_scale", min_scale)  # (a negative one let the scale reach 0 or below)
+        self._in_features = sizes[0]
         self.min_scale, self.shared_scale = float(min_scale), bool(shared_scale)
         self.net = MLP(*sizes) if shared_scale else MLP(*sizes[:-1], 2 * sizes[-1])
         self.raw_scale = nn.Parameter(torch.zeros(sizes[-1])) if shared_scale else None
@@ -82,7 +96,8 @@ class MLPNormal(Normal):
 
     def _forward_by_position(self, *values: Tensor) -> dict[str, Tensor]:
         """`forward` given the conditioning values in ``cond_var`` order (how the evaluation calls it)."""
-        out = self._modules["net"](_side_by_side(values))  # not self.net: nn.Module's __getattr__ costs ~0.7 µs
+        # not self.net: nn.Module's __getattr__ costs ~0.7 µs
+        out = self._modules["net"](_side_by_side(values, self._in_features))
         if self.raw_scale is not None:
             return {"loc": out, "scale": (F.softplus(self.raw_scale) + self.min_scale).expand_as(out)}
         loc, s = out.chunk(2, -1)
@@ -92,28 +107,34 @@ class MLPNormal(Normal):
 class MLPBernoulli(Bernoulli):
     """Independent Bernoulli features over ``var`` with logits from an MLP of ``cond_var`` (see `MLPNormal`)."""
 
-    def __init__(self, var: str | Sequence[str], cond_var: Sequence[str], sizes: Sequence[int],
+    _in_features = 0  # the network's inputs (0 for an instance pickled before it: 1-D values one per row)
+
+    def __init__(self, var: str | Sequence[str], cond_var: str | Sequence[str], sizes: Sequence[int],
                  name: str = "p") -> None:
-        super().__init__(var=_one(var), cond_var=list(cond_var), name=name)
-        self.net = MLP(*_sizes(sizes, "MLPBernoulli"))
+        super().__init__(var=_one(var), cond_var=_as_list(cond_var, "cond_var"), name=name)
+        sizes = _sizes(sizes, "MLPBernoulli")
+        self.net, self._in_features = MLP(*sizes), sizes[0]
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
     def _forward_by_position(self, *values: Tensor) -> dict[str, Tensor]:
         """`forward` given the conditioning values in ``cond_var`` order (how the evaluation calls it)."""
-        return {"logits": self._modules["net"](_side_by_side(values))}
+        return {"logits": self._modules["net"](_side_by_side(values, self._in_features))}
 
 
 class MLPCategorical(Categorical):
     """A one-hot categorical over ``var`` with logits from an MLP of ``cond_var`` (see `MLPNormal`)."""
 
-    def __init__(self, var: str | Sequence[str], cond_var: Sequence[str], sizes: Sequence[int],
+    _in_features = 0  # the network's inputs (0 for an instance pickled before it: 1-D values one per row)
+
+    def __init__(self, var: str | Sequence[str], cond_var: str | Sequence[str], sizes: Sequence[int],
                  name: str = "q") -> None:
-        super().__init__(var=_one(var), cond_var=list(cond_var), name=name)
-        self.net = MLP(*_sizes(sizes, "MLPCategorical"))
+        super().__init__(var=_one(var), cond_var=_as_list(cond_var, "cond_var"), name=name)
+        sizes = _sizes(sizes, "MLPCategorical")
+        self.net, self._in_features = MLP(*sizes), sizes[0]
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
     def _forward_by_position(self, *values: Tensor) -> dict[str, Tensor]:
         """`forward` given the conditioning values in ``cond_var`` order (how the evaluation calls it)."""
-        return {"logits": self._modules["net"](_side_by_side(values))}
+        return {"logits": self._modules["net"](_side_by_side(values, self._in_features))}

@@ -10,6 +10,7 @@ from ``forward(**cond)``; see `kizuna.distributions.torch_dist`.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -317,6 +318,19 @@ class Multinomial(TorchDistribution):
     param_names = ("total_count", "probs", "logits")
     static_params = ("total_count",)
     param_constraints = {"total_count": constraints.nonnegative_integer}
+
+    def _set_param(self, key: str, value: Any) -> None:
+        """``total_count`` as a Python int: torch's Multinomial takes nothing else, and a whole number of another
+        type (5.0, ``torch.tensor(5)``, ``np.int64(5)``) failed at first use as an "inhomogeneous total_count"."""
+        if key == "total_count" and value is not None and not isinstance(value, str) and type(value) is not int:
+            number = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+            if isinstance(number, bool) or not isinstance(number, numbers.Real) or not float(number).is_integer() \
+                    or number < 0:
+                shown = tuple(value.shape) if isinstance(value, Tensor) and value.numel() != 1 else repr(value)
+                raise ValueError(f"Multinomial: total_count must be one whole number >= 0 (a Python int), got "
+                                 f"{shown}")
+            value = int(number)
+        super()._set_param(key, value)
 
     def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
         """See `TorchDistribution._check_support`; counts must also add up to ``total_count``."""

@@ -10,8 +10,8 @@ expert :math:`\mathcal{N}(0, I)` multiply to a Normal with precision-weighted pa
     \sigma = \tau^{-1/2}
 
 where :math:`\mathcal{P}` holds the experts whose inputs are present (missing modalities are
-left out; with none present the result is the prior). Unlike Pixyz, which weights by
-:math:`1/\sigma_i`, the weights here are the precisions :math:`1/\sigma_i^2`.
+left out; with none present the result is the prior). The weights are the precisions
+:math:`1/\sigma_i^2`, as in Pixyz since 0.3.3 (earlier versions weighted by :math:`1/\sigma_i`).
 
 The product is a `Normal`: sampling, densities, entropy, moments and analytic KL are torch's.
 """
@@ -39,7 +39,7 @@ def normal_experts(p: Distribution | Sequence[Distribution], owner: str) -> list
     common_var(experts, owner)
     for e in experts:
         if e.torch_family is not D.Normal:
-            raise TypeError(f"{owner} multiplies Normal experts; {e.prob_text} is a {e.distribution_name}")
+            raise TypeError(f"{owner} takes Normal experts; {e.prob_text} is a {e.distribution_name}")
     return experts
 
 

@@ -484,6 +484,10 @@ class TorchDistribution(Distribution):
                 # in torch.finfo)
                 floats = [b for b in self._buffers.values() if b is not None and b.is_floating_point()]
                 value = value.to(floats[0].dtype if floats else torch.get_default_dtype())
+            if isinstance(value, Tensor) and value.shape == self._features_shape and value.dim():
+                # a condition of the declared features' shape has no batch dimension: a batch of one (sample drew
+                # one row per feature, while its density and mean took it as one row)
+                value = value.unsqueeze(0)
             params[key] = value
         like: Any = False  # the first floating parameter from the inputs, found when a number needs it
         for key in self._const_names:
@@ -770,7 +774,13 @@ class TorchDistribution(Distribution):
             if isinstance(v, Tensor) and v.dim() > 0 and k not in self._static:
                 rows = v.shape[0]
                 break
-        return rows if rows != 1 else (batch_size_of(x_dict) or 1)
+        if rows != 1:
+            return rows
+        if self._from_var and self._features_shape and any(
+                isinstance(v := x_dict.get(c), Tensor) and v.shape == self._features_shape and v.dim()
+                for c in self._from_var.values()):
+            return 1  # a condition without a batch dimension (`_compute_params`): not its features as rows
+        return batch_size_of(x_dict) or 1
 
     def _draw(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None, n: int,
               reparam: bool) -> Tensor:
