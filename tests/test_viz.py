@@ -61,10 +61,10 @@ def test_bad_panels_are_named(tmp_path):
         pca_2d(np.array([[0.0, np.nan], [1.0, 1.0]]))
     with pytest.raises(ValueError, match="at least one"):
         plot_latent_space([], tmp_path / "x.png")
-    # NaN among float labels: a KeyError: nan from the palette before
-    with pytest.raises(ValueError, match=r"panel 0 \('a'\): 1 labels are NaN"):
+    # NaN among float labels: a KeyError: nan from the palette before (named as kizuna.metrics names it)
+    with pytest.raises(ValueError, match=r"panel 0 \('a'\): labels has a missing label \(nan\) at index 2"):
         plot_latent_space([(z, np.array([0.0, 1.0, np.nan] + [0.0] * 7), "a")], tmp_path / "x.png")
-    with pytest.raises(ValueError, match=r"panel 0 \('a'\): 2 labels are NaN"):
+    with pytest.raises(ValueError, match=r"panel 0 \('a'\): labels has a missing label \(nan\) at index 0"):
         plot_latent_space([(z, torch.tensor([np.nan] * 2 + [0.0] * 8), "a")], tmp_path / "x.png")
 
 

@@ -15,13 +15,14 @@ may then take degree 0, so even the first output in the order depends on the con
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from kizuna._data import check_context, check_count, check_int
+from kizuna.nets.mlp import new_activation
 
 Tensor = torch.Tensor
 
@@ -64,7 +65,8 @@ class MADE(nn.Module):
         context_features: size of an optional context vector (0: none).
         order: the autoregressive order: ``order[k]`` is the input that comes ``k``-th (default
             ``0..D-1``).
-        activation: the hidden non-linearity.
+        activation: the hidden non-linearity: a module class (``nn.Tanh``, not ``nn.Tanh()``) or a function of no
+            arguments returning one (a TypeError otherwise).
 
     >>> import torch
     >>> net = MADE(3, [16], n_params=2)
@@ -74,7 +76,7 @@ class MADE(nn.Module):
 
     def __init__(self, in_features: int, hidden_features: Sequence[int] = (64,), n_params: int = 1,
                  context_features: int = 0, order: Sequence[int] | Tensor | None = None,
-                 activation: type[nn.Module] = nn.ReLU) -> None:
+                 activation: type[nn.Module] | Callable[[], nn.Module] = nn.ReLU) -> None:
         super().__init__()
         if isinstance(hidden_features, int | str) or not isinstance(hidden_features, Iterable):
             # (MADE(3, 4): "'int' object is not iterable")
@@ -110,7 +112,7 @@ class MADE(nn.Module):
         out_mask = (out_deg[:, None] > previous[None, :]).float()
         self.output = MaskedLinear(previous.numel(), n_params * in_features, out_mask)
         self.context = nn.Linear(context_features, hidden[0]) if context_features else None
-        self.activation = activation()
+        self.activation = new_activation("MADE", activation, module=False)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:

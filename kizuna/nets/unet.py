@@ -10,8 +10,10 @@ the lowest resolution; on the way up each block reads the kept activation concat
 convolution starts at zero, so an untrained network predicts zero.
 
 It takes images ``(N, C, H, W)`` or flat rows ``(N, C·H·W)`` (as the MLP noise networks of `examples/diffusion.py`
-do; then ``image_shape`` gives ``(C, H, W)``), with ``t`` a number per row, and returns the input's shape (with
-``out_channels`` channels: e.g. twice ``C`` for ε and the learned variances' ``v``, flat rows then twice as wide).
+do; then ``image_shape`` gives ``(C, H, W)``), with ``t`` a number per row (shape ``(N,)`` or ``(N, 1)``; one
+number, a 0-D tensor or shape ``(1,)`` or ``(1, 1)``, is every row's; finite, checked while validating), and returns
+the input's shape (with ``out_channels`` channels: e.g. twice ``C`` for ε and the learned variances' ``v``, flat rows
+then twice as wide).
 ``H`` and ``W`` must be divisible by ``2 ** (len(channel_mults) - 1)``.
 """
 
@@ -26,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kizuna._data import check_count, check_int
+from kizuna.distributions.torch_dist import validation_enabled
 
 
 def _real(value: object) -> bool:
@@ -152,10 +155,17 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: x must be (N, {', '.join(map(str, self.image_shape))}) or flat rows, "
                              f"got {tuple(x.shape)}")
         t = torch.as_tensor(t, device=x.device)  # a Python number is one step for every row
+        n = x.shape[0]
+        # one number (a 0-D tensor or shape (1,)) or one per row ((N,) or (N, 1)); (2, 2) for 4 rows was taken
+        if not (t.dim() == 0 or (t.dim() in (1, 2) and t.shape[0] in (1, n) and t.numel() == t.shape[0])):
+            raise ValueError(f"UNet: t must be one number or one per row ({n}), got shape {tuple(t.shape)}; give "
+                             f"shape (), (1,), (1, 1), ({n},) or ({n}, 1)")
+        # (NaN: all NaN out); while validating only, as the distributions check values (a check reads t back from
+        # the device: a synchronisation per call on a GPU)
+        if t.is_floating_point() and t.device.type != "meta" and validation_enabled() and not torch.isfinite(t).all():
+            raise ValueError("UNet: t has a NaN or infinite step; give finite steps")
         if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        elif t.numel() not in (1, x.shape[0]):
-            raise ValueError(f"UNet: t must be one number or one per row ({x.shape[0]}), got shape {tuple(t.shape)}")
+            t = t.expand(n)
         angle = (t.to(x.dtype).reshape(-1, 1) * self.time_scale) * self.freq
         e = self.embed(torch.cat([angle.sin(), angle.cos()], 1))
         h = self.stem(h)

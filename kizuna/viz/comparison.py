@@ -17,7 +17,7 @@ import numpy as np
 from kizuna.metrics import clustering_accuracy
 from kizuna.viz._backend import new_figure, save_figure
 from kizuna.viz.confusion import draw_confusion
-from kizuna.viz.latent import Panel, check_panels, draw_latent_space
+from kizuna.viz.latent import Panel, check_panels, draw_latent_space, ranked_classes
 
 
 def _accuracy_bars(ax: Any, names: list[str], accuracies: list[float], chance: float | None,
@@ -43,7 +43,7 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
                                confusions: Sequence[int] = (), latent_panels: Sequence[Panel] = (),
                                latent_legends: Sequence[str | None] = (), mark_wrong: Sequence[bool] = (),
                                highlight: Sequence[int] = (), chance: float | None = None, title: str | None = None,
-                               dpi: int = 110) -> Path:
+                               dpi: int = 110, colour_order: Sequence[Any] | None = None) -> Path:
     """Accuracy bars for every clustering, confusion tables for some, latent spaces below; a PNG file.
 
     Args:
@@ -59,6 +59,8 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
         chance: the accuracy of random partitions, drawn as a dashed line.
         title: a title above the figure.
         dpi: resolution of the file.
+        colour_order: the ordering of the latent panels' classes coloured by rank (strings); default all their
+            classes (`ranked_classes`), so a class has one colour in every panel (integer classes: by value).
 
     Returns:
         The path written (with the ``.png`` added, if it was).
@@ -85,6 +87,7 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
         draw_confusion(ax, truth, np.asarray(clusterings[i][1]), names[i])
     if panels:
         bottom = rows[1].subplots(1, len(panels), squeeze=False)[0]
+        order = colour_order if colour_order is not None else ranked_classes([lab for _, lab, _ in panels])
         for j, (ax, (z, lab, name)) in enumerate(zip(bottom, panels)):
             legend = latent_legends[j] if j < len(latent_legends) else None
             wrong = None
@@ -93,7 +96,7 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
                     raise ValueError(f"plot_clustering_comparison: latent panel {j} ({name!r}) has {len(lab)} labels "
                                      f"but labels_true {len(truth)}; mark_wrong compares them point by point")
                 wrong = np.asarray(lab != truth, dtype=bool)
-            draw_latent_space(ax, z, lab, name, legend, wrong)
+            draw_latent_space(ax, z, lab, name, legend, wrong, colour_order=order)
     if title:
         fig.suptitle(title, fontsize=11)
     return save_figure(fig, path, dpi, "plot_clustering_comparison")

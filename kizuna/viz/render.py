@@ -8,7 +8,7 @@ Nothing in the formula layer imports this module.
 
 * Random variables are nodes (ellipses); observed ones are shaded: a loss's inputs (its data), or
   the names given in ``observed``. A module graph's `Observation`\ s are shaded boxes and its
-  modules plain boxes.
+  modules plain boxes (shaded too when named in ``observed``).
 * Every factor :math:`p(v|c_1..c_n)` draws edges :math:`c_i \to v`, solid for generative factors and
   dashed for inference factors (names starting with ``q``: Pixyz's and kizuna's convention).
 * Plates: everything sits in the data plate ``N`` (one row of the batch); the variables sliced
@@ -116,9 +116,10 @@ def _from_loss(spec: _Spec, loss: Loss, observed: set[str]) -> None:
             spec.edge(src, dst, "next step", "recurrence")
 
 
-def _from_graph(spec: _Spec, graph: Graph) -> None:
-    for m in graph.modules:
-        spec.node(m.name, isinstance(m, Observation), "observation" if isinstance(m, Observation) else "module")
+def _from_graph(spec: _Spec, graph: Graph, observed: set[str]) -> None:
+    for m in graph.modules:  # an Observation is data; a module named in ``observed`` is shaded as given too
+        spec.node(m.name, isinstance(m, Observation) or m.name in observed,
+                  "observation" if isinstance(m, Observation) else "module")
         spec.nodes[m.name]["label"] = m.name if isinstance(m, Observation) else f"{m.name}\n{type(m).__name__}"
         for child in m.children:
             spec.edge(child.name, m.name, child.sends, "message")
@@ -138,7 +139,7 @@ def model_spec(obj: Any, observed: list[str] | tuple[str, ...] = ()) -> dict[str
     elif isinstance(obj, Distribution):
         _add_distribution(spec, obj, observed_set)
     elif isinstance(obj, Graph | Module):
-        _from_graph(spec, obj if isinstance(obj, Graph) else Graph([obj]))
+        _from_graph(spec, obj if isinstance(obj, Graph) else Graph([obj]), observed_set)
     else:
         raise TypeError("render: expected a kizuna Distribution, Loss, Model, modules.Graph or Module, "
                         f"got {type(obj).__name__}")
@@ -191,7 +192,8 @@ def render(obj: Any, filename: str | Path | None = None, observed: list[str] | t
             `modules.Graph` / `Module`.
         filename: where to draw the image (its suffix is the format, e.g. ``.png``, ``.svg``); drawn only
             when Graphviz's ``dot`` is installed (``Rendering.image`` is None otherwise).
-        observed: names to shade besides a loss's inputs.
+        observed: names to shade besides a loss's inputs (for a module graph: module names, shaded like its
+            `Observation` nodes).
         latex: write LaTeX labels (``$z_{1}$``) into the DOT text.
 
     >>> from kizuna.distributions import Bernoulli, Normal
