@@ -136,6 +136,20 @@ def test_a_zero_diagonal_variance_names_reg_covar():
     assert np.isfinite(fitted.score(x))
 
 
+@pytest.mark.parametrize("algorithm", ["gibbs", "vb"])
+def test_dependent_features_at_a_large_scale_name_the_cause(algorithm):
+    """A duplicated feature of values near 1e4: the prior's reg_covar (1e-6) is lost to rounding in the Normal-Wishart
+    posterior's scale, whose Cholesky factorisation then raised a raw LinAlgError; the same data standardised fits."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 1)) * 1e4
+    x = np.hstack([x, x, rng.normal(size=(200, 1))])
+    with pytest.raises(ValueError, match=r"posterior scale S_N is not positive definite in float64 .*linearly "
+                                         r"dependent .*reg_covar=1e-06 is lost to rounding; standardise"):
+        GMM(2, algorithm=algorithm, random_state=0).fit(x)
+    standardised = (x - x.mean(0)) / x.std(0)
+    assert np.isfinite(GMM(2, algorithm=algorithm, random_state=0).fit(standardised).score(standardised))
+
+
 # ----------------------------------------------------------------------------- closed forms
 def test_predictive_is_the_student_t_and_the_marginal_likelihood_ratio():
     g = torch.Generator().manual_seed(0)

@@ -195,6 +195,20 @@ class GaussianMixture(Estimator):
 
     def _from(self, x: Tensor, start: Tensor, prior: NormalWishart, n_iter: int, parent: algo.ClassPrior,
               gen: torch.Generator) -> algo.Fitted:
+        try:
+            return self._algorithm(x, start, prior, n_iter, parent, gen)
+        except torch.linalg.LinAlgError as err:  # (a raw "linalg.cholesky: ... not positive-definite" before)
+            if self.algorithm == "em":
+                raise
+            raise ValueError(
+                f"{self._owner}: a component's posterior scale S_N is not positive definite in "
+                f"{str(x.dtype).replace('torch.', '')} ({str(err).splitlines()[0][:120]}): the features are linearly "
+                "dependent or nearly so at the data's scale (e.g. a duplicated column of values near 1e4), so "
+                f"reg_covar={self.reg_covar:g} is lost to rounding; standardise the features, drop the dependent ones, "
+                "or raise reg_covar") from None
+
+    def _algorithm(self, x: Tensor, start: Tensor, prior: NormalWishart, n_iter: int, parent: algo.ClassPrior,
+                   gen: torch.Generator) -> algo.Fitted:
         if self.algorithm == "gibbs":
             return algo.gibbs(x, prior, self._alpha0(), start, n_iter, parent, gen)
         if self.algorithm == "collapsed":
