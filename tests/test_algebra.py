@@ -707,3 +707,26 @@ def test_a_named_number_constant_keeps_its_value_in_a_float64_evaluation() -> No
     value, terms = (ValueLoss(0.1).named("beta") * LogProb(q)).eval({"x": x}, return_terms=True)
     np.testing.assert_allclose(value.numpy(), 0.1 * st.norm.logpdf(x.numpy()), rtol=1e-15)
     assert value.dtype == torch.float64 and "beta" in terms
+
+
+def test_constants_combined_with_each_other_stay_exact_in_a_float64_evaluation() -> None:
+    """``ValueLoss(0.1).named("b") * 2.0`` (and ``-ValueLoss(0.1)``, ``(0.1 + 0.2) * 3``) were tensors of the default
+    dtype: 0.2 rounded to float32 (3e-9 off) where they met a float64 term. They are now computed in float64 as
+    numbers (Python's own 0.1 * 2, (0.1 + 0.2) * 3) and meet the other operand in its dtype; alone they are still
+    a tensor of the default dtype, as Pixyz's ValueLoss, and a named part is still reported."""
+    from scipy import stats as st
+
+    from kizuna.losses import LogProb, ValueLoss
+
+    q = Normal(var=["x"], loc=0.0, scale=1.0).double()
+    x = torch.tensor([0.3, 1.7], dtype=torch.float64)
+    logpdf = st.norm.logpdf(x.numpy())
+    for constant, number in ((ValueLoss(0.1).named("b") * 2.0, 0.1 * 2.0), (-ValueLoss(0.1), -0.1),
+                             ((ValueLoss(0.1) + 0.2) * 3, (0.1 + 0.2) * 3), (2.0 ** ValueLoss(0.5), 2.0 ** 0.5)):
+        value, terms = (LogProb(q) + constant).eval({"x": x}, return_terms=True)
+        assert value.dtype == torch.float64
+        np.testing.assert_allclose(value.numpy(), logpdf + number, rtol=1e-14, atol=0)  # (float32: 3e-9 off)
+    assert "b" in (LogProb(q) + ValueLoss(0.1).named("b") * 2.0).eval({"x": x}, return_terms=True)[1]
+    alone = (ValueLoss(0.1) * 2).eval({})
+    assert alone.dtype == torch.get_default_dtype() and alone.item() == pytest.approx(0.2)
+    assert (LogProb(q).mean() * (ValueLoss(1) / ValueLoss(0))).eval({"x": x}).item() == -math.inf

@@ -524,22 +524,55 @@ def _operand(loss: Loss, ctx: EvalContext) -> Any:
     return ctx.value(loss)
 
 
+def _numeric(loss: Loss) -> bool:
+    """Whether ``loss`` is made of number constants only (``ValueLoss(0.1).named("b") * 2``, ``-ValueLoss(0.1)``):
+    its value is then a number, computed exactly (`_number`) where it meets another operand."""
+    if type(loss) is ValueLoss:
+        return not isinstance(loss.value, Tensor)
+    if type(loss) is NegLoss:
+        return _numeric(loss.loss1)
+    return isinstance(loss, _Binary) and not isinstance(loss, _Elementwise) and all(loss._numeric)
+
+
+def _number(loss: Loss, ctx: EvalContext) -> float:
+    """The Python number of a `_numeric` loss, its operators computed on float64 as torch computes them (so that
+    ``ValueLoss(1) / ValueLoss(0)`` is inf, as `_numbers_op` gives it); a named part's value is recorded as a reported
+    term. (Such a product was a tensor of the default dtype: 0.1 * 2 rounded to float32 in a float64 evaluation.)"""
+    if type(loss) is ValueLoss:
+        return _operand(loss, ctx)
+    if loss._label is not None:
+        ctx.value(loss)
+    if type(loss) is NegLoss:
+        return -_number(loss.loss1, ctx)
+    f64 = torch.float64
+    return loss._op(torch.tensor(float(_number(loss.loss1, ctx)), dtype=f64),
+                    torch.tensor(float(_number(loss.loss2, ctx)), dtype=f64)).item()
+
+
 class _Binary(Loss):
     is_operator = True
     key = ""
     right_min = 0  # precedence the right operand needs to go without parentheses
+    _numeric: tuple[bool, bool] = (False, False)  # which operands are number constants only (`_numeric`)
 
     def __init__(self, loss1: Any, loss2: Any) -> None:
         loss1, loss2 = as_loss(loss1), as_loss(loss2)
         super().__init__(loss1.input_var + loss2.input_var)
         self.loss1, self.loss2 = loss1, loss2
+        self._numeric = (_numeric(loss1), _numeric(loss2))
 
     def subterms(self) -> list[Loss]:
         return [self.loss1, self.loss2]
 
     def _value(self, ctx: EvalContext) -> Tensor:
         loss1, loss2 = self.loss1, self.loss2
-        if type(loss1) is not ValueLoss and type(loss2) is not ValueLoss:  # no constant: the usual case, no calls
+        numeric = self._numeric
+        if numeric[0] or numeric[1]:  # number constants, computed exactly, meet the other operand as numbers
+            a = _number(loss1, ctx) if numeric[0] else _operand(loss1, ctx)
+            b = _number(loss2, ctx) if numeric[1] else _operand(loss2, ctx)
+            if not (isinstance(a, Tensor) or isinstance(b, Tensor)):
+                return _numbers_op(self._op, a, b)
+        elif type(loss1) is not ValueLoss and type(loss2) is not ValueLoss:  # no constant: the usual case, no calls
             a, b = ctx.value(loss1), ctx.value(loss2)
         else:
             a, b = _operand(loss1, ctx), _operand(loss2, ctx)
