@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ Prints the accuracy of the integrated model next to its parts and saves a figure
 (OUT/demo.png): accuracy of each model, their confusion matrices side by side, and
 the VAE's latent space coloured by digit and by matched cluster.
 
-Takes 30 s to a minute on one CPU core (--quick: 600 digits, 10 to 20 s). Needs the demo
+Takes 20 to 40 s at one thread on a shared 2-core machine (--quick: 600 digits, 10 to 20 s). Needs the demo
 extra: pip install -e ".[demo]" (scikit-learn, matplotlib)."""
 
 
@@ -88,6 +89,22 @@ def make_folder(parser: argparse.ArgumentParser, text: str) -> None:
 DEMO_OPTIONS = frozenset({"--seed", "--out", "--quick", "--words"})
 
 
+DEMO_VALUE_OPTIONS = frozenset({"--seed", "--out", "--words"})  # the demo's options that take a value
+
+
+def command_first(argv: list[str]) -> list[str]:
+    """``argv`` with the command (``demo`` and its ``house`` / ``digits``) moved before the options typed ahead of it:
+    ``--seed 3 demo digits`` gives ``demo digits --seed 3``; without ``demo``, ``demo`` is put first."""
+    i = 0
+    while i < len(argv) and argv[i] != "demo":  # skip the options (and their values) typed before the command
+        takes_value = argv[i] in DEMO_VALUE_OPTIONS  # (not "--out=x": its value is in the same item)
+        i += 2 if takes_value else 1
+    if i >= len(argv):
+        return ["demo", *argv]
+    end = i + 2 if i + 1 < len(argv) and argv[i + 1] in ("house", "digits") else i + 1
+    return [*argv[i:end], *argv[:i], *argv[end:]]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kizuna`` command (plain-text help, one sub-command per task)."""
     parser = argparse.ArgumentParser(prog="kizuna", description=DESCRIPTION,
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0].split("=")[0] in DEMO_OPTIONS:  # (argparse said "invalid choice: '3' (choose from 'demo')")
         parser.error(f"{argv[0].split('=')[0]} is an option of the demo; put it after the command: "
-                     f"kizuna demo {' '.join(argv)}")
+                     f"{shlex.join(['kizuna', *command_first(argv)])}")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -140,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "demo":
         from kizuna.robot_demo import main as robot_demo
 
-        return robot_demo(["--seed", str(args.seed), "--out", args.out, "--words", args.words]
+        # one item per option, "--out=VALUE": a value beginning with "-" (--out=-dashout) is not read as an option
+        return robot_demo([f"--seed={args.seed}", f"--out={args.out}", f"--words={args.words}"]
                           + (["--quick"] if args.quick else []))
     return 0
 

@@ -241,15 +241,19 @@ def place_labels(result: dict[str, Any]) -> list[tuple[np.ndarray, str]]:
 
 
 def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
-    """The house map with the learned places and their names, and the learned-vs-true confusion."""
-    from matplotlib.patches import Rectangle  # drawn on an Agg canvas: the user's backend is left alone
+    """The house map with the learned places and their names, and the learned-vs-true confusion.
 
+    Raises:
+        ImportError: matplotlib is not installed (`kizuna.viz`'s message, which says how to install it).
+    """
     from kizuna.viz._backend import new_figure, save_figure
+
+    fig = new_figure(figsize=(7, 5.6))  # first: without matplotlib, kizuna.viz's ImportError saying how to install it
+    from matplotlib.patches import Rectangle  # drawn on an Agg canvas: the user's backend is left alone
 
     house, spco = result["house"], result["model"]
     classes = spco.classes.numpy()
     out.mkdir(parents=True, exist_ok=True)
-    fig = new_figure(figsize=(7, 5.6))
     ax = fig.add_subplot()
     for (x0, y0, x1, y1), name in zip(house["area_boxes"], house["areas"]):
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5))
@@ -287,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     make_folder(parser, args.out)
     result = run(args.seed, 150 if args.quick else 300, args.words, 3 if args.quick else 5)
     _print(result)
-    for path in save_figures(result, Path(args.out)):
+    try:
+        paths = save_figures(result, Path(args.out))
+    except ImportError as err:  # as the digits demo (kizuna.demo): the scores are printed, the figures need matplotlib
+        print(f"no plot: {err}")
+        return 0
+    for path in paths:
         print(f"saved {path}")
     return 0

@@ -94,9 +94,12 @@ def test_help_texts_are_plain_text():
 def test_demo_help_says_what_it_does_and_how_long_it_takes():
     text = _helps()["kizuna demo"]
     assert "VAE+GMM+MLDA" in text and "without labels" in text and "saves a figure" in text
-    # measured (seed 0, one thread): full 26 s on an idle core (README), 57-70 CPU-seconds on the loaded
-    # shared 2-core machine; --quick 17-18 CPU-seconds there
-    assert "30 s to a minute on one CPU core (--quick: 600 digits, 10 to 20 s)" in text
+    # measured (seed 0, one thread, 2026-12-06, the README's figures): full 19 s of wall time on the shared 2-core
+    # machine when idle, 36 s beside other work (the help said "30 s to a minute", the README "a few minutes" and
+    # "13-16 s a seed"); --quick 9 s
+    assert "20 to 40 s at one thread on a shared 2-core machine (--quick: 600 digits, 10 to 20 s)" in text
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count("20 to 40 s") == 3 and "a few minutes on a loaded" not in readme and "13–16 s" not in readme
 
 
 def test_console_entry_points_and_lazy_subpackages():

@@ -32,10 +32,12 @@ Each teaching event :math:`n` draws an area (uniformly), a true position uniform
 
 from __future__ import annotations
 
-import math
+import numbers
 from typing import Any
 
 import numpy as np
+
+from kizuna._data import check_non_negative
 
 AREAS = ("kitchen", "living room", "bedroom A", "bathroom", "bedroom B", "entrance hall", "study")
 # x0, y0, x1, y1 in metres
@@ -75,10 +77,22 @@ def _vocabulary() -> list[str]:
     return names + sorted(words - set(names))
 
 
+def _is_number(value: Any) -> bool:
+    """A real number (a Python or numpy one), not a bool: what `check_non_negative` accepts before its bounds."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
+def _check_share(name: str, value: Any) -> None:
+    """``value`` is a number in [0, 1]; a ValueError naming ``simulated_house``'s argument otherwise (a string such as
+    "0.1" raised a raw TypeError in the comparison)."""
+    check_non_negative(f"simulated_house: {name}", value)  # a finite number >= 0 (not a bool, a string or NaN)
+    if value > 1:
+        raise ValueError(f"simulated_house: {name} must be in [0, 1], got {value!r}")
+
+
 def view_distributions(noise: float) -> np.ndarray:
     """:math:`p(\\text{feature} \\mid \\text{area})` (A×W): each area's objects mixed with a uniform background."""
-    if not 0 <= noise <= 1:
-        raise ValueError(f"view_noise must be in [0, 1], got {noise}")
+    _check_share("view_noise", noise)
     table = np.zeros((len(AREAS), len(VIEW_FEATURES)))
     for a, objects in enumerate(_AREA_OBJECTS):
         for name, weight in objects.items():
@@ -112,11 +126,9 @@ def corrupt(phonemes: str, rate: float, alphabet: str, rng: np.random.Generator)
 def _check(n_events: int, rate: float, name_rate: float, sigma: float, tokens: int) -> None:
     if isinstance(n_events, bool) or not isinstance(n_events, (int, np.integer)) or n_events < 1:
         raise ValueError(f"simulated_house: n_events must be a positive int, got {n_events!r}")
-    if not 0 <= rate <= 1 or not 0 <= name_rate <= 1:
-        raise ValueError(f"simulated_house: phoneme_error_rate and name_rate must be in [0, 1], got {rate}, "
-                         f"{name_rate}")
-    if isinstance(sigma, bool) or not sigma >= 0 or not math.isfinite(sigma):  # (NaN fails every comparison)
-        raise ValueError(f"simulated_house: position_noise must be a number >= 0, got {sigma!r}")
+    _check_share("phoneme_error_rate", rate)
+    _check_share("name_rate", name_rate)
+    check_non_negative("simulated_house: position_noise", sigma)  # (a string raised a raw TypeError; NaN, inf refused)
     if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 1:
         raise ValueError(f"simulated_house: view_tokens must be a positive int (tokens per view histogram), got "
                          f"{tokens!r}")
@@ -183,9 +195,9 @@ def simulated_house(n_events: int = 300, seed: int = 0, phoneme_error_rate: floa
     if not isinstance(image, (bool, np.bool_)):
         raise ValueError(f"simulated_house: image must be True or False, got {image!r}")
     narrowest = float(np.minimum(AREA_BOXES[:, 2] - AREA_BOXES[:, 0], AREA_BOXES[:, 3] - AREA_BOXES[:, 1]).min())
-    if not 0.0 <= margin < narrowest / 2:  # true positions must stay inside their area
+    if not _is_number(margin) or not 0.0 <= margin < narrowest / 2:  # true positions must stay inside their area
         raise ValueError(f"simulated_house: margin must lie in [0, {narrowest / 2:g}) metres (half the narrowest "
-                         f"area's side), got {margin}")
+                         f"area's side), got {margin!r}")  # ("0.1" raised a raw TypeError; NaN fails the comparison)
     rng = np.random.default_rng(seed)
     area = rng.integers(len(AREAS), size=n_events)
     place = AREA_PLACE[area]

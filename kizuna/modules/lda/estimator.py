@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from kizuna._data import check_int
+from kizuna._data import check_int, check_positive
 from kizuna.modules._backend import resolve_backend
 from kizuna.modules.estimator import Estimator
 from kizuna.modules.lda import algorithms as algo
@@ -92,11 +92,23 @@ class MultimodalLDA(Estimator):
         check_int(f"{self._owner}: max_iter", self.max_iter if self.n_iter is None else self.n_iter, 0)
         check_int(f"{self._owner}: n_blocks", self.n_blocks, 1)
         check_int(f"{self._owner}: n_init", self.n_init, 1)
+        self._check_weights()
         if any(p is not None and not (p > 0 and math.isfinite(p))  # (NaN fails every comparison)
                for p in (self.alpha, self.beta, self.doc_topic_prior, self.topic_word_prior)):
             raise ValueError(f"{self._owner}: the Dirichlet concentrations must be positive and finite, got alpha="
                              f"{self.alpha}, beta={self.beta}, doc_topic_prior={self.doc_topic_prior}, "
                              f"topic_word_prior={self.topic_word_prior}")
+
+    def _check_weights(self) -> None:
+        """Each weight None or a finite number > 0 (a string such as "10" raised a raw TypeError in the rescaling)."""
+        w = self.weights
+        if w is not None and (isinstance(w, str | bytes) or not isinstance(w, Sequence | np.ndarray)
+                              or getattr(w, "ndim", 1) != 1):
+            raise ValueError(f"{self._owner}: weights must be a list with one weight (tokens per sample) or None per "
+                             f"modality, got {w!r}")
+        for m, v in enumerate(self._weights() or []):
+            if v is not None:
+                check_positive(f"{self._owner}: weights[{m}]", v)
 
     def _weights(self) -> list[float | None] | None:
         return None if self.weights is None else list(self.weights)
@@ -273,6 +285,14 @@ class MultimodalLDA(Estimator):
         return int(sum(self._sizes))
 
 
+def _is_matrix(x: Any) -> bool:
+    """``x`` is a 2-D array, tensor or nested list (a count matrix)."""
+    try:
+        return np.ndim(x) == 2
+    except (TypeError, ValueError, RuntimeError):  # ragged lists, tensors numpy cannot read
+        return False
+
+
 class LatentDirichletAllocation(MultimodalLDA):
     """LDA: the one-modality `MultimodalLDA` (scikit-learn's ``LatentDirichletAllocation`` names).
 
@@ -296,10 +316,19 @@ class LatentDirichletAllocation(MultimodalLDA):
                          alpha=alpha, beta=beta, n_iter=n_iter, backend=backend)
         self.weight = weight
 
+    def _check_weights(self) -> None:
+        if self.weight is not None:
+            check_positive(f"{self._owner}: weight", self.weight)
+
     def _weights(self) -> list[float | None] | None:
         return None if self.weight is None else [self.weight]
 
     def _as_list(self, X: Any) -> list[Any]:
+        if isinstance(X, list | tuple) and X and all(_is_matrix(x) for x in X):  # (was: "got shape (1, 3, 3) ...
+            # Reshape your data with x.reshape(1, -1)")
+            raise ValueError(f"{self._owner}: X must be one count matrix (documents × vocabulary), not a list of "
+                             f"{len(X)} matri{'x' if len(X) == 1 else 'ces'}; LDA has one modality (MultimodalLDA "
+                             "takes a list, one matrix per modality)")
         return [X]
 
     def sample(self, n_samples: int = 1, n_tokens: Sequence[int] | int = 100,

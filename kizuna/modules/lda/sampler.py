@@ -38,6 +38,7 @@ request). Restarts, the estimator and the graph node are built on this file
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -103,8 +104,9 @@ def as_counts(x: Any, weight: float | None, what: str, rounding: str = "round") 
 
 def _rescaled(t: Tensor, weight: float, what: str) -> Tensor:
     """Rows rescaled to sum to ``weight``, :math:`(x_{nv} / \\sum_u x_{nu})\\,w` (a zero row stays zero)."""
-    if not (weight > 0 and math.isfinite(weight)):  # (NaN fails the comparison; inf gave negative token counts)
-        raise ValueError(f"{what}: the weight must be positive and finite, got {weight}")
+    # (NaN fails the comparison; inf gave negative token counts; a string such as "10" raised a raw TypeError)
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not (weight > 0 and math.isfinite(weight)):
+        raise ValueError(f"{what}: the weight must be positive and finite, got {weight!r}")
     sums = t.sum(1, keepdim=True)
     return t / torch.where(sums > 0, sums, torch.ones_like(sums)) * weight
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from kizuna._data import check_count
+from kizuna._data import check_count, check_positive
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules.estimator import Estimator
 from kizuna.modules.hmm.emissions import check_distributions
 from kizuna.modules.mm import algorithms as algo
-from kizuna.modules.validation import as_matrix, check_n_features
+from kizuna.modules.validation import as_matrix, as_tensor, check_n_features
 
 Tensor = torch.Tensor
 
@@ -57,8 +57,8 @@ class MarkovChain(Estimator):
         if self.n_iter is None:
             raise ValueError(f"{self._owner}: n_iter must be an integer >= 0, got None")
         check_count(f"{self._owner}: n_iter", self.n_iter, 0)  # 2.5 was cut to 2 iterations silently
-        if not (self.alpha > 0 and self.n_iter >= 0):
-            raise ValueError(f"{self._owner}: need alpha > 0 and n_iter >= 0, got {self.alpha} and {self.n_iter}")
+        # (inf was accepted and failed later as "no path of nonzero probability"; "1" raised a raw TypeError)
+        check_positive(f"{self._owner}: alpha", self.alpha)
 
     def _is_fitted(self) -> bool:
         return self.transmat_ is not None
@@ -68,8 +68,9 @@ class MarkovChain(Estimator):
         a = self.transmat_ if self.transmat_ is not None else self.transmat
         p = self.startprob_ if self.startprob_ is not None else self.startprob
         opts = {"dtype": like.dtype, "device": like.device}
-        a = torch.full((k, k), 1.0 / k, **opts) if a is None else torch.as_tensor(a).to(like)
-        p = torch.full((k,), 1.0 / k, **opts) if p is None else torch.as_tensor(p).to(like)
+        # straight to like's dtype (as HiddenMarkovModel._as_tensors): as_tensor(list) alone rounded through float32
+        a = torch.full((k, k), 1.0 / k, **opts) if a is None else torch.as_tensor(a, **opts)
+        p = torch.full((k,), 1.0 / k, **opts) if p is None else torch.as_tensor(p, **opts)
         if a.shape != (k, k) or p.shape != (k,):
             raise ValueError(f"{self._owner}: the evidence has {k} classes but transmat is {tuple(a.shape)} "
                              f"and startprob {tuple(p.shape)}")
@@ -84,7 +85,10 @@ class MarkovChain(Estimator):
         if shape is not None and len(shape) == 1:
             raise ValueError(f"{self._owner}: X must be N×K class evidence (one column per class), got shape "
                              f"{tuple(shape)}; for integer labels give one-hot rows, e.g. np.eye(K)[labels]")
-        x = as_matrix(X, "X", self._owner, dtype=None)
+        x = as_tensor(X, "X", self._owner)
+        # floating evidence keeps its precision, integer (one-hot) evidence is float64: scikit-learn's rule, and the
+        # LDA estimator's (it was the default float32: estimates and scores 1e-6 off those of the same float rows)
+        x = as_matrix(x if x.is_floating_point() else x.double(), "X", self._owner, dtype=None)
         if bool((x < 0).any()):
             raise ValueError(f"{self._owner}: class evidence must be non-negative")
         if x.shape[1] == 1 and self.n_states != 1 and bool((x != 1).any()) and bool((x == x.round()).all()):
