@@ -7,7 +7,7 @@ VAE's prior (Nakamura et al. 2018, arXiv:1712.00929; Neuro-SERKET, arXiv:1910.08
 .. math::
     \mathcal L_{\mathrm{VAE}} = \frac1N\sum_n\Big(-\mathbb E_{q(z|o_n)}[\log p(o_n|z)]
         + D_{KL}\big[q(z|o_n)\,\|\,\mathcal N(\mu_{c_n}, I)\big]\Big),\qquad
-    c_n \sim p(c_n | z_{1:N}) \ \text{(GMM, Gibbs)}.
+    c_n = \arg\max_k p(c_n = k | z_{1:N}) \ \text{(the GMM's most probable class, fitted by Gibbs)}.
 
 So the latents of images the GMM puts in one class are pulled together. SERKET's settings: 18 latent
 dimensions, 10 classes, 5 mutual-inference iterations (the epochs and sweeps per iteration are in

@@ -410,3 +410,22 @@ def test_messages_never_dump_a_tensor():
     with pytest.raises(ValueError) as err:
         km.GMM(2).fit(x)
     assert "row 4321, column 17" in str(err.value) and len(str(err.value)) < 200
+
+
+def test_the_vae_modules_widths_and_its_encode_before_update_are_named() -> None:
+    """``VAE(hidden="64")`` built hidden layers of 6 and 4 units, 8.5 built 8 and True 1, silently; ``encode`` before
+    the first update and ``encode`` of a numpy array raised AttributeErrors of None and of ``split``."""
+    for hidden, message in (("64", "hidden must be a sequence of layer widths"), (64, "hidden must be a sequence"),
+                            ((8.5,), r"hidden\[0\] must be an integer >= 1, got 8.5"),
+                            ((16, True), r"hidden\[1\] must be an integer >= 1, got True")):
+        with pytest.raises(ValueError, match=message):
+            km.VAE(2, hidden=hidden)
+    x = torch.rand(30, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    vae = km.VAE(2, hidden=(8,), epochs=1, random_state=0).connect(km.Observation(x))
+    with pytest.raises(km.NotFittedError, match=r"VAE vae: encode needs the networks, built at the first update"):
+        vae.encode(x)
+    vae.update()
+    torch.testing.assert_close(vae.encode(x.numpy()), vae.encode(x), rtol=0, atol=0)
+    torch.testing.assert_close(vae.reconstruct(x.numpy()), vae.reconstruct(x), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="encode takes a tensor or a numpy array, got list"):
+        vae.encode(x.tolist())

@@ -22,6 +22,7 @@ q(z|x) p(x|z)
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -45,10 +46,11 @@ def _one(var: str | Sequence[str]) -> list[str]:
 
 
 def _sizes(sizes: Sequence[int], cls: str) -> list[int]:
-    out = [int(s) for s in sizes]
-    if len(out) < 2 or any(s < 1 for s in out):
-        raise ValueError(f"{cls}: sizes must be [inputs, *hidden, features], all positive, got {list(sizes)}")
-    return out
+    if isinstance(sizes, (str, bytes)) or len(sizes) < 2 or any(
+            isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
+        # (int() took 8.5 as 8 and True as 1, silently)
+        raise ValueError(f"{cls}: sizes must be [inputs, *hidden, features], all positive integers, got {sizes!r}")
+    return [int(s) for s in sizes]
 
 
 def _side_by_side(values: Sequence[Tensor], in_features: int) -> Tensor:

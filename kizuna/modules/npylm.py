@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kizuna._data import check_int, check_non_negative, check_positive
 from kizuna.modules.npylm_chars import CharModel
 from kizuna.modules.npylm_length import WordLength
 from kizuna.modules.npylm_slot import ConceptNames, sample_slot
@@ -86,9 +87,8 @@ class NPYLM:
 
     def __init__(self, alphabet: str, max_word_length: int = 10, char_order: int = 3,
                  length_correction: bool = False) -> None:
-        if max_word_length < 1 or char_order < 1:
-            raise ValueError(f"NPYLM: need max_word_length >= 1 and char_order >= 1, got {max_word_length}, "
-                             f"{char_order}")
+        check_int("NPYLM: max_word_length", max_word_length, 1)  # 2.5 failed in an index, True was taken as 1
+        check_int("NPYLM: char_order", char_order, 1)
         if EOS in alphabet or BOS in alphabet:
             raise ValueError("NPYLM: the alphabet may not contain the control characters \\x02 and \\x03")
         self.max_word_length = max_word_length
@@ -228,8 +228,12 @@ class NPYLM:
         Returns ``(P, eos)``: ``P[a, k, j]`` :math:`= p(s_{a:a+k} \\mid s_{a-j:a})\\,\\text{boost}(s_{a:a+k})`
         (T×(L+1)×(L+1); ``j = 0`` is the begin-of-utterance context, used at ``a = 0`` only; 0 where a
         word would leave the utterance) and ``eos[k]`` :math:`= p(\\text{EOS} \\mid s_{T-k:T})`. The back-off
-        part is one outer product; only the contexts with a restaurant are visited in Python.
+        part is one outer product; only the contexts with a restaurant are visited in Python. ``power`` is a
+        positive finite number and every ``boost`` a finite number >= 0; a ValueError naming them otherwise (they were
+        blamed on the data: "no segmentation has positive probability", and ``power=0`` gave impossible words
+        probability 1).
         """
+        check_positive("NPYLM: power", power)
         big_l, t_len = self.max_word_length, len(s)
         subs = [[s[a:a + k] for k in range(1, min(big_l, t_len - a) + 1)] for a in range(t_len)]
         uni = self._unigram(s, subs)
@@ -244,7 +248,7 @@ class NPYLM:
         if boost is not None:
             weight = np.ones((t_len, big_l + 1))
             for a, row in enumerate(subs):
-                weight[a, 1:len(row) + 1] = [boost(w) for w in row]
+                weight[a, 1:len(row) + 1] = [_boost(boost, w) for w in row]
             table *= weight[:, :, None]
         eos = np.zeros(big_l + 1)
         p_eos = self.words.prob(EOS)
@@ -300,7 +304,8 @@ class NPYLM:
     def sample(self, s: str, rng: np.random.Generator, n: int = 1, boost: Callable[[str], float] | None = None,
                power: float = 1.0) -> list[list[str]]:
         """``n`` segmentations of ``s`` drawn from the model's posterior raised to ``power`` (one forward pass),
-        each word's probability multiplied by ``boost(w)`` (a concept module's prior; ``None``: 1)."""
+        each word's probability multiplied by ``boost(w)`` (a concept module's prior; ``None``: 1); ``n >= 0``."""
+        check_int("NPYLM.sample: n", n, 0)  # -1 returned no segmentation
         _nonempty(s)
         table, eos = self.bigram_table(s, boost, power)
         alpha = self.forward(table)
@@ -325,7 +330,10 @@ class NPYLM:
             self.update_length_weight()
 
     def log_prob(self, words: Sequence[str]) -> float:
-        """:math:`\\log p(w_1 \\dots w_m\\, \\text{EOS})` under the current model."""
+        """:math:`\\log p(w_1 \\dots w_m\\, \\text{EOS})` under the current model; the words are checked as
+        `add_sentence` checks them (an empty word, a string for a list of words or a word longer than
+        ``max_word_length`` had a finite probability no segmentation can have)."""
+        self._check_words(words)
         prev, total = BOS, 0.0
         for w in list(words) + [EOS]:
             total += np.log(self.words.prob(w, (prev,)))
@@ -337,16 +345,28 @@ def temperatures(n_sweeps: int, start: float = 3.0, fraction: float = 0.6) -> li
     """An annealing schedule: :math:`1/T` rises linearly from ``1/start`` to 1 over the first ``fraction`` of the
     sweeps, then stays at :math:`T = 1`.
 
+    ``start`` is a finite :math:`T > 0` (1: no annealing; below 1 the first sweeps are colder than the posterior)
+    and ``fraction`` in [0, 1]; a ValueError naming the argument otherwise (a fraction above 1 gave more sweeps
+    than ``n_sweeps``, ``start=0`` divided by zero, a NaN start gave NaN temperatures).
+
     >>> [round(t, 3) for t in temperatures(5, 2.0, 0.4)]
     [2.0, 1.333, 1.0, 1.0, 1.0]
     """
+    check_int("temperatures: n_sweeps", n_sweeps, 0)
+    check_positive("temperatures: start", start)
+    check_non_negative("temperatures: fraction", fraction)
+    if fraction > 1:
+        raise ValueError(f"temperatures: fraction is the share of the sweeps that anneal, in [0, 1], got {fraction!r}")
     warm = int(round(fraction * n_sweeps))
     inv = [1 / start + (1 - 1 / start) * j / max(warm, 1) for j in range(warm)]
     return [1 / x for x in inv] + [1.0] * (n_sweeps - warm)
 
 
 def random_segmentation(s: str, max_word_length: int, rng: np.random.Generator, longest: int = 4) -> list[str]:
-    """A segmentation of ``s`` into words of uniformly random lengths in ``1..min(longest, L)`` (the initial state)."""
+    """A segmentation of ``s`` into words of uniformly random lengths in ``1..min(longest, L)`` (the initial state);
+    ``max_word_length`` and ``longest`` are integers >= 1 (0 failed in numpy's ``integers``)."""
+    check_int("random_segmentation: max_word_length", max_word_length, 1)
+    check_int("random_segmentation: longest", longest, 1)
     words, a = [], 0
     while a < len(s):
         k = int(rng.integers(1, min(longest, max_word_length) + 1))
@@ -378,6 +398,7 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
     each segmentation is drawn exactly from the slot model, every word the place's name with probability
     :math:`\\lambda` or a word of the language model, and the concepts' name counts follow the draws.
     """
+    check_positive("gibbs_sweep: temperature", temperature)
     for i in rng.permutation(len(utterances)).tolist():
         if segmentations[i]:  # [] : not in the model yet (the sequential start)
             model.remove_sentence(segmentations[i], rng)
@@ -390,11 +411,19 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
             segmentations[i] = model.sample(utterances[i], rng, boost=boost, power=1.0 / temperature)[0]
         else:
             candidates = model.sample(utterances[i], rng, n_candidates, power=1.0 / temperature)
-            log_w = np.array([sum(np.log(boost(w)) for w in c) for c in candidates])
+            log_w = np.array([sum(np.log(_boost(boost, w)) for w in c) for c in candidates])
             weights = np.exp(log_w - log_w.max())
             segmentations[i] = candidates[int(rng.choice(len(candidates), p=weights / weights.sum()))]
         model.add_sentence(segmentations[i], rng)
     model.sample_hyperparameters(rng)
+
+
+def _boost(boost: Callable[[str], float], w: str) -> float:
+    """``boost(w)``, a finite number >= 0; a ValueError naming the word and the value otherwise (a NaN or negative
+    boost was blamed on the data: "no segmentation has positive probability")."""
+    value = boost(w)
+    check_non_negative(f"NPYLM: the boost of the word {w!r}", value)
+    return value
 
 
 def _nonempty(s: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kizuna.modules.pitman_yor import HPYLM, backoff, count_part
+from kizuna.modules.pitman_yor import HPYLM, backoff, check_hyperparameters, count_part
 
 
 class CharModel:
@@ -87,7 +87,14 @@ class CharModel:
         return self.probs(np.broadcast_to(ctx[:, None, :], (n_ctx, self.size, self.order - 1)), symbols)
 
     def set_hyperparameters(self, d: list[float], theta: list[float]) -> None:
-        """Set every depth's :math:`(d_m, \\theta_m)` (forgets the memoised probabilities)."""
+        """Set every depth's :math:`(d_m, \\theta_m)` (forgets the memoised probabilities): ``order`` of each, every
+        depth's :math:`0 \\le d_m < 1` and :math:`\\theta_m > -d_m`, finite (`check_hyperparameters`, as
+        `NPYLM.load_state` checks them; a negative discount gave negative probabilities); nothing changes when it
+        raises."""
+        if len(d) != self.order or len(theta) != self.order:
+            raise ValueError(f"CharModel.set_hyperparameters: {self.order} discounts and strengths (one per depth of "
+                             f"the order-{self.order} model), got {len(d)} and {len(theta)}")
+        check_hyperparameters("CharModel.set_hyperparameters", d, theta)
         self.hpylm.d, self.hpylm.theta = list(d), list(theta)
         self._memo.clear()
 

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 import numpy as np
 from scipy import stats
 
+from kizuna._data import check_positive
 from kizuna.modules.npylm_chars import CharModel
 
 
@@ -67,8 +68,8 @@ class WordLength:
     """
 
     def __init__(self, lam: float = 2.0, a: float = 1.0, b: float = 1.0) -> None:
-        if lam <= 0 or a <= 0 or b <= 0:
-            raise ValueError(f"WordLength: need lam, a, b > 0, got {lam}, {a}, {b}")
+        for name, value in (("lam", lam), ("a", a), ("b", b)):  # NaN passed `<= 0`, inf made every p(k) 0
+            check_positive(f"WordLength: {name}", value)
         self.lam, self.a, self.b = lam, a, b
 
     def pmf(self, max_length: int) -> np.ndarray:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kizuna._data import check_positive
 from kizuna.modules.npylm_slot import ConceptNames
 
 if TYPE_CHECKING:
@@ -204,7 +205,8 @@ def name_log_evidence(model: NPYLM, s: str, n: int, slots: NameSlots) -> float:
 def sample_name(model: NPYLM, s: str, n: int, slots: NameSlots, rng: np.random.Generator,
                 power: float = 1.0) -> tuple[list[str], int | None]:
     """A segmentation of utterance ``n`` and its slot (word index, None: no name) drawn jointly from the one-name
-    model raised to ``power``."""
+    model raised to ``power`` (a positive finite number: a NaN or negative one was blamed on the data)."""
+    check_positive("sample_name: power", power)
     x, eos = name_table(model, s, n, slots)
     if power != 1.0:
         x, eos = x**power, eos**power
@@ -245,7 +247,8 @@ def name_backward(s: str, alpha: np.ndarray, x: np.ndarray, eos: np.ndarray,
 def name_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[list[str]], slots: NameSlots,
                rng: np.random.Generator, temperature: float = 1.0) -> None:
     """One blocked Gibbs sweep of the one-name model in random order (segmentation and slot of each utterance drawn
-    jointly given the others), then the language model's hyper-parameters."""
+    jointly given the others), then the language model's hyper-parameters; ``temperature`` > 0 and finite."""
+    check_positive("name_sweep: temperature", temperature)
     for i in rng.permutation(len(utterances)).tolist():
         if segmentations[i]:  # [] : not in the model yet (a sequential start)
             slots.remove(model, i, segmentations[i], rng)

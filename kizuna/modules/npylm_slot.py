@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kizuna._data import check_positive
+
 if TYPE_CHECKING:
     from kizuna.modules.npylm import NPYLM
 
@@ -50,8 +52,9 @@ class ConceptNames:
         r = np.asarray(resp, dtype=np.float64)
         if r.ndim != 2 or (r < 0).any() or not np.allclose(r.sum(1), 1.0, atol=1e-6):
             raise ValueError(f"ConceptNames: resp must be N×L with rows on the simplex, got shape {r.shape}")
-        if not 0 < weight < 1 or concentration <= 0:
-            raise ValueError(f"ConceptNames: need 0 < weight < 1 and concentration > 0, got {weight}, {concentration}")
+        if not 0 < weight < 1:  # (NaN fails it too)
+            raise ValueError(f"ConceptNames: weight is a probability strictly between 0 and 1, got {weight!r}")
+        check_positive("ConceptNames: concentration", concentration)  # NaN passed `<= 0` and made every G_n NaN
         self.resp, self.weight, self.concentration = r, weight, concentration
         self.counts: dict[str, np.ndarray] = {}
         self.totals = np.zeros(r.shape[1])
@@ -117,7 +120,8 @@ class ConceptNames:
 def sample_slot(model: NPYLM, s: str, n: int, names: ConceptNames, rng: np.random.Generator,
                 power: float = 1.0) -> tuple[list[str], list[float]]:
     """One segmentation of utterance ``n`` (string ``s``) from the slot model raised to ``power``, and each
-    word's slot probability :math:`\\rho` (the module docstring)."""
+    word's slot probability :math:`\\rho` (the module docstring); ``power``: a positive finite number."""
+    check_positive("sample_slot: power", power)
     lam = names.weight
     table, eos = model.bigram_table(s)
     g = names.table(n, s, model.chars.substring_p0(s, model.max_word_length), model.max_word_length)

@@ -5,12 +5,12 @@ words seen after it, seated at tables; its parent is :math:`h' = (v_2, \dots, v_
 :math:`c_{hw}` customers and :math:`t_{hw}` tables of word :math:`w`, :math:`c_h, t_h` their
 totals and :math:`(d_m, \theta_m)` the discount and strength of depth :math:`m`,
 
-.. math:: p(w\\mid h) = \frac{c_{hw} - d_m t_{hw}}{\theta_m + c_h}
-          + \frac{\theta_m + d_m t_h}{\theta_m + c_h}\, p(w\\mid h'),
+.. math:: p(w\mid h) = \frac{c_{hw} - d_m t_{hw}}{\theta_m + c_h}
+          + \frac{\theta_m + d_m t_h}{\theta_m + c_h}\, p(w\mid h'),
 
 and below the empty context is the base distribution :math:`p_0(w)`. Adding a customer seats it
 at table :math:`k` of :math:`w` with probability :math:`\propto c_{hwk} - d_m` or at a new table
-:math:`\propto (\theta_m + d_m t_h)\, p(w\\mid h')`, which sends a customer to the parent; removing
+:math:`\propto (\theta_m + d_m t_h)\, p(w\mid h')`, which sends a customer to the parent; removing
 one picks a table :math:`\propto c_{hwk}` and, when the table empties, removes one from the parent.
 A new (or emptied) table of the empty context calls ``on_base`` with ``+1`` (or ``-1``): NPYLM's
 word model feeds its character model through it. ``sample_hyperparameters`` draws every
@@ -27,15 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from kizuna._data import check_positive
+
 
 def count_part(cw: Any, tw: Any, c: Any, d: float, theta: float) -> Any:
-    """:math:`(c_{hw} - d\\,t_{hw}) / (\theta + c_h)`: the part of :math:`p(w\\mid h)` from the counts
+    """:math:`(c_{hw} - d\\,t_{hw}) / (\\theta + c_h)`: the part of :math:`p(w\\mid h)` from the counts
     (numbers or numpy arrays; 0 for an empty restaurant)."""
     return (cw - d * tw) / (theta + c)
 
 
 def backoff(t: Any, c: Any, d: float, theta: float) -> Any:
-    """:math:`(\theta + d\\,t_h) / (\theta + c_h)`: the weight of the parent's probability (1 when empty)."""
+    """:math:`(\\theta + d\\,t_h) / (\\theta + c_h)`: the weight of the parent's probability (1 when empty)."""
     return (theta + d * t) / (theta + c)
 
 
@@ -51,12 +53,12 @@ class Restaurant:
         self.tables: dict[Any, list[int]] = {}
 
     def count_part(self, w: Any, d: float, theta: float) -> float:
-        """:math:`(c_{hw} - d\\,t_{hw}) / (\theta + c_h)`, the part of :math:`p(w\\mid h)` from the counts."""
+        """:math:`(c_{hw} - d\\,t_{hw}) / (\\theta + c_h)`, the part of :math:`p(w\\mid h)` from the counts."""
         cw = self.cw.get(w)
         return count_part(cw, len(self.tables[w]), self.c, d, theta) if cw else 0.0
 
     def backoff(self, d: float, theta: float) -> float:
-        """:math:`(\theta + d\\,t_h) / (\theta + c_h)`, the weight of the parent's probability."""
+        """:math:`(\\theta + d\\,t_h) / (\\theta + c_h)`, the weight of the parent's probability."""
         return backoff(self.t, self.c, d, theta)
 
 
@@ -111,7 +113,7 @@ class HPYLM:
         return r.count_part(w, d, theta) + r.backoff(d, theta) * parent
 
     def _context(self, context: tuple) -> tuple:
-        return context[len(context) - self.order + 1:] if self.order > 1 else ()
+        return context[max(0, len(context) - self.order + 1):] if self.order > 1 else ()
 
     def _probs(self, w: Hashable, h: tuple) -> list[float]:
         """:math:`[p_0(w), p(w\\mid()), p(w\\mid h_{-1:}), \\dots, p(w\\mid h)]`."""
@@ -222,7 +224,12 @@ class HPYLM:
 
     def sample_hyperparameters(self, rng: np.random.Generator, a: float = 1.0, b: float = 1.0,
                                alpha: float = 1.0, beta: float = 1.0) -> None:
-        """Draw every depth's :math:`(d_m, \\theta_m)` given the seating (auxiliary-variable Gibbs)."""
+        """Draw every depth's :math:`(d_m, \\theta_m)` given the seating (auxiliary-variable Gibbs); the priors
+        :math:`d \\sim \\mathrm{Beta}(a, b)`, :math:`\\theta \\sim \\mathrm{Gamma}(\\alpha, \\beta)` (shape, rate) need
+        positive finite parameters, a ValueError naming the first other one (NaN drew NaN hyperparameters, a negative
+        one failed in numpy)."""
+        for name, value in (("a", a), ("b", b), ("alpha", alpha), ("beta", beta)):
+            check_positive(f"HPYLM.sample_hyperparameters: the prior's {name}", value)
         stats = np.zeros((self.order, 4))  # sum y, sum (1 - y), sum log x, sum (1 - z)
         for key, r in self.restaurants.items():
             m, d, theta = len(key), self.d[len(key)], self.theta[len(key)]

@@ -27,11 +27,12 @@ mean(-E_{q(z|x)}[log p(x|z)] + KL[q(z|x)||p_{prior}(z|mu)])
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from kizuna._data import check_int, check_non_negative, check_positive
@@ -43,6 +44,7 @@ from kizuna.modules.base import Message, Module, check_width
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.rng import draw_seed, rng_from
 from kizuna.modules.state import added_field, follow_data, take_learning_rate
+from kizuna.modules.validation import not_fitted
 
 LIKELIHOODS = ("bernoulli", "normal")
 PRIOR_MEAN = "mu"
@@ -126,7 +128,13 @@ class VAE(Module):
             encoder, decoder = vae.distributions[0], vae.distributions[1]
         if (encoder is None) != (decoder is None):
             raise ValueError(f"VAE {self.name}: pass both encoder and decoder, or neither")
-        self.latent_dim, self.hidden, self.likelihood, self.vae = latent_dim, tuple(hidden), likelihood, vae
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Iterable):  # ("64" built layers of 6 and 4)
+            raise ValueError(f"VAE {self.name}: hidden must be a sequence of layer widths, e.g. (256,), got "
+                             f"{hidden!r}")
+        hidden = tuple(hidden)
+        for i, width in enumerate(hidden):  # (8.5 built 8 units, True 1)
+            check_int(f"VAE {self.name}: hidden[{i}]", width, 1)
+        self.latent_dim, self.hidden, self.likelihood, self.vae = latent_dim, hidden, likelihood, vae
         self.epochs, self.batch_size, self.lr, self.alpha = epochs, batch_size, lr, alpha
         self.encoder, self.decoder = encoder, decoder
         self.model: Model | None = None
@@ -166,9 +174,24 @@ class VAE(Module):
         self.in_dim = d
         self._build_model()
 
+    def _input(self, data: Any, who: str) -> torch.Tensor:
+        """``data`` as a tensor for the networks (a numpy array converted), once they exist; a clear error otherwise
+        (an ``AttributeError`` of None or of the array's ``split`` before)."""
+        if self.encoder is None:
+            raise not_fitted(f"VAE {self.name}: {who} needs the networks, built at the first update(); call update() "
+                             "(or Graph.fit) first, or give encoder= and decoder=")
+        if isinstance(data, np.ndarray):
+            data = torch.as_tensor(data)
+        if not isinstance(data, torch.Tensor):
+            raise TypeError(f"VAE {self.name}: {who} takes a tensor or a numpy array, got {type(data).__name__}")
+        like = next((p for p in self.encoder.parameters() if p.is_floating_point()), None)
+        return data if like is None or not data.is_floating_point() else data.to(device=like.device, dtype=like.dtype)
+
     @torch.no_grad()
     def encode(self, data: torch.Tensor) -> torch.Tensor:
-        """Latent means :math:`\\mathbb E_{q}[z|x]` (N×D_z), computed in batches in eval mode."""
+        """Latent means :math:`\\mathbb E_{q}[z|x]` (N×D_z), computed in batches in eval mode (``data``: a tensor or
+        a numpy array)."""
+        data = self._input(data, "encode")
         with evaluating(self.encoder):
             out = [self.encoder.sample_mean({self.data_var: b}) for b in data.split(max(self.batch_size, 1024))]
         return torch.cat(out)
@@ -176,7 +199,7 @@ class VAE(Module):
     @torch.no_grad()
     def reconstruct(self, data: torch.Tensor) -> torch.Tensor:
         """:math:`\\mathbb E_{p}[x|z=\\mathbb E_q[z|x]]`: the decoder mean at the latent means."""
-        z = self.encode(data)
+        z = self.encode(self._input(data, "reconstruct"))
         with evaluating(self.decoder):
             return torch.cat([self.decoder.sample_mean({self.latent_var: b}) for b in z.split(1024)])
 

@@ -171,8 +171,10 @@ class WordSegmenter(Module):
         if prior_mode not in ("sir", "exact", "slot", "name"):
             raise ValueError(f"WordSegmenter {self.name}: prior_mode must be 'sir', 'exact', 'slot' or 'name', got "
                              f"{prior_mode!r}")
-        if not 0 < slot_weight < 1 or slot_concentration <= 0:
-            raise ValueError(f"WordSegmenter {self.name}: need 0 < slot_weight < 1 and slot_concentration > 0")
+        if not 0 < slot_weight < 1:  # (NaN fails it too)
+            raise ValueError(f"WordSegmenter {self.name}: slot_weight is a probability strictly between 0 and 1, got "
+                             f"{slot_weight!r}")
+        check_positive(f"WordSegmenter {self.name}: slot_concentration", slot_concentration)  # NaN passed `<= 0`
         self.prior_mode, self.slot_weight, self.slot_concentration = prior_mode, slot_weight, slot_concentration
         self.slot_rho_: list[list[list[float] | None] | None] = []  # per chain, the slot model's rho of each word
         self._saved_chain_states: list[NPYLMState] = []  # loaded, until the models are rebuilt from them
@@ -183,8 +185,7 @@ class WordSegmenter(Module):
             raise ValueError(f"WordSegmenter {self.name}: need n_chains >= 1 and a finite selection_beta > 0, got "
                              f"{n_chains!r} and {selection_beta!r}")
         self.n_chains, self.selection_beta = n_chains, selection_beta
-        if type_moves < 0 or type_min_count < 1 or type_favour < 0:
-            raise ValueError(f"WordSegmenter {self.name}: need type_moves >= 0, type_min_count >= 1, type_favour >= 0")
+        check_non_negative(f"WordSegmenter {self.name}: type_favour", type_favour)  # NaN passed `< 0`
         self.type_moves, self.type_min_count, self.type_favour = type_moves, type_min_count, type_favour
         self.type_records_: list[dict] = []
         self.chain_segmentations_: list[list[list[str]]] = []
