@@ -149,15 +149,21 @@ def _plain(obj: Any) -> tuple[Any, bool]:
     whether everything in it is of a type `_is_plain` takes. (torch.load(weights_only=True) refuses numpy's classes: an
     optimizer's learning rate set from ``np.logspace`` made every checkpoint fit wrote unreadable.)"""
     if isinstance(obj, np.generic):  # first: np.float64 is a float
-        return obj.item(), True
+        value = obj.item()  # (a longdouble stays numpy, a datetime64 becomes a datetime: checked as they are)
+        return (value, True) if type(value) in _SCALARS else (obj, False)
     if _is_plain(obj):
         return obj, True
     if isinstance(obj, np.ndarray):
-        return (torch.from_numpy(obj.copy()), True) if obj.dtype != object else (obj, False)
+        try:
+            return torch.from_numpy(obj.copy()), True
+        except TypeError:  # strings, objects, datetimes: torch holds no such tensor; checked as they are
+            return obj, False
     if type(obj) in (dict, OrderedDict):  # (a state_dict is an OrderedDict)
-        items = [(k, *_plain(v)) for k, v in obj.items()]
-        out = type(obj)((k, v) for k, v, _ in items)
-        return out, all(_is_plain(k) and ok for k, _, ok in items)
+        items = [(*_plain(k), *_plain(v)) for k, v in obj.items()]
+        out = type(obj)((k, v) for k, _, v, _ in items)
+        if type(obj) is OrderedDict and obj.__dict__:
+            out.__dict__.update(obj.__dict__)  # a state_dict's _metadata (the modules' versions)
+        return out, all(key_ok and ok for _, key_ok, _, ok in items)
     if type(obj) in (list, tuple):
         items = [_plain(v) for v in obj]
         return type(obj)(v for v, _ in items), all(ok for _, ok in items)

@@ -268,3 +268,19 @@ def test_a_checkpoint_path_that_is_a_directory_is_refused_before_training(tmp_pa
     with pytest.raises(IsADirectoryError, match="ck: it is an existing directory"):
         model.fit({"x": X}, epochs=3, checkpoint=tmp_path / "ck", quiet=True)
     assert model.epoch == 0 and list((tmp_path / "ck").iterdir()) == []
+
+
+def test_saves_keep_a_state_dicts_metadata_and_refuse_numpy_values_a_safe_load_cannot_read(tmp_path):
+    """A state_dict's ``_metadata`` (the modules' versions) was dropped by the numpy conversion; numpy integer keys are
+    plain ints; a longdouble, a datetime64 and an array of strings (which torch holds in no tensor) are refused before
+    anything is written, naming what is refused, and the file on disk is left as it was."""
+    net = nn.BatchNorm1d(3)
+    path = tmp_path / "s.pt"
+    _io.save({"net": net.state_dict(), np.int64(3): np.float32(0.5)}, path)
+    back = _io.load(path)
+    assert back["net"]._metadata == net.state_dict()._metadata and back[3] == 0.5 and type(back[3]) is float
+    before = path.read_bytes()
+    for bad in (np.longdouble(0.1), np.datetime64("2020-01-01"), np.array(["x", "y"])):
+        with pytest.raises(TypeError, match=r"the state holds an object of numpy\..*nothing was written"):
+            _io.save({"value": bad}, path)
+        assert path.read_bytes() == before

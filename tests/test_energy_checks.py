@@ -45,8 +45,8 @@ def test_cd_refuses_an_sgld_of_another_features_shape_before_drawing() -> None:
     sampler = SGLD(p, [1], buffer_size=50, n_steps=0, low=-3, high=3)
     before = sampler.buffer.clone()
     loss = ContrastiveDivergence(p, sampler, alpha=0.0)
-    message = ("ContrastiveDivergence: the sampler draws x of shape (64, 1) but the data has shape (64, 2): the shapes "
-               "after the batch dimension must match (SGLD's features_shape should be [2])")
+    message = ("ContrastiveDivergence: the sampler draws x of shape (64, 1) but the data has shape (64, 2): the "
+               "features after the batch dimension must match in number (SGLD's features_shape should be [2])")
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         loss.eval({"x": torch.randn(64, 2, dtype=torch.float64)})
     assert torch.equal(sampler.buffer, before)  # refused before the chain ran
@@ -64,8 +64,8 @@ def test_cd_refuses_an_mlp_sampler_of_another_shape_by_name() -> None:
 def test_cd_checks_the_draws_of_a_sampler_without_a_declared_shape() -> None:
     _, p = _scaled_quadratic()
     loss = ContrastiveDivergence(p, Fixed(torch.zeros(5, 1, dtype=torch.float64)), alpha=0.0)
-    message = ("ContrastiveDivergence: the sampler draws x of shape (5, 1) but the data has shape (5, 2): the shapes "
-               "after the batch dimension must match (SGLD's features_shape should be [2])")
+    message = ("ContrastiveDivergence: the sampler draws x of shape (5, 1) but the data has shape (5, 2): the "
+               "features after the batch dimension must match in number (SGLD's features_shape should be [2])")
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         loss.eval({"x": torch.randn(5, 2, dtype=torch.float64)})
 
@@ -207,3 +207,19 @@ def test_evaluation_without_gradients_advances_the_sampler_as_documented() -> No
         ContrastiveDivergence(p, sampler).eval({"x": x})
     assert not torch.equal(sampler.buffer, before)
     assert not torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_cd_takes_draws_of_another_shape_with_the_same_features_for_an_energy_that_flattens():
+    """Images (B, 1, 2, 2) and an SGLD drawing (B, 4) for an energy of the flattened input: a valid use (the loss is
+    the hand-computed one), which the first shape check refused."""
+    torch.manual_seed(0)
+    theta = torch.nn.Parameter(torch.tensor(1.0))
+    e = EnergyDistribution(lambda x: 0.5 * theta * x.flatten(1).pow(2).sum(-1), var=["x"])
+    sampler = SGLD(e, [4], buffer_size=100, n_steps=0, low=-1, high=1)
+    cd = ContrastiveDivergence(e, sampler, alpha=0.0)
+    x = torch.randn(16, 1, 2, 2)
+    value, samples = cd.eval({"x": x}, return_dict=True)
+    negative = samples["x^-"]
+    assert negative.shape == (16, 4)
+    expected = 0.5 * x.flatten(1).pow(2).sum(-1).mean() - 0.5 * negative.pow(2).sum(-1).mean()
+    torch.testing.assert_close(value, expected)

@@ -1087,3 +1087,21 @@ def test_a_condition_of_the_declared_features_shape_without_a_batch_is_one_row_e
     assert n.sample_mean({"x": x}).shape == (1, 4)
     assert n.get_log_prob({"x": x, "z": x}).shape == (1,)
     assert n.sample({"x": torch.zeros(3, 4)})["z"].shape == (3, 4)  # a batch stays a batch
+
+
+def test_an_unbatched_condition_still_broadcasts_to_the_rows_of_other_values():
+    """A condition without a batch dimension is one row, but the parameters still broadcast to the rows of the other
+    values given, as a one-row condition does (the first fix drew one row); an MLP distribution given an unbatched
+    condition draws one row, as its density and mean take it."""
+    from kizuna.distributions import MLPNormal
+
+    p = Normal(var=["x"], cond_var=["m"], loc="m", scale=1.0, features_shape=[3])
+    others = {"z": torch.zeros(10, 2)}
+    assert p.sample({"m": torch.zeros(3), **others})["x"].shape == (10, 3)
+    assert p.sample({"m": torch.zeros(1, 3), **others})["x"].shape == (10, 3)
+    scalar = Normal(var=["x"], cond_var=["m"], loc="m", scale=1.0, features_shape=[1])
+    assert scalar.sample({"m": torch.zeros(1), "y": torch.zeros(4)})["x"].shape == (4, 1)
+    q = MLPNormal("z", ["x"], [3, 8, 2])
+    assert q.sample({"x": torch.zeros(3)})["z"].shape == (1, 2)
+    assert q.sample({"x": torch.zeros(5, 3)})["z"].shape == (5, 2)
+    assert MLPNormal("z", ["t"], [1, 8, 2]).sample({"t": torch.zeros(5)})["z"].shape == (5, 2)

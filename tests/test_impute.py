@@ -624,3 +624,37 @@ def test_a_defensive_share_that_is_not_a_number_in_the_unit_interval_is_named(de
     with pytest.raises(ValueError, match=r"defensive .* must be a number in \[0, 1\]"):
         impute_importance(model(), Proposal(), {"x": torch.as_tensor(x[:3])}, torch.as_tensor(mask[:3]),
                           defensive=defensive)
+
+
+def test_gibbs_imputes_rows_of_a_one_hot_decoder_with_entries_missing():
+    """The first sweep's support check scored the placeholder (a rounded mean: zeros where no category has
+    probability above 0.5, not one-hot) and blamed the caller's valid data; a placeholder outside a support of whole
+    rows is not the data's fault, and an invalid observed row is still named."""
+    from kizuna.distributions import Categorical
+
+    class OneHot(Categorical):
+        def __init__(self):
+            super().__init__(var=["y"], cond_var=["z"], name="p")
+            self.net = torch.nn.Linear(2, 3)
+
+        def forward(self, z):
+            return {"probs": torch.softmax(0 * self.net(z), -1)}
+
+    class Q(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["y"], name="q")
+            self.net = torch.nn.Linear(3, 2)
+
+        def forward(self, y):
+            return {"loc": self.net(y), "scale": torch.ones(len(y), 2)}
+
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    y = torch.eye(3)[[0, 1, 2, 0]]
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    mask[0] = False
+    out = impute_gibbs(OneHot() * prior, Q(), {"y": y}, mask, n_iter=3, n_samples=2)
+    assert torch.equal(out.samples[:, 1:], y[1:].expand(2, 3, 3))  # the observed rows kept
+    assert torch.equal(out.samples[:, 0].sum(-1), torch.ones(2))  # the missing row drawn one-hot
+    y[1] = torch.tensor([0.0, 2.0, 0.0])
+    with pytest.raises(ValueError, match=r"p\(y\|z\): value of y is outside the support"):
+        impute_gibbs(OneHot() * prior, Q(), {"y": y}, torch.ones(4, 3, dtype=torch.bool), n_iter=1)

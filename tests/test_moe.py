@@ -204,3 +204,14 @@ def test_a_mixture_on_the_meta_device_gets_its_numbers_back_from_to_empty(how: s
     z = torch.tensor([[-0.4], [0.9]], dtype=torch.float64)
     ref = np.log(0.3 * stats.norm.pdf(z.numpy()[:, 0]) + 0.7 * stats.norm.pdf(z.numpy()[:, 0], 1.0, 0.3))
     np.testing.assert_allclose(m.get_log_prob({"z": z}).detach().numpy(), ref, rtol=1e-14)
+
+
+def test_default_weights_come_back_from_the_meta_device() -> None:
+    """A mixture built on the meta device with the default (equal) weights got uninitialised memory from to_empty
+    (weights like 1e-42, then a draw failed)."""
+    with torch.device("meta"):
+        m = MixtureOfNormal([Normal(var=["z"], loc=0.0, scale=1.0, name="a"), Normal(var=["z"], loc=1.0, scale=1.0,
+                                                                                  name="b")])
+    m = m.to_empty(device="cpu")
+    assert m.weights.tolist() == [1.0, 1.0]
+    assert torch.isfinite(m.sample(batch_n=3)["z"]).all()

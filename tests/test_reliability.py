@@ -270,6 +270,10 @@ def test_arguments_out_of_range_are_value_errors_naming_them() -> None:
         model.fit({"x": x["x"].tolist()}, epochs=1, quiet=True)
     with pytest.raises(TypeError, match=r"x_dict\['x'\] is a list of numbers; give a tensor or a numpy array"):
         model.train({"x": x["x"].tolist()})
+    # lists of strings (tokens) and of tensors still reach the distributions as given
+    from kizuna.models.batches import prepare
+    tokens = [["a", "b"], ["c"]]
+    assert prepare({"tokens": tokens}, torch.float32, torch.device("cpu"))["tokens"] is tokens
     # numpy integers were refused as "must be an integer >= 1, got np.int64(8)"
     model.fit({"x": x["x"]}, epochs=np.int64(1), batch_size=np.int32(8), quiet=True)
 

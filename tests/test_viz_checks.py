@@ -162,3 +162,16 @@ def test_complex_latents_are_refused():
         pca_2d(z + 1j * z)
     with pytest.raises(ValueError, match=r"panel 0 \('a'\): latents are complex \(torch.complex64\)"):
         plot_latent_space([(torch.randn(5, 2, dtype=torch.complex64), [0, 1, 0, 1, 0], "a")], "unused.png")
+
+
+def test_integer_classes_beyond_the_colours_by_value_are_coloured_by_rank():
+    """Classes 0 and 46 (or 100 and 146) shared one colour (value % 46); beyond 0..45 the classes of a panel are now
+    coloured by rank, each its own colour."""
+    from kizuna.viz.latent import _colours
+
+    for labels in ([0, 46, 0], [100, 146, 100], [1000, 2000, 3000]):
+        classes, palette = _colours(np.asarray(labels))
+        assert len({tuple(palette[c]) for c in classes}) == len(set(labels))
+    classes, palette = _colours(np.asarray([3, 7]))  # within 0..45: by value
+    from kizuna.viz.latent import class_colour
+    assert tuple(palette[3]) == class_colour(3)

@@ -23,7 +23,8 @@ q(z|x) p(x|z)
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,6 +71,20 @@ def _side_by_side(values: Sequence[Tensor], in_features: int) -> Tensor:
     return torch.cat([value.flatten(1) if value.dim() > 1 else value.reshape(-1, 1) for value in values], dim=-1)
 
 
+def _unbatched(dist: Any, x_dict: Mapping[str, Any]) -> tuple[str, ...]:
+    """The one condition of an MLP distribution given without a batch dimension, as `_side_by_side` reads it (a
+    number, or a vector of the network's inputs): `TorchDistribution._rows` then draws one row, as the density and
+    the mean give (sample drew one row per feature)."""
+    names = dist._cond_var
+    if len(names) != 1:
+        return ()
+    v = x_dict.get(names[0])
+    n = dist._in_features
+    if isinstance(v, Tensor) and (v.dim() == 0 or (v.dim() == 1 and n != 1 and v.shape[0] == n)):
+        return (names[0],)
+    return ()
+
+
 class MLPNormal(Normal):
     """A diagonal Normal over ``var`` whose mean (and scale) come from an MLP of ``cond_var``.
 
@@ -88,11 +103,15 @@ class MLPNormal(Normal):
                  min_scale: float = 1e-4, shared_scale: bool = False) -> None:
         super().__init__(var=_one(var), cond_var=_as_list(cond_var, "cond_var"), name=name)
         sizes = _sizes(sizes, "MLPNormal")
+        if isinstance(min_scale, torch.Tensor) and min_scale.numel() == 1:  # (a 0-d tensor was taken by float())
+            min_scale = min_scale.item()
         check_non_negative("MLPNormal: min_scale", min_scale)  # (a negative one let the scale reach 0 or below)
         self._in_features = sizes[0]
         self.min_scale, self.shared_scale = float(min_scale), bool(shared_scale)
         self.net = MLP(*sizes) if shared_scale else MLP(*sizes[:-1], 2 * sizes[-1])
         self.raw_scale = nn.Parameter(torch.zeros(sizes[-1])) if shared_scale else None
+
+    _unbatched_conditions = _unbatched
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
@@ -117,6 +136,8 @@ class MLPBernoulli(Bernoulli):
         sizes = _sizes(sizes, "MLPBernoulli")
         self.net, self._in_features = MLP(*sizes), sizes[0]
 
+    _unbatched_conditions = _unbatched
+
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
     def _forward_by_position(self, *values: Tensor) -> dict[str, Tensor]:
@@ -134,6 +155,8 @@ class MLPCategorical(Categorical):
         super().__init__(var=_one(var), cond_var=_as_list(cond_var, "cond_var"), name=name)
         sizes = _sizes(sizes, "MLPCategorical")
         self.net, self._in_features = MLP(*sizes), sizes[0]
+
+    _unbatched_conditions = _unbatched
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 

@@ -63,10 +63,12 @@ class MixtureOfNormal(Distribution):
             self.weights = weights
         else:
             dtype = torch.get_default_dtype()
-            w = torch.ones(len(experts)) if weights is None else torch.as_tensor(weights, dtype=dtype)
+            w = torch.ones(len(experts), dtype=dtype) if weights is None else torch.as_tensor(weights, dtype=dtype)
             self.register_buffer("weights", w)
-            if weights is not None and not isinstance(weights, Tensor):  # numbers: exact after .double() (_apply)
-                self.__dict__["_exact_weights"] = torch.as_tensor(weights, dtype=torch.float64, device="cpu")
+            if not isinstance(weights, Tensor):  # numbers (or the default ones): exact after .double() and after
+                # to_empty from the meta device (_apply)
+                self.__dict__["_exact_weights"] = torch.as_tensor(
+                    [1.0] * len(experts) if weights is None else weights, dtype=torch.float64, device="cpu")
         if self.weights.shape != (len(experts),) or (
                 not self.weights.is_meta and not bool(((self.weights > 0) & self.weights.isfinite()).all())):
             raise ValueError(

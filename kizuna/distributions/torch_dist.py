@@ -776,11 +776,20 @@ class TorchDistribution(Distribution):
                 break
         if rows != 1:
             return rows
-        if self._from_var and self._features_shape and any(
-                isinstance(v := x_dict.get(c), Tensor) and v.shape == self._features_shape and v.dim()
-                for c in self._from_var.values()):
-            return 1  # a condition without a batch dimension (`_compute_params`): not its features as rows
+        unbatched = self._unbatched_conditions(x_dict)
+        if unbatched:  # conditions without a batch dimension are one row, not their features as rows; the other values'
+            # rows still broadcast the parameters
+            x_dict = {k: v for k, v in x_dict.items() if k not in unbatched}
         return batch_size_of(x_dict) or 1
+
+    def _unbatched_conditions(self, x_dict: Mapping[str, Any]) -> tuple[str, ...]:
+        """The conditioning values given without a batch dimension (`_compute_params` makes them one row): those of the
+        declared features' shape that a parameter is read from. Subclasses whose ``forward`` reads them so say which
+        (the MLP distributions)."""
+        if not (self._from_var and self._features_shape):
+            return ()
+        return tuple(c for c in self._from_var.values()
+                     if isinstance(v := x_dict.get(c), Tensor) and v.dim() and v.shape == self._features_shape)
 
     def _draw(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None, n: int,
               reparam: bool) -> Tensor:

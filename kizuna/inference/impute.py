@@ -51,7 +51,7 @@ from kizuna.inference._checks import (
     own_draws,
     require,
 )
-from kizuna.inference.masked import decoder_of, masked_log_joint, placeholder
+from kizuna.inference.masked import decoder_of, masked_log_joint, placeholder, raise_for_observed
 from kizuna.metrics.likelihood import _device
 
 Tensor = torch.Tensor
@@ -373,7 +373,9 @@ def impute_gibbs(
             mean = decoder.sample_mean(cond)
             if sweep == 0:  # the observed values in the decoder's support (checked in its own words, as
                 # impute_importance does; the sweeps never score a density, and took an observed 2 under a Bernoulli)
-                decoder.get_log_prob({**cond, var: torch.where(m, x0, placeholder(decoder, cond, x0, mean))})
+                filler = None if bool(m.all()) else placeholder(decoder, cond, x0, mean)
+                raise_for_observed(decoder, {**cond, var: x0 if filler is None else torch.where(m, x0, filler)}, var,
+                                   filler)
             new = decoder.sample(cond, return_all=False)[var] if draw else mean
             state = torch.where(m, x0, new)
     shape = (n_samples, *filled.shape)

@@ -61,24 +61,32 @@ def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tens
     try:
         per_entry = decoder.get_log_prob(values, sum_features=False)
     except (ValueError, NotImplementedError) as err:
-        # a problem with the observed values themselves (a 2 under a Bernoulli) raises here, in its own words: with
-        # entries missing, where the placeholder alone scores and the values with it do not (a placeholder outside a
-        # support of whole rows, such as zeros under a one-hot decoder, is the decoder's fault, not the data's;
-        # before, with entries missing, every error was called a decoder that does not factorise)
-        placeholder_scores = True
-        if filler is not None:
-            try:
-                decoder.get_log_prob({**values, var: filler})
-            except (ValueError, NotImplementedError):
-                placeholder_scores = False
-        if placeholder_scores:
-            decoder.get_log_prob(values)
+        raise_for_observed(decoder, values, var, filler)  # (before, with entries missing, every error was called a
+        # decoder that does not factorise)
         raise ValueError(_not_factorised(decoder, who, str(err))) from err
     if per_entry.shape != x.shape:
         shapes = f"its per-entry log-density has shape {tuple(per_entry.shape)}, {var} has {tuple(x.shape)}"
         raise ValueError(_not_factorised(decoder, who, shapes))
     per_entry = torch.where(mask, per_entry, torch.zeros_like(per_entry))
     return flat_rows(per_entry).sum(1)  # (one value per row for scalar data, (N,): flatten(1) raised)
+
+
+def raise_for_observed(decoder: Distribution, values: Mapping[str, Any], var: str, filler: Tensor | None) -> None:
+    """The decoder's own error (a 2 under a Bernoulli) where the observed values of ``var`` fall outside its support:
+    ``values`` holds them with the missing entries at ``filler`` (`placeholder`; None: none missing). Nothing where
+    the values score, or where the placeholder alone does not (outside a support of whole rows, such as zeros under a
+    one-hot decoder: the decoder's matter, not the data's), or where the decoder has no density to check."""
+    try:
+        decoder.get_log_prob(values)
+    except NotImplementedError:
+        return
+    except ValueError:
+        if filler is not None:
+            try:
+                decoder.get_log_prob({**values, var: filler})
+            except (ValueError, NotImplementedError):
+                return
+        raise
 
 
 def placeholder(decoder: Distribution, values: Mapping[str, Any], x: Tensor, fill: Tensor | None = None) -> Tensor:

@@ -18,6 +18,7 @@ maximum-likelihood one plus that term. Written with
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kizuna._data import check_non_negative
@@ -39,8 +40,9 @@ class ContrastiveDivergence(Loss):
     included (``Model.test``, validation): each one advances the sampler's state, e.g. rewrites rows of
     `SGLD`'s replay buffer and consumes its random stream, so interleaving tests changes the training run.
 
-    The sampler's draws must have the data's shape after the batch dimension (``SGLD``'s ``features_shape``),
-    and the batch must have rows; a ValueError otherwise.
+    The sampler's draws must have as many features as the data after the batch dimension (``SGLD``'s
+    ``features_shape``; another shape is taken for an energy that flattens its input), and the batch must have
+    rows; a ValueError otherwise.
     """
 
     precedence = 10  # its formula is a sum
@@ -62,11 +64,13 @@ class ContrastiveDivergence(Loss):
             raise ValueError(f"ContrastiveDivergence: the data {var} has no rows (shape {tuple(positive.shape)})")
         # a sampler that declares its draw shape (SGLD) is checked before it runs (a raw matmul error from the chain,
         # and a buffer advanced for nothing); any other one's draws after
+        # (the same number of features: an energy that flattens its input may take draws of another shape)
         declared = getattr(self.sampler, "features_shape", None)  # (an empty one may mean "undeclared")
-        if isinstance(declared, (tuple, list)) and declared and tuple(declared) != tuple(positive.shape[1:]):
+        features = positive.shape[1:].numel()
+        if isinstance(declared, (tuple, list)) and declared and math.prod(declared) != features:
             self._shape_error(var, (positive.shape[0], *declared), positive.shape)
         negative = self.sampler.sample(positive.shape[0]).detach().to(positive.dtype)  # held fixed (no gradient)
-        if negative.shape[1:] != positive.shape[1:]:  # (broadcast into a wrong loss)
+        if negative.dim() == 0 or negative.shape[1:].numel() != features:  # (broadcast into a wrong loss)
             self._shape_error(var, negative.shape, positive.shape)
         ctx.samples[f"{var}^-"] = negative
         e_pos = -self.p.get_log_prob({var: positive})
@@ -79,7 +83,7 @@ class ContrastiveDivergence(Loss):
     @staticmethod
     def _shape_error(var: str, drawn: tuple[int, ...], data: tuple[int, ...]) -> None:
         raise ValueError(f"ContrastiveDivergence: the sampler draws {var} of shape {tuple(drawn)} but the data has "
-                         f"shape {tuple(data)}: the shapes after the batch dimension must match (SGLD's "
+                         f"shape {tuple(data)}: the features after the batch dimension must match in number (SGLD's "
                          f"features_shape should be {list(data[1:])})")
 
     def _render(self, fmt: dict[str, str]) -> str:

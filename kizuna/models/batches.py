@@ -31,7 +31,7 @@ def prepare(x_dict: Mapping[str, Any], dtype: torch.dtype | None, device: torch.
     is an error naming the variable."""
     out: dict[str, Any] = {}
     for key, value in x_dict.items():
-        if type(value) in (list, tuple) and value and isinstance(value[0], (numbers.Number, list, tuple)):
+        if _numbers_in_lists(value):
             # (a list of rows reached the networks whole: "linear(): argument 'input' must be Tensor, not list")
             raise TypeError(f"{what}['{key}'] is a {type(value).__name__} of numbers; give a tensor or a numpy "
                             "array (e.g. torch.tensor(...))")
@@ -136,11 +136,22 @@ class Batches:
             yield Batch(n_rows, prepare(values, dtype, device, self.what), rows, stop - start)
 
 
+def _numbers_in_lists(value: Any) -> bool:
+    """Whether ``value`` is a (nested) list or tuple of numbers, read down its first items: data a network needs as a
+    tensor (a list of rows reached it whole: "linear(): argument 'input' must be Tensor, not list"). Lists of strings
+    (tokens) and of tensors stay as given."""
+    if type(value) not in (list, tuple) or not value:
+        return False
+    while type(value) in (list, tuple) and value:
+        value = value[0]
+    return isinstance(value, numbers.Number)
+
+
 def _check_tensors(data: Mapping[str, Any], what: str) -> dict[str, Any]:
     for k, v in data.items():  # (torch's own error named neither the variable nor the cause)
         if isinstance(v, np.ndarray) and v.dtype == object:
             raise TypeError(f"fit: {what}['{k}'] is a numpy array of Python objects; give numbers")
-        if type(v) in (list, tuple) and v and isinstance(v[0], (numbers.Number, list, tuple)):
+        if _numbers_in_lists(v):
             raise TypeError(f"fit: {what}['{k}'] is a {type(v).__name__} of numbers; give a tensor or a numpy "
                             "array (e.g. torch.tensor(...))")
     out = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in data.items()}

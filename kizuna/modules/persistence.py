@@ -94,9 +94,10 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def pack(state: dict[str, Any]) -> bytes:
-    """A state as a checksummed blob: the header with the SHA-256 of the ``torch.save`` payload, then it."""
-    payload = safe_payload(state, "save_module")[1]
+def pack(state: dict[str, Any], who: str = "save_module") -> bytes:
+    """A state as a checksummed blob: the header with the SHA-256 of the ``torch.save`` payload, then it
+    (`safe_payload`: a ``TypeError`` naming ``who`` for what a safe load would refuse)."""
+    payload = safe_payload(state, who)[1]
     return MAGIC + _sha(payload).encode() + b"\n" + payload
 
 
@@ -195,8 +196,9 @@ def _directory_lock(d: Path) -> Iterator[None]:
 def _save_graph_locked(graph: Any, d: Path) -> Path:
     previous = _previous_files(d)
     entries = []
-    for i, m in enumerate(graph.modules):
-        blob = pack(m.state_dict())
+    # every state packed (and checked to load back safely) before any file is written
+    blobs = [pack(m.state_dict(), f"save_graph: module {m.name}") for m in graph.modules]
+    for i, (m, blob) in enumerate(zip(graph.modules, blobs)):
         sha = _sha(blob)
         entry = {**describe(m), "file": f"module{i:03d}-{sha[:16]}.pt", "sha256": sha}
         write_atomic(d / entry["file"], blob)
@@ -271,7 +273,8 @@ def save_module(module: Module, path: str | Path) -> Path:
     _check_module(module, "save_module")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(p, pack({"format": FORMAT, "manifest": json.dumps(describe(module)), "state": module.state_dict()}))
+    write_atomic(p, pack({"format": FORMAT, "manifest": json.dumps(describe(module)), "state": module.state_dict()},
+                         f"save_module: module {module.name}"))
     return p
 
 

@@ -73,12 +73,14 @@ def pca_2d(z: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 _NONE_COLOUR = (0.6, 0.6, 0.6, 1.0)  # a cluster matched to no class (label -1)
 _CYCLE = (("tab10", 10), ("tab20b", 20), ("tab20c", 16))  # (tab20c's last 4 are greys, like the "none" grey)
+_N_BY_VALUE = 46  # integer classes 0..45 have a colour of their own
 
 
 def class_colour(value: int) -> tuple[float, float, float, float]:
     """The colour of the integer class ``value``, a function of the value alone: tab10 for 0..9, tab20b for 10..29,
-    tab20c's 16 colours for 30..45, the same 46 colours again beyond (``value % 46``); -1 (`match_clusters`' unmatched
-    cluster) grey.
+    tab20c's 16 colours for 30..45, the same 46 colours again beyond (``value % 46``; the plots colour integer
+    classes by rank instead where any lies outside 0..45, so that no two share a colour); -1 (`match_clusters`'
+    unmatched cluster) grey.
 
     >>> class_colour(3) == class_colour(49)  # 49 % 46 == 3
     True
@@ -91,6 +93,12 @@ def class_colour(value: int) -> tuple[float, float, float, float]:
             return tuple(float(c) for c in colormap(name)(k))  # type: ignore[return-value]
         k -= n
     raise AssertionError("unreachable")
+
+
+def _by_value(classes: Any) -> bool:
+    """Whether integer classes can be coloured by value (`class_colour`): all in 0..45, so that no two share a colour;
+    beyond, they are coloured by rank like strings (two classes 46 apart shared one colour)."""
+    return all(isinstance(c, str) or -1 <= c < _N_BY_VALUE for c in classes)  # (-1: the unmatched grey)
 
 
 def _split(labels: np.ndarray) -> tuple[list[Any], np.ndarray]:
@@ -128,11 +136,13 @@ def ranked_classes(label_arrays: Sequence[Any]) -> list[Any]:
     """The classes that are coloured by rank (all but integers and the unmatched marker) of several panels' labels,
     sorted: one ordering for the panels of a figure, so that a string class has one colour in all of them."""
     union: set[Any] = set()
+    integers: set[int] = set()
     for labels in label_arrays:
         lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         _, classes = _split(lab)
-        if classes.dtype.kind not in "iu":
-            union.update(classes.tolist())
+        (integers if classes.dtype.kind in "iu" else union).update(classes.tolist())
+    if not _by_value(integers):  # more integer classes than colours by value: ranked with the rest
+        union.update(integers)
     try:
         return sorted(union)
     except TypeError:  # strings in one panel, numbers in another
@@ -148,7 +158,7 @@ def _colours(labels: np.ndarray, order: Sequence[Any] | None = None) -> tuple[np
     marker of unmatched clusters mixed with classes of the other type (`_split`) is grey."""
     marker, classes = _split(labels)
     values = classes.tolist()
-    if classes.dtype.kind in "iu":
+    if classes.dtype.kind in "iu" and _by_value(values if order is None else [*values, *order]):
         palette = {c: class_colour(c) for c in values}
     else:
         ranked = values if order is None else list(order)
