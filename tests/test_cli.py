@@ -52,6 +52,7 @@ def test_synthetic_words_follow_their_distribution():
 def test_cli_passes_its_options_to_the_demo(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda **kw: calls.append(kw))
+    monkeypatch.chdir(tmp_path)  # the default output folder is created where the command runs (not in the checkout)
     assert main(["demo", "digits", "--quick", "--seed", "3", "--out", str(tmp_path)]) == 0
     assert main(["demo", "digits"]) == 0
     assert calls == [{"seed": 3, "out": str(tmp_path), "quick": True},

@@ -33,7 +33,8 @@ def test_an_output_folder_beginning_with_a_dash_reaches_the_house_demo(monkeypat
     assert (tmp_path / out).is_dir()
 
 
-def test_the_house_demo_receives_every_option_as_one_item(monkeypatch):
+def test_the_house_demo_receives_every_option_as_one_item(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the output folder is created where the command runs
     seen = []
     monkeypatch.setattr(robot_demo, "main", lambda argv: seen.append(argv) or 0)
     assert main(["demo", "--out=-x", "--seed", "7", "--quick"]) == 0

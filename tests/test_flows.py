@@ -928,3 +928,16 @@ def test_preprocess_levels_and_vq_codes_name_their_bad_input():
     x[1, 0, 1, 0] = float("nan")
     with validation(True), pytest.raises(ValueError, match="nan .*nothing to quantise"):
         vq.encode(x)
+
+
+def test_planar_flow_starts_as_pixyzs_and_without_the_constraint_is_pixyzs_flow() -> None:
+    """Pixyz 0.3.3 draws ``w``, ``b``, ``u`` in this order from U(±1/√D) (kizuna drew ``w``, ``u`` and set ``b = 0``),
+    so a seeded Pixyz program gave other numbers. The reference: Pixyz 0.3.3's ``PlanarFlow(3, constraint_u=False)``
+    after ``torch.manual_seed(0)``, on the same x (its log-determinant adds 1e-7 inside the log)."""
+    torch.manual_seed(0)
+    f = PlanarFlow(3, constraint_u=False)
+    x = torch.tensor([[0.5, -0.2, 0.1], [1.0, 0.3, -0.7]])
+    z = f(x)
+    torch.testing.assert_close(z, torch.tensor([[0.609038, -0.275916, 0.105609], [1.000817, 0.299431, -0.699958]]),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(f.logdet_jacobian, torch.tensor([0.040451, 0.052921]), rtol=0, atol=2e-6)

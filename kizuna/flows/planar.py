@@ -32,7 +32,10 @@ class PlanarFlow(Flow):
     Args:
         in_features: the dimension of ``z``.
         constraint_u: enforce :math:`w^\\top \\hat u > -1` (default); without it ``u`` is used as
-            given and invertibility is the caller's responsibility (Pixyz's option).
+            given and invertibility is the caller's responsibility (Pixyz's default, ``constraint_u=False``;
+            Pixyz's own constraint divides by :math:`\\|w\\|` where the paper divides by :math:`\\|w\\|^2`, which
+            does not keep :math:`w^\\top \\hat u > -1`). The parameters start as Pixyz's: ``w``, ``b``, ``u`` drawn
+            in that order from :math:`U(\\pm 1/\\sqrt D)`.
 
     >>> import torch
     >>> f = PlanarFlow(2)
@@ -44,10 +47,12 @@ class PlanarFlow(Flow):
 
     def __init__(self, in_features: int, constraint_u: bool = True) -> None:
         super().__init__(in_features)
+        # Pixyz's start: w, b and u drawn in this order from U(-1/sqrt(D), 1/sqrt(D)), so that a seeded program
+        # starts from Pixyz's numbers (with constraint_u=False it then computes Pixyz's flow)
         bound = 1.0 / in_features ** 0.5
         self.w = nn.Parameter(torch.empty(in_features).uniform_(-bound, bound))
+        self.b = nn.Parameter(torch.empty(()).uniform_(-bound, bound))
         self.u = nn.Parameter(torch.empty(in_features).uniform_(-bound, bound))
-        self.b = nn.Parameter(torch.zeros(()))
         self.constraint_u = constraint_u
 
     def u_hat(self) -> Tensor:
