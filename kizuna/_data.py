@@ -59,11 +59,22 @@ def first_flagged(value: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | 
     return f"{entry} at row {row}" + (f", column {', '.join(map(str, bad[1:]))}" if len(bad) > 1 else "")
 
 
+def one_number(value: Any) -> Any:
+    """A tensor or numpy array holding one number as that number (for the checks below, which take them as torch and
+    numpy code do); anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
+        return value.item()
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.item()
+    return value
+
+
 def check_count(name: str, value: Any, minimum: int) -> None:
     """``value`` is None or an integer (a Python or numpy one, not a bool) of at least ``minimum``; a ValueError
     naming the argument and the value otherwise (``name``: e.g. ``"MADE: in_features"``)."""
     if value is None:
         return
+    value = one_number(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
@@ -78,12 +89,15 @@ def check_int(name: str, value: Any, minimum: int) -> None:
 def check_non_negative(name: str, value: Any) -> None:
     """``value`` is a finite real number >= 0 (not a bool; NaN passes a test of ``< 0``); a ValueError naming the
     argument otherwise."""
+    value = one_number(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def check_positive(name: str, value: Any) -> None:
-    """``value`` is a finite real number > 0 (not a bool); a ValueError naming the argument otherwise."""
+    """``value`` is a finite real number > 0 (not a bool; a tensor or array of one number is taken as that number); a
+    ValueError naming the argument otherwise."""
+    value = one_number(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 

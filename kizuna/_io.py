@@ -154,9 +154,9 @@ def _plain(obj: Any) -> tuple[Any, bool]:
     if _is_plain(obj):
         return obj, True
     if isinstance(obj, np.ndarray):
-        try:
-            return torch.from_numpy(obj.copy()), True
-        except TypeError:  # strings, objects, datetimes: torch holds no such tensor; checked as they are
+        try:  # (a copy in the machine's byte order: torch takes no big-endian array)
+            return torch.from_numpy(obj.astype(obj.dtype.newbyteorder("="))), True
+        except (TypeError, ValueError):  # strings, objects, datetimes: torch holds no such tensor; checked as they are
             return obj, False
     if type(obj) in (dict, OrderedDict):  # (a state_dict is an OrderedDict)
         items = [(*_plain(k), *_plain(v)) for k, v in obj.items()]

@@ -95,14 +95,18 @@ DEMO_VALUE_OPTIONS = frozenset({"--seed", "--out", "--words"})  # the demo's opt
 def command_first(argv: list[str]) -> list[str]:
     """``argv`` with the command (``demo`` and its ``house`` / ``digits``) moved before the options typed ahead of it:
     ``--seed 3 demo digits`` gives ``demo digits --seed 3``; without ``demo``, ``demo`` is put first."""
-    i = 0
+    i, before = 0, []
     while i < len(argv) and argv[i] != "demo":  # skip the options (and their values) typed before the command
-        takes_value = argv[i] in DEMO_VALUE_OPTIONS  # (not "--out=x": its value is in the same item)
+        takes_value = argv[i] in DEMO_VALUE_OPTIONS and i + 1 < len(argv)  # (not "--out=x": one item)
+        # an option and its value as one item, "--out=-x", so that a value beginning with "-" reads as a value
+        before.append(f"{argv[i]}={argv[i + 1]}" if takes_value and argv[i + 1].startswith("-") else argv[i])
+        if takes_value and not argv[i + 1].startswith("-"):
+            before.append(argv[i + 1])
         i += 2 if takes_value else 1
     if i >= len(argv):
-        return ["demo", *argv]
+        return ["demo", *before]
     end = i + 2 if i + 1 < len(argv) and argv[i + 1] in ("house", "digits") else i + 1
-    return [*argv[i:end], *argv[:i], *argv[end:]]
+    return [*argv[i:end], *before, *argv[end:]]
 
 
 def build_parser() -> argparse.ArgumentParser:

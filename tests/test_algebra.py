@@ -730,3 +730,22 @@ def test_constants_combined_with_each_other_stay_exact_in_a_float64_evaluation()
     alone = (ValueLoss(0.1) * 2).eval({})
     assert alone.dtype == torch.get_default_dtype() and alone.item() == pytest.approx(0.2)
     assert (LogProb(q).mean() * (ValueLoss(1) / ValueLoss(0))).eval({"x": x}).item() == -math.inf
+
+
+def test_a_shared_constant_is_computed_once_and_a_complex_one_is_not_folded() -> None:
+    """A constant doubled 22 times (``c = c + c``, one node used twice at each level) was computed at every use once
+    number constants were folded: 2^22 additions; it is computed once per node and evaluation. A complex constant
+    nested in arithmetic raised ``float() argument must be ... not 'complex'``; it combines as torch combines it."""
+    import time
+
+    from kizuna.losses import Parameter, ValueLoss
+
+    c = ValueLoss(1.0)
+    for _ in range(22):
+        c = c + c
+    start = time.perf_counter()
+    value = (c * Parameter("x")).eval({"x": torch.ones(2, dtype=torch.float64)})
+    assert time.perf_counter() - start < 5.0  # (minutes before; milliseconds now)
+    assert value.tolist() == [2.0 ** 22] * 2
+    nested = ((ValueLoss(1j) * 2) * Parameter("x")).eval({"x": torch.ones(2)})
+    assert nested.tolist() == [2j, 2j]

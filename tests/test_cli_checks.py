@@ -42,6 +42,7 @@ def test_the_house_demo_receives_every_option_as_one_item(monkeypatch, tmp_path)
 
 
 @pytest.mark.parametrize(("argv", "suggestion", "parsed"), [
+    (["--out", "-x", "demo"], "kizuna demo --out=-x", {"which": "house", "out": "-x"}),
     (["--seed", "3", "demo", "digits"], "kizuna demo digits --seed 3", {"which": "digits", "seed": 3}),
     (["--quick", "demo"], "kizuna demo --quick", {"which": "house", "quick": True}),
     (["--seed", "3"], "kizuna demo --seed 3", {"which": "house", "seed": 3}),

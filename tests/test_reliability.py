@@ -638,3 +638,23 @@ def test_a_non_finite_test_loss_does_not_speak_of_a_step() -> None:
     with pytest.raises(FloatingPointError, match=r"the data\['x'\] holds inf at row 2, column 0; the parameters are "
                                                  r"unchanged$"):
         model.test({"x": bad})
+
+
+def test_checks_take_a_tensor_or_array_of_one_number_and_lists_with_empty_rows_are_named() -> None:
+    """The number checks added to the Markov chain, LDA, the simulated house and the MLP distributions refused a
+    0-d tensor or array that had worked before (``MarkovChain(alpha=torch.tensor(1.))``); a list of rows starting with
+    an empty one reached the networks as a list; a big-endian array gave torch's raw error when saved."""
+    from kizuna import _io
+    from kizuna.datasets import simulated_house
+    from kizuna.distributions import MLPNormal
+    from kizuna.models.batches import prepare
+    from kizuna.modules.mm.estimator import MarkovChain
+
+    MarkovChain(alpha=torch.tensor(1.0), n_iter=0).fit(np.eye(2)[[0, 1, 1]])
+    MarkovChain(alpha=np.array(1.0), n_iter=0).fit(np.eye(2)[[0, 1, 1]])
+    assert simulated_house(n_events=5, phoneme_error_rate=torch.tensor(0.1), seed=0)["position"].shape[0] == 5
+    for sizes in (torch.tensor([4, 8, 2]), (s for s in [4, 8, 2]), np.array([4, 8, 2])):
+        assert MLPNormal("z", "x", sizes).net[0].in_features == 4
+    with pytest.raises(TypeError, match=r"x_dict\['x'\] is a list of numbers"):
+        prepare({"x": [[], [1.0]]}, torch.float32, torch.device("cpu"))
+    assert torch.equal(_io._plain(np.arange(3, dtype=">f8"))[0], torch.arange(3, dtype=torch.float64))

@@ -175,3 +175,17 @@ def test_integer_classes_beyond_the_colours_by_value_are_coloured_by_rank():
     classes, palette = _colours(np.asarray([3, 7]))  # within 0..45: by value
     from kizuna.viz.latent import class_colour
     assert tuple(palette[3]) == class_colour(3)
+
+
+def test_the_unmatched_marker_stays_grey_when_integer_classes_are_coloured_by_rank():
+    """With a class of 46 or more the integer classes are coloured by rank; -1 (`match_clusters`' unmatched cluster)
+    took the first colour, that of class 0 in a figure coloured by value."""
+    from kizuna.viz.latent import _NONE_COLOUR, _colours, ranked_classes
+
+    classes, palette = _colours(np.asarray([-1, 0, 50, 0]))
+    assert list(classes) == [-1, 0, 50] and palette[-1] == _NONE_COLOUR
+    assert len({tuple(palette[c]) for c in classes}) == 3
+    order = ranked_classes([np.asarray([-1, 0, 50]), np.asarray([3, 50])])
+    assert -1 not in order
+    _, shared = _colours(np.asarray([-1, 3]), order)
+    assert shared[-1] == _NONE_COLOUR

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna._data import check_non_negative
+from kizuna._data import check_non_negative, one_number
 from kizuna.distributions.base import _as_list
 from kizuna.distributions.families import Bernoulli, Categorical, Normal
 from kizuna.distributions.torch_dist import positional_forward
@@ -47,10 +47,17 @@ def _one(var: str | Sequence[str]) -> list[str]:
 
 
 def _sizes(sizes: Sequence[int], cls: str) -> list[int]:
-    if isinstance(sizes, (str, bytes)) or len(sizes) < 2 or any(
+    given = sizes
+    if isinstance(sizes, torch.Tensor):
+        sizes = sizes.tolist()
+    try:
+        sizes = [one_number(s) for s in sizes] if not isinstance(sizes, (str, bytes)) else None
+    except TypeError:  # (not iterable)
+        sizes = None
+    if sizes is None or len(sizes) < 2 or any(
             isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
         # (int() took 8.5 as 8 and True as 1, silently)
-        raise ValueError(f"{cls}: sizes must be [inputs, *hidden, features], all positive integers, got {sizes!r}")
+        raise ValueError(f"{cls}: sizes must be [inputs, *hidden, features], all positive integers, got {given!r}")
     return [int(s) for s in sizes]
 
 

@@ -797,7 +797,8 @@ class TorchDistribution(Distribution):
         rows = self._rows(params, x_dict, batch_n)
         if batch_n is None and rows != 1 and self._uses_forward and validation_enabled():  # a check (Model checks
             # its first step; a training step draws without it)
-            given = batch_size_of(x_dict, self._cond_var)
+            unbatched = self._unbatched_conditions(x_dict)
+            given = batch_size_of(x_dict, [c for c in self._cond_var if c not in unbatched])
             if given is not None and given != rows:  # a network that returned other rows than it was given
                 raise self._rows_error(rows, x_dict, None)
         lead = (n,) if n > 1 else ()

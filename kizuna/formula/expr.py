@@ -527,8 +527,8 @@ def _operand(loss: Loss, ctx: EvalContext) -> Any:
 def _numeric(loss: Loss) -> bool:
     """Whether ``loss`` is made of number constants only (``ValueLoss(0.1).named("b") * 2``, ``-ValueLoss(0.1)``):
     its value is then a number, computed exactly (`_number`) where it meets another operand."""
-    if type(loss) is ValueLoss:
-        return not isinstance(loss.value, Tensor)
+    if type(loss) is ValueLoss:  # (a real number: a complex one combines as torch combines it, not folded)
+        return isinstance(loss.value, numbers.Real) and not isinstance(loss.value, Tensor)
     if type(loss) is NegLoss:
         return _numeric(loss.loss1)
     return isinstance(loss, _Binary) and not isinstance(loss, _Elementwise) and all(loss._numeric)
@@ -540,13 +540,19 @@ def _number(loss: Loss, ctx: EvalContext) -> float:
     term. (Such a product was a tensor of the default dtype: 0.1 * 2 rounded to float32 in a float64 evaluation.)"""
     if type(loss) is ValueLoss:
         return _operand(loss, ctx)
+    results, key = ctx.results, ~id(loss)  # computed once per evaluation, as ctx.value does (a shared constant was
+    if key in results:  # computed again at every use: 2^n times for n doublings)
+        return results[key]  # type: ignore[return-value]
     if loss._label is not None:
         ctx.value(loss)
     if type(loss) is NegLoss:
-        return -_number(loss.loss1, ctx)
-    f64 = torch.float64
-    return loss._op(torch.tensor(float(_number(loss.loss1, ctx)), dtype=f64),
-                    torch.tensor(float(_number(loss.loss2, ctx)), dtype=f64)).item()
+        number = -_number(loss.loss1, ctx)
+    else:
+        f64 = torch.float64
+        number = loss._op(torch.tensor(float(_number(loss.loss1, ctx)), dtype=f64),
+                          torch.tensor(float(_number(loss.loss2, ctx)), dtype=f64)).item()
+    results[key] = number  # type: ignore[assignment]
+    return number
 
 
 class _Binary(Loss):

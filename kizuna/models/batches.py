@@ -142,9 +142,19 @@ def _numbers_in_lists(value: Any) -> bool:
     (tokens) and of tensors stay as given."""
     if type(value) not in (list, tuple) or not value:
         return False
-    while type(value) in (list, tuple) and value:
-        value = value[0]
-    return isinstance(value, numbers.Number)
+    return isinstance(_first_item(value), numbers.Number)
+
+
+def _first_item(value: list[Any] | tuple[Any, ...]) -> Any:
+    """The first item of a nested list that is not itself a list (empty lists skipped: ``[[], [1]]`` is numbers);
+    None where there is none."""
+    for item in value:
+        if type(item) not in (list, tuple):
+            return item
+        found = _first_item(item)
+        if found is not None:
+            return found
+    return None
 
 
 def _check_tensors(data: Mapping[str, Any], what: str) -> dict[str, Any]:

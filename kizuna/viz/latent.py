@@ -141,8 +141,8 @@ def ranked_classes(label_arrays: Sequence[Any]) -> list[Any]:
         lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         _, classes = _split(lab)
         (integers if classes.dtype.kind in "iu" else union).update(classes.tolist())
-    if not _by_value(integers):  # more integer classes than colours by value: ranked with the rest
-        union.update(integers)
+    if not _by_value(integers):  # more integer classes than colours by value: ranked with the rest (-1, the
+        union.update(integers - {-1})  # unmatched marker, stays grey)
     try:
         return sorted(union)
     except TypeError:  # strings in one panel, numbers in another
@@ -161,7 +161,10 @@ def _colours(labels: np.ndarray, order: Sequence[Any] | None = None) -> tuple[np
     if classes.dtype.kind in "iu" and _by_value(values if order is None else [*values, *order]):
         palette = {c: class_colour(c) for c in values}
     else:
-        ranked = values if order is None else list(order)
+        unmatched = classes.dtype.kind in "iu" and -1 in values  # integer classes by rank: -1 stays the grey marker
+        if unmatched:
+            values = [c for c in values if c != -1]
+        ranked = values if order is None else [c for c in order if not (unmatched and c == -1)]
         rank = {c: j for j, c in enumerate(ranked)}
         absent = [c for c in values if c not in rank]
         if absent:
@@ -169,6 +172,10 @@ def _colours(labels: np.ndarray, order: Sequence[Any] | None = None) -> tuple[np
         name = "tab10" if len(ranked) <= 10 else "tab20" if len(ranked) <= 20 else "viridis"
         base = colormap(name).resampled(max(len(ranked), 1))
         palette = {c: base(rank[c]) for c in values}
+        if unmatched:
+            palette[-1] = _NONE_COLOUR
+            values = [-1, *values]
+            classes = np.asarray(values, dtype=classes.dtype)
     if marker:
         return np.array([*marker, *values], dtype=object), {marker[0]: _NONE_COLOUR, **palette}
     return classes, palette

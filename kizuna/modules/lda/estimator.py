@@ -102,7 +102,7 @@ class MultimodalLDA(Estimator):
     def _check_weights(self) -> None:
         """Each weight None or a finite number > 0 (a string such as "10" raised a raw TypeError in the rescaling)."""
         w = self.weights
-        if w is not None and (isinstance(w, str | bytes) or not isinstance(w, Sequence | np.ndarray)
+        if w is not None and (isinstance(w, str | bytes) or not isinstance(w, Sequence | np.ndarray | torch.Tensor)
                               or getattr(w, "ndim", 1) != 1):
             raise ValueError(f"{self._owner}: weights must be a list with one weight (tokens per sample) or None per "
                              f"modality, got {w!r}")

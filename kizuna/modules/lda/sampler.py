@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kizuna._data import one_number
 from kizuna.modules.validation import as_tensor, check_finite
 
 Tensor = torch.Tensor
@@ -105,6 +106,7 @@ def as_counts(x: Any, weight: float | None, what: str, rounding: str = "round") 
 def _rescaled(t: Tensor, weight: float, what: str) -> Tensor:
     """Rows rescaled to sum to ``weight``, :math:`(x_{nv} / \\sum_u x_{nu})\\,w` (a zero row stays zero)."""
     # (NaN fails the comparison; inf gave negative token counts; a string such as "10" raised a raw TypeError)
+    weight = one_number(weight)  # (a tensor or array of one number, as before the check)
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not (weight > 0 and math.isfinite(weight)):
         raise ValueError(f"{what}: the weight must be positive and finite, got {weight!r}")
     sums = t.sum(1, keepdim=True)
