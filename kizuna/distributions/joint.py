@@ -90,7 +90,10 @@ class JointDistribution(Distribution):
 
     @property
     def has_reparam(self) -> bool:
-        return all(f.has_reparam for f in self._factors)
+        for f in self._order:  # the factors (a plain list: no nn.Module attribute lookup, no generator; read per draw)
+            if not f.has_reparam:
+                return False
+        return True
 
     def factors(self) -> list[Distribution]:
         return list(self._factors)
@@ -127,7 +130,8 @@ class JointDistribution(Distribution):
         values = dict(x_dict)
         new: XDict = {}
         for f in self._order:
-            if all(v in values for v in f.var) and not set(f.var) & set(f.input_var):
+            var = f._var
+            if all(map(values.__contains__, var)) and not set(var) & set(f.input_var):
                 continue  # held fixed: sample() was given this factor's variables
             f._require(values, f.input_var)
             out = draw(f, values)

@@ -37,7 +37,7 @@ class MarginalizeVarDistribution(Distribution):
 
     @property
     def input_var(self) -> list[str]:
-        return self.p.input_var
+        return self._modules["p"].input_var  # (self.p, without nn.Module's attribute lookup: read per draw)
 
     def _check_fixed(self, fixed: list[str]) -> None:
         """The joint's check of the variables given to ``sample``: a product draws its other factors given a whole
@@ -75,7 +75,7 @@ class MarginalizeVarDistribution(Distribution):
 
     @property
     def has_reparam(self) -> bool:
-        return self.p.has_reparam
+        return self._modules["p"].has_reparam
 
     def _factorized_text(self, fmt: dict[str, str], rename: Mapping[str, str]) -> str:
         # The integrated variables are bound: an outer renaming does not reach them, and one
@@ -99,7 +99,7 @@ class MarginalizeVarDistribution(Distribution):
         return fmt["paren"].format(self._factorized_text(fmt, rename))
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
-        return self._drop_hidden(self.p._sample(x_dict, batch_n, reparam))
+        return self._drop_hidden(self._modules["p"]._sample(x_dict, batch_n, reparam))
 
     def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
         return self._drop_hidden(self.p._sample_n(x_dict, repeated, n, batch_n, reparam))

@@ -190,7 +190,8 @@ class Loss(nn.Module):
         Returns:
             the loss tensor, or a tuple ``(loss, dict)``, ``(loss, terms)`` or ``(loss, dict, terms)``.
         """
-        if x_dict is not None and not isinstance(x_dict, Mapping):  # (a tensor's truth value was torch's error)
+        if x_dict is not None and type(x_dict) is not dict and not isinstance(x_dict, Mapping):  # (a tensor's truth
+            # value was torch's error; a dict, the usual case, skips the abstract class's check)
             raise TypeError(f"the loss {self}: eval takes a dict of the variables' values (e.g. {{'x': x}}), "
                             f"got {type(x_dict).__name__}")
         x_dict = dict(x_dict) if x_dict else {}

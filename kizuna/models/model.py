@@ -590,6 +590,7 @@ def check_seed(seed: Any, where: str) -> None:
 
 
 _ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device (read, never written)
+_FLAGS: dict[torch.device, torch.Tensor] = {}  # a zero non-finite flag per device, kept from a finite check
 
 
 def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
@@ -636,12 +637,22 @@ def _all_finite(grads: list[torch.Tensor]) -> bool:
             ones = _ONES.get(device)
             if ones is None:
                 ones = _ONES[device] = torch.ones(1, device=device)
-            flag = torch.zeros(1, device=device)
+            # the kernel only ever sets the flag (to 1, on a non-finite entry): a flag still 0 after a check is reused
+            # (one allocation fewer per step); one that was set is dropped below
+            flag = _FLAGS.pop(device, None)
+            if flag is None:
+                flag = torch.zeros(1, device=device)
             torch._amp_foreach_non_finite_check_and_unscale_(group, flag, ones)
-            found.append(flag)
+            found.append((device, flag))
         if len(found) == 1:
-            return found[0].item() == 0
-        return bool(sum(f.cpu() for f in found).item() == 0)
+            device, flag = found[0]
+            finite = flag.item() == 0
+        else:
+            finite = bool(sum(f.cpu() for _, f in found).item() == 0)
+        if finite:
+            for device, flag in found:
+                _FLAGS[device] = flag
+        return finite
     except (RuntimeError, NotImplementedError):
         norms = [n.cpu() for group in by_device.values() for n in torch._foreach_norm(group)]
         return math.isfinite(torch.stack(norms).sum().item())
