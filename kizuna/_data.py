@@ -59,12 +59,13 @@ def first_flagged(value: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | 
     return f"{entry} at row {row}" + (f", column {', '.join(map(str, bad[1:]))}" if len(bad) > 1 else "")
 
 
-def one_number(value: Any) -> Any:
-    """A tensor or numpy array holding one number as that number (for the checks below, which take them as torch and
-    numpy code do); anything else as it is."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
+def one_number(value: Any, arrays: bool = True) -> Any:
+    """A 0-d tensor or numpy array as its number (for the checks below, which take them as torch and numpy code do;
+    a shape (1,) one is refused as before: its callers could not use it; ``arrays=False``: not a numpy array, for counts
+    that torch functions take, as they take a 0-d tensor but not an array); anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_meta:
         return value.item()
-    if isinstance(value, np.ndarray) and value.size == 1:
+    if arrays and isinstance(value, np.ndarray) and value.ndim == 0:
         return value.item()
     return value
 
@@ -74,7 +75,7 @@ def check_count(name: str, value: Any, minimum: int) -> None:
     naming the argument and the value otherwise (``name``: e.g. ``"MADE: in_features"``)."""
     if value is None:
         return
-    value = one_number(value)
+    value = one_number(value, arrays=False)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
@@ -95,7 +96,7 @@ def check_non_negative(name: str, value: Any) -> None:
 
 
 def check_positive(name: str, value: Any) -> None:
-    """``value`` is a finite real number > 0 (not a bool; a tensor or array of one number is taken as that number); a
+    """``value`` is a finite real number > 0 (not a bool; a 0-d tensor or array is taken as its number); a
     ValueError naming the argument otherwise."""
     value = one_number(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:

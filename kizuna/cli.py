@@ -97,7 +97,8 @@ def command_first(argv: list[str]) -> list[str]:
     ``--seed 3 demo digits`` gives ``demo digits --seed 3``; without ``demo``, ``demo`` is put first."""
     i, before = 0, []
     while i < len(argv) and argv[i] != "demo":  # skip the options (and their values) typed before the command
-        takes_value = argv[i] in DEMO_VALUE_OPTIONS and i + 1 < len(argv)  # (not "--out=x": one item)
+        takes_value = argv[i] in DEMO_VALUE_OPTIONS and i + 1 < len(argv) \
+            and argv[i + 1].split("=")[0] not in DEMO_OPTIONS  # (not "--out=x": one item; "--out --quick": no value)
         # an option and its value as one item, "--out=-x", so that a value beginning with "-" reads as a value
         before.append(f"{argv[i]}={argv[i + 1]}" if takes_value and argv[i + 1].startswith("-") else argv[i])
         if takes_value and not argv[i + 1].startswith("-"):

@@ -658,3 +658,16 @@ def test_checks_take_a_tensor_or_array_of_one_number_and_lists_with_empty_rows_a
     with pytest.raises(TypeError, match=r"x_dict\['x'\] is a list of numbers"):
         prepare({"x": [[], [1.0]]}, torch.float32, torch.device("cpu"))
     assert torch.equal(_io._plain(np.arange(3, dtype=">f8"))[0], torch.arange(3, dtype=torch.float64))
+
+
+def test_a_count_given_as_a_numpy_array_or_a_one_element_vector_is_still_refused_by_name() -> None:
+    """The number checks take a 0-d tensor (torch functions take it too) and, for real numbers, a 0-d array; a count
+    as a numpy array, or any shape (1,) value, went through them once and failed later in torch or numpy."""
+    from kizuna.distributions import DiffusionSchedule
+    from kizuna.nets import MADE
+
+    with pytest.raises(ValueError, match=r"T must be an integer >= 1, got array\(10\)"):
+        DiffusionSchedule.linear(T=np.array(10))
+    with pytest.raises(ValueError, match=r"in_features must be an integer >= 1, got array\(\[3\]\)"):
+        MADE(np.array([3]), [8])
+    assert DiffusionSchedule.linear(T=torch.tensor(10)).T == 10
