@@ -70,12 +70,18 @@ def _side_by_side(values: Sequence[Tensor], in_features: int) -> Tensor:
         value = values[0]
         if value.dim() == 2:
             return value
-        if value.dim() == 0:
-            return value.reshape(1, 1)
+        if _without_batch(value, in_features):
+            return value.reshape(1, -1)
         if value.dim() == 1:
-            return value.unsqueeze(0) if in_features != 1 and value.shape[0] == in_features else value.unsqueeze(-1)
+            return value.unsqueeze(-1)
         return value.flatten(1)
     return torch.cat([value.flatten(1) if value.dim() > 1 else value.reshape(-1, 1) for value in values], dim=-1)
+
+
+def _without_batch(value: Tensor, in_features: int) -> bool:
+    """Whether one condition has no batch dimension: a number, or a vector of the network's ``in_features`` inputs
+    (another 1-D value is a batch of scalars); the one rule `_side_by_side` and `_unbatched` read."""
+    return value.dim() == 0 or (value.dim() == 1 and in_features != 1 and value.shape[0] == in_features)
 
 
 def _unbatched(dist: Any, x_dict: Mapping[str, Any]) -> tuple[str, ...]:
@@ -86,8 +92,7 @@ def _unbatched(dist: Any, x_dict: Mapping[str, Any]) -> tuple[str, ...]:
     if len(names) != 1:
         return ()
     v = x_dict.get(names[0])
-    n = dist._in_features
-    if isinstance(v, Tensor) and (v.dim() == 0 or (v.dim() == 1 and n != 1 and v.shape[0] == n)):
+    if isinstance(v, Tensor) and _without_batch(v, dist._in_features):
         return (names[0],)
     return ()
 

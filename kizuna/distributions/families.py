@@ -19,6 +19,7 @@ from torch import distributions as D
 from torch.distributions import constraints
 from torch.nn import functional as F
 
+from kizuna._data import one_number
 from kizuna.distributions.base import Tensor, XDict
 from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
 
@@ -323,10 +324,10 @@ class Multinomial(TorchDistribution):
         """``total_count`` as a Python int: torch's Multinomial takes nothing else, and a whole number of another
         type (5.0, ``torch.tensor(5)``, ``np.int64(5)``) failed at first use as an "inhomogeneous total_count"."""
         if key == "total_count" and value is not None and not isinstance(value, str) and type(value) is not int:
-            number = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+            number = one_number(value)
             if isinstance(number, bool) or not isinstance(number, numbers.Real) or not float(number).is_integer() \
                     or number < 0:
-                shown = tuple(value.shape) if isinstance(value, Tensor) and value.numel() != 1 else repr(value)
+                shown = tuple(value.shape) if isinstance(value, Tensor) and value.dim() else repr(value)
                 raise ValueError(f"Multinomial: total_count must be one whole number >= 0 (a Python int), got "
                                  f"{shown}")
             value = int(number)

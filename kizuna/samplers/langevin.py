@@ -62,9 +62,7 @@ def langevin_dynamics(score: Callable[[Tensor], Tensor], x: Tensor, step_size: f
     x = x.detach().clone()
     with torch.no_grad():
         for _ in range(n_steps):
-            s = score(x)
-            if s.shape != x.shape:
-                raise ValueError(f"langevin_dynamics: the score has shape {tuple(s.shape)}, x has {tuple(x.shape)}")
+            s = _checked(score(x), x, "langevin_dynamics")
             x = x + 0.5 * step_size * s + step_size**0.5 * _noise(x, generator)
     return x
 
@@ -91,12 +89,17 @@ def annealed_langevin_dynamics(score: Callable[[Tensor, int], Tensor], x: Tensor
         x = langevin_dynamics(_at_level(score, i), x, alpha, n_steps_each, generator)
     if denoise:
         with torch.no_grad():
-            s = score(x, len(levels) - 1)
-            if s.shape != x.shape:  # as every Langevin step checks (a (B, 1) score was broadcast silently)
-                raise ValueError(f"annealed_langevin_dynamics: the score has shape {tuple(s.shape)}, x has "
-                                 f"{tuple(x.shape)} (the denoising step)")
+            # as every Langevin step (a (B, 1) score was broadcast silently)
+            s = _checked(score(x, len(levels) - 1), x, "annealed_langevin_dynamics", " (the denoising step)")
             x = x + levels[-1] ** 2 * s
     return x
+
+
+def _checked(s: Tensor, x: Tensor, who: str, where: str = "") -> Tensor:
+    """The score ``s`` at ``x``, checked to have ``x``'s shape (a ValueError naming ``who`` otherwise)."""
+    if s.shape != x.shape:
+        raise ValueError(f"{who}: the score has shape {tuple(s.shape)}, x has {tuple(x.shape)}{where}")
+    return s
 
 
 def _check_start(who: str, x: Any) -> None:
