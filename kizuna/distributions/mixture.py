@@ -19,7 +19,15 @@ import torch
 from torch import nn
 
 from kizuna._text import prob_text, symbol, var_text
-from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, repeat_batch, sum_rows
+from kizuna.distributions.base import (
+    Distribution,
+    Tensor,
+    XDict,
+    _with_values,
+    batch_size_of,
+    repeat_batch,
+    sum_rows,
+)
 from kizuna.distributions.families import Categorical
 from kizuna.distributions.relaxed import RelaxedCategorical
 from kizuna.distributions.replace import ReplaceVarDistribution
@@ -217,18 +225,52 @@ class MixtureModel(Distribution):
         self._check_prior_size()
 
     def _check_prior_size(self) -> None:
+        """The prior's draws must be one-hot vectors of shape exactly ``(K,)``: checked here where the shape is known
+        (an unconditional prior, or one that declares its ``features_shape``); a conditional prior's at use
+        (`_check_prior_length`). Extra feature dimensions (two independent choices, ``probs`` of shape ``(2, K)``)
+        passed a check of the last dimension alone, then failed in indexing with a raw RuntimeError."""
         if self.prior.cond_var:
+            if self.prior.features_shape:
+                self._check_one_hot(self.prior.features_shape, "its features_shape")
             return
         prior = self.prior.p if isinstance(self.prior, ReplaceVarDistribution) else self.prior
         try:
-            event = prior.get_dist({}).event_shape
+            event = prior.get_dist({}).event_shape  # the features of one draw (every dimension but the batch)
         except NotImplementedError:
+            if self.prior.features_shape:
+                self._check_one_hot(self.prior.features_shape, "its features_shape")
             return
-        if event[-1:] != torch.Size([len(self.distributions)]):
+        self._check_one_hot(event, "its draws' features")
+
+    def _check_one_hot(self, shape: torch.Size | Sequence[int], source: str) -> None:
+        """A ValueError unless ``shape``, the features of the prior's draw of the hidden variable (read from
+        ``source``), is ``(K,)``: one-hot vectors of length K, one entry per component."""
+        k = len(self.distributions)
+        if tuple(shape) != (k,):
+            found = f"of length {shape[0]}" if len(shape) == 1 else f"of shape {tuple(shape)}"
             raise ValueError(
-                f"MixtureModel: the prior {self.prior.prob_text} is over one-hot vectors of shape "
-                f"{tuple(event)}, but there are {len(self.distributions)} components"
+                f"MixtureModel {self.prob_text}: the prior {self.prior.prob_text} gives {self._hidden} as vectors "
+                f"{found} ({source}), but the mixture has {k} components: it needs one-hot vectors of shape ({k},), "
+                "one entry per component"
             )
+
+    def _check_prior_length(self, inputs: Mapping[str, Any]) -> None:
+        """The check of `_check_prior_size` for a conditional prior given its ``inputs``: the shape of its
+        ``probs`` / ``logits`` (a Categorical's or RelaxedCategorical's, read through the memo of
+        `shared_parameters`, so that its network runs once for the check and for its density). Without it a prior
+        over fewer classes than components never chose the last ones, and one over more failed in indexing."""
+        prior, given = self.prior, inputs
+        while isinstance(prior, ReplaceVarDistribution):
+            prior, given = prior.p, prior._inner(dict(given))
+        if not isinstance(prior, TorchDistribution):
+            return  # another kind of prior: its draws are checked when sampling
+        params = prior._params(given)
+        for key in ("logits", "probs"):
+            value = params.get(key)
+            if isinstance(value, Tensor) and value.dim() > 0:
+                if value.shape[1:] != (len(self.distributions),):
+                    self._check_one_hot(value.shape[1:], f"its {key} have shape {tuple(value.shape)}, batch first")
+                return
 
     @property
     def hidden_var(self) -> list[str]:
@@ -267,7 +309,12 @@ class MixtureModel(Distribution):
         device = next((v.device for v in x_dict.values() if isinstance(v, Tensor)), None)
         eye = torch.eye(k, dtype=dtype or torch.get_default_dtype(), device=device).repeat_interleave(b, 0)
         inputs = {c: repeat_batch(x_dict[c], k) for c in self.prior.input_var}
-        return self.prior.get_log_prob({**inputs, self._hidden: eye}).reshape(k, b).T
+        # numbers converted once here, so that the check and the density see the same tensors (one forward)
+        given = _with_values({**inputs, self._hidden: eye}, self.prior)
+        with shared_parameters():
+            if self.prior.cond_var:
+                self._check_prior_length(given)
+            return self.prior.get_log_prob(given).reshape(k, b).T
 
     def joint_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
                        feature_dims: Sequence[int] | None = None) -> Tensor:
@@ -315,6 +362,8 @@ class MixtureModel(Distribution):
         x_dict = dict(x_dict or {})
         self._require(x_dict, self.input_var)
         z = self.prior._sample(x_dict, batch_n, False)[self._hidden]
+        if z.shape[1:] != (len(self.distributions),):  # (a conditional prior's length is known only now)
+            self._check_one_hot(z.shape[1:], f"its draw has shape {tuple(z.shape)}, batch first")
         b = z.shape[0]
         index = z.argmax(-1)
         draws = [d._sample(x_dict, b, False) for d in self.distributions]  # no gradient: see class doc

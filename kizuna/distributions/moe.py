@@ -30,7 +30,9 @@ class MixtureOfNormal(Distribution):
     Args:
         p: the Normal experts :math:`p_i(z|x_i)`, all over the same variable.
         weights: positive mixture weights, one per expert (normalised here); uniform when
-            ``None``. An ``nn.Parameter`` is learnable (give it unnormalised positive values).
+            ``None``. An ``nn.Parameter`` is learnable (give it unnormalised positive values). A floating
+            tensor is copied in its own dtype (an integer one, and numbers, in the default dtype; numbers
+            stay exact after ``.double()``).
         name: the symbol of the mixture.
         features_shape: see `Distribution`.
 
@@ -63,7 +65,14 @@ class MixtureOfNormal(Distribution):
             self.weights = weights
         else:
             dtype = torch.get_default_dtype()
-            w = torch.ones(len(experts), dtype=dtype) if weights is None else torch.as_tensor(weights, dtype=dtype)
+            if weights is None:
+                w = torch.ones(len(experts), dtype=dtype)
+            elif isinstance(weights, Tensor):  # a copy (the caller's tensor stays theirs), in its own floating dtype:
+                # a float64 tensor was cast to the default float32, its rounding kept after .double()
+                w = weights.detach().clone()
+                w = w if w.is_floating_point() else w.to(dtype)
+            else:
+                w = torch.as_tensor(weights, dtype=dtype)
             self.register_buffer("weights", w)
             if not isinstance(weights, Tensor):  # numbers (or the default ones): exact after .double() and after
                 # to_empty from the meta device (_apply)
