@@ -15,8 +15,13 @@ Both push a base distribution (the ``prior``, over one variable) through an inve
             x = f^{-1}(z),\ z \sim p(z) \text{ to sample}.
 
 A conditional flow takes its context from ``cond_var`` (one variable: its tensor as is; several:
-their flattened values concatenated), passed to every layer as ``y``. The prior may be
-conditional as well; the distribution's ``cond_var`` is the union.
+their flattened values concatenated, a variable given one row repeated for every row), passed to every
+layer as ``y``. The prior may be conditional as well; the distribution's ``cond_var`` is the union.
+
+The density is one value per row. Draws made with a ``sample_shape``, ``(*sample_shape, batch, *features)``,
+are scored row by row (where the features' shape is known: the prior's, unless the flow reshapes), with a
+condition given per batch row taken for each draw, and summed as every family sums such draws: over every
+dimension but the first.
 
 Scoring a draw of the same evaluation needs no inverse: while a loss is evaluated, a
 reparameterised draw records its base point and log-determinant (see `kizuna.formula.memo`),
@@ -34,7 +39,15 @@ from typing import Any
 import torch
 
 from kizuna._data import first_nonfinite
-from kizuna.distributions.base import Distribution, Tensor, XDict, _as_list, batch_size_of
+from kizuna.distributions.base import (
+    Distribution,
+    Tensor,
+    XDict,
+    _as_list,
+    batch_size_of,
+    repeat_batch,
+    sum_rows,
+)
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.flows.base import Flow
 from kizuna.formula.memo import memoized
@@ -81,7 +94,45 @@ class _FlowDistribution(Distribution):
             return None
         if len(self._flow_cond) == 1:
             return x_dict[self._flow_cond[0]]
-        return torch.cat([x_dict[c].reshape(x_dict[c].shape[0], -1) for c in self._flow_cond], -1)
+        parts = [x_dict[c].reshape(x_dict[c].shape[0], -1) for c in self._flow_cond]
+        rows = max(part.shape[0] for part in parts)
+        if rows != 1 and any(part.shape[0] != 1 for part in parts):
+            # one row conditions every row (as a single context does in the layers): expanded beside the others,
+            # where torch.cat refused the mixed row counts
+            if any(part.shape[0] not in (1, rows) for part in parts):
+                shapes = ", ".join(f"{c} {tuple(x_dict[c].shape)}" for c in self._flow_cond)
+                raise ValueError(f"{self.prob_text}: the flow's context variables have different numbers of rows "
+                                 f"({shapes}); give each one row per row of {self._var[0]}, or one row for all")
+            parts = [part.expand(rows, -1) for part in parts]
+        return torch.cat(parts, -1)
+
+    def _rows(self, value: Tensor, x_dict: Mapping[str, Any]) -> tuple[Tensor, Mapping[str, Any], torch.Size | None]:
+        """A draw made with a ``sample_shape``, ``(*sample_shape, batch, *features)``, as rows ``(n * batch,
+        *features)`` sample-major (the order `sample` draws them in), with its conditions as as many rows: one given
+        per batch row repeated for each draw, one drawn with the same leading shape flattened alike, one row kept (it
+        conditions every row). Also the leading shape, None where the value is one batch already (or its features are
+        unknown: a conditional prior's, a reshaping flow's)."""
+        rank = len(self.features_shape)
+        lead = value.dim() - rank
+        if not rank or lead <= 1:
+            return value, x_dict, None
+        shape = value.shape[:lead]
+        n, batch = math.prod(shape[:-1]), shape[-1]
+        rows = dict(x_dict)
+        for c in self.input_var:
+            v = rows.get(c)
+            if not isinstance(v, Tensor) or v.dim() == 0:
+                continue
+            if v.dim() > lead and v.shape[:lead] == shape:  # drawn beside the value
+                rows[c] = v.flatten(0, lead - 1)
+            elif v.shape[0] == batch and batch != 1:  # one per batch row: the same for every draw
+                rows[c] = repeat_batch(v, n)
+        return value.flatten(0, lead - 1), rows, shape
+
+    def _per_draw(self, log_prob: Tensor, shape: torch.Size | None) -> Tensor:
+        """The density of each row summed as `get_log_prob` sums draws made with a ``sample_shape``: every dimension
+        of ``(*sample_shape, batch)`` but the first (Pixyz's convention, as the other families)."""
+        return log_prob if shape is None else sum_rows(log_prob.reshape(shape))
 
     def _memo_inputs(self, value: Tensor, x_dict: Mapping[str, Any]) -> list[Any]:
         return [value, *(x_dict.get(c) for c in self._cond_var)]
@@ -201,10 +252,10 @@ class TransformedDistribution(_FlowDistribution):
         return {self._var[0]: x}
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        x = self._value(x_dict, sum_features)
+        x, x_dict, shape = self._rows(self._value(x_dict, sum_features), x_dict)
         base, logdet = memoized(self, "inverse", self._memo_inputs(x, x_dict),
                                 lambda: self.flow.inverse_and_logdet(x, self._context(x_dict)))
-        return self._base_log_prob(base, x_dict) + logdet
+        return self._per_draw(self._base_log_prob(base, x_dict) + logdet, shape)
 
 
 class InverseTransformedDistribution(_FlowDistribution):
@@ -252,7 +303,7 @@ class InverseTransformedDistribution(_FlowDistribution):
         return {self._var[0]: x}
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        x = self._value(x_dict, sum_features)
+        x, x_dict, shape = self._rows(self._value(x_dict, sum_features), x_dict)
         base, logdet = memoized(self, "forward", self._memo_inputs(x, x_dict),
                                 lambda: self.flow.forward_and_logdet(x, self._context(x_dict)))
-        return self._base_log_prob(base, x_dict) + logdet
+        return self._per_draw(self._base_log_prob(base, x_dict) + logdet, shape)

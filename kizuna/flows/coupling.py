@@ -147,10 +147,24 @@ class AffineCoupling(_Coupling):
                                  "pass scale_translate_net for images")
             raw_s, t = self.default_net(xm, y).chunk(2, -1)
             log_s = torch.tanh(raw_s)
-        elif self.scale_translate_net is not None:
-            log_s, t = _call(self.scale_translate_net, xm, y)
         else:
-            log_s, t = _call(self.scale_net, xm, y), _call(self.translate_net, xm, y)
+            if self.scale_translate_net is not None:
+                out = _call(self.scale_translate_net, xm, y)
+                if not (isinstance(out, (tuple, list)) and len(out) == 2
+                        or isinstance(out, Tensor) and out.dim() > 0 and out.shape[0] == 2):
+                    got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+                    raise ValueError(f"AffineCoupling: scale_translate_net must return the pair (s, t), got {got}")
+                log_s, t = out
+                names = ("scale_translate_net's s", "scale_translate_net's t")
+            else:
+                log_s, t = _call(self.scale_net, xm, y), _call(self.translate_net, xm, y)
+                names = ("scale_net", "translate_net")
+            # a user's network of another shape failed deep in torch, or was broadcast against x silently
+            for name, part in zip(names, (log_s, t)):
+                if not isinstance(part, Tensor) or part.shape != x.shape:
+                    got = tuple(part.shape) if isinstance(part, Tensor) else type(part).__name__
+                    raise ValueError(f"AffineCoupling: {name} returned {got}, expected the shape of x, "
+                                     f"{tuple(x.shape)}")
         return log_s * (1 - mask), t * (1 - mask)
 
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -170,7 +184,8 @@ class RationalQuadraticCoupling(_Coupling):
         num_bins: spline bins :math:`K` per feature.
         tail_bound: :math:`B`; outside :math:`[-B, B]` the layer is the identity.
         mask_type, inverse_mask: as in `AffineCoupling` (vectors).
-        net: maps ``(x_m[, y])`` to ``(batch, in_features * (3K - 1))`` spline parameters; default a
+        net: maps ``(x_m[, y])`` to ``(batch, in_features * (3K - 1))`` spline parameters (or
+            ``(batch, in_features, 3K - 1)``; another shape is a ValueError); default a
             zero-initialised MLP (the layer then starts as the identity).
         hidden_features, context_features: the default network's sizes.
     """
@@ -199,7 +214,14 @@ class RationalQuadraticCoupling(_Coupling):
     def _spline(self, x: Tensor, y: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         mask = self.build_mask(x)
         k = self.num_bins
-        params = _call(self.net, x * mask, y).reshape(x.shape[0], x.shape[1], 3 * k - 1)
+        params = _call(self.net, x * mask, y)
+        expected = (x.shape[0], x.shape[1] * (3 * k - 1))
+        # (batch, in_features, 3K - 1) is the same layout, already split per feature
+        if not isinstance(params, Tensor) or params.shape != expected and params.shape != (*x.shape, 3 * k - 1):
+            got = tuple(params.shape) if isinstance(params, Tensor) else type(params).__name__
+            raise ValueError(f"RationalQuadraticCoupling: net returned {got}, expected {expected} (batch, in_features "
+                             f"* (3 * num_bins - 1)) spline parameters")
+        params = params.reshape(x.shape[0], x.shape[1], 3 * k - 1)
         out, log_grad = rational_quadratic_spline(
             x, params[..., :k], params[..., k:2 * k], params[..., 2 * k:], inverse=inverse, bound=self.tail_bound)
         keep = mask.bool().expand_as(x)

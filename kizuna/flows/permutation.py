@@ -7,15 +7,18 @@ layers they let every feature be transformed (RealNVP, arXiv:1605.08803; MAF, ar
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
 
+from kizuna._data import check_int
 from kizuna.flows.base import Flow, Tensor
 
 
 class Permutation(Flow):
-    """:math:`z_i = x_{\\pi(i)}` for ``permute_indices`` :math:`\\pi` (module docstring).
+    """:math:`z_i = x_{\\pi(i)}` for ``permute_indices`` :math:`\\pi`, one permutation of 0..n-1 as
+    integers (module docstring).
 
     The indices are buffers, so they travel with ``state_dict``.
 
@@ -28,7 +31,17 @@ class Permutation(Flow):
     volume_preserving = True
 
     def __init__(self, permute_indices: Sequence[int] | Tensor) -> None:
-        indices = torch.as_tensor(permute_indices, dtype=torch.long).flatten()
+        given = torch.as_tensor(permute_indices)
+        # as MADE's order: floats were truncated ([0.7, 1.2, 2.9] was [0, 1, 2]), booleans taken as 0/1 and a 2-D
+        # array flattened into one permutation, each silently (an empty list is a float tensor: named below)
+        if given.numel() and (given.dtype == torch.bool or given.is_floating_point() or given.is_complex()):
+            shown = given.tolist() if isinstance(permute_indices, Tensor) else permute_indices
+            raise ValueError(f"Permutation: permute_indices must be integers (a permutation of 0..n-1), got "
+                             f"{shown} ({given.dtype})")
+        if given.dim() != 1:
+            raise ValueError(f"Permutation: permute_indices must be one permutation of 0..n-1 (1-D), got shape "
+                             f"{tuple(given.shape)}")
+        indices = given.long()
         n = indices.numel()
         if n == 0 or not torch.equal(indices.sort().values, torch.arange(n)):
             raise ValueError(f"Permutation: permute_indices must be a permutation of 0..n-1, got {indices.tolist()}")
@@ -47,15 +60,20 @@ class Shuffle(Permutation):
     """A random permutation of ``in_features`` (from ``seed`` if given, else torch's global generator)."""
 
     def __init__(self, in_features: int, seed: int | None = None) -> None:
+        # checked here: -1 and 2.5 were raw torch errors from randperm
+        check_int(f"{type(self).__name__}: in_features", in_features, 1)
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        super().__init__(torch.randperm(in_features, generator=generator))
+        super().__init__(torch.randperm(operator.index(in_features), generator=generator))
 
 
 class Reverse(Permutation):
     """Reverses the order of the ``in_features`` features."""
 
     def __init__(self, in_features: int) -> None:
-        super().__init__(torch.arange(in_features - 1, -1, -1))
+        # checked here: True built a one-feature layer, 2.5 failed as "not a permutation"
+        check_int(f"{type(self).__name__}: in_features", in_features, 1)
+        n = operator.index(in_features)
+        super().__init__(torch.arange(n - 1, -1, -1))
 
     # flip is the same map as the index_select of the reversed indices, and its backward is a flip too (an
     # index_select's backward fills a zeros tensor by index_add)

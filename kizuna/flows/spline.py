@@ -24,6 +24,8 @@ import math
 import torch
 from torch.nn import functional as F
 
+from kizuna._data import check_non_negative, check_positive
+
 Tensor = torch.Tensor
 
 
@@ -58,10 +60,23 @@ def rational_quadratic_spline(
         derivatives: unconstrained interior knot derivatives, shape ``S + (K-1,)``; zeros give
             derivative 1, so all-zero parameters give the identity.
         inverse: apply :math:`g^{-1}` instead of :math:`g`.
-        bound: :math:`B`, the half-width of the spline's interval.
-        min_bin, min_derivative: lower limits keeping bins and slopes away from zero.
+        bound: :math:`B`, the half-width of the spline's interval, a finite number > 0.
+        min_bin, min_derivative: lower limits keeping bins and slopes away from zero: ``min_bin`` a share
+            of the interval, ``0 <= min_bin <= 1 / K``; ``0 <= min_derivative < 1`` (below the boundary
+            derivative 1, so that zero parameters give the identity).
     """
     k = widths.shape[-1]
+    # numbers only (no tensor synchronisation): a min_bin above 1/K left the other bins negative sizes (a non-monotone
+    # map, NaN log-slopes), a bound <= 0 gave NaN or the identity, a min_derivative >= 1 a raw math domain error
+    check_positive("rational_quadratic_spline: bound", bound)
+    check_non_negative("rational_quadratic_spline: min_bin", min_bin)
+    if min_bin * k > 1:  # (1/K itself: K equal bins)
+        raise ValueError(f"rational_quadratic_spline: min_bin must be at most 1/K = 1/{k} (K = {k} bins, each "
+                         f"at least min_bin of the interval), got {min_bin!r}")
+    check_non_negative("rational_quadratic_spline: min_derivative", min_derivative)
+    if not min_derivative < 1:
+        raise ValueError(f"rational_quadratic_spline: min_derivative must be < 1 (the derivative at the interval's "
+                         f"ends), got {min_derivative!r}")
     if heights.shape[-1] != k or derivatives.shape[-1] != k - 1:
         raise ValueError(
             f"rational_quadratic_spline: need K widths, K heights and K-1 derivatives, got "
