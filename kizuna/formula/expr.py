@@ -450,20 +450,31 @@ class AbsLoss(_Unary):
 
 
 class BatchMean(_Unary):
+    """``loss.mean()``: the mean of the loss's value over the batch (its every entry); a ValueError for a value with
+    no entries (a batch of 0 rows), whose mean is NaN."""
+
     key = "mean"
 
     def _value(self, ctx: EvalContext) -> Tensor:  # _op inlined: the batch mean ends most training losses
         a = ctx.value(self.loss1)
+        if not a.numel():  # (an empty batch's mean was NaN, silently)
+            self._empty(a)
         try:
             return a.mean()
         except RuntimeError as err:
             return _integer_mean(a, err)
 
     def _op(self, a: Tensor) -> Tensor:
+        if not a.numel():
+            self._empty(a)
         try:
             return a.mean()
         except RuntimeError as err:
             return _integer_mean(a, err)
+
+    def _empty(self, a: Tensor) -> None:
+        raise ValueError(f"the loss {self}: the value to average has shape {tuple(a.shape)}, an empty batch (0 "
+                         "rows) has no mean; give at least one row")
 
 
 class Detach(_Unary):

@@ -23,7 +23,7 @@ from typing import Any
 
 from kizuna._data import check_non_negative
 from kizuna._text import LATEX, symbol
-from kizuna.distributions.base import Distribution
+from kizuna.distributions.base import Distribution, require_distributions
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 
 
@@ -48,6 +48,7 @@ class ContrastiveDivergence(Loss):
     precedence = 10  # its formula is a sum
 
     def __init__(self, p: Distribution, sampler: Any, alpha: float = 1.0, data_name: str = "p_{data}") -> None:
+        require_distributions("ContrastiveDivergence", p=p)
         if p.cond_var:
             raise ValueError(f"ContrastiveDivergence needs an unconditioned model; {p.prob_text} is conditioned")
         check_non_negative("ContrastiveDivergence: alpha", alpha)

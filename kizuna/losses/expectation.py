@@ -51,7 +51,9 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
     options = ctx.options
     batch_n = options.get("batch_n") if options else None
     if batch_n is None:
-        batch_n = batch_size_of(given, names) or batch_size_of(given)
+        batch_n = batch_size_of(given, names)
+        if batch_n is None:  # (not `or`: 0 rows given are the batch, not a missing one)
+            batch_n = batch_size_of(given)
     repeated = given if n == 1 else {k: repeat_rows_lazily(v, n) for k, v in given.items()}
     if options and options.get("sample_mean"):
         means = p._mean_values(given, batch_n)

@@ -25,7 +25,18 @@ from kizuna._text import LATEX, var_text
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.memo import release_step, step_mark
+from kizuna.losses.elbo import IWAE
 from kizuna.losses.expectation import Expectation
+
+
+def _draws_per_row(node: Loss) -> tuple[int, Any, str, str]:
+    """``(draws per row, the distribution drawn, how they are asked for, how to ask for one)`` of an expectation or
+    IWAE node; ``(1, None, "", "")`` for any other node."""
+    if isinstance(node, Expectation):
+        return math.prod(node.sample_shape), node.p, f"sample_shape={tuple(node.sample_shape)}", "sample_shape=()"
+    if isinstance(node, IWAE):
+        return node.k, node.q, f"IWAE's k={node.k}", "k=1, or an ELBO"
+    return 1, None, "", ""
 
 
 class _StepTermSum(Loss):
@@ -60,6 +71,13 @@ class IterativeLoss(Loss):
             index ``t = 0, ..., T-1``.
         series_dim: the time dimension of the series: 0 (time-major, Pixyz's default) or 1
             (batch-first ``N×T×...``, which `Model.fit` can cut into mini-batches).
+
+    Evaluation option ``mask`` (Pixyz's): ``loss.eval(x, mask=m)`` multiplies the loss of step :math:`t` by
+    :math:`m_t`, for sequences of different lengths (0 after a sequence's end). ``m`` is ``(T,)``, one weight per
+    step, or one weight per row and step laid out as the series: ``(T, N)`` time-major, ``(N, T)`` with
+    ``series_dim=1``; a per-row weight multiplies the first (batch) dimension of the step loss's value (a step loss
+    already reduced over the batch, e.g. by ``.mean()``, becomes one value per row, as in Pixyz). The step loss
+    does not see ``mask``.
 
     Each step is evaluated once; the per-step values of the step loss's terms are summed and
     reported as terms of this loss (``eval(..., return_terms=True)``, `Model.fit`'s history).
@@ -111,15 +129,20 @@ class IterativeLoss(Loss):
         if bad:
             raise TypeError(f"IterativeLoss: update_value maps variable names to names, got {bad}")
         self.step_loss = Expectation(slice_step, step_loss) if slice_step is not None else step_loss
+        # variables drawn several times per row, recorded as (draws, batch, ...): their steps are stacked after the
+        # draws dimension (see _value)
+        self._multi_drawn: set[str] = set()
         for node in self.step_loss.nodes():  # a carried value is one per row: several draws per row cannot be carried
-            if isinstance(node, Expectation) and math.prod(node.sample_shape) > 1:
-                carried = [v for v in node.p.var if v in self.update_value]
+            n, p, how, once = _draws_per_row(node)
+            if n > 1:
+                self._multi_drawn.update(p.var)
+                carried = [v for v in p.var if v in self.update_value]
                 if carried:
                     raise ValueError(
-                        f"IterativeLoss: {node} draws {', '.join(carried)} {math.prod(node.sample_shape)} times per "
-                        f"row (sample_shape={tuple(node.sample_shape)}), but update_value carries it to the next "
-                        "step, which takes one value per row: draw once per row in the step (sample_shape=()); to "
-                        "average over several trajectories, repeat each sequence's row that many times in the batch")
+                        f"IterativeLoss: {node} draws {', '.join(carried)} {n} times per row ({how}), but "
+                        "update_value carries it to the next step, which takes one value per row: draw once per "
+                        f"row in the step ({once}); to average over several trajectories, "
+                        "repeat each sequence's row that many times in the batch")
         self.slice_step = slice_step
         self.max_iter = max_iter
         self.series_dim = series_dim
@@ -184,6 +207,10 @@ class IterativeLoss(Loss):
         mark, report = step_mark(), ctx.report
         # read once: the loop below runs at every time step
         timestep_var, dim, step_loss, options = self.timestep_var, self.series_dim, self.step_loss, ctx.options
+        weights = None
+        if options and options.get("mask") is not None:  # Pixyz's eval(..., mask=m): step t's loss times m[t]
+            weights = self._step_weights(options["mask"], values, steps)
+            options = {k: v for k, v in options.items() if k != "mask"}  # not the step loss's (Pixyz's neither)
         sliced = series.items() if self.slice_step is None else ()
         updates = self.update_value.items()
         for t in range(steps):
@@ -193,11 +220,15 @@ class IterativeLoss(Loss):
                 values[v] = x.select(dim, t)
             # fresh results (every node is evaluated anew at each step); the evaluation's options (sample_mean, batch_n)
             step = EvalContext(values, None, options, report)
-            total = total + step.value(step_loss)
+            value = step.value(step_loss)
+            if weights is not None:
+                value = self._weighted(value, weights[t], step_loss)
+            total = total + value
             samples = step.samples
             if report:  # the terms' sums and the draws over time, for a caller who asked for them
                 for i, record in enumerate(self._records):
-                    sums[i] = sums[i] + step.results[id(record.term)]
+                    term = step.results[id(record.term)]
+                    sums[i] = sums[i] + (term if weights is None else self._weighted(term, weights[t], record.term))
                 for k, v in samples.items():
                     drawn.setdefault(k, []).append(v)
             values.update(samples)
@@ -214,5 +245,50 @@ class IterativeLoss(Loss):
                 ctx.results[id(record)] = torch.as_tensor(value)
         for k, vs in drawn.items():  # the draws of every step, stacked along the time dimension
             if len(vs) == steps and all(v.shape == vs[0].shape for v in vs):
-                ctx.samples[k] = torch.stack(vs, self.series_dim)
+                # several draws per row come as (draws, batch, ...): time goes after the draws dimension,
+                # (draws, T, batch, ...) or (draws, batch, T, ...), as one draw's steps are laid out
+                lead = 1 if k in self._multi_drawn and vs[0].dim() > 1 else 0
+                ctx.samples[k] = torch.stack(vs, lead + self.series_dim)
         return torch.as_tensor(total)
+
+    def _step_weights(self, mask: Any, values: Mapping[str, Any], steps: int) -> tuple[Tensor, ...]:
+        """The weights of each step from the evaluation option ``mask`` (checked): ``(T,)``, one per step, or one per
+        row and step, ``(T, N)`` (time-major) / ``(N, T)`` (``series_dim=1``), as the series are laid out."""
+        layout = "(T, N)" if self.series_dim == 0 else "(N, T)"
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"IterativeLoss: mask must be a tensor of step weights, (T,) or {layout}, got "
+                            f"{type(mask).__name__}")
+        if mask.dim() not in (1, 2):
+            raise ValueError(f"IterativeLoss: mask must be (T,) (one weight per step) or {layout} (one per row and "
+                             f"step, time along dim {self.series_dim} as the series), got shape {tuple(mask.shape)}")
+        # T: the series' length (max_iter may take fewer of their steps), else max_iter
+        length = values[self.series_var[0]].shape[self.series_dim] if self.series_var else steps
+        time_dim = self.series_dim if mask.dim() == 2 else 0
+        if mask.shape[time_dim] != length:
+            which = f"the series' {length}" if self.series_var else f"max_iter={length}"
+            raise ValueError(f"IterativeLoss: mask of shape {tuple(mask.shape)} has {mask.shape[time_dim]} steps "
+                             f"along dim {time_dim}, expected {which} (shape (T,) or {layout})")
+        if mask.dim() == 2 and self.series_var and values[self.series_var[0]].dim() > 1:
+            x = values[self.series_var[0]]
+            rows = x.shape[1 - self.series_dim]
+            if mask.shape[1 - time_dim] != rows:  # (a step loss reduced over the batch would take any number)
+                raise ValueError(f"IterativeLoss: mask of shape {tuple(mask.shape)} has {mask.shape[1 - time_dim]} "
+                                 f"rows, but the series {self.series_var[0]} of shape {tuple(x.shape)} has {rows} "
+                                 f"(shape (T,) or {layout})")
+        if not mask.is_floating_point():  # a bool or 0/1 integer mask (Pixyz takes mask.float())
+            mask = mask.to(torch.get_default_dtype())
+        return mask.unbind(time_dim)
+
+    @staticmethod
+    def _weighted(value: Any, weight: Tensor, loss: Loss) -> Tensor:
+        """``value`` (of ``loss`` at one step) times the step's weight: one number, or one per row, along the first
+        dimension of a per-row value (a value with no rows, reduced over the batch, becomes one value per row, as
+        Pixyz's broadcast makes it)."""
+        value = torch.as_tensor(value)
+        weight = weight.to(value.device, value.dtype) if value.is_floating_point() else weight.to(value.device)
+        if weight.dim() == 0 or value.dim() == 0:
+            return value * weight
+        if value.shape[0] != weight.shape[0]:
+            raise ValueError(f"IterativeLoss: mask has {weight.shape[0]} rows per step, but the step loss {loss} "
+                             f"has {value.shape[0]} (value of shape {tuple(value.shape)})")
+        return value * weight.reshape(-1, *([1] * (value.dim() - 1)))

@@ -20,7 +20,7 @@ import torch
 from kizuna._data import check_positive
 from kizuna._distances import squared_distances
 from kizuna._text import symbol
-from kizuna.distributions.base import Distribution, flat_rows
+from kizuna.distributions.base import Distribution, flat_rows, require_distributions
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
 
@@ -56,6 +56,7 @@ class MMD(Loss):
 
     def __init__(self, p: Distribution, q: Distribution,
                  kernel: str = "gaussian", sigma_sqr: float | None = None) -> None:
+        require_distributions("MMD", p=p, q=q)
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"MMD needs both over the same variables: {p.var} vs {q.var}")
         if not isinstance(kernel, str) or kernel not in KERNELS:

@@ -29,7 +29,7 @@ import torch
 
 from kizuna._data import check_int
 from kizuna._text import LATEX, prob_text, symbol, var_text
-from kizuna.distributions.base import flat_rows, sum_rows
+from kizuna.distributions.base import flat_rows, require_distributions, sum_rows
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
 
@@ -39,7 +39,8 @@ def _is_network(score: Any, var: str) -> bool:
     return var not in score.var and var in score.cond_var
 
 
-def _check_model(score: Any, var: str) -> None:
+def _check_model(who: str, score: Any, var: str) -> None:
+    require_distributions(who, score=score)  # (a string or a bare network failed later, reading .var)
     if var in score.var:
         return
     if var not in score.cond_var:
@@ -93,7 +94,7 @@ class ScoreMatchingError(Loss):
     precedence = 10  # its formula is a sum
 
     def __init__(self, score: Any, var: str = "x") -> None:
-        _check_model(score, var)
+        _check_model("ScoreMatchingError", score, var)
         super().__init__([var] + [v for v in getattr(score, "input_var", []) if v != var])
         self.score, self.var = score, var
 
@@ -130,7 +131,7 @@ class SlicedScoreError(Loss):
     precedence = 10  # its formula is a sum
 
     def __init__(self, score: Any, var: str = "x", projection: str = "v", variance_reduction: bool = False) -> None:
-        _check_model(score, var)
+        _check_model("SlicedScoreError", score, var)
         super().__init__([var, projection] + [v for v in getattr(score, "input_var", []) if v != var])
         self.score, self.var, self.projection, self.variance_reduction = score, var, projection, variance_reduction
 
@@ -171,8 +172,9 @@ class DenoisingScoreError(Loss):
     precedence = 20  # its formula is a product
 
     def __init__(self, score: Any, noise: Any, noise_weighting: bool = False) -> None:
+        require_distributions("DenoisingScoreError", noise=noise)
         var = noise.var[0]
-        _check_model(score, var)
+        _check_model("DenoisingScoreError", score, var)
         others = [v for v in getattr(score, "input_var", []) if v != var]
         super().__init__([var] + noise.input_var + others)
         self.score, self.noise, self.var, self.noise_weighting = score, noise, var, noise_weighting
@@ -221,6 +223,7 @@ def sliced_score_matching(score: Any, projection: Any, var: str = "x", n_project
     E_{p_{v}(v)}[v^T ∇_x(v^T ∇_x log p(x)) + 1/2 (v^T ∇_x log p(x))^2]
     """
     check_int("sliced_score_matching: n_projections", n_projections, 1)  # 0 and -2 were taken as 1
+    require_distributions("sliced_score_matching", projection=projection)
     shape: Sequence[int] = (int(n_projections),) if n_projections > 1 else ()
     error = SlicedScoreError(score, var, projection.var[0], variance_reduction)
     return Expectation(projection, error, sample_shape=shape)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from kizuna._data import check_non_negative
 from kizuna._text import LATEX
+from kizuna.distributions.base import Distribution
 from kizuna.distributions.vq import VectorQuantizer
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 
@@ -24,6 +25,10 @@ class VQCommitment(Loss):
     """
 
     def __init__(self, q: VectorQuantizer, beta: float = 0.25) -> None:
+        if not isinstance(q, VectorQuantizer):  # (another distribution failed at evaluation, reading .encode)
+            given = q.prob_text if isinstance(q, Distribution) else repr(q)
+            raise TypeError(f"VQCommitment: q must be a kizuna VectorQuantizer (the quantiser whose codebook and "
+                            f"commitment terms these are), got {type(q).__name__} {given}"[:300])
         # (a negative beta pushed the encoder away from its code, a NaN one made the loss NaN)
         check_non_negative("VQCommitment: beta (the commitment weight)", beta)
         super().__init__(q.cond_var)

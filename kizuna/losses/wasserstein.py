@@ -13,7 +13,7 @@ from collections.abc import Callable
 from torch import nn
 
 from kizuna._text import symbol
-from kizuna.distributions.base import Distribution
+from kizuna.distributions.base import Distribution, require_distributions
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import draw
 from kizuna.losses.mmd import _features, check_samples
@@ -24,6 +24,7 @@ class WassersteinDistance(Loss):
 
     def __init__(self, p: Distribution, q: Distribution,
                  metric: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+        require_distributions("WassersteinDistance", p=p, q=q)
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"WassersteinDistance needs both over the same variables: {p.var} vs {q.var}")
         super().__init__(p.input_var + q.input_var)
