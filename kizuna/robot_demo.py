@@ -279,7 +279,8 @@ def save_figures(result: dict[str, Any], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``kizuna demo [--seed S] [--out DIR] [--words clean|phonemes]``."""
+    """``kizuna demo [--seed S] [--out DIR] [--words clean|phonemes] [--quick]`` (``--quick``: 150 events and 3
+    iterations instead of 300 and 5)."""
     from kizuna.cli import _folder, _seed, make_folder
 
     parser = argparse.ArgumentParser(prog="kizuna demo", description=__doc__.split("\n\n")[0])

@@ -397,8 +397,14 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
     (``n_candidates`` is ignored). With ``names`` (`kizuna.modules.npylm_slot.ConceptNames`, instead of ``boosts``)
     each segmentation is drawn exactly from the slot model, every word the place's name with probability
     :math:`\\lambda` or a word of the language model, and the concepts' name counts follow the draws.
+
+    ``segmentations``, ``boosts`` and the rows of ``names`` are one per utterance, and a non-empty segmentation spells
+    its utterance; a ValueError naming the argument otherwise, raised before the model is touched (a missing
+    segmentation or boost was an IndexError, an extra segmentation was ignored, and a segmentation of another string
+    was removed from the model and replaced silently).
     """
     check_positive("gibbs_sweep: temperature", temperature)
+    _check_sweep(utterances, segmentations, boosts, names)
     for i in rng.permutation(len(utterances)).tolist():
         if segmentations[i]:  # [] : not in the model yet (the sequential start)
             model.remove_sentence(segmentations[i], rng)
@@ -416,6 +422,29 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
             segmentations[i] = candidates[int(rng.choice(len(candidates), p=weights / weights.sum()))]
         model.add_sentence(segmentations[i], rng)
     model.sample_hyperparameters(rng)
+
+
+def _check_sweep(utterances: Sequence[str], segmentations: list[list[str]],
+                 boosts: Sequence[Callable[[str], float] | None] | None, names: ConceptNames | None) -> None:
+    """`gibbs_sweep`'s entry checks: one segmentation, boost and ``names`` row per utterance, and every non-empty
+    segmentation spelling its utterance (one join per utterance: little beside its forward pass)."""
+    n = len(utterances)
+    sizes = [("segmentations", len(segmentations))]
+    if boosts is not None:
+        sizes.append(("boosts", len(boosts)))
+    if names is not None:
+        sizes.append(("names (rows of its resp)", names.resp.shape[0]))
+    for what, size in sizes:
+        if size != n:
+            first = f"utterance {size} has none" if size < n else f"{what.split()[0]}[{n}] has no utterance"
+            raise ValueError(f"gibbs_sweep: {n} utterances but {size} {what} ({first}); give one per utterance")
+    for i, (s, seg) in enumerate(zip(utterances, segmentations)):
+        if not seg:  # [] : not in the model yet
+            continue
+        spelled = "".join(map(str, seg))  # (a word that is no string is refused by remove_sentence, naming it)
+        if spelled != s:
+            raise ValueError(f"gibbs_sweep: segmentation {i} {seg!r} does not spell its utterance {s!r} (it spells "
+                             f"{spelled!r})")
 
 
 def _boost(boost: Callable[[str], float], w: str) -> float:

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kizuna._data import check_positive
+from kizuna._data import check_int, check_positive
 from kizuna.modules.npylm_slot import ConceptNames
 
 if TYPE_CHECKING:
@@ -215,7 +215,15 @@ def sample_name(model: NPYLM, s: str, n: int, slots: NameSlots, rng: np.random.G
 
 def name_viterbi(model: NPYLM, s: str, slots: NameSlots, n: int = 0) -> tuple[list[str], int | None]:
     """The most probable segmentation of ``s`` and its slot under the one-name model, the name spelled by
-    utterance ``n``'s name distribution (e.g. a pooled one for a new utterance, `WordSegmenter.segment`)."""
+    utterance ``n``'s name distribution (e.g. a pooled one for a new utterance, `WordSegmenter.segment`).
+
+    ``n`` is an integer in ``0..N-1``, ``N`` the rows of ``slots``' concept posterior; a ValueError naming both
+    otherwise (an ``n`` past the rows was an IndexError of numpy's, a negative one read a row from the end)."""
+    rows = slots.names.resp.shape[0]
+    check_int("name_viterbi: n", n, 0)
+    if n >= rows:
+        raise ValueError(f"name_viterbi: n = {n} but the slots hold {rows} utterances (rows of the concept "
+                         f"posterior): n is in 0..{rows - 1}")
     x, eos = name_table(model, s, n, slots)
     return name_backward(s, name_forward(x, viterbi=True)[0], x, eos, None)
 

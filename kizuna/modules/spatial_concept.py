@@ -217,7 +217,8 @@ class SpatialConcept(ClassModule):
         return self.predict_concepts(positions) @ self.sampler_.feature_distributions(0)
 
     def predict_position(self, word_counts: Any) -> np.ndarray:
-        """The most probable position (M×2) of each row of word counts."""
+        """The most probable position (M×D, D the positions' dimension: the mean of the position component of largest
+        probability given the words) of each row of word counts."""
         sampler, gmm = self._fitted()
         y = np.atleast_2d(np.asarray(word_counts, dtype=np.float64))
         theta = sampler.feature_distributions(0)

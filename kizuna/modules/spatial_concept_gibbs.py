@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from scipy.special import betaln, gammaln
 
+from kizuna._data import check_int, check_positive
 from kizuna.modules.gmm.normal_wishart import NormalWishart
 from kizuna.modules.spatial_concept_split_merge import SplitMergeStats, split_merge_move
 
@@ -47,7 +48,10 @@ class FixedPositions:
 
     def __init__(self, log_lik: np.ndarray) -> None:
         self.log_lik_table = np.asarray(log_lik, dtype=np.float64)
-        self.n_components = self.log_lik_table.shape[1]
+        if self.log_lik_table.ndim != 2:  # (a 1-D table failed in shape[1])
+            raise ValueError(f"FixedPositions: log_lik is N×K (events × components), got shape "
+                             f"{self.log_lik_table.shape}")
+        self.n_events, self.n_components = self.log_lik_table.shape
 
     def log_lik(self, n: int) -> np.ndarray:
         return self.log_lik_table[n]
@@ -76,7 +80,7 @@ class GaussianPositions:
         self.x = torch.as_tensor(np.asarray(x, dtype=np.float64))
         self.prior = prior
         k, d = prior.m.shape
-        self.n_components = k
+        self.n_components, self.n_events = k, self.x.shape[0]
         zt = torch.as_tensor(z)
         self.count = torch.bincount(zt, minlength=k).double()
         self.sum = torch.zeros(k, d, dtype=torch.float64).index_add_(0, zt, self.x)
@@ -119,6 +123,31 @@ class ConceptState:
     sums: list[np.ndarray]  # per modality (L, V_m) feature counts per concept
 
 
+def _check_events(positions: GaussianPositions | FixedPositions, counts: list[np.ndarray], c: np.ndarray,
+                  i: np.ndarray, n_concepts: int) -> None:
+    """`ConceptSampler`'s data checks: the same ``N`` events everywhere, counts finite and >= 0, labels in range."""
+    n = getattr(positions, "n_events", len(c))  # (a position factor of another kind: c sets N)
+    for what, shape in (("c", c.shape), ("i", i.shape)):
+        if shape != (n,):
+            raise ValueError(f"ConceptSampler: {what} has shape {shape}, expected ({n},): one label per event of the "
+                             f"positions")
+    for m, y in enumerate(counts):
+        if y.ndim != 2 or y.shape[0] != n:
+            raise ValueError(f"ConceptSampler: counts[{m}] has shape {y.shape}, expected N×V with N = {n} rows, one "
+                             "per event of the positions")
+        bad = ~np.isfinite(y) | (y < 0)
+        if bad.any():  # a negative count gave NaN Gamma terms
+            r, col = (int(k) for k in np.argwhere(bad)[0])
+            raise ValueError(f"ConceptSampler: counts[{m}] must be finite and non-negative, got {y[r, col]} at row "
+                             f"{r}, column {col}")
+    for what, labels, size, kind in (("c", c, n_concepts, "n_concepts"),
+                                     ("i", i, positions.n_components, "position components")):
+        bad = np.flatnonzero((labels < 0) | (labels >= size))
+        if bad.size:
+            raise ValueError(f"ConceptSampler: {what}[{bad[0]}] = {labels[bad[0]]} is out of range 0..{size - 1} "
+                             f"({kind} = {size})")
+
+
 def log_stick_weights(n_l: np.ndarray, alpha: float) -> np.ndarray:
     """:math:`\\log\\hat\\pi_l` of the truncated stick-breaking prior given the counts ``n_l`` (module docstring).
 
@@ -150,6 +179,12 @@ class ConceptSampler:
         alpha, gamma: :math:`\\alpha` and :math:`\\gamma`.
         betas: :math:`\\beta_m` per modality.
         c, i: initial assignments.
+
+    ``alpha``, ``gamma`` and every ``betas[m]`` are positive and finite, every count modality is ``N×V_m`` with
+    finite counts >= 0, ``c`` and ``i`` have ``N`` entries in ``0..L-1`` and ``0..K-1``, ``N`` the positions'
+    events; a ValueError naming the argument otherwise (`SpatialConcept` checks its concentrations so too; here a
+    negative ``alpha`` gave NaN conditionals that were sampled silently, and the others failed in numpy's
+    broadcasting or indexing, or, for a negative label, counted the event in the last concept).
     """
 
     def __init__(self, positions: GaussianPositions | FixedPositions, counts: Sequence[np.ndarray], n_concepts: int,
@@ -160,14 +195,20 @@ class ConceptSampler:
         if split_merge < 0 or launch_scans < 0:
             raise ValueError(f"ConceptSampler: split_merge ({split_merge}) and launch_scans ({launch_scans}) must be "
                              ">= 0")
+        check_int("ConceptSampler: n_concepts", n_concepts, 1)
+        check_positive("ConceptSampler: alpha", alpha)
+        check_positive("ConceptSampler: gamma", gamma)
+        for m, beta in enumerate(betas):
+            check_positive(f"ConceptSampler: betas[{m}]", beta)
         self.split_merge, self.launch_scans = int(split_merge), int(launch_scans)
         self.split_merge_stats = SplitMergeStats()
-        self.positions, self.alpha, self.gamma = positions, alpha, gamma
+        self.positions, self.alpha, self.gamma = positions, float(alpha), float(gamma)
         self.counts = [np.asarray(y, dtype=np.float64) for y in counts]
         self.betas = [float(b) for b in betas]
         self.n_concepts, self.n_components = n_concepts, positions.n_components
-        self.nonzero = [[(np.flatnonzero(row), row[row > 0]) for row in y] for y in self.counts]
         c, i = np.asarray(c, dtype=np.int64).copy(), np.asarray(i, dtype=np.int64).copy()
+        _check_events(positions, self.counts, c, i, n_concepts)
+        self.nonzero = [[(np.flatnonzero(row), row[row > 0]) for row in y] for y in self.counts]
         n_lk = np.zeros((n_concepts, self.n_components))
         np.add.at(n_lk, (c, i), 1)
         sums = []
