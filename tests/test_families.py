@@ -944,6 +944,15 @@ def test_concrete_takes_one_temperature() -> None:
         p.get_log_prob({"x": x, "t": torch.tensor([[0.5], [1.0], [2.0]])})
 
 
+def test_relaxed_categorical_temperature_error_names_its_own_class() -> None:
+    """The error names the class the user built (it named the parent, Concrete)."""
+    from kizuna.distributions import RelaxedCategorical
+
+    p = RelaxedCategorical(var=["x"], cond_var=["t"], temperature="t", probs=torch.tensor([0.2, 0.3, 0.5]))
+    with pytest.raises(ValueError, match="RelaxedCategorical takes one temperature for the whole batch"):
+        p.sample({"t": torch.tensor([[0.5], [1.0], [2.0]])})
+
+
 def test_a_number_for_a_vector_parameter_is_named() -> None:
     """A number given as a MultivariateNormal's loc is no vector (it became a length-1 one and the errors came later,
     about shapes)."""

@@ -254,3 +254,45 @@ def test_a_constant_distribution_keeps_its_torch_object_only_while_its_buffers_a
     with validation(True):  # one object per validation setting
         checked = levels._torch_dist({})
     assert checked is not unchecked and checked._validate_args and not unchecked._validate_args
+
+
+def _draws_both_ways(p: Normal, x_dict: dict, batch_n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reparameterised draw without checks (the standard-normal plan where it applies) and with them (torch's
+    distribution built and checked, the draw from `_rsample_kernel`), from the same seed."""
+    from kizuna.distributions import validation
+
+    out = []
+    for check in (False, True):
+        torch.manual_seed(3)
+        with validation(check):
+            out.append(p._sample(x_dict, batch_n, True)["z"])
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("features", [[], [3], [2, 2]])
+def test_standard_normal_draw_plan_is_the_general_draw(features: list[int]) -> None:
+    """N(0, 1) given as numbers draws ``randn`` of the rows and features from a plan kept between draws: the same
+    numbers, shape and dtype as the general draw, for ``batch_n``, the rows of other values and one row; after a
+    buffer changes (``scale.fill_``: no longer standard), after ``.double()`` and with a buffer that requires grad it
+    still agrees (the plan is rebuilt or the general path draws)."""
+    p = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=features)
+    for x_dict, batch_n in (({}, 4), ({"x": torch.zeros(5, 1)}, None), ({}, None)):
+        fast, general = _draws_both_ways(p, x_dict, batch_n)
+        assert fast.shape == general.shape == (batch_n or (5 if x_dict else 1), *features)
+        assert torch.equal(fast, general)
+        torch.manual_seed(3)
+        assert torch.equal(fast, torch.randn(fast.shape))
+    with torch.no_grad():
+        p.scale.fill_(2.0)
+    fast, general = _draws_both_ways(p, {}, 6)
+    assert torch.equal(fast, general)
+    torch.manual_seed(3)
+    assert torch.equal(fast, 2.0 * torch.randn(6, *features))
+    with torch.no_grad():
+        p.scale.fill_(1.0)
+    p = p.double()
+    fast, general = _draws_both_ways(p, {}, 2)
+    assert fast.dtype == general.dtype == torch.float64 and torch.equal(fast, general)
+    p.loc.requires_grad_(True)
+    fast, general = _draws_both_ways(p, {}, 2)
+    assert fast.requires_grad and torch.equal(fast, general)

@@ -20,7 +20,7 @@ from torch.distributions import constraints
 from torch.nn import functional as F
 
 from kizuna._data import one_number
-from kizuna.distributions.base import Tensor, XDict
+from kizuna.distributions.base import Tensor, XDict, batch_size_of
 from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
@@ -68,6 +68,45 @@ class Normal(TorchDistribution):
         if shape is None:
             return super().sample_variance(x_dict)
         return params["scale"].pow(2).expand(shape)
+
+    def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        if reparam and self._numbers and not validation_enabled():
+            z = self._standard_draw(x_dict, batch_n)
+            if z is not None:
+                return {self._var[0]: z}
+        return super()._sample(x_dict, batch_n, reparam)
+
+    def _standard_draw(self, x_dict: XDict, batch_n: int | None) -> Tensor | None:
+        r"""A reparameterised draw of :math:`\mathcal{N}(0, 1)` given as numbers (a GAN's or a flow's prior) without
+        the parameters, the row count and the kernel's shape computed again at every draw: the draw `_draw` makes
+        (`_rsample_kernel`'s ``randn`` of the rows and the parameters' features, the same numbers), from a plan kept
+        while every buffer is unchanged (`_buffers_unchanged`); ``None`` where the general path must draw (another
+        distribution, a subclass with its own parameters or draw, a buffer that requires grad, ``torch.compile``)."""
+        plan = self.__dict__.get("_standard_plan")
+        if plan is None or not self._buffers_unchanged(plan[0]):
+            plan = self.__dict__["_standard_plan"] = self._plan_standard_draw()
+        features = plan[1]
+        if features is None or torch.compiler.is_compiling():
+            return None
+        loc, scale = self._buffers["loc"], self._buffers["scale"]
+        if loc.requires_grad or scale.requires_grad:
+            return None
+        rows = batch_n if batch_n is not None else (batch_size_of(x_dict) or 1)
+        return torch.randn((rows, *features), dtype=loc.dtype, device=loc.device)
+
+    def _plan_standard_draw(self) -> tuple[Any, torch.Size | None]:
+        """The buffers' stamp and the features of a standard-normal draw (`_standard_draw`), or ``None`` for them."""
+        stamp = self._buffers_stamp()
+        cls = type(self)
+        plain = (cls._draw is TorchDistribution._draw and cls._rsample_kernel is Normal._rsample_kernel
+                 and cls._compute_params is TorchDistribution._compute_params and cls._rows is TorchDistribution._rows
+                 and cls._kernel_shape is TorchDistribution._kernel_shape and not self._parameters)
+        if not (plain and self._is_standard_normal() and "loc" in self._buffers and "scale" in self._buffers):
+            return stamp, None
+        shape = self._kernel_shape(self._compute_params({}), 1)
+        if shape is None or not shape or shape[0] != 1:
+            return stamp, None
+        return stamp, shape[1:]
 
     def _rsample_kernel(self, shape: torch.Size, params: dict[str, Any]) -> Tensor:
         r"""torch's draw :math:`\mu + \sigma\epsilon`, the same random stream as ``Normal.rsample``."""
@@ -371,6 +410,6 @@ class Concrete(TorchDistribution):
     def _build(self, params: dict[str, Any], independent: bool) -> D.Distribution:
         temperature = params.get("temperature")
         if isinstance(temperature, Tensor) and temperature.numel() != 1:  # torch broadcasts it into a B x B result
-            raise ValueError(f"{self.prob_text}: Concrete takes one temperature for the whole batch (torch's "
+            raise ValueError(f"{self.prob_text}: {type(self).__name__} takes one temperature for the whole batch (torch's "
                              f"RelaxedOneHotCategorical), got one of shape {tuple(temperature.shape)}")
         return super()._build(params, independent)

@@ -185,7 +185,9 @@ class Loss(nn.Module):
                 from the same evaluation.
             options: evaluation options, as in Pixyz: ``sample_mean=True`` replaces every draw
                 of an expectation by the distribution's mean; ``batch_n`` is the number of rows
-                drawn from distributions that have no batched input. Other names are ignored.
+                drawn from distributions that have no batched input; ``mask`` weighs the steps of an
+                `IterativeLoss` (Pixyz's). Other names are passed to every node and ignored by those
+                that do not read them.
 
         Returns:
             the loss tensor, or a tuple ``(loss, dict)``, ``(loss, terms)`` or ``(loss, dict, terms)``.
