@@ -140,6 +140,30 @@ def test_name_viterbi_valid_n():
     assert "".join(words) == "abc" and (slot is None or 0 <= slot < len(words))
 
 
+def test_sample_name_and_evidence_check_n_too():
+    """`sample_name` and `name_log_evidence` go through the same table as `name_viterbi`: the same check."""
+    from kizuna.modules.npylm_name import name_log_evidence, sample_name
+
+    slots = NameSlots(np.ones((2, 1)))
+    with pytest.raises(ValueError, match=r"sample_name: n = 2 but the slots hold 2 utterances"):
+        sample_name(NPYLM("abc\x04", 3), "abc", 2, slots, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"name_log_evidence: n must be an integer >= 0, got -1"):
+        name_log_evidence(NPYLM("abc\x04", 3), "abc", -1, slots)
+
+
+def test_name_sweep_needs_one_row_per_utterance():
+    """Three utterances against slots of two rows: named before any utterance is redrawn (it was an IndexError
+    mid-sweep)."""
+    from kizuna.modules.npylm_name import name_sweep
+
+    segs = [["abc"], ["ab", "c"], ["a", "bc"]]
+    kept = [list(w) for w in segs]
+    with pytest.raises(ValueError, match=r"name_sweep: 3 utterances, 3 segmentations and 2 rows"):
+        name_sweep(NPYLM("abc\x04", 3), ["abc", "abc", "abc"], segs, NameSlots(np.ones((2, 1))),
+                   np.random.default_rng(0))
+    assert segs == kept
+
+
 # ---------------------------------------------------------------------- robot_demo
 def test_demo_main_docstring_names_quick():
     assert "--quick" in demo_main.__doc__

@@ -137,9 +137,24 @@ class NameSlots:
 
 
 # ---------------------------------------------------------------------- forward filtering / backward sampling
-def name_table(model: NPYLM, s: str, n: int, slots: NameSlots) -> tuple[np.ndarray, np.ndarray]:
+def _check_row(caller: str, n: int, slots: NameSlots) -> None:
+    """``n`` names a row of ``slots``' concept posterior (`name_table`)."""
+    rows = slots.names.resp.shape[0]
+    check_int(f"{caller}: n", n, 0)
+    if n >= rows:
+        raise ValueError(f"{caller}: n = {n} but the slots hold {rows} utterances (rows of the concept posterior): "
+                         f"n is in 0..{rows - 1}")
+
+
+def name_table(model: NPYLM, s: str, n: int, slots: NameSlots, caller: str = "name_table"
+               ) -> tuple[np.ndarray, np.ndarray]:
     """The transitions of utterance ``n`` (string ``s``): ``X[a, k, c, c', j]`` (T×(L+1)×3×3×(L+1); types 0 = B,
-    1 = S, 2 = A; ``c'`` and ``j`` the previous word's type and length) and ``eos[c, k]`` (module docstring)."""
+    1 = S, 2 = A; ``c'`` and ``j`` the previous word's type and length) and ``eos[c, k]`` (module docstring).
+
+    ``n`` is an integer in ``0..N-1``, ``N`` the rows of ``slots``' concept posterior; a ValueError naming both (and
+    ``caller``) otherwise (an ``n`` past the rows was an IndexError of numpy's, a negative one read a row from the
+    end)."""
+    _check_row(caller, n, slots)
     big_l, t_len = model.max_word_length, len(s)
     table, eos_w = model.bigram_table(s)
     p0 = model.chars.substring_p0(s, big_l)
@@ -197,7 +212,7 @@ def name_forward(x: np.ndarray, viterbi: bool = False) -> tuple[np.ndarray, list
 
 def name_log_evidence(model: NPYLM, s: str, n: int, slots: NameSlots) -> float:
     """:math:`\\log \\sum_{\\text{seg}, i} p(\\text{seg}, i \\mid n)`, the forward pass's total (for tests)."""
-    x, eos = name_table(model, s, n, slots)
+    x, eos = name_table(model, s, n, slots, "name_log_evidence")
     alpha, log_scale = name_forward(x)
     return math.log(float((alpha[len(s)] * eos).sum())) + log_scale[len(s)]
 
@@ -207,7 +222,7 @@ def sample_name(model: NPYLM, s: str, n: int, slots: NameSlots, rng: np.random.G
     """A segmentation of utterance ``n`` and its slot (word index, None: no name) drawn jointly from the one-name
     model raised to ``power`` (a positive finite number: a NaN or negative one was blamed on the data)."""
     check_positive("sample_name: power", power)
-    x, eos = name_table(model, s, n, slots)
+    x, eos = name_table(model, s, n, slots, "sample_name")
     if power != 1.0:
         x, eos = x**power, eos**power
     return name_backward(s, name_forward(x)[0], x, eos, rng)
@@ -217,14 +232,8 @@ def name_viterbi(model: NPYLM, s: str, slots: NameSlots, n: int = 0) -> tuple[li
     """The most probable segmentation of ``s`` and its slot under the one-name model, the name spelled by
     utterance ``n``'s name distribution (e.g. a pooled one for a new utterance, `WordSegmenter.segment`).
 
-    ``n`` is an integer in ``0..N-1``, ``N`` the rows of ``slots``' concept posterior; a ValueError naming both
-    otherwise (an ``n`` past the rows was an IndexError of numpy's, a negative one read a row from the end)."""
-    rows = slots.names.resp.shape[0]
-    check_int("name_viterbi: n", n, 0)
-    if n >= rows:
-        raise ValueError(f"name_viterbi: n = {n} but the slots hold {rows} utterances (rows of the concept "
-                         f"posterior): n is in 0..{rows - 1}")
-    x, eos = name_table(model, s, n, slots)
+    ``n`` is an integer in ``0..N-1``, ``N`` the rows of ``slots``' concept posterior (`name_table`)."""
+    x, eos = name_table(model, s, n, slots, "name_viterbi")
     return name_backward(s, name_forward(x, viterbi=True)[0], x, eos, None)
 
 
@@ -257,6 +266,11 @@ def name_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[list
     """One blocked Gibbs sweep of the one-name model in random order (segmentation and slot of each utterance drawn
     jointly given the others), then the language model's hyper-parameters; ``temperature`` > 0 and finite."""
     check_positive("name_sweep: temperature", temperature)
+    rows = slots.names.resp.shape[0]
+    if not len(utterances) == len(segmentations) == rows:  # (a shorter list was an IndexError mid-sweep, after
+        # some utterances had been redrawn; a longer one left the rest out silently)
+        raise ValueError(f"name_sweep: {len(utterances)} utterances, {len(segmentations)} segmentations and {rows} "
+                         "rows of the slots' concept posterior; give one of each per utterance")
     for i in rng.permutation(len(utterances)).tolist():
         if segmentations[i]:  # [] : not in the model yet (a sequential start)
             slots.remove(model, i, segmentations[i], rng)
