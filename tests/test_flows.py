@@ -941,3 +941,21 @@ def test_planar_flow_starts_as_pixyzs_and_without_the_constraint_is_pixyzs_flow(
     torch.testing.assert_close(z, torch.tensor([[0.609038, -0.275916, 0.105609], [1.000817, 0.299431, -0.699958]]),
                                rtol=0, atol=1e-6)
     torch.testing.assert_close(f.logdet_jacobian, torch.tensor([0.040451, 0.052921]), rtol=0, atol=2e-6)
+
+
+def test_planar_flow_loads_pixyzs_checkpoint_shapes() -> None:
+    """Pixyz keeps ``w`` and ``u`` of shape (1, D) and ``b`` of shape (1,) (kizuna's are (D,) and ()): a Pixyz state
+    dict loads (it was torch's size-mismatch error), inside a module too, and the flow is then Pixyz's
+    :math:`f(z) = z + u \\tanh(w^\\top z + b)` (constraint off) with those numbers; another shape is still refused."""
+    w, b, u = torch.tensor([[0.3, -0.2, 0.5]]), torch.tensor([0.1]), torch.tensor([[0.4, 0.1, -0.3]])
+    f = PlanarFlow(3, constraint_u=False)
+    f.load_state_dict({"w": w, "b": b, "u": u})
+    assert f.w.shape == (3,) and f.b.shape == () and f.u.shape == (3,)
+    x = torch.tensor([[0.5, -0.2, 0.1], [1.0, 0.3, -0.7]])
+    expected = x + torch.tanh(x @ w.T + b) * u
+    torch.testing.assert_close(f(x), expected, rtol=0, atol=1e-7)
+    wrapped = torch.nn.Sequential(PlanarFlow(3, constraint_u=False))
+    wrapped.load_state_dict({"0.w": w, "0.b": b, "0.u": u})
+    torch.testing.assert_close(wrapped[0](x), expected, rtol=0, atol=1e-7)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        f.load_state_dict({"w": torch.zeros(2, 3), "b": b, "u": u})

@@ -55,6 +55,17 @@ class PlanarFlow(Flow):
         self.u = nn.Parameter(torch.empty(in_features).uniform_(-bound, bound))
         self.constraint_u = constraint_u
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        """Pixyz's checkpoints load too: Pixyz keeps ``w`` and ``u`` of shape (1, D) and ``b`` of shape (1,), kizuna
+        (D,) and (); a tensor of Pixyz's shape is read as kizuna's (the same numbers), any other shape is left to
+        torch's size-mismatch error."""
+        for name in ("w", "b", "u"):
+            key, own = prefix + name, self._parameters[name]
+            value = state_dict.get(key)
+            if isinstance(value, Tensor) and own is not None and value.shape == (1, *own.shape):
+                state_dict[key] = value.reshape(own.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def u_hat(self) -> Tensor:
         """:math:`\\hat u`, the constrained ``u`` (module docstring)."""
         if not self.constraint_u:
