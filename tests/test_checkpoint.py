@@ -284,3 +284,25 @@ def test_saves_keep_a_state_dicts_metadata_and_refuse_numpy_values_a_safe_load_c
         with pytest.raises(TypeError, match=r"the state holds an object of numpy\..*nothing was written"):
             _io.save({"value": bad}, path)
         assert path.read_bytes() == before
+
+
+def test_rng_state_round_trip_through_a_safe_checkpoint(tmp_path) -> None:
+    """`rng_state` / `set_rng_state` (the generators a checkpoint does not save, for a caller who needs them):
+    python's ``random``, numpy's legacy global generator (with a cached Gaussian) and torch's, saved through a file
+    read with ``weights_only=True``, give the same next draws as the uninterrupted generators."""
+    from kizuna.models import checkpoint as ckpt
+
+    random.seed(1)
+    np.random.seed(2)
+    np.random.standard_normal()  # leaves the second Gaussian of the pair cached (has_gauss)
+    torch.manual_seed(3)
+    path = tmp_path / "rng.pt"
+    torch.save(ckpt.rng_state(), path)
+    expected = (random.random(), np.random.standard_normal(), np.random.rand(3).tolist(), torch.rand(4))
+    random.seed(10)
+    np.random.seed(20)
+    torch.manual_seed(30)
+    ckpt.set_rng_state(torch.load(path, weights_only=True))
+    found = (random.random(), np.random.standard_normal(), np.random.rand(3).tolist(), torch.rand(4))
+    assert found[:3] == expected[:3]
+    assert torch.equal(found[3], expected[3])
