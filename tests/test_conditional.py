@@ -346,3 +346,23 @@ def test_a_string_cond_var_is_one_variable_and_a_value_without_a_batch_is_a_batc
                                rtol=0, atol=0)
     with pytest.raises(ValueError, match="min_scale must be a finite number >= 0, got -1"):
         MLPNormal("z", "x", [2, 2], min_scale=-1)
+
+
+def test_one_row_condition_beside_a_batch_conditions_every_row() -> None:
+    """An MLP distribution of two conditions, one given as one row and the other as 8: the one row conditions every
+    row (torch.cat refused the mix, and the first step's row check compared the network's 8 rows with the first
+    condition's 1): the density and the draws are those of the row repeated by hand, with and without checks."""
+    from kizuna.distributions import validation
+
+    torch.manual_seed(0)
+    q = MLPNormal("z", ["x", "y"], [5, 16, 2])
+    x1, y, z = torch.rand(1, 3), torch.rand(8, 2), torch.randn(8, 2)
+    for check in (True, False):
+        with validation(check):
+            torch.testing.assert_close(q.get_log_prob({"z": z, "x": x1, "y": y}),
+                                       q.get_log_prob({"z": z, "x": x1.expand(8, 3), "y": y}), rtol=0, atol=0)
+            torch.manual_seed(1)
+            a = q.sample({"x": x1, "y": y})["z"]
+            torch.manual_seed(1)
+            b = q.sample({"x": x1.expand(8, 3), "y": y})["z"]
+            assert a.shape == (8, 2) and torch.equal(a, b)

@@ -65,7 +65,8 @@ def _side_by_side(values: Sequence[Tensor], in_features: int) -> Tensor:
     """The conditioning values side by side, in ``cond_var`` order (features flattened); one value is used
     as it is (no copy, no concatenation in the backward pass). A value without a batch dimension is a batch of
     one (one of the network's ``in_features`` inputs, or a number); a 1-D value of other length, one feature per row
-    (a batch of scalar times): ``flatten(1)`` raised a bare IndexError on both."""
+    (a batch of scalar times): ``flatten(1)`` raised a bare IndexError on both. Among several values, one of one row
+    is repeated for the others' rows."""
     if len(values) == 1:
         value = values[0]
         if value.dim() == 2:
@@ -75,7 +76,12 @@ def _side_by_side(values: Sequence[Tensor], in_features: int) -> Tensor:
         if value.dim() == 1:
             return value.unsqueeze(-1)
         return value.flatten(1)
-    return torch.cat([value.flatten(1) if value.dim() > 1 else value.reshape(-1, 1) for value in values], dim=-1)
+    parts = [value.flatten(1) if value.dim() > 1 else value.reshape(-1, 1) for value in values]
+    rows = {part.shape[0] for part in parts}
+    if len(rows) == 2 and 1 in rows:  # one row beside a batch conditions every row (torch.cat refused the mix)
+        n = max(rows)
+        parts = [part.expand(n, -1) if part.shape[0] == 1 else part for part in parts]
+    return torch.cat(parts, dim=-1)
 
 
 def _without_batch(value: Tensor, in_features: int) -> bool:

@@ -798,7 +798,8 @@ class TorchDistribution(Distribution):
         if batch_n is None and rows != 1 and self._uses_forward and validation_enabled():  # a check (Model checks
             # its first step; a training step draws without it)
             unbatched = self._unbatched_conditions(x_dict)
-            given = batch_size_of(x_dict, [c for c in self._cond_var if c not in unbatched])
+            # the conditions' rows: the largest (a one-row condition beside a batch conditions every row)
+            given = batch_size_of({c: x_dict[c] for c in self._cond_var if c not in unbatched and c in x_dict})
             if given is not None and given != rows:  # a network that returned other rows than it was given
                 raise self._rows_error(rows, x_dict, None)
         lead = (n,) if n > 1 else ()
