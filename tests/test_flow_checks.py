@@ -24,13 +24,6 @@ from kizuna.flows.spline import rational_quadratic_spline
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _seeded():
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        yield
-
-
 # ------------------------------------------------------------------ permutations
 @pytest.mark.parametrize("indices, match", [
     ([0.7, 1.2, 2.9], r"permute_indices must be integers.*\[0\.7, 1\.2, 2\.9\]"),  # was truncated to [0, 1, 2]
