@@ -32,9 +32,10 @@ is the spelling model), or a word of the language model in its context. On the r
 With ``prior_mode="name"`` the module asks for the concept posterior too, and every later update draws each
 segmentation and its **one name slot** jointly from the one-name model (`kizuna.modules.npylm_name`): the language
 model generates the sentence with a class token NAME in place of the place name (at most one per utterance), and
-NAME emits the name's string from the event's concept name distribution. With name moves (``type_moves=20``) it is
-the first mechanism whose connected chain is above the paired control on the robot house (place-name F 0.576
-against 0.395 over ten seeds, docs/robotics.md, "One name").
+NAME emits the name's string from the event's concept name distribution. With name moves (``type_moves=20``) its
+connected chain is above the paired control on the robot house on average, not on every seed (place-name F 0.569
+against 0.485 over ten seeds, above on seven of ten, the gain within the spread between seeds; about the same
+without the moves; docs/robotics.md, "One name").
 
 With ``type_moves=M`` every sweep is followed by M **name moves** (`kizuna.modules.npylm_types`): type-level
 Metropolis-Hastings proposals that split every token of a type in two, or merge every adjacent pair of two types,
