@@ -16,11 +16,12 @@ r"""The pieces of flow-matching training written as distributions.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from kizuna._data import check_int
+from kizuna._data import check_int, first_nonfinite
 from kizuna.distributions.base import Distribution, Tensor, XDict, sum_rows
 from kizuna.distributions.flow_matching import FlowMatching
 from kizuna.distributions.special import Deterministic
@@ -100,6 +101,11 @@ class FlowInterpolant(Deterministic):
 
     def __init__(self, sigma_min: float = 0.0, var: str = "x_t", noise_var: str = "x_0", data_var: str = "x_1",
                  t_var: str = "t", name: str = "q") -> None:
+        if isinstance(sigma_min, bool) or not isinstance(sigma_min, numbers.Real) or not 0 <= sigma_min < 1:
+            # (LinearPath's and FlowMatching's range; 2.0 or NaN was accepted and built a path that never reaches
+            # the data)
+            raise ValueError(f"FlowInterpolant: sigma_min (the noise left at t = 1) must be a number in [0, 1), "
+                             f"got {sigma_min!r}")
         super().__init__([var], [noise_var, data_var, t_var], name)
         self.sigma_min, self.noise_var, self.data_var, self.t_var = float(sigma_min), noise_var, data_var, t_var
 
@@ -127,9 +133,23 @@ class OTCoupling(Distribution):
         return True  # noise and assignment depend on no parameter (see TimeUniform)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
-        x1 = x_dict[self._cond_var[0]]
-        noise = torch.randn_like(x1)
-        cost = torch.cdist(noise.detach().flatten(1).double(), x1.detach().flatten(1).double()).pow(2)
+        # NoiseLike's checks, and finite data (scipy refused NaN without naming the variable): integer data drew
+        # randn_like's raw NotImplementedError, batch_n of other rows was ignored
+        data = self._cond_var[0]
+        x1 = x_dict.get(data)
+        if not isinstance(x1, Tensor) or x1.dim() == 0:
+            got = "nothing" if x1 is None else "a 0-d tensor" if isinstance(x1, Tensor) else type(x1).__name__
+            raise ValueError(f"{self.prob_text}: pairs noise with the minibatch of {data}, got {got}")
+        if batch_n is not None and batch_n != x1.shape[0]:
+            raise ValueError(f"{self.prob_text}: batch_n={batch_n} but {data} has {x1.shape[0]} rows")
+        if x1.device.type != "meta":  # one pass over the minibatch, next to the O(N^3) assignment
+            bad = first_nonfinite({data: x1}, "x_dict")
+            if bad is not None:
+                raise ValueError(f"{self.prob_text}: {bad}; optimal transport needs finite data")
+        dtype = x1.dtype if x1.is_floating_point() else torch.get_default_dtype()
+        noise = torch.randn(x1.shape, dtype=dtype, device=x1.device)
+        n, d = x1.shape[0], math.prod(x1.shape[1:])  # d = 1 for scalar data (flatten(1) failed on x of shape (N,))
+        cost = torch.cdist(noise.detach().reshape(n, d).double(), x1.detach().reshape(n, d).double()).pow(2)
         rows, cols = linear_sum_assignment(cost.cpu().numpy())
         order = torch.empty(len(cols), dtype=torch.long)
         order[torch.as_tensor(cols)] = torch.as_tensor(rows)  # data row j gets noise row order[j]

@@ -21,6 +21,7 @@ optimal transport (Tong et al. 2023, arXiv:2302.00482). Sampling uses `kizuna.sa
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -58,8 +59,10 @@ class FlowMatching(Distribution):
             raise ValueError(f"FlowMatching: sampler must be 'euler' or 'heun', got {sampler!r}")
         if trace not in ("exact", "hutchinson"):
             raise ValueError(f"FlowMatching: trace must be 'exact' or 'hutchinson', got {trace!r}")
-        if not 0 <= sigma_min < 1:
-            raise ValueError(f"FlowMatching: sigma_min must lie in [0, 1), got {sigma_min}")
+        if isinstance(sigma_min, bool) or not isinstance(sigma_min, numbers.Real) or not 0 <= sigma_min < 1:
+            # (the string "0.1" raised a raw TypeError; NaN fails the range)
+            raise ValueError(f"FlowMatching: sigma_min (the noise left at t = 1) must be a number in [0, 1), "
+                             f"got {sigma_min!r}")
         if trace == "hutchinson":
             check_count("FlowMatching: n_probes", n_probes, 1)
         check_count("FlowMatching: n_steps", n_steps, 1)  # 2.7 was truncated to 2
@@ -145,8 +148,8 @@ class FlowMatching(Distribution):
         x0, integral = ode_log_det(lambda z, t, *c: self.velocity(z, t, dict(zip(self._cond_var, c))), x,
                                    self.likelihood_steps, self.trace, self.n_probes,
                                    context=[context[c] for c in self._cond_var])
-        d = math.prod(x0.shape[1:])
-        base = -0.5 * x0.flatten(1).pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
+        d = math.prod(x0.shape[1:])  # 1 for scalar data (features_shape []: x of shape (N,))
+        base = -0.5 * x0.pow(2).reshape(x0.shape[0], d).sum(1) - 0.5 * d * math.log(2 * math.pi)
         return base + integral
 
 
@@ -173,7 +176,7 @@ def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exa
             out = v(xr, t.repeat_interleave(d, 0), *rows)
             eye = torch.eye(d, dtype=x.dtype, device=x.device).repeat(b, 1).reshape(out.shape)
             (g,) = torch.autograd.grad(out, xr, eye, create_graph=create_graph)
-            div = (g.flatten(1) * eye.flatten(1)).sum(1).reshape(b, d).sum(1)
+            div = (g * eye).reshape(b, d * d).sum(1)  # (flatten(1) failed on scalar data, x of shape (N,))
             return out.reshape(b, d, *x.shape[1:])[:, 0], div
         xg = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
         out = v(xg, t, *context)
@@ -182,7 +185,7 @@ def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exa
             eps = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
             (g,) = torch.autograd.grad(out, xg, eps, retain_graph=k + 1 < n_probes or create_graph,
                                        create_graph=create_graph)
-            div = div + (g * eps).flatten(1).sum(1)
+            div = div + (g * eps).reshape(b, d).sum(1)
         return out, div / n_probes
 
 

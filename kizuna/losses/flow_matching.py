@@ -51,7 +51,8 @@ class VelocityError(Loss):
         t = t.to(xt.dtype).reshape(-1)
         target = x1 - (1 - q.sigma_min) * x0
         context = {c: v[c] for c in self.p.cond_var}
-        return (self.p.velocity(xt, t, context) - target).pow(2).flatten(1).sum(1)
+        err = (self.p.velocity(xt, t, context) - target).pow(2)
+        return err.flatten(1).sum(1) if err.dim() > 1 else err  # scalar data: one entry per row
 
     def _render(self, fmt: dict[str, str]) -> str:
         template = _TEXT["latex"] if fmt is LATEX else _TEXT["text"]

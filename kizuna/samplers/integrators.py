@@ -26,17 +26,43 @@ Classifier-free guidance is a path (`kizuna.samplers.paths.Guided`).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
-from kizuna._data import check_count
+from kizuna._data import check_count, first_flagged, one_number
 from kizuna.samplers.paths import GaussianPath, Prediction, Tensor, _noise
 
 Step = Callable[[GaussianPath, Tensor, float, float, Prediction, bool, torch.Generator | None], Tensor]
 
 
-def _run(path: GaussianPath, step: Step, n: int | None, n_steps: int | None, x: Tensor | None,
+def _check_start(name: str, path: GaussianPath, n: int | None, x: Any) -> None:
+    """A given start ``x``: a floating tensor of shape ``(N, *path.features_shape)`` (where the path states one),
+    finite while validation is on, and of ``n`` rows if ``n`` is given too; a ValueError naming the sampler
+    otherwise (another width came back in garbage shapes, NaN gave NaN draws, ``n`` was silently ignored)."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name}: x (the start) must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: x (the start) must be a floating tensor, got {x.dtype}")
+    features = getattr(path, "features_shape", None)
+    if features is not None and (x.dim() < 1 or tuple(x.shape[1:]) != tuple(features)):
+        shape = ", ".join(map(str, ("N", *features)))
+        raise ValueError(f"{name}: x (the start) must have shape ({shape}) for {type(path).__name__}'s "
+                         f"features_shape {tuple(features)}, got {tuple(x.shape)}")
+    if n is not None and x.dim() >= 1 and n != x.shape[0]:
+        raise ValueError(f"{name}: n={n} but the start x has {x.shape[0]} rows, shape {tuple(x.shape)}; "
+                         "give one of them, or both alike")
+    # (a lazy import: kizuna.distributions imports the samplers)
+    from kizuna.distributions.torch_dist import validation_enabled
+    if validation_enabled() and x.device.type != "meta":
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise ValueError(f"{name}: the start x holds {first_flagged(x.detach(), bad)}; it must be finite")
+
+
+def _run(name: str, path: GaussianPath, step: Step, n: int | None, n_steps: int | None, x: Tensor | None,
          generator: torch.Generator | None, times: Sequence[float] | None, grad: bool) -> Tensor:
     check_count("sampler: n (draws)", n, 0)
     check_count("sampler: n_steps", n_steps, 1)
@@ -45,6 +71,8 @@ def _run(path: GaussianPath, step: Step, n: int | None, n_steps: int | None, x: 
         raise ValueError("a sampler needs at least two times (one step)")
     if x is None:
         x = path.prior(1 if n is None else n, generator)  # n = 0: no draws (an empty batch), as torch's
+    else:
+        _check_start(name, path, n, x)
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         for tau, tau_next in zip(grid[:-1], grid[1:]):
             last = tau_next == path.end
@@ -66,12 +94,14 @@ def ancestral(path: GaussianPath, n: int | None = None, n_steps: int | None = No
         path: a path with an ancestral kernel (`DiffusionPath`, or guided over one).
         n: the number of draws (when ``x`` is not given).
         n_steps: ``None``: every step (a DDPM's ancestral sampler runs the whole chain).
-        x: the starting points at ``times[0]`` (default: draws from ``path.prior``).
+        x: the starting points at ``times[0]`` (default: draws from ``path.prior``): a floating tensor of shape
+            ``(N, *path.features_shape)``, finite while validation is on, with ``n`` (if given too) equal to ``N``;
+            else a ValueError.
         times: the times to visit (default ``path.times(n_steps)``): finite, strictly from the noise end to the
             data end, within the path (flow matching's [0, 1]; a noise level at least 0); else a ValueError.
         grad: keep the graph (differentiable draws).
     """
-    return _run(path, _ancestral_step, n, n_steps, x, generator, times, grad)
+    return _run("ancestral", path, _ancestral_step, n, n_steps, x, generator, times, grad)
 
 
 def _ddim_step(eta: float) -> Step:
@@ -88,9 +118,11 @@ def ddim(path: GaussianPath, n: int | None = None, n_steps: int | None = None, e
          x: Tensor | None = None, generator: torch.Generator | None = None,
          times: Sequence[float] | None = None, grad: bool = False) -> Tensor:
     """DDIM with :math:`\\eta \\in [0, 1]` (module docstring); arguments as `ancestral`."""
-    if not 0 <= eta <= 1:
-        raise ValueError(f"ddim: eta must lie in [0, 1], got {eta}")
-    return _run(path, _ddim_step(float(eta)), n, n_steps, x, generator, times, grad)
+    value = one_number(eta)  # (a 0-d tensor or numpy number as its value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        # (the string "0.5" raised a raw TypeError; True was taken as 1, NaN as 0 by the step's eta > 0 test)
+        raise ValueError(f"ddim: eta must lie in [0, 1] (a number; 0: deterministic, 1: ancestral), got {eta!r}")
+    return _run("ddim", path, _ddim_step(float(value)), n, n_steps, x, generator, times, grad)
 
 
 def _euler_step(path: GaussianPath, x: Tensor, tau: float, tau_next: float, pred: Prediction, last: bool,
@@ -102,7 +134,7 @@ def euler(path: GaussianPath, n: int | None = None, n_steps: int | None = None, 
           generator: torch.Generator | None = None, times: Sequence[float] | None = None,
           grad: bool = False) -> Tensor:
     """Euler's method on the probability-flow ODE (module docstring); arguments as `ancestral`."""
-    return _run(path, _euler_step, n, n_steps, x, generator, times, grad)
+    return _run("euler", path, _euler_step, n, n_steps, x, generator, times, grad)
 
 
 def _heun_step(path: GaussianPath, x: Tensor, tau: float, tau_next: float, pred: Prediction, last: bool,
@@ -118,7 +150,7 @@ def heun(path: GaussianPath, n: int | None = None, n_steps: int | None = None, x
          generator: torch.Generator | None = None, times: Sequence[float] | None = None,
          grad: bool = False) -> Tensor:
     """Heun's second-order method on the probability-flow ODE; arguments as `ancestral`."""
-    return _run(path, _heun_step, n, n_steps, x, generator, times, grad)
+    return _run("heun", path, _heun_step, n, n_steps, x, generator, times, grad)
 
 
 def natural_diffusion(path: GaussianPath, tau: float) -> float:
@@ -137,7 +169,8 @@ def euler_maruyama(path: GaussianPath, n: int | None = None, n_steps: int | None
     """Euler–Maruyama on the SDE with the ODE's marginals (module docstring).
 
     Args:
-        diffusion: :math:`\\gamma(\\tau)`; default `natural_diffusion` (the reverse SDE of the diffusion).
+        diffusion: :math:`\\gamma(\\tau)`; default `natural_diffusion` (the reverse SDE of the diffusion). Its value
+            at each step must be a finite number >= 0; else a ValueError.
         Others: as `ancestral`.
     """
     gamma = diffusion or (lambda tau: natural_diffusion(path, tau))
@@ -147,10 +180,20 @@ def euler_maruyama(path: GaussianPath, n: int | None = None, n_steps: int | None
         drift = x + (tau_next - tau) * path.velocity(x, tau, pred)
         if last:
             return drift
-        h, g, b = abs(tau_next - tau), gamma(tau), path.coefficients(tau)[1]
+        h, g, b = abs(tau_next - tau), _diffusion_value(gamma, tau), path.coefficients(tau)[1]
         return drift - h * 0.5 * g**2 * pred.eps / b + g * math.sqrt(h) * _noise(x.shape, x, generator)
 
-    return _run(path, step, n, n_steps, x, generator, times, grad)
+    return _run("euler_maruyama", path, step, n, n_steps, x, generator, times, grad)
+
+
+def _diffusion_value(gamma: Callable[[float], float], tau: float) -> float:
+    """:math:`\\gamma(\\tau)` as a float, checked to be finite and at least 0 (one scalar a step: a NaN gave NaN draws
+    silently, infinity overflowed them)."""
+    raw = gamma(tau)
+    value = one_number(raw)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+        raise ValueError(f"euler_maruyama: diffusion(tau) must be a finite number >= 0, got {raw!r} at tau={tau}")
+    return float(value)
 
 
 #: The samplers by name (``FlowMatching(sampler=...)`` picks one).

@@ -325,6 +325,8 @@ class Guided(GaussianPath):
             # (NaN made every draw NaN; the string "2" was read as 2)
             raise ValueError(f"guided: scale must be a finite number (0: unconditional, 1: conditional), got {scale!r}")
         self.cond, self.uncond, self.scale = conditional, unconditional, float(scale)
+        # the shape of one x, for the samplers' check of a given start (None: a path that states none)
+        self.features_shape = getattr(unconditional, "features_shape", None)
         self.clean_evaluable = conditional.clean_evaluable and unconditional.clean_evaluable
         self.start, self.end = unconditional.start, unconditional.end
 
