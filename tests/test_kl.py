@@ -185,6 +185,12 @@ def test_dim_sums_the_per_feature_kl_over_the_given_dims_as_in_pixyz():
     np.testing.assert_allclose(KullbackLeibler(q, prior).eval(values).numpy(), elementwise.sum((1, 2)), rtol=1e-12)
     with pytest.raises(ValueError, match="dim= needs the analytic KL"):
         KullbackLeibler(q, prior, analytic=False, dim=1)
+    # Pixyz reads ``dim`` with ``if self.dim:``: 0 and an empty list are its default, one value per row (kizuna
+    # summed over the batch for 0, and over everything for [], so a ported program's loss was another number)
+    for falsy in (0, [], (), np.int64(0)):
+        np.testing.assert_allclose(KullbackLeibler(q, prior, dim=falsy).eval(values).numpy(),
+                                   elementwise.sum((1, 2)), rtol=1e-12)
+    KullbackLeibler(q, prior, analytic=False, dim=0)  # the default: no analytic KL needed
 
 
 def test_kl_to_a_standard_normal_given_as_numbers_matches_torch():

@@ -6,6 +6,7 @@ the two families; Monte Carlo otherwise. ``.method`` says which.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,7 +75,9 @@ class KullbackLeibler(Loss):
             forces Monte Carlo (``analytical=``, Pixyz's name for it, is accepted too).
         sample_shape: draws per row for the Monte-Carlo estimate.
         dim: as in Pixyz, the dimensions of the per-feature (analytic) KL to sum over;
-            ``None`` sums every feature dimension, giving one value per row.
+            ``None`` sums every feature dimension, giving one value per row. As in Pixyz (whose ``if self.dim:``
+            reads them so), ``0`` and an empty list mean ``None``: the batch dimension is never summed here (sum
+            over rows with the algebra, ``kl.sum()``).
     """
 
     def __init__(self, p: Distribution, q: Distribution, analytic: bool | None = None,
@@ -96,6 +99,10 @@ class KullbackLeibler(Loss):
             )
         self.method = "analytic" if (available and analytic is not False) else "monte_carlo"
         self._analytic_asked = analytic is True
+        if (isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and dim == 0) \
+                or (isinstance(dim, Sequence) and not isinstance(dim, str) and len(dim) == 0):
+            dim = None  # Pixyz's falsy dim (0, [], ()): every feature dimension, one value per row (a sum over the
+            # batch here made a ported program's loss another number, silently)
         if dim is not None and self.method != "analytic":
             raise ValueError(f"KL[{p.prob_text}||{q.prob_text}]: dim= needs the analytic KL, which is not available")
         self.dim = dim
