@@ -141,6 +141,8 @@ BAD_EXAMPLES: list[tuple[str, Callable[[], object], type[Exception], list[str]]]
     ("joint-feature-dims", lambda: (p_x_z() * prior3()).get_log_prob({"x": torch.zeros(2, 3), "z": torch.zeros(2, 3)},
                                                                       feature_dims=[5]),
      ValueError, [r"p\(x,z\)", r"feature_dims=\[5\] is out of range"]),
+    ("single-feature-dims", lambda: prior3().get_log_prob({"z": torch.zeros(2, 3)}, feature_dims=[5]),
+     ValueError, [r"p_\{prior\}\(z\)", r"feature_dims=\[5\] is out of range"]),  # (a raw IndexError)
 ]
 
 

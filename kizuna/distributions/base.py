@@ -467,7 +467,11 @@ class Distribution(nn.Module):
         if not all(map(x_dict.__contains__, names)):
             self._require(x_dict, names)  # names what is missing
         if feature_dims is not None and sum_features:
-            return self._log_prob_dims(x_dict, list(feature_dims))
+            try:
+                return self._log_prob_dims(x_dict, list(feature_dims))
+            except IndexError as err:  # (torch's "Dimension out of range", raw)
+                raise ValueError(f"{self.prob_text}: feature_dims={list(feature_dims)} is out of range for its "
+                                 f"log-density ({err})") from None
         return self._log_prob(x_dict, sum_features)
 
     def get_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
