@@ -274,6 +274,48 @@ def test_a_dynamic_shape_compile_does_not_recompile_for_each_batch_size() -> Non
         torch._dynamo.reset()
 
 
+
+def test_an_mlp_of_two_conditions_compiles_once_for_every_batch_size() -> None:
+    """An MLP distribution of two conditions (their one-row broadcast written without a set of row counts, which
+    pinned the symbolic batch size: a frame per size) keeps its graphs over batch sizes with ``dynamic=True``."""
+    from torch._dynamo.testing import CompileCounter
+
+    from kizuna.distributions import MLPNormal
+
+    try:
+        torch._dynamo.reset()
+        loss = LogProb(MLPNormal("x", ["z", "y"], [5, 8, 2])).mean()
+        counter = CompileCounter()
+        compiled = torch.compile(loss.eval, backend=counter, fullgraph=True, dynamic=True)
+        with validation(False):
+            for n in (5, 7, 9, 11, 13, 15):
+                x = {"x": torch.randn(n, 2), "z": torch.randn(n, 3), "y": torch.randn(n, 2)}
+                torch.testing.assert_close(compiled(x), loss.eval(x))
+        assert counter.frame_count <= 2  # (a second frame where a size of 1 vs more is told apart; one per size: 6)
+    finally:
+        torch._dynamo.reset()
+
+
+def test_a_standard_normal_prior_compiles_in_one_graph_after_eager_draws() -> None:
+    """The N(0, 1) draw plan is eager only: after eager draws have built it, a ``fullgraph`` compilation of a loss that
+    draws from the prior traces the general draw (the plan's check of the buffers' version counters failed it)."""
+    from kizuna.losses import Expectation
+
+    try:
+        torch._dynamo.reset()
+        prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[3])
+        d = Normal(var=["y"], cond_var=["z"], loc="z", scale=1.0, features_shape=[3])
+        loss = Expectation(prior, LogProb(d)).mean()
+        x = {"y": torch.zeros(4, 3)}
+        with validation(False):
+            loss.eval(x)
+            torch.manual_seed(0)
+            out = torch.compile(loss.eval, backend="eager", fullgraph=True)(x)
+            torch.manual_seed(0)
+            torch.testing.assert_close(out, loss.eval(x))
+    finally:
+        torch._dynamo.reset()
+
 @_JIT_DEPRECATION
 def test_compile_true_leaves_the_process_validation_setting_alone(data: dict[str, torch.Tensor]) -> None:
     """torch.compile's first use turns torch.distributions' default checks off process-wide;

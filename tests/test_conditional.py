@@ -366,3 +366,29 @@ def test_one_row_condition_beside_a_batch_conditions_every_row() -> None:
             torch.manual_seed(1)
             b = q.sample({"x": x1.expand(8, 3), "y": y})["z"]
             assert a.shape == (8, 2) and torch.equal(a, b)
+
+
+def test_a_network_may_pool_a_context_set_into_each_row() -> None:
+    """A forward whose second condition is a set of context rows pooled into each row of the first (a neural process's
+    encoder): its rows are the first condition's, one of the conditions' row counts, and the first step's row check
+    takes them (it compared them with the largest count, 10, and refused); rows matching no condition are still
+    named."""
+    from torch import nn
+
+    from kizuna.distributions import Normal, validation
+
+    class Pooled(Normal):
+        def __init__(self, rows: int | None = None) -> None:
+            super().__init__(var=["z"], cond_var=["x", "ctx"], name="q")
+            self.lin, self.rows = nn.Linear(4, 2), rows
+
+        def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> dict:
+            n = x.shape[0] if self.rows is None else self.rows
+            pooled = ctx.mean(0, keepdim=True).expand(n, -1)
+            return {"loc": self.lin(torch.cat([x[:1].expand(n, -1), pooled], -1)), "scale": torch.ones(n, 2)}
+
+    x, ctx = torch.randn(3, 2), torch.randn(10, 2)
+    with validation(True):
+        assert Pooled().sample({"x": x, "ctx": ctx})["z"].shape == (3, 2)
+        with pytest.raises(ValueError, match=r"q\(z\|x,ctx\): the parameters have batch size 5"):
+            Pooled(rows=5).sample({"x": x, "ctx": ctx})

@@ -22,6 +22,7 @@ from kizuna.distributions import (
     JointDistribution,
     Normal,
 )
+from kizuna.losses import LogProb
 
 
 def p_x_z() -> Normal:
@@ -141,6 +142,9 @@ BAD_EXAMPLES: list[tuple[str, Callable[[], object], type[Exception], list[str]]]
     ("joint-feature-dims", lambda: (p_x_z() * prior3()).get_log_prob({"x": torch.zeros(2, 3), "z": torch.zeros(2, 3)},
                                                                       feature_dims=[5]),
      ValueError, [r"p\(x,z\)", r"feature_dims=\[5\] is out of range"]),
+    ("mean-of-no-features", lambda: LogProb(Normal(var=["x"], loc=0.0, scale=1.0, features_shape=[0]),
+                                            sum_features=False).mean().eval({"x": torch.zeros(4, 0)}),
+     ValueError, [r"shape \(4, 0\), no entries \(no features\): it has no mean"]),  # (not "0 rows"; was NaN)
     ("single-feature-dims", lambda: prior3().get_log_prob({"z": torch.zeros(2, 3)}, feature_dims=[5]),
      ValueError, [r"p_\{prior\}\(z\)", r"feature_dims=\[5\] is out of range"]),  # (a raw IndexError)
 ]

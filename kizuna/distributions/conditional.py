@@ -77,10 +77,11 @@ def _side_by_side(values: Sequence[Tensor], in_features: int) -> Tensor:
             return value.unsqueeze(-1)
         return value.flatten(1)
     parts = [value.flatten(1) if value.dim() > 1 else value.reshape(-1, 1) for value in values]
-    rows = {part.shape[0] for part in parts}
-    if len(rows) == 2 and 1 in rows:  # one row beside a batch conditions every row (torch.cat refused the mix)
-        n = max(rows)
-        parts = [part.expand(n, -1) if part.shape[0] == 1 else part for part in parts]
+    # one row beside a batch conditions every row (torch.cat refused the mix); written without a set or max of the row
+    # counts, which would pin a symbolic batch size under torch.compile(dynamic=True) (a recompilation per size)
+    batch = next((part.shape[0] for part in parts if part.shape[0] != 1), None)
+    if batch is not None and any(part.shape[0] == 1 for part in parts):
+        parts = [part.expand(batch, -1) if part.shape[0] == 1 else part for part in parts]
     return torch.cat(parts, dim=-1)
 
 

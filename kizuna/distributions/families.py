@@ -70,7 +70,9 @@ class Normal(TorchDistribution):
         return params["scale"].pow(2).expand(shape)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
-        if reparam and self._numbers and not validation_enabled():
+        # (under torch.compile the general path: the plan's check of the buffers' version counters would break the
+        # graph, or fail a fullgraph compilation)
+        if reparam and self._numbers and not validation_enabled() and not torch.compiler.is_compiling():
             z = self._standard_draw(x_dict, batch_n)
             if z is not None:
                 return {self._var[0]: z}
@@ -81,12 +83,13 @@ class Normal(TorchDistribution):
         the parameters, the row count and the kernel's shape computed again at every draw: the draw `_draw` makes
         (`_rsample_kernel`'s ``randn`` of the rows and the parameters' features, the same numbers), from a plan kept
         while every buffer is unchanged (`_buffers_unchanged`); ``None`` where the general path must draw (another
-        distribution, a subclass with its own parameters or draw, a buffer that requires grad, ``torch.compile``)."""
+        distribution, a subclass with its own parameters or draw, a buffer that requires grad; `_sample` leaves
+        ``torch.compile`` to the general path)."""
         plan = self.__dict__.get("_standard_plan")
         if plan is None or not self._buffers_unchanged(plan[0]):
             plan = self.__dict__["_standard_plan"] = self._plan_standard_draw()
         features = plan[1]
-        if features is None or torch.compiler.is_compiling():
+        if features is None:
             return None
         loc, scale = self._buffers["loc"], self._buffers["scale"]
         if loc.requires_grad or scale.requires_grad:
@@ -410,6 +413,6 @@ class Concrete(TorchDistribution):
     def _build(self, params: dict[str, Any], independent: bool) -> D.Distribution:
         temperature = params.get("temperature")
         if isinstance(temperature, Tensor) and temperature.numel() != 1:  # torch broadcasts it into a B x B result
-            raise ValueError(f"{self.prob_text}: {type(self).__name__} takes one temperature for the whole batch (torch's "
-                             f"RelaxedOneHotCategorical), got one of shape {tuple(temperature.shape)}")
+            raise ValueError(f"{self.prob_text}: {type(self).__name__} takes one temperature for the whole batch "
+                             f"(torch's RelaxedOneHotCategorical), got one of shape {tuple(temperature.shape)}")
         return super()._build(params, independent)

@@ -798,9 +798,11 @@ class TorchDistribution(Distribution):
         if batch_n is None and rows != 1 and self._uses_forward and validation_enabled():  # a check (Model checks
             # its first step; a training step draws without it)
             unbatched = self._unbatched_conditions(x_dict)
-            # the conditions' rows: the largest (a one-row condition beside a batch conditions every row)
-            given = batch_size_of({c: x_dict[c] for c in self._cond_var if c not in unbatched and c in x_dict})
-            if given is not None and given != rows:  # a network that returned other rows than it was given
+            # the conditions' row counts: the network's rows must be one of them (a one-row condition beside a batch
+            # conditions every row; a set of context rows may be pooled into each row of another condition)
+            given = {v.shape[0] for c in self._cond_var if c not in unbatched
+                     and isinstance(v := x_dict.get(c), Tensor) and v.dim() > 0}
+            if given and rows not in given:  # a network that returned other rows than it was given
                 raise self._rows_error(rows, x_dict, None)
         lead = (n,) if n > 1 else ()
         if reparam and self._hooks["_rsample_kernel"] and self.has_reparam:

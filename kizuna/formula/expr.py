@@ -475,8 +475,9 @@ class BatchMean(_Unary):
             return _integer_mean(a, err)
 
     def _empty(self, a: Tensor) -> None:
-        raise ValueError(f"the loss {self}: the value to average has shape {tuple(a.shape)}, an empty batch (0 "
-                         "rows) has no mean; give at least one row")
+        what = ("an empty batch (0 rows); give at least one row" if a.dim() and a.shape[0] == 0
+                else "no entries (no features)")
+        raise ValueError(f"the loss {self}: the value to average has shape {tuple(a.shape)}, {what}: it has no mean")
 
 
 class Detach(_Unary):
