@@ -70,6 +70,20 @@ def one_number(value: Any, arrays: bool = True) -> Any:
     return value
 
 
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` pointing at the first frame outside kizuna (the user's line), however deep the library's own
+    calls are (a fixed ``stacklevel`` pointed into kizuna or past the program for subclasses of other depths)."""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 2, sys._getframe(1)  # stacklevel 1 is this function, 2 its caller
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def check_count(name: str, value: Any, minimum: int) -> None:
     """``value`` is None or an integer (a Python or numpy one, not a bool) of at least ``minimum``; a ValueError
     naming the argument and the value otherwise (``name``: e.g. ``"MADE: in_features"``)."""

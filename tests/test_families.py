@@ -1114,3 +1114,27 @@ def test_an_unbatched_condition_still_broadcasts_to_the_rows_of_other_values():
     assert q.sample({"x": torch.zeros(3)})["z"].shape == (1, 2)
     assert q.sample({"x": torch.zeros(5, 3)})["z"].shape == (5, 2)
     assert MLPNormal("z", ["t"], [1, 8, 2]).sample({"t": torch.zeros(5)})["z"].shape == (5, 2)
+
+
+def test_a_constant_tensor_that_requires_grad_is_named_as_copied() -> None:
+    """A tensor that requires grad given as a constant parameter (Pixyz programs do this to learn a prior's loc) is
+    copied into a buffer: no gradient reaches it, and the optimiser given it steps a tensor the distribution no
+    longer reads. A warning says so at the user's line and names nn.Parameter; an nn.Parameter is learnt."""
+    import warnings
+
+    from kizuna.distributions import MixtureOfNormal
+
+    loc = torch.zeros(3, requires_grad=True)
+    with pytest.warns(UserWarning, match=r"p\(x\): parameter loc is a tensor that requires grad.*nn\.Parameter") as rec:
+        Normal(var=["x"], loc=loc, scale=torch.ones(3))
+    assert rec[0].filename == __file__
+    with pytest.warns(UserWarning, match=r"MixtureOfNormal: weights is a tensor that requires grad"):
+        MixtureOfNormal([Normal(var=["z"], loc=0.0, scale=1.0), Normal(var=["z"], loc=1.0, scale=1.0)],
+                        weights=torch.ones(2, requires_grad=True))
+    learnt = torch.nn.Parameter(torch.zeros(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = Normal(var=["x"], loc=learnt, scale=torch.ones(3))
+        Normal(var=["x"], loc=torch.zeros(3), scale=1.0)
+    (-p.get_log_prob({"x": torch.ones(2, 3)}).sum()).backward()
+    torch.testing.assert_close(learnt.grad, torch.full((3,), -2.0))

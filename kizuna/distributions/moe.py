@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kizuna._data import warn_user
 from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact, batch_size_of
 from kizuna.distributions.mixture import components_log_prob, summed_log_prob, union_cond
 from kizuna.distributions.poe import normal_experts
@@ -69,6 +70,9 @@ class MixtureOfNormal(Distribution):
                 w = torch.ones(len(experts), dtype=dtype)
             elif isinstance(weights, Tensor):  # a copy (the caller's tensor stays theirs), in its own floating dtype:
                 # a float64 tensor was cast to the default float32, its rounding kept after .double()
+                if weights.requires_grad:  # (the copy took the weights out of the caller's graph, silently)
+                    warn_user("MixtureOfNormal: weights is a tensor that requires grad; it is copied into a buffer, "
+                              "so no gradient reaches it. To learn the weights, pass nn.Parameter(...)")
                 w = weights.detach().clone()
                 w = w if w.is_floating_point() else w.to(dtype)
             else:

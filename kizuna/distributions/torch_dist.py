@@ -40,7 +40,7 @@ from torch import distributions as D
 from torch import nn
 from torch.distributions import constraints
 
-from kizuna._data import first_nonfinite
+from kizuna._data import first_nonfinite, warn_user
 from kizuna.distributions.base import (
     BLOCK_ELEMENTS,
     Distribution,
@@ -311,6 +311,11 @@ class TorchDistribution(Distribution):
         else:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._numbers[key] = float(value)
+            if isinstance(value, Tensor) and value.requires_grad:
+                # (an optimiser given the tensor stepped it while the distribution kept its copy: nothing trained)
+                warn_user(f"{self.prob_text}: parameter {key} is a tensor that requires grad; a constant is copied "
+                          "into a buffer, so no gradient reaches the tensor and later changes to it are not seen. To "
+                          f"learn {key}, pass nn.Parameter(...) (or compute it in forward)")
             try:
                 tensor = torch.as_tensor(value).detach().clone()  # a copy: the caller's tensor stays theirs
             except (TypeError, ValueError, RuntimeError) as err:
