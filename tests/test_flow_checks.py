@@ -4,13 +4,17 @@
   ``in_features`` as the other layers do;
 * `rational_quadratic_spline` refuses a ``bound``, ``min_bin`` or ``min_derivative`` it cannot honour;
 * a coupling layer's user network of the wrong output shape is named with the shape it returned and the one
-  expected;
+  expected; one that broadcasts to ``x``'s shape (a ``(B, 1)`` scale, a per-channel ``(B, C, 1, 1)``) is taken, its
+  log-determinant against autograd's;
 * a flow distribution with several context variables takes one row of one of them as the row of every draw
   (against the same context expanded by hand), and scores draws made with a ``sample_shape`` (against scoring each
-  draw's slice on its own, summed as the other families sum such draws).
+  draw's slice on its own, summed as the other families sum such draws); a value whose trailing dimensions are not
+  the prior's features is not read as such draws, and its error names the shape it was given.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -18,10 +22,11 @@ import torch
 from torch import nn
 
 from kizuna.distributions import InverseTransformedDistribution, Normal, TransformedDistribution
-from kizuna.flows import MAF, AffineCoupling, Permutation, PlanarFlow, RationalQuadraticCoupling, Reverse, Shuffle
+from kizuna.flows import MAF, AffineCoupling, Flow, Permutation, PlanarFlow, RationalQuadraticCoupling, Reverse, Shuffle
 from kizuna.flows.spline import rational_quadratic_spline
 
 F64 = torch.float64
+Tensor = torch.Tensor
 
 
 # ------------------------------------------------------------------ permutations
@@ -96,14 +101,31 @@ class _Pair(nn.Module):
         return self.s(x), self.t(x)
 
 
+class _Out(nn.Module):
+    def __init__(self, f) -> None:
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x)
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: RationalQuadraticCoupling(3, net=nn.Linear(3, 5)),
      r"^RationalQuadraticCoupling: net returned \(4, 5\), expected \(4, 69\)"),
     (lambda: AffineCoupling(3, scale_net=nn.Linear(3, 3), translate_net=nn.Linear(3, 5)),
      r"^AffineCoupling: translate_net returned \(4, 5\), expected the shape of x, \(4, 3\)"),
-    # one scale for every feature was broadcast against x silently (a wrong log-determinant)
-    (lambda: AffineCoupling(3, scale_net=nn.Linear(3, 1), translate_net=nn.Linear(3, 3)),
-     r"^AffineCoupling: scale_net returned \(4, 1\), expected the shape of x, \(4, 3\)"),
+    # shapes that broadcast against x into another shape (x was broadcast with them silently) or not at all
+    (lambda: AffineCoupling(3, scale_net=_Out(lambda x: x[0]), translate_net=nn.Linear(3, 3)),
+     r"^AffineCoupling: scale_net returned \(3,\), expected the shape of x, \(4, 3\)"),
+    (lambda: AffineCoupling(3, scale_net=_Out(lambda x: x[:, 0]), translate_net=nn.Linear(3, 3)),
+     r"^AffineCoupling: scale_net returned \(4,\), expected the shape of x, \(4, 3\)"),
+    (lambda: AffineCoupling(3, scale_net=_Out(lambda x: x[None].expand(2, 4, 3)), translate_net=nn.Linear(3, 3)),
+     r"^AffineCoupling: scale_net returned \(2, 4, 3\), expected the shape of x, \(4, 3\)"),
+    (lambda: AffineCoupling(3, scale_net=nn.Linear(3, 3), translate_net=_Out(lambda x: x[:1, :, None])),
+     r"^AffineCoupling: translate_net returned \(1, 3, 1\), expected the shape of x, \(4, 3\)"),
+    (lambda: AffineCoupling(3, scale_net=_Out(lambda x: x[:2]), translate_net=nn.Linear(3, 3)),
+     r"^AffineCoupling: scale_net returned \(2, 3\), expected the shape of x, \(4, 3\)"),
     (lambda: AffineCoupling(3, scale_translate_net=_Pair(3, 2)),
      r"^AffineCoupling: scale_translate_net's t returned \(4, 2\), expected the shape of x, \(4, 3\)"),
     (lambda: AffineCoupling(3, scale_translate_net=nn.Linear(3, 6)),
@@ -114,6 +136,49 @@ def test_a_coupling_network_of_the_wrong_shape_is_named(make, match, direction) 
     layer = make()
     with pytest.raises(ValueError, match=match):
         getattr(layer, direction)(torch.randn(4, 3))
+
+
+def _jacobian_logdet(layer: nn.Module, x: Tensor) -> Tensor:
+    """log|det J| of each row's map, by autograd."""
+    return torch.stack([torch.linalg.slogdet(torch.autograd.functional.jacobian(
+        lambda v: layer.forward_and_logdet(v[None])[0][0], row))[1] for row in x])
+
+
+@pytest.mark.parametrize("mask_type", ["channel_wise", "checkerboard"])
+def test_a_coupling_scale_that_broadcasts_to_x_scales_every_feature(mask_type) -> None:
+    # one scale per row, (B, 1), multiplies each transformed feature: its log-determinant counts it once per feature
+    torch.manual_seed(0)
+    f = AffineCoupling(4, mask_type, scale_net=_Out(lambda x: torch.tanh(x.sum(1, keepdim=True))),
+                       translate_net=nn.Linear(4, 4)).to(F64)
+    x = torch.randn(3, 4, dtype=F64)
+    z, logdet = f.forward_and_logdet(x)  # was a ValueError: scale_net returned (3, 1)
+    assert z.shape == x.shape
+    torch.testing.assert_close(logdet, _jacobian_logdet(f, x))
+    back, inv_logdet = f.inverse_and_logdet(z)
+    torch.testing.assert_close(back, x)
+    torch.testing.assert_close(inv_logdet, -logdet)
+    # a (B, 1) translation likewise, and a (1, D) scale shared by every row
+    g = AffineCoupling(4, mask_type, scale_net=_Out(lambda x: 0.3 * torch.ones(1, 4, dtype=x.dtype)),
+                       translate_net=_Out(lambda x: x.sum(1, keepdim=True))).to(F64)
+    torch.testing.assert_close(g.forward_and_logdet(x)[1], _jacobian_logdet(g, x))
+    torch.testing.assert_close(g.inverse(g(x)), x)
+
+
+def test_a_per_channel_image_scale_counts_every_pixel() -> None:
+    # (B, C, 1, 1) from scale_translate_net on images (B, C, H, W): the log-determinant sums it over the pixels
+    class PerChannel(nn.Module):
+        def forward(self, x):
+            pooled = torch.tanh(x.mean((2, 3), keepdim=True))
+            return pooled, x.flip(1)
+
+    torch.manual_seed(1)
+    f = AffineCoupling(2, scale_translate_net=PerChannel()).to(F64)
+    x = torch.randn(2, 2, 3, 3, dtype=F64)
+    _, logdet = f.forward_and_logdet(x)
+    ref = torch.stack([torch.linalg.slogdet(torch.autograd.functional.jacobian(
+        lambda v: f.forward_and_logdet(v[None])[0][0], row).reshape(18, 18))[1] for row in x])
+    torch.testing.assert_close(logdet, ref)
+    torch.testing.assert_close(f.inverse(f(x)), x)
 
 
 def test_a_spline_network_may_return_its_parameters_per_feature() -> None:
@@ -190,3 +255,31 @@ def test_sample_shape_draws_of_a_conditional_flow_take_their_context_per_row() -
     drawn = torch.randn(4, 3, 3, dtype=F64)  # a context drawn beside x: one per draw
     ref = torch.stack([p.get_log_prob({"x": s[i], "c": drawn[i]}).sum() for i in range(4)])
     torch.testing.assert_close(p.get_log_prob({"x": s, "c": drawn}), ref)
+
+
+class _Double(Flow):
+    """x -> 2x, whatever x's shape (the prior then checks the value's shape)."""
+
+    def _forward(self, x, y):
+        return 2 * x, torch.full((x.shape[0],), math.log(2) * x[0].numel())
+
+    def _inverse(self, z, y):
+        return z / 2, torch.full((z.shape[0],), -math.log(2) * z[0].numel())
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: TransformedDistribution(Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[784]), _Double(),
+                                     var=["x"]),
+     r"z has shape \(3, 1, 28, 28\), expected \(batch, 784\) .* given \(1, 28, 28\)"),
+    (lambda: TransformedDistribution(Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[784]), PlanarFlow(784),
+                                     var=["x"]),
+     r"^PlanarFlow: z has 1 features \(dim 1 of shape \(3, 1, 28, 28\)\), expected in_features=784"),
+    (lambda: InverseTransformedDistribution(Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[784]),
+                                            MAF(784, [8]), var=["x"]),
+     r"^MAF: x has 1 features \(dim 1 of shape \(3, 1, 28, 28\)\), expected in_features=784"),
+])
+def test_a_mis_shaped_value_is_named_in_the_shape_it_was_given(make, match) -> None:
+    # images (3, 1, 28, 28) scored by a prior of 784 features: not read as draws of a sample_shape (3, 1, 28) of
+    # 28 features, (84, 28), which the error then named
+    with pytest.raises(ValueError, match=match):
+        make().get_log_prob({"x": torch.randn(3, 1, 28, 28)})

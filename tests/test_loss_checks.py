@@ -1,4 +1,5 @@
-"""IterativeLoss's Pixyz ``mask`` option and draw layout, empty batches, and the losses' argument checks."""
+"""IterativeLoss's Pixyz ``mask`` option and draw layout (a variable drawn once and several times per step: the layout
+of the draw recorded), empty batches, and the losses' argument checks."""
 
 import math
 
@@ -184,6 +185,26 @@ def test_several_draws_per_row_are_stacked_after_the_draws_dimension(series_dim)
     # each draw is q's mean, x_t: draws first, then the series' own layout
     assert d["z"].shape == (4, *x.shape)
     torch.testing.assert_close(d["z"], x.expand(4, *x.shape))
+
+
+@pytest.mark.parametrize("series_dim", [0, 1])
+@pytest.mark.parametrize("rows, features", [(4, 3), (2, 2)])  # (2, 2): as many rows and features as draws
+@pytest.mark.parametrize("multi_last", [False, True])
+def test_a_variable_drawn_once_and_several_times_per_step_is_stacked_as_its_recorded_draw(series_dim, rows, features,
+                                                                                        multi_last):
+    # z is drawn twice per row by one term and once by the other: the step records the later draw, (2, N, D) or
+    # (N, D), and the steps are stacked in that draw's layout (a single draw was stacked as (N, T, D) time-major)
+    q = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, features_shape=[features], name="q")
+    lik = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0, features_shape=[features])
+    several, once = Expectation(q, LogProb(lik), sample_shape=(2,)), Expectation(q, LogProb(lik))
+    step = once + several if multi_last else several + once
+    x = torch.randn(rows, 5, features) if series_dim == 1 else torch.randn(5, rows, features)
+    _, d = IterativeLoss(step, series_var=["x"], series_dim=series_dim).eval({"x": x}, return_dict=True,
+                                                                              sample_mean=True)
+    # each draw is q's mean, x_t: laid out as the series, after the draws dimension when there is one
+    ref = x.expand(2, *x.shape) if multi_last else x
+    assert d["z"].shape == ref.shape
+    torch.testing.assert_close(d["z"], ref)
 
 
 def test_iwae_draws_cannot_be_carried():

@@ -111,10 +111,12 @@ class _FlowDistribution(Distribution):
         *features)`` sample-major (the order `sample` draws them in), with its conditions as as many rows: one given
         per batch row repeated for each draw, one drawn with the same leading shape flattened alike, one row kept (it
         conditions every row). Also the leading shape, None where the value is one batch already (or its features are
-        unknown: a conditional prior's, a reshaping flow's)."""
-        rank = len(self.features_shape)
+        unknown: a conditional prior's, a reshaping flow's), or where its trailing dimensions are not the features: a
+        mis-shaped value goes to the flow as it was given, so that its error names the shape the caller gave."""
+        features = self.features_shape
+        rank = len(features)
         lead = value.dim() - rank
-        if not rank or lead <= 1:
+        if not rank or lead <= 1 or value.shape[lead:] != features:
             return value, x_dict, None
         shape = value.shape[:lead]
         n, batch = math.prod(shape[:-1]), shape[-1]

@@ -102,13 +102,22 @@ class _Coupling(Flow):
         return f"in_features={self.in_features}, mask_type={self.mask_type}, inverse_mask={self.inverse_mask}"
 
 
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether ``shape`` broadcasts against ``target`` without changing it."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 class AffineCoupling(_Coupling):
     """The RealNVP affine coupling layer (module docstring); Pixyz's signature.
 
     Args:
         in_features: features (vectors) or channels (images) of ``x``.
         mask_type: ``"channel_wise"`` or ``"checkerboard"``.
-        scale_net, translate_net: networks for :math:`s` and :math:`t` (outputs shaped like ``x``).
+        scale_net, translate_net: networks for :math:`s` and :math:`t` (outputs shaped like ``x``, or with as
+            many dimensions and broadcasting to it, e.g. ``(B, 1)``; they are expanded to ``x``'s shape).
         scale_translate_net: one network returning ``(s, t)`` instead.
         inverse_mask: transform the other half.
         hidden_features, context_features: with no network given, a zero-initialised MLP of two
@@ -159,12 +168,17 @@ class AffineCoupling(_Coupling):
             else:
                 log_s, t = _call(self.scale_net, xm, y), _call(self.translate_net, xm, y)
                 names = ("scale_net", "translate_net")
-            # a user's network of another shape failed deep in torch, or was broadcast against x silently
+            # a user's network of another shape failed deep in torch, or was broadcast against x into another
+            # shape silently; one that broadcasts to x's shape (a (B, 1) scale, a per-channel (B, C, 1, 1)) is
+            # expanded, so the log-det sums the scale over every feature it multiplies
+            parts = []
             for name, part in zip(names, (log_s, t)):
-                if not isinstance(part, Tensor) or part.shape != x.shape:
+                if not (isinstance(part, Tensor) and part.dim() == x.dim() and _broadcasts_to(part.shape, x.shape)):
                     got = tuple(part.shape) if isinstance(part, Tensor) else type(part).__name__
                     raise ValueError(f"AffineCoupling: {name} returned {got}, expected the shape of x, "
-                                     f"{tuple(x.shape)}")
+                                     f"{tuple(x.shape)} (or one with as many dimensions that broadcasts to it)")
+                parts.append(part.expand(x.shape))
+            log_s, t = parts
         return log_s * (1 - mask), t * (1 - mask)
 
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +37,27 @@ def _draws_per_row(node: Loss) -> tuple[int, Any, str, str]:
     if isinstance(node, IWAE):
         return node.k, node.q, f"IWAE's k={node.k}", "k=1, or an ELBO"
     return 1, None, "", ""
+
+
+class _StepDraws(dict):
+    """One step's draws (``EvalContext.samples``) that also notes the number of dimensions of every value written to
+    each variable during the step: a variable drawn once per row ``(batch, ...)`` and several times per row
+    ``(draws, batch, ...)`` in the same step keeps the later draw, and these tell which one it was."""
+
+    __slots__ = ("dims",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dims: dict[str, set[int]] = {}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if isinstance(value, Tensor):
+            self.dims.setdefault(key, set()).add(value.dim())
+        super().__setitem__(key, value)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:  # (dict.update bypasses __setitem__)
+        for key, value in dict(other, **kwargs).items():
+            self[key] = value
 
 
 class _StepTermSum(Loss):
@@ -129,13 +150,15 @@ class IterativeLoss(Loss):
         if bad:
             raise TypeError(f"IterativeLoss: update_value maps variable names to names, got {bad}")
         self.step_loss = Expectation(slice_step, step_loss) if slice_step is not None else step_loss
-        # variables drawn several times per row, recorded as (draws, batch, ...): their steps are stacked after the
-        # draws dimension (see _value)
-        self._multi_drawn: set[str] = set()
+        # the draws per row of every node drawing a variable: one drawn several times per row is recorded as
+        # (draws, batch, ...), and its steps are stacked after the draws dimension (see _draw_lead)
+        self._draw_counts: dict[str, set[int]] = {}
         for node in self.step_loss.nodes():  # a carried value is one per row: several draws per row cannot be carried
             n, p, how, once = _draws_per_row(node)
+            if p is not None:
+                for v in p.var:
+                    self._draw_counts.setdefault(v, set()).add(n)
             if n > 1:
-                self._multi_drawn.update(p.var)
                 carried = [v for v in p.var if v in self.update_value]
                 if carried:
                     raise ValueError(
@@ -204,6 +227,7 @@ class IterativeLoss(Loss):
         total: Any = 0.0
         sums: list[Any] = [0.0] * len(self._records)
         drawn: dict[str, list[Tensor]] = {}
+        leads: dict[str, set[int]] = {}  # per variable, whether its steps' draws had a draws dimension first
         mark, report = step_mark(), ctx.report
         # read once: the loop below runs at every time step
         timestep_var, dim, step_loss, options = self.timestep_var, self.series_dim, self.step_loss, ctx.options
@@ -219,7 +243,7 @@ class IterativeLoss(Loss):
             for v, x in sliced:
                 values[v] = x.select(dim, t)
             # fresh results (every node is evaluated anew at each step); the evaluation's options (sample_mean, batch_n)
-            step = EvalContext(values, None, options, report)
+            step = EvalContext(values, _StepDraws() if report else None, options, report)
             value = step.value(step_loss)
             if weights is not None:
                 value = self._weighted(value, weights[t], step_loss)
@@ -231,6 +255,7 @@ class IterativeLoss(Loss):
                     sums[i] = sums[i] + (term if weights is None else self._weighted(term, weights[t], record.term))
                 for k, v in samples.items():
                     drawn.setdefault(k, []).append(v)
+                    leads.setdefault(k, set()).add(self._draw_lead(k, v, samples.dims.get(k, ())))
             values.update(samples)
             release_step(mark)  # the step's memo entries: its inputs are new tensors at the next step
             carried = []  # every source is read before any target is written (a swap works)
@@ -244,12 +269,26 @@ class IterativeLoss(Loss):
             for record, value in zip(self._records, sums):
                 ctx.results[id(record)] = torch.as_tensor(value)
         for k, vs in drawn.items():  # the draws of every step, stacked along the time dimension
-            if len(vs) == steps and all(v.shape == vs[0].shape for v in vs):
+            if len(vs) == steps and all(v.shape == vs[0].shape for v in vs) and len(leads[k]) == 1:
                 # several draws per row come as (draws, batch, ...): time goes after the draws dimension,
                 # (draws, T, batch, ...) or (draws, batch, T, ...), as one draw's steps are laid out
-                lead = 1 if k in self._multi_drawn and vs[0].dim() > 1 else 0
-                ctx.samples[k] = torch.stack(vs, lead + self.series_dim)
+                ctx.samples[k] = torch.stack(vs, next(iter(leads[k])) + self.series_dim)
         return torch.as_tensor(total)
+
+    def _draw_lead(self, k: str, v: Any, written: Iterable[int]) -> int:
+        """1 when the draw ``v`` of ``k`` recorded at a step is several draws per row, ``(draws, batch, ...)``, else 0;
+        ``written``: the numbers of dimensions of every value of ``k`` written during the step."""
+        counts = self._draw_counts.get(k)
+        if not counts or max(counts) == 1 or not isinstance(v, Tensor) or v.dim() < 2:
+            return 0
+        if 1 not in counts:  # only ever drawn several times per row
+            return 1
+        # drawn once per row by one node and several times by another: the later draw was recorded, and a draw
+        # several times per row has one dimension more than a single draw
+        written = set(written)
+        if len(written) > 1:
+            return int(v.dim() == max(written))
+        return int(v.shape[0] in counts - {1})  # (only one of them ran at this step)
 
     def _step_weights(self, mask: Any, values: Mapping[str, Any], steps: int) -> tuple[Tensor, ...]:
         """The weights of each step from the evaluation option ``mask`` (checked): ``(T,)``, one per step, or one per
