@@ -84,6 +84,16 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
+def sigma_min_value(owner: str, value: Any) -> float:
+    """A flow path's ``sigma_min`` (the noise left at ``t = 1``) as a float in [0, 1): a number, or a 0-d tensor or
+    array; else a ValueError naming ``owner`` (the string "0.1" raised a raw TypeError; 2.0 or NaN built a path that
+    never reaches the data)."""
+    number = one_number(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Real) or not 0 <= number < 1:
+        raise ValueError(f"{owner}: sigma_min (the noise left at t = 1) must be a number in [0, 1), got {value!r}")
+    return float(number)
+
+
 def check_count(name: str, value: Any, minimum: int) -> None:
     """``value`` is None or an integer (a Python or numpy one, not a bool) of at least ``minimum``; a ValueError
     naming the argument and the value otherwise (``name``: e.g. ``"MADE: in_features"``)."""

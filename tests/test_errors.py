@@ -257,3 +257,18 @@ def test_forward_must_return_a_dict_of_the_familys_parameters() -> None:
     proxy = Net(lambda z: MappingProxyType({"loc": z, "scale": torch.ones_like(z)}))
     expected = torch.distributions.Normal(z, 1.0).log_prob(x).sum(-1)
     torch.testing.assert_close(proxy.get_log_prob({"x": x, "z": z}), expected)
+
+
+def test_a_networks_own_index_error_is_not_taken_for_feature_dims() -> None:
+    """``feature_dims=[1]`` is valid; an IndexError raised inside the network is the network's, not an out-of-range
+    ``feature_dims`` (the check named feature_dims and hid the traceback into forward)."""
+
+    class Q(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"loc": x[:, :3] + x[:, 7].unsqueeze(1), "scale": torch.ones_like(x[:, :3])}
+
+    with pytest.raises(IndexError, match="out of bounds"):
+        Q().get_log_prob({"x": torch.randn(2, 4), "z": torch.randn(2, 3)}, feature_dims=[1])

@@ -455,3 +455,39 @@ def test_euler_maruyama_checks_the_diffusion_value(value) -> None:
         euler_maruyama(path, 3, 4, diffusion=lambda t: value)
     # a 0-d tensor is its value (existing good behaviour)
     assert euler_maruyama(path, 3, 4, diffusion=lambda t: torch.tensor(1 - t)).shape == (3, 2)
+
+
+def test_a_tensor_diffusion_keeps_its_gradient_and_its_rows() -> None:
+    """``euler_maruyama``'s diffusion given as a tensor stays a tensor (its float conversion lost the gradient of a
+    learnable gamma and refused a per-row one): the draws are those of the number, with d/dgamma equal to the finite
+    difference of the draws' sum, and a (N, 1) gamma of equal rows gives the same draws; a negative one is named."""
+    path = LinearPath(lambda x, t: -x, [3], dtype=torch.float64)
+    x0 = torch.randn(4, 3, dtype=torch.float64)
+
+    def draws(gamma) -> torch.Tensor:
+        return euler_maruyama(path, x=x0, n_steps=4, diffusion=lambda t: gamma, grad=True,
+                              generator=torch.Generator().manual_seed(5))
+
+    g = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    out = draws(g)
+    assert out.requires_grad
+    torch.testing.assert_close(out.detach(), draws(0.3), rtol=0, atol=1e-12)
+    (grad,) = torch.autograd.grad(out.sum(), g)
+    h = 1e-6
+    numeric = (draws(0.3 + h).sum() - draws(0.3 - h).sum()) / (2 * h)
+    assert math.isclose(grad.item(), numeric.item(), rel_tol=1e-6, abs_tol=1e-9)
+    torch.testing.assert_close(draws(torch.full((4, 1), 0.3, dtype=torch.float64)).detach(), draws(0.3),
+                               rtol=0, atol=1e-12)
+    with validation(True), pytest.raises(ValueError, match=r"euler_maruyama: diffusion\(tau\) must be finite"):
+        draws(torch.full((4, 1), -0.3, dtype=torch.float64))
+
+
+def test_sigma_min_may_be_a_0d_tensor() -> None:
+    """``sigma_min`` as a 0-d tensor or array is its number in every flow path (FlowMatching and FlowInterpolant
+    refused one after their range check was added; LinearPath never took one)."""
+    for given in (torch.tensor(0.1), np.float64(0.1), np.array(0.1)):
+        assert LinearPath(lambda x, t: x, [2], sigma_min=given).sigma_min == pytest.approx(0.1)
+        assert FlowInterpolant(sigma_min=given).sigma_min == pytest.approx(0.1)
+        FlowMatching(nn.Linear(3, 2), [2], sigma_min=given)
+    with pytest.raises(ValueError, match=r"FlowMatching: sigma_min .* in \[0, 1\)"):
+        FlowMatching(nn.Linear(3, 2), [2], sigma_min=torch.tensor([0.1, 0.2]))

@@ -469,7 +469,9 @@ class Distribution(nn.Module):
         if feature_dims is not None and sum_features:
             try:
                 return self._log_prob_dims(x_dict, list(feature_dims))
-            except IndexError as err:  # (torch's "Dimension out of range", raw)
+            except IndexError as err:
+                if "Dimension out of range" not in str(err):  # another IndexError (a network's own) is its own
+                    raise
                 raise ValueError(f"{self.prob_text}: feature_dims={list(feature_dims)} is out of range for its "
                                  f"log-density ({err})") from None
         return self._log_prob(x_dict, sum_features)

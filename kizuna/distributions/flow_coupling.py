@@ -16,12 +16,11 @@ r"""The pieces of flow-matching training written as distributions.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from kizuna._data import check_int, first_nonfinite
+from kizuna._data import check_int, first_nonfinite, sigma_min_value
 from kizuna.distributions.base import Distribution, Tensor, XDict, sum_rows
 from kizuna.distributions.flow_matching import FlowMatching
 from kizuna.distributions.special import Deterministic
@@ -101,11 +100,7 @@ class FlowInterpolant(Deterministic):
 
     def __init__(self, sigma_min: float = 0.0, var: str = "x_t", noise_var: str = "x_0", data_var: str = "x_1",
                  t_var: str = "t", name: str = "q") -> None:
-        if isinstance(sigma_min, bool) or not isinstance(sigma_min, numbers.Real) or not 0 <= sigma_min < 1:
-            # (LinearPath's and FlowMatching's range; 2.0 or NaN was accepted and built a path that never reaches
-            # the data)
-            raise ValueError(f"FlowInterpolant: sigma_min (the noise left at t = 1) must be a number in [0, 1), "
-                             f"got {sigma_min!r}")
+        sigma_min = sigma_min_value("FlowInterpolant", sigma_min)
         super().__init__([var], [noise_var, data_var, t_var], name)
         self.sigma_min, self.noise_var, self.data_var, self.t_var = float(sigma_min), noise_var, data_var, t_var
 

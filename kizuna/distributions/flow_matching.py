@@ -21,13 +21,12 @@ optimal transport (Tong et al. 2023, arXiv:2302.00482). Sampling uses `kizuna.sa
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from kizuna._data import check_count, check_int, first_nonfinite
+from kizuna._data import check_count, check_int, first_nonfinite, sigma_min_value
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.samplers.integrators import SAMPLERS
@@ -59,10 +58,7 @@ class FlowMatching(Distribution):
             raise ValueError(f"FlowMatching: sampler must be 'euler' or 'heun', got {sampler!r}")
         if trace not in ("exact", "hutchinson"):
             raise ValueError(f"FlowMatching: trace must be 'exact' or 'hutchinson', got {trace!r}")
-        if isinstance(sigma_min, bool) or not isinstance(sigma_min, numbers.Real) or not 0 <= sigma_min < 1:
-            # (the string "0.1" raised a raw TypeError; NaN fails the range)
-            raise ValueError(f"FlowMatching: sigma_min (the noise left at t = 1) must be a number in [0, 1), "
-                             f"got {sigma_min!r}")
+        sigma_min = sigma_min_value("FlowMatching", sigma_min)
         if trace == "hutchinson":
             check_count("FlowMatching: n_probes", n_probes, 1)
         check_count("FlowMatching: n_steps", n_steps, 1)  # 2.7 was truncated to 2

@@ -186,10 +186,17 @@ def euler_maruyama(path: GaussianPath, n: int | None = None, n_steps: int | None
     return _run("euler_maruyama", path, step, n, n_steps, x, generator, times, grad)
 
 
-def _diffusion_value(gamma: Callable[[float], float], tau: float) -> float:
-    """:math:`\\gamma(\\tau)` as a float, checked to be finite and at least 0 (one scalar a step: a NaN gave NaN draws
-    silently, infinity overflowed them)."""
+def _diffusion_value(gamma: Callable[[float], Any], tau: float) -> Any:
+    """:math:`\\gamma(\\tau)`, checked to be finite and at least 0 (a NaN gave NaN draws silently, infinity overflowed
+    them): a number as a float; a tensor as it is (its gradient, and a per-row shape that broadcasts against the draws,
+    kept), checked while validation is on (a read of the device a step)."""
     raw = gamma(tau)
+    if isinstance(raw, Tensor) and (raw.dim() > 0 or raw.requires_grad):
+        from kizuna.distributions.torch_dist import validation_enabled  # (a lazy import, as in _check_start)
+
+        if validation_enabled() and not bool(((raw.detach() >= 0) & torch.isfinite(raw.detach())).all()):
+            raise ValueError(f"euler_maruyama: diffusion(tau) must be finite and >= 0, got {raw!r} at tau={tau}")
+        return raw
     value = one_number(raw)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
         raise ValueError(f"euler_maruyama: diffusion(tau) must be a finite number >= 0, got {raw!r} at tau={tau}")

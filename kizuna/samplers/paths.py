@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from kizuna._data import check_shape, noise_levels
+from kizuna._data import check_shape, noise_levels, sigma_min_value
 
 Tensor = torch.Tensor
 
@@ -272,9 +272,7 @@ class LinearPath(GaussianPath):
     def __init__(self, velocity: Callable[[Tensor, Tensor], Tensor], features_shape: Sequence[int],
                  sigma_min: float = 0.0, dtype: torch.dtype | None = None, device: Any = None) -> None:
         # (FlowMatching's range: a negative one divided by zero in DDIM's step, NaN gave NaN draws)
-        if isinstance(sigma_min, bool) or not isinstance(sigma_min, numbers.Real) or not 0 <= sigma_min < 1:
-            raise ValueError(f"LinearPath: sigma_min (the noise left at t = 1) must be in [0, 1), got {sigma_min!r}")
-        self.v, self.sigma_min = velocity, float(sigma_min)
+        self.v, self.sigma_min = velocity, sigma_min_value("LinearPath", sigma_min)
         self.features_shape = check_shape("LinearPath: features_shape", features_shape)
         self.dtype = dtype or torch.get_default_dtype()
         self.device = device
