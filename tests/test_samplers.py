@@ -383,7 +383,7 @@ def test_score_path_refuses_non_finite_or_unordered_levels(sigmas) -> None:
 @pytest.mark.parametrize("sigma_min", [-1.0, float("nan"), 1.0, 2.0, True, "0.1"])
 def test_linear_path_checks_sigma_min(sigma_min) -> None:
     """-1 divided by zero in DDIM's step, NaN drew NaN, 2 ran: FlowMatching's range [0, 1) is checked here too."""
-    with pytest.raises(ValueError, match=r"LinearPath: sigma_min .* must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"LinearPath: sigma_min .* must be a number in \[0, 1\)"):
         LinearPath(lambda x, t: -x, [2], sigma_min=sigma_min)
     LinearPath(lambda x, t: -x, [2], sigma_min=0.0)
 
