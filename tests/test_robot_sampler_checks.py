@@ -167,3 +167,35 @@ def test_name_sweep_needs_one_row_per_utterance():
 # ---------------------------------------------------------------------- robot_demo
 def test_demo_main_docstring_names_quick():
     assert "--quick" in demo_main.__doc__
+
+
+def test_fractional_labels_are_refused_and_whole_floats_taken():
+    """A fractional concept label (2.7 was truncated to 2, silently) is named; whole numbers given as floats are the
+    integers they hold (the counts by concept are those of the integer labels)."""
+    with pytest.raises(ValueError, match=r"ConceptSampler: c must be integer labels, got 2.7 at index 1"):
+        _sampler(c=np.array([0.0, 2.7, 1.0, 0.0, 0.0]))
+    as_floats = _sampler(c=np.array([0.0, 2.0, 1.0, 0.0, 2.0]))
+    as_ints = _sampler(c=np.array([0, 2, 1, 0, 2]))
+    assert as_floats.state.n_l.tolist() == as_ints.state.n_l.tolist() == [2, 1, 2]
+
+
+def test_gaussian_positions_check_their_components():
+    """`GaussianPositions`' initial components: one per position, within the prior's K (a z of other length was a raw
+    torch error; one out of range, an IndexError deep in index_add_)."""
+    import torch
+
+    from kizuna.modules.gmm.normal_wishart import NormalWishart
+    from kizuna.modules.spatial_concept_gibbs import GaussianPositions
+
+    k, d = 2, 2
+    prior = NormalWishart(m=torch.zeros(k, d, dtype=torch.float64), kappa=torch.ones(k, dtype=torch.float64),
+                          nu=torch.full((k,), 3.0, dtype=torch.float64),
+                          scale=torch.eye(d, dtype=torch.float64).expand(k, d, d).clone())
+    x = np.random.default_rng(0).normal(size=(4, d))
+    with pytest.raises(ValueError, match=r"GaussianPositions: z has shape \(3,\), expected \(4,\)"):
+        GaussianPositions(x, prior, np.array([0, 1, 0]))
+    with pytest.raises(ValueError, match=r"GaussianPositions: z\[2\] = 2 is out of range 0..1 \(components = 2\)"):
+        GaussianPositions(x, prior, np.array([0, 1, 2, 0]))
+    g = GaussianPositions(x, prior, np.array([0, 1, 1, 0]))
+    assert g.count.tolist() == [2.0, 2.0]
+    np.testing.assert_allclose(g.sum.numpy(), np.stack([x[[0, 3]].sum(0), x[[1, 2]].sum(0)]))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +68,27 @@ class FixedPositions:
         """See `GaussianPositions.add`."""
 
 
+def _labels(owner: str, what: str, values: Any, n: int | None, size: int, kind: str) -> np.ndarray:
+    """``values`` as int64 labels in ``0..size-1`` (and ``n`` of them, where given): a fractional label (2.7 was
+    truncated to 2), a label out of range or another count of them is a ValueError naming ``owner`` and ``what``."""
+    raw = np.asarray(values)
+    if raw.dtype.kind == "f":
+        off = np.flatnonzero(~np.isfinite(raw.ravel()) | (raw.ravel() != np.round(raw.ravel())))
+        if off.size:
+            raise ValueError(f"{owner}: {what} must be integer labels, got {raw.ravel()[off[0]]} at index {off[0]}")
+    elif raw.dtype.kind not in "iub":
+        raise ValueError(f"{owner}: {what} must be integer labels, got an array of dtype {raw.dtype}")
+    labels = raw.astype(np.int64)
+    if n is not None and labels.shape != (n,):
+        raise ValueError(f"{owner}: {what} has shape {labels.shape}, expected ({n},): one label per event of the "
+                         "positions")
+    bad = np.flatnonzero((labels < 0) | (labels >= size))
+    if bad.size:
+        raise ValueError(f"{owner}: {what}[{bad[0]}] = {labels[bad[0]]} is out of range 0..{size - 1} "
+                         f"({kind} = {size})")
+    return labels.copy()
+
+
 class GaussianPositions:
     """Normal-Wishart Gaussian components with running sufficient statistics (float64).
 
@@ -81,7 +103,8 @@ class GaussianPositions:
         self.prior = prior
         k, d = prior.m.shape
         self.n_components, self.n_events = k, self.x.shape[0]
-        zt = torch.as_tensor(z)
+        # (a z of other length or range was a raw torch error, or counted silently in the wrong component)
+        zt = torch.as_tensor(_labels("GaussianPositions", "z", z, self.n_events, k, "components"))
         self.count = torch.bincount(zt, minlength=k).double()
         self.sum = torch.zeros(k, d, dtype=torch.float64).index_add_(0, zt, self.x)
         outer = self.x.unsqueeze(-1) * self.x.unsqueeze(-2)
@@ -123,14 +146,8 @@ class ConceptState:
     sums: list[np.ndarray]  # per modality (L, V_m) feature counts per concept
 
 
-def _check_events(positions: GaussianPositions | FixedPositions, counts: list[np.ndarray], c: np.ndarray,
-                  i: np.ndarray, n_concepts: int) -> None:
-    """`ConceptSampler`'s data checks: the same ``N`` events everywhere, counts finite and >= 0, labels in range."""
-    n = getattr(positions, "n_events", len(c))  # (a position factor of another kind: c sets N)
-    for what, shape in (("c", c.shape), ("i", i.shape)):
-        if shape != (n,):
-            raise ValueError(f"ConceptSampler: {what} has shape {shape}, expected ({n},): one label per event of the "
-                             f"positions")
+def _check_events(n: int, counts: list[np.ndarray]) -> None:
+    """`ConceptSampler`'s count checks: ``N`` rows each, finite and >= 0 (the labels: `_labels`)."""
     for m, y in enumerate(counts):
         if y.ndim != 2 or y.shape[0] != n:
             raise ValueError(f"ConceptSampler: counts[{m}] has shape {y.shape}, expected N×V with N = {n} rows, one "
@@ -140,12 +157,6 @@ def _check_events(positions: GaussianPositions | FixedPositions, counts: list[np
             r, col = (int(k) for k in np.argwhere(bad)[0])
             raise ValueError(f"ConceptSampler: counts[{m}] must be finite and non-negative, got {y[r, col]} at row "
                              f"{r}, column {col}")
-    for what, labels, size, kind in (("c", c, n_concepts, "n_concepts"),
-                                     ("i", i, positions.n_components, "position components")):
-        bad = np.flatnonzero((labels < 0) | (labels >= size))
-        if bad.size:
-            raise ValueError(f"ConceptSampler: {what}[{bad[0]}] = {labels[bad[0]]} is out of range 0..{size - 1} "
-                             f"({kind} = {size})")
 
 
 def log_stick_weights(n_l: np.ndarray, alpha: float) -> np.ndarray:
@@ -206,8 +217,10 @@ class ConceptSampler:
         self.counts = [np.asarray(y, dtype=np.float64) for y in counts]
         self.betas = [float(b) for b in betas]
         self.n_concepts, self.n_components = n_concepts, positions.n_components
-        c, i = np.asarray(c, dtype=np.int64).copy(), np.asarray(i, dtype=np.int64).copy()
-        _check_events(positions, self.counts, c, i, n_concepts)
+        n = getattr(positions, "n_events", len(c))  # (a position factor of another kind: c sets N)
+        c = _labels("ConceptSampler", "c", c, n, n_concepts, "n_concepts")
+        i = _labels("ConceptSampler", "i", i, n, positions.n_components, "position components")
+        _check_events(n, self.counts)
         self.nonzero = [[(np.flatnonzero(row), row[row > 0]) for row in y] for y in self.counts]
         n_lk = np.zeros((n_concepts, self.n_components))
         np.add.at(n_lk, (c, i), 1)
