@@ -112,6 +112,17 @@ def repeat_rows_lazily(value: Any, n: int) -> Any:
     return RepeatedRows(value, n)
 
 
+def one_rows_expanded(parts: Sequence[Tensor]) -> list[Tensor]:
+    """Conditions of ``(rows, features)`` side by side: a part of one row beside parts of a batch is expanded to the
+    batch's rows (one row conditions every row); other row counts are left for the caller's check. Written without a
+    set or a max of the row counts, which would pin a symbolic batch size under ``torch.compile(dynamic=True)`` (a
+    recompilation per size)."""
+    batch = next((part.shape[0] for part in parts if part.shape[0] != 1), None)
+    if batch is None or all(part.shape[0] != 1 for part in parts):
+        return list(parts)
+    return [part.expand(batch, *part.shape[1:]) if part.shape[0] == 1 else part for part in parts]
+
+
 def batch_size_of(x_dict: Mapping[str, Any], names: Iterable[str] | None = None) -> int | None:
     """The leading dimension of the first batch-first tensor among ``names``; without ``names``, the largest leading
     dimension among all the values (a one-row value, e.g. a coefficient, broadcasts against the batch: the dict's

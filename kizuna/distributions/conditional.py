@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kizuna._data import check_non_negative, one_number
-from kizuna.distributions.base import _as_list
+from kizuna.distributions.base import _as_list, one_rows_expanded
 from kizuna.distributions.families import Bernoulli, Categorical, Normal
 from kizuna.distributions.torch_dist import positional_forward
 from kizuna.nets import MLP
@@ -77,12 +77,7 @@ def _side_by_side(values: Sequence[Tensor], in_features: int) -> Tensor:
             return value.unsqueeze(-1)
         return value.flatten(1)
     parts = [value.flatten(1) if value.dim() > 1 else value.reshape(-1, 1) for value in values]
-    # one row beside a batch conditions every row (torch.cat refused the mix); written without a set or max of the row
-    # counts, which would pin a symbolic batch size under torch.compile(dynamic=True) (a recompilation per size)
-    batch = next((part.shape[0] for part in parts if part.shape[0] != 1), None)
-    if batch is not None and any(part.shape[0] == 1 for part in parts):
-        parts = [part.expand(batch, -1) if part.shape[0] == 1 else part for part in parts]
-    return torch.cat(parts, dim=-1)
+    return torch.cat(one_rows_expanded(parts), dim=-1)  # one row beside a batch conditions every row
 
 
 def _without_batch(value: Tensor, in_features: int) -> bool:

@@ -45,6 +45,7 @@ from kizuna.distributions.base import (
     XDict,
     _as_list,
     batch_size_of,
+    one_rows_expanded,
     repeat_batch,
     sum_rows,
 )
@@ -94,16 +95,12 @@ class _FlowDistribution(Distribution):
             return None
         if len(self._flow_cond) == 1:
             return x_dict[self._flow_cond[0]]
-        parts = [x_dict[c].reshape(x_dict[c].shape[0], -1) for c in self._flow_cond]
-        rows = max(part.shape[0] for part in parts)
-        if rows != 1 and any(part.shape[0] != 1 for part in parts):
-            # one row conditions every row (as a single context does in the layers): expanded beside the others,
-            # where torch.cat refused the mixed row counts
-            if any(part.shape[0] not in (1, rows) for part in parts):
-                shapes = ", ".join(f"{c} {tuple(x_dict[c].shape)}" for c in self._flow_cond)
-                raise ValueError(f"{self.prob_text}: the flow's context variables have different numbers of rows "
-                                 f"({shapes}); give each one row per row of {self._var[0]}, or one row for all")
-            parts = [part.expand(rows, -1) for part in parts]
+        # one row conditions every row (as a single context does in the layers), where torch.cat refused the mix
+        parts = one_rows_expanded([x_dict[c].reshape(x_dict[c].shape[0], -1) for c in self._flow_cond])
+        if any(part.shape[0] != parts[0].shape[0] for part in parts):
+            shapes = ", ".join(f"{c} {tuple(x_dict[c].shape)}" for c in self._flow_cond)
+            raise ValueError(f"{self.prob_text}: the flow's context variables have different numbers of rows "
+                             f"({shapes}); give each one row per row of {self._var[0]}, or one row for all")
         return torch.cat(parts, -1)
 
     def _rows(self, value: Tensor, x_dict: Mapping[str, Any]) -> tuple[Tensor, Mapping[str, Any], torch.Size | None]:
