@@ -19,7 +19,8 @@ bottom layer). The held-out
 :math:`\log p(x)` is estimated with ``k`` importance samples of :math:`q(z_1, z_2|x)` (IWAE bound;
 5,000 in full runs), as `examples/vae.py` reports the single-layer VAE (−95.0 nats on the 1,000 test
 images) and `examples/iwae.py` the IWAE (−94.0 on the first 500, reported here as ``test_ll_first_500``).
-Every setting can be changed from the command line (``--help``); docs/families.md lists the runs.
+Every setting can be changed from the command line (``--help``); docs/families.md gives the results,
+docs/parity_log.md the runs behind the defaults.
 
 Run: ``python examples/ladder_vae.py`` (MNIST, 4,000 train / 1,000 test) or ``--smoke`` (digits).
 """
