@@ -139,8 +139,13 @@ def noise_levels(name: str, sigmas: Any) -> list[float]:
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    """A features shape as a tuple of positive integers; a ValueError naming ``name`` otherwise."""
-    shape = tuple(shape)
+    """A features shape as a tuple of positive integers; a ValueError naming ``name`` otherwise (a bare number too:
+    ``tuple()`` of 2 raised a raw TypeError)."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of sizes (the shape of one draw, e.g. [2] or (2,) for vectors "
+                         f"of 2; [] for scalars), got {shape!r} ({type(shape).__name__})") from None
     for i, size in enumerate(shape):
         check_int(f"{name}[{i}]", size, 1)
     return shape

@@ -25,13 +25,26 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
 from kizuna.distributions import DiffusionReverse, DiffusionSchedule, FlowMatching, validation
-from kizuna.distributions.flow_coupling import FlowInterpolant, OTCoupling
+from kizuna.distributions.flow_coupling import FlowInterpolant, OTCoupling, TimeUniform
 from kizuna.losses import flow_matching_loss
 from kizuna.losses.flow_matching import VelocityError
-from kizuna.samplers import DiffusionPath, LinearPath, ancestral, ddim, euler, euler_maruyama, guided, heun
+from kizuna.samplers import (
+    DiffusionPath,
+    GaussianPath,
+    LinearPath,
+    Prediction,
+    ScorePath,
+    ancestral,
+    ddim,
+    euler,
+    euler_maruyama,
+    guided,
+    heun,
+)
 
 F64 = torch.float64
 MU = torch.tensor([1.0, -0.5], dtype=F64)
@@ -491,3 +504,133 @@ def test_sigma_min_may_be_a_0d_tensor() -> None:
         FlowMatching(nn.Linear(3, 2), [2], sigma_min=given)
     with pytest.raises(ValueError, match=r"FlowMatching: sigma_min .* in \[0, 1\)"):
         FlowMatching(nn.Linear(3, 2), [2], sigma_min=torch.tensor([0.1, 0.2]))
+
+
+# D5: a path's features_shape, a velocity that ignores x, TimeUniform's density off its support ---------------------
+
+class UserPath(GaussianPath):
+    """A user's path (not one of kizuna's): flow matching's straight line with the velocity -x (LinearPath's
+    predictions for it, written out), its features_shape as given."""
+
+    clean_evaluable, start, end = True, 0.0, 1.0
+
+    def __init__(self, features_shape) -> None:
+        self.features_shape = features_shape
+
+    def times(self, n_steps: int | None) -> list[float]:
+        return [i / n_steps for i in range(n_steps + 1)]
+
+    def coefficients(self, tau: float) -> tuple[float, float]:
+        return tau, 1 - tau
+
+    def rates(self, tau: float) -> tuple[float, float]:
+        return 1.0, -1.0
+
+    def predict(self, x: torch.Tensor, tau: float) -> Prediction:
+        v = -x
+        return Prediction(x + (1 - tau) * v, x - tau * v, v)
+
+
+@pytest.mark.parametrize(("sampler", "kwargs"), [(ddim, {"eta": 0.5}), (euler, {}), (heun, {}),
+                                                 (euler_maruyama, {"diffusion": lambda t: 1 - t})],
+                         ids=["ddim", "euler", "heun", "euler_maruyama"])
+def test_a_user_paths_features_shape_follows_the_built_in_paths_rule(sampler, kwargs) -> None:
+    """A user's path whose features_shape is a bare 2 (not (2,)): a ValueError naming it, as the built-in paths
+    give (tuple() of it raised a raw TypeError in the start's check); sizes as check_shape takes them; a proper
+    shape still runs, draw for draw as LinearPath with the same velocity."""
+    x = torch.randn(3, 2, dtype=F64)
+    with pytest.raises(ValueError, match=rf"^{sampler.__name__}: UserPath.features_shape must be a sequence of sizes "
+                                         r"\(the shape of one draw, e.g. \[2\] or \(2,\).*got 2 \(int\)"):
+        sampler(UserPath(2), None, 3, x=x, **kwargs)
+    with pytest.raises(ValueError, match=rf"^{sampler.__name__}: UserPath.features_shape\[0\] must be an integer >= 1"):
+        sampler(UserPath([-2]), None, 3, x=x, **kwargs)
+    for shape in ((2,), [2], torch.Size([2])):
+        got = sampler(UserPath(shape), None, 3, x=x, generator=torch.Generator().manual_seed(1), **kwargs)
+        ref = sampler(LinearPath(lambda z, t: -z, [2], dtype=F64), None, 3, x=x,
+                      generator=torch.Generator().manual_seed(1), **kwargs)
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("build", [lambda s: LinearPath(lambda x, t: -x, s),
+                                   lambda s: ScorePath(lambda x, i: -x, [1.0], s),
+                                   lambda s: small_ddpm_of(s)], ids=["LinearPath", "ScorePath", "DiffusionPath"])
+def test_a_built_in_paths_features_shape_that_is_a_bare_number_is_named(build) -> None:
+    """LinearPath(v, 2): a ValueError naming features_shape (it was tuple()'s raw TypeError), the same rule as a user's
+    path meets in the samplers."""
+    name = type(build([2])).__name__
+    with pytest.raises(ValueError, match=rf"^{name}: features_shape must be a sequence of sizes .*got 2 \(int\)"):
+        build(2)
+    with pytest.raises(ValueError, match=rf"^{name}: features_shape must be a sequence of sizes"):
+        build(torch.tensor(2))
+    assert build(torch.Size([2, 3])).features_shape == (2, 3)
+
+
+def small_ddpm_of(features_shape) -> DiffusionPath:
+    s = DiffusionSchedule(torch.linspace(1e-3, 0.2, 5, dtype=F64))
+    return DiffusionPath(DiffusionReverse(lambda x, t: 0.1 * x, s), features_shape)
+
+
+C_SHIFT = torch.tensor([0.5, -1.2], dtype=F64)
+
+
+class ConstantVelocity(nn.Module):
+    """v(x, t) = c with c a parameter: the output requires grad, but not through x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Parameter(C_SHIFT.clone())
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.c.expand_as(x)
+
+
+@pytest.mark.parametrize(("trace", "n_probes"), [("exact", 1), ("hutchinson", 1), ("hutchinson", 3)])
+@pytest.mark.parametrize(("velocity", "shift"), [
+    (lambda x, t: C_SHIFT.expand_as(x), C_SHIFT),  # a constant: no graph at all
+    (lambda x, t: t[:, None] * C_SHIFT, C_SHIFT / 2),  # a function of t only: int_0^1 t c dt = c / 2
+    (ConstantVelocity(), C_SHIFT),  # a graph through the parameters, none through x
+], ids=["constant", "of-t-only", "parameter"])
+def test_a_velocity_that_ignores_x_has_divergence_zero(velocity, shift, trace, n_probes) -> None:
+    """dx/dt = v(t) moves x_1 back to x_0 = x_1 - int_0^1 v dt with no change of volume: log p(x) is the standard
+    normal log-density of x - shift exactly (autograd raised "element 0 of tensors does not require grad" and, for
+    a parameter, "appears to not have been used in the graph"); its gradient in c is sum_rows (x - c)."""
+    p = FlowMatching(velocity, [2], likelihood_steps=5, trace=trace, n_probes=n_probes)
+    x = torch.randn(6, 2, dtype=F64) * 2
+    ref = torch.distributions.Normal(torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64)).log_prob(x - shift).sum(1)
+    lp = p.get_log_prob({"x": x})
+    torch.testing.assert_close(lp.detach(), ref, rtol=0, atol=1e-12)
+    if isinstance(velocity, ConstantVelocity):
+        (grad,) = torch.autograd.grad(lp.sum(), velocity.c)
+        torch.testing.assert_close(grad, (x - C_SHIFT).sum(0), rtol=0, atol=1e-12)
+
+
+def test_time_uniform_log_prob_off_its_support_is_scipys() -> None:
+    """U[0, 1]'s log-density as scipy.stats.uniform.logpdf: 0 on the closed interval, -inf outside (torch's Uniform
+    too, which also gives -inf at its open end 1 and at NaN), NaN at NaN (it was 0: NaN fails both comparisons).
+    With validation on, NaN or a value outside is a ValueError naming it, as a torch family's support check."""
+    u = TimeUniform()
+    values = [math.nan, -0.5, 0.0, 0.25, 1.0, 1.5, math.inf, -math.inf]
+    t = torch.tensor(values, dtype=F64)
+    ref = torch.from_numpy(stats.uniform.logpdf(np.array(values)))
+    with validation(False):
+        torch.testing.assert_close(u.get_log_prob({"t": t}), ref, equal_nan=True, rtol=0, atol=0)
+    off, zero, one = torch.tensor([-0.5, 1.5, math.inf, -math.inf], dtype=F64), torch.zeros((), dtype=F64), \
+        torch.ones((), dtype=F64)
+    with validation(False):
+        torch.testing.assert_close(u.get_log_prob({"t": off}),
+                                   torch.distributions.Uniform(zero, one, validate_args=False).log_prob(off))
+    with validation(True):
+        torch.testing.assert_close(u.get_log_prob({"t": t[2:5]}), torch.zeros(3, dtype=F64), rtol=0, atol=0)
+        with pytest.raises(ValueError, match=r"^u\(t\): x_dict\['t'\] holds nan at row 1 \(not a number in the support "
+                                             r"\[0, 1\] of TimeUniform\); remove or impute it"):
+            u.get_log_prob({"t": torch.tensor([0.5, math.nan])})
+        with pytest.raises(ValueError, match=r"^u\(t\): value of t is outside the support \[0, 1\] of TimeUniform"):
+            u.get_log_prob({"t": torch.tensor([0.5, 1.5])})
+
+
+def test_time_uniform_scores_integer_times() -> None:
+    """The integer times 0 and 1 score 0 in the default dtype, 2 -inf (a long zeros tensor failed on its -inf fill)."""
+    u = TimeUniform()
+    torch.testing.assert_close(u.get_log_prob({"t": torch.tensor([0, 1])}), torch.zeros(2))
+    with validation(False):
+        torch.testing.assert_close(u.get_log_prob({"t": torch.tensor([1, 2])}), torch.tensor([0.0, -math.inf]))

@@ -24,6 +24,7 @@ from kizuna._data import check_int, first_nonfinite, sigma_min_value
 from kizuna.distributions.base import Distribution, Tensor, XDict, sum_rows
 from kizuna.distributions.flow_matching import FlowMatching
 from kizuna.distributions.special import Deterministic
+from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.samplers.integrators import SAMPLERS
 
 
@@ -32,7 +33,8 @@ def _like(x_dict: XDict) -> Tensor | None:
 
 
 class TimeUniform(Distribution):
-    """:math:`u(t) = \\mathcal{U}[0, 1]`: draws of shape ``(batch,)``; ``log_prob`` is 0 on ``[0, 1]``."""
+    """:math:`u(t) = \\mathcal{U}[0, 1]`: draws of shape ``(batch,)``; ``log_prob`` is 0 on ``[0, 1]``, -inf outside
+    and NaN at NaN (scipy's ``uniform.logpdf``); while validation is on a value outside or NaN is a ValueError."""
 
     def __init__(self, var: str = "t", name: str = "u", dtype: torch.dtype | None = None) -> None:
         super().__init__([var], None, name)
@@ -50,8 +52,19 @@ class TimeUniform(Distribution):
         return {self._var[0]: torch.rand(rows, dtype=dtype, device=None if like is None else like.device)}
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
+        # -inf outside [0, 1] and NaN at NaN (scipy's uniform.logpdf; NaN fails both comparisons, and was scored 0)
         t = torch.as_tensor(x_dict[self._var[0]])
-        return torch.zeros_like(t).masked_fill((t < 0) | (t > 1), -torch.inf)
+        outside, nan = (t < 0) | (t > 1), t.isnan()
+        if validation_enabled() and t.device.type != "meta" and bool((outside | nan).any()):
+            nonfinite = first_nonfinite({self._var[0]: t}, "x_dict") if t.is_floating_point() else None
+            if nonfinite is not None:  # as a torch family's support check names it
+                raise ValueError(f"{self.prob_text}: {nonfinite} (not a number in the support [0, 1] of "
+                                 f"{type(self).__name__}); remove or impute it")
+            raise ValueError(f"{self.prob_text}: value of {self._var[0]} is outside the support [0, 1] of "
+                             f"{type(self).__name__}")
+        # an integer t (the times 0 and 1) scored in the default dtype, as DiscreteUniform's (-inf failed in a long)
+        dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
+        return torch.zeros_like(t, dtype=dtype).masked_fill(outside, -torch.inf).masked_fill(nan, torch.nan)
 
 
 class NoiseLike(Distribution):

@@ -171,18 +171,28 @@ def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exa
                     for c in context]
             out = v(xr, t.repeat_interleave(d, 0), *rows)
             eye = torch.eye(d, dtype=x.dtype, device=x.device).repeat(b, 1).reshape(out.shape)
-            (g,) = torch.autograd.grad(out, xr, eye, create_graph=create_graph)
-            div = (g * eye).reshape(b, d * d).sum(1)  # (flatten(1) failed on scalar data, x of shape (N,))
+            g = _vjp(out, xr, eye, create_graph, create_graph)
+            # (flatten(1) failed on scalar data, x of shape (N,))
+            div = x.new_zeros(b) if g is None else (g * eye).reshape(b, d * d).sum(1)
             return out.reshape(b, d, *x.shape[1:])[:, 0], div
         xg = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
         out = v(xg, t, *context)
         div = torch.zeros(b, dtype=x.dtype, device=x.device)
         for k in range(n_probes):
             eps = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
-            (g,) = torch.autograd.grad(out, xg, eps, retain_graph=k + 1 < n_probes or create_graph,
-                                       create_graph=create_graph)
-            div = div + (g * eps).reshape(b, d).sum(1)
+            g = _vjp(out, xg, eps, k + 1 < n_probes or create_graph, create_graph)
+            if g is not None:
+                div = div + (g * eps).reshape(b, d).sum(1)
         return out, div / n_probes
+
+
+def _vjp(out: Tensor, x: Tensor, w: Tensor, retain_graph: bool, create_graph: bool) -> Tensor | None:
+    """:math:`w^\\top \\partial out/\\partial x`, or None where ``out`` does not depend on ``x`` (a velocity of ``t``
+    alone, or a constant: its divergence is 0; autograd raised "element 0 of tensors does not require grad")."""
+    if not out.requires_grad:
+        return None
+    (g,) = torch.autograd.grad(out, x, w, retain_graph=retain_graph, create_graph=create_graph, allow_unused=True)
+    return g
 
 
 def ode_log_det(v: Callable[..., Tensor], x1: Tensor, n_steps: int, trace: str = "exact",

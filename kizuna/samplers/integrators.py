@@ -32,25 +32,28 @@ from typing import Any
 
 import torch
 
-from kizuna._data import check_count, first_flagged, one_number
+from kizuna._data import check_count, check_shape, first_flagged, one_number
 from kizuna.samplers.paths import GaussianPath, Prediction, Tensor, _noise
 
 Step = Callable[[GaussianPath, Tensor, float, float, Prediction, bool, torch.Generator | None], Tensor]
 
 
 def _check_start(name: str, path: GaussianPath, n: int | None, x: Any) -> None:
-    """A given start ``x``: a floating tensor of shape ``(N, *path.features_shape)`` (where the path states one),
-    finite while validation is on, and of ``n`` rows if ``n`` is given too; a ValueError naming the sampler
-    otherwise (another width came back in garbage shapes, NaN gave NaN draws, ``n`` was silently ignored)."""
+    """A given start ``x``: a floating tensor of shape ``(N, *path.features_shape)`` (where the path states one, a
+    shape by `check_shape`), finite while validation is on, and of ``n`` rows if ``n`` is given too; a
+    ValueError naming the sampler otherwise (another width came back in garbage shapes, NaN gave NaN draws, ``n`` was
+    silently ignored)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name}: x (the start) must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{name}: x (the start) must be a floating tensor, got {x.dtype}")
     features = getattr(path, "features_shape", None)
-    if features is not None and (x.dim() < 1 or tuple(x.shape[1:]) != tuple(features)):
+    if features is not None:  # a user's path by the built-in paths' rule (its bare 2 raised a raw TypeError)
+        features = check_shape(f"{name}: {type(path).__name__}.features_shape", features)
+    if features is not None and (x.dim() < 1 or tuple(x.shape[1:]) != features):
         shape = ", ".join(map(str, ("N", *features)))
         raise ValueError(f"{name}: x (the start) must have shape ({shape}) for {type(path).__name__}'s "
-                         f"features_shape {tuple(features)}, got {tuple(x.shape)}")
+                         f"features_shape {features}, got {tuple(x.shape)}")
     if n is not None and x.dim() >= 1 and n != x.shape[0]:
         raise ValueError(f"{name}: n={n} but the start x has {x.shape[0]} rows, shape {tuple(x.shape)}; "
                          "give one of them, or both alike")
