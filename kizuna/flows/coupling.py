@@ -116,8 +116,9 @@ class AffineCoupling(_Coupling):
     Args:
         in_features: features (vectors) or channels (images) of ``x``.
         mask_type: ``"channel_wise"`` or ``"checkerboard"``.
-        scale_net, translate_net: networks for :math:`s` and :math:`t` (outputs shaped like ``x``, or with as
-            many dimensions and broadcasting to it, e.g. ``(B, 1)``; they are expanded to ``x``'s shape).
+        scale_net, translate_net: networks for :math:`s` and :math:`t` (outputs shaped like ``x``, or broadcasting
+            to it by torch's rules, e.g. ``(B, 1)`` or a ``(D,)`` parameter shared by every row; they are expanded to
+            ``x``'s shape. A value per row must be ``(B, 1)``: a ``(B,)`` one lines up with the features).
         scale_translate_net: one network returning ``(s, t)`` instead.
         inverse_mask: transform the other half.
         hidden_features, context_features: with no network given, a zero-initialised MLP of two
@@ -159,24 +160,28 @@ class AffineCoupling(_Coupling):
         else:
             if self.scale_translate_net is not None:
                 out = _call(self.scale_translate_net, xm, y)
+                # one tensor stacking s and t has a dimension more than x: a (2, D) one is x's own (B, D) output at
+                # batch size 2 as often as a stacked pair of (D,) parameters (return those as a tuple)
                 if not (isinstance(out, (tuple, list)) and len(out) == 2
-                        or isinstance(out, Tensor) and out.dim() > 0 and out.shape[0] == 2):
+                        or isinstance(out, Tensor) and out.dim() == x.dim() + 1 and out.shape[0] == 2):
                     got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
-                    raise ValueError(f"AffineCoupling: scale_translate_net must return the pair (s, t), got {got}")
+                    raise ValueError(f"AffineCoupling: scale_translate_net must return the pair (s, t), got {got} "
+                                     f"(expected a tuple, or one tensor of {x.dim() + 1} dimensions stacking them)")
                 log_s, t = out
                 names = ("scale_translate_net's s", "scale_translate_net's t")
             else:
                 log_s, t = _call(self.scale_net, xm, y), _call(self.translate_net, xm, y)
                 names = ("scale_net", "translate_net")
             # a user's network of another shape failed deep in torch, or was broadcast against x into another
-            # shape silently; one that broadcasts to x's shape (a (B, 1) scale, a per-channel (B, C, 1, 1)) is
-            # expanded, so the log-det sums the scale over every feature it multiplies
+            # shape silently; one that broadcasts to x's shape (a (B, 1) scale, a per-channel (B, C, 1, 1), a (D,)
+            # parameter shared by every row) is expanded, so the log-det sums the scale over every feature it
+            # multiplies, row by row
             parts = []
             for name, part in zip(names, (log_s, t)):
-                if not (isinstance(part, Tensor) and part.dim() == x.dim() and _broadcasts_to(part.shape, x.shape)):
+                if not (isinstance(part, Tensor) and _broadcasts_to(part.shape, x.shape)):
                     got = tuple(part.shape) if isinstance(part, Tensor) else type(part).__name__
                     raise ValueError(f"AffineCoupling: {name} returned {got}, expected the shape of x, "
-                                     f"{tuple(x.shape)} (or one with as many dimensions that broadcasts to it)")
+                                     f"{tuple(x.shape)} (or one that broadcasts to it)")
                 parts.append(part.expand(x.shape))
             log_s, t = parts
         return log_s * (1 - mask), t * (1 - mask)

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import distributions as D
 
+from kizuna._data import one_number
 from kizuna._text import symbol
 from kizuna.distributions.base import Distribution, require_distributions
 from kizuna.formula.expr import EvalContext, Loss, Tensor
@@ -54,6 +55,25 @@ def analytic_option(analytic: bool | None, analytical: bool | None, owner: str) 
     return bool(analytical)
 
 
+def kl_dim(dim: Any) -> int | tuple[int, ...] | None:
+    """`KullbackLeibler`'s ``dim`` as Pixyz reads it (``if self.dim:``): a falsy one (None, False, 0, an empty list,
+    a 0-d tensor or array holding 0) is the default, every feature dimension summed, one value per row (a sum over the
+    batch here made a ported program's loss another number, silently); otherwise an integer, or a sequence of them, a
+    0-d integer tensor or array being its number. Anything else (1.5, "1", True) is a TypeError naming ``dim``."""
+    def integer(value: Any) -> int:
+        number = one_number(value)
+        if isinstance(number, bool) or not isinstance(number, numbers.Integral):
+            raise TypeError(f"KullbackLeibler: dim must be an integer or a sequence of integers (the dimensions of "
+                            f"the per-feature KL to sum over), got {dim!r}")
+        return int(number)
+
+    if dim is None or dim is False:
+        return None
+    if isinstance(dim, Sequence) and not isinstance(dim, str):
+        return tuple(integer(d) for d in dim) or None
+    return integer(dim) or None
+
+
 class KullbackLeibler(Loss):
     """:math:`D_{KL}[p\\|q]` per batch row (see the module docstring).
 
@@ -76,8 +96,8 @@ class KullbackLeibler(Loss):
         sample_shape: draws per row for the Monte-Carlo estimate.
         dim: as in Pixyz, the dimensions of the per-feature (analytic) KL to sum over;
             ``None`` sums every feature dimension, giving one value per row. As in Pixyz (whose ``if self.dim:``
-            reads them so), ``0`` and an empty list mean ``None``: the batch dimension is never summed here (sum
-            over rows with the algebra, ``kl.sum()``).
+            reads them so), ``0``, ``False`` and an empty list mean ``None``: the batch dimension is never summed here
+            (sum over rows with the algebra, ``kl.sum()``). A 0-d integer tensor or array is its number (`kl_dim`).
     """
 
     def __init__(self, p: Distribution, q: Distribution, analytic: bool | None = None,
@@ -99,10 +119,7 @@ class KullbackLeibler(Loss):
             )
         self.method = "analytic" if (available and analytic is not False) else "monte_carlo"
         self._analytic_asked = analytic is True
-        if (isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and dim == 0) \
-                or (isinstance(dim, Sequence) and not isinstance(dim, str) and len(dim) == 0):
-            dim = None  # Pixyz's falsy dim (0, [], ()): every feature dimension, one value per row (a sum over the
-            # batch here made a ported program's loss another number, silently)
+        dim = kl_dim(dim)
         if dim is not None and self.method != "analytic":
             raise ValueError(f"KL[{p.prob_text}||{q.prob_text}]: dim= needs the analytic KL, which is not available")
         self.dim = dim
