@@ -11,6 +11,11 @@ tests check them against ``sklearn.metrics``.
   + \sum_j\binom{b_j}2) - E}`, :math:`E = \sum_i\binom{a_i}2\sum_j\binom{b_j}2 / \binom N2`.
 * **NMI** (arithmetic normalisation, scikit-learn's default):
   :math:`I(Y;\hat Y) / \tfrac12\,(H(Y) + H(\hat Y))`.
+
+ARI and NMI read only the table's non-zero cells (at most one per sample), so memory grows with the number of
+samples, not with the product of the two numbers of clusters (as scikit-learn's sparse contingency table). The
+matching is found within each group of labels that share samples (a cell of labels that share none is 0), on a dense
+table of that group's labels only.
 """
 
 from __future__ import annotations
@@ -22,6 +27,23 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+# the most cells of a dense table the matching of one group of labels may take (200 MB as int64; scipy's Hungarian
+# algorithm takes a float64 copy and time that grows with its cube)
+_MAX_MATCHING_CELLS = 25_000_000
+
+
+def as_numpy(x: Any) -> Any:
+    """A tensor as a numpy array (floats narrower than float32, e.g. bfloat16, which numpy lacks, as float32); any
+    other value as it is."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.element_size() < 4:
+            x = x.float()
+        x = x.numpy()
+    return x
 
 
 def _labels(y: Any, what: str) -> np.ndarray:
@@ -32,9 +54,7 @@ def _labels(y: Any, what: str) -> np.ndarray:
     ...
     ValueError: labels_true has a missing label (nan) at index 2: every sample needs a label
     """
-    if hasattr(y, "detach"):
-        y = y.detach().cpu().numpy()
-    a = np.asarray(y)
+    a = np.asarray(as_numpy(y))
     if a.ndim != 1:
         raise ValueError(f"{what} must be a 1-D array of labels, got shape {a.shape}")
     if a.dtype.kind in "fc":
@@ -78,17 +98,29 @@ def _codes(a: np.ndarray, what: str) -> np.ndarray:
                         "one type (e.g. all strings: np.asarray(labels).astype(str))") from err
 
 
-def contingency(labels_true: Any, labels_pred: Any) -> np.ndarray:
-    """The table :math:`n_{ij}` = #samples with true class ``i`` and predicted cluster ``j``."""
+def _coded(labels_true: Any, labels_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The checked labellings as codes: each sample's class and cluster index."""
     t, p = _labels(labels_true, "labels_true"), _labels(labels_pred, "labels_pred")
     if t.shape != p.shape:
         raise ValueError(f"labels_true has {t.shape[0]} entries but labels_pred has {p.shape[0]}")
     if t.size == 0:
         raise ValueError("cannot score an empty labelling")
-    ti, pi = _codes(t, "labels_true"), _codes(p, "labels_pred")
+    return _codes(t, "labels_true"), _codes(p, "labels_pred")
+
+
+def contingency(labels_true: Any, labels_pred: Any) -> np.ndarray:
+    """The table :math:`n_{ij}` = #samples with true class ``i`` and predicted cluster ``j``."""
+    ti, pi = _coded(labels_true, labels_pred)
     table = np.zeros((ti.max() + 1, pi.max() + 1), dtype=np.int64)
     np.add.at(table, (ti, pi), 1)
     return table
+
+
+def _cells(ti: np.ndarray, pi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The contingency table's non-zero cells in row-major order: their rows, columns and counts."""
+    width = int(pi.max()) + 1
+    cells, counts = np.unique(ti.astype(np.int64) * width + pi, return_counts=True)
+    return cells // width, cells % width, counts
 
 
 def clustering_accuracy(labels_true: Any, labels_pred: Any) -> float:
@@ -97,9 +129,35 @@ def clustering_accuracy(labels_true: Any, labels_pred: Any) -> float:
     >>> clustering_accuracy([0, 0, 1, 1, 2], [2, 2, 0, 0, 0])
     0.8
     """
-    table = contingency(labels_true, labels_pred)
-    rows, cols = linear_sum_assignment(-table)
-    return float(table[rows, cols].sum() / table.sum())
+    ti, pi = _coded(labels_true, labels_pred)
+    rows, cols, counts = _cells(ti, pi)
+    n_true, n_pred = int(ti.max()) + 1, int(pi.max()) + 1
+    # labels that share no sample have a 0 cell: the best matching is the best matching within each connected group
+    # of labels (classes and clusters joined by a non-zero cell), each group's on a dense table of its own labels
+    graph = coo_matrix((np.ones(rows.size), (rows, cols + n_true)), shape=(n_true + n_pred,) * 2)
+    n_groups, group = connected_components(graph, directed=False)
+    group_rows = np.bincount(group[:n_true], minlength=n_groups)
+    group_cols = np.bincount(group[n_true:], minlength=n_groups)
+    cell_group = group[rows]
+    best = np.zeros(n_groups, dtype=np.int64)
+    np.maximum.at(best, cell_group, counts)  # a group of one class or one cluster: its largest cell
+    matched = int(best[(group_rows == 1) | (group_cols == 1)].sum())
+    order = np.argsort(cell_group, kind="stable")  # the cells group by group
+    sizes = np.bincount(cell_group, minlength=n_groups)
+    ends = np.cumsum(sizes)
+    for g in np.flatnonzero((group_rows > 1) & (group_cols > 1)):
+        if group_rows[g] * group_cols[g] > _MAX_MATCHING_CELLS:
+            raise ValueError(
+                f"clustering_accuracy: matching {n_true} true classes with {n_pred} predicted clusters needs a dense "
+                f"table of {group_rows[g]} classes x {group_cols[g]} clusters that share samples, over the "
+                f"{_MAX_MATCHING_CELLS:,} cells this function allows; adjusted_rand_score and "
+                "normalized_mutual_info_score need no such table")
+        part = order[ends[g] - sizes[g]:ends[g]]
+        table = np.zeros((group_rows[g], group_cols[g]), dtype=np.int64)
+        table[_codes(rows[part], ""), _codes(cols[part], "")] = counts[part]
+        r, c = linear_sum_assignment(-table)
+        matched += int(table[r, c].sum())
+    return matched / ti.size
 
 
 def _comb2(n: np.ndarray) -> np.ndarray:
@@ -112,10 +170,10 @@ def adjusted_rand_score(labels_true: Any, labels_pred: Any) -> float:
     >>> adjusted_rand_score([0, 0, 1, 1], [1, 1, 0, 0])
     1.0
     """
-    table = contingency(labels_true, labels_pred).astype(np.float64)
-    n = table.sum()
-    sum_ij = _comb2(table).sum()
-    sum_a, sum_b = _comb2(table.sum(1)).sum(), _comb2(table.sum(0)).sum()
+    ti, pi = _coded(labels_true, labels_pred)
+    n = float(ti.size)
+    sum_ij = _comb2(_cells(ti, pi)[2].astype(np.float64)).sum()  # (a zero cell adds 0)
+    sum_a, sum_b = _comb2(np.bincount(ti).astype(np.float64)).sum(), _comb2(np.bincount(pi).astype(np.float64)).sum()
     expected = sum_a * sum_b / _comb2(n) if n > 1 else 0.0
     top = 0.5 * (sum_a + sum_b)
     if top == expected:  # both partitions trivial (one cluster each, or all singletons)
@@ -134,14 +192,15 @@ def normalized_mutual_info_score(labels_true: Any, labels_pred: Any) -> float:
     >>> round(normalized_mutual_info_score([0, 0, 1, 1], [0, 0, 0, 1]), 4)
     0.3437
     """
-    table = contingency(labels_true, labels_pred).astype(np.float64)
-    h_true, h_pred = _entropy(table.sum(1)), _entropy(table.sum(0))
+    ti, pi = _coded(labels_true, labels_pred)
+    a, b = np.bincount(ti).astype(np.float64), np.bincount(pi).astype(np.float64)
+    h_true, h_pred = _entropy(a), _entropy(b)
     if h_true == 0.0 and h_pred == 0.0:  # both a single cluster: identical partitions
         return 1.0
-    n = table.sum()
-    i, j = np.nonzero(table)
-    nij = table[i, j]
-    outer = table.sum(1)[i] * table.sum(0)[j]
+    n = float(ti.size)
+    i, j, nij = _cells(ti, pi)
+    nij = nij.astype(np.float64)
+    outer = a[i] * b[j]
     mi = float((nij / n * (np.log(nij * n) - np.log(outer))).sum())
     denom = 0.5 * (h_true + h_pred)
     return float(min(max(mi / denom, 0.0), 1.0)) if denom > 0 else 0.0

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kizuna._data import first_nonfinite
+from kizuna._data import check_int, first_nonfinite, one_number
 from kizuna.distributions.base import Distribution
 from kizuna.distributions.torch_dist import validation
 from kizuna.losses.elbo import IWAE
@@ -53,18 +53,31 @@ def log_likelihood(
             in bounded blocks (checked throughout, an estimate with k = 5,000 took 1.3x the time
             and 1.7x the memory of a hand-written one).
 
+    The networks of ``p_joint`` and ``q`` are evaluated in eval mode (dropout off, batch norm on its running
+    statistics, which scoring leaves unchanged), as `Model.test` evaluates them, and each module is returned to its
+    own mode afterwards.
+
     The estimate is a lower bound in expectation that tightens as ``k`` grows; see
     `bits_per_dim` to report it per dimension.
     """
     for name, value in (("k", k), ("batch_size", batch_size), ("k_chunk", k_chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"log_likelihood: {name} must be an integer >= 1, got {value!r}")
+        check_int(f"log_likelihood: {name}", value, 1)  # any integer: Python, numpy, a 0-d integer tensor
+    k, batch_size, k_chunk = (int(one_number(v, arrays=False)) for v in (k, batch_size, k_chunk))
     names = IWAE(p_joint, q, k=1).input_var
+    drawn = [v for v in p_joint.cond_var if v in q.var]
+    if drawn:
+        latents = ", ".join(drawn)
+        raise ValueError(
+            f"log_likelihood: p_joint is {p_joint.prob_text}, conditioned on {latents}, which q {q.prob_text} draws: "
+            f"the prior of {latents} is missing, so the estimate would not be log p(x); pass the joint, e.g. "
+            "p_x_given_z * prior")
     chunks = [min(k_chunk, k - start) for start in range(0, k, k_chunk)]
     device = _device(p_joint, q)
     out = []
     probe = validate is None  # check the first batch once, on one draw per row, then run unchecked
-    with torch.no_grad():
+    from kizuna.modules.vae import evaluating  # (kizuna.modules imports kizuna.metrics)
+
+    with torch.no_grad(), evaluating(p_joint, q):
         for rows, batch in _batches(x_dict, names, batch_size, _dtype(p_joint, q), device or torch.device("cpu")):
             if device is not None:
                 batch = {v: t.to(device) if isinstance(t, torch.Tensor) else t for v, t in batch.items()}

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from kizuna.metrics.clustering import as_numpy
+
 
 @dataclass(frozen=True)
 class TwoSampleResult:
@@ -29,9 +31,7 @@ class TwoSampleResult:
 
 
 def _as_rows(x: Any, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(as_numpy(x), dtype=np.float64)
     if x.ndim < 1 or x.shape[0] < 2:
         raise ValueError(f"classifier_two_sample_test: {name} needs at least two rows, got shape {x.shape}")
     x = x.reshape(x.shape[0], -1)
@@ -60,9 +60,14 @@ def _classifier(kind: Any, seed: int, n_train: int) -> Any:
         from sklearn.base import clone
 
         try:
-            return clone(kind)
+            model = clone(kind)
         except TypeError:  # not a scikit-learn estimator (no get_params): a deep copy
             return copy.deepcopy(kind)
+        # a random_state left unset (also of a pipeline's steps: "step__random_state") is set to the seed, so the same
+        # seed gives the same result; one the caller set is kept
+        unset = {key: seed for key, value in model.get_params().items()
+                 if (key == "random_state" or key.endswith("__random_state")) and value is None}
+        return model.set_params(**unset)
     raise ValueError(f"classifier_two_sample_test: classifier must be 'logistic', 'mlp' or an estimator, got {kind!r}")
 
 
@@ -73,9 +78,12 @@ def classifier_two_sample_test(real: Any, fake: Any, classifier: Any = "logistic
     Args:
         real, fake: samples with one row each (tensors or arrays; rows are flattened).
         classifier: ``"logistic"`` (standardised logistic regression), ``"mlp"`` (two hidden layers
-            of 128), or a scikit-learn estimator.
+            of 128), or a scikit-learn estimator (a copy is trained, by ``sklearn.base.clone``: the estimator given is
+            left as it was).
         test_size: the held-out fraction of each sample (at least one row of each is held out, and one kept).
-        seed: the seed of the subsampling, the split and the MLP.
+        seed: the seed of the subsampling, the split and the MLP, and the ``random_state`` of a given estimator
+            (and of its pipeline steps) where that is ``None``, so that a randomised estimator (e.g. a random forest)
+            gives the same result for the same seed; a ``random_state`` the estimator was given is kept.
 
     The larger sample is subsampled to the size of the smaller (balanced classes).
 
