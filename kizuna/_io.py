@@ -134,14 +134,17 @@ def remove_stale(path: Path) -> None:
             pass
 
 
-# what torch.load(weights_only=True) reads back without an allow-list (containers aside); the scalars by exact type
-# (an IntEnum is an int that it refuses)
+# what torch.load(weights_only=True) reads back without an allow-list (containers aside), by exact type: an IntEnum
+# is an int that it refuses, and a tensor subclass (a lazy module's UninitializedParameter, a MaskedTensor, a user's
+# subclass) a tensor that it refuses, so those are checked by loading them back (`safe_payload`)
 _SCALARS = frozenset({bool, int, float, complex, str, bytes, type(None)})
-_TORCH = (torch.Tensor, torch.dtype, torch.device, torch.Size)
+_PLAIN = _SCALARS | {torch.Tensor, torch.nn.Parameter, torch.dtype, torch.device, torch.Size}
+_LAZY = ("an uninitialised lazy module (e.g. nn.LazyLinear): run one forward pass through it before saving, so that "
+         "its parameters get their shapes")
 
 
 def _is_plain(obj: Any) -> bool:
-    return type(obj) in _SCALARS or isinstance(obj, _TORCH)
+    return type(obj) in _PLAIN
 
 
 def _plain(obj: Any) -> tuple[Any, bool]:
@@ -185,9 +188,11 @@ def safe_payload(obj: Any, who: str) -> tuple[Any, bytes]:
         try:
             torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch raises several types; weights_only refuses code
-            raise TypeError(f"{who}: the state holds {_refused(err)}, which a safe load (weights_only) refuses; "
-                            "nothing was written: give tensors, numbers, strings and lists, tuples or dicts of "
-                            "them") from None
+            refused = _refused(err)
+            advice = (_LAZY if ".Uninitialized" in refused else
+                      "give tensors, numbers, strings and lists, tuples or dicts of them")
+            raise TypeError(f"{who}: the state holds {refused}, which a safe load (weights_only) refuses; "
+                            f"nothing was written: {advice}") from None
     return obj, payload
 
 

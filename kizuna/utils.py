@@ -189,12 +189,32 @@ def _module_state(module: Any) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
     return (tuple((id(t), t._version) for t in tensors), tuple(m.training for m in module.modules())), tensors
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu", "hpu")  # the device types torch.autocast runs on
+
+
+def _autocast_state() -> tuple[tuple[str, torch.dtype], ...]:
+    """The device types ``torch.autocast`` is on for, each with its dtype, as a key: a result computed under autocast
+    (in bfloat16) is not what the same call computes outside it (float32), nor under another autocast dtype."""
+    if not hasattr(torch, "get_autocast_dtype"):  # torch < 2.4: autocast is read per device type by name
+        state = [("cpu", torch.get_autocast_cpu_dtype())] if torch.is_autocast_cpu_enabled() else []
+        return tuple(state + ([("cuda", torch.get_autocast_gpu_dtype())] if torch.is_autocast_enabled() else []))
+    state = []
+    for device in _AUTOCAST_DEVICES:
+        try:
+            if torch.is_autocast_enabled(device):
+                state.append((device, torch.get_autocast_dtype(device)))
+        except RuntimeError:  # a device type this build of torch does not know
+            pass
+    return tuple(state)
+
+
 def lru_cache_for_sample_dict() -> Callable[[F], F]:
     """Memoise a method whose arguments are sample dicts (Pixyz's decorator of ``get_params``).
 
-    A call with the same tensors (the same objects, not modified in place), in the same grad mode, with the
-    module's parameters and buffers the same tensors not modified since and every submodule in the same
-    training mode, returns the stored result; at most `cache_maxsize` results are kept per method. Unlike
+    A call with the same tensors (the same objects, not modified in place), in the same grad mode and the same
+    ``torch.autocast`` state (on or off, and its dtype, per device type), with the module's parameters and buffers
+    the same tensors not modified since and every submodule in the same training mode, returns the stored result;
+    at most `cache_maxsize` results are kept per method. Unlike
     Pixyz's cache, an optimizer step (which updates the parameters in place), an in-place change of an input
     or a buffer (BatchNorm's running statistics), or ``.train()`` / ``.eval()`` invalidates the stored results,
     so a stale value is not returned — except after a write through ``.data`` (``p.data = ...``,
@@ -220,7 +240,8 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             state, tensors = _module_state(self)
-            key = (id(self), state, torch.is_grad_enabled(), _frozen(args), _frozen(sorted(kwargs.items())))
+            key = (id(self), state, torch.is_grad_enabled(), _autocast_state(), _frozen(args),
+                   _frozen(sorted(kwargs.items())))
             try:
                 hit = key in cache
             except TypeError:  # an argument that cannot be keyed (a numpy array): computed, not cached

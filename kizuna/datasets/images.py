@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kizuna._data import check_int, one_number
+from kizuna.datasets.house import _is_number
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -99,19 +102,26 @@ def load_mnist(binarize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
 def split(
     x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.2, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A seeded random train/test split: ``x_train, y_train, x_test, y_test``.
+    """A seeded random train/test split: ``x_train, y_train, x_test, y_test``. ``test_fraction`` is a number in
+    (0, 1); ``seed`` an integer from 0 to 2**64 - 1 (the same seed gives the same split).
 
     >>> x_tr, y_tr, x_te, y_te = split(torch.zeros(10, 2), torch.arange(10), test_fraction=0.3)
     >>> x_tr.shape, x_te.shape
     (torch.Size([7, 2]), torch.Size([3, 2]))
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"split: test_fraction must be in (0, 1), got {test_fraction}")
+    # (a string "0.2" or seed None, 1.5 or "3" failed in Python or torch without naming split; -1 was taken)
+    fraction = one_number(test_fraction)  # (a 0-d tensor or array as its number)
+    if not _is_number(fraction) or not 0.0 < fraction < 1.0:
+        raise ValueError(f"split: test_fraction must be a number in (0, 1), got {test_fraction!r}")
+    check_int("split: seed", seed, 0)
+    seed = int(one_number(seed, arrays=False))  # (torch's manual_seed takes no numpy integer)
+    if seed >= 2**64:
+        raise ValueError(f"split: seed must be below 2**64 (torch's generators take a 64-bit seed), got {seed}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"split: x has {x.shape[0]} rows but y has {y.shape[0]}")
     n = x.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_test = max(1, round(n * test_fraction))
+    n_test = max(1, round(n * fraction))
     if n_test >= n:
         raise ValueError(f"split: {n} rows with test_fraction={test_fraction} leave no training rows")
     test, train = perm[:n_test], perm[n_test:]

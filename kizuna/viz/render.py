@@ -3,7 +3,8 @@ r"""Pictures of models: `render` turns a distribution, a loss or a module graph 
 What it reads is public structure only: a distribution's ``factors()`` and their ``var`` /
 ``cond_var`` / ``name`` (through renamed and marginalised distributions, to the factors inside them);
 a loss's ``distributions()``, ``input_var`` and, for `IterativeLoss`, its ``series_var`` and
-``update_value``; a `kizuna.modules.Graph`'s ``modules`` with their ``children``.
+``update_value``; a `kizuna.modules.Graph`'s ``modules`` (a `Module`: it and those below it) with
+their ``children``.
 Nothing in the formula layer imports this module.
 
 * Random variables are nodes (ellipses); observed ones are shaded: a loss's inputs (its data), or
@@ -28,7 +29,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from kizuna._text import latex_name, prob_text
 from kizuna.distributions.base import Distribution, single_factors
@@ -36,6 +37,7 @@ from kizuna.formula.expr import Loss
 from kizuna.losses.iterative import IterativeLoss
 from kizuna.modules.base import Module, Observation
 from kizuna.modules.graph import Graph
+from kizuna.viz._backend import save_figure
 
 
 @dataclass
@@ -116,8 +118,32 @@ def _from_loss(spec: _Spec, loss: Loss, observed: set[str]) -> None:
             spec.edge(src, dst, "next step", "recurrence")
 
 
-def _from_graph(spec: _Spec, graph: Graph, observed: set[str]) -> None:
-    for m in graph.modules:  # an Observation is data; a module named in ``observed`` is shaded as given too
+def _below(module: Module) -> list[Module]:
+    """The modules a `Module` draws: it and every module and observation below it (its children, down to the data),
+    in update order. The whole graph it sits in (every module connected to it, through parents and children) is
+    checked and named as `Graph` does from its top modules, so one module of a larger graph draws its part of that
+    graph, under the graph's names (a `Graph` of the module alone refused its parents)."""
+    seen, stack, tops = {id(module)}, [module], []
+    while stack:
+        m = stack.pop()
+        if not m.parents:
+            tops.append(m)
+        for n in m.children + m.parents:
+            if id(n) not in seen:
+                seen.add(id(n))
+                stack.append(n)
+    graph = Graph(tops or [module])  # (no top module: a cycle, which Graph names)
+    below, stack = {id(module)}, [module]
+    while stack:
+        for child in stack.pop().children:
+            if id(child) not in below:
+                below.add(id(child))
+                stack.append(child)
+    return [m for m in graph.modules if id(m) in below]
+
+
+def _from_graph(spec: _Spec, modules: list[Module], observed: set[str]) -> None:
+    for m in modules:  # an Observation is data; a module named in ``observed`` is shaded as given too
         spec.node(m.name, isinstance(m, Observation) or m.name in observed,
                   "observation" if isinstance(m, Observation) else "module")
         spec.nodes[m.name]["label"] = m.name if isinstance(m, Observation) else f"{m.name}\n{type(m).__name__}"
@@ -139,7 +165,7 @@ def model_spec(obj: Any, observed: list[str] | tuple[str, ...] = ()) -> dict[str
     elif isinstance(obj, Distribution):
         _add_distribution(spec, obj, observed_set)
     elif isinstance(obj, Graph | Module):
-        _from_graph(spec, obj if isinstance(obj, Graph) else Graph([obj]), observed_set)
+        _from_graph(spec, obj.modules if isinstance(obj, Graph) else _below(obj), observed_set)
     else:
         raise TypeError("render: expected a kizuna Distribution, Loss, Model, modules.Graph or Module, "
                         f"got {type(obj).__name__}")
@@ -183,18 +209,43 @@ def to_dot(spec: dict[str, Any], latex: bool = False, name: str = "model") -> st
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class _DotPicture:
+    """Graphviz's picture of DOT text, drawn for `kizuna.viz._backend.save_figure` as a matplotlib figure is: so that
+    `render` writes its image as every kizuna plot does (the format the suffix names, in any case; ``.png`` added to
+    a name without one; the folder created; written atomically by `kizuna._io.write_atomic`)."""
+
+    program: str
+    dot: str
+    path: Path
+
+    def savefig(self, out: BinaryIO, dpi: int, format: str) -> None:  # (matplotlib's names)
+        drawn = subprocess.run([self.program, f"-T{format}"], input=self.dot.encode(), capture_output=True)
+        if drawn.returncode != 0:
+            reason = drawn.stderr.decode(errors="replace").strip() or f"exit status {drawn.returncode}"
+            raise ValueError(f"render: Graphviz's dot cannot draw {str(self.path)!r} in the format {format!r} (the "
+                             f"file's suffix): {reason}; nothing was written")
+        out.write(drawn.stdout)
+
+
 def render(obj: Any, filename: str | Path | None = None, observed: list[str] | tuple[str, ...] = (),
            latex: bool = False) -> Rendering:
     """The picture of a distribution, loss or module graph (module docstring).
 
     Args:
         obj: a `Distribution` (a product shows every factor), a `Loss` (or a `kizuna.models.Model`: its loss), or a
-            `modules.Graph` / `Module`.
-        filename: where to draw the image (its suffix is the format, e.g. ``.png``, ``.svg``); drawn only
+            `modules.Graph` / `Module` (a module and everything below it, down to its observations: for a module
+            inside a larger graph, its part of that graph; render the `Graph` or its top module for all of it).
+        filename: where to draw the image (its suffix, in any case, is the format, e.g. ``.png``, ``.svg``; a name
+            without one gets ``.png``; its folder is created; written atomically, as every kizuna plot); drawn only
             when Graphviz's ``dot`` is installed (``Rendering.image`` is None otherwise).
         observed: names to shade besides a loss's inputs (for a module graph: module names, shaded like its
             `Observation` nodes).
         latex: write LaTeX labels (``$z_{1}$``) into the DOT text.
+
+    Raises:
+        ValueError: ``dot`` cannot draw the image (e.g. a format it does not know; its reason is given), or
+            ``filename`` is a directory.
 
     >>> from kizuna.distributions import Bernoulli, Normal
     >>> p = Bernoulli(var=["x"], cond_var=["z"], probs="z") * Normal(var=["z"], loc=0.0, scale=1.0)
@@ -204,8 +255,8 @@ def render(obj: Any, filename: str | Path | None = None, observed: list[str] | t
     spec = model_spec(obj, observed)
     dot = to_dot(spec, latex)
     image = None
-    if filename is not None and shutil.which("dot") is not None:
-        image = Path(filename)
-        fmt = image.suffix.lstrip(".") or "png"
-        subprocess.run([str(shutil.which("dot")), f"-T{fmt}", "-o", str(image)], input=dot, text=True, check=True)
+    program = shutil.which("dot")
+    if filename is not None and program is not None:
+        image = save_figure(_DotPicture(program, dot, Path(filename)), filename, 0, "render")
     return Rendering(dot, spec, image)
+
