@@ -66,11 +66,15 @@ class Batches:
     ``data`` is a dict of tensors cut along their first dimension (numbers and 0-d tensors
     are passed to every batch as they are), or a re-iterable of dicts such as a ``DataLoader``.
     Names are checked against ``needed`` up front (for a loader, on its dataset's first item
-    when that is what its batches are built from) and again on every loader batch.
+    when that is what its batches are built from) and again on every loader batch. ``time_major`` names the
+    variables the loss reads time first (``T x N x ...``): a loader batch holding one counts ``N`` rows (its
+    weight in the epoch means), not ``T``.
     """
 
-    def __init__(self, data: Any, what: str, needed: Sequence[str], batch_size: int) -> None:
+    def __init__(self, data: Any, what: str, needed: Sequence[str], batch_size: int,
+                 time_major: Sequence[str] = ()) -> None:
         self.what, self.needed, self.batch_size = what, list(needed), batch_size
+        self.time_major = list(time_major)
         self.tensors: dict[str, Any] | None = None
         self.loader: Iterable[Any] | None = None
         if isinstance(data, Mapping):
@@ -120,7 +124,7 @@ class Batches:
             for i, item in enumerate(self.loader, 1):
                 self._check_item(item, f"batch {i}")
                 values = prepare(item, dtype, device, f"{self.what} batch {i}")
-                n = batch_size_of(values) or 1
+                n = _rows_of(values, self.time_major)
                 yield Batch(n, values, None, n)
             return
         n = next(v.shape[0] for v in self.tensors.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
@@ -134,6 +138,16 @@ class Batches:
                 rows = order[start:start + 1]
             values = {k: _rows(v, rows) for k, v in self.tensors.items()}
             yield Batch(n_rows, prepare(values, dtype, device, self.what), rows, stop - start)
+
+
+def _rows_of(values: Mapping[str, Any], time_major: Sequence[str]) -> int:
+    """The rows (sequences) of a loader batch: dimension 1 of its first time-major variable (``T x N x ...``), else
+    the largest leading dimension (`batch_size_of`); at least 1."""
+    for name in time_major:
+        value = values.get(name)
+        if isinstance(value, torch.Tensor) and value.dim() > 1:
+            return value.shape[1]
+    return batch_size_of(values) or 1
 
 
 def _numbers_in_lists(value: Any) -> bool:

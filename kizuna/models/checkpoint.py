@@ -4,7 +4,8 @@ A checkpoint is a dict written with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``: it holds only tensors, numbers, strings, lists, tuples and
 dicts (the numpy RNG key is stored as a tensor), so loading one never runs pickled code.
 It carries everything that decides the next training step: the distributions'
-``state_dict``, the optimizer state, the epoch count, the history, the best validation
+``state_dict``, the optimizer state, the state the losses hold outside the distributions (a
+`kizuna.samplers.SGLD` replay buffer, a learned coefficient), the epoch count, the history, the best validation
 epoch, fit's shuffling generator and fit's own torch random stream (fit draws inside a fork of
 torch's generator seeded from it, so the global generators are neither used for its draws nor
 saved). Restoring all of it makes an interrupted run continue with exactly the numbers of an
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ class History:
         valid: mean validation (test) loss; ``nan`` for epochs run without validation data.
         terms: ``{term label: [per-epoch mean]}`` from the training steps' own evaluations.
         valid_terms: the same for the validation passes.
-        best_epoch: the epoch with the lowest validation loss so far (``None`` without one).
+        best_epoch: the epoch with the lowest validation loss so far in the last `fit` call with validation data
+            (each call's early stopping starts afresh; a resumed run continues its checkpoint's), ``None`` without one.
         stopped_epoch: the epoch at which early stopping ended the last `fit` (``None`` otherwise).
 
     ``history["train"]``, ``history["valid"]``, ``history["epoch"]`` and
@@ -166,20 +168,31 @@ def named_parameters(modules: nn.ModuleList) -> list[tuple[str, nn.Parameter]]:
 
 def check_parameters(modules: nn.ModuleList, state: Mapping[str, torch.Tensor], path: Any) -> None:
     """An error listing every missing, unexpected and mis-shaped entry of ``state``."""
-    own = modules.state_dict()
+    check_state(modules.state_dict(), state, path, lambda key: _where(modules, key))
+
+
+def check_state(own: Mapping[str, torch.Tensor], state: Mapping[str, Any], path: Any,
+                name: Callable[[str], str] = str) -> None:
+    """An error listing every entry of ``state`` missing from ``own``'s keys, unexpected, not a tensor or mis-shaped
+    (``name`` shows a key of ``own``)."""
     problems = []
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    wrong = [k for k in own if k in state and not isinstance(state[k], torch.Tensor)]
+    mismatched = [k for k in own if isinstance(state.get(k), torch.Tensor)
+                  and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing:
         problems.append("missing from the checkpoint: "
-                        + ", ".join(f"{_where(modules, k)} {tuple(own[k].shape)}" for k in missing))
+                        + ", ".join(f"{name(k)} {tuple(own[k].shape)}" for k in missing))
     if unexpected:
         problems.append("in the checkpoint but not in the model: "
-                        + ", ".join(f"{k} {tuple(state[k].shape)}" for k in unexpected))
+                        + ", ".join(f"{k} {tuple(getattr(state[k], 'shape', ()))}" for k in unexpected))
+    if wrong:
+        problems.append("not a tensor in the checkpoint: " + ", ".join(
+            f"{name(k)} ({type(state[k]).__name__})" for k in wrong))
     if mismatched:
         problems.append("shape mismatch: " + ", ".join(
-            f"{_where(modules, k)} is {tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+            f"{name(k)} is {tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
             for k in mismatched))
     if problems:
         raise ValueError(f"{path} was saved from another architecture; " + "; ".join(problems))

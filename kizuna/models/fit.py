@@ -57,7 +57,9 @@ def fit(
         shuffle: reshuffle dict data every epoch with fit's own generator.
         quiet: hide the progress bar; ``None``: hide it when stderr is not a terminal.
         patience: with ``valid``: stop after this many epochs without a strictly lower
-            validation loss, and restore the parameters of the best epoch.
+            validation loss, and restore the parameters of the best epoch. Each call's early stopping starts
+            afresh (best epoch and count), measured on its own ``valid``, except the first call after
+            `Model.load` / `Model.load_state_dict`, which continues the restored run's (an exact resume).
         checkpoint: a path; the model is saved there (see `Model.save`) after every finished epoch.
             A missing folder is created (with its parents) before training; a path that cannot be written
             (a file in the way, an existing directory given as the file) is an error then.
@@ -93,8 +95,9 @@ def fit(
         if isinstance(given, Iterator) and epochs > 1:  # read once, but fit reads it every epoch
             raise ValueError(f"fit: {what} is an iterator ({type(given).__name__}), which can be read once, but fit "
                              f"reads it every epoch; pass a list of batches, a DataLoader or another re-iterable")
-    train_data = Batches(data, "data", model.loss_cls.input_var, batch_size)
-    valid_data = Batches(valid, "valid", model.test_loss_cls.input_var, batch_size) if valid is not None else None
+    train_data = Batches(data, "data", model.loss_cls.input_var, batch_size, _time_major(model.loss_cls))
+    valid_data = Batches(valid, "valid", model.test_loss_cls.input_var, batch_size,
+                         _time_major(model.test_loss_cls)) if valid is not None else None
     _check_batch_first(model.loss_cls, train_data, "data")
     if valid_data is not None:
         _check_batch_first(model.test_loss_cls, valid_data, "valid")
@@ -106,6 +109,10 @@ def fit(
     _start_streams(model, seed, parallel)
     if epochs > 0:  # the stop of an earlier call does not describe this one (it stayed, stale)
         model.history.stopped_epoch = None
+        if not model._resumed:  # this call's early stopping is its own: an earlier call's best epoch, measured on
+            # other validation data or another loss, stopped it early and its parameters were restored, silently
+            model._best = None
+        model._resumed = False
     shard = (ddp.rank(), ddp.world_size()) if parallel else (0, 1)
     main = not parallel or ddp.is_main()
     quiet = (quiet if quiet is not None else not _stderr_is_terminal()) or not main
@@ -145,6 +152,13 @@ def fit(
                 if stop:
                     break
     return model.history
+
+
+def _time_major(loss: Any) -> list[str]:
+    """The variables an `IterativeLoss` of ``loss`` reads time-major (``series_dim=0``: time first, the batch along
+    dimension 1)."""
+    return list(dict.fromkeys(v for node in loss.nodes() if isinstance(node, IterativeLoss) and node.series_dim == 0
+                              for v in node.series_var))
 
 
 def _check_batch_first(loss: Any, batches: Batches, what: str) -> None:

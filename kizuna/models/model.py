@@ -172,6 +172,8 @@ class Model:
         self._rng: torch.Tensor | None = None  # fit's own torch random stream (saved in checkpoints)
         self._cuda_rng: torch.Tensor | None = None  # and the CUDA device's, on a GPU (saved too)
         self._best: dict[str, Any] | None = None  # best validation epoch, value and parameters
+        # load_state_dict ran since the last fit: the next fit continues the restored early stopping (a resumed run)
+        self._resumed = False
         self.parallel: Any = None  # the DistributedDataParallel wrapper while fit runs data-parallel
         # in a data-parallel step: this rank's rows over the global batch's, times the world size, so
         # that DDP's average of the ranks' gradients is the gradient of the global batch's mean loss
@@ -191,7 +193,8 @@ class Model:
         return self._params[0].dtype
 
     def __str__(self) -> str:
-        names = ", ".join(str(d.prob_text) for d in self.distributions)
+        # (a trained module that is not a distribution, e.g. a LadderVAE, has no prob_text: its class name)
+        names = ", ".join(str(getattr(d, "prob_text", type(d).__name__)) for d in self.distributions)
         return f"Distributions (for training): {names}\nLoss function: {self.loss_cls}\nOptimizer: {self.optimizer}"
 
     # ------------------------------------------------------------------ steps
@@ -372,20 +375,57 @@ class Model:
             fn = self._compiled[id(loss_cls)] = _compiled_eval(self, loss_cls)
         return fn
 
+    def _trained_parameters(self) -> list[torch.Tensor]:
+        """Every parameter the optimizer trains, in its order: the distributions' and any the user gave it
+        (``optimizer.add_param_group``, e.g. a learned loss coefficient), which are clipped and checked too."""
+        groups = self.optimizer.param_groups
+        key = [(id(group["params"]), len(group["params"])) for group in groups]
+        cached = self.__dict__.get("_trained")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_trained"] = (key, [p for group in groups for p in group["params"]])
+        return cached[1]
+
+    def _loss_parameters(self) -> list[torch.Tensor]:
+        """The parameters the optimizer trains beyond the distributions' (a learned loss coefficient)."""
+        own = {id(p) for p in self.distributions.parameters()}
+        return [p for p in self._trained_parameters() if id(p) not in own]
+
+    def _loss_state(self) -> dict[str, torch.Tensor]:
+        """The state the losses hold outside the distributions, by ``state_dict`` key (``loss.`` / ``test_loss.``
+        and the key in that loss), the live tensors: a sampler's replay buffer (`kizuna.samplers.SGLD` in
+        `ContrastiveDivergence`), a learned coefficient (an ``nn.Parameter`` in the formula) and any other module
+        of a loss that is not a distribution. Distributions are left out: the trained ones are in
+        ``distributions``, others (a fixed prior, a GAN's other player) are not this model's state, unless this
+        model's optimizer trains their parameters."""
+        from kizuna.distributions.base import Distribution
+
+        trained = {id(p) for p in self._trained_parameters()}
+        seen = {id(t) for t in self.distributions.state_dict(keep_vars=True).values()}
+        out: dict[str, torch.Tensor] = {}
+        for name, loss in (("loss", self.loss_cls), ("test_loss", self.test_loss_cls)):
+            skip = {id(t) for m in loss.modules() if isinstance(m, Distribution)
+                    for t in (*m.parameters(), *m.buffers())} - trained
+            for key, t in loss.state_dict(keep_vars=True).items():
+                if isinstance(t, torch.Tensor) and id(t) not in seen and id(t) not in skip:
+                    seen.add(id(t))
+                    out[f"{name}.{key}"] = t
+        return out
+
     def _check_gradients(self, value: float, terms: Mapping[str, float], batch: Mapping[str, Any]) -> None:
+        params = self._trained_parameters()
         if self.clip_grad_norm is not None:
-            finite = math.isfinite(clip_grad_norm(self._params, self.clip_grad_norm).item())
+            finite = math.isfinite(clip_grad_norm(params, self.clip_grad_norm).item())
         else:
-            finite = _all_finite([p.grad for p in self._params if p.grad is not None])
+            finite = _all_finite([p.grad for p in params if p.grad is not None])
         if not finite:
-            bad = [name for name, p in ckpt.named_parameters(self.distributions)
-                   if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            named = [*ckpt.named_parameters(self.distributions), *self._loss_state().items()]
+            bad = [name for name, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
             self.optimizer.zero_grad(set_to_none=True)
             note = f"the loss {value:.6g} is finite" + (
                 "" if self.parallel is None else " on this rank: another rank's loss or gradient was not")
             raise self._nonfinite(f"the gradient of {', '.join(bad)} is non-finite", batch, terms, note)
         if self.clip_grad_value is not None:
-            nn.utils.clip_grad_value_(self._params, self.clip_grad_value)
+            nn.utils.clip_grad_value_(params, self.clip_grad_value)
 
     def _nonfinite(self, what: str, batch: Mapping[str, Any], terms: Mapping[str, float],
                    note: str = "", step: bool = True) -> NonFiniteStep:
@@ -456,20 +496,30 @@ class Model:
         return []
 
     def early_stop(self, epoch: int, valid_loss: float, patience: int | None) -> bool:
-        """Track the best validation epoch; with ``patience`` run out, restore it and say stop."""
+        """Track the best validation epoch; with ``patience`` run out, restore it and say stop.
+
+        `fit` forgets the best epoch when a call starts (each call's early stopping is its own, measured on its
+        validation data), except in the first call after `load_state_dict`, which continues the restored one."""
+        models = [self, *self.submodels()]
         if self._best is None or valid_loss < self._best["value"]:
             def snapshot(model: Model) -> dict[str, Any]:
                 return {k: v.detach().clone() for k, v in model.distributions.state_dict().items()}
 
-            # the submodels' (a GAN's discriminator) too: the best epoch is restored as a whole
+            # the submodels' (a GAN's discriminator) too, and the parameters each optimizer trains beyond the
+            # distributions (a learned loss coefficient): the best epoch is restored as a whole
             self._best = {"epoch": epoch, "value": valid_loss, "state": snapshot(self),
-                          "submodels": [snapshot(m) for m in self.submodels()]}
+                          "submodels": [snapshot(m) for m in self.submodels()],
+                          "loss_parameters": [[p.detach().clone() for p in m._loss_parameters()] for m in models]}
         self.history.best_epoch = self._best["epoch"]
         if patience is None or epoch - self._best["epoch"] < patience:
             return False
         self.distributions.load_state_dict(self._best["state"])
         for model, state in zip(self.submodels(), self._best.get("submodels", [])):
             model.distributions.load_state_dict(state)
+        with torch.no_grad():
+            for model, kept in zip(models, self._best.get("loss_parameters", [])):
+                for p, v in zip(model._loss_parameters(), kept):
+                    p.copy_(v)
         self.history.stopped_epoch = epoch
         return True
 
@@ -494,18 +544,22 @@ class Model:
         self.load_state_dict(ckpt.load(path), source=str(path))
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything that decides the next step: parameters, optimizer, epoch, history, best
+        """Everything that decides the next step: parameters, optimizer, the state the losses hold outside the
+        distributions (a sampler's replay buffer, a learned coefficient: `_loss_state`), epoch, history, best
         validation epoch, and fit's shuffling generator and random stream.
 
+        A snapshot: its tensors are copies (torch's ``state_dict`` holds the live ones, which later steps change), so
+        that `load_state_dict` of it gives back the whole model as it was, weights and optimizer state included.
         Subclasses with more state (e.g. a second optimizer) extend this and `load_state_dict`.
         """
         return {
-            "distributions": self.distributions.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "distributions": copy.deepcopy(self.distributions.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "optimizer_class": ckpt.class_name(self.optimizer),
+            "loss": {k: v.detach().clone() for k, v in self._loss_state().items()},
             "epoch": self.epoch,
             "history": self.history.to_dict(),
-            "best": copy.copy(self._best),
+            "best": copy.deepcopy(self._best),
             "shuffle": None if self._shuffle is None else self._shuffle.get_state(),
             "rng": self._rng,
             "cuda_rng": self._cuda_rng,
@@ -516,11 +570,13 @@ class Model:
         }
 
     def load_state_dict(self, state: Mapping[str, Any], source: str = "the checkpoint") -> None:
-        """Restore `state_dict`, so that `fit` continues exactly as if it had not been interrupted.
+        """Restore `state_dict`, so that `fit` continues exactly as if it had not been interrupted (the next `fit`
+        call continues its early stopping too). ``state`` is copied, never kept: later steps leave it as it was.
+        A state without the losses' state (``"loss"``, from before it was saved) leaves theirs as it is.
 
         Raises:
-            ValueError: its parameters do not fit these distributions (the message lists missing /
-                unexpected names and shape mismatches), or it was trained with another optimizer class.
+            ValueError: its parameters do not fit these distributions or the losses' state (the message lists
+                missing / unexpected names and shape mismatches), or it was trained with another optimizer class.
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"{source}: a model state is a dict (Model.state_dict()), got {type(state).__name__}")
@@ -531,11 +587,18 @@ class Model:
             raise ValueError(f"{source} is not a whole model state: it lacks {', '.join(map(repr, missing))} "
                              "(give what Model.state_dict() returns)")
         ckpt.check_parameters(self.distributions, state["distributions"], source)
+        held, saved_held = self._loss_state(), state.get("loss")
+        if saved_held is not None:
+            if not isinstance(saved_held, Mapping):
+                raise ValueError(f"{source}: the losses' state ('loss') is a dict of tensors, got "
+                                 f"{type(saved_held).__name__}")
+            ckpt.check_state(held, saved_held, source)
         if state["optimizer_class"] != ckpt.class_name(self.optimizer):
             raise ValueError(f"{source} was trained with {state['optimizer_class']}, "
                              f"this model uses {ckpt.class_name(self.optimizer)}")
         try:  # everything else read first, so that a bad entry leaves the model as it was
-            epoch, history = int(state["epoch"]), History.from_dict(state["history"])
+            # (a copy: the history's lists were the state's own, which later epochs changed)
+            epoch, history = int(state["epoch"]), History.from_dict(copy.deepcopy(state["history"]))
             shuffle = None
             if state["shuffle"] is not None:
                 shuffle = torch.Generator()
@@ -544,16 +607,25 @@ class Model:
             raise ValueError(f"{source}: its epoch, history or shuffling state cannot be read ({err})") from None
         weights = {k: v.clone() for k, v in self.distributions.state_dict().items()}
         optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        kept_dtypes = {id(p): p.dtype for p in self._trained_parameters()}
+        saved_dtypes = {id(p): state["distributions"][name].dtype for name, p in self.distributions.named_parameters()
+                        if isinstance(state["distributions"].get(name), torch.Tensor)}
+        saved_dtypes.update((id(t), saved_held[key].dtype) for key, t in held.items() if saved_held is not None)
         try:
             self.distributions.load_state_dict(state["distributions"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self._load_optimizer(state["optimizer"], saved_dtypes)
         except (ValueError, RuntimeError, KeyError) as err:  # leave the model as it was, not half loaded
             self.distributions.load_state_dict(weights)
-            self.optimizer.load_state_dict(optimizer_state)
+            self._load_optimizer(optimizer_state, kept_dtypes)
             raise ValueError(f"{source} does not fit this model's optimiser (e.g. another set of trainable "
                              f"parameters): {err}") from None
+        if saved_held is not None:
+            with torch.no_grad():
+                for key, t in held.items():
+                    t.copy_(saved_held[key])
         self.epoch, self.history = epoch, history
-        self._best = state["best"]
+        self._best = copy.deepcopy(state["best"])
+        self._resumed = True
         self._shuffle = shuffle
         self._rng = state.get("rng")
         self._cuda_rng = state.get("cuda_rng")  # (None from a CPU run or an older checkpoint: seeded at the next fit)
@@ -564,6 +636,23 @@ class Model:
         for name, loss in (("train", self.loss_cls), ("test", self.test_loss_cls)):
             if name in done:
                 self._validated.add(id(loss))
+
+    def _load_optimizer(self, saved: Mapping[str, Any], dtypes: Mapping[int, torch.dtype]) -> None:
+        """``optimizer.load_state_dict`` of a copy of ``saved``, then each state tensor back in its saved dtype where
+        torch changed it and its parameter has the dtype it had when saved (``dtypes``: by the parameter's id).
+        torch casts every floating state entry but ``step`` to its parameter's dtype (pytorch/pytorch#75224): NAdam's
+        ``mu_product``, kept in float32, came back in float64 in a float64 model, and the resumed run differed. A
+        state saved from a model of another dtype stays converted to this one's, as torch converts it."""
+        self.optimizer.load_state_dict(copy.deepcopy(saved))  # (torch keeps the given tensors where no cast is due)
+        indices = [index for group in saved["param_groups"] for index in group["params"]]
+        for index, param in zip(indices, self._trained_parameters()):
+            entries, live = saved["state"].get(index), self.optimizer.state.get(param)
+            if not entries or live is None or dtypes.get(id(param)) != param.dtype:
+                continue
+            for key, value in entries.items():
+                now = live.get(key)
+                if isinstance(value, torch.Tensor) and isinstance(now, torch.Tensor) and now.dtype != value.dtype:
+                    live[key] = now.to(value.dtype)
 
     def check_checkpoint_path(self, path: str | PathLike[str]) -> None:
         """Before training (``fit(checkpoint=...)``): ``path``'s folder created where missing, as `save` does, or an
