@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from kizuna.metrics.likelihood import _device
+
 Tensor = torch.Tensor
 
 
@@ -31,6 +33,13 @@ def in_model_dtype(x_dict: Mapping[str, Any], *dists: Any) -> dict[str, Any]:
     if like is None:
         return dict(x_dict)
     return {v: t.to(like.dtype) if isinstance(t, Tensor) and t.is_floating_point() else t for v, t in x_dict.items()}
+
+
+def on_models(x_dict: Mapping[str, Any], *dists: Any) -> dict[str, Any]:
+    """`in_model_dtype`, with the tensors moved to the models' device (where they have one)."""
+    device = _device(*dists)
+    return {k: v.to(device) if isinstance(v, Tensor) and device is not None else v
+            for k, v in in_model_dtype(x_dict, *dists).items()}
 
 
 def own_draws(p: Any, x_dict: Mapping[str, Any], **options: Any) -> dict[str, Any]:
@@ -84,8 +93,10 @@ def fill_missing(x: Tensor, mask: Tensor, init: Tensor | None, var: str, who: st
     """``x`` with its missing entries replaced by ``init``.
 
     The default ``init`` is the mean of each feature over the rows where it is observed
-    (0 where no row observes it), i.e. mean imputation within the batch.
+    (0 where no row observes it), i.e. mean imputation within the batch. A given ``init`` must be finite where
+    ``x`` is missing (elsewhere it is not read).
     """
+    given = init is not None
     if init is None:
         m = mask.to(x.dtype)
         counts = m.sum(0)
@@ -99,4 +110,13 @@ def fill_missing(x: Tensor, mask: Tensor, init: Tensor | None, var: str, who: st
         raise ValueError(
             f"{who}: init of shape {tuple(init.shape)} does not broadcast to {var}'s shape {tuple(x.shape)}"
         ) from err
+    bad = ~mask & ~torch.isfinite(init)
+    if given and bool(bad.any()):  # (the encoder was blamed: "q(z|x): parameter loc of Q is not finite")
+        first = [int(i) for i in bad.nonzero()[0]]
+        where = f"row {first[0]}" + (f", feature {first[1] if len(first) == 2 else tuple(first[1:])}"
+                                     if len(first) > 1 else "")
+        raise ValueError(
+            f"{who}: init has NaN or infinite values where {var} is missing ({int(bad.sum())} entries, first at "
+            f"{where}); init fills the missing entries fed to the encoder and must be finite there"
+        )
     return torch.where(mask, x, init)

@@ -20,6 +20,10 @@ estimate of :math:`-\log p(x)`: rare rows, which the model finds improbable, sco
 
 Both are computed without gradients, ``batch_size`` rows and ``k_chunk`` draws at a time,
 so memory is bounded by ``batch_size * k_chunk`` evaluations of the decoder whatever ``k``.
+The networks run in eval mode (dropout off, batch norm on its running statistics, which scoring
+leaves unchanged), so a row's score does not depend on the rows scored with it; each module is
+returned to its own mode afterwards. The ELBO score takes any encoder it can sample and score,
+discrete latents included; the IWAE score needs a reparameterisable one (see `log_likelihood`).
 Floating data is converted to the floating dtype of the models' parameters and each batch moved
 to their device; data with no rows, or a NaN or infinite entry (named by variable, row and
 column), is refused by both methods.
@@ -36,7 +40,7 @@ import torch
 
 from kizuna._data import first_nonfinite
 from kizuna.inference._checks import batch_rows, in_model_dtype, require
-from kizuna.losses import ELBO, IWAE
+from kizuna.losses import ELBO
 from kizuna.metrics import log_likelihood
 from kizuna.metrics.likelihood import _device
 
@@ -57,7 +61,8 @@ def anomaly_score(
 
     Args:
         p_joint: the generative model :math:`p(x, z)`, e.g. ``decoder * prior``.
-        q: the encoder :math:`q(z|x)` (reparameterisable: it is the IWAE proposal).
+        q: the encoder :math:`q(z|x)`; reparameterisable for ``"iwae"`` (it is the IWAE proposal), any that can be
+            sampled and scored (a discrete latent too) for ``"elbo"``.
         x_dict: the data, e.g. ``{"x": x}`` (tensors, numpy arrays or lists); every variable of ``p_joint`` that
             ``q`` does not draw must be given, with the same number of rows (other entries are ignored).
         method: ``"iwae"`` or ``"elbo"`` (see the module docstring).
@@ -83,7 +88,7 @@ def anomaly_score(
     for name, value in (("k", k), ("batch_size", batch_size), ("k_chunk", k_chunk)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"anomaly_score: {name} must be a positive integer, got {value!r}")
-    names = IWAE(p_joint, q, k=1).input_var
+    names = ELBO(p_joint, q).input_var  # (the IWAE's, which refused a q that cannot be reparameterised)
     require(x_dict, names, "anomaly_score")
     # the model's variables only (another entry, e.g. ids of other rows, was checked by the "iwae" path alone), numpy
     # arrays and lists as tensors (as `log_likelihood` takes them)
@@ -98,13 +103,16 @@ def anomaly_score(
 
 def _mean_elbo(p_joint: Any, q: Any, x_dict: Mapping[str, Tensor], k: int, batch_size: int, k_chunk: int) -> Tensor:
     """The ELBO per row, averaged over ``k`` draws taken ``k_chunk`` at a time; batches are moved to the models'
-    device and checked for non-finite values (named by variable, row and column), as `log_likelihood` does."""
-    n = batch_rows(x_dict, IWAE(p_joint, q, k=1).input_var, "anomaly_score")
+    device and checked for non-finite values (named by variable, row and column), and the networks run in eval mode,
+    as `log_likelihood` does. No gradient is taken, so q need not be reparameterisable."""
+    n = batch_rows(x_dict, ELBO(p_joint, q).input_var, "anomaly_score")
     chunks = [min(k_chunk, k - start) for start in range(0, k, k_chunk)]
     bounds = {c: ELBO(p_joint, q, sample_shape=(c,)) for c in set(chunks)}
     device = _device(p_joint, q)
     out = []
-    with torch.no_grad():
+    from kizuna.modules.vae import evaluating  # (imported on use, as in log_likelihood: kizuna.modules is large)
+
+    with torch.no_grad(), evaluating(p_joint, q):
         for start in range(0, n, batch_size):
             batch = {v: t[start:start + batch_size] if isinstance(t, Tensor) and t.dim() > 0 else t
                      for v, t in x_dict.items()}

@@ -46,13 +46,18 @@ from kizuna.inference._checks import (
     batch_rows,
     check_mask,
     fill_missing,
-    in_model_dtype,
     model_float,
+    on_models,
     own_draws,
     require,
 )
-from kizuna.inference.masked import decoder_of, masked_log_joint, placeholder, raise_for_observed
-from kizuna.metrics.likelihood import _device
+from kizuna.inference.masked import (
+    decoder_of,
+    masked_log_joint,
+    placeholder,
+    raise_for_autoregressive,
+    raise_for_observed,
+)
 
 Tensor = torch.Tensor
 
@@ -90,10 +95,9 @@ def _prepare(p_joint: Distribution, q: Distribution, x_dict: Mapping[str, Any], 
     names = [k for k, v in x_dict.items() if k == var or isinstance(v, Tensor) and (k in read or v.dim() > 0)]
     batch_rows(x_dict, names, who)
     decoder = decoder_of(p_joint, var, who)
+    raise_for_autoregressive(decoder, who)  # (before, an unrelated "no closed-form mean")
     like = model_float(p_joint, q)
-    device = _device(p_joint, q)
-    x_dict = {k: v.to(device) if isinstance(v, Tensor) and device is not None else v
-              for k, v in in_model_dtype(x_dict, p_joint, q).items()}
+    x_dict = on_models(x_dict, p_joint, q)
     x = x_dict[var]
     if isinstance(x, Tensor) and not x.is_floating_point():  # counts or 0/1 labels: imputed values are means
         x = x.to(like.dtype if like is not None else torch.get_default_dtype())
@@ -179,7 +183,9 @@ def impute_importance(
     var, decoder, others, filled, mask = _prepare(p_joint, q, x_dict, mask, var, init, who)
     proposal = _Proposal(p_joint, q, var, k, k_chunk, defensive)
     means, samples, ess = [], [], []
-    with torch.no_grad():
+    from kizuna.modules.vae import evaluating  # (imported on use, as in log_likelihood: kizuna.modules is large)
+
+    with torch.no_grad(), evaluating(p_joint, q):
         for start in range(0, filled.shape[0], batch_size):
             stop = start + batch_size
             m, s, e = _importance_rows(p_joint, proposal, decoder, var, filled[start:stop], mask[start:stop],
@@ -365,19 +371,40 @@ def impute_gibbs(
     given = {n: repeat_batch(v, n_samples) for n, v in others.items()}
     x0, m = repeat_batch(filled, n_samples), repeat_batch(mask, n_samples)
     state = x0
-    with torch.no_grad():
+    from kizuna.modules.vae import evaluating  # (imported on use, as in log_likelihood: kizuna.modules is large)
+
+    with torch.no_grad(), evaluating(p_joint, q):
         for sweep in range(n_iter):
             values = {**given, var: state}
             z = own_draws(q, values)
             cond = {**given, **z}
             mean = decoder.sample_mean(cond)
-            if sweep == 0:  # the observed values in the decoder's support (checked in its own words, as
-                # impute_importance does; the sweeps never score a density, and took an observed 2 under a Bernoulli)
+            if sweep == 0:
+                _check_drawn_shape(decoder, mean, x0, n_samples, "a mean")
+                # the observed values in the decoder's support (checked in its own words, as impute_importance does;
+                # the sweeps never score a density, and took an observed 2 under a Bernoulli)
                 filler = None if bool(m.all()) else placeholder(decoder, cond, x0, mean)
                 raise_for_observed(decoder, {**cond, var: x0 if filler is None else torch.where(m, x0, filler)}, var,
                                    filler)
             new = decoder.sample(cond, return_all=False)[var] if draw else mean
+            if sweep == 0 and draw:
+                _check_drawn_shape(decoder, new, x0, n_samples, "draws")
             state = torch.where(m, x0, new)
     shape = (n_samples, *filled.shape)
     post_mean = torch.where(mask, filled, mean.reshape(shape).mean(0))
     return Imputation(state.reshape(shape), post_mean)
+
+
+def _check_drawn_shape(decoder: Distribution, got: Tensor, x: Tensor, n_samples: int, what: str) -> None:
+    """An error naming the decoder and both shapes where its ``what`` (mean or draws) do not have the shape of the
+    chains' data ``x`` (``n_samples`` copies of each row), as `impute_importance` names the decoder on the same input
+    (torch's broadcasting or reshape error came first)."""
+    if got.shape == x.shape:
+        return
+    var = decoder.var[0]
+    raise ValueError(
+        f"impute_gibbs: the decoder {decoder.prob_text} ({decoder.distribution_name}) gives {what} of shape "
+        f"{tuple(got.shape)} for {var} of shape {tuple(x.shape)} ({x.shape[0] // n_samples} rows x {n_samples} "
+        f"chains); it must give {var} in the data's shape (class indices where the decoder takes one-hot rows, or a "
+        "decoder of another width?)"
+    )

@@ -10,8 +10,10 @@ Normal, Poisson counts, ...) the missing entries integrate out of the joint:
 
 with the mask :math:`m_d = 1` on observed entries. A decoder whose log-density does not
 split into one term per entry (a full-covariance Normal, a one-hot Categorical, a mixture)
-cannot be restricted this way, and `masked_log_joint` says so. Factors of the joint whose
-variables are absent altogether (a whole missing modality) integrate to one and are left out.
+cannot be restricted this way, and `masked_log_joint` says so; nor can an autoregressive one
+(`MADEBernoulli`, `PixelCNNBernoulli`, `PixelCNNCategorical`), whose term per entry
+:math:`\log p(x_d|x_{<d}, z)` depends on the entries before it, missing ones included. Factors of
+the joint whose variables are absent altogether (a whole missing modality) integrate to one and are left out.
 
 The values at missing entries have no effect: before the decoder scores the row they are replaced
 by a point of its support (`placeholder`: the decoder's mean, rounded for a discrete family such as
@@ -26,7 +28,10 @@ from typing import Any
 
 import torch
 
+from kizuna.distributions.autoregressive import MADEBernoulli, PixelCNNBernoulli
 from kizuna.distributions.base import Distribution, flat_rows
+from kizuna.distributions.replace import ReplaceVarDistribution
+from kizuna.distributions.vq import PixelCNNCategorical
 
 Tensor = torch.Tensor
 
@@ -45,6 +50,21 @@ def decoder_of(p_joint: Distribution, var: str, who: str) -> Distribution:
     return f
 
 
+def raise_for_autoregressive(decoder: Distribution, who: str) -> None:
+    r"""An error where ``decoder`` (renamed or not) is autoregressive: its per-entry terms
+    :math:`\log p(x_d|x_{<d}, \cdot)` have the data's shape but depend on the missing entries, so their sum over the
+    observed entries is not :math:`\log p(x_{obs}|\cdot)` (it was returned without a word)."""
+    base = decoder
+    while isinstance(base, ReplaceVarDistribution):
+        base = base.p
+    if isinstance(base, (MADEBernoulli, PixelCNNBernoulli, PixelCNNCategorical)):
+        v, given = decoder.var[0], ", ".join(decoder.cond_var)
+        renamed = f" (a renamed {base.distribution_name})" if base is not decoder else ""
+        reason = (f"it is autoregressive{renamed}: the term of each entry, log p({v}_d | {v}_<d"
+                  f"{', ' + given if given else ''}), depends on the entries before it, missing ones included")
+        raise ValueError(_not_factorised(decoder, who, reason))
+
+
 def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tensor, who: str,
                     fill: Tensor | None = None) -> Tensor:
     r""":math:`\sum_d m_d \log p(x_d|\cdot)` per row, for a decoder that factorises over entries.
@@ -52,6 +72,7 @@ def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tens
     Missing entries (mask False) are scored at `placeholder` (``fill``: the decoder's mean, if already
     computed) and their terms dropped, so their values have no effect.
     """
+    raise_for_autoregressive(decoder, who)
     var = decoder.var[0]
     x = values[var]
     filler = None

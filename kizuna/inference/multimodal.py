@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from kizuna.distributions.base import Distribution
-from kizuna.inference._checks import batch_rows, own_draws, require
+from kizuna.inference._checks import batch_rows, on_models, own_draws, require
 
 Tensor = torch.Tensor
 Encoders = Distribution | Sequence[Distribution]
@@ -86,11 +86,16 @@ def _given(encoders: Encoders, x_dict: Mapping[str, Any], who: str) -> tuple[Dis
         raise ValueError(f"{who} needs at least one of the modalities {', '.join(names)}; "
                          f"given {', '.join(sorted(x_dict)) or 'nothing'}")
     batch_rows(x_dict, present, who)
-    return select_encoder(encoders, present), {m: x_dict[m] for m in present}
+    encoder = select_encoder(encoders, present)
+    return encoder, on_models({m: x_dict[m] for m in present}, encoder)  # (float64 data failed in a float32 network)
 
 
 def infer_latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool = False) -> dict[str, Tensor]:
     r"""The shared latent inferred from the modalities present in ``x_dict``, without gradients.
+
+    The encoder runs in eval mode (dropout off, batch norm on its running statistics, which stay unchanged; each
+    module is returned to its own mode afterwards); floating data is converted to its floating dtype and moved to its
+    device, as `kizuna.inference.anomaly_score` does.
 
     Args:
         encoders: one encoder for every subset it serves (see `select_encoder`).
@@ -108,7 +113,9 @@ def infer_latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool = F
     tensor([[1.5000, 1.5000]])
     """
     encoder, given = _given(encoders, x_dict, "infer_latent")
-    with torch.no_grad():
+    from kizuna.modules.vae import evaluating  # (imported on use, as in log_likelihood: kizuna.modules is large)
+
+    with torch.no_grad(), evaluating(encoder):
         if sample:
             return own_draws(encoder, given)
         if len(encoder.var) != 1:
@@ -119,6 +126,8 @@ def infer_latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool = F
 def cross_generate(encoders: Encoders, decoder: Distribution, x_dict: Mapping[str, Any],
                    sample: bool = False) -> Tensor:
     r"""Generate ``decoder``'s modality from the other modalities present in ``x_dict``, without gradients.
+
+    The networks run in eval mode and the data is converted as in `infer_latent`.
 
     The target modality (``decoder.var``) is left out of what the latent is inferred from, even when
     ``x_dict`` holds it: the latent comes from the other modalities alone, so that the output is a
@@ -150,9 +159,11 @@ def cross_generate(encoders: Encoders, decoder: Distribution, x_dict: Mapping[st
             f"only {', '.join(m for m in targets if m in x_dict)}; use infer_latent and the decoder to reconstruct it"
         )
     z = infer_latent(encoders, sources, sample=sample)
-    cond = {**sources, **z}
+    cond = on_models({**sources, **z}, decoder)
     require(cond, decoder.cond_var, f"cross_generate ({decoder.prob_text})")
-    with torch.no_grad():
+    from kizuna.modules.vae import evaluating  # (imported on use, as in log_likelihood: kizuna.modules is large)
+
+    with torch.no_grad(), evaluating(decoder):
         if sample:
             return decoder.sample(cond, return_all=False)[decoder.var[0]]
         return decoder.sample_mean(cond)
