@@ -93,6 +93,12 @@ class Module(Stateful):
     sends: ClassVar[str] = "latent"
     receives: ClassVar[tuple[str, ...]] = ()
     scheduled: ClassVar[tuple[str, ...]] = ()  # settings a graph's schedule may set per iteration
+    # whether the module answers the class posteriors of its children with class priors (MM, LDA, MLDA, TailToTail,
+    # SpatialConcept); an NN sends one to its source only where that takes one (see `sends_prior_to`)
+    sends_priors_down: ClassVar[bool] = True
+    # why a module that sends class posteriors up cannot take a parent's class prior ("": it can, or sends none); a
+    # parent that would send it one is refused at `connect`, since the prior would be dropped without a word
+    takes_no_prior: ClassVar[str] = ""
 
     @dataclass
     class State(Stateful.State):
@@ -149,6 +155,8 @@ class Module(Stateful):
 
         Raises:
             MessageKindError: a child sends a kind this module does not accept.
+            GraphError: a child that is this module or above it (a cycle, named), a child given twice, or a child
+                that cannot take the class prior this module would send it (a `SpatialConcept` under an `MM`).
         """
         if not children:
             raise ValueError(f"{self.name}.connect() needs at least one child module")
@@ -164,10 +172,32 @@ class Module(Stateful):
                 raise MessageKindError(
                     f"{self.name} ({type(self).__name__}) accepts forward messages of kind {self.accepts}, "
                     f"but {child.name} ({type(child).__name__}) sends {child.sends!r}")
+            if child.takes_no_prior and child.sends == "posterior" and self.sends_priors_down:
+                raise GraphError(
+                    f"{self.name} ({type(self).__name__}) sends a class prior down to each module whose class "
+                    f"posteriors it takes, but {child.name} ({type(child).__name__}) cannot take one "
+                    f"({child.takes_no_prior}): {self.name}'s prior would be dropped and have no effect below it")
+            cycle = self._path_to(child)
+            if cycle:  # (each of SERKET's updates then said to update the other first)
+                raise GraphError(f"{self.name}.connect({child.name}) would make a cycle in the module graph: "
+                                 + " -> ".join(m.name for m in [self, *cycle]))
         for child in children:
             self.children.append(child)
             child.parents.append(self)
         return self
+
+    def _path_to(self, start: Module) -> list[Module]:
+        """A path ``start -> ... -> self`` through ``children`` (empty if ``self`` is not below ``start``)."""
+        seen: set[int] = set()
+        stack: list[tuple[Module, list[Module]]] = [(start, [start])]
+        while stack:
+            module, path = stack.pop()
+            if module is self:
+                return path
+            if id(module) not in seen:
+                seen.add(id(module))
+                stack.extend((c, [*path, c]) for c in module.children)
+        return []
 
     @property
     def parent(self) -> Module | None:
@@ -255,8 +285,14 @@ class Module(Stateful):
         self._stream, self._saved_stream = None, value
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """See `Stateful.load_state_dict`; a save from before ``stream_state`` was saved restarts the stream."""
+        """See `Stateful.load_state_dict`; a save from before ``stream_state`` was saved restarts the stream. The
+        class priors saved from senders that are not among the module's parents now (a GMM trained under an MM and
+        loaded into one on its own) are dropped: kept, they stayed in force at every later update."""
         super().load_state_dict({"stream_state": None, **state})
+        parents = {p.name for p in self.parents}
+        if any(sender not in parents for sender in self.backward_messages):
+            self.backward_messages = {s: m for s, m in self.backward_messages.items() if s in parents}
+            self._backward_senders = {s: i for s, i in self._backward_senders.items() if s in parents}
 
     def context(self) -> UpdateContext:
         """The context of ``update()`` without one: message passing, and the module's own stream

@@ -101,9 +101,19 @@ class SIR:
             raise ValueError("SIR: no particle count; pass SIR(n_particles=...) or bind it to a module's")
         _check(message_probs, log_likelihood)
         message, p, g = normalize(message_probs), self.n_particles, self.generator
+        allowed = torch.isfinite(log_likelihood)
+        _no_support(((message > 0) & allowed).any(1), "every particle would have zero likelihood; message passing "
+                    "has no answer either")
         proposals = torch.multinomial(message, p, replacement=True, generator=g)  # N x P
         log_w = log_likelihood.gather(1, proposals)
-        _no_support(torch.isfinite(log_w).any(1), f"every one of the {p} particles has zero likelihood")
+        missed = ~torch.isfinite(log_w).any(1)
+        if bool(missed.any()):  # (it said the row had no class with both, while message passing had an answer)
+            row = int(missed.nonzero()[0, 0])
+            mass = float((message[row] * allowed[row]).sum())
+            raise ValueError(f"combine: SIR row {row}: none of the {p} particles drawn from the message fell on a "
+                             f"class the likelihood allows (the message gives those classes {mass:.3g} of its mass, so "
+                             f"all {p} miss with probability {(1 - mass) ** p:.2g}); message passing has an answer: "
+                             "raise n_particles, or use method='mp'")
         picks = torch.multinomial(torch.softmax(log_w, 1), p, replacement=True, generator=g)
         particles = proposals.gather(1, picks)
         counts = torch.zeros_like(message).scatter_add_(1, particles, torch.ones_like(particles, dtype=message.dtype))

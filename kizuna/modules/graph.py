@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from kizuna.models.distributed import common_seed
 from kizuna.modules.base import ClassModule, GraphError, Module, Observation
-from kizuna.modules.combine import Combine, strategy
+from kizuna.modules.combine import SIR, Combine, strategy
 from kizuna.modules.context import Schedule, UpdateContext, check_schedule
 from kizuna.modules.persistence import load_graph, save_graph
+from kizuna.modules.rng import generator_for
 
 
 def _post_order(roots: Sequence[Module]) -> list[Module]:
@@ -168,15 +169,28 @@ class Graph:
             seed: seeds the generator every module draws from (``None``: a fresh random seed, the same on
                 every rank of a ``torch.distributed`` run, so that replicated modules stay identical).
             schedule: per-module settings by iteration (`kizuna.modules.context`), checked here.
-            n_particles: SIR particles per sample for every module (``None``: each module's own).
+            n_particles: SIR particles per sample for every module (``None``: each module's own); with a strategy
+                object ``km.SIR()`` it fills in the count left at ``None``, and one that gives another count is
+                refused (the count was ignored).
         """
         combine = strategy(method, n_particles)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"Graph: seed must be None or a non-negative int, got {seed!r}")
-        check_schedule(schedule or {}, {m.name: m.scheduled for m in self.modules})
+        if isinstance(combine, SIR) and n_particles is not None and combine.n_particles != n_particles:
+            if combine.n_particles is not None:
+                raise ValueError(f"Graph: method={combine!r} and n_particles={n_particles!r} give two particle "
+                                 "counts; give it once")
+            combine = combine.bind(n_particles)
         device = next(m.data.device for m in self.modules if isinstance(m, Observation))
-        generator = torch.Generator(device=device)
-        generator.manual_seed(common_seed() if seed is None else seed)
+        bad_seed = f"Graph: seed must be None or a non-negative int below 2**64 (Python or numpy), got {seed!r}"
+        if seed is None:
+            generator = torch.Generator(device=device).manual_seed(common_seed())
+        elif isinstance(seed, torch.Generator):  # (generator_for takes one as it is)
+            raise ValueError(bad_seed)
+        else:  # random_state's rule: numpy integers were refused, 2**64 was torch's "Overflow when unpacking long long"
+            try:
+                generator = generator_for(seed, device)
+            except ValueError:
+                raise ValueError(bad_seed) from None
+        check_schedule(schedule or {}, {m.name: m.scheduled for m in self.modules})
         return UpdateContext(combine, generator, self.iteration, dict(schedule or {}))
 
     def update(self, ctx: UpdateContext | None = None) -> Graph:

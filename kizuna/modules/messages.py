@@ -17,6 +17,17 @@ _PROB_KINDS = ("posterior", "prior")
 _ROW_SUM_ATOL = 1e-4
 
 
+def _row_sum_tolerance(dtype: torch.dtype, k: int) -> float:
+    """How far a row of ``k`` class probabilities held in ``dtype`` may sum from 1: ``max(1e-4, 2 k eps)``.
+
+    Rounding the ``k`` entries to the dtype moves their sum by at most ``eps / 2`` (relative errors of ``eps / 2``
+    on entries summing to 1), a normalisation done in the dtype (a softmax) by a few ``eps / 2`` more, and the
+    ``k - 1`` additions of the check's own sum by ``eps / 2`` each near 1: below ``2 k eps`` for every ``k >= 1``. So
+    float32 and float64 keep 1e-4 up to thousands of classes, while float16 (eps 9.8e-4) and bfloat16 (eps 7.8e-3),
+    whose rounding alone moves a row by ``eps / 2``, are no longer refused for their precision."""
+    return max(_ROW_SUM_ATOL, 2 * k * torch.finfo(dtype).eps)
+
+
 class MessageKindError(TypeError):
     """A module was connected to a child whose forward message it does not accept."""
 
@@ -46,7 +57,7 @@ class Message:
     >>> Message("gmm", None, "c", "posterior", torch.tensor([[0.5, 0.6]]))
     Traceback (most recent call last):
     ...
-    ValueError: posterior message from gmm: rows must sum to 1 (largest deviation 0.1)
+    ValueError: posterior message from gmm: rows must sum to 1 (largest deviation 0.1, tolerance 0.0001 in float32)
     """
 
     sender: str
@@ -77,8 +88,10 @@ class Message:
             if (value < 0).any():
                 raise ValueError(f"{where}: class probabilities must be non-negative")
             dev = (value.sum(1) - 1).abs().max().item() if value.numel() else 0.0
-            if dev > _ROW_SUM_ATOL:
-                raise ValueError(f"{where}: rows must sum to 1 (largest deviation {dev:.3g})")
+            tolerance = _row_sum_tolerance(value.dtype, value.shape[1])
+            if dev > tolerance:
+                raise ValueError(f"{where}: rows must sum to 1 (largest deviation {dev:.3g}, tolerance {tolerance:.3g} "
+                                 f"in {str(value.dtype).replace('torch.', '')})")
         object.__setattr__(self, "value", value.detach())
 
     @property

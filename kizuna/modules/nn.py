@@ -62,6 +62,7 @@ class NN(Module):
     sends: ClassVar[str] = "latent"
     scheduled: ClassVar[tuple[str, ...]] = ("epochs",)
     architecture: ClassVar[tuple[str, ...]] = ("in_dim", "out_dim", "hidden")
+    sends_priors_down: ClassVar[bool] = False  # a class prior to its source only, where that takes one
 
     @dataclass
     class State(Module.State):
@@ -182,9 +183,11 @@ class NN(Module):
     @torch.no_grad()
     def class_prior(self, y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
         """:math:`\\pi_{nk} \\propto \\exp(-\\lVert y_n - f(e_k)\\rVert^2 / 2\\sigma^2)` (see the module docstring)."""
-        k = self.children[0].forward_message.width
-        per_class = self.net(torch.eye(k, dtype=y.dtype, device=y.device))  # K x out
-        dist2 = squared_distances(y, per_class)
+        source = self.children[0].forward_message.value
+        # the one-hot classes in the source's dtype, which the network takes, and its outputs in the target's (a
+        # float32 source with a float64 target failed here, in torch's matrix product, after training)
+        per_class = self.net(torch.eye(source.shape[1], dtype=source.dtype, device=source.device))  # K x out
+        dist2 = squared_distances(y, per_class.to(dtype=y.dtype, device=y.device))
         return torch.softmax(-dist2 / (2 * variance.clamp(min=1e-12)), 1)
 
     def _before_load(self, state: dict[str, Any]) -> None:

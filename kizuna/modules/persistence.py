@@ -13,7 +13,9 @@ Module files are named by their content, so writing them never touches the files
 the manifest is renamed into place **last**, and only then are the files the previous manifest named
 removed. A kill at any moment therefore leaves either the previous complete save or the new one — never a
 mix. Saves into one directory take turns (an advisory lock, `LOCK`, where the platform has ``fcntl``), so two
-overlapping saves cannot remove each other's files. Other files are left alone (see `_remove_leftovers`): a
+overlapping saves cannot remove each other's files, and a load shares that lock while it reads the manifest and
+the files it names, so that a save running meanwhile (training that checkpoints while another process evaluates
+the latest save) cannot remove them under it. Other files are left alone (see `_remove_leftovers`): a
 directory may hold a user's own files.
 
 **Checked.** Loading verifies the manifest's own checksum and each file's against the manifest: a
@@ -170,9 +172,11 @@ _HELD = threading.local()  # the directories whose lock this thread holds (a sav
 
 
 @contextmanager
-def _directory_lock(d: Path) -> Iterator[None]:
+def _directory_lock(d: Path, shared: bool = False) -> Iterator[None]:
     """An exclusive advisory lock on ``d / LOCK`` while a save runs: other processes and threads wait for it (none
-    where ``fcntl`` is missing: Windows); re-entered by the thread that holds it."""
+    where ``fcntl`` is missing: Windows); re-entered by the thread that holds it. ``shared``: a load's lock, which
+    waits for a save and lets other loads run; taken only where a save made the lock file (a load writes nothing:
+    a directory saved before saves took the lock, or one the reader may not write to, is read without it)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -183,13 +187,21 @@ def _directory_lock(d: Path) -> Iterator[None]:
     if key in held:
         yield
         return
-    with open(d / LOCK, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        held.add(key)
+    try:
+        handle = open(d / LOCK, "rb" if shared else "a+b")  # noqa: SIM115 - closed below
+    except OSError:  # no lock file (or no directory: the load says so), or one the reader may not open
+        if not shared:
+            raise
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        mine = set() if shared else {key}  # a save nested in a save re-enters; a load only reads
+        held.update(mine)
         try:
             yield
         finally:
-            held.discard(key)
+            held.difference_update(mine)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -230,14 +242,18 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def load_graph(graph: Any, directory: str | Path) -> None:
-    """Load states written by `save_graph` into an identically built ``graph`` (all or nothing)."""
+    """Load states written by `save_graph` into an identically built ``graph`` (all or nothing). The manifest and
+    its files are read under the directory's lock, shared with other loads: a save into the directory meanwhile
+    removed the previous manifest's files between the reads (a false "missing (the save is incomplete)")."""
     d = Path(directory)
-    body = read_manifest(d)
-    diffs = _differences(body["modules"], graph.modules)
-    if diffs:
-        raise GraphError("the saved graph has a different architecture:\n  " + "\n  ".join(diffs))
-    device = _device(graph.modules)
-    states = [unpack(_read(d / e["file"]), d / e["file"], device, e["sha256"]) for e in body["modules"]]
+    with _directory_lock(d, shared=True):
+        body = read_manifest(d)
+        diffs = _differences(body["modules"], graph.modules)
+        if diffs:
+            raise GraphError("the saved graph has a different architecture:\n  " + "\n  ".join(diffs))
+        device = _device(graph.modules)
+        blobs = [(_read(d / e["file"]), e) for e in body["modules"]]
+    states = [unpack(blob, d / e["file"], device, e["sha256"]) for blob, e in blobs]
     _load_all(list(zip(graph.modules, states)))
     graph.iteration = int(body["iteration"])
 

@@ -19,7 +19,9 @@ collapsed Gibbs sweeps of `kizuna.modules.spatial_concept_gibbs.ConceptSampler` 
 :math:`p(l\mid x) \propto \hat\pi_l\sum_k\hat\phi_{lk}\,p(x\mid k)` (the GMM's predictive), and
 ``predict_position(word_counts)`` the mean of the component :math:`k` maximising
 :math:`p(l\mid w)\,\hat\phi_{lk}\,|\Sigma_k|^{-1/2}` (the highest peak of the position density).
-``n_concepts_`` counts the concepts that hold at least ``min_share`` of the events.
+``n_concepts_`` counts the concepts that hold at least ``min_share`` of the events. It takes no class prior
+from above (``takes_no_prior``): a parent that would send one (an MM, an MLDA, a TailToTail) is refused at
+``connect``, where the prior was dropped without a word.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class SpatialConcept(ClassModule):
 
     accepts: ClassVar[tuple[str, ...]] = ("posterior", "data")
     sends: ClassVar[str] = "posterior"
+    takes_no_prior: ClassVar[str] = ("its concepts have a stick-breaking prior of their own, and its Gibbs sampler "
+                                     "takes no per-event class prior; give the other modalities to it as count "
+                                     "children instead")
     architecture: ClassVar[tuple[str, ...]] = ("n_classes",)
 
     @dataclass

@@ -15,6 +15,14 @@ node's own posterior, sent up, is the product of all of them. (SERKET's node sen
 product in the first module's label order to every module; mapping it back is what makes the
 prior mean the same class for the receiver.)
 
+A parent above the node (an MM, an MLDA) sends a class prior :math:`\rho_{nk}` over the node's labels, the
+first module's. It is one more factor on the shared class, so it multiplies into what every module receives
+and into the node's posterior, but not into the message sent up (which would count it twice, as a GMM's
+forward message leaves out its parent's prior):
+
+.. math:: \pi^{(m)}_{n\sigma_m(k)} \propto \rho_{nk} \prod_{j \neq m} Q^{(j)}_{nk}, \qquad
+    \text{posterior}_{nk} \propto \rho_{nk} \prod_j Q^{(j)}_{nk}, \qquad \text{up}_{nk} \propto \prod_j Q^{(j)}_{nk}.
+
 >>> import torch
 >>> a = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
 >>> b = a[:, [1, 0]]  # the same beliefs, labels swapped
@@ -30,7 +38,7 @@ from typing import ClassVar
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from kizuna.modules.base import Message, MessageShapeError, Module
+from kizuna.modules.base import Message, MessageShapeError, Module, check_width
 from kizuna.modules.context import UpdateContext
 
 
@@ -50,10 +58,11 @@ class TailToTail(Module):
 
     accepts: ClassVar[tuple[str, ...]] = ("posterior",)
     sends: ClassVar[str] = "posterior"
+    receives: ClassVar[tuple[str, ...]] = ("prior",)
 
     @dataclass
     class State(Module.State):
-        """Also the joint posterior and each child's label permutation."""
+        """Also the joint posterior (with a parent's prior) and each child's label permutation."""
 
         posterior: torch.Tensor | None = None
         permutations: list[torch.Tensor] = field(default_factory=list)
@@ -79,21 +88,29 @@ class TailToTail(Module):
         aligned = [m.value[:, s] + self.smoothing for m, s in zip(forward, self.permutations)]
         log_q = torch.stack([torch.log(q / q.sum(1, keepdim=True)) for q in aligned])  # M×N×K
         total = log_q.sum(0)
-        none = ~torch.isfinite(total).any(1)
+        log_rho = None
+        if backward is not None:  # a parent's class prior, over the first module's labels (the node's own)
+            check_width(self, backward, ref.shape[1], "classes")
+            log_rho = torch.log(backward.value.to(log_q.dtype))
+        joint = total if log_rho is None else total + log_rho
+        none = ~torch.isfinite(joint).any(1)
         if bool(none.any()):  # a softmax of a row of -inf is NaN, which the message check reported without the cause
             row = int(none.nonzero()[0])
+            prior = "" if log_rho is None else f" and the prior of {backward.sender}"
             raise ValueError(f"TailToTail {self.name}: row {row}: the posteriors of "
-                             f"{', '.join(m.sender for m in forward)} have no class in common (each class has "
+                             f"{', '.join(m.sender for m in forward)}{prior} have no class in common (each class has "
                              "probability 0 under one of them), so their product is 0; use smoothing > 0 (SERKET: "
                              "0.01)")
-        self.posterior = torch.softmax(total, 1)
+        self.posterior = torch.softmax(joint, 1)
         down = {}
         for i, (child, sigma) in enumerate(zip(self.children, self.permutations)):
             if "prior" not in child.receives:
                 continue
             # the other modules' product, summed without this one (total - log_own is nan where both are -inf)
-            others = torch.softmax(torch.cat([log_q[:i], log_q[i + 1:]]).sum(0), 1)
+            others = torch.cat([log_q[:i], log_q[i + 1:]]).sum(0)
+            others = torch.softmax(others if log_rho is None else others + log_rho, 1)
             prior = torch.empty_like(others)
             prior[:, sigma] = others  # back to the child's own labels
             down[child] = self.message("prior", prior, receiver=child)
-        return self.message("posterior", self.posterior), down
+        up = self.posterior if log_rho is None else torch.softmax(total, 1)  # the parent's prior left out
+        return self.message("posterior", up), down

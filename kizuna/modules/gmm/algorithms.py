@@ -232,17 +232,26 @@ def gibbs(x: Tensor, prior: NormalWishart, alpha0: float, z: Tensor, n_sweeps: i
 
 def vb(x: Tensor, prior: NormalWishart, alpha0: float, resp: Tensor, max_iter: int, tol: float,
        parent: ClassPrior) -> Fitted:
-    """Variational Bayes iterations from responsibilities ``resp``."""
+    """Variational Bayes iterations from responsibilities ``resp``; ``max_iter=0`` (a graph's schedule freezing the
+    module) learns nothing: ``resp`` is returned as it is, with the parameters and ``own`` it gives."""
     d = x.shape[1]
     eps = 10 * torch.finfo(x.dtype).eps
-    n_iter, converged = 0, False
-    while n_iter < max_iter:
-        n_iter += 1
+
+    def parameters(resp: Tensor) -> tuple[NormalWishart, Tensor, Tensor]:
         counts, sum_x, sum_xx = statistics(x, resp, prior.diagonal)
         nw, alpha = prior.posterior(counts + eps, sum_x, sum_xx), alpha0 + counts + eps
         own = (0.5 * nw.expected_log_det() - 0.5 * d * math.log(2 * math.pi) - 0.5 * nw.expected_mahalanobis(x))
         if parent.mixing:
             own = own + torch.digamma(alpha) - torch.digamma(alpha.sum())
+        return nw, alpha, own
+
+    if max_iter == 0:  # (the loop below never set ``own``: an UnboundLocalError)
+        nw, alpha, own = parameters(resp)
+        return Fitted(own, resp, *_point_estimates(nw, alpha), nw=nw, alpha=alpha, n_iter=0, converged=False)
+    n_iter, converged = 0, False
+    while n_iter < max_iter:
+        n_iter += 1
+        nw, alpha, own = parameters(resp)
         new = parent.posterior(own)
         change = (new - resp).abs().max().item()
         resp = new
@@ -288,15 +297,26 @@ def em(x: Tensor, resp: Tensor, max_iter: int, tol: float, reg_covar: float, dia
     """EM iterations from ``resp``; ``history`` holds the mean objective after each M step,
 
     .. math:: \\frac1N\\sum_n\\log\\sum_k \\pi^{\\text{msg}}_{nk} w_k \\mathcal N(x_n\\mid\\mu_k,\\Sigma_k).
+
+    ``max_iter=0`` (a graph's schedule freezing the module) learns nothing: ``resp`` is returned as it is, with the
+    parameters of one M step from it, their ``own`` and their objective.
     """
     history: list[float] = []
     log_msg = 0.0 if parent.probs is None else torch.log(parent.probs.to(x.dtype))
-    for _ in range(max_iter):
+
+    def parameters(resp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         weights, means, cov = _em_m_step(x, resp, diagonal, reg_covar)
         own = gaussian_log_prob(x, means, precision_root(cov))
         if parent.mixing:
             own = own + torch.log(weights)
         history.append(torch.logsumexp(own + log_msg, 1).mean().item())
+        return weights, means, cov, own
+
+    if max_iter == 0:  # (the loop below never set ``own``: an UnboundLocalError)
+        weights, means, cov, own = parameters(resp)
+        return Fitted(own, resp, weights, means, cov, history=history, n_iter=0, converged=False)
+    for _ in range(max_iter):
+        weights, means, cov, own = parameters(resp)
         resp = parent.posterior(own)
         if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
             return Fitted(own, resp, weights, means, cov, history=history, n_iter=len(history), converged=True)
