@@ -187,10 +187,17 @@ def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exa
 
 
 def _vjp(out: Tensor, x: Tensor, w: Tensor, retain_graph: bool, create_graph: bool) -> Tensor | None:
-    """:math:`w^\\top \\partial out/\\partial x`, or None where ``out`` does not depend on ``x`` (a velocity of ``t``
-    alone, or a constant: its divergence is 0; autograd raised "element 0 of tensors does not require grad")."""
+    """:math:`w^\\top \\partial out/\\partial x`, or None where ``out`` has a graph that does not reach ``x``
+    (a velocity of the parameters and ``t`` alone: its divergence is 0; autograd raised "appears to not have been
+    used in the graph"). An ``out`` without any graph is an error: it was computed without autograd (under
+    ``torch.inference_mode()``, or a velocity that runs under ``no_grad`` or detaches), which would make the
+    divergence 0 silently, or it depends on nothing learnable at all."""
     if not out.requires_grad:
-        return None
+        where = ("torch.inference_mode() is on: compute the log-likelihood under torch.no_grad() instead, which keeps "
+                 "the divergence's own graph" if torch.is_inference_mode_enabled() else
+                 "the velocity's output has no autograd graph (it runs under no_grad, detaches, or depends on neither "
+                 "x nor any parameter)")
+        raise ValueError(f"divergence: the divergence of the velocity needs autograd, but {where}")
     (g,) = torch.autograd.grad(out, x, w, retain_graph=retain_graph, create_graph=create_graph, allow_unused=True)
     return g
 

@@ -33,9 +33,7 @@ class MixtureOfNormal(Distribution):
         weights: positive mixture weights, one per expert (normalised here); uniform when
             ``None``. An ``nn.Parameter`` is learnable (give it unnormalised positive values). A floating
             tensor is copied in its own dtype (an integer one, and numbers, in the default dtype; numbers
-            stay exact after ``.double()``). Densities and moments follow torch's type promotion of the experts'
-            values and weights given as a tensor (float64 weights with float32 experts give float64, as
-            ``torch.distributions.MixtureSameFamily`` does); numbers, like Python numbers in torch, do not promote.
+            stay exact after ``.double()``).
         name: the symbol of the mixture.
         features_shape: see `Distribution`.
 
@@ -144,13 +142,6 @@ class MixtureOfNormal(Distribution):
         logw = self.weights[idx].to(dtype or self.weights.dtype).log()
         return idx, logw - torch.logsumexp(logw, 0)
 
-    def result_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        """The dtype of a density or moment whose experts' values are in ``dtype``: torch's promotion with the
-        weights' dtype where they were given as a tensor (float64 weights with float32 experts are float64, as
-        ``torch.distributions.MixtureSameFamily`` gives; they were rounded to float32), ``dtype`` itself where they
-        were numbers (or left out), which, like Python numbers in torch, do not promote."""
-        return dtype if "_exact_weights" in self.__dict__ else torch.promote_types(dtype, self.weights.dtype)
-
     def _stacked(self, tensors: list[Tensor]) -> Tensor:
         """The present experts' draws or moments ``(batch, *features)`` stacked on dim 0, their shapes checked."""
         features = {tuple(t.shape[1:]) for t in tensors}
@@ -169,7 +160,7 @@ class MixtureOfNormal(Distribution):
         """The log-density per draw (logsumexp over the present experts), summed as `get_log_prob` asks."""
         experts = [self.p[i] for i in self.present(x_dict)]
         lp = components_log_prob(self, experts, x_dict, sum_features, dims)  # (*sample_shape, batch, experts)
-        per_draw = torch.logsumexp(lp + self.log_weights(x_dict, self.result_dtype(lp.dtype))[1], dim=-1)
+        per_draw = torch.logsumexp(lp + self.log_weights(x_dict, lp.dtype)[1], dim=-1)
         return summed_log_prob(self, experts, x_dict, per_draw, sum_features, dims)
 
     # ------------------------------------------------------------ sampling
@@ -202,7 +193,7 @@ class MixtureOfNormal(Distribution):
         means = [d.mean if d.mean.dim() > n_features else d.mean.unsqueeze(0) for d in params]
         varis = [d.variance if d.variance.dim() > n_features else d.variance.unsqueeze(0) for d in params]
         mean, var = self._stacked(means), self._stacked(varis)
-        w = self.log_weights(x_dict, self.result_dtype(mean.dtype))[1].exp().reshape(-1, *[1] * (mean.dim() - 1))
+        w = self.log_weights(x_dict, mean.dtype)[1].exp().reshape(-1, *[1] * (mean.dim() - 1))
         return w, mean, var
 
     def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:

@@ -229,7 +229,11 @@ def coherence(generated: Any, target_labels: Any, classifier: Any = None) -> flo
     elif hasattr(classifier, "predict"):  # the scikit-learn protocol
         predicted = _labels(classifier.predict(flat), "the classifier's predictions")
     elif callable(classifier):
-        predicted = _labels(classifier(generated), "the classifier's output")
+        from kizuna.modules.vae import evaluating  # (imported on use, as in log_likelihood: kizuna.modules is large)
+
+        # a network scores in eval mode (dropout off), its own modes given back, as every helper here runs networks
+        with torch.no_grad(), evaluating(*([classifier] if isinstance(classifier, torch.nn.Module) else [])):
+            predicted = _labels(classifier(generated), "the classifier's output")
     else:
         raise TypeError(f"coherence: classifier must have predict() or be callable, got {type(classifier).__name__}")
     return float((predicted == target).mean())

@@ -30,9 +30,10 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-# the most cells of a dense table the matching of one group of labels may take (200 MB as int64; scipy's Hungarian
-# algorithm takes a float64 copy and time that grows with its cube)
-_MAX_MATCHING_CELLS = 25_000_000
+# the most cells of a dense table the matching of one group of labels may take (800 MB as int64, and scipy's Hungarian
+# algorithm takes a float64 copy; its time grows with the cube of the side): 5,100 classes against 5,100 clusters
+# that all share samples (26 M cells, 3 s) are scored, a table that would not fit in memory is refused by name
+_MAX_MATCHING_CELLS = 100_000_000
 
 
 def as_numpy(x: Any) -> Any:

@@ -533,7 +533,15 @@ class Model:
         data-parallel run every rank holds the same state: save from rank 0 only
         (``if kizuna.models.distributed.is_main(): model.save(path)``), as ``fit`` does.
         """
-        ckpt.save(path, self.state_dict())
+        models = [self, *self.submodels()]
+        for model in models:  # `state_dict` gives the live tensors here: they are written at once, and copies of a
+            model.__dict__["_live_state"] = True  # large model (on a GPU, in its memory) only added to the save's peak
+        try:
+            state = self.state_dict()
+        finally:
+            for model in models:
+                model.__dict__.pop("_live_state", None)
+        ckpt.save(path, state)
 
     def load(self, path: str | PathLike[str]) -> None:
         """Restore a checkpoint written by `save` into a Model built the same way (see `load_state_dict`).
@@ -552,14 +560,15 @@ class Model:
         that `load_state_dict` of it gives back the whole model as it was, weights and optimizer state included.
         Subclasses with more state (e.g. a second optimizer) extend this and `load_state_dict`.
         """
+        snapshot = copy.deepcopy if not self.__dict__.get("_live_state") else lambda value: value  # (`save`: live)
         return {
-            "distributions": copy.deepcopy(self.distributions.state_dict()),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "distributions": snapshot(self.distributions.state_dict()),
+            "optimizer": snapshot(self.optimizer.state_dict()),
             "optimizer_class": ckpt.class_name(self.optimizer),
-            "loss": {k: v.detach().clone() for k, v in self._loss_state().items()},
+            "loss": {k: snapshot(v.detach()) for k, v in self._loss_state().items()},
             "epoch": self.epoch,
             "history": self.history.to_dict(),
-            "best": copy.deepcopy(self._best),
+            "best": snapshot(self._best),
             "shuffle": None if self._shuffle is None else self._shuffle.get_state(),
             "rng": self._rng,
             "cuda_rng": self._cuda_rng,
