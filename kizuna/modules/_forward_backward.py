@@ -3,8 +3,10 @@ r"""Log-space forward-backward, Viterbi and forward-filtering backward-sampling 
 Shared by `kizuna.modules.HMM` and `kizuna.modules.MM`. Every function takes the chain in log
 space: ``log_start`` :math:`\log\pi_k` (K), ``log_trans`` :math:`\log A_{ij} = \log p(z_t=j|z_{t-1}=i)`
 (K×K) and ``log_emit`` :math:`\log p(x_t|z_t=k)` (N×K, the rows of all sequences one after the
-other; ``lengths`` splits them, as in hmmlearn). Sequences are padded to one (B, T, K) block, so
-each recursion step is one vectorised operation over all sequences and states.
+other; ``lengths`` splits them, as in hmmlearn). Sequences are padded to a (B, T, K) block, so
+each recursion step is one vectorised operation over all sequences and states; sequences of very different
+lengths go in several blocks of similar lengths (`length_groups`: a block holds at most ``PAD_WASTE`` times its
+sequences' rows, where one block of 20,000 steps and 500 one-step sequences took 5.5 GB).
 
 `forward_backward` and `forward_log_likelihood` run the recursions scaled and chunked
 (`kizuna.modules._chain_scan`: O(sqrt T) Python steps, linear work in T); when a normaliser there is
@@ -20,15 +22,26 @@ and are also the reference the fast path is tested against.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from kizuna.modules._chain_scan import reverse_index, scaled_forward, smallest_normaliser
-from kizuna.modules._viterbi import viterbi_scan
+from kizuna.modules._viterbi import path_log_prob, viterbi_scan
 
 Tensor = torch.Tensor
+PAD_WASTE = 2  # a padded block holds at most this many times the rows of its sequences (see `length_groups`)
+
+
+def computing_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the classical modules (HMM, MM, LDA) compute in for floating data of ``dtype``: ``dtype``
+    itself, float16 and bfloat16 (any float narrower than 32 bits) lifted to float32. In half precision a sum of
+    per-step log-terms stops growing (a MarkovChain on float16 evidence scored -1806 where the float64 forward
+    algorithm gives -6219), an HMM's EM failed with non-finite counts, and LDA's count tables stop counting by
+    ones at 2048 (float16) / 256 (bfloat16)."""
+    return torch.float32 if dtype.is_floating_point and torch.finfo(dtype).bits < 32 else dtype
 
 
 def check_lengths(n: int, lengths: Sequence[int] | Tensor | None, device: torch.device) -> Tensor:
@@ -67,6 +80,35 @@ def unpad(x: Tensor, lengths: Tensor) -> Tensor:
         return x[0, :int(lengths[0])] if x.shape[1] != lengths[0] else x[0]
     mask = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
     return x[mask]
+
+
+def length_groups(lengths: Tensor) -> list[tuple[Tensor, Tensor]] | None:
+    """The sequences in groups of similar length, each padded to its own block: None when one block of all of them
+    holds at most ``PAD_WASTE`` times their rows (then one block is computed, as it always was); otherwise
+    (sequences (G,), their rows (the rows of ``lengths``' concatenation, sequence after sequence)) per group. The
+    longest sequences go first; a group takes the next longest while its block, padded to its first (longest)
+    sequence, holds at most ``PAD_WASTE`` times its rows, so every block does, and the blocks hold at most
+    ``PAD_WASTE`` times N cells together (one block held B T_max: 10 MB per one-step sequence beside 20,000 steps,
+    K = 4). A group keeps its sequences in their order; the arithmetic of a sequence can differ from the one
+    block's by rounding only (its block's length sets the chunks of `kizuna.modules._chain_scan`)."""
+    b, t, n = lengths.shape[0], int(lengths.max()), int(lengths.sum())
+    if b * t <= PAD_WASTE * n:
+        return None
+    order = torch.argsort(lengths, descending=True, stable=True)
+    sizes, cuts, first, rows = lengths[order].tolist(), [], 0, 0
+    for i, size in enumerate(sizes):
+        if (i - first + 1) * sizes[first] > PAD_WASTE * (rows + size):
+            cuts.append(i)
+            first, rows = i, 0
+        rows += size
+    starts = torch.cumsum(lengths, 0) - lengths
+    groups = []
+    for seqs in torch.tensor_split(order, cuts):
+        seqs = seqs.sort().values
+        sub = lengths[seqs]
+        shift = torch.repeat_interleave(starts[seqs] - (torch.cumsum(sub, 0) - sub), sub)
+        groups.append((seqs, torch.arange(int(sub.sum()), device=lengths.device) + shift))
+    return groups
 
 
 def _position(lengths: Tensor, n: int) -> str:
@@ -166,6 +208,19 @@ def forward_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tenso
     """:math:`\\log p(x_b)` per sequence, shape (B,), by the forward recursion alone."""
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
     check_emissions(log_emit, lengths, "forward_log_likelihood", impossible=True)
+    groups = length_groups(lengths)
+    if groups is None:
+        return _forward_log_likelihood(log_start, log_trans, log_emit, lengths)
+    parts = [(seqs, _forward_log_likelihood(log_start, log_trans, log_emit[rows], lengths[seqs]))
+             for seqs, rows in groups]
+    out = parts[0][1].new_empty(lengths.shape[0])
+    for seqs, part in parts:
+        out[seqs] = part
+    return out
+
+
+def _forward_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths: Tensor) -> Tensor:
+    """`forward_log_likelihood` of sequences padded to one block (the rows checked by the caller)."""
     e = pad(log_emit, lengths)
     trans = torch.exp(log_trans)
     fwd = scaled_forward(torch.exp(log_start), trans, e)
@@ -184,6 +239,36 @@ def forward_backward(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
     its own logsumexp before it is exponentiated (`_log_trans_counts`): no factor of it can overflow.
     """
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
+    groups = length_groups(lengths)
+    if groups is None:
+        return _smooth(log_start, log_trans, log_emit, lengths)
+    parts = _by_group(lambda sub, n: _smooth(log_start, log_trans, sub, n), groups, log_start, log_trans, log_emit,
+                      lengths, "forward_backward")
+    first = parts[0][2]
+    gamma = first.log_gamma.new_empty(log_emit.shape[0], first.log_gamma.shape[1])
+    cavity, loglik = torch.empty_like(gamma), first.log_likelihood.new_empty(lengths.shape[0])
+    for seqs, rows, sm in parts:
+        gamma[rows], cavity[rows], loglik[seqs] = sm.log_gamma, sm.log_cavity, sm.log_likelihood
+    return Smoothed(gamma, cavity, sum(sm.trans_counts for *_, sm in parts),
+                    sum(sm.start_counts for *_, sm in parts), loglik)
+
+
+def _by_group(run: Callable[[Tensor, Tensor], Any], groups: list[tuple[Tensor, Tensor]], log_start: Tensor,
+              log_trans: Tensor, log_emit: Tensor, lengths: Tensor, what: str) -> list[tuple[Tensor, Tensor, Any]]:
+    """(sequences, rows, ``run(their log-emissions, their lengths)``) for every group of `length_groups`. An error
+    of a group names its sequences by their place in the group: the checks then run again over all the sequences,
+    which name them as the caller knows them (the error path only)."""
+    try:
+        return [(seqs, rows, run(log_emit[rows], lengths[seqs])) for seqs, rows in groups]
+    except ValueError:
+        check_emissions(log_emit, lengths, what)
+        check_possible(forward_log_likelihood(log_start, log_trans, log_emit, lengths), log_start, log_trans,
+                       log_emit, lengths, what)
+        raise
+
+
+def _smooth(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths: Tensor) -> Smoothed:
+    """`forward_backward` of sequences padded to one block."""
     e = pad(log_emit, lengths)
     fast = _scaled_forward_backward(log_start, log_trans, e, lengths)
     if fast is not None:
@@ -276,9 +361,33 @@ def viterbi(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
     has zero probability (no path to return) or a log-emission is NaN or +inf."""
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
     check_emissions(log_emit, lengths, "viterbi")
-    score, states = viterbi_scan(log_start, log_trans, pad(log_emit, lengths), lengths)
+    groups = length_groups(lengths)
+    if groups is None:
+        score, states = viterbi_scan(log_start, log_trans, pad(log_emit, lengths), lengths)
+        states = unpad(states, lengths)
+    else:
+        score = log_emit.new_empty(lengths.shape[0])
+        states = torch.empty(log_emit.shape[0], dtype=torch.long, device=log_emit.device)
+        for seqs, rows in groups:
+            part, path = viterbi_scan(log_start, log_trans, pad(log_emit[rows], lengths[seqs]), lengths[seqs])
+            score[seqs], states[rows] = part, unpad(path, lengths[seqs])
     check_possible(score, log_start, log_trans, log_emit, lengths, "viterbi")
-    return score, unpad(states, lengths)
+    return score, states
+
+
+def path_log_probs(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, states: Tensor, lengths: Tensor) -> Tensor:
+    """:math:`\\log p(x_b, z_b)` per sequence (B,) of the paths ``states`` (N,):
+    `kizuna.modules._viterbi.path_log_prob` over the blocks `viterbi` pads (so that every backend sums a path's
+    score in the same order)."""
+    groups = length_groups(lengths)
+    if groups is None:
+        return path_log_prob(log_start, log_trans, pad(log_emit, lengths), pad(states[:, None], lengths)[..., 0],
+                             lengths)
+    out = log_emit.new_empty(lengths.shape[0])
+    for seqs, rows in groups:
+        out[seqs] = path_log_prob(log_start, log_trans, pad(log_emit[rows], lengths[seqs]),
+                                  pad(states[rows, None], lengths[seqs])[..., 0], lengths[seqs])
+    return out
 
 
 def viterbi_loop(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
@@ -318,9 +427,24 @@ def sample_paths(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
         z_t \\sim p(z_t|z_{t+1}, x_{0:t}) \\propto \\alpha_t(z_t)\\,A_{z_t z_{t+1}}
 
     The filtering runs chunked (`kizuna.modules._chain_scan`); the backward draws loop over time. Raises as
-    `viterbi` where a sequence has zero probability (there is no posterior to draw from).
+    `viterbi` where a sequence has zero probability (there is no posterior to draw from). Sequences split into
+    groups by `length_groups` draw group after group: other draws (from the same law) than one block would give.
     """
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
+    groups = length_groups(lengths)
+    if groups is None:
+        return _sample_paths(log_start, log_trans, log_emit, lengths, n_samples, generator)
+    parts = _by_group(lambda sub, n: _sample_paths(log_start, log_trans, sub, n, n_samples, generator), groups,
+                      log_start, log_trans, log_emit, lengths, "sample_paths")
+    out = torch.empty(n_samples, log_emit.shape[0], dtype=torch.long, device=log_emit.device)
+    for _, rows, paths in parts:
+        out[:, rows] = paths
+    return out
+
+
+def _sample_paths(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths: Tensor, n_samples: int,
+                  generator: torch.Generator | None) -> Tensor:
+    """`sample_paths` of sequences padded to one block."""
     e = pad(log_emit, lengths)
     fwd = scaled_forward(torch.exp(log_start), torch.exp(log_trans), e)  # filtering, up to a factor per step
     if fwd is not None:  # accepted: every normaliser is positive, so is every sequence's probability

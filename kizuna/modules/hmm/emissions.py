@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from kizuna._distances import squared_distances
+from kizuna.modules._forward_backward import computing_dtype
 from kizuna.modules.gmm.algorithms import weighted_scatter
 from kizuna.modules.validation import as_tensor, check_finite
 
@@ -50,6 +51,21 @@ def check_distributions(p: Tensor, name: str, owner: str) -> None:
         raise ValueError(f"{owner}: {name} rows must sum to 1, got{where} summing to {sums[off][0].item()}")
 
 
+def as_sequences(X: Any, owner: str) -> Tensor:
+    """``X`` (the rows of every sequence, one after the other) as a tensor (`as_tensor`); a list of sequences of
+    different lengths (hmmlearn's common mistake: it raised numpy's "inhomogeneous shape", which names neither the
+    model nor ``lengths``) is refused with how to give them."""
+    try:
+        return as_tensor(X, "X", owner)
+    except ValueError:
+        if isinstance(X, list | tuple) and len(X) > 1:
+            sizes = [len(x) if hasattr(x, "__len__") else 1 for x in X]
+            raise ValueError(f"{owner}: X is a list of {len(X)} sequences of different lengths {sizes[:5]}"
+                             f"{'...' if len(X) > 5 else ''}; give their rows as one array and their lengths: "
+                             "fit(np.concatenate(X), lengths=[len(x) for x in X])") from None
+        raise
+
+
 def kmeans_centres(x: Tensor, k: int, g: torch.Generator, n_iter: int = 20) -> Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007) then Lloyd steps: (k, D) centres."""
     pick = lambda w: int(torch.multinomial(w.cpu().double(), 1, generator=g))  # noqa: E731
@@ -82,8 +98,9 @@ class Gaussian:
         self.covariance_type, self.min_covar = covariance_type, min_covar
 
     def as_data(self, X: Any, owner: str) -> Tensor:
-        x = as_tensor(X, "X", owner)
-        x = x if x.is_floating_point() else x.double()
+        x = as_sequences(X, owner)
+        # integers as float64; half precision computes in float32 (its EM failed with non-finite counts)
+        x = x.to(computing_dtype(x.dtype)) if x.is_floating_point() else x.double()
         if x.dim() != 2 or x.shape[0] == 0:
             raise ValueError(f"{owner} (gaussian): X must be (n_samples, n_features) with at least one sample, got "
                              f"shape {tuple(x.shape)}. Reshape your data with x.reshape(-1, 1) for one feature")
@@ -144,11 +161,17 @@ class Gaussian:
             return floor_eigenvalues((weights[:, None, None] * full).sum(0) / weights.sum(), self.min_covar)
         return floor_eigenvalues(full, self.min_covar)
 
-    def init(self, x: Tensor, k: int, p: Params, which: str, g: torch.Generator, n_features: int | None = None
-             ) -> Params:
-        """Initial ``means_`` (k-means) and ``covars_`` (the data covariance) where ``which`` or missing."""
+    def init(self, x: Tensor, k: int, p: Params, which: str, g: torch.Generator, n_features: int | None = None,
+             owner: str = "HMM") -> Params:
+        """Initial ``means_`` (k-means) and ``covars_`` (the data covariance) where ``which`` or missing; k-means
+        needs at least ``k`` samples (more states than samples gave duplicated means, variances at ``min_covar``
+        and a spike of density, silently; hmmlearn and GaussianMixture refuse)."""
         out = dict(p)
         if "m" in which or p["means_"] is None:
+            if x.shape[0] < k:
+                raise ValueError(f"{owner}: {x.shape[0]} samples for {k} components (n_samples must be >= "
+                                 "n_components to initialise the means by k-means; give fewer components, or means_ "
+                                 "and init_params without 'm')")
             out["means_"] = kmeans_centres(x, k, g)
         if "c" in which or p["covars_"] is None:
             cov = torch.atleast_2d(torch.cov(x.T)) if x.shape[0] > 1 else torch.eye(x.shape[1], dtype=x.dtype)
@@ -216,7 +239,7 @@ class Categorical:
         pass  # no settings: the signature is Gaussian's
 
     def as_data(self, X: Any, owner: str) -> Tensor:
-        x = as_tensor(X, "X", owner)
+        x = as_sequences(X, owner)
         x = x[:, 0] if x.dim() == 2 and x.shape[1] == 1 else x
         if x.is_floating_point():
             check_finite(x, "X", owner)
@@ -228,8 +251,8 @@ class Categorical:
             raise ValueError(f"{owner} (categorical): symbols must be >= 0, got {int(x.min())}")
         return x
 
-    def init(self, x: Tensor, k: int, p: Params, which: str, g: torch.Generator, n_features: int | None = None
-             ) -> Params:
+    def init(self, x: Tensor, k: int, p: Params, which: str, g: torch.Generator, n_features: int | None = None,
+             owner: str = "HMM") -> Params:
         out = dict(p)
         if "e" in which or p["emissionprob_"] is None:
             e = torch.rand(k, n_features, generator=g, dtype=torch.float64).to(x.device)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from kizuna._data import check_count, check_non_negative, first_flagged
+from kizuna._data import check_count, check_int, check_non_negative, first_flagged
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules._backend import resolve_backend
 from kizuna.modules.estimator import Estimator
@@ -104,9 +104,8 @@ class HiddenMarkovModel(Estimator):
     def _emissions(self) -> Any:
         if self.emission not in EMISSIONS:
             raise ValueError(f"{self._owner}: emission must be one of {sorted(EMISSIONS)}, got {self.emission!r}")
-        k = self.n_components
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"{self._owner}: n_components must be a positive int, got {k!r}")
+        # numpy integers too (GridSearchCV over np.arange), as GaussianMixture and hmmlearn
+        check_int(f"{self._owner}: n_components", self.n_components, 1)
         return EMISSIONS[self.emission](self.covariance_type, self.min_covar)
 
     def _check_settings(self) -> None:
@@ -134,7 +133,7 @@ class HiddenMarkovModel(Estimator):
                                  f"an array; 1.0 is maximum likelihood), got {value!r}")
             # an array must broadcast to the parameter's shape without changing it ((K, K) for startprob_ made a
             # (K, K) start distribution, silently)
-            k = self.n_components
+            k = int(self.n_components)
             shape = (k,) if what == "startprob_prior" else (k, k)
             if array.ndim > len(shape) or any(a not in (1, b) for a, b in zip(array.shape[::-1], shape[::-1])):
                 raise ValueError(f"{self._owner}: {what} must be a number or an array of shape {shape} (or one that "
@@ -159,7 +158,7 @@ class HiddenMarkovModel(Estimator):
         names = [n for c, n in LETTERS.items() if c not in self.init_params] if fitting else PARAMETERS
         held = next((v for v in map(lambda n: getattr(self, n), names) if isinstance(v, Tensor)), None)
         if held is not None and held.is_floating_point():
-            dtype = held.dtype
+            dtype = fb.computing_dtype(held.dtype)  # (half-precision parameters set by hand: float32, as data)
             if x.is_floating_point() and x.dtype != dtype:
                 x = x.to(dtype)
         else:
@@ -181,7 +180,7 @@ class HiddenMarkovModel(Estimator):
 
     def _log_chain(self) -> tuple[Tensor, Tensor]:
         self._check_fitted()
-        k = self.n_components
+        k = int(self.n_components)
         if self.startprob_.shape != (k,) or self.transmat_.shape != (k, k):
             raise ValueError(f"{self._owner}: startprob_ must be ({k},) and transmat_ ({k}, {k}), got "
                              f"{tuple(self.startprob_.shape)} and {tuple(self.transmat_.shape)}")
@@ -192,20 +191,21 @@ class HiddenMarkovModel(Estimator):
     def _checked_emissions(self) -> Any:
         """The emission model, after checking the emission parameters (once per call that reads them)."""
         emissions = self._emissions()
-        emissions.check(self._emission_params(), self.n_components, self._owner)
+        emissions.check(self._emission_params(), int(self.n_components), self._owner)
         return emissions
 
     def _log_emit(self, x: Tensor) -> Tensor:
         return self._checked_emissions().log_prob(x, self._emission_params())
 
     def _init(self, x: Tensor, g: torch.Generator) -> None:
-        k, opts = self.n_components, dict(dtype=x.dtype if x.is_floating_point() else torch.float64, device=x.device)
+        k, opts = int(self.n_components), dict(dtype=x.dtype if x.is_floating_point() else torch.float64,
+                                               device=x.device)
         if "s" in self.init_params or self.startprob_ is None:
             self.startprob_ = torch.full((k,), 1.0 / k, **opts)
         if "t" in self.init_params or self.transmat_ is None:
             self.transmat_ = torch.full((k, k), 1.0 / k, **opts)
         n_features = self.n_features if self.n_features is not None or x.is_floating_point() else int(x.max()) + 1
-        new = self._emissions().init(x, k, self._emission_params(), self.init_params, g, n_features)
+        new = self._emissions().init(x, k, self._emission_params(), self.init_params, g, n_features, self._owner)
         for name, value in new.items():
             setattr(self, name, value)
 
@@ -288,7 +288,7 @@ class HiddenMarkovModel(Estimator):
         values = [v for v in map(lambda n: getattr(self, n), PARAMETERS) if v is not None]
         if any(not isinstance(v, Tensor) for v in values):  # arrays assigned by hand (any of them, as `_data` takes)
             held = next((v for v in values if isinstance(v, Tensor) and v.is_floating_point()), None)
-            self._as_tensors(torch.float64 if held is None else held.dtype,
+            self._as_tensors(torch.float64 if held is None else fb.computing_dtype(held.dtype),
                              torch.device("cpu") if held is None else held.device)
         log_start, log_trans = self._log_chain()
         u = torch.rand(n_samples, generator=g, dtype=log_trans.dtype).to(log_trans.device)

@@ -29,6 +29,7 @@ from kizuna.modules.base import ClassModule, Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.hmm.estimator import HiddenMarkovModel, Lengths
 from kizuna.modules.rng import on_cpu
+from kizuna.modules.validation import not_fitted
 
 Tensor = torch.Tensor
 
@@ -106,6 +107,10 @@ class HMM(ClassModule, HiddenMarkovModel):
         msg = forward[0]
         x, lengths = self._data(msg.value, self.lengths)
         self.check_category(msg.n)
+        missing = [n for n in ("startprob_", "transmat_", *self._emissions().names) if getattr(self, n) is None]
+        if missing and not self.learnable:  # (it ran its random initialisation as the "fixed" model, silently)
+            raise not_fitted(f"{self._owner} is not fitted yet: with learnable=False it keeps its parameters, and it "
+                             f"has no {', '.join(missing)}; call fit(X), or set them, or load a fitted state first")
         if not self._is_fitted():
             self._init(x, on_cpu(ctx.generator))
         prior = self.class_prior(backward, msg.n)

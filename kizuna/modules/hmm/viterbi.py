@@ -3,7 +3,8 @@ r"""Viterbi decoding for `HiddenMarkovModel.decode`, by the backend the estimato
 ``"torch"``: `kizuna.modules._forward_backward.viterbi` (chunks of the max-product recursion run at once and
 fixed up by rank convergence, `kizuna.modules._viterbi`); ``"numba"``: the loop over time compiled
 (`kizuna.modules._numba_kernels.viterbi`, hmmlearn's algorithm). Each returns a most probable path, with its
-:math:`\log p(x, z)` summed by `kizuna.modules._viterbi.path_log_prob` on both backends.
+:math:`\log p(x, z)` summed by `kizuna.modules._viterbi.path_log_prob` on both backends (over the same
+blocks, `kizuna.modules._forward_backward.path_log_probs`).
 
 Where one path is the most probable, both backends return it (the same path and score). Where several paths tie,
 the numba loop returns the loop over time's (`kizuna.modules._forward_backward.viterbi_loop`: the first maximum at
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 
 from kizuna.modules import _forward_backward as fb
-from kizuna.modules._viterbi import path_log_prob
 
 Tensor = torch.Tensor
 
@@ -40,7 +40,6 @@ def viterbi(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths: Ten
     bounds = np.concatenate([[0], np.cumsum(lengths.cpu().numpy())]).astype(np.int64)
     arrays = (log_start, log_trans.T, log_emit)
     _numba_kernels.viterbi(*(np.ascontiguousarray(a.detach().numpy()) for a in arrays), bounds, states.numpy())
-    padded = fb.pad(states[:, None], lengths)[..., 0]
-    score = path_log_prob(log_start, log_trans, fb.pad(log_emit, lengths), padded, lengths)
+    score = fb.path_log_probs(log_start, log_trans, log_emit, states, lengths)
     fb.check_possible(score, log_start, log_trans, log_emit, lengths, "viterbi")
     return score, states

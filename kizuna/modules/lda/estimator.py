@@ -18,12 +18,24 @@ import torch
 
 from kizuna._data import check_int, check_positive
 from kizuna.modules._backend import resolve_backend
+from kizuna.modules._forward_backward import computing_dtype
 from kizuna.modules.estimator import Estimator
 from kizuna.modules.lda import algorithms as algo
 from kizuna.modules.lda.sampler import ROUNDINGS, GibbsChain, as_counts
 from kizuna.modules.rng import generator_for, sample_dirichlet
 
 Tensor = torch.Tensor
+
+
+def table_dtype(dtype: torch.dtype, counts: algo.Counts) -> torch.dtype:
+    """The dtype of the count tables (and the estimates) for data of floating ``dtype``: half precision in float32
+    (`kizuna.modules._forward_backward.computing_dtype`: float16 / bfloat16 tables stop counting by ones at 2048 /
+    256), and float64 where a modality of ``counts`` holds more tokens than the dtype counts exactly (2^24 in
+    float32: past it a topic's total lost the +1 of a move, so the topics drifted silently, 8.8e-5 in one sweep of
+    42M tokens)."""
+    dtype = computing_dtype(dtype)
+    tokens = max((int(c.sum()) for c in counts if c is not None), default=0)
+    return torch.float64 if tokens > 2 / torch.finfo(dtype).eps else dtype
 
 
 class MultimodalLDA(Estimator):
@@ -78,9 +90,8 @@ class MultimodalLDA(Estimator):
         return f"{type(self).__name__} {name}" if name else type(self).__name__
 
     def _validate(self) -> None:
-        k = self.n_components
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"{self._owner}: n_components must be a positive int, got {k!r}")
+        # numpy integers too (GridSearchCV over np.arange), as GaussianMixture and scikit-learn's LDA
+        check_int(f"{self._owner}: n_components", self.n_components, 1)
         for a, b, what in ((self.alpha, self.doc_topic_prior, "alpha/doc_topic_prior"),
                            (self.beta, self.topic_word_prior, "beta/topic_word_prior")):
             if a is not None and b is not None:
@@ -114,7 +125,7 @@ class MultimodalLDA(Estimator):
         return None if self.weights is None else list(self.weights)
 
     def _sweeps(self, n_sweeps: int | None = None) -> algo.Sweeps:
-        k = self.n_components
+        k = int(self.n_components)
         alpha = self.alpha if self.alpha is not None else self.doc_topic_prior
         beta = self.beta if self.beta is not None else self.topic_word_prior
         sweeps = int(self.n_iter if self.n_iter is not None else self.max_iter) if n_sweeps is None else n_sweeps
@@ -160,9 +171,7 @@ class MultimodalLDA(Estimator):
         # floating input keeps its precision, integer counts are float64 (scikit-learn's rule, and the other
         # estimators'; they were the default float32: scores 2e-8 to 5e-8 off, float32 topics)
         dtype = floating if isinstance(floating, torch.dtype) and floating.is_floating_point else torch.float64
-        if torch.finfo(dtype).bits < 32:  # float16 / bfloat16 count tables stop counting by ones at 2048 / 256
-            dtype = torch.float32
-        return counts, dtype
+        return counts, table_dtype(dtype, counts)
 
     def _sizes_of(self, counts: algo.Counts) -> list[int]:
         return [c.shape[1] if c is not None else self._sizes[m] for m, c in enumerate(counts)]

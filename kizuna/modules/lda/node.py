@@ -33,8 +33,9 @@ import torch
 from kizuna.modules.base import ClassModule, GraphError, Message, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.lda import algorithms as algo
-from kizuna.modules.lda.estimator import LatentDirichletAllocation, MultimodalLDA
+from kizuna.modules.lda.estimator import LatentDirichletAllocation, MultimodalLDA, table_dtype
 from kizuna.modules.lda.sampler import as_counts
+from kizuna.modules.state import added_field
 
 Tensor = torch.Tensor
 POSTERIOR_WEIGHT = 100.0  # tokens per sample for a child's class posterior when no child sends counts
@@ -75,6 +76,7 @@ class MLDA(ClassModule, MultimodalLDA):
 
         _phi: Tensor | None = None
         _sizes: list[int] | None = None
+        n_iter_: int | None = added_field()  # (load_module left it None)
 
     def __init__(self, n_components: int = 10, weights: Sequence[float | None] | None = None, category: Any = None,
                  *, doc_topic_prior: float | None = None, topic_word_prior: float | None = None, max_iter: int = 100,
@@ -132,11 +134,13 @@ class MLDA(ClassModule, MultimodalLDA):
         prior = self.class_prior(backward, n)
         if prior is not None and self.prior_per == "sample":
             prior = algo.prior_once_per_sample(prior, counts)
-        # the widest floating dtype of the messages (the first child's only: a float64 graph ran in float32 when its
-        # first child was an integer word-count observation)
+        # messages in the widest floating dtype of the children's (the first child's only: a float64 graph ran in
+        # float32 when its first child was an integer word-count observation)
         dtype = functools.reduce(torch.promote_types, [m.value.dtype for m in forward if m.value.is_floating_point()],
                                  torch.float32)
-        theta = self._sweep(counts, dtype, prior, ctx)
+        # the count tables in that dtype while it counts every modality's tokens by ones, else in float64 (as the
+        # estimator's: float32 tables of more than 2^24 tokens drifted); the messages keep the graph's dtype
+        theta = self._sweep(counts, table_dtype(dtype, counts), prior, ctx).to(dtype)
         self.posterior = theta
         down = {}
         for m, (child, msg) in enumerate(zip(self.children, forward)):

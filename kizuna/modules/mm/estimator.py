@@ -23,9 +23,9 @@ import torch
 from kizuna._data import check_count, check_positive
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules.estimator import Estimator
-from kizuna.modules.hmm.emissions import check_distributions
+from kizuna.modules.hmm.emissions import as_sequences, check_distributions
 from kizuna.modules.mm import algorithms as algo
-from kizuna.modules.validation import as_matrix, as_tensor, check_n_features
+from kizuna.modules.validation import as_matrix, check_n_features
 
 Tensor = torch.Tensor
 
@@ -85,10 +85,12 @@ class MarkovChain(Estimator):
         if shape is not None and len(shape) == 1:
             raise ValueError(f"{self._owner}: X must be N×K class evidence (one column per class), got shape "
                              f"{tuple(shape)}; for integer labels give one-hot rows, e.g. np.eye(K)[labels]")
-        x = as_tensor(X, "X", self._owner)
+        x = as_sequences(X, self._owner)
         # floating evidence keeps its precision, integer (one-hot) evidence is float64: scikit-learn's rule, and the
-        # LDA estimator's (it was the default float32: estimates and scores 1e-6 off those of the same float rows)
-        x = as_matrix(x if x.is_floating_point() else x.double(), "X", self._owner, dtype=None)
+        # LDA estimator's (it was the default float32: estimates and scores 1e-6 off those of the same float rows);
+        # half precision computes in float32 (fb.computing_dtype: float16 evidence scored -1806 for -6219)
+        x = as_matrix(x.to(fb.computing_dtype(x.dtype)) if x.is_floating_point() else x.double(), "X", self._owner,
+                      dtype=None)
         if bool((x < 0).any()):
             raise ValueError(f"{self._owner}: class evidence must be non-negative")
         if x.shape[1] == 1 and self.n_states != 1 and bool((x != 1).any()) and bool((x == x.round()).all()):

@@ -109,7 +109,8 @@ class MM(ClassModule, MarkovChain):
         self.n_classes = k
         self.check_category(n)
         lengths = fb.check_lengths(n, self.lengths, msg.value.device)
-        log_lam = torch.log(msg.value)
+        dtype = msg.value.dtype  # of the messages; the chain computes in at least float32 (fb.computing_dtype)
+        log_lam = torch.log(msg.value.to(fb.computing_dtype(dtype)))
         prior = self.class_prior(backward, n)
         log_rho = torch.zeros_like(log_lam) if prior is None else torch.log(prior.to(log_lam))
         log_emit = log_lam + log_rho
@@ -122,7 +123,8 @@ class MM(ClassModule, MarkovChain):
         mu = algo.smooth(start, trans, log_emit, lengths).log_cavity
         down_prior = torch.softmax(mu + log_rho, 1)
         self.posterior = ctx.combine.bind(int(self.n_particles), ctx.generator)(down_prior, log_lam)
-        up = self.message("posterior", torch.softmax(mu + log_lam, 1))
+        up = self.message("posterior", torch.softmax(mu + log_lam, 1).to(dtype))
         child = self.children[0]
-        down = {child: self.message("prior", down_prior, receiver=child)} if "prior" in child.receives else {}
+        down = {child: self.message("prior", down_prior.to(dtype), receiver=child)} if "prior" in child.receives \
+            else {}
         return up, down
