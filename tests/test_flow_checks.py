@@ -116,7 +116,8 @@ class _Out(nn.Module):
     (lambda: AffineCoupling(3, scale_net=nn.Linear(3, 3), translate_net=nn.Linear(3, 5)),
      r"^AffineCoupling: translate_net returned \(4, 5\), expected the shape of x, \(4, 3\)"),
     # shapes that broadcast against x into another shape (x was broadcast with them silently) or not at all (a
-    # (D,) output, one value per feature for every row, broadcasts to x's shape: accepted, tests/test_dim_broadcast_promotion.py)
+    # (D,) output, one value per feature for every row, broadcasts to x's shape: accepted, see
+    # tests/test_dim_broadcast_promotion.py)
     (lambda: AffineCoupling(3, scale_net=_Out(lambda x: x[:, 0]), translate_net=nn.Linear(3, 3)),
      r"^AffineCoupling: scale_net returned \(4,\), expected the shape of x, \(4, 3\)"),
     (lambda: AffineCoupling(3, scale_net=_Out(lambda x: x[None].expand(2, 4, 3)), translate_net=nn.Linear(3, 3)),
