@@ -340,3 +340,16 @@ def test_list_of_sequences_for_hmm_fit_names_lengths():
         km.MarkovChain().fit([np.eye(2)[[0, 1]], np.eye(2)[[0, 1, 1]]])
     model = km.HiddenMarkovModel(2, random_state=0).fit(np.concatenate(seqs), lengths=[5, 7])  # what it says
     assert model.transmat_.shape == (2, 2)
+
+
+def test_graph_nodes_take_numpy_integers_as_their_class_count() -> None:
+    """km.HMM(np.int64(2)) (and the GMM and LDA nodes) refused a numpy integer ("must be a positive int"), as the
+    estimators did; the count is the same int, and a fraction or bool is still refused."""
+    import kizuna.modules as km
+
+    for make in (km.HMM, km.GMM, km.MLDA):
+        node = make(np.int64(3))
+        assert node.n_classes == 3 and type(node.n_classes) is int
+        for bad in (2.5, True, np.float64(3.0)):
+            with pytest.raises(ValueError, match="the number of classes must be a positive int"):
+                make(bad)

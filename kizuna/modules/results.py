@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
+from kizuna._data import one_number
 from kizuna.metrics.clustering import adjusted_rand_score, clustering_accuracy, normalized_mutual_info_score
 
 
@@ -31,9 +33,10 @@ class ClassResults:
     name: str
 
     def __init__(self, n_classes: int, category: Any = None) -> None:
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        number = one_number(n_classes, arrays=False)  # a numpy integer too (GridSearchCV over np.arange)
+        if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 1:
             raise ValueError(f"{type(self).__name__}: the number of classes must be a positive int, got {n_classes!r}")
-        self.n_classes = n_classes
+        self.n_classes = int(number)
         self.category = as_labels(category, type(self).__name__)
         self.posterior: torch.Tensor | None = None
 
