@@ -94,8 +94,9 @@ class Module(Stateful):
     receives: ClassVar[tuple[str, ...]] = ()
     scheduled: ClassVar[tuple[str, ...]] = ()  # settings a graph's schedule may set per iteration
     # whether the module answers the class posteriors of its children with class priors (MM, LDA, MLDA, TailToTail,
-    # SpatialConcept); an NN sends one to its source only where that takes one (see `sends_prior_to`)
-    sends_priors_down: ClassVar[bool] = True
+    # SpatialConcept set it; a user's module that only reads posteriors does not); an NN sends one to its source only
+    # where that takes one (see `sends_prior_to`)
+    sends_priors_down: ClassVar[bool] = False
     # why a module that sends class posteriors up cannot take a parent's class prior ("": it can, or sends none); a
     # parent that would send it one is refused at `connect`, since the prior would be dropped without a word
     takes_no_prior: ClassVar[str] = ""
@@ -227,6 +228,7 @@ class Module(Stateful):
                                  "as one: name them (name=...), or join them in a Graph, which numbers unnamed modules")
             senders[message.sender] = id(parent)
         self.backward_messages[message.sender] = message
+        self.__dict__.get("_loaded_senders", set()).discard(message.sender)  # a live prior, in force as any
 
     def _rename(self, name: str) -> None:
         """A graph's numbering of an unnamed module (``mm`` -> ``mm0``): its name, and the messages it sent that are
@@ -242,6 +244,10 @@ class Module(Stateful):
             senders = child._backward_senders
             if old in senders:
                 senders[name] = senders.pop(old)
+            loaded = child.__dict__.get("_loaded_senders")
+            if loaded and old in loaded:
+                loaded.discard(old)
+                loaded.add(name)
 
     def sends_prior_to(self, child: Module) -> bool:
         """Whether this module sends ``child`` a class prior at its updates (a GMM's mixing weights then give way to
@@ -254,7 +260,12 @@ class Module(Stateful):
 
         .. math:: \\pi_{nk} \\propto \\prod_{\\text{parents } j} \\pi^{(j)}_{nk}
         """
-        msgs = list(self.backward_messages.values())
+        stale = self.__dict__.get("_loaded_senders")
+        if stale:  # priors loaded from senders that are not parents now (see `load_state_dict`) are not in force
+            parents = {p.name for p in self.parents}
+            msgs = [m for s, m in self.backward_messages.items() if s not in stale or s in parents]
+        else:
+            msgs = list(self.backward_messages.values())
         if len(msgs) <= 1:
             return msgs[0] if msgs else None
         if any(m.kind != "prior" for m in msgs):
@@ -286,13 +297,12 @@ class Module(Stateful):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """See `Stateful.load_state_dict`; a save from before ``stream_state`` was saved restarts the stream. The
-        class priors saved from senders that are not among the module's parents now (a GMM trained under an MM and
-        loaded into one on its own) are dropped: kept, they stayed in force at every later update."""
+        class priors it saved are in force only while their sender is among the module's parents (a GMM trained
+        under an MM and loaded into one on its own kept the MM's prior at every later update; a parent connected after
+        the load, as a graph is rebuilt bottom-up, finds its prior in force again), until a live message replaces
+        them."""
         super().load_state_dict({"stream_state": None, **state})
-        parents = {p.name for p in self.parents}
-        if any(sender not in parents for sender in self.backward_messages):
-            self.backward_messages = {s: m for s, m in self.backward_messages.items() if s in parents}
-            self._backward_senders = {s: i for s, i in self._backward_senders.items() if s in parents}
+        self.__dict__["_loaded_senders"] = set(self.backward_messages)
 
     def context(self) -> UpdateContext:
         """The context of ``update()`` without one: message passing, and the module's own stream

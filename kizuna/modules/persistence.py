@@ -187,15 +187,24 @@ def _directory_lock(d: Path, shared: bool = False) -> Iterator[None]:
     if key in held:
         yield
         return
+    handle = None
     try:
         handle = open(d / LOCK, "rb" if shared else "a+b")  # noqa: SIM115 - closed below
     except OSError:  # no lock file (or no directory: the load says so), or one the reader may not open
         if not shared:
             raise
+    if handle is not None and shared:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+        except OSError:  # a file system without flock (NFS mounted nolock, Lustre without -o flock): read unlocked
+            handle.close()
+            handle = None
+    if handle is None:  # (outside the except blocks: the load's own error is not chained to the lock file's)
         yield
         return
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        if not shared:
+            fcntl.flock(handle, fcntl.LOCK_EX)
         mine = set() if shared else {key}  # a save nested in a save re-enters; a load only reads
         held.update(mine)
         try:

@@ -65,6 +65,7 @@ class SpatialConcept(ClassModule):
     """
 
     accepts: ClassVar[tuple[str, ...]] = ("posterior", "data")
+    sends_priors_down: ClassVar[bool] = True  # class priors to the children whose posteriors it takes
     sends: ClassVar[str] = "posterior"
     takes_no_prior: ClassVar[str] = ("its concepts have a stick-breaking prior of their own, and its Gibbs sampler "
                                      "takes no per-event class prior; give the other modalities to it as count "

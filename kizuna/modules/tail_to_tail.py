@@ -57,6 +57,7 @@ class TailToTail(Module):
     """
 
     accepts: ClassVar[tuple[str, ...]] = ("posterior",)
+    sends_priors_down: ClassVar[bool] = True  # class priors to the children whose posteriors it takes
     sends: ClassVar[str] = "posterior"
     receives: ClassVar[tuple[str, ...]] = ("prior",)
 

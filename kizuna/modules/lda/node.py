@@ -65,6 +65,7 @@ class MLDA(ClassModule, MultimodalLDA):
     """
 
     accepts: ClassVar[tuple[str, ...]] = ("data", "posterior")
+    sends_priors_down: ClassVar[bool] = True  # class priors to the children whose posteriors it takes
     sends: ClassVar[str] = "posterior"
     receives: ClassVar[tuple[str, ...]] = ("prior",)
     scheduled: ClassVar[tuple[str, ...]] = ("max_iter",)

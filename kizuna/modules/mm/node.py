@@ -70,6 +70,7 @@ class MM(ClassModule, MarkovChain):
     """
 
     accepts: ClassVar[tuple[str, ...]] = ("posterior",)
+    sends_priors_down: ClassVar[bool] = True  # class priors to the children whose posteriors it takes
     sends: ClassVar[str] = "posterior"
     receives: ClassVar[tuple[str, ...]] = ("prior",)
     scheduled: ClassVar[tuple[str, ...]] = ("n_iter",)
