@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_graph import PriorSource
+from test_tail_to_tail import Fixed
 
 from kizuna import modules as km
 from kizuna.modules.base import GraphError, Message
@@ -19,36 +21,6 @@ F64 = torch.float64
 def blobs(n=30, dtype=F64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.cat([torch.randn(n, 2, generator=g, dtype=dtype) - 4, torch.randn(n, 2, generator=g, dtype=dtype) + 4])
-
-
-class Fixed(km.ClassModule):
-    """A class module that sends a fixed posterior and takes a class prior."""
-
-    accepts = ("data",)
-    receives = ("prior",)
-
-    def __init__(self, posterior, name):
-        super().__init__(posterior.shape[1], name=name)
-        self.fixed = posterior
-
-    def _update(self, ctx, forward, backward):
-        self.posterior = self.fixed
-        return self.message("posterior", self.fixed), {}
-
-
-class PriorSource(km.ClassModule):
-    """A parent sending a fixed class prior down to its class-module children."""
-
-    accepts = ("posterior",)
-
-    def __init__(self, prior, name):
-        super().__init__(prior.shape[1], name=name)
-        self.prior = prior
-
-    def _update(self, ctx, forward, backward):
-        self.posterior = self.prior
-        return self.message("posterior", self.prior), {c: self.message("prior", self.prior, receiver=c)
-                                                       for c in self.children if "prior" in c.receives}
 
 
 # ------------------------------------------------------------------------------------- 1. stale priors after a load
