@@ -30,6 +30,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from kizuna._data import computing_dtype
+
 # the most cells of a dense table the matching of one group of labels may take (800 MB as int64, and scipy's Hungarian
 # algorithm takes a float64 copy; its time grows with the cube of the side): 5,100 classes against 5,100 clusters
 # that all share samples (26 M cells, 3 s) are scored, a table that would not fit in memory is refused by name
@@ -41,9 +43,7 @@ def as_numpy(x: Any) -> Any:
     other value as it is."""
     if hasattr(x, "detach"):
         x = x.detach().cpu()
-        if x.is_floating_point() and x.element_size() < 4:
-            x = x.float()
-        x = x.numpy()
+        x = x.to(computing_dtype(x.dtype)).numpy()
     return x
 
 

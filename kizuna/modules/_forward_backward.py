@@ -28,20 +28,12 @@ from typing import Any
 
 import torch
 
+from kizuna._data import computing_dtype  # noqa: F401 - the modules read it here
 from kizuna.modules._chain_scan import reverse_index, scaled_forward, smallest_normaliser
 from kizuna.modules._viterbi import path_log_prob, viterbi_scan
 
 Tensor = torch.Tensor
 PAD_WASTE = 2  # a padded block holds at most this many times the rows of its sequences (see `length_groups`)
-
-
-def computing_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the classical modules (HMM, MM, LDA) compute in for floating data of ``dtype``: ``dtype``
-    itself, float16 and bfloat16 (any float narrower than 32 bits) lifted to float32. In half precision a sum of
-    per-step log-terms stops growing (a MarkovChain on float16 evidence scored -1806 where the float64 forward
-    algorithm gives -6219), an HMM's EM failed with non-finite counts, and LDA's count tables stop counting by
-    ones at 2048 (float16) / 256 (bfloat16)."""
-    return torch.float32 if dtype.is_floating_point and torch.finfo(dtype).bits < 32 else dtype
 
 
 def check_lengths(n: int, lengths: Sequence[int] | Tensor | None, device: torch.device) -> Tensor:
