@@ -10,10 +10,12 @@ hand-written alternating step on deep copies of the same two networks: the discr
 cross-entropy on a real batch and a detached generator batch (``F.logsigmoid`` of the logits, as
 kizuna's loss writes it; or the critic's gap and the penalty on random interpolates), then the
 generator's non-saturating loss ``-E_G[log d]`` (or ``-E_G[f]``) on a fresh noise draw with the discriminator's
-parameters frozen, as a careful hand-written step does (kizuna's `GAN` freezes them too); kizuna's loss also
-evaluates the data's term ``-E_data[log(1-d)]`` (``E_data[f]``), which has no generator gradient, for its value:
-the first-step check adds it to the reference to compare the values, and ``--reference-value`` makes the
-reference's timed step compute it too (without a graph), so that both report the same loss. It draws the noise
+parameters frozen, as a careful hand-written step does (kizuna's `GAN` freezes them too). Both sides do the same
+work: by default kizuna's `GAN` is built with ``data_term=False``, which leaves out, as the careful step does, the
+data's term ``-E_data[log(1-d)]`` (``E_data[f]``) of the generator's loss (it has no generator gradient; Pixyz's
+GAN evaluates it for the value it reports); with ``--reference-value`` kizuna's GAN is the default one, which
+evaluates that term, and the reference's timed step computes it too (without a graph), so that both report the
+same loss. The training, and so the quality columns, are the same either way. It draws the noise
 (and the interpolation weights) in kizuna's order, so from one seed both draw the same numbers;
 Adam is torch's default, or fused with ``--fused-reference``.
 One evaluation code for both trained generators: the C2ST (logistic regression, as the smoke
@@ -60,15 +62,16 @@ def nets(loss: str, d: int, cfg: dict) -> tuple[Generator, nn.Module]:
     return Generator(cfg["z_dim"], cfg["hidden"], d), disc
 
 
-def kizuna_gan(loss: str, gen: Generator, disc: nn.Module, cfg: dict) -> GAN:
-    """As examples/gan.py `build`s it."""
+def kizuna_gan(loss: str, gen: Generator, disc: nn.Module, cfg: dict, data_term: bool = True) -> GAN:
+    """As examples/gan.py `build`s it; ``data_term=False``: the generator's step leaves out its loss's data term,
+    as the careful reference does (`GAN`'s option)."""
     prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[cfg["z_dim"]], name="p_prior")
     p = (gen * prior).marginalize_var("z")
     adam = {"lr": cfg["lr"], "betas": LOSSES[loss]["betas"]}
     if loss == "wgan-gp":
         return GAN(p, disc, adversarial=AdversarialWassersteinDistance, d_steps=5, optimizer_params=adam,
-                   d_optimizer_params=adam)
-    return GAN(p, disc, optimizer_params=adam, d_optimizer_params=adam)
+                   d_optimizer_params=adam, data_term=data_term)
+    return GAN(p, disc, optimizer_params=adam, d_optimizer_params=adam, data_term=data_term)
 
 
 class Reference:
@@ -162,8 +165,13 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     torch.manual_seed(0)
     gen, disc = nets(args.loss, x_train.shape[1], cfg)
     gen_r, disc_r = copy.deepcopy(gen), copy.deepcopy(disc)
-    model = kizuna_gan(args.loss, gen, disc, cfg)
+    # the same work on both sides: kizuna's GAN as Pixyz's (its loss's data term evaluated in the generator's step)
+    # against the reference computing that term too (--reference-value), or with data_term=False against the careful
+    # reference, which leaves it out (the default)
+    value = REFERENCE_VALUE["value_term"]
+    model = kizuna_gan(args.loss, gen, disc, cfg, data_term=value)
     ref = Reference(args.loss, gen_r.net, disc_r.net, cfg)
+    options = {} if value else {"omit_term_of": model.p_data}
     x = x_train[:cfg["batch"]]
     # one step is two losses (the discriminator's, then the generator's after the discriminator's update): each is
     # checked from the initial weights, with the gradients of both networks (the discriminator's step uses only
@@ -172,8 +180,10 @@ def speed(args: argparse.Namespace, cfg: dict, x_train: torch.Tensor) -> None:
     print("  discriminator loss:")
     agree(lambda: model.d_model.loss_cls.eval({"x": x}), lambda: ref.d_loss(x), params_k, params_r)
     print("  generator loss:")
-    agree(lambda: model.loss_cls.eval({"x": x}), lambda: ref.g_loss(x, value_term=True), params_k, params_r)
-    report_speed(args, lambda: model.train({"x": x}), lambda: ref.step(x), 100, kizuna_title="kizuna GAN.train")
+    agree(lambda: model.loss_cls.eval({"x": x}, **options), lambda: ref.g_loss(x, value_term=value), params_k,
+          params_r)
+    title = "kizuna GAN.train" if value else "kizuna GAN(data_term=False).train"
+    report_speed(args, lambda: model.train({"x": x}), lambda: ref.step(x), 100, kizuna_title=title)
 
 
 def main() -> None:
@@ -182,9 +192,10 @@ def main() -> None:
     parser.add_argument("--loss", choices=sorted(LOSSES), default="js")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the configuration's)")
     parser.add_argument("--reference-value", action="store_true",
-                        help="the reference's generator step also computes its loss's data term (without a graph, "
-                             "the discriminator frozen), so that it reports the value kizuna's GAN reports (Pixyz's "
-                             "generator loss); default: the careful step, which computes only the generated term")
+                        help="kizuna's default GAN, whose generator step evaluates its loss's data term (Pixyz's "
+                             "value), against a reference step that computes it too (without a graph, the "
+                             "discriminator frozen); default: GAN(data_term=False) against the careful step, which "
+                             "computes only the generated term")
     args = parser.parse_args()
     REFERENCE_VALUE["value_term"] = args.reference_value
     start(args, f"GAN ({args.loss}) on digits: kizuna vs hand-written PyTorch")

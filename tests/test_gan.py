@@ -917,3 +917,82 @@ def test_a_conditional_critic_takes_a_number_as_its_condition_on_every_step() ->
     for _ in range(3):
         g_loss, d_loss = model.train({"x": torch.randn(8, 2), "y": 0.5})
         assert math.isfinite(float(g_loss)) and math.isfinite(float(d_loss))
+
+
+def test_omit_term_of_leaves_out_one_expectation_of_the_generators_value() -> None:
+    """``eval(..., omit_term_of=p)`` (or ``q``) is the value less that distribution's expectation, against the closed
+    forms of the discrete P, Q with a fixed discriminator and of two shifted Gaussians with a linear critic."""
+    d = optimal()
+    p, q = discrete(P, "p"), discrete(Q, "q")
+    non_saturating = AdversarialJensenShannon(p, q, TableD(d), batch_n=N)
+    mc_close(non_saturating.eval(omit_term_of=p).item(), float(-(Q * d.log()).sum()), var_under(Q, d.log()))
+    mc_close(non_saturating.eval(omit_term_of=q).item(), float(-(P * (1 - d).log()).sum()), var_under(P, (1 - d).log()))
+    minimax = AdversarialJensenShannon(p, q, TableD(d), batch_n=N, inverse_g_loss=False)
+    mc_close(minimax.eval(omit_term_of=p).item(), float((Q * (1 - d).log()).sum()), var_under(Q, (1 - d).log()))
+    mc_close(minimax.eval(omit_term_of=q).item(), float((P * d.log()).sum()), var_under(P, d.log()))
+    gp, gq = shifted([1.0, 0.0], "p"), shifted([-0.5, 0.0], "q")
+    critic = AdversarialWassersteinDistance(gp, gq, Linear([1.0, 0.0]), batch_n=N)
+    mc_close(critic.eval(omit_term_of=gp).item(), 0.5, 1.0)  # -E_q[x_1]
+    mc_close(critic.eval(omit_term_of=gq).item(), 1.0, 1.0)  # E_p[x_1]
+    kl = AdversarialKullbackLeibler(p, q, TableD(d), batch_n=N)
+    torch.manual_seed(5)
+    whole = kl.eval().item()
+    torch.manual_seed(5)
+    assert kl.eval(omit_term_of=q).item() == whole  # its estimate has no term over q
+    with pytest.raises(ValueError, match=r"one expectation, over p\(x\): omit_term_of cannot leave it out"):
+        kl.eval(omit_term_of=p)
+    with pytest.raises(ValueError, match=r"omit_term_of must be one of its two distributions, p\(x\) or q\(x\), "
+                                         r"got r\(x\)"):
+        non_saturating.eval(omit_term_of=discrete(P, "r"))
+
+
+class CountingRingD(RingD):
+    """`RingD` that counts its forward calls."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        CountingRingD.calls += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("adversarial", [AdversarialJensenShannon, AdversarialWassersteinDistance])
+def test_a_gan_without_the_data_term_trains_the_same_and_reports_the_generated_term(adversarial) -> None:
+    """``GAN(..., data_term=False)`` leaves the data's term (no generator gradient) out of the generator's loss: the
+    same parameters bitwise after steps from the same seed, one discriminator forward fewer per generator step, and
+    a reported loss that is the full one less the data term computed by hand with the discriminator of that step."""
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
+    torch.manual_seed(0)
+    g1, d1 = RingG(), CountingRingD()
+    g2, d2 = RingG(), CountingRingD()
+    g2.load_state_dict(g1.state_dict())
+    d2.load_state_dict(d1.state_dict())
+    kw = {"adversarial": adversarial, "d_steps": 2}
+    full = GAN((g1 * prior).marginalize_var("z"), d1, **kw)
+    short = GAN((g2 * prior).marginalize_var("z"), d2, data_term=False, **kw)
+    assert short.data_term is False and "leave out the term over p_{data}(x)" in str(short)
+    x = ring(32, torch.Generator().manual_seed(1))
+    for _ in range(3):
+        torch.manual_seed(7)
+        a = full.step({"x": x})
+        torch.manual_seed(7)
+        CountingRingD.calls = 0
+        b = short.step({"x": x})
+        short_calls = CountingRingD.calls
+        with torch.no_grad():
+            f = d2.net(x).squeeze(1)
+        data = -torch.nn.functional.logsigmoid(-f).mean() if adversarial is AdversarialJensenShannon else f.mean()
+        assert b.loss == pytest.approx(a.loss - data.item(), abs=1e-5)
+        assert a.terms["d_loss"] == b.terms["d_loss"]
+        CountingRingD.calls = 0
+        torch.manual_seed(7)
+        full.loss_cls.eval({"x": x})
+        assert short_calls == 2 * (2 if adversarial is AdversarialJensenShannon else 3) + CountingRingD.calls - 1
+    for u, w in zip([*g1.parameters(), *d1.parameters()], [*g2.parameters(), *d2.parameters()]):
+        assert torch.equal(u, w)
+    torch.manual_seed(7)
+    tested = short.test({"x": x})[0].item()
+    torch.manual_seed(7)
+    assert tested == pytest.approx(short.loss_cls.eval({"x": x}, omit_term_of=short.p_data).item(), abs=1e-6)
+    with pytest.raises(TypeError, match="GAN: data_term must be True or False, got 0"):
+        GAN((g1 * prior).marginalize_var("z"), RingD(), data_term=0)

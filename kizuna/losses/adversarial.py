@@ -25,6 +25,10 @@ discriminator's optimiser (``loss.d_optimizer``, built on first use from the ``o
 ``optimizer_params`` keyword arguments, Adam by default) on ``d_loss()`` and returns that loss
 before the step; ``loss.loss_test(x_dict)`` evaluates it without gradients; and
 ``loss.eval(x_dict, discriminator=True)`` evaluates it (as ``d_loss().eval(x_dict)``).
+
+``loss.eval(x_dict, omit_term_of=p)`` (or ``q``) leaves that distribution's expectation out of the generator's value:
+a term with no gradient for the generator (the data's, with the discriminator frozen) need not be computed in its
+step. `kizuna.models.GAN` does this with ``data_term=False``, as a careful hand-written GAN does.
 """
 
 from __future__ import annotations
@@ -142,6 +146,15 @@ class AdversarialLoss(Loss):
                 {k: v.detach() if isinstance(v, Tensor) and v.requires_grad else v for k, v in xq.items()})
 
     # ---------------------------------------------------------- discriminator
+    def _omitted(self, ctx: EvalContext) -> Distribution | None:
+        """The side whose term the generator's value leaves out: the evaluation option ``omit_term_of`` (``p`` or
+        ``q``; `kizuna.models.GAN` with ``data_term=False`` passes the data's distribution), else None."""
+        omit = ctx.options.get("omit_term_of")
+        if omit is not None and omit is not self.p and omit is not self.q:
+            raise ValueError(f"{self}: omit_term_of must be one of its two distributions, {self.p.prob_text} or "
+                             f"{self.q.prob_text}, got {getattr(omit, 'prob_text', repr(omit))}")
+        return omit
+
     def _d_input(self, ctx: EvalContext, x: dict[str, Tensor]) -> dict[str, Any]:
         return {**ctx.values, **x}
 
@@ -288,12 +301,17 @@ class AdversarialJensenShannon(AdversarialLoss):
 
     def _generator_value(self, ctx: EvalContext) -> Tensor:
         xp, xq = self._draws(ctx)
+        omit = self._omitted(ctx)
         inverse = self.inverse_g_loss  # -E_p[log(1-d)] - E_q[log d], else E_p[log d] + E_q[log(1-d)]
-        log_dp, log_1m_dp = self._log_d(self._d_input(ctx, xp), d=not inverse, one_minus_d=inverse)
-        log_dq, log_1m_dq = self._log_d(self._d_input(ctx, xq), d=inverse, one_minus_d=not inverse)
-        if inverse:
-            return -(log_1m_dp.mean() + log_dq.mean())
-        return log_dp.mean() + log_1m_dq.mean()
+        total = None
+        if omit is not self.p:
+            log_dp, log_1m_dp = self._log_d(self._d_input(ctx, xp), d=not inverse, one_minus_d=inverse)
+            total = (log_1m_dp if inverse else log_dp).mean()
+        if omit is not self.q:
+            log_dq, log_1m_dq = self._log_d(self._d_input(ctx, xq), d=inverse, one_minus_d=not inverse)
+            term = (log_dq if inverse else log_1m_dq).mean()
+            total = term if total is None else total + term
+        return -total if inverse else total
 
 
 
@@ -303,6 +321,9 @@ class AdversarialKullbackLeibler(AdversarialLoss):
     symbol = ("D_KL^Adv[{}||{}]", r"D_{{\mathrm{{KL}}}}^{{\mathrm{{Adv}}}}\left[{}\,\|\,{}\right]")
 
     def _generator_value(self, ctx: EvalContext) -> Tensor:
+        if self._omitted(ctx) is self.p:  # (its estimate has no term of q to leave out)
+            raise ValueError(f"{self}: its estimate is one expectation, over {self.p.prob_text}: omit_term_of cannot "
+                             "leave it out")
         xp = self._draw(self.p, ctx, self._batch_n(ctx))
         log_d, log_1m_d = self._log_d(self._d_input(ctx, xp))
         return (log_d - log_1m_d).mean()
@@ -346,6 +367,11 @@ class AdversarialWassersteinDistance(AdversarialLoss):
 
     def _generator_value(self, ctx: EvalContext) -> Tensor:
         xp, xq = self._draws(ctx)
+        omit = self._omitted(ctx)
+        if omit is self.p:
+            return -self._d_output(self._d_input(ctx, xq)).mean()
+        if omit is self.q:
+            return self._d_output(self._d_input(ctx, xp)).mean()
         return self._d_output(self._d_input(ctx, xp)).mean() - self._d_output(self._d_input(ctx, xq)).mean()
 
     def penalty(self, ctx: EvalContext, xp: dict[str, Tensor], xq: dict[str, Tensor]) -> Tensor:

@@ -44,6 +44,13 @@ class GAN(Model):
         adversarial_params: its extra keyword arguments (e.g. ``{"gradient_penalty": 10.0}``, or
             ``{"clip_value": 0.01}`` for WGAN's weight clipping after every discriminator step).
         d_steps: discriminator steps per generator step.
+        data_term: whether the generator's loss evaluates its term over the data (``-E_data[log(1 - d)]`` in the
+            JS loss, ``E_data[f]`` in the Wasserstein one), as Pixyz's GAN does (the default). That term has no
+            gradient for the generator, so ``False`` leaves it out (the loss's ``omit_term_of`` option), as a careful
+            hand-written GAN does: one discriminator forward fewer per generator step, the same gradients and
+            training, but the generator's reported loss (``train``, ``step``, ``test``, ``evaluate``, and `fit`'s
+            columns) is then the generated batch's term only (``-E_p[log d]``, ``-E_p[f]``). The data term is
+            left out of `AdversarialKullbackLeibler`'s estimate in either case (it has none).
         compile, validate: as `Model`'s, for both.
 
     The generator and the discriminator are two `Model`s (``self`` and ``self.d_model``); `save`
@@ -88,11 +95,14 @@ class GAN(Model):
         adversarial: type[AdversarialLoss] = AdversarialJensenShannon,
         adversarial_params: Mapping[str, Any] | None = None,
         d_steps: int = 1,
+        data_term: bool = True,
         compile: bool | Mapping[str, Any] = False,
         validate: bool | None = None,
     ) -> None:
         if isinstance(d_steps, bool) or not isinstance(d_steps, numbers.Integral) or d_steps < 1:
             raise ValueError(f"GAN: d_steps must be an int of at least 1, got {d_steps!r}")
+        if not isinstance(data_term, bool):
+            raise TypeError(f"GAN: data_term must be True or False, got {data_term!r}")
         p_data = p_data if p_data is not None else EmpiricalDistribution(p.var)
         if not (isinstance(adversarial, type) and issubclass(adversarial, AdversarialLoss)):
             raise TypeError(f"GAN: adversarial must be a kizuna adversarial loss class (AdversarialJensenShannon, "
@@ -105,6 +115,7 @@ class GAN(Model):
                          clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value, compile=compile,
                          validate=validate)
         self.p, self.discriminator, self.d_steps = p, discriminator, d_steps
+        self.p_data, self.data_term = p_data, data_term
         self.d_model = Model(loss.d_loss(), distributions=[discriminator], optimizer=d_optimizer,
                              optimizer_params=d_optimizer_params, clip_grad_norm=clip_grad_norm,
                              clip_grad_value=clip_grad_value, compile=compile, validate=validate)
@@ -112,7 +123,12 @@ class GAN(Model):
     extra_terms = ("d_loss",)
 
     def __str__(self) -> str:
-        return f"{super().__str__()}\nDiscriminator loss: {self.d_model.loss_cls}"
+        left_out = "" if self.data_term else f"\nThe generator's steps leave out the term over {self.p_data.prob_text}"
+        return f"{super().__str__()}\nDiscriminator loss: {self.d_model.loss_cls}{left_out}"
+
+    def _g_options(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The generator loss's evaluation options: with ``data_term=False`` the data's term is left out."""
+        return options if self.data_term else {**options, "omit_term_of": self.p_data}
 
     def _d_train(self, x_dict: Mapping[str, Any] | None, options: Mapping[str, Any]) -> torch.Tensor:
         """One discriminator step, then the loss's hook (`AdversarialWassersteinDistance` clips the critic there)."""
@@ -140,7 +156,7 @@ class GAN(Model):
         self._set_mode(True)  # as `train_discriminator`: validation left the generator in evaluation mode
         d_loss = sum(self._d_step(batch, options) for _ in range(self.d_steps)) / self.d_steps
         with self._discriminator_frozen():
-            value, terms = super().step(batch, **options)
+            value, terms = super().step(batch, **self._g_options(options))
         return StepResult(value, {**terms, "d_loss": d_loss})
 
     @contextmanager
@@ -168,20 +184,20 @@ class GAN(Model):
         ``adversarial_loss=False`` only the generator steps and its loss is returned (as Pixyz)."""
         if not adversarial_loss:
             with self._discriminator_frozen():
-                return super().train(x_dict, **options)
+                return super().train(x_dict, **self._g_options(options))
         d_loss = self.train_discriminator(x_dict, **options)
         with self._discriminator_frozen():
-            return super().train(x_dict, **options), d_loss
+            return super().train(x_dict, **self._g_options(options)), d_loss
 
     def test(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,  # type: ignore[override]
              **options: Any) -> Any:
         """The generator's loss and, with ``adversarial_loss``, the discriminator's, without gradients (Pixyz)."""
-        g_loss = super().test(x_dict, **options)
+        g_loss = super().test(x_dict, **self._g_options(options))
         return (g_loss, self.d_model.test(x_dict, **options)) if adversarial_loss else g_loss
 
     def evaluate(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """`Model.evaluate` with the discriminator's test loss as ``d_loss``."""
-        value, terms = super().evaluate(batch, **options)
+        value, terms = super().evaluate(batch, **self._g_options(options))
         return StepResult(value, {**terms, "d_loss": self.d_model.evaluate(batch, **options).loss})
 
     def _assess(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
