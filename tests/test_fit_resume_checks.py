@@ -299,3 +299,25 @@ def test_a_model_of_any_modules_prints():
     assert text.startswith("Distributions (for training): LadderVAE\nLoss function: ")
     model, sampler = _ebm()
     assert "p(x), SGLD\n" in str(Model(model.loss_cls, distributions=[model.distributions[0], sampler]))
+
+
+
+def test_fit_leaves_the_networks_in_training_mode_with_or_without_valid_data():
+    """docs/uses.md says fit leaves the networks in training mode; with ``valid`` the validation pass, the last thing
+    an epoch does, left them in evaluation mode (dropout off), so the mode after fit depended on ``valid``."""
+
+    class Net(Normal):
+        def __init__(self):
+            super().__init__(var=["y"], cond_var=["x"], scale=1.0)
+            self.net = nn.Sequential(nn.Linear(2, 4), nn.Dropout(0.5), nn.Linear(4, 1))
+
+        def forward(self, x):
+            return {"loc": self.net(x)}
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 2, generator=g), torch.randn(40, 1, generator=g)
+    for valid in (None, {"x": x[:10], "y": y[:10]}):
+        f = Net()
+        model = Model(-LogProb(f).mean(), distributions=[f])
+        model.fit({"x": x, "y": y}, epochs=2, batch_size=20, valid=valid, quiet=True, seed=0)
+        assert all(m.training for m in f.modules()), valid

@@ -151,6 +151,9 @@ def fit(
                 bar.set_postfix(shown)
                 if stop:
                     break
+    if valid_data is not None and epochs > 0:  # the validation pass left every network in evaluation mode: fit
+        for m in (model, *model.submodels()):  # leaves them in training mode, with or without valid data
+            m._set_mode(True)
     return model.history
 
 
