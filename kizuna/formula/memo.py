@@ -9,6 +9,11 @@ and ends with it.
 The memo is thread-local (each thread of ``nn.DataParallel`` evaluates with its own) rather than a
 ``ContextVar``: ``torch.compile`` traces reads of a ``threading.local`` but breaks the graph at
 ``ContextVar.get``, which split a compiled VAE step into eight graphs.
+
+An evaluation nested in another (a custom term that evaluates a loss under ``torch.no_grad()``, e.g. a baseline)
+shares the outer memo only while both run in the same grad mode: parameters computed without a graph are not left
+for the outer evaluation's later terms (which lost their gradient when they reused them), and an evaluation that
+needs gradients inside one without them does not reuse parameters computed there without a graph.
 """
 
 from __future__ import annotations
@@ -17,16 +22,20 @@ import threading
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+import torch
+
 # (owner, tag, inputs, value); the inputs are kept with the value for the evaluation's length
 _Entry = tuple[object, Hashable, list[Any], Any]
 
 
 class _State(threading.local):
-    """Per thread: the memo of the evaluation in progress (set in ``__init__``, which threading.local
-    runs in every thread, so that the attribute always exists: a compiled step guards on that)."""
+    """Per thread: the memo of the evaluation in progress and the grad mode its entries were computed in (set in
+    ``__init__``, which threading.local runs in every thread, so that the attributes always exist: a compiled step
+    guards on that)."""
 
     def __init__(self) -> None:
         self.memo: list[_Entry] | None = None
+        self.grad = True
 
 
 _STATE = _State()
@@ -34,18 +43,37 @@ _STATE = _State()
 
 class shared_parameters:  # noqa: N801 - used as a function: ``with shared_parameters():``
     """Within this block, a distribution given the same input tensors computes its parameters once;
-    nested blocks share the outermost memo."""
+    nested blocks share the outermost memo, in the same grad mode. A block nested without gradients in one with
+    them reads the outer entries but leaves none of its own (they have no graph: a later term of the outer
+    evaluation that reused them lost its gradient); one nested with gradients in one without them has a memo of
+    its own (the outer entries have no graph). The grad mode is read once per block, not per memo lookup."""
 
-    __slots__ = ("_outermost",)
+    __slots__ = ("_saved",)
 
     def __enter__(self) -> None:
-        self._outermost = _STATE.memo is None
-        if self._outermost:
-            _STATE.memo = []
+        state = _STATE
+        memo = state.memo
+        if memo is None:  # the outermost block
+            self._saved = None
+            state.memo, state.grad = [], torch.is_grad_enabled()
+        elif torch.is_grad_enabled() == state.grad:  # nested in the same grad mode: the outer memo, as it is
+            self._saved = memo
+        elif state.grad:  # without gradients inside an evaluation with them: its entries go at the block's end
+            self._saved = len(memo)
+            state.grad = False
+        else:  # with gradients inside an evaluation without them: a memo of its own
+            self._saved = memo
+            state.memo, state.grad = [], True
 
     def __exit__(self, *exc: object) -> None:
-        if self._outermost:
-            _STATE.memo = None
+        state, saved = _STATE, self._saved
+        if saved is None:
+            state.memo = None
+        elif type(saved) is int:  # (the nested block without gradients) its entries are forgotten
+            del state.memo[saved:]
+            state.grad = True
+        elif saved is not state.memo:  # (the nested block with gradients) the outer memo is back
+            state.memo, state.grad = saved, False
 
 
 def step_mark() -> int | None:

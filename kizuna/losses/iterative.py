@@ -84,7 +84,10 @@ class IterativeLoss(Loss):
             ``T×N×...`` by default); each step sees the slice :math:`x_t`.
         update_value: ``{source: target}``: after each step, ``target`` takes the value of
             ``source`` (drawn or given in that step); ``source`` is then dropped. A carried variable is drawn
-            once per row (no ``sample_shape`` on its expectation).
+            once per row (no ``sample_shape`` on its expectation). As in Pixyz, every other draw of a step is also
+            among the next step's values, under its own name, if it was drawn once per row: a draw made several
+            times per row (``sample_shape``, IWAE's ``k``, or inside such an expectation) is not (Pixyz carries
+            its first draw), so that the next step's values stay one per row.
         slice_step: a distribution that produces the step's inputs itself (given ``t`` and the
             full sequences): the step loss becomes :math:`\\mathbb{E}_{slice\\_step}[\\mathcal{L}_{step}]`
             and the series are not sliced.
@@ -101,7 +104,12 @@ class IterativeLoss(Loss):
     does not see ``mask``.
 
     Each step is evaluated once; the per-step values of the step loss's terms are summed and
-    reported as terms of this loss (``eval(..., return_terms=True)``, `Model.fit`'s history).
+    reported as terms of this loss (``eval(..., return_terms=True)``, `Model.fit`'s history). Under a mask, a term
+    is weighed as the step loss's value weighs it: per row where the step loss keeps its rows, and where the step
+    loss reduces it over the batch (under ``.mean()`` or ``.sum()``) by the mean of the step's weights over the
+    rows, which is the batch mean of the reduced value times each row's weight. So a step loss ``kl.mean()``
+    reports the batch mean of the loss, ``loss.mean()``. (A term that the step loss takes both per row and reduced
+    is weighed per row.)
 
     >>> import torch
     >>> from kizuna.distributions import Normal
@@ -153,19 +161,31 @@ class IterativeLoss(Loss):
         # the draws per row of every node drawing a variable: one drawn several times per row is recorded as
         # (draws, batch, ...), and its steps are stacked after the draws dimension (see _draw_lead)
         self._draw_counts: dict[str, set[int]] = {}
-        for node in self.step_loss.nodes():  # a carried value is one per row: several draws per row cannot be carried
+        per_row: dict[str, set[int]] = {}  # the same, times the draws of the expectations around the node
+        stack: list[tuple[Loss, int, str, str]] = [(self.step_loss, 1, "", "")]
+        while stack:  # a carried value is one per row: several draws per row cannot be carried
+            node, outer, outer_how, outer_once = stack.pop()
             n, p, how, once = _draws_per_row(node)
+            if outer > 1:  # drawn inside an expectation with several draws per row: laid out (draws x batch, ...)
+                how, once = (f"{how}, " if n > 1 else "") + outer_how, outer_once
             if p is not None:
                 for v in p.var:
                     self._draw_counts.setdefault(v, set()).add(n)
-            if n > 1:
+                    per_row.setdefault(v, set()).add(n * outer)
                 carried = [v for v in p.var if v in self.update_value]
-                if carried:
+                if n * outer > 1 and carried:
                     raise ValueError(
-                        f"IterativeLoss: {node} draws {', '.join(carried)} {n} times per row ({how}), but "
+                        f"IterativeLoss: {node} draws {', '.join(carried)} {n * outer} times per row ({how}), but "
                         "update_value carries it to the next step, which takes one value per row: draw once per "
                         f"row in the step ({once}); to average over several trajectories, "
                         "repeat each sequence's row that many times in the batch")
+            if n > 1:
+                outer_how, outer_once = (f"inside {node}: {how}", once) if outer == 1 else (how, once)
+            stack.extend((child, n * outer, outer_how, outer_once) for child in node.subterms())
+        # only draws made once per row go into the next step's values (as the values of a step are one per row): a
+        # variable drawn only several times per row is kept back, one drawn both ways is checked at each step
+        self._several = frozenset(v for v, ns in per_row.items() if 1 not in ns)
+        self._both = frozenset(v for v, ns in per_row.items() if 1 in ns and len(ns) > 1)
         self.slice_step = slice_step
         self.max_iter = max_iter
         self.series_dim = series_dim
@@ -237,25 +257,36 @@ class IterativeLoss(Loss):
             options = {k: v for k, v in options.items() if k != "mask"}  # not the step loss's (Pixyz's neither)
         sliced = series.items() if self.slice_step is None else ()
         updates = self.update_value.items()
+        several, both = self._several, self._both
+        reduced: list[bool] | None = None  # per term record, under a per-row mask: whether the step loss reduces it
         for t in range(steps):
             if timestep_var is not None:
                 values[timestep_var] = t
             for v, x in sliced:
                 values[v] = x.select(dim, t)
             # fresh results (every node is evaluated anew at each step); the evaluation's options (sample_mean, batch_n)
-            step = EvalContext(values, _StepDraws() if report else None, options, report)
+            step = EvalContext(values, _StepDraws() if report or both else None, options, report)
             value = step.value(step_loss)
             if weights is not None:
                 value = self._weighted(value, weights[t], step_loss)
             total = total + value
             samples = step.samples
             if report:  # the terms' sums and the draws over time, for a caller who asked for them
+                if reduced is None and weights is not None and weights[t].dim():
+                    reduced = self._reduced_terms(step.results)
                 for i, record in enumerate(self._records):
                     term = step.results[id(record.term)]
-                    sums[i] = sums[i] + (term if weights is None else self._weighted(term, weights[t], record.term))
+                    if weights is not None:  # weighed as the step loss's value is: a term that it reduces over the
+                        # rows by the step's mean weight (the reduced value, times each row's weight, averages so)
+                        term = self._weighted(term, weights[t].mean() if reduced and reduced[i] else weights[t],
+                                              record.term)
+                    sums[i] = sums[i] + term
                 for k, v in samples.items():
                     drawn.setdefault(k, []).append(v)
                     leads.setdefault(k, set()).add(self._draw_lead(k, v, samples.dims.get(k, ())))
+            if several or both:  # draws several per row are not the next step's values (Pixyz's carried the first)
+                samples = {k: v for k, v in samples.items() if k not in several
+                           and not (k in both and self._draw_lead(k, v, samples.dims.get(k, ())))}
             values.update(samples)
             release_step(mark)  # the step's memo entries: its inputs are new tensors at the next step
             carried = []  # every source is read before any target is written (a swap works)
@@ -289,6 +320,25 @@ class IterativeLoss(Loss):
         if len(written) > 1:
             return int(v.dim() == max(written))
         return int(v.shape[0] in counts - {1})  # (only one of them ran at this step)
+
+    def _reduced_terms(self, results: Mapping[int, Any]) -> list[bool]:
+        """Per term record: whether every way from the step loss down to its term passes a node whose value at this
+        step has no rows (0-d: the step loss reduces the term over the batch, e.g. under ``.mean()``), so that a
+        per-row mask weighs the reduced value, as Pixyz's broadcast does. The walk follows `Loss.terms`: through
+        unnamed operators, down to the terms."""
+        seen: dict[int, set[bool]] = {}
+        stack: list[tuple[Loss, bool]] = [(self.step_loss, False)]
+        while stack:
+            node, below = stack.pop()
+            ways = seen.setdefault(id(node), set())
+            if below in ways:
+                continue
+            ways.add(below)
+            if node.is_operator and node._label is None:
+                value = results.get(id(node))
+                below = below or (isinstance(value, Tensor) and value.dim() == 0)
+                stack.extend((child, below) for child in node.subterms())
+        return [seen.get(id(record.term)) == {True} for record in self._records]
 
     def _step_weights(self, mask: Any, values: Mapping[str, Any], steps: int) -> tuple[Tensor, ...]:
         """The weights of each step from the evaluation option ``mask`` (checked): ``(T,)``, one per step, or one per
