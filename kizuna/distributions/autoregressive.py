@@ -11,7 +11,10 @@ next feature in the order. ``get_log_prob(..., sum_features=False)`` returns the
 conditionals :math:`\log p(x_{o_k} | x_{o_{<k}}, c)`.
 
 Scored values may be grey levels in ``[0, 1]`` (their log-density is then the negative binary
-cross-entropy, as for `Bernoulli`); only binary values give a normalised probability.
+cross-entropy, as for `Bernoulli`); only binary values give a normalised probability. Draws made with a
+``sample_shape``, ``(*sample_shape, batch, *features)``, are scored draw by draw and summed as every family
+sums them (over every dimension but the first). One row of condition conditions every row, in ``sample``
+(for any ``batch_n``) as in ``get_log_prob``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import torch
 from torch.nn import functional as F
 
 from kizuna._data import check_count
-from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
+from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, one_rows_expanded, sum_rows
 from kizuna.distributions.torch_dist import validation_enabled
+from kizuna.distributions.transformed import draws_as_rows
 from kizuna.nets.made import MADE
 from kizuna.nets.pixelcnn import PixelCNN
 
@@ -55,7 +59,8 @@ class _AutoregressiveBernoulli(Distribution):
     def _context(self, x_dict: Mapping[str, Any]) -> Tensor | None:
         if not self._cond_var:
             return None
-        return torch.cat([x_dict[c].reshape(x_dict[c].shape[0], -1) for c in self._cond_var], -1)
+        # one row conditions every row (as a single context does in the networks), where torch.cat refused the mix
+        return torch.cat(one_rows_expanded([x_dict[c].reshape(x_dict[c].shape[0], -1) for c in self._cond_var]), -1)
 
     def _check_value(self, x: Any) -> Tensor:
         """The checked value; integer and boolean values in the network's dtype (as the other families take them)."""
@@ -63,8 +68,9 @@ class _AutoregressiveBernoulli(Distribution):
         if not isinstance(x, Tensor):
             raise TypeError(f"{self.prob_text}: {var} must be a torch.Tensor, got {type(x).__name__}")
         if x.shape[1:] != self.features_shape:
-            raise ValueError(f"{self.prob_text}: {var} has shape {tuple(x.shape)}, expected "
-                             f"(batch, {', '.join(map(str, self.features_shape))})")
+            features = ', '.join(map(str, self.features_shape))
+            raise ValueError(f"{self.prob_text}: {var} has shape {tuple(x.shape)}, expected (batch, {features}) "
+                             f"(or (*sample_shape, batch, {features}) for draws made with a sample_shape)")
         if validation_enabled() and not bool(((x >= 0) & (x <= 1)).all()):
             raise ValueError(f"{self.prob_text}: value of {var} must lie in [0, 1], found values outside")
         want = next(self.net.parameters()).dtype
@@ -76,16 +82,32 @@ class _AutoregressiveBernoulli(Distribution):
         return x
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        x = self._check_value(x_dict[self._var[0]])
+        # draws made with a sample_shape as rows of the network, their conditions alike; scored per draw (every family's
+        # convention: one value per entry of the first dimension)
+        value = x_dict[self._var[0]]
+        x, x_dict, shape = draws_as_rows(value, x_dict, self.features_shape, self._cond_var) \
+            if isinstance(value, Tensor) else (value, x_dict, None)
+        x = self._check_value(x)
         logits = self.logits(x, self._context(x_dict))
         per_feature = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        return per_feature.flatten(1).sum(1) if sum_features else per_feature  # (reshape(0, -1): an empty batch)
+        if shape is not None:
+            per_feature = per_feature.reshape(*shape, *self.features_shape)
+        return sum_rows(per_feature) if sum_features else per_feature
+
+    def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
+        context = self._context(x_dict)
+        if context is not None and context.shape[0] == 1 and batch_n is not None:  # one condition for every draw
+            return self._sample(x_dict, batch_n * n, reparam)
+        return super()._sample_n(x_dict, repeated, n, batch_n, reparam)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         context = self._context(x_dict)
         n = batch_n if batch_n is not None else (batch_size_of(x_dict, self._cond_var) or 1)  # (0 drew one row)
         if context is not None and context.shape[0] != n:
-            raise ValueError(f"{self.prob_text}: batch_n={n} but the conditioning values have {context.shape[0]} rows")
+            if context.shape[0] != 1:
+                raise ValueError(f"{self.prob_text}: batch_n={n} but the conditioning values have {context.shape[0]} "
+                                 "rows; give one row per draw, or one row for all")
+            context = context.expand(n, *context.shape[1:])  # one row conditions every draw (as in get_log_prob)
         like = next(self.net.parameters())
         x = torch.zeros(n, *self.features_shape, dtype=like.dtype, device=like.device)
         if n == 0:

@@ -23,6 +23,10 @@ are scored row by row (where the features' shape is known: the prior's, unless t
 condition given per batch row taken for each draw, and summed as every family sums such draws: over every
 dimension but the first.
 
+Values go to the flow in its parameters' dtype: integer data and floating values of a narrower dtype are converted,
+floating values of a wider dtype (the data, the context, the prior's draw) are refused before the flow runs (outside
+``torch.autocast``), naming both dtypes.
+
 Scoring a draw of the same evaluation needs no inverse: while a loss is evaluated, a
 reparameterised draw records its base point and log-determinant (see `kizuna.formula.memo`),
 and ``get_log_prob`` of that very tensor reuses them. So an IAF posterior costs one network pass
@@ -52,6 +56,34 @@ from kizuna.distributions.base import (
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.flows.base import Flow
 from kizuna.formula.memo import memoized
+from kizuna.utils import _autocast_state
+
+
+def draws_as_rows(value: Tensor, x_dict: Mapping[str, Any], features: torch.Size,
+                  cond_var: Sequence[str]) -> tuple[Tensor, Mapping[str, Any], torch.Size | None]:
+    """A draw made with a ``sample_shape``, ``(*sample_shape, batch, *features)``, as rows ``(n * batch, *features)``
+    sample-major (the order `Distribution.sample` draws them in), for a model that scores rows (a flow, a masked
+    network), with its conditions ``cond_var`` in ``x_dict`` as as many rows: one given per batch row repeated for each
+    draw, one drawn with the same leading shape flattened alike, one row kept (it conditions every row). Also the
+    leading shape, None where the value is one batch already (or ``features`` is empty: unknown), or where its trailing
+    dimensions are not ``features``: a mis-shaped value is returned as it was given, so that the error it meets names
+    the shape the caller gave."""
+    rank = len(features)
+    lead = value.dim() - rank
+    if not rank or lead <= 1 or value.shape[lead:] != features:
+        return value, x_dict, None
+    shape = value.shape[:lead]
+    n, batch = math.prod(shape[:-1]), shape[-1]
+    rows = dict(x_dict)
+    for c in cond_var:
+        v = rows.get(c)
+        if not isinstance(v, Tensor) or v.dim() == 0:
+            continue
+        if v.dim() > lead and v.shape[:lead] == shape:  # drawn beside the value
+            rows[c] = v.flatten(0, lead - 1)
+        elif v.shape[0] == batch and batch != 1:  # one per batch row: the same for every draw
+            rows[c] = repeat_batch(v, n)
+    return value.flatten(0, lead - 1), rows, shape
 
 
 class _FlowDistribution(Distribution):
@@ -90,43 +122,46 @@ class _FlowDistribution(Distribution):
     def distribution_name(self) -> str:
         return f"{type(self).__name__}({self.prior.distribution_name})"
 
+    def _flow_dtype(self) -> torch.dtype | None:
+        """The dtype of the flow's first floating parameter; None for a flow without one (it computes in any)."""
+        return next((t.dtype for t in self.flow.parameters() if t.is_floating_point()), None)
+
+    def _check_dtype(self, value: Tensor, what: str) -> Tensor:
+        """A floating ``value`` (``what`` names it) in the flow's dtype, checked before the flow runs: one of a narrower
+        dtype (float16 data into a float32 flow) is converted, which loses nothing; a wider one (float64 into float32)
+        is refused, naming both dtypes (it failed in the first layer with a network, with torch's "mat1 and mat2 must
+        have the same dtype", naming neither the variable nor the dtype wanted, after an ActNorm had initialised itself
+        from that very batch). Not under ``torch.autocast``, which computes in mixed dtypes by design."""
+        want = self._flow_dtype()
+        if want is None or not value.is_floating_point() or value.dtype == want or _autocast_state():
+            return value
+        if torch.promote_types(value.dtype, want) == want:
+            return value.to(want)
+        raise ValueError(f"{self.prob_text}: {what} is {value.dtype} but the flow is {want}: convert one (e.g. "
+                         f".to({want}) on the value, or the distribution's .to({value.dtype}))")
+
     def _context(self, x_dict: Mapping[str, Any]) -> Tensor | None:
         if not self._flow_cond:
             return None
         if len(self._flow_cond) == 1:
-            return x_dict[self._flow_cond[0]]
+            context = x_dict[self._flow_cond[0]]
+            if isinstance(context, Tensor):
+                context = self._check_dtype(context, f"the flow's context {self._flow_cond[0]}")
+            return context
         # one row conditions every row (as a single context does in the layers), where torch.cat refused the mix
         parts = one_rows_expanded([x_dict[c].reshape(x_dict[c].shape[0], -1) for c in self._flow_cond])
         if any(part.shape[0] != parts[0].shape[0] for part in parts):
             shapes = ", ".join(f"{c} {tuple(x_dict[c].shape)}" for c in self._flow_cond)
             raise ValueError(f"{self.prob_text}: the flow's context variables have different numbers of rows "
                              f"({shapes}); give each one row per row of {self._var[0]}, or one row for all")
-        return torch.cat(parts, -1)
+        context = torch.cat(parts, -1)
+        context = self._check_dtype(context, f"the flow's context ({', '.join(self._flow_cond)})")
+        return context
 
     def _rows(self, value: Tensor, x_dict: Mapping[str, Any]) -> tuple[Tensor, Mapping[str, Any], torch.Size | None]:
-        """A draw made with a ``sample_shape``, ``(*sample_shape, batch, *features)``, as rows ``(n * batch,
-        *features)`` sample-major (the order `sample` draws them in), with its conditions as as many rows: one given
-        per batch row repeated for each draw, one drawn with the same leading shape flattened alike, one row kept (it
-        conditions every row). Also the leading shape, None where the value is one batch already (or its features are
-        unknown: a conditional prior's, a reshaping flow's), or where its trailing dimensions are not the features: a
-        mis-shaped value goes to the flow as it was given, so that its error names the shape the caller gave."""
-        features = self.features_shape
-        rank = len(features)
-        lead = value.dim() - rank
-        if not rank or lead <= 1 or value.shape[lead:] != features:
-            return value, x_dict, None
-        shape = value.shape[:lead]
-        n, batch = math.prod(shape[:-1]), shape[-1]
-        rows = dict(x_dict)
-        for c in self.input_var:
-            v = rows.get(c)
-            if not isinstance(v, Tensor) or v.dim() == 0:
-                continue
-            if v.dim() > lead and v.shape[:lead] == shape:  # drawn beside the value
-                rows[c] = v.flatten(0, lead - 1)
-            elif v.shape[0] == batch and batch != 1:  # one per batch row: the same for every draw
-                rows[c] = repeat_batch(v, n)
-        return value.flatten(0, lead - 1), rows, shape
+        """`draws_as_rows` with this distribution's features (None: a conditional prior's, a reshaping flow's, unknown:
+        the value is then scored as one batch) and conditioning variables."""
+        return draws_as_rows(value, x_dict, self.features_shape, self.input_var)
 
     def _per_draw(self, log_prob: Tensor, shape: torch.Size | None) -> Tensor:
         """The density of each row summed as `get_log_prob` sums draws made with a ``sample_shape``: every dimension
@@ -155,8 +190,9 @@ class _FlowDistribution(Distribution):
                sample_mean: bool = False, return_hidden: bool = True, **kwargs: Any) -> XDict:
         """See `Distribution.sample`; with ``return_hidden`` (Pixyz's default) also the prior's draw that the flow
         mapped to each returned value, under the prior's variable (the base point :math:`z_0`), in the same shape.
-        Inside a product or a loss only ``var`` is drawn."""
-        if not return_hidden or sample_mean:
+        Where the prior's variable is named like ``var`` (as Pixyz allows), that name holds the flow's value and the
+        base point is not returned. Inside a product or a loss only ``var`` is drawn."""
+        if not return_hidden or sample_mean or self.prior.var[0] == self._var[0]:
             return super().sample(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, **kwargs)
         captured: list[Tensor] = []
         self.__dict__["_base_draws"] = captured  # (a plain attribute, not a buffer; removed below)
@@ -176,6 +212,7 @@ class _FlowDistribution(Distribution):
             batch_n = batch_size_of(x_dict, self._flow_cond)
         inputs = {k: x_dict[k] for k in self.prior.input_var}
         base = self.prior._sample(inputs, batch_n, reparam)[self.prior.var[0]]
+        base = self._check_dtype(base, f"the prior's draw of {self.prior.var[0]}")  # before the flow runs (`_value`)
         captured = self.__dict__.get("_base_draws")
         if captured is not None:  # this distribution's own `sample` with return_hidden
             captured.append(base)
@@ -195,8 +232,9 @@ class _FlowDistribution(Distribution):
             raise TypeError(f"{self.prob_text}: {self._var[0]} must be a torch.Tensor, got {type(value).__name__}")
         if not value.is_floating_point():  # integer or boolean data in the flow's float dtype, as the families take
             # them (a raw "mat1 and mat2 must have the same dtype" in the first layer)
-            like = next((t for t in self.parameters() if t.is_floating_point()), None)
-            value = value.to(like.dtype if like is not None else torch.get_default_dtype())
+            like = next((t.dtype for t in self.parameters() if t.is_floating_point()), torch.get_default_dtype())
+            value = value.to(self._flow_dtype() or like)
+        value = self._check_dtype(value, self._var[0])
         if validation_enabled():  # before the flow runs: a NaN would spread over the batch (ActNorm's initialisation,
             # BatchNorm's statistics) and the prior's check would name its variable and the wrong row
             nonfinite = first_nonfinite({self._var[0]: value}, "x_dict")
@@ -287,10 +325,14 @@ class InverseTransformedDistribution(_FlowDistribution):
         return self.prior.var
 
     def inference(self, x_dict: Mapping[str, Any], return_all: bool = True) -> XDict:
-        """``{prior variable: f(x)}``: the data mapped to the base space (Pixyz)."""
+        """``{prior variable: f(x)}``: the data mapped to the base space (Pixyz); with ``return_all`` beside the
+        entries of ``x_dict`` (where the prior's variable is named like ``var``, that name then holds ``f(x)``)."""
         x_dict = dict(x_dict)
         self._require(x_dict, self._var + self._flow_cond)
-        z = self.flow(x_dict[self._var[0]], self._context(x_dict), compute_jacobian=False)
+        x = x_dict[self._var[0]]
+        if isinstance(x, Tensor):
+            x = self._check_dtype(x, self._var[0])
+        z = self.flow(x, self._context(x_dict), compute_jacobian=False)
         return {**x_dict, self.prior.var[0]: z} if return_all else {self.prior.var[0]: z}
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
