@@ -394,6 +394,7 @@ class BinaryConcrete(TorchDistribution):
     torch_class = D.RelaxedBernoulli
     param_names = ("temperature", "probs", "logits")
     param_constraints = {"temperature": constraints.positive}  # torch does not check it
+    moments_hint = "; RelaxedBernoulli draws the same way and has the Bernoulli's moments"
 
 
 class Concrete(TorchDistribution):
@@ -409,6 +410,7 @@ class Concrete(TorchDistribution):
     torch_class = D.RelaxedOneHotCategorical
     param_names = ("temperature", "probs", "logits")
     param_constraints = {"temperature": constraints.positive}  # torch does not check it
+    moments_hint = "; RelaxedCategorical draws the same way and has the categorical's moments"
 
     def _build(self, params: dict[str, Any], independent: bool) -> D.Distribution:
         temperature = params.get("temperature")

@@ -76,8 +76,9 @@ class ProductOfNormal(Normal):
 
     ``cond_var`` is the union of the experts' conditioning variables, but none is required:
     ``input_var`` is empty, and experts whose inputs are missing from ``x_dict`` are skipped.
-    In a product ``q * p`` this means the product does not wait for factors that draw its
-    inputs; give the inputs in ``x_dict``.
+    In a product ``q * p`` the product is still drawn after the factors that draw its
+    conditioning variables, and their experts use the drawn values; inputs that no factor
+    draws are optional (give them in ``x_dict``, or leave their experts out).
 
     Example:
         >>> qx = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")

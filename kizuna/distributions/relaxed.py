@@ -116,6 +116,8 @@ class _DiscreteScoring(TorchDistribution):
         mean = self._discrete(x_dict).mean
         rows = self._rows(self._params(x_dict), x_dict, batch_n)
         if rows is not None and rows != mean.shape[0]:
+            if mean.shape[0] != 1:  # the draw's error (torch's expand error named neither)
+                raise self._rows_error(mean.shape[0], x_dict, rows)
             mean = mean.expand(rows, *mean.shape[1:])
         return {self._var[0]: mean}
 

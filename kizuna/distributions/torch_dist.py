@@ -231,6 +231,7 @@ class TorchDistribution(Distribution):
     _positional_call: Any = None
     static_params: ClassVar[tuple[str, ...]] = ()  # plain Python values (e.g. total_count)
     validate_value: ClassVar[bool] = True  # check the support of scored values
+    moments_hint: ClassVar[str] = ""  # appended to the error of a family without a closed-form mean or variance
     # checks torch leaves out or reports under an inner distribution's parameter names
     param_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
 
@@ -880,8 +881,10 @@ class TorchDistribution(Distribution):
         """See `Distribution._mean_values`."""
         dist = self._torch_dist(x_dict)
         rows = self._rows(self._params(x_dict), x_dict, batch_n)
-        mean = dist.mean
+        mean = self._moment(dist, "mean")
         if rows is not None and rows != mean.shape[0]:
+            if mean.shape[0] != 1:  # the draw's error (torch's expand error named neither)
+                raise self._rows_error(mean.shape[0], x_dict, rows)
             mean = mean.expand(rows, *mean.shape[1:])
         return {self._var[0]: mean}
 
@@ -913,8 +916,9 @@ class TorchDistribution(Distribution):
                              f"batch size {rows}")
 
     def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
-        """The support check of scored values (while validation is on); families may extend it."""
-        if self.validate_value and not bool(dist.support.check(value).all()):
+        """The support check of scored values (while validation is on); families may extend it. An empty batch has
+        nothing to check (torch fails to reshape it when checking an ``independent`` support: `MultivariateNormal`)."""
+        if self.validate_value and value.numel() and not bool(dist.support.check(value).all()):
             nonfinite = first_nonfinite({self._var[0]: value}, "x_dict") if value.is_floating_point() else None
             if nonfinite is not None:
                 raise ValueError(f"{self.prob_text}: {nonfinite} (not a number in the support ({dist.support}) of "
@@ -1002,6 +1006,8 @@ class TorchDistribution(Distribution):
             if lp is not None:
                 return lp
         dist, value = checked if checked is not None else self._dist_and_value(x_dict, params)
+        if not value.numel():  # an empty batch: torch's TransformedDistribution (Concrete) fails reshaping it
+            return value.new_zeros(value.shape[:value.dim() - len(dist.event_shape)])
         dist._validate_args = False  # checked above, with a message naming the variable
         return dist.log_prob(value)
 
@@ -1030,13 +1036,22 @@ class TorchDistribution(Distribution):
         """See `Distribution.sample_mean`."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        return self._torch_dist(x_dict).mean
+        return self._moment(self._torch_dist(x_dict), "mean")
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         """See `Distribution.sample_variance`."""
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
-        return self._torch_dist(x_dict).variance
+        return self._moment(self._torch_dist(x_dict), "variance")
+
+    def _moment(self, dist: D.Distribution, name: str) -> Tensor:
+        """``dist.mean`` or ``dist.variance``; torch's bare NotImplementedError('') (BinaryConcrete, Concrete: a
+        TransformedDistribution) named, as `get_entropy` names a missing entropy."""
+        try:
+            return getattr(dist, name)
+        except NotImplementedError as err:
+            raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) has no closed-form {name}"
+                                      f"{self.moments_hint}") from err
 
 
 def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size:
