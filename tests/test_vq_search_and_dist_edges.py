@@ -68,6 +68,23 @@ def test_vq_search_breaks_ties_to_the_lowest_index_as_before() -> None:
     assert torch.equal(q._encode(x)[1], k)  # deterministic
 
 
+def test_unchecked_a_non_finite_position_spoils_its_own_code_only() -> None:
+    """Without validation (every step after a Model's first) a NaN position got code 0 as before, but the search's
+    common centre, the joint mean of positions and codes, was NaN: every other position got code 0 too. The search
+    is centred on the codebook's mean now."""
+    from kizuna.distributions import validation
+
+    q = VectorQuantizer(nn.Identity(), n_codes=32, code_dim=8)
+    x = torch.randn(2, 8, 4, 4)
+    x[1, :, 2, 2] = float("nan")
+    with validation(False):
+        _, k, _ = q.encode(x)
+    expected = broadcast_codes(x, q.codebook.weight)
+    ok = torch.ones_like(k, dtype=torch.bool)
+    ok[1, 2, 2] = False
+    assert torch.equal(k[ok], expected[ok]) and len(set(k[ok].tolist())) > 1
+
+
 def test_vq_search_promotes_mixed_dtypes_as_the_differences_did() -> None:
     q = VectorQuantizer(nn.Identity(), n_codes=32, code_dim=8)  # a float32 codebook
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64)  # a float64 encoder output

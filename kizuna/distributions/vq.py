@@ -69,14 +69,15 @@ class VectorQuantizer(Distribution):
             if bad is not None:
                 raise ValueError(f"{self.prob_text}: {bad}; nothing to quantise")
         # the nearest code of each position from the (positions, K) matrix of squared distances, rows and codes
-        # centred (`squared_distances`); the differences to every code, (batch, *grid, K, D), took 517 MiB and
-        # about 1 s for a CIFAR-sized latent (32 x 8 x 8 positions, K = 512, D = 64). No gradient flows through
-        # the choice; ties go to the lowest index (argmin's first), as before. (Unchecked, a non-finite position
-        # makes the common centre NaN: every position then gets code 0, not only that one)
+        # centred on the codebook's mean (`squared_distances`: a non-finite position, unchecked, then spoils its own
+        # row only, where the joint mean made every row NaN); the differences to every code, (batch, *grid, K, D),
+        # took 517 MiB and about 1 s for a CIFAR-sized latent (32 x 8 x 8 positions, K = 512, D = 64). No gradient
+        # flows through the choice; ties go to the lowest index (argmin's first), as before.
         flat = z_e.detach().movedim(1, -1)
         codes = self.codebook.weight.detach()
         dtype = torch.promote_types(flat.dtype, codes.dtype)  # (the differences promoted mixed dtypes)
-        d2 = squared_distances(flat.reshape(-1, flat.shape[-1]).to(dtype), codes.to(dtype))
+        codes = codes.to(dtype)
+        d2 = squared_distances(flat.reshape(-1, flat.shape[-1]).to(dtype), codes, centre=codes.mean(0))
         k = d2.argmin(1).reshape(flat.shape[:-1])
         return z_e, k, self.codebook(k).movedim(-1, 1)
 
