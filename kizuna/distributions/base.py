@@ -14,6 +14,8 @@ Conventions (the whole formula layer relies on them):
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import math
 import numbers
@@ -213,6 +215,74 @@ def flat_rows(value: Tensor) -> Tensor:
     return value.unsqueeze(1) if value.dim() == 1 else value.flatten(1)
 
 
+# set on a distribution while a user's own `sample` (a subclass's override, Pixyz's extension point) runs: the draws
+# it asks kizuna for (``super().sample(...)``) are kizuna's own, not routed back into it (`_route_draws`)
+_IN_USER_SAMPLE = "_in_user_sample"
+
+
+def _guard_user_sample(sample: Callable[..., XDict]) -> Callable[..., XDict]:
+    """A subclass's own ``sample``, marked as running on its instance while it runs (see `_route_draws`)."""
+    @functools.wraps(sample)
+    def guarded(self: Distribution, *args: Any, **kwargs: Any) -> XDict:
+        state = self.__dict__
+        was = state.get(_IN_USER_SAMPLE, False)
+        state[_IN_USER_SAMPLE] = True
+        try:
+            return sample(self, *args, **kwargs)
+        finally:
+            if was:
+                state[_IN_USER_SAMPLE] = True
+            else:
+                state.pop(_IN_USER_SAMPLE, None)
+    guarded._user_sample = sample  # type: ignore[attr-defined]
+    return guarded
+
+
+def _drawn_by_sample(p: Distribution, out: Any) -> XDict:
+    """The variables of ``p`` from what its own ``sample`` returned (the entries of ``var``; inputs and anything else
+    it returns are dropped, as the caller keeps its own)."""
+    if not isinstance(out, Mapping) or not all(map(out.__contains__, p._var)):
+        got = sorted(out) if isinstance(out, Mapping) else type(out).__name__
+        raise ValueError(f"{p.prob_text}: {type(p).__name__}.sample must return a dict with its variables "
+                         f"{p._var}, got {got}")
+    return {v: out[v] for v in p._var}
+
+
+def _route_draws(cls: type[Distribution]) -> None:
+    """Route the internal draws of ``cls`` (a class with a user's own ``sample``) through that ``sample``: a product
+    draws its factors, and a loss or a trainer its samples, through ``_sample`` / ``_sample_n`` / ``_mean_values``,
+    which now call ``self.sample(..., return_all=False)`` as Pixyz's products and losses call ``sample``. Inside the
+    user's ``sample`` (its ``super().sample(...)``) they are the class's own again. Decided once per class; kizuna's
+    classes are not touched."""
+    own_sample, own_sample_n, own_means = cls._sample, cls._sample_n, cls._mean_values
+
+    def _sample(self: Distribution, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        if self.__dict__.get(_IN_USER_SAMPLE):
+            return own_sample(self, x_dict, batch_n, reparam)
+        own, inputs = self._var, self.input_var
+        given = {k: v for k, v in x_dict.items() if k not in own or k in inputs}
+        # (a product asks every factor for reparameterised draws; one without them draws without)
+        return _drawn_by_sample(self, self.sample(given, batch_n=batch_n, return_all=False,
+                                                  reparam=reparam and self.has_reparam))
+
+    def _sample_n(self: Distribution, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None,
+                  reparam: bool) -> XDict:
+        if self.__dict__.get(_IN_USER_SAMPLE):
+            return own_sample_n(self, x_dict, repeated, n, batch_n, reparam)
+        # n draws per row: one call of the user's sample on the repeated inputs (through `_sample` above)
+        return Distribution._sample_n(self, x_dict, repeated, n, batch_n, reparam)
+
+    def _mean_values(self: Distribution, x_dict: XDict, batch_n: int | None) -> XDict:
+        if self.__dict__.get(_IN_USER_SAMPLE):
+            return own_means(self, x_dict, batch_n)
+        return _drawn_by_sample(self, self.sample(x_dict, batch_n=batch_n, return_all=False, sample_mean=True))
+
+    for fn in (_sample, _sample_n, _mean_values):
+        fn._routed = True  # type: ignore[attr-defined]
+        fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
+    cls._sample, cls._sample_n, cls._mean_values = _sample, _sample_n, _mean_values  # type: ignore[method-assign]
+
+
 class Distribution(nn.Module):
     """A probability distribution over named variables, conditioned on named variables.
 
@@ -224,8 +294,24 @@ class Distribution(nn.Module):
             when it is known in advance (constant parameters).
 
     Subclasses implement ``_sample`` and ``_log_prob``; the public methods check inputs,
-    handle ``sample_shape`` and build the formula text.
+    handle ``sample_shape`` and build the formula text. A subclass may instead override the public
+    ``sample`` (Pixyz's extension point, with Pixyz's signature): products, losses and trainers then draw
+    through it (``sample(x_dict, batch_n=..., return_all=False, reparam=...)``; ``sample_mean=True`` for
+    means), and its ``super().sample(...)`` is kizuna's draw. An overridden ``get_log_prob`` is likewise
+    what products and losses score with.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("sample")
+        if inspect.isfunction(own) and not hasattr(own, "_user_sample") \
+                and own.__module__.partition(".")[0] != "kizuna":
+            cls.sample = _guard_user_sample(own)  # type: ignore[method-assign]
+        # a user's sample here or in a base: route the draws through it, once per class (a class that defines
+        # its own `_sample` again under it is routed again)
+        if hasattr(cls.sample, "_user_sample") and not all(
+                hasattr(getattr(cls, name), "_routed") for name in ("_sample", "_sample_n", "_mean_values")):
+            _route_draws(cls)
 
     # Pixyz's options of a product's `sample` and `get_log_prob` (`graph.set_option`); None: none, the usual path
     _graph_options: GraphOptions | None = None

@@ -36,6 +36,7 @@ class MixtureOfNormal(Distribution):
             stay exact after ``.double()``).
         name: the symbol of the mixture.
         features_shape: see `Distribution`.
+        weight_modalities: Pixyz's name of ``weights`` (the same argument; give one of the two).
 
     Sampling picks an expert per row with the renormalised weights, then draws from it.
     ``has_reparam`` is True in this sense: *given the chosen expert* the draw is the expert's
@@ -58,7 +59,14 @@ class MixtureOfNormal(Distribution):
     """
 
     def __init__(self, p: Sequence[Distribution], weights: Tensor | Sequence[float] | None = None,
-                 name: str = "p", features_shape: Sequence[int] | torch.Size = ()) -> None:
+                 name: str = "p", features_shape: Sequence[int] | torch.Size = (),
+                 weight_modalities: Tensor | Sequence[float] | None = None) -> None:
+        if weight_modalities is not None:
+            if weights is not None:
+                raise TypeError("MixtureOfNormal: weights and weight_modalities (Pixyz's name of weights) are the "
+                                f"same argument; give one, got weights={weights!r} and "
+                                f"weight_modalities={weight_modalities!r}")
+            weights = weight_modalities
         experts = normal_experts(p, "MixtureOfNormal")
         super().__init__(experts[0].var, union_cond(experts), name, features_shape)
         self.p = nn.ModuleList(experts)

@@ -9,11 +9,15 @@ With ``decomposed=True`` the matrix is kept in the LU form of the paper (sec. 3.
 lower-triangular :math:`L` and strictly upper-triangular :math:`U`, so
 :math:`\log|\det W| = \sum \ell` costs :math:`O(C)`. On vectors ``(B, C)`` it is an invertible
 linear layer (:math:`H = W = 1`).
+
+A Pixyz checkpoint loads as it is: Pixyz's decomposed layer keeps the same tensors under other names
+(``p``, ``sign_s``, ``l``, ``u``, ``log_s``; see `ChannelConv._load_from_state_dict`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,6 +50,23 @@ class ChannelConv(Flow):
         self.lower = nn.Parameter(lower)
         self.upper = nn.Parameter(torch.triu(upper, 1))
         self.log_diag = nn.Parameter(torch.log(diag.abs()))
+
+    # Pixyz's names of the decomposed layer's tensors (same shapes and meaning): Pixyz's name -> kizuna's
+    _PIXYZ_NAMES = {"p": "permutation", "sign_s": "sign", "l": "lower", "u": "upper", "log_s": "log_diag"}
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Pixyz's checkpoints of ``ChannelConv(C, decomposed=True)`` load too: Pixyz keeps :math:`P`, the signs,
+        :math:`L`, :math:`U` and :math:`\\ell` as ``p``, ``sign_s``, ``l``, ``u``, ``log_s`` (the same shapes and
+        the same masking: only the strictly lower part of ``l`` and the strictly upper part of ``u`` are read), and
+        its fixed mask is not saved. A state with Pixyz's names and none of kizuna's is read under kizuna's
+        names; any other mix is left to torch's missing / unexpected key errors."""
+        if self.decomposed and not any(prefix + own in state_dict for own in self._PIXYZ_NAMES.values()) \
+                and any(prefix + theirs in state_dict for theirs in self._PIXYZ_NAMES):
+            for theirs, own in self._PIXYZ_NAMES.items():
+                if prefix + theirs in state_dict:
+                    state_dict[prefix + own] = state_dict.pop(prefix + theirs)
+            state_dict.setdefault(prefix + "lower_mask", self.lower_mask)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def matrix(self) -> Tensor:
         """:math:`W`."""

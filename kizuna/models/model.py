@@ -114,6 +114,9 @@ class Model:
             never (``False``), or, by default (``None``), on the first evaluation of each loss only:
             wrong shapes, supports and parameters show up at once with a message naming them, and
             later steps cost nothing extra; a non-finite loss or gradient is caught on every step.
+        retain_graph: keep the autograd graph after each step's ``backward`` (Pixyz's option, passed to
+            ``backward``): needed where a value given to ``train`` carries a graph that a later step goes
+            through again (e.g. a network's output computed once outside the loss).
 
     >>> import torch
     >>> from torch import nn
@@ -139,6 +142,7 @@ class Model:
         clip_grad_value: float | None = None,
         compile: bool | Mapping[str, Any] = False,
         validate: bool | None = None,
+        retain_graph: bool = False,
     ) -> None:
         if not isinstance(loss, Loss):
             raise TypeError(f"Model needs a kizuna Loss, got {type(loss).__name__}")
@@ -160,6 +164,7 @@ class Model:
         self.clip_grad_norm = clip_grad_norm
         self.clip_grad_value = clip_grad_value
         self.validate = validate
+        self.retain_graph = bool(retain_graph)
         self._params = params
         self._training: bool | None = None
         self._validated: set[int] = set()  # losses evaluated once with validation (validate=None)
@@ -319,7 +324,7 @@ class Model:
                              "distributions it trains (none of theirs reaches it, or they are frozen: requires_grad "
                              "False); pass the distributions whose parameters the loss reads")
         weight = self.row_weight if finite else math.nan  # data-parallel: nan tells every rank
-        (loss if weight == 1.0 else loss * weight).backward()
+        (loss if weight == 1.0 else loss * weight).backward(retain_graph=self.retain_graph)
         if finite and all(p.grad is None for p in self._params):  # the first parameter with a gradient ends the scan
             # the loss depends on parameters, but on none of those this model trains (a GAN loss whose generator
             # term draws no sample from the generator): the step would change nothing, silently
