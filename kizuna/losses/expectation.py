@@ -9,6 +9,15 @@ draw (pathwise); the others get the score-function term
 :math:`f` and whose gradient is the unbiased estimator (Williams 1992). Over a marginal
 :math:`p(x) = \int p(x, z)\,dz` the joint's factors are scored at the joint draw that the marginal's draw came from
 (:math:`\nabla \log p(x, z)`, an unbiased score for :math:`\mathbb{E}_{p(x)}[f]`) while ``f`` sees ``x`` only.
+
+With ``sample_shape``, ``f`` is averaged over the draws as Pixyz does, once per draw of the batch: a per-row ``f`` is
+evaluated once on the draws laid out as ``n x batch`` rows (and gets one score term per row); an ``f`` reduced over
+the batch (``f.sum()``, ``g(f.mean())``, ``(f - f.mean())**2``) is evaluated on each draw's batch, so its value does
+not depend on the number of draws, and its score term is that draw's (the sum over its rows), so the gradient's
+variance falls with the draws. A linear batch reduction (``E_q[f.mean()]``, ``E_q[a * f.sum() - g.mean()]``) takes
+the expectation inside it: the same value with the per-row score terms of ``E_q[f].mean()``. The batch reductions
+written with ``.mean()`` / ``.sum()`` are found in the formula; a term of one's own that reduces over the batch inside
+its ``_value`` is seen only when its value is not one per row.
 """
 
 from __future__ import annotations
@@ -29,7 +38,23 @@ from kizuna.distributions.base import (
     single_factors,
 )
 from kizuna.distributions.marginal import repeat_hidden
-from kizuna.formula.expr import EvalContext, Loss, Tensor, as_loss
+from kizuna.formula.expr import (
+    AddLoss,
+    BatchMean,
+    BatchSum,
+    DivLoss,
+    EvalContext,
+    Loss,
+    MulLoss,
+    NegLoss,
+    SubLoss,
+    Tensor,
+    ValueLoss,
+    _Binary,
+    _Unary,
+    as_loss,
+)
+from kizuna.formula.memo import release_step, step_mark
 
 
 def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -75,9 +100,9 @@ def draw(p: Distribution, ctx: EvalContext, n: int, reparam: bool) -> tuple[dict
 def _per_row(score: Tensor, f: Tensor) -> Tensor:
     """A per-row score-function term shaped to multiply ``f``: one row's term over all of that row's entries when ``f``
     has per-feature dimensions (it broadcast along the last dimension instead, pairing entry j with row j). An ``f``
-    that is one number (already reduced over the rows and draws, ``E_q[f.mean()]``) is a function of every draw
-    together: its score term is the sum of every draw's (broadcast per row, it was 1 / (rows x draws) of the
-    gradient, and the value came back one per row)."""
+    that is one number (a term of one's own reduced over the rows of one draw) is a function of every row's draw
+    together: its score term is the sum of every row's (broadcast per row, it was 1 / rows of the gradient, and the
+    value came back one per row)."""
     if f.dim() == 0:
         return score.sum()
     extra = f.dim() - score.dim()
@@ -101,6 +126,83 @@ def average(value: Tensor, n: int) -> Tensor:
     if n == 1 or value.dim() == 0:
         return value
     return value.reshape(n, value.shape[0] // n, *value.shape[1:]).mean(0)
+
+
+# How the value of ``f`` depends on the rows of one draw (`_kind`): a constant; one value per row (from that row's
+# draw); reduced over the batch (one number per draw); or a mix of the two (``(f - f.mean())**2``, or a term with a
+# batch reduction inside, such as a nested expectation of a reduced ``f``), evaluated draw by draw.
+_CONST, _ROW, _REDUCED, _MIXED = "const", "row", "reduced", "mixed"
+_REDUCTIONS = (BatchMean, BatchSum)
+
+
+def _kind(node: Loss, memo: dict[int, str]) -> str:
+    """The `_CONST` / `_ROW` / `_REDUCED` / `_MIXED` kind of ``node`` (see above), walking the arithmetic nodes; a term
+    (``LogProb``, ``KullbackLeibler``, ...) is one value per row unless a batch reduction is written inside it."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if isinstance(node, ValueLoss):
+        kind = _ROW if isinstance(node.value, Tensor) and node.value.dim() else _CONST
+    elif isinstance(node, _REDUCTIONS):
+        kind = _kind(node.loss1, memo)
+        kind = _REDUCED if kind == _ROW else kind
+    elif isinstance(node, (_Unary, _Binary)):
+        kinds = {_kind(child, memo) for child in node.subterms()} - {_CONST}
+        kind = _CONST if not kinds else kinds.pop() if len(kinds) == 1 else _MIXED
+    else:
+        kind = _MIXED if any(isinstance(d, _REDUCTIONS) for d in node.nodes()) else _ROW
+    memo[key] = kind
+    return kind
+
+
+def _linear(node: Loss, memo: dict[int, str]) -> bool:
+    """Whether ``node`` (of kind `_REDUCED` or `_CONST`) is a linear combination, with constant coefficients, of batch
+    reductions of per-row values: ``f.mean()``, ``a * f.sum() - g.mean() / 2``. Its expectation is that of the per-row
+    values, reduced (the expectation goes inside)."""
+    kind = _kind(node, memo)
+    if kind == _CONST:
+        return True
+    if isinstance(node, _REDUCTIONS):
+        return _kind(node.loss1, memo) == _ROW or _linear(node.loss1, memo)
+    if isinstance(node, NegLoss):
+        return _linear(node.loss1, memo)
+    if isinstance(node, (AddLoss, SubLoss)):
+        return _linear(node.loss1, memo) and _linear(node.loss2, memo)
+    if isinstance(node, MulLoss):
+        k1, k2 = _kind(node.loss1, memo), _kind(node.loss2, memo)
+        return (k1 == _CONST and _linear(node.loss2, memo)) or (k2 == _CONST and _linear(node.loss1, memo))
+    if isinstance(node, DivLoss):
+        return _kind(node.loss2, memo) == _CONST and _linear(node.loss1, memo)
+    return False
+
+
+def _reductions(node: Loss, memo: dict[int, str], out: list[tuple[Loss, bool]], seen: set[int]) -> list[Any]:
+    """The batch reductions among the arithmetic nodes of ``node``, inner ones first, each with whether it reduces a
+    per-row value (or numbers already reduced)."""
+    if id(node) not in seen and isinstance(node, (_Unary, _Binary)):
+        seen.add(id(node))
+        for child in node.subterms():
+            _reductions(child, memo, out, seen)
+        if isinstance(node, _REDUCTIONS):
+            out.append((node, _kind(node.loss1, memo) == _ROW))
+    return out
+
+
+def _block_reduce(node: Loss, value: Tensor, n: int) -> Tensor:
+    """The batch reduction ``node`` (`BatchMean` / `BatchSum`) of ``value`` taken within each of the ``n`` draws: one
+    number per draw, ``(n,)``, for a per-row value of ``n * batch`` rows, or for ``(n,)`` numbers already reduced."""
+    if isinstance(node, BatchMean):
+        if not value.numel():
+            node._empty(value)  # the message of the batch mean of an empty batch
+        if not (value.is_floating_point() or value.is_complex()):
+            value = value.to(torch.get_default_dtype())  # (as BatchMean averages an integer-valued term)
+        return value.reshape(n, value.numel() // n).mean(1)
+    return value.reshape(n, value.numel() // n).sum(1)
+
+
+def _rows(value: Any) -> int | None:
+    """The leading dimension of a tensor (None for a number)."""
+    return value.shape[0] if isinstance(value, Tensor) and value.dim() else None
 
 
 def fixed_draws(f: Distribution) -> bool:
@@ -134,7 +236,9 @@ class Expectation(Loss):
     Args:
         p: the distribution to sample from.
         f: the loss to average (numbers are allowed).
-        sample_shape: draws per row, e.g. ``(10,)``; their mean is returned.
+        sample_shape: draws per row, e.g. ``(10,)``; the mean over them is returned. ``f`` is evaluated on each
+            draw's batch, as in Pixyz: an ``f`` reduced over the batch (``LogProb(p).sum()``) gives the same value
+            for any number of draws (see the module docstring).
 
     >>> import torch
     >>> from kizuna.distributions import Normal
@@ -155,6 +259,7 @@ class Expectation(Loss):
         f = as_loss(f)
         super().__init__(p.input_var + [v for v in f.input_var if v not in p.var])
         self.p, self.f = p, f
+        self._plan()
         if isinstance(sample_shape, numbers.Integral) and not isinstance(sample_shape, bool):
             sample_shape = (int(sample_shape),)  # one number of draws (torch.Size(3) is a TypeError)
         try:
@@ -172,14 +277,73 @@ class Expectation(Loss):
     def _own_distributions(self) -> list[Distribution]:
         return [self.p]
 
+    def _plan(self) -> tuple[Any, ...]:
+        """``(f, its kind, whether it is linear, its batch reductions inner first)`` (`_kind`, `_linear`,
+        `_reductions`), found once for ``self.f``."""
+        plan = self.__dict__.get("_f_plan")
+        if plan is None or plan[0] is not self.f:
+            memo: dict[int, str] = {}
+            kind = _kind(self.f, memo)
+            linear = kind != _MIXED and _linear(self.f, memo)
+            plan = (self.f, kind, linear, tuple(_reductions(self.f, memo, [], set())))
+            self.__dict__["_f_plan"] = plan
+        return plan
+
     def _value(self, ctx: EvalContext) -> Tensor:
         n = math.prod(self.sample_shape)
-        values, _ = draw(self.p, ctx, n, reparam=True)
-        f = ctx.child(values).value(self.f)
-        logp = score_log_prob(self.p, values, pathwise=True)
-        if logp is not None:
-            f = f + f.detach() * _per_row(logp - logp.detach(), f)
-        return f if n == 1 else average(f, n)
+        values, new = draw(self.p, ctx, n, reparam=True)
+        if self._plan()[1] == _ROW:
+            f = ctx.child(values).value(self.f)
+            if n == 1 or _rows(f) == _rows(next(iter(new.values()))):  # one value per row: the draws pooled
+                logp = score_log_prob(self.p, values, pathwise=True)
+                if logp is not None:
+                    f = f + f.detach() * _per_row(logp - logp.detach(), f)
+                return f if n == 1 else average(f, n)
+        return self._per_draw(ctx, values, new, n, pathwise=True, baseline=0.0)
+
+    def _per_draw(self, ctx: EvalContext, values: dict[str, Any], new: dict[str, Any], n: int, pathwise: bool,
+                  baseline: float | str) -> Tensor:
+        """The mean over the ``n`` draws of ``f`` evaluated on each draw's batch (an ``f`` reduced over the batch),
+        with one score term per draw (its rows' summed), or per row where the expectation goes inside a linear
+        reduction. ``values`` / ``new``: `draw`'s (the draws laid out as ``n x batch`` rows)."""
+        _, kind, linear, reductions = self._plan()
+        logp = score_log_prob(self.p, values, pathwise)
+        score = None if logp is None else logp - logp.detach()
+        rows = _rows(next(iter(new.values())))
+        inside = linear and baseline == 0.0  # the expectation inside a linear batch reduction: per-row score terms
+        f = None
+        if kind in (_REDUCED, _CONST):  # the reductions taken draw by draw on the pooled rows (one number per draw)
+            child = ctx.child(values)
+            for node, of_rows in reductions:
+                value = child.value(node.loss1)
+                if of_rows:
+                    if _rows(value) != rows:  # a term that is not one value per row: f evaluated draw by draw
+                        break
+                    if inside and score is not None:
+                        value = value + value.detach() * _per_row(score, value)
+                child.results[id(node)] = _block_reduce(node, value, n)
+            else:
+                f = child.value(self.f)
+                if kind == _CONST:  # its score term's expectation is 0
+                    return f
+        if f is None:  # f evaluated on each draw's batch, as Pixyz does
+            size, mark, each = rows // n, step_mark(), []
+            for i in range(n):
+                block = {k: v[i * size:(i + 1) * size] for k, v in new.items()}
+                each.append(ctx.child({**ctx.values, **block}).value(self.f))
+                release_step(mark)  # this draw's memo entries (its inputs are new tensors at the next draw)
+            f, inside = torch.stack(each), False
+        if score is not None and not inside:
+            fd = f.detach()
+            if baseline == "loo":
+                if fd.dim() == 1:
+                    raise ValueError(f"{self}: baseline='loo' needs f per row (one value per draw), got f reduced over "
+                                     "the batch (one number per draw); take the mean outside: "
+                                     "REINFORCE(q, f_per_row, ...).mean()")
+                baseline = (fd.sum(0, keepdim=True) - fd) / (n - 1)
+            per_draw = score.reshape(n, score.numel() // n).sum(1)  # a draw's score: the sum of its rows'
+            f = f + (fd - baseline) * per_draw.reshape(n, *([1] * (f.dim() - 1)))
+        return f.mean(0)
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["expect"].format(symbol(self.p, fmt), self.f._render(fmt))
@@ -191,8 +355,9 @@ class REINFORCE(Expectation):
     .. math:: \\nabla \\mathbb{E}_p[f] = \\mathbb{E}_p[(f - b)\\nabla\\log p] + \\mathbb{E}_p[\\nabla f]
 
     Args:
-        baseline: ``b``: a number, or ``"loo"`` for the leave-one-out mean of the other
-            draws of the same row (needs ``sample_shape`` with more than one draw).
+        baseline: ``b``: a number (subtracted from each draw's value of an ``f`` reduced over the batch), or
+            ``"loo"`` for the leave-one-out mean of the other draws of the same row (needs ``sample_shape`` with
+            more than one draw, and ``f`` per row).
     """
 
     def __init__(self, p: Distribution, f: Loss | float | Tensor, sample_shape: Sequence[int] = (),
@@ -207,14 +372,16 @@ class REINFORCE(Expectation):
 
     def _value(self, ctx: EvalContext) -> Tensor:
         n = math.prod(self.sample_shape)
-        values, _ = draw(self.p, ctx, n, reparam=False)
+        values, new = draw(self.p, ctx, n, reparam=False)
+        baseline = "loo" if self.baseline == "loo" else float(self.baseline or 0.0)
+        if self._plan()[1] != _ROW:
+            return self._per_draw(ctx, values, new, n, pathwise=False, baseline=baseline)
         f = ctx.child(values).value(self.f)
+        if n > 1 and _rows(f) != _rows(next(iter(new.values()))):  # not one value per row: draw by draw
+            return self._per_draw(ctx, values, new, n, pathwise=False, baseline=baseline)
         logp = score_log_prob(self.p, values, pathwise=False)
         fd = f.detach()
-        if self.baseline == "loo":
-            if fd.dim() == 0:
-                raise ValueError(f"{self}: baseline='loo' needs f per row (one value per draw), got a scalar; take "
-                                 "the mean outside: REINFORCE(q, f_per_row, ...).mean()")
+        if self.baseline == "loo":  # (n > 1: f is one value per row)
             rows = fd.reshape(n, -1)
             b = ((rows.sum(0, keepdim=True) - rows) / (n - 1)).reshape(fd.shape)
         else:
