@@ -179,9 +179,11 @@ def simulated_house(n_events: int = 300, seed: int = 0, phoneme_error_rate: floa
         phonemes of each word, one per clean word: their concatenation is the utterance, so they give the
         true word boundaries; a word whose every phoneme was deleted is ``''`` there — drop those for a
         segmentation, e.g. ``[[w for w in ws if w] for ws in house["phoneme_words"]]``, which `NPYLM` and
-        `segmentation_scores` take), ``name_words`` (the V place-name flags), ``view`` (N×W), ``view_features``,
-        ``areas``, ``area_boxes``, ``area_place``, ``places``, ``place_names``, ``phonemes``
-        (word -> clean phoneme spelling), and ``image`` if asked.
+        `segmentation_scores` take; no utterance is empty: when the noise deletes all of an utterance's phonemes,
+        its first word keeps its first phoneme, without a random draw, so every other output is unchanged),
+        ``name_words`` (the V place-name flags), ``view`` (N×W), ``view_features``, ``areas``, ``area_boxes``,
+        ``area_place``, ``places``, ``place_names``, ``phonemes`` (word -> clean phoneme spelling), and ``image`` if
+        asked.
 
     >>> house = simulated_house(100, seed=1)
     >>> house["position"].shape, house["word_counts"].shape, house["view"].shape, len(house["utterance"])
@@ -212,6 +214,9 @@ def simulated_house(n_events: int = 300, seed: int = 0, phoneme_error_rate: floa
     np.add.at(counts, (rows, [index[w] for s in words for w in s]), 1)
     alphabet = "".join(sorted({ch for w in vocabulary for ch in PHONEMES[w]}))
     phoneme_words = [[corrupt(PHONEMES[w], phoneme_error_rate, alphabet, rng) for w in s] for s in words]
+    for clean, noisy in zip(words, phoneme_words):
+        if not any(noisy):  # every phoneme was deleted: keep the first one (no draw, the other events are unchanged)
+            noisy[0] = PHONEMES[clean[0]][0]
     views = rng.multinomial(view_tokens, view_distributions(view_noise)[area]).astype(np.float64)
     names = {n for ns in PLACE_NAMES for n in ns}
     house = {

@@ -113,7 +113,8 @@ class NPYLM:
                           "".join(sorted(self.alphabet)))
 
     def load_state(self, state: NPYLMState) -> None:
-        """Restore `state`'s output: the model's probabilities become exactly the saved model's."""
+        """Restore `state`'s output: the model's probabilities become exactly the saved model's. Everything is
+        checked before anything is installed: nothing changes when it raises."""
         if (state.lam is None) != (self.length is None) or (state.lam is None) != (state.length_weight is None):
             raise ValueError(f"NPYLM.load_state: the state was saved {'without' if state.lam is None else 'with'} the "
                              f"length correction, the model is built {'without' if self.length is None else 'with'} it")
@@ -127,13 +128,19 @@ class NPYLM:
                              f"{self.words.order}, {self.chars.order}")
         check_hyperparameters("NPYLM.load_state: the word model", state.word_d, state.word_theta)
         check_hyperparameters("NPYLM.load_state: the character model", state.char_d, state.char_theta)
+        # both seatings are checked before either is installed: a refused character seating used to leave the new
+        # word model on top of the old character model
+        HPYLM(self.words.order, self.chars.p0).set_seating(state.word_seating)  # a throw-away model checks it
+        self.chars.check_seating(state.char_seating)
+        if self.length is not None:
+            lam, weight = float(state.lam), np.asarray(state.length_weight, dtype=float)
         self.words.set_seating(state.word_seating)
         self.chars.set_seating(state.char_seating)
         self.words.d, self.words.theta = [float(x) for x in state.word_d], [float(x) for x in state.word_theta]
         self.chars.set_hyperparameters([float(x) for x in state.char_d], [float(x) for x in state.char_theta])
         if self.length is not None:
-            self.length.lam = float(state.lam)
-            self.chars.set_length_weight(np.asarray(state.length_weight, dtype=float))
+            self.length.lam = lam
+            self.chars.set_length_weight(weight)
 
     def _feed_chars(self, w: str, sign: int, rng: np.random.Generator) -> None:
         (self.chars.add if sign > 0 else self.chars.remove)(w, rng)

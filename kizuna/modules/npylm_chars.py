@@ -1,10 +1,14 @@
-r"""NPYLM's character model: a character n-gram HPYLM whose counts are mirrored in dense arrays.
+r"""NPYLM's character model: a character n-gram HPYLM whose counts are mirrored in (dense or sparse) arrays.
 
 The seating (tables, customers, hyper-parameters) is `kizuna.modules.pitman_yor.HPYLM`; through its
 ``observer`` this class keeps, for every depth :math:`m < n`, the counts :math:`c_{hc}, t_{hc}, c_h, t_h`
-in arrays indexed by an integer code of the context (its :math:`m` last symbols in base
-:math:`S+1`). Then the probability of every character of every substring of an utterance is one
-vectorised evaluation of the same `count_part` / `backoff` formulas,
+keyed by an integer code of the context (its :math:`m` last symbols in base :math:`S+1`, :math:`S+1` the
+alphabet's size with EOW) and of the symbol (`SparseCounts`). A depth with up to `DENSE_KEYS` possible keys keeps dense
+arrays; a larger one only the (context, symbol) cells and the contexts that have ever held a customer, so memory
+grows with the data, not as :math:`(S+1)^n`: dense arrays of a 3-gram model over a 2,400-symbol alphabet would take
+107 GiB each. Then the probability of every character of every substring of an utterance is one vectorised
+evaluation (a gather, or a sorted-key lookup with 0 for a cell never seen) of the same `count_part` / `backoff`
+formulas,
 
 .. math:: p_0(s_{a:a+k}) = \Big[\prod_{j<k} p(s_{a+j}\mid \text{ctx}_{a,j})\Big]\, p(\text{EOW}\mid \text{ctx}_{a,k}),
 
@@ -20,6 +24,66 @@ from __future__ import annotations
 import numpy as np
 
 from kizuna.modules.pitman_yor import HPYLM, backoff, check_hyperparameters, count_part
+
+#: The largest dense table `CharModel.transitions` builds (the length correction needs one of
+#: :math:`(S+1)^{n-1} \times (S+1)` floats): 1 GiB.
+MAX_TRANSITIONS_BYTES = 1 << 30
+
+
+#: Up to this many possible keys `SparseCounts` keeps its counts dense (16 bytes a key: 64 MiB), indexed by the key
+#: itself, as fast as a plain array; beyond, only the keys in use, found by a binary search in the sorted keys.
+DENSE_KEYS = 1 << 22
+
+
+class SparseCounts:
+    """Two float counts, ``first`` and ``second``, at integer keys ``0 .. n_keys - 1``.
+
+    With ``n_keys`` at most `DENSE_KEYS` the arrays are dense and a key is its own row. Beyond, only keys ever added
+    to are stored: a key's row is given when it is first seen and kept (its counts may return to 0), row 0 is all
+    zeros, what `lookup` gives a key never seen, and `lookup` searches a sorted copy of the keys (rebuilt after new
+    keys arrive). So memory grows with the keys in use, not with ``n_keys``.
+    """
+
+    def __init__(self, n_keys: int) -> None:
+        self.is_dense = n_keys <= DENSE_KEYS
+        self.first, self.second = np.zeros(n_keys if self.is_dense else 16), np.zeros(n_keys if self.is_dense else 16)
+        self.rows: dict[int, int] = {}  # key -> row (sparse only)
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, key: int, first: float, second: float) -> None:
+        """Add ``first`` and ``second`` to the counts at ``key``."""
+        row = key if self.is_dense else self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = len(self.rows) + 1
+            if row == len(self.first):
+                self.first, self.second = (np.concatenate([a, np.zeros_like(a)]) for a in (self.first, self.second))
+            self._sorted = None
+        self.first[row] += first
+        self.second[row] += second
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The rows of ``keys`` (any shape; sparse: 0, the zero row, for keys never seen)."""
+        if self.is_dense:
+            return keys
+        if self._sorted is None:
+            k = np.fromiter(self.rows, dtype=np.int64, count=len(self.rows))
+            order = np.argsort(k)
+            self._sorted = (k[order], np.fromiter(self.rows.values(), dtype=np.int64, count=len(self.rows))[order])
+        k, rows = self._sorted
+        if not len(k):
+            return np.zeros(np.shape(keys), dtype=np.int64)
+        i = np.minimum(np.searchsorted(k, keys), len(k) - 1)
+        return np.where(k[i] == keys, rows[i], 0)
+
+    def dense(self, n_keys: int, column: int) -> np.ndarray:
+        """``first`` (``column`` 0) or ``second`` (1) as a dense vector over the keys ``0 .. n_keys - 1``."""
+        values = self.second if column else self.first
+        if self.is_dense:
+            return values.copy()
+        out = np.zeros(n_keys)
+        if self.rows:
+            out[np.fromiter(self.rows, dtype=np.int64)] = values[list(self.rows.values())]
+        return out
 
 
 class CharModel:
@@ -37,15 +101,39 @@ class CharModel:
         self.codes = {ch: i for i, ch in enumerate(alphabet)}
         self.size = len(alphabet) + 1  # characters + EOW (as a symbol) / BOW (in a context)
         self.order = order
+        if self.size**order >= 2**62:  # a (context, symbol) code must fit an int64
+            raise ValueError(f"CharModel: an order-{order} model over {self.size} symbols (the alphabet and EOW) has "
+                             f"{self.size}**{order} (context, symbol) cells, more than int64 codes can name; use a "
+                             "smaller char_order")
         self.hpylm = HPYLM(order, self._uniform, observer=self._observe)  # (a lambda here could not be pickled)
-        s = self.size
-        self.cw = [np.zeros((s**m, s)) for m in range(order)]
-        self.tw = [np.zeros((s**m, s)) for m in range(order)]
-        self.c = [np.zeros(s**m) for m in range(order)]
-        self.t = [np.zeros(s**m) for m in range(order)]
+        # per depth m: (c_hc, t_hc) at code(h) * size + c and (c_h, t_h) at code(h); dense up to DENSE_KEYS keys,
+        # else only those ever seated
+        self.cells = [SparseCounts(self.size ** (m + 1)) for m in range(order)]
+        self.contexts = [SparseCounts(self.size**m) for m in range(order)]
         self._memo: dict[str, float] = {}  # p0 of words since the last seating change
         self.length_weight = np.ones(1)  # weight of a word of length k (1 beyond the array)
 
+    # dense copies of the counts, (size**m, size) and (size**m,) per depth m: for inspection and tests of small
+    # alphabets only (they take size**order floats)
+    @property
+    def cw(self) -> list[np.ndarray]:
+        """:math:`c_{hc}` of every depth as dense arrays (``size**m`` × ``size``; small alphabets only)."""
+        return [cells.dense(self.size ** (m + 1), 0).reshape(-1, self.size) for m, cells in enumerate(self.cells)]
+
+    @property
+    def tw(self) -> list[np.ndarray]:
+        """:math:`t_{hc}` of every depth as dense arrays (``size**m`` × ``size``; small alphabets only)."""
+        return [cells.dense(self.size ** (m + 1), 1).reshape(-1, self.size) for m, cells in enumerate(self.cells)]
+
+    @property
+    def c(self) -> list[np.ndarray]:
+        """:math:`c_h` of every depth as dense arrays (``size**m``; small alphabets only)."""
+        return [ctx.dense(self.size**m, 0) for m, ctx in enumerate(self.contexts)]
+
+    @property
+    def t(self) -> list[np.ndarray]:
+        """:math:`t_h` of every depth as dense arrays (``size**m``; small alphabets only)."""
+        return [ctx.dense(self.size**m, 1) for m, ctx in enumerate(self.contexts)]
 
     def _uniform(self, c: object) -> float:
         """The base measure of the character n-grams: uniform over the characters and the word end."""
@@ -63,10 +151,8 @@ class CharModel:
         self._memo.clear()
         m = len(key)
         code = sum(k * self.size**q for q, k in enumerate(reversed(key)))
-        self.cw[m][code, c] += customers
-        self.tw[m][code, c] += tables
-        self.c[m][code] += customers
-        self.t[m][code] += tables
+        self.cells[m].add(code * self.size + c, customers, tables)
+        self.contexts[m].add(code, customers, tables)
 
     def set_length_weight(self, weight: np.ndarray) -> None:
         """Multiply :math:`p_0` of every word of length ``k < len(weight)`` by ``weight[k]`` (forgets the memo)."""
@@ -78,13 +164,29 @@ class CharModel:
 
     def transitions(self) -> np.ndarray:
         """:math:`Q[h, c] = p(c \\mid h)` for every context code ``h`` of depth :math:`n-1` and every symbol
-        ``c`` (``size**(n-1)`` × ``size``; code ``size - 1`` is EOW as a symbol and BOW in a context)."""
+        ``c`` (``size**(n-1)`` × ``size``; code ``size - 1`` is EOW as a symbol and BOW in a context).
+
+        A dense table, so a ValueError naming its size when it would take more than `MAX_TRANSITIONS_BYTES`
+        (the length correction needs it: 107 GiB for a 3-gram model over 2,400 symbols)."""
         n_ctx = self.size ** (self.order - 1)
-        codes = np.arange(n_ctx)
-        ctx = np.stack([(codes // self.size**q) % self.size for q in range(self.order - 2, -1, -1)], -1) \
-            if self.order > 1 else np.zeros((1, 0), dtype=np.int64)
-        symbols = np.broadcast_to(np.arange(self.size), (n_ctx, self.size))
-        return self.probs(np.broadcast_to(ctx[:, None, :], (n_ctx, self.size, self.order - 1)), symbols)
+        need = n_ctx * self.size * 8
+        if need > MAX_TRANSITIONS_BYTES:
+            raise ValueError(f"CharModel.transitions: the order-{self.order} model over {self.size} symbols (the "
+                             f"alphabet and EOW) needs a dense {n_ctx} x {self.size} table, {need / 2**30:.3g} GiB "
+                             f"(more than {MAX_TRANSITIONS_BYTES / 2**30:.3g} GiB); the word-length correction "
+                             "needs it: use a smaller char_order or length_correction=False (or raise "
+                             "kizuna.modules.npylm_chars.MAX_TRANSITIONS_BYTES)")
+        # depth by depth, as `probs` does elementwise: the parent of context code h at depth m is h % size**(m - 1)
+        # (the oldest symbol is the highest digit), so the parent's rows repeat size times
+        p = np.full((1, self.size), 1.0 / self.size)
+        for m in range(self.order):
+            d, theta = self.hpylm.d[m], self.hpylm.theta[m]
+            rows = self.size**m
+            cw = self.cells[m].dense(rows * self.size, 0).reshape(rows, self.size)
+            tw = self.cells[m].dense(rows * self.size, 1).reshape(rows, self.size)
+            c, t = self.contexts[m].dense(rows, 0)[:, None], self.contexts[m].dense(rows, 1)[:, None]
+            p = count_part(cw, tw, c, d, theta) + backoff(t, c, d, theta) * (np.tile(p, (self.size, 1)) if m else p)
+        return p
 
     def set_hyperparameters(self, d: list[float], theta: list[float]) -> None:
         """Set every depth's :math:`(d_m, \\theta_m)` (forgets the memoised probabilities): ``order`` of each, every
@@ -98,8 +200,20 @@ class CharModel:
         self.hpylm.d, self.hpylm.theta = list(d), list(theta)
         self._memo.clear()
 
+    def check_seating(self, seating: list) -> None:
+        """A ValueError naming the first flaw of `HPYLM.seating`'s output ``seating`` for this model (what
+        `set_seating` would refuse, and symbol ids outside ``0 .. size - 1``); changes nothing."""
+        HPYLM(self.order, self._uniform).set_seating(seating)  # a throw-away model checks the restaurants
+        for key, words in seating:
+            for symbol in [*key, *(w for w, _ in words)]:
+                if isinstance(symbol, bool) or not isinstance(symbol, (int, np.integer)) or not 0 <= symbol < self.size:
+                    raise ValueError(f"CharModel.set_seating: symbol {symbol!r} in context {list(key)!r} is not an "
+                                     f"id of the {self.size} symbols (0 .. {self.size - 1})")
+
     def set_seating(self, seating: list) -> None:
-        """Replace the seating by `HPYLM.seating`'s output (the dense counts follow through the observer)."""
+        """Replace the seating by `HPYLM.seating`'s output (the counts follow through the observer); checked first
+        (`check_seating`), nothing changes when it raises."""
+        self.check_seating(seating)
         self.hpylm.set_seating(seating)
         self._memo.clear()
 
@@ -127,10 +241,11 @@ class CharModel:
             if m:
                 code += contexts[..., -m] * self.size ** (m - 1)
             d, theta = self.hpylm.d[m], self.hpylm.theta[m]
-            cell = code * self.size + symbols
-            c = self.c[m].take(code)
-            p = (count_part(self.cw[m].take(cell), self.tw[m].take(cell), c, d, theta)
-                 + backoff(self.t[m].take(code), c, d, theta) * p)
+            cells, heads = self.cells[m], self.contexts[m]
+            cell, row = cells.lookup(code * self.size + symbols), heads.lookup(code)
+            c = heads.first.take(row)
+            p = (count_part(cells.first.take(cell), cells.second.take(cell), c, d, theta)
+                 + backoff(heads.second.take(row), c, d, theta) * p)
         return p
 
     def substring_p0(self, text: str, max_length: int) -> np.ndarray:

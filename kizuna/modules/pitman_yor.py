@@ -81,7 +81,8 @@ class HPYLM:
         base: :math:`p_0(w)`, a function of the word.
         on_base: called as ``on_base(w, +1 | -1, rng)`` when a table of the empty context opens or closes.
         observer: called as ``observer(context, w, customers, tables)`` with the changes (+1, -1 or 0)
-            of every seating change (`kizuna.modules.npylm_chars` keeps dense counts with it).
+            of every seating change (`kizuna.modules.npylm_chars` keeps its count tables with it: dense, or
+            only the contexts in use for large alphabets).
         discount, strength: initial :math:`d_m, \\theta_m` of every depth.
     """
 

@@ -26,8 +26,9 @@ def is_strings(data: Any) -> bool:
 
 
 def encode_strings(strings: Sequence[str]) -> torch.Tensor:
-    """``N×max_len`` float64 code points, zero-padded (an error for empty strings or NUL characters)."""
-    width = max(len(s) for s in strings)
+    """``N×max_len`` float64 code points, zero-padded (an error for empty strings or NUL characters); ``0×0`` for no
+    string."""
+    width = max((len(s) for s in strings), default=0)  # (an empty list raised max()'s bare "empty sequence")
     out = np.zeros((len(strings), width))
     for i, s in enumerate(strings):
         if not s or "\x00" in s:

@@ -270,12 +270,13 @@ class WordSegmenter(Module):
         self.model_, self.segmentation_ = self.chain_models_[r], self.chain_segmentations_[r]
 
     @staticmethod
-    def _check(utterances: Sequence[str]) -> list[str]:
+    def _check(utterances: Sequence[str], allow_empty: bool = False) -> list[str]:
         # a list first: a generator was used up by the check and the fit saw no utterance, silently; a numpy array of
-        # strings failed in `not utterances`
+        # strings failed in `not utterances`. An empty list only where ``allow_empty`` (a decode of an empty batch)
         listed = None if isinstance(utterances, str | bytes) else list(utterances)
-        if not listed or not all(isinstance(s, str) and s for s in listed):
-            raise ValueError("WordSegmenter: utterances must be a non-empty list of non-empty strings")
+        if listed is None or not (listed or allow_empty) or not all(isinstance(s, str) and s for s in listed):
+            raise ValueError(f"WordSegmenter: utterances must be a {'' if allow_empty else 'non-empty '}list of "
+                             "non-empty strings")
         return listed
 
     def _alphabet(self, utterances: list[str]) -> str:
@@ -408,7 +409,7 @@ class WordSegmenter(Module):
         return self
 
     def segment(self, utterances: Sequence[str], concepts: Any = None) -> list[list[str]]:
-        """The most probable segmentation of each utterance under the fitted model.
+        """The most probable segmentation of each utterance under the fitted model (``[]`` for no utterance).
 
         When the one-name model is in force (``prior_mode="name"``, connected), jointly with its name slot: the
         language model holds NAME in place of the names, which each concept's name distribution spells. Without
@@ -421,7 +422,9 @@ class WordSegmenter(Module):
         model = self.model_ if self.chain_models_ else self._rebuilt(self._random(generator_for(self.random_state)))
         if model is None:
             raise RuntimeError(f"WordSegmenter {self.name} is not fitted yet: call fit(utterances) or update()")
-        utterances = self._check(utterances)
+        utterances = self._check(utterances, allow_empty=True)
+        if not utterances:  # an empty batch (fit still refuses an empty list)
+            return []
         slots = self.chain_slots_[self.selected_] if self.selected_ < len(self.chain_slots_) else None
         if slots is not None and any(NAME in s for s in utterances):
             raise ValueError(f"WordSegmenter {self.name}: utterances may not contain \\x04 (the NAME token)")
