@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna._data import check_int, check_shape, first_nonfinite
+from kizuna._data import check_int, check_shape, computing_dtype, first_nonfinite
 from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact, batch_size_of
 from kizuna.distributions.families import Normal
 from kizuna.distributions.torch_dist import validation_enabled
@@ -41,9 +41,17 @@ from kizuna.samplers.paths import DiffusionPath
 class DiffusionSchedule(nn.Module):
     """The noise schedule :math:`\\beta_{1:T}` and its per-step constants (`constants`).
 
+    In half precision (betas given in float16 / bfloat16, or a model converted by ``.half()`` /
+    ``.to(torch.bfloat16)``) the betas buffer and the table stay in `kizuna._data.computing_dtype`, float32: in 16 bits
+    :math:`1 - \\beta_1 = 1 - 10^{-4}` rounds to 1, so :math:`1 - \\bar\\alpha_1 = 0` (the posterior variance at
+    :math:`t = 2` 0/0, :math:`s_1 = 0`), a cosine schedule's :math:`\\bar\\alpha_T = 2.4\\cdot10^{-9}` underflows to 0
+    (the prior divided by 0: NaN draws), and bfloat16 put :math:`\\bar\\alpha_t` 10% off at :math:`t = 881`. Only the
+    data and the network are in half precision: `dtype` is theirs, and :math:`1 - \\bar\\alpha` is taken in the table's
+    precision before the cast to the data's dtype (`coefficients`, `alpha_bar_at`).
+
     Args:
-        betas: ``T`` values in (0, 1). An ``nn.Parameter`` stays learnable (a learned schedule);
-            anything else becomes a buffer.
+        betas: ``T`` values in (0, 1). An ``nn.Parameter`` stays learnable (a learned schedule, kept in its own dtype;
+            the table is then computed from it in float32 at least); anything else becomes a buffer.
     """
 
     def __init__(self, betas: Tensor | Sequence[float]) -> None:
@@ -53,6 +61,11 @@ class DiffusionSchedule(nn.Module):
         if not isinstance(betas, nn.Parameter):
             betas = torch.as_tensor(betas)
             betas = betas if betas.is_floating_point() else betas.to(torch.get_default_dtype())
+        # the dtype of the data and the network (.half() converts it); a buffer of betas is kept in float32 at least
+        self.register_buffer("_dtype_of_data", torch.empty(0, dtype=betas.dtype, device=betas.device),
+                             persistent=False)
+        if not isinstance(betas, nn.Parameter):
+            betas = betas.to(computing_dtype(betas.dtype))
         if betas.dim() != 1 or betas.numel() == 0:
             raise ValueError(f"DiffusionSchedule: betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
         if not betas.is_meta and not bool(((betas > 0) & (betas < 1)).all()):  # (meta: no values to check)
@@ -69,10 +82,18 @@ class DiffusionSchedule(nn.Module):
         """``.to()`` / ``.double()``: betas given as numbers (or built by `linear` / `cosine`, in float64) are refilled
         exactly in the new dtype where they still hold them (their float32 rounding kept beta_1 = 9.99999997e-05
         after .double()), and the table is computed anew from the converted betas (a cast of the float32 table
-        kept its float32 products: 1 - alpha-bar_1 off by 1.7e-4 after .double())."""
+        kept its float32 products: 1 - alpha-bar_1 off by 1.7e-4 after .double()). ``.half()`` /
+        ``.to(torch.bfloat16)`` converts `dtype` only: a buffer of betas stays in float32 (with the values it held,
+        the exact ones where given) and so does the table (class docstring)."""
         exact = self.__dict__.get("_exact_betas")
+        before = self._buffers.get("betas")
         out = apply_keeping_exact(self, lambda: super(DiffusionSchedule, self)._apply(fn, recurse),
                                   {} if exact is None else {"betas": exact})
+        after = self._buffers.get("betas")
+        if before is not None and after is not None and after.is_floating_point():
+            wide = computing_dtype(after.dtype)
+            if wide != after.dtype:  # (before: float32 at least, the values as they were)
+                self._buffers["betas"] = before.to(dtype=wide, device=after.device)
         if type(self.betas) is Tensor:
             with torch.no_grad():
                 self._constants = self._compute_constants()
@@ -109,25 +130,39 @@ class DiffusionSchedule(nn.Module):
     def T(self) -> int:
         return self.betas.numel()
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the data and the network: the betas' as given, then what ``.to()`` / ``.half()`` made of it
+        (the betas and the table stay in float32 at least: class docstring)."""
+        return self._dtype_of_data.dtype
+
     def alpha_bar(self) -> Tensor:
         """:math:`\\bar\\alpha_{0:T}` with :math:`\\bar\\alpha_0 = 1` (index ``t`` is step ``t``)."""
-        return self.constants()[:, 2]
+        return self._table()[:, 2]
 
     def _compute_constants(self) -> Tensor:
-        ab = torch.cat([self.betas.new_ones(1), torch.cumprod(1 - self.betas, 0)])
-        beta = torch.cat([self.betas.new_zeros(1), self.betas])
-        return torch.stack([beta, 1 - beta, ab, torch.cat([ab[:1], ab[:-1]])], 1)
+        """`constants`' four columns, then :math:`1 - \\bar\\alpha_t` and :math:`1 - \\bar\\alpha_{t-1}` taken in the
+        table's dtype (`coefficients`)."""
+        betas = self.betas.to(computing_dtype(self.betas.dtype))  # (a learnable schedule's half-precision betas)
+        ab = torch.cat([betas.new_ones(1), torch.cumprod(1 - betas, 0)])
+        beta, ab_prev = torch.cat([betas.new_zeros(1), betas]), torch.cat([ab[:1], ab[:-1]])
+        return torch.stack([beta, 1 - beta, ab, ab_prev, 1 - ab, 1 - ab_prev], 1)
 
     def constants(self) -> Tensor:
-        """Rows ``t = 0..T``: :math:`(\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1})`, :math:`\\beta_0 = 0`.
+        """Rows ``t = 0..T``: :math:`(\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1})`, :math:`\\beta_0 = 0`,
+        in the betas' dtype, float32 at least (class docstring).
 
         A learnable schedule recomputes them per call (so gradients reach the betas); a fixed one
         keeps them in a buffer, recomputed when ``betas`` is changed in place.
         """
+        return self._table()[:, :4]
+
+    def _table(self) -> Tensor:
+        """`_compute_constants`' table, kept for a fixed schedule (`constants`)."""
         betas, table = self.betas, self._constants
         if type(betas) is not Tensor and isinstance(betas, nn.Parameter):  # the type test first: isinstance is slow
             return self._compute_constants()
-        if self._constants_version != betas._version or table.dtype != betas.dtype:
+        if self._constants_version != betas._version or table.dtype != computing_dtype(betas.dtype):
             table = self._constants = self._compute_constants()
             self._constants_version = betas._version
         return table
@@ -153,20 +188,47 @@ class DiffusionSchedule(nn.Module):
 
     def alpha_bar_at(self, t: Tensor, like: Tensor) -> Tensor:
         """:math:`\\bar\\alpha_t` alone, broadcast to ``like`` (what the forward process needs)."""
-        column = self.constants()[:, 2]
-        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
-        if column.dtype != dtype:  # integer data (0/1, counts) are values of the default float type, not ᾱ_t rounded
-            column = column.to(dtype)
-        out = column.index_select(0, t) if t.dim() == 1 else column[t]  # index_select: a third of [t]'s cost
-        return out.view(*out.shape, *([1] * (like.dim() - out.dim())))
+        return self._alpha_bars(t, like, False)[0]
+
+    def _alpha_bars(self, t: Tensor, like: Tensor, complement: bool) -> list[Tensor]:
+        """`alpha_bar_at` and, with ``complement``, :math:`1 - \\bar\\alpha_t` as `coefficients` takes it, from one
+        gather."""
+        table = self._table()
+        columns = table[:, 2:5:2] if complement else table[:, 2]  # (alpha-bar, 1 - alpha-bar) or alpha-bar
+        out = columns.index_select(0, t) if t.dim() == 1 else columns[t]  # index_select: a third of [t]'s cost
+        dtype, work = _dtypes(table, like)
+        if out.dtype != work:  # finer data: the complement of the cast value (exact there)
+            out = out.to(work)
+            out = torch.stack([out[..., 0], 1 - out[..., 0]], -1) if complement else out
+        out = out if out.dtype == dtype else out.to(dtype)
+        values = out.unbind(-1) if complement else (out,)
+        shape = (*values[0].shape, *([1] * (like.dim() - values[0].dim())))
+        return [v.view(shape) for v in values]
 
     def coefficients(self, t: Tensor, like: Tensor) -> dict[str, Tensor]:
-        """:math:`\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1}` at steps ``t``, broadcast to ``like``."""
-        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()  # as `alpha_bar_at`
-        rows = self.constants().to(dtype)[t]  # (batch, 4): one gather for the four
+        """:math:`\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1}` and :math:`1 - \\bar\\alpha_t,
+        1 - \\bar\\alpha_{t-1}` (keys ``one_minus_alpha_bar``, ``one_minus_alpha_bar_prev``) at steps ``t``, broadcast
+        to ``like`` and in its dtype. The complements are taken in the table's precision or ``like``'s, the finer,
+        before the cast: in float16 :math:`\\bar\\alpha_1 = 0.9999` is 1, so :math:`1 - \\bar\\alpha_1` from the cast
+        value was 0 (a half-precision model's posterior variance 0/0)."""
+        table = self._table()
+        dtype, work = _dtypes(table, like)
+        rows = table[t]  # (batch, 6): one gather for the six
+        if rows.dtype != work:  # finer data: the complements of the cast values (exact there)
+            rows = rows.to(work)
+            rows = torch.cat([rows[..., :4], 1 - rows[..., 2:4]], -1)
+        rows = rows if rows.dtype == dtype else rows.to(dtype)
         shape = (*rows.shape[:-1], *([1] * (like.dim() - rows.dim() + 1)))
-        beta, alpha, ab, ab_prev = (rows[..., i].reshape(shape) for i in range(4))
-        return {"beta": beta, "alpha": alpha, "alpha_bar": ab, "alpha_bar_prev": ab_prev}
+        beta, alpha, ab, ab_prev, noise, noise_prev = (rows[..., i].reshape(shape) for i in range(6))
+        return {"beta": beta, "alpha": alpha, "alpha_bar": ab, "alpha_bar_prev": ab_prev,
+                "one_minus_alpha_bar": noise, "one_minus_alpha_bar_prev": noise_prev}
+
+
+def _dtypes(table: Tensor, like: Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """The dtype of a schedule's values for data ``like`` (integer data, 0/1 or counts, are values of the default float
+    type), and the dtype to take their complements in: the finer of that and the table's."""
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    return dtype, dtype if dtype == table.dtype else torch.promote_types(table.dtype, dtype)
 
 
 class _MeanGradient(threading.local):
@@ -261,8 +323,9 @@ class DiffusionForward(_Step, Normal):
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
         x0 = cond[self.data_var]
-        ab = self.schedule.alpha_bar_at(self._t(cond, x0), x0)
-        return {"loc": ab.sqrt() * x0, "scale": (1 - ab).sqrt().expand_as(x0)}
+        t = self._t(cond, x0)
+        ab, noise = self.schedule._alpha_bars(t, x0, True)
+        return {"loc": ab.sqrt() * x0, "scale": noise.sqrt().expand_as(x0)}
 
 
 def _check_step(who: str, step: Any, schedule: DiffusionSchedule, low: int) -> None:
@@ -292,8 +355,8 @@ class DiffusionPosterior(_Step, Normal):
         xt, x0 = cond[self.noisy_var], cond[self.data_var]
         c = self.schedule.coefficients(self._t(cond, xt, low=2), xt)
         mean = (c["alpha_bar_prev"].sqrt() * c["beta"] * x0
-                + c["alpha"].sqrt() * (1 - c["alpha_bar_prev"]) * xt) / (1 - c["alpha_bar"])
-        var = (1 - c["alpha_bar_prev"]) / (1 - c["alpha_bar"]) * c["beta"]
+                + c["alpha"].sqrt() * c["one_minus_alpha_bar_prev"] * xt) / c["one_minus_alpha_bar"]
+        var = c["one_minus_alpha_bar_prev"] / c["one_minus_alpha_bar"] * c["beta"]
         return {"loc": mean, "scale": var.sqrt().expand_as(xt)}
 
 
@@ -335,7 +398,11 @@ class DiffusionReverse(_Step, Normal):
         self.step, self.t_var, self.noisy_var = step, t_var, noisy_var
 
     def epsilon(self, x_t: Tensor, t: Tensor, context: Mapping[str, Tensor] | None = None) -> Tensor:
-        """:math:`\\epsilon_\\theta(x_t, t, c)`, checked to have the shape of ``x_t``."""
+        """:math:`\\epsilon_\\theta(x_t, t, c)`, checked to have the shape of ``x_t``.
+
+        A half-precision model (``schedule.dtype`` float16 / bfloat16) given ``x_t`` in float32, its computing dtype
+        (the samplers' state, `kizuna.samplers.DiffusionPath`), hands the network ``x_t`` in its own dtype and returns
+        its output in float32."""
         return self._outputs(x_t, t, context)[0]
 
     def _outputs(self, x_t: Tensor, t: Tensor, context: Mapping[str, Tensor] | None) -> tuple[Tensor, Tensor | None]:
@@ -344,7 +411,11 @@ class DiffusionReverse(_Step, Normal):
         missing = [c for c in self.context_var if c not in context]
         if missing:
             raise ValueError(f"{self.prob_text}: the context {', '.join(missing)} is missing")
-        out = self.eps_net(x_t, t, *(context[c] for c in self.context_var))
+        net_dtype = self.schedule.dtype
+        lifted = x_t.dtype != net_dtype and x_t.dtype == computing_dtype(net_dtype)  # (see `epsilon`)
+        out = self.eps_net(x_t.to(net_dtype) if lifted else x_t, t, *(context[c] for c in self.context_var))
+        if lifted and isinstance(out, Tensor) and out.is_floating_point():
+            out = out.to(x_t.dtype)
         if self.variance != "learned":
             if out.shape != x_t.shape:
                 raise ValueError(
@@ -376,14 +447,14 @@ class DiffusionReverse(_Step, Normal):
         if eps is None or self.variance == "learned":  # a given ε (guidance) still needs the network's v
             net_eps, v = self._outputs(x_t, t, context)
             eps = net_eps if eps is None else eps
-        mean = (x_t - c["beta"] / (1 - c["alpha_bar"]).sqrt() * eps) / c["alpha"].sqrt()
+        mean = (x_t - c["beta"] / c["one_minus_alpha_bar"].sqrt() * eps) / c["alpha"].sqrt()
         if _MEAN.stopped:
             mean = mean.detach()
         if self.variance == "beta":
             return mean, c["beta"]
         t_var = t.clamp(min=min(2, self.schedule.T))
         p = self.schedule.coefficients(t_var, x_t)
-        posterior = (1 - p["alpha_bar_prev"]) / (1 - p["alpha_bar"]) * p["beta"]
+        posterior = p["one_minus_alpha_bar_prev"] / p["one_minus_alpha_bar"] * p["beta"]
         if v is None:
             return mean, posterior
         frac = (v + 1) / 2
@@ -508,7 +579,8 @@ class DDPM(Distribution):
 
     Sampling is ancestral: :math:`x_T \\sim \\mathcal{N}(0, I)`, then each reverse step, then the
     decoder (its mean when ``noiseless_last``, as Ho et al. display samples), in the dtype of the
-    schedule. The density is
+    schedule (``schedule.dtype``; a half-precision model runs the chain in float32, the network and the decoder in
+    half precision, `kizuna.samplers.DiffusionPath`). The density is
     intractable: bound it with `kizuna.losses.diffusion_bound`.
 
     Args:
@@ -568,6 +640,7 @@ class DDPM(Distribution):
             if len(times) > 1:  # with T = 1, x_T is x_1: the decoder follows the prior
                 y_1 = ancestral(path, x=y_1, times=times, grad=reparam)
             x_1, _ = path.scaled_input(y_1, times[-1])
+            x_1 = x_1.to(self.schedule.dtype)  # (a half-precision model's chain ran in float32: DiffusionPath)
             given = {self.decoder.cond_var[0]: x_1, **context}
             x0 = self.decoder.sample_mean(given) if self.noiseless_last else self.decoder.sample(
                 given, reparam=reparam)[self._var[0]]

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from kizuna._data import check_shape, noise_levels, sigma_min_value
+from kizuna._data import check_shape, computing_dtype, noise_levels, sigma_min_value
 
 Tensor = torch.Tensor
 
@@ -61,6 +61,14 @@ class GaussianPath:
     def times(self, n_steps: int) -> list[float]:
         """``n_steps + 1`` times from the noise end to the clean end."""
         raise NotImplementedError
+
+    def prior_level(self) -> float | None:
+        """The time at which `prior` draws where that is a noise level whose :math:`\\mathcal{N}(0, b^2 I)` stands in
+        for the noised data (a DDPM's :math:`s_T`, a score model's :math:`\\sigma_1`, far above the data's scale), not
+        a fixed start; None where the prior is the path's exact start (flow matching) or the path does not say.
+        `kizuna.samplers.heun` and `kizuna.samplers.euler_maruyama` take their step from this time as DDIM's
+        (see there)."""
+        return None
 
     def check_times(self, times: Sequence[Any]) -> list[float]:
         """Times given to a sampler as Python floats: finite, strictly monotone toward the clean end (``end``) and
@@ -139,6 +147,17 @@ def _grid(points: Sequence[float], n_steps: int | None) -> list[int]:
 class DiffusionPath(GaussianPath):
     """A DDPM's reverse process as a path (module docstring), in the scaled coordinates :math:`y`.
 
+    The path's state, its prior's draws and so the samplers' draws are in the schedule's computing dtype
+    (`kizuna._data.computing_dtype` of ``schedule.dtype``): float32 for a half-precision model, whose network still
+    sees :math:`x_t` in its own dtype (`kizuna.distributions.DiffusionReverse.epsilon`). In 16 bits :math:`y` of a
+    cosine schedule's prior reaches :math:`s_T \\approx 2\\cdot10^4`: float16 overflowed past 65504 (infinite draws),
+    and a bfloat16 state biased the 1000-step ancestral chain (mean 2.08 and standard deviation 0.62 for data
+    :math:`\\mathcal{N}(1.5, 0.3^2)`). The network's own rounding is still amplified by :math:`s` in
+    :math:`\\hat x_0 = y - s\\hat\\epsilon`: from a cosine prior (:math:`s_T = 20291` for 1000 steps) the deterministic
+    samplers (DDIM with η = 0, Euler, Heun) at 10 to 20 steps moved draws by up to 3.3 (a bfloat16 network) or 0.43
+    (float16) from float32's, as a float32 model whose network rounds its input and output to 16 bits does; the
+    stochastic samplers, and any sampler on a linear schedule, stayed within 0.03.
+
     Args:
         reverse: a `kizuna.distributions.DiffusionReverse` (its ``schedule``, ``epsilon`` and context).
         features_shape: the shape of one :math:`x_0`.
@@ -152,6 +171,9 @@ class DiffusionPath(GaussianPath):
         ab = reverse.schedule.alpha_bar().detach().to(torch.float64)
         self.alpha_bar = ab  # index t = step t, alpha_bar[0] = 1
         self.sigmas = ((1 - ab) / ab).sqrt()  # s_t, increasing in t; s_0 = 0
+
+    def prior_level(self) -> float:
+        return float(self.sigmas[-1])
 
     def times(self, n_steps: int | None) -> list[float]:
         T = len(self.sigmas) - 1
@@ -208,7 +230,7 @@ class DiffusionPath(GaussianPath):
         return x_prev / math.sqrt(float(self.alpha_bar[t - 1]))
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        dtype = self.reverse.schedule.betas.dtype
+        dtype = computing_dtype(self.reverse.schedule.dtype)  # (class docstring)
         x_T = _noise((n, *self.features_shape), None, generator, dtype, self.reverse.schedule.betas.device)
         return x_T / math.sqrt(float(self.alpha_bar[-1]))
 
@@ -240,6 +262,9 @@ class ScorePath(GaussianPath):
                              "step from each level used, the last one to sigma = 0)")
         idx = [0] if n_steps == 1 else _grid(self.levels, None if n_steps is None else n_steps - 1)
         return [self.levels[i] for i in idx] + [0.0]
+
+    def prior_level(self) -> float:
+        return self.levels[0]
 
     def coefficients(self, tau: float) -> tuple[float, float]:
         return 1.0, tau
@@ -330,6 +355,9 @@ class Guided(GaussianPath):
 
     def times(self, n_steps: int | None) -> list[float]:
         return self.uncond.times(n_steps)
+
+    def prior_level(self) -> float | None:
+        return self.uncond.prior_level()
 
     def coefficients(self, tau: float) -> tuple[float, float]:
         return self.uncond.coefficients(tau)
