@@ -13,11 +13,24 @@ where :math:`\mathcal{P}` holds the experts whose inputs are present (missing mo
 left out; with none present the result is the prior). The weights are the precisions
 :math:`1/\sigma_i^2`, as in Pixyz since 0.3.3 (earlier versions weighted by :math:`1/\sigma_i`).
 
+With Pixyz's ``weight_modalities`` :math:`(w_0, w_1, \dots, w_n)` (the prior's weight first) each
+precision is weighted, the product of :math:`\mathcal{N}(0, I)^{w_0} \prod_i p_i^{w_i}`:
+
+.. math::
+
+    \tau = w_0 + \sum_{i \in \mathcal{P}} w_i \sigma_i^{-2}, \qquad
+    \mu = \tau^{-1} \sum_{i \in \mathcal{P}} w_i \mu_i\, \sigma_i^{-2}, \qquad
+    \sigma = \tau^{-1/2}
+
+(with no expert present, :math:`\mathcal{N}(0, w_0^{-1} I)`; Pixyz gives :math:`\mathcal{N}(0, I)` there).
+
 The product is a `Normal`: sampling, densities, entropy, moments and analytic KL are torch's.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,12 +38,14 @@ import torch
 from torch import distributions as D
 from torch import nn
 
+from kizuna._data import one_number
 from kizuna._text import symbol, var_text
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.distributions.families import Normal
 from kizuna.distributions.mixture import common_var, union_cond
 
-Experts = tuple[Tensor, Tensor, Tensor]  # loc, scale (E, batch, *features), present mask (E, batch, 1...)
+# loc, scale (E, batch, *features), present mask (E, batch, 1...), the experts' weights (None: all 1)
+Experts = tuple[Tensor, Tensor, Tensor, "list[float] | None"]
 
 
 def normal_experts(p: Distribution | Sequence[Distribution], owner: str) -> list[Distribution]:
@@ -49,17 +64,24 @@ def expert_loc_scale(e: Distribution, x_dict: Mapping[str, Any]) -> tuple[Tensor
     return dist.mean, dist.stddev
 
 
-def precision_product(loc: Tensor, scale: Tensor, present: Tensor | None = None, prior: bool = True
-                      ) -> tuple[Tensor, Tensor]:
+def precision_product(loc: Tensor, scale: Tensor, present: Tensor | None = None, prior: bool = True,
+                      weights: Sequence[float] | None = None, prior_weight: float = 1.0) -> tuple[Tensor, Tensor]:
     r"""Product of the present experts (dim 0; ``None``: all) and, with ``prior``, :math:`\mathcal{N}(0, I)`; see
-    the module docstring (`NormalProduct` takes it without the prior)."""
+    the module docstring (`NormalProduct` takes it without the prior). ``weights`` (one number >= 0 per expert; 0:
+    as absent) and ``prior_weight`` (>= 0) weight the precisions (Pixyz's ``weight_modalities``)."""
     # precisions relative to the smallest scale's (the prior's 1 included), each <= 1: the precisions themselves
     # overflowed for tiny scales (1e-20 in float32) and the mean was NaN; in ordinary cases these are the same
     # divisions and squares as the precisions' (a log-space form lost the last bit: 5 * 0.2 gave 1.0000001)
+    prior = prior and prior_weight > 0  # a prior of weight 0 is no factor
     masked = scale if present is None else torch.where(present, scale, torch.full_like(scale, torch.inf))
+    if weights is not None:
+        w = torch.tensor(weights, dtype=scale.dtype, device=scale.device).reshape(-1, *[1] * (scale.dim() - 1))
+        masked = torch.where(w > 0, masked, torch.inf)  # weight 0: as absent (its scale no reference, no NaN)
     smallest = masked.amin(0).clamp(max=1.0) if prior else masked.amin(0)
     relative = (smallest / masked).square()  # 0 for an absent expert
-    total = relative.sum(0) + smallest.square() if prior else relative.sum(0)
+    if weights is not None:
+        relative = relative * w
+    total = relative.sum(0) + prior_weight * smallest.square() if prior else relative.sum(0)
     weighted = loc * relative if present is None else torch.where(present, loc * relative, torch.zeros_like(loc))
     return weighted.sum(0) / total, smallest / total.sqrt()
 
@@ -70,6 +92,9 @@ class ProductOfNormal(Normal):
     Args:
         p: the Normal experts, all over the same variable (their conditioning variables may
             differ). An expert with no conditioning variable has constant parameters.
+        weight_modalities: Pixyz's weights of the precisions, ``len(p) + 1`` finite numbers >= 0,
+            the prior's first, then one per expert (module docstring); ``None``: all 1. An expert
+            of weight 0 counts as absent.
         name: the symbol of the product.
         features_shape: the shape of the variable; needed only when no expert is present
             and no value of the variable is given.
@@ -92,13 +117,36 @@ class ProductOfNormal(Normal):
         tensor([[1., 1.]])
     """
 
-    def __init__(self, p: Sequence[Distribution], name: str = "p",
-                 features_shape: Sequence[int] | torch.Size = ()) -> None:
+    def __init__(self, p: Sequence[Distribution], weight_modalities: Sequence[float] | Tensor | None = None,
+                 name: str = "p", features_shape: Sequence[int] | torch.Size = ()) -> None:
         experts = normal_experts(p, type(self).__name__)
+        weights = self._check_weights(weight_modalities, len(experts))
         super().__init__(var=experts[0].var, cond_var=union_cond(experts), name=name, features_shape=features_shape)
         self.p = nn.ModuleList(experts)
+        self.weight_modalities = weights  # (Pixyz's attribute: the prior's weight first)
+        self._weighted = any(w != 1.0 for w in weights)
         self.register_buffer("prior_loc", torch.zeros(()), persistent=False)
         self.register_buffer("prior_scale", torch.ones(()), persistent=False)
+
+    def _check_weights(self, weights: Any, n: int) -> list[float]:
+        """``weight_modalities`` as ``n + 1`` floats (all 1 for ``None``); a ValueError naming the problem otherwise."""
+        if weights is None:
+            return [1.0] * (n + 1)
+        owner = type(self).__name__
+        if isinstance(weights, Tensor):
+            weights = weights.tolist() if weights.dim() == 1 else weights
+        if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+            hint = " (as in Pixyz, name is the third argument: give name=...)" if isinstance(weights, str) else ""
+            raise ValueError(f"{owner}: weight_modalities must be a sequence of {n + 1} numbers (the prior's weight, "
+                             f"then one per expert), got {weights!r}{hint}")
+        values = [one_number(w) for w in weights]
+        if len(values) != n + 1:
+            raise ValueError(f"{owner}: weight_modalities needs {n + 1} numbers (the prior's weight, then one for each "
+                             f"of the {n} experts), got {len(values)}: {values}")
+        for w in values:
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w < math.inf:
+                raise ValueError(f"{owner}: weight_modalities must be finite numbers >= 0, got {values}")
+        return [float(w) for w in values]
 
     @property
     def input_var(self) -> list[str]:
@@ -121,8 +169,9 @@ class ProductOfNormal(Normal):
 
     # ------------------------------------------------------------ parameters
     def _experts(self, x_dict: Mapping[str, Any]) -> Experts | None:
-        """The present experts' parameters, stacked on a leading expert dim (None if none)."""
-        params = [expert_loc_scale(e, x_dict) for e in self.p if all(c in x_dict for c in e.cond_var)]
+        """The present experts' parameters, stacked on a leading expert dim, and their weights (None if none)."""
+        present = [(e, w) for e, w in zip(self.p, self.weight_modalities[1:]) if all(c in x_dict for c in e.cond_var)]
+        params = [expert_loc_scale(e, x_dict) for e, _ in present]
         if not params:
             return None
         features = {tuple(loc.shape[1:]) for loc, _ in params}
@@ -132,12 +181,12 @@ class ProductOfNormal(Normal):
             )
         rows = {loc.shape[0] for loc, _ in params if loc.dim() > 0} - {1}
         if len(rows) > 1:  # (torch's broadcast error named no expert)
-            present = [e for e in self.p if all(c in x_dict for c in e.cond_var)]
-            listed = ", ".join(f"{e.prob_text}: {loc.shape[0]}" for e, (loc, _) in zip(present, params))
+            listed = ", ".join(f"{e.prob_text}: {loc.shape[0]}" for (e, _), (loc, _) in zip(present, params))
             raise ValueError(f"{self.prob_text}: the experts' inputs have different numbers of rows ({listed})")
         tensors = torch.broadcast_tensors(*[t for pair in params for t in pair])
         loc, scale = torch.stack(tensors[0::2]), torch.stack(tensors[1::2])
-        return loc, scale, torch.ones((), dtype=torch.bool, device=loc.device).expand(loc.shape)
+        weights = [w for _, w in present] if self._weighted else None
+        return loc, scale, torch.ones((), dtype=torch.bool, device=loc.device).expand(loc.shape), weights
 
     def _prior_shape(self, x_dict: Mapping[str, Any]) -> torch.Size:
         value = x_dict.get(self._var[0])
@@ -152,10 +201,17 @@ class ProductOfNormal(Normal):
 
     def _compute_params(self, x_dict: Mapping[str, Any]) -> dict[str, Any]:
         experts = self._experts(x_dict)
+        prior_weight = self.weight_modalities[0]
+        if prior_weight == 0 and (experts is None or experts[3] is not None and not any(experts[3])):
+            raise ValueError(f"{self.prob_text}: no expert of weight > 0 has its inputs ({', '.join(self._cond_var)}) "
+                             f"and the prior's weight is 0 (weight_modalities={self.weight_modalities}): the product "
+                             f"is no distribution")
         if experts is None:
             shape = (1, *self._prior_shape(x_dict))
-            return {"loc": self.prior_loc.expand(shape), "scale": self.prior_scale.expand(shape)}
-        loc, scale = precision_product(*experts)
+            scale = self.prior_scale if prior_weight == 1 else self.prior_scale * prior_weight ** -0.5
+            return {"loc": self.prior_loc.expand(shape), "scale": scale.expand(shape)}
+        loc, scale, present, weights = experts
+        loc, scale = precision_product(loc, scale, present, weights=weights, prior_weight=prior_weight)
         return {"loc": loc, "scale": scale}
 
     def forward(self, **cond: Tensor) -> dict[str, Tensor]:
@@ -182,7 +238,7 @@ class ElementWiseProductOfNormal(ProductOfNormal):
                 f"ElementWiseProductOfNormal needs an expert with exactly one conditioning variable; "
                 f"{p.prob_text} has {len(p.cond_var)}"
             )
-        super().__init__([p], name, features_shape)
+        super().__init__([p], name=name, features_shape=features_shape)
 
     def _expert_texts(self, fmt: dict[str, str]) -> str:
         x = self._cond_var[0]
@@ -201,4 +257,4 @@ class ElementWiseProductOfNormal(ProductOfNormal):
         loc, scale = expert_loc_scale(self.p[0], {name: masked})
         loc, scale = (t.expand(d * b, *t.shape[1:]).reshape(d, b, *t.shape[1:]) for t in (loc, scale))
         present = (x != 0).T.reshape(d, b, *[1] * (loc.dim() - 2))
-        return loc, scale, present
+        return loc, scale, present, None

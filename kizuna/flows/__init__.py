@@ -15,7 +15,7 @@ from kizuna.flows.planar import PlanarFlow
 from kizuna.flows.preprocess import Preprocess
 from kizuna.flows.reshape import Flatten, Squeeze, Unsqueeze
 
-ActNorm2d = ActNorm  # Pixyz's name
+ActNorm2d = ActNorm  # Pixyz's name (and signature: ActNorm2d(in_features, scale=1.0))
 
 __all__ = [
     "IAF", "MAF", "ActNorm", "ActNorm2d", "AffineCoupling", "BatchNorm1d", "BatchNorm2d", "ChannelConv", "Flow",

@@ -7,8 +7,9 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
 
 * `ActNorm` (Glow, Kingma & Dhariwal 2018, arXiv:1807.03039): :math:`z = (x + b)\, e^{\ell}` with
   learnable :math:`b, \ell`, initialised from the first training batch so that it comes out with
-  zero mean and unit variance per channel. A first batch with a NaN or inf is refused (``ValueError``)
-  and leaves the layer uninitialised.
+  zero mean and standard deviation ``scale`` (1 by default) per channel: :math:`b = -\mu`,
+  :math:`\ell = \log \text{scale} - \tfrac12 \log(\sigma^2 + \epsilon)` (Pixyz's ``ActNorm2d(C, scale)``). A
+  first batch with a NaN or inf is refused (``ValueError``) and leaves the layer uninitialised.
 * `BatchNorm1d` / `BatchNorm2d` (RealNVP, Dinh et al. 2016, arXiv:1605.08803, sec. 3.7): :math:`z = \frac{x -
   \mu}{\sqrt{\sigma^2 + \epsilon}}\, e^{\gamma} + \beta`, with the batch's :math:`\mu, \sigma^2` in training mode and
   their running averages in evaluation mode (:math:`\text{running} \leftarrow (1 - m)\,\text{running} +
@@ -22,12 +23,19 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
   ``forward`` (as Pixyz), so ``f.inverse(f(x))`` gives back ``x`` in both modes; before any training-mode ``forward``
   it uses the running averages. The stored batch statistics are constants (detached): the inverse passes no gradient
   to that earlier batch.
+
+Pixyz's checkpoints load as they are (see the ``_load_from_state_dict`` methods): Pixyz keeps ActNorm's
+:math:`b, \ell` as ``bias`` and ``logs`` of shape ``(1, C, 1, 1)``, and BatchNorm2d's ``log_gamma``, ``beta``,
+``running_mean``, ``running_var`` of shape ``(C, 1, 1)``; kizuna keeps them as ``(C,)``, :math:`\ell` as
+``log_scale``. A trained Pixyz BatchNorm2d's running statistics are per channel and pixel, ``(C, H, W)`` (Pixyz
+averages over the batch only): they do not load, with an error saying why.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,6 +55,18 @@ def _pixels(x: Tensor) -> int:
     return math.prod(x.shape[2:])
 
 
+def _read_pixyz_shapes(module: nn.Module, state_dict: dict, prefix: str, names: tuple[str, ...],
+                       pixyz_shape: Callable[[torch.Size], tuple[int, ...]]) -> None:
+    """In a state dict being loaded into ``module``, reshape each tensor ``names`` that has Pixyz's shape of it
+    (``pixyz_shape(own shape)``) to the module's shape (the same numbers); any other shape is left to torch's
+    size-mismatch error."""
+    for name in names:
+        key, own = prefix + name, getattr(module, name)
+        value = state_dict.get(key)
+        if isinstance(value, Tensor) and isinstance(own, Tensor) and value.shape == pixyz_shape(own.shape):
+            state_dict[key] = value.reshape(own.shape)
+
+
 def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and (biased) variance over the batch and spatial positions."""
     dims = [0, *range(2, x.dim())]
@@ -56,20 +76,44 @@ def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
 class ActNorm(Flow):
     """Per-channel affine layer with data-dependent initialisation (module docstring).
 
+    Args:
+        in_features: the number of channels :math:`C`.
+        scale: the per-channel standard deviation of the first training batch's output (Pixyz's ``scale``,
+            its second argument too).
+        eps: keyword only; added to the batch's variance in the initialisation.
+
     >>> import torch
     >>> f = ActNorm(2)
     >>> z = f(3.0 + 2.0 * torch.randn(500, 2))   # the first batch initialises it
     >>> z.mean(0).abs().max() < 1e-5, (z.std(0, unbiased=False) - 1).abs().max() < 1e-4
     (tensor(True), tensor(True))
+    >>> z = ActNorm(2, 0.5)(3.0 + 2.0 * torch.randn(500, 2))
+    >>> (z.std(0, unbiased=False) - 0.5).abs().max() < 1e-4
+    tensor(True)
     """
 
-    def __init__(self, in_features: int, eps: float = 1e-6) -> None:
+    def __init__(self, in_features: int, scale: float = 1.0, *, eps: float = 1e-6) -> None:
         super().__init__(in_features)
+        check_positive("ActNorm: scale", scale)
         check_positive("ActNorm: eps", eps)
         self.bias = nn.Parameter(torch.zeros(in_features))
         self.log_scale = nn.Parameter(torch.zeros(in_features))
-        self.eps = eps
+        self.scale, self.eps = float(scale), eps
         self.register_buffer("initialized", torch.tensor(False))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Pixyz's checkpoints load too: Pixyz's ``ActNorm2d`` keeps ``bias`` and ``logs`` (kizuna's ``log_scale``)
+        of shape ``(1, C, 1, 1)`` and saves no flag of its initialisation. ``logs`` is read as ``log_scale`` when
+        the state has no ``log_scale``, a tensor of Pixyz's shape as kizuna's ``(C,)`` (the same numbers; any other
+        shape is left to torch's size-mismatch error), and a state that gives both parameters but no
+        ``initialized`` marks the layer initialised: the first training forward keeps the loaded values instead of
+        initialising over them."""
+        if prefix + "logs" in state_dict and prefix + "log_scale" not in state_dict:
+            state_dict[prefix + "log_scale"] = state_dict.pop(prefix + "logs")
+        _read_pixyz_shapes(self, state_dict, prefix, ("bias", "log_scale"), lambda own: (1, *own, 1, 1))
+        if prefix + "initialized" not in state_dict and all(prefix + n in state_dict for n in ("bias", "log_scale")):
+            state_dict[prefix + "initialized"] = torch.tensor(True)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _initialize(self, x: Tensor) -> None:
         with torch.no_grad():
@@ -83,7 +127,7 @@ class ActNorm(Flow):
                 raise ValueError(f"ActNorm: the data-dependent initialisation needs a finite batch, got non-finite x"
                                  f"{where}; the layer stays uninitialised (remove or impute the value)")
             self.bias.copy_(-mean)
-            self.log_scale.copy_(-0.5 * torch.log(var + self.eps))
+            self.log_scale.copy_(math.log(self.scale) - 0.5 * torch.log(var + self.eps))
             self.initialized.fill_(True)
 
     def _check(self, x: Tensor, what: str) -> None:
@@ -150,10 +194,29 @@ class _BatchNorm(Flow):
         self._has_batch_stats = True
         return mean, var
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
         """A loaded state has no last batch (its statistics are not saved): the training-mode inverse uses the loaded
-        running statistics until the next training-mode forward, not the batch this module saw before the load."""
-        super()._load_from_state_dict(*args, **kwargs)
+        running statistics until the next training-mode forward, not the batch this module saw before the load.
+
+        Pixyz's checkpoints load too: Pixyz's ``BatchNorm2d`` keeps ``log_gamma``, ``beta``, ``running_mean`` and
+        ``running_var`` of shape ``(C, 1, 1)``, read as kizuna's ``(C,)`` (the same numbers; any other shape is left
+        to torch's size-mismatch error). Pixyz's ``BatchNorm2d`` averages over the batch only, so after its first
+        training forward its running statistics are per channel *and pixel*, ``(C, H, W)``: those do not load into
+        kizuna's per-channel layer (torch's size-mismatch error, with a line saying why)."""
+        _read_pixyz_shapes(self, state_dict, prefix, ("log_gamma", "beta", "running_mean", "running_var"),
+                           lambda own: (*own, 1, 1))
+        for name in ("running_mean", "running_var"):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and value.dim() == 3 and value.shape[0] == self.in_features \
+                    and value.shape[1:].numel() > 1:
+                error_msgs.append(
+                    f"{prefix + name} of shape {tuple(value.shape)} holds statistics per channel and pixel (Pixyz's "
+                    f"BatchNorm2d averages over the batch only, after its first training forward); kizuna's "
+                    f"{type(self).__name__} keeps them per channel, ({self.in_features},): load the other tensors "
+                    f"without the running statistics (strict=False) and re-estimate them in training mode")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
         self._has_batch_stats = False
 
     def _log_scale(self, var: Tensor) -> Tensor:
