@@ -9,6 +9,8 @@ draw (pathwise); the others get the score-function term
 :math:`f` and whose gradient is the unbiased estimator (Williams 1992). Over a marginal
 :math:`p(x) = \int p(x, z)\,dz` the joint's factors are scored at the joint draw that the marginal's draw came from
 (:math:`\nabla \log p(x, z)`, an unbiased score for :math:`\mathbb{E}_{p(x)}[f]`) while ``f`` sees ``x`` only.
+``reparam=False`` (Pixyz's argument) draws every factor without the pathwise gradient: each gets the score-function
+term, as `REINFORCE` does (Pixyz's draws then carry no gradient to ``p``'s parameters at all).
 
 With ``sample_shape``, ``f`` is averaged over the draws as Pixyz does, once per draw of the batch: a per-row ``f`` is
 evaluated once on the draws laid out as ``n x batch`` rows (and gets one score term per row); an ``f`` reduced over
@@ -107,6 +109,24 @@ def _per_row(score: Tensor, f: Tensor) -> Tensor:
         return score.sum()
     extra = f.dim() - score.dim()
     return score.reshape(*score.shape, *([1] * extra)) if extra > 0 and score.dim() > 0 else score
+
+
+def _baseline_like(b: Tensor, f: Tensor, loss: REINFORCE) -> Tensor:
+    """The values ``b`` of a baseline given as a loss (detached) laid out against the values ``f`` of ``f`` (per row, or
+    per draw), each row's baseline over all of that row's entries as `_per_row` lays out a score term; a baseline
+    that does not broadcast to ``f``'s shape (it would change the value's shape) is refused."""
+    b = b.detach()
+    if f.dim() and b.dim():
+        b = _per_row(b, f)
+    try:
+        fits = torch.broadcast_shapes(b.shape, f.shape) == f.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{loss}: the baseline {loss.baseline} gives values of shape {tuple(b.shape)} where f gives "
+                         f"{tuple(f.shape)}: a baseline must be one number, or one value per value of f (per row for "
+                         "f per row, one number per draw for f reduced over the batch)")
+    return b
 
 
 def _is_number(value: Any) -> bool:
@@ -239,6 +259,10 @@ class Expectation(Loss):
         sample_shape: draws per row, e.g. ``(10,)``; the mean over them is returned. ``f`` is evaluated on each
             draw's batch, as in Pixyz: an ``f`` reduced over the batch (``LogProb(p).sum()``) gives the same value
             for any number of draws (see the module docstring).
+        reparam: Pixyz's argument (also the fourth positional one, ``E(q, f, [3], False)``). ``True``: factors with a
+            reparameterised sampler are differentiated through the draw, the others get the score-function term.
+            ``False``: no draw is differentiated through, every factor gets the score-function term (the same
+            expectation of the gradient; in Pixyz, ``False`` leaves ``p``'s parameters without a gradient).
 
     >>> import torch
     >>> from kizuna.distributions import Normal
@@ -252,7 +276,10 @@ class Expectation(Loss):
     torch.Size([3])
     """
 
-    def __init__(self, p: Distribution, f: Loss | float | Tensor, sample_shape: Sequence[int] = ()) -> None:
+    reparam: bool = True
+
+    def __init__(self, p: Distribution, f: Loss | float | Tensor, sample_shape: Sequence[int] = (),
+                 reparam: bool = True) -> None:
         if not isinstance(p, Distribution):
             raise TypeError(f"Expectation: the distribution to draw from must be a kizuna distribution, got "
                             f"{type(p).__name__}")
@@ -270,6 +297,9 @@ class Expectation(Loss):
         if any(s < 1 for s in self.sample_shape):
             raise ValueError(f"{type(self).__name__}: sample_shape must hold positive sizes, got "
                              f"{tuple(self.sample_shape)}")
+        if not isinstance(reparam, numbers.Integral) or reparam not in (0, 1):  # (a bool, or 0 / 1)
+            raise TypeError(f"{type(self).__name__}: reparam must be True or False, got {reparam!r}")
+        self.reparam = bool(reparam)
 
     def subterms(self) -> list[Loss]:
         return [self.f]
@@ -277,41 +307,49 @@ class Expectation(Loss):
     def _own_distributions(self) -> list[Distribution]:
         return [self.p]
 
-    def _plan(self) -> tuple[Any, ...]:
+    def _plan(self, baseline: Loss | None = None) -> tuple[Any, ...]:
         """``(f, its kind, whether it is linear, its batch reductions inner first)`` (`_kind`, `_linear`,
-        `_reductions`), found once for ``self.f``."""
-        plan = self.__dict__.get("_f_plan")
-        if plan is None or plan[0] is not self.f:
+        `_reductions`), found once for ``self.f``; with ``baseline`` (`REINFORCE`'s ``b`` given as a loss, evaluated
+        with ``f``), those of ``f - b``, found once for that pair."""
+        key = "_f_plan" if baseline is None else "_fb_plan"
+        plan = self.__dict__.get(key)
+        if plan is None or plan[0] is not self.f or (baseline is not None and plan[4] is not baseline):
+            node = self.f if baseline is None else SubLoss(self.f, baseline)
             memo: dict[int, str] = {}
-            kind = _kind(self.f, memo)
-            linear = kind != _MIXED and _linear(self.f, memo)
-            plan = (self.f, kind, linear, tuple(_reductions(self.f, memo, [], set())))
-            self.__dict__["_f_plan"] = plan
+            kind = _kind(node, memo)
+            linear = kind != _MIXED and _linear(node, memo)
+            plan = (self.f, kind, linear, tuple(_reductions(node, memo, [], set())))
+            if baseline is not None:  # and the baseline's own kind
+                plan += (baseline, _kind(baseline, memo))
+            self.__dict__[key] = plan
         return plan
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        n = math.prod(self.sample_shape)
-        values, new = draw(self.p, ctx, n, reparam=True)
+        n, reparam = math.prod(self.sample_shape), self.reparam
+        values, new = draw(self.p, ctx, n, reparam=reparam)
         if self._plan()[1] == _ROW:
             f = ctx.child(values).value(self.f)
             if n == 1 or _rows(f) == _rows(next(iter(new.values()))):  # one value per row: the draws pooled
-                logp = score_log_prob(self.p, values, pathwise=True)
+                logp = score_log_prob(self.p, values, pathwise=reparam)
                 if logp is not None:
                     f = f + f.detach() * _per_row(logp - logp.detach(), f)
                 return f if n == 1 else average(f, n)
-        return self._per_draw(ctx, values, new, n, pathwise=True, baseline=0.0)
+        return self._per_draw(ctx, values, new, n, pathwise=reparam, baseline=0.0)
 
     def _per_draw(self, ctx: EvalContext, values: dict[str, Any], new: dict[str, Any], n: int, pathwise: bool,
-                  baseline: float | str) -> Tensor:
+                  baseline: float | str | Loss) -> Tensor:
         """The mean over the ``n`` draws of ``f`` evaluated on each draw's batch (an ``f`` reduced over the batch),
         with one score term per draw (its rows' summed), or per row where the expectation goes inside a linear
-        reduction. ``values`` / ``new``: `draw`'s (the draws laid out as ``n x batch`` rows)."""
-        _, kind, linear, reductions = self._plan()
+        reduction. ``values`` / ``new``: `draw`'s (the draws laid out as ``n x batch`` rows). A baseline given as a
+        loss (`REINFORCE`'s ``b``) is evaluated with ``f``, on the same draws."""
+        b_node = baseline if isinstance(baseline, Loss) else None
+        kind, linear, reductions = self._plan(b_node)[1:4]  # with a baseline loss: those of f - b
         logp = score_log_prob(self.p, values, pathwise)
         score = None if logp is None else logp - logp.detach()
         rows = _rows(next(iter(new.values())))
-        inside = linear and baseline == 0.0  # the expectation inside a linear batch reduction: per-row score terms
-        f = None
+        # the expectation inside a linear batch reduction: per-row score terms
+        inside = linear and b_node is None and baseline == 0.0
+        f = b = None
         if kind in (_REDUCED, _CONST):  # the reductions taken draw by draw on the pooled rows (one number per draw)
             child = ctx.child(values)
             for node, of_rows in reductions:
@@ -326,16 +364,25 @@ class Expectation(Loss):
                 f = child.value(self.f)
                 if kind == _CONST:  # its score term's expectation is 0
                     return f
+                if b_node is not None:
+                    b = child.value(b_node)
         if f is None:  # f evaluated on each draw's batch, as Pixyz does
-            size, mark, each = rows // n, step_mark(), []
+            size, mark, each, each_b = rows // n, step_mark(), [], []
             for i in range(n):
                 block = {k: v[i * size:(i + 1) * size] for k, v in new.items()}
-                each.append(ctx.child({**ctx.values, **block}).value(self.f))
+                child = ctx.child({**ctx.values, **block})
+                each.append(child.value(self.f))
+                if b_node is not None:
+                    each_b.append(child.value(b_node))
                 release_step(mark)  # this draw's memo entries (its inputs are new tensors at the next draw)
             f, inside = torch.stack(each), False
+            if b_node is not None:
+                b = torch.stack(each_b)
         if score is not None and not inside:
             fd = f.detach()
-            if baseline == "loo":
+            if b is not None:
+                baseline = _baseline_like(b, fd, self)
+            elif baseline == "loo":
                 if fd.dim() == 1:
                     raise ValueError(f"{self}: baseline='loo' needs f per row (one value per draw), got f reduced over "
                                      "the batch (one number per draw); take the mean outside: "
@@ -354,38 +401,89 @@ class REINFORCE(Expectation):
 
     .. math:: \\nabla \\mathbb{E}_p[f] = \\mathbb{E}_p[(f - b)\\nabla\\log p] + \\mathbb{E}_p[\\nabla f]
 
+    The arguments are Pixyz's, in Pixyz's order: ``REINFORCE(q, f, ValueLoss(-7.0), sample_shape=[64])``. The value
+    is :math:`\\mathbb{E}_p[f]`, whatever the baseline; Pixyz returns its surrogate
+    :math:`\\mathbb{E}_p[\\mathrm{detach}(f - b)\\log p + f - b]` instead, whose gradient is the same (for Pixyz's
+    number: ``Expectation(q, (f - b).detach() * LogProb(q) + f - b, sample_shape)``'s value).
+
     Args:
-        baseline: ``b``: a number (subtracted from each draw's value of an ``f`` reduced over the batch), or
-            ``"loo"`` for the leave-one-out mean of the other draws of the same row (needs ``sample_shape`` with
-            more than one draw, and ``f`` per row).
+        b: the baseline (Pixyz's name; ``baseline=`` is kizuna's, give one of them): a number; a loss, evaluated on
+            the same draws as ``f`` (Pixyz's ``ValueLoss(c)``, or a loss of the inputs, one value per row of a per-row
+            ``f``, or one number per draw of an ``f`` reduced over the batch); or ``"loo"`` for the leave-one-out mean
+            of the other draws of the same row (needs ``sample_shape`` with more than one draw, and ``f`` per row).
+            It is subtracted from each draw's value of ``f`` in the score term only: it changes neither the value nor
+            the gradient's expectation (for a baseline that does not depend on the draw), and its own parameters get
+            no gradient from this loss (Pixyz's surrogate gives them :math:`-\\nabla b`).
+        sample_shape: draws per row, as for `Expectation`.
+        reparam: Pixyz's argument, accepted: REINFORCE never differentiates through a draw, for ``True`` too (Pixyz's
+            ``True`` also takes the pathwise gradient of a reparameterised draw, and scores the moved draw).
+        baseline: kizuna's name of ``b``.
     """
 
-    def __init__(self, p: Distribution, f: Loss | float | Tensor, sample_shape: Sequence[int] = (),
-                 baseline: float | str | None = None) -> None:
-        super().__init__(p, f, sample_shape)
-        if not (baseline is None or (isinstance(baseline, str) and baseline == "loo")
-                or _is_number(baseline) and math.isfinite(float(baseline))):  # (NaN made the value NaN)
-            raise ValueError(f"REINFORCE: baseline must be a finite number, 'loo' or None, got {baseline!r}")
-        if baseline == "loo" and math.prod(self.sample_shape) < 2:
+    def __init__(self, p: Distribution, f: Loss | float | Tensor, b: float | str | Loss | None = None,
+                 sample_shape: Sequence[int] = (), reparam: bool = True, *,
+                 baseline: float | str | Loss | None = None) -> None:
+        if b is not None and baseline is not None:
+            raise TypeError(f"REINFORCE: the baseline was given twice, as b={b!r} (Pixyz's name) and "
+                            f"baseline={baseline!r} (kizuna's): give one of them")
+        if b is None:
+            b = baseline
+        if isinstance(b, (tuple, list, torch.Size)):  # kizuna's third argument was sample_shape
+            raise TypeError(f"REINFORCE: the third argument is the baseline b (Pixyz's order: REINFORCE(p, f, b, "
+                            f"sample_shape, reparam)), got the shape {b!r}: pass sample_shape={b!r}")
+        super().__init__(p, f, sample_shape, reparam)
+        if isinstance(b, Loss):
+            self._input_var = list(dict.fromkeys(self._input_var + [v for v in b.input_var if v not in p.var]))
+        elif not (b is None or (isinstance(b, str) and b == "loo")
+                  or _is_number(b) and math.isfinite(float(b))):  # (NaN made the value NaN)
+            raise ValueError(f"REINFORCE: baseline must be a finite number, 'loo' or None, got {b!r} (or a loss, "
+                             "such as Pixyz's ValueLoss(c))")
+        if isinstance(b, str) and math.prod(self.sample_shape) < 2:
             raise ValueError("REINFORCE(baseline='loo') needs sample_shape with at least two draws")
-        self.baseline = baseline
+        self.baseline = b  # (a loss is registered as this node's sub-module: .to() moves it)
+
+    def subterms(self) -> list[Loss]:
+        return [self.f, self.baseline] if isinstance(self.baseline, Loss) else [self.f]
+
+    def _baseline_at(self, ctx: EvalContext) -> float | str | Loss:
+        """The baseline for this evaluation: ``"loo"``, a number, or the loss evaluated with ``f`` (one that depends
+        on no variable is a number, evaluated here)."""
+        b = self.baseline
+        if b is None or isinstance(b, str):
+            return b or 0.0
+        if not isinstance(b, Loss):
+            return float(b)
+        if self._plan()[1] == _CONST:  # a constant f has no score term (as without a baseline)
+            return 0.0
+        if self._plan(b)[5] != _CONST:
+            return b
+        value = float(ctx.value(b).detach())
+        if not math.isfinite(value):
+            raise ValueError(f"{self}: the baseline {b} is {value}, not a finite number")
+        return value
 
     def _value(self, ctx: EvalContext) -> Tensor:
         n = math.prod(self.sample_shape)
         values, new = draw(self.p, ctx, n, reparam=False)
-        baseline = "loo" if self.baseline == "loo" else float(self.baseline or 0.0)
-        if self._plan()[1] != _ROW:
+        baseline = self._baseline_at(ctx)
+        b_node = baseline if isinstance(baseline, Loss) else None
+        if self._plan(b_node)[1] != _ROW:
             return self._per_draw(ctx, values, new, n, pathwise=False, baseline=baseline)
-        f = ctx.child(values).value(self.f)
-        if n > 1 and _rows(f) != _rows(next(iter(new.values()))):  # not one value per row: draw by draw
+        child = ctx.child(values)
+        f = child.value(self.f)
+        b = None if b_node is None else child.value(b_node)
+        n_rows = _rows(next(iter(new.values())))
+        if n > 1 and (_rows(f) != n_rows or b is not None and _rows(b) != n_rows):  # not one value per row: per draw
             return self._per_draw(ctx, values, new, n, pathwise=False, baseline=baseline)
         logp = score_log_prob(self.p, values, pathwise=False)
         fd = f.detach()
-        if self.baseline == "loo":  # (n > 1: f is one value per row)
+        if b is not None:
+            b = _baseline_like(b, fd, self)
+        elif baseline == "loo":  # (n > 1: f is one value per row)
             rows = fd.reshape(n, -1)
             b = ((rows.sum(0, keepdim=True) - rows) / (n - 1)).reshape(fd.shape)
         else:
-            b = float(self.baseline or 0.0)
+            b = baseline
         return average(f + (fd - b) * _per_row(logp - logp.detach(), f), n)
 
     def _render(self, fmt: dict[str, str]) -> str:
