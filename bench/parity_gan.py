@@ -68,10 +68,11 @@ def kizuna_gan(loss: str, gen: Generator, disc: nn.Module, cfg: dict, data_term:
     prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[cfg["z_dim"]], name="p_prior")
     p = (gen * prior).marginalize_var("z")
     adam = {"lr": cfg["lr"], "betas": LOSSES[loss]["betas"]}
-    if loss == "wgan-gp":
+    left_out = {} if data_term else {"data_term": False}  # (named only where used: an older kizuna, instructions.py
+    if loss == "wgan-gp":  # --tree, builds the default GAN)
         return GAN(p, disc, adversarial=AdversarialWassersteinDistance, d_steps=5, optimizer_params=adam,
-                   d_optimizer_params=adam, data_term=data_term)
-    return GAN(p, disc, optimizer_params=adam, d_optimizer_params=adam, data_term=data_term)
+                   d_optimizer_params=adam, **left_out)
+    return GAN(p, disc, optimizer_params=adam, d_optimizer_params=adam, **left_out)
 
 
 class Reference:

@@ -224,3 +224,18 @@ def test_flow_distribution_with_prior_named_like_var_returns_flow_output() -> No
     p = TransformedDistribution(Normal(var=["x"], loc=torch.zeros(2), scale=torch.ones(2)), f, var=["x"])
     out = p.sample(batch_n=50)
     assert list(out) == ["x"] and bool((out["x"] > 90).all())
+
+
+def test_an_eps_given_as_actnorms_second_argument_is_named_and_old_pickles_initialise() -> None:
+    """``ActNorm(C, 1e-5)`` meant eps=1e-5 before the second argument became Pixyz's scale: it would now give outputs
+    of standard deviation 1e-5, silently; it is refused with the remedy. A module pickled whole before ``scale``
+    existed has no such attribute: it initialises with scale 1 as it did."""
+    import pickle
+
+    with pytest.raises(ValueError, match=r"ActNorm: scale=1e-05 would give every channel .* pass eps=1e-05 by keyword"):
+        ActNorm(3, 1e-5)
+    layer = ActNorm(3)
+    del layer.__dict__["scale"]  # as an instance pickled by the code before
+    layer = pickle.loads(pickle.dumps(layer))
+    z = layer(torch.randn(400, 3) * 3 + 1)
+    assert (z.std(0, unbiased=False) - 1).abs().max() < 1e-4

@@ -280,3 +280,29 @@ def test_channel_conv_loads_a_pixyz_checkpoint() -> None:
     outer = nn.Sequential(ChannelConv(3, decomposed=True))
     outer.load_state_dict({f"0.{k}": v for k, v in state.items()})
     torch.testing.assert_close(outer[0](x), z)
+
+
+class PlainSignaturePrior(Normal):
+    """A user's ``sample`` with Pixyz's older signature: no ``reparam``, no ``sample_mean``."""
+
+    def __init__(self) -> None:
+        super().__init__(loc=torch.tensor(0.0), scale=torch.tensor(1.0), var=["z"], features_shape=[2], name="p")
+
+    def sample(self, x_dict={}, batch_n=None, sample_shape=(), return_all=True) -> XDict:  # noqa: B006
+        out = super().sample(x_dict, batch_n=batch_n, sample_shape=sample_shape, return_all=return_all)
+        out["z"] = out["z"].clamp(0.0, 0.5)
+        return out
+
+
+def test_an_override_without_reparam_is_drawn_from_and_one_without_sample_mean_is_named() -> None:
+    """The routing passed ``reparam`` (and ``sample_mean`` for means) to every override: one without them, ignored by
+    the draws before the routing, failed with a bare TypeError in every loss. ``reparam`` is passed where taken; the
+    mean of an override that takes no ``sample_mean`` is an error naming what the override must take."""
+    torch.manual_seed(0)
+    value = E(PlainSignaturePrior(), LogProb(_likelihood()), sample_shape=[4000]).eval({"x": torch.zeros(1, 2)})
+    torch.manual_seed(0)
+    clamped = E(ClampedPrior(), LogProb(_likelihood()), sample_shape=[4000]).eval({"x": torch.zeros(1, 2)})
+    assert torch.equal(value, clamped)
+    with pytest.raises(TypeError, match=r"draw from PlainSignaturePrior through its own sample, which must take the "
+                                        r"keyword\(s\) sample_mean \(Pixyz's signature"):
+        E(PlainSignaturePrior(), LogProb(_likelihood())).eval({"x": torch.zeros(1, 2)}, sample_mean=True)

@@ -257,3 +257,20 @@ def test_reinforce_reparam_is_accepted_and_always_scores() -> None:
         torch.testing.assert_close(grad.reshape(()), (-(z - 2.0) ** 2 * (z - 0.5)).mean())
         grads.append(grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_an_integer_third_argument_is_named_and_constant_reductions_stay_constants() -> None:
+    """``REINFORCE(q, f, 4)`` meant four draws in kizuna's older order and silently became a baseline of 4 with one
+    draw: an integer there is refused, naming both readings. A batch mean of a constant inside an ``f`` reduced over
+    the batch crashed with several draws (``shape '[2, 0]' is invalid``); it is the constant."""
+    q = Q()
+    with pytest.raises(TypeError, match=r"got the integer 4, which kizuna's older order read as sample_shape: pass "
+                                        r"sample_shape=4, or a baseline as a float \(4\.0\)"):
+        REINFORCE(q, LogProb(_p()), 4)
+    assert REINFORCE(q, LogProb(_p()), baseline=4, sample_shape=2).baseline == 4
+    c = {"c": torch.zeros(3, 1)}
+    torch.manual_seed(1)
+    with_constant = Expectation(q, LogProb(_p()).mean() + ValueLoss(0.5).mean(), sample_shape=2).eval(c)
+    torch.manual_seed(1)
+    alone = Expectation(q, LogProb(_p()).mean(), sample_shape=2).eval(c)
+    torch.testing.assert_close(with_constant, alone + 0.5)

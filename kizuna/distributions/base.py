@@ -255,6 +255,27 @@ def _route_draws(cls: type[Distribution]) -> None:
     user's ``sample`` (its ``super().sample(...)``) they are the class's own again. Decided once per class; kizuna's
     classes are not touched."""
     own_sample, own_sample_n, own_means = cls._sample, cls._sample_n, cls._mean_values
+    user = cls.sample._user_sample  # type: ignore[attr-defined]
+    try:
+        params = inspect.signature(user).parameters
+    except (TypeError, ValueError):  # (no signature to read: every keyword is passed)
+        params = {}
+    takes_all = not params or any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values())
+
+    def call(self: Distribution, x_dict: XDict, **options: Any) -> XDict:
+        """The user's ``sample`` with the keywords it takes: ``batch_n`` and ``return_all`` are needed (Pixyz's
+        signature), ``reparam`` and ``sample_mean`` are passed where it takes them."""
+        needed = [k for k in ("batch_n", "return_all") if not takes_all and k not in params]
+        if options.get("sample_mean") and not takes_all and "sample_mean" not in params:
+            needed.append("sample_mean")
+        if needed:
+            raise TypeError(f"{self.prob_text}: products, losses and trainers draw from {cls.__name__} through its own "
+                            f"sample, which must take the keyword(s) {', '.join(needed)} (Pixyz's signature: "
+                            "sample(x_dict={}, batch_n=None, sample_shape=torch.Size(), return_all=True, "
+                            "reparam=False))")
+        if not takes_all:
+            options = {k: v for k, v in options.items() if k in params}
+        return _drawn_by_sample(self, self.sample(x_dict, **options))
 
     def _sample(self: Distribution, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         if self.__dict__.get(_IN_USER_SAMPLE):
@@ -262,8 +283,7 @@ def _route_draws(cls: type[Distribution]) -> None:
         own, inputs = self._var, self.input_var
         given = {k: v for k, v in x_dict.items() if k not in own or k in inputs}
         # (a product asks every factor for reparameterised draws; one without them draws without)
-        return _drawn_by_sample(self, self.sample(given, batch_n=batch_n, return_all=False,
-                                                  reparam=reparam and self.has_reparam))
+        return call(self, given, batch_n=batch_n, return_all=False, reparam=reparam and self.has_reparam)
 
     def _sample_n(self: Distribution, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None,
                   reparam: bool) -> XDict:
@@ -275,7 +295,7 @@ def _route_draws(cls: type[Distribution]) -> None:
     def _mean_values(self: Distribution, x_dict: XDict, batch_n: int | None) -> XDict:
         if self.__dict__.get(_IN_USER_SAMPLE):
             return own_means(self, x_dict, batch_n)
-        return _drawn_by_sample(self, self.sample(x_dict, batch_n=batch_n, return_all=False, sample_mean=True))
+        return call(self, x_dict, batch_n=batch_n, return_all=False, sample_mean=True)
 
     for fn in (_sample, _sample_n, _mean_values):
         fn._routed = True  # type: ignore[attr-defined]

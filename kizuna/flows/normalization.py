@@ -92,10 +92,16 @@ class ActNorm(Flow):
     tensor(True)
     """
 
+    scale = 1.0  # (a module pickled whole before ``scale`` existed initialises as it did)
+
     def __init__(self, in_features: int, scale: float = 1.0, *, eps: float = 1e-6) -> None:
         super().__init__(in_features)
         check_positive("ActNorm: scale", scale)
         check_positive("ActNorm: eps", eps)
+        if scale < 1e-3:  # an eps given positionally, as the second argument was until Pixyz's order
+            raise ValueError(f"ActNorm: scale={scale!r} would give every channel of the first batch a standard "
+                             f"deviation of {scale!r}; the second argument is Pixyz's scale (it was eps before): "
+                             f"pass eps={scale!r} by keyword")
         self.bias = nn.Parameter(torch.zeros(in_features))
         self.log_scale = nn.Parameter(torch.zeros(in_features))
         self.scale, self.eps = float(scale), eps

@@ -203,7 +203,7 @@ def _reductions(node: Loss, memo: dict[int, str], out: list[tuple[Loss, bool]], 
         seen.add(id(node))
         for child in node.subterms():
             _reductions(child, memo, out, seen)
-        if isinstance(node, _REDUCTIONS):
+        if isinstance(node, _REDUCTIONS) and _kind(node.loss1, memo) != _CONST:  # (a constant's is taken as it is)
             out.append((node, _kind(node.loss1, memo) == _ROW))
     return out
 
@@ -423,6 +423,11 @@ class REINFORCE(Expectation):
     def __init__(self, p: Distribution, f: Loss | float | Tensor, b: float | str | Loss | None = None,
                  sample_shape: Sequence[int] = (), reparam: bool = True, *,
                  baseline: float | str | Loss | None = None) -> None:
+        if isinstance(b, numbers.Integral) and not isinstance(b, bool):  # kizuna's third argument was sample_shape
+            raise TypeError(f"REINFORCE: the third argument is the baseline b (Pixyz's order: REINFORCE(p, f, b, "
+                            f"sample_shape, reparam)), got the integer {b!r}, which kizuna's older order read as "
+                            f"sample_shape: pass sample_shape={b!r}, or a baseline as a float ({float(b)!r}), "
+                            f"ValueLoss({b!r}) or baseline={b!r}")
         if b is not None and baseline is not None:
             raise TypeError(f"REINFORCE: the baseline was given twice, as b={b!r} (Pixyz's name) and "
                             f"baseline={baseline!r} (kizuna's): give one of them")
