@@ -19,7 +19,7 @@ With :math:`(\hat x_0, \hat\epsilon)` the network's prediction at :math:`(x, \ta
   the noiseless Euler (denoising) step.
 
 The first step out of a DDPM's or a score model's prior (from `GaussianPath.prior_level`: :math:`s_T` or
-:math:`\sigma_1`, far above the data's scale) is DDIM's, in `heun` with η = 0 and in `euler_maruyama` (default
+:math:`\sigma_1`, meant to be well above the data's) is DDIM's, in `heun` with η = 0 and in `euler_maruyama` (default
 diffusion) with η = 1, the reverse SDE's own transition there. At that noise level :math:`\hat x_0` hardly moves
 over the step (the noised data are nearly :math:`\mathcal{N}(\hat x_0, b^2 I)`), and DDIM's step, which holds
 :math:`\hat x_0` fixed, is then exact for any step length; on an evenly spread DDPM grid the step is long (a cosine

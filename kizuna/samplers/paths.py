@@ -64,7 +64,7 @@ class GaussianPath:
 
     def prior_level(self) -> float | None:
         """The time at which `prior` draws where that is a noise level whose :math:`\\mathcal{N}(0, b^2 I)` stands in
-        for the noised data (a DDPM's :math:`s_T`, a score model's :math:`\\sigma_1`, far above the data's scale), not
+        for the noised data (a DDPM's :math:`s_T`, a score model's :math:`\\sigma_1`, well above the data's), not
         a fixed start; None where the prior is the path's exact start (flow matching) or the path does not say.
         `kizuna.samplers.heun` and `kizuna.samplers.euler_maruyama` take their step from this time as DDIM's
         (see there)."""
