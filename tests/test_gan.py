@@ -377,9 +377,12 @@ def test_gan_reads_a_checkpoint_of_two_files_and_refuses_one_without_a_discrimin
     other = GAN((RingG() * prior).marginalize_var("z"), RingD())
     before = [t.clone() for t in other.p.state_dict().values()]
     bad = {**state, "discriminator": {**state["discriminator"], "optimizer_class": "SGD"}}
+    validated = set(other._validated)
     with pytest.raises(ValueError, match="discriminator"):
         other.load_state_dict(bad)
     assert all(torch.equal(a, b) for a, b in zip(before, other.p.state_dict().values()))
+    # nor the flags a load sets: "resumed" made the next fit continue an earlier call's early stopping
+    assert other._resumed is False and other._validated == validated
 
 
 class ProbD(Bernoulli):

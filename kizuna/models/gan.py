@@ -224,11 +224,15 @@ class GAN(Model):
         if "discriminator" not in state:
             raise ValueError(f"{source} holds no discriminator: not a GAN checkpoint")
         kept = copy.deepcopy(super().state_dict())  # (state_dict holds the live tensors)
+        # and the flags a load sets: put back as they were (a failed load left the generator "resumed", so that the
+        # next fit call continued an earlier call's early stopping instead of starting its own)
+        flags = (self._resumed, set(self._validated), self._training)
         super().load_state_dict(state, source)
         try:
             self.d_model.load_state_dict(state["discriminator"], f"{source} (discriminator)")
         except BaseException:
             super().load_state_dict(kept, source)
+            self._resumed, self._validated, self._training = flags
             raise
 
     def load(self, path: str | PathLike[str]) -> None:
