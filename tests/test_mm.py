@@ -330,3 +330,21 @@ def test_n_iter_must_be_a_whole_number():
         MM(n_iter=2.5)
     two = MarkovChain(n_iter=2).fit(evidence)
     assert torch.equal(MarkovChain(n_iter=np.int64(2)).fit(evidence).transmat_, two.transmat_)
+
+
+
+def test_a_parents_prior_without_a_class_the_evidence_allows_is_named():
+    """A parent's prior giving 0 to every class the child's evidence allows at a step: forward-backward's error blamed
+    the child's evidence ("log p(x_t|k) = -inf for every k"), which was valid; the prior is named now."""
+    from test_tail_to_tail import Fixed
+
+    f64 = torch.float64
+    lam = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.3, 0.7]], dtype=f64)
+    child = Fixed(lam, "c").connect(Observation(torch.zeros(3, 1)))
+    mm = MM(name="mm").connect(child)
+    child.update()
+    mm.receive_backward(Message("parent", "mm", "c", "prior", torch.tensor([[0.0, 1.0], [0.5, 0.5], [0.5, 0.5]],
+                                                                             dtype=f64)))
+    with pytest.raises(ValueError, match=r"MM mm: row 0: the prior of parent gives probability 0 to every class the "
+                                         r"posterior of c allows"):
+        mm.update()

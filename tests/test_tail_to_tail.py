@@ -86,3 +86,22 @@ def test_hard_posteriors_without_smoothing_give_finite_priors():
     torch.testing.assert_close(ma.backward_in.value, a)
     torch.testing.assert_close(mb.backward_in.value, a)
     torch.testing.assert_close(tt.posterior, a)
+
+
+def test_children_of_two_dtypes_are_joined_in_the_wider_one_and_get_priors_in_their_own():
+    """A float32 child beside a float64 one (a GMM on images beside one on numpy features) stopped Graph.fit with
+    torch's bare "expected m1 and m2 to have the same dtype". The posteriors are joined in float64, with the values
+    of the all-float64 case, and each child's prior comes back in its own dtype."""
+    a = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.2, 0.6, 0.2]], dtype=torch.float32)
+    b = torch.tensor([[0.1, 0.6, 0.3], [0.6, 0.2, 0.2], [0.2, 0.3, 0.5]], dtype=torch.float64)
+    runs = []
+    for first in (a, a.double()):
+        ma = Fixed(first, "a").connect(km.Observation(np.zeros((3, 1))))
+        mb = Fixed(b, "b").connect(km.Observation(np.zeros((3, 1))))
+        tt = TailToTail(smoothing=0.01).connect(ma, mb)
+        km.Graph([tt]).fit(1, seed=0)
+        runs.append((tt.posterior, ma.backward_in.value, mb.backward_in.value))
+    (post, prior_a, prior_b), (post64, prior_a64, prior_b64) = runs
+    assert post.dtype == torch.float64 and torch.equal(post, post64)
+    assert prior_a.dtype == torch.float32 and torch.equal(prior_a, prior_a64.float())
+    assert prior_b.dtype == torch.float64 and torch.equal(prior_b, prior_b64)

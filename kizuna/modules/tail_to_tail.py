@@ -84,9 +84,16 @@ class TailToTail(Module):
             if msg.width != forward[0].width:
                 raise MessageShapeError(f"TailToTail {self.name}: {forward[0].sender} sends {forward[0].width} "
                                         f"classes but {msg.sender} sends {msg.width}")
-        ref = forward[0].value
-        self.permutations = [torch.arange(ref.shape[1])] + [align(ref, m.value) for m in forward[1:]]
-        aligned = [m.value[:, s] + self.smoothing for m, s in zip(forward, self.permutations)]
+        # the children's posteriors in one dtype (a float32 child beside a float64 one, e.g. a GMM on images beside
+        # one on numpy features: torch's bare "expected m1 and m2 to have the same dtype"); each child's prior goes
+        # back in its own posterior's dtype
+        dtype = forward[0].value.dtype
+        for m in forward[1:]:
+            dtype = torch.promote_types(dtype, m.value.dtype)
+        values = [m.value.to(dtype) for m in forward]
+        ref = values[0]
+        self.permutations = [torch.arange(ref.shape[1])] + [align(ref, v) for v in values[1:]]
+        aligned = [v[:, s] + self.smoothing for v, s in zip(values, self.permutations)]
         log_q = torch.stack([torch.log(q / q.sum(1, keepdim=True)) for q in aligned])  # M×N×K
         total = log_q.sum(0)
         log_rho = None
@@ -112,6 +119,6 @@ class TailToTail(Module):
             others = torch.softmax(others if log_rho is None else others + log_rho, 1)
             prior = torch.empty_like(others)
             prior[:, sigma] = others  # back to the child's own labels
-            down[child] = self.message("prior", prior, receiver=child)
+            down[child] = self.message("prior", prior.to(forward[i].value.dtype), receiver=child)
         up = self.posterior if log_rho is None else torch.softmax(total, 1)  # the parent's prior left out
         return self.message("posterior", up), down

@@ -115,6 +115,13 @@ class MM(ClassModule, MarkovChain):
         prior = self.class_prior(backward, n)
         log_rho = torch.zeros_like(log_lam) if prior is None else torch.log(prior.to(log_lam))
         log_emit = log_lam + log_rho
+        if prior is not None:  # (forward-backward then blamed the child's evidence, which was valid)
+            dead = ~torch.isfinite(log_emit).any(1) & torch.isfinite(log_lam).any(1)
+            if bool(dead.any()):
+                row = int(dead.nonzero()[0])
+                raise ValueError(f"MM {self.name}: row {row}: the prior of {backward.sender} gives probability 0 to "
+                                 f"every class the posterior of {msg.sender} allows, so their product is 0: the "
+                                 "parent's prior and the child's evidence have no class in common there")
         start, trans = self._chain(k, log_lam)
         if self.learnable:
             n_iter = ctx.setting(self.name, "n_iter", self.n_iter)
