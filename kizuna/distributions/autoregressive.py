@@ -26,9 +26,16 @@ import torch
 from torch.nn import functional as F
 
 from kizuna._data import check_count
-from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, one_rows_expanded, sum_rows
+from kizuna.distributions.base import (
+    Distribution,
+    Tensor,
+    XDict,
+    batch_size_of,
+    draws_as_rows,
+    one_rows_expanded,
+    sum_rows,
+)
 from kizuna.distributions.torch_dist import validation_enabled
-from kizuna.distributions.transformed import draws_as_rows
 from kizuna.nets.made import MADE
 from kizuna.nets.pixelcnn import PixelCNN
 

@@ -114,6 +114,33 @@ def repeat_rows_lazily(value: Any, n: int) -> Any:
     return RepeatedRows(value, n)
 
 
+def draws_as_rows(value: Tensor, x_dict: Mapping[str, Any], features: torch.Size,
+                  cond_var: Sequence[str]) -> tuple[Tensor, Mapping[str, Any], torch.Size | None]:
+    """A draw made with a ``sample_shape``, ``(*sample_shape, batch, *features)``, as rows ``(n * batch, *features)``
+    sample-major (the order `Distribution.sample` draws them in), for a model that scores rows (a flow, a masked
+    network), with its conditions ``cond_var`` in ``x_dict`` as as many rows: one given per batch row repeated for each
+    draw, one drawn with the same leading shape flattened alike, one row kept (it conditions every row). Also the
+    leading shape, None where the value is one batch already (or ``features`` is empty: unknown), or where its trailing
+    dimensions are not ``features``: a mis-shaped value is returned as it was given, so that the error it meets names
+    the shape the caller gave."""
+    rank = len(features)
+    lead = value.dim() - rank
+    if not rank or lead <= 1 or value.shape[lead:] != features:
+        return value, x_dict, None
+    shape = value.shape[:lead]
+    n, batch = math.prod(shape[:-1]), shape[-1]
+    rows = dict(x_dict)
+    for c in cond_var:
+        v = rows.get(c)
+        if not isinstance(v, Tensor) or v.dim() == 0:
+            continue
+        if v.dim() > lead and v.shape[:lead] == shape:  # drawn beside the value
+            rows[c] = v.flatten(0, lead - 1)
+        elif v.shape[0] == batch and batch != 1:  # one per batch row: the same for every draw
+            rows[c] = repeat_batch(v, n)
+    return value.flatten(0, lead - 1), rows, shape
+
+
 def one_rows_expanded(parts: Sequence[Tensor]) -> list[Tensor]:
     """Conditions of ``(rows, features)`` side by side: a part of one row beside parts of a batch is expanded to the
     batch's rows (one row conditions every row); other row counts are left for the caller's check. Written without a
