@@ -166,14 +166,26 @@ def print_latex(obj: Any) -> LatexFormula:
     raise TypeError(f"print_latex takes a kizuna Distribution, Loss or Model, got {type(obj).__name__}")
 
 
-def _frozen(value: Any) -> Any:
-    """A hashable key for a call argument: tensors by identity and in-place version, dicts and lists deeply."""
+class _Unkeyable(Exception):
+    """A call the cache cannot key: an inference tensor (``torch.inference_mode``) has no version counter, so an
+    in-place change of it could not be told from the stored state."""
+
+
+def _frozen(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """A hashable key for a call argument: tensors by identity and in-place version, dicts and lists deeply.
+
+    Every tensor keyed is appended to ``tensors``, which the cache keeps alive with the entry: while it lives, no
+    other tensor can have its ``id`` (a freed tensor's address, and so its ``id``, is given to later tensors, at
+    version 0 again). Raises `_Unkeyable` for an inference tensor."""
     if isinstance(value, torch.Tensor):
+        if value.is_inference():
+            raise _Unkeyable
+        tensors.append(value)
         return ("tensor", id(value), value._version)
     if isinstance(value, Mapping):
-        return ("dict", tuple((k, _frozen(v)) for k, v in value.items()))
+        return ("dict", tuple((k, _frozen(v, tensors)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
-        return ("seq", tuple(_frozen(v) for v in value))
+        return ("seq", tuple(_frozen(v, tensors) for v in value))
     return ("value", value)
 
 
@@ -181,11 +193,14 @@ def _module_state(module: Any) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
     """What a module's output depends on besides its inputs, as a key: its parameters and buffers (which tensors, and
     their in-place versions) and every submodule's training mode (BatchNorm, Dropout), read in one walk over the
     submodules; and those tensors, which the cache keeps alive with the entry (a replaced parameter's ``id`` could
-    otherwise be reused by its successor, at version 0 again)."""
+    otherwise be reused by its successor, at version 0 again). Raises `_Unkeyable` for an inference tensor (a module
+    built under ``torch.inference_mode``)."""
     if not isinstance(module, torch.nn.Module):
         return (), []
     tensors = [t for m in module.modules() for t in itertools.chain(m._parameters.values(), m._buffers.values())
                if t is not None]
+    if any(t.is_inference() for t in tensors):
+        raise _Unkeyable
     return (tuple((id(t), t._version) for t in tensors), tuple(m.training for m in module.modules())), tensors
 
 
@@ -211,7 +226,8 @@ def _autocast_state() -> tuple[tuple[str, torch.dtype], ...]:
 def lru_cache_for_sample_dict() -> Callable[[F], F]:
     """Memoise a method whose arguments are sample dicts (Pixyz's decorator of ``get_params``).
 
-    A call with the same tensors (the same objects, not modified in place), in the same grad mode and the same
+    A call with the same tensors (the same objects, not modified in place), in the same grad mode, the same
+    ``torch.inference_mode`` state and the same
     ``torch.autocast`` state (on or off, and its dtype, per device type), with the module's parameters and buffers
     the same tensors not modified since and every submodule in the same training mode, returns the stored result;
     at most `cache_maxsize` results are kept per method. Unlike
@@ -219,8 +235,11 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
     or a buffer (BatchNorm's running statistics), or ``.train()`` / ``.eval()`` invalidates the stored results,
     so a stale value is not returned — except after a write through ``.data`` (``p.data = ...``,
     ``module.double()``), which torch does not count as a change: call ``cache_clear()`` after one. A call whose
-    arguments cannot be keyed (a numpy array) is not cached.
-    The cache holds references to the keyed tensors (and their results) until evicted.
+    arguments cannot be keyed (a numpy array, or an inference tensor made under ``torch.inference_mode``, which has
+    no version counter; also a module whose parameters are inference tensors) is computed and not cached.
+    The cache holds references to the keyed tensors (the argument tensors, even after the caller puts a new batch
+    into the dict it passed, and the module's parameters and buffers) and their results until evicted, so a new
+    tensor cannot take a stored one's ``id`` and be served its result.
 
     >>> calls = []
     >>> class Enc(torch.nn.Module):
@@ -235,17 +254,17 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
     maxsize = cache_maxsize()
 
     def decorate(method: F) -> F:
-        cache: dict[Any, tuple[Any, Any]] = {}  # key -> (tensors kept alive so ids stay unique, result)
+        cache: dict[Any, tuple[Any, Any]] = {}  # key -> (what it keys, kept alive so ids stay unique, result)
 
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            state, tensors = _module_state(self)
-            key = (id(self), state, torch.is_grad_enabled(), _autocast_state(), _frozen(args),
-                   _frozen(sorted(kwargs.items())))
             try:
+                state, tensors = _module_state(self)
+                key = (id(self), state, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+                       _autocast_state(), _frozen(args, tensors), _frozen(sorted(kwargs.items()), tensors))
                 hit = key in cache
-            except TypeError:  # an argument that cannot be keyed (a numpy array): computed, not cached
-                return method(self, *args, **kwargs)
+            except (TypeError, _Unkeyable):  # an argument that cannot be keyed (a numpy array, an inference
+                return method(self, *args, **kwargs)  # tensor): computed, not cached
             if hit:
                 cache[key] = cache.pop(key)  # most recently used last
                 return cache[key][1]

@@ -9,7 +9,8 @@ Nothing in the formula layer imports this module.
 
 * Random variables are nodes (ellipses); observed ones are shaded: a loss's inputs (its data), or
   the names given in ``observed``. A module graph's `Observation`\ s are shaded boxes and its
-  modules plain boxes (shaded too when named in ``observed``).
+  modules plain boxes (shaded too when named in ``observed``); each of its edges is labelled with the
+  message kind it carries (``data``, ``latent``, ``posterior``: the child's ``sends``).
 * Every factor :math:`p(v|c_1..c_n)` draws edges :math:`c_i \to v`, solid for generative factors and
   dashed for inference factors (names starting with ``q``: Pixyz's and kizuna's convention).
 * Plates: everything sits in the data plate ``N`` (one row of the batch); the variables sliced
@@ -183,7 +184,10 @@ _STYLE = {"generative": "solid", "inference": "dashed", "recurrence": "dotted", 
 
 
 def to_dot(spec: dict[str, Any], latex: bool = False, name: str = "model") -> str:
-    """Graphviz ``dot`` text of a `model_spec` (deterministic: the same model gives the same text)."""
+    """Graphviz ``dot`` text of a `model_spec` (deterministic: the same model gives the same text).
+
+    Every edge carries its spec ``label`` as a ``tooltip`` (shown on hover in SVG); a module graph's message edges
+    also draw it as the edge's ``label``, so the message kind shows in every image format."""
     lines = [f"digraph {_quote(name)} {{", "  rankdir=TB;", '  node [fontname="Helvetica"];']
 
     def node_line(n: dict[str, Any], indent: str) -> str:
@@ -202,8 +206,9 @@ def to_dot(spec: dict[str, Any], latex: bool = False, name: str = "model") -> st
 
     for p in (p for p in spec["plates"] if p["parent"] is None):
         plate(p, "  ")
-    for e in spec["edges"]:
-        lines.append(f"  {_quote(e['from'])} -> {_quote(e['to'])} [style={_STYLE[e['kind']]}, "
+    for e in spec["edges"]:  # a message edge shows its kind on the edge (a factor's name: a tooltip, not drawn)
+        shown = f"label={_quote(e['label'])}, " if e["kind"] == "message" else ""
+        lines.append(f"  {_quote(e['from'])} -> {_quote(e['to'])} [style={_STYLE[e['kind']]}, {shown}"
                      f"tooltip={_quote(e['label'])}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
