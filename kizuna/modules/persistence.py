@@ -66,16 +66,19 @@ def describe(module: Module) -> dict[str, Any]:
             "children": [c.name for c in module.children]}
 
 
-def _differences(saved: list[dict[str, Any]], modules: Sequence[Module]) -> list[str]:
-    """What differs between saved manifest entries and ``modules`` (a state loads into its class or a subclass)."""
+def _differences(saved: list[dict[str, Any]], modules: Sequence[Module], where: str = "the graph") -> list[str]:
+    """What differs between saved manifest entries and ``modules`` (a state loads into its class or a subclass),
+    each line saying what ``where`` (``"the graph"``, or ``"the module"`` for `load_module`) has instead."""
     current = [describe(m) for m in modules]
     names_s, names_c = [e["name"] for e in saved], [e["name"] for e in current]
     if names_s != names_c:
-        return [f"modules {names_s} were saved but the graph has {names_c}"]
+        if len(saved) == len(modules) == 1:
+            return [f"module {names_s[0]!r} was saved but {where} is named {names_c[0]!r}"]
+        return [f"modules {names_s} were saved but {where} has {names_c}"]
     diffs = []
     for s, c, m in zip(saved, current, modules):
         if s["class"] not in {_qualified(k) for k in type(m).__mro__}:
-            diffs.append(f"{c['name']}: saved class {s['class']} but the graph has {c['class']}")
+            diffs.append(f"{c['name']}: saved class {s['class']} but {where} has {c['class']}")
         for key in ("children", "config"):
             now = json.loads(json.dumps(c[key]))
             if key == "config" and isinstance(s[key], dict) and isinstance(now, dict):
@@ -83,7 +86,8 @@ def _differences(saved: list[dict[str, Any]], modules: Sequence[Module]) -> list
                 # lacks it matches where the module leaves it at None (its default), as it was compared before
                 now = {k: v for k, v in now.items() if k in s[key] or v is not None}
             if s[key] != now:
-                diffs.append(f"{c['name']}: saved {key} {s[key]} but the graph has {c[key]}")
+                diffs.append(f"{c['name']}: saved {key} {s[key]} but {where} has {c[key]}"
+                             + (" (connect the same children, by name, before loading)" if key == "children" else ""))
     return diffs
 
 
@@ -304,7 +308,9 @@ def save_module(module: Module, path: str | Path) -> Path:
 
 
 def load_module(module: Module, path: str | Path) -> Module:
-    """Load a state written by `save_module` into ``module`` (same class, config and name)."""
+    """Load a state written by `save_module` into ``module``, which must have the saved class (or a subclass),
+    config, name and children: connect children of the same names, in the same order, before loading (a
+    topic model's MLDA is loaded into an MLDA connected to its observations, then ``transform`` works)."""
     _check_module(module, "load_module")
     p = Path(path)
     if p.is_dir():
@@ -315,7 +321,7 @@ def load_module(module: Module, path: str | Path) -> Module:
     blob = unpack(p.read_bytes(), p, _device([module, *module.children]))
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "manifest" not in blob or "state" not in blob:
         raise GraphError(f"{p}: not a saved kizuna module")
-    diffs = _differences([json.loads(blob["manifest"])], [module])
+    diffs = _differences([json.loads(blob["manifest"])], [module], "the module")
     if diffs:
         raise GraphError(f"{p} holds a different module:\n  " + "\n  ".join(diffs))
     _load_all([(module, blob["state"])])

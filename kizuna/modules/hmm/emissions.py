@@ -10,7 +10,6 @@ decreases), and :math:`B_{k,v} \propto \sum_t \gamma_t(k) [x_t = v]`.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ import torch
 from kizuna._distances import squared_distances
 from kizuna.modules._forward_backward import computing_dtype
 from kizuna.modules.gmm.algorithms import weighted_scatter
+from kizuna.modules.gmm.normal_wishart import gaussian_log_prob, row_blocks
 from kizuna.modules.validation import as_tensor, check_finite
 
 Tensor = torch.Tensor
@@ -180,25 +180,22 @@ class Gaussian:
 
     def log_prob(self, x: Tensor, p: Params) -> Tensor:
         """:math:`\\log \\mathcal N(x_t | \\mu_k, \\Sigma_k)` (N, K); for diagonal and spherical covariances
-        :math:`-\\tfrac12[\\sum_d x_d^2/\\sigma_{kd}^2 - 2 x_d\\mu_{kd}/\\sigma_{kd}^2 + \\mu_{kd}^2/\\sigma_{kd}^2
-        + \\log\\sigma_{kd}^2 + \\log 2\\pi]` (hmmlearn's sum) by one matrix product of :math:`[x^2, x]` (N, 2D)
-        with the stacked weights :math:`-\\tfrac12[1/\\sigma^2; -2\\mu/\\sigma^2]` plus the constant per state
-        (no Cholesky, one pass over the (N, K) result)."""
+        :math:`-\\tfrac12[\\sum_d (x_d - \\mu_{kd})^2/\\sigma_{kd}^2 + \\log\\sigma_{kd}^2 + \\log 2\\pi]` from the
+        differences themselves, a block of rows at a time (`gaussian_log_prob` per `row_blocks`: memory linear in
+        N). hmmlearn's expansion :math:`x^2/\\sigma^2 - 2x\\mu/\\sigma^2 + \\mu^2/\\sigma^2` by one matrix
+        product cancels where states lie many standard deviations apart: in float32, states 100 apart with
+        variance 1e-3 lost up to 0.27 nats a row, a 10,000-step score 285 nats low."""
         means = p["means_"]
         if x.shape[1] != means.shape[-1]:
             raise ValueError(f"X has {x.shape[1]} features, but HMM is expecting {means.shape[-1]} features as input.")
-        if self.covariance_type in ("diag", "spherical"):  # two (N, D) x (D, K) products, as hmmlearn computes it
-            # about the means' centre (a density does not change when x and the means shift together): the expansion
-            # of (x - mu)^2 cancels for data far from the origin (float32 data at 3,000: every state alike)
-            centre = means.mean(0)
-            x, means = x - centre, means - centre
+        if self.covariance_type in ("diag", "spherical"):
             var = p["covars_"]
-            var = var[:, None].expand_as(means) if var.dim() == 1 else var
-            prec = 1.0 / var
-            weights = torch.cat([prec, -2.0 * means * prec], 1).T.mul(-0.5)  # (2D, K)
-            log_norm = torch.log(var).sum(-1) + x.shape[1] * math.log(2 * math.pi)
-            const = -0.5 * ((means * means * prec).sum(-1) + log_norm)
-            return torch.addmm(const, torch.cat([x * x, x], 1), weights)
+            prec = 1.0 / (var[:, None].expand_as(means) if var.dim() == 1 else var)  # (K, D)
+            out = x.new_empty(x.shape[0], means.shape[0])
+            blocks = row_blocks(x.shape[0], means.numel())
+            for s in blocks:
+                out[s:s + blocks.step] = gaussian_log_prob(x[s:s + blocks.step], means, prec)
+            return out
         chol = torch.linalg.cholesky(self.full_covars(p))
         diff = (x[None] - means[:, None]).mT  # (K, D, N)
         maha = torch.linalg.solve_triangular(chol, diff, upper=False).pow(2).sum(1).T  # (N, K)

@@ -294,11 +294,14 @@ class HiddenMarkovModel(Estimator):
         u = torch.rand(n_samples, generator=g, dtype=log_trans.dtype).to(log_trans.device)
         cum_start, cum_trans = torch.cumsum(log_start.exp(), 0), torch.cumsum(log_trans.exp(), 1)
         states = torch.empty(n_samples, dtype=torch.long, device=log_trans.device)
-        # a Markov chain is sequential: one searchsorted per step on a K-vector
-        s = int(torch.searchsorted(cum_start, u[:1].clamp_max(cum_start[-1])).clamp_max(self.n_components - 1))
+        # a Markov chain is sequential: one searchsorted per step on a K-vector. The first cumulative sum strictly
+        # above u times the row's total (u in [0, 1), so below the total): a state of probability 0 is never drawn,
+        # neither at u == 0 (the first cumulative sum at or above u drew state 0 there, once per 2^24 float32
+        # steps) nor at the top (the last states' zero mass)
+        s = int(torch.searchsorted(cum_start, u[:1] * cum_start[-1], right=True).clamp_max(self.n_components - 1))
         states[0] = s
         for t in range(1, n_samples):
-            s = int(torch.searchsorted(cum_trans[s], u[t:t + 1].clamp_max(cum_trans[s, -1])).clamp_max(
+            s = int(torch.searchsorted(cum_trans[s], u[t:t + 1] * cum_trans[s, -1], right=True).clamp_max(
                 self.n_components - 1))
             states[t] = s
         return self._checked_emissions().sample(states, self._emission_params(), g), states

@@ -8,6 +8,7 @@ inference). Arrays in give arrays out; tensors give tensors.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -164,14 +165,21 @@ class MultimodalLDA(Estimator):
             if self._sizes is not None and c is not None and c.shape[1] != self._sizes[m]:
                 raise ValueError(f"X has {c.shape[1]} features, but {self._owner} is expecting {self._sizes[m]} "
                                  f"features as input (modality {m}).")
-        first = next(x for x in xs if x is not None)
-        floating = first.dtype if isinstance(first, Tensor) else getattr(first, "dtype", None)
-        if isinstance(floating, np.dtype):
-            floating = torch.from_numpy(np.zeros(0, floating)).dtype if floating.kind == "f" else None
         # floating input keeps its precision, integer counts are float64 (scikit-learn's rule, and the other
-        # estimators'; they were the default float32: scores 2e-8 to 5e-8 off, float32 topics)
-        dtype = floating if isinstance(floating, torch.dtype) and floating.is_floating_point else torch.float64
+        # estimators'; they were the default float32: scores 2e-8 to 5e-8 off, float32 topics). Of several
+        # modalities the widest floating dtype, as the MLDA node's (the first modality's only: [float32, float64]
+        # ran in float32 and [float64, float32] in float64)
+        floating = [f for f in map(self._floating_dtype, xs) if f is not None]
+        dtype = functools.reduce(torch.promote_types, floating) if floating else torch.float64
         return counts, table_dtype(dtype, counts)
+
+    @staticmethod
+    def _floating_dtype(x: Any) -> torch.dtype | None:
+        """The torch dtype of a floating tensor or array ``x``; None for integer, boolean or missing data."""
+        dtype = getattr(x, "dtype", None)
+        if isinstance(dtype, np.dtype):
+            dtype = torch.from_numpy(np.zeros(0, dtype)).dtype if dtype.kind == "f" else None
+        return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
 
     def _sizes_of(self, counts: algo.Counts) -> list[int]:
         return [c.shape[1] if c is not None else self._sizes[m] for m, c in enumerate(counts)]
