@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from kizuna._data import check_int, check_shape, computing_dtype, first_nonfinite
-from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact, batch_size_of
+from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact
 from kizuna.distributions.families import Normal
+from kizuna.distributions.flow_matching import context_of_draws, sample_n_with_context
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.memo import memoized
 from kizuna.samplers.integrators import ancestral
@@ -580,8 +581,9 @@ class DDPM(Distribution):
     Sampling is ancestral: :math:`x_T \\sim \\mathcal{N}(0, I)`, then each reverse step, then the
     decoder (its mean when ``noiseless_last``, as Ho et al. display samples), in the dtype of the
     schedule (``schedule.dtype``; a half-precision model runs the chain in float32, the network and the decoder in
-    half precision, `kizuna.samplers.DiffusionPath`). The density is
-    intractable: bound it with `kizuna.losses.diffusion_bound`.
+    half precision, `kizuna.samplers.DiffusionPath`). With a context (``reverse``'s ``context_var``), one row of it
+    conditions every draw (for any ``batch_n``); a context of another number of rows than ``batch_n`` is refused.
+    The density is intractable: bound it with `kizuna.losses.diffusion_bound`.
 
     Args:
         reverse: :math:`p_\\theta(x_{t-1}|x_t,t)` (a `DiffusionReverse` without a fixed step).
@@ -629,10 +631,8 @@ class DDPM(Distribution):
         return DiffusionPath(self.reverse, self.features_shape, context)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
-        context = {c: x_dict[c] for c in self._cond_var}
-        rows = batch_size_of(context)  # the context's rows (0 for an empty one), else batch_n, else one
-        if rows is None:
-            rows = 1 if batch_n is None else batch_n
+        # one row per draw: batch_n, a one-row context conditioning every draw (another row count is refused)
+        context, rows = context_of_draws(self.prob_text, {c: x_dict[c] for c in self._cond_var}, batch_n)
         path = self.path(context)
         with torch.set_grad_enabled(reparam and torch.is_grad_enabled()):
             times = path.times(None)[:-1]  # x_T .. x_1
@@ -645,6 +645,9 @@ class DDPM(Distribution):
             x0 = self.decoder.sample_mean(given) if self.noiseless_last else self.decoder.sample(
                 given, reparam=reparam)[self._var[0]]
         return {self._var[0]: x0}
+
+    def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
+        return sample_n_with_context(self, x_dict, n, batch_n, reparam)
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         raise NotImplementedError(

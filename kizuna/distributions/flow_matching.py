@@ -27,7 +27,15 @@ from typing import Any
 import torch
 
 from kizuna._data import check_count, check_int, first_nonfinite, sigma_min_value
-from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of
+from kizuna.distributions.base import (
+    Distribution,
+    Tensor,
+    XDict,
+    batch_size_of,
+    draws_as_rows,
+    repeat_batch,
+    sum_rows,
+)
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.samplers.integrators import SAMPLERS
 from kizuna.samplers.paths import LinearPath
@@ -46,6 +54,10 @@ class FlowMatching(Distribution):
             corrected too since the velocity is defined at the data end).
         likelihood_steps: RK4 steps of the likelihood ODE (4 evaluations each).
         trace: ``"exact"`` or ``"hutchinson"``; ``n_probes`` Rademacher probes for the latter.
+
+    One row of context conditions every draw of ``sample`` (for any ``batch_n``); a context of another number of
+    rows than ``batch_n`` is refused. Draws made with a ``sample_shape``, ``(*sample_shape, batch, *features)``, are
+    scored draw by draw and summed as every family sums them (over every dimension but the first).
     """
 
     def __init__(self, velocity: Callable[..., Tensor], features_shape: Sequence[int], var: str = "x",
@@ -127,26 +139,60 @@ class FlowMatching(Distribution):
         return next((p for p in self.parameters() if p.is_floating_point()), None)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
-        context = {c: x_dict[c] for c in self._cond_var}
-        rows = batch_size_of(context)  # the context's rows (0 for an empty one), else batch_n, else one
-        if rows is None:
-            rows = 1 if batch_n is None else batch_n
+        context, rows = context_of_draws(self.prob_text, {c: x_dict[c] for c in self._cond_var}, batch_n)
         sampler = SAMPLERS[self.sampler]
         return {self._var[0]: sampler(self.path(context), rows, self.n_steps, grad=reparam)}
+
+    def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
+        return sample_n_with_context(self, x_dict, n, batch_n, reparam)
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         if not sum_features:
             raise ValueError(f"{self.prob_text}: the ODE log-density does not factor over features")
-        x = self.check_data(x_dict[self._var[0]], self._var[0])
+        value = x_dict[self._var[0]]
+        # draws made with a sample_shape as rows of the ODE, their context alike; scored per draw (every family's
+        # convention: one value per entry of the first dimension; the shape (N, *features_shape) was all it took)
+        value, x_dict, shape = draws_as_rows(value, x_dict, self.features_shape, self._cond_var) \
+            if isinstance(value, Tensor) else (value, x_dict, None)
+        x = self.check_data(value, self._var[0])
         context = {c: x_dict[c] for c in self._cond_var}
         if x.shape[0] == 0:  # (the trace indexed row 0)
-            return x.new_zeros(0)
-        x0, integral = ode_log_det(lambda z, t, *c: self.velocity(z, t, dict(zip(self._cond_var, c))), x,
-                                   self.likelihood_steps, self.trace, self.n_probes,
-                                   context=[context[c] for c in self._cond_var])
-        d = math.prod(x0.shape[1:])  # 1 for scalar data (features_shape []: x of shape (N,))
-        base = -0.5 * x0.pow(2).reshape(x0.shape[0], d).sum(1) - 0.5 * d * math.log(2 * math.pi)
-        return base + integral
+            out = x.new_zeros(0)
+        else:
+            x0, integral = ode_log_det(lambda z, t, *c: self.velocity(z, t, dict(zip(self._cond_var, c))), x,
+                                       self.likelihood_steps, self.trace, self.n_probes,
+                                       context=[context[c] for c in self._cond_var])
+            d = math.prod(x0.shape[1:])  # 1 for scalar data (features_shape []: x of shape (N,))
+            out = -0.5 * x0.pow(2).reshape(x0.shape[0], d).sum(1) - 0.5 * d * math.log(2 * math.pi) + integral
+        return out if shape is None else sum_rows(out.reshape(shape))
+
+
+def context_of_draws(who: str, context: Mapping[str, Any], batch_n: int | None) -> tuple[dict[str, Any], int]:
+    """The conditioning values ``context`` of a model that draws one row per row of context (`FlowMatching`,
+    `kizuna.distributions.DDPM`), as one row per draw, and the number of draws: ``batch_n``, else the context's rows
+    (0 for an empty one), else one. A value of one row conditions every draw (it is expanded to them); a value of
+    another number of rows is a ValueError naming both counts (its rows were the draws, ``batch_n`` dropped silently:
+    64 draws asked for one class gave 1). ``who``: the model's text, for the message."""
+    rows = batch_size_of(context)  # the most rows of any value: a one-row value beside a batch conditions every row
+    n = batch_n if batch_n is not None else 1 if rows is None else rows
+    out = dict(context)
+    for name, value in context.items():
+        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] == n:
+            continue
+        if value.shape[0] != 1:
+            asked = f"batch_n={n}" if batch_n is not None else f"{n} draws (the rows of the other conditioning values)"
+            raise ValueError(f"{who}: {asked} but the conditioning value {name} has {value.shape[0]} rows; give one "
+                             "row per draw, or one row for all")
+        out[name] = value.expand(n, *value.shape[1:])
+    return out, n
+
+
+def sample_n_with_context(p: Distribution, x_dict: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
+    """``n`` draws per row of ``p`` (``Distribution._sample_n``, sample-major) for a model that draws one row per row
+    of its context (`context_of_draws`): the context is checked against ``batch_n`` before it is repeated for the
+    draws (a one-row context repeated n times read as n rows against ``batch_n * n``)."""
+    context, rows = context_of_draws(p.prob_text, {c: x_dict[c] for c in p.cond_var}, batch_n)
+    return p._sample({c: repeat_batch(v, n) for c, v in context.items()}, rows * n, reparam)
 
 
 def divergence(v: Callable[..., Tensor], x: Tensor, t: Tensor, trace: str = "exact",

@@ -26,7 +26,8 @@ returned to its own mode afterwards. The ELBO score takes any encoder it can sam
 discrete latents included; the IWAE score needs a reparameterisable one (see `log_likelihood`).
 Floating data is converted to the floating dtype of the models' parameters and each batch moved
 to their device; data with no rows, or a NaN or infinite entry (named by variable, row and
-column), is refused by both methods.
+column), is refused by both methods, and so is a row outside the model's support (a count of 2.5
+under a Poisson decoder), in whichever batch it is.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from kizuna._data import first_nonfinite
+from kizuna._data import check_int, first_nonfinite, one_number
 from kizuna.inference._checks import batch_rows, in_model_dtype, require
 from kizuna.losses import ELBO
 from kizuna.metrics import log_likelihood
-from kizuna.metrics.likelihood import _device
+from kizuna.metrics.likelihood import _device, dims_count
 
 Tensor = torch.Tensor
 METHODS = ("iwae", "elbo")
@@ -86,8 +87,11 @@ def anomaly_score(
     if method not in METHODS:
         raise ValueError(f"anomaly_score: method must be one of {', '.join(METHODS)}, got {method!r}")
     for name, value in (("k", k), ("batch_size", batch_size), ("k_chunk", k_chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"anomaly_score: {name} must be a positive integer, got {value!r}")
+        try:  # log_likelihood's rule (any integer: Python, numpy, a 0-d integer tensor; np.int64(5) was refused)
+            check_int(f"anomaly_score: {name}", value, 1)
+        except ValueError:
+            raise ValueError(f"anomaly_score: {name} must be a positive integer, got {value!r}") from None
+    k, batch_size, k_chunk = (int(one_number(v, arrays=False)) for v in (k, batch_size, k_chunk))
     names = ELBO(p_joint, q).input_var  # (the IWAE's, which refused a q that cannot be reparameterised)
     require(x_dict, names, "anomaly_score")
     # the model's variables only (another entry, e.g. ids of other rows, was checked by the "iwae" path alone), numpy
@@ -127,11 +131,10 @@ def _mean_elbo(p_joint: Any, q: Any, x_dict: Mapping[str, Tensor], k: int, batch
 
 
 def score_bits_per_dim(score: Tensor, n_dims: int) -> Tensor:
-    r"""A score in nats per row as bits per dimension: :math:`s / (D \log 2)`.
+    r"""A score in nats per row as bits per dimension: :math:`s / (D \log 2)`; ``n_dims`` a positive integer, checked
+    as `kizuna.metrics.bits_per_dim` checks it (True and 2.5 gave numbers).
 
     >>> score_bits_per_dim(torch.tensor([64 * math.log(2)]), 64)
     tensor([1.])
     """
-    if n_dims < 1:
-        raise ValueError(f"score_bits_per_dim: n_dims must be positive, got {n_dims}")
-    return score / (n_dims * math.log(2))
+    return score / (dims_count("score_bits_per_dim", n_dims) * math.log(2))

@@ -202,7 +202,8 @@ def coherence(generated: Any, target_labels: Any, classifier: Any = None) -> flo
         target_labels: the label of each source row: indices ``(N,)`` (or a column ``(N, 1)``) or
             one-hot ``(N, C)``.
         classifier: a scikit-learn style object with ``predict`` (given the samples flattened
-            to ``(N, D)`` as numpy), or a callable returning indices or scores; ``None`` when
+            to ``(N, D)`` as numpy), or a callable returning indices or scores (a torch module is given
+            the samples as a tensor, floating ones in its dtype, on its device); ``None`` when
             the samples are class scores themselves (a generated label: argmax) or indices.
             Anywhere, one column ``(N, 1)`` holds class indices, not the scores of one class.
 
@@ -232,7 +233,12 @@ def coherence(generated: Any, target_labels: Any, classifier: Any = None) -> flo
         from kizuna.modules.vae import evaluating  # (imported on use, as in log_likelihood: kizuna.modules is large)
 
         # a network scores in eval mode (dropout off), its own modes given back, as every helper here runs networks
-        with torch.no_grad(), evaluating(*([classifier] if isinstance(classifier, torch.nn.Module) else [])):
+        network = isinstance(classifier, torch.nn.Module)
+        if network:  # as every helper takes data: a tensor, floating samples in its dtype, on its device (numpy or
+            # float64 samples failed inside a float32 network with torch's own error)
+            samples = generated if isinstance(generated, Tensor) else torch.from_numpy(np.ascontiguousarray(generated))
+            generated = on_models({"generated": samples}, classifier)["generated"]
+        with torch.no_grad(), evaluating(*([classifier] if network else [])):
             predicted = _labels(classifier(generated), "the classifier's output")
     else:
         raise TypeError(f"coherence: classifier must have predict() or be callable, got {type(classifier).__name__}")

@@ -46,12 +46,14 @@ def log_likelihood(
         batch_size: rows per evaluation for dict data.
         k_chunk: samples per evaluation.
         validate: check parameters and values (torch's ``validate_args``) in every evaluation
-            (``True``), in none (``False``), or, by default, once, as `Model` checks its first
-            step: one draw per row of the first batch is evaluated with checks (on a fork of the
-            random stream, so the estimate is the same with and without it), and the estimate
-            runs unchecked, through the families' closed-form kernels, which score large batches
-            in bounded blocks (checked throughout, an estimate with k = 5,000 took 1.3x the time
-            and 1.7x the memory of a hand-written one).
+            (``True``), in none (``False``), or, by default, once per batch: one draw per row of
+            each batch is evaluated with checks (on a fork of the random stream, so the estimate is
+            the same with and without it; a value outside the support, such as a count of 2.5 under
+            a Poisson decoder, is refused in whichever batch it is: checked in the first batch only,
+            it got a finite estimate past it), and the estimate runs unchecked, through the
+            families' closed-form kernels, which score large batches in bounded blocks (checked
+            throughout, an estimate with k = 5,000 took 1.3x the time and 1.7x the memory of a
+            hand-written one).
 
     The networks of ``p_joint`` and ``q`` are evaluated in eval mode (dropout off, batch norm on its running
     statistics, which scoring leaves unchanged), as `Model.test` evaluates them, and each module is returned to its
@@ -74,7 +76,7 @@ def log_likelihood(
     chunks = [min(k_chunk, k - start) for start in range(0, k, k_chunk)]
     device = _device(p_joint, q)
     out = []
-    probe = validate is None  # check the first batch once, on one draw per row, then run unchecked
+    probe = validate is None  # check each batch once, on one draw per row, then run unchecked
     from kizuna.modules.vae import evaluating  # (kizuna.modules imports kizuna.metrics)
 
     with torch.no_grad(), evaluating(p_joint, q):
@@ -84,9 +86,8 @@ def log_likelihood(
             bad = first_nonfinite(batch, "log_likelihood: the data", rows)
             if bad is not None:
                 raise ValueError(f"{bad}; a log-likelihood of non-finite data is not defined")
-            if probe:
+            if probe:  # every batch: the support is a property of each row (a row past the first was not checked)
                 _check(p_joint, q, batch, device)
-                probe = False
             with validation(bool(validate)):
                 parts = [IWAE(p_joint, q, k=c).eval(batch) + math.log(c) for c in chunks]
             out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
@@ -118,12 +119,18 @@ def bits_per_dim(log_lik_nats: torch.Tensor | float, dims: int) -> torch.Tensor 
     >>> round(bits_per_dim(-784 * math.log(2), 784), 6)
     1.0
     """
-    if isinstance(dims, bool) or not isinstance(dims, numbers.Integral | torch.Tensor) \
-            or (isinstance(dims, torch.Tensor) and (dims.numel() != 1 or dims.is_floating_point())):
-        raise ValueError(f"bits_per_dim needs a positive integer number of dimensions, got {dims!r}")
+    return -log_lik_nats / (dims_count("bits_per_dim", dims) * math.log(2))
+
+
+def dims_count(who: str, dims: Any) -> int:
+    """``dims`` as a positive number of dimensions (an integer: Python, numpy, an integer tensor of one element); a
+    ValueError naming ``who`` otherwise (a bool or 2.5 is no count of dimensions)."""
+    if isinstance(dims, bool) or not isinstance(dims, numbers.Integral | torch.Tensor) or (isinstance(
+            dims, torch.Tensor) and (dims.numel() != 1 or dims.is_floating_point() or dims.dtype == torch.bool)):
+        raise ValueError(f"{who} needs a positive integer number of dimensions, got {dims!r}")
     if int(dims) < 1:
-        raise ValueError(f"bits_per_dim needs a positive number of dimensions, got {int(dims)}")
-    return -log_lik_nats / (int(dims) * math.log(2))
+        raise ValueError(f"{who} needs a positive number of dimensions, got {int(dims)}")
+    return int(dims)
 
 
 def _device(*dists: Any) -> torch.device | None:
