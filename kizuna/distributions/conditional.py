@@ -10,6 +10,11 @@ conditioning values, flattened and concatenated in ``cond_var`` order, to a `kiz
 * `MLPBernoulli`: independent Bernoulli features with logits :math:`f(z)`;
 * `MLPCategorical`: a one-hot categorical with logits :math:`f(x)` (a classifier :math:`q(y|x)`).
 
+A condition drawn with ``sample_shape``, ``(S, B, D)``, is ``S * B`` rows of the network, whose parameters come back
+as ``(S, B, features)``: the same network applied in ``forward`` gives those (``nn.Linear`` acts on the last
+dimension), so ``get_log_prob(draws, feature_dims=[2])`` scores each draw (a hand-written importance-weighted bound).
+Conditions without a batch dimension (a number, a vector of the network's inputs) are a batch of one.
+
 >>> import torch
 >>> q = MLPNormal("z", ["x"], [4, 16, 2])                     # q(z|x), an encoder
 >>> p = MLPBernoulli("x", ["z"], [2, 16, 4], name="p")         # p(x|z), a decoder
@@ -22,6 +27,7 @@ q(z|x) p(x|z)
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,7 +39,7 @@ from torch.nn import functional as F
 from kizuna._data import check_non_negative, one_number
 from kizuna.distributions.base import _as_list, one_rows_expanded
 from kizuna.distributions.families import Bernoulli, Categorical, Normal
-from kizuna.distributions.torch_dist import positional_forward
+from kizuna.distributions.torch_dist import TorchDistribution, positional_forward
 from kizuna.nets import MLP
 
 Tensor = torch.Tensor
@@ -61,42 +67,126 @@ def _sizes(sizes: Sequence[int], cls: str) -> list[int]:
     return [int(s) for s in sizes]
 
 
-def _side_by_side(values: Sequence[Tensor], in_features: int) -> Tensor:
-    """The conditioning values side by side, in ``cond_var`` order (features flattened); one value is used
-    as it is (no copy, no concatenation in the backward pass). A value without a batch dimension is a batch of
-    one (one of the network's ``in_features`` inputs, or a number); a 1-D value of other length, one feature per row
-    (a batch of scalar times): ``flatten(1)`` raised a bare IndexError on both. Among several values, one of one row
-    is repeated for the others' rows."""
+def _network_input(values: Sequence[Tensor], in_features: int) -> tuple[Tensor, torch.Size | None]:
+    """The conditioning values side by side as the network's rows ``(rows, in_features)``, in ``cond_var`` order
+    (features flattened), and the leading shape its outputs get back (None: the rows as they are). One value of two
+    dimensions is used as it is (no copy, no concatenation in the backward pass). A value without a batch dimension
+    is a batch of one (one of the network's ``in_features`` inputs, or a number); a 1-D value of other length, one
+    feature per row (a batch of scalar times): ``flatten(1)`` raised a bare IndexError on both. A value of more
+    dimensions is read by `_leading`: a draw made with ``sample_shape``, ``(S, B, D)``, is ``S * B`` rows whose outputs
+    come back as ``(S, B, out)``, as the same network applied in ``forward`` gives (``nn.Linear`` acts on the last
+    dimension; these were flattened into ``(S, B * D)`` and the network refused them). Several values are read by
+    `_reading`; among them, one of one row is repeated for the others' rows."""
     if len(values) == 1:
         value = values[0]
         if value.dim() == 2:
-            return value
+            return value, None
         if _without_batch(value, in_features):
-            return value.reshape(1, -1)
+            return value.reshape(1, -1), None
         if value.dim() == 1:
-            return value.unsqueeze(-1)
-        return value.flatten(1)
-    parts = [value.flatten(1) if value.dim() > 1 else value.reshape(-1, 1) for value in values]
-    return torch.cat(one_rows_expanded(parts), dim=-1)  # one row beside a batch conditions every row
+            return value.unsqueeze(-1), None
+        lead = _leading(value.shape, in_features)
+        return (value.flatten(1), None) if lead is None else (value.reshape(-1, in_features), lead)
+    if all(value.dim() == 2 for value in values):  # the usual case: rows side by side
+        return torch.cat(one_rows_expanded(values), dim=-1), None  # one row beside a batch conditions every row
+    reading = _reading(values, in_features)
+    if reading is None:  # no reading fits the network: as before, so that its error names the shapes given
+        parts = [value.flatten(1) if value.dim() > 1 else value.reshape(-1, 1) for value in values]
+        return torch.cat(one_rows_expanded(parts), dim=-1), None
+    shapes, lead = reading
+    parts = [value.reshape(*rows, width).expand(*lead, width) for value, (rows, width) in zip(values, shapes)]
+    return torch.cat(parts, dim=-1).reshape(-1, in_features), lead if len(lead) > 1 else None
+
+
+def _leading(shape: torch.Size, in_features: int) -> torch.Size | None:
+    """The dimensions of a condition of three or more dimensions that are rows: all but the last where the last is the
+    network's inputs (``nn.Linear``'s reading: a draw made with ``sample_shape``, ``(S, B, D)``, also with ``B = 1``);
+    else the fewest leading ones whose trailing product is the inputs (``(S, B, 1, 28, 28)`` for 784 inputs: ``S * B``
+    rows). None where that is the first alone (``(B, 1, 28, 28)``: ``B`` rows, flattened) or where none fits."""
+    if shape[-1] == in_features:
+        return shape[:-1]
+    for k in range(1, len(shape)):
+        if math.prod(shape[k:]) == in_features:
+            return shape[:k] if k > 1 else None
+    return None
+
+
+def _reading(values: Sequence[Tensor], in_features: int) -> tuple[list[tuple[torch.Size, int]], torch.Size] | None:
+    """How several conditions, not all of two dimensions, are the network's rows: each value's leading (row)
+    shape and width, and the rows they broadcast to; None where no reading gives ``in_features`` inputs on rows that
+    fit. A number is one row. A 1-D value is first read as one feature per row (a batch of scalars), else as one row
+    of its entries (a value without a batch dimension: ``{"x": torch.zeros(2), "y": torch.tensor(1.0)}`` for 3
+    inputs). A value of three or more dimensions is first read as ``nn.Linear`` reads it (rows all but the last
+    dimension: a draw made with ``sample_shape``), else as rows of its first dimension, the others flattened. Row
+    shapes broadcast as torch's do, right-aligned (a condition per batch row beside draws ``(S, B, D)`` is the same
+    for every draw), but only to one of them (``(5,)`` beside ``(5, 1)`` is not read as 5 x 5 rows)."""
+    for one_row in (False, True):
+        for last in (True, False):
+            shapes = []
+            for value in values:
+                if value.dim() == 0:
+                    shapes.append((torch.Size(), 1))
+                elif value.dim() == 1:
+                    shapes.append((torch.Size(), value.shape[0]) if one_row else (value.shape, 1))
+                elif value.dim() == 2 or not last:
+                    shapes.append((value.shape[:1], math.prod(value.shape[1:])))
+                else:
+                    shapes.append((value.shape[:-1], value.shape[-1]))
+            if sum(width for _, width in shapes) != in_features:
+                continue
+            rows = [r for r, _ in shapes]
+            try:
+                lead = torch.broadcast_shapes(*rows)
+            except RuntimeError:
+                continue
+            if len(lead) == 0 or lead in rows:
+                return shapes, lead
+    return None
+
+
+def _apply_net(net: nn.Module, values: Sequence[Tensor], in_features: int) -> Tensor:
+    """``net`` on the conditions' rows (`_network_input`), its outputs given the conditions' leading shape back."""
+    rows, lead = _network_input(values, in_features)
+    out = net(rows)
+    return out if lead is None else out.reshape(*lead, out.shape[-1])
 
 
 def _without_batch(value: Tensor, in_features: int) -> bool:
     """Whether one condition has no batch dimension: a number, or a vector of the network's ``in_features`` inputs
-    (another 1-D value is a batch of scalars); the one rule `_side_by_side` and `_unbatched` read."""
+    (another 1-D value is a batch of scalars); the one rule `_network_input` and `_unbatched` read."""
     return value.dim() == 0 or (value.dim() == 1 and in_features != 1 and value.shape[0] == in_features)
 
 
 def _unbatched(dist: Any, x_dict: Mapping[str, Any]) -> tuple[str, ...]:
-    """The one condition of an MLP distribution given without a batch dimension, as `_side_by_side` reads it (a
-    number, or a vector of the network's inputs): `TorchDistribution._rows` then draws one row, as the density and
-    the mean give (sample drew one row per feature)."""
+    """The conditions of an MLP distribution given without a batch dimension, as `_network_input` reads them (a
+    number, or a vector of the network's inputs; among several, the 1-D values it reads as one row each):
+    `TorchDistribution._rows` then draws one row, as the density and the mean give (sample drew one row per
+    feature)."""
     names = dist._cond_var
-    if len(names) != 1:
+    if len(names) == 1:
+        v = x_dict.get(names[0])
+        if isinstance(v, Tensor) and _without_batch(v, dist._in_features):
+            return (names[0],)
         return ()
-    v = x_dict.get(names[0])
-    if isinstance(v, Tensor) and _without_batch(v, dist._in_features):
-        return (names[0],)
-    return ()
+    values = [x_dict.get(c) for c in names]
+    if not all(isinstance(v, Tensor) for v in values) or all(v.dim() == 2 for v in values):
+        return ()
+    reading = _reading(values, dist._in_features)
+    if reading is None:
+        return ()
+    return tuple(c for c, v, (rows, _) in zip(names, values, reading[0]) if v.dim() == 1 and not rows)
+
+
+def _mlp_rows(dist: Any, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None) -> int | None:
+    """See `TorchDistribution._rows`: outputs of more than two dimensions come from conditions drawn with
+    ``sample_shape`` (the network's features are one dimension), so their first dimension is the rows even when it
+    is 1 (``sample_shape=(1,)``: that one leading row was read as a row to broadcast to another value's rows, and the
+    draw refused it)."""
+    if batch_n is None:
+        for value in params.values():
+            if isinstance(value, Tensor) and value.dim() > 2:
+                return value.shape[0]
+    return TorchDistribution._rows(dist, params, x_dict, batch_n)
 
 
 class MLPNormal(Normal):
@@ -126,13 +216,14 @@ class MLPNormal(Normal):
         self.raw_scale = nn.Parameter(torch.zeros(sizes[-1])) if shared_scale else None
 
     _unbatched_conditions = _unbatched
+    _rows = _mlp_rows
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
     def _forward_by_position(self, *values: Tensor) -> dict[str, Tensor]:
         """`forward` given the conditioning values in ``cond_var`` order (how the evaluation calls it)."""
         # not self.net: nn.Module's __getattr__ costs ~0.7 µs
-        out = self._modules["net"](_side_by_side(values, self._in_features))
+        out = _apply_net(self._modules["net"], values, self._in_features)
         if self.raw_scale is not None:
             return {"loc": out, "scale": (F.softplus(self.raw_scale) + self.min_scale).expand_as(out)}
         loc, s = out.chunk(2, -1)
@@ -151,12 +242,13 @@ class MLPBernoulli(Bernoulli):
         self.net, self._in_features = MLP(*sizes), sizes[0]
 
     _unbatched_conditions = _unbatched
+    _rows = _mlp_rows
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
     def _forward_by_position(self, *values: Tensor) -> dict[str, Tensor]:
         """`forward` given the conditioning values in ``cond_var`` order (how the evaluation calls it)."""
-        return {"logits": self._modules["net"](_side_by_side(values, self._in_features))}
+        return {"logits": _apply_net(self._modules["net"], values, self._in_features)}
 
 
 class MLPCategorical(Categorical):
@@ -171,9 +263,10 @@ class MLPCategorical(Categorical):
         self.net, self._in_features = MLP(*sizes), sizes[0]
 
     _unbatched_conditions = _unbatched
+    _rows = _mlp_rows
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
     def _forward_by_position(self, *values: Tensor) -> dict[str, Tensor]:
         """`forward` given the conditioning values in ``cond_var`` order (how the evaluation calls it)."""
-        return {"logits": self._modules["net"](_side_by_side(values, self._in_features))}
+        return {"logits": _apply_net(self._modules["net"], values, self._in_features)}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kizuna._data import warn_user
-from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact, batch_size_of
+from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact
 from kizuna.distributions.mixture import components_log_prob, summed_log_prob, union_cond
 from kizuna.distributions.poe import normal_experts
 from kizuna.distributions.torch_dist import validation_enabled
@@ -176,13 +176,27 @@ class MixtureOfNormal(Distribution):
                     reparam: bool = True) -> dict[int, Tensor]:
         """One draw per present expert, ``{expert index: (batch, *features)}`` (reparameterised).
 
-        The stratified estimator of MMVAE averages a per-draw objective over these.
+        The stratified estimator of MMVAE averages a per-draw objective over these. Without ``batch_n`` each expert
+        draws the rows its own inputs give; an expert given one row beside others' batch is drawn again with the batch's
+        rows (one row conditions every row, as in `ProductOfNormal`), and experts of different batches are named.
         """
         x_dict = dict(x_dict or {})
         idx = self.present(x_dict)
-        rows = batch_size_of(x_dict, self._cond_var)  # (0 rows were taken as one: "batch_n=1 but ... 0")
-        b = batch_n if batch_n is not None else 1 if rows is None else rows
-        return {i: self.p[i]._sample(x_dict, b, reparam)[self._var[0]] for i in idx}
+        var = self._var[0]
+        draws = {i: self.p[i]._sample(x_dict, batch_n, reparam)[var] for i in idx}
+        if batch_n is not None:
+            return draws
+        # (the rows were the first named condition's: one row of x beside 5 of y drew q(z|y) with batch_n=1, and
+        # failed, or not, by the experts' order)
+        rows = {draw.shape[0] for draw in draws.values()} - {1}
+        if len(rows) > 1:
+            listed = ", ".join(f"{self.p[i].prob_text}: {draw.shape[0]}" for i, draw in draws.items())
+            raise ValueError(f"{self.prob_text}: the experts' inputs have different numbers of rows ({listed})")
+        if rows:
+            b = rows.pop()
+            draws.update({i: self.p[i]._sample(x_dict, b, reparam)[var] for i, draw in draws.items()
+                          if draw.shape[0] != b})  # its one row drawn anew for each row
+        return draws
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         idx, logw = self.log_weights(x_dict)

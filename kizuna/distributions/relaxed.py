@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from kizuna.distributions.base import Tensor, XDict, sum_rows
 from kizuna.distributions.families import BinaryConcrete, Concrete, _TorchOneHotCategorical
-from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
+from kizuna.distributions.torch_dist import TorchDistribution, _without_entries, validation_enabled
 
 DEFAULT_TEMPERATURE = 0.1  # Pixyz's default
 
@@ -99,7 +99,8 @@ class _DiscreteScoring(TorchDistribution):
         """See `TorchDistribution._kl_dist`: the discrete distribution of these parameters."""
         hard = {k: params[k] for k in ("probs", "logits") if params.get(k) is not None}
         try:
-            return self.discrete_class(**hard, validate_args=validation_enabled())
+            # (parameters without entries, an empty batch: nothing to check, and torch's check fails reshaping them)
+            return self.discrete_class(**hard, validate_args=validation_enabled() and not _without_entries(hard))
         except ValueError as err:
             raise ValueError(f"{self.prob_text}: invalid parameters for {type(self).__name__}: {err}") from err
 

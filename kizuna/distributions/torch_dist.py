@@ -637,8 +637,9 @@ class TorchDistribution(Distribution):
         validate = validation_enabled()
         if validate:
             self._check_params(params)
-        try:
-            dist = self.torch_class(**params, validate_args=validate)
+        try:  # parameters without entries (an empty batch) hold nothing to check, and torch's checks fail reshaping
+            # them (a Categorical's logits (0, K): "cannot reshape tensor of 0 elements"), named a broadcast error below
+            dist = self.torch_class(**params, validate_args=validate and not _without_entries(params))
         except ValueError as err:
             bad = [k for k, v in params.items() if isinstance(v, Tensor) and v.is_floating_point()
                    and not bool(torch.isfinite(v).all())]
@@ -1052,6 +1053,11 @@ class TorchDistribution(Distribution):
         except NotImplementedError as err:
             raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) has no closed-form {name}"
                                       f"{self.moments_hint}") from err
+
+
+def _without_entries(params: Mapping[str, Any]) -> bool:
+    """Whether a tensor among ``params`` has no entries (an empty batch: nothing for torch's checks, which fail)."""
+    return any(isinstance(v, Tensor) and v.numel() == 0 for v in params.values())
 
 
 def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size:
