@@ -95,6 +95,21 @@ def params(model):
     return [p.detach().clone() for p in model.distributions.parameters()]
 
 
+def coefficient_model():
+    """A learned loss coefficient s given to the optimizer (docs/training.md's route), float64, SGD."""
+    p = Normal(var=["x"], loc=nn.Parameter(torch.zeros(1, dtype=torch.float64)), scale=1.0)
+    s = nn.Parameter(torch.ones((), dtype=torch.float64))
+    nll = (-LogProb(p)).mean()
+    model = Model(nll * s + (nll * 0 + s - 2.0) ** 2, distributions=[p], optimizer=torch.optim.SGD,
+                  optimizer_params={"lr": 0.05})
+    model.optimizer.add_param_group({"params": [s]})
+    return model
+
+
+def coefficient_data():
+    return {"x": torch.randn(64, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 + 3}
+
+
 class Rows(Dataset):
     def __init__(self, tensors):
         self.tensors = tensors
@@ -154,6 +169,10 @@ def worker(out):
         build().fit({k: v[: 50 + rank] for k, v in data().items()}, epochs=1)
     except ValueError as err:
         res["mismatch_error"] = str(err)
+
+    coef = coefficient_model()  # a learned loss coefficient: DDP held only the distributions' parameters
+    coef.fit(coefficient_data(), epochs=2, batch_size=8, seed=0)
+    res["coefficient"] = [t.detach().clone() for t in coef._trained_parameters()]
 
     bn = batch_norm_model()  # batch-norm statistics: each rank's own shard's until the end of each pass
     bn.fit(data(40), epochs=2, batch_size=5, seed=0)
@@ -288,8 +307,21 @@ def test_batch_norm_statistics_are_the_same_on_every_rank_and_one_row_shards_are
             "fit(distributed): the model normalises batches in training (BatchNorm1d net.1 of q(z|x)), which needs "
             "at least 2 rows per rank in each step, but 22 rows in global batches of 5 x 2 ranks leave a rank 1 "
             "row(s) in the last step (2 rows over 2 ranks); choose batch_size or the number of rows so that the last "
-            "global batch gives every rank at least 2 (or pass a DataLoader with drop_last=True and a "
-            "DistributedSampler)")
+            "global batch gives every rank at least 2, or pass drop_last=True (each epoch leaves its last, smaller "
+            "global batch out; a DataLoader: drop_last=True and a DistributedSampler)")
+
+
+def test_a_learned_loss_coefficient_is_averaged_like_the_distributions(ranks):
+    """The optimizer's parameters beyond the distributions (a learned coefficient) were outside DDP: each rank stepped
+    its own with its own shard's gradient (rank 0 s -1.25, rank 1 s -0.70, one process -0.98). Now the same on both
+    ranks, and the run of one process with the global batch (16 rows) to float64 rounding."""
+    a, b = ranks[0]["coefficient"], ranks[1]["coefficient"]
+    assert len(a) == 2 and all(torch.equal(x, y) for x, y in zip(a, b))
+    single = coefficient_model()
+    single.fit(coefficient_data(), epochs=2, batch_size=16, seed=0)
+    for x, y in zip(a, single._trained_parameters()):
+        torch.testing.assert_close(x, y.detach(), rtol=1e-9, atol=1e-12)
+    assert abs(a[1].item() - 1.0) > 0.1  # the coefficient moved
 
 
 def test_different_data_on_the_ranks_is_a_clear_error(ranks):

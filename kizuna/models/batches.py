@@ -68,12 +68,13 @@ class Batches:
     Names are checked against ``needed`` up front (for a loader, on its dataset's first item
     when that is what its batches are built from) and again on every loader batch. ``time_major`` names the
     variables the loss reads time first (``T x N x ...``): a loader batch holding one counts ``N`` rows (its
-    weight in the epoch means), not ``T``.
+    weight in the epoch means), not ``T``. ``drop_last``: dict data leave out their last (global) batch when it is
+    not full.
     """
 
     def __init__(self, data: Any, what: str, needed: Sequence[str], batch_size: int,
-                 time_major: Sequence[str] = ()) -> None:
-        self.what, self.needed, self.batch_size = what, list(needed), batch_size
+                 time_major: Sequence[str] = (), drop_last: bool = False) -> None:
+        self.what, self.needed, self.batch_size, self.drop_last = what, list(needed), batch_size, drop_last
         self.time_major = list(time_major)
         self.tensors: dict[str, Any] | None = None
         self.loader: Iterable[Any] | None = None
@@ -116,7 +117,8 @@ class Batches:
         With ``shard=(rank, world)`` dict data is cut into global batches of ``batch_size * world``
         rows and this rank gets rows ``rank, rank + world, ...`` of each (``DistributedSampler``'s
         interleaving, without its padding; a rank with no rows of the last global batch gets a stand-in
-        row with ``n = 0``, so that every rank takes the same steps).
+        row with ``n = 0``, so that every rank takes the same steps). With ``drop_last`` a last global batch of fewer
+        than ``batch_size * world`` rows is left out.
         A loader is expected to shard itself (a ``DistributedSampler``).
         """
         if self.tensors is None:
@@ -132,6 +134,8 @@ class Batches:
         rank, world = shard
         for start in range(0, n, self.batch_size * world):
             stop = min(start + self.batch_size * world, n)
+            if self.drop_last and stop - start < self.batch_size * world:
+                return
             rows = order[start + rank:stop:world] if world > 1 else order[start:stop]
             n_rows = len(rows)
             if n_rows == 0:  # no row of the last global batch: a stand-in row, weighted zero (see fit)

@@ -3,15 +3,14 @@
 A checkpoint is a dict written with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``: it holds only tensors, numbers, strings, lists, tuples and
 dicts (the numpy RNG key is stored as a tensor), so loading one never runs pickled code.
-It carries everything that decides the next training step: the distributions'
-``state_dict``, the optimizer state, the state the losses hold outside the distributions (a
-`kizuna.samplers.SGLD` replay buffer, a learned coefficient), the epoch count, the history, the best validation
-epoch, fit's shuffling generator and fit's own torch random stream (fit draws inside a fork of
-torch's generator seeded from it, so the global generators are neither used for its draws nor
-saved). Restoring all of it makes an interrupted run continue with exactly the numbers of an
-uninterrupted one on a CPU; not saved: python's ``random`` and numpy's global generators (a
-``Dataset`` that augments with them does not resume bitwise) and the CUDA generators (`rng_state` /
-`set_rng_state` capture all of these for a caller who needs them).
+It carries everything that decides the next training step: the distributions' ``state_dict``, the optimizer state,
+the learning-rate scheduler's state (``Model(scheduler=...)``), the state the losses hold outside the
+distributions (a `kizuna.samplers.SGLD` replay buffer, a learned coefficient), the epoch count, the history, the
+best validation epoch, fit's shuffling generator and fit's own torch random stream (fit draws inside a fork of
+torch's generator seeded from it, so the global generators are neither used for its draws nor saved). Restoring
+all of it makes an interrupted run continue with exactly the numbers of an uninterrupted one on a CPU; not saved:
+python's ``random`` and numpy's global generators (a ``Dataset`` that augments with them does not resume bitwise)
+and the CUDA generators (`rng_state` / `set_rng_state` capture all of these for a caller who needs them).
 """
 
 from __future__ import annotations
@@ -41,7 +40,8 @@ class History:
     Attributes:
         epoch: epoch numbers (1-based, counted over ``fit`` calls and resumed runs).
         train: batch-size-weighted mean training loss of each epoch.
-        valid: mean validation (test) loss; ``nan`` for epochs run without validation data.
+        valid: mean validation (test) loss; ``nan`` for epochs run without validation data, or whose validation
+            loss was not finite (`fit` recorded the epoch, whose training steps were taken, and raised).
         terms: ``{term label: [per-epoch mean]}`` from the training steps' own evaluations.
         valid_terms: the same for the validation passes.
         best_epoch: the epoch with the lowest validation loss so far in the last `fit` call with validation data

@@ -4,7 +4,8 @@ Every process (rank) holds the whole model and the whole data set; each step, ra
 evaluates the loss on its own :math:`n_r` rows of the global batch of :math:`n` rows. The loss is
 evaluated by torch's ``DistributedDataParallel`` around a `LossModule` (an ``nn.Module`` whose
 forward is the loss's evaluation, as Pyro's ``ELBOModule``), so the backward pass averages the
-gradients over the :math:`W` ranks. Each rank weights its loss by :math:`W n_r / n`, so the
+gradients over the :math:`W` ranks (and `average_gradients_` those of any parameter the optimizer trains beyond the
+distributions, such as a learned loss coefficient). Each rank weights its loss by :math:`W n_r / n`, so the
 average is exactly the gradient of the global batch's mean loss
 
 .. math:: g = \frac1W \sum_r \frac{W n_r}{n} g_r = \frac{\sum_r n_r\, g_r}{n}
@@ -189,28 +190,68 @@ def broadcast_buffers(model: Any) -> None:
         broadcast_(buffers)
 
 
-def check_batch_norm_rows(model: Any, rows: int, batch_size: int) -> None:
-    """A clear error, the same on every rank and before any step, when the model normalises batches in training
-    (torch's or kizuna's flow batch norm) and a rank would get fewer than 2 rows of a training step (a batch of one
-    row has no variance: torch raises on one rank, the others then fail in the next collective)."""
+def check_batch_norm_rows(model: Any, rows: int, batch_size: int, world: int | None = None,
+                          drop_last: bool = False) -> None:
+    """A clear error before any step, the same on every rank, when the model normalises batches in training (torch's
+    or kizuna's flow batch norm) and a step would give a rank (or the one process: ``world=1``) fewer than 2 rows (a
+    batch of one row has no variance: torch raised "Expected more than 1 value per channel" mid-epoch, after the
+    epoch's earlier steps were taken; in a data-parallel run on one rank, the others then failed in the next
+    collective). ``world``: the number of ranks (default: `world_size`); ``drop_last``: fit leaves out the last global
+    batch when it is not full."""
     from kizuna.flows.normalization import _BatchNorm as FlowBatchNorm
 
-    world = world_size()
+    world = world_size() if world is None else world
     norms = [f"{type(mod).__name__} {name} of {d.prob_text}" for m in (model, *model.submodels())
              for d in m.distributions for name, mod in d.named_modules()
              if isinstance(mod, nn.modules.batchnorm._BatchNorm | FlowBatchNorm) and mod.training]
     if not norms:
         return
     step = batch_size * world
-    last = rows - (math.ceil(rows / step) - 1) * step  # rows of the last global batch (<= step)
+    last = step if drop_last else rows - (math.ceil(rows / step) - 1) * step  # rows of the last global batch
     fewest = last // world  # its rank with the fewest rows (every earlier global batch gives each batch_size)
-    if fewest < 2:
+    if fewest >= 2:
+        return
+    remedy = ("choose batch_size >= 2" if batch_size < 2 else
+              "choose batch_size or the number of rows so that the last batch has at least 2 rows, or pass "
+              "drop_last=True (each epoch leaves its last, smaller batch out)")
+    if world == 1:
         raise ValueError(
-            f"fit(distributed): the model normalises batches in training ({norms[0]}), which needs at least 2 rows "
-            f"per rank in each step, but {rows} rows in global batches of {batch_size} x {world} ranks leave a rank "
-            f"{fewest} row(s) in the last step ({last} rows over {world} ranks); choose batch_size or the number "
-            "of rows so that the last global batch gives every rank at least 2 (or pass a DataLoader with "
-            "drop_last=True and a DistributedSampler)")
+            f"fit: the model normalises batches in training ({norms[0]}), which needs at least 2 rows in each step, "
+            f"but {rows} rows in batches of {batch_size} leave {last} row in the last step; {remedy}")
+    remedy = ("choose batch_size >= 2" if batch_size < 2 else
+              "choose batch_size or the number of rows so that the last global batch gives every rank at least 2, or "
+              "pass drop_last=True (each epoch leaves its last, smaller global batch out; a DataLoader: "
+              "drop_last=True and a DistributedSampler)")
+    raise ValueError(
+        f"fit(distributed): the model normalises batches in training ({norms[0]}), which needs at least 2 rows "
+        f"per rank in each step, but {rows} rows in global batches of {batch_size} x {world} ranks leave a rank "
+        f"{fewest} row(s) in the last step ({last} rows over {world} ranks); {remedy}")
+
+
+@torch.no_grad()
+def average_gradients_(params: Sequence[torch.Tensor]) -> None:
+    """Average the gradients of ``params`` over the ranks, as DDP averages those of the parameters it holds (one
+    all-reduce per device and dtype): for the parameters the optimizer trains beyond the distributions (a learned loss
+    coefficient given with ``add_param_group``), which `LossModule` does not hold (they may be plain tensors, which a
+    module cannot register). A parameter without a gradient on a rank counts as zero there; one without a gradient on
+    every rank keeps none (the optimizer skips it, as in one process)."""
+    world = world_size()
+    for (device, dtype), index in _groups(params).items():
+        chunk = [params[i] for i in index]
+        flags = torch.tensor([float(p.grad is not None) for p in chunk], dtype=dtype, device=device)
+        grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=dtype, device=device)
+                 for p in chunk]
+        total = _all_reduce(torch.cat([flags, *grads]))
+        offset = len(chunk)
+        for p, seen in zip(chunk, total[:len(chunk)].tolist()):
+            n = p.numel()
+            if seen > 0:
+                mean = (total[offset:offset + n] / world).view_as(p)
+                if p.grad is None:
+                    p.grad = mean.clone()
+                else:
+                    p.grad.copy_(mean)
+            offset += n
 
 
 def common_seed() -> int:
@@ -248,7 +289,9 @@ class LossModule(nn.Module):
     """An ``nn.Module`` whose forward evaluates a loss (Pyro's ``ELBOModule`` idea), so that torch's
     ``DistributedDataParallel`` can wrap it: its parameters are those of the trained distributions,
     and every distribution the loss calls runs inside DDP's forward, whose backward hooks average
-    the gradients over the ranks.
+    the gradients over the ranks. The parameters the optimizer trains beyond the distributions (a learned loss
+    coefficient) are not held here: `Model`'s step averages their gradients with `average_gradients_`, and `fit`
+    broadcasts their values from rank 0 when the run starts, as DDP does for its own.
     """
 
     def __init__(self, loss: Loss, distributions: nn.ModuleList) -> None:

@@ -28,7 +28,7 @@ from kizuna.losses.iterative import IterativeLoss
 from kizuna.models import distributed as ddp
 from kizuna.models.batches import Batch, Batches
 from kizuna.models.checkpoint import History
-from kizuna.models.model import NonFiniteStep, check_seed
+from kizuna.models.model import NOT_TAKEN, NonFiniteStep, check_seed
 
 
 def fit(
@@ -43,6 +43,7 @@ def fit(
     checkpoint: str | PathLike[str] | None = None,
     seed: int | None = None,
     distributed: bool | None = None,
+    drop_last: bool = False,
 ) -> History:
     """Train ``model`` for ``epochs`` more epochs; returns its (cumulative) `History`.
 
@@ -59,7 +60,10 @@ def fit(
         patience: with ``valid``: stop after this many epochs without a strictly lower
             validation loss, and restore the parameters of the best epoch. Each call's early stopping starts
             afresh (best epoch and count), measured on its own ``valid``, except the first call after
-            `Model.load` / `Model.load_state_dict`, which continues the restored run's (an exact resume).
+            `Model.load` / `Model.load_state_dict`, which continues the restored run's (an exact resume). A restored
+            run that early stopping had ended (its ``history.stopped_epoch`` is ``model.epoch``) is finished: that call
+            returns the history and changes nothing (no training, no checkpoint written), so re-running a script
+            after its run stopped early leaves the model and its checkpoint as they were.
         checkpoint: a path; the model is saved there (see `Model.save`) after every finished epoch.
             A missing folder is created (with its parents) before training; a path that cannot be written
             (a file in the way, an existing directory given as the file) is an error then.
@@ -76,12 +80,23 @@ def fit(
             recorded losses are means over all ranks' rows (the same `History` on every rank), and
             only rank 0 shows progress and writes ``checkpoint``. A ``DataLoader`` must shard
             itself with a ``DistributedSampler``; ``set_epoch(epoch)`` is called on it every epoch.
+        drop_last: leave out each epoch's last mini-batch of dict ``data`` when it has fewer than ``batch_size``
+            rows (fewer than ``batch_size * world`` in a data-parallel run), e.g. for a model with batch
+            normalisation, which cannot train on one row (which rows are left out changes every epoch with
+            ``shuffle``). The validation data are never cut. A ``DataLoader`` drops its own (``drop_last=True``).
+
+    After every epoch (its training steps and validation), the learning-rate schedulers of the model and of the
+    models its step trains (``Model(scheduler=...)``) take one step: ``ReduceLROnPlateau`` with the validation
+    loss, or the training loss without ``valid``.
 
     Raises:
         ValueError: bad arguments, or data with non-finite entries (naming the variable, row and column).
         FloatingPointError: the loss or a gradient went non-finite. The message names the epoch and
             step, and the non-finite input or terms; the bad step is not taken, and the checkpoint on
-            disk (the last finished epoch) is left untouched.
+            disk (the last finished epoch) is left untouched. A non-finite validation loss comes after the
+            epoch's training steps: the epoch is recorded (``model.epoch`` and the history count it, its
+            validation loss ``nan``, the schedulers step), as the parameters have taken its steps; early
+            stopping does not see it and the checkpoint is not written.
     """
     check_int("fit: epochs", epochs, 0)  # (numpy integers were refused: "must be an integer ..., got np.int64(8)")
     check_int("fit: batch_size", batch_size, 1)
@@ -89,13 +104,18 @@ def fit(
     if patience is not None and (valid is None or isinstance(patience, bool)
                                  or not isinstance(patience, numbers.Integral) or patience < 1):  # True, 2.5 were taken
         raise ValueError(f"fit: patience (early stopping) needs valid data and an integer >= 1, got {patience!r}")
+    if not isinstance(drop_last, bool):
+        raise TypeError(f"fit: drop_last must be True or False, got {drop_last!r}")
+    if drop_last and not isinstance(data, Mapping):
+        raise ValueError("fit: drop_last cuts dict data; a DataLoader drops its own last batch "
+                         "(DataLoader(..., drop_last=True))")
     if checkpoint is not None:
         model.check_checkpoint_path(checkpoint)
     for given, what in ((data, "data"), (valid, "valid")):
         if isinstance(given, Iterator) and epochs > 1:  # read once, but fit reads it every epoch
             raise ValueError(f"fit: {what} is an iterator ({type(given).__name__}), which can be read once, but fit "
                              f"reads it every epoch; pass a list of batches, a DataLoader or another re-iterable")
-    train_data = Batches(data, "data", model.loss_cls.input_var, batch_size, _time_major(model.loss_cls))
+    train_data = Batches(data, "data", model.loss_cls.input_var, batch_size, _time_major(model.loss_cls), drop_last)
     valid_data = Batches(valid, "valid", model.test_loss_cls.input_var, batch_size,
                          _time_major(model.test_loss_cls)) if valid is not None else None
     _check_batch_first(model.loss_cls, train_data, "data")
@@ -104,8 +124,18 @@ def fit(
     parallel = ddp.resolve(distributed)
     if parallel:
         ddp.check_same(model, [train_data, valid_data])
-        if train_data.tensors is not None:
-            ddp.check_batch_norm_rows(model, ddp.rows_of(train_data.tensors), train_data.batch_size)
+    if train_data.tensors is not None:
+        rows, world = ddp.rows_of(train_data.tensors), ddp.world_size() if parallel else 1
+        if drop_last and rows < batch_size * world:
+            raise ValueError(f"fit: drop_last=True leaves no batch: the data have {rows} rows, fewer than a batch of "
+                             f"{batch_size}" + (f" x {world} ranks" if world > 1 else ""))
+        # (one process: torch's "Expected more than 1 value per channel" came mid-epoch, after the earlier steps)
+        ddp.check_batch_norm_rows(model, rows, batch_size, world, drop_last)
+    if (patience is not None and model._resumed and model.history.stopped_epoch is not None
+            and model.history.stopped_epoch == model.epoch):
+        # the restored run had stopped early: it is finished (a re-run script trained on from the restored best
+        # weights with the last epoch's optimizer state, and wrote another model over the checkpoint)
+        return model.history
     _start_streams(model, seed, parallel)
     if epochs > 0:  # the stop of an earlier call does not describe this one (it stayed, stale)
         model.history.stopped_epoch = None
@@ -132,9 +162,17 @@ def fit(
                 valid_loss, valid_terms = math.nan, {}
                 if valid_data is not None:
                     batches = valid_data.iterate(None, model.dtype, model.device, shard)
-                    valid_loss, valid_terms = _pass(model, batches, epoch, False, parallel, kept)
-                model.epoch = epoch
-                model.history.append(epoch, train_loss, valid_loss, terms, valid_terms)
+                    # the epoch's steps were taken: a failed validation records the epoch, so that model.epoch and
+                    # the history describe the parameters (the model said "unchanged" and counted one epoch fewer)
+                    counted = (f"the parameters are those after epoch {epoch}'s training steps, which model.epoch "
+                               f"({epoch}) and the history count, with the validation loss nan")
+                    try:
+                        valid_loss, valid_terms = _pass(model, batches, epoch, False, parallel,
+                                                        f"{counted}; {kept}" if kept else counted)
+                    except FloatingPointError:
+                        _end_epoch(model, epoch, train_loss, math.nan, terms, {}, True)
+                        raise
+                _end_epoch(model, epoch, train_loss, valid_loss, terms, valid_terms, valid_data is not None)
                 stop = valid_data is not None and model.early_stop(epoch, valid_loss, patience)
                 if checkpoint is not None:
                     if main:
@@ -155,6 +193,23 @@ def fit(
         for m in (model, *model.submodels()):  # leaves them in training mode, with or without valid data
             m._set_mode(True)
     return model.history
+
+
+def _end_epoch(model: Any, epoch: int, train_loss: float, valid_loss: float, terms: Mapping[str, float],
+               valid_terms: Mapping[str, float], validated: bool) -> None:
+    """Count the epoch (``model.epoch`` and the history) and step the learning-rate schedulers of the model and of
+    the models its step trains: ``ReduceLROnPlateau`` with the validation loss (``validated``), else the training
+    loss; the others without an argument."""
+    model.epoch = epoch
+    model.history.append(epoch, train_loss, valid_loss, terms, valid_terms)
+    for m in (model, *model.submodels()):
+        scheduler = m.scheduler
+        if scheduler is None:
+            continue
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(valid_loss if validated else train_loss)
+        else:
+            scheduler.step()
 
 
 def _time_major(loss: Any) -> list[str]:
@@ -228,10 +283,12 @@ def _own_stream(model: Any) -> Iterator[None]:
 @contextmanager
 def _data_parallel(model: Any) -> Iterator[None]:
     """Wrap the loss of the model (and of every model its step trains) in DDP for the run (parameters
-    broadcast from rank 0)."""
+    broadcast from rank 0: DDP's own, and those the optimizer trains beyond the distributions, a learned loss
+    coefficient, which each step averages itself)."""
     models = [model, *model.submodels()]
     for m in models:
         m.parallel = ddp.wrap(m)
+        ddp.broadcast_(m._loss_parameters())
     state = model._shuffle.get_state()
     ddp.broadcast_([state])
     model._shuffle.set_state(state)
@@ -249,7 +306,8 @@ def _weigh(model: Any, weight: float) -> None:
 
 def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, parallel: bool, kept: str,
           dict_data: bool = True) -> tuple[float, dict[str, float]]:
-    """One pass: the weighted mean loss and term means (a step per batch when ``training``)."""
+    """One pass: the weighted mean loss and term means (a step per batch when ``training``). ``kept``: what holds
+    after a non-finite loss, for its message (the checkpoint; after a validation pass, the epoch's state too)."""
     total, count, sums = 0.0, 0, {}
     error: FloatingPointError | None = None
     for step, batch in enumerate(_lockstep(model, batches, parallel and training and not dict_data), 1):
@@ -260,15 +318,17 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
         try:
             value, terms = model.step(batch.values) if training else model.evaluate(batch.values)
         except FloatingPointError as err:
-            what, detail = (err.what, err.detail) if isinstance(err, NonFiniteStep) else (
-                str(err), "the step was not taken: the parameters are those after the last finite step")
+            what, detail, outcome = (err.what, err.detail, err.outcome) if isinstance(err, NonFiniteStep) else (
+                str(err), "", NOT_TAKEN)
             what = what if training else what.replace("the test loss", "the validation loss", 1)
             bad = first_nonfinite(batch.values, "the data", batch.rows)  # rows of the data, not the batch
-            detail = detail if bad is None else f"{bad}; {detail.split('; ', 1)[-1]}"
+            detail = detail if bad is None else bad
+            if not training:  # fit says what holds after the epoch (``kept``), not the evaluation's "unchanged"
+                outcome = ""
             where = f"at epoch {epoch}, {'step' if training else 'validation batch'} {step}"
             if parallel:
                 where += f" on rank {ddp.rank()}"
-            message = f"fit: {what} {where}; {detail}" + (f"; {kept}" if kept else "")
+            message = f"fit: {what} {where}; " + "; ".join(part for part in (detail, outcome, kept) if part)
             if training or not parallel:
                 raise FloatingPointError(message) from None
             error = FloatingPointError(message)
@@ -286,7 +346,8 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
         bad = [r for r, f in enumerate(rest[:len(flags)]) if f]
         if bad:
             raise error if error is not None else FloatingPointError(
-                f"fit: the validation loss is non-finite on rank(s) {bad} at epoch {epoch}")
+                f"fit: the validation loss is non-finite on rank(s) {bad} at epoch {epoch}"
+                + (f"; {kept}" if kept else ""))
         sums = dict(zip(keys, rest[len(flags):]))
     if count == 0:
         raise ValueError(f"fit: the {'training' if training else 'validation'} data yielded no batch")

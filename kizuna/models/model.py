@@ -31,6 +31,7 @@ from kizuna._data import first_nonfinite
 from kizuna.distributions.torch_dist import validation
 from kizuna.formula.expr import Loss, _term_mean
 from kizuna.models import checkpoint as ckpt
+from kizuna.models import distributed as ddp
 from kizuna.models.batches import prepare
 from kizuna.models.checkpoint import History
 
@@ -41,11 +42,13 @@ class NonFiniteStep(FloatingPointError):
     Attributes:
         what: what went non-finite (``"the loss is nan"``, ``"the gradient of q(z|x).net.0.weight is ..."``).
         detail: the non-finite input (a variable, row and column) or terms.
+        outcome: what holds after it (``"the step was not taken: ..."``, ``"the parameters are unchanged"``); `fit`
+            says what holds after its epoch instead.
     """
 
-    def __init__(self, what: str, detail: str) -> None:
-        super().__init__(f"{what}; {detail}")
-        self.what, self.detail = what, detail
+    def __init__(self, what: str, detail: str, outcome: str = "") -> None:
+        super().__init__("; ".join(part for part in (what, detail, outcome) if part))
+        self.what, self.detail, self.outcome = what, detail, outcome
 
 
 class StepResult(NamedTuple):
@@ -54,6 +57,8 @@ class StepResult(NamedTuple):
     loss: float
     terms: dict[str, float]
 
+
+NOT_TAKEN = "the step was not taken: the parameters are those after the last finite step"
 
 # optimisers with torch's fused kernel (the update of every parameter in one call), and the options that
 # choose an implementation: given any of them, the user's choice stands
@@ -91,6 +96,40 @@ def _fusable(params: Sequence[nn.Parameter]) -> bool:
     return all(p.is_floating_point() and p.device.type in devices for p in params)
 
 
+def build_scheduler(scheduler: type | None, optimizer: torch.optim.Optimizer,
+                    options: Mapping[str, Any] | None) -> Any:
+    """``scheduler(optimizer, **options)``: a learning-rate scheduler over the model's optimizer, or None.
+
+    Raises:
+        TypeError: ``scheduler`` is not a class (e.g. a scheduler already built), or it cannot be built from
+            ``options``, or what it builds has no ``step``, ``state_dict`` and ``load_state_dict``.
+        ValueError: ``options`` without a scheduler.
+    """
+    if scheduler is None:
+        if options:
+            raise ValueError(f"Model: scheduler_params {options!r} were given without a scheduler; pass the "
+                             "class too, e.g. scheduler=torch.optim.lr_scheduler.StepLR")
+        return None
+    if not isinstance(scheduler, type):
+        raise TypeError(f"Model: scheduler must be a learning-rate scheduler class, e.g. "
+                        f"torch.optim.lr_scheduler.StepLR, with its arguments in scheduler_params (the Model builds it "
+                        f"over its own optimizer), got {scheduler!r}")
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"Model: scheduler_params must be a dict of {scheduler.__name__}'s keyword arguments, got "
+                        f"{options!r}")
+    options = dict(options or {})
+    try:
+        built = scheduler(optimizer, **options)
+    except TypeError as err:  # (a missing or unknown argument: torch names it, not the Model's option)
+        raise TypeError(f"Model: {scheduler.__name__}(optimizer, **scheduler_params) with scheduler_params "
+                        f"{options!r} failed: {err}") from None
+    missing = [name for name in ("step", "state_dict", "load_state_dict") if not callable(getattr(built, name, None))]
+    if missing:
+        raise TypeError(f"Model: scheduler {scheduler.__name__} has no {', '.join(missing)}; fit steps it after every "
+                        "epoch and checkpoints its state_dict: give a torch.optim.lr_scheduler class")
+    return built
+
+
 class Model:
     """Trains the parameters of ``distributions`` to minimise ``loss``.
 
@@ -103,7 +142,8 @@ class Model:
             implementation (none of ``fused``, ``foreach``, ``differentiable``, ``capturable``) use
             torch's fused kernel where every parameter allows it (`build_optimizer`).
         optimizer_params: its keyword arguments.
-        clip_grad_norm, clip_grad_value: optional gradient clipping.
+        clip_grad_norm, clip_grad_value: optional gradient clipping: a positive bound, or ``None`` (or ``False``,
+            Pixyz's default) for none.
         compile: evaluate the loss (forward and backward) under ``torch.compile``: ``True``, or a dict
             of its keyword arguments (e.g. ``{"mode": "max-autotune"}``). Where compilation is
             unavailable (no C compiler, unsupported platform) a warning says why and training
@@ -117,6 +157,13 @@ class Model:
         retain_graph: keep the autograd graph after each step's ``backward`` (Pixyz's option, passed to
             ``backward``): needed where a value given to ``train`` carries a graph that a later step goes
             through again (e.g. a network's output computed once outside the loss).
+        scheduler: a learning-rate scheduler class (``torch.optim.lr_scheduler.StepLR``, ``ReduceLROnPlateau``,
+            ...), built over the optimizer as ``scheduler(optimizer, **scheduler_params)`` and kept as
+            ``model.scheduler``. `fit` steps it once after every epoch (``ReduceLROnPlateau`` with the epoch's
+            validation loss, or its training loss without validation data); its state is in `state_dict` and
+            checkpoints, so a resumed run continues the learning-rate sequence exactly. ``train`` does not step it:
+            a loop of your own calls ``model.scheduler.step()``.
+        scheduler_params: its keyword arguments (e.g. ``{"step_size": 10, "gamma": 0.5}``).
 
     >>> import torch
     >>> from torch import nn
@@ -143,6 +190,8 @@ class Model:
         compile: bool | Mapping[str, Any] = False,
         validate: bool | None = None,
         retain_graph: bool = False,
+        scheduler: type | None = None,
+        scheduler_params: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(loss, Loss):
             raise TypeError(f"Model needs a kizuna Loss, got {type(loss).__name__}")
@@ -156,13 +205,18 @@ class Model:
         if not params:
             raise ValueError("Model: the distributions have no trainable parameters")
         self.optimizer = build_optimizer(optimizer, params, optimizer_params)
-        for name, bound in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
+        bounds = {"clip_grad_norm": clip_grad_norm, "clip_grad_value": clip_grad_value}
+        for name, bound in bounds.items():
+            if bound is False:  # Pixyz's default, "no clipping" (its presets pass it; it was refused)
+                bounds[name] = None
             # NaN made every weight NaN behind a finite loss, and <= 0 reversed or stopped the steps: named here
-            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)
-                                      or not bound > 0):
-                raise ValueError(f"Model: {name} must be a positive number or None, got {bound!r}")
-        self.clip_grad_norm = clip_grad_norm
-        self.clip_grad_value = clip_grad_value
+            elif bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)
+                                        or not bound > 0):
+                raise ValueError(f"Model: {name} must be a positive number or None, got {bound!r} (None or False: "
+                                 "no clipping)")
+        self.clip_grad_norm = bounds["clip_grad_norm"]
+        self.clip_grad_value = bounds["clip_grad_value"]
+        self.scheduler = build_scheduler(scheduler, self.optimizer, scheduler_params)
         self.validate = validate
         self.retain_graph = bool(retain_graph)
         self._params = params
@@ -325,6 +379,11 @@ class Model:
                              "False); pass the distributions whose parameters the loss reads")
         weight = self.row_weight if finite else math.nan  # data-parallel: nan tells every rank
         (loss if weight == 1.0 else loss * weight).backward(retain_graph=self.retain_graph)
+        if self.parallel is not None:  # DDP averaged the distributions' gradients; the other trained parameters' too
+            # (a learned loss coefficient stepped with each rank's own gradient: the ranks drifted apart, silently)
+            loss_parameters = self._loss_parameters()
+            if loss_parameters:
+                ddp.average_gradients_(loss_parameters)
         if finite and all(p.grad is None for p in self._params):  # the first parameter with a gradient ends the scan
             # the loss depends on parameters, but on none of those this model trains (a GAN loss whose generator
             # term draws no sample from the generator): the step would change nothing, silently
@@ -449,9 +508,8 @@ class Model:
         if note:
             detail = f"{note}; {detail}"
         if not step:  # an evaluation (test, validation): nothing was to be taken
-            return NonFiniteStep(what, f"{detail}; the parameters are unchanged")
-        return NonFiniteStep(what, f"{detail}; the step was not taken: the parameters are those after the last "
-                                   "finite step")
+            return NonFiniteStep(what, detail, "the parameters are unchanged")
+        return NonFiniteStep(what, detail, NOT_TAKEN)
 
     def _set_mode(self, training: bool) -> None:
         # switching walks every submodule: done when a module is in the other mode (train() and test() alternate, or
@@ -476,15 +534,17 @@ class Model:
         checkpoint: str | PathLike[str] | None = None,
         seed: int | None = None,
         distributed: bool | None = None,
+        drop_last: bool = False,
     ) -> History:
         """Train for ``epochs`` more epochs; returns the (cumulative) `History`.
 
-        See `kizuna.models.fit.fit` for the arguments; every epoch takes one `step` per mini-batch.
+        See `kizuna.models.fit.fit` for the arguments; every epoch takes one `step` per mini-batch, and `scheduler`
+        (when given) steps once after it.
         """
         from kizuna.models.fit import fit  # the loop builds on Model
 
         return fit(self, data, epochs=epochs, batch_size=batch_size, valid=valid, shuffle=shuffle, quiet=quiet,
-                   patience=patience, checkpoint=checkpoint, seed=seed, distributed=distributed)
+                   patience=patience, checkpoint=checkpoint, seed=seed, distributed=distributed, drop_last=drop_last)
 
     def seed_streams(self, seed: int) -> None:
         """Start fit's random stream and shuffling generator from ``seed`` now, at any epoch (``fit(seed=...)`` does
@@ -557,9 +617,9 @@ class Model:
         self.load_state_dict(ckpt.load(path), source=str(path))
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything that decides the next step: parameters, optimizer, the state the losses hold outside the
-        distributions (a sampler's replay buffer, a learned coefficient: `_loss_state`), epoch, history, best
-        validation epoch, and fit's shuffling generator and random stream.
+        """Everything that decides the next step: parameters, optimizer, learning-rate scheduler, the state the losses
+        hold outside the distributions (a sampler's replay buffer, a learned coefficient: `_loss_state`), epoch,
+        history, best validation epoch, and fit's shuffling generator and random stream.
 
         A snapshot: its tensors are copies (torch's ``state_dict`` holds the live ones, which later steps change), so
         that `load_state_dict` of it gives back the whole model as it was, weights and optimizer state included.
@@ -570,6 +630,8 @@ class Model:
             "distributions": snapshot(self.distributions.state_dict()),
             "optimizer": snapshot(self.optimizer.state_dict()),
             "optimizer_class": ckpt.class_name(self.optimizer),
+            "scheduler": None if self.scheduler is None else snapshot(self.scheduler.state_dict()),
+            "scheduler_class": None if self.scheduler is None else ckpt.class_name(self.scheduler),
             "loss": {k: snapshot(v.detach()) for k, v in self._loss_state().items()},
             "epoch": self.epoch,
             "history": self.history.to_dict(),
@@ -586,11 +648,13 @@ class Model:
     def load_state_dict(self, state: Mapping[str, Any], source: str = "the checkpoint") -> None:
         """Restore `state_dict`, so that `fit` continues exactly as if it had not been interrupted (the next `fit`
         call continues its early stopping too). ``state`` is copied, never kept: later steps leave it as it was.
-        A state without the losses' state (``"loss"``, from before it was saved) leaves theirs as it is.
+        A state without the losses' state (``"loss"``, from before it was saved) leaves theirs as it is; one saved
+        without a scheduler leaves this model's ``scheduler`` as built (it schedules from the loaded epoch on).
 
         Raises:
             ValueError: its parameters do not fit these distributions or the losses' state (the message lists
-                missing / unexpected names and shape mismatches), or it was trained with another optimizer class.
+                missing / unexpected names and shape mismatches), or it was trained with another optimizer class, or
+                with a learning-rate scheduler this model does not have (or of another class).
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"{source}: a model state is a dict (Model.state_dict()), got {type(state).__name__}")
@@ -610,6 +674,17 @@ class Model:
         if state["optimizer_class"] != ckpt.class_name(self.optimizer):
             raise ValueError(f"{source} was trained with {state['optimizer_class']}, "
                              f"this model uses {ckpt.class_name(self.optimizer)}")
+        saved_scheduler = state.get("scheduler")  # (None: saved without a scheduler, or before schedulers were saved)
+        if saved_scheduler is not None:
+            own = None if self.scheduler is None else ckpt.class_name(self.scheduler)
+            if state.get("scheduler_class") != own:
+                raise ValueError(f"{source} was trained with the learning-rate scheduler "
+                                 f"{state.get('scheduler_class')}, "
+                                 + ("this model has none (build it with scheduler=...)" if own is None
+                                    else f"this model uses {own}"))
+            if not isinstance(saved_scheduler, Mapping):
+                raise ValueError(f"{source}: the scheduler's state ('scheduler') is a dict, got "
+                                 f"{type(saved_scheduler).__name__}")
         try:  # everything else read first, so that a bad entry leaves the model as it was
             # (a copy: the history's lists were the state's own, which later epochs changed)
             epoch, history = int(state["epoch"]), History.from_dict(copy.deepcopy(state["history"]))
@@ -625,6 +700,7 @@ class Model:
         saved_dtypes = {id(p): state["distributions"][name].dtype for name, p in self.distributions.named_parameters()
                         if isinstance(state["distributions"].get(name), torch.Tensor)}
         saved_dtypes.update((id(t), saved_held[key].dtype) for key, t in held.items() if saved_held is not None)
+        scheduler_state = None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict())
         try:
             self.distributions.load_state_dict(state["distributions"])
             self._load_optimizer(state["optimizer"], saved_dtypes)
@@ -633,6 +709,15 @@ class Model:
             self._load_optimizer(optimizer_state, kept_dtypes)
             raise ValueError(f"{source} does not fit this model's optimiser (e.g. another set of trainable "
                              f"parameters): {err}") from None
+        if saved_scheduler is not None:
+            try:
+                self.scheduler.load_state_dict(copy.deepcopy(dict(saved_scheduler)))
+            except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as err:
+                self.distributions.load_state_dict(weights)
+                self._load_optimizer(optimizer_state, kept_dtypes)
+                self.scheduler.load_state_dict(scheduler_state)
+                raise ValueError(f"{source}: its scheduler state does not fit this model's "
+                                 f"{type(self.scheduler).__name__}: {err}") from None
         if saved_held is not None:
             with torch.no_grad():
                 for key, t in held.items():

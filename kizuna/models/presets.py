@@ -6,7 +6,8 @@ r"""The Pixyz presets `VI` (variational inference) and `ML` (maximum likelihood)
     \mathcal{L}_{ML} = -\operatorname{mean}_n \log p(x_n)
 
 Both keep Pixyz's signatures (mutable defaults aside), so ``VI(p, q, optimizer_params=...)``
-and ``ML(p, ...)`` port unchanged. The ELBO is per batch row: a latent variable without a
+and ``ML(p, ...)`` port unchanged (Pixyz's ``clip_grad_norm=False`` / ``clip_grad_value=False`` mean no clipping,
+as ``None``). The ELBO is per batch row: a latent variable without a
 batch (e.g. the weights of a Bayesian network, ``q(w)``) is drawn once per row, and
 ``log p(w) - log q(w)`` is counted once per row, i.e. the KL to the prior weighs as much as
 one data point's likelihood. For the full-data objective of N rows, build the loss with
