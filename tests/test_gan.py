@@ -189,6 +189,57 @@ def test_the_gradient_penalty_takes_scalar_data() -> None:
     torch.testing.assert_close(value, want)
 
 
+class MLPCritic2(Deterministic):
+    """A two-layer critic on 3 features, float32 (a non-linear f: the penalty depends on where x̂ lies)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["t"], cond_var=["x"], name="f")
+        self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"t": self.net(x)}
+
+
+def test_critic_loss_and_gradients_equal_the_textbook_step() -> None:
+    """The critic's loss and its parameters' gradients (a double backward) equal the step as written by hand,
+    ε x + (1 - ε) x̃ and the gradient of f's sum, on the same ε: kizuna draws x̂ with one torch.lerp and takes the
+    gradient with ones for f's (equal up to rounding)."""
+    torch.manual_seed(0)
+    critic = MLPCritic2()
+    x, fake = torch.randn(16, 3), torch.randn(16, 3) + 1.0
+    loss = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), PointMassAtY(), critic).d_loss()
+    torch.manual_seed(7)
+    value = loss.eval({"x": x, "y": fake})
+    value.backward()
+    got = [t.grad.clone() for t in critic.parameters()]
+    critic.zero_grad()
+    torch.manual_seed(7)
+    eps = torch.rand(16, 1)
+    mixed = (eps * x + (1 - eps) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(critic.net(mixed).sum(), mixed, create_graph=True)
+    want = critic.net(fake).mean() - critic.net(x).mean() + 10.0 * (grad.norm(dim=1) - 1).pow(2).mean()
+    want.backward()
+    torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, [t.grad for t in critic.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_gradient_penalty_interpolates_values_of_two_dtypes() -> None:
+    """Data in float64 beside a generator's float32 draws: the interpolates are the promoted formula's (torch.lerp
+    takes one dtype; the penalty falls back to the formula)."""
+    critic = Cubic()
+    x, y = torch.randn(6, dtype=F64), torch.randn(6, dtype=torch.float32)
+    loss = AdversarialWassersteinDistance(EmpiricalDistribution(["x"]), PointMassAtY(), critic).d_loss()
+    torch.manual_seed(5)
+    value = loss.eval({"x": x, "y": y})
+    torch.manual_seed(5)
+    eps = torch.rand(6, dtype=F64)
+    xh = eps * x + (1 - eps) * y
+    a = critic.a.detach()
+    want = -(a * x**3 - a * y.double()**3).mean() + 10 * ((3 * a * xh**2).abs() - 1).pow(2).mean()
+    torch.testing.assert_close(value, want)
+
+
 # ------------------------------------------------------------------ text and errors
 def test_formulas() -> None:
     data, d = EmpiricalDistribution(["x"]), TableD(optimal())
