@@ -136,7 +136,7 @@ def one_step_predictions(d: dict, x: torch.Tensor, z_dim: int, draws: int = 20) 
     n, T, _ = x.shape
     with torch.no_grad():
         h = d["rnn"].sample({"x": x})["h"]
-        z = torch.zeros(draws * n, z_dim)
+        z = torch.zeros(draws * n, z_dim, dtype=h.dtype, device=h.device)  # (the model's dtype and device)
         preds = []
         for t in range(T - 1):
             h_t = h[:, t].repeat(draws, 1)

@@ -102,7 +102,7 @@ def c2st(real: torch.Tensor, fake: torch.Tensor, grey_levels: int, seed: int,
 
 def sample(score: ScoreNet, n: int, x_dim: int, cfg: dict, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    start = torch.rand(n, x_dim, generator=g)
+    start = torch.rand(n, x_dim, generator=g, dtype=score.sigmas.dtype)  # (the model's dtype: .double() works)
     return annealed_langevin_dynamics(score.at_level, start, score.sigmas, eps=cfg["eps"],
                                       n_steps_each=cfg["langevin_steps"], denoise=True, generator=g)
 

@@ -144,6 +144,16 @@ def _grid(points: Sequence[float], n_steps: int | None) -> list[int]:
     return sorted(set(idx))
 
 
+def _draw_dtype(dtype: torch.dtype | None, levels: Any) -> torch.dtype:
+    """A path's prior dtype: ``dtype`` where given, else that of ``levels`` (the noise levels) where they are a floating
+    tensor, else torch's default dtype."""
+    if dtype is not None:
+        return dtype
+    if isinstance(levels, Tensor) and levels.is_floating_point():
+        return levels.dtype
+    return torch.get_default_dtype()
+
+
 class DiffusionPath(GaussianPath):
     """A DDPM's reverse process as a path (module docstring), in the scaled coordinates :math:`y`.
 
@@ -243,7 +253,10 @@ class ScorePath(GaussianPath):
         sigmas: the levels :math:`\\sigma_1 > \\dots > \\sigma_L`; the path ends at :math:`\\sigma = 0`,
             reached by the Tweedie step :math:`\\hat x_0 = x + \\sigma_L^2 s(x, L)`.
         features_shape: the shape of one :math:`x`.
-        dtype, device: of the prior's draws (the score network's; default: torch's default dtype, the CPU).
+        dtype, device: of the prior's draws (the score network's; default: the dtype of ``sigmas`` where it is a
+            floating tensor, as a network's buffer of levels is, else torch's default dtype; the CPU). (A float64
+            network given float64 ``sigmas`` got float32 draws and stopped with torch's "mat1 and mat2 must have the
+            same dtype".)
     """
 
     def __init__(self, score: Callable[[Tensor, int], Tensor], sigmas: Sequence[float] | Tensor,
@@ -251,7 +264,7 @@ class ScorePath(GaussianPath):
         levels = noise_levels("ScorePath", sigmas)
         self.score, self.levels = score, levels
         self.features_shape = check_shape("ScorePath: features_shape", features_shape)
-        self.dtype = dtype or torch.get_default_dtype()
+        self.dtype = _draw_dtype(dtype, sigmas)
         self.device = device
 
     def times(self, n_steps: int | None) -> list[float]:
@@ -289,7 +302,8 @@ class LinearPath(GaussianPath):
         velocity: ``velocity(x, t)`` with ``t`` a tensor of shape ``(batch,)``.
         features_shape: the shape of one :math:`x_1`.
         sigma_min: the noise left at ``t = 1``.
-        dtype, device: of the prior's draws (the velocity network's; default: torch's default dtype, the CPU).
+        dtype, device: of the prior's draws (the velocity network's; default: the dtype of ``sigma_min`` where it is
+            a floating 0-d tensor, else torch's default dtype; the CPU).
     """
 
     clean_evaluable, start, end = True, 0.0, 1.0
@@ -299,7 +313,7 @@ class LinearPath(GaussianPath):
         # (FlowMatching's range: a negative one divided by zero in DDIM's step, NaN gave NaN draws)
         self.v, self.sigma_min = velocity, sigma_min_value("LinearPath", sigma_min)
         self.features_shape = check_shape("LinearPath: features_shape", features_shape)
-        self.dtype = dtype or torch.get_default_dtype()
+        self.dtype = _draw_dtype(dtype, sigma_min)
         self.device = device
 
     def times(self, n_steps: int | None) -> list[float]:
