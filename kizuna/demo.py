@@ -110,9 +110,10 @@ def chance_accuracy(labels: np.ndarray, draws: int = 100, seed: int = 0) -> floa
 
 
 def _vae(images: torch.Tensor, cfg: Config, seed: int) -> km.VAE:
-    torch.manual_seed(seed)  # the networks' initial weights
-    return km.VAE(cfg.latent_dim, hidden=cfg.hidden, epochs=cfg.vae_epochs, batch_size=cfg.batch_size,
-                  name="vae").connect(km.Observation(images, name="image"))
+    with torch.random.fork_rng(devices=[]):  # (seeded inside: the caller's global generator is left as it was)
+        torch.manual_seed(seed)  # the networks' initial weights, where drawn from the global generator
+        return km.VAE(cfg.latent_dim, hidden=cfg.hidden, epochs=cfg.vae_epochs, batch_size=cfg.batch_size,
+                      name="vae").connect(km.Observation(images, name="image"))
 
 
 def _gmm(labels: np.ndarray, cfg: Config) -> km.GMM:
