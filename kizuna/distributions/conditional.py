@@ -1,8 +1,8 @@
 r"""Distributions with parameters from an MLP of the conditioning variables: the usual :math:`q(z|x)`, :math:`p(x|z)`.
 
 Each is an ordinary kizuna distribution (`Normal`, `Bernoulli`, `Categorical`) whose ``forward`` feeds the
-conditioning values, flattened and concatenated in ``cond_var`` order, to a `kizuna.nets.MLP` of
-``sizes = [inputs, *hidden, features]``:
+conditioning values, each flattened per row of its first dimension and concatenated in ``cond_var`` order, to a
+`kizuna.nets.MLP` of ``sizes = [inputs, *hidden, features]``:
 
 * `MLPNormal`: :math:`\mathcal N\big(z;\ \mu(x),\ \operatorname{diag}\sigma^2(x)\big)`,
   :math:`\sigma = \operatorname{softplus}(\cdot) + \sigma_{\min}`, the network giving both halves; with
@@ -10,10 +10,16 @@ conditioning values, flattened and concatenated in ``cond_var`` order, to a `kiz
 * `MLPBernoulli`: independent Bernoulli features with logits :math:`f(z)`;
 * `MLPCategorical`: a one-hot categorical with logits :math:`f(x)` (a classifier :math:`q(y|x)`).
 
-A condition drawn with ``sample_shape``, ``(S, B, D)``, is ``S * B`` rows of the network, whose parameters come back
-as ``(S, B, features)``: the same network applied in ``forward`` gives those (``nn.Linear`` acts on the last
-dimension), so ``get_log_prob(draws, feature_dims=[2])`` scores each draw (a hand-written importance-weighted bound).
-Conditions without a batch dimension (a number, a vector of the network's inputs) are a batch of one.
+So a condition ``(B, 1, D)`` (one channel, a dataset's ``x[i:i+1]``) or ``(B, 1, 28, 28)`` is ``B`` rows, with
+parameters ``(B, features)``, as ``x.reshape(B, -1)`` gives. Only where those rows do not hold the network's inputs
+are a condition's leading dimensions rows: one drawn with ``sample_shape``, ``(S, B, D)`` with ``B > 1``, is
+``S * B`` rows, whose parameters come back as ``(S, B, features)``: the same network applied in ``forward`` gives those
+(``nn.Linear`` acts on the last dimension), so ``get_log_prob(draws, feature_dims=[2])`` scores each draw (a
+hand-written importance-weighted bound). Draws ``(S, 1, D)`` for one data row are ``S`` rows (``(S, features)``
+parameters: the default ``get_log_prob(draws)`` gives one log-weight per draw). A scored value is read per row too:
+``x`` of ``(B, 1, D)`` against ``B`` rows of ``D`` features is scored row against row (an ELBO of such data), not
+broadcast to ``(B, B, D)``. Conditions without a batch dimension (a number, a vector of the network's inputs) are a
+batch of one.
 
 >>> import torch
 >>> q = MLPNormal("z", ["x"], [4, 16, 2])                     # q(z|x), an encoder
@@ -37,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kizuna._data import check_non_negative, one_number
-from kizuna.distributions.base import _as_list, one_rows_expanded
+from kizuna.distributions.base import RepeatedRows, _as_list, one_rows_expanded
 from kizuna.distributions.families import Bernoulli, Categorical, Normal
 from kizuna.distributions.torch_dist import TorchDistribution, positional_forward
 from kizuna.nets import MLP
@@ -73,9 +79,10 @@ def _network_input(values: Sequence[Tensor], in_features: int) -> tuple[Tensor, 
     dimensions is used as it is (no copy, no concatenation in the backward pass). A value without a batch dimension
     is a batch of one (one of the network's ``in_features`` inputs, or a number); a 1-D value of other length, one
     feature per row (a batch of scalar times): ``flatten(1)`` raised a bare IndexError on both. A value of more
-    dimensions is read by `_leading`: a draw made with ``sample_shape``, ``(S, B, D)``, is ``S * B`` rows whose outputs
-    come back as ``(S, B, out)``, as the same network applied in ``forward`` gives (``nn.Linear`` acts on the last
-    dimension; these were flattened into ``(S, B * D)`` and the network refused them). Several values are read by
+    dimensions is read by `_leading`: rows of its first dimension where those hold the inputs (``(B, 1, D)``), else a
+    draw made with ``sample_shape``, ``(S, B, D)``, is ``S * B`` rows whose outputs come back as ``(S, B, out)``, as
+    the same network applied in ``forward`` gives (``nn.Linear`` acts on the last dimension; these were flattened into
+    ``(S, B * D)`` and the network refused them). Several values are read by
     `_reading`; among them, one of one row is repeated for the others' rows."""
     if len(values) == 1:
         value = values[0]
@@ -99,15 +106,19 @@ def _network_input(values: Sequence[Tensor], in_features: int) -> tuple[Tensor, 
 
 
 def _leading(shape: torch.Size, in_features: int) -> torch.Size | None:
-    """The dimensions of a condition of three or more dimensions that are rows: all but the last where the last is the
-    network's inputs (``nn.Linear``'s reading: a draw made with ``sample_shape``, ``(S, B, D)``, also with ``B = 1``);
-    else the fewest leading ones whose trailing product is the inputs (``(S, B, 1, 28, 28)`` for 784 inputs: ``S * B``
-    rows). None where that is the first alone (``(B, 1, 28, 28)``: ``B`` rows, flattened) or where none fits."""
+    """The dimensions of a condition of three or more dimensions that are rows. None (its first dimension is the rows,
+    the others flattened) where those already hold the network's inputs: ``(B, 1, D)`` and ``(B, 1, 28, 28)`` are
+    ``B`` rows, whose parameters are ``(B, features)`` (data of one channel, a dataset's ``x[i:i+1]``), also a draw
+    ``(S, 1, D)`` for one data row; or where no reading fits. Else all but the last where the last is the inputs
+    (``nn.Linear``'s reading: a draw made with ``sample_shape``, ``(S, B, D)``, ``B > 1``), or the fewest leading ones
+    whose trailing product is the inputs (``(S, B, 1, 28, 28)`` for 784 inputs: ``S * B`` rows)."""
+    if math.prod(shape[1:]) == in_features:
+        return None
     if shape[-1] == in_features:
         return shape[:-1]
-    for k in range(1, len(shape)):
+    for k in range(2, len(shape)):
         if math.prod(shape[k:]) == in_features:
-            return shape[:k] if k > 1 else None
+            return shape[:k]
     return None
 
 
@@ -116,12 +127,13 @@ def _reading(values: Sequence[Tensor], in_features: int) -> tuple[list[tuple[tor
     shape and width, and the rows they broadcast to; None where no reading gives ``in_features`` inputs on rows that
     fit. A number is one row. A 1-D value is first read as one feature per row (a batch of scalars), else as one row
     of its entries (a value without a batch dimension: ``{"x": torch.zeros(2), "y": torch.tensor(1.0)}`` for 3
-    inputs). A value of three or more dimensions is first read as ``nn.Linear`` reads it (rows all but the last
-    dimension: a draw made with ``sample_shape``), else as rows of its first dimension, the others flattened. Row
-    shapes broadcast as torch's do, right-aligned (a condition per batch row beside draws ``(S, B, D)`` is the same
-    for every draw), but only to one of them (``(5,)`` beside ``(5, 1)`` is not read as 5 x 5 rows)."""
+    inputs). A value of three or more dimensions is first read as rows of its first dimension, the others flattened
+    (as one value is: `_leading`), then as ``nn.Linear`` reads it (rows all but the last dimension: a draw made with
+    ``sample_shape``). Row shapes broadcast as torch's do, right-aligned (a condition per batch row beside draws
+    ``(S, B, D)`` is the same for every draw), but only to one of them (``(5,)`` beside ``(5, 1)`` is not read as 5 x 5
+    rows)."""
     for one_row in (False, True):
-        for last in (True, False):
+        for last in (False, True):
             shapes = []
             for value in values:
                 if value.dim() == 0:
@@ -189,6 +201,22 @@ def _mlp_rows(dist: Any, params: dict[str, Any], x_dict: Mapping[str, Any], batc
     return TorchDistribution._rows(dist, params, x_dict, batch_n)
 
 
+def _mlp_value(dist: Any, value: Any, features: torch.Size, params: dict[str, Any]) -> Tensor:
+    """See `TorchDistribution._value`: a scored value is read per first-dimension row, as the conditions are
+    (`_leading`). A value ``(B, 1, D)`` against parameters of ``B`` rows of ``D`` features is those ``B`` rows, its
+    features flattened, scored one row against one row of parameters; ``(B, 1, D)`` broadcast against ``(B, D)`` to
+    ``(B, B, D)`` and scored every row against every row of parameters (an ELBO of ``(B, 1, D)`` data summed ``B``
+    reconstruction terms per row). Other values (a draw ``(S, B, D)``, one row) as `TorchDistribution._value`."""
+    if isinstance(value, Tensor) and value.dim() > len(features) + 1 and value.shape[1:] != features:
+        rows = next((v.shape[0] for v in params.values() if isinstance(v, Tensor) and v.dim() > 0), None)
+        if rows == value.shape[0] and math.prod(value.shape[1:]) == math.prod(features):
+            if type(value) is RepeatedRows and value._copy is None:  # still lazy: the source rows, not a copy
+                value = RepeatedRows(value.source.reshape(value.source.shape[0], *features), value.n)
+            else:
+                value = value.reshape(rows, *features)
+    return TorchDistribution._value(dist, value, features, params)
+
+
 class MLPNormal(Normal):
     """A diagonal Normal over ``var`` whose mean (and scale) come from an MLP of ``cond_var``.
 
@@ -217,6 +245,7 @@ class MLPNormal(Normal):
 
     _unbatched_conditions = _unbatched
     _rows = _mlp_rows
+    _value = _mlp_value
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
@@ -243,6 +272,7 @@ class MLPBernoulli(Bernoulli):
 
     _unbatched_conditions = _unbatched
     _rows = _mlp_rows
+    _value = _mlp_value
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
@@ -264,6 +294,7 @@ class MLPCategorical(Categorical):
 
     _unbatched_conditions = _unbatched
     _rows = _mlp_rows
+    _value = _mlp_value
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 

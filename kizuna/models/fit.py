@@ -90,7 +90,11 @@ def fit(
     loss, or the training loss without ``valid``.
 
     Raises:
-        ValueError: bad arguments, or data with non-finite entries (naming the variable, row and column).
+        ValueError: bad arguments, or data with non-finite entries (naming the variable, row and column). A
+            training step whose batch normalisation got one value per channel (a last batch of one row): the
+            message names the epoch, the step, its rows and the remedies (``drop_last=True``, another
+            ``batch_size``); the epoch's earlier steps were taken. A data-parallel run says so before the first step
+            instead, the same on every rank, for dict ``data`` whose last step leaves a rank fewer than 2 rows.
         FloatingPointError: the loss or a gradient went non-finite. The message names the epoch and
             step, and the non-finite input or terms; the bad step is not taken, and the checkpoint on
             disk (the last finished epoch) is left untouched. A non-finite validation loss comes after the
@@ -129,8 +133,10 @@ def fit(
         if drop_last and rows < batch_size * world:
             raise ValueError(f"fit: drop_last=True leaves no batch: the data have {rows} rows, fewer than a batch of "
                              f"{batch_size}" + (f" x {world} ranks" if world > 1 else ""))
-        # (one process: torch's "Expected more than 1 value per channel" came mid-epoch, after the earlier steps)
-        ddp.check_batch_norm_rows(model, rows, batch_size, world, drop_last)
+        if parallel:  # before any step, the same on every rank (one rank's failure left the others waiting in the
+            # next collective); one process names the failing step instead (`_pass`): a layer that sees more rows than
+            # the data's (an IWAE decoder's k draws per row) trains on a one-row last batch
+            ddp.check_batch_norm_rows(model, rows, batch_size, world, drop_last)
     if (patience is not None and model._resumed and model.history.stopped_epoch is not None
             and model.history.stopped_epoch == model.epoch):
         # the restored run had stopped early: it is finished (a re-run script trained on from the restored best
@@ -156,7 +162,8 @@ def fit(
                 ddp.set_epoch(train_data.loader, epoch)
                 batches = train_data.iterate(model._shuffle if shuffle else None, model.dtype, model.device, shard)
                 kept = "" if checkpoint is None else f"the checkpoint {checkpoint} (epoch {model.epoch}) is untouched"
-                train_loss, terms = _pass(model, batches, epoch, True, parallel, kept, train_data.tensors is not None)
+                train_loss, terms = _pass(model, batches, epoch, True, parallel, kept, train_data.tensors is not None,
+                                          batch_size)
                 if parallel:  # each rank's buffers (batch-norm statistics) are rank 0's again, as DDP's next step
                     ddp.broadcast_buffers(model)
                 valid_loss, valid_terms = math.nan, {}
@@ -305,9 +312,10 @@ def _weigh(model: Any, weight: float) -> None:
 
 
 def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, parallel: bool, kept: str,
-          dict_data: bool = True) -> tuple[float, dict[str, float]]:
+          dict_data: bool = True, batch_size: int = 0) -> tuple[float, dict[str, float]]:
     """One pass: the weighted mean loss and term means (a step per batch when ``training``). ``kept``: what holds
-    after a non-finite loss, for its message (the checkpoint; after a validation pass, the epoch's state too)."""
+    after a non-finite loss, for its message (the checkpoint; after a validation pass, the epoch's state too).
+    ``batch_size``: fit's, for the remedy named when batch normalisation fails on a step of one row."""
     total, count, sums = 0.0, 0, {}
     error: FloatingPointError | None = None
     for step, batch in enumerate(_lockstep(model, batches, parallel and training and not dict_data), 1):
@@ -333,6 +341,10 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
                 raise FloatingPointError(message) from None
             error = FloatingPointError(message)
             break
+        except ValueError as err:
+            if not training or not any(text in str(err) for text in _ONE_ROW_NORM):
+                raise
+            raise ValueError(_one_row_message(err, epoch, step, batch.n, dict_data, batch_size, kept)) from err
         total, count = total + batch.n * value, count + batch.n
         for key, v in terms.items():
             sums[key] = sums.get(key, 0.0) + batch.n * v
@@ -352,6 +364,34 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
     if count == 0:
         raise ValueError(f"fit: the {'training' if training else 'validation'} data yielded no batch")
     return total / count, {k: v / count for k, v in sums.items()}
+
+
+# batch normalisation in training refusing a batch of one row: torch's BatchNorm, kizuna's flow batch norm
+_ONE_ROW_NORM = ("Expected more than 1 value per channel when training",
+                 "training needs more than one value per channel")
+
+
+def _one_row_message(err: ValueError, epoch: int, step: int, rows: int, dict_data: bool, batch_size: int,
+                     kept: str) -> str:
+    """fit's message for a training step that batch normalisation refused (one value per channel): torch named
+    neither the epoch nor the step nor a remedy, and only the layer's input, which may hold more rows than the batch
+    (an IWAE decoder's k draws per row) or fewer."""
+    if rows >= 2:  # the layer saw fewer rows than the batch has: neither remedy below helps
+        remedy = ("the layer's input holds fewer rows than the batch (a network that draws or pools to one row): "
+                  "batch normalisation cannot train there")
+    elif not dict_data:
+        remedy = ("give the DataLoader drop_last=True (it leaves out each epoch's last, smaller batch) or another "
+                  "batch size")
+    elif batch_size < 2:
+        remedy = f"choose batch_size >= 2 (batch_size={batch_size} gives every step one row)"
+    else:
+        remedy = (f"pass fit(..., drop_last=True) (each epoch leaves out its last, smaller batch), or choose another "
+                  f"batch_size than {batch_size} (one that leaves the last batch at least 2 rows)")
+    taken = "" if step == 1 else (" (the epoch's earlier step was)" if step == 2 else
+                                  f" (the epoch's {step - 1} earlier steps were)")
+    return (f"fit: batch normalisation needs more than one value per channel in training, but the batch of epoch "
+            f"{epoch}, step {step} has {rows} row{'' if rows == 1 else 's'} ({err}); this step was not taken{taken}; "
+            f"{remedy}" + (f"; {kept}" if kept else ""))
 
 
 def _lockstep(model: Any, batches: Iterable[Batch], uneven: bool) -> Iterator[Batch]:
