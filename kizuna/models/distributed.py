@@ -193,7 +193,8 @@ def broadcast_buffers(model: Any) -> None:
 def check_batch_norm_rows(model: Any, rows: int, batch_size: int, world: int | None = None,
                           drop_last: bool = False) -> None:
     """A clear error before any step, the same on every rank, when the model normalises batches in training (torch's
-    or kizuna's flow batch norm) and a step would give a rank (or the one process: ``world=1``) fewer than 2 rows (a
+    or kizuna's flow batch norm) and a step would give a rank fewer than 2 rows (one process: `fit` re-raises torch's
+    error at the step, naming it, as a network may see more rows than the batch has, e.g. IWAE's k per row) (a
     batch of one row has no variance: torch raised "Expected more than 1 value per channel" mid-epoch, after the
     epoch's earlier steps were taken; in a data-parallel run on one rank, the others then failed in the next
     collective). ``world``: the number of ranks (default: `world_size`); ``drop_last``: fit leaves out the last global
@@ -211,13 +212,6 @@ def check_batch_norm_rows(model: Any, rows: int, batch_size: int, world: int | N
     fewest = last // world  # its rank with the fewest rows (every earlier global batch gives each batch_size)
     if fewest >= 2:
         return
-    remedy = ("choose batch_size >= 2" if batch_size < 2 else
-              "choose batch_size or the number of rows so that the last batch has at least 2 rows, or pass "
-              "drop_last=True (each epoch leaves its last, smaller batch out)")
-    if world == 1:
-        raise ValueError(
-            f"fit: the model normalises batches in training ({norms[0]}), which needs at least 2 rows in each step, "
-            f"but {rows} rows in batches of {batch_size} leave {last} row in the last step; {remedy}")
     remedy = ("choose batch_size >= 2" if batch_size < 2 else
               "choose batch_size or the number of rows so that the last global batch gives every rank at least 2, or "
               "pass drop_last=True (each epoch leaves its last, smaller global batch out; a DataLoader: "
