@@ -68,7 +68,8 @@ def fit(
             A missing folder is created (with its parents) before training; a path that cannot be written
             (a file in the way, an existing directory given as the file) is an error then.
         seed: starts the model's random stream and shuffling generator when the run starts
-            (``model.epoch == 0``): the same seed gives bitwise the same run in any process, and
+            (``model.epoch == 0``): the same seed gives bitwise the same run in any process (with the same
+            number of torch threads), and
             torch's global generator is left untouched. A model that has trained or was loaded from
             a checkpoint continues its saved streams instead, so re-running the same script after an
             interruption reproduces the uninterrupted run.
