@@ -10,8 +10,9 @@ from scipy import stats
 
 import kizuna.modules as km
 from kizuna.modules import _forward_backward as fb
-from kizuna.modules.hmm import HiddenMarkovModel
-from kizuna.modules.hmm.emissions import Gaussian
+from kizuna.modules.gmm.normal_wishart import gaussian_log_prob
+from kizuna.modules.hmm import HiddenMarkovModel, emissions
+from kizuna.modules.hmm.emissions import Gaussian, expansion_rounding
 from kizuna.modules.lda import MultimodalLDA
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -53,15 +54,22 @@ def test_gaussian_log_prob_of_far_apart_states_matches_scipy_in_float32(kind):
         assert abs((own - ref[rows, z]).sum()) < 3000 * tol / 10  # no bias summed over the rows
 
 
-def test_gaussian_log_prob_in_row_blocks_matches_scipy():
-    # more rows than one block of `row_blocks` (the last one partial): every row is computed
+# below 16 states the products are (K, 2D) x (2D, B), from 16 the other way round
+@pytest.mark.parametrize("k, n", [(4, 70_001), (20, 20_001)])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_gaussian_log_prob_in_row_blocks_matches_scipy(k, n, dtype):
+    # more rows than one block of `row_blocks` (the last one partial): every row is computed; float32 to the rounding
+    # of the density of its own (rounded) inputs
     rng = np.random.default_rng(1)
-    means, var = rng.normal(0, 3, (4, 2)), rng.uniform(0.5, 2, (4, 2))
-    x = rng.normal(0, 3, (70_001, 2))
-    p = {"means_": torch.tensor(means), "covars_": torch.tensor(var)}
-    out = Gaussian("diag", 1e-3).log_prob(torch.tensor(x), p)
+    means, var, x = rng.normal(0, 3, (k, 2)), rng.uniform(0.5, 2, (k, 2)), rng.normal(0, 3, (n, 2))
+    if dtype == F32:
+        means, var, x = (a.astype(np.float32).astype(float) for a in (means, var, x))
+    p = {"means_": torch.tensor(means, dtype=dtype), "covars_": torch.tensor(var, dtype=dtype)}
+    out = Gaussian("diag", 1e-3).log_prob(torch.tensor(x, dtype=dtype), p)
+    assert out.dtype == dtype and out.is_contiguous()
     ref = np.stack([stats.multivariate_normal(m, np.diag(v)).logpdf(x) for m, v in zip(means, var)], 1)
-    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12, atol=1e-12)
+    tol = np.spacing(np.abs(ref).astype(np.float32)).astype(float) / 2 if dtype == F32 else 1e-12 * (1 + np.abs(ref))
+    assert (np.abs(out.double().numpy() - ref) <= tol + 1e-12).all()
 
 
 @pytest.mark.parametrize("kind", ["diag", "spherical"])
@@ -98,6 +106,75 @@ def test_hmm_float32_posteriors_of_overlapping_states_beside_a_far_one(kind):
     assert (m32.predict_proba(x32).double() - m64.predict_proba(x64)).abs().max() < 1e-4
     assert torch.equal(m32.predict(x32), m64.predict(x64))
     assert abs(m32.score(x32) - m64.score(x64)) < 0.05
+
+
+# the float64 expansion (one product per block of rows) and where the differences take over
+@pytest.mark.parametrize("kind", ["diag", "spherical"])
+@pytest.mark.parametrize("sep, var", [(100.0, 1e-3), (1.0, 1e-2)])
+def test_float32_gaussian_log_prob_is_the_rounded_density_of_its_inputs(kind, sep, var):
+    # ten features: every float32 log-emission is the float32 rounding of the exact density of the float32 data and
+    # parameters (the float64 expansion is within eps64 * B of it); the float32 sum of the ten (x - mu)^2 / sigma^2
+    # (fd68540) was up to 7 ulps off with a bias of 4e-6 nats a row, and 700 ulps on log-densities near 0
+    rng = np.random.default_rng(0)
+    d, n = 10, 3000
+    means = np.array([np.zeros(d), np.full(d, sep)])
+    z = rng.integers(0, 2, n)
+    x = (means[z] + rng.normal(0, np.sqrt(var), (n, d))).astype(np.float32)
+    v32 = float(np.float32(var))
+    ref = np.stack([stats.multivariate_normal(mu, v32 * np.eye(d)).logpdf(x.astype(np.float64)) for mu in means], 1)
+    p = {"means_": torch.tensor(means, dtype=F32), "covars_": torch.tensor(covars(kind, 2, d, var), dtype=F32)}
+    out = Gaussian(kind, 1e-3).log_prob(torch.tensor(x), p)
+    assert out.dtype == F32 and out.shape == (n, 2) and out.is_contiguous()
+    half_ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64) / 2
+    b = d * (sep / 2) ** 2 / v32  # max_k sum_d (mu_kd - c_d)^2 / sigma^2
+    assert (np.abs(out.double().numpy() - ref) <= half_ulp + 2 * np.finfo(np.float64).eps * b).all()
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_gaussian_log_prob_takes_the_differences_only_past_the_expansions_rounding(monkeypatch, dtype):
+    # one feature, states at c -/+ r with variance 1: B = r^2; below the switch one product per block (the speed of
+    # hmmlearn's expansion), above it the differences (`gaussian_log_prob`); both against scipy
+    calls = []
+    monkeypatch.setattr(emissions, "gaussian_log_prob", lambda *a: calls.append(1) or gaussian_log_prob(*a))
+    switch = expansion_rounding(dtype) / torch.finfo(F64).eps  # B where the expansion's rounding reaches the limit
+    rng = np.random.default_rng(2)
+    for factor, differences in ((0.9, False), (1.1, True)):
+        r = np.sqrt(factor * switch)
+        means = np.array([[5.0 - r], [5.0 + r]])
+        x = (means[rng.integers(0, 2, 500)] + rng.normal(size=(500, 1))).astype(np.float32 if dtype == F32 else float)
+        ref = np.stack([stats.norm(mu[0], 1.0).logpdf(x[:, 0].astype(float)) for mu in means.astype(x.dtype)], 1)
+        calls.clear()
+        out = Gaussian("diag", 1e-3).log_prob(torch.tensor(x), {"means_": torch.tensor(means, dtype=dtype),
+                                                                "covars_": torch.ones(2, 1, dtype=dtype)})
+        assert bool(calls) == differences, factor
+        own = np.abs(out.double().numpy() - ref).min(1)  # each row's own state (the other is ~r^2 nats down)
+        assert own.max() < (1e-6 if dtype == F32 else 1e-10), (factor, own.max())
+
+
+@pytest.mark.parametrize("kind", ["diag", "spherical"])
+def test_hmm_of_states_1e4_apart_with_variance_1e_4_matches_scipy(kind):
+    # B = 2.5e11 (states 1e4 apart, variance 1e-4, 10,000 steps): the float64 expansion rounds a row by 3e-5 nats
+    # (a float64 score 0.019 nats off), so the differences are taken in both dtypes; float32 is compared with the
+    # density of its own rounded data (the data's float32 rounding alone moves a row by up to 0.05 nats here)
+    rng = np.random.default_rng(0)
+    n, var = 10_000, 1e-4
+    z = np.zeros(n, int)
+    for t in range(1, n):
+        z[t] = z[t - 1] if rng.random() < 0.95 else 1 - z[t - 1]
+    means = np.array([[0.0], [1e4]])
+    start, trans = np.array([0.5, 0.5]), np.array([[0.95, 0.05], [0.05, 0.95]])
+    x = means[z] + rng.normal(0, np.sqrt(var), (n, 1))
+    for dtype, tol in ((F64, 1e-10), (F32, 2e-6)):
+        xd = x.astype(np.float32).astype(float) if dtype == F32 else x
+        v = float(np.float32(var)) if dtype == F32 else var
+        le = np.stack([stats.norm(mu[0], np.sqrt(v)).logpdf(xd[:, 0]) for mu in means], 1)
+        m = hmm(kind, start, trans, means, var, dtype)
+        own = (m._log_emit(torch.tensor(xd, dtype=dtype)).double().numpy() - le)[np.arange(n), z]
+        assert np.abs(own).max() < tol, (dtype, np.abs(own).max())
+        ls, lt = torch.tensor(np.log(start)), torch.tensor(np.log(trans))
+        ref = float(fb.forward_log_likelihood(ls, lt, torch.tensor(le)))
+        assert abs(m.score(torch.tensor(xd, dtype=dtype)) - ref) < (1e-6 if dtype == F64 else 0.02)
+        assert torch.equal(m.predict(torch.tensor(xd, dtype=dtype)), fb.viterbi(ls, lt, torch.tensor(le))[1])
 
 
 # ---------------------------------------------------------------------------------------------- gmmhmm 2
