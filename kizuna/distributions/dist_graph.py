@@ -75,9 +75,15 @@ class GraphOptions:
     # --------------------------------------------------------- log-density
     def log_prob(self, dist: Any, x_dict: Mapping[str, Any], call: dict[str, Any]) -> Any:
         """A product's ``get_log_prob`` with the options: the sum of its factors' log-densities, each computed with
-        its own options (Pixyz's ``DistGraph``); `add_terms` names two that cannot be added."""
+        its own options (Pixyz's ``DistGraph``); `add_terms` names two that cannot be added. Where every factor sums
+        its features (``sum_features`` without ``feature_dims``), they are made per draw as without options (draws
+        with a ``sample_shape`` beside values given per row, `JointDistribution._summed_terms`)."""
         factors = dist.factors()
-        terms = [(f, f.get_log_prob(x_dict, **self.merged(factors.index(f), call))) for f in dist._order]
+        calls = [(f, self.merged(factors.index(f), call)) for f in dist._order]
+        if all(kwargs.get("sum_features", True) and kwargs.get("feature_dims") is None for _, kwargs in calls):
+            terms = dist._summed_terms(x_dict, calls)
+        else:
+            terms = [(f, f.get_log_prob(x_dict, **kwargs)) for f, kwargs in calls]
         return add_terms(dist, terms, "with these options")
 
 

@@ -3,11 +3,14 @@ r"""`JointDistribution`: the product of factors, ``p * q``.
 .. math:: p(x, z \mid y) = \prod_i p_i(\mathrm{var}_i \mid \mathrm{cond}_i)
 
 Sampling is ancestral: factors run in dependency order (a factor after every factor that
-defines one of its conditioning variables). The log-density is the sum of the factors'.
+defines one of its conditioning variables). The log-density is the sum of the factors'; a factor
+whose values lack the draws' leading dimensions (a variable given to ``sample(..., sample_shape=...)``,
+returned as it was given) has its per-row terms counted in every draw.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +19,8 @@ from torch import nn
 
 from kizuna.distributions.base import Distribution, Tensor, XDict
 from kizuna.distributions.dist_graph import add_terms, inherited
+from kizuna.distributions.torch_dist import TorchDistribution
+from kizuna.formula.memo import shared_parameters
 
 
 def _order(factors: Sequence[Distribution]) -> list[Distribution]:
@@ -44,6 +49,102 @@ def _order(factors: Sequence[Distribution]) -> list[Distribution]:
             done.add(id(f))
         pending = [f for f in pending if id(f) not in done]
     return ordered
+
+
+def _own_lead(f: Distribution, x_dict: XDict) -> torch.Size | None:
+    """The leading shape ``(*sample_shape, batch)`` of the log-density of ``f`` per entry, where its value says it:
+    its dimensions before its features (declared, or those of constant parameters); for a conditional family whose
+    value has more dimensions than its parameters (``x`` of ``(S, B)`` against ``loc`` read from a given ``z`` of
+    ``(B,)``), the value's extra leading dimensions and the parameters' rows. None otherwise: scalar constants (a prior)
+    score values of any features, and parameters read from a condition drawn with a ``sample_shape`` have the draws'
+    dimensions as well (`JointDistribution._per_draw` reads the conditions' values for those)."""
+    if len(f.var) != 1:
+        return None
+    value = x_dict.get(f.var[0])
+    if not isinstance(value, Tensor) or value.dim() == 0:
+        return None
+    rank = len(f.features_shape)
+    if rank:
+        return value.shape[:value.dim() - rank] if value.dim() > rank else None
+    if not isinstance(f, TorchDistribution) or not f._from_inputs():
+        return None
+    try:  # the parameters' shape, rows first: their broadcast shape (a kernel family's), else the torch distribution's
+        params = f._params(x_dict)
+        shape = f._kernel_shape(params, None) if f._hooks.get("_log_prob_kernel") else None
+        if shape is None:
+            dist = f._torch_dist(x_dict, independent=False, params=params)
+            shape = dist.batch_shape + dist.event_shape
+        value = f._value(value, shape[1:], params)  # as the family reads it (an MLP's (B, 1, D): B rows of D)
+        if value.dim() <= len(shape):
+            return None
+        full = torch.broadcast_shapes(value.shape, shape)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError):
+        return None
+    return full[:len(full) - len(shape) + 1]
+
+
+def _matched(lead: torch.Size, value: Any) -> torch.Size | None:
+    """The longest end of ``lead`` that ``value`` starts with (all of it: drawn with the draws; its batch only: given
+    per row), None if none."""
+    if not isinstance(value, Tensor):
+        return None
+    for m in range(len(lead), 0, -1):
+        if value.shape[:m] == lead[len(lead) - m:]:
+            return lead[len(lead) - m:]
+    return None
+
+
+def _rows_only(factors: Sequence[Distribution], x_dict: Mapping[str, Any]) -> bool:
+    """Whether the values show that no factor has draws beside its rows, so that `JointDistribution._per_draw` would
+    return the terms unchanged: the test before every joint log-density (shapes only, no call per value in the usual
+    case); the analysis runs only where it fails. True for ``n >= 2`` where
+
+    - every value of every factor's variables and conditions is a tensor of ``n`` rows (first dimension);
+    - every value of a variable has one dimension, or two and a second that is not ``n`` or 1; or else it is
+      ``(n, *features_shape)`` for a factor with (declared or constant) features, and has no dimension after the
+      first of size ``n`` or 1 for a factor without.
+
+    Why that suffices: `_own_lead` reads a leading shape longer than ``(n,)`` only (a) for a factor with features,
+    from a value with two dimensions or more before them: not one of one or two dimensions, nor ``(n, *features)``;
+    (b) for a conditional family without, from a value with more dimensions than its parameters, whose dimension
+    before the parameters' features broadcasts against their rows. Those rows are the conditions' ``n`` (a condition
+    read as a parameter; a network that returns one row per row of its inputs), so that dimension is ``n`` or 1:
+    excluded. Draws with a ``sample_shape`` beside values given per row fail the test: ``(S, B)`` beside ``(B,)`` has
+    two first dimensions, and ``B`` after the first where ``S == B``. So do a batch of one, a feature size equal to
+    the batch and a dimension of size 1 (one image channel), which then take the analysis.
+
+    Outside (b): parameters without their conditions' rows (a network that returns one row, none or other rows for
+    ``n`` rows of inputs). The analysis reads such a value's other dimensions as draws and rows of their own and may
+    refuse it beside a factor of ``n`` rows; here the old sum stands (every value read as ``n`` rows)."""
+    n = 0
+    for f in factors:
+        for name in f._var:
+            if name not in x_dict:
+                return False
+            value = x_dict[name]
+            if type(value) is not Tensor and not isinstance(value, Tensor):
+                return False
+            shape, ndim = value.shape, value.ndim
+            if not ndim:
+                return False
+            if not n:
+                n = shape[0]
+                if n < 2:
+                    return False
+            elif shape[0] != n:
+                return False
+            if ndim > 2 or ndim == 2 and shape[1] in (n, 1):  # the features say what else
+                features = f.features_shape
+                later = shape[1:]
+                if later != features if features else n in later or 1 in later:
+                    return False
+        for name in f._cond_var:
+            if name not in x_dict:
+                return False
+            value = x_dict[name]
+            if type(value) is not Tensor and not isinstance(value, Tensor) or not value.ndim or value.shape[0] != n:
+                return False
+    return True
 
 
 class JointDistribution(Distribution):
@@ -152,14 +253,64 @@ class JointDistribution(Distribution):
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         """The sum of the factors' log-densities; with ``sum_features=False`` entry by entry, which needs them of one
         rank and sizes that agree (Pixyz's rule: e.g. ``y`` and ``x|y`` of the same shape), else an error naming two
-        (`add_terms`)."""
-        terms = [(f, f.get_log_prob(x_dict, sum_features)) for f in self._factors]
+        (`add_terms`). With ``sum_features=True``, one value per entry of the first dimension: for draws made with a
+        ``sample_shape`` beside values given per row (`_per_draw`), the sum over the draw's rows of every factor."""
         if not sum_features:
-            return add_terms(self, terms, "with sum_features=False")
+            return add_terms(self, [(f, f.get_log_prob(x_dict, False)) for f in self._factors],
+                             "with sum_features=False")
+        terms = self._summed_terms(x_dict, [(f, {}) for f in self._factors])
         total = terms[0][1]
         for _, term in terms[1:]:
+            if total.shape != term.shape and total.dim() == term.dim() == 1 and 1 not in (len(total), len(term)):
+                return add_terms(self, terms, "with sum_features=True (one value per entry of the first dimension)")
             total = total + term
         return total
+
+    def _summed_terms(self, x_dict: Mapping[str, Any], calls: Sequence[tuple[Distribution, Mapping[str, Any]]]
+                      ) -> list[tuple[Distribution, Tensor]]:
+        """``f.get_log_prob(x_dict, **kwargs)`` for each ``(f, kwargs)`` of ``calls`` (every factor, each summed per
+        entry of the first dimension; Pixyz's graph options give each its own arguments), made per draw by `_per_draw`
+        unless `_rows_only` shows there are no draws beside rows; the parameters are then computed once, for the
+        densities and for `_own_lead`."""
+        if _rows_only(self._order, x_dict):
+            return [(f, f.get_log_prob(x_dict, **kwargs)) for f, kwargs in calls]
+        with shared_parameters():
+            terms = [(f, f.get_log_prob(x_dict, **kwargs)) for f, kwargs in calls]
+            return self._per_draw(x_dict, terms) if len(terms) > 1 else terms
+
+    def _per_draw(self, x_dict: XDict, terms: list[tuple[Distribution, Tensor]]) -> list[tuple[Distribution, Tensor]]:
+        """The factors' per-row log-densities ``terms`` made per draw. After ``sample({"z": z}, sample_shape=(S,))``
+        ``z`` is ``(B,)`` as given and ``x`` is ``(S, B)``: ``log p(z)`` has one value per row and ``log p(x|z)`` one
+        per draw (each summed over the rows). The draws' leading shape ``(*sample_shape, B)`` is the longest that a
+        factor's values say (`_own_lead`); a factor whose values (its variables, or its conditions) start with a
+        shorter end of it is counted in every draw: its sum times the entries of the dimensions it lacks after the
+        first. Two factors that say leading shapes of other sizes are refused by name."""
+        leads = [_own_lead(f, x_dict) for f, _ in terms]
+        longest = max((lead for lead in leads if lead is not None), key=len, default=None)
+        if longest is None or len(longest) < 2:  # no factor has draws beside its rows: one value per row
+            return terms
+        end = len(longest)
+        out = []
+        for (f, term), lead in zip(terms, leads):
+            if lead is not None and lead != longest[end - len(lead):]:
+                if all(a == b or 1 in (a, b) for a, b in zip(reversed(lead), reversed(longest))):
+                    out.append((f, term))  # one row against every row (it conditions them all): as it is
+                    continue
+                owner = next(g for (g, _), other in zip(terms, leads) if other == longest)
+                raise ValueError(
+                    f"{self.prob_text}: the log-density of {f.prob_text} has one value per entry of {tuple(lead)} and "
+                    f"that of {owner.prob_text} one per entry of {tuple(longest)} (draws, then rows); they cannot be "
+                    "summed per draw (score the factors one by one)")
+            values = [x_dict.get(v) for v in [*f.cond_var, *f.input_var, *([] if lead is not None else f.var)]]
+            for found in map(_matched, [longest] * len(values), values):
+                if found is not None and (lead is None or len(found) > len(lead)):
+                    lead = found
+            if lead is None or len(lead) == end or term.dim() != 1 or term.shape[0] != lead[0]:
+                out.append((f, term))  # per draw already (or nothing says otherwise)
+                continue
+            repeats = math.prod(longest[1:end - len(lead)])  # the draws' dimensions after the first that it lacks
+            out.append((f, (term.sum() * repeats).expand(longest[0])))
+        return out
 
     def _log_prob_dims(self, x_dict: XDict, dims: Sequence[int]) -> Tensor:
         """See `Distribution._log_prob_dims`: the factors' log-densities, each summed over ``dims`` (the same

@@ -1,7 +1,10 @@
 """`MarginalizeVarDistribution`: :math:`p(x) = \\int p(x, z)\\, dz`.
 
 Sampling draws the whole joint and drops the marginalised variables; the density is
-intractable in general (estimate it with `kizuna.losses.IWAE`).
+intractable in general (estimate it with `kizuna.losses.IWAE`). The marginalised variables are
+bound: a value of the same name given to ``sample``, or drawn by another factor of a product, is
+not read (they are drawn inside), except one that the joint reads as an input (the empirical data of
+an aggregate posterior).
 
 Within the evaluation of a loss, a draw of the marginal records the joint's draws of the dropped
 variables with it (in the evaluation's memo, keyed by the kept draws), so that an expectation's
@@ -15,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kizuna._text import var_text
-from kizuna.distributions.base import Distribution, Tensor, XDict, repeat_batch, single_factors
+from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, repeat_batch, single_factors
 from kizuna.formula.memo import recall, remember, tagged
 
 _HIDDEN = "hidden draws"  # the memo's tag of a marginal's draws of its integrated variables
@@ -98,13 +101,33 @@ class MarginalizeVarDistribution(Distribution):
         """Bracketed, so that the integral's scope stays clear inside a product."""
         return fmt["paren"].format(self._factorized_text(fmt, rename))
 
+    def _unbound(self, x_dict: XDict, batch_n: int | None) -> tuple[XDict, int | None]:
+        """``x_dict`` without values named like an integrated variable: that variable is bound, drawn inside the
+        marginal, never read from outside (a data batch that holds a ``z``, or the ``z`` of another factor of a
+        product ``r(z) ∫ p(x|z)p(z)dz``, held it fixed and drew ``x`` from ``p(x|z)``; Pixyz's ``DistGraph`` passes its
+        factors their inputs only). An integrated variable that the joint reads as an input is kept: the empirical
+        ``x`` of an aggregate posterior ``∫ q(z|x) p_data(x) dx``. Also ``batch_n``: where nothing else left in the
+        dict has rows, the rows of the values removed (as any value's rows size a draw of constants)."""
+        inputs = self._modules["p"].input_var
+        bound = [z for z in self._marginalized if z in x_dict and z not in inputs]
+        if not bound:
+            return x_dict, batch_n
+        kept = {k: v for k, v in x_dict.items() if k not in bound}
+        if batch_n is None and batch_size_of(kept) is None:
+            batch_n = batch_size_of(x_dict)
+        return kept, batch_n
+
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        x_dict, batch_n = self._unbound(x_dict, batch_n)
         return self._drop_hidden(self._modules["p"]._sample(x_dict, batch_n, reparam))
 
     def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
-        return self._drop_hidden(self.p._sample_n(x_dict, repeated, n, batch_n, reparam))
+        x_dict, rows = self._unbound(x_dict, batch_n)
+        repeated, _ = self._unbound(repeated, batch_n)
+        return self._drop_hidden(self.p._sample_n(x_dict, repeated, n, rows, reparam))
 
     def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:
+        x_dict, batch_n = self._unbound(x_dict, batch_n)
         return self._drop_hidden(self.p._mean_values(x_dict, batch_n))
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
