@@ -88,14 +88,18 @@ def fit(
 
     After every epoch (its training steps and validation), the learning-rate schedulers of the model and of the
     models its step trains (``Model(scheduler=...)``) take one step: ``ReduceLROnPlateau`` with the validation
-    loss, or the training loss without ``valid``.
+    loss, or the training loss without ``valid``, each with its own model's: a submodel's is the epoch mean of the
+    term `Model.submodel_terms` names (a GAN's discriminator: ``d_loss``).
 
     Raises:
-        ValueError: bad arguments, or data with non-finite entries (naming the variable, row and column). A
+        ValueError: bad arguments, or data with non-finite entries (naming the variable, row and column), or a
+            submodel's ``ReduceLROnPlateau`` whose loss the model names no term for (`Model.submodel_terms`). A
             training step whose batch normalisation got one value per channel (a last batch of one row): the
             message names the epoch, the step, its rows and the remedies (``drop_last=True``, another
-            ``batch_size``); the epoch's earlier steps were taken. A data-parallel run says so before the first step
-            instead, the same on every rank, for dict ``data`` whose last step leaves a rank fewer than 2 rows.
+            ``batch_size``); the epoch's earlier steps were taken, the failing one was not (its parameters, and the
+            batch-norm statistics and counts its forward had updated, are as before it). A data-parallel run says so
+            before the first step instead, the same on every rank, for dict ``data`` whose last step leaves a rank
+            fewer than 2 rows.
         FloatingPointError: the loss or a gradient went non-finite. The message names the epoch and
             step, and the non-finite input or terms; the bad step is not taken, and the checkpoint on
             disk (the last finished epoch) is left untouched. A non-finite validation loss comes after the
@@ -126,6 +130,7 @@ def fit(
     _check_batch_first(model.loss_cls, train_data, "data")
     if valid_data is not None:
         _check_batch_first(model.test_loss_cls, valid_data, "valid")
+    _check_plateau_terms(model, valid_data is not None)
     parallel = ddp.resolve(distributed)
     if parallel:
         ddp.check_same(model, [train_data, valid_data])
@@ -206,18 +211,40 @@ def fit(
 def _end_epoch(model: Any, epoch: int, train_loss: float, valid_loss: float, terms: Mapping[str, float],
                valid_terms: Mapping[str, float], validated: bool) -> None:
     """Count the epoch (``model.epoch`` and the history) and step the learning-rate schedulers of the model and of
-    the models its step trains: ``ReduceLROnPlateau`` with the validation loss (``validated``), else the training
-    loss; the others without an argument."""
+    the models its step trains: ``ReduceLROnPlateau`` with each model's own validation loss (``validated``), else
+    its training loss (a submodel's: the term `Model.submodel_terms` names; ``nan`` after a failed validation, as
+    the model's); the others without an argument."""
     model.epoch = epoch
     model.history.append(epoch, train_loss, valid_loss, terms, valid_terms)
-    for m in (model, *model.submodels()):
+    loss, found = (valid_loss, valid_terms) if validated else (train_loss, terms)
+    names = model.submodel_terms()
+    for i, m in enumerate((model, *model.submodels())):
         scheduler = m.scheduler
         if scheduler is None:
             continue
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(valid_loss if validated else train_loss)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # (a name `_check_plateau_terms` saw)
+            scheduler.step(loss if i == 0 else found.get(names[i - 1], math.nan))
         else:
             scheduler.step()
+
+
+def _check_plateau_terms(model: Any, validated: bool) -> None:
+    """Before training: each submodel with a ``ReduceLROnPlateau`` has its own loss among the model's terms, named by
+    `Model.submodel_terms` (every one took the model's loss: a GAN discriminator's, the generator's)."""
+    names = model.submodel_terms()
+    for i, m in enumerate(model.submodels()):
+        if not isinstance(m.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            continue
+        name = names[i] if i < len(names) else None
+        for what, loss in (("training", model.loss_cls), *([("validation", model.test_loss_cls)] if validated else [])):
+            known = list(dict.fromkeys([*loss.labelled_terms(), *model.extra_terms]))
+            if name not in known:
+                named = "none for it" if name is None else f"{name!r}, not one of them"
+                raise ValueError(
+                    f"fit: submodel {i} of {type(model).__name__} ({type(m).__name__}) has a ReduceLROnPlateau, which "
+                    f"steps with that submodel's own epoch loss: one of the model's {what} terms "
+                    f"({', '.join(map(repr, known))}), named by {type(model).__name__}.submodel_terms(), which names "
+                    f"{named}; override submodel_terms() to name it, or give the submodel another scheduler")
 
 
 def _time_major(loss: Any) -> list[str]:

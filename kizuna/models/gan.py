@@ -56,7 +56,10 @@ class GAN(Model):
 
     The generator and the discriminator are two `Model`s (``self`` and ``self.d_model``); `save`
     writes both players' states into one checkpoint file, and `load` reads it (or an older pair of files, the
-    discriminator's at ``path + ".discriminator"``).
+    discriminator's at ``path + ".discriminator"``). Neither takes a learning-rate scheduler here: set one on either
+    afterwards (``model.d_model.scheduler = ReduceLROnPlateau(model.d_model.optimizer)``); `fit` steps each after
+    every epoch, a ``ReduceLROnPlateau`` with its own player's loss (the discriminator's: the ``d_loss`` term,
+    `submodel_terms`).
 
     >>> from torch import nn
     >>> from kizuna.distributions import Bernoulli, Deterministic, Normal
@@ -211,6 +214,12 @@ class GAN(Model):
     def submodels(self) -> list[Model]:
         """The discriminator's model (trained by `step` too)."""
         return [self.d_model]
+
+    def submodel_terms(self) -> list[str]:
+        """The discriminator's own loss is the term ``"d_loss"``: `fit` steps a ``ReduceLROnPlateau`` set on
+        ``d_model.scheduler`` with its epoch mean (the generator's loss, which tends to rise as the discriminator
+        improves, cut its learning rate while its own loss fell)."""
+        return ["d_loss"]
 
     def state_dict(self) -> dict[str, Any]:
         """`Model.state_dict` of the generator with the discriminator's inside (``"discriminator"``): `save` writes

@@ -160,7 +160,8 @@ class Model:
         scheduler: a learning-rate scheduler class (``torch.optim.lr_scheduler.StepLR``, ``ReduceLROnPlateau``,
             ...), built over the optimizer as ``scheduler(optimizer, **scheduler_params)`` and kept as
             ``model.scheduler``. `fit` steps it once after every epoch (``ReduceLROnPlateau`` with the epoch's
-            validation loss, or its training loss without validation data); its state is in `state_dict` and
+            validation loss, or its training loss without validation data; a submodel's, e.g. a GAN's
+            ``d_model.scheduler``, with its own loss, the term `submodel_terms` names); its state is in `state_dict` and
             checkpoints, so a resumed run continues the learning-rate sequence exactly. ``train`` does not step it:
             a loop of your own calls ``model.scheduler.step()``.
         scheduler_params: its keyword arguments (e.g. ``{"step_size": 10, "gamma": 0.5}``).
@@ -290,15 +291,18 @@ class Model:
         return prepare(x_dict or {}, self.dtype, self.device)
 
     def _updated_in_forward(self) -> list[torch.Tensor]:
-        """The tensors a training-mode forward pass writes (batch-norm running statistics, ActNorm's data-dependent
-        start): kept aside each step and put back when the step is not finite (see `_optimise`)."""
+        """The tensors a training-mode forward pass writes (batch-norm running statistics and ``num_batches_tracked``,
+        ActNorm's data-dependent start), in the trained distributions and in every other module the loss runs (a GAN
+        discriminator's step draws from the generator, whose batch norm counts the draw): kept aside each step and put
+        back when the step is not taken (see `_optimise`)."""
         found = self.__dict__.get("_forward_state")
         if found is None:
             from kizuna.flows.normalization import ActNorm, _BatchNorm
 
             kinds = (nn.modules.batchnorm._NormBase, _BatchNorm, ActNorm)
-            found = [t for m in self.distributions.modules() if isinstance(m, kinds)
-                     for t in (*m._buffers.values(), *m._parameters.values()) if t is not None]
+            modules = {id(m): m for m in (*self.distributions.modules(), *self.loss_cls.modules())}.values()
+            found = list({id(t): t for m in modules if isinstance(m, kinds)
+                          for t in (*m._buffers.values(), *m._parameters.values()) if t is not None}.values())
             self.__dict__["_forward_state"] = found
         return found
 
@@ -318,11 +322,12 @@ class Model:
 
         try:
             return self._step_once(batch, options, terms)
-        except FloatingPointError:  # a non-finite step: the running statistics as before it, like the parameters
-            restore()
-            raise
         except Exception as err:
-            if not compiled or self.compile_error is not None:  # eager, or the forward already fell back: the model's
+            if isinstance(err, FloatingPointError) or not compiled or self.compile_error is not None:
+                # the step was not taken (a non-finite loss or gradient; or, eager or after the forward fell back, the
+                # model's own error, e.g. batch normalisation refusing a batch of one row, raised after the layer had
+                # counted it): what the forward wrote as before it, like the parameters
+                restore()
                 raise
             # the compiled forward ran, and the step failed after it: AOTAutograd compiles the backward lazily, at the
             # first backward, and a failure there had no fallback. The step again, eagerly, from the same state; an
@@ -333,7 +338,7 @@ class Model:
             self._force_eager = True
             try:
                 out = self._step_once(batch, options, terms)
-            except FloatingPointError:  # the eager step is not finite: as any non-finite step, statistics kept
+            except Exception:  # the eager step failed too (not finite, or the model's own error): not taken, as above
                 restore()
                 raise
             finally:
@@ -558,6 +563,13 @@ class Model:
     def submodels(self) -> list[Model]:
         """Further models this one's `step` trains (a GAN's discriminator); a data-parallel `fit` wraps
         each of them too."""
+        return []
+
+    def submodel_terms(self) -> list[str]:
+        """The term of this model's `step` and `evaluate` results that is each submodel's own loss, in the order of
+        `submodels` (a GAN's discriminator: ``"d_loss"``). `fit` steps a submodel's ``ReduceLROnPlateau`` with that
+        term's epoch mean (its validation mean with ``valid``), as it steps this model's with this model's loss; a
+        model whose submodel has one and that names no term here cannot be fitted (`fit` says so before training)."""
         return []
 
     def early_stop(self, epoch: int, valid_loss: float, patience: int | None) -> bool:
