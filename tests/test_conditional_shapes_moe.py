@@ -63,23 +63,25 @@ def test_a_condition_drawn_with_sample_shape_is_scored_as_the_network_applied_pe
 
 def test_a_manual_importance_weighted_bound_with_the_libraries_own_decoder() -> None:
     """The review's repro: ``p.get_log_prob(s, feature_dims=[2]) - q.get_log_prob(s, feature_dims=[2])`` on draws made
-    with ``sample_shape`` failed in p(x|z)'s network; the log-weights are the per-draw ones. For one data row the
-    draws (S, 1, D) are S rows of the networks (a condition (B, 1, D) is B rows, as before stop 41), so the default
-    ``get_log_prob`` gives one log-weight per draw."""
+    with ``sample_shape`` failed in p(x|z)'s network; the log-weights are the per-draw ones, (S, B), also for one data
+    row: its draws (S, 1, D) are S rows of the networks (a condition (B, 1, D) is B rows, as before stop 41), and
+    ``feature_dims=[2]`` counts the dimensions of the (S, 1, features) a Pixyz ``forward`` gives (it was out of
+    range); the default ``get_log_prob`` gives one log-weight per draw, the same numbers."""
     torch.manual_seed(0)
     q = MLPNormal("z", ["x"], [4, 8, 2]).double()
     p = MLPBernoulli("x", ["z"], [2, 8, 4]).double() * Normal(var=["z"], loc=0.0, scale=1.0, name="p_prior").double()
     for rows in (5, 1):
         x = (torch.rand(rows, 4) > 0.5).to(F64)
         s = q.sample({"x": x}, sample_shape=(3,))
-        dims = [2] if rows > 1 else None
-        lw = p.get_log_prob(s, feature_dims=dims) - q.get_log_prob(s, feature_dims=dims)
+        lw = p.get_log_prob(s, feature_dims=[2]) - q.get_log_prob(s, feature_dims=[2])
         ref = torch.stack([p.get_log_prob({"x": x, "z": s["z"][k]}) - q.get_log_prob({"x": x, "z": s["z"][k]})
                            for k in range(3)])
-        assert lw.shape == ((3, rows) if rows > 1 else (3,))
-        torch.testing.assert_close(lw, ref if rows > 1 else ref[:, 0], rtol=1e-12, atol=1e-12)
+        assert lw.shape == (3, rows)
+        torch.testing.assert_close(lw, ref, rtol=1e-12, atol=1e-12)
         bound = torch.logsumexp(lw, 0) - math.log(3)
-        assert bound.shape == ((rows,) if rows > 1 else ()) and bool(bound.isfinite().all())
+        assert bound.shape == (rows,) and bool(bound.isfinite().all())
+        if rows == 1:
+            torch.testing.assert_close(p.get_log_prob(s) - q.get_log_prob(s), ref[:, 0], rtol=1e-12, atol=1e-12)
 
 
 def test_conditions_drawn_with_sample_shape_beside_others_images_and_one_draw() -> None:

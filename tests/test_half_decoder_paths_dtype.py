@@ -1,10 +1,11 @@
-"""dtypes: a half-precision DDPM's discretised decoder, a path's draws from float64 levels, and two examples' helpers.
+"""dtypes: a half-precision DDPM's discretised decoder, a path's draws in its network's dtype, two examples' helpers.
 
 References. The decoder's log-probability of a bin, log(Phi(b) - Phi(a)), from ``scipy.stats.norm.logcdf`` in float64
 with the mean mu_theta(x_1, 1) written out from the schedule's coefficients and a network whose weights and inputs are
 dyadic (its output exact in 16 bits); the float32 model on the same (16-bit rounded) weights, to the 16-bit format's
 epsilon (``torch.finfo``). The bound's mean over many rows against the float32 model's, within its Monte Carlo error.
-Paths and examples: the draws' dtype, and the float64 helper's output against the float32 one on the same weights.
+Paths: the draws' dtype, and the samplers' output against the same steps taken by hand from the same prior draw.
+Examples: the float64 helper's output against the float32 one on the same weights.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from kizuna.distributions import DDPM, DiffusionDecoder, DiffusionReverse, DiffusionSchedule
 from kizuna.losses import diffusion_bound, hybrid_diffusion_loss
-from kizuna.samplers import ddim, euler, heun
+from kizuna.samplers import ddim, euler, euler_maruyama, heun
 from kizuna.samplers.paths import LinearPath, ScorePath
 
 F64 = torch.float64
@@ -145,31 +146,89 @@ def test_half_bound_and_hybrid_loss(dt):
 
 # ------------------------------------------------------------------ finding 2: a path's draws from float64 levels
 
-def test_score_path_draws_in_the_dtype_of_float64_sigmas():
-    net = nn.Linear(4, 4).double()
-    sigmas = torch.logspace(0, -2, 4, dtype=F64)
-    path = ScorePath(lambda x, i: net(x) / sigmas[i], sigmas, [4])
-    assert path.dtype == F64
+class _Score(nn.Module):
+    """A noise-conditional score s(x, i) = (W x + b) / sigma_i over levels built with numpy (float64 whatever the
+    network); ``score`` is the same as a bound method."""
+
+    def __init__(self, sigmas):
+        super().__init__()
+        self.lin, self.sigmas = nn.Linear(2, 2), [float(v) for v in sigmas]
+
+    def forward(self, x, i):
+        return self.lin(x) / self.sigmas[i]
+
+    def score(self, x, i):
+        return self(x, i)
+
+
+@pytest.mark.parametrize("net_dtype", [torch.float32, F64])
+@pytest.mark.parametrize("level_dtype", [torch.float32, F64])
+def test_score_path_draws_in_the_score_networks_dtype(net_dtype, level_dtype):
+    """The draws take the score network's dtype (an nn.Module, or a bound method of one), not that of ``sigmas``: a
+    float32 network given float64 levels from numpy drew float64 and stopped in its first layer with torch's "mat1 and
+    mat2 must have the same dtype" (review diffB1, finding 4); a float64 network draws float64 whatever the levels.
+    The samplers' output is the Euler-Maruyama / DDIM chain run by hand from the same prior draw."""
+    sigmas = torch.tensor(np.geomspace(1.0, 0.01, 4), dtype=level_dtype)
+    net = _Score(sigmas).to(net_dtype)
+    for score in (net, net.score):
+        path = ScorePath(score, sigmas, [2])
+        assert path.dtype == net_dtype
+        with torch.no_grad():
+            out = ddim(path, 3, n_steps=3, eta=0.0, generator=torch.Generator().manual_seed(5))
+            x = path.prior(3, torch.Generator().manual_seed(5))  # DDIM, eta = 0, by hand: x + (s' - s) eps_hat
+            levels = path.times(3)
+            for s, s_next in zip(levels[:-1], levels[1:]):  # the last step to 0 is Tweedie's, x - s eps_hat
+                x = x + (s_next - s) * (-s * net(x, path.levels.index(s)))
+            assert heun(path, 3, n_steps=3).dtype == net_dtype
+        assert out.dtype == net_dtype and x.dtype == net_dtype
+        torch.testing.assert_close(out, x, rtol=1e-6 if net_dtype == torch.float32 else 1e-12, atol=1e-6)
+    # an explicit dtype wins; a function (no module to read) draws in torch's default dtype, whatever the levels
+    assert ScorePath(net, sigmas, [2], dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert ScorePath(lambda x, i: net(x, i), sigmas, [2]).dtype == torch.get_default_dtype()
+
+
+def test_a_float32_score_network_samples_from_numpy_levels():
+    """The review's repro: ``ScorePath(net, torch.tensor(np.geomspace(1, .01, 5)), [2])`` with a float32 network and
+    ``euler_maruyama``: float32 draws (it stopped with torch's "mat1 and mat2 must have the same dtype")."""
+    sigmas = torch.tensor(np.geomspace(1.0, 0.01, 5))
+    assert sigmas.dtype == F64
     with torch.no_grad():
-        out = ddim(path, 3, n_steps=3, eta=0.0)
-        assert out.dtype == F64 and torch.isfinite(out).all()
-        assert heun(path, 3, n_steps=3).dtype == F64
-    # the same draws as with dtype= given; an explicit dtype, and levels as numbers, as before
-    torch.manual_seed(1)
-    a = path.prior(5)
-    torch.manual_seed(1)
-    torch.testing.assert_close(a, ScorePath(path.score, sigmas, [4], dtype=F64).prior(5), rtol=0, atol=0)
-    assert ScorePath(path.score, sigmas, [4], dtype=torch.float32).dtype == torch.float32
-    assert ScorePath(path.score, sigmas.tolist(), [4]).dtype == torch.get_default_dtype()
+        out = euler_maruyama(ScorePath(_Score(sigmas), sigmas, [2]), 4, 5, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32 and out.shape == (4, 2) and bool(out.isfinite().all())
 
 
-def test_linear_path_draws_in_the_dtype_of_a_float64_sigma_min():
-    net = nn.Linear(4, 4).double()
-    path = LinearPath(lambda x, t: net(x), [4], sigma_min=torch.tensor(0.01, dtype=F64))
+class _Velocity(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x, t):
+        return self.lin(x)
+
+
+def test_linear_path_draws_in_the_velocity_networks_dtype():
+    """A velocity network (nn.Module or bound method) gives the draws' dtype, whatever ``sigma_min``'s; another
+    callable keeps the rule of before: a floating 0-d ``sigma_min``'s dtype, else torch's default; ``dtype=`` wins."""
+    for dtype in (torch.float32, F64):
+        net = _Velocity().to(dtype)
+        for velocity in (net, net.forward):
+            for sigma_min in (0.01, torch.tensor(0.01, dtype=F64), torch.tensor(0.01, dtype=torch.float32)):
+                path = LinearPath(velocity, [4], sigma_min=sigma_min)
+                assert path.dtype == dtype
+                with torch.no_grad():
+                    out = euler(path, 3, n_steps=2, generator=torch.Generator().manual_seed(1))
+                    x = path.prior(3, torch.Generator().manual_seed(1))  # Euler by hand, t = 0, 1/2
+                    for t in (0.0, 0.5):
+                        x = x + 0.5 * net(x, t)
+                assert out.dtype == dtype
+                torch.testing.assert_close(out, x, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    net64 = nn.Linear(4, 4).double()
+    path = LinearPath(lambda x, t: net64(x), [4], sigma_min=torch.tensor(0.01, dtype=F64))
     assert path.dtype == F64 and path.sigma_min == 0.01
     with torch.no_grad():
         assert euler(path, 3, n_steps=2).dtype == F64
-    assert LinearPath(lambda x, t: net(x), [4], sigma_min=0.01).dtype == torch.get_default_dtype()
+    assert LinearPath(lambda x, t: net64(x), [4], sigma_min=0.01).dtype == torch.get_default_dtype()
+    assert LinearPath(_Velocity(), [4], dtype=F64).dtype == F64
 
 
 # ------------------------------------------------------------------ finding 3: the examples' helpers in float64

@@ -11,15 +11,18 @@ conditioning values, each flattened per row of its first dimension and concatena
 * `MLPCategorical`: a one-hot categorical with logits :math:`f(x)` (a classifier :math:`q(y|x)`).
 
 So a condition ``(B, 1, D)`` (one channel, a dataset's ``x[i:i+1]``) or ``(B, 1, 28, 28)`` is ``B`` rows, with
-parameters ``(B, features)``, as ``x.reshape(B, -1)`` gives. Only where those rows do not hold the network's inputs
-are a condition's leading dimensions rows: one drawn with ``sample_shape``, ``(S, B, D)`` with ``B > 1``, is
-``S * B`` rows, whose parameters come back as ``(S, B, features)``: the same network applied in ``forward`` gives those
-(``nn.Linear`` acts on the last dimension), so ``get_log_prob(draws, feature_dims=[2])`` scores each draw (a
-hand-written importance-weighted bound). Draws ``(S, 1, D)`` for one data row are ``S`` rows (``(S, features)``
-parameters: the default ``get_log_prob(draws)`` gives one log-weight per draw). A scored value is read per row too:
-``x`` of ``(B, 1, D)`` against ``B`` rows of ``D`` features is scored row against row (an ELBO of such data), not
-broadcast to ``(B, B, D)``. Conditions without a batch dimension (a number, a vector of the network's inputs) are a
-batch of one.
+parameters ``(B, features)``, as ``x.reshape(B, -1)`` gives. Only where those rows do not hold the network's inputs are
+a condition's leading dimensions rows: one drawn with ``sample_shape``, ``(S, B, D)`` with ``B > 1``, is ``S * B`` rows,
+whose parameters come back as ``(S, B, features)``: the same network applied in ``forward`` gives those (``nn.Linear``
+acts on the last dimension), so ``get_log_prob(draws, feature_dims=[2])`` scores each draw, ``(S, B)`` (a hand-written
+importance-weighted bound). Draws ``(S, 1, D)`` for one data row are ``S`` rows, with parameters ``(S, features)`` (the
+numbers of Pixyz's ``(S, 1, features)``): the default ``get_log_prob(draws)`` gives one value per draw, and
+``feature_dims`` count the dimensions of ``(S, 1, features)`` where they go beyond the log-density's or the scored value
+is one row (`_mlp_log_prob_dims`), so ``feature_dims=[2]`` gives ``(S, 1)`` there too. A scored value is read per row as
+well: ``x`` of ``(B, 1, D)`` is ``B`` rows of ``D``, scored row against row against ``B`` rows of parameters (an ELBO of
+such data, not broadcast to ``(B, B, D)``), and as the same ``B`` rows in every draw against parameters of draws
+(``(S, B, features)``, or ``(S, features)`` where ``B = 1``: importance weights of one-channel data). Conditions without
+a batch dimension (a number, a vector of the network's inputs) are a batch of one.
 
 >>> import torch
 >>> q = MLPNormal("z", ["x"], [4, 16, 2])                     # q(z|x), an encoder
@@ -43,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kizuna._data import check_non_negative, one_number
-from kizuna.distributions.base import RepeatedRows, _as_list, one_rows_expanded
+from kizuna.distributions.base import RepeatedRows, _as_list, one_rows_expanded, sum_rows
 from kizuna.distributions.families import Bernoulli, Categorical, Normal
 from kizuna.distributions.torch_dist import TorchDistribution, positional_forward
 from kizuna.nets import MLP
@@ -109,11 +112,17 @@ def _leading(shape: torch.Size, in_features: int) -> torch.Size | None:
     """The dimensions of a condition of three or more dimensions that are rows. None (its first dimension is the rows,
     the others flattened) where those already hold the network's inputs: ``(B, 1, D)`` and ``(B, 1, 28, 28)`` are
     ``B`` rows, whose parameters are ``(B, features)`` (data of one channel, a dataset's ``x[i:i+1]``), also a draw
-    ``(S, 1, D)`` for one data row; or where no reading fits. Else all but the last where the last is the inputs
-    (``nn.Linear``'s reading: a draw made with ``sample_shape``, ``(S, B, D)``, ``B > 1``), or the fewest leading ones
-    whose trailing product is the inputs (``(S, B, 1, 28, 28)`` for 784 inputs: ``S * B`` rows)."""
+    ``(S, 1, D)`` for one data row; or where no reading fits. Else `_linear_lead`."""
     if math.prod(shape[1:]) == in_features:
         return None
+    return _linear_lead(shape, in_features)
+
+
+def _linear_lead(shape: torch.Size, in_features: int) -> torch.Size | None:
+    """The rows of a condition of three or more dimensions as the same network written in a Pixyz ``forward`` reads
+    them: all but the last where the last is the inputs (``nn.Linear``'s reading: a draw made with ``sample_shape``,
+    ``(S, B, D)``), else the fewest leading ones whose trailing product is the inputs (``(S, B, 1, 28, 28)`` for 784
+    inputs: ``S * B`` rows); None where none fits."""
     if shape[-1] == in_features:
         return shape[:-1]
     for k in range(2, len(shape)):
@@ -122,7 +131,8 @@ def _leading(shape: torch.Size, in_features: int) -> torch.Size | None:
     return None
 
 
-def _reading(values: Sequence[Tensor], in_features: int) -> tuple[list[tuple[torch.Size, int]], torch.Size] | None:
+def _reading(values: Sequence[Tensor], in_features: int,
+             linear: bool = False) -> tuple[list[tuple[torch.Size, int]], torch.Size] | None:
     """How several conditions, not all of two dimensions, are the network's rows: each value's leading (row)
     shape and width, and the rows they broadcast to; None where no reading gives ``in_features`` inputs on rows that
     fit. A number is one row. A 1-D value is first read as one feature per row (a batch of scalars), else as one row
@@ -131,9 +141,9 @@ def _reading(values: Sequence[Tensor], in_features: int) -> tuple[list[tuple[tor
     (as one value is: `_leading`), then as ``nn.Linear`` reads it (rows all but the last dimension: a draw made with
     ``sample_shape``). Row shapes broadcast as torch's do, right-aligned (a condition per batch row beside draws
     ``(S, B, D)`` is the same for every draw), but only to one of them (``(5,)`` beside ``(5, 1)`` is not read as 5 x 5
-    rows)."""
+    rows). ``linear``: the ``nn.Linear`` reading first (`_draws_lead`)."""
     for one_row in (False, True):
-        for last in (False, True):
+        for last in ((True, False) if linear else (False, True)):
             shapes = []
             for value in values:
                 if value.dim() == 0:
@@ -202,19 +212,77 @@ def _mlp_rows(dist: Any, params: dict[str, Any], x_dict: Mapping[str, Any], batc
 
 
 def _mlp_value(dist: Any, value: Any, features: torch.Size, params: dict[str, Any]) -> Tensor:
-    """See `TorchDistribution._value`: a scored value is read per first-dimension row, as the conditions are
-    (`_leading`). A value ``(B, 1, D)`` against parameters of ``B`` rows of ``D`` features is those ``B`` rows, its
-    features flattened, scored one row against one row of parameters; ``(B, 1, D)`` broadcast against ``(B, D)`` to
-    ``(B, B, D)`` and scored every row against every row of parameters (an ELBO of ``(B, 1, D)`` data summed ``B``
-    reconstruction terms per row). Other values (a draw ``(S, B, D)``, one row) as `TorchDistribution._value`."""
-    if isinstance(value, Tensor) and value.dim() > len(features) + 1 and value.shape[1:] != features:
+    """See `TorchDistribution._value`: a scored value is read per first-dimension row, its entries flattened to one
+    row's features, as the conditions are (`_leading`). A value ``(B, 1, D)`` (one channel) is ``B`` rows of ``D``:
+
+    * against parameters of ``B`` rows, scored one row against one row (broadcast to ``(B, B, D)`` it was scored
+      every row against every row: an ELBO of such data summed ``B`` reconstruction terms per row);
+    * against parameters of draws ``(S, B, D)`` (a decoder given ``z`` drawn with ``sample_shape`` from an encoder of
+      that data), the same ``B`` rows in every draw, and ``(1, 1, D)`` against ``(S, D)`` (the draws of one data row
+      are ``S`` rows) one row against every draw: they were refused (``B > 1``), or broadcast to ``(1, S, D)`` and the
+      ``S`` draws summed into one value (``B = 1``).
+
+    Other values (a draw ``(S, B, D)``, one row ``(1, D)``) as `TorchDistribution._value`."""
+    if isinstance(value, Tensor) and value.dim() > 2 and features and value.shape[1:] != features:
+        n, entries = value.shape[0], math.prod(value.shape[1:])
         rows = next((v.shape[0] for v in params.values() if isinstance(v, Tensor) and v.dim() > 0), None)
-        if rows == value.shape[0] and math.prod(value.shape[1:]) == math.prod(features):
+        if value.dim() > len(features) + 1 and rows == n and entries == math.prod(features):
+            shape = features  # the parameters' rows, each flattened to their features
+        elif entries == features[-1] and value.shape[1:] != features[-1:] and (
+                n == 1 or (len(features) > 1 and n == features[-2])):
+            shape = features[-1:]  # rows of one row's features: the rows in each draw, or one row
+        else:
+            shape = None
+        if shape is not None:
             if type(value) is RepeatedRows and value._copy is None:  # still lazy: the source rows, not a copy
-                value = RepeatedRows(value.source.reshape(value.source.shape[0], *features), value.n)
+                value = RepeatedRows(value.source.reshape(value.source.shape[0], *shape), value.n)
             else:
-                value = value.reshape(rows, *features)
+                value = value.reshape(n, *shape)
     return TorchDistribution._value(dist, value, features, params)
+
+
+def _draws_lead(values: Sequence[Any], in_features: int) -> torch.Size | None:
+    """The leading shape (two or more dimensions) of the network's outputs for these conditions as the same network
+    written in a Pixyz ``forward`` gives it (``nn.Linear`` acts on the last dimension: draws ``(S, 1, D)`` of one data
+    row give ``(S, 1, features)``), where the conditions have one; None otherwise."""
+    if not values or not all(isinstance(v, Tensor) for v in values):
+        return None
+    if len(values) == 1:
+        lead = _linear_lead(values[0].shape, in_features) if values[0].dim() > 2 else None
+    elif all(v.dim() == 2 for v in values):
+        return None
+    else:
+        reading = _reading(values, in_features, linear=True)
+        lead = None if reading is None else reading[1]
+    return lead if lead is not None and len(lead) > 1 else None
+
+
+def _mlp_log_prob_dims(dist: Any, x_dict: Mapping[str, Any], dims: Sequence[int]) -> Tensor:
+    """See `TorchDistribution._log_prob_dims`. Draws ``(S, 1, D)`` of one data row are ``S`` rows, with a
+    log-density ``(S, D)`` against one row of the scored value, where the same network written in a Pixyz ``forward``
+    gives ``(S, 1, D)`` (`_draws_lead`). ``dims`` count the dimensions of that layout where they go beyond the
+    log-density's (``feature_dims=[2]`` gives ``(S, 1)``, as for ``B > 1`` draws ``(S, B, D)``; it was out of range),
+    and where the value is one row against more, so that both layouts pair the same entries, unless a dimension
+    named is one of its inserted 1s (a categorical's ``feature_dims=[]``, or ``[-1]``, give ``(S, 1)`` beside an
+    encoder's ``(S, 1)``, not ``(S,)``, which broadcast to ``(S, S)``: a hand-written importance-weighted bound on a
+    batch of one; ``feature_dims=[1]`` of one ``z`` against data ``(B, 1, D)`` still sums ``z``'s features). Only
+    dimensions of size 1 are inserted: the numbers are the same. A value of as many rows as the parameters (data
+    ``(B, 1, D)`` scored row against row) keeps the rows' layout (Pixyz's pairs every row with every row)."""
+    lp = dist._elementwise_log_prob(x_dict)
+    beyond = any(d >= lp.dim() for d in dims)
+    if lp.dim() and (beyond or lp.shape[0] > 1 and _one_row(x_dict.get(dist._var[0]))):
+        lead = _draws_lead([x_dict.get(c) for c in dist._cond_var], dist._in_features)
+        if lead is not None and math.prod(lead) == lp.shape[0]:
+            rank = len(lead) + lp.dim() - 1
+            if beyond or not any(0 < (d % rank if -rank <= d < rank else d) < len(lead) for d in dims):
+                lp = lp.reshape(*lead, *lp.shape[1:])
+    return sum_rows(lp, dims)
+
+
+def _one_row(value: Any) -> bool:
+    """Whether a scored value of an MLP family (features in its last dimension) is one row: ``(1, ...)``, or a vector
+    without a batch dimension."""
+    return isinstance(value, Tensor) and (value.dim() < 2 or value.shape[0] == 1)
 
 
 class MLPNormal(Normal):
@@ -246,6 +314,7 @@ class MLPNormal(Normal):
     _unbatched_conditions = _unbatched
     _rows = _mlp_rows
     _value = _mlp_value
+    _log_prob_dims = _mlp_log_prob_dims
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
@@ -273,6 +342,7 @@ class MLPBernoulli(Bernoulli):
     _unbatched_conditions = _unbatched
     _rows = _mlp_rows
     _value = _mlp_value
+    _log_prob_dims = _mlp_log_prob_dims
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 
@@ -295,6 +365,7 @@ class MLPCategorical(Categorical):
     _unbatched_conditions = _unbatched
     _rows = _mlp_rows
     _value = _mlp_value
+    _log_prob_dims = _mlp_log_prob_dims
 
     forward = positional_forward  # forward(**cond): _forward_by_position on the values in cond_var order
 

@@ -24,6 +24,7 @@ This module needs only torch; the distributions hand their networks to it (duck-
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -144,13 +145,29 @@ def _grid(points: Sequence[float], n_steps: int | None) -> list[int]:
     return sorted(set(idx))
 
 
-def _draw_dtype(dtype: torch.dtype | None, levels: Any) -> torch.dtype:
-    """A path's prior dtype: ``dtype`` where given, else that of ``levels`` (the noise levels) where they are a floating
-    tensor, else torch's default dtype."""
+def _network_dtype(network: Any) -> torch.dtype | None:
+    """The dtype of ``network`` where it is an ``nn.Module`` or a bound method of one (``net``, ``net.score``): that of
+    its first floating parameter, else of its first floating buffer; None for another callable (a function, a lambda)
+    or a module without floating tensors."""
+    module = network if isinstance(network, torch.nn.Module) else getattr(network, "__self__", None)
+    if not isinstance(module, torch.nn.Module):
+        return None
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def _draw_dtype(dtype: torch.dtype | None, network: Any, level: Any = None) -> torch.dtype:
+    """A path's prior dtype: ``dtype`` where given, else the network's (`_network_dtype`), else that of ``level``
+    where it is a floating tensor (`LinearPath`'s ``sigma_min``), else torch's default dtype."""
     if dtype is not None:
         return dtype
-    if isinstance(levels, Tensor) and levels.is_floating_point():
-        return levels.dtype
+    found = _network_dtype(network)
+    if found is not None:
+        return found
+    if isinstance(level, Tensor) and level.is_floating_point():
+        return level.dtype
     return torch.get_default_dtype()
 
 
@@ -253,10 +270,11 @@ class ScorePath(GaussianPath):
         sigmas: the levels :math:`\\sigma_1 > \\dots > \\sigma_L`; the path ends at :math:`\\sigma = 0`,
             reached by the Tweedie step :math:`\\hat x_0 = x + \\sigma_L^2 s(x, L)`.
         features_shape: the shape of one :math:`x`.
-        dtype, device: of the prior's draws (the score network's; default: the dtype of ``sigmas`` where it is a
-            floating tensor, as a network's buffer of levels is, else torch's default dtype; the CPU). (A float64
-            network given float64 ``sigmas`` got float32 draws and stopped with torch's "mat1 and mat2 must have the
-            same dtype".)
+        dtype, device: of the prior's draws (default: the score network's dtype where ``score`` is an ``nn.Module``
+            or a bound method of one, that of its first floating parameter or buffer; else torch's default dtype; the
+            CPU). The dtype of ``sigmas`` is not read: levels built with numpy are float64 whatever the network (a
+            float32 network got float64 draws and stopped with torch's "mat1 and mat2 must have the same dtype"); a
+            float64 network given as a function (a lambda) needs ``dtype=torch.float64``.
     """
 
     def __init__(self, score: Callable[[Tensor, int], Tensor], sigmas: Sequence[float] | Tensor,
@@ -264,7 +282,7 @@ class ScorePath(GaussianPath):
         levels = noise_levels("ScorePath", sigmas)
         self.score, self.levels = score, levels
         self.features_shape = check_shape("ScorePath: features_shape", features_shape)
-        self.dtype = _draw_dtype(dtype, sigmas)
+        self.dtype = _draw_dtype(dtype, score)
         self.device = device
 
     def times(self, n_steps: int | None) -> list[float]:
@@ -302,8 +320,10 @@ class LinearPath(GaussianPath):
         velocity: ``velocity(x, t)`` with ``t`` a tensor of shape ``(batch,)``.
         features_shape: the shape of one :math:`x_1`.
         sigma_min: the noise left at ``t = 1``.
-        dtype, device: of the prior's draws (the velocity network's; default: the dtype of ``sigma_min`` where it is
-            a floating 0-d tensor, else torch's default dtype; the CPU).
+        dtype, device: of the prior's draws (default: the velocity network's dtype where ``velocity`` is an
+            ``nn.Module`` or a bound method of one, as `ScorePath`'s; for another callable, as before, the dtype of
+            ``sigma_min`` where it is a floating 0-d tensor, else torch's default dtype; the CPU).
+            `kizuna.distributions.FlowMatching.path` passes its network's dtype and device.
     """
 
     clean_evaluable, start, end = True, 0.0, 1.0
@@ -313,7 +333,7 @@ class LinearPath(GaussianPath):
         # (FlowMatching's range: a negative one divided by zero in DDIM's step, NaN gave NaN draws)
         self.v, self.sigma_min = velocity, sigma_min_value("LinearPath", sigma_min)
         self.features_shape = check_shape("LinearPath: features_shape", features_shape)
-        self.dtype = _draw_dtype(dtype, sigma_min)
+        self.dtype = _draw_dtype(dtype, velocity, sigma_min)
         self.device = device
 
     def times(self, n_steps: int | None) -> list[float]:
