@@ -52,21 +52,34 @@ def _order(factors: Sequence[Distribution]) -> list[Distribution]:
 
 
 def _own_lead(f: Distribution, x_dict: XDict) -> torch.Size | None:
-    """The leading shape ``(*sample_shape, batch)`` of the log-density of ``f`` per entry, where its value says it:
-    its dimensions before its features (declared, or those of constant parameters); for a conditional family whose
-    value has more dimensions than its parameters (``x`` of ``(S, B)`` against ``loc`` read from a given ``z`` of
-    ``(B,)``), the value's extra leading dimensions and the parameters' rows. None otherwise: scalar constants (a prior)
-    score values of any features, and parameters read from a condition drawn with a ``sample_shape`` have the draws'
-    dimensions as well (`JointDistribution._per_draw` reads the conditions' values for those)."""
+    """The dimensions of the value of ``f`` before its features, where ``f`` states its features (declared, or those
+    of constant parameters); None otherwise. Not evidence of draws: ``(S, B)`` draws of rows and ``(B, T)`` rows of
+    ``T`` elements each (steps of a sequence) look alike there. `JointDistribution._per_draw` reads at most these
+    dimensions of the value as draws and rows."""
     if len(f.var) != 1:
         return None
     value = x_dict.get(f.var[0])
     if not isinstance(value, Tensor) or value.dim() == 0:
         return None
     rank = len(f.features_shape)
-    if rank:
-        return value.shape[:value.dim() - rank] if value.dim() > rank else None
-    if not isinstance(f, TorchDistribution) or not f._from_inputs():
+    return value.shape[:value.dim() - rank] if rank and value.dim() > rank else None
+
+
+def _draws_lead(f: Distribution, x_dict: XDict) -> torch.Size | None:
+    """The leading shape ``(*sample_shape, rows)`` of the log-density of ``f`` per entry, where its value shows draws:
+    ``f`` is a family whose parameters are computed from its conditioning values (one row per row of them), and its
+    value has more dimensions than those parameters (``x`` of ``(S, B)`` against ``loc`` read from a given ``z`` of
+    ``(B,)``, as ``sample({"z": z}, sample_shape=(S,))`` gives): the value's extra leading dimensions, then the
+    parameters' rows, which must be the rows of a condition (its first dimension; one for a condition without a batch
+    dimension). None otherwise: a factor with constant parameters (a prior) scores ``(S, B, D)`` draws and ``(B, T, D)``
+    sequences alike, so says nothing about draws; nor does a value with the parameters' own dimensions (``(B, T, D)``
+    against ``(B, T, D)``: a per-step factor of a sequence), one whose rows are not a condition's (parameters of one
+    row against ``(B, T, D)``: ``T`` is not a row count), or, where ``f`` declares features, parameters without a
+    dimension before them."""
+    if len(f.var) != 1 or not isinstance(f, TorchDistribution) or not f._from_inputs():
+        return None
+    value = x_dict.get(f.var[0])
+    if not isinstance(value, Tensor) or value.dim() == 0:
         return None
     try:  # the parameters' shape, rows first: their broadcast shape (a kernel family's), else the torch distribution's
         params = f._params(x_dict)
@@ -74,22 +87,27 @@ def _own_lead(f: Distribution, x_dict: XDict) -> torch.Size | None:
         if shape is None:
             dist = f._torch_dist(x_dict, independent=False, params=params)
             shape = dist.batch_shape + dist.event_shape
+        rank = len(f.features_shape)
+        if len(shape) <= rank:  # no rows (or, where it declares features, no rows of them)
+            return None
         value = f._value(value, shape[1:], params)  # as the family reads it (an MLP's (B, 1, D): B rows of D)
         if value.dim() <= len(shape):
             return None
         full = torch.broadcast_shapes(value.shape, shape)
     except (ValueError, TypeError, RuntimeError, NotImplementedError):
         return None
-    return full[:len(full) - len(shape) + 1]
+    lead = full[:len(full) - len(shape) + 1]
+    unbatched = f._unbatched_conditions(x_dict)
+    rows = {v.shape[0] if v.dim() and c not in unbatched else 1
+            for c in f.cond_var if isinstance(v := x_dict.get(c), Tensor)}
+    return lead if lead[-1] in rows else None
 
 
-def _matched(lead: torch.Size, value: Any) -> torch.Size | None:
-    """The longest end of ``lead`` that ``value`` starts with (all of it: drawn with the draws; its batch only: given
+def _matched(lead: torch.Size, shape: torch.Size) -> torch.Size | None:
+    """The longest end of ``lead`` that ``shape`` starts with (all of it: drawn with the draws; its rows only: given
     per row), None if none."""
-    if not isinstance(value, Tensor):
-        return None
-    for m in range(len(lead), 0, -1):
-        if value.shape[:m] == lead[len(lead) - m:]:
+    for m in range(min(len(lead), len(shape)), 0, -1):
+        if shape[:m] == lead[len(lead) - m:]:
             return lead[len(lead) - m:]
     return None
 
@@ -104,18 +122,16 @@ def _rows_only(factors: Sequence[Distribution], x_dict: Mapping[str, Any]) -> bo
       ``(n, *features_shape)`` for a factor with (declared or constant) features, and has no dimension after the
       first of size ``n`` or 1 for a factor without.
 
-    Why that suffices: `_own_lead` reads a leading shape longer than ``(n,)`` only (a) for a factor with features,
-    from a value with two dimensions or more before them: not one of one or two dimensions, nor ``(n, *features)``;
-    (b) for a conditional family without, from a value with more dimensions than its parameters, whose dimension
-    before the parameters' features broadcasts against their rows. Those rows are the conditions' ``n`` (a condition
-    read as a parameter; a network that returns one row per row of its inputs), so that dimension is ``n`` or 1:
-    excluded. Draws with a ``sample_shape`` beside values given per row fail the test: ``(S, B)`` beside ``(B,)`` has
-    two first dimensions, and ``B`` after the first where ``S == B``. So do a batch of one, a feature size equal to
-    the batch and a dimension of size 1 (one image channel), which then take the analysis.
-
-    Outside (b): parameters without their conditions' rows (a network that returns one row, none or other rows for
-    ``n`` rows of inputs). The analysis reads such a value's other dimensions as draws and rows of their own and may
-    refuse it beside a factor of ``n`` rows; here the old sum stands (every value read as ``n`` rows)."""
+    Why that suffices: `_per_draw` changes the terms only where a factor's `_draws_lead` is not None: a family with
+    parameters computed from its conditions (whose rows are ``n``, or 1 for one without a batch dimension), whose value
+    has more dimensions than those parameters, and whose dimension before the parameters' features broadcasts
+    against their rows to a condition's rows, ``n`` or 1. For a factor without features that dimension comes after
+    the value's first, so is not ``n`` or 1: excluded. For one with features the parameters need a dimension before
+    them, so the value two or more: not one of one or two dimensions, nor ``(n, *features)``.
+    Draws with a ``sample_shape`` beside values given per row fail the test: ``(S, B)`` beside ``(B,)`` has two first
+    dimensions, and ``B`` after the first where ``S == B``. So do a batch of one, a feature size equal to the batch and
+    a dimension of size 1 (one image channel), which then take the analysis; so do a factor with features whose value
+    has more dimensions before them (a prior's ``(B, T, D)`` sequence), which the analysis returns as it is."""
     n = 0
     for f in factors:
         for name in f._var:
@@ -271,7 +287,7 @@ class JointDistribution(Distribution):
         """``f.get_log_prob(x_dict, **kwargs)`` for each ``(f, kwargs)`` of ``calls`` (every factor, each summed per
         entry of the first dimension; Pixyz's graph options give each its own arguments), made per draw by `_per_draw`
         unless `_rows_only` shows there are no draws beside rows; the parameters are then computed once, for the
-        densities and for `_own_lead`."""
+        densities and for `_draws_lead`."""
         if _rows_only(self._order, x_dict):
             return [(f, f.get_log_prob(x_dict, **kwargs)) for f, kwargs in calls]
         with shared_parameters():
@@ -281,34 +297,53 @@ class JointDistribution(Distribution):
     def _per_draw(self, x_dict: XDict, terms: list[tuple[Distribution, Tensor]]) -> list[tuple[Distribution, Tensor]]:
         """The factors' per-row log-densities ``terms`` made per draw. After ``sample({"z": z}, sample_shape=(S,))``
         ``z`` is ``(B,)`` as given and ``x`` is ``(S, B)``: ``log p(z)`` has one value per row and ``log p(x|z)`` one
-        per draw (each summed over the rows). The draws' leading shape ``(*sample_shape, B)`` is the longest that a
-        factor's values say (`_own_lead`); a factor whose values (its variables, or its conditions) start with a
-        shorter end of it is counted in every draw: its sum times the entries of the dimensions it lacks after the
-        first. Two factors that say leading shapes of other sizes are refused by name."""
-        leads = [_own_lead(f, x_dict) for f, _ in terms]
+        per draw (each summed over the rows).
+
+        Only a factor whose parameters come from its conditions shows draws (`_draws_lead`: its value has more leading
+        dimensions than the parameters read from its per-row conditions); the longest such shape is the draws'
+        ``(*sample_shape, B)``. Where none does, the terms are returned as they are: one value per entry of the first
+        dimension, as before draws were read (right for ``(B, T, D)`` sequences beside ``(B, D)`` values, which a
+        prior's shapes cannot tell from draws). A factor whose values start with a shorter end of the draws' shape is
+        counted in every draw: its sum times the entries of the dimensions it lacks after the first. Those values are
+        its conditions and its variable, of which only the dimensions before its features where it states them; these
+        are as they are where they broadcast against the draws' shape (one row against every row), and else may be
+        rows, then elements of each row (a ``(B, T, D)`` sequence beside draws of ``B`` rows is ``B`` rows); where both
+        fit (stated ``(B, B)`` or ``(B, 1)`` beside ``S == B`` draws), the term stays as it is, as before draws were
+        read. A factor whose values start with no end of it, or a second factor showing draws of other sizes, is refused
+        by name."""
+        leads = [_draws_lead(f, x_dict) for f, _ in terms]
         longest = max((lead for lead in leads if lead is not None), key=len, default=None)
-        if longest is None or len(longest) < 2:  # no factor has draws beside its rows: one value per row
+        if longest is None:  # no factor shows draws beside its rows: one value per row
             return terms
         end = len(longest)
         out = []
         for (f, term), lead in zip(terms, leads):
-            if lead is not None and lead != longest[end - len(lead):]:
-                if all(a == b or 1 in (a, b) for a, b in zip(reversed(lead), reversed(longest))):
+            stated = lead if lead is not None else _own_lead(f, x_dict)  # its value's dimensions before its features
+            found = None
+            if stated is not None:
+                if stated == longest[end - len(stated):]:
+                    found = stated  # the draws, or their last dimensions (given per row)
+                elif all(a == b or 1 in (a, b) for a, b in zip(reversed(stated), reversed(longest))):
                     out.append((f, term))  # one row against every row (it conditions them all): as it is
                     continue
+                elif lead is None:  # a prior's: rows, then elements of each row (a (B, T) sequence's steps)
+                    found = _matched(longest, stated)
+            if lead is None:
+                names = [*f.cond_var, *f.input_var, *([] if stated is not None else f.var)]
+                for value in map(x_dict.get, names):
+                    match = _matched(longest, value.shape) if isinstance(value, Tensor) else None
+                    if match is not None and (found is None or len(match) > len(found)):
+                        found = match
+            if found is None and stated is not None:
                 owner = next(g for (g, _), other in zip(terms, leads) if other == longest)
                 raise ValueError(
-                    f"{self.prob_text}: the log-density of {f.prob_text} has one value per entry of {tuple(lead)} and "
-                    f"that of {owner.prob_text} one per entry of {tuple(longest)} (draws, then rows); they cannot be "
-                    "summed per draw (score the factors one by one)")
-            values = [x_dict.get(v) for v in [*f.cond_var, *f.input_var, *([] if lead is not None else f.var)]]
-            for found in map(_matched, [longest] * len(values), values):
-                if found is not None and (lead is None or len(found) > len(lead)):
-                    lead = found
-            if lead is None or len(lead) == end or term.dim() != 1 or term.shape[0] != lead[0]:
+                    f"{self.prob_text}: the log-density of {f.prob_text} has one value per entry of {tuple(stated)} "
+                    f"and that of {owner.prob_text} one per entry of {tuple(longest)} (draws, then rows); they cannot "
+                    "be summed per draw (score the factors one by one)")
+            if found is None or len(found) == end or term.dim() != 1 or term.shape[0] != found[0]:
                 out.append((f, term))  # per draw already (or nothing says otherwise)
                 continue
-            repeats = math.prod(longest[1:end - len(lead)])  # the draws' dimensions after the first that it lacks
+            repeats = math.prod(longest[1:end - len(found)])  # the draws' dimensions after the first that it lacks
             out.append((f, (term.sum() * repeats).expand(longest[0])))
         return out
 
