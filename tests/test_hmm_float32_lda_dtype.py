@@ -12,7 +12,7 @@ import kizuna.modules as km
 from kizuna.modules import _forward_backward as fb
 from kizuna.modules.gmm.normal_wishart import gaussian_log_prob
 from kizuna.modules.hmm import HiddenMarkovModel, emissions
-from kizuna.modules.hmm.emissions import Gaussian, expansion_rounding
+from kizuna.modules.hmm.emissions import Gaussian, expansion_error, expansion_rounding
 from kizuna.modules.lda import MultimodalLDA
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -54,7 +54,7 @@ def test_gaussian_log_prob_of_far_apart_states_matches_scipy_in_float32(kind):
         assert abs((own - ref[rows, z]).sum()) < 3000 * tol / 10  # no bias summed over the rows
 
 
-# below 16 states the products are (K, 2D) x (2D, B), from 16 the other way round
+# float32 below 16 states: (K, 2D) x (2D, B); float64, and from 16 states: (B, 2D) x (2D, K)
 @pytest.mark.parametrize("k, n", [(4, 70_001), (20, 20_001)])
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_gaussian_log_prob_in_row_blocks_matches_scipy(k, n, dtype):
@@ -130,25 +130,65 @@ def test_float32_gaussian_log_prob_is_the_rounded_density_of_its_inputs(kind, se
     assert (np.abs(out.double().numpy() - ref) <= half_ulp + 2 * np.finfo(np.float64).eps * b).all()
 
 
+def states_apart(d: int, b: float, rng: np.random.Generator, n: int, dtype) -> tuple[np.ndarray, ...]:
+    """Two states at c -/+ a s (s a random sign per feature, variance 1) with sum_d (mu_d - c_d)^2 = ``b``, and ``n``
+    rows drawn from them: (means, x, each row's state)."""
+    s = rng.choice([-1.0, 1.0], d) * np.sqrt(b / d)
+    means = np.stack([5.0 - s, 5.0 + s])
+    z = rng.integers(0, 2, n)
+    x = (means[z] + rng.normal(size=(n, d))).astype(np.float32 if dtype == F32 else np.float64)
+    return means.astype(x.dtype), x, z
+
+
+@pytest.mark.parametrize("d", [1, 10, 100, 1000])
 @pytest.mark.parametrize("dtype", [F32, F64])
-def test_gaussian_log_prob_takes_the_differences_only_past_the_expansions_rounding(monkeypatch, dtype):
-    # one feature, states at c -/+ r with variance 1: B = r^2; below the switch one product per block (the speed of
-    # hmmlearn's expansion), above it the differences (`gaussian_log_prob`); both against scipy
+def test_gaussian_log_prob_takes_the_differences_only_past_the_expansions_rounding(monkeypatch, dtype, d):
+    # the expansion's terms are of size B and 2D + 1 of them are summed: it rounds a row by up to eps64 B sqrt(2D + 1)
+    # (`expansion_error`); below the switch one product per block (the speed of hmmlearn's expansion), above it the
+    # differences (`gaussian_log_prob`); every row within `expansion_rounding` of scipy (float32: of the density of
+    # its own rounded inputs, past half an ulp; its differences, in float32, within two ulps). The switch at eps64 B
+    # (without the D) took the expansion at 0.9 of it: rows 2.4e-10, 7.7e-10 and 2.3e-9 nats off in float64 for
+    # D = 10, 100, 1000, against the documented 1e-10
     calls = []
     monkeypatch.setattr(emissions, "gaussian_log_prob", lambda *a: calls.append(1) or gaussian_log_prob(*a))
-    switch = expansion_rounding(dtype) / torch.finfo(F64).eps  # B where the expansion's rounding reaches the limit
-    rng = np.random.default_rng(2)
-    for factor, differences in ((0.9, False), (1.1, True)):
-        r = np.sqrt(factor * switch)
-        means = np.array([[5.0 - r], [5.0 + r]])
-        x = (means[rng.integers(0, 2, 500)] + rng.normal(size=(500, 1))).astype(np.float32 if dtype == F32 else float)
-        ref = np.stack([stats.norm(mu[0], 1.0).logpdf(x[:, 0].astype(float)) for mu in means.astype(x.dtype)], 1)
+    eps, limit = torch.finfo(F64).eps, expansion_rounding(dtype)
+    switch = limit / (eps * np.sqrt(2 * d + 1))  # B where `expansion_error` reaches the limit
+    assert expansion_error(switch, d) == pytest.approx(limit)
+    rng = np.random.default_rng(d)
+    for b, differences in ((0.9 * switch, False), (1.1 * switch, True), (0.9 * limit / eps, True)):
+        means, x, z = states_apart(d, b, rng, 400, dtype)
+        ref = stats.norm(means.astype(float)[z], 1.0).logpdf(x.astype(float)).sum(1)  # each row's own state
         calls.clear()
-        out = Gaussian("diag", 1e-3).log_prob(torch.tensor(x), {"means_": torch.tensor(means, dtype=dtype),
-                                                                "covars_": torch.ones(2, 1, dtype=dtype)})
-        assert bool(calls) == differences, factor
-        own = np.abs(out.double().numpy() - ref).min(1)  # each row's own state (the other is ~r^2 nats down)
-        assert own.max() < (1e-6 if dtype == F32 else 1e-10), (factor, own.max())
+        out = Gaussian("diag", 1e-3).log_prob(torch.tensor(x), {"means_": torch.tensor(means),
+                                                                "covars_": torch.ones(2, d, dtype=dtype)})
+        assert bool(calls) == differences, (b / switch, bool(calls))
+        err = np.abs(out.double().numpy()[np.arange(len(z)), z] - ref)
+        ulps = np.spacing(np.abs(ref).astype(np.float32)).astype(float) * (2 if differences else 0.5)
+        assert (err - (ulps if dtype == F32 else 0)).max() < limit, (b / switch, err.max())
+
+
+@pytest.mark.parametrize("k", [2, 5, 8])
+def test_float64_gaussian_log_prob_of_few_states_is_as_precise_as_70a0261s_product(k):
+    # 1000 features, B = 5e3 (below the switch), rows at the states: 70a0261's one (N, 2D) x (2D, K) product rounds
+    # a row by 1.2-6 eps64 B here (one thread, MKL), HEAD's (K, 2D) x (2D, B) by 25-31 eps64 B; float64 takes the
+    # former again (float32 keeps the latter: its rounding is below float32's)
+    rng = np.random.default_rng(k)
+    d, n, b = 1000, 600, 5e3
+    means = rng.choice([-1.0, 1.0], (k, d))
+    means -= means.mean(0)
+    means = means * np.sqrt(b / (means**2).sum(1).max()) + 3.0
+    z = rng.integers(0, k, n)
+    x = means[z] + rng.normal(size=(n, d))
+    ref = stats.norm(means[z], 1.0).logpdf(x).sum(1)
+    X, M = torch.tensor(x), torch.tensor(means)
+    out = Gaussian("diag", 1e-3).log_prob(X, {"means_": M, "covars_": torch.ones(k, d, dtype=F64)})
+    c = M.mean(0)  # 70a0261's product: hmmlearn's expansion about the means' centre, in one (N, 2D) x (2D, K) product
+    old = torch.addmm(-0.5 * (((M - c) ** 2).sum(-1) + d * np.log(2 * np.pi)), torch.cat([(X - c) ** 2, X - c], 1),
+                      torch.cat([torch.ones(k, d, dtype=F64), -2.0 * (M - c)], 1).T.mul(-0.5))
+    own = (np.arange(n), z)
+    err, err_old = np.abs(out.numpy()[own] - ref).max(), np.abs(old.numpy()[own] - ref).max()
+    assert err <= 1.25 * err_old + 1e-13, (err / (np.finfo(float).eps * b), err_old / (np.finfo(float).eps * b))
+    assert err < expansion_error(b, d)
 
 
 @pytest.mark.parametrize("kind", ["diag", "spherical"])

@@ -28,11 +28,26 @@ COVARIANCE_TYPES = ("diag", "full", "spherical", "tied")
 
 def expansion_rounding(dtype: torch.dtype) -> float:
     """The rounding (nats a row) that `Gaussian.log_prob`'s float64 expansion may add to a diag / spherical
-    log-emission of ``dtype`` before the differences are taken instead. 1e-7 for float32, which rounds an O(1)
-    log-density about as much itself: the expansion while :math:`B \\le 4.5 \\cdot 10^8` (states within about
-    20,000 standard deviations of the means' centre). 1e-10 for float64 (ten digits of an O(1) log-density; the
-    differences give 1e-15): the expansion while :math:`B \\le 4.5 \\cdot 10^5` (within about 670)."""
+    log-emission of ``dtype`` before the differences are taken instead: the expansion is used while `expansion_error`
+    is within it. 1e-7 for float32, which rounds an O(1) log-density about as much itself: the expansion while
+    :math:`B \\sqrt{2D + 1} \\le 4.5 \\cdot 10^8` (one feature: states within about 16,000 standard deviations
+    of the means' centre). 1e-10 for float64 (ten digits of an O(1) log-density; the differences give 1e-15): while
+    :math:`B \\sqrt{2D + 1} \\le 4.5 \\cdot 10^5` (one feature: within about 510; 1,000 features: :math:`B \\le
+    10^4`, 3.2 standard deviations a feature)."""
     return 1e-7 if torch.finfo(dtype).bits <= 32 else 1e-10
+
+
+def expansion_error(b: float, d: int) -> float:
+    """The rounding (nats) that `Gaussian.log_prob`'s float64 expansion may add to the log-density of a row near a
+    state: :math:`\\epsilon_{64} B \\sqrt{2D + 1}`, :math:`B = \\max_k \\sum_d (\\mu_{kd} - c_d)^2 /
+    \\sigma_{kd}^2` (the states' spread about the means' centre :math:`c`), D = ``d`` features. The expansion's terms
+    are of size B and 2D + 1 of them are summed; their roundings add up as a random walk. Measured (one thread,
+    MKL; rows drawn from the states; D = 1, 10, 100, 1000; 2, 5, 16 and 50 states; B spread evenly over the features,
+    in one, or at random with variances over four decades): each row's own state within 0.7 of it; every entry
+    within 1.2 :math:`\\epsilon_{64} \\sqrt{2D + 1} \\max(B, |\\log \\mathcal N|)` (an entry far down, a row far
+    from that state, to that relative rounding, as the differences). Rows exactly on the line between two states,
+    whose equal terms all round alike, reached 5 times that (a sum's :math:`\\epsilon D` worst case)."""
+    return torch.finfo(torch.float64).eps * b * math.sqrt(2 * d + 1)
 
 
 def entry(name: str, value: Tensor, mask: Tensor) -> str:
@@ -191,38 +206,44 @@ class Gaussian:
     def log_prob(self, x: Tensor, p: Params) -> Tensor:
         """:math:`\\log \\mathcal N(x_t | \\mu_k, \\Sigma_k)` (N, K). Diagonal and spherical covariances: hmmlearn's
         expansion :math:`-\\tfrac12[\\sum_d x_d^2/\\sigma_{kd}^2 - 2 x_d\\mu_{kd}/\\sigma_{kd}^2 +
-        \\mu_{kd}^2/\\sigma_{kd}^2 + \\log\\sigma_{kd}^2 + \\log 2\\pi]` about the means' centre :math:`c`, in
-        float64 whatever ``x``'s dtype (in float32 it lost up to 0.27 nats a row on states 100 apart with variance
-        1e-3): per block of rows (`row_blocks`), one product of the weights :math:`-\\tfrac12[1/\\sigma^2,
-        -2\\mu/\\sigma^2]` (K, 2D) with :math:`[x^2; x]` (2D, B) plus the constant per state, written into the
-        result in ``x``'s dtype (float32: the density of its inputs, correctly rounded). The expansion cancels where
-        a state lies many standard deviations from :math:`c`: it rounds a row by about :math:`\\epsilon_{64} B`,
-        :math:`B = \\max_k \\sum_d (\\mu_{kd} - c_d)^2 / \\sigma_{kd}^2` (a by-product of the constant; measured
-        3e-5 nats for states 1e4 apart with variance 1e-4, :math:`B = 2.5 \\cdot 10^{11}`). Past
+        \\mu_{kd}^2/\\sigma_{kd}^2 + \\log\\sigma_{kd}^2 + \\log 2\\pi]` about the means' centre :math:`c`, in float64
+        whatever ``x``'s dtype (in float32 it lost up to 0.27 nats a row on states 100 apart with variance 1e-3): per
+        block of rows (`row_blocks`), one product of :math:`[x^2, x]` with the weights :math:`-\\tfrac12[1/\\sigma^2,
+        -2\\mu/\\sigma^2]` plus the constant per state, written into the result in ``x``'s dtype (float32: within half
+        an ulp plus `expansion_rounding` of the density of its inputs). Float64 takes 70a0261's (B, 2D) x (2D, K)
+        product, and its numbers; float32 below 16 states (K, 2D) x (2D, B), up to twice as fast, whose float64 rounding
+        (up to 20 times the other's: 25-30 :math:`\\epsilon_{64} B` a row against 1-6 with 1000 features and up to 8
+        states) stays below float32's. The expansion cancels where a state lies many standard deviations from :math:`c`:
+        it rounds a row near a state by up to `expansion_error`, :math:`\\epsilon_{64} B \\sqrt{2D + 1}` for D features,
+        :math:`B = \\max_k \\sum_d (\\mu_{kd} - c_d)^2 / \\sigma_{kd}^2` (a by-product of the constant; measured 3e-5
+        nats for states 1e4 apart with variance 1e-4, :math:`B = 2.5 \\cdot 10^{11}`, one feature). Past
         `expansion_rounding` the differences :math:`(x_d - \\mu_{kd})^2/\\sigma_{kd}^2` are summed instead
-        (`gaussian_log_prob` per block, in ``x``'s dtype: within a few of its ulps, at 2.5 times the product's time
-        for 5 states and 5 times for 50)."""
+        (`gaussian_log_prob` per block, in ``x``'s dtype: within a few of its ulps, at 2.5 times the product's time for
+        5 states and 5 times for 50)."""
         means = p["means_"]
         n, d = x.shape
         if d != means.shape[-1]:
             raise ValueError(f"X has {d} features, but HMM is expecting {means.shape[-1]} features as input.")
         if self.covariance_type in ("diag", "spherical"):
-            var, wide = p["covars_"], torch.float64
+            var, wide, k = p["covars_"], torch.float64, means.shape[0]
             var = var[:, None].expand_as(means) if var.dim() == 1 else var
             centre = means.to(wide).mean(0)  # a density does not change when x and the means shift together
             mu, prec = means.to(wide) - centre, 1.0 / var.to(wide)
             quad = (mu * mu * prec).sum(-1)  # (K,): each state's term of the constant, and the bound B
-            out = x.new_empty(n, means.shape[0])
-            if float(quad.max()) * torch.finfo(wide).eps > expansion_rounding(x.dtype):
+            out = x.new_empty(n, k)
+            if expansion_error(float(quad.max()), d) > expansion_rounding(x.dtype):
                 blocks = row_blocks(n, means.numel())
                 for s in blocks:
                     out[s:s + blocks.step] = gaussian_log_prob(x[s:s + blocks.step], means, prec.to(x.dtype))
                 return out
             weights = torch.cat([prec, -2.0 * mu * prec], 1).mul(-0.5)  # (K, 2D)
-            const = -0.5 * (quad + torch.log(var.to(wide)).sum(-1) + d * math.log(2 * math.pi))
-            # (K, 2D) x (2D, B) below 16 states (up to twice as fast as (B, 2D) x (2D, K) there, one thread), the
-            # other way round from 16 (10-40% faster there); a cache-sized block, not (N, 2D) temporaries
-            few, blocks = means.shape[0] < 16, row_blocks(n, 2 * d + means.shape[0])
+            const = -0.5 * (quad + (torch.log(var.to(wide)).sum(-1) + d * math.log(2 * math.pi)))  # 70a0261's
+            # float32 below 16 states: (K, 2D) x (2D, B), up to twice as fast as (B, 2D) x (2D, K) there (one
+            # thread), its rounding below float32's; otherwise 70a0261's (B, 2D) x (2D, K): with up to 8 states up
+            # to 20 times more precise than the other (MKL sums it in parts; 1000 features), and from 16 states
+            # 10-40% faster; a cache-sized block, not (N, 2D) temporaries
+            few = k < 16 and torch.finfo(x.dtype).bits <= 32
+            blocks = row_blocks(n, 2 * d + k)
             rows = min(n, blocks.step)
             buffer = torch.empty((2 * d, rows) if few else (rows, 2 * d), dtype=wide, device=x.device)
             for s in blocks:
@@ -230,8 +251,12 @@ class Gaussian:
                 stacked = buffer[:, :xb.shape[0]] if few else buffer[:xb.shape[0]].T  # [x^2; x] (2D, B)
                 xc = stacked[d:].copy_(xb.T).sub_(centre[:, None])
                 torch.mul(xc, xc, out=stacked[:d])
-                out[s:s + blocks.step] = (torch.addmm(const[:, None], weights, stacked).T if few
-                                          else torch.addmm(const, stacked.T, weights.T))
+                if few:
+                    out[s:s + blocks.step] = torch.addmm(const[:, None], weights, stacked).T
+                elif out.dtype == wide:  # straight into the result
+                    torch.addmm(const, stacked.T, weights.T, out=out[s:s + blocks.step])
+                else:
+                    out[s:s + blocks.step] = torch.addmm(const, stacked.T, weights.T)
             return out
         chol = torch.linalg.cholesky(self.full_covars(p))
         diff = (x[None] - means[:, None]).mT  # (K, D, N)
