@@ -25,3 +25,18 @@ def loaded_optimiser_takes_the_modules_lr(build: Callable[[float], Any], path: P
     same = build(1e-3)
     load_module(same, path)
     assert [group["lr"] for group in same.optimizer.param_groups] == [1e-3]
+
+
+def serket_vae_gmm_mlda_graph() -> Graph:
+    """SERKET's VAE + GMM + MLDA on a few random rows (image -> VAE -> GMM -> MLDA <- speech): the graph the render
+    tests draw."""
+    import numpy as np
+
+    from kizuna import modules as km
+
+    rng = np.random.default_rng(0)
+    image = km.Observation(rng.random((6, 4)), name="image")
+    speech = km.Observation(rng.integers(0, 3, (6, 5)).astype(float), name="speech")
+    vae = km.VAE(2, hidden=(4,), epochs=1, name="vae").connect(image)
+    gmm = km.GMM(2, name="gmm").connect(vae)
+    return Graph([km.MLDA(2, name="mlda").connect(speech, gmm)])

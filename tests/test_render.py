@@ -12,12 +12,11 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from example_loader import load_example
+from module_checks import serket_vae_gmm_mlda_graph
 
-from kizuna import modules as km
 from kizuna.distributions import Normal
 from kizuna.losses import Expectation as E
 from kizuna.losses import KullbackLeibler, LogProb
@@ -81,13 +80,7 @@ def test_jmvae() -> None:
 
 
 def test_serket_vae_gmm_mlda() -> None:
-    rng = np.random.default_rng(0)
-    image = km.Observation(rng.random((6, 4)), name="image")
-    speech = km.Observation(rng.integers(0, 3, (6, 5)).astype(float), name="speech")
-    vae = km.VAE(2, hidden=(4,), epochs=1, name="vae").connect(image)
-    gmm = km.GMM(2, name="gmm").connect(vae)
-    mlda = km.MLDA(2, name="mlda").connect(speech, gmm)
-    out = render(km.Graph([mlda]))
+    out = render(serket_vae_gmm_mlda_graph())
     check_golden("serket_vae_gmm_mlda", out.dot)
     assert edges(out.spec) == {("image", "vae", "message"), ("vae", "gmm", "message"),
                                ("speech", "mlda", "message"), ("gmm", "mlda", "message")}

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from module_checks import serket_vae_gmm_mlda_graph
 
-from kizuna import modules as km
 from kizuna.distributions import Normal
 from kizuna.utils import cache_maxsize, lru_cache_for_sample_dict, set_cache_maxsize
 from kizuna.viz import render
@@ -142,13 +142,7 @@ def test_a_distribution_with_a_cached_get_params_samples_under_inference_mode() 
 
 def test_a_module_graph_draws_each_message_kind_on_its_edge() -> None:
     # docs/families.md: "a module graph draws ... each message kind on its edge"; it was only a hover tooltip
-    rng = np.random.default_rng(0)
-    image = km.Observation(rng.random((6, 4)), name="image")
-    speech = km.Observation(rng.integers(0, 3, (6, 5)).astype(float), name="speech")
-    vae = km.VAE(2, hidden=(4,), epochs=1, name="vae").connect(image)
-    gmm = km.GMM(2, name="gmm").connect(vae)
-    mlda = km.MLDA(2, name="mlda").connect(speech, gmm)
-    out = render(km.Graph([mlda]))
+    out = render(serket_vae_gmm_mlda_graph())
     drawn = {(a, b): attrs for a, b, attrs in re.findall(r'^  "(\w+)" -> "(\w+)" \[(.*)\];$', out.dot, re.M)}
     labels = {(a, b): dict(re.findall(r'(\w+)="([^"]*)"', attrs)).get("label") for (a, b), attrs in drawn.items()}
     assert labels == {("image", "vae"): "data", ("vae", "gmm"): "latent", ("speech", "mlda"): "data",
