@@ -72,14 +72,20 @@ def test_gaussian_log_prob_in_row_blocks_matches_scipy(k, n, dtype):
     assert (np.abs(out.double().numpy() - ref) <= tol + 1e-12).all()
 
 
+def _sticky_states(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The state path of the reviews' sticky 2-state chain: each step stays with probability 0.95."""
+    z = np.zeros(n, int)
+    for t in range(1, n):
+        z[t] = z[t - 1] if rng.random() < 0.95 else 1 - z[t - 1]
+    return z
+
+
 @pytest.mark.parametrize("kind", ["diag", "spherical"])
 def test_hmm_float32_score_and_posteriors_of_far_apart_states(kind):
     # the review's sticky 2-state chain (states 100 apart, variance 1e-3, 10,000 steps): float32 scored 285 nats low
     rng = np.random.default_rng(0)
     n, var = 10_000, 1e-3
-    z = np.zeros(n, int)
-    for t in range(1, n):
-        z[t] = z[t - 1] if rng.random() < 0.95 else 1 - z[t - 1]
+    z = _sticky_states(rng, n)
     means = np.array([[0.0], [100.0]])
     x = means[z] + rng.normal(0, np.sqrt(var), (n, 1))
     start, trans = np.array([0.5, 0.5]), np.array([[0.95, 0.05], [0.05, 0.95]])
@@ -198,9 +204,7 @@ def test_hmm_of_states_1e4_apart_with_variance_1e_4_matches_scipy(kind):
     # density of its own rounded data (the data's float32 rounding alone moves a row by up to 0.05 nats here)
     rng = np.random.default_rng(0)
     n, var = 10_000, 1e-4
-    z = np.zeros(n, int)
-    for t in range(1, n):
-        z[t] = z[t - 1] if rng.random() < 0.95 else 1 - z[t - 1]
+    z = _sticky_states(rng, n)
     means = np.array([[0.0], [1e4]])
     start, trans = np.array([0.5, 0.5]), np.array([[0.95, 0.05], [0.05, 0.95]])
     x = means[z] + rng.normal(0, np.sqrt(var), (n, 1))

@@ -166,10 +166,10 @@ class AdversarialLoss(Loss):
     def _d_input(self, ctx: EvalContext, x: dict[str, Tensor]) -> dict[str, Any]:
         return {**ctx.values, **x}
 
-    def _d_output(self, values: dict[str, Any], rows: bool = True) -> Tensor:
-        """The discriminator's output (a logit for a Bernoulli), one value per row: shape ``(B,)``, or with
-        ``rows=False`` as the network gave it (``(B, 1)``, say; the gradient penalty sums it, and a reshape would be
-        one more node in its double backward)."""
+    def _d_output(self, values: dict[str, Any]) -> Tensor:
+        """The discriminator's output (a logit for a Bernoulli), one value per row, in the shape the network gave it
+        (``(B,)`` or ``(B, 1)``, say: every caller averages it or differentiates its sum, and a reshape would be one
+        more node, in the gradient penalty's double backward too)."""
         d = self.d
         if isinstance(d, Bernoulli):
             out = None
@@ -185,11 +185,8 @@ class AdversarialLoss(Loss):
             out = d._sample(_with_values(values, d), None, True)[d._var[0]]  # (a number given as a condition: a row)
         else:
             out = d.sample({k: v for k, v in values.items() if k not in d.var}, return_all=False)[d.var[0]]
-        if out.dim() > 1:
-            if out.shape[1:].numel() != 1:  # (not out[0]: an empty batch has no row 0)
-                raise ValueError(f"{d.prob_text} must output one value per row, got shape {tuple(out.shape)}")
-            if rows:
-                out = out.reshape(out.shape[0])
+        if out.dim() > 1 and out.shape[1:].numel() != 1:  # (not out[0]: an empty batch has no row 0)
+            raise ValueError(f"{d.prob_text} must output one value per row, got shape {tuple(out.shape)}")
         return out
 
     def _log_d(self, values: dict[str, Any], d: bool = True, one_minus_d: bool = True
@@ -197,7 +194,7 @@ class AdversarialLoss(Loss):
         """:math:`\\log d(x)` and :math:`\\log(1 - d(x))`, one per row in the shape the discriminator gave (``(B, 1)``,
         say: every caller averages them, and a reshape would be one more node); only those asked for are computed
         (None for the other)."""
-        out = self._d_output(values, rows=False)
+        out = self._d_output(values)
         if isinstance(self.d, Bernoulli):
             return F.logsigmoid(out) if d else None, F.logsigmoid(-out) if one_minus_d else None
         if not bool(((out >= 0) & (out <= 1)).all()):
@@ -377,12 +374,12 @@ class AdversarialWassersteinDistance(AdversarialLoss):
     def _generator_value(self, ctx: EvalContext) -> Tensor:
         xp, xq = self._draws(ctx)
         omit = self._omitted(ctx)
-        f = self._d_output  # (means of the outputs as the critic gave them: no reshape node, the same numbers)
+        f = self._d_output
         if omit is self.p:
-            return -f(self._d_input(ctx, xq), rows=False).mean()
+            return -f(self._d_input(ctx, xq)).mean()
         if omit is self.q:
-            return f(self._d_input(ctx, xp), rows=False).mean()
-        return f(self._d_input(ctx, xp), rows=False).mean() - f(self._d_input(ctx, xq), rows=False).mean()
+            return f(self._d_input(ctx, xp)).mean()
+        return f(self._d_input(ctx, xp)).mean() - f(self._d_input(ctx, xq)).mean()
 
     def penalty(self, ctx: EvalContext, xp: dict[str, Tensor], xq: dict[str, Tensor]) -> Tensor:
         """:math:`\\mathbb{E}_{\\hat x}[(\\|\\nabla_{\\hat x} f(\\hat x)\\|_2 - 1)^2]` over one batch of pairs."""
@@ -401,7 +398,7 @@ class AdversarialWassersteinDistance(AdversarialLoss):
             e = eps if xp[v].dim() == ref.dim() else eps.reshape(-1, *([1] * (xp[v].dim() - 1)))
             mixed[v] = _interpolate(xq[v], xp[v], e).requires_grad_(True)
         with torch.enable_grad():
-            f = self._d_output({**ctx.values, **mixed}, rows=False)
+            f = self._d_output({**ctx.values, **mixed})
             # the gradient of f's sum, with ones for f's gradient: no sum node to differentiate twice
             grads = torch.autograd.grad(f, [mixed[v] for v in names], torch.ones_like(f), create_graph=True)
         if len(grads) == 1 and grads[0].dim() == 2:
@@ -412,9 +409,8 @@ class AdversarialWassersteinDistance(AdversarialLoss):
 
     def _discriminator_value(self, ctx: EvalContext) -> Tensor:
         xp, xq = self._detached_draws(ctx)
-        # (the means of the outputs as the critic gave them, (B, 1) say: the same numbers, without a reshape node)
-        f_p = self._d_output(self._d_input(ctx, xp), rows=False).mean()
-        minus_gap = self._d_output(self._d_input(ctx, xq), rows=False).mean() - f_p  # -(E_p[f] - E_q[f])
+        f_p = self._d_output(self._d_input(ctx, xp)).mean()
+        minus_gap = self._d_output(self._d_input(ctx, xq)).mean() - f_p  # -(E_p[f] - E_q[f])
         if self.gradient_penalty == 0:
             return minus_gap
         return torch.add(minus_gap, self.penalty(ctx, xp, xq), alpha=self.gradient_penalty)  # (one operator)
