@@ -33,7 +33,8 @@ def test_signatures_are_pixyz_s(preset):
     params = inspect.signature(preset).parameters
     positional = [n for n, p in params.items() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
     assert positional == PIXYZ[preset]
-    assert [n for n in params if n not in positional] == ["compile", "validate"]  # kizuna's own, by keyword
+    # kizuna's own, by keyword
+    assert [n for n in params if n not in positional] == ["compile", "validate", "scheduler", "scheduler_params"]
 
 
 def test_presets_pass_compile_and_validate_to_model():
@@ -44,6 +45,32 @@ def test_presets_pass_compile_and_validate_to_model():
                   VI(p * prior, q, validate=False, compile=True), ML(q, validate=True, compile=True)):
         assert model.validate is not None and model._compile_args is not None
     assert VAE(q, p).validate is None and VAE(q, p)._compile_args is None  # Model's defaults
+
+
+def test_presets_take_a_scheduler_that_fit_steps_per_epoch():
+    """The presets build the scheduler over their optimizer as `Model` does: the learning rates `fit` leaves after each
+    epoch are those of torch's StepLR stepped by hand over an optimizer of the same rate."""
+    p = Normal(var=["x"], cond_var=["z"], loc="z", scale=1.0)
+    q = Normal(var=["z"], cond_var=["x"], loc=nn.Parameter(torch.zeros(1)), scale=1.0, name="q")
+    prior = Normal(var=["z"], loc=0.0, scale=1.0, name="p_prior")
+    options = {"optimizer_params": {"lr": 0.1}, "scheduler": torch.optim.lr_scheduler.StepLR,
+               "scheduler_params": {"step_size": 2, "gamma": 0.5}}
+    data = {"x": torch.randn(8, 1, generator=torch.Generator().manual_seed(0)), "z": torch.zeros(8, 1)}
+    by_hand = torch.optim.lr_scheduler.StepLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), 2, 0.5)
+    expected = []
+    for _ in range(5):
+        by_hand.optimizer.step()
+        by_hand.step()
+        expected.append(by_hand.get_last_lr()[0])
+    for model in (VAE(q, p, **options), VI(p * prior, q, **options), ML(q, **options)):
+        assert isinstance(model.scheduler, torch.optim.lr_scheduler.StepLR)
+        seen = []
+        for _ in range(5):
+            model.fit(data, epochs=1, batch_size=8, quiet=True, seed=0)
+            seen.append(model.optimizer.param_groups[0]["lr"])
+        assert seen == expected == [0.1, 0.05, 0.05, 0.025, 0.025]
+    with pytest.raises(ValueError, match="scheduler_params .* were given without a scheduler"):
+        ML(q, scheduler_params={"step_size": 2})
 
 
 def test_ml_of_a_normal_is_the_sample_mean_and_std():

@@ -35,8 +35,8 @@ class VI(Model):
         approximate_dist: the variational distribution :math:`q(z|x)` (or :math:`q(z)`).
         other_distributions: further distributions to train.
 
-    Other arguments: see `Model` (``compile`` and ``validate`` by keyword). ``train()`` / ``test()`` may be
-    called without data when nothing is observed.
+    Other arguments: see `Model` (``compile``, ``validate``, ``scheduler`` and ``scheduler_params`` by
+    keyword). ``train()`` / ``test()`` may be called without data when nothing is observed.
 
     >>> import torch
     >>> from torch import nn
@@ -60,6 +60,8 @@ class VI(Model):
         *,
         compile: bool | Mapping[str, Any] = False,
         validate: bool | None = None,
+        scheduler: type | None = None,
+        scheduler_params: Mapping[str, Any] | None = None,
     ) -> None:
         loss = -ELBO(p, approximate_dist).mean()
         super().__init__(
@@ -71,6 +73,8 @@ class VI(Model):
             clip_grad_value=clip_grad_value,
             compile=compile,
             validate=validate,
+            scheduler=scheduler,
+            scheduler_params=scheduler_params,
         )
 
 
@@ -81,7 +85,7 @@ class ML(Model):
         p: the model, e.g. a classifier :math:`p(y|x)` or a density :math:`p(x)`.
         other_distributions: further distributions to train.
 
-    Other arguments: see `Model` (``compile`` and ``validate`` by keyword).
+    Other arguments: see `Model` (``compile``, ``validate``, ``scheduler`` and ``scheduler_params`` by keyword).
 
     >>> import torch
     >>> from torch import nn
@@ -102,6 +106,8 @@ class ML(Model):
         *,
         compile: bool | Mapping[str, Any] = False,
         validate: bool | None = None,
+        scheduler: type | None = None,
+        scheduler_params: Mapping[str, Any] | None = None,
     ) -> None:
         self.nll = -LogProb(p)
         super().__init__(
@@ -113,6 +119,8 @@ class ML(Model):
             clip_grad_value=clip_grad_value,
             compile=compile,
             validate=validate,
+            scheduler=scheduler,
+            scheduler_params=scheduler_params,
         )
 
 

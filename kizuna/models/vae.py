@@ -28,7 +28,7 @@ class VAE(Model):
         other_distributions: further distributions to train (e.g. a learnable prior).
         regularizer: a Loss added per row, e.g. ``KullbackLeibler(q, prior)``.
 
-    Other arguments: see `Model` (``compile`` and ``validate`` by keyword).
+    Other arguments: see `Model` (``compile``, ``validate``, ``scheduler`` and ``scheduler_params`` by keyword).
     """
 
     def __init__(
@@ -44,6 +44,8 @@ class VAE(Model):
         *,
         compile: bool | Mapping[str, Any] = False,
         validate: bool | None = None,
+        scheduler: type | None = None,
+        scheduler_params: Mapping[str, Any] | None = None,
     ) -> None:
         loss = -Expectation(encoder, LogProb(decoder))
         if regularizer is not None:
@@ -57,4 +59,6 @@ class VAE(Model):
             clip_grad_value=clip_grad_value,
             compile=compile,
             validate=validate,
+            scheduler=scheduler,
+            scheduler_params=scheduler_params,
         )
