@@ -9,7 +9,7 @@ segmenter alone. See `kizuna.robot_demo` for the definitions of the scores.
 
     python examples/robot_house.py --seeds 5
     python examples/robot_house.py --seeds 5 --first-seed 5        # seeds 5-9 (held out when choosing settings)
-    python examples/robot_house.py --seeds 5 --alpha 0.1 --beta 0.5 0.5 --sweeps 10   # SpatialConcept's defaults
+    python examples/robot_house.py --seeds 5 --alpha 0.1 --beta 0.5 0.5 --sweeps 10   # default alpha, beta
     python examples/robot_house.py --seeds 5 --split-merge 2      # with split-merge moves
     python examples/robot_house.py --seeds 5 --words phonemes
     python examples/robot_house.py --seeds 5 --words phonemes --chains 4   # four chains, the concepts choose

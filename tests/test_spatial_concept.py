@@ -152,6 +152,19 @@ def test_module_learns_the_places(fitted):
     assert gmm.backward_in is not None and gmm.backward_in.value.shape == (150, 8)
 
 
+def test_min_share_zero_counts_the_concepts_that_hold_events(fitted):
+    """min_share=0 counted every one of the L concepts (8), empty ones included: more than n_nonempty_."""
+    _, _, spco = fitted
+    held = np.bincount(spco.classes.cpu().numpy(), minlength=spco.n_classes)
+    assert (held == 0).any()  # (the fixture leaves some of its 8 concepts empty)
+    old = spco.min_share
+    try:
+        spco.min_share = 0.0
+        assert spco.n_concepts_ == spco.n_nonempty_ == int((held > 0).sum())
+    finally:
+        spco.min_share = old
+
+
 def test_predictions(fitted):
     house, _, spco = fitted
     kitchen, study = house["vocabulary"].index("kitchen"), house["vocabulary"].index("study")

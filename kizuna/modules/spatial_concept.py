@@ -201,7 +201,7 @@ class SpatialConcept(ClassModule):
         """Number of concepts that are the most probable concept of at least ``min_share`` of the events
         (a DP mixture also keeps a few stray events in small concepts; ``n_nonempty_`` counts those too)."""
         share = np.bincount(self.classes.cpu().numpy(), minlength=self.n_classes) / self.classes.shape[0]
-        return int((share >= self.min_share).sum())
+        return int(((share >= self.min_share) & (share > 0)).sum())  # (min_share=0: not the empty ones)
 
     @property
     def n_nonempty_(self) -> int:
