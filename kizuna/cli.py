@@ -92,15 +92,40 @@ DEMO_OPTIONS = frozenset({"--seed", "--out", "--quick", "--words"})
 DEMO_VALUE_OPTIONS = frozenset({"--seed", "--out", "--words"})  # the demo's options that take a value
 
 
+def demo_option(word: str) -> str | None:
+    """The demo option that ``word`` (its part before any "=") names, as the demo's parser reads it: the full name, or
+    an abbreviation, a prefix of exactly one of its options (``--se`` for ``--seed``; ``--help`` counted, so ``--``
+    and ``--h`` name none); None if it names no demo option.
+
+    >>> demo_option("--se=3"), demo_option("--q"), demo_option("--"), demo_option("3")
+    ('--seed', '--quick', None, None)
+    """
+    name = word.split("=")[0]
+    if name in DEMO_OPTIONS:
+        return name
+    if not name.startswith("--") or name == "--":
+        return None
+    matches = [option for option in (*DEMO_OPTIONS, "--help") if option.startswith(name)]
+    return matches[0] if len(matches) == 1 and matches[0] in DEMO_OPTIONS else None
+
+
+def _spelled_out(word: str) -> str:
+    """``word`` with an abbreviated demo option written in full (``--se=3`` gives ``--seed=3``)."""
+    option = demo_option(word)
+    return word if option is None else option + word[len(word.split("=")[0]):]
+
+
 def command_first(argv: list[str]) -> list[str]:
-    """``argv`` with the command (``demo`` and its ``house`` / ``digits``) moved before the options typed ahead of it:
-    ``--seed 3 demo digits`` gives ``demo digits --seed 3``; without ``demo``, ``demo`` is put first."""
+    """``argv`` with the command (``demo`` and its ``house`` / ``digits``) moved before the options typed ahead of it,
+    their abbreviations written in full: ``--se 3 demo digits`` gives ``demo digits --seed 3``; without ``demo``,
+    ``demo`` is put first."""
     i, before = 0, []
     while i < len(argv) and argv[i] != "demo":  # skip the options (and their values) typed before the command
-        takes_value = argv[i] in DEMO_VALUE_OPTIONS and i + 1 < len(argv) \
-            and argv[i + 1].split("=")[0] not in DEMO_OPTIONS  # (not "--out=x": one item; "--out --quick": no value)
+        option = _spelled_out(argv[i])
+        takes_value = option in DEMO_VALUE_OPTIONS and i + 1 < len(argv) \
+            and demo_option(argv[i + 1]) is None  # (not "--out=x": one item; "--out --quick": no value)
         # an option and its value as one item, "--out=-x", so that a value beginning with "-" reads as a value
-        before.append(f"{argv[i]}={argv[i + 1]}" if takes_value and argv[i + 1].startswith("-") else argv[i])
+        before.append(f"{option}={argv[i + 1]}" if takes_value and argv[i + 1].startswith("-") else option)
         if takes_value and not argv[i + 1].startswith("-"):
             before.append(argv[i + 1])
         i += 2 if takes_value else 1
@@ -144,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0].split("=")[0] in DEMO_OPTIONS:  # (argparse said "invalid choice: '3' (choose from 'demo')")
-        parser.error(f"{argv[0].split('=')[0]} is an option of the demo; put it after the command: "
+    option = demo_option(argv[0]) if argv else None  # (argparse said "invalid choice: '3' (choose from 'demo')";
+    if option is not None:  # an abbreviation such as --se too, which the demo's parser takes after the command)
+        parser.error(f"{option} is an option of the demo; put it after the command: "
                      f"{shlex.join(['kizuna', *command_first(argv)])}")
     args = parser.parse_args(argv)
     if args.command is None:

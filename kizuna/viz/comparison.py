@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from kizuna.metrics import clustering_accuracy
+from kizuna.metrics.clustering import as_numpy
 from kizuna.viz._backend import new_figure, save_figure
 from kizuna.viz.confusion import draw_confusion
 from kizuna.viz.latent import Panel, check_panels, draw_latent_space, ranked_classes
@@ -70,9 +71,10 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
     """
     if len(clusterings) == 0:
         raise ValueError("plot_clustering_comparison: give at least one (name, cluster ids) clustering")
-    truth = np.asarray(labels_true)
+    truth = np.asarray(as_numpy(labels_true))  # (a tensor on any device, bfloat16 too, as kizuna.metrics reads it)
     names = [name for name, _ in clusterings]
-    accuracies = [clustering_accuracy(truth, np.asarray(pred)) for _, pred in clusterings]
+    preds = [np.asarray(as_numpy(pred)) for _, pred in clusterings]
+    accuracies = [clustering_accuracy(truth, pred) for pred in preds]
     for what, indices in (("confusions", confusions), ("highlight", highlight)):
         if any(not 0 <= i < len(clusterings) for i in indices):
             raise ValueError(f"plot_clustering_comparison: {what} {list(indices)} must index the "
@@ -84,7 +86,7 @@ def plot_clustering_comparison(labels_true: Any, clusterings: Sequence[tuple[str
     axes = rows[0].subplots(1, top, squeeze=False, width_ratios=[1.25] + [1.0] * len(confusions))[0]
     _accuracy_bars(axes[0], names, accuracies, chance, highlight)
     for ax, i in zip(axes[1:], confusions):
-        draw_confusion(ax, truth, np.asarray(clusterings[i][1]), names[i])
+        draw_confusion(ax, truth, preds[i], names[i])
     if panels:
         bottom = rows[1].subplots(1, len(panels), squeeze=False)[0]
         order = colour_order if colour_order is not None else ranked_classes([lab for _, lab, _ in panels])

@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from kizuna.metrics.clustering import contingency
+from kizuna.metrics.clustering import as_numpy, contingency
 
 UNMATCHED = -1  # the name of a cluster left without a class (more clusters than classes)
 
 
 def _labels(x: Any, what: str) -> np.ndarray:
-    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    """Labels as a 1-D numpy array: a tensor on any device, float16 and bfloat16 (which numpy lacks) lifted to float32
+    as `kizuna.metrics` reads them (`as_numpy`)."""
+    a = np.asarray(as_numpy(x))
     if a.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {a.shape}")
     return a

@@ -26,13 +26,16 @@ import numpy as np
 import torch
 
 from kizuna.metrics.clustering import _labels as _checked_labels
+from kizuna.metrics.clustering import as_numpy
 from kizuna.viz._backend import colormap, new_figure, save_figure
 
 Panel = tuple[Any, Any, str]
 
 
 def _as_matrix(z: Any, what: str) -> torch.Tensor:
-    t = z.detach() if isinstance(z, torch.Tensor) else torch.as_tensor(np.asarray(z))
+    """``z`` as a float64 N×D tensor on the CPU (latents on a GPU are copied: the plots read them through numpy, and
+    some devices have no float64)."""
+    t = z.detach().cpu() if isinstance(z, torch.Tensor) else torch.as_tensor(np.asarray(z))
     if t.is_complex():  # (the cast dropped the imaginary part with only a warning)
         raise ValueError(f"{what}: latents are complex ({t.dtype}); give real latents (e.g. z.real, z.abs(), or "
                          "torch.view_as_real(z).flatten(1))")
@@ -48,7 +51,8 @@ def pca_2d(z: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The first two principal components of ``z`` (N×D) and the fraction of variance each explains.
 
     Each axis's sign is fixed so that its largest loading is positive (the result does not depend on
-    the SVD routine). With ``D = 1`` the second coordinate is zero.
+    the SVD routine). With ``D = 1`` the second coordinate is zero. Both are float64 tensors on the CPU, whatever the
+    device of ``z``.
 
     >>> y, explained = pca_2d(torch.tensor([[0.0, 0.0], [2.0, 1.0], [4.0, 0.0]]))
     >>> y.round(decimals=4).tolist()
@@ -127,7 +131,8 @@ def _split(labels: np.ndarray) -> tuple[list[Any], np.ndarray]:
     if classes.dtype == object and all(isinstance(v, Integral) and not isinstance(v, bool | np.bool_)
                                        for v in classes.tolist()):
         classes = classes.astype(np.int64)  # (Python ints in an object array: coloured by value too)
-    elif classes.dtype.kind == "f" and np.array_equal(classes, np.round(classes)) and (np.abs(classes) < 2**31).all():
+    elif classes.dtype.kind == "f" and np.array_equal(classes, np.round(classes)) \
+            and (np.abs(classes.astype(np.float64)) < 2**31).all():  # (in float16, 2**31 overflowed to inf: a warning)
         classes = classes.astype(np.int64)  # class ids as floats (a float tensor): 3.0 is class 3, coloured alike
     return marker, classes
 
@@ -138,8 +143,7 @@ def ranked_classes(label_arrays: Sequence[Any]) -> list[Any]:
     union: set[Any] = set()
     integers: set[int] = set()
     for labels in label_arrays:
-        lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-        _, classes = _split(lab)
+        _, classes = _split(np.asarray(as_numpy(labels)))
         (integers if classes.dtype.kind in "iu" else union).update(classes.tolist())
     if not _by_value(integers):  # more integer classes than colours by value: ranked with the rest (-1, the
         union.update(integers - {-1})  # unmatched marker, stays grey)
@@ -183,7 +187,7 @@ def _colours(labels: np.ndarray, order: Sequence[Any] | None = None) -> tuple[np
 
 def check_panels(panels: Sequence[Panel],
                  what: str = "plot_latent_space") -> list[tuple[torch.Tensor, np.ndarray, str]]:
-    """``(latent N×D float64, labels (N,), title)`` for each panel; a ValueError naming a bad one."""
+    """``(latent N×D float64 on the CPU, labels (N,) numpy, title)`` for each panel; a ValueError naming a bad one."""
     if not panels:
         raise ValueError(f"{what}: give at least one (latent, labels, title) panel")
     checked = []
@@ -192,7 +196,7 @@ def check_panels(panels: Sequence[Panel],
             raise ValueError(f"{what}: panel {i} must be (latent, labels, title), got {len(panel)} items")
         z, labels, name = panel
         where = f"{what} panel {i} ({name!r})"
-        lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        lab = np.asarray(as_numpy(labels))  # (a tensor on any device; float16 and bfloat16, numpy lacks, as float32)
         t = _as_matrix(z, where)
         if lab.ndim != 1 or lab.shape[0] != t.shape[0]:
             raise ValueError(f"{where}: labels must be 1-D with {t.shape[0]} entries, got shape {lab.shape}")
@@ -218,13 +222,13 @@ def draw_latent_space(ax: Any, z: Any, labels: np.ndarray, title: str, legend_ti
     """
     (z, labels, _), = check_panels([(z, labels, title)], "draw_latent_space")  # (a list, or the wrong length)
     if wrong is not None:
-        wrong = np.asarray(wrong)
+        wrong = np.asarray(as_numpy(wrong))
         if wrong.dtype != bool or wrong.shape != labels.shape:
             raise ValueError(f"draw_latent_space: wrong must be a boolean mask of {labels.shape[0]} points, got "
                              f"{wrong.dtype} of shape {wrong.shape}")
     coords, explained = pca_2d(z)
     classes, palette = _colours(labels, colour_order)
-    xy = coords.numpy()
+    xy = coords.numpy()  # (on the CPU: `pca_2d`)
     ax.scatter(xy[:, 0], xy[:, 1], c=[palette[c] for c in np.asarray(labels).tolist()], s=6, alpha=0.8,
                linewidths=0)
     if wrong is not None and wrong.any():
