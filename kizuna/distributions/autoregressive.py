@@ -14,11 +14,12 @@ Scored values may be grey levels in ``[0, 1]`` (their log-density is then the ne
 cross-entropy, as for `Bernoulli`); only binary values give a normalised probability. Draws made with a
 ``sample_shape``, ``(*sample_shape, batch, *features)``, are scored draw by draw and summed as every family
 sums them (over every dimension but the first). One row of condition conditions every row, in ``sample``
-(for any ``batch_n``) as in ``get_log_prob``.
+(for any ``batch_n`` and ``sample_shape``) as in ``get_log_prob``, beside other conditions with a batch of rows too.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,9 +31,9 @@ from kizuna.distributions.base import (
     Distribution,
     Tensor,
     XDict,
-    batch_size_of,
     draws_as_rows,
     one_rows_expanded,
+    repeat_batch,
     sum_rows,
 )
 from kizuna.distributions.torch_dist import validation_enabled
@@ -66,8 +67,15 @@ class _AutoregressiveBernoulli(Distribution):
     def _context(self, x_dict: Mapping[str, Any]) -> Tensor | None:
         if not self._cond_var:
             return None
-        # one row conditions every row (as a single context does in the networks), where torch.cat refused the mix
-        return torch.cat(one_rows_expanded([x_dict[c].reshape(x_dict[c].shape[0], -1) for c in self._cond_var]), -1)
+        # one row conditions every row (as a single context does in the networks), where torch.cat refused the mix;
+        # (an empty batch failed reshape(0, -1))
+        parts = one_rows_expanded([x_dict[c].reshape(x_dict[c].shape[0], math.prod(x_dict[c].shape[1:]))
+                                   for c in self._cond_var])
+        if any(part.shape[0] != parts[0].shape[0] for part in parts):  # (a raw torch.cat error)
+            rows = ", ".join(f"{c}: {part.shape[0]}" for c, part in zip(self._cond_var, parts))
+            raise ValueError(f"{self.prob_text}: the conditioning values have different numbers of rows ({rows}); "
+                             "give each one row per draw, or one row for all")
+        return torch.cat(parts, -1)
 
     def _check_value(self, x: Any) -> Tensor:
         """The checked value; integer and boolean values in the network's dtype (as the other families take them)."""
@@ -102,19 +110,31 @@ class _AutoregressiveBernoulli(Distribution):
         return sum_rows(per_feature) if sum_features else per_feature
 
     def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
-        context = self._context(x_dict)
-        if context is not None and context.shape[0] == 1 and batch_n is not None:  # one condition for every draw
-            return self._sample(x_dict, batch_n * n, reparam)
-        return super()._sample_n(x_dict, repeated, n, batch_n, reparam)
+        # the context of the un-repeated conditions (one-row parts expanded beside the others), then repeated for the
+        # n draws, sample-major as `repeated` is: the base class repeated each condition on its own, so a one-row part
+        # (n rows) met a batch (n * batch rows) in torch.cat
+        context, rows = self._rows(x_dict, batch_n)
+        return self._draw(repeat_batch(context, n), rows * n)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        return self._draw(*self._rows(x_dict, batch_n))
+
+    def _rows(self, x_dict: XDict, batch_n: int | None) -> tuple[Tensor | None, int]:
+        """The context of one draw (one row per draw) and the number of draws: ``batch_n``, else the context's rows
+        (after one-row parts are expanded: the first condition's rows made a one-row first condition decide), else 1."""
         context = self._context(x_dict)
-        n = batch_n if batch_n is not None else (batch_size_of(x_dict, self._cond_var) or 1)  # (0 drew one row)
-        if context is not None and context.shape[0] != n:
+        if context is None:
+            return None, 1 if batch_n is None else batch_n
+        n = context.shape[0] if batch_n is None else batch_n
+        if context.shape[0] != n:
             if context.shape[0] != 1:
                 raise ValueError(f"{self.prob_text}: batch_n={n} but the conditioning values have {context.shape[0]} "
                                  "rows; give one row per draw, or one row for all")
             context = context.expand(n, *context.shape[1:])  # one row conditions every draw (as in get_log_prob)
+        return context, n
+
+    def _draw(self, context: Tensor | None, n: int) -> XDict:
+        """``n`` draws, one per row of ``context``, feature by feature in the order."""
         like = next(self.net.parameters())
         x = torch.zeros(n, *self.features_shape, dtype=like.dtype, device=like.device)
         if n == 0:

@@ -3,8 +3,10 @@ r"""VQ-VAE (van den Oord et al. 2017, arXiv:1711.00937) as distributions: a quan
 * `VectorQuantizer` — :math:`q(k, z|x)`: an encoder gives :math:`z_e(x)` on a grid of positions; each
   position takes its nearest codebook vector, :math:`k = \arg\min_j \|z_e - e_j\|`, and
   :math:`z = z_e + \mathrm{sg}[e_k - z_e]` (value :math:`e_k`, gradient straight through to the
-  encoder). A point mass: :math:`\log q(k|x) = 0` at its code. Codes are one-hot (as `Categorical`'s draws),
-  shape ``(batch, *grid, K)``.
+  encoder). A point mass: :math:`\log q(k, z|x) = 0` at its code and its vector, :math:`(k(x), e_{k(x)})`
+  (``z`` compared with :math:`e_k` to rounding), :math:`-\infty` elsewhere; ``sum_features=False`` gives one
+  value per grid position. Codes are one-hot (as `Categorical`'s draws), shape ``(batch, *grid, K)``; ``z`` is
+  ``(batch, D, *grid)``.
 * `PixelCNNCategorical` — :math:`p(k) = \prod_{i} p(k_i|k_{<i})` over the code grid in raster order,
   a `kizuna.nets.PixelCNN` with one-hot codes in and ``K`` logits out per position.
 
@@ -22,7 +24,7 @@ from torch.nn import functional as F
 
 from kizuna._data import check_count, first_nonfinite
 from kizuna._distances import squared_distances
-from kizuna.distributions.base import Distribution, Tensor, XDict
+from kizuna.distributions.base import Distribution, Tensor, XDict, draws_as_rows, sum_rows
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.memo import memoized
 from kizuna.nets.pixelcnn import PixelCNN
@@ -87,7 +89,7 @@ class VectorQuantizer(Distribution):
         return {self._var[0]: one_hot, self._var[1]: z_e + (e - z_e).detach()}
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        z_e, k, _ = self.encode(x_dict[self._cond_var[0]])
+        z_e, k, e = self.encode(x_dict[self._cond_var[0]])
         given = x_dict[self._var[0]]
         want = (*k.shape, self.codebook.num_embeddings)
         # (one-hots over another number of codes gave -inf everywhere, other shapes a raw broadcast error, and a row
@@ -99,8 +101,19 @@ class VectorQuantizer(Distribution):
         if validation_enabled() and not bool(((given == 0) | (given == 1)).all() & (given.sum(-1) == 1).all()):
             raise ValueError(f"{self.prob_text}: {self._var[0]} must be one-hot over its last dimension (one 1 per "
                              "position, zeros elsewhere)")
-        same = (k == given.argmax(-1)).flatten(1).all(1)
-        return torch.zeros(same.shape, dtype=z_e.dtype, device=k.device).masked_fill(~same, -torch.inf)  # the encoder's
+        z = x_dict[self._var[1]]
+        if not isinstance(z, Tensor) or z.shape != e.shape:
+            shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"{self.prob_text}: {self._var[1]} must be the codes' vectors of shape {tuple(e.shape)} "
+                             f"(batch, code_dim, *grid) for this {self._cond_var[0]}, got {shape}")
+        # the point mass at (k(x), e_k) per position (z was not compared: any z scored 0 with the right code); z is
+        # e_k to rounding: the sampler's z_e + (e_k - z_e) rounds twice, at most eps (|z_e| + |e_k|) per entry
+        eps = max(torch.finfo(e.dtype).eps, torch.finfo(z.dtype).eps if z.is_floating_point() else 0.0)
+        e, z_e = e.detach(), z_e.detach()
+        at_code = ((z.detach().to(e.dtype) - e).abs() <= 4 * eps * (z_e.abs() + e.abs())).all(1)
+        same = (k == given.argmax(-1)) & at_code  # (batch, *grid)
+        out = torch.zeros(same.shape, dtype=z_e.dtype, device=k.device).masked_fill(~same, -torch.inf)
+        return sum_rows(out) if sum_features else out
 
 
 class PixelCNNCategorical(Distribution):
@@ -126,16 +139,24 @@ class PixelCNNCategorical(Distribution):
         return self.net(k.movedim(-1, 1).to(self.net.conv_in.weight.dtype))
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
-        k = x_dict[self._var[0]]
+        value = x_dict[self._var[0]]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{self.prob_text}: {self._var[0]} must be a torch.Tensor, got {type(value).__name__}")
+        # draws made with a sample_shape, (*sample_shape, batch, H, W, K), as rows, scored per draw (every family's
+        # convention: one value per entry of the first dimension; they were refused as codes of the wrong shape)
+        k, _, shape = draws_as_rows(value, x_dict, self._features_shape, ())
         if k.shape[1:] != self._features_shape:
-            raise ValueError(f"{self.prob_text}: codes of shape {tuple(k.shape[1:])}, expected "
-                             f"{tuple(self._features_shape)} (one-hot)")
+            features = ", ".join(map(str, self._features_shape))
+            raise ValueError(f"{self.prob_text}: codes of shape {tuple(k.shape)}, expected (batch, {features}) "
+                             f"(one-hot), or (*sample_shape, batch, {features}) for draws made with a sample_shape")
         if validation_enabled() and not bool(((k == 0) | (k == 1)).all() & (k.sum(-1) == 1).all()):
             # (a row of zeros was read as code 0, several ones or NaN as their argmax, silently)
             raise ValueError(f"{self.prob_text}: {self._var[0]} must be one-hot over its last dimension (one 1 per "
                              "position, zeros elsewhere)")
         out = -F.cross_entropy(self.logits(k), k.argmax(-1), reduction="none")
-        return out.flatten(1).sum(1) if sum_features else out
+        if shape is not None:
+            out = out.reshape(*shape, *out.shape[1:])
+        return sum_rows(out) if sum_features else out
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         h, w, n = self._features_shape

@@ -74,7 +74,8 @@ class UNet(nn.Module):
         dropout: dropout inside the blocks.
         n_freq: frequencies of the sinusoidal embedding of ``t`` (its ``sin`` and ``cos`` make ``2 * n_freq``
             inputs to the embedding MLP), at frequencies ``max_period ** (-k / n_freq)`` for ``k < n_freq``
-            (improved-diffusion's form; Ho et al. divide by ``n_freq - 1``, reaching ``1 / max_period``).
+            (improved-diffusion's form; Ho et al. divide by ``n_freq - 1``, reaching ``1 / max_period``); the
+            embedding is computed in at least float32 and cast to the network's dtype after (as improved-diffusion's).
         out_channels: channels of the output (default: the input's ``C``).
         time_scale: ``t`` is multiplied by it before the embedding: the default suits steps ``1..T`` of a DDPM;
             a time in ``[0, 1]`` (flow matching) wants about ``1000``.
@@ -112,8 +113,7 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: an image of {shape[1]}×{shape[2]} cannot be halved {len(mults) - 1} time(s); "
                              f"height and width must be divisible by {factor} (use fewer channel_mults)")
         self.image_shape, self.time_scale = shape, float(time_scale)
-        self.register_buffer("freq", torch.exp(-math.log(max_period) * torch.arange(n_freq) / n_freq),
-                             persistent=False)
+        self.n_freq, self.max_period = int(n_freq), float(max_period)
         emb_dim = 4 * channels
         self.embed = nn.Sequential(nn.Linear(2 * n_freq, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.stem = nn.Conv2d(shape[0], channels, 3, padding=1)
@@ -142,6 +142,18 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.bias)
         self._blocks, self._levels = blocks, len(widths)
 
+    def frequencies(self, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+        """The embedding's frequencies ``max_period ** (-k / n_freq)``, computed in ``dtype`` (a buffer cast with the
+        network to bfloat16 held them rounded)."""
+        return torch.exp(-math.log(self.max_period) * torch.arange(self.n_freq, dtype=dtype, device=device)
+                         / self.n_freq)
+
+    @property
+    def freq(self) -> torch.Tensor:
+        """`frequencies` in the precision of the embedding's angle (at least float32), on the network's device."""
+        weight = self.stem.weight
+        return self.frequencies(torch.promote_types(weight.dtype, torch.float32), weight.device)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         flat = x.dim() == 2
         if flat:
@@ -166,8 +178,11 @@ class UNet(nn.Module):
             raise ValueError("UNet: t has a NaN or infinite step; give finite steps")
         if t.dim() == 0:
             t = t.expand(n)
-        angle = (t.to(x.dtype).reshape(-1, 1) * self.time_scale) * self.freq
-        e = self.embed(torch.cat([angle.sin(), angle.cos()], 1))
+        # the angle in at least float32, cast after (improved-diffusion's and diffusers' way): in bfloat16 the steps
+        # 512..1023 were rounded to multiples of 4 before the sinusoid, and in float16 the angle was off by 0.4 rad
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        angle = (t.to(dtype).reshape(-1, 1) * self.time_scale) * self.frequencies(dtype, x.device)
+        e = self.embed(torch.cat([angle.sin(), angle.cos()], 1).to(self.embed[0].weight.dtype))
         h = self.stem(h)
         kept = [h]
         blocks, downs = iter(self.down), iter(self.downsample)
