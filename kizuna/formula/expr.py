@@ -34,9 +34,11 @@ Tensor = torch.Tensor
 class EvalContext:
     """The values one evaluation sees, every node's result (keyed by node identity), the draws
     made so far, the evaluation's options (``batch_n``, ``sample_mean``), and whether the caller asked for
-    the draws or the terms (``report``; a loop such as `IterativeLoss` gathers them only then)."""
+    the draws or the terms (``report``; a loop such as `IterativeLoss` gathers them only then). Inside an expectation
+    over several draws per row, the values' ``rows`` hold ``copies`` copies of the batch's rows, sample-major
+    (``copies`` 1 and ``rows`` None elsewhere): `ValueLoss` repeats a per-row tensor constant alike."""
 
-    __slots__ = ("values", "results", "samples", "options", "report")
+    __slots__ = ("values", "results", "samples", "options", "report", "copies", "rows")
 
     def __init__(self, values: dict[str, Any], samples: dict[str, Any] | None = None,
                  options: dict[str, Any] | None = None, report: bool = True) -> None:
@@ -45,10 +47,15 @@ class EvalContext:
         self.samples = {} if samples is None else samples
         self.options = {} if options is None else options
         self.report = report
+        self.copies, self.rows = 1, None
 
-    def child(self, values: dict[str, Any]) -> EvalContext:
-        """A context with other values (inside an expectation); draws, options and ``report`` are shared."""
-        return EvalContext(values, self.samples, self.options, self.report)
+    def child(self, values: dict[str, Any], draws: int = 1, rows: int | None = None) -> EvalContext:
+        """A context with other values (inside an expectation); draws, options and ``report`` are shared. With
+        ``draws`` > 1 the values are this context's rows repeated ``draws`` times, ``rows`` in all (an expectation's
+        draws pooled, sample-major); otherwise they are laid out as this context's."""
+        ctx = EvalContext(values, self.samples, self.options, self.report)
+        ctx.copies, ctx.rows = (self.copies * draws, rows) if draws > 1 else (self.copies, self.rows)
+        return ctx
 
     def value(self, node: Loss) -> Tensor:
         results, key = self.results, id(node)
@@ -319,6 +326,10 @@ class ValueLoss(Loss):
     an integer number is kept as the Python float (``Parameter("b") * 2`` with ``b=3`` is ``tensor(6.)``, and
     ``Parameter("k") ** -1`` of an integer tensor ``k`` is ``1 / k``, not torch's error on integers to negative
     integer powers), an integer or boolean tensor is converted to the default float dtype once, here.
+
+    A tensor whose leading size is the batch's is one value per row (``LogProb(p) * w``, ``w`` of shape ``(B,)``):
+    inside an `Expectation` (or `REINFORCE`) over several draws per row it is repeated for the draws, as the dict's
+    values are.
     """
 
     def __init__(self, value: Any) -> None:
@@ -340,7 +351,12 @@ class ValueLoss(Loss):
             yield self
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        return self.value if isinstance(self.value, Tensor) else _number_tensor(self.value)
+        value = self.value
+        if not isinstance(value, Tensor):
+            return _number_tensor(value)
+        if ctx.copies > 1 and value.dim() and value.shape[0] * ctx.copies == ctx.rows:  # one value per row of the
+            return value.repeat(ctx.copies, *[1] * (value.dim() - 1))  # batch, repeated for the draws as the dict's
+        return value
 
     @property
     def precedence(self) -> int:  # type: ignore[override]
@@ -604,8 +620,13 @@ class _Binary(Loss):
         except RuntimeError as err:  # terms of other rows (or a constant of other rows): torch's "size of tensor a
             if "must match the size" not in str(err):  # (2) must match ..."
                 raise
+            hint = ""
+            if any(type(t) is ValueLoss and isinstance(t.value, Tensor) and t.value.dim() for t in (loss1, loss2)):
+                hint = ("; a tensor constant is laid out with the rows only where its leading size is the batch's, "
+                        "in an expectation's draws: pass other values in the dict, read with Parameter(name)")
             raise ValueError(f"{self}: the terms {loss1} and {loss2} have shapes {_shape_of(a)} and "
-                             f"{_shape_of(b)}, which do not combine row by row (evaluated on other rows?)") from None
+                             f"{_shape_of(b)}, which do not combine row by row (evaluated on other rows?){hint}") \
+                from None
 
     def _op(self, a: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError

@@ -47,6 +47,7 @@ from kizuna.distributions.special import Deterministic
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.memo import release_step, step_mark
+from kizuna.losses.expectation import require_pathwise_draws
 
 _LOG_MIN = -100.0  # log(0) is clamped here, as torch's binary cross-entropy does
 
@@ -100,12 +101,7 @@ class AdversarialLoss(Loss):
                             f"got {type(optimizer_params).__name__}")
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"{type(self).__name__} needs p and q over the same variables: {p.var} vs {q.var}")
-        for dist in (p, q):  # the loss reaches a generator's parameters only through its draws
-            if not dist.has_reparam and any(t.requires_grad for t in dist.parameters()):
-                raise ValueError(
-                    f"{type(self).__name__}: {dist.prob_text} ({dist.distribution_name}) has trainable parameters but "
-                    "no reparameterised sampler, so its draws carry no gradient and it would never train; use a "
-                    "reparameterisable distribution (e.g. a relaxed one for discrete data)")
+        require_pathwise_draws(name, p, q)  # the loss reaches a generator's parameters only through its draws
         if not set(p.var) & set(discriminator.cond_var):
             raise ValueError(
                 f"{type(self).__name__}: the discriminator {discriminator.prob_text} must be conditioned on "

@@ -18,7 +18,7 @@ from torch import distributions as D
 from torch.distributions.exp_family import ExponentialFamily
 
 from kizuna._text import symbol
-from kizuna.distributions.base import Distribution, require_distributions
+from kizuna.distributions.base import Distribution, require_distributions, sum_rows
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
 from kizuna.losses.divergences import analytic_kl_available, analytic_option, monte_carlo_after_all, with_row
@@ -112,17 +112,36 @@ class CrossEntropy(Loss):
         return [self.p, self.q]
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        """:math:`H[p] + D_{KL}[p\\|q]`, the KL as `KullbackLeibler` computes it (per feature, a constant side
-        broadcast to the batch); Monte Carlo where torch's registry then has no closed form after all."""
+        """:math:`H[p] + D_{KL}[p\\|q]` per feature, summed over the features: the KL as `KullbackLeibler` computes
+        it (a constant side broadcast to the other's batch and features), and ``p``'s entropy broadcast alike (a
+        constant ``p`` without ``features_shape`` has the entropy of one feature, counted once per feature of the
+        KL); Monte Carlo where torch's registry then has no closed form after all."""
         if self.method == "monte_carlo":
-            return ctx.value(self._mc)
+            return self._monte_carlo(ctx)
         try:
             fp, pp = self.p.kl_parts(ctx.values)
             fq, qp = self.q.kl_parts(ctx.values)
-            kl = fp.kl_to(pp, fq, qp)
+            kl = fp.kl_to(pp, fq, qp, per_feature=True)
         except NotImplementedError as err:
-            return monte_carlo_after_all(self, ctx, err, refuse=self._analytic_asked)
-        return with_row(self.p.get_entropy(ctx.values)) + kl
+            return self._monte_carlo(ctx, err)
+        return with_row(sum_rows(self.p.get_entropy(ctx.values, sum_features=False) + kl))
+
+    def _monte_carlo(self, ctx: EvalContext, after: NotImplementedError | None = None) -> Tensor:
+        """The Monte-Carlo estimate (``after``: the closed form's error, `monte_carlo_after_all`); where ``q`` refuses
+        draws of ``p`` that are one number per row because ``p`` declares no ``features_shape`` (a constant prior
+        draws one feature, whatever ``q``'s), an error saying so."""
+        try:
+            if after is not None:
+                return monte_carlo_after_all(self, ctx, after, refuse=self._analytic_asked)
+            return ctx.value(self._mc)
+        except ValueError as err:
+            drawn = [ctx.samples.get(v) for v in self.p.var]
+            if self.p.features_shape or not all(isinstance(v, Tensor) and v.dim() <= 1 for v in drawn):
+                raise
+            raise ValueError(f"{self}: the Monte-Carlo estimate draws {self.p.prob_text} one number per row, since it "
+                             f"declares no features_shape, and {self.q.prob_text} refuses them ({err}); declare "
+                             f"{self.p.prob_text}'s features, features_shape=[D] for the D features of "
+                             f"{self.q.prob_text}") from err
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["cross_entropy"].format(symbol(self.p, fmt), symbol(self.q, fmt))

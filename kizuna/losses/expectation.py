@@ -13,9 +13,10 @@ draw (pathwise); the others get the score-function term
 term, as `REINFORCE` does (Pixyz's draws then carry no gradient to ``p``'s parameters at all).
 
 With ``sample_shape``, ``f`` is averaged over the draws as Pixyz does, once per draw of the batch: a per-row ``f`` is
-evaluated once on the draws laid out as ``n x batch`` rows (and gets one score term per row); an ``f`` reduced over
-the batch (``f.sum()``, ``g(f.mean())``, ``(f - f.mean())**2``) is evaluated on each draw's batch, so its value does
-not depend on the number of draws, and its score term is that draw's (the sum over its rows), so the gradient's
+evaluated once on the draws laid out as ``n x batch`` rows, the values given and a tensor constant of one value per
+row (``LogProb(p) * w``, ``w`` of shape ``(batch,)``) repeated alike (and gets one score term per row); an ``f`` reduced
+over the batch (``f.sum()``, ``g(f.mean())``, ``(f - f.mean())**2``) is evaluated on each draw's batch, so its value
+does not depend on the number of draws, and its score term is that draw's (the sum over its rows), so the gradient's
 variance falls with the draws. A linear batch reduction (``E_q[f.mean()]``, ``E_q[a * f.sum() - g.mean()]``) takes
 the expectation inside it: the same value with the per-row score terms of ``E_q[f].mean()``. The batch reductions
 written with ``.mean()`` / ``.sum()`` are found in the formula; a term of one's own that reduces over the batch inside
@@ -235,6 +236,18 @@ def fixed_draws(f: Distribution) -> bool:
     return not any(q.requires_grad for q in f.parameters())
 
 
+def require_pathwise_draws(owner: Any, *dists: Distribution) -> None:
+    """For a loss that reaches the parameters of ``dists`` only through their draws (no score-function term: MMD,
+    Wasserstein, the adversarial losses): a ValueError naming ``owner`` (the loss, or its name) and the first one with
+    trainable parameters but no reparameterised sampler, whose draws carry no gradient (it would never train)."""
+    for dist in dists:
+        if not dist.has_reparam and any(t.requires_grad for t in dist.parameters()):
+            raise ValueError(
+                f"{owner}: {dist.prob_text} ({dist.distribution_name}) has trainable parameters but no "
+                "reparameterised sampler, so its draws carry no gradient and it would never train; use a "
+                "reparameterisable distribution (e.g. a relaxed one for discrete data)")
+
+
 def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> Tensor | None:
     """Log-density of the factors of ``p`` that need the score function (None if none). With
     ``pathwise``, reparameterised factors and factors with `fixed_draws` (e.g. a uniform draw of a
@@ -328,8 +341,9 @@ class Expectation(Loss):
         n, reparam = math.prod(self.sample_shape), self.reparam
         values, new = draw(self.p, ctx, n, reparam=reparam)
         if self._plan()[1] == _ROW:
-            f = ctx.child(values).value(self.f)
-            if n == 1 or _rows(f) == _rows(next(iter(new.values()))):  # one value per row: the draws pooled
+            rows = _rows(next(iter(new.values())))
+            f = ctx.child(values, n, rows).value(self.f)
+            if n == 1 or _rows(f) == rows:  # one value per row: the draws pooled
                 logp = score_log_prob(self.p, values, pathwise=reparam)
                 if logp is not None:
                     f = f + f.detach() * _per_row(logp - logp.detach(), f)
@@ -351,7 +365,7 @@ class Expectation(Loss):
         inside = linear and b_node is None and baseline == 0.0
         f = b = None
         if kind in (_REDUCED, _CONST):  # the reductions taken draw by draw on the pooled rows (one number per draw)
-            child = ctx.child(values)
+            child = ctx.child(values, n, rows)
             for node, of_rows in reductions:
                 value = child.value(node.loss1)
                 if of_rows:
@@ -474,10 +488,10 @@ class REINFORCE(Expectation):
         b_node = baseline if isinstance(baseline, Loss) else None
         if self._plan(b_node)[1] != _ROW:
             return self._per_draw(ctx, values, new, n, pathwise=False, baseline=baseline)
-        child = ctx.child(values)
+        n_rows = _rows(next(iter(new.values())))
+        child = ctx.child(values, n, n_rows)
         f = child.value(self.f)
         b = None if b_node is None else child.value(b_node)
-        n_rows = _rows(next(iter(new.values())))
         if n > 1 and (_rows(f) != n_rows or b is not None and _rows(b) != n_rows):  # not one value per row: per draw
             return self._per_draw(ctx, values, new, n, pathwise=False, baseline=baseline)
         logp = score_log_prob(self.p, values, pathwise=False)

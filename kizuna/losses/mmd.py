@@ -9,6 +9,11 @@ twice the feature dimension):
 
 * ``"gaussian"``: :math:`k = \exp(-d / \sigma^2)`
 * ``"inv-multiquadratic"``: :math:`k = \sigma^2 / (\sigma^2 + d)`
+
+The gradient reaches ``p`` and ``q`` only through their draws (there is no score-function term): a side with trainable
+parameters but no reparameterised sampler (a Bernoulli or Categorical encoder) would get no gradient, so it is refused
+when the loss is built (`require_pathwise_draws`, as the adversarial losses do); use a relaxed distribution for a
+discrete code.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from kizuna._distances import squared_distances
 from kizuna._text import symbol
 from kizuna.distributions.base import Distribution, flat_rows, require_distributions
 from kizuna.formula.expr import EvalContext, Loss, Tensor
-from kizuna.losses.expectation import draw
+from kizuna.losses.expectation import draw, require_pathwise_draws
 
 
 def _features(values: dict[str, Any], names: list[str]) -> Tensor:
@@ -52,13 +57,15 @@ KERNELS = {"gaussian": gaussian_kernel, "inv-multiquadratic": inverse_multiquadr
 
 
 class MMD(Loss):
-    """:math:`\\mathrm{MMD}^2` between ``p`` and ``q`` (a scalar for the whole batch)."""
+    """:math:`\\mathrm{MMD}^2` between ``p`` and ``q`` (a scalar for the whole batch); a side with trainable
+    parameters but no reparameterised sampler is refused (module docstring)."""
 
     def __init__(self, p: Distribution, q: Distribution,
                  kernel: str = "gaussian", sigma_sqr: float | None = None) -> None:
         require_distributions("MMD", p=p, q=q)
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"MMD needs both over the same variables: {p.var} vs {q.var}")
+        require_pathwise_draws("MMD", p, q)  # (no score-function term: only the draws carry the gradient)
         if not isinstance(kernel, str) or kernel not in KERNELS:
             raise ValueError(f"unknown MMD kernel {kernel!r}; choose one of {sorted(KERNELS)}")
         if sigma_sqr is not None:  # (inf gave 0 for any samples; "1" a raw TypeError)

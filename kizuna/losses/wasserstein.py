@@ -4,6 +4,10 @@ For draws :math:`x \sim p` and :math:`y \sim q` paired row by row,
 :math:`\|x - y\|` is the transport cost of one coupling, so its mean bounds
 :math:`W_1[p, q] = \inf_{\gamma} \mathbb{E}_\gamma\|x-y\|` from above (tight when ``p``
 and ``q`` are point masses, as with deterministic encoders in Wasserstein auto-encoders).
+
+The gradient reaches ``p`` and ``q`` only through their draws (there is no score-function term): a side with trainable
+parameters but no reparameterised sampler (a Bernoulli or Categorical encoder) would get no gradient, so it is refused
+when the loss is built (`kizuna.losses.expectation.require_pathwise_draws`, as `MMD` and the adversarial losses do).
 """
 
 from __future__ import annotations
@@ -15,18 +19,20 @@ from torch import nn
 from kizuna._text import symbol
 from kizuna.distributions.base import Distribution, require_distributions
 from kizuna.formula.expr import EvalContext, Loss, Tensor
-from kizuna.losses.expectation import draw
+from kizuna.losses.expectation import draw, require_pathwise_draws
 from kizuna.losses.mmd import _features, check_samples
 
 
 class WassersteinDistance(Loss):
-    """:math:`\\|x - y\\|` per batch row, :math:`x \\sim p`, :math:`y \\sim q` (module docstring)."""
+    """:math:`\\|x - y\\|` per batch row, :math:`x \\sim p`, :math:`y \\sim q`; a side with trainable parameters but no
+    reparameterised sampler is refused (module docstring)."""
 
     def __init__(self, p: Distribution, q: Distribution,
                  metric: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
         require_distributions("WassersteinDistance", p=p, q=q)
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"WassersteinDistance needs both over the same variables: {p.var} vs {q.var}")
+        require_pathwise_draws("WassersteinDistance", p, q)  # (no score-function term: the draws carry the gradient)
         super().__init__(p.input_var + q.input_var)
         self.p, self.q = p, q
         # eps=0: PairwiseDistance's default eps=1e-6 is added to x - y, which makes the distance
