@@ -74,10 +74,10 @@ class DiffusionSchedule(nn.Module):
         if isinstance(betas, nn.Parameter):
             self.betas = betas
         else:
-            self.register_buffer("betas", betas)
+            self.register_buffer("betas", _tracked(betas))
         # the per-step constants of a fixed schedule, computed once (again if betas change in place)
         self.register_buffer("_constants", self._compute_constants().detach(), persistent=False)
-        self._constants_version = self.betas._version
+        self._constants_version = _version(self.betas)
 
     def _apply(self, fn: Any, recurse: bool = True) -> DiffusionSchedule:
         """``.to()`` / ``.double()``: betas given as numbers (or built by `linear` / `cosine`, in float64) are refilled
@@ -96,9 +96,10 @@ class DiffusionSchedule(nn.Module):
             if wide != after.dtype:  # (before: float32 at least, the values as they were)
                 self._buffers["betas"] = before.to(dtype=wide, device=after.device)
         if type(self.betas) is Tensor:
+            self._buffers["betas"] = _tracked(self.betas)  # (converted inside torch.inference_mode(): `_tracked`)
             with torch.no_grad():
                 self._constants = self._compute_constants()
-            self._constants_version = self.betas._version
+            self._constants_version = _version(self.betas)
         return out
 
     @classmethod
@@ -163,9 +164,10 @@ class DiffusionSchedule(nn.Module):
         betas, table = self.betas, self._constants
         if type(betas) is not Tensor and isinstance(betas, nn.Parameter):  # the type test first: isinstance is slow
             return self._compute_constants()
-        if self._constants_version != betas._version or table.dtype != computing_dtype(betas.dtype):
+        version = _version(betas)  # None: an inference tensor put in by hand, whose changes cannot be seen
+        if version is None or self._constants_version != version or table.dtype != computing_dtype(betas.dtype):
             table = self._constants = self._compute_constants()
-            self._constants_version = betas._version
+            self._constants_version = version
         return table
 
     def index(self, t: Any, like: Tensor, low: int = 1) -> Tensor:
@@ -223,6 +225,23 @@ class DiffusionSchedule(nn.Module):
         beta, alpha, ab, ab_prev, noise, noise_prev = (rows[..., i].reshape(shape) for i in range(6))
         return {"beta": beta, "alpha": alpha, "alpha_bar": ab, "alpha_bar_prev": ab_prev,
                 "one_minus_alpha_bar": noise, "one_minus_alpha_bar_prev": noise_prev}
+
+
+def _tracked(betas: Tensor) -> Tensor:
+    """A buffer of betas made inside ``torch.inference_mode()`` (an inference tensor, which has no in-place version:
+    building a schedule there raised torch's "Inference tensors do not track version counter") copied to a normal
+    tensor, whose in-place changes (``load_state_dict``'s copy of a checkpoint's betas, also inside inference mode)
+    the table still follows (`DiffusionSchedule._table`); any other tensor as it is."""
+    if not betas.is_inference():
+        return betas
+    with torch.inference_mode(False):
+        return betas.clone()
+
+
+def _version(tensor: Tensor) -> int | None:
+    """``tensor``'s in-place version, None for an inference tensor (a learnable schedule's betas made inside
+    ``torch.inference_mode()``), which has none."""
+    return None if tensor.is_inference() else tensor._version
 
 
 def _dtypes(table: Tensor, like: Tensor) -> tuple[torch.dtype, torch.dtype]:
@@ -646,7 +665,9 @@ class DDPM(Distribution):
         return fmt["integral"].format(inner, "x_{1:T}")
 
     def path(self, context: Mapping[str, Tensor] | None = None) -> DiffusionPath:
-        """The reverse process as a `kizuna.samplers.DiffusionPath` (for DDIM, Heun, guidance, ...)."""
+        """The reverse process as a `kizuna.samplers.DiffusionPath` (for DDIM, Heun, guidance, ...). The context is
+        read as `sample` reads it: one row conditions every draw, the samplers' ``n`` defaults to its rows, and a
+        value of another number of rows than the draws is a ValueError naming both (`DiffusionPath`)."""
         return DiffusionPath(self.reverse, self.features_shape, context)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:

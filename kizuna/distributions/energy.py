@@ -21,6 +21,22 @@ from kizuna._text import LATEX, format_name, symbol
 from kizuna.distributions.base import Distribution, Tensor, XDict
 
 
+def autograd_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with every inference tensor (made inside ``torch.inference_mode()``) copied to a normal tensor, which
+    autograd may save for backward (an energy ``x * y`` of a conditioning value ``y`` made there raised "Inference
+    tensors cannot be saved for backward"); call it under ``torch.inference_mode(False)``, as `input_leaf`."""
+    return {k: v.clone() if isinstance(v, Tensor) and v.is_inference() else v for k, v in values.items()}
+
+
+def input_leaf(x: Tensor) -> Tensor:
+    """``x`` as a new leaf that requires grad, to take an input gradient (a score) in any grad mode. Call it, and the
+    gradient, under ``torch.inference_mode(False), torch.enable_grad()``: inside ``torch.inference_mode()`` a tensor
+    made there is an inference tensor, whose ``requires_grad_`` autograd ignores (torch's "element 0 of tensors does
+    not require grad"); it is copied to a normal tensor (others are detached, not copied), so that the gradient is
+    the one taken under ``torch.no_grad()``."""
+    return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+
+
 class EnergyDistribution(Distribution):
     """:math:`p_\\theta(x|y) \\propto \\exp(-E_\\theta(x, y))` (module docstring).
 
@@ -88,15 +104,17 @@ class EnergyDistribution(Distribution):
     def score(self, x_dict: Mapping[str, Any]) -> Tensor:
         """:math:`\\nabla_x \\log p_\\theta(x) = -\\nabla_x E_\\theta(x)`, exact (Z does not depend on x).
 
-        Differentiable in the parameters (``create_graph``) when gradients are enabled.
+        Differentiable in the parameters (``create_graph``) when gradients are enabled. Under ``torch.no_grad()`` and
+        inside ``torch.inference_mode()`` the same values, without a graph (`input_leaf`; inference mode raised
+        torch's "element 0 of tensors does not require grad").
         """
         self._require(x_dict, self._var + self._cond_var)  # (a missing value raised a bare KeyError)
         x = x_dict[self._var[0]]
         self._check_shape(x)
-        x = x.detach().requires_grad_(True)
         create = torch.is_grad_enabled()
-        with torch.enable_grad():
-            e = self.get_energy({**x_dict, self._var[0]: x})
+        with torch.inference_mode(False), torch.enable_grad():  # also inside torch.inference_mode() (`input_leaf`)
+            x = input_leaf(x)
+            e = self.get_energy({**autograd_values(x_dict), self._var[0]: x})
             # -dE/dx by a gradient output of -1 on the sum: no separate negation of the (batch, ...) gradient
             (g,) = torch.autograd.grad(e.sum(), x, grad_outputs=e.new_full((), -1.0), create_graph=create)
         return g

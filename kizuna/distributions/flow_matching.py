@@ -124,13 +124,23 @@ class FlowMatching(Distribution):
         return v
 
     def path(self, context: Mapping[str, Any] | None = None) -> LinearPath:
-        """The model as a `kizuna.samplers.LinearPath` (any sampler, guidance)."""
+        """The model as a `kizuna.samplers.LinearPath` (any sampler, guidance). The context is read as `sample` reads
+        it (`context_of_draws`): one row conditions every draw, the samplers' ``n`` defaults to its rows, and a value
+        of another number of rows than the draws is a ValueError naming both (torch's error came from inside the
+        network)."""
         context = dict(context or {})
         self._check_context(context)
         like = self._like()
-        return LinearPath(lambda x, t: self.velocity(x, t, context), self.features_shape, self.sigma_min,
+        conditioning = {c: context[c] for c in self._cond_var}  # (what the network reads; other keys are not used)
+        rows = context_of_draws(self.prob_text, conditioning, None)[1] if conditioning else None
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            given = context_of_draws(self.prob_text, conditioning, x.shape[0], "n")[0] if conditioning else {}
+            return self.velocity(x, t, given)
+
+        return LinearPath(velocity, self.features_shape, self.sigma_min,
                           dtype=like.dtype if like is not None else None,
-                          device=like.device if like is not None else None)
+                          device=like.device if like is not None else None, n_draws=rows)
 
     def _like(self) -> Tensor | None:
         """The velocity network's first floating parameter (its dtype and device), if it has one."""
@@ -167,12 +177,14 @@ class FlowMatching(Distribution):
         return out if shape is None else sum_rows(out.reshape(shape))
 
 
-def context_of_draws(who: str, context: Mapping[str, Any], batch_n: int | None) -> tuple[dict[str, Any], int]:
+def context_of_draws(who: str, context: Mapping[str, Any], batch_n: int | None, count: str = "batch_n"
+                     ) -> tuple[dict[str, Any], int]:
     """The conditioning values ``context`` of a model that draws one row per row of context (`FlowMatching`,
-    `kizuna.distributions.DDPM`), as one row per draw, and the number of draws: ``batch_n``, else the context's rows
-    (0 for an empty one), else one. A value of one row conditions every draw (it is expanded to them); a value of
-    another number of rows is a ValueError naming both counts (its rows were the draws, ``batch_n`` dropped silently:
-    64 draws asked for one class gave 1). ``who``: the model's text, for the message."""
+    `kizuna.distributions.DDPM`, and their paths, `kizuna.samplers.DiffusionPath`), as one row per draw, and the
+    number of draws: ``batch_n``, else the context's rows (0 for an empty one), else one. A value of one row
+    conditions every draw (it is expanded to them); a value of another number of rows is a ValueError naming both
+    counts (its rows were the draws, ``batch_n`` dropped silently: 64 draws asked for one class gave 1). ``who``: the
+    model's text, for the message; ``count``: the argument that gave ``batch_n`` (a sampler's ``n``)."""
     rows = batch_size_of(context)  # the most rows of any value: a one-row value beside a batch conditions every row
     n = batch_n if batch_n is not None else 1 if rows is None else rows
     out = dict(context)
@@ -180,7 +192,7 @@ def context_of_draws(who: str, context: Mapping[str, Any], batch_n: int | None) 
         if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] == n:
             continue
         if value.shape[0] != 1:
-            asked = f"batch_n={n}" if batch_n is not None else f"{n} draws (the rows of the other conditioning values)"
+            asked = f"{count}={n}" if batch_n is not None else f"{n} draws (the rows of the other conditioning values)"
             raise ValueError(f"{who}: {asked} but the conditioning value {name} has {value.shape[0]} rows; give one "
                              "row per draw, or one row for all")
         out[name] = value.expand(n, *value.shape[1:])

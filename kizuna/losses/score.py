@@ -103,9 +103,11 @@ class ScoreMatchingError(Loss):
 
     def _value(self, ctx: EvalContext) -> Tensor:
         x, s = score_value(self.score, ctx.values, self.var)
-        flat = flat_rows(s)
         trace = x.new_zeros(x.shape[0])
-        with torch.enable_grad():
+        with torch.enable_grad():  # also under no_grad (Model.test, validation), as SlicedScoreError's
+            # the columns inside too: a new view (scalar data's unsqueeze, images' flatten) made under no_grad had no
+            # graph, so the trace term was dropped silently (the value was 1/2||s||^2 alone)
+            flat = flat_rows(s)
             for i in range(flat.shape[1] if flat.requires_grad else 0):  # a score that ignores x: trace 0
                 (g,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True, allow_unused=True)
                 if g is not None:

@@ -86,6 +86,7 @@ def _run(name: str, path: GaussianPath, step: Step, n: int | None, n_steps: int 
     if len(grid) < 2:
         raise ValueError("a sampler needs at least two times (one step)")
     if x is None:
+        n = getattr(path, "n_draws", None) if n is None else n  # a conditional path's context rows (GaussianPath)
         x = path.prior(1 if n is None else n, generator)  # n = 0: no draws (an empty batch), as torch's
     else:
         _check_start(name, path, n, x)
@@ -108,7 +109,8 @@ def ancestral(path: GaussianPath, n: int | None = None, n_steps: int | None = No
 
     Args:
         path: a path with an ancestral kernel (`DiffusionPath`, or guided over one).
-        n: the number of draws (when ``x`` is not given).
+        n: the number of draws (when ``x`` is not given; default: the rows of a conditional path's context,
+            `GaussianPath.n_draws`, else one).
         n_steps: ``None``: every step (a DDPM's ancestral sampler runs the whole chain).
         x: the starting points at ``times[0]`` (default: draws from ``path.prior``): a floating tensor of shape
             ``(N, *path.features_shape)``, finite while validation is on, with ``n`` (if given too) equal to ``N``;

@@ -18,10 +18,13 @@ import torch
 
 from kizuna._data import check_count, check_positive, noise_levels
 from kizuna.distributions.base import Distribution, Tensor
+from kizuna.distributions.energy import autograd_values, input_leaf
 
 
 def score_of(p: Distribution, var: str | None = None, **given: Tensor) -> Callable[[Tensor], Tensor]:
-    """:math:`x \\mapsto \\nabla_x \\log p(x|\\text{given})` by autograd (exact for unnormalised densities).
+    """:math:`x \\mapsto \\nabla_x \\log p(x|\\text{given})` by autograd (exact for unnormalised densities), without a
+    graph; the same under ``torch.no_grad()`` and inside ``torch.inference_mode()``
+    (`kizuna.distributions.energy.input_leaf`).
 
     >>> from kizuna.distributions import Normal
     >>> s = score_of(Normal(var=["x"], loc=1.0, scale=2.0, features_shape=[1]))
@@ -31,9 +34,9 @@ def score_of(p: Distribution, var: str | None = None, **given: Tensor) -> Callab
     name = var or p.var[0]
 
     def score(x: Tensor) -> Tensor:
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            lp = p.get_log_prob({**given, name: x})
+        with torch.inference_mode(False), torch.enable_grad():  # also inside torch.inference_mode() (`input_leaf`)
+            x = input_leaf(x)
+            lp = p.get_log_prob({**autograd_values(given), name: x})
             (g,) = torch.autograd.grad(lp.sum(), x)
         return g
 

@@ -19,7 +19,9 @@ only see this interface, so one DDIM, Euler, Heun or Euler–Maruyama serves eve
   al. 2023, arXiv:2210.02747), :math:`t` from 0 (noise) to 1 (data), from a velocity :math:`v(x, t)`:
   :math:`\hat\epsilon = x - t v`, :math:`\hat x_0 = x + (1-t) v` when :math:`\sigma_{min} = 0`.
 
-This module needs only torch; the distributions hand their networks to it (duck-typed).
+This module needs only torch at import; the distributions hand their networks to it (duck-typed). A conditional
+`DiffusionPath` reads its context's rows by the distributions' rule (`kizuna.distributions.flow_matching.
+context_of_draws`), imported when it is used.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from kizuna._data import check_shape, computing_dtype, noise_levels, sigma_min_value
+from kizuna._data import check_count, check_shape, computing_dtype, noise_levels, sigma_min_value
 
 Tensor = torch.Tensor
 
@@ -58,6 +60,10 @@ class GaussianPath:
 
     #: the time of the noise end where the path has one (flow matching's 0); None: no fixed bound (a noise level)
     start: float | None = None
+
+    #: the number of draws a sampler makes when neither ``n`` nor a start ``x`` is given: the rows of a conditional
+    #: path's context (`DiffusionPath`, `kizuna.distributions.FlowMatching.path`); None: one
+    n_draws: int | None = None
 
     def times(self, n_steps: int) -> list[float]:
         """``n_steps + 1`` times from the noise end to the clean end."""
@@ -132,6 +138,18 @@ def _noise(shape: Sequence[int], like: Tensor | None, generator: torch.Generator
     return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
 
 
+def _snapped(grid: list[float], points: Tensor) -> list[float]:
+    """Each time of ``grid`` taken as the nearest of ``points`` (a path's trained steps or noise levels) where it is
+    that point up to float32 rounding (a relative 1e-6; the path's own times given back as a float32 tensor were
+    refused as no trained step or level), any other time as it is (`DiffusionPath.check_times`,
+    `ScorePath.check_times`)."""
+    out = []
+    for tau in grid:
+        exact = float(points[int(torch.argmin((points - tau).abs()))])
+        out.append(exact if abs(exact - tau) <= 1e-6 * abs(exact) else tau)
+    return out
+
+
 def _grid(points: Sequence[float], n_steps: int | None) -> list[int]:
     """Indices of ``n_steps`` evenly spread points of ``points`` (first and last kept)."""
     n = len(points)
@@ -188,13 +206,23 @@ class DiffusionPath(GaussianPath):
     Args:
         reverse: a `kizuna.distributions.DiffusionReverse` (its ``schedule``, ``epsilon`` and context).
         features_shape: the shape of one :math:`x_0`.
-        context: values of the reverse process's context variables (a conditional model), batch first.
+        context: values of the reverse process's context variables (a conditional model), batch first: one row per
+            draw, or one row for every draw (as `kizuna.distributions.DDPM.sample` reads it); the samplers' ``n``
+            defaults to its rows (`n_draws`), and a value of another number of rows than the draws is a ValueError
+            naming both (`kizuna.distributions.flow_matching.context_of_draws`; torch's error came from inside the
+            network).
     """
 
     def __init__(self, reverse: Any, features_shape: Sequence[int], context: Mapping[str, Tensor] | None = None
                  ) -> None:
         self.reverse, self.context = reverse, dict(context or {})
         self.features_shape = check_shape("DiffusionPath: features_shape", features_shape)
+        self._who = f"DiffusionPath of {getattr(reverse, 'prob_text', type(reverse).__name__)}"
+        names = getattr(reverse, "context_var", None)  # the values the network reads (other keys are passed as given)
+        self._conditioning = {c: v for c, v in self.context.items() if names is None or c in names}
+        self._context_by_rows: dict[int, dict[str, Tensor]] = {}
+        if self._conditioning:  # (the values' rows checked against each other here)
+            self.n_draws = _context_of_draws(self._who, self._conditioning, None)[1]
         ab = reverse.schedule.alpha_bar().detach().to(torch.float64)
         self.alpha_bar = ab  # index t = step t, alpha_bar[0] = 1
         self.sigmas = ((1 - ab) / ab).sqrt()  # s_t, increasing in t; s_0 = 0
@@ -209,13 +237,19 @@ class DiffusionPath(GaussianPath):
 
     def check_times(self, times: Sequence[Any]) -> list[float]:
         """`GaussianPath.check_times`, each time then taken as the trained step's :math:`s_t` where it is that step's
-        up to float32 rounding (the path's own times given as a float32 tensor were refused as no trained step)."""
-        grid = super().check_times(times)
-        out = []
-        for s in grid:
-            t = int(torch.argmin((self.sigmas - s).abs()))
-            exact = float(self.sigmas[t])
-            out.append(exact if abs(exact - s) <= 1e-6 * max(1.0, abs(exact)) else s)
+        up to float32 rounding (`_snapped`; the path's own times given as a float32 tensor were refused as no trained
+        step)."""
+        return _snapped(super().check_times(times), self.sigmas)
+
+    def context_for(self, x: Tensor) -> dict[str, Tensor]:
+        """The context with one row per row of ``x`` (class docstring)."""
+        if not self._conditioning:
+            return self.context
+        rows = x.shape[0]
+        out = self._context_by_rows.get(rows)  # (read once per number of rows: the context is fixed, its rows views)
+        if out is None:
+            out = self._context_by_rows[rows] = {
+                **self.context, **_context_of_draws(self._who, self._conditioning, rows)[0]}
         return out
 
     def step_of(self, s: float) -> int:
@@ -241,7 +275,7 @@ class DiffusionPath(GaussianPath):
         if tau == 0:
             raise ValueError("DiffusionPath: the network is not defined at t = 0")
         xt, steps = self.scaled_input(x, tau)
-        eps = self.reverse.epsilon(xt, steps, self.context)
+        eps = self.reverse.epsilon(xt, steps, self.context_for(xt))
         return Prediction(x - tau * eps, eps)
 
     def ancestral_step(self, x: Tensor, tau: float, tau_next: float, pred: Prediction, noise: Tensor | None
@@ -252,7 +286,7 @@ class DiffusionPath(GaussianPath):
             raise ValueError("ancestral sampling of a DDPM runs over every step (n_steps=None); "
                              "for fewer steps use ddim(..., eta=1), the respaced ancestral sampler")
         xt, steps = self.scaled_input(x, tau)
-        mean, var = self.reverse.mean_and_variance(xt, steps, pred.eps, self.context)
+        mean, var = self.reverse.mean_and_variance(xt, steps, pred.eps, self.context_for(xt))
         x_prev = mean if noise is None else mean + var.sqrt() * noise
         return x_prev / math.sqrt(float(self.alpha_bar[t - 1]))
 
@@ -297,6 +331,12 @@ class ScorePath(GaussianPath):
     def prior_level(self) -> float:
         return self.levels[0]
 
+    def check_times(self, times: Sequence[Any]) -> list[float]:
+        """`GaussianPath.check_times`, each time then taken as the model's level where it is that level up to float32
+        rounding (`_snapped`, as `DiffusionPath.check_times`; the path's own times given as a float32 tensor were
+        refused as not one of the levels)."""
+        return _snapped(super().check_times(times), torch.tensor(self.levels, dtype=torch.float64))
+
     def coefficients(self, tau: float) -> tuple[float, float]:
         return 1.0, tau
 
@@ -324,17 +364,21 @@ class LinearPath(GaussianPath):
             ``nn.Module`` or a bound method of one, as `ScorePath`'s; for another callable, as before, the dtype of
             ``sigma_min`` where it is a floating 0-d tensor, else torch's default dtype; the CPU).
             `kizuna.distributions.FlowMatching.path` passes its network's dtype and device.
+        n_draws: the samplers' default number of draws (`GaussianPath.n_draws`; default one), e.g. the rows of a
+            context the velocity closes over (`kizuna.distributions.FlowMatching.path` passes them).
     """
 
     clean_evaluable, start, end = True, 0.0, 1.0
 
     def __init__(self, velocity: Callable[[Tensor, Tensor], Tensor], features_shape: Sequence[int],
-                 sigma_min: float = 0.0, dtype: torch.dtype | None = None, device: Any = None) -> None:
+                 sigma_min: float = 0.0, dtype: torch.dtype | None = None, device: Any = None,
+                 n_draws: int | None = None) -> None:
         # (FlowMatching's range: a negative one divided by zero in DDIM's step, NaN gave NaN draws)
         self.v, self.sigma_min = velocity, sigma_min_value("LinearPath", sigma_min)
         self.features_shape = check_shape("LinearPath: features_shape", features_shape)
         self.dtype = _draw_dtype(dtype, velocity, sigma_min)
-        self.device = device
+        check_count("LinearPath: n_draws", n_draws, 0)
+        self.device, self.n_draws = device, None if n_draws is None else int(n_draws)
 
     def times(self, n_steps: int | None) -> list[float]:
         n = 50 if n_steps is None else n_steps
@@ -386,12 +430,20 @@ class Guided(GaussianPath):
         self.features_shape = getattr(unconditional, "features_shape", None)
         self.clean_evaluable = conditional.clean_evaluable and unconditional.clean_evaluable
         self.start, self.end = unconditional.start, unconditional.end
+        # the draws a conditional context asks for (the conditional path's, as a rule)
+        rows = getattr(conditional, "n_draws", None)
+        self.n_draws = rows if rows is not None else getattr(unconditional, "n_draws", None)
 
     def times(self, n_steps: int | None) -> list[float]:
         return self.uncond.times(n_steps)
 
     def prior_level(self) -> float | None:
         return self.uncond.prior_level()
+
+    def check_times(self, times: Sequence[Any]) -> list[float]:
+        """The unconditional path's `GaussianPath.check_times` (a `DiffusionPath`'s or a `ScorePath`'s own times given
+        as a float32 tensor were refused by the generic check, at w = 0 too)."""
+        return self.uncond.check_times(times)
 
     def coefficients(self, tau: float) -> tuple[float, float]:
         return self.uncond.coefficients(tau)
@@ -421,6 +473,13 @@ class Guided(GaussianPath):
         # the guided mean; a learned variance from the conditional model, as GLIDE's sampler (w = 0: the
         # unconditional model's, so that it is that model's sampler exactly; it was the unconditional one's at any w)
         return (self.uncond if self.scale == 0 else self.cond).ancestral_step(x, tau, tau_next, pred, noise)
+
+
+def _context_of_draws(who: str, context: Mapping[str, Tensor], rows: int | None) -> tuple[dict[str, Tensor], int]:
+    """`kizuna.distributions.flow_matching.context_of_draws` for a sampler's ``rows`` draws (its ``n``)."""
+    from kizuna.distributions.flow_matching import context_of_draws  # (lazy: kizuna.distributions imports this module)
+
+    return context_of_draws(who, context, rows, "n")
 
 
 def guided(conditional: GaussianPath, unconditional: GaussianPath, scale: float) -> Guided:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kizuna._data import check_count, check_non_negative, check_positive
+from kizuna._data import check_count, check_non_negative, check_positive, check_shape
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.samplers.langevin import score_of
 
@@ -45,8 +45,8 @@ class SGLD(nn.Module):
             raise ValueError(f"SGLD samples an unconditioned distribution; {p.prob_text} is conditioned")
         check_count("SGLD: buffer_size", buffer_size, 1)
         check_count("SGLD: n_steps", n_steps, 0)
-        for i, size in enumerate(features_shape):
-            check_count(f"SGLD: features_shape[{i}]", size, 1)
+        # a sequence of sizes, by the paths' and DDPM's rule (a bare 2 or None raised a raw TypeError)
+        features_shape = check_shape("SGLD: features_shape", features_shape)
         if p.features_shape and torch.Size(features_shape) != p.features_shape:  # (draws p could not score)
             raise ValueError(f"SGLD: features_shape {list(features_shape)} differs from the shape "
                              f"{list(p.features_shape)} that {p.prob_text} declares")
@@ -100,7 +100,8 @@ class SGLD(nn.Module):
         choice (rows, restarts, noise) comes from ``generator`` (default torch's global one), on the buffer's device.
 
         The buffer follows the model: converted to its dtype and device first if the model was moved after the
-        sampler was built."""
+        sampler was built. Inside ``torch.inference_mode()`` the draws are those made under ``torch.no_grad()``
+        (`kizuna.samplers.score_of`)."""
         check_count("SGLD.sample: batch_n", batch_n, 0)
         check_count("SGLD.sample: n_steps", n_steps, 0)  # before the buffer is touched
         self._follow_model()
@@ -110,5 +111,9 @@ class SGLD(nn.Module):
         start = torch.where(fresh.reshape(-1, *([1] * len(self.features_shape))),
                             self._uniform(batch_n, start, generator), start)
         x = self.run(start, n_steps, generator)
+        if self.buffer.is_inference() and not torch.is_inference_mode_enabled():
+            # a sampler built inside torch.inference_mode(), now sampled outside it: its buffer is an inference tensor,
+            # which torch refuses to update in place there ("Inplace update to inference tensor outside InferenceMode")
+            self.buffer = self.buffer.clone()
         self.buffer[idx] = x
         return x
