@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from kizuna._data import check_count as _check_count
+from kizuna._data import one_number
 from kizuna._text import LATEX, TEXT, prob_text, symbol
 from kizuna.distributions.dist_graph import DistGraph, GraphOptions
 from kizuna.formula.expr import Loss
@@ -139,6 +140,33 @@ def draws_as_rows(value: Tensor, x_dict: Mapping[str, Any], features: torch.Size
         elif v.shape[0] == batch and batch != 1:  # one per batch row: the same for every draw
             rows[c] = repeat_batch(v, n)
     return value.flatten(0, lead - 1), rows, shape
+
+
+def as_sample_shape(owner: str, sample_shape: Any) -> torch.Size:
+    """``sample_shape`` as a ``torch.Size`` of positive sizes; one number of draws ``n`` is ``(n,)``, as
+    `kizuna.losses.Expectation` reads it (``torch.Size(3)`` raised Python's bare "'int' object is not iterable").
+    A TypeError naming ``owner``'s ``sample_shape`` for anything but integers, a ValueError for sizes below 1."""
+    if type(sample_shape) is tuple and not sample_shape:  # the default: no draws dimension
+        return torch.Size()
+    if type(sample_shape) is torch.Size:
+        shape = sample_shape
+    else:
+        number = one_number(sample_shape)
+        if isinstance(number, numbers.Integral) and not isinstance(number, bool):
+            entries: Any = (number,)
+        else:
+            try:
+                entries = [one_number(s) for s in sample_shape]
+            except TypeError:
+                entries = [sample_shape]
+        bad = [s for s in entries if isinstance(s, bool) or not isinstance(s, numbers.Integral)]
+        if bad:
+            raise TypeError(f"{owner}: sample_shape must be a number of draws or a shape (a tuple of positive "
+                            f"integer sizes), got {sample_shape!r} ({bad[0]!r} is not an integer)")
+        shape = torch.Size(int(s) for s in entries)
+    if any(s < 1 for s in shape):
+        raise ValueError(f"{owner}: sample_shape must hold positive sizes, got {tuple(shape)}")
+    return shape
 
 
 def one_rows_expanded(parts: Sequence[Tensor]) -> list[Tensor]:
@@ -562,9 +590,7 @@ class Distribution(nn.Module):
                 f"{self.prob_text}: reparam=True but {', '.join(bad)} has no reparameterised sampler"
                 " (use reparam=False, or a relaxed distribution)"
             )
-        shape = torch.Size(sample_shape)
-        if any(s < 1 for s in shape):
-            raise ValueError(f"{self.prob_text}: sample_shape must hold positive sizes, got {tuple(shape)}")
+        shape = as_sample_shape(self.prob_text, sample_shape)
         n = math.prod(shape)
         keep = set(self.input_var)  # an empirical factor reads its own variable
         fixed = [v for v in self._var if v in x_dict and v not in keep]

@@ -235,7 +235,8 @@ def bernoulli_log_prob_from_probs(probs: Tensor, value: Tensor, fused: bool) -> 
     ``binary_cross_entropy`` kernel, its sign changed in place (one pass; the kernel's backward does not read
     its result); otherwise ``lerp(log1p(-p), log(p), x)``, vectorised operators (faster on a CPU, where torch's
     cross-entropy kernels are not vectorised). The two agree up to rounding."""
-    if value.dtype != probs.dtype:  # lerp and the cross-entropy take one dtype (e.g. float64 data, float32 model)
+    if value.dtype != probs.dtype:  # lerp and the cross-entropy take one dtype (a half-precision value against
+        # float32 probabilities; a family scoring a wider value has its parameters in its dtype, `_scoring_params`)
         value = value.to(probs.dtype)
     eps = torch.finfo(probs.dtype).eps
     probs = F.hardtanh(probs, eps, 1 - eps)  # a new tensor: ours to overwrite when no gradient needs it
@@ -397,6 +398,17 @@ class BinaryConcrete(TorchDistribution):
     moments_hint = "; RelaxedBernoulli draws the same way and has the Bernoulli's moments"
 
 
+def on_simplex(value: Tensor) -> bool:
+    """Whether every row of ``value`` (the last dimension) lies in the simplex: non-negative entries summing to 1
+    within the rounding of the value's dtype, the square root of its epsilon (3e-4 in float32; torch's 1e-6 in
+    float64). A float32 Concrete draw at a low temperature sums to 1 within about 1e-5 only, and torch's ``Simplex``
+    check (a fixed 1e-6) refused the family's own draws under validation (`Concrete`, `RelaxedCategorical`)."""
+    if not value.is_floating_point():
+        return bool(constraints.simplex.check(value).all())
+    tol = max(1e-6, torch.finfo(value.dtype).eps ** 0.5)
+    return bool((value >= 0).all() & ((value.sum(-1) - 1).abs() <= tol).all())
+
+
 class Concrete(TorchDistribution):
     r"""Concrete (Gumbel-softmax) over the open simplex of the last feature dimension: ``temperature``,
     ``probs`` or ``logits``.
@@ -418,3 +430,9 @@ class Concrete(TorchDistribution):
             raise ValueError(f"{self.prob_text}: {type(self).__name__} takes one temperature for the whole batch "
                              f"(torch's RelaxedOneHotCategorical), got one of shape {tuple(temperature.shape)}")
         return super()._build(params, independent)
+
+    def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
+        """See `TorchDistribution._check_support`: the simplex within the rounding of the value's dtype
+        (`on_simplex`), which the family's own float32 draws at a low temperature need."""
+        if self.validate_value and value.numel() and not on_simplex(value):
+            super()._check_support(value, dist)  # (torch's tighter check then fails too, and names the value)

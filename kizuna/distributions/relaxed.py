@@ -29,7 +29,7 @@ from torch.distributions import constraints
 from torch.nn import functional as F
 
 from kizuna.distributions.base import Tensor, XDict, sum_rows
-from kizuna.distributions.families import BinaryConcrete, Concrete, _TorchOneHotCategorical
+from kizuna.distributions.families import BinaryConcrete, Concrete, _TorchOneHotCategorical, on_simplex
 from kizuna.distributions.torch_dist import TorchDistribution, _without_entries, validation_enabled
 
 DEFAULT_TEMPERATURE = 0.1  # Pixyz's default
@@ -66,9 +66,10 @@ class _DiscreteScoring(TorchDistribution):
 
     def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
         """See `TorchDistribution._elementwise_log_prob`: the discrete family's log-likelihood."""
-        dist = self._discrete(x_dict)
+        params = self._scoring_params(x_dict)[0]  # (in the value's dtype where it is the wider)
+        dist = self._kl_dist(params)
         features = dist.batch_shape[1:] + dist.event_shape
-        value = self._value(x_dict[self._var[0]], features, self._params(x_dict))
+        value = self._value(x_dict[self._var[0]], features, params)
         self._check_rows(value, dist.batch_shape[0], features)
         if validation_enabled() and not self._on_support(value):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must lie in {self.value_support}, "
@@ -76,14 +77,12 @@ class _DiscreteScoring(TorchDistribution):
         return self._per_feature(dist, value)
 
     def _on_support(self, value: Tensor) -> bool:
-        """Whether every value lies in ``value_support``; on the simplex, rows must sum to 1 within the rounding of
-        the value's dtype (the square root of its epsilon, 3e-4 in float32; torch's 1e-6 in float64): a float32
-        relaxed draw at a low temperature sums to 1 within about 1e-5 only, and torch's own check refused the
-        family's own draws (scoring them under validation failed)."""
-        if self.value_support is not constraints.simplex or not value.is_floating_point():
-            return bool(self.value_support.check(value).all())
-        tol = max(1e-6, torch.finfo(value.dtype).eps ** 0.5)
-        return bool((value >= 0).all() & ((value.sum(-1) - 1).abs() <= tol).all())
+        """Whether every value lies in ``value_support``; on the simplex within the rounding of the value's dtype
+        (`on_simplex`, as `Concrete`): a float32 relaxed draw at a low temperature sums to 1 within about 1e-5
+        only, and torch's own check refused the family's own draws (scoring them under validation failed)."""
+        if self.value_support is constraints.simplex:
+            return on_simplex(value)
+        return bool(self.value_support.check(value).all())
 
     def _per_feature(self, dist: D.Distribution, value: Tensor) -> Tensor:
         raise NotImplementedError

@@ -17,6 +17,10 @@ Densities and samplers are torch's. A family may also define closed forms in its
 the parameter tensors without building a ``torch.distributions`` object; they are the only path
 for that family (tested against torch in tests/test_families.py).
 
+A scored value of a wider floating dtype than the parameters (float64 data, a float32 family) is scored in its
+dtype, as torch's arithmetic promotes the two: the parameters are converted to it, and constants given as Python
+numbers are taken exactly in it, as they follow a conditioning value's dtype (`TorchDistribution._scoring_params`).
+
 Validation is torch's switch (``torch.distributions.Distribution.set_default_validate_args``,
 or `validation` here): while it is on, parameters are checked by torch's own constructor and
 scored values against the family's support; `kizuna.models.Model` has a per-model option. It adds
@@ -719,7 +723,7 @@ class TorchDistribution(Distribution):
         """See `Distribution.closed_form_score`: the family's `_score_kernel`, shaped like the value."""
         if not self._has_hook("_score_kernel"):
             return None
-        params = self._params(x_dict)
+        params = self._scoring_params(x_dict)[0]
         shape = self._kernel_shape(params, None)
         value = x_dict[self._var[0]]
         if shape is None or not isinstance(value, Tensor) or value.dim() != len(shape):
@@ -911,10 +915,32 @@ class TorchDistribution(Distribution):
         return value
 
     def _check_rows(self, value: Tensor, rows: int, features: torch.Size) -> None:
-        got = value.shape[value.dim() - len(features) - 1]
+        """The scored value's rows (its dimension before ``features``; those before it are draws) against the
+        parameters' ``rows``: equal, or either one row (it broadcasts).
+
+        Draws of one row against parameters that ``forward`` computed for more rows are refused: every draw would be
+        scored against every row and those densities summed. A network returning ``(B,)`` (a regression head ending
+        in ``.squeeze(-1)``) against data ``(B, 1)`` read the data as ``B`` draws of one row, each row's density then
+        the sum over all ``B`` parameter rows: the right shape, numbers off by about a factor of ``B``, and every
+        prediction trained towards the mean of all targets. Parameters read from a variable keep that reading
+        (``x`` of ``(S, 1)`` against ``loc`` read from a ``z`` of ``(B,)``: each draw against every row, as a product
+        scores it, tests/test_marginal_joint_draws.py)."""
+        at = value.dim() - len(features) - 1
+        got = value.shape[at]
         if rows not in (1, got) and got != 1:
             raise ValueError(f"{self.prob_text}: {self._var[0]} has batch size {got} but the parameters have "
                              f"batch size {rows}")
+        if got == 1 and rows != 1 and at and self._uses_forward:
+            shape = tuple(value.shape)
+            raise ValueError(
+                f"{self.prob_text}: {self._var[0]} of shape {shape} against parameters of shape "
+                f"{(rows, *features)} from forward(): read as {shape[:at]} draws of one row each, every draw would be "
+                f"scored against all {rows} rows and the densities summed"
+                + (f"; parameters ({rows},) against data ({rows}, 1): give both the same feature shape (squeeze the "
+                   f"data, {self._var[0]}.squeeze(-1), or keep the feature dimension in forward: no .squeeze(-1))"
+                   if not features and shape == (rows, 1) else
+                   f"; to score each draw against every row, expand the draws to "
+                   f"{(*shape[:at], rows, *features)}"))
 
     def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
         """The support check of scored values (while validation is on); families may extend it. An empty batch has
@@ -948,7 +974,7 @@ class TorchDistribution(Distribution):
         a compiled trace, values broadcast along the rows)."""
         if not self._hooks["_log_prob_kernel"] or validation_enabled():
             return None
-        params = self._params(x_dict)
+        params = self._scoring_params(x_dict)[0]
         shape = self._kernel_shape(params, None)
         if shape is None:
             return None
@@ -982,6 +1008,41 @@ class TorchDistribution(Distribution):
         """See `Distribution._log_prob_dims`."""
         return sum_rows(self._elementwise_log_prob(x_dict), dims)
 
+    def _scoring_params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The parameters that score the value of ``var`` in ``x_dict``: `_params`', converted to the value's floating
+        dtype where it is the wider one (float64 data against a float32 family are scored in float64, as torch's
+        arithmetic promotes them, where Bernoulli's kernel and torch's Gamma cast the data down to float32 and the
+        other families used the float32-rounded constants), a Python-number constant then taken exactly in that dtype
+        (as numbers follow a conditioning value's dtype, `_compute_params`); and whether they were converted."""
+        params = self._params(x_dict)
+        value = x_dict.get(self._var[0])
+        if not isinstance(value, Tensor):
+            return params, False
+        dtype = value.dtype
+        for key, v in params.items():  # the first floating parameter's dtype (a plain loop: this runs at every score)
+            if isinstance(v, Tensor):
+                if v.dtype == dtype:  # the usual case
+                    return params, False
+                if v.is_floating_point() and key not in self._static:
+                    if dtype.is_floating_point and torch.promote_types(v.dtype, dtype) == dtype:
+                        return self._converted(params, dtype), True
+                    return params, False
+        return params, False
+
+    def _converted(self, params: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+        """`_scoring_params`' conversion of ``params`` to ``dtype``: Python-number constants exact in it where they
+        are held as given (no ``forward`` or ``get_params`` of a subclass could have replaced them)."""
+        exact = not self._uses_forward and not self._custom_get_params and self._holds_numbers()
+        out: dict[str, Any] = {}
+        for key, v in params.items():
+            if key in self._static or not isinstance(v, Tensor) or not v.is_floating_point() or v.dtype == dtype:
+                out[key] = v
+            elif exact and key in self._numbers and key not in self._from_var:
+                out[key] = torch.full(v.shape, self._numbers[key], dtype=dtype, device=v.device)
+            else:
+                out[key] = v.to(dtype)
+        return out
+
     def _kernel_log_prob(self, x_dict: XDict, params: dict[str, Any], shape: torch.Size) -> Tensor | None:
         """The family's kernel on the checked value, per feature entry, for parameters of broadcast ``shape``
         (`_kernel_shape`); None where the family's kernel declines."""
@@ -995,27 +1056,30 @@ class TorchDistribution(Distribution):
 
     def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
         """The log-density per feature entry (the event dimensions of the family reduced)."""
-        params = self._params(x_dict)
+        params, converted = self._scoring_params(x_dict)
         checking = validation_enabled()
         checked = None
         if checking:  # the checks (parameters, the value's shape, rows and support); they change no number below
-            checked = self._dist_and_value(x_dict, params)
+            checked = self._dist_and_value(x_dict, params, converted)
             self._check_support(checked[1], checked[0])
         shape = self._kernel_shape(params, None) if self._hooks["_log_prob_kernel"] else None
         if shape is not None:
             lp = self._kernel_log_prob(x_dict, params, shape)
             if lp is not None:
                 return lp
-        dist, value = checked if checked is not None else self._dist_and_value(x_dict, params)
+        dist, value = checked if checked is not None else self._dist_and_value(x_dict, params, converted)
         if not value.numel():  # an empty batch: torch's TransformedDistribution (Concrete) fails reshaping it
             return value.new_zeros(value.shape[:value.dim() - len(dist.event_shape)])
         dist._validate_args = False  # checked above, with a message naming the variable
         return dist.log_prob(value)
 
-    def _dist_and_value(self, x_dict: XDict, params: dict[str, Any]) -> tuple[D.Distribution, Tensor]:
+    def _dist_and_value(self, x_dict: XDict, params: dict[str, Any], converted: bool = False
+                        ) -> tuple[D.Distribution, Tensor]:
         """The torch distribution (its parameters checked while validation is on) and the scored value, given its
-        batch dimension and converted, its rows checked against the parameters'."""
-        dist = self._torch_dist(x_dict, independent=False, params=params)
+        batch dimension and converted, its rows checked against the parameters'. ``converted``: ``params`` are
+        `_scoring_params`' conversion, not `_params`' own (the distribution is built from them, not taken from the
+        evaluation's memo or the constants' cache)."""
+        dist = self._build(params, False) if converted else self._torch_dist(x_dict, independent=False, params=params)
         features = dist.batch_shape[1:] + dist.event_shape
         value = self._value(x_dict[self._var[0]], features, params)
         self._check_rows(value, dist.batch_shape[0], features)
