@@ -41,7 +41,8 @@ word_segmentation.py`, 2026-12-06; docs/robotics.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +54,86 @@ from kizuna.modules.npylm_slot import ConceptNames, sample_slot
 from kizuna.modules.pitman_yor import HPYLM, check_hyperparameters, count_part
 
 BOS, EOS = "\x02", "\x03"
+
+Undo = list[Callable[[], None]]  # what takes back the changes made so far in an `all_or_nothing` block
+
+
+@contextmanager
+def all_or_nothing() -> Iterator[Undo]:
+    """A block of changes to a model that is undone when anything raises in it.
+
+    The changes are made by `in_steps` (`NPYLM.add_sentence` and `NPYLM.remove_sentence`, `ConceptNames.add` and
+    ``remove``, `NameSlots.add` and ``remove`` take the yielded list as ``undo``); on any exception (a BaseException:
+    a KeyboardInterrupt, a refused boost, a numpy error) they are taken back, newest first, and the exception
+    propagates. The sweeps take an utterance out, draw it anew and put it in within one such block, so a sweep that
+    stops half-way leaves every utterance in the model once, as its segmentation in the list says (it lost the
+    utterance from the model, and a later sweep then removed other utterances' words or failed). Re-seating a
+    removed sentence restores every context's customers; their tables are drawn again (a Gibbs move of the
+    seating), so the counts are the ones before the block and the seating a valid one of them.
+    """
+    undo: Undo = []
+    try:
+        yield undo
+    except BaseException:
+        while undo:
+            undo.pop()()
+        raise
+
+
+def in_steps(items: Sequence[tuple], change: Callable[..., None], inverse: Callable[..., None],
+             undo: Undo | None = None) -> None:
+    """``change(*item)`` for each of ``items``, all or none; ``inverse(*item)`` takes one back.
+
+    What takes back the changes made so far (newest first) is put in ``undo`` (an `all_or_nothing` list; without one,
+    a block of its own) before the first change, so an exception that stops the changes (or, with ``undo``,
+    anything later in that block) takes back exactly the ones made: registered after the changes, an exception in
+    between (a KeyboardInterrupt) left them in. A change that stops half-way inside itself (a KeyboardInterrupt
+    within one customer's seating, `kizuna.modules.pitman_yor.HPYLM.add`) is not covered.
+    """
+    if undo is None:
+        with all_or_nothing() as own:
+            in_steps(items, change, inverse, own)
+        return
+    done = 0
+
+    def back() -> None:
+        for item in reversed(items[:done]):
+            inverse(*item)
+
+    undo.append(back)
+    for item in items:
+        change(*item)
+        done += 1
+
+
+class LogBoost:
+    """A boost of `gibbs_sweep` kept as its logarithm, so that a boost beyond a float's range (a lift raised to a
+    large power) still weighs right: the resampling of candidates sums ``log(w)``; calling it gives the boost itself
+    (the exact prior's forward-backward table multiplies by it), a ValueError naming ``what`` where that overflows.
+
+    Args:
+        log: :math:`\\log \\text{boost}(w)`, a number below ``inf`` (``-inf``: boost 0).
+        what: names the boost in errors (e.g. the module and its ``prior_weight``).
+    """
+
+    def __init__(self, log: Callable[[str], float], what: str = "NPYLM") -> None:
+        self._log, self.what = log, what
+
+    def log(self, w: str) -> float:
+        """:math:`\\log \\text{boost}(w)`; a ValueError naming the word and the value unless below ``inf``."""
+        value = float(self._log(w))
+        if math.isnan(value) or value == math.inf:
+            raise ValueError(f"{self.what}: the log boost of the word {w!r} must be a number < inf (-inf: boost 0), "
+                             f"got {value!r}")
+        return value
+
+    def __call__(self, w: str) -> float:
+        value = self.log(w)
+        try:
+            return math.exp(value)
+        except OverflowError:
+            raise ValueError(f"{self.what}: the boost of the word {w!r} is exp({value:.6g}), beyond a float's range "
+                             "(the exact prior's forward-backward table needs the boost itself)") from None
 
 
 @dataclass
@@ -146,16 +227,15 @@ class NPYLM:
         (self.chars.add if sign > 0 else self.chars.remove)(w, rng)
 
     # ----------------------------------------------------------------- the words
-    def add_sentence(self, words: Sequence[str], rng: np.random.Generator) -> None:
+    def add_sentence(self, words: Sequence[str], rng: np.random.Generator, undo: Undo | None = None) -> None:
         """Add the words of one segmented utterance (and its end-of-sentence) to the model.
 
         Atomic: every word is checked (a non-empty string of the alphabet's symbols, at most ``max_word_length``
-        long) before any customer is seated, so a refused sentence leaves the model as it was."""
+        long) before any customer is seated, so a refused sentence leaves the model as it was; an exception between
+        two customers (a KeyboardInterrupt) takes the ones seated so far out again before it propagates (`in_steps`;
+        with ``undo``, an `all_or_nothing` list, also when anything later in that block raises)."""
         self._check_words(words)
-        prev = BOS
-        for w in list(words) + [EOS]:
-            self.words.add(w, (prev,), rng)
-            prev = w
+        in_steps(_customers(words, rng), self.words.add, self.words.remove, undo)
 
     def _check_words(self, words: Sequence[str]) -> None:
         """A `ValueError` naming the first word of ``words`` the model cannot seat, and why."""
@@ -174,13 +254,14 @@ class NPYLM:
                     raise ValueError(f"NPYLM: symbol {ch!r} at position {j} of word {i} {w!r} of {list(words)!r} is "
                                      f"not in the alphabet {''.join(sorted(self.alphabet))!r}")
 
-    def remove_sentence(self, words: Sequence[str], rng: np.random.Generator) -> None:
+    def remove_sentence(self, words: Sequence[str], rng: np.random.Generator, undo: Undo | None = None) -> None:
         """Undo :meth:`add_sentence`.
 
         Atomic: the words are checked as `add_sentence` checks them, and every bigram of the sentence (from its
         beginning to its end-of-sentence) must be seated in the word model as often as the sentence has it, before
         any customer leaves; a sentence the model does not hold is a `ValueError` naming the missing bigram, and the
-        model is left as it was (it removed the words up to the missing one, then raised a `KeyError`)."""
+        model is left as it was (it removed the words up to the missing one, then raised a `KeyError`). An exception
+        between two customers seats the ones removed so far again (`in_steps`; ``undo`` as in `add_sentence`)."""
         self._check_words(words)
         sentence = [BOS, *words, EOS]
         needed: dict[tuple[str, str], int] = {}
@@ -195,10 +276,7 @@ class NPYLM:
                 raise ValueError(f"NPYLM.remove_sentence: {list(words)!r} is not a sentence of the model: {word} "
                                  f"{after} is seated {held} time(s), the sentence has it {n} time(s); nothing was "
                                  "removed")
-        prev = BOS
-        for w in list(words) + [EOS]:
-            self.words.remove(w, (prev,), rng)
-            prev = w
+        in_steps(_customers(words, rng), self.words.remove, self.words.add, undo)
 
     def _unigram(self, s: str, subs: list[list[str]]) -> np.ndarray:
         """:math:`p(s_{a:a+k} \\mid ())` (T×(L+1)); ``subs[a][k - 1]`` is the substring :math:`s_{a:a+k}`."""
@@ -348,6 +426,12 @@ class NPYLM:
         return float(total)
 
 
+def _customers(words: Sequence[str], rng: np.random.Generator) -> list[tuple]:
+    """The word model's customers of a sentence (its bigrams from BOS to EOS) as `HPYLM.add`'s arguments."""
+    words = [BOS, *words, EOS]
+    return [(w, (prev,), rng) for prev, w in zip(words, words[1:])]
+
+
 def temperatures(n_sweeps: int, start: float = 3.0, fraction: float = 0.6) -> list[float]:
     """An annealing schedule: :math:`1/T` rises linearly from ``1/start`` to 1 over the first ``fraction`` of the
     sweeps, then stays at :math:`T = 1`.
@@ -405,30 +489,54 @@ def gibbs_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[lis
     each segmentation is drawn exactly from the slot model, every word the place's name with probability
     :math:`\\lambda` or a word of the language model, and the concepts' name counts follow the draws.
 
+    A boost may be a `LogBoost` (its logarithm): the resampling then sums the logs, so a boost beyond a float's range
+    weighs right. When every candidate of an utterance has a word of boost 0 there is none to keep: a ValueError
+    naming the utterance (it was numpy's "Probabilities contain NaN").
+
     ``segmentations``, ``boosts`` and the rows of ``names`` are one per utterance, and a non-empty segmentation spells
     its utterance; a ValueError naming the argument otherwise, raised before the model is touched (a missing
     segmentation or boost was an IndexError, an extra segmentation was ignored, and a segmentation of another string
-    was removed from the model and replaced silently).
+    was removed from the model and replaced silently). Each utterance's step (out of the model, drawn, back in) is
+    all or nothing (`all_or_nothing`): when anything raises in it (a refused boost, a KeyboardInterrupt) the
+    utterance is put back with its old segmentation (and ``names`` row) before the exception propagates, so the
+    model holds every utterance once, as ``segmentations`` says (the utterances already redrawn keep their new
+    segmentations; the hyper-parameters are not drawn).
     """
     check_positive("gibbs_sweep: temperature", temperature)
     _check_sweep(utterances, segmentations, boosts, names)
     for i in rng.permutation(len(utterances)).tolist():
-        if segmentations[i]:  # [] : not in the model yet (the sequential start)
-            model.remove_sentence(segmentations[i], rng)
         boost = None if boosts is None else boosts[i]
-        if names is not None:
-            names.remove(i)
-            segmentations[i], rho = sample_slot(model, utterances[i], i, names, rng, 1.0 / temperature)
-            names.add(i, segmentations[i], rho)
-        elif boost is None or exact_prior:
-            segmentations[i] = model.sample(utterances[i], rng, boost=boost, power=1.0 / temperature)[0]
-        else:
-            candidates = model.sample(utterances[i], rng, n_candidates, power=1.0 / temperature)
-            log_w = np.array([sum(np.log(_boost(boost, w)) for w in c) for c in candidates])
-            weights = np.exp(log_w - log_w.max())
-            segmentations[i] = candidates[int(rng.choice(len(candidates), p=weights / weights.sum()))]
-        model.add_sentence(segmentations[i], rng)
+        with all_or_nothing() as undo:  # a step that raises leaves utterance i in the model as it was
+            if segmentations[i]:  # [] : not in the model yet (the sequential start)
+                model.remove_sentence(segmentations[i], rng, undo)
+            if names is not None:
+                names.remove(i, undo)
+                words, rho = sample_slot(model, utterances[i], i, names, rng, 1.0 / temperature)
+                names.add(i, words, rho, undo)
+            elif boost is None or exact_prior:
+                words = model.sample(utterances[i], rng, boost=boost, power=1.0 / temperature)[0]
+            else:
+                candidates = model.sample(utterances[i], rng, n_candidates, power=1.0 / temperature)
+                words = candidates[_resample(candidates, boost, i, utterances[i], rng)]
+            model.add_sentence(words, rng, undo)
+            segmentations[i] = words
     model.sample_hyperparameters(rng)
+
+
+def _resample(candidates: list[list[str]], boost: Callable[[str], float], i: int, s: str,
+              rng: np.random.Generator) -> int:
+    """The index of the candidate kept, drawn with weight :math:`\\prod_w \\text{boost}(w)`, summed as logs
+    (`LogBoost.log` where the boost is one); a ValueError naming the utterance when every weight is 0 (numpy's
+    "Probabilities contain NaN")."""
+    log_w = np.array([sum(_log_boost(boost, w) for w in c) for c in candidates])
+    top = log_w.max()
+    if top == -math.inf:
+        zero = next(w for w in candidates[0] if _log_boost(boost, w) == -math.inf)
+        raise ValueError(f"gibbs_sweep: every one of the {len(candidates)} candidate segmentations of utterance {i} "
+                         f"({s!r}) has a word of boost 0 (the first, {candidates[0]!r}, has {zero!r}): none can be "
+                         "kept; give the words of the utterance a positive boost")
+    weights = np.exp(log_w - top)
+    return int(rng.choice(len(candidates), p=weights / weights.sum()))
 
 
 def _check_sweep(utterances: Sequence[str], segmentations: list[list[str]],
@@ -460,6 +568,15 @@ def _boost(boost: Callable[[str], float], w: str) -> float:
     value = boost(w)
     check_non_negative(f"NPYLM: the boost of the word {w!r}", value)
     return value
+
+
+def _log_boost(boost: Callable[[str], float], w: str) -> float:
+    """:math:`\\log \\text{boost}(w)`: `LogBoost.log` for a `LogBoost` (no power of a lift is taken, so none
+    overflows), else the log of `_boost` (``-inf`` for a boost of 0)."""
+    if isinstance(boost, LogBoost):
+        return boost.log(w)
+    value = _boost(boost, w)
+    return float(np.log(value)) if value > 0 else -math.inf
 
 
 def _nonempty(s: str) -> None:

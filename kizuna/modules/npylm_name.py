@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kizuna._data import check_int, check_positive
+from kizuna.modules.npylm import Undo, all_or_nothing, in_steps
 from kizuna.modules.npylm_slot import ConceptNames
 
 if TYPE_CHECKING:
@@ -96,17 +97,29 @@ class NameSlots:
         return out
 
     # ------------------------------------------------------------------ seating
-    def add(self, model: NPYLM, n: int, words: Sequence[str], slot: int | None, rng: np.random.Generator) -> None:
-        """Seat utterance ``n``: the language model gets NAME in place of the slot word, the name counts the word."""
-        model.add_sentence(lm_words(words, slot), rng)
-        self.names.add(n, [] if slot is None else [words[slot]], [] if slot is None else [1.0])
-        self.slot[n] = slot
+    def add(self, model: NPYLM, n: int, words: Sequence[str], slot: int | None, rng: np.random.Generator,
+            undo: Undo | None = None) -> None:
+        """Seat utterance ``n``: the language model gets NAME in place of the slot word, the name counts the word.
+        With ``undo`` (`kizuna.modules.npylm.all_or_nothing`'s list) the inverses are appended."""
+        model.add_sentence(lm_words(words, slot), rng, undo)
+        self.names.add(n, [] if slot is None else [words[slot]], [] if slot is None else [1.0], undo)
+        self._set_slot(n, slot, undo)
 
-    def remove(self, model: NPYLM, n: int, words: Sequence[str], rng: np.random.Generator) -> None:
-        """Undo `add` of utterance ``n`` (whose words are ``words``)."""
-        model.remove_sentence(lm_words(words, self.slot[n]), rng)
-        self.names.remove(n)
-        self.slot[n] = None
+    def remove(self, model: NPYLM, n: int, words: Sequence[str], rng: np.random.Generator,
+               undo: Undo | None = None) -> None:
+        """Undo `add` of utterance ``n`` (whose words are ``words``); ``undo`` as in `add`."""
+        model.remove_sentence(lm_words(words, self.slot[n]), rng, undo)
+        self.names.remove(n, undo)
+        self._set_slot(n, None, undo)
+
+    def _set_slot(self, n: int, slot: int | None, undo: Undo | None) -> None:
+        in_steps([(n, slot, self.slot[n])], self._put, self._put_back, undo)
+
+    def _put(self, n: int, new: int | None, old: int | None) -> None:
+        self.slot[n] = new
+
+    def _put_back(self, n: int, new: int | None, old: int | None) -> None:
+        self.slot[n] = old
 
     # ------------------------------------------------------------------ scoring one segmentation
     def log_joint(self, model: NPYLM, n: int, words: Sequence[str]) -> np.ndarray:
@@ -264,7 +277,11 @@ def name_backward(s: str, alpha: np.ndarray, x: np.ndarray, eos: np.ndarray,
 def name_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[list[str]], slots: NameSlots,
                rng: np.random.Generator, temperature: float = 1.0) -> None:
     """One blocked Gibbs sweep of the one-name model in random order (segmentation and slot of each utterance drawn
-    jointly given the others), then the language model's hyper-parameters; ``temperature`` > 0 and finite."""
+    jointly given the others), then the language model's hyper-parameters; ``temperature`` > 0 and finite.
+
+    Each utterance's step is all or nothing (`kizuna.modules.npylm.all_or_nothing`): when anything raises in it (a
+    KeyboardInterrupt) the utterance is put back with its old segmentation, slot and name count before the exception
+    propagates (`kizuna.modules.npylm.gibbs_sweep`)."""
     check_positive("name_sweep: temperature", temperature)
     rows = slots.names.resp.shape[0]
     if not len(utterances) == len(segmentations) == rows:  # (a shorter list was an IndexError mid-sweep, after
@@ -272,10 +289,12 @@ def name_sweep(model: NPYLM, utterances: Sequence[str], segmentations: list[list
         raise ValueError(f"name_sweep: {len(utterances)} utterances, {len(segmentations)} segmentations and {rows} "
                          "rows of the slots' concept posterior; give one of each per utterance")
     for i in rng.permutation(len(utterances)).tolist():
-        if segmentations[i]:  # [] : not in the model yet (a sequential start)
-            slots.remove(model, i, segmentations[i], rng)
-        segmentations[i], slot = sample_name(model, utterances[i], i, slots, rng, 1.0 / temperature)
-        slots.add(model, i, segmentations[i], slot, rng)
+        with all_or_nothing() as undo:  # a step that raises leaves utterance i (words, slot, name) as it was
+            if segmentations[i]:  # [] : not in the model yet (a sequential start)
+                slots.remove(model, i, segmentations[i], rng, undo)
+            words, slot = sample_name(model, utterances[i], i, slots, rng, 1.0 / temperature)
+            slots.add(model, i, words, slot, rng, undo)
+            segmentations[i] = words
     model.sample_hyperparameters(rng)
 
 

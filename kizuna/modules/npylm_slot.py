@@ -74,27 +74,53 @@ class ConceptNames:
                 names.add(n, words, rho if rho is not None and len(rho) == len(words) else [weight] * len(words))
         return names
 
-    def add(self, n: int, words: list[str], rho: list[float]) -> None:
-        """Count utterance ``n``'s words, each weighted by its slot probability ``rho``."""
+    def add(self, n: int, words: list[str], rho: list[float], undo: list | None = None) -> None:
+        """Count utterance ``n``'s words, each weighted by its slot probability ``rho``; all or none, and with
+        ``undo`` (`kizuna.modules.npylm.all_or_nothing`'s list) taken back when that block raises
+        (`kizuna.modules.npylm.in_steps`)."""
         if self.words[n] is not None:
             raise RuntimeError(f"ConceptNames: utterance {n} is already counted")
-        for w, p in zip(words, rho):
-            row = self.counts.get(w)
-            if row is None:
-                row = self.counts[w] = np.zeros_like(self.totals)
-            row += p * self.resp[n]
-            self.totals += p * self.resp[n]
-        self.words[n], self.slots[n] = list(words), [float(p) for p in rho]  # plain floats: saved by WordSegmenter
+        from kizuna.modules.npylm import all_or_nothing, in_steps  # (npylm imports this module)
 
-    def remove(self, n: int) -> None:
-        """Undo `add` of utterance ``n`` (nothing when it is not counted)."""
+        rho = [float(p) for p in rho]  # plain floats: saved by WordSegmenter
+        with all_or_nothing() as own:
+            steps = own if undo is None else undo
+            in_steps([(n, w, p) for w, p in zip(words, rho)], self._count, self._uncount, steps)
+            in_steps([(n, list(words), rho)], self._mark, self._unmark, steps)
+
+    def remove(self, n: int, undo: list | None = None) -> None:
+        """Undo `add` of utterance ``n`` (nothing when it is not counted); ``undo`` as in `add` (taken back: the
+        same words and weights counted again, to rounding)."""
         words, rho = self.words[n], self.slots[n]
         if words is None:
             return
-        for w, p in zip(words, rho):
-            self.counts[w] -= p * self.resp[n]
-            self.totals -= p * self.resp[n]
-        self.totals = self.totals.clip(0.0)
+        from kizuna.modules.npylm import all_or_nothing, in_steps  # (npylm imports this module)
+
+        with all_or_nothing() as own:
+            steps = own if undo is None else undo
+            in_steps([(n, w, p) for w, p in zip(words, rho)], self._uncount, self._count, steps)
+            in_steps([(n, words, rho)], self._unmark, self._mark, steps)
+
+    def _count(self, n: int, w: str, p: float) -> None:
+        """Add ``p`` times utterance ``n``'s concept posterior to the counts of ``w``."""
+        row = self.counts.get(w)
+        if row is None:
+            row = self.counts[w] = np.zeros_like(self.totals)
+        row += p * self.resp[n]
+        self.totals += p * self.resp[n]
+
+    def _uncount(self, n: int, w: str, p: float) -> None:
+        """Undo `_count`."""
+        self.counts[w] -= p * self.resp[n]
+        self.totals -= p * self.resp[n]
+        self.totals = self.totals.clip(0.0)  # rounding
+
+    def _mark(self, n: int, words: list[str], rho: list[float]) -> None:
+        """Record utterance ``n`` as counted with ``words`` and weights ``rho``."""
+        self.words[n], self.slots[n] = words, rho
+
+    def _unmark(self, n: int, words: list[str], rho: list[float]) -> None:
+        """Undo `_mark`."""
         self.words[n] = self.slots[n] = None
 
     def prob(self, n: int, w: str, p0: float) -> float:

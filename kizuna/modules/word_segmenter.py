@@ -65,7 +65,16 @@ import torch
 from kizuna._data import check_count, check_int, check_non_negative, check_positive
 from kizuna.modules.base import Message, Module
 from kizuna.modules.context import UpdateContext
-from kizuna.modules.npylm import NPYLM, NPYLMState, gibbs_sweep, random_segmentation, temperatures
+from kizuna.modules.npylm import (
+    NPYLM,
+    LogBoost,
+    NPYLMState,
+    all_or_nothing,
+    gibbs_sweep,
+    in_steps,
+    random_segmentation,
+    temperatures,
+)
 from kizuna.modules.npylm_name import NAME, NameSlots, initial_slots, lm_words, name_sweep, name_viterbi
 from kizuna.modules.npylm_slot import ConceptNames
 from kizuna.modules.npylm_types import type_moves
@@ -329,37 +338,49 @@ class WordSegmenter(Module):
             if one_name:
                 names = self._name_slots(r, model, segmentation, concepts, chain_rng)
             elif self.chain_slots_[r] is not None:  # back to the plain language model (a control's resume)
-                for words, n_slot in zip(segmentation, self.chain_slots_[r]):
-                    if words:
-                        model.remove_sentence(lm_words(words, n_slot), chain_rng)
-                        model.add_sentence(words, chain_rng)
-                self.chain_slots_[r] = None
-            for temperature in schedule:
+                self._reseat(r, model, segmentation, None, chain_rng)
+            try:
+                for temperature in schedule:
+                    if one_name:
+                        name_sweep(model, self.utterances_, segmentation, names, chain_rng, temperature)
+                    else:
+                        gibbs_sweep(model, self.utterances_, segmentation, chain_rng, boosts, self.n_candidates,
+                                    temperature, self.prior_mode == "exact", names)
+                    if self.type_moves:
+                        self.type_records_ += type_moves(model, segmentation, chain_rng, self.type_moves, names,
+                                                         self.type_min_count, self.type_favour, temperature)
+            finally:  # also when a sweep stops half-way: the slots (and rho) the model and segmentation now have
                 if one_name:
-                    name_sweep(model, self.utterances_, segmentation, names, chain_rng, temperature)
-                else:
-                    gibbs_sweep(model, self.utterances_, segmentation, chain_rng, boosts, self.n_candidates,
-                                temperature, self.prior_mode == "exact", names)
-                if self.type_moves:
-                    self.type_records_ += type_moves(model, segmentation, chain_rng, self.type_moves, names,
-                                                     self.type_min_count, self.type_favour, temperature)
-            if one_name:
-                self.chain_slots_[r] = list(names.slot)
-            elif names is not None:
-                self.slot_rho_[r] = names.slots
+                    self.chain_slots_[r] = list(names.slot)
+                elif names is not None:
+                    self.slot_rho_[r] = names.slots
 
     def _name_slots(self, r: int, model: NPYLM, segmentation: list[list[str]], concepts: np.ndarray,
                     rng: np.random.Generator) -> NameSlots:
         """The one-name model's state of chain ``r`` under the posterior ``concepts``; when the chain's language model
         still holds plain words, each utterance first gets `initial_slots`'s slot and NAME takes its place."""
         slots = self.chain_slots_[r]
-        if slots is None:
-            slots = initial_slots(segmentation, concepts)
-            for words, n_slot in zip(segmentation, slots):
+        if slots is not None:
+            return NameSlots.counted(concepts, segmentation, slots, self.slot_concentration)
+        slots = initial_slots(segmentation, concepts)
+        names = NameSlots.counted(concepts, segmentation, slots, self.slot_concentration)
+        self._reseat(r, model, segmentation, slots, rng)
+        return names
+
+    def _reseat(self, r: int, model: NPYLM, segmentation: list[list[str]], slots: list[int | None] | None,
+                rng: np.random.Generator) -> None:
+        """Chain ``r``'s utterances re-seated in its ``model`` from the slots ``chain_slots_[r]`` to ``slots`` (None:
+        the plain words, no NAME), and ``chain_slots_[r]`` set to ``slots``: all or none
+        (`kizuna.modules.npylm.all_or_nothing`; a stop half-way left the model holding some utterances each way while
+        the module took them all for one)."""
+        old = self.chain_slots_[r]
+        with all_or_nothing() as undo:
+            for n, words in enumerate(segmentation):
                 if words:
-                    model.remove_sentence(words, rng)
-                    model.add_sentence(lm_words(words, n_slot), rng)
-        return NameSlots.counted(concepts, segmentation, slots, self.slot_concentration)
+                    model.remove_sentence(lm_words(words, None if old is None else old[n]), rng, undo)
+                    model.add_sentence(lm_words(words, None if slots is None else slots[n]), rng, undo)
+            in_steps([(r, slots)], self.chain_slots_.__setitem__, lambda r, _: self.chain_slots_.__setitem__(r, old),
+                     undo)
 
     def _select(self, rng: np.random.Generator, concepts: np.ndarray | None) -> None:
         """Keep one chain: by the concepts' score when ``concepts`` (N×L) is given, else by the language model's
@@ -477,11 +498,21 @@ class WordSegmenter(Module):
                     counts[n, index[w]] += 1
         return counts
 
-    def _boosts(self, prior: torch.Tensor) -> list:
+    def _boosts(self, prior: torch.Tensor) -> list[LogBoost]:
+        """Each event's lifts :math:`(q_n(w) / \\bar q(w))^\\lambda` (words outside the vocabulary: 1), kept as their
+        logs :math:`\\lambda (\\log q_n(w) - \\log \\bar q(w))` (`LogBoost`): the resampling sums them, so a large
+        ``prior_weight`` neither overflows nor underflows (the power taken first overflowed to ``inf`` once
+        :math:`\\lambda \\log` ratio passed 709, or underflowed to 0; then the boost or numpy's "Probabilities contain
+        NaN" was blamed)."""
         q = prior.detach().cpu().double().numpy()
-        lift = (q / q.mean(0, keepdims=True).clip(1e-300)) ** self.prior_weight
+        with np.errstate(divide="ignore"):  # q = 0: log-lift -inf, the lift 0 it was
+            log_ratio = np.log(q) - np.log(q.mean(0, keepdims=True).clip(1e-300))
+        # prior_weight 0: every lift 1, as ratio ** 0 was (0 * -inf is NaN)
+        log_lift = self.prior_weight * log_ratio if self.prior_weight else np.zeros_like(log_ratio)
         index = {w: i for i, w in enumerate(self.vocabulary_)}
-        return [lambda w, row=row: row[index[w]] if w in index else 1.0 for row in lift]
+        return [LogBoost(lambda w, row=row: row[index[w]] if w in index else 0.0,
+                         f"WordSegmenter {self.name} (prior_weight={self.prior_weight!r}), event {n}")
+                for n, row in enumerate(log_lift.tolist())]
 
     def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
                 ) -> tuple[Message, dict[Module, Message]]:
