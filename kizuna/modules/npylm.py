@@ -434,7 +434,9 @@ def _customers(words: Sequence[str], rng: np.random.Generator) -> list[tuple]:
 
 def temperatures(n_sweeps: int, start: float = 3.0, fraction: float = 0.6) -> list[float]:
     """An annealing schedule: :math:`1/T` rises linearly from ``1/start`` to 1 over the first ``fraction`` of the
-    sweeps, then stays at :math:`T = 1`.
+    sweeps, then stays at :math:`T = 1`. With ``fraction`` below 1 at most ``n_sweeps - 1`` sweeps anneal, so the
+    last one runs at :math:`T = 1` (one sweep at 0.7 rounded up to ``[start]``, and a module sent the state and
+    posterior of the tempered conditionals); ``fraction=1`` anneals every sweep.
 
     ``start`` is a finite :math:`T > 0` (1: no annealing; below 1 the first sweeps are colder than the posterior)
     and ``fraction`` in [0, 1]; a ValueError naming the argument otherwise (a fraction above 1 gave more sweeps
@@ -442,6 +444,8 @@ def temperatures(n_sweeps: int, start: float = 3.0, fraction: float = 0.6) -> li
 
     >>> [round(t, 3) for t in temperatures(5, 2.0, 0.4)]
     [2.0, 1.333, 1.0, 1.0, 1.0]
+    >>> temperatures(1, 3.0, 0.7)
+    [1.0]
     """
     check_int("temperatures: n_sweeps", n_sweeps, 0)
     check_positive("temperatures: start", start)
@@ -449,6 +453,8 @@ def temperatures(n_sweeps: int, start: float = 3.0, fraction: float = 0.6) -> li
     if fraction > 1:
         raise ValueError(f"temperatures: fraction is the share of the sweeps that anneal, in [0, 1], got {fraction!r}")
     warm = int(round(fraction * n_sweeps))
+    if fraction < 1:
+        warm = min(warm, max(n_sweeps - 1, 0))
     inv = [1 / start + (1 - 1 / start) * j / max(warm, 1) for j in range(warm)]
     return [1 / x for x in inv] + [1.0] * (n_sweeps - warm)
 

@@ -32,7 +32,9 @@ one. With ``names`` each word's probability is the slot model's mixture
 evidence for a name enters the decision; with `kizuna.modules.npylm_name.NameSlots` each utterance's probability
 is the one-name model's, summed over the slot (then drawn from its posterior when the utterance is seated);
 without, the language model's alone. A rejected move restores a
-copy of the models taken before it, so the state is bit-for-bit what it was.
+copy of the models taken before it, so the state is bit-for-bit what it was; so does any exception raised during
+the move (a KeyboardInterrupt, a numpy error), which then propagates (`kizuna.modules.npylm.all_or_nothing`;
+before, the affected utterances were left out of the model).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kizuna.modules.npylm import all_or_nothing
 from kizuna.modules.npylm_name import NameSlots
 
 if TYPE_CHECKING:
@@ -168,7 +171,8 @@ def type_move(model: NPYLM, segmentations: list[list[str]], rng: np.random.Gener
     ``pair``, ``accepted``, ``log_old``, ``log_new`` (sequential predictive log-probabilities of the affected
     utterances), ``log_q`` (:math:`\\log Z(x) - \\log Z(x')`), ``log_ratio`` (the log acceptance ratio before
     the minimum), ``split`` (the move split :math:`ab`, else it merged :math:`a\\ b`) and ``changed`` (the
-    utterances' indices); ``pair`` None when there is no candidate.
+    utterances' indices); ``pair`` None when there is no candidate. All or nothing: on any exception the models,
+    ``names`` and ``segmentations`` are restored to their state before the move (bit for bit) and it propagates.
     """
     record = {"pair": None, "accepted": False, "log_old": 0.0, "log_new": 0.0, "log_q": 0.0, "log_ratio": -math.inf,
               "split": False, "changed": []}
@@ -196,18 +200,26 @@ def type_move(model: NPYLM, segmentations: list[list[str]], rng: np.random.Gener
         return record
     weights_new = candidates(new_segs, model.max_word_length, min_count, favour)
     log_q = math.log(sum(weights.values())) - math.log(sum(weights_new.values()))
-    saved = _snapshot(model, names)
-    _remove(model, index, segmentations, rng, names)
-    log_old = sum(add_scored(model, n, segmentations[n], rng, names) for n in index)
-    _remove(model, index, segmentations, rng, names)
-    log_new = sum(add_scored(model, n, words, rng, names) for n, words in zip(index, new))
-    log_ratio = (log_new - log_old) / temperature + log_q
-    accepted = log_ratio >= 0 or rng.random() < math.exp(log_ratio)
-    if accepted:
-        for n, words in zip(index, new):
-            segmentations[n] = words
-    else:
+    saved, before = _snapshot(model, names), [segmentations[n] for n in index]
+
+    def back() -> None:  # the state before the move: the models' copy and the affected entries of the list
         _restore(model, names, saved)
+        for n, words in zip(index, before):
+            segmentations[n] = words
+
+    with all_or_nothing() as undo:  # any exception from here on (a KeyboardInterrupt, a numpy error) runs back()
+        undo.append(back)
+        _remove(model, index, segmentations, rng, names)
+        log_old = sum(add_scored(model, n, segmentations[n], rng, names) for n in index)
+        _remove(model, index, segmentations, rng, names)
+        log_new = sum(add_scored(model, n, words, rng, names) for n, words in zip(index, new))
+        log_ratio = (log_new - log_old) / temperature + log_q
+        accepted = log_ratio >= 0 or rng.random() < math.exp(log_ratio)
+        if accepted:
+            for n, words in zip(index, new):
+                segmentations[n] = words
+        else:
+            back()
     record.update(split=split, accepted=accepted, log_old=log_old, log_new=log_new, log_q=log_q, log_ratio=log_ratio,
                   changed=list(index))
     return record
