@@ -454,9 +454,16 @@ def test_giving_part_of_a_factor_is_an_error_and_a_whole_one_is_held_fixed():
     joint = MultivariateNormalPair() * Normal(var=["c"], cond_var=["a"], loc="a", scale=1.0)
     with pytest.raises(ValueError, match="gives a but not b"):
         joint.sample({"a": torch.zeros(2, 1)})
-    single = Normal(var=["z"], loc=0.0, scale=1.0)  # its own variable, given, is held fixed (as in a product)
-    given = torch.zeros(3)
-    assert single.sample({"z": given})["z"] is given
+    held = joint.sample({"a": torch.zeros(2, 1), "b": torch.ones(2, 1)})  # a product holds a whole factor fixed
+    assert held["a"].tolist() == [[0.0], [0.0]] and held["b"].tolist() == [[1.0], [1.0]] and held["c"].shape == (2, 1)
+    # a single distribution redraws its own variable, as Pixyz (q00_given.py: N(0,1) given z = 7 returns Pixyz's
+    # draw [1.5410, -0.2934] after torch.manual_seed(0), one row: the given value does not size the batch)
+    single = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2])
+    torch.manual_seed(0)
+    out = single.sample({"z": torch.full((3, 2), 7.0)})["z"]
+    torch.testing.assert_close(out, torch.tensor([[1.5410, -0.2934]]), rtol=0, atol=1e-4)
+    pair = MultivariateNormalPair()  # a single factor given part of its variables redraws them all (no error)
+    assert pair.sample({"a": torch.full((2, 1), 7.0)})["a"].shape == (1, 1)
 
 
 class MultivariateNormalPair(Distribution):

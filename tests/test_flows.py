@@ -812,8 +812,9 @@ def test_preprocess_without_alpha_keeps_the_logit_finite_in_float32() -> None:
 def test_a_flow_distribution_returns_its_base_draw_as_pixyz() -> None:
     """``sample`` of a flow distribution also returns the prior's draw that the flow mapped (Pixyz's
     ``return_hidden=True`` default; `TransformedDistribution` always adds it there): ``x`` is the flow of that very
-    draw, in both directions and with a sample shape; ``return_hidden=False`` returns ``x`` only, and inside a
-    product only the product's variables are drawn. It returned ``x`` alone, and ignored ``return_hidden``."""
+    draw, in both directions and with a sample shape (given ``x``, both are drawn afresh, as Pixyz);
+    ``return_hidden=False`` returns ``x`` only, and inside a product only the product's variables are drawn. It
+    returned ``x`` alone, and ignored ``return_hidden``."""
     from kizuna.distributions import InverseTransformedDistribution, Normal, TransformedDistribution
 
     prior = Normal(var=["z"], loc=torch.zeros(2, dtype=F64), scale=torch.ones(2, dtype=F64), name="p_prior")
@@ -833,8 +834,10 @@ def test_a_flow_distribution_returns_its_base_draw_as_pixyz() -> None:
                                    atol=1e-12)
         assert sorted(p.sample(batch_n=2, return_hidden=False)) == ["x"]
         assert sorted(p.sample(batch_n=2, return_all=False)) == ["x", "z"]
-        given = torch.zeros(2, 2, dtype=F64)
-        assert sorted(p.sample({"x": given})) == ["x"]  # held fixed: nothing drawn
+        given = torch.full((2, 2), 7.0, dtype=F64)  # redrawn, as Pixyz (prior draw, then the flow overwrites x)
+        redrawn = p.sample({"x": given})
+        assert sorted(redrawn) == ["x", "z"] and redrawn["z"].shape == (1, 2) and not (redrawn["x"] == 7.0).any()
+        torch.testing.assert_close(redrawn["x"], push(redrawn["z"]), rtol=1e-12, atol=1e-12)
     other = Normal(var=["y"], cond_var=["x"], loc="x", scale=1.0, name="q")
     assert sorted((other * inverse).sample(batch_n=3)) == ["x", "y"]
     assert "_base_draws" not in inverse.__dict__

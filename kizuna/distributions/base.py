@@ -569,9 +569,13 @@ class Distribution(nn.Module):
 
         Args:
             x_dict: values of the conditioning variables, batch first (a Python number is a batch
-                of one). Values given for variables of ``var`` are held fixed: a product draws
-                its other factors given them (Pixyz redraws the variable of a single distribution;
-                see docs/porting_from_pixyz.md).
+                of one). Values given for variables of ``var``: a single distribution (one whose
+                `factors` is itself, a flow distribution included) ignores them and redraws its
+                variables, as Pixyz does (they are overwritten in the returned dict; they do not
+                size the batch). A product holds a whole factor's given variables fixed and draws
+                its other factors given them (Pixyz redraws them too; for Pixyz's loop
+                ``d = p.sample(d)`` pass ``{k: v for k, v in d.items() if k not in p.var}``; see
+                docs/porting_from_pixyz.md).
             batch_n: batch size when nothing in ``x_dict`` fixes it (default 1).
             sample_shape: extra leading dims: each sampled variable gets shape
                 ``(*sample_shape, batch, *features)``; inputs are returned unchanged.
@@ -594,6 +598,8 @@ class Distribution(nn.Module):
         n = math.prod(shape)
         keep = set(self.input_var)  # an empirical factor reads its own variable
         fixed = [v for v in self._var if v in x_dict and v not in keep]
+        if fixed and len(factors := self.factors()) == 1 and factors[0] is self:
+            fixed = []  # a single distribution redraws its own variables (Pixyz): dropped from the inputs below
         if fixed:
             self._check_fixed(fixed)
             if len(fixed) == len(self._var):

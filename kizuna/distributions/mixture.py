@@ -24,6 +24,7 @@ from kizuna.distributions.base import (
     Tensor,
     XDict,
     _with_values,
+    as_sample_shape,
     batch_size_of,
     repeat_batch,
     sum_rows,
@@ -350,7 +351,7 @@ class MixtureModel(Distribution):
         choice under `hidden_var` (`sample_with_hidden`). It was ignored."""
         if not return_hidden or sample_mean:
             return super().sample(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean)
-        if tuple(sample_shape):
+        if as_sample_shape(self.prob_text, sample_shape):
             raise ValueError(f"{self.prob_text}: return_hidden takes no sample_shape; draw with sample_with_hidden "
                              "once per draw, or give batch_n")
         given = dict(x_dict or {})

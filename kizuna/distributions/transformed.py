@@ -48,6 +48,7 @@ from kizuna.distributions.base import (
     Tensor,
     XDict,
     _as_list,
+    as_sample_shape,
     batch_size_of,
     draws_as_rows,
     one_rows_expanded,
@@ -173,9 +174,9 @@ class _FlowDistribution(Distribution):
             out = super().sample(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, **kwargs)
         finally:
             self.__dict__.pop("_base_draws", None)
-        if len(captured) == 1:  # none when x_dict gave the value itself (held fixed: nothing was drawn)
-            base, n = captured[0], math.prod(sample_shape)
-            shape = tuple(sample_shape)
+        if len(captured) == 1:  # (one draw: a value given for ``var`` is redrawn, as Pixyz)
+            shape = as_sample_shape(self.prob_text, sample_shape)  # (a bare number of draws n is (n,))
+            base, n = captured[0], math.prod(shape)
             out[self.prior.var[0]] = base.reshape(*shape, base.shape[0] // n, *base.shape[1:]) if shape else base
         return out
 

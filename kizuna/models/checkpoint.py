@@ -134,18 +134,61 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint file {path}")
     data = Path(path).read_bytes()
     if not data.startswith(_io.MAGIC):
+        hint = _torch_file_hint(path)
         raise ValueError(f"{path} is not a kizuna checkpoint (no kizuna header: a truncated file, or one written "
-                         "by torch.save or another program); Model.save writes one. For bare weights use "
-                         "model.distributions.load_state_dict(torch.load(path))")
+                         f"by torch.save or another program); Model.save writes one{'. ' + hint if hint else ''}")
     state = _io.decode(data, str(path))
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         held = sorted(map(str, state))[:5] if isinstance(state, dict) else type(state).__name__
-        raise ValueError(
-            f"{path} is not a kizuna checkpoint (it holds {held}); Model.save writes one. For bare weights "
-            "use model.distributions.load_state_dict(torch.load(path))")
+        other = f", a {state['format']} file" if isinstance(state, dict) and "format" in state else ""
+        raise ValueError(f"{path} is not a kizuna checkpoint (it holds {held}{other}); Model.save writes one "
+                         "(kizuna.modules.save_module's files are read by kizuna.modules.load_module)")
     if state.get("version", 0) > VERSION:
         raise ValueError(f"{path} is a version {state['version']} kizuna checkpoint; this kizuna reads up to {VERSION}")
     return state
+
+
+def _torch_state(path: str | os.PathLike[str]) -> Any:
+    """What a file without kizuna's header holds, read by ``torch.load`` without running code (``weights_only``);
+    None where torch cannot read it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a torch file, or one holding objects (which are not run)
+        return None
+
+
+def _is_weights(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def pixyz_model_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor] | None:
+    """The weights in a file written by Pixyz's ``Model.save``, ``torch.save({"distributions": state_dict})``
+    (exactly that one key, holding tensors): its ``distributions`` state; None for any other file (a kizuna
+    checkpoint included)."""
+    if not Path(path).is_file():
+        return None
+    with Path(path).open("rb") as file:
+        if file.read(len(_io.MAGIC)) == _io.MAGIC:
+            return None
+    state = _torch_state(path)
+    if isinstance(state, Mapping) and list(state) == ["distributions"] and _is_weights(state["distributions"]):
+        return dict(state["distributions"])
+    return None
+
+
+def _torch_file_hint(path: str | os.PathLike[str]) -> str:
+    """How to load the weights a torch file holds, where it holds some (the call named is one that works)."""
+    state = _torch_state(path)
+    if _is_weights(state):
+        return ("It holds bare weights: load them with "
+                "model.distributions.load_state_dict(torch.load(path)) (the optimizer state is not in it)")
+    if isinstance(state, Mapping):
+        inner = [k for k, v in state.items() if _is_weights(v)]
+        if inner:
+            return (f"It holds {sorted(map(str, state))[:5]}; load the weights under {inner[0]!r} with "
+                    f"model.distributions.load_state_dict(torch.load(path)[{inner[0]!r}])")
+    return ""
 
 
 def class_name(obj: object) -> str:

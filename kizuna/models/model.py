@@ -19,6 +19,7 @@ import copy
 import math
 import numbers
 import operator
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -623,10 +624,27 @@ class Model:
     def load(self, path: str | PathLike[str]) -> None:
         """Restore a checkpoint written by `save` into a Model built the same way (see `load_state_dict`).
 
+        A file written by Pixyz's ``Model.save`` (``torch.save({"distributions": state_dict})``, the weights only)
+        loads too: its weights are loaded into `distributions` (strictly, through the layers' readers of Pixyz's
+        layouts), with a warning that nothing else is restored: the optimizer state, the epoch and the history stay
+        as they are (Pixyz's ``Model.load`` restores the weights only as well).
+
         Raises:
-            ValueError: the file is damaged or not a kizuna checkpoint, or see `load_state_dict`.
+            ValueError: the file is damaged or not a kizuna checkpoint, or its weights do not fit (the weights are
+                then left as they were), or see `load_state_dict`.
         """
-        self.load_state_dict(ckpt.load(path), source=str(path))
+        weights = ckpt.pixyz_model_weights(path)
+        if weights is None:
+            self.load_state_dict(ckpt.load(path), source=str(path))
+            return
+        kept = {k: v.detach().clone() for k, v in self.distributions.state_dict().items()}
+        try:
+            self.distributions.load_state_dict(weights)
+        except RuntimeError as err:  # (a strict load that fails has copied the entries that fit: put back)
+            self.distributions.load_state_dict(kept)
+            raise ValueError(f"{path} (a Pixyz Model.save file) does not fit these distributions: {err}") from err
+        warnings.warn(f"{path} is a Pixyz Model.save file: its weights were loaded; the optimizer state, epoch and "
+                      "history are not in it and were not restored", UserWarning, stacklevel=2)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that decides the next step: parameters, optimizer, learning-rate scheduler, the state the losses
