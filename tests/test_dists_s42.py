@@ -5,7 +5,10 @@
 2. `Concrete` accepts its own float32 draws under validation (the simplex within the value dtype's rounding, the
    helper `RelaxedCategorical` shares).
 3. ``sample(sample_shape=3)`` is ``(3,)``, as `Expectation` reads it; a bad entry is named.
-4. A float32 family scoring float64 data computes in float64: numbers exact, no silent downcast.
+4. A float32 family scoring float64 data takes its Python-number constants exactly in float64; parameters computed by a
+   network or given as tensors keep their dtype (as before stop 42: converting them cost 1.6-1.9x and gained nothing,
+   review ``diffA.md`` finding 2), and a constant prior builds its float64 distribution once (finding 3).
+5. The (B,)-parameters refusal names forward's output where the family declares ``features_shape=[1]`` (finding 6).
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ F64 = torch.float64
 class _Head(Normal):
     """p(y|x) = N(y; w.x + b, 1): a regression head whose forward squeezes its output to ``(B,)``."""
 
-    def __init__(self, squeeze: bool = True) -> None:
-        super().__init__(var=["y"], cond_var=["x"], name="p")
+    def __init__(self, squeeze: bool = True, features_shape: tuple[int, ...] = ()) -> None:
+        super().__init__(var=["y"], cond_var=["x"], name="p", features_shape=features_shape)
         self.net = nn.Linear(2, 1).double()
         self.squeeze = squeeze
 
@@ -200,9 +203,10 @@ def test_numbers_are_taken_exactly_in_the_dtype_of_float64_data(p: Normal, data:
     assert p.sample()["x"].dtype == torch.float32  # draws keep the parameters' dtype
 
 
-def test_float32_parameters_from_inputs_score_float64_data_in_float64_with_their_gradient() -> None:
-    """Parameters from a network and from a variable are converted (their float32 values, in float64): Bernoulli's
-    kernel and torch's Gamma cast the data down to float32 before; the gradient reaches the float32 weights."""
+def test_float32_parameters_from_inputs_keep_their_dtype_against_float64_data() -> None:
+    """Parameters from a network are not converted (as before stop 42): Bernoulli's kernel scores the data in the
+    network's float32, as torch does with the data cast to it; the gradient reaches the float32 weights. A parameter
+    read from a variable keeps its float32 values, while the number beside it (rate=0.3) is exact in float64."""
     class Decoder(Bernoulli):
         def __init__(self) -> None:
             super().__init__(var=["x"], cond_var=["z"], name="p")
@@ -215,18 +219,22 @@ def test_float32_parameters_from_inputs_score_float64_data_in_float64_with_their
     dec, z = Decoder(), torch.randn(5, 2)
     x = torch.rand(5, 3, dtype=F64)  # grey values in [0, 1]
     lp = dec.get_log_prob({"z": z, "x": x})
-    probs = torch.sigmoid(dec.net(z)).double()
-    expected = (x * probs.log() + (1 - x) * (-probs).log1p()).sum(1)
-    assert lp.dtype == F64
-    torch.testing.assert_close(lp, expected, rtol=1e-12, atol=0)
+    expected = D.Bernoulli(probs=torch.sigmoid(dec.net(z)), validate_args=False).log_prob(x.float()).sum(1)
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp, expected.detach())
+    with validation(True):
+        assert dec.get_log_prob({"z": z, "x": x.round()}).dtype == torch.float32
     lp.sum().backward()
     assert dec.net.weight.grad is not None and dec.net.weight.grad.dtype == torch.float32
     g = Gamma(var=["x"], cond_var=["a"], concentration="a", rate=0.3)
     a = torch.tensor([[2.1, 0.7]])
-    got = g.get_log_prob({"a": a, "x": torch.tensor([[0.1, 0.7]], dtype=F64)})
-    assert got.dtype == F64  # the variable's float32 values in float64; the number 0.3 exact
+    x64 = torch.tensor([[0.1, 0.7]], dtype=F64)
+    got = g.get_log_prob({"a": a, "x": x64})
+    assert got.dtype == F64  # the variable's float32 tensor as it is (lgamma of it in float32); the number 0.3 exact
+    rate = torch.full((1, 2), 0.3, dtype=F64)
+    torch.testing.assert_close(got, D.Gamma(a, rate, validate_args=False).log_prob(x64).sum(1), rtol=1e-12, atol=0)
     np.testing.assert_allclose(got.numpy(), st.gamma(a.double().numpy(), scale=1 / 0.3).logpdf(
-        [[0.1, 0.7]]).sum(1), rtol=1e-12)
+        [[0.1, 0.7]]).sum(1), rtol=1e-8)
 
 
 def test_half_precision_data_against_a_float32_family_is_unchanged() -> None:
@@ -234,3 +242,72 @@ def test_half_precision_data_against_a_float32_family_is_unchanged() -> None:
     lp = p.get_log_prob({"x": torch.tensor([[1.0, 0.0]], dtype=torch.float16)})
     assert lp.dtype == torch.float32
     torch.testing.assert_close(lp, torch.tensor([np.log(0.3) + np.log(0.7)], dtype=torch.float32))
+
+
+class _Loc(Normal):
+    """p(x|z) = N(x; net(z), 1): a float32 network's location."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.net = nn.Linear(2, 2)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.net(z), "scale": torch.ones(())}
+
+
+def test_network_parameters_are_not_converted_to_the_datas_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Normal head against float64 data: its float32 parameters are used as they are (torch's arithmetic meets them
+    with the data), the numbers torch gives for the float32 parameters, no float64 copy of them made."""
+    torch.manual_seed(2)
+    p, z, x = _Loc(), torch.randn(3, 2), torch.randn(3, 2, dtype=F64)
+    seen = []
+    build = p._build
+    monkeypatch.setattr(p, "_build", lambda params, independent: seen.append(params) or build(params, independent))
+    with validation(True):
+        lp = p.get_log_prob({"z": z, "x": x})
+    assert [v.dtype for v in seen[0].values()] == [torch.float32, torch.float32]
+    torch.testing.assert_close(lp, D.Normal(p.net(z), 1.0).log_prob(x).sum(1).detach(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("checks", [True, False])
+def test_a_constant_prior_scoring_float64_values_makes_its_exact_constants_once(
+        checks: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A constant prior scoring float64 draws: the distribution (under validation) and the exact float64 constants
+    are made at the first call and kept while the buffers are unchanged (they were made at every call: +70% per
+    call); a changed buffer is seen; nothing made inside inference_mode is kept (autograd refuses its tensors)."""
+    p = Normal(var=["z"], loc=0.1, scale=0.3, features_shape=[2])
+    z = torch.tensor([[0.4, -0.2], [1.0, 0.3]], dtype=F64)
+    builds, fills = [], []
+    build, full = p._build, torch.full
+    monkeypatch.setattr(p, "_build", lambda params, independent: builds.append(1) or build(params, independent))
+    monkeypatch.setattr(torch, "full", lambda *a, **k: fills.append(k.get("dtype")) or full(*a, **k))
+    reference = st.norm(0.1, 0.3).logpdf(z.numpy()).sum(1)
+    with validation(checks):
+        for _ in range(3):
+            np.testing.assert_allclose(p.get_log_prob({"z": z}).numpy(), reference, rtol=1e-12)
+        assert (len(builds), fills) == (1 if checks else 0, [F64, F64])
+        with torch.no_grad():
+            p.scale.fill_(2.0)  # no longer the number given: used as the buffer holds it
+        np.testing.assert_allclose(p.get_log_prob({"z": z}).numpy(), st.norm(0.1, 2.0).logpdf(z.numpy()).sum(1),
+                                   rtol=1e-6)
+        with torch.no_grad():
+            p.scale.fill_(0.3)
+        with torch.inference_mode():
+            p.get_log_prob({"z": z})
+        draws = z.clone().requires_grad_()
+        lp = p.get_log_prob({"z": draws})  # (a tensor kept from inference_mode could not be saved for backward)
+        lp.sum().backward()
+    torch.testing.assert_close(draws.grad, -(z - 0.1) / 0.3 ** 2, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------- finding 5 (diffA 6): declared features_shape=[1]
+def test_forward_rows_against_a_declared_single_feature_name_forwards_output() -> None:
+    torch.manual_seed(0)
+    p = _Head(features_shape=(1,))
+    with pytest.raises(ValueError) as err:
+        p.get_log_prob({"x": torch.randn(4, 2, dtype=F64), "y": torch.randn(4, 1, dtype=F64)})
+    assert str(err.value) == (
+        "p(y|x): y of shape (4, 1) against parameters of shape (4,) from forward(): read as (4,) draws of one row "
+        "each, every draw would be scored against all 4 rows and the densities summed; forward() returned parameters "
+        "of shape (4,), but p(y|x) declares features_shape=[1] (the data's (4, 1)): keep the feature dimension in "
+        "forward (parameters of shape (4, 1), no .squeeze(-1))")

@@ -235,8 +235,9 @@ def bernoulli_log_prob_from_probs(probs: Tensor, value: Tensor, fused: bool) -> 
     ``binary_cross_entropy`` kernel, its sign changed in place (one pass; the kernel's backward does not read
     its result); otherwise ``lerp(log1p(-p), log(p), x)``, vectorised operators (faster on a CPU, where torch's
     cross-entropy kernels are not vectorised). The two agree up to rounding."""
-    if value.dtype != probs.dtype:  # lerp and the cross-entropy take one dtype (a half-precision value against
-        # float32 probabilities; a family scoring a wider value has its parameters in its dtype, `_scoring_params`)
+    if value.dtype != probs.dtype:  # lerp and the cross-entropy take one dtype: the probabilities' (float64 data
+        # against a network's float32 probabilities is scored in float32; a Python-number probs is already exact in a
+        # wider value's dtype, `TorchDistribution._scoring_params`)
         value = value.to(probs.dtype)
     eps = torch.finfo(probs.dtype).eps
     probs = F.hardtanh(probs, eps, 1 - eps)  # a new tensor: ours to overwrite when no gradient needs it

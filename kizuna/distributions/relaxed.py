@@ -66,7 +66,7 @@ class _DiscreteScoring(TorchDistribution):
 
     def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
         """See `TorchDistribution._elementwise_log_prob`: the discrete family's log-likelihood."""
-        params = self._scoring_params(x_dict)[0]  # (in the value's dtype where it is the wider)
+        params = self._scoring_params(x_dict)[0]  # (Python-number constants exact in a wider value's dtype)
         dist = self._kl_dist(params)
         features = dist.batch_shape[1:] + dist.event_shape
         value = self._value(x_dict[self._var[0]], features, params)

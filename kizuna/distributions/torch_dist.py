@@ -17,9 +17,12 @@ Densities and samplers are torch's. A family may also define closed forms in its
 the parameter tensors without building a ``torch.distributions`` object; they are the only path
 for that family (tested against torch in tests/test_families.py).
 
-A scored value of a wider floating dtype than the parameters (float64 data, a float32 family) is scored in its
-dtype, as torch's arithmetic promotes the two: the parameters are converted to it, and constants given as Python
-numbers are taken exactly in it, as they follow a conditioning value's dtype (`TorchDistribution._scoring_params`).
+A scored value of a wider floating dtype than the parameters (float64 data, a float32 family): constants given as
+Python numbers, where the distribution holds them as given (no ``forward`` or ``get_params`` of a subclass), are
+taken exactly in the value's dtype, as they follow a conditioning value's dtype (`TorchDistribution._scoring_params`;
+built once per dtype for a constant distribution). Parameters computed by a network or given as tensors are used in
+their own dtype: their float32 values gain nothing in float64, and the value meets them as the family's arithmetic
+combines them (torch's promotion; Bernoulli's kernel and torch's Gamma cast the value to the parameters' dtype).
 
 Validation is torch's switch (``torch.distributions.Distribution.set_default_validate_args``,
 or `validation` here): while it is on, parameters are checked by torch's own constructor and
@@ -599,35 +602,41 @@ class TorchDistribution(Distribution):
 
     # ------------------------------------------------------- torch objects
     def _torch_dist(self, x_dict: Mapping[str, Any], independent: bool = True, reuse: bool = True,
-                    params: dict[str, Any] | None = None) -> D.Distribution:
+                    params: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> D.Distribution:
         """The torch distribution for these inputs (built once per evaluation, see `memo`; with ``reuse``,
         one whose parameters are all buffers is built once while they are unchanged, see `_constant_dist`),
         from ``params`` where the caller has them (`_params`' for these inputs: outside an evaluation, which has no
-        memo, reading them again ran the network a second time)."""
+        memo, reading them again ran the network a second time). ``dtype``: ``params`` are `_scoring_params`' for a
+        value of that dtype (its Python-number constants exact in it), a distribution of its own."""
         if reuse and not self._uses_forward and not self._from_var and not self._parameters \
                 and not self._custom_get_params and not torch.is_inference_mode_enabled() \
                 and not torch.compiler.is_compiling():
-            return self._constant_dist(independent)
+            return self._constant_dist(independent, dtype)
         inputs = list(map(x_dict.get, self._cond_var))
-        return memoized(self, ("dist", independent), inputs,
+        return memoized(self, ("dist", independent) if dtype is None else ("dist", independent, dtype), inputs,
                         lambda: self._build(self._params(x_dict) if params is None else params, independent))
 
-    def _constant_dist(self, independent: bool) -> D.Distribution:
+    def _constant_dist(self, independent: bool, dtype: torch.dtype | None = None) -> D.Distribution:
         """The torch distribution of a distribution whose parameters are all constants held in buffers (a
         prior, a uniform choice of noise level), kept between evaluations while every buffer is the same
         tensor at the same version (torch's counter of in-place writes: ``fill_``, ``load_state_dict``) on the same
         storage (a reassigned ``.data``; an in-place write through ``.data`` is not seen, see `_buffers_stamp`),
         per validation setting: building it costs more than drawing from it (torch's Categorical normalises
         its probabilities on every construction). Its tensors are buffers, which hold no autograd graph
-        (none is kept from inside ``torch.inference_mode``, whose tensors autograd refuses to save)."""
-        key = (independent, validation_enabled())
+        (none is kept from inside ``torch.inference_mode``, whose tensors autograd refuses to save). With ``dtype``,
+        the one scoring a value of that wider dtype, its Python-number constants exact in it (`_scoring_params`),
+        kept alike."""
+        key = (independent, validation_enabled()) if dtype is None else (independent, validation_enabled(), dtype)
         cache = self.__dict__.get("_dist_cache")
         if cache is None:
             cache = self.__dict__["_dist_cache"] = {}
         hit = cache.get(key)
         if hit is not None and self._buffers_unchanged(hit[0]):
             return hit[1]
-        dist = self._build(self._compute_params({}), independent)
+        params = self._compute_params({})
+        if dtype is not None:
+            params = self._with_exact_numbers(params, dtype)
+        dist = self._build(params, independent)
         cache[key] = (self._buffers_stamp(), dist)
         return dist
 
@@ -932,15 +941,20 @@ class TorchDistribution(Distribution):
                              f"batch size {rows}")
         if got == 1 and rows != 1 and at and self._uses_forward:
             shape = tuple(value.shape)
+            if features or shape != (rows, 1):
+                remedy = f"; to score each draw against every row, expand the draws to {(*shape[:at], rows, *features)}"
+            elif self._features_shape == (1,):  # the data has the declared shape: forward's output does not
+                remedy = (f"; forward() returned parameters of shape ({rows},), but {self.prob_text} declares "
+                          f"features_shape=[1] (the data's ({rows}, 1)): keep the feature dimension in forward "
+                          f"(parameters of shape ({rows}, 1), no .squeeze(-1))")
+            else:
+                remedy = (f"; parameters ({rows},) against data ({rows}, 1): give both the same feature shape "
+                          f"(squeeze the data, {self._var[0]}.squeeze(-1), or keep the feature dimension in forward: "
+                          "no .squeeze(-1))")
             raise ValueError(
                 f"{self.prob_text}: {self._var[0]} of shape {shape} against parameters of shape "
                 f"{(rows, *features)} from forward(): read as {shape[:at]} draws of one row each, every draw would be "
-                f"scored against all {rows} rows and the densities summed"
-                + (f"; parameters ({rows},) against data ({rows}, 1): give both the same feature shape (squeeze the "
-                   f"data, {self._var[0]}.squeeze(-1), or keep the feature dimension in forward: no .squeeze(-1))"
-                   if not features and shape == (rows, 1) else
-                   f"; to score each draw against every row, expand the draws to "
-                   f"{(*shape[:at], rows, *features)}"))
+                f"scored against all {rows} rows and the densities summed{remedy}")
 
     def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
         """The support check of scored values (while validation is on); families may extend it. An empty batch has
@@ -1008,39 +1022,55 @@ class TorchDistribution(Distribution):
         """See `Distribution._log_prob_dims`."""
         return sum_rows(self._elementwise_log_prob(x_dict), dims)
 
-    def _scoring_params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """The parameters that score the value of ``var`` in ``x_dict``: `_params`', converted to the value's floating
-        dtype where it is the wider one (float64 data against a float32 family are scored in float64, as torch's
-        arithmetic promotes them, where Bernoulli's kernel and torch's Gamma cast the data down to float32 and the
-        other families used the float32-rounded constants), a Python-number constant then taken exactly in that dtype
-        (as numbers follow a conditioning value's dtype, `_compute_params`); and whether they were converted."""
+    def _scoring_params(self, x_dict: Mapping[str, Any]) -> tuple[dict[str, Any], torch.dtype | None]:
+        """The parameters that score the value of ``var`` in ``x_dict``: `_params`', with the constants given as Python
+        numbers taken exactly in the value's floating dtype where it is the wider one (float64 data against a float32
+        prior: ``0.1``, not float32's 0.10000000149, as numbers follow a conditioning value's dtype,
+        `_compute_params`), where the distribution holds them as given (no ``forward`` or ``get_params`` of a subclass
+        could have replaced them); and that dtype where they were converted (else None). Parameters computed by a
+        network or given as tensors keep their dtype (their float32 values gain no precision in float64, and scoring
+        in float64 cost a float32 decoder 1.6-1.9x its time)."""
         params = self._params(x_dict)
+        if not self._numbers or self._uses_forward or self._custom_get_params:  # (the usual case: a network)
+            return params, None
         value = x_dict.get(self._var[0])
         if not isinstance(value, Tensor):
-            return params, False
+            return params, None
         dtype = value.dtype
-        for key, v in params.items():  # the first floating parameter's dtype (a plain loop: this runs at every score)
+        for key in self._numbers:  # the first number's dtype, the value's in the usual case (a plain loop: every score)
+            v = params.get(key)
             if isinstance(v, Tensor):
-                if v.dtype == dtype:  # the usual case
-                    return params, False
-                if v.is_floating_point() and key not in self._static:
-                    if dtype.is_floating_point and torch.promote_types(v.dtype, dtype) == dtype:
-                        return self._converted(params, dtype), True
-                    return params, False
-        return params, False
+                if v.dtype == dtype or not dtype.is_floating_point:
+                    return params, None
+                break
+        exact = self._with_exact_numbers(params, dtype)
+        return (params, None) if exact is params else (exact, dtype)
 
-    def _converted(self, params: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-        """`_scoring_params`' conversion of ``params`` to ``dtype``: Python-number constants exact in it where they
-        are held as given (no ``forward`` or ``get_params`` of a subclass could have replaced them)."""
-        exact = not self._uses_forward and not self._custom_get_params and self._holds_numbers()
-        out: dict[str, Any] = {}
-        for key, v in params.items():
-            if key in self._static or not isinstance(v, Tensor) or not v.is_floating_point() or v.dtype == dtype:
-                out[key] = v
-            elif exact and key in self._numbers and key not in self._from_var:
-                out[key] = torch.full(v.shape, self._numbers[key], dtype=dtype, device=v.device)
-            else:
-                out[key] = v.to(dtype)
+    def _with_exact_numbers(self, params: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+        """``params`` with each constant given as a Python number, held in a narrower dtype than ``dtype``, replaced
+        by the exact number in ``dtype`` (``params`` itself where the buffers no longer hold the numbers given:
+        `_holds_numbers`). The tensors are made once per dtype and device and kept while the buffers are unchanged
+        (`_buffers_stamp`), as `_constant_dist` keeps its distribution (not inside ``torch.inference_mode``, whose
+        tensors autograd refuses to save, nor while compiling)."""
+        wanted = [(key, number, v) for key, number in self._numbers.items()
+                  if isinstance(v := params.get(key), Tensor) and v.dtype != dtype
+                  and torch.promote_types(v.dtype, dtype) == dtype]
+        if not wanted:
+            return params
+        keep = not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
+        cache = self.__dict__.setdefault("_exact_cache", {})
+        slot = (dtype, wanted[0][2].device)
+        hit = cache.get(slot) if keep else None
+        if hit is None or not self._buffers_unchanged(hit[0]) \
+                or any(key not in hit[1] or hit[1][key].shape != v.shape for key, _, v in wanted):
+            if not self._holds_numbers():
+                return params
+            hit = (self._buffers_stamp(), {key: torch.full(v.shape, number, dtype=dtype, device=v.device)
+                                           for key, number, v in wanted})
+            if keep:
+                cache[slot] = hit
+        out = dict(params)
+        out.update(hit[1])
         return out
 
     def _kernel_log_prob(self, x_dict: XDict, params: dict[str, Any], shape: torch.Size) -> Tensor | None:
@@ -1056,30 +1086,31 @@ class TorchDistribution(Distribution):
 
     def _elementwise_log_prob(self, x_dict: XDict) -> Tensor:
         """The log-density per feature entry (the event dimensions of the family reduced)."""
-        params, converted = self._scoring_params(x_dict)
+        params, dtype = self._scoring_params(x_dict)
         checking = validation_enabled()
         checked = None
         if checking:  # the checks (parameters, the value's shape, rows and support); they change no number below
-            checked = self._dist_and_value(x_dict, params, converted)
+            checked = self._dist_and_value(x_dict, params, dtype)
             self._check_support(checked[1], checked[0])
         shape = self._kernel_shape(params, None) if self._hooks["_log_prob_kernel"] else None
         if shape is not None:
             lp = self._kernel_log_prob(x_dict, params, shape)
             if lp is not None:
                 return lp
-        dist, value = checked if checked is not None else self._dist_and_value(x_dict, params, converted)
+        dist, value = checked if checked is not None else self._dist_and_value(x_dict, params, dtype)
         if not value.numel():  # an empty batch: torch's TransformedDistribution (Concrete) fails reshaping it
             return value.new_zeros(value.shape[:value.dim() - len(dist.event_shape)])
         dist._validate_args = False  # checked above, with a message naming the variable
         return dist.log_prob(value)
 
-    def _dist_and_value(self, x_dict: XDict, params: dict[str, Any], converted: bool = False
+    def _dist_and_value(self, x_dict: XDict, params: dict[str, Any], dtype: torch.dtype | None = None
                         ) -> tuple[D.Distribution, Tensor]:
         """The torch distribution (its parameters checked while validation is on) and the scored value, given its
-        batch dimension and converted, its rows checked against the parameters'. ``converted``: ``params`` are
-        `_scoring_params`' conversion, not `_params`' own (the distribution is built from them, not taken from the
-        evaluation's memo or the constants' cache)."""
-        dist = self._build(params, False) if converted else self._torch_dist(x_dict, independent=False, params=params)
+        batch dimension and converted, its rows checked against the parameters'. ``dtype``: ``params`` are
+        `_scoring_params`' for a value of that dtype, their Python-number constants exact in it (a distribution of
+        their own, kept per dtype for a constant one, `_constant_dist`)."""
+        dist = self._torch_dist(x_dict, independent=False, params=params) if dtype is None else \
+            self._torch_dist(x_dict, independent=False, params=params, dtype=dtype)  # (a subclass's takes no dtype)
         features = dist.batch_shape[1:] + dist.event_shape
         value = self._value(x_dict[self._var[0]], features, params)
         self._check_rows(value, dist.batch_shape[0], features)

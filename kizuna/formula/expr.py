@@ -36,7 +36,8 @@ class EvalContext:
     made so far, the evaluation's options (``batch_n``, ``sample_mean``), and whether the caller asked for
     the draws or the terms (``report``; a loop such as `IterativeLoss` gathers them only then). Inside an expectation
     over several draws per row, the values' ``rows`` hold ``copies`` copies of the batch's rows, sample-major
-    (``copies`` 1 and ``rows`` None elsewhere): `ValueLoss` repeats a per-row tensor constant alike."""
+    (``copies`` 1 and ``rows`` None elsewhere): a tensor constant of one value per row of the batch, which does not
+    combine with the draws' rows as given, is repeated alike (`_laid_out_for_draws`)."""
 
     __slots__ = ("values", "results", "samples", "options", "report", "copies", "rows")
 
@@ -327,9 +328,10 @@ class ValueLoss(Loss):
     ``Parameter("k") ** -1`` of an integer tensor ``k`` is ``1 / k``, not torch's error on integers to negative
     integer powers), an integer or boolean tensor is converted to the default float dtype once, here.
 
-    A tensor whose leading size is the batch's is one value per row (``LogProb(p) * w``, ``w`` of shape ``(B,)``):
-    inside an `Expectation` (or `REINFORCE`) over several draws per row it is repeated for the draws, as the dict's
-    values are.
+    A tensor constant combines with the other operand as torch broadcasts it (a ``(D,)`` per-feature weight, even
+    where ``D`` is the batch size). Inside an `Expectation` (or `REINFORCE`) over several draws per row, one that does
+    not combine so with the draws' ``n x batch`` rows but has the batch's leading size is one value per row
+    (``LogProb(p) * w``, ``w`` of shape ``(B,)``): it is repeated for the draws, as the dict's values are.
     """
 
     def __init__(self, value: Any) -> None:
@@ -352,11 +354,7 @@ class ValueLoss(Loss):
 
     def _value(self, ctx: EvalContext) -> Tensor:
         value = self.value
-        if not isinstance(value, Tensor):
-            return _number_tensor(value)
-        if ctx.copies > 1 and value.dim() and value.shape[0] * ctx.copies == ctx.rows:  # one value per row of the
-            return value.repeat(ctx.copies, *[1] * (value.dim() - 1))  # batch, repeated for the draws as the dict's
-        return value
+        return value if isinstance(value, Tensor) else _number_tensor(value)
 
     @property
     def precedence(self) -> int:  # type: ignore[override]
@@ -586,6 +584,25 @@ def _number(loss: Loss, ctx: EvalContext) -> float:
     return number
 
 
+def _laid_out_for_draws(ctx: EvalContext, loss1: Loss, loss2: Loss, a: Any, b: Any) -> tuple[Tensor, Tensor] | None:
+    """Operands that did not combine, inside an expectation over several draws per row (``ctx.copies`` > 1): a tensor
+    constant (`ValueLoss`) of the batch's leading size (``ctx.rows / ctx.copies``) against the draws' ``ctx.rows``
+    rows is one value per row, repeated for the draws (sample-major, as the dict's values are); None otherwise. Only
+    here, where the operands fail to broadcast as given, so that a constant that broadcast (a ``(D,)`` per-feature
+    weight with ``D`` the batch size) keeps its meaning."""
+    copies, rows = ctx.copies, ctx.rows
+    if copies <= 1 or rows is None or rows % copies:
+        return None
+    pair = [a, b]
+    for i, (loss, other) in enumerate(((loss1, b), (loss2, a))):
+        value = pair[i]
+        if (type(loss) is ValueLoss and isinstance(value, Tensor) and value.dim() and value.shape[0] * copies == rows
+                and isinstance(other, Tensor) and other.dim() and other.shape[0] == rows):
+            pair[i] = value.repeat(copies, *[1] * (value.dim() - 1))
+            return pair[0], pair[1]
+    return None
+
+
 class _Binary(Loss):
     is_operator = True
     key = ""
@@ -620,6 +637,13 @@ class _Binary(Loss):
         except RuntimeError as err:  # terms of other rows (or a constant of other rows): torch's "size of tensor a
             if "must match the size" not in str(err):  # (2) must match ..."
                 raise
+            laid_out = _laid_out_for_draws(ctx, loss1, loss2, a, b)  # a per-row constant against the draws' rows
+            if laid_out is not None:
+                try:
+                    return self._op(*laid_out)
+                except RuntimeError as again:
+                    if "must match the size" not in str(again):
+                        raise
             hint = ""
             if any(type(t) is ValueLoss and isinstance(t.value, Tensor) and t.value.dim() for t in (loss1, loss2)):
                 hint = ("; a tensor constant is laid out with the rows only where its leading size is the batch's, "

@@ -136,7 +136,8 @@ class CrossEntropy(Loss):
             return ctx.value(self._mc)
         except ValueError as err:
             drawn = [ctx.samples.get(v) for v in self.p.var]
-            if self.p.features_shape or not all(isinstance(v, Tensor) and v.dim() <= 1 for v in drawn):
+            draws = len(self._mc.sample_shape)  # the draws' dimensions before the rows (sample_shape)
+            if self.p.features_shape or not all(isinstance(v, Tensor) and v.dim() <= 1 + draws for v in drawn):
                 raise
             raise ValueError(f"{self}: the Monte-Carlo estimate draws {self.p.prob_text} one number per row, since it "
                              f"declares no features_shape, and {self.q.prob_text} refuses them ({err}); declare "

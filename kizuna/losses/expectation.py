@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from kizuna._data import warn_user
 from kizuna._text import symbol
 from kizuna.distributions.base import (
     Distribution,
@@ -236,16 +237,29 @@ def fixed_draws(f: Distribution) -> bool:
     return not any(q.requires_grad for q in f.parameters())
 
 
-def require_pathwise_draws(owner: Any, *dists: Distribution) -> None:
+def require_pathwise_draws(owner: Any, *dists: Distribution, every: bool = True) -> None:
     """For a loss that reaches the parameters of ``dists`` only through their draws (no score-function term: MMD,
-    Wasserstein, the adversarial losses): a ValueError naming ``owner`` (the loss, or its name) and the first one with
-    trainable parameters but no reparameterised sampler, whose draws carry no gradient (it would never train)."""
-    for dist in dists:
-        if not dist.has_reparam and any(t.requires_grad for t in dist.parameters()):
-            raise ValueError(
-                f"{owner}: {dist.prob_text} ({dist.distribution_name}) has trainable parameters but no "
-                "reparameterised sampler, so its draws carry no gradient and it would never train; use a "
-                "reparameterisable distribution (e.g. a relaxed one for discrete data)")
+    Wasserstein, the adversarial losses), the sides with trainable parameters but no reparameterised sampler, whose
+    draws carry no gradient. With ``every`` (the adversarial losses, which train each side): a ValueError naming
+    ``owner`` (the loss, or its name) and the first such side (it would never train). Otherwise (MMD, Wasserstein): the
+    ValueError only where no trainable side carries a gradient (the loss would train nothing); where another side does
+    (a learnable mixture prior trained by another term, the loss pulling the encoder), one UserWarning naming the
+    sides that get no gradient from this term."""
+    trainable = [d for d in dists if any(t.requires_grad for t in d.parameters())]
+    stuck = [d for d in trainable if not d.has_reparam]
+    if not stuck:
+        return
+    first = stuck[0]
+    if every or len(stuck) == len(trainable):
+        raise ValueError(
+            f"{owner}: {first.prob_text} ({first.distribution_name}) has trainable parameters but no "
+            "reparameterised sampler, so its draws carry no gradient and it would never train; use a "
+            "reparameterisable distribution (e.g. a relaxed one for discrete data)")
+    names = ", ".join(f"{d.prob_text} ({d.distribution_name})" for d in stuck)
+    trained = ", ".join(d.prob_text for d in trainable if d.has_reparam)
+    warn_user(f"{owner}: {names} has trainable parameters but no reparameterised sampler, so this term gives it no "
+              f"gradient (its draws carry none); the term trains {trained} only. Train it by another term, or use a "
+              "reparameterisable distribution (e.g. a relaxed one for discrete data)")
 
 
 def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> Tensor | None:

@@ -11,9 +11,11 @@ twice the feature dimension):
 * ``"inv-multiquadratic"``: :math:`k = \sigma^2 / (\sigma^2 + d)`
 
 The gradient reaches ``p`` and ``q`` only through their draws (there is no score-function term): a side with trainable
-parameters but no reparameterised sampler (a Bernoulli or Categorical encoder) would get no gradient, so it is refused
-when the loss is built (`require_pathwise_draws`, as the adversarial losses do); use a relaxed distribution for a
-discrete code.
+parameters but no reparameterised sampler (a Bernoulli or Categorical encoder) gets no gradient from it. Where no
+trainable side has one, the loss would train nothing and is refused when it is built; where the other side carries
+the gradient (a learnable mixture prior trained by another term, the MMD pulling a reparameterised encoder), it is
+built with a warning naming the side without (`require_pathwise_draws`). Use a relaxed distribution for a discrete
+code.
 """
 
 from __future__ import annotations
@@ -57,15 +59,16 @@ KERNELS = {"gaussian": gaussian_kernel, "inv-multiquadratic": inverse_multiquadr
 
 
 class MMD(Loss):
-    """:math:`\\mathrm{MMD}^2` between ``p`` and ``q`` (a scalar for the whole batch); a side with trainable
-    parameters but no reparameterised sampler is refused (module docstring)."""
+    """:math:`\\mathrm{MMD}^2` between ``p`` and ``q`` (a scalar for the whole batch); trainable sides without a
+    reparameterised sampler are refused where no side carries a gradient, named in a warning otherwise (module
+    docstring)."""
 
     def __init__(self, p: Distribution, q: Distribution,
                  kernel: str = "gaussian", sigma_sqr: float | None = None) -> None:
         require_distributions("MMD", p=p, q=q)
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"MMD needs both over the same variables: {p.var} vs {q.var}")
-        require_pathwise_draws("MMD", p, q)  # (no score-function term: only the draws carry the gradient)
+        require_pathwise_draws("MMD", p, q, every=False)  # (no score-function term: only the draws carry the gradient)
         if not isinstance(kernel, str) or kernel not in KERNELS:
             raise ValueError(f"unknown MMD kernel {kernel!r}; choose one of {sorted(KERNELS)}")
         if sigma_sqr is not None:  # (inf gave 0 for any samples; "1" a raw TypeError)

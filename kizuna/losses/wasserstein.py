@@ -6,8 +6,9 @@ For draws :math:`x \sim p` and :math:`y \sim q` paired row by row,
 and ``q`` are point masses, as with deterministic encoders in Wasserstein auto-encoders).
 
 The gradient reaches ``p`` and ``q`` only through their draws (there is no score-function term): a side with trainable
-parameters but no reparameterised sampler (a Bernoulli or Categorical encoder) would get no gradient, so it is refused
-when the loss is built (`kizuna.losses.expectation.require_pathwise_draws`, as `MMD` and the adversarial losses do).
+parameters but no reparameterised sampler (a Bernoulli or Categorical encoder) gets no gradient from it, refused where
+no trainable side carries one and named in a warning otherwise
+(`kizuna.losses.expectation.require_pathwise_draws`, as `MMD` does).
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ from kizuna.losses.mmd import _features, check_samples
 
 
 class WassersteinDistance(Loss):
-    """:math:`\\|x - y\\|` per batch row, :math:`x \\sim p`, :math:`y \\sim q`; a side with trainable parameters but no
-    reparameterised sampler is refused (module docstring)."""
+    """:math:`\\|x - y\\|` per batch row, :math:`x \\sim p`, :math:`y \\sim q`; trainable sides without a
+    reparameterised sampler are refused where no side carries a gradient, named in a warning otherwise (module
+    docstring)."""
 
     def __init__(self, p: Distribution, q: Distribution,
                  metric: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
         require_distributions("WassersteinDistance", p=p, q=q)
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"WassersteinDistance needs both over the same variables: {p.var} vs {q.var}")
-        require_pathwise_draws("WassersteinDistance", p, q)  # (no score-function term: the draws carry the gradient)
+        require_pathwise_draws("WassersteinDistance", p, q, every=False)  # (the draws alone carry the gradient)
         super().__init__(p.input_var + q.input_var)
         self.p, self.q = p, q
         # eps=0: PairwiseDistance's default eps=1e-6 is added to x - y, which makes the distance
