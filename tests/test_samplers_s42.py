@@ -276,3 +276,112 @@ def test_sgld_refuses_a_bare_number_as_features_shape(shape) -> None:
     e = EnergyDistribution(lambda x: x.pow(2).sum(-1), var=["x"])
     with pytest.raises(ValueError, match=rf"^SGLD: features_shape must be a sequence of sizes .* got {shape}"):
         SGLD(e, shape)
+
+
+# --- 7. review diffB of cf23cbb: snapping tolerance, a context set later, the context read once, the score's mode ---
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_diffusion_path_takes_its_times_written_with_six_decimals(schedule: str) -> None:
+    """cf23cbb made the snapping purely relative: path.times(100) rounded to six decimals (a config, a printout) was
+    refused ("DiffusionPath: s=0.238081 is not one of the trained steps"), accepted before (an absolute 1e-6 below
+    s_t = 1). They are the trained steps exactly, and draw what the exact times draw."""
+    path = DDPM(DiffusionReverse(lambda x, t: 0.1 * x, getattr(DiffusionSchedule, schedule)(1000)), [2]).path()
+    times = path.times(100)
+    rounded = [round(t, 6) for t in times]
+    assert rounded != times  # (really rounded)
+    assert path.check_times(rounded) == times
+    a = ddim(path, 3, times=times, generator=torch.Generator().manual_seed(0))
+    b = ddim(path, 3, times=rounded, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+
+
+def test_score_path_snapping_stays_relative() -> None:
+    """A ScorePath's end 0.0 is not taken as a level below 1e-6 (an absolute floor would), while its levels given as
+    float32 still are its levels."""
+    levels = [1.0, 0.5, 5e-7]
+    path = ScorePath(lambda x, i: -x, levels, [2])
+    assert path.check_times([1.0, 0.5, 5e-7, 0.0]) == [1.0, 0.5, 5e-7, 0.0]
+    assert path.check_times(torch.tensor([1.0, 0.5, 5e-7, 0.0], dtype=torch.float32)) == [1.0, 0.5, 5e-7, 0.0]
+
+
+def test_diffusion_path_follows_a_context_set_after_it_was_built() -> None:
+    """path.context = other (or one value of it replaced) was ignored: the draws stayed those of the first context
+    (the context was read once, at construction). They are now those of a path built with the new context, and the
+    default number of draws follows its rows."""
+    ddpm, learned, _ = _conditional_models()
+
+    def draws(path, n=None):
+        return ddim(path, n, n_steps=5, eta=0.5, generator=torch.Generator().manual_seed(7))
+
+    y0, y10, y3 = torch.zeros(4, 1), torch.full((4, 1), 10.0), torch.tensor([[-2.0], [0.5], [3.0]])
+    path = ddpm.path({"y": y0})
+    first = draws(path)  # (reads, and keeps, the first context)
+    path.context = {"y": y10}
+    after = draws(path)
+    assert torch.equal(after, draws(ddpm.path({"y": y10}))) and not torch.equal(after, first)
+    path.context["y"] = y3  # one value replaced: 3 draws now
+    assert path.n_draws == 3
+    assert torch.equal(draws(path), draws(ddpm.path({"y": y3})))
+    g = guided(path, _ddpm(T=20).path(), 2.0)
+    path.context = {"y": torch.ones(2, 1)}
+    assert g.n_draws == 2
+    lpath = learned.path({"y": y0})  # the ancestral kernel's mean and variance read it too
+    ancestral(lpath, 4, generator=torch.Generator().manual_seed(8))
+    lpath.context = {"y": y10}
+    assert torch.equal(ancestral(lpath, 4, generator=torch.Generator().manual_seed(8)),
+                       ancestral(learned.path({"y": y10}), 4, generator=torch.Generator().manual_seed(8)))
+
+
+def test_flow_matching_path_reads_its_context_once_per_number_of_rows(monkeypatch) -> None:
+    """The velocity read the context (context_of_draws) at each of the network's calls, 10 for heun's 5 steps (a
+    conditional draw of a small network 10% slower than an unconditional one); now once per number of rows. The draws
+    are those of the context given with a row per draw."""
+    import kizuna.distributions.flow_matching as fm_module
+
+    _, _, fm = _conditional_models()
+    y1 = torch.tensor([[0.7]])
+    expected = heun(fm.path({"y": y1.expand(4, -1)}), 4, 5, generator=torch.Generator().manual_seed(9))
+    calls = []
+    real = fm_module.context_of_draws
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])  # the draws asked for (None: the context's rows)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fm_module, "context_of_draws", counted)
+    path = fm.path({"y": y1})
+    a = heun(path, 4, 5, generator=torch.Generator().manual_seed(9))
+    b = heun(path, 4, 5, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a, expected) and torch.equal(b, expected)
+    assert calls == [None, 4]  # the path's rows, then 4 rows once for 20 network calls
+
+
+def test_scores_enter_inference_mode_false_only_inside_inference_mode(monkeypatch) -> None:
+    """score_of and EnergyDistribution.score entered torch.inference_mode(False) at every call (about 9 us, 5% of a
+    small energy score); now only inside inference mode, with the same values (closed forms)."""
+    real = torch.inference_mode
+    entered = []
+
+    def spy(mode: bool = True):
+        entered.append(mode)
+        return real(mode)
+
+    monkeypatch.setattr(torch, "inference_mode", spy)
+    e = EnergyDistribution(lambda x, y: 0.5 * (x * y).pow(2).sum(-1), var=["x"], cond_var=["y"])
+    p = Normal(var=["x"], loc=0.5, scale=2.0, features_shape=[2])
+    x, y = torch.tensor([[1.0, -2.0], [0.5, 3.0]]), torch.tensor([[2.0, 1.0], [3.0, -1.0]])
+    for mode in ("grad", "no_grad", "inference"):
+        with torch.enable_grad() if mode == "grad" else torch.no_grad() if mode == "no_grad" else real():
+            xm, ym = x.clone(), y.clone()
+            scores = [e.score({"x": xm, "y": ym}), score_of(e, y=ym)(xm), score_of(p)(xm)]
+        torch.testing.assert_close(scores[0].detach(), -x * y**2)
+        torch.testing.assert_close(scores[1], -x * y**2)
+        torch.testing.assert_close(scores[2], -(x - 0.5) / 4.0)
+        assert entered == ([False] * 3 if mode == "inference" else []), mode
+    with real():
+        made_inside = x.clone()  # an inference tensor, scored outside inference mode: still copied (`input_leaf`)
+    entered.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(e.score({"x": made_inside, "y": y}), -x * y**2)
+        torch.testing.assert_close(score_of(p)(made_inside), -(x - 0.5) / 4.0)
+    assert entered == []

@@ -12,6 +12,7 @@ Langevin dynamics (`kizuna.samplers`). Du & Mordatch 2019, arXiv:1903.08689.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,13 +25,20 @@ from kizuna.distributions.base import Distribution, Tensor, XDict
 def autograd_values(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` with every inference tensor (made inside ``torch.inference_mode()``) copied to a normal tensor, which
     autograd may save for backward (an energy ``x * y`` of a conditioning value ``y`` made there raised "Inference
-    tensors cannot be saved for backward"); call it under ``torch.inference_mode(False)``, as `input_leaf`."""
+    tensors cannot be saved for backward"); call it under `outside_inference_mode`, as `input_leaf`."""
     return {k: v.clone() if isinstance(v, Tensor) and v.is_inference() else v for k, v in values.items()}
+
+
+def outside_inference_mode() -> contextlib.AbstractContextManager[Any]:
+    """``torch.inference_mode(False)`` where inference mode is on, else nothing: where a score takes its input gradient
+    (`input_leaf`). Entering ``inference_mode(False)`` when it was off cost about 9 us a score (5% of an energy
+    score of a 64-256-1 network on 64 rows)."""
+    return torch.inference_mode(False) if torch.is_inference_mode_enabled() else contextlib.nullcontext()
 
 
 def input_leaf(x: Tensor) -> Tensor:
     """``x`` as a new leaf that requires grad, to take an input gradient (a score) in any grad mode. Call it, and the
-    gradient, under ``torch.inference_mode(False), torch.enable_grad()``: inside ``torch.inference_mode()`` a tensor
+    gradient, under ``outside_inference_mode(), torch.enable_grad()``: inside ``torch.inference_mode()`` a tensor
     made there is an inference tensor, whose ``requires_grad_`` autograd ignores (torch's "element 0 of tensors does
     not require grad"); it is copied to a normal tensor (others are detached, not copied), so that the gradient is
     the one taken under ``torch.no_grad()``."""
@@ -112,7 +120,7 @@ class EnergyDistribution(Distribution):
         x = x_dict[self._var[0]]
         self._check_shape(x)
         create = torch.is_grad_enabled()
-        with torch.inference_mode(False), torch.enable_grad():  # also inside torch.inference_mode() (`input_leaf`)
+        with outside_inference_mode(), torch.enable_grad():  # also inside torch.inference_mode() (`input_leaf`)
             x = input_leaf(x)
             e = self.get_energy({**autograd_values(x_dict), self._var[0]: x})
             # -dE/dx by a gradient output of -1 on the sum: no separate negation of the (batch, ...) gradient

@@ -133,9 +133,15 @@ class FlowMatching(Distribution):
         like = self._like()
         conditioning = {c: context[c] for c in self._cond_var}  # (what the network reads; other keys are not used)
         rows = context_of_draws(self.prob_text, conditioning, None)[1] if conditioning else None
+        # read once per number of rows (the context is this path's own copy), not at each of the network's calls (a
+        # conditional draw of a small network was 10% slower than an unconditional one)
+        by_rows: dict[int, dict[str, Any]] = {}
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
-            given = context_of_draws(self.prob_text, conditioning, x.shape[0], "n")[0] if conditioning else {}
+            n = x.shape[0]
+            given = by_rows.get(n)
+            if given is None:
+                given = by_rows[n] = context_of_draws(self.prob_text, conditioning, n, "n")[0] if conditioning else {}
             return self.velocity(x, t, given)
 
         return LinearPath(velocity, self.features_shape, self.sigma_min,

@@ -18,7 +18,7 @@ import torch
 
 from kizuna._data import check_count, check_positive, noise_levels
 from kizuna.distributions.base import Distribution, Tensor
-from kizuna.distributions.energy import autograd_values, input_leaf
+from kizuna.distributions.energy import autograd_values, input_leaf, outside_inference_mode
 
 
 def score_of(p: Distribution, var: str | None = None, **given: Tensor) -> Callable[[Tensor], Tensor]:
@@ -34,7 +34,7 @@ def score_of(p: Distribution, var: str | None = None, **given: Tensor) -> Callab
     name = var or p.var[0]
 
     def score(x: Tensor) -> Tensor:
-        with torch.inference_mode(False), torch.enable_grad():  # also inside torch.inference_mode() (`input_leaf`)
+        with outside_inference_mode(), torch.enable_grad():  # also inside torch.inference_mode() (`input_leaf`)
             x = input_leaf(x)
             lp = p.get_log_prob({**autograd_values(given), name: x})
             (g,) = torch.autograd.grad(lp.sum(), x)

@@ -138,15 +138,17 @@ def _noise(shape: Sequence[int], like: Tensor | None, generator: torch.Generator
     return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
 
 
-def _snapped(grid: list[float], points: Tensor) -> list[float]:
+def _snapped(grid: list[float], points: Tensor, floor: float) -> list[float]:
     """Each time of ``grid`` taken as the nearest of ``points`` (a path's trained steps or noise levels) where it is
-    that point up to float32 rounding (a relative 1e-6; the path's own times given back as a float32 tensor were
-    refused as no trained step or level), any other time as it is (`DiffusionPath.check_times`,
-    `ScorePath.check_times`)."""
+    that point up to ``1e-6 * max(floor, |point|)`` (float32 rounding, or six decimals below ``floor``; the path's own
+    times given back as a float32 tensor were refused as no trained step or level), any other time as it is.
+    `DiffusionPath.check_times` takes ``floor`` 1 (its rule since it snapped: an absolute 1e-6 below
+    :math:`s_t = 1`, so its times written with six decimals are its steps), `ScorePath.check_times` 0 (purely
+    relative: a floor would take its end 0.0 as a level below 1e-6)."""
     out = []
     for tau in grid:
         exact = float(points[int(torch.argmin((points - tau).abs()))])
-        out.append(exact if abs(exact - tau) <= 1e-6 * abs(exact) else tau)
+        out.append(exact if abs(exact - tau) <= 1e-6 * max(floor, abs(exact)) else tau)
     return out
 
 
@@ -210,22 +212,27 @@ class DiffusionPath(GaussianPath):
             draw, or one row for every draw (as `kizuna.distributions.DDPM.sample` reads it); the samplers' ``n``
             defaults to its rows (`n_draws`), and a value of another number of rows than the draws is a ValueError
             naming both (`kizuna.distributions.flow_matching.context_of_draws`; torch's error came from inside the
-            network).
+            network). The attribute ``context`` is read at each use: a context set after the path was built
+            (``path.context = {...}``, or one value of it replaced) conditions the later draws, and ``n_draws``
+            follows its rows (the context read once per number of draws while it holds the same values).
     """
 
     def __init__(self, reverse: Any, features_shape: Sequence[int], context: Mapping[str, Tensor] | None = None
                  ) -> None:
         self.reverse, self.context = reverse, dict(context or {})
         self.features_shape = check_shape("DiffusionPath: features_shape", features_shape)
-        self._who = f"DiffusionPath of {getattr(reverse, 'prob_text', type(reverse).__name__)}"
-        names = getattr(reverse, "context_var", None)  # the values the network reads (other keys are passed as given)
-        self._conditioning = {c: v for c, v in self.context.items() if names is None or c in names}
-        self._context_by_rows: dict[int, dict[str, Tensor]] = {}
-        if self._conditioning:  # (the values' rows checked against each other here)
-            self.n_draws = _context_of_draws(self._who, self._conditioning, None)[1]
+        who = f"DiffusionPath of {getattr(reverse, 'prob_text', type(reverse).__name__)}"
+        # the values the network reads (other keys are passed as given)
+        self._rows = _ContextRows(who, getattr(reverse, "context_var", None))
+        self._rows.draws(self.context)  # (the values' rows checked against each other here)
         ab = reverse.schedule.alpha_bar().detach().to(torch.float64)
         self.alpha_bar = ab  # index t = step t, alpha_bar[0] = 1
         self.sigmas = ((1 - ab) / ab).sqrt()  # s_t, increasing in t; s_0 = 0
+
+    @property
+    def n_draws(self) -> int | None:  # type: ignore[override]
+        """The rows of the context's conditioning values (`GaussianPath.n_draws`), of the context as it is now."""
+        return self._rows.draws(self.context or {})
 
     def prior_level(self) -> float:
         return float(self.sigmas[-1])
@@ -238,19 +245,14 @@ class DiffusionPath(GaussianPath):
     def check_times(self, times: Sequence[Any]) -> list[float]:
         """`GaussianPath.check_times`, each time then taken as the trained step's :math:`s_t` where it is that step's
         up to float32 rounding (`_snapped`; the path's own times given as a float32 tensor were refused as no trained
-        step)."""
-        return _snapped(super().check_times(times), self.sigmas)
+        step), or up to 1e-6 below :math:`s_t = 1` (the times written with six decimals, as a config or a printout
+        keeps them)."""
+        return _snapped(super().check_times(times), self.sigmas, 1.0)
 
     def context_for(self, x: Tensor) -> dict[str, Tensor]:
-        """The context with one row per row of ``x`` (class docstring)."""
-        if not self._conditioning:
-            return self.context
-        rows = x.shape[0]
-        out = self._context_by_rows.get(rows)  # (read once per number of rows: the context is fixed, its rows views)
-        if out is None:
-            out = self._context_by_rows[rows] = {
-                **self.context, **_context_of_draws(self._who, self._conditioning, rows)[0]}
-        return out
+        """The context (``self.context`` as it is now) with one row per row of ``x`` (class docstring)."""
+        context = self.context or {}
+        return self._rows(context, x.shape[0]) if context else context
 
     def step_of(self, s: float) -> int:
         """The integer step whose :math:`s_t` is ``s``."""
@@ -334,8 +336,8 @@ class ScorePath(GaussianPath):
     def check_times(self, times: Sequence[Any]) -> list[float]:
         """`GaussianPath.check_times`, each time then taken as the model's level where it is that level up to float32
         rounding (`_snapped`, as `DiffusionPath.check_times`; the path's own times given as a float32 tensor were
-        refused as not one of the levels)."""
-        return _snapped(super().check_times(times), torch.tensor(self.levels, dtype=torch.float64))
+        refused as not one of the levels). Relative only: the end 0.0 is never taken as a level, however small."""
+        return _snapped(super().check_times(times), torch.tensor(self.levels, dtype=torch.float64), 0.0)
 
     def coefficients(self, tau: float) -> tuple[float, float]:
         return 1.0, tau
@@ -430,9 +432,13 @@ class Guided(GaussianPath):
         self.features_shape = getattr(unconditional, "features_shape", None)
         self.clean_evaluable = conditional.clean_evaluable and unconditional.clean_evaluable
         self.start, self.end = unconditional.start, unconditional.end
-        # the draws a conditional context asks for (the conditional path's, as a rule)
-        rows = getattr(conditional, "n_draws", None)
-        self.n_draws = rows if rows is not None else getattr(unconditional, "n_draws", None)
+
+    @property
+    def n_draws(self) -> int | None:  # type: ignore[override]
+        """The draws a conditional context asks for: the conditional path's, as a rule (read now: a `DiffusionPath`'s
+        context may be set anew)."""
+        rows = getattr(self.cond, "n_draws", None)
+        return rows if rows is not None else getattr(self.uncond, "n_draws", None)
 
     def times(self, n_steps: int | None) -> list[float]:
         return self.uncond.times(n_steps)
@@ -480,6 +486,45 @@ def _context_of_draws(who: str, context: Mapping[str, Tensor], rows: int | None)
     from kizuna.distributions.flow_matching import context_of_draws  # (lazy: kizuna.distributions imports this module)
 
     return context_of_draws(who, context, rows, "n")
+
+
+class _ContextRows:
+    """A conditional path's context read for its draws (`_context_of_draws`: one row for every draw, or one per draw;
+    another number of rows a ValueError that names ``who``), once per number of rows while the context holds the same
+    values: `DiffusionPath` calls it at every network evaluation, with the context as it is then (a public attribute).
+
+    The values are compared by identity: a context set anew, or one of its values replaced, is read again (the last
+    reading per number of rows is kept); a value changed in place is seen, the reading holding views of it.
+
+    Args:
+        who: the path's text, for the messages.
+        names: the conditioning variables (the values the network reads); None: every value of the context.
+    """
+
+    def __init__(self, who: str, names: Sequence[str] | None = None) -> None:
+        self.who, self.names = who, None if names is None else list(names)
+        self._by_rows: dict[int, tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...]]] = {}
+
+    def conditioning(self, context: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of ``context`` that the network reads."""
+        return {c: v for c, v in context.items() if self.names is None or c in self.names}
+
+    def draws(self, context: Mapping[str, Any]) -> int | None:
+        """The number of draws ``context`` asks for (its conditioning values' rows); None without conditioning."""
+        conditioning = self.conditioning(context)
+        return _context_of_draws(self.who, conditioning, None)[1] if conditioning else None
+
+    def __call__(self, context: Mapping[str, Any], rows: int) -> dict[str, Any]:
+        """``context`` with its conditioning values as ``rows`` rows (the other values as they are)."""
+        key = (*context, *map(id, context.values()))  # (the names and the values' identities; ints compare fast)
+        last = self._by_rows.get(rows)
+        if last is not None and last[0] == key:
+            return last[1]
+        conditioning = self.conditioning(context)
+        out = {**context, **_context_of_draws(self.who, conditioning, rows)[0]} if conditioning else dict(context)
+        # (the values held with their ids: an id is not reused while its value is kept)
+        self._by_rows[rows] = (key, out, tuple(context.values()))
+        return out
 
 
 def guided(conditional: GaussianPath, unconditional: GaussianPath, scale: float) -> Guided:
