@@ -279,3 +279,15 @@ def test_return_hidden_paths_take_a_bare_number_of_draws():
                                                    "sample_with_hidden once per draw, or give batch_n")):
         mix.sample(batch_n=2, sample_shape=3, return_hidden=True)
     assert mix.sample(batch_n=2, sample_shape=[], return_hidden=True)["x"].shape == (2, 1)
+
+
+def test_a_mixture_given_its_own_variable_redraws_it_with_or_without_the_hidden_choice():
+    """With ``return_hidden=True`` the given ``x`` still sized the batch (4 rows); the plain path redraws one row."""
+    mix = MixtureModel([Normal(var=["x"], loc=torch.zeros(1) + 10 * i, scale=torch.ones(1)) for i in range(2)],
+                       Categorical(var=["h"], probs=torch.tensor([0.5, 0.5])))
+    given = torch.full((4, 1), 7.0)
+    plain = mix.sample({"x": given})
+    hidden = mix.sample({"x": given}, return_hidden=True)
+    assert plain["x"].shape == hidden["x"].shape == (1, 1) and hidden["h"].shape == (1, 2)
+    assert not torch.equal(hidden["x"], given[:1])
+    assert mix.sample({"x": given}, batch_n=3, return_hidden=True)["x"].shape == (3, 1)

@@ -314,3 +314,34 @@ def test_log_boosts_beyond_a_float_resample_and_refuse_the_exact_table():
     with pytest.raises(ValueError, match=r"^test boost: the log boost of the word 'a' must be a number < inf "
                                          r"\(-inf: boost 0\), got nan$"):
         LogBoost(lambda w: float("nan"), "test boost").log("a")
+
+
+def test_a_ctrl_c_during_the_rollback_waits_for_it_to_finish():
+    """A second Ctrl-C (SIGINT) while a failed step is taken back stopped the rollback half-way: the model lost the
+    customers not yet re-seated and the next sweep failed. The signal is now raised once the rollback is done."""
+    import os
+    import signal
+
+    rng = np.random.default_rng(0)
+    model, utterances, segs = _small(rng)
+    before = [list(w) for w in segs]
+    original_add, calls = model.words.add, [0]
+
+    def failing_draw(*args, **kwargs):
+        raise RuntimeError("the draw failed")
+
+    def add(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # inside the rollback: re-seating the removed sentence
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_add(*args, **kwargs)
+
+    model.sample, model.words.add = failing_draw, add
+    with pytest.raises(KeyboardInterrupt):
+        gibbs_sweep(model, utterances, segs, np.random.default_rng(5))
+    del model.sample
+    model.words.add = original_add
+    assert calls[0] >= 3 and segs == before
+    _assert_seated(model, segs)
+    gibbs_sweep(model, utterances, segs, rng)  # (it failed: "not a sentence of the model")
+    _assert_seated(model, segs)

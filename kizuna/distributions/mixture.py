@@ -354,8 +354,8 @@ class MixtureModel(Distribution):
         if as_sample_shape(self.prob_text, sample_shape):
             raise ValueError(f"{self.prob_text}: return_hidden takes no sample_shape; draw with sample_with_hidden "
                              "once per draw, or give batch_n")
-        given = dict(x_dict or {})
-        out = self.sample_with_hidden(given, batch_n)
+        given = dict(x_dict or {})  # its own given variables are redrawn, not sizing the batch (`Distribution.sample`)
+        out = self.sample_with_hidden({k: v for k, v in given.items() if k not in self._var}, batch_n)
         return {**given, **out} if return_all else out
 
     def sample_with_hidden(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None) -> XDict:

@@ -41,6 +41,8 @@ word_segmentation.py`, 2026-12-06; docs/robotics.md).
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,9 +77,31 @@ def all_or_nothing() -> Iterator[Undo]:
     try:
         yield undo
     except BaseException:
-        while undo:
-            undo.pop()()
+        with _interrupts_deferred():  # (a second Ctrl-C stopped the rollback half-way: the model lost customers)
+            while undo:
+                undo.pop()()
         raise
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """A block that Ctrl-C does not stop: a SIGINT that arrives in it is raised as a KeyboardInterrupt when it ends
+    (in the main thread, where Python handles signals; elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[object] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except (ValueError, TypeError):  # (no signal handling here: an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def in_steps(items: Sequence[tuple], change: Callable[..., None], inverse: Callable[..., None],

@@ -95,8 +95,8 @@ class SpatialConcept(ClassModule):
             raise ValueError(f"SpatialConcept {self.name}: min_share is a share of the events, in [0, 1), got "
                              f"{min_share}")
         if not anneal >= 1 or anneal == float("inf"):  # 0 divided by zero, negative values gave negative temperatures
-            raise ValueError(f"SpatialConcept {self.name}: anneal is the first sweep's temperature, falling to 1: a "
-                             f"finite number >= 1, got {anneal}")
+            raise ValueError(f"SpatialConcept {self.name}: anneal is the first sweep's temperature, falling to 1 "
+                             f"(with one sweep: none): a finite number >= 1, got {anneal}")
         self.split_merge, self.launch_scans = split_merge, launch_scans
         self.alpha, self.gamma, self.beta, self.sweeps, self.n_init = alpha, gamma, beta, sweeps, n_init
         self.min_share, self.anneal = min_share, anneal

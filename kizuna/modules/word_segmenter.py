@@ -112,9 +112,10 @@ class WordSegmenter(Module):
         init_length: ``None`` (default): Mochihashi et al.'s start, the first sweep segments the utterances one
             by one into an empty model; an integer: start from words of random lengths 1..``init_length``.
         length_correction: NPYLM's Poisson correction of word lengths (`kizuna.modules.npylm_length`).
-        anneal: starting temperature of ``fit`` and of the first update (`kizuna.modules.npylm.temperatures`);
-            1 (default): none. On Brent, annealing from the sequential start over-segments (docs/robotics.md).
-            A value below 1 starts colder than the posterior (it sharpens the first sweeps), which is not annealing.
+        anneal: starting temperature of ``fit`` and of the first update (`kizuna.modules.npylm.temperatures`;
+            the last sweep runs at 1, so with ``n_iter=1`` there is no annealing); 1 (default): none. On Brent,
+            annealing from the sequential start over-segments (docs/robotics.md). A value below 1 starts colder
+            than the posterior (it sharpens the first sweeps), which is not annealing.
         type_moves: name moves (`kizuna.modules.npylm_types`, type-level Metropolis-Hastings: split every token of a
             type in two, or merge every adjacent pair of types, at once) after every sweep of every chain; 0
             (default): none. Under the slot model (concepts received) their acceptance uses the slot model's
