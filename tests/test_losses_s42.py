@@ -190,6 +190,19 @@ def test_per_row_constant_in_expectation_matches_parameter_over_draws(reduced):
     torch.testing.assert_close(value, ref.mean() if reduced else ref)
 
 
+def test_per_row_table_built_of_constants_and_parameters_is_repeated_for_the_draws():
+    """``Parameter("beta") * w * LogProb(p)``: the per-row table ``beta * w`` is not a bare constant; the first fix
+    repeated only a bare one, so this order was refused where ``LogProb(p) * Parameter("beta") * w`` worked."""
+    q, p = _model()
+    x, w, beta = torch.randn(4), torch.arange(1.0, 5.0), torch.tensor(0.5)
+    values = {"x": x, "beta": beta}
+    by_dict = _same_seed(Expectation(q, LogProb(p) * Parameter("beta") * Parameter("w"), sample_shape=(3,)),
+                         {**values, "w": w})
+    for sign, f in ((1.0, Parameter("beta") * w * LogProb(p)), (-1.0, -(w * Parameter("beta")) * LogProb(p))):
+        table_first = _same_seed(Expectation(q, f, sample_shape=(3,)), values)
+        torch.testing.assert_close(table_first, sign * by_dict, rtol=0, atol=0)
+
+
 def test_per_row_constant_gradient_in_reinforce_and_nested_expectation():
     q, p = _model()
     x = torch.randn(4)

@@ -345,3 +345,31 @@ def test_a_ctrl_c_during_the_rollback_waits_for_it_to_finish():
     _assert_seated(model, segs)
     gibbs_sweep(model, utterances, segs, rng)  # (it failed: "not a sentence of the model")
     _assert_seated(model, segs)
+
+
+@pytest.mark.parametrize("handler", ["custom", "ignored"])
+def test_a_ctrl_c_during_the_rollback_goes_to_the_callers_handler(handler):
+    """The rollback defers Ctrl-C to the handler that was in place: a handler of the caller's (a "stop cleanly" flag)
+    is called and the original error comes through; an ignored SIGINT stays ignored. (The first deferral raised a
+    KeyboardInterrupt in both cases.)"""
+    import os
+    import signal
+
+    calls, done = [], []
+    previous = signal.signal(signal.SIGINT, (lambda signum, frame: calls.append(signum)) if handler == "custom"
+                             else signal.SIG_IGN)
+    try:
+        mine = signal.getsignal(signal.SIGINT)
+
+        def undo_step():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("undone")
+
+        with pytest.raises(ValueError, match="the step failed"):
+            with npylm.all_or_nothing() as undo:
+                undo.append(undo_step)
+                raise ValueError("the step failed")
+        assert done == ["undone"] and signal.getsignal(signal.SIGINT) is mine
+        assert calls == ([signal.SIGINT] if handler == "custom" else [])
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -584,19 +584,30 @@ def _number(loss: Loss, ctx: EvalContext) -> float:
     return number
 
 
+def _of_constants(loss: Loss) -> bool:
+    """Whether ``loss`` is built of constants and `Parameter` values only (``w``, ``Parameter("beta") * w``, ``-w``):
+    a per-row table of them (`_laid_out_for_draws`), not a term evaluated on the draws."""
+    if type(loss) in (ValueLoss, Parameter):
+        return True
+    if type(loss) is NegLoss:
+        return _of_constants(loss.loss1)
+    return isinstance(loss, _Binary) and _of_constants(loss.loss1) and _of_constants(loss.loss2)
+
+
 def _laid_out_for_draws(ctx: EvalContext, loss1: Loss, loss2: Loss, a: Any, b: Any) -> tuple[Tensor, Tensor] | None:
     """Operands that did not combine, inside an expectation over several draws per row (``ctx.copies`` > 1): a tensor
-    constant (`ValueLoss`) of the batch's leading size (``ctx.rows / ctx.copies``) against the draws' ``ctx.rows``
-    rows is one value per row, repeated for the draws (sample-major, as the dict's values are); None otherwise. Only
-    here, where the operands fail to broadcast as given, so that a constant that broadcast (a ``(D,)`` per-feature
-    weight with ``D`` the batch size) keeps its meaning."""
+    constant (a `ValueLoss`, or one built of constants and parameters, `_of_constants`) of the batch's leading size
+    (``ctx.rows / ctx.copies``) against the draws' ``ctx.rows`` rows is one value per row, repeated for the draws
+    (sample-major, as the dict's values are); None otherwise. Only here, where the operands fail to broadcast as
+    given, so that a constant that broadcast (a ``(D,)`` per-feature weight with ``D`` the batch size) keeps its
+    meaning."""
     copies, rows = ctx.copies, ctx.rows
     if copies <= 1 or rows is None or rows % copies:
         return None
     pair = [a, b]
     for i, (loss, other) in enumerate(((loss1, b), (loss2, a))):
         value = pair[i]
-        if (type(loss) is ValueLoss and isinstance(value, Tensor) and value.dim() and value.shape[0] * copies == rows
+        if (_of_constants(loss) and isinstance(value, Tensor) and value.dim() and value.shape[0] * copies == rows
                 and isinstance(other, Tensor) and other.dim() and other.shape[0] == rows):
             pair[i] = value.repeat(copies, *[1] * (value.dim() - 1))
             return pair[0], pair[1]

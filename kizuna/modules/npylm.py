@@ -85,8 +85,9 @@ def all_or_nothing() -> Iterator[Undo]:
 
 @contextmanager
 def _interrupts_deferred() -> Iterator[None]:
-    """A block that Ctrl-C does not stop: a SIGINT that arrives in it is raised as a KeyboardInterrupt when it ends
-    (in the main thread, where Python handles signals; elsewhere the block runs as it is)."""
+    """A block that Ctrl-C does not stop: a SIGINT that arrives in it is handed, when it ends, to the handler that was
+    in place (Python's default raises a KeyboardInterrupt; a handler of the caller's is called; an ignored signal stays
+    ignored). In the main thread, where Python handles signals; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -100,8 +101,11 @@ def _interrupts_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
+    if received and previous is not signal.SIG_IGN:
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signal.SIGINT, None)
+        else:
+            raise KeyboardInterrupt
 
 
 def in_steps(items: Sequence[tuple], change: Callable[..., None], inverse: Callable[..., None],
