@@ -337,8 +337,13 @@ def test_a_ctrl_c_during_the_rollback_waits_for_it_to_finish():
         return original_add(*args, **kwargs)
 
     model.sample, model.words.add = failing_draw, add
-    with pytest.raises(KeyboardInterrupt):
-        gibbs_sweep(model, utterances, segs, np.random.default_rng(5))
+    # Python's own handler (a test run in the background of a shell without job control starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gibbs_sweep(model, utterances, segs, np.random.default_rng(5))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     del model.sample
     model.words.add = original_add
     assert calls[0] >= 3 and segs == before
