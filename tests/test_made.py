@@ -200,3 +200,12 @@ def test_a_two_dimensional_order_is_refused():
     with pytest.raises(ValueError, match=r"order must be one permutation of 0..3 \(1-D\), got shape \(2, 2\)"):
         MADE(4, [8], order=[[1, 0], [3, 2]])
     assert MADE(4, [8], order=[1, 0, 3, 2]).order.tolist() == [1, 0, 3, 2]
+
+
+def test_an_empty_batch_with_a_context_is_scored() -> None:
+    # (the context was flattened with reshape(0, -1), which torch cannot size for zero rows)
+    p = MADEBernoulli(3, [8], cond_var=["c"], context_features=2).double()
+    logp = p.get_log_prob({"x": torch.zeros(0, 3, dtype=F64), "c": torch.zeros(0, 2, dtype=F64)})
+    assert logp.shape == (0,)
+    net = MADE(3, [8], 2, context_features=2)
+    assert net(torch.zeros(0, 3), torch.zeros(0, 2)).shape == (0, 2, 3)

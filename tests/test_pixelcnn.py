@@ -151,3 +151,9 @@ def test_kernels_that_see_something_are_taken_and_channels_are_checked() -> None
     assert torch.equal(MaskedConv2d(1, 1, 1, "B").mask, torch.ones(1, 1, 1, 1))
     with pytest.raises(ValueError, match=r"PixelCNN: x has 2 channels but the network was built with in_channels=1"):
         net(torch.zeros(1, 2, 3, 3))  # before: torch's conv error
+
+
+def test_an_empty_batch_with_a_context_is_scored() -> None:
+    # (the context was flattened with reshape(0, -1), which torch cannot size for zero rows)
+    net = PixelCNN(1, 8, 2, context_features=3)
+    assert net(torch.zeros(0, 1, 4, 4), torch.zeros(0, 3)).shape == (0, 1, 4, 4)

@@ -122,6 +122,6 @@ class MADE(nn.Module):
         for i, layer in enumerate(self.hidden):
             h = layer(h)
             if i == 0 and self.context is not None:
-                h = h + self.context(context.reshape(context.shape[0], -1))
+                h = h + self.context(context.reshape(context.shape[0], self.context_features))
             h = self.activation(h)
         return self.output(h).reshape(x.shape[0], self.n_params, self.in_features)

@@ -110,7 +110,7 @@ class PixelCNN(nn.Module):
         check_context("PixelCNN", context, self.context_features, x.shape[0], broadcast=True)
         h = self.conv_in(x)
         if self.context is not None:
-            h = h + self.context(context.reshape(context.shape[0], -1))[:, :, None, None]
+            h = h + self.context(context.reshape(context.shape[0], self.context_features))[:, :, None, None]
         for layer in self.layers:
             h = h + layer(F.relu(h))
         return self.head(h)
