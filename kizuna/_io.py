@@ -6,7 +6,9 @@ target and fsyncs the directory, so a kill at any moment leaves either the previ
 or the new one, never a mix. A symbolic link at the target stays a link (the file it points to is
 the one replaced) and the replaced file keeps its permission bits. `load` (`decode`) verifies the
 checksum before unpickling with ``weights_only=True``: a flipped byte, a truncated file or a pickle
-that tries to run code is a ``ValueError`` naming the file, and nothing runs.
+that tries to run code is a ``ValueError`` naming the file, and nothing runs. `saved_as` tells which of kizuna's
+saves (Model.save, save_module, Graph.save) wrote a path, so that a loader given another save's file names the
+loader that reads it instead of calling it damaged.
 """
 
 from __future__ import annotations
@@ -22,12 +24,51 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-MAGIC = b"KIZUNA-SHA256 "
+MAGIC = b"KIZUNA-SHA256 "  # the header of `save`'s files: Model.save checkpoints
+# kizuna.modules' files (`kizuna.modules.persistence`): the header of save_module's files and of a saved graph's module
+# files, the file that makes a directory a saved graph (Graph.save), and the names of its module files
+MODULE_MAGIC = b"kizuna.modules/2 sha256:"
+GRAPH_MANIFEST = "manifest.json"
+GRAPH_MODULE_FILE = re.compile(r"module\d{3,}-[0-9a-f]{16}\.pt")
+
+
+class SavedAs(NamedTuple):
+    """What one of kizuna's saves wrote at a path (`saved_as`), in words for the error of a loader given it."""
+
+    kind: str  # "checkpoint" (Model.save), "module" (save_module), "graph" (Graph.save: its directory or a file in it)
+    what: str  # e.g. "a Model.save checkpoint"
+    reader: str  # what reads it, e.g. "read it with Model.load"
+
+
+def saved_as(path: str | os.PathLike[str]) -> SavedAs | None:
+    """Which of kizuna's saves wrote ``path``, told by its header (a file) or its manifest (a directory), and what
+    reads it; None for anything else (a foreign file, one cut inside its header, a missing path). A loader given
+    another save's file names the right loader with it instead of calling the file truncated or damaged; only the
+    header is read: whether the rest is whole is the right loader's check."""
+    path = Path(path)
+    graph = path if path.is_dir() else path.parent
+    if (graph / GRAPH_MANIFEST).is_file() and (path == graph or path.name == GRAPH_MANIFEST
+                                               or GRAPH_MODULE_FILE.fullmatch(path.name)):
+        what = "a saved graph directory" if path == graph else (
+            f"the manifest of the saved graph directory {graph}" if path.name == GRAPH_MANIFEST else
+            f"a module file of the saved graph directory {graph}")
+        return SavedAs("graph", what, "Graph.load reads it" if path == graph else "Graph.load reads that directory")
+    try:
+        with path.open("rb") as file:
+            head = file.read(max(len(MAGIC), len(MODULE_MAGIC)))
+    except OSError:  # missing, a directory, unreadable: the loader's own error says so
+        return None
+    if head.startswith(MAGIC):
+        return SavedAs("checkpoint", "a Model.save checkpoint", "read it with Model.load")
+    if head.startswith(MODULE_MAGIC):
+        return SavedAs("module", "a kizuna.modules.save_module file",
+                       "read it with kizuna.modules.load_module(module, path)")
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -127,13 +127,18 @@ def save(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint onto the CPU, checking its checksum and without unpickling code; a clear
-    error naming the file for damaged or foreign files."""
+    error naming the file for damaged or foreign files, and naming the loader of another kizuna save's
+    (`kizuna._io.saved_as`: a save_module file, a saved graph)."""
     if Path(path).is_dir():
-        raise IsADirectoryError(f"{path} is a directory, not a checkpoint file; give the file Model.save wrote")
+        kind = _io.saved_as(path)
+        raise IsADirectoryError(f"{path} is a directory, not a checkpoint file; give the file Model.save wrote"
+                                + ("" if kind is None else f"; it is {kind.what}: {kind.reader}"))
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint file {path}")
     data = Path(path).read_bytes()
     if not data.startswith(_io.MAGIC):
+        if (kind := _io.saved_as(path)) is not None:
+            raise ValueError(f"{path} is {kind.what}, not a Model.save checkpoint; {kind.reader}")
         hint = _torch_file_hint(path)
         raise ValueError(f"{path} is not a kizuna checkpoint (no kizuna header: a truncated file, or one written "
                          f"by torch.save or another program); Model.save writes one{'. ' + hint if hint else ''}")

@@ -41,19 +41,29 @@ from typing import Any
 
 import torch
 
-from kizuna._io import STALE_SECONDS, remove_stale, safe_payload, write_atomic
+from kizuna._io import (
+    GRAPH_MANIFEST,
+    GRAPH_MODULE_FILE,
+    MODULE_MAGIC,
+    STALE_SECONDS,
+    remove_stale,
+    safe_payload,
+    saved_as,
+    write_atomic,
+)
 from kizuna.modules.base import GraphError, Module, Observation
 
 FORMAT = "kizuna.modules/2"
-MAGIC = b"kizuna.modules/2 sha256:"
-MANIFEST = "manifest.json"
+MAGIC = MODULE_MAGIC  # (kept in `kizuna._io` with Model.save's header: each loader names the other's files)
+MANIFEST = GRAPH_MANIFEST
 LOCK = ".kizuna-save.lock"  # the advisory lock that serialises saves into one directory (kept, empty)
-MODULE_FILE = re.compile(r"module\d{3,}-[0-9a-f]{16}\.pt")  # save_graph's content-named module files
+MODULE_FILE = GRAPH_MODULE_FILE  # save_graph's content-named module files
 OWN_TEMPORARY = re.compile(rf"\.({MODULE_FILE.pattern}|{re.escape(MANIFEST)})\..+\.tmp")
 
 
 class CorruptSaveError(ValueError):
-    """A saved file is missing, truncated, altered, from another save, or not safe to load."""
+    """A saved file is missing, truncated, altered, from another save, or not safe to load; or `load_module` was given
+    another kind of kizuna file (a Model.save checkpoint: the message names its loader)."""
 
 
 def _qualified(cls: type) -> str:
@@ -239,6 +249,11 @@ def _save_graph_locked(graph: Any, d: Path) -> Path:
 def read_manifest(directory: Path) -> dict[str, Any]:
     """The verified body of ``directory``'s manifest."""
     path = directory / MANIFEST
+    if directory.is_file():
+        other = saved_as(directory)
+        raise FileNotFoundError(f"no saved kizuna graph at {directory}: it is a file, not a saved graph directory "
+                                "(Graph.save writes a directory)" + (f"; it is {other.what}: {other.reader}"
+                                                                     if other is not None else ""))
     if not path.is_file():
         raise FileNotFoundError(f"no saved kizuna graph at {directory} (missing {MANIFEST})")
     try:
@@ -307,6 +322,15 @@ def save_module(module: Module, path: str | Path) -> Path:
     return p
 
 
+def _another_save(path: Path) -> str | None:
+    """The error for `load_module` given another kizuna save's file (`kizuna._io.saved_as`): what it is and what reads
+    it, instead of calling it truncated (None for any other file: a save_module file, a foreign or damaged one)."""
+    other = saved_as(path)
+    if other is None or other.kind == "module":
+        return None
+    return f"{path} is {other.what}, not a kizuna.modules.save_module file; {other.reader}"
+
+
 def load_module(module: Module, path: str | Path) -> Module:
     """Load a state written by `save_module` into ``module``, which must have the saved class (or a subclass),
     config, name and children: connect children of the same names, in the same order, before loading (a
@@ -318,9 +342,12 @@ def load_module(module: Module, path: str | Path) -> Module:
                                 "graph's folder is read by Graph.load)")
     if not p.is_file():
         raise FileNotFoundError(f"no saved kizuna module at {p}")
-    blob = unpack(p.read_bytes(), p, _device([module, *module.children]))
+    data = p.read_bytes()
+    if not data.startswith(MAGIC) and (wrong := _another_save(p)) is not None:  # (a CorruptSaveError, as it was)
+        raise CorruptSaveError(wrong)
+    blob = unpack(data, p, _device([module, *module.children]))
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "manifest" not in blob or "state" not in blob:
-        raise GraphError(f"{p}: not a saved kizuna module")
+        raise GraphError(_another_save(p) or f"{p}: not a saved kizuna module")
     diffs = _differences([json.loads(blob["manifest"])], [module], "the module")
     if diffs:
         raise GraphError(f"{p} holds a different module:\n  " + "\n  ".join(diffs))
