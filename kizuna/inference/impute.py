@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 
-from kizuna._data import check_count
-from kizuna.distributions.base import Distribution, repeat_batch
+from kizuna._data import check_count, one_number
+from kizuna.distributions.base import Distribution, flat_rows, repeat_batch
 from kizuna.distributions.joint import JointDistribution
 from kizuna.inference._checks import (
     batch_rows,
@@ -54,6 +54,7 @@ from kizuna.inference._checks import (
 from kizuna.inference.masked import (
     decoder_of,
     masked_log_joint,
+    masked_log_prob,
     placeholder,
     raise_for_autoregressive,
     raise_for_observed,
@@ -107,9 +108,13 @@ def _prepare(p_joint: Distribution, q: Distribution, x_dict: Mapping[str, Any], 
     return var, decoder, others, filled, mask
 
 
-def _check_samples(n_samples: Any, who: str) -> None:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+def _check_samples(n_samples: Any, who: str) -> int:
+    """``n_samples`` as a Python int: any integer >= 1, taken as `check_count` takes ``k`` (a numpy one or a 0-d integer
+    tensor too: they were refused as "must be a positive integer, got np.int64(5)")."""
+    value = one_number(n_samples, arrays=False)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{who}: n_samples (completed rows per row) must be a positive integer, got {n_samples!r}")
+    return int(value)
 
 
 def _rows(values: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
@@ -174,7 +179,7 @@ def impute_importance(
         torch.Size([10, 1, 2])
     """
     who = "impute_importance"
-    _check_samples(n_samples, who)
+    n_samples = _check_samples(n_samples, who)
     for name, value in (("k", k), ("batch_size", batch_size), ("k_chunk", k_chunk)):
         check_count(f"{who}: {name}", value, 1)  # 0, -1 and 2.5 failed inside range() or torch.cat
     if isinstance(defensive, bool) or not isinstance(defensive, numbers.Real) or not 0.0 <= defensive <= 1.0:
@@ -365,7 +370,7 @@ def impute_gibbs(
     ``mean`` averages :math:`\\mathbb E[x_{mis}|z]` over the chains' final :math:`z`.
     """
     who = "impute_gibbs"
-    _check_samples(n_samples, who)
+    n_samples = _check_samples(n_samples, who)
     check_count(f"{who}: n_iter", n_iter, 1)  # 2.5 failed inside range()
     var, decoder, others, filled, mask = _prepare(p_joint, q, x_dict, mask, var, init, who)
     given = {n: repeat_batch(v, n_samples) for n, v in others.items()}
@@ -381,11 +386,7 @@ def impute_gibbs(
             mean = decoder.sample_mean(cond)
             if sweep == 0:
                 _check_drawn_shape(decoder, mean, x0, n_samples, "a mean")
-                # the observed values in the decoder's support (checked in its own words, as impute_importance does;
-                # the sweeps never score a density, and took an observed 2 under a Bernoulli)
-                filler = None if bool(m.all()) else placeholder(decoder, cond, x0, mean)
-                raise_for_observed(decoder, {**cond, var: x0 if filler is None else torch.where(m, x0, filler)}, var,
-                                   filler)
+                _check_decoder(decoder, {**cond, var: x0}, m, mean, who)
             new = decoder.sample(cond, return_all=False)[var] if draw else mean
             if sweep == 0 and draw:
                 _check_drawn_shape(decoder, new, x0, n_samples, "draws")
@@ -393,6 +394,23 @@ def impute_gibbs(
     shape = (n_samples, *filled.shape)
     post_mean = torch.where(mask, filled, mean.reshape(shape).mean(0))
     return Imputation(state.reshape(shape), post_mean)
+
+
+def _check_decoder(decoder: Distribution, values: dict[str, Any], mask: Tensor, mean: Tensor, who: str) -> None:
+    r"""The first sweep's checks of the decoder against the chains' rows ``values[var]`` (the sweeps never score a
+    density): the observed values in its support, in its own words (an observed 2 under a Bernoulli was imputed), and,
+    where a row is partly observed, a decoder that factorises over entries, as `impute_importance` requires (the
+    sweeps refill :math:`x_{mis}` from :math:`p(x_{mis}|z)`, which is :math:`p(x_{mis}|x_{obs}, z)` only then: a
+    full-covariance Normal, a one-hot Categorical or a Multinomial gave wrong conditionals and rows outside the
+    support without a word). Rows observed or missing in full need no factorisation: a missing row is drawn whole."""
+    var = decoder.var[0]
+    rows = flat_rows(mask)
+    if bool((rows.all(1) | ~rows.any(1)).all()):
+        filler = None if bool(mask.all()) else placeholder(decoder, values, values[var], mean)
+        x = values[var] if filler is None else torch.where(mask, values[var], filler)
+        raise_for_observed(decoder, {**values, var: x}, var, filler)
+    else:
+        masked_log_prob(decoder, values, mask, who, fill=mean)  # (the value is not needed, only its checks)
 
 
 def _check_drawn_shape(decoder: Distribution, got: Tensor, x: Tensor, n_samples: int, what: str) -> None:

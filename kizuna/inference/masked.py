@@ -82,8 +82,8 @@ def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tens
     try:
         per_entry = decoder.get_log_prob(values, sum_features=False)
     except (ValueError, NotImplementedError) as err:
-        raise_for_observed(decoder, values, var, filler)  # (before, with entries missing, every error was called a
-        # decoder that does not factorise)
+        raise_for_observed(decoder, values, var, filler, who)  # (before, with entries missing, every error was called
+        # a decoder that does not factorise)
         raise ValueError(_not_factorised(decoder, who, str(err))) from err
     if per_entry.shape != x.shape:
         shapes = f"its per-entry log-density has shape {tuple(per_entry.shape)}, {var} has {tuple(x.shape)}"
@@ -92,21 +92,32 @@ def masked_log_prob(decoder: Distribution, values: Mapping[str, Any], mask: Tens
     return flat_rows(per_entry).sum(1)  # (one value per row for scalar data, (N,): flatten(1) raised)
 
 
-def raise_for_observed(decoder: Distribution, values: Mapping[str, Any], var: str, filler: Tensor | None) -> None:
+def raise_for_observed(decoder: Distribution, values: Mapping[str, Any], var: str, filler: Tensor | None,
+                       who: str | None = None) -> None:
     """The decoder's own error (a 2 under a Bernoulli) where the observed values of ``var`` fall outside its support:
     ``values`` holds them with the missing entries at ``filler`` (`placeholder`; None: none missing). Nothing where
     the values score, or where the placeholder alone does not (outside a support of whole rows, such as zeros under a
-    one-hot decoder: the decoder's matter, not the data's), or where the decoder has no density to check."""
+    one-hot decoder: the decoder's matter, not the data's), or where the decoder has no density to check.
+
+    ``who`` given (the entries of a row are scored apart, as `masked_log_prob` does): a decoder whose per-entry
+    log-density at the placeholder alone lacks the shape of ``var`` is named as one that does not factorise, in
+    ``who``'s words, before the data is blamed (a Dirichlet's mean lies on the simplex, but the observed entries of a
+    simplex row beside it do not, and valid data was called outside the support). ``who`` None: the rows are scored
+    whole (`impute_gibbs` with every row observed or missing in full), so the placeholder fills whole rows."""
     try:
         decoder.get_log_prob(values)
     except NotImplementedError:
         return
-    except ValueError:
+    except ValueError as err:
         if filler is not None:
             try:
-                decoder.get_log_prob({**values, var: filler})
+                at_filler = decoder.get_log_prob({**values, var: filler}, sum_features=False)
             except (ValueError, NotImplementedError):
                 return
+            if who is not None and at_filler.shape != filler.shape:
+                shapes = (f"its per-entry log-density has shape {tuple(at_filler.shape)}, {var} has "
+                          f"{tuple(filler.shape)}")
+                raise ValueError(_not_factorised(decoder, who, shapes)) from err
         raise
 
 

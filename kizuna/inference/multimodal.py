@@ -28,6 +28,9 @@ import numpy as np
 import torch
 
 from kizuna.distributions.base import Distribution
+from kizuna.distributions.moe import MixtureOfNormal
+from kizuna.distributions.poe import ProductOfNormal
+from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.inference._checks import batch_rows, on_models, own_draws, require
 
 Tensor = torch.Tensor
@@ -53,8 +56,9 @@ def select_encoder(encoders: Encoders, given: Iterable[str]) -> Distribution:
     """The encoder for exactly the modalities ``given``.
 
     An encoder whose ``cond_var`` equals ``given`` comes first; otherwise one whose inputs are
-    optional (a product or mixture of experts) and cover ``given``. Anything else is an error
-    listing what the encoders take.
+    optional (a product or mixture of experts) and cover ``given``, where every modality given feeds
+    an expert whose inputs are all given (an expert q(z|x,y) given x alone is left out, and x would
+    be ignored). Anything else is an error listing what the encoders take.
 
     >>> from kizuna.distributions import Normal, ProductOfNormal
     >>> qx = Normal(var=["z"], cond_var=["x"], loc="x", scale=1.0, name="q")
@@ -68,15 +72,58 @@ def select_encoder(encoders: Encoders, given: Iterable[str]) -> Distribution:
     for e in found:
         if set(e.cond_var) == given:
             return e
+    unusable = []  # why an encoder of optional inputs covering ``given`` cannot use it
     for e in found:
         if not e.input_var and given <= set(e.cond_var) and given:
-            return e
+            reason = _unused_by_experts(e, given)
+            if reason is None:
+                return e
+            unusable.append(reason)
     latent = ", ".join(found[0].var)
+    advice = (f"{'; '.join(unusable)}: give its other inputs too, or add an encoder or expert for this subset"
+              if unusable else
+              "add one for this subset, or use a ProductOfNormal / MixtureOfNormal of experts, which takes any subset")
     raise ValueError(
         f"no encoder infers {latent} from exactly {', '.join(sorted(given)) or 'nothing'}; the encoders are "
-        f"{', '.join(e.prob_text for e in found)} (add one for this subset, or use a ProductOfNormal / "
-        "MixtureOfNormal of experts, which takes any subset)"
+        f"{', '.join(e.prob_text for e in found)} ({advice})"
     )
+
+
+def _expert_inputs(encoder: Distribution) -> list[list[str]] | None:
+    """The inputs of each expert of a `ProductOfNormal` / `MixtureOfNormal` (renamed or not), in ``encoder``'s names;
+    None for any other encoder."""
+    renames = []
+    base = encoder
+    while isinstance(base, ReplaceVarDistribution):
+        renames.append(base._rename)
+        base = base.p
+    if not isinstance(base, (ProductOfNormal, MixtureOfNormal)):
+        return None
+    inputs = []
+    for expert in base.p:
+        names = list(expert.cond_var)
+        for rename in reversed(renames):  # the innermost renaming first
+            names = [rename.get(n, n) for n in names]
+        inputs.append(names)
+    return inputs
+
+
+def _unused_by_experts(encoder: Distribution, given: set[str]) -> str | None:
+    """None where each modality of ``given`` feeds an expert of ``encoder`` whose inputs are all given (an expert
+    lacking an input is left out); otherwise why not. An expert q(z|x,y) given x alone was skipped and x ignored
+    without a word (with no other expert present, the prior came back, one row for N)."""
+    experts = _expert_inputs(encoder)
+    if experts is None:
+        return None
+    runs = [set(inputs) for inputs in experts if set(inputs) <= given]
+    unused = [m for m in sorted(given) if not any(m in inputs for inputs in runs)]
+    if not unused:
+        return None
+
+    def missing(m: str) -> str:  # the inputs each expert over m lacks
+        return " or ".join(", ".join(n for n in inputs if n not in given) for inputs in experts if m in inputs)
+
+    return f"no expert of {encoder.prob_text} can use {'; '.join(f'{m} without {missing(m)}' for m in unused)}"
 
 
 def _given(encoders: Encoders, x_dict: Mapping[str, Any], who: str) -> tuple[Distribution, dict[str, Tensor]]:
