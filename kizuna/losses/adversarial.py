@@ -28,7 +28,9 @@ before the step; ``loss.loss_test(x_dict)`` evaluates it without gradients; and
 
 ``loss.eval(x_dict, omit_term_of=p)`` (or ``q``) leaves that distribution's expectation out of the generator's value:
 a term with no gradient for the generator (the data's, with the discriminator frozen) need not be computed in its
-step. `kizuna.models.GAN` does this with ``data_term=False``, as a careful hand-written GAN does.
+step. `kizuna.models.GAN` does this with ``data_term=False``, as a careful hand-written GAN does. The gradients are the
+same; the discriminator's forward on the left-out side is not run, so a discriminator with batch normalisation in
+training mode does not update its running statistics there (its evaluation-mode outputs then differ).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 
 from kizuna._text import LATEX, format_name, symbol
 from kizuna.distributions.base import Distribution, _with_values, batch_size_of, flat_rows
+from kizuna.distributions.energy import autograd_values, input_leaf, outside_inference_mode
 from kizuna.distributions.families import Bernoulli
 from kizuna.distributions.special import Deterministic
 from kizuna.distributions.torch_dist import validation_enabled
@@ -58,6 +61,35 @@ def _interpolate(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
     if start.dtype == end.dtype == weight.dtype and start.is_floating_point():
         return torch.lerp(start, end, weight)
     return weight * end + (1 - weight) * start
+
+
+def _constants_unlike_parameters(dist: Distribution, err: BaseException) -> str | None:
+    """Why ``dist`` failed to draw with ``err``, where that was torch's dtype or device error (a "mat1 and mat2 must
+    have the same dtype" in the generator's first layer, say) and a distribution inside it without parameters (a
+    constant prior, ``Normal(loc=0.0, scale=1.0)``) holds its constants in another dtype or on another device than
+    the parameters (networks converted by ``.double()`` or ``.to(device)``, the prior left as it was): the text names
+    them and the ``.to()`` that converts each; else None."""
+    text = f"{err} {err.__cause__ or ''}"
+    if not any(word in text for word in ("dtype", "scalar type", "device", "type (torch.")):
+        return None
+    param = next((t for t in dist.parameters() if t.is_floating_point()), None)
+    if param is None:
+        return None
+    unlike = []
+    for m in dist.modules():
+        if not isinstance(m, Distribution) or next(m.parameters(), None) is not None:
+            continue
+        held = next((b for b in m.buffers(recurse=False) if b.is_floating_point()), None)
+        if held is None or (held.dtype == param.dtype and held.device == param.device):
+            continue
+        to = ", ".join(([repr(str(param.device))] if held.device != param.device else [])
+                       + ([str(param.dtype)] if held.dtype != param.dtype else []))
+        unlike.append(f"the constants of {m.prob_text} are {held.dtype} on {held.device} (convert it too: "
+                      f"its .to({to}))")
+    if not unlike:
+        return None
+    return (f"its parameters are {param.dtype} on {param.device}, but {'; '.join(unlike)}: a distribution without "
+            "parameters is not converted by the networks' .double() / .to()")
 
 
 def _clamped_log(p: Tensor, one_minus: bool) -> Tensor:
@@ -126,7 +158,13 @@ class AdversarialLoss(Loss):
         needed, own = dist.input_var, dist._var  # (read once: a product's input_var is computed on every read)
         inputs = {k: v for k, v in ctx.values.items() if k in needed or k not in own}
         dist._require(inputs, needed)
-        out = dist._sample(inputs, batch_n, dist.has_reparam)
+        try:
+            out = dist._sample(inputs, batch_n, dist.has_reparam)
+        except (RuntimeError, ValueError) as err:  # (checked only when a draw fails: no cost per step)
+            unlike = _constants_unlike_parameters(dist, err)
+            if unlike is None:
+                raise
+            raise ValueError(f"{self}: {dist.prob_text} cannot draw: {unlike}") from err
         if batch_size_of(out, own) == 0:  # (the means over no rows were NaN, silently)
             raise ValueError(f"{self}: {dist.prob_text} gave no rows ({', '.join(own)} of shape "
                              f"{tuple(out[own[0]].shape)}): nothing to compare")
@@ -378,7 +416,11 @@ class AdversarialWassersteinDistance(AdversarialLoss):
         return f(self._d_input(ctx, xp)).mean() - f(self._d_input(ctx, xq)).mean()
 
     def penalty(self, ctx: EvalContext, xp: dict[str, Tensor], xq: dict[str, Tensor]) -> Tensor:
-        """:math:`\\mathbb{E}_{\\hat x}[(\\|\\nabla_{\\hat x} f(\\hat x)\\|_2 - 1)^2]` over one batch of pairs."""
+        """:math:`\\mathbb{E}_{\\hat x}[(\\|\\nabla_{\\hat x} f(\\hat x)\\|_2 - 1)^2]` over one batch of pairs.
+
+        The draws are taken as values (the interpolates are new leaves, `input_leaf`). Differentiable in the critic's
+        parameters when gradients are enabled; under ``torch.no_grad()`` and inside ``torch.inference_mode()`` (an
+        evaluation: ``GAN.test``, ``loss_test``) the same value without a graph."""
         names = self.p._var
         ref = xp[names[0]]
         rows = ref.shape[0]
@@ -389,14 +431,17 @@ class AdversarialWassersteinDistance(AdversarialLoss):
         # one weight per row, drawn in the shape that broadcasts over the first variable's row (the same numbers as
         # a draw of shape (B,)); no operator is spent on shapes where there is one variable of rows of features
         eps = torch.rand(rows, *([1] * (ref.dim() - 1)), dtype=ref.dtype, device=ref.device)
+        create = torch.is_grad_enabled()  # a graph of the gradient only to train with (an evaluation takes none)
         mixed = {}
-        for v in names:
-            e = eps if xp[v].dim() == ref.dim() else eps.reshape(-1, *([1] * (xp[v].dim() - 1)))
-            mixed[v] = _interpolate(xq[v], xp[v], e).requires_grad_(True)
-        with torch.enable_grad():
-            f = self._d_output({**ctx.values, **mixed})
+        # also inside torch.inference_mode() (`input_leaf`; it raised torch's "element 0 of tensors does not require
+        # grad"), with the values taken under torch.no_grad()
+        with outside_inference_mode(), torch.enable_grad():
+            for v in names:
+                e = eps if xp[v].dim() == ref.dim() else eps.reshape(-1, *([1] * (xp[v].dim() - 1)))
+                mixed[v] = input_leaf(_interpolate(xq[v], xp[v], e))
+            f = self._d_output({**autograd_values(ctx.values), **mixed})
             # the gradient of f's sum, with ones for f's gradient: no sum node to differentiate twice
-            grads = torch.autograd.grad(f, [mixed[v] for v in names], torch.ones_like(f), create_graph=True)
+            grads = torch.autograd.grad(f, [mixed[v] for v in names], torch.ones_like(f), create_graph=create)
         if len(grads) == 1 and grads[0].dim() == 2:
             norm = grads[0].norm(dim=1)
         else:

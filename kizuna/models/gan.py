@@ -48,10 +48,16 @@ class GAN(Model):
             JS loss, ``E_data[f]`` in the Wasserstein one), as Pixyz's GAN does (the default). That term has no
             gradient for the generator, so ``False`` leaves it out (the loss's ``omit_term_of`` option), as a careful
             hand-written GAN does: one discriminator forward fewer per generator step, the same gradients and
-            training (bitwise where the discriminator draws no random numbers; with dropout the data term's forward
-            drew masks, so the same in distribution), but the generator's reported loss (``train``, ``step``,
-            ``test``, ``evaluate``, and `fit`'s columns) is then the generated batch's term only (``-E_p[log d]``,
-            ``-E_p[f]``). `AdversarialKullbackLeibler`'s estimate has no data term: the option changes nothing there.
+            trained parameters of both players (bitwise where the discriminator draws no random numbers; with
+            dropout the data term's forward drew masks, so the same in distribution), but the generator's reported
+            loss (``train``, ``step``, ``test``, ``evaluate``, and `fit`'s columns) is then the generated batch's term
+            only (``-E_p[log d]``, ``-E_p[f]``). Not the same: the discriminator's buffers. The data term's forward
+            runs it in training mode, so a discriminator with batch normalisation updates its running statistics
+            once more per generator step under ``True`` than under ``False``; its evaluation-mode outputs then
+            differ, and with them the validation losses (``test``, ``evaluate``, `fit`'s ``valid`` columns, the
+            generator's and ``d_loss``) and what reads them (early stopping, a ``ReduceLROnPlateau``, which then
+            can change the parameters too). `AdversarialKullbackLeibler`'s estimate has no data term: the option
+            changes nothing there.
         compile, validate: as `Model`'s, for both.
 
     The generator and the discriminator are two `Model`s (``self`` and ``self.d_model``); `save`
