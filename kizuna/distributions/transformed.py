@@ -51,9 +51,11 @@ from kizuna.distributions.base import (
     as_sample_shape,
     batch_size_of,
     draws_as_rows,
+    flat_rows,
     one_rows_expanded,
     sum_rows,
 )
+from kizuna.distributions.flow_matching import sample_n_with_context
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.flows.base import Flow
 from kizuna.formula.memo import memoized
@@ -123,7 +125,8 @@ class _FlowDistribution(Distribution):
                 context = self._check_dtype(context, f"the flow's context {self._flow_cond[0]}")
             return context
         # one row conditions every row (as a single context does in the layers), where torch.cat refused the mix
-        parts = one_rows_expanded([x_dict[c].reshape(x_dict[c].shape[0], -1) for c in self._flow_cond])
+        # (flat_rows: reshape(rows, -1) failed on an empty batch)
+        parts = one_rows_expanded([flat_rows(x_dict[c]) for c in self._flow_cond])
         if any(part.shape[0] != parts[0].shape[0] for part in parts):
             shapes = ", ".join(f"{c} {tuple(x_dict[c].shape)}" for c in self._flow_cond)
             raise ValueError(f"{self.prob_text}: the flow's context variables have different numbers of rows "
@@ -180,10 +183,26 @@ class _FlowDistribution(Distribution):
             out[self.prior.var[0]] = base.reshape(*shape, base.shape[0] // n, *base.shape[1:]) if shape else base
         return out
 
+    def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
+        """See `Distribution._sample_n`. Where the draws have more rows than one (``batch_n``, else the inputs' most
+        rows) and an input has one row (one row conditions every row), the inputs are made one row per draw before
+        they are repeated (`sample_n_with_context`): repeated ``n`` times, the one row read as ``n`` rows against the
+        ``rows * n`` drawn, and every conditional layer refused it (``sample({"c": c[:1]}, batch_n=5,
+        sample_shape=(3,))``; a conditional Normal draws ``(3, 5, ...)`` there, and so does this now; an input of
+        other rows is a ValueError naming both counts). Otherwise the repeated inputs, as before (a loss scores the
+        draws with them: a reparameterised draw's memo then spares the inverse)."""
+        rows = batch_n if batch_n is not None else batch_size_of(x_dict)
+        if rows is None or rows == 1 or not any(
+                isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == 1 for v in x_dict.values()):
+            return super()._sample_n(x_dict, repeated, n, batch_n, reparam)
+        return sample_n_with_context(self, x_dict, n, batch_n, reparam)
+
     def _draw_base(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> Tensor:
         """A draw of the prior's variable, as many rows as the context when nothing else says."""
-        if batch_n is None and not self.prior.cond_var:
-            batch_n = batch_size_of(x_dict, self._flow_cond)
+        if batch_n is None and not self.prior.cond_var:  # the context's rows: a one-row variable beside a batch
+            # conditions every row (the first variable's rows gave one base row against a batch of context)
+            rows = [v.shape[0] for c in self._flow_cond if isinstance(v := x_dict.get(c), Tensor) and v.dim() > 0]
+            batch_n = next((r for r in rows if r != 1), rows[0] if rows else None)
         inputs = {k: x_dict[k] for k in self.prior.input_var}
         base = self.prior._sample(inputs, batch_n, reparam)[self.prior.var[0]]
         base = self._check_dtype(base, f"the prior's draw of {self.prior.var[0]}")  # before the flow runs (`_value`)

@@ -78,7 +78,9 @@ class _ContextMLP(nn.Module):
         if y is None:
             return self.net(x)
         # one context row stands for every row of x, as in MADE, MAF and IAF
-        return self.net(torch.cat([x, y.reshape(y.shape[0], -1).expand(x.shape[0], -1)], -1))
+        # (the features' count given: reshape(rows, -1) failed on an empty batch)
+        context = y.reshape(y.shape[0], self.context_features).expand(x.shape[0], self.context_features)
+        return self.net(torch.cat([x, context], -1))
 
 
 def _call(net: Callable[..., object], x: Tensor, y: Tensor | None) -> object:

@@ -9,7 +9,16 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
   learnable :math:`b, \ell`, initialised from the first training batch so that it comes out with
   zero mean and standard deviation ``scale`` (1 by default) per channel: :math:`b = -\mu`,
   :math:`\ell = \log \text{scale} - \tfrac12 \log(\sigma^2 + \epsilon)` (Pixyz's ``ActNorm2d(C, scale)``). A
-  first batch with a NaN or inf is refused (``ValueError``) and leaves the layer uninitialised.
+  first batch with a NaN or inf is refused (``ValueError``) and leaves the layer uninitialised. The first
+  training-mode pass in either direction initialises it, once: an ``inverse`` first (a `TransformedDistribution`
+  fitted by its likelihood scores through the inverse) initialises it from its input :math:`z` so that ``inverse``
+  comes out standardised (:math:`\ell = \tfrac12 \log(\sigma_z^2 + \epsilon) - \log \text{scale}`, :math:`b =
+  \mu_z e^{-\ell}`); a layer whose parameters are no longer the new layer's zeros (trained one row at a time or
+  in evaluation mode, set by hand) counts as initialised and keeps them; a batch of one value per channel (one
+  vector row) cannot initialise it (a warning; the layer stays uninitialised until one of these). Before, a layer
+  trained through its inverse or one row at a time stayed uninitialised, and its first training-mode forward of more
+  rows (a flow distribution's ``sample()``) initialised it over the trained parameters. The flag ``initialized`` is
+  a buffer: saved and loaded with the state dict.
 * `BatchNorm1d` / `BatchNorm2d` (RealNVP, Dinh et al. 2016, arXiv:1605.08803, sec. 3.7): :math:`z = \frac{x -
   \mu}{\sqrt{\sigma^2 + \epsilon}}\, e^{\gamma} + \beta`, with the batch's :math:`\mu, \sigma^2` in training mode and
   their running averages in evaluation mode (:math:`\text{running} \leftarrow (1 - m)\,\text{running} +
@@ -41,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna._data import check_positive
+from kizuna._data import check_positive, warn_user
 from kizuna.flows.base import Flow, Tensor
 
 
@@ -79,7 +88,7 @@ class ActNorm(Flow):
     Args:
         in_features: the number of channels :math:`C`.
         scale: the per-channel standard deviation of the first training batch's output (Pixyz's ``scale``,
-            its second argument too).
+            its second argument too); of the inverse's output when the first training-mode pass is an ``inverse``.
         eps: keyword only; added to the batch's variance in the initialisation.
 
     >>> import torch
@@ -121,7 +130,29 @@ class ActNorm(Flow):
             state_dict[prefix + "initialized"] = torch.tensor(True)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _initialize(self, x: Tensor) -> None:
+    def _first_use(self, x: Tensor, what: str) -> None:
+        """The first training-mode pass of a layer not yet initialised, in either direction (``what``: ``"x"``
+        forward, ``"z"`` inverse): the data-dependent initialisation from this batch, or the mark that the layer is
+        initialised as it is (module docstring). An empty batch changes nothing."""
+        per_channel = x.numel() // max(x.shape[1], 1)  # (statistics over the batch and the pixels, as Glow: one
+        # image of many pixels initialises it too)
+        if per_channel == 0:
+            return
+        with torch.no_grad():
+            changed = bool((self.bias != 0).any() | (self.log_scale != 0).any())
+        if changed:  # trained without a training-mode pass (e.g. in evaluation mode), or set by hand: kept
+            self.initialized.fill_(True)
+        elif per_channel > 1:
+            self._initialize(x, what)
+        else:  # (left uninitialised: a one-row probe, e.g. sample(), does not spoil the initialisation; a layer
+            # trained one row at a time has changed parameters by its next pass, and keeps them)
+            warn_user(f"ActNorm: a training-mode batch of one value per channel ({what} of shape {tuple(x.shape)}) "
+                      f"is too few for the data-dependent initialisation; the layer initialises from its next "
+                      f"training-mode batch of more rows, unless training has changed its parameters by then (they "
+                      f"are kept)")
+
+    def _initialize(self, x: Tensor, what: str = "x") -> None:
+        """Forward (``what="x"``): ``forward(x)`` standardised; inverse (``what="z"``): ``inverse(x)`` standardised."""
         with torch.no_grad():
             mean, var = _channel_stats(x)
             # checked before any state changes (one check, at the initialising batch only): a NaN or inf would make
@@ -130,10 +161,15 @@ class ActNorm(Flow):
                 bad = (~torch.isfinite(x)).nonzero()
                 where = f" ({x[tuple(bad[0])].item()} at row {bad[0, 0].item()}, channel {bad[0, 1].item()})" \
                     if len(bad) else " (its variance overflows)"
-                raise ValueError(f"ActNorm: the data-dependent initialisation needs a finite batch, got non-finite x"
-                                 f"{where}; the layer stays uninitialised (remove or impute the value)")
-            self.bias.copy_(-mean)
-            self.log_scale.copy_(math.log(self.scale) - 0.5 * torch.log(var + self.eps))
+                raise ValueError(f"ActNorm: the data-dependent initialisation needs a finite batch, got non-finite "
+                                 f"{what}{where}; the layer stays uninitialised (remove or impute the value)")
+            log_scale = math.log(self.scale) - 0.5 * torch.log(var + self.eps)
+            if what == "x":
+                self.bias.copy_(-mean)
+                self.log_scale.copy_(log_scale)
+            else:  # x = z e^{-l} - b with mean 0 and standard deviation scale: l = -log_scale, b = mean e^{-l}
+                self.bias.copy_(mean * log_scale.exp())
+                self.log_scale.copy_(-log_scale)
             self.initialized.fill_(True)
 
     def _check(self, x: Tensor, what: str) -> None:
@@ -142,13 +178,14 @@ class ActNorm(Flow):
             raise ValueError(f"ActNorm: {what} must be (B, C) or (B, C, H, W), got {tuple(x.shape)}")
 
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized) and x.numel() // max(x.shape[1], 1) > 1:
-            # (statistics over the batch and the pixels, as Glow: one image of many pixels initialises it too)
-            self._initialize(x)
+        if self.training and not bool(self.initialized):
+            self._first_use(x, "x")
         z = (x + _channel_view(self.bias, x)) * _channel_view(self.log_scale.exp(), x)
         return z, (self.log_scale.sum() * _pixels(x)).expand(x.shape[0])
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.training and not bool(self.initialized):  # (the first training-mode pass may be an inverse)
+            self._first_use(z, "z")
         x = z * _channel_view((-self.log_scale).exp(), z) - _channel_view(self.bias, z)
         return x, (-self.log_scale.sum() * _pixels(z)).expand(z.shape[0])
 

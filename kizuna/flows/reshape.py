@@ -96,7 +96,8 @@ class Flatten(Flow):
         if self.in_size is not None and tuple(x.shape[1:]) != self.in_size:
             raise ValueError(f"Flatten: x has shape {tuple(x.shape)}, expected (batch, {self.in_size})")
         self.in_size = tuple(x.shape[1:])
-        return x.reshape(x.shape[0], -1), x.new_zeros(x.shape[0])
+        # (the size given: reshape(0, -1) failed on an empty batch)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:])), x.new_zeros(x.shape[0])
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.in_size is None:
