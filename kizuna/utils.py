@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from kizuna._text import latex_name
 
@@ -172,7 +173,8 @@ class _Unkeyable(Exception):
 
 
 def _frozen(value: Any, tensors: list[torch.Tensor]) -> Any:
-    """A hashable key for a call argument: tensors by identity and in-place version, dicts and lists deeply.
+    """A hashable key for a call argument: tensors by identity, in-place version and ``requires_grad`` (a result
+    computed before ``x.requires_grad_()`` has no graph back to ``x``), dicts and lists deeply.
 
     Every tensor keyed is appended to ``tensors``, which the cache keeps alive with the entry: while it lives, no
     other tensor can have its ``id`` (a freed tensor's address, and so its ``id``, is given to later tensors, at
@@ -181,7 +183,7 @@ def _frozen(value: Any, tensors: list[torch.Tensor]) -> Any:
         if value.is_inference():
             raise _Unkeyable
         tensors.append(value)
-        return ("tensor", id(value), value._version)
+        return ("tensor", id(value), value._version, value.requires_grad)
     if isinstance(value, Mapping):
         return ("dict", tuple((k, _frozen(v, tensors)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
@@ -190,8 +192,9 @@ def _frozen(value: Any, tensors: list[torch.Tensor]) -> Any:
 
 
 def _module_state(module: Any) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
-    """What a module's output depends on besides its inputs, as a key: its parameters and buffers (which tensors, and
-    their in-place versions) and every submodule's training mode (BatchNorm, Dropout), read in one walk over the
+    """What a module's output depends on besides its inputs, as a key: its parameters and buffers (which tensors, their
+    in-place versions, and ``requires_grad``: a result computed while they were frozen has no graph to them) and
+    every submodule's training mode (BatchNorm, Dropout), read in one walk over the
     submodules; and those tensors, which the cache keeps alive with the entry (a replaced parameter's ``id`` could
     otherwise be reused by its successor, at version 0 again). Raises `_Unkeyable` for an inference tensor (a module
     built under ``torch.inference_mode``)."""
@@ -201,7 +204,25 @@ def _module_state(module: Any) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
                if t is not None]
     if any(t.is_inference() for t in tensors):
         raise _Unkeyable
-    return (tuple((id(t), t._version) for t in tensors), tuple(m.training for m in module.modules())), tensors
+    return (tuple((id(t), t._version, t.requires_grad) for t in tensors),
+            tuple(m.training for m in module.modules())), tensors
+
+
+_OPTIMIZER_STEPS = [0]  # how many optimizer steps were taken since the first cache was made (`_count_optimizer_steps`)
+_STEP_HOOK: list[Any] = []  # the handle of the hook that counts them, once it is registered
+
+
+def _count_optimizer_steps(optimizer: Any, args: Any, kwargs: Any) -> None:
+    """A global ``torch.optim`` step post-hook: counts every ``Optimizer.step``, fused or not. torch's fused kernels
+    (``fused=True``: kizuna's default Adam and AdamW) update the parameters without advancing their in-place
+    versions, so the versions alone miss such a step."""
+    _OPTIMIZER_STEPS[0] += 1
+
+
+def _watch_optimizer_steps() -> None:
+    """Register `_count_optimizer_steps` for every optimizer (made before or after), once."""
+    if not _STEP_HOOK:
+        _STEP_HOOK.append(register_optimizer_step_post_hook(_count_optimizer_steps))
 
 
 _AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu", "hpu")  # the device types torch.autocast runs on
@@ -226,15 +247,20 @@ def _autocast_state() -> tuple[tuple[str, torch.dtype], ...]:
 def lru_cache_for_sample_dict() -> Callable[[F], F]:
     """Memoise a method whose arguments are sample dicts (Pixyz's decorator of ``get_params``).
 
-    A call with the same tensors (the same objects, not modified in place), in the same grad mode, the same
-    ``torch.inference_mode`` state and the same
-    ``torch.autocast`` state (on or off, and its dtype, per device type), with the module's parameters and buffers
-    the same tensors not modified since and every submodule in the same training mode, returns the stored result;
-    at most `cache_maxsize` results are kept per method. Unlike
-    Pixyz's cache, an optimizer step (which updates the parameters in place), an in-place change of an input
-    or a buffer (BatchNorm's running statistics), or ``.train()`` / ``.eval()`` invalidates the stored results,
-    so a stale value is not returned — except after a write through ``.data`` (``p.data = ...``,
-    ``module.double()``), which torch does not count as a change: call ``cache_clear()`` after one. A call whose
+    A call with the same tensors (the same objects, not modified in place, with the same ``requires_grad``), in the
+    same grad mode, the same ``torch.inference_mode`` state and the same ``torch.autocast`` state (on or off, and its
+    dtype, per device type), with the module's parameters and buffers the same tensors, not modified since and with
+    the same ``requires_grad``, every submodule in the same training mode, and no optimizer step taken since, returns
+    the stored result; at most `cache_maxsize` results are kept per method. Unlike Pixyz's cache, these invalidate
+    the stored results: any ``torch.optim`` optimizer's ``step()`` (fused or not: every stored result is dropped at
+    the next call), an in-place change of an input, a parameter or a buffer (BatchNorm's running statistics),
+    ``.train()`` / ``.eval()``, and freezing or unfreezing (``requires_grad_``; a result computed frozen has no
+    graph). What is not seen, so a stale result is returned, and ``cache_clear()`` is the remedy: a write through
+    ``.data`` (``p.data = ...``, ``module.double()``), which torch does not count as a change; an update made
+    outside an optimizer's ``step()`` by a kernel that does not count it either (a fused optimizer kernel called
+    directly); and a plain Python attribute that the method reads (an annealed temperature ``self.t``). A stored
+    result is returned with its graph: backpropagating it a second time with no optimizer step in between (a
+    skipped step, on the same batch) raises torch's "backward through the graph a second time". A call whose
     arguments cannot be keyed (a numpy array, or an inference tensor made under ``torch.inference_mode``, which has
     no version counter; also a module whose parameters are inference tensors) is computed and not cached.
     The cache holds references to the keyed tensors (the argument tensors, even after the caller puts a new batch
@@ -252,12 +278,18 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
     1
     """
     maxsize = cache_maxsize()
+    _watch_optimizer_steps()
 
     def decorate(method: F) -> F:
         cache: dict[Any, tuple[Any, Any]] = {}  # key -> (what it keys, kept alive so ids stay unique, result)
+        seen = [_OPTIMIZER_STEPS[0]]  # the optimizer steps counted when the stored results were computed
 
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            steps = _OPTIMIZER_STEPS[0]
+            if steps != seen[0]:  # an optimizer step since (a fused one leaves the versions as they were): every
+                cache.clear()  # stored result may be stale, or hold a graph that step's backward freed
+                seen[0] = steps
             try:
                 state, tensors = _module_state(self)
                 key = (id(self), state, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),

@@ -368,7 +368,11 @@ class ValueLoss(Loss):
 
 
 class Parameter(Loss):
-    """A variable read from the evaluation dict, e.g. a coefficient ``Parameter("beta")``."""
+    """A variable read from the evaluation dict, e.g. a coefficient ``Parameter("beta")``.
+
+    Its value is a tensor (a Python number as a tensor of the default dtype); where it meets another operand, a Python
+    number given to it is used as the number itself, as a number constant is (`_operand`): ``Parameter("beta")``
+    given 0.1 in a float64 evaluation is 0.1, not 0.1 rounded to float32."""
 
     def __init__(self, input_var: str) -> None:
         if not isinstance(input_var, str):
@@ -541,16 +545,52 @@ def _shape_of(value: Any) -> Any:
     return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
 
 
-def _operand(loss: Loss, ctx: EvalContext) -> Any:
+def _operand(loss: Loss, ctx: EvalContext, constants: bool = False) -> Any:
     """An operand's value: a number constant (named or not) as the Python number itself, which torch combines with the
     other operand in that operand's dtype and on its device (``0.1 * kl`` of a float64 model on a GPU); a tensor made of
     it was a CPU scalar in the default dtype, so a float64 evaluation computed with 0.1 rounded to float32. An integer
-    constant is a Python float (`ValueLoss`), so an integer tensor combined with it gives the default float dtype."""
+    constant is a Python float (`ValueLoss`), so an integer tensor combined with it gives the default float dtype.
+    An operand built of constants and parameters (``constants``: `_of_constants`) whose values are all numbers
+    (``Parameter("beta")`` given ``0.1``, ``1 - Parameter("beta")``) is a number too (`_given_number`)."""
     if type(loss) is ValueLoss and not isinstance(loss.value, Tensor):
         if loss._label is not None:  # a named constant is a reported term: its value is recorded, the number used
             ctx.value(loss)  # (its tensor was the default dtype's: 0.1 rounded to float32 in a float64 evaluation)
         return loss.value
+    if constants:
+        number = _given_number(loss, ctx)
+        if number is not None:
+            return number
     return ctx.value(loss)
+
+
+def _given_number(loss: Loss, ctx: EvalContext) -> float | None:
+    """The Python number a part built of constants and parameters (`_of_constants`) is, where every value in it is a
+    real number (a number constant, a `Parameter` given a Python number rather than a tensor), its operators computed
+    on float64 as `_number` computes them; None where one is a tensor (or not a real number). Parameters and named
+    parts are recorded as reported terms. (A parameter's number was a tensor of the default dtype:
+    ``Parameter("beta")`` given 0.1 was 0.1 rounded to float32 in a float64 evaluation.)"""
+    kind = type(loss)
+    if kind is ValueLoss or kind is Parameter:
+        value = loss.value if kind is ValueLoss else ctx.values.get(loss._input_var[0])
+        if isinstance(value, Tensor) or not isinstance(value, numbers.Real):
+            return None
+        if kind is Parameter or loss._label is not None:  # a parameter is a reported term (`terms`), as a named
+            ctx.value(loss)  # constant is: its value is recorded, the number used
+        return float(value)
+    results, key = ctx.results, ~id(loss)  # once per evaluation, as `_number`
+    if key not in results:
+        if kind is NegLoss:
+            part = _given_number(loss.loss1, ctx)
+            number = None if part is None else -part
+        else:  # a _Binary (`_of_constants`)
+            a, b = _given_number(loss.loss1, ctx), _given_number(loss.loss2, ctx)
+            f64 = torch.float64
+            number = None if a is None or b is None else \
+                loss._op(torch.tensor(a, dtype=f64), torch.tensor(b, dtype=f64)).item()
+        results[key] = number  # type: ignore[assignment]
+        if number is not None and loss._label is not None:
+            ctx.value(loss)
+    return results[key]  # type: ignore[return-value]
 
 
 def _numeric(loss: Loss) -> bool:
@@ -619,28 +659,26 @@ class _Binary(Loss):
     key = ""
     right_min = 0  # precedence the right operand needs to go without parentheses
     _numeric: tuple[bool, bool] = (False, False)  # which operands are number constants only (`_numeric`)
+    _constants: tuple[bool, bool] = (False, False)  # which are built of constants and parameters (`_of_constants`)
 
     def __init__(self, loss1: Any, loss2: Any) -> None:
         loss1, loss2 = as_loss(loss1), as_loss(loss2)
         super().__init__(loss1.input_var + loss2.input_var)
         self.loss1, self.loss2 = loss1, loss2
         self._numeric = (_numeric(loss1), _numeric(loss2))
+        self._constants = (_of_constants(loss1), _of_constants(loss2))
 
     def subterms(self) -> list[Loss]:
         return [self.loss1, self.loss2]
 
     def _value(self, ctx: EvalContext) -> Tensor:
         loss1, loss2 = self.loss1, self.loss2
-        numeric = self._numeric
-        if numeric[0] or numeric[1]:  # number constants, computed exactly, meet the other operand as numbers
-            a = _number(loss1, ctx) if numeric[0] else _operand(loss1, ctx)
-            b = _number(loss2, ctx) if numeric[1] else _operand(loss2, ctx)
-            if not (isinstance(a, Tensor) or isinstance(b, Tensor)):
-                return _numbers_op(self._op, a, b)
-        elif type(loss1) is not ValueLoss and type(loss2) is not ValueLoss:  # no constant: the usual case, no calls
+        numeric, constants = self._numeric, self._constants
+        if not (constants[0] or constants[1]):  # no constant: the usual case, no calls
             a, b = ctx.value(loss1), ctx.value(loss2)
-        else:
-            a, b = _operand(loss1, ctx), _operand(loss2, ctx)
+        else:  # number constants (and parameters given numbers), computed exactly, meet the other operand as numbers
+            a = _number(loss1, ctx) if numeric[0] else _operand(loss1, ctx, constants[0])
+            b = _number(loss2, ctx) if numeric[1] else _operand(loss2, ctx, constants[1])
             if not (isinstance(a, Tensor) or isinstance(b, Tensor)):
                 return _numbers_op(self._op, a, b)
         try:
