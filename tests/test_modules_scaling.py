@@ -68,7 +68,7 @@ def test_gmm_em_matches_scikit_learn_from_the_same_start():
     x = gmm_data(3000)  # three blocks of rows in the blocked scatter and Mahalanobis products
     k, iters = 10, 8
     resp0 = np.eye(k)[np.random.default_rng(0).integers(0, k, len(x))]
-    ours = algo.em(torch.as_tensor(x), torch.as_tensor(resp0), iters + 1, -1.0, 1e-6, False)
+    ours = algo.em(torch.as_tensor(x), torch.as_tensor(resp0), iters, -1.0, 1e-6, False)
     weights, means, covs = _estimate_gaussian_parameters(x, resp0, 1e-6, "full")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the iteration limit is reached on purpose

@@ -294,12 +294,19 @@ def precision_root(cov: Tensor) -> Tensor:
 
 def em(x: Tensor, resp: Tensor, max_iter: int, tol: float, reg_covar: float, diagonal: bool,
        parent: ClassPrior = NO_PARENT) -> Fitted:
-    """EM iterations from ``resp``; ``history`` holds the mean objective after each M step,
+    """EM from ``resp`` as scikit-learn's ``GaussianMixture`` counts it: an initial M step from ``resp``, then
+    ``max_iter`` iterations of an E step and an M step, so ``max_iter=n`` returns the parameters of scikit-learn's
+    ``max_iter=n`` from the same start. ``history`` holds the mean objective after each M step (``n_iter + 1``
+    entries, the initial M step's first),
 
-    .. math:: \\frac1N\\sum_n\\log\\sum_k \\pi^{\\text{msg}}_{nk} w_k \\mathcal N(x_n\\mid\\mu_k,\\Sigma_k).
+    .. math:: \\frac1N\\sum_n\\log\\sum_k \\pi^{\\text{msg}}_{nk} w_k \\mathcal N(x_n\\mid\\mu_k,\\Sigma_k),
+
+    and ``history[-1]`` is that of the returned parameters. The run stops early, converged, by scikit-learn's test:
+    after iteration :math:`i \\ge 2` when the objectives before its M step and before the previous one (``history[-2]``
+    and ``history[-3]``) differ by less than ``tol``; so ``n_iter`` and ``converged`` are scikit-learn's too.
 
     ``max_iter=0`` (a graph's schedule freezing the module) learns nothing: ``resp`` is returned as it is, with the
-    parameters of one M step from it, their ``own`` and their objective.
+    parameters of the initial M step from it, their ``own`` and their objective.
     """
     history: list[float] = []
     log_msg = 0.0 if parent.probs is None else torch.log(parent.probs.to(x.dtype))
@@ -312,12 +319,14 @@ def em(x: Tensor, resp: Tensor, max_iter: int, tol: float, reg_covar: float, dia
         history.append(torch.logsumexp(own + log_msg, 1).mean().item())
         return weights, means, cov, own
 
-    if max_iter == 0:  # (the loop below never set ``own``: an UnboundLocalError)
-        weights, means, cov, own = parameters(resp)
-        return Fitted(own, resp, weights, means, cov, history=history, n_iter=0, converged=False)
-    for _ in range(max_iter):
-        weights, means, cov, own = parameters(resp)
+    weights, means, cov, own = parameters(resp)  # the initial M step (scikit-learn's ``_initialize``)
+    n_iter, converged = 0, False
+    while n_iter < max_iter:
+        n_iter += 1
+        weights, means, cov, own = parameters(parent.posterior(own))
+        if n_iter > 1 and abs(history[-2] - history[-3]) < tol:
+            converged = True
+            break
+    if n_iter > 0:  # the returned model's E step (with max_iter=0, resp stays as given)
         resp = parent.posterior(own)
-        if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
-            return Fitted(own, resp, weights, means, cov, history=history, n_iter=len(history), converged=True)
-    return Fitted(own, resp, weights, means, cov, history=history, n_iter=len(history), converged=False)
+    return Fitted(own, resp, weights, means, cov, history=history, n_iter=n_iter, converged=converged)

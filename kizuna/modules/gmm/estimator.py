@@ -64,7 +64,8 @@ class GaussianMixture(Estimator):
         reg_covar: added to covariance diagonals (EM) and to :math:`S_0`.
         weight_concentration_prior, mean_precision_prior, mean_prior, degrees_of_freedom_prior, covariance_prior:
             :math:`\\alpha_0, \\kappa_0, m_0, \\nu_0, S_0` (``None``: from data).
-        max_iter: Gibbs sweeps / VB or EM iterations per ``fit`` (per ``update`` in a graph).
+        max_iter: Gibbs sweeps / VB or EM iterations per ``fit`` (per ``update`` in a graph); EM counts as
+            scikit-learn does: an initial M step from the start, then ``max_iter`` E and M steps.
         tol: convergence threshold of VB (responsibilities) and EM (objective).
         init_params: ``"kmeans"`` or ``"random"`` initial partition.
         n_init: initial partitions tried by ``fit`` (and by a graph node's first ``update``); the run of highest
@@ -301,9 +302,11 @@ class GaussianMixture(Estimator):
 
     @property
     def lower_bound_(self) -> float:
-        """EM: the mean log-likelihood of the training data after the last iteration (scikit-learn's
-        ``GaussianMixture.lower_bound_``). Not defined for the Bayesian algorithms, whose evidence bound is not
-        computed: an AttributeError says so."""
+        """EM: the mean log-likelihood of the training data under the fitted model (``score(X)`` on the training data
+        after ``fit``; in a graph, with the parent's class prior). scikit-learn's ``GaussianMixture.lower_bound_`` is
+        that of the model before its last M step (its last E step's), lower by the last iteration's gain (less than
+        ``tol`` when that gain is below the previous one's, as it usually is once converged). Not defined for the
+        Bayesian algorithms, whose evidence bound is not computed: an AttributeError says so."""
         f = self._fitted()
         if not f.history:
             raise AttributeError(f"{self._owner}: lower_bound_ is EM's mean log-likelihood; algorithm="
