@@ -16,6 +16,13 @@ class prior down: the Gaussian likelihood of each target under the prediction of
 (:math:`e_k` the one-hot class) — so paired data (e.g. a second modality) steers the
 clustering, which is what SERKET's NN backward message is for (Nakamura et al. 2018,
 arXiv:1712.00929), computed in closed form here instead of by a second optimisation.
+:math:`\sigma^2` and the distances are computed in at least float32 (half-precision messages
+included; the prior is sent in the target's dtype).
+
+An ``update`` is all or nothing: a loss or gradient that goes non-finite in training (a
+learning rate too large; Adam in float16, whose second moment and ``eps`` underflow to 0) is a
+``FloatingPointError`` naming the module, the epoch and the step, and the network, the
+optimiser's state, ``prediction`` and ``mse`` are put back as they were before the update.
 
 >>> import torch
 >>> from kizuna.modules import Observation
@@ -28,6 +35,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -35,8 +43,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from kizuna._data import check_int, check_positive
+from kizuna._data import check_int, check_positive, first_flagged
 from kizuna._distances import squared_distances
+from kizuna.models.model import _all_finite
 from kizuna.modules.base import Message, MessageShapeError, Module
 from kizuna.modules.context import UpdateContext
 from kizuna.modules.rng import rng_from
@@ -142,33 +151,85 @@ class NN(Module):
                                     f"inputs, but the target has {y.shape[1]} column(s): it must return (N, "
                                     f"{y.shape[1]})")
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor, epochs: int, generator: torch.Generator | None) -> None:
+    def _train(self, x: torch.Tensor, y: torch.Tensor, epochs: int, generator: torch.Generator | None
+               ) -> tuple[int, int] | None:
+        """``epochs`` epochs of minibatch Adam on the squared error (computed in at least float32: a float16 loss
+        overflowed for targets beyond about 256); returns the (epoch, step) of the last step. A FloatingPointError
+        where the loss or a gradient is not finite (that step is not taken; `_update` undoes the earlier ones)."""
         self.net.train()
-        n = x.shape[0]
-        for _ in range(epochs):
+        n, last = x.shape[0], None
+        for epoch in range(1, epochs + 1):
             device = x.device if generator is None else generator.device
             order = torch.randperm(n, generator=generator, device=device).to(x.device)
-            for idx in order.split(self.batch_size):
+            for step, idx in enumerate(order.split(self.batch_size), 1):
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = ((self.net(x[idx]) - y[idx]) ** 2).sum(1).mean()
+                out, target = self.net(x[idx]), y[idx]
+                wide = torch.promote_types(torch.promote_types(out.dtype, target.dtype), torch.float32)
+                loss = ((out.to(wide) - target.to(wide)) ** 2).sum(1).mean()
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise self._nonfinite(f"the loss is {value} at epoch {epoch}, step {step}", last)
                 loss.backward()
+                if not _all_finite([p.grad for p in self.net.parameters() if p.grad is not None]):
+                    bad = [k for k, p in self.net.named_parameters()
+                           if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+                    raise self._nonfinite(f"the gradient of {', '.join(bad)} is non-finite at epoch {epoch}, step "
+                                          f"{step} (the loss {value:.6g} is finite)", last)
                 self.optimizer.step()
+                last = (epoch, step)
+        return last
+
+    def _nonfinite(self, what: str, last: tuple[int, int] | None) -> FloatingPointError:
+        """The error of a non-finite loss, gradient or prediction (see `_update`); ``last``: the (epoch, step) of
+        the last training step taken, if any."""
+        weights = [k for k, p in self.net.named_parameters() if not bool(torch.isfinite(p).all())]
+        if weights:
+            what += f" (the weights {', '.join(weights)} are non-finite" + (
+                ")" if last is None else f": the step at epoch {last[0]}, step {last[1]} made them so)")
+        hint = ""
+        if last is not None:  # a step was taken: the learning rate, or Adam in float16
+            half = any(p.dtype == torch.float16 for p in self.net.parameters())
+            hint = ("; in float16, Adam's second moment (0.001 g^2) underflows to 0, and its eps (1e-8) with it, so "
+                    "a step divides by 0: give float32 or bfloat16 data" if half
+                    else f"; e.g. a smaller lr than {self.optimizer.param_groups[0]['lr']:g}")
+        return FloatingPointError(f"NN {self.name}: {what}; the update was undone (the network, its optimiser's "
+                                  f"state, prediction and mse are as before it){hint}")
 
     def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
                 ) -> tuple[Message, dict[Module, Message]]:
         x, y = self._inputs(forward)
+        restore = self.snapshot()  # all or nothing: the network, Adam's state, prediction and mse
+        modes = [] if self.net is None else [(m, m.training) for m in self.net.modules()]
+        try:
+            return self._learn(ctx, x, y, forward)
+        except BaseException:
+            if self.net is not None:
+                self.net.zero_grad(set_to_none=True)
+            restore()
+            for m, training in modes:
+                m.training = training
+            raise
+
+    def _learn(self, ctx: UpdateContext, x: torch.Tensor, y: torch.Tensor, forward: list[Message]
+               ) -> tuple[Message, dict[Module, Message]]:
         self._ensure(x, y, ctx.generator)
         if self._builds_net:  # e.g. loaded from a save of another dtype; a user network is left as given
             follow_data([self.net], self.optimizer, x)
         self._check_output(x, y)
         epochs = ctx.setting(self.name, "epochs", self.epochs)
+        last = None
         if self.learnable and epochs > 0:
             with rng_from(ctx.generator):  # dropout and other global-RNG draws of a user network
-                self._train(x, y, epochs, ctx.generator)
+                last = self._train(x, y, epochs, ctx.generator)
         self.net.eval()
         with torch.no_grad():
             self.prediction = self.net(x)
-            residual = ((y - self.prediction) ** 2).mean()
+            bad = ~torch.isfinite(self.prediction)
+            if bool(bad.any()):  # e.g. weights that overflowed at the last step
+                raise self._nonfinite(f"the network's prediction holds {first_flagged(self.prediction, bad)}", last)
+            # in at least float32: a float16 residual of a target of scale 400 overflowed to inf
+            wide = torch.promote_types(torch.promote_types(y.dtype, self.prediction.dtype), torch.float32)
+            residual = ((y.to(wide) - self.prediction.to(wide)) ** 2).mean()
         self.mse = float(residual)
         down: dict[Module, Message] = {}
         source = self.children[0]
@@ -182,13 +243,17 @@ class NN(Module):
 
     @torch.no_grad()
     def class_prior(self, y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-        """:math:`\\pi_{nk} \\propto \\exp(-\\lVert y_n - f(e_k)\\rVert^2 / 2\\sigma^2)` (see the module docstring)."""
+        """:math:`\\pi_{nk} \\propto \\exp(-\\lVert y_n - f(e_k)\\rVert^2 / 2\\sigma^2)` (see the module docstring),
+        computed in at least float32 (torch has no half-precision ``cdist`` on the CPU, and a float16 distance
+        overflows at 256) and returned in ``y``'s dtype."""
         source = self.children[0].forward_message.value
         # the one-hot classes in the source's dtype, which the network takes, and its outputs in the target's (a
         # float32 source with a float64 target failed here, in torch's matrix product, after training)
         per_class = self.net(torch.eye(source.shape[1], dtype=source.dtype, device=source.device))  # K x out
-        dist2 = squared_distances(y, per_class.to(dtype=y.dtype, device=y.device))
-        return torch.softmax(-dist2 / (2 * variance.clamp(min=1e-12)), 1)
+        wide = torch.promote_types(y.dtype, torch.float32)
+        dist2 = squared_distances(y.to(wide), per_class.to(dtype=wide, device=y.device))
+        variance = torch.as_tensor(variance, dtype=wide, device=y.device)
+        return torch.softmax(-dist2 / (2 * variance.clamp(min=1e-12)), 1).to(y.dtype)
 
     def _before_load(self, state: dict[str, Any]) -> None:
         """Build the default MLP a saved state holds weights of, sized by those weights (its children need not
