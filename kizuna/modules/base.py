@@ -5,7 +5,8 @@ A module (SERKET, Nakamura et al. 2018, arXiv:1712.00929; Neuro-SERKET, Taniguch
 messages* of its children and whose latent variable is shared with its parent through a
 *backward message*. One mutual-inference step, :meth:`Module.update`:
 
-1. read ``child.forward_message`` for every child and ``self.backward_in`` (what the
+1. read ``child.message_to(self)`` for every child (its ``forward_message``; a class module with
+   several parents sends each the others' class priors multiplied in) and ``self.backward_in`` (what the
    parent(s) sent down, or ``None`` before the first top-down pass);
 2. learn (``_update``, implemented by each module);
 3. set ``self.forward_message`` (up) and deliver backward messages to the children that
@@ -65,7 +66,7 @@ from kizuna.modules.messages import (
     check_same_shape,
     check_width,
 )
-from kizuna.modules.results import ClassResults
+from kizuna.modules.results import ClassResults, as_labels, checked_n_classes
 from kizuna.modules.rng import generator_for
 from kizuna.modules.state import Stateful
 from kizuna.modules.symbols import encode_strings, is_strings
@@ -100,6 +101,10 @@ class Module(Stateful):
     # why a module that sends class posteriors up cannot take a parent's class prior ("": it can, or sends none); a
     # parent that would send it one is refused at `connect`, since the prior would be dropped without a word
     takes_no_prior: ClassVar[str] = ""
+    # whether the forward message leaves out the parents' class priors (the protocol's convention for class posteriors:
+    # GMM, HMM, MM, TailToTail), so that with several parents each is sent the others' priors (`message_to`); an
+    # MLDA's topic proportions were sampled under all its parents' priors and carry them already
+    up_excludes_priors: ClassVar[bool] = False
 
     @dataclass
     class State(Stateful.State):
@@ -254,18 +259,61 @@ class Module(Stateful):
         its parents' priors); an `NN` sends one to its source child only."""
         return "prior" in child.receives
 
+    def _backward_in_force(self) -> list[Message]:
+        """The stored backward messages in force: priors loaded from senders that are not parents now (see
+        `load_state_dict`) are not."""
+        stale = self.__dict__.get("_loaded_senders")
+        if stale:
+            parents = {p.name for p in self.parents}
+            return [m for s, m in self.backward_messages.items() if s not in stale or s in parents]
+        return list(self.backward_messages.values())
+
+    def message_to(self, parent: Module) -> Message | None:
+        """The forward message ``parent`` reads at its update (``None`` before this module's first update).
+
+        It is `forward_message` (the same object), except for a module whose forward message leaves out its parents'
+        class priors (``up_excludes_priors``: GMM, HMM, MM, TailToTail) that has several parents and holds a class
+        prior from a parent other than ``parent``: that parent then reads the forward message :math:`\\lambda`
+        times the other parents' priors,
+
+        .. math:: m_{\\to j, nk} \\propto \\lambda_{nk} \\prod_{\\text{parents } i \\neq j} \\pi^{(i)}_{nk},
+
+        the module's posterior with parent :math:`j`'s own prior divided out (in log space): each parent sees the
+        evidence of the others, and none counts its own prior twice, so an MM and an NN over one GMM (a tree) reach
+        the exact marginals. (The same bare likelihood sent to every parent left each blind to the others' priors.)
+
+        Raises:
+            MessageShapeError: a stored prior's shape differs from the forward message's.
+            ValueError: a row where the other parents' priors give probability 0 to every class the forward
+                message allows.
+        """
+        msg = self.forward_message
+        if msg is None or len(self.parents) < 2 or not self.up_excludes_priors or msg.kind != "posterior":
+            return msg
+        others = [m for m in self._backward_in_force() if m.kind == "prior" and m.sender != parent.name]
+        if not others:
+            return msg
+        for m in others:
+            check_same_shape(self, msg, m)
+        dtype = torch.promote_types(msg.value.dtype, torch.float32)  # (half precision: computed in float32)
+        log = torch.log(msg.value.to(dtype))
+        for m in others:
+            log = log + torch.log(m.value.to(dtype))
+        none = ~torch.isfinite(log).any(1)
+        if bool(none.any()):  # a softmax of a row of -inf is NaN
+            row = int(none.nonzero()[0])
+            raise ValueError(f"{self.name}: row {row}: the class priors of {', '.join(m.sender for m in others)} give "
+                             f"probability 0 to every class its own evidence allows, so its message to {parent.name} "
+                             "is 0 there")
+        return Message(msg.sender, parent.name, msg.variable, msg.kind, torch.softmax(log, 1).to(msg.value.dtype))
+
     @property
     def backward_in(self) -> Message | None:
         """The backward message from the parent(s); class priors of several parents multiply.
 
         .. math:: \\pi_{nk} \\propto \\prod_{\\text{parents } j} \\pi^{(j)}_{nk}
         """
-        stale = self.__dict__.get("_loaded_senders")
-        if stale:  # priors loaded from senders that are not parents now (see `load_state_dict`) are not in force
-            parents = {p.name for p in self.parents}
-            msgs = [m for s, m in self.backward_messages.items() if s not in stale or s in parents]
-        else:
-            msgs = list(self.backward_messages.values())
+        msgs = self._backward_in_force()
         if len(msgs) <= 1:
             return msgs[0] if msgs else None
         if any(m.kind != "prior" for m in msgs):
@@ -331,10 +379,11 @@ class Module(Stateful):
             raise GraphError(f"{self.name} has no children: connect it to an Observation or another module")
         forward = []
         for child in self.children:
-            if child.forward_message is None:
+            msg = child.message_to(self)
+            if msg is None:
                 raise RuntimeError(f"{self.name}: child {child.name} has not sent a forward message yet; "
                                    f"update {child.name} before {self.name} (Graph.fit orders children first)")
-            forward.append(child.forward_message)
+            forward.append(msg)
         backward = self.backward_in
         for msg in forward[1:]:
             if msg.n != forward[0].n:
@@ -417,6 +466,7 @@ class ClassModule(ClassResults, Module):
     """
 
     sends: ClassVar[str] = "posterior"
+    up_excludes_priors: ClassVar[bool] = True  # (see `Module.message_to`; MLDA's carries them)
 
     @dataclass
     class State(Module.State):
@@ -428,6 +478,20 @@ class ClassModule(ClassResults, Module):
                  learnable: bool = True, random_state: int | torch.Generator | None = None) -> None:
         Module.__init__(self, name, learnable, random_state)
         ClassResults.__init__(self, n_classes, category)
+
+    def _set_param(self, name: str, value: Any) -> None:
+        """``set_params`` derives what the constructor does: ``category`` goes through `as_labels` (a list stayed a
+        list, and a 2-D array the constructor refuses was taken), and ``n_classes`` follows ``n_components`` /
+        ``n_states`` (a ``GMM(2).set_params(n_components=3)`` under an MM refused the MM's 3-class prior); MM's
+        ``n_states=None`` leaves it to the child's message at the next update."""
+        if name == "category":
+            value = as_labels(value, type(self).__name__)
+        elif name in ("n_components", "n_states") and value is not None:
+            n_classes = checked_n_classes(value, type(self).__name__)  # (checked before anything is set)
+            super()._set_param(name, value)
+            self.n_classes = n_classes
+            return
+        super()._set_param(name, value)
 
     def class_prior(self, backward: Message | None, n: int) -> torch.Tensor | None:
         """The ``N×K`` class prior from the parent, checked against ``n_classes`` (``None`` if none)."""

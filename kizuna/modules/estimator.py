@@ -53,7 +53,8 @@ class Estimator:
         return out
 
     def set_params(self, **params: Any) -> Estimator:
-        """Set constructor parameters (validated at the next ``fit``); returns ``self``."""
+        """Set constructor parameters (validated at the next ``fit``; a class module derives at once what its
+        constructor derives from them: ``category`` labels, ``n_classes``); returns ``self``."""
         valid = self._get_param_names()
         nested: dict[str, dict[str, Any]] = {}
         for key, value in params.items():

@@ -246,7 +246,7 @@ class NN(Module):
         """:math:`\\pi_{nk} \\propto \\exp(-\\lVert y_n - f(e_k)\\rVert^2 / 2\\sigma^2)` (see the module docstring),
         computed in at least float32 (torch has no half-precision ``cdist`` on the CPU, and a float16 distance
         overflows at 256) and returned in ``y``'s dtype."""
-        source = self.children[0].forward_message.value
+        source = self.children[0].message_to(self).value
         # the one-hot classes in the source's dtype, which the network takes, and its outputs in the target's (a
         # float32 source with a float64 target failed here, in torch's matrix product, after training)
         per_class = self.net(torch.eye(source.shape[1], dtype=source.dtype, device=source.device))  # K x out

@@ -27,16 +27,22 @@ def as_labels(category: Any, owner: str) -> np.ndarray | None:
     return labels
 
 
+def checked_n_classes(n_classes: Any, owner: str) -> int:
+    """A number of classes as an ``int`` (a numpy integer too: GridSearchCV over ``np.arange``); anything but a
+    positive whole number is refused."""
+    number = one_number(n_classes, arrays=False)
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 1:
+        raise ValueError(f"{owner}: the number of classes must be a positive int, got {n_classes!r}")
+    return int(number)
+
+
 class ClassResults:
     """Results over ``N`` samples and ``n_classes`` classes, read from ``posterior`` (``N×K``)."""
 
     name: str
 
     def __init__(self, n_classes: int, category: Any = None) -> None:
-        number = one_number(n_classes, arrays=False)  # a numpy integer too (GridSearchCV over np.arange)
-        if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 1:
-            raise ValueError(f"{type(self).__name__}: the number of classes must be a positive int, got {n_classes!r}")
-        self.n_classes = int(number)
+        self.n_classes = checked_n_classes(n_classes, type(self).__name__)
         self.category = as_labels(category, type(self).__name__)
         self.posterior: torch.Tensor | None = None
 

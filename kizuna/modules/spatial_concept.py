@@ -107,7 +107,7 @@ class SpatialConcept(ClassModule):
     def sampler_(self) -> ConceptSampler | None:
         """The Gibbs sampler of the last update (rebuilt from the saved chain after a load)."""
         if self._sampler is None and self.chain is not None:
-            forward = [c.forward_message for c in self.children]
+            forward = [c.message_to(self) for c in self.children]  # what `_update` read
             if any(m is None for m in forward):
                 raise RuntimeError(f"SpatialConcept {self.name}: the children's messages are needed to rebuild the "
                                    "sampler; load the whole graph (Graph.load), not this module alone")

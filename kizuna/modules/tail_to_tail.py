@@ -60,6 +60,7 @@ class TailToTail(Module):
     sends_priors_down: ClassVar[bool] = True  # class priors to the children whose posteriors it takes
     sends: ClassVar[str] = "posterior"
     receives: ClassVar[tuple[str, ...]] = ("prior",)
+    up_excludes_priors: ClassVar[bool] = True  # its parents' priors: see `Module.message_to`
 
     @dataclass
     class State(Module.State):

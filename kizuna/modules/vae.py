@@ -260,7 +260,7 @@ class VAE(Module):
         if state["in_dim"] is None:
             raise ValueError(f"VAE {self.name}: the saved state holds user networks; build this module "
                              "with the same encoder and decoder before loading")
-        sent = [c.forward_message for c in self.children if c.forward_message is not None]
+        sent = [m for m in (c.message_to(self) for c in self.children) if m is not None]
         like = sent[0].value if sent else torch.zeros(1, state["in_dim"])
         self._default_networks(int(state["in_dim"]), like, torch.Generator())  # the weights are overwritten
 

@@ -5,7 +5,8 @@ In a graph (Nakamura et al. 2018, arXiv:1712.00929) it clusters its child's forw
 parent into the assignment posterior, and sends
 
 * **up** its own class posterior :math:`\propto p(x_n, c_n=k)` *without* the parent's prior
-  (so the parent does not count its own prior twice);
+  (so the parent does not count its own prior twice); with several parents each reads it times the *other*
+  parents' priors (`kizuna.modules.Module.message_to`);
 * **down**, to a child that receives ``prior_mean`` (a VAE), the mean :math:`m_{c_n}` of each
   sample's most probable class — the prior mean of that sample's latent (Neuro-SERKET,
   Taniguchi et al. 2020, arXiv:1910.08918).

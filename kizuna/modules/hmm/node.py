@@ -7,7 +7,8 @@ the parent's class prior :math:`\rho_{nk}` as an extra factor of step :math:`n`,
 :math:`\lambda_{nk} = p(x_n | z_n = k)`:
 
 * ``posterior`` :math:`\propto \mu_n \lambda_n \rho_n` (the smoothed marginal);
-* **up**: :math:`\propto \mu_n \lambda_n` (excluding the parent's prior, the protocol's convention);
+* **up**: :math:`\propto \mu_n \lambda_n` (excluding the parent's prior, the protocol's convention; with several
+  parents each reads it times the other parents' priors, `kizuna.modules.Module.message_to`);
 * **down**, to a child that receives ``prior_mean`` (a VAE), the Gaussian mean of each sample's most
   probable state, as `kizuna.modules.GMM` does.
 
@@ -34,13 +35,26 @@ from kizuna.modules.validation import not_fitted
 Tensor = torch.Tensor
 
 
+def own_lengths(owner: str, own: Sequence[int] | Tensor, n: int, device: torch.device) -> Tensor:
+    """A node's own ``lengths`` (its constructor's, which its graph updates use) for ``n`` rows given to its ``fit`` /
+    ``score`` / ``predict`` without lengths (they were ignored: the rows were one sequence, another model than the
+    graph's); lengths that do not cut the rows are refused, naming them."""
+    try:
+        return fb.check_lengths(n, own, device)
+    except ValueError as err:
+        raise ValueError(f"{owner}: the lengths given to its constructor do not cut X ({err}); pass lengths=... with "
+                         f"this X (lengths=[{n}]: one sequence)") from None
+
+
 class HMM(ClassModule, HiddenMarkovModel):
     """HMM module / estimator (see `HiddenMarkovModel` for the model and the other arguments).
 
     Args:
         n_components: number of hidden states K.
         category: reference labels, for ``accuracy`` / ``ari`` / ``nmi`` only.
-        lengths: in a graph, the lengths of the sequences the samples form (``None``: one sequence).
+        lengths: the lengths of the sequences the samples form (``None``: one sequence), in a graph and in
+            ``fit`` / ``score`` / ``predict`` / ... called without ``lengths`` (data of another number of rows is then
+            refused: pass its own ``lengths``).
         n_particles: particles of the `SIR` posterior in a graph.
         name, learnable: see `kizuna.modules.Module`.
 
@@ -93,8 +107,17 @@ class HMM(ClassModule, HiddenMarkovModel):
         without a history."""
         super().load_state_dict({"history_": None, "converged_": False, **state})
 
+    def _data(self, X: Any, lengths: Lengths, fitting: bool = False) -> tuple[Tensor, Tensor]:
+        """See `HiddenMarkovModel._data`; without ``lengths`` the node's own ``lengths`` cut the data (`own_lengths`),
+        in ``fit``, ``score``, ``predict`` and the others as in a graph."""
+        if lengths is None and self.lengths is not None:
+            x, _ = super()._data(X, None, fitting)
+            return x, own_lengths(self._owner, self.lengths, x.shape[0], x.device)
+        return super()._data(X, lengths, fitting)
+
     def fit(self, X: Any, lengths: Lengths = None) -> HMM:
-        """See `HiddenMarkovModel.fit`; also sets ``posterior`` (the training sequence's smoothed marginals)."""
+        """See `HiddenMarkovModel.fit`; also sets ``posterior`` (the training sequence's smoothed marginals). Without
+        ``lengths`` the node's own cut the data."""
         super().fit(X, lengths)
         x, lengths = self._data(X, lengths)
         self.posterior = torch.exp(fb.forward_backward(*self._log_chain(), self._log_emit(x), lengths).log_gamma)

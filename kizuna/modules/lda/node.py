@@ -68,6 +68,9 @@ class MLDA(ClassModule, MultimodalLDA):
     sends_priors_down: ClassVar[bool] = True  # class priors to the children whose posteriors it takes
     sends: ClassVar[str] = "posterior"
     receives: ClassVar[tuple[str, ...]] = ("prior",)
+    # theta carries its parents' priors already (see the module docstring): every parent reads it as it is, the
+    # others' priors are not multiplied in again (`Module.message_to`)
+    up_excludes_priors: ClassVar[bool] = False
     scheduled: ClassVar[tuple[str, ...]] = ("max_iter",)
     architecture: ClassVar[tuple[str, ...]] = ("n_components", "weights")
 

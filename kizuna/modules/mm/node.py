@@ -14,7 +14,8 @@ forward-backward (`kizuna.modules.mm.algorithms`). With :math:`\mu_{nk}` the cha
 into step :math:`n` (from every other step) and :math:`\rho_{nk}` the prior of MM's own parent:
 
 * ``posterior`` :math:`\propto \mu_n \lambda_n \rho_n` (the smoothed marginal);
-* **up**: :math:`\propto \mu_n \lambda_n` (excluding the parent's prior);
+* **up**: :math:`\propto \mu_n \lambda_n` (excluding the parent's prior; with several parents each reads it
+  times the other parents' priors, `kizuna.modules.Module.message_to`);
 * **down** to the child: :math:`\propto \mu_n \rho_n` (excluding the child's own evidence), so the child's
   next posterior :math:`\propto \mu_n\rho_n\lambda_n` is the HMM's smoothed marginal.
 
@@ -36,6 +37,7 @@ from kizuna.modules import _forward_backward as fb
 from kizuna.modules.base import ClassModule, Message, Module, check_width
 from kizuna.modules.combine import SIR
 from kizuna.modules.context import UpdateContext
+from kizuna.modules.hmm.node import own_lengths
 from kizuna.modules.mm import algorithms as algo
 from kizuna.modules.mm.estimator import MarkovChain
 
@@ -48,7 +50,9 @@ class MM(ClassModule, MarkovChain):
     Args:
         n_states: K; ``None`` takes the width of the child's message.
         alpha: Dirichlet concentration of each row of :math:`A` and of :math:`\\pi`.
-        lengths: lengths of the sequences the samples form, in order (``None``: one sequence).
+        lengths: lengths of the sequences the samples form, in order (``None``: one sequence), in a graph and in
+            ``fit`` / ``predict_proba`` / ``predict`` / ``score`` called without ``lengths`` (evidence of another
+            number of rows is then refused: pass its own ``lengths``).
         n_iter: count / re-estimate iterations per ``update``.
         n_samples: paths drawn per iteration under `SIR`.
         n_particles: particles of the `SIR` posterior (see `kizuna.modules.combine.SIR`).
@@ -98,6 +102,24 @@ class MM(ClassModule, MarkovChain):
         super()._validate()
         check_int(f"{self._owner}: n_samples", self.n_samples, 1)  # (2.5 ran with 2, n_particles=0 failed in SIR)
         check_int(f"{self._owner}: n_particles", self.n_particles, 1)
+
+    def _evidence(self, X: Any, lengths: Sequence[int] | Tensor | None) -> tuple[Tensor, Tensor]:
+        """See `MarkovChain._evidence`; without ``lengths`` the node's own cut the evidence, as in a graph
+        (`kizuna.modules.hmm.node.own_lengths`)."""
+        if lengths is None and self.lengths is not None:
+            log_x, _ = super()._evidence(X, None)
+            return log_x, own_lengths(self._owner, self.lengths, log_x.shape[0], log_x.device)
+        return super()._evidence(X, lengths)
+
+    def fit(self, X: Any, lengths: Sequence[int] | Tensor | None = None) -> MM:
+        """See `MarkovChain.fit`; also sets ``posterior`` (the training evidence's smoothed marginals) and
+        ``n_classes``, as the other nodes' ``fit`` (``classes`` and ``accuracy`` kept a graph's posterior, or raised).
+        Without ``lengths`` the node's own cut the evidence."""
+        super().fit(X, lengths)
+        log_emit, lengths = self._evidence(X, lengths)
+        self.n_classes = log_emit.shape[1]
+        self.posterior = torch.exp(algo.smooth(*self._chain(self.n_classes, log_emit), log_emit, lengths).log_gamma)
+        return self
 
     def _update(self, ctx: UpdateContext, forward: list[Message], backward: Message | None
                 ) -> tuple[Message, dict[Module, Message]]:
