@@ -302,19 +302,28 @@ class FactorizedBernoulli(Bernoulli):
         return per_feature * observed.to(per_feature.dtype)
 
 
-class _TorchOneHotCategorical(D.OneHotCategorical):
-    """torch's OneHotCategorical whose inner ``Categorical`` follows its ``validate_args``.
+def _init_over_categorical(dist: D.Distribution, probs: Tensor | None, logits: Tensor | None,
+                           validate_args: bool | None) -> None:
+    """Initialise ``dist``, a torch distribution that reads its parameters from an inner ``Categorical``
+    (``OneHotCategorical``, ``Multinomial``), with that inner one built with ``dist``'s ``validate_args``.
 
-    torch 2.13 builds the inner one with the process default, so with kizuna's validation off it
-    still checked the probabilities on every construction (a simplex check and a host sync) and the
-    indices in every ``log_prob``.
+    torch 2.13 builds the inner one with the process default, so with kizuna's validation off it still
+    checked the probabilities on every construction (a simplex check and a host sync) and the indices in
+    every ``log_prob``; and parameters without entries (an empty batch), for which kizuna turns the checks
+    off, failed in torch's check ("cannot reshape tensor of 0 elements").
     """
+    dist._categorical = D.Categorical(probs, logits, validate_args=validate_args)
+    D.Distribution.__init__(dist, dist._categorical.batch_shape, dist._categorical.param_shape[-1:],
+                            validate_args=validate_args)
+
+
+class _TorchOneHotCategorical(D.OneHotCategorical):
+    """torch's OneHotCategorical whose inner ``Categorical`` follows its ``validate_args``
+    (`_init_over_categorical`)."""
 
     def __init__(self, probs: Tensor | None = None, logits: Tensor | None = None,
                  validate_args: bool | None = None) -> None:
-        self._categorical = D.Categorical(probs, logits, validate_args=validate_args)
-        D.Distribution.__init__(self, self._categorical.batch_shape, self._categorical.param_shape[-1:],
-                                validate_args=validate_args)
+        _init_over_categorical(self, probs, logits, validate_args)
 
     def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance: Any = None) -> D.OneHotCategorical:
         return super().expand(batch_shape, self._get_checked_instance(_TorchOneHotCategorical, _instance))
@@ -345,10 +354,28 @@ class Categorical(TorchDistribution):
 
 
 class _TorchMultinomial(D.Multinomial):
-    """torch's Multinomial whose ``expand`` keeps the Binomial that ``entropy`` reads (torch 2.13 drops it)."""
+    """torch's Multinomial whose inner ``Categorical`` and ``Binomial`` follow its ``validate_args``
+    (`_init_over_categorical`: torch 2.13 builds them with the process default, so ``validation(False)`` still
+    checked the probabilities, and logits of an empty batch failed), whose ``expand`` keeps the Binomial that
+    ``entropy`` reads (torch 2.13 drops it), and whose ``entropy`` of an empty batch is empty."""
+
+    def __init__(self, total_count: int = 1, probs: Tensor | None = None, logits: Tensor | None = None,
+                 validate_args: bool | None = None) -> None:
+        if not isinstance(total_count, int):  # torch's own refusal (`Multinomial._set_param` makes it an int)
+            raise NotImplementedError("inhomogeneous total_count is not supported")
+        self.total_count = total_count
+        _init_over_categorical(self, probs, logits, validate_args)
+        self._binomial = D.Binomial(total_count, probs=self.probs, validate_args=validate_args)
+
+    def entropy(self) -> Tensor:
+        """torch's entropy; with no rows the inner Categorical's (empty, of the batch shape): torch's sum over the
+        Binomial's support reads its largest count, and ``max()`` of no entries failed with a raw RuntimeError."""
+        if self.batch_shape.numel() == 0:
+            return self._categorical.entropy()
+        return super().entropy()
 
     def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance: Any = None) -> D.Multinomial:
-        new = super().expand(batch_shape, _instance)
+        new = super().expand(batch_shape, self._get_checked_instance(_TorchMultinomial, _instance))
         new._binomial = self._binomial.expand(torch.Size(batch_shape) + self.event_shape)
         return new
 

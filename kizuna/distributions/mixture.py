@@ -306,7 +306,9 @@ class MixtureModel(Distribution):
     def log_prior(self, x_dict: Mapping[str, Any], dtype: torch.dtype | None = None) -> Tensor:
         """:math:`\\log p(z = e_k)` for every :math:`k`: shape ``(batch or 1, K)``."""
         k = len(self.distributions)
-        b = batch_size_of(x_dict, self.prior.input_var) or 1
+        b = batch_size_of(x_dict, self.prior.input_var)
+        if b is None:  # a constant prior: one row for every batch (an empty batch keeps its 0 rows)
+            b = 1
         device = next((v.device for v in x_dict.values() if isinstance(v, Tensor)), None)
         eye = torch.eye(k, dtype=dtype or torch.get_default_dtype(), device=device).repeat_interleave(b, 0)
         inputs = {c: repeat_batch(x_dict[c], k) for c in self.prior.input_var}

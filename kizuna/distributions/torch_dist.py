@@ -771,11 +771,16 @@ class TorchDistribution(Distribution):
         # the pair different event ranks, which torch has no KL for
         mine, theirs = self._kl_dist(params), other._kl_dist(other_params)
         try:
-            if mine.batch_shape != theirs.batch_shape:  # a constant side's one row against the batch: torch's
-                # Bernoulli KL indexes one side by a mask of the other's shape, it does not broadcast
-                shape = torch.broadcast_shapes(mine.batch_shape, theirs.batch_shape)
-                mine, theirs = mine.expand(shape), theirs.expand(shape)
-            kl = D.kl_divergence(mine, theirs)
+            shape = _broadcast(mine.batch_shape, theirs.batch_shape)
+            if shape.numel() == 0 and mine.event_shape == theirs.event_shape:  # an empty batch: torch's
+                # MultivariateNormal KL against a network's divides by the rows of its scale (0 // 0, a bare
+                # ZeroDivisionError, with a constant side first); different events are left to torch's error
+                kl = _empty_kl(shape, params, other_params)
+            else:
+                if mine.batch_shape != theirs.batch_shape:  # a constant side's one row against the batch: torch's
+                    # Bernoulli KL indexes one side by a mask of the other's shape, it does not broadcast
+                    mine, theirs = mine.expand(shape), theirs.expand(shape)
+                kl = D.kl_divergence(mine, theirs)
         except NotImplementedError:  # no closed form for this pair after all (KullbackLeibler falls back)
             raise
         except RuntimeError as err:  # shapes that do not broadcast
@@ -1153,6 +1158,22 @@ class TorchDistribution(Distribution):
 def _without_entries(params: Mapping[str, Any]) -> bool:
     """Whether a tensor among ``params`` has no entries (an empty batch: nothing for torch's checks, which fail)."""
     return any(isinstance(v, Tensor) and v.numel() == 0 for v in params.values())
+
+
+def _empty_kl(shape: torch.Size, *param_sets: Mapping[str, Any]) -> Tensor:
+    """The KL of a pair of batch ``shape`` without entries: zeros of that shape in the parameters' dtype, attached to
+    their graph as a computed KL is (a loss summed over it still backpropagates, zero gradients)."""
+    values = [v for params in param_sets for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()]
+    if not values:
+        return torch.zeros(shape)
+    dtype = values[0].dtype
+    for v in values[1:]:
+        dtype = torch.promote_types(dtype, v.dtype)
+    kl = torch.zeros(shape, dtype=dtype, device=values[0].device)
+    for v in values:
+        if v.requires_grad:
+            kl = kl + v.sum()
+    return kl
 
 
 def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size:
