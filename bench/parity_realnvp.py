@@ -83,10 +83,13 @@ def reference_log_prob(flow: FlowList, x: torch.Tensor, initialise: bool = True)
     h, logdet = reference_preprocess(flow[0], x)
     for layer in list(flow)[1:]:
         if isinstance(layer, ActNorm):
-            if initialise and not bool(layer.initialized):  # data-dependent initialisation on the first batch
+            if initialise and not bool(layer.initialized):  # data-dependent initialisation on the first batch,
+                # unless the parameters are no longer the new layer's zeros (kizuna's rule since stop 43: they are
+                # kept; `agree_random` perturbs every parameter first)
                 with torch.no_grad():
-                    layer.bias.copy_(-h.mean(0))
-                    layer.log_scale.copy_(-0.5 * torch.log(h.var(0, unbiased=False) + layer.eps))
+                    if not bool(layer.bias.any() or layer.log_scale.any()):
+                        layer.bias.copy_(-h.mean(0))
+                        layer.log_scale.copy_(-0.5 * torch.log(h.var(0, unbiased=False) + layer.eps))
                     layer.initialized.fill_(True)
             h = (h + layer.bias) * layer.log_scale.exp()
             logdet = logdet + layer.log_scale.sum()

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from torch import distributions as D
 
 from kizuna.distributions import InverseTransformedDistribution, Normal, TransformedDistribution
 from kizuna.flows import MAF, ActNorm, AffineCoupling, Flatten, FlowList, RationalQuadraticCoupling
+from kizuna.flows.base import scoring_data
 
 F64 = torch.float64
 
@@ -86,12 +88,15 @@ def test_actnorm_fitted_through_its_inverse_keeps_its_parameters_when_its_td_is_
     assert ((draws.mean(0) - loc).abs() < 5 * scale / math.sqrt(4000)).all()
 
 
-def test_actnorm_trained_one_row_at_a_time_warns_and_is_not_reinitialised() -> None:
-    """Before: no warning, and the first training-mode batch of 60 rows initialised the layer over the parameters
-    trained one row at a time. A one-row probe (``sample()``) still leaves a new layer to initialise from data."""
+def test_actnorm_trained_one_row_at_a_time_is_not_reinitialised() -> None:
+    """Before: the first training-mode batch of 60 rows initialised the layer over the parameters trained one row at
+    a time. A one-row probe (``sample()``) still leaves a new layer to initialise from data."""
     probe = ActNorm(2).double()
-    with pytest.warns(UserWarning, match=r"^ActNorm: a training-mode batch of one value per channel \(z of shape"):
-        probe.inverse(torch.ones(1, 2, dtype=F64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a plain sample() of a new flow warned in this stop's first fix)
+        with scoring_data():
+            probe.inverse(torch.ones(1, 2, dtype=F64))
+        probe.inverse(torch.randn(7, 2, dtype=F64))  # a draw's inverse, outside scoring_data
     assert not bool(probe.initialized)
     x = _data(60)
     torch.testing.assert_close(probe(x), (x - x.mean(0)) / (x.var(0, unbiased=False) + probe.eps).sqrt(),
@@ -99,20 +104,32 @@ def test_actnorm_trained_one_row_at_a_time_warns_and_is_not_reinitialised() -> N
     act = ActNorm(2).double()
     p = InverseTransformedDistribution(_std_normal("z", 2), act, var=["x"])
     opt = torch.optim.SGD(p.parameters(), lr=0.01)
-    with pytest.warns(UserWarning, match=r"^ActNorm: a training-mode batch of one value per channel \(x of shape "
-                                         r"\(1, 2\)\) is too few for the data-dependent initialisation; the layer "
-                                         r"initialises from its next training-mode batch of more rows, unless "
-                                         r"training has changed its parameters by then \(they are kept\)$"):
-        for i in range(20):
-            opt.zero_grad()
-            (-p.get_log_prob({"x": x[i:i + 1]}).mean()).backward()
-            opt.step()
+    for i in range(20):
+        opt.zero_grad()
+        (-p.get_log_prob({"x": x[i:i + 1]}).mean()).backward()
+        opt.step()
     trained = _params(act)
     z, logdet = act.forward_and_logdet(x)  # a training-mode batch of 60 rows
     assert bool(act.initialized)
     assert all(torch.equal(a, b) for a, b in zip(_params(act), trained))
     torch.testing.assert_close(z, (x + trained[0]) * trained[1].exp(), rtol=0, atol=0)
     torch.testing.assert_close(logdet, trained[1].sum().expand(60), rtol=0, atol=0)
+
+
+def test_sampling_a_new_glow_style_flow_does_not_initialise_actnorm_from_the_prior() -> None:
+    """An InverseTransformedDistribution samples through the inverse: sampling before training initialised ActNorm
+    from the prior's draws in this stop's first fix (the data's first NLL 18.6 instead of 2.8); the data's first
+    forward initialises it, as without the sample."""
+    x = _data(80) * 3.0 + 5.0
+    fresh, sampled = ActNorm(2).double(), ActNorm(2).double()
+    p = InverseTransformedDistribution(_std_normal("z", 2), sampled, var=["x"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p.sample(batch_n=50)
+        p.sample()
+    assert not bool(sampled.initialized)
+    torch.testing.assert_close(sampled(x), fresh(x), rtol=0, atol=0)
+    torch.testing.assert_close(_params(sampled), _params(fresh), rtol=0, atol=0)
 
 
 def test_actnorm_with_changed_parameters_counts_as_initialised() -> None:
@@ -134,7 +151,8 @@ def test_actnorm_with_changed_parameters_counts_as_initialised() -> None:
 def test_actnorm_state_dict_round_trip_keeps_the_flag_and_a_fresh_layer_still_initialises_forward() -> None:
     x = _data(80)
     act = ActNorm(2).double()
-    act.inverse(x)
+    with scoring_data():
+        act.inverse(x)
     state = act.state_dict()
     assert set(state) == {"bias", "log_scale", "initialized"} and bool(state["initialized"])
     loaded = ActNorm(2).double()
@@ -159,7 +177,8 @@ def test_actnorm_refuses_to_initialise_its_inverse_from_a_non_finite_batch() -> 
     z[1, 0] = float("nan")
     with pytest.raises(ValueError, match=r"^ActNorm: the data-dependent initialisation needs a finite batch, got "
                                          r"non-finite z \(nan at row 1, channel 0\); the layer stays uninitialised"):
-        act.inverse(z)
+        with scoring_data():
+            act.inverse(z)
     assert not bool(act.initialized) and not act.bias.any() and not act.log_scale.any()
 
 

@@ -57,7 +57,7 @@ from kizuna.distributions.base import (
 )
 from kizuna.distributions.flow_matching import sample_n_with_context
 from kizuna.distributions.torch_dist import validation_enabled
-from kizuna.flows.base import Flow
+from kizuna.flows.base import Flow, scoring_data
 from kizuna.formula.memo import memoized
 from kizuna.utils import _autocast_state
 
@@ -283,9 +283,12 @@ class TransformedDistribution(_FlowDistribution):
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         x, x_dict, shape = self._rows(self._value(x_dict, sum_features), x_dict)
-        base, logdet = memoized(self, "inverse", self._memo_inputs(x, x_dict),
-                                lambda: self.flow.inverse_and_logdet(x, self._context(x_dict)))
+        base, logdet = memoized(self, "inverse", self._memo_inputs(x, x_dict), lambda: self._scored(x, x_dict))
         return self._per_draw(self._base_log_prob(base, x_dict) + logdet, shape)
+
+    def _scored(self, x: Tensor, x_dict: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        with scoring_data():  # the inverse runs over data here: ActNorm may initialise from it (a draw's may not)
+            return self.flow.inverse_and_logdet(x, self._context(x_dict))
 
 
 class InverseTransformedDistribution(_FlowDistribution):

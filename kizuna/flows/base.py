@@ -17,7 +17,9 @@ optional context (conditional flows); layers that take none ignore it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -25,6 +27,26 @@ from torch import nn
 from kizuna._data import check_count
 
 Tensor = torch.Tensor
+
+_scoring = threading.local()  # (per thread: a flow distribution's likelihood in one thread, a sample in another)
+
+
+@contextmanager
+def scoring_data() -> Iterator[None]:
+    """The inverse passes run in this block score data (a `TransformedDistribution`'s likelihood runs its flow
+    backwards over the data): a data-dependent layer (`ActNorm`) may initialise from them, as from a forward pass.
+    Outside it an inverse pass is a draw's (sampling from the prior through the inverse), and does not."""
+    before = getattr(_scoring, "on", False)
+    _scoring.on = True
+    try:
+        yield
+    finally:
+        _scoring.on = before
+
+
+def is_scoring_data() -> bool:
+    """Whether the current thread is inside `scoring_data`."""
+    return getattr(_scoring, "on", False)
 
 
 class Flow(nn.Module):

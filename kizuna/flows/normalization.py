@@ -10,15 +10,17 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
   zero mean and standard deviation ``scale`` (1 by default) per channel: :math:`b = -\mu`,
   :math:`\ell = \log \text{scale} - \tfrac12 \log(\sigma^2 + \epsilon)` (Pixyz's ``ActNorm2d(C, scale)``). A
   first batch with a NaN or inf is refused (``ValueError``) and leaves the layer uninitialised. The first
-  training-mode pass in either direction initialises it, once: an ``inverse`` first (a `TransformedDistribution`
-  fitted by its likelihood scores through the inverse) initialises it from its input :math:`z` so that ``inverse``
-  comes out standardised (:math:`\ell = \tfrac12 \log(\sigma_z^2 + \epsilon) - \log \text{scale}`, :math:`b =
-  \mu_z e^{-\ell}`); a layer whose parameters are no longer the new layer's zeros (trained one row at a time or
-  in evaluation mode, set by hand) counts as initialised and keeps them; a batch of one value per channel (one
-  vector row) cannot initialise it (a warning; the layer stays uninitialised until one of these). Before, a layer
-  trained through its inverse or one row at a time stayed uninitialised, and its first training-mode forward of more
-  rows (a flow distribution's ``sample()``) initialised it over the trained parameters. The flag ``initialized`` is
-  a buffer: saved and loaded with the state dict.
+  training-mode ``forward`` initialises it, once, and so does the first training-mode ``inverse`` over data: inside
+  `kizuna.flows.base.scoring_data`, where a `TransformedDistribution`'s likelihood runs its flow backwards over the
+  data, it initialises from its input :math:`z` so that ``inverse`` comes out standardised (:math:`\ell = \tfrac12
+  \log(\sigma_z^2 + \epsilon) - \log \text{scale}`, :math:`b = \mu_z e^{-\ell}`). Any other inverse is a draw's
+  (an `InverseTransformedDistribution`'s ``sample()`` through the inverse, or a hand-written sampler) and does not
+  initialise it from the prior's draws. A layer whose parameters are no longer the new layer's zeros (trained
+  through draws, one row at a time or in evaluation mode, or set by hand) counts as initialised at its next
+  training-mode pass and keeps them; a batch of one value per channel (one vector row) does not initialise it.
+  Before stop 43, a layer trained through its inverse or one row at a time stayed uninitialised, and its first
+  training-mode forward of more rows (a flow distribution's ``sample()``) initialised it over the trained
+  parameters. The flag ``initialized`` is a buffer: saved and loaded with the state dict.
 * `BatchNorm1d` / `BatchNorm2d` (RealNVP, Dinh et al. 2016, arXiv:1605.08803, sec. 3.7): :math:`z = \frac{x -
   \mu}{\sqrt{\sigma^2 + \epsilon}}\, e^{\gamma} + \beta`, with the batch's :math:`\mu, \sigma^2` in training mode and
   their running averages in evaluation mode (:math:`\text{running} \leftarrow (1 - m)\,\text{running} +
@@ -50,8 +52,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna._data import check_positive, warn_user
-from kizuna.flows.base import Flow, Tensor
+from kizuna._data import check_positive
+from kizuna.flows.base import Flow, Tensor, is_scoring_data
 
 
 def _channel_view(t: Tensor, x: Tensor) -> Tensor:
@@ -131,25 +133,21 @@ class ActNorm(Flow):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _first_use(self, x: Tensor, what: str) -> None:
-        """The first training-mode pass of a layer not yet initialised, in either direction (``what``: ``"x"``
-        forward, ``"z"`` inverse): the data-dependent initialisation from this batch, or the mark that the layer is
-        initialised as it is (module docstring). An empty batch changes nothing."""
+        """The first training-mode pass of a layer not yet initialised (``what``: ``"x"`` forward, ``"z"`` an inverse
+        that scores data, inside `scoring_data`; ``"draw"`` any other inverse, a draw's): the data-dependent
+        initialisation from this batch, or the mark that the layer is initialised as it is (module docstring). An
+        empty batch, one value per channel, or a draw changes nothing but that mark."""
         per_channel = x.numel() // max(x.shape[1], 1)  # (statistics over the batch and the pixels, as Glow: one
         # image of many pixels initialises it too)
         if per_channel == 0:
             return
         with torch.no_grad():
             changed = bool((self.bias != 0).any() | (self.log_scale != 0).any())
-        if changed:  # trained without a training-mode pass (e.g. in evaluation mode), or set by hand: kept
+        if changed:  # trained without an initialising pass (through draws, one row at a time, in evaluation mode),
+            # or set by hand: kept (a later forward initialised over the trained parameters)
             self.initialized.fill_(True)
-        elif per_channel > 1:
+        elif per_channel > 1 and what != "draw":  # (one row: a probe such as sample() does not spoil it)
             self._initialize(x, what)
-        else:  # (left uninitialised: a one-row probe, e.g. sample(), does not spoil the initialisation; a layer
-            # trained one row at a time has changed parameters by its next pass, and keeps them)
-            warn_user(f"ActNorm: a training-mode batch of one value per channel ({what} of shape {tuple(x.shape)}) "
-                      f"is too few for the data-dependent initialisation; the layer initialises from its next "
-                      f"training-mode batch of more rows, unless training has changed its parameters by then (they "
-                      f"are kept)")
 
     def _initialize(self, x: Tensor, what: str = "x") -> None:
         """Forward (``what="x"``): ``forward(x)`` standardised; inverse (``what="z"``): ``inverse(x)`` standardised."""
@@ -184,8 +182,9 @@ class ActNorm(Flow):
         return z, (self.log_scale.sum() * _pixels(x)).expand(x.shape[0])
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):  # (the first training-mode pass may be an inverse)
-            self._first_use(z, "z")
+        if self.training and not bool(self.initialized):  # (an inverse over data may be the first: a flow
+            # distribution's likelihood; a draw's inverse, sampling through the flow, does not initialise it)
+            self._first_use(z, "z" if is_scoring_data() else "draw")
         x = z * _channel_view((-self.log_scale).exp(), z) - _channel_view(self.bias, z)
         return x, (-self.log_scale.sum() * _pixels(z)).expand(z.shape[0])
 
