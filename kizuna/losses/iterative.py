@@ -10,6 +10,16 @@ must be given for step 0). This is how recurrent latent-variable
 models are written, e.g. the Deep Markov Model (Krishnan et al. 2017, arXiv:1609.09869) with
 :math:`\mathcal{L}_{step} = D_{KL}[q(z_t|x_t, z_{t-1})\|p(z_t|z_{t-1})] - \mathbb{E}_{q}[\log p(x_t|z_t)]`.
 The semantics follow Pixyz's ``IterativeLoss``.
+
+Gradients: a draw that reaches later steps (carried by ``update_value``, or read by name at the next step) and gets the
+score-function term (a discrete latent, ``REINFORCE``, ``reparam=False``) changes the costs of every later step, not
+only its own step's. The score-function gradient is :math:`\sum_t \mathbb{E}[f_t \sum_{s \le t} \nabla \log
+q(z_s|\cdot)]`: each step's value is multiplied, per row, by :math:`\exp(C_{<t} - \overline{C_{<t}})` (DiCE's "magic
+box", of value exactly 1), with :math:`C_{<t}` the summed log-densities of the earlier steps' score-function draws
+that reach later steps, so that its gradient gains :math:`f_t \nabla C_{<t}` (the unbiased estimator; without it a
+carried Bernoulli state trained on a gradient 4x too small). Per row where the step loss is one value per row or a
+linear batch reduction of such values (``E_q[f].mean()``), else over the whole batch. Pathwise (reparameterised)
+draws need none: their gradient flows through the carried values.
 """
 
 from __future__ import annotations
@@ -26,7 +36,17 @@ from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.memo import release_step, step_mark
 from kizuna.losses.elbo import IWAE
-from kizuna.losses.expectation import Expectation
+from kizuna.losses.expectation import (
+    _REDUCED,
+    _ROW,
+    REINFORCE,
+    Expectation,
+    _kind,
+    _linear,
+    _per_row,
+    _reductions,
+    _rows,
+)
 
 
 def _draws_per_row(node: Loss) -> tuple[int, Any, str, str]:
@@ -42,13 +62,15 @@ def _draws_per_row(node: Loss) -> tuple[int, Any, str, str]:
 class _StepDraws(dict):
     """One step's draws (``EvalContext.samples``) that also notes the number of dimensions of every value written to
     each variable during the step: a variable drawn once per row ``(batch, ...)`` and several times per row
-    ``(draws, batch, ...)`` in the same step keeps the later draw, and these tell which one it was."""
+    ``(draws, batch, ...)`` in the same step keeps the later draw, and these tell which one it was. With ``scores``,
+    the expectations add the score terms of their draws made once per row to ``scores`` (`collect_score`)."""
 
-    __slots__ = ("dims",)
+    __slots__ = ("dims", "scores")
 
-    def __init__(self) -> None:
+    def __init__(self, scores: bool = False) -> None:
         super().__init__()
         self.dims: dict[str, set[int]] = {}
+        self.scores: list[tuple[Distribution, Tensor]] | None = [] if scores else None
 
     def __setitem__(self, key: str, value: Any) -> None:
         if isinstance(value, Tensor):
@@ -186,11 +208,30 @@ class IterativeLoss(Loss):
         # variable drawn only several times per row is kept back, one drawn both ways is checked at each step
         self._several = frozenset(v for v, ns in per_row.items() if 1 not in ns)
         self._both = frozenset(v for v, ns in per_row.items() if 1 in ns and len(ns) > 1)
+        # an expectation that may give its draws the score-function term (they may reach later steps: see _value)
+        self._scoring = any(isinstance(m, Expectation) and (isinstance(m, REINFORCE) or not m.reparam
+                                                             or not m.p.has_reparam) for m in self.step_loss.modules())
+        self._score_plan: tuple[Any, ...] | None = None
         self.slice_step = slice_step
         self.max_iter = max_iter
         self.series_dim = series_dim
         needed = self.step_loss.input_var + self.series_var + list(self.update_value.values())
         super().__init__([v for v in needed if v != self.timestep_var])
+        # the names a step reads from the values the previous step left: the carried sources, and the step loss's
+        # inputs but those set anew at every step (the series, the step index, a carried target)
+        renewed = {*self.series_var, self.timestep_var, *self.update_value.values()} - set(self.update_value)
+        reach = set(self.update_value) | set(self.step_loss.input_var) - renewed - self._several
+        # and the variables that a draw of those is drawn given (a discrete state that a carried Normal draw depends
+        # on), following the inputs of the distributions drawn in the step
+        drawn = [m.p for m in self.step_loss.modules() if isinstance(m, Expectation)]
+        grew = True
+        while grew:
+            grew = False
+            for p in drawn:
+                if not reach.isdisjoint(p.var) and not reach.issuperset(p.input_var):
+                    reach.update(p.input_var)
+                    grew = True
+        self._reach = frozenset(reach)
         self._records = [_StepTermSum(self, term) for term in self.step_loss.terms()]
 
     def subterms(self) -> list[Loss]:
@@ -259,14 +300,17 @@ class IterativeLoss(Loss):
         updates = self.update_value.items()
         several, both = self._several, self._both
         reduced: list[bool] | None = None  # per term record, under a per-row mask: whether the step loss reduces it
+        scoring = self._scoring
+        drawn_score: Tensor | None = None  # per row: the log-densities of score-function draws that reach later steps
         for t in range(steps):
             if timestep_var is not None:
                 values[timestep_var] = t
             for v, x in sliced:
                 values[v] = x.select(dim, t)
             # fresh results (every node is evaluated anew at each step); the evaluation's options (sample_mean, batch_n)
-            step = EvalContext(values, _StepDraws() if report or both else None, options, report)
-            value = step.value(step_loss)
+            step = EvalContext(values, _StepDraws(scoring) if report or both or scoring else None, options, report)
+            value = step.value(step_loss) if drawn_score is None else \
+                self._with_score(step, drawn_score - drawn_score.detach())
             if weights is not None:
                 value = self._weighted(value, weights[t], step_loss)
             total = total + value
@@ -288,6 +332,8 @@ class IterativeLoss(Loss):
                 samples = {k: v for k, v in samples.items() if k not in several
                            and not (k in both and self._draw_lead(k, v, samples.dims.get(k, ())))}
             values.update(samples)
+            if scoring:
+                drawn_score = self._carried_scores(step.samples.scores, drawn_score)
             release_step(mark)  # the step's memo entries: its inputs are new tensors at the next step
             carried = []  # every source is read before any target is written (a swap works)
             for src, dst in updates:
@@ -305,6 +351,49 @@ class IterativeLoss(Loss):
                 # (draws, T, batch, ...) or (draws, batch, T, ...), as one draw's steps are laid out
                 ctx.samples[k] = torch.stack(vs, next(iter(leads[k])) + self.series_dim)
         return torch.as_tensor(total)
+
+    def _carried_scores(self, records: list[tuple[Distribution, Tensor]], carried: Tensor | None) -> Tensor | None:
+        """``carried`` plus the log-densities (``records``: a step's score-function draws made once per row, each
+        ``(distribution, per-row log-density)``) of the draws that reach later steps (`_reach`: a variable that the
+        next step reads from the values, carried by ``update_value`` or an input of the step loss, or one that such a
+        draw was drawn given). Others add no term (their score would be noise for the later steps' costs)."""
+        reach = self._reach
+        for p, logp in records:
+            if logp.requires_grad and not reach.isdisjoint(p.var):
+                carried = logp if carried is None else carried + logp
+        return carried
+
+    def _with_score(self, step: EvalContext, score: Tensor) -> Tensor:
+        """The step loss's value (evaluated in ``step``) times ``exp(score)`` (``score``: the carried
+        log-densities less themselves, 0 with their gradient; module docstring): per row where its value is one per
+        row, and inside a linear batch reduction of such values (``E_q[f].mean()``: each row's value times its own
+        row's factor, before the mean); the sum over the rows otherwise (a value that depends on every row's draws).
+        The value is unchanged, bit for bit (times exactly 1)."""
+        plan = self._score_plan
+        if plan is None:
+            memo: dict[int, str] = {}
+            kind = _kind(self.step_loss, memo)
+            linear = kind == _REDUCED and _linear(self.step_loss, memo)
+            plan = self._score_plan = (kind, tuple(_reductions(self.step_loss, memo, [], set())) if linear else None)
+        kind, reductions = plan
+        rows = _rows(score)
+        if reductions is not None:  # the reductions' per-row values, each row times its factor, before the reduction
+            done = []
+            for node, of_rows in reductions:
+                if not of_rows:
+                    continue
+                value = step.value(node.loss1)
+                if _rows(value) != rows:  # a term of one's own that is not one value per row: the whole batch's
+                    for key in done:
+                        del step.results[key]
+                    break
+                step.results[id(node)] = node._op(_times_exp(value, _per_row(score, value)))
+                done.append(id(node))
+            else:
+                return step.value(self.step_loss)
+        value = step.value(self.step_loss)
+        per_row = kind == _ROW and _rows(value) == rows  # (a mixed value depends on every row's draws)
+        return _times_exp(value, _per_row(score, value) if per_row else score.sum())
 
     def _draw_lead(self, k: str, v: Any, written: Iterable[int]) -> int:
         """1 when the draw ``v`` of ``k`` recorded at a step is several draws per row, ``(draws, batch, ...)``, else 0;
@@ -381,3 +470,13 @@ class IterativeLoss(Loss):
             raise ValueError(f"IterativeLoss: mask has {weight.shape[0]} rows per step, but the step loss {loss} "
                              f"has {value.shape[0]} (value of shape {tuple(value.shape)})")
         return value * weight.reshape(-1, *([1] * (value.dim() - 1)))
+
+
+def _times_exp(value: Any, score: Tensor) -> Any:
+    """``value * exp(score)`` for a ``score`` of value 0 (DiCE's magic box): ``value`` bit for bit (an infinite or
+    NaN entry too, which an added ``value * score`` made NaN), with the gradient ``value * d score`` added; a
+    value that cannot carry a gradient (not floating) is returned as it is."""
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        return value
+    factor = torch.exp(score)
+    return value * (factor if factor.dtype == value.dtype else factor.to(value.dtype))
