@@ -409,8 +409,34 @@ def _check_decoder(decoder: Distribution, values: dict[str, Any], mask: Tensor, 
         filler = None if bool(mask.all()) else placeholder(decoder, values, values[var], mean)
         x = values[var] if filler is None else torch.where(mask, values[var], filler)
         raise_for_observed(decoder, {**values, var: x}, var, filler)
-    else:
+    elif not _whole_units(decoder, values, mask):
         masked_log_prob(decoder, values, mask, who, fill=mean)  # (the value is not needed, only its checks)
+
+
+def _whole_units(decoder: Distribution, values: dict[str, Any], mask: Tensor) -> bool:
+    """Whether the decoder factorises over units coarser than the entries of ``x`` (its per-entry log-density has
+    a leading part of x's shape: ``(N, D)`` for D one-hot Categoricals of K levels, x ``(N, D, K)``) and the mask
+    observes or leaves out each unit whole: then :math:`p(x_{mis}|z)` is still :math:`p(x_{mis}|x_{obs}, z)`, as the
+    sweeps need (a mask splitting a unit goes to `masked_log_prob`'s refusal). The observed values are checked in the
+    decoder's support, with a draw of the decoder (always in it) in the missing units. The draw is taken from a forked
+    random stream: the chains' draws are those of a run without this check."""
+    var = decoder.var[0]
+    x = values[var]
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            drawn = decoder.sample(values, return_all=False)[var]
+            units = decoder.get_log_prob({**values, var: drawn}, sum_features=False).shape
+    except (ValueError, NotImplementedError, RuntimeError):
+        return False
+    k = len(units)
+    if drawn.shape != x.shape or k >= x.dim() or tuple(x.shape[:k]) != tuple(units):
+        return False
+    per_unit = mask.reshape(*units, -1)
+    if not bool((per_unit.all(-1) | ~per_unit.any(-1)).all()):
+        return False
+    raise_for_observed(decoder, {**values, var: torch.where(mask, x, drawn)}, var, drawn)
+    return True
 
 
 def _check_drawn_shape(decoder: Distribution, got: Tensor, x: Tensor, n_samples: int, what: str) -> None:
