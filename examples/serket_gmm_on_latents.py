@@ -13,7 +13,9 @@ sweeps, from several seeds of the chain, by
   :math:`m_0` the mean, and weights :math:`N_k^{-n}` without a Dirichlet pseudo-count (:math:`\alpha_0 = 0`:
   an emptied class stays empty).
 
-Run: ``python examples/serket_gmm_on_latents.py --latents DIR [--seeds 0 1] [--chains 0 1 2] [--sweeps 100]``.
+Run: ``python examples/serket_gmm_on_latents.py --latents DIR [--seeds 0 1] [--chains 0 1 2] [--sweeps 100]
+[--smoke]``; ``--smoke`` reads the files of ``serket_gmm_samplers.py --smoke --updates 1 --dump DIR`` (500
+digits, a 15-epoch VAE; named ``..._smoke.npz``) instead of the full run's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
 from _args import positive_int, seed_arg  # noqa: E402
+from serket_gmm_samplers import check_dump, dump_file  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 from kizuna.metrics import clustering_accuracy  # noqa: E402
@@ -66,16 +69,14 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--sweeps", type=positive_int, default=100)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="read the files of serket_gmm_samplers.py --smoke --dump (*_smoke.npz, 500 digits)")
     args = parser.parse_args()
-    missing = [str(Path(args.latents) / f"first_update_blocked_seed{seed}.npz") for seed in args.seeds
-               if not (Path(args.latents) / f"first_update_blocked_seed{seed}.npz").is_file()]
-    if missing:
-        parser.error(f"--latents {args.latents}: missing {', '.join(missing)} (write them with "
-                     "examples/serket_gmm_samplers.py --dump FOLDER)")
+    check_dump(parser, args.latents, args.seeds, args.smoke)
     torch.set_num_threads(1)
     results: dict[str, list[float]] = {}
     for seed in args.seeds:
-        with np.load(Path(args.latents) / f"first_update_blocked_seed{seed}.npz") as f:
+        with np.load(dump_file(args.latents, "blocked", seed, args.smoke)) as f:
             x, labels = torch.as_tensor(f["latent"], dtype=torch.float64), f["labels"]
         for variant in args.variants:
             for chain in args.chains:

@@ -10,7 +10,9 @@ tokens by `mlda_evidence.token_counts` with each rounding, from the same seed â€
 because their spread is larger than the differences sought â€” and prints the GMM's and the MLDA's accuracy.
 
 The latents come from ``serket_gmm_samplers.py --updates 1 --dump DIR`` (``--latents DIR``; files
-``first_update_blocked_seed<S>.npz``) or, without it, from training the VAE here (200 epochs, minutes).
+``first_update_blocked_seed<S>.npz``; with ``--smoke`` those of ``serket_gmm_samplers.py --smoke --updates 1
+--dump DIR``, ``first_update_blocked_seed<S>_smoke.npz``, 500 digits) or, without it, from training the VAE
+here (200 epochs, minutes).
 
 Run: ``python examples/serket_mlda_evidence.py [--seeds 0 1 2] [--chains 0 1 2] [--latents DIR]
 [--roundings round floor largest_remainder] [--sweeps 100] [--mlda-sweeps 100] [--serket-priors]
@@ -33,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
 from _args import positive_int, seed_arg  # noqa: E402
+from serket_gmm_samplers import check_dump, dump_file  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 from kizuna.modules.mlda_evidence import ROUNDINGS, token_counts  # noqa: E402
@@ -41,9 +44,10 @@ WEIGHTS = (200.0, 200.0)  # SERKET's VAE+GMM+MLDA: speech, then the GMM's poster
 
 
 def latents(seed: int, folder: str | None, data: str | None, smoke: bool = False) -> np.ndarray:
-    """The VAE's latent means after SERKET's first update (200 epochs, no message yet; ``smoke``: `S.SMOKE`)."""
+    """The VAE's latent means after SERKET's first update (200 epochs, no message yet; ``smoke``: `S.SMOKE`):
+    ``folder``'s dump of ``serket_gmm_samplers.py`` (its ``_smoke`` file when ``smoke``), else trained here."""
     if folder is not None:
-        with np.load(Path(folder) / f"first_update_blocked_seed{seed}.npz") as f:
+        with np.load(dump_file(folder, "blocked", seed, smoke)) as f:
             return f["latent"]
     s = S.SMOKE if smoke else S.SERKET
     d = S.digits(data, s.n)
@@ -80,7 +84,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1, 2], help="VAE seeds")
     parser.add_argument("--chains", type=seed_arg, nargs="+", default=[0, 1, 2], help="seeds of the GMM / MLDA chains")
     parser.add_argument("--roundings", nargs="+", choices=ROUNDINGS, default=list(ROUNDINGS))
-    parser.add_argument("--latents", default=None, help="folder of serket_gmm_samplers.py --dump files")
+    parser.add_argument("--latents", default=None, help="folder of serket_gmm_samplers.py --dump files "
+                        "(with --smoke: of serket_gmm_samplers.py --smoke --dump, *_smoke.npz)")
     parser.add_argument("--sweeps", type=positive_int, default=100, help="GMM sweeps (SERKET: 100)")
     parser.add_argument("--mlda-sweeps", type=positive_int, default=100, help="MLDA sweeps (SERKET: 100)")
     parser.add_argument("--serket-priors", action="store_true", help="MLDA alpha = beta = 1 (SERKET's)")
@@ -88,6 +93,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="append each result as a JSON line")
     parser.add_argument("--smoke", action="store_true", help="500 digits, a 15-epoch VAE (seconds)")
     args = parser.parse_args()
+    if args.latents is not None:
+        check_dump(parser, args.latents, args.seeds, args.smoke)
     S.check_data(parser, args.data)
     torch.set_num_threads(1)
     d = S.digits(args.data, S.SMOKE.n if args.smoke else None)
