@@ -45,6 +45,9 @@ class Preprocess(Flow):
         alpha: :math:`\\alpha`, keeps the logit away from :math:`\\pm\\infty` (0.05 as in RealNVP and Pixyz).
         dequantize: add uniform noise :math:`u`; with ``False`` the bin centre :math:`u = 1/2` is used.
 
+    A Pixyz checkpoint's ``data_constraint`` (Pixyz's :math:`\\alpha`) loads when it is this layer's ``alpha`` (see
+    `_load_from_state_dict`).
+
     >>> import torch
     >>> f = Preprocess(levels=17).double()
     >>> x = torch.randint(0, 17, (2, 5)).double() / 16
@@ -62,6 +65,31 @@ class Preprocess(Flow):
     @property
     def has_differentiable_inverse(self) -> bool:
         return False
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        """Pixyz's checkpoints load too: Pixyz's ``Preprocess`` keeps :math:`\\alpha` as a buffer ``data_constraint``
+        (``tensor([0.05])``), kizuna as the float ``alpha`` of the constructor (no state). Such an entry is read and
+        dropped when it equals ``alpha`` (in the entry's precision, at most float32's: ``0.05`` saved in float32 and
+        moved to float64 is still 0.05); any other value is an error, strict or not, naming both values: loading it
+        would give another flow, so build ``Preprocess(alpha=value)`` for it."""
+        key = prefix + "data_constraint"
+        if key in state_dict:
+            value = state_dict.pop(key)
+            if not (isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point()):
+                shown = f"a tensor of shape {tuple(value.shape)} ({value.dtype})" if isinstance(value, Tensor) \
+                    else repr(value)
+                error_msgs.append(f"{key}: Pixyz's Preprocess constraint is one float (tensor([0.05])), got {shown}")
+            else:
+                # compared in the entry's precision, or float32's where that is finer (Pixyz saves float32)
+                dtype = value.dtype if torch.finfo(value.dtype).eps > torch.finfo(torch.float32).eps \
+                    else torch.float32
+                if not bool(value.reshape(()).to(dtype) == torch.tensor(self.alpha, dtype=dtype)):
+                    error_msgs.append(
+                        f"{key}: the state's Pixyz Preprocess constraint (alpha) is {value.item():.8g}, this layer's "
+                        f"alpha is {self.alpha!r}: build Preprocess(alpha={value.item():.8g}) to load it")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def bin_log_volume(self, n_features: int) -> float:
         """:math:`-D \\log(L-1)`: add it to a log-density of :math:`\\tilde x` to bound :math:`\\log P(k)`."""

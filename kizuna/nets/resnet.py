@@ -10,9 +10,17 @@ convolutions (Salimans & Kingma 2016, arXiv:1602.07868), pre-activation residual
           y = W_{out} * \mathrm{ReLU}\big(\mathrm{BN}(S_0 h_0 + \textstyle\sum_k S_k h_k)\big),
 
 with :math:`\hat x = \mathrm{BN}(x)` (doubled when ``double_after_norm``) and :math:`S_k` 1×1 convolutions.
+
+Pixyz's checkpoints load as they are: Pixyz wraps each convolution as ``.conv`` under torch's older ``weight_norm``,
+so its keys are ``X.conv.weight_g``, ``X.conv.weight_v``, ``X.conv.bias`` where kizuna's (torch's parametrization)
+are ``X.parametrizations.weight.original0``, ``X.parametrizations.weight.original1``, ``X.bias`` (the same tensors:
+:math:`g` of shape ``(out, 1, 1, 1)``, :math:`V`, the bias); `ResNet` and `ResidualBlock` read the former as the
+latter (`_read_pixyz_convs`). The rest of the layout (the batch norms, the blocks) is Pixyz's.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,13 +29,40 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from kizuna._data import check_int
 
+# Pixyz's ``WNConv2d`` (``self.conv = nn.utils.weight_norm(nn.Conv2d(...))``): its key endings -> kizuna's
+_PIXYZ_CONV_KEYS = {".conv.weight_g": ".parametrizations.weight.original0",
+                    ".conv.weight_v": ".parametrizations.weight.original1", ".conv.bias": ".bias"}
+
+
+def _read_pixyz_convs(state_dict: dict, prefix: str) -> None:
+    """In a state dict being loaded at ``prefix``, rename each weight-normalised convolution's tensors saved under
+    Pixyz's names (module docstring) to kizuna's, for a convolution whose state has none of kizuna's names; any other
+    mix is left to torch's missing / unexpected key errors."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        for theirs in _PIXYZ_CONV_KEYS:
+            if key.endswith(theirs):
+                conv = key[: -len(theirs)]
+                if not any(conv + own in state_dict for own in _PIXYZ_CONV_KEYS.values()):
+                    for pixyz_end, own in _PIXYZ_CONV_KEYS.items():
+                        if conv + pixyz_end in state_dict:
+                            state_dict[conv + own] = state_dict.pop(conv + pixyz_end)
+                break
+
+
+class _ReadsPixyzConvs(nn.Module):
+    """Loads Pixyz's names of its weight-normalised convolutions' tensors (`_read_pixyz_convs`)."""
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        _read_pixyz_convs(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 def _wn_conv(in_channels: int, out_channels: int, kernel_size: int, padding: int, bias: bool = True) -> nn.Module:
     """A weight-normalised 2-D convolution: :math:`W = g\\,V/\\|V\\|` per output channel."""
     return weight_norm(nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=bias))
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(_ReadsPixyzConvs):
     """Pre-activation block :math:`x + W_2 * \\mathrm{ReLU}(\\mathrm{BN}(W_1 * \\mathrm{ReLU}(\\mathrm{BN}(x))))`
     with 3×3 weight-normalised convolutions that keep the channel count and the spatial size."""
 
@@ -43,7 +78,7 @@ class ResidualBlock(nn.Module):
         return x + self.out_conv(F.relu(self.out_norm(h)))
 
 
-class ResNet(nn.Module):
+class ResNet(_ReadsPixyzConvs):
     """Residual network for the scale and translation of an image coupling (module docstring).
 
     Args:
