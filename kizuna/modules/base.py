@@ -282,10 +282,14 @@ class Module(Stateful):
         evidence of the others, and none counts its own prior twice, so an MM and an NN over one GMM (a tree) reach
         the exact marginals. (The same bare likelihood sent to every parent left each blind to the others' priors.)
 
+        Where the forward message has rounded to 0 (a class far from the module's evidence), the smallest normal
+        number stands in for it, so a co-parent's prior that rules out every class the message allows decides that
+        row (a class that is impossible in the module's own terms, such as a categorical emission of probability 0,
+        is then given the row's mass only where every parent's prior rules out all the others).
+
         Raises:
             MessageShapeError: a stored prior's shape differs from the forward message's.
-            ValueError: a row where the other parents' priors give probability 0 to every class the forward
-                message allows.
+            ValueError: a row with no finite value (a NaN in a message).
         """
         msg = self.forward_message
         if msg is None or len(self.parents) < 2 or not self.up_excludes_priors or msg.kind != "posterior":
@@ -296,15 +300,18 @@ class Module(Stateful):
         for m in others:
             check_same_shape(self, msg, m)
         dtype = torch.promote_types(msg.value.dtype, torch.float32)  # (half precision: computed in float32)
-        log = torch.log(msg.value.to(dtype))
+        # (a likelihood normalised over the classes can round to 0 where the module's own evidence is far from a
+        # class, in float32 most of all; it is never 0 in the module's own terms, and a co-parent's exact 0 there
+        # made the row all -inf: the smallest normal number stands in for it)
+        log = torch.log(msg.value.to(dtype).clamp_min(torch.finfo(dtype).tiny))
         for m in others:
             log = log + torch.log(m.value.to(dtype))
         none = ~torch.isfinite(log).any(1)
         if bool(none.any()):  # a softmax of a row of -inf is NaN
             row = int(none.nonzero()[0])
-            raise ValueError(f"{self.name}: row {row}: the class priors of {', '.join(m.sender for m in others)} give "
-                             f"probability 0 to every class its own evidence allows, so its message to {parent.name} "
-                             "is 0 there")
+            raise ValueError(f"{self.name}: row {row}: its forward message and the class priors of "
+                             f"{', '.join(m.sender for m in others)} have no finite value there (NaN or all 0 in a "
+                             f"prior), so it has no message to {parent.name}")
         return Message(msg.sender, parent.name, msg.variable, msg.kind, torch.softmax(log, 1).to(msg.value.dtype))
 
     @property
