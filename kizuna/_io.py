@@ -32,7 +32,8 @@ import torch
 MAGIC = b"KIZUNA-SHA256 "  # the header of `save`'s files: Model.save checkpoints
 # kizuna.modules' files (`kizuna.modules.persistence`): the header of save_module's files and of a saved graph's module
 # files, the file that makes a directory a saved graph (Graph.save), and the names of its module files
-MODULE_MAGIC = b"kizuna.modules/2 sha256:"
+MODULE_FORMAT = "kizuna.modules/2"
+MODULE_MAGIC = f"{MODULE_FORMAT} sha256:".encode()
 GRAPH_MANIFEST = "manifest.json"
 GRAPH_MODULE_FILE = re.compile(r"module\d{3,}-[0-9a-f]{16}\.pt")
 
@@ -40,7 +41,7 @@ GRAPH_MODULE_FILE = re.compile(r"module\d{3,}-[0-9a-f]{16}\.pt")
 class SavedAs(NamedTuple):
     """What one of kizuna's saves wrote at a path (`saved_as`), in words for the error of a loader given it."""
 
-    kind: str  # "checkpoint" (Model.save), "module" (save_module), "graph" (Graph.save: its directory or a file in it)
+    kind: str  # "checkpoint" (Model.save), "module" (save_module), "graph" (Graph.save: its directory or a file of it)
     what: str  # e.g. "a Model.save checkpoint"
     reader: str  # what reads it, e.g. "read it with Model.load"
 
@@ -49,7 +50,9 @@ def saved_as(path: str | os.PathLike[str]) -> SavedAs | None:
     """Which of kizuna's saves wrote ``path``, told by its header (a file) or its manifest (a directory), and what
     reads it; None for anything else (a foreign file, one cut inside its header, a missing path). A loader given
     another save's file names the right loader with it instead of calling the file truncated or damaged; only the
-    header is read: whether the rest is whole is the right loader's check."""
+    header is read (and the payload of a file with kizuna.modules' header, `_modules_file`: save_module's and a saved
+    graph's module files share it): whether the rest is whole is the right loader's check. Call it only where a
+    loader refuses a file."""
     path = Path(path)
     graph = path if path.is_dir() else path.parent
     if (graph / GRAPH_MANIFEST).is_file() and (path == graph or path.name == GRAPH_MANIFEST
@@ -66,9 +69,30 @@ def saved_as(path: str | os.PathLike[str]) -> SavedAs | None:
     if head.startswith(MAGIC):
         return SavedAs("checkpoint", "a Model.save checkpoint", "read it with Model.load")
     if head.startswith(MODULE_MAGIC):
+        return _modules_file(path)
+    return None
+
+
+def _modules_file(path: Path) -> SavedAs:
+    """What a file with kizuna.modules' header (`MODULE_MAGIC`) is, told by its payload: save_module's (a dict of the
+    format, the module's manifest entry and its state, as `load_module` checks it), or a module file of a Graph.save
+    directory taken out of it (the module's state alone: only Graph.load reads it, with the directory's manifest);
+    one whose payload cannot be read (cut, altered) may be either. The payload is read on ``meta`` tensors (no
+    memory for their values) and without running code (``weights_only``)."""
+    try:
+        payload = path.read_bytes().partition(b"\n")[2]
+        blob = torch.load(io.BytesIO(payload), map_location="meta", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch raises several types for a damaged payload: it may be either
+        return SavedAs("module", "a kizuna.modules file (save_module's, or a module file of a Graph.save directory)",
+                       "read save_module's with kizuna.modules.load_module(module, path), a module file of a "
+                       "Graph.save directory with Graph.load of that directory")
+    if isinstance(blob, dict) and blob.get("format") == MODULE_FORMAT and "manifest" in blob and "state" in blob:
         return SavedAs("module", "a kizuna.modules.save_module file",
                        "read it with kizuna.modules.load_module(module, path)")
-    return None
+    return SavedAs("graph", "a module file of a Graph.save directory, outside that directory (one module's state, "
+                            "which the directory's manifest.json describes)",
+                   "Graph.load reads the directory it was saved in, not this file alone (nor does "
+                   "kizuna.modules.load_module, which reads save_module's files)")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -370,9 +370,11 @@ class ValueLoss(Loss):
 class Parameter(Loss):
     """A variable read from the evaluation dict, e.g. a coefficient ``Parameter("beta")``.
 
-    Its value is a tensor (a Python number as a tensor of the default dtype); where it meets another operand, a Python
-    number given to it is used as the number itself, as a number constant is (`_operand`): ``Parameter("beta")``
-    given 0.1 in a float64 evaluation is 0.1, not 0.1 rounded to float32."""
+    Its value is the value given as a tensor (``torch.as_tensor``: a Python float in the default dtype, an int as
+    int64, a bool as bool). Where it meets another operand, a Python number given to it is used as the number itself,
+    as a number constant is (`_operand`): ``Parameter("beta")`` given 0.1 in a float64 evaluation is 0.1, not 0.1
+    rounded to float32; an int stays an integer, computed as the int64 tensor it is (``Parameter("n") *
+    Parameter("m")`` given 3 and 4 is ``tensor(12)``, int64, exact beyond 2**24), and a bool is its bool tensor."""
 
     def __init__(self, input_var: str) -> None:
         if not isinstance(input_var, str):
@@ -522,6 +524,16 @@ class BatchSum(_Unary):
         return a.sum()
 
 
+_INT64 = (-2**63, 2**63 - 1)
+
+
+def _exact_scalar(number: int | float) -> Tensor:
+    """A number of `_given_number` as the scalar tensor it is computed as: a (parameter's) int as int64, the tensor
+    ``torch.as_tensor`` made of it (integer arithmetic, exact; ``n / m`` the default float dtype, as that tensor's),
+    a float as float64."""
+    return torch.tensor(number, dtype=torch.int64 if type(number) is int else torch.float64)
+
+
 def _number_tensor(value: Any) -> Tensor:
     """A constant's value as a tensor: a real Python number in the default float dtype (as Pixyz's ``ValueLoss``
     holds it: ``ValueLoss(2)`` evaluates to ``tensor(2.)``, not an integer tensor), anything else as torch reads it."""
@@ -533,7 +545,11 @@ def _number_tensor(value: Any) -> Tensor:
 def _numbers_op(op: Any, a: Any, b: Any) -> Tensor:
     """Two number constants combined as torch combines two float64 scalars, in the default float dtype: Pixyz's
     ``ValueLoss`` values are tensors, so ``ValueLoss(1) / ValueLoss(0)`` is ``inf`` (not Python's ZeroDivisionError)
-    and ``ValueLoss(-8) ** (1 / 3)`` is ``nan`` (not Python's complex root)."""
+    and ``ValueLoss(-8) ** (1 / 3)`` is ``nan`` (not Python's complex root). Two ints (`Parameter` values,
+    `_given_number`) are combined as int64 tensors, the tensors they were: ``Parameter("n") * Parameter("m")`` is an
+    exact int64."""
+    if type(a) is int and type(b) is int:
+        return op(_exact_scalar(a), _exact_scalar(b))
     if isinstance(a, numbers.Real) and isinstance(b, numbers.Real):
         f64 = torch.float64
         return op(torch.tensor(float(a), dtype=f64), torch.tensor(float(b), dtype=f64)).to(torch.get_default_dtype())
@@ -551,7 +567,8 @@ def _operand(loss: Loss, ctx: EvalContext, constants: bool = False) -> Any:
     it was a CPU scalar in the default dtype, so a float64 evaluation computed with 0.1 rounded to float32. An integer
     constant is a Python float (`ValueLoss`), so an integer tensor combined with it gives the default float dtype.
     An operand built of constants and parameters (``constants``: `_of_constants`) whose values are all numbers
-    (``Parameter("beta")`` given ``0.1``, ``1 - Parameter("beta")``) is a number too (`_given_number`)."""
+    (``Parameter("beta")`` given ``0.1``, ``1 - Parameter("beta")``) is a number too (`_given_number`; a Python int
+    given to a parameter is an int, combined as an int64 tensor)."""
     if type(loss) is ValueLoss and not isinstance(loss.value, Tensor):
         if loss._label is not None:  # a named constant is a reported term: its value is recorded, the number used
             ctx.value(loss)  # (its tensor was the default dtype's: 0.1 rounded to float32 in a float64 evaluation)
@@ -563,20 +580,34 @@ def _operand(loss: Loss, ctx: EvalContext, constants: bool = False) -> Any:
     return ctx.value(loss)
 
 
-def _given_number(loss: Loss, ctx: EvalContext) -> float | None:
+def _given_number(loss: Loss, ctx: EvalContext) -> int | float | None:
     """The Python number a part built of constants and parameters (`_of_constants`) is, where every value in it is a
     real number (a number constant, a `Parameter` given a Python number rather than a tensor), its operators computed
-    on float64 as `_number` computes them; None where one is a tensor (or not a real number). Parameters and named
-    parts are recorded as reported terms. (A parameter's number was a tensor of the default dtype:
-    ``Parameter("beta")`` given 0.1 was 0.1 rounded to float32 in a float64 evaluation.)"""
+    as `_exact_scalar` tensors (a float on float64, as `_number` computes them; a parameter's int on int64, as its
+    tensor was: ``n * m`` of ints is the int, exact); None where one is a tensor (or not a real number, or a
+    parameter's bool, which stays its bool tensor). Parameters and named parts are recorded as reported terms. (A
+    parameter's float was a tensor of the default dtype: ``Parameter("beta")`` given 0.1 was 0.1 rounded to float32 in
+    a float64 evaluation.)"""
     kind = type(loss)
-    if kind is ValueLoss or kind is Parameter:
-        value = loss.value if kind is ValueLoss else ctx.values.get(loss._input_var[0])
+    if kind is ValueLoss:
+        value = loss.value
         if isinstance(value, Tensor) or not isinstance(value, numbers.Real):
             return None
-        if kind is Parameter or loss._label is not None:  # a parameter is a reported term (`terms`), as a named
-            ctx.value(loss)  # constant is: its value is recorded, the number used
+        if loss._label is not None:  # a named constant is a reported term: its value is recorded, the number used
+            ctx.value(loss)
         return float(value)
+    if kind is Parameter:
+        value = ctx.values.get(loss._input_var[0])
+        if isinstance(value, Tensor) or not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return None
+        if isinstance(value, numbers.Integral):  # (numpy's too) an int64 tensor's value, computed as one
+            value = int(value)
+            if not _INT64[0] <= value <= _INT64[1]:  # (its tensor's error: as_tensor overflows)
+                return None
+        else:
+            value = float(value)
+        ctx.value(loss)  # a parameter is a reported term (`terms`): its value is recorded, the number used
+        return value
     results, key = ctx.results, ~id(loss)  # once per evaluation, as `_number`
     if key not in results:
         if kind is NegLoss:
@@ -584,9 +615,7 @@ def _given_number(loss: Loss, ctx: EvalContext) -> float | None:
             number = None if part is None else -part
         else:  # a _Binary (`_of_constants`)
             a, b = _given_number(loss.loss1, ctx), _given_number(loss.loss2, ctx)
-            f64 = torch.float64
-            number = None if a is None or b is None else \
-                loss._op(torch.tensor(a, dtype=f64), torch.tensor(b, dtype=f64)).item()
+            number = None if a is None or b is None else loss._op(_exact_scalar(a), _exact_scalar(b)).item()
         results[key] = number  # type: ignore[assignment]
         if number is not None and loss._label is not None:
             ctx.value(loss)
@@ -665,8 +694,20 @@ class _Binary(Loss):
         loss1, loss2 = as_loss(loss1), as_loss(loss2)
         super().__init__(loss1.input_var + loss2.input_var)
         self.loss1, self.loss2 = loss1, loss2
+        self._find_constants()
+
+    def _find_constants(self) -> None:
+        loss1, loss2 = self.loss1, self.loss2
         self._numeric = (_numeric(loss1), _numeric(loss2))
         self._constants = (_of_constants(loss1), _of_constants(loss2))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled: a loss pickled by an earlier version lacks ``_numeric`` / ``_constants`` (the class defaults,
+        no constants, took the fast path, which evaluated ``0.1 * LogProb(p)``'s 0.1 as a float32 tensor again in a
+        float64 model): they are found again from its operands (unpickled before it)."""
+        super().__setstate__(state)
+        if "_numeric" not in state or "_constants" not in state:
+            self._find_constants()
 
     def subterms(self) -> list[Loss]:
         return [self.loss1, self.loss2]

@@ -36,7 +36,7 @@ training mode does not update its running statistics there (its evaluation-mode 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -47,7 +47,8 @@ from kizuna.distributions.base import Distribution, _with_values, batch_size_of,
 from kizuna.distributions.energy import autograd_values, input_leaf, outside_inference_mode
 from kizuna.distributions.families import Bernoulli
 from kizuna.distributions.special import Deterministic
-from kizuna.distributions.torch_dist import validation_enabled
+from kizuna.distributions.torch_dist import validation, validation_enabled
+from kizuna.formula import memo
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.memo import release_step, step_mark
 from kizuna.losses.expectation import require_pathwise_draws
@@ -63,19 +64,27 @@ def _interpolate(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
     return weight * end + (1 - weight) * start
 
 
-def _constants_unlike_parameters(dist: Distribution, err: BaseException) -> str | None:
+def _a_mismatch(err: BaseException) -> bool:
+    """Whether ``err`` (or its cause) reads as torch's dtype or device mismatch."""
+    text = f"{err} {err.__cause__ or ''}"
+    return any(word in text for word in ("dtype", "scalar type", "device", "type (torch."))
+
+
+def _constants_unlike_parameters(dist: Distribution, err: BaseException, draw: Callable[[], Any]) -> str | None:
     """Why ``dist`` failed to draw with ``err``, where that was torch's dtype or device error (a "mat1 and mat2 must
-    have the same dtype" in the generator's first layer, say) and a distribution inside it without parameters (a
+    have the same dtype" in the generator's first layer, say) because a distribution inside it without parameters (a
     constant prior, ``Normal(loc=0.0, scale=1.0)``) holds its constants in another dtype or on another device than
     the parameters (networks converted by ``.double()`` or ``.to(device)``, the prior left as it was): the text names
-    them and the ``.to()`` that converts each; else None."""
-    text = f"{err} {err.__cause__ or ''}"
-    if not any(word in text for word in ("dtype", "scalar type", "device", "type (torch.")):
+    them and the ``.to()`` that converts each; else None. The prior is named only where it is the cause: ``draw()``
+    (the failed draw, again) gets past the mismatch with the prior's constants converted (`_cured_by_converting`); a
+    network that raised the error for another reason (a layer of its own left in another dtype) keeps its error.
+    Run only after a draw failed: no cost per step."""
+    if not _a_mismatch(err):
         return None
     param = next((t for t in dist.parameters() if t.is_floating_point()), None)
     if param is None:
         return None
-    unlike = []
+    unlike, held_by = [], []
     for m in dist.modules():
         if not isinstance(m, Distribution) or next(m.parameters(), None) is not None:
             continue
@@ -86,10 +95,40 @@ def _constants_unlike_parameters(dist: Distribution, err: BaseException) -> str 
                        + ([str(param.dtype)] if held.dtype != param.dtype else []))
         unlike.append(f"the constants of {m.prob_text} are {held.dtype} on {held.device} (convert it too: "
                       f"its .to({to}))")
-    if not unlike:
+        held_by.append(m)
+    if not unlike or not _cured_by_converting(held_by, param, draw):
         return None
     return (f"its parameters are {param.dtype} on {param.device}, but {'; '.join(unlike)}: a distribution without "
             "parameters is not converted by the networks' .double() / .to()")
+
+
+def _cured_by_converting(modules: list[Distribution], like: Tensor, draw: Callable[[], Any]) -> bool:
+    """Whether ``draw()`` gets past the dtype or device mismatch with the floating buffers of ``modules`` (constant
+    priors) in ``like``'s dtype and on its device: it draws, or fails with an error that is no such mismatch (another
+    problem, found once the prior is converted). The buffers are swapped for converted copies for the call and put
+    back after it, whatever it does (the same tensors: nothing the user holds changes). The call draws without
+    validation (whether the conversion cures the error is all it tells) and outside the evaluation's memo: the
+    failed draw's parameters (the priors', in their own dtype) are not reused, and none of its are kept. (A network
+    in training mode updates its batch-normalisation statistics once more.)"""
+    saved = [(m, dict(m._buffers)) for m in modules]
+    state = memo._STATE  # (this thread's)
+    outer, grad = state.memo, state.grad
+    state.memo = None
+    try:
+        for m, buffers in saved:
+            for key, buffer in buffers.items():
+                if buffer is not None and buffer.is_floating_point():
+                    m._buffers[key] = buffer.to(device=like.device, dtype=like.dtype)
+        with validation(False):
+            draw()
+    except Exception as again:  # noqa: BLE001 - any error of the user's network
+        return not _a_mismatch(again)
+    finally:
+        state.memo, state.grad = outer, grad
+        for m, buffers in saved:
+            for key, buffer in buffers.items():
+                m._buffers[key] = buffer
+    return True
 
 
 def _clamped_log(p: Tensor, one_minus: bool) -> Tensor:
@@ -161,9 +200,9 @@ class AdversarialLoss(Loss):
         try:
             out = dist._sample(inputs, batch_n, dist.has_reparam)
         except (RuntimeError, ValueError) as err:  # (checked only when a draw fails: no cost per step)
-            unlike = _constants_unlike_parameters(dist, err)
+            unlike = _constants_unlike_parameters(dist, err, lambda: dist._sample(inputs, batch_n, dist.has_reparam))
             if unlike is None:
-                raise
+                raise  # (torch's own error, as it was)
             raise ValueError(f"{self}: {dist.prob_text} cannot draw: {unlike}") from err
         if batch_size_of(out, own) == 0:  # (the means over no rows were NaN, silently)
             raise ValueError(f"{self}: {dist.prob_text} gave no rows ({', '.join(own)} of shape "

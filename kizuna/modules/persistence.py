@@ -44,6 +44,7 @@ import torch
 from kizuna._io import (
     GRAPH_MANIFEST,
     GRAPH_MODULE_FILE,
+    MODULE_FORMAT,
     MODULE_MAGIC,
     STALE_SECONDS,
     remove_stale,
@@ -53,7 +54,7 @@ from kizuna._io import (
 )
 from kizuna.modules.base import GraphError, Module, Observation
 
-FORMAT = "kizuna.modules/2"
+FORMAT = MODULE_FORMAT
 MAGIC = MODULE_MAGIC  # (kept in `kizuna._io` with Model.save's header: each loader names the other's files)
 MANIFEST = GRAPH_MANIFEST
 LOCK = ".kizuna-save.lock"  # the advisory lock that serialises saves into one directory (kept, empty)
