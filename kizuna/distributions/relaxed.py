@@ -14,10 +14,9 @@ Concrete density is not defined at the vertices of the simplex. The moments and 
 discrete family's too (``sample_mean()`` is ``probs``, the :math:`\lambda \to 0` limit of the relaxation).
 The temperature defaults to Pixyz's 0.1. For the Concrete density itself use `BinaryConcrete` / `Concrete`.
 
-A score-function gradient of the draws (`REINFORCE`, ``Expectation(..., reparam=False)``) scores them with
-`draw_log_prob`, the Concrete density they were drawn from: the discrete likelihood at a relaxed draw is not its
-density, and its gradient has a non-zero mean (the estimator was biased; Pixyz's is). The pathwise gradient, the
-default of `Expectation`, needs no density.
+A score-function gradient of the draws (`REINFORCE`, ``Expectation(..., reparam=False)``) is refused: the discrete
+likelihood at a relaxed draw is not its density, and its score has a non-zero mean (the estimator was biased, as
+Pixyz's is). The pathwise gradient, the default of `Expectation`, needs no density.
 
 Unlike Pixyz, `RelaxedCategorical` scores with the categorical likelihood: Pixyz 0.3.3 scores it with a
 Bernoulli likelihood per class, which adds :math:`\sum_k (1 - x_k)\log(1 - p_k)`.
@@ -33,7 +32,7 @@ from torch import distributions as D
 from torch.distributions import constraints
 from torch.nn import functional as F
 
-from kizuna.distributions.base import Tensor, XDict, _with_values, sum_rows
+from kizuna.distributions.base import Tensor, XDict, sum_rows
 from kizuna.distributions.families import BinaryConcrete, Concrete, _TorchOneHotCategorical, on_simplex
 from kizuna.distributions.torch_dist import TorchDistribution, _without_entries, validation_enabled
 
@@ -80,16 +79,6 @@ class _DiscreteScoring(TorchDistribution):
             raise ValueError(f"{self.prob_text}: value of {self._var[0]} must lie in {self.value_support}, "
                              "found values outside")
         return self._per_feature(dist, value)
-
-    def draw_log_prob(self, x_dict: Mapping[str, Any]) -> Tensor:
-        """The per-row log-density of relaxed draws: the Binary Concrete / Concrete density of the same parameters and
-        temperature (`BinaryConcrete` / `Concrete`'s own), the density the draws come from, which their score
-        function needs (`kizuna.losses.expectation.score_log_prob`); `get_log_prob` is the discrete likelihood."""
-        x_dict = _with_values(x_dict, self)
-        names = self._var + self.input_var
-        if not all(map(x_dict.__contains__, names)):
-            self._require(x_dict, names)  # names what is missing
-        return sum_rows(super()._elementwise_log_prob(x_dict))  # the Concrete family's (next in the MRO)
 
     def _on_support(self, value: Tensor) -> bool:
         """Whether every value lies in ``value_support``; on the simplex within the rounding of the value's dtype

@@ -277,16 +277,24 @@ def require_pathwise_draws(owner: Any, *dists: Distribution, every: bool = True)
 def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> Tensor | None:
     """Log-density of the factors of ``p`` that need the score function (None if none). With
     ``pathwise``, reparameterised factors and factors with `fixed_draws` (e.g. a uniform draw of a
-    noise level) need none. A relaxed family (`RelaxedBernoulli`, `RelaxedCategorical`) is scored with the Concrete
-    density its draws come from (`draw_log_prob`), not with the discrete likelihood of its `get_log_prob`, whose
-    gradient at a relaxed draw has a non-zero mean."""
+    noise level) need none. A relaxed family (`RelaxedBernoulli`, `RelaxedCategorical`) is refused: its
+    `get_log_prob` is the discrete likelihood, whose score at a relaxed draw has a non-zero mean (a biased
+    gradient), and the Concrete density of a float32 draw at a low temperature is lost where the draw rounds to a
+    vertex."""
     if pathwise and p.has_reparam:  # every factor reparameterised: none needs the score function
         return None
     total = None
     for f in single_factors(p):
         if pathwise and (f.has_reparam or fixed_draws(f)):
             continue
-        lp = f.draw_log_prob(values) if isinstance(f, _DiscreteScoring) else f.get_log_prob(values)
+        if isinstance(f, _DiscreteScoring):
+            raise ValueError(f"{f.prob_text} ({f.distribution_name}) scores its values with the discrete likelihood, "
+                             "which is not the density of its relaxed draws: a score-function gradient (REINFORCE, "
+                             "reparam=False) over it would be biased. Use the pathwise gradient (Expectation's "
+                             "default), or a Bernoulli / Categorical for a score-function estimator of the discrete "
+                             "variable, or BinaryConcrete / Concrete for the relaxed density (in float64 at low "
+                             "temperatures: float32 draws round to the vertices)")
+        lp = f.get_log_prob(values)
         total = lp if total is None else total + lp
     return total
 
