@@ -190,3 +190,21 @@ def test_model_load_reads_a_pixyz_image_flow_save_file(tmp_path: Path):
     expected = p.get_log_prob({"x": x})
     torch.manual_seed(3)
     assert torch.equal(q.get_log_prob({"x": x}), expected)
+
+
+def test_a_resnet_subclass_with_a_plain_child_named_conv_loads_its_own_checkpoint() -> None:
+    """Its keys end in .conv.bias as a Pixyz weight-normalised convolution's do: the renaming hook turned
+    net.conv.bias into net.bias (diff review 4); only a convolution saved with weight_g and weight_v is Pixyz's."""
+    class Net(ResNet):
+        def __init__(self) -> None:
+            super().__init__(in_channels=2, mid_channels=4, out_channels=2, num_blocks=1, kernel_size=3, padding=1,
+                             double_after_norm=False)
+            self.conv = nn.Conv2d(2, 2, 1)
+
+    holder = nn.Sequential()
+    holder.add_module("net", Net())
+    other = nn.Sequential()
+    other.add_module("net", Net())
+    assert str(other.load_state_dict(holder.state_dict())) == "<All keys matched successfully>"
+    for a, b in zip(holder.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -36,13 +36,16 @@ _PIXYZ_CONV_KEYS = {".conv.weight_g": ".parametrizations.weight.original0",
 
 def _read_pixyz_convs(state_dict: dict, prefix: str) -> None:
     """In a state dict being loaded at ``prefix``, rename each weight-normalised convolution's tensors saved under
-    Pixyz's names (module docstring) to kizuna's, for a convolution whose state has none of kizuna's names; any other
-    mix is left to torch's missing / unexpected key errors."""
+    Pixyz's names (module docstring) to kizuna's, for a convolution saved with both of Pixyz's weight-norm tensors and
+    none of kizuna's names; any other mix is left to torch's missing / unexpected key errors."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         for theirs in _PIXYZ_CONV_KEYS:
             if key.endswith(theirs):
                 conv = key[: -len(theirs)]
-                if not any(conv + own in state_dict for own in _PIXYZ_CONV_KEYS.values()):
+                # (a Pixyz WNConv2d always has weight_g and weight_v: a plain child named conv, whose keys end in
+                # .conv.bias too, was renamed and its own checkpoint no longer loaded)
+                pixyz = conv + ".conv.weight_g" in state_dict and conv + ".conv.weight_v" in state_dict
+                if pixyz and not any(conv + own in state_dict for own in _PIXYZ_CONV_KEYS.values()):
                     for pixyz_end, own in _PIXYZ_CONV_KEYS.items():
                         if conv + pixyz_end in state_dict:
                             state_dict[conv + own] = state_dict.pop(conv + pixyz_end)
