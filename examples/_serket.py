@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shlex
 import statistics
 import tempfile
 import time
@@ -342,3 +343,27 @@ def seed_table(title: str, rows: Mapping[str, str], runs: Sequence[Mapping[str, 
         cells = [mean_sd([r[f"{prefix}_{m}"] for r in runs]) for m in METRICS]
         lines.append(f"| {title} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def dump_file(folder: str | Path, sampler: str, seed: int, smoke: bool) -> Path:
+    """The file `run` writes with ``dump=folder`` for ``sampler`` and ``seed``: ``_smoke`` before ``.npz``
+    when ``smoke`` (500 digits, not the full run's 3,000)."""
+    return Path(folder) / f"first_update_{sampler}_seed{seed}{'_smoke' if smoke else ''}.npz"
+
+
+def check_dump(parser: argparse.ArgumentParser, folder: str, seeds: list[int], smoke: bool) -> None:
+    """Stop with a usage error unless ``folder`` (a reader's ``--latents``) holds the blocked sampler's dump of
+    every seed, ``--smoke`` or not as the reader runs; the error names the missing files, the command that
+    writes them, and ``--smoke`` to pass or drop when the folder holds the other kind's files."""
+    lacking = [seed for seed in seeds if not dump_file(folder, "blocked", seed, smoke).is_file()]
+    if not lacking:
+        return
+    missing = ", ".join(str(dump_file(folder, "blocked", seed, smoke)) for seed in lacking)
+    command = (f"examples/serket_gmm_samplers.py --dump {shlex.quote(folder)} --seeds {' '.join(map(str, lacking))} "
+               f"--samplers blocked --updates 1{' --smoke' if smoke else ''}")
+    other = [dump_file(folder, "blocked", seed, not smoke) for seed in lacking]
+    hint = ""
+    if all(f.is_file() for f in other):
+        hint = (f"; {folder} has {', '.join(f.name for f in other)}, written "
+                + ("without --smoke: drop --smoke" if smoke else "with --smoke: pass --smoke"))
+    parser.error(f"--latents {folder}: missing {missing} (write them with {command}){hint}")

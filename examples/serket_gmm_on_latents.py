@@ -32,7 +32,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
 from _args import positive_int, seed_arg  # noqa: E402
-from serket_gmm_samplers import check_dump, dump_file  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 from kizuna.metrics import clustering_accuracy  # noqa: E402
@@ -72,11 +71,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="read the files of serket_gmm_samplers.py --smoke --dump (*_smoke.npz, 500 digits)")
     args = parser.parse_args()
-    check_dump(parser, args.latents, args.seeds, args.smoke)
+    S.check_dump(parser, args.latents, args.seeds, args.smoke)
     torch.set_num_threads(1)
     results: dict[str, list[float]] = {}
     for seed in args.seeds:
-        with np.load(dump_file(args.latents, "blocked", seed, args.smoke)) as f:
+        with np.load(S.dump_file(args.latents, "blocked", seed, args.smoke)) as f:
             x, labels = torch.as_tensor(f["latent"], dtype=torch.float64), f["labels"]
         for variant in args.variants:
             for chain in args.chains:

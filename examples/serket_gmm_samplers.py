@@ -15,14 +15,14 @@ Run: ``python examples/serket_gmm_samplers.py [--seeds 0 1 2 3 4] [--samplers bl
 run is appended to ``--out`` as one JSON line. ``--dump DIR`` saves each sampler's state after the first
 update as ``DIR/first_update_<sampler>_seed<S>.npz`` (``..._seed<S>_smoke.npz`` with ``--smoke``), the
 ``--latents DIR`` of ``serket_gmm_on_latents.py`` and ``serket_mlda_evidence.py``: they read the blocked
-sampler's files, the ``_smoke`` ones when they too run with ``--smoke`` (`dump_file`, `check_dump`).
+sampler's files, the ``_smoke`` ones when they too run with ``--smoke`` (`_serket.dump_file`,
+`_serket.check_dump`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -36,30 +36,6 @@ import torch  # noqa: E402
 from _args import positive_int, seed_arg  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
-
-
-def dump_file(folder: str | Path, sampler: str, seed: int, smoke: bool) -> Path:
-    """The file `run` writes with ``dump=folder`` for ``sampler`` and ``seed``: ``_smoke`` before ``.npz``
-    when ``smoke`` (500 digits, not the full run's 3,000)."""
-    return Path(folder) / f"first_update_{sampler}_seed{seed}{'_smoke' if smoke else ''}.npz"
-
-
-def check_dump(parser: argparse.ArgumentParser, folder: str, seeds: list[int], smoke: bool) -> None:
-    """Stop with a usage error unless ``folder`` (a reader's ``--latents``) holds the blocked sampler's dump of
-    every seed, ``--smoke`` or not as the reader runs; the error names the missing files, the command that
-    writes them, and ``--smoke`` to pass or drop when the folder holds the other kind's files."""
-    lacking = [seed for seed in seeds if not dump_file(folder, "blocked", seed, smoke).is_file()]
-    if not lacking:
-        return
-    missing = ", ".join(str(dump_file(folder, "blocked", seed, smoke)) for seed in lacking)
-    command = (f"examples/serket_gmm_samplers.py --dump {shlex.quote(folder)} --seeds {' '.join(map(str, lacking))} "
-               f"--samplers blocked --updates 1{' --smoke' if smoke else ''}")
-    other = [dump_file(folder, "blocked", seed, not smoke) for seed in lacking]
-    hint = ""
-    if all(f.is_file() for f in other):
-        hint = (f"; {folder} has {', '.join(f.name for f in other)}, written "
-                + ("without --smoke: drop --smoke" if smoke else "with --smoke: pass --smoke"))
-    parser.error(f"--latents {folder}: missing {missing} (write them with {command}){hint}")
 
 
 def _scores(gmm: km.GMM) -> dict[str, float]:
@@ -97,7 +73,7 @@ def run(seed: int, samplers: list[str], smoke: bool = False, data: str | None = 
             per_update = [_scores(gmm)]
             if dump is not None:
                 Path(dump).mkdir(parents=True, exist_ok=True)
-                np.savez(dump_file(dump, sampler, seed, smoke),
+                np.savez(S.dump_file(dump, sampler, seed, smoke),
                          latent=np.asarray(gmm.children[0].latent), z=gmm.fitted_.z.numpy(), labels=d.label)
             for i in range(1, s.n_iter):
                 graph.update(ctx.at(i))

@@ -35,7 +35,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
 from _args import positive_int, seed_arg  # noqa: E402
-from serket_gmm_samplers import check_dump, dump_file  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 from kizuna.modules.mlda_evidence import ROUNDINGS, token_counts  # noqa: E402
@@ -47,7 +46,7 @@ def latents(seed: int, folder: str | None, data: str | None, smoke: bool = False
     """The VAE's latent means after SERKET's first update (200 epochs, no message yet; ``smoke``: `S.SMOKE`):
     ``folder``'s dump of ``serket_gmm_samplers.py`` (its ``_smoke`` file when ``smoke``), else trained here."""
     if folder is not None:
-        with np.load(dump_file(folder, "blocked", seed, smoke)) as f:
+        with np.load(S.dump_file(folder, "blocked", seed, smoke)) as f:
             return f["latent"]
     s = S.SMOKE if smoke else S.SERKET
     d = S.digits(data, s.n)
@@ -94,7 +93,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="500 digits, a 15-epoch VAE (seconds)")
     args = parser.parse_args()
     if args.latents is not None:
-        check_dump(parser, args.latents, args.seeds, args.smoke)
+        S.check_dump(parser, args.latents, args.seeds, args.smoke)
     S.check_data(parser, args.data)
     torch.set_num_threads(1)
     d = S.digits(args.data, S.SMOKE.n if args.smoke else None)

@@ -67,7 +67,7 @@ def test_gmm_on_latents_with_smoke_clusters_the_smoke_file(tmp_path, monkeypatch
     g = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), 12)
     latent = 6.0 * g.normal(size=(10, 2))[labels] + g.normal(size=(120, 2))
-    np.savez(load_example("serket_gmm_samplers").dump_file(tmp_path, "blocked", 0, True), latent=latent,
+    np.savez(load_example("serket_gmm_samplers").S.dump_file(tmp_path, "blocked", 0, True), latent=latent,
              labels=labels)
     threads = torch.get_num_threads()
     try:
