@@ -211,6 +211,26 @@ def test_a_score_function_estimator_over_a_relaxed_family_is_refused(cls) -> Non
     # the pathwise default needs no density and still runs
     value = Expectation(q, f).eval({"l": logits})
     assert bool(torch.isfinite(value).all())
+    # renamed, it is the same family (diff review 5: the check saw only the renaming wrapper)
+    renamed = q.replace_var(z="w")
+    g = _RenamedF() if cls is RelaxedBernoulli else _RenamedF(per_class=True)
+    with pytest.raises(ValueError, match=rf"^q\(w\|l\) \({cls.__name__}\) scores its values with the discrete"):
+        REINFORCE(renamed, g).eval({"l": logits})
+
+
+class _RenamedF(Loss):
+    """f(w) = (w - 0.2)^2 per row (summed over classes)."""
+
+    def __init__(self, per_class: bool = False) -> None:
+        super().__init__(["w"])
+        self.per_class = per_class
+
+    def _value(self, ctx):  # noqa: ANN001, ANN202
+        v = (ctx.values["w"] - 0.2) ** 2
+        return v.sum(-1) if self.per_class else v
+
+    def _render(self, fmt):  # noqa: ANN001, ANN202
+        return "f(w)"
 
 
 # ----------------------------------------------------------------------------- 3. a number baseline with f reduced

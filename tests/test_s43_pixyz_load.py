@@ -15,6 +15,7 @@ the review's scratch (s43/fixP/v_resnet_real_pixyz.py) loads Pixyz ResNets stric
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,22 @@ def test_a_resnet_subclass_with_a_plain_child_named_conv_loads_its_own_checkpoin
     assert str(other.load_state_dict(holder.state_dict())) == "<All keys matched successfully>"
     for a, b in zip(holder.state_dict().values(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_resnet_subclass_with_a_legacy_weight_normalised_child_named_conv_loads_its_own_checkpoint() -> None:
+    """Its keys end in .conv.weight_g / .conv.weight_v / .conv.bias as a Pixyz WNConv2d's do (torch's legacy
+    weight_norm keeps them): only a path where the ResNet has one of its own parametrised convolutions is renamed
+    (diff review 5)."""
+    class Net(ResNet):
+        def __init__(self) -> None:
+            super().__init__(in_channels=2, mid_channels=4, out_channels=2, num_blocks=1, kernel_size=3, padding=1,
+                             double_after_norm=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (torch deprecates the legacy weight_norm)
+                self.conv = nn.utils.weight_norm(nn.Conv2d(2, 2, 1))
+
+    holder = nn.Sequential()
+    holder.add_module("net", Net())
+    other = nn.Sequential()
+    other.add_module("net", Net())
+    assert str(other.load_state_dict(holder.state_dict())) == "<All keys matched successfully>"

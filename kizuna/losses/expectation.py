@@ -11,8 +11,9 @@ draw (pathwise); the others get the score-function term
 (:math:`\nabla \log p(x, z)`, an unbiased score for :math:`\mathbb{E}_{p(x)}[f]`) while ``f`` sees ``x`` only.
 ``reparam=False`` (Pixyz's argument) draws every factor without the pathwise gradient: each gets the score-function
 term, as `REINFORCE` does (Pixyz's draws then carry no gradient to ``p``'s parameters at all). A relaxed family
-(`RelaxedBernoulli`, `RelaxedCategorical`) is scored there with the Concrete density its draws come from, not with the
-discrete likelihood it scores values with (whose score at a relaxed draw has a non-zero mean: Pixyz's is biased).
+(`RelaxedBernoulli`, `RelaxedCategorical`, renamed or not) is refused there: it scores values with the discrete
+likelihood, whose score at a relaxed draw has a non-zero mean (Pixyz's estimator is biased), and a float32 draw at a
+low temperature rounds to the vertices, where its Concrete density is lost.
 
 Only first derivatives are estimated for the score-function terms: the surrogate's second derivative is
 :math:`\nabla^2 f + \bar f\,\nabla^2 \log p`, whose expectation lacks the terms
@@ -54,6 +55,7 @@ from kizuna.distributions.base import (
 )
 from kizuna.distributions.marginal import repeat_hidden
 from kizuna.distributions.relaxed import _DiscreteScoring
+from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.formula.expr import (
     AddLoss,
     BatchMean,
@@ -287,13 +289,16 @@ def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> T
     for f in single_factors(p):
         if pathwise and (f.has_reparam or fixed_draws(f)):
             continue
-        if isinstance(f, _DiscreteScoring):
-            raise ValueError(f"{f.prob_text} ({f.distribution_name}) scores its values with the discrete likelihood, "
-                             "which is not the density of its relaxed draws: a score-function gradient (REINFORCE, "
-                             "reparam=False) over it would be biased. Use the pathwise gradient (Expectation's "
-                             "default), or a Bernoulli / Categorical for a score-function estimator of the discrete "
-                             "variable, or BinaryConcrete / Concrete for the relaxed density (in float64 at low "
-                             "temperatures: float32 draws round to the vertices)")
+        inner = f
+        while isinstance(inner, ReplaceVarDistribution):  # (a renamed relaxed family: q.replace_var(z="w"))
+            inner = inner.p
+        if isinstance(inner, _DiscreteScoring):
+            raise ValueError(f"{f.prob_text} ({inner.distribution_name}) scores its values with the discrete "
+                             "likelihood, which is not the density of its relaxed draws: a score-function gradient "
+                             "(REINFORCE, reparam=False) over it would be biased. Use the pathwise gradient "
+                             "(Expectation's default), or a Bernoulli / Categorical for a score-function estimator of "
+                             "the discrete variable, or BinaryConcrete / Concrete for the relaxed density (in float64 "
+                             "at low temperatures: float32 draws round to the vertices)")
         lp = f.get_log_prob(values)
         total = lp if total is None else total + lp
     return total

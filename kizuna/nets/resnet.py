@@ -34,18 +34,24 @@ _PIXYZ_CONV_KEYS = {".conv.weight_g": ".parametrizations.weight.original0",
                     ".conv.weight_v": ".parametrizations.weight.original1", ".conv.bias": ".bias"}
 
 
-def _read_pixyz_convs(state_dict: dict, prefix: str) -> None:
-    """In a state dict being loaded at ``prefix``, rename each weight-normalised convolution's tensors saved under
-    Pixyz's names (module docstring) to kizuna's, for a convolution saved with both of Pixyz's weight-norm tensors and
-    none of kizuna's names; any other mix is left to torch's missing / unexpected key errors."""
+def _read_pixyz_convs(module: nn.Module, state_dict: dict, prefix: str) -> None:
+    """In a state dict being loaded into ``module`` at ``prefix``, rename each weight-normalised convolution's tensors
+    saved under Pixyz's names (module docstring) to kizuna's: only for a path where ``module`` has one of its own
+    weight-normalised convolutions (a parametrised ``nn.Conv2d``; a user's plain child named ``conv``, or one
+    normalised by torch's legacy ``weight_norm``, keeps its keys: its own checkpoints loaded as Pixyz's and failed),
+    saved with both of Pixyz's weight-norm tensors and none of kizuna's names; any other mix is left to torch's
+    missing / unexpected key errors."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         for theirs in _PIXYZ_CONV_KEYS:
             if key.endswith(theirs):
                 conv = key[: -len(theirs)]
-                # (a Pixyz WNConv2d always has weight_g and weight_v: a plain child named conv, whose keys end in
-                # .conv.bias too, was renamed and its own checkpoint no longer loaded)
+                try:
+                    own_conv = module.get_submodule(conv[len(prefix):])
+                except AttributeError:
+                    break
+                ours = isinstance(own_conv, nn.Conv2d) and hasattr(own_conv, "parametrizations")
                 pixyz = conv + ".conv.weight_g" in state_dict and conv + ".conv.weight_v" in state_dict
-                if pixyz and not any(conv + own in state_dict for own in _PIXYZ_CONV_KEYS.values()):
+                if ours and pixyz and not any(conv + own in state_dict for own in _PIXYZ_CONV_KEYS.values()):
                     for pixyz_end, own in _PIXYZ_CONV_KEYS.items():
                         if conv + pixyz_end in state_dict:
                             state_dict[conv + own] = state_dict.pop(conv + pixyz_end)
@@ -56,7 +62,7 @@ class _ReadsPixyzConvs(nn.Module):
     """Loads Pixyz's names of its weight-normalised convolutions' tensors (`_read_pixyz_convs`)."""
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        _read_pixyz_convs(state_dict, prefix)
+        _read_pixyz_convs(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
