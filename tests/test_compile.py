@@ -437,3 +437,30 @@ def test_a_non_finite_step_after_the_backward_fallback_keeps_the_running_statist
         model.train({"x": torch.randn(8, 2), "y": torch.randn(8, 3)})
     for k, v in net[1].state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@_JIT_DEPRECATION
+@pytest.mark.parametrize("inverse_first", [False, True], ids=["TransformedDistribution", "InverseTransformed"])
+def test_a_flow_likelihood_with_an_initialised_actnorm_compiles_to_one_graph(inverse_first: bool) -> None:
+    """An initialised ActNorm reads no tensor flag in a training-mode pass (a Python mirror of ``initialized``): the
+    flag's read was a data-dependent guard, so ``fullgraph=True`` raised for a TransformedDistribution's likelihood
+    (this stop's ActNorm fix added the read to the inverse) and for an InverseTransformedDistribution's (before)."""
+    from kizuna.distributions import InverseTransformedDistribution, TransformedDistribution
+    from kizuna.flows import ActNorm, AffineCoupling, FlowList
+
+    validate_before = torch.distributions.Distribution._validate_args
+    try:
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        prior = Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), name="pz")
+        cls = InverseTransformedDistribution if inverse_first else TransformedDistribution
+        flow = cls(prior, FlowList([ActNorm(2), AffineCoupling(2, "checkerboard", hidden_features=8)]), var=["x"])
+        x = {"x": torch.randn(64, 2) * 3.0 + 1.0}
+        flow.get_log_prob(x)  # eager: initialises ActNorm from the data
+        loss = -LogProb(flow).mean()
+        with validation(False):
+            got = torch.compile(loss.eval, backend="eager", fullgraph=True)(x)  # fullgraph: a break raises
+            torch.testing.assert_close(got, loss.eval(x))
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate_before)
+        torch._dynamo.reset()

@@ -104,6 +104,7 @@ class ActNorm(Flow):
     """
 
     scale = 1.0  # (a module pickled whole before ``scale`` existed initialises as it did)
+    _known_initialized = False  # (the mirror's default for a layer pickled whole before it existed)
 
     def __init__(self, in_features: int, scale: float = 1.0, *, eps: float = 1e-6) -> None:
         super().__init__(in_features)
@@ -117,6 +118,10 @@ class ActNorm(Flow):
         self.log_scale = nn.Parameter(torch.zeros(in_features))
         self.scale, self.eps = float(scale), eps
         self.register_buffer("initialized", torch.tensor(False))
+        # a Python mirror of the flag once it is True: a training-mode pass of an initialised layer then reads no
+        # tensor (reading the buffer is a host sync on a GPU and a data-dependent guard that stopped
+        # torch.compile(fullgraph=True) of a flow distribution's likelihood)
+        self._known_initialized = False
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """Pixyz's checkpoints load too: Pixyz's ``ActNorm2d`` keeps ``bias`` and ``logs`` (kizuna's ``log_scale``)
@@ -131,6 +136,16 @@ class ActNorm(Flow):
         if prefix + "initialized" not in state_dict and all(prefix + n in state_dict for n in ("bias", "log_scale")):
             state_dict[prefix + "initialized"] = torch.tensor(True)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._known_initialized = bool(self.initialized)
+
+    def _uninitialised(self) -> bool:
+        """Whether the layer awaits its initialisation; the buffer is read only until it is found True."""
+        if self._known_initialized:
+            return False
+        if bool(self.initialized):  # (set through the buffer: a load, a hand-written reference)
+            self._known_initialized = True
+            return False
+        return True
 
     def _first_use(self, x: Tensor, what: str) -> None:
         """The first training-mode pass of a layer not yet initialised (``what``: ``"x"`` forward, ``"z"`` an inverse
@@ -146,6 +161,7 @@ class ActNorm(Flow):
         if changed:  # trained without an initialising pass (through draws, one row at a time, in evaluation mode),
             # or set by hand: kept (a later forward initialised over the trained parameters)
             self.initialized.fill_(True)
+            self._known_initialized = True
         elif per_channel > 1 and what != "draw":  # (one row: a probe such as sample() does not spoil it)
             self._initialize(x, what)
 
@@ -169,6 +185,7 @@ class ActNorm(Flow):
                 self.bias.copy_(mean * log_scale.exp())
                 self.log_scale.copy_(-log_scale)
             self.initialized.fill_(True)
+            self._known_initialized = True
 
     def _check(self, x: Tensor, what: str) -> None:
         super()._check(x, what)
@@ -176,13 +193,13 @@ class ActNorm(Flow):
             raise ValueError(f"ActNorm: {what} must be (B, C) or (B, C, H, W), got {tuple(x.shape)}")
 
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
+        if self.training and self._uninitialised():
             self._first_use(x, "x")
         z = (x + _channel_view(self.bias, x)) * _channel_view(self.log_scale.exp(), x)
         return z, (self.log_scale.sum() * _pixels(x)).expand(x.shape[0])
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):  # (an inverse over data may be the first: a flow
+        if self.training and self._uninitialised():  # (an inverse over data may be the first: a flow
             # distribution's likelihood; a draw's inverse, sampling through the flow, does not initialise it)
             self._first_use(z, "z" if is_scoring_data() else "draw")
         x = z * _channel_view((-self.log_scale).exp(), z) - _channel_view(self.bias, z)
