@@ -57,7 +57,7 @@ from kizuna.distributions.base import (
 )
 from kizuna.distributions.flow_matching import sample_n_with_context
 from kizuna.distributions.torch_dist import validation_enabled
-from kizuna.flows.base import Flow, scoring_data
+from kizuna.flows.base import Flow, drawing, scoring_data
 from kizuna.formula.memo import memoized
 from kizuna.utils import _autocast_state
 
@@ -275,7 +275,7 @@ class TransformedDistribution(_FlowDistribution):
         # the base's parameters with their graph (the evaluation's memo keeps them for a later log-density: a
         # score-function estimator differentiates it); without reparameterisation only the flow runs without one
         base = self._draw_base(x_dict, batch_n, reparam)
-        with nullcontext() if reparam else torch.no_grad():
+        with nullcontext() if reparam else torch.no_grad(), drawing():  # (ActNorm does not initialise from draws)
             x, logdet = self.flow.forward_and_logdet(base if reparam else base.detach(), self._context(x_dict))
         if reparam:  # score this draw later in the same evaluation without the inverse
             memoized(self, "inverse", self._memo_inputs(x, x_dict), lambda: (base, -logdet))

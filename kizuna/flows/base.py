@@ -17,6 +17,7 @@ optional context (conditional flows); layers that take none ignore it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,25 +29,40 @@ from kizuna._data import check_count
 
 Tensor = torch.Tensor
 
-_scoring = threading.local()  # (per thread: a flow distribution's likelihood in one thread, a sample in another)
+_pass = threading.local()  # (per thread: a flow distribution's likelihood in one thread, a sample in another)
 
 
 @contextmanager
-def scoring_data() -> Iterator[None]:
-    """The inverse passes run in this block score data (a `TransformedDistribution`'s likelihood runs its flow
-    backwards over the data): a data-dependent layer (`ActNorm`) may initialise from them, as from a forward pass.
-    Outside it an inverse pass is a draw's (sampling from the prior through the inverse), and does not."""
-    before = getattr(_scoring, "on", False)
-    _scoring.on = True
+def _passing(kind: str) -> Iterator[None]:
+    before = getattr(_pass, "kind", None)
+    _pass.kind = kind
     try:
         yield
     finally:
-        _scoring.on = before
+        _pass.kind = before
+
+
+def scoring_data() -> contextlib.AbstractContextManager[None]:
+    """The passes run in this block score data (a `TransformedDistribution`'s likelihood runs its flow backwards
+    over the data): a data-dependent layer (`ActNorm`) may initialise from an inverse pass there, as from a forward
+    pass. Outside it an inverse pass is a draw's (sampling from the prior through the inverse), and does not."""
+    return _passing("data")
+
+
+def drawing() -> contextlib.AbstractContextManager[None]:
+    """The passes run in this block carry the prior's draws (a `TransformedDistribution`'s ``sample()`` runs its flow
+    forwards over them): a data-dependent layer (`ActNorm`) does not initialise from them, in either direction."""
+    return _passing("draw")
 
 
 def is_scoring_data() -> bool:
-    """Whether the current thread is inside `scoring_data`."""
-    return getattr(_scoring, "on", False)
+    """Whether the current thread is inside `scoring_data` (and not in a `drawing` block opened inside it)."""
+    return getattr(_pass, "kind", None) == "data"
+
+
+def is_drawing() -> bool:
+    """Whether the current thread is inside `drawing` (and not in a `scoring_data` block opened inside it)."""
+    return getattr(_pass, "kind", None) == "draw"
 
 
 class Flow(nn.Module):

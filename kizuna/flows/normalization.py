@@ -15,7 +15,8 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
   data, it initialises from its input :math:`z` so that ``inverse`` comes out standardised (:math:`\ell = \tfrac12
   \log(\sigma_z^2 + \epsilon) - \log \text{scale}`, :math:`b = \mu_z e^{-\ell}`). Any other inverse is a draw's
   (an `InverseTransformedDistribution`'s ``sample()`` through the inverse, or a hand-written sampler) and does not
-  initialise it from the prior's draws. A layer whose parameters are no longer the new layer's zeros (trained
+  initialise it from the prior's draws; nor does a forward inside `kizuna.flows.base.drawing` (a
+  `TransformedDistribution`'s ``sample()``). A layer whose parameters are no longer the new layer's zeros (trained
   through draws, one row at a time or in evaluation mode, or set by hand) counts as initialised at its next
   training-mode pass and keeps them; a batch of one value per channel (one vector row) does not initialise it.
   Before stop 43, a layer trained through its inverse or one row at a time stayed uninitialised, and its first
@@ -53,7 +54,7 @@ import torch
 from torch import nn
 
 from kizuna._data import check_positive
-from kizuna.flows.base import Flow, Tensor, is_scoring_data
+from kizuna.flows.base import Flow, Tensor, is_drawing, is_scoring_data
 
 
 def _channel_view(t: Tensor, x: Tensor) -> Tensor:
@@ -193,8 +194,9 @@ class ActNorm(Flow):
             raise ValueError(f"ActNorm: {what} must be (B, C) or (B, C, H, W), got {tuple(x.shape)}")
 
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and self._uninitialised():
-            self._first_use(x, "x")
+        if self.training and self._uninitialised():  # (a sample's forward over the prior's draws does not initialise
+            # it: a TransformedDistribution sampled before its fit started from them, not from the data)
+            self._first_use(x, "draw" if is_drawing() else "x")
         z = (x + _channel_view(self.bias, x)) * _channel_view(self.log_scale.exp(), x)
         return z, (self.log_scale.sum() * _pixels(x)).expand(x.shape[0])
 
