@@ -28,12 +28,7 @@ from kizuna.modules import GraphError
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest's fixture)
 
 
 # ---------------------------------------------------------------- 1. a GAN's prior is blamed only where it is the cause

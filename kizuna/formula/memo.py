@@ -18,8 +18,9 @@ needs gradients inside one without them does not reuse parameters computed there
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -74,6 +75,19 @@ class shared_parameters:  # noqa: N801 - used as a function: ``with shared_param
             state.grad = True
         elif saved is not state.memo:  # (the nested block with gradients) the outer memo is back
             state.memo, state.grad = saved, False
+
+
+@contextlib.contextmanager
+def outside_memo() -> Iterator[None]:
+    """A block that neither reads nor fills the memo of the evaluation in progress (its values are computed afresh
+    and not kept); the evaluation's memo and grad mode are as before after it."""
+    state = _STATE
+    outer, grad = state.memo, state.grad
+    state.memo = None
+    try:
+        yield
+    finally:
+        state.memo, state.grad = outer, grad
 
 
 def step_mark() -> int | None:

@@ -111,20 +111,16 @@ def _cured_by_converting(modules: list[Distribution], like: Tensor, draw: Callab
     failed draw's parameters (the priors', in their own dtype) are not reused, and none of its are kept. (A network
     in training mode updates its batch-normalisation statistics once more.)"""
     saved = [(m, dict(m._buffers)) for m in modules]
-    state = memo._STATE  # (this thread's)
-    outer, grad = state.memo, state.grad
-    state.memo = None
     try:
         for m, buffers in saved:
             for key, buffer in buffers.items():
                 if buffer is not None and buffer.is_floating_point():
                     m._buffers[key] = buffer.to(device=like.device, dtype=like.dtype)
-        with validation(False):
+        with validation(False), memo.outside_memo():
             draw()
     except Exception as again:  # noqa: BLE001 - any error of the user's network
         return not _a_mismatch(again)
     finally:
-        state.memo, state.grad = outer, grad
         for m, buffers in saved:
             for key, buffer in buffers.items():
                 m._buffers[key] = buffer
