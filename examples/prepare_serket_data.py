@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("examples", help="the examples/ folder of a naka-lab/Serket checkout")
     parser.add_argument("out", help="the data folder to write (then pass it as --data to the SERKET examples)")
     args = parser.parse_args(argv)
-    print(f"SERKET example data written to {prepare(args.examples, args.out)}")
+    try:
+        written = prepare(args.examples, args.out)
+    except (FileNotFoundError, ValueError) as error:  # a wrong folder is the user's, not a bug: no traceback
+        parser.error(str(error))
+    print(f"SERKET example data written to {written}")
 
 
 if __name__ == "__main__":

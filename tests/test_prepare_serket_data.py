@@ -54,3 +54,14 @@ def test_missing_inputs_are_named(tmp_path):
     (tmp_path / "examples" / "VAE+GMM+MLDA").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="lacks data1.txt, data2.txt, category.txt"):
         prepare(tmp_path / "examples", tmp_path / "data")
+
+
+def test_command_line_names_a_wrong_folder_without_a_traceback(tmp_path, capsys):
+    """The script's own command line: a wrong folder is a usage error (exit status 2, one line), not a traceback."""
+    main = load_example("prepare_serket_data").main
+    with pytest.raises(SystemExit) as stopped:
+        main([str(tmp_path / "nowhere"), str(tmp_path / "data")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "nowhere is not a folder: give the examples/ folder of a Serket checkout" in err
+    assert "Traceback" not in err and not (tmp_path / "data").exists()
