@@ -40,11 +40,13 @@ def sampler_at(ref: str) -> type:
     root = Path(__file__).resolve().parent.parent
     text = subprocess.run(["git", "-C", str(root), "show", f"{ref}:kizuna/modules/lda/sampler.py"],
                           check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "sampler_ref.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("sampler_ref", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as folder:  # loaded, then removed: the run leaves no folder behind
+        path = Path(folder) / "sampler_ref.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location("sampler_ref", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses (and pickling) look the module up by name
+        spec.loader.exec_module(module)
 
     class Earlier(module.GibbsChain):
         def run(self, *args: object) -> object:  # an earlier run() takes no backend argument

@@ -6,11 +6,14 @@ CPU thread): run with ``pytest -m slow``; the check's own report (`_parity.grad_
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib.util
 import io
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,3 +140,27 @@ def test_paired_timing_gives_the_ratio_of_two_known_costs_and_names_bad_input() 
         paired(case, baseline, 0)
     with pytest.raises(ValueError, match="trim"):
         paired(case, baseline, 5, trim=0.5)
+
+
+def test_mlda_sweep_ab_loads_an_earlier_sampler_and_leaves_no_folder(tmp_path, monkeypatch) -> None:
+    """`bench/mlda_sweep_ab.py --ref REV` loads ``kizuna/modules/lda/sampler.py`` at REV from git: the loaded
+    ``GibbsChain`` (a dataclass module, which needs its module registered) is usable, and its temporary folder is
+    gone afterwards (the first version failed with an AttributeError and left one folder per run)."""
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: --ref reads an earlier revision from git")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("mlda_sweep_ab", ROOT / "bench" / "mlda_sweep_ab.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from kizuna.modules.lda import sampler
+
+    earlier = bench.sampler_at("HEAD")
+    loaded = sys.modules["sampler_ref"]
+    assert issubclass(earlier, loaded.GibbsChain) and loaded.GibbsChain is not sampler.GibbsChain
+    assert [f.name for f in dataclasses.fields(loaded.Tables)] == [f.name for f in dataclasses.fields(sampler.Tables)]
+    assert list(tmp_path.iterdir()) == []
+    sys.modules.pop("sampler_ref", None)
