@@ -395,6 +395,9 @@ def test_observation_converts_numbers(data, dtype):
     (np.ones((2, 2), dtype=complex), ValueError, "Observation obs: Complex data not supported"),
     (np.array([[0.0, 1.0], [np.inf, 2.0]]), ValueError, "Observation obs: data contains inf at row 1, column 0"),
     (np.zeros((0, 3)), ValueError, r"data has 0 sample\(s\)"),
+    # ragged lists: numpy's own "inhomogeneous shape" message named neither the module nor the rows' lengths
+    ([[1.0, 2.0], [3.0]], ValueError, r"Observation obs: the rows of data have different lengths \(1, 2\); give a "),
+    ([[[1.0], [2.0]], [[3.0], [4.0, 5.0]]], ValueError, "Observation obs: the nested lists of data are not rectangul"),
 ])
 def test_observation_names_bad_data(data, error, match):
     with pytest.raises(error, match=match):

@@ -86,7 +86,15 @@ def as_tensor(data: Any, what: str, owner: str) -> Tensor:
     if scipy.sparse.issparse(data):
         raise TypeError(f"{owner}: sparse data was passed for {what}, but dense data is required (sparse input is "
                         "not supported); use X.toarray() to convert it to a dense numpy array")
-    a = data if isinstance(data, np.ndarray) else np.asarray(data)
+    try:
+        a = data if isinstance(data, np.ndarray) else np.asarray(data)
+    except ValueError as err:  # numpy's "inhomogeneous shape": rows of different lengths
+        if "inhomogeneous" not in str(err):
+            raise
+        lengths = sorted({len(row) for row in data if hasattr(row, "__len__")})
+        which = (f"the rows of {what} have different lengths ({', '.join(map(str, lengths))})" if len(lengths) > 1
+                 else f"the nested lists of {what} are not rectangular (inner lists of different lengths)")
+        raise ValueError(f"{owner}: {which}; give a rectangular array (every row of one length)") from None
     if a.dtype.kind == "c":
         raise ValueError(f"{owner}: Complex data not supported; {what} must be real (float or int), got {a.dtype}")
     if a.dtype.kind not in "biuf":
