@@ -398,3 +398,34 @@ class _LinearVelocity(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([x, t.reshape(-1, 1).to(x.dtype)], 1))
+
+
+def test_reflow_coupling_of_a_conditional_flow_takes_its_context() -> None:
+    """Found by a review: `reflow_coupling` took no context, so a conditional flow could not be reflowed (its error
+    pointed to ``p.path({...})``, which reflow_coupling did not take). For ``v = c x`` the ODE's end is
+    :math:`e^c z` (closed form); the pairs hold the context one row per pair, and the next conditional flow's
+    ``coupling="given"`` loss reads them."""
+    from kizuna.losses import flow_matching_loss
+
+    torch.manual_seed(0)
+    p = FlowMatching(lambda x, t, c: c * x, [2], context_var=["c"], sampler="heun", n_steps=50)
+    pairs = reflow_coupling(p, 5, context={"c": torch.full((1, 1), 0.5)})
+    assert pairs["c"].shape == (5, 1) and (pairs["c"] == 0.5).all()
+    torch.testing.assert_close(pairs["x"], pairs["x_0"] * math.exp(0.5), rtol=1e-4, atol=1e-6)
+    per_row = torch.tensor([[0.0], [1.0], [-1.0]])
+    rows = reflow_coupling(p, 3, context={"c": per_row})
+    torch.testing.assert_close(rows["x"], rows["x_0"] * per_row.exp(), rtol=1e-4, atol=1e-6)
+    class Velocity(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return self.net(torch.cat([x, t.reshape(-1, 1).expand(len(x), 1), c], 1))
+
+    q = FlowMatching(Velocity(), [2], context_var=["c"])
+    assert flow_matching_loss(q, coupling="given").eval(pairs).isfinite().all()  # one loss per pair
+    with pytest.raises(ValueError, match=r"reflow_coupling: n=4 but the conditioning value c has 3 rows"):
+        reflow_coupling(p, 4, context={"c": per_row})
+    with pytest.raises(ValueError, match=r"the context c is missing; a conditional flow needs c: give context="):
+        reflow_coupling(p, 4, context={"d": per_row})

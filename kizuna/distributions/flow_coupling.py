@@ -16,13 +16,15 @@ r"""The pieces of flow-matching training written as distributions.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from kizuna._data import check_int, first_nonfinite, sigma_min_value
 from kizuna.distributions.base import Distribution, Tensor, XDict, sum_rows
-from kizuna.distributions.flow_matching import FlowMatching
+from kizuna.distributions.flow_matching import FlowMatching, context_of_draws
 from kizuna.distributions.special import Deterministic
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.samplers.integrators import SAMPLERS
@@ -168,18 +170,29 @@ class OTCoupling(Distribution):
 
 
 def reflow_coupling(p: FlowMatching, n: int, n_steps: int | None = None, noise_var: str = "x_0",
-                    sampler: str | None = None) -> dict[str, Tensor]:
+                    sampler: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
     """``n`` pairs :math:`(z, \\Phi_\\theta(z))`, ``z`` Gaussian and :math:`\\Phi_\\theta` the model's ODE.
 
-    Train the next rectified flow on them with ``flow_matching_loss(q, coupling="given")``.
+    Train the next rectified flow on them with ``flow_matching_loss(q, coupling="given")``. A conditional model
+    needs its ``context`` (``{"c": c}``: one row for all ``n`` pairs, or ``n`` rows, as `FlowMatching.path` reads
+    it); the returned pairs then hold the context too, one row per pair, so the next flow learns the same
+    conditional coupling.
     """
     check_int("reflow_coupling: n", n, 0)  # (-1 failed in a negative dimension, 2.5 in a TypeError)
     if n_steps is not None:  # (0 ran the model's own number of steps silently)
         check_int("reflow_coupling: n_steps", n_steps, 1)
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"reflow_coupling: sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
-    path = p.path()
+    missing = [c for c in p.cond_var if c not in (context or {})]
+    if missing:  # (the model's own error pointed to p.path({...}), which this function did not take)
+        raise ValueError(f"reflow_coupling: the context {', '.join(missing)} is missing; a conditional flow needs "
+                         f"{', '.join(p.cond_var)}: give context={{{', '.join(repr(c) + ': ...' for c in p.cond_var)}}}"
+                         f" (one row for all pairs, or n={n} rows)")
+    conditioning = {c: context[c] for c in p.cond_var} if p.cond_var else {}
+    if conditioning:  # checked against n here, and returned one row per pair
+        conditioning = context_of_draws("reflow_coupling", conditioning, n, "n")[0]
+    path = p.path(conditioning)
     z = path.prior(n)
     with torch.no_grad():
         x = SAMPLERS[sampler or p.sampler](path, x=z, n_steps=p.n_steps if n_steps is None else n_steps)
-    return {noise_var: z, p.var[0]: x}
+    return {noise_var: z, p.var[0]: x, **{c: v.contiguous() for c, v in conditioning.items()}}
