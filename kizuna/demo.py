@@ -1,4 +1,5 @@
-r"""The demo behind ``kizuna demo``: an integrated model that learns digit classes from two modalities.
+r"""The demo behind ``kizuna demo digits``: an integrated model that learns digit classes from two modalities
+(``kizuna demo`` runs the house, `kizuna.robot_demo`).
 
 SERKET's VAE+GMM+MLDA (Nakamura et al. 2018, arXiv:1712.00929) built with `kizuna.modules`, on data
 that comes with scikit-learn:

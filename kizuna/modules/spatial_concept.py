@@ -223,8 +223,10 @@ class SpatialConcept(ClassModule):
         return self.predict_concepts(positions) @ self.sampler_.feature_distributions(0)
 
     def predict_position(self, word_counts: Any) -> np.ndarray:
-        """The most probable position (M×D, D the positions' dimension: the mean of the position component of largest
-        probability given the words) of each row of word counts."""
+        """The most probable position (M×D, D the positions' dimension) of each row of word counts: the mean of the
+        position component :math:`k` with the highest peak of the position density given the words,
+        :math:`\\arg\\max_k p(k \\mid w)\\,|\\Sigma_k|^{-1/2}` (not the component of largest probability: a broad
+        component is likely but its peak is low)."""
         sampler, gmm = self._fitted()
         y = np.atleast_2d(np.asarray(word_counts, dtype=np.float64))
         theta = sampler.feature_distributions(0)
