@@ -186,7 +186,11 @@ class JointDistribution(Distribution):
         for f in factors:
             flat.extend(f.factors() if isinstance(f, JointDistribution) else [f])
         order = _order(flat)
-        var = [v for f in flat for v in f.var]
+        own = {v for f in flat for v in f.var}
+        # Pixyz's order (its graph's nodes in insertion order, each factor adding its variables, then its conditions):
+        # the joint's variables by first appearance over each factor's var + cond_var, so p(x|y) * p(z|x) * p(y) has
+        # var ['x', 'y', 'z'] (the factors' order gave ['x', 'z', 'y']: positional code ported from Pixyz read z as y)
+        var = list(dict.fromkeys(v for f in flat for v in (*f.var, *f.cond_var) if v in own))
         cond: list[str] = []
         for f in flat:
             cond.extend(c for c in f.cond_var if c not in var and c not in cond)
