@@ -456,3 +456,17 @@ def test_a_ddpm_paths_own_times_as_a_float32_tensor_are_its_steps() -> None:
     torch.testing.assert_close(b, a, rtol=0, atol=0)
     with pytest.raises(ValueError, match="is not one of the trained steps"):
         ddim(path, 3, times=[float(path.times(5)[0]) * 0.99, 0.0])
+
+
+def test_a_given_ddpm_start_is_in_the_paths_scaled_coordinates() -> None:
+    """What the samplers' ``x`` says (review C, stop 44: the docstring said only "the starting points"): a
+    `DiffusionPath`'s state is y = x_t / sqrt(abar_t), so a DDPM's own noise x_T ~ N(0, I) enters divided by
+    sqrt(abar_T) and then gives the draws of the default start exactly; x_T itself collapses the draws onto the mean
+    (their variance is far below the data's 0.25)."""
+    path = ddpm_path(GAUSS, T=50)
+    default = ddim(path, 400, eta=0.0, generator=torch.Generator().manual_seed(4))
+    x_T = torch.randn(400, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    scaled = ddim(path, x=x_T / path.alpha_bar[-1].sqrt(), eta=0.0)
+    torch.testing.assert_close(scaled, default, rtol=1e-12, atol=1e-12)
+    assert 0.15 < float(default.var(0).mean()) < 0.35  # the data's variance, 0.25 (400 draws)
+    assert float(ddim(path, x=x_T, eta=0.0).var(0).mean()) < 0.05
