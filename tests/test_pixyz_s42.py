@@ -241,7 +241,19 @@ def test_the_porting_pages_mmd_recipe_gives_pixyz_numbers():
     doc = (Path(__file__).parents[1] / "docs" / "porting_from_pixyz.md").read_text()
     row = next(line for line in doc.splitlines() if line.startswith("| `MMD(p, q)`"))
     assert "unless the batch size equals the feature dimension" not in row
-    assert "`MMD` or `WassersteinDistance` is built" in row
+    # the page's rule for a side without a reparameterised sampler, checked against the code (it said every such side
+    # is refused; one beside a reparameterised side is built with a warning: review I, stop 44)
+    assert "`MMD` and `WassersteinDistance` are refused when built" in row
+    assert "the term is built with a `UserWarning` naming the side that gets no gradient" in row
+    from kizuna.distributions import MLPBernoulli, MLPNormal
+    from kizuna.losses import WassersteinDistance
+
+    bern_x, bern_y = MLPBernoulli("z", ["x"], [3, 4, 2], name="p"), MLPBernoulli("z", ["y"], [3, 4, 2], name="q")
+    for term in (MMD, WassersteinDistance):
+        with pytest.raises(ValueError, match="no reparameterised sampler"):
+            term(bern_x, bern_y)
+        with pytest.warns(UserWarning, match=r"p\(z\|x\) \(MLPBernoulli\) has trainable parameters but no rep"):
+            term(bern_x, MLPNormal("z", ["y"], [3, 4, 2], name="q"))
     setup, expression = re.search(r"`(k = lambda[^`]*)`", row).group(1).split("; ", 1)
     for (b, d), pixyz in (((3, 5), 0.5157851342598135), ((4, 4), 0.6748521064219299)):
         x = (torch.arange(b * d, dtype=F64).reshape(b, d) % 7) / 4.0 - 0.5

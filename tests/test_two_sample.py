@@ -109,3 +109,21 @@ def test_the_null_accuracy_is_unbiased_for_small_samples(n) -> None:
     mean, se = float(np.mean(accuracies)), float(np.std(accuracies) / math.sqrt(len(accuracies)))
     assert abs(mean - 0.5) < 4 * se, (mean, se)
     assert small / 300 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 300)
+
+
+def test_a_seed_past_scikit_learns_range_works_and_repeats() -> None:
+    """Found by a review (stop 44): a seed of 2**32 or more (numpy takes up to 2**64 - 1) failed inside
+    scikit-learn's MLP / an unseeded estimator with an error about random_state that did not name ``seed``; it is
+    hashed into scikit-learn's range, so it runs and the same seed gives the same result."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(60, 2)), rng.normal(1.5, size=(60, 2))
+    for classifier in ("mlp", RandomForestClassifier(n_estimators=5)):
+        first = classifier_two_sample_test(a, b, classifier=classifier, seed=2**40 + 3)
+        again = classifier_two_sample_test(a, b, classifier=classifier, seed=2**40 + 3)
+        assert first == again and first.accuracy > 0.6
+    # seeds below 2**32 reach scikit-learn as given (results of earlier versions are unchanged)
+    forest = classifier_two_sample_test(a, b, classifier=RandomForestClassifier(n_estimators=5), seed=7)
+    assert forest == classifier_two_sample_test(a, b, classifier=RandomForestClassifier(n_estimators=5,
+                                                                                        random_state=7), seed=7)

@@ -83,7 +83,8 @@ def classifier_two_sample_test(real: Any, fake: Any, classifier: Any = "logistic
         test_size: the held-out fraction of each sample (at least one row of each is held out, and one kept).
         seed: the seed of the subsampling, the split and the MLP, and the ``random_state`` of a given estimator
             (and of its pipeline steps) where that is ``None``, so that a randomised estimator (e.g. a random forest)
-            gives the same result for the same seed; a ``random_state`` the estimator was given is kept.
+            gives the same result for the same seed; a ``random_state`` the estimator was given is kept. A seed of
+            2**32 or more (scikit-learn's limit) reaches the classifier hashed into that range.
 
     The larger sample is subsampled to the size of the smaller (balanced classes).
 
@@ -112,7 +113,10 @@ def classifier_two_sample_test(real: Any, fake: Any, classifier: Any = "logistic
     order = rng.permutation(2 * (n - per))
     x_train = np.concatenate([a[per:], b[per:]])[order]
     y_train = np.concatenate([np.ones(n - per), np.zeros(n - per)])[order]
-    model = _classifier(classifier, seed, len(y_train)).fit(x_train, y_train)
+    # scikit-learn takes a random_state below 2**32: a larger seed (numpy's and kizuna's go to 2**64 - 1) is folded
+    # into that range by numpy's seed hashing (it failed inside scikit-learn, not naming `seed`); smaller ones as given
+    sk_seed = seed if int(seed) < 2**32 else int(np.random.SeedSequence(int(seed)).generate_state(1)[0])
+    model = _classifier(classifier, sk_seed, len(y_train)).fit(x_train, y_train)
     n_test = 2 * per
     correct = int((model.predict(x_test) == y_test).sum())
     p_value = float(stats.binom.sf(correct - 1, n_test, 0.5))
