@@ -225,7 +225,9 @@ class DiffusionPath(GaussianPath):
         # the values the network reads (other keys are passed as given)
         self._rows = _ContextRows(who, getattr(reverse, "context_var", None))
         self._rows.draws(self.context)  # (the values' rows checked against each other here)
-        ab = reverse.schedule.alpha_bar().detach().to(torch.float64)
+        # host copies: the samplers read these tables as Python numbers at every step (about 14 reads a reverse step),
+        # each of which was a device-to-host sync for a model on a GPU; the network's own tables stay on its device
+        ab = reverse.schedule.alpha_bar().detach().to(device="cpu", dtype=torch.float64)
         self.alpha_bar = ab  # index t = step t, alpha_bar[0] = 1
         self.sigmas = ((1 - ab) / ab).sqrt()  # s_t, increasing in t; s_0 = 0
 
