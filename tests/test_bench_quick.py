@@ -164,3 +164,17 @@ def test_mlda_sweep_ab_loads_an_earlier_sampler_and_leaves_no_folder(tmp_path, m
     assert [f.name for f in dataclasses.fields(loaded.Tables)] == [f.name for f in dataclasses.fields(sampler.Tables)]
     assert list(tmp_path.iterdir()) == []
     sys.modules.pop("sampler_ref", None)
+
+
+def test_cuda_check_runs_its_checks_on_the_cpu() -> None:
+    """`bench/cuda_check.py --device cpu --quick`: the GPU check's own logic, on a machine without a GPU (review K,
+    stop 44: its resume check compared 1 + 1 epochs with 1 + 2, so it failed on every GPU, and nothing ran it here).
+    Every check passes on the CPU; without CUDA the plain run says nothing was checked (exit 2 when required)."""
+    out = _run(["bench/cuda_check.py", "--device", "cpu", "--quick"])
+    lines = [line for line in out.splitlines() if line.startswith(("ok", "FAIL"))]
+    assert len(lines) == 9 and all(line.startswith("ok") for line in lines), out
+    assert "resume from a checkpoint on cpu gives the same parameters" in out
+    if not torch.cuda.is_available():
+        done = subprocess.run([sys.executable, "bench/cuda_check.py", "--require-cuda"], capture_output=True,
+                              text=True, cwd=ROOT)
+        assert done.returncode == 2 and "nothing was checked" in done.stdout
