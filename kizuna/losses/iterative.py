@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from kizuna._data import warn_user
 from kizuna._text import LATEX, var_text
 from kizuna.distributions.base import Distribution
 from kizuna.formula.expr import EvalContext, Loss, Tensor
@@ -100,7 +101,9 @@ class IterativeLoss(Loss):
     """:math:`\\sum_t \\mathcal{L}_{step}` over time steps (module docstring).
 
     Args:
-        step_loss: the loss of one step (usually reduced with ``.mean()``).
+        step_loss: the loss of one step: per row (one value per sequence, e.g. ``kl - E(q, LogProb(p))``), reduced
+            outside (``IterativeLoss(...).mean()``), or reduced over the batch inside (``.mean()``, as Pixyz's
+            examples write it); a ``mask`` for sequences of different lengths needs the per-row form (below).
         max_iter: the number of steps :math:`T`; default: the length of the first series variable.
         series_var: variables holding sequences, time along ``series_dim`` (time-major
             ``T×N×...`` by default); each step sees the slice :math:`x_t`.
@@ -121,9 +124,17 @@ class IterativeLoss(Loss):
     Evaluation option ``mask`` (Pixyz's): ``loss.eval(x, mask=m)`` multiplies the loss of step :math:`t` by
     :math:`m_t`, for sequences of different lengths (0 after a sequence's end). ``m`` is ``(T,)``, one weight per
     step, or one weight per row and step laid out as the series: ``(T, N)`` time-major, ``(N, T)`` with
-    ``series_dim=1``; a per-row weight multiplies the first (batch) dimension of the step loss's value (a step loss
-    already reduced over the batch, e.g. by ``.mean()``, becomes one value per row, as in Pixyz). The step loss
-    does not see ``mask``.
+    ``series_dim=1``; a per-row weight multiplies the first (batch) dimension of the step loss's value. The step loss
+    does not see ``mask``. The mask drops a padded step only from a step loss written per row: a step loss already
+    reduced over the batch (``.mean()`` or ``.sum()`` inside the step, one value per step) has averaged the padded
+    rows' costs into that value, and a per-row weight only multiplies it (it becomes one value per row, as in Pixyz),
+    so the padding still enters every row's loss and gradient. That case keeps Pixyz's numbers and gives a
+    UserWarning (once per `IterativeLoss`, when a step's value has no rows and the mask weighs the rows of some step
+    differently). For sequences of different lengths write the step loss per row and reduce outside the sum::
+
+        step = KullbackLeibler(q, prior) - E(q, LogProb(p))  # per row: no .mean() inside the step
+        loss = IterativeLoss(step, series_var=["x"], update_value={"z": "z_prev"}, series_dim=1).mean()
+        loss.eval({"x": x, "z_prev": z0}, mask=m)  # m[n, t] = t < length[n]: row n's sum over its own steps
 
     Each step is evaluated once; the per-step values of the step loss's terms are summed and
     reported as terms of this loss (``eval(..., return_terms=True)``, `Model.fit`'s history). Under a mask, a term
@@ -212,6 +223,7 @@ class IterativeLoss(Loss):
         self._scoring = any(isinstance(m, Expectation) and (isinstance(m, REINFORCE) or not m.reparam
                                                              or not m.p.has_reparam) for m in self.step_loss.modules())
         self._score_plan: tuple[Any, ...] | None = None
+        self._mask_warned = False  # the warning of a per-row mask over a step loss reduced over the batch, given
         self.slice_step = slice_step
         self.max_iter = max_iter
         self.series_dim = series_dim
@@ -296,6 +308,7 @@ class IterativeLoss(Loss):
         if options and options.get("mask") is not None:  # Pixyz's eval(..., mask=m): step t's loss times m[t]
             weights = self._step_weights(options["mask"], values, steps)
             options = {k: v for k, v in options.items() if k != "mask"}  # not the step loss's (Pixyz's neither)
+        check = weights is not None and weights[0].dim() == 1 and not self._mask_warned  # (a per-row mask)
         sliced = series.items() if self.slice_step is None else ()
         updates = self.update_value.items()
         several, both = self._several, self._both
@@ -312,6 +325,9 @@ class IterativeLoss(Loss):
             value = step.value(step_loss) if drawn_score is None else \
                 self._with_score(step, drawn_score - drawn_score.detach())
             if weights is not None:
+                if check and isinstance(value, Tensor) and value.dim() == 0:  # reduced over the batch: no rows
+                    check = False
+                    self._warn_reduced(weights)
                 value = self._weighted(value, weights[t], step_loss)
             total = total + value
             samples = step.samples
@@ -456,6 +472,20 @@ class IterativeLoss(Loss):
         if not mask.is_floating_point():  # a bool or 0/1 integer mask (Pixyz takes mask.float())
             mask = mask.to(torch.get_default_dtype())
         return mask.unbind(time_dim)
+
+    def _warn_reduced(self, weights: tuple[Tensor, ...]) -> None:
+        """Warn (once) that a per-row mask (``weights``: its steps) meets a step loss reduced over the batch, if the
+        mask weighs the rows of some step differently (padding): the reduced value holds the padded rows' costs."""
+        mask = torch.stack(weights)
+        if not bool((mask != mask[:, :1]).any()):  # every row weighed alike at each step: a (T,) mask, nothing mixed
+            return
+        self._mask_warned = True
+        warn_user(f"IterativeLoss: the step loss {self.step_loss} is reduced over the batch (one value per step, "
+                  "e.g. by .mean() or .sum() inside the step), so the per-row mask only multiplies that value, which "
+                  "holds every row's cost: the padded rows' costs still enter every row's loss and gradient (as in "
+                  "Pixyz). Write the step loss per row, without .mean()/.sum() over the batch (e.g. "
+                  "IterativeLoss(kl - E(q, LogProb(p)), ...).mean()), so that the mask can drop the padded rows' "
+                  "steps")
 
     @staticmethod
     def _weighted(value: Any, weight: Tensor, loss: Loss) -> Tensor:
