@@ -106,7 +106,9 @@ class TestProduct:
         factors = chain()
         picked = [factors[i] for i in perm]
         joint = picked[0] * picked[1] * picked[2]
-        assert joint.var == [v for f in picked for v in f.var]  # the formula keeps the user's order
+        # Pixyz's order: first appearance over each factor's variables, then its conditions (the joint's own only)
+        own = {v for f in picked for v in f.var}
+        assert joint.var == list(dict.fromkeys(v for f in picked for v in (*f.var, *f.cond_var) if v in own))
         assert joint.prob_factorized_text == "".join(f.prob_text for f in picked)
         torch.manual_seed(0)
         s = joint.sample(batch_n=3, return_all=False)
