@@ -22,6 +22,7 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils._pytree import tree_map
@@ -30,7 +31,7 @@ from kizuna._data import check_count as _check_count
 from kizuna._data import one_number
 from kizuna._text import LATEX, TEXT, prob_text, symbol
 from kizuna.distributions.dist_graph import DistGraph, GraphOptions
-from kizuna.formula.expr import Loss
+from kizuna.formula.expr import Loss, values_dict
 from kizuna.formula.log_prob import LogProb, Prob
 
 Tensor = torch.Tensor
@@ -585,6 +586,8 @@ class Distribution(nn.Module):
             sample_mean: return the means instead of draws (ancestrally, for a product).
             kwargs: other options are ignored (as in Pixyz).
         """
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample", self, self.input_var)
         x_dict = _with_values(x_dict, self) if x_dict else {}
         self._require(x_dict, self.input_var)
         _check_count("batch_n", batch_n, minimum=0)
@@ -638,8 +641,11 @@ class Distribution(nn.Module):
             feature_dims: sum over these dimensions instead (Pixyz's ``feature_dims``).
             kwargs: other options are ignored (as in Pixyz).
         """
-        x_dict = _with_values(x_dict, self)
         names = self._var + self.input_var
+        if type(x_dict) is not dict:  # (a bare tensor was "values expected sparse tensor layout", None was
+            # "'NoneType' object has no attribute 'values'"; every LogProb's evaluation calls this with a dict)
+            x_dict = values_dict(x_dict, "get_log_prob", self, names)
+        x_dict = _with_values(x_dict, self)
         if not all(map(x_dict.__contains__, names)):
             self._require(x_dict, names)  # names what is missing
         if feature_dims is not None and sum_features:
@@ -655,6 +661,8 @@ class Distribution(nn.Module):
     def get_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
                  feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
         """``p(var|cond_var)``: ``exp`` of `get_log_prob`."""
+        if type(x_dict) is not dict:
+            x_dict = values_dict(x_dict, "get_prob", self, self._var + self.input_var)
         return self.get_log_prob(x_dict, sum_features, feature_dims).exp()
 
     def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True,
@@ -702,12 +710,24 @@ class Distribution(nn.Module):
 
     # ------------------------------------------------------- formula layer
     def log_prob(self, sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> Loss:
-        """``log p(var|cond_var)`` as a Loss."""
+        """``log p(var|cond_var)`` as a Loss (evaluate it with ``.eval(x_dict)``; `get_log_prob` gives the values)."""
+        self._check_not_values("log_prob", sum_features)
         return LogProb(self, sum_features=sum_features, feature_dims=feature_dims)
 
     def prob(self, sum_features: bool = True, feature_dims: Sequence[int] | None = None) -> Loss:
-        """``p(var|cond_var)`` as a Loss."""
+        """``p(var|cond_var)`` as a Loss (evaluate it with ``.eval(x_dict)``; `get_prob` gives the values)."""
+        self._check_not_values("prob", sum_features)
         return Prob(self, sum_features=sum_features, feature_dims=feature_dims)
+
+    def _check_not_values(self, fn: str, sum_features: Any) -> None:
+        """``p.log_prob(x_dict)`` / ``p.log_prob(x)``: values where ``sum_features`` goes (a dict gave a loss
+        silently, a tensor torch's "Boolean value of Tensor ... is ambiguous" at its evaluation)."""
+        if isinstance(sum_features, (Mapping, Tensor, np.ndarray, list, tuple)):
+            example = ", ".join(f"{n!r}: {n}" for n in self._var + self.input_var)
+            raise TypeError(
+                f"{self.prob_text}: {fn}() builds the {'log-' if fn == 'log_prob' else ''}density as a loss and "
+                f"takes no values (its first argument is sum_features), got {type(sum_features).__name__}; evaluate "
+                f"it with {fn}().eval({{{example}}}), or call get_{fn}({{{example}}})")
 
     def __mul__(self, other: Distribution) -> Distribution:
         from kizuna.distributions.joint import JointDistribution

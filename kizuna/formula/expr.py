@@ -19,7 +19,7 @@ state is set up in ``__new__``, so a subclass may assign attributes before calli
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -74,6 +74,27 @@ def _term_mean(value: Tensor) -> Tensor:
 
 def _unique(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
+
+
+def values_dict(x_dict: Any, fn: str, owner: Any = None, names: Iterable[str] = ()) -> Mapping[str, Any]:
+    """``x_dict`` checked to be the dict of the variables' values that an entry point takes (any ``Mapping``; ``{}``
+    for None). Anything else (a bare tensor, array or list) is a TypeError naming the entry point, the type and the
+    remedy: the entry points' ``x_dict or {}`` gave torch's "Boolean value of Tensor ... is ambiguous" (or numpy's,
+    or "'list' object has no attribute 'values'"). Hot paths call it only for a value that is not a dict.
+
+    Args:
+        fn: the entry point (``"sample"``; ``"Model.train"`` where no ``owner`` is given).
+        owner: a loss or a distribution, named before ``fn`` (its text is only built for the error).
+        names: the variables it takes, for the message's example.
+    """
+    if type(x_dict) is dict or isinstance(x_dict, Mapping):
+        return x_dict
+    if x_dict is None:
+        return {}
+    if owner is not None:
+        fn = f"{f'the loss {owner}' if isinstance(owner, Loss) else owner.prob_text}: {fn}"
+    example = ", ".join(f"{n!r}: {n}" for n in names) or "'x': x"
+    raise TypeError(f"{fn} takes a dict of the variables' values (e.g. {{{example}}}), got {type(x_dict).__name__}")
 
 
 class Loss(nn.Module):
@@ -200,10 +221,8 @@ class Loss(nn.Module):
         Returns:
             the loss tensor, or a tuple ``(loss, dict)``, ``(loss, terms)`` or ``(loss, dict, terms)``.
         """
-        if x_dict is not None and type(x_dict) is not dict and not isinstance(x_dict, Mapping):  # (a tensor's truth
-            # value was torch's error; a dict, the usual case, skips the abstract class's check)
-            raise TypeError(f"the loss {self}: eval takes a dict of the variables' values (e.g. {{'x': x}}), "
-                            f"got {type(x_dict).__name__}")
+        if type(x_dict) is not dict:  # (a tensor's truth value was torch's error; a dict, the usual case, skips it)
+            x_dict = values_dict(x_dict, "eval", self, self._input_var)
         x_dict = dict(x_dict) if x_dict else {}
         if not all(map(x_dict.__contains__, self._input_var)):
             missing = [v for v in self._input_var if v not in x_dict]

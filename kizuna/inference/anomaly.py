@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from kizuna._data import check_int, first_nonfinite, one_number
+from kizuna.formula.expr import values_dict
 from kizuna.inference._checks import batch_rows, in_model_dtype, require
 from kizuna.losses import ELBO
 from kizuna.metrics import log_likelihood
@@ -93,6 +94,7 @@ def anomaly_score(
             raise ValueError(f"anomaly_score: {name} must be a positive integer, got {value!r}") from None
     k, batch_size, k_chunk = (int(one_number(v, arrays=False)) for v in (k, batch_size, k_chunk))
     names = ELBO(p_joint, q).input_var  # (the IWAE's, which refused a q that cannot be reparameterised)
+    x_dict = values_dict(x_dict, "anomaly_score", names=names)  # (a bare tensor was torch's error in `require`)
     require(x_dict, names, "anomaly_score")
     # the model's variables only (another entry, e.g. ids of other rows, was checked by the "iwae" path alone), numpy
     # arrays and lists as tensors (as `log_likelihood` takes them)

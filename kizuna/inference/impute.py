@@ -42,6 +42,7 @@ import torch
 from kizuna._data import check_count, one_number
 from kizuna.distributions.base import Distribution, flat_rows, repeat_batch
 from kizuna.distributions.joint import JointDistribution
+from kizuna.formula.expr import values_dict
 from kizuna.inference._checks import (
     batch_rows,
     check_mask,
@@ -82,6 +83,8 @@ class Imputation:
 def _prepare(p_joint: Distribution, q: Distribution, x_dict: Mapping[str, Any], mask: Any, var: str | None,
              init: Tensor | None, who: str) -> tuple[str, Distribution, dict[str, Any], Tensor, Tensor]:
     """Checked inputs: the masked variable, its decoder, the other inputs, the filled rows and the mask."""
+    names = q.input_var if var is None else [var, *[v for v in q.input_var if v != var]]
+    x_dict = values_dict(x_dict, who, names=names)  # (a bare tensor was torch's error in ``v in x_dict``)
     if var is None:
         candidates = [v for v in q.cond_var if v in x_dict]
         if len(candidates) != 1:

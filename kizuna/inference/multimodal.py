@@ -31,6 +31,7 @@ from kizuna.distributions.base import Distribution
 from kizuna.distributions.moe import MixtureOfNormal
 from kizuna.distributions.poe import ProductOfNormal
 from kizuna.distributions.replace import ReplaceVarDistribution
+from kizuna.formula.expr import values_dict
 from kizuna.inference._checks import batch_rows, on_models, own_draws, require
 
 Tensor = torch.Tensor
@@ -128,6 +129,7 @@ def _unused_by_experts(encoder: Distribution, given: set[str]) -> str | None:
 
 def _given(encoders: Encoders, x_dict: Mapping[str, Any], who: str) -> tuple[Distribution, dict[str, Tensor]]:
     names = modalities(encoders)
+    x_dict = values_dict(x_dict, who, names=names)  # (a bare tensor was torch's error in ``m in x_dict``)
     present = [m for m in names if m in x_dict]
     if not present:
         raise ValueError(f"{who} needs at least one of the modalities {', '.join(names)}; "
@@ -197,6 +199,7 @@ def cross_generate(encoders: Encoders, decoder: Distribution, x_dict: Mapping[st
     >>> cross_generate(ProductOfNormal([qx, qy], name="q"), p_y, {"x": x, "y": y})  # z from x alone: 1.5
     tensor([[1.5000, 1.5000]])
     """
+    x_dict = values_dict(x_dict, "cross_generate", names=[m for m in modalities(encoders) if m not in decoder.var])
     sources = {k: v for k, v in x_dict.items() if k not in decoder.var}
     targets = [m for m in modalities(encoders) if m in decoder.var]
     if not any(m in sources for m in modalities(encoders)) and any(m in x_dict for m in targets):

@@ -153,6 +153,7 @@ class GAN(Model):
 
     def train_discriminator(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
         """``d_steps`` discriminator steps on ``x_dict``; returns their mean loss (a detached 0-d tensor)."""
+        x_dict = self._values(x_dict, "train_discriminator")  # (named here, not as the discriminator's Model.train)
         self._set_mode(True)  # the generator draws the fake batch in training mode (an evaluation left it in eval)
         # the sum from the first loss on, not from 0 (``0 + loss`` is the loss), and no division by one: two tensor
         # operators fewer per call, the same mean
@@ -163,6 +164,7 @@ class GAN(Model):
 
     def step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """`Model.step` after ``d_steps`` discriminator steps; their mean loss is reported as ``d_loss``."""
+        batch = self._values(batch, "step")
         self._set_mode(True)  # as `train_discriminator`: validation left the generator in evaluation mode
         d_loss = sum(self._d_step(batch, options) for _ in range(self.d_steps)) / self.d_steps
         with self._discriminator_frozen():
@@ -192,6 +194,7 @@ class GAN(Model):
         """``d_steps`` discriminator steps, then a generator step; returns ``(g_loss, d_loss)`` (Pixyz's GAN
         contract; `fit` uses `step`, whose result has the shape of every model's). With
         ``adversarial_loss=False`` only the generator steps and its loss is returned (as Pixyz)."""
+        x_dict = self._values(x_dict, "train")
         if not adversarial_loss:
             with self._discriminator_frozen():
                 return super().train(x_dict, **self._g_options(options))

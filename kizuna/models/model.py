@@ -30,7 +30,7 @@ from torch import nn
 
 from kizuna._data import first_nonfinite
 from kizuna.distributions.torch_dist import validation
-from kizuna.formula.expr import Loss, _term_mean
+from kizuna.formula.expr import Loss, _term_mean, values_dict
 from kizuna.models import checkpoint as ckpt
 from kizuna.models import distributed as ddp
 from kizuna.models.batches import prepare
@@ -264,11 +264,11 @@ class Model:
 
         ``options`` go to the loss's evaluation (e.g. ``batch_n``), as in Pixyz.
         """
-        return self._optimise(self._prepare(x_dict), options, terms=False)[0]
+        return self._optimise(self._prepare(x_dict, "train"), options, terms=False)[0]
 
     def test(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
         """The test loss on ``x_dict`` without gradients (detached, 0-d)."""
-        return self._assess(self._prepare(x_dict), options, terms=False)[0]
+        return self._assess(self._prepare(x_dict, "test"), options, terms=False)[0]
 
     def step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """One optimisation step, reporting the loss and every named term from the same evaluation.
@@ -280,16 +280,25 @@ class Model:
             FloatingPointError: the loss or a gradient is not finite; the step is not taken and the
                 message names the non-finite terms (or parameters) and any non-finite input.
         """
-        _, value, terms = self._optimise(self._prepare(batch), options, terms=True)
+        _, value, terms = self._optimise(self._prepare(batch, "step"), options, terms=True)
         return StepResult(value, terms)
 
     def evaluate(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """The test loss and its terms without gradients (the validation step of `fit`)."""
-        _, value, terms = self._assess(self._prepare(batch), options, terms=True)
+        _, value, terms = self._assess(self._prepare(batch, "evaluate"), options, terms=True)
         return StepResult(value, terms)
 
-    def _prepare(self, x_dict: Mapping[str, Any] | None) -> dict[str, Any]:
-        return prepare(x_dict or {}, self.dtype, self.device)
+    def _prepare(self, x_dict: Mapping[str, Any] | None, fn: str) -> dict[str, Any]:
+        """The data of ``fn`` (``"train"``, ...) checked (`_values`), converted and moved (`prepare`)."""
+        return prepare(self._values(x_dict, fn), self.dtype, self.device)
+
+    def _values(self, x_dict: Any, fn: str) -> Mapping[str, Any]:
+        """``x_dict`` checked to be a dict of the variables' values (``{}`` for None): a bare tensor or array was
+        torch's "Boolean value of Tensor ... is ambiguous" (numpy's); the error names ``fn`` and the loss's
+        variables."""
+        if type(x_dict) is dict:
+            return x_dict
+        return values_dict(x_dict, f"{type(self).__name__}.{fn}", names=self.loss_cls.input_var)
 
     def _updated_in_forward(self) -> list[torch.Tensor]:
         """The tensors a training-mode forward pass writes (batch-norm running statistics and ``num_batches_tracked``,
