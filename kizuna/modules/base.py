@@ -138,6 +138,10 @@ class Module(Stateful):
         return getattr(self, name)
 
     def _set_param(self, name: str, value: Any) -> None:
+        if name == "random_state" and "_stream" in self.__dict__:
+            # a new seed restarts the module's own stream at the next update() without a context (the stream
+            # already started, or restored from a save, went on and the new random_state had no effect)
+            self._stream, self._saved_stream = None, None
         if name != "name":
             setattr(self, name, value)
             return
