@@ -87,7 +87,7 @@ class Module(Stateful):
         learnable: when ``False`` the module keeps its parameters fixed in ``update`` and
             only passes messages.
         random_state: seeds the module's own stream, used by ``update()`` without a context
-            (see `kizuna.modules.rng`).
+            (see `kizuna.modules.rng`); a new one set by ``set_params`` restarts the stream at the next such update.
     """
 
     accepts: ClassVar[tuple[str, ...]] = ()
