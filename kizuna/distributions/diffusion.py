@@ -529,7 +529,9 @@ class DiffusionDecoder(Distribution):
     A half-precision model (``.half()`` / ``.to(torch.bfloat16)``) or 16-bit data are scored in float32
     (`kizuna._data.computing_dtype`, as the schedule is): ``x_1`` is lifted to float32 (the network still sees it in
     its own dtype, `DiffusionReverse.epsilon`), ``x_0`` is taken as the nearest of the ``bins`` levels (in 16 bits the
-    256 levels of 8-bit data lie up to a quarter (float16) or half (bfloat16) of a level off the grid), and
+    256 levels of 8-bit data lie up to a quarter (float16) or half (bfloat16) of a level off the grid; float32 data
+    that a half-precision model's dtype holds exactly, as `kizuna.losses.diffusion_bound` lifts 16-bit data, are
+    read as such 16-bit values), and
     ``log_prob`` is returned in float32, as `kizuna.losses.diffusion_bound` returns the bound. In 16 bits torch had
     no CPU ``log_ndtr`` (the bound stopped with "log_ndtr_cpu not implemented for 'Half'"), and a mean
     :math:`\\mu_\\theta(x_1, 1)` taken in bfloat16 was up to 0.37 of the decoder's standard deviation off float32's
@@ -560,9 +562,10 @@ class DiffusionDecoder(Distribution):
         name = self._var[0]
         if x0.shape != mean.shape:
             raise ValueError(f"{self.prob_text}: {name} has shape {tuple(x0.shape)}, expected {tuple(mean.shape)}")
+        narrow = self._sixteen_bit(x0)
         if validation_enabled():  # (read back to the host: on the validated steps, as every family's data checks)
-            self._check_values(x0, mean, var)
-        if x0.is_floating_point() and computing_dtype(x0.dtype) != x0.dtype:  # 16-bit data: the level it stands for
+            self._check_values(x0, mean, var, narrow)
+        if narrow is not None:  # 16-bit data: the level it stands for
             levels = ((x0.to(computing_dtype(x0.dtype)) + 1) / 2 * (self.bins - 1)).round()
             x0 = levels / (self.bins - 1) * 2 - 1
         half, sd, big = 1.0 / (self.bins - 1), var.sqrt(), 1e4  # big: an infinite edge, finite gradient
@@ -571,7 +574,20 @@ class DiffusionDecoder(Distribution):
         out = _log_normal_interval(a, b)
         return out.flatten(1).sum(1) if sum_features else out
 
-    def _check_values(self, x0: Tensor, mean: Tensor, var: Tensor) -> None:
+    def _sixteen_bit(self, x0: Tensor) -> torch.dtype | None:
+        """The 16-bit dtype whose values ``x0`` holds, None for wider data: ``x0``'s own dtype, or a half-precision
+        model's for data in its computing dtype that its own holds exactly (the bound's lifted data, class
+        docstring)."""
+        if not x0.is_floating_point():
+            return None
+        if computing_dtype(x0.dtype) != x0.dtype:
+            return x0.dtype
+        net_dtype = self.reverse.schedule.dtype
+        if x0.dtype == computing_dtype(net_dtype) != net_dtype and bool((x0.to(net_dtype).to(x0.dtype) == x0).all()):
+            return net_dtype
+        return None
+
+    def _check_values(self, x0: Tensor, mean: Tensor, var: Tensor, narrow: torch.dtype | None) -> None:
         """The data in [-1, 1] on the ``bins`` levels (data of another grid, e.g. 8-bit data scored with 17 bins or
         dequantised data, summed to a mass of 15.9 over the data's values: a bound below the code length), and the
         mean and variance finite (NaN scored NaN silently)."""
@@ -583,8 +599,7 @@ class DiffusionDecoder(Distribution):
             raise ValueError(f"{self.prob_text}: {name} must lie in [-1, 1] (data scaled from [0, 1] as 2x - 1)")
         # (16-bit data: off the grid by its rounding, up to one unit in the last place at 1, in levels; bfloat16 holds
         # 8-bit data to half a level, so there no data is off its grid)
-        narrow = x0.is_floating_point() and computing_dtype(x0.dtype) != x0.dtype
-        tolerance = max(1e-3, torch.finfo(x0.dtype).eps * (self.bins - 1) / 2) if narrow else 1e-3
+        tolerance = 1e-3 if narrow is None else max(1e-3, torch.finfo(narrow).eps * (self.bins - 1) / 2)
         levels = (x0.to(computing_dtype(x0.dtype)) + 1) / 2 * (self.bins - 1)
         if not bool(((levels - levels.round()).abs() <= tolerance).all()):
             raise ValueError(f"{self.prob_text}: {name} is not on the grid of bins={self.bins} levels "

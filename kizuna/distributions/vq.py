@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna._data import check_count, first_nonfinite
+from kizuna._data import check_count, computing_dtype, first_nonfinite
 from kizuna._distances import squared_distances
 from kizuna.distributions.base import Distribution, Tensor, XDict, draws_as_rows, sum_rows
 from kizuna.distributions.torch_dist import validation_enabled
@@ -32,6 +32,9 @@ from kizuna.nets.pixelcnn import PixelCNN
 
 class VectorQuantizer(Distribution):
     """:math:`q(k, z|x)` (module docstring).
+
+    A 16-bit model (``.half()`` / ``.to(torch.bfloat16)``) searches the nearest codes in float32 (`encode`); its
+    :math:`z_e`, :math:`e_k` and draws stay in its dtype.
 
     Args:
         encoder: ``x -> z_e`` of shape ``(batch, D, *grid)`` (channels first).
@@ -74,10 +77,13 @@ class VectorQuantizer(Distribution):
         # centred on the codebook's mean (`squared_distances`: a non-finite position, unchecked, then spoils its own
         # row only, where the joint mean made every row NaN); the differences to every code, (batch, *grid, K, D),
         # took 517 MiB and about 1 s for a CIFAR-sized latent (32 x 8 x 8 positions, K = 512, D = 64). No gradient
-        # flows through the choice; ties go to the lowest index (argmin's first), as before.
+        # flows through the choice; ties go to the lowest index (argmin's first), as before. A 16-bit model searches
+        # in float32 (`computing_dtype`; its z_e and codes lifted exactly): CPU torch has no half-precision cdist
+        # ("cdist" not implemented for 'BFloat16'), and 16-bit distances round near codes together; z_e and e_k stay
+        # in the model's dtype.
         flat = z_e.detach().movedim(1, -1)
         codes = self.codebook.weight.detach()
-        dtype = torch.promote_types(flat.dtype, codes.dtype)  # (the differences promoted mixed dtypes)
+        dtype = computing_dtype(torch.promote_types(flat.dtype, codes.dtype))  # (mixed dtypes: the differences')
         codes = codes.to(dtype)
         d2 = squared_distances(flat.reshape(-1, flat.shape[-1]).to(dtype), codes, centre=codes.mean(0))
         k = d2.argmin(1).reshape(flat.shape[:-1])

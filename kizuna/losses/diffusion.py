@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
+from kizuna._data import computing_dtype
 from kizuna._text import LATEX
 from kizuna.distributions.base import batch_size_of
 from kizuna.distributions.diffusion import (
@@ -129,6 +130,9 @@ def diffusion_bound(p: DDPM, exact_steps: bool = False) -> Loss:
     With ``exact_steps`` the sum over ``t`` is evaluated term by term (`SumOverSteps`, ``T - 1``
     network evaluations per row) instead of estimated from one uniform draw of ``t``.
 
+    For a half-precision model (``.half()`` / ``.to(torch.bfloat16)``) or 16-bit data the bound is computed and
+    returned in float32 (`kizuna._data.computing_dtype`), the network still in its own dtype.
+
     >>> import torch
     >>> from kizuna.distributions.diffusion import DiffusionReverse, DiffusionSchedule
     >>> p = DDPM(DiffusionReverse(lambda x, t: torch.zeros_like(x), DiffusionSchedule.linear(50)), [2])
@@ -157,7 +161,14 @@ def diffusion_bound(p: DDPM, exact_steps: bool = False) -> Loss:
 class _DataShapeChecked(Loss):
     """``f`` after checking that the data ``var`` has the model's ``features_shape`` per row: the bound's L_T is a KL
     against the prior of that shape, which broadcast other data against it silently (x_0 of shape (B, 1) against a
-    prior over 2 features counted the feature twice in L_T, and only there). Prints and reports as ``f``."""
+    prior over 2 features counted the feature twice in L_T, and only there). Prints and reports as ``f``.
+
+    16-bit data (a model converted by ``.half()`` / ``.to(torch.bfloat16)``) are lifted to their computing dtype
+    (`kizuna._data.computing_dtype`, float32) first, so that the bound's own arithmetic (the draws of x_t, the
+    posterior and reverse means, the KLs, the decoder and the sums over features and steps) runs in float32 and its
+    value is float32; the network still sees x_t in its own dtype (`DiffusionReverse.epsilon`) and a
+    `DiffusionDecoder` reads the lifted data as 16-bit values. Computed in bfloat16 the bound was 3 nats (11%) too high
+    (T = 1000, 2-D data: 30.55 for float32's 27.48 with the same weights) and a bfloat16 / float16 tensor."""
 
     is_operator = True  # (its terms are f's)
 
@@ -177,6 +188,10 @@ class _DataShapeChecked(Loss):
         if isinstance(x0, Tensor) and x0.shape[1:] != self.features_shape:
             raise ValueError(f"{self.f}: {self.var} has shape {tuple(x0.shape)}, but the model's features_shape is "
                              f"{tuple(self.features_shape)} (rows of that shape)")
+        if isinstance(x0, Tensor) and x0.is_floating_point() and computing_dtype(x0.dtype) != x0.dtype:
+            lifted = ctx.child({**ctx.values, self.var: x0.to(computing_dtype(x0.dtype))})
+            lifted.results = ctx.results  # (the terms' values, which eval(return_terms=True) reads)
+            return lifted.value(self.f)
         return ctx.value(self.f)
 
     def _render(self, fmt: dict[str, str]) -> str:
