@@ -391,9 +391,11 @@ class Parameter(Loss):
 
     Its value is the value given as a tensor (``torch.as_tensor``: a Python float in the default dtype, an int as
     int64, a bool as bool). Where it meets another operand, a Python number given to it is used as the number itself,
-    as a number constant is (`_operand`): ``Parameter("beta")`` given 0.1 in a float64 evaluation is 0.1, not 0.1
-    rounded to float32; an int stays an integer, computed as the int64 tensor it is (``Parameter("n") *
-    Parameter("m")`` given 3 and 4 is ``tensor(12)``, int64, exact beyond 2**24), and a bool is its bool tensor."""
+    as a number constant is (`_operand`), also through ``-``, ``abs``, ``detach``, ``mean`` and ``sum``:
+    ``Parameter("beta")`` given 0.1 in a float64 evaluation is 0.1, not 0.1 rounded to float32; an int stays an
+    integer, computed as the int64 tensor it is (``Parameter("n") * Parameter("m")`` given 3 and 4 is ``tensor(12)``,
+    int64, exact beyond 2**24; its ``mean()`` a float, as torch's mean of an integer term is), and a bool is its bool
+    tensor."""
 
     def __init__(self, input_var: str) -> None:
         if not isinstance(input_var, str):
@@ -606,7 +608,8 @@ def _given_number(loss: Loss, ctx: EvalContext) -> int | float | None:
     tensor was: ``n * m`` of ints is the int, exact); None where one is a tensor (or not a real number, or a
     parameter's bool, which stays its bool tensor). Parameters and named parts are recorded as reported terms. (A
     parameter's float was a tensor of the default dtype: ``Parameter("beta")`` given 0.1 was 0.1 rounded to float32 in
-    a float64 evaluation.)"""
+    a float64 evaluation; so was ``abs``, ``detach``, ``mean`` or ``sum`` of a number constant or of such a parameter:
+    ``LogProb(p) * Parameter("beta").abs()``.)"""
     kind = type(loss)
     if kind is ValueLoss:
         value = loss.value
@@ -632,6 +635,15 @@ def _given_number(loss: Loss, ctx: EvalContext) -> int | float | None:
         if kind is NegLoss:
             part = _given_number(loss.loss1, ctx)
             number = None if part is None else -part
+        elif kind in _NUMBER_UNARY:
+            # abs, detach, or the batch mean / sum of one number (the number), computed by the node's own op on the
+            # number's `_exact_scalar`: an int's abs and sum an int, its mean a float (as `_integer_mean`'s)
+            part = _given_number(loss.loss1, ctx)
+            if type(part) is int and not _INT64[0] <= part <= _INT64[1]:
+                part = None  # (-(-2**63), past int64: computed on the tensors, as before)
+            elif part is not None and kind is BatchMean:
+                part = float(part)
+            number = None if part is None else loss._op(_exact_scalar(part)).item()
         else:  # a _Binary (`_of_constants`)
             a, b = _given_number(loss.loss1, ctx), _given_number(loss.loss2, ctx)
             number = None if a is None or b is None else loss._op(_exact_scalar(a), _exact_scalar(b)).item()
@@ -672,12 +684,16 @@ def _number(loss: Loss, ctx: EvalContext) -> float:
     return number
 
 
+_NUMBER_UNARY = (AbsLoss, Detach, BatchMean, BatchSum)  # the unary operators besides NegLoss: one number's is a number
+
+
 def _of_constants(loss: Loss) -> bool:
-    """Whether ``loss`` is built of constants and `Parameter` values only (``w``, ``Parameter("beta") * w``, ``-w``):
-    a per-row table of them (`_laid_out_for_draws`), not a term evaluated on the draws."""
+    """Whether ``loss`` is built of constants and `Parameter` values only (``w``, ``Parameter("beta") * w``, ``-w``,
+    ``w.abs()``, ``Parameter("beta").mean()``): a per-row table of them (`_laid_out_for_draws`), not a term evaluated
+    on the draws."""
     if type(loss) in (ValueLoss, Parameter):
         return True
-    if type(loss) is NegLoss:
+    if type(loss) is NegLoss or type(loss) in _NUMBER_UNARY:
         return _of_constants(loss.loss1)
     return isinstance(loss, _Binary) and _of_constants(loss.loss1) and _of_constants(loss.loss2)
 
