@@ -397,10 +397,13 @@ class MixtureModel(Distribution):
         return (w * mean).sum(1)
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
-        r""":math:`\sum_k \pi_k (\sigma_k^2 + \mu_k^2) - \big(\sum_k \pi_k \mu_k\big)^2`."""
+        r""":math:`\sum_k \pi_k \big(\sigma_k^2 + (\mu_k - \mu)^2\big)` with :math:`\mu = \sum_k \pi_k \mu_k` (the law
+        of total variance, centred: the raw moments' :math:`\sum_k \pi_k (\sigma_k^2 + \mu_k^2) - \mu^2` cancelled,
+        giving 0 in float32 for means 1000 and scales 0.1)."""
         w, mean = self._weights_and_moments(x_dict or {}, "sample_mean")
         _, var = self._weights_and_moments(x_dict or {}, "sample_variance")
-        return (w * (var + mean**2)).sum(1) - (w * mean).sum(1) ** 2
+        centre = (w * mean).sum(1, keepdim=True)
+        return (w * (var + (mean - centre) ** 2)).sum(1)
 
     def posterior(self, name: str | None = None) -> MixturePosterior:
         """:math:`p(z|x)`, the posterior over the component (see `MixturePosterior`)."""

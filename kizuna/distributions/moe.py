@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from kizuna._data import warn_user
-from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact
+from kizuna.distributions.base import (
+    Distribution,
+    Tensor,
+    XDict,
+    apply_keeping_exact,
+    batch_size_of,
+    repeat_batch,
+)
 from kizuna.distributions.mixture import components_log_prob, summed_log_prob, union_cond
 from kizuna.distributions.poe import normal_experts
 from kizuna.distributions.torch_dist import validation_enabled
@@ -198,6 +205,18 @@ class MixtureOfNormal(Distribution):
                           if draw.shape[0] != b})  # its one row drawn anew for each row
         return draws
 
+    def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
+        """See `Distribution._sample_n`: an input of one row beside a batch (or with ``batch_n``) is made one row per
+        row of the draws before it is repeated, as a single expert draws it. Repeated ``n`` times, its one row was read
+        as ``n`` rows against the batch's ``rows * n`` and the draw refused (``sample({"x": x6, "y": y1},
+        sample_shape=(3,))``: "the experts' inputs have different numbers of rows")."""
+        rows = batch_n if batch_n is not None else batch_size_of(x_dict)
+        if n > 1 and rows is not None and rows != 1:
+            repeated = {k: repeat_batch(one.expand(rows, *one.shape[1:]), n)
+                        if isinstance(one := x_dict.get(k), Tensor) and one.dim() > 0 and one.shape[0] == 1 else v
+                        for k, v in repeated.items()}
+        return super()._sample_n(x_dict, repeated, n, batch_n, reparam)
+
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         idx, logw = self.log_weights(x_dict)
         draws = self.sample_each(x_dict, batch_n, reparam)
@@ -224,6 +243,7 @@ class MixtureOfNormal(Distribution):
         return (w * mean).sum(0)
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
-        r""":math:`\sum_i \tilde w_i (\sigma_i^2 + \mu_i^2) - \big(\sum_i \tilde w_i \mu_i\big)^2`."""
+        r""":math:`\sum_i \tilde w_i \big(\sigma_i^2 + (\mu_i - \mu)^2\big)` with :math:`\mu = \sum_i \tilde w_i \mu_i`
+        (centred, as `MixtureModel.sample_variance`: the raw moments cancelled in float32 for large means)."""
         w, mean, var = self._moments(x_dict)
-        return (w * (var + mean**2)).sum(0) - (w * mean).sum(0) ** 2
+        return (w * (var + (mean - (w * mean).sum(0)) ** 2)).sum(0)

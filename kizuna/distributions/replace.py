@@ -10,7 +10,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kizuna.distributions.base import Distribution, Tensor, XDict
+import torch
+
+from kizuna.distributions.base import Distribution, Tensor, XDict, _with_values
 
 
 class ReplaceVarDistribution(Distribution):
@@ -110,6 +112,61 @@ class ReplaceVarDistribution(Distribution):
         self._require(x_dict, self.input_var)
         return self._inner(x_dict)
 
+    def _outer(self, out: Mapping[str, Any]) -> XDict:
+        """``p``'s draws under the new names. A further value that ``p`` returns beside its variables (a mixture's
+        component choice, a flow's base draw) keeps its own name, unless one of this distribution's variables now has
+        that name (a renamed variable or condition): it is left out, as a flow whose prior's variable is named like its
+        own returns only the flow's value there."""
+        renamed = {self._rename.get(k, k): v for k, v in out.items() if k in self.p.var}
+        if len(renamed) == len(out):
+            return renamed
+        taken = {*self._var, *self._cond_var, *self.input_var}
+        return {**renamed, **{k: v for k, v in out.items() if k not in self.p.var and k not in taken}}
+
+    def _single(self) -> bool:
+        """Whether ``p`` is one distribution, not a product: its own ``sample`` and ``get_log_prob`` then take the
+        caller's keyword options (a renamed product draws without graph options, `kizuna.distributions.dist_graph`)."""
+        factors = self.p.factors()
+        return len(factors) == 1 and factors[0] is self.p
+
+    def sample(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None,
+               sample_shape: Sequence[int] | torch.Size = (), return_all: bool = True, reparam: bool = False,
+               sample_mean: bool = False, **kwargs: Any) -> XDict:
+        """See `Distribution.sample`. Where ``p`` is one distribution, its own ``sample`` draws, with the keyword
+        options (as Pixyz's ``ReplaceVarDistribution`` passes them on): a renamed `MixtureModel` with
+        ``return_hidden=True`` also returns its component choice, a renamed flow its base draw (both were dropped)."""
+        if not ((kwargs or type(self.p).sample is not Distribution.sample) and self._single()) \
+                or not isinstance(x_dict, Mapping | None):  # (not a dict: `Distribution.sample` names it)
+            return super().sample(x_dict, batch_n, sample_shape, return_all, reparam, sample_mean)
+        given = _with_values(x_dict, self) if x_dict else {}
+        self._require(given, self.input_var)  # named with the new names
+        try:
+            out = self.p.sample(self._inner(given), batch_n=batch_n, sample_shape=sample_shape, return_all=False,
+                                reparam=reparam, sample_mean=sample_mean, **kwargs)
+        except NotImplementedError as err:
+            raise NotImplementedError(f"{self.prob_text}: {err}") from err
+        except (ValueError, TypeError) as err:
+            raise self._renamed_error(err) from err
+        out = self._outer(out)
+        return {**given, **out} if return_all else out
+
+    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
+                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        r"""See `Distribution.get_log_prob`. Where ``p`` is one distribution, keyword options reach it (as Pixyz's
+        ``ReplaceVarDistribution`` passes them on): a renamed `MixtureModel` with ``return_hidden=True`` gives
+        :math:`\log p(x, z = k)`, shape ``(K, batch)`` (it gave :math:`\log p(x)`)."""
+        if not (kwargs and self._single() and isinstance(x_dict, Mapping)):
+            return super().get_log_prob(x_dict, sum_features, feature_dims)
+        x_dict = _with_values(x_dict, self)
+        self._require(x_dict, self._var + self.input_var)  # named with the new names
+        try:
+            return self.p.get_log_prob(self._inner(x_dict), sum_features=sum_features, feature_dims=feature_dims,
+                                       **kwargs)
+        except NotImplementedError as err:
+            raise NotImplementedError(f"{self.prob_text}: {err}") from err
+        except (ValueError, TypeError) as err:
+            raise self._renamed_error(err) from err
+
     def _check_fixed(self, fixed: list[str]) -> None:
         """``p``'s check of the variables given to ``sample`` (a product holds a whole factor's fixed), over ``p``'s
         names: without it, the all-or-none check of a single distribution refused a renamed product given one
@@ -126,14 +183,14 @@ class ReplaceVarDistribution(Distribution):
             raise NotImplementedError(f"{self.prob_text}: {err}") from err
         except (ValueError, TypeError) as err:
             raise self._renamed_error(err) from err
-        return {self._rename.get(k, k): v for k, v in out.items()}
+        return self._outer(out)
 
     def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
         try:
             out = self.p._sample_n(self._inner(x_dict), self._inner(repeated), n, batch_n, reparam)
         except (ValueError, TypeError) as err:
             raise self._renamed_error(err) from err
-        return {self._rename.get(k, k): v for k, v in out.items()}
+        return self._outer(out)
 
     def _mean_values(self, x_dict: XDict, batch_n: int | None) -> XDict:
         try:

@@ -794,11 +794,7 @@ class TorchDistribution(Distribution):
         (constants) broadcast to the rows of the other values in ``x_dict``."""
         if batch_n is not None:
             return batch_n
-        rows = 1
-        for k, v in params.items():  # a plain loop: this runs at every draw
-            if isinstance(v, Tensor) and v.dim() > 0 and k not in self._static:
-                rows = v.shape[0]
-                break
+        rows = self._param_rows(params)
         if rows != 1:
             return rows
         unbatched = self._unbatched_conditions(x_dict)
@@ -806,6 +802,13 @@ class TorchDistribution(Distribution):
             # rows still broadcast the parameters
             x_dict = {k: v for k, v in x_dict.items() if k not in unbatched}
         return batch_size_of(x_dict) or 1
+
+    def _param_rows(self, params: dict[str, Any]) -> int:
+        """The parameters' own rows: the first dimension of the first batched tensor parameter (1 without one)."""
+        for k, v in params.items():  # a plain loop: this runs at every draw
+            if isinstance(v, Tensor) and v.dim() > 0 and k not in self._static:
+                return v.shape[0]
+        return 1
 
     def _unbatched_conditions(self, x_dict: Mapping[str, Any]) -> tuple[str, ...]:
         """The conditioning values given without a batch dimension (`_compute_params` makes them one row): those of the
@@ -820,8 +823,10 @@ class TorchDistribution(Distribution):
               reparam: bool) -> Tensor:
         """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
         rows = self._rows(params, x_dict, batch_n)
-        if batch_n is None and rows != 1 and self._uses_forward and validation_enabled():  # a check (Model checks
-            # its first step; a training step draws without it)
+        if batch_n is None and rows != 1 and self._uses_forward and validation_enabled() \
+                and self._param_rows(params) != 1:  # a check (Model checks its first step; a training step draws
+            # without it) of the network's own rows: one row is broadcast to the rows of the other values (a one-row
+            # condition beside another variable's batch: those rows are not the network's, and were refused)
             unbatched = self._unbatched_conditions(x_dict)
             # the conditions' row counts: the network's rows must be one of them (a one-row condition beside a batch
             # conditions every row; a set of context rows may be pooled into each row of another condition)
