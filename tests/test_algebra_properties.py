@@ -92,7 +92,9 @@ def dags(draw: st.DrawFn) -> Dag:
 @given(dags())
 def test_var_and_cond_var(dag: Dag) -> None:
     ordered = [dag.nodes[i] for i in dag.order]
-    assert dag.joint.var == [nd.name for nd in ordered]
+    # Pixyz's order: first appearance over each factor's variable, then its condition (the joint's own variables)
+    own = {nd.name for nd in ordered}
+    assert dag.joint.var == list(dict.fromkeys(v for nd in ordered for v in (nd.name, nd.parent) if v in own))
     expected_cond: list[str] = []
     for nd in ordered:
         if nd.parent in dag.external and nd.parent not in expected_cond:
