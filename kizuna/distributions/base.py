@@ -615,7 +615,12 @@ class Distribution(nn.Module):
         elif len(shape) == 0:
             new = self._sample(inputs, batch_n, reparam)
         else:
-            repeated = {k: repeat_batch(v, n) for k, v in inputs.items()}
+            rows = batch_size_of(inputs)
+            # a one-row value beside a batch conditions every row, as without sample_shape: expanded to the batch
+            # before it is repeated for the draws (n copies of one row were read as n rows of their own, and a
+            # product's factor conditioned on it drew (S, 1, ...) beside the other factors' (S, B, ...))
+            repeated = {k: repeat_batch(v.expand(rows, *v.shape[1:]) if isinstance(v, Tensor) and v.dim() > 0
+                                        and v.shape[0] == 1 and rows != 1 else v, n) for k, v in inputs.items()}
             new = self._sample_n(inputs, repeated, n, batch_n, reparam)
             new = {k: v.reshape(*shape, v.shape[0] // n, *v.shape[1:]) for k, v in new.items()}
         return {**x_dict, **new} if return_all else new
