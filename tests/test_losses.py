@@ -348,7 +348,7 @@ def test_constant_var_tensors_follow_the_loss_to_another_dtype() -> None:
 
     base = LogProb(Normal(var=["x"], cond_var=["m", "s"], loc="m", scale="s"))
     loss = ConstantVar(base, {"m": torch.tensor([[0.1]], dtype=torch.float32), "s": 0.5}).double()
-    assert loss.constant_var["m"].dtype == torch.float64 and loss.constant_var["s"] == 0.5
+    assert loss.constant_dict["m"].dtype == torch.float64 and loss.constant_dict["s"] == 0.5
     got = loss.eval({"x": torch.tensor([[0.3]], dtype=torch.float64)})
     m = float(torch.tensor(0.1, dtype=torch.float32))  # the float32 tensor given, converted exactly
     want = -0.5 * ((0.3 - m) / 0.5) ** 2 - math.log(0.5 * math.sqrt(2 * math.pi))

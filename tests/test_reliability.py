@@ -612,7 +612,7 @@ def test_a_non_finite_step_leaves_running_statistics_and_the_mode_as_they_were()
 
 
 def test_a_checkpoint_that_does_not_fit_the_optimiser_leaves_the_model_as_it_was(tmp_path: Path) -> None:
-    """The same parameter names but another set of trainable ones: loading fails with an error naming the file, and
+    """The same parameter names but another optimiser layout: loading fails with an error naming the file, and
     the model keeps its own weights (they had been overwritten before the optimiser's state was refused)."""
     saved = _bn_model()
     saved.train({"x": torch.randn(8, 4)})
@@ -620,9 +620,10 @@ def test_a_checkpoint_that_does_not_fit_the_optimiser_leaves_the_model_as_it_was
     saved.save(path)
     torch.manual_seed(5)
     q, p = _BNEncoder(), _LinearDecoder()
-    q.net[0].weight.requires_grad_(False)
     prior = Normal(var=["z"], loc=0.0, scale=1.0, features_shape=[2], name="p_prior")
     other = Model((KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean(), distributions=[p, q])
+    # another optimiser layout (a frozen parameter no longer changes it: the optimiser holds every parameter)
+    other.optimizer.add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
     own = {k: v.clone() for k, v in other.distributions.state_dict().items()}
     with pytest.raises(ValueError, match="run.pt does not fit this model's optimiser"):
         other.load(path)

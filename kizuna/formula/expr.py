@@ -103,6 +103,14 @@ class Loss(nn.Module):
     Subclasses implement ``_value(ctx)`` and ``_render(fmt)``, list their sub-losses in
     ``subterms()`` and the distributions they evaluate in ``_own_distributions()``;
     ``precedence`` controls parentheses (atoms bind tightest).
+
+    A subclass written the Pixyz way works too (`_pixyz_style`): its own ``forward(self, x_dict, **kwargs)``
+    returning ``(value, dict)`` and no ``_value``. Evaluating it calls ``self(x_dict, **kwargs)`` with the values of
+    its ``input_var`` only and the evaluation's options (``batch_n``, ``sample_mean``, ...) as keywords, as Pixyz's
+    ``Loss.eval`` does; the value is the tuple's first item, and the dict's values are added to the values drawn
+    (``eval(..., return_dict=True)``, the next step of an `IterativeLoss`). It prints with its ``_symbol`` (a sympy
+    expression, as Pixyz's: ``loss_text`` is ``sympy.latex(_symbol)``, ``str`` is sympy's plain text; a string as it
+    is) or its own ``loss_text``, else its class name. ``loss.distributions()`` finds the distributions it holds.
     """
 
     precedence = 100
@@ -118,8 +126,8 @@ class Loss(nn.Module):
         self._label: str | None = None
         return self
 
-    def __init__(self, input_var: Sequence[str] = ()) -> None:
-        self._input_var = _unique(list(input_var))
+    def __init__(self, input_var: Sequence[str] | None = ()) -> None:
+        self._input_var = _unique(list(input_var or ()))  # (None: Pixyz's default)
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -171,7 +179,26 @@ class Loss(nn.Module):
 
     # -------------------------------------------------------------------- text
     def _render(self, fmt: dict[str, str]) -> str:
-        raise NotImplementedError
+        """A Pixyz-style subclass's text (see the class docstring); kizuna's own losses define their own."""
+        cls = type(self)
+        if cls.loss_text is not Loss.loss_text:  # its own loss_text (Pixyz prints it)
+            return str(self.loss_text)
+        if cls._symbol is Loss._symbol:  # (Loss._symbol renders this loss: no symbol of its own)
+            return cls.__name__
+        symbol = self._symbol
+        sympy = _sympy_of(symbol)
+        if sympy is None:
+            return str(symbol)
+        text = sympy.latex(symbol) if fmt["paren"] == LATEX["paren"] else str(symbol)
+        return fmt["paren"].format(text) if symbol.is_Add else text  # (a sum inside kizuna's operators)
+
+    @property
+    def _symbol(self) -> Any:
+        """This loss's formula as a sympy symbol (its LaTeX), for a Pixyz-style loss that builds its ``_symbol`` from
+        another's (``-self.loss1._symbol``)."""
+        import sympy  # (not a dependency: only a Pixyz-style loss, written with sympy, reads it)
+
+        return sympy.Symbol(self._render(LATEX))
 
     def _wrap(self, child: Loss, fmt: dict[str, str], min_precedence: int) -> str:
         text = child._render(fmt)
@@ -194,7 +221,31 @@ class Loss(nn.Module):
 
     # -------------------------------------------------------------- evaluation
     def _value(self, ctx: EvalContext) -> Tensor:
-        raise NotImplementedError
+        """A Pixyz-style subclass's value, from its ``forward`` (see the class docstring); kizuna's own losses
+        define their own."""
+        cls = type(self)
+        if not _pixyz_style(cls):
+            raise NotImplementedError(
+                f"{cls.__name__} defines no value: a Loss subclass implements kizuna's _value(self, ctx) (the value "
+                "from ctx.values, the dict of the variables' values) or, as in Pixyz, forward(self, x_dict, "
+                "**kwargs) returning (value, dict of the values it drew)")
+        values = ctx.values
+        out = self({k: values[k] for k in self._input_var if k in values}, **ctx.options)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], Mapping)):
+            raise TypeError(
+                f"{cls.__name__}.forward returned {type(out).__name__}: a Pixyz-style loss's forward(self, x_dict, "
+                "**kwargs) returns (value, dict) (the dict of the values it drew, {} if none), as Pixyz's Loss.eval "
+                "expects; or implement kizuna's _value(self, ctx), which returns the value")
+        value, drawn = out
+        for name, drawn_value in drawn.items():  # (one by one: an IterativeLoss step's dict notes each)
+            ctx.samples[name] = drawn_value
+        if isinstance(value, Tensor):
+            return value
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, RuntimeError, ValueError):
+            raise TypeError(f"{cls.__name__}.forward returned the value {value!r} (a {type(value).__name__}): the "
+                            "first item must be a tensor or a number"[:300]) from None
 
     def eval(  # noqa: A003 - Pixyz's name for evaluating a loss (not nn.Module.eval, see the module docstring)
         self,
@@ -261,7 +312,8 @@ class Loss(nn.Module):
         return list(found.values())
 
     def _own_distributions(self) -> list[nn.Module]:
-        return []
+        """The distributions this node evaluates itself (a Pixyz-style subclass: those it holds)."""
+        return _held_distributions(self) if _pixyz_style(type(self)) else []
 
     # -------------------------------------------------------------- algebra
     def __add__(self, other: Any) -> Loss:
@@ -323,6 +375,35 @@ class Loss(nn.Module):
     def constant_var(self, constant_dict: Mapping[str, Any]) -> Loss:
         """This loss with some variables fixed to constants (Pixyz's ``Loss.constant_var``), see `ConstantVar`."""
         return ConstantVar(self, constant_dict)
+
+
+def _pixyz_style(cls: type[Loss]) -> bool:
+    """Whether a Loss subclass is written the Pixyz way: its own ``forward`` and no ``_value`` (see `Loss`)."""
+    return cls.forward is not Loss.forward and cls._value is Loss._value
+
+
+def _sympy_of(symbol: Any) -> Any:
+    """The sympy module when ``symbol`` is a sympy expression (sympy already imported by whoever built it), else
+    None."""
+    import sys
+
+    sympy = sys.modules.get("sympy")
+    return sympy if sympy is not None and isinstance(symbol, sympy.Basic) else None
+
+
+def _held_distributions(module: nn.Module) -> list[nn.Module]:
+    """The distributions a module holds (not those inside them), and those of the losses it holds."""
+    from kizuna.distributions.base import Distribution  # (the distributions build on this module)
+
+    found: list[nn.Module] = []
+    for child in module.children():
+        if isinstance(child, Distribution):
+            found.append(child)
+        elif isinstance(child, Loss):
+            found.extend(child.distributions())
+        else:
+            found.extend(_held_distributions(child))
+    return found
 
 
 # ------------------------------------------------------------------------- values
@@ -417,7 +498,9 @@ class Parameter(Loss):
 class ConstantVar(Loss):
     """``base_loss`` evaluated with some variables fixed to constants.
 
-    Example: ``ConstantVar(loss, {"beta": 4.0})`` no longer needs ``beta`` in the dict.
+    Example: ``ConstantVar(loss, {"beta": 4.0})`` no longer needs ``beta`` in the dict. The fixed values are
+    ``constant_dict`` (Pixyz's attribute); ``constant_var({...})`` fixes more, as on every loss (where both fix a
+    variable, this one's value is used, as in Pixyz).
     """
 
     def __init__(self, base_loss: Loss, constant_var: Mapping[str, Any]) -> None:
@@ -432,8 +515,9 @@ class ConstantVar(Loss):
                 self._numbers[name] = value
 
     @property
-    def constant_var(self) -> dict[str, Any]:
-        """The fixed values, by variable name (tensors as this module holds them: converted by ``.to()``)."""
+    def constant_dict(self) -> dict[str, Any]:
+        """The fixed values, by variable name (tensors as this module holds them: converted by ``.to()``). (It was
+        called ``constant_var``, which hid the method ``constant_var({...})`` that every Pixyz loss has.)"""
         return {name: self._numbers[name] if name in self._numbers else getattr(self, f"_constant_{i}")
                 for i, name in enumerate(self._constant_names)}
 
@@ -441,7 +525,7 @@ class ConstantVar(Loss):
         return [self.base_loss]
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        return ctx.child({**ctx.values, **self.constant_var}).value(self.base_loss)
+        return ctx.child({**ctx.values, **self.constant_dict}).value(self.base_loss)
 
     @property
     def precedence(self) -> int:  # type: ignore[override]
@@ -453,6 +537,11 @@ class ConstantVar(Loss):
 
 
 # ---------------------------------------------------------------------- operators
+# what a unary operator hands on from the loss inside it, as Pixyz's ``LossSelfOperator`` does (an adversarial loss's
+# discriminator step and evaluation: ``AdversarialJensenShannon(...).mean().loss_train(x)``, as Pixyz's GAN calls it)
+_HANDED_ON = frozenset(("loss_train", "loss_test"))
+
+
 class _Unary(Loss):
     is_operator = True
     key = ""
@@ -461,6 +550,17 @@ class _Unary(Loss):
         loss = as_loss(loss)
         super().__init__(loss.input_var)
         self.loss1 = loss
+
+    def __getattr__(self, name: str) -> Any:
+        """``loss_train`` / ``loss_test`` of the loss inside (`_HANDED_ON`), where it has them; else nn.Module's
+        lookup (submodules, parameters, buffers)."""
+        if name in _HANDED_ON:
+            inner = self.__dict__.get("loss1")
+            if inner is not None and hasattr(inner, name):
+                return getattr(inner, name)
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}': the loss inside it, "
+                                 f"{inner}, is not an adversarial loss (only those have {name})")
+        return super().__getattr__(name)
 
     def subterms(self) -> list[Loss]:
         return [self.loss1]

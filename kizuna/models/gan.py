@@ -194,6 +194,8 @@ class GAN(Model):
         """``d_steps`` discriminator steps, then a generator step; returns ``(g_loss, d_loss)`` (Pixyz's GAN
         contract; `fit` uses `step`, whose result has the shape of every model's). With
         ``adversarial_loss=False`` only the generator steps and its loss is returned (as Pixyz)."""
+        if "train_x_dict" in options:  # Pixyz's name of x_dict
+            x_dict = self._pixyz_data(x_dict, options, "train")
         x_dict = self._values(x_dict, "train")
         if not adversarial_loss:
             with self._discriminator_frozen():
@@ -205,6 +207,8 @@ class GAN(Model):
     def test(self, x_dict: Mapping[str, Any] | None = None, adversarial_loss: bool = True,  # type: ignore[override]
              **options: Any) -> Any:
         """The generator's loss and, with ``adversarial_loss``, the discriminator's, without gradients (Pixyz)."""
+        if "test_x_dict" in options:  # Pixyz's name of x_dict
+            x_dict = self._pixyz_data(x_dict, options, "test")
         g_loss = super().test(x_dict, **self._g_options(options))
         return (g_loss, self.d_model.test(x_dict, **options)) if adversarial_loss else g_loss
 

@@ -134,11 +134,18 @@ def build_scheduler(scheduler: type | None, optimizer: torch.optim.Optimizer,
 class Model:
     """Trains the parameters of ``distributions`` to minimise ``loss``.
 
+    The parameters up to ``retain_graph`` are Pixyz's, in Pixyz's order (``retain_graph`` is the eighth positional
+    argument, as there); ``compile``, ``validate``, ``scheduler`` and ``scheduler_params`` are keyword-only.
+
     Args:
         loss: the training loss (must evaluate to a scalar, e.g. ``(...).mean()``).
         test_loss: the loss ``test`` reports (default: ``loss``).
         distributions: the modules whose parameters are optimised (default: every
-            distribution the loss refers to).
+            distribution the loss refers to). The optimizer holds all their parameters, frozen ones
+            (``requires_grad`` False) too, as Pixyz's: torch's optimisers leave a parameter without a gradient
+            as it is (weight decay included), and one unfrozen later trains from then on. Each step puts them
+            in training mode (a submodule put in eval mode, e.g. a frozen batch norm, is switched back: see
+            docs/training.md).
         optimizer: a ``torch.optim.Optimizer`` class. ``Adam`` and ``AdamW`` given no choice of
             implementation (none of ``fused``, ``foreach``, ``differentiable``, ``capturable``) use
             torch's fused kernel where every parameter allows it (`build_optimizer`).
@@ -189,9 +196,10 @@ class Model:
         optimizer_params: Mapping[str, Any] | None = None,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        retain_graph: bool = False,
+        *,
         compile: bool | Mapping[str, Any] = False,
         validate: bool | None = None,
-        retain_graph: bool = False,
         scheduler: type | None = None,
         scheduler_params: Mapping[str, Any] | None = None,
     ) -> None:
@@ -203,9 +211,12 @@ class Model:
         self.test_loss_cls = test_loss if test_loss is not None else loss
         dists = list(distributions) if distributions is not None else loss.distributions()
         self.distributions = nn.ModuleList(dists)
-        params = [p for p in self.distributions.parameters() if p.requires_grad]
+        # every parameter, frozen ones (requires_grad False) too, as Pixyz's Model: torch's optimisers skip a parameter
+        # whose gradient is None (weight decay and momentum included), so a frozen one is left as it is, and one
+        # unfrozen later (a backbone fine-tuned after its head) trains (it was left out for good, silently)
+        params = list(self.distributions.parameters())
         if not params:
-            raise ValueError("Model: the distributions have no trainable parameters")
+            raise ValueError("Model: the distributions have no trainable parameters (none holds an nn.Parameter)")
         self.optimizer = build_optimizer(optimizer, params, optimizer_params)
         bounds = {"clip_grad_norm": clip_grad_norm, "clip_grad_value": clip_grad_value}
         for name, bound in bounds.items():
@@ -262,13 +273,30 @@ class Model:
     def train(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
         """One optimisation step on ``x_dict``; returns the loss before the step (detached, 0-d).
 
-        ``options`` go to the loss's evaluation (e.g. ``batch_n``), as in Pixyz.
+        ``options`` go to the loss's evaluation (e.g. ``batch_n``), as in Pixyz. ``train_x_dict=`` (Pixyz's name of
+        ``x_dict``) is taken as ``x_dict``.
         """
+        if "train_x_dict" in options:
+            x_dict = self._pixyz_data(x_dict, options, "train")
         return self._optimise(self._prepare(x_dict, "train"), options, terms=False)[0]
 
     def test(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
-        """The test loss on ``x_dict`` without gradients (detached, 0-d)."""
+        """The test loss on ``x_dict`` without gradients (detached, 0-d), with every network it runs in eval mode: the
+        trained distributions are left in eval mode (as Pixyz's; the next step switches them back), every other
+        module of the test loss (a frozen decoder, a fixed prior's network) gets its own mode back afterwards.
+        ``test_x_dict=`` (Pixyz's name of ``x_dict``) is taken as ``x_dict``."""
+        if "test_x_dict" in options:
+            x_dict = self._pixyz_data(x_dict, options, "test")
         return self._assess(self._prepare(x_dict, "test"), options, terms=False)[0]
+
+    def _pixyz_data(self, x_dict: Any, options: dict[str, Any], fn: str) -> Any:
+        """The data given as ``{fn}_x_dict=`` (Pixyz's name of ``x_dict`` in ``Model.train`` / ``test``), taken out of
+        ``options`` (it was passed to the loss as an option and ignored: "needs x, but was given nothing")."""
+        data = options.pop(f"{fn}_x_dict")
+        if x_dict is not None:
+            raise TypeError(f"{type(self).__name__}.{fn} got both x_dict and {fn}_x_dict (Pixyz's name of x_dict): "
+                            "give the data once")
+        return data
 
     def step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """One optimisation step, reporting the loss and every named term from the same evaluation.
@@ -414,6 +442,14 @@ class Model:
     def _assess(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                 ) -> tuple[torch.Tensor, float, dict[str, float]]:
         self._set_mode(False)
+        # the test loss's other modules (a frozen decoder the loss reads, not trained here) in eval mode for the pass
+        # too, each given its own mode back after it: left in training mode, they ran their dropout and moved their
+        # batch-norm statistics with the test (validation) data
+        others = self._untrained_modules(self.test_loss_cls)
+        modes = list(map(_TRAINING, others))
+        if True in modes:
+            for module in others:
+                module.training = False
         try:
             with torch.no_grad():
                 loss, value, found = self._evaluate(self.test_loss_cls, batch, options, terms)
@@ -421,6 +457,10 @@ class Model:
             raise
         except FloatingPointError as err:
             raise self._nonfinite(str(err), batch, {}, step=False) from None
+        finally:
+            if True in modes:
+                for module, training in zip(others, modes):
+                    module.training = training
         if not math.isfinite(value):
             raise self._nonfinite(f"the test loss is {value}", batch, found, step=False)
         return loss.detach(), value, found
@@ -492,17 +532,23 @@ class Model:
 
     def _check_gradients(self, value: float, terms: Mapping[str, float], batch: Mapping[str, Any]) -> None:
         params = self._trained_parameters()
-        if self.clip_grad_norm is not None:
-            finite = math.isfinite(clip_grad_norm(params, self.clip_grad_norm).item())
+        if self.clip_grad_norm is not None:  # (a non-finite norm leaves the gradients unscaled: the bad ones are named)
+            finite = bool(_clip_grad_norm(params, self.clip_grad_norm, keep_if_nonfinite=True)[1])
         else:
             finite = _all_finite([p.grad for p in params if p.grad is not None])
         if not finite:
             named = [*ckpt.named_parameters(self.distributions), *self._loss_state().items()]
             bad = [name for name, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            if not bad:  # a parameter given to the optimizer that neither the distributions nor the losses hold
+                bad = [f"the optimizer's parameter {i} (shape {tuple(p.shape)})" for i, p in enumerate(params)
+                       if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
             self.optimizer.zero_grad(set_to_none=True)
             note = f"the loss {value:.6g} is finite" + (
                 "" if self.parallel is None else " on this rank: another rank's loss or gradient was not")
-            raise self._nonfinite(f"the gradient of {', '.join(bad)} is non-finite", batch, terms, note)
+            what = (f"the gradient of {', '.join(bad)} is non-finite" if bad else
+                    f"the gradients' total norm (clip_grad_norm={self.clip_grad_norm:g}) is not finite although every "
+                    "gradient is: their 2-norm overflows the parameters' dtype")
+            raise self._nonfinite(what, batch, terms, note)
         if self.clip_grad_value is not None:
             nn.utils.clip_grad_value_(params, self.clip_grad_value)
 
@@ -526,12 +572,26 @@ class Model:
             return NonFiniteStep(what, detail, "the parameters are unchanged")
         return NonFiniteStep(what, detail, NOT_TAKEN)
 
+    def _untrained_modules(self, loss: Loss) -> list[nn.Module]:
+        """Every module ``loss`` holds that is not one of the trained distributions' (nor inside one), flat: what
+        `_assess` puts in eval mode for the pass and back in its own mode after it (kept per loss, and found again
+        where `_set_mode` finds the trained modules again)."""
+        kept = self.__dict__.setdefault("_untrained", {})
+        found = kept.get(id(loss))
+        if found is None:
+            trained = {id(m) for m in self.distributions.modules()}
+            found = kept[id(loss)] = [m for m in loss.modules() if id(m) not in trained]
+        return found
+
     def _set_mode(self, training: bool) -> None:
         # switching walks every submodule: done when a module is in the other mode (train() and test() alternate, or
-        # the user switched a network, e.g. p.eval() to sample between epochs), checked on a flat list of the modules
+        # the user switched a network, e.g. p.eval() to sample between epochs), checked on a flat list of the modules.
+        # Only the trained distributions: the loss's other modules keep the mode their owner gave them (`_assess`
+        # switches them for its pass only)
         flat = self.__dict__.get("_flat_modules")
         if flat is None or self._training is None:
             flat = self.__dict__["_flat_modules"] = list(self.distributions.modules())
+            self.__dict__.pop("_untrained", None)
         if self._training is not training or (not training) in map(_TRAINING, flat):  # a C-level scan
             self.distributions.train(training)
             self._training = training
@@ -820,7 +880,7 @@ _ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device 
 _FLAGS: dict[torch.device, torch.Tensor] = {}  # a zero non-finite flag per device, kept from a finite check
 
 
-def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float, keep_if_nonfinite: bool = False) -> torch.Tensor:
     r"""``torch.nn.utils.clip_grad_norm_(params, max_norm)`` (the 2-norm of all gradients together, each gradient
     scaled by :math:`\min(1, \text{max\_norm} / (\lVert g\rVert + 10^{-6}))`), the same numbers to the bit; returns
     the total norm. Where every gradient is on a CPU or one GPU in one dtype (the usual case; two C-level scans tell),
@@ -828,17 +888,47 @@ def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Ten
     tensors by device and dtype, which costs more than the kernels on a small model (about 35 of 90 µs a step for
     the DMM's 19 gradients on one CPU thread); several dtypes (torch sums the norms group by group, in another
     order), several devices (they fail in ``torch.stack`` before anything is scaled), gradients that require grad
-    (a backward with ``create_graph``), sparse ones and other devices are torch's own function."""
+    (a backward with ``create_graph``), sparse ones and other devices are torch's own function.
+
+    With ``keep_if_nonfinite``, a total norm that is not finite leaves every gradient as it was (torch scales each by
+    the nan factor, or the finite ones by 0 for an infinite norm), so that the caller can tell which were non-finite;
+    the total is then read (one synchronisation with the device) before the gradients are scaled."""
+    return _clip_grad_norm(params, max_norm, keep_if_nonfinite)[0]
+
+
+def _clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float, keep_if_nonfinite: bool
+                    ) -> tuple[torch.Tensor, bool | None]:
+    """`clip_grad_norm`'s total and, with ``keep_if_nonfinite``, whether it is finite (read once, before scaling: the
+    trainer's check needs no second read); None without."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads or grads[0].device.type not in _FOREACH_DEVICES or any(map(_REQUIRES_GRAD, grads)) \
             or len(set(map(_DTYPE, grads))) != 1:
-        return nn.utils.clip_grad_norm_(params, max_norm)
+        return _torch_clip_grad_norm(params, max_norm, keep_if_nonfinite)
     try:
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
     except (RuntimeError, NotImplementedError):  # devices mixed, sparse or nested gradients: nothing scaled yet
-        return nn.utils.clip_grad_norm_(params, max_norm)
+        return _torch_clip_grad_norm(params, max_norm, keep_if_nonfinite)
+    finite = None
+    if keep_if_nonfinite:
+        finite = math.isfinite(total.item())
+        if not finite:
+            return total, False
     torch._foreach_mul_(grads, torch.clamp(float(max_norm) / (total + 1e-6), max=1.0))
-    return total
+    return total, finite
+
+
+def _torch_clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float, keep_if_nonfinite: bool
+                          ) -> tuple[torch.Tensor, bool | None]:
+    """torch's ``clip_grad_norm_``; with ``keep_if_nonfinite``, a non-finite total norm (torch's error, raised before
+    anything is scaled) returned as ``nan`` with the gradients as they were."""
+    if not keep_if_nonfinite:
+        return nn.utils.clip_grad_norm_(params, max_norm), None
+    try:
+        return nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=True), True
+    except RuntimeError as err:
+        if "non-finite" not in str(err):  # (torch's words since 1.9: "... is non-finite, so it cannot be clipped")
+            raise
+        return torch.tensor(math.nan), False
 
 
 _REQUIRES_GRAD, _DTYPE = operator.attrgetter("requires_grad"), operator.attrgetter("dtype")
