@@ -34,6 +34,7 @@ from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping
 from kizuna.distributions.families import Normal
 from kizuna.distributions.flow_matching import context_of_draws, sample_n_with_context
 from kizuna.distributions.torch_dist import validation_enabled
+from kizuna.formula.expr import values_dict
 from kizuna.formula.memo import memoized
 from kizuna.samplers.integrators import ancestral
 from kizuna.samplers.paths import DiffusionPath
@@ -623,6 +624,8 @@ class DiffusionDecoder(Distribution):
 
     def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         """:math:`\\mu_\\theta(x_1, 1)` (see class docstring)."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_mean", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
         return self._params(x_dict)[0]

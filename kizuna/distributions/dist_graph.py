@@ -37,6 +37,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kizuna.formula.expr import values_dict
+
 
 class GraphOptions:
     """The options `DistGraph.set_option` stored on a distribution: the graph's own (``global_option``) and each
@@ -61,6 +63,8 @@ class GraphOptions:
         the values drawn before it (Pixyz's ``DistGraph.sample``); a factor whose variables are given is held fixed,
         as without options."""
         factors = dist.factors()
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample", dist, dist.input_var)
         x_dict = dict(x_dict or {})
         dist._require(x_dict, dist.input_var)
 
@@ -78,6 +82,8 @@ class GraphOptions:
         its own options (Pixyz's ``DistGraph``); `add_terms` names two that cannot be added. Where every factor sums
         its features (``sum_features`` without ``feature_dims``), they are made per draw as without options (draws
         with a ``sample_shape`` beside values given per row, `JointDistribution._summed_terms`)."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "get_log_prob", dist, dist.var + dist.input_var)
         factors = dist.factors()
         calls = [(f, self.merged(factors.index(f), call)) for f in dist._order]
         if all(kwargs.get("sum_features", True) and kwargs.get("feature_dims") is None for _, kwargs in calls):

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from kizuna._data import one_number
 from kizuna.distributions.base import Tensor, XDict, batch_size_of
 from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
+from kizuna.formula.expr import values_dict
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
@@ -61,6 +62,8 @@ class Normal(TorchDistribution):
         r"""See `Distribution.sample_variance`: :math:`\sigma^2` in the shape of the parameters broadcast
         together (torch's ``Normal.variance``), read from the parameters without building the torch
         distribution while validation is off (it checks the parameters when on)."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_variance", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
         params = self._params(x_dict)

@@ -34,6 +34,7 @@ from kizuna.distributions.relaxed import RelaxedCategorical
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.distributions.torch_dist import TorchDistribution
 from kizuna.formula import EvalContext, LogProb, Loss
+from kizuna.formula.expr import values_dict
 from kizuna.formula.memo import shared_parameters
 
 
@@ -356,12 +357,16 @@ class MixtureModel(Distribution):
         if as_sample_shape(self.prob_text, sample_shape):
             raise ValueError(f"{self.prob_text}: return_hidden takes no sample_shape; draw with sample_with_hidden "
                              "once per draw, or give batch_n")
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample", self, self.input_var)
         given = dict(x_dict or {})  # its own given variables are redrawn, not sizing the batch (`Distribution.sample`)
         out = self.sample_with_hidden({k: v for k, v in given.items() if k not in self._var}, batch_n)
         return {**given, **out} if return_all else out
 
     def sample_with_hidden(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None) -> XDict:
         """Draw ``{hidden: z, var: x}``: the component choice along with the draw."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_with_hidden", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self.input_var)
         z = self.prior._sample(x_dict, batch_n, False)[self._hidden]
@@ -393,6 +398,8 @@ class MixtureModel(Distribution):
 
     def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         r""":math:`\sum_k \pi_k \mu_k` (single-variable components)."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_mean", self, self.input_var)
         w, mean = self._weights_and_moments(x_dict or {}, "sample_mean")
         return (w * mean).sum(1)
 
@@ -400,6 +407,8 @@ class MixtureModel(Distribution):
         r""":math:`\sum_k \pi_k \big(\sigma_k^2 + (\mu_k - \mu)^2\big)` with :math:`\mu = \sum_k \pi_k \mu_k` (the law
         of total variance, centred: the raw moments' :math:`\sum_k \pi_k (\sigma_k^2 + \mu_k^2) - \mu^2` cancelled,
         giving 0 in float32 for means 1000 and scales 0.1)."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_variance", self, self.input_var)
         w, mean = self._weights_and_moments(x_dict or {}, "sample_mean")
         _, var = self._weights_and_moments(x_dict or {}, "sample_variance")
         centre = (w * mean).sum(1, keepdim=True)

@@ -30,6 +30,7 @@ from kizuna.distributions.base import (
 from kizuna.distributions.mixture import components_log_prob, summed_log_prob, union_cond
 from kizuna.distributions.poe import normal_experts
 from kizuna.distributions.torch_dist import validation_enabled
+from kizuna.formula.expr import values_dict
 
 
 class MixtureOfNormal(Distribution):
@@ -187,6 +188,8 @@ class MixtureOfNormal(Distribution):
         draws the rows its own inputs give; an expert given one row beside others' batch is drawn again with the batch's
         rows (one row conditions every row, as in `ProductOfNormal`), and experts of different batches are named.
         """
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_each", self, self.cond_var)
         x_dict = dict(x_dict or {})
         idx = self.present(x_dict)
         var = self._var[0]
@@ -239,11 +242,15 @@ class MixtureOfNormal(Distribution):
 
     def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         r""":math:`\sum_i \tilde w_i \mu_i`."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_mean", self, self.cond_var)
         w, mean, _ = self._moments(x_dict)
         return (w * mean).sum(0)
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         r""":math:`\sum_i \tilde w_i \big(\sigma_i^2 + (\mu_i - \mu)^2\big)` with :math:`\mu = \sum_i \tilde w_i \mu_i`
         (centred, as `MixtureModel.sample_variance`: the raw moments cancelled in float32 for large means)."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_variance", self, self.cond_var)
         w, mean, var = self._moments(x_dict)
         return (w * (var + (mean - (w * mean).sum(0)) ** 2)).sum(0)

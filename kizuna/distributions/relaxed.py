@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from kizuna.distributions.base import Tensor, XDict, sum_rows
 from kizuna.distributions.families import BinaryConcrete, Concrete, _TorchOneHotCategorical, on_simplex
 from kizuna.distributions.torch_dist import TorchDistribution, _without_entries, validation_enabled
+from kizuna.formula.expr import values_dict
 
 DEFAULT_TEMPERATURE = 0.1  # Pixyz's default
 
@@ -110,6 +111,8 @@ class _DiscreteScoring(TorchDistribution):
     def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None) -> Tensor:
         """The entropy of the discrete family (see `Distribution.get_entropy`)."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "get_entropy", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
         entropy = self._discrete(x_dict).entropy()
@@ -127,12 +130,16 @@ class _DiscreteScoring(TorchDistribution):
 
     def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         """``probs``: the mean of the discrete family (see `Distribution.sample_mean`)."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_mean", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
         return self._discrete(x_dict).mean
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         """``probs * (1 - probs)``: the variance of the discrete family (see `Distribution.sample_variance`)."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_variance", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
         return self._discrete(x_dict).variance

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from kizuna.distributions.base import Distribution, Tensor, XDict, _with_values
+from kizuna.formula.expr import values_dict
 
 
 class ReplaceVarDistribution(Distribution):
@@ -105,9 +106,11 @@ class ReplaceVarDistribution(Distribution):
         inner.update({inverse[k]: v for k, v in x_dict.items() if k in inverse})
         return inner
 
-    def _given(self, x_dict: Mapping | None) -> XDict:
-        """``_inner`` for the public helpers, checked first so that errors use the new names (the inputs ``p`` needs:
-        an expert of a product of experts is optional)."""
+    def _given(self, x_dict: Mapping | None, fn: str) -> XDict:
+        """``_inner`` for the public helper ``fn``, checked first so that errors use the new names (the inputs ``p``
+        needs: an expert of a product of experts is optional)."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, fn, self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self.input_var)
         return self._inner(x_dict)
@@ -215,13 +218,13 @@ class ReplaceVarDistribution(Distribution):
 
     def get_entropy(self, x_dict: Mapping | None = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None) -> Tensor:
-        return self.p.get_entropy(self._given(x_dict), sum_features, feature_dims)
+        return self.p.get_entropy(self._given(x_dict, "get_entropy"), sum_features, feature_dims)
 
     def sample_mean(self, x_dict: Mapping | None = None) -> Tensor:
-        return self.p.sample_mean(self._given(x_dict))
+        return self.p.sample_mean(self._given(x_dict, "sample_mean"))
 
     def sample_variance(self, x_dict: Mapping | None = None) -> Tensor:
-        return self.p.sample_variance(self._given(x_dict))
+        return self.p.sample_variance(self._given(x_dict, "sample_variance"))
 
     @property
     def torch_family(self):  # noqa: ANN201 - see Distribution.torch_family
@@ -232,10 +235,10 @@ class ReplaceVarDistribution(Distribution):
         return self.p.closed_form_family
 
     def get_dist(self, x_dict: Mapping | None = None, independent: bool = True):  # noqa: ANN201
-        return self.p.get_dist(self._given(x_dict), independent)
+        return self.p.get_dist(self._given(x_dict, "get_dist"), independent)
 
     def kl_parts(self, x_dict: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         return self.p.kl_parts(self._inner(dict(x_dict)))
 
     def get_params(self, params_dict: Mapping | None = None, **kwargs: Any) -> dict[str, Tensor]:
-        return self.p.get_params(self._given(params_dict))
+        return self.p.get_params(self._given(params_dict, "get_params"))

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from kizuna.distributions.base import Distribution, Tensor, XDict
-from kizuna.distributions.torch_dist import module_call_is_forward
+from kizuna.distributions.torch_dist import module_call_is_forward, raise_network_error
+from kizuna.formula.expr import values_dict
 
 
 class Deterministic(Distribution):
@@ -37,8 +38,12 @@ class Deterministic(Distribution):
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         cond = {k: x_dict[k] for k in self._cond_var}
-        # torch's module call where it would run forward alone (hooks, compile, a trace: see module_call_is_forward)
-        out = self.forward(**cond) if module_call_is_forward(self) else self(**cond)
+        try:  # torch's module call where it would run forward alone (hooks, compile, a trace: module_call_is_forward)
+            out = self.forward(**cond) if module_call_is_forward(self) else self(**cond)
+        except (TypeError, AttributeError) as err:  # (a dtype's RuntimeError is left as torch's: a GAN names the
+            # constant prior whose draws it is, `kizuna.losses.adversarial`)
+            raise_network_error(self, err, cond)  # forward's arguments or a value that is not a tensor, named
+            raise
         if type(out) is dict and len(out) == len(self._var) and all(map(out.__contains__, self._var)):
             return dict(out)  # (the usual case, without building two sets)
         if not isinstance(out, Mapping) or set(out) != set(self._var):
@@ -47,6 +52,8 @@ class Deterministic(Distribution):
         return dict(out)
 
     def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_mean", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
         return self._sample(x_dict, None, True)[self._var[0]]

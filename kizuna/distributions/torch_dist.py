@@ -3,7 +3,9 @@
 Parameters come from three places, merged per call (in this order, as Pixyz's ``get_params``):
 
 * ``forward(**cond)`` returning a dict (override it in a subclass; argument names are
-  ``cond_var``) — batch first;
+  ``cond_var``) — batch first. A ``forward`` whose arguments are not ``cond_var``, a condition that is not a
+  tensor (a numpy array) and an input in another dtype than the network's are named when the call fails
+  (`raise_network_error`);
 * a string naming a conditioning variable, used as the parameter as is
   (``Normal(var=["z"], cond_var=["m"], loc="m", scale=1.0)``);
 * constants given at construction. A number or tensor is **copied** and stored as a buffer under
@@ -59,6 +61,7 @@ from kizuna.distributions.base import (
     repeat_batch,
     sum_rows,
 )
+from kizuna.formula.expr import values_dict
 from kizuna.formula.memo import memoized, remember, shared_parameters
 
 # the closed-form hooks a family may define (see TorchDistribution.__init_subclass__)
@@ -185,6 +188,97 @@ def positional_forward(self: Any, **cond: Tensor) -> dict[str, Tensor]:
 
 def _shape_text(value: Any) -> str:
     return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
+
+
+# a RuntimeError of torch about its inputs' dtypes ("mat1 and mat2 must have the same dtype", "Input type (double) and
+# bias type (float) should be the same", "expected scalar type Double", "mixed dtype (CPU)", "not implemented for
+# 'Byte'")
+_DTYPE_ERROR = re.compile(r"type|implemented for", re.IGNORECASE)
+_NETWORK_DTYPE_METHOD = {torch.float64: "double", torch.float32: "float", torch.float16: "half",
+                         torch.bfloat16: "bfloat16"}
+
+
+def raise_network_error(dist: Distribution, err: Exception, inputs: Mapping[str, Any]) -> None:
+    """Raise the error naming ``dist`` and the input at fault for its network call ``dist.forward(**inputs)`` that
+    raised ``err``, where the cause is one of these (else return; the caller re-raises ``err`` or wraps it):
+
+    * ``forward``'s arguments do not take the conditioning variables by name (a forgotten ``cond_var``, or arguments
+      named otherwise): Python's "forward() missing 1 required positional argument" named neither. Told apart from a
+      TypeError inside the network by binding the inputs to ``forward``'s signature;
+    * a conditioning value that is not a tensor (a numpy array, a list): torch's "linear(): argument 'input' must be
+      Tensor, not numpy.ndarray" from inside the network;
+    * an input whose dtype is not the network's (integers, booleans, float64 into a float32 network): torch's "mat1
+      and mat2 must have the same dtype".
+
+    Only called on the error path."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return
+    if isinstance(err, TypeError):
+        _raise_if_unbound(dist, err, inputs)
+    if isinstance(err, (TypeError, AttributeError)):
+        odd = {k: v for k, v in inputs.items() if not isinstance(v, (Tensor, numbers.Number))}
+        if odd:
+            want = next((p.dtype for p in dist.parameters() if p.is_floating_point()), torch.get_default_dtype())
+            listed = ", ".join(odd)
+            kinds = ", ".join(sorted({type(v).__name__ for v in odd.values()}))
+            example = next(iter(odd))
+            raise TypeError(f"{dist.prob_text}: {listed} must be a torch.Tensor, got {kinds}: convert it (e.g. "
+                            f"torch.as_tensor({example}, dtype={want}))") from err
+    if isinstance(err, RuntimeError) and _DTYPE_ERROR.search(str(err)):
+        want = next((p.dtype for p in dist.parameters() if p.is_floating_point()), None)
+        # integers and booleans always (a network computes in floating point), floats where the parameters differ
+        bad = {k: v.dtype for k, v in inputs.items() if isinstance(v, Tensor)
+               and (not v.is_floating_point() or (want is not None and v.dtype != want))}
+        if bad:
+            want = want or torch.get_default_dtype()
+            listed = ", ".join(f"{k} is {dtype}" for k, dtype in bad.items())
+            floats = sorted({dtype for dtype in bad.values() if dtype.is_floating_point}, key=str)
+            other = f", or the network to {floats[0]} (e.g. model.{_NETWORK_DTYPE_METHOD[floats[0]]}())" \
+                if len(floats) == 1 and floats[0] in _NETWORK_DTYPE_METHOD else ""
+            # (torch's error chained: `kizuna.losses.adversarial` reads it to name a GAN's constant prior left in
+            # another dtype than the networks, whose draws these are)
+            raise ValueError(f"{dist.prob_text}: {listed}, but its network takes {want}: convert it "
+                             f"(e.g. .to({want})){other}") from err
+
+
+def _raise_if_unbound(dist: Distribution, err: TypeError, inputs: Mapping[str, Any]) -> None:
+    """The error for a ``forward`` that cannot take ``inputs`` (its conditioning variables) as keyword arguments,
+    naming ``cond_var``, forward's arguments and the fix; nothing where they bind (then ``err`` came from inside)."""
+    try:
+        signature = inspect.signature(dist.forward)
+    except (TypeError, ValueError):  # no signature to read (a builtin)
+        return
+    try:
+        signature.bind(**inputs)
+    except TypeError:
+        pass
+    else:
+        return
+    kind = inspect.Parameter
+    params = signature.parameters.values()
+    names = [p.name for p in params if p.kind in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)]
+    missing = [p.name for p in params if p.default is kind.empty
+               and p.kind not in (kind.VAR_POSITIONAL, kind.VAR_KEYWORD) and p.name not in inputs]
+    unknown = [] if any(p.kind is kind.VAR_KEYWORD for p in params) else [k for k in inputs if k not in names]
+    cond = list(inputs)
+    shown = ", ".join(("*" if p.kind is kind.VAR_POSITIONAL else "**" if p.kind is kind.VAR_KEYWORD else "") + p.name
+                      for p in params)
+    problems = [f"forward has no argument{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"] if unknown else []
+    if missing:
+        problems.append(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in cond_var")
+    if missing and unknown:
+        fix = f"name forward's arguments after cond_var (def forward(self, {', '.join(cond)})), or build it with " \
+              f"cond_var={[*[k for k in cond if k not in unknown], *missing]}"
+    elif missing:
+        fix = f"build it with cond_var={cond + missing}"
+    elif unknown:
+        fix = f"add {', '.join(unknown)} to forward's arguments (def forward(self, {', '.join(names + unknown)})), " \
+              "or leave it out of cond_var"
+    else:  # e.g. a positional-only argument
+        problems = [str(err)]
+        fix = f"make its arguments the conditioning variables: def forward(self, {', '.join(cond)})"
+    raise TypeError(f"{dist.prob_text}: forward({shown}) does not match cond_var={cond}: forward gets the "
+                    f"conditioning variables as keyword arguments, and {' and '.join(problems)}; {fix}") from None
 
 
 def _kl_shapes_error(p: Distribution, q: Distribution, mine: D.Distribution, theirs: D.Distribution) -> ValueError:
@@ -468,17 +562,12 @@ class TorchDistribution(Distribution):
                     out = self._forward_by_position(*args) if call is None else call(self, *args)
                 else:
                     out = self.forward(**dict(zip(cond, args)))
-            except RuntimeError as err:  # e.g. a feature width the network does not take
-                if isinstance(err, torch.OutOfMemoryError):
-                    raise
+            except Exception as err:  # a network that cannot take these inputs: name the one at fault
                 inputs = dict(zip(cond, args))
-                integers = [k for k, v in inputs.items() if isinstance(v, Tensor) and not v.is_floating_point()]
-                if integers and ("dtype" in str(err) or "scalar type" in str(err)):
-                    want = next((p.dtype for p in self.parameters() if p.is_floating_point()),
-                                torch.get_default_dtype())
-                    listed = ", ".join(f"{k} is {inputs[k].dtype}" for k in integers)
-                    raise ValueError(f"{self.prob_text}: {listed}, but its network takes {want}: convert it "
-                                     f"(e.g. .to({want}))") from None
+                raise_network_error(self, err, inputs)  # forward's arguments, a non-tensor, a dtype
+                if not isinstance(err, RuntimeError) or isinstance(err, torch.OutOfMemoryError):
+                    raise  # the network's own error
+                # e.g. a feature width the network does not take
                 shapes = ", ".join(f"{k} of shape {_shape_text(v)}" for k, v in inputs.items())
                 first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
                 raise ValueError(f"{self.prob_text}: forward() failed on {shapes}: {first}") from err
@@ -589,6 +678,8 @@ class TorchDistribution(Distribution):
 
     def get_params(self, params_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Tensor]:
         """See `Distribution.get_params`: forward's outputs, then variables, then constants."""
+        if type(params_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            params_dict = values_dict(params_dict, "get_params", self, self.input_var)
         x_dict = dict(params_dict or {})
         self._require(x_dict, self._cond_var)
         ids = _IN_GET_PARAMS.ids
@@ -701,6 +792,8 @@ class TorchDistribution(Distribution):
 
     def get_dist(self, x_dict: Mapping[str, Any] | None = None, independent: bool = True) -> D.Distribution:
         """A fresh ``torch.distributions`` object for these inputs; features are event dims."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "get_dist", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
         return self._torch_dist(x_dict, independent, reuse=False)
@@ -1129,6 +1222,8 @@ class TorchDistribution(Distribution):
     def get_entropy(self, x_dict: Mapping[str, Any] | None = None, sum_features: bool = True,
                     feature_dims: Sequence[int] | None = None) -> Tensor:
         """See `Distribution.get_entropy`."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "get_entropy", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
         try:
@@ -1140,12 +1235,16 @@ class TorchDistribution(Distribution):
 
     def sample_mean(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         """See `Distribution.sample_mean`."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_mean", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
         return self._moment(self._torch_dist(x_dict), "mean")
 
     def sample_variance(self, x_dict: Mapping[str, Any] | None = None) -> Tensor:
         """See `Distribution.sample_variance`."""
+        if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
+            x_dict = values_dict(x_dict, "sample_variance", self, self.input_var)
         x_dict = dict(x_dict or {})
         self._require(x_dict, self._cond_var)
         return self._moment(self._torch_dist(x_dict), "variance")
