@@ -29,3 +29,14 @@ def test_set_params_random_state_restarts_the_modules_stream(one_thread) -> None
     again.set_params(random_state=0)  # the same seed also restarts: the second update repeats the first's draws
     again.update()
     assert not torch.equal(again.posterior, kept.posterior)
+
+
+def test_assigning_random_state_restarts_the_stream_too(one_thread) -> None:
+    """Diff review 1: ``m.random_state = 5`` (not through set_params) kept the old stream."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 2, generator=g) + torch.tensor([[3.0, 0.0]]) * (torch.arange(200) % 2)[:, None]
+    assigned, reference = _gmm(x), _gmm(x)
+    assigned.random_state = 5
+    assigned.update()
+    reference.update(UpdateContext(generator=generator_for(5)))
+    assert torch.equal(assigned.posterior, reference.posterior)

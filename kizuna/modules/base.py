@@ -87,7 +87,8 @@ class Module(Stateful):
         learnable: when ``False`` the module keeps its parameters fixed in ``update`` and
             only passes messages.
         random_state: seeds the module's own stream, used by ``update()`` without a context
-            (see `kizuna.modules.rng`); a new one set by ``set_params`` restarts the stream at the next such update.
+            (see `kizuna.modules.rng`); a new one, set by ``set_params`` or assigned, restarts the stream at the
+            next such update.
     """
 
     accepts: ClassVar[tuple[str, ...]] = ()
@@ -137,11 +138,14 @@ class Module(Stateful):
             return self.name if self.named else None
         return getattr(self, name)
 
-    def _set_param(self, name: str, value: Any) -> None:
+    def __setattr__(self, name: str, value: Any) -> None:
         if name == "random_state" and "_stream" in self.__dict__:
-            # a new seed restarts the module's own stream at the next update() without a context (the stream
-            # already started, or restored from a save, went on and the new random_state had no effect)
-            self._stream, self._saved_stream = None, None
+            # a new seed (set_params, or assigned) restarts the module's own stream at the next update() without a
+            # context (the stream already started, or restored from a save, went on and the new seed had no effect)
+            self.__dict__["_stream"] = self.__dict__["_saved_stream"] = None
+        super().__setattr__(name, value)
+
+    def _set_param(self, name: str, value: Any) -> None:
         if name != "name":
             setattr(self, name, value)
             return
