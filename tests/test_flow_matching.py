@@ -429,3 +429,15 @@ def test_reflow_coupling_of_a_conditional_flow_takes_its_context() -> None:
         reflow_coupling(p, 4, context={"c": per_row})
     with pytest.raises(ValueError, match=r"the context c is missing; a conditional flow needs c: give context="):
         reflow_coupling(p, 4, context={"d": per_row})
+
+
+def test_reflow_coupling_with_a_number_context_and_a_clashing_noise_name() -> None:
+    """Diff review 1 (stop 44): a number context ran the whole solve, then failed with an AttributeError; a noise_var
+    named like a context variable overwrote it silently. A number (or 0-d value) conditions every pair as given."""
+    p = FlowMatching(lambda x, t, c: c * x, [2], context_var=["c"], sampler="heun", n_steps=50)
+    pairs = reflow_coupling(p, 4, context={"c": 0.5})
+    assert pairs["c"] == 0.5
+    torch.testing.assert_close(pairs["x"], pairs["x_0"] * math.exp(0.5), rtol=1e-4, atol=1e-6)
+    for name in ("c", "x"):
+        with pytest.raises(ValueError, match=f"reflow_coupling: noise_var='{name}' is a variable of"):
+            reflow_coupling(p, 4, noise_var=name, context={"c": 0.5})

@@ -398,6 +398,7 @@ def test_observation_converts_numbers(data, dtype):
     # ragged lists: numpy's own "inhomogeneous shape" message named neither the module nor the rows' lengths
     ([[1.0, 2.0], [3.0]], ValueError, r"Observation obs: the rows of data have different lengths \(1, 2\); give a "),
     ([[[1.0], [2.0]], [[3.0], [4.0, 5.0]]], ValueError, "Observation obs: the nested lists of data are not rectangul"),
+    ([[1.0, 2.0], np.array(3.0)], ValueError, "Observation obs: the nested lists of data are not rectangul"),
 ])
 def test_observation_names_bad_data(data, error, match):
     with pytest.raises(error, match=match):

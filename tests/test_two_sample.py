@@ -127,3 +127,13 @@ def test_a_seed_past_scikit_learns_range_works_and_repeats() -> None:
     forest = classifier_two_sample_test(a, b, classifier=RandomForestClassifier(n_estimators=5), seed=7)
     assert forest == classifier_two_sample_test(a, b, classifier=RandomForestClassifier(n_estimators=5,
                                                                                         random_state=7), seed=7)
+
+
+def test_seeds_numpy_takes_still_work() -> None:
+    """Diff review 1 (stop 44): the seed hashing applied int() to every seed, so None, a SeedSequence and a list of
+    ints (numpy's seeds, taken before) raised a TypeError."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 2)), rng.normal(2.0, size=(40, 2))
+    for seed in (None, np.random.SeedSequence(3), [1, 2]):
+        assert classifier_two_sample_test(a, b, seed=seed).accuracy > 0.8
+    assert classifier_two_sample_test(a, b, classifier="mlp", seed=None).n_test == 40

@@ -175,8 +175,8 @@ def reflow_coupling(p: FlowMatching, n: int, n_steps: int | None = None, noise_v
 
     Train the next rectified flow on them with ``flow_matching_loss(q, coupling="given")``. A conditional model
     needs its ``context`` (``{"c": c}``: one row for all ``n`` pairs, or ``n`` rows, as `FlowMatching.path` reads
-    it); the returned pairs then hold the context too, one row per pair, so the next flow learns the same
-    conditional coupling.
+    it); the returned pairs then hold the context too, a tensor one row per pair (a number or a 0-d value as given), so
+    the next flow learns the same conditional coupling.
     """
     check_int("reflow_coupling: n", n, 0)  # (-1 failed in a negative dimension, 2.5 in a TypeError)
     if n_steps is not None:  # (0 ran the model's own number of steps silently)
@@ -188,6 +188,10 @@ def reflow_coupling(p: FlowMatching, n: int, n_steps: int | None = None, noise_v
         raise ValueError(f"reflow_coupling: the context {', '.join(missing)} is missing; a conditional flow needs "
                          f"{', '.join(p.cond_var)}: give context={{{', '.join(repr(c) + ': ...' for c in p.cond_var)}}}"
                          f" (one row for all pairs, or n={n} rows)")
+    clash = [v for v in (p.var[0], *p.cond_var) if v == noise_var]
+    if clash:  # (checked before the solve: the noise overwrote the context variable, or the data, silently)
+        raise ValueError(f"reflow_coupling: noise_var={noise_var!r} is a variable of {p.prob_text}; name the noise "
+                         "otherwise")
     conditioning = {c: context[c] for c in p.cond_var} if p.cond_var else {}
     if conditioning:  # checked against n here, and returned one row per pair
         conditioning = context_of_draws("reflow_coupling", conditioning, n, "n")[0]
@@ -195,4 +199,6 @@ def reflow_coupling(p: FlowMatching, n: int, n_steps: int | None = None, noise_v
     z = path.prior(n)
     with torch.no_grad():
         x = SAMPLERS[sampler or p.sampler](path, x=z, n_steps=p.n_steps if n_steps is None else n_steps)
-    return {noise_var: z, p.var[0]: x, **{c: v.contiguous() for c, v in conditioning.items()}}
+    # tensors one row per pair; a number or a 0-d value conditions every pair as it is (as the model read it)
+    return {noise_var: z, p.var[0]: x, **{c: v.contiguous() if isinstance(v, Tensor) and v.dim() > 0 else v
+                                          for c, v in conditioning.items()}}

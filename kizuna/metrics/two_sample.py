@@ -12,6 +12,7 @@ The classifiers come from scikit-learn (an optional dependency, imported when ca
 from __future__ import annotations
 
 import copy
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,8 @@ def classifier_two_sample_test(real: Any, fake: Any, classifier: Any = "logistic
     y_train = np.concatenate([np.ones(n - per), np.zeros(n - per)])[order]
     # scikit-learn takes a random_state below 2**32: a larger seed (numpy's and kizuna's go to 2**64 - 1) is folded
     # into that range by numpy's seed hashing (it failed inside scikit-learn, not naming `seed`); smaller ones as given
-    sk_seed = seed if int(seed) < 2**32 else int(np.random.SeedSequence(int(seed)).generate_state(1)[0])
+    big = isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and int(seed) >= 2**32
+    sk_seed = int(np.random.SeedSequence(int(seed)).generate_state(1)[0]) if big else seed  # (None etc. as given)
     model = _classifier(classifier, sk_seed, len(y_train)).fit(x_train, y_train)
     n_test = 2 * per
     correct = int((model.predict(x_test) == y_test).sum())

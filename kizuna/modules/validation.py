@@ -91,7 +91,7 @@ def as_tensor(data: Any, what: str, owner: str) -> Tensor:
     except ValueError as err:  # numpy's "inhomogeneous shape": rows of different lengths
         if "inhomogeneous" not in str(err):
             raise
-        lengths = sorted({len(row) for row in data if hasattr(row, "__len__")})
+        lengths = sorted({len(row) for row in data if hasattr(row, "__len__") and getattr(row, "ndim", 1) > 0})
         which = (f"the rows of {what} have different lengths ({', '.join(map(str, lengths))})" if len(lengths) > 1
                  else f"the nested lists of {what} are not rectangular (inner lists of different lengths)")
         raise ValueError(f"{owner}: {which}; give a rectangular array (every row of one length)") from None
