@@ -207,3 +207,15 @@ def test_a_model_without_data_trains_on_none_and_empty_dicts() -> None:
     for given in (None, {}, MappingProxyType({})):
         torch.testing.assert_close(model.train(given), closed)
         torch.testing.assert_close(model.test(given), closed)
+
+
+def test_empty_sequences_are_empty_dicts_and_an_inputless_message_says_so() -> None:
+    """Diff review 1 (stop 44): ``sample([])`` / ``sample(())`` worked before (and in Pixyz) and were refused by the
+    new check; a distribution with no inputs suggested ``{'x': x}``."""
+    from kizuna.distributions import Normal
+
+    p = Normal(var=["x"], loc=0.0, scale=1.0)
+    assert p.sample([])["x"].shape == (1,) and p.sample(())["x"].shape == (1,)
+    with pytest.raises(TypeError, match=r"p\(x\): sample takes a dict of the variables' values \(this one takes "
+                                        r"none: give \{\} or nothing\), got Tensor"):
+        p.sample(torch.ones(2))

@@ -89,12 +89,16 @@ def values_dict(x_dict: Any, fn: str, owner: Any = None, names: Iterable[str] = 
     """
     if type(x_dict) is dict or isinstance(x_dict, Mapping):
         return x_dict
-    if x_dict is None:
+    if x_dict is None or (type(x_dict) in (list, tuple) and not x_dict):  # ([] and () were taken as {}, as in Pixyz)
         return {}
     if owner is not None:
         fn = f"{f'the loss {owner}' if isinstance(owner, Loss) else owner.prob_text}: {fn}"
-    example = ", ".join(f"{n!r}: {n}" for n in names) or "'x': x"
-    raise TypeError(f"{fn} takes a dict of the variables' values (e.g. {{{example}}}), got {type(x_dict).__name__}")
+    listed = ", ".join(f"{n!r}: {n}" for n in names)
+    if listed or owner is None:  # (a helper's list may be partial: its example then is the usual one)
+        example = "e.g. {" + (listed or "'x': x") + "}"
+    else:  # a distribution or a loss lists all it takes: it takes none
+        example = "this one takes none: give {} or nothing"
+    raise TypeError(f"{fn} takes a dict of the variables' values ({example}), got {type(x_dict).__name__}")
 
 
 class Loss(nn.Module):
