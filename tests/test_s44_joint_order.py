@@ -34,3 +34,17 @@ def test_nested_products_follow_the_same_order() -> None:
     a, b, c = _normal("x", ["y"]), _normal("z", ["x"]), _normal("y", [])
     assert (a * (b * c)).var == ((a * b) * c).var == ["x", "y", "z"]
     assert str(a * b * c) == "p(x,y,z) = p(x|y)p(z|x)p(y)"
+
+
+def test_renamed_and_marginalised_products_follow_pixyz() -> None:
+    """Pixyz 0.3.3's lists for the same products (diff review 1, stop 44: Pixyz renames a product's graph nodes in
+    place, so renamed variables come last, in the renaming's order; a single distribution keeps its order)."""
+    j = _normal("x", ["z"]) * _normal("y", []) * _normal("z", [])
+    assert j.var == ["x", "z", "y"]
+    assert j.replace_var(z="u").var == ["x", "y", "u"]
+    assert j.replace_var(z="u", y="v").var == ["x", "u", "v"]
+    assert (_normal("w", ["z"]) * j.marginalize_var("y")).var == ["w", "z", "x"]
+    assert (_normal("a", ["u"]) * j.replace_var(z="u")).var == ["a", "u", "x", "y"]
+    ext = _normal("x", ["z", "c"]) * _normal("y", ["w"]) * _normal("z", [])
+    assert ext.var == ["x", "z", "y"] and ext.cond_var == ["c", "w"]
+    assert _normal("x", ["z"]).replace_var(x="a", z="b").var == ["a"]

@@ -27,6 +27,13 @@ class ReplaceVarDistribution(Distribution):
         rename = dict(replace)
         var = [rename.get(v, v) for v in p.var]
         cond = [rename.get(v, v) for v in p.cond_var]
+        factors = p.factors()
+        if not (len(factors) == 1 and factors[0] is p):
+            # a renamed product lists its variables as Pixyz's graph does after renaming its nodes in place
+            # (networkx's relabel_nodes(copy=False) re-adds each renamed node at the end, in the graph's order): the
+            # renamed ones last, in their own order (a single distribution keeps its order, as in Pixyz)
+            var = [v for v in p.var if v not in rename] + [rename[v] for v in p.var if v in rename]
+            cond = [v for v in p.cond_var if v not in rename] + [rename[v] for v in p.cond_var if v in rename]
         if len(set(var + cond)) != len(var + cond):
             raise ValueError(f"{p.prob_text}: replace_var({rename}) would give two variables the same name")
         super().__init__(var, cond, p.name, p.features_shape)
