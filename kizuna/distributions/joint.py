@@ -19,6 +19,7 @@ from torch import nn
 
 from kizuna.distributions.base import Distribution, Tensor, XDict
 from kizuna.distributions.dist_graph import add_terms, inherited
+from kizuna.distributions.replace import graph_nodes
 from kizuna.distributions.torch_dist import TorchDistribution
 from kizuna.formula.memo import shared_parameters
 
@@ -187,17 +188,19 @@ class JointDistribution(Distribution):
             flat.extend(f.factors() if isinstance(f, JointDistribution) else [f])
         order = _order(flat)
         own = {v for f in flat for v in f.var}
-        # Pixyz's order (its graph's nodes in insertion order, each factor adding its variables, then its conditions):
-        # the joint's variables by first appearance over each factor's var + cond_var, so p(x|y) * p(z|x) * p(y) has
-        # var ['x', 'y', 'z'] (the factors' order gave ['x', 'z', 'y']: positional code ported from Pixyz read z as y)
-        var = list(dict.fromkeys(v for f in flat for v in (*f.var, *f.cond_var) if v in own))
-        cond: list[str] = []
-        for f in flat:
-            cond.extend(c for c in f.cond_var if c not in var and c not in cond)
+        # Pixyz's order: its graph's nodes in insertion order, the union of the operands' graphs in operand order (a
+        # single distribution adds its variables, then its conditions; a renamed or marginalised product keeps its own
+        # graph's order, `graph_nodes`); var lists the nodes that a factor draws, cond_var the others. So p(x|y) *
+        # p(z|x) * p(y) has var ['x', 'y', 'z'] (the factors' order gave ['x', 'z', 'y']: positional code ported from
+        # Pixyz read z as y), and (p(x|c) * p(y)).replace_var(x='a') * p(c) has ['c', 'y', 'a']
+        nodes = list(dict.fromkeys(v for f in factors for v in graph_nodes(f)))
+        var = [v for v in nodes if v in own]
+        cond = [v for v in nodes if v not in own]
         # named after the first operand, as Pixyz names a product (q(z|x) * f(y|x) is q(z,y|x), not p)
         super().__init__(var, cond, factors[0].name if len(factors) else "p")
         self._factors = nn.ModuleList(flat)
         self._order = order
+        self._graph_nodes = nodes
         self._graph_options = inherited(factors, flat)  # Pixyz's graph options of the operands, if any
         inputs: list[str] = []
         for f in flat:

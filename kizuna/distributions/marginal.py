@@ -19,6 +19,7 @@ from typing import Any
 
 from kizuna._text import var_text
 from kizuna.distributions.base import Distribution, Tensor, XDict, batch_size_of, repeat_batch, single_factors
+from kizuna.distributions.replace import graph_nodes
 from kizuna.formula.memo import recall, remember, tagged
 
 _HIDDEN = "hidden draws"  # the memo's tag of a marginal's draws of its integrated variables
@@ -37,6 +38,8 @@ class MarginalizeVarDistribution(Distribution):
         super().__init__(kept, p.cond_var, p.name)
         self.p = p
         self._marginalized = list(dict.fromkeys(names))  # a name given twice is integrated once (∫ dy, not ∫∫ dy'dy')
+        # Pixyz's graph keeps its nodes (the marginalised ones are just not listed): a product of this reads them
+        self._graph_nodes = [v for v in graph_nodes(p) if v not in self._marginalized]
 
     @property
     def input_var(self) -> list[str]:

@@ -16,6 +16,54 @@ from kizuna.distributions.base import Distribution, Tensor, XDict, _with_values
 from kizuna.formula.expr import values_dict
 
 
+def graph_nodes(p: Distribution) -> list[str]:
+    """The variables and conditions of ``p`` in the order that Pixyz's graph of it (``DistGraph``) holds them, which
+    fixes the order of a product's ``var`` and ``cond_var``: a single distribution's variables, then its conditions;
+    a product's (`JointDistribution`), a renamed (`relabelled`) or marginalised distribution's as it records them (a
+    marginalised variable is left out: it is not listed, and no other variable takes its place)."""
+    nodes = p.__dict__.get("_graph_nodes")
+    return list(nodes) if nodes is not None else list(dict.fromkeys(p.var + p.cond_var))
+
+
+def relabelled(nodes: Sequence[str], rename: Mapping[str, str]) -> list[str]:
+    """``nodes`` renamed as Pixyz renames its graph's nodes (networkx's ``relabel_nodes(graph, rename, copy=False)``):
+    each renamed node is taken out and added again at the end, in the order networkx renames them. That is the
+    graph's order, or, where a new name is also an old one (a chain ``x -> z, z -> w``), the reverse of networkx's
+    topological order of the renaming (`_chain_order`): ``z -> w`` before ``x -> z``, so ``[x, y, z]`` becomes
+    ``[y, w, z]``. A renaming that no order resolves (a swap ``x <-> y``, which Pixyz refuses) takes the graph's
+    order; a name renamed to itself stays where it is, as does one not among ``nodes``."""
+    present = set(nodes)
+    order = [n for n in nodes if n in rename]
+    if rename.keys() & set(rename.values()):
+        order = _chain_order(rename) or order
+    moved = [n for n in order if n in present and rename[n] != n]
+    gone = set(moved)
+    return [n for n in nodes if n not in gone] + [rename[n] for n in moved]
+
+
+def _chain_order(rename: Mapping[str, str]) -> list[str] | None:
+    """The order in which networkx renames nodes whose old and new names overlap: the reverse of
+    ``nx.topological_sort(nx.DiGraph(list(rename.items())))`` without its self-loops (generation by generation, each
+    in the graph's order); None where the renaming has a cycle."""
+    graph = list(dict.fromkeys(n for edge in rename.items() for n in edge))
+    edges = {old: new for old, new in rename.items() if old != new}
+    indegree = dict.fromkeys(graph, 0)
+    for new in edges.values():
+        indegree[new] += 1
+    generation = [n for n in graph if indegree[n] == 0]
+    order: list[str] = []
+    while generation:
+        order.extend(generation)
+        following = []
+        for n in generation:
+            if n in edges:
+                indegree[edges[n]] -= 1
+                if indegree[edges[n]] == 0:
+                    following.append(edges[n])
+        generation = following
+    return order[::-1] if len(order) == len(graph) else None
+
+
 class ReplaceVarDistribution(Distribution):
     """``p`` with variables renamed by ``replace`` (old name -> new name)."""
 
@@ -27,19 +75,22 @@ class ReplaceVarDistribution(Distribution):
         rename = dict(replace)
         var = [rename.get(v, v) for v in p.var]
         cond = [rename.get(v, v) for v in p.cond_var]
+        # Pixyz's graph after renaming its nodes in place (networkx's relabel_nodes(copy=False) re-adds each renamed
+        # node at the end: `relabelled`); a renamed product lists its variables and conditions in that order (a single
+        # distribution keeps its own order; a product it is a factor of reads the graph's, `graph_nodes`)
+        nodes = relabelled(graph_nodes(p), rename)
         factors = p.factors()
         if not (len(factors) == 1 and factors[0] is p):
-            # a renamed product lists its variables as Pixyz's graph does after renaming its nodes in place
-            # (networkx's relabel_nodes(copy=False) re-adds each renamed node at the end, in the graph's order): the
-            # renamed ones last, in their own order (a single distribution keeps its order, as in Pixyz)
-            var = [v for v in p.var if v not in rename] + [rename[v] for v in p.var if v in rename]
-            cond = [v for v in p.cond_var if v not in rename] + [rename[v] for v in p.cond_var if v in rename]
+            own = set(var)
+            var = [v for v in nodes if v in own]
+            cond = [v for v in nodes if v not in own]
         if len(set(var + cond)) != len(var + cond):
             raise ValueError(f"{p.prob_text}: replace_var({rename}) would give two variables the same name")
         super().__init__(var, cond, p.name, p.features_shape)
         self.p = p
         self._rename = rename
         self._inverse = {new: old for old, new in rename.items()}
+        self._graph_nodes = nodes
 
     @property
     def input_var(self) -> list[str]:
