@@ -513,6 +513,37 @@ def _log_normal_interval(a: Tensor, b: Tensor) -> Tensor:
     return log_hi + log1mexp
 
 
+class _LiftedData(threading.local):
+    """Per thread: the 16-bit dtype of the data that `kizuna.losses.diffusion_bound` lifted to float32 (inside
+    `reading_lifted_data`), None elsewhere."""
+
+    def __init__(self) -> None:
+        self.dtype: torch.dtype | None = None
+
+
+_LIFTED = _LiftedData()
+
+
+class reading_lifted_data:  # noqa: N801 - used as a function: ``with reading_lifted_data(torch.bfloat16):``
+    """Within this block a `DiffusionDecoder` reads float32 data as the ``dtype`` (16-bit) values they were before
+    the bound lifted them: the nearest of the levels, off the grid by the 16-bit rounding (up to a level in bfloat16;
+    data computed in bfloat16, ``k.bfloat16() / 255 * 2 - 1``, lie up to a quarter level off the rounded levels).
+    Outside it float32 data are read as 16-bit values only where each is a level rounded to the model's dtype
+    (`DiffusionDecoder._sixteen_bit`)."""
+
+    __slots__ = ("dtype", "_outer")
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __enter__(self) -> None:
+        self._outer = _LIFTED.dtype
+        _LIFTED.dtype = self.dtype
+
+    def __exit__(self, *exc: object) -> None:
+        _LIFTED.dtype = self._outer
+
+
 class DiffusionDecoder(Distribution):
     """:math:`p_\\theta(x_0|x_1)`: the discretised Gaussian decoder of Ho et al. (2020, §3.3).
 
@@ -531,8 +562,9 @@ class DiffusionDecoder(Distribution):
     (`kizuna._data.computing_dtype`, as the schedule is): ``x_1`` is lifted to float32 (the network still sees it in
     its own dtype, `DiffusionReverse.epsilon`), ``x_0`` is taken as the nearest of the ``bins`` levels (in 16 bits the
     256 levels of 8-bit data lie up to a quarter (float16) or half (bfloat16) of a level off the grid; float32 data
-    that a half-precision model's dtype holds exactly, as `kizuna.losses.diffusion_bound` lifts 16-bit data, are
-    read as such 16-bit values), and
+    that are the levels rounded to a half-precision model's dtype, as `kizuna.losses.diffusion_bound` lifts 16-bit
+    data, are read as such 16-bit values, and other float32 data are checked on the grid as a float32 model checks
+    them), and
     ``log_prob`` is returned in float32, as `kizuna.losses.diffusion_bound` returns the bound. In 16 bits torch had
     no CPU ``log_ndtr`` (the bound stopped with "log_ndtr_cpu not implemented for 'Half'"), and a mean
     :math:`\\mu_\\theta(x_1, 1)` taken in bfloat16 was up to 0.37 of the decoder's standard deviation off float32's
@@ -577,15 +609,22 @@ class DiffusionDecoder(Distribution):
 
     def _sixteen_bit(self, x0: Tensor) -> torch.dtype | None:
         """The 16-bit dtype whose values ``x0`` holds, None for wider data: ``x0``'s own dtype, or a half-precision
-        model's for data in its computing dtype that its own holds exactly (the bound's lifted data, class
-        docstring)."""
+        model's for data in its computing dtype that are each the rounding to the model's dtype of a level (the
+        bound's lifted data, class docstring). Other float32 data keep float32's check: 8-bit data scaled as
+        (k - 128) / 128, which bfloat16 holds exactly, are off the grid by up to half a level, as a float32 model
+        finds them."""
         if not x0.is_floating_point():
             return None
         if computing_dtype(x0.dtype) != x0.dtype:
             return x0.dtype
+        lifted = _LIFTED.dtype
+        if lifted is not None and x0.dtype == computing_dtype(lifted) != lifted:  # (`reading_lifted_data`)
+            return lifted
         net_dtype = self.reverse.schedule.dtype
-        if x0.dtype == computing_dtype(net_dtype) != net_dtype and bool((x0.to(net_dtype).to(x0.dtype) == x0).all()):
-            return net_dtype
+        if x0.dtype == computing_dtype(net_dtype) != net_dtype:
+            levels = ((x0 + 1) / 2 * (self.bins - 1)).round()
+            if bool(((levels / (self.bins - 1) * 2 - 1).to(net_dtype).to(x0.dtype) == x0).all()):
+                return net_dtype
         return None
 
     def _check_values(self, x0: Tensor, mean: Tensor, var: Tensor, narrow: torch.dtype | None) -> None:

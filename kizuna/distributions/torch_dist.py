@@ -38,6 +38,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import os
 import re
 import threading
 import types
@@ -190,10 +191,25 @@ def _shape_text(value: Any) -> str:
     return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
 
-# a RuntimeError of torch about its inputs' dtypes ("mat1 and mat2 must have the same dtype", "Input type (double) and
-# bias type (float) should be the same", "expected scalar type Double", "mixed dtype (CPU)", "not implemented for
-# 'Byte'")
-_DTYPE_ERROR = re.compile(r"type|implemented for", re.IGNORECASE)
+# torch's words for an input whose dtype is not the network's: "mat1 and mat2 must have the same dtype, but got Double
+# and Float", "expected m1 and m2 to have the same dtype", "expected scalar type Double but found Float", "mixed dtype
+# (CPU): all inputs must share same datatype", "\"softplus_cpu\" not implemented for 'Long'" and a convolution's
+# "Input type (double) and bias type (float) should be the same" (where the two types differ: the same type twice,
+# "Input type (torch.FloatTensor) and weight type (torch.cuda.FloatTensor)", is a device mismatch). Other messages
+# with "type" in them (a network's own "unknown cell type") are not about the inputs' dtypes.
+_DTYPE_ERROR = re.compile(r"same dtype|expected (?:object of )?scalar type|scalar type of|mixed dtype|not implemented "
+                          r"for '|Input type \((?P<input>[^()]*)\) and (?:weight|bias) type \((?P<weight>[^()]*)\)",
+                          re.IGNORECASE)
+_DEVICE_WORDS = re.compile(r"torch\.|cuda\.?|mps\.?|xpu\.?|cpu\.?|tensor$|type$", re.IGNORECASE)
+# integer and boolean dtypes in torch's messages ("Long", "long int", "unsigned char", "Bool", ...)
+_INTEGER_WORDS = re.compile(r"\b(?:long|int|short|byte|char|bool|u?int(?:8|16|32|64))\b", re.IGNORECASE)
+_NAMES_A_DTYPE = re.compile(r"\b(?:double|float|half|bfloat16|float(?:16|32|64))\b", re.IGNORECASE)
+# torch's words for an argument that is not a tensor ("linear(): argument 'input' (position 1) must be Tensor, not
+# numpy.ndarray", "expected Tensor as element 1 in argument 0, but got list", "conv1d() received an invalid combination
+# of arguments - got (numpy.ndarray, Parameter, ...)")
+_NOT_A_TENSOR = re.compile(r"must be (?:Tensor|tuple of Tensors), not |expected Tensor as element \d+ in argument \d+, "
+                           r"but got |received an invalid combination of arguments - got \(")
+_TORCH_DIR = os.path.dirname(torch.__file__)
 _NETWORK_DTYPE_METHOD = {torch.float64: "double", torch.float32: "float", torch.float16: "half",
                          torch.bfloat16: "bfloat16"}
 
@@ -205,18 +221,21 @@ def raise_network_error(dist: Distribution, err: Exception, inputs: Mapping[str,
     * ``forward``'s arguments do not take the conditioning variables by name (a forgotten ``cond_var``, or arguments
       named otherwise): Python's "forward() missing 1 required positional argument" named neither. Told apart from a
       TypeError inside the network by binding the inputs to ``forward``'s signature;
-    * a conditioning value that is not a tensor (a numpy array, a list): torch's "linear(): argument 'input' must be
-      Tensor, not numpy.ndarray" from inside the network;
+    * a conditioning value that is not a tensor (a numpy array, a list) given as it is to torch: torch's "linear():
+      argument 'input' must be Tensor, not numpy.ndarray" from inside the network. Only where torch's own code
+      refused that very object (`_torch_refused`): a condition that forward takes as it is (a list of strings it
+      tokenises, an optional ``None``) leaves forward's own errors as they are, and an AttributeError
+      ("'numpy.ndarray' object has no attribute 'dim'") is never replaced;
     * an input whose dtype is not the network's (integers, booleans, float64 into a float32 network): torch's "mat1
-      and mat2 must have the same dtype".
+      and mat2 must have the same dtype" (`_DTYPE_ERROR`; integer inputs only where torch names an integer type, or
+      no type).
 
     Only called on the error path."""
     if isinstance(err, torch.OutOfMemoryError):
         return
     if isinstance(err, TypeError):
         _raise_if_unbound(dist, err, inputs)
-    if isinstance(err, (TypeError, AttributeError)):
-        odd = {k: v for k, v in inputs.items() if not isinstance(v, (Tensor, numbers.Number))}
+        odd = _torch_refused(err, inputs)
         if odd:
             want = next((p.dtype for p in dist.parameters() if p.is_floating_point()), torch.get_default_dtype())
             listed = ", ".join(odd)
@@ -224,21 +243,58 @@ def raise_network_error(dist: Distribution, err: Exception, inputs: Mapping[str,
             example = next(iter(odd))
             raise TypeError(f"{dist.prob_text}: {listed} must be a torch.Tensor, got {kinds}: convert it (e.g. "
                             f"torch.as_tensor({example}, dtype={want}))") from err
-    if isinstance(err, RuntimeError) and _DTYPE_ERROR.search(str(err)):
+    if isinstance(err, RuntimeError) and (found := _DTYPE_ERROR.search(str(err))) is not None:
+        if found["input"] is not None \
+                and _DEVICE_WORDS.sub("", found["input"]).lower() == _DEVICE_WORDS.sub("", found["weight"]).lower():
+            return  # the same dtype on two devices
         want = next((p.dtype for p in dist.parameters() if p.is_floating_point()), None)
-        # integers and booleans always (a network computes in floating point), floats where the parameters differ
-        bad = {k: v.dtype for k, v in inputs.items() if isinstance(v, Tensor)
-               and (not v.is_floating_point() or (want is not None and v.dtype != want))}
+        text = str(err)
+        # floats where the parameters differ; integers and booleans where torch names an integer type (an integer
+        # label for an embedding is not the fault of a float64 input), or no type at all ("mixed dtype")
+        floats = {k: v.dtype for k, v in inputs.items() if isinstance(v, Tensor) and v.is_floating_point()
+                  and want is not None and v.dtype != want}
+        integers = {k: v.dtype for k, v in inputs.items() if isinstance(v, Tensor) and not v.is_floating_point()}
+        named = _INTEGER_WORDS.search(text) is not None
+        integers_too = named or not (floats or _NAMES_A_DTYPE.search(text))
+        bad = {k: floats[k] if k in floats else integers[k] for k in inputs
+               if k in floats or (integers_too and k in integers)}
         if bad:
             want = want or torch.get_default_dtype()
             listed = ", ".join(f"{k} is {dtype}" for k, dtype in bad.items())
-            floats = sorted({dtype for dtype in bad.values() if dtype.is_floating_point}, key=str)
-            other = f", or the network to {floats[0]} (e.g. model.{_NETWORK_DTYPE_METHOD[floats[0]]}())" \
-                if len(floats) == 1 and floats[0] in _NETWORK_DTYPE_METHOD else ""
+            wide = sorted({dtype for dtype in bad.values() if dtype.is_floating_point}, key=str)
+            other = f", or the network to {wide[0]} (e.g. model.{_NETWORK_DTYPE_METHOD[wide[0]]}())" \
+                if len(wide) == 1 and wide[0] in _NETWORK_DTYPE_METHOD else ""
             # (torch's error chained: `kizuna.losses.adversarial` reads it to name a GAN's constant prior left in
             # another dtype than the networks, whose draws these are)
             raise ValueError(f"{dist.prob_text}: {listed}, but its network takes {want}: convert it "
                              f"(e.g. .to({want})){other}") from err
+
+
+def _torch_refused(err: TypeError, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The conditions that are not tensors (nor numbers or None) and that torch's own code refused as they are:
+    ``err`` is torch's "must be Tensor, not <their type>" and was raised in torch's code (a module's ``forward``, a
+    functional) holding that very object. Else nothing, and forward's own TypeError stands: a condition that forward
+    takes as it is (a list of strings it tokenises) may sit beside its own bug."""
+    text = str(err)
+    if _NOT_A_TENSOR.search(text) is None:
+        return {}
+    odd = {k: v for k, v in inputs.items() if v is not None and not isinstance(v, (Tensor, numbers.Number))}
+    if not odd:
+        return {}
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame if tb is not None else None
+    if frame is None or not frame.f_code.co_filename.startswith(_TORCH_DIR):
+        return {}
+    held = {id(v) for v in frame.f_locals.values()}
+    return {k: v for k, v in odd.items() if id(v) in held and _type_text(v) in text}
+
+
+def _type_text(value: Any) -> str:
+    """A value's type as torch's argument errors write it: ``list``, ``numpy.ndarray``."""
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _raise_if_unbound(dist: Distribution, err: TypeError, inputs: Mapping[str, Any]) -> None:
@@ -916,17 +972,19 @@ class TorchDistribution(Distribution):
               reparam: bool) -> Tensor:
         """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
         rows = self._rows(params, x_dict, batch_n)
-        if batch_n is None and rows != 1 and self._uses_forward and validation_enabled() \
-                and self._param_rows(params) != 1:  # a check (Model checks its first step; a training step draws
-            # without it) of the network's own rows: one row is broadcast to the rows of the other values (a one-row
-            # condition beside another variable's batch: those rows are not the network's, and were refused)
+        if batch_n is None and rows != 1 and self._uses_forward and validation_enabled():  # a check (Model checks
+            # its first step; a training step draws without it) of the network's own rows
             unbatched = self._unbatched_conditions(x_dict)
             # the conditions' row counts: the network's rows must be one of them (a one-row condition beside a batch
             # conditions every row; a set of context rows may be pooled into each row of another condition)
             given = {v.shape[0] for c in self._cond_var if c not in unbatched
                      and isinstance(v := x_dict.get(c), Tensor) and v.dim() > 0}
-            if given and rows not in given:  # a network that returned other rows than it was given
-                raise self._rows_error(rows, x_dict, None)
+            own = self._param_rows(params)  # (``rows`` where it is not 1; one row is broadcast to the other values')
+            # one row is taken where a condition has one row (a one-row condition beside another variable's batch:
+            # those rows are not the network's), or as before where its conditions have the rows drawn; one row for 3
+            # rows of its own condition beside another variable's 6 is a network that collapsed its rows
+            if given and own not in given and rows not in given:  # a network that returned other rows than given
+                raise self._rows_error(own, x_dict, None)
         lead = (n,) if n > 1 else ()
         if reparam and self._hooks["_rsample_kernel"] and self.has_reparam:
             if validation_enabled():  # the parameters' checks; the draw is the kernel's either way

@@ -32,6 +32,7 @@ from kizuna.distributions.diffusion import (
     DiffusionPosterior,
     DiffusionReverse,
     DiscreteUniform,
+    reading_lifted_data,
     stop_mean_gradient,
 )
 from kizuna.formula.expr import EvalContext, Loss, Tensor
@@ -191,7 +192,8 @@ class _DataShapeChecked(Loss):
         if isinstance(x0, Tensor) and x0.is_floating_point() and computing_dtype(x0.dtype) != x0.dtype:
             lifted = ctx.child({**ctx.values, self.var: x0.to(computing_dtype(x0.dtype))})
             lifted.results = ctx.results  # (the terms' values, which eval(return_terms=True) reads)
-            return lifted.value(self.f)
+            with reading_lifted_data(x0.dtype):  # (a DiffusionDecoder reads them as the 16-bit values they were)
+                return lifted.value(self.f)
         return ctx.value(self.f)
 
     def _render(self, fmt: dict[str, str]) -> str:
