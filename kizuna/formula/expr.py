@@ -131,7 +131,8 @@ class Loss(nn.Module):
         return self
 
     def __init__(self, input_var: Sequence[str] | None = ()) -> None:
-        self._input_var = _unique(list(input_var or ()))  # (None: Pixyz's default)
+        # (None: Pixyz's default; any sequence of names, a numpy array or dict keys too, whose truth is not asked)
+        self._input_var = _unique(list(input_var) if input_var is not None else [])
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -841,12 +842,13 @@ class _Binary(Loss):
         self._constants = (_of_constants(loss1), _of_constants(loss2))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickled: a loss pickled by an earlier version lacks ``_numeric`` / ``_constants`` (the class defaults,
-        no constants, took the fast path, which evaluated ``0.1 * LogProb(p)``'s 0.1 as a float32 tensor again in a
-        float64 model): they are found again from its operands (unpickled before it)."""
+        """Unpickled: ``_numeric`` / ``_constants`` are found again from its operands (unpickled before it), always
+        (it is cheap): a loss pickled by an earlier version lacks them (the class defaults, no constants, took the
+        fast path, which evaluated ``0.1 * LogProb(p)``'s 0.1 as a float32 tensor again in a float64 model), or holds
+        them by an earlier rule (``Parameter("x") * Parameter("b").abs()`` took ``b``'s abs as a term, rounded to
+        float32)."""
         super().__setstate__(state)
-        if "_numeric" not in state or "_constants" not in state:
-            self._find_constants()
+        self._find_constants()
 
     def subterms(self) -> list[Loss]:
         return [self.loss1, self.loss2]

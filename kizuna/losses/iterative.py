@@ -38,6 +38,7 @@ from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.memo import release_step, step_mark
 from kizuna.losses.elbo import IWAE
 from kizuna.losses.expectation import (
+    _MIXED,
     _REDUCED,
     _ROW,
     REINFORCE,
@@ -130,7 +131,9 @@ class IterativeLoss(Loss):
     rows' costs into that value, and a per-row weight only multiplies it (it becomes one value per row, as in Pixyz),
     so the padding still enters every row's loss and gradient. That case keeps Pixyz's numbers and gives a
     UserWarning (once per `IterativeLoss`, when a step's value has no rows and the mask weighs the rows of some step
-    differently). For sequences of different lengths write the step loss per row and reduce outside the sum::
+    differently); so does a step loss with rows of which a term is reduced over the batch inside
+    (``kl.mean() - E(q, LogProb(p))``: the reduced term still holds the padded rows' costs), told from the formula.
+    For sequences of different lengths write the step loss per row and reduce outside the sum::
 
         step = KullbackLeibler(q, prior) - E(q, LogProb(p))  # per row: no .mean() inside the step
         loss = IterativeLoss(step, series_var=["x"], update_value={"z": "z_prev"}, series_dim=1).mean()
@@ -158,6 +161,7 @@ class IterativeLoss(Loss):
     """
 
     precedence = 35  # a sum written as one symbol: bracketed as the base of a power, (sum_t ...)^2
+    _mask_warned = False  # (the default of an IterativeLoss pickled before the attribute: no warning given yet)
 
     def __init__(
         self,
@@ -325,9 +329,10 @@ class IterativeLoss(Loss):
             value = step.value(step_loss) if drawn_score is None else \
                 self._with_score(step, drawn_score - drawn_score.detach())
             if weights is not None:
-                if check and isinstance(value, Tensor) and value.dim() == 0:  # reduced over the batch: no rows
+                # reduced over the batch (no rows), or partly (a term of a per-row value reduced: kl.mean() - E(...))
+                if check and isinstance(value, Tensor) and (value.dim() == 0 or self._partly_reduced()):
                     check = False
-                    self._warn_reduced(weights)
+                    self._warn_reduced(weights, partly=value.dim() > 0)
                 value = self._weighted(value, weights[t], step_loss)
             total = total + value
             samples = step.samples
@@ -473,13 +478,29 @@ class IterativeLoss(Loss):
             mask = mask.to(torch.get_default_dtype())
         return mask.unbind(time_dim)
 
-    def _warn_reduced(self, weights: tuple[Tensor, ...]) -> None:
-        """Warn (once) that a per-row mask (``weights``: its steps) meets a step loss reduced over the batch, if the
-        mask weighs the rows of some step differently (padding): the reduced value holds the padded rows' costs."""
+    def _partly_reduced(self) -> bool:
+        """Whether the step loss, one value per row, has a term reduced over the batch inside (``kl.mean() - E(q,
+        LogProb(p))``: `_kind`'s mixed kind, found once from the formula)."""
+        kind = self.__dict__.get("_step_kind")  # (read from __dict__: an IterativeLoss unpickled has none yet)
+        if kind is None:
+            kind = self.__dict__["_step_kind"] = _kind(self.step_loss, {})
+        return kind == _MIXED
+
+    def _warn_reduced(self, weights: tuple[Tensor, ...], partly: bool = False) -> None:
+        """Warn (once) that a per-row mask (``weights``: its steps) meets a step loss reduced over the batch (with
+        ``partly``: a per-row step loss with a term reduced over the batch inside), if the mask weighs the rows of some
+        step differently (padding): the reduced value holds the padded rows' costs."""
         mask = torch.stack(weights)
         if not bool((mask != mask[:, :1]).any()):  # every row weighed alike at each step: a (T,) mask, nothing mixed
             return
         self._mask_warned = True
+        if partly:
+            warn_user(f"IterativeLoss: the step loss {self.step_loss} is one value per row, but part of it is reduced "
+                      "over the batch (a term under .mean() or .sum() inside the step, e.g. kl.mean() - E(q, "
+                      "LogProb(p))): that part holds every row's cost, so the padded rows' costs still enter every "
+                      "row's loss and gradient through it although the per-row mask drops their steps. Write every "
+                      "term of the step loss per row (e.g. IterativeLoss(kl - E(q, LogProb(p)), ...).mean())")
+            return
         warn_user(f"IterativeLoss: the step loss {self.step_loss} is reduced over the batch (one value per step, "
                   "e.g. by .mean() or .sum() inside the step), so the per-row mask only multiplies that value, which "
                   "holds every row's cost: the padded rows' costs still enter every row's loss and gradient (as in "
