@@ -413,3 +413,43 @@ def test_losses_pickled_by_the_earlier_code(old_code, tmp_path) -> None:
             with pytest.warns(UserWarning, match="is reduced over the batch"):
                 values.append(each.eval({"x": xs, "z_prev": z0}, mask=m))
         assert torch.equal(values[0], values[1])
+
+
+OLD_MODEL_PICKLE = '''
+import sys, pickle, torch
+torch.set_num_threads(1)
+from torch import nn
+from kizuna.distributions import Normal
+from kizuna.losses import LogProb
+from kizuna.models import Model
+from test_s44_dr2 import Affine
+
+model = Model(-LogProb(Affine()).mean(), optimizer_params={"lr": 1e-2})
+model.train({"x": torch.ones(4, 1), "y": torch.zeros(4, 1)})
+with open(sys.argv[1], "wb") as f:
+    pickle.dump(model, f)
+'''
+
+
+class Affine(Normal):
+    """p(y|x) = N(a x + b, 1) (pickled by the earlier code in a subprocess)."""
+
+    def __init__(self) -> None:
+        super().__init__(var=["y"], cond_var=["x"], name="p")
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.lin(x), "scale": torch.ones_like(x)}
+
+
+@pytest.mark.slow
+def test_a_model_pickled_by_the_earlier_code_trains(old_code, tmp_path) -> None:
+    """Diff review 4 (stop 44): a Model pickled before this stop had no ``_reference``; its dtype, device and train()
+    raised AttributeError. It takes the first trainable parameter's, as it did."""
+    path = tmp_path / "model.pkl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(old_code), str(ROOT / "tests")])}
+    subprocess.run([sys.executable, "-c", OLD_MODEL_PICKLE, str(path)], env=env, check=True, capture_output=True)
+    with path.open("rb") as f:
+        model = pickle.load(f)
+    assert model.dtype == torch.float32 and model.device.type == "cpu"
+    assert torch.isfinite(torch.as_tensor(model.train({"x": torch.ones(4, 1), "y": torch.zeros(4, 1)})))

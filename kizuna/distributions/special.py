@@ -40,8 +40,9 @@ class Deterministic(Distribution):
         cond = {k: x_dict[k] for k in self._cond_var}
         try:  # torch's module call where it would run forward alone (hooks, compile, a trace: module_call_is_forward)
             out = self.forward(**cond) if module_call_is_forward(self) else self(**cond)
-        except TypeError as err:  # (a dtype's RuntimeError is left as torch's: a GAN names the constant prior whose
-            # draws it is, `kizuna.losses.adversarial`; an AttributeError is forward's own, as it is)
+        except (TypeError, AttributeError) as err:  # (a dtype's RuntimeError is left as torch's: a GAN names the
+            # constant prior whose draws it is, `kizuna.losses.adversarial`; an AttributeError not read on a condition
+            # that is not a tensor is forward's own, as it is)
             raise_network_error(self, err, cond)  # forward's arguments or a value that torch refused as not a tensor
             raise
         if type(out) is dict and len(out) == len(self._var) and all(map(out.__contains__, self._var)):

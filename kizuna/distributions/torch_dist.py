@@ -223,9 +223,9 @@ def raise_network_error(dist: Distribution, err: Exception, inputs: Mapping[str,
       TypeError inside the network by binding the inputs to ``forward``'s signature;
     * a conditioning value that is not a tensor (a numpy array, a list) given as it is to torch: torch's "linear():
       argument 'input' must be Tensor, not numpy.ndarray" from inside the network. Only where torch's own code
-      refused that very object (`_torch_refused`): a condition that forward takes as it is (a list of strings it
-      tokenises, an optional ``None``) leaves forward's own errors as they are, and an AttributeError
-      ("'numpy.ndarray' object has no attribute 'dim'") is never replaced;
+      refused that very object, or an attribute was read on it ("'numpy.ndarray' object has no attribute 'dim'"),
+      `_torch_refused`: a condition that forward takes as it is (a list of strings it tokenises, an optional
+      ``None``) leaves forward's own errors as they are;
     * an input whose dtype is not the network's (integers, booleans, float64 into a float32 network): torch's "mat1
       and mat2 must have the same dtype" (`_DTYPE_ERROR`; integer inputs only where torch names an integer type, or
       no type).
@@ -233,8 +233,9 @@ def raise_network_error(dist: Distribution, err: Exception, inputs: Mapping[str,
     Only called on the error path."""
     if isinstance(err, torch.OutOfMemoryError):
         return
-    if isinstance(err, TypeError):
-        _raise_if_unbound(dist, err, inputs)
+    if isinstance(err, (TypeError, AttributeError)):
+        if isinstance(err, TypeError):
+            _raise_if_unbound(dist, err, inputs)
         odd = _torch_refused(err, inputs)
         if odd:
             want = next((p.dtype for p in dist.parameters() if p.is_floating_point()), torch.get_default_dtype())
@@ -270,13 +271,16 @@ def raise_network_error(dist: Distribution, err: Exception, inputs: Mapping[str,
                              f"(e.g. .to({want})){other}") from err
 
 
-def _torch_refused(err: TypeError, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """The conditions that are not tensors (nor numbers or None) and that torch's own code refused as they are:
-    ``err`` is torch's "must be Tensor, not <their type>" and was raised in torch's code (a module's ``forward``, a
-    functional) holding that very object. Else nothing, and forward's own TypeError stands: a condition that forward
-    takes as it is (a list of strings it tokenises) may sit beside its own bug."""
+def _torch_refused(err: TypeError | AttributeError, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The conditions that are not tensors (nor numbers or None) that the network failed on as they are: ``err`` is
+    torch's "must be Tensor, not <their type>" raised in torch's code (a module's ``forward``, a functional), or an
+    AttributeError "'<their type>' object has no attribute ..." (``x.dim()`` of an array in torch's BatchNorm or in
+    kizuna's MLP, ``x.shape`` in any forward), raised in a frame holding that very object. Else nothing, and
+    forward's own error stands: a condition that forward takes as it is (a list of strings it tokenises) may sit
+    beside its own bug, which neither names the condition's type nor is raised on it."""
     text = str(err)
-    if _NOT_A_TENSOR.search(text) is None:
+    attribute = isinstance(err, AttributeError)
+    if not attribute and _NOT_A_TENSOR.search(text) is None:
         return {}
     odd = {k: v for k, v in inputs.items() if v is not None and not isinstance(v, (Tensor, numbers.Number))}
     if not odd:
@@ -285,10 +289,16 @@ def _torch_refused(err: TypeError, inputs: Mapping[str, Any]) -> dict[str, Any]:
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     frame = tb.tb_frame if tb is not None else None
-    if frame is None or not frame.f_code.co_filename.startswith(_TORCH_DIR):
+    if frame is None:
         return {}
     held = {id(v) for v in frame.f_locals.values()}
-    return {k: v for k, v in odd.items() if id(v) in held and _type_text(v) in text}
+    if attribute:  # the attribute was read on the condition itself
+        return {k: v for k, v in odd.items() if id(v) in held and f"'{_type_text(v)}' object has no attribute" in text}
+    # torch's refusal: in torch's code, or in forward's own frame calling a builtin torch function (torch.tanh,
+    # torch.cat) on an array (a list there may be forward's own, e.g. tokens it built from a list condition)
+    in_torch = frame.f_code.co_filename.startswith(_TORCH_DIR)
+    return {k: v for k, v in odd.items() if id(v) in held and _type_text(v) in text
+            and (in_torch or _type_text(v) == "numpy.ndarray")}
 
 
 def _type_text(value: Any) -> str:

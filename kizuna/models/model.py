@@ -260,6 +260,15 @@ class Model:
         # that DDP's average of the ranks' gradients is the gradient of the global batch's mean loss
         self.row_weight = 1.0
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A model pickled before stop 44 has no ``_reference`` (its optimiser held the trainable parameters only):
+        the first trainable parameter of its list, as it took the data's dtype and device then."""
+        self.__dict__.update(state)
+        if "_reference" not in state:
+            params = state.get("_params") or [p for group in self.optimizer.param_groups for p in group["params"]]
+            self._reference = next((p for p in params if p.requires_grad),
+                                   next((p for p in params if p.is_floating_point()), params[0]))
+
     @property
     def loss(self) -> Loss:
         """The training loss (Pixyz calls it ``loss_cls``)."""
