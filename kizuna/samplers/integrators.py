@@ -115,10 +115,10 @@ def ancestral(path: GaussianPath, n: int | None = None, n_steps: int | None = No
         x: the starting points at ``times[0]`` (default: draws from ``path.prior``): a floating tensor of shape
             ``(N, *path.features_shape)``, finite while validation is on, with ``n`` (if given too) equal to ``N``;
             else a ValueError. In the path's coordinates: a `DiffusionPath`'s state is
-            :math:`y_t = x_t / \\sqrt{\bar\alpha_t}`, so a DDPM's noise :math:`x_T \\sim \\mathcal{N}(0, I)` enters as
+            :math:`y_t = x_t / \\sqrt{\\bar\\alpha_t}`, so a DDPM's noise :math:`x_T \\sim \\mathcal{N}(0, I)` enters as
             ``x_T / path.alpha_bar[-1].sqrt()`` (what ``path.prior`` draws; :math:`x_T` itself starts the chain
-            :math:`\\sqrt{\bar\alpha_T}^{-1}` times too close to the mean and every draw collapses onto it). The
-            draws come back as :math:`x_0` at the clean end (:math:`\bar\alpha_0 = 1`); ``times`` that stop before
+            :math:`\\sqrt{\\bar\\alpha_T}^{-1}` times too close to the mean and every draw collapses onto it). The
+            draws come back as :math:`x_0` at the clean end (:math:`\\bar\\alpha_0 = 1`); ``times`` that stop before
             it return :math:`y` too. Flow matching's and a score model's state is :math:`x` itself.
         times: the times to visit (default ``path.times(n_steps)``): finite, strictly from the noise end to the
             data end, within the path (flow matching's [0, 1]; a noise level at least 0); else a ValueError.
