@@ -122,9 +122,49 @@ def test_a_numpy_condition_read_as_a_tensor_is_named() -> None:
 
     message = _exactly("q(z|x): x must be a torch.Tensor, got ndarray: convert it (e.g. torch.as_tensor(x, "
                        "dtype=torch.float32))")
-    for dist in (BN(), Tanh(), MLPNormal("z", ["x"], [2, 4, 2], name="q")):
+    for dist in (BN(), MLPNormal("z", ["x"], [2, 4, 2], name="q")):
         with pytest.raises(TypeError, match=message):
             dist.sample({"x": X.numpy()})
+    # a builtin torch function called in forward itself leaves no frame of torch's: its own message names the type
+    with pytest.raises(TypeError, match=_exactly("tanh(): argument 'input' (position 1) must be Tensor, not "
+                                                 "numpy.ndarray")):
+        Tanh().sample({"x": X.numpy()})
+
+
+class _Mine(Normal):
+    """forward's own bugs beside a condition that is not a tensor by design (diff review 5): none is the condition's."""
+
+    def __init__(self, bug: str) -> None:
+        super().__init__(var=["z"], cond_var=["c"], name="q", features_shape=[2])
+        self.lin, self.bug = nn.Linear(1, 4), bug
+
+    def forward(self, c: Any) -> dict[str, torch.Tensor]:
+        if self.bug == "built list":
+            h = [[float(len(t))] for t in c].float()  # a list forward built, not c
+        elif self.bug == "split":
+            h = c.split()  # a string method on the list of strings (str.split, not Tensor.split)
+        elif self.bug == "settings":
+            h = c["x"] * {"scale": 1.0}.scale  # another dict
+        elif self.bug == "converted, other array":
+            h = torch.as_tensor(c[:, :1], dtype=torch.float32)
+            h = h * np.ones(1).to(h)  # c converted; another array's .to
+        else:
+            h = torch.tanh(np.ones((len(c), 1)))  # c converted (not used); another array to torch
+        loc, pre = self.lin(h).chunk(2, -1)
+        return {"loc": loc, "scale": F.softplus(pre)}
+
+
+@pytest.mark.parametrize(("bug", "c", "kind", "message"), [
+    ("built list", TEXT, AttributeError, "'list' object has no attribute 'float'"),
+    ("split", TEXT, AttributeError, "'list' object has no attribute 'split'"),
+    ("settings", {"x": X}, AttributeError, "'dict' object has no attribute 'scale'"),
+    ("converted, other array", X.numpy(), AttributeError, "'numpy.ndarray' object has no attribute 'to'"),
+    ("another array", X.numpy(), TypeError, "tanh(): argument 'input' (position 1) must be Tensor, not numpy.ndarray"),
+])
+def test_forwards_own_error_on_another_object_is_not_laid_on_the_condition(bug: str, c: Any, kind: type,
+                                                                            message: str) -> None:
+    with pytest.raises(kind, match=_exactly(message)):
+        _Mine(bug).sample({"c": c})
 
 
 # ------------------------------------------------------------------ dtype advice only for torch's dtype messages

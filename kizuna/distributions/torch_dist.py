@@ -273,32 +273,32 @@ def raise_network_error(dist: Distribution, err: Exception, inputs: Mapping[str,
 
 def _torch_refused(err: TypeError | AttributeError, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """The conditions that are not tensors (nor numbers or None) that the network failed on as they are: ``err`` is
-    torch's "must be Tensor, not <their type>" raised in torch's code (a module's ``forward``, a functional), or an
-    AttributeError "'<their type>' object has no attribute ..." (``x.dim()`` of an array in torch's BatchNorm or in
-    kizuna's MLP, ``x.shape`` in any forward), raised in a frame holding that very object. Else nothing, and
-    forward's own error stands: a condition that forward takes as it is (a list of strings it tokenises) may sit
-    beside its own bug, which neither names the condition's type nor is raised on it."""
-    text = str(err)
-    attribute = isinstance(err, AttributeError)
-    if not attribute and _NOT_A_TENSOR.search(text) is None:
-        return {}
+    torch's "must be Tensor, not <their type>" raised in torch's code (a module's ``forward``, a functional) holding
+    that very object, or an AttributeError for a tensor's attribute read on that very object (``x.dim()`` of an array
+    in torch's BatchNorm or in kizuna's MLP; Python records the object, ``err.obj``). Else nothing, and forward's own
+    error stands: a condition that forward takes as it is (a list of strings it tokenises, a dict of settings, an array
+    it converts) may sit beside its own bug, which is neither raised on it nor about a tensor's attribute. (A builtin
+    torch function called in forward itself, ``torch.tanh(x)``, leaves no frame of torch's: its own message, which
+    names the type, stands.)"""
     odd = {k: v for k, v in inputs.items() if v is not None and not isinstance(v, (Tensor, numbers.Number))}
     if not odd:
+        return {}
+    if isinstance(err, AttributeError):
+        obj, name = getattr(err, "obj", None), getattr(err, "name", None)
+        if obj is None or not isinstance(name, str) or not hasattr(Tensor, name) or hasattr(str, name):
+            return {}  # (a string method, ``batch.split()`` on a list of strings, is not read as a tensor's)
+        return {k: v for k, v in odd.items() if v is obj}
+    text = str(err)
+    if _NOT_A_TENSOR.search(text) is None:
         return {}
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     frame = tb.tb_frame if tb is not None else None
-    if frame is None:
+    if frame is None or not frame.f_code.co_filename.startswith(_TORCH_DIR):
         return {}
     held = {id(v) for v in frame.f_locals.values()}
-    if attribute:  # the attribute was read on the condition itself
-        return {k: v for k, v in odd.items() if id(v) in held and f"'{_type_text(v)}' object has no attribute" in text}
-    # torch's refusal: in torch's code, or in forward's own frame calling a builtin torch function (torch.tanh,
-    # torch.cat) on an array (a list there may be forward's own, e.g. tokens it built from a list condition)
-    in_torch = frame.f_code.co_filename.startswith(_TORCH_DIR)
-    return {k: v for k, v in odd.items() if id(v) in held and _type_text(v) in text
-            and (in_torch or _type_text(v) == "numpy.ndarray")}
+    return {k: v for k, v in odd.items() if id(v) in held and _type_text(v) in text}
 
 
 def _type_text(value: Any) -> str:
