@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_s44_inputs import Encoder  # q(z|x) with a network, as the README's quickstart writes one
 from torch import nn
 from torch.nn import functional as F
 
@@ -43,16 +44,6 @@ from kizuna.losses import Expectation, KullbackLeibler, LogProb
 X = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
 
 
-class Encoder(Normal):
-    """q(z|x) with a network, as the README's quickstart writes one."""
-
-    def __init__(self) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.net = nn.Linear(3, 4)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        loc, scale = self.net(x).chunk(2, -1)
-        return {"loc": loc, "scale": F.softplus(scale) + 0.1}
 
 
 class NoCond(Encoder):

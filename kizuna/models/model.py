@@ -240,8 +240,7 @@ class Model:
         # the data's dtype and device (`dtype`, `device`): the first trainable parameter's, as before frozen parameters
         # joined the optimizer (a frozen int64 index table or float64 constant listed first converted every batch to
         # its dtype); the first floating one where none is trainable yet
-        self._reference = next((p for p in params if p.requires_grad),
-                               next((p for p in params if p.is_floating_point()), params[0]))
+        self._reference = _reference_parameter(params)
         self._training: bool | None = None
         self._validated: set[int] = set()  # losses evaluated once with validation (validate=None)
         self._compile_args = _compile_args(compile)
@@ -266,8 +265,7 @@ class Model:
         self.__dict__.update(state)
         if "_reference" not in state:
             params = state.get("_params") or [p for group in self.optimizer.param_groups for p in group["params"]]
-            self._reference = next((p for p in params if p.requires_grad),
-                                   next((p for p in params if p.is_floating_point()), params[0]))
+            self._reference = _reference_parameter(params)
 
     @property
     def loss(self) -> Loss:
@@ -951,6 +949,12 @@ def check_seed(seed: Any, where: str) -> None:
 
 _ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device (read, never written)
 _FLAGS: dict[torch.device, torch.Tensor] = {}  # a zero non-finite flag per device, kept from a finite check
+
+
+def _reference_parameter(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The parameter whose dtype and device the data take (`Model.dtype`, `Model.device`): the first that requires
+    grad, else the first floating one, else the first."""
+    return next((p for p in params if p.requires_grad), next((p for p in params if p.is_floating_point()), params[0]))
 
 
 def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float, keep_if_nonfinite: bool = False) -> torch.Tensor:
