@@ -169,13 +169,16 @@ class _DataShapeChecked(Loss):
     posterior and reverse means, the KLs, the decoder and the sums over features and steps) runs in float32 and its
     value is float32; the network still sees x_t in its own dtype (`DiffusionReverse.epsilon`) and a
     `DiffusionDecoder` reads the lifted data as 16-bit values. Computed in bfloat16 the bound was 3 nats (11%) too high
-    (T = 1000, 2-D data: 30.55 for float32's 27.48 with the same weights) and a bfloat16 / float16 tensor."""
+    (T = 1000, 2-D data: 30.55 for float32's 27.48 with the same weights) and a bfloat16 / float16 tensor.
+    `simple_diffusion_loss` is lifted the same way (its noise, draws and squared errors in float32; no
+    ``features_shape`` to check there, None)."""
 
     is_operator = True  # (its terms are f's)
 
-    def __init__(self, f: Loss, var: str, features_shape: Sequence[int]) -> None:
+    def __init__(self, f: Loss, var: str, features_shape: Sequence[int] | None = None) -> None:
         super().__init__(f.input_var)
-        self.f, self.var, self.features_shape = f, var, torch.Size(features_shape)
+        self.f, self.var = f, var
+        self.features_shape = None if features_shape is None else torch.Size(features_shape)
 
     @property
     def precedence(self) -> int:  # type: ignore[override]
@@ -186,7 +189,7 @@ class _DataShapeChecked(Loss):
 
     def _value(self, ctx: EvalContext) -> Tensor:
         x0 = ctx.values.get(self.var)
-        if isinstance(x0, Tensor) and x0.shape[1:] != self.features_shape:
+        if self.features_shape is not None and isinstance(x0, Tensor) and x0.shape[1:] != self.features_shape:
             raise ValueError(f"{self.f}: {self.var} has shape {tuple(x0.shape)}, but the model's features_shape is "
                              f"{tuple(self.features_shape)} (rows of that shape)")
         if isinstance(x0, Tensor) and x0.is_floating_point() and computing_dtype(x0.dtype) != x0.dtype:
@@ -211,7 +214,7 @@ def simple_diffusion_loss(reverse: DiffusionReverse, data_var: str = "x_0") -> L
     """
     q_t = DiffusionForward(reverse.schedule, var=reverse.noisy_var, data_var=data_var, t_var=reverse.t_var)
     u = DiscreteUniform(1, reverse.schedule.T, var=reverse.t_var)
-    return Expectation(u, Expectation(q_t, NoisePredictionError(reverse, data_var, q_t)))
+    return _DataShapeChecked(Expectation(u, Expectation(q_t, NoisePredictionError(reverse, data_var, q_t))), data_var)
 
 
 NICHOL_WEIGHT = 0.001 / math.log(2)
