@@ -22,6 +22,7 @@ The scored variable is treated as data (no gradient flows into its draw).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 from kizuna._data import check_int
 from kizuna._text import LATEX, prob_text, symbol, var_text
 from kizuna.distributions.base import flat_rows, require_distributions, sum_rows
+from kizuna.distributions.energy import autograd_values, input_leaf, outside_inference_mode
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.losses.expectation import Expectation
 
@@ -54,6 +56,10 @@ def score_value(score: Any, values: dict[str, Any], var: str, create_graph: bool
                 wrt_x: bool = True) -> tuple[Tensor, Tensor]:
     """``(x, s(x))``: the scored variable as a leaf, and the model's score at it.
 
+    Where the score is differentiated with respect to ``x`` (``wrt_x``, or a density's autograd score) ``x`` is a new
+    leaf (`input_leaf`) in any grad mode, inside ``torch.inference_mode()`` too, where the result is the one taken
+    under ``torch.no_grad()``; a caller that differentiates ``s`` again does so under ``outside_inference_mode()``.
+
     Args:
         create_graph: keep the graph of a density's autograd score (to train through it); without
             it the family's closed-form score is used when it has one (a fixed target score).
@@ -66,11 +72,13 @@ def score_value(score: Any, values: dict[str, Any], var: str, create_graph: bool
         closed = score.closed_form_score(values)
         if closed is not None:
             return values[var], closed
-    x = values[var].detach()
-    if wrt_x or not network:
-        x.requires_grad_(True)
-    given = {**values, var: x}
-    with torch.enable_grad():
+    derivative = wrt_x or not network
+    # a derivative with respect to x also inside torch.inference_mode() (`input_leaf`): there torch.enable_grad() gave
+    # the score no graph, so the exact and sliced errors of a network dropped their trace term silently (taken as a
+    # score that ignores x) and a density's score raised torch's "element 0 of tensors does not require grad"
+    with outside_inference_mode() if derivative else contextlib.nullcontext(), torch.enable_grad():
+        x = input_leaf(values[var]) if derivative else values[var].detach()
+        given = {**(autograd_values(values) if derivative else values), var: x}
         if network:
             s = score.sample(given, return_all=False)[score.var[0]]
         else:
@@ -102,14 +110,18 @@ class ScoreMatchingError(Loss):
         return [self.score]
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        x, s = score_value(self.score, ctx.values, self.var)
-        trace = x.new_zeros(x.shape[0])
-        with torch.enable_grad():  # also under no_grad (Model.test, validation), as SlicedScoreError's
+        create = torch.is_grad_enabled()  # a graph of the trace only to train with (an evaluation takes none)
+        # also under no_grad (Model.test, validation) and inside torch.inference_mode() (`score_value`): the value taken
+        # with gradients, as SlicedScoreError's
+        with outside_inference_mode(), torch.enable_grad():
+            x, s = score_value(self.score, ctx.values, self.var)
+            trace = x.new_zeros(x.shape[0])
             # the columns inside too: a new view (scalar data's unsqueeze, images' flatten) made under no_grad had no
             # graph, so the trace term was dropped silently (the value was 1/2||s||^2 alone)
             flat = flat_rows(s)
             for i in range(flat.shape[1] if flat.requires_grad else 0):  # a score that ignores x: trace 0
-                (g,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True, allow_unused=True)
+                (g,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=create, retain_graph=True,
+                                           allow_unused=True)
                 if g is not None:
                     trace = trace + flat_rows(g)[:, i]
         return trace + 0.5 * sum_rows(s.pow(2))
@@ -141,14 +153,19 @@ class SlicedScoreError(Loss):
         return [self.score]
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        x, s = score_value(self.score, ctx.values, self.var)
-        v = ctx.values[self.projection]
-        if v.shape != x.shape:
-            raise ValueError(
-                f"the projection {self.projection} has shape {tuple(v.shape)}, {self.var} has {tuple(x.shape)}")
-        with torch.enable_grad():  # also under no_grad (Model.test, validation): the projection's graph is needed
+        create = torch.is_grad_enabled()  # a graph of the derivative only to train with (an evaluation takes none)
+        # also under no_grad (Model.test, validation): the projection's graph is needed; and inside
+        # torch.inference_mode() (`score_value`), where a projection drawn there is copied (`autograd_values`: autograd
+        # cannot save an inference tensor for backward)
+        with outside_inference_mode(), torch.enable_grad():
+            values = autograd_values(ctx.values)
+            x, s = score_value(self.score, values, self.var)
+            v = values[self.projection]
+            if v.shape != x.shape:
+                raise ValueError(
+                    f"the projection {self.projection} has shape {tuple(v.shape)}, {self.var} has {tuple(x.shape)}")
             vs = sum_rows(v * s)
-            (g,) = torch.autograd.grad(vs.sum(), x, create_graph=True, allow_unused=True) if vs.requires_grad \
+            (g,) = torch.autograd.grad(vs.sum(), x, create_graph=create, allow_unused=True) if vs.requires_grad \
                 else (None,)
         last = sum_rows(s.pow(2)) if self.variance_reduction else vs.pow(2)
         return (0.0 if g is None else sum_rows(g * v)) + 0.5 * last  # g None: a score that ignores x
