@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
 from kizuna.metrics.likelihood import _device
+from kizuna.metrics.likelihood import _dtype as model_dtype  # (the rule of log_likelihood's data)
 
 Tensor = torch.Tensor
 
@@ -21,18 +21,13 @@ def require(x_dict: Mapping[str, Any], names: Iterable[str], who: str) -> None:
         raise ValueError(f"{who} needs {', '.join(missing)} in x_dict, but was given {given}")
 
 
-def model_float(*dists: Any) -> Tensor | None:
-    """The first floating parameter or buffer of the models ``dists`` (None where they have none)."""
-    return next((t for d in dists for t in itertools.chain(d.parameters(), d.buffers()) if t.is_floating_point()),
-                None)
-
-
 def in_model_dtype(x_dict: Mapping[str, Any], *dists: Any) -> dict[str, Any]:
-    """Floating data in the floating dtype of the models' parameters (float32 data for a float64 model)."""
-    like = model_float(*dists)
-    if like is None:
+    """Floating data in the models' floating dtype (`model_dtype`: the widest of their floating parameters', else of
+    their floating buffers'; float32 data for a float64 model)."""
+    dtype = model_dtype(*dists)
+    if dtype is None:
         return dict(x_dict)
-    return {v: t.to(like.dtype) if isinstance(t, Tensor) and t.is_floating_point() else t for v, t in x_dict.items()}
+    return {v: t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t for v, t in x_dict.items()}
 
 
 def on_models(x_dict: Mapping[str, Any], *dists: Any) -> dict[str, Any]:

@@ -24,10 +24,13 @@ The networks run in eval mode (dropout off, batch norm on its running statistics
 leaves unchanged), so a row's score does not depend on the rows scored with it; each module is
 returned to its own mode afterwards. The ELBO score takes any encoder it can sample and score,
 discrete latents included; the IWAE score needs a reparameterisable one (see `log_likelihood`).
-Floating data is converted to the floating dtype of the models' parameters and each batch moved
-to their device; data with no rows, or a NaN or infinite entry (named by variable, row and
-column), is refused by both methods, and so is a row outside the model's support (a count of 2.5
-under a Poisson decoder), in whichever batch it is.
+A ``p_joint`` conditioned on a latent that ``q`` draws (the decoder :math:`p(x|z)` without its prior
+:math:`p(z)`) is refused by both methods, as `log_likelihood` refuses it: it has no :math:`p(x)`.
+Floating data is converted to the models' floating dtype (the widest of their floating parameters'
+dtypes, else of their floating buffers') and each batch moved to their device; data with no rows,
+or a NaN or infinite entry (named by variable, row and column), is refused by both methods, and so
+is a row outside the model's support (a count of 2.5 under a Poisson decoder), in whichever batch
+it is.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from kizuna.formula.expr import values_dict
 from kizuna.inference._checks import batch_rows, in_model_dtype, require
 from kizuna.losses import ELBO
 from kizuna.metrics import log_likelihood
-from kizuna.metrics.likelihood import _device, dims_count
+from kizuna.metrics.likelihood import _device, dims_count, require_prior
 
 Tensor = torch.Tensor
 METHODS = ("iwae", "elbo")
@@ -62,7 +65,7 @@ def anomaly_score(
     r"""Per-row anomaly scores :math:`s(x) \approx -\log p(x)` (nats), shape ``(N,)``; higher = more anomalous.
 
     Args:
-        p_joint: the generative model :math:`p(x, z)`, e.g. ``decoder * prior``.
+        p_joint: the generative model :math:`p(x, z)`, e.g. ``decoder * prior`` (the decoder alone is refused).
         q: the encoder :math:`q(z|x)`; reparameterisable for ``"iwae"`` (it is the IWAE proposal), any that can be
             sampled and scored (a discrete latent too) for ``"elbo"``.
         x_dict: the data, e.g. ``{"x": x}`` (tensors, numpy arrays or lists); every variable of ``p_joint`` that
@@ -93,6 +96,8 @@ def anomaly_score(
         except ValueError:
             raise ValueError(f"anomaly_score: {name} must be a positive integer, got {value!r}") from None
     k, batch_size, k_chunk = (int(one_number(v, arrays=False)) for v in (k, batch_size, k_chunk))
+    # both methods (the ELBO of p(x|z) alone, E_q[log p(x|z)] + H[q], was returned as a score, several nats off)
+    require_prior(p_joint, q, "anomaly_score", "the score would not be -log p(x)")
     names = ELBO(p_joint, q).input_var  # (the IWAE's, which refused a q that cannot be reparameterised)
     x_dict = values_dict(x_dict, "anomaly_score", names=names)  # (a bare tensor was torch's error in `require`)
     require(x_dict, names, "anomaly_score")

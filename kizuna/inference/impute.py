@@ -24,8 +24,9 @@ p(z|x_{obs})\,dz`. Two samplers are offered:
 
 Both return an `Imputation`: conditional samples and the posterior mean, observed entries
 kept as given. Missing entries of the input may hold anything, NaN included. As in
-`kizuna.inference.anomaly_score`, floating data is converted to the floating dtype of the models'
-parameters (integer data of the masked variable too, and ``init``) and moved to their device, where
+`kizuna.inference.anomaly_score`, floating data is converted to the models' floating dtype (the
+widest of their floating parameters' dtypes, else of their floating buffers'; integer data of the
+masked variable too, and ``init``) and moved to their device, where
 the results are; tensors the models do not read may be scalars.
 """
 
@@ -47,7 +48,7 @@ from kizuna.inference._checks import (
     batch_rows,
     check_mask,
     fill_missing,
-    model_float,
+    model_dtype,
     on_models,
     own_draws,
     require,
@@ -60,6 +61,7 @@ from kizuna.inference.masked import (
     raise_for_autoregressive,
     raise_for_observed,
 )
+from kizuna.metrics.likelihood import require_prior
 
 Tensor = torch.Tensor
 
@@ -100,11 +102,11 @@ def _prepare(p_joint: Distribution, q: Distribution, x_dict: Mapping[str, Any], 
     batch_rows(x_dict, names, who)
     decoder = decoder_of(p_joint, var, who)
     raise_for_autoregressive(decoder, who)  # (before, an unrelated "no closed-form mean")
-    like = model_float(p_joint, q)
+    dtype = model_dtype(p_joint, q)
     x_dict = on_models(x_dict, p_joint, q)
     x = x_dict[var]
     if isinstance(x, Tensor) and not x.is_floating_point():  # counts or 0/1 labels: imputed values are means
-        x = x.to(like.dtype if like is not None else torch.get_default_dtype())
+        x = x.to(dtype or torch.get_default_dtype())
     mask = check_mask(mask, x, var, who)
     filled = fill_missing(x, mask, init, var, who)
     others = {k: v for k, v in x_dict.items() if k != var}
@@ -149,7 +151,9 @@ def impute_importance(
 
     Args:
         p_joint: :math:`p(x, z)`; the factor defining ``var`` must factorise over entries, and
-            the factors over the variables of ``q`` form the prior :math:`p(z)`.
+            the factors over the variables of ``q`` form the prior :math:`p(z)`. A ``p_joint``
+            without that prior (the decoder alone, conditioned on ``z``) is a ValueError, whatever
+            ``defensive``: the weights need :math:`p(z)`.
         q: the encoder :math:`q(z|x)`, given the filled rows.
         x_dict: the data; other entries (e.g. a label) are passed to ``q`` and the decoder.
         mask: boolean, the shape of ``x_dict[var]``; True marks observed entries.
@@ -158,7 +162,9 @@ def impute_importance(
         defensive: :math:`\alpha`, the share of draws from the prior (0 uses ``q`` alone). A prior
             whose parameters are numbers and that has no ``features_shape`` (``Normal(var=["z"],
             loc=0.0, scale=1.0)``) draws every entry of ``q``'s draws independently, as if given
-            ``features_shape``; a prior whose draws cannot make ``q``'s is a ValueError.
+            ``features_shape``. Factors over ``q``'s variables that do not make a draw of ``q`` (``q``
+            also draws an auxiliary variable of which ``p_joint`` has no factor), or a prior whose
+            draws cannot make ``q``'s, are a ValueError advising ``defensive=0``.
         init: values for the missing entries fed to ``q`` (broadcast to the data); default:
             each feature's mean over the rows observing it.
         batch_size, k_chunk: rows and draws evaluated at once (memory bound).
@@ -188,6 +194,9 @@ def impute_importance(
     if isinstance(defensive, bool) or not isinstance(defensive, numbers.Real) or not 0.0 <= defensive <= 1.0:
         raise ValueError(f"{who}: defensive (the prior's share of the proposal) must be a number in [0, 1], got "
                          f"{defensive!r}")
+    # whatever defensive is (with defensive=0, which the error below advises, the weights p(x_obs|z) / q(z|x~) left
+    # p(z) out, and the mean was that of another posterior)
+    require_prior(p_joint, q, who, "the importance weights would not be those of p(z|x_obs)")
     var, decoder, others, filled, mask = _prepare(p_joint, q, x_dict, mask, var, init, who)
     proposal = _Proposal(p_joint, q, var, k, k_chunk, defensive)
     means, samples, ess = [], [], []
@@ -211,7 +220,8 @@ class _Proposal:
         if k < 1 or k_chunk < 1:
             raise ValueError(f"impute_importance: k and k_chunk must be positive, got k={k}, k_chunk={k_chunk}")
         factors = [f for f in p_joint.factors() if set(f.var) <= set(q.var)]
-        if alpha > 0 and sorted(v for f in factors for v in f.var) != sorted(q.var):
+        if alpha > 0 and sorted(v for f in factors for v in f.var) != sorted(q.var):  # (p(z) is there, as
+            # `require_prior` checked, but q draws more, e.g. an auxiliary variable p_joint has no factor of)
             raise ValueError(
                 f"impute_importance: the factors of {p_joint.prob_text} over {', '.join(q.var)} do not form a "
                 "prior to draw from; use defensive=0"

@@ -10,6 +10,7 @@ The ``k`` samples are drawn in chunks of ``k_chunk`` and the data in batches of
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -66,13 +67,7 @@ def log_likelihood(
         check_int(f"log_likelihood: {name}", value, 1)  # any integer: Python, numpy, a 0-d integer tensor
     k, batch_size, k_chunk = (int(one_number(v, arrays=False)) for v in (k, batch_size, k_chunk))
     names = IWAE(p_joint, q, k=1).input_var
-    drawn = [v for v in p_joint.cond_var if v in q.var]
-    if drawn:
-        latents = ", ".join(drawn)
-        raise ValueError(
-            f"log_likelihood: p_joint is {p_joint.prob_text}, conditioned on {latents}, which q {q.prob_text} draws: "
-            f"the prior of {latents} is missing, so the estimate would not be log p(x); pass the joint, e.g. "
-            "p_x_given_z * prior")
+    require_prior(p_joint, q, "log_likelihood", "the estimate would not be log p(x)")
     chunks = [min(k_chunk, k - start) for start in range(0, k, k_chunk)]
     device = _device(p_joint, q)
     out = []
@@ -94,6 +89,19 @@ def log_likelihood(
     if not out:
         raise ValueError("log_likelihood: the data has no rows")
     return torch.cat(out)
+
+
+def require_prior(p_joint: Distribution, q: Distribution, who: str, consequence: str) -> None:
+    """A ValueError where ``p_joint`` is conditioned on a latent that ``q`` draws: the latent's prior :math:`p(z)` is
+    missing from it (``p`` passed for ``p * prior``), so the weights :math:`p(x, z) / q(z|x)` of `log_likelihood`,
+    `kizuna.inference.anomaly_score` and `kizuna.inference.impute_importance` would leave it out; ``consequence``
+    says what would be wrong, in ``who``'s words."""
+    drawn = [v for v in p_joint.cond_var if v in q.var]
+    if drawn:
+        latents = ", ".join(drawn)
+        raise ValueError(
+            f"{who}: p_joint is {p_joint.prob_text}, conditioned on {latents}, which q {q.prob_text} draws: the prior "
+            f"of {latents} is missing, so {consequence}; pass the joint, e.g. p_x_given_z * prior")
 
 
 def _check(p_joint: Distribution, q: Distribution, batch: Mapping[str, Any], device: torch.device | None) -> None:
@@ -141,12 +149,20 @@ def _device(*dists: Any) -> torch.device | None:
 
 
 def _dtype(*dists: Any) -> torch.dtype | None:
-    """The models' floating dtype (their first floating parameter or buffer's); ``None`` without one: the data keep
-    their floating dtype (float64 data were rounded to the default float32 for a model of no tensors)."""
-    for d in dists:
-        for t in itertools.chain(d.parameters(), d.buffers()):
-            if t.is_floating_point():
-                return t.dtype
+    """The models' floating dtype, which floating data are converted to: the widest of their floating parameters'
+    dtypes (torch's promotion of them all), or, where they have no floating parameter, of their floating buffers';
+    ``None`` without either: the data keep their floating dtype (float64 data were rounded to the default float32 for
+    a model of no tensors).
+
+    Parameters come first, so a float32 network beside float64 constants (a prior built from numpy values) gets
+    float32 data; the widest, not the first, so the choice does not depend on the order of the factors (the first
+    buffer made ``prior32 * decoder64`` of parameter-free factors float32, ``decoder64 * prior32`` float64) and no
+    data are rounded below the precision of a part of the model (float64 experts of a `ProductOfNormal` were fed
+    float32 data because of the product's own default-dtype prior buffers)."""
+    for tensors in (lambda d: d.parameters(), lambda d: d.buffers()):
+        found = {t.dtype for d in dists for t in tensors(d) if t.is_floating_point()}
+        if found:
+            return functools.reduce(torch.promote_types, found)
     return None
 
 
