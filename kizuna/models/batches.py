@@ -1,6 +1,6 @@
 """The mini-batches `Model.fit` trains on, and the checks of data at the data.
 
-`Batches` cuts a dict of tensors into mini-batches (or passes a ``DataLoader``'s dicts through),
+`Batches` cuts a dict of tensors (and per-row lists) into mini-batches (or passes a ``DataLoader``'s dicts through),
 moving them to the model's device and dtype. `prepare` converts what a user passes (numpy arrays become tensors,
 floating data takes the model's dtype, integer and boolean data keep theirs), and `first_nonfinite` names the first
 non-finite entry of a variable (its row and column), so that bad data is reported as data and not
@@ -37,7 +37,8 @@ def prepare(x_dict: Mapping[str, Any], dtype: torch.dtype | None, device: torch.
                             "array (e.g. torch.tensor(...))")
         if isinstance(value, np.ndarray):
             if value.dtype == object:
-                raise TypeError(f"{what}['{key}'] is a numpy array of Python objects; give numbers")
+                raise TypeError(f"{what}['{key}'] is a numpy array of Python objects; give numbers (objects such as "
+                                "strings go in a list)")
             value = torch.from_numpy(np.ascontiguousarray(value))
         if isinstance(value, torch.Tensor):
             if value.dim() > 0 and value.shape[0] == 0:
@@ -63,8 +64,9 @@ class Batch(NamedTuple):
 class Batches:
     """The mini-batches ``fit`` trains on: ``(rows, dict)`` pairs moved to the model's device.
 
-    ``data`` is a dict of tensors cut along their first dimension (numbers and 0-d tensors
-    are passed to every batch as they are), or a re-iterable of dicts such as a ``DataLoader``.
+    ``data`` is a dict of tensors cut along their first dimension, and of lists or tuples holding one item per row
+    (strings a network tokenises), cut and shuffled with them (numbers and 0-d tensors are passed to every batch as
+    they are; a list of another length is an error), or a re-iterable of dicts such as a ``DataLoader``.
     Names are checked against ``needed`` up front (for a loader, on its dataset's first item
     when that is what its batches are built from) and again on every loader batch. ``time_major`` names the
     variables the loss reads time first (``T x N x ...``): a loader batch holding one counts ``N`` rows (its
@@ -178,7 +180,8 @@ def _first_item(value: list[Any] | tuple[Any, ...]) -> Any:
 def _check_tensors(data: Mapping[str, Any], what: str) -> dict[str, Any]:
     for k, v in data.items():  # (torch's own error named neither the variable nor the cause)
         if isinstance(v, np.ndarray) and v.dtype == object:
-            raise TypeError(f"fit: {what}['{k}'] is a numpy array of Python objects; give numbers")
+            raise TypeError(f"fit: {what}['{k}'] is a numpy array of Python objects; give numbers (per-row objects "
+                            "such as strings go in a list, one item per row)")
         if _numbers_in_lists(v):
             raise TypeError(f"fit: {what}['{k}'] is a {type(v).__name__} of numbers; give a tensor or a numpy "
                             "array (e.g. torch.tensor(...))")
@@ -190,12 +193,27 @@ def _check_tensors(data: Mapping[str, Any], what: str) -> dict[str, Any]:
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"{k}: {n}" for k, n in sizes.items())
         raise ValueError(f"fit: the variables of {what} must share their first (batch) dimension, got {listed}")
-    if next(iter(sizes.values())) == 0:
+    n = next(iter(sizes.values()))
+    if n == 0:
         raise ValueError(f"fit: {what} has no rows")
+    for k, v in out.items():  # a per-row list (strings a network tokenises) was passed whole and in its own order
+        # to every batch while the tensors were shuffled and cut: rows silently paired with other rows' items
+        if isinstance(v, (list, tuple)) and len(v) != n:
+            tensors = ", ".join(sizes)
+            raise ValueError(
+                f"fit: {what}['{k}'] is a {type(v).__name__} of {len(v)} items, but the tensors of {what} ({tensors}) "
+                f"have {n} rows; fit cuts and shuffles a list or tuple with the rows, one item per row: give {n} "
+                "items (a value the same for every batch goes in as a number or a 0-d tensor, or into the network "
+                "itself)")
     return out
 
 
 def _rows(value: Any, rows: torch.Tensor) -> Any:
+    """The ``rows`` of a variable: of a tensor's first dimension, of a list's or tuple's items (one per row, checked
+    by `_check_tensors`); numbers and 0-d tensors as they are."""
+    if isinstance(value, (list, tuple)):
+        picked = [value[i] for i in rows.tolist()]
+        return tuple(picked) if isinstance(value, tuple) else picked
     if not isinstance(value, torch.Tensor) or value.dim() == 0:
         return value
     return value[rows.to(value.device)]

@@ -50,7 +50,9 @@ def fit(
     Args:
         model: a `kizuna.models.Model` (its `Model.step` and `Model.evaluate` are called).
         data: a dict of tensors (or numpy arrays) sharing their first (batch) dimension, cut into
-            mini-batches of ``batch_size``; or a ``DataLoader`` (any re-iterable) yielding dicts.
+            mini-batches of ``batch_size``; or a ``DataLoader`` (any re-iterable) yielding dicts. A list or tuple
+            in the dict holds one item per row (strings a network tokenises) and is cut and shuffled with the
+            tensors' rows (a ``ValueError`` names one of another length); numbers and 0-d tensors go to every batch.
             Floating data is converted to the model's dtype and device.
         epochs: how many epochs to add (``model.epoch`` counts them over calls and resumes).
         batch_size: mini-batch size for dict data (a DataLoader batches itself).

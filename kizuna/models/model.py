@@ -501,10 +501,14 @@ class Model:
         return loss, values[0], dict(zip(found, values[1:]))
 
     def _evaluator(self, loss_cls: Loss, checked: bool) -> Any:
-        """What evaluates ``loss_cls``: its data-parallel wrapper in a distributed fit, its compiled
-        ``eval`` with ``compile=``, else ``loss_cls.eval`` (steps under validation run eagerly)."""
+        """What evaluates ``loss_cls``: its data-parallel wrapper in a distributed fit's training steps (eagerly
+        ``loss_cls.eval`` in its evaluations without gradients, the validation pass), its compiled ``eval`` with
+        ``compile=``, else ``loss_cls.eval`` (steps under validation run eagerly)."""
         if self.parallel is not None and loss_cls is self.loss_cls:
-            return self.parallel
+            # validation needs none of DDP's hooks, and its forward broadcasts the buffers (batch-norm statistics) on
+            # the first evaluation after a step: a collective that a rank with no validation rows never joined, so
+            # every rank hung until the process group's timeout (`fit` made the buffers equal after the training pass)
+            return self.parallel if torch.is_grad_enabled() else loss_cls.eval
         if self._compile_args is None or checked or self.compile_error is not None or self.__dict__.get("_force_eager"):
             return loss_cls.eval
         fn = self._compiled.get(id(loss_cls))
