@@ -19,6 +19,7 @@ until they agree (Nakamura et al. 2018, arXiv:1712.00929).
 
 from __future__ import annotations
 
+import numbers
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -87,7 +88,9 @@ class Graph:
 
     Raises:
         GraphError: a cycle (named), a module without children, a parent outside the graph,
-            modules not connected to the rest (named), or two modules with the same name.
+            modules not connected to the rest (named), or two modules with the same name; from `update`, `fit` and
+            `save` too, when the wiring changed after the graph was built (a parent or a child connected to one of
+            its modules: the graph would run without it): build a new ``Graph([...])``.
     """
 
     def __init__(self, modules: Sequence[Module]) -> None:
@@ -98,6 +101,16 @@ class Graph:
             if not isinstance(m, Module):
                 raise TypeError(f"Graph: expected Module instances, got {type(m).__name__}")
         order = _post_order(modules)
+        self._validate(order)
+        self._name_uniquely(order)
+        self.modules: list[Module] = order
+        self._wiring = self._wiring_of(order)
+        self.iteration = 0  # sweeps run so far (a second fit continues the schedule)
+        self._context: UpdateContext | None = None
+
+    @staticmethod
+    def _validate(order: list[Module]) -> None:
+        """The wiring checks of the constructor on ``order`` (every module reachable through its ``children``)."""
         members = {id(m) for m in order}
         for m in order:
             if not isinstance(m, Observation) and not m.children:
@@ -109,10 +122,29 @@ class Graph:
         if len(comps) > 1:
             rest = [m.name for comp in comps[1:] for m in comp]
             raise GraphError(f"modules {rest} are not connected to {comps[0][0].name} and the rest of the graph")
-        self._name_uniquely(order)
-        self.modules: list[Module] = order
-        self.iteration = 0  # sweeps run so far (a second fit continues the schedule)
-        self._context: UpdateContext | None = None
+
+    @staticmethod
+    def _wiring_of(modules: list[Module]) -> list[tuple[int, ...]]:
+        """Each module's identity, children and parents, to tell a change of wiring after construction."""
+        return [(id(m), len(m.children), *map(id, m.children), *map(id, m.parents)) for m in modules]
+
+    def _check_wiring(self) -> None:
+        """Re-run the constructor's checks if a module was connected (or its ``parents`` / ``children`` edited)
+        since the graph was built: it ran the modules collected then, so a parent connected afterwards never ran
+        while its child dropped its own class weights for that parent's prior (silently another model)."""
+        if self._wiring_of(self.modules) == self._wiring:
+            return
+        order = _post_order(self.modules)  # a cycle is named
+        members = {id(m) for m in self.modules}
+        for m in self.modules:
+            added = [c.name for c in m.children if id(c) not in members]
+            if added:
+                raise GraphError(f"{m.name}'s child(ren) {added} are not in the graph (connected after it was built);"
+                                 " build a new Graph([...]) with them")
+        self._validate(order)
+        raise GraphError("the wiring of modules "
+                         f"{[m.name for m, w in zip(self.modules, self._wiring) if self._wiring_of([m]) != [w]]} "
+                         "changed after the graph was built; build a new Graph([...])")
 
     @staticmethod
     def _name_uniquely(order: list[Module]) -> None:
@@ -203,6 +235,7 @@ class Graph:
                 passed in kept the iteration it was made at: every sweep ran the first entry); a context asked for
                 a later iteration (``ctx.at(i)``) keeps its own.
         """
+        self._check_wiring()
         if ctx is None:
             self._context = self._context if self._context is not None else self.context()
             ctx = self._context
@@ -217,14 +250,15 @@ class Graph:
         """Run ``n_iter`` sweeps of mutual inference.
 
         Args:
-            n_iter: number of bottom-up sweeps.
+            n_iter: number of bottom-up sweeps (a Python or numpy integer).
             method, seed, schedule: see `context`. Every module draws from one generator seeded by
                 ``seed``; torch's global generator is left untouched.
             verbose: a progress bar (sweeps, and each class module's accuracy when it has labels);
                 ``None``: only when stderr is a terminal.
         """
-        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
-            raise ValueError(f"Graph.fit: n_iter must be a non-negative int, got {n_iter!r}")
+        if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 0:
+            raise ValueError(f"Graph.fit: n_iter must be a non-negative int (Python or numpy), got {n_iter!r}")
+        self._check_wiring()
         self._context = self.context(method, seed, schedule)
         quiet = not (sys.stderr.isatty() if verbose is None else verbose)
         with tqdm(range(n_iter), desc="graph", unit="sweep", disable=quiet, dynamic_ncols=True) as bar:
@@ -241,6 +275,7 @@ class Graph:
 
     def save(self, directory: str | Path) -> Path:
         """Write every module's state and a JSON manifest to ``directory``, atomically (see `persistence`)."""
+        self._check_wiring()
         return save_graph(self, directory)
 
     def load(self, directory: str | Path) -> Graph:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from kizuna._distances import squared_distances
@@ -76,19 +77,34 @@ def check_distributions(p: Tensor, name: str, owner: str) -> None:
         raise ValueError(f"{owner}: {name} rows must sum to 1, got{where} summing to {sums[off][0].item()}")
 
 
+def sequences_refused(X: list | tuple, owner: str) -> ValueError:
+    """The error for ``X`` given as a list of sequences: how to give their rows as one array and their lengths."""
+    sizes = [x.shape[0] if getattr(x, "ndim", 0) > 0 else len(x) if isinstance(x, list | tuple) else 1 for x in X]
+    which = "of different lengths" if len(set(sizes)) > 1 else "of lengths"
+    rows = (" (if each array is one row of a single sequence: np.stack(X))" if len(set(sizes)) == 1
+            and all(isinstance(x, np.ndarray | Tensor) and x.ndim == 1 for x in X) else "")
+    return ValueError(f"{owner}: X is a list of {len(X)} sequence{'s' if len(X) != 1 else ''} {which} "
+                      f"{sizes[:5]}{'...' if len(X) > 5 else ''}; give their rows as one array and their lengths: "
+                      f"fit(np.concatenate(X), lengths=[len(x) for x in X]){rows}")
+
+
 def as_sequences(X: Any, owner: str) -> Tensor:
-    """``X`` (the rows of every sequence, one after the other) as a tensor (`as_tensor`); a list of sequences of
-    different lengths (hmmlearn's common mistake: it raised numpy's "inhomogeneous shape", which names neither the
-    model nor ``lengths``) is refused with how to give them."""
+    """``X`` (the rows of every sequence, one after the other) as a tensor (`as_tensor`). A list of sequences
+    (hmmlearn's common mistake) is refused with how to give them: a list or tuple holding arrays or tensors (it
+    stacked to one sequence of ``len(X)`` steps, silently a model of other features for equal-length 1-D ones), lists
+    of different lengths (numpy's "inhomogeneous shape", which names neither the model nor ``lengths``) and nested
+    lists three deep. A list of rows is taken as nested lists of numbers, as scikit-learn's ``X``."""
+    if isinstance(X, list | tuple) and any(isinstance(x, np.ndarray | Tensor) and x.ndim > 0 for x in X):
+        raise sequences_refused(X, owner)
     try:
-        return as_tensor(X, "X", owner)
+        x = as_tensor(X, "X", owner)
     except ValueError:
         if isinstance(X, list | tuple) and len(X) > 1:
-            sizes = [len(x) if hasattr(x, "__len__") else 1 for x in X]
-            raise ValueError(f"{owner}: X is a list of {len(X)} sequences of different lengths {sizes[:5]}"
-                             f"{'...' if len(X) > 5 else ''}; give their rows as one array and their lengths: "
-                             "fit(np.concatenate(X), lengths=[len(x) for x in X])") from None
+            raise sequences_refused(X, owner) from None
         raise
+    if isinstance(X, list | tuple) and x.dim() > 2:  # nested lists of equal-length sequences
+        raise sequences_refused(X, owner)
+    return x
 
 
 def kmeans_centres(x: Tensor, k: int, g: torch.Generator, n_iter: int = 20) -> Tensor:
@@ -299,6 +315,8 @@ class Categorical:
 
     def as_data(self, X: Any, owner: str) -> Tensor:
         x = as_sequences(X, owner)
+        if isinstance(X, list | tuple) and x.dim() == 2 and x.shape[1] > 1:  # lists of symbols: sequences, not rows
+            raise sequences_refused(X, owner)
         x = x[:, 0] if x.dim() == 2 and x.shape[1] == 1 else x
         if x.is_floating_point():
             check_finite(x, "X", owner)
