@@ -19,9 +19,12 @@ their flattened values concatenated, a variable given one row repeated for every
 layer as ``y``. The prior may be conditional as well; the distribution's ``cond_var`` is the union.
 
 The density is one value per row. Draws made with a ``sample_shape``, ``(*sample_shape, batch, *features)``,
-are scored row by row (where the features' shape is known: the prior's, unless the flow reshapes), with a
-condition given per batch row taken for each draw, and summed as every family sums such draws: over every
-dimension but the first.
+are scored row by row, with a condition given per batch row taken for each draw, and summed as every family sums
+such draws: over every dimension but the first. The features' shape is the prior's where the flow keeps it;
+for a conditional prior (whose shape is known only from its condition) or a reshaping flow (`Squeeze`,
+`Flatten`) it is read from the flow's layers without running them (`kizuna.flows.Flow.row_shape`: a MAF takes
+vectors, a `Squeeze` images, ...). Where even that is unknown (a conditional prior under layers that take
+vectors and images alike, such as `ActNorm` alone) a value is scored as one batch of rows.
 
 Values go to the flow in its parameters' dtype: integer data and floating values of a narrower dtype are converted,
 floating values of a wider dtype (the data, the context, the prior's draw) are refused before the flow runs (outside
@@ -57,7 +60,7 @@ from kizuna.distributions.base import (
 )
 from kizuna.distributions.flow_matching import sample_n_with_context
 from kizuna.distributions.torch_dist import validation_enabled
-from kizuna.flows.base import Flow, drawing, scoring_data
+from kizuna.flows.base import Flow, RowShape, drawing, scoring_data
 from kizuna.formula.memo import memoized
 from kizuna.utils import _autocast_state
 
@@ -135,10 +138,26 @@ class _FlowDistribution(Distribution):
         context = self._check_dtype(context, f"the flow's context ({', '.join(self._flow_cond)})")
         return context
 
+    #: whether ``var`` is the flow's input, the prior's variable its output (`InverseTransformedDistribution`)
+    _var_is_flow_input = False
+
+    def _row_shape(self) -> RowShape:
+        """The shape of one row of ``var`` as the flow's layers give it from the prior's (`Flow.row_shape`; None
+        entries: sizes not known, None: not known at all). A conditional prior's features are not known (``()``)."""
+        return self.flow.row_shape(tuple(self.prior.features_shape) or None, self._var_is_flow_input)
+
     def _rows(self, value: Tensor, x_dict: Mapping[str, Any]) -> tuple[Tensor, Mapping[str, Any], torch.Size | None]:
-        """`draws_as_rows` with this distribution's features (None: a conditional prior's, a reshaping flow's, unknown:
-        the value is then scored as one batch) and conditioning variables."""
-        return draws_as_rows(value, x_dict, self.features_shape, self.input_var)
+        """`draws_as_rows` with this distribution's features and conditioning variables. Where ``features_shape``
+        is not known (a conditional prior's, a reshaping flow's: ``()``, the losses read it so) the row shape the
+        flow gives (`_row_shape`) is taken, its unknown sizes from the value: draws ``(S, B, D)`` of a VAE's IAF
+        posterior over an encoder went to the flow whole, whose first layer refused them as ``B`` features. A value
+        whose trailing dimensions do not fit, or any value where the row shape is not known, is scored as it is."""
+        features = self.features_shape
+        if not features and (shape := self._row_shape()) is not None:
+            lead = value.dim() - len(shape)
+            if lead > 1 and all(s is None or s == v for s, v in zip(shape, value.shape[lead:])):
+                features = value.shape[lead:]
+        return draws_as_rows(value, x_dict, features, self.input_var)
 
     def _per_draw(self, log_prob: Tensor, shape: torch.Size | None) -> Tensor:
         """The density of each row summed as `get_log_prob` sums draws made with a ``sample_shape``: every dimension
@@ -306,6 +325,8 @@ class InverseTransformedDistribution(_FlowDistribution):
     >>> torch.allclose(p.get_log_prob({"x": x}), prior.get_log_prob({"z": x}))  # a new MAF is the identity
     True
     """
+
+    _var_is_flow_input = True
 
     def __init__(self, prior: Distribution, flow: Flow, var: str | Sequence[str],
                  cond_var: str | Sequence[str] | None = None, name: str = "p") -> None:

@@ -37,6 +37,7 @@ class _AutoregressiveAffine(Flow):
     """Shared MADE bookkeeping; ``sign`` is -1 for MAF (``z = (x - mu) e^{-a}``) and +1 for IAF."""
 
     sign = 1.0
+    row_dims = 1
 
     def __init__(self, in_features: int, hidden_features: Sequence[int] = (64, 64), context_features: int = 0,
                  order: Sequence[int] | Tensor | None = None) -> None:

@@ -28,6 +28,9 @@ from torch import nn
 from kizuna._data import check_count
 
 Tensor = torch.Tensor
+#: the shape of one row (the batch dimension left out): a tuple of sizes, None for a size not known; None for rows of
+#: an unknown number of dimensions (see `Flow.row_shape`)
+RowShape = tuple[int | None, ...] | None
 
 _pass = threading.local()  # (per thread: a flow distribution's likelihood in one thread, a sample in another)
 
@@ -82,6 +85,10 @@ class Flow(nn.Module):
     #: the output's shape differs from the input's (reshapes): a flow distribution's ``features_shape`` is then
     #: not its base distribution's
     changes_shape: bool = False
+    #: the number of dimensions of one row the layer takes: 1 for vectors ``(B, D)`` (MAF, IAF, planar, spline,
+    #: BatchNorm1d), 3 for images ``(B, C, H, W)`` (Squeeze, BatchNorm2d); None where it takes several (ActNorm,
+    #: ChannelConv: either) or any
+    row_dims: int | None = None
 
     def __init__(self, in_features: int | None = None) -> None:
         super().__init__()
@@ -141,6 +148,21 @@ class Flow(nn.Module):
     def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """``x = f^{-1}(z)``."""
         return self.inverse_and_logdet(z, y)[0]
+
+    def row_shape(self, shape: RowShape, inverse: bool = False) -> RowShape:
+        """The shape of one row of the output of ``forward`` (of ``inverse`` with ``inverse=True``) for input rows of
+        ``shape`` (`RowShape`: None entries are sizes not known, None is an unknown number of dimensions), read from
+        the layer's definition without running it (a pass would initialise a data-dependent layer such as `ActNorm`).
+        A flow distribution reads the shape of its variable's rows from it where its prior's is not known (a
+        conditional prior) or the flow reshapes, to score draws made with a ``sample_shape`` row by row.
+
+        This default, for layers that keep the shape, returns ``shape``; rows of unknown shape are given the
+        dimensions `row_dims` says, the first of ``in_features`` where that is set."""
+        if shape is None and self.row_dims is not None:
+            shape = (None,) * self.row_dims
+        if shape and shape[0] is None and self._in_features is not None:
+            shape = (self._in_features, *shape[1:])
+        return shape
 
     def extra_repr(self) -> str:
         return f"in_features={self._in_features}" if self._in_features is not None else ""
@@ -210,3 +232,10 @@ class FlowList(Flow):
     @property
     def volume_preserving(self) -> bool:  # type: ignore[override]
         return all(f.volume_preserving for f in self.flow_list)
+
+    def row_shape(self, shape: RowShape, inverse: bool = False) -> RowShape:
+        """See `Flow.row_shape`: the layers' shapes in turn (backwards for the inverse), so that a layer of known
+        dimensions (a MAF's vectors, a `Squeeze`'s images, a `Flatten`'s output) fixes the rows it passes on."""
+        for flow in reversed(self.flow_list) if inverse else self.flow_list:
+            shape = flow.row_shape(shape, inverse)
+        return shape

@@ -10,6 +10,10 @@ lower-triangular :math:`L` and strictly upper-triangular :math:`U`, so
 :math:`\log|\det W| = \sum \ell` costs :math:`O(C)`. On vectors ``(B, C)`` it is an invertible
 linear layer (:math:`H = W = 1`).
 
+In float16 or bfloat16 (a model moved to ``.half()``) :math:`\log|\det W|` and :math:`W^{-1}` are computed in
+float32 and cast back (torch's ``slogdet`` and ``inv`` take no 16-bit matrices); the mixing itself runs in the
+layer's dtype.
+
 A Pixyz checkpoint loads as it is: Pixyz's decomposed layer keeps the same tensors under other names
 (``p``, ``sign_s``, ``l``, ``u``, ``log_s``; see `ChannelConv._load_from_state_dict`).
 """
@@ -22,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kizuna._data import computing_dtype
 from kizuna.flows.base import Flow, Tensor
 
 
@@ -78,7 +83,15 @@ class ChannelConv(Flow):
         return self.permutation @ lower @ upper
 
     def _logdet_w(self) -> Tensor:
-        return self.log_diag.sum() if self.decomposed else torch.linalg.slogdet(self.weight)[1]
+        if self.decomposed:
+            return self.log_diag.sum()
+        w = self.weight  # (16-bit: in float32, module docstring)
+        return torch.linalg.slogdet(w.to(computing_dtype(w.dtype)))[1].to(w.dtype)
+
+    def _inverse_matrix(self) -> Tensor:
+        """:math:`W^{-1}`, in float32 for a 16-bit layer (module docstring)."""
+        w = self.matrix()
+        return torch.linalg.inv(w.to(computing_dtype(w.dtype))).to(w.dtype)
 
     def _check(self, x: Tensor, what: str) -> None:
         super()._check(x, what)
@@ -95,7 +108,7 @@ class ChannelConv(Flow):
 
     def _inverse(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         pixels = math.prod(z.shape[2:])
-        return self._mix(torch.linalg.inv(self.matrix()), z), (-self._logdet_w() * pixels).expand(z.shape[0])
+        return self._mix(self._inverse_matrix(), z), (-self._logdet_w() * pixels).expand(z.shape[0])
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_features}, decomposed={self.decomposed}"

@@ -148,6 +148,7 @@ class AffineCoupling(_Coupling):
         if scale_net is None and scale_translate_net is None:
             self.default_net = _ContextMLP(in_features, context_features, hidden_features, 2 * in_features,
                                            "AffineCoupling")
+            self.row_dims = 1  # the default network takes vectors (a user's may take images)
 
     def get_parameters(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """:math:`(1-m)\\odot s(x_m)` and :math:`(1-m)\\odot t(x_m)`."""
@@ -210,6 +211,8 @@ class RationalQuadraticCoupling(_Coupling):
             zero-initialised MLP (the layer then starts as the identity).
         hidden_features, context_features: the default network's sizes.
     """
+
+    row_dims = 1
 
     def __init__(self, in_features: int, num_bins: int = 8, tail_bound: float = 3.0,
                  mask_type: str = "channel_wise", inverse_mask: bool = False, net: nn.Module | None = None,

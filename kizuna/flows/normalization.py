@@ -34,7 +34,8 @@ All three are per-channel affine maps :math:`z_c = (x_c - \mu_c)\, e^{\ell_c}`-s
   channel leaves :math:`z` unchanged). ``inverse`` in training mode uses the statistics of the last training-mode
   ``forward`` (as Pixyz), so ``f.inverse(f(x))`` gives back ``x`` in both modes; before any training-mode ``forward``
   it uses the running averages. The stored batch statistics are constants (detached): the inverse passes no gradient
-  to that earlier batch.
+  to that earlier batch. Input of another floating dtype than the layer's (float64 data into a float32 layer) is
+  computed in the promoted dtype, as ActNorm's, the statistics kept in the layer's.
 
 Pixyz's checkpoints load as they are (see the ``_load_from_state_dict`` methods): Pixyz keeps ActNorm's
 :math:`b, \ell` as ``bias`` and ``logs`` of shape ``(1, C, 1, 1)``, and BatchNorm2d's ``log_gamma``, ``beta``,
@@ -244,11 +245,14 @@ class _BatchNorm(Flow):
                              f"statistics), got input of shape {tuple(x.shape)}; use larger batches, or eval() mode")
         mean, var = _channel_stats(x)
         with torch.no_grad():
-            # a batch with a NaN or inf leaves the running statistics as they were (torch.where: no host-device sync)
+            # a batch with a NaN or inf leaves the running statistics as they were (torch.where: no host-device sync);
+            # they are kept in the layer's dtype: input of another dtype (float64 into a float32 layer) is computed
+            # in the promoted dtype, as ActNorm's (torch's lerp refused the mix, "expected dtype float for `end`")
             finite = torch.isfinite(mean).all() & torch.isfinite(var).all()
-            self.running_mean.copy_(torch.where(finite, self.running_mean.lerp(mean.detach(), self.momentum),
-                                                self.running_mean))
-            self.running_var.copy_(torch.where(finite, self.running_var.lerp(var.detach(), self.momentum),
+            kept = self.running_mean.dtype
+            self.running_mean.copy_(torch.where(finite, self.running_mean.lerp(mean.detach().to(kept),
+                                                                               self.momentum), self.running_mean))
+            self.running_var.copy_(torch.where(finite, self.running_var.lerp(var.detach().to(kept), self.momentum),
                                                self.running_var))
             self.batch_mean.copy_(mean.detach())
             self.batch_var.copy_(var.detach())
@@ -303,9 +307,11 @@ class BatchNorm1d(_BatchNorm):
     """Batch normalisation flow on vectors ``(B, C)`` (module docstring)."""
 
     n_dims = 2
+    row_dims = 1
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation flow on images ``(B, C, H, W)``, statistics per channel (module docstring)."""
 
     n_dims = 4
+    row_dims = 3

@@ -45,6 +45,8 @@ class PlanarFlow(Flow):
     True
     """
 
+    row_dims = 1
+
     def __init__(self, in_features: int, constraint_u: bool = True) -> None:
         super().__init__(in_features)
         # Pixyz's start: w, b and u drawn in this order from U(-1/sqrt(D), 1/sqrt(D)), so that a seeded program

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from kizuna.flows.base import Flow, Tensor
+from kizuna.flows.base import Flow, RowShape, Tensor
 
 
 def squeeze2x2(x: Tensor) -> Tensor:
@@ -27,6 +27,11 @@ def unsqueeze2x2(z: Tensor) -> Tensor:
     return z.reshape(b, c // 4, 2 * h, 2 * w)
 
 
+def _scaled(size: int | None, times: int = 1, over: int = 1) -> int | None:
+    """``size * times // over``, None for a size not known (`Flow.row_shape`)."""
+    return None if size is None else size * times // over
+
+
 class Squeeze(Flow):
     """:math:`(C, H, W) \\to (4C, H/2, W/2)` (module docstring).
 
@@ -37,9 +42,22 @@ class Squeeze(Flow):
     """
 
     volume_preserving = changes_shape = True
+    row_dims = 3
+    _squeezes = True  # (`Unsqueeze`: the other way round)
 
     def __init__(self) -> None:
         super().__init__(None)
+
+    def row_shape(self, shape: RowShape, inverse: bool = False) -> RowShape:
+        """See `Flow.row_shape`: ``(C, H, W)`` to ``(4C, H/2, W/2)`` (the other way for the inverse); None for rows
+        that are not images (the layer refuses them)."""
+        shape = super().row_shape(shape, inverse)
+        if shape is None or len(shape) != 3:
+            return None
+        c, h, w = shape
+        if self._squeezes != inverse:
+            return _scaled(c, times=4), _scaled(h, over=2), _scaled(w, over=2)
+        return _scaled(c, over=4), _scaled(h, times=2), _scaled(w, times=2)
 
     def _check(self, x: Tensor, what: str) -> None:
         super()._check(x, what)
@@ -66,6 +84,8 @@ class Squeeze(Flow):
 class Unsqueeze(Squeeze):
     """:math:`(C, H, W) \\to (C/4, 2H, 2W)`, the inverse of `Squeeze`."""
 
+    _squeezes = False
+
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         return self._unsqueeze(x, "x"), x.new_zeros(x.shape[0])
 
@@ -91,6 +111,14 @@ class Flatten(Flow):
     def __init__(self, in_size: tuple[int, ...] | None = None) -> None:
         super().__init__(None)
         self.in_size = None if in_size is None else tuple(in_size)
+
+    def row_shape(self, shape: RowShape, inverse: bool = False) -> RowShape:
+        """See `Flow.row_shape`: ``s`` to ``(prod s,)``; the inverse gives ``in_size`` (None while it is unknown)."""
+        if inverse:
+            return self.in_size
+        if shape is None and self.in_size is not None:
+            shape = self.in_size
+        return (None if shape is None or any(s is None for s in shape) else math.prod(shape),)  # type: ignore[misc]
 
     def _forward(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.in_size is not None and tuple(x.shape[1:]) != self.in_size:
