@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import non_negative_int, positive_int, seed_arg  # noqa: E402
+from _args import non_negative_int, positive_float, positive_int, seed_arg  # noqa: E402
 
 from kizuna.metrics.segmentation import segmentation_scores  # noqa: E402
 from kizuna.modules.npylm import NPYLM, gibbs_sweep, temperatures  # noqa: E402
@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=non_negative_int, default=30, help="Gibbs sweeps (default 30)")
     parser.add_argument("--seed", type=seed_arg, default=0)
-    parser.add_argument("--max-word-length", type=int, default=10)
-    parser.add_argument("--char-order", type=int, default=3)
-    parser.add_argument("--anneal", type=float, default=1.0, help="starting temperature (default 1: no annealing)")
-    parser.add_argument("--init-length", type=int, default=None,
+    parser.add_argument("--max-word-length", type=positive_int, default=10)
+    parser.add_argument("--char-order", type=positive_int, default=3)
+    parser.add_argument("--anneal", type=positive_float, default=1.0,
+                        help="starting temperature, a finite number > 0 (default 1: no annealing)")
+    parser.add_argument("--init-length", type=positive_int, default=None,
                         help="start from words of 1..this many phonemes (default: Mochihashi's sequential start)")
     parser.add_argument("--length-correction", action="store_true", help="Poisson word-length correction")
     parser.add_argument("--data", type=Path, default=BRENT, help="br-phono.txt (default ../shared/data/brent/)")

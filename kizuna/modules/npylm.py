@@ -26,7 +26,8 @@ restaurant are visited in Python for their count part :math:`A`. The forward pas
 matrix-vector product per position, :math:`\alpha[a + k, \cdot] \mathrel{+}= P[a, \cdot, \cdot]\, \alpha[a, \cdot]`.
 The last word is drawn :math:`\propto \alpha[T, k]\, p(\text{EOS}\mid w)`, then each previous one
 :math:`\propto \alpha[t, j]\, P[t, k, j]`. Rows are rescaled to sum to one (scales cancel in every
-draw). :meth:`NPYLM.viterbi` runs the same recursion with max. Hyper-parameters :math:`(d, \theta)` of
+draw), each assembled against its largest contribution (`scaled_forward`), so large boosts do not
+overflow. :meth:`NPYLM.viterbi` runs the same recursion with max. Hyper-parameters :math:`(d, \theta)` of
 both models (and :math:`\lambda` of the optional word-length correction, `kizuna.modules.npylm_length`)
 are resampled after every sweep. The chain starts as Mochihashi et al.'s does: from an empty model,
 the first sweep segments each utterance given those added before it (`gibbs_sweep` with empty
@@ -344,7 +345,7 @@ class NPYLM:
         part is one outer product; only the contexts with a restaurant are visited in Python. ``power`` is a
         positive finite number and every ``boost`` a finite number >= 0; a ValueError naming them otherwise (they were
         blamed on the data: "no segmentation has positive probability", and ``power=0`` gave impossible words
-        probability 1).
+        probability 1), and where a boost raised to ``power`` leaves a float's range.
         """
         check_positive("NPYLM: power", power)
         big_l, t_len = self.max_word_length, len(s)
@@ -370,30 +371,45 @@ class NPYLM:
             back_off = self._context_part(s[t_len - k:], [EOS], cell, d, theta)
             eos[k] = cell[1] + back_off * p_eos
         if power != 1.0:
-            table, eos = table**power, eos**power
+            with np.errstate(over="ignore"):  # (an infinite cell is refused just below)
+                table, eos = table**power, eos**power
+            if boost is not None and power > 1 and not np.isfinite(table).all():
+                top = float(weight.max())
+                raise ValueError(f"NPYLM: the boosts raised to the power {power!r} leave a float's range (the largest "
+                                 f"boost is {top:.6g}, to the power {power!r} exp({power * math.log(top):.6g}); a "
+                                 "temperature below 1 with a large boost): give a smaller boost or power")
         return table, eos
 
     def forward(self, table: np.ndarray, viterbi: bool = False) -> np.ndarray:
         """The forward table :math:`\\alpha` ((T+1)×(L+1)) of a `bigram_table`, rows rescaled to sum to one.
 
         :math:`\\alpha[a + k, k] = \\sum_j P[a, k, j]\\, \\alpha[a, j]` (with ``viterbi``, the maximum);
-        :math:`\\alpha[0, 0] = 1`. Row :math:`t` is kept relative to the scale of row :math:`\\max(t - L, 0)`,
-        its first contributing row, so the scales cancel within every row.
+        :math:`\\alpha[0, 0] = 1`. Each row is scaled against its largest contribution (`scaled_forward`), so
+        boosts up to a float's range do not overflow however many of them fit in :math:`L` symbols.
         """
+        return self._forward(table, viterbi)[0]
+
+    def _forward(self, table: np.ndarray, viterbi: bool = False) -> tuple[np.ndarray, list[float]]:
+        """`forward`'s table and each row's log scale (row t holds the true row divided by exp(scale[t]))."""
         t_len, big_l = table.shape[0], self.max_word_length
         alpha = np.zeros((t_len + 1, big_l + 1))
         alpha[0, 0] = 1.0
-        log_scale = [0.0] * (t_len + 1)  # row t holds the true row divided by exp(log_scale[t])
-        for a in range(t_len):  # scalar writes: the rows are short, numpy calls would cost more
-            n_k = min(big_l, t_len - a)
-            cells = (table[a, 1:n_k + 1] * alpha[a]).max(1) if viterbi else table[a, 1:n_k + 1] @ alpha[a]
-            for k, cell in enumerate(cells.tolist(), 1):
-                alpha[a + k, k] = cell * math.exp(log_scale[a] - log_scale[max(a + k - big_l, 0)])
-            z = alpha[a + 1].sum()
-            if z > 0:
-                alpha[a + 1] /= z
-                log_scale[a + 1] = log_scale[max(a + 1 - big_l, 0)] + math.log(z)
-        return alpha
+
+        def cells(a: int) -> np.ndarray:
+            block = table[a, 1:min(big_l, t_len - a) + 1]
+            return (block * alpha[a]).max(1) if viterbi else block @ alpha[a]
+
+        return alpha, scaled_forward(alpha, cells)
+
+    def log_evidence(self, s: str, boost: Callable[[str], float] | None = None, power: float = 1.0) -> float:
+        """The forward pass's total, :math:`\\log \\sum_\\text{seg} \\bigl(p(\\text{seg}, \\text{EOS})
+        \\prod_w \\text{boost}(w)\\bigr)^\\text{power}` over every segmentation of ``s`` (``-inf`` when none has
+        positive weight; for tests)."""
+        _nonempty(s)
+        table, eos = self.bigram_table(s, boost, power)
+        alpha, log_scale = self._forward(table)
+        total = float((alpha[len(s)] * eos).sum())
+        return math.log(total) + log_scale[len(s)] if total > 0 else -math.inf
 
     def _backward(self, s: str, alpha: np.ndarray, table: np.ndarray, eos: np.ndarray,
                   rng: np.random.Generator | None) -> list[str]:
@@ -422,6 +438,8 @@ class NPYLM:
         _nonempty(s)
         table, eos = self.bigram_table(s, boost, power)
         alpha = self.forward(table)
+        if n and boost is not None and not (alpha[len(s)] * eos).sum() > 0:
+            _zero_boosts(s, alpha, boost)
         return [self._backward(s, alpha, table, eos, rng) for _ in range(n)]
 
     def viterbi(self, s: str) -> list[str]:
@@ -452,6 +470,69 @@ class NPYLM:
             total += np.log(self.words.prob(w, (prev,)))
             prev = w
         return float(total)
+
+
+def scaled_forward(alpha: np.ndarray, cells: Callable[[int], np.ndarray]) -> list[float]:
+    """Fill rows 1..T of a forward table ``alpha`` ((T+1)×...×(L+1), the last word's length last; row 0 given,
+    scale 1) in place, each rescaled to sum to one, and return each row's log scale (row t holds the true row
+    divided by exp(scale[t])).
+
+    ``cells(a)`` gives row ``a``'s contributions (n×..., in row ``a``'s units) to the cells ``[a + k, ..., k]``,
+    ``k = 1..n``; it is called once row ``a`` is final. Row t is assembled when its last contributor (t − 1) is
+    done, relative to its largest contribution: every factor is :math:`\\exp(\\text{scale}[t-k] + \\log
+    \\text{peak}_k - \\max) \\le 1`, so no product of several boosts overflows (a contribution below e^-745 of the
+    row's largest underflows to 0). A row without mass (every word ending there weighs 0) stays 0, its log scale
+    ``-inf``, and adds nothing to later rows (the boosts' product overflowed, or a row of zeros reset the scale to 0
+    and the next factor raised OverflowError, when rows were scaled against their first contributor's scale).
+    """
+    t_len, big_l = alpha.shape[0] - 1, alpha.shape[-1] - 1
+    log_scale = [0.0] + [-math.inf] * t_len
+    vector = alpha.ndim > 2
+    blocks: list[np.ndarray] = []  # blocks[a]: row a's contributions (with several cells each)
+    peaks: list[list[float]] = []  # peaks[a][k - 1]: the largest cell of row a's contribution to row a + k
+    log, exp = math.log, math.exp
+    for a in range(t_len):
+        c = cells(a)
+        if vector:
+            blocks.append(c)
+            c = c.reshape(len(c), -1).max(1)
+        peaks.append(c.tolist())
+        t = a + 1
+        ks, logs = [], []
+        for b in range(max(t - big_l, 0), t):  # row t's contributors b = t - k
+            peak = peaks[b][t - b - 1]
+            if peak > 0:
+                ks.append(t - b)
+                logs.append(log_scale[b] + log(peak))
+        if not ks:
+            continue
+        top = max(logs)
+        if vector:
+            for k, v in zip(ks, logs):
+                alpha[t, ..., k] = blocks[t - k][k - 1] / peaks[t - k][k - 1] * exp(v - top)
+            z = float(alpha[t].sum())
+            alpha[t] /= z
+        else:  # one cell per contribution: Python floats, no numpy call per cell
+            row = [0.0] * (big_l + 1)
+            for k, v in zip(ks, logs):
+                row[k] = exp(v - top)
+            z = sum(row)
+            alpha[t] = [r / z for r in row]
+        log_scale[t] = top + log(z)
+    return log_scale
+
+
+def _zero_boosts(s: str, alpha: np.ndarray, boost: Callable[[str], float]) -> None:
+    """`NPYLM.sample` found no segmentation of positive weight: a ValueError naming the first position every word
+    ending at which has boost 0 (an OverflowError of the forward pass, or blamed on the data, before)."""
+    t = next((t for t in range(1, len(s) + 1) if not alpha[t].sum() > 0), None)
+    if t is None:  # (the end-of-utterance weights underflowed at a large power: _backward says so)
+        return
+    words = [s[t - k:t] for k in range(1, min(alpha.shape[1] - 1, t) + 1)]
+    if all(_log_boost(boost, w) == -math.inf for w in words):
+        raise ValueError(f"NPYLM: no segmentation of {s!r} has positive weight under the boost: every word ending at "
+                         f"position {t} ({', '.join(map(repr, words))}) has boost 0; give one of them a positive "
+                         "boost")
 
 
 def _customers(words: Sequence[str], rng: np.random.Generator) -> list[tuple]:

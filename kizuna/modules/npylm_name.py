@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kizuna._data import check_int, check_positive
-from kizuna.modules.npylm import Undo, all_or_nothing, in_steps
+from kizuna.modules.npylm import Undo, all_or_nothing, in_steps, scaled_forward
 from kizuna.modules.npylm_slot import ConceptNames
 
 if TYPE_CHECKING:
@@ -202,25 +202,17 @@ def name_table(model: NPYLM, s: str, n: int, slots: NameSlots, caller: str = "na
 def name_forward(x: np.ndarray, viterbi: bool = False) -> tuple[np.ndarray, list[float]]:
     """The forward table (T+1)×3×(L+1) of `name_table`'s ``x`` (with ``viterbi``, the maximum over the previous
     word instead of the sum), rows rescaled to sum to one, and each row's log scale (row t holds the true row
-    divided by exp(scale[t]))."""
+    divided by exp(scale[t])); each row is scaled against its largest contribution (`scaled_forward`)."""
     t_len, big_l = x.shape[0], x.shape[1] - 1
     alpha = np.zeros((t_len + 1, 3, big_l + 1))
     alpha[0, 0, 0] = 1.0
     flat = x.reshape(t_len, big_l + 1, 3, 3 * (big_l + 1))
-    log_scale = [0.0] * (t_len + 1)
-    for a in range(t_len):
-        n_k = min(big_l, t_len - a)
-        if viterbi:
-            cells = (flat[a, 1:n_k + 1] * alpha[a].ravel()).max(-1)  # (n_k, 3)
-        else:
-            cells = flat[a, 1:n_k + 1] @ alpha[a].ravel()
-        for k in range(1, n_k + 1):
-            alpha[a + k, :, k] = cells[k - 1] * math.exp(log_scale[a] - log_scale[max(a + k - big_l, 0)])
-        z = alpha[a + 1].sum()
-        if z > 0:
-            alpha[a + 1] /= z
-            log_scale[a + 1] = log_scale[max(a + 1 - big_l, 0)] + math.log(z)
-    return alpha, log_scale
+
+    def cells(a: int) -> np.ndarray:  # (n_k, 3)
+        block = flat[a, 1:min(big_l, t_len - a) + 1]
+        return (block * alpha[a].ravel()).max(-1) if viterbi else block @ alpha[a].ravel()
+
+    return alpha, scaled_forward(alpha, cells)
 
 
 def name_log_evidence(model: NPYLM, s: str, n: int, slots: NameSlots) -> float:
