@@ -97,7 +97,9 @@ class Normal(TorchDistribution):
         loc, scale = self._buffers["loc"], self._buffers["scale"]
         if loc.requires_grad or scale.requires_grad:
             return None
-        rows = batch_n if batch_n is not None else (batch_size_of(x_dict) or 1)
+        rows = batch_n if batch_n is not None else batch_size_of(x_dict)
+        if rows is None:  # no batch at all: one row (values with zero rows draw zero, as `_rows`)
+            rows = 1
         return torch.randn((rows, *features), dtype=loc.dtype, device=loc.device)
 
     def _plan_standard_draw(self) -> tuple[Any, torch.Size | None]:
@@ -440,6 +442,30 @@ def on_simplex(value: Tensor) -> bool:
     return bool((value >= 0).all() & ((value.sum(-1) - 1).abs() <= tol).all())
 
 
+class _PositiveExp(D.transforms.ExpTransform):
+    """torch's ``exp`` from the log-space Concrete draw to the simplex, its results below the dtype's smallest normal
+    number (``torch.finfo(dtype).tiny``) raised to it, as torch's ``RelaxedBernoulli`` clamps its draws: a float32 draw
+    at a low temperature has entries :math:`e^{-150}` that rounded to exactly 0, where the Concrete density (through
+    ``log x``) is NaN. A category of probability 0 (a logit of -inf, its log-space draw -inf) stays exactly 0. The
+    draws torch makes otherwise, bit for bit."""
+
+    def _call(self, x: Tensor) -> Tensor:
+        return torch.where(x == -math.inf, 0.0, x.exp().clamp_min(torch.finfo(x.dtype).tiny))
+
+
+class _TorchRelaxedOneHotCategorical(D.RelaxedOneHotCategorical):
+    """torch's ``RelaxedOneHotCategorical`` whose draws have no entry of exactly 0 (`_PositiveExp`); its density is
+    torch's."""
+
+    def __init__(self, temperature: Tensor, probs: Tensor | None = None, logits: Tensor | None = None,
+                 validate_args: bool | None = None) -> None:
+        super().__init__(temperature, probs, logits, validate_args=validate_args)
+        self.transforms = [_PositiveExp()]
+
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance: Any = None) -> D.RelaxedOneHotCategorical:
+        return super().expand(batch_shape, self._get_checked_instance(_TorchRelaxedOneHotCategorical, _instance))
+
+
 class Concrete(TorchDistribution):
     r"""Concrete (Gumbel-softmax) over the open simplex of the last feature dimension: ``temperature``,
     ``probs`` or ``logits``.
@@ -448,9 +474,18 @@ class Concrete(TorchDistribution):
     Concrete density (Jang et al. 2016, arXiv:1611.01144; torch's ``RelaxedOneHotCategorical``, which takes
     one temperature for the whole batch). `RelaxedCategorical` samples the same way but scores with the
     categorical likelihood, as Pixyz does.
+
+    An entry of a draw below the dtype's smallest normal number, ``torch.finfo(dtype).tiny`` (1.2e-38 in float32),
+    is raised to it, as torch's ``RelaxedBernoulli`` clamps its draws: a float32 draw at a low temperature has
+    entries that rounded to exactly 0 (255 of 2,000 draws at temperature 0.05 with logits (0.3, -1, 2)), where the
+    density, computed through ``log x``, was NaN. Every draw of the family has a finite density (that of the point
+    drawn, the same as float64 scoring of it), unless a category has probability 0 (a logit of -inf), which is
+    exactly 0 in every draw. A value with an entry exactly 0 (a vertex or a face of the simplex, e.g. a one-hot
+    label) has no Concrete density: validation refuses it, naming the row; unchecked, its density is NaN.
+    `RelaxedCategorical` scores such values.
     """
 
-    torch_class = D.RelaxedOneHotCategorical
+    torch_class = _TorchRelaxedOneHotCategorical
     param_names = ("temperature", "probs", "logits")
     param_constraints = {"temperature": constraints.positive}  # torch does not check it
     moments_hint = "; RelaxedCategorical draws the same way and has the categorical's moments"
@@ -464,6 +499,18 @@ class Concrete(TorchDistribution):
 
     def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
         """See `TorchDistribution._check_support`: the simplex within the rounding of the value's dtype
-        (`on_simplex`), which the family's own float32 draws at a low temperature need."""
-        if self.validate_value and value.numel() and not on_simplex(value):
+        (`on_simplex`), which the family's own float32 draws at a low temperature need; and no entry of exactly 0,
+        where the density is NaN (the family's own draws have none, see the class docstring)."""
+        if not (self.validate_value and value.numel()):
+            return
+        if not on_simplex(value):
             super()._check_support(value, dist)  # (torch's tighter check then fails too, and names the value)
+        zero = (value == 0).any(-1)
+        if bool(zero.any()):
+            row = tuple(torch.nonzero(zero)[0].tolist())
+            where = f"row {row[0]}" if len(row) == 1 else f"index {row}"
+            raise ValueError(f"{self.prob_text}: value of {self._var[0]} has an entry exactly 0 ({where}): the "
+                             f"{type(self).__name__} density is defined on the open simplex only (NaN at a vertex or a "
+                             "face; the family's own draws have none, unless a category has probability 0); score "
+                             "one-hot or hard values with RelaxedCategorical (the categorical likelihood), or clamp "
+                             f"them to torch.finfo({value.dtype}).tiny")

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from kizuna.distributions.base import Tensor, XDict, sum_rows
 from kizuna.distributions.families import BinaryConcrete, Concrete, _TorchOneHotCategorical, on_simplex
-from kizuna.distributions.torch_dist import TorchDistribution, _without_entries, validation_enabled
+from kizuna.distributions.torch_dist import TorchDistribution, _floating_like, _without_entries, validation_enabled
 from kizuna.formula.expr import values_dict
 
 DEFAULT_TEMPERATURE = 0.1  # Pixyz's default
@@ -59,10 +59,10 @@ class _DiscreteScoring(TorchDistribution):
         """See `TorchDistribution._compute_params`; the temperature defaults to 0.1 when neither a constant,
         a conditioning variable nor ``forward`` gives it."""
         params = super()._compute_params(x_dict)
-        if params.get("temperature") is None:
-            like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
-            params["temperature"] = torch.tensor(DEFAULT_TEMPERATURE, dtype=like.dtype if like is not None else None,
-                                                 device=like.device if like is not None else None)
+        if params.get("temperature") is None:  # in the parameters' dtype, as a number given for it (`_numbers_like`)
+            like = _floating_like(params.values())
+            params["temperature"] = torch.tensor(DEFAULT_TEMPERATURE, dtype=like[0] if like is not None else None,
+                                                 device=like[1] if like is not None else None)
         return params
 
     def _discrete(self, x_dict: Mapping[str, Any]) -> D.Distribution:

@@ -19,12 +19,17 @@ Densities and samplers are torch's. A family may also define closed forms in its
 the parameter tensors without building a ``torch.distributions`` object; they are the only path
 for that family (tested against torch in tests/test_families.py).
 
-A scored value of a wider floating dtype than the parameters (float64 data, a float32 family): constants given as
-Python numbers, where the distribution holds them as given (no ``forward`` or ``get_params`` of a subclass), are
-taken exactly in the value's dtype, as they follow a conditioning value's dtype (`TorchDistribution._scoring_params`;
-built once per dtype for a constant distribution). Parameters computed by a network or given as tensors are used in
-their own dtype: their float32 values gain nothing in float64, and the value meets them as the family's arithmetic
-combines them (torch's promotion; Bernoulli's kernel and torch's Gamma cast the value to the parameters' dtype).
+A constant given as a Python number is the number itself in the dtype of the tensors it meets: the parameters from
+the inputs and the constants given as tensors (the widest of their dtypes, whatever the keyword order:
+``Normal(scale=0.1, loc=<float64>)`` holds a float64 0.1), for draws, densities, moments and entropies alike
+(`TorchDistribution._numbers_like`); without any, its buffer's dtype (the default one, or ``.to()``'s). A scored value
+of a wider floating dtype than the parameters (float64 data, a float32 family): constants given as Python numbers,
+where the distribution holds them as given (no ``forward`` or ``get_params`` of a subclass), are taken exactly in the
+value's dtype (`TorchDistribution._scoring_params`; built once per dtype for a constant distribution), and in a
+closed-form KL in the other side's where it is the wider (`TorchDistribution.kl_to`). Parameters computed by a
+network or given as tensors are used in their own dtype: their float32 values gain nothing in float64, and the value
+meets them as the family's arithmetic combines them (torch's promotion; Bernoulli's kernel and torch's Gamma cast the
+value to the parameters' dtype).
 
 Validation is torch's switch (``torch.distributions.Distribution.set_default_validate_args``,
 or `validation` here): while it is on, parameters are checked by torch's own constructor and
@@ -650,14 +655,14 @@ class TorchDistribution(Distribution):
                 # an integer or boolean value as a parameter (loc="m" with m int64): a floating one, in the constants'
                 # dtype (sampling failed with "normal_kernel_cpu not implemented for 'Long'", Bernoulli's log-density
                 # in torch.finfo)
-                floats = [b for b in self._buffers.values() if b is not None and b.is_floating_point()]
-                value = value.to(floats[0].dtype if floats else torch.get_default_dtype())
+                floats = _floating_like(self._buffers.values())  # (the widest: independent of the keyword order)
+                value = value.to(floats[0] if floats is not None else torch.get_default_dtype())
             if isinstance(value, Tensor) and value.shape == self._features_shape and value.dim():
                 # a condition of the declared features' shape has no batch dimension: a batch of one (sample drew
                 # one row per feature, while its density and mean took it as one row)
                 value = value.unsqueeze(0)
             params[key] = value
-        like: Any = False  # the first floating parameter from the inputs, found when a number needs it
+        like: Any = False  # the (dtype, device) of the tensors the numbers meet, found when a number needs it
         for key in self._const_names:
             if key in params:
                 continue
@@ -665,21 +670,39 @@ class TorchDistribution(Distribution):
                 value = self._parameters[key].unsqueeze(0)
             else:
                 value = self._buffers[key]
-            if key in self._expand:
-                value = value.expand(self._expand[key])
-            elif key in self._numbers:
-                if like is False:
-                    like = next((v for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()),
-                                None) if params else None
-                if like is not None and (value.dtype != like.dtype or value.device != like.device):
+            if key in self._numbers:
+                if like is False:  # (all the tensors, whatever the keyword order: `_numbers_like`)
+                    like = self._numbers_like(params)
+                if like is not None and (value.dtype != like[0] or value.device != like[1]):
                     # the number itself in the inputs' precision while the buffer holds it; a buffer changed since
                     # (load_state_dict, an annealed scale's fill_) is converted, not replaced by the old number
-                    value = torch.full(value.shape, self._numbers[key], dtype=like.dtype, device=like.device) \
-                        if self._holds_numbers() else value.to(dtype=like.dtype, device=like.device)
+                    value = torch.full(value.shape, self._numbers[key], dtype=like[0], device=like[1]) \
+                        if self._holds_numbers() else value.to(dtype=like[0], device=like[1])
+            if key in self._expand:
+                value = value.expand(self._expand[key])
             params[key] = value
         for key, value in self._static.items():
             params.setdefault(key, value)
         return params
+
+    def _numbers_like(self, params: Mapping[str, Any]) -> tuple[torch.dtype, torch.device] | None:
+        """The dtype and device that the constants given as Python numbers take in `_compute_params`: those of the
+        floating tensors they meet, the parameters from the inputs (``params``, forward's and the variables') and the
+        constants given as tensors, the widest dtype among them (torch's promotion, in which the family's arithmetic
+        combines them) and the first one's device; None where there is none (the numbers keep their buffers' dtype:
+        the default dtype, or the one ``.to()`` gave them). Found among all of them, not among those placed before
+        the number: ``Normal(scale=0.1, loc=<float64>)`` held float32's 0.10000000149 where ``Normal(loc=<float64>,
+        scale=0.1)`` held 0.1, and a relaxed family's temperature, given first, was always float32."""
+        found = _floating_like(params.values())
+        rest = [self._parameters[k] if k in self._parameters else self._buffers[k] for k in self._const_names
+                if k not in self._numbers and k not in params]
+        if rest:
+            more = _floating_like(rest)
+            if found is None:
+                found = more
+            elif more is not None:
+                found = (torch.promote_types(found[0], more[0]), found[1])
+        return found
 
     def _buffers_stamp(self) -> list[tuple[Any, int | None, int | None]]:
         """Each buffer with torch's version counter (advanced by every in-place write to the tensor: ``fill_``,
@@ -910,7 +933,15 @@ class TorchDistribution(Distribution):
     def kl_to(self, params: dict[str, Any], other: TorchDistribution, other_params: dict[str, Any],
               per_feature: bool = False) -> Tensor:
         r""":math:`D_{KL}[self\|other]` in closed form from both parameter sets, per row (or per feature):
-        the family's `_kl_kernel` when it has one, else torch's registry (validation adds the checks only)."""
+        the family's `_kl_kernel` when it has one, else torch's registry (validation adds the checks only). A side's
+        constants given as Python numbers are taken exactly in the other side's dtype where it is the wider one
+        (`_numbers_exact_in`; a prior ``Normal(loc=0., scale=0.1)`` against a float64 posterior: 0.1, not float32's
+        0.10000000149, as its log-density of a float64 value takes it)."""
+        if self._holds_numbers_as_given() or other._holds_numbers_as_given():
+            found = _floating_like([*params.values(), *other_params.values()])
+            if found is not None:
+                params = self._numbers_exact_in(params, found[0])
+                other_params = other._numbers_exact_in(other_params, found[0])
         if validation_enabled():  # the checks of both parameter sets; the computation below is the same
             self._build(params, not per_feature)
             other._build(other_params, not per_feature)
@@ -950,7 +981,8 @@ class TorchDistribution(Distribution):
     # ------------------------------------------------------ sample / density
     def _rows(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None) -> int | None:
         """The number of rows to draw: ``batch_n``; else the parameters' rows; parameters with one row
-        (constants) broadcast to the rows of the other values in ``x_dict``."""
+        (constants) broadcast to the rows of the other values in ``x_dict`` (zero rows too: an empty batch draws
+        none); one row where no value has a batch dimension."""
         if batch_n is not None:
             return batch_n
         rows = self._param_rows(params)
@@ -960,7 +992,8 @@ class TorchDistribution(Distribution):
         if unbatched:  # conditions without a batch dimension are one row, not their features as rows; the other values'
             # rows still broadcast the parameters
             x_dict = {k: v for k, v in x_dict.items() if k not in unbatched}
-        return batch_size_of(x_dict) or 1
+        rows = batch_size_of(x_dict)
+        return 1 if rows is None else rows  # no batch at all: one row; values with zero rows: zero rows
 
     def _param_rows(self, params: dict[str, Any]) -> int:
         """The parameters' own rows: the first dimension of the first batched tensor parameter (1 without one)."""
@@ -1202,7 +1235,7 @@ class TorchDistribution(Distribution):
         network or given as tensors keep their dtype (their float32 values gain no precision in float64, and scoring
         in float64 cost a float32 decoder 1.6-1.9x its time)."""
         params = self._params(x_dict)
-        if not self._numbers or self._uses_forward or self._custom_get_params:  # (the usual case: a network)
+        if not self._holds_numbers_as_given():  # (the usual case: a network)
             return params, None
         value = x_dict.get(self._var[0])
         if not isinstance(value, Tensor):
@@ -1216,6 +1249,20 @@ class TorchDistribution(Distribution):
                 break
         exact = self._with_exact_numbers(params, dtype)
         return (params, None) if exact is params else (exact, dtype)
+
+    def _holds_numbers_as_given(self) -> bool:
+        """Whether some constants were given as Python numbers and the parameters hold them as given: no ``forward``
+        or ``get_params`` of a subclass could have replaced them (`_scoring_params`, `_numbers_exact_in`)."""
+        return bool(self._numbers) and not self._uses_forward and not self._custom_get_params
+
+    def _numbers_exact_in(self, params: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+        """``params`` with the constants given as Python numbers exact in ``dtype`` where it is the wider one
+        (`_with_exact_numbers`) and the distribution holds them as given (`_holds_numbers_as_given`); else ``params``
+        itself. For a closed-form KL (`kl_to`): a prior given as numbers meets the other side's float64 parameters
+        with the exact numbers, as its log-density meets a float64 value (`_scoring_params`)."""
+        if not self._holds_numbers_as_given() or not dtype.is_floating_point:
+            return params
+        return self._with_exact_numbers(params, dtype)
 
     def _with_exact_numbers(self, params: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
         """``params`` with each constant given as a Python number, held in a narrower dtype than ``dtype``, replaced
@@ -1325,6 +1372,19 @@ class TorchDistribution(Distribution):
         except NotImplementedError as err:
             raise NotImplementedError(f"{self.prob_text} ({self.distribution_name}) has no closed-form {name}"
                                       f"{self.moments_hint}") from err
+
+
+def _floating_like(values: Any) -> tuple[torch.dtype, torch.device] | None:
+    """The widest dtype (torch's promotion) among the floating tensors in ``values`` and the first one's device; None
+    without one."""
+    dtype = device = None
+    for v in values:
+        if isinstance(v, Tensor) and v.is_floating_point():
+            if dtype is None:
+                dtype, device = v.dtype, v.device
+            elif v.dtype != dtype:
+                dtype = torch.promote_types(dtype, v.dtype)
+    return None if dtype is None else (dtype, device)
 
 
 def _without_entries(params: Mapping[str, Any]) -> bool:
