@@ -11,17 +11,25 @@ The examples import this file with ``sys.path`` pointed at ``examples/``; nothin
 * `non_negative_int`: an integer ≥ 0 (where 0 is meaningful, e.g. an untrained stage).
 * `positive_ints`: a comma-separated list of integers ≥ 1 (layer widths, e.g. ``32,16``).
 * `non_negative_float`, `positive_float`, `fraction`: a finite number ≥ 0, > 0, or in [0, 1) (NaN and inf refused).
+* `output_file`: a file to write (``--out``, ``--json``): its folder exists and is writable, and it is not a folder,
+  checked before the work whose result it saves (a typo in the folder lost the first run's result); the file itself
+  is not created or touched.
+* `output_folder`: a folder to write into that exists or can be created (``--dump``), the ``kizuna`` command's own
+  check (`kizuna.cli`; `kizuna.cli.make_folder` creates it).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 
+from kizuna.cli import _folder as output_folder
 from kizuna.cli import _seed as wide_seed_arg
 
-__all__ = ["SEED_MAX", "fraction", "non_negative_float", "non_negative_int", "positive_float", "positive_int",
-           "positive_ints", "seed_arg", "wide_seed_arg"]
+__all__ = ["SEED_MAX", "fraction", "non_negative_float", "non_negative_int", "output_file", "output_folder",
+           "positive_float", "positive_int", "positive_ints", "seed_arg", "wide_seed_arg"]
 
 SEED_MAX = 2**32 - 1
 
@@ -33,6 +41,26 @@ def seed_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid seed {value}: give an integer from 0 to 2**32 - 1 ({SEED_MAX}), "
                                          "the range of scikit-learn's random_state")
     return value
+
+
+def output_file(text: str) -> Path:
+    """A file the example writes (appends to or replaces): a usage error unless its folder exists and is writable
+    and it is not itself a folder (or an existing file that cannot be written). Only checked; nothing is created."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: it is a folder (give a file name)")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"cannot write {text}: the file is not writable")
+        return path
+    folder = Path(os.path.abspath(path)).parent
+    if not folder.exists():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: the folder {folder} is not writable")
+    return path
 
 
 def _integer(text: str, least: int, what: str) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import positive_int, seed_arg  # noqa: E402
+from _args import fraction, non_negative_float, non_negative_int, positive_int, seed_arg  # noqa: E402
 from _common import binary_images, standard_normal  # noqa: E402
 from vae import build  # noqa: E402
 
@@ -45,21 +45,60 @@ LADDER = {"z_dims": [32, 4], "hidden": [400, 50], "depth": 2, "warmup": 0, "free
           "top_down": None, "dropout": 0.0, "max_prior_scale": 0.0}
 
 
+def _sizes(text: str) -> list[int]:
+    return [positive_int(v) for v in text.split("/")]
+
+
+def _merge(text: str) -> str:
+    if text not in ("product", "residual", "whitened"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give product, residual or whitened")
+    return text
+
+
+# each setting's type (`_args`'s): a wrong value is refused while parsing, before any data are loaded
+SETTINGS = {"z_dims": _sizes, "hidden": _sizes, "top_down": _sizes, "depth": positive_int, "warmup": non_negative_int,
+            "free_nats": non_negative_float, "k_train": positive_int, "pretrain": non_negative_int, "merge": _merge,
+            "dropout": fraction, "max_prior_scale": non_negative_float}
+
+
+def _ladder(x_dim: int, cfg: dict) -> LadderVAE:
+    return LadderVAE(x_dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], merge=cfg["merge"],
+                     top_down=cfg["top_down"], dropout=cfg["dropout"], max_prior_scale=cfg["max_prior_scale"] or None)
+
+
 def parse_model(text: str) -> tuple[str, dict]:
-    """``vae`` or ``ladder:key=value,...`` (keys of `LADDER`) as ``(kind, settings)``."""
+    """``vae`` or ``ladder:key=value,...`` (keys of `LADDER`) as ``(kind, settings)``; a ValueError naming the spec
+    for an unknown kind or setting, a wrong value, or settings `LadderVAE` refuses together (e.g. two ``z_dims`` and
+    one ``hidden``)."""
     kind, _, rest = text.partition(":")
-    if kind == "vae":
+    if kind == "vae" and not rest:
         return kind, {}
     if kind != "ladder":
         raise ValueError(f"ladder_vae_curves: a model is 'vae' or 'ladder:key=value,...', got {text!r}")
     cfg = dict(LADDER)
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        if key not in cfg:
-            raise ValueError(f"ladder_vae_curves: unknown setting {key!r}; known: {sorted(cfg)}")
-        lists = key in ("z_dims", "hidden", "top_down")
-        cfg[key] = [int(v) for v in value.split("/")] if lists else type(cfg[key])(value)
+        if key not in SETTINGS:
+            raise ValueError(f"ladder_vae_curves: {text!r}: unknown setting {key!r}; known: {sorted(SETTINGS)}")
+        try:
+            cfg[key] = SETTINGS[key](value)
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"ladder_vae_curves: {text!r}: {key}: {error}") from None
+    with torch.random.fork_rng(devices=[]):  # a throwaway model, for LadderVAE's checks of the settings together
+        try:
+            _ladder(1, cfg)
+        except ValueError as error:
+            raise ValueError(f"ladder_vae_curves: {text!r}: {error}") from None
     return kind, cfg
+
+
+def model_spec(text: str) -> str:
+    """The command line's type of a model: ``text`` if `parse_model` takes it, a usage error otherwise."""
+    try:
+        parse_model(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("ladder_vae_curves: ")) from None
+    return text
 
 
 class Candidate:
@@ -74,9 +113,7 @@ class Candidate:
             self.kls = [KullbackLeibler(q, prior)]
             self._loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
         else:
-            m = LadderVAE(x_dim, cfg["z_dims"], cfg["hidden"], depth=cfg["depth"], merge=cfg["merge"],
-                          top_down=cfg["top_down"], dropout=cfg["dropout"],
-                          max_prior_scale=cfg["max_prior_scale"] or None)
+            m = _ladder(x_dim, cfg)
             self.modules, self.ladder = m, m
             self.p, self.q = m.p, m.q
             self.kls = [KullbackLeibler(m.posteriors[i], m.priors[i]) for i in range(len(m.priors))]
@@ -121,10 +158,10 @@ class Candidate:
 
 
 def main(models: list[str], epochs: int, every: int, k: int, n_eval: int, seed: int) -> None:
+    specs = [(text, *parse_model(text)) for text in models]  # every spec checked before the data load
     x_train, _, x_test, _ = binary_images("mnist", seed=seed)
     x_eval, x_fit_eval = x_test[:n_eval], x_train[:n_eval]
-    for text in models:
-        kind, cfg = parse_model(text)
+    for text, kind, cfg in specs:
         torch.manual_seed(seed)
         c = Candidate(kind, cfg, x_train.shape[1], 32, 400)
         print(f"== {text} {cfg}\n   p = {c.p}\n   q = {c.q}", flush=True)
@@ -146,7 +183,8 @@ def main(models: list[str], epochs: int, every: int, k: int, n_eval: int, seed: 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", default=["vae", "ladder"])
+    parser.add_argument("models", nargs="*", type=model_spec, default=["vae", "ladder"],
+                        help="vae or ladder:key=value,... (default: vae ladder)")
     parser.add_argument("--epochs", type=positive_int, default=100)
     parser.add_argument("--every", type=positive_int, default=10)
     parser.add_argument("--k", type=positive_int, default=100, help="importance samples of the held-out log p(x)")

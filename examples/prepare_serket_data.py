@@ -21,10 +21,14 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import output_folder  # noqa: E402
 
 DIGITS = {"image": ("data1.txt", np.float32), "modality2": ("data2.txt", np.float32),
           "label": ("category.txt", np.int64)}
@@ -70,7 +74,8 @@ def prepare(examples: str | Path, out: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("examples", help="the examples/ folder of a naka-lab/Serket checkout")
-    parser.add_argument("out", help="the data folder to write (then pass it as --data to the SERKET examples)")
+    parser.add_argument("out", type=output_folder,
+                        help="the data folder to write (then pass it as --data to the SERKET examples)")
     args = parser.parse_args(argv)
     try:
         written = prepare(args.examples, args.out)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import non_negative_int, positive_float, positive_int, wide_seed_arg  # noqa: E402
+from _args import non_negative_int, output_file, positive_float, positive_int, wide_seed_arg  # noqa: E402
 
 from kizuna.cli import SEED_MAX  # noqa: E402
 from kizuna.robot_demo import _print, run  # noqa: E402
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=positive_int, default=5, help="seeds 0 .. N-1 (default 5)")
     parser.add_argument("--words", choices=("clean", "phonemes"), default="clean")
-    parser.add_argument("--out", default=None, help="append one JSON line per seed to this file")
+    parser.add_argument("--out", type=output_file, default=None, help="append one JSON line per seed to this file")
     parser.add_argument("--split-merge", type=non_negative_int, default=None, metavar="S",
                         help="split-merge proposals per concept sweep (0: none; default: SpatialConcept's)")
     parser.add_argument("--first-seed", type=wide_seed_arg, default=0, help="seeds FIRST .. FIRST+N-1 (default 0)")

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
-from _args import positive_int, seed_arg  # noqa: E402
+from _args import output_file, positive_int, seed_arg  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 from kizuna.metrics import clustering_accuracy  # noqa: E402
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--chains", type=seed_arg, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--sweeps", type=positive_int, default=100)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", type=output_file, default=None, help="append each result as a JSON line")
     parser.add_argument("--smoke", action="store_true",
                         help="read the files of serket_gmm_samplers.py --smoke --dump (*_smoke.npz, 500 digits)")
     args = parser.parse_args()

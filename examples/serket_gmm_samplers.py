@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _args import positive_int, seed_arg  # noqa: E402
+from _args import output_file, output_folder, positive_int, seed_arg  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
+from kizuna.cli import make_folder  # noqa: E402
 
 
 def _scores(gmm: km.GMM) -> dict[str, float]:
@@ -91,15 +92,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--samplers", nargs="+", choices=S.SAMPLERS, default=list(S.SAMPLERS))
     parser.add_argument("--data", default=None)
-    parser.add_argument("--out", default=None, help="append each run as a JSON line to this file")
+    parser.add_argument("--out", type=output_file, default=None, help="append each run as a JSON line to this file")
     parser.add_argument("--settings", choices=("serket", "full"), default="serket",
                         help="serket: 200 epochs and 100 sweeps every update; full: the digit examples' FULL")
     parser.add_argument("--updates", type=positive_int, default=None, help="mutual-inference updates (default 5)")
-    parser.add_argument("--dump", default=None, help="save each run's state after the first update here "
-                        "(file names end in _smoke.npz with --smoke)")
+    parser.add_argument("--dump", type=output_folder, default=None,
+                        help="save each run's state after the first update here (file names end in _smoke.npz with "
+                             "--smoke)")
     parser.add_argument("--smoke", action="store_true", help="500 digits, 15 epochs, 3 updates (seconds)")
     args = parser.parse_args()
     S.check_data(parser, args.data)
+    if args.dump is not None:  # (checked by its type; created now, before the work, rather than after it)
+        make_folder(parser, args.dump)
     torch.set_num_threads(1)
     for seed in args.seeds:
         for result in run(seed, args.samplers, args.smoke, args.data, args.dump, args.updates, args.settings):

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
-from _args import positive_int, seed_arg  # noqa: E402
+from _args import output_file, positive_int, seed_arg  # noqa: E402
 
 from kizuna import modules as km  # noqa: E402
 from kizuna.modules.mlda_evidence import ROUNDINGS, token_counts  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--mlda-sweeps", type=positive_int, default=100, help="MLDA sweeps (SERKET: 100)")
     parser.add_argument("--serket-priors", action="store_true", help="MLDA alpha = beta = 1 (SERKET's)")
     parser.add_argument("--data", default=None)
-    parser.add_argument("--out", default=None, help="append each result as a JSON line")
+    parser.add_argument("--out", type=output_file, default=None, help="append each result as a JSON line")
     parser.add_argument("--smoke", action="store_true", help="500 digits, a 15-epoch VAE (seconds)")
     args = parser.parse_args()
     if args.latents is not None:

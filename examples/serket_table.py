@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serket as S  # noqa: E402
-from _args import positive_int, seed_arg  # noqa: E402
+from _args import output_file, positive_int, seed_arg  # noqa: E402
 
 EXAMPLES = {
     "serket_vae_gmm": "VAE+GMM",
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(EXAMPLES), default=list(EXAMPLES))
     parser.add_argument("--data", default=None, help=f"SERKET's example data (default {S.DEFAULT_DATA})")
     parser.add_argument("--seed-list", type=seed_arg, nargs="+", default=None, help="run these seeds instead of 0..n-1")
-    parser.add_argument("--json", type=Path, default=None, help="also write every seed's metrics to this file")
+    parser.add_argument("--json", type=output_file, default=None, help="also write every seed's metrics to this file")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="print the table of these --json files and exit (nothing is run)")
     args = parser.parse_args()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import positive_int, seed_arg  # noqa: E402
+from _args import fraction, positive_int, seed_arg  # noqa: E402
 
 from kizuna.datasets.house import simulated_house  # noqa: E402
 from kizuna.modules import WordSegmenter  # noqa: E402
@@ -33,7 +33,8 @@ def oracle(house: dict, weight: float, seed: int, sweeps: int = 20) -> float:
     rng, utterances = np.random.default_rng(seed), house["utterance"]
     model = NPYLM("".join(sorted(set("".join(utterances)))), 10, 3)
     segmentation: list[list[str]] = [[] for _ in utterances]
-    names = ConceptNames(np.eye(6)[house["place"]], weight, 1.0) if weight > 0 else None
+    # (only 0 means none: NaN or -1 ran as 0 under their own label; ConceptNames refuses them)
+    names = ConceptNames(np.eye(6)[house["place"]], weight, 1.0) if weight != 0 else None
     for _ in range(sweeps):
         gibbs_sweep(model, utterances, segmentation, rng, names=names)
     return place_name_f(house, segmentation)
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("oracle", "joint"))
     parser.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1])
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.2, 0.5], help="oracle: slot weights")
+    parser.add_argument("--weights", type=fraction, nargs="+", default=[0.0, 0.2, 0.5],
+                        help="oracle: slot weights, each in [0, 1) (0: no slot model)")
     parser.add_argument("--chains", type=positive_int, default=3, help="oracle: chains per setting")
     args = parser.parse_args(argv)
     for seed in args.seeds:

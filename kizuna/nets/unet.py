@@ -71,7 +71,7 @@ class UNet(nn.Module):
         channels: width of the first resolution.
         channel_mults: width of each resolution as a multiple of ``channels``, from the input's down.
         blocks: residual blocks per resolution.
-        dropout: dropout inside the blocks.
+        dropout: dropout inside the blocks, a probability in ``[0, 1)``.
         n_freq: frequencies of the sinusoidal embedding of ``t`` (its ``sin`` and ``cos`` make ``2 * n_freq``
             inputs to the embedding MLP), at frequencies ``max_period ** (-k / n_freq)`` for ``k < n_freq``
             (improved-diffusion's form; Ho et al. divide by ``n_freq - 1``, reaching ``1 / max_period``); the
@@ -104,6 +104,10 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: max_period must be a finite number > 1, got {max_period!r}")
         if not _real(time_scale):  # (NaN made every output NaN)
             raise ValueError(f"UNet: time_scale must be a finite number, got {time_scale!r}")
+        # (NaN passed torch's check at build and failed at the first training forward; 1 zeroes every block's branch)
+        if not (_real(dropout) and 0 <= dropout < 1):
+            raise ValueError(f"UNet: dropout must be a number in [0, 1), got {dropout!r}")
+        dropout = float(dropout)
         mults = [int(m) for m in channel_mults]
         if not mults or min(mults) < 1 or channels < 1 or blocks < 1:
             raise ValueError(f"UNet: channels, every channel_mults entry and blocks must be positive, got "
