@@ -35,7 +35,15 @@ def load_brent(path: Path = BRENT) -> list[list[str]]:
     if not path.exists():
         raise FileNotFoundError(f"the Brent corpus is not at {path}: pass --data FILE (docs/data.md, The Brent "
                                 "corpus)")
-    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+    if not path.is_file():  # (a folder gave a raw IsADirectoryError)
+        raise FileNotFoundError(f"--data {path} is not a file: pass the corpus file itself, e.g. --data "
+                                f"{path / 'br-phono.txt'} (docs/data.md, The Brent corpus)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise FileNotFoundError(f"--data {path} cannot be read as a text corpus "
+                                f"({type(err).__name__}: {err})") from None
+    return [line.split() for line in text.splitlines() if line.strip()]
 
 
 def _hyper(model: NPYLM) -> str:

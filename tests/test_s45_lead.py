@@ -48,3 +48,17 @@ def test_half_simple_diffusion_loss_trains_the_16_bit_network(dt):
 def test_simple_diffusion_loss_prints_as_before():
     p = three_models(torch.bfloat16)[0]
     assert str(simple_diffusion_loss(p.reverse)) == "E_{u(t)}[E_{q(x_t|x_0,t)}[||ε - ε_θ(x_t,t)||^2]]"
+
+
+def test_word_segmentation_data_that_is_a_folder_or_not_text_is_a_usage_error(tmp_path, capsys):
+    """``--data`` given the corpus's folder raised a raw IsADirectoryError (and a binary file UnicodeDecodeError)."""
+    from test_s45_npylm import load_example
+
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    for data, message in ((tmp_path, f"--data {tmp_path} is not a file: pass the corpus file itself"),
+                          (binary, f"--data {binary} cannot be read as a text corpus (UnicodeDecodeError")):
+        with pytest.raises(SystemExit) as exit_:
+            load_example("word_segmentation").main(["--data", str(data)])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
