@@ -174,7 +174,8 @@ class _Unkeyable(Exception):
 
 def _frozen(value: Any, tensors: list[torch.Tensor]) -> Any:
     """A hashable key for a call argument: tensors by identity, in-place version and ``requires_grad`` (a result
-    computed before ``x.requires_grad_()`` has no graph back to ``x``), dicts and lists deeply.
+    computed before ``x.requires_grad_()`` has no graph back to ``x``), dicts and lists deeply, any other value by
+    its type and value (``1``, ``1.0`` and ``True`` are equal and hash alike, but ``x * 1.0`` is not ``x * 1``).
 
     Every tensor keyed is appended to ``tensors``, which the cache keeps alive with the entry: while it lives, no
     other tensor can have its ``id`` (a freed tensor's address, and so its ``id``, is given to later tensors, at
@@ -188,7 +189,7 @@ def _frozen(value: Any, tensors: list[torch.Tensor]) -> Any:
         return ("dict", tuple((k, _frozen(v, tensors)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
         return ("seq", tuple(_frozen(v, tensors) for v in value))
-    return ("value", value)
+    return ("value", type(value), value)
 
 
 def _module_state(module: Any) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
@@ -247,7 +248,8 @@ def _autocast_state() -> tuple[tuple[str, torch.dtype], ...]:
 def lru_cache_for_sample_dict() -> Callable[[F], F]:
     """Memoise a method whose arguments are sample dicts (Pixyz's decorator of ``get_params``).
 
-    A call with the same tensors (the same objects, not modified in place, with the same ``requires_grad``), in the
+    A call with the same tensors (the same objects, not modified in place, with the same ``requires_grad``) and
+    other arguments equal and of the same types (``1.0`` is not served the result for ``1``), in the
     same grad mode, the same ``torch.inference_mode`` state and the same ``torch.autocast`` state (on or off, and its
     dtype, per device type), with the module's parameters and buffers the same tensors, not modified since and with
     the same ``requires_grad``, every submodule in the same training mode, and no optimizer step taken since, returns
