@@ -330,10 +330,10 @@ def test_different_data_on_the_ranks_is_a_clear_error(ranks):
 
 
 def test_the_vae_module_trains_like_one_process(ranks):
-    """The module samples z from torch's global generator: both ranks (same seed) draw the same
-    stream for their own rows, the single process draws one stream for all rows, so the runs agree
-    to Monte-Carlo precision only. Over seeds 3..12 the loss_history of the two runs differed by at
-    most 1.1% (mean 0.5%); 3% leaves about 3x that."""
+    """The module samples z from torch's global generator: each rank draws a stream of its own for its
+    rows (derived every epoch from the common one and the rank, since stop 45), the single process one
+    stream for all rows, so the runs agree to Monte-Carlo precision only. Over seeds 3..12 the
+    loss_history of the two runs differed by at most 1.1% (mean 0.65%); 3% leaves about 3x that."""
     from kizuna.modules import VAE, Observation
 
     torch.manual_seed(3)

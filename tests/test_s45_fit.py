@@ -163,8 +163,44 @@ def worker(out):
         except Exception as err:
             res[f"bn{n_valid}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
             break  # the process group is unusable after a timeout
+    gan_worker(res, out, rank)  # review N: a GAN (test_s45_gan.py's), each rank with noise of its own
     torch.save(res, out / f"rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def gan_worker(res, out, rank):
+    """One SGD step (lr 1: the step is the gradient) of a GAN on 2 ranks x 4 rows, recording each rank's generator
+    noise, with disjoint players and with a layer shared by both; then 4 epochs (shared layer, Adam, dropout,
+    validation) against 2 + a checkpoint + a fresh model loading it + 2 more."""
+    from test_s45_gan import build_gan, gan_data
+
+    for shared in (False, True):
+        try:
+            model, g, d = build_gan(shared=shared, lr=1.0, data_term=False)
+            before = [t.detach().clone() for t in [*g.parameters(), *d.parameters()]]
+            model.fit(gan_data(), epochs=1, batch_size=4, seed=0, quiet=True)
+            after = [t.detach().clone() for t in [*g.parameters(), *d.parameters()]]
+            res[f"gan_step_{shared}"] = (g.seen, before, after)
+        except Exception as err:
+            res[f"gan_step_{shared}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+    valid = {"x": gan_data(12)["x"][8:]}
+    runs = []
+    try:
+        for resumed in (False, True):
+            model, g, d = build_gan(optimizer=torch.optim.Adam, lr=0.01, dropout=0.3)
+            if resumed:
+                model.fit(gan_data(), epochs=2, batch_size=2, valid=valid, seed=0, quiet=True,
+                          checkpoint=out / "gan.pt")
+                torch.manual_seed(11 + rank)  # the global stream disturbed: the checkpoint's streams are continued
+                model, g, d = build_gan(optimizer=torch.optim.Adam, lr=0.01, dropout=0.3)
+                model.load(out / "gan.pt")
+                model.fit(gan_data(), epochs=2, batch_size=2, valid=valid, quiet=True)
+            else:
+                model.fit(gan_data(), epochs=4, batch_size=2, valid=valid, seed=0, quiet=True)
+            runs.append((model.history, [t.detach().clone() for t in [*g.parameters(), *d.parameters()]], g.seen))
+        res["gan_resume"] = runs
+    except Exception as err:
+        res["gan_resume_error"] = f"{type(err).__name__}: {str(err)[:300]}"
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +247,55 @@ def test_data_parallel_lists_are_sharded_with_the_tensors(ranks):
         seen.append(batches)
     for k, (_, whole) in enumerate(reference.seen):  # rank r holds rows r, r + 2, ... of each global batch
         assert seen[0][k][1] == whole[0::2] and seen[1][k][1] == whole[1::2]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_data_parallel_gan_ranks_draw_their_own_noise_and_the_step_is_the_global_batchs(ranks, shared):
+    """Review N: every rank drew the same generator noise (the global fake batch was 2 copies of one rank's). Now
+    the ranks' noise differs, and the one SGD step (lr 1) is a hand-written step on the global batch: the
+    discriminator's on the 8 data rows and the 8 fakes of both ranks' noise, then the generator's on both ranks'
+    noise (a shared layer stepped by both; it was frozen in the generator's step, which DDP's reducer then
+    failed on: "Encountered gradient which is undefined")."""
+    import torch.nn.functional as F
+    from test_s45_gan import build_gan, disc_logit, gan_data, gen_x
+
+    key = f"gan_step_{shared}"
+    assert f"{key}_error" not in ranks[0] and f"{key}_error" not in ranks[1], (ranks[0].get(f"{key}_error"),
+                                                                               ranks[1].get(f"{key}_error"))
+    (seen0, before, after0), (seen1, _, after1) = ranks[0][key], ranks[1][key]
+    assert [z.shape for z in seen0] == [z.shape for z in seen1] == [(4, 2)] * 2  # the d step's noise, the g step's
+    assert not torch.equal(seen0[0], seen1[0]) and not torch.equal(seen0[1], seen1[1])
+    assert all(torch.equal(a, b) for a, b in zip(after0, after1))
+    _, g, d = build_gan(shared=shared)
+    assert all(torch.equal(a, b) for a, b in zip(before, [*g.parameters(), *d.parameters()]))
+    with torch.no_grad():
+        fake = gen_x(g, torch.cat([seen0[0], seen1[0]]))
+    real = gan_data()["x"]
+    loss = -(F.logsigmoid(disc_logit(d, real)).mean() + F.logsigmoid(-disc_logit(d, fake)).mean())
+    for player, loss_of in ((d, lambda: loss), (g, lambda: -F.logsigmoid(
+            disc_logit(d, gen_x(g, torch.cat([seen0[1], seen1[1]])))).mean())):
+        params = list(player.parameters())
+        grads = torch.autograd.grad(loss_of(), params)
+        with torch.no_grad():
+            for t, grad in zip(params, grads):
+                t -= grad
+    for got, want in zip(after0, [*g.parameters(), *d.parameters()]):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-14)
+    assert max((a - b).abs().max() for a, b in zip(after0, before)) > 1e-2  # (it moved)
+
+
+def test_data_parallel_gan_resumed_on_the_same_ranks_is_the_straight_run_bitwise(ranks):
+    """4 epochs vs 2 + checkpoint + load + 2, both on 2 ranks: the same history, parameters and noise; the ranks'
+    noise differs in every draw."""
+    for r in ranks:
+        assert "gan_resume_error" not in r, r.get("gan_resume_error")
+        (history, params, seen), (history_resumed, params_resumed, seen_resumed) = r["gan_resume"]
+        assert history == history_resumed and len(history) == 4
+        assert all(torch.equal(a, b) for a, b in zip(params, params_resumed))
+        assert len(seen) == 2 * len(seen_resumed) and all(torch.equal(a, b)
+                                                          for a, b in zip(seen[len(seen_resumed):], seen_resumed))
+    seen0, seen1 = ranks[0]["gan_resume"][0][2], ranks[1]["gan_resume"][0][2]
+    assert len(seen0) == len(seen1) and not any(torch.equal(a, b) for a, b in zip(seen0, seen1))
 
 
 if __name__ == "__main__":

@@ -82,7 +82,9 @@ def fit(
             batch of ``batch_size * world`` rows, the gradient is that of the global batch, the
             recorded losses are means over all ranks' rows (the same `History` on every rank), and
             only rank 0 shows progress and writes ``checkpoint``. A ``DataLoader`` must shard
-            itself with a ``DistributedSampler``; ``set_epoch(epoch)`` is called on it every epoch.
+            itself with a ``DistributedSampler``; ``set_epoch(epoch)`` is called on it every epoch. With more
+            than one rank each rank draws from a stream of its own, derived every epoch from the model's common
+            stream (the one ``seed`` starts and checkpoints hold) and the rank.
         drop_last: leave out each epoch's last mini-batch of dict ``data`` when it has fewer than ``batch_size``
             rows (fewer than ``batch_size * world`` in a data-parallel run), e.g. for a model with batch
             normalisation, which cannot train on one row (which rows are left out changes every epoch with
@@ -168,25 +170,27 @@ def fit(
             for _ in bar:
                 epoch = model.epoch + 1
                 ddp.set_epoch(train_data.loader, epoch)
-                batches = train_data.iterate(model._shuffle if shuffle else None, model.dtype, model.device, shard)
                 kept = "" if checkpoint is None else f"the checkpoint {checkpoint} (epoch {model.epoch}) is untouched"
-                train_loss, terms = _pass(model, batches, epoch, True, parallel, kept, train_data.tensors is not None,
-                                          batch_size)
-                if parallel:  # each rank's buffers (batch-norm statistics) are rank 0's again, as DDP's next step
-                    ddp.broadcast_buffers(model)
-                valid_loss, valid_terms = math.nan, {}
-                if valid_data is not None:
-                    batches = valid_data.iterate(None, model.dtype, model.device, shard)
-                    # the epoch's steps were taken: a failed validation records the epoch, so that model.epoch and
-                    # the history describe the parameters (the model said "unchanged" and counted one epoch fewer)
-                    counted = (f"the parameters are those after epoch {epoch}'s training steps, which model.epoch "
-                               f"({epoch}) and the history count, with the validation loss nan")
-                    try:
-                        valid_loss, valid_terms = _pass(model, batches, epoch, False, parallel,
-                                                        f"{counted}; {kept}" if kept else counted)
-                    except FloatingPointError:
-                        _end_epoch(model, epoch, train_loss, math.nan, terms, {}, True)
-                        raise
+                with _rank_stream(model, shard):  # data-parallel: this rank's own draws for the epoch
+                    batches = train_data.iterate(model._shuffle if shuffle else None, model.dtype, model.device,
+                                                 shard)
+                    train_loss, terms = _pass(model, batches, epoch, True, parallel, kept,
+                                              train_data.tensors is not None, batch_size)
+                    if parallel:  # each rank's buffers (batch-norm statistics) are rank 0's again, as DDP's next step
+                        ddp.broadcast_buffers(model)
+                    valid_loss, valid_terms = math.nan, {}
+                    if valid_data is not None:
+                        batches = valid_data.iterate(None, model.dtype, model.device, shard)
+                        # the epoch's steps were taken: a failed validation records the epoch, so that model.epoch and
+                        # the history describe the parameters (the model said "unchanged" and counted one epoch fewer)
+                        counted = (f"the parameters are those after epoch {epoch}'s training steps, which model.epoch "
+                                   f"({epoch}) and the history count, with the validation loss nan")
+                        try:
+                            valid_loss, valid_terms = _pass(model, batches, epoch, False, parallel,
+                                                            f"{counted}; {kept}" if kept else counted)
+                        except FloatingPointError:
+                            _end_epoch(model, epoch, train_loss, math.nan, terms, {}, True)
+                            raise
                 _end_epoch(model, epoch, train_loss, valid_loss, terms, valid_terms, valid_data is not None)
                 stop = valid_data is not None and model.early_stop(epoch, valid_loss, patience)
                 if checkpoint is not None:
@@ -282,6 +286,36 @@ def _start_streams(model: Any, seed: int | None, parallel: bool) -> None:
         model._rng = torch.Generator().manual_seed(start).get_state()
     if model._shuffle is None:
         model._shuffle = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=_from(model._rng))))
+
+
+@contextmanager
+def _rank_stream(model: Any, shard: tuple[int, int]) -> Iterator[None]:
+    """An epoch of a data-parallel run of more than one rank (``shard = (rank, world)``) drawing from a stream of this
+    rank's own, and the model's common stream given back after it.
+
+    The common stream (the same on every rank, and the one a checkpoint holds) takes one draw, the same on every rank;
+    it seeds a generator whose ``world`` draws seed the ranks' CPU (and CUDA) streams for the epoch, rank ``r`` the
+    ``r``-th. The ranks' draws are thus independent of each other (every rank drew the same stream: a GAN's global
+    fake batch was ``world`` copies of one rank's), a run resumed from a checkpoint draws what the uninterrupted run
+    drew on the same number of ranks, and one process (or a world of one) draws as before, from the common stream
+    itself. The shuffling generator is a separate one, common to every rank (the shards depend on it)."""
+    rank, world = shard
+    if world == 1:
+        yield
+        return
+    key = int(torch.randint(0, 2**62, ()).item())  # from the common stream: the same on every rank
+    cuda = _cuda_index(model)
+    common = torch.get_rng_state(), (torch.cuda.get_rng_state(cuda) if cuda is not None else None)
+    seeds = torch.randint(0, 2**62, (world, 2), generator=torch.Generator().manual_seed(key))[rank].tolist()
+    torch.set_rng_state(torch.Generator().manual_seed(seeds[0]).get_state())
+    if cuda is not None:
+        torch.cuda.set_rng_state(torch.Generator(device=f"cuda:{cuda}").manual_seed(seeds[1]).get_state(), cuda)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(common[0])
+        if cuda is not None:
+            torch.cuda.set_rng_state(common[1], cuda)
 
 
 def _from(state: torch.Tensor) -> torch.Generator:

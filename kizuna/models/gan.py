@@ -46,10 +46,13 @@ class GAN(Model):
         d_steps: discriminator steps per generator step.
         data_term: whether the generator's loss evaluates its term over the data (``-E_data[log(1 - d)]`` in the
             JS loss, ``E_data[f]`` in the Wasserstein one), as Pixyz's GAN does (the default). That term has no
-            gradient for the generator, so ``False`` leaves it out (the loss's ``omit_term_of`` option), as a careful
-            hand-written GAN does: one discriminator forward fewer per generator step, the same gradients and
-            trained parameters of both players (bitwise where the discriminator draws no random numbers; with
-            dropout the data term's forward drew masks, so the same in distribution), but the generator's reported
+            gradient for the generator (except in a layer shared by the two players, which both optimisers hold: the
+            term's gradient reaches it through the discriminator, so there ``True`` trains it as Pixyz's GAN and
+            ``False`` as the hand-written loop without the term), so ``False`` leaves it out (the loss's
+            ``omit_term_of`` option), as a careful hand-written GAN does: one discriminator forward fewer per
+            generator step, the same gradients and trained parameters of both players otherwise (bitwise where the
+            discriminator draws no random numbers; with dropout the data term's forward drew masks, so the same in
+            distribution), but the generator's reported
             loss (``train``, ``step``, ``test``, ``evaluate``, and `fit`'s columns) is then the generated batch's term
             only (``-E_p[log d]``, ``-E_p[f]``). Not the same: the discriminator's buffers. The data term's forward
             runs it in training mode, so a discriminator with batch normalisation updates its running statistics
@@ -59,6 +62,10 @@ class GAN(Model):
             can change the parameters too). `AdversarialKullbackLeibler`'s estimate has no data term: the option
             changes nothing there.
         compile, validate: as `Model`'s, for both.
+
+    A layer shared by the two players (a parameter in both optimisers) is trained by both steps: by the discriminator's
+    with its gradient of the discriminator's loss, by the generator's with its gradient of the generator's loss
+    (through both networks), as Pixyz's GAN and a hand-written loop with two optimisers do.
 
     The generator and the discriminator are two `Model`s (``self`` and ``self.d_model``); `save`
     writes both players' states into one checkpoint file, and `load` reads it (or an older pair of files, the
@@ -173,14 +180,18 @@ class GAN(Model):
 
     @contextmanager
     def _discriminator_frozen(self) -> Iterator[None]:
-        """The generator's step with the discriminator's parameters not requiring gradients, as a careful
+        """The generator's step with the discriminator's own parameters not requiring gradients, as a careful
         hand-written GAN does: its step needs no gradient of them (the discriminator's own step starts from zero
         gradients), so autograd computes none, and the loss's term on the data, which has no generator gradient,
         builds no graph at all (it was differentiated through the discriminator at every generator step). The
-        generator's gradient is the same."""
+        generator's gradient is the same. A parameter the generator's optimiser trains too (a layer shared by the two
+        players) is not frozen: the generator's step updates it with its whole gradient, through both players, as
+        Pixyz's GAN and a hand-written loop do (frozen, it was trained by the discriminator alone, silently)."""
         # the parameters the discriminator's optimiser trains, read from its groups (walking its modules cost as much
-        # as the twelve flag changes)
-        params = [t for group in self.d_model.optimizer.param_groups for t in group["params"] if t.requires_grad]
+        # as the twelve flag changes), less those in the generator's (read at each step: a group may be added)
+        shared = {id(t) for group in self.optimizer.param_groups for t in group["params"]}
+        params = [t for group in self.d_model.optimizer.param_groups for t in group["params"]
+                  if t.requires_grad and id(t) not in shared]
         for t in params:
             t.requires_grad_(False)
         try:
