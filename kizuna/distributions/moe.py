@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from kizuna._data import warn_user
 from kizuna.distributions.base import (
     Distribution,
     Tensor,
@@ -28,9 +27,25 @@ from kizuna.distributions.base import (
     repeat_batch,
 )
 from kizuna.distributions.mixture import components_log_prob, summed_log_prob, union_cond
-from kizuna.distributions.poe import normal_experts
+from kizuna.distributions.poe import normal_experts, warn_weights_not_learnt
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.expr import values_dict
+from kizuna.formula.memo import remember, step_mark, tagged
+
+_WEIGHTS_SCORE = "weights score"  # the memo's tag of a draw's log-density as a function of the learnable weights
+
+
+def weights_score(draws: Iterable[Any]) -> Tensor | None:
+    r"""For the draws among ``draws`` (the very tensors) that a `MixtureOfNormal` with learnable weights returned in
+    this evaluation, :math:`\log q(z) = \operatorname{logsumexp}_i (\log \tilde w_i + \log p_i(z))` per row with the
+    experts' densities detached (its gradient reaches the weights only): the score-function term that an expectation
+    adds for the weights, the expert's draw being differentiated through for the rest (see `MixtureOfNormal`). Summed
+    over those draws; ``None`` if there is none."""
+    total = None
+    for _, _, inputs, value in tagged(_WEIGHTS_SCORE):
+        if any(inputs[0] is d for d in draws):
+            total = value if total is None else total + value
+    return total
 
 
 class MixtureOfNormal(Distribution):
@@ -49,8 +64,18 @@ class MixtureOfNormal(Distribution):
     Sampling picks an expert per row with the renormalised weights, then draws from it.
     ``has_reparam`` is True in this sense: *given the chosen expert* the draw is the expert's
     reparameterised one, so gradients reach the experts' parameters; the discrete choice is
-    not differentiated (no gradient reaches the weights). MMVAE instead averages over the
-    experts with stratified sampling, one draw from each: `sample_each`.
+    not differentiated through. For learnable weights (an ``nn.Parameter`` that requires grad),
+    an `Expectation` over the mixture (or over a product holding it; also the Monte Carlo KL and
+    entropy, built on it) adds the weights' score-function term :math:`f\,\nabla_w \log q(z)` at
+    each draw, the experts' densities held fixed (:math:`\sum_i r_i(z)\,\nabla_w \log \tilde w_i`
+    with the responsibilities :math:`r_i(z)`: the chosen expert's score
+    :math:`\nabla_w \log \tilde w_c` averaged given :math:`z`, so with less variance), so that
+    the gradient is unbiased for the weights as for the experts. Other losses that draw from
+    the mixture (`IWAE`, MMD, Wasserstein, the adversarial losses), and a draw transformed
+    before the expectation sees it, add no such term: the weights then get only the explicit
+    gradient of the terms that score the mixture (biased; for :math:`-\log q` its mean is 0).
+    Fixed weights add nothing. MMVAE instead averages over the experts with stratified sampling,
+    one draw from each: `sample_each`.
 
     Like `ProductOfNormal`, the conditioning variables are optional (``input_var`` is empty),
     but at least one expert must have its inputs.
@@ -86,9 +111,9 @@ class MixtureOfNormal(Distribution):
                 w = torch.ones(len(experts), dtype=dtype)
             elif isinstance(weights, Tensor):  # a copy (the caller's tensor stays theirs), in its own floating dtype:
                 # a float64 tensor was cast to the default float32, its rounding kept after .double()
-                if weights.requires_grad:  # (the copy took the weights out of the caller's graph, silently)
-                    warn_user("MixtureOfNormal: weights is a tensor that requires grad; it is copied into a buffer, "
-                              "so no gradient reaches it. To learn the weights, pass nn.Parameter(...)")
+                # (the copy took the weights out of the caller's graph, silently)
+                warn_weights_not_learnt(weights, "MixtureOfNormal", "weights", "it is copied into a buffer",
+                                        ". To learn the weights, pass nn.Parameter(...)")
                 w = weights.detach().clone()
                 w = w if w.is_floating_point() else w.to(dtype)
             else:
@@ -226,7 +251,13 @@ class MixtureOfNormal(Distribution):
         stacked = self._stacked([draws[i] for i in idx]).movedim(0, 1)  # (batch, E, *features)
         b = stacked.shape[0]
         choice = torch.multinomial(logw.exp().expand(b, len(idx)), 1).squeeze(1)
-        return {self._var[0]: stacked[torch.arange(b, device=stacked.device), choice.to(stacked.device)]}
+        z = stacked[torch.arange(b, device=stacked.device), choice.to(stacked.device)]
+        if reparam and self.weights.requires_grad and torch.is_grad_enabled() and step_mark() is not None:
+            # the choice is not differentiated: record the weights' score of this draw for an expectation over it
+            with torch.no_grad():  # (the experts' densities at the draw: held fixed)
+                lp = components_log_prob(self, [self.p[i] for i in idx], {**x_dict, self._var[0]: z})
+            remember(self, _WEIGHTS_SCORE, [z], torch.logsumexp(lp + logw.to(lp.dtype), dim=-1))
+        return {self._var[0]: z}
 
     # ------------------------------------------------------------- moments
     def _moments(self, x_dict: Mapping[str, Any] | None) -> tuple[Tensor, Tensor, Tensor]:

@@ -38,7 +38,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from kizuna._data import one_number
+from kizuna._data import one_number, warn_user
 from kizuna._text import symbol, var_text
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.distributions.families import Normal
@@ -56,6 +56,14 @@ def normal_experts(p: Distribution | Sequence[Distribution], owner: str) -> list
         if e.torch_family is not D.Normal:
             raise TypeError(f"{owner} takes Normal experts; {e.prob_text} is a {e.distribution_name}")
     return experts
+
+
+def warn_weights_not_learnt(weights: Any, owner: str, arg: str, fate: str, remedy: str) -> None:
+    """A UserWarning, at the user's line, where the weights ``weights`` given as ``arg`` are a tensor that requires grad
+    but are kept as fixed values (``fate``: how), so that no gradient reaches them and an optimiser given them steps a
+    tensor the distribution no longer reads; ``remedy`` ends the message (`MixtureOfNormal`, `ProductOfNormal`)."""
+    if isinstance(weights, Tensor) and weights.requires_grad:
+        warn_user(f"{owner}: {arg} is a tensor that requires grad; {fate}, so no gradient reaches it{remedy}")
 
 
 def expert_loc_scale(e: Distribution, x_dict: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
@@ -94,7 +102,8 @@ class ProductOfNormal(Normal):
             differ). An expert with no conditioning variable has constant parameters.
         weight_modalities: Pixyz's weights of the precisions, ``len(p) + 1`` finite numbers >= 0,
             the prior's first, then one per expert (module docstring); ``None``: all 1. An expert
-            of weight 0 counts as absent.
+            of weight 0 counts as absent. They are fixed numbers: a tensor is read as its values, and one
+            that requires grad (an ``nn.Parameter``) is not learnt (a UserWarning says so).
         name: the symbol of the product.
         features_shape: the shape of the variable; needed only when no expert is present
             and no value of the variable is given.
@@ -133,7 +142,9 @@ class ProductOfNormal(Normal):
         if weights is None:
             return [1.0] * (n + 1)
         owner = type(self).__name__
-        if isinstance(weights, Tensor):
+        if isinstance(weights, Tensor):  # (an nn.Parameter was turned into numbers silently: learnt nowhere)
+            warn_weights_not_learnt(weights, owner, "weight_modalities", "its values are read as fixed numbers",
+                                    " (the product's weights are not learnable)")
             weights = weights.tolist() if weights.dim() == 1 else weights
         if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
             hint = " (as in Pixyz, name is the third argument: give name=...)" if isinstance(weights, str) else ""

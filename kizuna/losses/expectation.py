@@ -6,7 +6,9 @@ Gradients: factors of ``p`` with a reparameterised sampler are differentiated th
 draw (pathwise); the others get the score-function term
 :math:`\mathbb{E}[f\,\nabla \log p]` through the surrogate
 :math:`f + \bar f\,(\log p - \overline{\log p})` (bars: detached), whose value equals
-:math:`f` and whose gradient is the unbiased estimator (Williams 1992). Over a marginal
+:math:`f` and whose gradient is the unbiased estimator (Williams 1992). A `MixtureOfNormal` with learnable weights is
+reparameterised given its chosen expert only: its weights get the score term of the choice, with
+:math:`\log q(z)` at fixed experts as :math:`\log p` (`weights_score`). Over a marginal
 :math:`p(x) = \int p(x, z)\,dz` the joint's factors are scored at the joint draw that the marginal's draw came from
 (:math:`\nabla \log p(x, z)`, an unbiased score for :math:`\mathbb{E}_{p(x)}[f]`) while ``f`` sees ``x`` only.
 ``reparam=False`` (Pixyz's argument) draws every factor without the pathwise gradient: each gets the score-function
@@ -54,6 +56,7 @@ from kizuna.distributions.base import (
     single_factors,
 )
 from kizuna.distributions.marginal import repeat_hidden
+from kizuna.distributions.moe import weights_score
 from kizuna.distributions.relaxed import _DiscreteScoring
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.formula.expr import (
@@ -282,10 +285,12 @@ def score_log_prob(p: Distribution, values: dict[str, Any], pathwise: bool) -> T
     noise level) need none. A relaxed family (`RelaxedBernoulli`, `RelaxedCategorical`) is refused: its
     `get_log_prob` is the discrete likelihood, whose score at a relaxed draw has a non-zero mean (a biased
     gradient), and the Concrete density of a float32 draw at a low temperature is lost where the draw rounds to a
-    vertex."""
-    if pathwise and p.has_reparam:  # every factor reparameterised: none needs the score function
-        return None
-    total = None
+    vertex. With ``pathwise``, a `MixtureOfNormal` with learnable weights among the factors adds the weights' score
+    of its draw (`weights_score`): its draw is reparameterised given the chosen expert, but the choice is not."""
+    # (the draws of p's own variables only: a draw of an outer expectation's mixture is that expectation's to score)
+    total = weights_score([values.get(v) for v in p.var]) if pathwise else None
+    if pathwise and p.has_reparam:  # every factor reparameterised: none needs the score function (weights aside)
+        return total
     for f in single_factors(p):
         if pathwise and (f.has_reparam or fixed_draws(f)):
             continue
