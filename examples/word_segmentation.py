@@ -35,8 +35,8 @@ def load_brent(path: Path = BRENT) -> list[list[str]]:
     if not path.exists():
         raise FileNotFoundError(f"the Brent corpus is not at {path}: pass --data FILE (docs/data.md, The Brent "
                                 "corpus)")
-    if not path.is_file():  # (a folder gave a raw IsADirectoryError)
-        raise FileNotFoundError(f"--data {path} is not a file: pass the corpus file itself, e.g. --data "
+    if path.is_dir():  # (a raw IsADirectoryError; a pipe such as <(head ...) is read as a file)
+        raise FileNotFoundError(f"--data {path} is a folder: pass the corpus file itself, e.g. --data "
                                 f"{path / 'br-phono.txt'} (docs/data.md, The Brent corpus)")
     try:
         text = path.read_text()

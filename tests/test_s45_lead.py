@@ -56,9 +56,25 @@ def test_word_segmentation_data_that_is_a_folder_or_not_text_is_a_usage_error(tm
 
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00bad")
-    for data, message in ((tmp_path, f"--data {tmp_path} is not a file: pass the corpus file itself"),
+    for data, message in ((tmp_path, f"--data {tmp_path} is a folder: pass the corpus file itself"),
                           (binary, f"--data {binary} cannot be read as a text corpus (UnicodeDecodeError")):
         with pytest.raises(SystemExit) as exit_:
             load_example("word_segmentation").main(["--data", str(data)])
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_word_segmentation_reads_data_from_a_pipe(tmp_path):
+    """``--data <(head -n 20 br-phono.txt)`` (a named pipe, not a regular file) is read, as before the folder check."""
+    import os
+    import threading
+
+    from test_s45_npylm import load_example
+
+    fifo = tmp_path / "corpus"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("ab cd\nef\nab ef cd\n"))
+    writer.start()
+    gold = load_example("word_segmentation").load_brent(fifo)
+    writer.join()
+    assert gold == [["ab", "cd"], ["ef"], ["ab", "ef", "cd"]]
