@@ -147,17 +147,38 @@ def noise_levels(name: str, sigmas: Any) -> list[float]:
     return levels
 
 
-def check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    """A features shape as a tuple of positive integers; a ValueError naming ``name`` otherwise (a bare number too:
-    ``tuple()`` of 2 raised a raw TypeError)."""
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise ValueError(f"{name} must be a sequence of sizes (the shape of one draw, e.g. [2] or (2,) for vectors "
-                         f"of 2; [] for scalars), got {shape!r} ({type(shape).__name__})") from None
-    for i, size in enumerate(shape):
-        check_int(f"{name}[{i}]", size, 1)
-    return shape
+def as_sequence(name: str, value: Any, what: str, error: type[Exception] = TypeError) -> tuple[Any, ...]:
+    """``value`` (a list, tuple or other iterable; not a string) as a tuple; else ``error`` naming ``name``, the value
+    and what to pass (``what``, e.g. ``"a list of modules, e.g. Graph([gmm])"``): a bare number or one object where a
+    sequence is due raised a raw "'int' object is not iterable" (or "'GMM' object ..."), and a string was taken
+    letter by letter ("64" built layers of 6 and 4 units)."""
+    if not isinstance(value, (str, bytes)):
+        try:
+            return tuple(value)
+        except TypeError:  # (not iterable: a number, a 0-d tensor, one module or flow)
+            pass
+    text = repr(value)
+    if "\n" in text or len(text) > 80:  # (a module's repr lists its layers)
+        text = f"<one {type(value).__name__}>"
+    raise error(f"{name} must be {what}, got {text} ({type(value).__name__})")
+
+
+def check_sizes(name: str, sizes: Any, what: str, minimum: int = 1) -> tuple[int, ...]:
+    """``sizes`` (a sequence of integers >= ``minimum``: a shape, layer widths) as a tuple of Python ints; a ValueError
+    naming ``name`` otherwise: one that is not a sequence (`as_sequence`; ``what`` says what to pass) or a size that
+    is not such an integer (``name[i]``: -2 built a shape whose draws failed with a raw integer overflow)."""
+    sizes = as_sequence(name, sizes, what, ValueError)
+    for i, size in enumerate(sizes):
+        check_int(f"{name}[{i}]", size, minimum)
+    return tuple(int(one_number(size)) for size in sizes)
+
+
+def check_shape(name: str, shape: Any, minimum: int = 1) -> tuple[int, ...]:
+    """A features shape as a tuple of integers >= ``minimum`` (1: what a sampler can draw; a distribution's also
+    takes 0, torch's empty dimension); a ValueError naming ``name`` otherwise (a bare number too: ``tuple()`` of 2
+    raised a raw TypeError)."""
+    return check_sizes(name, shape, "a sequence of sizes (the shape of one draw, e.g. [2] or (2,) for vectors of 2; "
+                                    "[] for scalars)", minimum)
 
 
 def check_context(layer: str, y: torch.Tensor | None, context_features: int, rows: int,

@@ -48,6 +48,7 @@ def test_half_simple_diffusion_loss_trains_the_16_bit_network(dt):
 def test_simple_diffusion_loss_prints_as_before():
     p = three_models(torch.bfloat16)[0]
     assert str(simple_diffusion_loss(p.reverse)) == "E_{u(t)}[E_{q(x_t|x_0,t)}[||ε - ε_θ(x_t,t)||^2]]"
+    assert repr(simple_diffusion_loss(p.reverse)) == "Expectation(E_{u(t)}[E_{q(x_t|x_0,t)}[||ε - ε_θ(x_t,t)||^2]])"
 
 
 def test_word_segmentation_data_that_is_a_folder_or_not_text_is_a_usage_error(tmp_path, capsys):
@@ -78,3 +79,52 @@ def test_word_segmentation_reads_data_from_a_pipe(tmp_path):
     gold = load_example("word_segmentation").load_brent(fifo)
     writer.join()
     assert gold == [["ab", "cd"], ["ef"], ["ab", "ef", "cd"]]
+
+
+def test_a_copied_or_unpickled_graph_runs_as_the_original():
+    """The wiring check recorded module identities, so a deep copy or an unpickled graph (new objects, the same
+    wiring) was refused as "the wiring ... changed" at update / fit / save; a graph pickled before the check (no record
+    of its wiring) runs too. A parent connected afterwards is still refused."""
+    import copy
+    import pickle
+
+    import kizuna.modules as km
+
+    x = torch.cat([torch.randn(30, 2), torch.randn(10, 2) + 4])
+    g = km.GMM(2).connect(km.Observation(x))
+    graph = km.Graph([g])
+    graph.fit(1, seed=0)
+    copies = [copy.deepcopy(graph), pickle.loads(pickle.dumps(graph)), pickle.loads(pickle.dumps(graph))]
+    del copies[2].__dict__["_wiring"]
+    graph.fit(2, seed=1)
+    for other in copies:
+        other.fit(2, seed=1)
+        assert torch.equal(other.modules[-1].posterior, g.posterior)
+    km.MM(2).connect(g)
+    with pytest.raises(km.GraphError, match=r"gmm's parent\(s\) \['mm'\] are not in the graph"):
+        graph.fit(1, seed=0)
+
+
+def test_float16_concrete_draws_are_torchs_but_for_exact_zeros_and_pass_validation():
+    """The floor of stop 45's Concrete fix was the smallest normal number, 6.1e-5 in float16: it moved 99 % of the
+    entries of a 300-category draw and pushed the family's own draws of 600+ categories off the simplex (refused under
+    validation). In 16 bits only exact zeros are raised, to the smallest subnormal number."""
+    import torch.distributions as D
+
+    from kizuna.distributions import Concrete
+    from kizuna.distributions.torch_dist import validation
+
+    for k, temperature in ((300, 0.1), (600, 0.1), (2000, 1.0)):
+        logits = torch.randn(k, generator=torch.Generator().manual_seed(k)).half()
+        p = Concrete(var=["x"], temperature=temperature, logits=logits).half()
+        torch.manual_seed(0)
+        with validation(True):
+            x = p.sample(batch_n=50)["x"]
+            assert bool(torch.isfinite(p.get_log_prob({"x": x})).all())
+        torch.manual_seed(0)
+        raw = D.RelaxedOneHotCategorical(torch.tensor(temperature, dtype=torch.float16),
+                                         logits=logits.expand(50, k)).sample()
+        subnormal = torch.finfo(torch.float16).tiny * torch.finfo(torch.float16).eps
+        assert x.dtype == torch.float16 and bool((x > 0).all())
+        torch.testing.assert_close(x, torch.where(raw == 0, torch.tensor(subnormal, dtype=torch.float16), raw),
+                                   rtol=0, atol=0)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from kizuna._data import check_count as _check_count
+from kizuna._data import check_shape as _check_shape
 from kizuna._data import one_number
 from kizuna._text import LATEX, TEXT, prob_text, symbol
 from kizuna.distributions.dist_graph import DistGraph, GraphOptions
@@ -410,7 +411,10 @@ class Distribution(nn.Module):
         if len(set(self._var)) != len(self._var):
             raise ValueError(f"{name}: a variable is listed twice in var={self._var}")
         self._name = name
-        self._features_shape = torch.Size(features_shape)
+        # (a bare 3 was tuple()'s raw TypeError, and -2 a raw integer overflow in the first draw; 0 is torch's empty
+        # dimension, as a parameter of shape (0,) gives)
+        self._features_shape = torch.Size(_check_shape(f"{type(self).__name__} {self.prob_text}: features_shape",
+                                                       features_shape, minimum=0))
 
     # ----------------------------------------------------------------- names
     @property
@@ -577,12 +581,17 @@ class Distribution(nn.Module):
                 its other factors given them (Pixyz redraws them too; for Pixyz's loop
                 ``d = p.sample(d)`` pass ``{k: v for k, v in d.items() if k not in p.var}``; see
                 docs/porting_from_pixyz.md).
-            batch_n: batch size when nothing in ``x_dict`` fixes it (default 1).
+            batch_n: batch size when nothing in ``x_dict`` fixes it (default 1). Any value in ``x_dict`` with a
+                batch dimension fixes it, also one under a key that is none of this distribution's variables: a
+                prior ``p(z)`` given ``{"x": x}`` draws one ``z`` per row of ``x``, as inside an expectation over
+                that batch (Pixyz reads only ``input_var`` and draws one row: give ``batch_n=1`` for that, see
+                docs/porting_from_pixyz.md). A one-row input drawn ``batch_n`` times conditions every row.
             sample_shape: extra leading dims: each sampled variable gets shape
                 ``(*sample_shape, batch, *features)``; inputs are returned unchanged.
             return_all: also return the entries of ``x_dict``.
             reparam: draw with the reparameterisation trick (gradients flow to the
-                parameters); an error if some factor has no such sampler.
+                parameters); an error if some factor has no such sampler (Pixyz draws those without the
+                trick, silently: give ``reparam=False`` for them, or draw through an ``Expectation``).
             sample_mean: return the means instead of draws (ancestrally, for a product).
             kwargs: other options are ignored (as in Pixyz).
         """
@@ -591,12 +600,6 @@ class Distribution(nn.Module):
         x_dict = _with_values(x_dict, self) if x_dict else {}
         self._require(x_dict, self.input_var)
         _check_count("batch_n", batch_n, minimum=0)
-        if reparam and not sample_mean and not self.has_reparam:
-            bad = [f.prob_text for f in self.factors() if not f.has_reparam]
-            raise ValueError(
-                f"{self.prob_text}: reparam=True but {', '.join(bad)} has no reparameterised sampler"
-                " (use reparam=False, or a relaxed distribution)"
-            )
         shape = as_sample_shape(self.prob_text, sample_shape)
         n = math.prod(shape)
         keep = set(self.input_var)  # an empirical factor reads its own variable
@@ -607,6 +610,12 @@ class Distribution(nn.Module):
             self._check_fixed(fixed)
             if len(fixed) == len(self._var):
                 return dict(x_dict) if return_all else {}
+        if reparam and not sample_mean and not self.has_reparam:  # the factors drawn (a product's factor given in
+            # x_dict is held, not drawn: Pixyz's remedy of drawing it first, then the rest reparameterised, works)
+            bad = [f.prob_text for f in self.factors() if not f.has_reparam and not set(f.var) <= set(fixed)]
+            if bad:
+                raise ValueError(f"{self.prob_text}: reparam=True but {', '.join(bad)} has no reparameterised sampler"
+                                 " (use reparam=False, or a relaxed distribution)")
         inputs = {k: v for k, v in x_dict.items() if k in keep or k not in self._var or k in fixed}
         if sample_mean:
             new = self._mean_values(inputs, batch_n)
@@ -616,9 +625,12 @@ class Distribution(nn.Module):
             new = self._sample(inputs, batch_n, reparam)
         else:
             rows = batch_size_of(inputs)
-            # a one-row value beside a batch conditions every row, as without sample_shape: expanded to the batch
-            # before it is repeated for the draws (n copies of one row were read as n rows of their own, and a
-            # product's factor conditioned on it drew (S, 1, ...) beside the other factors' (S, B, ...))
+            if rows == 1 and batch_n is not None:  # one row drawn batch_n times: it conditions each of them
+                rows = batch_n
+            # a one-row value beside a batch (or with batch_n) conditions every row, as without sample_shape: expanded
+            # to the batch before it is repeated for the draws (n copies of one row were read as n rows of their own:
+            # a product's factor conditioned on it drew (S, 1, ...) beside the other factors' (S, B, ...), and with
+            # batch_n a product refused "batch_n=8 but ... (c) have batch size 2" for batch_n=4, sample_shape=[2])
             repeated = {k: repeat_batch(v.expand(rows, *v.shape[1:]) if isinstance(v, Tensor) and v.dim() > 0
                                         and v.shape[0] == 1 and rows != 1 else v, n) for k, v in inputs.items()}
             new = self._sample_n(inputs, repeated, n, batch_n, reparam)

@@ -427,8 +427,10 @@ class MixturePosterior(Categorical):
     A one-hot `Categorical` over the hidden variable, conditioned on the mixture's variables
     (and its conditioning variables); ``get_params`` and ``sample_mean`` give the
     probabilities, shape ``(batch, K)``. It shares the mixture's parameters. As in Pixyz,
-    ``prob().eval({"x": x})`` without the hidden variable gives the responsibilities of every
-    component, shape ``(K, batch)`` (an EM step's E-step).
+    ``prob().eval({"x": x})`` and ``get_prob({"x": x})`` without the hidden variable give the
+    responsibilities of every component, shape ``(K, batch)`` (an EM step's E-step), and
+    ``get_log_prob`` / ``log_prob().eval`` their logarithms; given the hidden variable, the value
+    of each row's component (Pixyz's returns the ``(K, batch)`` table there too).
     """
 
     def __init__(self, mixture: MixtureModel, name: str = "p") -> None:
@@ -451,6 +453,16 @@ class MixturePosterior(Categorical):
         x_dict = dict(x_dict)
         self._require(x_dict, self._cond_var)
         return self.forward(**{k: x_dict[k] for k in self._cond_var})["logits"].T
+
+    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
+                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+        """:math:`\\log p(z|x)` per row given the hidden variable; without it, of every component, shape ``(K, batch)``
+        (`log_prob_every_state`, Pixyz's value, as ``log_prob().eval`` gives it)."""
+        if type(x_dict) is not dict:
+            x_dict = values_dict(x_dict, "get_log_prob", self, self._var + self.input_var)
+        if all(map(x_dict.__contains__, self._var)):
+            return super().get_log_prob(x_dict, sum_features, feature_dims)
+        return self.log_prob_every_state(x_dict)
 
     def log_prob(self, sum_features: bool = True, feature_dims: Any = None) -> Loss:
         """:math:`\\log p(z|x)` as a Loss: per row given ``z``, else ``(K, batch)`` (see `PosteriorLogProb`)."""
@@ -477,8 +489,7 @@ class PosteriorLogProb(LogProb):
         self.exp = exp
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        given = all(v in ctx.values for v in self.p.var)
-        value = self.p.get_log_prob(ctx.values) if given else self.p.log_prob_every_state(ctx.values)
+        value = self.p.get_log_prob(ctx.values)  # per row given z, else (K, batch)
         return value.exp() if self.exp else value
 
     def _render(self, fmt: dict[str, str]) -> str:

@@ -1011,6 +1011,14 @@ class TorchDistribution(Distribution):
         return tuple(c for c in self._from_var.values()
                      if isinstance(v := x_dict.get(c), Tensor) and v.dim() and v.shape == self._features_shape)
 
+    def _read_unbatched(self, x_dict: Mapping[str, Any]) -> bool:
+        """Whether every condition is one vector without a batch dimension (1-D), which ``forward`` reads as one row
+        (``nn.Linear(2, 3)`` on a ``z`` of ``(2,)`` gives ``(3,)``): its parameters, rows that match no condition's
+        length, are then drawn as they are (``x`` of ``(3,)``, Pixyz's draw), as `get_log_prob` and `sample_mean` read
+        them, rather than refused as a network that returned other rows than it was given."""
+        return bool(self._cond_var) and all(isinstance(v := x_dict.get(c), Tensor) and v.dim() == 1
+                                            for c in self._cond_var)
+
     def _draw(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None, n: int,
               reparam: bool) -> Tensor:
         """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
@@ -1026,7 +1034,8 @@ class TorchDistribution(Distribution):
             # one row is taken where a condition has one row (a one-row condition beside another variable's batch:
             # those rows are not the network's), or as before where its conditions have the rows drawn; one row for 3
             # rows of its own condition beside another variable's 6 is a network that collapsed its rows
-            if given and own not in given and rows not in given:  # a network that returned other rows than given
+            if given and own not in given and rows not in given and not self._read_unbatched(x_dict):  # a network
+                # that returned other rows than given
                 raise self._rows_error(own, x_dict, None)
         lead = (n,) if n > 1 else ()
         if reparam and self._hooks["_rsample_kernel"] and self.has_reparam:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from kizuna._data import check_count
+from kizuna._data import as_sequence, check_count
 
 Tensor = torch.Tensor
 #: the shape of one row (the batch dimension left out): a tuple of sizes, None for a size not known; None for rows of
@@ -186,7 +186,8 @@ class FlowList(Flow):
     """
 
     def __init__(self, flow_list: Sequence[Flow]) -> None:
-        flows = list(flow_list)
+        # (one flow raised a raw "'ActNorm' object is not iterable")
+        flows = list(as_sequence("FlowList: flow_list", flow_list, "a list of flows, e.g. FlowList([flow]) for one"))
         if not flows:
             raise ValueError("FlowList needs at least one flow")
         bad = [type(f).__name__ for f in flows if not isinstance(f, Flow)]

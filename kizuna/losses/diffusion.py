@@ -202,6 +202,9 @@ class _DataShapeChecked(Loss):
     def _render(self, fmt: dict[str, str]) -> str:
         return self.f._render(fmt)
 
+    def __repr__(self) -> str:  # (the loss it checks: `diffusion_bound`'s sum, `simple_diffusion_loss`'s Expectation)
+        return repr(self.f)
+
 
 def simple_diffusion_loss(reverse: DiffusionReverse, data_var: str = "x_0") -> Loss:
     """Ho et al.'s :math:`L_\\mathrm{simple}` per row (module docstring).

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kizuna._data import check_int, check_non_negative
+from kizuna._data import check_int, check_non_negative, check_sizes
 from kizuna.distributions import Bernoulli, Distribution, Normal
 from kizuna.distributions.base import Tensor
 from kizuna.distributions.normal_product import NormalProduct
@@ -141,13 +141,15 @@ class LadderVAE(nn.Module):
                  depth: int = 1, dropout: float = 0.0, merge: str = "product",
                  top_down: Sequence[int] | None = None, max_prior_scale: float | None = None) -> None:
         super().__init__()
+        # sequences, one size per stochastic layer (a bare 2 raised a raw "object of type 'int' has no len()"); a
+        # width of 0 built a latent of no units, -3 failed with a raw "negative dimension" error
+        z_dims = check_sizes("LadderVAE: z_dims", z_dims, "a sequence of latent sizes, one per stochastic layer "
+                             "(e.g. [32, 16]; [32] for one layer)")
+        hidden = check_sizes("LadderVAE: hidden", hidden, "a sequence of widths, one per stochastic layer "
+                             "(e.g. [400, 200]; [400] for one layer)")
         if len(z_dims) < 1 or len(hidden) != len(z_dims):
             raise ValueError(f"LadderVAE: give one hidden width per stochastic layer, got z_dims={list(z_dims)}, "
                              f"hidden={list(hidden)}")
-        # (a width of 0 built a latent of no units, -3 failed with a raw "negative dimension" error)
-        for what, sizes in (("z_dims", z_dims), ("hidden", hidden)):
-            for i, size in enumerate(sizes):
-                check_int(f"LadderVAE: {what}[{i}]", size, 1)
         check_int("LadderVAE: x_dim", x_dim, 1)  # (0 built a model of no inputs; -1 and 2.5 failed inside torch)
         check_int("LadderVAE: depth", depth, 1)
         if not 0.0 <= dropout < 1.0:
@@ -155,12 +157,11 @@ class LadderVAE(nn.Module):
         if merge not in ("product", "residual", "whitened"):
             raise ValueError(f"LadderVAE: merge must be 'product', 'residual' or 'whitened', got {merge!r}")
         self.x_var, self.merge, L = x_var, merge, len(z_dims)
-        top_down = list(hidden[:-1]) if top_down is None else list(top_down)
+        top_down = list(hidden[:-1]) if top_down is None else list(check_sizes(
+            "LadderVAE: top_down", top_down, "a sequence of widths, one per prior p(z_i|z_(i+1))"))
         if len(top_down) != L - 1:
             raise ValueError(f"LadderVAE: give one positive top-down width per prior p(z_i|z_(i+1)) (L - 1 = {L - 1}), "
                              f"got top_down={top_down}")
-        for i, width in enumerate(top_down):
-            check_int(f"LadderVAE: top_down[{i}]", width, 1)
         if max_prior_scale is not None and not math.log(2) < max_prior_scale < math.inf:
             raise ValueError(f"LadderVAE: max_prior_scale must be a finite number > log 2 (the initial scale), got "
                              f"{max_prior_scale}")

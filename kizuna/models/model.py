@@ -79,6 +79,16 @@ def build_optimizer(optimizer: type[torch.optim.Optimizer], params: Sequence[nn.
     kernel; otherwise, or if torch refuses it, the optimiser is built as given.
     """
     options = dict(options or {})
+    if not callable(optimizer):  # (an optimiser already built, or a name: "'Adam' object is not callable")
+        built = isinstance(optimizer, torch.optim.Optimizer)
+        name = type(optimizer).__name__ if built else str(optimizer)
+        cls = next((c for c in dir(torch.optim) if c.lower() == name.lower()
+                    and isinstance(getattr(torch.optim, c), type)), "Adam")
+        lr = optimizer.defaults.get("lr", 1e-3) if built else 1e-3
+        got = f"an optimizer already built ({name})" if built else f"{optimizer!r} ({type(optimizer).__name__})"
+        raise TypeError(f"Model: optimizer must be an optimizer class, e.g. optimizer=torch.optim.{cls}, with its "
+                        f"options in optimizer_params (e.g. optimizer_params={{'lr': {lr}}}): the Model builds it over "
+                        f"its distributions' parameters; got {got}")
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.LBFGS):  # it raised a TypeError at step()
         raise ValueError("Model: torch.optim.LBFGS re-evaluates the loss through a closure at every step, which a "
                          "Model's step does not pass; use a first-order optimiser (Adam, SGD, ...)")

@@ -23,10 +23,12 @@ import numbers
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from kizuna._data import as_sequence
 from kizuna.models.distributed import common_seed
 from kizuna.modules.base import ClassModule, GraphError, Module, Observation
 from kizuna.modules.combine import SIR, Combine, strategy
@@ -94,7 +96,8 @@ class Graph:
     """
 
     def __init__(self, modules: Sequence[Module]) -> None:
-        modules = list(modules)
+        # (one module raised a raw "'GMM' object is not iterable")
+        modules = list(as_sequence("Graph: modules", modules, "a list of modules, e.g. Graph([gmm]) for one"))
         if not modules:
             raise GraphError("Graph needs at least one module")
         for m in modules:
@@ -124,15 +127,23 @@ class Graph:
             raise GraphError(f"modules {rest} are not connected to {comps[0][0].name} and the rest of the graph")
 
     @staticmethod
-    def _wiring_of(modules: list[Module]) -> list[tuple[int, ...]]:
-        """Each module's identity, children and parents, to tell a change of wiring after construction."""
-        return [(id(m), len(m.children), *map(id, m.children), *map(id, m.parents)) for m in modules]
+    def _wiring_of(modules: list[Module]) -> list[tuple[Any, ...]]:
+        """Each module's children and parents by their positions in ``modules`` (a module outside it by identity),
+        to tell a change of wiring after construction. Positions, not identities: a deep copy or an unpickled graph
+        (new objects, the same wiring) runs as the original."""
+        at = {id(m): i for i, m in enumerate(modules)}
+        return [(len(m.children), *(at.get(id(c), ("outside", id(c))) for c in m.children),
+                 *(at.get(id(p), ("outside", id(p))) for p in m.parents)) for m in modules]
 
     def _check_wiring(self) -> None:
         """Re-run the constructor's checks if a module was connected (or its ``parents`` / ``children`` edited)
         since the graph was built: it ran the modules collected then, so a parent connected afterwards never ran
         while its child dropped its own class weights for that parent's prior (silently another model)."""
-        if self._wiring_of(self.modules) == self._wiring:
+        now = self._wiring_of(self.modules)
+        if "_wiring" not in self.__dict__:  # a graph pickled before stop 45: its wiring now, checked once
+            self._validate(_post_order(self.modules))
+            self._wiring = now
+        if now == self._wiring:
             return
         order = _post_order(self.modules)  # a cycle is named
         members = {id(m) for m in self.modules}
@@ -143,7 +154,7 @@ class Graph:
                                  " build a new Graph([...]) with them")
         self._validate(order)
         raise GraphError("the wiring of modules "
-                         f"{[m.name for m, w in zip(self.modules, self._wiring) if self._wiring_of([m]) != [w]]} "
+                         f"{[m.name for m, w, v in zip(self.modules, self._wiring, now) if v != w]} "
                          "changed after the graph was built; build a new Graph([...])")
 
     @staticmethod

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from kizuna._data import check_int, check_positive, first_flagged
+from kizuna._data import check_count, check_int, check_positive, check_sizes, first_flagged
 from kizuna._distances import squared_distances
 from kizuna.models.model import _all_finite
 from kizuna.modules.base import Message, MessageShapeError, Module
@@ -88,11 +88,16 @@ class NN(Module):
                  lr: float = 1e-3, name: str | None = None, learnable: bool = True,
                  random_state: int | torch.Generator | None = None) -> None:
         super().__init__(name, learnable, random_state)
-        # counts are integers (epochs=0.5 trained nothing, batch_size=2.5 failed in split_with_sizes)
+        # counts are integers (epochs=0.5 trained nothing, batch_size=2.5 failed in split_with_sizes, in_dim=0 failed
+        # only when the graph ran); hidden a sequence of widths (64 raised "'int' object is not iterable")
         check_int(f"NN {self.name}: epochs", epochs, 0)
         check_int(f"NN {self.name}: batch_size", batch_size, 1)
+        check_count(f"NN {self.name}: in_dim", in_dim, 1)  # (None: taken from the messages)
+        check_count(f"NN {self.name}: out_dim", out_dim, 1)
         check_positive(f"NN {self.name}: lr", lr)
-        self.net, self.in_dim, self.out_dim, self.hidden = net, in_dim, out_dim, tuple(hidden)
+        hidden = check_sizes(f"NN {self.name}: hidden", hidden, "a sequence of layer widths, e.g. (64,) or [128, 64]")
+        in_dim, out_dim = (None if dim is None else int(dim) for dim in (in_dim, out_dim))  # (numpy ints: JSON-able)
+        self.net, self.in_dim, self.out_dim, self.hidden = net, in_dim, out_dim, hidden
         self._builds_net = net is None  # the default MLP: kizuna moves it to the data's dtype and device
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         if target is not None and getattr(target, "ndim", 2) != 2:

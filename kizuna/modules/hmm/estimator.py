@@ -59,7 +59,10 @@ class HiddenMarkovModel(Estimator):
             ``"tied"`` ``(D, D)``: the shape of ``covars_``.
         min_covar: floor on the variances (eigenvalues of the covariances).
         startprob_prior, transmat_prior: Dirichlet concentrations (1.0: maximum likelihood).
-        n_iter: maximum EM iterations; tol: stop when the log-likelihood gains less than this.
+        n_iter: maximum EM iterations; tol: stop when the log-likelihood gains less than this. As in hmmlearn, a
+            negative ``tol`` is allowed: EM then stops early only if the log-likelihood falls by more than ``-tol``
+            (``tol=-np.inf``: always run ``n_iter`` iterations), where scikit-learn's and kizuna's GaussianMixture
+            refuse tol < 0.
         init_params, params: letters of the parameters to initialise / update: ``s`` startprob,
             ``t`` transmat, ``m`` means, ``c`` covars, ``e`` emissionprob (categorical).
         n_features: categorical alphabet size (inferred from the data when None).
