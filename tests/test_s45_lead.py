@@ -128,3 +128,24 @@ def test_float16_concrete_draws_are_torchs_but_for_exact_zeros_and_pass_validati
         assert x.dtype == torch.float16 and bool((x > 0).all())
         torch.testing.assert_close(x, torch.where(raw == 0, torch.tensor(subnormal, dtype=torch.float16), raw),
                                    rtol=0, atol=0)
+
+
+def test_a_flow_distribution_sizes_its_draw_from_the_values_like_every_family():
+    """A flow without a context given an unrelated batched value drew one row where its prior draws one per row, and
+    with a sample_shape failed ("shape '[2, 0, 2]' is invalid for input of size 2")."""
+    from kizuna.distributions import Normal, TransformedDistribution
+    from kizuna.flows import PlanarFlow
+
+    prior = Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), features_shape=[2])
+    flow = TransformedDistribution(prior, PlanarFlow(2), var=["x"])
+    data = {"foo": torch.ones(3, 5)}
+    for shape, expected in (((), (3, 2)), ((2,), (2, 3, 2))):
+        assert prior.sample(data, sample_shape=shape)["z"].shape == expected
+        out = flow.sample(data, sample_shape=shape)
+        assert out["x"].shape == expected and out["z"].shape == expected
+        torch.manual_seed(0)
+        x = flow.sample(data, sample_shape=shape, return_hidden=False)["x"]
+        torch.manual_seed(0)
+        z = prior.sample(data, sample_shape=shape)["z"]  # the same base draws, mapped by the flow
+        torch.testing.assert_close(x, flow.flow(z.reshape(-1, 2)).reshape(expected))
+    assert flow.sample({})["x"].shape == (1, 2) and flow.sample(batch_n=4)["x"].shape == (4, 2)

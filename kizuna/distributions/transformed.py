@@ -221,7 +221,9 @@ class _FlowDistribution(Distribution):
         if batch_n is None and not self.prior.cond_var:  # the context's rows: a one-row variable beside a batch
             # conditions every row (the first variable's rows gave one base row against a batch of context)
             rows = [v.shape[0] for c in self._flow_cond if isinstance(v := x_dict.get(c), Tensor) and v.dim() > 0]
-            batch_n = next((r for r in rows if r != 1), rows[0] if rows else None)
+            # without a context, the other values' rows, as every family draws (`batch_size_of`: an unrelated key of
+            # a data dict too); it drew one row, and with a sample_shape failed ("shape '[2, 0, 2]' is invalid")
+            batch_n = next((r for r in rows if r != 1), rows[0] if rows else batch_size_of(x_dict))
         inputs = {k: x_dict[k] for k in self.prior.input_var}
         base = self.prior._sample(inputs, batch_n, reparam)[self.prior.var[0]]
         base = self._check_dtype(base, f"the prior's draw of {self.prior.var[0]}")  # before the flow runs (`_value`)
