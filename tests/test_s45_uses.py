@@ -1,7 +1,8 @@
 """Review stop 45, area D (the uses layer): a decoder given without its prior is refused by `anomaly_score` (both
-methods) and `impute_importance` (whatever ``defensive``), as `log_likelihood` refuses it; the models' floating dtype
-is the widest of their parameters' (else buffers'), so float64 parameter-free experts of a `ProductOfNormal` and
-float64 factors beside float32 ones are not rounded to float32, whatever the order of the factors."""
+methods) and `impute_importance` (whatever ``defensive``), as `log_likelihood` refuses it; the data's floating dtype
+is that of the distributions that read them (the widest of their parameters', else buffers'), so float64
+parameter-free experts of a `ProductOfNormal` and float64 factors beside float32 ones are not rounded to float32,
+whatever the order of the factors, and a learned prior wider than the networks does not decide it."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_impute_importance_still_advises_defensive_0_where_the_prior_is_there_bu
         impute_importance(p_joint, q, {"x": x}, mask, k=10, defensive=0.2)
 
 
-# ------------------------------------------------------------------ 3. the models' floating dtype
+# ------------------------------------------------------------------ 3. the data's floating dtype
 def test_infer_latent_and_cross_generate_keep_float64_for_parameter_free_float64_experts() -> None:
     """The product's own N(0, I) buffers, made in the default float32, were the first floating tensor: float64 data
     were rounded to float32 (6.7e-8 off the closed form, a float32 latent)."""
@@ -150,3 +151,113 @@ def test_a_float32_network_beside_float64_buffers_gets_float32_data() -> None:
     z = infer_latent(q, {"x": X})["z"]
     assert z.dtype == torch.float32
     np.testing.assert_allclose(z.numpy(), X.numpy() / 2, rtol=1e-7)
+
+
+# ------------------------------------------------------------------ 4. a learned prior wider than the networks
+class _NetEncoder(Normal):
+    """q(z|x) = N(x/2, 1/2), the exact posterior for z ~ N(0, 1), x|z ~ N(z, 1), through a network (weights exact in
+    bfloat16)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__(var=["z"], cond_var=["x"], name="q")
+        self.net = torch.nn.Linear(1, 1).to(dtype)
+        with torch.no_grad():
+            self.net.weight.fill_(0.5)
+            self.net.bias.zero_()
+
+    def forward(self, x):
+        return {"loc": self.net(x), "scale": torch.full_like(x, 0.5 ** 0.5)}
+
+
+class _NetDecoder(Normal):
+    """p(x|z) = N(z, 1) through a network."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__(var=["x"], cond_var=["z"], name="p")
+        self.net = torch.nn.Linear(1, 1).to(dtype)
+        with torch.no_grad():
+            self.net.weight.fill_(1.0)
+            self.net.bias.zero_()
+
+    def forward(self, z):
+        return {"loc": self.net(z), "scale": torch.ones_like(z)}
+
+
+@pytest.mark.parametrize("order", ["p * prior", "prior * p"])
+@pytest.mark.parametrize(("net", "wide"), [(torch.bfloat16, torch.float32), (torch.float32, F64)],
+                         ids=["bf16 nets, float32 prior", "float32 nets, float64 prior"])
+def test_a_learned_prior_wider_than_the_networks_does_not_decide_the_datas_dtype(net, wide, order) -> None:
+    """bf16 networks beside a learned prior mean kept in float32 (float32 networks, a float64 one), as `Model.fit`
+    trains them: the widest of all parameters fed the networks the prior's dtype, which they refused ("x is
+    torch.float32, but its network takes torch.bfloat16"); before that, the first parameter decided, so p * prior ran
+    and prior * p was refused. The data take the dtype of the decoder and encoder that read them: the scores equal
+    those of the same model with the prior's mean a constant buffer (which never decided), and, with the exact
+    posterior, scipy's -log p(x) to the networks' precision."""
+    q, p = _NetEncoder(net), _NetDecoder(net)
+    x = torch.tensor([[0.0], [0.5], [4.0], [-1.5]], dtype=F64)  # exact in bfloat16
+    exact = -stats.norm(0.0, 2.0 ** 0.5).logpdf(x.numpy()[:, 0])
+
+    def prior(loc: torch.Tensor) -> Normal:
+        return Normal(var=["z"], loc=loc, scale=torch.ones(1, dtype=wide), name="p_prior")
+
+    learned, constant = prior(torch.nn.Parameter(torch.zeros(1, dtype=wide))), prior(torch.zeros(1, dtype=wide))
+    assert [t.dtype for t in learned.parameters()] == [wide]
+
+    def joint(pr: Normal) -> Normal:
+        return p * pr if order == "p * prior" else pr * p
+
+    scores = {}
+    for name, pr in (("learned", learned), ("constant", constant)):
+        out = []
+        for method in ("elbo", "iwae"):
+            torch.manual_seed(0)
+            out.append(anomaly_score(joint(pr), q, {"x": x}, method=method, k=4))
+        torch.manual_seed(0)
+        out.append(-log_likelihood(joint(pr), q, {"x": x}, k=4))
+        scores[name] = out
+    rtol = 1e-2 if net == torch.bfloat16 else 1e-6  # (2.5e-3 and 4.8e-8 off)
+    for got, same in zip(scores["learned"], scores["constant"], strict=True):
+        assert got.dtype == wide  # the prior's log-density promotes the sum, as it did in p * prior before
+        torch.testing.assert_close(got, same, rtol=0, atol=0)
+        np.testing.assert_allclose(got.double().numpy(), exact, rtol=rtol)
+
+
+@pytest.mark.parametrize(("net", "wide"), [(torch.bfloat16, torch.float32), (torch.float32, F64)],
+                         ids=["bf16 nets, float32 prior", "float32 nets, float64 prior"])
+def test_impute_importance_with_a_learned_prior_wider_than_the_networks(net, wide) -> None:
+    """The defensive share of the draws comes from the prior, in its dtype: torch.cat made every draw the prior's
+    float32 (float64), which the bf16 (float32) decoder refused, "p(x|z): z is torch.float32, but its network takes
+    torch.bfloat16", whatever the factor order (before, prior * p was refused at the data already). The prior's draws
+    now take q's dtype. z ~ N(0, 1), x | z ~ N((z, z), I): E[x_2 | x_1] = x_1 / 2 (Monte Carlo, k = 4000: ~0.01)."""
+
+    class Encoder(Normal):  # q(z|x) = N(x_1 / 2, 1/2) = p(z|x_1)
+        def __init__(self) -> None:
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.net = torch.nn.Linear(2, 1).to(net)
+            with torch.no_grad():
+                self.net.weight.copy_(torch.tensor([[0.5, 0.0]]))
+                self.net.bias.zero_()
+
+        def forward(self, x):
+            return {"loc": self.net(x), "scale": torch.full_like(x[:, :1], 0.5 ** 0.5)}
+
+    class Decoder(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.net = torch.nn.Linear(1, 2).to(net)
+            with torch.no_grad():
+                self.net.weight.fill_(1.0)
+                self.net.bias.zero_()
+
+        def forward(self, z):
+            loc = self.net(z)
+            return {"loc": loc, "scale": torch.ones_like(loc)}
+
+    prior = Normal(var=["z"], loc=torch.nn.Parameter(torch.zeros(1, dtype=wide)), scale=torch.ones(1, dtype=wide),
+                   name="p_prior")
+    x = torch.tensor([[1.0, math.nan], [-2.0, math.nan]], dtype=F64)
+    mask = torch.tensor([[True, False], [True, False]])
+    torch.manual_seed(0)
+    result = impute_importance(prior * Decoder(), Encoder(), {"x": x}, mask, k=4000)  # defensive=0.2
+    np.testing.assert_allclose(result.mean[:, 1].double().numpy(), [0.5, -1.0], atol=0.05)
+    np.testing.assert_array_equal(result.mean[:, 0].double().numpy(), [1.0, -2.0])

@@ -24,10 +24,10 @@ p(z|x_{obs})\,dz`. Two samplers are offered:
 
 Both return an `Imputation`: conditional samples and the posterior mean, observed entries
 kept as given. Missing entries of the input may hold anything, NaN included. As in
-`kizuna.inference.anomaly_score`, floating data is converted to the models' floating dtype (the
-widest of their floating parameters' dtypes, else of their floating buffers'; integer data of the
-masked variable too, and ``init``) and moved to their device, where
-the results are; tensors the models do not read may be scalars.
+`kizuna.inference.anomaly_score`, floating data is converted to the floating dtype of the distributions
+that read it (the decoder and the encoder, not the prior: the widest of their floating parameters'
+dtypes, else of their floating buffers'; integer data of the masked variable too, and ``init``) and
+moved to the models' device, where the results are; tensors the models do not read may be scalars.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def _prepare(p_joint: Distribution, q: Distribution, x_dict: Mapping[str, Any], 
     batch_rows(x_dict, names, who)
     decoder = decoder_of(p_joint, var, who)
     raise_for_autoregressive(decoder, who)  # (before, an unrelated "no closed-form mean")
-    dtype = model_dtype(p_joint, q)
+    dtype = model_dtype(x_dict, p_joint, q)
     x_dict = on_models(x_dict, p_joint, q)
     x = x_dict[var]
     if isinstance(x, Tensor) and not x.is_floating_point():  # counts or 0/1 labels: imputed values are means
@@ -237,6 +237,7 @@ class _Proposal:
             self.chunks.append((end - start - n_prior, n_prior))
         self.alpha = sum(n for _, n in self.chunks) / k  # the share actually drawn from the prior (0: q alone)
         self.q_shapes: dict[str, torch.Size] | None = None  # the shape of one draw of q, per variable
+        self.q_dtypes: dict[str, torch.dtype] = {}  # and its dtype
         self.per_row: int | None = None  # prior draws making one row of q's draws (see `_prior_per_row`)
 
     def draw(self, values: dict[str, Any], n_q: int, n_p: int) -> dict[str, Tensor]:
@@ -245,7 +246,7 @@ class _Proposal:
         if n_q:
             parts.append(own_draws(self.q, {n: repeat_batch(v, n_q) for n, v in values.items()}))
             if self.q_shapes is None:
-                self.q_shapes = {n: t.shape[1:] for n, t in parts[0].items()}
+                self._record(parts[0])
         if n_p:
             assert self.prior is not None
             given = {n: repeat_batch(v, n_p) for n, v in values.items() if n in self.prior.input_var}
@@ -254,9 +255,19 @@ class _Proposal:
             drawn = own_draws(self.prior, given, batch_n=b * n_p * m)
             assert self.q_shapes is not None
             # in q's shape (a prior of scalar draws against q's (N, 1) draws made m == 1 with other shapes, which
-            # torch.cat refused)
-            parts.append({n: t.reshape(b * n_p, *self.q_shapes[n]) for n, t in drawn.items()})
+            # torch.cat refused) and floating dtype, which the networks reading them take (a float32 prior beside
+            # bf16 networks: torch.cat made every draw float32, which the decoder refused)
+            parts.append({n: self._like_q(n, t.reshape(b * n_p, *self.q_shapes[n])) for n, t in drawn.items()})
         return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
+
+    def _record(self, draws: Mapping[str, Tensor]) -> None:
+        self.q_shapes = {n: t.shape[1:] for n, t in draws.items()}
+        self.q_dtypes = {n: t.dtype for n, t in draws.items()}
+
+    def _like_q(self, name: str, t: Tensor) -> Tensor:
+        """A floating draw of the prior in the dtype of q's draws of ``name`` (where those are floating)."""
+        want = self.q_dtypes[name]
+        return t.to(want) if t.is_floating_point() and want.is_floating_point else t
 
     def _prior_per_row(self, values: dict[str, Any], b: int) -> int:
         """How many of the prior's draws make one draw of q: 1 where their shapes agree; the number of
@@ -270,7 +281,7 @@ class _Proposal:
         cuda = sorted({t.device.index or 0 for t in values.values() if isinstance(t, Tensor) and t.is_cuda})
         with torch.random.fork_rng(devices=cuda):  # probes: the draws made afterwards are unchanged
             if self.q_shapes is None:
-                self.q_shapes = {n: t.shape[1:] for n, t in own_draws(self.q, values).items()}
+                self._record(own_draws(self.q, values))
             given = {n: v for n, v in values.items() if n in self.prior.input_var}
             p_shapes = {n: t.shape[1:] for n, t in own_draws(self.prior, given, batch_n=b).items()}
         counts = set()

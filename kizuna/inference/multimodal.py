@@ -143,10 +143,10 @@ def infer_latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool = F
     r"""The shared latent inferred from the modalities present in ``x_dict``, without gradients.
 
     The encoder runs in eval mode (dropout off, batch norm on its running statistics, which stay unchanged; each
-    module is returned to its own mode afterwards); floating data is converted to its floating dtype (the widest of its
-    floating parameters' dtypes, else of its floating buffers': float64 experts without parameters get float64 data
-    beside a product's own float32 :math:`\mathcal N(0, I)` buffers) and moved to its device, as
-    `kizuna.inference.anomaly_score` does.
+    module is returned to its own mode afterwards); floating data is converted to the floating dtype of the encoder's
+    factors that read it (the widest of their floating parameters' dtypes, else of their floating buffers': float64
+    experts without parameters get float64 data beside a product's own float32 :math:`\mathcal N(0, I)` buffers) and
+    moved to its device, as `kizuna.inference.anomaly_score` does.
 
     Args:
         encoders: one encoder for every subset it serves (see `select_encoder`).

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kizuna._data import check_int, first_nonfinite, one_number
-from kizuna.distributions.base import Distribution
+from kizuna.distributions.base import Distribution, single_factors
 from kizuna.distributions.torch_dist import validation
 from kizuna.losses.elbo import IWAE
 from kizuna.models.batches import prepare
@@ -70,12 +70,13 @@ def log_likelihood(
     require_prior(p_joint, q, "log_likelihood", "the estimate would not be log p(x)")
     chunks = [min(k_chunk, k - start) for start in range(0, k, k_chunk)]
     device = _device(p_joint, q)
+    dtype = _dtype(names, p_joint, q)  # the data's: that of the distributions that read them
     out = []
     probe = validate is None  # check each batch once, on one draw per row, then run unchecked
     from kizuna.modules.vae import evaluating  # (kizuna.modules imports kizuna.metrics)
 
     with torch.no_grad(), evaluating(p_joint, q):
-        for rows, batch in _batches(x_dict, names, batch_size, _dtype(p_joint, q), device or torch.device("cpu")):
+        for rows, batch in _batches(x_dict, names, batch_size, dtype, device or torch.device("cpu")):
             if device is not None:
                 batch = {v: t.to(device) if isinstance(t, torch.Tensor) else t for v, t in batch.items()}
             bad = first_nonfinite(batch, "log_likelihood: the data", rows)
@@ -148,21 +149,32 @@ def _device(*dists: Any) -> torch.device | None:
     return None
 
 
-def _dtype(*dists: Any) -> torch.dtype | None:
-    """The models' floating dtype, which floating data are converted to: the widest of their floating parameters'
-    dtypes (torch's promotion of them all), or, where they have no floating parameter, of their floating buffers';
-    ``None`` without either: the data keep their floating dtype (float64 data were rounded to the default float32 for
-    a model of no tensors).
+def _dtype(data: Iterable[str], *dists: Any) -> torch.dtype | None:
+    """The floating dtype that floating data of the variables ``data`` are converted to for the models ``dists``: that
+    of the distributions that read them. Those are the single factors (`single_factors`) of each distribution whose
+    ``var`` or ``cond_var`` holds a variable of ``data`` (the decoder :math:`p(x|z)` and the encoder :math:`q(z|x)`,
+    not a prior :math:`p(z)`), and any network given that is not a distribution. The dtype is the widest of their
+    floating parameters' dtypes (torch's promotion of them all), or, where they have no floating parameter, of their
+    floating buffers'; where the readers hold no floating tensor, the same over the whole models; ``None`` without
+    any: the data keep their floating dtype (float64 data were rounded to the default float32 for a model of no
+    tensors).
 
-    Parameters come first, so a float32 network beside float64 constants (a prior built from numpy values) gets
-    float32 data; the widest, not the first, so the choice does not depend on the order of the factors (the first
-    buffer made ``prior32 * decoder64`` of parameter-free factors float32, ``decoder64 * prior32`` float64) and no
-    data are rounded below the precision of a part of the model (float64 experts of a `ProductOfNormal` were fed
-    float32 data because of the product's own default-dtype prior buffers)."""
-    for tensors in (lambda d: d.parameters(), lambda d: d.buffers()):
-        found = {t.dtype for d in dists for t in tensors(d) if t.is_floating_point()}
-        if found:
-            return functools.reduce(torch.promote_types, found)
+    Only the readers, so a factor that never sees the data does not decide: bf16 networks beside a learned prior mean
+    kept in float32 get bf16 data, as `Model.fit` trains them (the widest of all parameters fed the networks float32
+    data, which they refused). Parameters before buffers, so a float32 network beside float64 constants (a
+    parameter-free decoder built from numpy values) gets float32 data. The widest, not the first, so the choice does
+    not depend on the order of the factors (the first buffer made ``prior32 * decoder64`` of parameter-free factors
+    float32, ``decoder64 * prior32`` float64) and no data are rounded below the precision of a part of the model that
+    reads them (float64 experts of a `ProductOfNormal` were fed float32 data because of the product's own
+    default-dtype prior buffers)."""
+    names = set(data)
+    readers = [f for d in dists for f in (single_factors(d) if isinstance(d, Distribution) else [d])
+               if not isinstance(f, Distribution) or names & {*f.var, *f.cond_var}]
+    for group in (readers, dists):
+        for tensors in (lambda m: m.parameters(), lambda m: m.buffers()):
+            found = {t.dtype for m in group for t in tensors(m) if t.is_floating_point()}
+            if found:
+                return functools.reduce(torch.promote_types, found)
     return None
 
 
