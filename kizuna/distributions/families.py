@@ -226,6 +226,36 @@ class MultivariateNormal(TorchDistribution):
     torch_class = D.MultivariateNormal
     param_names = ("loc", "covariance_matrix", "precision_matrix", "scale_tril")
 
+    def get_params(self, params_dict: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Tensor]:
+        """`TorchDistribution.get_params`, ``loc``'s features checked against the matrix's size while validation is on
+        (`_check_sizes`)."""
+        params = super().get_params(params_dict, **kwargs)
+        if validation_enabled():
+            self._check_sizes(params)
+        return params
+
+    get_params._reads_parameters = False  # (the parameters as computed: draws and densities read them as before)
+
+    def _check_params(self, params: dict[str, Any]) -> None:
+        super()._check_params(params)
+        self._check_sizes(params)
+
+    def _check_sizes(self, params: Mapping[str, Any]) -> None:
+        """``loc``'s features against the matrix's size: torch builds a MultivariateNormal of a loc of 2 features and a
+        3 x 3 covariance, which failed only in ``log_prob`` or ``sample`` with its bare reshape or expand error.
+        Checked at construction for constants, and while validation is on at `get_params` and at each evaluation for
+        parameters from a network or a variable (a comparison of shapes, no read of the device)."""
+        loc = params.get("loc")
+        if not isinstance(loc, Tensor) or loc.dim() < 1:
+            return
+        for key in ("covariance_matrix", "precision_matrix", "scale_tril"):
+            matrix = params.get(key)
+            if isinstance(matrix, Tensor) and matrix.dim() >= 2 \
+                    and not loc.shape[-1] == matrix.shape[-2] == matrix.shape[-1]:
+                raise ValueError(f"{self.prob_text}: loc has {loc.shape[-1]} features but {key} is "
+                                 f"{matrix.shape[-2]} x {matrix.shape[-1]}; a MultivariateNormal of d features takes a "
+                                 f"loc of shape (..., d) and a {key} of shape (..., d, d)")
+
 
 class Poisson(TorchDistribution):
     r"""Poisson: :math:`\lambda^x e^{-\lambda} / x!`, parameter ``rate`` (λ)."""
@@ -447,10 +477,18 @@ class _PositiveExp(D.transforms.ExpTransform):
     number (``torch.finfo(dtype).tiny``) raised to it, as torch's ``RelaxedBernoulli`` clamps its draws: a float32 draw
     at a low temperature has entries :math:`e^{-150}` that rounded to exactly 0, where the Concrete density (through
     ``log x``) is NaN. A category of probability 0 (a logit of -inf, its log-space draw -inf) stays exactly 0. The
-    draws torch makes otherwise, bit for bit."""
+    draws torch makes otherwise, bit for bit. In 16 bits the smallest normal number is not negligible (6.1e-5 in
+    float16: it moved 99 % of the entries of a 300-category draw and pushed draws of 600 categories off the simplex),
+    so there only the entries that are exactly 0 are raised, to the smallest subnormal number (6e-8 in float16)."""
 
     def _call(self, x: Tensor) -> Tensor:
-        return torch.where(x == -math.inf, 0.0, x.exp().clamp_min(torch.finfo(x.dtype).tiny))
+        info = torch.finfo(x.dtype)
+        y = x.exp()
+        if info.bits < 32:
+            y = torch.where(y == 0, info.tiny * info.eps, y)  # (tiny * eps: the smallest subnormal number)
+        else:
+            y = y.clamp_min(info.tiny)
+        return torch.where(x == -math.inf, 0.0, y)
 
 
 class _TorchRelaxedOneHotCategorical(D.RelaxedOneHotCategorical):
@@ -476,7 +514,8 @@ class Concrete(TorchDistribution):
     categorical likelihood, as Pixyz does.
 
     An entry of a draw below the dtype's smallest normal number, ``torch.finfo(dtype).tiny`` (1.2e-38 in float32),
-    is raised to it, as torch's ``RelaxedBernoulli`` clamps its draws: a float32 draw at a low temperature has
+    is raised to it (in 16 bits only an entry of exactly 0, to the smallest subnormal number, 6e-8 in float16), as
+    torch's ``RelaxedBernoulli`` clamps its draws: a float32 draw at a low temperature has
     entries that rounded to exactly 0 (255 of 2,000 draws at temperature 0.05 with logits (0.3, -1, 2)), where the
     density, computed through ``log x``, was NaN. Every draw of the family has a finite density (that of the point
     drawn, the same as float64 scoring of it), unless a category has probability 0 (a logit of -inf), which is

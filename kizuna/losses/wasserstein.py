@@ -13,6 +13,7 @@ no trainable side carries one and named in a warning otherwise
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable
 
 from torch import nn
@@ -27,11 +28,19 @@ from kizuna.losses.mmd import _features, check_samples
 class WassersteinDistance(Loss):
     """:math:`\\|x - y\\|` per batch row, :math:`x \\sim p`, :math:`y \\sim q`; trainable sides without a
     reparameterised sampler are refused where no side carries a gradient, named in a warning otherwise (module
-    docstring)."""
+    docstring).
+
+    ``metric``: a function of the two draws' feature rows ``(x, y)`` returning one distance per row (default: the
+    Euclidean norm of ``x - y``); a value that is not callable (a name such as ``"l2"``) is a TypeError.
+    """
 
     def __init__(self, p: Distribution, q: Distribution,
                  metric: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
         require_distributions("WassersteinDistance", p=p, q=q)
+        if metric is not None and not callable(metric):  # ("l2" failed only at eval: "'str' object is not callable")
+            raise TypeError(f"WassersteinDistance: metric must be a function of two draws (x, y) returning one "
+                            f"distance per row, e.g. torch.nn.PairwiseDistance(p=1), or None for the Euclidean "
+                            f"distance; got {reprlib.repr(metric)} ({type(metric).__name__})")
         if sorted(p.var) != sorted(q.var):
             raise ValueError(f"WassersteinDistance needs both over the same variables: {p.var} vs {q.var}")
         require_pathwise_draws("WassersteinDistance", p, q, every=False)  # (the draws alone carry the gradient)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -114,12 +115,26 @@ def normalize(weights: Tensor) -> Tensor:
     return weights / sums
 
 
+def _tensor_of(who: str, name: str, value: Any, what: str, floating: bool = False) -> Tensor:
+    """``value`` checked to be a torch tensor (a floating one with ``floating``); a TypeError naming ``who``, ``name``
+    and ``what`` to pass otherwise (a list failed with "'<=' not supported between instances of 'list' and 'int'")."""
+    if isinstance(value, Tensor) and (value.is_floating_point() or not floating):
+        return value
+    kind = f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
+    raise TypeError(f"{who}: {name} must be a {'floating ' if floating else ''}torch.Tensor ({what}), got {kind}")
+
+
 def sample_classes(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One class per row, :math:`c_n \\sim \\mathrm{Cat}(p_{n\\cdot})`, by inverting the CDF.
+    """One class per row, :math:`c_n \\sim \\mathrm{Cat}(p_{n\\cdot})`, by inverting the CDF. ``probs``: a 2-D tensor
+    of non-negative weights, one row per draw (a ValueError otherwise; one distribution is ``probs[None]``).
 
     >>> sample_classes(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
     tensor([1, 0])
     """
+    _tensor_of("sample_classes", "probs", probs, "one row of class weights per draw")
+    if probs.dim() != 2:  # (1-D: torch's bare "Dimension out of range")
+        raise ValueError(f"sample_classes: probs must be 2-D, one row of class weights per draw, got shape "
+                         f"{tuple(probs.shape)}" + ("; for one draw pass probs[None]" if probs.dim() == 1 else ""))
     cdf = normalize(probs).cumsum(1)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
     # count the classes whose cumulative mass lies at or below u; zero-mass classes are never chosen
@@ -127,11 +142,13 @@ def sample_classes(probs: Tensor, generator: torch.Generator | None = None) -> T
     return idx.clamp_(max=probs.shape[1] - 1)
 
 
-def _gamma_parts(a: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+def _gamma_parts(a: Tensor, generator: torch.Generator | None, who: str = "sample_gamma"
+                 ) -> tuple[Tensor, Tensor, Tensor]:
     """Marsaglia & Tsang's ``Gamma(a', 1)`` draws with :math:`a' = a + 1` where :math:`a < 1`, the uniforms
     :math:`U` that turn them into :math:`\\mathrm{Gamma}(a, 1)` there, and that mask (`sample_gamma`)."""
+    _tensor_of(who, "concentration", a, "e.g. torch.tensor([1.0, 1.0])", floating=True)
     if (a <= 0).any() or not torch.isfinite(a).all():
-        raise ValueError("sample_gamma: concentrations must be positive and finite")
+        raise ValueError(f"{who}: concentrations must be positive and finite")
     boost = a < 1
     d = torch.where(boost, a + 1, a) - 1.0 / 3
     c = 1.0 / torch.sqrt(9 * d)
@@ -172,8 +189,12 @@ def sample_log_gamma(concentration: Tensor, generator: torch.Generator | None = 
     >>> bool(torch.isfinite(sample_log_gamma(torch.full((1000,), 1e-3, dtype=torch.float64), g)).all())
     True
     """
-    a = concentration
-    out, u, boost = _gamma_parts(a, generator)
+    return _log_gamma(concentration, generator, "sample_log_gamma")
+
+
+def _log_gamma(a: Tensor, generator: torch.Generator | None, who: str) -> Tensor:
+    """`sample_log_gamma`, its errors naming ``who``."""
+    out, u, boost = _gamma_parts(a, generator, who)
     # (``torch.rand`` can return 0: its log stays finite, as its Gamma draw rounds to 0 in `sample_gamma`)
     return torch.where(boost, torch.log(out) + torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)) / a, torch.log(out))
 
@@ -191,4 +212,4 @@ def sample_dirichlet(concentration: Tensor, generator: torch.Generator | None = 
     >>> torch.allclose(theta.sum(-1), torch.ones(4, dtype=torch.float64))
     True
     """
-    return torch.softmax(sample_log_gamma(concentration, generator), -1)
+    return torch.softmax(_log_gamma(concentration, generator, "sample_dirichlet"), -1)

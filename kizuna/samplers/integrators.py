@@ -34,19 +34,26 @@ Every sampler takes ``n_steps`` (steps of one network evaluation each; Heun's ma
 out of the prior and one where its last step is Euler's: 2n - 2 evaluations on a DDPM or a score model from its
 prior, 1 at n = 1, and 2n on a flow-matching path) and a ``generator``. Classifier-free guidance is a path
 (`kizuna.samplers.paths.Guided`).
+
+Every sampler checks the network's output at each evaluation to have the draws' shape (a ValueError naming the
+sampler, the path and both shapes: a (B, 1) velocity for (B, 2) draws was broadcast into wrong draws silently), and,
+while validation is on (`kizuna.distributions.validation`), the draws it returns to be finite: a FloatingPointError
+naming the sampler, the steps and the first non-finite entry (a network that emits NaN gave all-NaN draws silently).
+The draws are read once, at the end: no device sync, nor any other work, per step.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from kizuna._data import check_count, check_shape, first_flagged, one_number
-from kizuna.samplers.paths import GaussianPath, Prediction, Tensor, _noise
+from kizuna.samplers.paths import GaussianPath, Prediction, Tensor, _check_draws, _noise, _sampling
 
 Step = Callable[[GaussianPath, Tensor, float, float, Prediction, bool, torch.Generator | None], Tensor]
 
@@ -90,10 +97,15 @@ def _run(name: str, path: GaussianPath, step: Step, n: int | None, n_steps: int 
         x = path.prior(1 if n is None else n, generator)  # n = 0: no draws (an empty batch), as torch's
     else:
         _check_start(name, path, n, x)
-    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+    # the network's output is checked to have x's shape at each evaluation (`paths._checked`, on the host), the draws
+    # to be finite once, at the end (`paths._check_draws`: no read of the device per step)
+    with _sampling(name), torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         for tau, tau_next in zip(grid[:-1], grid[1:]):
             last = tau_next == path.end
             x = step(path, x, tau, tau_next, path.predict(x, tau), last, generator)
+    _check_draws(name, x, f"{len(grid) - 1} steps (tau {grid[0]:.6g} -> {grid[-1]:.6g})",
+                 f"{type(path).__name__}'s network (its velocity, score or noise prediction) returned NaN or inf, or "
+                 "the steps diverged (sample with times= that stop earlier to find the step)")
     return x
 
 
@@ -213,11 +225,17 @@ def euler_maruyama(path: GaussianPath, n: int | None = None, n_steps: int | None
     needs many steps). The last step is the noiseless Euler step.
 
     Args:
-        diffusion: :math:`\\gamma(\\tau)`; default `natural_diffusion` (the reverse SDE of the diffusion). Its value
-            at each step must be a finite number >= 0; else a ValueError.
+        diffusion: :math:`\\gamma(\\tau)`, a function of the time (a constant as ``lambda tau: 1.0``; a number
+            is a TypeError); default `natural_diffusion` (the reverse SDE of the diffusion). Its value at each step
+            must be a finite number >= 0; else a ValueError.
         Others: as `ancestral`.
     """
-    gamma = diffusion or (lambda tau: natural_diffusion(path, tau))
+    if diffusion is not None and not callable(diffusion):  # (a constant 1.0 failed at the first step: "'float' object
+        # is not callable"; 0.0 was taken as no diffusion given, the path's own)
+        raise TypeError(f"euler_maruyama: diffusion must be a function of tau, gamma(tau) (e.g. lambda tau: 1.0 for a "
+                        f"constant), or None for the path's own; got {reprlib.repr(diffusion)} "
+                        f"({type(diffusion).__name__})")
+    gamma = diffusion if diffusion is not None else (lambda tau: natural_diffusion(path, tau))
     prior, out_of_prior = (path.prior_level() if diffusion is None else None), _ddim_step(1.0)
 
     def step(path: GaussianPath, x: Tensor, tau: float, tau_next: float, pred: Prediction, last: bool,

@@ -19,6 +19,7 @@ import torch
 from kizuna._data import check_count, check_positive, noise_levels
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.distributions.energy import autograd_values, input_leaf, outside_inference_mode
+from kizuna.samplers.paths import _check_draws, _checked
 
 
 def score_of(p: Distribution, var: str | None = None, **given: Tensor) -> Callable[[Tensor], Tensor]:
@@ -51,21 +52,41 @@ def langevin_dynamics(score: Callable[[Tensor], Tensor], x: Tensor, step_size: f
                       generator: torch.Generator | None = None) -> Tensor:
     """``n_steps`` Langevin steps of size ``step_size`` (α) from ``x`` (module docstring); no gradients.
 
+    The score's value is checked to have ``x``'s shape at every step (a ValueError), and, while validation is on
+    (`kizuna.distributions.validation`), the draws it returns to be finite: a FloatingPointError naming the sampler and
+    the first non-finite entry (a score that returns NaN, or a step size too large for it, gave all-NaN draws
+    silently), read once at the end (no device sync per step).
+
     Args:
         score: :math:`s(x)`, e.g. ``score_of(p)`` or a score network.
         x: the starting points, batch first.
         generator: a ``torch.Generator`` on ``x``'s device for reproducible noise.
     """
+    _check_arguments(x, step_size, n_steps)
+    x = _langevin(score, x, float(step_size), int(n_steps), generator, "langevin_dynamics")
+    _check_draws("langevin_dynamics", x, f"{n_steps} steps of step_size {step_size}", _HINT)
+    return x
+
+
+def _check_arguments(x: Any, step_size: Any, n_steps: Any) -> None:
+    """`langevin_dynamics`' arguments (also each level's of `annealed_langevin_dynamics`)."""
     if n_steps is None:
         raise ValueError("langevin_dynamics: n_steps must be an integer >= 0, got None")
     check_count("langevin_dynamics: n_steps", n_steps, 0)  # 2.5 raised a bare TypeError from range()
     check_positive("langevin_dynamics: step_size", step_size)  # (inf: every draw NaN; a string: a bare TypeError)
     _check_start("langevin_dynamics", x)
-    n_steps, step_size = int(n_steps), float(step_size)
+
+
+_HINT = "the score returned NaN or inf, or the step size is too large for it (the chain diverged)"
+
+
+def _langevin(score: Callable[[Tensor], Tensor], x: Tensor, step_size: float, n_steps: int,
+              generator: torch.Generator | None, who: str) -> Tensor:
+    """``n_steps`` Langevin steps from ``x``, the score checked (`kizuna.samplers.paths._checked`)."""
     x = x.detach().clone()
     with torch.no_grad():
         for _ in range(n_steps):
-            s = _checked(score(x), x, "langevin_dynamics")
+            s = _checked(score(x), x, who)
             x = x + 0.5 * step_size * s + step_size**0.5 * _noise(x, generator)
     return x
 
@@ -87,22 +108,20 @@ def annealed_langevin_dynamics(score: Callable[[Tensor, int], Tensor], x: Tensor
     _check_start("annealed_langevin_dynamics", x)
     check_positive("annealed_langevin_dynamics: eps (the step at the smallest level)", eps)  # numpy floats too
     eps = float(eps)
+    who = "annealed_langevin_dynamics"
     for i, sigma in enumerate(levels):
         alpha = eps * sigma**2 / levels[-1] ** 2
-        x = langevin_dynamics(_at_level(score, i), x, alpha, n_steps_each, generator)
+        _check_arguments(x, alpha, n_steps_each)  # (langevin_dynamics' at each level)
+        x = _langevin(_at_level(score, i), x, alpha, int(n_steps_each), generator, who)
     if denoise:
         with torch.no_grad():
             # as every Langevin step (a (B, 1) score was broadcast silently)
-            s = _checked(score(x, len(levels) - 1), x, "annealed_langevin_dynamics", " (the denoising step)")
+            s = _checked(score(x, len(levels) - 1), x, who, where=" (the denoising step)")
             x = x + levels[-1] ** 2 * s
+    # (one finiteness check over every level, at the end)
+    _check_draws(who, x, f"{len(levels)} noise levels of {n_steps_each} steps each"
+                 + (" and the denoising step" if denoise else ""), _HINT)
     return x
-
-
-def _checked(s: Tensor, x: Tensor, who: str, where: str = "") -> Tensor:
-    """The score ``s`` at ``x``, checked to have ``x``'s shape (a ValueError naming ``who`` otherwise)."""
-    if s.shape != x.shape:
-        raise ValueError(f"{who}: the score has shape {tuple(s.shape)}, x has {tuple(x.shape)}{where}")
-    return s
 
 
 def _check_start(who: str, x: Any) -> None:

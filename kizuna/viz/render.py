@@ -187,7 +187,13 @@ def to_dot(spec: dict[str, Any], latex: bool = False, name: str = "model") -> st
     """Graphviz ``dot`` text of a `model_spec` (deterministic: the same model gives the same text).
 
     Every edge carries its spec ``label`` as a ``tooltip`` (shown on hover in SVG); a module graph's message edges
-    also draw it as the edge's ``label``, so the message kind shows in every image format."""
+    also draw it as the edge's ``label``, so the message kind shows in every image format. ``spec`` is the dict
+    `model_spec` returns; anything else is a TypeError (a string or a model failed inside with "string indices must be
+    integers"; `render` takes a model)."""
+    if not isinstance(spec, dict) or not {"nodes", "edges", "plates"} <= spec.keys():
+        what = f"a dict of keys {sorted(map(str, spec))}" if isinstance(spec, dict) else type(spec).__name__
+        raise TypeError(f"to_dot takes the dict of model_spec(obj) (keys nodes, edges, plates), got {what}; for a "
+                        "model call to_dot(model_spec(obj)), or render(obj).dot")
     lines = [f"digraph {_quote(name)} {{", "  rankdir=TB;", '  node [fontname="Helvetica"];']
 
     def node_line(n: dict[str, Any], indent: str) -> str:
