@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from kizuna._data import check_count, check_int, first_nonfinite, sigma_min_value
+from kizuna._data import check_count, check_shape, first_nonfinite, sigma_min_value
 from kizuna.distributions.base import (
     Distribution,
     Tensor,
@@ -63,8 +63,8 @@ class FlowMatching(Distribution):
     def __init__(self, velocity: Callable[..., Tensor], features_shape: Sequence[int], var: str = "x",
                  context_var: Sequence[str] = (), sigma_min: float = 0.0, sampler: str = "heun", n_steps: int = 25,
                  likelihood_steps: int = 50, trace: str = "exact", n_probes: int = 1, name: str = "p") -> None:
-        for i, size in enumerate(features_shape):  # (-2 was accepted, and failed in sample with "negative dimension")
-            check_int(f"FlowMatching: features_shape[{i}]", size, 1)
+        # (-2 was accepted, and failed in sample with "negative dimension"; a bare 3 raised "'int' is not iterable")
+        features_shape = check_shape("FlowMatching: features_shape", features_shape)
         super().__init__([var], list(context_var), name, features_shape)
         if sampler not in ("euler", "heun"):
             raise ValueError(f"FlowMatching: sampler must be 'euler' or 'heun', got {sampler!r}")
