@@ -84,7 +84,8 @@ def fit(
             only rank 0 shows progress and writes ``checkpoint``. A ``DataLoader`` must shard
             itself with a ``DistributedSampler``; ``set_epoch(epoch)`` is called on it every epoch. With more
             than one rank each rank draws from a stream of its own, derived every epoch from the model's common
-            stream (the one ``seed`` starts and checkpoints hold) and the rank.
+            stream (the one ``seed`` starts and checkpoints hold) and the rank; a sampler of your own must not shard
+            a permutation drawn from torch's global generator, which then differs between the ranks.
         drop_last: leave out each epoch's last mini-batch of dict ``data`` when it has fewer than ``batch_size``
             rows (fewer than ``batch_size * world`` in a data-parallel run), e.g. for a model with batch
             normalisation, which cannot train on one row (which rows are left out changes every epoch with

@@ -183,7 +183,8 @@ class GAN(Model):
         """The generator's step with the discriminator's own parameters not requiring gradients, as a careful
         hand-written GAN does: its step needs no gradient of them (the discriminator's own step starts from zero
         gradients), so autograd computes none, and the loss's term on the data, which has no generator gradient,
-        builds no graph at all (it was differentiated through the discriminator at every generator step). The
+        builds no graph at all where the players share no layer (it was differentiated through the discriminator at
+        every generator step; a shared layer's graph is built, the term's gradient reaching it). The
         generator's gradient is the same. A parameter the generator's optimiser trains too (a layer shared by the two
         players) is not frozen: the generator's step updates it with its whole gradient, through both players, as
         Pixyz's GAN and a hand-written loop do (frozen, it was trained by the discriminator alone, silently)."""
