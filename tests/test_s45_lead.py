@@ -66,7 +66,7 @@ def test_word_segmentation_data_that_is_a_folder_or_not_text_is_a_usage_error(tm
 
 
 def test_word_segmentation_reads_data_from_a_pipe(tmp_path):
-    """``--data <(head -n 20 br-phono.txt)`` (a named pipe, not a regular file) is read, as before the folder check."""
+    """``--data <(head -n 20 corpus.txt)`` (a named pipe, not a regular file) is read, as before the folder check."""
     import os
     import threading
 
