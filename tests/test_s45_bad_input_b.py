@@ -2,8 +2,8 @@
 
 * 3: every sampler checks the network's output to have the draws' shape (a (B, 1) velocity for (B, 2) draws was
   broadcast into wrong draws silently, a (B,) or (B, 3) one was torch's bare broadcast error) and, while validation
-  is on, the draws to be finite (a network that emits NaN gave all-NaN draws silently): the error names the sampler
-  and the first step whose draws are not finite.
+  is on, the draws to be finite (a network that emits NaN gave all-NaN draws silently; checked once, at the end):
+  the error names the sampler, the number of steps taken and the first non-finite entry.
 * 5: a MultivariateNormal whose loc and matrix sizes differ is refused at construction, at ``get_params`` and at the
   first evaluation of parameters from a network (torch's reshape error came from log_prob or sample).
 * 6: options that take a function given a value (``euler_maruyama(diffusion=1.0)``,

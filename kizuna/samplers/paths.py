@@ -370,7 +370,8 @@ class ScorePath(GaussianPath):
     """A noise-conditional score :math:`s(x, i) \\approx \\nabla_x\\log p_{\\sigma_i}(x)` as a path (NCSN).
 
     Args:
-        score: ``score(x, i)`` for level index ``i`` (into ``sigmas``, largest first).
+        score: ``score(x, i)`` for level index ``i`` (into ``sigmas``, largest first), of the shape of ``x`` (a
+            sampler refuses another shape, a 0-d or per-feature output too, which was broadcast silently).
         sigmas: the levels :math:`\\sigma_1 > \\dots > \\sigma_L`; the path ends at :math:`\\sigma = 0`,
             reached by the Tweedie step :math:`\\hat x_0 = x + \\sigma_L^2 s(x, L)`.
         features_shape: the shape of one :math:`x`.
@@ -427,7 +428,8 @@ class LinearPath(GaussianPath):
     """Flow matching's path (module docstring) with a velocity :math:`v(x, t)`, ``t`` in ``[0, 1]``.
 
     Args:
-        velocity: ``velocity(x, t)`` with ``t`` a tensor of shape ``(batch,)``.
+        velocity: ``velocity(x, t)`` with ``t`` a tensor of shape ``(batch,)``, of the shape of ``x`` (a sampler
+            refuses another shape, a 0-d or per-feature output too, which was broadcast silently).
         features_shape: the shape of one :math:`x_1`.
         sigma_min: the noise left at ``t = 1``.
         dtype, device: of the prior's draws (default: the velocity network's dtype where ``velocity`` is an
