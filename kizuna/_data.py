@@ -103,21 +103,23 @@ def sigma_min_value(owner: str, value: Any) -> float:
     return float(number)
 
 
-def check_count(name: str, value: Any, minimum: int) -> None:
-    """``value`` is None or an integer (a Python or numpy one, not a bool) of at least ``minimum``; a ValueError
-    naming the argument and the value otherwise (``name``: e.g. ``"MADE: in_features"``)."""
+def check_count(name: str, value: Any, minimum: int, arrays: bool = False) -> None:
+    """``value`` is None or an integer (a Python or numpy one, or a 0-d integer tensor; not a bool, not a float) of at
+    least ``minimum``; a ValueError naming the argument and the value otherwise (``name``: e.g.
+    ``"MADE: in_features"``). ``arrays``: a 0-d integer numpy array too (`one_number`), for a size that the caller
+    turns into an ``int`` (``np.load(...)["dim"]`` or an h5py scalar, which torch.Size and nn.Linear take)."""
     if value is None:
         return
-    value = one_number(value, arrays=False)
+    value = one_number(value, arrays=arrays)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def check_int(name: str, value: Any, minimum: int) -> None:
+def check_int(name: str, value: Any, minimum: int, arrays: bool = False) -> None:
     """As `check_count`, for an argument that must be given: None is refused too."""
     if value is None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got None")
-    check_count(name, value, minimum)
+    check_count(name, value, minimum, arrays)
 
 
 def check_non_negative(name: str, value: Any) -> None:
@@ -166,10 +168,11 @@ def as_sequence(name: str, value: Any, what: str, error: type[Exception] = TypeE
 def check_sizes(name: str, sizes: Any, what: str, minimum: int = 1) -> tuple[int, ...]:
     """``sizes`` (a sequence of integers >= ``minimum``: a shape, layer widths) as a tuple of Python ints; a ValueError
     naming ``name`` otherwise: one that is not a sequence (`as_sequence`; ``what`` says what to pass) or a size that
-    is not such an integer (``name[i]``: -2 built a shape whose draws failed with a raw integer overflow)."""
+    is not such an integer (``name[i]``: -2 built a shape whose draws failed with a raw integer overflow). A size may
+    be a Python or numpy integer or a 0-d integer tensor or numpy array (`check_count` with ``arrays``)."""
     sizes = as_sequence(name, sizes, what, ValueError)
     for i, size in enumerate(sizes):
-        check_int(f"{name}[{i}]", size, minimum)
+        check_int(f"{name}[{i}]", size, minimum, arrays=True)
     return tuple(int(one_number(size)) for size in sizes)
 
 

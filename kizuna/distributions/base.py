@@ -413,8 +413,16 @@ class Distribution(nn.Module):
         self._name = name
         # (a bare 3 was tuple()'s raw TypeError, and -2 a raw integer overflow in the first draw; 0 is torch's empty
         # dimension, as a parameter of shape (0,) gives)
-        self._features_shape = torch.Size(_check_shape(f"{type(self).__name__} {self.prob_text}: features_shape",
-                                                       features_shape, minimum=0))
+        try:
+            shape = _check_shape("features_shape", features_shape, minimum=0)
+        except ValueError as err:  # the label only here: a subclass's prob_text may read what its __init__ sets after
+            # this (it raised "'Q' object has no attribute 'prob_text'" on every construction)
+            try:
+                label = self.prob_text
+            except Exception:
+                label = prob_text(name, self._var, self._cond_var)
+            raise ValueError(f"{type(self).__name__} {label}: {err}") from None
+        self._features_shape = torch.Size(shape)
 
     # ----------------------------------------------------------------- names
     @property
@@ -581,11 +589,14 @@ class Distribution(nn.Module):
                 its other factors given them (Pixyz redraws them too; for Pixyz's loop
                 ``d = p.sample(d)`` pass ``{k: v for k, v in d.items() if k not in p.var}``; see
                 docs/porting_from_pixyz.md).
-            batch_n: batch size when nothing in ``x_dict`` fixes it (default 1). Any value in ``x_dict`` with a
-                batch dimension fixes it, also one under a key that is none of this distribution's variables: a
-                prior ``p(z)`` given ``{"x": x}`` draws one ``z`` per row of ``x``, as inside an expectation over
-                that batch (Pixyz reads only ``input_var`` and draws one row: give ``batch_n=1`` for that, see
-                docs/porting_from_pixyz.md). A one-row input drawn ``batch_n`` times conditions every row.
+            batch_n: the batch size. Given, it is the batch, whatever the rows of the values in ``x_dict``
+                under keys that are none of this distribution's inputs; its conditioning values must have
+                ``batch_n`` rows or one (a one-row input drawn ``batch_n`` times conditions every row). Without
+                it, the largest leading dimension among the values in ``x_dict`` with a batch dimension, also one
+                under a key that is none of this distribution's variables: a prior ``p(z)`` given ``{"x": x}``
+                draws one ``z`` per row of ``x``, as inside an expectation over that batch (Pixyz reads only
+                ``input_var`` and draws one row: give ``batch_n=1`` for that, see docs/porting_from_pixyz.md);
+                1 where no value has one.
             sample_shape: extra leading dims: each sampled variable gets shape
                 ``(*sample_shape, batch, *features)``; inputs are returned unchanged.
             return_all: also return the entries of ``x_dict``.
@@ -624,13 +635,13 @@ class Distribution(nn.Module):
         elif len(shape) == 0:
             new = self._sample(inputs, batch_n, reparam)
         else:
-            rows = batch_size_of(inputs)
-            if rows == 1 and batch_n is not None:  # one row drawn batch_n times: it conditions each of them
-                rows = batch_n
+            rows = batch_n if batch_n is not None else batch_size_of(inputs)  # (a given batch_n is the batch, as
+            # without sample_shape, whatever the rows of values under unrelated keys)
             # a one-row value beside a batch (or with batch_n) conditions every row, as without sample_shape: expanded
             # to the batch before it is repeated for the draws (n copies of one row were read as n rows of their own:
             # a product's factor conditioned on it drew (S, 1, ...) beside the other factors' (S, B, ...), and with
-            # batch_n a product refused "batch_n=8 but ... (c) have batch size 2" for batch_n=4, sample_shape=[2])
+            # batch_n a product refused "batch_n=8 but ... (c) have batch size 2" for batch_n=4, sample_shape=[2], and
+            # "... (c) have batch size 10" with an unrelated 5-row value beside it)
             repeated = {k: repeat_batch(v.expand(rows, *v.shape[1:]) if isinstance(v, Tensor) and v.dim() > 0
                                         and v.shape[0] == 1 and rows != 1 else v, n) for k, v in inputs.items()}
             new = self._sample_n(inputs, repeated, n, batch_n, reparam)

@@ -700,7 +700,8 @@ class DDPM(Distribution):
                  noiseless_last: bool = True, prior_var: str = "x_T", name: str = "p") -> None:
         if reverse.step is not None:
             raise ValueError(f"DDPM: {reverse.prob_text} has a fixed step; give the reverse process over all steps")
-        check_shape("DDPM: features_shape", features_shape)  # (-2 failed in the prior: integer multiplication overflow)
+        # (-2 failed in the prior: integer multiplication overflow; the checked tuple, read twice below)
+        features_shape = check_shape("DDPM: features_shape", features_shape)
         decoder = decoder if decoder is not None else DiffusionReverse(
             reverse.eps_net, reverse.schedule, variance=reverse.variance, step=1, name=reverse.name,
             context_var=reverse.context_var)
