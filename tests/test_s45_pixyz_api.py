@@ -105,17 +105,24 @@ class _OneVector(Normal):
         return {"loc": h, "scale": nn.functional.softplus(h)}
 
 
-@pytest.mark.parametrize("checked", [True, False])
-def test_a_network_given_one_unbatched_vector_draws_as_pixyz(checked: bool) -> None:
+def test_a_network_given_one_unbatched_vector_draws_as_pixyz_with_validation_off() -> None:
     """Pixyz 0.3.3 on ``z = [0.5, -1.0]`` (seed 0): ``sample`` x of (3,) with these numbers, ``sample_shape=[2]``
-    (2, 3), ``reparam=True`` the same draw, ``sample_mean`` (3,), ``get_log_prob`` of x (3,) three values. kizuna's
-    ``get_log_prob`` and ``sample_mean`` agreed; its ``sample`` refused while validation was on ("the parameters have
-    batch size 3 but the conditioning values (z) have batch size 2; forward must return ...")."""
+    (2, 3), ``reparam=True`` the same draw, ``sample_mean`` (3,), ``get_log_prob`` of x (3,) three values. kizuna
+    gives them with validation off; with it on, `sample`'s check of the network's rows reads a 1-D condition as a
+    batch of scalars (a time ``t`` of (B,), which one vector's shape cannot be told from: a probe of ``forward`` that
+    tried let networks pooling such a batch draw silently, diff review 6) and says how to give one vector."""
     q = _OneVector()
     z = torch.tensor([0.5, -1.0])
     pixyz_draw = torch.tensor([2.1987648010253906, -0.594733476638794, -1.503218650817871])
     pixyz_second = torch.tensor([1.1897406578063965, -0.9849395155906677, -1.0365543365478516])
-    with validation(checked):
+    with validation(True), pytest.raises(ValueError, match=re.escape(
+            "q(x|z): the parameters have batch size 3 but the conditioning values (z) have batch size 2; forward "
+            "must return one row of parameters per row of its inputs (if z is one vector without a batch dimension, "
+            "give it one: z.unsqueeze(0), or draw with validation off as Pixyz does)")):
+        q.sample({"z": z})
+    with validation(True):
+        assert q.sample({"z": z.unsqueeze(0)})["x"].shape == (1, 3)
+    with validation(False):
         torch.manual_seed(0)
         torch.testing.assert_close(q.sample({"z": z})["x"], pixyz_draw)
         torch.manual_seed(0)

@@ -1011,44 +1011,6 @@ class TorchDistribution(Distribution):
         return tuple(c for c in self._from_var.values()
                      if isinstance(v := x_dict.get(c), Tensor) and v.dim() and v.shape == self._features_shape)
 
-    def _read_unbatched(self, params: Mapping[str, Any], x_dict: Mapping[str, Any]) -> bool:
-        """Whether every condition is one vector without a batch dimension (1-D) that ``forward`` reads as one row
-        (``nn.Linear(2, 3)`` on a ``z`` of ``(2,)`` gives ``(3,)``): its parameters, rows that match no condition's
-        length, are then drawn as they are (``x`` of ``(3,)``, Pixyz's draw), as `get_log_prob` and `sample_mean` read
-        them, rather than refused as a network that returned other rows than it was given.
-
-        Asked only where the parameters' rows match no condition's (the error path). A 1-D condition is as often a
-        batch of scalars (a time ``t`` of ``(B,)``, one per row), which its shape cannot tell from one vector: a
-        network that pooled or dropped the rows of such a batch drew silently with them. So ``forward`` is given the
-        conditions as one row (``(1, n)``; without gradients, in eval mode, torch's random state restored after it)
-        and they are one vector only where its parameters come back as those it gave, each with a leading row of one
-        (a network that reads ``t[:, None]`` fails on that row; one that pools or drops rows gives other shapes)."""
-        conds = [x_dict.get(c) for c in self._cond_var]
-        if not conds or not all(isinstance(v, Tensor) and v.dim() == 1 for v in conds):
-            return False
-        modes = [(m, m.training) for m in self.modules()]
-        cuda = sorted({v.device.index or 0 for v in conds if v.is_cuda})
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-                self.eval()  # (batch normalisation's statistics untouched, and it takes one row)
-                probe = self._params({c: v.unsqueeze(0) for c, v in zip(self._cond_var, conds)})
-        except Exception:  # a network that cannot take them as one row: a batch of scalars
-            return False
-        finally:
-            for m, training in modes:
-                m.training = training
-        row = False  # some parameter came back with a row of one added
-        for k, v in params.items():
-            if isinstance(v, Tensor) and k not in self._static:
-                got = probe.get(k)
-                if not isinstance(got, Tensor):
-                    return False
-                if got.shape == (1, *v.shape):
-                    row = True
-                elif got.shape != v.shape:  # (unchanged: a constant)
-                    return False
-        return row
-
     def _draw(self, params: dict[str, Any], x_dict: Mapping[str, Any], batch_n: int | None, n: int,
               reparam: bool) -> Tensor:
         """``n`` draws per row (a leading draw dimension when ``n > 1``)."""
@@ -1064,8 +1026,7 @@ class TorchDistribution(Distribution):
             # one row is taken where a condition has one row (a one-row condition beside another variable's batch:
             # those rows are not the network's), or as before where its conditions have the rows drawn; one row for 3
             # rows of its own condition beside another variable's 6 is a network that collapsed its rows
-            if given and own not in given and rows not in given \
-                    and not self._read_unbatched(params, x_dict):  # a network that returned other rows than given
+            if given and own not in given and rows not in given:  # a network that returned other rows than given
                 raise self._rows_error(own, x_dict, None)
         lead = (n,) if n > 1 else ()
         if reparam and self._hooks["_rsample_kernel"] and self.has_reparam:
@@ -1091,10 +1052,18 @@ class TorchDistribution(Distribution):
         if given == found:
             return ValueError(f"{self.prob_text}: batch_n={batch_n} but {inputs}")
         asked = f"batch_n={batch_n}" if batch_n is not None else inputs
+        # conditions of one dimension are a batch of scalars (a time t of (B,)) or one vector without a batch
+        # dimension, which the shape cannot tell apart: the check reads them as a batch, and says how to give a vector
+        # (Pixyz draws it as it is; a probe of forward to tell them apart let networks pooling such a batch through)
+        flat = [c for c in self._cond_var if isinstance(v := x_dict.get(c), Tensor) and v.dim() == 1]
+        vector = (f" (if {', '.join(flat)} {'is one vector' if len(flat) == 1 else 'are vectors'} without a batch "
+                  f"dimension, give {'it' if len(flat) == 1 else 'them'} one: "
+                  f"{', '.join(c + '.unsqueeze(0)' for c in flat)}, or draw with validation off as Pixyz does)"
+                  if flat and len(flat) == len(self._cond_var) else "")
         return ValueError(f"{self.prob_text}: the parameters have batch size {found} but {asked}"
                           + (f" ({inputs})" if batch_n is not None and given is not None else "")
                           + ("; forward must return one row of parameters per row of its inputs"
-                             if given is not None else ""))
+                             if given is not None else "") + vector)
 
     def _kernel_shape(self, params: dict[str, Any], rows: int | None) -> torch.Size | None:
         """The broadcast shape of the parameters with ``rows`` rows, if they are all tensors."""
