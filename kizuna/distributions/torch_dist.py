@@ -1404,12 +1404,10 @@ def _empty_kl(shape: torch.Size, *param_sets: Mapping[str, Any]) -> Tensor:
     """The KL of a pair of batch ``shape`` without entries: zeros of that shape in the parameters' dtype, attached to
     their graph as a computed KL is (a loss summed over it still backpropagates, zero gradients)."""
     values = [v for params in param_sets for v in params.values() if isinstance(v, Tensor) and v.is_floating_point()]
-    if not values:
+    like = _floating_like(values)
+    if like is None:
         return torch.zeros(shape)
-    dtype = values[0].dtype
-    for v in values[1:]:
-        dtype = torch.promote_types(dtype, v.dtype)
-    kl = torch.zeros(shape, dtype=dtype, device=values[0].device)
+    kl = torch.zeros(shape, dtype=like[0], device=like[1])
     for v in values:
         if v.requires_grad:
             kl = kl + v.sum()
