@@ -2,7 +2,7 @@ r"""Learning curves of the single-layer VAE and Ladder VAEs trained with one rec
 
 Each model is trained the way `examples/vae.py` trains the VAE (Adam 1e-3, batch 100, every training
 image every epoch, no early stopping), optionally with the Ladder VAE's options (KL warm-up, a floor
-on each layer's KL, IWAE training), and every ``--every`` epochs this script prints, for the same
+on each layer's KL, IWAE training), and every ``--every`` epochs (and after the last) this script prints, for the same
 held-out images and with the same evaluation code (`kizuna.metrics.log_likelihood`):
 
 * the held-out :math:`\log p(x)` by the IWAE bound with ``--k`` samples of :math:`q` (a lower bound
@@ -84,6 +84,9 @@ def parse_model(text: str) -> tuple[str, dict]:
             cfg[key] = SETTINGS[key](value)
         except argparse.ArgumentTypeError as error:
             raise ValueError(f"ladder_vae_curves: {text!r}: {key}: {error}") from None
+    if cfg["k_train"] > 1 and (cfg["warmup"] or cfg["free_nats"]):  # (the IWAE bound has neither: they were ignored)
+        raise ValueError(f"ladder_vae_curves: {text!r}: warmup and free_nats weigh the ELBO's KL terms; k_train > 1 "
+                         f"trains the IWAE bound, which has no KL term to weigh: give one or the other")
     with torch.random.fork_rng(devices=[]):  # a throwaway model, for LadderVAE's checks of the settings together
         try:
             _ladder(1, cfg)
@@ -173,7 +176,7 @@ def main(models: list[str], epochs: int, every: int, k: int, n_eval: int, seed: 
                 c.optimizer.zero_grad()
                 loss.eval({"x": x_train[idx]}).backward()
                 c.optimizer.step()
-            if (epoch + 1) % every == 0:
+            if (epoch + 1) % every == 0 or epoch + 1 == epochs:  # (and the last epoch's, whatever --every)
                 r = c.measure(x_eval, x_fit_eval, k, seed + 1)
                 kls = " ".join(f"{key} {v:.2f}" for key, v in r.items() if key.startswith(("kl", "prior", "up")))
                 print(f"   epoch {epoch + 1:3d}: log p(x) {r['ll']:.2f}  ELBO {r['elbo']:.2f}  "

@@ -135,9 +135,9 @@ def test_every_model_spec_is_checked_while_parsing(spec, message, monkeypatch, c
 def test_model_specs_parse_as_before(monkeypatch):
     curves = load_example("ladder_vae_curves")
     kind, cfg = curves.parse_model("ladder:depth=1,z_dims=8/2,hidden=16/4,top_down=3,merge=residual,dropout=0.1,"
-                                   "max_prior_scale=1,warmup=5,free_nats=0.5,k_train=2,pretrain=1")
+                                   "max_prior_scale=1,warmup=5,free_nats=0.5,k_train=1,pretrain=1")
     assert kind == "ladder"
-    assert cfg == {"z_dims": [8, 2], "hidden": [16, 4], "depth": 1, "warmup": 5, "free_nats": 0.5, "k_train": 2,
+    assert cfg == {"z_dims": [8, 2], "hidden": [16, 4], "depth": 1, "warmup": 5, "free_nats": 0.5, "k_train": 1,
                    "pretrain": 1, "merge": "residual", "top_down": [3], "dropout": 0.1, "max_prior_scale": 1.0}
     assert curves.parse_model("vae") == ("vae", {}) and curves.parse_model("ladder") == ("ladder", curves.LADDER)
     assert parsed("ladder_vae_curves", ["vae", "ladder:depth=2,z_dims=32/4,hidden=400/50"], monkeypatch).models == \

@@ -1,0 +1,39 @@
+"""Stop 46, the lead's own fixes of the stop-45 "noticed and left" list.
+
+* ``ladder_vae_curves.py`` printed nothing when ``--every`` exceeded ``--epochs`` (a run of 5 epochs with the default
+  ``--every 10`` trained and reported nothing); the last epoch is now always measured.
+* ``ladder:k_train=2,warmup=5`` (or ``free_nats``) trained the IWAE bound and ignored the warm-up and the floor without
+  a word; the combination is refused while parsing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from example_loader import load_example
+from test_examples_args import usage_error
+
+
+@pytest.mark.parametrize("setting", ["warmup=5", "free_nats=0.5"])
+def test_iwae_training_with_warmup_or_free_nats_is_refused(setting, monkeypatch, capsys):
+    spec = f"ladder:k_train=2,{setting}"
+    message = usage_error("ladder_vae_curves", ["vae", spec], monkeypatch, capsys)
+    assert f"argument models: {spec!r}: warmup and free_nats weigh the ELBO's KL terms; k_train > 1 trains the " \
+           "IWAE bound" in message
+
+
+def test_k_train_alone_and_warmup_alone_still_parse():
+    curves = load_example("ladder_vae_curves")
+    assert curves.parse_model("ladder:k_train=2")[1]["k_train"] == 2
+    assert curves.parse_model("ladder:warmup=5,free_nats=0.5")[1]["warmup"] == 5
+
+
+@pytest.mark.parametrize(("epochs", "every", "reported"), [(2, 10, [2]), (3, 2, [2, 3]), (4, 2, [2, 4])])
+def test_the_last_epoch_is_always_reported(epochs, every, reported, monkeypatch, capsys):
+    curves = load_example("ladder_vae_curves")
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(60, 12, generator=g) < 0.4).float()
+    monkeypatch.setattr(curves, "binary_images", lambda name, seed=0: (images[:40], None, images[40:], None))
+    curves.main(["vae"], epochs=epochs, every=every, k=2, n_eval=10, seed=0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "log p(x)" in line]
+    assert [int(line.split("epoch")[1].split(":")[0]) for line in lines] == reported
