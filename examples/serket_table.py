@@ -65,11 +65,26 @@ def table(names: list[str], seeds: int | list[int], smoke: bool, data: str | Non
     return HEADER + "\n" + "\n".join(rows)
 
 
+def _saved_runs(f: Path) -> dict[str, list[dict[str, float]]]:
+    """The runs a ``--json`` file holds (``{example: [{metric: value}, ...]}``); a ValueError naming the file when
+    it cannot be read or is not such a file."""
+    try:
+        saved = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{f}: cannot be read ({error.__class__.__name__}: {error})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{f}: not a --json file of this script (invalid JSON: {error})") from None
+    if not isinstance(saved, dict) or not all(
+            isinstance(runs, list) and all(isinstance(run, dict) for run in runs) for runs in saved.values()):
+        raise ValueError(f"{f}: not a --json file of this script (expected {{example: [{{metric: value}}, ...]}})")
+    return saved
+
+
 def merge(files: list[Path]) -> str:
     """The table of the runs saved by several ``--json`` files (their seed sets are concatenated)."""
     runs_of: dict[str, list[dict[str, float]]] = {}
     for f in files:
-        for name, runs in json.loads(f.read_text()).items():
+        for name, runs in _saved_runs(f).items():
             if name not in EXAMPLES:
                 raise ValueError(f"{f}: unknown example {name!r}; expected one of {list(EXAMPLES)}")
             runs_of.setdefault(name, []).extend(runs)
@@ -90,7 +105,10 @@ def main() -> None:
                         help="print the table of these --json files and exit (nothing is run)")
     args = parser.parse_args()
     if args.merge:
-        print(merge(args.merge))
+        try:
+            print(merge(args.merge))
+        except ValueError as error:
+            parser.error(f"--merge: {error}")
         return
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")

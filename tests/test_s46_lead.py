@@ -37,3 +37,40 @@ def test_the_last_epoch_is_always_reported(epochs, every, reported, monkeypatch,
     curves.main(["vae"], epochs=epochs, every=every, k=2, n_eval=10, seed=0)
     lines = [line for line in capsys.readouterr().out.splitlines() if "log p(x)" in line]
     assert [int(line.split("epoch")[1].split(":")[0]) for line in lines] == reported
+
+
+# --- serket_table --merge of a file it cannot use: a usage error naming the file, not a traceback ------------------
+
+
+def _merge_error(files, monkeypatch, capsys) -> str:
+    import runpy
+    import sys
+
+    from example_loader import EXAMPLES
+
+    path = EXAMPLES / "serket_table.py"
+    monkeypatch.setattr(sys, "argv", [str(path), "--merge", *map(str, files)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(path), run_name="__main__")
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"serket_vae_gmm": [{"ari": 0.5}', "not a --json file of this script (invalid JSON: "),
+    ('[1, 2]', "not a --json file of this script (expected {example: [{metric: value}, ...]})"),
+    ('{"serket_vae_gmm": 3}', "not a --json file of this script (expected {example: [{metric: value}, ...]})"),
+    ('{"serket_bogus": []}', "unknown example 'serket_bogus'"),
+])
+def test_merge_of_a_broken_file_names_it(text, message, tmp_path, monkeypatch, capsys):
+    good = tmp_path / "good.json"
+    good.write_text('{"serket_vae_gmm": []}')
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    assert f"--merge: {bad}: {message}" in _merge_error([good, bad], monkeypatch, capsys)
+
+
+def test_merge_of_a_missing_file_or_a_folder_names_it(tmp_path, monkeypatch, capsys):
+    assert f"--merge: {tmp_path / 'none.json'}: cannot be read (FileNotFoundError" in \
+        _merge_error([tmp_path / "none.json"], monkeypatch, capsys)
+    assert f"--merge: {tmp_path}: cannot be read (IsADirectoryError" in _merge_error([tmp_path], monkeypatch, capsys)
