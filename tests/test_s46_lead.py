@@ -74,3 +74,77 @@ def test_merge_of_a_missing_file_or_a_folder_names_it(tmp_path, monkeypatch, cap
     assert f"--merge: {tmp_path / 'none.json'}: cannot be read (FileNotFoundError" in \
         _merge_error([tmp_path / "none.json"], monkeypatch, capsys)
     assert f"--merge: {tmp_path}: cannot be read (IsADirectoryError" in _merge_error([tmp_path], monkeypatch, capsys)
+
+
+# --- Model.dtype: the trained distributions that read the data decide, as the uses' rule --------------------------
+
+
+def _vae_parts(prior_dtype, net_dtype):
+    from torch import nn
+
+    from kizuna.distributions import Normal
+
+    class Enc(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.lin(x)
+            return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:]) + 0.1}
+
+    class Dec(Normal):
+        def __init__(self):
+            super().__init__(var=["x"], cond_var=["z"], name="p")
+            self.lin = nn.Linear(2, 4)
+
+        def forward(self, z):
+            loc = self.lin(z)
+            return {"loc": loc, "scale": torch.ones_like(loc)}
+
+    torch.manual_seed(0)
+    prior = Normal(var=["z"], loc=nn.Parameter(torch.zeros(2, dtype=prior_dtype)), scale=1.0, features_shape=[2],
+                   name="prior")
+    return prior, Enc().to(net_dtype), Dec().to(net_dtype)
+
+
+def _vae_model(prior, q, p, order):
+    from kizuna.losses import Expectation, KullbackLeibler, LogProb
+    from kizuna.models import Model
+
+    loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
+    parts = {"prior": prior, "q": q, "p": p}
+    return loss, Model(loss, distributions=[parts[k] for k in order])
+
+
+@pytest.mark.parametrize("order", [["prior", "p", "q"], ["q", "p", "prior"], ["p", "prior", "q"]])
+def test_a_float32_prior_listed_first_does_not_round_float64_data(order):
+    """The first trainable parameter (the prior's float32 mean) decided: float64 data were converted to float32 and
+    the float64 encoder refused them. The readers decide now, whatever the order, as `_dtype` of the uses."""
+    from kizuna.metrics.likelihood import _dtype
+
+    prior, q, p = _vae_parts(torch.float32, torch.float64)
+    loss, model = _vae_model(prior, q, p, order)
+    assert model.dtype == torch.float64 == _dtype(["x"], prior, q, p)
+    x = torch.randn(8, 4, dtype=torch.float64)
+    torch.manual_seed(1)
+    expected = loss.eval({"x": x.float().double()})
+    torch.manual_seed(1)
+    assert model.train({"x": x.float()}).item() == expected.item()  # float32 data are converted to float64
+
+
+def test_bf16_networks_beside_a_float32_prior_get_bf16_data():
+    prior, q, p = _vae_parts(torch.float32, torch.bfloat16)
+    _, model = _vae_model(prior, q, p, ["prior", "q", "p"])
+    assert model.dtype == torch.bfloat16
+    assert torch.isfinite(model.train({"x": torch.randn(8, 4)}))
+
+
+def test_a_later_double_of_the_networks_is_followed_and_one_dtype_is_as_before():
+    prior, q, p = _vae_parts(torch.float32, torch.float32)
+    _, model = _vae_model(prior, q, p, ["prior", "q", "p"])
+    assert model.dtype == torch.float32
+    q.double()
+    p.double()
+    assert model.dtype == torch.float64
+    assert model.train({"x": torch.randn(8, 4)}).dtype == torch.float64

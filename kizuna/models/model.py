@@ -251,6 +251,10 @@ class Model:
         # joined the optimizer (a frozen int64 index table or float64 constant listed first converted every batch to
         # its dtype); the first floating one where none is trainable yet
         self._reference = _reference_parameter(params)
+        # the data's dtype (`dtype`): the widest of those of the trained distributions that read the data (the uses'
+        # rule, `kizuna.metrics.likelihood._dtype`), each represented by its reference parameter so that a later
+        # ``.double()`` of a part is followed; a float32 learned prior listed first fed float64 networks float32 data
+        self._dtype_refs = _reader_references(self.loss_cls.input_var, dists) or [self._reference]
         self._training: bool | None = None
         self._validated: set[int] = set()  # losses evaluated once with validation (validate=None)
         self._compile_args = _compile_args(compile)
@@ -276,6 +280,8 @@ class Model:
         if "_reference" not in state:
             params = state.get("_params") or [p for group in self.optimizer.param_groups for p in group["params"]]
             self._reference = _reference_parameter(params)
+        if "_dtype_refs" not in state:  # (pickled before stop 46: the first trainable parameter's, as then)
+            self._dtype_refs = [self._reference]
 
     @property
     def loss(self) -> Loss:
@@ -289,8 +295,18 @@ class Model:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype floating data are converted to: the first trainable parameter's (when the model was built)."""
-        return self._reference.dtype
+        """The dtype floating data are converted to: the widest of the dtypes of the trained distributions that read
+        the data (the single factors whose variables or conditions hold a variable of the loss, and trained modules
+        that are not distributions), each taken from its first trainable parameter (its first floating one where
+        none is trainable), as the uses convert data; the first trainable parameter's where none of them has one.
+        A prior that never sees the data does not decide (a float32 learned prior listed before float64 networks
+        fed them float32 data)."""
+        refs = self._dtype_refs
+        dtype = refs[0].dtype
+        for ref in refs[1:]:
+            if ref.dtype is not dtype:
+                dtype = torch.promote_types(dtype, ref.dtype)
+        return dtype
 
     def __str__(self) -> str:
         # (a trained module that is not a distribution, e.g. a LadderVAE, has no prob_text: its class name)
@@ -963,6 +979,26 @@ def check_seed(seed: Any, where: str) -> None:
 
 _ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device (read, never written)
 _FLAGS: dict[torch.device, torch.Tensor] = {}  # a zero non-finite flag per device, kept from a finite check
+
+
+def _reader_references(names: Iterable[str], dists: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """The reference parameter (`_reference_parameter`, floating ones only) of each of ``dists``'s single factors whose
+    ``var`` or ``cond_var`` holds one of ``names``, and of each module of ``dists`` that is not a distribution; those
+    without a floating parameter are left out (see `Model.dtype`)."""
+    from kizuna.distributions.base import Distribution, single_factors
+
+    names = set(names)
+    refs = []
+    for d in dists:
+        for f in single_factors(d) if isinstance(d, Distribution) else [d]:
+            if isinstance(f, Distribution) and not names & {*f.var, *f.cond_var}:
+                continue
+            params = [t for t in f.parameters() if t.is_floating_point()]
+            if params:
+                ref = _reference_parameter(params)
+                if not any(r is ref for r in refs):
+                    refs.append(ref)
+    return refs
 
 
 def _reference_parameter(params: Sequence[torch.Tensor]) -> torch.Tensor:
