@@ -148,3 +148,15 @@ def test_a_later_double_of_the_networks_is_followed_and_one_dtype_is_as_before()
     p.double()
     assert model.dtype == torch.float64
     assert model.train({"x": torch.randn(8, 4)}).dtype == torch.float64
+
+
+def test_observation_reads_a_1d_array_as_a_column_as_documented():
+    """docs/modules.md said `Observation` refuses data that is not N×D; a 1-D array is read as N×1 (documented now)."""
+    import numpy as np
+
+    from kizuna.modules import Observation
+
+    obs = Observation(np.arange(3.0))
+    assert tuple(obs.data.shape) == (3, 1) and obs.data[:, 0].tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="data"):
+        Observation(np.zeros((2, 2, 2)))

@@ -427,7 +427,8 @@ class Module(Stateful):
 
 class Observation(Module):
     """A leaf holding data ``N×D`` (tensor, array or list; a list of strings is encoded by
-    `kizuna.modules.symbols.encode_strings`); its forward message is the data.
+    `kizuna.modules.symbols.encode_strings`); its forward message is the data. A 1-D array is read as
+    ``N`` rows of one feature (``N×1``); one row of ``D`` features is ``x[None, :]``.
 
     Floating data keeps its dtype; integer and boolean data become ``torch.get_default_dtype()``;
     anything that is not numbers is refused naming the expected dtype (`kizuna.modules.validation`).
