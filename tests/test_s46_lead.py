@@ -160,3 +160,25 @@ def test_observation_reads_a_1d_array_as_a_column_as_documented():
     assert tuple(obs.data.shape) == (3, 1) and obs.data[:, 0].tolist() == [0.0, 1.0, 2.0]
     with pytest.raises(ValueError, match="data"):
         Observation(np.zeros((2, 2, 2)))
+
+
+def test_float32_tied_hmm_with_a_state_without_mass_fits_as_float64():
+    """Review R6 (stop 46): the M step divided by ``nk.clamp_min(1e-300)``, 0 in float32, so a state no step visits
+    gave 0 / 0 = NaN, which the tied covariance's weighted sum over the states spread: the float32 fit failed naming
+    the user's ``covars_`` where the float64 fit ran. Float32 now matches the float64 fit."""
+    import numpy as np
+
+    from kizuna.modules.hmm import HMM
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (50, 2)), rng.normal(10, 1, (50, 2))])
+    means = np.array([[0.0, 0.0], [10.0, 10.0], [1000.0, 1000.0]])  # the third state far from every point
+    fitted = {}
+    for dtype in (np.float64, np.float32):
+        m = HMM(3, covariance_type="tied", n_iter=5, init_params="st", random_state=0)
+        m.means_, m.covars_ = means.astype(dtype), np.eye(2, dtype=dtype)
+        m.fit(x.astype(dtype))
+        fitted[dtype] = (m.score(x.astype(dtype)), np.asarray(m.covars_, dtype=np.float64))
+    assert np.isfinite(fitted[np.float32][1]).all()
+    assert fitted[np.float32][0] == pytest.approx(fitted[np.float64][0], rel=1e-6)
+    np.testing.assert_allclose(fitted[np.float32][1], fitted[np.float64][1], rtol=1e-4, atol=1e-5)

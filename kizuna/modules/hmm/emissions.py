@@ -284,16 +284,19 @@ class Gaussian:
         """New ``means_`` / ``covars_`` (those in ``which``); a state no step visits keeps its parameters."""
         out, nk = dict(p), gamma.sum(0)
         alive = nk > 1e-10 * x.shape[0]
+        # the floor of a count divided by: 1e-300 rounds to 0 in float32 (0 / 0 = NaN for a state without mass, which
+        # the tied covariance's weighted sum over states then spread: float32 fits failed where float64 ones ran)
+        floor = max(1e-300, torch.finfo(nk.dtype).tiny)
         if "m" in which:
             # about the data's mean: gamma' x of data far from the origin lost float32's digits (means 3.6e-3 off at
             # 1000 for 20,000 rows, against 2.8e-5 centred; EM then stalled nats below the float64 fit)
             c = x.mean(0)
-            centred = gamma.T @ (x - c) / nk.clamp_min(1e-300)[:, None] + c
+            centred = gamma.T @ (x - c) / nk.clamp_min(floor)[:, None] + c
             out["means_"] = torch.where(alive[:, None], centred, p["means_"])
         if "c" in which:
             means = out["means_"]
             # the scatter about each state's mean (E[xx'] - mu mu' cancels for data far from the origin)
-            new = self._from_full(weighted_scatter(x, gamma, means) / nk.clamp_min(1e-300)[:, None, None], nk)
+            new = self._from_full(weighted_scatter(x, gamma, means) / nk.clamp_min(floor)[:, None, None], nk)
             out["covars_"] = new if self.covariance_type == "tied" else torch.where(
                 alive.reshape(-1, *[1] * (new.dim() - 1)), new, p["covars_"])
         return out
