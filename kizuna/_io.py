@@ -46,6 +46,19 @@ class SavedAs(NamedTuple):
     reader: str  # what reads it, e.g. "read it with Model.load"
 
 
+def make_folder(folder: Path, cannot: str) -> None:
+    """``folder`` created with its parents where missing; a FileNotFoundError that starts with ``cannot`` and says why
+    otherwise (a file in its way was pathlib's bare FileExistsError naming only that file; no permission), for
+    every writer of kizuna's files (`kizuna.models.Model.save`, ``fit(checkpoint=...)``, `kizuna.modules.save_module`,
+    a graph's ``save``)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((q for q in (folder, *folder.parents) if q.exists() and not q.is_dir()), None)
+        why = f"{blocker} is a file" if blocker is not None else err.strerror or str(err)
+        raise FileNotFoundError(f"{cannot}: the folder {folder} cannot be created ({why})") from None
+
+
 def saved_as(path: str | os.PathLike[str]) -> SavedAs | None:
     """Which of kizuna's saves wrote ``path``, told by its header (a file) or its manifest (a directory), and what
     reads it; None for anything else (a foreign file, one cut inside its header, a missing path). A loader given

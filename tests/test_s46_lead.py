@@ -182,3 +182,25 @@ def test_float32_tied_hmm_with_a_state_without_mass_fits_as_float64():
     assert np.isfinite(fitted[np.float32][1]).all()
     assert fitted[np.float32][0] == pytest.approx(fitted[np.float64][0], rel=1e-6)
     np.testing.assert_allclose(fitted[np.float32][1], fitted[np.float64][1], rtol=1e-4, atol=1e-5)
+
+
+def test_model_save_under_a_file_names_the_file(tmp_path):
+    """Review R2 (stop 46): `Model.save` under a path whose folder is blocked by a file gave the raw
+    ``NotADirectoryError: [Errno 20]``; `save_module` and a graph's save named the file in the way. One helper now
+    (`kizuna._io.make_folder`), for ``fit(checkpoint=...)`` too."""
+    from kizuna.distributions import Normal
+    from kizuna.losses import LogProb
+    from kizuna.models import Model
+
+    p = Normal(var=["x"], loc=torch.nn.Parameter(torch.zeros(1)), scale=1.0, features_shape=[1])
+    model = Model(-LogProb(p).mean(), distributions=[p])
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    target = blocker / "sub" / "model.pt"
+    with pytest.raises(FileNotFoundError, match=rf"^save: cannot write the checkpoint {target}: the folder "
+                                                rf"{target.parent} cannot be created \({blocker} is a file\)$"):
+        model.save(target)
+    with pytest.raises(FileNotFoundError, match=rf"^fit: cannot write the checkpoint {target}: the folder "
+                                                rf"{target.parent} cannot be created \({blocker} is a file\)$"):
+        model.fit({"x": torch.zeros(4, 1)}, checkpoint=target, quiet=True)
+    assert blocker.read_text() == "mine"

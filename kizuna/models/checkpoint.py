@@ -115,13 +115,14 @@ def _same(a: Any, b: Any) -> bool:
 def save(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
     """Write ``payload`` as a kizuna checkpoint, atomically, durably and with a checksum
     (`kizuna._io`: temporary file, fsync, rename; a kill leaves the previous checkpoint whole).
-    A missing folder of ``path`` is created (with its parents), as `kizuna.modules.save_module` does.
+    A missing folder of ``path`` is created (with its parents), as `kizuna.modules.save_module` does; one that
+    cannot be (a file in its way) is a FileNotFoundError saying why (`kizuna._io.make_folder`).
 
     The temporary file is named after the host, process and thread, with a random token, so threads and
     processes that save to the same path at once (every rank of a data-parallel run) never write into one
     file: the last rename wins.
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _io.make_folder(Path(path).parent, f"save: cannot write the checkpoint {path}")
     _io.save({"format": FORMAT, "version": VERSION, **payload}, path)
 
 

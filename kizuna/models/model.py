@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from kizuna._data import first_nonfinite
+from kizuna._io import make_folder
 from kizuna.distributions.torch_dist import validation
 from kizuna.formula.expr import Loss, _term_mean, values_dict
 from kizuna.models import checkpoint as ckpt
@@ -960,12 +961,7 @@ class Model:
         if Path(path).is_dir():
             raise IsADirectoryError(f"fit: cannot write the checkpoint {path}: it is an existing directory; give a "
                                     f"file path (e.g. {Path(path) / 'checkpoint.pt'})")
-        folder = Path(path).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise FileNotFoundError(f"fit: cannot write the checkpoint {path}: its folder {folder} cannot be created "
-                                    f"({err.strerror or err})") from None
+        make_folder(Path(path).parent, f"fit: cannot write the checkpoint {path}")
 
 
 def check_seed(seed: Any, where: str) -> None:

@@ -47,6 +47,7 @@ from kizuna._io import (
     MODULE_FORMAT,
     MODULE_MAGIC,
     STALE_SECONDS,
+    make_folder,
     remove_stale,
     safe_payload,
     saved_as,
@@ -170,18 +171,6 @@ def _remove_leftovers(directory: Path, previous: set[str], keep: set[str]) -> No
             pass
 
 
-def _make_folder(folder: Path, cannot: str) -> None:
-    """``folder`` created with its parents where missing; a FileNotFoundError that starts with ``cannot`` and says why
-    otherwise (a file in its way was pathlib's bare FileExistsError naming only that file; no permission), as
-    `kizuna.models.Model.save` and ``fit(checkpoint=...)`` refuse a folder they cannot create."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        blocker = next((q for q in (folder, *folder.parents) if q.exists() and not q.is_dir()), None)
-        why = f"{blocker} is a file" if blocker is not None else err.strerror or str(err)
-        raise FileNotFoundError(f"{cannot}: the folder {folder} cannot be created ({why})") from None
-
-
 def save_graph(graph: Any, directory: str | Path) -> Path:
     """Write ``graph.modules``' states and the manifest into ``directory`` atomically; returns it. Saves into one
     directory are serialised (an advisory lock on ``.kizuna-save.lock`` where the platform has ``fcntl``): two
@@ -190,7 +179,7 @@ def save_graph(graph: Any, directory: str | Path) -> Path:
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise NotADirectoryError(f"save: {d} is a file; a saved graph is a directory (give a directory path)")
-    _make_folder(d, f"save: cannot write the graph into {d}")
+    make_folder(d, f"save: cannot write the graph into {d}")
     with _directory_lock(d):
         return _save_graph_locked(graph, d)
 
@@ -331,7 +320,7 @@ def save_module(module: Module, path: str | Path) -> Path:
     FileNotFoundError naming why."""
     _check_module(module, "save_module")
     p = Path(path)
-    _make_folder(p.parent, f"save_module: cannot write {p}")
+    make_folder(p.parent, f"save_module: cannot write {p}")
     write_atomic(p, pack({"format": FORMAT, "manifest": json.dumps(describe(module)), "state": module.state_dict()},
                          f"save_module: module {module.name}"))
     return p
