@@ -38,7 +38,7 @@ from kizuna.distributions.base import (
 )
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.samplers.integrators import SAMPLERS
-from kizuna.samplers.paths import LinearPath
+from kizuna.samplers.paths import LinearPath, _network_tensor
 
 
 class FlowMatching(Distribution):
@@ -149,10 +149,11 @@ class FlowMatching(Distribution):
                           device=like.device if like is not None else None, n_draws=rows)
 
     def _like(self) -> Tensor | None:
-        """The velocity network's first floating parameter (its dtype and device), if it has one."""
-        if not isinstance(self.velocity_net, torch.nn.Module):
-            return None
-        return next((p for p in self.parameters() if p.is_floating_point()), None)
+        """The tensor giving the velocity network its dtype and device: its first floating parameter, else its first
+        floating buffer (an exact or frozen velocity held in buffers: float32 noise failed in a float64 network with
+        torch's bare dtype error), as the paths read it (`kizuna.samplers.paths._network_tensor`); None for a function
+        or a module without floating tensors."""
+        return _network_tensor(self.velocity_net)
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         context, rows = context_of_draws(self.prob_text, {c: x_dict[c] for c in self._cond_var}, batch_n)

@@ -218,6 +218,18 @@ class SpatialConcept(ClassModule):
         log_joint = np.log(pi)[None, :] + logsumexp(np.log(phi)[None, :, :] + log_p_x[:, None, :], axis=2)
         return np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
 
+    def _vocabulary_text(self) -> str:
+        """Where the words' columns are named: the first count child's ``vocabulary_`` (a `WordSegmenter`), or the
+        columns of the counts given to it (an `Observation`: e.g. ``simulated_house(...)["vocabulary"]``)."""
+        words = next((c for c in self.children if c.sends == "data"), None)
+        if words is None:
+            return "the first count child's vocabulary"
+        who = f"{type(words).__name__} {words.name}"
+        if hasattr(words, "vocabulary_"):
+            return f"the vocabulary of the first count child, {who} (its vocabulary_)"
+        return (f"the vocabulary of the first count child, {who} (the columns of the counts it was given, e.g. "
+                f"simulated_house(...)['vocabulary'])")
+
     def predict_words(self, positions: Any) -> np.ndarray:
         """:math:`p(w \\mid x)` (M×V) over the first count child's vocabulary."""
         return self.predict_concepts(positions) @ self.sampler_.feature_distributions(0)
@@ -226,10 +238,22 @@ class SpatialConcept(ClassModule):
         """The most probable position (M×D, D the positions' dimension) of each row of word counts: the mean of the
         position component :math:`k` with the highest peak of the position density given the words,
         :math:`\\arg\\max_k p(k \\mid w)\\,|\\Sigma_k|^{-1/2}` (not the component of largest probability: a broad
-        component is likely but its peak is low)."""
+        component is likely but its peak is low).
+
+        ``word_counts``: M×V counts over the first count child's vocabulary (a `WordSegmenter`'s ``vocabulary_``, or
+        the columns of the counts given to an `Observation`, e.g. ``simulated_house(...)["vocabulary"]``), not words:
+        the word ``w`` alone is a row with 1 in the column of ``w``. Words (strings) are a ValueError saying so
+        (numpy's bare "could not convert string to float" before). A row with no count (a word outside the
+        vocabulary, e.g. one never heard, counts nothing) is a ValueError naming it: it holds no evidence for a place
+        (the prior's sharpest component came back, as if it were an answer)."""
         sampler, gmm = self._fitted()
-        y = np.atleast_2d(np.asarray(word_counts, dtype=np.float64))
         theta = sampler.feature_distributions(0)
+        try:
+            y = np.atleast_2d(np.asarray(word_counts, dtype=np.float64))
+        except ValueError as err:  # words given as strings, as the docs page once said
+            raise ValueError(f"SpatialConcept {self.name}: predict_position takes word counts, an M x "
+                             f"{theta.shape[1]} array of counts over {self._vocabulary_text()} (a word: a row with 1 "
+                             f"in its column), got {word_counts!r}"[:600]) from err
         if y.ndim != 2:  # (a 3-D array was said to have the wrong number of columns)
             raise ValueError(f"SpatialConcept {self.name}: word counts are rows of counts (M x {theta.shape[1]}), got "
                              f"shape {y.shape}")
@@ -241,6 +265,12 @@ class SpatialConcept(ClassModule):
             r, col = (int(k) for k in np.argwhere(bad)[0])
             raise ValueError(f"SpatialConcept {self.name}: word counts must be finite and non-negative, got "
                              f"{y[r, col]} at row {r}, column {col}")
+        empty = np.flatnonzero(y.sum(1) == 0)
+        if empty.size:  # (the prior's sharpest component came back silently: an unknown word sent to a place)
+            rows = ", ".join(map(str, empty[:10])) + (f", ... ({empty.size} rows)" if empty.size > 10 else "")
+            raise ValueError(f"SpatialConcept {self.name}: word counts row{'s' if empty.size > 1 else ''} {rows} "
+                             f"hold{'' if empty.size > 1 else 's'} no word of the vocabulary: no evidence for a place "
+                             f"(a word outside the vocabulary, e.g. one never heard, counts nothing); drop the row")
         pi, phi = sampler.weights()
         log_l = np.log(pi)[None, :] + y @ np.log(theta).T  # log p(l) p(w | l), up to a constant
         post = np.exp(log_l - logsumexp(log_l, axis=1, keepdims=True))

@@ -230,17 +230,22 @@ def _grid(points: Sequence[float], n_steps: int | None) -> list[int]:
     return sorted(set(idx))
 
 
-def _network_dtype(network: Any) -> torch.dtype | None:
-    """The dtype of ``network`` where it is an ``nn.Module`` or a bound method of one (``net``, ``net.score``): that of
-    its first floating parameter, else of its first floating buffer; None for another callable (a function, a lambda)
-    or a module without floating tensors."""
+def _network_tensor(network: Any) -> Tensor | None:
+    """The tensor that gives ``network`` its dtype and device, where it is an ``nn.Module`` or a bound method of one
+    (``net``, ``net.score``): its first floating parameter, else its first floating buffer (an exact or frozen network
+    held in buffers); None for another callable (a function, a lambda) or a module without floating tensors. The one
+    rule of the paths and of the distributions and samplers built on a network (`kizuna.distributions.FlowMatching`,
+    `kizuna.samplers.SGLD`)."""
     module = network if isinstance(network, torch.nn.Module) else getattr(network, "__self__", None)
     if not isinstance(module, torch.nn.Module):
         return None
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return None
+    return next((t for t in itertools.chain(module.parameters(), module.buffers()) if t.is_floating_point()), None)
+
+
+def _network_dtype(network: Any) -> torch.dtype | None:
+    """The dtype of ``network`` (`_network_tensor`'s), None where it has none."""
+    tensor = _network_tensor(network)
+    return None if tensor is None else tensor.dtype
 
 
 def _draw_dtype(dtype: torch.dtype | None, network: Any, level: Any = None) -> torch.dtype:

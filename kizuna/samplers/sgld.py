@@ -21,6 +21,7 @@ from torch import nn
 from kizuna._data import check_count, check_non_negative, check_positive, check_shape
 from kizuna.distributions.base import Distribution, Tensor
 from kizuna.samplers.langevin import score_of
+from kizuna.samplers.paths import _network_tensor
 
 
 class SGLD(nn.Module):
@@ -67,8 +68,10 @@ class SGLD(nn.Module):
         self.register_buffer("buffer", self._uniform(buffer_size, like if like is not None else torch.empty(0)))
 
     def _like(self) -> Tensor | None:
-        """The energy model's first floating parameter (its dtype and device), or None when it has none."""
-        return next((q for q in self.p.parameters() if q.is_floating_point()), None)
+        """The tensor giving the energy model its dtype and device: its first floating parameter, else its first
+        floating buffer (an exact or frozen energy held in buffers: a float64 one got a float32 buffer and float32
+        draws), as the paths read a network (`kizuna.samplers.paths._network_tensor`); None when it has neither."""
+        return _network_tensor(self.p)
 
     def _follow_model(self) -> None:
         """Convert the buffer (its contents kept) to the model's current dtype and device when the model was
