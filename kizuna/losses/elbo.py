@@ -13,15 +13,16 @@ r"""Evidence lower bounds: `ELBO` and the importance-weighted `IWAE`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from kizuna._text import symbol
 from kizuna.distributions.base import Distribution, require_distributions
+from kizuna.distributions.moe import weights_score
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.log_prob import LogProb
-from kizuna.losses.expectation import Expectation, draw
+from kizuna.losses.expectation import Expectation, collect_score, draw
 
 
 class ELBO(Expectation):
@@ -33,6 +34,33 @@ class ELBO(Expectation):
 
     def _own_distributions(self) -> list[Distribution]:
         return [self.joint, self.p]
+
+
+def _exclusive(a: Tensor, cumulate: Callable[[Tensor, int], Tensor], combine: Callable[[Tensor, Tensor], Tensor],
+               empty: float) -> Tensor:
+    """Over dim 0 of ``a``, ``combine`` of every entry but the one at each index (``cumulate``: the running ``combine``,
+    ``empty``: its identity), from the running values before and after each index (no subtraction: exact for -inf and
+    for one entry far above the others)."""
+    pad = a.new_full((1, *a.shape[1:]), empty)
+    before = torch.cat([pad, cumulate(a[:-1], 0)])
+    after = torch.cat([cumulate(a[1:].flip(0), 0).flip(0), pad])
+    return combine(before, after)
+
+
+def _vimco_signal(log_w: Tensor) -> Tensor:
+    r""":math:`L_k - b_j` for each draw ``j`` of each row (``log_w``: ``(k, rows)``, detached), where :math:`b_j` is
+    VIMCO's baseline: the bound with :math:`\log w_j` replaced by the mean of the other draws' log-weights (a function
+    of the other draws only, so that the score term keeps its mean), and :math:`L_1` for ``k=1`` (no other draw: no
+    baseline). 0 where it is not finite, so that the term stays zero-valued (the value unchanged): a row whose weights
+    are all 0 or NaN, or a draw whose other draws all have weight 0 (its baseline -inf; that draw's term is dropped)."""
+    k = log_w.shape[0]
+    if k == 1:
+        signal = log_w
+    else:
+        mean_others = _exclusive(log_w, torch.cumsum, torch.add, 0.0) / (k - 1)
+        others = _exclusive(log_w, torch.logcumsumexp, torch.logaddexp, -math.inf)
+        signal = torch.logsumexp(log_w, 0) - torch.logaddexp(others, mean_others)
+    return torch.where(signal.isfinite(), signal, 0.0)
 
 
 class IWAE(Loss):
@@ -49,7 +77,12 @@ class IWAE(Loss):
     >>> bound.eval({"x": torch.zeros(5)}).shape
     torch.Size([5])
 
-    ``q`` must be reparameterisable (gradients flow through the draws).
+    ``q`` must be reparameterisable (gradients flow through the draws). A `MixtureOfNormal` with learnable weights
+    among the factors of ``q`` draws its expert without differentiating the choice: for its weights the bound adds the
+    score-function term :math:`\\sum_j (L_k - b_j)\\,\\nabla_w \\log q(z_j)` (the experts' densities held fixed, as
+    `Expectation` does, see `MixtureOfNormal`), zero-valued, so that their gradient is unbiased too. :math:`b_j` is
+    VIMCO's leave-one-out baseline (Mnih & Rezende 2016, arXiv:1602.06725): the bound with :math:`\\log w_j` replaced
+    by the mean of the other draws' log-weights, a function of the other draws only (for ``k=1``, :math:`b_1 = 0`).
     """
 
     precedence = 35  # a function application (log 1/K sum ...): parenthesised as the base of a power
@@ -74,7 +107,14 @@ class IWAE(Loss):
         # network is stochastic (dropout)
         values, _ = draw(self.q, ctx, self.k, reparam=True)
         log_w = (self.p.get_log_prob(values) - self.q.get_log_prob(values)).reshape(self.k, -1)
-        return torch.logsumexp(log_w, 0) - math.log(self.k)
+        bound = torch.logsumexp(log_w, 0) - math.log(self.k)
+        # a learnable mixture's draws: the weights' score of each (None without one: nothing added)
+        score = weights_score([values.get(v) for v in self.q.var])
+        if score is None:
+            return bound
+        collect_score(ctx, self.q, score, self.k)
+        score = score - score.detach()
+        return bound + (_vimco_signal(log_w.detach()) * score.reshape(log_w.shape)).sum(0)
 
     def _render(self, fmt: dict[str, str]) -> str:
         return fmt["iwae"].format(symbol(self.p, fmt), symbol(self.q, fmt), self.k)
