@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import distributions as D
 from torch.distributions import constraints
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from torch.nn import functional as F
 
 from kizuna._data import one_number
@@ -340,16 +341,30 @@ class FactorizedBernoulli(Bernoulli):
 def _init_over_categorical(dist: D.Distribution, probs: Tensor | None, logits: Tensor | None,
                            validate_args: bool | None) -> None:
     """Initialise ``dist``, a torch distribution that reads its parameters from an inner ``Categorical``
-    (``OneHotCategorical``, ``Multinomial``), with that inner one built with ``dist``'s ``validate_args``.
+    (``OneHotCategorical``, ``Multinomial``, ``ExpRelaxedCategorical``), with that inner one built with ``dist``'s
+    ``validate_args``, and checking the parameter given, not one derived from it.
 
     torch 2.13 builds the inner one with the process default, so with kizuna's validation off it still
     checked the probabilities on every construction (a simplex check and a host sync) and the indices in
     every ``log_prob``; and parameters without entries (an empty batch), for which kizuna turns the checks
-    off, failed in torch's check ("cannot reshape tensor of 0 elements").
+    off, failed in torch's check ("cannot reshape tensor of 0 elements"). The inner one checks the parameter given:
+    ``probs`` (non-negative), or ``logits`` once normalised (not NaN: refusing NaN, +inf and a row all -inf); torch's
+    outer check read ``probs`` also where ``logits`` were given, the probabilities derived from them held to its fixed
+    1e-6 simplex tolerance, which a bfloat16 softmax misses (it sums to 1 within 4e-3): ordinary 16-bit logits were
+    refused as "parameter 'probs' must satisfy Simplex()".
     """
     dist._categorical = D.Categorical(probs, logits, validate_args=validate_args)
     D.Distribution.__init__(dist, dist._categorical.batch_shape, dist._categorical.param_shape[-1:],
-                            validate_args=validate_args)
+                            validate_args=False)
+    _validating_as_asked(dist, validate_args)
+
+
+def _validating_as_asked(dist: D.Distribution, validate_args: bool | None) -> None:
+    """``dist``, initialised with ``validate_args=False`` (its parameters checked elsewhere), validating its values as
+    ``validate_args`` asks (None: torch's process default)."""
+    del dist._validate_args  # (set by torch's __init__) the class's default, or the one asked for
+    if validate_args is not None:
+        dist._validate_args = validate_args
 
 
 class _TorchOneHotCategorical(D.OneHotCategorical):
@@ -491,14 +506,30 @@ class _PositiveExp(D.transforms.ExpTransform):
         return torch.where(x == -math.inf, 0.0, y)
 
 
-class _TorchRelaxedOneHotCategorical(D.RelaxedOneHotCategorical):
-    """torch's ``RelaxedOneHotCategorical`` whose draws have no entry of exactly 0 (`_PositiveExp`); its density is
-    torch's."""
+class _TorchExpRelaxedCategorical(ExpRelaxedCategorical):
+    """torch's ``ExpRelaxedCategorical`` whose inner ``Categorical`` follows its ``validate_args``
+    (`_init_over_categorical`: torch 2.13 builds it with the process default, so logits of an empty batch failed also
+    with validation off, and 16-bit logits were refused for the rounding of the probabilities derived from them)."""
 
     def __init__(self, temperature: Tensor, probs: Tensor | None = None, logits: Tensor | None = None,
                  validate_args: bool | None = None) -> None:
-        super().__init__(temperature, probs, logits, validate_args=validate_args)
-        self.transforms = [_PositiveExp()]
+        self.temperature = temperature
+        _init_over_categorical(self, probs, logits, validate_args)
+
+    def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance: Any = None) -> ExpRelaxedCategorical:
+        return super().expand(batch_shape, self._get_checked_instance(_TorchExpRelaxedCategorical, _instance))
+
+
+class _TorchRelaxedOneHotCategorical(D.RelaxedOneHotCategorical):
+    """torch's ``RelaxedOneHotCategorical`` whose draws have no entry of exactly 0 (`_PositiveExp`), over an
+    `_TorchExpRelaxedCategorical`; its density is torch's."""
+
+    def __init__(self, temperature: Tensor, probs: Tensor | None = None, logits: Tensor | None = None,
+                 validate_args: bool | None = None) -> None:
+        base = _TorchExpRelaxedCategorical(temperature, probs, logits, validate_args=validate_args)
+        # (the parameter given is checked by the base: torch's check here read the probabilities derived from logits)
+        D.TransformedDistribution.__init__(self, base, [_PositiveExp()], validate_args=False)
+        _validating_as_asked(self, validate_args)
 
     def expand(self, batch_shape: torch.Size | tuple[int, ...], _instance: Any = None) -> D.RelaxedOneHotCategorical:
         return super().expand(batch_shape, self._get_checked_instance(_TorchRelaxedOneHotCategorical, _instance))

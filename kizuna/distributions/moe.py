@@ -28,7 +28,7 @@ from kizuna.distributions.base import (
 )
 from kizuna.distributions.mixture import components_log_prob, summed_log_prob, union_cond
 from kizuna.distributions.poe import normal_experts, warn_weights_not_learnt
-from kizuna.distributions.torch_dist import validation_enabled
+from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
 from kizuna.formula.expr import values_dict
 from kizuna.formula.memo import remember, step_mark, tagged
 
@@ -39,8 +39,8 @@ def weights_score(draws: Iterable[Any]) -> Tensor | None:
     r"""For the draws among ``draws`` (the very tensors) that a `MixtureOfNormal` with learnable weights returned in
     this evaluation, :math:`\log q(z) = \operatorname{logsumexp}_i (\log \tilde w_i + \log p_i(z))` per row with the
     experts' densities detached (its gradient reaches the weights only): the score-function term that an expectation
-    adds for the weights, the expert's draw being differentiated through for the rest (see `MixtureOfNormal`). Summed
-    over those draws; ``None`` if there is none."""
+    (and `IWAE`) adds for the weights, the expert's draw being differentiated through for the rest (see
+    `MixtureOfNormal`). Summed over those draws; ``None`` if there is none."""
     total = None
     for _, _, inputs, value in tagged(_WEIGHTS_SCORE):
         if any(inputs[0] is d for d in draws):
@@ -70,10 +70,12 @@ class MixtureOfNormal(Distribution):
     each draw, the experts' densities held fixed (:math:`\sum_i r_i(z)\,\nabla_w \log \tilde w_i`
     with the responsibilities :math:`r_i(z)`: the chosen expert's score
     :math:`\nabla_w \log \tilde w_c` averaged given :math:`z`, so with less variance), so that
-    the gradient is unbiased for the weights as for the experts. Other losses that draw from
-    the mixture (`IWAE`, MMD, Wasserstein, the adversarial losses), and a draw transformed
-    before the expectation sees it, add no such term: the weights then get only the explicit
-    gradient of the terms that score the mixture (biased; for :math:`-\log q` its mean is 0).
+    the gradient is unbiased for the weights as for the experts. `IWAE` with the mixture among
+    the factors of its proposal adds the same term for each of its ``k`` draws, times the
+    bound less VIMCO's leave-one-out baseline (see `IWAE`). Other losses that draw from the
+    mixture (MMD, Wasserstein, the adversarial losses), and a draw transformed before the
+    expectation sees it, add no such term: the weights then get only the explicit gradient
+    of the terms that score the mixture (biased; for :math:`-\log q` its mean is 0).
     Fixed weights add nothing. MMVAE instead averages over the experts with stratified sampling,
     one draw from each: `sample_each`.
 
@@ -172,7 +174,8 @@ class MixtureOfNormal(Distribution):
         return found
 
     def log_weights(self, x_dict: Mapping[str, Any], dtype: torch.dtype | None = None) -> tuple[list[int], Tensor]:
-        r"""The present experts and :math:`\log \tilde w_i`, renormalised over them (in ``dtype``)."""
+        r"""The present experts and :math:`\log \tilde w_i`, renormalised over them (in ``dtype``). Weights given as
+        numbers are the exact numbers in a ``dtype`` wider than the buffer's (`_weights_exact_in`)."""
         idx = self.present(x_dict)
         if isinstance(self.weights, nn.Parameter) and validation_enabled() \
                 and not bool(((self.weights > 0) & self.weights.isfinite()).all()):  # a host read: a check
@@ -180,8 +183,29 @@ class MixtureOfNormal(Distribution):
             raise ValueError(f"{self.prob_text}: the learnable weights must stay positive and finite, got "
                              f"{self.weights.detach().tolist()}; they are used as given: keep them positive (e.g. "
                              "clamp them after each step, or take smaller steps)")
-        logw = self.weights[idx].to(dtype or self.weights.dtype).log()
+        exact = None if dtype is None else self._weights_exact_in(dtype)
+        logw = (self.weights[idx].to(dtype or self.weights.dtype) if exact is None else exact[idx]).log()
         return idx, logw - torch.logsumexp(logw, 0)
+
+    def _weights_exact_in(self, dtype: torch.dtype) -> Tensor | None:
+        """The weights given as numbers, exact in ``dtype`` where it is wider than the buffer's and the buffer still
+        holds those numbers (else None): float64 experts were mixed with float32's 0.30000001192 for 0.3 (a mean off by
+        1.7e-8), where the families take numbers exactly in a wider value's dtype (`TorchDistribution._scoring_params`).
+        Made once per dtype and device and kept while the buffer is unchanged (`TorchDistribution._buffers_stamp`; not
+        inside ``torch.inference_mode``, whose tensors autograd refuses to save, nor while compiling)."""
+        numbers, w = self.__dict__.get("_exact_weights"), self.weights
+        if numbers is None or w.dtype == dtype or torch.promote_types(w.dtype, dtype) != dtype or w.is_meta:
+            return None
+        keep = not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
+        cache = self.__dict__.setdefault("_exact_weights_in", {})
+        hit = cache.get((dtype, w.device)) if keep else None
+        if hit is None or not TorchDistribution._buffers_unchanged(self, hit[0]):  # (a host read, once per change)
+            if not bool((w == numbers.to(dtype=w.dtype, device=w.device)).all()):  # (load_state_dict, fill_)
+                return None
+            hit = (TorchDistribution._buffers_stamp(self), numbers.to(dtype=dtype, device=w.device))
+            if keep:
+                cache[(dtype, w.device)] = hit
+        return hit[1]
 
     def _stacked(self, tensors: list[Tensor]) -> Tensor:
         """The present experts' draws or moments ``(batch, *features)`` stacked on dim 0, their shapes checked."""

@@ -358,25 +358,27 @@ def _kl_shapes_error(p: Distribution, q: Distribution, mine: D.Distribution, the
     return ValueError(f"KL[{p.prob_text}||{q.prob_text}]: the parameters do not broadcast: {shapes[0]} and {shapes[1]}")
 
 
-def _row_features(d: TorchDistribution, params: Mapping[str, Any]) -> torch.Size | None:
-    """The per-row feature shape of ``d``'s parameters (their shape after the batch dimension), None if unknown."""
-    for key, v in params.items():
-        if isinstance(v, Tensor) and key not in d._static and v.dim() > 0:
-            return v.shape[1:]
-    return None
+def _row_features(d: D.Distribution) -> torch.Size:
+    """The per-row feature shape of ``d``, a side's torch distribution (`TorchDistribution._build`): the shape of its
+    parameters broadcast together, after the batch dimension, with the family's event dimensions (a Categorical's K).
+    All the parameters: the first one alone read ``(1,)`` for a prior ``Normal(loc=torch.zeros(1),
+    scale=torch.full((4,), 2.0), features_shape=[4])`` and refused it against a posterior over 4 features, naming a
+    wrong shape."""
+    return d.batch_shape[1:] + d.event_shape
 
 
-def _check_declared_features(p: TorchDistribution, p_params: Mapping[str, Any], q: TorchDistribution,
-                             q_params: Mapping[str, Any]) -> None:
+def _check_declared_features(p: TorchDistribution, p_dist: D.Distribution, q: TorchDistribution,
+                             q_dist: D.Distribution) -> None:
     """A side that declares ``features_shape`` against the other side's parameters of other features: refused, as
     its log-density refuses such values (a prior over 1 feature broadcast against q's 3 in the closed form, summing
-    3 KLs to N(0, 1), while the Monte-Carlo path refused the pair). Scalar parameters broadcast as before."""
-    for declared, own_params, found_in, found_params in ((p, p_params, q, q_params), (q, q_params, p, p_params)):
+    3 KLs to N(0, 1), while the Monte-Carlo path refused the pair). Scalar parameters broadcast as before. ``p_dist``,
+    ``q_dist``: the two sides' torch distributions of these parameters (`_row_features`)."""
+    for declared, own_dist, found_in, found_dist in ((p, p_dist, q, q_dist), (q, q_dist, p, p_dist)):
         if not declared._features_shape:
             continue
         # the parameters' own row shapes on both sides (a family's event dimensions, e.g. a Categorical's K, in both)
-        want, got = _row_features(declared, own_params), _row_features(found_in, found_params)
-        if want is not None and got is not None and len(want) and len(got) and got != want:
+        want, got = _row_features(own_dist), _row_features(found_dist)
+        if len(want) and len(got) and got != want:
             raise ValueError(f"KL[{p.prob_text}||{q.prob_text}]: {declared.prob_text} is over features of shape "
                              f"{tuple(declared._features_shape)} (parameters {tuple(want)} per row), but "
                              f"{found_in.prob_text}'s parameters have {tuple(got)} per row")
@@ -943,9 +945,8 @@ class TorchDistribution(Distribution):
                 params = self._numbers_exact_in(params, found[0])
                 other_params = other._numbers_exact_in(other_params, found[0])
         if validation_enabled():  # the checks of both parameter sets; the computation below is the same
-            self._build(params, not per_feature)
-            other._build(other_params, not per_feature)
-            _check_declared_features(self, params, other, other_params)
+            _check_declared_features(self, self._build(params, not per_feature), other,
+                                     other._build(other_params, not per_feature))
         if self._hooks["_kl_kernel"]:
             try:
                 kl = self._kl_kernel(other, params, other_params)
