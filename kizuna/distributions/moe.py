@@ -56,7 +56,7 @@ class MixtureOfNormal(Distribution):
         weights: positive mixture weights, one per expert (normalised here); uniform when
             ``None``. An ``nn.Parameter`` is learnable (give it unnormalised positive values). A floating
             tensor is copied in its own dtype (an integer one, and numbers, in the default dtype; numbers
-            stay exact after ``.double()``).
+            stay exact after ``.double()`` and beside wider experts, e.g. float64 ones).
         name: the symbol of the mixture.
         features_shape: see `Distribution`.
         weight_modalities: Pixyz's name of ``weights`` (the same argument; give one of the two).
