@@ -204,3 +204,21 @@ def test_model_save_under_a_file_names_the_file(tmp_path):
                                                 rf"{target.parent} cannot be created \({blocker} is a file\)$"):
         model.fit({"x": torch.zeros(4, 1)}, checkpoint=target, quiet=True)
     assert blocker.read_text() == "mine"
+
+
+def test_the_markov_rows_say_that_the_order_is_the_label(shared_data):
+    """Review R7 (stop 46): in SERKET's files the order is the label (``mnist3000.npz``: label = position mod 10; the
+    HMM data: a 4-cycle), so the MM rows of the table measure how much of a known periodic order the graph adopts. The
+    pages said "a Markov model over the classes helps most" without it; they say it now, and this test keeps the
+    sentence tied to the data."""
+    from pathlib import Path
+
+    import numpy as np
+
+    digits = np.load(shared_data("serket/mnist3000.npz"))["label"]
+    assert (digits == np.arange(len(digits)) % 10).all()
+    hmm = np.loadtxt(shared_data("serket/HMM/correct.txt"))
+    assert (hmm == np.arange(len(hmm)) % 4).all()
+    root = Path(__file__).resolve().parents[1]
+    assert "label = position mod 10" in (root / "docs" / "serket_examples.md").read_text()
+    assert "label = position\nmod 10" in (root / "README.md").read_text()
