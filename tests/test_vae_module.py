@@ -146,8 +146,8 @@ def test_vae_gmm_clusters_real_mnist_digits(shared_data):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_vae_gmm_on_all_3000_digits_against_training_separately(seed, shared_data):
     """SERKET's VAE+GMM example at full size: 5 sweeps of 20 VAE epochs with the GMM's prior
-    means fed back, against the same VAE trained 100 epochs alone and a GMM fitted once
-    (about 40 s per seed on one thread). Both GMMs keep the best of 4 initial partitions
+    means fed back, against the same VAE trained 100 epochs alone and a GMM fitted once, and a GMM given the
+    integrated one's 5 updates on those latents (about 60 s per seed on one thread). Both GMMs keep the best of 4 initial partitions
     (``n_init``): with one, the run can end with merged clusters (seed 0: 0.641 with one, 0.743 with 4)."""
     data = np.load(shared_data("serket/mnist3000.npz"))  # tests/conftest.py: skipped without ../shared
     x, labels = data["image"], data["label"]
@@ -159,9 +159,13 @@ def test_vae_gmm_on_all_3000_digits_against_training_separately(seed, shared_dat
     alone = VAE(18, hidden=(256,), epochs=100, batch_size=100).connect(Observation(x))
     separate = GMM(10, category=labels, n_init=4).connect(alone)
     Graph([separate]).fit(n_iter=1, seed=seed)
+    # the GMM given as many sweeps as the integrated one's (5 updates): the GMM once had a fifth of them (review R7)
+    fair = GMM(10, category=labels, n_init=4).connect(Observation(alone.latent))
+    Graph([fair]).fit(n_iter=5, seed=seed)
     print(f"seed {seed}: integrated accuracy {gmm.accuracy:.3f} ARI {gmm.ari:.3f} NMI {gmm.nmi:.3f}; "
-          f"separate accuracy {separate.accuracy:.3f} ARI {separate.ari:.3f} NMI {separate.nmi:.3f}")
-    assert gmm.accuracy > 0.6 and separate.accuracy > 0.5
+          f"separate, GMM once: accuracy {separate.accuracy:.3f} ARI {separate.ari:.3f} NMI {separate.nmi:.3f}; "
+          f"GMM 5 updates: accuracy {fair.accuracy:.3f} ARI {fair.ari:.3f} NMI {fair.nmi:.3f}")
+    assert gmm.accuracy > 0.6 and separate.accuracy > 0.5 and fair.accuracy > 0.5
 
 
 def _saved_then_another_trained(build, path):
