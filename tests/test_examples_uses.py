@@ -31,7 +31,7 @@ def test_imputation_beats_mean_imputation_on_both_masks():
 
 def _assert_multimodal_learned(m, x_to_y):
     assert m["coherence_x_to_y"] > x_to_y  # chance 0.1
-    assert m["coherence_y_to_x"] > 0.6  # judged by a logistic regression with ~0.97 on real test images
+    assert m["coherence_y_to_x"] > 0.6  # judged by a logistic regression scoring 0.905-0.933 on the smoke test split
     assert m["latent_ratio_x"] < 0.7 and m["latent_ratio_y"] < 0.7  # chance 1
     # log p(x, y) must beat independent fair-coin pixels and a uniform label: -(64 log 2 + log 10) = -46.7 nats
     assert m["test_log_p_xy"] > -(64 * math.log(2) + math.log(10)) + 10
@@ -43,12 +43,12 @@ def test_jmvae_learns_both_directions():
 
 
 def test_mvae_learns_both_directions():
-    # seeds 0, 2 (2026-12-06): 0.76, 0.70; 1.00; <= 0.40 / 0.25; -21.0 (seed 1: 0.26)
+    # seeds 0, 2 (2026-12-06): 0.76, 0.70; 1.00; <= 0.40 / 0.25; -21.0 (seed 1: 0.60, 2026-12-07)
     _assert_multimodal_learned(run_smoke("mvae"), x_to_y=0.5)
 
 
 def test_mmvae_learns_both_directions():
-    # seeds 0-3 (2026-12-06): 0.64-0.77, 0.66-1.00, <= 0.23 / 0.26, -22.0
+    # seeds 0-3 (2026-12-07): 0.61-0.77, 0.66-1.00, <= 0.23 / 0.26, -22.0
     _assert_multimodal_learned(run_smoke("mmvae"), x_to_y=0.5)
 
 

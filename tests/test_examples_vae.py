@@ -103,7 +103,7 @@ def test_discs_render_the_factors():
 
 def test_beta_vae_trades_reconstruction_for_a_smaller_kl():
     m = run_smoke("beta_vae")
-    # measured: KL 6.7-6.9 nats (beta=1) vs 1.7-1.8 (beta=4); reconstruction 5.8-6.1 vs 24.5-24.8 nats
+    # measured (seed 0, 2026-12-07): KL 7.10 nats (beta=1) vs 2.16 (beta=4); reconstruction 6.54 vs 21.02 nats
     assert m["kl_beta4"] < 0.5 * m["kl_beta1"]
     assert m["recon_nats_beta4"] > m["recon_nats_beta1"] + 5.0
     assert 0.0 <= m["mig_beta1"] <= 1.0 and 0.0 <= m["mig_beta4"] <= 1.0
