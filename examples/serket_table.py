@@ -87,7 +87,16 @@ def merge(files: list[Path]) -> str:
         for name, runs in _saved_runs(f).items():
             if name not in EXAMPLES:
                 raise ValueError(f"{f}: unknown example {name!r}; expected one of {list(EXAMPLES)}")
+            keys = [f"{prefix}_{m}" for prefix in importlib.import_module(name).ROWS for m in S.METRICS]
+            for i, run in enumerate(runs):
+                bad = next((k for k in keys if isinstance(run.get(k), bool)
+                            or not isinstance(run.get(k), (int, float))), None)
+                if bad is not None:
+                    raise ValueError(f"{f}: {name}, run {i}: no number for {bad!r} (got {run.get(bad)!r}); "
+                                     "not a --json file of this script, or of another version of it")
             runs_of.setdefault(name, []).extend(runs)
+    if empty := [n for n, runs in runs_of.items() if not runs]:
+        raise ValueError(f"no runs of {', '.join(empty)} in {', '.join(map(str, files))}")
     rows = [S.seed_table(EXAMPLES[n], importlib.import_module(n).ROWS, runs_of[n]) for n in EXAMPLES if n in runs_of]
     counts = ", ".join(f"{n}: {len(runs_of[n])}" for n in EXAMPLES if n in runs_of)
     return HEADER + "\n" + "\n".join(rows) + f"\n\nseeds per example: {counts}"

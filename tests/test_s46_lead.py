@@ -61,6 +61,8 @@ def _merge_error(files, monkeypatch, capsys) -> str:
     ('[1, 2]', "not a --json file of this script (expected {example: [{metric: value}, ...]})"),
     ('{"serket_vae_gmm": 3}', "not a --json file of this script (expected {example: [{metric: value}, ...]})"),
     ('{"serket_bogus": []}', "unknown example 'serket_bogus'"),
+    ('{"serket_vae_gmm": [{}]}', "serket_vae_gmm, run 0: no number for 'vae_gmm_accuracy' (got None)"),
+    ('{"serket_vae_gmm": ["x"]}', "not a --json file of this script (expected {example: [{metric: value}, ...]})"),
 ])
 def test_merge_of_a_broken_file_names_it(text, message, tmp_path, monkeypatch, capsys):
     good = tmp_path / "good.json"
@@ -222,3 +224,58 @@ def test_the_markov_rows_say_that_the_order_is_the_label(shared_data):
     root = Path(__file__).resolve().parents[1]
     assert "label = position mod 10" in (root / "docs" / "serket_examples.md").read_text()
     assert "label = position\nmod 10" in (root / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("net_dtype", "coef_dtype"), [(torch.bfloat16, torch.float32), (torch.float32, torch.float64)])
+def test_a_module_holding_no_distribution_does_not_decide_the_dtype(net_dtype, coef_dtype):
+    """Diff review 1 (stop 46): a learned loss coefficient passed Pixyz-style among the distributions decided the
+    data's dtype with the first version of the readers' rule (its networks then refused the data); it reads no data."""
+    from torch import nn
+
+    from kizuna.losses import Expectation, KullbackLeibler, LogProb
+    from kizuna.models import Model
+
+    prior, q, p = _vae_parts(net_dtype, net_dtype)
+    coef = nn.Module()
+    coef.log_beta = nn.Parameter(torch.zeros((), dtype=coef_dtype))
+
+    loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p))).mean()
+    model = Model(loss, distributions=[coef, q, p])
+    assert model.dtype == net_dtype
+    assert torch.isfinite(model.train({"x": torch.randn(8, 4)}))
+
+
+def test_a_frozen_reader_does_not_decide_the_dtype():
+    """Diff review 1 (stop 46): a factor reading x with only a frozen float64 parameter made the data float64 for the
+    float32 networks (docs/training.md: frozen float64 constants do not change the dtype)."""
+    from torch import nn
+
+    from kizuna.distributions import Normal
+    from kizuna.losses import Expectation, KullbackLeibler, LogProb
+    from kizuna.models import Model
+
+    prior, q, p = _vae_parts(torch.float32, torch.float32)
+    frozen = Normal(var=["x"], loc=nn.Parameter(torch.zeros(4, dtype=torch.float64), requires_grad=False), scale=1.0,
+                    features_shape=[4], name="r")
+    loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(p)) - LogProb(frozen)).mean()
+    model = Model(loss, distributions=[frozen, q, p, prior])
+    assert model.dtype == torch.float32
+    assert torch.isfinite(model.train({"x": torch.randn(8, 4)}))
+
+
+def test_a_ladder_vae_module_is_read_inside():
+    """A `LadderVAE` (a module holding its distributions) is looked into: its factors that read x decide."""
+    from kizuna.models import LadderVAE, Model
+
+    torch.manual_seed(0)
+    m = LadderVAE(6, [3, 2], [8, 4]).double()
+    model = Model(m.loss(1.0).mean(), distributions=[m])
+    assert model.dtype == torch.float64
+    assert torch.isfinite(model.train({"x": (torch.rand(5, 6) < 0.5).float()}))
+
+
+def test_merge_without_runs_names_the_files(tmp_path, monkeypatch, capsys):
+    """Diff review 1 (stop 46): a file with an empty run list gave "fmean requires at least one data point"."""
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"serket_vae_gmm": []}')
+    assert f"--merge: no runs of serket_vae_gmm in {empty}" in _merge_error([empty], monkeypatch, capsys)

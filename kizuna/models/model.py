@@ -252,8 +252,8 @@ class Model:
         # joined the optimizer (a frozen int64 index table or float64 constant listed first converted every batch to
         # its dtype); the first floating one where none is trainable yet
         self._reference = _reference_parameter(params)
-        # the data's dtype (`dtype`): the widest of those of the trained distributions that read the data (the uses'
-        # rule, `kizuna.metrics.likelihood._dtype`), each represented by its reference parameter so that a later
+        # the data's dtype (`dtype`): the widest of those of the trained distributions that read the data (as the
+        # uses' `kizuna.metrics.likelihood._dtype`), each represented by one trainable parameter so that a later
         # ``.double()`` of a part is followed; a float32 learned prior listed first fed float64 networks float32 data
         self._dtype_refs = _reader_references(self.loss_cls.input_var, dists) or [self._reference]
         self._training: bool | None = None
@@ -297,11 +297,14 @@ class Model:
     @property
     def dtype(self) -> torch.dtype:
         """The dtype floating data are converted to: the widest of the dtypes of the trained distributions that read
-        the data (the single factors whose variables or conditions hold a variable of the loss, and trained modules
-        that are not distributions), each taken from its first trainable parameter (its first floating one where
-        none is trainable), as the uses convert data; the first trainable parameter's where none of them has one.
-        A prior that never sees the data does not decide (a float32 learned prior listed before float64 networks
-        fed them float32 data)."""
+        the data (the single factors whose variables or conditions hold a variable of the loss, also inside a
+        trained module that is not a distribution, such as a `LadderVAE`), each by its first trainable floating
+        parameter; the first trainable parameter's where no such factor has one. Like the uses' rule (which takes
+        the widest of all a reader's parameters, frozen ones too), a prior that never sees the data does not decide
+        (a float32 learned prior listed before float64 networks fed them float32 data), nor does a frozen factor
+        or a module that holds no distribution (a learned loss coefficient). A factor whose first trainable
+        parameter is a float32 scale registered before its bfloat16 network counts as float32: register the
+        network first, or keep the scale in the network's dtype."""
         refs = self._dtype_refs
         dtype = refs[0].dtype
         for ref in refs[1:]:
@@ -978,22 +981,25 @@ _FLAGS: dict[torch.device, torch.Tensor] = {}  # a zero non-finite flag per devi
 
 
 def _reader_references(names: Iterable[str], dists: Sequence[nn.Module]) -> list[torch.Tensor]:
-    """The reference parameter (`_reference_parameter`, floating ones only) of each of ``dists``'s single factors whose
-    ``var`` or ``cond_var`` holds one of ``names``, and of each module of ``dists`` that is not a distribution; those
-    without a floating parameter are left out (see `Model.dtype`)."""
+    """The first trainable floating parameter of each single factor (`single_factors`) whose ``var`` or ``cond_var``
+    holds one of ``names``: the factors of ``dists``'s distributions, and of the distributions held inside a module of
+    ``dists`` that is not one (a `LadderVAE`'s ``p`` and ``q``). A factor without a trainable floating parameter (a
+    frozen one) and a module holding no distribution (a learned loss coefficient) are left out: they do not decide
+    the data's dtype (see `Model.dtype`)."""
     from kizuna.distributions.base import Distribution, single_factors
 
     names = set(names)
-    refs = []
+    refs: list[torch.Tensor] = []
+    seen: set[int] = set()
     for d in dists:
-        for f in single_factors(d) if isinstance(d, Distribution) else [d]:
-            if isinstance(f, Distribution) and not names & {*f.var, *f.cond_var}:
+        inner = [d] if isinstance(d, Distribution) else [m for m in d.modules() if isinstance(m, Distribution)]
+        for f in (f for m in inner for f in single_factors(m)):
+            if id(f) in seen or not names & {*f.var, *f.cond_var}:
                 continue
-            params = [t for t in f.parameters() if t.is_floating_point()]
-            if params:
-                ref = _reference_parameter(params)
-                if not any(r is ref for r in refs):
-                    refs.append(ref)
+            seen.add(id(f))
+            ref = next((t for t in f.parameters() if t.is_floating_point() and t.requires_grad), None)
+            if ref is not None and not any(r is ref for r in refs):
+                refs.append(ref)
     return refs
 
 
