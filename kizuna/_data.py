@@ -203,3 +203,26 @@ def check_context(layer: str, y: torch.Tensor | None, context_features: int, row
         ones = ", or 1" if broadcast and rows != 1 else ""
         raise ValueError(f"{layer}: the context must be (batch, {context_features}) with the batch of x "
                          f"({rows}{ones}), features flattened; got shape {tuple(y.shape)}")
+
+
+def pop_pixyz_constant(state_dict: dict, key: str, expected: float, error_msgs: list[str], what: str, here: str,
+                       remedy: str) -> None:
+    """For a ``_load_from_state_dict`` hook: a Pixyz checkpoint's one-float buffer ``key`` (Pixyz keeps as a buffer a
+    constant that kizuna keeps as a number, e.g. ``Preprocess``'s alpha, a relaxed family's default temperature) is
+    popped from ``state_dict`` and checked to equal ``expected``, compared in the entry's precision or float32's where
+    that is finer (Pixyz saves float32: ``0.05`` saved in float32 and moved to float64 is still 0.05). Any other
+    value or shape is appended to ``error_msgs`` (an error strict or not: loading it would give another model),
+    naming ``what`` the entry is (``"Pixyz Preprocess constraint (alpha)"``), ``here`` (``"this layer's alpha"``) and
+    ``remedy``, formatted with the value (``remedy.format(value)``). Nothing is done without the key."""
+    if key not in state_dict:
+        return
+    value = state_dict.pop(key)
+    if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()):
+        shown = f"a tensor of shape {tuple(value.shape)} ({value.dtype})" if isinstance(value, torch.Tensor) \
+            else repr(value)
+        error_msgs.append(f"{key}: the {what} is one float (tensor([{expected}])), got {shown}")
+        return
+    dtype = value.dtype if torch.finfo(value.dtype).eps > torch.finfo(torch.float32).eps else torch.float32
+    if not bool(value.reshape(()).to(dtype) == torch.tensor(expected, dtype=dtype)):
+        error_msgs.append(f"{key}: the state's {what} is {value.item():.8g}, {here} is {expected!r}: "
+                          + remedy.format(f"{value.item():.8g}"))

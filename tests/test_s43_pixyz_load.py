@@ -102,8 +102,8 @@ def test_preprocess_refuses_another_data_constraint():
             FlowList([Preprocess()]).load_state_dict({"flow_list.0.data_constraint": torch.tensor([0.1])},
                                                      strict=strict)
     with pytest.raises(RuntimeError, match=re.escape(
-            "data_constraint: Pixyz's Preprocess constraint is one float (tensor([0.05])), got a tensor of shape "
-            "(2,) (torch.float32)")):
+            "data_constraint: the Pixyz Preprocess constraint (alpha) is one float (tensor([0.05])), got a tensor of "
+            "shape (2,) (torch.float32)")):
         Preprocess().load_state_dict({"data_constraint": torch.tensor([0.05, 0.05])})
 
 

@@ -279,3 +279,64 @@ def test_merge_without_runs_names_the_files(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "empty.json"
     empty.write_text('{"serket_vae_gmm": []}')
     assert f"--merge: no runs of serket_vae_gmm in {empty}" in _merge_error([empty], monkeypatch, capsys)
+
+
+# --- Pixyz checkpoints of relaxed families: the default temperature buffer (review R8) ----------------------------
+
+
+def _relaxed_networks():
+    from torch import nn
+    from torch.nn import functional as F
+
+    from kizuna.distributions import RelaxedBernoulli, RelaxedCategorical
+
+    class Classifier(RelaxedCategorical):  # M2's classifier, as Pixyz's notebook writes it
+        def __init__(self):
+            super().__init__(var=["y"], cond_var=["x"], name="p")
+            self.fc1 = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return {"probs": F.softmax(self.fc1(x), dim=1)}
+
+    class Bits(RelaxedBernoulli):
+        def __init__(self):
+            super().__init__(var=["b"], cond_var=["x"], name="r")
+            self.fc1 = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return {"probs": torch.sigmoid(self.fc1(x))}
+
+    return Classifier(), Bits()
+
+
+def test_a_pixyz_checkpoint_of_relaxed_networks_loads(tmp_path):
+    """Pixyz keeps the default temperature as a buffer ``temperature`` (tensor([0.1])); kizuna has no state for it, so
+    a strict load and `Model.load` of Pixyz's ``Model.save`` file failed with "Unexpected key(s) ... temperature"."""
+    from kizuna.losses import LogProb
+    from kizuna.models import Model
+
+    torch.manual_seed(0)
+    f, r = _relaxed_networks()
+    pixyz_state = {**{f"0.{k}": v for k, v in f.state_dict().items()}, "0.temperature": torch.tensor([0.1]),
+                   **{f"1.{k}": v for k, v in r.state_dict().items()}, "1.temperature": torch.tensor([0.1])}
+    torch.save({"distributions": pixyz_state}, tmp_path / "pixyz.pt")  # Pixyz's Model.save writes this dict
+    torch.manual_seed(1)
+    g, s = _relaxed_networks()
+    loaded = g.load_state_dict({**f.state_dict(), "temperature": torch.tensor([0.1], dtype=torch.float64)})
+    assert loaded.unexpected_keys == []
+    assert torch.equal(g.fc1.weight, f.fc1.weight)
+    torch.manual_seed(2)
+    g, s = _relaxed_networks()
+    with pytest.warns(UserWarning, match="is a Pixyz Model.save file: its weights were loaded"):
+        Model(-LogProb(g).mean(), distributions=[g, s]).load(tmp_path / "pixyz.pt")
+    assert torch.equal(g.fc1.weight, f.fc1.weight) and torch.equal(s.fc1.bias, r.fc1.bias)
+
+
+def test_another_pixyz_temperature_is_an_error_naming_it():
+    f, _ = _relaxed_networks()
+    state = {**f.state_dict(), "temperature": torch.tensor([0.5])}
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=r"temperature: the state's Pixyz Classifier temperature is 0\.5, this "
+                                               r"distribution's default temperature is 0\.1: build "
+                                               r"Classifier\(\.\.\., temperature=0\.5\) to load it"):
+            f.load_state_dict(state, strict=strict)

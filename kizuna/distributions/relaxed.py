@@ -32,6 +32,7 @@ from torch import distributions as D
 from torch.distributions import constraints
 from torch.nn import functional as F
 
+from kizuna._data import pop_pixyz_constant
 from kizuna.distributions.base import Tensor, XDict, sum_rows
 from kizuna.distributions.families import BinaryConcrete, Concrete, _TorchOneHotCategorical, on_simplex
 from kizuna.distributions.torch_dist import TorchDistribution, _floating_like, _without_entries, validation_enabled
@@ -50,6 +51,21 @@ class _DiscreteScoring(TorchDistribution):
                  name: str = "p", features_shape: Sequence[int] | torch.Size = (),
                  temperature: Any = None, **params: Any) -> None:
         super().__init__(var, cond_var, name, features_shape, temperature=temperature, **params)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        """Pixyz's checkpoints load too: Pixyz keeps a relaxed family's temperature as a buffer ``temperature``
+        (``tensor([0.1])`` by default), kizuna makes the default 0.1 at each evaluation (no state), so a Pixyz file of a
+        network with a relaxed output (M2's classifier) failed with ``Unexpected key(s) in state_dict:
+        "temperature"``. Where this distribution has no temperature of its own (neither a constant nor a variable),
+        such an entry is read and dropped when it equals the default; another value is an error naming it (build the
+        distribution with ``temperature=value`` to load it)."""
+        if "temperature" not in self._const_names and "temperature" not in self._from_var:
+            pop_pixyz_constant(state_dict, prefix + "temperature", DEFAULT_TEMPERATURE, error_msgs,
+                               f"Pixyz {type(self).__name__} temperature", "this distribution's default temperature",
+                               f"build {type(self).__name__}(..., temperature={{}}) to load it")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def _missing(self, given: set[str]) -> list[str]:
         """See `TorchDistribution._missing`; the temperature has a default."""

@@ -42,7 +42,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from kizuna._data import check_int, computing_dtype, first_flagged
+from kizuna._data import check_int, computing_dtype, first_flagged, pop_pixyz_constant
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.flows.base import Flow, Tensor, row_sum
 
@@ -83,21 +83,9 @@ class Preprocess(Flow):
         dropped when it equals ``alpha`` (in the entry's precision, at most float32's: ``0.05`` saved in float32 and
         moved to float64 is still 0.05); any other value is an error, strict or not, naming both values: loading it
         would give another flow, so build ``Preprocess(alpha=value)`` for it."""
-        key = prefix + "data_constraint"
-        if key in state_dict:
-            value = state_dict.pop(key)
-            if not (isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point()):
-                shown = f"a tensor of shape {tuple(value.shape)} ({value.dtype})" if isinstance(value, Tensor) \
-                    else repr(value)
-                error_msgs.append(f"{key}: Pixyz's Preprocess constraint is one float (tensor([0.05])), got {shown}")
-            else:
-                # compared in the entry's precision, or float32's where that is finer (Pixyz saves float32)
-                dtype = value.dtype if torch.finfo(value.dtype).eps > torch.finfo(torch.float32).eps \
-                    else torch.float32
-                if not bool(value.reshape(()).to(dtype) == torch.tensor(self.alpha, dtype=dtype)):
-                    error_msgs.append(
-                        f"{key}: the state's Pixyz Preprocess constraint (alpha) is {value.item():.8g}, this layer's "
-                        f"alpha is {self.alpha!r}: build Preprocess(alpha={value.item():.8g}) to load it")
+        pop_pixyz_constant(state_dict, prefix + "data_constraint", self.alpha, error_msgs,
+                           "Pixyz Preprocess constraint (alpha)", "this layer's alpha",
+                           "build Preprocess(alpha={}) to load it")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
