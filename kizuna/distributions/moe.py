@@ -48,6 +48,14 @@ def weights_score(draws: Iterable[Any]) -> Tensor | None:
     return total
 
 
+def has_learnable_weights(p: Distribution) -> bool:
+    """Whether ``p`` holds a `MixtureOfNormal` with learnable weights (an ``nn.Parameter``), itself or inside (a factor
+    of a product, renamed, or of a marginal's joint: found among its submodules), whose draws may then get the weights'
+    score term (`weights_score`; recorded at a draw while the weights require grad). For a loss that decides once,
+    from the formula, whether to collect the score terms of its draws (`IterativeLoss`)."""
+    return any(isinstance(m, MixtureOfNormal) and isinstance(m.weights, nn.Parameter) for m in p.modules())
+
+
 class MixtureOfNormal(Distribution):
     r"""A weighted mixture of Normal experts over one variable (see module docstring).
 
@@ -72,7 +80,10 @@ class MixtureOfNormal(Distribution):
     :math:`\nabla_w \log \tilde w_c` averaged given :math:`z`, so with less variance), so that
     the gradient is unbiased for the weights as for the experts. `IWAE` with the mixture among
     the factors of its proposal adds the same term for each of its ``k`` draws, times the
-    bound less VIMCO's leave-one-out baseline (see `IWAE`). Other losses that draw from the
+    bound less VIMCO's leave-one-out baseline (see `IWAE`). In `IterativeLoss`, a draw that
+    reaches later steps (a carried state) also adds it to every later step's cost, as a
+    score-function draw does (the choice at step :math:`s` changes the costs of the steps
+    after it). Other losses that draw from the
     mixture (MMD, Wasserstein, the adversarial losses), and a draw transformed before the
     expectation sees it, add no such term: the weights then get only the explicit gradient
     of the terms that score the mixture (biased; for :math:`-\log q` its mean is 0).

@@ -12,14 +12,16 @@ models are written, e.g. the Deep Markov Model (Krishnan et al. 2017, arXiv:1609
 The semantics follow Pixyz's ``IterativeLoss``.
 
 Gradients: a draw that reaches later steps (carried by ``update_value``, or read by name at the next step) and gets the
-score-function term (a discrete latent, ``REINFORCE``, ``reparam=False``) changes the costs of every later step, not
-only its own step's. The score-function gradient is :math:`\sum_t \mathbb{E}[f_t \sum_{s \le t} \nabla \log
+score-function term (a discrete latent, ``REINFORCE``, ``reparam=False``, the choice of expert of a `MixtureOfNormal`
+with learnable weights: its weights' score, `weights_score`) changes the costs of every later step, not only its own
+step's. The score-function gradient is :math:`\sum_t \mathbb{E}[f_t \sum_{s \le t} \nabla \log
 q(z_s|\cdot)]`: each step's value is multiplied, per row, by :math:`\exp(C_{<t} - \overline{C_{<t}})` (DiCE's "magic
 box", of value exactly 1), with :math:`C_{<t}` the summed log-densities of the earlier steps' score-function draws
 that reach later steps, so that its gradient gains :math:`f_t \nabla C_{<t}` (the unbiased estimator; without it a
 carried Bernoulli state trained on a gradient 4x too small). Per row where the step loss is one value per row or a
 linear batch reduction of such values (``E_q[f].mean()``), else over the whole batch. Pathwise (reparameterised)
-draws need none: their gradient flows through the carried values.
+draws need none: their gradient flows through the carried values (a mixture's draw: given the chosen expert; its
+weights get the score term above).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from kizuna._data import warn_user
 from kizuna._text import LATEX, var_text
 from kizuna.distributions.base import Distribution
+from kizuna.distributions.moe import has_learnable_weights
 from kizuna.formula.expr import EvalContext, Loss, Tensor
 from kizuna.formula.memo import release_step, step_mark
 from kizuna.losses.elbo import IWAE
@@ -59,6 +62,16 @@ def _draws_per_row(node: Loss) -> tuple[int, Any, str, str]:
     if isinstance(node, IWAE):
         return node.k, node.q, f"IWAE's k={node.k}", "k=1, or an ELBO"
     return 1, None, "", ""
+
+
+def _may_score(node: Any) -> bool:
+    """Whether ``node`` (an expectation, or `IWAE`) may give its draws the score-function term: a score-function draw
+    (``REINFORCE``, ``reparam=False``, a distribution without a reparameterised sampler), or a draw of a
+    `MixtureOfNormal` with learnable weights (its choice of expert: the weights' score, `weights_score`)."""
+    if isinstance(node, Expectation) and (isinstance(node, REINFORCE) or not node.reparam or not node.p.has_reparam):
+        return True
+    p = _draws_per_row(node)[1]
+    return p is not None and has_learnable_weights(p)
 
 
 class _StepDraws(dict):
@@ -125,8 +138,10 @@ class IterativeLoss(Loss):
     Evaluation option ``mask`` (Pixyz's): ``loss.eval(x, mask=m)`` multiplies the loss of step :math:`t` by
     :math:`m_t`, for sequences of different lengths (0 after a sequence's end). ``m`` is ``(T,)``, one weight per
     step, or one weight per row and step laid out as the series: ``(T, N)`` time-major, ``(N, T)`` with
-    ``series_dim=1``; a per-row weight multiplies the first (batch) dimension of the step loss's value. The step loss
-    does not see ``mask``. The mask drops a padded step only from a step loss written per row: a step loss already
+    ``series_dim=1``; a per-row weight multiplies the first (batch) dimension of the step loss's value (inside an
+    expectation with several draws per row, ``E(q_w, IterativeLoss(...), sample_shape=(K,))``, the mask stays one row
+    per row of the batch and weighs each of the row's draws, repeated as the expectation repeats the series). The step
+    loss does not see ``mask``. The mask drops a padded step only from a step loss written per row: a step loss already
     reduced over the batch (``.mean()`` or ``.sum()`` inside the step, one value per step) has averaged the padded
     rows' costs into that value, and a per-row weight only multiplies it (it becomes one value per row, as in Pixyz),
     so the padding still enters every row's loss and gradient. That case keeps Pixyz's numbers and gives a
@@ -224,8 +239,7 @@ class IterativeLoss(Loss):
         self._several = frozenset(v for v, ns in per_row.items() if 1 not in ns)
         self._both = frozenset(v for v, ns in per_row.items() if 1 in ns and len(ns) > 1)
         # an expectation that may give its draws the score-function term (they may reach later steps: see _value)
-        self._scoring = any(isinstance(m, Expectation) and (isinstance(m, REINFORCE) or not m.reparam
-                                                             or not m.p.has_reparam) for m in self.step_loss.modules())
+        self._scoring = any(map(_may_score, self.step_loss.modules()))
         self._score_plan: tuple[Any, ...] | None = None
         self._mask_warned = False  # the warning of a per-row mask over a step loss reduced over the batch, given
         self.slice_step = slice_step
@@ -299,6 +313,8 @@ class IterativeLoss(Loss):
 
     def _value(self, ctx: EvalContext) -> Tensor:
         values = dict(ctx.values)
+        if ctx.copies > 1 and self.series_dim == 0:  # inside an expectation with several draws per row
+            self._time_major_copies(values, ctx.copies, ctx.rows)
         series = {v: values[v] for v in self.series_var}
         steps = self._steps(values)
         total: Any = 0.0
@@ -310,7 +326,7 @@ class IterativeLoss(Loss):
         timestep_var, dim, step_loss, options = self.timestep_var, self.series_dim, self.step_loss, ctx.options
         weights = None
         if options and options.get("mask") is not None:  # Pixyz's eval(..., mask=m): step t's loss times m[t]
-            weights = self._step_weights(options["mask"], values, steps)
+            weights = self._step_weights(options["mask"], values, steps, ctx.copies, ctx.rows)
             options = {k: v for k, v in options.items() if k != "mask"}  # not the step loss's (Pixyz's neither)
         check = weights is not None and weights[0].dim() == 1 and not self._mask_warned  # (a per-row mask)
         sliced = series.items() if self.slice_step is None else ()
@@ -450,9 +466,24 @@ class IterativeLoss(Loss):
                 stack.extend((child, below) for child in node.subterms())
         return [seen.get(id(record.term)) == {True} for record in self._records]
 
-    def _step_weights(self, mask: Any, values: Mapping[str, Any], steps: int) -> tuple[Tensor, ...]:
+    def _time_major_copies(self, values: dict[str, Any], copies: int, rows: int | None) -> None:
+        """Inside an expectation with several draws per row, whose values hold ``copies`` copies of the batch's rows
+        (``rows`` in all, sample-major: `repeat_batch`), a time-major series ``(T, N, ...)`` was repeated along its
+        first dimension, time, as ``(copies * T, N, ...)`` (a sum over ``copies * T`` steps, or a shape error): laid
+        out in ``values`` as the series of those rows, ``(T, copies * N, ...)`` (copy ``i`` in rows ``i*N:(i+1)*N``, as
+        the other values)."""
+        for v in self.series_var:
+            x = values[v]
+            if isinstance(x, Tensor) and x.dim() > 1 and x.shape[0] % copies == 0 and x.shape[1] * copies == rows:
+                steps = x.shape[0] // copies
+                values[v] = x.reshape(copies, steps, *x.shape[1:]).transpose(0, 1).reshape(steps, rows, *x.shape[2:])
+
+    def _step_weights(self, mask: Any, values: Mapping[str, Any], steps: int, copies: int = 1,
+                      rows: int | None = None) -> tuple[Tensor, ...]:
         """The weights of each step from the evaluation option ``mask`` (checked): ``(T,)``, one per step, or one per
-        row and step, ``(T, N)`` (time-major) / ``(N, T)`` (``series_dim=1``), as the series are laid out."""
+        row and step, ``(T, N)`` (time-major) / ``(N, T)`` (``series_dim=1``), as the series are laid out. Inside an
+        expectation with several draws per row (its values hold ``copies`` copies of the batch's rows, ``rows`` in
+        all, sample-major), a mask of one row per row of the batch is repeated as the values are."""
         layout = "(T, N)" if self.series_dim == 0 else "(N, T)"
         if not isinstance(mask, Tensor):
             raise TypeError(f"IterativeLoss: mask must be a tensor of step weights, (T,) or {layout}, got "
@@ -467,13 +498,18 @@ class IterativeLoss(Loss):
             which = f"the series' {length}" if self.series_var else f"max_iter={length}"
             raise ValueError(f"IterativeLoss: mask of shape {tuple(mask.shape)} has {mask.shape[time_dim]} steps "
                              f"along dim {time_dim}, expected {which} (shape (T,) or {layout})")
-        if mask.dim() == 2 and self.series_var and values[self.series_var[0]].dim() > 1:
-            x = values[self.series_var[0]]
+        x = values[self.series_var[0]] if self.series_var else None
+        if x is not None and x.dim() > 1:
             rows = x.shape[1 - self.series_dim]
-            if mask.shape[1 - time_dim] != rows:  # (a step loss reduced over the batch would take any number)
-                raise ValueError(f"IterativeLoss: mask of shape {tuple(mask.shape)} has {mask.shape[1 - time_dim]} "
-                                 f"rows, but the series {self.series_var[0]} of shape {tuple(x.shape)} has {rows} "
-                                 f"(shape (T,) or {layout})")
+        if mask.dim() == 2 and copies > 1 and rows is not None and mask.shape[1 - time_dim] * copies == rows:
+            mask = mask.repeat(copies, 1) if time_dim == 1 else mask.repeat(1, copies)  # as the values' copies
+        if mask.dim() == 2 and x is not None and x.dim() > 1 and mask.shape[1 - time_dim] != rows:
+            # (a step loss reduced over the batch would take any number)
+            inside = (f": {rows // copies} rows repeated for the {copies} draws per row of an enclosing expectation; "
+                      "give the mask one row per row of the batch" if copies > 1 and rows % copies == 0 else "")
+            raise ValueError(f"IterativeLoss: mask of shape {tuple(mask.shape)} has {mask.shape[1 - time_dim]} rows, "
+                             f"but the series {self.series_var[0]} of shape {tuple(x.shape)} has {rows}{inside} "
+                             f"(shape (T,) or {layout})")
         if not mask.is_floating_point():  # a bool or 0/1 integer mask (Pixyz takes mask.float())
             mask = mask.to(torch.get_default_dtype())
         return mask.unbind(time_dim)
