@@ -340,3 +340,68 @@ def test_another_pixyz_temperature_is_an_error_naming_it():
                                                r"distribution's default temperature is 0\.1: build "
                                                r"Classifier\(\.\.\., temperature=0\.5\) to load it"):
             f.load_state_dict(state, strict=strict)
+
+
+# --- MixtureOfNormal number weights in a wider dtype (diff review 3): a device-side choice, no stale cache ---------
+
+
+def _mixture():
+    from kizuna.distributions import MixtureOfNormal, Normal
+
+    e1 = Normal(var=["z"], cond_var=["a"], loc="a", scale=1.0)
+    e2 = Normal(var=["z"], cond_var=["b"], loc="b", scale=1.0)
+    return MixtureOfNormal([e1, e2], weights=[0.3, 0.7])
+
+
+def _inputs(dtype):
+    return {"a": torch.zeros(2, 1, dtype=dtype), "b": torch.ones(2, 1, dtype=dtype)}
+
+
+def test_weights_made_learnable_after_construction_keep_their_gradient_in_float64():
+    """The exact numbers replaced the weights in float64 even after they were made an ``nn.Parameter``: no gradient."""
+    from torch import nn
+
+    m = _mixture()
+    m.weights = nn.Parameter(torch.tensor([0.3, 0.7]))
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        m.weights.grad = None
+        m.sample_mean(_inputs(dtype)).sum().backward()
+        grads[dtype] = m.weights.grad.tolist()
+    assert grads[torch.float64] == pytest.approx([-1.4, 0.6], abs=1e-6) == grads[torch.float32]
+
+
+def test_an_in_place_write_to_number_weights_is_seen_in_float64():
+    m = _mixture()
+    assert m.sample_mean(_inputs(torch.float64))[0, 0].item() == 0.7  # the exact numbers
+    m.weights.data.copy_(torch.tensor([0.25, 0.75]))
+    assert m.sample_mean(_inputs(torch.float64))[0, 0].item() == pytest.approx(0.75, abs=1e-12)
+    with torch.inference_mode():
+        assert m.sample_mean(_inputs(torch.float64))[0, 0].item() == pytest.approx(0.75, abs=1e-12)
+
+
+def test_torch_func_over_number_weights():
+    """``torch.func.grad`` and ``vmap`` over the weights crashed (a host read of a traced tensor) with the cached
+    exact weights; the gradient equals autograd's of the same weights as a Parameter."""
+    from torch import nn
+    from torch.func import functional_call, grad, vmap
+
+    m = _mixture()
+    x = {**_inputs(torch.float64), "z": torch.full((2, 1), 0.2, dtype=torch.float64)}
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, values):
+            return self.m.get_log_prob(values).sum()
+
+    wrap, w0 = Wrap(), torch.tensor([0.3, 0.7])
+    got = grad(lambda w: functional_call(wrap, {"m.weights": w}, (x,)))(w0)
+    learnable = _mixture()
+    learnable.weights = nn.Parameter(w0.clone())
+    learnable.get_log_prob(x).sum().backward()
+    torch.testing.assert_close(got, learnable.weights.grad)
+    both = vmap(lambda w: functional_call(wrap, {"m.weights": w}, (x,)))(torch.stack([w0, torch.tensor([0.25, 0.75])]))
+    assert both.shape == (2,) and torch.isfinite(both).all()

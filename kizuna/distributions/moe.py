@@ -28,7 +28,7 @@ from kizuna.distributions.base import (
 )
 from kizuna.distributions.mixture import components_log_prob, summed_log_prob, union_cond
 from kizuna.distributions.poe import normal_experts, warn_weights_not_learnt
-from kizuna.distributions.torch_dist import TorchDistribution, validation_enabled
+from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.expr import values_dict
 from kizuna.formula.memo import remember, step_mark, tagged
 
@@ -200,23 +200,24 @@ class MixtureOfNormal(Distribution):
 
     def _weights_exact_in(self, dtype: torch.dtype) -> Tensor | None:
         """The weights given as numbers, exact in ``dtype`` where it is wider than the buffer's and the buffer still
-        holds those numbers (else None): float64 experts were mixed with float32's 0.30000001192 for 0.3 (a mean off by
-        1.7e-8), where the families take numbers exactly in a wider value's dtype (`TorchDistribution._scoring_params`).
-        Made once per dtype and device and kept while the buffer is unchanged (`TorchDistribution._buffers_stamp`; not
-        inside ``torch.inference_mode``, whose tensors autograd refuses to save, nor while compiling)."""
-        numbers, w = self.__dict__.get("_exact_weights"), self.weights
-        if numbers is None or w.dtype == dtype or torch.promote_types(w.dtype, dtype) != dtype or w.is_meta:
+        holds those numbers (else the buffer in ``dtype``; None where it does not apply): float64 experts were mixed
+        with float32's 0.30000001192 for 0.3 (a mean off by 1.7e-8), where the families take numbers exactly in a
+        wider value's dtype (`TorchDistribution._scoring_params`). The buffer is compared with the numbers on its
+        device at every call (``torch.where``: no host read, no graph break under ``torch.compile``), so an in-place
+        write (``weights.data.copy_``, ``load_state_dict``) is seen; weights that require grad (made an
+        ``nn.Parameter`` after construction, or a ``torch.func`` transform's) are not replaced by a constant."""
+        numbers, w = self.__dict__.get("_exact_weights"), self._buffers.get("weights")
+        if numbers is None or w is None or w.requires_grad or w.dtype == dtype \
+                or torch.promote_types(w.dtype, dtype) != dtype or w.is_meta:
             return None
-        keep = not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
+        keep = not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled()
         cache = self.__dict__.setdefault("_exact_weights_in", {})
-        hit = cache.get((dtype, w.device)) if keep else None
-        if hit is None or not TorchDistribution._buffers_unchanged(self, hit[0]):  # (a host read, once per change)
-            if not bool((w == numbers.to(dtype=w.dtype, device=w.device)).all()):  # (load_state_dict, fill_)
-                return None
-            hit = (TorchDistribution._buffers_stamp(self), numbers.to(dtype=dtype, device=w.device))
+        hit = cache.get((dtype, w.dtype, w.device)) if keep else None
+        if hit is None:  # (the numbers in the buffer's dtype and in ``dtype``: constants, never stale)
+            hit = (numbers.to(dtype=w.dtype, device=w.device), numbers.to(dtype=dtype, device=w.device))
             if keep:
-                cache[(dtype, w.device)] = hit
-        return hit[1]
+                cache[(dtype, w.dtype, w.device)] = hit
+        return torch.where((w == hit[0]).all(), hit[1], w.to(dtype))
 
     def _stacked(self, tensors: list[Tensor]) -> Tensor:
         """The present experts' draws or moments ``(batch, *features)`` stacked on dim 0, their shapes checked."""
