@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -90,7 +91,7 @@ def merge(files: list[Path]) -> str:
             keys = [f"{prefix}_{m}" for prefix in importlib.import_module(name).ROWS for m in S.METRICS]
             for i, run in enumerate(runs):
                 bad = next((k for k in keys if isinstance(run.get(k), bool)
-                            or not isinstance(run.get(k), (int, float))), None)
+                            or not isinstance(run.get(k), (int, float)) or not math.isfinite(run[k])), None)
                 if bad is not None:
                     raise ValueError(f"{f}: {name}, run {i}: no number for {bad!r} (got {run.get(bad)!r}); "
                                      "not a --json file of this script, or of another version of it")

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from example_loader import load_example
@@ -62,6 +64,8 @@ def _merge_error(files, monkeypatch, capsys) -> str:
     ('{"serket_vae_gmm": 3}', "not a --json file of this script (expected {example: [{metric: value}, ...]})"),
     ('{"serket_bogus": []}', "unknown example 'serket_bogus'"),
     ('{"serket_vae_gmm": [{}]}', "serket_vae_gmm, run 0: no number for 'vae_gmm_accuracy' (got None)"),
+    ('{"serket_vae_gmm": [{"vae_gmm_accuracy": NaN}]}', "serket_vae_gmm, run 0: no number for 'vae_gmm_accuracy' (got "
+                                                       "nan)"),
     ('{"serket_vae_gmm": ["x"]}', "not a --json file of this script (expected {example: [{metric: value}, ...]})"),
 ])
 def test_merge_of_a_broken_file_names_it(text, message, tmp_path, monkeypatch, capsys):
@@ -101,7 +105,7 @@ def _vae_parts(prior_dtype, net_dtype):
             self.lin = nn.Linear(2, 4)
 
         def forward(self, z):
-            loc = self.lin(z)
+            loc = self.lin(z.to(self.lin.weight.dtype))  # (mixed precision: z comes in the encoder's dtype)
             return {"loc": loc, "scale": torch.ones_like(loc)}
 
     torch.manual_seed(0)
@@ -336,9 +340,11 @@ def test_another_pixyz_temperature_is_an_error_naming_it():
     f, _ = _relaxed_networks()
     state = {**f.state_dict(), "temperature": torch.tensor([0.5])}
     for strict in (True, False):
-        with pytest.raises(RuntimeError, match=r"temperature: the state's Pixyz Classifier temperature is 0\.5, this "
-                                               r"distribution's default temperature is 0\.1: build "
-                                               r"Classifier\(\.\.\., temperature=0\.5\) to load it"):
+        message = ("temperature: the state's Pixyz Classifier temperature is 0.5, this distribution's default "
+                   "temperature is 0.1: give it as the temperature when building the distribution "
+                   "(RelaxedCategorical(..., temperature=0.5), or super().__init__(..., temperature=...) in a "
+                   "subclass) to load it")
+        with pytest.raises(RuntimeError, match=re.escape(message)):
             f.load_state_dict(state, strict=strict)
 
 
@@ -405,3 +411,41 @@ def test_torch_func_over_number_weights():
     torch.testing.assert_close(got, learnable.weights.grad)
     both = vmap(lambda w: functional_call(wrap, {"m.weights": w}, (x,)))(torch.stack([w0, torch.tensor([0.25, 0.75])]))
     assert both.shape == (2,) and torch.isfinite(both).all()
+
+
+def test_a_relaxed_subclass_with_its_own_temperature_loads_its_checkpoint():
+    """Diff review 4 (stop 46): a subclass keeping its own ``temperature`` buffer (returned from ``forward``) could no
+    longer load its own checkpoint: the Pixyz hook took the key for Pixyz's default."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from kizuna.distributions import RelaxedCategorical
+
+    class Own(RelaxedCategorical):
+        def __init__(self):
+            super().__init__(var=["y"], cond_var=["x"], name="p")
+            self.fc1 = nn.Linear(4, 3)
+            self.register_buffer("temperature", torch.tensor(0.3))
+
+        def forward(self, x):
+            return {"probs": F.softmax(self.fc1(x), dim=1), "temperature": self.temperature}
+
+    a, b = Own(), Own()
+    a.temperature.fill_(0.7)
+    assert b.load_state_dict(a.state_dict()).missing_keys == []
+    assert b.temperature.item() == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize(("enc", "dec"), [(torch.bfloat16, torch.float32), (torch.float32, torch.float64)])
+def test_the_encoder_decides_over_a_wider_decoder(enc, dec):
+    """Diff review 4 (stop 46): the widest of all readers fed a bf16 (float32) encoder the float32 (float64) decoder's
+    dtype, which the encoder refused (it trained before this stop in the order [q, p]). The factors that take the data
+    as a network input decide first, in `Model.dtype` and in the uses' rule alike."""
+    from kizuna.metrics.likelihood import _dtype
+
+    prior, q, p = _vae_parts(enc, enc)
+    p.to(dec)
+    for order in (["q", "p", "prior"], ["p", "q", "prior"]):
+        _, model = _vae_model(prior, q, p, order)
+        assert model.dtype == enc == _dtype(["x"], prior, q, p) == _dtype(["x"], p * prior, q)
+        assert torch.isfinite(model.train({"x": torch.randn(8, 4, dtype=dec)}))

@@ -60,10 +60,16 @@ class _DiscreteScoring(TorchDistribution):
         "temperature"``. Where this distribution has no temperature of its own (neither a constant nor a variable),
         such an entry is read and dropped when it equals the default; another value is an error naming it (build the
         distribution with ``temperature=value`` to load it)."""
-        if "temperature" not in self._const_names and "temperature" not in self._from_var:
+        own = "temperature" in self._const_names or "temperature" in self._from_var \
+            or "temperature" in self._buffers or "temperature" in self._parameters  # (a subclass's own, too)
+        if not own:
+            base = next(c.__name__ for c in type(self).__mro__ if c.__module__ == __name__ and
+                        not c.__name__.startswith("_"))
             pop_pixyz_constant(state_dict, prefix + "temperature", DEFAULT_TEMPERATURE, error_msgs,
                                f"Pixyz {type(self).__name__} temperature", "this distribution's default temperature",
-                               f"build {type(self).__name__}(..., temperature={{}}) to load it")
+                               f"give it as the temperature when building the distribution ({base}(..., "
+                               f"temperature={{}}), or super().__init__(..., temperature=...) in a subclass) to load "
+                               f"it")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

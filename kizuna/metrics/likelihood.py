@@ -152,12 +152,14 @@ def _device(*dists: Any) -> torch.device | None:
 def _dtype(data: Iterable[str], *dists: Any) -> torch.dtype | None:
     """The floating dtype that floating data of the variables ``data`` are converted to for the models ``dists``: that
     of the distributions that read them. Those are the single factors (`single_factors`) of each distribution whose
-    ``var`` or ``cond_var`` holds a variable of ``data`` (the decoder :math:`p(x|z)` and the encoder :math:`q(z|x)`,
-    not a prior :math:`p(z)`), and any network given that is not a distribution. The dtype is the widest of their
-    floating parameters' dtypes (torch's promotion of them all), or, where they have no floating parameter, of their
-    floating buffers'; where the readers hold no floating tensor, the same over the whole models; ``None`` without
-    any: the data keep their floating dtype (float64 data were rounded to the default float32 for a model of no
-    tensors).
+    ``cond_var`` holds a variable of ``data`` (the encoder :math:`q(z|x)`: its network takes the data as input, in
+    its own dtype), and any network given that is not a distribution; where there are none, those whose ``var`` holds
+    one (the decoder :math:`p(x|z)`, which widens a narrower value to score it; not a prior :math:`p(z)`). The dtype
+    is the widest of their floating parameters' dtypes (torch's promotion of them all), or, where they have no
+    floating parameter, of their floating buffers'; where the readers hold no floating tensor, the same over the
+    whole models; ``None`` without any: the data keep their floating dtype (float64 data were rounded to the default
+    float32 for a model of no tensors). Conditions first, so a bfloat16 encoder beside a float32 decoder gets bfloat16
+    data (the widest of both fed the encoder float32 data, which it refused).
 
     Only the readers, so a factor that never sees the data does not decide: bf16 networks beside a learned prior mean
     kept in float32 get bf16 data, as `Model.fit` trains them (the widest of all parameters fed the networks float32
@@ -168,9 +170,10 @@ def _dtype(data: Iterable[str], *dists: Any) -> torch.dtype | None:
     reads them (float64 experts of a `ProductOfNormal` were fed float32 data because of the product's own
     default-dtype prior buffers)."""
     names = set(data)
-    readers = [f for d in dists for f in (single_factors(d) if isinstance(d, Distribution) else [d])
-               if not isinstance(f, Distribution) or names & {*f.var, *f.cond_var}]
-    for group in (readers, dists):
+    factors = [f for d in dists for f in (single_factors(d) if isinstance(d, Distribution) else [d])]
+    inputs = [f for f in factors if not isinstance(f, Distribution) or names & set(f.cond_var)]
+    scorers = [f for f in factors if isinstance(f, Distribution) and names & set(f.var)]
+    for group in (inputs, scorers, dists):
         for tensors in (lambda m: m.parameters(), lambda m: m.buffers()):
             found = {t.dtype for m in group for t in tensors(m) if t.is_floating_point()}
             if found:

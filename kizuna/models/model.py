@@ -296,15 +296,16 @@ class Model:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype floating data are converted to: the widest of the dtypes of the trained distributions that read
-        the data (the single factors whose variables or conditions hold a variable of the loss, also inside a
-        trained module that is not a distribution, such as a `LadderVAE`), each by its first trainable floating
-        parameter; the first trainable parameter's where no such factor has one. Like the uses' rule (which takes
-        the widest of all a reader's parameters, frozen ones too), a prior that never sees the data does not decide
-        (a float32 learned prior listed before float64 networks fed them float32 data), nor does a frozen factor
-        or a module that holds no distribution (a learned loss coefficient). A factor whose first trainable
-        parameter is a float32 scale registered before its bfloat16 network counts as float32: register the
-        network first, or keep the scale in the network's dtype."""
+        """The dtype floating data are converted to: the widest of the dtypes of the trained distributions that take
+        the data as a condition (a network's input: an encoder :math:`q(z|x)`), or, where none does, of those that
+        score them (a decoder :math:`p(x|z)`), each by its first trainable floating parameter; the first trainable
+        parameter's where no such factor has one. Factors are looked for also inside a trained module that is not a
+        distribution (a `LadderVAE`). As the uses convert data (`kizuna.metrics.likelihood._dtype`, which also counts
+        frozen parameters): a prior that never sees the data does not decide (a float32 learned prior listed before
+        float64 networks fed them float32 data), nor does a frozen factor or a module that holds no distribution (a
+        learned loss coefficient); a bfloat16 encoder beside a float32 decoder gets bfloat16 data (the decoder widens
+        them to score them). A factor whose first trainable parameter is a float32 scale registered before its
+        bfloat16 network counts as float32: register the network first."""
         refs = self._dtype_refs
         dtype = refs[0].dtype
         for ref in refs[1:]:
@@ -981,26 +982,30 @@ _FLAGS: dict[torch.device, torch.Tensor] = {}  # a zero non-finite flag per devi
 
 
 def _reader_references(names: Iterable[str], dists: Sequence[nn.Module]) -> list[torch.Tensor]:
-    """The first trainable floating parameter of each single factor (`single_factors`) whose ``var`` or ``cond_var``
-    holds one of ``names``: the factors of ``dists``'s distributions, and of the distributions held inside a module of
-    ``dists`` that is not one (a `LadderVAE`'s ``p`` and ``q``). A factor without a trainable floating parameter (a
-    frozen one) and a module holding no distribution (a learned loss coefficient) are left out: they do not decide
-    the data's dtype (see `Model.dtype`)."""
+    """The first trainable floating parameter of each single factor (`single_factors`) that reads one of ``names``:
+    the factors of ``dists``'s distributions, and of the distributions held inside a module of ``dists`` that is not
+    one (a `LadderVAE`'s ``p`` and ``q``). Those that take a variable of ``names`` as a condition (a network's input,
+    which must come in the network's dtype) where there are any, else those whose ``var`` holds one (which only score
+    it: a narrower value is widened to their dtype). A factor without a trainable floating parameter (a frozen one) and
+    a module holding no distribution (a learned loss coefficient) are left out: they do not decide the data's dtype
+    (see `Model.dtype`)."""
     from kizuna.distributions.base import Distribution, single_factors
 
     names = set(names)
-    refs: list[torch.Tensor] = []
-    seen: set[int] = set()
+    factors: list[Distribution] = []
     for d in dists:
         inner = [d] if isinstance(d, Distribution) else [m for m in d.modules() if isinstance(m, Distribution)]
-        for f in (f for m in inner for f in single_factors(m)):
-            if id(f) in seen or not names & {*f.var, *f.cond_var}:
-                continue
-            seen.add(id(f))
-            ref = next((t for t in f.parameters() if t.is_floating_point() and t.requires_grad), None)
-            if ref is not None and not any(r is ref for r in refs):
-                refs.append(ref)
-    return refs
+        factors += [f for m in inner for f in single_factors(m) if not any(f is g for g in factors)]
+    for reads in (lambda f: names & set(f.cond_var), lambda f: names & set(f.var)):
+        refs: list[torch.Tensor] = []
+        for f in factors:
+            if reads(f):
+                ref = next((t for t in f.parameters() if t.is_floating_point() and t.requires_grad), None)
+                if ref is not None and not any(r is ref for r in refs):
+                    refs.append(ref)
+        if refs:
+            return refs
+    return []
 
 
 def _reference_parameter(params: Sequence[torch.Tensor]) -> torch.Tensor:
