@@ -20,15 +20,15 @@ import math
 import numbers
 import operator
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import nn
 
-from kizuna._data import first_nonfinite
+from kizuna._data import first_nonfinite, warn_user
 from kizuna._io import make_folder
 from kizuna.distributions.torch_dist import validation
 from kizuna.formula.expr import Loss, _term_mean, values_dict
@@ -36,6 +36,8 @@ from kizuna.models import checkpoint as ckpt
 from kizuna.models import distributed as ddp
 from kizuna.models.batches import prepare
 from kizuna.models.checkpoint import History
+
+_Out = TypeVar("_Out")
 
 
 class NonFiniteStep(FloatingPointError):
@@ -169,8 +171,10 @@ class Model:
             Pixyz's default) for none.
         compile: evaluate the loss (forward and backward) under ``torch.compile``: ``True``, or a dict
             of its keyword arguments (e.g. ``{"mode": "max-autotune"}``). Where compilation is
-            unavailable (no C compiler, unsupported platform) a warning says why and training
-            continues uncompiled; a name, mode or backend ``torch.compile`` does not take is an error here.
+            unavailable (no C compiler, unsupported platform), or a compiled step fails where the eager one does
+            not, a warning (at your line) names the compiler's error and training continues uncompiled, the failed
+            step taken again eagerly from the state before it; a name, mode, backend or inductor option
+            ``torch.compile`` does not take (or any argument it refuses) is an error here.
             Checked steps run eagerly: the first step under ``validate=None``, and every step under
             ``validate=True`` (which therefore never compiles).
         validate: check parameters and values (torch's ``validate_args``) on every step (``True``),
@@ -381,17 +385,39 @@ class Model:
         """The tensors a training-mode forward pass writes (batch-norm running statistics and ``num_batches_tracked``,
         ActNorm's data-dependent start), in the trained distributions and in every other module the loss runs (a GAN
         discriminator's step draws from the generator, whose batch norm counts the draw): kept aside each step and put
-        back when the step is not taken (see `_optimise`)."""
+        back when the step is not taken (see `_kept_forward`)."""
+        return self._forward_writers()[0]
+
+    def _forward_writers(self) -> tuple[list[torch.Tensor], list[nn.Module]]:
+        """`_updated_in_forward`'s tensors, and the ActNorm layers among their modules (found once)."""
         found = self.__dict__.get("_forward_state")
         if found is None:
             from kizuna.flows.normalization import ActNorm, _BatchNorm
 
             kinds = (nn.modules.batchnorm._NormBase, _BatchNorm, ActNorm)
-            modules = {id(m): m for m in (*self.distributions.modules(), *self.loss_cls.modules())}.values()
-            found = list({id(t): t for m in modules if isinstance(m, kinds)
-                          for t in (*m._buffers.values(), *m._parameters.values()) if t is not None}.values())
-            self.__dict__["_forward_state"] = found
+            modules = [m for m in {id(m): m for m in (*self.distributions.modules(), *self.loss_cls.modules())
+                                   }.values() if isinstance(m, kinds)]
+            tensors = list({id(t): t for m in modules
+                            for t in (*m._buffers.values(), *m._parameters.values()) if t is not None}.values())
+            found = self.__dict__["_forward_state"] = (tensors, [m for m in modules if isinstance(m, ActNorm)])
         return found
+
+    def _kept_forward(self) -> Callable[[], None]:
+        """What a training-mode forward writes (`_updated_in_forward`) kept as it is now; the function returned puts it
+        back. An ActNorm's Python mirror of its ``initialized`` flag is cleared with it (the layer reads the flag
+        again at its next pass): left True by the refused pass that had initialised the layer, the layer never
+        initialised from the data after the flag and the parameters were put back."""
+        state, actnorms = self._forward_writers()
+        kept = [t.detach().clone() for t in state]
+
+        def restore() -> None:
+            with torch.no_grad():
+                for t, v in zip(state, kept):
+                    t.copy_(v)
+            for layer in actnorms:
+                layer._known_initialized = False
+
+        return restore
 
     def _optimise(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                   ) -> tuple[torch.Tensor, float, dict[str, float]]:
@@ -399,58 +425,60 @@ class Model:
         compiled = self._compiles(self.loss_cls)
         if not state and not compiled:
             return self._step_once(batch, options, terms)
-        kept = [t.detach().clone() for t in state]
+        restore = self._kept_forward()
         rng = _rng_states(self.device) if compiled else None
-
-        def restore() -> None:
-            with torch.no_grad():
-                for t, v in zip(state, kept):
-                    t.copy_(v)
-
         try:
             return self._step_once(batch, options, terms)
         except Exception as err:
             if isinstance(err, FloatingPointError) or not compiled or self.compile_error is not None:
-                # the step was not taken (a non-finite loss or gradient; or, eager or after the forward fell back, the
-                # model's own error, e.g. batch normalisation refusing a batch of one row, raised after the layer had
-                # counted it): what the forward wrote as before it, like the parameters
+                # the step was not taken (a non-finite loss or gradient; or, eager, the model's own error, e.g. batch
+                # normalisation refusing a batch of one row, raised after the layer had counted it): what the forward
+                # wrote as before it, like the parameters
                 restore()
                 raise
-            # the compiled forward ran, and the step failed after it: AOTAutograd compiles the backward lazily, at the
-            # first backward, and a failure there had no fallback. The step again, eagerly, from the same state; an
-            # error it raises too is the model's own
-            restore()
+            # the compiled step failed: its forward (`_CompiledRunFailed`: after a graph break the earlier graphs had
+            # run, and moved their batch-norm statistics, before a later one failed to compile) or its backward
+            # (AOTAutograd compiles it lazily, at the first backward). The step again, eagerly, from the same state
             self.optimizer.zero_grad(set_to_none=True)
-            _set_rng_states(self.device, rng)
-            self._force_eager = True
-            try:
-                out = self._step_once(batch, options, terms)
-            except Exception:  # the eager step failed too (not finite, or the model's own error): not taken, as above
-                restore()
-                raise
-            finally:
-                self._force_eager = False
-            self._compile_failed(err)
-            return out
+            return self._eagerly(err, rng, restore, lambda: self._step_once(batch, options, terms))
+
+    def _eagerly(self, err: BaseException, rng: tuple[torch.Tensor, torch.Tensor | None], restore: Callable[[], None],
+                 once: Callable[[], _Out]) -> _Out:
+        """``once()``, the step or evaluation whose compiled run raised ``err``, again eagerly from the state before
+        that run: what its forward wrote put back (``restore``, from `_kept_forward`; a partial compiled run counted
+        the batch in the batch-norm statistics a second time), the random state ``rng`` (the draws of the eager
+        step). Then the compiler's failure is reported and the model continues eagerly (`_compile_failed`). An
+        error the eager run raises too (not finite, or the model's own) is raised, with the state put back again."""
+        restore()
+        _set_rng_states(self.device, rng)
+        self._force_eager = True
+        try:
+            out = once()
+        except Exception:
+            restore()
+            raise
+        finally:
+            self._force_eager = False
+        self._compile_failed(err)
+        return out
 
     def _compiles(self, loss_cls: Loss) -> bool:
         """Whether the next evaluation of ``loss_cls`` runs compiled (see `_evaluator`)."""
-        if self._compile_args is None or self.compile_error is not None or self.parallel is not None \
-                or self.__dict__.get("_force_eager"):
+        if self._compile_args is None or self.compile_error is not None or self.__dict__.get("_force_eager") \
+                or (self.parallel is not None and loss_cls is self.loss_cls):  # (`_evaluator`: data-parallel)
             return False
         checked = self.validate if self.validate is not None else id(loss_cls) not in self._validated
         return not checked
 
-    def _compile_failed(self, err: BaseException, stacklevel: int = 4) -> None:
-        """Compilation failed where eager evaluation succeeds: say why once, and continue eagerly."""
-        import warnings
-
-        inner = getattr(err, "inner_exception", None)
-        err = inner if isinstance(inner, BaseException) else err
+    def _compile_failed(self, err: BaseException) -> None:
+        """Compilation failed where eager evaluation succeeds: say why once (the compiler's own error,
+        `_compiler_error`), at the user's line (`warn_user`: a fixed stacklevel pointed into kizuna), and continue
+        eagerly."""
+        err = _compiler_error(err)
         text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         self.compile_error = f"{type(err).__name__}: {text[:300]}"
-        warnings.warn(f"Model(compile=True): torch.compile is unavailable here ({self.compile_error}); "
-                      "training continues without compilation", RuntimeWarning, stacklevel=stacklevel)
+        warn_user(f"Model(compile=True): torch.compile is unavailable here ({self.compile_error}); "
+                  "training continues without compilation", RuntimeWarning)
 
     def _step_once(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                    ) -> tuple[torch.Tensor, float, dict[str, float]]:
@@ -490,6 +518,16 @@ class Model:
 
     def _assess(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                 ) -> tuple[torch.Tensor, float, dict[str, float]]:
+        if not self._compiles(self.test_loss_cls):
+            return self._assess_once(batch, options, terms)
+        restore, rng = self._kept_forward(), _rng_states(self.device)
+        try:
+            return self._assess_once(batch, options, terms)
+        except _CompiledRunFailed as err:  # the evaluation again, eagerly, from the same state, as a step's
+            return self._eagerly(err, rng, restore, lambda: self._assess_once(batch, options, terms))
+
+    def _assess_once(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
+                     ) -> tuple[torch.Tensor, float, dict[str, float]]:
         self._set_mode(False)
         # the test loss's other modules (a frozen decoder the loss reads, not trained here) in eval mode for the pass
         # too, each given its own mode back after it: left in training mode, they ran their dropout and moved their
@@ -1129,9 +1167,11 @@ def _compile_args(option: Any) -> dict[str, Any] | None:
 
 def _check_compile_args(args: dict[str, Any]) -> None:
     """The user's own mistakes in ``compile=`` are errors at construction: a name ``torch.compile`` does not take, a
-    mode or a backend name it does not know (they fell back to eager with a warning that compilation was unavailable
-    on this machine, from the second step on). A platform without the compiler still warns and trains eagerly: where
-    torch's lists cannot be read, the mode and backend are left to ``torch.compile``."""
+    mode or a backend name it does not know, and anything else ``torch.compile`` refuses when it wraps a function
+    (compiling nothing): an inductor option that is not one (``options={"max_autotun": True}``) or of the wrong
+    type, ``dynamic="yes"``. They fell back to eager with a warning that compilation was unavailable on this machine,
+    from the second step on. A platform without the compiler still warns and trains eagerly: where torch's lists
+    cannot be read, or dynamo does not run on this Python, the arguments are left to ``torch.compile``."""
     import inspect
 
     allowed = [name for name in inspect.signature(torch.compile).parameters if name != "model"]
@@ -1159,10 +1199,48 @@ def _check_compile_args(args: dict[str, Any]) -> None:
             if backend not in backends:
                 raise ValueError(f"Model: compile={{'backend': {backend!r}}} is not one of torch.compile's backends "
                                  f"({', '.join(b for b in backends if 'TESTING' not in b)}), nor a callable")
+        if args:
+            from torch._dynamo import is_dynamo_supported
+
+            if is_dynamo_supported():  # (else torch.compile refuses any arguments: the fallback's case)
+                try:  # wraps, compiles nothing: torch's own checks of the arguments (inductor's options, dynamic=)
+                    torch.compile(lambda: None, **_torch_compile_args(args))
+                except ImportError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - torch's checks raise RuntimeError, AssertionError, ...
+                    raise ValueError(_refused_compile_args(args, err)) from err
     except (ImportError, RuntimeError):  # no compiler stack here: `_compiled_eval` warns and trains eagerly
         pass
     finally:
         torch.distributions.Distribution.set_default_validate_args(checks)
+
+
+def _refused_compile_args(args: Mapping[str, Any], err: BaseException) -> str:
+    """The error of ``compile=`` arguments ``torch.compile`` refused with ``err``: torch's first line, without its
+    list of every inductor option, and for an option it does not know the known ones closest to it."""
+    import difflib
+
+    first = (str(err).strip().splitlines() or [""])[0].split(", known options are")[0][:300]
+    text = f"Model: compile={dict(args)!r} is refused by torch.compile ({type(err).__name__}: {first})"
+    options = args.get("options")
+    if isinstance(options, Mapping) and first.startswith("Unexpected optimization option"):
+        from torch._inductor import list_options
+
+        known = list_options()
+        for key in options:
+            if str(key) in first and str(key).replace("-", "_") not in known:
+                close = difflib.get_close_matches(str(key), known, n=3)
+                text += f": {key!r} is not an inductor option (torch._inductor.list_options())"
+                text += f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+                break
+    return text
+
+
+def _torch_compile_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``compile=``'s arguments for one ``torch.compile`` call: ``options`` copied (torch pops ``guard_filter_fn`` and
+    ``use_aoti`` out of the dict it is given, so a second call, a test loss's, lost them)."""
+    options = args.get("options")
+    return {**args, "options": dict(options)} if isinstance(options, Mapping) else dict(args)
 
 
 def _rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -1176,21 +1254,49 @@ def _set_rng_states(device: torch.device, states: tuple[torch.Tensor, torch.Tens
         torch.cuda.set_rng_state(states[1], device)
 
 
-def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
-    """``loss_cls.eval`` under ``torch.compile``. Where compilation is unavailable, or the compiled code
-    fails where eager evaluation succeeds, a warning says why and the model continues eagerly (the
-    failed step is evaluated eagerly from the same random state); an error the eager evaluation raises
-    too is the model's, and is raised as it is."""
-    def give_up(err: BaseException) -> None:
-        model._compile_failed(err, stacklevel=6)
+class _CompiledRunFailed(Exception):
+    """A compiled evaluation raised ``error`` (its ``__cause__``): the model's step or evaluation is taken again
+    eagerly from the state before it (`Model._eagerly`), which tells the compiler's failure from the model's own
+    error. (Retried inside the evaluation, the retry found the batch-norm statistics that the graphs before a graph
+    break had already moved.)"""
 
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+def _compiler_error(err: BaseException) -> BaseException:
+    """The compiler's own error behind ``err``, a compiled run's failure: torch wraps a backend's error
+    (``inner_exception``; ``BackendCompilerFailed``'s message is only "backend='...' raised:"), and a distribution
+    rewraps a RuntimeError raised in its network's call, a compiler's among them, as "forward() failed on z of shape
+    ..." (`TorchDistribution._compute_params`, the original kept as ``__cause__``)."""
+    if isinstance(err, _CompiledRunFailed):
+        err = err.error
+    found: BaseException | None = err
+    seen: set[int] = set()
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        inner = getattr(found, "inner_exception", None)
+        if isinstance(inner, BaseException):
+            return inner
+        if type(found).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            return found
+        found = found.__cause__
+    return err
+
+
+def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
+    """``loss_cls.eval`` under ``torch.compile``. Where compilation is unavailable a warning says why and the model
+    continues eagerly; a compiled run that fails raises `_CompiledRunFailed`, and the model takes the step (or the
+    evaluation) again eagerly from the state before it: a failure there too is the model's own error, raised as it is;
+    else the compiler's, reported as unavailable compilation (`Model._eagerly`)."""
     # torch.compile's first use turns torch.distributions' default argument checks off for the whole
     # process (torch._dynamo patches torch on first use); keep the user's setting (`set_validation`)
     checks = torch.distributions.Distribution._validate_args
     try:
-        compiled = torch.compile(loss_cls.eval, **(model._compile_args or {}))
+        compiled = torch.compile(loss_cls.eval, **_torch_compile_args(model._compile_args or {}))
     except Exception as err:  # noqa: BLE001 - e.g. an unsupported Python version or platform
-        give_up(err)
+        model._compile_failed(err)
         return loss_cls.eval
     finally:
         torch.distributions.Distribution.set_default_validate_args(checks)
@@ -1198,13 +1304,9 @@ def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
     def run(batch: Mapping[str, Any], **options: Any) -> Any:
         if model.compile_error is not None:
             return loss_cls.eval(batch, **options)
-        state = _rng_states(model.device)
         try:
             return compiled(batch, **options)
-        except Exception as err:  # noqa: BLE001 - decided below: the compiler's failure or the model's error
-            _set_rng_states(model.device, state)
-            out = loss_cls.eval(batch, **options)  # the model's own error, if it is one, is raised here
-            give_up(err)
-            return out
+        except Exception as err:  # noqa: BLE001 - decided by the caller: the compiler's failure or the model's error
+            raise _CompiledRunFailed(err) from err
 
     return run
