@@ -53,7 +53,8 @@ class DiffusionSchedule(nn.Module):
 
     Args:
         betas: ``T`` values in (0, 1). An ``nn.Parameter`` stays learnable (a learned schedule, kept in its own dtype;
-            the table is then computed from it in float32 at least); anything else becomes a buffer.
+            the table is then computed from it in float64, with its graph, and cast to float32 at least); anything else
+            becomes a buffer.
     """
 
     def __init__(self, betas: Tensor | Sequence[float]) -> None:
@@ -127,6 +128,8 @@ class DiffusionSchedule(nn.Module):
         on the ``meta`` device gets them back from ``to_empty``) for ``.double()`` (see `_apply`)."""
         out = cls(betas64.to(dtype=torch.get_default_dtype(), device=torch.get_default_device()))
         out.__dict__["_exact_betas"] = betas64
+        with torch.no_grad():
+            out._constants = out._compute_constants()  # from the exact betas (`_compute_constants`)
         return out
 
     @property
@@ -144,12 +147,26 @@ class DiffusionSchedule(nn.Module):
         return self._table()[:, 2]
 
     def _compute_constants(self) -> Tensor:
-        """`constants`' four columns, then :math:`1 - \\bar\\alpha_t` and :math:`1 - \\bar\\alpha_{t-1}` taken in the
-        table's dtype (`coefficients`)."""
-        betas = self.betas.to(computing_dtype(self.betas.dtype))  # (a learnable schedule's half-precision betas)
+        """`constants`' four columns, then :math:`1 - \\bar\\alpha_t` and :math:`1 - \\bar\\alpha_{t-1}`
+        (`coefficients`), computed in float64 from the exact betas where the buffer still holds them (`_betas64`), and
+        cast to the table's dtype (the betas', float32 at least): in float32 :math:`1 - \\beta_1` rounds and
+        :math:`1 - \\bar\\alpha_t` is a cancellation, 1.7e-4 (linear) to 2.9e-3 (cosine, T = 4000) relative off at
+        small t, the posterior mean at t = 3 up to 0.94 posterior standard deviations off."""
+        betas = self._betas64()  # (a learnable schedule's graph kept: a cast of the parameter)
         ab = torch.cat([betas.new_ones(1), torch.cumprod(1 - betas, 0)])
         beta, ab_prev = torch.cat([betas.new_zeros(1), betas]), torch.cat([ab[:1], ab[:-1]])
-        return torch.stack([beta, 1 - beta, ab, ab_prev, 1 - ab, 1 - ab_prev], 1)
+        table = torch.stack([beta, 1 - beta, ab, ab_prev, 1 - ab, 1 - ab_prev], 1)
+        return table.to(computing_dtype(self.betas.dtype))
+
+    def _betas64(self) -> Tensor:
+        """The betas in float64 on their device: the exact numbers given (`_exact_betas`: numbers, `linear`, `cosine`)
+        where the buffer still holds them in its dtype, else the betas as they are (a learnable schedule's, a changed
+        or loaded buffer's)."""
+        betas, exact = self.betas, self.__dict__.get("_exact_betas")
+        if exact is not None and type(betas) is Tensor and not betas.is_meta and exact.shape == betas.shape \
+                and bool((betas == exact.to(dtype=betas.dtype, device=betas.device)).all()):
+            return exact.to(device=betas.device)
+        return betas.double()
 
     def constants(self) -> Tensor:
         """Rows ``t = 0..T``: :math:`(\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1})`, :math:`\\beta_0 = 0`,

@@ -19,17 +19,19 @@ Densities and samplers are torch's. A family may also define closed forms in its
 the parameter tensors without building a ``torch.distributions`` object; they are the only path
 for that family (tested against torch in tests/test_families.py).
 
-A constant given as a Python number is the number itself in the dtype of the tensors it meets: the parameters from
+A constant given as a Python number, or as a list or tuple (nested) of numbers (``Normal(loc=[0.1, 2.0])``,
+``Dirichlet(concentration=[...])``, ``covariance_matrix=[[...]]``: a float64 copy is kept outside the buffers,
+`TorchDistribution._number_lists`), is the number itself in the dtype of the tensors it meets: the parameters from
 the inputs and the constants given as tensors (the widest of their dtypes, whatever the keyword order:
 ``Normal(scale=0.1, loc=<float64>)`` holds a float64 0.1), for draws, densities, moments and entropies alike
-(`TorchDistribution._numbers_like`); without any, its buffer's dtype (the default one, or ``.to()``'s). A scored value
-of a wider floating dtype than the parameters (float64 data, a float32 family): constants given as Python numbers,
-where the distribution holds them as given (no ``forward`` or ``get_params`` of a subclass), are taken exactly in the
-value's dtype (`TorchDistribution._scoring_params`; built once per dtype for a constant distribution), and in a
-closed-form KL in the other side's where it is the wider (`TorchDistribution.kl_to`). Parameters computed by a
-network or given as tensors are used in their own dtype: their float32 values gain nothing in float64, and the value
-meets them as the family's arithmetic combines them (torch's promotion; Bernoulli's kernel and torch's Gamma cast the
-value to the parameters' dtype).
+(`TorchDistribution._numbers_like`); without any, its buffer's dtype (the default one, or ``.to()``'s: the exact numbers
+after ``.double()``, `TorchDistribution._apply`). A scored value of a wider floating dtype than the parameters (float64
+data, a float32 family): constants given as Python numbers, where the distribution holds them as given (no ``forward``
+or ``get_params`` of a subclass), are taken exactly in the value's dtype (`TorchDistribution._scoring_params`; built
+once per dtype for a constant distribution), and in a closed-form KL in the other side's where it is the wider
+(`TorchDistribution.kl_to`). Parameters computed by a network or given as tensors are used in their own dtype: their
+float32 values gain nothing in float64, and the value meets them as the family's arithmetic combines them (torch's
+promotion; Bernoulli's kernel and torch's Gamma cast the value to the parameters' dtype).
 
 Validation is torch's switch (``torch.distributions.Distribution.set_default_validate_args``,
 or `validation` here): while it is on, parameters are checked by torch's own constructor and
@@ -403,6 +405,8 @@ class TorchDistribution(Distribution):
     _by_position_cond: list[str] | None = None
     _positional_forward: Any = None
     _positional_call: Any = None
+    _number_lists: Mapping[str, Tensor] = types.MappingProxyType({})  # (set in __init__: constants given as lists)
+    _numbers_only = False  # (set in __init__: every constant given as numbers, `_compute_params`)
     static_params: ClassVar[tuple[str, ...]] = ()  # plain Python values (e.g. total_count)
     validate_value: ClassVar[bool] = True  # check the support of scored values
     moments_hint: ClassVar[str] = ""  # appended to the error of a family without a closed-form mean or variance
@@ -443,6 +447,8 @@ class TorchDistribution(Distribution):
             )
         self._const_names: list[str] = []
         self._numbers: dict[str, float] = {}  # Python numbers: follow the inputs' dtype and device exactly
+        # lists / tuples (nested) of Python numbers, as float64 CPU tensors of their shape: the same (`_number_tensor`)
+        self._number_lists: dict[str, Tensor] = {}
         self._static: dict[str, Any] = {}
         self._from_var: dict[str, str] = {}
         self._expand: dict[str, torch.Size] = {}  # constants broadcast to features_shape at use
@@ -451,6 +457,9 @@ class TorchDistribution(Distribution):
         self._uses_forward = type(self).forward is not TorchDistribution.forward
         # every parameter from forward (the usual conditional distribution): its result is the parameters
         self._forward_only = self._uses_forward and not (self._from_var or self._const_names or self._static)
+        # every constant given as a number or a list of numbers: with no parameter from the inputs, the numbers meet no
+        # other tensor and keep their buffers' dtype (`_numbers_like` is None; `_compute_params`, every score)
+        self._numbers_only = all(k in self._numbers or k in self._number_lists for k in self._const_names)
         # the cond_var list when the class's forward takes exactly these variables by position in this order, or is
         # `positional_forward` (then its `_forward_by_position` computes the parameters): it is then called with the
         # values by position (`_positional_call`: that forward, or None for `_forward_by_position`), as a hand-written
@@ -498,6 +507,9 @@ class TorchDistribution(Distribution):
                                 f"name or an nn.Parameter, got {type(value).__name__}") from err
             if not tensor.is_floating_point():
                 tensor = tensor.to(torch.get_default_dtype())
+            if isinstance(value, (list, tuple)) and value and _all_numbers(value):
+                # (its float32 buffer alone rounded 1e6 + 0.1 to 1000000.125 for float64 scoring and .double())
+                self._number_lists[key] = torch.tensor(value, dtype=torch.float64, device="cpu")
             event_dim = getattr(self.torch_class.arg_constraints.get(key), "event_dim", 0)
             if tensor.dim() < event_dim:  # e.g. a number as a MultivariateNormal's loc: a vector is needed
                 raise ValueError(f"{self.prob_text}: parameter {key} of {type(self).__name__} needs at least "
@@ -664,7 +676,9 @@ class TorchDistribution(Distribution):
                 # one row per feature, while its density and mean took it as one row)
                 value = value.unsqueeze(0)
             params[key] = value
-        like: Any = False  # the (dtype, device) of the tensors the numbers meet, found when a number needs it
+        # the (dtype, device) of the tensors the numbers meet, found when a number needs it; None where they meet none
+        # (every constant given as numbers and no parameter from the inputs: `_numbers_only`, known without looking)
+        like: Any = None if not params and self._numbers_only else False
         for key in self._const_names:
             if key in params:
                 continue
@@ -672,13 +686,14 @@ class TorchDistribution(Distribution):
                 value = self._parameters[key].unsqueeze(0)
             else:
                 value = self._buffers[key]
-            if key in self._numbers:
-                if like is False:  # (all the tensors, whatever the keyword order: `_numbers_like`)
-                    like = self._numbers_like(params)
+            if like is not None and (key in self._numbers or key in self._number_lists):
+                if like is False:  # (all the tensors, whatever the keyword order: `_numbers_like`; the inputs' alone
+                    # where every constant is given as numbers)
+                    like = _floating_like(params.values()) if self._numbers_only else self._numbers_like(params)
                 if like is not None and (value.dtype != like[0] or value.device != like[1]):
                     # the number itself in the inputs' precision while the buffer holds it; a buffer changed since
                     # (load_state_dict, an annealed scale's fill_) is converted, not replaced by the old number
-                    value = torch.full(value.shape, self._numbers[key], dtype=like[0], device=like[1]) \
+                    value = self._number_tensor(key, value.shape, like[0], like[1]) \
                         if self._holds_numbers() else value.to(dtype=like[0], device=like[1])
             if key in self._expand:
                 value = value.expand(self._expand[key])
@@ -697,7 +712,7 @@ class TorchDistribution(Distribution):
         scale=0.1)`` held 0.1, and a relaxed family's temperature, given first, was always float32."""
         found = _floating_like(params.values())
         rest = [self._parameters[k] if k in self._parameters else self._buffers[k] for k in self._const_names
-                if k not in self._numbers and k not in params]
+                if k not in self._numbers and k not in self._number_lists and k not in params]
         if rest:
             more = _floating_like(rest)
             if found is None:
@@ -731,25 +746,43 @@ class TorchDistribution(Distribution):
         return True
 
     def _apply(self, fn: Any, recurse: bool = True) -> TorchDistribution:
-        """``.to()`` / ``.double()``: a constant given as a Python number that still holds it holds the exact number
-        in the new dtype (a cast of float32(0.1) to float64 kept 0.10000000149: densities off by 1e-8 to 4e-7)."""
+        """``.to()`` / ``.double()``: a constant given as a Python number (or a list of numbers) that still holds it
+        holds the exact numbers in the new dtype (a cast of float32(0.1) to float64 kept 0.10000000149: densities off
+        by 1e-8 to 4e-7; a list's 1e6 + 0.1 stayed 1000000.125, a density with scale 1e-3 312 nats off). A buffer of
+        another shape than the list's (reassigned since) is converted as it is."""
         exact = {key: torch.tensor(float(number), dtype=torch.float64, device="cpu")
                  for key, number in self._numbers.items()}
+        exact.update((key, numbers) for key, numbers in self._number_lists.items()
+                     if (b := self._buffers.get(key)) is not None and b.shape[1:] == numbers.shape)
         return apply_keeping_exact(self, lambda: super(TorchDistribution, self)._apply(fn, recurse), exact)
 
     def _holds_numbers(self) -> bool:
-        """Whether every constant given as a Python number still holds it: checked by value once, and again
-        only after a buffer changed (`_buffers_unchanged`; not after an in-place write through ``.data``, see
-        `_buffers_stamp`)."""
+        """Whether every constant given as a Python number (or a list of numbers, `_number_lists`) still holds it, in
+        its buffer's dtype: checked by value once, and again only after a buffer changed (`_buffers_unchanged`; not
+        after an in-place write through ``.data``, see `_buffers_stamp`)."""
         if self._buffers_unchanged(self.__dict__.get("_numbers_seen")):
             return True
-        for key, number in self._numbers.items():
+        for key, number in (*self._numbers.items(), *self._number_lists.items()):
             value = self._buffers.get(key)
+            if type(number) is Tensor and value is not None:
+                if value.shape[1:] != number.shape:  # (a buffer reassigned with another shape)
+                    value = None
+                else:
+                    number = number.to(dtype=value.dtype, device=value.device)  # (as a number meets the buffer)
             if value is None or not bool((value == number).all()):
                 self.__dict__.pop("_numbers_seen", None)
                 return False
         self.__dict__["_numbers_seen"] = self._buffers_stamp()
         return True
+
+    def _number_tensor(self, key: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The constant ``key`` given as a Python number (`_numbers`) or a list of numbers (`_number_lists`), exact in
+        ``dtype`` (rounded once, from the numbers), on ``device``, of ``shape`` (the parameter's, which the numbers
+        broadcast to)."""
+        number = self._numbers.get(key)
+        if number is not None:
+            return torch.full(shape, number, dtype=dtype, device=device)
+        return self._number_lists[key].to(dtype=dtype, device=device).expand(shape)
 
     def _check_forward(self, out: Any) -> Mapping[str, Any]:
         """``forward``'s result, checked: a dict naming only this family's parameters."""
@@ -1244,13 +1277,15 @@ class TorchDistribution(Distribution):
         network or given as tensors keep their dtype (their float32 values gain no precision in float64, and scoring
         in float64 cost a float32 decoder 1.6-1.9x its time)."""
         params = self._params(x_dict)
-        if not self._holds_numbers_as_given():  # (the usual case: a network)
+        # (`_holds_numbers_as_given`, inline: every score; the usual case, a network, returns here)
+        numbers = self._numbers or self._number_lists
+        if not numbers or self._uses_forward or self._custom_get_params:
             return params, None
         value = x_dict.get(self._var[0])
         if not isinstance(value, Tensor):
             return params, None
         dtype = value.dtype
-        for key in self._numbers:  # the first number's dtype, the value's in the usual case (a plain loop: every score)
+        for key in numbers:  # the first number's dtype, the value's in the usual case (a plain loop: every score)
             v = params.get(key)
             if isinstance(v, Tensor):
                 if v.dtype == dtype or not dtype.is_floating_point:
@@ -1260,9 +1295,10 @@ class TorchDistribution(Distribution):
         return (params, None) if exact is params else (exact, dtype)
 
     def _holds_numbers_as_given(self) -> bool:
-        """Whether some constants were given as Python numbers and the parameters hold them as given: no ``forward``
-        or ``get_params`` of a subclass could have replaced them (`_scoring_params`, `_numbers_exact_in`)."""
-        return bool(self._numbers) and not self._uses_forward and not self._custom_get_params
+        """Whether some constants were given as Python numbers (or lists of numbers) and the parameters hold them as
+        given: no ``forward`` or ``get_params`` of a subclass could have replaced them (`_scoring_params`,
+        `_numbers_exact_in`)."""
+        return bool(self._numbers or self._number_lists) and not self._uses_forward and not self._custom_get_params
 
     def _numbers_exact_in(self, params: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
         """``params`` with the constants given as Python numbers exact in ``dtype`` where it is the wider one
@@ -1274,26 +1310,26 @@ class TorchDistribution(Distribution):
         return self._with_exact_numbers(params, dtype)
 
     def _with_exact_numbers(self, params: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-        """``params`` with each constant given as a Python number, held in a narrower dtype than ``dtype``, replaced
-        by the exact number in ``dtype`` (``params`` itself where the buffers no longer hold the numbers given:
-        `_holds_numbers`). The tensors are made once per dtype and device and kept while the buffers are unchanged
-        (`_buffers_stamp`), as `_constant_dist` keeps its distribution (not inside ``torch.inference_mode``, whose
-        tensors autograd refuses to save, nor while compiling)."""
-        wanted = [(key, number, v) for key, number in self._numbers.items()
+        """``params`` with each constant given as a Python number (or a list of numbers), held in a narrower dtype than
+        ``dtype``, replaced by the exact numbers in ``dtype`` (``params`` itself where the buffers no longer hold the
+        numbers given: `_holds_numbers`). The tensors are made once per dtype and device and kept while the buffers
+        are unchanged (`_buffers_stamp`), as `_constant_dist` keeps its distribution (not inside
+        ``torch.inference_mode``, whose tensors autograd refuses to save, nor while compiling)."""
+        wanted = [(key, v) for key in (*self._numbers, *self._number_lists)
                   if isinstance(v := params.get(key), Tensor) and v.dtype != dtype
                   and torch.promote_types(v.dtype, dtype) == dtype]
         if not wanted:
             return params
         keep = not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
         cache = self.__dict__.setdefault("_exact_cache", {})
-        slot = (dtype, wanted[0][2].device)
+        slot = (dtype, wanted[0][1].device)
         hit = cache.get(slot) if keep else None
         if hit is None or not self._buffers_unchanged(hit[0]) \
-                or any(key not in hit[1] or hit[1][key].shape != v.shape for key, _, v in wanted):
+                or any(key not in hit[1] or hit[1][key].shape != v.shape for key, v in wanted):
             if not self._holds_numbers():
                 return params
-            hit = (self._buffers_stamp(), {key: torch.full(v.shape, number, dtype=dtype, device=v.device)
-                                           for key, number, v in wanted})
+            hit = (self._buffers_stamp(), {key: self._number_tensor(key, v.shape, dtype, v.device)
+                                           for key, v in wanted})
             if keep:
                 cache[slot] = hit
         out = dict(params)
@@ -1394,6 +1430,13 @@ def _floating_like(values: Any) -> tuple[torch.dtype, torch.device] | None:
             elif v.dtype != dtype:
                 dtype = torch.promote_types(dtype, v.dtype)
     return None if dtype is None else (dtype, device)
+
+
+def _all_numbers(value: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether ``value`` is a list or tuple (nested) of Python numbers only (``int`` / ``float``, no ``bool``, as a
+    constant given as one number: `TorchDistribution._set_param`)."""
+    return all((isinstance(v, (int, float)) and not isinstance(v, bool))
+               or (isinstance(v, (list, tuple)) and _all_numbers(v)) for v in value)
 
 
 def _without_entries(params: Mapping[str, Any]) -> bool:
