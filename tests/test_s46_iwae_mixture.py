@@ -8,22 +8,17 @@ from __future__ import annotations
 import math
 
 import pytest
+import test_s45_mixture_grad
 import torch
 from torch import nn
 
 from kizuna.distributions import MixtureOfNormal, Normal
 from kizuna.losses import ELBO, IWAE
 
+float64 = test_s45_mixture_grad.float64  # the fixture: the default dtype float64 for a test
+
 COMPONENTS = ((-1.5, 0.6), (1.0, 1.0))  # q's experts' (loc, scale)
 X, LIK_SCALE = 1.2, 0.5  # the observation, and the likelihood p(x|z) = N(x; z, 0.5); the prior p(z) = N(0, 1)
-
-
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 def _model(weights, locs: list[nn.Parameter] | None = None) -> tuple[MixtureOfNormal, object, list[nn.Parameter]]:

@@ -147,8 +147,9 @@ def test_vae_gmm_clusters_real_mnist_digits(shared_data):
 def test_vae_gmm_on_all_3000_digits_against_training_separately(seed, shared_data):
     """SERKET's VAE+GMM example at full size: 5 sweeps of 20 VAE epochs with the GMM's prior
     means fed back, against the same VAE trained 100 epochs alone and a GMM fitted once, and a GMM given the
-    integrated one's 5 updates on those latents (about 60 s per seed on one thread). Both GMMs keep the best of 4 initial partitions
-    (``n_init``): with one, the run can end with merged clusters (seed 0: 0.641 with one, 0.743 with 4)."""
+    integrated one's 5 updates on those latents (about 60 s per seed on one thread). Both GMMs keep the best of 4
+    initial partitions (``n_init``): with one, the run can end with merged clusters (seed 0: 0.641 with one, 0.743
+    with 4)."""
     data = np.load(shared_data("serket/mnist3000.npz"))  # tests/conftest.py: skipped without ../shared
     x, labels = data["image"], data["label"]
     torch.manual_seed(seed)
