@@ -15,42 +15,166 @@ shares the outer memo only while both run in the same grad mode: parameters comp
 for the outer evaluation's later terms (which lost their gradient when they reused them), and an evaluation that
 needs gradients inside one without them does not reuse parameters computed there without a graph.
 
-The same holds for a single computation, nested block or not: each entry records whether gradients were on when it
-was computed and its owner's training mode (``module.training``; ``None`` for an owner without one), and a
-computation reuses an entry only in a grad mode that the entry serves (one with gradients serves both, one without
-serves only a computation without them) and in the same training mode. A term that reads a distribution under
-``torch.no_grad()`` or ``torch.inference_mode()`` inside an evaluation with gradients (a detached statistic, a greedy
-baseline ``q.sample_mean(x_dict)``) thus leaves no graph-less parameters for the later terms (the encoder lost its
-gradient, silently), and one that switches the network to eval mode for a read (``q.eval(); q.sample_mean(x_dict);
-q.train()``) leaves no dropout-free parameters for the later train-mode terms; each computes its own.
+The same holds for a single computation, nested block or not: each entry records the mode it was computed in, and a
+computation reuses an entry only in a mode that the entry serves. The mode is
+
+* whether gradients were on (an entry computed with them serves a computation with or without them, one computed
+  without them only a computation without them);
+* the training flags (``module.training``) of the owner and of the modules under it whose flag can change what it
+  computes: every module but those with the forward of a ``torch.nn`` type that computes alike in both modes (linear
+  and convolution layers, activations, containers, layer and group norm: ``_MODE_FREE``; also a subclass that keeps
+  that forward, as kizuna's `MLP`) and no forward hook. A read that switches the whole owner (``q.eval();
+  q.sample_mean(x_dict); q.train()``) or only a part of it (``q.net.eval()`` around the read, where the network has
+  dropout or batch norm) thus leaves no dropout-free (running-statistics) parameters for the later train-mode terms;
+  an owner that is no ``nn.Module`` has no flag;
+* the ``torch.autocast`` state (on or off, and its dtype, per device type: `kizuna.utils._autocast_state`): a read
+  under ``torch.autocast("cpu", dtype=torch.bfloat16)`` leaves no bfloat16 parameters for the later full-precision
+  terms, and a term under autocast is not served the full-precision ones.
+
+A term that reads a distribution under ``torch.no_grad()`` or ``torch.inference_mode()`` inside an evaluation with
+gradients (a detached statistic, a greedy baseline ``q.sample_mean(x_dict)``) thus leaves no graph-less parameters for
+the later terms (the encoder lost its gradient, silently), and one that reads it in another training or autocast mode
+leaves its parameters to no term of another mode; each computes its own.
+
+Cost (`memoized` runs for every distribution on every step): which modules under an owner to watch is found by one
+walk over its ``_modules``, kept across evaluations (``_LISTED``: by the owner's id, with weak references only, dropped
+when the owner is freed) until a module is registered anywhere (torch's global module registration hook counts
+``self.net = ...``, ``add_module``, ``Sequential.append``), then walked again. For an MLP of linear layers and
+activations nothing is watched, and an entry records the owner's flag alone, as before. A miss records the flags and
+the autocast state, a hit compares them, only for an entry whose inputs match; outside autocast its state is one call
+(``torch._C._is_any_autocast_enabled``). Under ``torch.compile`` the walk runs while tracing and nothing is kept
+(reading the kept lists would add guards on them, and a recompilation whenever a module is built); dynamo guards on
+the flags and the autocast state as on the rest of the trace, so a compiled step does not recompile while they stay
+the same.
+
+What is not seen: a module put into the tree without registering it after the owner was walked
+(``Sequential.insert``, ``ModuleList.insert``, a write into ``_modules``: torch's hook does not see these), or a forward
+hook added later to a module with a ``_MODE_FREE`` forward, whose flag is then not compared; a flag read by other code
+than the module's own forward and hooks (a forward that tests ``self.net.training`` where ``net`` is an ``nn.Linear``,
+or a method that such a forward calls, overridden in a subclass); a tree changed in the middle of an evaluation (its
+earlier entries keep the modes of the tree they were computed with); and a mode that is none of these (a module's
+plain attribute, e.g. an annealed temperature).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import torch
 
-# (owner, tag, inputs, value, grad, training): the inputs are kept with the value for the evaluation's length; grad:
-# whether gradients were on when the value was computed; training: the owner's training mode then (None: no such flag)
-_Entry = tuple[object, Hashable, list[Any], Any, bool, Any]
+from kizuna.utils import _autocast_state
+
+# The mode an entry was computed in, besides the grad mode: the owner's training flag (None: an owner without one)
+# where no module under it is watched (`_watched_now`) and autocast was off, the common case, compared as cheaply as
+# before; else (flag, watched modules, their flags, `_autocast_state()` or None where autocast was off)
+_Mode = Any
+# (owner, tag, inputs, value, grad, mode): the inputs are kept with the value for the evaluation's length; grad:
+# whether gradients were on when the value was computed
+_Entry = tuple[object, Hashable, list[Any], Any, bool, _Mode]
 
 
 class _State(threading.local):
-    """Per thread: the memo of the evaluation in progress and the grad mode its entries were computed in (set in
-    ``__init__``, which threading.local runs in every thread, so that the attributes always exist: a compiled step
-    guards on that)."""
+    """Per thread: the memo of the evaluation in progress, the grad mode its entries were computed in, and whether
+    ``torch.compile`` traces it (read once per evaluation; set in ``__init__``, which threading.local runs in every
+    thread, so that the attributes always exist: a compiled step guards on that)."""
 
     def __init__(self) -> None:
         self.memo: list[_Entry] | None = None
         self.grad = True
+        self.compiling = False
 
 
 _STATE = _State()
 _grad_enabled = torch.is_grad_enabled  # (bound once: half the cost of the module attribute lookup per call)
+# whether torch.autocast is on for any device type: one call, where `_autocast_state` asks every device type
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (lambda: bool(_autocast_state()))
+_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling  # (torch < 2.3: dynamo's)
+
+# torch.nn's modules whose computation reads no training flag (their own or another's): a module whose class has the
+# forward of one of these (the type itself, or a subclass that keeps it: kizuna's `MLP`, a Sequential) and that has no
+# forward hooks computes the same in both modes, so its flag is not recorded
+_MODE_FREE = frozenset(t for t in (getattr(torch.nn, name, None) for name in (
+    "Sequential", "ModuleList", "ModuleDict", "Identity", "Linear", "Bilinear", "Flatten", "Unflatten", "Embedding",
+    "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "LayerNorm", "GroupNorm",
+    "RMSNorm", "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Sigmoid", "Tanh",
+    "Softplus", "Softsign", "Softmax", "LogSoftmax", "LogSigmoid", "Hardtanh", "Hardswish", "Hardsigmoid", "Tanhshrink",
+    "GLU", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "Upsample", "PixelShuffle", "PixelUnshuffle")) if t is not None)
+_FREE_FORWARDS = frozenset(t.forward for t in _MODE_FREE)
+
+# Per owner (by id): (the count of `_REGISTERED` when it was walked, weak references to `_watched(owner)`, a weak
+# reference to the owner whose callback drops the item when the owner is freed, so that an id here is always its
+# owner's). Kept across evaluations: a module tree changes by registering a module (``self.net = ...``,
+# ``add_module``, ``Sequential.append``), which torch's global registration hook counts; then every owner is walked
+# again.
+_LISTED: dict[int, tuple[int, tuple[Any, ...], Any]] = {}
+_REGISTERED = [0]
+_HOOK: list[Any] = []  # the handle of that hook, once registered
+
+
+def _count_registration(module: Any, name: str, submodule: Any) -> None:
+    """torch's global module registration hook: counts every submodule registered anywhere (see `_LISTED`)."""
+    _REGISTERED[0] += 1
+
+
+def _watched(owner: torch.nn.Module) -> list[Any]:
+    """The modules under the owner (not itself) whose training flag can change what it computes: every one but those
+    with the forward of a `_MODE_FREE` type and no forward hooks (a hook may read the flag: the old ``spectral_norm``'s
+    does). A plain walk over ``_modules``, each module once; empty for an MLP of linear layers and activations, whose
+    entries then compare the owner's flag alone."""
+    watched, seen, stack = [], set(), list(owner._modules.values())
+    while stack:
+        m = stack.pop()
+        if m is not None and id(m) not in seen:
+            seen.add(id(m))
+            if type(m).forward not in _FREE_FORWARDS or m._forward_pre_hooks or m._forward_hooks:
+                watched.append(m)
+            stack.extend(m._modules.values())
+    return watched
+
+
+def _watched_now(owner: object, listed: tuple[int, tuple[Any, ...], Any] | None) -> list[Any]:
+    """`_watched(owner)` from its `_LISTED` item ``listed`` where that is current, else walked and kept (none for an
+    owner that is no ``nn.Module``); walked afresh while ``torch.compile`` traces the evaluation (``listed`` is None
+    then, and nothing is kept: the trace runs once, and reading `_LISTED` would add guards on it and on
+    `_REGISTERED`, a recompilation whenever a module is built)."""
+    if not isinstance(owner, torch.nn.Module):
+        return []
+    if listed is not None and listed[0] == _REGISTERED[0]:
+        watched = [ref() for ref in listed[1]]
+        if None not in watched:  # (a watched module deleted from the tree and freed: walk again)
+            return watched
+    watched = _watched(owner)
+    if not _STATE.compiling:
+        if not _HOOK:
+            _HOOK.append(torch.nn.modules.module.register_module_module_registration_hook(_count_registration))
+        key = id(owner)
+        _LISTED[key] = (_REGISTERED[0], tuple(weakref.ref(m) for m in watched),
+                        weakref.ref(owner, lambda _, key=key: _LISTED.pop(key, None)))
+    return watched
+
+
+def _mode(owner: object) -> _Mode:
+    """The mode an entry of this owner records now (see `_Mode`); for a module owner whose tree holds no watched module
+    (an MLP), outside ``torch.compile``, one lookup in `_LISTED`."""
+    training, cast = getattr(owner, "training", None), _autocast_state() if _any_autocast() else None
+    listed = None if _STATE.compiling else _LISTED.get(id(owner))
+    if listed is None or listed[1] or listed[0] != _REGISTERED[0]:
+        watched = _watched_now(owner, listed)
+        if watched:
+            return training, watched, [m.training for m in watched], cast
+    return training if cast is None else (training, (), [], cast)
+
+
+def _serves(mode: tuple[Any, list[Any], list[bool], Any], owner: object) -> bool:
+    """Whether an entry recorded in this (non-plain) mode serves a computation of the owner now."""
+    training, watched, flags, cast = mode
+    return ((training is None or training is owner.training) and flags == [m.training for m in watched]
+            and cast == (_autocast_state() if _any_autocast() else None))
 
 
 class shared_parameters:  # noqa: N801 - used as a function: ``with shared_parameters():``
@@ -59,8 +183,8 @@ class shared_parameters:  # noqa: N801 - used as a function: ``with shared_param
     them reads the outer entries but leaves none of its own (they have no graph: a later term of the outer
     evaluation that reused them lost its gradient); one nested with gradients in one without them has a memo of
     its own (the outer entries have no graph). The block's grad mode is read once per block. Within a block, a
-    computation in another grad or training mode than an entry's computes its own (see the module docstring and
-    `memoized`, which reads them only for an entry whose inputs match and on a miss)."""
+    computation in another grad, training or autocast mode than an entry's computes its own (see the module
+    docstring and `memoized`, which reads them only for an entry whose inputs match and on a miss)."""
 
     __slots__ = ("_saved",)
 
@@ -69,7 +193,7 @@ class shared_parameters:  # noqa: N801 - used as a function: ``with shared_param
         memo = state.memo
         if memo is None:  # the outermost block
             self._saved = None
-            state.memo, state.grad = [], torch.is_grad_enabled()
+            state.memo, state.grad, state.compiling = [], torch.is_grad_enabled(), _compiling()
         elif torch.is_grad_enabled() == state.grad:  # nested in the same grad mode: the outer memo, as it is
             self._saved = memo
         elif state.grad:  # without gradients inside an evaluation with them: its entries go at the block's end
@@ -95,12 +219,12 @@ def outside_memo() -> Iterator[None]:
     """A block that neither reads nor fills the memo of the evaluation in progress (its values are computed afresh
     and not kept); the evaluation's memo and grad mode are as before after it."""
     state = _STATE
-    outer, grad = state.memo, state.grad
+    outer, grad, compiling = state.memo, state.grad, state.compiling
     state.memo = None
     try:
         yield
     finally:
-        state.memo, state.grad = outer, grad
+        state.memo, state.grad, state.compiling = outer, grad, compiling
 
 
 def step_mark() -> int | None:
@@ -122,46 +246,51 @@ def release_step(mark: int | None) -> None:
 
 def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Callable[..., Any], *args: Any) -> Any:
     """``compute(*args)``, or its earlier result for the same owner, tag and input objects, computed in the
-    owner's present training mode and, where gradients are on now, with gradients (see the module docstring).
+    present training flags of the owner and the modules under it, the present autocast state and, where gradients
+    are on now, with gradients (see the module docstring).
 
     The entries are scanned newest first (so that one `remember` added later wins), comparing the inputs with
     ``is``: a linear scan by identity, not a dict keyed on ``id()``, because under ``torch.compile`` an ``id()``
     of an input tensor becomes a guard on that very object, so every new batch recompiled. An evaluation holds a
     handful of entries. Written as plain loops (no generator): it runs for every distribution on every step; the
     modes are read only for an entry whose inputs match (the grad mode only for an entry computed without
-    gradients; the training mode only of an owner that has one) and once on a miss, to record them.
+    gradients) and once on a miss, to record them (`_mode`).
     ``inputs`` is kept as it is given (not copied): pass a sequence built for the call."""
     memo = _STATE.memo
     if memo is None:
         return compute(*args)
     n = len(inputs)
-    for o, t, ins, value, grad, training in reversed(memo):
+    for o, t, ins, value, grad, mode in reversed(memo):
         if o is owner and t == tag and len(ins) == n:
             for a, b in zip(ins, inputs):
                 if a is not b:
                     break
-            else:  # computed without gradients: not for a computation with them; in another training mode: not at all
-                if (grad or not _grad_enabled()) and (training is None or training is owner.training):
-                    return value
-    grad, training = _grad_enabled(), getattr(owner, "training", None)
+            else:  # computed without gradients: not for a computation with them; in another mode: not at all
+                if grad or not _grad_enabled():
+                    if type(mode) is not tuple:  # the plain mode: the owner's flag, autocast off
+                        if (mode is None or mode is owner.training) and not _any_autocast():
+                            return value
+                    elif _serves(mode, owner):
+                        return value
+    grad, mode = _grad_enabled(), _mode(owner)
     value = compute(*args)
-    memo.append((owner, tag, inputs, value, grad, training))
+    memo.append((owner, tag, inputs, value, grad, mode))
     return value
 
 
 def remember(owner: object, tag: Hashable, inputs: Sequence[Any], value: Any) -> None:
     """Record ``value`` as the result for these inputs (e.g. parameters computed once per row and
-    repeated for the rows of several draws), so that a later `memoized` call reuses it; recorded with the grad mode
-    and the owner's training mode of now, as if `memoized` had computed it here."""
+    repeated for the rows of several draws), so that a later `memoized` call reuses it; recorded with the grad mode,
+    the training flags and the autocast state of now, as if `memoized` had computed it here."""
     memo = _STATE.memo
     if memo is not None:  # added after any earlier entry for these inputs, which `memoized` then no longer finds
-        memo.append((owner, tag, list(inputs), value, _grad_enabled(), getattr(owner, "training", None)))
+        memo.append((owner, tag, list(inputs), value, _grad_enabled(), _mode(owner)))
 
 
 def recall(owner: object, tag: Hashable, inputs: Sequence[Any]) -> Any:
     """The value `remember` recorded for this owner, tag and input objects in this evaluation (newest first), or
     ``None`` (also outside an evaluation); unlike `memoized`, nothing is computed or added, and a record is returned
-    whatever grad and training mode it was made in: it is a value to look up (the hidden draws made with a draw),
+    whatever mode it was made in: it is a value to look up (the hidden draws made with a draw),
     not a computation to redo."""
     memo = _STATE.memo
     if memo is not None:
