@@ -205,6 +205,74 @@ def single_factors(p: Distribution) -> list[Distribution]:
     return [g for f in factors for g in single_factors(f)]
 
 
+def data_dtype_references(names: Iterable[str], modules: Sequence[nn.Module], trainable_first: bool
+                          ) -> list[Tensor]:
+    """The floating tensors whose widest dtype (`widest_dtype`) floating data of the variables ``names`` are converted
+    to for ``modules``: the one rule of `kizuna.models.Model.dtype` (``trainable_first``) and of the uses
+    (`kizuna.metrics.likelihood._dtype`: `log_likelihood`, `anomaly_score`, `impute`, ...).
+
+    The readers decide: the single factors (`single_factors`) of the distributions of ``modules``, and of those held
+    inside a module of ``modules`` that is not one (a `LadderVAE`'s ``p`` and ``q``), that take a variable of
+    ``names`` as a condition (a network's input, which must come in the network's dtype: the encoder :math:`q(z|x)`),
+    or, where none does, those whose ``var`` holds one (they only score it and widen a narrower value: the decoder
+    :math:`p(x|z)`; not a prior :math:`p(z)`, which never sees the data); where none reads them, ``modules`` whole (a
+    plain network given to a use, e.g. `coherence`'s classifier). A module holding no distribution (a learned loss
+    coefficient) is no reader. In the group chosen, `dtype_references` picks the tensors (parameters before buffers).
+
+    Conditions first, so a bfloat16 encoder beside a float32 decoder gets bfloat16 data (the widest of both fed the
+    encoder float32 data, which it refused). The widest, not the first, so the choice does not depend on the order of
+    the factors nor of a factor's parameters (a float32 scale registered before a float64 network fed it float32
+    data) and no data are rounded below the precision of a reader."""
+    names = set(names)
+    factors: list[Distribution] = []
+    for m in modules:
+        inner = [m] if isinstance(m, Distribution) else [d for d in m.modules() if isinstance(d, Distribution)]
+        factors += [f for d in inner for f in single_factors(d) if not any(f is g for g in factors)]
+    inputs = [f for f in factors if names & set(f.cond_var)]
+    scorers = [f for f in factors if names & set(f.var)]
+    for group in (inputs, scorers, modules):
+        refs = dtype_references(group, trainable_first)
+        if refs:
+            return refs
+    return []
+
+
+def dtype_references(modules: Iterable[nn.Module], trainable_first: bool = False) -> list[Tensor]:
+    """One floating tensor of each floating dtype of each module of ``modules`` (their widest dtype, `widest_dtype`, is
+    the modules'): of their parameters, or, where they have no floating parameter, of their floating buffers (a
+    parameter-free network of float64 constants is float64); ``[]`` where they hold no floating tensor. With
+    ``trainable_first``, of their trainable parameters (``requires_grad``) where any is one: the dtype a `Model`
+    trains in, which a frozen float64 constant kept as an ``nn.Parameter`` beside float32 networks does not change
+    (docs/training.md), while frozen readers alone (a frozen pretrained encoder) still decide.
+
+    One tensor per module and dtype, not all: `Model.dtype` reads them on every step (reading the dtype of every
+    parameter of a 160-tensor network costs about 30 µs), and a parameter follows a later ``.to(dtype)`` of its
+    module (torch converts it in place; a buffer is replaced, so a model keeps a buffer's dtype of when it was
+    built)."""
+    modules = list(modules)
+    kinds: list[Callable[[nn.Module], Iterable[Tensor]]] = [lambda m: m.parameters(), lambda m: m.buffers()]
+    if trainable_first:
+        kinds.insert(0, lambda m: (t for t in m.parameters() if t.requires_grad))
+    for tensors in kinds:
+        refs: list[Tensor] = []
+        for m in modules:
+            seen: set[torch.dtype] = set()
+            for t in tensors(m):
+                if t.is_floating_point() and t.dtype not in seen:
+                    seen.add(t.dtype)
+                    if not any(t is r for r in refs):
+                        refs.append(t)
+        if refs:
+            return refs
+    return []
+
+
+def widest_dtype(tensors: Iterable[Tensor]) -> torch.dtype | None:
+    """The widest dtype of ``tensors`` (torch's promotion of them all); ``None`` for none."""
+    dtypes = {t.dtype for t in tensors}
+    return functools.reduce(torch.promote_types, dtypes) if dtypes else None
+
+
 def as_value(value: Any, like: Tensor | None = None) -> Any:
     """A Python number given as a value becomes a batch of one, ``3.0 -> tensor([3.])``, in the dtype and on the device
     of ``like`` (the default dtype on the CPU without it)."""

@@ -10,7 +10,6 @@ The ``k`` samples are drawn in chunks of ``k_chunk`` and the data in batches of
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import numbers
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from kizuna._data import check_int, first_nonfinite, one_number
-from kizuna.distributions.base import Distribution, single_factors
+from kizuna.distributions.base import Distribution, data_dtype_references, widest_dtype
 from kizuna.distributions.torch_dist import validation
 from kizuna.losses.elbo import IWAE
 from kizuna.models.batches import prepare
@@ -150,37 +149,26 @@ def _device(*dists: Any) -> torch.device | None:
 
 
 def _dtype(data: Iterable[str], *dists: Any) -> torch.dtype | None:
-    """The floating dtype that floating data of the variables ``data`` are converted to for the models ``dists``: that
-    of the distributions that read them. Those are the single factors (`single_factors`) of each distribution whose
-    ``cond_var`` holds a variable of ``data`` (the encoder :math:`q(z|x)`: its network takes the data as input, in
-    its own dtype), and any network given that is not a distribution; where there are none, those whose ``var`` holds
-    one (the decoder :math:`p(x|z)`, which widens a narrower value to score it; not a prior :math:`p(z)`). The dtype
-    is the widest of their floating parameters' dtypes (torch's promotion of them all), or, where they have no
-    floating parameter, of their floating buffers'; where the readers hold no floating tensor, the same over the
-    whole models; ``None`` without any: the data keep their floating dtype (float64 data were rounded to the default
-    float32 for a model of no tensors). Conditions first, so a bfloat16 encoder beside a float32 decoder gets bfloat16
-    data (the widest of both fed the encoder float32 data, which it refused); the decoder then scores the data rounded
-    to bfloat16, also where the encoder casts its own input (which before this rule got float32 data: a log-likelihood
-    0.02 nats apart in one such model); keep the encoder in float32 to score float32 data.
+    """The floating dtype that floating data of the variables ``data`` are converted to for the models ``dists`` (and a
+    plain network given alone, such as `coherence`'s classifier): `Model.dtype`'s rule
+    (`kizuna.distributions.base.data_dtype_references`), the widest dtype of the distributions that read them, those
+    that take them as a network input (the encoder :math:`q(z|x)`) first, else those that score them (the decoder
+    :math:`p(x|z)`, not a prior :math:`p(z)`), else the whole models; of their floating parameters, else of their
+    floating buffers; ``None`` without any: the data keep their floating dtype (float64 data were rounded to the
+    default float32 for a model of no tensors). Every parameter counts, frozen or not (`Model.dtype` takes the
+    trainable ones first, the dtype it trains in): the uses evaluate a model whose parameters are all fixed, whether
+    it was frozen for it or not, and round no data below the precision of a part that reads them.
 
-    Only the readers, so a factor that never sees the data does not decide: bf16 networks beside a learned prior mean
-    kept in float32 get bf16 data, as `Model.fit` trains them (the widest of all parameters fed the networks float32
-    data, which they refused). Parameters before buffers, so a float32 network beside float64 constants (a
-    parameter-free decoder built from numpy values) gets float32 data. The widest, not the first, so the choice does
-    not depend on the order of the factors (the first buffer made ``prior32 * decoder64`` of parameter-free factors
-    float32, ``decoder64 * prior32`` float64) and no data are rounded below the precision of a part of the model that
-    reads them (float64 experts of a `ProductOfNormal` were fed float32 data because of the product's own
-    default-dtype prior buffers)."""
-    names = set(data)
-    factors = [f for d in dists for f in (single_factors(d) if isinstance(d, Distribution) else [d])]
-    inputs = [f for f in factors if not isinstance(f, Distribution) or names & set(f.cond_var)]
-    scorers = [f for f in factors if isinstance(f, Distribution) and names & set(f.var)]
-    for group in (inputs, scorers, dists):
-        for tensors in (lambda m: m.parameters(), lambda m: m.buffers()):
-            found = {t.dtype for m in group for t in tensors(m) if t.is_floating_point()}
-            if found:
-                return functools.reduce(torch.promote_types, found)
-    return None
+    Conditions first, so a bfloat16 encoder beside a float32 decoder gets bfloat16 data (the widest of both fed the
+    encoder float32 data, which it refused); the decoder then scores the data rounded to bfloat16, also where the
+    encoder casts its own input (which before this rule got float32 data: a log-likelihood 0.02 nats apart in one
+    such model); keep the encoder in float32 to score float32 data. Only the readers, so bf16 networks beside a
+    learned prior mean kept in float32 get bf16 data, as `Model.fit` trains them. Parameters before buffers, so a
+    float32 network beside float64 constants (a parameter-free decoder built from numpy values) gets float32 data.
+    The widest, not the first, so the choice does not depend on the order of the factors (the first buffer made
+    ``prior32 * decoder64`` of parameter-free factors float32, ``decoder64 * prior32`` float64) and float64 experts of
+    a `ProductOfNormal` are not fed float32 data because of the product's own default-dtype prior buffers."""
+    return widest_dtype(data_dtype_references(data, dists, trainable_first=False))
 
 
 def _batches(data: Any, names: list[str], batch_size: int, dtype: torch.dtype | None, device: torch.device

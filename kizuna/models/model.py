@@ -30,6 +30,7 @@ from torch import nn
 
 from kizuna._data import first_nonfinite, warn_user
 from kizuna._io import make_folder
+from kizuna.distributions.base import data_dtype_references
 from kizuna.distributions.torch_dist import validation
 from kizuna.formula.expr import Loss, _term_mean, values_dict
 from kizuna.models import checkpoint as ckpt
@@ -252,14 +253,15 @@ class Model:
         self.validate = validate
         self.retain_graph = bool(retain_graph)
         self._params = params
-        # the data's dtype and device (`dtype`, `device`): the first trainable parameter's, as before frozen parameters
-        # joined the optimizer (a frozen int64 index table or float64 constant listed first converted every batch to
-        # its dtype); the first floating one where none is trainable yet
+        # the data's device (`device`), and their dtype where no distribution holds a floating tensor: the first
+        # trainable parameter's, as before frozen parameters joined the optimizer (a frozen int64 index table or float64
+        # constant listed first converted every batch to its dtype); the first floating one where none is trainable yet
         self._reference = _reference_parameter(params)
-        # the data's dtype (`dtype`): the widest of those of the trained distributions that read the data (as the
-        # uses' `kizuna.metrics.likelihood._dtype`), each represented by one trainable parameter so that a later
-        # ``.double()`` of a part is followed; a float32 learned prior listed first fed float64 networks float32 data
-        self._dtype_refs = _reader_references(self.loss_cls.input_var, dists) or [self._reference]
+        # the data's dtype (`dtype`): the uses' rule (`data_dtype_references`) over the trained distributions and
+        # the loss's (a frozen encoder left out of them still reads the data), their trainable parameters first; one
+        # parameter per factor and dtype is kept, so that a later ``.double()`` of a part is followed
+        self._dtype_refs = data_dtype_references(self.loss_cls.input_var, [*dists, *loss.distributions()],
+                                                 trainable_first=True) or [self._reference]
         self._training: bool | None = None
         self._validated: set[int] = set()  # losses evaluated once with validation (validate=None)
         self._compile_args = _compile_args(compile)
@@ -300,16 +302,24 @@ class Model:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype floating data are converted to: the widest of the dtypes of the trained distributions that take
-        the data as a condition (a network's input: an encoder :math:`q(z|x)`), or, where none does, of those that
-        score them (a decoder :math:`p(x|z)`), each by its first trainable floating parameter; the first trainable
-        parameter's where no such factor has one. Factors are looked for also inside a trained module that is not a
-        distribution (a `LadderVAE`). As the uses convert data (`kizuna.metrics.likelihood._dtype`, which also counts
-        frozen parameters): a prior that never sees the data does not decide (a float32 learned prior listed before
-        float64 networks fed them float32 data), nor does a frozen factor or a module that holds no distribution (a
-        learned loss coefficient); a bfloat16 encoder beside a float32 decoder gets bfloat16 data (the decoder widens
-        them to score them). A factor whose first trainable parameter is a float32 scale registered before its
-        bfloat16 network counts as float32: register the network first."""
+        """The dtype floating data are converted to, by the uses' rule
+        (`kizuna.distributions.base.data_dtype_references`, as `kizuna.metrics.likelihood._dtype`): the widest of the
+        dtypes of the distributions that take the data as a condition (a network's input: an encoder :math:`q(z|x)`),
+        or, where none does, of those that score them (a decoder :math:`p(x|z)`), or, where none reads them, of all of
+        them; factors are looked for among the trained distributions, inside a trained module that is not a
+        distribution (a `LadderVAE`) and in the training loss (a frozen encoder left out of ``distributions``). A prior
+        that never sees the data does not decide (a float32 learned prior listed before float64 networks fed them
+        float32 data), nor does a module that holds no distribution (a learned loss coefficient); a bfloat16 encoder
+        beside a float32 decoder gets bfloat16 data (the decoder widens them to score them).
+
+        Trainable parameters first, the one difference from the uses: where a reader has a trainable floating
+        parameter, frozen parameters do not decide (a frozen float64 constant kept as an ``nn.Parameter``, or a frozen
+        float64 factor that only scores the data beside trained float32 networks, leaves the training in float32);
+        where no reader has one (a frozen pretrained encoder), all their parameters decide, else their floating
+        buffers (a parameter-free float64 decoder). The uses count every parameter alike: they evaluate a model whose
+        parameters are all fixed, whether it was frozen for it or not. The tensors that count are chosen when the model
+        is built; a later ``.to(dtype)`` of the networks is followed (not of a reader that holds buffers only: torch
+        replaces them)."""
         refs = self._dtype_refs
         dtype = refs[0].dtype
         for ref in refs[1:]:
@@ -1019,36 +1029,9 @@ _ONES: dict[torch.device, torch.Tensor] = {}  # the unscale factor 1 per device 
 _FLAGS: dict[torch.device, torch.Tensor] = {}  # a zero non-finite flag per device, kept from a finite check
 
 
-def _reader_references(names: Iterable[str], dists: Sequence[nn.Module]) -> list[torch.Tensor]:
-    """The first trainable floating parameter of each single factor (`single_factors`) that reads one of ``names``:
-    the factors of ``dists``'s distributions, and of the distributions held inside a module of ``dists`` that is not
-    one (a `LadderVAE`'s ``p`` and ``q``). Those that take a variable of ``names`` as a condition (a network's input,
-    which must come in the network's dtype) where there are any, else those whose ``var`` holds one (which only score
-    it: a narrower value is widened to their dtype). A factor without a trainable floating parameter (a frozen one) and
-    a module holding no distribution (a learned loss coefficient) are left out: they do not decide the data's dtype
-    (see `Model.dtype`)."""
-    from kizuna.distributions.base import Distribution, single_factors
-
-    names = set(names)
-    factors: list[Distribution] = []
-    for d in dists:
-        inner = [d] if isinstance(d, Distribution) else [m for m in d.modules() if isinstance(m, Distribution)]
-        factors += [f for m in inner for f in single_factors(m) if not any(f is g for g in factors)]
-    for reads in (lambda f: names & set(f.cond_var), lambda f: names & set(f.var)):
-        refs: list[torch.Tensor] = []
-        for f in factors:
-            if reads(f):
-                ref = next((t for t in f.parameters() if t.is_floating_point() and t.requires_grad), None)
-                if ref is not None and not any(r is ref for r in refs):
-                    refs.append(ref)
-        if refs:
-            return refs
-    return []
-
-
 def _reference_parameter(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The parameter whose dtype and device the data take (`Model.dtype`, `Model.device`): the first that requires
-    grad, else the first floating one, else the first."""
+    """The parameter whose device the data take (`Model.device`), and its dtype where the distributions hold no
+    floating tensor (`Model.dtype`): the first that requires grad, else the first floating one, else the first."""
     return next((p for p in params if p.requires_grad), next((p for p in params if p.is_floating_point()), params[0]))
 
 
