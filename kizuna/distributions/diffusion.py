@@ -32,7 +32,7 @@ from torch import nn
 from kizuna._data import check_int, check_shape, computing_dtype, first_nonfinite
 from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact
 from kizuna.distributions.families import Normal
-from kizuna.distributions.flow_matching import context_of_draws, sample_n_with_context
+from kizuna.distributions.flow_matching import SeededDraws, context_of_draws, sample_n_with_context
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.expr import values_dict
 from kizuna.formula.memo import memoized
@@ -153,20 +153,30 @@ class DiffusionSchedule(nn.Module):
         :math:`1 - \\bar\\alpha_t` is a cancellation, 1.7e-4 (linear) to 2.9e-3 (cosine, T = 4000) relative off at
         small t, the posterior mean at t = 3 up to 0.94 posterior standard deviations off."""
         betas = self._betas64()  # (a learnable schedule's graph kept: a cast of the parameter)
-        ab = torch.cat([betas.new_ones(1), torch.cumprod(1 - betas, 0)])
+        ab = _alpha_bar_of(betas)
         beta, ab_prev = torch.cat([betas.new_zeros(1), betas]), torch.cat([ab[:1], ab[:-1]])
         table = torch.stack([beta, 1 - beta, ab, ab_prev, 1 - ab, 1 - ab_prev], 1)
         return table.to(computing_dtype(self.betas.dtype))
 
+    def _alpha_bar64(self) -> Tensor:
+        """:math:`\\bar\\alpha_{0:T}` in float64 from `_betas64` (`_compute_constants`' column before its cast), for
+        host-side tables: `kizuna.samplers.DiffusionPath` takes its noise levels :math:`\\sqrt{(1 - \\bar\\alpha_t) /
+        \\bar\\alpha_t}` from it (from the float32 column, :math:`1 - \\bar\\alpha_t` was 1.7e-4 relative off at
+        :math:`t = 1` of a linear schedule)."""
+        return _alpha_bar_of(self._betas64())
+
     def _betas64(self) -> Tensor:
         """The betas in float64 on their device: the exact numbers given (`_exact_betas`: numbers, `linear`, `cosine`)
         where the buffer still holds them in its dtype, else the betas as they are (a learnable schedule's, a changed
-        or loaded buffer's)."""
+        or loaded buffer's). While ``torch.compile`` traces, the choice is a ``torch.where`` on the device (a host read
+        of the comparison broke the graph)."""
         betas, exact = self.betas, self.__dict__.get("_exact_betas")
-        if exact is not None and type(betas) is Tensor and not betas.is_meta and exact.shape == betas.shape \
-                and bool((betas == exact.to(dtype=betas.dtype, device=betas.device)).all()):
-            return exact.to(device=betas.device)
-        return betas.double()
+        if exact is None or type(betas) is not Tensor or betas.is_meta or exact.shape != betas.shape:
+            return betas.double()
+        held = betas == exact.to(dtype=betas.dtype, device=betas.device)
+        if torch.compiler.is_compiling():
+            return torch.where(held.all(), exact.to(device=betas.device), betas.double())
+        return exact.to(device=betas.device) if bool(held.all()) else betas.double()
 
     def constants(self) -> Tensor:
         """Rows ``t = 0..T``: :math:`(\\beta_t, \\alpha_t, \\bar\\alpha_t, \\bar\\alpha_{t-1})`, :math:`\\beta_0 = 0`,
@@ -178,9 +188,12 @@ class DiffusionSchedule(nn.Module):
         return self._table()[:, :4]
 
     def _table(self) -> Tensor:
-        """`_compute_constants`' table, kept for a fixed schedule (`constants`)."""
+        """`_compute_constants`' table, kept for a fixed schedule (`constants`); computed in the graph while
+        ``torch.compile`` traces (the buffer's in-place version, `_version`, cannot be read there: dynamo breaks the
+        graph at ``is_inference``), the same numbers."""
         betas, table = self.betas, self._constants
-        if type(betas) is not Tensor and isinstance(betas, nn.Parameter):  # the type test first: isinstance is slow
+        if type(betas) is not Tensor and isinstance(betas, nn.Parameter) \
+                or torch.compiler.is_compiling():  # the type test first: isinstance is slow
             return self._compute_constants()
         version = _version(betas)  # None: an inference tensor put in by hand, whose changes cannot be seen
         if version is None or self._constants_version != version or table.dtype != computing_dtype(betas.dtype):
@@ -243,6 +256,11 @@ class DiffusionSchedule(nn.Module):
         beta, alpha, ab, ab_prev, noise, noise_prev = (rows[..., i].reshape(shape) for i in range(6))
         return {"beta": beta, "alpha": alpha, "alpha_bar": ab, "alpha_bar_prev": ab_prev,
                 "one_minus_alpha_bar": noise, "one_minus_alpha_bar_prev": noise_prev}
+
+
+def _alpha_bar_of(betas: Tensor) -> Tensor:
+    """:math:`\\bar\\alpha_{0:T}` of ``betas`` (:math:`\\bar\\alpha_0 = 1`), in their dtype."""
+    return torch.cat([betas.new_ones(1), torch.cumprod(1 - betas, 0)])
 
 
 def _tracked(betas: Tensor) -> Tensor:
@@ -671,10 +689,14 @@ class DiffusionDecoder(Distribution):
                                          f"output at step 1, or x_1)")
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
+        return self._draw(x_dict, None)
+
+    def _draw(self, x_dict: XDict, generator: torch.Generator | None) -> XDict:
+        """`_sample`'s draw, its noise from ``generator`` (None: torch's global one; `DDPM.sample`)."""
         mean, var = self._params(x_dict)
         if validation_enabled():
             self._check_finite(mean, var)
-        x = mean + var.sqrt() * torch.randn_like(mean)
+        x = mean + var.sqrt() * torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         levels = ((x.clamp(-1, 1) + 1) / 2 * (self.bins - 1)).round()
         return {self._var[0]: (levels / (self.bins - 1) * 2 - 1).detach()}
 
@@ -687,7 +709,7 @@ class DiffusionDecoder(Distribution):
         return self._params(x_dict)[0]
 
 
-class DDPM(Distribution):
+class DDPM(SeededDraws, Distribution):
     """:math:`p_\\theta(x_0) = \\int p(x_T)\\prod_{t=2}^T p_\\theta(x_{t-1}|x_t)\\,p_\\theta(x_0|x_1)\\,dx_{1:T}`.
 
     Sampling is ancestral: :math:`x_T \\sim \\mathcal{N}(0, I)`, then each reverse step, then the
@@ -695,7 +717,10 @@ class DDPM(Distribution):
     schedule (``schedule.dtype``; a half-precision model runs the chain in float32, the network and the decoder in
     half precision, `kizuna.samplers.DiffusionPath`). With a context (``reverse``'s ``context_var``), one row of it
     conditions every draw (for any ``batch_n``); a context of another number of rows than ``batch_n`` is refused.
-    The density is intractable: bound it with `kizuna.losses.diffusion_bound`.
+    ``sample(..., generator=g)`` draws the prior, every step's noise and the decoder's draw from ``g``, not torch's
+    global generator (`kizuna.distributions.flow_matching.SeededDraws`; a decoder's draw with ``noiseless_last=False``
+    where the decoder is a `DiffusionDecoder` or a Gaussian, else a ValueError). The density is intractable: bound
+    it with `kizuna.losses.diffusion_bound`.
 
     Args:
         reverse: :math:`p_\\theta(x_{t-1}|x_t,t)` (a `DiffusionReverse` without a fixed step).
@@ -748,18 +773,36 @@ class DDPM(Distribution):
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         # one row per draw: batch_n, a one-row context conditioning every draw (another row count is refused)
         context, rows = context_of_draws(self.prob_text, {c: x_dict[c] for c in self._cond_var}, batch_n)
-        path = self.path(context)
+        path, generator = self.path(context), self._generator
         with torch.set_grad_enabled(reparam and torch.is_grad_enabled()):
             times = path.times(None)[:-1]  # x_T .. x_1
-            y_1 = path.prior(rows)
+            y_1 = path.prior(rows, generator)
             if len(times) > 1:  # with T = 1, x_T is x_1: the decoder follows the prior
-                y_1 = ancestral(path, x=y_1, times=times, grad=reparam)
+                y_1 = ancestral(path, x=y_1, times=times, grad=reparam, generator=generator)
             x_1, _ = path.scaled_input(y_1, times[-1])
             x_1 = x_1.to(self.schedule.dtype)  # (a half-precision model's chain ran in float32: DiffusionPath)
             given = {self.decoder.cond_var[0]: x_1, **context}
-            x0 = self.decoder.sample_mean(given) if self.noiseless_last else self.decoder.sample(
-                given, reparam=reparam)[self._var[0]]
+            if self.noiseless_last:
+                x0 = self.decoder.sample_mean(given)
+            elif generator is None:
+                x0 = self.decoder.sample(given, reparam=reparam)[self._var[0]]
+            else:
+                x0 = self._decoder_draw(given, generator)
         return {self._var[0]: x0}
+
+    def _decoder_draw(self, given: XDict, generator: torch.Generator) -> Tensor:
+        """The decoder's draw with its noise from ``generator``: a `DiffusionDecoder`'s, or a Gaussian's
+        :math:`\\mu + \\sigma\\epsilon` (the default decoder, ``DiffusionReverse(..., step=1)``)."""
+        if isinstance(self.decoder, DiffusionDecoder):
+            return self.decoder._draw(given, generator)[self._var[0]]
+        if not isinstance(self.decoder, Normal):
+            raise ValueError(f"{self.prob_text}: sample(generator=...) draws the decoder's noise itself, which it does "
+                             f"for a DiffusionDecoder or a Gaussian decoder, not {type(self.decoder).__name__}; "
+                             "use noiseless_last=True or generator=None")
+        params = self.decoder.get_params(given)
+        loc, scale = params["loc"], params["scale"]
+        shape = torch.broadcast_shapes(loc.shape, scale.shape)
+        return loc + scale * torch.randn(shape, generator=generator, dtype=loc.dtype, device=loc.device)
 
     def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
         return sample_n_with_context(self, x_dict, n, batch_n, reparam)

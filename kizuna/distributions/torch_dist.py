@@ -824,8 +824,8 @@ class TorchDistribution(Distribution):
         memo, reading them again ran the network a second time). ``dtype``: ``params`` are `_scoring_params`' for a
         value of that dtype (its Python-number constants exact in it), a distribution of its own."""
         if reuse and not self._uses_forward and not self._from_var and not self._parameters \
-                and not self._custom_get_params and not torch.is_inference_mode_enabled() \
-                and not torch.compiler.is_compiling():
+                and not self._custom_get_params and not torch.compiler.is_compiling() \
+                and not torch.is_inference_mode_enabled():  # (is_compiling first: dynamo breaks the graph at the other)
             return self._constant_dist(independent, dtype)
         inputs = list(map(x_dict.get, self._cond_var))
         return memoized(self, ("dist", independent) if dtype is None else ("dist", independent, dtype), inputs,
@@ -1320,7 +1320,7 @@ class TorchDistribution(Distribution):
                   and torch.promote_types(v.dtype, dtype) == dtype]
         if not wanted:
             return params
-        keep = not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
+        keep = not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled()  # (order: `_torch_dist`)
         cache = self.__dict__.setdefault("_exact_cache", {})
         slot = (dtype, wanted[0][1].device)
         hit = cache.get(slot) if keep else None
