@@ -133,7 +133,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="infer different variables"):
         infer_latent([qx, Normal(var=["u"], cond_var=["y"], loc="y", scale=1.0)], {"x": torch.zeros(2, 3)})
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
-        infer_latent(q, {"x": [[0.0, 0.0, 0.0]]})
+        infer_latent(q, {"x": [[0.0, 0.0, 0.0], [0.0]]})
     with pytest.raises(ValueError, match="cross_generate .p\\(v\\|z,c\\). needs c"):
         cross_generate(q, Normal(var=["v"], cond_var=["z", "c"], loc="z", scale=1.0), {"x": torch.zeros(2, 3)})
 

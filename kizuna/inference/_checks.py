@@ -1,10 +1,11 @@
-"""Input checks shared by the inference helpers: variables present, one batch size, masks."""
+"""Input checks shared by the inference helpers: variables present, data as tensors, one batch size, masks."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from kizuna.metrics.likelihood import _device
@@ -44,13 +45,55 @@ def own_draws(p: Any, x_dict: Mapping[str, Any], **options: Any) -> dict[str, An
     return {n: t for n, t in p.sample(x_dict, return_all=False, **options).items() if n in p.var}
 
 
+def _numbers(value: Any) -> Tensor | None:
+    """``value`` as a tensor (numpy's dtype) where it is a numpy array or a (nested) list of numbers (booleans,
+    integers, floats); None otherwise (a ragged list, strings, objects, complex numbers, anything else)."""
+    if isinstance(value, list):
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError):  # ragged: numpy's "inhomogeneous shape"
+            return None
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+        return None
+    if not (value.flags.c_contiguous and value.flags.writeable):  # (torch warns of read-only arrays)
+        value = np.array(value, order="C")  # (not np.ascontiguousarray: it made a 0-d array shape (1,))
+    return torch.from_numpy(value)
+
+
+def _given_as(value: Any) -> str:
+    """What ``value`` is, for an error: its type, a numpy array's dtype, a list that is ragged or not of numbers."""
+    if isinstance(value, np.ndarray):
+        return f"a numpy array of dtype {value.dtype}"
+    if isinstance(value, list):
+        try:
+            kind = np.asarray(value).dtype
+        except (ValueError, TypeError):
+            return "a ragged list (rows of different lengths)"
+        return f"a list of {'strings' if kind.kind in 'US' else 'objects' if kind.kind == 'O' else kind}"
+    return type(value).__name__
+
+
+def as_tensors(x_dict: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """``x_dict`` with the numpy arrays and (nested) lists of numbers among ``names`` as tensors (as `anomaly_score`
+    and `log_likelihood` take them; `on_models` then sets their dtype and device); anything else stays as given, for
+    `batch_rows` to refuse (a ragged list, strings). The one conversion of data for the uses' helpers (infer_latent,
+    cross_generate and the imputations refused numpy arrays and lists: "x must be a torch.Tensor, got ndarray")."""
+    out = dict(x_dict)
+    for name in names:
+        tensor = _numbers(x_dict.get(name))
+        if tensor is not None:
+            out[name] = tensor
+    return out
+
+
 def batch_rows(x_dict: Mapping[str, Any], names: Iterable[str], who: str) -> int:
     """The common number of rows of the tensors ``x_dict[name]``; an error naming any two that differ, or no rows."""
     rows: dict[str, int] = {}
     for name in names:
         value = x_dict[name]
         if not isinstance(value, Tensor):
-            raise TypeError(f"{who}: {name} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(f"{who}: {name} must be a torch.Tensor, a numpy array or a (nested) list of numbers, got "
+                            f"{_given_as(value)}")
         if value.dim() == 0:
             raise ValueError(f"{who}: {name} must have a leading batch dimension, got a scalar")
         rows[name] = value.shape[0]
@@ -67,9 +110,19 @@ def batch_rows(x_dict: Mapping[str, Any], names: Iterable[str], who: str) -> int
 
 
 def check_mask(mask: Any, x: Tensor, var: str, who: str) -> Tensor:
-    """``mask`` as a boolean tensor on ``x``'s device, checked to have ``x``'s shape (True = observed)."""
+    """``mask`` (a tensor, numpy array or nested list of booleans) as a boolean tensor on ``x``'s device, checked to
+    have ``x``'s shape (True = observed)."""
+    if isinstance(mask, (np.ndarray, list)):  # (refused: "the mask of x must be a boolean torch.Tensor, got ndarray")
+        tensor = _numbers(mask)
+        if tensor is not None and tensor.dtype != torch.bool:
+            raise TypeError(
+                f"{who}: the mask of {var} must hold booleans (True = observed), got {_given_as(mask)}; "
+                "use a comparison such as np.asarray(mask) > 0"
+            )
+        mask = mask if tensor is None else tensor
     if not isinstance(mask, Tensor):
-        raise TypeError(f"{who}: the mask of {var} must be a boolean torch.Tensor, got {type(mask).__name__}")
+        raise TypeError(f"{who}: the mask of {var} must be a boolean torch.Tensor, numpy array or (nested) list, got "
+                        f"{_given_as(mask)}")
     if mask.dtype != torch.bool:
         raise TypeError(
             f"{who}: the mask of {var} must have dtype torch.bool (True = observed), got {mask.dtype}; "

@@ -40,12 +40,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
 from kizuna._data import check_int, first_nonfinite, one_number
 from kizuna.formula.expr import values_dict
-from kizuna.inference._checks import batch_rows, in_model_dtype, require
+from kizuna.inference._checks import as_tensors, batch_rows, in_model_dtype, require
 from kizuna.losses import ELBO
 from kizuna.metrics import log_likelihood
 from kizuna.metrics.likelihood import _device, dims_count, require_prior
@@ -103,9 +102,8 @@ def anomaly_score(
     x_dict = values_dict(x_dict, "anomaly_score", names=names)  # (a bare tensor was torch's error in `require`)
     require(x_dict, names, "anomaly_score")
     # the model's variables only (another entry, e.g. ids of other rows, was checked by the "iwae" path alone), numpy
-    # arrays and lists as tensors (as `log_likelihood` takes them)
-    x_dict = {n: torch.from_numpy(np.ascontiguousarray(x_dict[n])) if isinstance(x_dict[n], (np.ndarray, list))
-              else x_dict[n] for n in names}
+    # arrays and lists of numbers as tensors (as `log_likelihood` takes them; the uses' one conversion)
+    x_dict = as_tensors({n: x_dict[n] for n in names}, names)
     batch_rows(x_dict, names, "anomaly_score")
     x_dict = in_model_dtype(x_dict, p_joint, q)  # each batch goes to the models' device as it is scored
     if method == "iwae":

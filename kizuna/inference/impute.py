@@ -27,7 +27,9 @@ kept as given. Missing entries of the input may hold anything, NaN included. As 
 `kizuna.inference.anomaly_score`, floating data is converted to the floating dtype of the distributions
 that read it (the decoder and the encoder, not the prior: the widest of their floating parameters'
 dtypes, else of their floating buffers'; integer data of the masked variable too, and ``init``) and
-moved to the models' device, where the results are; tensors the models do not read may be scalars.
+moved to the models' device, where the results are; tensors the models do not read may be scalars. The data
+may be tensors, numpy arrays or (nested) lists of numbers, and the mask a boolean tensor, numpy array or nested list
+of booleans, as `kizuna.inference.anomaly_score` and `kizuna.metrics.log_likelihood` take the data.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from kizuna.distributions.base import Distribution, flat_rows, repeat_batch
 from kizuna.distributions.joint import JointDistribution
 from kizuna.formula.expr import values_dict
 from kizuna.inference._checks import (
+    as_tensors,
     batch_rows,
     check_mask,
     fill_missing,
@@ -97,6 +100,7 @@ def _prepare(p_joint: Distribution, q: Distribution, x_dict: Mapping[str, Any], 
         var = candidates[0]
     require(x_dict, [var, *[v for v in q.input_var if v != var]], who)
     read = {var, *q.input_var, *[v for v in p_joint.var + p_joint.input_var if v not in q.var]}  # as anomaly_score
+    x_dict = as_tensors(x_dict, [k for k in x_dict if k in read])  # (numpy arrays and lists were refused)
     # the masked variable always (an array was filtered out, and the error said there were no inputs)
     names = [k for k, v in x_dict.items() if k == var or isinstance(v, Tensor) and (k in read or v.dim() > 0)]
     batch_rows(x_dict, names, who)
@@ -130,7 +134,7 @@ def impute_importance(
     p_joint: Distribution,
     q: Distribution,
     x_dict: Mapping[str, Any],
-    mask: Tensor,
+    mask: Any,
     var: str | None = None,
     k: int = 1000,
     n_samples: int = 10,
@@ -155,8 +159,10 @@ def impute_importance(
             without that prior (the decoder alone, conditioned on ``z``) is a ValueError, whatever
             ``defensive``: the weights need :math:`p(z)`.
         q: the encoder :math:`q(z|x)`, given the filled rows.
-        x_dict: the data; other entries (e.g. a label) are passed to ``q`` and the decoder.
-        mask: boolean, the shape of ``x_dict[var]``; True marks observed entries.
+        x_dict: the data (tensors, numpy arrays or lists of numbers); other entries (e.g. a label) are passed to ``q``
+            and the decoder.
+        mask: boolean (a tensor, numpy array or nested list), the shape of ``x_dict[var]``; True marks observed
+            entries.
         var: the masked variable (default: the one variable of ``x_dict`` that ``q`` reads).
         k: importance draws per row; ``n_samples``: completed rows returned per row.
         defensive: :math:`\alpha`, the share of draws from the prior (0 uses ``q`` alone). A prior
@@ -375,7 +381,7 @@ def impute_gibbs(
     p_joint: Distribution,
     q: Distribution,
     x_dict: Mapping[str, Any],
-    mask: Tensor,
+    mask: Any,
     var: str | None = None,
     n_iter: int = 50,
     n_samples: int = 10,

@@ -32,7 +32,7 @@ from kizuna.distributions.moe import MixtureOfNormal
 from kizuna.distributions.poe import ProductOfNormal
 from kizuna.distributions.replace import ReplaceVarDistribution
 from kizuna.formula.expr import values_dict
-from kizuna.inference._checks import batch_rows, on_models, own_draws, require
+from kizuna.inference._checks import as_tensors, batch_rows, on_models, own_draws, require
 
 Tensor = torch.Tensor
 Encoders = Distribution | Sequence[Distribution]
@@ -134,6 +134,7 @@ def _given(encoders: Encoders, x_dict: Mapping[str, Any], who: str) -> tuple[Dis
     if not present:
         raise ValueError(f"{who} needs at least one of the modalities {', '.join(names)}; "
                          f"given {', '.join(sorted(x_dict)) or 'nothing'}")
+    x_dict = as_tensors(x_dict, present)  # (numpy arrays and lists were refused: "x must be a torch.Tensor")
     batch_rows(x_dict, present, who)
     encoder = select_encoder(encoders, present)
     return encoder, on_models({m: x_dict[m] for m in present}, encoder)  # (float64 data failed in a float32 network)
@@ -146,11 +147,12 @@ def infer_latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool = F
     module is returned to its own mode afterwards); floating data is converted to the floating dtype of the encoder's
     factors that read it (the widest of their floating parameters' dtypes, else of their floating buffers': float64
     experts without parameters get float64 data beside a product's own float32 :math:`\mathcal N(0, I)` buffers) and
-    moved to its device, as `kizuna.inference.anomaly_score` does.
+    moved to its device, as `kizuna.inference.anomaly_score` does (tensors, numpy arrays and lists of numbers).
 
     Args:
         encoders: one encoder for every subset it serves (see `select_encoder`).
-        x_dict: values of some of the modalities (other keys are ignored), same number of rows.
+        x_dict: values of some of the modalities (tensors, numpy arrays or lists of numbers; other keys are
+            ignored), same number of rows.
         sample: draw :math:`z \sim q(z|x_S)` instead of returning its mean.
 
     Returns:
@@ -163,14 +165,19 @@ def infer_latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool = F
     >>> infer_latent(q, {"x": torch.full((1, 2), 3.0)})["z"]  # x alone: N(0,1) N(3,1) -> mean 1.5
     tensor([[1.5000, 1.5000]])
     """
-    encoder, given = _given(encoders, x_dict, "infer_latent")
+    return _latent(encoders, x_dict, sample, "infer_latent")
+
+
+def _latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool, who: str) -> dict[str, Tensor]:
+    """`infer_latent` for the helper ``who`` its errors name (`cross_generate`'s were named infer_latent)."""
+    encoder, given = _given(encoders, x_dict, who)
     from kizuna.modules.vae import evaluating  # (imported on use, as in log_likelihood: kizuna.modules is large)
 
     with torch.no_grad(), evaluating(encoder):
         if sample:
             return own_draws(encoder, given)
         if len(encoder.var) != 1:
-            raise ValueError(f"infer_latent: {encoder.prob_text} draws several variables; use sample=True")
+            raise ValueError(f"{who}: {encoder.prob_text} draws several variables; use sample=True")
         return {encoder.var[0]: encoder.sample_mean(given)}
 
 
@@ -210,7 +217,9 @@ def cross_generate(encoders: Encoders, decoder: Distribution, x_dict: Mapping[st
             f"({', '.join(m for m in modalities(encoders) if m not in decoder.var) or 'none'}), but x_dict holds "
             f"only {', '.join(m for m in targets if m in x_dict)}; use infer_latent and the decoder to reconstruct it"
         )
-    z = infer_latent(encoders, sources, sample=sample)
+    # numpy arrays and lists of numbers as tensors, for the encoders and the decoder alike
+    sources = as_tensors(sources, [k for k in sources if k in modalities(encoders) or k in decoder.cond_var])
+    z = _latent(encoders, sources, sample, "cross_generate")
     cond = on_models({**sources, **z}, decoder)
     require(cond, decoder.cond_var, f"cross_generate ({decoder.prob_text})")
     from kizuna.modules.vae import evaluating  # (imported on use, as in log_likelihood: kizuna.modules is large)
