@@ -78,14 +78,14 @@ _Entry = tuple[object, Hashable, list[Any], Any, bool, _Mode]
 
 
 class _State(threading.local):
-    """Per thread: the memo of the evaluation in progress, the grad mode its entries were computed in, and whether
-    ``torch.compile`` traces it (read once per evaluation; set in ``__init__``, which threading.local runs in every
-    thread, so that the attributes always exist: a compiled step guards on that)."""
+    """Per thread: the memo of the evaluation in progress and the grad mode its entries were computed in (set in
+    ``__init__``, which threading.local runs in every thread, so that the attributes always exist: a compiled step
+    guards on that). Whether ``torch.compile`` traces is asked where it matters, on a miss, not kept here: a graph
+    break starts a new frame inside the same evaluation, which must keep its memo."""
 
     def __init__(self) -> None:
         self.memo: list[_Entry] | None = None
         self.grad = True
-        self.compiling = False
 
 
 _STATE = _State()
@@ -131,7 +131,8 @@ def _watched(owner: torch.nn.Module) -> list[Any]:
         m = stack.pop()
         if m is not None and id(m) not in seen:
             seen.add(id(m))
-            if type(m).forward not in _FREE_FORWARDS or m._forward_pre_hooks or m._forward_hooks:
+            if (isinstance(m, torch.jit.ScriptModule) or getattr(type(m), "forward", None) not in _FREE_FORWARDS
+                    or m._forward_pre_hooks or m._forward_hooks):
                 watched.append(m)
             stack.extend(m._modules.values())
     return watched
@@ -149,7 +150,7 @@ def _watched_now(owner: object, listed: tuple[int, tuple[Any, ...], Any] | None)
         if None not in watched:  # (a watched module deleted from the tree and freed: walk again)
             return watched
     watched = _watched(owner)
-    if not _STATE.compiling:
+    if not _compiling():
         if not _HOOK:
             _HOOK.append(torch.nn.modules.module.register_module_module_registration_hook(_count_registration))
         key = id(owner)
@@ -162,18 +163,18 @@ def _mode(owner: object) -> _Mode:
     """The mode an entry of this owner records now (see `_Mode`); for a module owner whose tree holds no watched module
     (an MLP), outside ``torch.compile``, one lookup in `_LISTED`."""
     training, cast = getattr(owner, "training", None), _autocast_state() if _any_autocast() else None
-    listed = None if _STATE.compiling else _LISTED.get(id(owner))
+    listed = None if _compiling() else _LISTED.get(id(owner))
     if listed is None or listed[1] or listed[0] != _REGISTERED[0]:
         watched = _watched_now(owner, listed)
         if watched:
-            return training, watched, [m.training for m in watched], cast
+            return training, watched, [getattr(m, "training", None) for m in watched], cast
     return training if cast is None else (training, (), [], cast)
 
 
 def _serves(mode: tuple[Any, list[Any], list[bool], Any], owner: object) -> bool:
     """Whether an entry recorded in this (non-plain) mode serves a computation of the owner now."""
     training, watched, flags, cast = mode
-    return ((training is None or training is owner.training) and flags == [m.training for m in watched]
+    return ((training is None or training is owner.training) and flags == [getattr(m, "training", None) for m in watched]
             and cast == (_autocast_state() if _any_autocast() else None))
 
 
@@ -193,7 +194,7 @@ class shared_parameters:  # noqa: N801 - used as a function: ``with shared_param
         memo = state.memo
         if memo is None:  # the outermost block
             self._saved = None
-            state.memo, state.grad, state.compiling = [], torch.is_grad_enabled(), _compiling()
+            state.memo, state.grad = [], torch.is_grad_enabled()
         elif torch.is_grad_enabled() == state.grad:  # nested in the same grad mode: the outer memo, as it is
             self._saved = memo
         elif state.grad:  # without gradients inside an evaluation with them: its entries go at the block's end
@@ -219,12 +220,12 @@ def outside_memo() -> Iterator[None]:
     """A block that neither reads nor fills the memo of the evaluation in progress (its values are computed afresh
     and not kept); the evaluation's memo and grad mode are as before after it."""
     state = _STATE
-    outer, grad, compiling = state.memo, state.grad, state.compiling
+    outer, grad = state.memo, state.grad
     state.memo = None
     try:
         yield
     finally:
-        state.memo, state.grad, state.compiling = outer, grad, compiling
+        state.memo, state.grad = outer, grad
 
 
 def step_mark() -> int | None:
