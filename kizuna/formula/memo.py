@@ -174,7 +174,8 @@ def _mode(owner: object) -> _Mode:
 def _serves(mode: tuple[Any, list[Any], list[bool], Any], owner: object) -> bool:
     """Whether an entry recorded in this (non-plain) mode serves a computation of the owner now."""
     training, watched, flags, cast = mode
-    return ((training is None or training is owner.training) and flags == [getattr(m, "training", None) for m in watched]
+    return ((training is None or training is owner.training)
+            and flags == [getattr(m, "training", None) for m in watched]
             and cast == (_autocast_state() if _any_autocast() else None))
 
 
