@@ -194,3 +194,71 @@ def test_a_float32_flow_in_buffers_refuses_float64_data_naming_both():
                                          r"\(e\.g\. \.to\(torch\.float32\) on the value, or the distribution's "
                                          r"\.to\(torch\.float64\)\)$"):
         p.get_log_prob({"x": torch.zeros(3, 2, dtype=F64)})
+
+
+# Diff review 2 (stop 47): the first unified rule let a DDPM's noise kernel (buffers only, float32 on purpose) decide.
+class _Eps(torch.nn.Module):
+    """A tiny ε-network ``eps(x_t, t)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(5, 4)
+
+    def forward(self, x, t):
+        return self.lin(torch.cat([x, t.to(x.dtype).unsqueeze(-1) / 100], -1))
+
+
+def _ddpm(dtype):
+    from kizuna.distributions import DiffusionReverse, DiffusionSchedule
+    from kizuna.losses import simple_diffusion_loss
+
+    torch.manual_seed(0)
+    rev = DiffusionReverse(_Eps(), DiffusionSchedule.linear(100))
+    return rev, simple_diffusion_loss(rev).mean()
+
+
+def test_a_float64_network_with_the_default_schedule_gets_float64_data():
+    """A float64 ε-network beside the default (float32) schedule: the kernel's float32 buffers decided and the
+    network refused the data ("mat1 and mat2 must have the same dtype"); before this stop it trained in float64."""
+    rev, loss = _ddpm(F64)
+    rev.eps_net.double()
+    model = Model(loss, distributions=[rev])
+    assert model.dtype == F64
+    x = torch.rand(6, 4) * 2 - 1
+    torch.manual_seed(1)
+    got = model.test({"x_0": x})
+    torch.manual_seed(1)
+    assert got.dtype == F64 and torch.equal(got, loss.eval({"x_0": x.double()}))
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_a_half_precision_ddpm_takes_half_precision_data(half):
+    """``rev.to(bfloat16)`` converts the network and the schedule's data marker (its table stays float32): the data
+    come in the network's dtype, as `DiffusionSchedule.dtype` says (the table's float32 decided)."""
+    rev, loss = _ddpm(half)
+    rev.to(half)
+    model = Model(loss, distributions=[rev])
+    assert model.dtype == half == rev.schedule.dtype
+
+
+def test_a_bfloat16_network_keeping_its_layernorm_in_float32_takes_bfloat16_input():
+    """Mixed precision by hand (the network in bfloat16, its LayerNorm in float32): the encoder takes the dtype of
+    most of its parameters, its first layer's; the widest fed it float32 data, which it refused."""
+
+    class Enc(Normal):
+        def __init__(self):
+            super().__init__(var=["z"], cond_var=["x"], name="q")
+            self.l1, self.ln, self.l2 = torch.nn.Linear(12, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            loc, s = self.l2(self.ln(self.l1(x)).to(self.l2.weight.dtype)).chunk(2, -1)
+            return {"loc": loc, "scale": torch.nn.functional.softplus(s) + 1e-3}
+
+    torch.manual_seed(0)
+    q = Enc().to(torch.bfloat16)
+    q.ln.float()
+    prior = Normal(var=["z"], loc=torch.zeros(4, dtype=torch.bfloat16), scale=torch.ones(4, dtype=torch.bfloat16),
+                   features_shape=[4], name="prior")
+    model = Model(KullbackLeibler(q, prior).mean(), distributions=[q])
+    assert model.dtype == torch.bfloat16
+    assert torch.isfinite(model.train({"x": torch.rand(5, 12)}))

@@ -19,6 +19,7 @@ import inspect
 import itertools
 import math
 import numbers
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -218,11 +219,18 @@ def data_dtype_references(names: Iterable[str], modules: Sequence[nn.Module], tr
     :math:`p(x|z)`; not a prior :math:`p(z)`, which never sees the data); where none reads them, ``modules`` whole (a
     plain network given to a use, e.g. `coherence`'s classifier). A module holding no distribution (a learned loss
     coefficient) is no reader. In the group chosen, `dtype_references` picks the tensors (parameters before buffers).
+    Where the readers hold buffers only, their buffers decide together with the parameters of ``modules`` (the
+    widest of both), and a module that keeps its data's dtype in a ``_dtype_of_data`` marker (a `DiffusionSchedule`,
+    whose table stays float32 at least) counts by its marker: in a DDPM or NCSN loss the only factor taking the data
+    as a condition is the forward noise kernel, whose noisy data reach the network (the kernel's float32 buffers made
+    a float64 network get float32 data, and a bfloat16 one float32 data).
 
     Conditions first, so a bfloat16 encoder beside a float32 decoder gets bfloat16 data (the widest of both fed the
-    encoder float32 data, which it refused). The widest, not the first, so the choice does not depend on the order of
-    the factors nor of a factor's parameters (a float32 scale registered before a float64 network fed it float32
-    data) and no data are rounded below the precision of a reader."""
+    encoder float32 data, which it refused). The widest over the readers, not the first, so the choice does not
+    depend on the order of the factors and no data are rounded below the precision of a reader; of each reader that
+    takes the data as a condition, the dtype of most of its parameters' elements (its network's: a float32 scale
+    registered before a float64 network fed it float32 data, and a bfloat16 network keeping its LayerNorms in
+    float32 takes bfloat16 input), of each that scores them, its widest."""
     names = set(names)
     factors: list[Distribution] = []
     for m in modules:
@@ -230,41 +238,63 @@ def data_dtype_references(names: Iterable[str], modules: Sequence[nn.Module], tr
         factors += [f for d in inner for f in single_factors(d) if not any(f is g for g in factors)]
     inputs = [f for f in factors if names & set(f.cond_var)]
     scorers = [f for f in factors if names & set(f.var)]
-    for group in (inputs, scorers, modules):
-        refs = dtype_references(group, trainable_first)
+    for group, dominant in ((inputs, True), (scorers, False)):
+        refs = dtype_references(group, trainable_first, buffers=False, dominant=dominant)
         if refs:
             return refs
-    return []
+        refs = dtype_references(group, trainable_first)  # readers holding buffers only: theirs, widened by the
+        if refs:  # networks' parameters (a DDPM's noise kernel, whose noisy data reach the network)
+            return refs + [t for t in dtype_references(modules, trainable_first, buffers=False)
+                           if not any(t is r for r in refs)]
+    return dtype_references(modules, trainable_first)
 
 
-def dtype_references(modules: Iterable[nn.Module], trainable_first: bool = False) -> list[Tensor]:
+def dtype_references(modules: Iterable[nn.Module], trainable_first: bool = False, buffers: bool = True,
+                     dominant: bool = False) -> list[Tensor]:
     """One floating tensor of each floating dtype of each module of ``modules`` (their widest dtype, `widest_dtype`, is
     the modules'): of their parameters, or, where they have no floating parameter, of their floating buffers (a
     parameter-free network of float64 constants is float64); ``[]`` where they hold no floating tensor. With
     ``trainable_first``, of their trainable parameters (``requires_grad``) where any is one: the dtype a `Model`
     trains in, which a frozen float64 constant kept as an ``nn.Parameter`` beside float32 networks does not change
-    (docs/training.md), while frozen readers alone (a frozen pretrained encoder) still decide.
+    (docs/training.md), while frozen readers alone (a frozen pretrained encoder) still decide. Without ``buffers``,
+    parameters only. With ``dominant``, one tensor per module, of the dtype that holds most of its elements: the
+    dtype of a network that takes the data as input, whatever the order of its parameters (a float32 scale
+    registered before a float64 network; a bfloat16 network that keeps its LayerNorms in float32).
 
     One tensor per module and dtype, not all: `Model.dtype` reads them on every step (reading the dtype of every
     parameter of a 160-tensor network costs about 30 µs), and a parameter follows a later ``.to(dtype)`` of its
     module (torch converts it in place; a buffer is replaced, so a model keeps a buffer's dtype of when it was
     built)."""
     modules = list(modules)
-    kinds: list[Callable[[nn.Module], Iterable[Tensor]]] = [lambda m: m.parameters(), lambda m: m.buffers()]
+    kinds: list[Callable[[nn.Module], Iterable[Tensor]]] = [lambda m: m.parameters()]
+    if buffers:  # (a module that keeps its data's dtype in a marker, a `DiffusionSchedule` whose table stays float32
+        kinds.append(_data_buffers)  # at least, counts by the marker)
     if trainable_first:
         kinds.insert(0, lambda m: (t for t in m.parameters() if t.requires_grad))
     for tensors in kinds:
         refs: list[Tensor] = []
         for m in modules:
-            seen: set[torch.dtype] = set()
+            first: dict[torch.dtype, Tensor] = {}
+            size: dict[torch.dtype, int] = {}
             for t in tensors(m):
-                if t.is_floating_point() and t.dtype not in seen:
-                    seen.add(t.dtype)
-                    if not any(t is r for r in refs):
-                        refs.append(t)
+                if t.is_floating_point():
+                    first.setdefault(t.dtype, t)
+                    size[t.dtype] = size.get(t.dtype, 0) + t.numel()
+            if dominant and first:
+                first = {d: first[d] for d in [max(size, key=size.__getitem__)]}
+            refs += [t for t in first.values() if not any(t is r for r in refs)]
         if refs:
             return refs
     return []
+
+
+def _data_buffers(module: nn.Module) -> Iterable[Tensor]:
+    """``module``'s buffers that say its data's dtype: its ``_dtype_of_data`` markers where it holds any (a
+    `DiffusionSchedule` keeps its betas and table in float32 at least, on purpose, beside a bfloat16 network and
+    data), else all its buffers."""
+    named = list(module.named_buffers())
+    markers = [b for n, b in named if n.rpartition(".")[2] == "_dtype_of_data"]
+    return markers or [b for _, b in named]
 
 
 def widest_dtype(tensors: Iterable[Tensor]) -> torch.dtype | None:
@@ -338,6 +368,99 @@ def flat_rows(value: Tensor) -> Tensor:
     """``value`` as ``(B, features)``: its dimensions after the first flattened, and scalar data (one value per row,
     shape ``(B,)``) as one feature per row (``flatten(1)`` raised on it)."""
     return value.unsqueeze(1) if value.dim() == 1 else value.flatten(1)
+
+
+class _SeededCalls(threading.local):
+    """Per thread: the generators whose draws are in progress (`drawing_from`), innermost last."""
+
+    def __init__(self) -> None:
+        self.active: list[torch.Generator] = []
+
+
+_SEEDED_CALLS = _SeededCalls()
+
+
+def _device_key(device: torch.device) -> tuple[str, int | None]:
+    """``device`` as (type, index); an accelerator without an index as its current one (``cuda`` as ``cuda:0``)."""
+    if device.type == "cpu":
+        return "cpu", None
+    index = device.index
+    if index is None:
+        module = getattr(torch, device.type, None)
+        index = module.current_device() if module is not None and hasattr(module, "current_device") else 0
+    return device.type, index
+
+
+def model_device(p: nn.Module, x_dict: Any = None) -> torch.device:
+    """The device ``p`` draws on: that of its first parameter or buffer, else of the first tensor of ``x_dict`` (a
+    distribution of Python functions draws beside its inputs), else torch's default device."""
+    t = next(itertools.chain(p.parameters(), p.buffers()), None)
+    if t is None and isinstance(x_dict, Mapping):
+        t = next((v for v in x_dict.values() if isinstance(v, Tensor)), None)
+    return t.device if t is not None else torch.get_default_device()
+
+
+def drawing_from(p: Distribution, generator: Any, x_dict: Any, call: Callable[[], Any]) -> Any:
+    """``call()`` with every random draw it makes on ``generator``'s device taken from ``generator``: torch's default
+    generator of that device is given ``generator``'s state for the call, ``generator`` is given the state the draws
+    left, and the default generator is put back as it was (``torch.random.fork_rng``; the CPU's is put back too where
+    ``generator`` is an accelerator's). So equally seeded generators give the same draws, the global generators are not
+    advanced, and a generator seeded as the global one gives the draws made without one. One mechanism for every
+    family: what draws through ``torch.distributions`` or ``torch.randn`` without a generator of its own draws from
+    ``generator`` too. Nested calls with the same generator draw on from it (its state is current only between calls).
+
+    A TypeError naming ``p`` for anything but a ``torch.Generator``; a ValueError naming both devices for one on
+    another device than ``p``'s (`model_device`), whose draws would not come from it. Limits: torch's global generator
+    is process-wide, so another thread drawing during the call draws from ``generator``'s stream and is rewound
+    afterwards (the same holds for ``torch.random.fork_rng``); with an accelerator's generator, draws the call makes on
+    the CPU come from the CPU's global generator, which is put back afterwards (they repeat from call to call)."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{p.prob_text}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+    device, own = generator.device, model_device(p, x_dict)
+    if _device_key(device) != _device_key(own):
+        raise ValueError(f"{p.prob_text}: the generator is on {device}, the model on {own}; give a generator on "
+                         f"{own} (torch.Generator(device={str(own)!r})), or move the model")
+    active = _SEEDED_CALLS.active
+    if any(g is generator for g in active):  # (already the default generator's state: swapping again would rewind it)
+        return call()
+    if device.type == "cpu":
+        devices: list[int] = []
+        get: Callable[[], Tensor] = torch.get_rng_state
+        put: Callable[[Tensor], None] = torch.set_rng_state
+        kind = "cuda"  # (fork_rng's default; with no devices it keeps the CPU's state only)
+    else:
+        kind, index = _device_key(device)
+        module = getattr(torch, kind)
+        devices = [index]  # type: ignore[list-item]
+        get, put = (lambda: module.get_rng_state(index)), (lambda state: module.set_rng_state(state, index))
+    with torch.random.fork_rng(devices, device_type=kind):
+        put(generator.get_state())
+        active.append(generator)
+        try:
+            out = call()
+        finally:
+            active.pop()
+        generator.set_state(get())
+    return out
+
+
+def _with_generator(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (a distribution's ``sample``, ``get_log_prob`` or ``get_prob``) with the keyword ``generator``: given,
+    the call draws from it (`drawing_from`), and ``method`` itself does not receive it. Applied to `Distribution`'s
+    methods and to every subclass's own (`Distribution.__init_subclass__`), so that an override that drops unknown
+    keywords (a product's, a mixture's) cannot drop it."""
+    @functools.wraps(method)
+    def seeded(self: Distribution, *args: Any, generator: torch.Generator | None = None, **kwargs: Any) -> Any:
+        if generator is None:
+            return method(self, *args, **kwargs)
+        x_dict = args[0] if args else kwargs.get("x_dict")
+        return drawing_from(self, generator, x_dict, lambda: method(self, *args, **kwargs))
+    seeded._seeded = True  # type: ignore[attr-defined]
+    return seeded
+
+
+# the methods that take ``generator=`` (`_with_generator`)
+_SEEDED_METHODS = ("sample", "get_log_prob", "get_prob")
 
 
 # set on a distribution while a user's own `sample` (a subclass's override, Pixyz's extension point) runs: the draws
@@ -457,6 +580,10 @@ class Distribution(nn.Module):
         if hasattr(cls.sample, "_user_sample") and not all(
                 hasattr(getattr(cls, name), "_routed") for name in ("_sample", "_sample_n", "_mean_values")):
             _route_draws(cls)
+        for name in _SEEDED_METHODS:  # ``generator=`` for a subclass's own methods too (`_with_generator`)
+            own = cls.__dict__.get(name)
+            if inspect.isfunction(own) and not getattr(own, "_seeded", False):
+                setattr(cls, name, _with_generator(own))
 
     # Pixyz's options of a product's `sample` and `get_log_prob` (`graph.set_option`); None: none, the usual path
     _graph_options: GraphOptions | None = None
@@ -636,6 +763,7 @@ class Distribution(nn.Module):
         return sum_rows(self._log_prob(x_dict, sum_features=False), dims)
 
     # ----------------------------------------------------------- public API
+    @_with_generator
     def sample(
         self,
         x_dict: Mapping[str, Any] | None = None,
@@ -644,6 +772,8 @@ class Distribution(nn.Module):
         return_all: bool = True,
         reparam: bool = False,
         sample_mean: bool = False,
+        *,
+        generator: torch.Generator | None = None,
         **kwargs: Any,
     ) -> XDict:
         """Draw the variables of ``var``.
@@ -671,7 +801,15 @@ class Distribution(nn.Module):
             reparam: draw with the reparameterisation trick (gradients flow to the
                 parameters); an error if some factor has no such sampler (Pixyz draws those without the
                 trick, silently: give ``reparam=False`` for them, or draw through an ``Expectation``).
-            sample_mean: return the means instead of draws (ancestrally, for a product).
+            sample_mean: return the means instead of draws (ancestrally, for a product). Nothing is drawn, so a
+                ``generator`` is not advanced.
+            generator: a ``torch.Generator`` on the model's device to draw from instead of torch's global generator,
+                for every family (products, mixtures, flows, autoregressive models, DDPM, FlowMatching, ...): two
+                calls with equally seeded generators give the same draws, and the global generator is not advanced
+                (`drawing_from`, which also names the limits: the global generator is swapped for the call, which is
+                not thread-safe). None (the default): torch's global generator. Keyword only; a subclass's own
+                ``sample`` does not receive it, its draws come from it. A TypeError for anything but a generator, a
+                ValueError for one on another device.
             kwargs: other options are ignored (as in Pixyz).
         """
         if type(x_dict) is not dict:  # (a bare tensor was torch's "Boolean value of Tensor ... is ambiguous")
@@ -725,8 +863,10 @@ class Distribution(nn.Module):
                 "give all of its variables or none"
             )
 
+    @_with_generator
     def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
-                     feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
+                     feature_dims: Sequence[int] | None = None, *, generator: torch.Generator | None = None,
+                     **kwargs: Any) -> Tensor:
         """``log p(var|cond_var)``.
 
         Args:
@@ -735,6 +875,8 @@ class Distribution(nn.Module):
             sum_features: sum over the features, giving one value per batch row (for draws with
                 a ``sample_shape``, as Pixyz: one value per entry of the first dimension).
             feature_dims: sum over these dimensions instead (Pixyz's ``feature_dims``).
+            generator: where the density draws (`kizuna.distributions.FlowMatching`'s Hutchinson probes), it draws
+                from this ``torch.Generator`` (as `sample`'s ``generator``).
             kwargs: other options are ignored (as in Pixyz).
         """
         names = self._var + self.input_var
@@ -754,9 +896,11 @@ class Distribution(nn.Module):
                                  f"log-density ({err})") from None
         return self._log_prob(x_dict, sum_features)
 
+    @_with_generator
     def get_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
-                 feature_dims: Sequence[int] | None = None, **kwargs: Any) -> Tensor:
-        """``p(var|cond_var)``: ``exp`` of `get_log_prob`."""
+                 feature_dims: Sequence[int] | None = None, *, generator: torch.Generator | None = None,
+                 **kwargs: Any) -> Tensor:
+        """``p(var|cond_var)``: ``exp`` of `get_log_prob` (``generator`` as there)."""
         if type(x_dict) is not dict:
             x_dict = values_dict(x_dict, "get_prob", self, self._var + self.input_var)
         return self.get_log_prob(x_dict, sum_features, feature_dims).exp()

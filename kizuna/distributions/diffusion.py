@@ -32,7 +32,7 @@ from torch import nn
 from kizuna._data import check_int, check_shape, computing_dtype, first_nonfinite
 from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact
 from kizuna.distributions.families import Normal
-from kizuna.distributions.flow_matching import SeededDraws, context_of_draws, sample_n_with_context
+from kizuna.distributions.flow_matching import context_of_draws, sample_n_with_context
 from kizuna.distributions.torch_dist import validation_enabled
 from kizuna.formula.expr import values_dict
 from kizuna.formula.memo import memoized
@@ -689,14 +689,10 @@ class DiffusionDecoder(Distribution):
                                          f"output at step 1, or x_1)")
 
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
-        return self._draw(x_dict, None)
-
-    def _draw(self, x_dict: XDict, generator: torch.Generator | None) -> XDict:
-        """`_sample`'s draw, its noise from ``generator`` (None: torch's global one; `DDPM.sample`)."""
         mean, var = self._params(x_dict)
         if validation_enabled():
             self._check_finite(mean, var)
-        x = mean + var.sqrt() * torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        x = mean + var.sqrt() * torch.randn_like(mean)
         levels = ((x.clamp(-1, 1) + 1) / 2 * (self.bins - 1)).round()
         return {self._var[0]: (levels / (self.bins - 1) * 2 - 1).detach()}
 
@@ -709,7 +705,7 @@ class DiffusionDecoder(Distribution):
         return self._params(x_dict)[0]
 
 
-class DDPM(SeededDraws, Distribution):
+class DDPM(Distribution):
     """:math:`p_\\theta(x_0) = \\int p(x_T)\\prod_{t=2}^T p_\\theta(x_{t-1}|x_t)\\,p_\\theta(x_0|x_1)\\,dx_{1:T}`.
 
     Sampling is ancestral: :math:`x_T \\sim \\mathcal{N}(0, I)`, then each reverse step, then the
@@ -717,10 +713,10 @@ class DDPM(SeededDraws, Distribution):
     schedule (``schedule.dtype``; a half-precision model runs the chain in float32, the network and the decoder in
     half precision, `kizuna.samplers.DiffusionPath`). With a context (``reverse``'s ``context_var``), one row of it
     conditions every draw (for any ``batch_n``); a context of another number of rows than ``batch_n`` is refused.
-    ``sample(..., generator=g)`` draws the prior, every step's noise and the decoder's draw from ``g``, not torch's
-    global generator (`kizuna.distributions.flow_matching.SeededDraws`; a decoder's draw with ``noiseless_last=False``
-    where the decoder is a `DiffusionDecoder` or a Gaussian, else a ValueError). The density is intractable: bound
-    it with `kizuna.losses.diffusion_bound`.
+    ``sample(..., generator=g)`` draws the prior, every step's noise and, with ``noiseless_last=False``, the decoder's
+    draw (any decoder) from ``g``, not torch's global generator (as every family's:
+    `kizuna.distributions.base.drawing_from`). The density is intractable: bound it with
+    `kizuna.losses.diffusion_bound`.
 
     Args:
         reverse: :math:`p_\\theta(x_{t-1}|x_t,t)` (a `DiffusionReverse` without a fixed step).
@@ -773,36 +769,18 @@ class DDPM(SeededDraws, Distribution):
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         # one row per draw: batch_n, a one-row context conditioning every draw (another row count is refused)
         context, rows = context_of_draws(self.prob_text, {c: x_dict[c] for c in self._cond_var}, batch_n)
-        path, generator = self.path(context), self._generator
+        path = self.path(context)
         with torch.set_grad_enabled(reparam and torch.is_grad_enabled()):
             times = path.times(None)[:-1]  # x_T .. x_1
-            y_1 = path.prior(rows, generator)
+            y_1 = path.prior(rows)
             if len(times) > 1:  # with T = 1, x_T is x_1: the decoder follows the prior
-                y_1 = ancestral(path, x=y_1, times=times, grad=reparam, generator=generator)
+                y_1 = ancestral(path, x=y_1, times=times, grad=reparam)
             x_1, _ = path.scaled_input(y_1, times[-1])
             x_1 = x_1.to(self.schedule.dtype)  # (a half-precision model's chain ran in float32: DiffusionPath)
             given = {self.decoder.cond_var[0]: x_1, **context}
-            if self.noiseless_last:
-                x0 = self.decoder.sample_mean(given)
-            elif generator is None:
-                x0 = self.decoder.sample(given, reparam=reparam)[self._var[0]]
-            else:
-                x0 = self._decoder_draw(given, generator)
+            x0 = self.decoder.sample_mean(given) if self.noiseless_last else self.decoder.sample(
+                given, reparam=reparam)[self._var[0]]
         return {self._var[0]: x0}
-
-    def _decoder_draw(self, given: XDict, generator: torch.Generator) -> Tensor:
-        """The decoder's draw with its noise from ``generator``: a `DiffusionDecoder`'s, or a Gaussian's
-        :math:`\\mu + \\sigma\\epsilon` (the default decoder, ``DiffusionReverse(..., step=1)``)."""
-        if isinstance(self.decoder, DiffusionDecoder):
-            return self.decoder._draw(given, generator)[self._var[0]]
-        if not isinstance(self.decoder, Normal):
-            raise ValueError(f"{self.prob_text}: sample(generator=...) draws the decoder's noise itself, which it does "
-                             f"for a DiffusionDecoder or a Gaussian decoder, not {type(self.decoder).__name__}; "
-                             "use noiseless_last=True or generator=None")
-        params = self.decoder.get_params(given)
-        loc, scale = params["loc"], params["scale"]
-        shape = torch.broadcast_shapes(loc.shape, scale.shape)
-        return loc + scale * torch.randn(shape, generator=generator, dtype=loc.dtype, device=loc.device)
 
     def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
         return sample_n_with_context(self, x_dict, n, batch_n, reparam)

@@ -21,7 +21,6 @@ optimal transport (Tong et al. 2023, arXiv:2302.00482). Sampling uses `kizuna.sa
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,53 +41,7 @@ from kizuna.samplers.integrators import SAMPLERS
 from kizuna.samplers.paths import LinearPath, _network_tensor
 
 
-class _Generators(threading.local):
-    """Per thread: the ``generator`` of each `SeededDraws` call in progress, by the id of its distribution."""
-
-    def __init__(self) -> None:
-        self.of: dict[int, torch.Generator | None] = {}
-
-
-_GENERATORS = _Generators()
-
-
-class SeededDraws:
-    """``sample`` (and `FlowMatching.get_log_prob`) with a ``generator``: every random draw of the call (the prior, the
-    sampler's noise, a decoder's draw, Hutchinson's probes) comes from that ``torch.Generator`` (on the model's
-    device), so that calls with equally seeded generators draw the same numbers and torch's global generator is not
-    advanced; ``None`` (the default) draws from the global one, as before. A mixin before `Distribution`: the
-    generator is kept for the call (per thread) and read by ``_sample`` as `_generator`."""
-
-    def sample(self, x_dict: Mapping[str, Any] | None = None, batch_n: int | None = None,
-               sample_shape: Sequence[int] | torch.Size = (), return_all: bool = True, reparam: bool = False,
-               sample_mean: bool = False, generator: torch.Generator | None = None, **kwargs: Any) -> XDict:
-        """`Distribution.sample`, its draws from ``generator`` (class docstring)."""
-        parent = super()
-        return self._drawing_from(generator, lambda: parent.sample(  # type: ignore[misc]
-            x_dict, batch_n, sample_shape, return_all, reparam, sample_mean, **kwargs))
-
-    def _drawing_from(self, generator: torch.Generator | None, call: Callable[[], Any]) -> Any:
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"{self.prob_text}: generator must be a torch.Generator or None, "  # type: ignore[attr-defined]
-                            f"got {type(generator).__name__}")
-        table, key = _GENERATORS.of, id(self)
-        outer = table.get(key, _GENERATORS)  # (_GENERATORS: none in progress)
-        table[key] = generator
-        try:
-            return call()
-        finally:
-            if outer is _GENERATORS:
-                del table[key]
-            else:
-                table[key] = outer
-
-    @property
-    def _generator(self) -> torch.Generator | None:
-        """The ``generator`` of the `sample` call in progress (None: torch's global one)."""
-        return _GENERATORS.of.get(id(self))
-
-
-class FlowMatching(SeededDraws, Distribution):
+class FlowMatching(Distribution):
     """:math:`p_\\theta(x)`: the ODE push-forward of :math:`\\mathcal{N}(0, I)` by :math:`v_\\theta` (module docstring).
 
     Args:
@@ -104,9 +57,9 @@ class FlowMatching(SeededDraws, Distribution):
 
     One row of context conditions every draw of ``sample`` (for any ``batch_n``); a context of another number of
     rows than ``batch_n`` is refused. ``sample(..., generator=g)`` and ``get_log_prob(..., generator=g)`` (Hutchinson's
-    probes) draw from ``g``, not torch's global generator (`SeededDraws`). Draws made with a ``sample_shape``,
-    ``(*sample_shape, batch, *features)``, are scored draw by draw and summed as every family sums them (over every
-    dimension but the first).
+    probes) draw from ``g``, not torch's global generator (as every family's: `kizuna.distributions.base.drawing_from`).
+    Draws made with a ``sample_shape``, ``(*sample_shape, batch, *features)``, are scored draw by draw and summed as
+    every family sums them (over every dimension but the first).
     """
 
     def __init__(self, velocity: Callable[..., Tensor], features_shape: Sequence[int], var: str = "x",
@@ -207,19 +160,10 @@ class FlowMatching(SeededDraws, Distribution):
     def _sample(self, x_dict: XDict, batch_n: int | None, reparam: bool) -> XDict:
         context, rows = context_of_draws(self.prob_text, {c: x_dict[c] for c in self._cond_var}, batch_n)
         sampler = SAMPLERS[self.sampler]
-        return {self._var[0]: sampler(self.path(context), rows, self.n_steps, grad=reparam,
-                                      generator=self._generator)}
+        return {self._var[0]: sampler(self.path(context), rows, self.n_steps, grad=reparam)}
 
     def _sample_n(self, x_dict: XDict, repeated: XDict, n: int, batch_n: int | None, reparam: bool) -> XDict:
         return sample_n_with_context(self, x_dict, n, batch_n, reparam)
-
-    def get_log_prob(self, x_dict: Mapping[str, Any], sum_features: bool = True,
-                     feature_dims: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                     **kwargs: Any) -> Tensor:
-        """`Distribution.get_log_prob`; Hutchinson's probes (``trace="hutchinson"``) from ``generator``
-        (`SeededDraws`)."""
-        parent = super()
-        return self._drawing_from(generator, lambda: parent.get_log_prob(x_dict, sum_features, feature_dims))
 
     def _log_prob(self, x_dict: XDict, sum_features: bool) -> Tensor:
         if not sum_features:
@@ -236,7 +180,7 @@ class FlowMatching(SeededDraws, Distribution):
         else:
             x0, integral = ode_log_det(lambda z, t, *c: self.velocity(z, t, dict(zip(self._cond_var, c))), x,
                                        self.likelihood_steps, self.trace, self.n_probes,
-                                       context=[context[c] for c in self._cond_var], generator=self._generator)
+                                       context=[context[c] for c in self._cond_var])
             d = math.prod(x0.shape[1:])  # 1 for scalar data (features_shape []: x of shape (N,))
             out = -0.5 * x0.pow(2).reshape(x0.shape[0], d).sum(1) - 0.5 * d * math.log(2 * math.pi) + integral
         return out if shape is None else sum_rows(out.reshape(shape))
