@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -245,6 +246,9 @@ def _autocast_state() -> tuple[tuple[str, torch.dtype], ...]:
     return tuple(state)
 
 
+_UNKEYED = object()  # `lru_cache_for_sample_dict`: a call whose arguments cannot be keyed
+
+
 def lru_cache_for_sample_dict() -> Callable[[F], F]:
     """Memoise a method whose arguments are sample dicts (Pixyz's decorator of ``get_params``).
 
@@ -267,7 +271,9 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
     no version counter; also a module whose parameters are inference tensors) is computed and not cached.
     The cache holds references to the keyed tensors (the argument tensors, even after the caller puts a new batch
     into the dict it passed, and the module's parameters and buffers) and their results until evicted, so a new
-    tensor cannot take a stored one's ``id`` and be served its result.
+    tensor cannot take a stored one's ``id`` and be served its result. The cache is shared by every instance and
+    thread and locked around each lookup, insertion and eviction (the method itself runs unlocked), so threads may
+    call cached methods at once.
 
     >>> calls = []
     >>> class Enc(torch.nn.Module):
@@ -285,31 +291,47 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
     def decorate(method: F) -> F:
         cache: dict[Any, tuple[Any, Any]] = {}  # key -> (what it keys, kept alive so ids stay unique, result)
         seen = [_OPTIMIZER_STEPS[0]]  # the optimizer steps counted when the stored results were computed
+        # the cache is shared by every instance and thread: each lookup, insertion and eviction holds the lock (the
+        # method itself runs outside it); unlocked, one thread's eviction iterating the dict while another inserted
+        # raised "dictionary changed size during iteration"
+        lock = threading.Lock()
 
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            steps = _OPTIMIZER_STEPS[0]
-            if steps != seen[0]:  # an optimizer step since (a fused one leaves the versions as they were): every
-                cache.clear()  # stored result may be stale, or hold a graph that step's backward freed
-                seen[0] = steps
             try:
                 state, tensors = _module_state(self)
                 key = (id(self), state, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
                        _autocast_state(), _frozen(args, tensors), _frozen(sorted(kwargs.items()), tensors))
-                hit = key in cache
-            except (TypeError, _Unkeyable):  # an argument that cannot be keyed (a numpy array, an inference
-                return method(self, *args, **kwargs)  # tensor): computed, not cached
-            if hit:
-                cache[key] = cache.pop(key)  # most recently used last
-                return cache[key][1]
-            result = method(self, *args, **kwargs)
-            if maxsize is None or maxsize > 0:
-                cache[key] = ((self, args, kwargs, tensors), result)
-                while maxsize is not None and len(cache) > maxsize:
-                    cache.pop(next(iter(cache)))
+            except (TypeError, _Unkeyable):  # an argument that cannot be keyed (an inference tensor)
+                key = _UNKEYED
+            with lock:
+                steps = _OPTIMIZER_STEPS[0]
+                if steps != seen[0]:  # an optimizer step since (a fused one leaves the versions as they were): every
+                    cache.clear()  # stored result may be stale, or hold a graph that step's backward freed
+                    seen[0] = steps
+                stored = None
+                try:
+                    stored = None if key is _UNKEYED else cache.pop(key, None)
+                except TypeError:  # an argument that cannot be hashed (a numpy array)
+                    key = _UNKEYED
+                if stored is not None:
+                    cache[key] = stored  # most recently used last
+                    return stored[1]
+            result = method(self, *args, **kwargs)  # (an argument that cannot be keyed: computed, not cached)
+            if key is not _UNKEYED and (maxsize is None or maxsize > 0):
+                with lock:
+                    if _OPTIMIZER_STEPS[0] != steps:  # an optimizer step (another thread's) while computing it
+                        return result
+                    cache[key] = ((self, args, kwargs, tensors), result)
+                    while maxsize is not None and len(cache) > maxsize:
+                        cache.pop(next(iter(cache)))
             return result
 
-        wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]
+        def cache_clear() -> None:
+            with lock:
+                cache.clear()
+
+        wrapper.cache_clear = cache_clear  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate

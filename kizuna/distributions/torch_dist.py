@@ -49,8 +49,9 @@ import os
 import re
 import threading
 import types
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import distributions as D
@@ -117,7 +118,24 @@ except AttributeError:  # pragma: no cover - another torch's internals
 # torch's module call as torch defines it: a class that overrides it (or torch.fx, which patches it while tracing)
 # goes through its own call
 _MODULE_CALL = nn.Module.__call__
-_PLAIN_CLASSES: dict[type, bool] = {}  # classes that keep torch's own module-call machinery
+_T = TypeVar("_T")
+_PLAIN_CLASSES: dict[int, tuple[weakref.ref, bool]] = {}  # classes that keep torch's own module-call machinery
+
+
+def _per_class(notes: dict[int, tuple[weakref.ref, _T]], cls: type, compute: Callable[[type], _T]) -> _T:
+    """``compute(cls)``, noted once per class in ``notes``: keyed on ``id(cls)``, with a weak reference to the class
+    whose callback drops the note when the class is freed (a dict keyed on the classes themselves kept every class
+    alive, one defined in a function included, with all it refers to)."""
+    entry = notes.get(id(cls))
+    if entry is None:
+        key = id(cls)
+        entry = notes[key] = (weakref.ref(cls, lambda _, key=key: notes.pop(key, None)), compute(cls))
+    return entry[1]
+
+
+def _plain_call(cls: type) -> bool:
+    """Whether ``cls`` keeps torch's own ``_call_impl`` and ``_wrapped_call_impl``."""
+    return cls._call_impl is nn.Module._call_impl and cls._wrapped_call_impl is nn.Module._wrapped_call_impl
 
 
 def module_call_is_forward(module: nn.Module) -> bool:
@@ -126,13 +144,10 @@ def module_call_is_forward(module: nn.Module) -> bool:
     ``_call_impl`` or ``_wrapped_call_impl``, or torch.fx patching the call while tracing, keeps its call). Then the
     caller may run ``forward`` directly, without the call's two frames."""
     cls = type(module)
-    plain = _PLAIN_CLASSES.get(cls)
-    if plain is None:
-        plain = _PLAIN_CLASSES[cls] = cls._call_impl is nn.Module._call_impl \
-            and cls._wrapped_call_impl is nn.Module._wrapped_call_impl
     return not (_GLOBAL_HOOKS is None or module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks or module._compiled_call_impl is not None or any(_GLOBAL_HOOKS)
-                or cls.__call__ is not _MODULE_CALL or not plain or torch._C._get_tracing_state())
+                or cls.__call__ is not _MODULE_CALL or not _per_class(_PLAIN_CLASSES, cls, _plain_call)
+                or torch._C._get_tracing_state())
 
 
 def validation_enabled() -> bool:
@@ -1520,19 +1535,19 @@ def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
         return False
 
 
-_SIGNATURES: dict[type, tuple[list[str], list[str]]] = {}
+_SIGNATURES: dict[int, tuple[weakref.ref, tuple[list[str], list[str]]]] = {}  # `_per_class` notes of `_signature`
 
 
 def _signature(cls: type[D.Distribution]) -> tuple[list[str], list[str]]:
     """The parameters ``cls.__init__`` requires, and those that default to ``None`` (alternatives)."""
-    found = _SIGNATURES.get(cls)
-    if found is None:
-        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-        required = [p.name for p in params if p.default is inspect.Parameter.empty
-                    and p.kind is p.POSITIONAL_OR_KEYWORD]
-        optional = [p.name for p in params if p.default is None and p.name != "validate_args"]
-        found = _SIGNATURES[cls] = (required, optional)
-    return found
+    return _per_class(_SIGNATURES, cls, _read_signature)
+
+
+def _read_signature(cls: type[D.Distribution]) -> tuple[list[str], list[str]]:
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    required = [p.name for p in params if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+    optional = [p.name for p in params if p.default is None and p.name != "validate_args"]
+    return required, optional
 
 
 def _repeat_rows(value: Any, n: int) -> Any:

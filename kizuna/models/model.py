@@ -16,9 +16,12 @@ by overriding it (`kizuna.models.GAN` takes its discriminator's steps there). `f
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import numbers
 import operator
+import threading
+import types
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
@@ -174,8 +177,11 @@ class Model:
             of its keyword arguments (e.g. ``{"mode": "max-autotune"}``). Where compilation is
             unavailable (no C compiler, unsupported platform), or a compiled step fails where the eager one does
             not, a warning (at your line) names the compiler's error and training continues uncompiled, the failed
-            step taken again eagerly from the state before it; a name, mode, backend or inductor option
-            ``torch.compile`` does not take (or any argument it refuses) is an error here.
+            step taken again eagerly from the state before it; where dynamo stops compiling without an error (its
+            ``recompile_limit`` of graphs reached, or a first call that compiled nothing), a warning says so and
+            ``compile_error`` is set too. Each model compiles a function of its own, so its graphs are its own
+            (many compiled models in one process each compile) and freed with it. A name, mode, backend or
+            inductor option ``torch.compile`` does not take (or any argument it refuses) is an error here.
             Checked steps run eagerly: the first step under ``validate=None``, and every step under
             ``validate=True`` (which therefore never compiles).
         validate: check parameters and values (torch's ``validate_args``) on every step (``True``),
@@ -319,7 +325,7 @@ class Model:
         buffers (a parameter-free float64 decoder). The uses count every parameter alike: they evaluate a model whose
         parameters are all fixed, whether it was frozen for it or not. The tensors that count are chosen when the model
         is built; a later ``.to(dtype)`` of the networks is followed (not of a reader that holds buffers only: torch
-        replaces them)."""
+        replaces them; the networks' parameters that widen such readers are followed)."""
         refs = self._dtype_refs
         dtype = refs[0].dtype
         for ref in refs[1:]:
@@ -489,6 +495,15 @@ class Model:
         self.compile_error = f"{type(err).__name__}: {text[:300]}"
         warn_user(f"Model(compile=True): torch.compile is unavailable here ({self.compile_error}); "
                   "training continues without compilation", RuntimeWarning)
+
+    def _compile_stopped(self, reason: str) -> None:
+        """dynamo stopped compiling the loss's evaluation without an error (``reason``: its recompile limit reached,
+        or the frame skipped) and ran it eagerly: say so once, at the user's line, and continue eagerly, rather than
+        train uncompiled with ``compile_error`` None."""
+        self.compile_error = f"torch.compile gave up: {reason[:300]}"
+        warn_user(f"Model(compile=True): {self.compile_error}; training continues without compilation (a model "
+                  "that needs more than torch._dynamo.config.recompile_limit graphs can raise that limit)",
+                  RuntimeWarning)
 
     def _step_once(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                    ) -> tuple[torch.Tensor, float, dict[str, float]]:
@@ -1268,28 +1283,102 @@ def _compiler_error(err: BaseException) -> BaseException:
     return err
 
 
+def _own_code(method: Any) -> Any:
+    """``method`` (a loss's bound ``eval``) as a function of its own code object, bound to the same loss: dynamo keeps
+    its compiled graphs per code object, at most ``torch._dynamo.config.recompile_limit`` (8) of them, each guarded
+    on the loss object, so every model compiling the shared ``Loss.eval`` filled one cache and from the 5th model (9th
+    without a test loss of its own) on, every model ran eagerly, silently. The copy's cache is this model's alone and
+    is freed with it. A callable that is not a plain Python method is compiled as it is."""
+    func = getattr(method, "__func__", None)
+    owner = getattr(method, "__self__", None)
+    if not isinstance(func, types.FunctionType) or owner is None:
+        return method
+    copy_ = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__,
+                               func.__closure__)
+    copy_.__kwdefaults__ = func.__kwdefaults__
+    copy_.__qualname__, copy_.__doc__, copy_.__module__ = func.__qualname__, func.__doc__, func.__module__
+    return types.MethodType(copy_, owner)
+
+
+_DYNAMO_LIMIT_PREFIX = "torch._dynamo hit config."  # convert_frame's warning when it stops compiling a code object
+_watched = threading.local()  # the notes of the compiled evaluation running in this thread (`_DynamoGaveUp`)
+
+
+class _DynamoGaveUp(logging.Filter):
+    """Notes, for the compiled evaluation running in the thread, dynamo's warning that a code object reached its
+    recompile limit (``torch._dynamo.config.recompile_limit``, or the accumulated one): from then on dynamo runs it
+    eagerly and says so only in its log. The record itself is let through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003 - logging's name
+        notes = getattr(_watched, "notes", None)
+        if notes is not None and isinstance(record.msg, str) and record.msg.startswith(_DYNAMO_LIMIT_PREFIX):
+            try:
+                text = record.getMessage()
+            except Exception:  # noqa: BLE001 - a record torch formats differently: its template
+                text = record.msg
+            notes.append(" ".join(line.strip() for line in text.splitlines()[:3]))
+        return True
+
+
+_DYNAMO_FILTER = _DynamoGaveUp()
+
+
+def _watch_dynamo() -> None:
+    """Install `_DynamoGaveUp` on dynamo's frame converter's logger (once; a filter object is added only once)."""
+    logging.getLogger("torch._dynamo.convert_frame").addFilter(_DYNAMO_FILTER)
+
+
+def _cache_entries(fn: Any) -> int | None:
+    """How many compiled graphs dynamo holds for ``fn``'s code object (None where torch cannot tell)."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    try:
+        from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+        return len(_debug_get_cache_entry_list(code)) if code is not None else None
+    except Exception:  # noqa: BLE001 - a torch without it, or another kind of callable
+        return None
+
+
 def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
-    """``loss_cls.eval`` under ``torch.compile``. Where compilation is unavailable a warning says why and the model
-    continues eagerly; a compiled run that fails raises `_CompiledRunFailed`, and the model takes the step (or the
-    evaluation) again eagerly from the state before it: a failure there too is the model's own error, raised as it is;
-    else the compiler's, reported as unavailable compilation (`Model._eagerly`)."""
+    """``loss_cls.eval`` under ``torch.compile``, as a function of the model's own (`_own_code`). Where compilation
+    is unavailable a warning says why and the model continues eagerly; a compiled run that fails raises
+    `_CompiledRunFailed`, and the model takes the step (or the evaluation) again eagerly from the state before it: a
+    failure there too is the model's own error, raised as it is; else the compiler's, reported as unavailable
+    compilation (`Model._eagerly`). Where dynamo gives up without an error (its recompile limit reached, or the
+    first compiled call left no graph: the frame skipped), the run's result stands (dynamo ran it eagerly) and
+    `Model._compile_stopped` says so: a warning, ``compile_error`` set, the model eager from then on."""
     # torch.compile's first use turns torch.distributions' default argument checks off for the whole
     # process (torch._dynamo patches torch on first use); keep the user's setting (`set_validation`)
     checks = torch.distributions.Distribution._validate_args
+    own = _own_code(loss_cls.eval)
+    _watch_dynamo()
     try:
-        compiled = torch.compile(loss_cls.eval, **_torch_compile_args(model._compile_args or {}))
+        compiled = torch.compile(own, **_torch_compile_args(model._compile_args or {}))
     except Exception as err:  # noqa: BLE001 - e.g. an unsupported Python version or platform
         model._compile_failed(err)
         return loss_cls.eval
     finally:
         torch.distributions.Distribution.set_default_validate_args(checks)
+    first = [True]
 
     def run(batch: Mapping[str, Any], **options: Any) -> Any:
         if model.compile_error is not None:
             return loss_cls.eval(batch, **options)
+        outer, notes = getattr(_watched, "notes", None), []
+        _watched.notes = notes
         try:
-            return compiled(batch, **options)
+            out = compiled(batch, **options)
         except Exception as err:  # noqa: BLE001 - decided by the caller: the compiler's failure or the model's error
             raise _CompiledRunFailed(err) from err
+        finally:
+            _watched.notes = outer
+        if notes:
+            model._compile_stopped(notes[0])
+        elif first[0]:
+            first[0] = False
+            if _cache_entries(own) == 0:
+                model._compile_stopped("dynamo compiled nothing of the loss's evaluation (it skipped the frame "
+                                       f"{own.__qualname__}; TORCH_LOGS=\"graph_breaks\" shows why)")
+        return out
 
     return run
