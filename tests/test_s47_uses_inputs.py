@@ -142,6 +142,9 @@ def test_cross_generate_names_itself():
     (["a", "b", "c", "d"], "a list of strings"),
     (np.array([["a"]] * 4), "a numpy array of dtype <U1"),
     (np.array([None] * 4), "a numpy array of dtype object"),
+    # diff review 3: torch's "Can't call numpy() on Tensor that requires grad", and bf16 rows called "ragged"
+    ([torch.zeros(3, requires_grad=True)] * 4, r"a list of tensors \(stack them into one tensor: torch.stack\)"),
+    ([torch.zeros(3, dtype=torch.bfloat16)] * 4, r"a list of tensors \(stack them into one tensor: torch.stack\)"),
 ])
 def test_bad_data_keeps_a_named_error(value, got):
     q, p, prior = models(torch.float64)
@@ -165,6 +168,9 @@ def test_bad_data_keeps_a_named_error(value, got):
                                            r"a list of int64; use a comparison such as np.asarray\(mask\) > 0$"),
     ([[True, False], [True]], TypeError, r"^impute_\w+: the mask of x must be a boolean torch.Tensor, numpy array or "
                                          r"\(nested\) list, got a ragged list \(rows of different lengths\)$"),
+    ([torch.ones(3, dtype=torch.bool, requires_grad=False)] * 4, TypeError, r"^impute_\w+: the mask of x must be a "
+     r"boolean torch.Tensor, numpy array or \(nested\) list, got a list of tensors \(stack them into one tensor: "
+     r"torch.stack\)$"),
     ("all", TypeError, r"^impute_\w+: the mask of x must be a boolean torch.Tensor, numpy array or \(nested\) list, "
                        r"got str$"),
     (MASK[:, :2], ValueError, r"^impute_\w+: the mask of x has shape \(4, 2\) but x has shape \(4, 3\)$"),

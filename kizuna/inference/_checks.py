@@ -49,6 +49,8 @@ def _numbers(value: Any) -> Tensor | None:
     """``value`` as a tensor (numpy's dtype) where it is a numpy array or a (nested) list of numbers (booleans,
     integers, floats); None otherwise (a ragged list, strings, objects, complex numbers, anything else)."""
     if isinstance(value, list):
+        if _holds_tensors(value):  # (numpy's "Can't call numpy() on Tensor that requires grad", or a bf16 /
+            return None  # meta / CUDA tensor read as ragged: refused by name in `batch_rows`)
         try:
             value = np.asarray(value)
         except (ValueError, TypeError):  # ragged: numpy's "inhomogeneous shape"
@@ -60,15 +62,28 @@ def _numbers(value: Any) -> Tensor | None:
     return torch.from_numpy(value)
 
 
+def _holds_tensors(value: list[Any]) -> bool:
+    """Whether the (nested) list ``value`` holds a tensor (looked for along its first elements)."""
+    while isinstance(value, (list, tuple)) and value:
+        if any(isinstance(v, Tensor) for v in value):
+            return True
+        value = value[0]
+    return False
+
+
 def _given_as(value: Any) -> str:
     """What ``value`` is, for an error: its type, a numpy array's dtype, a list that is ragged or not of numbers."""
     if isinstance(value, np.ndarray):
         return f"a numpy array of dtype {value.dtype}"
     if isinstance(value, list):
+        if _holds_tensors(value):
+            return "a list of tensors (stack them into one tensor: torch.stack)"
         try:
             kind = np.asarray(value).dtype
-        except (ValueError, TypeError):
+        except ValueError:
             return "a ragged list (rows of different lengths)"
+        except TypeError:
+            return "a list of objects"
         return f"a list of {'strings' if kind.kind in 'US' else 'objects' if kind.kind == 'O' else kind}"
     return type(value).__name__
 
