@@ -195,19 +195,32 @@ def _frozen(value: Any, tensors: list[torch.Tensor]) -> Any:
 
 def _module_state(module: Any) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
     """What a module's output depends on besides its inputs, as a key: its parameters and buffers (which tensors, their
-    in-place versions, and ``requires_grad``: a result computed while they were frozen has no graph to them) and
-    every submodule's training mode (BatchNorm, Dropout), read in one walk over the
-    submodules; and those tensors, which the cache keeps alive with the entry (a replaced parameter's ``id`` could
-    otherwise be reused by its successor, at version 0 again). Raises `_Unkeyable` for an inference tensor (a module
-    built under ``torch.inference_mode``)."""
+    in-place versions, and ``requires_grad``: a result computed while they were frozen has no graph to them), every
+    submodule's training mode (BatchNorm, Dropout) and forward hooks and pre-hooks (by their handles' ids: a hook
+    added or removed since changes what the submodule returns), read in one walk over the submodules, and torch's
+    global forward hooks (``register_module_forward_hook``); and those tensors, which the cache keeps alive with the
+    entry (a replaced parameter's ``id`` could otherwise be reused by its successor, at version 0 again). Raises
+    `_Unkeyable` for an inference tensor (a module built under ``torch.inference_mode``)."""
     if not isinstance(module, torch.nn.Module):
         return (), []
-    tensors = [t for m in module.modules() for t in itertools.chain(m._parameters.values(), m._buffers.values())
-               if t is not None]
+    tensors: list[torch.Tensor] = []
+    flags: list[Any] = []
+    for m in module.modules():
+        tensors.extend(t for t in itertools.chain(m._parameters.values(), m._buffers.values()) if t is not None)
+        if m._forward_hooks or m._forward_pre_hooks:
+            flags.append((m.training, tuple(m._forward_pre_hooks), tuple(m._forward_hooks)))
+        else:
+            flags.append(m.training)
     if any(t.is_inference() for t in tensors):
         raise _Unkeyable
-    return (tuple((id(t), t._version, t.requires_grad) for t in tensors),
-            tuple(m.training for m in module.modules())), tensors
+    if _GLOBAL_PRE_HOOKS or _GLOBAL_HOOKS:
+        flags.append((tuple(_GLOBAL_PRE_HOOKS), tuple(_GLOBAL_HOOKS)))
+    return (tuple((id(t), t._version, t.requires_grad) for t in tensors), tuple(flags)), tensors
+
+
+# torch's global forward (pre-)hooks, dicts from the hooks' ids (`register_module_forward_hook` adds to them in place)
+_GLOBAL_PRE_HOOKS = torch.nn.modules.module._global_forward_pre_hooks
+_GLOBAL_HOOKS = torch.nn.modules.module._global_forward_hooks
 
 
 _OPTIMIZER_STEPS = [0]  # how many optimizer steps were taken since the first cache was made (`_count_optimizer_steps`)
@@ -256,12 +269,14 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
     other arguments equal and of the same types (``1.0`` is not served the result for ``1``), in the
     same grad mode, the same ``torch.inference_mode`` state and the same ``torch.autocast`` state (on or off, and its
     dtype, per device type), with the module's parameters and buffers the same tensors, not modified since and with
-    the same ``requires_grad``, every submodule in the same training mode, and no optimizer step taken since, returns
+    the same ``requires_grad``, every submodule in the same training mode with the same forward hooks and pre-hooks
+    (and torch's global ones, ``register_module_forward_hook``), and no optimizer step taken since, returns
     the stored result; at most `cache_maxsize` results are kept per method. Unlike Pixyz's cache, these invalidate
     the stored results: any ``torch.optim`` optimizer's ``step()`` (fused or not: every stored result is dropped at
     the next call), an in-place change of an input, a parameter or a buffer (BatchNorm's running statistics),
-    ``.train()`` / ``.eval()``, and freezing or unfreezing (``requires_grad_``; a result computed frozen has no
-    graph). What is not seen, so a stale result is returned, and ``cache_clear()`` is the remedy: a write through
+    ``.train()`` / ``.eval()``, a forward hook or pre-hook added or removed, and freezing or unfreezing
+    (``requires_grad_``; a result computed frozen has no graph). What is not seen, so a stale result is returned,
+    and ``cache_clear()`` is the remedy: a write through
     ``.data`` (``p.data = ...``, ``module.double()``), which torch does not count as a change; an update made
     outside an optimizer's ``step()`` by a kernel that does not count it either (a fused optimizer kernel called
     directly); and a plain Python attribute that the method reads (an annealed temperature ``self.t``). A stored

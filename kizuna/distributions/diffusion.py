@@ -77,9 +77,9 @@ class DiffusionSchedule(nn.Module):
             self.betas = betas
         else:
             self.register_buffer("betas", _tracked(betas))
-        # the per-step constants of a fixed schedule, computed once (again if betas change in place)
+        # the per-step constants of a fixed schedule, computed once (again if betas change in place or are replaced)
         self.register_buffer("_constants", self._compute_constants().detach(), persistent=False)
-        self._constants_version = _version(self.betas)
+        self._constants_key = _key_of(self.betas)
 
     def _apply(self, fn: Any, recurse: bool = True) -> DiffusionSchedule:
         """``.to()`` / ``.double()``: betas given as numbers (or built by `linear` / `cosine`, in float64) are refilled
@@ -101,7 +101,7 @@ class DiffusionSchedule(nn.Module):
             self._buffers["betas"] = _tracked(self.betas)  # (converted inside torch.inference_mode(): `_tracked`)
             with torch.no_grad():
                 self._constants = self._compute_constants()
-            self._constants_version = _version(self.betas)
+            self._constants_key = _key_of(self.betas)
         return out
 
     @classmethod
@@ -183,22 +183,33 @@ class DiffusionSchedule(nn.Module):
         in the betas' dtype, float32 at least (class docstring).
 
         A learnable schedule recomputes them per call (so gradients reach the betas); a fixed one
-        keeps them in a buffer, recomputed when ``betas`` is changed in place.
+        keeps them in a buffer, recomputed when ``betas`` is changed in place or replaced (``schedule.betas = t``,
+        ``.data = t``, ``load_state_dict(..., assign=True)``, ``torch.func.functional_call``: `_table`).
         """
         return self._table()[:, :4]
 
     def _table(self) -> Tensor:
-        """`_compute_constants`' table, kept for a fixed schedule (`constants`); computed in the graph while
-        ``torch.compile`` traces (the buffer's in-place version, `_version`, cannot be read there: dynamo breaks the
-        graph at ``is_inference``), the same numbers."""
+        """`_compute_constants`' table, kept for a fixed schedule (`constants`) while the buffer of betas is the same
+        tensor (a replaced one, ``schedule.betas = t``, ``load_state_dict(..., assign=True)``, ``functional_call``,
+        started at version 0 too and was served the old table), at the same in-place version, on the same storage (a
+        reassigned ``.data``): `_key_of`. Computed each call, not kept, from betas of a ``torch.func`` transform
+        (``grad``, ``vmap``: no storage to key on, and a table of them must not outlive the transform); computed in the
+        graph while ``torch.compile`` traces (the buffer's in-place version, `_version`, cannot be read there: dynamo
+        breaks the graph at ``is_inference``), the same numbers."""
         betas, table = self.betas, self._constants
         if type(betas) is not Tensor and isinstance(betas, nn.Parameter) \
                 or torch.compiler.is_compiling():  # the type test first: isinstance is slow
             return self._compute_constants()
-        version = _version(betas)  # None: an inference tensor put in by hand, whose changes cannot be seen
-        if version is None or self._constants_version != version or table.dtype != computing_dtype(betas.dtype):
-            table = self._constants = self._compute_constants()
-            self._constants_version = version
+        seen, version, address = self.__dict__.get("_constants_key", _NO_KEY)  # (none: pickled by kizuna < 0.47)
+        # (version None: an inference tensor put in by hand, whose changes cannot be seen; betas of a transform are
+        # never the tensor seen, `_key_of`)
+        if seen is betas and version is not None and version == _version(betas) and address == betas.data_ptr() \
+                and table.dtype == computing_dtype(betas.dtype):
+            return table
+        if _is_transformed(betas):
+            return self._compute_constants()
+        table = self._constants = self._compute_constants()
+        self._constants_key = _key_of(betas)
         return table
 
     def index(self, t: Any, like: Tensor, low: int = 1) -> Tensor:
@@ -278,6 +289,19 @@ def _version(tensor: Tensor) -> int | None:
     """``tensor``'s in-place version, None for an inference tensor (a learnable schedule's betas made inside
     ``torch.inference_mode()``), which has none."""
     return None if tensor.is_inference() else tensor._version
+
+
+def _key_of(betas: Tensor) -> tuple[Tensor | None, int | None, int | None]:
+    """What `DiffusionSchedule._table` keeps its table for: the betas tensor itself, its in-place version (`_version`)
+    and the address of its storage; nothing (a key no tensor matches) for betas of a ``torch.func`` transform, which
+    have no storage."""
+    if _is_transformed(betas):
+        return _NO_KEY
+    return betas, _version(betas), betas.data_ptr()
+
+
+_NO_KEY = (None, None, None)  # `_key_of` for betas that no key matches
+_is_transformed = torch._C._functorch.is_functorch_wrapped_tensor  # a tensor of grad / vmap / jvp (no storage)
 
 
 def _dtypes(table: Tensor, like: Tensor) -> tuple[torch.dtype, torch.dtype]:

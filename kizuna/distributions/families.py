@@ -87,10 +87,12 @@ class Normal(TorchDistribution):
         the parameters, the row count and the kernel's shape computed again at every draw: the draw `_draw` makes
         (`_rsample_kernel`'s ``randn`` of the rows and the parameters' features, the same numbers), from a plan kept
         while every buffer is unchanged (`_buffers_unchanged`); ``None`` where the general path must draw (another
-        distribution, a subclass with its own parameters or draw, a buffer that requires grad; `_sample` leaves
-        ``torch.compile`` to the general path)."""
+        distribution, a subclass with its own parameters or draw, a buffer that requires grad or is a ``torch.func``
+        transform's, `_buffers_transformed`; `_sample` leaves ``torch.compile`` to the general path)."""
         plan = self.__dict__.get("_standard_plan")
         if plan is None or not self._buffers_unchanged(plan[0]):
+            if self._buffers_transformed():  # (no storage to stamp: the general path, the plan not kept)
+                return None
             plan = self.__dict__["_standard_plan"] = self._plan_standard_draw()
         features = plan[1]
         if features is None:

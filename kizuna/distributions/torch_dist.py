@@ -118,6 +118,7 @@ except AttributeError:  # pragma: no cover - another torch's internals
 # torch's module call as torch defines it: a class that overrides it (or torch.fx, which patches it while tracing)
 # goes through its own call
 _MODULE_CALL = nn.Module.__call__
+_is_transformed = torch._C._functorch.is_functorch_wrapped_tensor  # a tensor of grad / vmap / jvp (no storage)
 _T = TypeVar("_T")
 _PLAIN_CLASSES: dict[int, tuple[weakref.ref, bool]] = {}  # classes that keep torch's own module-call machinery
 
@@ -760,6 +761,14 @@ class TorchDistribution(Distribution):
                 return False
         return True
 
+    def _buffers_transformed(self) -> bool:
+        """Whether a buffer is a tensor of a ``torch.func`` transform (``grad``'s, ``vmap``'s: put in by
+        ``functional_call``, as ``stack_module_state`` ensembling does), which has no storage to stamp and holds the
+        values of one transform only: the caches built on `_buffers_stamp` are then passed by (`_constant_dist`
+        builds without keeping, `_holds_numbers` says no, the standard-normal shortcuts are not taken), as inside
+        ``torch.inference_mode`` or ``torch.compile``. Asked only where a cache missed."""
+        return any(t is not None and _is_transformed(t) for t in self._buffers.values())
+
     def _apply(self, fn: Any, recurse: bool = True) -> TorchDistribution:
         """``.to()`` / ``.double()``: a constant given as a Python number (or a list of numbers) that still holds it
         holds the exact numbers in the new dtype (a cast of float32(0.1) to float64 kept 0.10000000149: densities off
@@ -777,6 +786,8 @@ class TorchDistribution(Distribution):
         after an in-place write through ``.data``, see `_buffers_stamp`)."""
         if self._buffers_unchanged(self.__dict__.get("_numbers_seen")):
             return True
+        if self._buffers_transformed():  # (read by value, a vmap's batch failed as data-dependent control flow)
+            return False
         for key, number in (*self._numbers.items(), *self._number_lists.items()):
             value = self._buffers.get(key)
             if type(number) is Tensor and value is not None:
@@ -867,7 +878,8 @@ class TorchDistribution(Distribution):
         if dtype is not None:
             params = self._with_exact_numbers(params, dtype)
         dist = self._build(params, independent)
-        cache[key] = (self._buffers_stamp(), dist)
+        if not self._buffers_transformed():  # (a transform's tensors: built, not kept)
+            cache[key] = (self._buffers_stamp(), dist)
         return dist
 
     def _build(self, params: dict[str, Any], independent: bool) -> D.Distribution:
@@ -1329,7 +1341,8 @@ class TorchDistribution(Distribution):
         ``dtype``, replaced by the exact numbers in ``dtype`` (``params`` itself where the buffers no longer hold the
         numbers given: `_holds_numbers`). The tensors are made once per dtype and device and kept while the buffers
         are unchanged (`_buffers_stamp`), as `_constant_dist` keeps its distribution (not inside
-        ``torch.inference_mode``, whose tensors autograd refuses to save, nor while compiling)."""
+        ``torch.inference_mode``, whose tensors autograd refuses to save, nor while compiling, nor for buffers of a
+        ``torch.func`` transform: `_holds_numbers` says no to them)."""
         wanted = [(key, v) for key in (*self._numbers, *self._number_lists)
                   if isinstance(v := params.get(key), Tensor) and v.dtype != dtype
                   and torch.promote_types(v.dtype, dtype) == dtype]
