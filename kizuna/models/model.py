@@ -178,7 +178,7 @@ class Model:
             unavailable (no C compiler, unsupported platform), or a compiled step fails where the eager one does
             not, a warning (at your line) names the compiler's error and training continues uncompiled, the failed
             step taken again eagerly from the state before it; where dynamo stops compiling without an error (its
-            ``recompile_limit`` of graphs reached, or a first call that compiled nothing), a warning says so and
+            ``recompile_limit`` of graphs reached), a warning says so and
             ``compile_error`` is set too. Each model compiles a function of its own, so its graphs are its own
             (many compiled models in one process each compile) and freed with it. A name, mode, backend or
             inductor option ``torch.compile`` does not take (or any argument it refuses) is an error here.
@@ -497,8 +497,8 @@ class Model:
                   "training continues without compilation", RuntimeWarning)
 
     def _compile_stopped(self, reason: str) -> None:
-        """dynamo stopped compiling the loss's evaluation without an error (``reason``: its recompile limit reached,
-        or the frame skipped) and ran it eagerly: say so once, at the user's line, and continue eagerly, rather than
+        """dynamo stopped compiling the loss's evaluation without an error (``reason``: its recompile limit reached)
+        and ran it eagerly: say so once, at the user's line, and continue eagerly, rather than
         train uncompiled with ``compile_error`` None."""
         self.compile_error = f"torch.compile gave up: {reason[:300]}"
         warn_user(f"Model(compile=True): {self.compile_error}; training continues without compilation (a model "
@@ -1328,24 +1328,13 @@ def _watch_dynamo() -> None:
     logging.getLogger("torch._dynamo.convert_frame").addFilter(_DYNAMO_FILTER)
 
 
-def _cache_entries(fn: Any) -> int | None:
-    """How many compiled graphs dynamo holds for ``fn``'s code object (None where torch cannot tell)."""
-    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
-    try:
-        from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
-
-        return len(_debug_get_cache_entry_list(code)) if code is not None else None
-    except Exception:  # noqa: BLE001 - a torch without it, or another kind of callable
-        return None
-
-
 def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
     """``loss_cls.eval`` under ``torch.compile``, as a function of the model's own (`_own_code`). Where compilation
     is unavailable a warning says why and the model continues eagerly; a compiled run that fails raises
     `_CompiledRunFailed`, and the model takes the step (or the evaluation) again eagerly from the state before it: a
     failure there too is the model's own error, raised as it is; else the compiler's, reported as unavailable
-    compilation (`Model._eagerly`). Where dynamo gives up without an error (its recompile limit reached, or the
-    first compiled call left no graph: the frame skipped), the run's result stands (dynamo ran it eagerly) and
+    compilation (`Model._eagerly`). Where dynamo gives up without an error (its recompile limit reached), the
+    run's result stands (dynamo ran it eagerly) and
     `Model._compile_stopped` says so: a warning, ``compile_error`` set, the model eager from then on."""
     # torch.compile's first use turns torch.distributions' default argument checks off for the whole
     # process (torch._dynamo patches torch on first use); keep the user's setting (`set_validation`)
@@ -1359,7 +1348,6 @@ def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
         return loss_cls.eval
     finally:
         torch.distributions.Distribution.set_default_validate_args(checks)
-    first = [True]
 
     def run(batch: Mapping[str, Any], **options: Any) -> Any:
         if model.compile_error is not None:
@@ -1374,11 +1362,7 @@ def _compiled_eval(model: Model, loss_cls: Loss) -> Any:
             _watched.notes = outer
         if notes:
             model._compile_stopped(notes[0])
-        elif first[0]:
-            first[0] = False
-            if _cache_entries(own) == 0:
-                model._compile_stopped("dynamo compiled nothing of the loss's evaluation (it skipped the frame "
-                                       f"{own.__qualname__}; TORCH_LOGS=\"graph_breaks\" shows why)")
         return out
 
+    run.own = own  # type: ignore[attr-defined]  # (the model's own copy: tests check it is freed with the model)
     return run
