@@ -20,7 +20,7 @@ import itertools
 import math
 import numbers
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -228,9 +228,9 @@ def data_dtype_references(names: Iterable[str], modules: Sequence[nn.Module], tr
     Conditions first, so a bfloat16 encoder beside a float32 decoder gets bfloat16 data (the widest of both fed the
     encoder float32 data, which it refused). The widest over the readers, not the first, so the choice does not
     depend on the order of the factors and no data are rounded below the precision of a reader; of each reader that
-    takes the data as a condition, the dtype of most of its parameters' elements (its network's: a float32 scale
-    registered before a float64 network fed it float32 data, and a bfloat16 network keeping its LayerNorms in
-    float32 takes bfloat16 input), of each that scores them, its widest."""
+    takes the data as a condition, the dtype of its network's first parameter (its first layer's, which reads the
+    data: a bfloat16 network keeping its LayerNorms in float32 takes bfloat16 input; a float32 scale held beside a
+    float64 network does not decide), of each that scores them, its widest."""
     names = set(names)
     factors: list[Distribution] = []
     for m in modules:
@@ -238,8 +238,8 @@ def data_dtype_references(names: Iterable[str], modules: Sequence[nn.Module], tr
         factors += [f for d in inner for f in single_factors(d) if not any(f is g for g in factors)]
     inputs = [f for f in factors if names & set(f.cond_var)]
     scorers = [f for f in factors if names & set(f.var)]
-    for group, dominant in ((inputs, True), (scorers, False)):
-        refs = dtype_references(group, trainable_first, buffers=False, dominant=dominant)
+    for group, first_only in ((inputs, True), (scorers, False)):
+        refs = dtype_references(group, trainable_first, buffers=False, first_only=first_only)
         if refs:
             return refs
         refs = dtype_references(group, trainable_first)  # readers holding buffers only: theirs, widened by the
@@ -250,16 +250,18 @@ def data_dtype_references(names: Iterable[str], modules: Sequence[nn.Module], tr
 
 
 def dtype_references(modules: Iterable[nn.Module], trainable_first: bool = False, buffers: bool = True,
-                     dominant: bool = False) -> list[Tensor]:
+                     first_only: bool = False) -> list[Tensor]:
     """One floating tensor of each floating dtype of each module of ``modules`` (their widest dtype, `widest_dtype`, is
     the modules'): of their parameters, or, where they have no floating parameter, of their floating buffers (a
     parameter-free network of float64 constants is float64); ``[]`` where they hold no floating tensor. With
     ``trainable_first``, of their trainable parameters (``requires_grad``) where any is one: the dtype a `Model`
     trains in, which a frozen float64 constant kept as an ``nn.Parameter`` beside float32 networks does not change
     (docs/training.md), while frozen readers alone (a frozen pretrained encoder) still decide. Without ``buffers``,
-    parameters only. With ``dominant``, one tensor per module, of the dtype that holds most of its elements: the
-    dtype of a network that takes the data as input, whatever the order of its parameters (a float32 scale
-    registered before a float64 network; a bfloat16 network that keeps its LayerNorms in float32).
+    parameters only. With ``first_only``, one parameter per module, the first of its network (its submodules'
+    parameters before its own, `_NetworkFirst`): the dtype of a network that takes the data as input is its first
+    layer's (a bfloat16 network that keeps its LayerNorms in float32 takes bfloat16 input, a float32 input layer
+    before a bfloat16 trunk float32, whatever the dtype of most elements; a float32 scale held by the distribution
+    itself does not decide for its float64 network).
 
     One tensor per module and dtype, not all: `Model.dtype` reads them on every step (reading the dtype of every
     parameter of a 160-tensor network costs about 30 µs), and a parameter follows a later ``.to(dtype)`` of its
@@ -275,17 +277,33 @@ def dtype_references(modules: Iterable[nn.Module], trainable_first: bool = False
         refs: list[Tensor] = []
         for m in modules:
             first: dict[torch.dtype, Tensor] = {}
-            size: dict[torch.dtype, int] = {}
-            for t in tensors(m):
+            for t in tensors(_NetworkFirst(m) if first_only else m):
                 if t.is_floating_point():
                     first.setdefault(t.dtype, t)
-                    size[t.dtype] = size.get(t.dtype, 0) + t.numel()
-            if dominant and first:
-                first = {d: first[d] for d in [max(size, key=size.__getitem__)]}
+                    if first_only:
+                        break
             refs += [t for t in first.values() if not any(t is r for r in refs)]
         if refs:
             return refs
     return []
+
+
+class _NetworkFirst:
+    """``module``'s parameters with those of its submodules (its network) before its own (a learned scale or
+    temperature held by the distribution itself, which torch lists first whatever the order of registration): for
+    `dtype_references`' ``first_only``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def parameters(self) -> Iterator[Tensor]:
+        seen: set[int] = set()
+        for child in self.module.children():
+            for t in child.parameters():
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    yield t
+        yield from (t for t in self.module._parameters.values() if t is not None and id(t) not in seen)
 
 
 def _data_buffers(module: nn.Module) -> Iterable[Tensor]:
