@@ -19,7 +19,9 @@ start at seeds 0, 1 and 8 of 0-9, with four starts at seed 3 (all four starts we
 first update; the kept chain merged at the third). GMM+MM merged at no seed, in either order: 1.000 in the
 periodic order, 0.97-0.99 shuffled, as the GMM alone where it does not merge (0.96-0.99). So the gap
 between GMM+MM and the GMM alone is those merges, and the 4-cycle is worth about 0.015
-(``docs/serket_examples.md``).
+(``docs/serket_examples.md``). The merges are no sampler failure: a merged partition is a real mode of the GMM
+alone's posterior under its own Dirichlet mixing weights (alpha0 = 1/K), which the MM's class prior replaces
+(``docs/modules.md``, GMM).
 
 Data: ``HMM/data.txt`` and ``HMM/correct.txt`` of SERKET's examples, read from ``--data`` (default
 ``../shared/data/serket``); they are for tests and benchmarks and are not shipped with kizuna.
