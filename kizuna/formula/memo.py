@@ -36,12 +36,19 @@ gradients (a detached statistic, a greedy baseline ``q.sample_mean(x_dict)``) th
 the later terms (the encoder lost its gradient, silently), and one that reads it in another training or autocast mode
 leaves its parameters to no term of another mode; each computes its own.
 
+An entry also records which tensors the owner and the modules under it held (the parameters and buffers: `_Held`,
+compared by identity on a hit): inside a ``torch.func.functional_call`` that swapped other tensors in, an entry
+computed with the module's own parameters is not served, nor one computed inside the call after it. A loss whose
+forward evaluates a base loss with θ, takes an inner step and evaluates the base loss with θ' by ``functional_call``
+(MAML written as a loss, one evaluation) was served θ's parameters for θ'.
+
 Cost (`memoized` runs for every distribution on every step): which modules under an owner to watch is found by one
 walk over its ``_modules``, kept across evaluations (``_LISTED``: by the owner's id, with weak references only, dropped
 when the owner is freed) until a module is registered anywhere (torch's global module registration hook counts
 ``self.net = ...``, ``add_module``, ``Sequential.append``), then walked again. For an MLP of linear layers and
-activations nothing is watched, and an entry records the owner's flag alone, as before. A miss records the flags and
-the autocast state, a hit compares them, only for an entry whose inputs match; outside autocast its state is one call
+activations nothing is watched, and an entry records the owner's flag alone, as before. A miss records the flags, the
+autocast state and a list of the held tensors (read from the holders' ``_parameters``/``_buffers`` dicts, kept with
+the walk), a hit compares them, only for an entry whose inputs match; outside autocast its state is one call
 (``torch._C._is_any_autocast_enabled``). Under ``torch.compile`` the walk runs while tracing and nothing is kept
 (reading the kept lists would add guards on them, and a recompilation whenever a module is built); dynamo guards on
 the flags and the autocast state as on the rest of the trace, so a compiled step does not recompile while they stay
@@ -52,13 +59,16 @@ What is not seen: a module put into the tree without registering it after the ow
 hook added later to a module with a ``_MODE_FREE`` forward, whose flag is then not compared; a flag read by other code
 than the module's own forward and hooks (a forward that tests ``self.net.training`` where ``net`` is an ``nn.Linear``,
 or a method that such a forward calls, overridden in a subclass); a tree changed in the middle of an evaluation (its
-earlier entries keep the modes of the tree they were computed with); and a mode that is none of these (a module's
-plain attribute, e.g. an annealed temperature).
+earlier entries keep the modes of the tree they were computed with); a parameter or buffer changed in place within one
+evaluation (``p.add_(...)`` under ``no_grad`` between two reads of the same inputs), a tensor held by a module that
+held none when the owner was walked, or one in a ScriptModule (its dicts are wrappers); and a mode that is none of
+these (a module's plain attribute, e.g. an annealed temperature).
 """
 
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -69,12 +79,16 @@ import torch
 from kizuna.utils import _autocast_state
 
 # The mode an entry was computed in, besides the grad mode: the owner's training flag (None: an owner without one)
-# where no module under it is watched (`_watched_now`) and autocast was off, the common case, compared as cheaply as
+# where no module under it is watched (`_watched`) and autocast was off, the common case, compared as cheaply as
 # before; else (flag, watched modules, their flags, `_autocast_state()` or None where autocast was off)
 _Mode = Any
-# (owner, tag, inputs, value, grad, mode): the inputs are kept with the value for the evaluation's length; grad:
+# The tensors the owner held when an entry was computed: (the ``_parameters`` and ``_buffers`` dicts of the owner and
+# of every module under it that held a tensor when it was walked, the tensors in them then, in order); None for an
+# owner that is no module, and while ``torch.compile`` traces
+_Held = Any
+# (owner, tag, inputs, value, grad, mode, held): the inputs are kept with the value for the evaluation's length; grad:
 # whether gradients were on when the value was computed
-_Entry = tuple[object, Hashable, list[Any], Any, bool, _Mode]
+_Entry = tuple[object, Hashable, list[Any], Any, bool, _Mode, _Held]
 
 
 class _State(threading.local):
@@ -106,12 +120,14 @@ _MODE_FREE = frozenset(t for t in (getattr(torch.nn, name, None) for name in (
     "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "Upsample", "PixelShuffle", "PixelUnshuffle")) if t is not None)
 _FREE_FORWARDS = frozenset(t.forward for t in _MODE_FREE)
 
-# Per owner (by id): (the count of `_REGISTERED` when it was walked, weak references to `_watched(owner)`, a weak
-# reference to the owner whose callback drops the item when the owner is freed, so that an id here is always its
-# owner's). Kept across evaluations: a module tree changes by registering a module (``self.net = ...``,
-# ``add_module``, ``Sequential.append``), which torch's global registration hook counts; then every owner is walked
-# again.
-_LISTED: dict[int, tuple[int, tuple[Any, ...], Any]] = {}
+# Per owner (by id): (the count of `_REGISTERED` when it was walked, weak references to its watched modules
+# (`_watched`), a weak reference to the owner whose callback drops the item when the owner is freed, so that an id here
+# is always its owner's, the ``_parameters`` and ``_buffers`` dicts of its holders (`_watched`), which an entry's
+# `_Held` reads: the dicts, not the modules, held strongly, so that a miss reads them without dereferencing; a module
+# taken out of the tree keeps its dict here until the owner is walked again). Kept across evaluations: a module tree
+# changes by registering a module (``self.net = ...``, ``add_module``, ``Sequential.append``), which torch's global
+# registration hook counts; then every owner is walked again.
+_LISTED: dict[int, tuple[int, tuple[Any, ...], Any, list[dict[str, Any]]]] = {}
 _REGISTERED = [0]
 _HOOK: list[Any] = []  # the handle of that hook, once registered
 
@@ -121,12 +137,24 @@ def _count_registration(module: Any, name: str, submodule: Any) -> None:
     _REGISTERED[0] += 1
 
 
-def _watched(owner: torch.nn.Module) -> list[Any]:
+def module_registrations() -> int:
+    """How many modules were registered anywhere so far (counted by torch's global module registration hook, which the
+    first call registers): a list of modules found in a tree is current while the count is unchanged (`_LISTED`;
+    `Model`'s batch-norm layers, whose statistics a refused step puts back)."""
+    if not _HOOK:
+        _HOOK.append(torch.nn.modules.module.register_module_module_registration_hook(_count_registration))
+    return _REGISTERED[0]
+
+
+def _watched(owner: torch.nn.Module) -> tuple[list[Any], list[dict[str, Any]]]:
     """The modules under the owner (not itself) whose training flag can change what it computes: every one but those
     with the forward of a `_MODE_FREE` type and no forward hooks (a hook may read the flag: the old ``spectral_norm``'s
-    does). A plain walk over ``_modules``, each module once; empty for an MLP of linear layers and activations, whose
-    entries then compare the owner's flag alone."""
+    does); and the non-empty ``_parameters`` and ``_buffers`` dicts of the owner and of the modules under it (the
+    holders, whose tensors an entry records: `_Held`; a ScriptModule's are wrappers, not dicts, and are left out). A
+    plain walk over ``_modules``, each module once; no watched module for an MLP of linear layers and activations,
+    whose entries then compare the owner's flag alone."""
     watched, seen, stack = [], set(), list(owner._modules.values())
+    dicts = [d for d in (owner._parameters, owner._buffers) if d and type(d) is dict]
     while stack:
         m = stack.pop()
         if m is not None and id(m) not in seen:
@@ -134,41 +162,48 @@ def _watched(owner: torch.nn.Module) -> list[Any]:
             if (isinstance(m, torch.jit.ScriptModule) or getattr(type(m), "forward", None) not in _FREE_FORWARDS
                     or m._forward_pre_hooks or m._forward_hooks):
                 watched.append(m)
+            dicts.extend(d for d in (m._parameters, m._buffers) if d and type(d) is dict)
             stack.extend(m._modules.values())
-    return watched
+    return watched, dicts
 
 
-def _watched_now(owner: object, listed: tuple[int, tuple[Any, ...], Any] | None) -> list[Any]:
-    """`_watched(owner)` from its `_LISTED` item ``listed`` where that is current, else walked and kept (none for an
-    owner that is no ``nn.Module``); walked afresh while ``torch.compile`` traces the evaluation (``listed`` is None
-    then, and nothing is kept: the trace runs once, and reading `_LISTED` would add guards on it and on
-    `_REGISTERED`, a recompilation whenever a module is built)."""
-    if not isinstance(owner, torch.nn.Module):
-        return []
+def _listed(owner: torch.nn.Module) -> tuple[list[Any], list[dict[str, Any]]]:
+    """`_watched(owner)` from its `_LISTED` item where that is current, else walked and kept. Not while
+    ``torch.compile`` traces the evaluation: the trace walks afresh and keeps nothing (it runs once, and reading
+    `_LISTED` would add guards on it and on `_REGISTERED`, a recompilation whenever a module is built)."""
+    listed = _LISTED.get(id(owner))
     if listed is not None and listed[0] == _REGISTERED[0]:
+        if not listed[1]:
+            return [], listed[3]
         watched = [ref() for ref in listed[1]]
         if None not in watched:  # (a watched module deleted from the tree and freed: walk again)
-            return watched
-    watched = _watched(owner)
-    if not _compiling():
-        if not _HOOK:
-            _HOOK.append(torch.nn.modules.module.register_module_module_registration_hook(_count_registration))
-        key = id(owner)
-        _LISTED[key] = (_REGISTERED[0], tuple(weakref.ref(m) for m in watched),
-                        weakref.ref(owner, lambda _, key=key: _LISTED.pop(key, None)))
-    return watched
+            return watched, listed[3]
+    watched, dicts = _watched(owner)
+    key = id(owner)
+    _LISTED[key] = (module_registrations(), tuple(weakref.ref(m) for m in watched),
+                    weakref.ref(owner, lambda _, key=key: _LISTED.pop(key, None)), dicts)
+    return watched, dicts
 
 
-def _mode(owner: object) -> _Mode:
-    """The mode an entry of this owner records now (see `_Mode`); for a module owner whose tree holds no watched module
-    (an MLP), outside ``torch.compile``, one lookup in `_LISTED`."""
+def _recorded(owner: object) -> tuple[_Mode, _Held]:
+    """The mode an entry of this owner records now (see `_Mode`), and the tensors it holds (`_Held`; None while
+    ``torch.compile`` traces, where dynamo's guards on the parameters do the check). For a module owner whose tree
+    holds no watched module (an MLP), outside ``torch.compile``, one lookup in `_LISTED` and a list of its tensors."""
     training, cast = getattr(owner, "training", None), _autocast_state() if _any_autocast() else None
-    listed = None if _compiling() else _LISTED.get(id(owner))
-    if listed is None or listed[1] or listed[0] != _REGISTERED[0]:
-        watched = _watched_now(owner, listed)
-        if watched:
-            return training, watched, [getattr(m, "training", None) for m in watched], cast
-    return training if cast is None else (training, (), [], cast)
+    if _compiling():
+        watched, held = _watched(owner)[0] if isinstance(owner, torch.nn.Module) else [], None
+    else:
+        listed = _LISTED.get(id(owner))
+        if listed is not None and not listed[1] and listed[0] == _REGISTERED[0]:  # (the common case, inline)
+            watched, dicts = listed[1], listed[3]
+        elif isinstance(owner, torch.nn.Module):
+            watched, dicts = _listed(owner)
+        else:  # (no flag, no tensors)
+            return (training if cast is None else (training, (), [], cast)), None
+        held = dicts, [t for d in dicts for t in d.values()]
+    if watched:
+        return (training, watched, [getattr(m, "training", None) for m in watched], cast), held
+    return (training if cast is None else (training, (), [], cast)), held
 
 
 def _serves(mode: tuple[Any, list[Any], list[bool], Any], owner: object) -> bool:
@@ -177,6 +212,16 @@ def _serves(mode: tuple[Any, list[Any], list[bool], Any], owner: object) -> bool
     return ((training is None or training is owner.training)
             and flags == [getattr(m, "training", None) for m in watched]
             and cast == (_autocast_state() if _any_autocast() else None))
+
+
+def _holds(held: _Held) -> bool:
+    """Whether the owner holds the tensors it held when the entry was computed (`_Held`): not inside a
+    ``torch.func.functional_call`` that swapped them in after the entry (MAML's adapted parameters evaluated within the
+    evaluation that computed them; the entry of the original parameters was served for them), nor, inside the call,
+    after it. Identity only, C-level: a few tenths of a microsecond for an MLP."""
+    dicts, tensors = held
+    now = [t for d in dicts for t in d.values()]
+    return len(now) == len(tensors) and all(map(operator.is_, now, tensors))
 
 
 class shared_parameters:  # noqa: N801 - used as a function: ``with shared_parameters():``
@@ -256,37 +301,46 @@ def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Calla
     of an input tensor becomes a guard on that very object, so every new batch recompiled. An evaluation holds a
     handful of entries. Written as plain loops (no generator): it runs for every distribution on every step; the
     modes are read only for an entry whose inputs match (the grad mode only for an entry computed without
-    gradients) and once on a miss, to record them (`_mode`).
+    gradients) and once on a miss, to record them (`_recorded`), with the tensors the owner holds (compared on a hit:
+    `_holds`).
     ``inputs`` is kept as it is given (not copied): pass a sequence built for the call."""
     memo = _STATE.memo
     if memo is None:
         return compute(*args)
     n = len(inputs)
-    for o, t, ins, value, grad, mode in reversed(memo):
+    for o, t, ins, value, grad, mode, held in reversed(memo):
         if o is owner and t == tag and len(ins) == n:
             for a, b in zip(ins, inputs):
                 if a is not b:
                     break
-            else:  # computed without gradients: not for a computation with them; in another mode: not at all
+            else:  # computed without gradients: not for a computation with them; in another mode or with other
+                # tensors in the owner (a functional_call): not at all
                 if grad or not _grad_enabled():
                     if type(mode) is not tuple:  # the plain mode: the owner's flag, autocast off
-                        if (mode is None or mode is owner.training) and not _any_autocast():
+                        if ((mode is None or mode is owner.training) and not _any_autocast()
+                                and (held is None or _holds(held))):
                             return value
-                    elif _serves(mode, owner):
+                    elif _serves(mode, owner) and (held is None or _holds(held)):
                         return value
-    grad, mode = _grad_enabled(), _mode(owner)
+    listed = None if _compiling() else _LISTED.get(id(owner))
+    if listed is not None and not listed[1] and listed[0] == _REGISTERED[0] and not _any_autocast():
+        dicts = listed[3]  # (`_recorded`'s common case, inline: an owner with no watched module, outside autocast)
+        mode, held = owner.training, (dicts, [t for d in dicts for t in d.values()])
+    else:
+        mode, held = _recorded(owner)
+    grad = _grad_enabled()
     value = compute(*args)
-    memo.append((owner, tag, inputs, value, grad, mode))
+    memo.append((owner, tag, inputs, value, grad, mode, held))
     return value
 
 
 def remember(owner: object, tag: Hashable, inputs: Sequence[Any], value: Any) -> None:
     """Record ``value`` as the result for these inputs (e.g. parameters computed once per row and
     repeated for the rows of several draws), so that a later `memoized` call reuses it; recorded with the grad mode,
-    the training flags and the autocast state of now, as if `memoized` had computed it here."""
+    the training flags, the autocast state and the owner's tensors of now, as if `memoized` had computed it here."""
     memo = _STATE.memo
     if memo is not None:  # added after any earlier entry for these inputs, which `memoized` then no longer finds
-        memo.append((owner, tag, list(inputs), value, _grad_enabled(), _mode(owner)))
+        memo.append((owner, tag, list(inputs), value, _grad_enabled(), *_recorded(owner)))
 
 
 def recall(owner: object, tag: Hashable, inputs: Sequence[Any]) -> Any:
@@ -297,7 +351,7 @@ def recall(owner: object, tag: Hashable, inputs: Sequence[Any]) -> Any:
     memo = _STATE.memo
     if memo is not None:
         n = len(inputs)
-        for o, t, ins, value, _, _ in reversed(memo):
+        for o, t, ins, value, _, _, _ in reversed(memo):
             if o is owner and t == tag and len(ins) == n and all(a is b for a, b in zip(ins, inputs)):
                 return value
     return None

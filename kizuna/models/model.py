@@ -16,6 +16,7 @@ by overriding it (`kizuna.models.GAN` takes its discriminator's steps there). `f
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import numbers
@@ -36,6 +37,7 @@ from kizuna._io import make_folder
 from kizuna.distributions.base import data_dtype_references
 from kizuna.distributions.torch_dist import validation
 from kizuna.formula.expr import Loss, _term_mean, values_dict
+from kizuna.formula.memo import module_registrations
 from kizuna.models import checkpoint as ckpt
 from kizuna.models import distributed as ddp
 from kizuna.models.batches import prepare
@@ -259,6 +261,7 @@ class Model:
         self.validate = validate
         self.retain_graph = bool(retain_graph)
         self._params = params
+        self._held = self._held_parameters()
         # the data's device (`device`), and their dtype where no distribution holds a floating tensor: the first
         # trainable parameter's, as before frozen parameters joined the optimizer (a frozen int64 index table or float64
         # constant listed first converted every batch to its dtype); the first floating one where none is trainable yet
@@ -405,18 +408,22 @@ class Model:
         return self._forward_writers()[0]
 
     def _forward_writers(self) -> tuple[list[torch.Tensor], list[nn.Module]]:
-        """`_updated_in_forward`'s tensors, and the ActNorm layers among their modules (found once)."""
+        """`_updated_in_forward`'s tensors, and the ActNorm layers among their modules. The modules are found once,
+        and again after a module was registered anywhere (`module_registrations`: a batch-norm layer replaced after
+        the first step); their tensors are read from them at each call: a conversion of the networks (``.double()``,
+        ``.to(device)``) replaces every buffer, and the tensors found at the first step were the dead ones (a refused
+        step put the statistics back into them and left the bad batch's in the live layers)."""
+        count = module_registrations()
         found = self.__dict__.get("_forward_state")
-        if found is None:
+        if found is None or found[0] != count:
             from kizuna.flows.normalization import ActNorm, _BatchNorm
 
             kinds = (nn.modules.batchnorm._NormBase, _BatchNorm, ActNorm)
             modules = [m for m in {id(m): m for m in (*self.distributions.modules(), *self.loss_cls.modules())
                                    }.values() if isinstance(m, kinds)]
-            tensors = list({id(t): t for m in modules
-                            for t in (*m._buffers.values(), *m._parameters.values()) if t is not None}.values())
-            found = self.__dict__["_forward_state"] = (tensors, [m for m in modules if isinstance(m, ActNorm)])
-        return found
+            found = self.__dict__["_forward_state"] = (count, [d for m in modules for d in (m._buffers, m._parameters)],
+                                                       [m for m in modules if isinstance(m, ActNorm)])
+        return [t for t in itertools.chain.from_iterable(map(dict.values, found[1])) if t is not None], found[2]
 
     def _kept_forward(self) -> Callable[[], None]:
         """What a training-mode forward writes (`_updated_in_forward`) kept as it is now; the function returned puts it
@@ -435,8 +442,53 @@ class Model:
 
         return restore
 
+    def _held_parameters(self) -> tuple[list[dict[str, Any]], list[str], list[nn.Parameter], list[str]]:
+        """Where each trained distribution holds the optimizer's parameters now: the ``_parameters`` dicts, the names
+        in them, the parameters, and each one's name for an error (the distribution and the path in it), for
+        `_check_held`."""
+        trained = {id(p) for p in self._trained_parameters()}
+        held: tuple[list[Any], list[str], list[nn.Parameter], list[str]] = ([], [], [], [])
+        for dist in self.distributions:
+            label = str(getattr(dist, "prob_text", type(dist).__name__))
+            for path, module in dist.named_modules():
+                for name, p in module._parameters.items():
+                    if p is not None and id(p) in trained:
+                        for kept, value in zip(held, (module._parameters, name, p,
+                                                      f"{path + '.' if path else ''}{name} of {label}")):
+                            kept.append(value)
+        return held
+
+    def _check_held(self) -> None:
+        """Raise if a trained distribution holds a plain tensor where it held the optimizer's parameter: a
+        ``torch.func.functional_call`` over a module that reaches the distribution by several paths (every kizuna
+        loss does) leaves the tensors it was given in their place (pytorch/pytorch#164759), and the steps went on
+        without changing the distribution, silently. One identity check per parameter (a parameter replaced by
+        another ``nn.Parameter``, or moved by ``torch.nn.utils.parametrize``, is the user's change: left out of
+        the check from then on)."""
+        held = self.__dict__.get("_held")
+        if held is None:  # (a model pickled before the check)
+            held = self.__dict__["_held"] = self._held_parameters()
+        dicts, names, params, labels = held
+        if all(map(operator.is_, map(dict.get, dicts, names), params)):
+            return
+        now = list(map(dict.get, dicts, names))
+        bad = [f"{label} (a {type(t).__name__}{' with requires_grad=False' if not t.requires_grad else ''})"
+               for t, p, label in zip(now, params, labels)
+               if t is not p and isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter)]
+        if bad:
+            raise RuntimeError(
+                f"Model: the trained distributions hold plain tensors where the optimizer's parameters were: "
+                f"{'; '.join(bad[:4])}{f' and {len(bad) - 4} more' if len(bad) > 4 else ''}. The steps would no "
+                "longer change them. A torch.func.functional_call over a kizuna loss leaves the tensors it was given "
+                "in place of the parameters of a distribution the loss holds at several module paths "
+                "(pytorch/pytorch#164759): call functional_call on a module that holds each distribution once "
+                "(docs/training.md, 'torch.func'), or put the parameters back (setattr(module, name, parameter), with "
+                "the optimizer's parameter)")
+        self.__dict__["_held"] = tuple([v for v, t, p in zip(kept, now, params) if t is p] for kept in held)
+
     def _optimise(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                   ) -> tuple[torch.Tensor, float, dict[str, float]]:
+        self._check_held()
         state = self._updated_in_forward()
         compiled = self._compiles(self.loss_cls)
         if not state and not compiled:
