@@ -235,3 +235,38 @@ def test_lru_cache_sees_forward_hooks() -> None:
     finally:
         handle.remove()
     assert torch.equal(q.get_params({"x": x})["loc"], plain)
+
+
+def test_the_schedule_under_torch_func_and_with_betas_that_require_grad():
+    """Diff review 5: the exact-betas shortcut (`_betas64`) gave a zero gradient at the schedule's own betas under
+    ``torch.func.grad`` (52.48 by autograd in float64), served ``vmap`` over two schedules the first one's table, and a
+    buffer made to require grad after its table was kept got no gradient (a second backward failed)."""
+    from torch.func import functional_call, grad, vmap
+
+    from kizuna.distributions import DiffusionSchedule
+
+    class W(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = DiffusionSchedule.linear(10)
+
+        def forward(self):
+            return self.s._table()[1:, 2].sum()
+
+    w = W()
+    b = w.s.betas.detach().clone()
+
+    def f(betas):
+        return functional_call(w, {"s.betas": betas}, ())
+
+    b64 = b.double().requires_grad_()
+    want, = torch.autograd.grad(torch.cumprod(1 - b64, 0).sum(), b64)
+    assert torch.allclose(grad(f)(b).double(), want, rtol=1e-5)
+    both = vmap(f)(torch.stack([b, b * 1.5]))
+    assert torch.equal(both, torch.stack([f(b), f(b * 1.5)]))
+    s = DiffusionSchedule.linear(20)
+    s.alpha_bar()  # the table kept
+    s.betas.requires_grad_(True)
+    for _ in range(2):
+        (s.alpha_bar().sum() + s.alpha_bar().sum()).backward()
+    assert s.betas.grad is not None and s.betas.grad.abs().sum() > 0

@@ -168,11 +168,13 @@ class DiffusionSchedule(nn.Module):
     def _betas64(self) -> Tensor:
         """The betas in float64 on their device: the exact numbers given (`_exact_betas`: numbers, `linear`, `cosine`)
         where the buffer still holds them in its dtype, else the betas as they are (a learnable schedule's, a changed
-        or loaded buffer's). While ``torch.compile`` traces, the choice is a ``torch.where`` on the device (a host read
+        or loaded buffer's, betas that require grad, which must reach them, and betas of a ``torch.func`` transform).
+        While ``torch.compile`` traces, the choice is a ``torch.where`` on the device (a host read
         of the comparison broke the graph)."""
         betas, exact = self.betas, self.__dict__.get("_exact_betas")
-        if exact is None or type(betas) is not Tensor or betas.is_meta or exact.shape != betas.shape:
-            return betas.double()
+        if exact is None or type(betas) is not Tensor or betas.is_meta or exact.shape != betas.shape \
+                or betas.requires_grad or not torch.compiler.is_compiling() and _is_transformed(betas):
+            return betas.double()  # (betas with gradients, or of a torch.func transform: vmap cannot branch on them)
         held = betas == exact.to(dtype=betas.dtype, device=betas.device)
         if torch.compiler.is_compiling():
             return torch.where(held.all(), exact.to(device=betas.device), betas.double())
@@ -193,13 +195,15 @@ class DiffusionSchedule(nn.Module):
         tensor (a replaced one, ``schedule.betas = t``, ``load_state_dict(..., assign=True)``, ``functional_call``,
         started at version 0 too and was served the old table), at the same in-place version, on the same storage (a
         reassigned ``.data``): `_key_of`. Computed each call, not kept, from betas of a ``torch.func`` transform
-        (``grad``, ``vmap``: no storage to key on, and a table of them must not outlive the transform); computed in the
+        (``grad``, ``vmap``: no storage to key on, and a table of them must not outlive the transform) and from betas
+        that require grad (a tensor given to ``functional_call``: a kept table held its graph); computed in the
         graph while ``torch.compile`` traces (the buffer's in-place version, `_version`, cannot be read there: dynamo
         breaks the graph at ``is_inference``), the same numbers."""
         betas, table = self.betas, self._constants
         if type(betas) is not Tensor and isinstance(betas, nn.Parameter) \
-                or torch.compiler.is_compiling():  # the type test first: isinstance is slow
-            return self._compute_constants()
+                or torch.compiler.is_compiling() or betas.requires_grad:  # the type test first: isinstance is slow
+            return self._compute_constants()  # (betas that require grad: a kept table held their graph, and a second
+            # backward through it failed; a buffer made to require grad after its table was kept got no gradient)
         seen, version, address = self.__dict__.get("_constants_key", _NO_KEY)  # (none: pickled by kizuna < 0.47)
         # (version None: an inference tensor put in by hand, whose changes cannot be seen; betas of a transform are
         # never the tensor seen, `_key_of`)
