@@ -278,8 +278,8 @@ def test_a_half_precision_ddpm_takes_half_precision_data(half):
 
 
 def test_a_bfloat16_network_keeping_its_layernorm_in_float32_takes_bfloat16_input():
-    """Mixed precision by hand (the network in bfloat16, its LayerNorm in float32): the encoder takes the dtype of
-    most of its parameters, its first layer's; the widest fed it float32 data, which it refused."""
+    """Mixed precision by hand (the network in bfloat16, its LayerNorm in float32): the encoder takes its first
+    layer's dtype (bfloat16); the widest fed it float32 data, which it refused."""
 
     class Enc(Normal):
         def __init__(self):
@@ -298,3 +298,20 @@ def test_a_bfloat16_network_keeping_its_layernorm_in_float32_takes_bfloat16_inpu
     model = Model(KullbackLeibler(q, prior).mean(), distributions=[q])
     assert model.dtype == torch.bfloat16
     assert torch.isfinite(model.train({"x": torch.rand(5, 12)}))
+
+
+def test_a_frozen_first_layer_decides_and_an_epsilon_network_converted_alone_gets_its_dtype():
+    """The last look of stop 47: an encoder whose float32 first layer is frozen before a trained bfloat16 trunk took
+    the trunk's dtype (the first *trainable* parameter) and failed; a DDPM whose ε-network alone was converted to
+    bfloat16 took the float32 schedule's marker."""
+    torch.manual_seed(0)
+    q = _Stem()
+    q.trunk.bfloat16(), q.head.bfloat16()
+    q.stem.requires_grad_(False)
+    p, prior = _Dec(), _prior()
+    loss, model = _vae(q, p, prior, [q, p, prior])
+    assert model.dtype == F32 == _dtype(["x"], prior, q, p)
+    assert torch.isfinite(model.train({"x": torch.randn(8, 4)}))
+    rev, loss = _ddpm(torch.bfloat16)
+    rev.eps_net.bfloat16()
+    assert Model(loss, distributions=[rev]).dtype == torch.bfloat16

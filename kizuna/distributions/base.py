@@ -220,10 +220,12 @@ def data_dtype_references(names: Iterable[str], modules: Sequence[nn.Module], tr
     plain network given to a use, e.g. `coherence`'s classifier). A module holding no distribution (a learned loss
     coefficient) is no reader. In the group chosen, `dtype_references` picks the tensors (parameters before buffers).
     Where the readers hold buffers only, their buffers decide together with the parameters of ``modules`` (the
-    widest of both), and a module that keeps its data's dtype in a ``_dtype_of_data`` marker (a `DiffusionSchedule`,
-    whose table stays float32 at least) counts by its marker: in a DDPM or NCSN loss the only factor taking the data
-    as a condition is the forward noise kernel, whose noisy data reach the network (the kernel's float32 buffers made
-    a float64 network get float32 data, and a bfloat16 one float32 data).
+    widest of both); a module that keeps its data's dtype in a ``_dtype_of_data`` marker (a `DiffusionSchedule`, whose
+    table stays float32 at least) counts by its marker, and where the readers hold markers only the networks'
+    parameters decide, the markers only without any: in a DDPM or NCSN loss the only factor taking the data as a
+    condition is the forward noise kernel, whose noisy data reach the network (the kernel's float32 buffers made a
+    float64 network get float32 data, and a bfloat16 one float32 data). An encoder's first parameter counts whether
+    it is trained or frozen (its first layer reads the data either way).
 
     Conditions first, so a bfloat16 encoder beside a float32 decoder gets bfloat16 data (the widest of both fed the
     encoder float32 data, which it refused). The widest over the readers, not the first, so the choice does not
@@ -239,13 +241,17 @@ def data_dtype_references(names: Iterable[str], modules: Sequence[nn.Module], tr
     inputs = [f for f in factors if names & set(f.cond_var)]
     scorers = [f for f in factors if names & set(f.var)]
     for group, first_only in ((inputs, True), (scorers, False)):
-        refs = dtype_references(group, trainable_first, buffers=False, first_only=first_only)
+        # (an encoder's first layer reads the data, trained or frozen: all its parameters, its network's first)
+        refs = dtype_references(group, trainable_first and not first_only, buffers=False, first_only=first_only)
         if refs:
             return refs
         refs = dtype_references(group, trainable_first)  # readers holding buffers only: theirs, widened by the
         if refs:  # networks' parameters (a DDPM's noise kernel, whose noisy data reach the network)
-            return refs + [t for t in dtype_references(modules, trainable_first, buffers=False)
-                           if not any(t is r for r in refs)]
+            nets = [t for t in dtype_references(modules, trainable_first, buffers=False)
+                    if not any(t is r for r in refs)]
+            if nets and all(r.numel() == 0 for r in refs):  # markers only (a schedule's `_dtype_of_data`, float32 by
+                return nets  # default): the networks decide (an ε-network converted alone to bfloat16 or float64)
+            return refs + nets
     return dtype_references(modules, trainable_first)
 
 
@@ -259,8 +265,8 @@ def dtype_references(modules: Iterable[nn.Module], trainable_first: bool = False
     (docs/training.md), while frozen readers alone (a frozen pretrained encoder) still decide. Without ``buffers``,
     parameters only. With ``first_only``, one parameter per module, the first of its network (its submodules'
     parameters before its own, `_NetworkFirst`): the dtype of a network that takes the data as input is its first
-    layer's (a bfloat16 network that keeps its LayerNorms in float32 takes bfloat16 input, a float32 input layer
-    before a bfloat16 trunk float32, whatever the dtype of most elements; a float32 scale held by the distribution
+    layer's (a bfloat16 network that keeps its LayerNorms in float32 takes bfloat16 input, and a float32 input layer
+    before a bfloat16 trunk float32 input, whatever the dtype of most elements; a float32 scale held by the distribution
     itself does not decide for its float64 network).
 
     One tensor per module and dtype, not all: `Model.dtype` reads them on every step (reading the dtype of every

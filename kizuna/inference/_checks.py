@@ -24,8 +24,9 @@ def require(x_dict: Mapping[str, Any], names: Iterable[str], who: str) -> None:
 
 def in_model_dtype(x_dict: Mapping[str, Any], *dists: Any) -> dict[str, Any]:
     """Floating data in the floating dtype of the distributions that read them (`model_dtype`: of the factors whose
-    ``var`` or ``cond_var`` holds a variable of ``x_dict``, not of a prior that never sees the data, the widest of
-    their floating parameters', else of their floating buffers'; float32 data for a float64 model)."""
+    ``var`` or ``cond_var`` holds a variable of ``x_dict``, not of a prior that never sees the data: each encoder by
+    its network's first parameter, else each decoder by its widest, `data_dtype_references`; float32 data for a
+    float64 model)."""
     dtype = model_dtype(x_dict, *dists)
     if dtype is None:
         return dict(x_dict)

@@ -26,9 +26,9 @@ returned to its own mode afterwards. The ELBO score takes any encoder it can sam
 discrete latents included; the IWAE score needs a reparameterisable one (see `log_likelihood`).
 A ``p_joint`` conditioned on a latent that ``q`` draws (the decoder :math:`p(x|z)` without its prior
 :math:`p(z)`) is refused by both methods, as `log_likelihood` refuses it: it has no :math:`p(x)`.
-Floating data is converted to the floating dtype of the distributions that read it (the decoder and
-the encoder, not the prior: the widest of their floating parameters' dtypes, else of their floating
-buffers') and each batch moved to the models' device; data with no rows,
+Floating data is converted to the floating dtype of the distributions that read it (not the prior: each
+encoder that takes it as input by its network's first parameter, else each decoder by its widest parameter;
+docs/uses.md) and each batch moved to the models' device; data with no rows,
 or a NaN or infinite entry (named by variable, row and column), is refused by both methods, and so
 is a row outside the model's support (a count of 2.5 under a Poisson decoder), in whichever batch
 it is.

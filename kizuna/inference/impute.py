@@ -25,8 +25,8 @@ p(z|x_{obs})\,dz`. Two samplers are offered:
 Both return an `Imputation`: conditional samples and the posterior mean, observed entries
 kept as given. Missing entries of the input may hold anything, NaN included. As in
 `kizuna.inference.anomaly_score`, floating data is converted to the floating dtype of the distributions
-that read it (the decoder and the encoder, not the prior: the widest of their floating parameters'
-dtypes, else of their floating buffers'; integer data of the masked variable too, and ``init``) and
+that read it (not the prior: each encoder that takes it as input by its network's first parameter, else each
+decoder by its widest parameter, docs/uses.md; integer data of the masked variable too, and ``init``) and
 moved to the models' device, where the results are; tensors the models do not read may be scalars. The data
 may be tensors, numpy arrays or (nested) lists of numbers, and the mask a boolean tensor, numpy array or nested list
 of booleans, as `kizuna.inference.anomaly_score` and `kizuna.metrics.log_likelihood` take the data.

@@ -145,8 +145,8 @@ def infer_latent(encoders: Encoders, x_dict: Mapping[str, Any], sample: bool = F
 
     The encoder runs in eval mode (dropout off, batch norm on its running statistics, which stay unchanged; each
     module is returned to its own mode afterwards); floating data is converted to the floating dtype of the encoder's
-    factors that read it (the widest of their floating parameters' dtypes, else of their floating buffers': float64
-    experts without parameters get float64 data beside a product's own float32 :math:`\mathcal N(0, I)` buffers) and
+    factors that read it (each by its network's first parameter, docs/uses.md; experts without parameters by their
+    buffers: float64 experts get float64 data beside a product's own float32 :math:`\mathcal N(0, I)` buffers) and
     moved to its device, as `kizuna.inference.anomaly_score` does (tensors, numpy arrays and lists of numbers).
 
     Args:
