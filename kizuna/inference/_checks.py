@@ -50,8 +50,11 @@ def _numbers(value: Any) -> Tensor | None:
     """``value`` as a tensor (numpy's dtype) where it is a numpy array or a (nested) list of numbers (booleans,
     integers, floats); None otherwise (a ragged list, strings, objects, complex numbers, anything else)."""
     if isinstance(value, list):
-        if _holds_tensors(value):  # (numpy's "Can't call numpy() on Tensor that requires grad", or a bf16 /
-            return None  # meta / CUDA tensor read as ragged: refused by name in `batch_rows`)
+        if _holds_tensors(value):  # a list of rows as tensors: stacked (numpy failed on those that require grad, and
+            try:  # read bf16 / meta / CUDA ones as ragged); rows of different shapes are refused by name
+                return torch.stack(value) if all(isinstance(v, Tensor) for v in value) else None
+            except RuntimeError:
+                return None
         try:
             value = np.asarray(value)
         except (ValueError, TypeError):  # ragged: numpy's "inhomogeneous shape"
@@ -78,7 +81,7 @@ def _given_as(value: Any) -> str:
         return f"a numpy array of dtype {value.dtype}"
     if isinstance(value, list):
         if _holds_tensors(value):
-            return "a list of tensors (stack them into one tensor: torch.stack)"
+            return "a list of tensors that torch.stack cannot stack (rows of different shapes, or not all tensors)"
         try:
             kind = np.asarray(value).dtype
         except ValueError:
