@@ -183,3 +183,42 @@ def test_the_torch_func_recipe_gives_the_per_sample_gradients_of_a_loop_and_leav
     before = kept["distributions.0.net.0.weight"].detach().clone()
     model.train({"x": x})
     assert not torch.equal(kept["distributions.0.net.0.weight"].detach(), before)
+
+
+def test_a_scripted_network_trains_and_a_layer_replacing_its_buffer_runs_once() -> None:
+    """Diff review 6: a distribution holding a ``torch.jit.script`` network could not train (the held-parameter check
+    read the ScriptModule's dict wrapper with ``dict.get``); a layer that reassigns one of its buffers in its forward
+    ran twice per evaluation (the memo recorded the tensors held before the forward, so the next read missed)."""
+    from torch import nn
+
+    from kizuna.distributions import Normal
+    from kizuna.losses import Expectation, KullbackLeibler, LogProb
+    from kizuna.models import Model
+
+    class Counted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 4)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls = self.calls + 1  # a buffer replaced, as a running statistic written `self.rm = ...` is
+            return self.lin(x)
+
+    for net in (torch.jit.script(nn.Linear(3, 4)), Counted()):
+        class Q(Normal):
+            def __init__(self, net):
+                super().__init__(var=["z"], cond_var=["x"], name="q")
+                self.net = net
+
+            def forward(self, x):
+                h = self.net(x)
+                return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:]) + 0.1}
+
+        q = Q(net)
+        prior = Normal(var=["z"], loc=torch.zeros(2), scale=torch.ones(2), features_shape=[2], name="p")
+        loss = (KullbackLeibler(q, prior) - Expectation(q, LogProb(prior))).mean()
+        model = Model(loss, distributions=[q])
+        assert torch.isfinite(model.train({"x": torch.randn(5, 3)}))
+        if isinstance(net, Counted):
+            assert net.calls.item() == 1

@@ -330,6 +330,8 @@ def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Calla
         mode, held = _recorded(owner)
     grad = _grad_enabled()
     value = compute(*args)
+    if held is not None:  # (the tensors held once the computation finished: a buffer the owner's forward reassigned)
+        held = held[0], [t for d in held[0] for t in d.values()]
     memo.append((owner, tag, inputs, value, grad, mode, held))
     return value
 

@@ -451,6 +451,8 @@ class Model:
         for dist in self.distributions:
             label = str(getattr(dist, "prob_text", type(dist).__name__))
             for path, module in dist.named_modules():
+                if type(module._parameters) is not dict:  # (a ScriptModule's wrapper: functional_call cannot reach it)
+                    continue
                 for name, p in module._parameters.items():
                     if p is not None and id(p) in trained:
                         for kept, value in zip(held, (module._parameters, name, p,
