@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+from example_loader import load_example
 from torch import nn
 
 from kizuna.distributions import (
@@ -21,7 +22,6 @@ from kizuna.distributions import (
     DiffusionSchedule,
     FlowMatching,
     Laplace,
-    Normal,
     validation,
 )
 from kizuna.distributions.flow_matching import divergence
@@ -58,15 +58,6 @@ def ddpm_loss() -> tuple[Callable[[dict], torch.Tensor], Callable[[int], dict]]:
     return loss.eval, lambda seed: {"x_0": torch.randn(8, 3, generator=torch.Generator().manual_seed(seed))}
 
 
-class NoiseKernel(Normal):
-    def __init__(self, sigmas: torch.Tensor) -> None:
-        super().__init__(var=["x_tilde"], cond_var=["x", "i"], name="q")
-        self.register_buffer("sigmas", sigmas)
-
-    def forward(self, x: torch.Tensor, i: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loc": x, "scale": (i @ self.sigmas)[:, None].expand_as(x)}
-
-
 class ScoreNet(Deterministic):
     def __init__(self, sigmas: torch.Tensor, d: int = 3) -> None:
         super().__init__(var=["s"], cond_var=["x_tilde", "i"], name="s")
@@ -81,7 +72,7 @@ def ncsn_loss() -> tuple[Callable[[dict], torch.Tensor], Callable[[int], dict]]:
     torch.manual_seed(0)
     sigmas = torch.logspace(0, -1.5, 4)
     levels = Categorical(var=["i"], probs=torch.full((4,), 0.25), name="u")
-    loss = Expectation(levels, denoising_score_matching(ScoreNet(sigmas), NoiseKernel(sigmas),
+    loss = Expectation(levels, denoising_score_matching(ScoreNet(sigmas), load_example("score").NoiseKernel(sigmas),
                                                         noise_weighting=True)).mean()
     return loss.eval, lambda seed: {"x": torch.rand(8, 3, generator=torch.Generator().manual_seed(seed))}
 
