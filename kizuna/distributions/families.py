@@ -404,6 +404,21 @@ class Categorical(TorchDistribution):
     torch_class = _TorchOneHotCategorical
     param_names = ("probs", "logits")
 
+    def _check_support(self, value: Tensor, dist: D.Distribution) -> None:
+        """See `TorchDistribution._check_support`; a relaxed draw (rows of non-negative numbers adding up to 1 that
+        are not one-hot: a `RelaxedCategorical` / Gumbel-softmax variable) is named, with the remedy (it was "outside
+        the support (OneHot())", which named no cause; scored without the check, it counts as log π of its argmax)."""
+        try:
+            super()._check_support(value, dist)
+        except ValueError as err:
+            if value.is_floating_point() and bool(torch.isfinite(value).all()) and bool((value >= 0).all()) \
+                    and bool(((value.sum(-1) - 1).abs() <= 1e-4).all()):
+                raise ValueError(
+                    f"{self.prob_text}: value of {self._var[0]} is a relaxed draw (rows on the simplex, not one-hot), "
+                    f"which {type(self).__name__} does not score: give its prior as a RelaxedCategorical (the same "
+                    f"probs / logits and a temperature), or score a hard one-hot (e.g. the argmax)") from err
+            raise
+
 
 class _TorchMultinomial(D.Multinomial):
     """torch's Multinomial whose inner ``Categorical`` and ``Binomial`` follow its ``validate_args``
