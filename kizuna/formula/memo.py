@@ -324,14 +324,14 @@ def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Calla
                         return value
     listed = None if _compiling() else _LISTED.get(id(owner))
     if listed is not None and not listed[1] and listed[0] == _REGISTERED[0] and not _any_autocast():
-        dicts = listed[3]  # (`_recorded`'s common case, inline: an owner with no watched module, outside autocast)
-        mode, held = owner.training, (dicts, [t for d in dicts for t in d.values()])
-    else:
+        mode, dicts = owner.training, listed[3]  # (`_recorded`'s common case, inline: an owner with no watched
+    else:  # module, outside autocast)
         mode, held = _recorded(owner)
+        dicts = None if held is None else held[0]
     grad = _grad_enabled()
     value = compute(*args)
-    if held is not None:  # (the tensors held once the computation finished: a buffer the owner's forward reassigned)
-        held = held[0], [t for d in held[0] for t in d.values()]
+    # the tensors held once the computation finished (a buffer the owner's forward reassigned), listed once, here
+    held = None if dicts is None else (dicts, [t for d in dicts for t in d.values()])
     memo.append((owner, tag, inputs, value, grad, mode, held))
     return value
 
