@@ -33,7 +33,7 @@ from kizuna._data import check_int, check_shape, computing_dtype, first_nonfinit
 from kizuna.distributions.base import Distribution, Tensor, XDict, apply_keeping_exact
 from kizuna.distributions.families import Normal
 from kizuna.distributions.flow_matching import context_of_draws, sample_n_with_context
-from kizuna.distributions.torch_dist import validation_enabled
+from kizuna.distributions.torch_dist import _is_transformed, validation_enabled
 from kizuna.formula.expr import values_dict
 from kizuna.formula.memo import memoized
 from kizuna.samplers.integrators import ancestral
@@ -305,7 +305,6 @@ def _key_of(betas: Tensor) -> tuple[Tensor | None, int | None, int | None]:
 
 
 _NO_KEY = (None, None, None)  # `_key_of` for betas that no key matches
-_is_transformed = torch._C._functorch.is_functorch_wrapped_tensor  # a tensor of grad / vmap / jvp (no storage)
 
 
 def _dtypes(table: Tensor, like: Tensor) -> tuple[torch.dtype, torch.dtype]:
