@@ -21,7 +21,7 @@ import math
 import numbers
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -415,13 +415,26 @@ def _device_key(device: torch.device) -> tuple[str, int | None]:
     return device.type, index
 
 
-def model_device(p: nn.Module, x_dict: Any = None) -> torch.device:
-    """The device ``p`` draws on: that of its first parameter or buffer, else of the first tensor of ``x_dict`` (a
-    distribution of Python functions draws beside its inputs), else torch's default device."""
-    t = next(itertools.chain(p.parameters(), p.buffers()), None)
+@overload
+def model_device(models: nn.Module | Iterable[nn.Module], x_dict: Any = None,
+                 fallback: torch.device | Literal["default"] = "default") -> torch.device: ...
+@overload
+def model_device(models: nn.Module | Iterable[nn.Module], x_dict: Any = None, *,
+                 fallback: torch.device | Literal["default"] | None) -> torch.device | None: ...
+def model_device(models: nn.Module | Iterable[nn.Module], x_dict: Any = None,
+                 fallback: torch.device | Literal["default"] | None = "default") -> torch.device | None:
+    """The models' device: that of the first parameter or buffer of ``models`` (one module, or several: each one's
+    parameters, then its buffers, in their order), else of the first tensor of ``x_dict`` (a distribution of Python
+    functions draws beside its inputs), else ``fallback``: ``"default"``, torch's default device (the device a model
+    of no tensors draws on: `drawing_from`), or a device, or None (the uses of a model: data then keep their device,
+    `kizuna.metrics.likelihood`)."""
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    t = next(itertools.chain.from_iterable(itertools.chain(m.parameters(), m.buffers()) for m in models), None)
     if t is None and isinstance(x_dict, Mapping):
         t = next((v for v in x_dict.values() if isinstance(v, Tensor)), None)
-    return t.device if t is not None else torch.get_default_device()
+    if t is not None:
+        return t.device
+    return torch.get_default_device() if isinstance(fallback, str) and fallback == "default" else fallback
 
 
 def drawing_from(p: Distribution, generator: Any, x_dict: Any, call: Callable[[], Any]) -> Any:

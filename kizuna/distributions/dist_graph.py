@@ -71,7 +71,17 @@ class GraphOptions:
         def draw(f: Any, values: dict[str, Any]) -> dict[str, Any]:
             opts = self.merged(factors.index(f), call)
             inputs = {k: values[k] for k in f.input_var if k in values}
-            return f.sample(inputs, **{k: v for k, v in opts.items() if k != "return_all"}, return_all=False)
+            try:
+                return f.sample(inputs, **{k: v for k, v in opts.items() if k != "return_all"}, return_all=False)
+            except ValueError as e:
+                shape, rows = opts.get("sample_shape"), opts.get("batch_n")
+                if not (shape and rows is not None and inputs):
+                    raise
+                raise ValueError(
+                    f"{e}. With graph options a product passes the call's sample_shape={tuple(shape)} to every factor "
+                    f"(as Pixyz does), so {f.prob_text} is given draws that already have it, beside batch_n={rows}; "
+                    "leave batch_n out (the draws fix the rows), or clear the options for draws of the whole product "
+                    "(docs/porting_from_pixyz.md, graph options)") from e
 
         new = dist._ancestral(x_dict, draw)  # the product's own loop: order, variables held fixed, inputs required
         return {**x_dict, **new} if return_all else new

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kizuna.metrics.likelihood import _device
+from kizuna.distributions.base import model_device
 from kizuna.metrics.likelihood import _dtype as model_dtype  # (the rule of log_likelihood's data)
 
 Tensor = torch.Tensor
@@ -35,7 +35,7 @@ def in_model_dtype(x_dict: Mapping[str, Any], *dists: Any) -> dict[str, Any]:
 
 def on_models(x_dict: Mapping[str, Any], *dists: Any) -> dict[str, Any]:
     """`in_model_dtype`, with the tensors moved to the models' device (where they have one)."""
-    device = _device(*dists)
+    device = model_device(dists, fallback=None)
     return {k: v.to(device) if isinstance(v, Tensor) and device is not None else v
             for k, v in in_model_dtype(x_dict, *dists).items()}
 

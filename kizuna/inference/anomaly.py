@@ -43,11 +43,12 @@ from typing import Any
 import torch
 
 from kizuna._data import check_int, first_nonfinite, one_number
+from kizuna.distributions.base import model_device
 from kizuna.formula.expr import values_dict
 from kizuna.inference._checks import as_tensors, batch_rows, in_model_dtype, require
 from kizuna.losses import ELBO
 from kizuna.metrics import log_likelihood
-from kizuna.metrics.likelihood import _device, dims_count, require_prior
+from kizuna.metrics.likelihood import dims_count, require_prior
 
 Tensor = torch.Tensor
 METHODS = ("iwae", "elbo")
@@ -118,7 +119,7 @@ def _mean_elbo(p_joint: Any, q: Any, x_dict: Mapping[str, Tensor], k: int, batch
     n = batch_rows(x_dict, ELBO(p_joint, q).input_var, "anomaly_score")
     chunks = [min(k_chunk, k - start) for start in range(0, k, k_chunk)]
     bounds = {c: ELBO(p_joint, q, sample_shape=(c,)) for c in set(chunks)}
-    device = _device(p_joint, q)
+    device = model_device((p_joint, q), fallback=None)
     out = []
     from kizuna.modules.vae import evaluating  # (imported on use, as in log_likelihood: kizuna.modules is large)
 

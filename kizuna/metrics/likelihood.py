@@ -10,7 +10,6 @@ The ``k`` samples are drawn in chunks of ``k_chunk`` and the data in batches of
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from kizuna._data import check_int, first_nonfinite, one_number
-from kizuna.distributions.base import Distribution, data_dtype_references, widest_dtype
+from kizuna.distributions.base import Distribution, data_dtype_references, model_device, widest_dtype
 from kizuna.distributions.torch_dist import validation
 from kizuna.losses.elbo import IWAE
 from kizuna.models.batches import prepare
@@ -68,7 +67,7 @@ def log_likelihood(
     names = IWAE(p_joint, q, k=1).input_var
     require_prior(p_joint, q, "log_likelihood", "the estimate would not be log p(x)")
     chunks = [min(k_chunk, k - start) for start in range(0, k, k_chunk)]
-    device = _device(p_joint, q)
+    device = model_device((p_joint, q), fallback=None)
     dtype = _dtype(names, p_joint, q)  # the data's: that of the distributions that read them
     out = []
     probe = validate is None  # check each batch once, on one draw per row, then run unchecked
@@ -139,13 +138,6 @@ def dims_count(who: str, dims: Any) -> int:
     if int(dims) < 1:
         raise ValueError(f"{who} needs a positive number of dimensions, got {int(dims)}")
     return int(dims)
-
-
-def _device(*dists: Any) -> torch.device | None:
-    for d in dists:
-        for t in itertools.chain(d.parameters(), d.buffers()):
-            return t.device
-    return None
 
 
 def _dtype(data: Iterable[str], *dists: Any) -> torch.dtype | None:
