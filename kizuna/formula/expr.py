@@ -152,20 +152,26 @@ class Loss(nn.Module):
         return []
 
     def named(self, label: str) -> Loss:
-        """Give this term a name for the per-term report (default: its formula)."""
-        self._label = label
-        return self
+        """This term under a name for the per-term report (default: its formula): a `Named` node over this one, so
+        that one node used in two losses may carry a name in each (this node is left as it is). It has this node's
+        value (the node is computed once per evaluation, as any node), prints as this node and is reported as one
+        term. Naming a named loss again names its node anew (not a name over a name)."""
+        if not isinstance(label, str):
+            raise TypeError(f"named takes the term's label (a str), got {type(label).__name__} {label!r}")
+        return Named(self, label)
 
     @property
     def label(self) -> str:
         return self._label or str(self)
 
     def labelled_terms(self) -> dict[str, Loss]:
-        """The formula terms by label (the per-term report's keys): a node met twice is one term; two different
-        terms that print alike are told apart as ``label`` and ``label (2)`` (the second replaced the first)."""
+        """The formula terms by label (the per-term report's keys): a node met twice is one term, and so is one node
+        given the same name twice (``kl.named("KL")`` written at two places); two different terms that print alike
+        are told apart as ``label`` and ``label (2)`` (the second replaced the first)."""
         out: dict[str, Loss] = {}
         for term in self.terms():
-            if any(node is term for node in out.values()):
+            if any(node is term or (type(node) is Named and type(term) is Named and node.loss1 is term.loss1
+                                    and node._label == term._label) for node in out.values()):
                 continue
             label, k = term.label, 1
             while label in out:
@@ -635,6 +641,49 @@ class Detach(_Unary):
         return a.detach()
 
 
+class Named(_Unary):
+    """``loss.named(label)``: ``loss`` under a name for the per-term report. Its value is the loss's own (the same
+    tensor: the loss is computed once per evaluation, in the evaluation's context, however many names it has); it
+    prints as the loss, and every walk of a loss tree sees it as the loss inside (an operator that hands on the
+    loss's value; `_bare` where a walk asks for the loss itself). Attributes it lacks are read from the loss inside
+    (``E(q, f).named("recon").p``). The name is this node's, so one node named in two losses keeps each loss's name
+    (naming changed the node itself: the last name given was reported in both)."""
+
+    def __init__(self, loss: Loss, label: str) -> None:
+        super().__init__(_bare(loss))
+        self._label = label
+
+    def __getattr__(self, name: str) -> Any:
+        """nn.Module's lookup (submodules, parameters, buffers), else the loss inside's attribute."""
+        try:
+            return nn.Module.__getattr__(self, name)
+        except AttributeError:
+            inner = self.__dict__.get("loss1")
+            if inner is None or name.startswith("__"):
+                raise
+            return getattr(inner, name)
+
+    @property
+    def precedence(self) -> int:  # type: ignore[override]
+        return self.loss1.precedence
+
+    def _value(self, ctx: EvalContext) -> Tensor:
+        return ctx.value(self.loss1)
+
+    def _op(self, a: Tensor) -> Tensor:
+        return a
+
+    def _render(self, fmt: dict[str, str]) -> str:
+        return self.loss1._render(fmt)
+
+
+def _bare(loss: Loss) -> Loss:
+    """The loss inside any `Named` nodes around ``loss`` (``loss`` itself if it is not named)."""
+    while type(loss) is Named:
+        loss = loss.loss1
+    return loss
+
+
 def _integer_mean(a: Tensor, err: RuntimeError) -> Tensor:
     """The batch mean of an integer-valued term, which torch's ``mean`` refuses, as a float in the default dtype (as
     `_term_mean` reports it); called only once ``mean`` failed (``err``), which is raised for a floating tensor."""
@@ -699,6 +748,10 @@ def _operand(loss: Loss, ctx: EvalContext, constants: bool = False) -> Any:
         if loss._label is not None:  # a named constant is a reported term: its value is recorded, the number used
             ctx.value(loss)  # (its tensor was the default dtype's: 0.1 rounded to float32 in a float64 evaluation)
         return loss.value
+    if type(loss) is Named:  # the operand inside, its value recorded as the reported term (a number used as one)
+        value = _operand(loss.loss1, ctx, constants)
+        ctx.value(loss)
+        return value
     if constants:
         number = _given_number(loss, ctx)
         if number is not None:
@@ -716,6 +769,10 @@ def _given_number(loss: Loss, ctx: EvalContext) -> int | float | None:
     a float64 evaluation; so was ``abs``, ``detach``, ``mean`` or ``sum`` of a number constant or of such a parameter:
     ``LogProb(p) * Parameter("beta").abs()``.)"""
     kind = type(loss)
+    if kind is Named:  # the number inside; its value recorded as the reported term
+        number = _given_number(loss.loss1, ctx)
+        ctx.value(loss)
+        return number
     if kind is ValueLoss:
         value = loss.value
         if isinstance(value, Tensor) or not isinstance(value, numbers.Real):
@@ -763,7 +820,7 @@ def _numeric(loss: Loss) -> bool:
     its value is then a number, computed exactly (`_number`) where it meets another operand."""
     if type(loss) is ValueLoss:  # (a real number: a complex one combines as torch combines it, not folded)
         return isinstance(loss.value, numbers.Real) and not isinstance(loss.value, Tensor)
-    if type(loss) is NegLoss:
+    if type(loss) is NegLoss or type(loss) is Named:
         return _numeric(loss.loss1)
     return isinstance(loss, _Binary) and not isinstance(loss, _Elementwise) and all(loss._numeric)
 
@@ -774,6 +831,9 @@ def _number(loss: Loss, ctx: EvalContext) -> float:
     term. (Such a product was a tensor of the default dtype: 0.1 * 2 rounded to float32 in a float64 evaluation.)"""
     if type(loss) is ValueLoss:
         return _operand(loss, ctx)
+    if type(loss) is Named:  # the number inside; its value recorded as the reported term
+        ctx.value(loss)
+        return _number(loss.loss1, ctx)
     results, key = ctx.results, ~id(loss)  # computed once per evaluation, as ctx.value does (a shared constant was
     if key in results:  # computed again at every use: 2^n times for n doublings)
         return results[key]  # type: ignore[return-value]
@@ -798,7 +858,7 @@ def _of_constants(loss: Loss) -> bool:
     on the draws."""
     if type(loss) in (ValueLoss, Parameter):
         return True
-    if type(loss) is NegLoss or type(loss) in _NUMBER_UNARY:
+    if type(loss) is NegLoss or type(loss) in _NUMBER_UNARY or type(loss) is Named:
         return _of_constants(loss.loss1)
     return isinstance(loss, _Binary) and _of_constants(loss.loss1) and _of_constants(loss.loss2)
 
@@ -876,7 +936,8 @@ class _Binary(Loss):
                     if "must match the size" not in str(again):
                         raise
             hint = ""
-            if any(type(t) is ValueLoss and isinstance(t.value, Tensor) and t.value.dim() for t in (loss1, loss2)):
+            if any(type(t) is ValueLoss and isinstance(t.value, Tensor) and t.value.dim()
+                   for t in (_bare(loss1), _bare(loss2))):
                 hint = ("; a tensor constant is laid out with the rows only where its leading size is the batch's, "
                         "in an expectation's draws: pass other values in the dict, read with Parameter(name)")
             raise ValueError(f"{self}: the terms {loss1} and {loss2} have shapes {_shape_of(a)} and "
@@ -889,7 +950,7 @@ class _Binary(Loss):
     def _render(self, fmt: dict[str, str]) -> str:
         # a negative constant on the left reads the same bracketed or not (-2 * a is (-2) * a): none, as Pixyz prints
         loss1 = self.loss1
-        left = loss1._render(fmt) if type(loss1) is ValueLoss else self._wrap(loss1, fmt, self.precedence)
+        left = loss1._render(fmt) if type(_bare(loss1)) is ValueLoss else self._wrap(loss1, fmt, self.precedence)
         right = self._wrap(self.loss2, fmt, self.right_min or self.precedence)
         if right.startswith("-") and fmt[self.key].startswith("{0} "):
             # a - (-b), a - (-2 * b), a * (-2 * b): an infix operator followed by a minus sign (a negation, a negative

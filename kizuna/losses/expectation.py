@@ -67,6 +67,7 @@ from kizuna.formula.expr import (
     EvalContext,
     Loss,
     MulLoss,
+    Named,
     NegLoss,
     SubLoss,
     Tensor,
@@ -203,7 +204,7 @@ def _linear(node: Loss, memo: dict[int, str]) -> bool:
         return True
     if isinstance(node, _REDUCTIONS):
         return _kind(node.loss1, memo) == _ROW or _linear(node.loss1, memo)
-    if isinstance(node, NegLoss):
+    if isinstance(node, (NegLoss, Named)):  # (a name hands on its loss's value)
         return _linear(node.loss1, memo)
     if isinstance(node, (AddLoss, SubLoss)):
         return _linear(node.loss1, memo) and _linear(node.loss2, memo)

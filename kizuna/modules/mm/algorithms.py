@@ -7,12 +7,15 @@ by ``lengths``) is the emission of a Markov chain :math:`p(c_0 = k) = \pi_k`,
 * `transition_counts`: expected start and transition counts, exact (forward-backward, Baum-Welch) or the
   mean over ``n_samples`` exact posterior paths (forward-filtering backward-sampling);
 * `learn`: ``n_iter`` re-estimations :math:`\hat A_{ij} = (n_{ij} + \alpha) / (n_i + K\alpha)`;
-* `smooth`: the chain's message into every step and the smoothed marginals.
+* `smooth`: the chain's message into every step and the smoothed marginals;
+* `sample_chain`: a class sequence drawn from the chain itself (no evidence).
 
 The forward-backward recursions are `kizuna.modules._forward_backward`'s.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 import torch
 
@@ -59,3 +62,23 @@ def learn(startprob: Tensor, transmat: Tensor, log_emit: Tensor, lengths: Tensor
 def smooth(startprob: Tensor, transmat: Tensor, log_emit: Tensor, lengths: Tensor) -> fb.Smoothed:
     """Forward-backward: ``log_cavity`` is the chain's message into each step, ``log_gamma`` the marginals."""
     return fb.forward_backward(torch.log(startprob), torch.log(transmat), log_emit, lengths)
+
+
+def sample_chain(startprob: Tensor, transmat: Tensor, n_steps: int, generator: torch.Generator | None) -> Tensor:
+    """One class sequence of ``n_steps`` steps (N,) drawn from the chain :math:`(\\pi, A)` itself, by inverting the
+    CDF step after step: :math:`c_n` is the first class whose cumulative probability in its row (:math:`\\pi` for
+    :math:`c_0`, :math:`A_{c_{n-1}\\cdot}` after) lies strictly above :math:`u_n` times the row's total,
+    :math:`u_n \\sim U[0, 1)` from ``generator`` (on the CPU), so that a class or a transition of probability 0 is
+    never drawn (the last class of positive probability at most, where the product rounds up to the total). A chain
+    is sequential: one Python step per class, on lists (a tensor operation per step took 50 times as long)."""
+    rows = torch.cat([startprob[None], transmat]).detach().to("cpu", torch.float64)
+    k = rows.shape[1]
+    last = (k - 1 - torch.argmax((rows > 0).flip(1).to(torch.int8), 1)).tolist()
+    cums = rows.cumsum(1).tolist()
+    out, row = [], 0
+    for u in torch.rand(n_steps, generator=generator, dtype=torch.float64).tolist():
+        cum = cums[row]
+        state = min(bisect_right(cum, u * cum[-1]), last[row])
+        out.append(state)
+        row = state + 1
+    return torch.tensor(out, dtype=torch.long, device=transmat.device)

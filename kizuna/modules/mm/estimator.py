@@ -5,7 +5,8 @@ likelihoods or posteriors, one row per step, rows in data order), cut into seque
 hmmlearn. Integer labels go in as one-hot rows (``np.eye(K)[labels]``); labels given as a vector (N,) or a
 column (N, 1) are refused by name (a column of labels read as one class's evidence had zero probability).
 ``fit`` learns the start and transition probabilities with the evidence as fixed emissions
-(`kizuna.modules.mm.algorithms.learn`), ``predict_proba`` smooths: :math:`p(c_n = k | \lambda_{1:N})`.
+(`kizuna.modules.mm.algorithms.learn`), ``predict_proba`` smooths: :math:`p(c_n = k | \lambda_{1:N})`, and
+``sample`` draws a class sequence from the learnt chain (as the other classical modules' ``sample``).
 
 >>> ev = torch.tensor([[0.9, 0.1]] * 5 + [[0.2, 0.8]] * 5, dtype=torch.float64)
 >>> chain = MarkovChain(n_iter=20).fit(ev)
@@ -15,6 +16,7 @@ column (N, 1) are refused by name (a column of labels read as one class's eviden
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,7 @@ from kizuna.modules import _forward_backward as fb
 from kizuna.modules.estimator import Estimator
 from kizuna.modules.hmm.emissions import as_sequences, check_distributions
 from kizuna.modules.mm import algorithms as algo
+from kizuna.modules.rng import generator_for
 from kizuna.modules.validation import as_matrix, check_n_features
 
 Tensor = torch.Tensor
@@ -38,15 +41,17 @@ class MarkovChain(Estimator):
         alpha: Dirichlet concentration of each row of :math:`A` and of :math:`\\pi`.
         n_iter: re-estimation iterations per ``fit`` (per ``update`` in a graph).
         transmat, startprob: initial (or, with ``n_iter=0``, fixed) :math:`A` and :math:`\\pi`; default uniform.
+        random_state: seed of `sample` (see `kizuna.modules.rng`).
     """
 
     transmat_: Tensor | None = None  # set by fit (class defaults keep __init__ to the parameters)
     startprob_: Tensor | None = None
+    random_state: int | torch.Generator | None = None  # (a chain pickled before `sample`: torch's global stream)
 
     def __init__(self, n_states: int | None = None, *, alpha: float = 1.0, n_iter: int = 10, transmat: Any = None,
-                 startprob: Any = None) -> None:
+                 startprob: Any = None, random_state: int | torch.Generator | None = None) -> None:
         self.n_states, self.alpha, self.n_iter = n_states, alpha, n_iter
-        self.transmat, self.startprob = transmat, startprob
+        self.transmat, self.startprob, self.random_state = transmat, startprob, random_state
 
     @property
     def _owner(self) -> str:
@@ -133,3 +138,18 @@ class MarkovChain(Estimator):
         log_emit, lengths = self._evidence(X, lengths)
         p, a = self._chain(log_emit.shape[1], log_emit)
         return float(fb.forward_log_likelihood(torch.log(p), torch.log(a), log_emit, lengths).sum())
+
+    def sample(self, n_samples: int = 1, random_state: int | torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """One class sequence of length ``n_samples`` drawn from the chain ``startprob_``, ``transmat_``
+        (`kizuna.modules.mm.algorithms.sample_chain`): ``(X, states)``, as hmmlearn's and the HMM's ``sample``, with
+        ``X`` the states' one-hot evidence (N×K, the rows `fit` and `predict` read) and ``states`` (N,), from the
+        stream of ``random_state`` (default: the estimator's). ``n_samples`` must be a positive int (as the HMM's)."""
+        self._check_fitted()
+        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"{self._owner}: n_samples must be a positive int, got {n_samples!r}")
+        held = torch.as_tensor(self.transmat_)  # (assigned by hand as an array too, as the HMM's parameters)
+        like = held.to(fb.computing_dtype(held.dtype)) if held.is_floating_point() else held.double()
+        p, a = self._chain(like.shape[-1], like.cpu())  # checked: rows that are distributions, shapes that agree
+        g = generator_for(self.random_state if random_state is None else random_state, "cpu")
+        states = algo.sample_chain(p, a, int(n_samples), g).to(held.device)
+        return torch.nn.functional.one_hot(states, a.shape[0]).to(like.dtype), states

@@ -59,6 +59,8 @@ class MM(ClassModule, MarkovChain):
         transmat, startprob: initial (or, with ``learnable=False``, fixed) :math:`A` and :math:`\\pi`;
             default uniform.
         category: reference labels, for ``accuracy`` / ``ari`` / ``nmi`` only.
+        random_state: seeds the module's own stream (``update()`` without a context) and `sample` (a class sequence
+            drawn from the learnt chain, `MarkovChain.sample`).
 
     Attributes:
         transmat_, startprob_: the current estimates.
@@ -94,7 +96,8 @@ class MM(ClassModule, MarkovChain):
                  random_state: int | torch.Generator | None = None) -> None:
         # ClassModule needs a size now; with n_states=None it is set from the child at the first update
         ClassModule.__init__(self, n_states if n_states is not None else 1, category, name, learnable, random_state)
-        MarkovChain.__init__(self, n_states, alpha=alpha, n_iter=n_iter, transmat=transmat, startprob=startprob)
+        MarkovChain.__init__(self, n_states, alpha=alpha, n_iter=n_iter, transmat=transmat, startprob=startprob,
+                             random_state=random_state)
         self.lengths, self.n_samples, self.n_particles = lengths, n_samples, n_particles
         self._validate()
 
