@@ -8,6 +8,10 @@ library imports it. The networks-as-distributions they use are the library's
 * `standard_normal`: the prior :math:`\\mathcal N(0, I)`.
 * `binary_images`: binarised train/test images (digits in smoke runs, MNIST or Fashion-MNIST
   otherwise).
+* `images`: grey train/test images in [0, 1] (digits or Fashion-MNIST), the GAN, diffusion, score and
+  energy-based examples' data; `GREY_LEVELS`: their numbers of grey levels.
+* `c2st`: classifier two-sample test accuracies, the generated images first rounded to the data's grey
+  levels (those examples' sample check).
 * `bernoulli_baseline`: the log-likelihood of one independent Bernoulli per pixel, the floor
   every image model must beat.
 * `fit`: ``model.fit``, timed.
@@ -23,9 +27,11 @@ from torch.nn import functional as F
 
 from kizuna.datasets import load_digits, load_fashion_mnist, load_mnist, split
 from kizuna.distributions import Bernoulli, Normal
+from kizuna.metrics import classifier_two_sample_test
 from kizuna.models import Model
 
 Tensor = torch.Tensor
+GREY_LEVELS = {"digits": 17, "fashion": 256}  # grey levels of `images`' data: 0/16 .. 16/16, 0/255 .. 255/255
 
 
 def standard_normal(var: str, dim: int, name: str = "p_prior") -> Normal:
@@ -55,6 +61,27 @@ def binary_images(dataset: str, seed: int = 0, n_train: int | None = None, n_tes
     else:
         raise ValueError(f"binary_images: dataset must be 'digits', 'mnist' or 'fashion', got {dataset!r}")
     return x_tr[:n_train], y_tr[:n_train], x_te[:n_test], y_te[:n_test]
+
+
+def images(dataset: str, seed: int) -> tuple[Tensor, Tensor]:
+    """Train and held-out images in [0, 1], one row each: ``"digits"`` (scikit-learn, 8×8, a seeded 80/20 split)
+    or ``"fashion"`` (Fashion-MNIST's own 60,000/10,000 split; ``seed`` unused)."""
+    if dataset == "digits":
+        x, y = load_digits()
+        x_train, _, x_test, _ = split(x, y, test_fraction=0.2, seed=seed)
+        return x_train, x_test
+    if dataset == "fashion":
+        return load_fashion_mnist("train")[0], load_fashion_mnist("test")[0]
+    raise ValueError(f"unknown dataset {dataset!r}; choose 'digits' or 'fashion'")
+
+
+def c2st(real: Tensor, fake: Tensor, levels: int, seed: int,
+         classifiers: tuple[str, ...] = ("logistic", "mlp")) -> dict[str, float]:
+    """Classifier two-sample test accuracy of each of ``classifiers`` (`kizuna.metrics.classifier_two_sample_test`),
+    ``fake`` first clamped to [0, 1] and rounded to the data's ``levels`` grey levels (else a classifier tells the
+    samples from the data by their continuous pixel values alone)."""
+    fake = (fake.clamp(0, 1) * (levels - 1)).round() / (levels - 1)
+    return {kind: classifier_two_sample_test(real, fake, classifier=kind, seed=seed).accuracy for kind in classifiers}
 
 
 def bernoulli_baseline(x_train: Tensor, x_test: Tensor) -> float:

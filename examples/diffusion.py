@@ -38,8 +38,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _args import positive_int, seed_arg  # noqa: E402
+from _common import GREY_LEVELS, images  # noqa: E402
 
-from kizuna.datasets import load_digits, load_fashion_mnist, split  # noqa: E402
 from kizuna.distributions import DDPM, DiffusionDecoder, DiffusionReverse, DiffusionSchedule  # noqa: E402
 from kizuna.losses import diffusion_bound, hybrid_diffusion_loss, simple_diffusion_loss  # noqa: E402
 from kizuna.metrics import classifier_two_sample_test  # noqa: E402
@@ -48,7 +48,6 @@ from kizuna.nets import UNet  # noqa: E402
 
 SMOKE = {"dataset": "digits", "hidden": 256, "steps": 800, "batch": 128, "lr": 2e-3, "n_exact": 64, "n_eval": 150}
 FULL = {"dataset": "fashion", "hidden": 1024, "steps": 20000, "batch": 128, "lr": 5e-4, "n_exact": 300, "n_eval": 1000}
-LEVELS = {"digits": 17, "fashion": 256}
 # the U-Net of --net unet: (C, H, W), the first resolution's width and the widths' multiples per resolution
 UNETS = {"digits": ((1, 8, 8), 16, (1, 2)), "fashion": ((1, 28, 28), 32, (1, 2, 2))}
 
@@ -65,17 +64,6 @@ class EpsNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         angle = t.to(x.dtype)[:, None] * self.freq
         return self.net(torch.cat([x, angle.sin(), angle.cos()], 1))
-
-
-def images(dataset: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and held-out images in [0, 1]."""
-    if dataset == "digits":
-        x, y = load_digits()
-        x_train, _, x_test, _ = split(x, y, test_fraction=0.2, seed=seed)
-        return x_train, x_test
-    if dataset == "fashion":
-        return load_fashion_mnist("train")[0], load_fashion_mnist("test")[0]
-    raise ValueError(f"unknown dataset {dataset!r}; choose 'digits' or 'fashion'")
 
 
 def pixel_baseline_bpd(x_train: torch.Tensor, x_test: torch.Tensor, levels: int) -> float:
@@ -124,7 +112,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, net: str
         cfg["steps"] = steps
     torch.manual_seed(seed)
     x_train, x_test = images(cfg["dataset"], seed)
-    levels, x_dim = LEVELS[cfg["dataset"]], x_train.shape[1]
+    levels, x_dim = GREY_LEVELS[cfg["dataset"]], x_train.shape[1]
     schedule = DiffusionSchedule.cosine(1000) if schedule == "cosine" else DiffusionSchedule.linear(1000)
     learned = variance == "learned"
     reverse = DiffusionReverse(eps_net(net, cfg["dataset"], x_dim, cfg["hidden"], 2 if learned else 1), schedule,

@@ -32,11 +32,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _args import seed_arg  # noqa: E402
+from _common import GREY_LEVELS, c2st, images  # noqa: E402
 
-from kizuna.datasets import load_digits, load_fashion_mnist, split  # noqa: E402
 from kizuna.distributions import EnergyDistribution  # noqa: E402
 from kizuna.losses import ContrastiveDivergence  # noqa: E402
-from kizuna.metrics import classifier_two_sample_test  # noqa: E402
 from kizuna.models import Model  # noqa: E402
 from kizuna.samplers import SGLD  # noqa: E402
 
@@ -45,7 +44,6 @@ SMOKE = {"dataset": "digits", "hidden": 256, "steps": 200, "batch": 64, "lr": 1e
 FULL = {"dataset": "fashion", "hidden": 512, "steps": 1500, "batch": 64, "lr": 2e-4, "sgld_steps": 20,
         "step_size": 1.0, "noise": 0.01, "alpha": 0.1, "buffer": 10000, "n_eval": 2000,
         "classifiers": ("logistic", "mlp")}
-GREY_LEVELS = {"digits": 17, "fashion": 256}
 
 
 class Energy(nn.Module):
@@ -60,29 +58,11 @@ class Energy(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-def images(dataset: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and held-out images in [0, 1]."""
-    if dataset == "digits":
-        x, y = load_digits()
-        x_train, _, x_test, _ = split(x, y, test_fraction=0.2, seed=seed)
-        return x_train, x_test
-    if dataset == "fashion":
-        return load_fashion_mnist("train")[0], load_fashion_mnist("test")[0]
-    raise ValueError(f"unknown dataset {dataset!r}; choose 'digits' or 'fashion'")
-
-
 def auc(p: EnergyDistribution, positive: torch.Tensor, negative: torch.Tensor) -> float:
     """P(log p(x+) > log p(x-)): the Mann-Whitney AUC of the unnormalised log-density."""
     with torch.no_grad():
         a, b = p.get_log_prob({"x": positive}).numpy(), p.get_log_prob({"x": negative}).numpy()
     return float(stats.mannwhitneyu(a, b).statistic / (len(a) * len(b)))
-
-
-def c2st(real: torch.Tensor, fake: torch.Tensor, grey_levels: int, seed: int,
-         classifiers: tuple[str, ...] = ("logistic", "mlp")) -> dict[str, float]:
-    """C2ST accuracies with ``fake`` rounded to the data's grey levels."""
-    fake = (fake.clamp(0, 1) * (grey_levels - 1)).round() / (grey_levels - 1)
-    return {kind: classifier_two_sample_test(real, fake, classifier=kind, seed=seed).accuracy for kind in classifiers}
 
 
 def run(smoke: bool = False, seed: int = 0, dataset: str | None = None) -> dict[str, float]:

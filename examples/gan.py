@@ -37,18 +37,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _args import seed_arg  # noqa: E402
+from _common import GREY_LEVELS, c2st, images  # noqa: E402
 
-from kizuna.datasets import load_digits, load_fashion_mnist, split  # noqa: E402
 from kizuna.distributions import Bernoulli, Deterministic, Normal  # noqa: E402
 from kizuna.losses import AdversarialWassersteinDistance  # noqa: E402
-from kizuna.metrics import classifier_two_sample_test  # noqa: E402
 from kizuna.models import GAN  # noqa: E402
 
 SMOKE = {"dataset": "digits", "z_dim": 16, "hidden": 128, "steps": 150, "batch": 64, "lr": 1e-3, "n_eval": 350,
          "classifiers": ("logistic",)}
 FULL = {"dataset": "fashion", "z_dim": 64, "hidden": 512, "steps": 4000, "batch": 64, "lr": 2e-4, "n_eval": 5000,
         "classifiers": ("logistic", "mlp")}
-LEVELS = {"digits": 17, "fashion": 256}  # grey levels of the data
 
 
 class Generator(Deterministic):
@@ -102,24 +100,6 @@ def build(loss: str, p: Any, x_dim: int, hidden: int, lr: float) -> GAN:
     raise ValueError(f"unknown loss {loss!r}; choose 'wgan-gp' or 'js'")
 
 
-def images(dataset: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and held-out images in [0, 1], one row each."""
-    if dataset == "digits":
-        x, y = load_digits()
-        x_train, _, x_test, _ = split(x, y, test_fraction=0.2, seed=seed)
-        return x_train, x_test
-    if dataset == "fashion":
-        return load_fashion_mnist("train")[0], load_fashion_mnist("test")[0]
-    raise ValueError(f"unknown dataset {dataset!r}; choose 'digits' or 'fashion'")
-
-
-def c2st(real: torch.Tensor, fake: torch.Tensor, levels: int, seed: int,
-         classifiers: tuple[str, ...] = ("logistic", "mlp")) -> dict[str, float]:
-    """C2ST accuracies; ``fake`` is first rounded to the data's ``levels`` grey levels (see module docstring)."""
-    fake = (fake.clamp(0, 1) * (levels - 1)).round() / (levels - 1)
-    return {kind: classifier_two_sample_test(real, fake, classifier=kind, seed=seed).accuracy for kind in classifiers}
-
-
 def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, loss: str = "wgan-gp") -> dict[str, float]:
     """Train the GAN and return the C2ST accuracies of its samples (and of the references)."""
     cfg = dict(SMOKE if smoke else FULL)
@@ -132,7 +112,7 @@ def run(smoke: bool = False, seed: int = 0, dataset: str | None = None, loss: st
     model = build(loss, p, x_dim, cfg["hidden"], cfg["lr"])
     print(f"generator    : {p}\ngenerator loss: {model.loss_cls}\ndiscriminator loss: {model.d_model.loss_cls}")
 
-    real, levels, kinds = x_test[:n_eval], LEVELS[cfg["dataset"]], cfg["classifiers"]
+    real, levels, kinds = x_test[:n_eval], GREY_LEVELS[cfg["dataset"]], cfg["classifiers"]
     with torch.no_grad():
         before = c2st(real, p.sample(batch_n=n_eval)["x"], levels, seed, kinds)
     g = torch.Generator().manual_seed(seed)

@@ -18,7 +18,8 @@ Models are given as ``vae`` or ``ladder:key=value,...`` with the keys of `LADDER
 
     python examples/ladder_vae_curves.py vae ladder:depth=2,z_dims=32/4,hidden=400/50
 
-Run: ``python examples/ladder_vae_curves.py [models] [--epochs 100 --every 10 --k 100 --n-eval 300]``.
+Run: ``python examples/ladder_vae_curves.py [models] [--epochs 100 --every 10 --k 100 --n-eval 300]`` (MNIST), or
+``--smoke`` (digits, 2 epochs, every epoch reported, ``k = 10``, 100 images evaluated: seconds) to check the script.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from kizuna.losses import ELBO, IWAE, Expectation, KullbackLeibler, LogProb  # n
 from kizuna.metrics import log_likelihood  # noqa: E402
 from kizuna.models import LadderVAE  # noqa: E402
 
+FULL = {"dataset": "mnist", "epochs": 100, "every": 10, "k": 100, "n_eval": 300}
+SMOKE = {"dataset": "digits", "epochs": 2, "every": 1, "k": 10, "n_eval": 100}
 LADDER = {"z_dims": [32, 4], "hidden": [400, 50], "depth": 2, "warmup": 0, "free_nats": 0.0, "k_train": 1,
           "pretrain": 0, "merge": "product",
           "top_down": None, "dropout": 0.0, "max_prior_scale": 0.0}
@@ -160,9 +163,10 @@ class Candidate:
         return out
 
 
-def main(models: list[str], epochs: int, every: int, k: int, n_eval: int, seed: int) -> None:
+def main(models: list[str], epochs: int, every: int, k: int, n_eval: int, seed: int, dataset: str = "mnist") -> None:
+    """Train each model of ``models`` for ``epochs`` on ``dataset`` (`binary_images`), printing its curves."""
     specs = [(text, *parse_model(text)) for text in models]  # every spec checked before the data load
-    x_train, _, x_test, _ = binary_images("mnist", seed=seed)
+    x_train, _, x_test, _ = binary_images(dataset, seed=seed)
     x_eval, x_fit_eval = x_test[:n_eval], x_train[:n_eval]
     for text, kind, cfg in specs:
         torch.manual_seed(seed)
@@ -188,11 +192,17 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=model_spec, default=["vae", "ladder"],
                         help="vae or ladder:key=value,... (default: vae ladder)")
-    parser.add_argument("--epochs", type=positive_int, default=100)
-    parser.add_argument("--every", type=positive_int, default=10)
-    parser.add_argument("--k", type=positive_int, default=100, help="importance samples of the held-out log p(x)")
-    parser.add_argument("--n-eval", type=positive_int, default=300, help="held-out (and training) images evaluated")
+    parser.add_argument("--smoke", action="store_true", help="digits, 2 epochs, small evaluation (seconds; CI)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="default 100 (--smoke: 2)")
+    parser.add_argument("--every", type=positive_int, default=None, help="default 10 (--smoke: 1)")
+    parser.add_argument("--k", type=positive_int, default=None,
+                        help="importance samples of the held-out log p(x); default 100 (--smoke: 10)")
+    parser.add_argument("--n-eval", type=positive_int, default=None,
+                        help="held-out (and training) images evaluated; default 300 (--smoke: 100)")
     parser.add_argument("--seed", type=seed_arg, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    main(args.models, args.epochs, args.every, args.k, args.n_eval, args.seed)
+    cfg = dict(SMOKE if args.smoke else FULL)
+    given = {key: getattr(args, key) for key in ("epochs", "every", "k", "n_eval")}
+    cfg.update({key: value for key, value in given.items() if value is not None})
+    main(args.models, cfg["epochs"], cfg["every"], cfg["k"], cfg["n_eval"], args.seed, cfg["dataset"])

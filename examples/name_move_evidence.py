@@ -6,6 +6,7 @@ name or the article "D6": the sequential predictive log-ratio new / old of the a
 language model alone and under the slot model (mean of two seatings; the move is undone each time).
 
     python examples/name_move_evidence.py 1 0 3      # seeds (about 30 s each)
+    python examples/name_move_evidence.py --smoke    # 100 events, 3 sweeps, the first 3 pairs: seconds (CI)
 """
 
 from __future__ import annotations
@@ -30,11 +31,17 @@ from kizuna.modules.word_segmenter import WordSegmenter  # noqa: E402
 NAMES = {"kIC6n", "bEdrum", "b&Trum", "lIvIN", "l7nJ", "st^di", "hOl", "Entr6ns", "D6"}  # noise-free spellings
 
 
-def main(seeds: list[int]) -> None:
+FULL = {"events": 300, "sweeps": 20, "pairs": None}
+SMOKE = {"events": 100, "sweeps": 3, "pairs": 3}
+
+
+def main(seeds: list[int], events: int = 300, sweeps: int = 20, pairs: int | None = None) -> None:
+    """The log-ratios of each seed's name moves on a house of ``events`` teaching events after ``sweeps`` segmenter
+    sweeps; ``pairs``: only the first so many candidate pairs (None: all)."""
     torch.set_num_threads(1)
     for seed in seeds:
-        house = simulated_house(300, seed=seed)
-        seg = WordSegmenter(n_iter=20, random_state=seed).fit(house["utterance"])
+        house = simulated_house(events, seed=seed)
+        seg = WordSegmenter(n_iter=sweeps, random_state=seed).fit(house["utterance"])
         place = np.asarray(house["place"])
         resp = np.full((len(place), place.max() + 1), 0.01)
         resp[np.arange(len(place)), place] = 1.0
@@ -44,8 +51,8 @@ def main(seeds: list[int]) -> None:
         for _ in range(2):
             gibbs_sweep(seg.model_, seg.utterances_, seg.segmentation_, rng, names=names)
         print(f"seed {seed}: log p(new) - log p(old) of the affected utterances, nats")
-        pairs = candidates(seg.segmentation_, seg.max_word_length)
-        for pair in [p for p in pairs if any(n in "".join(p) for n in NAMES)]:
+        chosen = [p for p in candidates(seg.segmentation_, seg.max_word_length) if any(n in "".join(p) for n in NAMES)]
+        for pair in chosen[:pairs]:
             out = []
             for slot in (None, names):
                 values = []
@@ -63,4 +70,7 @@ def main(seeds: list[int]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("seeds", type=seed_arg, nargs="*", default=[1], help="house seeds (default: %(default)s)")
-    main(parser.parse_args().seeds)
+    parser.add_argument("--smoke", action="store_true",
+                        help="100 teaching events, 3 segmenter sweeps, the first 3 candidate pairs (seconds; CI)")
+    args = parser.parse_args()
+    main(args.seeds, **(SMOKE if args.smoke else FULL))

@@ -13,6 +13,7 @@ resampled five times on the whole segmentation; mean of three seatings), under
   ("slot given": the true name, or the glued chunk).
 
     python examples/one_name_evidence.py 1 3       # seeds (about 30 s each)
+    python examples/one_name_evidence.py --smoke   # 100 events, one seating: seconds (CI)
 """
 
 from __future__ import annotations
@@ -92,9 +93,15 @@ def joint(house: dict, resp: np.ndarray, seg: list[list[str]], slots: list, kind
     return totals
 
 
-def main(seeds: list[int]) -> None:
+FULL = {"events": 300, "repeats": 3}
+SMOKE = {"events": 100, "repeats": 1}
+
+
+def main(seeds: list[int], events: int = 300, repeats: int = 3) -> None:
+    """Each seed's joint log-probabilities, split against glued, on a house of ``events`` teaching events (mean of
+    ``repeats`` seatings)."""
     for seed in seeds:
-        house = simulated_house(300, seed=seed)
+        house = simulated_house(events, seed=seed)
         place = np.asarray(house["place"])
         resp = np.full((len(place), place.max() + 1), 0.01)
         resp[np.arange(len(place)), place] = 1.0
@@ -103,8 +110,8 @@ def main(seeds: list[int]) -> None:
         print(f"seed {seed}: {sum(a != b for a, b in zip(split, glued))} utterances glued; joint log p, nats "
               f"(split - glued)")
         for kind in ("lm", "slot", "name marginal", "name slot given"):
-            a = joint(house, resp, split, slot_split, kind)
-            b = joint(house, resp, glued, slot_glued, kind)
+            a = joint(house, resp, split, slot_split, kind, repeats)
+            b = joint(house, resp, glued, slot_glued, kind, repeats)
             diff = np.subtract(a, b)
             print(f"  {kind:16s} split {np.mean(a):9.1f}  glued {np.mean(b):9.1f}  split - glued {diff.mean():7.1f} "
                   f"(seatings {', '.join(f'{v:.1f}' for v in diff)})", flush=True)
@@ -112,5 +119,8 @@ def main(seeds: list[int]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("seeds", type=seed_arg, nargs="*", default=[1, 3], help="house seeds (default: %(default)s)")
-    main(parser.parse_args().seeds)
+    parser.add_argument("seeds", type=seed_arg, nargs="*", default=None,
+                        help="house seeds (default: 1 3; --smoke: 1)")
+    parser.add_argument("--smoke", action="store_true", help="100 teaching events, one seating (seconds; CI)")
+    args = parser.parse_args()
+    main(args.seeds or ([1] if args.smoke else [1, 3]), **(SMOKE if args.smoke else FULL))

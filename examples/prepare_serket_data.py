@@ -14,6 +14,9 @@ naka-lab/Serket (its ``examples/`` folder), then::
 * ``mMLDA/`` and ``HMM/`` copied as they are; ``VAE+GMM/category.txt`` and ``VAE+GMM+MM/category.txt``.
 
 For the tests, put (or link) ``DATA_DIR`` at ``../shared/data/serket`` beside the repository.
+
+``python examples/prepare_serket_data.py --smoke`` (seconds, CI) prepares a miniature checkout of four random
+"digits" built in a temporary folder (`miniature_checkout`) and prints what it wrote; it needs no SERKET data.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import io
 import shutil
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -71,12 +75,56 @@ def prepare(examples: str | Path, out: str | Path) -> Path:
     return out
 
 
+def miniature_checkout(root: str | Path, zipped: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
+    """Write at ``root`` the ``examples/`` folder of a Serket checkout, shrunk to four random digits: the digits
+    example's three text files (in ``VAE+GMM+MLDA/data.zip`` if ``zipped``, else in ``VAE+GMM+MLDA/data/``) and one
+    small file in each of ``mMLDA/``, ``HMM/`` and ``VAE+GMM/``. Returns the arrays written, by `DIGITS` key."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    arrays = {"image": rng.random((4, 784)), "modality2": rng.integers(0, 44, (4, 2400)), "label": np.arange(4)}
+    folder = root / "VAE+GMM+MLDA"
+    (folder / "data").mkdir(parents=True)
+    for key, (name, _) in DIGITS.items():
+        np.savetxt(folder / "data" / name, arrays[key])
+    if zipped:
+        with zipfile.ZipFile(folder / "data.zip", "w") as archive:
+            for name, _ in DIGITS.values():
+                archive.write(folder / "data" / name, f"data/{name}")
+        shutil.rmtree(folder / "data")
+    for sub, name in (("mMLDA", "histogram_w.txt"), ("HMM", "data.txt"), ("VAE+GMM", "category.txt")):
+        (root / sub).mkdir()
+        (root / sub / name).write_text("1 2 3\n")
+    return arrays
+
+
+def smoke() -> None:
+    """`prepare` on a `miniature_checkout` in a temporary folder; prints the arrays and files written."""
+    with tempfile.TemporaryDirectory() as tmp:
+        miniature_checkout(Path(tmp) / "examples")
+        written = prepare(Path(tmp) / "examples", Path(tmp) / "data")
+        print(f"SERKET example data written to {written} (a miniature checkout, removed after)")
+        with np.load(written / "mnist3000.npz") as arrays:
+            for key in DIGITS:
+                print(f"  mnist3000.npz {key:9s} {arrays[key].dtype} {arrays[key].shape}")
+        for path in sorted(p for p in written.rglob("*") if p.is_file() and p.name != "mnist3000.npz"):
+            print(f"  {path.relative_to(written)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("examples", help="the examples/ folder of a naka-lab/Serket checkout")
-    parser.add_argument("out", type=output_folder,
+    parser.add_argument("examples", nargs="?", help="the examples/ folder of a naka-lab/Serket checkout")
+    parser.add_argument("out", nargs="?", type=output_folder,
                         help="the data folder to write (then pass it as --data to the SERKET examples)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="prepare a miniature checkout built in a temporary folder (seconds; no folders given)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        if args.examples is not None:
+            parser.error("--smoke builds its own miniature checkout in a temporary folder: give no folders")
+        smoke()
+        return
+    if args.out is None:
+        parser.error("the following arguments are required: examples, out")
     try:
         written = prepare(args.examples, args.out)
     except (FileNotFoundError, ValueError) as error:  # a wrong folder is the user's, not a bug: no traceback

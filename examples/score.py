@@ -36,11 +36,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _args import seed_arg  # noqa: E402
+from _common import GREY_LEVELS, c2st, images  # noqa: E402
 
-from kizuna.datasets import load_digits, load_fashion_mnist, split  # noqa: E402
 from kizuna.distributions import Categorical, Deterministic, Normal  # noqa: E402
 from kizuna.losses import Expectation, Loss, denoising_score_matching  # noqa: E402
-from kizuna.metrics import classifier_two_sample_test  # noqa: E402
 from kizuna.models import Model  # noqa: E402
 from kizuna.samplers import annealed_langevin_dynamics  # noqa: E402
 
@@ -48,7 +47,6 @@ SMOKE = {"dataset": "digits", "hidden": 256, "levels": 8, "sigma_min": 0.03, "st
          "lr": 2e-3, "langevin_steps": 20, "eps": 1e-4, "n_eval": 300, "classifiers": ("logistic",)}
 FULL = {"dataset": "fashion", "hidden": 1024, "levels": 10, "sigma_min": 0.01, "steps": 8000, "batch": 128,
         "lr": 5e-4, "langevin_steps": 50, "eps": 5e-5, "n_eval": 1000, "classifiers": ("logistic", "mlp")}
-GREY_LEVELS = {"digits": 17, "fashion": 256}
 
 
 class NoiseKernel(Normal):
@@ -80,24 +78,6 @@ class ScoreNet(Deterministic):
         one_hot = torch.zeros(len(x), len(self.sigmas), dtype=x.dtype, device=x.device)
         one_hot[:, level] = 1
         return self(x_tilde=x, i=one_hot)["s"]
-
-
-def images(dataset: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and held-out images in [0, 1]."""
-    if dataset == "digits":
-        x, y = load_digits()
-        x_train, _, x_test, _ = split(x, y, test_fraction=0.2, seed=seed)
-        return x_train, x_test
-    if dataset == "fashion":
-        return load_fashion_mnist("train")[0], load_fashion_mnist("test")[0]
-    raise ValueError(f"unknown dataset {dataset!r}; choose 'digits' or 'fashion'")
-
-
-def c2st(real: torch.Tensor, fake: torch.Tensor, grey_levels: int, seed: int,
-         classifiers: tuple[str, ...] = ("logistic", "mlp")) -> dict[str, float]:
-    """C2ST accuracies with ``fake`` rounded to the data's grey levels."""
-    fake = (fake.clamp(0, 1) * (grey_levels - 1)).round() / (grey_levels - 1)
-    return {kind: classifier_two_sample_test(real, fake, classifier=kind, seed=seed).accuracy for kind in classifiers}
 
 
 def sample(score: ScoreNet, n: int, x_dim: int, cfg: dict, seed: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ seatings), for an alone chain's segmentation and for the true (noisy) one.
 
     python examples/slot_diagnostics.py oracle --seeds 0 1 --weights 0 0.2 0.5 --chains 3
     python examples/slot_diagnostics.py joint --seeds 0 1 2 3 4
+    python examples/slot_diagnostics.py --smoke     # both, seed 0, 100 events, short chains: seconds (CI)
 """
 
 from __future__ import annotations
@@ -66,25 +67,40 @@ def joint(house: dict, segmentation: list[list[str]], repeats: int = 3) -> float
     return float(np.mean(totals))
 
 
+# teaching events of the house, oracle sweeps, the joint diagnostic's segmenter sweeps and seatings
+FULL = {"events": 300, "sweeps": 20, "segmenter": 28, "repeats": 3}
+SMOKE = {"events": 100, "sweeps": 2, "segmenter": 3, "repeats": 1}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("oracle", "joint"))
-    parser.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1])
+    parser.add_argument("what", choices=("oracle", "joint"), nargs="?", default=None,
+                        help="the diagnostic (required but with --smoke, which runs both by default)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="100 teaching events, 2 oracle sweeps, 1 chain, a 3-sweep segmenter, 1 seating, seed 0")
+    parser.add_argument("--seeds", type=seed_arg, nargs="+", default=None, help="default 0 1 (--smoke: 0)")
     parser.add_argument("--weights", type=fraction, nargs="+", default=[0.0, 0.2, 0.5],
                         help="oracle: slot weights, each in [0, 1) (0: no slot model)")
-    parser.add_argument("--chains", type=positive_int, default=3, help="oracle: chains per setting")
+    parser.add_argument("--chains", type=positive_int, default=None,
+                        help="oracle: chains per setting (default 3; --smoke: 1)")
     args = parser.parse_args(argv)
-    for seed in args.seeds:
-        house = simulated_house(300, seed=seed)
-        if args.what == "oracle":
+    if args.what is None and not args.smoke:
+        parser.error("the following arguments are required: what (oracle or joint)")
+    cfg = SMOKE if args.smoke else FULL
+    seeds = args.seeds or ([0] if args.smoke else [0, 1])
+    chains = args.chains or (1 if args.smoke else 3)
+    for seed in seeds:
+        house = simulated_house(cfg["events"], seed=seed)
+        if args.what in ("oracle", None):
             for weight in args.weights:
-                f = [oracle(house, weight, 1000 * seed + c) for c in range(args.chains)]
+                f = [oracle(house, weight, 1000 * seed + c, cfg["sweeps"]) for c in range(chains)]
                 print(f"seed {seed} slot weight {weight}: place-name F {np.round(f, 3).tolist()} mean {np.mean(f):.3f}")
-        else:
-            chain = WordSegmenter(n_iter=28, random_state=seed).fit(house["utterance"]).segmentation_
+        if args.what in ("joint", None):
+            chain = WordSegmenter(n_iter=cfg["segmenter"], random_state=seed).fit(house["utterance"]).segmentation_
             true = true_segmentation(house)
             print(f"seed {seed}: chain's place-name F {place_name_f(house, chain):.3f}, log p(chain's segmentation) "
-                  f"{joint(house, chain):.1f}, log p(true segmentation) {joint(house, true):.1f}")
+                  f"{joint(house, chain, cfg['repeats']):.1f}, log p(true segmentation) "
+                  f"{joint(house, true, cfg['repeats']):.1f}")
 
 
 if __name__ == "__main__":

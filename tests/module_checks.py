@@ -6,7 +6,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kizuna.modules import Graph, load_module, save_module
+from kizuna.modules import ClassModule, Graph, load_module, save_module
+
+
+class PriorSource(ClassModule):
+    """A test parent: a fixed class prior (rows x classes) sent down to its children that receive a ``prior``, and
+    sent up as its own ``posterior``."""
+
+    accepts = ("posterior",)
+
+    def __init__(self, prior: Any, name: str | None = None) -> None:
+        super().__init__(prior.shape[1], name=name)
+        self.prior = prior
+
+    def _update(self, ctx: Any, forward: Any, backward: Any) -> tuple[Any, dict]:
+        self.posterior = self.prior
+        down = {c: self.message("prior", self.prior, receiver=c) for c in self.children if "prior" in c.receives}
+        return self.message("posterior", self.prior), down
 
 
 def loaded_optimiser_takes_the_modules_lr(build: Callable[[float], Any], path: Path) -> None:

@@ -11,6 +11,7 @@ import runpy
 import sys
 
 import pytest
+import torch
 from example_loader import EXAMPLES, load_example
 
 
@@ -194,3 +195,91 @@ def test_missing_data_is_a_usage_error_naming_the_guide(name, argv, message, tmp
     assert exit_.value.code == 2
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
     assert "DESIGN.md" not in (EXAMPLES / f"{name}.py").read_text()
+
+
+# --- every example takes --smoke; the analysis scripts' smoke runs ----------------------------------------------------
+
+EXAMPLE_SCRIPTS = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_"))
+REQUIRED = {"serket_gmm_on_latents": ["--latents", "DIR"]}  # an example's required arguments beside --smoke
+
+
+@pytest.mark.parametrize("name", EXAMPLE_SCRIPTS)
+def test_every_example_parses_smoke(name, monkeypatch):
+    """Every example takes ``--smoke`` (five analysis scripts refused it as an unrecognised argument)."""
+    assert len(EXAMPLE_SCRIPTS) >= 40
+    assert parsed(name, ["--smoke", *REQUIRED.get(name, [])], monkeypatch).smoke is True
+
+
+def smoke_output(name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> list[str]:
+    """The lines ``examples/<name>.py --smoke`` prints, run on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ran(name, ["--smoke"], monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+    return capsys.readouterr().out.splitlines()
+
+
+def numbers(line: str, *labels: str) -> list[float]:
+    """The number after each of ``labels`` in ``line``."""
+    return [float(line.split(label, 1)[1].split()[0].rstrip(",")) for label in labels]
+
+
+def test_ladder_vae_curves_smoke_prints_each_models_curves_and_learns(monkeypatch, capsys):
+    lines = smoke_output("ladder_vae_curves", monkeypatch, capsys)
+    assert [line.split()[1] for line in lines if line.startswith("== ")] == ["vae", "ladder"]
+    curves = [line for line in lines if "log p(x)" in line]
+    assert [int(line.split("epoch")[1].split(":")[0]) for line in curves] == [1, 2, 1, 2]
+    for first, last in (curves[:2], curves[2:]):
+        ll, elbo = numbers(last, "log p(x)", "  ELBO")
+        assert ll >= elbo - 0.01  # the IWAE bound is above the ELBO (both rounded to 0.01)
+        assert elbo > numbers(first, "  ELBO")[0]  # the held-out ELBO rises from the first epoch to the second
+    assert "prior_scale" in curves[2] and "kl2" in curves[2] and "kl2" not in curves[0]
+
+
+def test_name_move_evidence_smoke_prints_log_ratios_and_their_difference(monkeypatch, capsys):
+    lines = smoke_output("name_move_evidence", monkeypatch, capsys)
+    assert lines[0] == "seed 1: log p(new) - log p(old) of the affected utterances, nats"
+    moves = lines[1:]
+    assert 1 <= len(moves) <= 3 and all(line.split()[0] in ("split", "merge") for line in moves)
+    for line in moves:
+        lm, slot, evidence = numbers(line, " LM", " slot", "concept evidence")
+        assert evidence == pytest.approx(slot - lm, abs=0.11)  # (each printed to 0.1)
+
+
+def test_one_name_evidence_smoke_prints_the_four_models(monkeypatch, capsys):
+    lines = smoke_output("one_name_evidence", monkeypatch, capsys)
+    assert lines[0].startswith("seed 1: ") and "utterances glued" in lines[0]
+    assert [line[:18].strip() for line in lines[1:]] == ["lm", "slot", "name marginal", "name slot given"]
+    for line in lines[1:]:
+        split, glued, diff = numbers(line, " split ", " glued ", "split - glued")
+        assert split < 0 and glued < 0 and diff == pytest.approx(split - glued, abs=0.11)
+
+
+def test_slot_diagnostics_smoke_runs_both_diagnostics(monkeypatch, capsys):
+    lines = smoke_output("slot_diagnostics", monkeypatch, capsys)
+    assert [line.split(":")[0] for line in lines] == ["seed 0 slot weight 0.0", "seed 0 slot weight 0.2",
+                                                      "seed 0 slot weight 0.5", "seed 0"]
+    for line in lines[:3]:
+        assert 0 <= numbers(line, " mean ")[0] <= 1
+    f, chain, true = numbers(lines[3], "place-name F", "log p(chain's segmentation)", "log p(true segmentation)")
+    assert 0 <= f <= 1 and chain < 0 and true < 0
+
+
+def test_slot_diagnostics_needs_what_without_smoke(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        ran("slot_diagnostics", [], monkeypatch)
+    assert exit_.value.code == 2
+    assert "the following arguments are required: what (oracle or joint)" in capsys.readouterr().err
+
+
+def test_the_image_examples_share_one_data_loader_and_one_c2st():
+    """``images``, ``c2st`` and the grey levels were copied into diffusion, score, gan and ebm; they are
+    ``examples/_common.py``'s, imported by the four."""
+    for name in ("diffusion", "score", "gan", "ebm"):
+        text = (EXAMPLES / f"{name}.py").read_text()
+        assert "def images(" not in text and "def c2st(" not in text and '"digits": 17' not in text
+        module = load_example(name)
+        assert module.images.__code__.co_filename == str(EXAMPLES / "_common.py")
+        assert name == "diffusion" or module.c2st.__code__.co_filename == str(EXAMPLES / "_common.py")

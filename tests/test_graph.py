@@ -6,25 +6,11 @@ import os
 
 import pytest
 import torch
+from module_checks import PriorSource
 
-from kizuna.modules import GMM, MP, NN, SIR, VAE, ClassModule, Graph, GraphError, Observation, UpdateContext
+from kizuna.modules import GMM, MP, NN, SIR, VAE, Graph, GraphError, Observation, UpdateContext
 
 torch.set_num_threads(1)
-
-
-class PriorSource(ClassModule):
-    """A test parent sending a fixed class prior down."""
-
-    accepts = ("posterior",)
-
-    def __init__(self, prior, name=None):
-        super().__init__(prior.shape[1], name=name)
-        self.prior = prior
-
-    def _update(self, ctx, forward, backward):
-        self.posterior = self.prior
-        return self.message("posterior", self.prior), {c: self.message("prior", self.prior, receiver=c)
-                                                       for c in self.children if "prior" in c.receives}
 
 
 def blobs(n=40, seed=0):

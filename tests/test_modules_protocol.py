@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats as st
 import torch
+from module_checks import PriorSource
 
 from kizuna import modules as km
 from kizuna.modules import (
@@ -29,21 +30,6 @@ from kizuna.modules.rng import rng_from, sample_classes, sample_dirichlet, sampl
 from kizuna.modules.symbols import encode_strings
 
 torch.set_num_threads(1)
-
-
-class PriorSource(ClassModule):
-    """A test parent: a fixed class prior sent down to its class-module children."""
-
-    accepts = ("posterior",)
-
-    def __init__(self, prior, name=None):
-        super().__init__(prior.shape[1], name=name)
-        self.prior = prior
-
-    def _update(self, ctx, forward, backward):
-        self.posterior = self.prior
-        down = {c: self.message("prior", self.prior, receiver=c) for c in self.children if "prior" in c.receives}
-        return self.message("posterior", self.prior), down
 
 
 def blobs(n=40, seed=0):

@@ -1,40 +1,17 @@
 """examples/prepare_serket_data.py turns a SERKET checkout's examples/ into the folder kizuna's SERKET
 examples read (``--data``): checked on a miniature checkout built here, value for value."""
 
-import zipfile
-
 import numpy as np
 import pytest
 from example_loader import load_example
 
 
-def _miniature_serket(root, zipped=True):
-    """examples/ of a Serket checkout, 4 digits: data.zip (data1/data2/category), mMLDA/, HMM/, VAE+GMM/."""
-    rng = np.random.default_rng(0)
-    image, speech, label = rng.random((4, 784)), rng.integers(0, 44, (4, 2400)), np.arange(4)
-    texts = {"data1.txt": image, "data2.txt": speech, "category.txt": label}
-    folder = root / "VAE+GMM+MLDA"
-    folder.mkdir(parents=True)
-    if zipped:
-        with zipfile.ZipFile(folder / "data.zip", "w") as archive:
-            for name, values in texts.items():
-                path = root / name
-                np.savetxt(path, values)
-                archive.write(path, f"data/{name}")
-    else:
-        (folder / "data").mkdir()
-        for name, values in texts.items():
-            np.savetxt(folder / "data" / name, values)
-    for sub, name in (("mMLDA", "histogram_w.txt"), ("HMM", "data.txt"), ("VAE+GMM", "category.txt")):
-        (root / sub).mkdir()
-        (root / sub / name).write_text("1 2 3\n")
-    return image, speech, label
-
-
 @pytest.mark.parametrize("zipped", [True, False])
 def test_prepare_writes_the_arrays_the_examples_read(tmp_path, zipped):
-    image, speech, label = _miniature_serket(tmp_path / "examples", zipped)
-    out = load_example("prepare_serket_data").prepare(tmp_path / "examples", tmp_path / "data")
+    script = load_example("prepare_serket_data")
+    written = script.miniature_checkout(tmp_path / "examples", zipped)
+    image, speech, label = written["image"], written["modality2"], written["label"]
+    out = script.prepare(tmp_path / "examples", tmp_path / "data")
     with np.load(out / "mnist3000.npz") as f:
         assert f["image"].dtype == np.float32 and f["modality2"].dtype == np.float32 and f["label"].dtype == np.int64
         np.testing.assert_array_equal(f["image"], image.astype(np.float32))
@@ -65,3 +42,27 @@ def test_command_line_names_a_wrong_folder_without_a_traceback(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "nowhere is not a folder: give the examples/ folder of a Serket checkout" in err
     assert "Traceback" not in err and not (tmp_path / "data").exists()
+
+
+def test_smoke_prepares_a_miniature_checkout_in_a_temporary_folder(tmp_path, monkeypatch, capsys):
+    """``--smoke`` needs no SERKET data: it builds a miniature checkout in a temporary folder, prepares it, prints
+    the arrays and files written, and leaves nothing behind."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its temporary folder is made here
+    load_example("prepare_serket_data").main(["--smoke"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"SERKET example data written to {tmp_path}/")
+    assert lines[0].endswith("/data (a miniature checkout, removed after)")
+    assert [line.split() for line in lines[1:]] == [
+        ["mnist3000.npz", "image", "float32", "(4,", "784)"], ["mnist3000.npz", "modality2", "float32", "(4,", "2400)"],
+        ["mnist3000.npz", "label", "int64", "(4,)"], ["HMM/data.txt"], ["VAE+GMM/category.txt"],
+        ["mMLDA/histogram_w.txt"]]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_smoke_takes_no_folders(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        load_example("prepare_serket_data").main(["--smoke", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "--smoke builds its own miniature checkout in a temporary folder: give no folders" in capsys.readouterr().err
