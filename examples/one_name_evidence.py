@@ -12,6 +12,10 @@ resampled five times on the whole segmentation; mean of three seatings), under
   utterance's slot then drawn from its posterior and seated), and with the slot fixed at the name
   ("slot given": the true name, or the glued chunk).
 
+Every model takes words up to the segmenter's 10 phonemes, or up to the house's longest word (split or glued) when
+that is longer: a glued "D6" + name can be 11 phonemes (``simulated_house(60, seed=1)``), which an NPYLM of 10
+refused. Split and glued are scored with the same limit.
+
     python examples/one_name_evidence.py 1 3       # seeds (about 30 s each)
     python examples/one_name_evidence.py --smoke   # 100 events, one seating: seconds (CI)
 """
@@ -32,6 +36,7 @@ from kizuna.modules.npylm import NPYLM  # noqa: E402
 from kizuna.modules.npylm_name import NAME, NameSlots, lm_words  # noqa: E402
 from kizuna.modules.npylm_slot import ConceptNames  # noqa: E402
 from kizuna.modules.npylm_types import add_scored  # noqa: E402
+from kizuna.modules.word_segmenter import WordSegmenter  # noqa: E402
 
 
 def segmentations(house: dict) -> tuple[list, list, list, list]:
@@ -53,9 +58,19 @@ def segmentations(house: dict) -> tuple[list, list, list, list]:
     return split, glued, slot_split, slot_glued
 
 
-def fitted_model(house: dict, sentences: list[list[str]], rng: np.random.Generator) -> NPYLM:
-    """An NPYLM whose hyper-parameters are resampled five times on ``sentences`` (then emptied)."""
-    model = NPYLM("".join(sorted(set("".join(house["utterance"])))) + NAME, 10, 3)
+SEGMENTER_WORD_LENGTH = WordSegmenter().max_word_length  # 10
+
+
+def word_limit(*segmentations: list[list[str]]) -> int:
+    """The models' ``max_word_length``: the segmenter's 10, or the longest word of ``segmentations`` if longer."""
+    return max([SEGMENTER_WORD_LENGTH, *(len(w) for seg in segmentations for words in seg for w in words)])
+
+
+def fitted_model(house: dict, sentences: list[list[str]], rng: np.random.Generator,
+                 max_word_length: int = SEGMENTER_WORD_LENGTH) -> NPYLM:
+    """An NPYLM of words up to ``max_word_length`` phonemes whose hyper-parameters are resampled five times on
+    ``sentences`` (then emptied)."""
+    model = NPYLM("".join(sorted(set("".join(house["utterance"])))) + NAME, max_word_length, 3)
     for _ in range(5):
         for words in sentences:
             model.add_sentence(words, rng)
@@ -65,13 +80,15 @@ def fitted_model(house: dict, sentences: list[list[str]], rng: np.random.Generat
     return model
 
 
-def joint(house: dict, resp: np.ndarray, seg: list[list[str]], slots: list, kind: str, repeats: int = 3
-          ) -> list[float]:
+def joint(house: dict, resp: np.ndarray, seg: list[list[str]], slots: list, kind: str, repeats: int = 3,
+          max_word_length: int = SEGMENTER_WORD_LENGTH) -> list[float]:
+    """The joint log-probability of ``seg`` under the model ``kind``, one per seating (words up to
+    ``max_word_length`` phonemes)."""
     totals = []
     for rep in range(repeats):
         rng = np.random.default_rng(rep)
         lm = [lm_words(w, s) for w, s in zip(seg, slots)] if kind.startswith("name") else seg
-        model = fitted_model(house, lm, rng)
+        model = fitted_model(house, lm, rng, max_word_length)
         total = 0.0
         if kind == "lm":
             for words in seg:
@@ -107,11 +124,12 @@ def main(seeds: list[int], events: int = 300, repeats: int = 3) -> None:
         resp[np.arange(len(place)), place] = 1.0
         resp /= resp.sum(1, keepdims=True)
         split, glued, slot_split, slot_glued = segmentations(house)
-        print(f"seed {seed}: {sum(a != b for a, b in zip(split, glued))} utterances glued; joint log p, nats "
-              f"(split - glued)")
+        limit = word_limit(split, glued)
+        print(f"seed {seed}: {sum(a != b for a, b in zip(split, glued))} utterances glued; words up to {limit} "
+              f"phonemes; joint log p, nats (split - glued)")
         for kind in ("lm", "slot", "name marginal", "name slot given"):
-            a = joint(house, resp, split, slot_split, kind, repeats)
-            b = joint(house, resp, glued, slot_glued, kind, repeats)
+            a = joint(house, resp, split, slot_split, kind, repeats, limit)
+            b = joint(house, resp, glued, slot_glued, kind, repeats, limit)
             diff = np.subtract(a, b)
             print(f"  {kind:16s} split {np.mean(a):9.1f}  glued {np.mean(b):9.1f}  split - glued {diff.mean():7.1f} "
                   f"(seatings {', '.join(f'{v:.1f}' for v in diff)})", flush=True)

@@ -257,6 +257,33 @@ def test_one_name_evidence_smoke_prints_the_four_models(monkeypatch, capsys):
         assert split < 0 and glued < 0 and diff == pytest.approx(split - glued, abs=0.11)
 
 
+def test_one_name_evidence_sizes_the_word_limit_from_the_glued_words(monkeypatch, capsys):
+    """On ``simulated_house(60, seed=1)`` "D6" glued to "b&ITmrOum" is 11 phonemes; the script's NPYLM of 10
+    refused it (ValueError: ... 'D6b&ITmrOum' ... is longer than max_word_length=10). Split and glued are now scored
+    with a limit of the longest word (11 there; the segmenter's 10 where every word fits)."""
+    from kizuna.datasets.house import simulated_house
+
+    one_name = load_example("one_name_evidence")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_name.main([1], events=60, repeats=1)
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "seed 1: 44 utterances glued; words up to 11 phonemes; joint log p, nats (split - glued)"
+    assert [line[:18].strip() for line in lines[1:]] == ["lm", "slot", "name marginal", "name slot given"]
+    for line in lines[1:]:
+        split_lp, glued_lp, diff = numbers(line, " split ", " glued ", "split - glued")
+        assert split_lp < 0 and glued_lp < 0 and diff == pytest.approx(split_lp - glued_lp, abs=0.11)
+    split, glued, _, _ = one_name.segmentations(simulated_house(60, seed=1))
+    assert "D6b&ITmrOum" in {w for words in glued for w in words}
+    assert max(len(w) for words in split for w in words) == 9
+    assert one_name.word_limit(split, glued) == 11 and one_name.word_limit(split) == 10
+    assert one_name.word_limit() == 10 and one_name.word_limit([["a" * 12]], [["b"]]) == 12
+    assert one_name.word_limit(*one_name.segmentations(simulated_house(100, seed=1))[:2]) == 10  # --smoke's house
+
+
 def test_slot_diagnostics_smoke_runs_both_diagnostics(monkeypatch, capsys):
     lines = smoke_output("slot_diagnostics", monkeypatch, capsys)
     assert [line.split(":")[0] for line in lines] == ["seed 0 slot weight 0.0", "seed 0 slot weight 0.2",
