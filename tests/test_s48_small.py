@@ -68,3 +68,20 @@ def test_a_model_on_the_meta_device() -> None:
         p.sample(batch_n=1, generator=torch.Generator())
     assert str(err.value) == ("p(x): the generator is on cpu, the model on meta; give a generator on meta "
                               "(torch.Generator(device='meta')), or move the model")
+
+
+def test_the_graph_options_explanation_is_only_added_where_it_applies() -> None:
+    """Errors of values the user gave (a negative scale; a conditioning value of other rows than batch_n) keep their own
+    message: the sample_shape rule is not their cause."""
+    bad_scale = Normal(loc="z", scale="s", var=["y"], cond_var=["z", "s"]) * Normal(
+        loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
+    bad_scale.graph.set_option({"reparam": True}, var=["y"])
+    with pytest.raises(ValueError) as err:
+        bad_scale.sample({"s": -torch.ones(4, 2)}, batch_n=4, sample_shape=[3])
+    assert "scale" in str(err.value) and "With graph options" not in str(err.value)
+    chain = Normal(loc="z", scale=torch.tensor(1.0), var=["y"], cond_var=["z"]) * Normal(
+        loc="x", scale=torch.tensor(1.0), var=["z"], cond_var=["x"])
+    chain.graph.set_option({"reparam": True}, var=["y"])
+    with pytest.raises(ValueError) as err:
+        chain.sample({"x": torch.randn(4, 2)}, batch_n=2, sample_shape=[3])
+    assert str(err.value).startswith("p(z|x): batch_n=2") and "With graph options" not in str(err.value)

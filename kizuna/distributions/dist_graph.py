@@ -75,7 +75,8 @@ class GraphOptions:
                 return f.sample(inputs, **{k: v for k, v in opts.items() if k != "return_all"}, return_all=False)
             except ValueError as e:
                 shape, rows = opts.get("sample_shape"), opts.get("batch_n")
-                if not (shape and rows is not None and inputs):
+                drawn = [k for k in inputs if k not in x_dict]  # the values this call drew (with the sample_shape)
+                if not (shape and rows is not None and drawn and "but the parameters have batch size" in str(e)):
                     raise
                 raise ValueError(
                     f"{e}. With graph options a product passes the call's sample_shape={tuple(shape)} to every factor "
