@@ -55,7 +55,8 @@ def test_ties_take_the_first_maximum_as_torch():
 
 @needs_numba
 def test_identity_transitions_and_float32():
-    """A chain that never forgets its start (identity transitions), and float32 tables (computed in float32)."""
+    """A chain that never forgets its start (identity transitions), and float32 tables (the running values in float64
+    since stop 48; the path and its score float32)."""
     log_emit = torch.randn(300, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
     check(torch.log(torch.tensor([0.2, 0.5, 0.3], dtype=F64)), torch.log(torch.eye(3, dtype=F64)), log_emit, [300])
     check(*chain(6, 700, seed=3, dtype=torch.float32), [300, 400])

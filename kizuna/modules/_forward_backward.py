@@ -7,6 +7,8 @@ other; ``lengths`` splits them, as in hmmlearn). Sequences are padded to a (B, T
 each recursion step is one vectorised operation over all sequences and states; sequences of very different
 lengths go in several blocks of similar lengths (`length_groups`: a block holds at most ``PAD_WASTE`` times its
 sequences' rows, where one block of 20,000 steps and 500 one-step sequences took 5.5 GB).
+`forward_backward` and `forward_log_likelihood` also cap a block's working memory (`blocks`, ``BLOCK_FLOATS``):
+runs of fewer sequences, and one long sequence in slices of time (`_smooth_sliced`).
 
 `forward_backward` and `forward_log_likelihood` run the recursions scaled and chunked
 (`kizuna.modules._chain_scan`: O(sqrt T) Python steps, linear work in T); when a normaliser there is
@@ -30,8 +32,8 @@ from typing import Any
 import torch
 
 from kizuna._data import computing_dtype  # noqa: F401 - the modules read it here
-from kizuna.modules._chain_scan import reverse_index, scaled_forward, smallest_normaliser
-from kizuna.modules._viterbi import path_log_prob, viterbi_scan
+from kizuna.modules._chain_scan import chunk_length, reverse_index, scaled_forward, smallest_normaliser
+from kizuna.modules._viterbi import path_log_prob, viterbi_scan, widened
 
 Tensor = torch.Tensor
 PAD_WASTE = 2  # a padded block holds at most this many times the rows of its sequences (see `length_groups`)
@@ -102,6 +104,60 @@ def length_groups(lengths: Tensor) -> list[tuple[Tensor, Tensor]] | None:
         shift = torch.repeat_interleave(starts[seqs] - (torch.cumsum(sub, 0) - sub), sub)
         groups.append((seqs, torch.arange(int(sub.sum()), device=lengths.device) + shift))
     return groups
+
+
+BLOCK_FLOATS = 1 << 22  # floats of one block's scaled recursions, as `block_steps` counts them (see `blocks`)
+
+
+def _step_cost(k: int, t: int) -> float:
+    """Floats per padded step of a block of sequences of ``t`` steps, as `blocks` counts them: K for each (B, T, K)
+    table and :math:`K^2/L` for the chunk products (B, T/L, K, K) of `kizuna.modules._chain_scan.scaled_forward`
+    (L = `chunk_length` of ``t``)."""
+    return k + k * k / chunk_length(max(1, t - 1))
+
+
+def block_steps(k: int) -> int:
+    """The most steps of one sequence a block holds: the largest S found with :math:`S (K + K^2/L_S) \\le`
+    ``BLOCK_FLOATS`` (at K = 50: 22,205 steps; K = 4: 932,067). A longer sequence runs in slices of time of this
+    many steps (`_smooth_sliced`, `_sliced_log_likelihood`)."""
+    steps = int(BLOCK_FLOATS // _step_cost(k, 1 << 30))
+    while steps > 1 and steps * _step_cost(k, steps) > BLOCK_FLOATS:  # a shorter slice has shorter chunks
+        steps = int(BLOCK_FLOATS // _step_cost(k, steps))
+    return max(1, steps)
+
+
+def blocks(lengths: Tensor, k: int) -> list[tuple[Tensor, Tensor | slice]] | None:
+    """`length_groups`, with every block of B sequences of at most T steps within the memory budget,
+    :math:`B\\,T\\,(K + K^2/L) \\le` ``BLOCK_FLOATS`` (`_step_cost`; measured peak of the tensors alive in
+    `forward_backward`: about 14 times that many floats, 470 MB in float64, see docs/modules_classical.md): a group
+    over it is cut into runs of consecutive sequences that fit, and a sequence that does not fit alone is a block
+    of its own, which `forward_backward` and `forward_log_likelihood` run in slices of `block_steps` steps. The
+    expected counts and log-likelihoods are summed over the blocks; consecutive rows are given as a slice (a view of
+    the rows, not a copy). None: one block of all the sequences (as
+    `length_groups`; then nothing changes). Without the budget one block of 10^5 steps at K = 50 held 1.7 GB, so
+    memory grew with the data (hmmlearn's with the longest sequence)."""
+    groups = length_groups(lengths)
+    if groups is None:
+        t = int(lengths.max())
+        if lengths.shape[0] * t * _step_cost(k, t) <= BLOCK_FLOATS:
+            return None
+        groups = [(torch.arange(lengths.shape[0], device=lengths.device),
+                   torch.arange(int(lengths.sum()), device=lengths.device))]
+    out = []
+    for seqs, rows in groups:
+        sizes = lengths[seqs].tolist()
+        ends = [0, *torch.cumsum(lengths[seqs], 0).tolist()]
+        first, longest = 0, 0
+        for i, size in enumerate(sizes + [0]):
+            top = max(longest, size)
+            if i == len(sizes) or i > first and (i - first + 1) * top * _step_cost(k, top) > BLOCK_FLOATS:
+                run = rows[ends[first]:ends[i]]
+                if int(run[-1] - run[0]) + 1 == run.shape[0]:  # consecutive rows: a view, not a copy of them
+                    run = slice(int(run[0]), int(run[-1]) + 1)
+                out.append((seqs[first:i], run))
+                first, top = i, size
+            longest = top
+    return out
 
 
 def _position(lengths: Tensor, n: int) -> str:
@@ -253,7 +309,7 @@ def forward_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tenso
     """:math:`\\log p(x_b)` per sequence, shape (B,), by the forward recursion alone."""
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
     check_emissions(log_emit, lengths, "forward_log_likelihood", impossible=True)
-    groups = length_groups(lengths)
+    groups = blocks(lengths, log_emit.shape[1])
     if groups is None:
         return _forward_log_likelihood(log_start, log_trans, log_emit, lengths)
     parts = [(seqs, _forward_log_likelihood(log_start, log_trans, log_emit[rows], lengths[seqs]))
@@ -265,14 +321,40 @@ def forward_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tenso
 
 
 def _forward_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths: Tensor) -> Tensor:
-    """`forward_log_likelihood` of sequences padded to one block (the rows checked by the caller)."""
+    """`forward_log_likelihood` of sequences padded to one block (the rows checked by the caller); one sequence
+    longer than `block_steps` in slices of time (`_sliced_log_likelihood`)."""
+    steps = block_steps(log_emit.shape[1])
+    long = lengths.shape[0] == 1 and log_emit.shape[0] > steps
+    sliced = _sliced_log_likelihood(log_start, log_trans, log_emit, steps) if long else None
+    if sliced is not None:
+        return sliced[0]
     e = pad(log_emit, lengths)
     trans = torch.exp(log_trans)
-    fwd = scaled_forward(torch.exp(log_start), trans, e)
+    fwd = None if long else scaled_forward(torch.exp(log_start), trans, e)  # (a long one declined: log space)
     if fwd is not None:
         return fwd.log_likelihood(trans, lengths)
     e, emax = _shift(e)
     return _log_likelihood(*_forward(log_start, log_trans, e, shift=True), e, emax, lengths)
+
+
+def _sliced_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
+                           steps: int) -> tuple[Tensor, list[Tensor]] | None:
+    """The scaled forward recursion of one sequence (T, K) in slices of ``steps`` steps, each started from the
+    filtered distribution :math:`\\hat\\alpha` of the step before it: (:math:`\\log p(x)` (1,), each slice's last
+    :math:`\\hat\\alpha`, normalised to sum 1), or None where a slice declines (`scaled_forward`). A slice's first
+    step predicts from :math:`\\hat\\alpha A`, so its first term is :math:`\\log p(x_s|x_{<s})` and the slices'
+    log-likelihoods add up to the sequence's; only one slice's tables are alive at a time."""
+    trans, start, total, exits = torch.exp(log_trans), torch.exp(log_start), 0.0, []
+    for s in range(0, log_emit.shape[0], steps):
+        e = log_emit[s:s + steps].unsqueeze(0)
+        fwd = scaled_forward(start, trans, e)
+        if fwd is None:
+            return None
+        total = total + fwd.log_likelihood(trans, torch.tensor([e.shape[1]], device=e.device))
+        last = fwd.filtered[0, -1]
+        exits.append(last / last.sum())
+        start = exits[-1] @ trans
+    return total, exits
 
 
 def forward_backward(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
@@ -284,7 +366,7 @@ def forward_backward(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
     its own logsumexp before it is exponentiated (`_log_trans_counts`): no factor of it can overflow.
     """
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
-    groups = length_groups(lengths)
+    groups = blocks(lengths, log_emit.shape[1])
     if groups is None:
         return _smooth(log_start, log_trans, log_emit, lengths)
     parts = _by_group(lambda sub, n: _smooth(log_start, log_trans, sub, n), groups, log_start, log_trans, log_emit,
@@ -298,11 +380,11 @@ def forward_backward(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
                     sum(sm.start_counts for *_, sm in parts), loglik)
 
 
-def _by_group(run: Callable[[Tensor, Tensor], Any], groups: list[tuple[Tensor, Tensor]], log_start: Tensor,
+def _by_group(run: Callable[[Tensor, Tensor], Any], groups: list[tuple[Tensor, Tensor | slice]], log_start: Tensor,
               log_trans: Tensor, log_emit: Tensor, lengths: Tensor, what: str) -> list[tuple[Tensor, Tensor, Any]]:
-    """(sequences, rows, ``run(their log-emissions, their lengths)``) for every group of `length_groups`. An error
-    of a group names its sequences by their place in the group: the checks then run again over all the sequences,
-    which name them as the caller knows them (the error path only)."""
+    """(sequences, rows, ``run(their log-emissions, their lengths)``) for every group (`length_groups`, `blocks`).
+    An error of a group names its sequences by their place in the group: the checks then run again over all the
+    sequences, which name them as the caller knows them (the error path only)."""
     try:
         return [(seqs, rows, run(log_emit[rows], lengths[seqs])) for seqs, rows in groups]
     except ValueError:
@@ -313,9 +395,15 @@ def _by_group(run: Callable[[Tensor, Tensor], Any], groups: list[tuple[Tensor, T
 
 
 def _smooth(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths: Tensor) -> Smoothed:
-    """`forward_backward` of sequences padded to one block."""
+    """`forward_backward` of sequences padded to one block; one sequence longer than `block_steps` in slices of
+    time (`_smooth_sliced`)."""
+    steps = block_steps(log_emit.shape[1])
+    long = lengths.shape[0] == 1 and log_emit.shape[0] > steps
+    fast = _smooth_sliced(log_start, log_trans, log_emit, steps) if long else None
+    if fast is not None:
+        return fast
     e = pad(log_emit, lengths)
-    fast = _scaled_forward_backward(log_start, log_trans, e, lengths)
+    fast = None if long else _scaled_forward_backward(log_start, log_trans, e, lengths)
     if fast is not None:
         return fast
     check_emissions(log_emit, lengths, "forward_backward")
@@ -365,8 +453,47 @@ def _scaled_forward_backward(log_start: Tensor, log_trans: Tensor, e: Tensor, le
     Every row below is known up to its own factor, so gamma, the cavity and each
     :math:`\\xi_t(i,j) \\propto \\alpha_t(i) A_{ij} E_{t+1}(j) \\beta_{t+1}(j)` are normalised per step.
     """
+    out = _scaled_slice(log_start, log_trans, e, lengths)
+    return None if out is None else out[0]
+
+
+def _smooth_sliced(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, steps: int) -> Smoothed | None:
+    """`forward_backward` of one sequence (T, K) in slices of ``steps`` steps, with one slice's tables alive at a
+    time (checkpointed forward-backward), or None where a slice declines (use log space). A forward pass keeps
+    only the filtered distribution leaving every slice (`_sliced_log_likelihood`); then the slices run last to
+    first, each forward again from the distribution before it and backward from :math:`\\beta` after it
+    (:math:`\\beta_{s-1} = A (E_s \\odot \\beta_s)`, passed back by the slice after), counting its transitions
+    from the step before it (`_scaled_slice`). Costs a third recursion over the sequence; the numbers equal the
+    one block's to rounding (other chunks)."""
+    forward = _sliced_log_likelihood(log_start, log_trans, log_emit, steps)
+    if forward is None:
+        return None
+    loglik, exits = forward
+    gamma, cavity = torch.empty_like(log_emit), torch.empty_like(log_emit)
+    counts, end, first = None, None, None
+    for i in range(len(exits) - 1, -1, -1):
+        s = i * steps
+        e = log_emit[s:s + steps].unsqueeze(0)
+        out = _scaled_slice(log_start, log_trans, e, torch.tensor([e.shape[1]], device=e.device),
+                            exits[i - 1] if i else None, end)
+        if out is None:
+            return None
+        sm, end = out
+        gamma[s:s + steps], cavity[s:s + steps] = sm.log_gamma, sm.log_cavity
+        counts = sm.trans_counts if counts is None else counts + sm.trans_counts
+        first = sm.start_counts
+    return Smoothed(gamma, cavity, counts, first, loglik)
+
+
+def _scaled_slice(log_start: Tensor, log_trans: Tensor, e: Tensor, lengths: Tensor, before: Tensor | None = None,
+                  end: Tensor | None = None) -> tuple[Smoothed, Tensor | None] | None:
+    """`_scaled_forward_backward`, and with ``before`` :math:`\\beta` of the step before the slice, :math:`A (E_0
+    \\odot \\beta_0)` (K,), scaled to a maximum of 1 (else None); None: use log space. For a slice of time of one
+    sequence (`_smooth_sliced`): ``before`` the normalised filtered distribution of the step before the slice (the
+    forward recursion starts from :math:`\\hat\\alpha A`, the transitions into the first step are counted, the start
+    counts are zero), ``end`` :math:`\\beta` of its last step (default 1: the sequence's end)."""
     trans = torch.exp(log_trans)
-    fwd = scaled_forward(torch.exp(log_start), trans, e)
+    fwd = scaled_forward(torch.exp(log_start) if before is None else before @ trans, trans, e)
     if fwd is None:
         return None
     b, t, k = e.shape
@@ -378,7 +505,7 @@ def _scaled_forward_backward(log_start: Tensor, log_trans: Tensor, e: Tensor, le
 
         def flip(x: Tensor) -> Tensor:
             return x.gather(1, rev)
-    bwd = scaled_forward(torch.ones_like(log_start), trans.T.contiguous(), flip(e))
+    bwd = scaled_forward(torch.ones_like(log_start) if end is None else end, trans.T.contiguous(), flip(e))
     if bwd is None:
         return None
     beta = flip(bwd.predicted)  # beta_t, up to a factor per step
@@ -386,6 +513,9 @@ def _scaled_forward_backward(log_start: Tensor, log_trans: Tensor, e: Tensor, le
     w = fwd.emissions[:, 1:] * beta[:, 1:]
     propagated = fwd.filtered[:, :-1] @ trans
     sums = [gamma.sum(-1, keepdim=True), cavity.sum(-1, keepdim=True), (propagated * w).sum(-1, keepdim=True)]
+    if before is not None:  # the pair (the step before, step 0): predicted row 0 is before @ trans
+        w0 = fwd.emissions[0, 0] * beta[0, 0]
+        sums.append((fwd.predicted[0, 0] * w0).sum().reshape(1))
     if b > 1:  # padded steps: harmless divisors, no transition counts
         valid = (torch.arange(t, device=e.device) < lengths[:, None]).unsqueeze(-1)
         sums = [torch.where(v, x, 1.0) for x, v in zip(sums, (valid, valid, valid[:, 1:]))]
@@ -395,29 +525,35 @@ def _scaled_forward_backward(log_start: Tensor, log_trans: Tensor, e: Tensor, le
         return None
     left = fwd.filtered[:, :-1] / sums[2]
     trans_counts = trans * (left.reshape(-1, k).T @ w.reshape(-1, k))
+    if before is not None:
+        trans_counts += trans * torch.outer(before / sums[3], w0)
     gamma, cavity = gamma / sums[0], cavity / sums[1]
-    return Smoothed(unpad(torch.log(gamma), lengths), unpad(torch.log(cavity), lengths), trans_counts,
-                    gamma[:, 0].sum(0), fwd.log_likelihood(trans, lengths, propagated))
+    back = None if before is None else trans @ (fwd.emissions[0, 0] * beta[0, 0])  # (a sequence's first slice: unused)
+    starts = gamma[:, 0].sum(0) if before is None else torch.zeros_like(gamma[0, 0])
+    return (Smoothed(unpad(torch.log(gamma), lengths), unpad(torch.log(cavity), lengths), trans_counts, starts,
+                     fwd.log_likelihood(trans, lengths, propagated)), None if back is None else back / back.amax())
 
 
 def viterbi(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
             lengths: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Most probable state paths: (:math:`\\max_z \\log p(x_b, z)` per sequence (B,), states (N,)),
     by chunks of the max-product recursion run at once and fixed up by rank convergence
-    (`kizuna.modules._viterbi.viterbi_scan`). Raises a ValueError naming the sequence and step where a sequence
-    has zero probability (no path to return) or a log-emission is NaN or +inf."""
+    (`kizuna.modules._viterbi.viterbi_scan`), in float64 whatever ``log_emit``'s dtype (the score in its dtype).
+    Raises a ValueError naming the sequence and step where a sequence has zero probability (no path to return) or a
+    log-emission is NaN or +inf."""
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
     check_emissions(log_emit, lengths, "viterbi")
     groups = length_groups(lengths)
+    start, trans = widened(log_start), widened(log_trans)  # the recursion in float64 (`_viterbi.widened`)
     if groups is None:
-        score, states = viterbi_scan(log_start, log_trans, pad(log_emit, lengths), lengths)
-        states = unpad(states, lengths)
+        score, states = viterbi_scan(start, trans, widened(pad(log_emit, lengths)), lengths)
+        score, states = score.to(log_emit.dtype), unpad(states, lengths)
     else:
         score = log_emit.new_empty(lengths.shape[0])
         states = torch.empty(log_emit.shape[0], dtype=torch.long, device=log_emit.device)
         for seqs, rows in groups:
-            part, path = viterbi_scan(log_start, log_trans, pad(log_emit[rows], lengths[seqs]), lengths[seqs])
-            score[seqs], states[rows] = part, unpad(path, lengths[seqs])
+            part, path = viterbi_scan(start, trans, widened(pad(log_emit[rows], lengths[seqs])), lengths[seqs])
+            score[seqs], states[rows] = part.to(score.dtype), unpad(path, lengths[seqs])
     check_possible(score, log_start, log_trans, log_emit, lengths, "viterbi")
     return score, states
 
@@ -439,10 +575,11 @@ def path_log_probs(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, state
 
 def viterbi_loop(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
                  lengths: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """`viterbi` by a loop over time (the reference the chunked recursion is tested against)."""
+    """`viterbi` by a loop over time (the reference the chunked recursion is tested against), in float64 as every
+    Viterbi recursion (`_viterbi.widened`); the score in ``log_emit``'s dtype."""
     lengths = check_lengths(log_emit.shape[0], lengths, log_emit.device)
-    e = pad(log_emit, lengths)
-    delta, pointers = log_start + e[:, 0], []
+    dtype, e, log_trans = log_emit.dtype, widened(pad(log_emit, lengths)), widened(log_trans)
+    delta, pointers = widened(log_start) + e[:, 0], []
     for t in range(1, e.shape[1]):
         best, arg = (delta[:, :, None] + log_trans).max(dim=1)
         pointers.append(arg)
@@ -454,7 +591,7 @@ def viterbi_loop(log_start: Tensor, log_trans: Tensor, log_emit: Tensor,
         prev = pointers[t - 1].gather(1, state[:, None]).squeeze(1)
         state = torch.where(t < lengths, prev, state)
     path[0] = state
-    return score, unpad(torch.stack(path, 1), lengths)
+    return score.to(dtype), unpad(torch.stack(path, 1), lengths)
 
 
 def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
