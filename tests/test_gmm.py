@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import scipy.stats as st
 import torch
+from module_checks import PriorSource
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
 from torch.nn import functional as F
 
-from kizuna.modules import GMM, VAE, ClassModule, Observation
+from kizuna._distances import kmeans
+from kizuna.modules import GMM, VAE, Observation
 from kizuna.modules.gmm import algorithms as algo
 from kizuna.modules.gmm.normal_wishart import NormalWishart
 
@@ -69,7 +71,7 @@ def test_em_parameters_equal_sklearn_with_a_large_reg_covar(covariance_type):
     from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
 
     x = torch.as_tensor(X)
-    resp = F.one_hot(algo.kmeans_labels(x, 4, torch.Generator().manual_seed(0)), 4).double()
+    resp = F.one_hot(kmeans(x, 4, torch.Generator().manual_seed(0))[1], 4).double()
     one = algo.em(x, resp, 0, 0.0, 0.1, covariance_type == "diag")
     nk, means, covs = _estimate_gaussian_parameters(X, resp.numpy(), 0.1, covariance_type)
     np.testing.assert_allclose(one.weights.numpy(), nk / len(X), rtol=1e-12)
@@ -89,7 +91,7 @@ def _precisions(covs: np.ndarray, covariance_type: str) -> np.ndarray:
 
 def test_em_objective_never_decreases_with_and_without_a_class_prior():
     x = torch.as_tensor(X)
-    resp = F.one_hot(algo.kmeans_labels(x, 5, torch.Generator().manual_seed(0)), 5).double()
+    resp = F.one_hot(kmeans(x, 5, torch.Generator().manual_seed(0))[1], 5).double()
     prior = torch.distributions.Dirichlet(torch.ones(5)).sample((600,)).double()
     for pi_msg in (None, prior):
         for diagonal in (False, True):
@@ -260,19 +262,6 @@ def test_sample_moments_match_the_mixture():
 
 
 # ----------------------------------------------------------------------------- messages
-class PriorSource(ClassModule):
-    accepts = ("posterior",)
-
-    def __init__(self, prior):
-        super().__init__(prior.shape[1], name="top")
-        self.prior = prior
-
-    def _update(self, ctx, forward, backward):
-        self.posterior = self.prior
-        return self.message("posterior", self.prior), {c: self.message("prior", self.prior, receiver=c)
-                                                       for c in self.children}
-
-
 @pytest.mark.parametrize("algorithm", ["gibbs", "vb", "em"])
 def test_the_parent_prior_steers_assignments_and_is_not_sent_back_up(algorithm):
     g = torch.Generator().manual_seed(0)

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from kizuna._distances import squared_distances
 from kizuna.modules.combine import MP, Combine
 from kizuna.modules.gmm.normal_wishart import NormalWishart, gaussian_log_prob, row_blocks, student_t_log_prob
 from kizuna.modules.rng import sample_classes, sample_dirichlet
@@ -114,27 +113,6 @@ def weighted_scatter(x: Tensor, resp: Tensor, centres: Tensor | None = None) -> 
         xs = xs.expand(k, -1, -1) if centres is None else xs - centres.unsqueeze(1)  # K×B×D
         out += (xs * resp[s:s + blocks.step].T.unsqueeze(-1)).transpose(1, 2) @ xs
     return out
-
-
-def kmeans_labels(x: Tensor, k: int, generator: torch.Generator | None, n_iter: int = 20) -> Tensor:
-    """k-means++ seeding then Lloyd iterations (the initial partition of every algorithm)."""
-    n = x.shape[0]
-    first = torch.randint(n, (1,), generator=generator, device=x.device)
-    centres = x[first]
-    for _ in range(1, k):
-        d2 = squared_distances(x, centres).min(1).values
-        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)
-        centres = torch.cat([centres, x[torch.multinomial(weights, 1, generator=generator)]])
-    labels = squared_distances(x, centres).argmin(1)
-    for _ in range(n_iter):
-        oh = F.one_hot(labels, k).to(x.dtype)
-        counts = oh.sum(0, keepdim=True).T
-        centres = torch.where(counts > 0, oh.T @ x / counts.clamp(min=1), centres)
-        new = squared_distances(x, centres).argmin(1)
-        if torch.equal(new, labels):
-            break
-        labels = new
-    return labels
 
 
 def _point_estimates(nw: NormalWishart, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:

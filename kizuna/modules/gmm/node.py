@@ -60,8 +60,8 @@ class GMM(ClassModule, GaussianMixture):
                  covariance_type: str = "full", reg_covar: float = 1e-6,
                  weight_concentration_prior: float | None = None, mean_precision_prior: float = 1.0,
                  mean_prior: Any = None, degrees_of_freedom_prior: float | None = None, covariance_prior: Any = None,
-                 max_iter: int = 100, tol: float = 1e-3, init_params: str = "kmeans", n_init: int = 1,
-                 n_particles: int = 200,
+                 max_iter: int = 100, tol: float = 1e-3, init_params: str = "kmeans", n_local_trials: int | None = 1,
+                 n_init: int = 1, n_particles: int = 200,
                  random_state: int | torch.Generator | None = None, name: str | None = None,
                  learnable: bool = True) -> None:
         ClassModule.__init__(self, n_components, category, name, learnable, random_state)
@@ -70,7 +70,7 @@ class GMM(ClassModule, GaussianMixture):
             weight_concentration_prior=weight_concentration_prior, mean_precision_prior=mean_precision_prior,
             mean_prior=mean_prior, degrees_of_freedom_prior=degrees_of_freedom_prior,
             covariance_prior=covariance_prior, max_iter=max_iter, tol=tol, init_params=init_params,
-            n_init=n_init, n_particles=n_particles, random_state=random_state)
+            n_local_trials=n_local_trials, n_init=n_init, n_particles=n_particles, random_state=random_state)
         self._validate()  # a node reports bad settings when the graph is built, not at its first update
 
     def fit(self, X: Any, y: Any = None) -> GMM:

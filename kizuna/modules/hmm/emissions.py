@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kizuna._distances import squared_distances
+from kizuna._distances import kmeans
 from kizuna.modules._forward_backward import computing_dtype
 from kizuna.modules.gmm.algorithms import weighted_scatter
 from kizuna.modules.gmm.normal_wishart import gaussian_log_prob, row_blocks
@@ -105,21 +105,6 @@ def as_sequences(X: Any, owner: str) -> Tensor:
     if isinstance(X, list | tuple) and x.dim() > 2:  # nested lists of equal-length sequences
         raise sequences_refused(X, owner)
     return x
-
-
-def kmeans_centres(x: Tensor, k: int, g: torch.Generator, n_iter: int = 20) -> Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) then Lloyd steps: (k, D) centres."""
-    pick = lambda w: int(torch.multinomial(w.cpu().double(), 1, generator=g))  # noqa: E731
-    centres = x[[pick(torch.ones(x.shape[0]))]]
-    for _ in range(1, k):
-        d2 = squared_distances(x, centres).amin(1)
-        centres = torch.cat([centres, x[[pick(d2 + 1e-12)]]])
-    for _ in range(n_iter):
-        assign = squared_distances(x, centres).argmin(1)
-        onehot = torch.nn.functional.one_hot(assign, k).to(x.dtype)
-        n = onehot.sum(0)
-        centres = torch.where(n[:, None] > 0, onehot.T @ x / n.clamp_min(1)[:, None], centres)
-    return centres
 
 
 def floor_eigenvalues(s: Tensor, floor: float) -> Tensor:
@@ -213,7 +198,7 @@ class Gaussian:
                 raise ValueError(f"{owner}: {x.shape[0]} samples for {k} components (n_samples must be >= "
                                  "n_components to initialise the means by k-means; give fewer components, or means_ "
                                  "and init_params without 'm')")
-            out["means_"] = kmeans_centres(x, k, g)
+            out["means_"] = kmeans(x, k, g)[0]
         if "c" in which or p["covars_"] is None:
             cov = torch.atleast_2d(torch.cov(x.T)) if x.shape[0] > 1 else torch.eye(x.shape[1], dtype=x.dtype)
             out["covars_"] = self._from_full(cov.to(x.device).expand(k, -1, -1), torch.ones(k, dtype=x.dtype))
