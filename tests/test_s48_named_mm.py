@@ -237,3 +237,111 @@ def test_mm_node_samples_from_its_chain_with_its_random_state():
     twin = km.MarkovChain(n_iter=0, transmat=mm.transmat_, startprob=mm.startprob_, random_state=4)
     assert torch.equal(twin.fit(np.eye(2)[[0, 1]]).sample(40)[1], states)  # the chain's law, the node's stream
     assert mm.get_params()["random_state"] == 4
+
+
+# ------------------------------------------------------------------------------ named: state, printing (review dr1)
+def _coef_loss(named: bool):
+    """The review's loss: a KL times a learned coefficient minus the reconstruction, named or not (a7d2b36 kept the
+    coefficient under ``loss.loss1.loss1.loss2.value``)."""
+    q, p, kl, rec = _parts()
+    w = ValueLoss(torch.nn.Parameter(torch.tensor(1.0)))
+    loss = (kl * (w.named("beta") if named else w) - (rec.named("recon") if named else rec)).mean()
+    return Model(loss, distributions=[q, p]), w
+
+
+def test_named_state_has_the_unnamed_keys_and_loads_an_unnamed_or_old_save(tmp_path):
+    """dr1 finding 1: ``Named`` put its loss under ``loss1.``, so a named learned coefficient's checkpoint key grew a
+    segment and a save from a7d2b36 (the unnamed loss's keys) was refused as another architecture."""
+    (bare, w_bare), (named, w_named) = _coef_loss(False), _coef_loss(True)
+    assert list(named._loss_state()) == list(bare._loss_state()) == ["loss.loss1.loss1.loss2.value"]
+    assert named._loss_state()["loss.loss1.loss1.loss2.value"] is w_named.value
+    with torch.no_grad():
+        w_bare.value.fill_(0.25)
+    bare.save(tmp_path / "old.pt")  # the keys a7d2b36 wrote, named or not
+    named.load(tmp_path / "old.pt")
+    assert w_named.value.item() == 0.25
+    with torch.no_grad():
+        w_named.value.fill_(-1.5)
+    named.save(tmp_path / "new.pt")
+    for model, w in ((bare, w_bare), (_coef_loss(True))):
+        model.load(tmp_path / "new.pt")
+        assert w.value.item() == -1.5
+    # the loss's own state_dict: names at two levels add nothing; load_state_dict takes the unnamed loss's state
+    kl = _parts()[2]
+    coef = ValueLoss(torch.nn.Parameter(torch.tensor(3.0)))
+    bare_loss, named_loss = (kl * coef).mean(), (kl.named("KL") * coef.named("c")).mean().named("total")
+    assert list(named_loss.state_dict()) == list(bare_loss.state_dict())
+    state = {k: v + 1 if k.endswith("loss2.value") else v for k, v in bare_loss.state_dict().items()}
+    named_loss.load_state_dict(state)
+    assert coef.value.item() == 4.0 and list(map(id, named_loss.parameters())) == list(map(id, bare_loss.parameters()))
+    twin = copy.deepcopy(named_loss).double()  # the tensors still move with .to(); copies keep the keys
+    assert list(twin.state_dict()) == list(bare_loss.state_dict())
+    assert twin.state_dict()["loss1.loss2.value"].dtype == torch.float64
+    assert list(pickle.loads(pickle.dumps(named_loss)).state_dict()) == list(bare_loss.state_dict())
+
+
+class _AB(Loss):
+    """A Pixyz-style loss ``a + b`` with a sympy ``_symbol`` (dr1 pixyz.py)."""
+
+    def __init__(self):
+        super().__init__(["a", "b"])
+
+    @property
+    def _symbol(self):
+        import sympy
+
+        return sympy.Symbol("a") + sympy.Symbol("b")
+
+    def forward(self, x_dict, **kwargs):
+        return x_dict["a"] + x_dict["b"], {}
+
+
+class _Neg(Loss):
+    """A Pixyz-style wrapper that builds its ``_symbol`` from its loss's."""
+
+    def __init__(self, loss1):
+        super().__init__(loss1.input_var)
+        self.loss1 = loss1
+
+    @property
+    def _symbol(self):
+        return -self.loss1._symbol
+
+    def forward(self, x_dict, **kwargs):
+        return -self.loss1.eval(x_dict), {}
+
+
+def test_pixyz_style_wrapper_over_a_named_loss_prints_its_sympy_formula():
+    """dr1 finding 3: the named node's ``_symbol`` was its LaTeX as a symbol, printed as ``-\\left(a + b\\right)``."""
+    pytest.importorskip("sympy")
+    values = {"a": torch.tensor(1.0), "b": torch.tensor(2.0)}
+    for inner in (_AB(), _AB().named("ab")):
+        wrapper = _Neg(inner)
+        assert str(wrapper) == "(-a - b)" and wrapper.loss_text == "\\left(- a - b\\right)"
+        value, terms = wrapper.eval(values, return_terms=True)
+        assert value.item() == -3.0 and list(terms) == ["(-a - b)"]
+
+
+def test_named_repr_is_the_loss_s_and_the_node_is_its_own_class():
+    """dr1 finding 4: ``repr`` showed ``Named(...)``; a7d2b36 printed the node's own repr (without the name)."""
+    kl = _parts()[2]
+    assert repr(kl.named("KL")) == repr(kl) and repr(kl).startswith("KullbackLeibler(")
+    assert repr(ValueLoss(-2).named("c")) == "ValueLoss(-2)"
+    assert repr((kl + 1).named("s")) == repr(kl + 1)
+    named = kl.named("KL")  # a node of its own class (documented): the loss inside is .loss1
+    assert not isinstance(named, KullbackLeibler) and named.loss1 is kl
+
+
+def test_markov_chain_sample_reads_hand_assigned_lists_in_float64():
+    """dr1 finding 7: a ``transmat_`` assigned as a list was read in float32 (X float32, rows rounded through it),
+    while the HMM reads hand-assigned parameters in float64."""
+    chain, reference = _chain(random_state=2), _chain(random_state=2)
+    chain.transmat_, chain.startprob_ = TRANSMAT, STARTPROB
+    reference.transmat_ = torch.tensor(TRANSMAT, dtype=torch.float64)
+    reference.startprob_ = torch.tensor(STARTPROB, dtype=torch.float64)
+    X, states = chain.sample(200)
+    assert X.dtype == torch.float64 and torch.equal(states, reference.sample(200)[1])
+    assert torch.equal(X, torch.eye(3, dtype=torch.float64)[states])
+    chain.transmat_ = [[0.6, 0.5, 0.0], [0.1, 0.8, 0.1], [0.3, 0.0, 0.7]]
+    with pytest.raises(ValueError, match="^MarkovChain: transmat rows must sum to 1, got row 0 summing to 1\\.1$"):
+        chain.sample(3)

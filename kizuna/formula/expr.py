@@ -644,10 +644,14 @@ class Detach(_Unary):
 class Named(_Unary):
     """``loss.named(label)``: ``loss`` under a name for the per-term report. Its value is the loss's own (the same
     tensor: the loss is computed once per evaluation, in the evaluation's context, however many names it has); it
-    prints as the loss, and every walk of a loss tree sees it as the loss inside (an operator that hands on the
-    loss's value; `_bare` where a walk asks for the loss itself). Attributes it lacks are read from the loss inside
-    (``E(q, f).named("recon").p``). The name is this node's, so one node named in two losses keeps each loss's name
-    (naming changed the node itself: the last name given was reported in both)."""
+    prints as the loss (``str``, LaTeX, ``repr`` and ``_symbol``, which a Pixyz-style loss builds its own from), and
+    its state is the loss's under the loss's own keys (`state_dict`: a learned coefficient, a sampler's replay buffer
+    or a network held by a named loss keeps its checkpoint key). Attributes it lacks are read from the loss inside
+    (``E(q, f).named("recon").p``). It is a node of its own, an operator that hands on the loss's value: ``type`` and
+    ``isinstance`` see `Named` (``.loss1`` is the loss inside, `_bare` the loss inside any names), and kizuna's walks
+    of a loss tree (the report's terms, an expectation's linear parts, the constant fast paths) look through it to
+    the loss. The name is this node's, so one node named in two losses keeps each loss's name (naming changed the node
+    itself: the last name given was reported in both)."""
 
     def __init__(self, loss: Loss, label: str) -> None:
         super().__init__(_bare(loss))
@@ -666,6 +670,29 @@ class Named(_Unary):
     @property
     def precedence(self) -> int:  # type: ignore[override]
         return self.loss1.precedence
+
+    @property
+    def _symbol(self) -> Any:
+        """The loss's own ``_symbol`` (a Pixyz-style loss's sympy expression; `Loss._symbol` read here was the LaTeX
+        text as a symbol, which a Pixyz-style loss over this node printed as plain text)."""
+        return self.loss1._symbol
+
+    def __repr__(self) -> str:
+        return repr(self.loss1)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The loss's ``state_dict``, under the keys it has unnamed (this node adds no ``loss1.`` level: a checkpoint
+        of the unnamed loss, or one saved before stop 48, loads). ``named_parameters`` and ``named_modules`` keep
+        the module path (``loss1.``), which is how the tensors are reached."""
+        return self.loss1.state_dict(*args, **kwargs)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # the keys under this node are the loss's (`state_dict`): put under its module path, loss1, for nn.Module's
+        # load, which then hands the loss the keys under that path (all moved at once: a key may be another's new one)
+        moved = {f"{prefix}loss1.{key[len(prefix):]}": state_dict.pop(key)
+                 for key in [key for key in state_dict if key.startswith(prefix)]}
+        state_dict.update(moved)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _value(self, ctx: EvalContext) -> Tensor:
         return ctx.value(self.loss1)

@@ -147,9 +147,12 @@ class MarkovChain(Estimator):
         self._check_fitted()
         if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"{self._owner}: n_samples must be a positive int, got {n_samples!r}")
-        held = torch.as_tensor(self.transmat_)  # (assigned by hand as an array too, as the HMM's parameters)
-        like = held.to(fb.computing_dtype(held.dtype)) if held.is_floating_point() else held.double()
+        # the dtype of a floating tensor held (computing in float32 at least), else float64: parameters assigned by
+        # hand as lists or arrays are read in float64, as the HMM's (a list through as_tensor alone was float32)
+        held = next((v for v in (self.transmat_, self.startprob_) if isinstance(v, Tensor) and v.is_floating_point()),
+                    None)
+        like = torch.as_tensor(self.transmat_, dtype=torch.float64 if held is None else fb.computing_dtype(held.dtype))
         p, a = self._chain(like.shape[-1], like.cpu())  # checked: rows that are distributions, shapes that agree
         g = generator_for(self.random_state if random_state is None else random_state, "cpu")
-        states = algo.sample_chain(p, a, int(n_samples), g).to(held.device)
+        states = algo.sample_chain(p, a, int(n_samples), g).to("cpu" if held is None else held.device)
         return torch.nn.functional.one_hot(states, a.shape[0]).to(like.dtype), states
