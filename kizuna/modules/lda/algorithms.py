@@ -41,8 +41,10 @@ class Sweeps:
 def log_likelihood(counts: Counts, theta: Tensor, phi: Tensor, offsets: list[int]) -> float:
     """:math:`\\sum_{m,d,w} n^m_{dw}\\log\\sum_k\\theta_{dk}\\phi^m_{kw}` over the given modalities
     (``phi``: ΣV×K, modality ``m`` in rows ``offsets[m]:offsets[m + 1]``)."""
-    return sum(float((c.to(theta.dtype) * torch.log(theta @ phi[offsets[m]:offsets[m + 1]].T.to(theta.dtype)))
-                     .sum()) for m, c in enumerate(counts) if c is not None)
+    # in place on the one N×V_m product (the count matrix was also copied to floating point, and a logarithm and a
+    # product made two more): the same numbers
+    return sum(float((theta @ phi[offsets[m]:offsets[m + 1]].T.to(theta.dtype)).log_().mul_(c).sum())
+               for m, c in enumerate(counts) if c is not None)
 
 
 def sweep(chain: GibbsChain, counts: Counts, theta: Tensor | None, phi: Tensor | None, prior: Tensor | None,

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from kizuna._data import one_number
+from kizuna.modules.gmm.normal_wishart import row_blocks
 from kizuna.modules.validation import as_tensor, check_finite
 
 Tensor = torch.Tensor
@@ -73,44 +74,70 @@ def as_counts(x: Any, weight: float | None, what: str, rounding: str = "round") 
     if t.dim() != 2:
         raise ValueError(f"{what}: counts must be N x V, got shape {tuple(t.shape)}. Reshape your data with "
                          "x.reshape(1, -1) for one sample")
-    t = t.double() if not t.is_floating_point() else t
-    check_finite(t, "counts", what)
-    if bool((t < 0).any()):
-        row, col = (int(i) for i in (t < 0).nonzero()[0])
-        raise ValueError(f"{what}: Negative values in data: counts must be non-negative, got "
-                         f"{float(t[row, col]):.4g} at row {row}, column {col}")
+    # Memory: at most about two N×V copies of the input at once (were four to five: a float64 copy of integer counts
+    # and four float temporaries for the whole-number check). ``owned``: ``t`` is this function's own copy
+    # (`as_tensor` copies arrays, not tensors), so it may be changed in place.
+    owned = not isinstance(x, Tensor)
+    if not t.is_floating_point():  # integer or boolean counts: finite and whole already, no floating copy
+        if bool((t < 0).any()):
+            _negative(t, what)
+        if weight is None:
+            counts = t.long()
+            return counts.clone() if counts is t and not owned else counts  # never the caller's own storage
+        t, owned = t.double(), True
+    else:
+        check_finite(t, "counts", what)
+        if bool((t < 0).any()):
+            _negative(t, what)
     if weight is None:  # counts as given, rounded to whole tokens: said when that changes them (0.3 became no token,
         # silently: a row of probabilities scored as an empty document, a matrix of them trained on a token or two)
-        off = (t - torch.round(t)).abs() > 1e-6 * torch.round(t).abs().clamp_min(1.0)
-        if bool(off.any()):
+        whole = torch.round(t)
+        off = None if torch.equal(t, whole) else (t - whole).abs() > 1e-6 * whole.abs().clamp_min(1.0)
+        if off is not None and bool(off.any()):
             row, col = (int(i) for i in off.nonzero()[0])
-            kept = float(torch.round(t).sum() / t.sum()) if bool(t.sum() > 0) else 1.0
+            kept = float(whole.sum() / t.sum()) if bool(t.sum() > 0) else 1.0
             warnings.warn(f"{what}: counts are whole numbers of tokens; {int(off.sum())} entries are not (e.g. "
                           f"{float(t[row, col]):.4g} at row {row}, column {col}) and are rounded, keeping "
                           f"{100 * kept:.0f}% of the total; for probabilities or other weights give weight= (tokens "
                           "per row), which rescales every row to that many tokens", UserWarning, stacklevel=3)
-    if weight is None or rounding == "round":
-        if weight is not None:  # rescaled in float64 whatever the input's precision, as `token_counts` does
-            t = _rescaled(t.double(), weight, what)
-        return torch.round(t).long()
-    t = _rescaled(t.double(), weight, what)
-    low = torch.floor(t)
+        del t, off
+        return whole.long()
+    # rescaled in float64 whatever the input's precision, as `token_counts` does (in place on a copy of our own)
+    double = t.double()
+    t = _rescaled(double if owned or double is not t else double.clone(), weight, what, in_place=True)
+    if rounding == "round":
+        return t.round_().long()
     if rounding == "floor":
-        return low.long()
-    missing = (t.sum(1) - low.sum(1)).round().long()  # the tokens the floors left out, per row
-    order = torch.argsort(t - low, dim=1, descending=True, stable=True)
-    extra = (torch.arange(t.shape[1], device=t.device) < missing[:, None]).long()
-    return low.long().scatter_add(1, order, extra)
+        return t.floor_().long()
+    # a block of rows at a time (`row_blocks`): the sort's values and long indices were three more N×V copies
+    counts, columns = torch.empty(t.shape, dtype=torch.long, device=t.device), torch.arange(t.shape[1], device=t.device)
+    blocks = row_blocks(t.shape[0], t.shape[1])
+    for s in blocks:
+        rows = t[s:s + blocks.step]
+        low = torch.floor(rows)
+        missing = (rows.sum(1) - low.sum(1)).round().long()  # the tokens the floors left out, per row
+        order = torch.argsort(rows.sub_(low), dim=1, descending=True, stable=True)
+        counts[s:s + blocks.step] = low.long().scatter_add_(1, order, (columns < missing[:, None]).long())
+    return counts
 
 
-def _rescaled(t: Tensor, weight: float, what: str) -> Tensor:
-    """Rows rescaled to sum to ``weight``, :math:`(x_{nv} / \\sum_u x_{nu})\\,w` (a zero row stays zero)."""
+def _negative(t: Tensor, what: str) -> None:
+    """Raise the error for negative counts in ``t``, naming the first one."""
+    row, col = (int(i) for i in (t < 0).nonzero()[0])
+    raise ValueError(f"{what}: Negative values in data: counts must be non-negative, got "
+                     f"{float(t[row, col]):.4g} at row {row}, column {col}")
+
+
+def _rescaled(t: Tensor, weight: float, what: str, in_place: bool = False) -> Tensor:
+    """Rows rescaled to sum to ``weight``, :math:`(x_{nv} / \\sum_u x_{nu})\\,w` (a zero row stays zero); with
+    ``in_place`` written into ``t`` (the same numbers, no N×V temporary)."""
     # (NaN fails the comparison; inf gave negative token counts; a string such as "10" raised a raw TypeError)
     weight = one_number(weight)  # (a tensor or array of one number, as before the check)
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not (weight > 0 and math.isfinite(weight)):
         raise ValueError(f"{what}: the weight must be positive and finite, got {weight!r}")
     sums = t.sum(1, keepdim=True)
-    return t / torch.where(sums > 0, sums, torch.ones_like(sums)) * weight
+    sums = torch.where(sums > 0, sums, torch.ones_like(sums))
+    return t.div_(sums).mul_(weight) if in_place else t / sums * weight
 
 
 def _draw(p: Tensor, generator: torch.Generator | None, u: Tensor | None = None) -> Tensor:
@@ -188,13 +215,18 @@ def _torch_sweep(t: Tables, n_blocks: int, in_order: bool, generator: torch.Gene
         # the conditional with every count, then each token's own topic corrected for its removal
         doc_tab = n_dk + alpha if bias is None else (n_dk + alpha) * bias
         word_tab = phi if phi is not None else (n_wk + beta) / (n_mk + t.vbeta).index_select(0, t.vocab_mod)
-        p = doc_tab.index_select(0, d).mul_(word_tab.index_select(0, w))
         own = n_dk.take(d * k + old) - 1 + alpha
         own = own if bias is None else own * bias.take(d * k + old)
         own = own * (word_tab.take(w * k + old) if phi is not None else
                      (n_wk.take(w * k + old) - 1 + beta) / (n_mk.take(m * k + old) - 1 + t.vbeta.take(m)))
-        p.scatter_(1, old[:, None], own[:, None])
-        new = _draw(p, None, uu)
+        # the block's draws a slice of its tokens at a time (`row_blocks`: a block's R×K tables were, with one
+        # block, as large as the count matrix); each token's row is its own: the same draws
+        new, rows = torch.empty_like(old), row_blocks(d.shape[0], k)
+        for s in rows:
+            e = s + rows.step
+            p = doc_tab.index_select(0, d[s:e]).mul_(word_tab.index_select(0, w[s:e]))
+            p.scatter_(1, old[s:e, None], own[s:e, None])
+            new[s:e] = _draw(p, None, uu[s:e])
         t.z.index_copy_(0, idx, new)
         sign = torch.ones(2 * d.shape[0], dtype=n_dk.dtype, device=n_dk.device)
         sign[: d.shape[0]] = -1
@@ -254,10 +286,22 @@ class GibbsChain:
         nz = counts.nonzero()
         reps = counts[nz[:, 0], nz[:, 1]]
         doc, word = nz[:, 0].repeat_interleave(reps), nz[:, 1].repeat_interleave(reps)
-        p = torch.ones(doc.shape[0], self.k, dtype=self.dtype, device=self.device)
-        p = p if theta is None else p * theta.to(self.dtype).index_select(0, doc)
-        p = p if phi is None else p * phi.to(self.dtype).index_select(0, word)
-        self.counts[m], self.docs[m], self.words[m], self.z[m] = counts, doc, word, _draw(p, generator)
+        del nz, reps
+        # the draws a block of tokens at a time (`row_blocks`): a T×K table of probabilities was as large as the
+        # count matrix (100 tokens a document, K=50, 5,000 words) and made three times. One uniform per token drawn
+        # first, as `_draw` draws them; each row's cumulative sums are its own: the same topics.
+        u = torch.rand(doc.shape[0], 1, generator=generator, dtype=self.dtype, device=self.device)
+        theta = None if theta is None else theta.to(self.dtype)
+        phi = None if phi is None else phi.to(self.dtype)
+        z = torch.empty_like(doc)
+        blocks = row_blocks(doc.shape[0], self.k)
+        for s in blocks:
+            d, w = doc[s:s + blocks.step], word[s:s + blocks.step]
+            p = (torch.ones(d.shape[0], self.k, dtype=self.dtype, device=self.device) if theta is None
+                 else theta.index_select(0, d))  # (1 · x is x)
+            p = p if phi is None else p.mul_(phi.index_select(0, w))
+            z[s:s + blocks.step] = _draw(p, None, u[s:s + blocks.step])
+        self.counts[m], self.docs[m], self.words[m], self.z[m] = counts, doc, word, z
 
     def run(self, n_sweeps: int, n_blocks: int, prior: Tensor | None, phi: Tensor | None,
             generator: torch.Generator | None, backend: str = "torch") -> tuple[Tensor, Tensor]:
