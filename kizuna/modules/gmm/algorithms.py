@@ -242,9 +242,13 @@ def vb(x: Tensor, prior: NormalWishart, alpha0: float, resp: Tensor, max_iter: i
 def _em_m_step(x: Tensor, resp: Tensor, diagonal: bool, reg_covar: float) -> tuple[Tensor, Tensor, Tensor]:
     counts = resp.sum(0) + 10 * torch.finfo(x.dtype).eps
     means = resp.T @ x / counts.unsqueeze(1)
-    if diagonal:
-        diff = x.unsqueeze(1) - means  # N x K x D
-        cov = (resp.unsqueeze(-1) * diff**2).sum(0) / counts.unsqueeze(1) + reg_covar
+    if diagonal:  # the weighted squared differences a block of rows at a time (`row_blocks`): B×K×D, not N×K×D
+        blocks = row_blocks(x.shape[0], means.numel())
+        sq = means.new_zeros(means.shape)
+        for s in blocks:
+            diff = x[s:s + blocks.step].unsqueeze(1) - means  # B x K x D
+            sq += torch.einsum("bk,bkd->kd", resp[s:s + blocks.step], diff.square_())
+        cov = sq / counts.unsqueeze(1) + reg_covar
     else:
         cov = weighted_scatter(x, resp, means) / counts[:, None, None]
         cov = cov + reg_covar * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)

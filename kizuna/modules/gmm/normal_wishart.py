@@ -23,6 +23,7 @@ univariate Student-t with :math:`\nu_N` degrees of freedom and scale
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -69,12 +70,16 @@ class NormalWishart:
         (N×K) when ``pairwise``, else row ``b`` under component ``b`` (``x`` B×D, result B)."""
         d = self.dim
         if self.diagonal:
-            diff = x.unsqueeze(-2) - self.m if pairwise else x - self.m
             df = self.nu.unsqueeze(-1)
             scale2 = self.scale * (self.kappa.unsqueeze(-1) + 1) / (self.kappa.unsqueeze(-1) * df)
-            per_dim = (torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi * scale2)
-                       - (df + 1) / 2 * torch.log1p(diff**2 / (scale2 * df)))
-            return per_dim.sum(-1)
+            const = torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi * scale2)
+
+            def per_row(xb: Tensor) -> Tensor:  # const - (df + 1) / 2 * log1p(diff**2 / (scale2 * df)), in place
+                diff = xb.unsqueeze(-2) - self.m if pairwise else xb - self.m
+                sq = _promoted(diff.square_(), scale2, df, const)
+                return sq.div_(scale2 * df).log1p_().mul_((df + 1) / 2).neg_().add_(const).sum(-1)
+
+            return diagonal_rows(x, self.m, per_row) if pairwise else per_row(x)
         df = self.nu - d + 1
         c = (self.kappa + 1) / (self.kappa * df)
         if pairwise:
@@ -125,7 +130,8 @@ class NormalWishart:
     def expected_mahalanobis(self, x: Tensor) -> Tensor:
         """:math:`\\mathbb E[(x-\\mu)^\\top\\Lambda(x-\\mu)] = D/\\kappa + \\nu (x-m)^\\top S^{-1}(x-m)`, N×K."""
         if self.diagonal:
-            quad = (((x.unsqueeze(-2) - self.m) ** 2) * (self.nu.unsqueeze(-1) / self.scale)).sum(-1)
+            precision = self.nu.unsqueeze(-1) / self.scale
+            quad = diagonal_rows(x, self.m, lambda xb: _weighted_squares(xb, self.m, precision))
         else:
             quad = self.nu * self.quadratic(x)[0]
         return self.dim / self.kappa + quad
@@ -157,8 +163,11 @@ def gaussian_log_prob(x: Tensor, mu: Tensor, precision: Tensor) -> Tensor:
     :math:`\\Lambda_k` (K×D×D) or a diagonal precision (K×D)."""
     d = x.shape[-1]
     if precision.dim() == mu.dim():
-        diff = x.unsqueeze(-2) - mu
-        return 0.5 * (torch.log(precision).sum(-1) - (diff**2 * precision).sum(-1) - d * math.log(2 * math.pi))
+        logdet = torch.log(precision).sum(-1)
+        def per_row(xb: Tensor) -> Tensor:  # 0.5 * (logdet - (diff**2 * precision).sum(-1) - ...), in place
+            return 0.5 * (logdet - _weighted_squares(xb, mu, precision) - d * math.log(2 * math.pi))
+
+        return diagonal_rows(x, mu, per_row)
     logdet = torch.log(torch.diagonal(precision, dim1=-2, dim2=-1)).sum(-1)
     return logdet - 0.5 * squared_mahalanobis(x, mu, precision) - 0.5 * d * math.log(2 * math.pi)
 
@@ -167,6 +176,39 @@ def row_blocks(n: int, per_row: int) -> range:
     """Starts of blocks of rows whose temporaries (``per_row`` elements a row) fit in cache (``BLOCK_ELEMENTS``):
     streaming N×K×D temporaries through memory, not their size, is what costs at large N."""
     return range(0, n, max(256, BLOCK_ELEMENTS // max(1, per_row)))
+
+
+def _promoted(t: Tensor, *others: Tensor) -> Tensor:
+    """``t`` in the dtype an out-of-place operation with ``others`` computes in (``t`` itself when it is in it): the
+    in-place chains below then give the values of their out-of-place forms, mixed dtypes included."""
+    dtype = t.dtype
+    for o in others:
+        dtype = torch.promote_types(dtype, o.dtype)
+    return t.to(dtype)
+
+
+def _weighted_squares(x: Tensor, m: Tensor, precision: Tensor) -> Tensor:
+    """``((x.unsqueeze(-2) - m) ** 2 * precision).sum(-1)`` (B×K) with one B×K×D temporary, worked in place."""
+    return _promoted((x.unsqueeze(-2) - m).square_(), precision).mul_(precision).sum(-1)
+
+
+def diagonal_rows(x: Tensor, m: Tensor, per_row: Callable[[Tensor], Tensor]) -> Tensor:
+    """``per_row(x[block])`` (B×K) for each block of rows of ``x`` (N×D) against the K×D ``m`` (`row_blocks`):
+    the diagonal paths' B×K×D differences stay under ``BLOCK_ELEMENTS``, memory linear in N×K, and each row's
+    value is the one ``per_row(x)`` gives (the same elementwise arithmetic, a row's sum over D alone). The callers
+    work on their B×K×D difference in place (the same operations in the same order: the same values)."""
+    if x.dim() != 2 or m.dim() != 2:  # (no block of rows to take: the broadcast as it is)
+        return per_row(x)
+    n, k = x.shape[0], m.shape[0]
+    blocks = row_blocks(n, k * m.shape[1])
+    if len(blocks) <= 1:
+        return per_row(x)
+    first = per_row(x[:blocks.step])
+    out = first.new_empty(n, k)  # (the dtype the arithmetic promotes to)
+    out[:blocks.step] = first
+    for s in blocks[1:]:
+        out[s:s + blocks.step] = per_row(x[s:s + blocks.step])
+    return out
 
 
 def squared_mahalanobis(x: Tensor, m: Tensor, root: Tensor) -> Tensor:
