@@ -30,7 +30,7 @@ def squared_distances(x: torch.Tensor, y: torch.Tensor, centre: torch.Tensor | N
     return torch.cdist(x - centre, y - centre).pow(2)
 
 
-def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, n_iter: int = 20,
+def kmeans(x: torch.Tensor, k: int, generator: torch.Generator | None, n_iter: int = 20,
            n_local_trials: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means of the rows of ``x`` (``(n, D)``): ``(centres (k, D), labels (n,))``; the start of the GMM (its
     labels) and of the HMM (its centres).
@@ -52,9 +52,10 @@ def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, n_iter: int = 20
     them unless ``n_iter`` ran out first); ``n_iter=0`` returns the seeds and their labels.
 
     Every draw comes from ``generator``, on its own device (a CPU generator serves data on a GPU, and the
-    reverse); torch's global generator is never used."""
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"kmeans: generator must be a torch.Generator (torch's global generator is not used), got "
+    reverse); ``None`` draws from torch's global generator on ``x``'s device (a graph node updated in a context
+    without a generator, reproducible under ``torch.manual_seed``, as before stop 48)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"kmeans: generator must be a torch.Generator or None (torch's global generator), got "
                         f"{generator!r}")
     n = x.shape[0]
     if n == 0 or k < 1:
@@ -75,12 +76,12 @@ def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, n_iter: int = 20
     return centres, labels
 
 
-def _plain_seeds(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def _plain_seeds(x: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
     """One candidate per centre: the GMM's k-means++ seeding as it was before stop 48, draw for draw (its recorded
     seeds reproduce bitwise). The minimum is recomputed over all centres each time, as then (`squared_distances`
     centres its inputs on their joint mean, so an incremental minimum rounds differently), and the draws are made in
     ``x``'s dtype on the generator's device (``x``'s, where the two agree: the old code's calls exactly)."""
-    n, device = x.shape[0], generator.device
+    n, device = x.shape[0], x.device if generator is None else generator.device
     centres = x[torch.randint(n, (1,), generator=generator, device=device).to(x.device)]
     for _ in range(1, k):
         d2 = squared_distances(x, centres).min(1).values
@@ -89,13 +90,13 @@ def _plain_seeds(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.T
     return centres
 
 
-def _greedy_seeds(x: torch.Tensor, k: int, generator: torch.Generator, trials: int) -> torch.Tensor:
+def _greedy_seeds(x: torch.Tensor, k: int, generator: torch.Generator | None, trials: int) -> torch.Tensor:
     """Greedy k-means++ seeding with ``trials`` candidates per centre (scikit-learn's ``kmeans_plusplus``), drawn in
     float64 on the generator's device."""
     n = x.shape[0]
 
     def draw(weights: torch.Tensor, m: int) -> torch.Tensor:
-        w = weights.to(device=generator.device, dtype=torch.float64)
+        w = weights.to(device=x.device if generator is None else generator.device, dtype=torch.float64)
         return torch.multinomial(w, m, replacement=True, generator=generator).to(x.device)
 
     ones = torch.ones(n, dtype=torch.float64)

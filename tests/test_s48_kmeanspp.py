@@ -142,8 +142,31 @@ def test_generator_reproducibility_and_no_global_draws():
     assert torch.equal(torch.get_rng_state(), state)  # torch's global generator untouched
     seeds = {tuple(kmeans(x, 4, torch.Generator().manual_seed(s), n_iter=0)[0].flatten().tolist()) for s in range(5)}
     assert len(seeds) > 1  # the generator decides the draws
-    with pytest.raises(TypeError, match="kmeans: generator must be a torch.Generator .*got None"):
-        kmeans(x, 4, None)
+    with pytest.raises(TypeError, match="kmeans: generator must be a torch.Generator or None .*got 7"):
+        kmeans(x, 4, 7)
+
+
+@pytest.mark.parametrize("algorithm", ["gibbs", "collapsed", "vb", "em"])
+def test_a_gmm_node_updated_without_a_generator_starts_from_the_global_one(algorithm):
+    """A hand-made UpdateContext has no generator: the node's k-means start draws from torch's global generator, as
+    before stop 48 (it raised "generator must be a torch.Generator ... got None" for a while), reproducibly."""
+    from kizuna.modules import GMM, Observation
+    from kizuna.modules.context import UpdateContext
+
+    x, _ = _square_blobs()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        gmm = GMM(4, algorithm=algorithm, max_iter=3).connect(Observation(x))
+        gmm.update(UpdateContext())
+        runs.append(gmm.posterior)
+    assert torch.equal(runs[0], runs[1])
+    for trials in (1, None):
+        torch.manual_seed(3)
+        a = kmeans(x, 4, None, n_local_trials=trials)
+        torch.manual_seed(3)
+        b = kmeans(x, 4, torch.default_generator, n_local_trials=trials)
+        assert torch.equal(a[1], b[1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
