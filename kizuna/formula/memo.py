@@ -107,6 +107,11 @@ _grad_enabled = torch.is_grad_enabled  # (bound once: half the cost of the modul
 # whether torch.autocast is on for any device type: one call, where `_autocast_state` asks every device type
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (lambda: bool(_autocast_state()))
 _compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling  # (torch < 2.3: dynamo's)
+# whether dynamo traces: the one question the miss path's common case asks before it reads `_LISTED` (one call that
+# returns False, where `_compiling` makes two: it asks ``torch.jit.is_scripting`` too); dynamo folds it to True, as it
+# does `_compiling`. `_compiling` (also true while ``torch.export`` traces without dynamo, where reading `_LISTED` adds
+# no guard) is asked in the slow branch only, by `_recorded`
+_tracing = getattr(torch.compiler, "is_dynamo_compiling", None) or _compiling
 
 # torch.nn's modules whose computation reads no training flag (their own or another's): a module whose class has the
 # forward of one of these (the type itself, or a subclass that keeps it: kizuna's `MLP`, a Sequential) and that has no
@@ -214,16 +219,6 @@ def _serves(mode: tuple[Any, list[Any], list[bool], Any], owner: object) -> bool
             and cast == (_autocast_state() if _any_autocast() else None))
 
 
-def _holds(held: _Held) -> bool:
-    """Whether the owner holds the tensors it held when the entry was computed (`_Held`): not inside a
-    ``torch.func.functional_call`` that swapped them in after the entry (MAML's adapted parameters evaluated within the
-    evaluation that computed them; the entry of the original parameters was served for them), nor, inside the call,
-    after it. Identity only, C-level: a few tenths of a microsecond for an MLP."""
-    dicts, tensors = held
-    now = [t for d in dicts for t in d.values()]
-    return len(now) == len(tensors) and all(map(operator.is_, now, tensors))
-
-
 class shared_parameters:  # noqa: N801 - used as a function: ``with shared_parameters():``
     """Within this block, a distribution given the same input tensors computes its parameters once;
     nested blocks share the outermost memo, in the same grad mode. A block nested without gradients in one with
@@ -301,8 +296,11 @@ def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Calla
     of an input tensor becomes a guard on that very object, so every new batch recompiled. An evaluation holds a
     handful of entries. Written as plain loops (no generator): it runs for every distribution on every step; the
     modes are read only for an entry whose inputs match (the grad mode only for an entry computed without
-    gradients) and once on a miss, to record them (`_recorded`), with the tensors the owner holds (compared on a hit:
-    `_holds`).
+    gradients) and once on a miss, to record them (`_recorded`), with the tensors the owner holds, compared by identity
+    on a hit (not inside a ``torch.func.functional_call`` that swapped them in after the entry: MAML's adapted
+    parameters evaluated within the evaluation that computed them were served the entry of the original parameters;
+    nor, inside the call, after it). That compare and the common case of a miss (an owner with no watched module,
+    outside autocast and dynamo's tracing) are written inline: a call each is a tenth of a microsecond.
     ``inputs`` is kept as it is given (not copied): pass a sequence built for the call."""
     memo = _STATE.memo
     if memo is None:
@@ -315,14 +313,16 @@ def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Calla
                     break
             else:  # computed without gradients: not for a computation with them; in another mode or with other
                 # tensors in the owner (a functional_call): not at all
-                if grad or not _grad_enabled():
-                    if type(mode) is not tuple:  # the plain mode: the owner's flag, autocast off
-                        if ((mode is None or mode is owner.training) and not _any_autocast()
-                                and (held is None or _holds(held))):
-                            return value
-                    elif _serves(mode, owner) and (held is None or _holds(held)):
+                if (grad or not _grad_enabled()) and (
+                        ((mode is None or mode is owner.training) and not _any_autocast()) if type(mode) is not tuple
+                        else _serves(mode, owner)):  # (not a tuple: the plain mode, the owner's flag, autocast off)
+                    if held is None:
                         return value
-    listed = None if _compiling() else _LISTED.get(id(owner))
+                    dicts, tensors = held  # the tensors the owner holds now, the entry's by identity (`_Held`)
+                    now = [x for d in dicts for x in d.values()]
+                    if len(now) == len(tensors) and all(map(operator.is_, now, tensors)):
+                        return value
+    listed = None if _tracing() else _LISTED.get(id(owner))
     if listed is not None and not listed[1] and listed[0] == _REGISTERED[0] and not _any_autocast():
         mode, dicts = owner.training, listed[3]  # (`_recorded`'s common case, inline: an owner with no watched
     else:  # module, outside autocast)
@@ -331,7 +331,7 @@ def memoized(owner: object, tag: Hashable, inputs: Sequence[Any], compute: Calla
     grad = _grad_enabled()
     value = compute(*args)
     # the tensors held once the computation finished (a buffer the owner's forward reassigned), listed once, here
-    held = None if dicts is None else (dicts, [t for d in dicts for t in d.values()])
+    held = None if dicts is None else (dicts, [x for d in dicts for x in d.values()])
     memo.append((owner, tag, inputs, value, grad, mode, held))
     return value
 

@@ -16,7 +16,6 @@ by overriding it (`kizuna.models.GAN` takes its discriminator's steps there). `f
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import math
 import numbers
@@ -412,7 +411,11 @@ class Model:
         and again after a module was registered anywhere (`module_registrations`: a batch-norm layer replaced after
         the first step); their tensors are read from them at each call: a conversion of the networks (``.double()``,
         ``.to(device)``) replaces every buffer, and the tensors found at the first step were the dead ones (a refused
-        step put the statistics back into them and left the bad batch's in the live layers)."""
+        step put the statistics back into them and left the bad batch's in the live layers). The list of tensors is
+        not kept across steps: ``_apply`` (every conversion, ``to_empty``) and ``torch.func.functional_call`` write
+        the ``_buffers``/``_parameters`` dicts directly, with no hook to say so, and checking a kept list against
+        the dicts costs as much as reading it again (about a microsecond for four ActNorm layers); a step reads it
+        once."""
         count = module_registrations()
         found = self.__dict__.get("_forward_state")
         if found is None or found[0] != count:
@@ -423,15 +426,22 @@ class Model:
                                    }.values() if isinstance(m, kinds)]
             found = self.__dict__["_forward_state"] = (count, [d for m in modules for d in (m._buffers, m._parameters)],
                                                        [m for m in modules if isinstance(m, ActNorm)])
-        return [t for t in itertools.chain.from_iterable(map(dict.values, found[1])) if t is not None], found[2]
+        return [t for d in found[1] for t in d.values() if t is not None], found[2]
 
-    def _kept_forward(self) -> Callable[[], None]:
-        """What a training-mode forward writes (`_updated_in_forward`) kept as it is now; the function returned puts it
-        back. An ActNorm's Python mirror of its ``initialized`` flag is cleared with it (the layer reads the flag
-        again at its next pass): left True by the refused pass that had initialised the layer, the layer never
-        initialised from the data after the flag and the parameters were put back."""
-        state, actnorms = self._forward_writers()
-        kept = [t.detach().clone() for t in state]
+    def _kept_forward(self, writers: tuple[list[torch.Tensor], list[nn.Module]] | None = None
+                      ) -> Callable[[], None]:
+        """What a training-mode forward writes (`_updated_in_forward`; ``writers``: `_forward_writers` read just now,
+        by a caller that needed them too) kept as it is now; the function returned puts it back. An ActNorm's Python
+        mirror of its ``initialized`` flag is cleared with it (the layer reads the flag again at its next pass): left
+        True by the refused pass that had initialised the layer, the layer never initialised from the data after the
+        flag and the parameters were put back."""
+        state, actnorms = self._forward_writers() if writers is None else writers
+        grad = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)  # (copies without a graph: cheaper than a detach per tensor)
+        try:
+            kept = [t.clone() for t in state]
+        finally:
+            torch.set_grad_enabled(grad)
 
         def restore() -> None:
             with torch.no_grad():
@@ -491,11 +501,11 @@ class Model:
     def _optimise(self, batch: dict[str, Any], options: Mapping[str, Any], terms: bool
                   ) -> tuple[torch.Tensor, float, dict[str, float]]:
         self._check_held()
-        state = self._updated_in_forward()
+        writers = self._forward_writers()  # (`_updated_in_forward`, and the ActNorm layers: read once a step)
         compiled = self._compiles(self.loss_cls)
-        if not state and not compiled:
+        if not writers[0] and not compiled:
             return self._step_once(batch, options, terms)
-        restore = self._kept_forward()
+        restore = self._kept_forward(writers)
         rng = _rng_states(self.device) if compiled else None
         try:
             return self._step_once(batch, options, terms)
