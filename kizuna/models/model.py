@@ -342,13 +342,19 @@ class Model:
 
     # ------------------------------------------------------------------ steps
     def train(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
-        """One optimisation step on ``x_dict``; returns the loss before the step (detached, 0-d).
+        """One optimisation step on ``x_dict``; returns the loss before the step (detached, 0-d). A subclass that
+        overrides `step` (and not `train`) is trained by its own step here too, as by `fit`; its `StepResult`'s loss
+        is returned.
 
         ``options`` go to the loss's evaluation (e.g. ``batch_n``), as in Pixyz. ``train_x_dict=`` (Pixyz's name of
         ``x_dict``) is taken as ``x_dict``.
         """
         if "train_x_dict" in options:
             x_dict = self._pixyz_data(x_dict, options, "train")
+        # a subclass's own training step, which `fit` takes too (a class that overrides `train` as well, the GAN, calls
+        # this one for its own part of the step)
+        if type(self).step is not Model.step and type(self).train is Model.train:
+            return torch.as_tensor(self.step({} if x_dict is None else x_dict, **options).loss).detach()
         return self._optimise(self._prepare(x_dict, "train"), options, terms=False)[0]
 
     def test(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:

@@ -1,0 +1,50 @@
+"""Stop 48: `Model.train` goes through a subclass's own `step`, as `fit` does (docs/training.md: `step` is the training
+step behind both); before, `train` took the base step and silently skipped the override."""
+
+import torch
+
+from kizuna.distributions import Normal
+from kizuna.losses import LogProb
+from kizuna.models import Model
+from kizuna.models.model import StepResult
+
+
+class _Counting(Model):
+    """A model whose step only evaluates (no optimisation), counting its calls."""
+
+    calls = 0
+
+    def step(self, batch, **options):
+        type(self).calls += 1
+        value = self.test(batch)
+        return StepResult(float(value), {})
+
+
+def _model(cls):
+    p = Normal(var=["x"], loc=torch.nn.Parameter(torch.zeros(2)), scale=1.0, name="p")
+    return p, cls(-LogProb(p).mean(), distributions=[p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.5})
+
+
+def test_train_and_fit_both_take_an_overridden_step():
+    torch.manual_seed(0)
+    x = torch.randn(16, 2) + 3
+    p, m = _model(_Counting)
+    m.fit({"x": x}, epochs=1, batch_size=16, quiet=True)
+    loss = m.train({"x": x})
+    assert _Counting.calls == 2
+    assert not p.loc.detach().any()  # the override takes no step: nothing moved
+    # the returned loss is the override's: -mean log N(x; 0, 1) summed over the two features (scipy-free closed form)
+    expected = (0.5 * x.pow(2).sum(1) + torch.log(torch.tensor(2 * torch.pi))).mean()
+    assert loss.dim() == 0 and not loss.requires_grad
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_base_step_is_unchanged():
+    """Without an override `train` keeps its own path: one SGD step of the mean negative log-likelihood."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 2) + 3
+    p, m = _model(Model)
+    loss = m.train({"x": x})
+    expected = (0.5 * x.pow(2).sum(1) + torch.log(torch.tensor(2 * torch.pi))).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(p.loc.detach().flatten(), 0.5 * x.mean(0))  # gradient of the loss at 0 is -mean(x)
