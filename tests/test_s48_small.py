@@ -85,3 +85,22 @@ def test_the_graph_options_explanation_is_only_added_where_it_applies() -> None:
     with pytest.raises(ValueError) as err:
         chain.sample({"x": torch.randn(4, 2)}, batch_n=2, sample_shape=[3])
     assert str(err.value).startswith("p(z|x): batch_n=2") and "With graph options" not in str(err.value)
+
+
+def test_a_network_factor_refusing_drawn_rows_gets_the_graph_options_explanation() -> None:
+    """A factor whose parameters come from a network names its conditioning values' batch size: the same cause."""
+
+    class _Net(Normal):
+        def __init__(self) -> None:
+            super().__init__(var=["y"], cond_var=["z"], name="p")
+            self.net = nn.Linear(2, 2)
+
+        def forward(self, z: torch.Tensor) -> dict:
+            return {"loc": self.net(z), "scale": torch.ones_like(z)}
+
+    p = _Net() * Normal(loc=torch.zeros(2), scale=torch.ones(2), var=["z"])
+    p.graph.set_option({"reparam": True}, var=["y"])
+    with pytest.raises(ValueError) as err:
+        p.sample(batch_n=2, sample_shape=[3])
+    assert str(err.value).startswith("p(y|z): batch_n=2 but the ") and "have batch size 3. With graph options" in str(
+        err.value)

@@ -37,6 +37,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from kizuna.formula.expr import values_dict
 
 
@@ -75,8 +77,11 @@ class GraphOptions:
                 return f.sample(inputs, **{k: v for k, v in opts.items() if k != "return_all"}, return_all=False)
             except ValueError as e:
                 shape, rows = opts.get("sample_shape"), opts.get("batch_n")
-                drawn = [k for k in inputs if k not in x_dict]  # the values this call drew (with the sample_shape)
-                if not (shape and rows is not None and drawn and "but the parameters have batch size" in str(e)):
+                # the cause: values this call drew, which carry the sample_shape, refused for their rows (a factor's
+                # own wording: its parameters' or its conditioning values' batch size, "batch_n=... but ...")
+                drawn = [v for k, v in inputs.items() if k not in x_dict and isinstance(v, torch.Tensor)
+                         and tuple(v.shape[:len(tuple(shape))]) == tuple(shape)] if shape else []
+                if not (drawn and rows is not None and f"batch_n={rows} but" in str(e)):
                     raise
                 raise ValueError(
                     f"{e}. With graph options a product passes the call's sample_shape={tuple(shape)} to every factor "
