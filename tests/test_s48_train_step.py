@@ -48,3 +48,28 @@ def test_the_base_step_is_unchanged():
     expected = (0.5 * x.pow(2).sum(1) + torch.log(torch.tensor(2 * torch.pi))).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(p.loc.detach().flatten(), 0.5 * x.mean(0))  # gradient of the loss at 0 is -mean(x)
+
+
+def test_a_step_that_calls_train_itself_and_the_loss_keeps_the_model_dtype():
+    """A subclass whose step wraps `train` (e.g. logging around it) gets the base step there, not a recursion; a float
+    loss comes back in the model's dtype (float64 here), as `train`'s own loss does."""
+
+    class ViaTrain(Model):
+        calls = 0
+
+        def step(self, batch, **options):
+            type(self).calls += 1
+            return StepResult(float(self.train(batch)), {})
+
+    p = Normal(var=["x"], loc=torch.nn.Parameter(torch.zeros(2, dtype=torch.float64)),
+               scale=torch.tensor(1.0, dtype=torch.float64), name="p")
+    m = ViaTrain(-LogProb(p).mean(), distributions=[p], optimizer=torch.optim.SGD, optimizer_params={"lr": 0.5})
+    x = torch.randn(16, 2, dtype=torch.float64) + 3
+    loss = m.train({"x": x})
+    assert loss.dtype == torch.float64
+    expected = (0.5 * x.pow(2).sum(1) + torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64))).mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(p.loc.detach().flatten(), 0.5 * x.mean(0))  # one base step taken
+    assert ViaTrain.calls == 1
+    m.fit({"x": x}, epochs=1, batch_size=16, quiet=True)  # fit through the same step: no recursion either
+    assert ViaTrain.calls == 2  # once per batch, as before

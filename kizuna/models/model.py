@@ -214,6 +214,8 @@ class Model:
 
     extra_terms: tuple[str, ...] = ()  # names a subclass's step adds to the terms (e.g. GAN's "d_loss")
 
+    _in_own_step = False  # `train` inside a subclass's own `step` (which `train` calls): the base step there
+
     def __init__(
         self,
         loss: Loss,
@@ -353,8 +355,11 @@ class Model:
             x_dict = self._pixyz_data(x_dict, options, "train")
         # a subclass's own training step, which `fit` takes too (a class that overrides `train` as well, the GAN, calls
         # this one for its own part of the step)
-        if type(self).step is not Model.step and type(self).train is Model.train:
-            return torch.as_tensor(self.step({} if x_dict is None else x_dict, **options).loss).detach()
+        if type(self).step is not Model.step and type(self).train is Model.train and not self._in_own_step:
+            loss = self._run_step({} if x_dict is None else x_dict, **options).loss
+            if isinstance(loss, torch.Tensor):
+                return loss.detach()
+            return torch.tensor(loss, dtype=self.dtype, device=self.device)  # a float: in the model's dtype, as before
         return self._optimise(self._prepare(x_dict, "train"), options, terms=False)[0]
 
     def test(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
@@ -374,6 +379,15 @@ class Model:
             raise TypeError(f"{type(self).__name__}.{fn} got both x_dict and {fn}_x_dict (Pixyz's name of x_dict): "
                             "give the data once")
         return data
+
+    def _run_step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
+        """`step`, during which `train` takes the base step (a subclass's step that calls `train` itself, from `train`
+        or from `fit`, runs once and does not recurse)."""
+        self._in_own_step = True
+        try:
+            return self.step(batch, **options)
+        finally:
+            self._in_own_step = False
 
     def step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """One optimisation step, reporting the loss and every named term from the same evaluation.
