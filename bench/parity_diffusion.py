@@ -34,7 +34,8 @@ from _parity import (
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-from diffusion import LEVELS, eps_net  # noqa: E402
+from _common import GREY_LEVELS as LEVELS  # noqa: E402
+from diffusion import eps_net  # noqa: E402
 
 from kizuna.datasets import load_digits, split  # noqa: E402
 from kizuna.distributions import DDPM, DiffusionDecoder, DiffusionReverse, DiffusionSchedule  # noqa: E402

@@ -41,7 +41,8 @@ from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-from gan import LEVELS, Critic, Discriminator, Generator, c2st  # noqa: E402
+from _common import GREY_LEVELS as LEVELS  # noqa: E402
+from gan import Critic, Discriminator, Generator, c2st  # noqa: E402
 
 from kizuna.datasets import load_digits, split  # noqa: E402
 from kizuna.distributions import Normal  # noqa: E402
