@@ -123,8 +123,8 @@ SLICE_ABOVE = 2
 
 def block_steps(k: int) -> int:
     """The most steps of one sequence a block holds: the largest S found with :math:`S (K + K^2/L_S) \\le`
-    ``BLOCK_FLOATS`` (at K = 50: 22,205 steps; K = 4: 932,067). A longer sequence runs in slices of time of this
-    many steps (`_smooth_sliced`, `_sliced_log_likelihood`)."""
+    ``BLOCK_FLOATS`` (at K = 50: 22,205 steps; K = 4: 932,067). A sequence longer than `SLICE_ABOVE` of them runs in
+    slices of time of this many steps (`_smooth_sliced`, `_sliced_log_likelihood`)."""
     steps = int(BLOCK_FLOATS // _step_cost(k, 1 << 30))
     while steps > 1 and steps * _step_cost(k, steps) > BLOCK_FLOATS:  # a shorter slice has shorter chunks
         steps = int(BLOCK_FLOATS // _step_cost(k, steps))
