@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kizuna.modules import ClassModule, Graph, load_module, save_module
 
@@ -56,3 +62,40 @@ def serket_vae_gmm_mlda_graph() -> Graph:
     vae = km.VAE(2, hidden=(4,), epochs=1, name="vae").connect(image)
     gmm = km.GMM(2, name="gmm").connect(vae)
     return Graph([km.MLDA(2, name="mlda").connect(speech, gmm)])
+
+
+# ------------------------------------------------------------------ peak memory of a script (Linux)
+PEAK_PRELUDE = r"""
+import gc, json, sys, warnings
+import numpy as np, torch
+torch.set_num_threads(1); warnings.simplefilter("ignore")
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+def peak(fn):
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    base = status("VmRSS")
+    fn()
+    return status("VmHWM") - base
+"""
+
+needs_peak_rss = pytest.mark.skipif(not sys.platform.startswith("linux") or not os.access("/proc/self/clear_refs",
+                                                                                          os.W_OK),
+                                    reason="peak RSS is read from /proc (Linux)")
+
+
+def peak_memory(script: str, *args: str) -> dict[str, float]:
+    """Run `PEAK_PRELUDE` + ``script`` (which prints one JSON dict, its last line, of `peak(fn)` results) in a fresh
+    interpreter on this checkout, one thread, and return that dict."""
+    import kizuna
+
+    root = str(Path(kizuna.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([sys.executable, "-c", PEAK_PRELUDE + script, *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -7,20 +7,15 @@ full-covariance paths do. Each row's arithmetic is unchanged (the samplers' draw
 the code before the change, bitwise); the M step's sums over rows change only in their order.
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.stats as st
 import torch
+from module_checks import needs_peak_rss, peak_memory
 from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
 
-import kizuna
 from kizuna.modules.gmm import GaussianMixture
 from kizuna.modules.gmm import algorithms as algo
 from kizuna.modules.gmm import normal_wishart as nwmod
@@ -29,22 +24,7 @@ from kizuna.modules.gmm.normal_wishart import NormalWishart, gaussian_log_prob
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROBE = r"""
-import gc, json, warnings
-import numpy as np, torch
-torch.set_num_threads(1); warnings.simplefilter("ignore")
 from kizuna.modules.gmm import GaussianMixture
-
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
-def peak(fn):
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    base = status("VmRSS")
-    fn()
-    return status("VmHWM") - base
 
 n, d, k = 8000, 24, 24  # one N×K×D float64 temporary: 35 MiB (24 N×K arrays); one N×K: 1.5 MiB
 rng = np.random.default_rng(0)
@@ -59,14 +39,9 @@ print(json.dumps({key: value / (n * k * 8) for key, value in out.items()}))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.access("/proc/self/clear_refs", os.W_OK),
-                    reason="peak RSS is read from /proc (Linux)")
+@needs_peak_rss
 def test_diag_fit_and_score_peak_memory_is_a_few_n_by_k_arrays():
-    root = str(Path(kizuna.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    copies = json.loads(done.stdout.strip().splitlines()[-1])
+    copies = peak_memory(PROBE)
     # before: 50-80 N×K arrays (one N×K×D temporary is 24 of them); now about 4 to score and 7-11 to fit (the
     # responsibilities, messages, log-densities, the k-means start, and copies of the N×D data: D = K here)
     assert max(copies.values()) < 16, copies

@@ -13,18 +13,13 @@ scores' exact bits; both backends give the same ones (the numba sweep is draw fo
 """
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from module_checks import needs_peak_rss, peak_memory
 
-import kizuna
 from kizuna.modules import _backend
 from kizuna.modules.gmm.normal_wishart import row_blocks
 from kizuna.modules.lda import LatentDirichletAllocation, MultimodalLDA, as_counts, sampler
@@ -34,22 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 BACKENDS = ["torch"] + (["numba"] if _backend.numba_available() else [])
 
 PROBE = r"""
-import gc, json, sys, warnings
-import numpy as np, torch
-torch.set_num_threads(1); warnings.simplefilter("ignore")
 from kizuna.modules.lda import MultimodalLDA, LatentDirichletAllocation
-
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
-def peak(fit):
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    base = status("VmRSS")
-    fit()
-    return status("VmHWM") - base
 
 rng = np.random.default_rng(0)
 n, v = 1500, 2000  # one int64 copy: 23 MiB; 20,000 tokens, so the count matrix dominates
@@ -70,15 +50,9 @@ print(json.dumps({key: value / x.nbytes for key, value in out.items()}))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.access("/proc/self/clear_refs", os.W_OK),
-                    reason="peak RSS is read from /proc (Linux)")
+@needs_peak_rss
 def test_fit_peak_memory_in_copies_of_the_count_matrix():
-    root = str(Path(kizuna.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run([sys.executable, "-c", PROBE, *BACKENDS], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    copies = json.loads(done.stdout.strip().splitlines()[-1])
+    copies = peak_memory(PROBE, *BACKENDS)
     # integer counts: the counts themselves (the chain keeps them) and small temporaries, 1.1-1.3; was 4.0.
     # Floating input: its floating copy while the integer counts are made, 2.4-2.5; was 4.0 (6.0 with
     # largest_remainder's sort)
