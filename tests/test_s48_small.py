@@ -104,3 +104,11 @@ def test_a_network_factor_refusing_drawn_rows_gets_the_graph_options_explanation
         p.sample(batch_n=2, sample_shape=[3])
     assert str(err.value).startswith("p(y|z): batch_n=2 but the ") and "have batch size 3. With graph options" in str(
         err.value)
+
+
+def test_a_whole_number_sample_shape_with_graph_options() -> None:
+    """``sample_shape=3`` is three draws (as ``[3]``): the explanation, not a TypeError from reading the number."""
+    p = _product({"reparam": True})
+    with pytest.raises(ValueError) as err:
+        p.sample(batch_n=2, sample_shape=3)
+    assert "sample_shape=(3,) to every factor" in str(err.value)

@@ -73,3 +73,28 @@ def test_a_step_that_calls_train_itself_and_the_loss_keeps_the_model_dtype():
     assert ViaTrain.calls == 1
     m.fit({"x": x}, epochs=1, batch_size=16, quiet=True)  # fit through the same step: no recursion either
     assert ViaTrain.calls == 2  # once per batch, as before
+
+
+def test_a_step_called_directly_runs_once_and_a_copy_made_inside_it_trains_normally():
+    """An overridden step that wraps `train`, called directly, runs its body once (one base step); a copy of the model
+    made inside the step is a model of its own (its `train` takes its own step again, not the base one forever)."""
+    import copy
+
+    class ViaTrain(Model):
+        calls = 0
+        copies = []
+
+        def step(self, batch, **options):
+            type(self).calls += 1
+            if not self.copies:
+                self.copies.append(copy.deepcopy(self))
+            return StepResult(float(self.train(batch)), {})
+
+    p, m = _model(ViaTrain)
+    x = torch.randn(16, 2) + 3
+    m.step({"x": x})
+    assert ViaTrain.calls == 1
+    torch.testing.assert_close(p.loc.detach().flatten(), 0.5 * x.mean(0))  # one base step
+    twin = ViaTrain.copies[0]
+    twin.train({"x": x})  # through its own step (calls 2), whose train then takes the base step
+    assert ViaTrain.calls == 2

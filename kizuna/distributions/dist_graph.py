@@ -79,12 +79,16 @@ class GraphOptions:
                 shape, rows = opts.get("sample_shape"), opts.get("batch_n")
                 # the cause: values this call drew, which carry the sample_shape, refused for their rows (a factor's
                 # own wording: its parameters' or its conditioning values' batch size, "batch_n=... but ...")
+                try:
+                    shape = tuple(torch.Size([shape]) if isinstance(shape, int) else torch.Size(shape))
+                except TypeError:  # a sample_shape the factor refused for itself: its own message
+                    raise e from None
                 drawn = [v for k, v in inputs.items() if k not in x_dict and isinstance(v, torch.Tensor)
-                         and tuple(v.shape[:len(tuple(shape))]) == tuple(shape)] if shape else []
+                         and tuple(v.shape[:len(shape)]) == shape] if shape else []
                 if not (drawn and rows is not None and f"batch_n={rows} but" in str(e)):
                     raise
                 raise ValueError(
-                    f"{e}. With graph options a product passes the call's sample_shape={tuple(shape)} to every factor "
+                    f"{e}. With graph options a product passes the call's sample_shape={shape} to every factor "
                     f"(as Pixyz does), so {f.prob_text} is given draws that already have it, beside batch_n={rows}; "
                     "leave batch_n out (the draws fix the rows), or clear the options for draws of the whole product "
                     "(docs/porting_from_pixyz.md, graph options)") from e

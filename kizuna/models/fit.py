@@ -389,7 +389,7 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
         if batch.n == 0 and not training:
             continue
         try:
-            value, terms = model._run_step(batch.values) if training else model.evaluate(batch.values)
+            value, terms = model.step(batch.values) if training else model.evaluate(batch.values)
         except FloatingPointError as err:
             what, detail, outcome = (err.what, err.detail, err.outcome) if isinstance(err, NonFiniteStep) else (
                 str(err), "", NOT_TAKEN)

@@ -153,6 +153,17 @@ def build_scheduler(scheduler: type | None, optimizer: torch.optim.Optimizer,
     return built
 
 
+_STEPPING = threading.local()
+
+
+def _stepping() -> set[int]:
+    """The ids of the models whose own (overridden) `step` runs in this thread (`Model.__init_subclass__`)."""
+    inside = getattr(_STEPPING, "ids", None)
+    if inside is None:
+        inside = _STEPPING.ids = set()
+    return inside
+
+
 class Model:
     """Trains the parameters of ``distributions`` to minimise ``loss``.
 
@@ -214,7 +225,27 @@ class Model:
 
     extra_terms: tuple[str, ...] = ()  # names a subclass's step adds to the terms (e.g. GAN's "d_loss")
 
-    _in_own_step = False  # `train` inside a subclass's own `step` (which `train` calls): the base step there
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own `step` is marked while it runs (`_stepping`): a `train` called inside it takes the base
+        step, whether the step was called by `train`, by `fit` or directly."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("step")
+        if own is not None and not getattr(own, "_marks_stepping", False):
+            def step(self: Model, batch: Mapping[str, Any], **options: Any) -> StepResult:
+                inside = _stepping()
+                first = id(self) not in inside
+                inside.add(id(self))
+                try:
+                    return own(self, batch, **options)
+                finally:
+                    if first:
+                        inside.discard(id(self))
+
+            step.__wrapped__ = own  # type: ignore[attr-defined]
+            step._marks_stepping = True  # type: ignore[attr-defined]
+            for name in ("__name__", "__qualname__", "__doc__", "__module__"):
+                setattr(step, name, getattr(own, name, None))
+            cls.step = step  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -355,8 +386,8 @@ class Model:
             x_dict = self._pixyz_data(x_dict, options, "train")
         # a subclass's own training step, which `fit` takes too (a class that overrides `train` as well, the GAN, calls
         # this one for its own part of the step)
-        if type(self).step is not Model.step and type(self).train is Model.train and not self._in_own_step:
-            loss = self._run_step({} if x_dict is None else x_dict, **options).loss
+        if type(self).step is not Model.step and type(self).train is Model.train and id(self) not in _stepping():
+            loss = self.step({} if x_dict is None else x_dict, **options).loss
             if isinstance(loss, torch.Tensor):
                 return loss.detach()
             return torch.tensor(loss, dtype=self.dtype, device=self.device)  # a float: in the model's dtype, as before
@@ -379,15 +410,6 @@ class Model:
             raise TypeError(f"{type(self).__name__}.{fn} got both x_dict and {fn}_x_dict (Pixyz's name of x_dict): "
                             "give the data once")
         return data
-
-    def _run_step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
-        """`step`, during which `train` takes the base step (a subclass's step that calls `train` itself, from `train`
-        or from `fit`, runs once and does not recurse)."""
-        self._in_own_step = True
-        try:
-            return self.step(batch, **options)
-        finally:
-            self._in_own_step = False
 
     def step(self, batch: Mapping[str, Any], **options: Any) -> StepResult:
         """One optimisation step, reporting the loss and every named term from the same evaluation.

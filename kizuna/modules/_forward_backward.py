@@ -136,7 +136,8 @@ def blocks(lengths: Tensor, k: int) -> list[tuple[Tensor, Tensor | slice]] | Non
     :math:`B\\,T\\,(K + K^2/L) \\le` ``BLOCK_FLOATS`` (`_step_cost`; measured peak of the tensors alive in
     `forward_backward`: about 14 times that many floats, 470 MB in float64, see docs/modules_classical.md): a group
     over it is cut into runs of consecutive sequences that fit, and a sequence that does not fit alone is a block
-    of its own, which `forward_backward` and `forward_log_likelihood` run in slices of `block_steps` steps. The
+    of its own, which `forward_backward` and `forward_log_likelihood` run in slices of `block_steps` steps when it
+    is longer than `SLICE_ABOVE` of them (up to that, one block: up to twice the budget). The
     expected counts and log-likelihoods are summed over the blocks; consecutive rows are given as a slice (a view of
     the rows, not a copy). None: one block of all the sequences (as
     `length_groups`; then nothing changes). Without the budget one block of 10^5 steps at K = 50 held 1.7 GB, so
