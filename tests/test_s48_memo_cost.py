@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_s47_functional import _BNEncoder  # (the encoder with batch norm that stop 47's tests train)
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
@@ -79,16 +80,6 @@ def test_tracing_is_true_while_dynamo_traces() -> None:
     fn = torch.compile(lambda x: x + 1 if memo._tracing() else x - 1, backend="eager", fullgraph=True)
     assert memo._tracing() is False
     assert torch.equal(fn(torch.zeros(2)), torch.ones(2))
-
-
-class _BNEncoder(Normal):
-    def __init__(self) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.net(x)
-        return {"loc": h[:, :2], "scale": F.softplus(h[:, 2:]) + 1e-3}
 
 
 def _bn_vae() -> tuple[VAE, _BNEncoder]:

@@ -16,6 +16,7 @@ by overriding it (`kizuna.models.GAN` takes its discriminator's steps there). `f
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import numbers
@@ -231,6 +232,7 @@ class Model:
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("step")
         if own is not None and not getattr(own, "_marks_stepping", False):
+            @functools.wraps(own)
             def step(self: Model, batch: Mapping[str, Any], **options: Any) -> StepResult:
                 inside = _stepping()
                 first = id(self) not in inside
@@ -241,10 +243,7 @@ class Model:
                     if first:
                         inside.discard(id(self))
 
-            step.__wrapped__ = own  # type: ignore[attr-defined]
             step._marks_stepping = True  # type: ignore[attr-defined]
-            for name in ("__name__", "__qualname__", "__doc__", "__module__"):
-                setattr(step, name, getattr(own, name, None))
             cls.step = step  # type: ignore[method-assign]
 
     def __init__(
