@@ -139,6 +139,18 @@ def _plain_call(cls: type) -> bool:
     return cls._call_impl is nn.Module._call_impl and cls._wrapped_call_impl is nn.Module._wrapped_call_impl
 
 
+# The notes of `_per_class` are read through functions that dynamo runs as they are, once while it traces, and keeps
+# the result as a constant (`torch.compiler.assume_constant_result`; the traced code is guarded on the class): traced,
+# the lookup made dynamo take in the whole dict and guard on it, and a class freed while it went through the entries
+# (the cyclic collector can run at any allocation) dropped its note: "RuntimeError: dictionary changed size during
+# iteration", raised by dynamo as an internal error, which sent ``Model(compile=...)`` back to eager with a wrong reason
+# (and a guard on the dict recompiled the step whenever a class was noted).
+@torch.compiler.assume_constant_result
+def _plain_class(cls: type) -> bool:
+    """`_plain_call` of ``cls``, noted in `_PLAIN_CLASSES`."""
+    return _per_class(_PLAIN_CLASSES, cls, _plain_call)
+
+
 def module_call_is_forward(module: nn.Module) -> bool:
     """Whether torch's module call of ``module`` would run its ``forward`` and nothing else: no hook on it or on every
     module, no ``module.compile()``, no JIT trace, and torch's own call (a class that overrides ``__call__``,
@@ -147,7 +159,7 @@ def module_call_is_forward(module: nn.Module) -> bool:
     cls = type(module)
     return not (_GLOBAL_HOOKS is None or module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks or module._compiled_call_impl is not None or any(_GLOBAL_HOOKS)
-                or cls.__call__ is not _MODULE_CALL or not _per_class(_PLAIN_CLASSES, cls, _plain_call)
+                or cls.__call__ is not _MODULE_CALL or not _plain_class(cls)
                 or torch._C._get_tracing_state())
 
 
@@ -1551,6 +1563,7 @@ def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
 _SIGNATURES: dict[int, tuple[weakref.ref, tuple[list[str], list[str]]]] = {}  # `_per_class` notes of `_signature`
 
 
+@torch.compiler.assume_constant_result  # (see `_plain_class`)
 def _signature(cls: type[D.Distribution]) -> tuple[list[str], list[str]]:
     """The parameters ``cls.__init__`` requires, and those that default to ``None`` (alternatives)."""
     return _per_class(_SIGNATURES, cls, _read_signature)
