@@ -240,18 +240,32 @@ def _ref_data() -> torch.Tensor:
     return c[torch.arange(4).repeat_interleave(20)] + 0.25 * torch.randn(80, 2, generator=g, dtype=torch.float64)
 
 
+def _same_fit(labels: torch.Tensor, means: torch.Tensor, key: tuple[str, int]) -> None:
+    """The labels exactly; the means to the last bit where torch's CPU kernels are vectorised as on the machine that
+    recorded them (AVX2 and AVX512 give the same bits), else to 1e-12 relative: the generic kernels (an ARM runner,
+    an x86 without AVX2; ``ATEN_CPU_CAPABILITY=default``) sum in another order (EM's means differed in the last bits
+    of one entry, 3 units in the last place)."""
+    want_labels, want_means = _REFERENCE[key]
+    assert "".join(map(str, labels.tolist())) == want_labels, key
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert _hex(means) == want_means, key
+    else:
+        np.testing.assert_allclose(means.flatten().tolist(), [float.fromhex(v) for v in want_means], rtol=1e-12,
+                                   atol=0, err_msg=str(key))
+
+
 def test_default_gmm_fit_reproduces_heads_results_bitwise():
     """A GMM fitted with default arguments (Gibbs; EM; a graph node) gives HEAD's (pre-stop-48) labels and means to
-    the last bit: the recorded seeded GMM figures still reproduce."""
+    the last bit (`_same_fit`): the recorded seeded GMM figures still reproduce."""
     x = _ref_data()
     for s in (0, 1):
         m = GaussianMixture(4, random_state=s).fit(x)
-        assert ("".join(map(str, m.predict(x).tolist())), _hex(m.means_)) == _REFERENCE[("gibbs", s)], s
+        _same_fit(torch.as_tensor(m.predict(x)), torch.as_tensor(m.means_), ("gibbs", s))
     m = GaussianMixture(4, algorithm="em", random_state=0).fit(x)
-    assert ("".join(map(str, m.predict(x).tolist())), _hex(m.means_)) == _REFERENCE[("em", 0)]
+    _same_fit(torch.as_tensor(m.predict(x)), torch.as_tensor(m.means_), ("em", 0))
     gm = km.GMM(4, max_iter=5).connect(km.Observation(x))
     km.Graph([gm]).fit(2, seed=0)
-    assert ("".join(map(str, gm.classes.tolist())), _hex(gm.means_)) == _REFERENCE[("node", 0)]
+    _same_fit(torch.as_tensor(gm.classes), torch.as_tensor(gm.means_), ("node", 0))
 
 
 def test_n_local_trials_parameter_validation_params_clone_and_persistence(tmp_path):
