@@ -154,8 +154,9 @@ class Loss(nn.Module):
     def named(self, label: str) -> Loss:
         """This term under a name for the per-term report (default: its formula): a `Named` node over this one, so
         that one node used in two losses may carry a name in each (this node is left as it is). It has this node's
-        value (the node is computed once per evaluation, as any node), prints as this node and is reported as one
-        term. Naming a named loss again names its node anew (not a name over a name)."""
+        value (the node is computed once per evaluation, as any node), prints as this node, is reported as one term and
+        has this node's module state under its paths (see `Named`). Naming a named loss again names its node anew (not
+        a name over a name)."""
         if not isinstance(label, str):
             raise TypeError(f"named takes the term's label (a str), got {type(label).__name__} {label!r}")
         return Named(self, label)
@@ -170,7 +171,7 @@ class Loss(nn.Module):
         are told apart as ``label`` and ``label (2)`` (the second replaced the first)."""
         out: dict[str, Loss] = {}
         for term in self.terms():
-            if any(node is term or (type(node) is Named and type(term) is Named and node.loss1 is term.loss1
+            if any(node is term or (type(node) is Named and type(term) is Named and _bare(node) is _bare(term)
                                     and node._label == term._label) for node in out.values()):
                 continue
             label, k = term.label, 1
@@ -641,74 +642,155 @@ class Detach(_Unary):
         return a.detach()
 
 
+# the module state a `Named` node shares with its loss: the same dict and set objects, so that nn.Module's own walks
+# (``named_parameters``, ``state_dict``, ``load_state_dict``, ``_apply``) find the loss's tensors under the loss's paths
+_SHARED_STATE = ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules", "_state_dict_hooks",
+                 "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
+
 class Named(_Unary):
     """``loss.named(label)``: ``loss`` under a name for the per-term report. Its value is the loss's own (the same
     tensor: the loss is computed once per evaluation, in the evaluation's context, however many names it has); it
-    prints as the loss (``str``, LaTeX, ``repr`` and ``_symbol``, which a Pixyz-style loss builds its own from), and
-    its state is the loss's under the loss's own keys (`state_dict`: a learned coefficient, a sampler's replay buffer
-    or a network held by a named loss keeps its checkpoint key). Attributes it lacks are read from the loss inside
-    (``E(q, f).named("recon").p``). It is a node of its own, an operator that hands on the loss's value: ``type`` and
-    ``isinstance`` see `Named` (``.loss1`` is the loss inside, `_bare` the loss inside any names), and kizuna's walks
-    of a loss tree (the report's terms, an expectation's linear parts, the constant fast paths) look through it to
-    the loss. The name is this node's, so one node named in two losses keeps each loss's name (naming changed the node
-    itself: the last name given was reported in both)."""
+    prints as the loss (``str``, LaTeX, ``repr`` and ``_symbol``, which a Pixyz-style loss builds its own from).
+
+    For module state the node is transparent: it holds the loss's own parameter, buffer and submodule dicts (the same
+    objects, not copies) and not the loss as a submodule, so every path through it is the loss's path:
+    ``state_dict`` keys, ``named_parameters`` / ``named_buffers`` / ``named_modules``, ``get_parameter`` /
+    ``get_buffer`` / ``get_submodule`` (torch's invariant that a ``state_dict`` key is the path of its tensor holds,
+    and tools built on it, such as ``torch.distributed.checkpoint.state_dict.get_model_state_dict``, work), and
+    ``load_state_dict``'s missing and unexpected keys. A checkpoint of the unnamed loss loads into the named one and
+    back. ``.to()`` / ``.double()`` convert the loss (its own ``_apply``), ``train(mode)`` sets the loss's mode and
+    ``training`` is the loss's flag; a copy (``deepcopy``, pickle) keeps the node and its loss sharing their tensors.
+    (Until stop 49 the loss was this node's submodule ``loss1``: ``named_parameters`` said ``loss1.p.loc`` where
+    ``state_dict`` said ``p.loc``, and a path through a named operator, ``(kl * w).mean().named("t")``, reached
+    another node or none.)
+
+    Attributes it lacks are read from the loss inside (``E(q, f).named("recon").p``): its attributes are the loss's,
+    ``.loss1`` too where the loss has one (an operator's first operand, as its paths say); where the loss has none,
+    ``.loss1`` is the loss itself, as before. `_bare` (and ``subterms()[0]``) is always the loss inside. It is a node
+    of its own, an operator that hands on the loss's value: ``type`` and ``isinstance`` see `Named`, and kizuna's
+    walks of a loss tree (the report's terms, an expectation's linear parts, the constant fast paths) look through it
+    to the loss. The name is this node's, so one node named in two losses keeps each loss's name (naming changed the
+    node itself: the last name given was reported in both)."""
 
     def __init__(self, loss: Loss, label: str) -> None:
-        super().__init__(_bare(loss))
+        loss = _bare(loss)
+        Loss.__init__(self, loss.input_var)
+        self._share(loss)
         self._label = label
 
+    def _share(self, loss: Loss) -> None:
+        """Hold ``loss`` (not as a submodule) and its module state (`_SHARED_STATE`, the same objects)."""
+        state = self.__dict__
+        state["_named_loss"] = loss
+        state.pop("training", None)  # (the loss's flag: see `training`)
+        for name in _SHARED_STATE:
+            state[name] = loss.__dict__[name]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """nn.Module's; a node pickled before stop 49 (its loss the submodule ``loss1``) is read as one of now."""
+        loss = state.get("_modules", {}).get("loss1") if "_named_loss" not in state else None
+        super().__setstate__(state)
+        if loss is not None:
+            self.__dict__.pop("loss1", None)
+            self._share(loss)
+
     def __getattr__(self, name: str) -> Any:
-        """nn.Module's lookup (submodules, parameters, buffers), else the loss inside's attribute."""
+        """nn.Module's lookup (the loss's submodules, parameters and buffers), else the loss's attribute."""
         try:
             return nn.Module.__getattr__(self, name)
         except AttributeError:
-            inner = self.__dict__.get("loss1")
+            inner = self.__dict__.get("_named_loss")
             if inner is None or name.startswith("__"):
                 raise
             return getattr(inner, name)
 
     @property
+    def loss1(self) -> Any:  # type: ignore[override]
+        """The loss's own ``loss1`` where it has one (a path ``loss1.…`` through this node is the loss's), else the
+        loss (`_bare`)."""
+        inner = self.__dict__["_named_loss"]
+        return getattr(inner, "loss1", inner)
+
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        """The loss's mode flag (nn.Module's ``training``), read and set on the loss (nn.Module's default, True,
+        before the node holds one)."""
+        inner = self.__dict__.get("_named_loss")
+        return True if inner is None else inner.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        inner = self.__dict__.get("_named_loss")
+        if inner is not None:  # (nn.Module.__init__ sets it before the loss is held)
+            inner.training = mode
+
+    def train(self, mode: bool = True) -> Named:
+        """The loss's ``train(mode)`` (its networks' modes), this node returned."""
+        self._named_loss.train(mode)
+        return self
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Named:
+        """The loss's own ``_apply`` (``.to()``, ``.double()``: a loss or distribution that converts its state its own
+        way keeps that way), this node returned."""
+        self._named_loss._apply(fn, recurse)
+        return self
+
+    def named_modules(self, memo: set[nn.Module] | None = None, prefix: str = "",
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Module]]:
+        """nn.Module's, this node standing for the loss: a loss met before under another path (bare or under
+        another name) is not listed again here, and one met later is not listed there, as the loss used twice
+        unnamed."""
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if self._named_loss in memo:
+                return
+            memo.add(self._named_loss)
+        yield from super().named_modules(memo, prefix, remove_duplicate)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The loss's ``state_dict`` (its keys, hooks and extra state)."""
+        return self._named_loss.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The loss's ``load_state_dict``: its keys, and the loss's name in an error."""
+        return self._named_loss.load_state_dict(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args: Any) -> None:
+        # the loss's own (its class may load its way); nn.Module's load then walks the submodules, the loss's
+        self._named_loss._load_from_state_dict(*args)
+
+    def subterms(self) -> list[Loss]:
+        return [self._named_loss]
+
+    @property
     def precedence(self) -> int:  # type: ignore[override]
-        return self.loss1.precedence
+        return self._named_loss.precedence
 
     @property
     def _symbol(self) -> Any:
         """The loss's own ``_symbol`` (a Pixyz-style loss's sympy expression; `Loss._symbol` read here was the LaTeX
         text as a symbol, which a Pixyz-style loss over this node printed as plain text)."""
-        return self.loss1._symbol
+        return self._named_loss._symbol
 
     def __repr__(self) -> str:
-        return repr(self.loss1)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """The loss's ``state_dict``, under the keys it has unnamed (this node adds no ``loss1.`` level: a checkpoint
-        of the unnamed loss, or one saved before stop 48, loads). ``named_parameters`` and ``named_modules`` keep
-        the module path (``loss1.``), which is how the tensors are reached."""
-        return self.loss1.state_dict(*args, **kwargs)
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # the keys under this node are the loss's (`state_dict`): put under its module path, loss1, for nn.Module's
-        # load, which then hands the loss the keys under that path (all moved at once: a key may be another's new one)
-        moved = {f"{prefix}loss1.{key[len(prefix):]}": state_dict.pop(key)
-                 for key in [key for key in state_dict if key.startswith(prefix)]}
-        state_dict.update(moved)
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        return repr(self._named_loss)
 
     def _value(self, ctx: EvalContext) -> Tensor:
-        return ctx.value(self.loss1)
+        return ctx.value(self._named_loss)
 
     def _op(self, a: Tensor) -> Tensor:
         return a
 
     def _render(self, fmt: dict[str, str]) -> str:
-        return self.loss1._render(fmt)
+        return self._named_loss._render(fmt)
 
 
 def _bare(loss: Loss) -> Loss:
-    """The loss inside any `Named` nodes around ``loss`` (``loss`` itself if it is not named)."""
-    while type(loss) is Named:
-        loss = loss.loss1
-    return loss
+    """The loss inside any `Named` node around ``loss`` (``loss`` itself if it is not named; a `Named` node holds a
+    loss that is not named)."""
+    return loss.__dict__["_named_loss"] if type(loss) is Named else loss
 
 
 def _integer_mean(a: Tensor, err: RuntimeError) -> Tensor:
@@ -776,7 +858,7 @@ def _operand(loss: Loss, ctx: EvalContext, constants: bool = False) -> Any:
             ctx.value(loss)  # (its tensor was the default dtype's: 0.1 rounded to float32 in a float64 evaluation)
         return loss.value
     if type(loss) is Named:  # the operand inside, its value recorded as the reported term (a number used as one)
-        value = _operand(loss.loss1, ctx, constants)
+        value = _operand(_bare(loss), ctx, constants)
         ctx.value(loss)
         return value
     if constants:
@@ -797,7 +879,7 @@ def _given_number(loss: Loss, ctx: EvalContext) -> int | float | None:
     ``LogProb(p) * Parameter("beta").abs()``.)"""
     kind = type(loss)
     if kind is Named:  # the number inside; its value recorded as the reported term
-        number = _given_number(loss.loss1, ctx)
+        number = _given_number(_bare(loss), ctx)
         ctx.value(loss)
         return number
     if kind is ValueLoss:
@@ -847,7 +929,9 @@ def _numeric(loss: Loss) -> bool:
     its value is then a number, computed exactly (`_number`) where it meets another operand."""
     if type(loss) is ValueLoss:  # (a real number: a complex one combines as torch combines it, not folded)
         return isinstance(loss.value, numbers.Real) and not isinstance(loss.value, Tensor)
-    if type(loss) is NegLoss or type(loss) is Named:
+    if type(loss) is Named:
+        return _numeric(_bare(loss))
+    if type(loss) is NegLoss:
         return _numeric(loss.loss1)
     return isinstance(loss, _Binary) and not isinstance(loss, _Elementwise) and all(loss._numeric)
 
@@ -860,7 +944,7 @@ def _number(loss: Loss, ctx: EvalContext) -> float:
         return _operand(loss, ctx)
     if type(loss) is Named:  # the number inside; its value recorded as the reported term
         ctx.value(loss)
-        return _number(loss.loss1, ctx)
+        return _number(_bare(loss), ctx)
     results, key = ctx.results, ~id(loss)  # computed once per evaluation, as ctx.value does (a shared constant was
     if key in results:  # computed again at every use: 2^n times for n doublings)
         return results[key]  # type: ignore[return-value]
@@ -885,7 +969,9 @@ def _of_constants(loss: Loss) -> bool:
     on the draws."""
     if type(loss) in (ValueLoss, Parameter):
         return True
-    if type(loss) is NegLoss or type(loss) in _NUMBER_UNARY or type(loss) is Named:
+    if type(loss) is Named:
+        return _of_constants(_bare(loss))
+    if type(loss) is NegLoss or type(loss) in _NUMBER_UNARY:
         return _of_constants(loss.loss1)
     return isinstance(loss, _Binary) and _of_constants(loss.loss1) and _of_constants(loss.loss2)
 

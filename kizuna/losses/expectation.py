@@ -72,6 +72,7 @@ from kizuna.formula.expr import (
     SubLoss,
     Tensor,
     ValueLoss,
+    _bare,
     _Binary,
     _Unary,
     as_loss,
@@ -204,7 +205,9 @@ def _linear(node: Loss, memo: dict[int, str]) -> bool:
         return True
     if isinstance(node, _REDUCTIONS):
         return _kind(node.loss1, memo) == _ROW or _linear(node.loss1, memo)
-    if isinstance(node, (NegLoss, Named)):  # (a name hands on its loss's value)
+    if isinstance(node, Named):  # (a name hands on its loss's value)
+        return _linear(_bare(node), memo)
+    if isinstance(node, NegLoss):
         return _linear(node.loss1, memo)
     if isinstance(node, (AddLoss, SubLoss)):
         return _linear(node.loss1, memo) and _linear(node.loss2, memo)
