@@ -68,6 +68,15 @@ def _same_random_start() -> None:
     random.seed(20261206)
 
 
+@pytest.fixture(autouse=True)
+def _default_validation() -> None:
+    """Every test starts with torch.distributions' default validation (on, as in any process run without ``-O``):
+    ``torch.compile`` switches it off for the whole process on first use, so every test after the first compiled one
+    ran unchecked, and one that relied on a check passed or failed by the order of the files
+    (tests/test_s45_pixyz_api.py's batch-size check failed after tests/test_s48_memo_cost.py)."""
+    torch.distributions.Distribution.set_default_validate_args(__debug__)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Callable[[str], Path]:
     """``shared_data("serket/HMM")``: the path under ``../shared/data``, or a skip with the reason."""

@@ -973,7 +973,9 @@ def _of_constants(loss: Loss) -> bool:
         return _of_constants(_bare(loss))
     if type(loss) is NegLoss or type(loss) in _NUMBER_UNARY:
         return _of_constants(loss.loss1)
-    return isinstance(loss, _Binary) and _of_constants(loss.loss1) and _of_constants(loss.loss2)
+    # an operator's own flags, found when it was built (a shared node reached by many paths was walked by each: a
+    # constant doubled 22 times, ``c = c + c``, took 2^23 calls and seconds to build ``c * x``)
+    return isinstance(loss, _Binary) and all(loss._constants)
 
 
 def _laid_out_for_draws(ctx: EvalContext, loss1: Loss, loss2: Loss, a: Any, b: Any) -> tuple[Tensor, Tensor] | None:
