@@ -290,6 +290,11 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
     thread and locked around each lookup, insertion and eviction (the method itself runs unlocked), so threads may
     call cached methods at once.
 
+    While ``torch.compile`` traces (``Model(..., compile=...)``), the method is called directly, neither looked up nor
+    stored: the key's reads (``tensor.is_inference()``, in-place versions) broke the graph, 4 graphs for a VAE step
+    instead of 1, and a loss evaluation already computes each distribution's parameters once per set of values
+    (`kizuna.formula.memo`); the cache serves eager calls as before.
+
     >>> calls = []
     >>> class Enc(torch.nn.Module):
     ...     @lru_cache_for_sample_dict()
@@ -313,6 +318,8 @@ def lru_cache_for_sample_dict() -> Callable[[F], F]:
 
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if torch.compiler.is_compiling():  # traced: called directly (docstring)
+                return method(self, *args, **kwargs)
             try:
                 state, tensors = _module_state(self)
                 key = (id(self), state, torch.is_grad_enabled(), torch.is_inference_mode_enabled(),

@@ -32,7 +32,10 @@ def autograd_values(values: Mapping[str, Any]) -> dict[str, Any]:
 def outside_inference_mode() -> contextlib.AbstractContextManager[Any]:
     """``torch.inference_mode(False)`` where inference mode is on, else nothing: where a score takes its input gradient
     (`input_leaf`). Entering ``inference_mode(False)`` when it was off cost about 9 us a score (5% of an energy
-    score of a 64-256-1 network on 64 rows)."""
+    score of a 64-256-1 network on 64 rows). While ``torch.compile`` traces, always ``inference_mode(False)``, which
+    dynamo traces (reading the mode, ``torch.is_inference_mode_enabled()``, broke the graph)."""
+    if torch.compiler.is_compiling():
+        return torch.inference_mode(False)
     return torch.inference_mode(False) if torch.is_inference_mode_enabled() else contextlib.nullcontext()
 
 
@@ -41,8 +44,35 @@ def input_leaf(x: Tensor) -> Tensor:
     gradient, under ``outside_inference_mode(), torch.enable_grad()``: inside ``torch.inference_mode()`` a tensor
     made there is an inference tensor, whose ``requires_grad_`` autograd ignores (torch's "element 0 of tensors does
     not require grad"); it is copied to a normal tensor (others are detached, not copied), so that the gradient is
-    the one taken under ``torch.no_grad()``."""
+    the one taken under ``torch.no_grad()``.
+
+    While ``torch.compile`` traces, the leaf is made outside the graph (`_eager_leaf`, one graph break): the gradient
+    taken of it, ``torch.autograd.grad``, runs outside the graph anyway (`input_gradient`), and needs the leaf there
+    (dynamo broke the graph here twice instead, at ``is_inference`` and at the ``requires_grad_`` leaf it cannot give
+    out of a graph)."""
+    if torch.compiler.is_compiling():
+        return _eager_leaf(x)
     return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+
+
+@torch.compiler.disable
+def _eager_leaf(x: Tensor) -> Tensor:
+    """`input_leaf` outside ``torch.compile``'s graph, entering `outside_inference_mode` itself: a compiled score makes
+    the leaf before its traced ``with`` block (`input_gradient`)."""
+    with outside_inference_mode():
+        return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+
+
+@torch.compiler.disable
+def input_gradient(output: Tensor, x: Tensor) -> Tensor:
+    """``torch.autograd.grad(output, x)`` (no graph of the gradient), taken under ``outside_inference_mode(),
+    torch.enable_grad()``: for a score traced by ``torch.compile``, which cannot trace ``autograd.grad`` (dynamo's
+    ``trace_autograd_ops`` is off) and breaks the graph there anyway. Called after the traced ``with`` block that
+    computed ``output`` from ``input_leaf(x)`` (made before it), the graph of the score is one piece: a break inside
+    the ``with`` block added a graph for the code resumed there (`kizuna.samplers.score_of`)."""
+    with outside_inference_mode(), torch.enable_grad():
+        (g,) = torch.autograd.grad(output, x)
+    return g
 
 
 class EnergyDistribution(Distribution):

@@ -1093,8 +1093,11 @@ class TorchDistribution(Distribution):
             unbatched = self._unbatched_conditions(x_dict)
             # the conditions' row counts: the network's rows must be one of them (a one-row condition beside a batch
             # conditions every row; a set of context rows may be pooled into each row of another condition)
-            given = {v.shape[0] for c in self._cond_var if c not in unbatched
-                     and isinstance(v := x_dict.get(c), Tensor) and v.dim() > 0}
+            given = set()  # (a loop: dynamo broke the graph at a walrus in a comprehension, "Read uninitialized cell")
+            for c in self._cond_var:
+                v = x_dict.get(c) if c not in unbatched else None
+                if isinstance(v, Tensor) and v.dim() > 0:
+                    given.add(v.shape[0])
             own = self._param_rows(params)  # (``rows`` where it is not 1; one row is broadcast to the other values')
             # one row is taken where a condition has one row (a one-row condition beside another variable's batch:
             # those rows are not the network's), or as before where its conditions have the rows drawn; one row for 3

@@ -18,7 +18,7 @@ import torch
 
 from kizuna._data import check_count, check_positive, noise_levels
 from kizuna.distributions.base import Distribution, Tensor
-from kizuna.distributions.energy import autograd_values, input_leaf, outside_inference_mode
+from kizuna.distributions.energy import autograd_values, input_gradient, input_leaf, outside_inference_mode
 from kizuna.samplers.paths import _check_draws, _checked
 
 
@@ -35,6 +35,13 @@ def score_of(p: Distribution, var: str | None = None, **given: Tensor) -> Callab
     name = var or p.var[0]
 
     def score(x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            # the leaf and the gradient outside the graph, before and after the traced log-density (`input_gradient`):
+            # one graph per score; the same steps as below in the same modes, so the same numbers
+            x = input_leaf(x)
+            with outside_inference_mode(), torch.enable_grad():
+                lp = p.get_log_prob({**autograd_values(given), name: x}).sum()
+            return input_gradient(lp, x)
         with outside_inference_mode(), torch.enable_grad():  # also inside torch.inference_mode() (`input_leaf`)
             x = input_leaf(x)
             lp = p.get_log_prob({**autograd_values(given), name: x})

@@ -177,7 +177,13 @@ def _checked(out: Any, x: Tensor, who: str, what: str = "the score", where: str 
     raise ValueError(f"{who}: {what} has shape {tuple(out.shape)}, x has {tuple(x.shape)}{where}")
 
 
-_validation_enabled: Callable[[], bool] | None = None  # kizuna.distributions.validation_enabled, once imported
+def _validation_enabled() -> bool:
+    """`kizuna.distributions.validation_enabled`, imported at the call: kizuna.distributions imports this module, so it
+    cannot be imported here at the top. A module global assigned at the first call, as before, made ``torch.compile``
+    trace a sampler twice: dynamo guarded on the global being None, and the trace's own assignment failed that guard."""
+    from kizuna.distributions.torch_dist import validation_enabled
+
+    return validation_enabled()
 
 
 def _check_draws(who: str, x: Tensor, after: str, hint: str) -> None:
@@ -187,9 +193,6 @@ def _check_draws(who: str, x: Tensor, after: str, hint: str) -> None:
     network that emits NaN, or steps that diverge, gave all-NaN draws silently. Checked once, at the end (one read of
     the device a call): a flag kept per step, to name the first bad step, cost a reduction a step (a 50-step Euler run
     of a small network took 9-20% longer on one CPU thread); this check is about 1% of that run."""
-    global _validation_enabled
-    if _validation_enabled is None:  # (imported at the first use: kizuna.distributions imports this module)
-        from kizuna.distributions.torch_dist import validation_enabled as _validation_enabled
     if not _validation_enabled() or x.device.type == "meta":
         return
     x = x.detach()
