@@ -28,7 +28,7 @@ from kizuna.losses.iterative import IterativeLoss
 from kizuna.models import distributed as ddp
 from kizuna.models.batches import Batch, Batches
 from kizuna.models.checkpoint import History
-from kizuna.models.model import NOT_TAKEN, NonFiniteStep, check_seed
+from kizuna.models.model import NOT_TAKEN, NonFiniteStep, _marking, check_seed
 
 
 def fit(
@@ -389,7 +389,11 @@ def _pass(model: Any, batches: Iterable[Batch], epoch: int, training: bool, para
         if batch.n == 0 and not training:
             continue
         try:
-            value, terms = model.step(batch.values) if training else model.evaluate(batch.values)
+            if training:  # marked: a step that calls `train` (one `_mark_step` could not wrap too) gets the base step
+                with _marking(model):
+                    value, terms = model.step(batch.values)
+            else:
+                value, terms = model.evaluate(batch.values)
         except FloatingPointError as err:
             what, detail, outcome = (err.what, err.detail, err.outcome) if isinstance(err, NonFiniteStep) else (
                 str(err), "", NOT_TAKEN)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import math
 import numbers
@@ -24,7 +25,8 @@ import operator
 import threading
 import types
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -158,11 +160,48 @@ _STEPPING = threading.local()
 
 
 def _stepping() -> set[int]:
-    """The ids of the models whose own (overridden) `step` runs in this thread (`Model.__init_subclass__`)."""
+    """The ids of the models whose own (overridden) `step` runs in this thread (`_marking`)."""
     inside = getattr(_STEPPING, "ids", None)
     if inside is None:
         inside = _STEPPING.ids = set()
     return inside
+
+
+@contextmanager
+def _marking(model: Any) -> Iterator[None]:
+    """``model`` marked in `_stepping` for the block: a `Model.train` called inside takes the base step (left marked
+    afterwards if it was marked already, by a step further out; cleared on an exception too)."""
+    inside = _stepping()
+    first = id(model) not in inside
+    inside.add(id(model))
+    try:
+        yield
+    finally:
+        if first:
+            inside.discard(id(model))
+
+
+def _mark_step(cls: type) -> None:
+    """``cls``'s `step`, where it is a plain function other than `Model.step` (written in ``cls``'s body or a base's,
+    a mixin's that is no `Model`, or assigned to the class later), replaced in ``cls`` by a wrapper that marks the
+    model while it runs (`_marking`), so that a step calling `Model.train` gets the base step there however the step
+    was called (by `train`, `fit` or directly). The wrapper passes every argument on (``*args, **kwargs``: a step's
+    own signature is kept, which ``inspect.signature`` reads through ``__wrapped__``). Other kinds of step (a
+    ``staticmethod``, a ``classmethod``, a ``functools.partial``, a callable object) are left as they are: they get
+    no model to mark; `train` and `fit` mark the model around their call of the step."""
+    own = inspect.getattr_static(cls, "step", None)
+    if not isinstance(own, types.FunctionType) or own is Model.__dict__["step"]:
+        return
+    if getattr(own, "_marks_stepping", False):  # (a base's step, wrapped already)
+        return
+
+    @functools.wraps(own)
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _marking(self):
+            return own(self, *args, **kwargs)
+
+    step._marks_stepping = True  # type: ignore[attr-defined]
+    cls.step = step  # type: ignore[attr-defined]
 
 
 class Model:
@@ -227,24 +266,12 @@ class Model:
     extra_terms: tuple[str, ...] = ()  # names a subclass's step adds to the terms (e.g. GAN's "d_loss")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass's own `step` is marked while it runs (`_stepping`): a `train` called inside it takes the base
-        step, whether the step was called by `train`, by `fit` or directly."""
+        """A subclass's step (a plain function: its own, a base's or a mixin's) is marked while it runs (`_mark_step`):
+        a `train` called inside it takes the base step, whether the step was called by `train`, by `fit` or
+        directly. A step assigned to the class after it was made is marked from the next model built
+        (`Model.__init__`); `train` and `fit` mark the model around their call of any step."""
         super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("step")
-        if own is not None and not getattr(own, "_marks_stepping", False):
-            @functools.wraps(own)
-            def step(self: Model, batch: Mapping[str, Any], **options: Any) -> StepResult:
-                inside = _stepping()
-                first = id(self) not in inside
-                inside.add(id(self))
-                try:
-                    return own(self, batch, **options)
-                finally:
-                    if first:
-                        inside.discard(id(self))
-
-            step._marks_stepping = True  # type: ignore[attr-defined]
-            cls.step = step  # type: ignore[method-assign]
+        _mark_step(cls)
 
     def __init__(
         self,
@@ -262,6 +289,8 @@ class Model:
         scheduler: type | None = None,
         scheduler_params: Mapping[str, Any] | None = None,
     ) -> None:
+        if type(self) is not Model:  # a step assigned to the class after it was made (`__init_subclass__`)
+            _mark_step(type(self))
         if not isinstance(loss, Loss):
             raise TypeError(f"Model needs a kizuna Loss, got {type(loss).__name__}")
         if test_loss is not None and not isinstance(test_loss, Loss):
@@ -386,7 +415,8 @@ class Model:
         # a subclass's own training step, which `fit` takes too (a class that overrides `train` as well, the GAN, calls
         # this one for its own part of the step)
         if type(self).step is not Model.step and type(self).train is Model.train and id(self) not in _stepping():
-            loss = self.step({} if x_dict is None else x_dict, **options).loss
+            with _marking(self):  # (any step: one not marked by `_mark_step` calling `train` gets the base step)
+                loss = self.step({} if x_dict is None else x_dict, **options).loss
             if isinstance(loss, torch.Tensor):
                 return loss.detach()
             return torch.tensor(loss, dtype=self.dtype, device=self.device)  # a float: in the model's dtype, as before
