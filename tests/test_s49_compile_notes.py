@@ -154,3 +154,44 @@ def test_classes_freed_while_dynamo_traces_leave_the_trace_alone() -> None:
     assert torch.equal(got, encoder.sample({"x": x})["z"])
     gc.collect()  # the freed classes' notes are dropped (the compiled function's class noted, eagerly, by `sample`)
     assert len(torch_dist._PLAIN_CLASSES) <= noted + 1
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_one_compiled_function_honours_each_class_call(backend: str) -> None:
+    """One compiled function given a distribution as an argument: an instance of a plain class A, then of B, which
+    overrides ``_call_impl``, then C, which overrides ``__call__``, then B again. The note read as a constant
+    (`_plain_class`) is guarded on the class: B's and C's own calls run in the compiled function as in eager use
+    (A's constant "plain" kept for B would run B's ``forward`` directly, skipping its ``_call_impl``), and the draws
+    and log-densities are the eager ones. (Review B of stop 49: a gap in d3c7eec's tests.)"""
+    ran = {"B": 0, "C": 0}
+
+    class A(Encoder):
+        pass
+
+    class B(A):
+        def _call_impl(self, *args: object, **kwargs: object) -> object:
+            ran["B"] += 1
+            return super()._call_impl(*args, **kwargs)
+
+    class C(A):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            ran["C"] += 1
+            return super().__call__(*args, **kwargs)
+
+    def fn(q: Normal, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return q.sample({"x": x})["z"], q.get_log_prob({"x": x, "z": z})
+
+    set_validation(False)
+    compiled = torch.compile(fn, backend=backend)
+    torch.manual_seed(0)
+    x, z = torch.rand(8, 6), torch.randn(8, 2)
+    for cls, name in ((A, None), (B, "B"), (C, "C"), (B, "B")):
+        q = cls()
+        before = dict(ran)
+        torch.manual_seed(1)
+        eager = fn(q, x, z)
+        torch.manual_seed(1)
+        got = compiled(q, x, z)
+        for key in ran:  # the class's own call ran twice (sample and log-density) in each of the two evaluations
+            assert ran[key] - before[key] == (4 if key == name else 0), (cls.__name__, key, ran)
+        torch.testing.assert_close(got, eager, rtol=0, atol=0)

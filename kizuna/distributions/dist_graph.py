@@ -79,9 +79,11 @@ class GraphOptions:
                 shape, rows = opts.get("sample_shape"), opts.get("batch_n")
                 # the cause: values this call drew, which carry the sample_shape, refused for their rows (a factor's
                 # own wording: its parameters' or its conditioning values' batch size, "batch_n=... but ...")
-                try:
-                    shape = tuple(torch.Size([shape]) if isinstance(shape, int) else torch.Size(shape))
-                except TypeError:  # a sample_shape the factor refused for itself: its own message
+                from kizuna.distributions.base import as_sample_shape  # (base imports this module)
+
+                try:  # read as the factors read it: a number of draws of any integer type (numpy's, a 0-d tensor)
+                    shape = () if shape is None else tuple(as_sample_shape("sample", shape))
+                except (TypeError, ValueError):  # a sample_shape the factor refused for itself: its own message
                     raise e from None
                 drawn = [v for k, v in inputs.items() if k not in x_dict and isinstance(v, torch.Tensor)
                          and tuple(v.shape[:len(shape)]) == shape] if shape else []

@@ -116,15 +116,18 @@ def _step_cost(k: int, t: int) -> float:
     return k + k * k / chunk_length(max(1, t - 1))
 
 
-# one sequence runs in slices of time only above this many `block_steps`: just above one, slicing recomputed most
-# of the forward pass for little memory saved (1.8x the time at K = 50, 22,206 steps; diff review 2 of stop 48)
+# `forward_backward` runs one sequence in slices of time only above this many `block_steps`: just above one, its
+# sliced smoothing recomputed most of the forward pass for little memory saved (1.8x the time at K = 50, 22,206 steps;
+# diff review 2 of stop 48). `forward_log_likelihood` slices above one block: its slices recompute nothing, and a
+# sequence of 1.5 blocks held 122 MiB unsliced, 88 in slices (K = 50, default budget; review B of stop 49)
 SLICE_ABOVE = 2
 
 
 def block_steps(k: int) -> int:
     """The most steps of one sequence a block holds: the largest S found with :math:`S (K + K^2/L_S) \\le`
-    ``BLOCK_FLOATS`` (at K = 50: 22,205 steps; K = 4: 932,067). A sequence longer than `SLICE_ABOVE` of them runs in
-    slices of time of this many steps (`_smooth_sliced`, `_sliced_log_likelihood`)."""
+    ``BLOCK_FLOATS`` (at K = 50: 22,205 steps; K = 4: 932,067). A sequence longer than `SLICE_ABOVE` of them is
+    smoothed in slices of time of this many steps (`_smooth_sliced`), and one longer than one of them is scored in such
+    slices (`_sliced_log_likelihood`)."""
     steps = int(BLOCK_FLOATS // _step_cost(k, 1 << 30))
     while steps > 1 and steps * _step_cost(k, steps) > BLOCK_FLOATS:  # a shorter slice has shorter chunks
         steps = int(BLOCK_FLOATS // _step_cost(k, steps))
@@ -136,8 +139,9 @@ def blocks(lengths: Tensor, k: int) -> list[tuple[Tensor, Tensor | slice]] | Non
     :math:`B\\,T\\,(K + K^2/L) \\le` ``BLOCK_FLOATS`` (`_step_cost`; measured peak of the tensors alive in
     `forward_backward`: about 14 times that many floats, 470 MB in float64, see docs/modules_classical.md): a group
     over it is cut into runs of consecutive sequences that fit, and a sequence that does not fit alone is a block
-    of its own, which `forward_backward` and `forward_log_likelihood` run in slices of `block_steps` steps when it
-    is longer than `SLICE_ABOVE` of them (up to that, one block: up to twice the budget). The
+    of its own, which runs in slices of `block_steps` steps when it is longer than `SLICE_ABOVE` of them in
+    `forward_backward` (up to that, one block: up to twice the budget), longer than one of them in
+    `forward_log_likelihood` (whose slices recompute nothing). The
     expected counts and log-likelihoods are summed over the blocks; consecutive rows are given as a slice (a view of
     the rows, not a copy). None: one block of all the sequences (as
     `length_groups`; then nothing changes). Without the budget one block of 10^5 steps at K = 50 held 1.7 GB, so
@@ -328,9 +332,11 @@ def forward_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tenso
 
 def _forward_log_likelihood(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths: Tensor) -> Tensor:
     """`forward_log_likelihood` of sequences padded to one block (the rows checked by the caller); one sequence
-    longer than `block_steps` in slices of time (`_sliced_log_likelihood`)."""
+    longer than `block_steps` in slices of time (`_sliced_log_likelihood`). Not `SLICE_ABOVE`: the forward pass alone
+    recomputes nothing in slices, and a sequence of up to two blocks held more memory unsliced (K = 50, 1.5 blocks:
+    122 MiB against 88)."""
     steps = block_steps(log_emit.shape[1])
-    long = lengths.shape[0] == 1 and log_emit.shape[0] > SLICE_ABOVE * steps
+    long = lengths.shape[0] == 1 and log_emit.shape[0] > steps
     sliced = _sliced_log_likelihood(log_start, log_trans, log_emit, steps) if long else None
     if sliced is not None:
         return sliced[0]
@@ -401,8 +407,8 @@ def _by_group(run: Callable[[Tensor, Tensor], Any], groups: list[tuple[Tensor, T
 
 
 def _smooth(log_start: Tensor, log_trans: Tensor, log_emit: Tensor, lengths: Tensor) -> Smoothed:
-    """`forward_backward` of sequences padded to one block; one sequence longer than `block_steps` in slices of
-    time (`_smooth_sliced`)."""
+    """`forward_backward` of sequences padded to one block; one sequence longer than `SLICE_ABOVE` times
+    `block_steps` in slices of time (`_smooth_sliced`, which recomputes the forward pass)."""
     steps = block_steps(log_emit.shape[1])
     long = lengths.shape[0] == 1 and log_emit.shape[0] > SLICE_ABOVE * steps
     fast = _smooth_sliced(log_start, log_trans, log_emit, steps) if long else None
