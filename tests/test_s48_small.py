@@ -4,6 +4,7 @@ uses of a model (`kizuna.metrics.likelihood`), with their two fallbacks."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -107,9 +108,12 @@ def test_a_network_factor_refusing_drawn_rows_gets_the_graph_options_explanation
         err.value)
 
 
-def test_a_whole_number_sample_shape_with_graph_options() -> None:
-    """``sample_shape=3`` is three draws (as ``[3]``): the explanation, not a TypeError from reading the number."""
+@pytest.mark.parametrize("shape", [3, np.int64(3), torch.tensor(3), (np.int64(3),)],
+                         ids=["int", "numpy", "tensor", "tuple"])
+def test_a_whole_number_sample_shape_with_graph_options(shape: object) -> None:
+    """``sample_shape=3`` is three draws (as ``[3]``): the explanation, not a TypeError from reading the number; a
+    numpy integer or a 0-d tensor (which the factors take) too (stop 49: only a Python int got it)."""
     p = _product({"reparam": True})
     with pytest.raises(ValueError) as err:
-        p.sample(batch_n=2, sample_shape=3)
+        p.sample(batch_n=2, sample_shape=shape)
     assert "sample_shape=(3,) to every factor" in str(err.value)
