@@ -241,3 +241,29 @@ def test_a_cached_get_params_is_traced_in_one_graph() -> None:
     torch.manual_seed(5)
     assert torch.equal(a, plain.eval(x))
     assert counter.graphs == 1
+
+
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference"])
+def test_a_score_compiled_by_an_autograd_backend_equals_eager_in_every_mode(mode: str) -> None:
+    """With a backend that runs AOTAutograd (``aot_eager``, as inductor does) the traced leaf-and-gradient score saved
+    inference tensors for backward inside ``torch.inference_mode()`` ("Inference tensors cannot be saved for
+    backward"), and an EBM model's ``test`` there recorded a compile error and trained eagerly from then on (review R2
+    of stop 49). The score's own frame runs eagerly now, the network's log-density traced: equal to eager in every
+    mode, and the model keeps compiling."""
+    torch.manual_seed(0)
+    p = EnergyDistribution(nn.Sequential(nn.Linear(3, 4), nn.SiLU(), nn.Linear(4, 1), nn.Flatten(0)), var=["x"])
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
+    set_validation(False)
+    compiled = torch.compile(score_of(p), backend="aot_eager")
+    context = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference": torch.inference_mode}[mode]
+    with context():
+        got, want = compiled(x.clone()), score_of(p)(x.clone())
+    assert torch.equal(got, want)
+    if mode == "inference":
+        model, _ = ebm_model(None)
+        model = Model(model.loss_cls, distributions=model.distributions, compile={"backend": "aot_eager"},
+                      validate=False)
+        model.train({"x": x})
+        with torch.inference_mode():
+            model.test({"x": x})
+        assert model.compile_error is None

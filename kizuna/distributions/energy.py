@@ -47,9 +47,10 @@ def input_leaf(x: Tensor) -> Tensor:
     the one taken under ``torch.no_grad()``.
 
     While ``torch.compile`` traces, the leaf is made outside the graph (`_eager_leaf`, one graph break): the gradient
-    taken of it, ``torch.autograd.grad``, runs outside the graph anyway (`input_gradient`), and needs the leaf there
-    (dynamo broke the graph here twice instead, at ``is_inference`` and at the ``requires_grad_`` leaf it cannot give
-    out of a graph)."""
+    taken of it, ``torch.autograd.grad``, runs outside the graph anyway (dynamo does not trace it), and needs the leaf
+    there (dynamo broke the graph here twice instead, at ``is_inference`` and at the ``requires_grad_`` leaf it cannot
+    give out of a graph). `kizuna.samplers.score_of` runs its whole frame eagerly while compiling instead (the
+    log-density's frames inside it traced), so its leaf is made here eagerly."""
     if torch.compiler.is_compiling():
         return _eager_leaf(x)
     return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
@@ -57,22 +58,10 @@ def input_leaf(x: Tensor) -> Tensor:
 
 @torch.compiler.disable
 def _eager_leaf(x: Tensor) -> Tensor:
-    """`input_leaf` outside ``torch.compile``'s graph, entering `outside_inference_mode` itself: a compiled score makes
-    the leaf before its traced ``with`` block (`input_gradient`)."""
+    """`input_leaf` outside ``torch.compile``'s graph, entering `outside_inference_mode` itself (a traced score
+    loss's or gradient penalty's leaf)."""
     with outside_inference_mode():
         return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
-
-
-@torch.compiler.disable
-def input_gradient(output: Tensor, x: Tensor) -> Tensor:
-    """``torch.autograd.grad(output, x)`` (no graph of the gradient), taken under ``outside_inference_mode(),
-    torch.enable_grad()``: for a score traced by ``torch.compile``, which cannot trace ``autograd.grad`` (dynamo's
-    ``trace_autograd_ops`` is off) and breaks the graph there anyway. Called after the traced ``with`` block that
-    computed ``output`` from ``input_leaf(x)`` (made before it), the graph of the score is one piece: a break inside
-    the ``with`` block added a graph for the code resumed there (`kizuna.samplers.score_of`)."""
-    with outside_inference_mode(), torch.enable_grad():
-        (g,) = torch.autograd.grad(output, x)
-    return g
 
 
 class EnergyDistribution(Distribution):

@@ -18,7 +18,7 @@ import torch
 
 from kizuna._data import check_count, check_positive, noise_levels
 from kizuna.distributions.base import Distribution, Tensor
-from kizuna.distributions.energy import autograd_values, input_gradient, input_leaf, outside_inference_mode
+from kizuna.distributions.energy import autograd_values, input_leaf, outside_inference_mode
 from kizuna.samplers.paths import _check_draws, _checked
 
 
@@ -34,19 +34,21 @@ def score_of(p: Distribution, var: str | None = None, **given: Tensor) -> Callab
     """
     name = var or p.var[0]
 
-    def score(x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling():
-            # the leaf and the gradient outside the graph, before and after the traced log-density (`input_gradient`):
-            # one graph per score; the same steps as below in the same modes, so the same numbers
-            x = input_leaf(x)
-            with outside_inference_mode(), torch.enable_grad():
-                lp = p.get_log_prob({**autograd_values(given), name: x}).sum()
-            return input_gradient(lp, x)
+    def eager_score(x: Tensor) -> Tensor:
         with outside_inference_mode(), torch.enable_grad():  # also inside torch.inference_mode() (`input_leaf`)
             x = input_leaf(x)
             lp = p.get_log_prob({**autograd_values(given), name: x})
             (g,) = torch.autograd.grad(lp.sum(), x)
         return g
+
+    # while compiling: this frame runs eagerly (the real modes, the leaf and autograd.grad outside any graph), the
+    # log-density's frames inside it are traced
+    compiled_score = torch.compiler.disable(eager_score, recursive=False)
+
+    def score(x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return compiled_score(x)
+        return eager_score(x)
 
     return score
 
