@@ -665,16 +665,26 @@ class Named(_Unary):
     ``state_dict`` said ``p.loc``, and a path through a named operator, ``(kl * w).mean().named("t")``, reached
     another node or none.)
 
-    Attributes it lacks are read from the loss inside (``E(q, f).named("recon").p``): its attributes are the loss's,
-    ``.loss1`` too where the loss has one (an operator's first operand, as its paths say); where the loss has none,
-    ``.loss1`` is the loss itself, as before. `_bare` (and ``subterms()[0]``) is always the loss inside. It is a node
-    of its own, an operator that hands on the loss's value: ``type`` and ``isinstance`` see `Named`, and kizuna's
-    walks of a loss tree (the report's terms, an expectation's linear parts, the constant fast paths) look through it
-    to the loss. The name is this node's, so one node named in two losses keeps each loss's name (naming changed the
-    node itself: the last name given was reported in both)."""
+    Its state-dict and load hooks are the loss's as well (the same hook dicts): a hook registered through one name runs
+    for every name of the loss and for the bare loss. ``modules()`` / ``named_modules()`` / ``children()`` list this
+    node in place of the loss (the loss itself is not among them), so a walk that looks for a loss class there must
+    also look at `_bare` of each node (`IterativeLoss` does, since stop 49: a named expectation was missed).
 
-    def __init__(self, loss: Loss, label: str) -> None:
-        loss = _bare(loss)
+    Attributes it lacks are read from the loss inside (``E(q, f).named("recon").p``), ``.loss1`` too where the loss has
+    one (an operator's first operand, as its paths say); where the loss has none, ``.loss1`` is the loss itself, as
+    before. Its class attributes are its own (``is_operator`` is True, ``key``, ``terms``, its methods). A public
+    attribute written through it is written on the loss, so the node never holds a value the loss does not evaluate
+    with; writing one of its own class attributes, or deleting the loss's parameter, buffer or submodule through it
+    (``torch.nn.utils.parametrize``, pruning), is refused with an error that says to do it on the loss itself (see
+    `__setattr__`, `__delattr__`). ``nn.DataParallel``'s replica of it holds a replica of the loss. `_bare` (and
+    ``subterms()[0]``) is always the loss inside. It is a node of its own, an operator that hands on the loss's value:
+    ``type`` and ``isinstance`` see `Named`, and kizuna's walks of a loss tree (the report's terms, an expectation's
+    linear parts, the constant fast paths, `IterativeLoss`'s draws) look through it to the loss. The name is this
+    node's, so one node named in two losses keeps each loss's name (naming changed the node itself: the last name
+    given was reported in both)."""
+
+    def __init__(self, loss: Any, label: str) -> None:
+        loss = _bare(as_loss(loss))  # (a number too, as any operator's operand: ``Named(3.0, "three")``)
         Loss.__init__(self, loss.input_var)
         self._share(loss)
         self._label = label
@@ -704,6 +714,46 @@ class Named(_Unary):
             if inner is None or name.startswith("__"):
                 raise
             return getattr(inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A public attribute is the loss's: written on the loss (``n.beta = 0.5``, ``n.net = module``, a parameter or
+        buffer), so the node never holds a value its loss does not evaluate with. A private one (``_label``, nn.Module's
+        bookkeeping, ``__class__``) is the node's own; a class attribute of the node's own (``key``, ``is_operator``,
+        a method) is refused, as the node would read its own where the loss evaluates with the loss's."""
+        inner = self.__dict__.get("_named_loss")
+        if inner is None or name.startswith("_"):
+            super().__setattr__(name, value)
+            return
+        own = getattr(type(self), name, None)
+        if own is not None and not isinstance(own, property):
+            raise AttributeError(f"cannot set {name!r} on the named loss {self}: {name!r} is the Named node's own "
+                                 f"({type(self).__name__}.{name}); set it on the loss itself (node.subterms()[0])")
+        setattr(inner, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        """A public attribute of the loss is deleted on the loss; a parameter, buffer or submodule is refused: the node
+        shares them with its loss, and torch's tools that delete one through a module and put another thing in its
+        place on that module's class (``torch.nn.utils.parametrize``) left the loss without it, bare or under any
+        name. Apply those to the loss itself (``node.subterms()[0]``), which every name of it then sees."""
+        state = self.__dict__
+        inner = state.get("_named_loss")
+        if inner is None or name.startswith("_"):
+            super().__delattr__(name)
+            return
+        if any(name in state[d] for d in ("_parameters", "_buffers", "_modules")):
+            raise AttributeError(f"cannot delete {name!r} through the named loss {self}: a Named node shares its "
+                                 f"loss's parameters, buffers and submodules, so delete, parametrize or prune "
+                                 f"{name!r} on the loss itself (node.subterms()[0]), which every name of it then sees")
+        delattr(inner, name)
+
+    def _replicate_for_data_parallel(self) -> Named:
+        """nn.Module's (``nn.DataParallel``, ``torch.nn.parallel.replicate``), the replica node over a replica of the
+        loss, whose module state it shares: ``replicate`` puts each replica's tensors and submodules into the node's
+        dicts (the loss is not among ``modules()``), so they are the loss replica's, which the replica evaluates (the
+        copied node held the original loss: a replica evaluated the original tensors)."""
+        replica = super()._replicate_for_data_parallel()
+        replica._share(self._named_loss._replicate_for_data_parallel())
+        return replica
 
     @property
     def loss1(self) -> Any:  # type: ignore[override]

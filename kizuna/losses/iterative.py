@@ -37,7 +37,7 @@ from kizuna._data import warn_user
 from kizuna._text import LATEX, var_text
 from kizuna.distributions.base import Distribution
 from kizuna.distributions.moe import has_learnable_weights
-from kizuna.formula.expr import EvalContext, Loss, Tensor
+from kizuna.formula.expr import EvalContext, Loss, Tensor, _bare
 from kizuna.formula.memo import release_step, step_mark
 from kizuna.losses.elbo import IWAE
 from kizuna.losses.expectation import (
@@ -62,6 +62,17 @@ def _draws_per_row(node: Loss) -> tuple[int, Any, str, str]:
     if isinstance(node, IWAE):
         return node.k, node.q, f"IWAE's k={node.k}", "k=1, or an ELBO"
     return 1, None, "", ""
+
+
+def _loss_modules(loss: Loss) -> list[Any]:
+    """Every module in ``loss`` (``loss.modules()``) and the loss inside each `Named` node among them, once each: a
+    named node stands for its loss in ``modules()`` (it shares the loss's submodules, not the loss), so a walk over
+    ``modules()`` alone missed a named expectation (its draws lost their score terms and reach, stop 49)."""
+    found: dict[int, Any] = {}
+    for m in loss.modules():
+        for node in (m, _bare(m)) if isinstance(m, Loss) else (m,):
+            found.setdefault(id(node), node)
+    return list(found.values())
 
 
 def _may_score(node: Any) -> bool:
@@ -239,7 +250,7 @@ class IterativeLoss(Loss):
         self._several = frozenset(v for v, ns in per_row.items() if 1 not in ns)
         self._both = frozenset(v for v, ns in per_row.items() if 1 in ns and len(ns) > 1)
         # an expectation that may give its draws the score-function term (they may reach later steps: see _value)
-        self._scoring = any(map(_may_score, self.step_loss.modules()))
+        self._scoring = any(map(_may_score, _loss_modules(self.step_loss)))
         self._score_plan: tuple[Any, ...] | None = None
         self._mask_warned = False  # the warning of a per-row mask over a step loss reduced over the batch, given
         self.slice_step = slice_step
@@ -253,7 +264,7 @@ class IterativeLoss(Loss):
         reach = set(self.update_value) | set(self.step_loss.input_var) - renewed - self._several
         # and the variables that a draw of those is drawn given (a discrete state that a carried Normal draw depends
         # on), following the inputs of the distributions drawn in the step
-        drawn = [m.p for m in self.step_loss.modules() if isinstance(m, Expectation)]
+        drawn = [m.p for m in _loss_modules(self.step_loss) if isinstance(m, Expectation)]
         grew = True
         while grew:
             grew = False
