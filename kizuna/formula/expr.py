@@ -1025,7 +1025,10 @@ def _of_constants(loss: Loss) -> bool:
         return _of_constants(loss.loss1)
     # an operator's own flags, found when it was built (a shared node reached by many paths was walked by each: a
     # constant doubled 22 times, ``c = c + c``, took 2^23 calls and seconds to build ``c * x``)
-    return isinstance(loss, _Binary) and all(loss._constants)
+    if not isinstance(loss, _Binary):
+        return False
+    flags = loss.__dict__.get("_constants")  # (a subclass that skipped _Binary.__init__ has only the class default)
+    return all(flags) if flags is not None else _of_constants(loss.loss1) and _of_constants(loss.loss2)
 
 
 def _laid_out_for_draws(ctx: EvalContext, loss1: Loss, loss2: Loss, a: Any, b: Any) -> tuple[Tensor, Tensor] | None:
@@ -1065,6 +1068,14 @@ class _Binary(Loss):
         loss1, loss2 = self.loss1, self.loss2
         self._numeric = (_numeric(loss1), _numeric(loss2))
         self._constants = (_of_constants(loss1), _of_constants(loss2))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """An operand replaced after the node was built (``m.loss2 = ValueLoss(3.0)``) finds the operands' flags again:
+        kept from the old operand, a number constant was evaluated as a tensor of the default dtype (0.3 rounded to
+        float32 in a float64 evaluation), by this node and by every loss built on it (`_of_constants`)."""
+        super().__setattr__(name, value)
+        if name in ("loss1", "loss2") and "_constants" in self.__dict__ and not self.__dict__.get("_is_replica"):
+            self._find_constants()  # (a data-parallel replica is given its operands' copies, flags and all, unfilled)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled: ``_numeric`` / ``_constants`` are found again from its operands (unpickled before it), always
