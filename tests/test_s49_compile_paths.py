@@ -25,9 +25,10 @@ from typing import Any
 
 import pytest
 import torch
+from test_s49_compile_notes import Decoder, Encoder
 from torch import nn
 
-from kizuna.distributions import Bernoulli, EnergyDistribution, Normal, set_validation, validation
+from kizuna.distributions import EnergyDistribution, Normal, set_validation, validation
 from kizuna.losses import ContrastiveDivergence, Expectation, KullbackLeibler, LogProb
 from kizuna.models import Model
 from kizuna.samplers import SGLD, score_of
@@ -159,23 +160,7 @@ def test_a_compiled_sampler_first_used_in_a_process_is_traced_once() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the rows' check
-class Encoder(Normal):
-    def __init__(self) -> None:
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.net = nn.Linear(6, 4)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.net(x)
-        return {"loc": h[:, :2], "scale": nn.functional.softplus(h[:, 2:])}
-
-
-class Decoder(Bernoulli):
-    def __init__(self) -> None:
-        super().__init__(var=["x"], cond_var=["z"], name="p")
-        self.net = nn.Linear(2, 6)
-
-    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"probs": torch.sigmoid(self.net(z))}
+# the encoder and decoder of tests/test_s49_compile_notes.py (Encoder, Decoder)
 
 
 def test_a_checked_sample_does_not_break_at_the_rows_check() -> None:

@@ -8,12 +8,12 @@ loss. Each test checks by value against the same loss unnamed or an exact refere
 from __future__ import annotations
 
 import importlib
-import itertools
 import math
 
 import pytest
 import torch
 from mc_reference import assert_mc_close, standard_error
+from test_s43_gradients import TH, _BernoulliChain, _chain_exact
 from torch.nn.utils import parametrize
 
 from kizuna.distributions import Bernoulli, Normal
@@ -24,32 +24,7 @@ F64 = torch.float64
 
 
 # ------------------------------------------------------------------ 1. IterativeLoss with a named expectation
-class _BernoulliChain(Bernoulli):
-    """q(z_t | z_{t-1}) = Bernoulli(sigmoid(th_0 + th_1 z_{t-1})), the parameters given per row as ``th``."""
-
-    def __init__(self) -> None:
-        super().__init__(var=["z"], cond_var=["z_prev", "th"], name="q")
-
-    def forward(self, z_prev, th):  # noqa: ANN001, ANN202
-        return {"probs": torch.sigmoid(th[:, :1] + th[:, 1:] * z_prev)}
-
-
-TH = (-0.3, 1.2)
-
-
-def _chain_exact(steps: int = 3) -> torch.Tensor:
-    """d/dth of E[sum_t (z_t + 2 z_{t-1} - 0.5)^2], z_{-1} = 0, by enumeration of the 2^T paths."""
-    th = torch.tensor(TH, dtype=F64, requires_grad=True)
-    total = torch.zeros((), dtype=F64)
-    for zs in itertools.product((0.0, 1.0), repeat=steps):
-        prev, logp, cost = 0.0, 0.0, 0.0
-        for z in zs:
-            p = torch.sigmoid(th[0] + th[1] * prev)
-            logp = logp + (torch.log(p) if z else torch.log1p(-p))
-            cost = cost + (z + 2 * prev - 0.5) ** 2
-            prev = z
-        total = total + logp.exp() * cost
-    return torch.autograd.grad(total, th)[0]
+# the chain and its exact gradient by enumeration: stop 43's (tests/test_s43_gradients.py)
 
 
 def _chain_gradient(named: bool, n: int = 20000) -> torch.Tensor:
