@@ -179,3 +179,44 @@ def test_staticmethod_classmethod_and_partial_steps_are_left_callable(cls, value
     history = m.fit({"x": x}, epochs=1, batch_size=8, quiet=True)
     assert history["train"] == [value]
     assert not p.loc.detach().any()
+
+
+def test_a_subclass_follows_its_base_s_step_when_it_is_assigned_again_or_deleted():
+    """A base's step assigned after the class was made was copied, wrapped, into the subclass when a model was built,
+    and kept: assigned again, or deleted, the subclass kept the old one (review R3 of stop 49). It is wrapped where it
+    is held now; a mixin's step (wrapped into the class) is found again at every model built."""
+
+    class Base(Model):
+        pass
+
+    class Sub(Base):
+        pass
+
+    def first(self, batch, **options):
+        return 1.0
+
+    def second(self, batch, **options):
+        return 2.0
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 2) + 3
+    Base.step = first
+    assert _model(Sub)[1].step({"x": x}) == 1.0
+    Base.step = second
+    assert _model(Sub)[1].step({"x": x}) == 2.0
+    assert "step" not in Sub.__dict__
+    del Base.step
+    p, m = _model(Sub)
+    m.step({"x": x})  # the base step: one SGD step
+    torch.testing.assert_close(p.loc.detach().flatten(), _one_sgd_step(x))
+
+    class Mixin:
+        def step(self, batch, **options):
+            return 3.0
+
+    class Mixed(Mixin, Model):
+        pass
+
+    assert _model(Mixed)[1].step({"x": x}) == 3.0
+    Mixin.step = first
+    assert _model(Mixed)[1].step({"x": x}) == 1.0

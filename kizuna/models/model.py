@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import logging
 import math
 import numbers
@@ -182,17 +181,24 @@ def _marking(model: Any) -> Iterator[None]:
 
 
 def _mark_step(cls: type) -> None:
-    """``cls``'s `step`, where it is a plain function other than `Model.step` (written in ``cls``'s body or a base's,
-    a mixin's that is no `Model`, or assigned to the class later), replaced in ``cls`` by a wrapper that marks the
-    model while it runs (`_marking`), so that a step calling `Model.train` gets the base step there however the step
-    was called (by `train`, `fit` or directly). The wrapper passes every argument on (``*args, **kwargs``: a step's
-    own signature is kept, which ``inspect.signature`` reads through ``__wrapped__``). Other kinds of step (a
-    ``staticmethod``, a ``classmethod``, a ``functools.partial``, a callable object) are left as they are: they get
-    no model to mark; `train` and `fit` mark the model around their call of the step."""
-    own = inspect.getattr_static(cls, "step", None)
-    if not isinstance(own, types.FunctionType) or own is Model.__dict__["step"]:
+    """``cls``'s `step`, where it is a plain function other than `Model.step`, wrapped so that the model is marked while
+    it runs (`_marking`): a step calling `Model.train` gets the base step there however the step was called (by
+    `train`, `fit` or directly). Called when a `Model` class is made and when a model is built. A step written in the
+    body of a `Model` class (``cls`` or a base) or assigned to one later is wrapped in the class that holds it; one a
+    mixin that is no `Model` holds is wrapped into ``cls`` (the mixin may serve other classes), that copy found again at
+    every model built (a copy kept for good left the class on the old step after the mixin's was assigned again or
+    deleted; so did one of a base's step). The wrapper passes every argument on (``*args, **kwargs``: a step's own
+    signature is kept, which ``inspect.signature`` reads through ``__wrapped__``). Other kinds of step (a
+    ``staticmethod``, a ``classmethod``, a ``functools.partial``, a callable object) are left as they are: `train` and
+    `fit` mark the model around their call of any step."""
+    if getattr(cls.__dict__.get("step"), "_copied_step", False):
+        del cls.step  # type: ignore[attr-defined]  # (a mixin's step wrapped here at an earlier build: found again)
+    owner = next((k for k in cls.__mro__ if "step" in k.__dict__
+                  and not getattr(k.__dict__["step"], "_copied_step", False)), None)
+    if owner is None or owner is Model:
         return
-    if getattr(own, "_marks_stepping", False):  # (a base's step, wrapped already)
+    own = owner.__dict__["step"]
+    if not isinstance(own, types.FunctionType) or getattr(own, "_marks_stepping", False):
         return
 
     @functools.wraps(own)
@@ -201,7 +207,11 @@ def _mark_step(cls: type) -> None:
             return own(self, *args, **kwargs)
 
     step._marks_stepping = True  # type: ignore[attr-defined]
-    cls.step = step  # type: ignore[attr-defined]
+    if issubclass(owner, Model):
+        owner.step = step  # type: ignore[attr-defined]
+    else:
+        step._copied_step = True  # type: ignore[attr-defined]
+        cls.step = step  # type: ignore[attr-defined]
 
 
 class Model:
