@@ -132,7 +132,7 @@ def test_elbo_with_wrong_q_matches_log_px_minus_kl():
 def test_iwae_rises_toward_log_px_and_stays_below():
     """IWAE_k's gap to the exact log p(x) is below 0 (3 SE) for k = 1, 10, 100, 1000 and rises at each step by more
     than 3 standard errors of the paired difference (the same 8,000 rows: log p(x) cancels; the 100 -> 1000 gain,
-    about Var(w)/(2k) ~ 0.005 here, is 3.9 to 9 paired SE over 30 seeds). Ordering 100 and 1000 strictly on 500 rows,
+    about Var(w)/(2k) ~ 0.005 here, at least 3.9 paired SE over 30 seeds). Ordering 100 and 1000 strictly on 500 rows,
     unpaired, failed on 6 of 60 seeds, and its 3-SE rises on 2 more; a bound capped at k = 100 fails here."""
     x = data(8000, seed=5)
     p, q = model(), WrongPosterior()
