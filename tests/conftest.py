@@ -77,6 +77,18 @@ def _default_validation() -> None:
     torch.distributions.Distribution.set_default_validate_args(__debug__)
 
 
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    """``torch._dynamo.reset()`` before and after the test (no compiled code or guard kept from another test), and
+    torch.distributions' default validation put back after it (``torch.compile`` switches it off process-wide). Used
+    by the compile tests (``pytest.mark.usefixtures("fresh_dynamo")``)."""
+    torch._dynamo.reset()
+    checks = torch.distributions.Distribution._validate_args
+    yield
+    torch.distributions.Distribution.set_default_validate_args(checks)
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Callable[[str], Path]:
     """``shared_data("serket/HMM")``: the path under ``../shared/data``, or a skip with the reason."""

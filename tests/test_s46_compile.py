@@ -8,7 +8,7 @@ kernels, and the fallback's eager step draws the eager step's random numbers); t
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -19,7 +19,8 @@ from kizuna.losses import LogProb
 from kizuna.models import Model
 
 # torch.compile's first use patches torch.jit, which warns of its deprecation
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("fresh_dynamo")]
 
 
 class Breaking(Normal):
@@ -60,15 +61,6 @@ def batches(n: int) -> list[dict[str, torch.Tensor]]:
 def assert_same_state(a: Model, b: Model) -> None:
     for (name, x), (_, y) in zip(a.distributions.state_dict().items(), b.distributions.state_dict().items()):
         assert torch.equal(x, y), name
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo() -> Iterator[None]:
-    torch._dynamo.reset()
-    checks = torch.distributions.Distribution._validate_args
-    yield
-    torch.distributions.Distribution.set_default_validate_args(checks)
-    torch._dynamo.reset()
 
 
 def test_a_forward_failing_after_a_graph_break_is_taken_again_from_the_state_before_it() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -21,7 +21,8 @@ from torch import nn
 from kizuna.distributions import Bernoulli, Normal, set_validation, torch_dist
 from kizuna.losses import Expectation, KullbackLeibler, LogProb
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("fresh_dynamo")]
 
 NOTES = ("_PLAIN_CLASSES", "_SIGNATURES")
 
@@ -43,15 +44,6 @@ class Decoder(Bernoulli):
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"probs": torch.sigmoid(self.net(z))}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo() -> Iterator[None]:
-    torch._dynamo.reset()
-    checks = torch.distributions.Distribution._validate_args
-    yield
-    torch.distributions.Distribution.set_default_validate_args(checks)
-    torch._dynamo.reset()
 
 
 def traced_calls() -> list[tuple[str, Callable[[torch.Tensor], object], torch.Tensor]]:

@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,16 +33,8 @@ from kizuna.models import Model
 from kizuna.samplers import SGLD, score_of
 from kizuna.utils import lru_cache_for_sample_dict
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo() -> Iterator[None]:
-    torch._dynamo.reset()
-    checks = torch.distributions.Distribution._validate_args
-    yield
-    torch.distributions.Distribution.set_default_validate_args(checks)  # (torch.compile turns it off process-wide)
-    torch._dynamo.reset()
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("fresh_dynamo")]
 
 
 class Counter:

@@ -11,6 +11,7 @@ import pickle
 
 import pytest
 import torch
+from test_s48_named_linear import _Encoder  # (stop 48's encoder of a named-loss VAE)
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from kizuna.distributions import Normal
@@ -18,15 +19,6 @@ from kizuna.formula.expr import _bare
 from kizuna.losses import Expectation as E
 from kizuna.losses import KullbackLeibler, LogProb, ValueLoss
 from kizuna.models import Model
-
-
-class _Encoder(Normal):
-    def __init__(self):
-        super().__init__(var=["z"], cond_var=["x"], name="q")
-        self.net = torch.nn.Linear(2, 2)
-
-    def forward(self, x):
-        return {"loc": self.net(x), "scale": torch.ones_like(x)}
 
 
 class _Decoder(Normal):
