@@ -207,8 +207,10 @@ def _module_state(module: Any) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
     flags: list[Any] = []
     for m in module.modules():
         tensors.extend(t for t in itertools.chain(m._parameters.values(), m._buffers.values()) if t is not None)
-        if m._forward_hooks or m._forward_pre_hooks:
-            flags.append((m.training, tuple(m._forward_pre_hooks), tuple(m._forward_hooks)))
+        inner = m.__dict__.get("_named_loss")  # a named loss's node (`Named`) stands for its loss: the loss's hooks too
+        hooked = [h for h in ((m,) if inner is None else (m, inner)) if h._forward_hooks or h._forward_pre_hooks]
+        if hooked:
+            flags.append((m.training, *((tuple(h._forward_pre_hooks), tuple(h._forward_hooks)) for h in hooked)))
         else:
             flags.append(m.training)
     if any(t.is_inference() for t in tensors):

@@ -77,9 +77,13 @@ def test_every_path_is_the_unnamed_loss_s(i):
         for dup in (True, False):
             ours = [(k, id(t)) for k, t in getattr(named, walk)(remove_duplicate=dup)]
             assert ours == [(k, id(t)) for k, t in getattr(bare, walk)(remove_duplicate=dup)], (walk, dup)
-    for dup in (True, False):
-        paths = [k for k, _ in named.named_modules(remove_duplicate=dup)]
-        assert paths == [k for k, _ in bare.named_modules(remove_duplicate=dup)]
+    assert [k for k, _ in named.named_modules(remove_duplicate=False)] == [
+        k for k, _ in bare.named_modules(remove_duplicate=False)]
+    # each distinct module once, as torch lists them (since stop 50): where one loss stands under two nodes (bare and
+    # named, or two names: pairs 4-6) the second node is listed too, its submodules (the loss's) not again; torch's
+    # ``replicate`` needs every listed module's children listed (tests/test_s50_named_replicate.py)
+    extra = ["loss2"] if i >= 4 else []
+    assert [k for k, _ in named.named_modules()] == [k for k, _ in bare.named_modules()] + extra
     for path, module in named.named_modules():
         assert named.get_submodule(path) is module, path
     assert list(map(id, named.parameters())) == list(map(id, bare.parameters()))  # no repeats

@@ -19,6 +19,7 @@ state is set up in ``__new__``, so a subclass may assign attributes before calli
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -140,6 +141,16 @@ class Loss(nn.Module):
             # registered as a submodule (for .to() and .parameters()) and kept as a plain attribute,
             # so that reading it on the evaluation path skips nn.Module.__getattr__
             self.__dict__[name] = value
+        if "_dp_of" in self.__dict__ and type(self) is not Named:  # a data-parallel replica being filled in
+            _dp_note_part(self, name, value)
+
+    def _replicate_for_data_parallel(self) -> Loss:
+        """nn.Module's (``nn.DataParallel``, ``torch.nn.parallel.replicate``), the replica marked with the loss it
+        replicates, so that the replicas of one loss in one replica of the tree are found one (`_dp_note_part`)."""
+        replica = super()._replicate_for_data_parallel()
+        replica.__dict__["_dp_of"] = self
+        replica.__dict__.pop("_dp_group", None)
+        return replica
 
     # --------------------------------------------------------------- structure
     @property
@@ -667,8 +678,12 @@ class Named(_Unary):
 
     Its state-dict and load hooks are the loss's as well (the same hook dicts): a hook registered through one name runs
     for every name of the loss and for the bare loss. ``modules()`` / ``named_modules()`` / ``children()`` list this
-    node in place of the loss (the loss itself is not among them), so a walk that looks for a loss class there must
-    also look at `_bare` of each node (`IterativeLoss` does, since stop 49: a named expectation was missed).
+    node in place of the loss (the loss itself is not among them unless it is held bare too), so a walk that looks for
+    a loss class there must also look at `_bare` of each node (`IterativeLoss` does, since stop 49: a named
+    expectation was missed). Each distinct node is listed once, as torch lists any module: a loss held bare and
+    named, or under two names, is listed once per node, its submodules once (until stop 50 the second node was left
+    out, and torch's ``replicate``, which looks every listed module's children up among ``modules()``, raised
+    ``KeyError``).
 
     Attributes it lacks are read from the loss inside (``E(q, f).named("recon").p``), ``.loss1`` too where the loss has
     one (an operator's first operand, as its paths say); where the loss has none, ``.loss1`` is the loss itself, as
@@ -676,7 +691,8 @@ class Named(_Unary):
     attribute written through it is written on the loss, so the node never holds a value the loss does not evaluate
     with; writing one of its own class attributes, or deleting the loss's parameter, buffer or submodule through it
     (``torch.nn.utils.parametrize``, pruning), is refused with an error that says to do it on the loss itself (see
-    `__setattr__`, `__delattr__`). ``nn.DataParallel``'s replica of it holds a replica of the loss. `_bare` (and
+    `__setattr__`, `__delattr__`). ``nn.DataParallel``'s replica of it holds a replica of the loss, one for all the
+    nodes of that loss in the replica (`_replicate_for_data_parallel`). `_bare` (and
     ``subterms()[0]``) is always the loss inside. It is a node of its own, an operator that hands on the loss's value:
     ``type`` and ``isinstance`` see `Named`, and kizuna's walks of a loss tree (the report's terms, an expectation's
     linear parts, the constant fast paths, `IterativeLoss`'s draws) look through it to the loss. The name is this
@@ -723,6 +739,8 @@ class Named(_Unary):
         inner = self.__dict__.get("_named_loss")
         if inner is None or name.startswith("_"):
             super().__setattr__(name, value)
+            if inner is not None and "_dp_of" in inner.__dict__:  # (a replica's buffer ``_x``: written on the loss)
+                _dp_note_part(inner, name, value)
             return
         own = getattr(type(self), name, None)
         if own is not None and not isinstance(own, property):
@@ -749,10 +767,17 @@ class Named(_Unary):
     def _replicate_for_data_parallel(self) -> Named:
         """nn.Module's (``nn.DataParallel``, ``torch.nn.parallel.replicate``), the replica node over a replica of the
         loss, whose module state it shares: ``replicate`` puts each replica's tensors and submodules into the node's
-        dicts (the loss is not among ``modules()``), so they are the loss replica's, which the replica evaluates (the
-        copied node held the original loss: a replica evaluated the original tensors)."""
+        dicts (the loss is not among ``modules()`` when it is held only under names), so they are the loss replica's,
+        which the replica evaluates (the copied node held the original loss: a replica evaluated the original
+        tensors). Where one loss stands under several nodes (bare and named, two names), the replica of the tree holds
+        one replica of it, as the original holds one loss: ``replicate`` makes one per node, and the first tensor or
+        submodule it writes into each tells which are the same (`_dp_note_part`), so the loss is evaluated once per
+        evaluation there too (a sampled term drawn once, not once per name)."""
         replica = super()._replicate_for_data_parallel()
-        replica._share(self._named_loss._replicate_for_data_parallel())
+        inner = self._named_loss._replicate_for_data_parallel()
+        inner.__dict__["_dp_group"] = _DPGroup(inner, provisional=True)
+        replica._share(inner)
+        inner.__dict__["_dp_group"].nodes.append(weakref.ref(replica))
         return replica
 
     @property
@@ -785,19 +810,6 @@ class Named(_Unary):
         way keeps that way), this node returned."""
         self._named_loss._apply(fn, recurse)
         return self
-
-    def named_modules(self, memo: set[nn.Module] | None = None, prefix: str = "",
-                      remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Module]]:
-        """nn.Module's, this node standing for the loss: a loss met before under another path (bare or under
-        another name) is not listed again here, and one met later is not listed there, as the loss used twice
-        unnamed."""
-        if memo is None:
-            memo = set()
-        if remove_duplicate:
-            if self._named_loss in memo:
-                return
-            memo.add(self._named_loss)
-        yield from super().named_modules(memo, prefix, remove_duplicate)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         """The loss's ``state_dict`` (its keys, hooks and extra state)."""
@@ -835,6 +847,74 @@ class Named(_Unary):
 
     def _render(self, fmt: dict[str, str]) -> str:
         return self._named_loss._render(fmt)
+
+
+class _DPGroup:
+    """The replicas of one loss made for one replica of a tree by torch's ``replicate`` (`Named`'s replica makes its
+    own, nn.Module's makes the bare loss's): ``one`` is the replica they all become, the bare loss's where it is
+    listed (its parent holds it), else the first made; ``nodes`` the `Named` replicas that share its state; ``into``
+    the group it was merged into."""
+
+    __slots__ = ("one", "provisional", "nodes", "into", "__weakref__")
+
+    def __init__(self, loss: Loss, provisional: bool) -> None:
+        self.one = weakref.ref(loss)
+        self.provisional = provisional
+        self.nodes: list[weakref.ref[Named]] = []
+        self.into: _DPGroup | None = None
+
+    def find(self) -> _DPGroup:
+        group = self
+        while group.into is not None:
+            group = group.into
+        return group
+
+    def __reduce__(self) -> Any:  # (a copy of a replica holds none: the grouping is over once replicate returned)
+        return type(None), ()
+
+
+# torch's ``replicate`` writes each part of replica j (a submodule's replica, a tensor's copy) into every listed
+# module's replica that holds it, so the replicas of one loss in replica j are those written the same part under the
+# same name: (id of the loss replicated, name, id of the part) -> (the loss, the part, the group), all weakly held
+_DP_PARTS: dict[tuple[int, str, int], tuple[weakref.ref[Any], weakref.ref[Any], weakref.ref[_DPGroup]]] = {}
+
+
+def _dp_note_part(replica: Loss, name: str, value: Any) -> None:
+    """Note that ``replicate`` wrote ``value`` as ``name`` into ``replica`` (a replica of ``replica._dp_of``); where
+    another replica of the same loss was written the same part, the two are one: their groups merge, and every named
+    node of either shares the state of the one kept (a bare loss's replica, which its parent holds, where there is
+    one)."""
+    if not isinstance(value, (nn.Module, torch.Tensor)):
+        return
+    state = replica.__dict__
+    group = state.get("_dp_group")
+    if group is None:
+        group = state["_dp_group"] = _DPGroup(replica, provisional=False)
+    group = group.find()
+    original = state["_dp_of"]
+    key = (id(original), name, id(value))
+    found = _DP_PARTS.get(key)
+    other = found[2]() if found is not None and found[0]() is original and found[1]() is value else None
+    if other is None:
+        if len(_DP_PARTS) > 4096:  # the dead entries of earlier replications
+            for k in [k for k, refs in _DP_PARTS.items() if any(r() is None for r in refs)]:
+                del _DP_PARTS[k]
+        _DP_PARTS[key] = (weakref.ref(original), weakref.ref(value), weakref.ref(group))
+        return
+    other = other.find()
+    if other is group:
+        return
+    kept, merged = (group, other) if other.provisional and not group.provisional else (other, group)
+    one = kept.one()
+    if one is None:
+        return
+    merged.into = kept
+    for ref in merged.nodes:
+        node = ref()
+        if node is not None:
+            node._share(one)
+            kept.nodes.append(ref)
+    kept.provisional = kept.provisional and merged.provisional
 
 
 def _bare(loss: Loss) -> Loss:

@@ -1,0 +1,133 @@
+"""Stop 50: a loss held both bare and named, or under two names, in one tree. Until now a `Named` node whose loss was
+met before under another node was left out of ``modules()`` (so that the loss was listed once, as ``kl + kl`` lists
+``kl`` once), but torch's ``replicate`` (``nn.DataParallel``) looks every child of a listed module up among
+``modules()`` and raised ``KeyError`` for it. ``modules()`` now lists each distinct node once, as torch does for any
+module; the replicas evaluate as the unnamed loss's replicas, bit for bit. And the sample-dict cache's key
+(`kizuna.utils._module_state`) reads the forward hooks of the loss inside a named node (it read the node's only)."""
+
+import importlib
+
+import pytest
+import torch
+from test_s49_named_paths import PAIRS, _pairs, _parts
+
+from kizuna.formula.expr import _bare
+from kizuna.losses import Expectation
+from kizuna.utils import lru_cache_for_sample_dict
+
+
+@pytest.fixture
+def cpu_replicate(monkeypatch: pytest.MonkeyPatch):
+    """torch's ``replicate`` on CPU, its broadcast replaced by copies (replica j's tensors are the original's + j)."""
+    rep = importlib.import_module("torch.nn.parallel.replicate")
+    monkeypatch.setattr(rep, "_broadcast_coalesced_reshape", lambda tensors, devices, detach=False: [
+        [(t.detach() if detach else t) + j for t in tensors] for j in range(len(devices))])
+    monkeypatch.setattr(rep, "_get_device_index", lambda d, optional=False: 0)
+    return rep.replicate
+
+
+@pytest.mark.parametrize("i", PAIRS)
+def test_replicas_of_a_named_loss_evaluate_as_the_unnamed_loss_s(i, cpu_replicate):
+    """Every pair of tests/test_s49_named_paths.py (pairs 4-6 hold one KL twice: bare and named, or under two
+    names; they raised KeyError), each value drawn under the same seed: the named loss's replicas give the unnamed
+    loss's replicas' values bit for bit, replica 1 differs from replica 0 (its tensors are shifted), and replicating
+    leaves the original's value as it was."""
+    x = {"x": torch.randn(4, 2, generator=torch.Generator().manual_seed(2))}
+    values = []
+    for loss in _pairs()[i]:
+        torch.manual_seed(5)
+        before = loss.eval(x).detach()
+        replicas = cpu_replicate(loss, devices=["cpu", "cpu"], detach=True)
+        got = []
+        for r in [loss, *replicas]:
+            torch.manual_seed(5)
+            got.append(r.eval(x).detach())
+        torch.testing.assert_close(got[0], before, rtol=0, atol=0)
+        values.append(got)
+    for ours, reference in zip(*values):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    assert not torch.equal(values[1][1], values[1][2])
+
+
+SAMPLED = [  # (unnamed, named) over one reconstruction term drawn by sampling
+    (lambda r: r + r, lambda r: r.named("a") + r.named("b")),
+    (lambda r: r + r, lambda r: r.named("a") + r),
+    (lambda r: r + r, lambda r: r + r.named("b")),
+    (lambda r: (r - r + r).mean(), lambda r: (r.named("a") - r.named("b") + r).mean()),
+]
+
+
+@pytest.mark.parametrize("k", range(len(SAMPLED)))
+def test_a_sampled_term_under_several_nodes_is_drawn_once_in_a_replica(k, cpu_replicate):
+    """A Monte-Carlo reconstruction term held under two or three nodes: the original draws it once per evaluation,
+    and so must each replica, which holds one replica of the loss (torch's ``replicate`` made one per node, each
+    drawing its own sample: a replica of ``rec.named("a") + rec.named("b")`` differed from the replica of
+    ``rec + rec``). Compared bit for bit with the unnamed tree's replicas under the same seed."""
+    x = {"x": torch.randn(4, 2, generator=torch.Generator().manual_seed(2))}
+    values = []
+    for build in SAMPLED[k]:
+        rec = _parts()[3]
+        loss = build(rec)
+        replicas = cpu_replicate(loss, devices=["cpu", "cpu"], detach=True)
+        got = []
+        for r in [loss, *replicas]:
+            torch.manual_seed(5)
+            got.append(r.eval(x).detach())
+        values.append(got)
+        for r in replicas:  # one replica of the loss under every node of the replica, not the original
+            held = {id(_bare(m)) for m in r.modules() if isinstance(_bare(m), Expectation)}
+            assert len(held) == 1 and id(rec) not in held
+    for ours, reference in zip(values[1], values[0]):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    assert not torch.equal(values[1][1], values[1][2])
+
+
+def test_the_named_and_unnamed_replica_evaluations_agree_with_a_hand_sum(cpu_replicate):
+    """``kl.named("A") + kl.named("B")`` replicated: each replica's value is twice the KL replica's own value (the
+    analytic KL of the replica's shifted encoder), not the original's."""
+    bare, named = _pairs()[6]
+    x = {"x": torch.randn(4, 2, generator=torch.Generator().manual_seed(3))}
+    replicas = cpu_replicate(named, devices=["cpu", "cpu"], detach=True)
+    for r in replicas:
+        kl = _bare(r.loss1)
+        assert kl is not _bare(bare.loss1)
+        torch.testing.assert_close(r.eval(x), 2 * kl.eval(x), rtol=0, atol=0)
+    assert not torch.equal(replicas[0].eval(x), replicas[1].eval(x))
+
+
+def test_modules_lists_every_child_of_a_listed_module():
+    """torch's ``replicate`` invariant: each child in a listed module's ``_modules`` is itself listed, and no module
+    is listed twice."""
+    for i in PAIRS:
+        _, named = _pairs()[i]
+        listed = list(named.modules())
+        assert len(set(map(id, listed))) == len(listed), i
+        ids = set(map(id, listed))
+        for m in listed:
+            assert all(id(c) in ids for c in m._modules.values() if c is not None), i
+
+
+def test_the_sample_dict_cache_sees_a_hook_on_the_loss_inside_a_name():
+    """A module holding a named loss, whose cached method evaluates the loss inside: a forward hook added to that
+    loss changes what the method returns, so the cache must not give the result stored before (it read the node's
+    hooks only: the loss itself is not among ``modules()`` when it is held only under a name)."""
+    _, named = _pairs()[0]
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.term = named
+
+        @lru_cache_for_sample_dict()
+        def value(self, x):
+            return _bare(self.term)(x)
+
+    h, x = Holder(), {"x": torch.ones(3, 2)}
+    first = h.value(x)
+    handle = _bare(named).register_forward_hook(lambda module, args, out: out * 0 + 7.0)
+    try:
+        second = h.value(x)
+    finally:
+        handle.remove()
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(second, torch.full_like(second, 7.0))
