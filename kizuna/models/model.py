@@ -21,6 +21,7 @@ import logging
 import math
 import numbers
 import operator
+import sys
 import threading
 import types
 import warnings
@@ -212,6 +213,22 @@ def _mark_step(cls: type) -> None:
     else:
         step._copied_step = True  # type: ignore[attr-defined]
         cls.step = step  # type: ignore[attr-defined]
+
+
+def _inside_own_step(model: Any, step: Any) -> bool:
+    """Whether a call of the plain function ``step`` on ``model`` (``model`` its first argument) is running in this
+    thread, below the caller of the caller (read only for a step `_mark_step` has not wrapped: one assigned to the
+    class after the model was built; a ``staticmethod`` or other callable has no such frame and is not found)."""
+    code = getattr(step, "__code__", None)
+    if code is None or not code.co_argcount:
+        return False
+    first = code.co_varnames[0]
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is code and frame.f_locals.get(first) is model:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class Model:
@@ -415,7 +432,8 @@ class Model:
     def train(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
         """One optimisation step on ``x_dict``; returns the loss before the step (detached, 0-d). A subclass that
         overrides `step` (and not `train`) is trained by its own step here too, as by `fit`; its `StepResult`'s loss
-        is returned.
+        is returned. A step that calls `train` gets the base step there, however the step was called (a step
+        assigned to the class after this model was built, called directly, is found by its frame on the stack).
 
         ``options`` go to the loss's evaluation (e.g. ``batch_n``), as in Pixyz. ``train_x_dict=`` (Pixyz's name of
         ``x_dict``) is taken as ``x_dict``.
@@ -424,7 +442,12 @@ class Model:
             x_dict = self._pixyz_data(x_dict, options, "train")
         # a subclass's own training step, which `fit` takes too (a class that overrides `train` as well, the GAN, calls
         # this one for its own part of the step)
-        if type(self).step is not Model.step and type(self).train is Model.train and id(self) not in _stepping():
+        step = type(self).step
+        if step is not Model.step and type(self).train is Model.train and id(self) not in _stepping():
+            if not getattr(step, "_marks_stepping", False) and _inside_own_step(self, step):
+                # a step assigned to the class after the model was built, called directly and calling `train`: the
+                # base step (it ran the step's body again, once, before `train` got the base step inside it)
+                return self._optimise(self._prepare(x_dict, "train"), options, terms=False)[0]
             with _marking(self):  # (any step: one not marked by `_mark_step` calling `train` gets the base step)
                 loss = self.step({} if x_dict is None else x_dict, **options).loss
             if isinstance(loss, torch.Tensor):
