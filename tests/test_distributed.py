@@ -218,14 +218,23 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _port_taken(log: str) -> bool:
+    """Whether a run failed because its port, free when `_free_port` chose it, was taken before the master bound it
+    (another process on the machine): such a run is started again on another port."""
+    return "EADDRINUSE" in log or "Address already in use" in log or "address already in use" in log
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(Path(__file__).resolve()), str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    for _ in range(3):  # (a new port when the chosen one was taken meanwhile: `_port_taken`)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(Path(__file__).resolve()), str(out)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        if done.returncode == 0 or not _port_taken(done.stdout + done.stderr):
+            break
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import _free_port
+from test_distributed import _free_port, _port_taken
 from torch import nn
 
 from kizuna.distributions import Normal
@@ -207,12 +207,15 @@ def gan_worker(res, out, rank):
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("s45_ddp")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()))
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(out)],
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    logs = [proc.communicate(timeout=120)[0] for proc in procs]
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    for _ in range(3):  # (a new port when the chosen one was taken meanwhile: `_port_taken`)
+        env["MASTER_PORT"] = str(_free_port())
+        procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(out)],
+                                  env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for r in range(2)]
+        logs = [proc.communicate(timeout=120)[0] for proc in procs]
+        if all(proc.returncode == 0 for proc in procs) or not any(map(_port_taken, logs)):
+            break
     assert all(proc.returncode == 0 for proc in procs), "\n".join(log[-3000:] for log in logs)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
