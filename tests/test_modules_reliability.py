@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_reliability import dead_pid
 
 from kizuna import modules as km
 from kizuna.modules.persistence import MAGIC, CorruptSaveError
@@ -213,8 +214,7 @@ def test_a_save_removes_only_what_this_library_wrote(tmp_path):
     (directory / "modules_notes.pt").write_bytes(b"user data")
     (directory / ".notes.pt.tmp").write_bytes(b"another program's")
     host = socket.gethostname()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = dead_pid()
     live = directory / f".module009-{'a' * 16}.pt.{host}.{os.getpid()}.tmp"  # this process: writing
     gone = directory / f".module009-{'b' * 16}.pt.{host}.{dead}.tmp"  # its process has exited
     young, old = directory / f"module009-{'c' * 16}.pt", directory / f"module009-{'d' * 16}.pt"

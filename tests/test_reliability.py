@@ -333,20 +333,26 @@ def test_nothing_silent() -> None:
         Normal(var=["x"], loc=float("inf"), scale=1.0)
 
 
+def dead_pid() -> int:
+    """A process id that no process has, checked: above the largest Linux ``pid_max`` (2**22) and macOS's 99,998. (A
+    process started and waited for gave a pid that a busy machine could give to a new process before the check.)"""
+    pid = 2**22 + 1
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    return pid
+
+
 def test_a_save_removes_dead_writers_temporary_files_but_not_a_live_ones(tmp_path: Path) -> None:
     """Two processes saving to one path each write their own temporary file: a save removes what an interrupted
     writer of this host left (its process gone) and never a running writer's file (it removed every one, so the
     other writer's rename failed with FileNotFoundError)."""
     import socket
-    import subprocess
-    import sys
 
     from kizuna import _io
 
     path = tmp_path / "run.pt"
     host = socket.gethostname()
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = tmp_path / f".run.pt.{host}.{done.stdout.strip()}.tmp"  # a process that has exited
+    dead = tmp_path / f".run.pt.{host}.{dead_pid()}.tmp"  # a process that has exited
     alive = tmp_path / f".run.pt.{host}.{os.getppid()}.tmp"  # a running process (this test's parent)
     elsewhere = tmp_path / ".run.pt.another-host.1.tmp"  # another host's writer: unknown, recent: kept
     for f in (dead, alive, elsewhere):
@@ -439,8 +445,6 @@ def test_the_longest_name_the_file_system_accepts_can_be_saved(tmp_path: Path) -
     """The temporary name keeps at most `_io.NAME_KEEP` bytes of the target's name (its start and a hash of all of
     it), so a 254- or 255-byte name saves; two long names that differ only at the end keep apart, and a dead writer's
     temporary file of a long name is still removed. Before, a 254-character name raised ENAMETOOLONG."""
-    import subprocess
-    import sys
 
     limit = os.pathconf(tmp_path, "PC_NAME_MAX")
     for name in ("a" * (limit - 4) + ".pt", "a" * (limit - 3) + ".pt", "é" * ((limit - 3) // 2) + ".pt"):
@@ -450,9 +454,8 @@ def test_the_longest_name_the_file_system_accepts_can_be_saved(tmp_path: Path) -
         assert len(_io.temporary_name(tmp_path / name).name.encode()) <= limit
     one, two = tmp_path / ("b" * 240 + "1.pt"), tmp_path / ("b" * 240 + "2.pt")
     assert _io._prefix(one) != _io._prefix(two)
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = one.with_name(f"{_io._prefix(one)}{_io._host()}.{done.stdout.strip()}-1-0123abcd.tmp")
-    other = two.with_name(f"{_io._prefix(two)}{_io._host()}.{done.stdout.strip()}-1-0123abcd.tmp")
+    dead = one.with_name(f"{_io._prefix(one)}{_io._host()}.{dead_pid()}-1-0123abcd.tmp")
+    other = two.with_name(f"{_io._prefix(two)}{_io._host()}.{dead_pid()}-1-0123abcd.tmp")
     dead.write_bytes(b"partial")
     other.write_bytes(b"partial")
     _io.save({"x": 1}, one)
