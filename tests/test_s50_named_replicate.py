@@ -5,13 +5,15 @@ met before under another node was left out of ``modules()`` (so that the loss wa
 module; the replicas evaluate as the unnamed loss's replicas, bit for bit. And the sample-dict cache's key
 (`kizuna.utils._module_state`) reads the forward hooks of the loss inside a named node (it read the node's only)."""
 
+import copy
 import importlib
+import pickle
 
 import pytest
 import torch
 from test_s49_named_paths import PAIRS, _pairs, _parts
 
-from kizuna.formula.expr import _bare
+from kizuna.formula.expr import Loss, _bare
 from kizuna.losses import Expectation
 from kizuna.utils import lru_cache_for_sample_dict
 
@@ -131,3 +133,99 @@ def test_the_sample_dict_cache_sees_a_hook_on_the_loss_inside_a_name():
         handle.remove()
     assert not torch.equal(first, second)
     torch.testing.assert_close(second, torch.full_like(second, 7.0))
+
+
+# ------------------------------------------------------------------ diff review R_NAMED of e0ff8b6
+class _Noise(Loss):
+    """A sampled term: a standard normal draw times its buffer ``scale`` (``stateless``: no buffer at all)."""
+
+    def __init__(self, stateless: bool = False):
+        super().__init__()
+        if not stateless:
+            self.register_buffer("scale", torch.tensor(1.0))
+
+    def _value(self, ctx):
+        return getattr(self, "scale", 1.0) * torch.randn(())
+
+    def _render(self, fmt):
+        return "noise"
+
+
+@pytest.fixture
+def cuda_like_replicate(monkeypatch: pytest.MonkeyPatch):
+    """As `cpu_replicate`, but replica 0 gets the original tensors where they are not detached copies' parents (as
+    torch's CUDA broadcast gives device 0 the inputs as they are)."""
+    rep = importlib.import_module("torch.nn.parallel.replicate")
+
+    def broadcast(tensors, devices, detach=False):
+        return [list(tensors) if j == 0 and detach else [(t.detach() if detach else t) + j for t in tensors]
+                for j in range(len(devices))] if tensors else []
+
+    monkeypatch.setattr(rep, "_broadcast_coalesced_reshape", broadcast)
+    monkeypatch.setattr(rep, "_get_device_index", lambda d, optional=False: 0)
+    return rep.replicate
+
+
+@pytest.mark.parametrize("stateless", [False, True])
+def test_a_second_replication_while_the_first_replicas_live_is_its_own(stateless, cuda_like_replicate):
+    """Two ``replicate`` calls, the first's replicas kept alive, replica 0 given the original buffer both times: the
+    second call's replica 0 held the first call's loss replica (its notes were still there) and drew the bare and
+    the named term separately (-1.0906 for -0.9736). Each replica holds one loss for both nodes, of its own call
+    (a loss with no tensors at all is its own replica: there is nothing to copy), and draws as the original."""
+    values = {}
+    for named in (False, True):
+        n = _Noise(stateless)
+        loss = n + n.named("a") if named else n + n
+        r1 = cuda_like_replicate(loss, ["cpu", "cpu"], detach=True)
+        r2 = cuda_like_replicate(loss, ["cpu", "cpu"], detach=True)
+        got = []
+        for r in (loss, *r1, *r2):
+            torch.manual_seed(5)
+            got.append(r.eval({}).detach())
+        values[named] = got
+        for first, second in zip(r1, r2):
+            one, other = _bare(second.loss1), _bare(second.loss2)
+            assert one is other
+            assert (one is n) if stateless else (one is not _bare(first.loss1) and one is not n)
+    for ours, reference in zip(values[True], values[False]):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+
+
+def test_writes_after_replicate_returned_do_not_join_replicas(cpu_replicate):
+    """The same tensor written afterwards as an attribute of each replica's loss (user code, under a name the loss
+    has no part under) does not make replica 1's names hold replica 0's loss (its value went from 6.87 to 2.13)."""
+    bare, named = _pairs()[6]
+    x = {"x": torch.randn(4, 2, generator=torch.Generator().manual_seed(2))}
+    replicas = cpu_replicate(named, devices=["cpu", "cpu"], detach=True)
+    before = [r.eval(x).detach() for r in replicas]
+    shared = torch.zeros(1)
+    for r in replicas:
+        _bare(r.loss1).extra = shared
+    assert _bare(replicas[1].loss1) is not _bare(replicas[0].loss1)
+    assert _bare(replicas[1].loss1) is _bare(replicas[1].loss2)
+    for r, b in zip(replicas, before):
+        torch.testing.assert_close(r.eval(x), b, rtol=0, atol=0)
+
+
+def test_a_copy_of_a_replica_is_a_loss_of_its_own(cpu_replicate):
+    """deepcopy and pickle of a replica drop its replication marks (a copy dragged a copy of the original loss along
+    and kept noting writes); the copy still evaluates as the replica, its two nodes over one loss."""
+    _, named = _pairs()[6]
+    x = {"x": torch.randn(4, 2, generator=torch.Generator().manual_seed(2))}
+    replica = cpu_replicate(named, devices=["cpu", "cpu"], detach=True)[1]
+    for copied in (copy.deepcopy(replica), pickle.loads(pickle.dumps(replica))):
+        assert not any(k in m.__dict__ for m in copied.modules() for k in ("_dp_of", "_dp_call", "_dp_group"))
+        assert _bare(copied.loss1) is _bare(copied.loss2)
+        torch.testing.assert_close(copied.eval(x), replica.eval(x), rtol=0, atol=0)
+
+
+def test_a_per_module_walk_sees_a_named_loss_s_parameters_under_each_node():
+    """As with tied weights in torch (two modules holding one parameter), a walk over each module's own parameters
+    (``named_parameters(recurse=False)`` per module, minGPT's weight-decay idiom) meets a learned coefficient once per
+    node that holds it (documented in docs/training.md); ``parameters()`` lists it once."""
+    w = _parts()[4]
+    kl = _parts()[2]
+    loss = w.named("a") * kl + w.named("b") * kl
+    own = [id(p) for m in loss.modules() for _, p in m.named_parameters(recurse=False)]
+    assert own.count(id(w.value)) == 2
+    assert [id(p) for p in loss.parameters()].count(id(w.value)) == 1

@@ -19,6 +19,7 @@ state is set up in ``__new__``, so a subclass may assign attributes before calli
 from __future__ import annotations
 
 import numbers
+import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -146,11 +147,22 @@ class Loss(nn.Module):
 
     def _replicate_for_data_parallel(self) -> Loss:
         """nn.Module's (``nn.DataParallel``, ``torch.nn.parallel.replicate``), the replica marked with the loss it
-        replicates, so that the replicas of one loss in one replica of the tree are found one (`_dp_note_part`)."""
+        replicates and the replication it belongs to, so that the replicas of one loss in one replica of the tree are
+        found one (`_dp_note_part`). A loss with no parameter, buffer or submodule is its own replica (there is
+        nothing to copy to another device, and every node of it, bare or named, then holds the one loss)."""
+        if not (self._parameters or self._buffers or self._modules):
+            return self
         replica = super()._replicate_for_data_parallel()
-        replica.__dict__["_dp_of"] = self
-        replica.__dict__.pop("_dp_group", None)
+        _dp_mark(self, replica)
         return replica
+
+    def __getstate__(self) -> dict[str, Any]:
+        """nn.Module's state, less a data-parallel replica's marks (`_dp_mark`): a copy of a replica is a loss of its
+        own, not tied to the loss it was replicated from."""
+        state = self.__dict__
+        if "_dp_of" in state:
+            state = {k: v for k, v in state.items() if k not in _DP_MARKS}
+        return state
 
     # --------------------------------------------------------------- structure
     @property
@@ -773,11 +785,14 @@ class Named(_Unary):
         one replica of it, as the original holds one loss: ``replicate`` makes one per node, and the first tensor or
         submodule it writes into each tells which are the same (`_dp_note_part`), so the loss is evaluated once per
         evaluation there too (a sampled term drawn once, not once per name)."""
+        loss = self._named_loss
+        if not (loss._parameters or loss._buffers or loss._modules):
+            return self  # (nothing to replicate: `Loss._replicate_for_data_parallel`)
         replica = super()._replicate_for_data_parallel()
-        inner = self._named_loss._replicate_for_data_parallel()
-        inner.__dict__["_dp_group"] = _DPGroup(inner, provisional=True)
+        inner = loss._replicate_for_data_parallel()
+        group = inner.__dict__["_dp_group"] = _DPGroup(inner, provisional=True)
         replica._share(inner)
-        inner.__dict__["_dp_group"].nodes.append(weakref.ref(replica))
+        group.nodes.append(weakref.ref(replica))
         return replica
 
     @property
@@ -869,37 +884,65 @@ class _DPGroup:
             group = group.into
         return group
 
-    def __reduce__(self) -> Any:  # (a copy of a replica holds none: the grouping is over once replicate returned)
-        return type(None), ()
+
+# torch's ``replicate`` makes the replicas of every listed module first, then writes each part of replica j (a
+# submodule's replica, a tensor's copy) into every replica that holds it: the replicas of one loss in replica j are
+# those written the same part under the same name. Noted per thread and per replication (a call's first replica
+# made after writes began starts the next one, and drops the last one's notes): (id of the loss replicated, name,
+# id of the part) -> (the loss, the part, the group), weakly held
+_DP_MARKS = ("_dp_of", "_dp_call", "_dp_group")
 
 
-# torch's ``replicate`` writes each part of replica j (a submodule's replica, a tensor's copy) into every listed
-# module's replica that holds it, so the replicas of one loss in replica j are those written the same part under the
-# same name: (id of the loss replicated, name, id of the part) -> (the loss, the part, the group), all weakly held
-_DP_PARTS: dict[tuple[int, str, int], tuple[weakref.ref[Any], weakref.ref[Any], weakref.ref[_DPGroup]]] = {}
+class _DPCalls(threading.local):
+    def __init__(self) -> None:
+        self.number = 0
+        self.writing = False
+        self.parts: dict[tuple[int, str, int], tuple[weakref.ref[Any], weakref.ref[Any], weakref.ref[_DPGroup]]] = {}
+
+
+_DP_CALLS = _DPCalls()
+
+
+def _dp_mark(original: Loss, replica: Loss) -> None:
+    """Mark ``replica`` (just made by nn.Module's ``_replicate_for_data_parallel``) as a replica of ``original`` in the
+    current replication of this thread, which begins here if the last one had begun writing parts."""
+    calls = _DP_CALLS
+    if calls.writing:
+        calls.number += 1
+        calls.writing = False
+        calls.parts = {}
+    state = replica.__dict__
+    state["_dp_of"] = original
+    state["_dp_call"] = (threading.get_ident(), calls.number)
+    state.pop("_dp_group", None)
 
 
 def _dp_note_part(replica: Loss, name: str, value: Any) -> None:
     """Note that ``replicate`` wrote ``value`` as ``name`` into ``replica`` (a replica of ``replica._dp_of``); where
-    another replica of the same loss was written the same part, the two are one: their groups merge, and every named
-    node of either shares the state of the one kept (a bare loss's replica, which its parent holds, where there is
-    one)."""
+    another replica of the same loss was written the same part in the same replication, the two are one: their
+    groups merge, and every named node of either shares the state of the one kept (a bare loss's replica, which its
+    parent holds, where there is one). A write that is not one of ``replicate``'s (a name the loss replicated has no
+    parameter, buffer or submodule under, or a replica of an earlier replication or of another thread) is not
+    noted; after ``replicate`` returned, writing one tensor or module under such a name into two replicas of one
+    loss (before the next replication in the thread) would still make them one."""
     if not isinstance(value, (nn.Module, torch.Tensor)):
         return
     state = replica.__dict__
+    calls = _DP_CALLS
+    original = state["_dp_of"]
+    if state.get("_dp_call") != (threading.get_ident(), calls.number) or not (
+            name in original._parameters or name in original._buffers or name in original._modules):
+        return
+    calls.writing = True
     group = state.get("_dp_group")
     if group is None:
         group = state["_dp_group"] = _DPGroup(replica, provisional=False)
     group = group.find()
-    original = state["_dp_of"]
     key = (id(original), name, id(value))
-    found = _DP_PARTS.get(key)
+    found = calls.parts.get(key)
     other = found[2]() if found is not None and found[0]() is original and found[1]() is value else None
     if other is None:
-        if len(_DP_PARTS) > 4096:  # the dead entries of earlier replications
-            for k in [k for k, refs in _DP_PARTS.items() if any(r() is None for r in refs)]:
-                del _DP_PARTS[k]
-        _DP_PARTS[key] = (weakref.ref(original), weakref.ref(value), weakref.ref(group))
+        calls.parts[key] = (weakref.ref(original), weakref.ref(value), weakref.ref(group))
         return
     other = other.find()
     if other is group:
