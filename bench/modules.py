@@ -2,7 +2,8 @@
 
 kizuna.modules against scikit-learn, hmmlearn and the ``lda`` package (Cython collapsed Gibbs):
 
-* GMM, full covariances: ``algorithm="em"`` vs ``GaussianMixture``; ``"vb"`` vs ``BayesianGaussianMixture``
+* GMM, full covariances: ``algorithm="em"`` vs ``GaussianMixture`` (and with diagonal covariances, both
+  ``covariance_type="diag"``); ``"vb"`` vs ``BayesianGaussianMixture``
   (finite Dirichlet prior, the same model); a blocked Gibbs sweep (``"gibbs"``, the module's default),
   reported next to a ``BayesianGaussianMixture`` iteration (not the same algorithm: the closest reference).
 * HMM, Gaussian emissions: a Baum-Welch iteration vs ``hmmlearn.GaussianHMM`` (one sequence of N steps),
@@ -141,6 +142,7 @@ def gmm_cases(sizes: list[int]) -> list[Case]:
     from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
 
     common = dict(covariance_type="full", random_state=0, init_params="random")
+    diag = {**common, "covariance_type": "diag"}
     cases = []
     for n in sizes:
         x = gmm_data(n)
@@ -149,6 +151,9 @@ def gmm_cases(sizes: list[int]) -> list[Case]:
             Case("GMM", "EM iteration", "sklearn GaussianMixture", n,
                  {"": lambda m, x=x: GMM(10, algorithm="em", max_iter=m, tol=0, **common).fit(x)},
                  lambda m, x=x: GaussianMixture(10, max_iter=m, tol=0, **common).fit(x), lo, hi),
+            Case("GMM", "EM iteration (diag)", "sklearn GaussianMixture", n,
+                 {"": lambda m, x=x: GMM(10, algorithm="em", max_iter=m, tol=0, **diag).fit(x)},
+                 lambda m, x=x: GaussianMixture(10, max_iter=m, tol=0, **diag).fit(x), lo, hi),
             Case("GMM", "VB iteration", "sklearn BayesianGaussianMixture", n,
                  {"": lambda m, x=x: GMM(10, algorithm="vb", max_iter=m, tol=0, **common).fit(x)},
                  lambda m, x=x: BayesianGaussianMixture(
