@@ -4,11 +4,15 @@ expansion of the squares would lose them.
 Stop 50 (GMMPERF) moved `algorithms.em`'s diagonal M and E steps onto two GEMMs of the data centred at its mean
 (``_em_m_step_diag``, ``_em_log_joint_diag``) and one pass of exponentials for the posterior and the objective; it
 was 2.4-3.3x scikit-learn's time per iteration (bench/README.md). A component whose variance cancels by more than
-three digits, or whose log-densities could be off by more than 1e-11, goes through the two-pass forms
-(``_diag_scatter``, ``gaussian_log_prob``) as before. The references: scikit-learn's ``GaussianMixture`` from the
-same start (``weights_init``, ``means_init``, ``precisions_init``), and a two-pass EM written out in numpy / scipy
-below (``_reference_em``). (scikit-learn has ``tied`` and ``spherical`` covariances too; kizuna's GMM has only
-``full`` and ``diag``, so those have nothing to be checked against.)
+three digits (or, at large N, where the GEMM's rounding of its length-N sums would exceed 1e-10 of it), or whose
+log-densities could be off by more than 1e-10 (a worst-case bound, growing with D), goes through the two-pass forms
+(``_diag_scatter``, ``gaussian_log_prob``) as before, with its mean corrected by the same pass (review R3 of
+7e36a73: the fallback kept the centred sums' mean, good only to about eps times its distance from the data's mean;
+the E step's check had no factor for D; the M step's none for N). The references: scikit-learn's
+``GaussianMixture`` from the same start (``weights_init``, ``means_init``, ``precisions_init``), a two-pass EM
+written out in numpy / scipy below (``_reference_em``) and longdouble two-pass steps. (scikit-learn has ``tied``
+and ``spherical`` covariances too; kizuna's GMM has only ``full`` and ``diag``, so those have nothing to be checked
+against.)
 """
 
 import numpy as np
@@ -67,9 +71,9 @@ def _counting(monkeypatch):
         calls["log_prob"].append(means.shape[0])
         return log_prob(x, means, precision)
 
-    def counted_scatter(x, resp, means):
+    def counted_scatter(x, resp, means, **kwargs):
         calls["scatter"].append(means.shape[0])
-        return scatter(x, resp, means)
+        return scatter(x, resp, means, **kwargs)
 
     monkeypatch.setattr(algo, "gaussian_log_prob", counted_log_prob)
     monkeypatch.setattr(algo, "_diag_scatter", counted_scatter)
@@ -187,3 +191,99 @@ def test_diag_m_step_fast_form_equals_the_two_pass_m_step():
         slow = algo._em_m_step(x, resp, True, 1e-6)
         for f, s in zip(fast, slow):
             np.testing.assert_allclose(f.numpy(), s.numpy(), rtol=1e-12)
+
+
+def _longdouble_m_step(x, resp):
+    """Two-pass means ``resp.T @ x / counts`` and variances (reg_covar 0) in 80-bit longdouble, from the data centred
+    at ``x[0]`` (exact for float64 data)."""
+    x, r = np.asarray(x, np.longdouble), np.asarray(resp, np.longdouble)
+    xc = x - x[0]
+    ten_eps = np.longdouble(10 * np.finfo(float).eps)
+    counts = r.sum(0) + ten_eps
+    mc = (r.T @ xc - ten_eps * x[0]) / counts[:, None]  # sum r x / counts - x[0]: counts' 10 eps moves it at 1e8
+    var = np.stack([r[:, j] @ (xc - mc[j]) ** 2 for j in range(r.shape[1])]) / counts[:, None]
+    return mc + x[0], var
+
+
+def _longdouble_log_joint(x, weights, means, cov):
+    """log w_k + log N(x_n | m_k, diag(cov_k)) in longdouble, with the float64 precisions ``1 / cov``."""
+    x, m = np.asarray(x, np.longdouble), np.asarray(means, np.longdouble)
+    prec = np.asarray(1.0 / np.asarray(cov), np.longdouble)
+    maha = np.stack([((x - m[j]) ** 2 * prec[j]).sum(1) for j in range(len(m))], 1)
+    return 0.5 * (np.log(prec).sum(1) - maha - x.shape[1] * np.log(2 * np.longdouble(np.pi))) + np.log(
+        np.asarray(weights, np.longdouble))
+
+
+def test_diag_em_narrow_component_far_from_the_data_mean_keeps_its_two_pass_mean():
+    """A component 1e-12 wide at 0 beside one at 1e4, reg_covar=0 (R3 finding 1): it goes through the two-pass
+    scatter, whose mean must be ``resp.T @ x / counts`` (the reference's -2.7e-14), not the centred sums' mean, good
+    only to ulp(5e3) ~ 1e-12 (7e36a73: -2.8e-12, a variance 8.5 times too large, lower bound 11.195 for 11.729)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([1e-12 * rng.normal(size=(500, 1)), 1e4 + rng.normal(size=(500, 1))])
+    resp = torch.as_tensor(np.repeat(np.eye(2), 500, 0))
+    ours = algo.em(torch.as_tensor(x), resp, 2, 0.0, 0.0, True)
+    weights, means, var, history, post = _reference_em(x, resp.numpy(), 2, 0.0)
+    np.testing.assert_allclose(ours.means.numpy(), means, rtol=1e-10)
+    np.testing.assert_allclose(ours.covariances.numpy(), var, rtol=1e-10)
+    np.testing.assert_allclose(ours.history, history, rtol=1e-12)
+    np.testing.assert_allclose(ours.resp.numpy(), post, rtol=1e-9, atol=1e-12)
+
+
+def test_diag_m_step_mean_correction_keeps_offset_data_exact():
+    """The fallback's mean correction sums ``x - mean`` (not ``x``): at an offset of 1e8, with two components of
+    width 1e-6 forced through the two-pass scatter, the variances are the longdouble reference's to 1e-12 and the
+    means to rounding (``resp.T @ x / counts``, the old code's form, is off there by a factor of hundreds)."""
+    rng = np.random.default_rng(2)
+    n = 2000
+    x = 1e8 + np.concatenate([1e-6 * rng.normal(size=(n, 2)), 1.0 + 1e-6 * rng.normal(size=(n, 2))])
+    resp = np.repeat(np.eye(2), n, 0)
+    xt = torch.as_tensor(x)
+    _, means, var = algo._em_m_step_diag(xt, algo._CentredData(xt), torch.as_tensor(resp), 0.0)
+    ref_means, ref_var = _longdouble_m_step(x, resp)
+    np.testing.assert_allclose(var.numpy(), ref_var.astype(float), rtol=1e-12)
+    np.testing.assert_allclose(means.numpy(), ref_means.astype(float), rtol=2e-16, atol=0)
+
+
+def test_diag_m_step_criterion_grows_with_n():
+    """R3 finding 3: a component whose scatter is 1.1e-3 of its centred sum of squares (three digits cancelled, just
+    under the cut) at N = 2e6: the GEMM's rounding of the length-N sums, times 900, was 2e-11 of the variance in
+    7e36a73 (1e-12 at N = 2e4); the criterion's sqrt(N) eps term sends it through the two-pass scatter: the
+    longdouble reference's variance to 1e-13."""
+    rng = np.random.default_rng(1)
+    n, d = 10**6, 4
+    x = np.concatenate([30 + rng.normal(size=(n, d)), -30 + rng.normal(size=(n, d))])
+    resp = np.zeros((2 * n, 2))
+    resp[:n, 0] = resp[n:, 1] = 1
+    xt = torch.as_tensor(x)
+    _, _, var = algo._em_m_step_diag(xt, algo._CentredData(xt), torch.as_tensor(resp), 0.0)
+    _, ref_var = _longdouble_m_step(x, resp)
+    np.testing.assert_allclose(var.numpy(), ref_var.astype(float), rtol=1e-13)
+
+
+def _e_step_case(d, bound):
+    """R3's E-step case: points around +-a (a ~ const) and components at +-a with unit variances, ``a`` scaled so
+    that ``bound(a)``, the quantity a check compares with its threshold, is 0.95 of it."""
+    rng = np.random.default_rng(1)
+    a2 = rng.uniform(0.5, 1.5, d)
+    a = np.sqrt(a2 * 0.95 / bound(a2))
+    x = np.concatenate([a + 1e-3 * rng.normal(size=(2000, d)), -a + 1e-3 * rng.normal(size=(2000, d))])
+    return x, np.stack([a, -a]), np.ones((2, d)), np.array([0.5, 0.5])
+
+
+@pytest.mark.parametrize("d", [32, 128])
+def test_diag_e_step_error_check_grows_with_d(monkeypatch, d):
+    """R3 finding 2: where 7e36a73's estimate 2 eps sum p (c^2 + reach) was 0.95e-11 (just under its 1e-11) its
+    log-densities were off by 2.5e-11 (D = 32) and 3.9e-11 (D = 128); the check now carries the dot product's
+    length, (2D+3) eps, so these go through the two-pass form (to 1e-11 of the longdouble values); and at 0.95 of
+    the new bound (1e-10) the fast path is taken and within it."""
+    eps = np.finfo(float).eps
+    for factor, threshold, fallback in ((2 * eps / 1e-11, 1e-11, [2]), ((2 * d + 3) * eps / algo._E_ABS_ERROR,
+                                                                         algo._E_ABS_ERROR, [])):
+        x, means, cov, weights = _e_step_case(d, lambda a2, f=factor: 2 * f * a2.sum())
+        calls = _counting(monkeypatch)
+        xt = torch.as_tensor(x)
+        own = algo._em_log_joint_diag(xt, algo._CentredData(xt), torch.as_tensor(weights), torch.as_tensor(means),
+                                      torch.as_tensor(cov))
+        err = np.abs(np.asarray(own.numpy(), np.longdouble) - _longdouble_log_joint(x, weights, means, cov)).max()
+        assert float(err) < threshold
+        assert calls["log_prob"] == fallback

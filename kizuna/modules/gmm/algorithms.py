@@ -250,23 +250,35 @@ def _em_m_step(x: Tensor, resp: Tensor, diagonal: bool, reg_covar: float) -> tup
     return counts / x.shape[0], means, cov
 
 
-def _diag_scatter(x: Tensor, resp: Tensor, means: Tensor) -> Tensor:
+def _diag_scatter(x: Tensor, resp: Tensor, means: Tensor, first: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """:math:`\\sum_n r_{nk} (x_{nd} - \\mu_{kd})^2` (K×D), the two-pass form: the weighted squared differences a
-    block of rows at a time (`row_blocks`): B×K×D temporaries, not N×K×D."""
+    block of rows at a time (`row_blocks`): B×K×D temporaries, not N×K×D. With ``first``, also the weighted
+    differences :math:`\\sum_n r_{nk} (x_{nd} - \\mu_{kd})` from the same pass: ``(first moments, scatter)``."""
     blocks = row_blocks(x.shape[0], means.numel())
     sq = means.new_zeros(means.shape)
+    s1 = means.new_zeros(means.shape) if first else None
     for s in blocks:
         diff = x[s:s + blocks.step].unsqueeze(1) - means  # B x K x D
-        sq += torch.einsum("bk,bkd->kd", resp[s:s + blocks.step], diff.square_())
-    return sq
+        r = resp[s:s + blocks.step]
+        if s1 is not None:
+            s1 += torch.einsum("bk,bkd->kd", r, diff)
+        sq += torch.einsum("bk,bkd->kd", r, diff.square_())
+    return sq if s1 is None else (s1, sq)
 
 
 # The diagonal EM's fast path (float64): both steps as GEMMs of the data centred at its mean, as scikit-learn's
-# expansion of the squares, (x - m)^2 = x^2 - 2 x m + m^2, where the centring keeps the cancellation small; a
-# component whose terms cancel by more than three digits (M step), or whose log-densities could be off by more than
-# `_E_ABS_ERROR` (E step), is computed by the two-pass forms instead (`_diag_scatter`, `gaussian_log_prob`).
+# expansion of the squares, (x - m)^2 = x^2 - 2 x m + m^2, where the centring keeps the cancellation small. A
+# component is computed by the two-pass forms instead (`_diag_scatter`, `gaussian_log_prob`) where the expansion
+# could lose the values: in the M step where its terms cancel by more than three digits, or (large N) where the
+# typical rounding of the GEMM's length-N sums, sqrt(N) eps S_2, exceeds `_M_REL_ERROR` of the variance; in the E
+# step where the worst-case rounding of its length-(2D+1) dot products could exceed `_E_ABS_ERROR`. The E check
+# takes the largest squared centred coordinate of each feature over all points, the M check the largest
+# cancellation over the features: data with a far outlier, or components far apart compared with their widths
+# (tens of standard deviations from the data's mean in a feature), send most components through the two-pass
+# forms, at about the old code's cost (bench/README.md).
 _M_CANCEL = 1e-3  # the M step's expanded scatter of a component kept when at least this fraction of its sum of squares
-_E_ABS_ERROR = 1e-11  # the E step's bound on the rounding error of the expanded log-densities (absolute)
+_M_REL_ERROR = 1e-10  # ... and when sqrt(N) eps S_2 (typical rounding of the sums, not a bound) is below this of it
+_E_ABS_ERROR = 1e-10  # the E step's worst-case bound on the rounding error of the expanded log-densities (absolute)
 
 
 class _CentredData:
@@ -286,42 +298,79 @@ class _CentredData:
 
 def _em_m_step_diag(x: Tensor, data: _CentredData, resp: Tensor, reg_covar: float
                     ) -> tuple[Tensor, Tensor, Tensor]:
-    """`_em_m_step` (diagonal) to rounding: counts, sums and sums of squares of the centred data in one GEMM.
+    """`_em_m_step` (diagonal): counts, sums and sums of squares of the centred data in one GEMM.
 
     With :math:`R_k = \\sum_n r_{nk}`, centred sums :math:`S_1, S_2` and :math:`c_k = \\mu_k - \\text{shift}`, the
     means are :math:`(S_1 + R\\,\\text{shift}) / (R + 10\\epsilon)` (`_em_m_step`'s ``resp.T @ x / counts``, an
     empty component's 0 included) and the scatter :math:`S_2 - 2 c S_1 + c^2 R` (its
-    :math:`\\sum_n r_{nk}(x_n - \\mu_k)^2`), every term at most :math:`2 S_2`; a component whose scatter is below
-    `_M_CANCEL` of its :math:`S_2` (more than three digits cancelled) is summed by `_diag_scatter` instead."""
+    :math:`\\sum_n r_{nk}(x_n - \\mu_k)^2`), every term at most :math:`2 S_2`. Its relative error is about
+    :math:`S_2/\\text{scatter}` times the GEMM's relative rounding of a length-N sum (which grows with N:
+    1e-12 at N = 2e4, 2e-11 at N = 2e6 where three digits cancel). A component is summed by `_diag_scatter`
+    instead where the scatter is below `_M_CANCEL` of :math:`S_2` (more than three digits cancelled) or below
+    :math:`\\sqrt N\\,\\epsilon\\,S_2 /` `_M_REL_ERROR` (an estimate of the typical rounding, measured 15-25 times
+    above the actual error; the three digits decide up to N ~ 2e5). Such a component's mean, good only to
+    about :math:`\\epsilon\\,|c|` from the centred sums, is corrected in the same pass,
+    :math:`\\mu + \\sum_n r_{nk}(x_n - \\mu) / (R + 10\\epsilon)` less the 10ε term, so it is
+    ``resp.T @ x / counts`` to rounding of the differences (exact for a component narrower than
+    :math:`\\epsilon\\,|c|`, and at offsets like 1e8 where summing ``x`` itself would lose it); its scatter about the
+    corrected mean is summed again where the correction takes more than three digits off."""
     d = data.dim
+    eps = torch.finfo(x.dtype).eps
     stats = resp.T @ data.feats_t.T  # K × (2D+1): S_2, S_1, R
     total = stats[:, -1:]
-    counts = total + 10 * torch.finfo(x.dtype).eps
+    counts = total + 10 * eps
     square, first = stats[:, :d], stats[:, d:2 * d]
     means = (first + total * data.shift) / counts
     c = means - data.shift
     scatter = square - 2 * c * first + c * c * total
-    bad = (scatter < _M_CANCEL * square).any(1)
+    cancel = max(_M_CANCEL, math.sqrt(x.shape[0]) * eps / _M_REL_ERROR)
+    bad = (scatter < cancel * square).any(1)
     if bool(bad.any()):
         k = bad.nonzero().squeeze(1)
-        scatter[k] = _diag_scatter(x, resp[:, k], means[k])
+        sq = _diag_scatter(x, resp[:, k], means[k])
+        scatter[k] = sq
+        # the centred sums' mean is good to about eps (|mean| + |c| + the data's reach): where that could move the
+        # scatter by _M_REL_ERROR, correct it by sum r (x - mean) and sum the scatter again (a narrow component far
+        # from the shift, or one at a large offset; rare, so a pass more there and none elsewhere)
+        slack = math.sqrt(x.shape[0]) * eps * (means[k].abs() + c[k].abs() + data.reach.sqrt())
+        loose = (total[k] * slack * slack > _M_REL_ERROR * sq).any(1)
+        if bool(loose.any()):
+            j = k[loose]
+            approx = means[j]
+            diff, sq = _diag_scatter(x, resp[:, j], approx, first=True)
+            shift = (diff - 10 * eps * approx) / counts[j]  # (sum_n r x - counts approx) / counts
+            means[j] = approx + shift
+            moved = shift * (2 * diff - total[j] * shift)  # sum r (x - approx)^2 - sum r (x - mean)^2
+            scatter[j] = sq - moved
+            again = (moved > _M_CANCEL * sq).any(1)
+            if bool(again.any()):
+                i = j[again]
+                scatter[i] = _diag_scatter(x, resp[:, i], means[i])
     counts = counts.squeeze(1)
     return counts / x.shape[0], means, scatter / counts.unsqueeze(1) + reg_covar
 
 
 def _em_log_joint_diag(x: Tensor, data: _CentredData, weights: Tensor | None, means: Tensor, cov: Tensor
                        ) -> Tensor:
-    """``gaussian_log_prob(x, means, 1 / cov) (+ log weights)`` (N×K, the transpose of a K×N tensor) to rounding,
-    from one GEMM of the centred data; the components whose expanded log-densities could be off by more than
-    `_E_ABS_ERROR` by `gaussian_log_prob` itself."""
+    """``gaussian_log_prob(x, means, 1 / cov) (+ log weights)`` (N×K, the transpose of a K×N tensor) from one GEMM
+    of the centred data, to `_E_ABS_ERROR` (absolute, worst case); the components whose expanded log-densities
+    could be off by more by `gaussian_log_prob` itself.
+
+    The bound: entry (n, k) is a dot product of length 2D+1 plus a constant, whose terms are at most
+    :math:`p_{kd}(c_{kd}^2 + (x_{nd} - \\text{shift}_d)^2)` in absolute value (:math:`c = \\mu - \\text{shift}`),
+    so its rounding error is below :math:`(2D+3)\\,\\epsilon \\sum_d p_{kd}(c_{kd}^2 + \\max_n (x_{nd} -
+    \\text{shift}_d)^2)`; the actual error is several times smaller (R3's adversarial points at 0.95 of the bound:
+    3e-12 to 1.6e-11 for D = 8 to 2048). The maximum is over all points: one far point sends every component
+    through the two-pass form (see the fast path's note above)."""
     prec = precision_root(cov)
     c = means - data.shift
     log_w = torch.log(weights) if weights is not None else prec.new_zeros(prec.shape[0])
     const = 0.5 * (torch.log(prec).sum(1) - (c * c * prec).sum(1) - data.dim * math.log(2 * math.pi)) + log_w
     coef = torch.cat([-0.5 * prec, c * prec, prec.new_zeros(prec.shape[0], 1)], 1)  # K × (2D+1)
     own = torch.addmm(const.unsqueeze(1), coef, data.feats_t)  # K×N
-    # |error| of entry (n, k) <~ eps * 2 sum_d p_kd ((x_nd - shift_d)^2 + (m_kd - shift_d)^2)
-    bad = 2 * torch.finfo(x.dtype).eps * (prec * (c * c + data.reach)).sum(1) > _E_ABS_ERROR
+    # |error| of entry (n, k) <= (2D+3) eps sum_d p_kd ((x_nd - shift_d)^2 + (m_kd - shift_d)^2)
+    bound = (2 * data.dim + 3) * torch.finfo(x.dtype).eps * (prec * (c * c + data.reach)).sum(1)
+    bad = bound > _E_ABS_ERROR
     if bool(bad.any()):
         k = bad.nonzero().squeeze(1)
         own[k] = gaussian_log_prob(x, means[k], prec[k]).T + log_w[k].unsqueeze(1)
@@ -364,8 +413,8 @@ def em(x: Tensor, resp: Tensor, max_iter: int, tol: float, reg_covar: float, dia
     parameters of the initial M step from it, their ``own`` and their objective.
 
     Diagonal covariances in float64 take the GEMM forms (`_em_m_step_diag`, `_em_log_joint_diag`: the values of the
-    two-pass forms to rounding, at a fraction of their time) and, without a parent's prior, one pass of exponentials
-    for the posterior and the objective.
+    two-pass forms to the tolerances stated there, at a fraction of their time where few components fall back) and,
+    without a parent's prior, one pass of exponentials for the posterior and the objective.
     """
     history: list[float] = []
     log_msg = 0.0 if parent.probs is None else torch.log(parent.probs.to(x.dtype))
