@@ -213,8 +213,18 @@ def ranks(tmp_path_factory):
         procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(out)],
                                   env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for r in range(2)]
-        logs = [proc.communicate(timeout=120)[0] for proc in procs]
-        if all(proc.returncode == 0 for proc in procs) or not any(map(_port_taken, logs)):
+        try:  # rank 0 first: where its port was taken, rank 1 waits for a master that never comes
+            logs = [procs[0].communicate(timeout=120)[0]]
+            taken = procs[0].returncode != 0 and _port_taken(logs[0])
+            if taken:
+                procs[1].kill()
+            logs.append(procs[1].communicate(timeout=120)[0])
+        except subprocess.TimeoutExpired:
+            for proc in procs:
+                proc.kill()
+            raise AssertionError("the two ranks did not finish in 120 s: "
+                                 + "\n".join(proc.communicate()[0][-3000:] for proc in procs)) from None
+        if not taken:
             break
     assert all(proc.returncode == 0 for proc in procs), "\n".join(log[-3000:] for log in logs)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]

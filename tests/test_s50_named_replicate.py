@@ -7,14 +7,15 @@ module; the replicas evaluate as the unnamed loss's replicas, bit for bit. And t
 
 import copy
 import importlib
+import io
 import pickle
 
 import pytest
 import torch
 from test_s49_named_paths import PAIRS, _pairs, _parts
 
-from kizuna.formula.expr import Loss, _bare
-from kizuna.losses import Expectation
+from kizuna.formula.expr import Loss, Parameter, _bare
+from kizuna.losses import Expectation, ValueLoss
 from kizuna.utils import lru_cache_for_sample_dict
 
 
@@ -229,3 +230,54 @@ def test_a_per_module_walk_sees_a_named_loss_s_parameters_under_each_node():
     own = [id(p) for m in loss.modules() for _, p in m.named_parameters(recurse=False)]
     assert own.count(id(w.value)) == 2
     assert [id(p) for p in loss.parameters()].count(id(w.value)) == 1
+
+
+# ------------------------------------------------------------------ diff review R2 of 255fc2f
+@pytest.mark.parametrize("k", range(3))
+def test_a_named_operator_with_a_stateless_operand_keeps_each_device_s_replica(k, cpu_replicate):
+    """``(kl + 1.0).named("t")``: the number constant has no state and is its own replica on every device, so a note
+    keyed on it made replica 1's name hold replica 0's loss (replica 1 gave 5.06609 where the unnamed tree's replica
+    1 gives 7.43536). Values equal the unnamed tree's replicas, bit for bit, and each replica holds its own loss."""
+    builds = [lambda kl: kl + 1.0, lambda kl: 2.0 * kl, lambda kl: (kl * 0.5).mean()]
+    x = {"x": torch.randn(4, 2, generator=torch.Generator().manual_seed(2))}
+    values = []
+    for named in (False, True):
+        kl = _parts()[2]
+        loss = builds[k](kl).named("t") if named else builds[k](kl)
+        replicas = cpu_replicate(loss, devices=["cpu", "cpu"], detach=True)
+        values.append([r.eval(x).detach() for r in (loss, *replicas)])
+        if named:
+            assert _bare(replicas[0]) is not _bare(replicas[1])
+    for ours, reference in zip(values[1], values[0]):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    assert not torch.equal(values[1][1], values[1][2])
+
+
+def test_a_compiled_loss_pickles_and_copies_as_torch_s_modules_do():
+    """``Loss.__getstate__`` (it drops a replica's marks) kept ``_compiled_call_impl``, which nn.Module's drops: after
+    ``loss.compile()`` pickle and ``torch.save`` raised, and a deepcopy called the original's compiled forward (the
+    copy with coefficient 10 returned the original's 2.0)."""
+    loss = Parameter("x") * ValueLoss(torch.nn.Parameter(torch.tensor(2.0)))
+    loss.compile(backend="eager")
+    assert "_compiled_call_impl" not in loss.__getstate__()
+    pickle.loads(pickle.dumps(loss))
+    torch.save(loss, io.BytesIO())
+    c = copy.deepcopy(loss)
+    with torch.no_grad():
+        c.loss2.value.fill_(10.0)
+    x = {"x": torch.tensor(1.0)}
+    assert c(x).item() == 10.0 and loss(x).item() == 2.0
+
+
+def test_a_part_written_again_after_replicate_does_not_join_replicas(cpu_replicate):
+    """One tensor written under a name the loss has a part under (``value``) into each replica, after ``replicate``
+    returned: replica 1's names kept their own loss (a second write of a name into one replica is not ``replicate``'s
+    own)."""
+    c = ValueLoss(torch.tensor(2.0))
+    loss = c.named("a") + c.named("b")
+    replicas = cpu_replicate(loss, devices=["cpu", "cpu"], detach=True)
+    shared = torch.tensor(5.0)
+    for r in replicas:
+        _bare(r.loss1).value = shared
+    assert _bare(replicas[1].loss1) is _bare(replicas[1].loss2)
+    assert _bare(replicas[1].loss1) is not _bare(replicas[0].loss1)

@@ -33,6 +33,7 @@ def test_a_step_assigned_after_the_model_was_built_runs_once_when_called_directl
         torch.testing.assert_close(p.loc.detach(), ref_p.loc.detach(), rtol=0, atol=0)
     finally:
         del _AssignedAfterBuild.step
+        _AssignedAfterBuild.calls = 0
 
 
 def test_a_recursive_helper_of_the_same_code_on_another_model_is_not_taken_for_the_step():
@@ -54,3 +55,29 @@ def test_a_recursive_helper_of_the_same_code_on_another_model_is_not_taken_for_t
         assert order == [id(a), id(b)]
     finally:
         del _AssignedAfterBuild.step
+
+
+def test_a_step_under_a_functools_wraps_decorator_is_found_too():
+    """A step assigned after the build under a decorator made with ``functools.wraps`` whose wrapper takes
+    ``(*args, **kwargs)`` (the common form): the frame found is the wrapped function's (diff review R2: the body ran
+    twice, the wrapper's code was looked for)."""
+    import functools
+
+    def logged(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            return f(*args, **kwargs)
+        return wrapper
+
+    p, model = _model(_AssignedAfterBuild)
+    ref_p, reference = _model(Model)
+    _AssignedAfterBuild.step = logged(_via_train)
+    try:
+        x = {"x": torch.tensor([[1.0, -2.0], [3.0, 0.5]])}
+        model.step(x)
+        reference.train(x)
+        assert _AssignedAfterBuild.calls == 1
+        torch.testing.assert_close(p.loc.detach(), ref_p.loc.detach(), rtol=0, atol=0)
+    finally:
+        del _AssignedAfterBuild.step
+        _AssignedAfterBuild.calls = 0

@@ -159,9 +159,9 @@ class Loss(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         """nn.Module's state, less a data-parallel replica's marks (`_dp_mark`): a copy of a replica is a loss of its
         own, not tied to the loss it was replicated from."""
-        state = self.__dict__
-        if "_dp_of" in state:
-            state = {k: v for k, v in state.items() if k not in _DP_MARKS}
+        state = super().__getstate__()  # (nn.Module's: a copy, less a compiled forward)
+        for mark in _DP_MARKS:
+            state.pop(mark, None)
         return state
 
     # --------------------------------------------------------------- structure
@@ -890,7 +890,7 @@ class _DPGroup:
 # those written the same part under the same name. Noted per thread and per replication (a call's first replica
 # made after writes began starts the next one, and drops the last one's notes): (id of the loss replicated, name,
 # id of the part) -> (the loss, the part, the group), weakly held
-_DP_MARKS = ("_dp_of", "_dp_call", "_dp_group")
+_DP_MARKS = ("_dp_of", "_dp_call", "_dp_group", "_dp_noted")
 
 
 class _DPCalls(threading.local):
@@ -922,9 +922,9 @@ def _dp_note_part(replica: Loss, name: str, value: Any) -> None:
     another replica of the same loss was written the same part in the same replication, the two are one: their
     groups merge, and every named node of either shares the state of the one kept (a bare loss's replica, which its
     parent holds, where there is one). A write that is not one of ``replicate``'s (a name the loss replicated has no
-    parameter, buffer or submodule under, or a replica of an earlier replication or of another thread) is not
-    noted; after ``replicate`` returned, writing one tensor or module under such a name into two replicas of one
-    loss (before the next replication in the thread) would still make them one."""
+    parameter, buffer or submodule under, a second write of a name into one replica, or a replica of an earlier
+    replication or of another thread) is not noted, nor is a submodule without state, which is its own replica on
+    every device (`Loss._replicate_for_data_parallel`)."""
     if not isinstance(value, (nn.Module, torch.Tensor)):
         return
     state = replica.__dict__
@@ -933,6 +933,12 @@ def _dp_note_part(replica: Loss, name: str, value: Any) -> None:
     if state.get("_dp_call") != (threading.get_ident(), calls.number) or not (
             name in original._parameters or name in original._buffers or name in original._modules):
         return
+    if value is original._modules.get(name):  # a submodule with no state is its own replica on every device: it
+        return  # tells no replica of the tree from another
+    noted = state.setdefault("_dp_noted", set())
+    if name in noted:  # ``replicate`` writes each part once into each replica (a later write is not one of its own)
+        return
+    noted.add(name)
     calls.writing = True
     group = state.get("_dp_group")
     if group is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import math
 import numbers
@@ -216,9 +217,16 @@ def _mark_step(cls: type) -> None:
 
 
 def _inside_own_step(model: Any, step: Any) -> bool:
-    """Whether a call of the plain function ``step`` on ``model`` (``model`` its first argument) is running in this
-    thread, below the caller of the caller (read only for a step `_mark_step` has not wrapped: one assigned to the
-    class after the model was built; a ``staticmethod`` or other callable has no such frame and is not found)."""
+    """Whether a call of the plain function ``step`` (or the function a ``functools.wraps`` decorator wraps) on
+    ``model`` (``model`` its first argument) is running in this thread, below the caller of the caller (read only for
+    a step `_mark_step` has not wrapped: one assigned to the class after the model was built). Not found, so such a
+    step called directly runs its body a second time (the model still takes one optimisation step): a decorator
+    without ``functools.wraps``, a ``partialmethod`` or other callable, a step that rebinds its first argument, a
+    ``train`` called from another thread."""
+    try:
+        step = inspect.unwrap(step)  # (a step under a decorator made with functools.wraps: the function inside)
+    except ValueError:  # a cycle of ``__wrapped__``
+        return False
     code = getattr(step, "__code__", None)
     if code is None or not code.co_argcount:
         return False
@@ -432,8 +440,9 @@ class Model:
     def train(self, x_dict: Mapping[str, Any] | None = None, **options: Any) -> torch.Tensor:
         """One optimisation step on ``x_dict``; returns the loss before the step (detached, 0-d). A subclass that
         overrides `step` (and not `train`) is trained by its own step here too, as by `fit`; its `StepResult`'s loss
-        is returned. A step that calls `train` gets the base step there, however the step was called (a step
-        assigned to the class after this model was built, called directly, is found by its frame on the stack).
+        is returned. A step that calls `train` gets the base step there, whether the step was called by `train`,
+        by `fit` or directly (a step assigned to the class after this model was built, called directly, is found by
+        its frame on the stack: `_inside_own_step` says which kinds are not).
 
         ``options`` go to the loss's evaluation (e.g. ``batch_n``), as in Pixyz. ``train_x_dict=`` (Pixyz's name of
         ``x_dict``) is taken as ``x_dict``.
