@@ -195,13 +195,15 @@ def test_diag_m_step_fast_form_equals_the_two_pass_m_step():
 
 def _longdouble_m_step(x, resp):
     """Two-pass means ``resp.T @ x / counts`` and variances (reg_covar 0) in 80-bit longdouble, from the data centred
-    at ``x[0]`` (exact for float64 data)."""
+    at ``x[0]`` (exact for float64 data). The variances are the scatter about each component's own weighted mean
+    (``sum r x / sum r``): the means' 10 eps in the counts (an empty component's guard) is no spread of the data."""
     x, r = np.asarray(x, np.longdouble), np.asarray(resp, np.longdouble)
     xc = x - x[0]
     ten_eps = np.longdouble(10 * np.finfo(float).eps)
     counts = r.sum(0) + ten_eps
     mc = (r.T @ xc - ten_eps * x[0]) / counts[:, None]  # sum r x / counts - x[0]: counts' 10 eps moves it at 1e8
-    var = np.stack([r[:, j] @ (xc - mc[j]) ** 2 for j in range(r.shape[1])]) / counts[:, None]
+    own = (r.T @ xc) / r.sum(0)[:, None]
+    var = np.stack([r[:, j] @ (xc - own[j]) ** 2 for j in range(r.shape[1])]) / counts[:, None]
     return mc + x[0], var
 
 
@@ -270,20 +272,38 @@ def _e_step_case(d, bound):
     return x, np.stack([a, -a]), np.ones((2, d)), np.array([0.5, 0.5])
 
 
-@pytest.mark.parametrize("d", [32, 128])
+@pytest.mark.parametrize("d", [32, 128, 512])
 def test_diag_e_step_error_check_grows_with_d(monkeypatch, d):
-    """R3 finding 2: where 7e36a73's estimate 2 eps sum p (c^2 + reach) was 0.95e-11 (just under its 1e-11) its
-    log-densities were off by 2.5e-11 (D = 32) and 3.9e-11 (D = 128); the check now carries the dot product's
-    length, (2D+3) eps, so these go through the two-pass form (to 1e-11 of the longdouble values); and at 0.95 of
-    the new bound (1e-10) the fast path is taken and within it."""
+    """R3 finding 2, R4 finding 3: the check compares sqrt(2D+3) eps sum p (c^2 + reach), the typical rounding of the
+    length-(2D+1) dot products, with 1e-10 (7e36a73 compared 2 eps sum ... with 1e-11, and its log-densities were
+    off by 2.5e-11 at D = 32 and 3.9e-11 at D = 128 just under it; d712e87's worst case (2D+3) eps turned the fast
+    path off for every component from D ~ 128 on ordinary data). On adversarial points (every term of one sign)
+    at 0.95 of the estimate the fast path is taken and within 1e-10 of the longdouble values; at 1.05 both
+    components go through the two-pass form."""
     eps = np.finfo(float).eps
-    for factor, threshold, fallback in ((2 * eps / 1e-11, 1e-11, [2]), ((2 * d + 3) * eps / algo._E_ABS_ERROR,
-                                                                         algo._E_ABS_ERROR, [])):
-        x, means, cov, weights = _e_step_case(d, lambda a2, f=factor: 2 * f * a2.sum())
+    factor = np.sqrt(2 * d + 3) * eps / algo._E_ABS_ERROR
+    for scale, fallback in ((0.95, []), (1.05, [2])):
+        x, means, cov, weights = _e_step_case(d, lambda a2, s=scale: 2 * factor * a2.sum() * 0.95 / s)
         calls = _counting(monkeypatch)
         xt = torch.as_tensor(x)
         own = algo._em_log_joint_diag(xt, algo._CentredData(xt), torch.as_tensor(weights), torch.as_tensor(means),
                                       torch.as_tensor(cov))
         err = np.abs(np.asarray(own.numpy(), np.longdouble) - _longdouble_log_joint(x, weights, means, cov)).max()
-        assert float(err) < threshold
+        assert float(err) < algo._E_ABS_ERROR
         assert calls["log_prob"] == fallback
+
+
+def test_diag_m_step_equal_points_at_an_offset_have_zero_variance():
+    """R4 finding 2: 1000 equal points at 1e8 beside a spread component (reg_covar 0): the mean correction took the
+    counts' 10 eps for spread (variance 4.9e-20, and EM went on); the variance is 0 and `em` refuses it as the
+    two-pass EM does (not positive definite)."""
+    rng = np.random.default_rng(3)
+    h, d = 1000, 2
+    x = np.concatenate([1e8 + np.zeros((h, d)), 1e8 + 1e4 + rng.normal(size=(h, d))])
+    r = np.zeros((2 * h, 2))
+    r[:h, 0] = r[h:, 1] = 1
+    xt, rt = torch.as_tensor(x), torch.as_tensor(r)
+    _, means, var = algo._em_m_step_diag(xt, algo._CentredData(xt), rt, 0.0)
+    assert var[0].tolist() == [0.0, 0.0] and means[0].tolist() == [1e8, 1e8]
+    with pytest.raises(ValueError, match="not positive definite"):
+        algo.em(xt, rt, 2, 0.0, 0.0, True)
