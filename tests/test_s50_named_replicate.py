@@ -281,3 +281,43 @@ def test_a_part_written_again_after_replicate_does_not_join_replicas(cpu_replica
         _bare(r.loss1).value = shared
     assert _bare(replicas[1].loss1) is _bare(replicas[1].loss2)
     assert _bare(replicas[1].loss1) is not _bare(replicas[0].loss1)
+
+
+# ------------------------------------------------------------------ diff review R4 of b0d7ff8
+class _Jitter(Loss):
+    """A loss that holds only a stateless loss and draws: its value plus a standard normal draw."""
+
+    def __init__(self, inner):
+        super().__init__(inner.input_var)
+        self.inner = inner
+
+    def subterms(self):
+        return [self.inner]
+
+    def _value(self, ctx):
+        return ctx.value(self.inner) + torch.randn(())
+
+    def _render(self, fmt):
+        return "jitter"
+
+
+@pytest.mark.parametrize("bare", [False, True])
+def test_a_loss_over_stateless_losses_only_is_one_loss_in_each_replica(bare, cpu_replicate):
+    """``_Jitter(ValueLoss(2.0))`` named twice (and held bare): its only part is a stateless loss, its own replica on
+    every device and so never noted, and each name held a replica of its own, drawing twice (2.9094 where the
+    unnamed tree gives 3.02644). A loss with no parameter or buffer anywhere in it is its own replica: one loss,
+    one draw, the unnamed tree's values bit for bit."""
+    values = []
+    for named in (False, True):
+        j = _Jitter(ValueLoss(2.0))
+        loss = (j.named("a") + j.named("b") + (j if bare else 0.0)) if named else (j + j + (j if bare else 0.0))
+        replicas = cpu_replicate(loss, devices=["cpu", "cpu"], detach=True)
+        got = []
+        for r in (loss, *replicas):
+            torch.manual_seed(5)
+            got.append(r.eval({}).detach())
+        values.append(got)
+        for r in replicas:
+            assert len({id(_bare(m)) for m in r.modules() if isinstance(_bare(m), _Jitter)}) == 1
+    for ours, reference in zip(values[1], values[0]):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)

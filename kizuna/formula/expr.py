@@ -148,9 +148,9 @@ class Loss(nn.Module):
     def _replicate_for_data_parallel(self) -> Loss:
         """nn.Module's (``nn.DataParallel``, ``torch.nn.parallel.replicate``), the replica marked with the loss it
         replicates and the replication it belongs to, so that the replicas of one loss in one replica of the tree are
-        found one (`_dp_note_part`). A loss with no parameter, buffer or submodule is its own replica (there is
-        nothing to copy to another device, and every node of it, bare or named, then holds the one loss)."""
-        if not (self._parameters or self._buffers or self._modules):
+        found one (`_dp_note_part`). A loss with no parameter or buffer in it (`_stateless`) is its own replica
+        (there is nothing to copy to another device, and every node of it, bare or named, then holds the one loss)."""
+        if _stateless(self):
             return self
         replica = super()._replicate_for_data_parallel()
         _dp_mark(self, replica)
@@ -786,7 +786,7 @@ class Named(_Unary):
         submodule it writes into each tells which are the same (`_dp_note_part`), so the loss is evaluated once per
         evaluation there too (a sampled term drawn once, not once per name)."""
         loss = self._named_loss
-        if not (loss._parameters or loss._buffers or loss._modules):
+        if _stateless(loss):
             return self  # (nothing to replicate: `Loss._replicate_for_data_parallel`)
         replica = super()._replicate_for_data_parallel()
         inner = loss._replicate_for_data_parallel()
@@ -901,6 +901,20 @@ class _DPCalls(threading.local):
 
 
 _DP_CALLS = _DPCalls()
+
+
+def _stateless(loss: Loss) -> bool:
+    """Whether ``loss`` holds no parameter or buffer and no submodule but such losses (a number constant, an
+    operator over constants): nothing to copy to a device, so it is its own replica on every device. (Only
+    its own state was asked until diff review R4: an operator over stateless losses was replicated, but its parts
+    are all its own on every device, so the replicas of one such loss under two names were never found one.)"""
+    stack = [loss]
+    while stack:
+        m = stack.pop()
+        if m._parameters or m._buffers or not isinstance(m, Loss):
+            return False
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return True
 
 
 def _dp_mark(original: Loss, replica: Loss) -> None:
