@@ -4,6 +4,9 @@ class is made and when a model is built); called directly on that model, a step 
 finds the step's own frame on the stack and takes the base step at once: the body runs once and the model takes
 exactly one optimisation step, the same as ``Model.train`` once from the same start."""
 
+import functools
+
+import pytest
 import torch
 from test_s49_step_wrapper import _model, _via_train
 
@@ -14,10 +17,21 @@ class _AssignedAfterBuild(Model):
     calls = 0
 
 
-def test_a_step_assigned_after_the_model_was_built_runs_once_when_called_directly():
+def _logged(f):
+    """A decorator made with ``functools.wraps`` whose wrapper takes ``(*args, **kwargs)`` (the common form)."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return f(*args, **kwargs)
+    return wrapper
+
+
+@pytest.mark.parametrize("decorate", [lambda f: f, _logged], ids=["plain", "functools.wraps"])
+def test_a_step_assigned_after_the_model_was_built_runs_once_when_called_directly(decorate):
+    """Plain, and under a ``functools.wraps`` decorator (diff review R2: the body ran twice there, the wrapper's code
+    was looked for on the stack, not the wrapped function's)."""
     p, model = _model(_AssignedAfterBuild)
     ref_p, reference = _model(Model)  # same start (both seeded in _model's order: zeros), plain train once
-    _AssignedAfterBuild.step = _via_train  # after the build: not wrapped
+    _AssignedAfterBuild.step = decorate(_via_train)  # after the build: not wrapped
     try:
         assert not getattr(type(model).step, "_marks_stepping", False)
         x = {"x": torch.tensor([[1.0, -2.0], [3.0, 0.5]])}
@@ -56,28 +70,3 @@ def test_a_recursive_helper_of_the_same_code_on_another_model_is_not_taken_for_t
     finally:
         del _AssignedAfterBuild.step
 
-
-def test_a_step_under_a_functools_wraps_decorator_is_found_too():
-    """A step assigned after the build under a decorator made with ``functools.wraps`` whose wrapper takes
-    ``(*args, **kwargs)`` (the common form): the frame found is the wrapped function's (diff review R2: the body ran
-    twice, the wrapper's code was looked for)."""
-    import functools
-
-    def logged(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            return f(*args, **kwargs)
-        return wrapper
-
-    p, model = _model(_AssignedAfterBuild)
-    ref_p, reference = _model(Model)
-    _AssignedAfterBuild.step = logged(_via_train)
-    try:
-        x = {"x": torch.tensor([[1.0, -2.0], [3.0, 0.5]])}
-        model.step(x)
-        reference.train(x)
-        assert _AssignedAfterBuild.calls == 1
-        torch.testing.assert_close(p.loc.detach(), ref_p.loc.detach(), rtol=0, atol=0)
-    finally:
-        del _AssignedAfterBuild.step
-        _AssignedAfterBuild.calls = 0
