@@ -221,8 +221,8 @@ def _inside_own_step(model: Any, step: Any) -> bool:
     ``model`` (``model`` its first argument) is running in this thread, below the caller of the caller (read only for
     a step `_mark_step` has not wrapped: one assigned to the class after the model was built). Not found, so such a
     step called directly runs its body a second time (the model still takes one optimisation step): a decorator
-    without ``functools.wraps``, a ``partialmethod`` or other callable, a step that rebinds its first argument, a
-    ``train`` called from another thread."""
+    without ``functools.wraps``, a ``partialmethod`` or other callable, a step that rebinds its first argument. (A
+    step that calls ``train`` from another thread recurses without end: the marks are per thread.)"""
     try:
         step = inspect.unwrap(step)  # (a step under a decorator made with functools.wraps: the function inside)
     except ValueError:  # a cycle of ``__wrapped__``
