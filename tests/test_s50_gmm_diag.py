@@ -262,28 +262,30 @@ def test_diag_m_step_criterion_grows_with_n():
     np.testing.assert_allclose(var.numpy(), ref_var.astype(float), rtol=1e-13)
 
 
-def _e_step_case(d, bound):
+def _e_step_case(d, bound, alike=False):
     """R3's E-step case: points around +-a (a ~ const) and components at +-a with unit variances, ``a`` scaled so
-    that ``bound(a)``, the quantity a check compares with its threshold, is 0.95 of it."""
+    that ``bound(a)``, the quantity a check compares with its threshold, is 0.95 of it; ``alike``: every feature's
+    ``a`` the same (R5: the roundings of equal terms line up)."""
     rng = np.random.default_rng(1)
-    a2 = rng.uniform(0.5, 1.5, d)
+    a2 = np.full(d, rng.uniform(0.5, 1.5)) if alike else rng.uniform(0.5, 1.5, d)
     a = np.sqrt(a2 * 0.95 / bound(a2))
     x = np.concatenate([a + 1e-3 * rng.normal(size=(2000, d)), -a + 1e-3 * rng.normal(size=(2000, d))])
     return x, np.stack([a, -a]), np.ones((2, d)), np.array([0.5, 0.5])
 
 
 @pytest.mark.parametrize("d", [32, 128, 512])
-def test_diag_e_step_error_check_grows_with_d(monkeypatch, d):
-    """R3 finding 2, R4 finding 3: the check compares sqrt(2D+3) eps sum p (c^2 + reach), the typical rounding of the
-    length-(2D+1) dot products, with 1e-10 (7e36a73 compared 2 eps sum ... with 1e-11, and its log-densities were
-    off by 2.5e-11 at D = 32 and 3.9e-11 at D = 128 just under it; d712e87's worst case (2D+3) eps turned the fast
-    path off for every component from D ~ 128 on ordinary data). On adversarial points (every term of one sign)
-    at 0.95 of the estimate the fast path is taken and within 1e-10 of the longdouble values; at 1.05 both
-    components go through the two-pass form."""
+@pytest.mark.parametrize("alike", [False, True], ids=["features differ", "features alike"])
+def test_diag_e_step_error_check_grows_with_d(monkeypatch, d, alike):
+    """R3 finding 2, R4 finding 3, R5 finding 1: the check is the worst-case bound of the length-(2D+1) dot products,
+    (2D+3) eps sum p (c^2 + reach), compared with 1e-9 (7e36a73's 2 eps sum ... against 1e-11 let 2.5e-11 / 3.9e-11
+    errors through at D = 32 / 128; a sqrt(2D+3) estimate against 1e-10 let 2.6e-10 through where every feature
+    repeats one value). On adversarial points (terms of one sign; ``alike``: every feature the same) at 0.95 of the
+    bound the fast path is taken and within it of the longdouble values; at 1.05 both components take the two-pass
+    form."""
     eps = np.finfo(float).eps
-    factor = np.sqrt(2 * d + 3) * eps / algo._E_ABS_ERROR
+    factor = (2 * d + 3) * eps / algo._E_ABS_ERROR
     for scale, fallback in ((0.95, []), (1.05, [2])):
-        x, means, cov, weights = _e_step_case(d, lambda a2, s=scale: 2 * factor * a2.sum() * 0.95 / s)
+        x, means, cov, weights = _e_step_case(d, lambda a2, s=scale: 2 * factor * a2.sum() * 0.95 / s, alike)
         calls = _counting(monkeypatch)
         xt = torch.as_tensor(x)
         own = algo._em_log_joint_diag(xt, algo._CentredData(xt), torch.as_tensor(weights), torch.as_tensor(means),
@@ -291,6 +293,24 @@ def test_diag_e_step_error_check_grows_with_d(monkeypatch, d):
         err = np.abs(np.asarray(own.numpy(), np.longdouble) - _longdouble_log_joint(x, weights, means, cov)).max()
         assert float(err) < algo._E_ABS_ERROR
         assert calls["log_prob"] == fallback
+
+
+@pytest.mark.parametrize("weight", [1e-20, 1e-14, 1e-12])
+def test_diag_m_step_near_empty_corrected_component_is_the_two_pass_variance(weight):
+    """R5 finding 2: a 1e-12-wide component at 0 with responsibilities ``weight`` (a total of about 10 eps or less),
+    beside a unit one at 1e4, reg_covar 0: its corrected scatter was taken about a mean without the count's 10 eps,
+    which there moves the stored mean by about its size (relative errors 2.7e-3 / 8.8e-6 / 4.0e-6 of the variance);
+    now the two-pass M step's variance (`_em_m_step`) to 1e-12."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([1e-12 * rng.normal(size=(500, 2)), 1e4 + rng.normal(size=(500, 2))])
+    resp = np.zeros((1000, 2))
+    resp[500:, 0] = 1
+    resp[:500, 1] = weight
+    xt, rt = torch.as_tensor(x), torch.as_tensor(resp)
+    _, means, var = algo._em_m_step_diag(xt, algo._CentredData(xt), rt, 0.0)
+    _, means2, var2 = algo._em_m_step(xt, rt, True, 0.0)
+    np.testing.assert_allclose(var[1].numpy(), var2[1].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(means[1].numpy(), means2[1].numpy(), rtol=1e-12)
 
 
 def test_diag_m_step_equal_points_at_an_offset_have_zero_variance():

@@ -271,15 +271,15 @@ def _diag_scatter(x: Tensor, resp: Tensor, means: Tensor, first: bool = False) -
 # component is computed by the two-pass forms instead (`_diag_scatter`, `gaussian_log_prob`) where the expansion
 # could lose the values: in the M step where its terms cancel by more than three digits, or (large N) where the
 # typical rounding of the GEMM's length-N sums, sqrt(N) eps S_2, exceeds `_M_REL_ERROR` of the variance; in the E
-# step where the typical rounding of its length-(2D+1) dot products, sqrt(2D+3) eps times their terms' sizes, exceeds
-# `_E_ABS_ERROR`. The E check
+# step where the worst-case rounding of its length-(2D+1) dot products, (2D+3) eps times their terms' sizes, could
+# exceed `_E_ABS_ERROR`. The E check
 # takes the largest squared centred coordinate of each feature over all points, the M check the largest
 # cancellation over the features: data with a far outlier, or components far apart compared with their widths
 # (tens of standard deviations from the data's mean in a feature), send most components through the two-pass
 # forms, at about the old code's cost (bench/README.md).
 _M_CANCEL = 1e-3  # the M step's expanded scatter of a component kept when at least this fraction of its sum of squares
 _M_REL_ERROR = 1e-10  # ... and when sqrt(N) eps S_2 (typical rounding of the sums, not a bound) is below this of it
-_E_ABS_ERROR = 1e-10  # the E step's estimate of the rounding error of the expanded log-densities (absolute)
+_E_ABS_ERROR = 1e-9  # the E step's bound on the rounding error of the expanded log-densities (absolute)
 
 
 class _CentredData:
@@ -343,7 +343,10 @@ def _em_m_step_diag(x: Tensor, data: _CentredData, resp: Tensor, reg_covar: floa
             means[j] = approx + shift
             # the scatter about the corrected mean, by the data's own move (the 10 eps of the count is no spread:
             # taken into the move, 1000 equal points at 1e8 got variance 4.9e-20 for 0 and no error)
-            shift = diff / counts[j]
+            # (review R5: the count's 10 eps moves the stored mean by ``bias``; it is spread of the data only where
+            # it is above the stored mean's rounding, as in resp.T @ x / counts: a near-empty component)
+            bias = 10 * eps * approx / counts[j]
+            shift = (diff - torch.where(bias.abs() > eps * means[j].abs(), 10 * eps * approx, 0.0)) / counts[j]
             moved = shift * (2 * diff - total[j] * shift)  # sum r (x - approx)^2 - sum r (x - mean)^2
             scatter[j] = sq - moved
             again = (moved > _M_CANCEL * sq).any(1)
@@ -357,27 +360,28 @@ def _em_m_step_diag(x: Tensor, data: _CentredData, resp: Tensor, reg_covar: floa
 def _em_log_joint_diag(x: Tensor, data: _CentredData, weights: Tensor | None, means: Tensor, cov: Tensor
                        ) -> Tensor:
     """``gaussian_log_prob(x, means, 1 / cov) (+ log weights)`` (N×K, the transpose of a K×N tensor) from one GEMM
-    of the centred data, to about `_E_ABS_ERROR` (absolute); the components whose expanded log-densities could be
+    of the centred data, to `_E_ABS_ERROR` (absolute, a bound); the components whose expanded log-densities could be
     off by more by `gaussian_log_prob` itself.
 
-    The estimate: entry (n, k) is a dot product of length 2D+1 plus a constant, whose terms are at most
+    The bound: entry (n, k) is a dot product of length 2D+1 plus a constant, whose terms are at most
     :math:`p_{kd}(c_{kd}^2 + (x_{nd} - \\text{shift}_d)^2)` in absolute value (:math:`c = \\mu - \\text{shift}`),
     so its rounding error is below :math:`(2D+3)\\,\\epsilon \\sum_d p_{kd}(c_{kd}^2 + \\max_n (x_{nd} -
-    \\text{shift}_d)^2)` and typically about :math:`\\sqrt{2D+3}` of that, which is compared with
-    `_E_ABS_ERROR` (on adversarial points of one sign at 0.95 of the estimate the error stays below it:
-    tests/test_s50_gmm_diag.py). The maximum is over all points: one far point sends every component through the
-    two-pass form (see the fast path's note above)."""
+    \\text{shift}_d)^2)`, which is compared with `_E_ABS_ERROR`; the actual error is usually far below it (100-400
+    times on ordinary data at D = 128-512), but features that repeat one value reach a sizeable part of it (8.5e-10
+    at D = 2048 at 0.95 of a sqrt(2D+3) estimate, review R5). The maximum is over all points: one far point sends
+    every component through the two-pass form (see the fast path's note above)."""
     prec = precision_root(cov)
     c = means - data.shift
     log_w = torch.log(weights) if weights is not None else prec.new_zeros(prec.shape[0])
     const = 0.5 * (torch.log(prec).sum(1) - (c * c * prec).sum(1) - data.dim * math.log(2 * math.pi)) + log_w
     coef = torch.cat([-0.5 * prec, c * prec, prec.new_zeros(prec.shape[0], 1)], 1)  # K × (2D+1)
     own = torch.addmm(const.unsqueeze(1), coef, data.feats_t)  # K×N
-    # |error| of entry (n, k) <= (2D+3) eps sum_d p_kd ((x_nd - shift_d)^2 + (m_kd - shift_d)^2); typically
-    # sqrt(2D+3) of it (rounding errors of either sign), which is what is compared (the worst case turned the fast
-    # path off for every component from D ~ 128 on ordinary data, where its error was 100-400 times below it)
-    estimate = math.sqrt(2 * data.dim + 3) * torch.finfo(x.dtype).eps * (prec * (c * c + data.reach)).sum(1)
-    bad = estimate > _E_ABS_ERROR
+    # |error| of entry (n, k) <= (2D+3) eps sum_d p_kd ((x_nd - shift_d)^2 + (m_kd - shift_d)^2), the bound compared
+    # with `_E_ABS_ERROR` (1e-9: at 1e-10 it turned the fast path off from D ~ 128 on ordinary data, where the error
+    # was 100-400 times below it; the typical sqrt(2D+3) in its place was exceeded 8-fold by features repeating one
+    # value, review R5)
+    bound = (2 * data.dim + 3) * torch.finfo(x.dtype).eps * (prec * (c * c + data.reach)).sum(1)
+    bad = bound > _E_ABS_ERROR
     if bool(bad.any()):
         k = bad.nonzero().squeeze(1)
         own[k] = gaussian_log_prob(x, means[k], prec[k]).T + log_w[k].unsqueeze(1)
